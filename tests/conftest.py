@@ -1,0 +1,78 @@
+"""Shared fixtures: where the real test assets are, and small real-photo archives.
+
+Assets are found through ``TRANSFER_TEST_ASSETS`` (default: ``../shared`` beside the repo).
+Outside CI a missing asset skips with the reason; under ``CI=true`` it fails.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def assets_root() -> Path:
+    return Path(os.environ.get("TRANSFER_TEST_ASSETS", REPO.parent / "shared"))
+
+
+def require_asset(relpath: str) -> Path:
+    path = assets_root() / relpath
+    if not path.exists():
+        message = (f"test asset {path} is missing (set TRANSFER_TEST_ASSETS to the folder "
+                   "holding data/ and keras/)")
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def kaggle_zip() -> Path:
+    """The real Kaggle-layout train.zip (1500 cats + 1500 dogs)."""
+    return require_asset("data/dogs-vs-cats/train.zip")
+
+
+@pytest.fixture(scope="session")
+def real_photos(kaggle_zip) -> dict[str, list[tuple[str, bytes]]]:
+    """60 real cat and 60 real dog JPEGs (name, bytes), original Kaggle files (numbers < 1000)."""
+    photos: dict[str, list[tuple[str, bytes]]] = {"cats": [], "dogs": []}
+    with zipfile.ZipFile(kaggle_zip) as archive:
+        for cls in ("cat", "dog"):
+            for n in range(60):
+                name = f"{cls}.{n}.jpg"
+                photos[cls + "s"].append((name, archive.read(f"train/{name}")))
+    return photos
+
+
+def make_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def kaggle_members(real_photos, per_class: int) -> dict[str, bytes]:
+    return {f"train/{name}": data for cls in ("cats", "dogs")
+            for name, data in real_photos[cls][:per_class]}
+
+
+def truncated(data: bytes) -> bytes:
+    return data[: len(data) // 3]
+
+
+def text_as_jpg() -> bytes:
+    return b"this is not an image, just text with a .jpg name\n" * 10
+
+
+def png_bytes(mode: str = "RGB", size=(32, 32)) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, size, 128 if mode in ("L", "P") else (200, 100, 50, 255)[: len(mode)]).save(
+        buffer, "PNG")
+    return buffer.getvalue()

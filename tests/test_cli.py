@@ -1,0 +1,67 @@
+"""The command line: help, version, fetch-data through CliRunner and as a real process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from conftest import kaggle_members, make_zip
+from typer.testing import CliRunner
+
+from transfer import __version__
+from transfer.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_every_command():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in ("fetch-data",):
+        assert name in result.output
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_fetch_data_cli(real_photos, tmp_path):
+    archive = make_zip(tmp_path / "small.zip", kaggle_members(real_photos, 20))
+    args = ["fetch-data", "--archive", str(archive), "--data-dir", str(tmp_path / "data"),
+            "--train-per-class", "8", "--validate-per-class", "4", "--test-per-class", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "train" in result.output and "manifest" in result.output
+    assert len(list((tmp_path / "data/test/dogs").iterdir())) == 2
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "nothing to do" in again.output
+
+
+def test_bad_input_is_one_line_and_nonzero(tmp_path):
+    result = runner.invoke(app, ["fetch-data", "--archive", str(tmp_path / "missing.zip"),
+                                 "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: archive not found")
+
+
+def test_real_process(real_photos, tmp_path):
+    archive = make_zip(tmp_path / "small.zip", kaggle_members(real_photos, 20))
+    env = {**os.environ, "COLUMNS": "120"}
+    ok = subprocess.run([sys.executable, "-m", "transfer", "fetch-data", "--archive", str(archive),
+                         "--train-per-class", "6", "--validate-per-class", "3"],
+                        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert len(list((tmp_path / "data/validate/cats").iterdir())) == 3
+    notzip = tmp_path / "notes.zip"
+    notzip.write_text("not a zip")
+    bad = subprocess.run([sys.executable, "-m", "transfer", "fetch-data", "--archive", str(notzip),
+                          "--data-dir", "other"], cwd=tmp_path, capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines() == [
+        f"error: {notzip} is not a readable zip archive (not a zip, or truncated)"]
+    assert "Traceback" not in bad.stderr + bad.stdout

@@ -1,0 +1,438 @@
+"""fetch-data: real archive split, sources (loopback HTTP, fake Kaggle API), bad inputs."""
+
+from __future__ import annotations
+
+import json
+import stat
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from conftest import kaggle_members, make_zip, text_as_jpg, truncated
+from PIL import Image
+
+from transfer import datasets
+from transfer.datasets import FetchOptions, check_image, classify, fetch_data, kaggle_credentials
+from transfer.download import download
+from transfer.errors import TransferError
+from transfer.progress import Reporter
+
+
+def listing(data_dir: Path) -> dict[str, list[str]]:
+    return {f"{split}/{cls}": sorted(p.name for p in (data_dir / split / cls).iterdir())
+            for split in ("train", "validate", "test") if (data_dir / split).exists()
+            for cls in ("cats", "dogs")}
+
+
+def leftovers(data_dir: Path) -> list[str]:
+    """Anything in data_dir except the download cache."""
+    if not data_dir.exists():
+        return []
+    return sorted(p.name for p in data_dir.iterdir() if p.name != ".cache")
+
+
+# --------------------------------------------------------------------------- the real archive
+
+
+def test_default_split_of_real_kaggle_archive(kaggle_zip, tmp_path):
+    result = fetch_data(FetchOptions(archive=kaggle_zip, data_dir=tmp_path / "a"))
+    files = listing(tmp_path / "a")
+    assert {k: len(v) for k, v in files.items()} == {
+        "train/cats": 1000, "train/dogs": 1000, "validate/cats": 400, "validate/dogs": 400}
+    # disjoint, original names, right class
+    for cls, prefix in (("cats", "cat."), ("dogs", "dog.")):
+        train, val = set(files[f"train/{cls}"]), set(files[f"validate/{cls}"])
+        assert not train & val
+        assert all(n.startswith(prefix) and n.endswith(".jpg") for n in train | val)
+    # byte-identical copies of the archive members
+    with zipfile.ZipFile(kaggle_zip) as archive:
+        name = files["validate/dogs"][0]
+        assert (tmp_path / "a/validate/dogs" / name).read_bytes() == archive.read(f"train/{name}")
+    manifest = json.loads((tmp_path / "a/manifest.json").read_text())
+    assert manifest["source"]["archive_sha256"] == datasets.sha256_file(kaggle_zip)
+    assert manifest["seed"] == 42 and manifest["skipped"] == []
+    assert manifest["counts"] == {"train": {"cats": 1000, "dogs": 1000},
+                                  "validate": {"cats": 400, "dogs": 400}}
+    assert result.counts == manifest["counts"] and not result.noop
+
+    # deterministic for a seed, different for another seed
+    fetch_data(FetchOptions(archive=kaggle_zip, data_dir=tmp_path / "b"))
+    assert listing(tmp_path / "b") == files
+    fetch_data(FetchOptions(archive=kaggle_zip, data_dir=tmp_path / "c", seed=7,
+                            train_per_class=100, validate_per_class=40, test_per_class=20))
+    other = listing(tmp_path / "c")
+    assert {k: len(v) for k, v in other.items()}["test/dogs"] == 20
+    assert other["train/cats"] != files["train/cats"][:100]
+
+
+def test_rerun_is_noop_other_args_refused_force_replaces(real_photos, tmp_path):
+    archive = make_zip(tmp_path / "small.zip", kaggle_members(real_photos, 30))
+    data = tmp_path / "data"
+    opts = dict(archive=archive, data_dir=data, train_per_class=10, validate_per_class=5)
+    fetch_data(FetchOptions(**opts))
+    first = listing(data)
+    stamp = (data / "manifest.json").stat().st_mtime_ns
+    assert fetch_data(FetchOptions(**opts)).noop
+    assert (data / "manifest.json").stat().st_mtime_ns == stamp
+
+    with pytest.raises(TransferError, match="other arguments.*--force"):
+        fetch_data(FetchOptions(**{**opts, "seed": 1}))
+    assert listing(data) == first
+
+    fetch_data(FetchOptions(**{**opts, "seed": 1, "force": True}))
+    assert listing(data) != first
+    assert json.loads((data / "manifest.json").read_text())["seed"] == 1
+
+    # a changed split (a file removed by hand) is not a no-op
+    victim = next((data / "train/cats").iterdir())
+    victim.unlink()
+    with pytest.raises(TransferError, match="no longer matches"):
+        fetch_data(FetchOptions(**{**opts, "seed": 1}))
+
+
+def test_foreign_data_is_refused_then_moved_aside_never_deleted(real_photos, tmp_path):
+    archive = make_zip(tmp_path / "small.zip", kaggle_members(real_photos, 20))
+    data = tmp_path / "data"
+    (data / "train/mine").mkdir(parents=True)
+    (data / "train/mine/precious.txt").write_text("user file")
+    opts = dict(archive=archive, data_dir=data, train_per_class=5, validate_per_class=5)
+    with pytest.raises(TransferError, match="not made by fetch-data"):
+        fetch_data(FetchOptions(**opts))
+    assert (data / "train/mine/precious.txt").read_text() == "user file"
+    result = fetch_data(FetchOptions(**opts, force=True))
+    assert result.moved_aside == [str(data / "train.old")]
+    assert (data / "train.old/mine/precious.txt").read_text() == "user file"
+    assert len(listing(data)["train/cats"]) == 5
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize("member, message", [
+    ("../evil/cat.1.jpg", "escapes the target"),
+    ("train/../../cat.2.jpg", "escapes the target"),
+    ("/etc/cat.3.jpg", "absolute path"),
+])
+def test_unsafe_members_refuse_archive(real_photos, tmp_path, member, message):
+    members = kaggle_members(real_photos, 20)
+    members[member] = real_photos["cats"][0][1]
+    archive = make_zip(tmp_path / "evil.zip", members)
+    with pytest.raises(TransferError, match=message):
+        fetch_data(FetchOptions(archive=archive, data_dir=tmp_path / "data",
+                                train_per_class=5, validate_per_class=5))
+    assert leftovers(tmp_path / "data") == []
+    assert not (tmp_path / "evil").exists()
+
+
+def test_symlink_member_refuses_archive(real_photos, tmp_path):
+    archive = make_zip(tmp_path / "link.zip", kaggle_members(real_photos, 20))
+    with zipfile.ZipFile(archive, "a") as zf:
+        info = zipfile.ZipInfo("train/cat.999.jpg")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(TransferError, match="symbolic link"):
+        fetch_data(FetchOptions(archive=archive, data_dir=tmp_path / "data",
+                                train_per_class=5, validate_per_class=5))
+    assert leftovers(tmp_path / "data") == []
+
+
+def test_truncated_zip_and_not_a_zip(kaggle_zip, tmp_path):
+    cut = tmp_path / "cut.zip"
+    with open(kaggle_zip, "rb") as src:
+        cut.write_bytes(src.read(5_000_000))
+    for bad in (cut, tmp_path / "notes.zip"):
+        if not bad.exists():
+            bad.write_text("hello, I am not a zip")
+        with pytest.raises(TransferError, match="not a readable zip"):
+            fetch_data(FetchOptions(archive=bad, data_dir=tmp_path / "data"))
+        assert leftovers(tmp_path / "data") == []
+
+
+def test_archive_without_cat_or_dog_images(real_photos, tmp_path):
+    archive = make_zip(tmp_path / "other.zip", {
+        "photos/1.jpg": real_photos["cats"][0][1], "readme.txt": b"hi"})
+    with pytest.raises(TransferError, match="no cat or dog images"):
+        fetch_data(FetchOptions(archive=archive, data_dir=tmp_path / "data"))
+    assert leftovers(tmp_path / "data") == []
+
+
+def test_too_few_images_says_how_many(real_photos, tmp_path):
+    members = kaggle_members(real_photos, 12)
+    members["train/cat.500.jpg"] = b""  # a zero-byte cat does not count
+    archive = make_zip(tmp_path / "few.zip", members)
+    with pytest.raises(TransferError) as info:
+        fetch_data(FetchOptions(archive=archive, data_dir=tmp_path / "data"))
+    text = str(info.value)
+    assert "cats: 12 usable" in text and "dogs: 12 usable" in text
+    assert "1400 per class" in text and "1000 train + 400 validate" in text
+    assert leftovers(tmp_path / "data") == []
+
+
+def test_interrupted_split_leaves_nothing_and_keeps_previous(real_photos, tmp_path, monkeypatch):
+    archive = make_zip(tmp_path / "small.zip", kaggle_members(real_photos, 30))
+    data = tmp_path / "data"
+    opts = dict(archive=archive, data_dir=data, train_per_class=10, validate_per_class=5)
+    fetch_data(FetchOptions(**opts))
+    before = listing(data)
+    manifest_before = (data / "manifest.json").read_text()
+
+    calls = {"n": 0}
+    real_check = datasets.check_image
+
+    def check_then_interrupt(blob):
+        calls["n"] += 1
+        if calls["n"] == 17:
+            raise KeyboardInterrupt
+        return real_check(blob)
+
+    monkeypatch.setattr(datasets, "check_image", check_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        fetch_data(FetchOptions(**opts, seed=5, force=True))
+    assert calls["n"] == 17
+    assert listing(data) == before
+    assert (data / "manifest.json").read_text() == manifest_before
+    assert leftovers(data) == ["manifest.json", "train", "validate"]
+
+    calls["n"] = 0
+    with pytest.raises(KeyboardInterrupt):
+        fetch_data(FetchOptions(archive=archive, data_dir=tmp_path / "fresh",
+                                train_per_class=10, validate_per_class=5))
+    assert leftovers(tmp_path / "fresh") == []
+
+
+# --------------------------------------------------------------------------- image checks
+
+
+def test_check_image_on_real_and_broken_files(real_photos):
+    good = real_photos["dogs"][3][1]
+    assert check_image(good) is None
+    assert check_image(b"") == "zero-byte file"
+    assert "not a decodable image" in check_image(truncated(good))
+    assert "not a decodable image" in check_image(text_as_jpg())
+
+
+def test_classify_layouts():
+    assert classify("train/cat.12.jpg") == "cats"
+    assert classify("train/DOG.3.JPG") == "dogs"
+    assert classify("PetImages/Cat/12.jpg") == "cats"
+    assert classify("PetImages/Dog/7.jpg") == "dogs"
+    assert classify("PetImages/Dog/Thumbs.db") is None
+    assert classify("test1/12.jpg") is None
+    assert classify("train/cat.1.txt") is None
+
+
+# --------------------------------------------------------------------------- Microsoft over HTTP
+
+
+def petimages_zip(real_photos, tmp_path: Path, per_class: int = 25) -> tuple[Path, list[str]]:
+    members = {}
+    for cls, folder in (("cats", "Cat"), ("dogs", "Dog")):
+        for i, (_, data) in enumerate(real_photos[cls][:per_class]):
+            members[f"PetImages/{folder}/{i}.jpg"] = data
+    broken = {
+        "PetImages/Cat/666.jpg": b"",  # the zero-byte file the real zip has
+        "PetImages/Dog/11702.jpg": truncated(real_photos["dogs"][40][1]),
+        "PetImages/Dog/9999.jpg": text_as_jpg(),
+        "PetImages/Cat/Thumbs.db": b"\x00" * 100,
+    }
+    members.update(broken)
+    return make_zip(tmp_path / "kagglecatsanddogs.zip", members), [
+        n for n in broken if n.endswith(".jpg")]
+
+
+class Server:
+    """A loopback HTTP server for one file, with Range support and an optional cut."""
+
+    def __init__(self, payload: bytes, cut_after: int | None = None):
+        self.payload, self.cut_after, self.requests = payload, cut_after, []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                rng = self.headers.get("Range")
+                server.requests.append(rng)
+                start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+                body = server.payload[start:]
+                self.send_response(206 if rng else 200)
+                if rng:
+                    self.send_header("Content-Range",
+                                     f"bytes {start}-{len(server.payload) - 1}/"
+                                     f"{len(server.payload)}")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                if server.cut_after is not None:
+                    cut, server.cut_after = server.cut_after, None
+                    self.wfile.write(body[:cut])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)  # the connection drops mid-file
+                    return
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/kagglecatsanddogs.zip"
+
+    def __enter__(self):
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class RecordingReporter(Reporter):
+    def __init__(self):
+        self.bytes, self.totals, self.warnings = 0, [], []
+
+    def warn(self, message):
+        self.warnings.append(message)
+
+    def task(self, description, total=None, kind="items", completed=0):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def cm():
+            def advance(n=1, **fields):
+                if kind == "bytes":
+                    self.bytes += n
+                    if fields.get("total"):
+                        self.totals.append(fields["total"])
+            yield advance
+
+        return cm()
+
+
+def test_microsoft_download_resumes_after_cut_and_skips_corrupt(real_photos, tmp_path):
+    archive, broken = petimages_zip(real_photos, tmp_path)
+    payload = archive.read_bytes()
+    reporter = RecordingReporter()
+    with Server(payload, cut_after=len(payload) // 3) as server:
+        result = fetch_data(FetchOptions(source="microsoft", microsoft_url=server.url,
+                                         data_dir=tmp_path / "data", train_per_class=15,
+                                         validate_per_class=8), reporter=reporter)
+    assert server.requests[0] is None and server.requests[1] == f"bytes={len(payload) // 3}-"
+    assert any("resuming" in w for w in reporter.warnings)
+    cached = tmp_path / "data/.cache/kagglecatsanddogs.zip"
+    assert cached.read_bytes() == payload
+    assert not cached.with_name(cached.name + ".part").exists()
+    assert reporter.bytes == len(payload) and reporter.totals[-1] == len(payload)
+    counts = {k: len(v) for k, v in listing(tmp_path / "data").items()}
+    assert counts == {"train/cats": 15, "train/dogs": 15, "validate/cats": 8, "validate/dogs": 8}
+    assert sorted(s["name"] for s in result.skipped) == sorted(broken)
+    manifest = json.loads((tmp_path / "data/manifest.json").read_text())
+    assert manifest["source"]["kind"] == "microsoft" and manifest["source"]["layout"] == "folders"
+    assert {s["name"]: s["reason"] for s in manifest["skipped"]}["PetImages/Cat/666.jpg"] == \
+        "zero-byte file"
+    for path in (tmp_path / "data/train/dogs").iterdir():
+        with Image.open(path) as image:
+            image.load()
+
+
+def test_download_resumes_a_part_file_from_an_earlier_run(tmp_path):
+    payload = bytes(range(256)) * 4000
+    dest = tmp_path / "file.zip"
+    dest.with_name("file.zip.part").write_bytes(payload[:100_000])
+    with Server(payload) as server:
+        download(server.url, dest)
+    assert server.requests == ["bytes=100000-"]
+    assert dest.read_bytes() == payload
+
+
+def test_download_http_error_is_one_line(tmp_path):
+    with Server(b"x") as server:
+        server.httpd.RequestHandlerClass.do_GET = lambda self: self.send_error(404)
+        with pytest.raises(TransferError, match="HTTP 404"):
+            download(server.url, tmp_path / "f.zip")
+    assert not (tmp_path / "f.zip").exists()
+
+
+# --------------------------------------------------------------------------- Kaggle (fake API)
+
+
+class FakeKaggleApi:
+    """Stands in for kaggle.api.kaggle_api_extended.KaggleApi at the client boundary."""
+
+    def __init__(self, zip_bytes: bytes | None = None, authenticated=True, error=None):
+        self.zip_bytes, self.authenticated, self.error, self.calls = (
+            zip_bytes, authenticated, error, [])
+
+    def authenticate(self):
+        if not self.authenticated:
+            print("kaggle's own help text")
+            raise SystemExit(1)
+
+    def competition_download_file(self, competition, file_name, path=None, force=False,
+                                  quiet=False):
+        self.calls.append((competition, file_name, path))
+        if self.error:
+            raise self.error
+        Path(path, file_name).write_bytes(self.zip_bytes)
+
+
+class HttpError(Exception):
+    def __init__(self, status):
+        super().__init__(f"{status} Client Error")
+        self.response = type("Response", (), {"status_code": status})()
+
+
+def test_kaggle_success(real_photos, tmp_path):
+    zip_bytes = make_zip(tmp_path / "train.zip", kaggle_members(real_photos, 20)).read_bytes()
+    api = FakeKaggleApi(zip_bytes)
+    result = fetch_data(FetchOptions(source="kaggle", data_dir=tmp_path / "data",
+                                     train_per_class=10, validate_per_class=5),
+                        kaggle_api_factory=lambda: api)
+    assert api.calls[0][:2] == ("dogs-vs-cats", "train.zip")
+    assert result.source == "kaggle" and result.counts["validate"] == {"cats": 5, "dogs": 5}
+    manifest = json.loads((tmp_path / "data/manifest.json").read_text())
+    assert manifest["source"]["competition"] == "dogs-vs-cats"
+    assert manifest["source"]["layout"] == "kaggle"
+
+
+def test_kaggle_competition_zip_wrapping_train_zip(real_photos, tmp_path):
+    inner = make_zip(tmp_path / "train.zip", kaggle_members(real_photos, 20)).read_bytes()
+    outer = make_zip(tmp_path / "outer.zip", {"train.zip": inner, "test1.zip": b"PK"}).read_bytes()
+    result = fetch_data(FetchOptions(source="kaggle", data_dir=tmp_path / "data",
+                                     train_per_class=10, validate_per_class=5),
+                        kaggle_api_factory=lambda: FakeKaggleApi(outer))
+    assert result.counts["train"] == {"cats": 10, "dogs": 10}
+
+
+def test_kaggle_without_credentials(tmp_path):
+    with pytest.raises(TransferError) as info:
+        fetch_data(FetchOptions(source="kaggle", data_dir=tmp_path / "data"),
+                   kaggle_api_factory=lambda: FakeKaggleApi(authenticated=False))
+    text = str(info.value)
+    for hint in ("~/.kaggle/kaggle.json", "KAGGLE_USERNAME", "KAGGLE_API_TOKEN",
+                 "--source microsoft", "--archive"):
+        assert hint in text
+    assert leftovers(tmp_path / "data") == []
+
+
+def test_kaggle_403_says_accept_the_rules(tmp_path):
+    with pytest.raises(TransferError, match=r"accept the competition rules at https://www\."
+                       r"kaggle\.com/competitions/dogs-vs-cats/rules"):
+        fetch_data(FetchOptions(source="kaggle", data_dir=tmp_path / "data"),
+                   kaggle_api_factory=lambda: FakeKaggleApi(error=HttpError(403)))
+
+
+def test_auto_chooses_kaggle_only_with_credentials(monkeypatch, tmp_path):
+    for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle"))
+    assert kaggle_credentials() is None
+    (tmp_path / "kaggle").mkdir()
+    (tmp_path / "kaggle/kaggle.json").write_text('{"username": "u", "key": "k"}')
+    assert kaggle_credentials() == str(tmp_path / "kaggle/kaggle.json")
+    assert kaggle_credentials(env={"KAGGLE_USERNAME": "u", "KAGGLE_KEY": "k"}) == \
+        "KAGGLE_USERNAME/KAGGLE_KEY"
+    # auto + credentials -> the Kaggle client is asked
+    api = FakeKaggleApi(error=HttpError(403))
+    with pytest.raises(TransferError, match="HTTP 403"):
+        fetch_data(FetchOptions(data_dir=tmp_path / "data"), kaggle_api_factory=lambda: api)
+    assert api.calls

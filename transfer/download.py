@@ -1,0 +1,108 @@
+"""Resumable HTTPS downloads: stream to ``<file>.part``, resume with a Range request,
+check the size, rename into place when complete."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from transfer import __version__
+from transfer.errors import TransferError
+from transfer.progress import Reporter
+
+CHUNK = 1 << 16
+
+
+def download(url: str, dest: Path, reporter: Reporter | None = None, retries: int = 5,
+             timeout: float = 60.0, backoff: float = 1.0) -> Path:
+    """Download ``url`` to ``dest``; return ``dest``.
+
+    A complete ``dest`` is reused as is. A ``dest.part`` left by an interrupted run (or by a
+    connection cut during this one) is resumed with ``Range: bytes=N-``; a server that
+    ignores the range restarts from zero. The final size must equal the server's
+    Content-Length, else the ``.part`` stays and an error says so.
+    """
+    reporter = reporter or Reporter()
+    dest = Path(dest)
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    total: int | None = None
+    attempt = 0
+    with reporter.task(f"Downloading {dest.name}", total=None, kind="bytes") as advance:
+        while True:
+            have = part.stat().st_size if part.exists() else 0
+            request = urllib.request.Request(url, headers={"User-Agent": f"transfer/{__version__}"})
+            if have:
+                request.add_header("Range", f"bytes={have}-")
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    if have and response.status == 206:
+                        total = _total_from_content_range(response.headers, have)
+                        mode = "ab"
+                    else:
+                        if have:
+                            reporter.warn("the server does not resume downloads; starting again")
+                        have = 0
+                        length = response.headers.get("Content-Length")
+                        total = int(length) if length is not None else None
+                        mode = "wb"
+                    advance(0, total=total, completed=have)
+                    with open(part, mode) as out:
+                        while chunk := response.read(CHUNK):
+                            out.write(chunk)
+                            advance(len(chunk))
+            except urllib.error.HTTPError as exc:
+                if exc.code == 416 and have and _total_from_content_range(exc.headers, -1) == have:
+                    pass  # the .part is already complete
+                elif exc.code == 416 and have:
+                    part.unlink()  # our partial no longer matches the remote file
+                    attempt += 1
+                    if attempt > retries:
+                        raise TransferError(f"download of {url} failed: HTTP 416") from exc
+                    continue
+                else:
+                    raise TransferError(f"download of {url} failed: HTTP {exc.code} {exc.reason}"
+                                        ) from exc
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+                attempt += 1
+                if attempt > retries:
+                    got = part.stat().st_size if part.exists() else 0
+                    raise TransferError(
+                        f"download of {url} failed after {retries} retries ({_reason(exc)}); "
+                        f"{got} bytes kept in {part}, run again to resume") from exc
+                reporter.warn(f"connection lost ({_reason(exc)}); resuming "
+                              f"(attempt {attempt}/{retries})")
+                time.sleep(backoff * attempt)
+                continue
+            size = part.stat().st_size
+            if total is not None and size < total:
+                attempt += 1
+                if attempt > retries:
+                    raise TransferError(f"download of {url} stopped at {size} of {total} bytes; "
+                                        "run again to resume")
+                reporter.warn(f"connection closed at {size} of {total} bytes; resuming")
+                continue
+            if total is not None and size != total:
+                raise TransferError(f"download of {url} is {size} bytes, expected {total}; "
+                                    f"delete {part} and try again")
+            break
+    os.replace(part, dest)
+    return dest
+
+
+def _total_from_content_range(headers, have: int) -> int | None:
+    value = (headers or {}).get("Content-Range", "")  # "bytes 100-999/1000" or "bytes */1000"
+    if "/" in value and not value.endswith("*"):
+        return int(value.rsplit("/", 1)[1])
+    length = (headers or {}).get("Content-Length")
+    return have + int(length) if length is not None and have >= 0 else None
+
+
+def _reason(exc: BaseException) -> str:
+    return str(getattr(exc, "reason", None) or exc) or type(exc).__name__
