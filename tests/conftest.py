@@ -8,12 +8,32 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _keras_home() -> Path:
+    """A temporary KERAS_HOME whose models/ links to the shared genuine weights.
+
+    Keras reads KERAS_HOME once, at import, so it is set here, before any test imports it;
+    nothing is ever written into shared/.
+    """
+    home = Path(tempfile.mkdtemp(prefix="transfer-keras-home-"))
+    (home / "models").mkdir()
+    shared = Path(os.environ.get("TRANSFER_TEST_ASSETS", REPO.parent / "shared")) / "keras/models"
+    if shared.is_dir():
+        for item in shared.iterdir():
+            (home / "models" / item.name).symlink_to(item.resolve())
+    return home
+
+
+os.environ["KERAS_HOME"] = str(_keras_home())
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def assets_root() -> Path:
@@ -76,3 +96,31 @@ def png_bytes(mode: str = "RGB", size=(32, 32)) -> bytes:
     Image.new(mode, size, 128 if mode in ("L", "P") else (200, 100, 50, 255)[: len(mode)]).save(
         buffer, "PNG")
     return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def mobilenet_weights() -> Path:
+    """The genuine MobileNet alpha 0.25 ImageNet weights (no top), via KERAS_HOME."""
+    require_asset("keras/models/mobilenet_2_5_224_tf_no_top.h5")
+    return Path(os.environ["KERAS_HOME"]) / "models/mobilenet_2_5_224_tf_no_top.h5"
+
+
+def split_from_archive(kaggle_zip: Path, root: Path, train: int, validate: int, test: int = 0):
+    from transfer.datasets import FetchOptions, fetch_data
+
+    fetch_data(FetchOptions(archive=kaggle_zip, data_dir=root, train_per_class=train,
+                            validate_per_class=validate, test_per_class=test))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_split(kaggle_zip, tmp_path_factory) -> Path:
+    """12 train + 6 validate real photos per class (data/train, data/validate)."""
+    return split_from_archive(kaggle_zip, tmp_path_factory.mktemp("tiny") / "data", 12, 6)
+
+
+@pytest.fixture(scope="session")
+def small_split(kaggle_zip, tmp_path_factory) -> Path:
+    """100 train + 50 validate + 20 test real photos per class."""
+    return split_from_archive(kaggle_zip, tmp_path_factory.mktemp("small") / "data", 100, 50,
+                              20)

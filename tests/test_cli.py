@@ -18,7 +18,7 @@ runner = CliRunner()
 def test_help_lists_every_command():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for name in ("fetch-data",):
+    for name in ("fetch-data", "bases", "train"):
         assert name in result.output
 
 
@@ -65,3 +65,24 @@ def test_real_process(real_photos, tmp_path):
     assert bad.stderr.strip().splitlines() == [
         f"error: {notzip} is not a readable zip archive (not a zip, or truncated)"]
     assert "Traceback" not in bad.stderr + bad.stdout
+
+
+def test_train_cli_writes_bundle_and_reports(tiny_split, tmp_path):
+    result = runner.invoke(app, [
+        "train", "--base", "mobilenet", "--alpha", "0.25", "--weights", "none",
+        "--image-size", "48", "--epochs", "1", "--no-augment", "--data-dir", str(tiny_split),
+        "--models-dir", str(tmp_path / "models"), "--output", str(tmp_path / "models/cli")])
+    assert result.exit_code == 0, result.output
+    assert "validation accuracy" in result.output and "feature cache: miss" in result.output
+    assert (tmp_path / "models/cli/model.keras").is_file()
+    again = runner.invoke(app, ["train", "--data-dir", str(tiny_split), "--output",
+                                str(tmp_path / "models/cli")])
+    assert again.exit_code == 1 and "already exists; use --force" in again.output
+
+
+def test_train_cli_unknown_base(tiny_split):
+    result = runner.invoke(app, ["train", "--base", "alexnet", "--data-dir", str(tiny_split)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "error: unknown base 'alexnet'; known bases: inception, vgg16, mobilenet, mobilenetv2, "
+        "resnet50, efficientnetb0, scratch"]

@@ -116,6 +116,106 @@ def fetch_data_cmd(
     out.print(f"manifest: {result.data_dir / 'manifest.json'}")
 
 
+# --------------------------------------------------------------------------- bases, train
+
+
+@command("bases")
+def bases_cmd() -> None:
+    """List the bases: Keras class, input size, parameters, ImageNet weights cached or not."""
+    from transfer import bases
+
+    table = Table(title=f"Bases (Keras weight cache: {bases.keras_cache_dir()})")
+    for column in ("name", "Keras class", "input", "min", "preprocessing", "parameters",
+                   "ImageNet weights"):
+        table.add_column(column, justify="right" if column in ("input", "min", "parameters")
+                         else "left")
+    for base in bases.BASES.values():
+        alphas = bases.MOBILENET_ALPHAS if base.has_alpha else (1.0,)
+        for alpha in alphas:
+            name = f"{base.name} --alpha {alpha}" if base.has_alpha else base.name
+            cached = ("-" if not base.pretrained
+                      else "cached" if bases.cached_weights(base, alpha) else "not cached")
+            table.add_row(name, base.keras_class or "Conv32-Pool-Conv32-Pool (from scratch)",
+                          str(base.size), str(base.min_size), base.preprocess,
+                          f"{bases.count_params(base, alpha):,}", cached)
+    out.print(table)
+
+
+@command("train")
+def train_cmd(
+    base: Annotated[str, typer.Option(help="inception | vgg16 | mobilenet | mobilenetv2 | "
+                                      "resnet50 | efficientnetb0 | scratch")] = "inception",
+    alpha: Annotated[float, typer.Option(help="MobileNet width: 1.0, 0.75, 0.5 or 0.25.")] = 1.0,
+    weights: Annotated[str, typer.Option(help="imagenet | none | PATH to a weights file.")
+                       ] = "imagenet",
+    data_dir: Annotated[Path, typer.Option(help="Folder with train/ and validate/.")
+                        ] = Path("data"),
+    train_dir: Annotated[Path | None, typer.Option(help="Default: DATA_DIR/train.")] = None,
+    validate_dir: Annotated[Path | None, typer.Option(help="Default: DATA_DIR/validate.")
+                            ] = None,
+    pipeline: Annotated[str, typer.Option(help="generator (ImageDataGenerator) | tfdata.")
+                        ] = "generator",
+    augment: Annotated[bool, typer.Option(help="Augment training images.")] = True,
+    augment_copies: Annotated[int, typer.Option(
+        help="Augmented feature copies cycled across epochs; 0: run the base every epoch.")] = 3,
+    rotation: Annotated[float, typer.Option(help="Rotation range, degrees.")] = 20.0,
+    shift: Annotated[float, typer.Option(help="Width/height shift, fraction.")] = 0.2,
+    shear: Annotated[float, typer.Option(help="Shear, degrees.")] = 0.2,
+    zoom: Annotated[float, typer.Option(help="Zoom range, +- fraction.")] = 0.2,
+    flip: Annotated[bool, typer.Option(help="Random horizontal flips.")] = True,
+    image_size: Annotated[int | None, typer.Option(help="Override the base's input size.")
+                          ] = None,
+    dropout: Annotated[float, typer.Option(help="Dropout before the classifier.")] = 0.2,
+    dense: Annotated[int, typer.Option(help="Hidden Dense units in the head (0: none).")] = 0,
+    epochs: Annotated[int, typer.Option(help="Head training epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
+    learning_rate: Annotated[float, typer.Option(help="Adam learning rate of the head.")
+                             ] = 1e-3,
+    patience: Annotated[int, typer.Option(help="Early stopping patience (validation loss).")
+                        ] = 3,
+    fine_tune: Annotated[int, typer.Option(help="Unfreeze the top N base layers afterwards.")
+                         ] = 0,
+    fine_tune_lr: Annotated[float, typer.Option(help="Learning rate of fine-tuning.")] = 1e-5,
+    fine_tune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed: same data + seed, same metrics.")] = 42,
+    distribute: Annotated[str, typer.Option(help="none | mirrored (MirroredStrategy).")
+                          ] = "none",
+    tensorboard: Annotated[Path | None, typer.Option(help="Write TensorBoard logs here.")
+                           ] = None,
+    feature_cache: Annotated[bool, typer.Option(help="Cache base features on disk.")] = True,
+    models_dir: Annotated[Path, typer.Option(help="Where bundles go.")] = Path("models"),
+    output: Annotated[Path | None, typer.Option(help="Bundle folder (default: "
+                                                "MODELS_DIR/<base>-<timestamp>).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing bundle at --output.")
+                     ] = False,
+) -> None:
+    """Train a classifier: a new head on a frozen ImageNet base (or the CNN from scratch)."""
+    from transfer.pipelines import Augment
+    from transfer.training import HParams, train
+
+    hp = HParams(
+        data_dir=data_dir, train_dir=train_dir, validate_dir=validate_dir, base=base,
+        alpha=alpha, weights=weights, pipeline=pipeline,
+        augment=Augment(enabled=augment, rotation=rotation, shift=shift, shear=shear,
+                        zoom=zoom, flip=flip),
+        augment_copies=augment_copies, image_size=image_size, dropout=dropout, dense=dense,
+        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
+        fine_tune=fine_tune, fine_tune_lr=fine_tune_lr, fine_tune_epochs=fine_tune_epochs,
+        seed=seed, distribute=distribute, tensorboard=tensorboard, feature_cache=feature_cache,
+        models_dir=models_dir, output=output, force=force,
+        command="transfer " + " ".join(sys.argv[1:]))
+    result = train(hp, reporter=_reporter())
+    m, t = result.meta["metrics"], result.meta["timings"]
+    out.print(f"[bold]{result.bundle}[/bold]: validation accuracy {m['val_accuracy']:.4f}, "
+              f"loss {m['val_loss']:.4f} (best epoch {m['best_epoch']} of {m['epochs_run']})",
+              highlight=False)
+    speed = (f", base {t['base_images_per_second']} images/s"
+             if t["base_images_per_second"] else "")
+    out.print(f"feature cache: {result.meta['feature_cache']}; features "
+              f"{t['feature_extraction_seconds']:.1f} s, training {t['head_training_seconds']:.1f}"
+              f" s, total {t['total_seconds']:.1f} s{speed}", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="transfer")

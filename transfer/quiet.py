@@ -10,6 +10,7 @@ import warnings
 def configure(verbose: bool) -> None:
     """Call before TensorFlow is imported (the CLI does, in its top-level callback)."""
     if verbose:
+        os.environ["TRANSFER_VERBOSE"] = "1"
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # C++ INFO/WARNING/ERROR lines

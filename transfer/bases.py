@@ -1,0 +1,256 @@
+"""The registry of bases: the only place that knows a base.
+
+Each entry says which Keras application it is, its native and minimum input size, its
+preprocessing, its last convolutional layer (for Grad-CAM) and the ImageNet weight files Keras
+downloads for it. Everything else (training, predict, explain, export) asks here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from transfer.errors import TransferError
+
+MOBILENET_ALPHAS = (1.0, 0.75, 0.5, 0.25)
+
+# Preprocessing modes, as keras.applications.imagenet_utils names them, plus "scale" (x/255).
+#   tf:    x / 127.5 - 1                      (Inception, MobileNet v1/v2)
+#   caffe: RGB -> BGR, minus the ImageNet BGR means   (VGG16, ResNet50)
+#   none:  raw 0-255 (EfficientNet rescales inside the model)
+#   scale: x / 255                            (the CNN from scratch)
+PREPROCESS_MODES = ("tf", "caffe", "none", "scale")
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+@dataclass(frozen=True)
+class Base:
+    name: str
+    keras_class: str  # name in keras.applications ("" for scratch)
+    module: str  # keras.applications submodule with preprocess_input/decode_predictions
+    size: int  # native input size (square)
+    min_size: int
+    preprocess: str  # one of PREPROCESS_MODES
+    last_conv: str  # layer name of the last convolutional feature map
+    weight_files: Callable[[float, int], tuple[str, str]]  # (alpha, size) -> (top, no top)
+    has_alpha: bool = False
+
+    @property
+    def pretrained(self) -> bool:
+        return bool(self.keras_class)
+
+    def weight_file(self, alpha: float = 1.0, size: int | None = None,
+                    include_top: bool = False) -> str:
+        top, notop = self.weight_files(alpha, size or self.size)
+        return top if include_top else notop
+
+
+def _fixed(stem: str, top_suffix: str = "", notop_suffix: str = "_notop"):
+    return lambda alpha, size: (f"{stem}{top_suffix}.h5", f"{stem}{notop_suffix}.h5")
+
+
+def _mobilenet_files(alpha: float, size: int) -> tuple[str, str]:
+    alpha_text = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}[alpha]
+    rows = size if size in (128, 160, 192, 224) else 224
+    return f"mobilenet_{alpha_text}_{rows}_tf.h5", f"mobilenet_{alpha_text}_{rows}_tf_no_top.h5"
+
+
+def _mobilenetv2_files(alpha: float, size: int) -> tuple[str, str]:
+    rows = size if size in (96, 128, 160, 192, 224) else 224
+    stem = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}"
+    return f"{stem}.h5", f"{stem}_no_top.h5"
+
+
+BASES: dict[str, Base] = {
+    b.name: b
+    for b in (
+        Base("inception", "InceptionV3", "inception_v3", 299, 75, "tf", "mixed10",
+             _fixed("inception_v3_weights_tf_dim_ordering_tf_kernels")),
+        Base("vgg16", "VGG16", "vgg16", 224, 32, "caffe", "block5_conv3",
+             _fixed("vgg16_weights_tf_dim_ordering_tf_kernels")),
+        Base("mobilenet", "MobileNet", "mobilenet", 224, 32, "tf", "conv_pw_13_relu",
+             _mobilenet_files, has_alpha=True),
+        Base("mobilenetv2", "MobileNetV2", "mobilenet_v2", 224, 32, "tf", "out_relu",
+             _mobilenetv2_files),
+        Base("resnet50", "ResNet50", "resnet50", 224, 32, "caffe", "conv5_block3_out",
+             _fixed("resnet50_weights_tf_dim_ordering_tf_kernels")),
+        Base("efficientnetb0", "EfficientNetB0", "efficientnet", 224, 32, "none",
+             "top_activation", _fixed("efficientnetb0", "", "_notop")),
+        Base("scratch", "", "", 150, 16, "scale", "conv2", lambda alpha, size: ("", "")),
+    )
+}
+
+
+def get(name: str) -> Base:
+    try:
+        return BASES[name]
+    except KeyError:
+        raise TransferError(f"unknown base {name!r}; known bases: {', '.join(BASES)}") from None
+
+
+def check_alpha(base: Base, alpha: float) -> float:
+    if base.has_alpha:
+        if alpha not in MOBILENET_ALPHAS:
+            raise TransferError(f"--alpha for {base.name} must be one of "
+                                f"{', '.join(map(str, MOBILENET_ALPHAS))}, not {alpha}")
+        return float(alpha)
+    if alpha != 1.0:
+        raise TransferError(f"--alpha applies to mobilenet only, not {base.name}")
+    return 1.0
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras keeps downloaded weights (``$KERAS_HOME/models``, default ~/.keras/models)."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "models"
+
+
+def cached_weights(base: Base, alpha: float = 1.0, size: int | None = None,
+                   include_top: bool = False) -> Path | None:
+    if not base.pretrained:
+        return None
+    path = keras_cache_dir() / base.weight_file(alpha, size, include_top)
+    return path if path.is_file() else None
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
+          weights: str | None = "imagenet", include_top: bool = False):
+    """The Keras model of ``base``: feature maps (no top) or the ImageNet classifier (top).
+
+    ``weights``: "imagenet" (Keras's download and cache), None/"none" (random init) or a path to
+    a weights file. Offline with no cached file, one clear TransferError names the file.
+    """
+    from transfer.tf import keras
+
+    size = image_size or base.size
+    if size < base.min_size:
+        raise TransferError(f"image size {size} is below the minimum of {base.name} "
+                            f"({base.min_size} px)")
+    if weights == "none":
+        weights = None
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise TransferError(f"weights file not found: {weights}")
+    if not base.pretrained:
+        if include_top:
+            raise TransferError("the scratch CNN has no ImageNet classifier")
+        return scratch_trunk(size)
+    application = getattr(keras.applications, base.keras_class)
+    kwargs = {"alpha": alpha} if base.has_alpha else {}
+    if include_top:
+        if size != base.size:
+            raise TransferError(f"the ImageNet classifier of {base.name} needs {base.size} px")
+        kwargs["input_shape"] = (size, size, 3)
+    else:
+        kwargs["input_shape"] = (size, size, 3)
+    try:
+        return application(include_top=include_top, weights=weights, **kwargs)
+    except TransferError:
+        raise
+    except Exception as exc:
+        if weights == "imagenet" and cached_weights(base, alpha, size, include_top) is None:
+            wanted = base.weight_file(alpha, size, include_top)
+            raise TransferError(
+                f"ImageNet weights for {base.keras_class} could not be downloaded ({exc}); "
+                f"put {wanted} into {keras_cache_dir()} (KERAS_HOME), or use --weights PATH "
+                "or --weights none") from exc
+        raise TransferError(f"could not build {base.keras_class}: {exc}") from exc
+
+
+def weights_fingerprint(base: Base, weights: str | None, alpha: float, size: int,
+                        seed: int) -> tuple[str, str | None]:
+    """(source, sha256) of the weights a base was built with; random weights depend on seed."""
+    if not base.pretrained or weights in (None, "none"):
+        return "none", f"random-seed-{seed}"
+    if weights == "imagenet":
+        path = cached_weights(base, alpha, size)
+        return "imagenet", sha256(path) if path else None
+    return str(Path(weights).resolve()), sha256(Path(weights))
+
+
+def scratch_trunk(size: int):
+    """The seeds' CNN from scratch, minus its head: Conv32-Pool-Conv32-Pool."""
+    from transfer.tf import keras
+
+    layers = keras.layers
+    inputs = keras.Input((size, size, 3))
+    x = layers.Conv2D(32, 3, activation="relu", name="conv1")(inputs)
+    x = layers.MaxPooling2D(2, name="pool1")(x)
+    x = layers.Conv2D(32, 3, activation="relu", name="conv2")(x)
+    x = layers.MaxPooling2D(2, name="pool2")(x)
+    return keras.Model(inputs, x, name="scratch")
+
+
+def preprocess_numpy(mode: str):
+    """The preprocessing of ``mode`` as a NumPy function (ImageDataGenerator's hook)."""
+    import numpy as np
+
+    def fn(x):
+        x = np.asarray(x, dtype="float32")
+        if mode == "tf":
+            return x / 127.5 - 1.0
+        if mode == "caffe":
+            return x[..., ::-1] - np.asarray(CAFFE_BGR_MEAN, dtype="float32")
+        if mode == "scale":
+            return x / 255.0
+        return x
+
+    return fn
+
+
+def preprocess_layer_class():
+    """The registered, serializable ``transfer>Preprocess`` layer (no Lambda: safe_mode loads)."""
+    return _registered()["Preprocess"]
+
+
+_REGISTERED: dict = {}
+
+
+def _registered() -> dict:
+    if _REGISTERED:
+        return _REGISTERED
+    from transfer.tf import keras
+
+    @keras.saving.register_keras_serializable(package="transfer")
+    class Preprocess(keras.layers.Layer):
+        """Raw RGB pixels (0-255) -> what the base expects, inside the saved model."""
+
+        def __init__(self, mode: str = "none", **kwargs):
+            super().__init__(**kwargs)
+            if mode not in PREPROCESS_MODES:
+                raise ValueError(f"unknown preprocessing mode {mode!r}")
+            self.mode = mode
+
+        def call(self, x):
+            ops = keras.ops
+            x = ops.cast(x, "float32")
+            if self.mode == "tf":
+                return x / 127.5 - 1.0
+            if self.mode == "caffe":
+                return ops.flip(x, axis=-1) - ops.convert_to_tensor(CAFFE_BGR_MEAN, "float32")
+            if self.mode == "scale":
+                return x / 255.0
+            return x
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "mode": self.mode}
+
+    _REGISTERED["Preprocess"] = Preprocess
+    return _REGISTERED
+
+
+def count_params(base: Base, alpha: float = 1.0) -> int:
+    return build(base, alpha=alpha, weights=None).count_params()

@@ -1,0 +1,43 @@
+"""Import TensorFlow and Keras quietly (the one place that does).
+
+TensorFlow's C++ start-up lines ("Could not find cuda drivers", oneDNN notices) are written to
+file descriptor 2 before its log level applies, so they are sent to /dev/null during the
+import unless ``TRANSFER_VERBOSE=1`` (set by ``transfer --verbose``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+
+@contextlib.contextmanager
+def _fd2_silenced():
+    if os.environ.get("TRANSFER_VERBOSE") == "1":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _load():
+    if os.environ.get("TRANSFER_VERBOSE") != "1":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with _fd2_silenced():
+        import keras
+        import tensorflow
+
+        tensorflow.get_logger().setLevel("ERROR")
+    return tensorflow, keras
+
+
+tf, keras = _load()
