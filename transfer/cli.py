@@ -157,7 +157,7 @@ def train_cmd(
                         ] = "generator",
     augment: Annotated[bool, typer.Option(help="Augment training images.")] = True,
     augment_copies: Annotated[int, typer.Option(
-        help="Augmented feature copies cycled across epochs; 0: run the base every epoch.")] = 3,
+        help="Augmented feature copies cycled across epochs; 0: run the base every epoch.")] = 1,
     rotation: Annotated[float, typer.Option(help="Rotation range, degrees.")] = 20.0,
     shift: Annotated[float, typer.Option(help="Width/height shift, fraction.")] = 0.2,
     shear: Annotated[float, typer.Option(help="Shear, degrees.")] = 0.2,
@@ -214,6 +214,54 @@ def train_cmd(
     out.print(f"feature cache: {result.meta['feature_cache']}; features "
               f"{t['feature_extraction_seconds']:.1f} s, training {t['head_training_seconds']:.1f}"
               f" s, total {t['total_seconds']:.1f} s{speed}", highlight=False)
+
+
+# --------------------------------------------------------------------------- mnist
+
+
+@command("mnist")
+def mnist_cmd(
+    dataset: Annotated[str, typer.Option(help="mnist | fashion.")] = "mnist",
+    arch: Annotated[str, typer.Option(help="cnn (the seeds' CNN) | tiny (one convolution).")
+                    ] = "cnn",
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 5,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
+    validation_split: Annotated[float, typer.Option(help="Fraction held out for validation.")
+                                ] = 0.1,
+    data: Annotated[Path | None, typer.Option(
+        help="A Keras-style mnist.npz or a folder with the four IDX files (offline).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Train on the first N images only.")
+                     ] = None,
+    output: Annotated[Path | None, typer.Option(
+        help="Bundle folder (default models/mnist-cnn or models/fashion-cnn).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    force: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
+) -> None:
+    """Train the MNIST CNN from scratch (the baseline) and draw what it learned."""
+    from transfer.mnist import MnistParams, run
+
+    result = run(MnistParams(dataset=dataset, arch=arch, epochs=epochs, batch_size=batch_size,
+                             validation_split=validation_split, data=data, limit=limit,
+                             output=output, seed=seed, force=force,
+                             command="transfer " + " ".join(sys.argv[1:])),
+                 reporter=_reporter())
+    table = Table(title=f"{arch} model")
+    for column in ("layer", "output shape", "parameters"):
+        table.add_column(column, justify="right" if column == "parameters" else "left")
+    for name, shape, params in result.summary:
+        table.add_row(name, shape, f"{params:,}")
+    out.print(table)
+    noise = Table(title="Test accuracy under Gaussian noise")
+    noise.add_column("sigma", justify="right")
+    noise.add_column("accuracy", justify="right")
+    for sigma, accuracy in result.noise:
+        noise.add_row(f"{sigma:.1f}", f"{accuracy:.4f}")
+    out.print(noise)
+    m = result.meta["metrics"]
+    out.print(f"[bold]{result.bundle}[/bold]: test accuracy {m['test_accuracy']:.4f}, "
+              f"loss {m['test_loss']:.4f}; pictures: samples.png confusion.png "
+              "misclassified.png filters.png feature_maps.png noise.png curves.png",
+              highlight=False)
 
 
 def main() -> None:

@@ -37,3 +37,73 @@ def curves(history: dict[str, list[float]], path: Path, title: str = "") -> Path
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def image_grid(images, titles, path: Path, cols: int = 5, title: str = "",
+               cmap: str = "gray") -> Path:
+    """A grid of 2-D images (or RGB) with a caption each; blank cells are hidden."""
+    import numpy as np
+
+    plt = _pyplot()
+    n = max(len(images), 1)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.8 + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(images):
+            image = np.asarray(images[i])
+            kwargs = {} if image.ndim == 3 else {"cmap": cmap}
+            if cmap == "coolwarm" and image.ndim == 2:
+                limit = float(np.abs(image).max()) or 1.0
+                kwargs.update(vmin=-limit, vmax=limit)
+            ax.imshow(image, interpolation="nearest", **kwargs)
+            ax.set_title(str(titles[i]), fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return Path(path)
+
+
+def confusion(matrix, names, path: Path, title: str = "") -> Path:
+    """A confusion matrix with counts (rows: true class, columns: predicted)."""
+    import numpy as np
+
+    plt = _pyplot()
+    matrix = np.asarray(matrix)
+    size = max(4.0, 0.55 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
+                color="white" if value > threshold else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def noise_curve(results, path: Path, title: str = "") -> Path:
+    """Test accuracy against the sigma of added Gaussian noise."""
+    plt = _pyplot()
+    sigmas, accuracies = zip(*results, strict=True)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(sigmas, accuracies, "o-")
+    for s, a in results:
+        ax.annotate(f"{a:.3f}", (s, a), textcoords="offset points", xytext=(0, 6), ha="center",
+                    fontsize=8)
+    ax.set_xlabel("Gaussian noise sigma (pixels in [0, 1])")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

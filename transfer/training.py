@@ -51,7 +51,7 @@ class HParams:
     weights: str = "imagenet"  # imagenet | none | path to a weights file
     pipeline: str = "generator"
     augment: Augment = field(default_factory=Augment)
-    augment_copies: int = 3
+    augment_copies: int = 1  # chosen by measurement: docs/BENCHMARKS.md
     image_size: int | None = None  # default: the base's native size
     dropout: float = 0.2
     dense: int = 0

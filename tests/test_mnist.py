@@ -1,0 +1,99 @@
+"""transfer mnist on the real MNIST files: loader, quick training, pictures, bad inputs."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+from conftest import require_asset
+from PIL import Image
+
+from transfer import mnist
+from transfer.errors import TransferError
+
+
+@pytest.fixture(scope="module")
+def mnist_dir():
+    return require_asset("data/mnist")
+
+
+def test_idx_folder_and_npz_give_identical_arrays(mnist_dir):
+    (xa, ya), (ta, la) = mnist.load("mnist", mnist_dir)
+    (xb, yb), (tb, lb) = mnist.load("mnist", mnist_dir / "mnist.npz")
+    assert xa.shape == (60000, 28, 28) and ta.shape == (10000, 28, 28)
+    assert len(ya) == 60000 and len(la) == 10000
+    for a, b in ((xa, xb), (ya, yb), (ta, tb), (la, lb)):
+        np.testing.assert_array_equal(a, b)
+    assert np.bincount(la).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_quick_real_training_and_pictures(mnist_dir, tmp_path):
+    result = mnist.run(mnist.MnistParams(data=mnist_dir, limit=6000, epochs=1, batch_size=16,
+                                         output=tmp_path / "mnist-cnn"))
+    meta = json.loads((tmp_path / "mnist-cnn/meta.json").read_text())
+    assert meta["metrics"]["test_accuracy"] >= 0.95, meta["metrics"]
+    assert meta["class_names"] == [str(d) for d in range(10)] and meta["channels"] == 1
+    assert np.asarray(meta["confusion_matrix"]).sum() == 10000
+    expected = {"samples.png": (5, 5), "misclassified.png": (5, 5), "filters.png": (4, 8),
+                "feature_maps.png": (4, 8), "confusion.png": None, "noise.png": None,
+                "curves.png": None}
+    for name in expected:
+        with Image.open(tmp_path / "mnist-cnn" / name) as image:
+            assert image.format == "PNG" and image.width > 200
+    accuracies = [a for _, a in result.noise]
+    assert [s for s, _ in result.noise] == [0.0, 0.1, 0.2, 0.3, 0.5]
+    assert accuracies[0] == pytest.approx(meta["metrics"]["test_accuracy"])
+    assert all(b <= a + 0.01 for a, b in zip(accuracies, accuracies[1:]))  # monotone, within noise
+    assert accuracies[-1] < accuracies[0]
+    # the feature maps are this model's real conv1 activations
+    model = __import__("transfer.bundle", fromlist=["load"]).load(tmp_path / "mnist-cnn")[0]
+    maps = mnist.feature_maps(model, mnist.load("mnist", mnist_dir)[1][0][0])
+    assert maps.shape == (26, 26, 32) and maps.max() > 0
+
+
+def test_tiny_arch_summary():
+    model = mnist.build_model("tiny")
+    rows = mnist.summary_rows(model)
+    assert [r[0].split()[0] for r in rows] == ["image", "preprocess", "conv1", "flatten",
+                                               "predictions"]
+    assert rows[2][2] == 80 and model.count_params() == 80 + 5408 * 10 + 10
+
+
+def write_idx(path, array, dims):
+    header = bytes([0, 0, 8, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.tobytes())
+
+
+def test_bad_inputs(mnist_dir, tmp_path):
+    with pytest.raises(TransferError, match="no such file"):
+        mnist.load("mnist", tmp_path / "missing")
+    np.savez(tmp_path / "keys.npz", a=np.zeros(3))
+    with pytest.raises(TransferError, match="lacks x_train"):
+        mnist.load("mnist", tmp_path / "keys.npz")
+    z = np.zeros
+    np.savez(tmp_path / "shape.npz", x_train=z((5, 32, 32), np.uint8), y_train=z(5, np.uint8),
+             x_test=z((2, 28, 28), np.uint8), y_test=z(2, np.uint8))
+    with pytest.raises(TransferError, match=r"shape \(5, 32, 32\)"):
+        mnist.load("mnist", tmp_path / "shape.npz")
+    # a truncated IDX file (real bytes, cut short)
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz"):
+        (folder / name).write_bytes((mnist_dir / name).read_bytes())
+    raw = gzip.decompress((mnist_dir / "t10k-images-idx3-ubyte.gz").read_bytes())
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[:-500]))
+    with pytest.raises(TransferError, match="truncated"):
+        mnist.load("mnist", folder)
+    # label/image count mismatch
+    bad = tmp_path / "count"
+    bad.mkdir()
+    write_idx(bad / "train-images-idx3-ubyte.gz", z((4, 28, 28), np.uint8), (4, 28, 28))
+    write_idx(bad / "train-labels-idx1-ubyte.gz", z(3, np.uint8), (3,))
+    write_idx(bad / "t10k-images-idx3-ubyte.gz", z((2, 28, 28), np.uint8), (2, 28, 28))
+    write_idx(bad / "t10k-labels-idx1-ubyte.gz", z(2, np.uint8), (2,))
+    with pytest.raises(TransferError, match="4 images but 3 labels"):
+        mnist.load("mnist", bad)

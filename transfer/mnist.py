@@ -1,0 +1,323 @@
+"""`transfer mnist`: the small CNN trained from scratch, the baseline to compare against.
+
+Data comes from Keras's downloads (``keras.datasets.mnist`` / ``fashion_mnist``) or, offline,
+from ``--data PATH``: a Keras-style ``mnist.npz`` or a folder with the four original IDX files
+(gzipped or not). Besides the model bundle it writes the pictures a learner wants: samples,
+confusion matrix, mistakes, the learned filters, real feature maps, and accuracy under noise.
+"""
+
+from __future__ import annotations
+
+import gzip
+import platform
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from transfer import __version__, bundle, plots
+from transfer.errors import TransferError
+from transfer.progress import Reporter
+
+DATASETS = ("mnist", "fashion")
+ARCHS = ("cnn", "tiny")
+FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                 "Sneaker", "Bag", "Ankle boot"]
+DIGIT_NAMES = [str(d) for d in range(10)]
+IDX_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
+             "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+NOISE_SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.5)
+
+
+@dataclass
+class MnistParams:
+    dataset: str = "mnist"
+    arch: str = "cnn"
+    epochs: int = 5
+    batch_size: int = 128
+    validation_split: float = 0.1
+    data: Path | None = None
+    limit: int | None = None
+    output: Path | None = None  # default models/mnist-cnn or models/fashion-cnn
+    seed: int = 42
+    force: bool = False
+    command: str = ""
+
+
+@dataclass
+class MnistResult:
+    bundle: Path
+    meta: dict
+    noise: list[tuple[float, float]]
+    summary: list[tuple[str, str, int]]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def class_names(dataset: str) -> list[str]:
+    return FASHION_NAMES if dataset == "fashion" else DIGIT_NAMES
+
+
+def load(dataset: str = "mnist", data: Path | None = None):
+    """((x_train, y_train), (x_test, y_test)) as uint8 arrays, checked."""
+    if dataset not in DATASETS:
+        raise TransferError(f"unknown dataset {dataset!r}; choose {' or '.join(DATASETS)}")
+    if data is None:
+        from transfer.tf import keras
+
+        source = keras.datasets.fashion_mnist if dataset == "fashion" else keras.datasets.mnist
+        try:
+            arrays = source.load_data()
+        except Exception as exc:
+            raise TransferError(f"could not download {dataset} ({exc}); pass --data PATH to a "
+                                "mnist.npz or a folder with the four IDX files") from exc
+        (x_train, y_train), (x_test, y_test) = arrays
+    else:
+        data = Path(data)
+        if not data.exists():
+            raise TransferError(f"no such file or folder: {data}")
+        arrays = _read_npz(data) if data.is_file() else _read_idx_folder(data)
+        x_train, y_train, x_test, y_test = (arrays[k] for k in IDX_FILES)
+    for x, y, split in ((x_train, y_train, "training"), (x_test, y_test, "test")):
+        _check(x, y, split, data)
+    return (x_train, y_train), (x_test, y_test)
+
+
+def _read_npz(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in IDX_FILES if k not in archive.files]
+            if missing:
+                raise TransferError(f"{path} lacks {', '.join(missing)} (a Keras mnist.npz has "
+                                    "x_train, y_train, x_test, y_test)")
+            return {k: archive[k] for k in IDX_FILES}
+    except TransferError:
+        raise
+    except Exception as exc:
+        raise TransferError(f"{path} is not a readable .npz file ({exc})") from exc
+
+
+def _read_idx_folder(folder: Path) -> dict:
+    arrays = {}
+    for key, stem in IDX_FILES.items():
+        candidates = [folder / f"{stem}.gz", folder / stem, folder / stem.replace("-idx", ".idx")]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            raise TransferError(f"{folder} has no {stem}.gz (or {stem}); expected the four "
+                                "original MNIST IDX files")
+        arrays[key] = read_idx(path)
+    return arrays
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzipped or not) as a uint8 array; truncated or malformed files fail."""
+    opener = gzip.open if Path(path).suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            blob = handle.read()
+    except (OSError, EOFError) as exc:
+        raise TransferError(f"{path} cannot be read ({exc})") from exc
+    if len(blob) < 4:
+        raise TransferError(f"{path} is too short to be an IDX file")
+    zero, dtype, ndim = struct.unpack(">HBB", blob[:4])
+    if zero != 0 or dtype != 0x08 or ndim not in (1, 3):
+        raise TransferError(f"{path} is not an unsigned-byte IDX file of 1 or 3 dimensions")
+    dims = struct.unpack(f">{ndim}I", blob[4:4 + 4 * ndim])
+    expected = int(np.prod(dims))
+    body = blob[4 + 4 * ndim:]
+    if len(body) != expected:
+        raise TransferError(f"{path} is truncated or padded: header says {expected} bytes of "
+                            f"data, file has {len(body)}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+
+
+def _check(x, y, split: str, source) -> None:
+    where = f" in {source}" if source else ""
+    if x.ndim != 3 or x.shape[1:] != (28, 28):
+        raise TransferError(f"{split} images{where} have shape {x.shape}; expected (N, 28, 28)")
+    if y.ndim != 1:
+        raise TransferError(f"{split} labels{where} have shape {y.shape}; expected (N,)")
+    if len(x) != len(y):
+        raise TransferError(f"{split} set{where}: {len(x)} images but {len(y)} labels")
+    if x.dtype != np.uint8 or y.dtype != np.uint8:
+        raise TransferError(f"{split} arrays{where} are {x.dtype}/{y.dtype}; expected uint8")
+    if len(y) and int(y.max()) > 9:
+        raise TransferError(f"{split} labels{where} go up to {int(y.max())}; expected 0-9")
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_model(arch: str = "cnn"):
+    """The seeds' CNN (or the one-convolution variant) on raw 0-255 28x28x1 pixels."""
+    from transfer.bases import preprocess_layer_class
+    from transfer.tf import keras
+
+    layers = keras.layers
+    inputs = keras.Input((28, 28, 1), name="image")
+    x = preprocess_layer_class()("scale", name="preprocess")(inputs)
+    if arch == "cnn":
+        x = layers.Conv2D(32, 3, activation="relu", name="conv1")(x)
+        x = layers.MaxPooling2D(2, name="pool1")(x)
+        x = layers.Conv2D(64, 3, activation="relu", name="conv2")(x)
+        x = layers.MaxPooling2D(2, name="pool2")(x)
+        x = layers.Flatten(name="flatten")(x)
+        x = layers.Dense(128, activation="relu", name="dense")(x)
+        x = layers.Dropout(0.5, name="dropout")(x)
+    elif arch == "tiny":
+        x = layers.Conv2D(8, 3, activation="relu", name="conv1")(x)
+        x = layers.Flatten(name="flatten")(x)
+    else:
+        raise TransferError(f"unknown arch {arch!r}; choose {' or '.join(ARCHS)}")
+    outputs = layers.Dense(10, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name=f"mnist_{arch}")
+
+
+def summary_rows(model) -> list[tuple[str, str, int]]:
+    return [(f"{layer.name} ({type(layer).__name__})", str(tuple(layer.output.shape)),
+             layer.count_params()) for layer in model.layers]
+
+
+# --------------------------------------------------------------------------- run
+
+
+def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
+    """Train the CNN, evaluate it on the 10,000 test images, write the bundle and pictures."""
+    from transfer.tf import keras, tf
+
+    reporter = reporter or Reporter()
+    p = params
+    if p.arch not in ARCHS:
+        raise TransferError(f"unknown arch {p.arch!r}; choose {' or '.join(ARCHS)}")
+    if not 0 <= p.validation_split < 1:
+        raise TransferError("--validation-split must be in [0, 1)")
+    if p.epochs < 1:
+        raise TransferError("--epochs must be at least 1")
+    target = Path(p.output or Path("models") / f"{p.dataset}-{p.arch}")
+    if target.exists() and not p.force:
+        raise TransferError(f"{target} already exists; use --force to replace it")
+    (x_train, y_train), (x_test, y_test) = load(p.dataset, p.data)
+    if p.limit:
+        if p.limit < 10:
+            raise TransferError("--limit must be at least 10")
+        x_train, y_train = x_train[:p.limit], y_train[:p.limit]
+    names = class_names(p.dataset)
+    started = time.perf_counter()
+    keras.utils.set_random_seed(p.seed)
+    model = build_model(p.arch)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x_train4, x_test4 = x_train[..., None], x_test[..., None]
+
+    epoch_seconds: list[float] = []
+
+    class Progress(keras.callbacks.Callback):
+        def __init__(self, advance):
+            super().__init__()
+            self.advance = advance
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_seconds.append(time.perf_counter() - self.t0)
+            logs = logs or {}
+            self.advance(1, status="  ".join(f"{k} {v:.4f}" for k, v in logs.items()
+                                             if k in ("loss", "accuracy", "val_loss",
+                                                      "val_accuracy")))
+
+    with reporter.task(f"Training the {p.arch} on {len(x_train)} {p.dataset} images",
+                       total=p.epochs) as advance:
+        fit = model.fit(x_train4, y_train, epochs=p.epochs, batch_size=p.batch_size,
+                        validation_split=p.validation_split, verbose=0,
+                        callbacks=[Progress(advance)])
+    history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
+    probs = model.predict(x_test4, batch_size=1000, verbose=0)
+    predicted = probs.argmax(-1)
+    test_loss = float(keras.losses.SparseCategoricalCrossentropy()(y_test, probs))
+    test_accuracy = float(np.mean(predicted == y_test))
+    noise = noise_robustness(model, x_test, y_test, p.seed)
+    confusion = confusion_matrix(y_test, predicted, 10)
+    meta = {
+        "schema_version": bundle.SCHEMA_VERSION,
+        "kind": "mnist",
+        "base": f"mnist-{p.arch}",
+        "dataset": p.dataset,
+        "image_size": 28,
+        "channels": 1,
+        "preprocessing": {"mode": "scale", "in_model": True, "grayscale": True,
+                          "invert": "auto",
+                          "input": "grayscale pixels 0-255, 28x28, light digit on dark"},
+        "class_names": names,
+        "output": "softmax",
+        "training": {"epochs": p.epochs, "batch_size": p.batch_size,
+                     "validation_split": p.validation_split, "train_images": len(x_train),
+                     "optimizer": "adam"},
+        "metrics": {"test_accuracy": test_accuracy, "test_loss": test_loss,
+                    "val_accuracy": history.get("val_accuracy", [None])[-1],
+                    "val_loss": history.get("val_loss", [None])[-1],
+                    "noise_accuracy": {str(s): a for s, a in noise}},
+        "confusion_matrix": confusion.tolist(),
+        "timings": {"seconds_per_epoch": [round(s, 2) for s in epoch_seconds],
+                    "total_seconds": round(time.perf_counter() - started, 2)},
+        "data": {"source": str(p.data) if p.data else f"keras.datasets.{p.dataset}",
+                 "test_images": len(x_test)},
+        "versions": {"transfer": __version__, "tensorflow": tf.__version__,
+                     "keras": keras.__version__, "python": platform.python_version()},
+        "seed": p.seed,
+        "command": p.command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with bundle.writing(target, p.force) as tmp:
+        model.save(tmp / bundle.MODEL)
+        bundle.write_json(tmp / bundle.META, meta)
+        bundle.write_history(tmp / "history.csv", history)
+        plots.curves(history, tmp / "curves.png", title=f"{p.dataset} {p.arch}")
+        plots.image_grid(x_train[:25], [names[i] for i in y_train[:25]], tmp / "samples.png",
+                         cols=5, title=f"25 {p.dataset} training images")
+        plots.confusion(confusion, names, tmp / "confusion.png",
+                        title=f"test accuracy {test_accuracy:.4f}")
+        wrong = np.flatnonzero(predicted != y_test)[:25]
+        plots.image_grid(x_test[wrong], [f"true {names[y_test[i]]}\npred {names[predicted[i]]}"
+                                         for i in wrong], tmp / "misclassified.png", cols=5,
+                         title=f"first {len(wrong)} of {int((predicted != y_test).sum())} errors")
+        kernels = np.asarray(model.get_layer("conv1").kernel)[:, :, 0, :]  # (3, 3, filters)
+        plots.image_grid(np.moveaxis(kernels, -1, 0), [f"filter {i}" for i in
+                                                       range(kernels.shape[-1])],
+                         tmp / "filters.png", cols=8, title="first-layer kernels (trained)",
+                         cmap="coolwarm")
+        maps = feature_maps(model, x_test[0])
+        plots.image_grid(np.moveaxis(maps, -1, 0), [f"map {i}" for i in range(maps.shape[-1])],
+                         tmp / "feature_maps.png", cols=8,
+                         title=f"conv1 activations for a test {names[y_test[0]]}",
+                         cmap="viridis")
+        plots.noise_curve(noise, tmp / "noise.png", title=f"{p.dataset} {p.arch}")
+    return MnistResult(target, meta, noise, summary_rows(model))
+
+
+def noise_robustness(model, x_test, y_test, seed: int, sigmas=NOISE_SIGMAS):
+    """Test accuracy with Gaussian noise of each sigma added to [0, 1] pixels (then clipped)."""
+    rng = np.random.default_rng(seed)
+    results = []
+    clean = x_test.astype("float32") / 255.0
+    for sigma in sigmas:
+        noisy = np.clip(clean + rng.normal(0.0, sigma, clean.shape).astype("float32"), 0, 1)
+        probs = model.predict((noisy * 255.0)[..., None], batch_size=1000, verbose=0)
+        results.append((float(sigma), float(np.mean(probs.argmax(-1) == y_test))))
+    return results
+
+
+def feature_maps(model, image: np.ndarray) -> np.ndarray:
+    """The real first-layer activations (H, W, filters) for one 28x28 uint8 image."""
+    from transfer.tf import keras
+
+    probe = keras.Model(model.inputs, model.get_layer("conv1").output)
+    return np.asarray(probe(image[None, ..., None].astype("float32"), training=False))[0]
+
+
+def confusion_matrix(y_true, y_pred, n: int) -> np.ndarray:
+    matrix = np.zeros((n, n), dtype=int)
+    np.add.at(matrix, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
+    return matrix
