@@ -7,12 +7,12 @@ downloads for it. Everything else (training, predict, explain, export) asks here
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from transfer.datasets import sha256_file as sha256  # one checksum helper for the project
 from transfer.errors import TransferError
 
 MOBILENET_ALPHAS = (1.0, 0.75, 0.5, 0.25)
@@ -114,14 +114,6 @@ def cached_weights(base: Base, alpha: float = 1.0, size: int | None = None,
         return None
     path = keras_cache_dir() / base.weight_file(alpha, size, include_top)
     return path if path.is_file() else None
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
