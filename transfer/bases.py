@@ -102,6 +102,14 @@ def check_alpha(base: Base, alpha: float) -> float:
     return 1.0
 
 
+def check_size(base: Base, size: int) -> int:
+    """``size`` if the base accepts it, else one clear error."""
+    if size < base.min_size:
+        raise TransferError(f"image size {size} is below the minimum of {base.name} "
+                            f"({base.min_size} px)")
+    return size
+
+
 def keras_cache_dir() -> Path:
     """Where Keras keeps downloaded weights (``$KERAS_HOME/models``, default ~/.keras/models)."""
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
@@ -125,10 +133,7 @@ def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
     """
     from transfer.tf import keras
 
-    size = image_size or base.size
-    if size < base.min_size:
-        raise TransferError(f"image size {size} is below the minimum of {base.name} "
-                            f"({base.min_size} px)")
+    size = check_size(base, image_size or base.size)
     if weights == "none":
         weights = None
     if weights not in (None, "imagenet") and not Path(weights).is_file():
@@ -139,12 +144,9 @@ def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
         return scratch_trunk(size)
     application = getattr(keras.applications, base.keras_class)
     kwargs = {"alpha": alpha} if base.has_alpha else {}
-    if include_top:
-        if size != base.size:
-            raise TransferError(f"the ImageNet classifier of {base.name} needs {base.size} px")
-        kwargs["input_shape"] = (size, size, 3)
-    else:
-        kwargs["input_shape"] = (size, size, 3)
+    if include_top and size != base.size:
+        raise TransferError(f"the ImageNet classifier of {base.name} needs {base.size} px")
+    kwargs["input_shape"] = (size, size, 3)
     try:
         return application(include_top=include_top, weights=weights, **kwargs)
     except TransferError:

@@ -28,7 +28,7 @@ import time
 import warnings
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -581,13 +581,3 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)
-
-
-def class_folders(root: Path) -> list[str]:
-    """Sorted names of the non-hidden sub-folders of ``root`` (Keras's class order)."""
-    return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def count_images(folders: Iterable[Path]) -> int:
-    return sum(1 for f in folders for p in Path(f).rglob("*")
-               if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transfer import pipelines
 from transfer.progress import Reporter
 
 
@@ -34,9 +35,7 @@ def extract(feature_model, batches, n_steps: int, reporter: Reporter, descriptio
     outputs, labels = [], []
     start = time.perf_counter()
     with reporter.task(description, total=n_steps) as advance:
-        iterator = (batches[i] for i in range(n_steps)) if hasattr(batches, "__getitem__") \
-            else iter(batches)
-        for x, y in iterator:
+        for x, y in pipelines.batches(batches, n_steps):
             outputs.append(np.asarray(forward(x)))
             labels.append(np.asarray(y))
             advance(1)

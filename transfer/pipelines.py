@@ -166,5 +166,13 @@ def make(pipeline: str, directory: Path, names: list[str], size: int, preprocess
     raise TransferError(f"unknown pipeline {pipeline!r}; choose {' or '.join(PIPELINES)}")
 
 
+def batches(data, n_steps: int):
+    """The batches of a pipeline: indexed for a PyDataset (ImageDataGenerator), iterated for
+    a tf.data.Dataset."""
+    if hasattr(data, "__getitem__"):
+        return (data[i] for i in range(n_steps))
+    return iter(data)
+
+
 def steps(n_images: int, batch_size: int) -> int:
     return max(1, math.ceil(n_images / batch_size))

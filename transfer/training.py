@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import platform
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -147,10 +148,7 @@ def train(hparams: HParams, reporter: Reporter | None = None) -> TrainResult:
     started = time.perf_counter()
     base = bases.get(hp.base)
     alpha = bases.check_alpha(base, hp.alpha)
-    size = hp.image_size or base.size
-    if size < base.min_size:
-        raise TransferError(f"image size {size} is below the minimum of {base.name} "
-                            f"({base.min_size} px)")
+    size = bases.check_size(base, hp.image_size or base.size)
     for name, value in (("epochs", hp.epochs), ("batch-size", hp.batch_size)):
         if value < 1:
             raise TransferError(f"--{name} must be at least 1")
@@ -207,10 +205,9 @@ def train(hparams: HParams, reporter: Reporter | None = None) -> TrainResult:
                             hp.fine_tune_epochs, "fine-tune", strategy, history, callbacks_dir,
                             reporter, timing)
         val_features = timing.pop("val_features", None) if hp.fine_tune == 0 else None
-        val_loss, val_accuracy = _final_validation(hp, base, size, names, graphs, val_features)
+        val_loss, val_accuracy = _final_validation(hp, base, size, names, graphs, val_features,
+                                                   len(val_files))
     finally:
-        import shutil
-
         shutil.rmtree(callbacks_dir, ignore_errors=True)
     head_seconds = timing.get("fit_seconds", 0.0)
     total = time.perf_counter() - started
@@ -426,7 +423,7 @@ def _unfreeze_top(base_model, n: int) -> int:
     return sum(1 for layer in base_model.layers if layer.trainable and layer.weights)
 
 
-def _final_validation(hp, base, size, names, graphs, val_features):
+def _final_validation(hp, base, size, names, graphs, val_features, n_val: int):
     """(val_loss, val_accuracy) of the final model, from cached features when they apply."""
     from transfer.tf import keras
 
@@ -439,8 +436,7 @@ def _final_validation(hp, base, size, names, graphs, val_features):
         val = pipelines.make(hp.pipeline, hp.validate_dir, names, size, base.preprocess,
                              hp.batch_size, None, shuffle=False, seed=hp.seed)
         outputs, labels = [], []
-        for x, y in _batches(val, pipelines.steps(_count(hp.validate_dir, names),
-                                                  hp.batch_size)):
+        for x, y in pipelines.batches(val, pipelines.steps(n_val, hp.batch_size)):
             outputs.append(np.asarray(graphs["core"](x, training=False)))
             labels.append(np.asarray(y))
         probs, y = np.concatenate(outputs), np.concatenate(labels).reshape(-1)
@@ -450,16 +446,5 @@ def _final_validation(hp, base, size, names, graphs, val_features):
     predicted = (probs.reshape(-1) > 0.5).astype(int) if binary else probs.argmax(-1)
     accuracy = float(np.mean(predicted == y.reshape(-1).astype(int)))
     return loss, accuracy
-
-
-def _batches(data, n_steps: int):
-    """Batches of a PyDataset (indexed) or a tf.data.Dataset (iterated)."""
-    if hasattr(data, "__getitem__"):
-        return (data[i] for i in range(n_steps))
-    return iter(data)
-
-
-def _count(directory, names) -> int:
-    return len(pipelines.listing(directory, names))
 
 
