@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -214,6 +215,194 @@ def train_cmd(
     out.print(f"feature cache: {result.meta['feature_cache']}; features "
               f"{t['feature_extraction_seconds']:.1f} s, training {t['head_training_seconds']:.1f}"
               f" s, total {t['total_seconds']:.1f} s{speed}", highlight=False)
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def _pct(value) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _predictions_table(result) -> Table:
+    title = (f"{result.model}" if result.mode == "bundle"
+             else f"{result.model}: top {max((len(i.top) for i in result.items), default=3)}")
+    table = Table(title=title)
+    table.add_column("file", overflow="fold", min_width=16)
+    table.add_column("class", overflow="fold", min_width=10)
+    table.add_column("probability", justify="right")
+    classes = result.class_names or []
+    per_class = 2 < len(classes) <= 5 or len(classes) == 2
+    if per_class:
+        for name in classes:
+            table.add_column(f"p({name})", justify="right")
+    extra = 0 if per_class else max((len(i.top) for i in result.items), default=1) - 1
+    for rank in range(extra):
+        table.add_column(f"#{rank + 2}")
+    for item in result.items:
+        if item.error:
+            table.add_row(item.file, f"[red]error: {item.error}[/red]")
+            continue
+        label = item.label + (" (inverted)" if (item.image or {}).get("inverted") else "")
+        row = [item.file, label, _pct(item.probability)]
+        if per_class:
+            row += [_pct(item.probabilities[name]) for name in classes]
+        row += [f"{t['label']} {t['probability']:.4f}" for t in item.top[1:extra + 1]]
+        table.add_row(*row)
+    return table
+
+
+@command("predict")
+def predict_cmd(
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders (recursed) or globs.",
+                                               show_default=False)],
+    model: Annotated[Path | None, typer.Option(
+        help="Model bundle folder (default: models/latest; without one, ImageNet mode).")
+    ] = None,
+    imagenet: Annotated[bool, typer.Option(
+        "--imagenet", help="Classify with --base's pretrained ImageNet classifier.")] = False,
+    base: Annotated[str, typer.Option(help="Base of ImageNet mode.")] = "inception",
+    alpha: Annotated[float, typer.Option(help="MobileNet width in ImageNet mode.")] = 1.0,
+    top: Annotated[int | None, typer.Option(
+        help="Labels per image, best first (default 1; 3 in ImageNet mode).")] = None,
+    format: Annotated[str | None, typer.Option(
+        "--format", help="table | json | csv (default: from --output's suffix, else table).")
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="Write the results to this file.")] = None,
+    invert: Annotated[str | None, typer.Option(
+        help="Digit models: auto | yes | no (default: the bundle's, auto).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 32,
+    models_dir: Annotated[Path, typer.Option(help="Where models/latest is looked for.")
+                          ] = Path("models"),
+    force: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
+) -> None:
+    """Classify images with a trained bundle, or with an ImageNet classifier (--imagenet)."""
+    from transfer.predict import FORMATS, predict, write_text
+
+    fmt = format or {".json": "json", ".csv": "csv"}.get(
+        output.suffix.lower() if output else "", "table")
+    if fmt not in FORMATS:
+        raise TransferError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if output is not None and output.exists() and not force:
+        raise TransferError(f"{output} already exists; use --force to replace it")
+    result = predict(paths, model=model, imagenet=imagenet, base=base, alpha=alpha, top=top,
+                     batch_size=batch_size, invert=invert, models_dir=models_dir,
+                     reporter=_reporter())
+    if fmt == "table":
+        table = _predictions_table(result)
+        if output is not None:
+            recorder = Console(record=True, width=160, file=open(os.devnull, "w"))
+            recorder.print(table)
+            text = recorder.export_text()
+        else:
+            out.print(table)
+    else:
+        text = result.render(fmt)
+        if output is None:
+            sys.stdout.write(text)
+    if output is not None:
+        write_text(output, text, force=force)
+        err.print(f"wrote {output}", highlight=False)
+    if result.failed:
+        err.print(f"[bold red]{result.failed} of {len(result.items)} input(s) failed[/bold red]",
+                  highlight=False)
+        raise typer.Exit(1)
+
+
+@command("evaluate")
+def evaluate_cmd(
+    model: Annotated[Path, typer.Option(help="Model bundle folder.")] = Path("models/latest"),
+    data_dir: Annotated[Path | None, typer.Option(
+        help="Folder of class subfolders (default: the bundle's validation folder).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        help="Where report.json and the pictures go (default: the bundle).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 32,
+    force: Annotated[bool, typer.Option(help="Replace another evaluation's outputs.")] = False,
+) -> None:
+    """Accuracy, per-class precision/recall/F1, ROC AUC, confusion matrix and worst mistakes."""
+    from transfer.evaluate import evaluate
+
+    result = evaluate(model, data_dir=data_dir, output=output, batch_size=batch_size,
+                      force=force, reporter=_reporter())
+    r = result.report
+    table = Table(title=f"{r['model']} on {r['data_dir']} ({r['images']} images)")
+    for column in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, row in r["per_class"].items():
+        table.add_row(name, _pct(row["precision"]), _pct(row["recall"]), _pct(row["f1"]),
+                      str(row["support"]))
+    macro = r["macro_avg"]
+    table.add_row("macro average", _pct(macro["precision"]), _pct(macro["recall"]),
+                  _pct(macro["f1"]), str(r["images"]), style="bold")
+    out.print(table)
+    names = r["class_names"]
+    matrix = Table(title="Confusion matrix", caption="rows: true class; columns: predicted")
+    matrix.add_column("")
+    for name in names:
+        matrix.add_column(name, justify="right")
+    for name, counts in zip(names, r["confusion_matrix"], strict=True):
+        matrix.add_row(name, *(str(c) for c in counts))
+    out.print(matrix)
+    auc = (f", ROC AUC {r['roc_auc']:.4f} ({r['roc_auc_positive_class']} positive)"
+           if r["roc_auc"] is not None else "")
+    out.print(f"[bold]accuracy {r['accuracy']:.4f}[/bold], loss {r['loss']:.4f}{auc}",
+              highlight=False)
+    trained = r.get("training_metrics") or {}
+    if r["is_training_validation_folder"] and trained.get("val_accuracy") is not None:
+        out.print(f"training reported validation accuracy {trained['val_accuracy']:.4f}",
+                  highlight=False)
+    if r["skipped"]:
+        out.print(f"skipped {len(r['skipped'])} unreadable image(s) (listed in report.json)")
+    out.print(f"wrote {result.output / 'report.json'}, confusion.png, misclassified.png",
+              highlight=False)
+
+
+@command("explain")
+def explain_cmd(
+    image: Annotated[Path, typer.Argument(help="The image to explain.", show_default=False)],
+    model: Annotated[Path, typer.Option(help="Model bundle folder.")] = Path("models/latest"),
+    output: Annotated[Path | None, typer.Option(
+        help="PNG to write (default: IMAGE's folder, <name>.gradcam.png).")] = None,
+    class_name: Annotated[str | None, typer.Option(
+        "--class", help="Explain this class instead of the predicted one.")] = None,
+    invert: Annotated[str | None, typer.Option(help="Digit models: auto | yes | no.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing PNG.")] = False,
+) -> None:
+    """Grad-CAM: a heatmap of where the model looked for its prediction, saved as PNG."""
+    from transfer.explain import explain
+
+    result = explain(image, model=model, output=output, class_name=class_name, invert=invert,
+                     force=force)
+    predicted = max(result.probabilities, key=result.probabilities.get)
+    out.print(f"{image}: predicted [bold]{predicted}[/bold] "
+              f"{result.probabilities[predicted]:.4f}; Grad-CAM of {result.label} at layer "
+              f"{result.layer} ({result.heatmap.shape[0]}x{result.heatmap.shape[1]} maps)",
+              highlight=False)
+    out.print(f"wrote {result.png}", highlight=False)
+
+
+@command("export")
+def export_cmd(
+    model: Annotated[Path, typer.Option(help="Model bundle folder.")] = Path("models/latest"),
+    format: Annotated[str, typer.Option("--format", help="keras | savedmodel | tflite.")
+                      ] = "tflite",
+    output: Annotated[Path | None, typer.Option(
+        help="File (.keras, .tflite) or folder (SavedModel); default: MODEL/export/.")] = None,
+    check_images: Annotated[list[Path] | None, typer.Option(
+        help="Images (or folders) to check the export on; default: the bundle's validation "
+        "images.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing export.")] = False,
+) -> None:
+    """Export the model (Keras, SavedModel, TFLite) and check its outputs against Keras's."""
+    from transfer.export import export
+
+    result = export(model, format, output, force=force, check_images=check_images,
+                    reporter=_reporter())
+    out.print(f"[bold]{result.path}[/bold] ({result.format}); check on {result.n_images} "
+              f"images from {result.check_source}: max abs difference "
+              f"{result.max_abs_diff:.2e} <= {result.tolerance:g} [green]passed[/green]",
+              highlight=False)
+    out.print(f"class names and input recipe: {result.meta_path}", highlight=False)
 
 
 # --------------------------------------------------------------------------- mnist

@@ -19,6 +19,7 @@ import numpy as np
 
 from transfer import __version__, bundle, plots
 from transfer.errors import TransferError
+from transfer.metrics import confusion_matrix
 from transfer.progress import Reporter
 
 DATASETS = ("mnist", "fashion")
@@ -248,8 +249,9 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
         "image_size": 28,
         "channels": 1,
         "preprocessing": {"mode": "scale", "in_model": True, "grayscale": True,
-                          "invert": "auto",
-                          "input": "grayscale pixels 0-255, 28x28, light digit on dark"},
+                          "invert": "auto", "fit": "mnist-box",
+                          "input": "grayscale pixels 0-255, 28x28, light digit on dark; a "
+                                   "user's image is fitted into a 20x20 box centred by mass"},
         "class_names": names,
         "output": "softmax",
         "training": {"epochs": p.epochs, "batch_size": p.batch_size,
@@ -316,8 +318,3 @@ def feature_maps(model, image: np.ndarray) -> np.ndarray:
     probe = keras.Model(model.inputs, model.get_layer("conv1").output)
     return np.asarray(probe(image[None, ..., None].astype("float32"), training=False))[0]
 
-
-def confusion_matrix(y_true, y_pred, n: int) -> np.ndarray:
-    matrix = np.zeros((n, n), dtype=int)
-    np.add.at(matrix, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
-    return matrix

@@ -22,6 +22,7 @@ from transfer.errors import TransferError
 
 PIPELINES = ("generator", "tfdata")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+GRADCAM_SUFFIX = ".gradcam.png"  # what `transfer explain` writes next to an image
 
 
 @dataclass
@@ -58,8 +59,15 @@ def class_names(directory: Path) -> list[str]:
 
 
 def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The images under ``folder``, sorted. A Grad-CAM picture there is an error: the Keras
+    pipelines would train on it as a photo of the class."""
+    files = sorted(p for p in Path(folder).rglob("*")
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    for path in files:
+        if path.name.endswith(GRADCAM_SUFFIX):
+            raise TransferError(f"{path} is a Grad-CAM picture (transfer explain), not a photo "
+                                "of its class; move it out of the data folder")
+    return files
 
 
 def listing(directory: Path, names: list[str]) -> list[tuple[str, int, int]]:

@@ -107,3 +107,28 @@ def noise_curve(results, path: Path, title: str = "") -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def gradcam(image, heatmap, path: Path, title: str = "", alpha: float = 0.45) -> Path:
+    """The image and the image overlaid with a Grad-CAM heatmap (jet), side by side."""
+    import numpy as np
+    from PIL import Image
+
+    plt = _pyplot()
+    image = np.asarray(image, dtype="uint8")
+    h, w = image.shape[:2]
+    heat = Image.fromarray((np.clip(heatmap, 0, 1) * 255).astype("uint8")).resize(
+        (w, h), Image.BILINEAR)
+    colours = plt.get_cmap("jet")(np.asarray(heat) / 255.0)[..., :3] * 255.0
+    overlay = ((1 - alpha) * image + alpha * colours).clip(0, 255).astype("uint8")
+    width = 8.0
+    fig, axes = plt.subplots(1, 2, figsize=(width, width / 2 * h / w + 0.6))
+    for ax, picture, caption in zip(axes, (image, overlay), ("image", "Grad-CAM"), strict=True):
+        ax.imshow(picture)
+        ax.set_title(caption, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -13,7 +13,8 @@ import sys
 
 
 @contextlib.contextmanager
-def _fd2_silenced():
+def native_stderr_quiet():
+    """Send file descriptor 2 (C++ log lines) to /dev/null unless TRANSFER_VERBOSE=1."""
     if os.environ.get("TRANSFER_VERBOSE") == "1":
         yield
         return
@@ -32,7 +33,7 @@ def _fd2_silenced():
 def _load():
     if os.environ.get("TRANSFER_VERBOSE") != "1":
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with _fd2_silenced():
+    with native_stderr_quiet():
         import keras
         import tensorflow
 

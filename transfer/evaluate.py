@@ -1,0 +1,173 @@
+"""`transfer evaluate`: a bundle's accuracy on a folder of class subfolders, with pictures.
+
+    from transfer.evaluate import evaluate
+    result = evaluate(Path("models/latest"))            # the bundle's validation folder
+    print(result.report["accuracy"], result.report["per_class"])
+
+Images are read in a fixed order (sorted class folders, sorted files) and prepared exactly as
+``transfer predict`` prepares them, so labels and predictions cannot drift apart. Writes
+``report.json``, ``confusion.png`` and ``misclassified.png`` into the bundle or ``output``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from transfer import bundle, images, metrics, pipelines, plots
+from transfer.errors import TransferError
+from transfer.predict import BundleClassifier
+from transfer.progress import Reporter
+
+REPORT = "report.json"
+OUTPUTS = (REPORT, "confusion.png", "misclassified.png")
+
+
+@dataclass
+class EvaluateResult:
+    report: dict
+    output: Path
+    files: list[Path]
+
+
+def labelled_files(data_dir: Path, class_names: list[str]) -> list[tuple[Path, int]]:
+    """(image, class index in the bundle) for every image under data_dir's class folders."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise TransferError(f"no data folder {data_dir}")
+    folders = sorted(p.name for p in data_dir.iterdir()
+                     if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise TransferError(f"{data_dir} has no class subfolders (one per class, named as the "
+                            f"model's classes: {', '.join(class_names)})")
+    unknown = [f for f in folders if f not in class_names]
+    if unknown:
+        raise TransferError(f"{data_dir} has class folder(s) the model does not know: "
+                            f"{', '.join(unknown)}; its classes are {', '.join(class_names)}")
+    files = [(path, class_names.index(name)) for name in folders
+             for path in pipelines.image_files(data_dir / name)]
+    if not files:
+        raise TransferError(f"{data_dir} has no images in its class folders")
+    return files
+
+
+def _default_data_dir(meta: dict, model: Path) -> Path:
+    validate = (meta.get("data") or {}).get("validate_dir")
+    if not validate:
+        raise TransferError(f"{model} does not name a validation folder; pass --data-dir")
+    if not Path(validate).is_dir():
+        raise TransferError(f"the bundle's validation folder {validate} is missing (evaluate "
+                            "from the folder you trained in, or pass --data-dir)")
+    return Path(validate)
+
+
+def _same_folder(a, b) -> bool:
+    return b is not None and Path(a).resolve() == Path(b).resolve()
+
+
+def _check_outputs(output: Path, data_dir: Path, force: bool) -> None:
+    """Refuse to replace earlier outputs unless force, or they were this same evaluation's."""
+    existing = [name for name in OUTPUTS if (output / name).exists()]
+    if not existing or force:
+        return
+    try:
+        previous = json.loads((output / REPORT).read_text())
+        same = (previous.get("kind") == "transfer-evaluate"
+                and _same_folder(data_dir, previous.get("data_dir")))
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        raise TransferError(f"{output} already has {', '.join(existing)} from another "
+                            "evaluation; use --force to replace them or --output DIR")
+
+
+def evaluate(model: Path = Path("models/latest"), data_dir: Path | None = None,
+             output: Path | None = None, batch_size: int = 32, worst: int = 16,
+             force: bool = False, reporter: Reporter | None = None) -> EvaluateResult:
+    reporter = reporter or Reporter()
+    model = Path(model)
+    classifier = BundleClassifier(model)
+    meta, names = classifier.meta, classifier.class_names
+    data_dir = Path(data_dir) if data_dir is not None else _default_data_dir(meta, model)
+    output = Path(output) if output is not None else model
+    output.mkdir(parents=True, exist_ok=True)
+    _check_outputs(output, data_dir, force)
+    files = labelled_files(data_dir, names)
+
+    started = time.perf_counter()
+    kept, labels, probs, skipped, thumbs = [], [], [], [], {}
+    with reporter.task(f"Evaluating on {data_dir}", total=len(files)) as advance:
+        for start in range(0, len(files), batch_size):
+            arrays = []
+            for path, label in files[start:start + batch_size]:
+                try:
+                    array, _ = classifier.prepare(path)
+                except images.ImageError as exc:
+                    skipped.append({"file": str(path), "reason": str(exc)})
+                    continue
+                arrays.append(array)
+                kept.append(path)
+                labels.append(label)
+            if arrays:
+                probs.append(classifier.probabilities(np.stack(arrays)))
+            advance(len(files[start:start + batch_size]))
+    if not kept:
+        raise TransferError(f"no readable image in {data_dir}")
+    for item in skipped:
+        reporter.warn(f"skipped {item['file']}: {item['reason']}")
+    probs = np.concatenate(probs)
+    y = np.asarray(labels)
+    predicted = probs.argmax(axis=1)
+    matrix = metrics.confusion_matrix(y, predicted, len(names))
+    per_class = metrics.per_class(matrix, names)
+    report = {
+        "kind": "transfer-evaluate",
+        "model": str(model),
+        "base": meta.get("base"),
+        "data_dir": str(data_dir),
+        "images": int(len(y)),
+        "accuracy": float(np.mean(predicted == y)),
+        "loss": metrics.log_loss(y, probs),
+        "per_class": per_class,
+        "macro_avg": metrics.macro_average(per_class),
+        "roc_auc": metrics.roc_auc(y, probs[:, 1]) if len(names) == 2 else None,
+        "roc_auc_positive_class": names[1] if len(names) == 2 else None,
+        "class_names": names,
+        "confusion_matrix": matrix.tolist(),
+        "confusion_matrix_axes": "rows: true class, columns: predicted class",
+        "skipped": skipped,
+        "training_metrics": meta.get("metrics"),
+        "is_training_validation_folder": _same_folder(data_dir,
+                                                      (meta.get("data") or {}).get("validate_dir")),
+        "seconds": round(time.perf_counter() - started, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    wrong = np.flatnonzero(predicted != y)
+    wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:worst]
+    for i in wrong:
+        image = images.to_rgb(images.open_image(kept[i]))
+        image.thumbnail((160, 160))
+        thumbs[i] = np.asarray(image)
+    report["worst_mistakes"] = [
+        {"file": str(kept[i]), "true": names[y[i]], "predicted": names[predicted[i]],
+         "probability": float(probs[i, predicted[i]])} for i in wrong]
+
+    n_wrong = int((predicted != y).sum())
+    tmp = {name: output / f".{Path(name).stem}.tmp-{os.getpid()}{Path(name).suffix}"
+           for name in OUTPUTS}
+    plots.confusion(matrix, names, tmp["confusion.png"],
+                    title=f"{model.name} on {data_dir}: accuracy {report['accuracy']:.4f}")
+    plots.image_grid([thumbs[i] for i in wrong],
+                     [f"true {names[y[i]]}\npred {names[predicted[i]]} {probs[i, predicted[i]]:.2f}"
+                      for i in wrong], tmp["misclassified.png"], cols=4,
+                     title=(f"the {len(wrong)} most confident of {n_wrong} mistakes" if n_wrong
+                            else "no mistakes"))
+    bundle.write_json(tmp[REPORT], report)
+    for name, path in tmp.items():
+        os.replace(path, output / name)
+    return EvaluateResult(report=report, output=output, files=kept)

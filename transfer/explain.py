@@ -1,0 +1,158 @@
+"""`transfer explain`: where in the image the model looked (Grad-CAM, Selvaraju et al. 2017).
+
+    from transfer.explain import explain
+    result = explain(Path("dog.jpg"), model=Path("models/latest"))
+    result.heatmap  # (H, W) in [0, 1] over the model's input; result.png is the picture
+
+The heatmap is the ReLU of the last convolutional feature maps weighted by the mean gradient
+of the class score (the logit, before sigmoid/softmax) with respect to each map. The layer
+comes from the base's registry entry (``bases.Base.last_conv``); for other models (e.g.
+``transfer mnist``) it is the last layer with a spatial output before the head.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from transfer import bases, bundle, images, plots
+from transfer.errors import TransferError
+from transfer.pipelines import GRADCAM_SUFFIX
+
+
+@dataclass
+class Explanation:
+    image: Path
+    png: Path | None
+    heatmap: np.ndarray  # (h, w) at the conv layer's resolution, 0..1
+    label: str
+    probability: float
+    class_index: int
+    layer: str
+    probabilities: dict[str, float]
+
+
+def _is_model(layer) -> bool:
+    from transfer.tf import keras
+
+    return isinstance(layer, keras.Model)
+
+
+def target_layer(model, meta: dict) -> str:
+    """The name of the layer whose feature maps Grad-CAM weighs."""
+    spec = bases.BASES.get(meta.get("base", ""))
+    names = {layer.name for layer in model.layers}
+    for layer in model.layers:
+        if _is_model(layer):
+            names |= {inner.name for inner in layer.layers}
+    if spec is not None and spec.last_conv in names:
+        return spec.last_conv
+    last = None  # not a registered base: the last layer with (batch, h, w, c) output
+    for layer in model.layers:
+        if layer.name == "preprocess" or _is_model(layer):
+            continue
+        if len(layer.output.shape) == 4 and "conv" in type(layer).__name__.lower():
+            last = layer.name
+    if last is None:
+        raise TransferError("no convolutional layer found for Grad-CAM in this model")
+    return last
+
+
+def _forward(model, x, target: str):
+    """(feature maps of ``target``, class logits, probabilities): the model's chain of layers
+    run one by one, with the final Dense split into logits and activation."""
+    from transfer.tf import keras
+
+    ops = keras.ops
+    conv = None
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    for n, layer in enumerate(layers):
+        last = n == len(layers) - 1
+        if _is_model(layer) and target in {inner.name for inner in layer.layers}:
+            probe = keras.Model(layer.inputs, [layer.get_layer(target).output, layer.output])
+            conv, x = probe(x, training=False)
+        elif last and isinstance(layer, keras.layers.Dense):
+            logits = ops.matmul(x, layer.kernel) + layer.bias
+            return conv, logits, layer.activation(logits)
+        else:
+            x = layer(x, training=False)
+            if layer.name == target:
+                conv = x
+    raise TransferError("the model does not end in a Dense classifier; Grad-CAM needs one")
+
+
+def gradcam(model, meta: dict, array: np.ndarray, class_index: int | None = None,
+            layer: str | None = None):
+    """(heatmap 0..1, class probabilities, class index, layer) for one prepared input."""
+    from transfer.metrics import class_probabilities
+    from transfer.tf import tf
+
+    layer = layer or target_layer(model, meta)
+    x = tf.convert_to_tensor(array[None].astype("float32"))
+    with tf.GradientTape() as tape:
+        conv, logits, outputs = _forward(model, x, layer)
+        if conv is None:
+            raise TransferError(f"layer {layer} is not on the model's path")
+        tape.watch(conv)
+        probs = class_probabilities(np.asarray(outputs))[0]
+        if class_index is None:
+            class_index = int(np.argmax(probs))
+        if logits.shape[-1] == 1:  # sigmoid: the logit favours class 1, its negative class 0
+            score = logits[:, 0] if class_index == 1 else -logits[:, 0]
+        else:
+            score = logits[:, class_index]
+    reference = np.asarray(model(x, training=False))
+    if np.max(np.abs(reference - np.asarray(outputs))) > 1e-4:
+        raise TransferError("this model is not a simple chain of layers; Grad-CAM cannot trace it")
+    grads = tape.gradient(score, conv)
+    weights = tf.reduce_mean(grads, axis=(1, 2))  # (1, channels)
+    cam = tf.nn.relu(tf.reduce_sum(conv * weights[:, None, None, :], axis=-1))[0].numpy()
+    peak = float(cam.max())
+    return (cam / peak if peak > 0 else cam), probs, class_index, layer
+
+
+def default_png(image: Path) -> Path:
+    return Path(image).with_name(Path(image).stem + GRADCAM_SUFFIX)
+
+
+def explain(image: Path, model: Path = Path("models/latest"), output: Path | None = None,
+            class_name: str | None = None, invert: str | None = None,
+            force: bool = False, write: bool = True) -> Explanation:
+    """Grad-CAM of ``image`` under a bundle's model, saved as a PNG (original | overlay)."""
+    image = Path(image)
+    keras_model, meta = bundle.load(Path(model))
+    names = list(meta["class_names"])
+    class_index = None
+    if class_name is not None:
+        if class_name not in names:
+            raise TransferError(f"unknown class {class_name!r}; the model's classes are "
+                                f"{', '.join(names)}")
+        class_index = names.index(class_name)
+    png = Path(output) if output is not None else default_png(image)
+    if write and png.exists() and not force:
+        raise TransferError(f"{png} already exists; use --force to replace it")
+    try:
+        array, notes = images.model_input(image, meta, invert)
+    except images.ImageError as exc:
+        raise TransferError(f"{image}: {exc}") from None
+    heatmap, probs, index, layer = gradcam(keras_model, meta, array, class_index)
+    result = Explanation(image=image, png=None, heatmap=heatmap, label=names[index],
+                         probability=float(probs[index]), class_index=index, layer=layer,
+                         probabilities={n: float(p) for n, p in zip(names, probs, strict=True)})
+    if write:
+        if meta.get("channels", 3) == 1:  # digits: show what the model saw (fitted 28x28)
+            shown = np.repeat(array.astype("uint8"), 3, axis=-1)
+        else:
+            shown = np.asarray(images.to_rgb(images.open_image(image)))
+        predicted = names[int(np.argmax(probs))]
+        title = (f"{image.name}: predicted {predicted} {probs.max():.2f}; Grad-CAM of "
+                 f"{names[index]} at {layer}")
+        png.parent.mkdir(parents=True, exist_ok=True)
+        tmp = png.with_name(f".{png.stem}.tmp-{os.getpid()}.png")
+        plots.gradcam(shown, heatmap, tmp, title=title)
+        os.replace(tmp, png)
+        result.png = png
+    return result

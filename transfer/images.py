@@ -1,0 +1,163 @@
+"""Reading one image file into the input a bundle's model expects.
+
+Every command that feeds a user's image to a model (predict, evaluate, explain, export's check)
+goes through here, and what "the model's input" means comes from the bundle's ``meta.json``:
+
+- colour bundles (``channels`` 3): any Pillow-readable image -> RGB pixels 0-255, resized to
+  ``image_size`` the way training resized (Pillow bilinear for the ``generator`` pipeline,
+  ``tf.image.resize`` bilinear for ``tfdata``). The model holds its own preprocessing.
+- digit bundles (``channels`` 1, ``transfer mnist``): grayscale, inverted when the digit is
+  dark on a light background (``invert``: auto|yes|no), background lifted off, then fitted
+  the way MNIST was made: the digit's bounding box scaled into 20x20 and centred by mass in
+  28x28.
+
+Conversions: EXIF orientation is applied (phone photos); transparency (RGBA, LA, palette with
+a transparent colour) is composited onto white; CMYK, palette, 1-bit and 16-bit grayscale are
+converted. A file that cannot be used raises ``ImageError`` with the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from transfer.errors import TransferError
+
+MIN_SIDE = 8  # pixels; smaller images carry nothing a classifier can use
+INVERT_CHOICES = ("auto", "yes", "no")
+MNIST_BOX = 20  # MNIST digits fill a 20x20 box centred by mass in 28x28
+
+
+class ImageError(TransferError):
+    """This file cannot be used as an image (the message says why)."""
+
+
+def open_image(path: Path):
+    """The decoded, upright Pillow image at ``path``, or ImageError."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise ImageError("no such file")
+    if path.is_dir():
+        raise ImageError("is a folder")
+    if path.stat().st_size == 0:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            image = ImageOps.exif_transpose(image) or image
+    except UnidentifiedImageError:
+        raise ImageError("not an image (Pillow cannot identify it)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"too large to decode safely ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"corrupt or truncated image ({exc})") from None
+    if min(image.size) < MIN_SIDE:
+        raise ImageError(f"image is {image.size[0]}x{image.size[1]} px; too small to classify "
+                         f"(at least {MIN_SIDE}x{MIN_SIDE})")
+    return image
+
+
+def _has_alpha(image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info)
+
+
+def _from_high_bit_depth(image):
+    """16/32-bit integer or float grayscale -> 8-bit, scaled by its own range."""
+    from PIL import Image
+
+    array = np.asarray(image, dtype="float64")
+    top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+    if image.mode == "F":
+        top = max(float(array.max()), 1.0)
+    return Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype("uint8"), "L")
+
+
+def to_rgb(image):
+    """An 8-bit RGB Pillow image: alpha composited onto white, other modes converted."""
+    from PIL import Image
+
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        image = _from_high_bit_depth(image)
+    if _has_alpha(image):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def rgb_array(image, size: int, resize: str = "pil") -> np.ndarray:
+    """(size, size, 3) float32 RGB pixels 0-255, as a colour bundle's model takes them."""
+    from PIL import Image
+
+    rgb = to_rgb(image)
+    if resize == "tf":  # keras.utils.image_dataset_from_directory: tf.image.resize, bilinear
+        from transfer.tf import tf
+
+        resized = tf.image.resize(np.asarray(rgb, dtype="float32"), (size, size),
+                                  method="bilinear")
+        return np.asarray(resized, dtype="float32")
+    if rgb.size != (size, size):  # ImageDataGenerator's load_img: Pillow bilinear
+        rgb = rgb.resize((size, size), Image.BILINEAR)
+    return np.asarray(rgb, dtype="float32")
+
+
+def digit_array(image, invert: str = "auto", fit: bool = True) -> tuple[np.ndarray, bool]:
+    """((28, 28, 1) float32 grayscale 0-255, light digit on dark; whether it was inverted)."""
+    from PIL import Image
+
+    if invert not in INVERT_CHOICES:
+        raise TransferError(f"--invert must be one of {', '.join(INVERT_CHOICES)}, not {invert!r}")
+    gray = np.asarray(to_rgb(image).convert("L"), dtype="float32")
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    inverted = invert == "yes" or (invert == "auto" and float(np.median(border)) > 127.5)
+    if inverted:
+        gray = 255.0 - gray
+        border = 255.0 - border
+    if not fit:
+        small = Image.fromarray(gray.astype("uint8")).resize((28, 28), Image.BILINEAR)
+        return np.asarray(small, dtype="float32")[..., None], inverted
+    # lift the background (paper is rarely pure white) and stretch the ink to 0-255
+    gray = np.clip(gray - float(np.median(border)), 0, None)
+    peak = float(gray.max())
+    if peak <= 0:
+        return np.zeros((28, 28, 1), "float32"), inverted
+    gray *= 255.0 / peak
+    rows = np.flatnonzero((gray > 0.2 * 255).any(axis=1))
+    cols = np.flatnonzero((gray > 0.2 * 255).any(axis=0))
+    crop = gray[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    h, w = crop.shape
+    scale = MNIST_BOX / max(h, w)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    box = np.asarray(Image.fromarray(crop.astype("float32"), "F").resize(
+        (new_w, new_h), Image.LANCZOS if scale < 1 else Image.BILINEAR), dtype="float32")
+    box = np.clip(box, 0, 255)
+    canvas = np.zeros((28, 28), "float32")
+    total = float(box.sum())
+    cy = float((box.sum(axis=1) * np.arange(new_h)).sum() / total) if total else new_h / 2
+    cx = float((box.sum(axis=0) * np.arange(new_w)).sum() / total) if total else new_w / 2
+    top = int(np.clip(round(14 - cy), 0, 28 - new_h))
+    left = int(np.clip(round(14 - cx), 0, 28 - new_w))
+    canvas[top:top + new_h, left:left + new_w] = box
+    return canvas[..., None], inverted
+
+
+def resize_method(meta: dict) -> str:
+    """How training resized this bundle's images: "tf" for the tfdata pipeline, else "pil"."""
+    return "tf" if meta.get("pipeline") == "tfdata" else "pil"
+
+
+def model_input(path: Path, meta: dict, invert: str | None = None) -> tuple[np.ndarray, dict]:
+    """(the array the bundle's model takes for the image at ``path``, notes about it)."""
+    image = open_image(path)
+    notes = {"width": image.size[0], "height": image.size[1], "mode": image.mode}
+    if meta.get("channels", 3) == 1:
+        prep = meta.get("preprocessing", {})
+        array, inverted = digit_array(image, invert or prep.get("invert", "auto"),
+                                      fit=prep.get("fit") == "mnist-box")
+        notes["inverted"] = inverted
+        return array, notes
+    return rgb_array(image, int(meta["image_size"]), resize_method(meta)), notes
