@@ -124,3 +124,24 @@ def small_split(kaggle_zip, tmp_path_factory) -> Path:
     """100 train + 50 validate + 20 test real photos per class."""
     return split_from_archive(kaggle_zip, tmp_path_factory.mktemp("small") / "data", 100, 50,
                               20)
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(small_split, mobilenet_weights, tmp_path_factory):
+    """A real bundle: genuine MobileNet-0.25 + a new head on 100 photos per class (the
+    training test checks its accuracy; predict/evaluate/explain/export use it)."""
+    from transfer.training import HParams, train
+
+    models = tmp_path_factory.mktemp("trained") / "models"
+    return train(HParams(data_dir=small_split, base="mobilenet", alpha=0.25,
+                         weights="imagenet", epochs=30, learning_rate=3e-3, patience=5,
+                         augment_copies=2, models_dir=models, output=models / "mobilenet"))
+
+
+def split_images(split: Path, per_class: int | None = None) -> list[tuple[Path, str]]:
+    """(image, class folder) of a split folder, sorted."""
+    rows = []
+    for folder in sorted(p for p in split.iterdir() if p.is_dir()):
+        files = sorted(folder.iterdir())[:per_class]
+        rows += [(f, folder.name) for f in files]
+    return rows

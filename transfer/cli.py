@@ -237,8 +237,8 @@ def _predictions_table(result) -> Table:
         for name in classes:
             table.add_column(f"p({name})", justify="right")
     extra = 0 if per_class else max((len(i.top) for i in result.items), default=1) - 1
-    for rank in range(extra):
-        table.add_column(f"#{rank + 2}")
+    if extra:
+        table.add_column(f"next {extra}", overflow="fold")
     for item in result.items:
         if item.error:
             table.add_row(item.file, f"[red]error: {item.error}[/red]")
@@ -247,7 +247,8 @@ def _predictions_table(result) -> Table:
         row = [item.file, label, _pct(item.probability)]
         if per_class:
             row += [_pct(item.probabilities[name]) for name in classes]
-        row += [f"{t['label']} {t['probability']:.4f}" for t in item.top[1:extra + 1]]
+        if extra:
+            row.append("\n".join(f"{t['label']} {t['probability']:.4f}" for t in item.top[1:]))
         table.add_row(*row)
     return table
 

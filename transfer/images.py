@@ -124,10 +124,13 @@ def digit_array(image, invert: str = "auto", fit: bool = True) -> tuple[np.ndarr
     gray = np.clip(gray - float(np.median(border)), 0, None)
     peak = float(gray.max())
     if peak <= 0:
-        return np.zeros((28, 28, 1), "float32"), inverted
+        raise ImageError("no digit found: the image is uniform once its background is removed"
+                         + (" (it was inverted; try --invert no)" if inverted else ""))
     gray *= 255.0 / peak
-    rows = np.flatnonzero((gray > 0.2 * 255).any(axis=1))
-    cols = np.flatnonzero((gray > 0.2 * 255).any(axis=0))
+    gray[gray < 0.15 * 255] = 0  # paper texture, shadows, JPEG noise
+    ink = gray > 0.35 * 255
+    rows = np.flatnonzero(ink.any(axis=1))
+    cols = np.flatnonzero(ink.any(axis=0))
     crop = gray[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     h, w = crop.shape
     scale = MNIST_BOX / max(h, w)

@@ -1,0 +1,176 @@
+"""Reading user images into a model's input: the same pixels as training, every Pillow kind,
+clear reasons for unusable files, and the MNIST-style digit fitting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import require_asset, split_images, text_as_jpg, truncated
+from PIL import Image
+
+from transfer import images
+from transfer.errors import TransferError
+
+
+@pytest.fixture(scope="module")
+def photo(real_photos, tmp_path_factory):
+    """A real Kaggle dog photo on disk."""
+    path = tmp_path_factory.mktemp("photo") / "dog.jpg"
+    path.write_bytes(real_photos["dogs"][3][1])
+    return path
+
+
+def test_same_pixels_as_the_generator_pipeline(tiny_split):
+    """ImageDataGenerator reads with Keras's load_img (Pillow, bilinear): identical arrays."""
+    from tensorflow.keras.preprocessing.image import img_to_array, load_img
+
+    for path, _ in split_images(tiny_split / "validate", 4):
+        ours = images.rgb_array(images.open_image(path), 96)
+        keras_pixels = img_to_array(load_img(path, target_size=(96, 96),
+                                             interpolation="bilinear"))
+        np.testing.assert_array_equal(ours, keras_pixels)
+
+
+def test_same_pixels_as_the_tfdata_pipeline(tiny_split):
+    """image_dataset_from_directory decodes with TF and resizes with tf.image.resize."""
+    from transfer.tf import keras
+
+    data = keras.utils.image_dataset_from_directory(
+        str(tiny_split / "validate"), image_size=(64, 64), batch_size=100, shuffle=False,
+        interpolation="bilinear", verbose=False)
+    batch = next(iter(data))[0].numpy()
+    files = [p for p, _ in split_images(tiny_split / "validate")]
+    assert len(files) == len(batch) == 12
+    ours = np.stack([images.rgb_array(images.open_image(p), 64, "tf") for p in files])
+    # Pillow's and TF's JPEG decoders may round a few pixels differently, nothing more
+    assert np.mean(np.abs(ours - batch)) < 1.0
+    assert images.resize_method({"pipeline": "tfdata"}) == "tf"
+    assert images.resize_method({"pipeline": "generator"}) == "pil"
+
+
+def test_every_pillow_kind_becomes_rgb(photo, tmp_path):
+    upright = images.rgb_array(images.open_image(photo), 64)
+    source = Image.open(photo)
+
+    cmyk = tmp_path / "cmyk.jpg"
+    source.convert("CMYK").save(cmyk, quality=95)
+    assert Image.open(cmyk).mode == "CMYK"
+    assert np.mean(np.abs(images.rgb_array(images.open_image(cmyk), 64) - upright)) < 6
+
+    # EXIF orientation 6: stored rotated, displayed upright; we see it upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = tmp_path / "rotated.jpg"
+    source.transpose(Image.Transpose.ROTATE_90).save(rotated, exif=exif, quality=95)
+    opened = images.open_image(rotated)
+    assert opened.size == source.size
+    assert np.mean(np.abs(images.rgb_array(opened, 64) - upright)) < 6
+
+    gray = tmp_path / "gray.png"
+    source.convert("L").save(gray)
+    array = images.rgb_array(images.open_image(gray), 64)
+    assert array.shape == (64, 64, 3) and np.array_equal(array[..., 0], array[..., 2])
+
+    palette = tmp_path / "palette.png"
+    source.convert("P").save(palette)
+    assert images.rgb_array(images.open_image(palette), 64).shape == (64, 64, 3)
+
+    # transparency composites onto white: a fully transparent pixel is white
+    rgba = source.convert("RGBA")
+    alpha = Image.new("L", rgba.size, 255)
+    alpha.paste(0, (0, 0, rgba.size[0] // 2, rgba.size[1]))
+    rgba.putalpha(alpha)
+    rgba_path = tmp_path / "rgba.png"
+    rgba.save(rgba_path)
+    array = images.rgb_array(images.open_image(rgba_path), 64)
+    assert np.all(array[:, :20] == 255)
+    assert np.mean(np.abs(array[:, 40:] - upright[:, 40:])) < 2
+
+    wide = tmp_path / "sixteen.png"
+    Image.fromarray(np.full((20, 20), 65535 // 2, dtype=np.uint16)).save(wide)
+    assert abs(float(images.rgb_array(images.open_image(wide), 16).mean()) - 127.5) < 1
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("text.jpg", text_as_jpg(), "not an image"),
+    ("zero.jpg", b"", "empty file"),
+    ("one.png", None, "1x1 px"),
+])
+def test_unusable_files_say_why(tmp_path, name, content, reason):
+    path = tmp_path / name
+    if content is None:
+        Image.new("RGB", (1, 1), (255, 0, 0)).save(path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(images.ImageError, match=reason):
+        images.open_image(path)
+
+
+def test_truncated_missing_and_folder(photo, tmp_path):
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(truncated(photo.read_bytes()))
+    with pytest.raises(images.ImageError, match="truncated"):
+        images.open_image(cut)
+    with pytest.raises(images.ImageError, match="no such file"):
+        images.open_image(tmp_path / "missing.jpg")
+    with pytest.raises(images.ImageError, match="folder"):
+        images.open_image(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def test_digits():
+    from transfer import mnist
+
+    return mnist.load("mnist", require_asset("data/mnist"))[1]
+
+
+def test_digit_polarity_and_fitting(test_digits):
+    x, _ = test_digits
+    for digit in x[:20]:
+        light_on_dark = Image.fromarray(digit)
+        dark_on_light = Image.fromarray(255 - digit)
+        a, inverted_a = images.digit_array(light_on_dark)
+        b, inverted_b = images.digit_array(dark_on_light)
+        assert (inverted_a, inverted_b) == (False, True)
+        np.testing.assert_array_equal(a, b)
+        assert a.shape == (28, 28, 1)
+        # MNIST digits are already boxed and centred: fitting changes them little
+        assert np.corrcoef(a.reshape(-1), digit.reshape(-1).astype(float))[0, 1] > 0.85
+    with pytest.raises(images.ImageError, match="no digit found.*--invert no"):
+        images.digit_array(Image.fromarray(x[0]), invert="yes")  # the wrong polarity
+    with pytest.raises(images.ImageError, match="no digit found"):
+        images.digit_array(Image.new("L", (40, 40), 200))
+    with pytest.raises(TransferError, match="--invert"):
+        images.digit_array(Image.fromarray(x[0]), invert="maybe")
+
+
+def test_digit_on_a_photo_of_paper_is_found_and_centred(test_digits):
+    x, _ = test_digits
+    rng = np.random.default_rng(0)
+    digit = np.asarray(Image.fromarray(x[1]).resize((120, 120), Image.BICUBIC), float) / 255
+    paper = np.full((240, 320), 210.0) + np.linspace(-20, 20, 320)[None] + rng.normal(0, 4,
+                                                                                   (240, 320))
+    paper[20:140, 180:300] = paper[20:140, 180:300] * (1 - digit) + 40 * digit  # off-centre
+    photo = Image.fromarray(np.stack([paper] * 3, -1).clip(0, 255).astype("uint8"))
+    fitted, inverted = images.digit_array(photo)
+    assert inverted
+    ink = fitted[..., 0] > 60
+    rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+    assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 in range(17, 22)  # 20x20 box
+    mass = fitted[..., 0] / fitted.sum()
+    centre = ((mass.sum(1) * np.arange(28)).sum(), (mass.sum(0) * np.arange(28)).sum())
+    assert abs(centre[0] - 14) < 1.5 and abs(centre[1] - 14) < 1.5
+    assert fitted[0].max() == 0 and fitted[-1].max() == 0  # paper texture gone
+
+
+def test_model_input_follows_the_meta(photo, test_digits, tmp_path):
+    colour, notes = images.model_input(photo, {"image_size": 40, "channels": 3})
+    assert colour.shape == (40, 40, 3) and notes["mode"] == "RGB"
+    digit_path = tmp_path / "digit.png"
+    Image.fromarray(255 - test_digits[0][0]).save(digit_path)
+    meta = {"image_size": 28, "channels": 1,
+            "preprocessing": {"invert": "auto", "fit": "mnist-box"}}
+    array, notes = images.model_input(digit_path, meta)
+    assert array.shape == (28, 28, 1) and notes["inverted"] is True
+    with pytest.raises(images.ImageError, match="no digit found"):
+        images.model_input(digit_path, meta, invert="no")  # dark ink on white, kept as is

@@ -1,0 +1,245 @@
+"""transfer predict: a real bundle on other real photos, output schemas, bad inputs, tampered
+bundles, and ImageNet mode with the genuine MobileNet-0.25 classifier."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import require_asset, split_images, text_as_jpg, truncated
+from PIL import Image
+from typer.testing import CliRunner
+
+from transfer import bundle, predict
+from transfer.cli import app
+from transfer.errors import TransferError
+
+runner = CliRunner()
+
+
+def test_predicts_held_out_photos_with_the_bundles_classes(trained_bundle, small_split):
+    test_set = split_images(small_split / "test")  # 20 + 20 photos training never saw
+    result = predict.predict([small_split / "test"], model=trained_bundle.bundle)
+    assert result.mode == "bundle" and result.class_names == ["cats", "dogs"]
+    assert [i.file for i in result.items] == [str(p) for p, _ in test_set]
+    assert result.failed == 0
+    for item in result.items:
+        assert item.label in ("cats", "dogs")
+        assert sum(item.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+        assert item.probability == max(item.probabilities.values())
+        assert item.image["mode"] == "RGB" and item.image["width"] > 50
+    accuracy = np.mean([i.label == cls for i, (_, cls) in zip(result.items, test_set,
+                                                               strict=True)])
+    assert accuracy >= 0.75, accuracy
+    # batching does not change anything
+    single = predict.predict([small_split / "test"], model=trained_bundle.bundle, batch_size=1)
+    for a, b in zip(result.items, single.items, strict=True):
+        assert a.label == b.label and a.probability == pytest.approx(b.probability, abs=1e-5)
+
+
+def test_json_and_csv_schemas(trained_bundle, small_split, tmp_path):
+    files = [str(p) for p, _ in split_images(small_split / "test", 3)]
+    model = str(trained_bundle.bundle)
+    result = runner.invoke(app, ["predict", *files, "--model", model, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert set(payload) == {"mode", "model", "base", "class_names", "fallback", "failed",
+                            "predictions"}
+    assert payload["class_names"] == ["cats", "dogs"] and payload["failed"] == 0
+    assert len(payload["predictions"]) == 6
+    for row in payload["predictions"]:
+        assert set(row) == {"file", "label", "probability", "top", "probabilities", "image",
+                            "error"}
+        assert row["top"][0] == {"label": row["label"], "probability": row["probability"]}
+
+    out = tmp_path / "predictions.csv"
+    result = runner.invoke(app, ["predict", *files, "--model", model, "--top", "2",
+                                 "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert list(rows[0]) == ["file", "label", "probability", "label_2", "probability_2",
+                             "probability_cats", "probability_dogs", "error"]
+    assert [r["file"] for r in rows] == files
+    for r in rows:
+        assert float(r["probability_cats"]) + float(r["probability_dogs"]) == pytest.approx(1)
+        assert r["label_2"] != r["label"] and r["error"] == ""
+    again = runner.invoke(app, ["predict", *files, "--model", model, "--output", str(out)])
+    assert again.exit_code == 1 and "--force" in again.output
+    table = runner.invoke(app, ["predict", files[0], "--model", model])
+    assert table.exit_code == 0 and "p(cats)" in table.stdout and "p(dogs)" in table.stdout
+
+
+def test_bad_inputs_get_error_rows_and_the_rest_is_predicted(trained_bundle, real_photos,
+                                                            tmp_path):
+    good = real_photos["dogs"][5][1]
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    (folder / "good.jpg").write_bytes(good)
+    (folder / "text.jpg").write_bytes(text_as_jpg())
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "cut.jpg").write_bytes(truncated(good))
+    source = Image.open(io.BytesIO(good))
+    source.convert("CMYK").save(folder / "cmyk.jpg")
+    source.convert("RGBA").save(folder / "rgba.png")
+    Image.new("RGB", (1, 1)).save(folder / "pixel.png")
+    (tmp_path / "empty").mkdir()
+    args = [str(folder), str(tmp_path / "missing.jpg"), str(tmp_path / "empty"),
+            str(tmp_path / "nothing-*.png"), str(tmp_path / "inputs" / "g*.jpg")]
+    result = predict.predict(args, model=trained_bundle.bundle)
+    by_file = {i.file.replace(str(tmp_path) + "/", ""): i for i in result.items}
+    errors = {name: item.error for name, item in by_file.items() if item.error}
+    assert errors == {
+        "inputs/text.jpg": "not an image (Pillow cannot identify it)",
+        "inputs/zero.jpg": "empty file (0 bytes)",
+        "inputs/cut.jpg": errors.get("inputs/cut.jpg"),
+        "inputs/pixel.png": "image is 1x1 px; too small to classify (at least 8x8)",
+        "missing.jpg": "no such file",
+        "empty": "folder has no images",
+        "nothing-*.png": "no file matches this pattern",
+    }
+    assert "truncated" in errors["inputs/cut.jpg"]
+    assert result.failed == 7
+    # the usable ones are predicted, CMYK and RGBA included, close to the original photo
+    p_good = by_file["inputs/good.jpg"].probabilities["dogs"]
+    for name in ("inputs/cmyk.jpg", "inputs/rgba.png"):
+        assert by_file[name].error is None
+        assert by_file[name].probabilities["dogs"] == pytest.approx(p_good, abs=0.1)
+    assert sum(i.file.endswith("good.jpg") for i in result.items) == 2  # folder + glob
+    cli = runner.invoke(app, ["predict", *args, "--model", str(trained_bundle.bundle)])
+    assert cli.exit_code == 1
+    assert "7 of 11 input(s) failed" in cli.output and "Traceback" not in cli.output
+
+
+def test_tampered_and_missing_bundles_are_clear_errors(trained_bundle, tmp_path, real_photos):
+    photo = tmp_path / "cat.jpg"
+    photo.write_bytes(real_photos["cats"][0][1])
+
+    def tampered(name, edit):
+        copy = tmp_path / name
+        shutil.copytree(trained_bundle.bundle, copy)
+        meta_path = copy / "meta.json"
+        edit(meta_path)
+        return copy
+
+    def meta_edit(**changes):
+        def edit(path):
+            meta = json.loads(path.read_text())
+            meta.update(changes)
+            path.write_text(json.dumps(meta))
+        return edit
+
+    cases = {
+        tampered("classes", meta_edit(class_names=["a", "b", "c"])): "3 classes but the model",
+        tampered("size", meta_edit(image_size=150)): "input 150x150x3",
+        tampered("nometa", lambda p: p.unlink()): "has no meta.json",
+        tampered("garbled", lambda p: p.write_text("{not json")): "not valid JSON",
+        tampered("keys", lambda p: p.write_text("{}")): "lacks 'schema_version'",
+        tampered("future", meta_edit(schema_version=99)): "upgrade transfer",
+        tmp_path / "nowhere": "no model bundle at",
+    }
+    for folder, message in cases.items():
+        with pytest.raises(TransferError, match=message):
+            predict.predict([photo], model=folder)
+        result = runner.invoke(app, ["predict", str(photo), "--model", str(folder)])
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert lines[-1].startswith("error:") and len(lines) <= 2, result.output
+
+
+def test_unsafe_model_file_is_refused(trained_bundle, tmp_path):
+    """A bundle whose model holds a Lambda layer (arbitrary code) is refused: safe_mode."""
+    from transfer.tf import keras
+
+    copy = tmp_path / "lambda"
+    shutil.copytree(trained_bundle.bundle, copy)
+    inputs = keras.Input((224, 224, 3))
+    x = keras.layers.Lambda(lambda t: t * 1.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x)).save(copy / "model.keras")
+    with pytest.raises(TransferError, match="cannot load"):
+        bundle.load(copy)
+
+
+# --------------------------------------------------------------------------- ImageNet mode
+
+DOGS = range(151, 269)  # ImageNet class indices of dog breeds
+CATS = range(281, 294)  # domestic and wild cats
+
+
+def _index(synset: str) -> int:
+    path = require_asset("keras/models/imagenet_class_index.json")
+    table = {v[0]: int(k) for k, v in json.loads(path.read_text()).items()}
+    return table[synset]
+
+
+def test_imagenet_mode_genuine_weights_on_kaggle_photos(real_photos, tmp_path):
+    require_asset("keras/models/mobilenet_2_5_224_tf.h5")
+    files = []
+    for cls in ("cats", "dogs"):
+        for name, data in real_photos[cls][:20]:
+            (tmp_path / name).write_bytes(data)
+            files.append(tmp_path / name)
+    result = predict.predict(files, imagenet=True, base="mobilenet", alpha=0.25)
+    assert result.mode == "imagenet" and result.failed == 0
+    assert result.model == "MobileNet alpha 0.25 (ImageNet)"
+    hits = {"cat": 0, "dog": 0}
+    top1_cat = {"cat": 0, "dog": 0}
+    for item in result.items:
+        assert len(item.top) == 3 and item.probabilities is None
+        probs = [t["probability"] for t in item.top]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+        kind = "cat" if "cat." in item.file else "dog"
+        ids = [_index(t["synset"]) for t in item.top]
+        wanted = CATS if kind == "cat" else DOGS
+        hits[kind] += any(i in wanted for i in ids)
+        top1_cat[kind] += ids[0] in CATS
+    assert hits["dog"] >= 18, hits  # a dog breed in the top 3 of nearly every dog photo
+    assert hits["cat"] >= 11, hits  # MobileNet-0.25 is the smallest ImageNet net there is
+    assert top1_cat["cat"] >= 7 and top1_cat["dog"] <= 1, top1_cat
+
+
+def test_imagenet_cli_and_fallback_without_a_bundle(real_photos, tmp_path, monkeypatch):
+    require_asset("keras/models/mobilenet_2_5_224_tf.h5")
+    photo = tmp_path / "dog.jpg"
+    photo.write_bytes(real_photos["dogs"][2][1])
+    monkeypatch.chdir(tmp_path)  # no models/latest here
+    result = runner.invoke(app, ["predict", str(photo), "--base", "mobilenet", "--alpha",
+                                 "0.25", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["mode"] == "imagenet" and "no trained model" in payload["fallback"]
+    assert "no trained model at models/latest" in result.stderr
+    assert len(payload["predictions"][0]["top"]) == 3
+    assert _index(payload["predictions"][0]["top"][0]["synset"]) in DOGS
+    table = runner.invoke(app, ["predict", str(photo), "--imagenet", "--base", "mobilenet",
+                                "--alpha", "0.25", "--top", "5"])
+    assert table.exit_code == 0 and "next 4" in table.stdout
+    assert payload["predictions"][0]["top"][2]["label"] in table.stdout
+
+
+@pytest.mark.parametrize("base", ["inception", "vgg16"])
+def test_imagenet_mode_other_bases_random_weights(base, real_photos, tmp_path):
+    """Genuine InceptionV3/VGG16 weights are not on this machine: the same code path with
+    random weights checks sizes, preprocessing and decoding."""
+    photo = tmp_path / "cat.jpg"
+    photo.write_bytes(real_photos["cats"][1][1])
+    classifier = predict.ImageNetClassifier(base, weights=None)
+    assert classifier.model.input_shape[1:] == (classifier.spec.size,) * 2 + (3,)
+    result = predict.predict([photo], classifier=classifier, top=4)
+    assert len(result.items[0].top) == 4 and result.items[0].error is None
+    assert result.items[0].top[0]["synset"].startswith("n")
+
+
+def test_imagenet_errors(tmp_path):
+    with pytest.raises(TransferError, match="scratch has no ImageNet classifier"):
+        predict.ImageNetClassifier("scratch")
+    with pytest.raises(TransferError, match="--alpha"):
+        predict.ImageNetClassifier("mobilenet", alpha=0.3)
+    with pytest.raises(TransferError, match="either --model or --imagenet"):
+        predict.predict(["x.jpg"], model=tmp_path, imagenet=True)
+    with pytest.raises(TransferError, match="at least one image"):
+        predict.predict([], imagenet=True)
