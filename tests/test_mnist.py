@@ -9,9 +9,13 @@ import numpy as np
 import pytest
 from conftest import require_asset
 from PIL import Image
+from typer.testing import CliRunner
 
 from transfer import mnist
+from transfer.cli import app
 from transfer.errors import TransferError
+from transfer.explain import explain
+from transfer.predict import predict
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +33,17 @@ def test_idx_folder_and_npz_give_identical_arrays(mnist_dir):
     assert np.bincount(la).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
-def test_quick_real_training_and_pictures(mnist_dir, tmp_path):
+@pytest.fixture(scope="module")
+def quick(mnist_dir, tmp_path_factory):
+    """One quick real training (6000 digits, 1 epoch), shared by the tests below."""
+    tmp_path = tmp_path_factory.mktemp("mnist")
     result = mnist.run(mnist.MnistParams(data=mnist_dir, limit=6000, epochs=1, batch_size=16,
                                          output=tmp_path / "mnist-cnn"))
+    return result, tmp_path
+
+
+def test_quick_real_training_and_pictures(quick, mnist_dir):
+    result, tmp_path = quick
     meta = json.loads((tmp_path / "mnist-cnn/meta.json").read_text())
     assert meta["metrics"]["test_accuracy"] >= 0.95, meta["metrics"]
     assert meta["class_names"] == [str(d) for d in range(10)] and meta["channels"] == 1
@@ -54,6 +66,48 @@ def test_quick_real_training_and_pictures(mnist_dir, tmp_path):
     model = __import__("transfer.bundle", fromlist=["load"]).load(tmp_path / "mnist-cnn")[0]
     maps = mnist.feature_maps(model, mnist.load("mnist", mnist_dir)[1][0][0])
     assert maps.shape == (26, 26, 32) and maps.max() > 0
+
+
+def test_predict_real_test_digits_saved_as_png_both_polarities(quick, mnist_dir, tmp_path):
+    """A user's digit: light on dark (as MNIST) or dark on light (ink on paper), found and
+    classified the same; --invert no on dark-on-light is the user's explicit choice."""
+    result, _ = quick
+    (_, _), (x_test, y_test) = mnist.load("mnist", mnist_dir)
+    files = []
+    for i in range(30):
+        for polarity, pixels in (("light", x_test[i]), ("dark", 255 - x_test[i])):
+            path = tmp_path / f"{i:02d}-{polarity}.png"
+            Image.fromarray(pixels).save(path)
+            files.append(path)
+    predictions = predict(files, model=result.bundle)
+    assert predictions.failed == 0 and predictions.class_names == [str(d) for d in range(10)]
+    light, dark = predictions.items[0::2], predictions.items[1::2]
+    assert [i.image["inverted"] for i in light] == [False] * 30
+    assert [i.image["inverted"] for i in dark] == [True] * 30
+    for a, b in zip(light, dark, strict=True):
+        assert a.label == b.label and a.probability == pytest.approx(b.probability, abs=1e-5)
+    correct = sum(item.label == str(y) for item, y in zip(light, y_test[:30], strict=True))
+    assert correct >= 27, correct  # the quick model is ~96% accurate
+    forced = predict(files[1:2], model=result.bundle, invert="no")
+    assert "no digit found" in forced.items[0].error
+    cli = CliRunner().invoke(app, ["predict", str(files[1]), "--model", str(result.bundle),
+                                   "--format", "json"])
+    assert cli.exit_code == 0, cli.output
+    row = json.loads(cli.stdout)["predictions"][0]
+    assert row["label"] == dark[0].label and row["image"]["inverted"] is True
+    colour = CliRunner().invoke(app, ["predict", str(files[0]), "--model", str(result.bundle),
+                                      "--invert", "maybe"])
+    assert colour.exit_code == 1 and "--invert must be one of" in colour.output
+
+
+def test_explain_a_digit(quick, mnist_dir, tmp_path):
+    result, _ = quick
+    (_, _), (x_test, y_test) = mnist.load("mnist", mnist_dir)
+    path = tmp_path / "seven.png"
+    Image.fromarray(255 - x_test[0]).save(path)
+    heat = explain(path, model=result.bundle)
+    assert heat.layer == "conv2" and heat.heatmap.shape == (11, 11)
+    assert heat.label == str(y_test[0]) and heat.png.exists()
 
 
 def test_tiny_arch_summary():

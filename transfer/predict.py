@@ -141,6 +141,9 @@ class BundleClassifier:
         self.name = str(bundle_dir)
         self.base = self.meta.get("base", "")
         self.class_names = list(self.meta["class_names"])
+        if invert is not None and invert not in images.INVERT_CHOICES:
+            raise TransferError(f"--invert must be one of {', '.join(images.INVERT_CHOICES)}, "
+                                f"not {invert!r}")
         if invert is not None and self.meta.get("channels", 3) != 1:
             raise TransferError("--invert applies to digit models (transfer mnist) only")
         self.invert = invert

@@ -1,0 +1,125 @@
+"""transfer evaluate on real held-out photos, and the metrics it is built from."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import split_images
+from PIL import Image
+from typer.testing import CliRunner
+
+from transfer import metrics
+from transfer.cli import app
+from transfer.errors import TransferError
+from transfer.evaluate import evaluate
+from transfer.predict import predict
+
+runner = CliRunner()
+
+
+def test_report_on_held_out_photos(trained_bundle, small_split, tmp_path):
+    out = tmp_path / "report"
+    result = evaluate(trained_bundle.bundle, data_dir=small_split / "test", output=out)
+    report = json.loads((out / "report.json").read_text())
+    assert report == json.loads(json.dumps(result.report))
+    matrix = np.asarray(report["confusion_matrix"])
+    assert matrix.shape == (2, 2) and matrix.sum() == report["images"] == 40
+    assert matrix.sum(axis=1).tolist() == [20, 20]
+    assert report["accuracy"] == pytest.approx(np.trace(matrix) / 40)
+    assert report["per_class"]["cats"]["support"] == 20
+    for name, row in report["per_class"].items():
+        i = ["cats", "dogs"].index(name)
+        assert row["precision"] == pytest.approx(matrix[i, i] / matrix[:, i].sum())
+        assert row["recall"] == pytest.approx(matrix[i, i] / matrix[i].sum())
+    assert 0.5 < report["roc_auc"] <= 1 and report["roc_auc_positive_class"] == "dogs"
+    assert report["is_training_validation_folder"] is False
+    # the same images through predict give the same labels (one input path for both)
+    predicted = predict([small_split / "test"], model=trained_bundle.bundle)
+    labels = [["cats", "dogs"].index(i.label) for i in predicted.items]
+    truth = [["cats", "dogs"].index(c) for _, c in split_images(small_split / "test")]
+    assert metrics.confusion_matrix(truth, labels, 2).tolist() == report["confusion_matrix"]
+    for name in ("confusion.png", "misclassified.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.width > 200
+    mistakes = report["worst_mistakes"]
+    assert len(mistakes) == min(16, 40 - int(np.trace(matrix)))
+    assert [m["probability"] for m in mistakes] == sorted((m["probability"] for m in mistakes),
+                                                          reverse=True)
+    assert all(m["true"] != m["predicted"] for m in mistakes)
+
+
+def test_default_folder_reproduces_the_training_metrics(trained_bundle, tmp_path):
+    """On the bundle's own validation folder, evaluate (predict's image reading) gives the
+    accuracy and loss that training measured with its Keras pipeline."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(trained_bundle.bundle, copy)
+    result = evaluate(copy)
+    trained = trained_bundle.meta["metrics"]
+    assert result.output == copy and (copy / "report.json").exists()
+    assert result.report["is_training_validation_folder"] is True
+    assert result.report["images"] == trained_bundle.meta["data"]["validate_images"] == 100
+    assert result.report["accuracy"] == pytest.approx(trained["val_accuracy"], abs=1e-6)
+    assert result.report["loss"] == pytest.approx(trained["val_loss"], abs=1e-4)
+    evaluate(copy)  # the same evaluation again replaces its own outputs
+    cli = runner.invoke(app, ["evaluate", "--model", str(copy)])
+    assert cli.exit_code == 0, cli.output
+    assert "training reported validation accuracy" in cli.output
+    assert "precision" in cli.output and "ROC AUC" in cli.output
+
+
+def test_evaluate_errors(trained_bundle, small_split, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(trained_bundle.bundle, copy)
+    evaluate(copy)
+    with pytest.raises(TransferError, match="from another evaluation; use --force"):
+        evaluate(copy, data_dir=small_split / "test")
+    evaluate(copy, data_dir=small_split / "test", force=True)
+    odd = tmp_path / "odd"
+    for name in ("cats", "horses"):
+        (odd / name).mkdir(parents=True)
+        shutil.copy(next((small_split / "test/cats").iterdir()), odd / name / "a.jpg")
+    with pytest.raises(TransferError, match="does not know: horses"):
+        evaluate(copy, data_dir=odd, output=tmp_path / "o1")
+    with pytest.raises(TransferError, match="no data folder"):
+        evaluate(copy, data_dir=tmp_path / "missing", output=tmp_path / "o2")
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(TransferError, match="no class subfolders"):
+        evaluate(copy, data_dir=tmp_path / "flat", output=tmp_path / "o3")
+    # one class only, with an unreadable file: evaluated, the bad file listed as skipped
+    single = tmp_path / "single/cats"
+    single.mkdir(parents=True)
+    for path in sorted((small_split / "test/cats").iterdir())[:5]:
+        shutil.copy(path, single)
+    (single / "broken.jpg").write_bytes(b"not a jpeg")
+    report = evaluate(copy, data_dir=tmp_path / "single", output=tmp_path / "o4").report
+    assert report["images"] == 5 and len(report["skipped"]) == 1
+    assert report["roc_auc"] is None and report["per_class"]["dogs"]["recall"] is None
+    assert np.asarray(report["confusion_matrix"]).sum() == 5
+
+
+def test_roc_auc_matches_pairwise_definition():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 60)
+    scores = np.round(rng.random(60) * 0.5 + 0.3 * y, 1)  # ties on purpose
+    pairs = [(p, n) for p, n in itertools.product(np.flatnonzero(y), np.flatnonzero(y == 0))]
+    expected = np.mean([1.0 if scores[p] > scores[n] else 0.5 if scores[p] == scores[n] else 0
+                        for p, n in pairs])
+    assert metrics.roc_auc(y, scores) == pytest.approx(expected)
+    assert metrics.roc_auc([1, 1], [0.2, 0.3]) is None
+
+
+def test_per_class_and_loss_by_hand():
+    matrix = np.array([[5, 1, 0], [2, 3, 0], [0, 0, 0]])
+    rows = metrics.per_class(matrix, ["a", "b", "c"])
+    assert rows["a"] == {"precision": 5 / 7, "recall": 5 / 6,
+                         "f1": pytest.approx(2 * (5 / 7) * (5 / 6) / (5 / 7 + 5 / 6)),
+                         "support": 6}
+    assert rows["c"] == {"precision": None, "recall": None, "f1": None, "support": 0}
+    assert metrics.log_loss([0, 1], [[0.5, 0.5], [0.25, 0.75]]) == pytest.approx(
+        -(np.log(0.5) + np.log(0.75)) / 2)
+    np.testing.assert_allclose(metrics.class_probabilities([[0.2], [0.9]]),
+                               [[0.8, 0.2], [0.1, 0.9]])
