@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import sys
@@ -297,6 +298,10 @@ def predict_cmd(
             text = recorder.export_text()
         else:
             out.print(table)
+            counts = collections.Counter(i.label for i in result.items if not i.error)
+            if len(result.items) > 1 and counts:
+                out.print(f"{sum(counts.values())} image(s) classified: " + ", ".join(
+                    f"{label}: {n}" for label, n in counts.most_common()), highlight=False)
     else:
         text = result.render(fmt)
         if output is None:

@@ -138,7 +138,9 @@ class BundleClassifier:
 
     def __init__(self, bundle_dir: Path, invert: str | None = None):
         self.model, self.meta = bundle.load(bundle_dir)
-        self.name = str(bundle_dir)
+        bundle_dir = Path(bundle_dir)
+        self.name = (f"{bundle_dir} -> {bundle_dir.resolve().name}" if bundle_dir.is_symlink()
+                     else str(bundle_dir))
         self.base = self.meta.get("base", "")
         self.class_names = list(self.meta["class_names"])
         if invert is not None and invert not in images.INVERT_CHOICES:
