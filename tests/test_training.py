@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -193,7 +194,16 @@ def test_errors_are_one_clear_line(tiny_split, tmp_path):
     (broken / "train/dogs/c.jpg").write_bytes(b"not really a jpeg")
     write_jpeg(broken / "validate/cats/a.jpg")
     write_jpeg(broken / "validate/dogs/b.jpg")
-    cases.append((HParams(data_dir=broken), "unreadable image .*c.jpg"))
+    # the Keras pipeline stops on the bad file; the error names it (generator and tfdata)
+    for pipeline in ("generator", "tfdata"):
+        cases.append((HParams(data_dir=broken, models_dir=tmp_path / "m",
+                              **{**FAST, "pipeline": pipeline}), "unreadable image .*c.jpg"))
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_split, cut)
+    victim = sorted((cut / "validate/dogs").iterdir())[2]
+    victim.write_bytes(victim.read_bytes()[:2000])
+    cases.append((HParams(data_dir=cut, models_dir=tmp_path / "m", **FAST),
+                  f"unreadable image .*{victim.name}"))
     cases.append((HParams(data_dir=tiny_split, base="inception", image_size=64),
                   "below the minimum of inception"))
     cases.append((HParams(data_dir=tiny_split, base="alexnet"), "unknown base 'alexnet'"))

@@ -162,8 +162,6 @@ def train(hparams: HParams, reporter: Reporter | None = None) -> TrainResult:
     if val_names != names:
         raise TransferError(f"class folders differ: {hp.train_dir} has {names}, "
                             f"{hp.validate_dir} has {val_names}")
-    pipelines.check_readable(hp.train_dir, names)
-    pipelines.check_readable(hp.validate_dir, names)
     train_files = pipelines.listing(hp.train_dir, names)
     val_files = pipelines.listing(hp.validate_dir, names)
     binary = len(names) == 2
@@ -207,6 +205,14 @@ def train(hparams: HParams, reporter: Reporter | None = None) -> TrainResult:
         val_features = timing.pop("val_features", None) if hp.fine_tune == 0 else None
         val_loss, val_accuracy = _final_validation(hp, base, size, names, graphs, val_features,
                                                    len(val_files))
+    except TransferError:
+        raise
+    except Exception:
+        # A Keras pipeline stopped, most often on a file it cannot decode. Decoding every
+        # image up front to name it would cost a tenth of a run, so it is done only now.
+        pipelines.check_readable(hp.train_dir, names)
+        pipelines.check_readable(hp.validate_dir, names)
+        raise
     finally:
         shutil.rmtree(callbacks_dir, ignore_errors=True)
     head_seconds = timing.get("fit_seconds", 0.0)

@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""Benchmark `transfer mnist` with its defaults over several seeds (not a test).
+
+One seed's accuracy can sit either side of a target by chance; the mean and spread over seeds
+say where the recipe stands. Usage:
+    python scripts/bench_mnist.py --data ../shared/data/mnist --seeds 42,1,2
+Prints a Markdown table for docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from transfer.mnist import MnistParams, run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", type=Path, default=None, help="mnist.npz or IDX folder")
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--arch", default="cnn")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--seeds", default="42,1,2")
+    args = parser.parse_args()
+    rows, accuracies = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in (int(s) for s in args.seeds.split(",")):
+            result = run(MnistParams(dataset=args.dataset, arch=args.arch, epochs=args.epochs,
+                                     data=args.data, seed=seed, force=True,
+                                     output=Path(tmp) / f"seed{seed}"))
+            m, t = result.meta["metrics"], result.meta["timings"]
+            accuracies.append(m["test_accuracy"])
+            per_epoch = ", ".join(f"{s:.1f}" for s in t["seconds_per_epoch"])
+            rows.append(f"| {args.dataset} | {args.arch} | {seed} | {args.epochs} | "
+                        f"{m['test_accuracy']:.4f} | {per_epoch} | {t['total_seconds']:.1f} |")
+            print(rows[-1], flush=True)
+    print(f"\nMachine: {platform.platform()}, {platform.processor() or 'cpu'}; "
+          f"{time.strftime('%Y-%m-%d')}\n")
+    print("| data | arch | seed | epochs | test accuracy | seconds per epoch | total s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n".join(rows))
+    spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+    print(f"\nmean {statistics.mean(accuracies):.4f}, sd {spread:.4f}, "
+          f"min {min(accuracies):.4f}, max {max(accuracies):.4f} over {len(accuracies)} seeds")
+
+
+if __name__ == "__main__":
+    main()
