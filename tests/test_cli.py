@@ -18,7 +18,8 @@ runner = CliRunner()
 def test_help_lists_every_command():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for name in ("fetch-data", "bases", "train"):
+    for name in ("fetch-data", "bases", "train", "mnist", "predict", "evaluate", "explain",
+                 "export"):
         assert name in result.output
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import functools
-import os
+import io
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -293,7 +293,7 @@ def predict_cmd(
     if fmt == "table":
         table = _predictions_table(result)
         if output is not None:
-            recorder = Console(record=True, width=160, file=open(os.devnull, "w"))
+            recorder = Console(record=True, width=160, file=io.StringIO())
             recorder.print(table)
             text = recorder.export_text()
         else:

@@ -48,7 +48,8 @@ class ExportResult:
 
 
 def check_inputs(meta: dict, paths: list[Path] | None, n: int = 8) -> tuple[np.ndarray, str]:
-    """(a batch of real prepared images, where they came from) for the round-trip check."""
+    """(a batch of real prepared images, where they came from) for the round-trip check:
+    the given files (up to ``n`` from each given folder), else ``n`` validation images."""
     source = "given images"
     if not paths:
         validate = Path((meta.get("data") or {}).get("validate_dir") or "")
@@ -66,7 +67,7 @@ def check_inputs(meta: dict, paths: list[Path] | None, n: int = 8) -> tuple[np.n
             arrays.append(images.model_input(Path(path), meta)[0])
     if not arrays:
         raise TransferError("no images to check the export with")
-    return np.stack(arrays[:max(n, len(paths))]).astype("float32"), source
+    return np.stack(arrays).astype("float32"), source
 
 
 def _savedmodel(model, path: Path) -> None:
