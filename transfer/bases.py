@@ -125,7 +125,8 @@ def cached_weights(base: Base, alpha: float = 1.0, size: int | None = None,
 
 
 def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
-          weights: str | None = "imagenet", include_top: bool = False):
+          weights: str | None = "imagenet", include_top: bool = False,
+          offline_hint: str = "or use --weights PATH or --weights none"):
     """The Keras model of ``base``: feature maps (no top) or the ImageNet classifier (top).
 
     ``weights``: "imagenet" (Keras's download and cache), None/"none" (random init) or a path to
@@ -156,8 +157,8 @@ def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
             wanted = base.weight_file(alpha, size, include_top)
             raise TransferError(
                 f"ImageNet weights for {base.keras_class} could not be downloaded ({exc}); "
-                f"put {wanted} into {keras_cache_dir()} (KERAS_HOME), or use --weights PATH "
-                "or --weights none") from exc
+                f"put {wanted} into {keras_cache_dir()} (KERAS_HOME), {offline_hint}"
+                ) from exc
         raise TransferError(f"could not build {base.keras_class}: {exc}") from exc
 
 

@@ -175,7 +175,9 @@ class ImageNetClassifier:
             raise TransferError(f"{base} has no ImageNet classifier; choose one of "
                                 f"{', '.join(b for b in bases.BASES if bases.BASES[b].pretrained)}")
         self.alpha = bases.check_alpha(self.spec, alpha)
-        self.model = bases.build(self.spec, alpha=self.alpha, weights=weights, include_top=True)
+        self.model = bases.build(self.spec, alpha=self.alpha, weights=weights, include_top=True,
+                                 offline_hint="or choose another --base (`transfer bases` "
+                                 "lists them)")
         self.base = base
         width = f" alpha {self.alpha}" if self.spec.has_alpha else ""
         self.name = f"{self.spec.keras_class}{width} (ImageNet)"
