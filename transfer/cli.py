@@ -104,7 +104,9 @@ def fetch_data_cmd(
     )
     if result.noop:
         return
-    table = Table(title=f"Split in {result.data_dir} (source: {result.source}, seed {seed})")
+    out.print(f"Split in {result.data_dir} (source: {result.source}, seed {seed})",
+              highlight=False)
+    table = Table()
     table.add_column("split")
     for cls in next(iter(result.counts.values())):
         table.add_column(cls, justify="right")
