@@ -13,7 +13,10 @@ goes through here, and what "the model's input" means comes from the bundle's ``
 
 Conversions: EXIF orientation is applied (phone photos); transparency (RGBA, LA, palette with
 a transparent colour) is composited onto white; CMYK, palette, 1-bit and 16-bit grayscale are
-converted. A file that cannot be used raises ``ImageError`` with the reason.
+converted. A file that cannot be used raises ``ImageError`` with the reason. Training's Keras
+pipelines read pixels as stored (no EXIF rotation, alpha dropped); for the Kaggle photos that
+changes nothing (none of the 3000 in the shared archive has an EXIF rotation or alpha), but a
+training set of sideways-stored phone photos would be trained on sideways.
 """
 
 from __future__ import annotations
