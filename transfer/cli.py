@@ -235,7 +235,7 @@ def _predictions_table(result) -> Table:
     table.add_column("class", overflow="fold", min_width=10)
     table.add_column("probability", justify="right")
     classes = result.class_names or []
-    per_class = 2 < len(classes) <= 5 or len(classes) == 2
+    per_class = 2 <= len(classes) <= 5
     if per_class:
         for name in classes:
             table.add_column(f"p({name})", justify="right")
