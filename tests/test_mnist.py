@@ -154,3 +154,23 @@ def test_bad_inputs(mnist_dir, tmp_path):
     write_idx(bad / "t10k-labels-idx1-ubyte.gz", z(2, np.uint8), (2,))
     with pytest.raises(TransferError, match="4 images but 3 labels"):
         mnist.load("mnist", bad)
+
+
+def test_evaluate_a_digit_folder(quick, mnist_dir, tmp_path):
+    """evaluate with a ten-class softmax model, on a folder holding three of its classes."""
+    from transfer.evaluate import evaluate
+
+    result, _ = quick
+    (_, _), (x_test, y_test) = mnist.load("mnist", mnist_dir)
+    for digit in (0, 1, 2):
+        folder = tmp_path / "digits" / str(digit)
+        folder.mkdir(parents=True)
+        for i in np.flatnonzero(y_test == digit)[:5]:
+            Image.fromarray(x_test[i]).save(folder / f"{i}.png")
+    report = evaluate(result.bundle, data_dir=tmp_path / "digits",
+                      output=tmp_path / "report").report
+    matrix = np.asarray(report["confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == report["images"] == 15
+    assert matrix.sum(axis=1)[:3].tolist() == [5, 5, 5] and matrix[3:].sum() == 0
+    assert report["roc_auc"] is None and report["per_class"]["7"]["recall"] is None
+    assert report["accuracy"] >= 0.8
