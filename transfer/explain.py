@@ -72,7 +72,7 @@ def _forward(model, x, target: str):
     for n, layer in enumerate(layers):
         last = n == len(layers) - 1
         if _is_model(layer) and target in {inner.name for inner in layer.layers}:
-            probe = keras.Model(layer.inputs, [layer.get_layer(target).output, layer.output])
+            probe = keras.Model(layer.input, [layer.get_layer(target).output, layer.output])
             conv, x = probe(x, training=False)
         elif last and isinstance(layer, keras.layers.Dense):
             logits = ops.matmul(x, layer.kernel) + layer.bias

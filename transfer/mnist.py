@@ -315,6 +315,6 @@ def feature_maps(model, image: np.ndarray) -> np.ndarray:
     """The real first-layer activations (H, W, filters) for one 28x28 uint8 image."""
     from transfer.tf import keras
 
-    probe = keras.Model(model.inputs, model.get_layer("conv1").output)
+    probe = keras.Model(model.input, model.get_layer("conv1").output)
     return np.asarray(probe(image[None, ..., None].astype("float32"), training=False))[0]
 
