@@ -21,7 +21,7 @@ import numpy as np
 
 from transfer import bundle, images, metrics, pipelines, plots
 from transfer.errors import TransferError
-from transfer.predict import BundleClassifier
+from transfer.predict import BundleClassifier, classify_files
 from transfer.progress import Reporter
 
 REPORT = "report.json"
@@ -100,27 +100,21 @@ def evaluate(model: Path = Path("models/latest"), data_dir: Path | None = None,
     files = labelled_files(data_dir, names)
 
     started = time.perf_counter()
+    classified = classify_files(classifier, [path for path, _ in files], batch_size, reporter,
+                                f"Evaluating on {data_dir}")
     kept, labels, probs, skipped, thumbs = [], [], [], [], {}
-    with reporter.task(f"Evaluating on {data_dir}", total=len(files)) as advance:
-        for start in range(0, len(files), batch_size):
-            arrays = []
-            for path, label in files[start:start + batch_size]:
-                try:
-                    array, _ = classifier.prepare(path)
-                except images.ImageError as exc:
-                    skipped.append({"file": str(path), "reason": str(exc)})
-                    continue
-                arrays.append(array)
-                kept.append(path)
-                labels.append(label)
-            if arrays:
-                probs.append(classifier.probabilities(np.stack(arrays)))
-            advance(len(files[start:start + batch_size]))
+    for (path, label), c in zip(files, classified, strict=True):
+        if c.error is not None:
+            skipped.append({"file": str(path), "reason": c.error})
+            continue
+        kept.append(path)
+        labels.append(label)
+        probs.append(c.probabilities)
     if not kept:
         raise TransferError(f"no readable image in {data_dir}")
     for item in skipped:
         reporter.warn(f"skipped {item['file']}: {item['reason']}")
-    probs = np.concatenate(probs)
+    probs = np.stack(probs)
     y = np.asarray(labels)
     predicted = probs.argmax(axis=1)
     matrix = metrics.confusion_matrix(y, predicted, len(names))

@@ -234,6 +234,41 @@ def open_classifier(model: Path | None = None, imagenet: bool = False, base: str
 # --------------------------------------------------------------------------- predict
 
 
+@dataclass
+class Classified:
+    probabilities: np.ndarray | None  # (classes,) for a usable image
+    notes: dict | None  # what the image was (width, height, mode, ...)
+    error: str | None  # why the file could not be used
+
+
+def classify_files(classifier, files: list[Path], batch_size: int = 32,
+                   reporter: Reporter | None = None, description: str = "Classifying"
+                   ) -> list[Classified]:
+    """One result per file, in order: images decoded in threads, classified in batches."""
+    reporter = reporter or Reporter()
+
+    def load(path):
+        try:
+            return classifier.prepare(path), None
+        except images.ImageError as exc:
+            return None, str(exc)
+
+    results: list[Classified] = []
+    with reporter.task(description, total=len(files)) as advance, \
+            ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        for start in range(0, len(files), batch_size):
+            loaded = list(pool.map(load, files[start:start + batch_size]))
+            arrays = [prepared[0] for prepared, error in loaded if error is None]
+            probs = iter(classifier.probabilities(np.stack(arrays)) if arrays else ())
+            results += [Classified(None, None, error) if error is not None
+                        else Classified(next(probs), prepared[1], None)
+                        for prepared, error in loaded]
+            advance(len(loaded))
+    return results
+
+
+
+
 def predict(paths: list[str | Path], model: Path | None = None, imagenet: bool = False,
             base: str = "inception", alpha: float = 1.0, top: int | None = None,
             batch_size: int = 32, invert: str | None = None, models_dir: Path = Path("models"),
@@ -255,38 +290,21 @@ def predict(paths: list[str | Path], model: Path | None = None, imagenet: bool =
     k = min(k, n_classes)
     rows = gather(paths)
     items = [Prediction(file=name, error=error) for name, _, error in rows]
-    todo = [(i, path) for i, (_, path, error) in enumerate(rows) if error is None]
-
-    def load(job):
-        i, path = job
-        try:
-            return i, classifier.prepare(path), None
-        except images.ImageError as exc:
-            return i, None, str(exc)
-
-    workers = min(8, os.cpu_count() or 1)
-    with reporter.task("Classifying", total=len(todo)) as advance, \
-            ThreadPoolExecutor(workers) as pool:
-        for start in range(0, len(todo), batch_size):
-            ready, arrays = [], []
-            for i, prepared, error in pool.map(load, todo[start:start + batch_size]):
-                if error is not None:
-                    items[i].error = error
-                    continue
-                array, notes = prepared
-                items[i].image = notes
-                ready.append(i)
-                arrays.append(array)
-            if arrays:
-                probs = classifier.probabilities(np.stack(arrays))
-                for i, p, ranked in zip(ready, probs, classifier.ranked(probs, k), strict=True):
-                    items[i].top = ranked
-                    items[i].label = ranked[0]["label"]
-                    items[i].probability = ranked[0]["probability"]
-                    if classifier.class_names:
-                        items[i].probabilities = {name: float(v) for name, v in
-                                                  zip(classifier.class_names, p, strict=True)}
-            advance(len(todo[start:start + batch_size]))
+    todo = [i for i, (_, _, error) in enumerate(rows) if error is None]
+    classified = classify_files(classifier, [rows[i][1] for i in todo], batch_size, reporter)
+    done = [(i, c) for i, c in zip(todo, classified, strict=True) if c.error is None]
+    for i, c in zip(todo, classified, strict=True):
+        items[i].error, items[i].image = c.error, c.notes
+    if done:
+        probs = np.stack([c.probabilities for _, c in done])
+        for (i, c), ranked in zip(done, classifier.ranked(probs, k), strict=True):
+            items[i].top = ranked
+            items[i].label = ranked[0]["label"]
+            items[i].probability = ranked[0]["probability"]
+            if classifier.class_names:
+                items[i].probabilities = {name: float(v) for name, v in
+                                          zip(classifier.class_names, c.probabilities,
+                                              strict=True)}
     return Predictions(mode=classifier.mode, model=classifier.name, base=classifier.base,
                        class_names=classifier.class_names, items=items, fallback=fallback)
 
