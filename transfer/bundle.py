@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from transfer.errors import TransferError
+from transfer.files import write_json  # noqa: F401  (bundle.write_json, for callers)
 
 SCHEMA_VERSION = 1
 META = "meta.json"
@@ -73,10 +74,6 @@ def update_latest(target: Path) -> None:
     tmp.unlink(missing_ok=True)
     os.symlink(target.name, tmp)
     os.replace(tmp, latest)
-
-
-def write_json(path: Path, payload: dict) -> None:
-    Path(path).write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def write_history(path: Path, history: dict[str, list]) -> None:

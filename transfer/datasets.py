@@ -35,6 +35,7 @@ from pathlib import Path, PurePosixPath
 from transfer import __version__
 from transfer.download import download
 from transfer.errors import TransferError
+from transfer.files import write_json
 from transfer.progress import Reporter
 
 CLASSES = ("cats", "dogs")
@@ -134,7 +135,7 @@ def fetch_data(options: FetchOptions, reporter: Reporter | None = None,
             }
             moved = _swap_into_place(data_dir, tmp, counts, ours, foreign)
             manifest["moved_aside"] = moved
-            _write_json_atomic(data_dir / MANIFEST, manifest)
+            write_json(data_dir / MANIFEST, manifest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     for name in moved:
@@ -575,9 +576,3 @@ def sha256_file(path: Path) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)

@@ -11,16 +11,17 @@ Images are read in a fixed order (sorted class folders, sorted files) and prepar
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from transfer import bundle, images, metrics, pipelines, plots
+from transfer import images, metrics, pipelines, plots
 from transfer.errors import TransferError
+from transfer.files import replacing, write_json
 from transfer.predict import BundleClassifier, classify_files
 from transfer.progress import Reporter
 
@@ -152,16 +153,15 @@ def evaluate(model: Path = Path("models/latest"), data_dir: Path | None = None,
          "probability": float(probs[i, predicted[i]])} for i in wrong]
 
     n_wrong = int((predicted != y).sum())
-    tmp = {name: output / f".{Path(name).stem}.tmp-{os.getpid()}{Path(name).suffix}"
-           for name in OUTPUTS}
-    plots.confusion(matrix, names, tmp["confusion.png"],
-                    title=f"{model.name} on {data_dir}: accuracy {report['accuracy']:.4f}")
-    plots.image_grid([thumbs[i] for i in wrong],
-                     [f"true {names[y[i]]}\npred {names[predicted[i]]} {probs[i, predicted[i]]:.2f}"
-                      for i in wrong], tmp["misclassified.png"], cols=4,
-                     title=(f"the {len(wrong)} most confident of {n_wrong} mistakes" if n_wrong
-                            else "no mistakes"))
-    bundle.write_json(tmp[REPORT], report)
-    for name, path in tmp.items():
-        os.replace(path, output / name)
+    with contextlib.ExitStack() as stack:  # all three are renamed into place, or none
+        tmp = {name: stack.enter_context(replacing(output / name)) for name in OUTPUTS}
+        plots.confusion(matrix, names, tmp["confusion.png"],
+                        title=f"{model.name} on {data_dir}: accuracy {report['accuracy']:.4f}")
+        plots.image_grid([thumbs[i] for i in wrong],
+                         [f"true {names[y[i]]}\npred {names[predicted[i]]} "
+                          f"{probs[i, predicted[i]]:.2f}" for i in wrong],
+                         tmp["misclassified.png"], cols=4,
+                         title=(f"the {len(wrong)} most confident of {n_wrong} mistakes"
+                                if n_wrong else "no mistakes"))
+        write_json(tmp[REPORT], report)
     return EvaluateResult(report=report, output=output, files=kept)

@@ -12,7 +12,6 @@ comes from the base's registry entry (``bases.Base.last_conv``); for other model
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from transfer import bases, bundle, images, plots
 from transfer.errors import TransferError
+from transfer.files import replacing
 from transfer.pipelines import GRADCAM_SUFFIX
 
 
@@ -151,8 +151,7 @@ def explain(image: Path, model: Path = Path("models/latest"), output: Path | Non
         title = (f"{image.name}: predicted {predicted} {probs.max():.2f}; Grad-CAM of "
                  f"{names[index]} at {layer}")
         png.parent.mkdir(parents=True, exist_ok=True)
-        tmp = png.with_name(f".{png.stem}.tmp-{os.getpid()}.png")
-        plots.gradcam(shown, heatmap, tmp, title=title)
-        os.replace(tmp, png)
+        with replacing(png) as tmp:
+            plots.gradcam(shown, heatmap, tmp, title=title)
         result.png = png
     return result

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer import pipelines
+from transfer.files import replacing
 from transfer.progress import Reporter
 
 
@@ -54,7 +54,6 @@ def cached(cache_dir: Path, key: str, compute: Callable[[], tuple]) -> tuple:
             path.unlink(missing_ok=True)  # a damaged cache entry is recomputed
     features, labels, seconds = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, features=features, labels=labels)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        np.savez(tmp, features=features, labels=labels)
     return features, labels, seconds, False

@@ -26,6 +26,7 @@ import numpy as np
 
 from transfer import bases, bundle, images
 from transfer.errors import TransferError
+from transfer.files import replacing
 from transfer.metrics import class_probabilities
 from transfer.pipelines import GRADCAM_SUFFIX, IMAGE_SUFFIXES
 from transfer.progress import Reporter
@@ -317,7 +318,6 @@ def write_text(path: Path, text: str, force: bool = False) -> Path:
     if path.is_dir():
         raise TransferError(f"{path} is a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_text(text)
     return path
