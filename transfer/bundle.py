@@ -106,6 +106,12 @@ def read_meta(bundle: Path) -> dict:
     return meta
 
 
+def validate_dir(meta: dict) -> Path | None:
+    """The validation folder the bundle was trained against, as training named it (or None)."""
+    named = (meta.get("data") or {}).get("validate_dir")
+    return Path(named) if named else None
+
+
 def load(bundle: Path):
     """(model, meta) of a bundle, loaded with Keras's safe_mode on and checked against meta."""
     from transfer.bases import preprocess_layer_class

@@ -228,9 +228,9 @@ def _pct(value) -> str:
 
 
 def _predictions_table(result) -> Table:
-    title = (f"{result.model}" if result.mode == "bundle"
-             else f"{result.model}: top {max((len(i.top) for i in result.items), default=3)}")
-    table = Table(title=title)
+    ranks = max((len(i.top) for i in result.items), default=1)
+    table = Table(title=result.model if result.mode == "bundle"
+                  else f"{result.model}: top {ranks}")
     table.add_column("file", overflow="fold", min_width=16)
     table.add_column("class", overflow="fold", min_width=10)
     table.add_column("probability", justify="right")
@@ -239,7 +239,7 @@ def _predictions_table(result) -> Table:
     if per_class:
         for name in classes:
             table.add_column(f"p({name})", justify="right")
-    extra = 0 if per_class else max((len(i.top) for i in result.items), default=1) - 1
+    extra = 0 if per_class else ranks - 1
     if extra:
         table.add_column(f"next {extra}", overflow="fold")
     for item in result.items:

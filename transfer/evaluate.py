@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer import images, metrics, pipelines, plots
+from transfer import bundle, images, metrics, pipelines, plots
 from transfer.errors import TransferError
 from transfer.files import replacing, write_json
 from transfer.predict import BundleClassifier, classify_files
@@ -58,13 +58,13 @@ def labelled_files(data_dir: Path, class_names: list[str]) -> list[tuple[Path, i
 
 
 def _default_data_dir(meta: dict, model: Path) -> Path:
-    validate = (meta.get("data") or {}).get("validate_dir")
-    if not validate:
+    validate = bundle.validate_dir(meta)
+    if validate is None:
         raise TransferError(f"{model} does not name a validation folder; pass --data-dir")
-    if not Path(validate).is_dir():
+    if not validate.is_dir():
         raise TransferError(f"the bundle's validation folder {validate} is missing (evaluate "
                             "from the folder you trained in, or pass --data-dir)")
-    return Path(validate)
+    return validate
 
 
 def _same_folder(a, b) -> bool:
@@ -137,8 +137,7 @@ def evaluate(model: Path = Path("models/latest"), data_dir: Path | None = None,
         "confusion_matrix_axes": "rows: true class, columns: predicted class",
         "skipped": skipped,
         "training_metrics": meta.get("metrics"),
-        "is_training_validation_folder": _same_folder(data_dir,
-                                                      (meta.get("data") or {}).get("validate_dir")),
+        "is_training_validation_folder": _same_folder(data_dir, bundle.validate_dir(meta)),
         "seconds": round(time.perf_counter() - started, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -52,8 +52,8 @@ def check_inputs(meta: dict, paths: list[Path] | None, n: int = 8) -> tuple[np.n
     the given files (up to ``n`` from each given folder), else ``n`` validation images."""
     source = "given images"
     if not paths:
-        validate = Path((meta.get("data") or {}).get("validate_dir") or "")
-        if not (meta.get("data") or {}).get("validate_dir") or not validate.is_dir():
+        validate = bundle.validate_dir(meta)
+        if validate is None or not validate.is_dir():
             raise TransferError("no images to check the export with: the bundle's validation "
                                 "folder is missing; pass --check-images PATH")
         per_class = [pipelines.image_files(validate / name) for name in meta["class_names"]]
@@ -130,8 +130,9 @@ def export(model: Path, fmt: str, output: Path | None = None, force: bool = Fals
         raise TransferError("a Keras export must end in .keras")
     meta_path = (output / "assets.extra" / bundle.META if fmt == "savedmodel"
                  else output.with_name(output.name + ".meta.json"))
-    for path in (output, meta_path if fmt != "savedmodel" else None):
-        if path is not None and path.exists() and not force:
+    sidecar = [] if fmt == "savedmodel" else [meta_path]  # a SavedModel holds its own meta
+    for path in [output, *sidecar]:
+        if path.exists() and not force:
             raise TransferError(f"{path} already exists; use --force to replace it")
     if output.exists() and output.is_dir() != (fmt == "savedmodel"):
         raise TransferError(f"{output} exists and is a {'folder' if output.is_dir() else 'file'}"
