@@ -112,20 +112,25 @@ def validate_dir(meta: dict) -> Path | None:
     return Path(named) if named else None
 
 
-def load(bundle: Path):
-    """(model, meta) of a bundle, loaded with Keras's safe_mode on and checked against meta."""
+def load_keras(path: Path):
+    """A ``.keras`` file, loaded with Keras's safe_mode on (no code from the file runs)."""
     from transfer.bases import preprocess_layer_class
     from transfer.tf import keras
 
-    meta = read_meta(bundle)
     preprocess_layer_class()  # registers transfer>Preprocess before deserializing
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:
+        raise TransferError(f"cannot load {path}: {exc}") from exc
+
+
+def load(bundle: Path):
+    """(model, meta) of a bundle, loaded with Keras's safe_mode on and checked against meta."""
+    meta = read_meta(bundle)
     path = Path(bundle) / MODEL
     if not path.is_file():
         raise TransferError(f"{bundle} has no {MODEL}")
-    try:
-        model = keras.models.load_model(path, safe_mode=True, compile=False)
-    except Exception as exc:
-        raise TransferError(f"cannot load {path}: {exc}") from exc
+    model = load_keras(path)
     n_out = model.output_shape[-1]
     classes = meta["class_names"]
     expected_out = 1 if len(classes) == 2 else len(classes)

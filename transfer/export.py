@@ -109,12 +109,7 @@ def _run_tflite(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def _run_keras(path: Path, x: np.ndarray) -> np.ndarray:
-    from transfer.bases import preprocess_layer_class
-    from transfer.tf import keras
-
-    preprocess_layer_class()
-    loaded = keras.models.load_model(path, safe_mode=True, compile=False)
-    return np.asarray(loaded.predict_on_batch(x))
+    return np.asarray(bundle.load_keras(path).predict_on_batch(x))
 
 
 def export(model: Path, fmt: str, output: Path | None = None, force: bool = False,
