@@ -26,23 +26,26 @@ def main() -> None:
     parser.add_argument("--arch", default="cnn")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", default="42,1,2")
+    parser.add_argument("--ema", type=float, default=0.99)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
     args = parser.parse_args()
     rows, accuracies = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in (int(s) for s in args.seeds.split(",")):
             result = run(MnistParams(dataset=args.dataset, arch=args.arch, epochs=args.epochs,
                                      data=args.data, seed=seed, force=True,
+                                     ema=args.ema, learning_rate=args.learning_rate,
                                      output=Path(tmp) / f"seed{seed}"))
             m, t = result.meta["metrics"], result.meta["timings"]
             accuracies.append(m["test_accuracy"])
             per_epoch = ", ".join(f"{s:.1f}" for s in t["seconds_per_epoch"])
-            rows.append(f"| {args.dataset} | {args.arch} | {seed} | {args.epochs} | "
+            rows.append(f"| {args.dataset} | {args.arch} | {args.ema} | {seed} | {args.epochs} | "
                         f"{m['test_accuracy']:.4f} | {per_epoch} | {t['total_seconds']:.1f} |")
             print(rows[-1], flush=True)
     print(f"\nMachine: {platform.platform()}, {platform.processor() or 'cpu'}; "
           f"{time.strftime('%Y-%m-%d')}\n")
-    print("| data | arch | seed | epochs | test accuracy | seconds per epoch | total s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| data | arch | ema | seed | epochs | test accuracy | seconds per epoch | total s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
     spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
     print(f"\nmean {statistics.mean(accuracies):.4f}, sd {spread:.4f}, "

@@ -118,6 +118,39 @@ def test_tiny_arch_summary():
     assert rows[2][2] == 80 and model.count_params() == 80 + 5408 * 10 + 10
 
 
+def test_weight_average_is_what_the_model_ends_with():
+    """The model ends with the moving average of its weights over the steps (momentum ramped
+    up as min(0.99, (1 + t) / (10 + t))): a 12-step run ends near its trained weights, not
+    near the random initial ones as with Keras's unramped `use_ema`."""
+    from transfer.tf import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
+    initial = model.get_weights()
+    x = np.random.default_rng(0).random((96, 4), dtype=np.float32)
+    raw = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: raw.append(model.get_weights()))
+    model.fit(x, x.sum(1) * 3, batch_size=8, verbose=0,
+              callbacks=[record, mnist.weight_average(0.99)])
+    assert len(raw) == 12
+    expected = initial
+    for t, weights in enumerate(raw):
+        m = min(0.99, (1 + t) / (10 + t))
+        expected = [m * a + (1 - m) * w for a, w in zip(expected, weights, strict=True)]
+    final = model.get_weights()
+    for got, want in zip(final, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    kernel = final[0]
+    assert not np.allclose(kernel, raw[-1][0])
+    assert np.abs(kernel - raw[-1][0]).sum() < np.abs(kernel - initial[0]).sum() / 3
+    with pytest.raises(TransferError, match=r"--ema must be in \[0, 1\)"):
+        mnist.run(mnist.MnistParams(ema=1.0))
+    with pytest.raises(TransferError, match="--learning-rate must be positive"):
+        mnist.run(mnist.MnistParams(learning_rate=0))
+
+
 def write_idx(path, array, dims):
     header = bytes([0, 0, 8, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
     with gzip.open(path, "wb") as handle:

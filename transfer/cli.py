@@ -425,6 +425,10 @@ def mnist_cmd(
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
     validation_split: Annotated[float, typer.Option(help="Fraction held out for validation.")
                                 ] = 0.1,
+    learning_rate: Annotated[float, typer.Option(help="Adam's learning rate.")] = 1e-3,
+    ema: Annotated[float, typer.Option(
+        help="Momentum of the moving average of weights the model ends with; 0 = plain Adam.")
+                   ] = 0.99,
     data: Annotated[Path | None, typer.Option(
         help="A Keras-style mnist.npz or a folder with the four IDX files (offline).")] = None,
     limit: Annotated[int | None, typer.Option(help="Train on the first N images only.")
@@ -439,6 +443,7 @@ def mnist_cmd(
 
     result = run(MnistParams(dataset=dataset, arch=arch, epochs=epochs, batch_size=batch_size,
                              validation_split=validation_split, data=data, limit=limit,
+                             learning_rate=learning_rate, ema=ema,
                              output=output, seed=seed, force=force,
                              command="transfer " + " ".join(sys.argv[1:])),
                  reporter=_reporter())
