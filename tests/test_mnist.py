@@ -207,3 +207,35 @@ def test_evaluate_a_digit_folder(quick, mnist_dir, tmp_path):
     assert matrix.sum(axis=1)[:3].tolist() == [5, 5, 5] and matrix[3:].sum() == 0
     assert report["roc_auc"] is None and report["per_class"]["7"]["recall"] is None
     assert report["accuracy"] >= 0.8
+
+
+def test_keras_downloads_are_what_runs_without_data(mnist_dir, tmp_path, monkeypatch):
+    """Without --data the arrays come from keras.datasets.<name>.load_data() (Keras downloads
+    and caches them; faked here at that boundary, as this machine has no network): Fashion-MNIST
+    gets its own loader, class names and default bundle folder, and a failed download is one
+    error line that points at --data."""
+    from transfer.tf import keras
+
+    real = mnist.load("mnist", mnist_dir / "mnist.npz")
+    calls = []
+
+    def offline():
+        raise OSError("URL fetch failure on https://storage.googleapis.com/...: no network")
+
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data",
+                        lambda: calls.append("fashion") or real)
+    with pytest.raises(TransferError, match=r"could not download mnist \(URL fetch failure.*"
+                                            r"pass --data PATH"):
+        mnist.load("mnist")
+    monkeypatch.chdir(tmp_path)
+    cli = CliRunner().invoke(app, ["mnist"])
+    assert cli.exit_code == 1 and "could not download mnist" in cli.output
+    assert "Traceback" not in cli.output and not (tmp_path / "models").exists()
+    cli = CliRunner().invoke(app, ["mnist", "--dataset", "fashion", "--limit", "600",
+                                   "--epochs", "1", "--batch-size", "32"])
+    assert cli.exit_code == 0, cli.output
+    assert calls == ["fashion"]
+    meta = json.loads((tmp_path / "models/fashion-cnn/meta.json").read_text())
+    assert meta["class_names"] == mnist.FASHION_NAMES
+    assert meta["dataset"] == "fashion" and meta["data"]["source"] == "keras.datasets.fashion_mnist"

@@ -23,6 +23,7 @@ from transfer.metrics import confusion_matrix
 from transfer.progress import Reporter
 
 DATASETS = ("mnist", "fashion")
+KERAS_NAMES = {"mnist": "mnist", "fashion": "fashion_mnist"}  # keras.datasets.<name>
 ARCHS = ("cnn", "tiny")
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                  "Sneaker", "Bag", "Ankle boot"]
@@ -71,7 +72,7 @@ def load(dataset: str = "mnist", data: Path | None = None):
     if data is None:
         from transfer.tf import keras
 
-        source = keras.datasets.fashion_mnist if dataset == "fashion" else keras.datasets.mnist
+        source = getattr(keras.datasets, KERAS_NAMES[dataset])
         try:
             arrays = source.load_data()
         except Exception as exc:
@@ -273,7 +274,9 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
                                              if k in ("loss", "accuracy", "val_loss",
                                                       "val_accuracy")))
 
-    with reporter.task(f"Training the {p.arch} on {len(x_train)} {p.dataset} images",
+    held_out = int(len(x_train) * p.validation_split)  # Keras holds out the last ones
+    with reporter.task(f"Training the {p.arch} on {len(x_train) - held_out} {p.dataset} images "
+                       f"({held_out} held out for validation)",
                        total=p.epochs) as advance:
         fit = model.fit(x_train4, y_train, epochs=p.epochs, batch_size=p.batch_size,
                         validation_split=p.validation_split, verbose=0,
@@ -309,7 +312,7 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
         "confusion_matrix": confusion.tolist(),
         "timings": {"seconds_per_epoch": [round(s, 2) for s in epoch_seconds],
                     "total_seconds": round(time.perf_counter() - started, 2)},
-        "data": {"source": str(p.data) if p.data else f"keras.datasets.{p.dataset}",
+        "data": {"source": str(p.data) if p.data else f"keras.datasets.{KERAS_NAMES[p.dataset]}",
                  "test_images": len(x_test)},
         "versions": {"transfer": __version__, "tensorflow": tf.__version__,
                      "keras": keras.__version__, "python": platform.python_version()},

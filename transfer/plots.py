@@ -25,6 +25,7 @@ def curves(history: dict[str, list[float]], path: Path, title: str = "") -> Path
         if f"val_{metric}" in history:
             ax.plot(epochs, history[f"val_{metric}"], "s-", label=f"validation {metric}")
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
