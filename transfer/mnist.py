@@ -9,6 +9,7 @@ confusion matrix, mistakes, the learned filters, real feature maps, and accuracy
 from __future__ import annotations
 
 import gzip
+import math
 import platform
 import struct
 import time
@@ -274,13 +275,17 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
                                              if k in ("loss", "accuracy", "val_loss",
                                                       "val_accuracy")))
 
-    held_out = int(len(x_train) * p.validation_split)  # Keras holds out the last ones
-    with reporter.task(f"Training the {p.arch} on {len(x_train) - held_out} {p.dataset} images "
-                       f"({held_out} held out for validation)",
+    # the last images are held out for validation (as Keras's validation_split would), split
+    # here so that the counts reported are the ones trained on
+    split_at = math.floor(len(x_train) * (1.0 - p.validation_split))
+    validation = (x_train4[split_at:], y_train[split_at:]) if split_at < len(x_train) else None
+    with reporter.task(f"Training the {p.arch} on {split_at} {p.dataset} images "
+                       f"({len(x_train) - split_at} held out for validation)",
                        total=p.epochs) as advance:
-        fit = model.fit(x_train4, y_train, epochs=p.epochs, batch_size=p.batch_size,
-                        validation_split=p.validation_split, verbose=0,
-                        callbacks=[Progress(advance)] + [weight_average(p.ema)] * bool(p.ema))
+        callbacks = [Progress(advance)] + ([weight_average(p.ema)] if p.ema else [])
+        fit = model.fit(x_train4[:split_at], y_train[:split_at], epochs=p.epochs,
+                        batch_size=p.batch_size, validation_data=validation, verbose=0,
+                        callbacks=callbacks)
     history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
     probs = model.predict(x_test4, batch_size=1000, verbose=0)
     predicted = probs.argmax(-1)
