@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from transfer.datasets import sha256_file as sha256  # one checksum helper for the project
 from transfer.errors import TransferError
+from transfer.files import sha256_file as sha256
 
 MOBILENET_ALPHAS = (1.0, 0.75, 0.5, 0.25)
 

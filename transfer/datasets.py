@@ -35,16 +35,14 @@ from pathlib import Path, PurePosixPath
 from transfer import __version__
 from transfer.download import download
 from transfer.errors import TransferError
+from transfer.files import sha256_file as _sha256_file
 from transfer.files import write_json
 from transfer.progress import Reporter
+from transfer.settings import MICROSOFT_URL, FetchOptions  # noqa: F401
 
 CLASSES = ("cats", "dogs")
 SPLITS = ("train", "validate", "test")
 SOURCES = ("auto", "kaggle", "microsoft", "archive")
-MICROSOFT_URL = (
-    "https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-8368-6DEBA77B919F/"
-    "kagglecatsanddogs_5340.zip"
-)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
 # What TensorFlow's decode_image and Keras's loaders read, so both pipelines can use the split.
 DECODABLE_FORMATS = {"JPEG", "PNG", "BMP", "GIF"}
@@ -52,28 +50,6 @@ MANIFEST = "manifest.json"
 TMP_PREFIX = ".fetch-tmp-"
 _KAGGLE_NAME = re.compile(r"^(cat|dog)\.\d+\.[a-z]+$", re.IGNORECASE)
 _FOLDER_CLASS = {"cat": "cats", "cats": "cats", "dog": "dogs", "dogs": "dogs"}
-
-
-@dataclass
-class FetchOptions:
-    """Everything `transfer fetch-data` can be told; the CLI fills one of these."""
-
-    source: str = "auto"
-    archive: Path | None = None
-    competition: str = "dogs-vs-cats"
-    data_dir: Path = Path("data")
-    train_per_class: int = 1000
-    validate_per_class: int = 400
-    test_per_class: int = 0
-    seed: int = 42
-    force: bool = False
-    microsoft_url: str = field(
-        default_factory=lambda: os.environ.get("TRANSFER_MICROSOFT_URL", MICROSOFT_URL))
-
-    def per_split(self) -> dict[str, int]:
-        counts = {"train": self.train_per_class, "validate": self.validate_per_class,
-                  "test": self.test_per_class}
-        return {split: n for split, n in counts.items() if n > 0}
 
 
 @dataclass
@@ -208,20 +184,7 @@ def classify(path: str) -> str | None:
 
 
 def _validated(opts: FetchOptions) -> FetchOptions:
-    if opts.archive is not None and opts.source in ("auto", "archive"):
-        opts = FetchOptions(**{**opts.__dict__, "source": "archive"})
-    elif opts.archive is not None:
-        raise TransferError(f"--archive implies --source archive, not --source {opts.source}")
-    if opts.source not in SOURCES:
-        raise TransferError(f"unknown source {opts.source!r}; choose one of {', '.join(SOURCES)}")
-    if opts.source == "archive" and opts.archive is None:
-        raise TransferError("--source archive needs --archive PATH (a zip or a folder)")
-    for name in ("train_per_class", "validate_per_class", "test_per_class"):
-        if getattr(opts, name) < 0:
-            raise TransferError(f"--{name.replace('_', '-')} must be 0 or more")
-    if opts.train_per_class == 0 or opts.validate_per_class == 0:
-        raise TransferError("--train-per-class and --validate-per-class must be at least 1")
-    return opts
+    return opts.validated()
 
 
 def _resolve_source(opts: FetchOptions, reporter: Reporter) -> str:
@@ -571,8 +534,4 @@ def _remove_stale_temp_dirs(data_dir: Path) -> None:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return _sha256_file(path)

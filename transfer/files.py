@@ -1,12 +1,23 @@
-"""Writing files so that a reader never sees half of one: a temporary sibling, then a rename."""
+"""Files: write so a reader never sees half of one, refuse to replace without --force, hash."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+
+from transfer.errors import TransferError
+
+
+def refuse_existing(path: Path, force: bool, what: str = "") -> None:
+    """One clear error when ``path`` exists and ``force`` is off (the one place that says it)."""
+    path = Path(path)
+    if (path.exists() or path.is_symlink()) and not force:
+        name = f"{what} {path}" if what else str(path)
+        raise TransferError(f"{name} already exists; use --force to replace it")
 
 
 @contextlib.contextmanager
@@ -26,3 +37,12 @@ def write_json(path: Path, payload: dict) -> None:
     """``payload`` as indented JSON at ``path``, atomically."""
     with replacing(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

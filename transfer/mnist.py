@@ -22,6 +22,7 @@ from transfer import __version__, bundle, plots
 from transfer.errors import TransferError
 from transfer.metrics import confusion_matrix
 from transfer.progress import Reporter
+from transfer.settings import MnistParams  # noqa: F401
 
 DATASETS = ("mnist", "fashion")
 KERAS_NAMES = {"mnist": "mnist", "fashion": "fashion_mnist"}  # keras.datasets.<name>
@@ -32,23 +33,6 @@ DIGIT_NAMES = [str(d) for d in range(10)]
 IDX_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
              "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
 NOISE_SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.5)
-
-
-@dataclass
-class MnistParams:
-    dataset: str = "mnist"
-    arch: str = "cnn"
-    epochs: int = 5
-    batch_size: int = 128
-    validation_split: float = 0.1
-    learning_rate: float = 1e-3  # Adam's learning rate
-    ema: float = 0.99  # momentum of the weights' moving average the model ends with; 0: off
-    data: Path | None = None
-    limit: int | None = None
-    output: Path | None = None  # default models/mnist-cnn or models/fashion-cnn
-    seed: int = 42
-    force: bool = False
-    command: str = ""
 
 
 @dataclass

@@ -14,30 +14,14 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from transfer.bases import preprocess_numpy
 from transfer.errors import TransferError
+from transfer.settings import PIPELINES, Augment  # noqa: F401  (pipelines.Augment, for callers)
 
-PIPELINES = ("generator", "tfdata")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 GRADCAM_SUFFIX = ".gradcam.png"  # what `transfer explain` writes next to an image
-
-
-@dataclass
-class Augment:
-    """Augmentation settings, shared by both pipelines (ImageDataGenerator's units)."""
-
-    enabled: bool = True
-    rotation: float = 20.0  # degrees
-    shift: float = 0.2  # fraction of width/height
-    shear: float = 0.2  # degrees, as ImageDataGenerator's shear_range
-    zoom: float = 0.2  # +- fraction
-    flip: bool = True  # horizontal
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def class_names(directory: Path) -> list[str]:

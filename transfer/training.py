@@ -27,57 +27,15 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from transfer import __version__, bases, bundle, features, pipelines, plots
 from transfer.errors import TransferError
-from transfer.pipelines import Augment
 from transfer.progress import Reporter
-
-DISTRIBUTE = ("none", "mirrored")
-
-
-@dataclass
-class HParams:
-    """Every setting of a training run (the CLI fills one; so can any Python program)."""
-
-    data_dir: Path = Path("data")
-    train_dir: Path | None = None  # default: <data_dir>/train
-    validate_dir: Path | None = None  # default: <data_dir>/validate
-    base: str = "inception"
-    alpha: float = 1.0
-    weights: str = "imagenet"  # imagenet | none | path to a weights file
-    pipeline: str = "generator"
-    augment: Augment = field(default_factory=Augment)
-    augment_copies: int = 1  # chosen by measurement: docs/BENCHMARKS.md
-    image_size: int | None = None  # default: the base's native size
-    dropout: float = 0.2
-    dense: int = 0
-    epochs: int = 10
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    patience: int = 3
-    fine_tune: int = 0
-    fine_tune_lr: float = 1e-5
-    fine_tune_epochs: int = 5
-    seed: int = 42
-    distribute: str = "none"
-    tensorboard: Path | None = None
-    models_dir: Path = Path("models")
-    output: Path | None = None  # default: <models_dir>/<base>-<timestamp>
-    force: bool = False
-    feature_cache: bool = True
-    command: str = ""
-
-    def resolved(self) -> HParams:
-        hp = HParams(**{**self.__dict__})
-        hp.data_dir = Path(hp.data_dir)
-        hp.train_dir = Path(hp.train_dir or hp.data_dir / "train")
-        hp.validate_dir = Path(hp.validate_dir or hp.data_dir / "validate")
-        return hp
+from transfer.settings import DISTRIBUTE, HParams, TrainSettings  # noqa: F401
 
 
 @dataclass

@@ -1,0 +1,30 @@
+"""Facts about files that several commands share: which suffixes are images, which names to skip.
+
+One home, so that `fetch-data`, `train`, `evaluate`, `predict` and `serve` never disagree about
+what counts as an image.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+
+# Every suffix the one image reader (transfer.images, Pillow) opens.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
+                  ".pgm")
+# What `transfer explain` writes next to an image; never a training photo.
+GRADCAM_SUFFIX = ".gradcam.png"
+# System files that sit in photo folders and are never images: ignored silently.
+SYSTEM_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"})
+
+
+def is_hidden_or_system(name: str) -> bool:
+    """True for hidden files (``.x``, macOS's ``._x``) and known system files."""
+    name = PurePath(name).name
+    return name.startswith(".") or name.lower() in SYSTEM_FILES
+
+
+def is_image_name(name: str) -> bool:
+    """True when ``name`` has an image suffix and is neither hidden, a system file nor a heatmap."""
+    pure = PurePath(name)
+    return (pure.suffix.lower() in IMAGE_SUFFIXES and not is_hidden_or_system(pure.name)
+            and not pure.name.endswith(GRADCAM_SUFFIX))

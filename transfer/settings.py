@@ -1,0 +1,418 @@
+"""Every command's settings: one dataclass each, holding the defaults and the checks.
+
+The CLI reads its defaults from these classes and calls ``validated()`` before anything heavy
+(TensorFlow) is imported, so a bad option fails in a fraction of a second with one line. Any
+Python program can fill the same classes and call the library directly, e.g.::
+
+    from transfer.settings import TrainSettings
+    from transfer.training import train
+
+    train(TrainSettings(base="mobilenet", alpha=0.25, data_dir="my_photos"))
+
+This module imports no TensorFlow and nothing heavy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from transfer.errors import TransferError
+
+# Registries of choices that are not bases (bases live in transfer.bases).
+PIPELINES = ("generator", "tfdata")
+DISTRIBUTE = ("none", "mirrored")
+FETCH_SOURCES = ("auto", "kaggle", "microsoft", "archive")
+PREDICT_FORMATS = ("table", "json", "csv")
+EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
+INVERT = ("auto", "yes", "no")
+MNIST_DATASETS = ("mnist", "fashion")
+MNIST_ARCHS = ("cnn", "tiny")
+MICROSOFT_URL = (
+    "https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-8368-6DEBA77B919F/"
+    "kagglecatsanddogs_5340.zip"
+)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def at_least(name: str, value, low) -> None:
+    if value is None or value < low:
+        raise TransferError(f"{_flag(name)} must be at least {low}, not {value}")
+
+
+def positive(name: str, value) -> None:
+    if value is None or not (isinstance(value, int | float) and math.isfinite(value)
+                             and value > 0):
+        raise TransferError(f"{_flag(name)} must be a positive number, not {value}")
+
+
+def fraction(name: str, value, *, upper_open: bool = True) -> None:
+    ok = value is not None and math.isfinite(value) and 0 <= value and (
+        value < 1 if upper_open else value <= 1)
+    if not ok:
+        interval = "[0, 1)" if upper_open else "[0, 1]"
+        raise TransferError(f"{_flag(name)} must be in {interval}, not {value}")
+
+
+def one_of(name: str, value, choices) -> None:
+    if value not in choices:
+        raise TransferError(f"{_flag(name)} must be one of {', '.join(map(str, choices))}, "
+                            f"not {value!r}")
+
+
+def not_a_file(name: str, path: Path | None) -> None:
+    """A folder option must not name an existing file."""
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise TransferError(f"{_flag(name)} {path} is a file, not a folder")
+
+
+def existing_file(name: str, path: Path | None) -> None:
+    if path is not None and not Path(path).exists():
+        raise TransferError(f"{_flag(name)} {path} does not exist")
+
+
+class Settings:
+    """Shared behaviour of the settings classes."""
+
+    def as_dict(self) -> dict:
+        """JSON-ready: paths as strings (saved in bundles as the resolved settings)."""
+
+        def plain(value):
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            if isinstance(value, list | tuple):
+                return [plain(v) for v in value]
+            return value
+
+        return plain(asdict(self))
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+def defaults(cls) -> Settings:
+    """An instance holding ``cls``'s defaults (for the CLI's option defaults)."""
+    return cls()
+
+
+# --------------------------------------------------------------------------- fetch-data
+
+
+@dataclass
+class FetchOptions(Settings):
+    """Everything `transfer fetch-data` can be told; the CLI fills one of these."""
+
+    source: str = "auto"  # auto | kaggle | microsoft | archive
+    archive: Path | None = None  # a local zip or folder; implies source "archive"
+    competition: str = "dogs-vs-cats"
+    data_dir: Path = Path("data")
+    train_per_class: int = 1000
+    validate_per_class: int = 400
+    test_per_class: int = 0
+    seed: int = 42
+    force: bool = False
+    microsoft_url: str = field(
+        default_factory=lambda: os.environ.get("TRANSFER_MICROSOFT_URL", MICROSOFT_URL))
+
+    def per_split(self) -> dict[str, int]:
+        counts = {"train": self.train_per_class, "validate": self.validate_per_class,
+                  "test": self.test_per_class}
+        return {split: n for split, n in counts.items() if n > 0}
+
+    def validated(self) -> FetchOptions:
+        opts = self
+        if opts.archive is not None and opts.source in ("auto", "archive"):
+            opts = opts.replace(source="archive", archive=Path(opts.archive))
+        elif opts.archive is not None:
+            raise TransferError(f"--archive implies --source archive, not --source {opts.source}")
+        one_of("source", opts.source, FETCH_SOURCES)
+        if opts.source == "archive" and opts.archive is None:
+            raise TransferError("--source archive needs --archive PATH (a zip or a folder)")
+        if opts.archive is not None and not Path(opts.archive).exists():
+            raise TransferError(f"--archive {opts.archive} does not exist")
+        at_least("train_per_class", opts.train_per_class, 1)
+        at_least("validate_per_class", opts.validate_per_class, 1)
+        at_least("test_per_class", opts.test_per_class, 0)
+        not_a_file("data_dir", opts.data_dir)
+        return opts.replace(data_dir=Path(opts.data_dir))
+
+
+# --------------------------------------------------------------------------- train
+
+
+@dataclass
+class Augment(Settings):
+    """Augmentation settings, shared by both pipelines (ImageDataGenerator's units)."""
+
+    enabled: bool = True
+    rotation: float = 20.0  # degrees
+    shift: float = 0.2  # fraction of width/height
+    shear: float = 0.2  # degrees, as ImageDataGenerator's shear_range
+    zoom: float = 0.2  # +- fraction
+    flip: bool = True  # horizontal
+
+    def validated(self) -> Augment:
+        if not (math.isfinite(self.rotation) and 0 <= self.rotation <= 180):
+            raise TransferError(f"--rotation must be in [0, 180] degrees, not {self.rotation}")
+        fraction("shift", self.shift)
+        fraction("zoom", self.zoom)
+        if not (math.isfinite(self.shear) and 0 <= self.shear <= 90):
+            raise TransferError(f"--shear must be in [0, 90] degrees, not {self.shear}")
+        return self
+
+
+@dataclass
+class TrainSettings(Settings):
+    """Every setting of a training run (the CLI fills one; so can any Python program)."""
+
+    data_dir: Path = Path("data")
+    train_dir: Path | None = None  # default: <data_dir>/train
+    validate_dir: Path | None = None  # default: <data_dir>/validate
+    base: str = "inception"
+    alpha: float = 1.0
+    weights: str = "imagenet"  # imagenet | none | path to a weights file
+    pipeline: str = "generator"
+    augment: Augment = field(default_factory=Augment)
+    augment_copies: int = 1  # chosen by measurement: docs/BENCHMARKS.md
+    image_size: int | None = None  # default: the base's native size
+    dropout: float = 0.2
+    dense: int = 0
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    patience: int = 3
+    fine_tune: int = 0
+    fine_tune_lr: float = 1e-5
+    fine_tune_epochs: int = 5
+    seed: int = 42
+    distribute: str = "none"
+    tensorboard: Path | None = None
+    models_dir: Path = Path("models")
+    output: Path | None = None  # default: <models_dir>/<base>-<timestamp>
+    force: bool = False
+    feature_cache: bool = True
+    command: str = ""
+
+    def resolved(self) -> TrainSettings:
+        """Paths made explicit (train/validate folders under data_dir unless given)."""
+        data_dir = Path(self.data_dir)
+        return self.replace(
+            data_dir=data_dir,
+            train_dir=Path(self.train_dir or data_dir / "train"),
+            validate_dir=Path(self.validate_dir or data_dir / "validate"),
+            models_dir=Path(self.models_dir),
+            output=Path(self.output) if self.output is not None else None,
+            tensorboard=Path(self.tensorboard) if self.tensorboard is not None else None)
+
+    def validated(self) -> TrainSettings:
+        """Every option checked, without TensorFlow; raises one TransferError per problem."""
+        from transfer import bases
+
+        base = bases.get(self.base)
+        bases.check_alpha(base, self.alpha)
+        if self.image_size is not None:
+            bases.check_size(base, self.image_size)
+        if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
+            raise TransferError(f"--weights must be imagenet, none or a weights file; "
+                                f"{self.weights} is not a file")
+        one_of("pipeline", self.pipeline, PIPELINES)
+        one_of("distribute", self.distribute, DISTRIBUTE)
+        self.augment.validated()
+        at_least("augment_copies", self.augment_copies, 0)
+        fraction("dropout", self.dropout)
+        at_least("dense", self.dense, 0)
+        at_least("epochs", self.epochs, 1)
+        at_least("batch_size", self.batch_size, 1)
+        positive("learning_rate", self.learning_rate)
+        at_least("patience", self.patience, 0)
+        at_least("fine_tune", self.fine_tune, 0)
+        if self.fine_tune:
+            if not base.pretrained:
+                raise TransferError("--fine-tune applies to pretrained bases, not "
+                                    f"{base.name}")
+            positive("fine_tune_lr", self.fine_tune_lr)
+            at_least("fine_tune_epochs", self.fine_tune_epochs, 1)
+        hp = self.resolved()
+        for name in ("data_dir", "train_dir", "validate_dir", "models_dir", "tensorboard"):
+            not_a_file(name, getattr(hp, name))
+        if hp.output is not None:
+            not_a_file("output", hp.output)
+            if hp.output.exists():
+                from transfer import bundle
+                from transfer.files import refuse_existing
+
+                refuse_existing(hp.output, hp.force)
+                if not bundle.is_bundle(hp.output):
+                    raise TransferError(f"{hp.output} exists and is not a model bundle; refusing "
+                                        "to replace it (choose another --output)")
+        return hp
+
+
+HParams = TrainSettings  # the name TF Hub's make_image_classifier uses; kept for callers
+
+
+# --------------------------------------------------------------------------- predict, evaluate
+
+
+@dataclass
+class PredictSettings(Settings):
+    """`transfer predict`: which images, which model, how to print."""
+
+    paths: list = field(default_factory=list)  # files, folders (recursed) or globs
+    model: Path | None = None  # a bundle folder; default models/latest, else ImageNet mode
+    imagenet: bool = False
+    base: str = "inception"  # ImageNet mode's base
+    alpha: float = 1.0
+    top: int | None = None  # default 1 (3 in ImageNet mode)
+    format: str | None = None  # table | json | csv; default from output's suffix
+    output: Path | None = None
+    invert: str | None = None  # digit models: auto | yes | no
+    batch_size: int = 32
+    models_dir: Path = Path("models")
+    force: bool = False
+
+    def resolved_format(self) -> str:
+        if self.format:
+            return self.format
+        suffix = Path(self.output).suffix.lower() if self.output else ""
+        return {".json": "json", ".csv": "csv"}.get(suffix, "table")
+
+    def validated(self) -> PredictSettings:
+        from transfer import bases
+
+        if not self.paths:
+            raise TransferError("give at least one image, folder or glob")
+        one_of("format", self.resolved_format(), PREDICT_FORMATS)
+        at_least("batch_size", self.batch_size, 1)
+        if self.top is not None:
+            at_least("top", self.top, 1)
+        if self.invert is not None:
+            one_of("invert", self.invert, INVERT)
+        if self.imagenet or self.base != "inception" or self.alpha != 1.0:
+            base = bases.get(self.base)
+            bases.check_alpha(base, self.alpha)
+        if self.output is not None:
+            if Path(self.output).is_dir():
+                raise TransferError(f"--output {self.output} is a folder; name a file")
+            from transfer.files import refuse_existing
+
+            refuse_existing(self.output, self.force)
+        return self.replace(format=self.resolved_format(),
+                            output=Path(self.output) if self.output else None)
+
+
+@dataclass
+class EvaluateSettings(Settings):
+    """`transfer evaluate`: a bundle on a folder of class subfolders."""
+
+    model: Path = Path("models/latest")
+    data_dir: Path | None = None  # default: the bundle's validation folder
+    output: Path | None = None  # default: the bundle
+    batch_size: int = 32
+    worst: int = 16  # most confident mistakes drawn in misclassified.png
+    force: bool = False
+
+    def validated(self) -> EvaluateSettings:
+        at_least("batch_size", self.batch_size, 1)
+        at_least("worst", self.worst, 0)
+        not_a_file("output", self.output)
+        not_a_file("data_dir", self.data_dir)
+        return self.replace(model=Path(self.model))
+
+
+@dataclass
+class ExplainSettings(Settings):
+    """`transfer explain`: Grad-CAM of one image."""
+
+    image: Path | None = None
+    model: Path = Path("models/latest")
+    output: Path | None = None  # default: <image>.gradcam.png beside the image
+    class_name: str | None = None
+    invert: str | None = None
+    force: bool = False
+
+    def validated(self) -> ExplainSettings:
+        if self.image is None:
+            raise TransferError("give the image to explain")
+        if self.invert is not None:
+            one_of("invert", self.invert, INVERT)
+        if self.output is not None and Path(self.output).is_dir():
+            raise TransferError(f"--output {self.output} is a folder; name a .png file")
+        return self.replace(image=Path(self.image), model=Path(self.model))
+
+
+@dataclass
+class ExportSettings(Settings):
+    """`transfer export`: a bundle as Keras, SavedModel or TFLite, checked before it lands."""
+
+    model: Path = Path("models/latest")
+    format: str = "tflite"
+    output: Path | None = None  # default: MODEL/export/<model.keras|saved_model|model.tflite>
+    check_images: list | None = None
+    force: bool = False
+
+    def validated(self) -> ExportSettings:
+        one_of("format", self.format, EXPORT_FORMATS)
+        if self.format == "keras" and self.output is not None and \
+                Path(self.output).suffix != ".keras":
+            raise TransferError("a Keras export must end in .keras")
+        for path in self.check_images or []:
+            existing_file("check_images", path)
+        return self.replace(model=Path(self.model))
+
+
+# --------------------------------------------------------------------------- mnist
+
+
+@dataclass
+class MnistParams(Settings):
+    """`transfer mnist`: the small CNN trained from scratch on MNIST or Fashion-MNIST."""
+
+    dataset: str = "mnist"
+    arch: str = "cnn"
+    epochs: int = 5
+    batch_size: int = 128
+    validation_split: float = 0.1
+    learning_rate: float = 1e-3  # Adam's learning rate
+    ema: float = 0.99  # momentum of the weights' moving average the model ends with; 0: off
+    data: Path | None = None
+    limit: int | None = None
+    output: Path | None = None  # default models/mnist-cnn or models/fashion-cnn
+    seed: int = 42
+    force: bool = False
+    command: str = ""
+
+    def target(self) -> Path:
+        return Path(self.output or Path("models") / f"{self.dataset}-{self.arch}")
+
+    def validated(self) -> MnistParams:
+        one_of("dataset", self.dataset, MNIST_DATASETS)
+        one_of("arch", self.arch, MNIST_ARCHS)
+        at_least("epochs", self.epochs, 1)
+        at_least("batch_size", self.batch_size, 1)
+        fraction("validation_split", self.validation_split)
+        fraction("ema", self.ema)
+        positive("learning_rate", self.learning_rate)
+        if self.limit is not None:
+            at_least("limit", self.limit, 10)
+        existing_file("data", self.data)
+        target = self.target()
+        not_a_file("output", target)
+        from transfer.files import refuse_existing
+
+        refuse_existing(target, self.force)
+        return self
+
+
+MnistSettings = MnistParams
