@@ -12,7 +12,16 @@ echo "== transfer fetch-data $*"
 
 read -r -a train_args <<< "${TRAIN_ARGS:---base inception}"
 echo "== transfer train ${train_args[*]}"
-"$T" train "${train_args[@]}"
+errors=$(mktemp)
+trap 'rm -f "$errors"' EXIT
+if ! "$T" train "${train_args[@]}" 2> >(tee "$errors" >&2); then
+  sleep 0.2  # let tee finish
+  if grep -q "could not be downloaded" "$errors"; then
+    echo "offline? Put the base's weights into \$KERAS_HOME/models, or train a base whose weights" >&2
+    echo "are there, e.g.: TRAIN_ARGS=\"--base mobilenet --alpha 0.25\" ./scripts/run.sh --archive train.zip" >&2
+  fi
+  exit 1
+fi
 
 echo "== transfer evaluate"
 "$T" evaluate --force

@@ -9,7 +9,11 @@ stamp=.venv/.transfer-installed
 if [[ ! -f $stamp ]] || [[ pyproject.toml -nt $stamp ]]; then
   echo "== installing transfer and its dependencies into .venv (TensorFlow is large: a few minutes the first time)"
   .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
-  .venv/bin/python -m pip install --quiet -e ".[dev]" 2>&1 | grep -v "is ignored" || true
-  .venv/bin/python -c "import transfer, tensorflow, keras" || { echo "install failed" >&2; exit 1; }
+  # PYTHONWARNINGS: no setuptools build warnings about the editable install
+  PYTHONWARNINGS=ignore .venv/bin/python -m pip install --quiet -e ".[dev,kaggle]" 2>&1 | grep -v "is ignored" || true
+  # transfer.tf imports TensorFlow with its start-up log silenced
+  if ! check=$(.venv/bin/python -c "import transfer.tf" 2>&1); then
+    echo "$check" >&2; echo "install failed: transfer or TensorFlow does not import" >&2; exit 1
+  fi
   touch "$stamp"
 fi

@@ -7,4 +7,4 @@ source scripts/setup.sh
 echo "== ruff"
 .venv/bin/ruff check transfer tests scripts
 echo "== pytest"
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest --durations=20 "$@"

@@ -36,6 +36,11 @@ os.environ["KERAS_HOME"] = str(_keras_home())
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def in_ci() -> bool:
+    """CI is any truthy CI variable (true, 1, yes...), as CI services set it."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def assets_root() -> Path:
     return Path(os.environ.get("TRANSFER_TEST_ASSETS", REPO.parent / "shared"))
 
@@ -45,7 +50,7 @@ def require_asset(relpath: str) -> Path:
     if not path.exists():
         message = (f"test asset {path} is missing (set TRANSFER_TEST_ASSETS to the folder "
                    "holding data/ and keras/)")
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(message)
         pytest.skip(message)
     return path
@@ -145,3 +150,12 @@ def split_images(split: Path, per_class: int | None = None) -> list[tuple[Path, 
         files = sorted(folder.iterdir())[:per_class]
         rows += [(f, folder.name) for f in files]
     return rows
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """A loud line when tests were skipped: a green run with skips proves less than it seems."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if skipped:
+        terminalreporter.write_sep(
+            "!", f"{len(skipped)} test(s) SKIPPED: missing assets or tools (see -rs); under CI "
+            "they fail instead", red=True, bold=True)

@@ -1,33 +1,92 @@
-"""The `transfer` command line: parse, call the library, print. No work happens here."""
+"""The `transfer` command line: parse, call the library, print. No work happens here.
+
+Every option's default comes from the command's settings dataclass (transfer/settings.py), and
+every option is checked by that class's ``validated()`` before TensorFlow is imported, so a bad
+option fails at once with one line. Errors are one red line and exit code 1 (usage errors 2);
+``transfer --verbose`` shows TensorFlow's log and full tracebacks.
+"""
 
 from __future__ import annotations
 
 import collections
 import functools
 import io
+import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from transfer import __version__, quiet
+from transfer import settings as S
+from transfer.bases import BASES
 from transfer.errors import TransferError
 from transfer.progress import RichReporter
 
+BaseName = Literal[tuple(BASES)]  # noqa: F821  (choices come from the registry)
+Pipeline = Literal[S.PIPELINES]
+Distribute = Literal[S.DISTRIBUTE]
+Source = Literal[S.FETCH_SOURCES]
+PredictFormat = Literal[S.PREDICT_FORMATS]
+ExportFormat = Literal[S.EXPORT_FORMATS]
+Invert = Literal[S.INVERT]
+MnistDataset = Literal[S.MNIST_DATASETS]
+MnistArch = Literal[S.MNIST_ARCHS]
+
+
+def _patch_typer_help() -> None:
+    """Typer 0.29 shows ``<bool>`` after on/off flags, ``<list[str]>`` after file arguments and
+    ``{PATH}...`` in the usage line; and prints a usage error as a box of several lines. Make
+    help read like ordinary Unix help and a usage error one line."""
+    from typer import core, rich_utils
+
+    option_type = core.TyperOption.display_type_rich
+
+    def display_type(self, ctx):
+        return None if self.is_flag else option_type(self, ctx)
+
+    core.TyperOption.display_type_rich = display_type
+    core.TyperArgument.display_type_rich = lambda self, ctx: None
+    core.TyperArgument._usage_display_name = lambda self: (
+        self.display_name_raw + ("..." if self.nargs != 1 else "") if self.required
+        else f"[{self.display_name_raw}]" + ("..." if self.nargs != 1 else ""))
+
+    def one_line_usage_error(exc) -> None:
+        if exc.__class__.__name__ == "NoArgsIsHelpError":
+            return
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        message = " ".join(exc.format_message().replace("Value error, ", "").split())
+        err.print(f"[bold red]error:[/bold red] {message}{hint}", highlight=False,
+                  soft_wrap=True, markup=True)
+
+    rich_utils.rich_format_error = one_line_usage_error
+    if not sys.stdout.isatty() and rich_utils.MAX_WIDTH is None:
+        rich_utils.MAX_WIDTH = int(os.environ.get("COLUMNS") or 0) or 120  # a pipe or a file
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console that does not wrap at 80 columns when the output is a pipe or a file."""
+    stream = sys.stderr if stderr else sys.stdout
+    wide = None if stream.isatty() else int(os.environ.get("COLUMNS") or 0) or 200
+    return Console(stderr=stderr, width=wide)
+
+
+out = _console()
+err = _console(stderr=True)
+_patch_typer_help()
 app = typer.Typer(
     help="Image classification by transfer learning on TensorFlow/Keras.\n\n"
     "The tour: transfer fetch-data, transfer train --base inception, "
-    "transfer predict photo.jpg, transfer mnist.",
+    "transfer predict photo.jpg, transfer evaluate, transfer mnist.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-out = Console()
-err = Console(stderr=True)
 _state = {"verbose": False}
 
 
@@ -48,24 +107,48 @@ def _main(
     quiet.configure(verbose)
 
 
-def command(*args, **kwargs):
-    """Register a command whose TransferError becomes one red line and exit code 1."""
+def _error_line(message: str) -> None:
+    message = " ".join(str(message).split())  # always one line
+    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True,
+              markup=True)
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for a file-system error: what failed, on which path, why."""
+    reason = exc.strerror or exc.__class__.__name__
+    paths = [p for p in (exc.filename, exc.filename2) if p]
+    where = " -> ".join(str(p) for p in paths)
+    return f"{reason}: {where}" if where else f"{reason} ({exc})"
+
+
+def command(name: str, examples: list[str]):
+    """Register a command: its help ends with examples; a TransferError or an OSError becomes
+    one red line and exit code 1; Ctrl-C exit code 130."""
+    epilog = "[bold]Examples[/bold]\n\n" + "\n\n".join(
+        f"  [cyan]{line}[/cyan]" for line in examples)
 
     def wrap(fn):
         @functools.wraps(fn)
         def run(*a, **kw):
             try:
                 return fn(*a, **kw)
+            except typer.Exit:
+                raise
             except TransferError as exc:
                 if _state["verbose"]:
                     err.print_exception()
-                err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+                _error_line(str(exc))
+                raise typer.Exit(getattr(exc, "exit_code", 1)) from None
+            except OSError as exc:
+                if _state["verbose"]:
+                    err.print_exception()
+                _error_line(_os_error(exc))
                 raise typer.Exit(1) from None
             except KeyboardInterrupt:
                 err.print("[bold red]interrupted[/bold red]")
                 raise typer.Exit(130) from None
 
-        return app.command(*args, **kwargs)(run)
+        return app.command(name, epilog=epilog)(run)
 
     return wrap
 
@@ -74,34 +157,46 @@ def _reporter() -> RichReporter:
     return RichReporter(err)
 
 
+def _command_line() -> str:
+    return "transfer " + " ".join(sys.argv[1:])
+
+
 # --------------------------------------------------------------------------- fetch-data
 
+_F = S.FetchOptions()
 
-@command("fetch-data")
+
+@command("fetch-data", examples=[
+    "transfer fetch-data                                  # Kaggle if configured, else Microsoft",
+    "transfer fetch-data --archive ~/Downloads/train.zip  # offline: a local zip or folder",
+    "transfer fetch-data --train-per-class 500 --validate-per-class 200 --test-per-class 100",
+])
 def fetch_data_cmd(
-    source: Annotated[str, typer.Option(help="auto | kaggle | microsoft | archive. auto: Kaggle "
-                                        "when credentials exist, else Microsoft.")] = "auto",
+    source: Annotated[Source, typer.Option(
+        help="auto: Kaggle when credentials exist, else Microsoft.")] = _F.source,
     archive: Annotated[Path | None, typer.Option(
         help="A local zip (Kaggle train.zip or PetImages layout) or folder; "
-        "implies --source archive.")] = None,
-    competition: Annotated[str, typer.Option(help="Kaggle competition.")] = "dogs-vs-cats",
-    data_dir: Annotated[Path, typer.Option(help="Where the split goes.")] = Path("data"),
-    train_per_class: Annotated[int, typer.Option(help="Training images per class.")] = 1000,
-    validate_per_class: Annotated[int, typer.Option(help="Validation images per class.")] = 400,
-    test_per_class: Annotated[int, typer.Option(help="Test images per class (0: no test split)."
-                                                )] = 0,
-    seed: Annotated[int, typer.Option(help="Seed of the split.")] = 42,
-    force: Annotated[bool, typer.Option(help="Replace a split made with other arguments.")] = False,
+        "implies --source archive.", show_default=False)] = _F.archive,
+    competition: Annotated[str, typer.Option(help="Kaggle competition.")] = _F.competition,
+    data_dir: Annotated[Path, typer.Option(help="Where the split goes.")] = _F.data_dir,
+    train_per_class: Annotated[int, typer.Option(help="Training images per class.")
+                               ] = _F.train_per_class,
+    validate_per_class: Annotated[int, typer.Option(help="Validation images per class.")
+                                  ] = _F.validate_per_class,
+    test_per_class: Annotated[int, typer.Option(
+        help="Test images per class (0: no test split).")] = _F.test_per_class,
+    seed: Annotated[int, typer.Option(help="Seed of the split.")] = _F.seed,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace a split made with other arguments.")] = _F.force,
 ) -> None:
     """Download Kaggle's Dogs vs. Cats photos into data/train and data/validate."""
-    from transfer.datasets import FetchOptions, fetch_data
+    options = S.FetchOptions(source=source, archive=archive, competition=competition,
+                             data_dir=data_dir, train_per_class=train_per_class,
+                             validate_per_class=validate_per_class,
+                             test_per_class=test_per_class, seed=seed, force=force).validated()
+    from transfer.datasets import fetch_data
 
-    result = fetch_data(
-        FetchOptions(source=source, archive=archive, competition=competition, data_dir=data_dir,
-                     train_per_class=train_per_class, validate_per_class=validate_per_class,
-                     test_per_class=test_per_class, seed=seed, force=force),
-        reporter=_reporter(),
-    )
+    result = fetch_data(options, reporter=_reporter())
     if result.noop:
         return
     out.print(f"Split in {result.data_dir} (source: {result.source}, seed {seed})",
@@ -117,13 +212,13 @@ def fetch_data_cmd(
         out.print(f"skipped {len(result.skipped)} unusable file(s):")
         for item in result.skipped:
             out.print(f"  {item['name']}: {item['reason']}", highlight=False)
-    out.print(f"manifest: {result.data_dir / 'manifest.json'}")
+    out.print(f"manifest: {result.data_dir / 'manifest.json'}", highlight=False)
 
 
 # --------------------------------------------------------------------------- bases, train
 
 
-@command("bases")
+@command("bases", examples=["transfer bases"])
 def bases_cmd() -> None:
     """List the bases: Keras class, input size, parameters, ImageNet weights cached or not."""
     from transfer import bases
@@ -139,82 +234,121 @@ def bases_cmd() -> None:
             name = f"{base.name} --alpha {alpha}" if base.has_alpha else base.name
             cached = ("-" if not base.pretrained
                       else "cached" if bases.cached_weights(base, alpha) else "not cached")
-            table.add_row(name, base.keras_class or "Conv32-Pool-Conv32-Pool (from scratch)",
+            table.add_row(name, base.keras_class or "the small CNN trained from scratch",
                           str(base.size), str(base.min_size), base.preprocess,
                           f"{bases.count_params(base, alpha):,}", cached)
     out.print(table)
 
 
-@command("train")
+_T = S.TrainSettings()
+_A = S.Augment()
+DATA, BASE, AUG, HEAD, FINE, RUN = ("Data", "Base", "Augmentation", "Head and training",
+                                    "Fine-tuning", "Output and run")
+
+
+@command("train", examples=[
+    "transfer train --base inception                   # the classic (downloads its weights)",
+    "transfer train --base mobilenet --alpha 0.25      # fast on a laptop CPU",
+    "transfer train --base vgg16 --weights none --image-size 64 --epochs 2",
+    "transfer train --base mobilenet --fine-tune 20 --fine-tune-epochs 3",
+    "transfer train --base scratch                     # the small CNN from scratch",
+    "transfer train --data-dir ~/flowers --output models/flowers --force",
+])
 def train_cmd(
-    base: Annotated[str, typer.Option(help="inception | vgg16 | mobilenet | mobilenetv2 | "
-                                      "resnet50 | efficientnetb0 | scratch")] = "inception",
-    alpha: Annotated[float, typer.Option(help="MobileNet width: 1.0, 0.75, 0.5 or 0.25.")] = 1.0,
-    weights: Annotated[str, typer.Option(help="imagenet | none | PATH to a weights file.")
-                       ] = "imagenet",
-    data_dir: Annotated[Path, typer.Option(help="Folder with train/ and validate/.")
-                        ] = Path("data"),
-    train_dir: Annotated[Path | None, typer.Option(help="Default: DATA_DIR/train.")] = None,
-    validate_dir: Annotated[Path | None, typer.Option(help="Default: DATA_DIR/validate.")
-                            ] = None,
-    pipeline: Annotated[str, typer.Option(help="generator (ImageDataGenerator) | tfdata.")
-                        ] = "generator",
-    augment: Annotated[bool, typer.Option(help="Augment training images.")] = True,
+    base: Annotated[BaseName, typer.Option(help="The ImageNet base (see transfer bases).",
+                                           rich_help_panel=BASE)] = _T.base,
+    alpha: Annotated[float, typer.Option(help="MobileNet width: 1.0, 0.75, 0.5 or 0.25.",
+                                         rich_help_panel=BASE)] = _T.alpha,
+    weights: Annotated[str, typer.Option(help="imagenet | none | PATH to a weights file.",
+                                         rich_help_panel=BASE)] = _T.weights,
+    image_size: Annotated[int | None, typer.Option(
+        help="Input size in pixels (default: the base's).", show_default=False,
+        rich_help_panel=BASE)] = _T.image_size,
+    data_dir: Annotated[Path, typer.Option(help="Folder with train/ and validate/.",
+                                           rich_help_panel=DATA)] = _T.data_dir,
+    train_dir: Annotated[Path | None, typer.Option(
+        help="Training folder of class subfolders \\[default: DATA_DIR/train].",
+        show_default=False, rich_help_panel=DATA)] = _T.train_dir,
+    validate_dir: Annotated[Path | None, typer.Option(
+        help="Validation folder \\[default: DATA_DIR/validate].", show_default=False,
+        rich_help_panel=DATA)] = _T.validate_dir,
+    pipeline: Annotated[Pipeline, typer.Option(
+        help="generator: ImageDataGenerator; tfdata: tf.data + Keras augmentation layers.",
+        rich_help_panel=DATA)] = _T.pipeline,
+    feature_cache: Annotated[bool, typer.Option(help="Cache base features on disk.",
+                                                rich_help_panel=DATA)] = _T.feature_cache,
+    augment: Annotated[bool, typer.Option(help="Augment training images.",
+                                          rich_help_panel=AUG)] = _A.enabled,
     augment_copies: Annotated[int, typer.Option(
-        help="Augmented feature copies cycled across epochs; 0: run the base every epoch.")] = 1,
-    rotation: Annotated[float, typer.Option(help="Rotation range, degrees.")] = 20.0,
-    shift: Annotated[float, typer.Option(help="Width/height shift, fraction.")] = 0.2,
-    shear: Annotated[float, typer.Option(help="Shear, degrees.")] = 0.2,
-    zoom: Annotated[float, typer.Option(help="Zoom range, +- fraction.")] = 0.2,
-    flip: Annotated[bool, typer.Option(help="Random horizontal flips.")] = True,
-    image_size: Annotated[int | None, typer.Option(help="Override the base's input size.")
-                          ] = None,
-    dropout: Annotated[float, typer.Option(help="Dropout before the classifier.")] = 0.2,
-    dense: Annotated[int, typer.Option(help="Hidden Dense units in the head (0: none).")] = 0,
-    epochs: Annotated[int, typer.Option(help="Head training epochs.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
-    learning_rate: Annotated[float, typer.Option(help="Adam learning rate of the head.")
-                             ] = 1e-3,
-    patience: Annotated[int, typer.Option(help="Early stopping patience (validation loss).")
-                        ] = 3,
-    fine_tune: Annotated[int, typer.Option(help="Unfreeze the top N base layers afterwards.")
-                         ] = 0,
-    fine_tune_lr: Annotated[float, typer.Option(help="Learning rate of fine-tuning.")] = 1e-5,
-    fine_tune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 5,
-    seed: Annotated[int, typer.Option(help="Seed: same data + seed, same metrics.")] = 42,
-    distribute: Annotated[str, typer.Option(help="none | mirrored (MirroredStrategy).")
-                          ] = "none",
-    tensorboard: Annotated[Path | None, typer.Option(help="Write TensorBoard logs here.")
-                           ] = None,
-    feature_cache: Annotated[bool, typer.Option(help="Cache base features on disk.")] = True,
-    models_dir: Annotated[Path, typer.Option(help="Where bundles go.")] = Path("models"),
-    output: Annotated[Path | None, typer.Option(help="Bundle folder (default: "
-                                                "MODELS_DIR/<base>-<timestamp>).")] = None,
-    force: Annotated[bool, typer.Option(help="Replace an existing bundle at --output.")
-                     ] = False,
+        help="Augmented feature copies cycled across epochs; 0: run the base every epoch.",
+        rich_help_panel=AUG)] = _T.augment_copies,
+    rotation: Annotated[float, typer.Option(help="Rotation range, degrees.",
+                                            rich_help_panel=AUG)] = _A.rotation,
+    shift: Annotated[float, typer.Option(help="Width/height shift, fraction.",
+                                         rich_help_panel=AUG)] = _A.shift,
+    shear: Annotated[float, typer.Option(help="Shear, degrees.", rich_help_panel=AUG)
+                     ] = _A.shear,
+    zoom: Annotated[float, typer.Option(help="Zoom range, +- fraction.", rich_help_panel=AUG)
+                    ] = _A.zoom,
+    flip: Annotated[bool, typer.Option(help="Random horizontal flips.", rich_help_panel=AUG)
+                    ] = _A.flip,
+    dropout: Annotated[float, typer.Option(help="Dropout before the classifier, in [0, 1).",
+                                           rich_help_panel=HEAD)] = _T.dropout,
+    dense: Annotated[int, typer.Option(help="Hidden Dense units in the head (0: none).",
+                                       rich_help_panel=HEAD)] = _T.dense,
+    epochs: Annotated[int, typer.Option(help="Training epochs of the head.",
+                                        rich_help_panel=HEAD)] = _T.epochs,
+    batch_size: Annotated[int, typer.Option(help="Batch size.", rich_help_panel=HEAD)
+                          ] = _T.batch_size,
+    learning_rate: Annotated[float, typer.Option(help="Adam's learning rate for the head.",
+                                                 rich_help_panel=HEAD)] = _T.learning_rate,
+    patience: Annotated[int, typer.Option(
+        help="Early stopping patience (epochs without a better validation loss).",
+        rich_help_panel=HEAD)] = _T.patience,
+    fine_tune: Annotated[int, typer.Option(
+        help="Then unfreeze the top N base layers (0: no fine-tuning).",
+        rich_help_panel=FINE)] = _T.fine_tune,
+    fine_tune_lr: Annotated[float, typer.Option(help="Learning rate of fine-tuning.",
+                                                rich_help_panel=FINE)] = _T.fine_tune_lr,
+    fine_tune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.",
+                                                  rich_help_panel=FINE)] = _T.fine_tune_epochs,
+    seed: Annotated[int, typer.Option(help="Same data and seed, same metrics.",
+                                      rich_help_panel=RUN)] = _T.seed,
+    distribute: Annotated[Distribute, typer.Option(
+        help="mirrored: tf.distribute.MirroredStrategy over this machine's devices.",
+        rich_help_panel=RUN)] = _T.distribute,
+    tensorboard: Annotated[Path | None, typer.Option(
+        help="Write TensorBoard logs to this folder.", show_default=False,
+        rich_help_panel=RUN)] = _T.tensorboard,
+    models_dir: Annotated[Path, typer.Option(help="Where bundles go.", rich_help_panel=RUN)
+                          ] = _T.models_dir,
+    output: Annotated[Path | None, typer.Option(
+        help="Bundle folder \\[default: MODELS_DIR/<base>-<timestamp>].", show_default=False,
+        rich_help_panel=RUN)] = _T.output,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --output.",
+                                        rich_help_panel=RUN)] = _T.force,
 ) -> None:
     """Train a classifier: a new head on a frozen ImageNet base (or the CNN from scratch)."""
-    from transfer.pipelines import Augment
-    from transfer.training import HParams, train
-
-    hp = HParams(
+    settings = S.TrainSettings(
         data_dir=data_dir, train_dir=train_dir, validate_dir=validate_dir, base=base,
         alpha=alpha, weights=weights, pipeline=pipeline,
-        augment=Augment(enabled=augment, rotation=rotation, shift=shift, shear=shear,
-                        zoom=zoom, flip=flip),
+        augment=S.Augment(enabled=augment, rotation=rotation, shift=shift, shear=shear,
+                          zoom=zoom, flip=flip),
         augment_copies=augment_copies, image_size=image_size, dropout=dropout, dense=dense,
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
         fine_tune=fine_tune, fine_tune_lr=fine_tune_lr, fine_tune_epochs=fine_tune_epochs,
         seed=seed, distribute=distribute, tensorboard=tensorboard, feature_cache=feature_cache,
-        models_dir=models_dir, output=output, force=force,
-        command="transfer " + " ".join(sys.argv[1:]))
-    result = train(hp, reporter=_reporter())
+        models_dir=models_dir, output=output, force=force, command=_command_line())
+    settings.validated()  # every option checked before TensorFlow loads
+    from transfer.training import train
+
+    result = train(settings, reporter=_reporter())
     m, t = result.meta["metrics"], result.meta["timings"]
     out.print(f"[bold]{result.bundle}[/bold]: validation accuracy {m['val_accuracy']:.4f}, "
               f"loss {m['val_loss']:.4f} (best epoch {m['best_epoch']} of {m['epochs_run']})",
               highlight=False)
     speed = (f", base {t['base_images_per_second']} images/s"
-             if t["base_images_per_second"] else "")
+             if t.get("base_images_per_second") else "")
     out.print(f"feature cache: {result.meta['feature_cache']}; features "
               f"{t['feature_extraction_seconds']:.1f} s, training {t['head_training_seconds']:.1f}"
               f" s, total {t['total_seconds']:.1f} s{speed}", highlight=False)
@@ -256,42 +390,53 @@ def _predictions_table(result) -> Table:
     return table
 
 
-@command("predict")
+_P = S.PredictSettings()
+
+
+@command("predict", examples=[
+    "transfer predict elephant.jpg                        # models/latest, else ImageNet mode",
+    "transfer predict photos/ 'more/*.jpg' --top 2 --output predictions.csv",
+    "transfer predict dog.jpg --imagenet --base mobilenet --alpha 0.25",
+    "transfer predict my_digit.png --model models/mnist-cnn --invert auto",
+])
 def predict_cmd(
-    paths: Annotated[list[str], typer.Argument(help="Image files, folders (recursed) or globs.",
-                                               show_default=False)],
+    paths: Annotated[list[str], typer.Argument(
+        metavar="PATH", help="Image files, folders (recursed) or globs.", show_default=False)],
     model: Annotated[Path | None, typer.Option(
-        help="Model bundle folder (default: models/latest; without one, ImageNet mode).")
-    ] = None,
+        help="Model bundle folder \\[default: models/latest; without one, ImageNet mode].",
+        show_default=False)] = _P.model,
     imagenet: Annotated[bool, typer.Option(
-        "--imagenet", help="Classify with --base's pretrained ImageNet classifier.")] = False,
-    base: Annotated[str, typer.Option(help="Base of ImageNet mode.")] = "inception",
-    alpha: Annotated[float, typer.Option(help="MobileNet width in ImageNet mode.")] = 1.0,
+        "--imagenet", help="Classify with --base's pretrained ImageNet classifier.")
+    ] = _P.imagenet,
+    base: Annotated[BaseName, typer.Option(help="Base of ImageNet mode.")] = _P.base,
+    alpha: Annotated[float, typer.Option(help="MobileNet width in ImageNet mode.")] = _P.alpha,
     top: Annotated[int | None, typer.Option(
-        help="Labels per image, best first (default 1; 3 in ImageNet mode).")] = None,
-    format: Annotated[str | None, typer.Option(
-        "--format", help="table | json | csv (default: from --output's suffix, else table).")
-    ] = None,
-    output: Annotated[Path | None, typer.Option(help="Write the results to this file.")] = None,
-    invert: Annotated[str | None, typer.Option(
-        help="Digit models: auto | yes | no (default: the bundle's, auto).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 32,
+        help="Labels per image, best first \\[default: 1; 3 in ImageNet mode].",
+        show_default=False)] = _P.top,
+    format: Annotated[PredictFormat | None, typer.Option(
+        "--format", help="\\[default: from --output's suffix, else table]", show_default=False)
+    ] = _P.format,
+    output: Annotated[Path | None, typer.Option(help="Write the results to this file.",
+                                                show_default=False)] = _P.output,
+    invert: Annotated[Invert | None, typer.Option(
+        help="Digit models: is the digit dark on light? \\[default: the bundle's, auto]",
+        show_default=False)] = _P.invert,
+    batch_size: Annotated[int, typer.Option(help="Images per inference batch.")
+                          ] = _P.batch_size,
     models_dir: Annotated[Path, typer.Option(help="Where models/latest is looked for.")
-                          ] = Path("models"),
-    force: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
+                          ] = _P.models_dir,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --output file.")
+                     ] = _P.force,
 ) -> None:
     """Classify images with a trained bundle, or with an ImageNet classifier (--imagenet)."""
-    from transfer.predict import FORMATS, predict, write_text
+    settings = S.PredictSettings(paths=paths, model=model, imagenet=imagenet, base=base,
+                                 alpha=alpha, top=top, format=format, output=output,
+                                 invert=invert, batch_size=batch_size, models_dir=models_dir,
+                                 force=force).validated()
+    from transfer.predict import predict, write_text
 
-    fmt = format or {".json": "json", ".csv": "csv"}.get(
-        output.suffix.lower() if output else "", "table")
-    if fmt not in FORMATS:
-        raise TransferError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    if output is not None and output.exists() and not force:
-        raise TransferError(f"{output} already exists; use --force to replace it")
-    result = predict(paths, model=model, imagenet=imagenet, base=base, alpha=alpha, top=top,
-                     batch_size=batch_size, invert=invert, models_dir=models_dir,
-                     reporter=_reporter())
+    result = predict(settings, reporter=_reporter())
+    fmt = settings.format
     if fmt == "table":
         table = _predictions_table(result)
         if output is not None:
@@ -317,21 +462,36 @@ def predict_cmd(
         raise typer.Exit(1)
 
 
-@command("evaluate")
+# --------------------------------------------------------------------------- evaluate
+
+_E = S.EvaluateSettings()
+
+
+@command("evaluate", examples=[
+    "transfer evaluate                                    # models/latest on its validation folder",
+    "transfer evaluate --data-dir data/test --output reports/test",
+    "transfer evaluate --model models/flowers --force",
+])
 def evaluate_cmd(
-    model: Annotated[Path, typer.Option(help="Model bundle folder.")] = Path("models/latest"),
+    model: Annotated[Path, typer.Option(help="Model bundle folder.")] = _E.model,
     data_dir: Annotated[Path | None, typer.Option(
-        help="Folder of class subfolders (default: the bundle's validation folder).")] = None,
+        help="Folder of class subfolders \\[default: the bundle's validation folder].",
+        show_default=False)] = _E.data_dir,
     output: Annotated[Path | None, typer.Option(
-        help="Where report.json and the pictures go (default: the bundle).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 32,
-    force: Annotated[bool, typer.Option(help="Replace another evaluation's outputs.")] = False,
+        help="Where report.json and the pictures go \\[default: the bundle].",
+        show_default=False)] = _E.output,
+    batch_size: Annotated[int, typer.Option(help="Images per inference batch.")
+                          ] = _E.batch_size,
+    force: Annotated[bool, typer.Option("--force",
+                                        help="Replace another evaluation's outputs.")
+                     ] = _E.force,
 ) -> None:
     """Accuracy, per-class precision/recall/F1, ROC AUC, confusion matrix and worst mistakes."""
+    settings = S.EvaluateSettings(model=model, data_dir=data_dir, output=output,
+                                  batch_size=batch_size, force=force).validated()
     from transfer.evaluate import evaluate
 
-    result = evaluate(model, data_dir=data_dir, output=output, batch_size=batch_size,
-                      force=force, reporter=_reporter())
+    result = evaluate(settings, reporter=_reporter())
     r = result.report
     table = Table(title=f"{r['model']} on {r['data_dir']} ({r['images']} images)")
     for column in ("class", "precision", "recall", "F1", "support"):
@@ -365,22 +525,37 @@ def evaluate_cmd(
               highlight=False)
 
 
-@command("explain")
+# --------------------------------------------------------------------------- explain, export
+
+_X = S.ExplainSettings()
+
+
+@command("explain", examples=[
+    "transfer explain dog.jpg                       # writes dog.gradcam.png beside it",
+    "transfer explain dog.jpg --class cats --output why-not-a-cat.png",
+    "transfer explain my_digit.png --model models/mnist-cnn",
+])
 def explain_cmd(
-    image: Annotated[Path, typer.Argument(help="The image to explain.", show_default=False)],
-    model: Annotated[Path, typer.Option(help="Model bundle folder.")] = Path("models/latest"),
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="The image to explain.",
+                                          show_default=False)],
+    model: Annotated[Path, typer.Option(help="Model bundle folder.")] = _X.model,
     output: Annotated[Path | None, typer.Option(
-        help="PNG to write (default: IMAGE's folder, <name>.gradcam.png).")] = None,
+        help="PNG to write \\[default: IMAGE's folder, <name>.gradcam.png].",
+        show_default=False)] = _X.output,
     class_name: Annotated[str | None, typer.Option(
-        "--class", help="Explain this class instead of the predicted one.")] = None,
-    invert: Annotated[str | None, typer.Option(help="Digit models: auto | yes | no.")] = None,
-    force: Annotated[bool, typer.Option(help="Replace an existing PNG.")] = False,
+        "--class", help="Explain this class instead of the predicted one.",
+        show_default=False)] = _X.class_name,
+    invert: Annotated[Invert | None, typer.Option(help="Digit models only.",
+                                                  show_default=False)] = _X.invert,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing PNG.")
+                     ] = _X.force,
 ) -> None:
     """Grad-CAM: a heatmap of where the model looked for its prediction, saved as PNG."""
+    settings = S.ExplainSettings(image=image, model=model, output=output,
+                                 class_name=class_name, invert=invert, force=force).validated()
     from transfer.explain import explain
 
-    result = explain(image, model=model, output=output, class_name=class_name, invert=invert,
-                     force=force)
+    result = explain(settings)
     predicted = max(result.probabilities, key=result.probabilities.get)
     out.print(f"{image}: predicted [bold]{predicted}[/bold] "
               f"{result.probabilities[predicted]:.4f}; Grad-CAM of {result.label} at layer "
@@ -389,23 +564,33 @@ def explain_cmd(
     out.print(f"wrote {result.png}", highlight=False)
 
 
-@command("export")
+_O = S.ExportSettings()
+
+
+@command("export", examples=[
+    "transfer export                                  # models/latest as TFLite, checked",
+    "transfer export --format savedmodel --output serving/cats-vs-dogs",
+    "transfer export --model models/mnist-cnn --check-images digits/",
+])
 def export_cmd(
-    model: Annotated[Path, typer.Option(help="Model bundle folder.")] = Path("models/latest"),
-    format: Annotated[str, typer.Option("--format", help="keras | savedmodel | tflite.")
-                      ] = "tflite",
+    model: Annotated[Path, typer.Option(help="Model bundle folder.")] = _O.model,
+    format: Annotated[ExportFormat, typer.Option("--format", help="What to export as.")
+                      ] = _O.format,
     output: Annotated[Path | None, typer.Option(
-        help="File (.keras, .tflite) or folder (SavedModel); default: MODEL/export/.")] = None,
+        help="File (.keras, .tflite) or folder (SavedModel) \\[default: MODEL/export/].",
+        show_default=False)] = _O.output,
     check_images: Annotated[list[Path] | None, typer.Option(
-        help="Images (or folders) to check the export on; default: the bundle's validation "
-        "images.")] = None,
-    force: Annotated[bool, typer.Option(help="Replace an existing export.")] = False,
+        help="Images (or folders) to check the export on \\[default: the bundle's validation "
+        "images].", show_default=False)] = _O.check_images,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing export.")
+                     ] = _O.force,
 ) -> None:
     """Export the model (Keras, SavedModel, TFLite) and check its outputs against Keras's."""
+    settings = S.ExportSettings(model=model, format=format, output=output,
+                                check_images=check_images, force=force).validated()
     from transfer.export import export
 
-    result = export(model, format, output, force=force, check_images=check_images,
-                    reporter=_reporter())
+    result = export(settings, reporter=_reporter())
     out.print(f"[bold]{result.path}[/bold] ({result.format}); check on {result.n_images} "
               f"images from {result.check_source}: max abs difference "
               f"{result.max_abs_diff:.2e} <= {result.tolerance:g} [green]passed[/green]",
@@ -415,43 +600,53 @@ def export_cmd(
 
 # --------------------------------------------------------------------------- mnist
 
+_M = S.MnistParams()
 
-@command("mnist")
+
+@command("mnist", examples=[
+    "transfer mnist                                   # downloads MNIST through Keras",
+    "transfer mnist --data ../shared/data/mnist       # offline: the four IDX files",
+    "transfer mnist --data mnist.npz --limit 6000 --epochs 1 --batch-size 16",
+    "transfer mnist --dataset fashion --arch tiny --output models/fashion-tiny",
+])
 def mnist_cmd(
-    dataset: Annotated[str, typer.Option(help="mnist | fashion.")] = "mnist",
-    arch: Annotated[str, typer.Option(help="cnn (the seeds' CNN) | tiny (one convolution).")
-                    ] = "cnn",
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 5,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
+    dataset: Annotated[MnistDataset, typer.Option(help="Which data set.")] = _M.dataset,
+    arch: Annotated[MnistArch, typer.Option(
+        help="cnn: the course's CNN; tiny: one convolution.")] = _M.arch,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = _M.epochs,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = _M.batch_size,
     validation_split: Annotated[float, typer.Option(help="Fraction held out for validation.")
-                                ] = 0.1,
-    learning_rate: Annotated[float, typer.Option(help="Adam's learning rate.")] = 1e-3,
+                                ] = _M.validation_split,
+    learning_rate: Annotated[float, typer.Option(help="Adam's learning rate.")
+                             ] = _M.learning_rate,
     ema: Annotated[float, typer.Option(
         help="Momentum of the moving average of weights the model ends with; 0 = plain Adam.")
-                   ] = 0.99,
+                   ] = _M.ema,
     data: Annotated[Path | None, typer.Option(
-        help="A Keras-style mnist.npz or a folder with the four IDX files (offline).")] = None,
-    limit: Annotated[int | None, typer.Option(help="Train on the first N images only.")
-                     ] = None,
+        help="A Keras-style mnist.npz or a folder with the four IDX files (offline).",
+        show_default=False)] = _M.data,
+    limit: Annotated[int | None, typer.Option(help="Train on the first N images only.",
+                                              show_default=False)] = _M.limit,
     output: Annotated[Path | None, typer.Option(
-        help="Bundle folder (default models/mnist-cnn or models/fashion-cnn).")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
-    force: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
+        help="Bundle folder \\[default: models/mnist-cnn or models/fashion-cnn].",
+        show_default=False)] = _M.output,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = _M.seed,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle.")
+                     ] = _M.force,
 ) -> None:
-    """Train the MNIST CNN from scratch (the baseline) and draw what it learned."""
-    from transfer.mnist import MnistParams, run
+    """Train the small MNIST CNN from scratch (the baseline) and draw what it learned."""
+    params = S.MnistParams(dataset=dataset, arch=arch, epochs=epochs, batch_size=batch_size,
+                           validation_split=validation_split, data=data, limit=limit,
+                           learning_rate=learning_rate, ema=ema, output=output, seed=seed,
+                           force=force, command=_command_line()).validated()
+    from transfer.mnist import run
 
-    result = run(MnistParams(dataset=dataset, arch=arch, epochs=epochs, batch_size=batch_size,
-                             validation_split=validation_split, data=data, limit=limit,
-                             learning_rate=learning_rate, ema=ema,
-                             output=output, seed=seed, force=force,
-                             command="transfer " + " ".join(sys.argv[1:])),
-                 reporter=_reporter())
+    result = run(params, reporter=_reporter())
     table = Table(title=f"{arch} model")
     for column in ("layer", "output shape", "parameters"):
         table.add_column(column, justify="right" if column == "parameters" else "left")
-    for name, shape, params in result.summary:
-        table.add_row(name, shape, f"{params:,}")
+    for name, shape, n_params in result.summary:
+        table.add_row(name, shape, f"{n_params:,}")
     out.print(table)
     noise = Table(title="Test accuracy under Gaussian noise")
     noise.add_column("sigma", justify="right")

@@ -75,6 +75,27 @@ def not_a_file(name: str, path: Path | None) -> None:
         raise TransferError(f"{_flag(name)} {path} is a file, not a folder")
 
 
+def writable(name: str, path: Path | None, *, file: bool = False) -> None:
+    """The nearest existing folder at or above ``path`` accepts a new file (probed with a
+    temporary file that is removed at once: nothing is left behind), so that a run that would
+    end by writing there fails now, not after minutes of work."""
+    if path is None:
+        return
+    folder = Path(path).absolute().parent if file else Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise TransferError(f"{_flag(name)} {path}: {folder} is a file, not a folder")
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".transfer-write-probe-"):
+            pass
+    except OSError as exc:
+        raise TransferError(f"{_flag(name)} {path}: cannot write in {folder} "
+                            f"({exc.strerror or exc})") from None
+
+
 def existing_file(name: str, path: Path | None) -> None:
     if path is not None and not Path(path).exists():
         raise TransferError(f"{_flag(name)} {path} does not exist")
@@ -145,6 +166,7 @@ class FetchOptions(Settings):
         at_least("validate_per_class", opts.validate_per_class, 1)
         at_least("test_per_class", opts.test_per_class, 0)
         not_a_file("data_dir", opts.data_dir)
+        writable("data_dir", opts.data_dir)
         return opts.replace(data_dir=Path(opts.data_dir))
 
 
@@ -246,8 +268,11 @@ class TrainSettings(Settings):
         hp = self.resolved()
         for name in ("data_dir", "train_dir", "validate_dir", "models_dir", "tensorboard"):
             not_a_file(name, getattr(hp, name))
+        writable("models_dir", hp.models_dir)
+        writable("tensorboard", hp.tensorboard)
         if hp.output is not None:
             not_a_file("output", hp.output)
+            writable("output", hp.output)
             if hp.output.exists():
                 from transfer import bundle
                 from transfer.files import refuse_existing
@@ -308,6 +333,7 @@ class PredictSettings(Settings):
             from transfer.files import refuse_existing
 
             refuse_existing(self.output, self.force)
+            writable("output", self.output, file=True)
         return self.replace(format=self.resolved_format(),
                             output=Path(self.output) if self.output else None)
 
@@ -328,6 +354,7 @@ class EvaluateSettings(Settings):
         at_least("worst", self.worst, 0)
         not_a_file("output", self.output)
         not_a_file("data_dir", self.data_dir)
+        writable("output", self.output)
         return self.replace(model=Path(self.model))
 
 
@@ -349,6 +376,10 @@ class ExplainSettings(Settings):
             one_of("invert", self.invert, INVERT)
         if self.output is not None and Path(self.output).is_dir():
             raise TransferError(f"--output {self.output} is a folder; name a .png file")
+        if not Path(self.image).is_file():
+            raise TransferError(f"{self.image}: no such image file")
+        png = Path(self.output) if self.output is not None else Path(self.image)
+        writable("output", png, file=True)
         return self.replace(image=Path(self.image), model=Path(self.model))
 
 
@@ -369,6 +400,8 @@ class ExportSettings(Settings):
             raise TransferError("a Keras export must end in .keras")
         for path in self.check_images or []:
             existing_file("check_images", path)
+        if self.output is not None:
+            writable("output", self.output, file=True)
         return self.replace(model=Path(self.model))
 
 
@@ -409,6 +442,7 @@ class MnistParams(Settings):
         existing_file("data", self.data)
         target = self.target()
         not_a_file("output", target)
+        writable("output", target)
         from transfer.files import refuse_existing
 
         refuse_existing(target, self.force)
