@@ -14,10 +14,13 @@ from conftest import kaggle_members, make_zip, text_as_jpg, truncated
 from PIL import Image
 
 from transfer import datasets
-from transfer.datasets import FetchOptions, check_image, classify, fetch_data, kaggle_credentials
+from transfer.archive import check_image, classify
+from transfer.datasets import FetchOptions, fetch_data
 from transfer.download import download
 from transfer.errors import TransferError
+from transfer.files import sha256_file
 from transfer.progress import Reporter
+from transfer.sources import kaggle_credentials
 
 
 def listing(data_dir: Path) -> dict[str, list[str]]:
@@ -51,7 +54,7 @@ def test_default_split_of_real_kaggle_archive(kaggle_zip, tmp_path):
         name = files["validate/dogs"][0]
         assert (tmp_path / "a/validate/dogs" / name).read_bytes() == archive.read(f"train/{name}")
     manifest = json.loads((tmp_path / "a/manifest.json").read_text())
-    assert manifest["source"]["archive_sha256"] == datasets.sha256_file(kaggle_zip)
+    assert manifest["source"]["archive_sha256"] == sha256_file(kaggle_zip)
     assert manifest["seed"] == 42 and manifest["skipped"] == []
     assert manifest["counts"] == {"train": {"cats": 1000, "dogs": 1000},
                                   "validate": {"cats": 400, "dogs": 400}}
@@ -308,9 +311,11 @@ class RecordingReporter(Reporter):
         return cm()
 
 
-def test_microsoft_download_resumes_after_cut_and_skips_corrupt(real_photos, tmp_path):
+def test_microsoft_download_resumes_after_cut_and_skips_corrupt(real_photos, tmp_path,
+                                                                monkeypatch):
     archive, broken = petimages_zip(real_photos, tmp_path)
     payload = archive.read_bytes()
+    monkeypatch.setenv("TRANSFER_MICROSOFT_SHA256", sha256_file(archive))
     reporter = RecordingReporter()
     with Server(payload, cut_after=len(payload) // 3) as server:
         result = fetch_data(FetchOptions(source="microsoft", microsoft_url=server.url,

@@ -5,55 +5,60 @@ The layout is the one Keras's ``flow_from_directory`` expects::
     data/train/cats/cat.12.jpg     data/validate/cats/...     data/test/cats/... (optional)
     data/train/dogs/dog.7.jpg      data/validate/dogs/...     data/manifest.json
 
-Sources: the Kaggle competition (official client), Microsoft's no-account PetImages zip
-(HTTPS, resumable), or a local archive/folder in either layout. Every image is fully decoded
-with Pillow before it is placed; broken files are skipped and reported. The split is
-deterministic for a seed, balanced and disjoint, and is built in a temporary folder that is
-renamed into place, so an interrupted run never leaves half a split behind.
+Where the photos come from is `transfer.sources` (Kaggle, Microsoft, a local archive); how an
+archive or folder is read safely is `transfer.archive`. This module makes the split: every
+image is fully decoded before it is placed (broken files are skipped and reported); the split
+is deterministic for a seed, balanced and disjoint; it is built in a temporary folder and
+swapped into place under a journal, so that an interrupted run never leaves half a split:
+
+1. the new split and its manifest are built in ``data/.fetch-tmp-*``;
+2. ``data/.fetch-swap.json`` (the journal) names the folders about to move;
+3. folders fetch-data did not make are moved aside (``data/train.old``); the previous split
+   goes to ``data/.fetch-old-*``; the new split folders move in;
+4. the new ``manifest.json`` replaces the old one in one rename: the commit;
+5. the journal, the previous split and the temporary folder are removed.
+
+Any fetch-data run on a data folder first finishes (after step 4) or rolls back (before it)
+a swap that a crash or Ctrl-C interrupted, so ``data/`` always ends with one complete split,
+old or new, and the manifest that describes it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
 import os
 import random
-import re
 import shutil
-import stat
 import tempfile
 import time
-import warnings
-import zipfile
-import zlib
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from transfer import __version__
-from transfer.download import download
+from transfer.archive import CLASSES, ImageSource, SkipMember, check_image, open_images
+from transfer.archive import fingerprint as archive_fingerprint
 from transfer.errors import TransferError
-from transfer.files import sha256_file as _sha256_file
 from transfer.files import write_json
 from transfer.progress import Reporter
-from transfer.settings import MICROSOFT_URL, FetchOptions  # noqa: F401
+from transfer.settings import FetchOptions
+from transfer.sources import obtain_archive, resolve_source
 
-CLASSES = ("cats", "dogs")
+__all__ = ["FetchOptions", "FetchResult", "fetch_data", "read_manifest", "recover"]
+
 SPLITS = ("train", "validate", "test")
-SOURCES = ("auto", "kaggle", "microsoft", "archive")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
-# What TensorFlow's decode_image and Keras's loaders read, so both pipelines can use the split.
-DECODABLE_FORMATS = {"JPEG", "PNG", "BMP", "GIF"}
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".fetch-tmp-"
-_KAGGLE_NAME = re.compile(r"^(cat|dog)\.\d+\.[a-z]+$", re.IGNORECASE)
-_FOLDER_CLASS = {"cat": "cats", "cats": "cats", "dog": "dogs", "dogs": "dogs"}
+OLD_PREFIX = ".fetch-old-"
+JOURNAL = ".fetch-swap.json"
+CACHE = ".cache"
 
 
 @dataclass
 class FetchResult:
+    """What `fetch_data` did: where, from which source, the counts and what was skipped."""
+
     data_dir: Path
     source: str
     archive: str
@@ -69,14 +74,76 @@ class FetchResult:
 
 def fetch_data(options: FetchOptions, reporter: Reporter | None = None,
                kaggle_api_factory: Callable[[], object] | None = None) -> FetchResult:
-    """Fetch the photos and write the split described by ``options`` into ``data_dir``."""
-    reporter = reporter or Reporter()
-    opts = _validated(options)
-    data_dir = Path(opts.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temp_dirs(data_dir)
+    """Fetch the photos and write the split described by ``options`` into its ``data_dir``.
 
-    source = _resolve_source(opts, reporter)
+    Args:
+        options: what to fetch and how to split it (`transfer.settings.FetchOptions`; it is
+            validated here).
+        reporter: progress and messages (default: silent).
+        kaggle_api_factory: makes the Kaggle client (default: the ``kaggle`` package's
+            ``KaggleApi``); tests pass a fake.
+
+    Returns:
+        A FetchResult: counts per split and class, the skipped files with the reason, the
+        folders moved aside, the manifest; ``noop`` when the data folder already held this
+        very split.
+
+    Raises:
+        TransferError: a bad option, an unreachable or refused source, an unsafe or unreadable
+            archive, too few usable images, or an existing split that ``--force`` would replace.
+            Nothing is left half-done: a data folder fetch-data created is removed again when it
+            is still empty, and a previous split stays whole.
+    """
+    reporter = reporter or Reporter()
+    opts = options.validated()
+    data_dir = Path(opts.data_dir)
+    created = _make_dirs(data_dir)
+    try:
+        return _fetch(opts, data_dir, reporter, kaggle_api_factory)
+    except BaseException:
+        _remove_if_empty(data_dir, created)
+        raise
+
+
+def read_manifest(data_dir: Path) -> dict | None:
+    """The manifest fetch-data wrote in ``data_dir``, or None."""
+    manifest = _read_json_or_none(Path(data_dir) / MANIFEST)
+    if isinstance(manifest, dict) and manifest.get("tool") == "transfer fetch-data":
+        return manifest
+    return None
+
+
+def recover(data_dir: Path, reporter: Reporter | None = None) -> str | None:
+    """Finish or roll back a swap an interrupted run left in ``data_dir``; say which, or None.
+
+    After the new manifest was written the swap is finished (the previous split is removed);
+    before, it is rolled back (the previous split and any folder moved aside come back). Then
+    leftover temporary folders are removed. Safe to call at any time; fetch_data calls it first.
+    """
+    data_dir = Path(data_dir)
+    journal = _read_json_or_none(data_dir / JOURNAL)
+    outcome = None
+    if journal is not None:
+        outcome = _finish_or_roll_back(data_dir, journal)
+        if reporter is not None:
+            reporter.warn(f"an earlier fetch-data in {data_dir} was interrupted while swapping "
+                          f"splits; {outcome}")
+    elif (data_dir / JOURNAL).exists():
+        (data_dir / JOURNAL).unlink()  # half-written journal: nothing had moved yet
+    for prefix in (TMP_PREFIX, OLD_PREFIX):
+        for stale in data_dir.glob(prefix + "*"):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+    return outcome
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def _fetch(opts: FetchOptions, data_dir: Path, reporter: Reporter,
+           kaggle_api_factory) -> FetchResult:
+    recover(data_dir, reporter)
+    source = resolve_source(opts, reporter, kaggle_api_factory)
     request = _request_key(opts, source)
     previous = read_manifest(data_dir)
     if previous is not None and previous.get("request") == request and _intact(data_dir, previous):
@@ -88,9 +155,10 @@ def fetch_data(options: FetchOptions, reporter: Reporter | None = None,
     ours, foreign = _existing_splits(data_dir, previous)
     _refuse_unless_forced(opts, data_dir, previous, request, ours, foreign)
 
-    archive = _obtain_archive(opts, source, data_dir / ".cache", reporter, kaggle_api_factory)
-    with _open_source(archive, data_dir / ".cache") as images:
-        fingerprint = request.get("archive_sha256") or images.fingerprint()
+    obtained = obtain_archive(opts, source, data_dir / CACHE, reporter, kaggle_api_factory)
+    with open_images(obtained.path, data_dir / CACHE) as images:
+        fingerprint = (request.get("archive_sha256") or obtained.sha256
+                       or images.fingerprint())
         tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=data_dir))
         try:
             counts, files, skipped = _build_split(images, opts, tmp, reporter)
@@ -98,9 +166,10 @@ def fetch_data(options: FetchOptions, reporter: Reporter | None = None,
                 "tool": "transfer fetch-data",
                 "version": __version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "split_id": uuid.uuid4().hex,
                 "request": request,
-                "source": {"kind": source, "archive": str(archive), "archive_sha256": fingerprint,
-                           "layout": images.layout,
+                "source": {"kind": source, "archive": str(obtained.path),
+                           "archive_sha256": fingerprint, "layout": images.layout,
                            **({"competition": opts.competition} if source == "kaggle" else {}),
                            **({"url": opts.microsoft_url} if source == "microsoft" else {})},
                 "seed": opts.seed,
@@ -109,94 +178,47 @@ def fetch_data(options: FetchOptions, reporter: Reporter | None = None,
                 "files": files,
                 "skipped": skipped,
             }
-            moved = _swap_into_place(data_dir, tmp, counts, ours, foreign)
-            manifest["moved_aside"] = moved
-            write_json(data_dir / MANIFEST, manifest)
+            moved = _swap_into_place(data_dir, tmp, manifest, ours, foreign)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if not (data_dir / JOURNAL).exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     for name in moved:
         reporter.warn(f"moved the existing folder that fetch-data did not make to {name}")
-    return FetchResult(data_dir, source, str(archive), counts, skipped, moved_aside=moved,
+    return FetchResult(data_dir, source, str(obtained.path), counts, skipped, moved_aside=moved,
                        manifest=manifest)
 
 
-def read_manifest(data_dir: Path) -> dict | None:
-    """The manifest fetch-data wrote in ``data_dir``, or None."""
-    path = Path(data_dir) / MANIFEST
+def _make_dirs(path: Path) -> list[Path]:
+    """mkdir -p ``path``; return the folders this call created, deepest first."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        missing.append(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_if_empty(data_dir: Path, created: list[Path]) -> None:
+    """After a failure, when this run created ``data_dir``: remove the empty folders of the
+    download cache, then the folders this run created, each only when empty (a partial
+    download, or anything else, keeps them)."""
+    if not created:
+        return
+    cache = data_dir / CACHE
+    empty = [Path(folder) for folder, _, _ in os.walk(cache, topdown=False)]
+    for folder in (*empty, *created):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty (or gone): kept
+
+
+def _read_json_or_none(path: Path):
     try:
-        manifest = json.loads(path.read_text())
+        return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
-    if isinstance(manifest, dict) and manifest.get("tool") == "transfer fetch-data":
-        return manifest
-    return None
-
-
-def kaggle_credentials(env: dict | None = None, home: Path | None = None) -> str | None:
-    """Where Kaggle credentials are configured, or None (the client looks in the same places)."""
-    env = os.environ if env is None else env
-    if env.get("KAGGLE_API_TOKEN"):
-        return "KAGGLE_API_TOKEN"
-    if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
-        return "KAGGLE_USERNAME/KAGGLE_KEY"
-    config = Path(env.get("KAGGLE_CONFIG_DIR") or (home or Path.home()) / ".kaggle")
-    for name in ("kaggle.json", "access_token"):
-        if (config / name).is_file():
-            return str(config / name)
-    return None
-
-
-def check_image(data: bytes) -> str | None:
-    """None when ``data`` is an image Pillow fully decodes in a format TF reads; else why not."""
-    if not data:
-        return "zero-byte file"
-    try:
-        from PIL import Image
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as image:
-                image_format = image.format
-                image.load()  # decodes every pixel: catches truncated and corrupt files
-                width, height = image.size
-    except Exception as exc:  # Pillow raises many kinds: all mean "not a usable image"
-        return f"not a decodable image ({type(exc).__name__}: {exc})"
-    if image_format not in DECODABLE_FORMATS:
-        return f"unsupported image format {image_format}"
-    if width < 1 or height < 1:
-        return "empty image"
-    return None
-
-
-def classify(path: str) -> str | None:
-    """The class (cats/dogs) of an archive path, from Kaggle names or PetImages folders."""
-    pure = PurePosixPath(path.replace("\\", "/"))
-    if pure.suffix.lower() not in IMAGE_SUFFIXES or pure.name.startswith("."):
-        return None
-    if _KAGGLE_NAME.match(pure.name):
-        return pure.name.split(".")[0].lower() + "s"
-    if len(pure.parts) >= 2:
-        return _FOLDER_CLASS.get(pure.parts[-2].lower())
-    return None
-
-
-# --------------------------------------------------------------------------- steps
-
-
-def _validated(opts: FetchOptions) -> FetchOptions:
-    return opts.validated()
-
-
-def _resolve_source(opts: FetchOptions, reporter: Reporter) -> str:
-    if opts.source != "auto":
-        return opts.source
-    where = kaggle_credentials()
-    if where:
-        reporter.info(f"source: Kaggle (credentials found in {where})")
-        return "kaggle"
-    reporter.info("source: Microsoft PetImages (no Kaggle credentials found; "
-                  "use --source kaggle or --archive to choose)")
-    return "microsoft"
 
 
 def _request_key(opts: FetchOptions, source: str) -> dict:
@@ -209,13 +231,13 @@ def _request_key(opts: FetchOptions, source: str) -> dict:
         archive = Path(opts.archive)
         if not archive.exists():
             raise TransferError(f"archive not found: {archive}")
-        key["archive_sha256"] = (sha256_file(archive) if archive.is_file()
-                                 else _FolderImages(archive).fingerprint())
+        key["archive_sha256"] = archive_fingerprint(archive)
         key["archive"] = str(archive.resolve())
     return key
 
 
 def _intact(data_dir: Path, manifest: dict) -> bool:
+    """True when every split folder holds exactly the files the manifest lists."""
     try:
         for split in manifest["splits"]:
             for cls, names in manifest["files"][split].items():
@@ -229,7 +251,7 @@ def _intact(data_dir: Path, manifest: dict) -> bool:
 
 def _existing_splits(data_dir: Path, manifest: dict | None) -> tuple[list[str], list[str]]:
     made = set(manifest.get("splits", [])) if manifest else set()
-    present = [s for s in SPLITS if (data_dir / s).exists()]
+    present = [s for s in SPLITS if (data_dir / s).exists() or (data_dir / s).is_symlink()]
     return [s for s in present if s in made], [s for s in present if s not in made]
 
 
@@ -237,212 +259,22 @@ def _refuse_unless_forced(opts, data_dir, previous, request, ours, foreign) -> N
     if opts.force:
         return
     if foreign:
-        names = ", ".join(str(data_dir / s) for s in foreign)
-        raise TransferError(f"{names} already exist and were not made by fetch-data; move them "
-                            "away or use --force (they are then moved aside, never deleted)")
+        names = " and ".join(str(data_dir / s) for s in foreign)
+        one = len(foreign) == 1
+        raise TransferError(
+            f"{names} {'is' if one else 'are'} already there and {'was' if one else 'were'} "
+            f"not made by fetch-data; move {'it' if one else 'them'} away, or use --force to "
+            f"have {'it' if one else 'them'} moved aside to <name>.old (never deleted)")
     if previous is not None and ours:
         why = ("was made with other arguments" if previous.get("request") != request
                else "no longer matches its manifest (files were changed)")
         raise TransferError(f"the split in {data_dir} {why}; use --force to replace it")
 
 
-def _obtain_archive(opts, source, cache: Path, reporter, kaggle_api_factory) -> Path:
-    if source == "archive":
-        return Path(opts.archive)
-    if source == "microsoft":
-        name = PurePosixPath(opts.microsoft_url.split("?")[0]).name or "petimages.zip"
-        return download(opts.microsoft_url, cache / name, reporter)
-    return _kaggle_download(opts.competition, cache / "kaggle" / opts.competition, reporter,
-                            kaggle_api_factory)
-
-
-NO_KAGGLE_CREDENTIALS = (
-    "no Kaggle credentials: put ~/.kaggle/kaggle.json (chmod 600), or set KAGGLE_USERNAME "
-    "and KAGGLE_KEY, or set KAGGLE_API_TOKEN (or save it to ~/.kaggle/access_token) from "
-    "https://www.kaggle.com/settings; or use --source microsoft (no account) or --archive PATH"
-)
-
-
-def _default_kaggle_api():
-    # Importing the kaggle package authenticates at import time and prints help when there
-    # are no credentials: keep that quiet; we give our own message.
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        from kaggle.api.kaggle_api_extended import KaggleApi
-    return KaggleApi()
-
-
-def _kaggle_download(competition: str, target: Path, reporter: Reporter,
-                     api_factory: Callable[[], object] | None) -> Path:
-    api = (api_factory or _default_kaggle_api)()
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            api.authenticate()
-    except (SystemExit, Exception) as exc:
-        raise TransferError(NO_KAGGLE_CREDENTIALS) from exc
-    target.mkdir(parents=True, exist_ok=True)
-    reporter.info(f"downloading train.zip of the Kaggle competition {competition!r}")
-    try:
-        api.competition_download_file(competition, "train.zip", path=str(target), quiet=False)
-    except Exception as exc:
-        status = _http_status(exc)
-        if status == 403:
-            raise TransferError(
-                f"Kaggle refused the download (HTTP 403): accept the competition rules at "
-                f"https://www.kaggle.com/competitions/{competition}/rules first") from exc
-        if status == 401:
-            raise TransferError("Kaggle rejected the credentials (HTTP 401); "
-                                + NO_KAGGLE_CREDENTIALS.split(": ", 1)[1]) from exc
-        if status == 404:
-            raise TransferError(f"Kaggle has no file train.zip in competition {competition!r} "
-                                "(HTTP 404); check --competition") from exc
-        raise TransferError(f"Kaggle download failed: {exc}") from exc
-    zips = sorted(target.glob("*.zip"), key=lambda p: p.stat().st_mtime, reverse=True)
-    if not zips:
-        raise TransferError(f"the Kaggle client reported success but wrote no zip in {target}")
-    return zips[0]
-
-
-def _http_status(exc: BaseException) -> int | None:
-    for candidate in (getattr(exc, "status", None), getattr(exc, "status_code", None),
-                      getattr(getattr(exc, "response", None), "status_code", None)):
-        if isinstance(candidate, int):
-            return candidate
-    match = re.search(r"\b(401|403|404)\b", str(exc))
-    return int(match.group(1)) if match else None
-
-
-# --------------------------------------------------------------------------- image sources
-
-
-class _ImageSource:
-    layout = "unknown"
-
-    def candidates(self) -> dict[str, list[str]]:
-        raise NotImplementedError
-
-    def read(self, name: str) -> bytes:
-        raise NotImplementedError
-
-    def fingerprint(self) -> str:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-class _ZipImages(_ImageSource):
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            self.zip = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise TransferError(f"{path} is not a readable zip archive (not a zip, or truncated)"
-                                ) from exc
-        for info in self.zip.infolist():
-            _check_member_safe(path, info)
-
-    def candidates(self) -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {c: [] for c in CLASSES}
-        for info in self.zip.infolist():
-            if not info.is_dir():
-                cls = classify(info.filename)
-                if cls:
-                    found[cls].append(info.filename)
-        self.layout = _layout(found)
-        return found
-
-    def inner_zips(self) -> list[str]:
-        return [i.filename for i in self.zip.infolist()
-                if i.filename.lower().endswith(".zip") and not i.is_dir()]
-
-    def read(self, name: str) -> bytes:
-        return self.zip.read(name)
-
-    def fingerprint(self) -> str:
-        return sha256_file(self.path)
-
-    def close(self) -> None:
-        self.zip.close()
-
-
-class _FolderImages(_ImageSource):
-    def __init__(self, root: Path):
-        self.root = root
-
-    def candidates(self) -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {c: [] for c in CLASSES}
-        for path in sorted(self.root.rglob("*")):
-            if path.is_file() and not path.is_symlink():
-                rel = path.relative_to(self.root).as_posix()
-                cls = classify(rel)
-                if cls:
-                    found[cls].append(rel)
-        self.layout = _layout(found)
-        return found
-
-    def read(self, name: str) -> bytes:
-        return (self.root / name).read_bytes()
-
-    def fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        for cls, names in self.candidates().items():
-            for name in names:
-                st = (self.root / name).stat()
-                digest.update(f"{cls}/{name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-        return "folder:" + digest.hexdigest()
-
-
-def _layout(found: dict[str, list[str]]) -> str:
-    names = [n for ns in found.values() for n in ns]
-    if names and all(_KAGGLE_NAME.match(PurePosixPath(n).name) for n in names):
-        return "kaggle"
-    return "folders"
-
-
-def _check_member_safe(archive: Path, info: zipfile.ZipInfo) -> None:
-    name = info.filename
-    pure = PurePosixPath(name.replace("\\", "/"))
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        raise TransferError(f"refusing {archive}: member {name!r} has an absolute path")
-    if ".." in pure.parts:
-        raise TransferError(f"refusing {archive}: member {name!r} escapes the target folder")
-    if stat.S_ISLNK(info.external_attr >> 16):
-        raise TransferError(f"refusing {archive}: member {name!r} is a symbolic link")
-
-
-@contextlib.contextmanager
-def _open_source(archive: Path, cache: Path):
-    archive = Path(archive)
-    if archive.is_dir():
-        yield _FolderImages(archive)
-        return
-    if not archive.is_file():
-        raise TransferError(f"archive not found: {archive}")
-    images = _ZipImages(archive)
-    try:
-        found = images.candidates()
-        inner = images.inner_zips()
-        if not any(found.values()) and inner:
-            # A competition download wraps train.zip in another zip: open the inner one.
-            member = next((n for n in inner if PurePosixPath(n).name == "train.zip"), inner[0])
-            cache.mkdir(parents=True, exist_ok=True)
-            unpacked = cache / f"{archive.stem}-{PurePosixPath(member).name}"
-            if not unpacked.exists():
-                part = unpacked.with_name(unpacked.name + ".part")
-                with images.zip.open(member) as src, open(part, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                os.replace(part, unpacked)
-            images.close()
-            images = _ZipImages(unpacked)
-        yield images
-    finally:
-        images.close()
-
-
 # --------------------------------------------------------------------------- the split
 
 
-def _build_split(images: _ImageSource, opts: FetchOptions, tmp: Path, reporter: Reporter):
+def _build_split(images: ImageSource, opts: FetchOptions, tmp: Path, reporter: Reporter):
     per_split = opts.per_split()
     need = sum(per_split.values())
     found = images.candidates()
@@ -470,8 +302,8 @@ def _build_split(images: _ImageSource, opts: FetchOptions, tmp: Path, reporter: 
                 if reason is None:
                     try:
                         data = images.read(member)
-                    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-                        reason = f"unreadable in the archive ({exc})"
+                    except SkipMember as exc:
+                        reason = str(exc)
                 reason = reason or check_image(data)
                 if reason:
                     skipped.append({"name": member, "class": cls, "reason": reason})
@@ -501,37 +333,94 @@ def _build_split(images: _ImageSource, opts: FetchOptions, tmp: Path, reporter: 
     return counts, files, skipped
 
 
-def _swap_into_place(data_dir: Path, tmp: Path, counts, ours: list[str], foreign: list[str]):
-    moved = []
-    trash = tmp / ".replaced"
-    trash.mkdir()
-    for split in ours:  # folders fetch-data made before: replaced
-        os.replace(data_dir / split, trash / split)
-    for split in foreign:  # folders someone else made: kept, renamed aside
-        aside = _free_name(data_dir / f"{split}.old")
-        os.replace(data_dir / split, aside)
-        moved.append(str(aside))
-    for split in counts:
-        os.replace(tmp / split, data_dir / split)
-    return moved
+# --------------------------------------------------------------------------- the swap
 
 
-def _free_name(path: Path) -> Path:
+def _swap_into_place(data_dir: Path, tmp: Path, manifest: dict, ours: list[str],
+                     foreign: list[str]) -> list[str]:
+    """Move the split built in ``tmp`` into ``data_dir`` under the journal; return the
+    folders moved aside. On any failure (Ctrl-C included) the swap is rolled back at once
+    when possible, else by the next run."""
+    aside: dict[str, str] = {}
+    taken: set[Path] = set()
+    for split in foreign:
+        name = _free_name(data_dir / f"{split}.old", taken)
+        taken.add(name)
+        aside[split] = name.name
+    manifest["moved_aside"] = [str(data_dir / name) for name in aside.values()]
+    write_json(tmp / MANIFEST, manifest)
+    old = Path(tempfile.mkdtemp(prefix=OLD_PREFIX, dir=data_dir))
+    journal = {"split_id": manifest["split_id"], "tmp": tmp.name, "old": old.name,
+               "ours": ours, "foreign": aside, "new": manifest["splits"],
+               "files": manifest["files"]}
+    try:
+        write_json(data_dir / JOURNAL, journal)
+        for split, name in aside.items():  # folders someone else made: kept, renamed aside
+            os.replace(data_dir / split, data_dir / name)
+        for split in ours:  # the previous split: kept until the new manifest is in place
+            os.replace(data_dir / split, old / split)
+        for split in manifest["splits"]:
+            os.replace(tmp / split, data_dir / split)
+        os.replace(tmp / MANIFEST, data_dir / MANIFEST)  # the commit
+    except BaseException:
+        try:
+            recover(data_dir)
+        except BaseException:  # noqa: B036 - the journal stays; the next run recovers
+            pass
+        raise
+    recover(data_dir)  # finishes: removes the journal, the previous split and tmp
+    return manifest["moved_aside"]
+
+
+def _finish_or_roll_back(data_dir: Path, journal: dict) -> str:
+    try:
+        tmp, old = data_dir / journal["tmp"], data_dir / journal["old"]
+        ours, aside = list(journal["ours"]), dict(journal["foreign"])
+        new, files, split_id = list(journal["new"]), journal["files"], journal["split_id"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TransferError(f"{data_dir / JOURNAL} is damaged ({exc}); check {data_dir} by "
+                            "hand (the previous split is in its .fetch-old-* folder)") from exc
+    manifest = read_manifest(data_dir)
+    if manifest is not None and manifest.get("split_id") == split_id:
+        outcome = "finished it (the new split is in place)"
+    else:
+        for split in new:
+            here = data_dir / split
+            came_in = (split in ours and (old / split).exists()) or (
+                split in aside and (data_dir / aside[split]).exists()) or (
+                split not in ours and split not in aside)
+            if came_in and (here.exists() or here.is_symlink()):
+                if _holds(here, files.get(split, {})):
+                    shutil.rmtree(here)  # the new split's copy (rebuilt by any rerun)
+                else:  # not what we moved in: never deleted
+                    os.replace(here, _free_name(data_dir / f"{split}.old"))
+        for split in ours:
+            if (old / split).exists() and not (data_dir / split).exists():
+                os.replace(old / split, data_dir / split)
+        for split, name in aside.items():
+            if (data_dir / name).exists() and not (data_dir / split).exists():
+                os.replace(data_dir / name, data_dir / split)
+        outcome = "rolled it back (the previous split is in place)"
+    (data_dir / JOURNAL).unlink(missing_ok=True)
+    for folder in (old, tmp):
+        shutil.rmtree(folder, ignore_errors=True)
+    return outcome
+
+
+def _holds(folder: Path, files: dict[str, list[str]]) -> bool:
+    """True when ``folder`` holds exactly ``files`` (class folder -> names), nothing else."""
+    try:
+        if sorted(p.name for p in folder.iterdir()) != sorted(files):
+            return False
+        return all(sorted(p.name for p in (folder / cls).iterdir()) == sorted(names)
+                   for cls, names in files.items())
+    except (OSError, TypeError, AttributeError):
+        return False
+
+
+def _free_name(path: Path, taken: set[Path] = frozenset()) -> Path:
     candidate, n = path, 1
-    while candidate.exists():
+    while candidate.exists() or candidate.is_symlink() or candidate in taken:
         n += 1
         candidate = path.with_name(f"{path.name}{n}")
     return candidate
-
-
-def _remove_stale_temp_dirs(data_dir: Path) -> None:
-    for stale in data_dir.glob(TMP_PREFIX + "*"):
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def sha256_file(path: Path) -> str:
-    return _sha256_file(path)

@@ -1,12 +1,19 @@
 """Resumable HTTPS downloads: stream to ``<file>.part``, resume with a Range request,
-check the size, rename into place when complete."""
+check the size, rename into place when complete.
+
+A host that cannot be reached at all (its name does not resolve, no route to it) fails at once
+with one line; only a connection lost mid-way is retried.
+"""
 
 from __future__ import annotations
 
+import errno
 import http.client
 import os
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -18,13 +25,17 @@ CHUNK = 1 << 16
 
 
 def download(url: str, dest: Path, reporter: Reporter | None = None, retries: int = 5,
-             timeout: float = 60.0, backoff: float = 1.0) -> Path:
+             timeout: float = 60.0, backoff: float = 1.0, offline_hint: str = "") -> Path:
     """Download ``url`` to ``dest``; return ``dest``.
 
     A complete ``dest`` is reused as is. A ``dest.part`` left by an interrupted run (or by a
     connection cut during this one) is resumed with ``Range: bytes=N-``; a server that
     ignores the range restarts from zero. The final size must equal the server's
-    Content-Length, else the ``.part`` stays and an error says so.
+    Content-Length, else the ``.part`` stays and an error says so. When the host cannot be
+    reached at all, the error (one line, ending with ``offline_hint``) comes at once.
+
+    Raises:
+        TransferError: the download failed (the message says why and what is kept).
     """
     reporter = reporter or Reporter()
     dest = Path(dest)
@@ -70,12 +81,20 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
                     raise TransferError(f"download of {url} failed: HTTP {exc.code} {exc.reason}"
                                         ) from exc
             except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+                if _unreachable(exc):
+                    host = urllib.parse.urlsplit(url).hostname or url
+                    raise TransferError(
+                        f"could not reach {host} ({_reason(exc)}): no network?"
+                        + (f" {offline_hint}" if offline_hint else "")) from exc
                 attempt += 1
                 if attempt > retries:
                     got = part.stat().st_size if part.exists() else 0
+                    kept = (f"{got} bytes kept in {part}, run again to resume" if got
+                            else "nothing was downloaded")
                     raise TransferError(
                         f"download of {url} failed after {retries} retries ({_reason(exc)}); "
-                        f"{got} bytes kept in {part}, run again to resume") from exc
+                        f"{kept}" + (f"; {offline_hint}" if offline_hint and not got else "")
+                    ) from exc
                 reporter.warn(f"connection lost ({_reason(exc)}); resuming "
                               f"(attempt {attempt}/{retries})")
                 time.sleep(backoff * attempt)
@@ -105,4 +124,19 @@ def _total_from_content_range(headers, have: int) -> int | None:
 
 
 def _reason(exc: BaseException) -> str:
-    return str(getattr(exc, "reason", None) or exc) or type(exc).__name__
+    reason = getattr(exc, "reason", None) or exc
+    if isinstance(reason, socket.gaierror):
+        return "its name could not be resolved"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return str(reason) or type(exc).__name__
+
+
+_UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN}
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """True when retrying cannot help: the name does not resolve or there is no route."""
+    reason = getattr(exc, "reason", None) or exc
+    return isinstance(reason, socket.gaierror) or (
+        isinstance(reason, OSError) and reason.errno in _UNREACHABLE)

@@ -1,0 +1,202 @@
+"""Where the photos come from: the Kaggle competition, Microsoft's PetImages zip, or a local
+archive or folder.
+
+``resolve_source`` turns ``--source auto`` into a choice (Kaggle when credentials exist and the
+``kaggle`` package is installed, else Microsoft) and says which; ``obtain_archive`` brings the
+archive into ``data/.cache`` (or uses the local one) and returns its path, with its SHA-256 when
+it was checked. The Microsoft zip is size-checked while it downloads and then checked against
+its pinned SHA-256; the Kaggle client is an optional extra (``pip install 'transfer[kaggle]'``),
+imported only when it is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from transfer.download import download
+from transfer.errors import TransferError
+from transfer.files import sha256_file
+from transfer.progress import Reporter
+from transfer.settings import FetchOptions
+
+# SHA-256 of Microsoft's kagglecatsanddogs_5340.zip (824,887,076 bytes), the file behind
+# settings.MICROSOFT_URL. Source: gomlx/gomlx, examples/dogsvscats/dogsvscats.go
+# (commit 0d9312cc8c5d06d93ba8555fe066c384d07d9d3c), `DownloadChecksum`, which its downloader
+# verifies after fetching that same URL. (TensorFlow Datasets' url_checksums/cats_vs_dogs.txt,
+# as stored, pins only the older kagglecatsanddogs_3367a.zip: 824,894,548 bytes, f9553e42...)
+# The size matches wget logs of the URL ("Length: 824887076 (787M)").
+MICROSOFT_SHA256 = "b7974bd00a84a99921f36ee4403f089853777b5ae8d151c76a86e64900334af9"
+# A mirror (TRANSFER_MICROSOFT_URL) serves the same file, so the same checksum applies; this
+# variable overrides it, for tests and for a repackaged copy you trust.
+MICROSOFT_SHA256_ENV = "TRANSFER_MICROSOFT_SHA256"
+
+OFFLINE_HINT = "Offline, use --archive PATH (a train.zip, a PetImages zip or a folder)."
+
+NO_KAGGLE_CREDENTIALS = (
+    "no Kaggle credentials: put ~/.kaggle/kaggle.json (chmod 600), or set KAGGLE_USERNAME "
+    "and KAGGLE_KEY, or set KAGGLE_API_TOKEN (or save it to ~/.kaggle/access_token) from "
+    "https://www.kaggle.com/settings; or use --source microsoft (no account) or --archive PATH"
+)
+NO_KAGGLE_PACKAGE = (
+    "--source kaggle needs the Kaggle client, which is not installed: "
+    "pip install 'transfer[kaggle]' (or pip install 'kaggle>=1.8'); "
+    "or use --source microsoft (no account) or --archive PATH"
+)
+# What the Kaggle client reads from the environment; `import kaggle` and
+# KaggleApi().authenticate() may remove KAGGLE_API_TOKEN (kaggle-cli#882), which would make a
+# second authentication in the same process fail. They are put back after each call.
+KAGGLE_ENV = ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR")
+
+
+@dataclass
+class Obtained:
+    """The archive to split, and its SHA-256 when it was already computed (None: not yet)."""
+
+    path: Path
+    sha256: str | None = None
+
+
+def kaggle_credentials(env: dict | None = None, home: Path | None = None) -> str | None:
+    """Where Kaggle credentials are configured, or None (the client looks in the same places)."""
+    env = os.environ if env is None else env
+    if env.get("KAGGLE_API_TOKEN"):
+        return "KAGGLE_API_TOKEN"
+    if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
+        return "KAGGLE_USERNAME/KAGGLE_KEY"
+    config = Path(env.get("KAGGLE_CONFIG_DIR") or (home or Path.home()) / ".kaggle")
+    for name in ("kaggle.json", "access_token"):
+        if (config / name).is_file():
+            return str(config / name)
+    return None
+
+
+def kaggle_installed() -> bool:
+    """True when the optional ``kaggle`` package can be imported (checked without importing)."""
+    try:
+        return importlib.util.find_spec("kaggle") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def expected_microsoft_sha256() -> str:
+    return (os.environ.get(MICROSOFT_SHA256_ENV) or MICROSOFT_SHA256).strip().lower()
+
+
+def resolve_source(opts: FetchOptions, reporter: Reporter,
+                   kaggle_api_factory: Callable[[], object] | None = None) -> str:
+    """The source to use: ``opts.source``, or for "auto" Kaggle when it can work, else Microsoft."""
+    if opts.source != "auto":
+        return opts.source
+    where = kaggle_credentials()
+    if where and (kaggle_api_factory is not None or kaggle_installed()):
+        reporter.info(f"source: Kaggle (credentials found in {where})")
+        return "kaggle"
+    if where:
+        reporter.info(f"source: Microsoft PetImages (Kaggle credentials found in {where}, but "
+                      "the kaggle package is not installed: pip install 'transfer[kaggle]')")
+        return "microsoft"
+    reporter.info("source: Microsoft PetImages (no Kaggle credentials found; "
+                  "use --source kaggle or --archive to choose)")
+    return "microsoft"
+
+
+def obtain_archive(opts: FetchOptions, source: str, cache: Path, reporter: Reporter,
+                   kaggle_api_factory: Callable[[], object] | None = None) -> Obtained:
+    """The archive for ``source``: the local one, or a download into ``cache``."""
+    if source == "archive":
+        return Obtained(Path(opts.archive))
+    if source == "microsoft":
+        return _microsoft(opts.microsoft_url, cache, reporter)
+    return Obtained(_kaggle_download(opts.competition, cache / "kaggle" / opts.competition,
+                                     reporter, kaggle_api_factory))
+
+
+def _microsoft(url: str, cache: Path, reporter: Reporter) -> Obtained:
+    name = PurePosixPath(url.split("?")[0]).name or "petimages.zip"
+    path = download(url, cache / name, reporter, offline_hint=OFFLINE_HINT)
+    expected = expected_microsoft_sha256()
+    got = sha256_file(path)
+    if got != expected:
+        path.unlink(missing_ok=True)  # ours, in the cache: the next run downloads it again
+        raise TransferError(
+            f"the file from {url} is not Microsoft's PetImages zip: its SHA-256 is {got}, "
+            f"expected {expected} (deleted; a mirror must serve the very same file)")
+    return Obtained(path, got)
+
+
+@contextlib.contextmanager
+def _keeping_kaggle_env() -> Iterator[None]:
+    saved = {name: os.environ[name] for name in KAGGLE_ENV if name in os.environ}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
+
+
+def _default_kaggle_api():
+    # Importing the kaggle package authenticates at import time and prints help when there
+    # are no credentials: keep that quiet; we give our own message.
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            from kaggle.api.kaggle_api_extended import KaggleApi
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] in ("kaggle", "kagglesdk"):
+            raise TransferError(NO_KAGGLE_PACKAGE) from exc
+        raise
+    return KaggleApi()
+
+
+def _kaggle_download(competition: str, target: Path, reporter: Reporter,
+                     api_factory: Callable[[], object] | None) -> Path:
+    with _keeping_kaggle_env():
+        api = (api_factory or _default_kaggle_api)()
+    try:
+        with _keeping_kaggle_env(), contextlib.redirect_stdout(io.StringIO()):
+            api.authenticate()
+    except (SystemExit, Exception) as exc:
+        raise TransferError(NO_KAGGLE_CREDENTIALS) from exc
+    target.mkdir(parents=True, exist_ok=True)
+    reporter.info(f"downloading train.zip of the Kaggle competition {competition!r}")
+    try:
+        with _keeping_kaggle_env():
+            api.competition_download_file(competition, "train.zip", path=str(target),
+                                          quiet=False)
+    except Exception as exc:
+        raise TransferError(_kaggle_failure(competition, exc)) from exc
+    zips = sorted(target.glob("*.zip"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not zips:
+        raise TransferError(f"the Kaggle client reported success but wrote no zip in {target}")
+    return zips[0]
+
+
+def _kaggle_failure(competition: str, exc: BaseException) -> str:
+    status = _http_status(exc)
+    if status == 403:
+        return ("Kaggle refused the download (HTTP 403): accept the competition rules at "
+                f"https://www.kaggle.com/competitions/{competition}/rules first")
+    if status == 401:
+        return ("Kaggle rejected the credentials (HTTP 401); "
+                + NO_KAGGLE_CREDENTIALS.split(": ", 1)[1])
+    if status == 404:
+        return (f"Kaggle has no file train.zip in competition {competition!r} (HTTP 404); "
+                "check --competition")
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"Kaggle download failed: {text}"
+
+
+def _http_status(exc: BaseException) -> int | None:
+    for candidate in (getattr(exc, "status", None), getattr(exc, "status_code", None),
+                      getattr(getattr(exc, "response", None), "status_code", None)):
+        if isinstance(candidate, int):
+            return candidate
+    match = re.search(r"\b(401|403|404)\b", str(exc))
+    return int(match.group(1)) if match else None
