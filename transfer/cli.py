@@ -580,7 +580,7 @@ def export_cmd(
         help="File (.keras, .tflite) or folder (SavedModel) \\[default: MODEL/export/].",
         show_default=False)] = _O.output,
     check_images: Annotated[list[Path] | None, typer.Option(
-        help="Images (or folders) to check the export on \\[default: the bundle's validation "
+        metavar="<path>", help="Images (or folders, repeatable) to check the export on \\[default: the bundle's validation "
         "images].", show_default=False)] = _O.check_images,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing export.")
                      ] = _O.force,

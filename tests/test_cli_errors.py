@@ -1,0 +1,210 @@
+"""Every bad input a user would try is one clear line: exit code, no traceback, nothing written.
+
+Table-driven: each case names the command line (with ``{tmp}`` for a fresh folder, ``{file}``
+for an existing file, ``{bundle}`` for a folder that looks like a bundle, ``{folder}`` for a
+plain folder of the user's, ``{ro}`` for a folder this process cannot write to), the exit code
+and a piece of the message. The folder listing before and after must be the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from transfer.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def unwritable() -> Path:
+    """A folder no process may write in, root included (sysfs refuses new files)."""
+    folder = Path("/sys")
+    probe = folder / "transfer-write-probe"
+    try:
+        probe.mkdir()
+    except OSError:
+        return folder
+    probe.rmdir()
+    pytest.fail("/sys accepted a new folder: this machine has no unwritable folder for the test")
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.fixture
+def places(tmp_path):
+    (tmp_path / "a-file.txt").write_text("not a folder\n")
+    bundle = tmp_path / "old-bundle"
+    bundle.mkdir()
+    (bundle / "meta.json").write_text(json.dumps({"schema_version": 1, "class_names": ["a", "b"],
+                                                  "image_size": 32,
+                                                  "preprocessing": {"mode": "tf"}}))
+    (tmp_path / "user-folder").mkdir()
+    (tmp_path / "user-folder" / "notes.txt").write_text("mine\n")
+    (tmp_path / "empty-data" / "train").mkdir(parents=True)
+    (tmp_path / "existing.csv").write_text("file,label\n")
+    (tmp_path / "photo.jpg").write_bytes(b"not really a jpeg")
+    zero = tmp_path / "zero-bundle"
+    zero.mkdir()
+    (zero / "meta.json").write_text((bundle / "meta.json").read_text())
+    (zero / "model.keras").write_bytes(b"")
+    return {"tmp": str(tmp_path), "file": str(tmp_path / "a-file.txt"), "bundle": str(bundle),
+            "folder": str(tmp_path / "user-folder"), "ro": str(unwritable()),
+            "empty": str(tmp_path / "empty-data"), "csv": str(tmp_path / "existing.csv"),
+            "photo": str(tmp_path / "photo.jpg"), "zero": str(zero)}
+
+
+CASES = [
+    # fetch-data
+    ("fetch-data --data-dir {file} --archive {file}", 1, "is a file, not a folder"),
+    ("fetch-data --data-dir {ro} --archive {folder}", 1, "cannot write in /sys"),
+    ("fetch-data --archive {tmp}/missing.zip --data-dir {tmp}/data", 1, "does not exist"),
+    ("fetch-data --train-per-class 0 --data-dir {tmp}/data", 1, "--train-per-class must be"),
+    ("fetch-data --validate-per-class -3 --data-dir {tmp}/data", 1,
+     "--validate-per-class must be"),
+    ("fetch-data --test-per-class -1 --data-dir {tmp}/data", 1, "--test-per-class must be"),
+    ("fetch-data --source nowhere", 2, "'nowhere' is not one of"),
+    ("fetch-data --source kaggle --archive {folder} --data-dir {tmp}/data", 1,
+     "--archive implies --source archive"),
+    ("fetch-data --train-per-class many", 2, "should be a valid integer"),
+    # train: every option checked before TensorFlow loads
+    ("train --epochs 0", 1, "--epochs must be at least 1"),
+    ("train --batch-size 0", 1, "--batch-size must be at least 1"),
+    ("train --dropout 1.5", 1, "--dropout must be in [0, 1)"),
+    ("train --dropout -0.1", 1, "--dropout must be in [0, 1)"),
+    ("train --learning-rate -0.001", 1, "--learning-rate must be a positive number"),
+    ("train --learning-rate 0", 1, "--learning-rate must be a positive number"),
+    ("train --patience -1", 1, "--patience must be at least 0"),
+    ("train --dense -4", 1, "--dense must be at least 0"),
+    ("train --augment-copies -1", 1, "--augment-copies must be at least 0"),
+    ("train --rotation 400", 1, "--rotation must be in [0, 180]"),
+    ("train --zoom 1.5", 1, "--zoom must be in [0, 1)"),
+    ("train --shift -0.2", 1, "--shift must be in [0, 1)"),
+    ("train --fine-tune -2", 1, "--fine-tune must be at least 0"),
+    ("train --fine-tune 5 --fine-tune-lr 0", 1, "--fine-tune-lr must be a positive number"),
+    ("train --fine-tune 5 --fine-tune-epochs 0", 1, "--fine-tune-epochs must be at least 1"),
+    ("train --base scratch --fine-tune 3", 1, "--fine-tune applies to pretrained bases"),
+    ("train --base mobilenet --alpha 0.3", 1, "--alpha for mobilenet must be one of"),
+    ("train --base vgg16 --alpha 0.5", 1, "--alpha applies to mobilenet only"),
+    ("train --base mobilenet --image-size 10", 1, "below the minimum"),
+    ("train --base resnet", 2, "'resnet' is not one of"),
+    ("train --pipeline fast", 2, "'fast' is not one of"),
+    ("train --distribute cluster", 2, "'cluster' is not one of"),
+    ("train --weights {tmp}/missing.h5", 1, "is not a file"),
+    ("train --epochs ten", 2, "should be a valid integer"),
+    ("train --data-dir {file}", 1, "is a file, not a folder"),
+    ("train --models-dir {file}", 1, "is a file, not a folder"),
+    ("train --models-dir {ro}/models", 1, "cannot write in /sys"),
+    ("train --output {ro}/bundle", 1, "cannot write in /sys"),
+    ("train --output {bundle}", 1, "already exists; use --force"),
+    ("train --output {folder} --force", 1, "is not a model bundle; refusing"),
+    ("train --tensorboard {file}", 1, "is a file, not a folder"),
+    # predict
+    ("predict", 2, "Missing argument"),
+    ("predict {photo} --format xml", 2, "'xml' is not one of"),
+    ("predict {photo} --top 0", 1, "--top must be at least 1"),
+    ("predict {photo} --batch-size 0", 1, "--batch-size must be at least 1"),
+    ("predict {photo} --output {csv}", 1, "already exists; use --force"),
+    ("predict {photo} --output {ro}/p.csv", 1, "cannot write in /sys"),
+    ("predict {photo} --output {folder}", 1, "is a folder"),
+    ("predict {photo} --imagenet --base mobilenet --alpha 0.3", 1, "--alpha for mobilenet"),
+    ("predict {photo} --invert maybe", 2, "'maybe' is not one of"),
+    ("predict {photo} --model {tmp}/no-such-bundle", 1, "no model bundle"),
+    ("predict {photo} --model {folder}", 1, "meta.json"),
+    ("predict {photo} --model {file}", 1, "a-file.txt"),
+    ("predict {photo} --model {zero}", 1, "model.keras"),
+    # evaluate
+    ("evaluate --output {file}", 1, "is a file, not a folder"),
+    ("evaluate --output {ro}/report", 1, "cannot write in /sys"),
+    ("evaluate --batch-size 0", 1, "--batch-size must be at least 1"),
+    ("evaluate --model {tmp}/no-such-bundle", 1, "no model bundle"),
+    ("evaluate --data-dir {file} --model {bundle}", 1, "is a file, not a folder"),
+    # explain
+    ("explain {tmp}/no-such-photo.jpg", 1, "no such image file"),
+    ("explain {photo} --output {ro}/x.png", 1, "cannot write in /sys"),
+    ("explain {photo} --output {folder}", 1, "is a folder"),
+    ("explain {photo} --invert sometimes", 2, "'sometimes' is not one of"),
+    ("explain {photo} --model {tmp}/no-such-bundle", 1, "no model bundle"),
+    # export
+    ("export --format onnx", 2, "'onnx' is not one of"),
+    ("export --format keras --output {tmp}/model.h5", 1, "must end in .keras"),
+    ("export --output {ro}/m.tflite", 1, "cannot write in /sys"),
+    ("export --model {tmp}/no-such-bundle", 1, "no model bundle"),
+    ("export --check-images {tmp}/nothing-here", 1, "does not exist"),
+    # mnist
+    ("mnist --limit 0", 1, "--limit must be at least 10"),
+    ("mnist --epochs 0", 1, "--epochs must be at least 1"),
+    ("mnist --ema 1", 1, "--ema must be in [0, 1)"),
+    ("mnist --validation-split 1", 1, "--validation-split must be in [0, 1)"),
+    ("mnist --learning-rate -1", 1, "--learning-rate must be a positive number"),
+    ("mnist --data {tmp}/no-mnist.npz", 1, "does not exist"),
+    ("mnist --dataset cifar", 2, "'cifar' is not one of"),
+    ("mnist --output {bundle}", 1, "already exists; use --force"),
+    ("mnist --output {ro}/mnist", 1, "cannot write in /sys"),
+    # the top level
+    ("frobnicate", 2, "No such command"),
+    ("train --no-such-flag", 2, "No such option"),
+]
+
+
+@pytest.mark.parametrize(("line", "code", "message"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_line(places, line, code, message):
+    root = Path(places["tmp"])
+    before = _tree(root)
+    args = line.format(**places).split()
+    result = runner.invoke(app, args, prog_name="transfer")
+    assert result.exit_code == code, (result.output, result.exception)
+    stderr = result.stderr.strip()
+    assert stderr.count("\n") == 0, f"more than one line:\n{stderr}"
+    assert stderr.startswith("error:"), stderr
+    assert message in stderr, stderr
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    assert _tree(root) == before, "a failed command wrote or removed files"
+
+
+def test_bad_option_fails_before_tensorflow_loads():
+    """`train --epochs 0` as a real process: one line, exit 1, well under 2 s (TensorFlow
+    alone takes 4-10 s to import, so this also shows it was never imported)."""
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "transfer", "train", "--epochs", "0"],
+                            capture_output=True, text=True, cwd=REPO, timeout=60,
+                            env={**os.environ, "COLUMNS": "80"})
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: --epochs must be at least 1, not 0"
+    assert elapsed < 5, elapsed  # generous for a loaded CI machine; typically 0.3 s
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, transfer.cli, transfer.settings as s; "
+         "s.TrainSettings(epochs=3).validated(); print('tensorflow' in sys.modules)"],
+        capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert probe.stdout.strip() == "False", probe.stderr
+
+
+def test_every_command_help_has_examples():
+    for name in ("fetch-data", "bases", "train", "predict", "evaluate", "explain", "export",
+                 "mnist"):
+        result = runner.invoke(app, [name, "--help"])
+        assert result.exit_code == 0, name
+        text = result.output
+        assert "Examples" in text and f"transfer {name}" in text.split("Examples", 1)[1], name
+        assert "<bool>" not in text and "<list[" not in text and "{PATH}" not in text, name
+
+
+def test_help_in_a_pipe_is_not_cut_at_80_columns():
+    result = subprocess.run([sys.executable, "-m", "transfer", "train", "--help"],
+                            capture_output=True, text=True, cwd=REPO, timeout=60,
+                            env={k: v for k, v in os.environ.items()
+                                 if k not in ("COLUMNS", "TERMINAL_WIDTH")})
+    assert result.returncode == 0
+    assert "--no-feature-cache" in result.stdout  # cut to "--no-feature-cac…" at 80 columns
+    assert max(len(line) for line in result.stdout.splitlines()) > 80
