@@ -405,6 +405,56 @@ class ExportSettings(Settings):
         return self.replace(model=Path(self.model))
 
 
+# --------------------------------------------------------------------------- serve, report
+
+
+@dataclass
+class ServeSettings(Settings):
+    """`transfer serve`: a web page and an HTTP API over the bundles of a models folder."""
+
+    models_dir: Path = Path("models")
+    model: str | None = None  # the page's default bundle (a name inside models_dir)
+    imagenet: bool = False  # make --base's ImageNet classifier the page's default model
+    base: str = "mobilenet"  # ImageNet mode's base
+    alpha: float = 1.0
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_mb: float = 20.0
+    top: int = 3  # classes shown per image
+    cache_size: int = 4  # models kept loaded (least recently used dropped first)
+
+    def validated(self) -> ServeSettings:
+        from transfer import bases
+
+        base = bases.get(self.base)
+        bases.check_alpha(base, self.alpha)
+        if not 0 <= self.port <= 65535:
+            raise TransferError(f"--port must be in [0, 65535], not {self.port}")
+        positive("max_upload_mb", self.max_upload_mb)
+        at_least("top", self.top, 1)
+        at_least("cache_size", self.cache_size, 1)
+        not_a_file("models_dir", self.models_dir)
+        if self.model is not None and (Path(self.model).is_absolute() or ".." in
+                                       Path(self.model).parts):
+            raise TransferError(f"--model {self.model}: name a bundle inside --models-dir")
+        return self.replace(models_dir=Path(self.models_dir))
+
+
+@dataclass
+class ReportSettings(Settings):
+    """`transfer report`: rebuild the one-file HTML report of a bundle or an evaluation."""
+
+    folder: Path = Path("models/latest")
+    output: Path | None = None  # default: FOLDER/report.html
+
+    def validated(self) -> ReportSettings:
+        if not Path(self.folder).is_dir():
+            raise TransferError(f"{self.folder}: no such bundle or evaluation folder")
+        if self.output is not None:
+            writable("output", self.output, file=True)
+        return self.replace(folder=Path(self.folder))
+
+
 # --------------------------------------------------------------------------- mnist
 
 
