@@ -150,6 +150,13 @@ CASES = [
     ("mnist --dataset cifar", 2, "'cifar' is not one of"),
     ("mnist --output {bundle}", 1, "already exists; use --force"),
     ("mnist --output {ro}/mnist", 1, "cannot write in /sys"),
+    # serve, report
+    ("serve --port 70000", 1, "--port must be in [0, 65535]"),
+    ("serve --model ../elsewhere", 1, "name a bundle inside --models-dir"),
+    ("serve --max-upload-mb 0", 1, "--max-upload-mb must be a positive number"),
+    ("serve --models-dir {file}", 1, "is a file, not a folder"),
+    ("report {tmp}/no-such-bundle", 1, "no such bundle or evaluation folder"),
+    ("report {bundle} --output {ro}/r.html", 1, "cannot write in /sys"),
     # the top level
     ("frobnicate", 2, "No such command"),
     ("train --no-such-flag", 2, "No such option"),
@@ -192,7 +199,7 @@ def test_bad_option_fails_before_tensorflow_loads():
 
 def test_every_command_help_has_examples():
     for name in ("fetch-data", "bases", "train", "predict", "evaluate", "explain", "export",
-                 "mnist"):
+                 "mnist", "serve", "report"):
         result = runner.invoke(app, [name, "--help"])
         assert result.exit_code == 0, name
         text = result.output

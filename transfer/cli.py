@@ -580,8 +580,8 @@ def export_cmd(
         help="File (.keras, .tflite) or folder (SavedModel) \\[default: MODEL/export/].",
         show_default=False)] = _O.output,
     check_images: Annotated[list[Path] | None, typer.Option(
-        metavar="<path>", help="Images (or folders, repeatable) to check the export on \\[default: the bundle's validation "
-        "images].", show_default=False)] = _O.check_images,
+        metavar="<path>", help="Images (or folders, repeatable) to check the export on "
+        "\\[default: the bundle's validation images].", show_default=False)] = _O.check_images,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing export.")
                      ] = _O.force,
 ) -> None:
@@ -659,6 +659,65 @@ def mnist_cmd(
               f"loss {m['test_loss']:.4f}; pictures: samples.png confusion.png "
               "misclassified.png filters.png feature_maps.png noise.png curves.png",
               highlight=False)
+
+
+# --------------------------------------------------------------------------- serve, report
+
+_V = S.ServeSettings()
+
+
+@command("serve", examples=[
+    "transfer serve                                   # http://127.0.0.1:8000, models/ bundles",
+    "transfer serve --imagenet --base mobilenet --alpha 0.25",
+    "transfer serve --model mnist-cnn --port 8080",
+])
+def serve_cmd(
+    models_dir: Annotated[Path, typer.Option(help="Folder of bundles to offer.")
+                          ] = _V.models_dir,
+    model: Annotated[str | None, typer.Option(
+        help="The page's default bundle (a name inside --models-dir).", show_default=False)
+    ] = _V.model,
+    imagenet: Annotated[bool, typer.Option(
+        "--imagenet", help="Make --base's ImageNet classifier the page's default model.")
+    ] = _V.imagenet,
+    base: Annotated[BaseName, typer.Option(help="Base of ImageNet mode.")] = _V.base,
+    alpha: Annotated[float, typer.Option(help="MobileNet width in ImageNet mode.")] = _V.alpha,
+    host: Annotated[str, typer.Option(
+        help="Address to bind (0.0.0.0: every interface, with a warning).")] = _V.host,
+    port: Annotated[int, typer.Option(help="Port (0: any free port).")] = _V.port,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted, in MB.")
+                             ] = _V.max_upload_mb,
+    top: Annotated[int, typer.Option(help="Classes shown per image.")] = _V.top,
+) -> None:
+    """A web page and an HTTP API (/api/predict, /api/explain, /docs) for trained models."""
+    settings = S.ServeSettings(models_dir=models_dir, model=model, imagenet=imagenet, base=base,
+                               alpha=alpha, host=host, port=port, max_upload_mb=max_upload_mb,
+                               top=top).validated()
+    from transfer.serve import run
+
+    run(settings, reporter=_reporter())
+
+
+_R = S.ReportSettings()
+
+
+@command("report", examples=[
+    "transfer report                                  # models/latest/report.html",
+    "transfer report reports/test                     # an evaluation's folder",
+])
+def report_cmd(
+    folder: Annotated[Path, typer.Argument(
+        metavar="FOLDER", help="A bundle or an evaluation's output folder.")] = _R.folder,
+    output: Annotated[Path | None, typer.Option(
+        help="HTML file to write \\[default: FOLDER/report.html].", show_default=False)
+    ] = _R.output,
+) -> None:
+    """Rebuild the one-file HTML report (curves, confusion matrix, mistakes, Grad-CAM)."""
+    settings = S.ReportSettings(folder=folder, output=output).validated()
+    from transfer.report import write_report
+
+    path = write_report(settings.folder, settings.output)
+    out.print(f"wrote {path}", highlight=False)
 
 
 def main() -> None:
