@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import stat
 import threading
 import zipfile
@@ -441,3 +443,160 @@ def test_auto_chooses_kaggle_only_with_credentials(monkeypatch, tmp_path):
     with pytest.raises(TransferError, match="HTTP 403"):
         fetch_data(FetchOptions(data_dir=tmp_path / "data"), kaggle_api_factory=lambda: api)
     assert api.calls
+
+
+# --------------------------------------------------------------------------- the swap
+
+
+def split_listing(data_dir: Path) -> dict[str, list[str]]:
+    """Like listing(), for the split folders that hold cats/ and dogs/ (not the user's test/)."""
+    return {f"{split}/{cls}": sorted(p.name for p in (data_dir / split / cls).iterdir())
+            for split in ("train", "validate", "test") if (data_dir / split / "cats").is_dir()
+            for cls in ("cats", "dogs")}
+
+
+def assert_complete_split(data: Path) -> dict:
+    """data/ holds one complete split whose files are exactly those its manifest lists, and
+    no leftover of an interrupted swap."""
+    manifest = datasets.read_manifest(data)
+    assert manifest is not None
+    for split in manifest["splits"]:
+        assert sorted(p.name for p in (data / split).iterdir()) == ["cats", "dogs"]
+        for cls in ("cats", "dogs"):
+            assert sorted(p.name for p in (data / split / cls).iterdir()) == \
+                manifest["files"][split][cls]
+            assert len(manifest["files"][split][cls]) == manifest["counts"][split][cls]
+    assert not [p.name for p in data.iterdir() if p.name.startswith(".fetch-")]
+    return manifest
+
+
+class Crash(BaseException):
+    """The process dies: nothing after this point runs in it."""
+
+
+def crashed(*args, **kwargs):
+    raise Crash  # the in-process finish/roll-back never runs after a crash
+
+
+SWAP_RENAMES = 9  # tmp manifest, journal, 1 aside, 2 old splits out, 3 new in, the commit
+
+
+@pytest.fixture
+def swap_case(real_photos, tmp_path):
+    """A data folder with a split made by fetch-data (train 6, validate 3) plus a test/ folder
+    of the user's; the new request (seed 5, with a test split, --force) must move that aside."""
+    archive = make_zip(tmp_path / "small.zip", kaggle_members(real_photos, 30))
+    old_opts = dict(archive=archive, train_per_class=6, validate_per_class=3)
+    new_opts = dict(old_opts, test_per_class=2, seed=5, force=True)
+    template = tmp_path / "template"
+    fetch_data(FetchOptions(**old_opts, data_dir=template))
+    (template / "test/mine").mkdir(parents=True)
+    (template / "test/mine/precious.txt").write_text("user file")
+    reference = tmp_path / "reference"
+    shutil.copytree(template, reference)
+    fetch_data(FetchOptions(**new_opts, data_dir=reference))
+    return template, old_opts, new_opts, split_listing(template), split_listing(reference)
+
+
+def counting_renames(monkeypatch, fail_at: int | None = None, exc: BaseException | None = None,
+                     after: bool = False, persist: bool = False):
+    """Patch os.replace and os.rename (Path.rename/replace and files.write_json go through
+    them): count the calls, and fail the ``fail_at``-th (before or ``after`` it happened)."""
+    calls = {"n": 0}
+    for name in ("replace", "rename"):
+        real = getattr(os, name)
+
+        def call(*args, _real=real, **kwargs):
+            calls["n"] += 1
+            failing = calls["n"] == fail_at or (persist and fail_at and calls["n"] > fail_at)
+            if failing and not after:
+                raise exc
+            result = _real(*args, **kwargs)
+            if failing:
+                raise exc
+            return result
+
+        monkeypatch.setattr(os, name, call)
+    return calls
+
+
+def test_swap_counts_every_rename(swap_case, tmp_path, monkeypatch):
+    template, _, new_opts, _, new_listing = swap_case
+    data = tmp_path / "data"
+    shutil.copytree(template, data)
+    with monkeypatch.context() as patch:
+        calls = counting_renames(patch)
+        result = fetch_data(FetchOptions(**new_opts, data_dir=data))
+    assert calls["n"] == SWAP_RENAMES
+    assert split_listing(data) == new_listing and result.moved_aside == [str(data / "test.old")]
+    assert (data / "test.old/mine/precious.txt").read_text() == "user file"
+    assert assert_complete_split(data)["seed"] == 5
+
+
+SWAP_FAILURES = (
+    [("error", k) for k in range(1, SWAP_RENAMES + 1)]  # disk full, permissions: rolled back
+    + [("ctrl-c", k) for k in range(1, SWAP_RENAMES + 1)]  # KeyboardInterrupt: rolled back
+    + [("crash", k) for k in range(1, SWAP_RENAMES + 2)]  # killed: the next run recovers
+)
+
+
+@pytest.mark.parametrize("mode, k", SWAP_FAILURES, ids=[f"{m}-{k}" for m, k in SWAP_FAILURES])
+def test_swap_interrupted_at_every_rename_ends_with_a_complete_split(swap_case, tmp_path,
+                                                                     monkeypatch, mode, k):
+    template, old_opts, new_opts, old_listing, new_listing = swap_case
+    data = tmp_path / "data"
+    shutil.copytree(template, data)
+    exc = {"error": OSError(28, "No space left on device"), "ctrl-c": KeyboardInterrupt(),
+           "crash": Crash()}[mode]
+    with monkeypatch.context() as patch:
+        if mode == "crash":  # dies at the k-th rename (k = SWAP_RENAMES + 1: just after the
+            # commit): no rollback or clean-up runs in this process; later renames would fail
+            patch.setattr(datasets, "_settle", crashed)
+            calls = counting_renames(patch, min(k, SWAP_RENAMES), exc,
+                                     after=k > SWAP_RENAMES, persist=True)
+        else:
+            calls = counting_renames(patch, k, exc)
+        with pytest.raises(type(exc)):
+            fetch_data(FetchOptions(**new_opts, data_dir=data))
+    assert calls["n"] >= min(k, SWAP_RENAMES)
+    if mode != "crash":  # rolled back at once, in the same process
+        assert split_listing(data) == old_listing and assert_complete_split(data)["seed"] == 42
+        assert (data / "test/mine/precious.txt").read_text() == "user file"
+
+    # one rerun (any fetch-data on this folder; here the original request, without --force)
+    try:
+        assert fetch_data(FetchOptions(**old_opts, data_dir=data)).noop
+        assert split_listing(data) == old_listing  # rolled back: the previous split, untouched
+        assert (data / "test/mine/precious.txt").read_text() == "user file"
+        assert assert_complete_split(data)["seed"] == 42
+    except TransferError as refused:  # finished: the new split is in place, and kept
+        assert mode == "crash" and k > SWAP_RENAMES, refused
+        assert "other arguments" in str(refused)
+        assert split_listing(data) == new_listing and assert_complete_split(data)["seed"] == 5
+        assert (data / "test.old/mine/precious.txt").read_text() == "user file"
+    # and the new request still works afterwards
+    fetch_data(FetchOptions(**new_opts, data_dir=data))
+    assert split_listing(data) == new_listing and assert_complete_split(data)["seed"] == 5
+    assert "user file" in {p.read_text() for p in data.glob("test.old*/mine/precious.txt")}
+
+
+def test_recover_never_deletes_what_it_did_not_move_in(swap_case, tmp_path, monkeypatch):
+    """A crash mid-swap, then someone replaces a moved-in split folder by hand: the rollback
+    moves that folder aside instead of deleting it."""
+    template, old_opts, new_opts, old_listing, _ = swap_case
+    data = tmp_path / "data"
+    shutil.copytree(template, data)
+    with monkeypatch.context() as patch:
+        patch.setattr(datasets, "_settle", crashed)
+        counting_renames(patch, 9, Crash(), persist=True)  # all new splits in, no commit
+        with pytest.raises(Crash):
+            fetch_data(FetchOptions(**new_opts, data_dir=data))
+    shutil.rmtree(data / "test")
+    (data / "test/notes").mkdir(parents=True)
+    (data / "test/notes/mine.txt").write_text("written during the crash")
+    assert datasets.recover(data).startswith("rolled it back")
+    assert split_listing(data)["train/cats"] == old_listing["train/cats"]
+    assert (data / "test/mine/precious.txt").read_text() == "user file"
+    assert [p.read_text() for p in data.glob("test.old*/notes/mine.txt")] == [
+        "written during the crash"]
+    assert fetch_data(FetchOptions(**old_opts, data_dir=data)).noop

@@ -364,12 +364,17 @@ def _swap_into_place(data_dir: Path, tmp: Path, manifest: dict, ours: list[str],
         os.replace(tmp / MANIFEST, data_dir / MANIFEST)  # the commit
     except BaseException:
         try:
-            recover(data_dir)
+            _settle(data_dir)  # rolls back at once when it can
         except BaseException:  # noqa: B036 - the journal stays; the next run recovers
             pass
         raise
-    recover(data_dir)  # finishes: removes the journal, the previous split and tmp
+    _settle(data_dir)  # finishes: removes the journal, the previous split and tmp
     return manifest["moved_aside"]
+
+
+def _settle(data_dir: Path) -> None:
+    """Finish or roll back the swap in this process (a crash skips it: the next run does it)."""
+    recover(data_dir)
 
 
 def _finish_or_roll_back(data_dir: Path, journal: dict) -> str:
