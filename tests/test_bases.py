@@ -1,4 +1,6 @@
-"""The registry: every base builds, is frozen, and its Preprocess layer is Keras's preprocessing."""
+"""The registry, swept as timm sweeps its own: every base builds (random weights, small input),
+its last convolutional layer exists, its preprocessing layer is Keras's preprocess_input, and
+the NumPy preprocessing of the pipelines equals the in-model layer. None needs the network."""
 
 from __future__ import annotations
 
@@ -7,9 +9,10 @@ import importlib
 import numpy as np
 import pytest
 
-from transfer import bases
+from transfer import bases, phases
 from transfer.errors import TransferError
-from transfer.training import HParams, _graphs
+
+PRETRAINED = [n for n, b in bases.BASES.items() if b.pretrained]
 
 
 @pytest.mark.parametrize("name", list(bases.BASES))
@@ -18,28 +21,64 @@ def test_every_base_builds_and_runs_one_batch_frozen(name):
     size = max(base.min_size, 32)
     base_model = bases.build(base, size, weights="none")
     base_model.trainable = not base.pretrained
-    graphs = _graphs(base, base_model, size, 3, HParams(dense=8))
+    graphs = phases.graphs_of(base, base_model, size, 3, dropout=0.2, dense=8)
     batch = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
     probs = np.asarray(graphs["full"](batch, training=False))
     assert probs.shape == (2, 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert graphs["full"].get_layer("preprocess").trainable_weights == []
+    last_conv = base_model.get_layer(base.last_conv)  # Grad-CAM's layer exists ...
+    assert len(last_conv.output.shape) == 4  # ... and is a feature map
     if base.pretrained:
         assert base_model.trainable_weights == []
         names = [w.path for w in graphs["full"].trainable_weights]
         assert names and all(n.startswith(("dense", "predictions")) for n in names)
-        base_model.get_layer(base.last_conv)  # Grad-CAM's layer exists
+        assert set(graphs) == {"full", "core", "features", "head"}
 
 
-@pytest.mark.parametrize("name", [n for n, b in bases.BASES.items() if b.pretrained])
-def test_preprocess_layer_matches_keras_preprocess_input(name):
+@pytest.mark.parametrize("name", PRETRAINED)
+def test_preprocessing_is_keras_preprocess_input(name):
+    """The in-model layer and the pipelines' NumPy function both equal the Keras application's
+    own preprocess_input (a wrong mode, channel order or mean fails this)."""
     base = bases.get(name)
     module = importlib.import_module(f"keras.applications.{base.module}")
     x = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    x[0, 0, 0] = (255, 0, 10)  # a pixel whose channels differ: RGB vs BGR shows
     expected = module.preprocess_input(x.copy())
-    layer = bases.preprocess_layer_class()(base.preprocess)
-    np.testing.assert_allclose(np.asarray(layer(x)), expected, rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(bases.preprocess_numpy(base.preprocess)(x), expected, rtol=1e-5,
+    layer = bases.preprocess_layer(base.preprocess)
+    np.testing.assert_allclose(np.asarray(layer(x)), expected, rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(bases.preprocess_numpy(base.preprocess)(x), expected, rtol=1e-6,
                                atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", bases.PREPROCESS_MODES)
+def test_numpy_preprocessing_equals_the_model_layer(mode):
+    """The feature cache (NumPy, ImageDataGenerator) and evaluate (the layer inside the saved
+    model) must see the same numbers: equal to float32 rounding, every mode."""
+    x = np.random.default_rng(2).integers(0, 256, (3, 16, 16, 3)).astype("float32")
+    got = np.asarray(bases.preprocess_layer(mode)(x))
+    np.testing.assert_allclose(got, bases.preprocess_numpy(mode)(x), rtol=0, atol=1e-6)
+    expected = {"tf": x / 127.5 - 1, "scale": x / 255, "none": x,
+                "caffe": x[..., ::-1] - np.float32([103.939, 116.779, 123.68])}[mode]
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5)
+
+
+def test_scratch_preprocessing_is_scale():
+    assert bases.get("scratch").preprocess == "scale"
+
+
+def test_old_preprocess_layer_still_loads(tmp_path):
+    """Bundles written before the plain Keras layers hold transfer>Preprocess: still loaded."""
+    from transfer import bundle
+    from transfer.tf import keras
+
+    inputs = keras.Input((4, 4, 3))
+    old = keras.Model(inputs, bases.preprocess_layer_class()("caffe", name="preprocess")(inputs))
+    old.save(tmp_path / "old.keras")
+    loaded = bundle.load_keras(tmp_path / "old.keras")
+    x = np.random.default_rng(3).uniform(0, 255, (1, 4, 4, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(loaded(x)), bases.preprocess_numpy("caffe")(x),
+                               atol=1e-5)
 
 
 def test_registry_errors_and_weight_files():
@@ -49,6 +88,8 @@ def test_registry_errors_and_weight_files():
         bases.check_alpha(bases.get("mobilenet"), 0.3)
     with pytest.raises(TransferError, match="below the minimum"):
         bases.build(bases.get("inception"), 64, weights="none")
+    with pytest.raises(ValueError, match="unknown preprocessing mode"):
+        bases.preprocess_layer("bgr")
     assert bases.get("mobilenet").weight_file(0.25) == "mobilenet_2_5_224_tf_no_top.h5"
     assert bases.get("inception").weight_file(include_top=True) == \
         "inception_v3_weights_tf_dim_ordering_tf_kernels.h5"
@@ -61,10 +102,24 @@ def test_genuine_mobilenet_weights_are_found_in_keras_home(mobilenet_weights):
     assert source == "imagenet" and digest == bases.sha256(mobilenet_weights)
 
 
-def test_missing_imagenet_weights_name_the_file(tmp_path):
+def offline(monkeypatch):
+    """Keras's download, failing as it does with no network (the boundary, faked), so the test
+    means the same on a machine with a network."""
+    from keras.src.utils import file_utils
+
+    def no_network(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: "
+                        "[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(file_utils, "get_file", no_network)
+
+
+def test_missing_imagenet_weights_name_the_file(monkeypatch):
+    offline(monkeypatch)
     base = bases.get("mobilenet")
     assert bases.cached_weights(base, 0.5) is None  # not among the shared files
     with pytest.raises(TransferError) as info:
         bases.build(base, 224, alpha=0.5, weights="imagenet")
     text = str(info.value)
     assert "mobilenet_5_0_224_tf_no_top.h5" in text and "--weights none" in text
+    assert "could not be downloaded" in text and "\n" not in text

@@ -186,25 +186,56 @@ def scratch_trunk(size: int):
     return keras.Model(inputs, x, name="scratch")
 
 
+# The in-model preprocessing as plain Keras layers: (scale, offset) of a Rescaling layer.
+_RESCALE = {"tf": (1 / 127.5, -1.0), "scale": (1 / 255.0, 0.0)}
+
+
 def preprocess_numpy(mode: str):
-    """The preprocessing of ``mode`` as a NumPy function (ImageDataGenerator's hook)."""
+    """The preprocessing of ``mode`` as a NumPy function (ImageDataGenerator's hook), computed
+    exactly as the in-model layer of ``preprocess_layer`` computes it (float32, x * s + o)."""
     import numpy as np
 
     def fn(x):
         x = np.asarray(x, dtype="float32")
-        if mode == "tf":
-            return x / 127.5 - 1.0
+        if mode in _RESCALE:
+            scale, offset = _RESCALE[mode]
+            return x * np.float32(scale) + np.float32(offset)
         if mode == "caffe":
             return x[..., ::-1] - np.asarray(CAFFE_BGR_MEAN, dtype="float32")
-        if mode == "scale":
-            return x / 255.0
         return x
 
     return fn
 
 
+def preprocess_layer(mode: str, name: str = "preprocess"):
+    """Raw pixels (0-255) -> what the base expects, as one layer plain Keras knows, so a
+    bundle's model.keras loads with ``keras.saving.load_model`` without importing transfer.
+
+    tf and scale: ``Rescaling`` (x * s + o); caffe (RGB -> BGR minus the ImageNet means): a
+    frozen ``Dense(3)`` whose kernel is the channel permutation and whose bias is minus the
+    means (exact: one product by 1, two by 0); none: ``Identity``.
+    """
+    import numpy as np
+
+    from transfer.tf import keras
+
+    if mode not in PREPROCESS_MODES:
+        raise ValueError(f"unknown preprocessing mode {mode!r}")
+    if mode in _RESCALE:
+        scale, offset = _RESCALE[mode]
+        return keras.layers.Rescaling(scale, offset=offset, name=name)
+    if mode == "caffe":
+        layer = keras.layers.Dense(3, trainable=False, name=name)
+        layer.build((None, 3))
+        swap = np.eye(3, dtype="float32")[::-1]  # column j picks channel 2 - j: RGB -> BGR
+        layer.set_weights([swap, -np.asarray(CAFFE_BGR_MEAN, dtype="float32")])
+        return layer
+    return keras.layers.Identity(name=name)
+
+
 def preprocess_layer_class():
-    """The registered, serializable ``transfer>Preprocess`` layer (no Lambda: safe_mode loads)."""
+    """The ``transfer>Preprocess`` layer of bundles written before plain Keras layers were used;
+    registered so those bundles still load (new models use ``preprocess_layer``)."""
     return _registered()["Preprocess"]
 
 

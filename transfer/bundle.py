@@ -17,11 +17,16 @@ import time
 from pathlib import Path
 
 from transfer.errors import TransferError
-from transfer.files import write_json  # noqa: F401  (bundle.write_json, for callers)
+from transfer.files import write_json
 
 SCHEMA_VERSION = 1
 META = "meta.json"
 MODEL = "model.keras"
+SETTINGS = "settings.json"  # the resolved settings, to repeat the run (also meta["settings"])
+# The fields every bundle's meta.json has, whatever trained it (``meta`` writes them).
+COMMON_FIELDS = ("schema_version", "kind", "class_names", "image_size", "channels",
+                 "preprocessing", "metrics", "seed", "command", "settings", "versions",
+                 "created")
 
 
 def default_name(prefix: str) -> str:
@@ -64,6 +69,58 @@ def writing(target: Path, force: bool):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def meta(*, kind: str, class_names: list, image_size: int, channels: int, preprocessing: dict,
+         seed: int, command: str, settings: dict, metrics: dict, **fields) -> dict:
+    """A bundle's meta.json, for every kind of run ("transfer" or "mnist").
+
+    The common fields come first, in one order (schema_version, kind, class_names, image_size,
+    channels, preprocessing, metrics, seed, command, settings: the resolved settings that
+    repeat the run, versions, created); ``fields`` adds what a kind knows besides.
+    """
+    import platform
+
+    from transfer import __version__
+    from transfer.tf import keras, tf
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "class_names": list(class_names),
+        "image_size": image_size,
+        "channels": channels,
+        "preprocessing": preprocessing,
+        **fields,
+        "metrics": metrics,
+        "seed": seed,
+        "command": command,
+        "settings": settings,
+        "versions": {"transfer": __version__, "tensorflow": tf.__version__,
+                     "keras": keras.__version__, "python": platform.python_version()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write(target: Path, force: bool, model, meta: dict, history: dict, title: str = "",
+          extra=None) -> Path:
+    """Write a bundle (model.keras, meta.json, settings.json, history.csv, curves.png, and
+    whatever ``extra(folder)`` adds) into a temporary folder, rename it into place and point
+    ``latest`` at it when it sits in a models folder of its own kind."""
+    from transfer import plots
+
+    with writing(target, force) as tmp:
+        model.save(tmp / MODEL)
+        write_json(tmp / META, meta)
+        if meta.get("settings") is not None:
+            write_json(tmp / SETTINGS, meta["settings"])
+        write_history(tmp / "history.csv", history)
+        plots.curves(history, tmp / "curves.png", title=title)
+        if extra is not None:
+            extra(tmp)
+    if meta.get("kind") == "transfer":
+        update_latest(target)
+    return Path(target)
+
+
 def update_latest(target: Path) -> None:
     """Point ``<models>/latest`` at ``target`` (a relative symlink, replaced atomically)."""
     target = Path(target)
@@ -89,6 +146,9 @@ def write_history(path: Path, history: dict[str, list]) -> None:
 def read_meta(bundle: Path) -> dict:
     bundle = Path(bundle)
     path = bundle / META
+    if bundle.is_file():
+        raise TransferError(f"{bundle} is a file; --model expects a bundle folder (one holding "
+                            f"{META} and {MODEL}, as `transfer train` writes)")
     if not bundle.is_dir():
         raise TransferError(f"no model bundle at {bundle}: train one with `transfer train`")
     try:
@@ -117,19 +177,51 @@ def load_keras(path: Path):
     from transfer.bases import preprocess_layer_class
     from transfer.tf import keras
 
-    preprocess_layer_class()  # registers transfer>Preprocess before deserializing
+    path = Path(path)
+    problem = _keras_file_problem(path)
+    if problem:
+        raise TransferError(f"cannot load {path}: {problem}")
+    preprocess_layer_class()  # old bundles hold transfer>Preprocess: register it first
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:
-        raise TransferError(f"cannot load {path}: {exc}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TransferError(f"cannot load {path}: {first}") from exc
+
+
+def _keras_file_problem(path: Path) -> str | None:
+    """What is wrong with a .keras file, in words, or None when it looks like one (a zip
+    archive holding config.json)."""
+    import zipfile
+
+    if not path.exists():
+        return "the file does not exist"
+    if path.is_dir():
+        return "it is a folder, not a .keras file"
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty (0 bytes); the bundle is damaged, train it again"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if "config.json" not in archive.namelist():
+                return "the zip archive holds no config.json: not a Keras model file"
+            damaged = archive.testzip()
+    except zipfile.BadZipFile:
+        return (f"the file ({size} bytes) is not a Keras model archive (not a zip file: "
+                "truncated or damaged); train the model again")
+    except OSError as exc:
+        return f"the file cannot be read ({exc.strerror or exc})"
+    if damaged is not None:
+        return f"the archive member {damaged} is damaged (bad CRC); train the model again"
+    return None
 
 
 def load(bundle: Path):
     """(model, meta) of a bundle, loaded with Keras's safe_mode on and checked against meta."""
     meta = read_meta(bundle)
     path = Path(bundle) / MODEL
-    if not path.is_file():
-        raise TransferError(f"{bundle} has no {MODEL}")
+    if not path.exists():
+        raise TransferError(f"{bundle} has no {MODEL}: the bundle is incomplete")
     model = load_keras(path)
     n_out = model.output_shape[-1]
     classes = meta["class_names"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import math
-import platform
 import struct
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer import __version__, bundle, plots
+from transfer import bundle, plots
 from transfer.errors import TransferError
 from transfer.metrics import confusion_matrix
 from transfer.progress import Reporter
@@ -142,12 +141,12 @@ def _check(x, y, split: str, source) -> None:
 
 def build_model(arch: str = "cnn"):
     """The seeds' CNN (or the one-convolution variant) on raw 0-255 28x28x1 pixels."""
-    from transfer.bases import preprocess_layer_class
+    from transfer.bases import preprocess_layer
     from transfer.tf import keras
 
     layers = keras.layers
     inputs = keras.Input((28, 28, 1), name="image")
-    x = preprocess_layer_class()("scale", name="preprocess")(inputs)
+    x = preprocess_layer("scale")(inputs)
     if arch == "cnn":
         x = layers.Conv2D(32, 3, activation="relu", name="conv1")(x)
         x = layers.MaxPooling2D(2, name="pool1")(x)
@@ -211,28 +210,27 @@ def summary_rows(model) -> list[tuple[str, str, int]]:
 
 
 def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
-    """Train the CNN, evaluate it on the 10,000 test images, write the bundle and pictures."""
-    from transfer.tf import keras, tf
+    """Train the small CNN from scratch, test it on the 10,000 test images, write the bundle
+    and its pictures.
 
+    Args:
+        params: the run's settings (``MnistParams``); checked first, before TensorFlow loads.
+        reporter: progress and messages; silent by default.
+
+    Returns:
+        MnistResult: the bundle folder, its meta.json, accuracy under noise, the layer summary.
+
+    Raises:
+        TransferError: a bad option (``--limit 0`` included), unreadable data, an existing
+            output without ``--force``.
+    """
+    p = params.validated()
     reporter = reporter or Reporter()
-    p = params
-    if p.arch not in ARCHS:
-        raise TransferError(f"unknown arch {p.arch!r}; choose {' or '.join(ARCHS)}")
-    if not 0 <= p.validation_split < 1:
-        raise TransferError("--validation-split must be in [0, 1)")
-    if p.epochs < 1:
-        raise TransferError("--epochs must be at least 1")
-    if not 0 <= p.ema < 1:
-        raise TransferError("--ema must be in [0, 1)")
-    if not p.learning_rate > 0:
-        raise TransferError("--learning-rate must be positive")
-    target = Path(p.output or Path("models") / f"{p.dataset}-{p.arch}")
-    if target.exists() and not p.force:
-        raise TransferError(f"{target} already exists; use --force to replace it")
+    from transfer.tf import keras
+
+    target = p.target()
     (x_train, y_train), (x_test, y_test) = load(p.dataset, p.data)
-    if p.limit:
-        if p.limit < 10:
-            raise TransferError("--limit must be at least 10")
+    if p.limit is not None:
         x_train, y_train = x_train[:p.limit], y_train[:p.limit]
     names = class_names(p.dataset)
     started = time.perf_counter()
@@ -277,62 +275,54 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
     test_accuracy = float(np.mean(predicted == y_test))
     noise = noise_robustness(model, x_test, y_test, p.seed)
     confusion = confusion_matrix(y_test, predicted, 10)
-    meta = {
-        "schema_version": bundle.SCHEMA_VERSION,
-        "kind": "mnist",
-        "base": f"mnist-{p.arch}",
-        "dataset": p.dataset,
-        "image_size": 28,
-        "channels": 1,
-        "preprocessing": {"mode": "scale", "in_model": True, "grayscale": True,
-                          "invert": "auto", "fit": "mnist-box",
-                          "input": "grayscale pixels 0-255, 28x28, light digit on dark; a "
-                                   "user's image is fitted into a 20x20 box centred by mass"},
-        "class_names": names,
-        "output": "softmax",
-        "training": {"epochs": p.epochs, "batch_size": p.batch_size,
-                     "validation_split": p.validation_split, "train_images": len(x_train),
-                     "optimizer": "adam", "learning_rate": p.learning_rate,
-                     "weight_average_momentum": p.ema},
-        "metrics": {"test_accuracy": test_accuracy, "test_loss": test_loss,
-                    "val_accuracy": history.get("val_accuracy", [None])[-1],
-                    "val_loss": history.get("val_loss", [None])[-1],
-                    "noise_accuracy": {str(s): a for s, a in noise}},
-        "confusion_matrix": confusion.tolist(),
-        "timings": {"seconds_per_epoch": [round(s, 2) for s in epoch_seconds],
-                    "total_seconds": round(time.perf_counter() - started, 2)},
-        "data": {"source": str(p.data) if p.data else f"keras.datasets.{KERAS_NAMES[p.dataset]}",
-                 "test_images": len(x_test)},
-        "versions": {"transfer": __version__, "tensorflow": tf.__version__,
-                     "keras": keras.__version__, "python": platform.python_version()},
-        "seed": p.seed,
-        "command": p.command,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    with bundle.writing(target, p.force) as tmp:
-        model.save(tmp / bundle.MODEL)
-        bundle.write_json(tmp / bundle.META, meta)
-        bundle.write_history(tmp / "history.csv", history)
-        plots.curves(history, tmp / "curves.png", title=f"{p.dataset} {p.arch}")
-        plots.image_grid(x_train[:25], [names[i] for i in y_train[:25]], tmp / "samples.png",
-                         cols=5, title=f"25 {p.dataset} training images")
-        plots.confusion(confusion, names, tmp / "confusion.png",
+    meta = bundle.meta(
+        kind="mnist", class_names=names, image_size=28, channels=1,
+        preprocessing={"mode": "scale", "in_model": True, "grayscale": True,
+                       "invert": "auto", "fit": "mnist-box",
+                       "input": "grayscale pixels 0-255, 28x28, light digit on dark; a "
+                                "user's image is fitted into a 20x20 box centred by mass"},
+        seed=p.seed, command=p.command, settings=p.as_dict(),
+        metrics={"test_accuracy": test_accuracy, "test_loss": test_loss,
+                 "val_accuracy": history.get("val_accuracy", [None])[-1],
+                 "val_loss": history.get("val_loss", [None])[-1],
+                 "noise_accuracy": {str(s): a for s, a in noise}},
+        base=f"mnist-{p.arch}",
+        dataset=p.dataset,
+        output="softmax",
+        training={"epochs": p.epochs, "batch_size": p.batch_size,
+                  "validation_split": p.validation_split, "train_images": len(x_train),
+                  "optimizer": "adam", "learning_rate": p.learning_rate,
+                  "weight_average_momentum": p.ema},
+        confusion_matrix=confusion.tolist(),
+        timings={"seconds_per_epoch": [round(s, 2) for s in epoch_seconds],
+                 "total_seconds": round(time.perf_counter() - started, 2)},
+        data={"source": str(p.data) if p.data else f"keras.datasets.{KERAS_NAMES[p.dataset]}",
+              "test_images": len(x_test)},
+    )
+
+    def pictures(folder: Path) -> None:
+        plots.image_grid(x_train[:25], [names[i] for i in y_train[:25]],
+                         folder / "samples.png", cols=5, title=f"25 {p.dataset} training images")
+        plots.confusion(confusion, names, folder / "confusion.png",
                         title=f"test accuracy {test_accuracy:.4f}")
         wrong = np.flatnonzero(predicted != y_test)[:25]
         plots.image_grid(x_test[wrong], [f"true {names[y_test[i]]}\npred {names[predicted[i]]}"
-                                         for i in wrong], tmp / "misclassified.png", cols=5,
+                                         for i in wrong], folder / "misclassified.png", cols=5,
                          title=f"first {len(wrong)} of {int((predicted != y_test).sum())} errors")
         kernels = np.asarray(model.get_layer("conv1").kernel)[:, :, 0, :]  # (3, 3, filters)
         plots.image_grid(np.moveaxis(kernels, -1, 0), [f"filter {i}" for i in
                                                        range(kernels.shape[-1])],
-                         tmp / "filters.png", cols=8, title="first-layer kernels (trained)",
+                         folder / "filters.png", cols=8, title="first-layer kernels (trained)",
                          cmap="coolwarm")
         maps = feature_maps(model, x_test[0])
         plots.image_grid(np.moveaxis(maps, -1, 0), [f"map {i}" for i in range(maps.shape[-1])],
-                         tmp / "feature_maps.png", cols=8,
+                         folder / "feature_maps.png", cols=8,
                          title=f"conv1 activations for a test {names[y_test[0]]}",
                          cmap="viridis")
-        plots.noise_curve(noise, tmp / "noise.png", title=f"{p.dataset} {p.arch}")
+        plots.noise_curve(noise, folder / "noise.png", title=f"{p.dataset} {p.arch}")
+
+    bundle.write(target, p.force, model, meta, history, title=f"{p.dataset} {p.arch}",
+                 extra=pictures)
     return MnistResult(target, meta, noise, summary_rows(model))
 
 

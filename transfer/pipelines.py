@@ -17,11 +17,14 @@ import math
 from pathlib import Path
 
 from transfer.bases import preprocess_numpy
+from transfer.constants import GRADCAM_SUFFIX  # noqa: F401  (what `transfer explain` writes)
 from transfer.errors import TransferError
 from transfer.settings import PIPELINES, Augment  # noqa: F401  (pipelines.Augment, for callers)
 
+# The suffixes both Keras pipelines read (image_dataset_from_directory's allow-list; a narrower
+# set than transfer.constants.IMAGE_SUFFIXES, which Pillow opens): the feature cache lists the
+# same files the pipelines yield.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-GRADCAM_SUFFIX = ".gradcam.png"  # what `transfer explain` writes next to an image
 
 
 def class_names(directory: Path) -> list[str]:
@@ -126,7 +129,7 @@ def augmentation_layers(augment: Augment, seed: int):
 def tfdata_dataset(directory: Path, names: list[str], size: int, preprocess: str,
                    batch_size: int, augment: Augment | None, shuffle: bool, seed: int):
     """A batched, prefetched tf.data pipeline."""
-    from transfer.bases import preprocess_layer_class
+    from transfer.bases import preprocess_layer
     from transfer.tf import keras, tf
 
     binary = len(names) == 2
@@ -134,7 +137,7 @@ def tfdata_dataset(directory: Path, names: list[str], size: int, preprocess: str
         str(directory), labels="inferred", label_mode="binary" if binary else "int",
         class_names=list(names), batch_size=batch_size, image_size=(size, size),
         shuffle=shuffle, seed=seed, interpolation="bilinear", verbose=False)
-    prep = preprocess_layer_class()(preprocess)
+    prep = preprocess_layer(preprocess)
     if augment is not None and augment.enabled:
         aug = augmentation_layers(augment, seed)
 

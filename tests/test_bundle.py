@@ -1,0 +1,162 @@
+"""Bundles: one writer for every kind of run, plain-Keras loading in a fresh Python (no
+transfer), and read errors that say what is wrong with the file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from transfer import bases, bundle, mnist, phases
+from transfer.errors import TransferError
+
+# A fresh Python that cannot import transfer: only keras and tensorflow load the model.
+PLAIN_KERAS = textwrap.dedent("""
+    import sys
+
+    class NoTransfer:
+        def find_spec(self, name, path=None, target=None):
+            if name == "transfer" or name.startswith("transfer."):
+                raise ImportError("transfer must not be imported here")
+
+    sys.meta_path.insert(0, NoTransfer())
+    import numpy as np
+    import keras
+
+    model = keras.saving.load_model(sys.argv[1])
+    x = np.load(sys.argv[2])
+    np.save(sys.argv[3], np.asarray(model.predict(x, verbose=0)))
+    assert not any(m == "transfer" or m.startswith("transfer.") for m in sys.modules)
+    print("LAYER", type(model.get_layer("preprocess")).__name__)
+""")
+
+
+def plain_keras_predict(path, x, tmp_path):
+    np.save(tmp_path / "x.npy", x)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run([sys.executable, "-c", PLAIN_KERAS, str(path), str(tmp_path / "x.npy"),
+                          str(tmp_path / "y.npy")], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return np.load(tmp_path / "y.npy"), run.stdout
+
+
+def classifier(name: str, size: int, n_classes: int = 2):
+    base = bases.get(name)
+    base_model = bases.build(base, size, weights="none")
+    base_model.trainable = not base.pretrained
+    return phases.graphs_of(base, base_model, size, n_classes)["full"]
+
+
+@pytest.mark.parametrize(("name", "layer"), [("mobilenet", "Rescaling"), ("vgg16", "Dense"),
+                                             ("efficientnetb0", "Identity"),
+                                             ("scratch", "Rescaling")])
+def test_model_loads_with_plain_keras_in_a_fresh_python(name, layer, tmp_path):
+    """One base per preprocessing mode (tf, caffe, none, scale): the saved model opens with
+    keras.saving.load_model alone and gives the same outputs."""
+    size = 32
+    model = classifier(name, size)
+    model.save(tmp_path / "model.keras")
+    x = np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype("float32")
+    got, out = plain_keras_predict(tmp_path / "model.keras", x, tmp_path)
+    np.testing.assert_allclose(got, np.asarray(model(x, training=False)), atol=1e-6)
+    assert f"LAYER {layer}" in out
+
+
+def test_mnist_model_loads_with_plain_keras(tmp_path):
+    model = mnist.build_model("tiny")
+    model.save(tmp_path / "model.keras")
+    x = np.random.default_rng(1).integers(0, 256, (4, 28, 28, 1)).astype("float32")
+    got, out = plain_keras_predict(tmp_path / "model.keras", x, tmp_path)
+    np.testing.assert_allclose(got, np.asarray(model(x, training=False)), atol=1e-6)
+    assert "LAYER Rescaling" in out
+
+
+@pytest.fixture
+def small_bundle(tmp_path):
+    """A real (small) bundle written by the one writer: model, meta, settings, history."""
+    model = classifier("scratch", 16)
+    meta = bundle.meta(kind="transfer", class_names=["cats", "dogs"], image_size=16, channels=3,
+                       preprocessing={"mode": "scale"}, seed=1, command="test",
+                       settings={"base": "scratch", "epochs": 1}, metrics={"val_accuracy": 0.5})
+    history = {"loss": [0.7], "val_loss": [0.69], "phase": ["train"]}
+    target = bundle.write(tmp_path / "models/b", False, model, meta, history, title="t")
+    return target
+
+
+def test_one_writer_writes_every_file_and_the_settings(small_bundle, tmp_path):
+    assert sorted(p.name for p in small_bundle.iterdir()) == [
+        "curves.png", "history.csv", "meta.json", "model.keras", "settings.json"]
+    meta = json.loads((small_bundle / "meta.json").read_text())
+    assert list(meta)[:6] == list(bundle.COMMON_FIELDS[:6])
+    assert set(bundle.COMMON_FIELDS) <= set(meta)
+    assert json.loads((small_bundle / "settings.json").read_text()) == meta["settings"]
+    assert (tmp_path / "models/latest").resolve() == small_bundle.resolve()
+    model, loaded = bundle.load(small_bundle)
+    assert loaded == meta and model.output_shape == (None, 1)
+
+
+def test_a_zero_byte_model_says_it_is_empty(small_bundle):
+    (small_bundle / "model.keras").write_bytes(b"")
+    with pytest.raises(TransferError) as info:
+        bundle.load(small_bundle)
+    text = str(info.value)
+    assert "empty (0 bytes)" in text and "not found" not in text and "\n" not in text
+
+
+def test_a_truncated_model_says_it_is_damaged(small_bundle):
+    path = small_bundle / "model.keras"
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(TransferError, match=r"not a Keras model archive \(not a zip file: "
+                                            r"truncated or damaged\)") as info:
+        bundle.load(small_bundle)
+    assert "not found" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_text_file_and_a_zip_without_config_are_not_models(small_bundle):
+    import zipfile
+
+    path = small_bundle / "model.keras"
+    path.write_text("hello")
+    with pytest.raises(TransferError, match="not a zip file"):
+        bundle.load(small_bundle)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "x")
+    with pytest.raises(TransferError, match="no config.json: not a Keras model file"):
+        bundle.load(small_bundle)
+
+
+def test_a_missing_model_says_the_bundle_is_incomplete(small_bundle):
+    (small_bundle / "model.keras").unlink()
+    with pytest.raises(TransferError, match="has no model.keras: the bundle is incomplete"):
+        bundle.load(small_bundle)
+
+
+def test_a_keras_file_given_as_the_bundle_says_a_folder_is_expected(small_bundle):
+    with pytest.raises(TransferError) as info:
+        bundle.load(small_bundle / "model.keras")
+    text = str(info.value)
+    assert "is a file" in text and "bundle folder" in text and "meta.json" in text
+    assert "train one" not in text
+
+
+def test_writer_refuses_a_folder_that_is_not_a_bundle(small_bundle, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    model, meta = bundle.load(small_bundle)
+    with pytest.raises(TransferError, match="already exists; use --force"):
+        bundle.write(mine, False, model, meta, {"loss": [1.0]})
+    with pytest.raises(TransferError, match="not a model bundle"):
+        bundle.write(mine, True, model, meta, {"loss": [1.0]})
+    assert (mine / "notes.txt").read_text() == "mine"
+    # a bundle is replaced with force, whole
+    meta2 = {**meta, "seed": 2}
+    bundle.write(small_bundle, True, model, meta2, {"loss": [1.0]})
+    assert json.loads((small_bundle / "meta.json").read_text())["seed"] == 2
+    assert not [p for p in small_bundle.parent.iterdir() if ".tmp-" in p.name]
