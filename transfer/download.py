@@ -104,7 +104,7 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
                 attempt += 1
                 if attempt > retries:
                     raise TransferError(f"download of {url} stopped at {size} of {total} bytes; "
-                                        "run again to resume")
+                                        f"kept in {part}, run again to resume")
                 reporter.warn(f"connection closed at {size} of {total} bytes; resuming")
                 continue
             if total is not None and size != total:

@@ -1,0 +1,150 @@
+"""Reading archives and folders safely: size caps, zip bombs, readable skip reasons, folders."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import kaggle_members, make_zip, text_as_jpg, truncated
+
+from transfer import archive as archive_module
+from transfer.archive import FolderImages, ZipImages, check_image, classify
+from transfer.datasets import FetchOptions, fetch_data
+
+
+class _opened:
+    """ZipImages as a context manager."""
+
+    def __init__(self, path: Path):
+        self.images = ZipImages(path)
+
+    def __enter__(self):
+        return self.images
+
+    def __exit__(self, *exc):
+        self.images.close()
+
+
+def test_skip_reasons_are_words_not_object_reprs(real_photos):
+    good = real_photos["cats"][2][1]
+    for blob in (text_as_jpg(), truncated(good), b"\x89PNG\r\n\x1a\n" + b"\x00" * 50,
+                 good[:200]):
+        reason = check_image(blob)
+        assert reason and reason.startswith("not a decodable image")
+        assert "object at 0x" not in reason and "<_io" not in reason and "\n" not in reason
+    assert check_image(text_as_jpg()) == "not a decodable image (not a format Pillow recognises)"
+
+
+def test_fetch_reports_readable_skip_reasons(real_photos, tmp_path):
+    members = kaggle_members(real_photos, 12)
+    members["train/cat.900.jpg"] = text_as_jpg()
+    members["train/dog.901.jpg"] = truncated(real_photos["dogs"][20][1])
+    result = fetch_data(FetchOptions(archive=make_zip(tmp_path / "a.zip", members),
+                                     data_dir=tmp_path / "data", train_per_class=8,
+                                     validate_per_class=4))
+    reasons = {s["name"]: s["reason"] for s in result.skipped}
+    assert set(reasons) == {"train/cat.900.jpg", "train/dog.901.jpg"}
+    for reason in reasons.values():
+        assert reason.startswith("not a decodable image") and "0x" not in reason
+
+
+def test_classify_uses_the_shared_image_names():
+    assert classify("PetImages/Cat/._12.jpg") is None  # macOS resource fork
+    assert classify("__MACOSX/PetImages/Dog/._3.jpg") is None
+    assert classify("PetImages/Dog/desktop.ini") is None
+    assert classify("photos/cats/a.png") == "cats"
+    assert classify("train/cat.1.jpg.gradcam.png") is None  # an explain heatmap, not a photo
+
+
+def test_oversized_member_is_skipped_before_it_is_read(real_photos, tmp_path, monkeypatch):
+    big = real_photos["dogs"][5][1]
+    monkeypatch.setattr(archive_module, "MAX_IMAGE_BYTES", len(big) - 1)
+    members = {"train/dog.5.jpg": big, "train/cat.1.jpg": real_photos["cats"][1][1]}
+    path = make_zip(tmp_path / "big.zip", members)
+    images = ZipImages(path)
+    read = []
+    images.zip.open = lambda *a, **k: read.append(a) or zipfile.ZipFile.open(images.zip, *a, **k)
+    try:
+        with pytest.raises(archive_module.SkipMember, match=r"too large for a photo \(0 MiB "
+                           r"uncompressed; the limit is 0 MiB\)"):
+            images.read("train/dog.5.jpg")
+        assert read == []  # refused from the header alone
+        assert images.read("train/cat.1.jpg") == real_photos["cats"][1][1]
+    finally:
+        images.close()
+
+
+def test_zip_bomb_member_is_skipped_with_a_clear_reason(real_photos, tmp_path):
+    members = kaggle_members(real_photos, 12)
+    members["train/cat.999.jpg"] = b"\x00" * (8 << 20)  # 8 MiB of zeros: ~1000:1
+    result = fetch_data(FetchOptions(archive=make_zip(tmp_path / "bomb.zip", members),
+                                     data_dir=tmp_path / "data", train_per_class=8,
+                                     validate_per_class=4))
+    skipped = {s["name"]: s["reason"] for s in result.skipped}
+    if "train/cat.999.jpg" in skipped:  # picked by the shuffle: skipped, never decoded
+        assert skipped["train/cat.999.jpg"].startswith("compressed ")
+        assert "looks like a zip bomb" in skipped["train/cat.999.jpg"]
+    with _opened(tmp_path / "bomb.zip") as images:
+        with pytest.raises(archive_module.SkipMember, match=r"compressed \d+:1 .*zip bomb"):
+            images.read("train/cat.999.jpg")
+
+
+def test_oversized_file_in_a_folder_is_skipped(real_photos, tmp_path, monkeypatch):
+    root = tmp_path / "photos"
+    (root / "train").mkdir(parents=True)
+    for name, data in kaggle_members(real_photos, 3).items():
+        (root / name).write_bytes(data)
+    monkeypatch.setattr(archive_module, "MAX_IMAGE_BYTES", 1000)
+    with pytest.raises(archive_module.SkipMember, match="too large for a photo"):
+        FolderImages(root).read("train/cat.0.jpg")
+
+
+def test_archive_folder_in_both_layouts(real_photos, tmp_path):
+    """README: --archive takes a folder (Kaggle train/cat.N.jpg or PetImages/Cat/N.jpg)."""
+    kaggle_dir = tmp_path / "kaggle_folder"
+    for name, data in kaggle_members(real_photos, 15).items():
+        (kaggle_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (kaggle_dir / name).write_bytes(data)
+    (kaggle_dir / "train/.DS_Store").write_bytes(b"\x00\x01")
+    pet_dir = tmp_path / "PetImages"
+    for cls, folder in (("cats", "Cat"), ("dogs", "Dog")):
+        (pet_dir / folder).mkdir(parents=True)
+        for i, (_, data) in enumerate(real_photos[cls][:15]):
+            (pet_dir / folder / f"{i}.jpg").write_bytes(data)
+    (pet_dir / "Cat/666.jpg").write_bytes(b"")
+    (pet_dir / "Dog/Thumbs.db").write_bytes(b"\x00" * 10)
+
+    for folder, layout in ((kaggle_dir, "kaggle"), (pet_dir, "folders")):
+        data = tmp_path / f"data-{layout}"
+        result = fetch_data(FetchOptions(archive=folder, data_dir=data, train_per_class=8,
+                                         validate_per_class=4))
+        assert result.counts == {"train": {"cats": 8, "dogs": 8},
+                                 "validate": {"cats": 4, "dogs": 4}}
+        manifest = json.loads((data / "manifest.json").read_text())
+        assert manifest["source"]["kind"] == "archive"
+        assert manifest["source"]["layout"] == layout
+        assert manifest["source"]["archive_sha256"].startswith("folder:")
+        # byte-identical copies of the photos, under their own names
+        originals = {p.name: p.read_bytes() for p in folder.rglob("*.jpg")
+                     if (layout == "kaggle" or p.parent.name == "Dog")}
+        for path in (data / "train/dogs").iterdir():
+            assert path.read_bytes() == originals[path.name]
+        assert [s["name"] for s in result.skipped] in ([], ["Cat/666.jpg"])
+        assert not (folder / ".cache").exists()  # the source folder is never written to
+        # a rerun with the same folder is a no-op
+        assert fetch_data(FetchOptions(archive=folder, data_dir=data, train_per_class=8,
+                                       validate_per_class=4)).noop
+
+
+def test_zip_read_of_a_real_png(tmp_path):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(buffer, "PNG")
+    path = make_zip(tmp_path / "p.zip", {"cats/x.png": buffer.getvalue()})
+    with _opened(path) as images:
+        assert images.candidates() == {"cats": ["cats/x.png"], "dogs": []}
+        assert check_image(images.read("cats/x.png")) is None

@@ -1,0 +1,135 @@
+"""Where the photos come from: Microsoft (mirror URL, pinned SHA-256), Kaggle as an optional
+extra, and the Kaggle client's habit of removing KAGGLE_API_TOKEN (kaggle-cli#882)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+import pytest
+from conftest import kaggle_members, make_zip
+from test_datasets import FakeKaggleApi, Server, listing, petimages_zip
+from typer.testing import CliRunner
+
+from transfer import sources
+from transfer.cli import app
+from transfer.datasets import FetchOptions, fetch_data
+from transfer.errors import TransferError
+from transfer.files import sha256_file
+from transfer.progress import Reporter
+from transfer.settings import MICROSOFT_URL
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc)
+    assert "\n" not in text and "Traceback" not in text
+    return text
+
+
+class Messages(Reporter):
+    def __init__(self):
+        self.infos = []
+
+    def info(self, message):
+        self.infos.append(message)
+
+
+# --------------------------------------------------------------------------- Microsoft
+
+
+def test_microsoft_checksum_is_pinned_for_the_default_url():
+    assert MICROSOFT_URL.endswith("/kagglecatsanddogs_5340.zip")
+    assert re.fullmatch(r"[0-9a-f]{64}", sources.MICROSOFT_SHA256)
+
+
+def test_transfer_microsoft_url_mirror_through_the_cli(real_photos, tmp_path, monkeypatch):
+    """README: TRANSFER_MICROSOFT_URL points --source microsoft at a mirror; the download is
+    checked against the SHA-256 (here the served file's, through TRANSFER_MICROSOFT_SHA256)."""
+    archive, broken = petimages_zip(real_photos, tmp_path, per_class=12)
+    payload = archive.read_bytes()
+    data = tmp_path / "data"
+    with Server(payload) as server:
+        monkeypatch.setenv("TRANSFER_MICROSOFT_URL", server.url)
+        monkeypatch.setenv("TRANSFER_MICROSOFT_SHA256", sha256_file(archive))
+        result = CliRunner().invoke(app, [
+            "fetch-data", "--source", "microsoft", "--data-dir", str(data),
+            "--train-per-class", "8", "--validate-per-class", "4"])
+    assert result.exit_code == 0, result.output
+    assert server.requests == [None]  # one plain GET to the mirror
+    assert (data / ".cache/kagglecatsanddogs.zip").read_bytes() == payload
+    assert {k: len(v) for k, v in listing(data).items()} == {
+        "train/cats": 8, "train/dogs": 8, "validate/cats": 4, "validate/dogs": 4}
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["source"]["url"] == server.url
+    assert manifest["source"]["archive_sha256"] == sha256_file(archive)
+
+
+def test_microsoft_download_with_the_wrong_checksum_is_refused(real_photos, tmp_path):
+    archive, _ = petimages_zip(real_photos, tmp_path, per_class=12)
+    data = tmp_path / "data"
+    with Server(archive.read_bytes()) as server:
+        with pytest.raises(TransferError) as info:
+            fetch_data(FetchOptions(source="microsoft", microsoft_url=server.url,
+                                    data_dir=data, train_per_class=8, validate_per_class=4))
+    text = one_line(info.value)
+    assert f"SHA-256 is {sha256_file(archive)}" in text
+    assert f"expected {sources.MICROSOFT_SHA256}" in text and "deleted" in text
+    assert not data.exists()  # the bad download is deleted, and the folders this run made
+
+
+# --------------------------------------------------------------------------- Kaggle
+
+
+def test_kaggle_not_installed_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "kaggle", None)  # `import kaggle` fails
+    assert not sources.kaggle_installed()
+    with pytest.raises(TransferError) as info:
+        fetch_data(FetchOptions(source="kaggle", data_dir=tmp_path / "data"))
+    assert one_line(info.value) == sources.NO_KAGGLE_PACKAGE
+    assert "pip install 'transfer[kaggle]'" in sources.NO_KAGGLE_PACKAGE
+    assert not (tmp_path / "data").exists()
+
+    # auto with credentials but no client: Microsoft, and it says why
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "token")
+    messages = Messages()
+    assert sources.resolve_source(FetchOptions(), messages) == "microsoft"
+    assert "pip install 'transfer[kaggle]'" in messages.infos[0]
+
+
+class TokenEatingApi(FakeKaggleApi):
+    """Like kaggle>=1.8: authenticating consumes KAGGLE_API_TOKEN from the environment."""
+
+    def authenticate(self):
+        if not os.environ.pop("KAGGLE_API_TOKEN", None):
+            raise SystemExit(1)
+
+
+def test_kaggle_token_survives_authentication_for_a_second_fetch(real_photos, tmp_path,
+                                                                 monkeypatch):
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-config"))
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "secret-token")
+    zip_bytes = make_zip(tmp_path / "train.zip", kaggle_members(real_photos, 12)).read_bytes()
+    for run in ("first", "second"):  # auto finds the token both times, and both authenticate
+        result = fetch_data(FetchOptions(data_dir=tmp_path / run, train_per_class=6,
+                                         validate_per_class=3),
+                            kaggle_api_factory=lambda: TokenEatingApi(zip_bytes))
+        assert result.source == "kaggle" and result.counts["train"] == {"cats": 6, "dogs": 6}
+        assert os.environ["KAGGLE_API_TOKEN"] == "secret-token"
+
+
+def test_kaggle_errors_are_one_line(tmp_path):
+    class Noisy(Exception):
+        pass
+
+    for error, expected in ((Noisy("500 Server Error\nbody: <html>..."),
+                             "Kaggle download failed: 500 Server Error body: <html>..."),
+                            (Noisy("401 Unauthorized"), "Kaggle rejected the credentials")):
+        with pytest.raises(TransferError) as info:
+            fetch_data(FetchOptions(source="kaggle", data_dir=tmp_path / "data"),
+                       kaggle_api_factory=lambda e=error: FakeKaggleApi(error=e))
+        assert one_line(info.value).startswith(expected)
+    assert not (tmp_path / "data").exists()
