@@ -1,8 +1,7 @@
-"""transfer evaluate on real held-out photos, and the metrics it is built from."""
+"""transfer evaluate on real held-out photos (the metrics themselves: test_metrics.py)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import shutil
 
@@ -11,12 +10,14 @@ import pytest
 from conftest import split_images
 from PIL import Image
 from typer.testing import CliRunner
+from unwritable import names_path, unwritable_folder
 
 from transfer import metrics
 from transfer.cli import app
 from transfer.errors import TransferError
 from transfer.evaluate import evaluate
 from transfer.predict import predict
+from transfer.settings import EvaluateSettings
 
 runner = CliRunner()
 
@@ -101,25 +102,30 @@ def test_evaluate_errors(trained_bundle, small_split, tmp_path):
     assert np.asarray(report["confusion_matrix"]).sum() == 5
 
 
-def test_roc_auc_matches_pairwise_definition():
-    rng = np.random.default_rng(1)
-    y = rng.integers(0, 2, 60)
-    scores = np.round(rng.random(60) * 0.5 + 0.3 * y, 1)  # ties on purpose
-    pairs = [(p, n) for p, n in itertools.product(np.flatnonzero(y), np.flatnonzero(y == 0))]
-    expected = np.mean([1.0 if scores[p] > scores[n] else 0.5 if scores[p] == scores[n] else 0
-                        for p, n in pairs])
-    assert metrics.roc_auc(y, scores) == pytest.approx(expected)
-    assert metrics.roc_auc([1, 1], [0.2, 0.3]) is None
-
-
-def test_per_class_and_loss_by_hand():
-    matrix = np.array([[5, 1, 0], [2, 3, 0], [0, 0, 0]])
-    rows = metrics.per_class(matrix, ["a", "b", "c"])
-    assert rows["a"] == {"precision": 5 / 7, "recall": 5 / 6,
-                         "f1": pytest.approx(2 * (5 / 7) * (5 / 6) / (5 / 7 + 5 / 6)),
-                         "support": 6}
-    assert rows["c"] == {"precision": None, "recall": None, "f1": None, "support": 0}
-    assert metrics.log_loss([0, 1], [[0.5, 0.5], [0.25, 0.75]]) == pytest.approx(
-        -(np.log(0.5) + np.log(0.75)) / 2)
-    np.testing.assert_allclose(metrics.class_probabilities([[0.2], [0.9]]),
-                               [[0.8, 0.2], [0.1, 0.9]])
+def test_settings_object_worst_and_output_failures(trained_bundle, small_split, tmp_path):
+    settings = EvaluateSettings(model=trained_bundle.bundle, data_dir=small_split / "test",
+                                output=tmp_path / "two", worst=1)
+    report = evaluate(settings).report
+    errors = report["images"] - round(report["accuracy"] * report["images"])
+    assert errors >= 1  # a model that never errs would not test --worst
+    assert len(report["worst_mistakes"]) == 1
+    assert evaluate(trained_bundle.bundle, data_dir=small_split / "test",
+                    output=tmp_path / "three").report["confusion_matrix"] == \
+        report["confusion_matrix"]
+    # --output naming a file: one clear error, before anything loads, the file untouched
+    taken = tmp_path / "notes.txt"
+    taken.write_text("keep")
+    with pytest.raises(TransferError, match=r"--output .*notes.txt is a file, not a folder"):
+        evaluate(settings.replace(output=taken))
+    assert taken.read_text() == "keep"
+    with pytest.raises((TransferError, OSError)) as caught:  # under a file: named
+        evaluate(settings.replace(output=taken / "reports"))
+    assert names_path(caught.value, taken)
+    with pytest.raises(TransferError, match="--batch-size must be at least 1"):
+        evaluate(settings, batch_size=0)
+    # a read-only output folder: the OSError names it, nothing is written
+    with unwritable_folder(tmp_path / "locked") as locked:
+        with pytest.raises((TransferError, OSError)) as caught:
+            evaluate(settings.replace(output=locked))
+        assert names_path(caught.value, locked)
+        assert list(locked.iterdir()) == []

@@ -13,10 +13,12 @@ import pytest
 from conftest import require_asset, split_images, text_as_jpg, truncated
 from PIL import Image
 from typer.testing import CliRunner
+from unwritable import names_path, unwritable_folder
 
-from transfer import bundle, predict
+from transfer import bundle, inference, predict
 from transfer.cli import app
 from transfer.errors import TransferError
+from transfer.settings import PredictSettings
 
 runner = CliRunner()
 
@@ -147,7 +149,8 @@ def test_tampered_and_missing_bundles_are_clear_errors(trained_bundle, tmp_path,
         result = runner.invoke(app, ["predict", str(photo), "--model", str(folder)])
         assert result.exit_code == 1 and "Traceback" not in result.output
         lines = [line for line in result.output.splitlines() if line.strip()]
-        assert lines[-1].startswith("error:") and len(lines) <= 2, result.output
+        assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+        assert message in lines[0], result.output
 
 
 def test_unsafe_model_file_is_refused(trained_bundle, tmp_path):
@@ -227,7 +230,7 @@ def test_imagenet_mode_other_bases_random_weights(base, real_photos, tmp_path):
     random weights checks sizes, preprocessing and decoding."""
     photo = tmp_path / "cat.jpg"
     photo.write_bytes(real_photos["cats"][1][1])
-    classifier = predict.ImageNetClassifier(base, weights=None)
+    classifier = inference.ImageNetClassifier(base, weights=None)
     assert classifier.model.input_shape[1:] == (classifier.spec.size,) * 2 + (3,)
     result = predict.predict([photo], classifier=classifier, top=4)
     assert len(result.items[0].top) == 4 and result.items[0].error is None
@@ -236,10 +239,81 @@ def test_imagenet_mode_other_bases_random_weights(base, real_photos, tmp_path):
 
 def test_imagenet_errors(tmp_path):
     with pytest.raises(TransferError, match="scratch has no ImageNet classifier"):
-        predict.ImageNetClassifier("scratch")
+        inference.ImageNetClassifier("scratch")
     with pytest.raises(TransferError, match="--alpha"):
-        predict.ImageNetClassifier("mobilenet", alpha=0.3)
+        inference.ImageNetClassifier("mobilenet", alpha=0.3)
     with pytest.raises(TransferError, match="either --model or --imagenet"):
         predict.predict(["x.jpg"], model=tmp_path, imagenet=True)
     with pytest.raises(TransferError, match="at least one image"):
         predict.predict([], imagenet=True)
+
+
+# --------------------------------------------------------------------------- settings, reuse
+
+
+def test_settings_object_and_keywords_are_the_same_call(trained_bundle, small_split):
+    files = [p for p, _ in split_images(small_split / "test", 2)]
+    by_keywords = predict.predict(files, model=trained_bundle.bundle, top=2)
+    by_settings = predict.predict(PredictSettings(paths=files, model=trained_bundle.bundle,
+                                                  top=2))
+    assert by_keywords.as_dict() == by_settings.as_dict()
+    assert all(len(item.top) == 2 for item in by_settings.items)
+
+
+def test_settings_are_checked_before_any_model_loads(tmp_path):
+    nowhere = tmp_path / "no-bundle"  # would fail later, when loaded
+    with pytest.raises(TransferError, match="--format must be one of table, json, csv"):
+        predict.predict(["x.jpg"], model=nowhere, format="xml")
+    with pytest.raises(TransferError, match="--batch-size must be at least 1"):
+        predict.predict(["x.jpg"], model=nowhere, batch_size=0)
+    with pytest.raises(TransferError, match="--top must be at least 1"):
+        predict.predict(["x.jpg"], model=nowhere, top=0)
+    taken = tmp_path / "taken.csv"
+    taken.write_text("keep")
+    with pytest.raises(TransferError, match="already exists; use --force"):
+        predict.predict(["x.jpg"], model=nowhere, output=taken)
+    assert taken.read_text() == "keep"
+
+
+def test_one_loaded_classifier_serves_many_calls(trained_bundle, small_split):
+    """What a web server does: load once, classify files, bytes and arrays, from threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = [p for p, _ in split_images(small_split / "test", 4)]
+    classifier = inference.BundleClassifier(trained_bundle.bundle)
+    reference = predict.predict(files, model=trained_bundle.bundle)
+    expected = np.array([[i.probabilities["cats"], i.probabilities["dogs"]]
+                         for i in reference.items])
+    np.testing.assert_allclose(classifier.classify(files), expected, atol=1e-6)
+    again = predict.predict(files, classifier=classifier)
+    assert [i.label for i in again.items] == [i.label for i in reference.items]
+    assert again.model == str(trained_bundle.bundle) and again.fallback is None
+    from_bytes = classifier.classify([f.read_bytes() for f in files])
+    arrays = np.stack([classifier.prepare(f)[0] for f in files])
+    np.testing.assert_allclose(from_bytes, expected, atol=1e-6)
+    np.testing.assert_allclose(classifier.classify(arrays), expected, atol=1e-6)
+    np.testing.assert_allclose(classifier.classify(arrays, batch_size=3), expected, atol=1e-6)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: classifier.classify([files[i % len(files)]]),
+                                range(16)))
+    for i, probs in enumerate(results):
+        np.testing.assert_allclose(probs[0], expected[i % len(files)], atol=1e-6)
+    with pytest.raises(TransferError, match="not an image"):
+        classifier.classify([b"not an image at all"])
+
+
+def test_write_text_into_a_read_only_folder_names_the_folder(tmp_path):
+    with unwritable_folder(tmp_path / "locked") as locked:
+        with pytest.raises(OSError) as caught:
+            predict.write_text(locked / "predictions.csv", "file,label\n")
+        assert caught.value.filename == str(locked)
+        with pytest.raises((TransferError, OSError)) as caught:
+            predict.predict(["x.jpg"], model=tmp_path / "nowhere",
+                            output=locked / "predictions.csv")
+        assert names_path(caught.value, locked)
+        assert list(locked.iterdir()) == []
+    with pytest.raises(TransferError, match="already exists; use --force"):
+        predict.write_text(tmp_path, "x")
+    out = predict.write_text(tmp_path / "new" / "p.json", "{}\n")
+    assert out.read_text() == "{}\n"
+    assert [p.name for p in out.parent.iterdir()] == ["p.json"]  # no temporary left over

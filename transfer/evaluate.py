@@ -3,9 +3,11 @@
     from transfer.evaluate import evaluate
     result = evaluate(Path("models/latest"))            # the bundle's validation folder
     print(result.report["accuracy"], result.report["per_class"])
+    evaluate(EvaluateSettings(data_dir=Path("data/test"), output=Path("reports/test")))
 
-Images are read in a fixed order (sorted class folders, sorted files) and prepared exactly as
-``transfer predict`` prepares them, so labels and predictions cannot drift apart. Writes
+Images are listed as training lists them (sorted class folders, sorted files) and read through
+``transfer.inference`` exactly as ``transfer predict`` reads them, so labels and predictions
+cannot drift apart. Writes
 ``report.json``, ``confusion.png`` and ``misclassified.png`` into the bundle or ``output``.
 """
 
@@ -22,8 +24,9 @@ import numpy as np
 from transfer import bundle, images, metrics, pipelines, plots
 from transfer.errors import TransferError
 from transfer.files import replacing, write_json
-from transfer.predict import BundleClassifier, classify_files
+from transfer.inference import BundleClassifier, classify_files, writable_folder
 from transfer.progress import Reporter
+from transfer.settings import EvaluateSettings
 
 REPORT = "report.json"
 OUTPUTS = (REPORT, "confusion.png", "misclassified.png")
@@ -87,21 +90,47 @@ def _check_outputs(output: Path, data_dir: Path, force: bool) -> None:
                             "evaluation; use --force to replace them or --output DIR")
 
 
-def evaluate(model: Path = Path("models/latest"), data_dir: Path | None = None,
-             output: Path | None = None, batch_size: int = 32, worst: int = 16,
-             force: bool = False, reporter: Reporter | None = None) -> EvaluateResult:
+def evaluate(settings: EvaluateSettings | Path | None = None, *,
+             reporter: Reporter | None = None, **options) -> EvaluateResult:
+    """Accuracy, loss, per-class precision/recall/F1, ROC AUC (two classes), the confusion
+    matrix and the most confident mistakes of a bundle on a folder of class subfolders.
+
+    Args:
+        settings: an EvaluateSettings; or the bundle folder (``evaluate(Path("models/x"))``);
+            or None for the defaults. Its ``data_dir`` defaults to the bundle's validation
+            folder, its ``output`` to the bundle.
+        reporter: progress and skipped-file warnings (silent by default).
+        **options: EvaluateSettings fields, applied over ``settings``.
+
+    Returns:
+        EvaluateResult: the report (also written as report.json beside confusion.png and
+        misclassified.png in the output folder), that folder, and the files evaluated.
+
+    Raises:
+        TransferError: a bad setting, an output that is a file, a broken bundle, a data folder
+            whose class folders the model does not know, no readable image, or another
+            evaluation's outputs in the output folder (without ``force``).
+        OSError: the output folder cannot be written (its ``filename`` names it).
+    """
+    if settings is None:
+        settings = EvaluateSettings(**options)
+    elif not isinstance(settings, EvaluateSettings):
+        settings = EvaluateSettings(model=Path(settings), **options)
+    elif options:
+        settings = settings.replace(**options)
+    s = settings.validated()
     reporter = reporter or Reporter()
-    model = Path(model)
+    model = Path(s.model)
     classifier = BundleClassifier(model)
     meta, names = classifier.meta, classifier.class_names
-    data_dir = Path(data_dir) if data_dir is not None else _default_data_dir(meta, model)
-    output = Path(output) if output is not None else model
-    output.mkdir(parents=True, exist_ok=True)
-    _check_outputs(output, data_dir, force)
+    data_dir = Path(s.data_dir) if s.data_dir is not None else _default_data_dir(meta, model)
+    output = Path(s.output) if s.output is not None else model
+    _check_outputs(output, data_dir, s.force)
     files = labelled_files(data_dir, names)
+    writable_folder(output)
 
     started = time.perf_counter()
-    classified = classify_files(classifier, [path for path, _ in files], batch_size, reporter,
+    classified = classify_files(classifier, [path for path, _ in files], s.batch_size, reporter,
                                 f"Evaluating on {data_dir}")
     kept, labels, probs, skipped, thumbs = [], [], [], [], {}
     for (path, label), c in zip(files, classified, strict=True):
@@ -142,7 +171,7 @@ def evaluate(model: Path = Path("models/latest"), data_dir: Path | None = None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     wrong = np.flatnonzero(predicted != y)
-    wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:worst]
+    wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:s.worst]
     for i in wrong:
         image = images.to_rgb(images.open_image(kept[i]))
         image.thumbnail((160, 160))

@@ -2,7 +2,8 @@
 
     from transfer.explain import explain
     result = explain(Path("dog.jpg"), model=Path("models/latest"))
-    result.heatmap  # (H, W) in [0, 1] over the model's input; result.png is the picture
+    result.heatmap  # (h, w) in [0, 1] at the conv layer's resolution; result.png the picture
+    explain(ExplainSettings(image=Path("dog.jpg"), class_name="cats"), write=False)
 
 The heatmap is the ReLU of the last convolutional feature maps weighted by the mean gradient
 of the class score (the logit, before sigmoid/softmax) with respect to each map. The layer
@@ -17,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer import bases, bundle, images, plots
+from transfer import bases, images, plots
+from transfer.constants import GRADCAM_SUFFIX
 from transfer.errors import TransferError
-from transfer.files import replacing
-from transfer.pipelines import GRADCAM_SUFFIX
+from transfer.files import refuse_existing, replacing
+from transfer.inference import BundleClassifier, writable_folder
+from transfer.settings import ExplainSettings
 
 
 @dataclass
@@ -118,26 +121,48 @@ def default_png(image: Path) -> Path:
     return Path(image).with_name(Path(image).stem + GRADCAM_SUFFIX)
 
 
-def explain(image: Path, model: Path = Path("models/latest"), output: Path | None = None,
-            class_name: str | None = None, invert: str | None = None,
-            force: bool = False, write: bool = True) -> Explanation:
-    """Grad-CAM of ``image`` under a bundle's model, saved as a PNG (original | overlay)."""
-    image = Path(image)
-    keras_model, meta = bundle.load(Path(model))
-    names = list(meta["class_names"])
+def explain(settings: ExplainSettings | Path, *, write: bool = True, **options) -> Explanation:
+    """Grad-CAM of one image under a bundle's model, saved as a PNG (image | overlay).
+
+    Args:
+        settings: an ExplainSettings; or the image (``explain(Path("dog.jpg"), model=...)``).
+            ``class_name`` explains that class instead of the predicted one; ``output``
+            defaults to ``<image>.gradcam.png`` beside the image.
+        write: False computes the heatmap without writing the PNG.
+        **options: ExplainSettings fields, applied over ``settings``.
+
+    Returns:
+        Explanation: the heatmap at the conv layer's resolution (0..1), the class explained,
+        every class's probability, the layer, and the PNG written (None without ``write``).
+
+    Raises:
+        TransferError: a bad setting, an unknown class, an existing PNG (without ``force``),
+            a file that is not a usable image, a broken bundle or a model Grad-CAM cannot trace.
+        OSError: the PNG's folder cannot be written (its ``filename`` names it).
+    """
+    if not isinstance(settings, ExplainSettings):
+        settings = ExplainSettings(image=settings, **options)
+    elif options:
+        settings = settings.replace(**options)
+    s = settings.validated()
+    image = s.image
+    classifier = BundleClassifier(s.model, s.invert)
+    keras_model, meta, names = classifier.model, classifier.meta, classifier.class_names
     class_index = None
-    if class_name is not None:
-        if class_name not in names:
-            raise TransferError(f"unknown class {class_name!r}; the model's classes are "
+    if s.class_name is not None:
+        if s.class_name not in names:
+            raise TransferError(f"unknown class {s.class_name!r}; the model's classes are "
                                 f"{', '.join(names)}")
-        class_index = names.index(class_name)
-    png = Path(output) if output is not None else default_png(image)
-    if write and png.exists() and not force:
-        raise TransferError(f"{png} already exists; use --force to replace it")
+        class_index = names.index(s.class_name)
+    png = Path(s.output) if s.output is not None else default_png(image)
+    if write:
+        refuse_existing(png, s.force)
     try:
-        array, notes = images.model_input(image, meta, invert)
+        array, notes = classifier.prepare(image)
     except images.ImageError as exc:
         raise TransferError(f"{image}: {exc}") from None
+    if write:
+        writable_folder(png.parent)  # before the gradients: fail fast, naming the folder
     heatmap, probs, index, layer = gradcam(keras_model, meta, array, class_index)
     result = Explanation(image=image, png=None, heatmap=heatmap, label=names[index],
                          probability=float(probs[index]), class_index=index, layer=layer,
@@ -150,7 +175,6 @@ def explain(image: Path, model: Path = Path("models/latest"), output: Path | Non
         predicted = names[int(np.argmax(probs))]
         title = (f"{image.name}: predicted {predicted} {probs.max():.2f}; Grad-CAM of "
                  f"{names[index]} at {layer}")
-        png.parent.mkdir(parents=True, exist_ok=True)
         with replacing(png) as tmp:
             plots.gradcam(shown, heatmap, tmp, title=title)
         result.png = png

@@ -1,8 +1,9 @@
 """`transfer export`: a bundle's model as .keras, TensorFlow SavedModel or TFLite, checked.
 
     from transfer.export import export
-    result = export(Path("models/latest"), "tflite", Path("cats.tflite"))
+    result = export(Path("models/latest"), format="tflite", output=Path("cats.tflite"))
     result.max_abs_diff, result.passed
+    export(ExportSettings(format="savedmodel"))        # the same, as the CLI calls it
 
 The exported model is written to a temporary path, run on a few real images (the bundle's
 validation images, or ``check_images``) and compared with the Keras model; only when the largest
@@ -23,11 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer import bundle, images, pipelines
+from transfer import bundle, pipelines
 from transfer.errors import TransferError
+from transfer.files import refuse_existing
+from transfer.inference import BundleClassifier, folder_images, writable_folder
 from transfer.progress import Reporter
+from transfer.settings import ExportSettings
 
-FORMATS = ("keras", "savedmodel", "tflite")
 TOLERANCE = {"keras": 1e-6, "savedmodel": 1e-5, "tflite": 1e-3}
 DEFAULT_NAMES = {"keras": "model.keras", "savedmodel": "saved_model", "tflite": "model.tflite"}
 
@@ -47,9 +50,11 @@ class ExportResult:
         return self.max_abs_diff <= self.tolerance
 
 
-def check_inputs(meta: dict, paths: list[Path] | None, n: int = 8) -> tuple[np.ndarray, str]:
+def check_inputs(classifier: BundleClassifier, paths: list[Path] | None, n: int = 8
+                 ) -> tuple[np.ndarray, str]:
     """(a batch of real prepared images, where they came from) for the round-trip check:
     the given files (up to ``n`` from each given folder), else ``n`` validation images."""
+    meta = classifier.meta
     source = "given images"
     if not paths:
         validate = bundle.validate_dir(meta)
@@ -59,14 +64,17 @@ def check_inputs(meta: dict, paths: list[Path] | None, n: int = 8) -> tuple[np.n
         per_class = [pipelines.image_files(validate / name) for name in meta["class_names"]]
         paths = [files[i] for i in range(n) for files in per_class if i < len(files)][:n]
         source = str(validate)
-    arrays = []
+    files = []
     for path in paths:
-        if Path(path).is_dir():
-            arrays += [images.model_input(p, meta)[0] for p in pipelines.image_files(path)[:n]]
-        else:
-            arrays.append(images.model_input(Path(path), meta)[0])
-    if not arrays:
+        files += folder_images(path)[:n] if Path(path).is_dir() else [Path(path)]
+    if not files:
         raise TransferError("no images to check the export with")
+    arrays = []
+    for path in files:
+        try:
+            arrays.append(classifier.prepare(path)[0])
+        except TransferError as exc:
+            raise TransferError(f"check image {path}: {exc}") from None
     return np.stack(arrays).astype("float32"), source
 
 
@@ -112,32 +120,53 @@ def _run_keras(path: Path, x: np.ndarray) -> np.ndarray:
     return np.asarray(bundle.load_keras(path).predict_on_batch(x))
 
 
-def export(model: Path, fmt: str, output: Path | None = None, force: bool = False,
-           check_images: list[Path] | None = None, reporter: Reporter | None = None
-           ) -> ExportResult:
+def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
+           **options) -> ExportResult:
+    """Export a bundle's model as .keras, a TensorFlow SavedModel or TFLite, checked first.
+
+    The export is staged beside its target, run on real images and compared with the Keras
+    model; only within ``TOLERANCE[format]`` is it moved into place, with the bundle's meta.
+
+    Args:
+        settings: an ExportSettings; or the bundle folder, with ``format=``, ``output=``,
+            ``check_images=``, ``force=`` as keywords.
+        reporter: told what is being exported (silent by default).
+        **options: ExportSettings fields, applied over ``settings``.
+
+    Returns:
+        ExportResult: where the export and its meta went, the largest absolute difference
+        from the Keras model, the tolerance and the images checked.
+
+    Raises:
+        TransferError: a bad setting, a broken bundle, an existing output (without
+            ``force``), a folder that is not a SavedModel, no check images, or outputs that
+            differ beyond the tolerance (then nothing is written).
+        OSError: the output's folder cannot be made or written (its ``filename`` names it).
+    """
+    if not isinstance(settings, ExportSettings):
+        settings = ExportSettings(model=Path(settings), **options)
+    elif options:
+        settings = settings.replace(**options)
+    s = settings.validated()
     reporter = reporter or Reporter()
-    if fmt not in FORMATS:
-        raise TransferError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
-    model = Path(model)
-    keras_model, meta = bundle.load(model)
-    output = Path(output) if output is not None else model / "export" / DEFAULT_NAMES[fmt]
-    if fmt == "keras" and output.suffix != ".keras":
-        raise TransferError("a Keras export must end in .keras")
+    fmt, model = s.format, Path(s.model)
+    classifier = BundleClassifier(model)
+    keras_model, meta = classifier.model, classifier.meta
+    output = Path(s.output) if s.output is not None else model / "export" / DEFAULT_NAMES[fmt]
     meta_path = (output / "assets.extra" / bundle.META if fmt == "savedmodel"
                  else output.with_name(output.name + ".meta.json"))
     sidecar = [] if fmt == "savedmodel" else [meta_path]  # a SavedModel holds its own meta
     for path in [output, *sidecar]:
-        if path.exists() and not force:
-            raise TransferError(f"{path} already exists; use --force to replace it")
+        refuse_existing(path, s.force)
     if output.exists() and output.is_dir() != (fmt == "savedmodel"):
         raise TransferError(f"{output} exists and is a {'folder' if output.is_dir() else 'file'}"
                             "; choose another --output")
     if output.is_dir() and not (output / "saved_model.pb").exists():
         raise TransferError(f"{output} is a folder but not a SavedModel; refusing to replace it")
-    x, source = check_inputs(meta, check_images)
-    expected = np.asarray(keras_model.predict_on_batch(x))
+    x, source = check_inputs(classifier, s.check_images)
+    expected = classifier.outputs(x)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(output.parent)
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
         staged = work / output.name

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from transfer.errors import TransferError
+from transfer.settings import INVERT
 
 MIN_SIDE = 8  # pixels; smaller images carry nothing a classifier can use
-INVERT_CHOICES = ("auto", "yes", "no")
 MNIST_BOX = 20  # MNIST digits fill a 20x20 box centred by mass in 28x28
 
 
@@ -36,19 +36,27 @@ class ImageError(TransferError):
     """This file cannot be used as an image (the message says why)."""
 
 
-def open_image(path: Path):
-    """The decoded, upright Pillow image at ``path``, or ImageError."""
+def open_image(source):
+    """The decoded, upright Pillow image in ``source`` (a path, the file's bytes, or a binary
+    file object such as an upload), or ImageError."""
+    import io
+
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    path = Path(path)
-    if not path.exists():
-        raise ImageError("no such file")
-    if path.is_dir():
-        raise ImageError("is a folder")
-    if path.stat().st_size == 0:
-        raise ImageError("empty file (0 bytes)")
+    if isinstance(source, bytes | bytearray | memoryview):
+        if len(source) == 0:
+            raise ImageError("empty file (0 bytes)")
+        source = io.BytesIO(bytes(source))
+    elif not hasattr(source, "read"):
+        source = Path(source)
+        if not source.exists():
+            raise ImageError("no such file")
+        if source.is_dir():
+            raise ImageError("is a folder")
+        if source.stat().st_size == 0:
+            raise ImageError("empty file (0 bytes)")
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.load()
             image = ImageOps.exif_transpose(image) or image
     except UnidentifiedImageError:
@@ -112,8 +120,8 @@ def digit_array(image, invert: str = "auto", fit: bool = True) -> tuple[np.ndarr
     """((28, 28, 1) float32 grayscale 0-255, light digit on dark; whether it was inverted)."""
     from PIL import Image
 
-    if invert not in INVERT_CHOICES:
-        raise TransferError(f"--invert must be one of {', '.join(INVERT_CHOICES)}, not {invert!r}")
+    if invert not in INVERT:
+        raise TransferError(f"--invert must be one of {', '.join(INVERT)}, not {invert!r}")
     gray = np.asarray(to_rgb(image).convert("L"), dtype="float32")
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     inverted = invert == "yes" or (invert == "auto" and float(np.median(border)) > 127.5)
@@ -156,9 +164,10 @@ def resize_method(meta: dict) -> str:
     return "tf" if meta.get("pipeline") == "tfdata" else "pil"
 
 
-def model_input(path: Path, meta: dict, invert: str | None = None) -> tuple[np.ndarray, dict]:
-    """(the array the bundle's model takes for the image at ``path``, notes about it)."""
-    image = open_image(path)
+def model_input(source, meta: dict, invert: str | None = None) -> tuple[np.ndarray, dict]:
+    """(the array the bundle's model takes for the image in ``source``, notes about it);
+    ``source`` is what ``open_image`` takes: a path, bytes or a binary file object."""
+    image = open_image(source)
     notes = {"width": image.size[0], "height": image.size[1], "mode": image.mode}
     if meta.get("channels", 3) == 1:
         prep = meta.get("preprocessing", {})

@@ -38,17 +38,29 @@ def macro_average(rows: dict[str, dict]) -> dict[str, float | None]:
     return result
 
 
+def average_ranks(values) -> np.ndarray:
+    """1-based ranks of ``values``, tied values sharing the mean of their ranks (what
+    ``scipy.stats.rankdata`` calls the "average" method)."""
+    values = np.asarray(values, float).ravel()
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(values) else \
+        np.zeros(0, int)
+    ends = np.r_[starts[1:], len(values)]  # one past each group of equal values
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat((starts + 1 + ends) / 2.0, ends - starts)
+    return ranks
+
+
 def roc_auc(y_true, scores) -> float | None:
     """Area under the ROC curve for binary labels (ties count half); None with one class."""
-    from scipy.stats import rankdata
-
     y_true = np.asarray(y_true, int)
     scores = np.asarray(scores, float)
     positives = int(y_true.sum())
     negatives = len(y_true) - positives
     if positives == 0 or negatives == 0:
         return None
-    ranks = rankdata(scores)  # average ranks for ties: the Mann-Whitney U statistic
+    ranks = average_ranks(scores)  # the Mann-Whitney U statistic
     return float((ranks[y_true == 1].sum() - positives * (positives + 1) / 2)
                  / (positives * negatives))
 

@@ -5,34 +5,29 @@
     for item in result.items:
         print(item.file, item.label, item.probability, item.error)
 
-A bundle's ``meta.json`` says everything about its input (size, channels, how training resized)
-and its outputs (class names in index order); nothing is re-guessed here. ImageNet mode uses a
-registered base's own ImageNet classifier (``include_top=True``) and Keras's class index.
-Files that cannot be read become error rows; the others are still classified, in batches.
+    from transfer.settings import PredictSettings          # the same, as the CLI calls it
+    result = predict(PredictSettings(paths=["photos/"], top=2))
+
+Loading the model, reading the images and running them is ``transfer.inference``'s; this module
+turns the probabilities into rows (top-k labels, every class's probability, error rows for
+files that cannot be read) and renders them as JSON or CSV.
 """
 
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from transfer import bases, bundle, images
 from transfer.errors import TransferError
-from transfer.files import replacing
-from transfer.metrics import class_probabilities
-from transfer.pipelines import GRADCAM_SUFFIX, IMAGE_SUFFIXES
+from transfer.files import refuse_existing, replacing
+from transfer.inference import classify_files, gather, open_classifier, writable_folder
 from transfer.progress import Reporter
-
-FORMATS = ("table", "json", "csv")
-IMAGE_SUFFIXES_PREDICT = (*IMAGE_SUFFIXES, ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+from transfer.settings import PREDICT_FORMATS, PredictSettings
 
 
 @dataclass
@@ -93,206 +88,52 @@ class Predictions:
             return self.to_json()
         if fmt == "csv":
             return self.to_csv()
-        raise TransferError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
+        raise TransferError(f"--format {fmt!r} is not rendered here; choose "
+                            f"{', '.join(f for f in PREDICT_FORMATS if f != 'table')} "
+                            "(the CLI draws the table)")
 
 
 def _num(value) -> str:
     return "" if value is None else f"{value:.6f}"
 
 
-# --------------------------------------------------------------------------- inputs
+def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter | None = None,
+            classifier=None, **options) -> Predictions:
+    """Classify every image that ``settings.paths`` names (files, folders, globs).
 
+    Args:
+        settings: a PredictSettings, or the paths themselves with the other settings as
+            keywords (``predict(["photos/"], model=..., top=2)``).
+        reporter: progress and the ImageNet-fallback warning (silent by default).
+        classifier: an already loaded classifier (``transfer.inference``) to reuse; then the
+            settings' model, imagenet, base, alpha and invert are not used.
+        **options: PredictSettings fields, applied over ``settings``.
 
-def gather(paths: list[str | Path]) -> list[tuple[str, Path | None, str | None]]:
-    """(name to show, file, error) for every image PATH names: files, folders, globs."""
-    rows: list[tuple[str, Path | None, str | None]] = []
-    for raw in paths:
-        text = str(raw)
-        path = Path(text)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file()
-                           and p.suffix.lower() in IMAGE_SUFFIXES_PREDICT
-                           and not p.name.endswith(GRADCAM_SUFFIX)
-                           and not any(part.startswith(".") for part in
-                                       p.relative_to(path).parts))
-            if not found:
-                rows.append((text, None, "folder has no images"))
-            rows.extend((str(p), p, None) for p in found)
-        elif path.exists() or not glob.has_magic(text):
-            rows.append((text, path, None))  # a missing file fails when it is opened
-        else:
-            matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
-            files = [m for m in matches if m.is_file()]
-            if not files:
-                rows.append((text, None, "no file matches this pattern"))
-            rows.extend((str(m), m, None) for m in files)
-    return rows
+    Returns:
+        Predictions: one row per image in order; a file that cannot be read (missing, not an
+        image, empty, truncated, too small), an empty folder or a glob matching nothing gets a
+        row with its ``error``, and the others are still classified.
 
-
-# --------------------------------------------------------------------------- classifiers
-
-
-class BundleClassifier:
-    """A trained bundle: its model, its class names, its input recipe."""
-
-    mode = "bundle"
-
-    def __init__(self, bundle_dir: Path, invert: str | None = None):
-        self.model, self.meta = bundle.load(bundle_dir)
-        bundle_dir = Path(bundle_dir)
-        self.name = (f"{bundle_dir} -> {bundle_dir.resolve().name}" if bundle_dir.is_symlink()
-                     else str(bundle_dir))
-        self.base = self.meta.get("base", "")
-        self.class_names = list(self.meta["class_names"])
-        if invert is not None and invert not in images.INVERT_CHOICES:
-            raise TransferError(f"--invert must be one of {', '.join(images.INVERT_CHOICES)}, "
-                                f"not {invert!r}")
-        if invert is not None and self.meta.get("channels", 3) != 1:
-            raise TransferError("--invert applies to digit models (transfer mnist) only")
-        self.invert = invert
-
-    def prepare(self, path: Path):
-        return images.model_input(path, self.meta, self.invert)
-
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        return class_probabilities(self.model.predict_on_batch(batch))
-
-    def ranked(self, probs: np.ndarray, k: int) -> list[list[dict]]:
-        order = np.argsort(-probs, axis=1)[:, :k]
-        return [[{"label": self.class_names[j], "probability": float(p[j])} for j in row]
-                for p, row in zip(probs, order, strict=True)]
-
-
-class ImageNetClassifier:
-    """A registered base's pretrained ImageNet classifier (1000 classes)."""
-
-    mode = "imagenet"
-    class_names = None
-
-    def __init__(self, base: str = "inception", alpha: float = 1.0,
-                 weights: str | None = "imagenet"):
-        self.spec = bases.get(base)
-        if not self.spec.pretrained:
-            raise TransferError(f"{base} has no ImageNet classifier; choose one of "
-                                f"{', '.join(b for b in bases.BASES if bases.BASES[b].pretrained)}")
-        self.alpha = bases.check_alpha(self.spec, alpha)
-        self.model = bases.build(self.spec, alpha=self.alpha, weights=weights, include_top=True,
-                                 offline_hint="or choose another --base (`transfer bases` "
-                                 "lists them)")
-        self.base = base
-        width = f" alpha {self.alpha}" if self.spec.has_alpha else ""
-        self.name = f"{self.spec.keras_class}{width} (ImageNet)"
-        self._preprocess = bases.preprocess_numpy(self.spec.preprocess)
-
-    def prepare(self, path: Path):
-        image = images.open_image(path)
-        notes = {"width": image.size[0], "height": image.size[1], "mode": image.mode}
-        return images.rgb_array(image, self.spec.size), notes
-
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict_on_batch(self._preprocess(batch)), dtype="float64")
-
-    def ranked(self, probs: np.ndarray, k: int) -> list[list[dict]]:
-        return imagenet_labels(probs, k)
-
-
-def imagenet_labels(probs: np.ndarray, k: int) -> list[list[dict]]:
-    """Top-k ImageNet labels per row, with Keras's class index (downloaded once, cached)."""
-    from transfer.tf import keras
-
-    try:
-        decoded = keras.applications.imagenet_utils.decode_predictions(
-            np.asarray(probs, dtype="float32"), top=k)
-    except Exception as exc:
-        raise TransferError(
-            f"cannot read Keras's ImageNet class index ({exc}); put imagenet_class_index.json "
-            f"into {bases.keras_cache_dir()} (KERAS_HOME)") from exc
-    return [[{"label": label, "probability": float(p), "synset": synset}
-             for synset, label, p in row] for row in decoded]
-
-
-def open_classifier(model: Path | None = None, imagenet: bool = False, base: str = "inception",
-                    alpha: float = 1.0, invert: str | None = None,
-                    models_dir: Path = Path("models"), reporter: Reporter | None = None):
-    """(classifier, fallback reason): the bundle asked for, else ImageNet mode when no bundle
-    exists and none was named."""
+    Raises:
+        TransferError: a bad setting (before anything loads), or a model that cannot be opened.
+    """
+    if not isinstance(settings, PredictSettings):
+        paths = [settings] if isinstance(settings, str | Path) else list(settings)
+        settings = PredictSettings(paths=paths, **options)
+    elif options:
+        settings = settings.replace(**options)
+    s = settings.validated()
     reporter = reporter or Reporter()
-    if imagenet:
-        if model is not None:
-            raise TransferError("give either --model or --imagenet, not both")
-        return ImageNetClassifier(base, alpha), None
-    if model is None:
-        latest = Path(models_dir) / "latest"
-        if not latest.exists():
-            reason = (f"no trained model at {latest}; classifying with the ImageNet classifier "
-                      f"of {base} (train one with `transfer train`, or pass --model DIR)")
-            reporter.warn(reason)
-            return ImageNetClassifier(base, alpha), reason
-        model = latest
-    return BundleClassifier(Path(model), invert), None
-
-
-# --------------------------------------------------------------------------- predict
-
-
-@dataclass
-class Classified:
-    probabilities: np.ndarray | None  # (classes,) for a usable image
-    notes: dict | None  # what the image was (width, height, mode, ...)
-    error: str | None  # why the file could not be used
-
-
-def classify_files(classifier, files: list[Path], batch_size: int = 32,
-                   reporter: Reporter | None = None, description: str = "Classifying"
-                   ) -> list[Classified]:
-    """One result per file, in order: images decoded in threads, classified in batches."""
-    reporter = reporter or Reporter()
-
-    def load(path):
-        try:
-            return classifier.prepare(path), None
-        except images.ImageError as exc:
-            return None, str(exc)
-
-    results: list[Classified] = []
-    with reporter.task(description, total=len(files)) as advance, \
-            ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        for start in range(0, len(files), batch_size):
-            loaded = list(pool.map(load, files[start:start + batch_size]))
-            arrays = [prepared[0] for prepared, error in loaded if error is None]
-            probs = iter(classifier.probabilities(np.stack(arrays)) if arrays else ())
-            results += [Classified(None, None, error) if error is not None
-                        else Classified(next(probs), prepared[1], None)
-                        for prepared, error in loaded]
-            advance(len(loaded))
-    return results
-
-
-
-
-def predict(paths: list[str | Path], model: Path | None = None, imagenet: bool = False,
-            base: str = "inception", alpha: float = 1.0, top: int | None = None,
-            batch_size: int = 32, invert: str | None = None, models_dir: Path = Path("models"),
-            reporter: Reporter | None = None, classifier=None) -> Predictions:
-    """Classify every image in ``paths`` (files, folders, globs); bad files get error rows."""
-    reporter = reporter or Reporter()
-    if not paths:
-        raise TransferError("give at least one image, folder or glob")
-    if batch_size < 1:
-        raise TransferError("--batch-size must be at least 1")
     fallback = None
     if classifier is None:
-        classifier, fallback = open_classifier(model, imagenet, base, alpha, invert, models_dir,
-                                               reporter)
+        classifier, fallback = open_classifier(s, reporter=reporter)
     n_classes = len(classifier.class_names) if classifier.class_names else 1000
-    k = top if top is not None else (3 if classifier.mode == "imagenet" else 1)
-    if k < 1:
-        raise TransferError("--top must be at least 1")
+    k = s.top if s.top is not None else (3 if classifier.mode == "imagenet" else 1)
     k = min(k, n_classes)
-    rows = gather(paths)
+    rows = gather(s.paths)
     items = [Prediction(file=name, error=error) for name, _, error in rows]
     todo = [i for i, (_, _, error) in enumerate(rows) if error is None]
-    classified = classify_files(classifier, [rows[i][1] for i in todo], batch_size, reporter)
+    classified = classify_files(classifier, [rows[i][1] for i in todo], s.batch_size, reporter)
     done = [(i, c) for i, c in zip(todo, classified, strict=True) if c.error is None]
     for i, c in zip(todo, classified, strict=True):
         items[i].error, items[i].image = c.error, c.notes
@@ -311,13 +152,17 @@ def predict(paths: list[str | Path], model: Path | None = None, imagenet: bool =
 
 
 def write_text(path: Path, text: str, force: bool = False) -> Path:
-    """Write ``text`` to ``path`` via a temporary file; refuse to replace without force."""
+    """Write ``text`` to ``path`` via a temporary file beside it.
+
+    Raises:
+        TransferError: ``path`` exists (without ``force``) or is a folder.
+        OSError: the folder cannot be written; its ``filename`` is that folder.
+    """
     path = Path(path)
-    if path.exists() and not force:
-        raise TransferError(f"{path} already exists; use --force to replace it")
+    refuse_existing(path, force)
     if path.is_dir():
         raise TransferError(f"{path} is a folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(path.parent)
     with replacing(path) as tmp:
         tmp.write_text(text)
     return path

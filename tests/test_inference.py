@@ -1,0 +1,71 @@
+"""transfer.inference without a model: which files a folder or a glob yields, and output
+folders checked before any slow work. (Classifiers on real bundles: test_predict.py.)"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from unwritable import unwritable_folder
+
+from transfer import inference
+from transfer.constants import IMAGE_SUFFIXES
+
+
+def test_a_folder_yields_every_image_suffix_and_nothing_else(tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    (folder / ".hidden").mkdir()
+    images = [folder / f"a{suffix}" for suffix in IMAGE_SUFFIXES]
+    images += [folder / "sub" / "b.JPG"]  # suffixes in any case, subfolders recursed
+    others = [folder / "notes.txt", folder / ".DS_Store", folder / "Thumbs.db",
+              folder / "._a.jpg", folder / ".c.png", folder / "dog.gradcam.png",
+              folder / ".hidden" / "d.jpg", folder / "model.keras"]
+    for path in images + others:
+        path.write_bytes(b"x")
+    assert len(IMAGE_SUFFIXES) == 10
+    assert inference.folder_images(folder) == sorted(images)
+    rows = inference.gather([folder])
+    assert [file for _, file, _ in rows] == sorted(images)
+    assert all(error is None for _, _, error in rows)
+
+
+def test_files_globs_and_their_errors(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "b.png").write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    rows = inference.gather([tmp_path / "a.jpg", str(tmp_path / "*.png"), tmp_path / "empty",
+                             str(tmp_path / "none-*.jpg"), tmp_path / "missing.jpg"])
+    assert rows == [
+        (str(tmp_path / "a.jpg"), tmp_path / "a.jpg", None),
+        (str(tmp_path / "b.png"), tmp_path / "b.png", None),
+        (str(tmp_path / "empty"), None, "folder has no images"),
+        (str(tmp_path / "none-*.jpg"), None, "no file matches this pattern"),
+        (str(tmp_path / "missing.jpg"), tmp_path / "missing.jpg", None),  # fails when opened
+    ]
+
+
+def test_writable_folder_makes_it_or_names_it(tmp_path):
+    made = inference.writable_folder(tmp_path / "a" / "b")
+    assert made.is_dir() and list(made.iterdir()) == []
+    with unwritable_folder(tmp_path / "locked") as locked:
+        with pytest.raises(OSError) as caught:
+            inference.writable_folder(locked)
+        assert caught.value.filename == str(locked)
+        with pytest.raises(OSError) as caught:
+            inference.writable_folder(locked / "new" / "deeper")
+        assert caught.value.filename.startswith(str(locked / "new"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError) as caught:
+        inference.writable_folder(tmp_path / "file" / "sub")
+    assert str(tmp_path / "file") in caught.value.filename
+
+
+def test_importing_inference_loads_no_tensorflow():
+    import subprocess
+
+    code = ("import sys, transfer.inference, transfer.predict, transfer.evaluate, "
+            "transfer.explain, transfer.export; print('tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "False"

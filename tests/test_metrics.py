@@ -1,0 +1,77 @@
+"""The metrics evaluate reports, checked against their definitions (NumPy only)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from transfer import metrics
+
+
+def _pairwise_auc(y, scores) -> float:
+    """The definition: P(score of a positive > score of a negative), ties counting half."""
+    pairs = itertools.product(np.flatnonzero(y == 1), np.flatnonzero(y == 0))
+    return float(np.mean([1.0 if scores[p] > scores[n] else 0.5 if scores[p] == scores[n]
+                          else 0.0 for p, n in pairs]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_roc_auc_matches_the_pairwise_definition_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 80))
+    y = rng.integers(0, 2, n)
+    y[:2] = [0, 1]  # both classes present
+    decimals = int(rng.integers(0, 3))  # 0: few distinct values, many ties
+    scores = np.round(rng.random(n) * 0.6 + 0.3 * y, decimals)
+    assert len(np.unique(scores)) < n  # ties on purpose
+    assert metrics.roc_auc(y, scores) == pytest.approx(_pairwise_auc(y, scores), abs=1e-12)
+
+
+def test_roc_auc_edges():
+    assert metrics.roc_auc([1, 1], [0.2, 0.3]) is None
+    assert metrics.roc_auc([0, 0, 0], [0.2, 0.3, 0.1]) is None
+    assert metrics.roc_auc([0, 1, 0, 1], [0.5] * 4) == 0.5  # all tied: chance
+    assert metrics.roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert metrics.roc_auc([1, 1, 0, 0], [0.1, 0.2, 0.8, 0.9]) == 0.0
+
+
+def test_average_ranks_by_brute_force():
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 2, 7, 50):
+        values = rng.integers(0, 5, n).astype(float)
+        # rank = 1 + how many are smaller + half of the others equal to it
+        expected = [1 + np.sum(values < v) + (np.sum(values == v) - 1) / 2 for v in values]
+        np.testing.assert_array_equal(metrics.average_ranks(values), expected)
+    np.testing.assert_array_equal(metrics.average_ranks([3.0, 1.0, 2.0]), [3, 1, 2])
+
+
+def test_per_class_and_loss_by_hand():
+    matrix = np.array([[5, 1, 0], [2, 3, 0], [0, 0, 0]])
+    rows = metrics.per_class(matrix, ["a", "b", "c"])
+    assert rows["a"] == {"precision": 5 / 7, "recall": 5 / 6,
+                         "f1": pytest.approx(2 * (5 / 7) * (5 / 6) / (5 / 7 + 5 / 6)),
+                         "support": 6}
+    assert rows["c"] == {"precision": None, "recall": None, "f1": None, "support": 0}
+    assert metrics.macro_average(rows) == {
+        "precision": pytest.approx((5 / 7 + 3 / 4) / 2),
+        "recall": pytest.approx((5 / 6 + 3 / 5) / 2),
+        "f1": pytest.approx((rows["a"]["f1"] + rows["b"]["f1"]) / 2)}
+    assert metrics.confusion_matrix([0, 0, 1, 2], [0, 1, 1, 0], 3).tolist() == [
+        [1, 1, 0], [0, 1, 0], [1, 0, 0]]
+    assert metrics.log_loss([0, 1], [[0.5, 0.5], [0.25, 0.75]]) == pytest.approx(
+        -(np.log(0.5) + np.log(0.75)) / 2)
+    np.testing.assert_allclose(metrics.class_probabilities([[0.2], [0.9]]),
+                               [[0.8, 0.2], [0.1, 0.9]])
+
+
+def test_metrics_need_no_scipy():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['scipy'] = None; from transfer import metrics; "
+            "print(metrics.roc_auc([0, 1, 1], [0.1, 0.4, 0.4]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert float(done.stdout) == 1.0
