@@ -167,10 +167,7 @@ class ZipImages(ImageSource):
             with self.zip.open(info) as member:
                 # zipfile stops at the declared size; read one byte more to notice a liar.
                 data = member.read(MAX_IMAGE_BYTES + 1)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
-                RuntimeError) as exc:
-            raise SkipMember(f"unreadable in the archive ({_readable(exc)})") from exc
-        except Exception as exc:  # zlib.error and friends: a damaged member
+        except Exception as exc:  # BadZipFile (bad CRC), zlib.error, EOFError: a damaged member
             raise SkipMember(f"unreadable in the archive ({_readable(exc)})") from exc
         if len(data) > MAX_IMAGE_BYTES:
             raise SkipMember(size_problem(len(data)) or "too large for a photo")
