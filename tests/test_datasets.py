@@ -173,6 +173,7 @@ def test_too_few_images_says_how_many(real_photos, tmp_path):
     with pytest.raises(TransferError) as info:
         fetch_data(FetchOptions(archive=archive, data_dir=tmp_path / "data"))
     text = str(info.value)
+    assert "\n" not in text  # one line
     assert "cats: 12 usable" in text and "dogs: 12 usable" in text
     assert "1400 per class" in text and "1000 train + 400 validate" in text
     assert not (tmp_path / "data").exists()  # the folder this run made is removed
@@ -420,6 +421,7 @@ def test_kaggle_without_credentials(tmp_path):
         fetch_data(FetchOptions(source="kaggle", data_dir=tmp_path / "data"),
                    kaggle_api_factory=lambda: FakeKaggleApi(authenticated=False))
     text = str(info.value)
+    assert "\n" not in text and "kaggle's own help text" not in text
     for hint in ("~/.kaggle/kaggle.json", "KAGGLE_USERNAME", "KAGGLE_API_TOKEN",
                  "--source microsoft", "--archive"):
         assert hint in text
