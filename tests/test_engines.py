@@ -1,0 +1,132 @@
+"""Engines of the frozen feature pass: TFLite (XNNPACK) must compute TensorFlow's function."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+
+from transfer import engines
+from transfer.errors import TransferError
+from transfer.progress import Reporter
+
+
+class Recorder(Reporter):
+    def __init__(self):
+        self.warnings, self.infos = [], []
+
+    def warn(self, message):
+        self.warnings.append(message)
+
+    def info(self, message):
+        self.infos.append(message)
+
+
+@pytest.fixture(scope="module")
+def mobilenet_features(mobilenet_weights):
+    """Genuine MobileNet-0.25: raw pixels 0-255 -> pooled features (256)."""
+    from transfer.tf import keras
+
+    base = keras.applications.MobileNet(alpha=0.25, include_top=False, weights="imagenet",
+                                        input_shape=(224, 224, 3))
+    raw = keras.Input((224, 224, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(raw)
+    return keras.Model(raw, keras.layers.GlobalAveragePooling2D()(base(x, training=False)))
+
+
+@pytest.fixture(scope="module")
+def photo_batch(kaggle_zip):
+    """13 real photos (cats and dogs), resized to 224 px: one full batch of 8 and a short one."""
+    from PIL import Image
+
+    arrays = []
+    with zipfile.ZipFile(kaggle_zip) as archive:
+        for name in [f"train/cat.{n}.jpg" for n in range(7)] + \
+                    [f"train/dog.{n}.jpg" for n in range(6)]:
+            image = Image.open(io.BytesIO(archive.read(name))).convert("RGB")
+            arrays.append(np.asarray(image.resize((224, 224), Image.BILINEAR), "float32"))
+    return np.stack(arrays)
+
+
+KEY = {"base": "mobilenet", "alpha": 0.25, "weights": "imagenet-test", "size": 224}
+
+
+def test_tflite_matches_tensorflow_on_real_photos_and_is_cached(
+        mobilenet_features, photo_batch, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    reporter = Recorder()
+    engine, info = engines.open_engine(mobilenet_features, photo_batch[:8], requested="tflite",
+                                       key=KEY, batch_size=8, reporter=reporter)
+    assert info.name == "tflite" and engine.name == "tflite", info.fallback
+    assert info.conversion_seconds > 0 and info.converted_file.startswith(str(tmp_path))
+    assert info.parity_max_abs_diff < 1e-3
+    expected = mobilenet_features.predict_on_batch(photo_batch)
+    got = engine(photo_batch)  # 13 images: one batch of 8, one padded batch of 5
+    assert got.shape == (13, 256)
+    assert np.max(np.abs(got - expected)) < 1e-3 * max(1.0, np.abs(expected).max())
+    assert np.abs(expected).max() > 0.5  # genuine weights: real, non-zero features
+    # the second run reuses the converted file
+    again, info2 = engines.open_engine(mobilenet_features, photo_batch[:8], requested="tflite",
+                                       key=KEY, batch_size=8, reporter=Recorder())
+    assert info2.name == "tflite" and info2.conversion_seconds == 0.0
+    assert info2.converted_file == info.converted_file
+    # another key (other weights) converts again
+    _, info3 = engines.open_engine(mobilenet_features, photo_batch[:8], requested="tflite",
+                                   key={**KEY, "weights": "other"}, batch_size=8,
+                                   reporter=Recorder())
+    assert info3.converted_file != info.converted_file
+
+
+def test_a_converted_model_that_differs_falls_back_to_tensorflow(
+        mobilenet_features, photo_batch, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    original = engines.TFLiteEngine.__call__
+    monkeypatch.setattr(engines.TFLiteEngine, "__call__",
+                        lambda self, batch: original(self, batch) + 0.05)
+    reporter = Recorder()
+    engine, info = engines.open_engine(mobilenet_features, photo_batch[:8], requested="tflite",
+                                       key=KEY, batch_size=8, reporter=reporter)
+    assert engine.name == "tf" and info.name == "tf"
+    assert "differs from TensorFlow" in info.fallback
+    assert any("differs from TensorFlow" in w for w in reporter.warnings)
+    assert 0.04 < info.parity_max_abs_diff < 0.06
+
+
+def test_a_corrupt_cached_file_falls_back_to_tensorflow(
+        mobilenet_features, photo_batch, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    digest = engines.cache_key(**KEY, batch=8, input=[224, 224, 3])
+    path = engines.cache_dir() / f"{digest}.tflite"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"garbage, not a flatbuffer")
+    reporter = Recorder()
+    engine, info = engines.open_engine(mobilenet_features, photo_batch[:8], requested="tflite",
+                                       key=KEY, batch_size=8, reporter=reporter)
+    assert engine.name == "tf" and "TFLite unavailable" in info.fallback
+    assert reporter.warnings
+
+
+def test_auto_measures_once_and_remembers(mobilenet_features, photo_batch, tmp_path,
+                                          monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(engines, "has_gpu", lambda: False)
+    engine, info = engines.open_engine(mobilenet_features, photo_batch[:8], requested="auto",
+                                       key=KEY, batch_size=8, reporter=Recorder())
+    assert set(info.measured) == {"tf", "tflite"}
+    faster = max(info.measured, key=info.measured.get)
+    assert engine.name == faster
+    choice = engines.cache_dir().glob("*.auto.json")
+    assert len(list(choice)) == 1
+    # a GPU makes auto pick TensorFlow without converting anything
+    monkeypatch.setattr(engines, "has_gpu", lambda: True)
+    engine, info = engines.open_engine(mobilenet_features, photo_batch[:8], requested="auto",
+                                       key={**KEY, "weights": "gpu"}, batch_size=8,
+                                       reporter=Recorder())
+    assert engine.name == "tf" and info.fallback == "a GPU is present"
+
+
+def test_unknown_engine_is_one_clear_error(mobilenet_features, photo_batch):
+    with pytest.raises(TransferError, match="--engine must be one of auto, tf, tflite"):
+        engines.open_engine(mobilenet_features, photo_batch[:8], requested="onnx", key=KEY)

@@ -1,0 +1,274 @@
+"""Engines that run a frozen model on batches of images: TensorFlow, or TFLite with XNNPACK.
+
+A frozen base computes the same function whatever runs it, so the feature pass may use the
+fastest runtime of the machine. On a laptop CPU that is often the TFLite interpreter with its
+XNNPACK kernels (MobileNet-0.25: about 5x TensorFlow's ``predict`` on 2 cores), but not always
+(VGG16 is slightly slower there), so ``auto`` measures both on the first batch and remembers.
+
+- ``tf``: the Keras model itself (``predict_on_batch``).
+- ``tflite``: the model exported as a SavedModel with a fixed batch size, converted to TFLite
+  once and cached under ``$KERAS_HOME/transfer/tflite/`` (keyed by everything that changes the
+  function: base, alpha, weights fingerprint, size, batch, TensorFlow version), run by the LiteRT
+  interpreter (``ai-edge-litert``) where it is installed, else ``tf.lite.Interpreter``, on all
+  cores. Every run checks it against TensorFlow on its first batch; a difference above
+  ``PARITY_TOLERANCE`` means the converted model is not the same function, and the pass falls
+  back to TensorFlow with a warning.
+- ``auto``: TensorFlow when a GPU is present; otherwise the faster of the two on this machine,
+  timed on the first batch once and remembered beside the converted file.
+
+Why the tolerance is 1e-3 (relative to the largest feature, at least 1): XNNPACK sums in
+another order than oneDNN, which moves float32 features by about 1e-5 (measured: 2.3e-5 on
+MobileNet-0.25 features of magnitude 6); a wrong conversion (lost weights, other
+preprocessing, a missing layer) moves them by 1e-1 or more. 1e-3 leaves a 40x margin on one
+side and a 100x margin on the other; the head, a linear layer, turns 1e-3 into well under
+1e-3 of probability.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from transfer.errors import TransferError
+from transfer.progress import Reporter
+
+ENGINES = ("auto", "tf", "tflite")
+PARITY_TOLERANCE = 1e-3
+
+
+def cpu_threads() -> int:
+    """Cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover  (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+def cache_dir() -> Path:
+    """``$KERAS_HOME/transfer/tflite`` (default ``~/.keras/transfer/tflite``): converted bases."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "transfer" / "tflite"
+
+
+def cache_key(**parts) -> str:
+    """A short stable digest of everything that changes the converted function."""
+    from transfer.tf import tf
+
+    parts = {**parts, "tensorflow": tf.__version__, "format": 1}
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+@dataclass
+class EngineInfo:
+    """What ran the pass, recorded in meta.json."""
+
+    requested: str
+    name: str = "tf"  # what actually ran: tf | tflite
+    interpreter: str | None = None  # ai_edge_litert | tf.lite
+    batch_size: int = 32
+    threads: int = 1
+    converted_file: str | None = None
+    conversion_seconds: float = 0.0  # 0 when the cached file was reused
+    parity_max_abs_diff: float | None = None
+    parity_tolerance: float = PARITY_TOLERANCE
+    fallback: str | None = None  # why tflite was not used, if it was asked for
+    measured: dict = field(default_factory=dict)  # auto: images/s of each engine
+    images: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float | None:
+        return round(self.images / self.seconds, 2) if self.seconds > 0 else None
+
+    def as_dict(self) -> dict:
+        return {"requested": self.requested, "name": self.name, "interpreter": self.interpreter,
+                "batch_size": self.batch_size, "threads": self.threads,
+                "converted_file": self.converted_file,
+                "conversion_seconds": round(self.conversion_seconds, 3),
+                "parity_max_abs_diff": self.parity_max_abs_diff,
+                "parity_tolerance": self.parity_tolerance, "fallback": self.fallback,
+                "measured_images_per_second": self.measured,
+                "images": self.images, "images_per_second": self.images_per_second}
+
+
+class TFEngine:
+    """The Keras model, one batch at a time."""
+
+    name = "tf"
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict_on_batch(np.asarray(batch, "float32")))
+
+
+def _interpreter_class():
+    """LiteRT's interpreter where installed (maintained), else TensorFlow's (deprecated)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, "ai_edge_litert"
+    except ImportError:
+        from transfer.tf import tf
+
+        return tf.lite.Interpreter, "tf.lite"
+
+
+class TFLiteEngine:
+    """A converted model with a fixed batch; a short last batch is padded, then cut."""
+
+    name = "tflite"
+
+    def __init__(self, path: Path, threads: int | None = None):
+        interpreter_class, self.interpreter_name = _interpreter_class()
+        self.threads = threads or cpu_threads()
+        with _quiet_native():
+            self.interpreter = interpreter_class(model_path=str(path), num_threads=self.threads)
+            self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.batch_size = int(self.input["shape"][0])
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, "float32")
+        outputs = []
+        for start in range(0, len(batch), self.batch_size):
+            chunk = batch[start:start + self.batch_size]
+            n = len(chunk)
+            if n < self.batch_size:
+                pad = np.zeros((self.batch_size - n, *chunk.shape[1:]), "float32")
+                chunk = np.concatenate([chunk, pad])
+            self.interpreter.set_tensor(self.input["index"], chunk)
+            self.interpreter.invoke()
+            outputs.append(self.interpreter.get_tensor(self.output["index"])[:n].copy())
+        return np.concatenate(outputs) if outputs else np.zeros((0,), "float32")
+
+
+@contextlib.contextmanager
+def _quiet_native():
+    from transfer.tf import native_stderr_quiet
+
+    with native_stderr_quiet():
+        yield
+
+
+def convert(model, batch_size: int, path: Path) -> float:
+    """Export ``model`` as a SavedModel with a fixed batch, convert it to TFLite at ``path``
+    (written to a temporary file and renamed); returns the seconds it took."""
+    from transfer.tf import tf
+
+    started = time.perf_counter()
+    shape = [batch_size, *model.input_shape[1:]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=".convert-", dir=path.parent))
+    try:
+        with _quiet_native():
+            model.export(str(workdir / "saved_model"), format="tf_saved_model",
+                         input_signature=[tf.TensorSpec(shape, tf.float32)], verbose=False)
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(workdir / "saved_model"))
+            blob = converter.convert()
+        tmp = workdir / path.name
+        tmp.write_bytes(blob)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return time.perf_counter() - started
+
+
+def has_gpu() -> bool:
+    from transfer.tf import tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _rate(engine, batch: np.ndarray, repeats: int = 2) -> float:
+    """Images/s of ``engine`` on ``batch`` after one warm-up call."""
+    engine(batch)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        engine(batch)
+    return repeats * len(batch) / max(time.perf_counter() - started, 1e-9)
+
+
+def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key: dict,
+                batch_size: int = 32, reporter: Reporter | None = None):
+    """(engine, info): the engine to run ``model`` with, checked on ``first_batch``.
+
+    Args:
+        model: a Keras model from raw pixels to features (frozen).
+        first_batch: the pass's first batch; the TFLite engine must match TensorFlow on it.
+        requested: "auto", "tf" or "tflite".
+        key: what identifies the function (base, alpha, weights sha256, size...): the cache key
+            of the converted file.
+        batch_size: the converted model's fixed batch.
+        reporter: where warnings go.
+
+    Returns:
+        An engine (callable on a float32 batch of raw pixels) and its EngineInfo.
+
+    Raises:
+        TransferError: for an unknown engine name.
+    """
+    reporter = reporter or Reporter()
+    if requested not in ENGINES:
+        raise TransferError(f"--engine must be one of {', '.join(ENGINES)}, not {requested!r}")
+    info = EngineInfo(requested=requested, batch_size=batch_size, threads=cpu_threads())
+    tf_engine = TFEngine(model)
+    if requested == "tf" or (requested == "auto" and has_gpu()):
+        info.fallback = "a GPU is present" if requested == "auto" else None
+        return tf_engine, info
+    digest = cache_key(**key, batch=batch_size, input=list(model.input_shape[1:]))
+    path = cache_dir() / f"{digest}.tflite"
+    choice_file = path.with_suffix(".auto.json")
+    if requested == "auto" and choice_file.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            remembered = json.loads(choice_file.read_text())
+            if remembered.get("choice") == "tf":
+                info.measured = remembered.get("measured", {})
+                info.fallback = "TensorFlow measured faster on this machine"
+                return tf_engine, info
+    try:
+        if not path.is_file():
+            reporter.info(f"converting the frozen base to TFLite (once; cached in {path.parent})")
+            info.conversion_seconds = convert(model, batch_size, path)
+        lite = TFLiteEngine(path)
+    except Exception as exc:  # a conversion or interpreter failure: TensorFlow still works
+        info.fallback = f"TFLite unavailable ({type(exc).__name__}: {exc})".splitlines()[0]
+        reporter.warn(f"{info.fallback}; using TensorFlow")
+        return tf_engine, info
+    info.converted_file, info.interpreter = str(path), lite.interpreter_name
+    expected = tf_engine(first_batch)
+    got = lite(first_batch)
+    diff = float(np.max(np.abs(got - expected))) if expected.size else 0.0
+    info.parity_max_abs_diff = diff
+    scale = max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
+    if not np.isfinite(diff) or diff > PARITY_TOLERANCE * scale:
+        info.fallback = (f"TFLite differs from TensorFlow by {diff:.3g} on the first batch "
+                         f"(> {PARITY_TOLERANCE:g} x {scale:.3g})")
+        reporter.warn(f"{info.fallback}; using TensorFlow")
+        return tf_engine, info
+    if requested == "auto":
+        info.measured = {"tf": round(_rate(tf_engine, first_batch), 2),
+                         "tflite": round(_rate(lite, first_batch), 2)}
+        choice = "tflite" if info.measured["tflite"] >= info.measured["tf"] else "tf"
+        with contextlib.suppress(OSError):
+            from transfer.files import write_json
+
+            write_json(choice_file, {"choice": choice, "measured": info.measured,
+                                     "threads": info.threads})
+        if choice == "tf":
+            info.fallback = "TensorFlow measured faster on this machine"
+            return tf_engine, info
+    info.name = "tflite"
+    return lite, info
