@@ -46,7 +46,8 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path):
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: archive not found")
+    assert len(lines) == 1 and lines[0].startswith("error: --archive ")
+    assert lines[0].endswith("does not exist")
 
 
 def test_real_process(real_photos, tmp_path):
@@ -82,8 +83,11 @@ def test_train_cli_writes_bundle_and_reports(tiny_split, tmp_path):
 
 
 def test_train_cli_unknown_base(tiny_split):
-    result = runner.invoke(app, ["train", "--base", "alexnet", "--data-dir", str(tiny_split)])
-    assert result.exit_code == 1
+    """The choices come from the registry; a usage error is one line and exit code 2."""
+    result = runner.invoke(app, ["train", "--base", "alexnet", "--data-dir", str(tiny_split)],
+                           prog_name="transfer")
+    assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
-        "error: unknown base 'alexnet'; known bases: inception, vgg16, mobilenet, mobilenetv2, "
-        "resnet50, efficientnetb0, scratch"]
+        "error: Invalid value for '--base': 'alexnet' is not one of 'inception', 'vgg16', "
+        "'mobilenet', 'mobilenetv2', 'resnet50', 'efficientnetb0', 'scratch'. "
+        "(see 'transfer train --help')"]
