@@ -1,19 +1,79 @@
-"""transfer explain: Grad-CAM on the real bundle, for every registered base, and its errors."""
+"""transfer explain: Grad-CAM on the real bundle checked against a Grad-CAM computed here
+independently (plain TensorFlow on a sub-model of the saved model), for a chosen class, for a
+five-class model, for every registered base, and its errors."""
 
 from __future__ import annotations
+
+import json
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
+from unwritable import names_path, unwritable_folder
 
 from transfer import bases, bundle, explain, images
 from transfer.cli import app
 from transfer.errors import TransferError
-from transfer.pipelines import Augment
+from transfer.settings import Augment, ExplainSettings
 from transfer.training import HParams, train
 
 runner = CliRunner()
+LAST_CONV = "conv_pw_13_relu"  # MobileNet's last convolutional feature maps (7x7 at 224 px)
+
+
+def independent_gradcam(model_file, photo, size: int, class_index: int) -> tuple:
+    """Grad-CAM written from the paper, sharing no code with transfer.explain: the saved model
+    opened with plain Keras, the photo read with Pillow and preprocessed as MobileNet wants
+    (x / 127.5 - 1), a sub-model from the base's input to LAST_CONV, and the head
+    (GlobalAveragePooling -> Dropout, inactive -> Dense "predictions") applied by hand so that
+    the class score is the logit. Returns (heatmap scaled to max 1, probabilities, raw cam)."""
+    import keras
+    import tensorflow as tf
+
+    model = keras.saving.load_model(model_file, compile=False)
+    base = next(layer for layer in model.layers if isinstance(layer, keras.Model)
+                and any(inner.name == LAST_CONV for inner in layer.layers))
+    conv_model = keras.Model(base.inputs, base.get_layer(LAST_CONV).output)
+    with Image.open(photo) as picture:
+        pixels = np.asarray(picture.convert("RGB").resize((size, size), Image.BILINEAR),
+                            dtype="float32")
+    x = tf.constant(pixels[None] / 127.5 - 1.0)
+    dense = model.get_layer("predictions")
+    with tf.GradientTape() as tape:
+        conv = conv_model(x, training=False)
+        tape.watch(conv)
+        logits = tf.matmul(tf.reduce_mean(conv, axis=(1, 2)), dense.kernel) + dense.bias
+        if logits.shape[-1] == 1:  # sigmoid: class 1's score is the logit, class 0's minus it
+            score = logits[:, 0] if class_index == 1 else -logits[:, 0]
+        else:
+            score = logits[:, class_index]
+    grads = tape.gradient(score, conv)
+    alphas = tf.reduce_mean(grads, axis=(1, 2))  # one weight per feature map
+    cam = tf.nn.relu(tf.reduce_sum(conv * alphas[:, None, None, :], axis=-1))[0].numpy()
+    if logits.shape[-1] == 1:
+        p = tf.sigmoid(logits)[0, 0].numpy()
+        probs = np.array([1 - p, p])
+    else:
+        probs = tf.nn.softmax(logits)[0].numpy()
+    # the hand-made forward pass is the saved model's own function
+    np.testing.assert_allclose(np.asarray(model(pixels[None], training=False))[0],
+                               probs if logits.shape[-1] > 1 else probs[1:], atol=1e-5)
+    # for a GlobalAveragePooling head the gradient is the Dense weight / (h*w) everywhere:
+    # a closed form to hold the tape to
+    w = dense.kernel.numpy()[:, 0] * (1 if class_index == 1 else -1) \
+        if logits.shape[-1] == 1 else dense.kernel.numpy()[:, class_index]
+    closed = np.maximum(conv[0].numpy() @ w, 0) / (cam.shape[0] * cam.shape[1])
+    np.testing.assert_allclose(cam, closed, rtol=1e-4, atol=1e-6)
+    return cam / cam.max(), probs, cam
+
+
+def assert_non_trivial(heatmap: np.ndarray) -> None:
+    """Not all zero, not constant, not one hot spot: a map that points somewhere."""
+    assert heatmap.max() == pytest.approx(1.0) and heatmap.min() >= 0
+    assert heatmap.std() > 0.05
+    assert 3 <= np.count_nonzero(heatmap > 0.05) < heatmap.size
 
 
 @pytest.fixture()
@@ -23,13 +83,68 @@ def dog_photo(real_photos, tmp_path):
     return path
 
 
+def test_gradcam_matches_an_independent_computation(trained_bundle, dog_photo, tmp_path):
+    """Genuine MobileNet-0.25 bundle, a real dog photo: transfer's map is the independent
+    Grad-CAM's, cell by cell, for the predicted class and for the other one (--class)."""
+    model_file = trained_bundle.bundle / bundle.MODEL
+    result = explain.explain(dog_photo, model=trained_bundle.bundle)
+    assert result.label == "dogs" and result.class_index == 1
+    expected, probs, _ = independent_gradcam(model_file, dog_photo, 224, 1)
+    assert result.probabilities == pytest.approx({"cats": probs[0], "dogs": probs[1]},
+                                                 abs=1e-5)
+    assert result.heatmap.shape == expected.shape == (7, 7)
+    assert_non_trivial(result.heatmap)
+    np.testing.assert_allclose(result.heatmap, expected, atol=1e-4)
+
+    cats = explain.explain(dog_photo, model=trained_bundle.bundle, class_name="cats",
+                           write=False)
+    expected_cats, _, _ = independent_gradcam(model_file, dog_photo, 224, 0)
+    assert cats.label == "cats" and cats.class_index == 0 and cats.png is None
+    assert_non_trivial(cats.heatmap)
+    np.testing.assert_allclose(cats.heatmap, expected_cats, atol=1e-4)
+    # one sigmoid logit: where the evidence is for dogs it is against cats, and back
+    assert np.all(np.minimum(cats.heatmap, result.heatmap) == 0)
+
+
+def test_gradcam_of_every_class_of_a_five_class_model(trained_bundle, dog_photo, tmp_path):
+    """A softmax model: the bundle's genuine MobileNet features under a new five-class Dense
+    head (seeded), saved as a bundle; each --class gets its own map, equal to the
+    independent one."""
+    import keras
+
+    copy = tmp_path / "five"
+    shutil.copytree(trained_bundle.bundle, copy)
+    names = ["ant", "bee", "cat", "dog", "eel"]
+    meta = json.loads((copy / bundle.META).read_text())
+    meta["class_names"] = names
+    (copy / bundle.META).write_text(json.dumps(meta))
+    source = keras.saving.load_model(trained_bundle.bundle / bundle.MODEL, compile=False)
+    head = keras.layers.Dense(5, activation="softmax", name="predictions",
+                              kernel_initializer=keras.initializers.GlorotNormal(seed=5),
+                              bias_initializer=keras.initializers.RandomNormal(seed=6))
+    five = keras.Model(source.inputs, head(source.get_layer("dropout").output))
+    five.save(copy / bundle.MODEL)
+    maps = {}
+    for index, name in enumerate(names):
+        result = explain.explain(ExplainSettings(image=dog_photo, model=copy, class_name=name),
+                                 write=False)
+        expected, probs, _ = independent_gradcam(copy / bundle.MODEL, dog_photo, 224, index)
+        assert result.label == name and result.class_index == index
+        assert result.probabilities == pytest.approx(dict(zip(names, probs, strict=True)),
+                                                     abs=1e-5)
+        assert_non_trivial(result.heatmap)
+        np.testing.assert_allclose(result.heatmap, expected, atol=1e-4)
+        maps[name] = result.heatmap
+    predicted = explain.explain(dog_photo, model=copy, write=False)
+    assert predicted.label == max(predicted.probabilities, key=predicted.probabilities.get)
+    np.testing.assert_array_equal(predicted.heatmap, maps[predicted.label])
+    assert len({m.round(3).tobytes() for m in maps.values()}) == 5  # five different maps
+
+
 def test_gradcam_on_a_real_photo(trained_bundle, dog_photo, tmp_path):
     result = explain.explain(dog_photo, model=trained_bundle.bundle)
     assert result.png == tmp_path / "dog.gradcam.png"
-    assert result.layer == bases.get("mobilenet").last_conv == "conv_pw_13_relu"
-    assert result.heatmap.shape == (7, 7)  # 224 px / 32
-    assert result.heatmap.min() >= 0 and result.heatmap.max() == pytest.approx(1.0)
-    assert result.heatmap.std() > 0.05  # it points somewhere
+    assert result.layer == bases.get("mobilenet").last_conv == LAST_CONV
     assert result.label == max(result.probabilities, key=result.probabilities.get)
     with Image.open(result.png) as picture:
         assert picture.format == "PNG" and picture.width == 800
@@ -48,6 +163,20 @@ def test_gradcam_on_a_real_photo(trained_bundle, dog_photo, tmp_path):
     with pytest.raises(TransferError, match="unknown class 'horses'"):
         explain.explain(dog_photo, model=trained_bundle.bundle, class_name="horses",
                         write=False)
+    with pytest.raises(TransferError, match="--invert applies to digit models"):
+        explain.explain(dog_photo, model=trained_bundle.bundle, invert="yes", write=False)
+
+
+def test_read_only_output_folder_is_named(trained_bundle, dog_photo, tmp_path):
+    (tmp_path / "locked").mkdir()
+    inside = tmp_path / "locked" / "dog.jpg"  # the default PNG goes beside the image
+    shutil.copy(dog_photo, inside)
+    with unwritable_folder(tmp_path / "locked") as locked:
+        for output in (locked / "h.png", None):
+            with pytest.raises((TransferError, OSError)) as caught:
+                explain.explain(inside, model=trained_bundle.bundle, output=output)
+            assert names_path(caught.value, locked)
+        assert [p.name for p in locked.iterdir()] == ["dog.jpg"]
 
 
 def test_gradcam_cli(trained_bundle, dog_photo, tmp_path):
@@ -59,8 +188,10 @@ def test_gradcam_cli(trained_bundle, dog_photo, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"text")
     result = runner.invoke(app, ["explain", str(bad), "--model", str(trained_bundle.bundle)])
-    assert result.exit_code == 1 and "not an image" in result.output
-    assert "Traceback" not in result.output
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "not an image" in lines[0], \
+        result.output
 
 
 def test_gradcam_picture_in_a_data_folder_is_refused_by_training(tiny_split, dog_photo,
@@ -90,3 +221,7 @@ def test_gradcam_for_every_registered_base(name, tiny_split, dog_photo, tmp_path
     assert heat.layer == spec.last_conv
     assert heat.heatmap.ndim == 2 and np.all(np.isfinite(heat.heatmap))
     assert 0 <= heat.heatmap.min() and heat.heatmap.max() <= 1
+    # the map is over the named layer's own feature maps (its spatial size)
+    inner = next((layer for layer in model.layers if hasattr(layer, "layers")
+                  and spec.last_conv in [i.name for i in layer.layers]), model)
+    assert heat.heatmap.shape == tuple(inner.get_layer(spec.last_conv).output.shape[1:3])
