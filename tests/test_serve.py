@@ -1,0 +1,345 @@
+"""transfer serve: the HTTP API on the real trained bundle and real photos it never saw.
+
+FastAPI's TestClient for the API's details; a real uvicorn server on a free 127.0.0.1 port for
+what a real server matters for (50 concurrent requests, a streamed upload over the limit).
+The photos are Kaggle's with numbers >= 1100, which no fixture trains on.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from conftest import require_asset
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from transfer import serve
+from transfer.errors import TransferError
+from transfer.progress import Reporter
+from transfer.settings import ServeSettings
+
+UNSEEN = range(1100, 1110)  # Kaggle numbers no fixture trains on (they take < 1000)
+DOG_BREEDS = range(151, 269)  # ImageNet class indices of the dog breeds
+
+
+@pytest.fixture(scope="module")
+def unseen(kaggle_zip) -> dict[str, list[tuple[str, bytes]]]:
+    """10 cat and 10 dog photos (name, bytes) that no bundle was trained or validated on."""
+    with zipfile.ZipFile(kaggle_zip) as archive:
+        return {cls + "s": [(f"{cls}.{n}.jpg", archive.read(f"train/{cls}.{n}.jpg"))
+                            for n in UNSEEN] for cls in ("cat", "dog")}
+
+
+@pytest.fixture(scope="module")
+def models_dir(trained_bundle, tmp_path_factory) -> Path:
+    """models/cats-dogs (a copy of the trained bundle), models/latest -> cats-dogs, and
+    models/escape: a symbolic link to a bundle outside the models folder."""
+    root = tmp_path_factory.mktemp("serve")
+    models = root / "models"
+    models.mkdir()
+    shutil.copytree(trained_bundle.bundle, models / "cats-dogs")
+    os.symlink("cats-dogs", models / "latest")
+    shutil.copytree(trained_bundle.bundle, root / "outside")
+    os.symlink(root / "outside", models / "escape")
+    (models / "not-a-bundle").mkdir()
+    return models
+
+
+@pytest.fixture(scope="module")
+def client(models_dir):
+    with TestClient(serve.create_app(ServeSettings(models_dir=models_dir))) as c:
+        yield c
+
+
+def files_field(*items: tuple[str, bytes]) -> list:
+    return [("files", (name, data, "application/octet-stream")) for name, data in items]
+
+
+def test_health_and_models(client, trained_bundle):
+    health = client.get("/api/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    listed = client.get("/api/models").json()
+    assert listed["default"] == "cats-dogs"  # what latest points at
+    bundles = {m["name"]: m for m in listed["models"] if m["kind"] == "bundle"}
+    assert set(bundles) == {"cats-dogs"}  # latest is not listed twice; escape leaves the folder
+    entry = bundles["cats-dogs"]
+    assert entry["classes"] == ["cats", "dogs"] and entry["base"] == "mobilenet"
+    assert entry["accuracy"] == pytest.approx(trained_bundle.meta["metrics"]["val_accuracy"])
+    assert entry["digits"] is False and entry["report"] == "/models/cats-dogs/report"
+    # the ImageNet classifier whose weights (with the top) are in the Keras cache
+    imagenet = [m for m in listed["models"] if m["kind"] == "imagenet"]
+    assert "imagenet:mobilenet-0.25" in {m["name"] for m in imagenet}
+    assert client.get("/docs").status_code == 200
+    assert "/api/predict" in client.get("/openapi.json").json()["paths"]
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="file-input"' in page.text
+    assert "Content-Security-Policy" in page.headers
+    for name in ("app.js", "style.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+
+
+def test_unseen_photos_come_back_with_their_class(client, unseen, trained_bundle, tmp_path):
+    photos = unseen["cats"][:4] + unseen["dogs"][:4]
+    response = client.post("/api/predict", files=files_field(*photos), data={"top": "2"})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    labels = [p["label"] for p in answer["predictions"]]
+    assert [p["file"] for p in answer["predictions"]] == [name for name, _ in photos]
+    assert labels[0] == "cats"  # cat.1100.jpg, a cat the bundle never saw
+    assert sum(label == "cats" for label in labels[:4]) >= 3
+    assert sum(label == "dogs" for label in labels[4:]) >= 3
+    assert answer["server_seconds"] > 0 and answer["failed"] == 0
+    # the same JSON as `transfer predict --format json` on the same files
+    from transfer.predict import predict
+
+    for name, data in photos:
+        (tmp_path / name).write_bytes(data)
+    expected = json.loads(predict([str(tmp_path / n) for n, _ in photos],
+                                  model=trained_bundle.bundle, top=2).render("json"))
+    for item in expected["predictions"]:
+        item["file"] = Path(item["file"]).name
+    got = {k: v for k, v in answer.items() if k != "server_seconds"}
+    assert set(got) == set(expected)
+    for mine, theirs in zip(got["predictions"], expected["predictions"], strict=True):
+        assert set(mine) == set(theirs)
+        assert mine["label"] == theirs["label"] and mine["image"] == theirs["image"]
+        assert mine["probability"] == pytest.approx(theirs["probability"], abs=1e-5)
+    assert got["class_names"] == expected["class_names"] == ["cats", "dogs"]
+
+
+def test_a_text_file_is_415_naming_it_and_the_server_keeps_serving(client, unseen):
+    response = client.post("/api/predict", files=files_field(("notes.txt", b"just text\n" * 20)))
+    assert response.status_code == 415
+    body = response.json()
+    assert "notes.txt" in body["detail"] and body["errors"][0]["file"] == "notes.txt"
+    assert "not an image" in body["errors"][0]["error"]
+    empty = client.post("/api/predict", files=files_field(("empty.jpg", b"")))
+    assert empty.status_code == 415 and "empty.jpg" in empty.json()["detail"]
+    assert client.get("/api/health").status_code == 200
+    again = client.post("/api/predict", files=files_field(unseen["cats"][0]))
+    assert again.status_code == 200 and again.json()["predictions"][0]["label"] == "cats"
+
+
+def test_one_bad_file_among_good_ones_gets_its_own_error(client, unseen):
+    truncated = unseen["dogs"][1][1][:3000]
+    items = (unseen["cats"][0], ("notes.txt", b"text, not a photo\n"),
+             ("half.jpg", truncated), unseen["dogs"][0])
+    response = client.post("/api/predict", files=files_field(*items))
+    assert response.status_code == 200
+    rows = response.json()["predictions"]
+    assert [r["file"] for r in rows] == ["cat.1100.jpg", "notes.txt", "half.jpg", "dog.1100.jpg"]
+    assert rows[0]["label"] == "cats" and rows[0]["error"] is None
+    assert rows[1]["label"] is None and "not an image" in rows[1]["error"]
+    assert rows[2]["error"] is not None or rows[2]["label"] in ("cats", "dogs")
+    assert rows[3]["label"] in ("cats", "dogs") and rows[3]["error"] is None
+    assert response.json()["failed"] >= 1
+
+
+def test_bad_form_fields(client, unseen):
+    assert client.post("/api/predict", files=files_field(unseen["cats"][0]),
+                       data={"top": "0"}).status_code == 422
+    assert client.post("/api/predict", files=files_field(unseen["cats"][0]),
+                       data={"invert": "maybe"}).status_code == 422
+    assert client.post("/api/predict").status_code == 422  # no files
+
+
+def test_upload_over_the_limit_is_413(models_dir, unseen):
+    settings = ServeSettings(models_dir=models_dir, max_upload_mb=0.005)  # about 5 kB
+    big = max((data for _, data in unseen["cats"]), key=len)
+    assert len(big) > 6000
+    with TestClient(serve.create_app(settings)) as c:
+        response = c.post("/api/predict", files=files_field(("big.jpg", big)))
+        assert response.status_code == 413 and "0.005 MB" in response.json()["detail"]
+        assert c.get("/api/health").status_code == 200
+
+
+@pytest.mark.parametrize("name", ["..", "../outside", "escape", "not-a-bundle", "missing",
+                                  "/etc", ".", "cats-dogs/../../outside", ".hidden"])
+def test_model_names_that_leave_the_folder_are_404(client, unseen, name, models_dir):
+    response = client.post("/api/predict", files=files_field(unseen["cats"][0]),
+                           data={"model": name})
+    assert response.status_code == 404, response.text
+    assert "no model named" in response.json()["detail"]
+    explained = client.post("/api/explain", files={"file": unseen["cats"][0]},
+                            data={"model": name})
+    assert explained.status_code == 404
+
+
+def test_report_route(client, models_dir):
+    from urllib.parse import quote
+
+    page = client.get("/models/cats-dogs/report")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "cats" in page.text and "dogs" in page.text
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    for bad in ("%2e%2e", "escape", "not-a-bundle", quote(str(models_dir.parent / "outside"),
+                                                           safe="")):
+        assert client.get(f"/models/{bad}/report").status_code == 404, bad
+    (models_dir / "cats-dogs" / "report.html").write_text("<html><body>kept</body></html>")
+    try:
+        assert client.get("/models/cats-dogs/report").text.endswith("kept</body></html>")
+    finally:
+        (models_dir / "cats-dogs" / "report.html").unlink()
+
+
+def test_explain_returns_a_png(client, unseen):
+    photo = unseen["dogs"][0]
+    response = client.post("/api/explain", files={"file": photo})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["x-label"] in ("cats", "dogs")
+    assert 0 <= float(response.headers["x-probability"]) <= 1
+    assert response.headers["x-layer"] == "conv_pw_13_relu"
+    with Image.open(io.BytesIO(response.content)) as pair, \
+            Image.open(io.BytesIO(photo[1])) as original:
+        assert pair.format == "PNG" and pair.width > pair.height
+        assert pair.height == round(original.height * min(1, serve.SHOWN_SIDE /
+                                                            max(original.size)))
+    overlay = client.post("/api/explain", files={"file": photo},
+                          data={"view": "overlay", "class_name": "cats"})
+    assert overlay.status_code == 200 and overlay.headers["x-label"] == "cats"
+    with Image.open(io.BytesIO(overlay.content)) as picture:
+        array = np.asarray(picture)
+        assert picture.width < pair.width and array.std() > 10
+    bad = client.post("/api/explain", files={"file": ("notes.txt", b"text\n" * 9)})
+    assert bad.status_code == 415 and "notes.txt" in bad.json()["detail"]
+    unknown = client.post("/api/explain", files={"file": photo}, data={"class_name": "horses"})
+    assert unknown.status_code == 422 and "horses" in unknown.json()["detail"]
+
+
+def test_models_are_loaded_once_and_kept_in_an_lru(models_dir, unseen, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("a", "b"):
+        shutil.copytree(models_dir / "cats-dogs", models / name)
+    photo = files_field(unseen["cats"][0])
+    for size, loads in ((1, 3), (2, 2)):
+        app = serve.create_app(ServeSettings(models_dir=models, cache_size=size))
+        with TestClient(app) as c:
+            for name in ("a", "b", "a", "a"):
+                assert c.post("/api/predict", files=photo, data={"model": name}).status_code \
+                    == 200
+            assert app.state.store.loads == loads
+
+
+def test_fifty_concurrent_requests_on_a_real_server(models_dir, unseen):
+    photos = unseen["cats"] + unseen["dogs"]
+    with serve.serving(ServeSettings(models_dir=models_dir, port=0)) as url:
+        assert url.startswith("http://127.0.0.1:")
+
+        def one(i):
+            name, data = photos[i % len(photos)]
+            with httpx.Client(timeout=120) as http:
+                answer = http.post(url + "api/predict",
+                                   files={"files": (name, data, "image/jpeg")})
+            return answer.status_code, answer.json()
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(one, range(50)))
+        assert [status for status, _ in answers] == [200] * 50
+        labels = [body["predictions"][0]["label"] for _, body in answers]
+        assert all(label in ("cats", "dogs") for label in labels)
+        # the same photo gets the same answer whatever else was queued with it
+        by_photo: dict[int, set] = {}
+        for i, (_, body) in enumerate(answers):
+            by_photo.setdefault(i % len(photos), set()).add(
+                round(body["predictions"][0]["probability"], 4))
+        assert all(len(values) == 1 for values in by_photo.values())
+        # a body streamed without Content-Length is cut off at the limit, too
+        with httpx.Client(timeout=60) as http:
+            assert http.get(url + "api/health").json()["status"] == "ok"
+
+
+def test_streamed_upload_over_the_limit_on_a_real_server(models_dir):
+    boundary = "transferboundary"
+
+    def body():
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+               "filename=\"big.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").encode()
+        for _ in range(64):
+            yield b"\xff" * 32768  # 2 MB in all
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    with serve.serving(ServeSettings(models_dir=models_dir, port=0, max_upload_mb=0.5)) as url:
+        with httpx.Client(timeout=60) as http:
+            response = http.post(url + "api/predict", content=body(), headers={
+                "content-type": f"multipart/form-data; boundary={boundary}"})
+            assert response.status_code == 413
+            assert http.get(url + "api/health").status_code == 200
+
+
+class Recorder(Reporter):
+    def __init__(self):
+        self.infos, self.warnings = [], []
+
+    def info(self, message):
+        self.infos.append(message)
+
+    def warn(self, message):
+        self.warnings.append(message)
+
+
+def test_binding_all_interfaces_warns(models_dir, monkeypatch):
+    real_bind = serve._bind
+    monkeypatch.setattr(serve, "_bind", lambda host, port: real_bind("127.0.0.1", 0))
+    recorder = Recorder()
+    with serve.serving(ServeSettings(models_dir=models_dir, host="0.0.0.0", port=0),
+                       recorder):
+        pass
+    assert any("all interfaces" in w for w in recorder.warnings)
+    quiet = Recorder()
+    with serve.serving(ServeSettings(models_dir=models_dir, port=0), quiet) as url:
+        assert httpx.get(url + "api/health", timeout=30).status_code == 200
+    assert quiet.warnings == []
+    assert serve.url_of("::", 80) == "http://[::1]:80/"
+    assert serve.url_of("0.0.0.0", 8000) == "http://127.0.0.1:8000/"
+
+
+def test_a_port_in_use_is_one_clear_error(models_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(TransferError, match=f"cannot listen on 127.0.0.1:{port}"):
+            serve.run(ServeSettings(models_dir=models_dir, port=port))
+
+
+def test_bad_settings_fail_before_anything_starts(tmp_path):
+    with pytest.raises(TransferError, match="--model"):
+        serve.create_app(ServeSettings(models_dir=tmp_path, model="../x"))
+    with pytest.raises(TransferError, match="--max-upload-mb"):
+        serve.create_app(ServeSettings(models_dir=tmp_path, max_upload_mb=0))
+
+
+def test_imagenet_mode_gives_a_dog_a_dog_breed(unseen, mobilenet_weights, tmp_path):
+    require_asset("keras/models/mobilenet_2_5_224_tf.h5")
+    index = json.loads(require_asset("keras/models/imagenet_class_index.json").read_text())
+    synset_index = {synset: int(i) for i, (synset, _) in index.items()}
+    settings = ServeSettings(models_dir=tmp_path / "none", imagenet=True, base="mobilenet",
+                             alpha=0.25)
+    with TestClient(serve.create_app(settings)) as c:
+        listed = c.get("/api/models").json()
+        assert listed["default"] == "imagenet:mobilenet-0.25"
+        dogs = unseen["dogs"][:5]
+        response = c.post("/api/predict", files=files_field(*dogs))
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["mode"] == "imagenet" and "alpha 0.25" in answer["model"]
+        firsts = [synset_index[p["top"][0]["synset"]] for p in answer["predictions"]]
+        assert sum(i in DOG_BREEDS for i in firsts) >= 3, [p["label"] for p in
+                                                            answer["predictions"]]
+        assert all(len(p["top"]) == 3 for p in answer["predictions"])
+        picture = c.post("/api/explain", files={"file": dogs[0]})
+        assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+        assert picture.headers["x-layer"] == "conv_pw_13_relu"
+        assert picture.headers["x-label"] == answer["predictions"][0]["label"]

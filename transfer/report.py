@@ -1,0 +1,553 @@
+"""The one-file HTML report of a run: ``report.html`` in a bundle or an evaluation folder.
+
+    from transfer.report import write_report
+    write_report(Path("models/latest"))                      # -> models/latest/report.html
+    write_report(Path("reports/test"), Path("test.html"))   # an `evaluate --output` folder
+
+Everything is inside the one file (pictures as base64 ``data:`` URIs, the style inline, no
+script, no link to the network), so it can be mailed, opened offline or served as it is. It
+shows what the folder holds and skips what it lacks (a bundle never evaluated has no confusion
+matrix yet; a bundle whose validation images are gone gets no Grad-CAM pictures):
+
+- the run: kind, base, classes, created, the command and the resolved settings (meta.json);
+- the data: images per class and split (fetch-data's manifest, else the folders, else the
+  counts in meta.json) and the files skipped (by fetch-data, by evaluate);
+- learning curves (curves.png and history.csv);
+- the evaluation (report.json): accuracy, loss, ROC AUC, the per-class table and the
+  confusion matrix, the most confident mistakes (misclassified.png); for `transfer mnist`
+  bundles the test confusion matrix from meta.json;
+- a few Grad-CAM overlays computed on validation images (``gradcams``, default 4);
+- the other pictures a run drew (samples, filters, feature maps, noise);
+- timings, feature cache, versions and engine.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from transfer.errors import TransferError
+
+REPORT_HTML = "report.html"
+GRADCAMS = 4  # Grad-CAM overlays computed for a bundle's report
+THUMB_SIDE = 224  # px: the longest side of a Grad-CAM picture in the report
+PICTURES = {  # other pictures a run may have drawn, with a caption
+    "samples.png": "training images with their labels",
+    "filters.png": "the first layer's trained kernels",
+    "feature_maps.png": "first-layer activations for one test image",
+    "noise.png": "test accuracy under Gaussian noise",
+}
+
+STYLE = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
+       color: #1d2430; background: #f6f7f9; }
+main { max-width: 1000px; margin: 0 auto; padding: 1.5rem 1.25rem 3rem; }
+h1 { font-size: 1.6rem; margin: 0 0 .25rem; }
+h2 { font-size: 1.2rem; margin: 2rem 0 .6rem; border-bottom: 1px solid #d9dde3;
+     padding-bottom: .25rem; }
+.sub { color: #5a6473; margin: 0 0 1rem; }
+.cards { display: flex; flex-wrap: wrap; gap: .75rem; }
+.card { background: #fff; border: 1px solid #d9dde3; border-radius: 8px; padding: .6rem .9rem;
+        min-width: 9rem; }
+.card b { display: block; font-size: 1.35rem; }
+.card span { color: #5a6473; font-size: .85rem; }
+table { border-collapse: collapse; background: #fff; margin: .4rem 0 1rem; }
+th, td { border: 1px solid #d9dde3; padding: .3rem .6rem; text-align: right; }
+th { background: #eef1f5; }
+td.l, th.l { text-align: left; }
+td.diag { background: #dff3e4; font-weight: 600; }
+td.off { background: #fbe4e4; }
+pre { background: #fff; border: 1px solid #d9dde3; border-radius: 6px; padding: .6rem .8rem;
+      overflow-x: auto; font-size: .85rem; white-space: pre-wrap; word-break: break-all; }
+img { max-width: 100%; height: auto; background: #fff; border: 1px solid #d9dde3;
+      border-radius: 6px; }
+figure { margin: .5rem 0 1rem; }
+figcaption { color: #5a6473; font-size: .85rem; }
+.grid { display: flex; flex-wrap: wrap; gap: .75rem; }
+.grid figure { width: 230px; margin: 0; }
+.muted { color: #5a6473; }
+details summary { cursor: pointer; color: #2456a6; }
+footer { color: #5a6473; font-size: .8rem; margin-top: 2.5rem; }
+"""
+
+
+# --------------------------------------------------------------------------- small pieces
+
+
+def _e(value) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    """``data:`` URI of some bytes (base64)."""
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _picture(path: Path, caption: str) -> str:
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return ""
+    return (f'<figure><img src="{data_uri(data)}" alt="{_e(caption)}">'
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def _num(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return _e(value)
+
+
+def _table(header: list[str], rows: list[list], left: int = 1) -> str:
+    head = "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>'
+                   for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{cell}</td>'
+                                    for i, cell in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _card(value, label: str) -> str:
+    return f'<div class="card"><b>{value}</b><span>{_e(label)}</span></div>'
+
+
+def overlay_png(picture: np.ndarray, heatmap: np.ndarray, view: str = "pair",
+                alpha: float = 0.45) -> bytes:
+    """A PNG of ``picture`` ((H, W, 3) uint8) beside the same picture overlaid with
+    ``heatmap`` (0..1, any size; resized bilinearly, coloured with matplotlib's jet), or the
+    overlay alone (``view="overlay"``).
+
+    Args:
+        picture: the image shown.
+        heatmap: Grad-CAM weights in [0, 1].
+        view: "pair" (image | overlay) or "overlay".
+        alpha: weight of the heatmap's colours in the overlay.
+
+    Returns:
+        The PNG file's bytes.
+    """
+    from matplotlib import colormaps
+    from PIL import Image
+
+    picture = np.asarray(picture, dtype="uint8")
+    h, w = picture.shape[:2]
+    heat = Image.fromarray((np.clip(heatmap, 0, 1) * 255).astype("uint8")).resize(
+        (w, h), Image.BILINEAR)
+    colours = colormaps["jet"](np.asarray(heat) / 255.0)[..., :3] * 255.0
+    overlay = ((1 - alpha) * picture + alpha * colours).clip(0, 255).astype("uint8")
+    if view == "overlay":
+        out = overlay
+    else:
+        gap = np.full((h, 8, 3), 255, dtype="uint8")
+        out = np.concatenate([picture, gap, overlay], axis=1)
+    buffer = io.BytesIO()
+    Image.fromarray(out).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- reading a folder
+
+
+def _count_images(folder: Path, names: list[str]) -> dict[str, int] | None:
+    from transfer.constants import is_image_name
+
+    if not folder.is_dir():
+        return None
+    counts = {}
+    for name in names:
+        sub = folder / name
+        counts[name] = (sum(1 for p in sub.iterdir() if p.is_file() and is_image_name(p.name))
+                        if sub.is_dir() else 0)
+    return counts
+
+
+def data_counts(meta: dict | None) -> tuple[dict[str, dict[str, int]], list[dict], str]:
+    """(images per split and class, skipped files, where the numbers come from)."""
+    meta = meta or {}
+    names = list(meta.get("class_names") or [])
+    data = meta.get("data") or {}
+    counts: dict[str, dict[str, int]] = {}
+    skipped: list[dict] = []
+    source = ""
+    folders = {"train": data.get("train_dir"), "validate": data.get("validate_dir")}
+    roots = {Path(f).parent for f in folders.values() if f}
+    for root in roots:
+        manifest = _read_json(root / "manifest.json")
+        if isinstance(manifest, dict) and manifest.get("tool") == "transfer fetch-data":
+            for split, per_class in (manifest.get("counts") or {}).items():
+                if isinstance(per_class, dict):
+                    counts[split] = {str(k): int(v) for k, v in per_class.items()}
+            skipped = [s for s in manifest.get("skipped") or [] if isinstance(s, dict)]
+            source = f"{root / 'manifest.json'} (transfer fetch-data)"
+    if not counts and names:
+        for split, folder in folders.items():
+            if folder:
+                found = _count_images(Path(folder), names)
+                if found is not None:
+                    counts[split] = found
+        if counts:
+            source = "the image folders as they are now"
+    if not counts:
+        totals = {k[:-len("_images")]: v for k, v in data.items()
+                  if k.endswith("_images") and isinstance(v, int)}
+        training = meta.get("training") or {}
+        if isinstance(training.get("train_images"), int):
+            totals.setdefault("train", training["train_images"])
+        if totals:
+            counts = {split: {"all classes": n} for split, n in totals.items()}
+            source = "meta.json (totals)"
+    return counts, skipped, source
+
+
+def _history(folder: Path) -> tuple[list[str], list[list[str]]]:
+    import csv
+
+    try:
+        with open(folder / "history.csv", newline="") as handle:
+            rows = list(csv.reader(handle))
+    except OSError:
+        return [], []
+    return (rows[0], rows[1:]) if rows else ([], [])
+
+
+def _validation_images(meta: dict, per_class: int) -> list[tuple[Path, str]]:
+    """Up to ``per_class`` images of each class from the bundle's validation folder."""
+    from transfer.constants import is_image_name
+
+    folder = (meta.get("data") or {}).get("validate_dir")
+    if not folder or not Path(folder).is_dir():
+        return []
+    picked = []
+    for name in meta.get("class_names") or []:
+        sub = Path(folder) / name
+        if sub.is_dir():
+            files = sorted(p for p in sub.iterdir() if p.is_file() and is_image_name(p.name))
+            picked += [(p, name) for p in files[:per_class]]
+    return picked
+
+
+def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS) -> list[str]:
+    """HTML figures of Grad-CAM overlays on up to ``count`` validation images (the classes in
+    turn); [] when there is no validation folder or the model cannot be traced."""
+    if count <= 0 or not (Path(bundle_dir) / "model.keras").is_file():
+        return []
+    names = list(meta.get("class_names") or [])
+    if not names:
+        return []
+    per_class = max(1, -(-count // len(names)))
+    chosen = _validation_images(meta, per_class)
+    # interleave the classes: cat, dog, cat, dog ...
+    by_class: dict[str, list] = {}
+    for path, name in chosen:
+        by_class.setdefault(name, []).append(path)
+    order = []
+    for i in range(per_class):
+        order += [(paths[i], name) for name, paths in by_class.items() if i < len(paths)]
+    order = order[:count]
+    if not order:
+        return []
+    from PIL import Image
+
+    from transfer import images
+    from transfer.explain import gradcam
+    from transfer.inference import BundleClassifier
+
+    try:
+        classifier = BundleClassifier(Path(bundle_dir))
+    except TransferError:
+        return []
+    figures = []
+    for path, truth in order:
+        try:
+            array, _ = classifier.prepare(path)
+            heatmap, probs, index, layer = gradcam(classifier.model, classifier.meta, array)
+        except TransferError:
+            continue
+        if classifier.meta.get("channels", 3) == 1:
+            digit = np.asarray(array, dtype="float32")[..., 0].clip(0, 255).astype("uint8")
+            shown = np.repeat(np.asarray(Image.fromarray(digit).resize(
+                (THUMB_SIDE, THUMB_SIDE), Image.NEAREST))[..., None], 3, axis=-1)
+        else:
+            picture = images.to_rgb(images.open_image(path))
+            picture.thumbnail((THUMB_SIDE, THUMB_SIDE))
+            shown = np.asarray(picture)
+        png = overlay_png(shown, heatmap, view="overlay")
+        predicted = names[int(np.argmax(probs))]
+        caption = (f"{path.name}: true {truth}, predicted {predicted} "
+                   f"{float(np.max(probs)):.2f} (Grad-CAM at {layer})")
+        figures.append(f'<figure><img class="gradcam" src="{data_uri(png)}" '
+                       f'alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>')
+    return figures
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def _section(title: str, body: str, anchor: str) -> str:
+    return f'<section id="{anchor}"><h2>{_e(title)}</h2>{body}</section>' if body else ""
+
+
+def _confusion_table(matrix: list[list[int]], names: list[str]) -> str:
+    head = '<th class="l">true \\ predicted</th>' + "".join(f"<th>{_e(n)}</th>" for n in names)
+    body = ""
+    for i, row in enumerate(matrix):
+        tds = "".join(
+            f'<td class="{"diag" if i == j else ("off" if v else "")}">{_e(v)}</td>'
+            for j, v in enumerate(row))
+        body += f'<tr><th class="l">{_e(names[i] if i < len(names) else i)}</th>{tds}</tr>'
+    return f'<table class="confusion"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
+    """The report of a bundle or an evaluation folder as one self-contained HTML page.
+
+    Args:
+        folder: a bundle (meta.json, and report.json once evaluated) or an `evaluate
+            --output` folder (report.json; its bundle is read too when it still exists).
+        gradcams: Grad-CAM overlays to compute on the bundle's validation images (0: none).
+
+    Returns:
+        The HTML text (UTF-8, no external resource).
+
+    Raises:
+        TransferError: ``folder`` is neither a bundle nor an evaluation folder.
+    """
+    from transfer import __version__
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TransferError(f"{folder}: no such bundle or evaluation folder")
+    meta = _read_json(folder / "meta.json")
+    evaluation = _read_json(folder / "report.json")
+    if not isinstance(meta, dict):
+        meta = None
+    if not isinstance(evaluation, dict):
+        evaluation = None
+    if meta is None and evaluation is None:
+        raise TransferError(f"{folder} holds neither meta.json (a bundle) nor report.json (an "
+                            "evaluation): nothing to report")
+    bundle_dir = folder if meta is not None else None
+    if meta is None and evaluation.get("model"):  # an evaluate --output folder
+        other = _read_json(Path(evaluation["model"]) / "meta.json")
+        if isinstance(other, dict):
+            meta, bundle_dir = other, Path(evaluation["model"])
+    meta = meta or {}
+    names = list(meta.get("class_names") or (evaluation or {}).get("class_names") or [])
+    metrics = meta.get("metrics") or {}
+    title = folder.resolve().name if folder.name in ("", ".", "latest") else folder.name
+    parts: list[str] = []
+
+    # ---- summary
+    cards = []
+    if evaluation:
+        cards.append(_card(_num(evaluation.get("accuracy")), "evaluated accuracy"))
+        cards.append(_card(_num(evaluation.get("loss")), "evaluated loss"))
+        if evaluation.get("roc_auc") is not None:
+            cards.append(_card(_num(evaluation["roc_auc"]), "ROC AUC"))
+        cards.append(_card(_e(evaluation.get("images")), "images evaluated"))
+    for key, label in (("test_accuracy", "test accuracy"), ("val_accuracy",
+                                                            "validation accuracy"),
+                       ("val_loss", "validation loss"), ("best_epoch", "best epoch"),
+                       ("epochs_run", "epochs run")):
+        if metrics.get(key) is not None:
+            cards.append(_card(_num(metrics[key]), label))
+    kind = meta.get("kind") or ("evaluation" if evaluation else "")
+    facts = [f"{_e(kind)} run" if kind else ""]
+    if meta.get("base"):
+        alpha = f" alpha {meta['alpha']}" if meta.get("alpha") not in (None, 1.0) else ""
+        facts.append(f"base <b>{_e(meta['base'])}</b>{_e(alpha)}")
+    if names:
+        facts.append(f"{len(names)} classes: <b class=\"classes\">"
+                     f"{_e(', '.join(names))}</b>")
+    if meta.get("created"):
+        facts.append(f"created {_e(meta['created'])}")
+    sub = " · ".join(f for f in facts if f)
+    parts.append(f"<h1>{_e(title)}</h1><p class=\"sub\">{sub}</p>")
+    if cards:
+        parts.append(f'<div class="cards">{"".join(cards)}</div>')
+
+    # ---- the run
+    run = ""
+    if meta.get("command"):
+        run += f"<p>Command:</p><pre>{_e(meta['command'])}</pre>"
+    if evaluation:
+        run += (f"<p>Evaluated <b>{_e(evaluation.get('model'))}</b> on "
+                f"<b>{_e(evaluation.get('data_dir'))}</b>"
+                f"{' (the training validation folder)' if evaluation.get('is_training_validation_folder') else ''}"  # noqa: E501
+                f", {_e(evaluation.get('created') or '')}.</p>")
+    if meta.get("settings"):
+        run += ("<details open><summary>Resolved settings</summary><pre class=\"settings\">"
+                f"{_e(json.dumps(meta['settings'], indent=2, sort_keys=True))}</pre></details>")
+    recipe = {k: meta[k] for k in ("image_size", "channels", "preprocessing", "output",
+                                   "pipeline", "augmentation", "head", "training", "weights",
+                                   "keras_class", "dataset", "seed") if k in meta}
+    if recipe:
+        run += ("<details><summary>Model and training recipe (meta.json)</summary><pre>"
+                f"{_e(json.dumps(recipe, indent=2))}</pre></details>")
+    parts.append(_section("The run", run, "run"))
+
+    # ---- data
+    counts, skipped, source = data_counts(meta)
+    data_html = ""
+    if counts:
+        classes = list(dict.fromkeys(c for per in counts.values() for c in per))
+        rows = [[_e(split), *[_e(per.get(c, 0)) for c in classes], _e(sum(per.values()))]
+                for split, per in counts.items()]
+        data_html += (_table(["split", *classes, "total"], rows)
+                      + f'<p class="muted">From {_e(source)}.</p>')
+    data = meta.get("data") or {}
+    if data.get("source") or data.get("test_images"):
+        data_html += (f"<p>Source: {_e(data.get('source', '-'))}; test images: "
+                      f"{_e(data.get('test_images', '-'))}.</p>")
+    eval_skipped = (evaluation or {}).get("skipped") or []
+    if skipped or eval_skipped:
+        rows = [[_e(s.get("name") or s.get("file")), _e(s.get("class", "")), _e(s.get("reason"))]
+                for s in skipped]
+        rows += [[_e(s.get("file")), "", _e(s.get("reason"))] for s in eval_skipped
+                 if isinstance(s, dict)]
+        data_html += (f"<p>{len(rows)} file(s) skipped:</p>"
+                      + _table(["file", "class", "reason"], rows[:200], left=3))
+    elif counts:
+        data_html += "<p class=\"muted\">No file was skipped.</p>"
+    parts.append(_section("Data", data_html, "data"))
+
+    # ---- learning curves
+    curves = ""
+    if bundle_dir is not None and (bundle_dir / "curves.png").is_file():
+        curves += _picture(bundle_dir / "curves.png", "accuracy and loss per epoch, training "
+                                                      "vs validation")
+    header, rows = _history(bundle_dir) if bundle_dir is not None else ([], [])
+    if rows:
+        def cell(text):
+            try:
+                return f"{float(text):.4f}" if "." in text or "e" in text else _e(text)
+            except ValueError:
+                return _e(text)
+
+        curves += ("<details><summary>history.csv</summary>"
+                   + _table(header, [[cell(c) for c in row] for row in rows]) + "</details>")
+    parts.append(_section("Learning curves", curves, "curves"))
+
+    # ---- evaluation
+    evaluated = ""
+    matrix = (evaluation or {}).get("confusion_matrix") or meta.get("confusion_matrix")
+    if evaluation and evaluation.get("per_class"):
+        rows = [[_e(name), _num(r.get("precision")), _num(r.get("recall")), _num(r.get("f1")),
+                 _e(r.get("support"))] for name, r in evaluation["per_class"].items()]
+        macro = evaluation.get("macro_avg") or {}
+        if macro:
+            rows.append(["<i>macro average</i>", _num(macro.get("precision")),
+                         _num(macro.get("recall")), _num(macro.get("f1")),
+                         _e(evaluation.get("images"))])
+        evaluated += _table(["class", "precision", "recall", "F1", "support"], rows)
+    if matrix:
+        which = "evaluation" if evaluation and evaluation.get("confusion_matrix") else \
+            "the test images (meta.json)"
+        evaluated += (f"<p>Confusion matrix on {_e(which)} (rows: true class, columns: "
+                      "predicted):</p>" + _confusion_table(matrix, names))
+    picture_dir = folder if (folder / "confusion.png").is_file() else bundle_dir
+    if picture_dir is not None and (picture_dir / "confusion.png").is_file():
+        evaluated += _picture(picture_dir / "confusion.png", "confusion matrix")
+    if not evaluated:
+        evaluated = ("<p class=\"muted\">Not evaluated yet: <code>transfer evaluate</code> "
+                     "adds accuracy per class, the confusion matrix and the worst mistakes."
+                     "</p>")
+    parts.append(_section("Evaluation", evaluated, "evaluation"))
+
+    # ---- mistakes
+    mistakes = ""
+    if (folder / "misclassified.png").is_file():
+        mistakes += _picture(folder / "misclassified.png", "the most confident mistakes")
+    elif bundle_dir is not None and (bundle_dir / "misclassified.png").is_file():
+        mistakes += _picture(bundle_dir / "misclassified.png", "mistakes")
+    worst = (evaluation or {}).get("worst_mistakes") or []
+    if worst:
+        rows = [[_e(Path(str(w.get("file"))).name), _e(w.get("true")), _e(w.get("predicted")),
+                 _num(w.get("probability"))] for w in worst if isinstance(w, dict)]
+        mistakes += _table(["file", "true", "predicted", "probability"], rows)
+    parts.append(_section("Misclassified examples", mistakes, "mistakes"))
+
+    # ---- Grad-CAM
+    figures = gradcam_figures(bundle_dir, meta, gradcams) if bundle_dir is not None else []
+    if figures:
+        parts.append(_section("Grad-CAM: where the model looked",
+                              f'<div class="grid">{"".join(figures)}</div>', "gradcam"))
+
+    # ---- other pictures
+    gallery = "".join(_picture(bundle_dir / name, caption) for name, caption in PICTURES.items()
+                      if bundle_dir is not None and (bundle_dir / name).is_file())
+    parts.append(_section("More pictures", gallery, "pictures"))
+
+    # ---- timings and engine
+    engine = ""
+    timings = dict(meta.get("timings") or {})
+    if meta.get("feature_cache"):
+        timings["feature_cache"] = meta["feature_cache"]
+    if evaluation and evaluation.get("seconds") is not None:
+        timings["evaluation_seconds"] = evaluation["seconds"]
+    if timings:
+        engine += _table(["timing", "value"],
+                         [[_e(k.replace("_", " ")), _num(v, 3) if not isinstance(v, list)
+                           else _e(", ".join(map(str, v)))] for k, v in timings.items()])
+    versions = dict(meta.get("versions") or {})
+    training = meta.get("training") or {}
+    for key in ("distribute", "replicas"):
+        if training.get(key) is not None:
+            versions[key] = training[key]
+    if versions:
+        engine += _table(["engine", "value"], [[_e(k), _e(v)] for k, v in versions.items()])
+    parts.append(_section("Timings and engine", engine, "engine"))
+
+    made = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    footer = (f"<footer>Made by transfer {_e(__version__)} on {_e(made)} "
+              f"(Python {_e(platform.python_version())}) from {_e(folder)}; "
+              "<code>transfer report</code> rebuilds it.</footer>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{_e(title)}: transfer report</title><style>{STYLE}</style></head>"
+            f"<body><main>{''.join(parts)}{footer}</main></body></html>\n")
+
+
+def write_report(folder: Path, output: Path | None = None) -> Path:
+    """Write the one-file HTML report of a bundle or an evaluation folder.
+
+    Args:
+        folder: a bundle or an `evaluate --output` folder (see ``render_report``).
+        output: the HTML file to write; default ``folder/report.html`` (replaced if there).
+
+    Returns:
+        The path written.
+
+    Raises:
+        TransferError: ``folder`` is neither a bundle nor an evaluation folder, or ``output``
+            is a folder.
+        OSError: the file cannot be written.
+    """
+    from transfer.files import replacing
+
+    folder = Path(folder)
+    target = Path(output) if output is not None else folder / REPORT_HTML
+    if target.is_dir():
+        raise TransferError(f"{target} is a folder; name an .html file")
+    text = render_report(folder)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(target) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+    return target

@@ -1,0 +1,391 @@
+// The page of `transfer serve`: plain JavaScript, no build step, nothing from the network
+// but this server's own API.
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const modelSelect = $("model");
+  const topInput = $("top");
+  const statusLine = $("status");
+  const results = $("results");
+  const reportLink = $("report-link");
+  const modelInfo = $("model-info");
+  const fileInput = $("file-input");
+  const drop = $("drop");
+  const video = $("webcam");
+  const digitSection = $("digit");
+  const canvas = $("digit-canvas");
+  const MAX_FILES = 64; // per request, as the server allows
+  const EXPLAINED = 8; // Grad-CAM pictures asked for per batch of photos
+  let models = [];
+  let stream = null;
+  let counter = 0;
+
+  function say(text, isError) {
+    statusLine.textContent = text;
+    statusLine.classList.toggle("error", Boolean(isError));
+  }
+
+  function current() {
+    return models.find((m) => m.name === modelSelect.value) || null;
+  }
+
+  function pretty(label) {
+    return String(label).replace(/_/g, " ");
+  }
+
+  async function errorText(response) {
+    try {
+      const body = await response.json();
+      return body.detail ? String(typeof body.detail === "string" ? body.detail
+        : JSON.stringify(body.detail)) : response.statusText;
+    } catch (e) {
+      return response.status + " " + response.statusText;
+    }
+  }
+
+  // ---------------------------------------------------------------- models
+
+  async function loadModels() {
+    const response = await fetch("/api/models");
+    if (!response.ok) {
+      say("cannot list the models: " + (await errorText(response)), true);
+      return;
+    }
+    const data = await response.json();
+    models = data.models;
+    modelSelect.textContent = "";
+    for (const m of models) {
+      const option = document.createElement("option");
+      option.value = m.name;
+      let text = m.kind === "imagenet" ? m.title : m.name;
+      if (m.kind === "bundle") {
+        const classes = m.classes.length > 4 ? m.classes.length + " classes"
+          : m.classes.join(", ");
+        text += " (" + [m.base, classes].filter(Boolean).join(", ");
+        if (m.accuracy !== null && m.accuracy !== undefined) {
+          text += ", accuracy " + Number(m.accuracy).toFixed(3);
+        }
+        text += ")";
+      }
+      option.textContent = text;
+      modelSelect.appendChild(option);
+    }
+    if (data.default && models.some((m) => m.name === data.default)) {
+      modelSelect.value = data.default;
+    }
+    if (data.top) topInput.value = data.top;
+    if (!models.length) say("No model: train one with `transfer train` into the models folder.", true);
+    modelChanged();
+    document.body.dataset.ready = "1";
+  }
+
+  function modelChanged() {
+    const m = current();
+    const digits = Boolean(m && m.digits);
+    digitSection.hidden = !digits;
+    if (m && m.report) {
+      reportLink.href = m.report;
+      reportLink.hidden = false;
+    } else {
+      reportLink.hidden = true;
+    }
+    if (!m) {
+      modelInfo.textContent = "";
+    } else if (m.kind === "imagenet") {
+      modelInfo.textContent = "ImageNet classifier of " + m.base + ": 1000 everyday classes.";
+    } else {
+      modelInfo.textContent = "Classes: " + m.classes.join(", ") + (digits
+        ? ". Draw a digit below, or give a photo of one." : ".");
+    }
+  }
+
+  // ---------------------------------------------------------------- results
+
+  function card(file) {
+    counter += 1;
+    const box = document.createElement("article");
+    box.className = "result";
+    box.dataset.state = "pending";
+    box.id = "result-" + counter;
+    const thumb = document.createElement("img");
+    thumb.className = "thumb";
+    thumb.alt = file.name;
+    thumb.src = URL.createObjectURL(file);
+    const body = document.createElement("div");
+    body.className = "body";
+    const title = document.createElement("h3");
+    title.textContent = file.name;
+    const answer = document.createElement("div");
+    answer.className = "answer";
+    answer.textContent = "classifying ...";
+    body.append(title, answer);
+    box.append(thumb, body);
+    results.prepend(box);
+    return box;
+  }
+
+  function showPrediction(box, item, seconds) {
+    const answer = box.querySelector(".answer");
+    answer.textContent = "";
+    if (item.error) {
+      box.dataset.state = "error";
+      const p = document.createElement("p");
+      p.className = "error";
+      p.textContent = item.error;
+      answer.appendChild(p);
+      return;
+    }
+    box.dataset.state = "done";
+    box.dataset.label = item.label;
+    const label = document.createElement("div");
+    label.className = "label";
+    label.textContent = pretty(item.label) + " " + (100 * item.probability).toFixed(1) + "%";
+    answer.appendChild(label);
+    const bars = document.createElement("div");
+    bars.className = "bars";
+    for (const entry of item.top) {
+      const row = document.createElement("div");
+      row.className = "bar";
+      const name = document.createElement("span");
+      name.className = "name";
+      name.textContent = pretty(entry.label);
+      name.title = entry.label;
+      const track = document.createElement("span");
+      track.className = "track";
+      const fill = document.createElement("span");
+      fill.className = "fill";
+      fill.style.display = "block";
+      fill.style.width = Math.max(0, Math.min(100, 100 * entry.probability)).toFixed(1) + "%";
+      track.appendChild(fill);
+      const value = document.createElement("span");
+      value.className = "value";
+      value.textContent = entry.probability.toFixed(4);
+      row.append(name, track, value);
+      bars.appendChild(row);
+    }
+    answer.appendChild(bars);
+    const time = document.createElement("p");
+    time.className = "time";
+    time.textContent = "server time " + (1000 * seconds).toFixed(0) + " ms";
+    answer.appendChild(time);
+  }
+
+  async function explainOne(box, file, model) {
+    const form = new FormData();
+    form.append("file", file, file.name);
+    if (model) form.append("model", model);
+    form.append("view", "overlay");
+    const note = document.createElement("p");
+    note.className = "time gradcam-note";
+    note.textContent = "Grad-CAM ...";
+    box.querySelector(".body").appendChild(note);
+    try {
+      const response = await fetch("/api/explain", { method: "POST", body: form });
+      if (!response.ok) {
+        note.textContent = "no Grad-CAM: " + (await errorText(response));
+        return;
+      }
+      const blob = await response.blob();
+      const img = document.createElement("img");
+      img.className = "gradcam";
+      img.alt = "Grad-CAM overlay of " + file.name;
+      img.src = URL.createObjectURL(blob);
+      const label = decodeURIComponent(response.headers.get("X-Label") || "");
+      const ms = 1000 * Number(response.headers.get("X-Server-Seconds") || 0);
+      note.textContent = "Grad-CAM of " + pretty(label) + " (where the model looked), " +
+        ms.toFixed(0) + " ms";
+      box.querySelector(".body").insertBefore(img, note);
+    } catch (e) {
+      note.textContent = "no Grad-CAM: " + e;
+    }
+  }
+
+  async function classify(files) {
+    files = Array.from(files).filter((f) => f && f.size !== undefined);
+    if (!files.length) return;
+    const m = current();
+    const model = m ? m.name : "";
+    for (let start = 0; start < files.length; start += MAX_FILES) {
+      const chunk = files.slice(start, start + MAX_FILES);
+      const boxes = chunk.map(card);
+      const form = new FormData();
+      for (const f of chunk) form.append("files", f, f.name);
+      if (model) form.append("model", model);
+      form.append("top", String(Math.max(1, parseInt(topInput.value, 10) || 3)));
+      say("classifying " + chunk.length + " image(s) with " + (model || "the default model") + " ...");
+      let response;
+      try {
+        response = await fetch("/api/predict", { method: "POST", body: form });
+      } catch (e) {
+        say("the server cannot be reached: " + e, true);
+        boxes.forEach((b) => showPrediction(b, { error: "no answer from the server" }, 0));
+        continue;
+      }
+      if (response.status === 415) {
+        const body = await response.json();
+        (body.errors || []).forEach((e, i) => showPrediction(boxes[i], e, 0));
+        say(body.detail, true);
+        continue;
+      }
+      if (!response.ok) {
+        const text = await errorText(response);
+        boxes.forEach((b) => showPrediction(b, { error: text }, 0));
+        say(text, true);
+        continue;
+      }
+      const data = await response.json();
+      data.predictions.forEach((item, i) => showPrediction(boxes[i], item, data.server_seconds));
+      say(data.model + ": " + (data.predictions.length - data.failed) + " classified" +
+        (data.failed ? ", " + data.failed + " failed" : "") + " in " +
+        (1000 * data.server_seconds).toFixed(0) + " ms (server time)");
+      let explained = 0;
+      for (let i = 0; i < chunk.length; i += 1) {
+        if (data.predictions[i].error || explained >= EXPLAINED) continue;
+        explained += 1;
+        await explainOne(boxes[i], chunk[i], model);
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- inputs
+
+  fileInput.addEventListener("change", () => {
+    classify(fileInput.files);
+    fileInput.value = "";
+  });
+  ["dragenter", "dragover"].forEach((name) => drop.addEventListener(name, (event) => {
+    event.preventDefault();
+    drop.classList.add("over");
+  }));
+  ["dragleave", "drop"].forEach((name) => drop.addEventListener(name, () => {
+    drop.classList.remove("over");
+  }));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    classify(event.dataTransfer.files);
+  });
+  // a photo dropped beside the zone must not make the browser leave the page
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => event.preventDefault());
+  document.addEventListener("paste", (event) => {
+    const items = Array.from((event.clipboardData || {}).items || []);
+    const files = items.filter((i) => i.kind === "file").map((i, n) => {
+      const f = i.getAsFile();
+      return f && f.name ? f : new File([f], "pasted-" + (n + 1) + ".png", { type: f.type });
+    });
+    if (files.length) {
+      event.preventDefault();
+      classify(files);
+    }
+  });
+  modelSelect.addEventListener("change", modelChanged);
+
+  // ---------------------------------------------------------------- webcam
+
+  $("webcam-start").addEventListener("click", async () => {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      say("this browser gives no webcam here (it needs https or localhost)", true);
+      return;
+    }
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+    } catch (e) {
+      say("no webcam: " + e.message, true);
+      return;
+    }
+    video.srcObject = stream;
+    video.hidden = false;
+    $("webcam-snap").hidden = false;
+    $("webcam-stop").hidden = false;
+    $("webcam-start").hidden = true;
+    say("webcam on: hold something up and take the photo");
+  });
+
+  function stopWebcam() {
+    if (stream) stream.getTracks().forEach((t) => t.stop());
+    stream = null;
+    video.srcObject = null;
+    video.hidden = true;
+    $("webcam-snap").hidden = true;
+    $("webcam-stop").hidden = true;
+    $("webcam-start").hidden = false;
+  }
+
+  $("webcam-stop").addEventListener("click", stopWebcam);
+  $("webcam-snap").addEventListener("click", async () => {
+    if (!video.videoWidth) {
+      await new Promise((resolve) => video.addEventListener("loadeddata", resolve,
+        { once: true }));
+    }
+    const shot = document.createElement("canvas");
+    shot.width = video.videoWidth;
+    shot.height = video.videoHeight;
+    shot.getContext("2d").drawImage(video, 0, 0);
+    shot.toBlob((blob) => {
+      classify([new File([blob], "webcam-" + new Date().toISOString().slice(11, 19)
+        .replace(/:/g, "") + ".jpg", { type: "image/jpeg" })]);
+    }, "image/jpeg", 0.92);
+  });
+
+  // ---------------------------------------------------------------- digit canvas
+
+  const pen = canvas.getContext("2d");
+  let drawing = false;
+  let drawn = false;
+
+  function clearCanvas() {
+    pen.fillStyle = "#000";
+    pen.fillRect(0, 0, canvas.width, canvas.height);
+    drawn = false;
+  }
+
+  function point(event) {
+    const rect = canvas.getBoundingClientRect();
+    return [(event.clientX - rect.left) * canvas.width / rect.width,
+      (event.clientY - rect.top) * canvas.height / rect.height];
+  }
+
+  canvas.addEventListener("pointerdown", (event) => {
+    drawing = true;
+    canvas.setPointerCapture(event.pointerId);
+    const [x, y] = point(event);
+    pen.strokeStyle = "#fff";
+    pen.fillStyle = "#fff";
+    pen.lineWidth = 22;
+    pen.lineCap = "round";
+    pen.lineJoin = "round";
+    pen.beginPath();
+    pen.arc(x, y, pen.lineWidth / 2, 0, 2 * Math.PI);
+    pen.fill();
+    pen.beginPath();
+    pen.moveTo(x, y);
+    drawn = true;
+    event.preventDefault();
+  });
+  canvas.addEventListener("pointermove", (event) => {
+    if (!drawing) return;
+    const [x, y] = point(event);
+    pen.lineTo(x, y);
+    pen.stroke();
+    event.preventDefault();
+  });
+  function endStroke() {
+    drawing = false;
+  }
+  canvas.addEventListener("pointerup", endStroke);
+  canvas.addEventListener("pointercancel", endStroke);
+
+  $("digit-clear").addEventListener("click", clearCanvas);
+  $("digit-classify").addEventListener("click", () => {
+    if (!drawn) {
+      say("draw a digit first", true);
+      return;
+    }
+    canvas.toBlob((blob) => classify([new File([blob], "drawing.png", { type: "image/png" })]),
+      "image/png");
+  });
+  clearCanvas();
+
+  loadModels().catch((e) => say("cannot list the models: " + e, true));
+})();
