@@ -1,19 +1,30 @@
-"""transfer export: Keras, SavedModel and TFLite round trips on real photos, and refusals."""
+"""transfer export: Keras, SavedModel and TFLite files run here with plain Keras, plain
+TensorFlow and the TFLite interpreter on real photos, against the README's tolerances; and
+refusals."""
 
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
 from conftest import split_images
+from PIL import Image
 from typer.testing import CliRunner
+from unwritable import names_path, unwritable_folder
 
-from transfer import bundle, export, images
+from transfer import bundle, export
 from transfer.cli import app
 from transfer.errors import TransferError
+from transfer.settings import ExportSettings
 
 runner = CliRunner()
+
+# The README's promise ("within tolerance (SavedModel 1e-5, TFLite 1e-3)"); a .keras copy is
+# the same model, so it must agree to float32 rounding.
+README_TOLERANCE = {"keras": 1e-6, "savedmodel": 1e-5, "tflite": 1e-3}
+TARGETS = {"keras": "m.keras", "savedmodel": "sm", "tflite": "m.tflite"}
 
 
 @pytest.fixture(scope="module")
@@ -21,28 +32,80 @@ def held_out(small_split):
     return [p for p, _ in split_images(small_split / "test", 3)]
 
 
-def _keras_outputs(bundle_dir, files):
-    model, meta = bundle.load(bundle_dir)
-    x = np.stack([images.model_input(p, meta)[0] for p in files])
-    return np.asarray(model.predict(x, verbose=0)), x
+def raw_pixels(files, size: int = 224) -> np.ndarray:
+    """What the bundle's model takes, read here with Pillow alone: RGB 0-255, bilinear."""
+    arrays = []
+    for path in files:
+        with Image.open(path) as picture:
+            arrays.append(np.asarray(picture.convert("RGB").resize((size, size),
+                                                                   Image.BILINEAR), "float32"))
+    return np.stack(arrays)
+
+
+def run_exported(fmt: str, target, x: np.ndarray) -> np.ndarray:
+    """The exported file run the way its users run it, with no transfer code."""
+    import keras
+    import tensorflow as tf
+
+    if fmt == "keras":
+        return np.asarray(keras.saving.load_model(target, compile=False)(x, training=False))
+    if fmt == "savedmodel":
+        loaded = tf.saved_model.load(str(target))
+        serve = loaded.signatures["serve"]  # the serving signature, as TF Serving calls it
+        _, inputs = serve.structured_input_signature
+        (name,) = inputs
+        (output,) = serve(**{name: tf.constant(x)}).values()
+        np.testing.assert_array_equal(np.asarray(loaded.serve(tf.constant(x))), output)
+        return np.asarray(output)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's move-to-LiteRT notice
+        interpreter = tf.lite.Interpreter(model_path=str(target))
+    detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(detail["index"], list(x.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(detail["index"], x)
+    interpreter.invoke()
+    return np.asarray(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
 
 
 @pytest.mark.parametrize("fmt", ["keras", "savedmodel", "tflite"])
 def test_round_trip_on_real_photos(fmt, trained_bundle, held_out, tmp_path):
-    target = tmp_path / {"keras": "m.keras", "savedmodel": "sm", "tflite": "m.tflite"}[fmt]
-    result = export.export(trained_bundle.bundle, fmt, target, check_images=held_out)
-    assert result.passed and result.max_abs_diff <= export.TOLERANCE[fmt]
-    assert result.n_images == 6 and target.exists()
+    import keras
+
+    target = tmp_path / TARGETS[fmt]
+    result = export.export(trained_bundle.bundle, format=fmt, output=target,
+                           check_images=held_out)
+    assert result.passed and result.n_images == 6 and target.exists()
+    assert result.path == target and result.tolerance == README_TOLERANCE[fmt]
     meta = json.loads(result.meta_path.read_text())
     assert meta["class_names"] == ["cats", "dogs"] and meta["export"]["format"] == fmt
-    # independently of export's own check: run the exported file on the held-out photos
-    expected, x = _keras_outputs(trained_bundle.bundle, held_out)
-    actual = {"keras": export._run_keras, "savedmodel": export._run_savedmodel,
-              "tflite": export._run_tflite}[fmt](target, x)
-    assert np.max(np.abs(actual.reshape(expected.shape) - expected)) <= export.TOLERANCE[fmt]
+    assert meta["image_size"] == 224
+    # independently of export's own check: the bundle's Keras model and the exported file,
+    # both opened without transfer, on the held-out photos read with Pillow
+    x = raw_pixels(held_out)
+    reference = keras.saving.load_model(trained_bundle.bundle / bundle.MODEL, compile=False)
+    expected = np.asarray(reference(x, training=False))
+    assert expected.shape == (6, 1) and 0.05 < expected.std()  # real, varied outputs
+    actual = run_exported(fmt, target, x).reshape(expected.shape)
+    diff = float(np.max(np.abs(actual - expected)))
+    assert diff <= README_TOLERANCE[fmt], diff
+    assert result.max_abs_diff == pytest.approx(diff, abs=1e-6)  # export measured the same
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     with pytest.raises(TransferError, match="already exists; use --force"):
-        export.export(trained_bundle.bundle, fmt, target, check_images=held_out)
+        export.export(trained_bundle.bundle, format=fmt, output=target, check_images=held_out)
+
+
+def test_settings_object_and_default_output(trained_bundle, held_out, tmp_path):
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(trained_bundle.bundle, copy)
+    result = export.export(ExportSettings(model=copy, format="savedmodel",
+                                          check_images=[held_out[0].parent]))
+    assert result.path == copy / "export" / "saved_model"
+    assert (result.path / "saved_model.pb").exists()
+    assert result.meta_path == result.path / "assets.extra" / "meta.json"
+    assert result.n_images == 8 and result.check_source == "given images"  # 8 of the folder
 
 
 def test_default_check_images_and_cli(trained_bundle, tmp_path):
@@ -59,19 +122,43 @@ def test_failed_check_writes_nothing(trained_bundle, held_out, tmp_path, monkeyp
     monkeypatch.setitem(export.TOLERANCE, "tflite", 0.0)  # float32 TFLite never matches exactly
     target = tmp_path / "m.tflite"
     with pytest.raises(TransferError, match="differ from the Keras model's"):
-        export.export(trained_bundle.bundle, "tflite", target, check_images=held_out)
+        export.export(trained_bundle.bundle, format="tflite", output=target,
+                      check_images=held_out)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_export_refusals(trained_bundle, held_out, tmp_path):
-    with pytest.raises(TransferError, match="unknown format 'onnx'"):
-        export.export(trained_bundle.bundle, "onnx", tmp_path / "m.onnx")
+    with pytest.raises(TransferError, match="--format must be one of keras, savedmodel, tflite"):
+        export.export(trained_bundle.bundle, format="onnx", output=tmp_path / "m.onnx")
     with pytest.raises(TransferError, match="must end in .keras"):
-        export.export(trained_bundle.bundle, "keras", tmp_path / "m.h5", check_images=held_out)
+        export.export(trained_bundle.bundle, format="keras", output=tmp_path / "m.h5",
+                      check_images=held_out)
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "notes.txt").write_text("keep me")
     with pytest.raises(TransferError, match="not a SavedModel"):
-        export.export(trained_bundle.bundle, "savedmodel", folder, force=True,
+        export.export(trained_bundle.bundle, format="savedmodel", output=folder, force=True,
                       check_images=held_out)
     assert (folder / "notes.txt").read_text() == "keep me"
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a photo")
+    with pytest.raises(TransferError, match=r"check image .*bad.jpg: not an image"):
+        export.export(trained_bundle.bundle, format="tflite", output=tmp_path / "x.tflite",
+                      check_images=[bad])
+    assert not (tmp_path / "x.tflite").exists()
+
+
+def test_unwritable_outputs_are_named(trained_bundle, held_out, tmp_path):
+    with unwritable_folder(tmp_path / "locked") as locked:
+        for output in (locked / "m.tflite", locked / "deeper" / "m.tflite"):
+            with pytest.raises((TransferError, OSError)) as caught:
+                export.export(trained_bundle.bundle, format="tflite", output=output,
+                              check_images=held_out)
+            assert names_path(caught.value, locked)
+        assert list(locked.iterdir()) == []
+    (tmp_path / "file").write_text("keep")
+    with pytest.raises((TransferError, OSError)) as caught:
+        export.export(trained_bundle.bundle, format="tflite",
+                      output=tmp_path / "file" / "m.tflite", check_images=held_out)
+    assert names_path(caught.value, tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "keep"
