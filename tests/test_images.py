@@ -104,6 +104,31 @@ def test_unusable_files_say_why(tmp_path, name, content, reason):
         path.write_bytes(content)
     with pytest.raises(images.ImageError, match=reason):
         images.open_image(path)
+    with pytest.raises(images.ImageError, match=reason):  # the same reason for uploads
+        images.open_image(path.read_bytes())
+
+
+def test_bytes_and_file_objects_read_as_the_file(photo, tmp_path):
+    """An upload (bytes or a binary file object) gives the very pixels of the file on disk,
+    EXIF rotation included."""
+    import io
+
+    meta = {"image_size": 64, "channels": 3}
+    from_path, notes = images.model_input(photo, meta)
+    data = photo.read_bytes()
+    for source in (data, bytearray(data), io.BytesIO(data)):
+        array, same_notes = images.model_input(source, meta)
+        np.testing.assert_array_equal(array, from_path)
+        assert same_notes == notes
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = tmp_path / "rotated.jpg"
+    Image.open(photo).transpose(Image.Transpose.ROTATE_90).save(rotated, exif=exif)
+    with open(rotated, "rb") as handle:
+        assert images.open_image(handle).size == images.open_image(rotated).size == \
+            Image.open(photo).size
+    with pytest.raises(images.ImageError, match="truncated"):
+        images.open_image(truncated(data))
 
 
 def test_truncated_missing_and_folder(photo, tmp_path):
