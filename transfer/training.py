@@ -26,6 +26,7 @@ taking the ``RunPlan`` and returning a small result):
 
 from __future__ import annotations
 
+import importlib.util
 import shlex
 import shutil
 import sys
@@ -99,7 +100,8 @@ def plan(settings: TrainSettings) -> RunPlan:
     """Read the class folders and resolve base, size, output and cache use (no TensorFlow).
 
     Raises:
-        TransferError: the folders are missing, empty or disagree on their classes.
+        TransferError: the folders are missing, empty or disagree on their classes; --tensorboard
+            without the tensorboard package.
     """
     hp = settings
     base = bases.get(hp.base)
@@ -110,6 +112,9 @@ def plan(settings: TrainSettings) -> RunPlan:
     if val_names != names:
         raise TransferError(f"class folders differ: {hp.train_dir} has {names}, "
                             f"{hp.validate_dir} has {val_names}")
+    if hp.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise TransferError("--tensorboard needs the tensorboard package: pip install "
+                            "tensorboard (or leave --tensorboard out)")
     target = Path(hp.output) if hp.output else Path(hp.models_dir) / bundle.default_name(hp.base)
     use_cache = base.pretrained and (not hp.augment.enabled or hp.augment_copies > 0)
     return RunPlan(hp, base, alpha, size, names, pipelines.listing(hp.train_dir, names),
