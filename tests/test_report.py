@@ -1,0 +1,141 @@
+"""report.html: one self-contained file for a bundle (trained, evaluated or not) and for an
+evaluation folder, on the real trained bundle."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+
+import pytest
+from PIL import Image
+
+from transfer.errors import TransferError
+from transfer.report import render_report, write_report
+
+
+class Links(HTMLParser):
+    """Every src/href, every <img>, the text, and whether any <script> is there."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls, self.images, self.text, self.scripts, self.stack = [], [], [], 0, []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.scripts += tag == "script"
+        for key in ("src", "href"):
+            if attrs.get(key):
+                self.urls.append(attrs[key])
+        if tag == "img":
+            self.images.append(attrs)
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parsed(text: str) -> Links:
+    links = Links()
+    links.feed(text)
+    return links
+
+
+def decoded(uri: str) -> Image.Image:
+    assert uri.startswith("data:image/png;base64,")
+    return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+
+
+def assert_self_contained(text: str) -> Links:
+    links = parsed(text)
+    for url in links.urls:
+        assert url.startswith("data:") or url.startswith("#"), url
+    assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:)?//", text, re.I)
+    assert "@import" not in text and "url(" not in text  # no CSS fetches either
+    assert links.scripts == 0
+    return links
+
+
+@pytest.fixture()
+def bundle_copy(trained_bundle, tmp_path):
+    copy = tmp_path / "mobilenet-copy"
+    shutil.copytree(trained_bundle.bundle, copy)
+    (copy / "report.html").unlink(missing_ok=True)
+    return copy
+
+
+def test_report_of_a_bundle_never_evaluated(bundle_copy, trained_bundle):
+    for name in ("report.json", "confusion.png", "misclassified.png"):
+        (bundle_copy / name).unlink(missing_ok=True)
+    path = write_report(bundle_copy)
+    assert path == bundle_copy / "report.html"
+    text = path.read_text(encoding="utf-8")
+    links = assert_self_contained(text)
+    words = " ".join(links.text)
+    assert "cats, dogs" in words and "mobilenet" in words
+    assert "Not evaluated yet" in words and 'class="confusion"' not in text
+    curves = [img for img in links.images if "accuracy and loss" in img.get("alt", "")]
+    assert len(curves) == 1
+    with Image.open(bundle_copy / "curves.png") as original, decoded(curves[0]["src"]) as shown:
+        assert shown.size == original.size
+    # the command and the resolved settings, the data per class and split, timings
+    settings = trained_bundle.meta["settings"]
+    assert html.escape(f'"base": "{settings["base"]}"') in text and "learning_rate" in text
+    assert "validate" in words and "Timings and engine" in words
+    # Grad-CAM overlays computed on the validation photos (2-4 of them)
+    gradcams = [img for img in links.images if img.get("class") == "gradcam"]
+    assert 2 <= len(gradcams) <= 4
+    for img in gradcams:
+        with decoded(img["src"]) as picture:
+            assert max(picture.size) <= 224 and picture.mode == "RGB"
+
+
+def test_report_of_an_evaluated_bundle_has_the_confusion_matrix(bundle_copy):
+    from transfer.evaluate import evaluate
+
+    result = evaluate(bundle_copy, force=True)
+    text = write_report(bundle_copy).read_text(encoding="utf-8")
+    assert_self_contained(text)
+    matrix = result.report["confusion_matrix"]
+    table = re.search(r'<table class="confusion">(.*?)</table>', text, re.S).group(1)
+    cells = [int(v) for v in re.findall(r"<td[^>]*>(\d+)</td>", table)]
+    assert cells == [v for row in matrix for v in row]
+    assert sum(cells) == result.report["images"]
+    assert "precision" in text and "macro average" in text
+    assert f"{result.report['accuracy']:.4f}" in text
+    assert "the most confident mistakes" in text  # misclassified.png, inlined
+    assert "Not evaluated yet" not in text
+
+
+def test_report_of_an_evaluation_folder(trained_bundle, small_split, tmp_path):
+    from transfer.evaluate import evaluate
+
+    out = tmp_path / "eval"
+    evaluate(trained_bundle.bundle, data_dir=small_split / "test", output=out)
+    target = write_report(out, tmp_path / "pages" / "test.html")
+    assert target == tmp_path / "pages" / "test.html" and not (out / "report.html").exists()
+    text = target.read_text(encoding="utf-8")
+    assert_self_contained(text)
+    assert str(small_split / "test") in text and 'class="confusion"' in text
+    assert "cats" in text and "dogs" in text
+    assert "accuracy and loss" in text  # the bundle's curves, found through report.json
+
+
+def test_partial_and_wrong_folders(tmp_path):
+    with pytest.raises(TransferError, match="nothing to report"):
+        write_report(tmp_path)
+    with pytest.raises(TransferError, match="no such bundle"):
+        write_report(tmp_path / "missing")
+    minimal = tmp_path / "minimal"
+    minimal.mkdir()
+    (minimal / "meta.json").write_text(json.dumps({
+        "schema_version": 1, "class_names": ["a<b", "c&d"], "image_size": 32,
+        "preprocessing": {}, "metrics": {"val_accuracy": 0.5}}))
+    text = render_report(minimal)
+    assert "a&lt;b" in text and "c&amp;d" in text and "a<b" not in text
+    assert_self_contained(text)
+    with pytest.raises(TransferError, match="is a folder"):
+        write_report(minimal, tmp_path)
