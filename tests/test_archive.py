@@ -145,6 +145,11 @@ def test_zip_read_of_a_real_png(tmp_path):
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), (10, 200, 30)).save(buffer, "PNG")
     path = make_zip(tmp_path / "p.zip", {"cats/x.png": buffer.getvalue()})
-    with _opened(path) as images:
-        assert images.candidates() == {"cats": ["cats/x.png"], "dogs": []}
+    with _opened(path) as images:  # a user's cats/ folder: a class folder like any other
+        assert images.candidates() == {"cats": ["cats/x.png"]}
+        assert images.layout == "class-folders"
         assert check_image(images.read("cats/x.png")) is None
+    path = make_zip(tmp_path / "q.zip", {"PetImages/Cat/x.png": buffer.getvalue()})
+    with _opened(path) as images:  # PetImages's own Cat/Dog folders: the cats/dogs layout
+        assert images.candidates() == {"cats": ["PetImages/Cat/x.png"], "dogs": []}
+        assert images.layout == "folders"

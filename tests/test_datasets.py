@@ -158,12 +158,18 @@ def test_truncated_zip_and_not_a_zip(kaggle_zip, tmp_path):
         assert not (tmp_path / "data").exists()  # the folder this run made is removed
 
 
-def test_archive_without_cat_or_dog_images(real_photos, tmp_path):
+def test_archive_without_images_or_with_one_class(real_photos, tmp_path):
+    # photos/ is a class folder: one class only, refused before any image is read
     archive = make_zip(tmp_path / "other.zip", {
         "photos/1.jpg": real_photos["cats"][0][1], "readme.txt": b"hi"})
-    with pytest.raises(TransferError, match="no cat or dog images"):
+    with pytest.raises(TransferError, match=r"only one class in .*other\.zip \(photos, 1 "
+                       r"image\); a classifier needs at least two"):
         fetch_data(FetchOptions(archive=archive, data_dir=tmp_path / "data"))
     assert not (tmp_path / "data").exists()  # the folder this run made is removed
+    empty = make_zip(tmp_path / "empty.zip", {"readme.txt": b"hi", "x/.DS_Store": b"\0"})
+    with pytest.raises(TransferError, match="no images in .*empty.zip"):
+        fetch_data(FetchOptions(archive=empty, data_dir=tmp_path / "data"))
+    assert not (tmp_path / "data").exists()
 
 
 def test_too_few_images_says_how_many(real_photos, tmp_path):

@@ -1,11 +1,21 @@
-"""Reading a zip or a folder of cat and dog photos safely: nothing is ever extracted blindly.
+"""Reading a zip or a folder of photos safely: nothing is ever extracted blindly.
 
 A zip is opened, every member is checked (no absolute path, no ``..``, no symbolic link) before
 any is read, and each image is read into memory only after its size is known to be sane (at
-most ``MAX_IMAGE_BYTES`` uncompressed, no absurd compression ratio). Both the Kaggle layout
-(``train/cat.12.jpg``) and Microsoft's PetImages layout (``PetImages/Cat/12.jpg``) are
-recognised. ``check_image`` decodes a photo fully with Pillow and says, in words, why one is
-unusable.
+most ``MAX_IMAGE_BYTES`` uncompressed, no absurd compression ratio). Three layouts are
+recognised (`sort_into_classes`):
+
+- ``kaggle``: Kaggle's ``train/cat.12.jpg`` names (cats and dogs; a ``test1/`` folder of
+  unlabelled photos beside them is ignored);
+- ``folders``: Microsoft's PetImages, ``PetImages/Cat/12.jpg`` and ``PetImages/Dog/7.jpg``
+  (cats and dogs);
+- ``class-folders``: any folder of class folders: the class of an image is the name of the
+  folder that directly holds it, at any depth (``daisy/1.jpg``, ``photos/2024/daisy/1.jpg``);
+  folders of the same name are one class.
+
+Hidden and system files and folders (``.DS_Store``, ``Thumbs.db``, ``._x``, ``__MACOSX/``)
+are ignored silently, as are files without an image suffix. ``check_image`` decodes a photo
+fully with Pillow and says, in words, why one is unusable.
 
 No TensorFlow here: this module only needs Pillow (imported lazily) and the standard library.
 """
@@ -21,16 +31,24 @@ import shutil
 import stat
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
-from transfer.constants import is_image_name
+from transfer.constants import is_hidden_or_system, is_image_name
 from transfer.errors import TransferError
 from transfer.files import sha256_file
 
 CLASSES = ("cats", "dogs")
-# What TensorFlow's decode_image and Keras's loaders read, so both pipelines can use the split.
-DECODABLE_FORMATS = {"JPEG", "PNG", "BMP", "GIF"}
+# The image formats (Pillow's names) a split may hold: what TensorFlow's decode_image and
+# Keras's loaders read, so both training pipelines can use the split (MPO is the JPEG that many
+# cameras and phones write). Other images are skipped, and listed, with IMAGE_FORMAT_LATER's
+# reason. Once training reads every image through the one Pillow reader (transfer.images),
+# widen this to every format that reader opens: {"WEBP", "TIFF", "PPM", ...}.
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "GIF"})
+DECODABLE_FORMATS = ALLOWED_FORMATS  # the former name
+IMAGE_FORMAT_LATER = "format {format} is not readable by the training pipelines yet"
+# The layouts (see the module docstring); the first two are the cats and dogs of the tour.
+KAGGLE, PETIMAGES, CLASS_FOLDERS = "kaggle", "folders", "class-folders"
 # A photo is a few MiB at most; anything larger is not one of ours (and is not read into memory).
 MAX_IMAGE_BYTES = 64 << 20
 # Photos barely compress (JPEG ~1:1, BMP a few :1); a zip bomb reaches ~1000:1. Checked on
@@ -42,6 +60,13 @@ MAX_INNER_ZIP_BYTES = 8 << 30
 
 _KAGGLE_NAME = re.compile(r"^(cat|dog)\.\d+\.[a-z]+$", re.IGNORECASE)
 _FOLDER_CLASS = {"cat": "cats", "cats": "cats", "dog": "dogs", "dogs": "dogs"}
+# PetImages's own folder names: only these (exactly) make the cats/dogs "folders" layout; a
+# user's cats/ and dogs/ folders are class folders like any other.
+_PETIMAGES_FOLDERS = {"Cat": "cats", "Dog": "dogs"}
+# The Kaggle competition's unlabelled photos (test1.zip unpacks to test1/1.jpg ...).
+_KAGGLE_UNLABELLED = "test1"
+# Folders never looked into (macOS zips carry resource forks in __MACOSX/).
+_IGNORED_FOLDERS = frozenset({"__macosx"})
 # Pillow puts the file object into some messages ("cannot identify image file <_io.BytesIO
 # object at 0x7f...>"): meaningless to a user, so it is cut out.
 _OBJECT_REPR = re.compile(r"\s*<[^<>]*? object at 0x[0-9a-fA-F]+>")
@@ -80,8 +105,8 @@ def check_image(data: bytes) -> str | None:
         return "not a decodable image (not a format Pillow recognises)"
     except Exception as exc:  # Pillow raises many kinds: all mean "not a usable image"
         return f"not a decodable image ({_readable(exc)})"
-    if image_format not in DECODABLE_FORMATS:
-        return f"unsupported image format {image_format}"
+    if image_format not in ALLOWED_FORMATS:
+        return IMAGE_FORMAT_LATER.format(format=image_format)
     if width < 1 or height < 1:
         return "empty image"
     return None
@@ -145,14 +170,16 @@ class ZipImages(ImageSource):
             raise
 
     def candidates(self) -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {c: [] for c in CLASSES}
-        for info in self.zip.infolist():
-            if not info.is_dir():
-                cls = classify(info.filename)
-                if cls:
-                    found[cls].append(info.filename)
-        self.layout = layout_of(found)
+        infos = self.zip.infolist()
+        self.layout, found = sort_into_classes(
+            [i.filename for i in infos if not i.is_dir()],
+            [i.filename for i in infos if i.is_dir()], str(self.path))
         return found
+
+    def image_names(self) -> list[str]:
+        """The members with an image name (outside hidden folders), whatever their layout."""
+        return [i.filename for i in self.zip.infolist()
+                if not i.is_dir() and _is_candidate(_posix(i.filename))]
 
     def inner_zips(self) -> list[zipfile.ZipInfo]:
         return [i for i in self.zip.infolist()
@@ -186,24 +213,26 @@ class FolderImages(ImageSource):
     def __init__(self, root: Path):
         self.root = Path(root)
 
-    def _files(self) -> Iterator[Path]:
-        for folder, dirs, files in os.walk(self.root, followlinks=False):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(files):
-                path = Path(folder) / name
+    def _scan(self) -> tuple[list[str], list[str]]:
+        """(files, folders) under the root, relative, in POSIX form; hidden and system folders
+        and symbolic links are left out."""
+        files, folders = [], []
+        for folder, dirs, names in os.walk(self.root, followlinks=False):
+            here = Path(folder)
+            dirs[:] = sorted(d for d in dirs
+                             if not _ignored_folder(d) and not (here / d).is_symlink())
+            rel = here.relative_to(self.root).as_posix()
+            if rel != ".":
+                folders.append(rel)
+            for name in sorted(names):
+                path = here / name
                 if not path.is_symlink():
-                    yield path
+                    files.append(path.relative_to(self.root).as_posix())
+        return files, folders
 
     def candidates(self) -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {c: [] for c in CLASSES}
-        for path in self._files():
-            rel = path.relative_to(self.root).as_posix()
-            cls = classify(rel)
-            if cls:
-                found[cls].append(rel)
-        for names in found.values():
-            names.sort(key=lambda rel: PurePosixPath(rel).parts)
-        self.layout = layout_of(found)
+        files, folders = self._scan()
+        self.layout, found = sort_into_classes(files, folders, str(self.root))
         return found
 
     def read(self, name: str) -> bytes:
@@ -225,12 +254,121 @@ class FolderImages(ImageSource):
         return "folder:" + digest.hexdigest()
 
 
-def layout_of(found: dict[str, list[str]]) -> str:
-    """"kaggle" when every candidate is named cat.N / dog.N, else "folders"."""
-    names = [n for ns in found.values() for n in ns]
-    if names and all(_KAGGLE_NAME.match(PurePosixPath(n).name) for n in names):
-        return "kaggle"
-    return "folders"
+# --------------------------------------------------------------------------- layouts
+
+EXPECTED_LAYOUTS = ("expected one folder per class holding its images, e.g. daisy/1.jpg and "
+                    "roses/2.jpg; or Kaggle's train/cat.N.jpg; or PetImages/Cat/N.jpg")
+
+
+def sort_into_classes(files: Iterable[str], folders: Iterable[str] = (),
+                      where: str = "the archive") -> tuple[str, dict[str, list[str]]]:
+    """The layout of an archive and its images by class: (layout, {class: [file, ...]}).
+
+    ``files`` are the archive's file paths (zip member names, or paths relative to a folder),
+    ``folders`` its folders (empty ones included: an empty class folder is refused). Classes
+    come sorted by name (cats and dogs, both present, for the two cats/dogs layouts), files
+    sorted by path. Hidden and system files and folders, and files without an image suffix,
+    are left out silently.
+
+    Raises:
+        TransferError: no image at all; images at the top (or in a folder that also holds
+            class folders) beside class folders; a Kaggle cat.N/dog.N folder beside class
+            folders; class folders whose names differ only in case; a class folder without
+            images. One line each, naming the folders.
+    """
+    paths = {_posix(f): f for f in files}
+    images = sorted((p for p in paths if _is_candidate(p)), key=lambda p: PurePosixPath(p).parts)
+    if not images:
+        raise TransferError(f"no images in {where} ({EXPECTED_LAYOUTS})")
+    kaggle = [p for p in images if _KAGGLE_NAME.match(PurePosixPath(p).name)]
+    others = [p for p in images if not _KAGGLE_NAME.match(PurePosixPath(p).name)]
+    if kaggle:
+        others = [p for p in others if _folder_name(p) != _KAGGLE_UNLABELLED]
+    if all(_folder_name(p) in _PETIMAGES_FOLDERS for p in others):
+        found = {cls: [paths[p] for p in kaggle + others if classify(p) == cls] for cls in CLASSES}
+        return (PETIMAGES if others else KAGGLE), found
+    classes = _class_folders(images, [_posix(f) for f in folders], where)
+    return CLASS_FOLDERS, {cls: [paths[p] for p in names] for cls, names in classes.items()}
+
+
+def _class_folders(images: list[str], folders: list[str], where: str) -> dict[str, list[str]]:
+    holding: dict[str, list[str]] = {}
+    for path in images:
+        holding.setdefault(_parent(path), []).append(path)
+    if "" in holding:
+        raise TransferError(
+            f"{where} has images at the top, in no class folder ({_some(holding[''])}): put "
+            "each class's images in a folder named after the class, e.g. daisy/1.jpg")
+    for folder in sorted(holding):
+        kinds = {PurePosixPath(p).name.split(".")[0].lower() for p in holding[folder]
+                 if _KAGGLE_NAME.match(PurePosixPath(p).name)}
+        if kinds == {"cat", "dog"}:
+            rest = sorted({PurePosixPath(f).name for f in holding if f != folder})
+            raise TransferError(
+                f"{where} mixes layouts: {folder}/ holds Kaggle's cat.N and dog.N photos, "
+                f"beside class folders ({_some(rest)}); give fetch-data one layout")
+        for above in PurePosixPath(folder).parents:
+            if str(above) in holding:
+                raise TransferError(
+                    f"{where}: {above}/ holds images and also the class folder {folder}/; "
+                    f"move the images of {above}/ into a class folder of their own")
+    classes: dict[str, list[str]] = {}
+    for folder in sorted(holding):
+        classes.setdefault(PurePosixPath(folder).name, []).extend(holding[folder])
+    by_case: dict[str, list[str]] = {}
+    for cls in classes:
+        by_case.setdefault(cls.casefold(), []).append(cls)
+    for same in by_case.values():
+        if len(same) > 1:
+            raise TransferError(f"{where}: the class folders {' and '.join(sorted(same))} "
+                                "differ only in case; rename or merge them")
+    known = set()
+    for folder in (*folders, *holding):
+        folder = folder.rstrip("/")
+        if folder and not _in_ignored_folder(folder + "/x"):
+            known.add(folder)
+            known.update(str(p) for p in PurePosixPath(folder).parents if str(p) != ".")
+    beside = {_parent(folder) for folder in holding}
+    empty = sorted(f for f in known if _parent(f) in beside and f not in holding
+                   and not any(h.startswith(f + "/") for h in holding))
+    if empty:
+        one = len(empty) == 1
+        raise TransferError(
+            f"{where}: the class folder{'' if one else 's'} {', '.join(empty)} "
+            f"hold{'s' if one else ''} no images; every class needs images: add some, or "
+            f"remove the folder{'' if one else 's'}")
+    return {cls: sorted(classes[cls], key=lambda p: PurePosixPath(p).parts)
+            for cls in sorted(classes)}
+
+
+def _posix(name: str) -> str:
+    return name.replace("\\", "/")
+
+
+def _parent(path: str) -> str:
+    parent = str(PurePosixPath(path.rstrip("/")).parent)
+    return "" if parent == "." else parent
+
+
+def _folder_name(path: str) -> str:
+    return PurePosixPath(_parent(path)).name
+
+
+def _ignored_folder(name: str) -> bool:
+    return is_hidden_or_system(name) or name.lower() in _IGNORED_FOLDERS
+
+
+def _in_ignored_folder(path: str) -> bool:
+    return any(_ignored_folder(part) for part in PurePosixPath(path).parts[:-1])
+
+
+def _is_candidate(path: str) -> bool:
+    return is_image_name(PurePosixPath(path).name) and not _in_ignored_folder(path)
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def check_member_safe(archive: Path, info: zipfile.ZipInfo) -> None:
@@ -263,9 +401,8 @@ def open_images(archive: Path, cache: Path) -> Iterator[ImageSource]:
         raise TransferError(f"archive not found: {archive}")
     images = ZipImages(archive)
     try:
-        found = images.candidates()
         inner = images.inner_zips()
-        if not any(found.values()) and inner:
+        if not images.image_names() and inner:
             member = next((i for i in inner if PurePosixPath(i.filename).name == "train.zip"),
                           inner[0])
             unpacked = _unwrap(images, member, archive, cache)

@@ -1,4 +1,4 @@
-"""`transfer fetch-data`: get the Dogs vs. Cats photos and lay out a train/validate(/test) split.
+"""`transfer fetch-data`: get photos and lay out a train/validate(/test) split.
 
 The layout is the one Keras's ``flow_from_directory`` expects::
 
@@ -6,10 +6,20 @@ The layout is the one Keras's ``flow_from_directory`` expects::
     data/train/dogs/dog.7.jpg      data/validate/dogs/...     data/manifest.json
 
 Where the photos come from is `transfer.sources` (Kaggle, Microsoft, a local archive); how an
-archive or folder is read safely is `transfer.archive`. This module makes the split: every
-image is fully decoded before it is placed (broken files are skipped and reported); the split
-is deterministic for a seed, balanced and disjoint; it is built in a temporary folder and
-swapped into place under a journal, so that an interrupted run never leaves half a split:
+archive or folder is read safely, and its layout and classes, is `transfer.archive`. This
+module makes the split. Two ways:
+
+- per class counts (``--train-per-class 1000 --validate-per-class 400``): the tour's cats and
+  dogs, and any layout when counts are given; the same number of photos in each class;
+- fractions (``--validation-split 0.2 [--test-split 0.1]``): the default for a folder of class
+  folders; every usable photo of each class is used, each class split by the fractions
+  (stratified), so unbalanced classes stay as they are.
+
+Every image is fully decoded before it is placed (broken files are skipped and reported);
+hidden and system files are ignored silently; a single class, or a class folder without
+images, is refused before any work. The split is deterministic for a seed and disjoint; it is
+built in a temporary folder and swapped into place under a journal, so that an interrupted run
+never leaves half a split:
 
 1. the new split and its manifest are built in ``data/.fetch-tmp-*``;
 2. ``data/.fetch-swap.json`` (the journal) names the folders about to move;
@@ -25,7 +35,9 @@ old or new, and the manifest that describes it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import random
 import shutil
@@ -37,7 +49,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from transfer import __version__
-from transfer.archive import CLASSES, ImageSource, SkipMember, check_image, open_images
+from transfer.archive import (
+    CLASS_FOLDERS,
+    EXPECTED_LAYOUTS,
+    ImageSource,
+    SkipMember,
+    check_image,
+    open_images,
+)
 from transfer.archive import fingerprint as archive_fingerprint
 from transfer.errors import TransferError
 from transfer.files import write_json
@@ -53,6 +72,14 @@ TMP_PREFIX = ".fetch-tmp-"
 OLD_PREFIX = ".fetch-old-"
 JOURNAL = ".fetch-swap.json"
 CACHE = ".cache"
+STAGING = ".staging"
+# The fraction split's defaults (a folder of class folders, or --validation-split/--test-split
+# without a value given for the other): what Keras's and TF Hub's tools use.
+DEFAULT_VALIDATION_FRACTION = 0.2
+DEFAULT_TEST_FRACTION = 0.0
+# A class with fewer usable images than this is warned about (learnt and measured poorly).
+FEW_IMAGES = 10
+_COUNT_FIELDS = ("train_per_class", "validate_per_class", "test_per_class")
 
 
 @dataclass
@@ -96,6 +123,7 @@ def fetch_data(options: FetchOptions, reporter: Reporter | None = None,
     """
     reporter = reporter or Reporter()
     opts = options.validated()
+    check_split_options(opts)
     data_dir = Path(opts.data_dir)
     created = _make_dirs(data_dir)
     try:
@@ -142,6 +170,7 @@ def recover(data_dir: Path, reporter: Reporter | None = None) -> str | None:
 
 def _fetch(opts: FetchOptions, data_dir: Path, reporter: Reporter,
            kaggle_api_factory) -> FetchResult:
+    _refuse_data_dir_inside_archive(opts, data_dir)
     recover(data_dir, reporter)
     source = resolve_source(opts, reporter, kaggle_api_factory)
     request = _request_key(opts, source)
@@ -161,7 +190,7 @@ def _fetch(opts: FetchOptions, data_dir: Path, reporter: Reporter,
                        or images.fingerprint())
         tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=data_dir))
         try:
-            counts, files, skipped = _build_split(images, opts, tmp, reporter)
+            counts, files, skipped, details = _build_split(images, opts, tmp, reporter)
             manifest = {
                 "tool": "transfer fetch-data",
                 "version": __version__,
@@ -173,6 +202,8 @@ def _fetch(opts: FetchOptions, data_dir: Path, reporter: Reporter,
                            **({"competition": opts.competition} if source == "kaggle" else {}),
                            **({"url": opts.microsoft_url} if source == "microsoft" else {})},
                 "seed": opts.seed,
+                "layout": images.layout,
+                **details,
                 "splits": list(counts),
                 "counts": counts,
                 "files": files,
@@ -223,6 +254,11 @@ def _read_json_or_none(path: Path):
 
 def _request_key(opts: FetchOptions, source: str) -> dict:
     key = {"source": source, "seed": opts.seed, "per_class": opts.per_split()}
+    validation, test = _fractions_asked(opts)
+    if validation is not None:  # only when asked: a split made before keeps its request
+        key["validation_split"] = validation
+    if test is not None:
+        key["test_split"] = test
     if source == "kaggle":
         key["competition"] = opts.competition
     elif source == "microsoft":
@@ -274,21 +310,131 @@ def _refuse_unless_forced(opts, data_dir, previous, request, ours, foreign) -> N
 # --------------------------------------------------------------------------- the split
 
 
+def check_split_options(opts: FetchOptions) -> None:
+    """Refuse fractions out of range, and fractions given together with per-class counts.
+
+    Reads ``validation_split``/``test_split`` when FetchOptions has them (None: not asked)."""
+    validation, test = _fractions_asked(opts)
+    for flag, value, lowest in (("--validation-split", validation, "(0"),
+                                ("--test-split", test, "[0")):
+        if value is None:
+            continue
+        low_ok = value > 0 or (lowest == "[0" and value == 0)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and low_ok
+                and value < 1):
+            raise TransferError(f"{flag} must be a fraction in {lowest}, 1), not {value}")
+    if validation is not None or test is not None:
+        total = ((DEFAULT_VALIDATION_FRACTION if validation is None else validation)
+                 + (DEFAULT_TEST_FRACTION if test is None else test))
+        if total >= 1:
+            raise TransferError(f"--validation-split + --test-split is {total:g}: it must stay "
+                                "below 1, to leave images to train on")
+        if _counts_asked(opts):
+            raise TransferError(
+                "give either --validation-split/--test-split (fractions of every class) or "
+                "--train-per-class/--validate-per-class/--test-per-class (counts), not both")
+
+
+def _fractions_asked(opts: FetchOptions) -> tuple[float | None, float | None]:
+    return getattr(opts, "validation_split", None), getattr(opts, "test_split", None)
+
+
+def _counts_asked(opts: FetchOptions) -> bool:
+    """True when a per-class count was given: not None (a field whose default is None) and
+    not the field's default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(opts)}
+    return any(getattr(opts, name, None) is not None and getattr(opts, name) != defaults.get(name)
+               for name in _COUNT_FIELDS)
+
+
+def _split_plan(opts: FetchOptions, layout: str) -> dict:
+    """How to split: {"mode": "fractions", "validation": f, "test": f} or
+    {"mode": "per_class", "train": n, "validate": n[, "test": n]}.
+
+    Fractions when asked, and by default for a folder of class folders (unless counts were
+    given); per-class counts for the cats/dogs layouts (the tour's 1000 + 400) and when given."""
+    validation, test = _fractions_asked(opts)
+    if validation is not None or test is not None or (
+            layout == CLASS_FOLDERS and not _counts_asked(opts)):
+        return {"mode": "fractions",
+                "validation": DEFAULT_VALIDATION_FRACTION if validation is None else validation,
+                "test": DEFAULT_TEST_FRACTION if test is None else test}
+    return {"mode": "per_class", **opts.per_split()}
+
+
+def _refuse_data_dir_inside_archive(opts: FetchOptions, data_dir: Path) -> None:
+    if opts.archive is None or not Path(opts.archive).is_dir():
+        return
+    archive, target = Path(opts.archive).resolve(), data_dir.resolve()
+    if target == archive or archive in target.parents:
+        raise TransferError(f"--data-dir {data_dir} is inside --archive {opts.archive}: the "
+                            "split would be read back as photos; choose a data folder outside "
+                            "it")
+
+
+def _refuse_single_class(found: dict[str, list[str]], where: str) -> None:
+    """Before any image is read: at least two classes with images (the layout already refused
+    an empty class folder)."""
+    present = [cls for cls, names in found.items() if names]
+    if len(present) >= 2:
+        return
+    cls = present[0]
+    n = len(found[cls])
+    absent = [c for c in found if not found[c]]
+    also = f"; no {' or '.join(absent)} images" if absent else ""
+    raise TransferError(
+        f"only one class in {where} ({cls}, {n} image{'' if n == 1 else 's'}{also}); a "
+        f"classifier needs at least two: one folder per class, e.g. daisy/1.jpg and "
+        "roses/2.jpg")
+
+
 def _build_split(images: ImageSource, opts: FetchOptions, tmp: Path, reporter: Reporter):
-    per_split = opts.per_split()
-    need = sum(per_split.values())
-    found = images.candidates()
+    """Check and place the images in ``tmp``; return counts, files, skipped and the details
+    the manifest records (classes, the split asked, usable images per class, renamed files)."""
+    where = str(opts.archive or "the download")
+    found = images.candidates()  # refuses a mixed or unclear layout, an empty class folder
     if not any(found.values()):
-        raise TransferError(f"no cat or dog images in {opts.archive or 'the download'} "
-                            "(expected train/cat.N.jpg or PetImages/Cat/N.jpg layouts)")
-    counts = {split: {cls: 0 for cls in CLASSES} for split in per_split}
-    files: dict[str, dict[str, list[str]]] = {split: {cls: [] for cls in CLASSES}
+        raise TransferError(f"no images in {where} ({EXPECTED_LAYOUTS})")
+    _refuse_single_class(found, where)
+    plan = _split_plan(opts, images.layout)
+    details: dict = {"classes": list(found), "split": plan}
+    if plan["mode"] == "per_class":
+        counts, files, skipped, renamed = _split_per_class(
+            images, found, plan, opts, tmp, reporter, rename=images.layout == CLASS_FOLDERS)
+    else:
+        counts, files, skipped, renamed, usable = _split_by_fractions(
+            images, found, plan, opts, tmp, reporter)
+        details["usable"] = usable
+    if renamed:
+        details["renamed"] = renamed
+    for split in files:
+        for cls in files[split]:
+            files[split][cls].sort()
+    return counts, files, skipped, details
+
+
+def _checked(images: ImageSource, member: str) -> tuple[bytes, str | None]:
+    """The bytes of ``member`` and None, or why it is skipped (decoded fully first)."""
+    try:
+        data = images.read(member)
+    except SkipMember as exc:
+        return b"", str(exc)
+    return data, check_image(data)
+
+
+def _split_per_class(images, found, plan, opts, tmp, reporter, rename: bool):
+    per_split = {split: n for split, n in plan.items() if split in SPLITS}
+    need = sum(per_split.values())
+    classes = list(found)
+    counts = {split: {cls: 0 for cls in classes} for split in per_split}
+    files: dict[str, dict[str, list[str]]] = {split: {cls: [] for cls in classes}
                                               for split in per_split}
     skipped: list[dict[str, str]] = []
+    renamed: dict[str, str] = {}
     usable: dict[str, int] = {}
-    plan = [split for split, n in per_split.items() for _ in range(n)]
-    with reporter.task("Checking and placing images", total=need * len(CLASSES)) as advance:
-        for cls in CLASSES:
+    split_of = [split for split, n in per_split.items() for _ in range(n)]
+    with reporter.task("Checking and placing images", total=need * len(classes)) as advance:
+        for cls in classes:
             order = sorted(found[cls])
             random.Random(f"{opts.seed}:{cls}").shuffle(order)
             seen_names: set[str] = set()
@@ -297,24 +443,25 @@ def _build_split(images: ImageSource, opts: FetchOptions, tmp: Path, reporter: R
                 if placed == need:
                     break
                 name = PurePosixPath(member).name
-                reason = "duplicate file name" if name in seen_names else None
-                data = b""
-                if reason is None:
-                    try:
-                        data = images.read(member)
-                    except SkipMember as exc:
-                        reason = str(exc)
-                reason = reason or check_image(data)
+                if not rename and name in seen_names:
+                    data, reason = b"", "duplicate file name"
+                else:
+                    data, reason = _checked(images, member)
                 if reason:
                     skipped.append({"name": member, "class": cls, "reason": reason})
                     continue
-                seen_names.add(name)
-                split = plan[placed]
+                if rename:
+                    name = _free_file_name(name, seen_names)
+                else:
+                    seen_names.add(name)
+                split = split_of[placed]
                 folder = tmp / split / cls
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / name).write_bytes(data)
                 files[split][cls].append(name)
                 counts[split][cls] += 1
+                if name != PurePosixPath(member).name:
+                    renamed[f"{split}/{cls}/{name}"] = member
                 placed += 1
                 advance(1)
             usable[cls] = placed
@@ -322,15 +469,122 @@ def _build_split(images: ImageSource, opts: FetchOptions, tmp: Path, reporter: R
     if short:
         have = ", ".join(
             f"{cls}: {usable[cls]} usable" if cls in short else f"{cls}: at least {usable[cls]}"
-            for cls in CLASSES)
+            for cls in classes)
         asked = " + ".join(f"{n} {split}" for split, n in per_split.items())
         raise TransferError(f"not enough usable images ({have}; {len(skipped)} skipped); asked "
                             f"for {need} per class ({asked}); lower --train-per-class/"
-                            "--validate-per-class or use a larger archive")
-    for split in files:
-        for cls in files[split]:
-            files[split][cls].sort()
-    return counts, files, skipped
+                            "--validate-per-class, use --validation-split to split every "
+                            "usable image by fraction, or use a larger archive")
+    return counts, files, skipped, renamed
+
+
+def _split_by_fractions(images, found, plan, opts, tmp, reporter):
+    """Every usable image of each class, split by the fractions: each class shuffled (seeded),
+    fully checked into a staging folder, then its first images go to validate, the next to
+    test, the rest to train."""
+    skipped: list[dict[str, str]] = []
+    kept: dict[str, list[tuple[str, str]]] = {}  # class -> (file name, member), shuffled
+    total = sum(len(names) for names in found.values())
+    with reporter.task("Checking images", total=total) as advance:
+        for index, cls in enumerate(found):
+            order = sorted(found[cls])
+            random.Random(f"{opts.seed}:{cls}").shuffle(order)
+            stage = tmp / STAGING / str(index)
+            stage.mkdir(parents=True)
+            taken: set[str] = set()
+            kept[cls] = []
+            for member in order:
+                data, reason = _checked(images, member)
+                advance(1)
+                if reason:
+                    skipped.append({"name": member, "class": cls, "reason": reason})
+                    continue
+                name = _free_file_name(PurePosixPath(member).name, taken)
+                (stage / name).write_bytes(data)
+                kept[cls].append((name, member))
+    usable = {cls: len(names) for cls, names in kept.items()}
+    sizes = {cls: fraction_sizes(n, plan["validation"], plan["test"])
+             for cls, n in usable.items()}
+    short = [cls for cls, size in sizes.items() if size is None]
+    if short:
+        raise TransferError(_too_few(short, found, usable, skipped, plan))
+    for cls, n in usable.items():
+        if n < FEW_IMAGES:
+            reporter.warn(f"class {cls} has only {n} usable image{'' if n == 1 else 's'} "
+                          f"(fewer than {FEW_IMAGES}): too few to learn it well or to measure "
+                          "it; add photos if you can")
+    splits = ["train", "validate"] + (["test"] if plan["test"] > 0 else [])
+    counts = {split: {cls: 0 for cls in found} for split in splits}
+    files: dict[str, dict[str, list[str]]] = {split: {cls: [] for cls in found}
+                                              for split in splits}
+    renamed: dict[str, str] = {}
+    for index, cls in enumerate(found):
+        start = 0
+        for split in ("validate", "test", "train"):
+            if split not in splits:
+                continue
+            take = kept[cls][start:start + sizes[cls][split]]
+            start += sizes[cls][split]
+            folder = tmp / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, member in take:
+                os.replace(tmp / STAGING / str(index) / name, folder / name)
+                files[split][cls].append(name)
+                if name != PurePosixPath(member).name:
+                    renamed[f"{split}/{cls}/{name}"] = member
+            counts[split][cls] = len(take)
+    shutil.rmtree(tmp / STAGING)
+    return counts, files, skipped, renamed, usable
+
+
+def fraction_sizes(n: int, validation: float, test: float = 0.0) -> dict[str, int] | None:
+    """How many of a class's ``n`` usable images go to validate, test and train: each
+    fraction of ``n`` rounded half up, at least 1 for a fraction above 0, and at least 1 left
+    to train on; None when ``n`` is too small for that."""
+    need = 1 + (validation > 0) + (test > 0)
+    if n < need:
+        return None
+    val = max(1, math.floor(n * validation + 0.5 + 1e-9)) if validation > 0 else 0
+    tst = max(1, math.floor(n * test + 0.5 + 1e-9)) if test > 0 else 0
+    while n - val - tst < 1:  # tiny classes with large fractions: keep one to train on
+        if tst > 1 and tst >= val:
+            tst -= 1
+        else:
+            val -= 1
+    return {"validate": val, "test": tst, "train": n - val - tst}
+
+
+def _too_few(short, found, usable, skipped, plan) -> str:
+    need = 1 + (plan["validation"] > 0) + (plan["test"] > 0)
+    parts = []
+    for cls in short:
+        reasons: dict[str, int] = {}
+        for item in skipped:
+            if item["class"] == cls:
+                reasons[item["reason"]] = reasons.get(item["reason"], 0) + 1
+        n_skipped = sum(reasons.values())
+        why = ""
+        if reasons:
+            common = max(reasons, key=reasons.get)
+            why = f": {common}" + (" ..." if len(reasons) > 1 else "")
+        parts.append(f"{cls}: {usable[cls]} usable of {len(found[cls])} "
+                     f"({n_skipped} skipped{why})")
+    each = " + ".join(["1 train", "1 validate"] + (["1 test"] if plan["test"] > 0 else []))
+    return (f"too few usable images to split ({'; '.join(parts)}); each class needs at least "
+            f"{need} ({each}): add photos, or remove the class folder")
+
+
+def _free_file_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``stem-2.jpg``, ``stem-3.jpg``... when a file of that name (in any case)
+    is already in the class (class folders of one name at several places); noted in
+    ``taken`` (case-folded)."""
+    pure = PurePosixPath(name)
+    candidate, n = name, 1
+    while candidate.casefold() in taken:
+        n += 1
+        candidate = f"{pure.stem}-{n}{pure.suffix}"
+    taken.add(candidate.casefold())
+    return candidate
 
 
 # --------------------------------------------------------------------------- the swap
