@@ -97,7 +97,9 @@ def test_predict_real_test_digits_saved_as_png_both_polarities(quick, mnist_dir,
     assert row["label"] == dark[0].label and row["image"]["inverted"] is True
     colour = CliRunner().invoke(app, ["predict", str(files[0]), "--model", str(result.bundle),
                                       "--invert", "maybe"])
-    assert colour.exit_code == 1 and "--invert must be one of" in colour.output
+    # a usage error (the CLI's choice type): exit 2, one line naming the choices
+    assert colour.exit_code == 2 and "'maybe' is not one of 'auto', 'yes', 'no'" in colour.output
+    assert len(colour.output.strip().splitlines()) == 1
 
 
 def test_explain_a_digit(quick, mnist_dir, tmp_path):
@@ -147,8 +149,59 @@ def test_weight_average_is_what_the_model_ends_with():
     assert np.abs(kernel - raw[-1][0]).sum() < np.abs(kernel - initial[0]).sum() / 3
     with pytest.raises(TransferError, match=r"--ema must be in \[0, 1\)"):
         mnist.run(mnist.MnistParams(ema=1.0))
-    with pytest.raises(TransferError, match="--learning-rate must be positive"):
+    with pytest.raises(TransferError, match="--learning-rate must be a positive number"):
         mnist.run(mnist.MnistParams(learning_rate=0))
+
+
+def test_options_are_checked_before_any_work(tmp_path, monkeypatch):
+    """`--limit 0` is refused (it used to train on everything), before the data is read."""
+    monkeypatch.setattr(mnist, "load", None)  # reading data would fail loudly
+    for params, pattern in ((dict(limit=0), "--limit must be at least 10"),
+                            (dict(epochs=0), "--epochs must be at least 1"),
+                            (dict(arch="big"), "--arch must be one of cnn, tiny"),
+                            (dict(validation_split=1.0), r"--validation-split must be in")):
+        with pytest.raises(TransferError, match=pattern) as info:
+            mnist.run(mnist.MnistParams(output=tmp_path / "never", **params))
+        assert len(str(info.value).splitlines()) == 1
+    assert not (tmp_path / "never").exists()
+
+
+def test_ema_zero_is_plain_adam(mnist_dir, tmp_path):
+    """--ema 0: the saved weights are exactly those of a plain Adam fit with the same seed
+    (and --ema 0.99 ends elsewhere, so the comparison can fail)."""
+    from transfer import bundle
+    from transfer.tf import keras
+
+    common = dict(data=mnist_dir, limit=400, epochs=1, batch_size=32, arch="tiny", seed=5)
+    plain = mnist.run(mnist.MnistParams(output=tmp_path / "plain", ema=0.0, **common))
+    averaged = mnist.run(mnist.MnistParams(output=tmp_path / "avg", ema=0.99, **common))
+    assert plain.meta["training"]["weight_average_momentum"] == 0.0
+    (x, y), _ = mnist.load("mnist", mnist_dir)
+    x, y = x[:400, ..., None], y[:400]
+    keras.utils.set_random_seed(5)
+    model = mnist.build_model("tiny")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-3),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x[:360], y[:360], epochs=1, batch_size=32, validation_data=(x[360:], y[360:]),
+              verbose=0)
+    saved, _ = bundle.load(plain.bundle)
+    for got, want in zip(saved.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    other, _ = bundle.load(averaged.bundle)
+    assert not np.array_equal(other.get_weights()[0], model.get_weights()[0])
+
+
+def test_mnist_bundle_has_the_common_meta_and_its_settings(quick):
+    from transfer import bundle
+
+    result, tmp_path = quick
+    meta = json.loads((tmp_path / "mnist-cnn/meta.json").read_text())
+    assert set(bundle.COMMON_FIELDS) <= set(meta) and meta["kind"] == "mnist"
+    assert meta["settings"]["limit"] == 6000 and meta["settings"]["epochs"] == 1
+    settings = json.loads((tmp_path / "mnist-cnn/settings.json").read_text())
+    assert settings == meta["settings"]
+    assert mnist.MnistParams(**{**settings, "output": tmp_path / "again"}).validated()
+    assert not (tmp_path / "latest").exists()  # only `transfer train` moves models/latest
 
 
 def write_idx(path, array, dims):
