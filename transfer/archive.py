@@ -329,8 +329,9 @@ def _class_folders(images: list[str], folders: list[str], where: str) -> dict[st
             known.add(folder)
             known.update(str(p) for p in PurePosixPath(folder).parents if str(p) != ".")
     beside = {_parent(folder) for folder in holding}
+    above = {str(p) for folder in holding for p in PurePosixPath(folder).parents}
     empty = sorted(f for f in known if _parent(f) in beside and f not in holding
-                   and not any(h.startswith(f + "/") for h in holding))
+                   and f not in above)
     if empty:
         one = len(empty) == 1
         raise TransferError(

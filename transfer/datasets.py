@@ -302,9 +302,19 @@ def _refuse_unless_forced(opts, data_dir, previous, request, ours, foreign) -> N
             f"not made by fetch-data; move {'it' if one else 'them'} away, or use --force to "
             f"have {'it' if one else 'them'} moved aside to <name>.old (never deleted)")
     if previous is not None and ours:
-        why = ("was made with other arguments" if previous.get("request") != request
-               else "no longer matches its manifest (files were changed)")
+        asked = previous.get("request")
+        if asked == request:
+            why = "no longer matches its manifest (files were changed)"
+        elif isinstance(asked, dict) and _without_photos(asked) == _without_photos(request):
+            why = (f"was made from other photos ({opts.archive or 'the archive'} changed since; "
+                   "a rerun would split the photos it holds now)")
+        else:
+            why = "was made with other arguments"
         raise TransferError(f"the split in {data_dir} {why}; use --force to replace it")
+
+
+def _without_photos(request: dict) -> dict:
+    return {key: value for key, value in request.items() if key != "archive_sha256"}
 
 
 # --------------------------------------------------------------------------- the split

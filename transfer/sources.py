@@ -1,5 +1,5 @@
 """Where the photos come from: the Kaggle competition, Microsoft's PetImages zip, or a local
-archive or folder.
+archive or folder (either cats/dogs layout, or any folder of class folders: `transfer.archive`).
 
 ``resolve_source`` turns ``--source auto`` into a choice (Kaggle when credentials exist and the
 ``kaggle`` package is installed, else Microsoft) and says which; ``obtain_archive`` brings the
@@ -37,7 +37,8 @@ MICROSOFT_SHA256 = "b7974bd00a84a99921f36ee4403f089853777b5ae8d151c76a86e6490033
 # variable overrides it, for tests and for a repackaged copy you trust.
 MICROSOFT_SHA256_ENV = "TRANSFER_MICROSOFT_SHA256"
 
-OFFLINE_HINT = "Offline, use --archive PATH (a train.zip, a PetImages zip or a folder)."
+OFFLINE_HINT = ("Offline, use --archive PATH (a train.zip, a PetImages zip, or a folder or "
+                "zip of class folders).")
 
 NO_KAGGLE_CREDENTIALS = (
     "no Kaggle credentials: put ~/.kaggle/kaggle.json (chmod 600), or set KAGGLE_USERNAME "

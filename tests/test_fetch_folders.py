@@ -1,0 +1,490 @@
+"""fetch-data on a user's own photos: any folder (or zip of one) of class folders.
+
+Genuine photos: ``data/flowers`` (5 classes x 40 JPEGs, one folder of class folders). Each test
+works in its own tmp folder; the source folder is never written to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import random
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import kaggle_members, make_zip, require_asset, text_as_jpg, truncated
+from typer.testing import CliRunner
+
+from transfer import archive as archive_module
+from transfer import datasets
+from transfer.archive import ALLOWED_FORMATS, sort_into_classes
+from transfer.datasets import FetchOptions, fetch_data, fraction_sizes
+from transfer.errors import TransferError
+from transfer.progress import Reporter
+
+FLOWERS = ("daisy", "dandelion", "roses", "sunflowers", "tulips")
+TWO = ("daisy", "roses")
+
+if "validation_split" in {f.name for f in dataclasses.fields(FetchOptions)}:
+    SplitOptions = FetchOptions
+else:  # until settings.FetchOptions has the fields: the same options, with the fractions
+
+    @dataclasses.dataclass
+    class SplitOptions(FetchOptions):
+        validation_split: float | None = None
+        test_split: float | None = None
+
+
+class Warnings(Reporter):
+    def __init__(self):
+        self.warnings = []
+
+    def warn(self, message):
+        self.warnings.append(message)
+
+
+@pytest.fixture(scope="module")
+def flowers() -> Path:
+    return require_asset("data/flowers")
+
+
+def copy_classes(flowers: Path, root: Path, per_class: int | None = None,
+                 classes=FLOWERS) -> Path:
+    """``root/<class>/`` with the first ``per_class`` photos of each class (all: None)."""
+    for cls in classes:
+        (root / cls).mkdir(parents=True)
+        for photo in sorted((flowers / cls).iterdir())[:per_class]:
+            shutil.copyfile(photo, root / cls / photo.name)
+    return root
+
+
+def zip_of(folder: Path, path: Path, prefix: str = "", extra: dict | None = None) -> Path:
+    """A zip of ``folder``'s files under ``prefix``, with folder entries, plus ``extra``."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for item in sorted(folder.rglob("*")):
+            name = prefix + item.relative_to(folder).as_posix()
+            if item.is_dir():
+                archive.writestr(name + "/", b"")
+            else:
+                archive.write(item, name)
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
+    return path
+
+
+def listing(data: Path) -> dict[str, list[str]]:
+    return {f"{split}/{cls.name}": sorted(p.name for p in cls.iterdir())
+            for split in ("train", "validate", "test") if (data / split).is_dir()
+            for cls in sorted((data / split).iterdir())}
+
+
+def sizes(data: Path) -> dict[str, int]:
+    return {key: len(names) for key, names in listing(data).items()}
+
+
+def manifest_of(data: Path) -> dict:
+    return json.loads((data / "manifest.json").read_text())
+
+
+def per_class(train: int, validate: int, test: int = 0, classes=FLOWERS) -> dict[str, int]:
+    counts = {f"train/{c}": train for c in classes}
+    counts.update({f"validate/{c}": validate for c in classes})
+    if test:
+        counts.update({f"test/{c}": test for c in classes})
+    return counts
+
+
+def no_image_read(monkeypatch) -> list:
+    """Record every image decoded: refusals must come before any."""
+    calls = []
+    real = datasets.check_image
+    monkeypatch.setattr(datasets, "check_image", lambda blob: calls.append(1) or real(blob))
+    return calls
+
+
+# --------------------------------------------------------------------------- the folder
+
+
+def test_folder_of_class_folders_is_split_by_fraction(flowers, tmp_path):
+    data = tmp_path / "data"
+    result = fetch_data(FetchOptions(archive=flowers, data_dir=data))
+    assert sizes(data) == per_class(32, 8)  # 0.2 of 40 to validate, the rest to train
+    files = listing(data)
+    for cls in FLOWERS:  # disjoint, every photo used once, byte-identical copies
+        train, val = set(files[f"train/{cls}"]), set(files[f"validate/{cls}"])
+        assert not train & val
+        assert train | val == {p.name for p in (flowers / cls).iterdir()}
+        name = files[f"validate/{cls}"][0]
+        assert (data / "validate" / cls / name).read_bytes() == (flowers / cls / name).read_bytes()
+    manifest = manifest_of(data)
+    assert manifest["layout"] == manifest["source"]["layout"] == "class-folders"
+    assert manifest["classes"] == list(FLOWERS)
+    assert manifest["split"] == {"mode": "fractions", "validation": 0.2, "test": 0.0}
+    assert manifest["usable"] == dict.fromkeys(FLOWERS, 40)
+    assert manifest["counts"] == {"train": dict.fromkeys(FLOWERS, 32),
+                                  "validate": dict.fromkeys(FLOWERS, 8)}
+    assert manifest["skipped"] == [] and "renamed" not in manifest
+    assert manifest["source"]["archive_sha256"].startswith("folder:")
+    assert result.counts == manifest["counts"] and not result.noop
+    assert list(result.counts["train"]) == list(FLOWERS)  # one column per class, sorted
+    assert not (flowers / ".cache").exists()  # the source folder is never written to
+
+
+@pytest.mark.parametrize("prefix", ["", "flower_photos/", "photos/2024/spring/"],
+                         ids=["flat", "top-folder", "deep"])
+def test_zip_of_class_folders_at_any_depth_gives_the_folder_split(flowers, tmp_path, prefix):
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=12)
+    archive = zip_of(folder, tmp_path / "flowers.zip", prefix, extra={
+        f"{prefix}LICENSE.txt": b"CC-BY 2.0",  # not an image: ignored
+        f"__MACOSX/{prefix}daisy/._x.jpg": b"\x00\x05\x16\x07",  # macOS resource forks
+    })
+    from_zip, from_folder = tmp_path / "zip-data", tmp_path / "folder-data"
+    fetch_data(FetchOptions(archive=archive, data_dir=from_zip))
+    fetch_data(FetchOptions(archive=folder, data_dir=from_folder))
+    assert sizes(from_zip) == per_class(10, 2)  # round(12 x 0.2) = 2
+    assert listing(from_zip) == listing(from_folder)  # same photos, same seed: same split
+    manifest = manifest_of(from_zip)
+    assert manifest["layout"] == "class-folders" and manifest["classes"] == list(FLOWERS)
+    assert manifest["skipped"] == []
+    assert fetch_data(FetchOptions(archive=archive, data_dir=from_zip)).noop
+
+
+def test_split_is_deterministic_for_a_seed_rerun_noop_force_replaces(flowers, tmp_path):
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=15)
+    data = tmp_path / "data"
+    fetch_data(FetchOptions(archive=folder, data_dir=data))
+    first = listing(data)
+    stamp = (data / "manifest.json").stat().st_mtime_ns
+    assert fetch_data(FetchOptions(archive=folder, data_dir=data)).noop
+    assert (data / "manifest.json").stat().st_mtime_ns == stamp
+
+    fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "again"))
+    assert listing(tmp_path / "again") == first  # same seed: same split
+
+    with pytest.raises(TransferError, match="other arguments.*--force"):
+        fetch_data(FetchOptions(archive=folder, data_dir=data, seed=7))
+    assert listing(data) == first
+    shutil.copyfile(sorted((flowers / "roses").iterdir())[30], folder / "roses/new.jpg")
+    with pytest.raises(TransferError, match=r"was made from other photos \(.*flowers changed "
+                       r"since; a rerun would split the photos it holds now\); use --force"):
+        fetch_data(FetchOptions(archive=folder, data_dir=data))
+    (folder / "roses/new.jpg").unlink()  # the same photos again: the split is theirs
+    fetch_data(FetchOptions(archive=folder, data_dir=data, seed=7, force=True))
+    assert listing(data) != first and sizes(data) == per_class(12, 3)
+    assert manifest_of(data)["seed"] == 7
+
+    # the per-class shuffle is the one the cats/dogs split uses: Random(f"{seed}:{class}")
+    order = sorted(p.name for p in (folder / "roses").iterdir())
+    random.Random("7:roses").shuffle(order)
+    assert listing(data)["validate/roses"] == sorted(order[:3])
+
+
+def test_fractions_with_a_test_split_and_unbalanced_classes(flowers, tmp_path):
+    folder = tmp_path / "flowers"
+    for cls, n in (("daisy", 40), ("roses", 20), ("tulips", 13)):
+        copy_classes(flowers, folder, per_class=n, classes=[cls])
+    data = tmp_path / "data"
+    fetch_data(SplitOptions(archive=folder, data_dir=data, validation_split=0.25,
+                            test_split=0.125))
+    # each class by itself: validate round(n/4), test round(n/8), the rest train
+    assert sizes(data) == {"train/daisy": 25, "train/roses": 12, "train/tulips": 8,
+                           "validate/daisy": 10, "validate/roses": 5, "validate/tulips": 3,
+                           "test/daisy": 5, "test/roses": 3, "test/tulips": 2}
+    manifest = manifest_of(data)
+    assert manifest["split"] == {"mode": "fractions", "validation": 0.25, "test": 0.125}
+    assert manifest["request"]["validation_split"] == 0.25
+    assert manifest["usable"] == {"daisy": 40, "roses": 20, "tulips": 13}
+
+
+def test_fraction_sizes():
+    assert fraction_sizes(40, 0.2) == {"validate": 8, "test": 0, "train": 32}
+    assert fraction_sizes(45, 0.1, 0.1) == {"validate": 5, "test": 5, "train": 35}  # half up
+    assert fraction_sizes(3, 0.2) == {"validate": 1, "test": 0, "train": 2}  # at least 1
+    assert fraction_sizes(2, 0.2) == {"validate": 1, "test": 0, "train": 1}
+    assert fraction_sizes(3, 0.5, 0.4) == {"validate": 1, "test": 1, "train": 1}
+    assert fraction_sizes(1, 0.2) is None and fraction_sizes(2, 0.2, 0.1) is None
+
+
+def test_counts_given_for_class_folders_take_counts(flowers, tmp_path):
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=20, classes=FLOWERS[:3])
+    data = tmp_path / "data"
+    result = fetch_data(FetchOptions(archive=folder, data_dir=data, train_per_class=10,
+                                     validate_per_class=4, test_per_class=2))
+    assert sizes(data) == per_class(10, 4, 2, classes=FLOWERS[:3])
+    assert manifest_of(data)["split"] == {"mode": "per_class", "train": 10, "validate": 4,
+                                          "test": 2}
+    assert list(result.counts) == ["train", "validate", "test"]
+    with pytest.raises(TransferError, match=r"daisy: 20 usable.*asked for 30 per class"):
+        fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "more",
+                                train_per_class=20, validate_per_class=10))
+    with pytest.raises(TransferError, match="not both"):
+        fetch_data(SplitOptions(archive=folder, data_dir=tmp_path / "both",
+                                train_per_class=10, validation_split=0.3))
+    for bad in (0.0, 1.0, -0.1, float("nan")):
+        with pytest.raises(TransferError, match=r"--validation-split must be a fraction in "
+                           r"\(0, 1\)"):
+            fetch_data(SplitOptions(archive=folder, data_dir=tmp_path / "bad",
+                                    validation_split=bad))
+    with pytest.raises(TransferError, match="must stay below 1"):
+        fetch_data(SplitOptions(archive=folder, data_dir=tmp_path / "bad",
+                                validation_split=0.5, test_split=0.5))
+    assert not (tmp_path / "more").exists() and not (tmp_path / "bad").exists()
+
+
+# --------------------------------------------------------------------------- odd files
+
+
+def test_hidden_and_system_files_are_ignored_silently(flowers, tmp_path):
+    clean = copy_classes(flowers, tmp_path / "clean", per_class=10, classes=TWO)
+    messy = copy_classes(flowers, tmp_path / "messy", per_class=10, classes=TWO)
+    junk = {"daisy/.DS_Store": b"\x00\x00\x00\x01Bud1", "daisy/Thumbs.db": b"\xd0\xcf" * 50,
+            "roses/desktop.ini": b"[.ShellClassInfo]", "roses/._x.jpg": b"\x00\x05\x16\x07",
+            ".DS_Store": b"\x00", "daisy/notes.txt": b"my notes",
+            ".thumbnails/roses/a.jpg": text_as_jpg(),  # a hidden folder: never looked into
+            "__MACOSX/daisy/._y.jpg": b"\x00\x05\x16\x07"}
+    for name, blob in junk.items():
+        (messy / name).parent.mkdir(parents=True, exist_ok=True)
+        (messy / name).write_bytes(blob)
+    fetch_data(FetchOptions(archive=clean, data_dir=tmp_path / "a"))
+    result = fetch_data(FetchOptions(archive=messy, data_dir=tmp_path / "b"))
+    assert result.skipped == []  # ignored, not listed as skipped
+    assert listing(tmp_path / "b") == listing(tmp_path / "a")
+    assert manifest_of(tmp_path / "b")["classes"] == ["daisy", "roses"]
+
+
+def test_corrupt_images_are_skipped_and_listed(flowers, tmp_path):
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=10, classes=TWO)
+    daisy = sorted((flowers / "daisy").iterdir())
+    (folder / "daisy/broken.jpg").write_bytes(truncated(daisy[20].read_bytes()))
+    (folder / "daisy/text.jpg").write_bytes(text_as_jpg())
+    (folder / "roses/empty.png").write_bytes(b"")
+    data = tmp_path / "data"
+    result = fetch_data(FetchOptions(archive=folder, data_dir=data))
+    reasons = {s["name"]: (s["class"], s["reason"]) for s in result.skipped}
+    assert set(reasons) == {"daisy/broken.jpg", "daisy/text.jpg", "roses/empty.png"}
+    assert reasons["roses/empty.png"] == ("roses", "zero-byte file")
+    assert reasons["daisy/text.jpg"][1] == ("not a decodable image (not a format Pillow "
+                                            "recognises)")
+    assert reasons["daisy/broken.jpg"][1].startswith("not a decodable image")
+    assert manifest_of(data)["skipped"] == result.skipped
+    assert manifest_of(data)["usable"] == {"daisy": 10, "roses": 10}
+    assert sizes(data) == per_class(8, 2, classes=TWO)  # of the 10 usable each
+
+
+def test_formats_the_training_pipelines_cannot_read_yet_are_skipped_with_a_reason(flowers,
+                                                                                 tmp_path):
+    from PIL import Image
+
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=6, classes=FLOWERS[:2])
+    with Image.open(sorted((flowers / "daisy").iterdir())[30]) as photo:
+        photo.save(folder / "daisy/photo.webp", "WEBP")
+        photo.save(folder / "daisy/photo.tif", "TIFF")
+    result = fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "data"))
+    reasons = {s["name"]: s["reason"] for s in result.skipped}
+    for name, fmt in (("daisy/photo.webp", "WEBP"), ("daisy/photo.tif", "TIFF")):
+        if fmt in ALLOWED_FORMATS:  # widened: placed like any photo
+            assert name not in reasons
+        else:
+            assert reasons[name] == f"format {fmt} is not readable by the training pipelines yet"
+
+
+def test_same_class_folder_at_several_places_is_one_class(flowers, tmp_path):
+    folder = tmp_path / "photos"
+    daisy = sorted((flowers / "daisy").iterdir())
+    roses = sorted((flowers / "roses").iterdir())
+    for year, photos in (("2023", daisy[:5] + roses[:5]), ("2024", daisy[5:10] + roses[5:10])):
+        for photo in photos:
+            (folder / year / photo.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(photo, folder / year / photo.parent.name / photo.name)
+    shutil.copyfile(daisy[11], folder / "2024/daisy" / daisy[0].name)  # same name, other photo
+    data = tmp_path / "data"
+    result = fetch_data(FetchOptions(archive=folder, data_dir=data))
+    manifest = manifest_of(data)
+    assert manifest["classes"] == ["daisy", "roses"]
+    assert manifest["usable"] == {"daisy": 11, "roses": 10}
+    assert sum(result.counts[s]["daisy"] for s in result.counts) == 11
+    stem = daisy[0].stem
+    (renamed, source), = manifest["renamed"].items()  # one kept under a new name
+    assert renamed.endswith(f"/daisy/{stem}-2.jpg") and source.endswith(f"daisy/{daisy[0].name}")
+    assert (data / renamed).read_bytes() == (folder / source).read_bytes()
+
+
+# --------------------------------------------------------------------------- refused before work
+
+
+def test_a_single_class_is_refused_before_any_work(flowers, tmp_path, monkeypatch):
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=12, classes=["daisy"])
+    decoded = no_image_read(monkeypatch)
+    with pytest.raises(TransferError) as info:
+        fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "data"))
+    assert str(info.value) == (
+        f"only one class in {folder} (daisy, 12 images); a classifier needs at least two: one "
+        "folder per class, e.g. daisy/1.jpg and roses/2.jpg")
+    assert decoded == [] and not (tmp_path / "data").exists()
+
+
+def test_an_empty_class_folder_is_refused_before_any_work(flowers, tmp_path, monkeypatch):
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=12, classes=FLOWERS[:3])
+    (folder / "tulips").mkdir()
+    (folder / "tulips/.DS_Store").write_bytes(b"\x00")  # hidden files do not count
+    (folder / "tulips/notes.txt").write_text("to do: add tulips")
+    decoded = no_image_read(monkeypatch)
+    with pytest.raises(TransferError) as info:
+        fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "data"))
+    assert str(info.value) == (f"{folder}: the class folder tulips holds no images; every class "
+                               "needs images: add some, or remove the folder")
+    # the same in a zip (its folder entry is all there is of tulips/)
+    archive = zip_of(folder, tmp_path / "f.zip", "flowers/")
+    with pytest.raises(TransferError, match="the class folder flowers/tulips holds no images"):
+        fetch_data(FetchOptions(archive=archive, data_dir=tmp_path / "data"))
+    assert decoded == [] and not (tmp_path / "data").exists()
+
+
+def test_a_class_under_10_images_is_warned(flowers, tmp_path):
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=20, classes=FLOWERS[:2])
+    copy_classes(flowers, folder, per_class=6, classes=["tulips"])
+    reporter = Warnings()
+    fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "data"), reporter=reporter)
+    assert reporter.warnings == [
+        "class tulips has only 6 usable images (fewer than 10): too few to learn it well or "
+        "to measure it; add photos if you can"]
+    assert sizes(tmp_path / "data")["validate/tulips"] == 1  # round(6 x 0.2)
+
+
+def test_a_class_left_with_one_usable_image_stops_with_one_line(flowers, tmp_path):
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=10, classes=FLOWERS[:2])
+    copy_classes(flowers, folder, per_class=1, classes=["tulips"])
+    (folder / "tulips/a.jpg").write_bytes(text_as_jpg())
+    (folder / "tulips/b.jpg").write_bytes(text_as_jpg())
+    with pytest.raises(TransferError) as info:
+        fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "data"))
+    assert str(info.value) == (
+        "too few usable images to split (tulips: 1 usable of 3 (2 skipped: not a decodable "
+        "image (not a format Pillow recognises))); each class needs at least 2 (1 train + 1 "
+        "validate): add photos, or remove the class folder")
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("members, message", [
+    ({"train/cat.1.jpg": 0, "train/dog.1.jpg": 1, "flowers/daisy/a.jpg": 2,
+      "flowers/roses/b.jpg": 3}, r"mixes layouts: train/ holds Kaggle's cat\.N and dog\.N "
+     r"photos, beside class folders \(daisy, roses\); give fetch-data one layout"),
+    ({"a.jpg": 0, "daisy/b.jpg": 1, "roses/c.jpg": 2},
+     r"has images at the top, in no class folder \(a\.jpg\): put each class's images in a "
+     r"folder named after the class"),
+    ({"photos/x.jpg": 0, "photos/daisy/b.jpg": 1, "photos/roses/c.jpg": 2},
+     r"photos/ holds images and also the class folder photos/daisy/"),
+    ({"a/Daisy/x.jpg": 0, "b/daisy/y.jpg": 1, "b/roses/z.jpg": 2},
+     r"the class folders Daisy and daisy differ only in case"),
+], ids=["kaggle-and-class-folders", "images-at-top", "images-beside-class-folders",
+        "case-clash"])
+def test_unclear_layouts_are_refused_before_any_work(flowers, tmp_path, monkeypatch, members,
+                                                     message):
+    photos = sorted((flowers / "daisy").iterdir())
+    archive = make_zip(tmp_path / "mixed.zip", {name: photos[i].read_bytes()
+                                                for name, i in members.items()})
+    decoded = no_image_read(monkeypatch)
+    with pytest.raises(TransferError, match=message):
+        fetch_data(FetchOptions(archive=archive, data_dir=tmp_path / "data"))
+    assert decoded == [] and not (tmp_path / "data").exists()
+
+
+def test_data_dir_inside_the_photo_folder_is_refused(flowers, tmp_path):
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=3, classes=FLOWERS[:2])
+    with pytest.raises(TransferError, match="inside --archive"):
+        fetch_data(FetchOptions(archive=folder, data_dir=folder / "data"))
+    assert not (folder / "data").exists()
+
+
+# --------------------------------------------------------------------------- cats and dogs
+
+
+def test_cats_and_dogs_layouts_keep_the_per_class_split(real_photos, tmp_path):
+    """The tour's layouts: counts per class, each class shuffled by Random(f"{seed}:{cls}"),
+    the first placed go to train, then validate (the split fetch-data always made)."""
+    members = kaggle_members(real_photos, 30)
+    layouts = {
+        "kaggle": make_zip(tmp_path / "train.zip", members),
+        "folders": make_zip(tmp_path / "pets.zip", {
+            f"PetImages/{'Cat' if name.startswith('train/cat') else 'Dog'}/"
+            f"{name.split('.')[1]}.jpg": blob for name, blob in members.items()}),
+    }
+    for layout, archive in layouts.items():
+        data = tmp_path / layout
+        result = fetch_data(FetchOptions(archive=archive, data_dir=data, train_per_class=10,
+                                         validate_per_class=5, seed=3))
+        manifest = manifest_of(data)
+        assert manifest["layout"] == layout and manifest["classes"] == ["cats", "dogs"]
+        assert manifest["split"] == {"mode": "per_class", "train": 10, "validate": 5}
+        assert list(result.counts["train"]) == ["cats", "dogs"]
+        for cls in ("cats", "dogs"):
+            order = sorted(n for n in archive_names(archive) if cls[:-1] in n.lower()
+                           if n.endswith(".jpg"))
+            random.Random(f"3:{cls}").shuffle(order)
+            names = [n.rsplit("/", 1)[1] for n in order]
+            assert listing(data)[f"train/{cls}"] == sorted(names[:10])
+            assert listing(data)[f"validate/{cls}"] == sorted(names[10:15])
+
+
+def archive_names(path: Path) -> list[str]:
+    with zipfile.ZipFile(path) as archive:
+        return archive.namelist()
+
+
+def test_kaggle_folder_beside_test1_keeps_working(real_photos, tmp_path):
+    """The competition's train/ and test1/ folders unpacked side by side: test1/ (unlabelled)
+    is ignored, as it always was."""
+    files = dict(kaggle_members(real_photos, 12))
+    files.update({f"test1/{i}.jpg": real_photos["cats"][40 + i][1] for i in range(3)})
+    layout, found = sort_into_classes(files)
+    assert layout == "kaggle" and list(found) == ["cats", "dogs"]
+    assert len(found["cats"]) == len(found["dogs"]) == 12
+
+
+def test_sort_into_classes_reads_zip_names_with_backslashes():
+    layout, found = sort_into_classes(["photos\\daisy\\a.jpg", "photos\\roses\\b.jpg"])
+    assert layout == "class-folders"
+    assert found == {"daisy": ["photos\\daisy\\a.jpg"], "roses": ["photos\\roses\\b.jpg"]}
+
+
+def test_allowed_formats_is_one_constant():
+    assert archive_module.DECODABLE_FORMATS is ALLOWED_FORMATS
+    assert {"JPEG", "PNG"} <= ALLOWED_FORMATS
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_cli_fetch_data_of_a_photo_folder_prints_one_column_per_class(flowers, tmp_path):
+    from transfer.cli import app
+
+    data = tmp_path / "data"
+    result = CliRunner().invoke(app, ["fetch-data", "--archive", str(flowers),
+                                      "--data-dir", str(data)])
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if "daisy" in line)
+    assert [c for c in FLOWERS if c in header] == list(FLOWERS)
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in result.output.splitlines()]
+    rows = {row[0]: row[1:] for row in cells if row and row[0] in ("train", "validate")}
+    assert rows == {"train": ["32"] * 5, "validate": ["8"] * 5}
+    assert sizes(data) == per_class(32, 8)
+    assert f"manifest: {data / 'manifest.json'}" in result.output
+    again = CliRunner().invoke(app, ["fetch-data", "--archive", str(flowers),
+                                     "--data-dir", str(data)])
+    assert again.exit_code == 0 and "nothing to do" in again.output
+
+
+def test_a_real_zip_written_by_pythons_zipfile_in_memory(flowers, tmp_path):
+    """A zip made in memory (no folder entries at all): the same classes and split."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for cls in FLOWERS[:2]:
+            for photo in sorted((flowers / cls).iterdir())[:5]:
+                archive.writestr(f"my photos/{cls}/{photo.name}", photo.read_bytes())
+    path = tmp_path / "mine.zip"
+    path.write_bytes(buffer.getvalue())
+    fetch_data(FetchOptions(archive=path, data_dir=tmp_path / "data"))
+    assert sizes(tmp_path / "data") == per_class(4, 1, classes=FLOWERS[:2])
