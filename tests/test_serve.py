@@ -115,6 +115,7 @@ def test_unseen_photos_come_back_with_their_class(client, unseen, trained_bundle
         assert mine["label"] == theirs["label"] and mine["image"] == theirs["image"]
         assert mine["probability"] == pytest.approx(theirs["probability"], abs=1e-5)
     assert got["class_names"] == expected["class_names"] == ["cats", "dogs"]
+    assert got["model"] == "cats-dogs"  # its name on the server, not a path
 
 
 def test_a_text_file_is_415_naming_it_and_the_server_keeps_serving(client, unseen):

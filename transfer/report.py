@@ -521,6 +521,7 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
               "<code>transfer report</code> rebuilds it.</footer>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            "<link rel=\"icon\" href=\"data:,\">"
             f"<title>{_e(title)}: transfer report</title><style>{STYLE}</style></head>"
             f"<body><main>{''.join(parts)}{footer}</main></body></html>\n")
 

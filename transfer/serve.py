@@ -279,9 +279,11 @@ def predict_uploads(store: ModelStore, uploads: list[Upload], model: str | None,
                     invert: str | None) -> dict:
     """``transfer predict --format json``'s dict for uploaded files, through the file-based
     ``transfer.predict.predict`` (the uploads are written to a private temporary folder);
-    each ``file`` is the name the client sent."""
+    each ``file`` is the name the client sent, ``model`` a bundle's name in the models
+    folder (not its path on the server)."""
     from transfer.predict import predict
 
+    model = model or store.default_model()
     classifier = store.get(model)
     if invert is not None and classifier.mode == "bundle" and \
             classifier.meta.get("channels", 3) != 1:
@@ -303,6 +305,8 @@ def predict_uploads(store: ModelStore, uploads: list[Upload], model: str | None,
             if invert is not None:
                 classifier.invert = None
     answer = result.as_dict()
+    if classifier.mode == "bundle":
+        answer["model"] = model  # its name here, not the server's file system path
     for item, upload in zip(answer["predictions"], uploads, strict=True):
         item["file"] = upload.filename
     return answer
@@ -370,6 +374,7 @@ def explain_upload(store: ModelStore, upload: Upload, model: str | None,
     from transfer.explain import gradcam
     from transfer.report import overlay_png
 
+    model = model or store.default_model()
     classifier = store.get(model)
     if classifier.mode == "bundle":
         use_invert = invert if classifier.meta.get("channels", 3) == 1 else None
@@ -397,7 +402,8 @@ def explain_upload(store: ModelStore, upload: Upload, model: str | None,
         label = _imagenet_names()[index]
     png = overlay_png(_shown_picture(classifier, upload.data, array), heatmap, view)
     return png, {"label": label, "probability": float(probs[index]), "class_index": index,
-                 "layer": layer, "model": classifier.name}
+                 "layer": layer,
+                 "model": model if classifier.mode == "bundle" else classifier.name}
 
 
 @functools.lru_cache(maxsize=1)

@@ -306,12 +306,14 @@
     if (stream) stream.getTracks().forEach((t) => t.stop());
     stream = null;
     video.srcObject = null;
+    delete video.dataset.live;
     video.hidden = true;
     $("webcam-snap").hidden = true;
     $("webcam-stop").hidden = true;
     $("webcam-start").hidden = false;
   }
 
+  video.addEventListener("loadeddata", () => { video.dataset.live = "1"; });
   $("webcam-stop").addEventListener("click", stopWebcam);
   $("webcam-snap").addEventListener("click", async () => {
     if (!video.videoWidth) {

@@ -1,0 +1,239 @@
+"""The page of `transfer serve` in a real headless Chromium (Playwright), on a real uvicorn
+server bound to a free 127.0.0.1 port: a genuine photo through the file input, a digit drawn
+on the canvas, the webcam (Chromium's fake camera), the reports; no console errors anywhere.
+
+The browser: ``TRANSFER_CHROMIUM``, else the system Chromium (``/usr/bin/chromium``, Debian's
+``chromium`` package), else Playwright's own download (``python -m playwright install
+chromium``). Outside CI a missing browser skips with the reason; under CI it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import in_ci, require_asset
+
+from transfer import serve
+from transfer.settings import MnistParams, ServeSettings
+
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run",
+        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+TIMEOUT_MS = 90_000  # one step of a test; the whole run stops by itself
+DOG_BREEDS = range(151, 269)
+
+
+def missing(reason: str):
+    if in_ci():
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def chromium_executable() -> str | None:
+    for candidate in (os.environ.get("TRANSFER_CHROMIUM"), shutil.which("chromium"),
+                      "/usr/bin/chromium", shutil.which("chromium-browser")):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None  # then Playwright's own browser, if it was installed
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import Error, sync_playwright
+    except ImportError:
+        missing("Playwright for Python is not installed (pip install playwright)")
+    executable = chromium_executable()
+    with sync_playwright() as p:
+        try:
+            chromium = p.chromium.launch(executable_path=executable, args=ARGS, headless=True,
+                                         timeout=TIMEOUT_MS)
+        except Error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            missing(f"no usable Chromium ({executable or 'Playwright download'}: {first}); "
+                    "install Debian's chromium or run `python -m playwright install chromium`")
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def photos(kaggle_zip, tmp_path_factory) -> dict[str, Path]:
+    """A cat and a dog photo no bundle saw (Kaggle numbers >= 1100), as files."""
+    folder = tmp_path_factory.mktemp("photos")
+    with zipfile.ZipFile(kaggle_zip) as archive:
+        for name in ("cat.1100.jpg", "dog.1100.jpg", "dog.1101.jpg"):
+            (folder / name).write_bytes(archive.read(f"train/{name}"))
+    return {"cat": folder / "cat.1100.jpg", "dog": folder / "dog.1100.jpg",
+            "dog2": folder / "dog.1101.jpg"}
+
+
+@pytest.fixture(scope="module")
+def models_dir(trained_bundle, tmp_path_factory) -> Path:
+    """cats-dogs (the trained MobileNet bundle) and digits (a quick `transfer mnist` run)."""
+    from transfer import mnist
+    from transfer.report import write_report
+
+    models = tmp_path_factory.mktemp("browser") / "models"
+    models.mkdir()
+    shutil.copytree(trained_bundle.bundle, models / "cats-dogs")
+    write_report(models / "cats-dogs")
+    mnist.run(MnistParams(data=require_asset("data/mnist"), limit=3000, epochs=1,
+                          output=models / "digits"))
+    return models
+
+
+@pytest.fixture(scope="module")
+def server(models_dir):
+    with serve.serving(ServeSettings(models_dir=models_dir, port=0)) as url:
+        yield url
+
+
+class Watched:
+    """A page whose console errors and uncaught exceptions are collected."""
+
+    def __init__(self, browser):
+        self.context = browser.new_context(viewport={"width": 1100, "height": 900})
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(TIMEOUT_MS)
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error"
+                     else None)
+        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        self.requests: list[str] = []
+        self.page.on("request", lambda r: self.requests.append(r.url))
+
+    def close(self):
+        self.context.close()
+
+
+@pytest.fixture()
+def watched(browser):
+    w = Watched(browser)
+    yield w
+    w.close()
+
+
+def open_page(w: Watched, url: str, model: str | None = None):
+    page = w.page
+    page.goto(url)
+    page.wait_for_selector("body[data-ready='1']", state="attached")
+    if model is not None:
+        page.select_option("#model", model)
+    return page
+
+
+def wait_answer(page, count: int = 1):
+    """The newest answered card, once ``count`` cards are answered (the page's policy forbids
+    eval, so no wait_for_function: locators only)."""
+    page.locator(".result[data-state=done]").nth(count - 1).wait_for(state="attached")
+    return page.locator(".result[data-state=done]").first
+
+
+def test_a_genuine_photo_through_the_file_input(watched, server, photos):
+    page = open_page(watched, server, "cats-dogs")
+    assert page.locator("#digit").is_hidden()
+    assert page.get_attribute("#report-link", "href") == "/models/cats-dogs/report"
+    page.set_input_files("#file-input", str(photos["cat"]))
+    result = wait_answer(page)
+    assert result.get_attribute("data-label") == "cats"
+    assert "cats" in result.locator(".label").inner_text()
+    assert result.locator(".bar").count() == 2  # both classes, with their bars
+    assert "server time" in result.inner_text()
+    page.wait_for_selector(".result img.gradcam")
+    loaded = page.eval_on_selector(".result img.gradcam",
+                                   "img => img.complete && img.naturalWidth > 0")
+    assert loaded
+    assert "Grad-CAM of" in result.inner_text()
+    # several at once: one card each
+    page.set_input_files("#file-input", [str(photos["dog"]), str(photos["dog2"])])
+    wait_answer(page, 3)
+    assert page.locator(".result").count() == 3
+    assert watched.errors == []
+    assert all(u.startswith(server) or u.startswith(("blob:", "data:"))
+               for u in watched.requests)
+
+
+def test_a_digit_drawn_on_the_canvas(watched, server):
+    page = open_page(watched, server, "digits")
+    canvas = page.locator("#digit-canvas")
+    canvas.wait_for(state="visible")
+    box = canvas.bounding_box()
+    x = box["x"] + box["width"] / 2
+    page.mouse.move(x, box["y"] + box["height"] * 0.15)
+    page.mouse.down()
+    for i in range(1, 21):  # a vertical stroke: a one
+        page.mouse.move(x + i * 0.5, box["y"] + box["height"] * (0.15 + 0.035 * i))
+    page.mouse.up()
+    page.click("#digit-classify")
+    result = wait_answer(page)
+    label = result.get_attribute("data-label")
+    assert label in [str(d) for d in range(10)]
+    assert label == "1", label
+    assert result.locator(".bar").count() == 3  # top 3 of the ten digits
+    page.wait_for_selector(".result img.gradcam")
+    assert watched.errors == []
+
+
+def test_the_webcam_with_chromium_fake_camera(watched, server):
+    page = open_page(watched, server, "cats-dogs")
+    page.click("#webcam-start")
+    page.wait_for_selector("#webcam[data-live='1']")
+    page.click("#webcam-snap")
+    result = wait_answer(page)
+    assert result.get_attribute("data-label") in ("cats", "dogs")
+    assert result.locator("h3").inner_text().startswith("webcam-")
+    page.click("#webcam-stop")
+    assert page.locator("#webcam").is_hidden()
+    assert watched.errors == []
+
+
+def test_reports_open_with_no_console_errors(watched, server, models_dir):
+    page = watched.page
+    for name in ("cats-dogs", "digits"):  # written by write_report; rendered on the fly
+        response = page.goto(f"{server}models/{name}/report")
+        assert response.status == 200
+        assert page.locator("h1").inner_text() == name
+        images = page.eval_on_selector_all(
+            "img", "imgs => imgs.map(i => i.complete && i.naturalWidth > 0)")
+        assert images and all(images)
+    # the file itself, opened from disk with every network request refused
+    blocked: list[str] = []
+
+    def guard(route):
+        if route.request.url.startswith(("file:", "data:")):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    watched.context.route("**/*", guard)
+    page.goto((models_dir / "cats-dogs" / "report.html").as_uri())
+    assert "cats" in page.locator(".classes").inner_text()
+    assert page.locator("img.gradcam").count() >= 2
+    assert all(page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth > 0)"))
+    assert blocked == [] and watched.errors == []
+
+
+def test_imagenet_default_shows_a_dog_breed_for_a_dog(watched, photos, mobilenet_weights,
+                                                      tmp_path):
+    require_asset("keras/models/mobilenet_2_5_224_tf.h5")
+    index = json.loads(require_asset("keras/models/imagenet_class_index.json").read_text())
+    breeds = {label for i, (_, label) in index.items() if int(i) in DOG_BREEDS}
+    settings = ServeSettings(models_dir=tmp_path / "models", imagenet=True, base="mobilenet",
+                             alpha=0.25, port=0)
+    with serve.serving(settings) as url:
+        page = open_page(watched, url)
+        assert page.input_value("#model") == "imagenet:mobilenet-0.25"
+        page.set_input_files("#file-input", str(photos["dog"]))
+        result = wait_answer(page)
+        label = result.get_attribute("data-label")
+        assert label in breeds, label
+        assert label.replace("_", " ") in result.locator(".label").inner_text()
+        assert result.locator(".bar").count() == 3
+        page.wait_for_selector(".result img.gradcam")
+    assert watched.errors == []
