@@ -32,6 +32,7 @@ Distribute = Literal[S.DISTRIBUTE]
 Source = Literal[S.FETCH_SOURCES]
 PredictFormat = Literal[S.PREDICT_FORMATS]
 ExportFormat = Literal[S.EXPORT_FORMATS]
+Quantize = Literal[S.QUANTIZE]
 Invert = Literal[S.INVERT]
 MnistDataset = Literal[S.MNIST_DATASETS]
 MnistArch = Literal[S.MNIST_ARCHS]
@@ -470,7 +471,8 @@ _E = S.EvaluateSettings()
 @command("evaluate", examples=[
     "transfer evaluate                                    # models/latest on its validation folder",
     "transfer evaluate --data-dir data/test --output reports/test",
-    "transfer evaluate --model models/flowers --force",
+    "transfer evaluate --model models/flowers --worst 30 --force   # suspects.csv: mislabeled?",
+    "transfer evaluate --assert-accuracy-at-least 0.9  # exit code 3 below 90%",
 ])
 def evaluate_cmd(
     model: Annotated[Path, typer.Option(help="Model bundle folder.")] = _E.model,
@@ -482,13 +484,21 @@ def evaluate_cmd(
         show_default=False)] = _E.output,
     batch_size: Annotated[int, typer.Option(help="Images per inference batch.")
                           ] = _E.batch_size,
+    worst: Annotated[int, typer.Option(
+        help="The N most confident mistakes: misclassified.png and suspects.csv (mislabeled?).")
+    ] = _E.worst,
+    assert_accuracy_at_least: Annotated[float | None, typer.Option(
+        help="Exit with code 3 when the accuracy is below this (a CI gate).",
+        show_default=False)] = _E.assert_accuracy_at_least,
     force: Annotated[bool, typer.Option("--force",
                                         help="Replace another evaluation's outputs.")
                      ] = _E.force,
 ) -> None:
     """Accuracy, per-class precision/recall/F1, ROC AUC, confusion matrix and worst mistakes."""
     settings = S.EvaluateSettings(model=model, data_dir=data_dir, output=output,
-                                  batch_size=batch_size, force=force).validated()
+                                  batch_size=batch_size, worst=worst,
+                                  assert_accuracy_at_least=assert_accuracy_at_least,
+                                  force=force).validated()
     from transfer.evaluate import evaluate
 
     result = evaluate(settings, reporter=_reporter())
@@ -571,6 +581,7 @@ _O = S.ExportSettings()
     "transfer export                                  # models/latest as TFLite, checked",
     "transfer export --format savedmodel --output serving/cats-vs-dogs",
     "transfer export --model models/mnist-cnn --check-images digits/",
+    "transfer export --quantize int8 --output cats-vs-dogs-int8.tflite",
 ])
 def export_cmd(
     model: Annotated[Path, typer.Option(help="Model bundle folder.")] = _O.model,
@@ -582,12 +593,16 @@ def export_cmd(
     check_images: Annotated[list[Path] | None, typer.Option(
         metavar="<path>", help="Images (or folders, repeatable) to check the export on "
         "\\[default: the bundle's validation images].", show_default=False)] = _O.check_images,
+    quantize: Annotated[Quantize, typer.Option(
+        help="TFLite only: dynamic-range, float16 or int8 weights (int8 calibrated on training "
+        "images); accuracy and size reported beside the float model's.")] = _O.quantize,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing export.")
                      ] = _O.force,
 ) -> None:
     """Export the model (Keras, SavedModel, TFLite) and check its outputs against Keras's."""
     settings = S.ExportSettings(model=model, format=format, output=output,
-                                check_images=check_images, force=force).validated()
+                                check_images=check_images, quantize=quantize,
+                                force=force).validated()
     from transfer.export import export
 
     result = export(settings, reporter=_reporter())

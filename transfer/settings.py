@@ -28,6 +28,7 @@ DISTRIBUTE = ("none", "mirrored")
 FETCH_SOURCES = ("auto", "kaggle", "microsoft", "archive")
 PREDICT_FORMATS = ("table", "json", "csv")
 EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
+QUANTIZE = ("none", "dynamic", "float16", "int8")
 INVERT = ("auto", "yes", "no")
 MNIST_DATASETS = ("mnist", "fashion")
 MNIST_ARCHS = ("cnn", "tiny")
@@ -346,12 +347,16 @@ class EvaluateSettings(Settings):
     data_dir: Path | None = None  # default: the bundle's validation folder
     output: Path | None = None  # default: the bundle
     batch_size: int = 32
-    worst: int = 16  # most confident mistakes drawn in misclassified.png
+    worst: int = 16  # most confident mistakes: misclassified.png and suspects.csv
+    assert_accuracy_at_least: float | None = None  # below it: exit code 3 (a CI gate)
     force: bool = False
 
     def validated(self) -> EvaluateSettings:
         at_least("batch_size", self.batch_size, 1)
         at_least("worst", self.worst, 0)
+        if self.assert_accuracy_at_least is not None:
+            fraction("assert_accuracy_at_least", self.assert_accuracy_at_least,
+                     upper_open=False)
         not_a_file("output", self.output)
         not_a_file("data_dir", self.data_dir)
         writable("output", self.output)
@@ -391,10 +396,14 @@ class ExportSettings(Settings):
     format: str = "tflite"
     output: Path | None = None  # default: MODEL/export/<model.keras|saved_model|model.tflite>
     check_images: list | None = None
+    quantize: str = "none"  # tflite only: dynamic | float16 | int8 (calibrated on train images)
     force: bool = False
 
     def validated(self) -> ExportSettings:
         one_of("format", self.format, EXPORT_FORMATS)
+        one_of("quantize", self.quantize, QUANTIZE)
+        if self.quantize != "none" and self.format != "tflite":
+            raise TransferError("--quantize applies to --format tflite only")
         if self.format == "keras" and self.output is not None and \
                 Path(self.output).suffix != ".keras":
             raise TransferError("a Keras export must end in .keras")
