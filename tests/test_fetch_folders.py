@@ -340,6 +340,13 @@ def test_an_empty_class_folder_is_refused_before_any_work(flowers, tmp_path, mon
     archive = zip_of(folder, tmp_path / "f.zip", "flowers/")
     with pytest.raises(TransferError, match="the class folder flowers/tulips holds no images"):
         fetch_data(FetchOptions(archive=archive, data_dir=tmp_path / "data"))
+    # a zip without folder entries: tulips/ is known from its files, even hidden ones
+    bare = make_zip(tmp_path / "bare.zip", {
+        "daisy/a.jpg": next((folder / "daisy").iterdir()).read_bytes(),
+        "roses/b.jpg": next((folder / "roses").iterdir()).read_bytes(),
+        "tulips/Thumbs.db": b"\xd0\xcf", "__MACOSX/irises/._c.jpg": b"\x00"})
+    with pytest.raises(TransferError, match=r"bare\.zip: the class folder tulips holds no"):
+        fetch_data(FetchOptions(archive=bare, data_dir=tmp_path / "data"))
     assert decoded == [] and not (tmp_path / "data").exists()
 
 

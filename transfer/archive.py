@@ -287,7 +287,8 @@ def sort_into_classes(files: Iterable[str], folders: Iterable[str] = (),
     if all(_folder_name(p) in _PETIMAGES_FOLDERS for p in others):
         found = {cls: [paths[p] for p in kaggle + others if classify(p) == cls] for cls in CLASSES}
         return (PETIMAGES if others else KAGGLE), found
-    classes = _class_folders(images, [_posix(f) for f in folders], where)
+    known = [*(_posix(f) for f in folders), *(_parent(p) for p in paths)]
+    classes = _class_folders(images, known, where)
     return CLASS_FOLDERS, {cls: [paths[p] for p in names] for cls, names in classes.items()}
 
 

@@ -64,7 +64,8 @@ from transfer.progress import Reporter
 from transfer.settings import FetchOptions
 from transfer.sources import obtain_archive, resolve_source
 
-__all__ = ["FetchOptions", "FetchResult", "fetch_data", "read_manifest", "recover"]
+__all__ = ["DEFAULT_VALIDATION_FRACTION", "FetchOptions", "FetchResult", "check_split_options",
+           "fetch_data", "fraction_sizes", "read_manifest", "recover"]
 
 SPLITS = ("train", "validate", "test")
 MANIFEST = "manifest.json"
