@@ -302,6 +302,7 @@ def test_binding_all_interfaces_warns(models_dir, monkeypatch):
     with serve.serving(ServeSettings(models_dir=models_dir, port=0), quiet) as url:
         assert httpx.get(url + "api/health", timeout=30).status_code == 200
     assert quiet.warnings == []
+    assert quiet.infos == [f"transfer serve: {url} (API docs {url}docs); Ctrl-C stops it"]
     assert serve.url_of("::", 80) == "http://[::1]:80/"
     assert serve.url_of("0.0.0.0", 8000) == "http://127.0.0.1:8000/"
 
@@ -320,6 +321,12 @@ def test_bad_settings_fail_before_anything_starts(tmp_path):
         serve.create_app(ServeSettings(models_dir=tmp_path, model="../x"))
     with pytest.raises(TransferError, match="--max-upload-mb"):
         serve.create_app(ServeSettings(models_dir=tmp_path, max_upload_mb=0))
+    with pytest.raises(TransferError, match="--model nothing: no bundle of that name"):
+        serve.create_app(ServeSettings(models_dir=tmp_path, model="nothing"))
+    recorder = Recorder()
+    with serve.serving(ServeSettings(models_dir=tmp_path / "empty", port=0), recorder) as url:
+        listed = httpx.get(url + "api/models", timeout=30).json()
+        assert all(m["kind"] == "imagenet" for m in listed["models"])
 
 
 def test_imagenet_mode_gives_a_dog_a_dog_breed(unseen, mobilenet_weights, tmp_path):

@@ -500,6 +500,12 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
     timings = dict(meta.get("timings") or {})
     if meta.get("feature_cache"):
         timings["feature_cache"] = meta["feature_cache"]
+    engine_meta = meta.get("engine")
+    if isinstance(engine_meta, dict):
+        timings.update({f"engine {k}": v for k, v in engine_meta.items()
+                        if not isinstance(v, dict | list)})
+    elif engine_meta:
+        timings["feature_engine"] = engine_meta
     if evaluation and evaluation.get("seconds") is not None:
         timings["evaluation_seconds"] = evaluation["seconds"]
     if timings:

@@ -526,7 +526,8 @@ def create_app(settings: ServeSettings):
         ``/models/<name>/report``, OpenAPI docs at ``/docs``.
 
     Raises:
-        TransferError: a bad setting (port, limit, base, alpha, a --model name with a path).
+        TransferError: a bad setting (port, limit, base, alpha), or a --model that is not a
+            bundle inside the models folder.
     """
     from fastapi import FastAPI, File, Form, UploadFile
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -537,6 +538,12 @@ def create_app(settings: ServeSettings):
 
     s = settings.validated()
     store = ModelStore(s)
+    if s.model is not None:
+        try:
+            store.bundle_path(s.model)
+        except NotFound:
+            raise TransferError(f"--model {s.model}: no bundle of that name in {s.models_dir} "
+                                "(a folder holding meta.json and model.keras)") from None
     worker = Worker()
 
     @contextlib.asynccontextmanager
@@ -738,7 +745,13 @@ def _server(settings: ServeSettings, reporter: Reporter):
     if s.host.strip("[]") in ALL_INTERFACES:
         reporter.warn(f"listening on all interfaces ({s.host}): anyone who can reach this "
                       "machine can use the models; use --host 127.0.0.1 to keep it local")
+    store = app.state.store
+    if not store.bundles() and not store.imagenet_entries():
+        reporter.warn(f"no model to serve: {s.models_dir} holds no bundle (train one with "
+                      "`transfer train`) and no ImageNet classifier is in the Keras cache "
+                      "(or use --imagenet)")
     url = url_of(s.host, port)
+    reporter.info(f"transfer serve: {url} (API docs {url}docs); Ctrl-C stops it")
     return server, sock, url
 
 
@@ -755,7 +768,6 @@ def run(settings: ServeSettings, reporter: Reporter | None = None) -> None:
     """
     reporter = reporter or Reporter()
     server, sock, url = _server(settings, reporter)
-    reporter.info(f"transfer serve: {url} (API docs {url}docs); Ctrl-C stops it")
     try:
         server.run(sockets=[sock])
     finally:
