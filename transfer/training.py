@@ -152,10 +152,9 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
             fit = phases.fit_end_to_end(run, built, reporter)
         if settings.fine_tune > 0:
             fit = fit.then(phases.fine_tune(run, built, reporter))
-            feats_for_validation = None  # the base changed: the cached features are stale
-        else:
-            feats_for_validation = feats
-        validation = phases.final_validation(run, built, feats_for_validation)
+        # after fine-tuning the base changed: the cached features are stale, the images rerun
+        validation = phases.final_validation(run, built,
+                                             None if settings.fine_tune > 0 else feats)
     except TransferError:
         raise
     except Exception:
