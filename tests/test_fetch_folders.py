@@ -495,3 +495,53 @@ def test_a_real_zip_written_by_pythons_zipfile_in_memory(flowers, tmp_path):
     path.write_bytes(buffer.getvalue())
     fetch_data(FetchOptions(archive=path, data_dir=tmp_path / "data"))
     assert sizes(tmp_path / "data") == per_class(4, 1, classes=FLOWERS[:2])
+
+
+# --------------------------------------------------------------------------- guarantees
+
+
+def test_interrupted_fraction_split_keeps_the_previous_split(flowers, tmp_path, monkeypatch):
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=8, classes=TWO)
+    data = tmp_path / "data"
+    fetch_data(FetchOptions(archive=folder, data_dir=data))
+    before, manifest_before = listing(data), (data / "manifest.json").read_text()
+    for interrupt_at in ("check", "staging"):
+        with monkeypatch.context() as patch:
+            if interrupt_at == "check":  # Ctrl-C while images are being decoded
+                calls = {"n": 0}
+                real = datasets.check_image
+
+                def check_then_interrupt(blob, real=real, calls=calls):
+                    calls["n"] += 1
+                    if calls["n"] == 10:
+                        raise KeyboardInterrupt
+                    return real(blob)
+
+                patch.setattr(datasets, "check_image", check_then_interrupt)
+            else:  # a disk error while staged images move into their split
+                real_replace = datasets.os.replace
+
+                def failing_replace(src, dst, real=real_replace):
+                    if datasets.STAGING in Path(src).parts:
+                        raise OSError(28, "No space left on device")
+                    return real(src, dst)
+
+                patch.setattr(datasets.os, "replace", failing_replace)
+            with pytest.raises(KeyboardInterrupt if interrupt_at == "check" else OSError):
+                fetch_data(FetchOptions(archive=folder, data_dir=data, seed=9, force=True))
+        assert listing(data) == before
+        assert (data / "manifest.json").read_text() == manifest_before
+        assert sorted(p.name for p in data.iterdir()) == ["manifest.json", "train", "validate"]
+    assert fetch_data(FetchOptions(archive=folder, data_dir=data)).noop
+
+
+def test_symbolic_links_are_never_followed(flowers, tmp_path):
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=5, classes=TWO)
+    outside = copy_classes(flowers, tmp_path / "outside", per_class=5, classes=["tulips"])
+    (folder / "daisy/link.jpg").symlink_to(outside / "tulips" / next(
+        (outside / "tulips").iterdir()).name)
+    (folder / "tulips").symlink_to(outside / "tulips", target_is_directory=True)
+    result = fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "data"))
+    assert manifest_of(tmp_path / "data")["classes"] == list(TWO)
+    assert manifest_of(tmp_path / "data")["usable"] == {"daisy": 5, "roses": 5}
+    assert result.skipped == []
