@@ -158,6 +158,30 @@ def test_a_genuine_photo_through_the_file_input(watched, server, photos):
                for u in watched.requests)
 
 
+DISPATCH = """([kind, bytes, name]) => {
+  const data = new DataTransfer();
+  data.items.add(new File([new Uint8Array(bytes)], name, { type: "image/jpeg" }));
+  const event = kind === "drop"
+    ? new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true })
+    : new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true });
+  (kind === "drop" ? document.getElementById("drop") : document).dispatchEvent(event);
+}"""
+
+
+def test_a_photo_dropped_or_pasted(watched, server, photos):
+    page = open_page(watched, server, "cats-dogs")
+    data = list(photos["cat"].read_bytes())
+    page.evaluate(DISPATCH, ["drop", data, "dropped.jpg"])
+    first = wait_answer(page)
+    assert first.locator("h3").inner_text() == "dropped.jpg"
+    assert first.get_attribute("data-label") == "cats"
+    page.evaluate(DISPATCH, ["paste", data, "pasted.jpg"])
+    second = wait_answer(page, 2)
+    assert second.locator("h3").inner_text() == "pasted.jpg"
+    assert second.get_attribute("data-label") == "cats"
+    assert watched.errors == []
+
+
 def test_a_digit_drawn_on_the_canvas(watched, server):
     page = open_page(watched, server, "digits")
     canvas = page.locator("#digit-canvas")

@@ -164,7 +164,7 @@ class ModelStore:
         if not self.root.is_dir():
             return found
         for folder in sorted(self.root.iterdir()):
-            if folder.name.startswith(".") or folder.name == "latest":
+            if folder.name.startswith(".") or (folder.name == "latest" and folder.is_symlink()):
                 continue
             try:
                 path = self.bundle_path(folder.name)
