@@ -76,6 +76,12 @@ CASES = [
     ("fetch-data --source kaggle --archive {folder} --data-dir {tmp}/data", 1,
      "--archive implies --source archive"),
     ("fetch-data --train-per-class many", 2, "should be a valid integer"),
+    ("fetch-data --validation-split 1.5 --data-dir {tmp}/data", 1,
+     "--validation-split must be a fraction in (0, 1)"),
+    ("fetch-data --validation-split 0.5 --test-split 0.5 --data-dir {tmp}/data", 1,
+     "it must stay below 1"),
+    ("fetch-data --validation-split 0.2 --train-per-class 5 --data-dir {tmp}/data", 1,
+     "not both"),
     # train: every option checked before TensorFlow loads
     ("train --epochs 0", 1, "--epochs must be at least 1"),
     ("train --batch-size 0", 1, "--batch-size must be at least 1"),

@@ -169,32 +169,47 @@ _F = S.FetchOptions()
 
 @command("fetch-data", examples=[
     "transfer fetch-data                                  # Kaggle if configured, else Microsoft",
-    "transfer fetch-data --archive ~/Downloads/train.zip  # offline: a local zip or folder",
+    "transfer fetch-data --archive ~/flowers --data-dir data/flowers  # your photos, 80/20",
+    "transfer fetch-data --archive ~/Downloads/train.zip  # offline: Kaggle's zip",
     "transfer fetch-data --train-per-class 500 --validate-per-class 200 --test-per-class 100",
 ])
 def fetch_data_cmd(
     source: Annotated[Source, typer.Option(
         help="auto: Kaggle when credentials exist, else Microsoft.")] = _F.source,
     archive: Annotated[Path | None, typer.Option(
-        help="A local zip (Kaggle train.zip or PetImages layout) or folder; "
-        "implies --source archive.", show_default=False)] = _F.archive,
+        help="A local zip or folder: Kaggle's train.zip, PetImages, or any folder of class "
+        "folders (class = folder name); implies --source archive.", show_default=False)
+    ] = _F.archive,
     competition: Annotated[str, typer.Option(help="Kaggle competition.")] = _F.competition,
     data_dir: Annotated[Path, typer.Option(help="Where the split goes.")] = _F.data_dir,
-    train_per_class: Annotated[int, typer.Option(help="Training images per class.")
-                               ] = _F.train_per_class,
-    validate_per_class: Annotated[int, typer.Option(help="Validation images per class.")
-                                  ] = _F.validate_per_class,
-    test_per_class: Annotated[int, typer.Option(
-        help="Test images per class (0: no test split).")] = _F.test_per_class,
+    train_per_class: Annotated[int | None, typer.Option(
+        help="Training images per class \\[default: 1000 for the cats/dogs photos; a folder of "
+        "class folders is split by --validation-split instead].", show_default=False)
+    ] = _F.train_per_class,
+    validate_per_class: Annotated[int | None, typer.Option(
+        help="Validation images per class \\[default: 400 for the cats/dogs photos].",
+        show_default=False)] = _F.validate_per_class,
+    test_per_class: Annotated[int | None, typer.Option(
+        help="Test images per class \\[default: 0, no test split].", show_default=False)
+    ] = _F.test_per_class,
+    validation_split: Annotated[float | None, typer.Option(
+        help="Fraction of every class's usable images for validation \\[default: 0.2 for a "
+        "folder of class folders]; not with the per-class counts.", show_default=False)
+    ] = _F.validation_split,
+    test_split: Annotated[float | None, typer.Option(
+        help="Fraction of every class's usable images held out for test \\[default: 0].",
+        show_default=False)] = _F.test_split,
     seed: Annotated[int, typer.Option(help="Seed of the split.")] = _F.seed,
     force: Annotated[bool, typer.Option(
         "--force", help="Replace a split made with other arguments.")] = _F.force,
 ) -> None:
-    """Download Kaggle's Dogs vs. Cats photos into data/train and data/validate."""
+    """Lay out a train/validate (and test) split of your own folder of class folders (--archive),
+    or of Kaggle's Dogs vs. Cats photos."""
     options = S.FetchOptions(source=source, archive=archive, competition=competition,
                              data_dir=data_dir, train_per_class=train_per_class,
                              validate_per_class=validate_per_class,
-                             test_per_class=test_per_class, seed=seed, force=force).validated()
+                             test_per_class=test_per_class, validation_split=validation_split,
+                             test_split=test_split, seed=seed, force=force).validated()
     from transfer.datasets import fetch_data
 
     result = fetch_data(options, reporter=_reporter())

@@ -130,6 +130,9 @@ def defaults(cls) -> Settings:
 
 # --------------------------------------------------------------------------- fetch-data
 
+# The cats/dogs tour's split, per class (a folder of class folders is split by fraction).
+TOUR_PER_CLASS = {"train": 1000, "validate": 400, "test": 0}
+
 
 @dataclass
 class FetchOptions(Settings):
@@ -139,17 +142,24 @@ class FetchOptions(Settings):
     archive: Path | None = None  # a local zip or folder; implies source "archive"
     competition: str = "dogs-vs-cats"
     data_dir: Path = Path("data")
-    train_per_class: int = 1000
-    validate_per_class: int = 400
-    test_per_class: int = 0
+    # Counts per class; None: not given (the tour's 1000 / 400 / 0 for the cats/dogs layouts;
+    # a folder of class folders is then split by fraction).
+    train_per_class: int | None = None
+    validate_per_class: int | None = None
+    test_per_class: int | None = None
+    # Fractions of each class's usable images (a stratified split); None: not given (0.2 and
+    # 0 for a folder of class folders). Either fractions or counts, not both.
+    validation_split: float | None = None
+    test_split: float | None = None
     seed: int = 42
     force: bool = False
     microsoft_url: str = field(
         default_factory=lambda: os.environ.get("TRANSFER_MICROSOFT_URL", MICROSOFT_URL))
 
     def per_split(self) -> dict[str, int]:
-        counts = {"train": self.train_per_class, "validate": self.validate_per_class,
-                  "test": self.test_per_class}
+        asked = {"train": self.train_per_class, "validate": self.validate_per_class,
+                 "test": self.test_per_class}
+        counts = {split: TOUR_PER_CLASS[split] if n is None else n for split, n in asked.items()}
         return {split: n for split, n in counts.items() if n > 0}
 
     def validated(self) -> FetchOptions:
@@ -163,9 +173,27 @@ class FetchOptions(Settings):
             raise TransferError("--source archive needs --archive PATH (a zip or a folder)")
         if opts.archive is not None and not Path(opts.archive).exists():
             raise TransferError(f"--archive {opts.archive} does not exist")
-        at_least("train_per_class", opts.train_per_class, 1)
-        at_least("validate_per_class", opts.validate_per_class, 1)
-        at_least("test_per_class", opts.test_per_class, 0)
+        for name, low in (("train_per_class", 1), ("validate_per_class", 1),
+                          ("test_per_class", 0)):
+            if getattr(opts, name) is not None:
+                at_least(name, getattr(opts, name), low)
+        if opts.validation_split is not None and not (
+                math.isfinite(opts.validation_split) and 0 < opts.validation_split < 1):
+            raise TransferError("--validation-split must be a fraction in (0, 1), not "
+                                f"{opts.validation_split}")
+        if opts.test_split is not None:
+            fraction("test_split", opts.test_split)
+        if opts.validation_split is not None or opts.test_split is not None:
+            total = ((0.2 if opts.validation_split is None else opts.validation_split)
+                     + (opts.test_split or 0.0))
+            if total >= 1:
+                raise TransferError(f"--validation-split + --test-split is {total:g}: it must "
+                                    "stay below 1, to leave images to train on")
+            if any(n is not None for n in (opts.train_per_class, opts.validate_per_class,
+                                           opts.test_per_class)):
+                raise TransferError(
+                    "give either --validation-split/--test-split (fractions of every class) or "
+                    "--train-per-class/--validate-per-class/--test-per-class (counts), not both")
         not_a_file("data_dir", opts.data_dir)
         writable("data_dir", opts.data_dir)
         return opts.replace(data_dir=Path(opts.data_dir))
