@@ -26,8 +26,10 @@ The API (OpenAPI docs at ``/docs``):
 
 Models are loaded once (bundles with Keras's ``safe_mode``, through ``transfer.inference``) and
 kept in a small LRU (``cache_size``). Every model call runs on one worker thread, off the event
-loop: concurrent requests queue there (and never run two model calls at once), so the page stays
-responsive and the process never runs out of memory on a burst. A model name that would leave
+loop: concurrent requests queue there (never two model calls at once, at most MAX_PENDING
+waiting, more get 503), and predict requests waiting for the same model are merged into one
+batch, so the page stays responsive and a burst neither crashes the process nor runs it out
+of memory. A model name that would leave
 the models folder (``..``, an absolute path, a symbolic link pointing out) is 404; a request
 body over ``max_upload_mb`` is 413.
 """
@@ -41,9 +43,9 @@ import socket
 import tempfile
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -58,6 +60,7 @@ STATIC = Path(__file__).parent / "static"
 IMAGENET_PREFIX = "imagenet:"
 MAX_FILES = 64  # images per request
 MAX_PENDING = 256  # jobs waiting for the model thread; more get 503
+MAX_BATCH_FILES = 64  # images in one merged predict batch
 ALL_INTERFACES = ("0.0.0.0", "::", "", "[::]", "*")
 SHOWN_SIDE = 384  # px: the longest side of the picture in an explain PNG
 PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
@@ -483,31 +486,113 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-class Worker:
-    """One thread for every model call: jobs queue in order; at most MAX_PENDING wait."""
+@dataclass
+class _Job:
+    fn: object  # what to run on the model thread (None for a predict job)
+    args: tuple
+    future: Future
+    key: tuple | None = None  # predict jobs with the same key may share one model call
+    uploads: list | None = None
 
-    def __init__(self):
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transfer-model")
-        self._pending = 0
-        self._lock = threading.Lock()
+
+class Worker:
+    """The one thread that runs every model call. Jobs wait in order (at most MAX_PENDING; more
+    get 503); predict requests waiting for the same model, ``top`` and ``invert`` are merged
+    into one batch (up to MAX_BATCH_FILES images), so a burst of single-photo requests costs a
+    few model calls, not one each."""
+
+    def __init__(self, store: ModelStore):
+        self.store = store
+        self._jobs: deque = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.requests = 0  # jobs run
+        self.calls = 0  # model calls (batches) they took
+        self._thread = threading.Thread(target=self._loop, name="transfer-model", daemon=True)
+        self._thread.start()
+
+    def _submit(self, job: _Job) -> Future:
+        with self._cond:
+            if self._closed or len(self._jobs) >= MAX_PENDING:
+                raise _Busy()
+            self._jobs.append(job)
+            self._cond.notify()
+        return job.future
 
     async def run(self, fn, *args):
-        with self._lock:
-            if self._pending >= MAX_PENDING:
-                raise _Busy()
-            self._pending += 1
-        try:
-            return await asyncio.wrap_future(self._pool.submit(fn, *args))
-        finally:
-            with self._lock:
-                self._pending -= 1
+        """``fn(*args)`` on the model thread, after the jobs queued before it."""
+        return await asyncio.wrap_future(self._submit(_Job(fn, args, Future())))
+
+    async def predict(self, uploads: list[Upload], model: str | None, top: int,
+                      invert: str | None) -> dict:
+        """``predict_uploads`` on the model thread, batched with others like it."""
+        job = _Job(None, (model, top, invert), Future(), key=(model, top, invert),
+                   uploads=uploads)
+        return await asyncio.wrap_future(self._submit(job))
 
     @property
     def pending(self) -> int:
-        return self._pending
+        return len(self._jobs)
+
+    def _take(self) -> list[_Job] | None:
+        with self._cond:
+            while not self._jobs and not self._closed:
+                self._cond.wait()
+            if not self._jobs:
+                return None
+            first = self._jobs.popleft()
+            batch = [first]
+            if first.key is not None:
+                files, rest = len(first.uploads), deque()
+                while self._jobs:
+                    job = self._jobs.popleft()
+                    if job.key == first.key and files + len(job.uploads) <= MAX_BATCH_FILES:
+                        batch.append(job)
+                        files += len(job.uploads)
+                    else:
+                        rest.append(job)
+                self._jobs = rest
+            return batch
+
+    def _loop(self) -> None:
+        while (batch := self._take()) is not None:
+            live = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            if not live:
+                continue
+            self.calls += 1
+            self.requests += len(live)
+            try:
+                if live[0].key is None:
+                    results = [live[0].fn(*live[0].args)]
+                else:
+                    merged = [upload for job in live for upload in job.uploads]
+                    answer = predict_uploads(self.store, merged, *live[0].args)
+                    results = split_answer(answer, [len(job.uploads) for job in live])
+            except BaseException as exc:  # handed to every waiting request, never lost
+                for job in live:
+                    job.future.set_exception(exc)
+            else:
+                for job, result in zip(live, results, strict=True):
+                    job.future.set_result(result)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._cond:
+            self._closed = True
+            for job in self._jobs:
+                job.future.cancel()
+            self._jobs.clear()
+            self._cond.notify_all()
+
+
+def split_answer(answer: dict, sizes: list[int]) -> list[dict]:
+    """One predict answer per request of a merged batch (``sizes`` images each, in order)."""
+    parts, start = [], 0
+    for size in sizes:
+        rows = answer["predictions"][start:start + size]
+        start += size
+        parts.append({**answer, "predictions": rows,
+                      "failed": sum(row["error"] is not None for row in rows)})
+    return parts
 
 
 class _Busy(Exception):
@@ -544,7 +629,7 @@ def create_app(settings: ServeSettings):
         except NotFound:
             raise TransferError(f"--model {s.model}: no bundle of that name in {s.models_dir} "
                                 "(a folder holding meta.json and model.keras)") from None
-    worker = Worker()
+    worker = Worker(store)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -582,7 +667,8 @@ def create_app(settings: ServeSettings):
     @app.get("/api/health", summary="Is the server up?")
     async def health():
         return {"status": "ok", "version": __version__, "models_dir": str(s.models_dir),
-                "loaded": store.loaded(), "queued": worker.pending}
+                "loaded": store.loaded(), "queued": worker.pending,
+                "requests": worker.requests, "model_calls": worker.calls}
 
     @app.get("/api/models", summary="The bundles and ImageNet classifiers offered")
     async def models():
@@ -612,7 +698,7 @@ def create_app(settings: ServeSettings):
             return error(422, str(exc))
         uploads = await read_uploads(files)
         try:
-            answer = await worker.run(predict_uploads, store, uploads, model or None, k, invert)
+            answer = await worker.predict(uploads, model or None, k, invert)
         except NotFound:
             return bad_model(model)
         except _Busy:
