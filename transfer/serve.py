@@ -842,7 +842,7 @@ def _server(settings: ServeSettings, reporter: Reporter):
 
 
 def run(settings: ServeSettings, reporter: Reporter | None = None) -> None:
-    """Serve the page and the API with uvicorn until Ctrl-C.
+    """Serve the page and the API with uvicorn until Ctrl-C (or SIGTERM); returns then.
 
     Args:
         settings: where the bundles are, the default model, host and port (port 0 picks a
@@ -856,6 +856,8 @@ def run(settings: ServeSettings, reporter: Reporter | None = None) -> None:
     server, sock, url = _server(settings, reporter)
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shut down cleanly, then passed Ctrl-C on
+        reporter.info("transfer serve: stopped")
     finally:
         sock.close()
 
