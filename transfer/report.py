@@ -532,12 +532,13 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
             f"<body><main>{''.join(parts)}{footer}</main></body></html>\n")
 
 
-def write_report(folder: Path, output: Path | None = None) -> Path:
+def write_report(folder: Path, output: Path | None = None, *, gradcams: int = GRADCAMS) -> Path:
     """Write the one-file HTML report of a bundle or an evaluation folder.
 
     Args:
         folder: a bundle or an `evaluate --output` folder (see ``render_report``).
         output: the HTML file to write; default ``folder/report.html`` (replaced if there).
+        gradcams: Grad-CAM overlays to compute on the bundle's validation images (0: none).
 
     Returns:
         The path written.
@@ -553,7 +554,7 @@ def write_report(folder: Path, output: Path | None = None) -> Path:
     target = Path(output) if output is not None else folder / REPORT_HTML
     if target.is_dir():
         raise TransferError(f"{target} is a folder; name an .html file")
-    text = render_report(folder)
+    text = render_report(folder, gradcams)
     target.parent.mkdir(parents=True, exist_ok=True)
     with replacing(target) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
