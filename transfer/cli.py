@@ -33,6 +33,14 @@ Source = Literal[S.FETCH_SOURCES]
 PredictFormat = Literal[S.PREDICT_FORMATS]
 ExportFormat = Literal[S.EXPORT_FORMATS]
 Quantize = Literal[S.QUANTIZE]
+Engine = Literal[S.ENGINES]
+ClassWeight = Literal[S.CLASS_WEIGHTS]
+Schedule = Literal[S.LR_SCHEDULES]
+_FROZEN, _SCRATCH = S.RECIPES["frozen"], S.RECIPES["scratch"]
+
+
+def _recipe_default(key: str) -> str:
+    return (f"\\[default: {_FROZEN[key]} with a frozen base, {_SCRATCH[key]} from scratch]")
 Invert = Literal[S.INVERT]
 MnistDataset = Literal[S.MNIST_DATASETS]
 MnistArch = Literal[S.MNIST_ARCHS]
@@ -268,7 +276,8 @@ DATA, BASE, AUG, HEAD, FINE, RUN = ("Data", "Base", "Augmentation", "Head and tr
     "transfer train --base vgg16 --weights none --image-size 64 --epochs 2",
     "transfer train --base mobilenet --fine-tune 20 --fine-tune-epochs 3",
     "transfer train --base scratch                     # the small CNN from scratch",
-    "transfer train --data-dir ~/flowers --output models/flowers --force",
+    "transfer train --base mobilenet --alpha 0.25 --data-dir ~/flowers   # class folders",
+    "transfer train --data-dir data --output models/cats-vs-dogs --force",
 ])
 def train_cmd(
     base: Annotated[BaseName, typer.Option(help="The ImageNet base (see transfer bases).",
@@ -280,8 +289,12 @@ def train_cmd(
     image_size: Annotated[int | None, typer.Option(
         help="Input size in pixels (default: the base's).", show_default=False,
         rich_help_panel=BASE)] = _T.image_size,
-    data_dir: Annotated[Path, typer.Option(help="Folder with train/ and validate/.",
-                                           rich_help_panel=DATA)] = _T.data_dir,
+    data_dir: Annotated[Path, typer.Option(
+        help="Folder with train/ and validate/, or with one folder per class (split in memory).",
+        rich_help_panel=DATA)] = _T.data_dir,
+    validation_split: Annotated[float, typer.Option(
+        help="Fraction of each class held out for validation, when --data-dir holds the class "
+        "folders.", rich_help_panel=DATA)] = _T.validation_split,
     train_dir: Annotated[Path | None, typer.Option(
         help="Training folder of class subfolders \\[default: DATA_DIR/train].",
         show_default=False, rich_help_panel=DATA)] = _T.train_dir,
@@ -293,6 +306,9 @@ def train_cmd(
         rich_help_panel=DATA)] = _T.pipeline,
     feature_cache: Annotated[bool, typer.Option(help="Cache base features on disk.",
                                                 rich_help_panel=DATA)] = _T.feature_cache,
+    engine: Annotated[Engine, typer.Option(
+        help="What runs the frozen feature pass: TensorFlow, TFLite (XNNPACK), or the faster "
+        "one measured on this machine.", rich_help_panel=DATA)] = _T.engine,
     augment: Annotated[bool, typer.Option(help="Augment training images.",
                                           rich_help_panel=AUG)] = _A.enabled,
     augment_copies: Annotated[int, typer.Option(
@@ -308,19 +324,36 @@ def train_cmd(
                     ] = _A.zoom,
     flip: Annotated[bool, typer.Option(help="Random horizontal flips.", rich_help_panel=AUG)
                     ] = _A.flip,
+    preview_augment: Annotated[bool, typer.Option(
+        "--preview-augment", help="Also write augment-preview.png into --data-dir: photos "
+        "beside their augmented versions (the bundle always keeps one).",
+        rich_help_panel=AUG)] = _T.preview_augment,
     dropout: Annotated[float, typer.Option(help="Dropout before the classifier, in [0, 1).",
                                            rich_help_panel=HEAD)] = _T.dropout,
     dense: Annotated[int, typer.Option(help="Hidden Dense units in the head (0: none).",
                                        rich_help_panel=HEAD)] = _T.dense,
-    epochs: Annotated[int, typer.Option(help="Training epochs of the head.",
-                                        rich_help_panel=HEAD)] = _T.epochs,
+    l2: Annotated[float | None, typer.Option(
+        help="L2 penalty of the head \\[default: chosen on the validation split].",
+        show_default=False, rich_help_panel=HEAD)] = _T.l2,
+    class_weight: Annotated[ClassWeight, typer.Option(
+        help="Weigh classes by their rarity; auto: when the largest class is over 1.5x the "
+        "smallest.", rich_help_panel=HEAD)] = _T.class_weight,
+    epochs: Annotated[int | None, typer.Option(
+        help="Training epochs " + _recipe_default("epochs") + ".", show_default=False,
+        rich_help_panel=HEAD)] = _T.epochs,
     batch_size: Annotated[int, typer.Option(help="Batch size.", rich_help_panel=HEAD)
                           ] = _T.batch_size,
-    learning_rate: Annotated[float, typer.Option(help="Adam's learning rate for the head.",
-                                                 rich_help_panel=HEAD)] = _T.learning_rate,
-    patience: Annotated[int, typer.Option(
-        help="Early stopping patience (epochs without a better validation loss).",
-        rich_help_panel=HEAD)] = _T.patience,
+    learning_rate: Annotated[float | None, typer.Option(
+        help="Adam's learning rate " + _recipe_default("learning_rate") + ".",
+        show_default=False, rich_help_panel=HEAD)] = _T.learning_rate,
+    lr_schedule: Annotated[Schedule | None, typer.Option(
+        help="cosine: decay the learning rate to 0 over the epochs "
+        + _recipe_default("lr_schedule") + ".", show_default=False, rich_help_panel=HEAD)
+    ] = _T.lr_schedule,
+    patience: Annotated[int | None, typer.Option(
+        help="Early stopping patience, epochs without a better validation loss "
+        + _recipe_default("patience") + ".", show_default=False, rich_help_panel=HEAD)
+    ] = _T.patience,
     fine_tune: Annotated[int, typer.Option(
         help="Then unfreeze the top N base layers (0: no fine-tuning).",
         rich_help_panel=FINE)] = _T.fine_tune,
@@ -343,11 +376,17 @@ def train_cmd(
         rich_help_panel=RUN)] = _T.output,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --output.",
                                         rich_help_panel=RUN)] = _T.force,
+    assert_accuracy_at_least: Annotated[float | None, typer.Option(
+        help="Exit with code 3 when the validation accuracy is below this (a CI gate).",
+        show_default=False, rich_help_panel=RUN)] = _T.assert_accuracy_at_least,
 ) -> None:
     """Train a classifier: a new head on a frozen ImageNet base (or the CNN from scratch)."""
     settings = S.TrainSettings(
-        data_dir=data_dir, train_dir=train_dir, validate_dir=validate_dir, base=base,
-        alpha=alpha, weights=weights, pipeline=pipeline,
+        data_dir=data_dir, train_dir=train_dir, validate_dir=validate_dir,
+        validation_split=validation_split, base=base, alpha=alpha, weights=weights,
+        engine=engine, pipeline=pipeline, preview_augment=preview_augment, l2=l2,
+        class_weight=class_weight, lr_schedule=lr_schedule,
+        assert_accuracy_at_least=assert_accuracy_at_least,
         augment=S.Augment(enabled=augment, rotation=rotation, shift=shift, shear=shear,
                           zoom=zoom, flip=flip),
         augment_copies=augment_copies, image_size=image_size, dropout=dropout, dense=dense,

@@ -29,6 +29,17 @@ FETCH_SOURCES = ("auto", "kaggle", "microsoft", "archive")
 PREDICT_FORMATS = ("table", "json", "csv")
 EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
 QUANTIZE = ("none", "dynamic", "float16", "int8")
+ENGINES = ("auto", "tf", "tflite")
+CLASS_WEIGHTS = ("auto", "balanced", "none")
+LR_SCHEDULES = ("constant", "cosine")
+
+# Training recipes: the defaults of epochs, learning rate, patience and schedule depend on what
+# trains. A frozen base only trains a small head; a CNN from scratch learns every weight and
+# needs many more epochs with a decaying learning rate (docs/BENCHMARKS.md has the runs).
+RECIPES = {
+    "frozen": {"epochs": 10, "learning_rate": 1e-3, "patience": 3, "lr_schedule": "constant"},
+    "scratch": {"epochs": 40, "learning_rate": 1e-3, "patience": 10, "lr_schedule": "cosine"},
+}
 INVERT = ("auto", "yes", "no")
 MNIST_DATASETS = ("mnist", "fashion")
 MNIST_ARCHS = ("cnn", "tiny")
@@ -227,22 +238,27 @@ class Augment(Settings):
 class TrainSettings(Settings):
     """Every setting of a training run (the CLI fills one; so can any Python program)."""
 
-    data_dir: Path = Path("data")
-    train_dir: Path | None = None  # default: <data_dir>/train
-    validate_dir: Path | None = None  # default: <data_dir>/validate
+    data_dir: Path = Path("data")  # train/ + validate/, or class folders split in memory
+    train_dir: Path | None = None  # default: <data_dir>/train when it exists
+    validate_dir: Path | None = None  # default: <data_dir>/validate when it exists
+    validation_split: float = 0.2  # of each class, when data_dir holds the class folders
     base: str = "inception"
     alpha: float = 1.0
     weights: str = "imagenet"  # imagenet | none | path to a weights file
+    engine: str = "auto"  # what runs the frozen feature pass: auto | tf | tflite
     pipeline: str = "generator"
     augment: Augment = field(default_factory=Augment)
     augment_copies: int = 1  # chosen by measurement: docs/BENCHMARKS.md
     image_size: int | None = None  # default: the base's native size
     dropout: float = 0.2
     dense: int = 0
-    epochs: int = 10
+    l2: float | None = None  # the head's L2 penalty; None: chosen on the validation split
+    class_weight: str = "auto"  # auto: balanced when the largest class > 1.5x the smallest
+    epochs: int | None = None  # None: the recipe's (RECIPES)
     batch_size: int = 32
-    learning_rate: float = 1e-3
-    patience: int = 3
+    learning_rate: float | None = None  # None: the recipe's
+    lr_schedule: str | None = None  # constant | cosine; None: the recipe's
+    patience: int | None = None  # None: the recipe's
     fine_tune: int = 0
     fine_tune_lr: float = 1e-5
     fine_tune_epochs: int = 5
@@ -253,18 +269,36 @@ class TrainSettings(Settings):
     output: Path | None = None  # default: <models_dir>/<base>-<timestamp>
     force: bool = False
     feature_cache: bool = True
+    preview_augment: bool = False  # also write the augmentation preview beside the data
+    assert_accuracy_at_least: float | None = None  # below it (validation): exit code 3
     command: str = ""
 
+    def recipe(self) -> str:
+        """"scratch" for the CNN trained from scratch, else "frozen"."""
+        from transfer import bases
+
+        return "frozen" if bases.get(self.base).pretrained else "scratch"
+
     def resolved(self) -> TrainSettings:
-        """Paths made explicit (train/validate folders under data_dir unless given)."""
+        """Paths made explicit (train/validate folders under data_dir when they exist; None
+        when data_dir holds the class folders themselves) and the recipe's defaults filled."""
         data_dir = Path(self.data_dir)
+
+        def folder(given, name):
+            if given is not None:
+                return Path(given)
+            return data_dir / name if (data_dir / name).is_dir() else None
+
+        recipe = RECIPES[self.recipe()] if self.base else RECIPES["frozen"]
+        filled = {key: value for key, value in recipe.items() if getattr(self, key) is None}
         return self.replace(
             data_dir=data_dir,
-            train_dir=Path(self.train_dir or data_dir / "train"),
-            validate_dir=Path(self.validate_dir or data_dir / "validate"),
+            train_dir=folder(self.train_dir, "train"),
+            validate_dir=folder(self.validate_dir, "validate"),
             models_dir=Path(self.models_dir),
             output=Path(self.output) if self.output is not None else None,
-            tensorboard=Path(self.tensorboard) if self.tensorboard is not None else None)
+            tensorboard=Path(self.tensorboard) if self.tensorboard is not None else None,
+            **filled)
 
     def validated(self) -> TrainSettings:
         """Every option checked, without TensorFlow; raises one TransferError per problem."""
@@ -279,14 +313,27 @@ class TrainSettings(Settings):
                                 f"{self.weights} is not a file")
         one_of("pipeline", self.pipeline, PIPELINES)
         one_of("distribute", self.distribute, DISTRIBUTE)
+        one_of("engine", self.engine, ENGINES)
+        one_of("class_weight", self.class_weight, CLASS_WEIGHTS)
         self.augment.validated()
         at_least("augment_copies", self.augment_copies, 0)
         fraction("dropout", self.dropout)
         at_least("dense", self.dense, 0)
-        at_least("epochs", self.epochs, 1)
+        if self.l2 is not None and not (math.isfinite(self.l2) and self.l2 >= 0):
+            raise TransferError(f"--l2 must be 0 or a positive number, not {self.l2}")
+        if not (math.isfinite(self.validation_split) and 0 < self.validation_split < 1):
+            raise TransferError("--validation-split must be a fraction in (0, 1), not "
+                                f"{self.validation_split}")
+        if self.assert_accuracy_at_least is not None:
+            fraction("assert_accuracy_at_least", self.assert_accuracy_at_least,
+                     upper_open=False)
+        filled = self.replace(**{k: v for k, v in RECIPES[self.recipe()].items()
+                                 if getattr(self, k) is None})
+        at_least("epochs", filled.epochs, 1)
         at_least("batch_size", self.batch_size, 1)
-        positive("learning_rate", self.learning_rate)
-        at_least("patience", self.patience, 0)
+        positive("learning_rate", filled.learning_rate)
+        at_least("patience", filled.patience, 0)
+        one_of("lr_schedule", filled.lr_schedule, LR_SCHEDULES)
         at_least("fine_tune", self.fine_tune, 0)
         if self.fine_tune:
             if not base.pretrained:
