@@ -757,11 +757,13 @@ def serve_cmd(
     max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted, in MB.")
                              ] = _V.max_upload_mb,
     top: Annotated[int, typer.Option(help="Classes shown per image.")] = _V.top,
+    cache_size: Annotated[int, typer.Option(help="Models kept loaded (least recently used "
+                                            "dropped first).")] = _V.cache_size,
 ) -> None:
     """A web page and an HTTP API (/api/predict, /api/explain, /docs) for trained models."""
     settings = S.ServeSettings(models_dir=models_dir, model=model, imagenet=imagenet, base=base,
                                alpha=alpha, host=host, port=port, max_upload_mb=max_upload_mb,
-                               top=top).validated()
+                               top=top, cache_size=cache_size).validated()
     from transfer.serve import run
 
     run(settings, reporter=_reporter())

@@ -539,6 +539,50 @@ class ReportSettings(Settings):
         return self.replace(folder=Path(self.folder))
 
 
+# --------------------------------------------------------------------------- compare
+
+COMPARE_RUNS = ("scratch", "frozen", "fine-tuned")
+
+
+@dataclass
+class CompareSettings(Settings):
+    """`transfer compare`: the course's three runs on the same split, side by side."""
+
+    data_dir: Path = Path("data")  # anything `train --data-dir` accepts
+    output: Path = Path("runs/compare")
+    runs: list = field(default_factory=lambda: list(COMPARE_RUNS))
+    base: str = "mobilenet"  # the pretrained base of the frozen and fine-tuned runs
+    alpha: float = 0.25
+    validation_split: float = 0.2
+    fine_tune: int = 60  # layers unfrozen in the fine-tuned run
+    seed: int = 42
+    force: bool = False
+
+    def validated(self) -> CompareSettings:
+        from transfer import bases
+
+        runs = [r.strip() for r in (self.runs if isinstance(self.runs, list | tuple)
+                                    else str(self.runs).split(",")) if r.strip()]
+        if not runs:
+            raise TransferError("--runs needs at least one of " + ", ".join(COMPARE_RUNS))
+        for run in runs:
+            one_of("runs", run, COMPARE_RUNS)
+        if len(set(runs)) != len(runs):
+            raise TransferError(f"--runs names a run twice: {','.join(runs)}")
+        base = bases.get(self.base)
+        if not base.pretrained:
+            raise TransferError(f"--base must be a pretrained base, not {self.base}")
+        bases.check_alpha(base, self.alpha)
+        at_least("fine_tune", self.fine_tune, 1)
+        not_a_file("data_dir", self.data_dir)
+        not_a_file("output", self.output)
+        writable("output", self.output)
+        from transfer.files import refuse_existing
+
+        refuse_existing(Path(self.output) / "compare.json", self.force)
+        return self.replace(runs=runs, data_dir=Path(self.data_dir), output=Path(self.output))
+
+
 # --------------------------------------------------------------------------- mnist
 
 
