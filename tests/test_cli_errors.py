@@ -156,6 +156,12 @@ CASES = [
     ("mnist --dataset cifar", 2, "'cifar' is not one of"),
     ("mnist --output {bundle}", 1, "already exists; use --force"),
     ("mnist --output {ro}/mnist", 1, "cannot write in /sys"),
+    # compare
+    ("compare --runs scratch,magic --output {tmp}/cmp", 1, "--runs must be one of"),
+    ("compare --runs frozen,frozen --output {tmp}/cmp", 1, "names a run twice"),
+    ("compare --base scratch --output {tmp}/cmp", 1, "must be a pretrained base"),
+    ("compare --output {file}", 1, "is a file, not a folder"),
+    ("compare --output {ro}/cmp", 1, "cannot write in /sys"),
     # serve, report
     ("serve --port 70000", 1, "--port must be in [0, 65535]"),
     ("serve --model ../elsewhere", 1, "name a bundle inside --models-dir"),
@@ -205,7 +211,7 @@ def test_bad_option_fails_before_tensorflow_loads():
 
 def test_every_command_help_has_examples():
     for name in ("fetch-data", "bases", "train", "predict", "evaluate", "explain", "export",
-                 "mnist", "serve", "report"):
+                 "mnist", "serve", "report", "compare"):
         result = runner.invoke(app, [name, "--help"])
         assert result.exit_code == 0, name
         text = result.output

@@ -730,6 +730,56 @@ def mnist_cmd(
               highlight=False)
 
 
+# --------------------------------------------------------------------------- compare
+
+_C = S.CompareSettings()
+
+
+@command("compare", examples=[
+    "transfer compare --data-dir data --output runs/compare",
+    "transfer compare --runs scratch,frozen --base mobilenet --alpha 0.25",
+    "transfer compare --data-dir ~/flowers --output runs/flowers --force",
+])
+def compare_cmd(
+    data_dir: Annotated[Path, typer.Option(
+        help="train/ + validate/, or one folder per class (as transfer train).")] = _C.data_dir,
+    output: Annotated[Path, typer.Option(help="Where the bundles and compare.json go.")
+                      ] = _C.output,
+    runs: Annotated[str, typer.Option(
+        help="Comma-separated: scratch (the CNN from scratch), frozen (a new head on the "
+        "frozen base), fine-tuned (then its top layers trained too).")
+    ] = ",".join(_C.runs),
+    base: Annotated[BaseName, typer.Option(help="The pretrained base of frozen and fine-tuned.")
+                    ] = _C.base,
+    alpha: Annotated[float, typer.Option(help="MobileNet width.")] = _C.alpha,
+    validation_split: Annotated[float, typer.Option(
+        help="Fraction held out when --data-dir holds the class folders.")
+    ] = _C.validation_split,
+    fine_tune: Annotated[int, typer.Option(help="Base layers unfrozen in the fine-tuned run.")
+                         ] = _C.fine_tune,
+    seed: Annotated[int, typer.Option(help="One seed for every run.")] = _C.seed,
+    force: Annotated[bool, typer.Option("--force", help="Replace an earlier comparison.")
+                     ] = _C.force,
+) -> None:
+    """The course's punchline: train from scratch, frozen and fine-tuned on one split, compare."""
+    settings = S.CompareSettings(data_dir=data_dir, output=output, runs=runs.split(","),
+                                 base=base, alpha=alpha, validation_split=validation_split,
+                                 fine_tune=fine_tune, seed=seed, force=force).validated()
+    from transfer.compare import compare
+
+    result = compare(settings, reporter=_reporter())
+    table = Table(title=f"compare on {settings.data_dir}")
+    for column in ("run", "validation accuracy", "loss", "macro F1", "seconds",
+                   "parameters trained"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for name, row in result.runs.items():
+        table.add_row(name, _pct(row.get("val_accuracy")), _pct(row.get("val_loss")),
+                      _pct(row.get("macro_f1")), f"{row.get('seconds', 0):.0f}",
+                      f"{row.get('parameters_trained', 0):,}")
+    out.print(table)
+    out.print(f"wrote {result.output / 'compare.json'} and compare.png", highlight=False)
+
+
 # --------------------------------------------------------------------------- serve, report
 
 _V = S.ServeSettings()
