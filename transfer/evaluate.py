@@ -8,12 +8,19 @@
 Images are listed as training lists them (sorted class folders, sorted files) and read through
 ``transfer.inference`` exactly as ``transfer predict`` reads them, so labels and predictions
 cannot drift apart. Writes
-``report.json``, ``confusion.png`` and ``misclassified.png`` into the bundle or ``output``.
+``report.json``, ``confusion.png``, ``misclassified.png`` (the ``worst`` most confident
+mistakes: true class, predicted class, probability) and ``suspects.csv`` (the same mistakes,
+most confident first: the photos to look at for a wrong label) into the bundle or ``output``.
+
+With ``assert_accuracy_at_least`` the report records the gate,
+``report["gate"] = {"threshold", "accuracy", "passed"}``; ``evaluate`` does not raise when it
+fails (the report is still written): the CLI prints the report, then one line, and exits 3.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import time
 from dataclasses import dataclass
@@ -29,7 +36,9 @@ from transfer.progress import Reporter
 from transfer.settings import EvaluateSettings
 
 REPORT = "report.json"
-OUTPUTS = (REPORT, "confusion.png", "misclassified.png")
+SUSPECTS = "suspects.csv"
+OUTPUTS = (REPORT, "confusion.png", "misclassified.png", SUSPECTS)
+SUSPECT_COLUMNS = ("file", "true", "predicted", "predicted_probability", "true_probability")
 
 
 @dataclass
@@ -37,6 +46,31 @@ class EvaluateResult:
     report: dict
     output: Path
     files: list[Path]
+
+    @property
+    def gate_failed(self) -> bool:
+        """True when ``assert_accuracy_at_least`` was given and the accuracy is below it."""
+        gate = self.report.get("gate")
+        return gate is not None and not gate["passed"]
+
+
+def gate(accuracy: float, threshold: float | None) -> dict | None:
+    """The record of ``--assert-accuracy-at-least``: passed when accuracy >= threshold."""
+    if threshold is None:
+        return None
+    return {"threshold": float(threshold), "accuracy": float(accuracy),
+            "passed": bool(accuracy >= threshold)}
+
+
+def write_suspects(path: Path, mistakes: list[dict]) -> None:
+    """``suspects.csv``: one row per mistake, in the order given (most confident first)."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SUSPECT_COLUMNS)
+        writer.writeheader()
+        for m in mistakes:
+            writer.writerow({"file": m["file"], "true": m["true"], "predicted": m["predicted"],
+                             "predicted_probability": f"{m['probability']:.6f}",
+                             "true_probability": f"{m['true_probability']:.6f}"})
 
 
 def labelled_files(data_dir: Path, class_names: list[str]) -> list[tuple[Path, int]]:
@@ -92,8 +126,9 @@ def _check_outputs(output: Path, data_dir: Path, force: bool) -> None:
 
 def evaluate(settings: EvaluateSettings | Path | None = None, *,
              reporter: Reporter | None = None, **options) -> EvaluateResult:
-    """Accuracy, loss, per-class precision/recall/F1, ROC AUC (two classes), the confusion
-    matrix and the most confident mistakes of a bundle on a folder of class subfolders.
+    """Accuracy, balanced accuracy, loss, per-class precision/recall/F1/support, macro F1,
+    ROC AUC (two classes), the confusion matrix and the most confident mistakes of a bundle
+    on a folder of class subfolders.
 
     Args:
         settings: an EvaluateSettings; or the bundle folder (``evaluate(Path("models/x"))``);
@@ -103,8 +138,10 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
         **options: EvaluateSettings fields, applied over ``settings``.
 
     Returns:
-        EvaluateResult: the report (also written as report.json beside confusion.png and
-        misclassified.png in the output folder), that folder, and the files evaluated.
+        EvaluateResult: the report (also written as report.json beside confusion.png,
+        misclassified.png and suspects.csv in the output folder), that folder, and the files
+        evaluated. A failed accuracy gate is recorded in ``report["gate"]`` (and
+        ``result.gate_failed``), not raised.
 
     Raises:
         TransferError: a bad setting, an output that is a file, a broken bundle, a data folder
@@ -159,11 +196,14 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
         "loss": metrics.log_loss(y, probs),
         "per_class": per_class,
         "macro_avg": metrics.macro_average(per_class),
+        "macro_f1": metrics.macro_average(per_class)["f1"],
+        "balanced_accuracy": metrics.balanced_accuracy(matrix),
         "roc_auc": metrics.roc_auc(y, probs[:, 1]) if len(names) == 2 else None,
         "roc_auc_positive_class": names[1] if len(names) == 2 else None,
         "class_names": names,
         "confusion_matrix": matrix.tolist(),
         "confusion_matrix_axes": "rows: true class, columns: predicted class",
+        "gate": gate(float(np.mean(predicted == y)), s.assert_accuracy_at_least),
         "skipped": skipped,
         "training_metrics": meta.get("metrics"),
         "is_training_validation_folder": _same_folder(data_dir, bundle.validate_dir(meta)),
@@ -178,7 +218,8 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
         thumbs[i] = np.asarray(image)
     report["worst_mistakes"] = [
         {"file": str(kept[i]), "true": names[y[i]], "predicted": names[predicted[i]],
-         "probability": float(probs[i, predicted[i]])} for i in wrong]
+         "probability": float(probs[i, predicted[i]]),
+         "true_probability": float(probs[i, y[i]])} for i in wrong]
 
     n_wrong = int((predicted != y).sum())
     with contextlib.ExitStack() as stack:  # all three are renamed into place, or none
@@ -191,5 +232,6 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
                          tmp["misclassified.png"], cols=4,
                          title=(f"the {len(wrong)} most confident of {n_wrong} mistakes"
                                 if n_wrong else "no mistakes"))
+        write_suspects(tmp[SUSPECTS], report["worst_mistakes"])
         write_json(tmp[REPORT], report)
     return EvaluateResult(report=report, output=output, files=kept)

@@ -13,7 +13,14 @@ def confusion_matrix(y_true, y_pred, n: int) -> np.ndarray:
 
 
 def per_class(matrix: np.ndarray, names: list[str]) -> dict[str, dict]:
-    """Precision, recall, F1 and support of every class (None where undefined: 0/0)."""
+    """Precision, recall, F1 and support of every class.
+
+    Precision is None for a class never predicted (0/0), recall None for a class with no
+    images. F1 is 2 TP / (2 TP + FP + FN) = 2 TP / (support + predicted): the harmonic mean of
+    the two where both exist, 0 for a class that has images but is never predicted (or is
+    predicted but has no images), None only for a class neither present nor predicted: the
+    convention of scikit-learn's ``f1_score`` with ``zero_division=0``.
+    """
     matrix = np.asarray(matrix)
     rows = {}
     for i, name in enumerate(names):
@@ -22,20 +29,30 @@ def per_class(matrix: np.ndarray, names: list[str]) -> dict[str, dict]:
         support = int(matrix[i, :].sum())
         precision = tp / predicted if predicted else None
         recall = tp / support if support else None
-        f1 = (2 * precision * recall / (precision + recall)
-              if precision is not None and recall is not None and precision + recall > 0
-              else (0.0 if precision is not None and recall is not None else None))
+        f1 = 2 * tp / (support + predicted) if support + predicted else None
         rows[name] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
     return rows
 
 
 def macro_average(rows: dict[str, dict]) -> dict[str, float | None]:
-    """Unweighted mean of each metric over the classes where it is defined."""
+    """Unweighted mean of each metric over the classes where it is defined (macro F1: the
+    mean F1 of the classes present in the labels or the predictions)."""
     result = {}
     for key in ("precision", "recall", "f1"):
         values = [r[key] for r in rows.values() if r[key] is not None]
         result[key] = float(np.mean(values)) if values else None
     return result
+
+
+def balanced_accuracy(matrix: np.ndarray) -> float | None:
+    """Mean recall over the classes that have images (rows with support): the accuracy a
+    classifier would have if every class were equally frequent. None with no images."""
+    matrix = np.asarray(matrix)
+    support = matrix.sum(axis=1)
+    present = support > 0
+    if not present.any():
+        return None
+    return float(np.mean(np.diag(matrix)[present] / support[present]))
 
 
 def average_ranks(values) -> np.ndarray:
