@@ -71,6 +71,30 @@ def open_image(source):
     return image
 
 
+def check_header(path) -> None:
+    """ImageError when the file at ``path`` is not an image even by its header (no such file,
+    zero bytes, not a format Pillow identifies); cheap: no pixel is decoded, so a truncated or
+    corrupt image passes here and fails in ``open_image``."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise ImageError("no such file")
+    if path.is_dir():
+        raise ImageError("is a folder")
+    if path.stat().st_size == 0:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with Image.open(path):
+            pass
+    except UnidentifiedImageError:
+        raise ImageError("not an image (Pillow cannot identify it)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"too large to decode safely ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"corrupt or truncated image ({exc})") from None
+
+
 def _has_alpha(image) -> bool:
     return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         image.mode == "P" and "transparency" in image.info)

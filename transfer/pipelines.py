@@ -1,12 +1,30 @@
-"""Input pipelines over a folder of class subfolders, with one set of augmentation settings.
+"""Input pipelines over the images of a run, and the one reader every path uses.
 
-- ``generator``: ``tf.keras.preprocessing.image.ImageDataGenerator.flow_from_directory`` with the
-  base's preprocessing as ``preprocessing_function`` (the classic Keras recipe).
-- ``tfdata``: ``keras.utils.image_dataset_from_directory`` + Keras augmentation layers, parallel
-  map and prefetch.
+The contract the training phases build on:
 
-Both yield (preprocessed images, labels) batches. Labels are float 0/1 for two classes
-(sigmoid head) and integer indices for more (softmax head).
+- ``read_rgb(path, size)``: the one reader of colour training images, (size, size, 3) uint8,
+  exactly what ``transfer.images.model_input`` gives ``predict``/``evaluate``/``explain`` for a
+  colour bundle of that size (EXIF orientation applied, transparency composited on white,
+  CMYK/16-bit/grey converted, first frame of an animation, Pillow bilinear resize). Raises
+  ``images.ImageError`` (with the reason) for a file that cannot be used.
+- ``Sample(path, label)``: one image of the run; ``RunPlan.train`` / ``RunPlan.validate`` are
+  lists of them (class folders under train/ and validate/, or one folder of class folders
+  split in memory: ``RunPlan.split`` is "folders" or "in-memory").
+- ``Skipped``: the unreadable files of a run (``RunPlan.skipped``). Whatever reads a sample and
+  fails calls ``plan.skipped.add(path, reason)`` (thread-safe, once per file) and leaves that
+  sample out; ``usable(samples, skipped)`` is what is left; ``check_enough(plan)`` raises one
+  TransferError when a class is left with fewer than 2 usable images (or none to train on).
+- ``make(pipeline, samples, names, size, preprocess, batch_size, augment, shuffle, seed,
+  skipped)``: a pipeline over Samples (a folder is still accepted: its class folders are
+  listed). Both pipelines read through ``read_rgb`` and yield (preprocessed images, labels)
+  batches; unreadable files are recorded in ``skipped`` and left out of their batch.
+
+- ``generator``: a ``keras.utils.PyDataset`` over Samples, read by a small thread pool, with
+  ImageDataGenerator's random transforms (the classic Keras recipe).
+- ``tfdata``: ``tf.data.Dataset`` over paths and labels, ``tf.numpy_function(read_rgb)``, Keras
+  augmentation layers, prefetch.
+
+Labels are float 0/1 for two classes (sigmoid head) and integer indices for more (softmax head).
 """
 
 from __future__ import annotations
@@ -14,17 +32,106 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from transfer import images
 from transfer.bases import preprocess_numpy
-from transfer.constants import GRADCAM_SUFFIX  # noqa: F401  (what `transfer explain` writes)
+from transfer.constants import (  # noqa: F401  (IMAGE_SUFFIXES: pipelines.IMAGE_SUFFIXES)
+    GRADCAM_SUFFIX,
+    IMAGE_SUFFIXES,
+    is_hidden_or_system,
+    is_image_name,
+)
 from transfer.errors import TransferError
 from transfer.settings import PIPELINES, Augment  # noqa: F401  (pipelines.Augment, for callers)
 
-# The suffixes both Keras pipelines read (image_dataset_from_directory's allow-list; a narrower
-# set than transfer.constants.IMAGE_SUFFIXES, which Pillow opens): the feature cache lists the
-# same files the pipelines yield.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+MIN_USABLE = 2  # images a class needs after the unreadable ones are left out
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a run: its file and its class index (the sorted class names' order)."""
+
+    path: Path
+    label: int
+
+
+def read_rgb(path, size: int) -> np.ndarray:
+    """The one reader of colour training images: (size, size, 3) uint8 RGB, the pixels
+    ``images.model_input`` gives a colour bundle of that size. Raises ``images.ImageError``."""
+    image = images.open_image(path)
+    return images.rgb_array(image, int(size), "pil").astype("uint8")
+
+
+class Skipped:
+    """The unreadable files of a run, in the order they were found; thread-safe, one entry per
+    file (augmented copies read a file several times)."""
+
+    def __init__(self):
+        self._items: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def add(self, path, reason: str) -> None:
+        with self._lock:
+            self._items.setdefault(str(path), str(reason))
+
+    def __contains__(self, path) -> bool:
+        return str(path) in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self):
+        return iter(self.as_list())
+
+    def as_list(self) -> list[dict]:
+        """[{"file": path, "reason": why}] (meta.json's "skipped")."""
+        with self._lock:
+            return [{"file": f, "reason": r} for f, r in self._items.items()]
+
+
+def usable(samples: list[Sample], skipped: Skipped | None) -> list[Sample]:
+    """``samples`` without the files found unreadable so far."""
+    if not skipped:
+        return list(samples)
+    return [s for s in samples if str(s.path) not in skipped]
+
+
+def check_enough(plan) -> None:
+    """One TransferError when a class of ``plan`` is left with fewer than MIN_USABLE usable
+    images, or none to train on, once the unreadable files are left out."""
+    names = plan.names
+    train = np.bincount([s.label for s in usable(plan.train, plan.skipped)],
+                        minlength=len(names))
+    val = np.bincount([s.label for s in usable(plan.validate, plan.skipped)],
+                      minlength=len(names))
+    short = [i for i in range(len(names))
+             if train[i] + val[i] < MIN_USABLE or train[i] < 1]
+    if not short:
+        return
+    listed = len(plan.skipped)
+    parts = "; ".join(f"{names[i]}: {train[i] + val[i]} usable ({train[i]} to train on)"
+                      for i in short)
+    raise TransferError(f"too few usable images after skipping {listed} unreadable "
+                        f"file{'' if listed == 1 else 's'} ({parts}); each class needs at "
+                        f"least {MIN_USABLE}, one to train on: add photos or repair the files")
+
+
+def rows(samples: list[Sample], root: Path) -> list[tuple[str, int, int]]:
+    """(path relative to ``root``, size, mtime_ns) of each sample: the feature cache's key."""
+    out = []
+    for sample in samples:
+        st = sample.path.stat()
+        try:
+            rel = sample.path.relative_to(root).as_posix()
+        except ValueError:
+            rel = sample.path.as_posix()
+        out.append((rel, st.st_size, st.st_mtime_ns))
+    return out
 
 
 def class_names(directory: Path) -> list[str]:
@@ -46,15 +153,74 @@ def class_names(directory: Path) -> list[str]:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The images under ``folder``, sorted. A Grad-CAM picture there is an error: the Keras
-    pipelines would train on it as a photo of the class."""
-    files = sorted(p for p in Path(folder).rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    for path in files:
-        if path.name.endswith(GRADCAM_SUFFIX):
+    """The images under ``folder`` (any suffix of ``constants.IMAGE_SUFFIXES``), sorted by
+    their POSIX path; hidden and system files and folders (``.DS_Store``, ``Thumbs.db``,
+    ``._x``, ``__MACOSX/``) are left out silently. A Grad-CAM picture there is an error: it
+    would be trained on as a photo of the class."""
+    folder = Path(folder)
+    files = []
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder)
+        if any(is_hidden_or_system(part) or part.lower() == "__macosx"
+               for part in rel.parts[:-1]):
+            continue
+        if path.name.endswith(GRADCAM_SUFFIX) and path.is_file():
             raise TransferError(f"{path} is a Grad-CAM picture (transfer explain), not a photo "
                                 "of its class; move it out of the data folder")
-    return files
+        if is_image_name(path.name) and path.is_file():
+            files.append(path)
+    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def samples_of(directory: Path, names: list[str]) -> list[Sample]:
+    """Every image of the class folders ``names`` in ``directory``, in class order."""
+    return [Sample(path, label) for label, name in enumerate(names)
+            for path in image_files(Path(directory) / name)]
+
+
+def probe_all(samples: list[Sample], skipped: Skipped, workers: int = 8) -> None:
+    """Record in ``skipped`` the samples that are not images even by their header (zero bytes,
+    a text file named .jpg, a format Pillow does not know): cheap, no pixel is decoded."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def check(sample):
+        try:
+            images.check_header(sample.path)
+        except images.ImageError as exc:
+            skipped.add(sample.path, str(exc))
+
+    if len(samples) < 64:
+        for sample in samples:
+            check(sample)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(check, samples))
+
+
+def split_in_memory(directory: Path, names: list[str], validation_split: float, seed: int,
+                    skipped: Skipped | None = None) -> tuple[list[Sample], list[Sample]]:
+    """(train, validate) Samples of the class folders ``names`` in ``directory``: each class's
+    images sorted by path, shuffled with ``random.Random(f"{seed}:{class}")`` and cut by
+    ``datasets.fraction_sizes`` (validate first), as ``fetch-data --archive`` splits the same
+    folder. Files already in ``skipped`` (found unreadable) are left out before the cut."""
+    import random
+
+    from transfer.datasets import fraction_sizes
+
+    directory = Path(directory)
+    train, validate = [], []
+    for label, name in enumerate(names):
+        order = sorted(path.relative_to(directory).as_posix()
+                       for path in image_files(directory / name))
+        random.Random(f"{seed}:{name}").shuffle(order)
+        paths = [directory / rel for rel in order]
+        if skipped:
+            paths = [path for path in paths if str(path) not in skipped]
+        sizes = fraction_sizes(len(paths), validation_split)
+        n_val = sizes["validate"] if sizes else 0
+        validate += [Sample(path, label) for path in sorted(paths[:n_val])]
+        train += [Sample(path, label) for path in sorted(paths[n_val:])]
+    return train, validate
 
 
 def listing(directory: Path, names: list[str]) -> list[tuple[str, int, int]]:

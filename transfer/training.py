@@ -76,16 +76,21 @@ class RunPlan:
     """A run resolved from its settings, before any model exists: what to read, what to build,
     where to write. Every phase takes it."""
 
-    settings: TrainSettings  # validated and resolved (explicit train/validate folders)
+    settings: TrainSettings  # validated and resolved (explicit train/validate folders or None)
     base: Base
     alpha: float
     size: int
     names: list  # class names, sorted: the output order
-    train_files: list  # (relative path, size, mtime_ns) rows: the feature cache's key
-    val_files: list
+    train: list  # [pipelines.Sample] the training images (label = index in names)
+    validate: list  # [pipelines.Sample] the validation images
+    train_files: list  # (relative path, size, mtime_ns) rows of train: the feature cache's key
+    val_files: list  # the same for validate
     target: Path  # the bundle folder to write
     use_cache: bool  # train the head on features computed once (frozen pretrained base)
     copies: int  # augmented copies of the training features (0: one plain pass)
+    split: str = "folders"  # "folders" (train/ + validate/) or "in-memory" (one folder split)
+    root: Path | None = None  # the folder the class folders (or train/ validate/) are in
+    skipped: pipelines.Skipped = field(default_factory=pipelines.Skipped)  # unreadable files
 
     @property
     def binary(self) -> bool:
@@ -95,31 +100,78 @@ class RunPlan:
     def checkpoint_dir(self) -> Path:
         return Path(self.settings.models_dir) / f".{self.target.name}.checkpoints"
 
+    @property
+    def counts(self) -> dict:
+        """{"train": {class: n}, "validate": {class: n}}: the usable images of each split (the
+        files found unreadable so far left out)."""
+        out = {}
+        for split, samples in (("train", self.train), ("validate", self.validate)):
+            n = np.bincount([s.label for s in pipelines.usable(samples, self.skipped)],
+                            minlength=len(self.names))
+            out[split] = {name: int(n[i]) for i, name in enumerate(self.names)}
+        return out
+
+    def usable(self, split: str) -> list:
+        """The Samples of "train" or "validate" without the files found unreadable so far."""
+        return pipelines.usable(self.train if split == "train" else self.validate, self.skipped)
+
 
 def plan(settings: TrainSettings) -> RunPlan:
     """Read the class folders and resolve base, size, output and cache use (no TensorFlow).
 
+    The data: ``train/`` + ``validate/`` under ``--data-dir`` (or ``--train-dir`` and
+    ``--validate-dir``), or one folder of class folders split in memory (``--validation-split``
+    of each class, seeded: the split ``fetch-data --archive`` makes of the same folder).
+    Files that are not images even by their header (zero bytes, text named .jpg) are recorded
+    as skipped here, before the split; the others are decoded later, by whatever reads them.
+
     Raises:
-        TransferError: the folders are missing, empty or disagree on their classes; --tensorboard
-            without the tensorboard package.
+        TransferError: the folders are missing, hold one class or an empty class, disagree on
+            their classes; a class without enough usable images; --tensorboard without the
+            tensorboard package.
     """
     hp = settings
     base = bases.get(hp.base)
     alpha = bases.check_alpha(base, hp.alpha)
     size = bases.check_size(base, hp.image_size or base.size)
-    names = pipelines.class_names(hp.train_dir)
-    val_names = pipelines.class_names(hp.validate_dir)
-    if val_names != names:
-        raise TransferError(f"class folders differ: {hp.train_dir} has {names}, "
-                            f"{hp.validate_dir} has {val_names}")
+    skipped = pipelines.Skipped()
+    if hp.train_dir is None and hp.validate_dir is not None:
+        raise TransferError(f"--validate-dir {hp.validate_dir} given without training images: "
+                            f"{Path(hp.data_dir) / 'train'} does not exist (give --train-dir)")
+    if hp.validate_dir is None:
+        # one folder of class folders (data_dir itself, or a train/ without validate/)
+        root = Path(hp.train_dir if hp.train_dir is not None else hp.data_dir)
+        names = pipelines.class_names(root)
+        pipelines.probe_all(pipelines.samples_of(root, names), skipped)
+        train_set, val_set = pipelines.split_in_memory(root, names, hp.validation_split,
+                                                       hp.seed, skipped)
+        split = "in-memory"
+    else:
+        root = Path(hp.train_dir).parent
+        names = pipelines.class_names(hp.train_dir)
+        val_names = pipelines.class_names(hp.validate_dir)
+        if val_names != names:
+            raise TransferError(f"class folders differ: {hp.train_dir} has {names}, "
+                                f"{hp.validate_dir} has {val_names}")
+        train_set = pipelines.samples_of(hp.train_dir, names)
+        val_set = pipelines.samples_of(hp.validate_dir, names)
+        pipelines.probe_all(train_set + val_set, skipped)
+        train_set = pipelines.usable(train_set, skipped)
+        val_set = pipelines.usable(val_set, skipped)
+        split = "folders"
     if hp.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise TransferError("--tensorboard needs the tensorboard package: pip install "
                             "tensorboard (or leave --tensorboard out)")
     target = Path(hp.output) if hp.output else Path(hp.models_dir) / bundle.default_name(hp.base)
     use_cache = base.pretrained and (not hp.augment.enabled or hp.augment_copies > 0)
-    return RunPlan(hp, base, alpha, size, names, pipelines.listing(hp.train_dir, names),
-                   pipelines.listing(hp.validate_dir, names), target, use_cache,
-                   hp.augment_copies if hp.augment.enabled else 0)
+    train_root = root if split == "in-memory" else Path(hp.train_dir)
+    val_root = root if split == "in-memory" else Path(hp.validate_dir)
+    run = RunPlan(hp, base, alpha, size, names, train_set, val_set,
+                  pipelines.rows(train_set, train_root), pipelines.rows(val_set, val_root),
+                  target, use_cache, hp.augment_copies if hp.augment.enabled else 0,
+                  split=split, root=root, skipped=skipped)
+    pipelines.check_enough(run)
+    return run
 
 
 def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainResult:
@@ -155,21 +207,13 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
         # after fine-tuning the base changed: the cached features are stale, the images rerun
         validation = phases.final_validation(run, built,
                                              None if settings.fine_tune > 0 else feats)
-    except TransferError:
-        raise
-    except Exception:
-        # A Keras pipeline stopped, most often on a file it cannot decode. Decoding every
-        # image up front to name it would cost a tenth of a run, so it is done only now.
-        pipelines.check_readable(settings.train_dir, run.names)
-        pipelines.check_readable(settings.validate_dir, run.names)
-        raise
     finally:
         shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     timings = Timings(feats.seconds if feats else 0.0, feats.base_images if feats else 0,
                       fit.seconds, time.perf_counter() - started)
     meta = training_meta(run, built, feats, fit, validation, timings)
     bundle.write(run.target, settings.force, built.full, meta, fit.history,
-                 title=f"{run.base.name} on {settings.train_dir.parent}")
+                 title=f"{run.base.name} on {run.root}")
     return TrainResult(run.target, meta, fit.history, timings)
 
 
