@@ -13,10 +13,13 @@ goes through here, and what "the model's input" means comes from the bundle's ``
 
 Conversions: EXIF orientation is applied (phone photos); transparency (RGBA, LA, palette with
 a transparent colour) is composited onto white; CMYK, palette, 1-bit and 16-bit grayscale are
-converted. A file that cannot be used raises ``ImageError`` with the reason. Training's Keras
-pipelines read pixels as stored (no EXIF rotation, alpha dropped); for the Kaggle photos that
-changes nothing (none of the 3000 in the shared archive has an EXIF rotation or alpha), but a
-training set of sideways-stored phone photos would be trained on sideways.
+converted; an animated image gives its first frame. A file that cannot be used raises
+``ImageError`` with the reason.
+
+Training reads through the same steps (``transfer.pipelines.read_rgb``: ``open_image``, then
+``rgb_array`` with Pillow's bilinear resize, for both pipelines and the feature pass), so one
+image gives the same pixels in training and in every command. Bundles trained before that with
+the tfdata pipeline record no ``preprocessing.resize`` and keep ``tf.image.resize``.
 """
 
 from __future__ import annotations
@@ -184,7 +187,12 @@ def digit_array(image, invert: str = "auto", fit: bool = True) -> tuple[np.ndarr
 
 
 def resize_method(meta: dict) -> str:
-    """How training resized this bundle's images: "tf" for the tfdata pipeline, else "pil"."""
+    """How training resized this bundle's images: the bundle says so (``preprocessing.resize``:
+    "pil" since training reads through this module); older bundles: "tf" for the tfdata
+    pipeline (image_dataset_from_directory), else "pil"."""
+    recorded = (meta.get("preprocessing") or {}).get("resize")
+    if recorded in ("pil", "tf"):
+        return recorded
     return "tf" if meta.get("pipeline") == "tfdata" else "pil"
 
 

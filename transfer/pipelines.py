@@ -29,8 +29,6 @@ Labels are float 0/1 for two classes (sigmoid head) and integer indices for more
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import threading
 from dataclasses import dataclass
@@ -197,6 +195,22 @@ def probe_all(samples: list[Sample], skipped: Skipped, workers: int = 8) -> None
         list(pool.map(check, samples))
 
 
+def decode_all(samples: list[Sample], size: int, skipped: Skipped, reporter=None,
+               threads: int = 4) -> None:
+    """Read every sample once through ``read_rgb`` (a few threads), recording the unreadable
+    ones in ``skipped``; the pixels are not kept."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transfer.progress import Reporter
+
+    reporter = reporter or Reporter()
+    todo = usable(samples, skipped)
+    with reporter.task("Checking images", total=len(todo)) as advance, \
+            ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(lambda s: _read_or_skip(s, size, skipped), todo):
+            advance(1)
+
+
 def split_in_memory(directory: Path, names: list[str], validation_split: float, seed: int,
                     skipped: Skipped | None = None) -> tuple[list[Sample], list[Sample]]:
     """(train, validate) Samples of the class folders ``names`` in ``directory``: each class's
@@ -233,40 +247,126 @@ def listing(directory: Path, names: list[str]) -> list[tuple[str, int, int]]:
     return rows
 
 
-def check_readable(directory: Path, names: list[str]) -> None:
-    """Every image must open: one clear error naming the first that does not."""
-    from PIL import Image
-
-    for name in names:
-        for path in image_files(Path(directory) / name):
-            try:
-                with Image.open(path) as image:
-                    image.load()
-            except Exception as exc:
-                raise TransferError(f"unreadable image {path}: {exc}") from exc
+def _label_dtype(names: list[str]) -> str:
+    return "float32" if len(names) == 2 else "int64"
 
 
-def _class_mode(names: list[str]) -> str:
-    return "binary" if len(names) == 2 else "sparse"
+def _read_or_skip(sample: Sample, size: int, skipped: Skipped | None):
+    """The pixels of ``sample`` through ``read_rgb``, or None (recorded in ``skipped``)."""
+    if skipped is not None and str(sample.path) in skipped:
+        return None
+    try:
+        return read_rgb(sample.path, size)
+    except images.ImageError as exc:
+        reason = str(exc)
+    except OSError as exc:  # vanished or unreadable between listing and reading
+        reason = f"cannot read the file ({exc.strerror or exc})"
+    if skipped is not None:
+        skipped.add(sample.path, reason)
+    return None
 
 
-def generator_flow(directory: Path, names: list[str], size: int, preprocess: str,
-                   batch_size: int, augment: Augment | None, shuffle: bool, seed: int):
-    """An ImageDataGenerator iterator (a Keras PyDataset)."""
+def _transformer(augment: Augment):
+    """ImageDataGenerator's random transforms (rotation, shifts, shear, zoom, horizontal flip,
+    nearest fill) of one float32 image, with parameters drawn from a given numpy Generator
+    (thread-safe: no global random state)."""
     from tensorflow.keras.preprocessing.image import ImageDataGenerator
 
-    settings = {}
-    if augment is not None and augment.enabled:
-        settings = dict(rotation_range=augment.rotation, width_shift_range=augment.shift,
-                        height_shift_range=augment.shift, shear_range=augment.shear,
-                        zoom_range=augment.zoom, horizontal_flip=augment.flip,
-                        fill_mode="nearest")
-    generator = ImageDataGenerator(preprocessing_function=preprocess_numpy(preprocess), **settings)
-    with contextlib.redirect_stdout(io.StringIO()):  # "Found N images belonging to ..."
-        return generator.flow_from_directory(
-            str(directory), target_size=(size, size), classes=list(names),
-            class_mode=_class_mode(names), batch_size=batch_size, shuffle=shuffle, seed=seed,
-            interpolation="bilinear")
+    idg = ImageDataGenerator(fill_mode="nearest")
+
+    def transform(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        h, w = x.shape[0], x.shape[1]
+        params = {
+            "theta": rng.uniform(-augment.rotation, augment.rotation) if augment.rotation else 0,
+            "tx": rng.uniform(-augment.shift, augment.shift) * h if augment.shift else 0,
+            "ty": rng.uniform(-augment.shift, augment.shift) * w if augment.shift else 0,
+            "shear": rng.uniform(-augment.shear, augment.shear) if augment.shear else 0,
+            "zx": 1.0, "zy": 1.0,
+            "flip_horizontal": bool(augment.flip and rng.random() < 0.5),
+        }
+        if augment.zoom:
+            params["zx"], params["zy"] = rng.uniform(1 - augment.zoom, 1 + augment.zoom, 2)
+        return idg.apply_transform(x, params)
+
+    return transform
+
+
+def _sequence_class():
+    from transfer.tf import keras
+
+    class SampleSequence(keras.utils.PyDataset):
+        """Batches of (preprocessed images, labels) over Samples, read through ``read_rgb`` by a
+        small thread pool; ImageDataGenerator's random transforms when augmenting. Unreadable
+        files are recorded and left out of their batch."""
+
+        def __init__(self, samples, names, size, preprocess, batch_size, augment, shuffle,
+                     seed, skipped, threads=4):
+            super().__init__()
+            self.samples, self.size, self.batch_size = list(samples), int(size), batch_size
+            self.names, self.shuffle, self.seed = list(names), shuffle, seed
+            self.skipped = skipped
+            self.prep = preprocess_numpy(preprocess)
+            self.transform = (_transformer(augment)
+                              if augment is not None and augment.enabled else None)
+            self.threads = threads
+            self.epoch = 0
+            self.order = self._order()
+            self.n = len(self.samples)  # the number of images (ImageDataGenerator's .n)
+
+        def _order(self):
+            if not self.shuffle:
+                return np.arange(len(self.samples))
+            return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.samples))
+
+        def __len__(self):
+            return steps(len(self.samples), self.batch_size)
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self.order = self._order()
+
+        def _read(self, index):
+            from concurrent.futures import ThreadPoolExecutor
+
+            chosen = [self.samples[i] for i in
+                      self.order[index * self.batch_size:(index + 1) * self.batch_size]]
+            if len(chosen) > 1 and self.threads > 1:
+                with ThreadPoolExecutor(min(self.threads, len(chosen))) as pool:
+                    arrays = list(pool.map(
+                        lambda s: _read_or_skip(s, self.size, self.skipped), chosen))
+            else:
+                arrays = [_read_or_skip(s, self.size, self.skipped) for s in chosen]
+            return [(a, s, k) for k, (a, s) in enumerate(zip(arrays, chosen, strict=True))
+                    if a is not None]
+
+        def __getitem__(self, index):
+            kept = self._read(index)
+            if not kept and self.shuffle:  # a batch of unreadable files only: train on the next
+                for step in range(1, len(self)):
+                    kept = self._read((index + step) % len(self))
+                    if kept:
+                        break
+            x = np.zeros((len(kept), self.size, self.size, 3), "float32")
+            y = np.zeros((len(kept),), _label_dtype(self.names))
+            for row, (array, sample, k) in enumerate(kept):
+                image = array.astype("float32")
+                if self.transform is not None:
+                    rng = np.random.default_rng([self.seed, self.epoch, index, k])
+                    image = self.transform(image, rng)
+                x[row] = self.prep(image)
+                y[row] = sample.label
+            return x, y
+
+    return SampleSequence
+
+
+def generator_flow(samples, names: list[str], size: int, preprocess: str, batch_size: int,
+                   augment: Augment | None, shuffle: bool, seed: int,
+                   skipped: Skipped | None = None):
+    """A ``keras.utils.PyDataset`` over Samples (the classic ImageDataGenerator recipe's
+    transforms, pixels from ``read_rgb``)."""
+    return _sequence_class()(samples, names, size, preprocess, batch_size, augment, shuffle,
+                             seed, skipped)
 
 
 def augmentation_layers(augment: Augment, seed: int):
@@ -292,17 +392,43 @@ def augmentation_layers(augment: Augment, seed: int):
     return keras.Sequential(stack, name="augmentation")
 
 
-def tfdata_dataset(directory: Path, names: list[str], size: int, preprocess: str,
-                   batch_size: int, augment: Augment | None, shuffle: bool, seed: int):
-    """A batched, prefetched tf.data pipeline."""
+def tfdata_dataset(samples, names: list[str], size: int, preprocess: str, batch_size: int,
+                   augment: Augment | None, shuffle: bool, seed: int,
+                   skipped: Skipped | None = None):
+    """A batched, prefetched tf.data pipeline over Samples: ``read_rgb`` through
+    ``tf.numpy_function`` (unreadable files recorded and filtered out), the Keras augmentation
+    layers, the base's preprocessing."""
     from transfer.bases import preprocess_layer
-    from transfer.tf import keras, tf
+    from transfer.tf import tf
 
-    binary = len(names) == 2
-    dataset = keras.utils.image_dataset_from_directory(
-        str(directory), labels="inferred", label_mode="binary" if binary else "int",
-        class_names=list(names), batch_size=batch_size, image_size=(size, size),
-        shuffle=shuffle, seed=seed, interpolation="bilinear", verbose=False)
+    samples = list(samples)
+    size = int(size)
+    dtype = _label_dtype(names)
+    paths = [str(s.path) for s in samples]
+    labels = np.asarray([s.label for s in samples], dtype=dtype)
+    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string),
+                                                  tf.constant(labels)))
+    if shuffle:
+        dataset = dataset.shuffle(max(1, len(samples)), seed=seed, reshuffle_each_iteration=True)
+
+    def load(path):
+        path = path.decode() if isinstance(path, bytes) else str(path)
+        array = _read_or_skip(Sample(Path(path), 0), size, skipped)
+        if array is None:
+            return np.zeros((size, size, 3), "uint8"), False
+        return array, True
+
+    def read(path, label):
+        image, ok = tf.numpy_function(load, [path], [tf.uint8, tf.bool])
+        image.set_shape((size, size, 3))
+        ok.set_shape(())
+        return image, label, ok
+
+    autotune = tf.data.AUTOTUNE
+    dataset = dataset.map(read, num_parallel_calls=autotune, deterministic=True)
+    dataset = dataset.filter(lambda image, label, ok: ok)
+    dataset = dataset.map(lambda image, label, ok: (tf.cast(image, tf.float32), label))
+    dataset = dataset.batch(batch_size)
     prep = preprocess_layer(preprocess)
     if augment is not None and augment.enabled:
         aug = augmentation_layers(augment, seed)
@@ -312,19 +438,37 @@ def tfdata_dataset(directory: Path, names: list[str], size: int, preprocess: str
     else:
         def transform(x, y):
             return prep(x), y
-    autotune = tf.data.AUTOTUNE
     return dataset.map(transform, num_parallel_calls=autotune).prefetch(autotune)
 
 
-def make(pipeline: str, directory: Path, names: list[str], size: int, preprocess: str,
-         batch_size: int, augment: Augment | None, shuffle: bool, seed: int):
+def make(pipeline: str, samples, names: list[str], size: int, preprocess: str,
+         batch_size: int, augment: Augment | None, shuffle: bool, seed: int,
+         skipped: Skipped | None = None):
+    """A pipeline over ``samples`` (a list of Samples; a folder is listed into its class
+    folders ``names``), reading through ``read_rgb``; unreadable files go to ``skipped``."""
+    if samples is None:
+        raise TransferError("no images to read: the class folders are split in memory; pass "
+                            "the plan's samples (plan.usable('train'), plan.usable('validate'))")
+    if isinstance(samples, str | Path):
+        samples = samples_of(Path(samples), names)
+    samples = usable(samples, skipped)
     if pipeline == "generator":
-        return generator_flow(directory, names, size, preprocess, batch_size, augment, shuffle,
-                              seed)
+        return generator_flow(samples, names, size, preprocess, batch_size, augment, shuffle,
+                              seed, skipped)
     if pipeline == "tfdata":
-        return tfdata_dataset(directory, names, size, preprocess, batch_size, augment, shuffle,
-                              seed)
+        return tfdata_dataset(samples, names, size, preprocess, batch_size, augment, shuffle,
+                              seed, skipped)
     raise TransferError(f"unknown pipeline {pipeline!r}; choose {' or '.join(PIPELINES)}")
+
+
+def for_plan(plan, split: str, augment: Augment | None = None, shuffle: bool = False,
+             seed: int | None = None):
+    """The run's pipeline (``--pipeline``) over the usable images of ``split`` ("train" or
+    "validate"), recording unreadable files in ``plan.skipped``."""
+    hp = plan.settings
+    return make(hp.pipeline, plan.usable(split), plan.names, plan.size, plan.base.preprocess,
+                hp.batch_size, augment, shuffle, hp.seed if seed is None else seed,
+                plan.skipped)
 
 
 def batches(data, n_steps: int):

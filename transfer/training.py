@@ -194,11 +194,18 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
     settings = settings.validated()
     reporter = reporter or Reporter()
     run = plan(settings)
+    report_data(run, reporter)
+    if not run.use_cache:
+        # the base runs every epoch on the images: decode each once first, so that unreadable
+        # files are known (and a class left too small is refused) before any epoch
+        pipelines.decode_all(run.train + run.validate, run.size, run.skipped, reporter)
+        pipelines.check_enough(run)
     built = phases.build_model(run)
     feats = None
     try:
         if run.use_cache:
             feats = phases.extract_features(run, built, reporter)
+            pipelines.check_enough(run)  # the feature pass recorded what it could not read
             fit = phases.train_head(run, built, feats, reporter)
         else:
             fit = phases.fit_end_to_end(run, built, reporter)
@@ -211,10 +218,65 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
         shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     timings = Timings(feats.seconds if feats else 0.0, feats.base_images if feats else 0,
                       fit.seconds, time.perf_counter() - started)
+    report_skipped(run, reporter)
     meta = training_meta(run, built, feats, fit, validation, timings)
     bundle.write(run.target, settings.force, built.full, meta, fit.history,
                  title=f"{run.base.name} on {run.root}")
     return TrainResult(run.target, meta, fit.history, timings)
+
+
+FEW_IMAGES = 10  # a class with fewer images is warned about (as fetch-data does)
+
+
+def report_data(run: RunPlan, reporter: Reporter) -> None:
+    """One line on the data (where, how split, images per class and split) and a warning for
+    each class under FEW_IMAGES images."""
+    counts = run.counts
+    if run.split == "in-memory":
+        how = (f"{run.root}: class folders split in memory (validation "
+               f"{run.settings.validation_split:g}, seed {run.settings.seed})")
+    else:
+        how = f"{run.settings.train_dir} and {run.settings.validate_dir}"
+    per_class = ", ".join(f"{name} {counts['train'][name]}+{counts['validate'][name]}"
+                          for name in run.names)
+    reporter.info(f"data: {how}; {sum(counts['train'].values())} train + "
+                  f"{sum(counts['validate'].values())} validate images ({per_class})")
+    for name in run.names:
+        n = counts["train"][name] + counts["validate"][name]
+        if n < FEW_IMAGES:
+            reporter.warn(f"class {name} has only {n} image{'' if n == 1 else 's'} (fewer than "
+                          f"{FEW_IMAGES}): too few to learn it well or to measure it; add "
+                          "photos if you can")
+    if len(run.skipped):
+        reporter.warn(f"{len(run.skipped)} file{'' if len(run.skipped) == 1 else 's'} "
+                      "skipped so far (not images); all are listed at the end")
+
+
+def report_skipped(run: RunPlan, reporter: Reporter) -> None:
+    """Every file the run skipped, one line each (also in meta.json's "skipped")."""
+    items = run.skipped.as_list()
+    if not items:
+        return
+    reporter.warn(f"skipped {len(items)} unreadable file{'' if len(items) == 1 else 's'} "
+                  "(the run went on without them):")
+    for item in items:
+        reporter.warn(f"  {item['file']}: {item['reason']}")
+
+
+def data_meta(run: RunPlan) -> dict:
+    """meta.json's "data": where the images came from, how they were split, how many of each
+    class each split used (unreadable files left out)."""
+    hp = run.settings
+    counts = run.counts
+    data = {"split": run.split, "root": str(run.root),
+            "train_dir": str(hp.train_dir) if hp.train_dir is not None else None,
+            "validate_dir": str(hp.validate_dir) if hp.validate_dir is not None else None}
+    if run.split == "in-memory":
+        data.update(validation_split=hp.validation_split, seed=hp.seed)
+    data.update(train_images=sum(counts["train"].values()),
+                validate_images=sum(counts["validate"].values()),
+                counts=counts, skipped_images=len(run.skipped))
+    return data
 
 
 def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | None,
@@ -226,7 +288,8 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
     return bundle.meta(
         kind="transfer", class_names=run.names, image_size=run.size, channels=3,
         preprocessing={"mode": base.preprocess, "in_model": True,
-                       "input": "RGB pixels 0-255, resized to image_size (bilinear)"},
+                       "input": "RGB pixels 0-255, resized to image_size (bilinear)",
+                       "reader": "transfer.images", "resize": "pil"},
         seed=hp.seed, command=hp.command or shlex.join(sys.argv), settings=hp.as_dict(),
         metrics={
             "val_accuracy": validation.accuracy,
@@ -250,8 +313,8 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
                   "fine_tune": hp.fine_tune, "fine_tune_lr": hp.fine_tune_lr,
                   "fine_tune_epochs": hp.fine_tune_epochs if hp.fine_tune else 0,
                   "distribute": hp.distribute, "replicas": built.replicas},
-        data={"train_dir": str(hp.train_dir), "validate_dir": str(hp.validate_dir),
-              "train_images": len(run.train_files), "validate_images": len(run.val_files)},
+        data=data_meta(run),
+        skipped=run.skipped.as_list(),
         feature_cache=feats.cache if feats else "off",
         timings=timings.as_meta(),
     )
