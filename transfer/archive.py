@@ -39,12 +39,11 @@ from transfer.errors import TransferError
 from transfer.files import sha256_file
 
 CLASSES = ("cats", "dogs")
-# The image formats (Pillow's names) a split may hold: what TensorFlow's decode_image and
-# Keras's loaders read, so both training pipelines can use the split (MPO is the JPEG that many
-# cameras and phones write). Other images are skipped, and listed, with IMAGE_FORMAT_LATER's
-# reason. Once training reads every image through the one Pillow reader (transfer.images),
-# widen this to every format that reader opens: {"WEBP", "TIFF", "PPM", ...}.
-ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "GIF"})
+# The image formats (Pillow's names) a split may hold: every format of the suffixes the one
+# reader (transfer.images, used by training, evaluate, predict and serve) accepts
+# (constants.IMAGE_SUFFIXES; MPO is the JPEG that many cameras and phones write, PPM covers
+# .ppm and .pgm). Other images are skipped, and listed, with IMAGE_FORMAT_LATER's reason.
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM"})
 DECODABLE_FORMATS = ALLOWED_FORMATS  # the former name
 IMAGE_FORMAT_LATER = "format {format} is not readable by the training pipelines yet"
 # The layouts (see the module docstring); the first two are the cats and dogs of the tour.
