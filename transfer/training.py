@@ -306,15 +306,19 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
         output="sigmoid" if run.binary else "softmax",
         pipeline=hp.pipeline,
         augmentation={**hp.augment.as_dict(), "copies": run.copies if run.use_cache else None},
-        head={"dropout": hp.dropout, "dense": hp.dense} if base.pretrained else
-             {"dense": 128, "dropout": 0.5},
+        head={"dropout": hp.dropout, "dense": hp.dense,
+              **{k: fit.info[k] for k in ("l2", "l2_chosen_by", "l2_grid") if k in fit.info}}
+             if base.pretrained else {"dense": 128, "dropout": 0.5},
         training={"epochs": hp.epochs, "batch_size": hp.batch_size,
                   "learning_rate": hp.learning_rate, "patience": hp.patience,
+                  "lr_schedule": fit.info.get("lr_schedule", hp.lr_schedule),
+                  "class_weight": fit.info.get("class_weight"),
                   "fine_tune": hp.fine_tune, "fine_tune_lr": hp.fine_tune_lr,
                   "fine_tune_epochs": hp.fine_tune_epochs if hp.fine_tune else 0,
                   "distribute": hp.distribute, "replicas": built.replicas},
         data=data_meta(run),
         skipped=run.skipped.as_list(),
         feature_cache=feats.cache if feats else "off",
+        engine=feats.engine if feats else None,
         timings=timings.as_meta(),
     )
