@@ -1,0 +1,184 @@
+"""The training pipelines over Samples: one reader (``read_rgb``), one set of image suffixes,
+hidden and system files ignored, unreadable files recorded and left out, the in-memory split."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import require_asset, text_as_jpg, truncated
+from PIL import Image
+
+from transfer import images, pipelines
+from transfer.constants import IMAGE_SUFFIXES
+from transfer.errors import TransferError
+from transfer.settings import Augment
+
+FLOWERS = ("daisy", "dandelion", "roses", "sunflowers", "tulips")
+
+
+@pytest.fixture(scope="module")
+def flowers() -> Path:
+    return require_asset("data/flowers")
+
+
+def photos(flowers: Path, cls: str, n: int) -> list[Path]:
+    return sorted((flowers / cls).iterdir())[:n]
+
+
+@pytest.fixture
+def odd_folder(flowers, tmp_path) -> Path:
+    """Two classes of 4 real photos, one daisy as .webp and one rose as .tif, and the hidden
+    and system files a photo folder collects."""
+    root = tmp_path / "photos"
+    for cls in ("daisy", "roses"):
+        (root / cls).mkdir(parents=True)
+        for photo in photos(flowers, cls, 4):
+            shutil.copyfile(photo, root / cls / photo.name)
+    with Image.open(photos(flowers, "daisy", 5)[4]) as photo:
+        photo.save(root / "daisy/extra.webp", "WEBP")
+    with Image.open(photos(flowers, "roses", 5)[4]) as photo:
+        photo.save(root / "roses/extra.tif", "TIFF")
+    (root / "daisy/.DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "daisy/._extra.webp").write_bytes(b"\0\5\26\7 resource fork")
+    (root / "roses/Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    (root / "roses/desktop.ini").write_text("[.ShellClassInfo]\n")
+    (root / "roses/.hidden").mkdir()
+    shutil.copyfile(photos(flowers, "roses", 1)[0], root / "roses/.hidden/a.jpg")
+    (root / "roses/__MACOSX").mkdir()
+    shutil.copyfile(photos(flowers, "roses", 1)[0], root / "roses/__MACOSX/b.jpg")
+    return root
+
+
+def test_one_set_of_suffixes_and_system_files_ignored(odd_folder):
+    assert pipelines.IMAGE_SUFFIXES is IMAGE_SUFFIXES
+    assert {".webp", ".tif", ".tiff", ".ppm"} <= set(IMAGE_SUFFIXES)
+    names = {p.name for p in pipelines.image_files(odd_folder / "daisy")}
+    assert "extra.webp" in names and len(names) == 5
+    names = {p.name for p in pipelines.image_files(odd_folder / "roses")}
+    assert "extra.tif" in names and len(names) == 5  # nothing from .hidden/ or __MACOSX/
+    assert pipelines.class_names(odd_folder) == ["daisy", "roses"]
+
+
+def test_read_rgb_is_what_predict_and_evaluate_read(odd_folder):
+    for path in pipelines.image_files(odd_folder / "daisy") + pipelines.image_files(
+            odd_folder / "roses"):
+        ours = pipelines.read_rgb(path, 64)
+        theirs, _ = images.model_input(path, {"image_size": 64, "channels": 3,
+                                              "pipeline": "tfdata",
+                                              "preprocessing": {"resize": "pil"}})
+        assert ours.dtype == np.uint8 and ours.shape == (64, 64, 3)
+        np.testing.assert_array_equal(ours.astype("float32"), theirs)
+
+
+def test_both_pipelines_yield_the_same_preprocessed_pixels(odd_folder):
+    names = ["daisy", "roses"]
+    samples = pipelines.samples_of(odd_folder, names)
+    expected = np.stack([pipelines.read_rgb(s.path, 48) for s in samples]).astype("float32")
+    expected = expected / 127.5 - 1.0
+    for kind in ("generator", "tfdata"):
+        data = pipelines.make(kind, samples, names, 48, "tf", 4, None, shuffle=False, seed=1)
+        xs, ys = zip(*pipelines.batches(data, pipelines.steps(len(samples), 4)), strict=True)
+        x, y = np.concatenate([np.asarray(v) for v in xs]), np.concatenate(
+            [np.asarray(v) for v in ys])
+        np.testing.assert_allclose(x, expected, atol=1e-6)
+        assert y.tolist() == [s.label for s in samples] and y.dtype == np.float32  # binary
+
+
+def test_augmentation_is_seeded_and_varies_by_epoch(odd_folder):
+    names = ["daisy", "roses"]
+    samples = pipelines.samples_of(odd_folder, names)
+    first = pipelines.make("generator", samples, names, 48, "tf", 4, Augment(), shuffle=True,
+                           seed=3)
+    again = pipelines.make("generator", samples, names, 48, "tf", 4, Augment(), shuffle=True,
+                           seed=3)
+    np.testing.assert_array_equal(first[0][0], again[0][0])
+    np.testing.assert_array_equal(first[0][1], again[0][1])
+    batch = first[0][0]
+    first.on_epoch_end()
+    assert not np.array_equal(batch, first[0][0])
+    plain = pipelines.make("generator", samples, names, 48, "tf", 100, None, shuffle=False,
+                           seed=3)[0][0]
+    assert plain.shape == (10, 48, 48, 3)
+    assert np.abs(np.asarray(again[0][0]) - plain[:4]).max() > 0.1  # augmented
+
+
+def test_unreadable_files_are_recorded_and_left_out_of_their_batch(odd_folder, flowers):
+    names = ["daisy", "roses"]
+    (odd_folder / "daisy/broken.jpg").write_bytes(
+        truncated(photos(flowers, "daisy", 6)[5].read_bytes()))
+    (odd_folder / "roses/text.jpg").write_bytes(text_as_jpg())
+    samples = pipelines.samples_of(odd_folder, names)
+    assert len(samples) == 12
+    for kind in ("generator", "tfdata"):
+        skipped = pipelines.Skipped()
+        data = pipelines.make(kind, samples, names, 32, "tf", 5, None, shuffle=False, seed=0,
+                              skipped=skipped)
+        n = sum(len(np.asarray(y)) for _, y in pipelines.batches(data, pipelines.steps(12, 5)))
+        assert n == 10, kind
+        assert {Path(item["file"]).name for item in skipped} == {"broken.jpg", "text.jpg"}
+        reasons = {Path(item["file"]).name: item["reason"] for item in skipped}
+        assert reasons["broken.jpg"].startswith("corrupt or truncated image")
+        assert reasons["text.jpg"] == "not an image (Pillow cannot identify it)"
+
+
+def test_skipped_is_one_entry_per_file():
+    skipped = pipelines.Skipped()
+    skipped.add(Path("a.jpg"), "first")
+    skipped.add("a.jpg", "second")
+    skipped.add("b.jpg", "other")
+    assert len(skipped) == 2 and "a.jpg" in skipped and Path("b.jpg") in skipped
+    assert skipped.as_list() == [{"file": "a.jpg", "reason": "first"},
+                                 {"file": "b.jpg", "reason": "other"}]
+
+
+def test_probe_finds_files_that_are_not_images_without_decoding(odd_folder, flowers):
+    (odd_folder / "daisy/empty.png").write_bytes(b"")
+    (odd_folder / "daisy/text.jpg").write_bytes(text_as_jpg())
+    (odd_folder / "daisy/broken.jpg").write_bytes(
+        truncated(photos(flowers, "daisy", 6)[5].read_bytes()))
+    skipped = pipelines.Skipped()
+    pipelines.probe_all(pipelines.samples_of(odd_folder, ["daisy", "roses"]), skipped)
+    reasons = {Path(item["file"]).name: item["reason"] for item in skipped}
+    assert reasons == {"empty.png": "empty file (0 bytes)",
+                       "text.jpg": "not an image (Pillow cannot identify it)"}
+
+
+def test_in_memory_split_is_stratified_seeded_and_disjoint(flowers):
+    train, validate = pipelines.split_in_memory(flowers, list(FLOWERS), 0.2, 42)
+    assert len(train) == 160 and len(validate) == 40
+    for label in range(5):
+        assert sum(s.label == label for s in validate) == 8
+    assert not {s.path for s in train} & {s.path for s in validate}
+    again = pipelines.split_in_memory(flowers, list(FLOWERS), 0.2, 42)
+    assert again == (train, validate)
+    other = pipelines.split_in_memory(flowers, list(FLOWERS), 0.2, 7)
+    assert {s.path for s in other[1]} != {s.path for s in validate}
+    train30, validate30 = pipelines.split_in_memory(flowers, list(FLOWERS), 0.3, 42)
+    assert len(validate30) == 60 and len(train30) == 140
+
+
+def test_check_enough_names_the_short_class_in_one_line(odd_folder):
+    from types import SimpleNamespace
+
+    names = ["daisy", "roses"]
+    train, validate = pipelines.split_in_memory(odd_folder, names, 0.2, 0)
+    skipped = pipelines.Skipped()
+    plan = SimpleNamespace(names=names, train=train, validate=validate, skipped=skipped)
+    pipelines.check_enough(plan)
+    for sample in [s for s in train + validate if s.label == 1][:4]:
+        skipped.add(sample.path, "corrupt or truncated image")
+    with pytest.raises(TransferError) as caught:
+        pipelines.check_enough(plan)
+    message = str(caught.value)
+    assert "\n" not in message and "roses: 1 usable" in message and "daisy" not in message
+    assert "after skipping 4 unreadable files" in message
+
+
+def test_make_refuses_no_samples_and_an_unknown_pipeline(odd_folder):
+    with pytest.raises(TransferError, match="split in memory"):
+        pipelines.make("generator", None, ["a", "b"], 32, "tf", 4, None, False, 0)
+    with pytest.raises(TransferError, match="unknown pipeline"):
+        pipelines.make("other", odd_folder, ["daisy", "roses"], 32, "tf", 4, None, False, 0)
