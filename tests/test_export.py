@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 
 import numpy as np
 import pytest
 from conftest import split_images
+from five_class import bundle_data, five_class_bundle
 from PIL import Image
 from typer.testing import CliRunner
 from unwritable import names_path, unwritable_folder
@@ -162,3 +164,78 @@ def test_unwritable_outputs_are_named(trained_bundle, held_out, tmp_path):
                       output=tmp_path / "file" / "m.tflite", check_images=held_out)
     assert names_path(caught.value, tmp_path / "file")
     assert (tmp_path / "file").read_text() == "keep"
+
+
+def names_from_flatbuffer(path) -> dict:
+    """The meta JSON in a .tflite's flatbuffer metadata, read with TensorFlow's generated
+    schema alone (no transfer code, no interpreter)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(path.read_bytes(), 0)
+    entries = {model.Metadata(i).Name().decode(): model.Metadata(i).Buffer()
+               for i in range(model.MetadataLength())}
+    return json.loads(model.Buffers(entries["transfer_meta"]).DataAsNumpy().tobytes())
+
+
+def litert_outputs(path, x: np.ndarray) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(detail["index"], list(x.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(detail["index"], x.astype(detail["dtype"]))
+    interpreter.invoke()
+    return np.asarray(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+
+
+def test_tflite_file_alone_names_its_two_classes(trained_bundle, held_out, tmp_path):
+    target = tmp_path / "m.tflite"
+    export.export(trained_bundle.bundle, format="tflite", output=target, check_images=held_out)
+    (tmp_path / "m.tflite.meta.json").unlink()  # the file alone
+    with zipfile.ZipFile(target) as archive:  # TFLite's associated-files convention
+        assert archive.read("labels.txt").decode().splitlines() == ["cats", "dogs"]
+        inside = json.loads(archive.read("meta.json"))
+    meta = names_from_flatbuffer(target)
+    assert meta["class_names"] == inside["class_names"] == ["cats", "dogs"]
+    assert meta["image_size"] == 224 and meta["output"] == "sigmoid"
+    assert meta["export"] == {"format": "tflite", "quantize": "none",
+                              "source_bundle": str(trained_bundle.bundle)}
+    assert export.tflite_class_names(target) == ["cats", "dogs"]
+    # the metadata does not disturb a plain interpreter: same outputs as the Keras model
+    import keras
+
+    x = raw_pixels(held_out)
+    reference = keras.saving.load_model(trained_bundle.bundle / bundle.MODEL, compile=False)
+    np.testing.assert_allclose(litert_outputs(target, x), reference(x, training=False),
+                               atol=README_TOLERANCE["tflite"])
+
+
+@pytest.fixture(scope="module")
+def flowers5(tmp_path_factory, mobilenet_weights):
+    """A five-class bundle on genuine flower photos (tests/five_class.py)."""
+    return five_class_bundle(tmp_path_factory)
+
+
+def test_five_class_tflite_names_its_classes(flowers5, tmp_path):
+    import keras
+
+    names = flowers5.meta["class_names"]
+    assert names == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    target = tmp_path / "flowers.tflite"
+    result = export.export(flowers5.bundle, format="tflite", output=target)
+    assert result.passed and result.n_images == 8
+    assert names_from_flatbuffer(target)["class_names"] == names
+    with zipfile.ZipFile(target) as archive:
+        assert archive.read("labels.txt").decode().splitlines() == names
+    files = [p for p, _ in split_images(bundle_data(flowers5) / "test", 2)]
+    x = raw_pixels(files, size=96)
+    reference = keras.saving.load_model(flowers5.bundle / bundle.MODEL, compile=False)
+    expected = np.asarray(reference(x, training=False))
+    actual = litert_outputs(target, x)
+    assert actual.shape == (len(files), 5)
+    np.testing.assert_allclose(actual, expected, atol=README_TOLERANCE["tflite"])
+    np.testing.assert_allclose(actual.sum(axis=1), 1.0, rtol=1e-5)
+    # what a user of the file alone does: the name of each output column
+    labels = [names[i] for i in actual.argmax(axis=1)]
+    assert labels == [names[i] for i in expected.argmax(axis=1)]

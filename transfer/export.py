@@ -10,21 +10,41 @@ validation images, or ``check_images``) and compared with the Keras model; only 
 absolute difference is within the format's tolerance is it renamed into place. Each export
 carries the bundle's ``meta.json`` (class names, input size, preprocessing): beside the file as
 ``<file>.meta.json``, inside a SavedModel as ``assets.extra/meta.json``.
+
+A ``.tflite`` file says what its outputs mean by itself, two ways (``tflite_class_names``
+reads them back):
+
+- the flatbuffer's ``metadata`` list has an entry ``transfer_meta`` whose buffer is the meta
+  JSON (class names in output order, input size, preprocessing, the export's mode);
+- a zip archive appended to the flatbuffer (TFLite's "associated files" convention, which
+  the interpreter ignores) holds ``labels.txt`` (one class per line, output order) and
+  ``meta.json``: ``zipfile.ZipFile("model.tflite").read("labels.txt")`` works.
+
+``quantize`` (TFLite only) converts with dynamic-range int8 weights, float16 weights, or full
+int8 (weights and activations, calibrated on up to ``CALIBRATION_IMAGES`` images of the
+bundle's training folder read through the one image reader; float32 input and output, see
+``_tflite``). A quantized model cannot match the float one to 1e-3, so it is checked by
+``quantized_check`` instead, on the validation split, and its accuracy and size are reported
+beside the float TFLite model's (``ExportResult.comparison``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
+import math
 import os
 import shutil
 import tempfile
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from transfer import bundle, pipelines
+from transfer import bundle, images, pipelines
 from transfer.errors import TransferError
 from transfer.files import refuse_existing
 from transfer.inference import BundleClassifier, folder_images, writable_folder
@@ -33,6 +53,17 @@ from transfer.settings import ExportSettings
 
 TOLERANCE = {"keras": 1e-6, "savedmodel": 1e-5, "tflite": 1e-3}
 DEFAULT_NAMES = {"keras": "model.keras", "savedmodel": "saved_model", "tflite": "model.tflite"}
+TFLITE_METADATA = "transfer_meta"  # the flatbuffer metadata entry holding the meta JSON
+LABELS = "labels.txt"  # the associated file: class names, one a line, in output order
+
+CALIBRATION_IMAGES = 300  # int8: training images the converter calibrates activations on
+COMPARE_IMAGES = 1000  # quantized: validation images compared at most (spread over classes)
+# quantized_check's thresholds (its docstring says why)
+CONFIDENT = 0.8
+MIN_CONFIDENT_AGREEMENT = 0.95
+MIN_AGREEMENT = 0.7
+MAX_ACCURACY_DROP = 0.05
+SIGN_TEST_Z = 2.33  # one-sided 1%
 
 
 @dataclass
@@ -44,9 +75,14 @@ class ExportResult:
     tolerance: float
     n_images: int
     check_source: str  # where the check images came from
+    quantize: str = "none"
+    # quantized TFLite only: the float and the quantized model on the validation split
+    comparison: dict | None = None
 
     @property
     def passed(self) -> bool:
+        if self.comparison is not None:
+            return bool(self.comparison["passed"])
         return self.max_abs_diff <= self.tolerance
 
 
@@ -90,30 +126,325 @@ def _run_savedmodel(path: Path, x: np.ndarray) -> np.ndarray:
     return np.asarray(loaded.serve(tf.constant(x)))
 
 
-def _tflite(model, path: Path, workdir: Path) -> None:
+def _tflite(model, path: Path, workdir: Path, quantize: str = "none",
+            calibration: np.ndarray | None = None) -> None:
+    """Convert ``model`` to TFLite at ``path``, quantized as asked.
+
+    - ``dynamic``: int8 weights, float activations (dequantized on the fly); no data needed.
+    - ``float16``: float16 weights, float32 compute on CPU.
+    - ``int8``: int8 weights and activations (builtin int8 ops only, so a model that cannot
+      be fully quantized fails here rather than silently staying float), activation ranges
+      calibrated on ``calibration``, one image at a time. Input and output stay float32:
+      the model takes RGB pixels 0-255 and has its preprocessing inside, so float I/O keeps
+      the calling convention (and the meta's input recipe) of the float export, and one
+      quantize op at the input and one dequantize at the output cost nothing next to the
+      convolutions; int8 output would also round every probability to a step of 1/256.
+    """
     from transfer.tf import native_stderr_quiet, tf
 
     saved = workdir / "saved_model"
-    _savedmodel(model, saved)
+    if not saved.exists():
+        _savedmodel(model, saved)
     with native_stderr_quiet():  # the converter's MLIR pass log
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
-        path.write_bytes(converter.convert())
+        if quantize != "none":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if quantize == "int8":
+            def representative():
+                for image in calibration:
+                    yield [image[None].astype("float32")]
+
+            converter.representative_dataset = representative
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        try:
+            path.write_bytes(converter.convert())
+        except Exception as exc:  # the converter raises many types; one line says which mode
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TransferError(f"TFLite conversion ({quantize}) failed: {first}") from None
 
 
-def _run_tflite(path: Path, x: np.ndarray) -> np.ndarray:
+def embed_metadata(path: Path, meta: dict) -> None:
+    """Make the .tflite at ``path`` say what its outputs mean: the meta JSON as the flatbuffer
+    metadata entry ``transfer_meta``, then ``labels.txt`` and ``meta.json`` in a zip archive
+    appended to the file (the interpreter reads the flatbuffer and ignores what follows)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    text = json.dumps(meta, indent=2, default=str).encode()
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(text, dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = TFLITE_METADATA
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    path.write_bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as archive:  # appended after it
+        archive.writestr(LABELS, "".join(f"{name}\n" for name in meta["class_names"]))
+        archive.writestr(bundle.META, text)
+
+
+def tflite_metadata(path: Path) -> dict:
+    """The meta JSON inside a .tflite written by ``export`` (from the flatbuffer's metadata,
+    read with TensorFlow's generated schema only, no interpreter).
+
+    Raises:
+        TransferError: the file has no ``transfer_meta`` entry.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    data = Path(path).read_bytes()
+    model = schema.Model.GetRootAsModel(data, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name().decode() == TFLITE_METADATA:
+            return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
+    raise TransferError(f"{path} carries no {TFLITE_METADATA} metadata (not exported by "
+                        "transfer?)")
+
+
+def tflite_class_names(path: Path) -> list[str]:
+    """The class names of a .tflite written by ``export``, in output order."""
+    return list(tflite_metadata(path)["class_names"])
+
+
+def _interpreter(path: Path):
     import warnings
 
-    from transfer.tf import native_stderr_quiet, tf
+    from transfer.tf import native_stderr_quiet
 
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - LiteRT is a dependency where it installs
+        from transfer.tf import tf
+
+        Interpreter = tf.lite.Interpreter  # noqa: N806
     with warnings.catch_warnings(), native_stderr_quiet():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's move-to-LiteRT notice
-        interpreter = tf.lite.Interpreter(model_path=str(path))
-        detail = interpreter.get_input_details()[0]
-        interpreter.resize_tensor_input(detail["index"], list(x.shape))
-        interpreter.allocate_tensors()  # "Created TensorFlow Lite XNNPACK delegate"
-        interpreter.set_tensor(detail["index"], x)
+        return Interpreter(model_path=str(path))
+
+
+def _run_tflite(path: Path, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """The model's outputs for ``x``, ``batch_size`` images per call (float32 I/O)."""
+    from transfer.tf import native_stderr_quiet
+
+    interpreter = _interpreter(path)
+    detail = interpreter.get_input_details()[0]
+    outputs, shape = [], None
+    for start in range(0, len(x), batch_size):
+        batch = np.ascontiguousarray(x[start:start + batch_size], dtype=detail["dtype"])
+        if batch.shape != shape:
+            interpreter.resize_tensor_input(detail["index"], list(batch.shape))
+            with native_stderr_quiet():
+                interpreter.allocate_tensors()  # "Created TensorFlow Lite XNNPACK delegate"
+            shape = batch.shape
+        interpreter.set_tensor(detail["index"], batch)
         interpreter.invoke()
-    return np.asarray(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+        outputs.append(np.array(
+            interpreter.get_tensor(interpreter.get_output_details()[0]["index"])))
+    return np.concatenate(outputs)
+
+
+def _spread(per_class: list[list[Path]], n: int) -> list[Path]:
+    """Up to ``n`` files taking one of each class in turn (every class represented)."""
+    longest = max((len(files) for files in per_class), default=0)
+    return [files[i] for i in range(longest) for files in per_class if i < len(files)][:n]
+
+
+def _prepare_all(classifier: BundleClassifier, files: list[Path]) -> list[np.ndarray | None]:
+    """Each file through the one image reader (in threads); None for an unusable one."""
+    def load(path):
+        try:
+            return classifier.prepare(path)[0]
+        except (images.ImageError, TransferError):
+            return None
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(load, files))
+
+
+def calibration_images(classifier: BundleClassifier, n: int = CALIBRATION_IMAGES
+                       ) -> tuple[np.ndarray, str]:
+    """(up to ``n`` prepared images from the bundle's training folder, spread over the
+    classes, that folder) for int8 calibration; unreadable files are passed over.
+
+    Raises:
+        TransferError: the training folder is missing or has no readable image.
+    """
+    named = (classifier.meta.get("data") or {}).get("train_dir")
+    train = Path(named) if named else None
+    if train is None or not train.is_dir():
+        raise TransferError("int8 quantization calibrates on the bundle's training images, but "
+                            f"its training folder {train or '(not named in meta.json)'} is "
+                            "missing; export from the folder you trained in, or use --quantize "
+                            "dynamic or float16")
+    per_class = [pipelines.image_files(train / name) if (train / name).is_dir() else []
+                 for name in classifier.class_names]
+    arrays = [a for a in _prepare_all(classifier, _spread(per_class, n)) if a is not None]
+    if not arrays:
+        raise TransferError(f"no readable training image in {train} to calibrate int8 on")
+    return np.stack(arrays).astype("float32"), str(train)
+
+
+def comparison_images(classifier: BundleClassifier, fallback: np.ndarray, fallback_source: str,
+                      n: int = COMPARE_IMAGES) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(prepared images, their class indices or None, where from) to compare the float and
+    the quantized model on: the bundle's validation split (up to ``n``, spread over the
+    classes), else the check images, unlabelled."""
+    validate = bundle.validate_dir(classifier.meta)
+    if validate is not None and validate.is_dir():
+        per_class = [pipelines.image_files(validate / name) if (validate / name).is_dir()
+                     else [] for name in classifier.class_names]
+        files = _spread(per_class, n)
+        index = {path: i for i, group in enumerate(per_class) for path in group}
+        pairs = [(a, index[p]) for p, a in zip(files, _prepare_all(classifier, files),
+                                               strict=True) if a is not None]
+        if pairs:
+            return (np.stack([a for a, _ in pairs]).astype("float32"),
+                    np.asarray([label for _, label in pairs]), str(validate))
+    return fallback, None, fallback_source
+
+
+def quantized_check(float_probs: np.ndarray, quant_probs: np.ndarray,
+                    labels: np.ndarray | None) -> dict:
+    """Whether a quantized model is a faithful copy of the float one, from their class
+    probabilities on the same images (and the true classes, when known).
+
+    Quantization moves probabilities far more than 1e-3, so an image near the decision
+    boundary may change class while the model is sound. Measured on the test bundles
+    (genuine photos): on MobileNet-0.25 cats/dogs (100 validation images) int8 moved a
+    probability by up to 0.35 and changed 5 images, all with a float top-class probability
+    under 0.75 (accuracy 0.90 -> 0.91); on a weak five-class flowers model (40 images, float
+    accuracy 0.625) int8 and dynamic-range both changed 6 images, none the float model was
+    sure of (int8 lost 3 images, 7.5 points, dynamic none). A broken export is different in
+    kind: calibrated on pixels in 0-1 instead of 0-255, int8 changed 54 of 100 cats/dogs
+    images and 36 of 40 flowers, most of them images the float model gave 0.9 or more, and
+    fell to chance. So the export passes only when all of these hold:
+
+    - confident images keep their class: of the images the float model gives at least
+      ``CONFIDENT`` (0.8) to its top class, at most 5% (``1 - MIN_CONFIDENT_AGREEMENT``), and
+      at least one, may change (measured: none sound; 89% and about 60% broken);
+    - ``agreement`` >= ``MIN_AGREEMENT`` (0.7) over all images (sound 0.85-1.0 even for the
+      weak model; broken 0.10 and 0.46, or the share of the one class a collapsed model
+      answers): the floor when few images are confident;
+    - no real accuracy loss: refused when ``accuracy_drop`` (float minus quantized) is over
+      ``MAX_ACCURACY_DROP`` (5 points) *and* the loss is more than noise: of the images where
+      the two disagree, the quantized model is wrong on ``lost`` and right on ``gained``;
+      a sound model loses about as many as it gains, so ``lost - gained`` above
+      2.33 * sqrt(lost + gained) (a one-sided sign test at 1%) is a real loss. On a hundred
+      images one point is one image; the int8 goal (within 1 point) is reported, not gated.
+
+    Returns:
+        the measured values (agreement, confident_images, confident_changed,
+        confident_agreement, max_abs_diff, accuracy_drop, lost, gained), the thresholds and
+        ``passed``.
+    """
+    reference = float_probs.argmax(axis=1)
+    predicted = quant_probs.argmax(axis=1)
+    same = predicted == reference
+    confident = float_probs.max(axis=1) >= CONFIDENT
+    changed = int((confident & ~same).sum())
+    result = {
+        "agreement": float(same.mean()),
+        "confident_images": int(confident.sum()),
+        "confident_changed": changed,
+        "confident_agreement": float(same[confident].mean()) if confident.any() else None,
+        "max_abs_diff": float(np.max(np.abs(quant_probs - float_probs))),
+        "accuracy_drop": None, "lost": None, "gained": None,
+    }
+    real_loss = False
+    if labels is not None:
+        lost = int(((reference == labels) & (predicted != labels)).sum())
+        gained = int(((reference != labels) & (predicted == labels)).sum())
+        drop = (lost - gained) / len(labels)
+        result.update(accuracy_drop=float(drop), lost=lost, gained=gained)
+        real_loss = drop > MAX_ACCURACY_DROP and lost - gained > SIGN_TEST_Z * math.sqrt(
+            lost + gained)
+    allowed = max(1, math.floor((1 - MIN_CONFIDENT_AGREEMENT) * result["confident_images"]))
+    result["thresholds"] = {"confident": CONFIDENT, "confident_changed_at_most": allowed,
+                            "min_agreement": MIN_AGREEMENT,
+                            "max_accuracy_drop": MAX_ACCURACY_DROP,
+                            "sign_test_z": SIGN_TEST_Z}
+    result["passed"] = bool(result["agreement"] >= MIN_AGREEMENT and changed <= allowed
+                            and not real_loss)
+    return result
+
+
+def _embedded_meta(meta: dict, model: Path, quantize: str) -> dict:
+    return {**meta, "export": {"format": "tflite", "quantize": quantize,
+                               "source_bundle": str(model)}}
+
+
+def _accuracy(probs: np.ndarray, labels: np.ndarray | None) -> float | None:
+    return None if labels is None else float(np.mean(probs.argmax(axis=1) == labels))
+
+
+def _quantized(classifier: BundleClassifier, quantize: str, staged: Path, work: Path,
+               x: np.ndarray, expected: np.ndarray, source: str, model: Path,
+               reporter: Reporter) -> tuple[np.ndarray, dict]:
+    """Convert the float TFLite model (checked against Keras to ``TOLERANCE["tflite"]`` as a
+    float export is) and the quantized one into ``staged``; compare the two on the
+    validation split. Returns (the quantized model's outputs on ``x``, the comparison)."""
+    from transfer.metrics import class_probabilities
+
+    floating = work / "float.tflite"
+    _tflite(classifier.model, floating, work)
+    embed_metadata(floating, _embedded_meta(classifier.meta, model, "none"))
+    float_diff = float(np.max(np.abs(_run_tflite(floating, x).reshape(expected.shape)
+                                     - expected)))
+    if float_diff > TOLERANCE["tflite"]:
+        raise TransferError(f"the float tflite conversion differs from the Keras model by "
+                            f"{float_diff:.3g} (> {TOLERANCE['tflite']:g}) on {len(x)} images, "
+                            "before quantization; nothing was written")
+    calibration, calibration_source = None, None
+    if quantize == "int8":
+        calibration, calibration_source = calibration_images(classifier)
+        reporter.info(f"calibrating int8 on {len(calibration)} images of {calibration_source}")
+    _tflite(classifier.model, staged, work, quantize, calibration)
+    embed_metadata(staged, _embedded_meta(classifier.meta, model, quantize))
+    actual = _run_tflite(staged, x)
+    cx, labels, compare_source = comparison_images(classifier, x, source)
+    reporter.info(f"comparing the float and the {quantize} model on {len(cx)} images of "
+                  f"{compare_source}")
+    float_probs = class_probabilities(_run_tflite(floating, cx))
+    quant_probs = class_probabilities(_run_tflite(staged, cx))
+    float_bytes, quant_bytes = floating.stat().st_size, staged.stat().st_size
+    comparison = {
+        "images": len(cx), "source": compare_source, "labelled": labels is not None,
+        "io": "float32",
+        "calibration_images": None if calibration is None else len(calibration),
+        "calibration_source": calibration_source,
+        "float": {"accuracy": _accuracy(float_probs, labels), "bytes": float_bytes,
+                  "max_abs_diff": float_diff},
+        "quantized": {"mode": quantize, "accuracy": _accuracy(quant_probs, labels),
+                      "bytes": quant_bytes},
+        "size_ratio": quant_bytes / float_bytes,
+        **quantized_check(float_probs, quant_probs, labels),
+    }
+    return actual, comparison
+
+
+def _refusal(quantize: str, c: dict) -> str:
+    """One line saying which of quantized_check's conditions failed."""
+    t = c["thresholds"]
+    failed = []
+    if c["confident_changed"] > t["confident_changed_at_most"]:
+        failed.append(f"{c['confident_changed']} of the {c['confident_images']} images the "
+                      f"float model is sure of changed class (at most "
+                      f"{t['confident_changed_at_most']} may)")
+    if c["agreement"] < t["min_agreement"]:
+        failed.append(f"same class as the float model on {c['agreement']:.0%} of images "
+                      f"(< {t['min_agreement']:.0%})")
+    if c["accuracy_drop"] is not None and c["accuracy_drop"] > t["max_accuracy_drop"] and \
+            c["lost"] - c["gained"] > t["sign_test_z"] * math.sqrt(c["lost"] + c["gained"]):
+        failed.append(f"accuracy {c['quantized']['accuracy']:.3f} against "
+                      f"{c['float']['accuracy']:.3f}")
+    return (f"the {quantize} export is not a faithful copy of the float model: "
+            f"{'; '.join(failed)}, on {c['images']} images of {c['source']}; nothing was "
+            "written")
 
 
 def _run_keras(path: Path, x: np.ndarray) -> np.ndarray:
@@ -126,6 +457,9 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
 
     The export is staged beside its target, run on real images and compared with the Keras
     model; only within ``TOLERANCE[format]`` is it moved into place, with the bundle's meta.
+    A quantized TFLite export (``quantize`` dynamic, float16 or int8) is compared with the
+    float TFLite model on the validation split instead (``quantized_check``), and its
+    accuracy and size beside the float one's are returned in ``ExportResult.comparison``.
 
     Args:
         settings: an ExportSettings; or the bundle folder, with ``format=``, ``output=``,
@@ -135,12 +469,14 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
 
     Returns:
         ExportResult: where the export and its meta went, the largest absolute difference
-        from the Keras model, the tolerance and the images checked.
+        from the Keras model, the tolerance (``math.inf`` for a quantized export: its check
+        is ``comparison``) and the images checked.
 
     Raises:
         TransferError: a bad setting, a broken bundle, an existing output (without
             ``force``), a folder that is not a SavedModel, no check images, or outputs that
-            differ beyond the tolerance (then nothing is written).
+            differ beyond the tolerance, or a quantized model that fails
+            ``quantized_check`` (then nothing is written); int8 without the training folder.
         OSError: the output's folder cannot be made or written (its ``filename`` names it).
     """
     if not isinstance(settings, ExportSettings):
@@ -171,25 +507,35 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
     try:
         staged = work / output.name
         reporter.info(f"exporting {model} as {fmt} and checking it on {len(x)} images ...")
+        comparison = None
         if fmt == "keras":
             keras_model.save(staged)
             actual = _run_keras(staged, x)
         elif fmt == "savedmodel":
             _savedmodel(keras_model, staged)
             actual = _run_savedmodel(staged, x)
-        else:
+        elif s.quantize == "none":
             _tflite(keras_model, staged, work)
+            embed_metadata(staged, _embedded_meta(meta, model, "none"))
             actual = _run_tflite(staged, x)
+        else:
+            actual, comparison = _quantized(classifier, s.quantize, staged, work, x, expected,
+                                            source, model, reporter)
         diff = float(np.max(np.abs(actual.reshape(expected.shape) - expected)))
+        tolerance = TOLERANCE[fmt] if comparison is None else math.inf
         result = ExportResult(path=output, meta_path=meta_path, format=fmt, max_abs_diff=diff,
-                              tolerance=TOLERANCE[fmt], n_images=len(x), check_source=source)
+                              tolerance=tolerance, n_images=len(x), check_source=source,
+                              quantize=s.quantize, comparison=comparison)
+        if comparison is not None and not result.passed:
+            raise TransferError(_refusal(s.quantize, comparison))
         if not result.passed:
             raise TransferError(f"the {fmt} export's outputs differ from the Keras model's by "
                                 f"{diff:.3g} (> {TOLERANCE[fmt]:g}) on {len(x)} images; "
                                 "nothing was written")
-        export_meta = {**meta, "export": {"format": fmt, "source_bundle": str(model),
-                                          "max_abs_diff": diff, "tolerance": TOLERANCE[fmt],
-                                          "checked_images": len(x)}}
+        export_meta = {**meta, "export": {
+            "format": fmt, "quantize": s.quantize, "source_bundle": str(model),
+            "max_abs_diff": diff, "tolerance": None if comparison else TOLERANCE[fmt],
+            "checked_images": len(x), "comparison": comparison}}
         if fmt == "savedmodel":
             (staged / "assets.extra").mkdir(exist_ok=True)
             bundle.write_json(staged / "assets.extra" / bundle.META, export_meta)

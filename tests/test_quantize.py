@@ -1,0 +1,225 @@
+"""transfer export --format tflite --quantize dynamic|float16|int8 on the genuine
+MobileNet-0.25 bundle: sizes, accuracy on the validation photos in a plain LiteRT interpreter
+beside the float model's, the check that refuses a broken export, the class names inside.
+
+int8 keeps float32 input and output (see ``transfer.export._tflite``): the model takes RGB
+pixels 0-255 with its preprocessing inside, as the float export does."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import split_images
+from five_class import five_class_bundle
+from PIL import Image, ImageOps
+
+from transfer import bundle, export
+from transfer.errors import TransferError
+from transfer.settings import ExportSettings
+
+# the size a quantized file may have, as a fraction of the float TFLite file (weights: int8
+# is a quarter of float32, float16 a half; the flatbuffer, the int8 scales and the metadata
+# add a little)
+MAX_SIZE_RATIO = {"dynamic": 0.4, "float16": 0.6, "int8": 0.4}
+
+
+def pillow_pixels(files, size: int) -> np.ndarray:
+    """RGB 0-255 bilinear, read with Pillow alone (EXIF orientation applied)."""
+    arrays = []
+    for path in files:
+        with Image.open(path) as picture:
+            rgb = ImageOps.exif_transpose(picture).convert("RGB")
+            arrays.append(np.asarray(rgb.resize((size, size), Image.BILINEAR), "float32"))
+    return np.stack(arrays)
+
+
+def litert(path: Path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_path=str(path))
+
+
+def litert_outputs(path: Path, x: np.ndarray, batch: int = 25) -> np.ndarray:
+    interpreter = litert(path)
+    detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(detail["index"], [batch, *x.shape[1:]])
+    interpreter.allocate_tensors()
+    out = []
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch]
+        assert len(chunk) == batch
+        interpreter.set_tensor(detail["index"], chunk.astype(detail["dtype"]))
+        interpreter.invoke()
+        out.append(np.array(interpreter.get_tensor(
+            interpreter.get_output_details()[0]["index"])))
+    return np.concatenate(out)
+
+
+def two_columns(outputs: np.ndarray) -> np.ndarray:
+    return np.concatenate([1 - outputs, outputs], axis=1) if outputs.shape[1] == 1 else outputs
+
+
+@pytest.fixture(scope="module")
+def validation(trained_bundle):
+    """The bundle's 100 validation photos (x read with Pillow, y) and the Keras model's
+    probabilities for them (plain Keras)."""
+    import keras
+
+    rows = split_images(Path(trained_bundle.meta["data"]["validate_dir"]))
+    names = trained_bundle.meta["class_names"]
+    x = pillow_pixels([p for p, _ in rows], 224)
+    y = np.array([names.index(c) for _, c in rows])
+    model = keras.saving.load_model(trained_bundle.bundle / bundle.MODEL, compile=False)
+    return x, y, two_columns(np.asarray(model.predict(x, verbose=0)))
+
+
+@pytest.fixture(scope="module")
+def float_file(trained_bundle, tmp_path_factory) -> Path:
+    target = tmp_path_factory.mktemp("float") / "float.tflite"
+    export.export(trained_bundle.bundle, format="tflite", output=target)
+    return target
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "float16", "int8"])
+def test_quantized_export_size_accuracy_and_names(mode, trained_bundle, validation, float_file,
+                                                  tmp_path):
+    x, y, keras_probs = validation
+    target = tmp_path / f"{mode}.tflite"
+    result = export.export(ExportSettings(model=trained_bundle.bundle, format="tflite",
+                                          quantize=mode, output=target))
+    c = result.comparison
+    assert result.passed and c["passed"] and result.quantize == mode
+    assert result.path == target and result.tolerance == math.inf
+    assert c["images"] == len(y) == 100 and c["labelled"] is True and c["io"] == "float32"
+    assert c["source"] == trained_bundle.meta["data"]["validate_dir"]
+    assert c["calibration_images"] == (200 if mode == "int8" else None)  # all 200 train images
+    # sizes: the files on disk
+    assert c["quantized"]["bytes"] == target.stat().st_size
+    assert c["float"]["bytes"] == pytest.approx(float_file.stat().st_size, rel=0.01)
+    ratio = target.stat().st_size / float_file.stat().st_size
+    assert ratio == pytest.approx(c["size_ratio"], rel=0.01)
+    assert ratio < MAX_SIZE_RATIO[mode], ratio
+    # the file in a plain LiteRT interpreter: float32 in and out, quantized inside
+    interpreter = litert(target)
+    assert interpreter.get_input_details()[0]["dtype"] == np.float32
+    assert interpreter.get_output_details()[0]["dtype"] == np.float32
+    inner = {np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+    assert {"dynamic": "int8", "float16": "float16", "int8": "int8"}[mode] in inner
+    probs = two_columns(litert_outputs(target, x))
+    float_probs = two_columns(litert_outputs(float_file, x))
+    np.testing.assert_allclose(float_probs, keras_probs, atol=1e-3)  # the float file: parity
+    accuracy, float_accuracy = [float(np.mean(p.argmax(1) == y)) for p in (probs, float_probs)]
+    agreement = float(np.mean(probs.argmax(1) == float_probs.argmax(1)))
+    print(f"{mode}: accuracy {accuracy:.3f} (float {float_accuracy:.3f}), agreement "
+          f"{agreement:.2f}, size {ratio:.3f}x, max abs diff {c['max_abs_diff']:.3f}")
+    # export measured what this independent run measures (Pillow here, transfer's reader there)
+    assert accuracy == pytest.approx(c["quantized"]["accuracy"], abs=0.02)
+    assert float_accuracy == pytest.approx(c["float"]["accuracy"], abs=0.02)
+    assert agreement == pytest.approx(c["agreement"], abs=0.02)
+    # the thresholds quantized_check documents, and the issue's goal for int8 (1 point, one
+    # image of a hundred) with one image of slack for the reader difference
+    assert float_accuracy - accuracy <= export.MAX_ACCURACY_DROP
+    assert agreement >= export.MIN_AGREEMENT and c["confident_changed"] == 0
+    if mode == "int8":
+        assert float_accuracy - accuracy <= 0.02
+    if mode == "float16":
+        assert c["max_abs_diff"] < 0.05 and agreement == 1.0
+    # the class names travel inside the quantized file, and in its sidecar with the comparison
+    assert export.tflite_class_names(target) == ["cats", "dogs"]
+    assert export.tflite_metadata(target)["export"]["quantize"] == mode
+    sidecar = json.loads(result.meta_path.read_text())
+    assert sidecar["export"]["quantize"] == mode and sidecar["export"]["tolerance"] is None
+    assert sidecar["export"]["comparison"]["quantized"]["bytes"] == target.stat().st_size
+
+
+def test_a_badly_calibrated_int8_export_is_refused(trained_bundle, tmp_path, monkeypatch):
+    """Calibrated on pixels in 0-1 where the model takes 0-255: every activation range is
+    wrong. The check must refuse it, and nothing is written."""
+    calibrate = export.calibration_images
+
+    def wrong_range(classifier, n=export.CALIBRATION_IMAGES):
+        images, source = calibrate(classifier, n)
+        return images / 255.0, source
+
+    monkeypatch.setattr(export, "calibration_images", wrong_range)
+    with pytest.raises(TransferError, match="int8 export is not a faithful copy") as caught:
+        export.export(trained_bundle.bundle, format="tflite", quantize="int8",
+                      output=tmp_path / "q.tflite")
+    assert "sure of changed class" in str(caught.value) and "\n" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_quantized_check_by_hand():
+    rng = np.random.default_rng(0)
+    n = 100
+    labels = np.repeat([0, 1], n // 2)
+    p = np.where(labels == 1, rng.uniform(0.55, 0.99, n), rng.uniform(0.01, 0.45, n))
+    p[:5] = [0.52, 0.48, 0.51, 0.49, 0.53]  # five near the boundary
+    floating = np.stack([1 - p, p], axis=1)
+    sound = floating.copy()
+    sound[:5] = sound[:5, ::-1]  # boundary images change class: sound
+    check = export.quantized_check(floating, sound, labels)
+    assert check["passed"] and check["agreement"] == 0.95 and check["confident_changed"] == 0
+    assert check["lost"] + check["gained"] == 5
+    sure = np.flatnonzero(floating.max(1) >= export.CONFIDENT)
+    flipped = sound.copy()
+    flipped[sure[:2]] = flipped[sure[:2], ::-1]  # two sure images change: more than 5% of?
+    allowed = max(1, int(0.05 * len(sure)))
+    flipped_check = export.quantized_check(floating, flipped, labels)
+    assert flipped_check["confident_changed"] == 2
+    assert flipped_check["passed"] == (2 <= allowed)
+    flipped[sure[:10]] = floating[sure[:10], ::-1]
+    assert not export.quantized_check(floating, flipped, labels)["passed"]
+    collapsed = np.tile([0.3, 0.7], (n, 1))  # always the same class
+    assert not export.quantized_check(floating, collapsed, labels)["passed"]
+    # unlabelled (check images only): agreement rules alone
+    assert export.quantized_check(floating, sound, None)["accuracy_drop"] is None
+    # accuracy: a 7.5-point drop of 3 images out of 40 is noise; 8 of 100 lost, none gained,
+    # is a real loss even if every changed image was a boundary one
+    small = export.quantized_check(*_lose(40, 3))
+    assert small["accuracy_drop"] == pytest.approx(0.075) and small["passed"]
+    large = export.quantized_check(*_lose(100, 8))
+    assert large["accuracy_drop"] == pytest.approx(0.08) and not large["passed"]
+
+
+def _lose(n: int, k: int):
+    """Float right on every image near the boundary, quantized wrong on ``k`` of them."""
+    labels = np.zeros(n, int)
+    floating = np.tile([0.55, 0.45], (n, 1))
+    quantized = floating.copy()
+    quantized[:k] = [0.45, 0.55]
+    return floating, quantized, labels
+
+
+def test_int8_calibrates_on_the_training_folder(trained_bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(trained_bundle.bundle, copy)
+    meta = json.loads((copy / bundle.META).read_text())
+    meta["data"]["train_dir"] = str(tmp_path / "gone")
+    (copy / bundle.META).write_text(json.dumps(meta))
+    with pytest.raises(TransferError, match="calibrates on the bundle's training images.*gone"):
+        export.export(copy, format="tflite", quantize="int8", output=tmp_path / "out/q.tflite")
+    assert not (tmp_path / "out" / "q.tflite").exists()
+    with pytest.raises(TransferError, match="--quantize applies to --format tflite only"):
+        export.export(copy, format="savedmodel", quantize="int8", output=tmp_path / "sm")
+
+
+def test_five_class_int8(tmp_path_factory, mobilenet_weights, tmp_path):
+    flowers = five_class_bundle(tmp_path_factory)
+    names = flowers.meta["class_names"]
+    target = tmp_path / "flowers-int8.tflite"
+    result = export.export(flowers.bundle, format="tflite", quantize="int8", output=target)
+    c = result.comparison
+    assert result.passed and c["images"] == 40 and c["calibration_images"] == 60
+    assert c["size_ratio"] < MAX_SIZE_RATIO["int8"]
+    assert export.tflite_class_names(target) == names
+    rows = split_images(Path(flowers.meta["data"]["validate_dir"]))
+    probs = litert_outputs(target, pillow_pixels([p for p, _ in rows], 96), batch=20)
+    assert probs.shape == (40, 5)
+    accuracy = float(np.mean(probs.argmax(1) == [names.index(c) for _, c in rows]))
+    assert accuracy == pytest.approx(c["quantized"]["accuracy"], abs=0.05)
