@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import split_images
+from five_class import TEST_COUNTS, bundle_data, five_class_bundle
 from PIL import Image
 from typer.testing import CliRunner
 from unwritable import names_path, unwritable_folder
@@ -20,6 +23,17 @@ from transfer.predict import predict
 from transfer.settings import EvaluateSettings
 
 runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def flowers5(tmp_path_factory, mobilenet_weights):
+    """A five-class bundle on genuine flower photos (tests/five_class.py)."""
+    return five_class_bundle(tmp_path_factory)
+
+
+def read_suspects(folder: Path) -> list[dict]:
+    with open(folder / "suspects.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def test_report_on_held_out_photos(trained_bundle, small_split, tmp_path):
@@ -129,3 +143,86 @@ def test_settings_object_worst_and_output_failures(trained_bundle, small_split, 
             evaluate(settings.replace(output=locked))
         assert names_path(caught.value, locked)
         assert list(locked.iterdir()) == []
+
+
+def test_five_unbalanced_classes_by_hand(flowers5, tmp_path):
+    """Per-class recall and F1, balanced accuracy and macro F1 of a five-class bundle on
+    unbalanced held-out flowers (12/3/8/2/6), computed here from predict's labels."""
+    data = bundle_data(flowers5) / "test"
+    names = flowers5.meta["class_names"]
+    report = evaluate(flowers5.bundle, data_dir=data, output=tmp_path / "r").report
+    assert report["class_names"] == names and len(names) == 5
+    items = predict([data], model=flowers5.bundle).items
+    truth = np.array([names.index(Path(i.file).parent.name) for i in items])
+    labels = np.array([names.index(i.label) for i in items])
+    assert len(items) == report["images"] == sum(TEST_COUNTS.values())
+    recalls, f1s = [], []
+    for k, name in enumerate(names):
+        tp = int(np.sum((truth == k) & (labels == k)))
+        support, chosen = int(np.sum(truth == k)), int(np.sum(labels == k))
+        recalls.append(tp / support)
+        f1s.append(0.0 if tp == 0 else 2 / (chosen / tp + support / tp))
+        row = report["per_class"][name]
+        assert row["support"] == support == TEST_COUNTS[name]
+        assert row["recall"] == pytest.approx(recalls[-1])
+        assert row["precision"] == (pytest.approx(tp / chosen) if chosen else None)
+        assert row["f1"] == pytest.approx(f1s[-1])
+    assert report["accuracy"] == pytest.approx(np.mean(truth == labels))
+    assert report["balanced_accuracy"] == pytest.approx(np.mean(recalls))
+    assert report["macro_f1"] == pytest.approx(np.mean(f1s))
+    assert report["macro_f1"] == report["macro_avg"]["f1"]
+    assert 0.2 < report["accuracy"] < 1  # learned something, and made mistakes to list
+    assert report["roc_auc"] is None and np.asarray(report["confusion_matrix"]).shape == (5, 5)
+    assert report["gate"] is None  # no --assert-accuracy-at-least
+
+
+@pytest.mark.parametrize("worst", [3, 100])
+def test_suspects_csv_lists_the_most_confident_mistakes(flowers5, worst, tmp_path):
+    data = bundle_data(flowers5) / "test"
+    out = tmp_path / "r"
+    report = evaluate(flowers5.bundle, data_dir=data, output=out, worst=worst).report
+    mistakes = report["images"] - int(np.trace(np.asarray(report["confusion_matrix"])))
+    rows = read_suspects(out)
+    assert len(rows) == len(report["worst_mistakes"]) == min(worst, mistakes) > 0
+    assert list(rows[0]) == ["file", "true", "predicted", "predicted_probability",
+                             "true_probability"]
+    confidence = [float(r["predicted_probability"]) for r in rows]
+    assert confidence == sorted(confidence, reverse=True)
+    # each row agrees with predict on that one file, and is a mistake
+    for row in rows:
+        (item,) = predict([row["file"]], model=flowers5.bundle).items
+        assert Path(row["file"]).parent.name == row["true"] != row["predicted"] == item.label
+        assert float(row["predicted_probability"]) == pytest.approx(
+            item.probabilities[row["predicted"]], abs=2e-6)
+        assert float(row["true_probability"]) == pytest.approx(
+            item.probabilities[row["true"]], abs=2e-6)
+        assert float(row["true_probability"]) < float(row["predicted_probability"])
+    if worst > mistakes:  # every mistake listed: the rest of the images were right
+        listed = {r["file"] for r in rows}
+        items = predict([data], model=flowers5.bundle).items
+        assert all((i.file in listed) == (Path(i.file).parent.name != i.label) for i in items)
+    with Image.open(out / "misclassified.png") as image:
+        assert image.format == "PNG"
+
+
+def test_accuracy_gate_is_recorded_not_raised(trained_bundle, small_split, tmp_path):
+    data = small_split / "test"
+    accuracy = evaluate(trained_bundle.bundle, data_dir=data,
+                        output=tmp_path / "a").report["accuracy"]
+    assert accuracy < 1.0
+    result = evaluate(trained_bundle.bundle, data_dir=data, output=tmp_path / "pass",
+                      assert_accuracy_at_least=accuracy)
+    assert result.report["gate"] == {"threshold": accuracy, "accuracy": accuracy,
+                                     "passed": True}
+    assert not result.gate_failed
+    result = evaluate(EvaluateSettings(model=trained_bundle.bundle, data_dir=data,
+                                       output=tmp_path / "fail",
+                                       assert_accuracy_at_least=1.0))
+    assert result.report["gate"] == {"threshold": 1.0, "accuracy": accuracy, "passed": False}
+    assert result.gate_failed
+    written = json.loads((tmp_path / "fail" / "report.json").read_text())
+    assert written["gate"]["passed"] is False  # the report is written all the same
+    assert (tmp_path / "fail" / "suspects.csv").exists()
+    with pytest.raises(TransferError, match="assert_accuracy_at_least|assert-accuracy"):
+        evaluate(trained_bundle.bundle, data_dir=data, output=tmp_path / "bad",
+                 assert_accuracy_at_least=1.5)

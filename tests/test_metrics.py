@@ -75,3 +75,23 @@ def test_metrics_need_no_scipy():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert float(done.stdout) == 1.0
+
+
+def test_balanced_accuracy_and_macro_f1_on_unbalanced_classes_by_hand():
+    # 10 a (8 right), 4 b (1 right), 2 c (never predicted), 0 d (predicted once)
+    y_true = [0] * 10 + [1] * 4 + [2] * 2 + [0]
+    y_pred = [0] * 8 + [1] * 2 + [1] + [0] * 3 + [0, 1] + [3]
+    matrix = metrics.confusion_matrix(y_true, y_pred, 4)
+    assert matrix.tolist() == [[8, 2, 0, 1], [3, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]]
+    # balanced accuracy: mean recall of the classes that have images (a, b, c)
+    assert metrics.balanced_accuracy(matrix) == pytest.approx((8 / 11 + 1 / 4 + 0 / 2) / 3)
+    assert metrics.balanced_accuracy(np.zeros((2, 2), int)) is None
+    rows = metrics.per_class(matrix, ["a", "b", "c", "d"])
+    f1_a = 2 * (8 / 12) * (8 / 11) / (8 / 12 + 8 / 11)
+    f1_b = 2 * (1 / 4) * (1 / 4) / (1 / 4 + 1 / 4)
+    assert rows["a"]["f1"] == pytest.approx(f1_a) and rows["b"]["f1"] == pytest.approx(f1_b)
+    # c has images but is never predicted, d is predicted but has none: F1 0, not undefined
+    assert rows["c"] == {"precision": None, "recall": 0.0, "f1": 0.0, "support": 2}
+    assert rows["d"] == {"precision": 0.0, "recall": None, "f1": 0.0, "support": 0}
+    assert metrics.macro_average(rows)["f1"] == pytest.approx((f1_a + f1_b) / 4)
+    assert metrics.balanced_accuracy(matrix) != pytest.approx(np.trace(matrix) / matrix.sum())
