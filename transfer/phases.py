@@ -322,75 +322,148 @@ def schedule_of(schedule: str | None, lr: float, total_steps: int):
 
 
 class HeadTrainer:
-    """The head trained on cached features by one compiled function per epoch.
+    """Heads trained on cached features, one compiled call per epoch, every L2 value at once.
 
-    One ``tf.function`` runs a whole epoch (shuffled batches gathered from the features in
-    memory, the head's own Keras layers with dropout active, a Keras Adam, class weights, the
-    L2 penalty); another computes the validation loss and accuracy. Called once per epoch, so
-    Keras's per-step overhead (a Python round trip, callbacks, a data iterator) is gone; the
-    trained layers are the head's, so the saved model is the same.
+    The head is small (dropout, an optional hidden Dense, the final Dense), so its function is
+    written out here in TensorFlow ops over the head's own layers' weights, with one copy of
+    the weights per L2 value stacked on a leading axis: one ``tf.function`` runs a whole epoch
+    for all of them (the same shuffled batches, the same initial weights, each its own dropout
+    masks and its own penalty), then their validation loss and accuracy. What Keras's ``fit``
+    spends per step (a Python round trip, callbacks, a data iterator; about 3 s for 10 epochs
+    of 2000 features) and the tracing of Keras's optimizer (about 1 s) are gone: 10 epochs of
+    the grid take a few tenths of a second, most of it the one tracing.
+
+    It computes what Keras would: Adam exactly as ``keras.optimizers.Adam`` updates (beta 0.9,
+    0.999, epsilon 1e-7, bias correction), the learning rate constant or cosine-decayed to 0
+    over the fit's steps (``keras.optimizers.schedules.CosineDecay``), the mean over the batch
+    of class-weighted cross-entropy (from logits) plus ``l2 * sum(kernel**2)`` of the final
+    Dense, inverted dropout; the validation loss is Keras's cross-entropy on the probabilities
+    (clipped at 1e-7), so it equals ``final_validation``'s. The chosen weights are set into the
+    head's Keras layers: the saved model is the same graph as before.
     """
 
-    def __init__(self, head, binary: bool, batch_size: int, lr):
+    EPSILON = 1e-7
+
+    def __init__(self, head, binary: bool, batch_size: int, learning_rate: float,
+                 schedule: str | None, total_steps: int, l2_values, seed: int):
         from transfer.tf import keras, tf
 
         self.head, self.binary = head, binary
-        self.variables = list(head.trainable_variables)
-        self.optimizer = keras.optimizers.Adam(learning_rate=lr)
-        self.optimizer.build(self.variables)
-        self.initial = [np.array(v.numpy()) for v in self.optimizer.variables]
-        self.kernel = head.get_layer("predictions").kernel
-        self.l2 = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="head_l2")
-        bs = int(batch_size)
+        self.l2_values = [float(v) for v in l2_values]
+        g = len(self.l2_values)
+        self.layers = []  # ("dropout", rate) | ("dense", keras layer)
+        for layer in head.layers:
+            if isinstance(layer, keras.layers.Dropout):
+                self.layers.append(("dropout", float(layer.rate)))
+            elif isinstance(layer, keras.layers.Dense):
+                self.layers.append(("dense", layer))
+        self.dense = [layer for kind, layer in self.layers if kind == "dense"]
+        self.initial = [np.asarray(w) for layer in self.dense for w in layer.get_weights()]
+        self.variables = [tf.Variable(np.repeat(w[None], g, axis=0), dtype=tf.float32)
+                          for w in self.initial]
+        self.m = [tf.Variable(tf.zeros_like(v)) for v in self.variables]
+        self.v = [tf.Variable(tf.zeros_like(v)) for v in self.variables]
+        self.step = tf.Variable(0, dtype=tf.int64)
+        l2 = tf.constant(self.l2_values, tf.float32)[:, None, None]
+        bs, eps = int(batch_size), self.EPSILON
+        lr0, total = float(learning_rate), float(max(1, total_steps))
+        cosine = schedule == "cosine"
+        last = self.dense[-1]
+        softmax = not binary
 
-        def per_image(y, p):
-            if binary:
-                return keras.losses.binary_crossentropy(tf.reshape(y, (-1, 1)), p)
-            return keras.losses.sparse_categorical_crossentropy(y, p)
+        def rate_at(step):
+            if not cosine:
+                return tf.constant(lr0)
+            done = tf.minimum(tf.cast(step, tf.float32), total) / total
+            return lr0 * 0.5 * (1.0 + tf.cos(np.pi * done))
 
-        def right(y, p):
-            if binary:
-                guess = tf.cast(tf.reshape(p, (-1,)) > 0.5, tf.float32)
-                return tf.cast(tf.equal(guess, tf.cast(y, tf.float32)), tf.float32)
-            return tf.cast(tf.equal(tf.argmax(p, -1), tf.cast(y, tf.int64)), tf.float32)
+        def logits(x, training, step):
+            h = tf.tile(x[None], (g, 1, 1))
+            weights = iter(self.variables)
+            for index, (kind, spec) in enumerate(self.layers):
+                if kind == "dropout":
+                    if training and spec > 0:
+                        keep = tf.random.stateless_uniform(
+                            tf.shape(h), seed=tf.stack([tf.cast(seed, tf.int64) + index,
+                                                        step]), dtype=tf.float32)
+                        h = tf.where(keep >= spec, h / (1.0 - spec), 0.0)
+                    continue
+                kernel, bias = next(weights), next(weights)
+                h = tf.matmul(h, kernel) + bias[:, None, :]  # (g, b, in) @ (g, in, out)
+                if spec is not last:
+                    h = keras.activations.get(spec.activation)(h)
+            return h  # (g, batch, units) before the last activation
 
-        def epoch(x, y, w, order):
+        def per_image_from_logits(y, z):
+            if softmax:
+                labels = tf.tile(tf.cast(y, tf.int64)[None], (g, 1))
+                return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, z)
+            target = tf.tile(tf.cast(y, tf.float32)[None, :, None], (g, 1, 1))
+            return tf.nn.sigmoid_cross_entropy_with_logits(target, z)[..., 0]
+
+        def right(y, z):
+            if softmax:
+                return tf.cast(tf.equal(tf.argmax(z, -1), tf.cast(y, tf.int64)[None]),
+                               tf.float32)
+            return tf.cast(tf.equal(tf.cast(z[..., 0] > 0.0, tf.float32),
+                                    tf.cast(y, tf.float32)[None]), tf.float32)
+
+        def keras_loss(y, z):
+            """Keras's cross-entropy on the probabilities, per head: (g,)."""
+            if softmax:
+                p = tf.clip_by_value(tf.nn.softmax(z), eps, 1.0 - eps)
+                picked = tf.gather(p, tf.cast(y, tf.int32), axis=2, batch_dims=1)
+                return tf.reduce_mean(-tf.math.log(picked), axis=1)
+            p = tf.clip_by_value(tf.sigmoid(z[..., 0]), eps, 1.0 - eps)
+            t = tf.cast(y, tf.float32)[None]
+            return tf.reduce_mean(-(t * tf.math.log(p) + (1 - t) * tf.math.log(1 - p)), axis=1)
+
+        def epoch(x, y, w, order, val_x, val_y):
             n = tf.shape(order)[0]
-            loss_sum, hits = tf.constant(0.0), tf.constant(0.0)
+            loss_sum = tf.zeros((g,))
+            hits = tf.zeros((g,))
             for i in tf.range((n + bs - 1) // bs):
                 idx = order[i * bs:tf.minimum((i + 1) * bs, n)]
                 xb, yb, wb = tf.gather(x, idx), tf.gather(y, idx), tf.gather(w, idx)
                 with tf.GradientTape() as tape:
-                    p = head(xb, training=True)
-                    loss = (tf.reduce_mean(per_image(yb, p) * wb)
-                            + self.l2 * tf.reduce_sum(tf.square(self.kernel)))
-                grads = tape.gradient(loss, self.variables)
-                self.optimizer.apply_gradients(zip(grads, self.variables, strict=True))
-                m = tf.cast(tf.shape(idx)[0], tf.float32)
-                loss_sum += loss * m
-                hits += tf.reduce_sum(right(yb, p))
-            return loss_sum / tf.cast(n, tf.float32), hits / tf.cast(n, tf.float32)
-
-        def evaluate(x, y):
-            p = head(x, training=False)
-            return tf.reduce_mean(per_image(y, p)), tf.reduce_mean(right(y, p))
+                    z = logits(xb, True, self.step)
+                    data = tf.reduce_mean(per_image_from_logits(yb, z) * wb[None], axis=1)
+                    penalty = tf.reduce_sum(l2 * tf.square(self.variables[-2]), axis=(1, 2))
+                    loss = data + penalty  # (g,): each head's own loss
+                    total_loss = tf.reduce_sum(loss)  # the heads are independent
+                grads = tape.gradient(total_loss, self.variables)
+                rate = rate_at(self.step)
+                self.step.assign_add(1)
+                t = tf.cast(self.step, tf.float32)
+                alpha = rate * tf.sqrt(1.0 - 0.999 ** t) / (1.0 - 0.9 ** t)
+                for var, grad, m, v in zip(self.variables, grads, self.m, self.v, strict=True):
+                    m.assign_add((grad - m) * 0.1)
+                    v.assign_add((tf.square(grad) - v) * 0.001)
+                    var.assign_sub(m * alpha / (tf.sqrt(v) + eps))
+                size = tf.cast(tf.shape(idx)[0], tf.float32)
+                loss_sum += loss * size
+                hits += tf.reduce_sum(right(yb, z), axis=1)
+            count = tf.cast(n, tf.float32)
+            zv = logits(val_x, False, self.step)
+            return (loss_sum / count, hits / count, keras_loss(val_y, zv),
+                    tf.reduce_mean(right(val_y, zv), axis=1), rate_at(self.step))
 
         self.epoch = tf.function(epoch, reduce_retracing=True)
-        self.evaluate = tf.function(evaluate, reduce_retracing=True)
 
-    def reset(self, weights: list, l2: float) -> None:
-        """The head's initial weights, a fresh optimizer state, and this L2 penalty."""
-        self.head.set_weights(weights)
-        for variable, value in zip(self.optimizer.variables, self.initial, strict=True):
-            variable.assign(value)
-        self.l2.assign(float(l2))
+    def run_epoch(self, x, y, w, order, val_x, val_y) -> tuple:
+        """(loss, accuracy, val_loss, val_accuracy) per L2 value, and the learning rate."""
+        loss, acc, val_loss, val_acc, rate = self.epoch(x, y, w, order, val_x, val_y)
+        return (loss.numpy(), acc.numpy(), val_loss.numpy(), val_acc.numpy(), float(rate))
 
-    def run_epoch(self, x, y, w, order):
-        loss, accuracy = self.epoch(x, y, w, order)
-        return float(loss), float(accuracy)
+    def weights_of(self, index: int) -> list:
+        """The weights of head ``index`` (an L2 value), as the Keras layers take them."""
+        return [np.array(v[index].numpy()) for v in self.variables]
 
-    def learning_rate(self) -> float:
-        return float(np.asarray(self.optimizer.learning_rate))
+    def set_head(self, weights: list) -> None:
+        """Put ``weights`` (from ``weights_of``) into the head's Keras layers."""
+        it = iter(weights)
+        for layer in self.dense:
+            layer.set_weights([next(it), next(it)])
 
 
 def epoch_orders(n: int, epochs: int, seed: int):
@@ -401,8 +474,8 @@ def epoch_orders(n: int, epochs: int, seed: int):
 
 def train_head(plan: RunPlan, built: Built, feats: Features, reporter: Reporter) -> Fit:
     """Train the head on the cached features, epoch e on augmented copy e % K, with early
-    stopping on the validation loss (the best epoch's weights kept); without --l2, once per
-    value of L2_GRID, keeping the value with the best validation loss."""
+    stopping on the validation loss (each head keeps its best epoch's weights); without --l2,
+    one head per value of L2_GRID at once, keeping the one with the best validation loss."""
     from transfer.tf import tf
 
     hp = plan.settings
@@ -412,69 +485,67 @@ def train_head(plan: RunPlan, built: Built, feats: Features, reporter: Reporter)
          else np.array([weights[int(c)] for c in feats.labels], "float32"))
     steps = math.ceil(n / hp.batch_size)
     grid = L2_GRID if hp.l2 is None else (float(hp.l2),)
-    scope = built.strategy.scope() if built.replicas > 1 else _no_scope()
     start = time.perf_counter()
-    with scope:
-        trainer = HeadTrainer(built.head, plan.binary, hp.batch_size,
-                              schedule_of(hp.lr_schedule, hp.learning_rate, hp.epochs * steps))
-    initial = built.head.get_weights()
+    trainer = HeadTrainer(built.head, plan.binary, hp.batch_size, hp.learning_rate,
+                          hp.lr_schedule, hp.epochs * steps, grid, hp.seed)
     copies = [tf.constant(x) for x in feats.train]
     y, wt = tf.constant(feats.labels), tf.constant(w)
     val_x, val_y = tf.constant(feats.val_x), tf.constant(feats.val_y)
-    orders = [tf.constant(o) for o in epoch_orders(n, hp.epochs, hp.seed)]
-    runs = {}
-    with reporter.task("Training the head", total=hp.epochs * len(grid)) as advance:
-        for l2 in grid:
-            with scope:
-                trainer.reset(initial, l2)
-            history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
-            best, best_weights, wait = math.inf, None, 0
-            for epoch in range(hp.epochs):
-                with scope:
-                    loss, accuracy = trainer.run_epoch(copies[epoch % len(copies)], y, wt,
-                                                       orders[epoch])
-                    val_loss, val_accuracy = (float(v) for v in trainer.evaluate(val_x, val_y))
-                for key, value in zip(history, (loss, accuracy, val_loss, val_accuracy),
-                                      strict=True):
-                    history[key].append(value)
-                label = f"l2 {l2:g} " if len(grid) > 1 else ""
-                advance(1, status=f"head {label}epoch {epoch + 1}  loss {loss:.4f}  accuracy "
-                                  f"{accuracy:.4f}  val_loss {val_loss:.4f}  val_accuracy "
-                                  f"{val_accuracy:.4f}")
-                if val_loss < best or best_weights is None:
-                    best, best_weights, wait = val_loss, built.head.get_weights(), 0
+    orders = epoch_orders(n, hp.epochs, hp.seed)
+    keys = ("loss", "accuracy", "val_loss", "val_accuracy")
+    histories = [{k: [] for k in keys} for _ in grid]
+    best = [math.inf] * len(grid)
+    best_weights: list = [None] * len(grid)
+    wait = [0] * len(grid)
+    active = [True] * len(grid)
+    rates = [None] * len(grid)
+    with reporter.task("Training the head", total=hp.epochs) as advance:
+        for epoch in range(hp.epochs):
+            *values, rate = trainer.run_epoch(copies[epoch % len(copies)], y, wt,
+                                              tf.constant(orders[epoch]), val_x, val_y)
+            for i in range(len(grid)):
+                if not active[i]:
+                    continue
+                for key, column in zip(keys, values, strict=True):
+                    histories[i][key].append(float(column[i]))
+                rates[i] = rate
+                val_loss = float(values[2][i])
+                if val_loss < best[i] or best_weights[i] is None:
+                    best[i], best_weights[i], wait[i] = val_loss, trainer.weights_of(i), 0
                 else:
-                    wait += 1
-                    if wait >= hp.patience:
-                        break
-            advance(hp.epochs - len(history["loss"]))
-            runs[l2] = (best, history, best_weights, trainer.learning_rate())
-    chosen = min(grid, key=lambda v: (runs[v][0] if math.isfinite(runs[v][0]) else math.inf))
-    _, history, best_weights, final_lr = runs[chosen]
-    with scope:
-        built.head.set_weights(best_weights)
+                    wait[i] += 1
+                    active[i] = wait[i] < hp.patience
+            lead = int(np.argmin(best))
+            h = histories[lead]
+            advance(1, status=f"head epoch {epoch + 1}  loss {h['loss'][-1]:.4f}  accuracy "
+                              f"{h['accuracy'][-1]:.4f}  val_loss {h['val_loss'][-1]:.4f}  "
+                              f"val_accuracy {h['val_accuracy'][-1]:.4f}"
+                              + (f"  (l2 {grid[lead]:g})" if len(grid) > 1 else ""))
+            if not any(active):
+                advance(hp.epochs - epoch - 1)
+                break
+    finite = [b if math.isfinite(b) else math.inf for b in best]
+    chosen = int(np.argmin(finite))
+    with built.strategy.scope():
+        trainer.set_head(best_weights[chosen])
     seconds = time.perf_counter() - start
+    history = histories[chosen]
     if hp.tensorboard:
         write_tensorboard(Path(hp.tensorboard) / "head", history)
-    info = {"l2": chosen, "l2_chosen_by": "validation loss" if hp.l2 is None else "given",
-            "l2_grid": {f"{v:g}": {"best_val_loss": runs[v][0],
-                                   "best_epoch": int(np.argmin(runs[v][1]["val_loss"])) + 1,
-                                   "val_accuracy_at_best": runs[v][1]["val_accuracy"][
-                                       int(np.argmin(runs[v][1]["val_loss"]))],
-                                   "epochs_run": len(runs[v][1]["loss"])} for v in grid},
+
+    def summary(i):
+        at = int(np.argmin(histories[i]["val_loss"]))
+        return {"best_val_loss": best[i], "best_epoch": at + 1,
+                "val_accuracy_at_best": histories[i]["val_accuracy"][at],
+                "epochs_run": len(histories[i]["loss"])}
+
+    info = {"l2": grid[chosen], "l2_chosen_by": "validation loss" if hp.l2 is None else "given",
+            "l2_grid": {f"{v:g}": summary(i) for i, v in enumerate(grid)},
             "class_weight": {"mode": hp.class_weight, "applied": applied,
                              "weights": None if weights is None else
                              {plan.names[i]: round(v, 6) for i, v in weights.items()}},
-            "lr_schedule": hp.lr_schedule, "final_learning_rate": final_lr}
+            "lr_schedule": hp.lr_schedule, "final_learning_rate": rates[chosen]}
     return Fit(history_of(history, "head"), seconds, info)
-
-
-class _no_scope:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def write_tensorboard(folder: Path, history: dict) -> None:

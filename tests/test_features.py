@@ -1,0 +1,118 @@
+"""The feature pass: parallel decoding through the one reader, then the engine, in order;
+augmented copies seeded; unreadable files left out and listed; the cache keeps all of it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from transfer import engines, features, pipelines
+from transfer.settings import Augment
+
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def raw_features(mobilenet_weights):
+    """Genuine MobileNet-0.25 from raw pixels (0-255) to pooled features, at 96 px."""
+    from transfer import bases
+    from transfer.tf import keras
+
+    base = keras.applications.MobileNet(alpha=0.25, include_top=False, weights="imagenet",
+                                        input_shape=(SIZE, SIZE, 3))
+    raw = keras.Input((SIZE, SIZE, 3))
+    x = bases.preprocess_layer("tf")(raw)
+    return keras.Model(raw, keras.layers.GlobalAveragePooling2D()(base(x, training=False)))
+
+
+@pytest.fixture
+def photos(real_photos, tmp_path):
+    """45 real JPEGs (cats and dogs alternating) on disk, with labels."""
+    paths, labels = [], []
+    for i in range(45):
+        cls = ("cats", "dogs")[i % 2]
+        name, data = real_photos[cls][i // 2]
+        path = tmp_path / cls / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        paths.append(path)
+        labels.append(i % 2)
+    return paths, np.array(labels)
+
+
+def sequential(model, paths, batch_size=features.PASS_BATCH):
+    """The reference: each file through the one reader, in order, then the TF model."""
+    pixels = np.stack([pipelines.read_rgb(p, SIZE) for p in paths]).astype("float32")
+    return np.concatenate([model.predict_on_batch(pixels[i:i + batch_size])
+                           for i in range(0, len(pixels), batch_size)])
+
+
+def test_the_parallel_pass_gives_the_sequential_features_in_order(raw_features, photos):
+    paths, labels = photos
+    expected = sequential(raw_features, paths)
+    engine = engines.TFEngine(raw_features)
+    for threads in (2, 4):
+        result = features.run_pass(paths, labels, SIZE, engine, threads=threads)
+        assert result.features.shape == (45, 256) and result.images == 45
+        np.testing.assert_allclose(result.features, expected, atol=1e-5)
+        np.testing.assert_array_equal(result.labels, labels)
+        assert result.skipped == [] and result.engine == "tf" and result.seconds > 0
+    assert np.abs(expected).max() > 0.5, "genuine weights: real features"
+
+
+def test_augmented_copies_repeat_with_their_seed_and_differ_between_seeds(raw_features,
+                                                                          photos):
+    paths, labels = photos
+    engine = engines.TFEngine(raw_features)
+    plain = features.run_pass(paths, labels, SIZE, engine).features
+    augment = Augment()
+
+    def copy(seed):
+        return features.run_pass(paths, labels, SIZE, engine, augment=augment, seed=seed,
+                                 threads=3).features
+
+    first, again, other = copy(42), copy(42), copy(1042)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other, atol=1e-3)
+    assert not np.allclose(first, plain, atol=1e-3)
+    # an augmentation that changes nothing gives the plain features
+    still = Augment(rotation=0, shift=0, shear=0, zoom=0, flip=False)
+    np.testing.assert_allclose(features.run_pass(paths, labels, SIZE, engine, augment=still,
+                                                 seed=3).features, plain, atol=1e-5)
+
+
+def test_unreadable_files_are_left_out_and_listed(raw_features, photos, tmp_path):
+    paths, labels = photos
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(paths[3].read_bytes()[:1500])  # a truncated JPEG: its header is fine
+    text = tmp_path / "text.jpg"
+    text.write_text("not an image")
+    gone = tmp_path / "gone.jpg"
+    mixed = paths[:3] + [cut] + paths[3:33] + [text, gone] + paths[33:]
+    mixed_labels = np.concatenate([labels[:3], [1], labels[3:33], [0, 1], labels[33:]])
+    result = features.run_pass(mixed, mixed_labels, SIZE, engines.TFEngine(raw_features))
+    assert [s["file"] for s in result.skipped] == [str(cut), str(text), str(gone)]
+    assert all(s["reason"] for s in result.skipped)
+    assert "no such file" in result.skipped[2]["reason"]
+    np.testing.assert_allclose(result.features, sequential(raw_features, paths), atol=1e-5)
+    np.testing.assert_array_equal(result.labels, labels)
+
+
+def test_the_cache_keeps_features_skipped_files_and_the_engine(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return features.Pass(np.ones((3, 4), "float32"), np.array([0, 1, 1]),
+                             [{"file": "x.jpg", "reason": "corrupt"}], 1.5, 3, "tflite")
+
+    first, hit = features.cached(tmp_path, "k", compute)
+    assert not hit and first.engine == "tflite"
+    second, hit = features.cached(tmp_path, "k", compute)
+    assert hit and len(calls) == 1 and second.seconds == 0.0 and second.images == 0
+    np.testing.assert_array_equal(second.features, first.features)
+    np.testing.assert_array_equal(second.labels, first.labels)
+    assert second.skipped == first.skipped and second.engine == "tflite"
+    (tmp_path / "k.npz").write_bytes(b"damaged")
+    third, hit = features.cached(tmp_path, "k", compute)
+    assert not hit and len(calls) == 2 and third.features.shape == (3, 4)
