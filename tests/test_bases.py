@@ -123,3 +123,95 @@ def test_missing_imagenet_weights_name_the_file(monkeypatch):
     text = str(info.value)
     assert "mobilenet_5_0_224_tf_no_top.h5" in text and "--weights none" in text
     assert "could not be downloaded" in text and "\n" not in text
+
+
+# --------------------------------------------------------------------------- CNNs from scratch
+
+
+def _layer_summary(model) -> list[tuple]:
+    rows = []
+    for layer in model.layers:
+        config = layer.get_config()
+        rows.append((type(layer).__name__, layer.name,
+                     config.get("filters") or config.get("units") or config.get("rate")))
+    return rows
+
+
+def test_the_seeds_cnn_is_still_there_layer_for_layer():
+    """scratch-seeds is the seeds' CNN as the course shows it: Conv32-Pool-Conv32-Pool-
+    Flatten-Dense128-Dropout0.5, 150 px, x/255, Grad-CAM on conv2."""
+    base = bases.get("scratch-seeds")
+    assert (base.size, base.preprocess, base.last_conv, base.pretrained) == (150, "scale",
+                                                                             "conv2", False)
+    trunk = bases.build(base, weights="none")
+    assert _layer_summary(trunk) == [("InputLayer", trunk.layers[0].name, None),
+                                     ("Conv2D", "conv1", 32), ("MaxPooling2D", "pool1", None),
+                                     ("Conv2D", "conv2", 32), ("MaxPooling2D", "pool2", None)]
+    assert trunk.get_layer("conv1").get_config()["kernel_size"] == (3, 3)
+    assert trunk.get_layer("conv1").get_config()["activation"] == "relu"
+    full = bases.scratch_graphs(base, trunk, 150, 2)["full"]
+    assert [type(layer).__name__ for layer in full.layers] == [
+        "InputLayer", "Rescaling", "Functional", "Flatten", "Dense", "Dropout", "Dense"]
+    assert _layer_summary(full)[-3:] == [("Dense", "dense", 128), ("Dropout", "dropout", 0.5),
+                                         ("Dense", "predictions", 1)]
+    # 896 + 9,248 (convs) + 36*36*32*128 + 128 (Dense128) + 129 (the output)
+    assert full.count_params() == 5_318_817
+    assert bases.head_meta(base) == {"pool": "flatten", "dense": 128, "dropout": 0.5}
+
+
+def test_the_scratch_cnn_is_four_batchnorm_blocks_and_global_pooling():
+    base = bases.get("scratch")
+    assert (base.size, base.preprocess, base.last_conv) == (128, "scale", "block4_relu")
+    trunk = bases.build(base, weights="none")
+    kinds = [type(layer).__name__ for layer in trunk.layers[1:]]
+    assert kinds == ["Conv2D", "BatchNormalization", "ReLU", "MaxPooling2D"] * 4
+    widths = [layer.filters for layer in trunk.layers if type(layer).__name__ == "Conv2D"]
+    assert widths == list(bases.SCRATCH_WIDTHS)
+    assert trunk.get_layer("block1_conv").strides == (2, 2)
+    assert trunk.output.shape[1:] == (4, 4, bases.SCRATCH_WIDTHS[-1])  # 128 / 2 / 2**4
+    graphs = bases.scratch_graphs(base, trunk, 128, 5)
+    assert set(graphs) == {"full", "core", "features"}
+    assert [type(layer).__name__ for layer in graphs["full"].layers][-3:] == [
+        "GlobalAveragePooling2D", "Dropout", "Dense"]
+    assert graphs["full"].output.shape[-1] == 5
+    assert bases.head_meta(base) == {"pool": "global_average", "dropout": 0.3}
+
+
+def test_the_scratch_cnn_learns_an_easy_set_and_its_batchnorm_trains():
+    """Blue vs red noise at 32 px: the loss falls by more than half in a few epochs, and the
+    BatchNormalization averages move (the trunk is not called in inference mode while
+    fitting, as a frozen pretrained base is)."""
+    from transfer.tf import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    n = 64
+    y = np.arange(n) % 2
+    colours = np.where(y[:, None] == 1, [[200, 50, 40]], [[40, 60, 200]]).astype("float32")
+    x = np.clip(colours[:, None, None, :] + rng.normal(0, 40, (n, 32, 32, 3)), 0, 255)
+    base = bases.get("scratch")
+    trunk = bases.build(base, 32, weights="none")
+    graphs = bases.scratch_graphs(base, trunk, 32, 2)
+    before = np.array(trunk.get_layer("block1_bn").moving_mean)
+    model = graphs["full"]
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy",
+                  metrics=["accuracy"])
+    history = model.fit(x.astype("float32"), y.astype("float32"), epochs=8, batch_size=16,
+                        verbose=0).history
+    assert history["loss"][-1] < history["loss"][0] * 0.5, history["loss"]
+    assert not np.allclose(before, np.array(trunk.get_layer("block1_bn").moving_mean))
+    probs = np.asarray(model(x.astype("float32"), training=False)).reshape(-1)
+    assert np.mean((probs > 0.5) == y) >= 0.9
+
+
+@pytest.mark.parametrize("name", ["scratch", "scratch-seeds"])
+def test_scratch_graphs_share_their_layers(name):
+    """full (raw pixels), core (preprocessed) and features share one set of weights."""
+    base = bases.get(name)
+    trunk = bases.build(base, 48, weights="none")
+    graphs = bases.scratch_graphs(base, trunk, 48, 2)
+    x = np.random.default_rng(4).uniform(0, 255, (2, 48, 48, 3)).astype("float32")
+    full = np.asarray(graphs["full"](x, training=False))
+    core = np.asarray(graphs["core"](x / 255.0, training=False))
+    np.testing.assert_allclose(full, core, rtol=1e-5, atol=1e-6)
+    assert len(graphs["full"].weights) == len(graphs["core"].weights)

@@ -79,8 +79,19 @@ BASES: dict[str, Base] = {
              _fixed("resnet50_weights_tf_dim_ordering_tf_kernels")),
         Base("efficientnetb0", "EfficientNetB0", "efficientnet", 224, 32, "none",
              "top_activation", _fixed("efficientnetb0", "", "_notop")),
-        Base("scratch", "", "", 150, 16, "scale", "conv2", lambda alpha, size: ("", "")),
+        # The CNN from scratch: four Conv-BatchNorm-ReLU-MaxPool blocks (the first conv with
+        # stride 2) and global average pooling; 128 px (docs/BENCHMARKS.md has the runs).
+        Base("scratch", "", "", 128, 32, "scale", "block4_relu", lambda alpha, size: ("", "")),
+        # The seeds' CNN, as the course shows it: Conv32-Pool-Conv32-Pool-Flatten-Dense128.
+        Base("scratch-seeds", "", "", 150, 16, "scale", "conv2", lambda alpha, size: ("", "")),
     )
+}
+
+# What each CNN from scratch is: its trunk (built by ``build``) and its head (``scratch_graphs``).
+SCRATCH_WIDTHS = (32, 64, 128, 128)  # the blocks of "scratch"
+SCRATCH_HEADS = {
+    "scratch": {"pool": "global_average", "dropout": 0.3},
+    "scratch-seeds": {"pool": "flatten", "dense": 128, "dropout": 0.5},
 }
 
 
@@ -142,7 +153,7 @@ def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
     if not base.pretrained:
         if include_top:
             raise TransferError("the scratch CNN has no ImageNet classifier")
-        return scratch_trunk(size)
+        return scratch_trunk(size) if base.name == "scratch-seeds" else scratch_blocks(size)
     application = getattr(keras.applications, base.keras_class)
     kwargs = {"alpha": alpha} if base.has_alpha else {}
     if include_top and size != base.size:
@@ -184,6 +195,67 @@ def scratch_trunk(size: int):
     x = layers.Conv2D(32, 3, activation="relu", name="conv2")(x)
     x = layers.MaxPooling2D(2, name="pool2")(x)
     return keras.Model(inputs, x, name="scratch")
+
+
+def scratch_blocks(size: int, widths: tuple = SCRATCH_WIDTHS):
+    """The trunk of the CNN from scratch: per block Conv3x3 (no bias) - BatchNormalization -
+    ReLU - MaxPool2, the first conv with stride 2 (a 128 px photo is 8x8 after four blocks,
+    4x4 with the stride); layers named block<i>_conv/_bn/_relu/_pool."""
+    from transfer.tf import keras
+
+    layers = keras.layers
+    inputs = keras.Input((size, size, 3))
+    x = inputs
+    for i, width in enumerate(widths, start=1):
+        x = layers.Conv2D(width, 3, strides=2 if i == 1 else 1, padding="same", use_bias=False,
+                          name=f"block{i}_conv")(x)
+        x = layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = layers.ReLU(name=f"block{i}_relu")(x)
+        x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
+    return keras.Model(inputs, x, name="scratch")
+
+
+def head_meta(base: Base) -> dict:
+    """meta.json's "head" of a CNN from scratch (its fixed head, whatever --dropout says)."""
+    return dict(SCRATCH_HEADS[base.name])
+
+
+def scratch_graphs(base: Base, trunk, size: int, n_classes: int) -> dict:
+    """The full, core and features graphs of a CNN from scratch over one set of layers:
+    its trunk (``build``), then its head (``SCRATCH_HEADS``) and the output layer.
+
+    The trunk is called without ``training=False`` (unlike a frozen pretrained base): its
+    BatchNormalization layers normalise by the batch while fitting and learn their averages.
+    """
+    from transfer.tf import keras
+
+    layers = keras.layers
+    spec = SCRATCH_HEADS[base.name]
+    binary = n_classes == 2
+    if spec["pool"] == "flatten":
+        pool = layers.Flatten(name="flatten")
+    else:
+        pool = layers.GlobalAveragePooling2D(name="pool")
+    head_layers = []
+    if spec.get("dense"):
+        head_layers.append(layers.Dense(spec["dense"], activation="relu", name="dense"))
+    head_layers.append(layers.Dropout(spec["dropout"], name="dropout"))
+    head_layers.append(layers.Dense(1 if binary else n_classes,
+                                    activation="sigmoid" if binary else "softmax",
+                                    name="predictions"))
+
+    def head(x):
+        for layer in head_layers:
+            x = layer(x)
+        return x
+
+    raw = keras.Input((size, size, 3), name="image")
+    x = preprocess_layer(base.preprocess)(raw)
+    full = keras.Model(raw, head(pool(trunk(x))), name=f"{base.name}_classifier")
+    pre = keras.Input((size, size, 3), name="preprocessed")
+    core = keras.Model(pre, head(pool(trunk(pre))), name="core")
+    feature_model = keras.Model(pre, pool(trunk(pre)), name="features")
+    return {"full": full, "core": core, "features": feature_model}
 
 
 # The in-model preprocessing as plain Keras layers: (scale, offset) of a Rescaling layer.
