@@ -1,0 +1,159 @@
+"""What the network sees: a few training photos next to their augmented versions.
+
+    from transfer.preview import preview_augment
+    from transfer.settings import Augment
+
+    preview_augment("data/train", Augment(rotation=40), 150, "augment.png")
+
+Each row is one photo (read by the reader training uses, at the model's size), then ``copies``
+random versions drawn with the current augmentation settings by the same transforms the
+training pipeline applies: ImageDataGenerator's for ``--pipeline generator``, the Keras
+augmentation layers for ``--pipeline tfdata``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from transfer.errors import TransferError
+from transfer.files import replacing
+from transfer.settings import PIPELINES, Augment
+
+PREVIEW_PNG = "augmentation.png"
+
+
+def pick_photos(source, n: int, seed: int) -> list[tuple[Path, str]]:
+    """``n`` (path, class) photos of a folder of class folders, as evenly over the classes as
+    they allow, drawn with ``seed``; or the first ``n`` of a list of paths, Samples or
+    (path, class) pairs."""
+    from transfer import pipelines
+
+    if isinstance(source, str | Path):
+        folder = Path(source)
+        names = pipelines.class_names(folder)
+        rng = random.Random(seed)
+        per_class = {name: pipelines.image_files(folder / name) for name in names}
+        for files in per_class.values():
+            rng.shuffle(files)
+        chosen: list[tuple[Path, str]] = []
+        while len(chosen) < n and any(per_class.values()):
+            for name in names:
+                if per_class[name] and len(chosen) < n:
+                    chosen.append((per_class[name].pop(), name))
+        return chosen
+    chosen = []
+    for item in list(source)[:n]:
+        if hasattr(item, "path"):
+            chosen.append((Path(item.path), str(getattr(item, "label", ""))))
+        elif isinstance(item, tuple | list):
+            chosen.append((Path(item[0]), str(item[1])))
+        else:
+            chosen.append((Path(item), Path(item).parent.name))
+    return chosen
+
+
+def augmented_versions(images: np.ndarray, augment: Augment, copies: int, seed: int,
+                       pipeline: str = "generator") -> np.ndarray:
+    """(n, copies, size, size, 3) uint8: ``copies`` random augmentations of each image
+    (n, size, size, 3), seeded, by the transforms ``pipeline`` trains with."""
+    if pipeline not in PIPELINES:
+        raise TransferError(f"unknown pipeline {pipeline!r}; choose {' or '.join(PIPELINES)}")
+    from transfer import pipelines
+
+    images = np.asarray(images, dtype="float32")
+    out = np.zeros((len(images), copies, *images.shape[1:]), "float32")
+    if pipeline == "generator" and hasattr(pipelines, "_transformer"):
+        transform = pipelines._transformer(augment)
+        for k in range(copies):
+            for i, image in enumerate(images):
+                out[i, k] = transform(image, np.random.default_rng([seed, k, i]))
+    else:
+        layers = pipelines.augmentation_layers(augment, seed)
+        for k in range(copies):
+            out[:, k] = np.asarray(layers(images, training=True))
+    return np.clip(np.rint(out), 0, 255).astype("uint8")
+
+
+def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
+                    seed: int = 42, copies: int = 3, pipeline: str = "generator") -> Path:
+    """Write a PNG grid: per row one training photo, then ``copies`` augmented versions of it.
+
+    Args:
+        source: a folder of class folders (e.g. ``data/train``), or a list of image paths,
+            ``pipelines.Sample``s or (path, class) pairs.
+        augment: the augmentation settings (``enabled=False`` shows the photos unchanged and
+            says so).
+        size: the model's input size (the photos are read at it, as training reads them).
+        path: the PNG to write (atomically).
+        n: photos (rows); seed: which photos and which random transforms; copies: augmented
+            versions per photo; pipeline: whose transforms ("generator" or "tfdata").
+
+    Returns:
+        The path written.
+
+    Raises:
+        TransferError: no readable photo in ``source``, a bad pipeline name.
+    """
+    from transfer import images as image_io
+    from transfer import pipelines
+    from transfer.plots import _pyplot
+
+    photos, labels = [], []
+    for file, label in pick_photos(source, max(n * 2, n), seed):
+        if len(photos) == n:
+            break
+        try:
+            photos.append(pipelines.read_rgb(file, size))
+        except (image_io.ImageError, OSError):
+            continue  # an unreadable file: training skips it too
+        labels.append(f"{label}: {Path(file).name}" if label else Path(file).name)
+    if not photos:
+        raise TransferError(f"no readable photo in {source} to preview")
+    stack = np.stack(photos)
+    if augment.enabled:
+        versions = augmented_versions(stack, augment, copies, seed, pipeline)
+    else:
+        versions = np.repeat(stack[:, None], copies, axis=1)
+    plt = _pyplot()
+    cols = copies + 1
+    fig, axes = plt.subplots(len(photos), cols, figsize=(cols * 2.0, len(photos) * 2.1 + 0.6),
+                             squeeze=False)
+    for i in range(len(photos)):
+        for j in range(cols):
+            ax = axes[i, j]
+            ax.imshow(stack[i] if j == 0 else versions[i, j - 1], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title("photo" if j == 0 else f"augmented {j}", fontsize=9)
+        axes[i, 0].set_ylabel(labels[i][:24], fontsize=8)
+    fig.suptitle(describe(augment, size, pipeline), fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def describe(augment: Augment, size: int, pipeline: str = "generator") -> str:
+    """One line naming the settings a preview shows."""
+    if not augment.enabled:
+        return f"{size} px, augmentation off (--no-augment): the network sees the photos as is"
+    return (f"{size} px, {pipeline} pipeline: rotation {augment.rotation:g} deg, shift "
+            f"{augment.shift:g}, shear {augment.shear:g} deg, zoom {augment.zoom:g}, "
+            f"flip {'on' if augment.flip else 'off'}")
+
+
+def grid_shape(n_photos: int, copies: int = 3) -> tuple[int, int]:
+    """(rows, columns) of a preview's grid."""
+    return n_photos, copies + 1
+
+
+__all__: Sequence[str] = ("PREVIEW_PNG", "augmented_versions", "describe", "grid_shape",
+                          "pick_photos", "preview_augment")
