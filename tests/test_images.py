@@ -199,3 +199,58 @@ def test_model_input_follows_the_meta(photo, test_digits, tmp_path):
     assert array.shape == (28, 28, 1) and notes["inverted"] is True
     with pytest.raises(images.ImageError, match="no digit found"):
         images.model_input(digit_path, meta, invert="no")  # dark ink on white, kept as is
+
+
+def test_an_animated_image_gives_its_first_frame(tmp_path):
+    first = Image.new("RGB", (40, 30), (200, 30, 30))
+    second = Image.new("RGB", (40, 30), (30, 30, 200))
+    path = tmp_path / "moving.gif"
+    first.save(path, save_all=True, append_images=[second], duration=100, loop=0)
+    with Image.open(path) as check:
+        assert check.n_frames == 2
+    array = images.rgb_array(images.open_image(path), 16)
+    assert np.abs(array - np.asarray(first.resize((16, 16)), dtype="float32")).max() <= 8
+    assert array[..., 0].mean() > 150 and array[..., 2].mean() < 80
+
+
+def test_exif_orientation_is_applied_before_training_or_inference_sees_pixels(tmp_path):
+    """A lossless PNG stored rotated with EXIF orientation 6 reads exactly as the upright one,
+    in the training reader and in predict's."""
+    from transfer.pipelines import read_rgb
+
+    rng = np.random.default_rng(0)
+    upright = Image.fromarray(rng.integers(0, 256, (30, 50, 3), dtype="uint8"))
+    upright.save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "stored.png", exif=exif)
+    np.testing.assert_array_equal(read_rgb(tmp_path / "stored.png", 24),
+                                  read_rgb(tmp_path / "upright.png", 24))
+    meta = {"image_size": 24, "channels": 3, "preprocessing": {"resize": "pil"}}
+    np.testing.assert_array_equal(images.model_input(tmp_path / "stored.png", meta)[0],
+                                  read_rgb(tmp_path / "upright.png", 24).astype("float32"))
+
+
+def test_bundles_record_how_training_resized(tmp_path):
+    assert images.resize_method({"pipeline": "tfdata",
+                                 "preprocessing": {"resize": "pil"}}) == "pil"
+    assert images.resize_method({"pipeline": "tfdata"}) == "tf"  # bundles from before
+    assert images.resize_method({"pipeline": "generator", "preprocessing": {}}) == "pil"
+
+
+def test_check_header_refuses_what_is_not_an_image_without_decoding(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_bytes(text_as_jpg())
+    cut = tmp_path / "cut.png"
+    buffer = tmp_path / "whole.png"
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(buffer)
+    cut.write_bytes(truncated(buffer.read_bytes()))
+    for name, reason in (("empty.jpg", "empty file (0 bytes)"),
+                         ("text.jpg", "not an image (Pillow cannot identify it)"),
+                         ("missing.jpg", "no such file")):
+        with pytest.raises(images.ImageError) as caught:
+            images.check_header(tmp_path / name)
+        assert str(caught.value) == reason
+    images.check_header(cut)  # the header is fine: only decoding finds the cut
+    with pytest.raises(images.ImageError, match="corrupt or truncated image"):
+        images.open_image(cut)
