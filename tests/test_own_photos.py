@@ -95,7 +95,7 @@ def test_a_folder_of_class_folders_trains_on_a_split_made_in_memory(flowers, tmp
               "validate": {c: 2 for c in FLOWERS}}
     assert meta["data"] == {"split": "in-memory", "root": str(data), "train_dir": None,
                             "validate_dir": None, "validation_split": 0.2, "seed": 42,
-                            "train_images": 39, "validate_images": 10, "counts": counts,
+                            "split_excluded": [], "train_images": 39, "validate_images": 10, "counts": counts,
                             "skipped_images": 0}
     assert meta["skipped"] == []
     assert meta["settings"]["validation_split"] == 0.2
@@ -193,6 +193,16 @@ def test_bad_files_are_skipped_listed_and_the_run_goes_on(flowers, tmp_path, rou
         f"  {item['file']}: {item['reason']}" for item in meta["skipped"])
     said = " ".join(reporter.infos + reporter.warnings)
     assert "DS_Store" not in said and "Thumbs" not in said and "._IMG" not in said
+    # the bundle says how to make its split again: the files left out before the cut (not
+    # images by their header), not the truncated one found later (it was in the cut)
+    data_meta = meta["data"]
+    assert sorted(Path(f).name for f in data_meta["split_excluded"]) == [
+        "corrupt.jpg", "empty.png", "notes.jpg"]
+    again = pipelines.split_in_memory(Path(data_meta["root"]), meta["class_names"],
+                                      data_meta["validation_split"], data_meta["seed"],
+                                      data_meta["split_excluded"])
+    run = plan(settings(data, tmp_path).validated())
+    assert again == (run.train, run.validate)
 
 
 def test_a_class_left_with_one_usable_image_stops_with_one_line(flowers, tmp_path,

@@ -91,6 +91,9 @@ class RunPlan:
     split: str = "folders"  # "folders" (train/ + validate/) or "in-memory" (one folder split)
     root: Path | None = None  # the folder the class folders (or train/ validate/) are in
     skipped: pipelines.Skipped = field(default_factory=pipelines.Skipped)  # unreadable files
+    # the files left out before an in-memory split was cut (not images by their header): with
+    # the split's seed and fraction they make the same split again (meta data.split_excluded)
+    split_excluded: list = field(default_factory=list)
 
     @property
     def binary(self) -> bool:
@@ -169,7 +172,9 @@ def plan(settings: TrainSettings) -> RunPlan:
     run = RunPlan(hp, base, alpha, size, names, train_set, val_set,
                   pipelines.rows(train_set, train_root), pipelines.rows(val_set, val_root),
                   target, use_cache, hp.augment_copies if hp.augment.enabled else 0,
-                  split=split, root=root, skipped=skipped)
+                  split=split, root=root, skipped=skipped,
+                  split_excluded=[item["file"] for item in skipped.as_list()]
+                  if split == "in-memory" else [])
     pipelines.check_enough(run)
     return run
 
@@ -272,7 +277,10 @@ def data_meta(run: RunPlan) -> dict:
             "train_dir": str(hp.train_dir) if hp.train_dir is not None else None,
             "validate_dir": str(hp.validate_dir) if hp.validate_dir is not None else None}
     if run.split == "in-memory":
-        data.update(validation_split=hp.validation_split, seed=hp.seed)
+        # pipelines.split_in_memory(root, class_names, validation_split, seed, split_excluded)
+        # makes the same split again
+        data.update(validation_split=hp.validation_split, seed=hp.seed,
+                    split_excluded=list(run.split_excluded))
     data.update(train_images=sum(counts["train"].values()),
                 validate_images=sum(counts["validate"].values()),
                 counts=counts, skipped_images=len(run.skipped))
