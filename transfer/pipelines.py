@@ -238,13 +238,9 @@ def split_in_memory(directory: Path, names: list[str], validation_split: float, 
 
 
 def listing(directory: Path, names: list[str]) -> list[tuple[str, int, int]]:
-    """(relative path, size, mtime_ns) of every image, in pipeline order: the cache key."""
-    rows = []
-    for name in names:
-        for path in image_files(Path(directory) / name):
-            st = path.stat()
-            rows.append((path.relative_to(directory).as_posix(), st.st_size, st.st_mtime_ns))
-    return rows
+    """(relative path, size, mtime_ns) of every image of the class folders ``names`` in
+    ``directory``, in class order (scripts/bench_train.py's cache key)."""
+    return rows(samples_of(directory, names), Path(directory))
 
 
 def _label_dtype(names: list[str]) -> str:
@@ -363,8 +359,10 @@ def _sequence_class():
 def generator_flow(samples, names: list[str], size: int, preprocess: str, batch_size: int,
                    augment: Augment | None, shuffle: bool, seed: int,
                    skipped: Skipped | None = None):
-    """A ``keras.utils.PyDataset`` over Samples (the classic ImageDataGenerator recipe's
-    transforms, pixels from ``read_rgb``)."""
+    """A ``keras.utils.PyDataset`` over Samples, or the class folders ``names`` of a folder (the
+    classic ImageDataGenerator recipe's transforms, pixels from ``read_rgb``)."""
+    if isinstance(samples, str | Path):
+        samples = samples_of(Path(samples), names)
     return _sequence_class()(samples, names, size, preprocess, batch_size, augment, shuffle,
                              seed, skipped)
 
@@ -401,6 +399,8 @@ def tfdata_dataset(samples, names: list[str], size: int, preprocess: str, batch_
     from transfer.bases import preprocess_layer
     from transfer.tf import tf
 
+    if isinstance(samples, str | Path):
+        samples = samples_of(Path(samples), names)
     samples = list(samples)
     size = int(size)
     dtype = _label_dtype(names)

@@ -70,6 +70,16 @@ class TrainResult:
     history: dict
     timings: Timings = field(default_factory=Timings)
 
+    @property
+    def counts(self) -> dict:
+        """{"train": {class: n}, "validate": {class: n}}: the images each split used."""
+        return self.meta.get("data", {}).get("counts", {})
+
+    @property
+    def skipped(self) -> list:
+        """[{"file", "reason"}]: every unreadable file the run left out."""
+        return self.meta.get("skipped", [])
+
 
 @dataclass(frozen=True)
 class RunPlan:
