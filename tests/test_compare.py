@@ -1,0 +1,127 @@
+"""`transfer compare`: the course's runs on one split, their bundles, compare.json (values
+equal to each bundle's own metrics), compare.png and the page; genuine MobileNet-0.25."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from transfer import bundle
+from transfer import compare as cmp
+from transfer.compare import compare, render_section, run_settings
+from transfer.errors import TransferError
+from transfer.settings import CompareSettings
+
+TINY = {"scratch": {"epochs": 2, "image_size": 32, "batch_size": 8},
+        "frozen": {"epochs": 2}}
+
+
+@pytest.fixture(scope="module")
+def compared(tiny_split, mobilenet_weights, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare") / "runs"
+    settings = CompareSettings(data_dir=tiny_split, output=out, runs=["scratch", "frozen"],
+                               base="mobilenet", alpha=0.25)
+    return compare(settings, overrides=TINY)
+
+
+def test_both_bundles_and_the_comparison_are_written(compared):
+    out = compared.output
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "compare.json", "compare.png", "frozen", "latest", "report.html", "scratch"]
+    for run in ("scratch", "frozen"):
+        assert bundle.is_bundle(out / run)
+    assert json.loads((out / "scratch/meta.json").read_text())["base"] == "scratch"
+    frozen = json.loads((out / "frozen/meta.json").read_text())
+    assert (frozen["base"], frozen["alpha"]) == ("mobilenet", 0.25)
+    with Image.open(out / "compare.png") as image:
+        assert image.size == (1500, 420)
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page and "frozen" in page and "http" not in page
+
+
+def test_compare_json_holds_each_bundles_own_metrics(compared):
+    data = json.loads(compared.json_path.read_text())
+    assert data["kind"] == "transfer-compare" and list(data["runs"]) == ["scratch", "frozen"]
+    assert data["runs"] == compared.runs
+    for run, row in data["runs"].items():
+        meta = json.loads((compared.output / run / "meta.json").read_text())
+        assert row["bundle"] == str(compared.output / run)
+        assert row["val_accuracy"] == meta["metrics"]["val_accuracy"]
+        assert row["val_loss"] == meta["metrics"]["val_loss"]
+        assert row["epochs_run"] == meta["metrics"]["epochs_run"] <= 2
+        # the validation images classified as predict reads them: the same accuracy
+        assert row["validation_images"] == 12
+        assert row["evaluated_accuracy"] == pytest.approx(row["val_accuracy"], abs=1e-9)
+        assert set(row["per_class_f1"]) == {"cats", "dogs"}
+        assert all(0 <= f <= 1 for f in row["per_class_f1"].values())
+        assert row["macro_f1"] == pytest.approx(sum(row["per_class_f1"].values()) / 2)
+        assert row["seconds"] >= meta["timings"]["total_seconds"] > 0
+        assert len(data["histories"][run]["val_accuracy"]) == row["epochs_run"]
+    # the frozen run trains the head only: MobileNet-0.25's 256 features + 1 bias
+    assert data["runs"]["frozen"]["parameters_trained"] == 257
+    scratch = data["runs"]["scratch"]
+    assert scratch["parameters_trained"] > 100_000  # every weight but BatchNorm's averages
+    assert scratch["parameters_total"] > scratch["parameters_trained"]
+    assert data["runs"]["frozen"]["overrides"] == {"epochs": "2"}
+
+
+def test_an_existing_comparison_is_refused_without_force(compared):
+    settings = CompareSettings(data_dir=compared.output.parent, output=compared.output,
+                               runs=["frozen"])
+    with pytest.raises(TransferError, match="compare.json already exists; use --force"):
+        compare(settings)
+    before = compared.json_path.read_text()
+    assert compared.json_path.read_text() == before
+
+
+def test_an_existing_bundle_is_refused_before_any_run_trains(tiny_split, tmp_path):
+    out = tmp_path / "cmp"
+    (out / "frozen").mkdir(parents=True)
+    (out / "frozen" / "notes.txt").write_text("mine")
+    settings = CompareSettings(data_dir=tiny_split, output=out, runs=["scratch", "frozen"])
+    with pytest.raises(TransferError, match="frozen"):
+        compare(settings, overrides=TINY)
+    assert sorted(p.name for p in out.iterdir()) == ["frozen"]  # scratch never trained
+
+
+def test_the_runs_share_data_seed_and_base(tmp_path):
+    settings = CompareSettings(data_dir=tmp_path, output=tmp_path / "out", seed=7,
+                               validation_split=0.25, fine_tune=40).validated()
+    runs = {run: run_settings(settings, run) for run in settings.runs}
+    assert {(s.data_dir, s.seed, s.validation_split) for s in runs.values()} == {
+        (tmp_path, 7, 0.25)}
+    assert runs["scratch"].base == "scratch" and runs["scratch"].recipe() == "scratch"
+    frozen, tuned = runs["frozen"], runs["fine-tuned"]
+    assert (frozen.base, frozen.alpha, frozen.fine_tune) == ("mobilenet", 0.25, 0)
+    # the fine-tuned run's head trains on the frozen run's cached features: same base input
+    assert (tuned.base, tuned.alpha, tuned.image_size, tuned.augment) == (
+        frozen.base, frozen.alpha, frozen.image_size, frozen.augment)
+    assert (tuned.fine_tune, tuned.fine_tune_lr, tuned.fine_tune_epochs) == (
+        40, cmp.FINE_TUNE_LR, cmp.FINE_TUNE_EPOCHS)
+    assert [s.output for s in runs.values()] == [tmp_path / "out" / r for r in runs]
+
+
+def test_a_folder_of_class_folders_is_split_once_for_every_run(tiny_split, tmp_path):
+    """--data-dir as train takes it: one folder of class folders, split in memory; the
+    validation images scored are the run's own (its meta's validation count)."""
+    data = tmp_path / "photos"
+    shutil.copytree(tiny_split / "train", data)
+    result = compare(CompareSettings(data_dir=data, output=tmp_path / "out", runs=["scratch"],
+                                     validation_split=0.25),
+                     overrides={"scratch": {"epochs": 1, "image_size": 32}})
+    meta = json.loads((tmp_path / "out/scratch/meta.json").read_text())
+    assert meta["data"]["split"] == "in-memory"
+    row = result.runs["scratch"]
+    assert row["validation_images"] == meta["data"]["validate_images"] == 6
+    assert row["evaluated_accuracy"] == pytest.approx(row["val_accuracy"], abs=1e-9)
+
+
+def test_the_section_renders_without_a_picture():
+    data = {"data_dir": "d", "seed": 1, "runs": {"frozen": {
+        "val_accuracy": 0.9, "val_loss": 0.2, "per_class_f1": {"a": 0.8, "b": 1.0},
+        "seconds": 3.2, "parameters_trained": 1234, "bundle": "x/frozen"}}}
+    text = render_section(data)
+    assert "F1 a" in text and "1,234" in text and "<img" not in text
