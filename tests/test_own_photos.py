@@ -95,8 +95,8 @@ def test_a_folder_of_class_folders_trains_on_a_split_made_in_memory(flowers, tmp
               "validate": {c: 2 for c in FLOWERS}}
     assert meta["data"] == {"split": "in-memory", "root": str(data), "train_dir": None,
                             "validate_dir": None, "validation_split": 0.2, "seed": 42,
-                            "split_excluded": [], "train_images": 39, "validate_images": 10, "counts": counts,
-                            "skipped_images": 0}
+                            "split_excluded": [], "train_images": 39, "validate_images": 10,
+                            "counts": counts, "skipped_images": 0}
     assert meta["skipped"] == []
     assert meta["settings"]["validation_split"] == 0.2
     assert meta["preprocessing"]["resize"] == "pil"
@@ -154,6 +154,28 @@ def test_train_without_validate_splits_train_in_memory(flowers, tmp_path):
     run = plan(settings(data, tmp_path).validated())
     assert run.split == "in-memory" and run.root == data / "train"
     assert run.counts == {"train": {"daisy": 8, "roses": 8}, "validate": {"daisy": 2, "roses": 2}}
+
+
+def test_photos_in_no_class_folder_are_named_and_a_one_photo_class_refused(flowers, tmp_path,
+                                                                          monkeypatch):
+    from transfer.training import report_data
+
+    data = copy_classes(flowers, tmp_path / "photos", 10, classes=("daisy", "roses"))
+    shutil.copyfile(sorted((flowers / "tulips").iterdir())[0], data / "stray.jpg")
+    (data / ".DS_Store").write_bytes(b"\0")
+    reporter = Recorder()
+    run = plan(settings(data, tmp_path).validated())
+    report_data(run, reporter)
+    assert run.counts["train"] == {"daisy": 8, "roses": 8}
+    assert reporter.warnings == [f"1 image directly in {data} is in no class folder and left "
+                                 "out (e.g. stray.jpg); move it into the folder of its class"]
+    no_model(monkeypatch)
+    for extra in sorted((data / "roses").iterdir())[1:]:
+        extra.unlink()
+    with pytest.raises(TransferError) as caught:
+        train(settings(data, tmp_path))
+    assert str(caught.value) == ("too few usable images (roses: 1 usable (1 to train on)); each "
+                                 "class needs at least 2, one to train on: add photos")
 
 
 # --------------------------------------------------------------------------- bad files

@@ -114,9 +114,11 @@ def check_enough(plan) -> None:
     listed = len(plan.skipped)
     parts = "; ".join(f"{names[i]}: {train[i] + val[i]} usable ({train[i]} to train on)"
                       for i in short)
-    raise TransferError(f"too few usable images after skipping {listed} unreadable "
-                        f"file{'' if listed == 1 else 's'} ({parts}); each class needs at "
-                        f"least {MIN_USABLE}, one to train on: add photos or repair the files")
+    after = (f" after skipping {listed} unreadable file{'' if listed == 1 else 's'}"
+             if listed else "")
+    raise TransferError(f"too few usable images{after} ({parts}); each class needs at least "
+                        f"{MIN_USABLE}, one to train on: add photos"
+                        + (" or repair the files" if listed else ""))
 
 
 def rows(samples: list[Sample], root: Path) -> list[tuple[str, int, int]]:

@@ -256,6 +256,15 @@ def report_data(run: RunPlan, reporter: Reporter) -> None:
                           for name in run.names)
     reporter.info(f"data: {how}; {sum(counts['train'].values())} train + "
                   f"{sum(counts['validate'].values())} validate images ({per_class})")
+    if run.split == "in-memory":
+        loose = [p.name for p in Path(run.root).iterdir()
+                 if pipelines.is_image_name(p.name) and p.is_file()]
+        if loose:
+            one = len(loose) == 1
+            reporter.warn(f"{len(loose)} image{'' if one else 's'} directly in {run.root} "
+                          f"{'is' if one else 'are'} in no class folder and left out (e.g. "
+                          f"{sorted(loose)[0]}); move {'it' if one else 'them'} into the "
+                          "folder of its class")
     for name in run.names:
         n = counts["train"][name] + counts["validate"][name]
         if n < FEW_IMAGES:
