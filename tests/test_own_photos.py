@@ -185,7 +185,9 @@ def test_photos_in_no_class_folder_are_named_and_a_one_photo_class_refused(flowe
 def test_bad_files_are_skipped_listed_and_the_run_goes_on(flowers, tmp_path, route):
     """Corrupt, truncated, text named .jpg, zero bytes: all skipped, all listed at the end and
     in meta.json; hidden and system files are not even mentioned."""
-    data = copy_classes(flowers, tmp_path / "photos", 6, classes=("daisy", "roses", "tulips"))
+    # roses: 7 photos + the truncated one = 8 in the cut (2 validate); 7 would give 1
+    data = copy_classes(flowers, tmp_path / "photos", {"daisy": 6, "roses": 7, "tulips": 6},
+                        classes=("daisy", "roses", "tulips"))
     photo = sorted((flowers / "daisy").iterdir())[20].read_bytes()
     (data / "daisy/corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8)
     (data / "roses/truncated.jpg").write_bytes(truncated(photo))
@@ -206,10 +208,10 @@ def test_bad_files_are_skipped_listed_and_the_run_goes_on(flowers, tmp_path, rou
     assert listed["roses/truncated.jpg"].startswith("corrupt or truncated image")
     assert listed["daisy/corrupt.jpg"]
     assert meta["data"]["skipped_images"] == 4
-    assert meta["data"]["train_images"] + meta["data"]["validate_images"] == 18
+    assert meta["data"]["train_images"] + meta["data"]["validate_images"] == 19
     counts = meta["data"]["counts"]
     assert {c: counts["train"][c] + counts["validate"][c] for c in counts["train"]} == {
-        "daisy": 6, "roses": 6, "tulips": 6}
+        "daisy": 6, "roses": 7, "tulips": 6}
     end = reporter.warnings.index("skipped 4 unreadable files (the run went on without them):")
     assert sorted(reporter.warnings[end + 1:]) == sorted(
         f"  {item['file']}: {item['reason']}" for item in meta["skipped"])
@@ -225,6 +227,12 @@ def test_bad_files_are_skipped_listed_and_the_run_goes_on(flowers, tmp_path, rou
                                       data_meta["split_excluded"])
     run = plan(settings(data, tmp_path).validated())
     assert again == (run.train, run.validate)
+    assert sum(s.label == 1 for s in run.validate) == 2
+    # every skipped file given (the truncated one too): the same split, not a recut
+    every = {item["file"] for item in meta["skipped"]}
+    assert pipelines.split_in_memory(Path(data_meta["root"]), meta["class_names"],
+                                     data_meta["validation_split"], data_meta["seed"],
+                                     every) == again
 
 
 def test_a_class_left_with_one_usable_image_stops_with_one_line(flowers, tmp_path,

@@ -213,12 +213,26 @@ def decode_all(samples: list[Sample], size: int, skipped: Skipped, reporter=None
             advance(1)
 
 
+def _header_fails(path: Path) -> bool:
+    try:
+        images.check_header(path)
+    except images.ImageError:
+        return True
+    return False
+
+
 def split_in_memory(directory: Path, names: list[str], validation_split: float, seed: int,
                     skipped: Skipped | None = None) -> tuple[list[Sample], list[Sample]]:
     """(train, validate) Samples of the class folders ``names`` in ``directory``: each class's
     images sorted by path, shuffled with ``random.Random(f"{seed}:{class}")`` and cut by
     ``datasets.fraction_sizes`` (validate first), as ``fetch-data --archive`` splits the same
-    folder. Files already in ``skipped`` (found unreadable) are left out before the cut."""
+    folder.
+
+    The files of ``skipped`` (a Skipped, or file names) that are not images even by their
+    header are left out before the cut, as ``training.plan`` leaves them out; one that only
+    fails when decoded (a truncated photo, found by the run) stays in the cut, as it was in
+    the run's. So a bundle's meta.json (root, class_names, validation_split, seed and its
+    "skipped" list, or data.split_excluded) makes the run's split again."""
     import random
 
     from transfer.datasets import fraction_sizes
@@ -231,7 +245,8 @@ def split_in_memory(directory: Path, names: list[str], validation_split: float, 
         random.Random(f"{seed}:{name}").shuffle(order)
         paths = [directory / rel for rel in order]
         if skipped:
-            paths = [path for path in paths if str(path) not in skipped]
+            paths = [path for path in paths
+                     if str(path) not in skipped or not _header_fails(path)]
         sizes = fraction_sizes(len(paths), validation_split)
         n_val = sizes["validate"] if sizes else 0
         validate += [Sample(path, label) for path in sorted(paths[:n_val])]
