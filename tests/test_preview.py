@@ -25,7 +25,7 @@ def test_photos_are_picked_over_the_classes_and_seeded(tiny_split):
     assert pick_photos(tiny_split / "train", 6, seed=4) != chosen
 
 
-@pytest.mark.parametrize("pipeline", ["generator", "tfdata"])
+@pytest.mark.parametrize("pipeline", ["generator", "tfdata", "features"])
 def test_augmented_tiles_differ_from_the_photos_and_between_seeds(tiny_split, pipeline):
     photos = _photos(tiny_split)
     one = augmented_versions(photos, Augment(), 3, seed=7, pipeline=pipeline)
@@ -36,14 +36,14 @@ def test_augmented_tiles_differ_from_the_photos_and_between_seeds(tiny_split, pi
         assert not np.array_equal(one[i, 0], one[i, 1])
     other = augmented_versions(photos, Augment(), 3, seed=8, pipeline=pipeline)
     assert not np.array_equal(one, other)
-    if pipeline == "generator":  # per-image numpy generators: the same seed, the same tiles
+    if pipeline != "tfdata":  # per-image numpy generators: the same seed, the same tiles
         np.testing.assert_array_equal(
             one, augmented_versions(photos, Augment(), 3, seed=7, pipeline=pipeline))
 
 
-def test_the_generator_tiles_are_what_the_training_pipeline_yields(tiny_split):
-    """The preview's generator tiles use the pipeline's own transform: a horizontal flip
-    alone gives the mirrored photo or the photo itself, nothing else."""
+def test_the_tiles_are_what_training_draws(tiny_split):
+    """The preview uses the training route's own transform: a horizontal flip alone gives
+    the mirrored photo or the photo itself, nothing else."""
     photos = _photos(tiny_split)
     flip_only = Augment(rotation=0, shift=0, shear=0, zoom=0, flip=True)
     tiles = augmented_versions(photos, flip_only, 4, seed=2)
@@ -67,6 +67,13 @@ def test_the_grid_has_a_row_per_photo_and_a_column_per_version(tiny_split, tmp_p
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["augment.png"]
 
 
+def test_samples_are_picked_over_their_classes(tiny_split):
+    samples = pipelines.samples_of(tiny_split / "train", ["cats", "dogs"])
+    chosen = pick_photos(samples, 4, seed=1)
+    assert [label for _, label in chosen] == ["0", "1", "0", "1"]
+    assert chosen == pick_photos(samples, 4, seed=1) != pick_photos(samples, 4, seed=2)
+
+
 def test_no_augmentation_shows_the_photos_and_a_list_of_files_works(tiny_split, tmp_path):
     files = [path for path, _ in pick_photos(tiny_split / "train", 2, seed=0)]
     path = preview_augment(files, Augment(enabled=False), 32, tmp_path / "off.png", n=2)
@@ -79,3 +86,5 @@ def test_nothing_readable_is_one_clear_error(tmp_path):
     with pytest.raises(TransferError, match="no readable photo"):
         preview_augment([bad], Augment(), 32, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+    with pytest.raises(TransferError, match="unknown pipeline"):
+        augmented_versions(np.zeros((1, 8, 8, 3)), Augment(), 1, 0, pipeline="magic")

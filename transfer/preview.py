@@ -7,8 +7,9 @@
 
 Each row is one photo (read by the reader training uses, at the model's size), then ``copies``
 random versions drawn with the current augmentation settings by the same transforms the
-training pipeline applies: ImageDataGenerator's for ``--pipeline generator``, the Keras
-augmentation layers for ``--pipeline tfdata``.
+training run applies: ImageDataGenerator's for ``--pipeline generator``, the Keras
+augmentation layers for ``--pipeline tfdata``, the feature pass's for a frozen base trained on
+cached augmented copies (``pipeline="features"``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from transfer.files import replacing
 from transfer.settings import PIPELINES, Augment
 
 PREVIEW_PNG = "augmentation.png"
+# Whose random transforms a preview draws: the end-to-end pipelines' (--pipeline) or the
+# feature pass's (a frozen base trained on cached augmented copies).
+ROUTES = (*PIPELINES, "features")
 
 
 def pick_photos(source, n: int, seed: int) -> list[tuple[Path, str]]:
@@ -45,28 +49,50 @@ def pick_photos(source, n: int, seed: int) -> list[tuple[Path, str]]:
                 if per_class[name] and len(chosen) < n:
                     chosen.append((per_class[name].pop(), name))
         return chosen
-    chosen = []
-    for item in list(source)[:n]:
+    items = []
+    for item in source:
         if hasattr(item, "path"):
-            chosen.append((Path(item.path), str(getattr(item, "label", ""))))
+            items.append((Path(item.path), str(getattr(item, "label", ""))))
         elif isinstance(item, tuple | list):
-            chosen.append((Path(item[0]), str(item[1])))
+            items.append((Path(item[0]), str(item[1])))
         else:
-            chosen.append((Path(item), Path(item).parent.name))
+            items.append((Path(item), Path(item).parent.name))
+    groups: dict[str, list] = {}
+    for item in items:
+        groups.setdefault(item[1], []).append(item)
+    if len(groups) < 2:
+        return items[:n]  # plain files: the first n, in order
+    rng = random.Random(seed)
+    for group in groups.values():
+        rng.shuffle(group)
+    chosen = []
+    while len(chosen) < n and any(groups.values()):
+        for key in sorted(groups):
+            if groups[key] and len(chosen) < n:
+                chosen.append(groups[key].pop())
     return chosen
 
 
 def augmented_versions(images: np.ndarray, augment: Augment, copies: int, seed: int,
                        pipeline: str = "generator") -> np.ndarray:
     """(n, copies, size, size, 3) uint8: ``copies`` random augmentations of each image
-    (n, size, size, 3), seeded, by the transforms ``pipeline`` trains with."""
-    if pipeline not in PIPELINES:
-        raise TransferError(f"unknown pipeline {pipeline!r}; choose {' or '.join(PIPELINES)}")
-    from transfer import pipelines
+    (n, size, size, 3), seeded, by the transforms ``pipeline`` trains with: "generator"
+    (ImageDataGenerator's), "tfdata" (the Keras layers) or "features" (the feature pass of a
+    frozen base)."""
+    if pipeline not in ROUTES:
+        raise TransferError(f"unknown pipeline {pipeline!r}; choose {', '.join(ROUTES)}")
+    from transfer import features, pipelines
 
     images = np.asarray(images, dtype="float32")
     out = np.zeros((len(images), copies, *images.shape[1:]), "float32")
-    if pipeline == "generator" and hasattr(pipelines, "_transformer"):
+    if pipeline == "features" and hasattr(features, "random_affine"):
+        # the cached feature pass (a frozen base): copy k draws with seed + 1000 k, as training
+        pixels = np.clip(np.rint(images), 0, 255).astype("uint8")
+        for k in range(copies):
+            for i, image in enumerate(pixels):
+                out[i, k] = features.random_affine(
+                    image, augment, np.random.default_rng([seed + 1000 * k, i]))
+    elif pipeline == "generator" and hasattr(pipelines, "_transformer"):
         transform = pipelines._transformer(augment)
         for k in range(copies):
             for i, image in enumerate(images):
@@ -90,7 +116,8 @@ def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
         size: the model's input size (the photos are read at it, as training reads them).
         path: the PNG to write (atomically).
         n: photos (rows); seed: which photos and which random transforms; copies: augmented
-            versions per photo; pipeline: whose transforms ("generator" or "tfdata").
+            versions per photo; pipeline: whose transforms (``ROUTES``: "generator",
+            "tfdata" or "features").
 
     Returns:
         The path written.
@@ -145,7 +172,8 @@ def describe(augment: Augment, size: int, pipeline: str = "generator") -> str:
     """One line naming the settings a preview shows."""
     if not augment.enabled:
         return f"{size} px, augmentation off (--no-augment): the network sees the photos as is"
-    return (f"{size} px, {pipeline} pipeline: rotation {augment.rotation:g} deg, shift "
+    route = "feature pass" if pipeline == "features" else f"{pipeline} pipeline"
+    return (f"{size} px, {route}: rotation {augment.rotation:g} deg, shift "
             f"{augment.shift:g}, shear {augment.shear:g} deg, zoom {augment.zoom:g}, "
             f"flip {'on' if augment.flip else 'off'}")
 
@@ -155,5 +183,5 @@ def grid_shape(n_photos: int, copies: int = 3) -> tuple[int, int]:
     return n_photos, copies + 1
 
 
-__all__: Sequence[str] = ("PREVIEW_PNG", "augmented_versions", "describe", "grid_shape",
+__all__: Sequence[str] = ("PREVIEW_PNG", "ROUTES", "augmented_versions", "describe", "grid_shape",
                           "pick_photos", "preview_augment")
