@@ -24,7 +24,7 @@ from transfer.errors import TransferError
 from transfer.files import replacing
 from transfer.settings import PIPELINES, Augment
 
-PREVIEW_PNG = "augmentation.png"
+PREVIEW_PNG = "augment-preview.png"
 # Whose random transforms a preview draws: the end-to-end pipelines' (--pipeline) or the
 # feature pass's (a frozen base trained on cached augmented copies).
 ROUTES = (*PIPELINES, "features")
