@@ -86,6 +86,9 @@ def test_a_folder_of_class_folders_trains_on_a_split_made_in_memory(flowers, tmp
                         {"daisy": 10, "dandelion": 10, "roses": 10, "sunflowers": 10,
                          "tulips": 9})
     add_system_files(data / "daisy")
+    (data / "__MACOSX/daisy").mkdir(parents=True)  # what unzipping a macOS zip leaves
+    (data / "__MACOSX/daisy/._100080576_f52e8ee070_n.jpg").write_bytes(b"\0\5\26\7")
+    (data / ".thumbnails").mkdir()
     reporter = Recorder()
     result = train(settings(data, tmp_path, **GENUINE, output=tmp_path / "models/own"),
                    reporter)

@@ -135,11 +135,14 @@ def rows(samples: list[Sample], root: Path) -> list[tuple[str, int, int]]:
 
 
 def class_names(directory: Path) -> list[str]:
-    """Sorted class subfolder names; errors for a missing/empty folder or an empty class."""
+    """Sorted class subfolder names (hidden and system folders such as ``.cache`` and
+    ``__MACOSX`` left out); errors for a missing/empty folder, one class or an empty class."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise TransferError(f"no data folder {directory}: run `transfer fetch-data` first")
-    names = sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise TransferError(f"no data folder {directory}: run `transfer fetch-data` first, or "
+                            "give --data-dir a folder of class folders (e.g. my_photos/daisy/"
+                            "1.jpg, my_photos/roses/2.jpg)")
+    names = sorted(p.name for p in directory.iterdir() if p.is_dir() and not _ignored(p.name))
     if not names:
         raise TransferError(f"{directory} has no class subfolders: run `transfer fetch-data` "
                             "first, or give a folder with one subfolder per class")
@@ -152,6 +155,11 @@ def class_names(directory: Path) -> list[str]:
     return names
 
 
+def _ignored(name: str) -> bool:
+    """Hidden and system files and folders, and macOS zips' ``__MACOSX``: never data."""
+    return is_hidden_or_system(name) or name.lower() == "__macosx"
+
+
 def image_files(folder: Path) -> list[Path]:
     """The images under ``folder`` (any suffix of ``constants.IMAGE_SUFFIXES``), sorted by
     their POSIX path; hidden and system files and folders (``.DS_Store``, ``Thumbs.db``,
@@ -161,8 +169,7 @@ def image_files(folder: Path) -> list[Path]:
     files = []
     for path in folder.rglob("*"):
         rel = path.relative_to(folder)
-        if any(is_hidden_or_system(part) or part.lower() == "__macosx"
-               for part in rel.parts[:-1]):
+        if any(_ignored(part) for part in rel.parts[:-1]):
             continue
         if path.name.endswith(GRADCAM_SUFFIX) and path.is_file():
             raise TransferError(f"{path} is a Grad-CAM picture (transfer explain), not a photo "
