@@ -241,6 +241,7 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
 
 
 FEW_IMAGES = 10  # a class with fewer images is warned about (as fetch-data does)
+SHOWN_CLASSES = 12  # classes named in the data line (all are in meta.json)
 
 
 def report_data(run: RunPlan, reporter: Reporter) -> None:
@@ -252,8 +253,11 @@ def report_data(run: RunPlan, reporter: Reporter) -> None:
                f"{run.settings.validation_split:g}, seed {run.settings.seed})")
     else:
         how = f"{run.settings.train_dir} and {run.settings.validate_dir}"
+    shown = run.names[:SHOWN_CLASSES]
     per_class = ", ".join(f"{name} {counts['train'][name]}+{counts['validate'][name]}"
-                          for name in run.names)
+                          for name in shown)
+    if len(run.names) > len(shown):
+        per_class += f" and {len(run.names) - len(shown)} more classes (meta.json data.counts)"
     reporter.info(f"data: {how}; {sum(counts['train'].values())} train + "
                   f"{sum(counts['validate'].values())} validate images ({per_class})")
     if run.split == "in-memory":
