@@ -238,6 +238,22 @@ def test_bad_files_are_skipped_listed_and_the_run_goes_on(flowers, tmp_path, rou
                                      every) == again
 
 
+def test_bad_files_in_train_and_validate_folders_are_skipped_too(flowers, tmp_path):
+    data = tmp_path / "data"
+    copy_classes(flowers, data / "train", 5, classes=("daisy", "roses"))
+    copy_classes(flowers, data / "validate", 3, classes=("daisy", "roses"))
+    (data / "train/roses/notes.jpg").write_bytes(text_as_jpg())
+    photo = sorted((flowers / "daisy").iterdir())[20].read_bytes()
+    (data / "validate/daisy/cut.jpg").write_bytes(truncated(photo))
+    add_system_files(data / "validate/daisy")
+    result = train(settings(data, tmp_path))
+    assert sorted(Path(item["file"]).relative_to(data).as_posix() for item in result.skipped) == [
+        "train/roses/notes.jpg", "validate/daisy/cut.jpg"]
+    assert result.meta["data"]["split"] == "folders"
+    assert result.counts == {"train": {"daisy": 5, "roses": 5},
+                             "validate": {"daisy": 3, "roses": 3}}
+
+
 def test_a_class_left_with_one_usable_image_stops_with_one_line(flowers, tmp_path,
                                                                 monkeypatch):
     photo = sorted((flowers / "roses").iterdir())[20].read_bytes()
