@@ -16,8 +16,16 @@ The contract the training phases build on:
   TransferError when a class is left with fewer than 2 usable images (or none to train on).
 - ``make(pipeline, samples, names, size, preprocess, batch_size, augment, shuffle, seed,
   skipped)``: a pipeline over Samples (a folder is still accepted: its class folders are
-  listed). Both pipelines read through ``read_rgb`` and yield (preprocessed images, labels)
-  batches; unreadable files are recorded in ``skipped`` and left out of their batch.
+  listed); ``for_plan(plan, "train"|"validate", augment, shuffle, seed)`` is the run's. Both
+  pipelines read through ``read_rgb`` and yield (preprocessed images, labels) batches;
+  unreadable files are recorded in ``skipped`` and left out of their batch.
+
+What a data folder holds: ``class_names`` (sorted subfolders; hidden, system and ``__MACOSX``
+folders are never classes; one class or an empty class is refused) and ``image_files`` (every
+suffix of ``constants.IMAGE_SUFFIXES``, at any depth under the class folder; hidden and system
+files ignored silently). ``probe_all`` records the files that are not images by their header
+(cheap) before a split; ``split_in_memory`` is fetch-data's seeded stratified split of the
+same folder; ``decode_all`` reads every sample once (before an end-to-end fit).
 
 - ``generator``: a ``keras.utils.PyDataset`` over Samples, read by a small thread pool, with
   ImageDataGenerator's random transforms (the classic Keras recipe).
