@@ -19,7 +19,7 @@ import pytest
 from conftest import REPO, require_asset
 from PIL import Image
 
-from transfer import bundle, features, phases
+from transfer import bundle, features, phases, pipelines
 from transfer.errors import TransferError
 from transfer.pipelines import Augment
 from transfer.settings import TrainSettings
@@ -45,12 +45,10 @@ def own_split(tiny_split, tmp_path) -> Path:
 
 
 def validation_pixels(split: Path, size: int):
-    """The validation photos as training resizes them (Pillow bilinear), and their labels."""
+    """The validation photos as training reads them (the one reader), and their labels."""
     files = [(p, i) for i, name in enumerate(("cats", "dogs"))
              for p in sorted((split / "validate" / name).iterdir())]
-    pixels = np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size),
-                                                                       Image.BILINEAR),
-                                  dtype="float32") for p, _ in files])
+    pixels = np.stack([pipelines.read_rgb(p, size) for p, _ in files]).astype("float32")
     return pixels, np.array([label for _, label in files])
 
 
@@ -103,13 +101,13 @@ def test_bundle_contents_and_the_saved_model_reproduces_validation(own_split, tm
 def test_a_repeated_run_hits_the_cache_and_repeats_its_numbers(own_split, tmp_path,
                                                               monkeypatch):
     calls = []
-    real_extract = features.extract
+    real_pass = features.run_pass
 
-    def counting_extract(model, batches, n_steps, reporter, description):
-        calls.append(description)  # which split / copy
-        return real_extract(model, batches, n_steps, reporter, description)
+    def counting_pass(*args, **kwargs):
+        calls.append(kwargs["description"])  # which split / copy
+        return real_pass(*args, **kwargs)
 
-    monkeypatch.setattr(features, "extract", counting_extract)
+    monkeypatch.setattr(features, "run_pass", counting_pass)
     first = train(hp(own_split, tmp_path, augment=NO_AUGMENT, output=tmp_path / "a",
                      epochs=3, seed=3))
     assert len(calls) == 2 and first.meta["feature_cache"] == "miss"  # train + validate
@@ -127,13 +125,13 @@ def test_a_repeated_run_hits_the_cache_and_repeats_its_numbers(own_split, tmp_pa
 def test_the_cache_is_invalidated_by_files_mtimes_and_weights(own_split, tmp_path,
                                                               monkeypatch):
     calls = []
-    real_extract = features.extract
+    real_pass = features.run_pass
 
-    def counting_extract(model, batches, n_steps, reporter, description):
-        calls.append(description.split(": ")[1])  # "mobilenet features: train"
-        return real_extract(model, batches, n_steps, reporter, description)
+    def counting_pass(*args, **kwargs):
+        calls.append(kwargs["description"].split(": ")[1])  # "mobilenet features (tf): train"
+        return real_pass(*args, **kwargs)
 
-    monkeypatch.setattr(features, "extract", counting_extract)
+    monkeypatch.setattr(features, "run_pass", counting_pass)
     settings = dict(augment=NO_AUGMENT, epochs=1, force=True, output=tmp_path / "out")
 
     def run(**kw):
@@ -155,51 +153,36 @@ def test_the_cache_is_invalidated_by_files_mtimes_and_weights(own_split, tmp_pat
 
 def test_the_head_trains_on_copy_e_mod_k_in_epoch_e(own_split, tmp_path, monkeypatch,
                                                     mobilenet_weights):
-    """Records the batches the head's fit actually draws (a wrapped dataset) and finds each
-    batch's rows in the augmented copy of its epoch, and not in the other copy."""
-    from transfer.tf import tf
-
+    """Records what the compiled epoch is given: epoch e trains on augmented copy e % K, every
+    photo once, in a new order each epoch (the same orders for every L2 value)."""
     seen, extracted = [], []
-    real_cycled, real_extract = phases.cycled_copies, phases.extract_features
+    real_epoch, real_extract = phases.HeadTrainer.run_epoch, phases.extract_features
 
-    def recording(*args, **kwargs):
-        dataset, steps = real_cycled(*args, **kwargs)
-
-        def draw():
-            for x, y in dataset.as_numpy_iterator():
-                seen.append(x)
-                yield x, y
-
-        return tf.data.Dataset.from_generator(draw, output_signature=dataset.element_spec), steps
+    def recording(self, x, y, w, order, val_x, val_y):
+        seen.append((np.asarray(x), np.asarray(order)))
+        return real_epoch(self, x, y, w, order, val_x, val_y)
 
     def extract(*args, **kwargs):
         extracted.append(real_extract(*args, **kwargs))
         return extracted[-1]
 
-    monkeypatch.setattr(phases, "cycled_copies", recording)
+    monkeypatch.setattr(phases.HeadTrainer, "run_epoch", recording)
     monkeypatch.setattr(phases, "extract_features", extract)
-    epochs, steps = 4, 3  # 24 training photos in batches of 8
-    train(hp(own_split, tmp_path, **GENUINE, augment_copies=2, epochs=epochs, patience=10,
-             output=tmp_path / "c"))
+    epochs = 4
+    result = train(hp(own_split, tmp_path, **GENUINE, augment_copies=2, epochs=epochs,
+                      patience=10, output=tmp_path / "c"))
     copies = extracted[0].train
     assert len(copies) == 2 and not np.allclose(copies[0], copies[1])
-    assert len(seen) == epochs * steps
-
-    def rows_in(batch, copy):
-        return all(np.isclose(copy, row, atol=0).all(axis=1).any() for row in batch)
-
-    for i, batch in enumerate(seen):
-        epoch = i // steps
-        assert rows_in(batch, copies[epoch % 2]), f"epoch {epoch} drew from the wrong copy"
-        assert not rows_in(batch, copies[1 - epoch % 2])
-    for e in range(epochs):  # every photo once per epoch
-        assert sum(len(b) for b in seen[e * steps:(e + 1) * steps]) == 24
+    assert len(seen) == epochs and result.meta["metrics"]["epochs_run"] == epochs
+    for epoch, (x, order) in enumerate(seen):
+        np.testing.assert_array_equal(x, copies[epoch % 2])
+        assert sorted(order) == list(range(24)), "every photo once per epoch"
+    assert not all(np.array_equal(seen[0][1], o) for _, o in seen[1:]), "reshuffled"
 
 
 def test_early_stopping_restores_the_best_weights(own_split, tmp_path, mobilenet_weights):
-    """A learning rate too high makes the validation loss bounce (0.95, 2.50, 0.69, 0.99, 0.58,
-    0.72, 0.89: stopped after epoch 7); the model saved is the one of the best epoch (5), not
-    the last."""
+    """A learning rate too high makes the validation loss bounce, so the run stops before its
+    12 epochs; the model saved is the one of the best epoch, not the last."""
     result = train(hp(own_split, tmp_path, **GENUINE, augment=NO_AUGMENT, epochs=12,
                       learning_rate=0.02, patience=2, output=tmp_path / "es"))
     m, losses = result.meta["metrics"], result.history["val_loss"]
@@ -240,8 +223,10 @@ def test_train_and_validate_folders_anywhere(tiny_split, tmp_path):
     result = train(hp(tmp_path / "unused", tmp_path, train_dir=mine, validate_dir=theirs,
                       augment=NO_AUGMENT, epochs=1, output=tmp_path / "anywhere"))
     data = result.meta["data"]
-    assert data == {"train_dir": str(mine), "validate_dir": str(theirs), "train_images": 24,
-                    "validate_images": 11}
+    assert {k: data[k] for k in ("train_dir", "validate_dir", "train_images",
+                                 "validate_images")} == {
+        "train_dir": str(mine), "validate_dir": str(theirs), "train_images": 24,
+        "validate_images": 11}
     assert result.meta["settings"]["train_dir"] == str(mine)
     assert (tmp_path / "unused/.cache/features").is_dir()  # the cache lives under --data-dir
 
@@ -256,26 +241,17 @@ def test_tfdata_bundles_evaluate_as_training_measured(own_split, tmp_path, mobil
                       epochs=3, output=tmp_path / "t2"))
     assert cached.meta["feature_cache"] == "miss"
     m = cached.meta["metrics"]
-    # the saved model on the validation photos decoded and resized as tf.data did: the same
-    # numbers as training measured
-    from transfer.tf import tf
-
+    # every route reads through the one reader: the saved model on the validation photos
+    # gives the numbers training measured, and so does evaluate
     model, _ = bundle.load(cached.bundle)
-    files = [(p, i) for i, name in enumerate(("cats", "dogs"))
-             for p in sorted((own_split / "validate" / name).iterdir())]
-    pixels = np.stack([tf.image.resize(tf.io.decode_image(tf.io.read_file(str(p)), channels=3,
-                                                          expand_animations=False),
-                                       (96, 96), method="bilinear").numpy() for p, _ in files])
-    accuracy, loss = binary_metrics(model.predict(pixels, verbose=0),
-                                    np.array([i for _, i in files]))
+    pixels, labels = validation_pixels(own_split, 96)
+    accuracy, loss = binary_metrics(model.predict(pixels, verbose=0), labels)
     assert accuracy == m["val_accuracy"]
     assert loss == pytest.approx(m["val_loss"], abs=1e-5)
-    # evaluate decodes with Pillow (JPEG pixels differ by about 1 level on average from
-    # TensorFlow's decoder here): the same accuracy, the loss within 0.01
     report = evaluate(cached.bundle, output=tmp_path / "report").report
     assert report["images"] == 12
     assert report["accuracy"] == m["val_accuracy"]
-    assert report["loss"] == pytest.approx(m["val_loss"], abs=1e-2)
+    assert report["loss"] == pytest.approx(m["val_loss"], abs=1e-5)
 
 
 def test_fine_tuning_moves_top_layers_only_and_keeps_batchnorm_frozen(own_split, tmp_path,
@@ -347,7 +323,7 @@ def test_more_than_two_classes_train_a_softmax_head(tmp_path, mobilenet_weights)
             (tmp_path / "data" / split / name).mkdir(parents=True)
             for path in chosen:
                 shutil.copy(path, tmp_path / "data" / split / name / path.name)
-    result = train(hp(tmp_path / "data", tmp_path, **GENUINE, augment=NO_AUGMENT, epochs=8,
+    result = train(hp(tmp_path / "data", tmp_path, **GENUINE, augment=NO_AUGMENT, epochs=15,
                       learning_rate=3e-3, output=tmp_path / "flowers"))
     meta = result.meta
     assert meta["class_names"] == names and meta["output"] == "softmax"
@@ -408,6 +384,142 @@ def test_genuine_imagenet_weights_transfer(trained_bundle):
     assert trained_bundle.meta["metrics"]["val_accuracy"] >= 0.85, trained_bundle.meta["metrics"]
 
 
+# --------------------------------------------------------------------------- engines, head
+
+
+def test_the_tflite_engine_trains_as_tensorflow_does(own_split, tmp_path, mobilenet_weights):
+    """The same run with each engine: the engine recorded, the same validation accuracy
+    (within one photo of 12), and the tflite run's features reused by a tf run (the engine is
+    not in the cache key)."""
+    common = dict(GENUINE, augment=NO_AUGMENT, epochs=4)
+    lite = train(hp(own_split, tmp_path, engine="tflite", output=tmp_path / "lite", **common))
+    plain = train(hp(own_split, tmp_path, engine="tf", feature_cache=False,
+                     output=tmp_path / "tf", **common))
+    engine = lite.meta["engine"]
+    assert engine["requested"] == "tflite" and engine["name"] == "tflite", engine
+    assert engine["parity_max_abs_diff"] < engine["parity_tolerance"]
+    assert engine["images"] == 36 and engine["images_per_second"] > 0
+    assert lite.meta["timings"]["base_images_per_second"] > 0
+    assert plain.meta["engine"]["name"] == "tf" and plain.meta["feature_cache"] == "off"
+    assert abs(lite.meta["metrics"]["val_accuracy"]
+               - plain.meta["metrics"]["val_accuracy"]) <= 1 / 12 + 1e-9
+    again = train(hp(own_split, tmp_path, engine="tf", output=tmp_path / "again", **common))
+    assert again.meta["feature_cache"] == "hit"
+    assert again.meta["engine"]["cached_features_from"] == ["tflite"]
+    assert again.meta["metrics"] == lite.meta["metrics"]
+
+
+def test_an_unreadable_photo_in_the_feature_pass_is_skipped_and_recorded(own_split, tmp_path):
+    victim = sorted((own_split / "train/dogs").iterdir())[4]
+    victim.write_bytes(victim.read_bytes()[:1500])  # the header is fine, the pixels are not
+    result = train(hp(own_split, tmp_path, augment_copies=2, output=tmp_path / "skip"))
+    assert [item["file"] for item in result.meta["skipped"]] == [str(victim)]
+    assert result.meta["skipped"][0]["reason"]
+    assert result.meta["data"]["train_images"] == 23
+    assert result.meta["data"]["counts"]["train"] == {"cats": 12, "dogs": 11}
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_the_compiled_head_computes_what_keras_fit_computes(n_classes):
+    """Without dropout and penalty, the same batches: the weights and the loss Keras's fit
+    with its Adam reaches (sigmoid and softmax heads)."""
+    from transfer.tf import keras, tf
+
+    def head():
+        keras.utils.set_random_seed(3)
+        inputs = keras.Input((16,))
+        x = keras.layers.Dropout(0.0)(inputs)
+        out = keras.layers.Dense(1 if n_classes == 2 else n_classes, name="predictions",
+                                 activation="sigmoid" if n_classes == 2 else "softmax")(x)
+        return keras.Model(inputs, out)
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 16)).astype("float32")
+    y = rng.integers(0, n_classes, 50).astype("float32" if n_classes == 2 else "int64")
+    ours, theirs = head(), head()
+    trainer = phases.HeadTrainer(ours, n_classes == 2, 8, 1e-2, "constant", 21, (0.0,), 1)
+    orders = phases.epoch_orders(50, 3, 5)
+    for order in orders:
+        loss, *_ = trainer.run_epoch(tf.constant(x), tf.constant(y), tf.ones((50,)),
+                                     tf.constant(order), tf.constant(x), tf.constant(y))
+    trainer.set_head(trainer.weights_of(0))
+    theirs.compile(optimizer=keras.optimizers.Adam(1e-2),
+                   loss="binary_crossentropy" if n_classes == 2 else
+                   "sparse_categorical_crossentropy")
+
+    def batches():
+        for order in orders:
+            for i in range(0, 50, 8):
+                yield x[order[i:i + 8]], y[order[i:i + 8]]
+
+    data = tf.data.Dataset.from_generator(batches, output_signature=(
+        tf.TensorSpec((None, 16), tf.float32), tf.TensorSpec((None,), tf.as_dtype(y.dtype))))
+    fit = theirs.fit(data, epochs=3, steps_per_epoch=7, verbose=0)
+    for a, b in zip(ours.get_weights(), theirs.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert loss[0] == pytest.approx(fit.history["loss"][-1], rel=1e-5)
+
+
+def test_class_weights_balanced_and_the_auto_rule():
+    labels = np.array([0] * 15 + [1] * 10)
+    assert phases.class_weights(labels, 2, "auto") == ("none", None)  # 1.5x: not above
+    assert phases.class_weights(labels, 2, "none") == ("none", None)
+    applied, weights = phases.class_weights(labels, 2, "balanced")
+    assert applied == "balanced" and weights == pytest.approx({0: 25 / 30, 1: 25 / 20})
+    applied, weights = phases.class_weights(np.array([0] * 16 + [1] * 10 + [2] * 4), 3,
+                                            "auto")
+    assert applied == "balanced"
+    assert weights == pytest.approx({0: 30 / 48, 1: 30 / 30, 2: 30 / 12})
+
+
+def test_unbalanced_classes_train_with_balanced_weights(own_split, tmp_path):
+    for path in sorted((own_split / "train/cats").iterdir())[:6]:  # 6 cats, 12 dogs
+        path.unlink()
+    result = train(hp(own_split, tmp_path, augment=NO_AUGMENT, output=tmp_path / "unb"))
+    weights = result.meta["training"]["class_weight"]
+    assert weights == {"mode": "auto", "applied": "balanced",
+                       "weights": {"cats": 1.5, "dogs": 0.75}}
+    plain = train(hp(own_split, tmp_path, augment=NO_AUGMENT, class_weight="none",
+                     output=tmp_path / "unw"))
+    assert plain.meta["training"]["class_weight"]["applied"] == "none"
+    assert plain.history["loss"] != result.history["loss"]
+
+
+def test_the_l2_penalty_is_chosen_on_the_validation_loss(own_split, tmp_path,
+                                                        mobilenet_weights):
+    result = train(hp(own_split, tmp_path, **GENUINE, augment=NO_AUGMENT, epochs=6,
+                      learning_rate=3e-3, output=tmp_path / "l2"))
+    head = result.meta["head"]
+    assert head["l2_chosen_by"] == "validation loss"
+    grid = head["l2_grid"]
+    assert set(grid) == {f"{v:g}" for v in phases.L2_GRID}
+    best = min(grid, key=lambda k: grid[k]["best_val_loss"])
+    assert head["l2"] == float(best)
+    assert result.meta["metrics"]["val_loss"] == pytest.approx(grid[best]["best_val_loss"],
+                                                               rel=1e-5)
+    # the grid's heads differ (each its own penalty)
+    assert len({round(g["best_val_loss"], 6) for g in grid.values()}) > 1
+    given = train(hp(own_split, tmp_path, **GENUINE, augment=NO_AUGMENT, epochs=6,
+                     learning_rate=3e-3, l2=0.01, output=tmp_path / "l2given"))
+    assert given.meta["head"]["l2"] == 0.01 and given.meta["head"]["l2_chosen_by"] == "given"
+    assert list(given.meta["head"]["l2_grid"]) == ["0.01"]
+    alone = given.meta["head"]["l2_grid"]["0.01"]  # the same head as in the grid
+    assert alone["best_epoch"] == grid["0.01"]["best_epoch"]
+    assert alone["best_val_loss"] == pytest.approx(grid["0.01"]["best_val_loss"], rel=1e-4)
+
+
+def test_a_cosine_schedule_decays_to_zero_at_the_last_step(own_split, tmp_path):
+    schedule = phases.schedule_of("cosine", 1e-3, 30)
+    assert float(schedule(0)) == pytest.approx(1e-3)
+    assert float(schedule(15)) == pytest.approx(5e-4, rel=1e-4)
+    assert float(schedule(30)) == pytest.approx(0.0, abs=1e-12)
+    assert phases.schedule_of("constant", 1e-3, 30) == 1e-3
+    result = train(hp(own_split, tmp_path, augment=NO_AUGMENT, epochs=3, patience=5,
+                      lr_schedule="cosine", output=tmp_path / "cos"))
+    assert result.meta["training"]["lr_schedule"] == "cosine"
+    assert result.meta["metrics"]["epochs_run"] == 3
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -441,22 +553,16 @@ def test_errors_are_one_clear_line(tiny_split, tmp_path, monkeypatch):
     write_jpeg(empty / "train/cats/a.jpg")
     (empty / "train/dogs").mkdir(parents=True)
     cases.append((HParams(data_dir=empty), "has no images"))
+    # a class left with one usable image once the feature pass skipped a truncated photo
     broken = tmp_path / "broken"
     write_jpeg(broken / "train/cats/a.jpg")
     write_jpeg(broken / "train/dogs/b.jpg")
-    (broken / "train/dogs/c.jpg").write_bytes(b"not really a jpeg")
     write_jpeg(broken / "validate/cats/a.jpg")
     write_jpeg(broken / "validate/dogs/b.jpg")
-    # the Keras pipeline stops on the bad file; the error names it (generator and tfdata)
-    for pipeline in ("generator", "tfdata"):
-        cases.append((HParams(data_dir=broken, models_dir=tmp_path / "m",
-                              **{**FAST, "pipeline": pipeline}), "unreadable image .*c.jpg"))
-    cut = tmp_path / "cut"
-    shutil.copytree(tiny_split, cut, ignore=shutil.ignore_patterns(".cache"))
-    victim = sorted((cut / "validate/dogs").iterdir())[2]
-    victim.write_bytes(victim.read_bytes()[:2000])
-    cases.append((HParams(data_dir=cut, models_dir=tmp_path / "m", **FAST),
-                  f"unreadable image .*{victim.name}"))
+    photo = (broken / "validate/dogs/b.jpg").read_bytes()
+    (broken / "validate/dogs/b.jpg").write_bytes(photo[:len(photo) // 2])
+    cases.append((HParams(data_dir=broken, models_dir=tmp_path / "m", **FAST),
+                  "too few usable images"))
     cases.append((HParams(data_dir=tiny_split, base="inception", image_size=64),
                   "below the minimum of inception"))
     cases.append((HParams(data_dir=tiny_split, base="alexnet"), "unknown base 'alexnet'"))

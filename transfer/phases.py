@@ -327,8 +327,8 @@ class HeadTrainer:
     The head is small (dropout, an optional hidden Dense, the final Dense), so its function is
     written out here in TensorFlow ops over the head's own layers' weights, with one copy of
     the weights per L2 value stacked on a leading axis: one ``tf.function`` runs a whole epoch
-    for all of them (the same shuffled batches, the same initial weights, each its own dropout
-    masks and its own penalty), then their validation loss and accuracy. What Keras's ``fit``
+    for all of them (the same shuffled batches, initial weights and dropout masks: only the
+    penalty differs), then their validation loss and accuracy. What Keras's ``fit``
     spends per step (a Python round trip, callbacks, a data iterator; about 3 s for 10 epochs
     of 2000 features) and the tracing of Keras's optimizer (about 1 s) are gone: 10 epochs of
     the grid take a few tenths of a second, most of it the one tracing.
@@ -382,11 +382,11 @@ class HeadTrainer:
             weights = iter(self.variables)
             for index, (kind, spec) in enumerate(self.layers):
                 if kind == "dropout":
-                    if training and spec > 0:
+                    if training and spec > 0:  # one mask for every head: only l2 differs
                         keep = tf.random.stateless_uniform(
-                            tf.shape(h), seed=tf.stack([tf.cast(seed, tf.int64) + index,
-                                                        step]), dtype=tf.float32)
-                        h = tf.where(keep >= spec, h / (1.0 - spec), 0.0)
+                            tf.shape(h)[1:], seed=tf.stack([tf.cast(seed, tf.int64) + index,
+                                                            step]), dtype=tf.float32)
+                        h = tf.where(keep[None] >= spec, h / (1.0 - spec), 0.0)
                     continue
                 kernel, bias = next(weights), next(weights)
                 h = tf.matmul(h, kernel) + bias[:, None, :]  # (g, b, in) @ (g, in, out)
@@ -412,7 +412,8 @@ class HeadTrainer:
             """Keras's cross-entropy on the probabilities, per head: (g,)."""
             if softmax:
                 p = tf.clip_by_value(tf.nn.softmax(z), eps, 1.0 - eps)
-                picked = tf.gather(p, tf.cast(y, tf.int32), axis=2, batch_dims=1)
+                hot = tf.one_hot(tf.cast(y, tf.int32), tf.shape(z)[-1])[None]
+                picked = tf.reduce_sum(p * hot, axis=-1)
                 return tf.reduce_mean(-tf.math.log(picked), axis=1)
             p = tf.clip_by_value(tf.sigmoid(z[..., 0]), eps, 1.0 - eps)
             t = tf.cast(y, tf.float32)[None]
