@@ -181,6 +181,21 @@ def test_photos_in_no_class_folder_are_named_and_a_one_photo_class_refused(flowe
                                  "class needs at least 2, one to train on: add photos")
 
 
+def test_fine_tuning_and_the_scratch_cnn_train_on_an_in_memory_split(flowers, tmp_path):
+    """The routes that read images every epoch (fine-tuning, the CNN from scratch) take the
+    same in-memory split."""
+    data = copy_classes(flowers, tmp_path / "photos", 5, classes=("daisy", "roses"))
+    tuned = train(settings(data, tmp_path, fine_tune=3, fine_tune_epochs=1,
+                           output=tmp_path / "models/tuned"))
+    assert tuned.history["phase"][-1] == "fine-tune"
+    scratch = train(settings(data, tmp_path, base="scratch", alpha=1.0, weights="none",
+                             image_size=None, epochs=1, output=tmp_path / "models/scratch"))
+    for result in (tuned, scratch):
+        assert result.meta["data"]["split"] == "in-memory"
+        assert result.counts == {"train": {"daisy": 4, "roses": 4},
+                                 "validate": {"daisy": 1, "roses": 1}}
+
+
 # --------------------------------------------------------------------------- bad files
 
 
