@@ -175,6 +175,13 @@ def test_check_enough_names_the_short_class_in_one_line(odd_folder):
     message = str(caught.value)
     assert "\n" not in message and "roses: 1 usable" in message and "daisy" not in message
     assert "after skipping 4 unreadable files" in message
+    skipped = pipelines.Skipped()
+    plan.skipped = skipped
+    for sample in validate:
+        skipped.add(sample.path, "corrupt or truncated image")
+    with pytest.raises(TransferError, match=r"^no usable validation image \(2 unreadable "
+                                            r"files skipped\)"):
+        pipelines.check_enough(plan)
 
 
 def test_make_refuses_no_samples_and_an_unknown_pipeline(odd_folder):

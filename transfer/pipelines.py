@@ -118,6 +118,12 @@ def check_enough(plan) -> None:
     short = [i for i in range(len(names))
              if train[i] + val[i] < MIN_USABLE or train[i] < 1]
     if not short:
+        if val.sum() == 0:
+            listed = len(plan.skipped)
+            raise TransferError(f"no usable validation image ({listed} unreadable file"
+                                f"{'' if listed == 1 else 's'} skipped): validation chooses "
+                                "the epochs and measures the model; add photos to the "
+                                "validation folders or repair them")
         return
     listed = len(plan.skipped)
     parts = "; ".join(f"{names[i]}: {train[i] + val[i]} usable ({train[i]} to train on)"
