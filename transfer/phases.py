@@ -218,7 +218,7 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter) -> Feature
     hp = plan.settings
     cache_dir = Path(hp.data_dir) / ".cache" / "features"
     common = dict(base=plan.base.name, alpha=plan.alpha, weights=built.weights_sha256,
-                  size=plan.size, classes=plan.names, reader=1, version=2)
+                  size=plan.size, classes=plan.names, reader=1, version=3)
     engine = _LazyEngine(plan, built, reporter)
     hits: list[bool] = []
     passes: list[features.Pass] = []
