@@ -421,9 +421,8 @@ class HeadTrainer:
 
         def epoch(x, y, w, order, val_x, val_y):
             n = tf.shape(order)[0]
-            loss_sum = tf.zeros((g,))
-            hits = tf.zeros((g,))
-            for i in tf.range((n + bs - 1) // bs):
+
+            def step(i, loss_sum, hits):
                 idx = order[i * bs:tf.minimum((i + 1) * bs, n)]
                 xb, yb, wb = tf.gather(x, idx), tf.gather(y, idx), tf.gather(w, idx)
                 with tf.GradientTape() as tape:
@@ -434,22 +433,27 @@ class HeadTrainer:
                     total_loss = tf.reduce_sum(loss)  # the heads are independent
                 grads = tape.gradient(total_loss, self.variables)
                 rate = rate_at(self.step)
-                self.step.assign_add(1)
-                t = tf.cast(self.step, tf.float32)
+                with tf.control_dependencies([self.step.assign_add(1)]):
+                    t = tf.cast(self.step, tf.float32)
                 alpha = rate * tf.sqrt(1.0 - 0.999 ** t) / (1.0 - 0.9 ** t)
                 for var, grad, m, v in zip(self.variables, grads, self.m, self.v, strict=True):
                     m.assign_add((grad - m) * 0.1)
                     v.assign_add((tf.square(grad) - v) * 0.001)
                     var.assign_sub(m * alpha / (tf.sqrt(v) + eps))
                 size = tf.cast(tf.shape(idx)[0], tf.float32)
-                loss_sum += loss * size
-                hits += tf.reduce_sum(right(yb, z), axis=1)
+                return (i + 1, loss_sum + loss * size,
+                        hits + tf.reduce_sum(right(yb, z), axis=1))
+
+            steps = (n + bs - 1) // bs
+            _, loss_sum, hits = tf.while_loop(
+                lambda i, *_: i < steps, step, (tf.constant(0), tf.zeros((g,)), tf.zeros((g,))))
             count = tf.cast(n, tf.float32)
             zv = logits(val_x, False, self.step)
             return (loss_sum / count, hits / count, keras_loss(val_y, zv),
                     tf.reduce_mean(right(val_y, zv), axis=1), rate_at(self.step))
 
-        self.epoch = tf.function(epoch, reduce_retracing=True)
+        # no autograph: converting these functions cost more than a second of tracing
+        self.epoch = tf.function(epoch, reduce_retracing=True, autograph=False)
 
     def run_epoch(self, x, y, w, order, val_x, val_y) -> tuple:
         """(loss, accuracy, val_loss, val_accuracy) per L2 value, and the learning rate."""
