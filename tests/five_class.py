@@ -45,3 +45,25 @@ def five_class_bundle(tmp_path_factory):
 
 def bundle_data(result) -> Path:
     return Path(result.meta["data"]["train_dir"]).parent
+
+
+def in_memory_bundle(tmp_path_factory):
+    """A three-class bundle trained on one folder of class folders (12 genuine flower photos
+    per class, split in memory by training: 0.25 to validation), once per session."""
+    if "in_memory" in _trained:
+        return _trained["in_memory"]
+    from transfer.settings import Augment, TrainSettings
+    from transfer.training import train
+
+    flowers = require_asset("data/flowers")
+    root = tmp_path_factory.mktemp("own")
+    for name in ("daisy", "roses", "sunflowers"):
+        (root / "my_photos" / name).mkdir(parents=True)
+        for path in sorted((flowers / name).glob("*.jpg"))[-12:]:
+            shutil.copy(path, root / "my_photos" / name / path.name)
+    models = root / "models"
+    _trained["in_memory"] = train(TrainSettings(
+        data_dir=root / "my_photos", validation_split=0.25, base="mobilenet", alpha=0.25,
+        weights="imagenet", image_size=96, batch_size=8, augment=Augment(enabled=False),
+        epochs=10, learning_rate=3e-3, models_dir=models, output=models / "own"))
+    return _trained["in_memory"]

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import split_images
-from five_class import TEST_COUNTS, bundle_data, five_class_bundle
+from five_class import TEST_COUNTS, bundle_data, five_class_bundle, in_memory_bundle
 from PIL import Image
 from typer.testing import CliRunner
 from unwritable import names_path, unwritable_folder
 
-from transfer import metrics
+from transfer import metrics, pipelines
 from transfer.cli import app
 from transfer.errors import TransferError
 from transfer.evaluate import evaluate
@@ -226,3 +226,28 @@ def test_accuracy_gate_is_recorded_not_raised(trained_bundle, small_split, tmp_p
     with pytest.raises(TransferError, match="assert_accuracy_at_least|assert-accuracy"):
         evaluate(trained_bundle.bundle, data_dir=data, output=tmp_path / "bad",
                  assert_accuracy_at_least=1.5)
+
+
+def test_default_data_of_a_folder_split_in_memory(tmp_path_factory, mobilenet_weights,
+                                                  tmp_path):
+    """A bundle trained on one folder of class folders: evaluate with no --data-dir takes its
+    validation split, made again exactly as training made it, and reproduces training's
+    validation accuracy."""
+    trained = in_memory_bundle(tmp_path_factory)
+    data = trained.meta["data"]
+    assert data["split"] == "in-memory" and data["validate_dir"] is None
+    copy = tmp_path / "bundle"
+    shutil.copytree(trained.bundle, copy)
+    result = evaluate(copy)
+    report = result.report
+    _, validate = pipelines.split_in_memory(Path(data["root"]), trained.meta["class_names"],
+                                            data["validation_split"], data["seed"])
+    assert sorted(result.files) == sorted(s.path for s in validate)
+    assert report["images"] == data["validate_images"] == 9
+    assert report["subset"] == "validate" and report["data_dir"] == data["root"]
+    assert report["is_training_validation_folder"] is True
+    assert report["accuracy"] == pytest.approx(trained.meta["metrics"]["val_accuracy"],
+                                               abs=1e-6)
+    # --data-dir still means every image of that folder
+    everything = evaluate(copy, data_dir=Path(data["root"]), output=tmp_path / "all").report
+    assert everything["images"] == 36 and everything["subset"] is None

@@ -82,6 +82,8 @@ def test_round_trip_on_real_photos(fmt, trained_bundle, held_out, tmp_path):
     meta = json.loads(result.meta_path.read_text())
     assert meta["class_names"] == ["cats", "dogs"] and meta["export"]["format"] == fmt
     assert meta["image_size"] == 224
+    if fmt == "savedmodel":  # the class names inside the SavedModel folder
+        assert (target / "assets.extra/labels.txt").read_text().splitlines() == ["cats", "dogs"]
     # independently of export's own check: the bundle's Keras model and the exported file,
     # both opened without transfer, on the held-out photos read with Pillow
     x = raw_pixels(held_out)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,32 @@ def labelled_files(data_dir: Path, class_names: list[str]) -> list[tuple[Path, i
     return files
 
 
+def bundle_images(meta: dict, which: str) -> list[tuple[Path, int]] | None:
+    """(image, class index) of the images a bundle trained on (``which="train"``) or was
+    validated on (``"validate"``): the class folders of the folder training named, or, for a
+    folder of class folders split in memory, that same seeded split made again (the files
+    training found unreadable left out, as it left them out). None when the bundle names no
+    such data or it is gone."""
+    data = meta.get("data") or {}
+    names = list(meta["class_names"])
+    if data.get("split") == "in-memory":
+        root = Path(data["root"]) if data.get("root") else None
+        if root is None or not root.is_dir():
+            return None
+        skipped = {item["file"] for item in meta.get("skipped") or []
+                   if isinstance(item, dict) and "file" in item}
+        train, validate = pipelines.split_in_memory(root, names, data["validation_split"],
+                                                    data["seed"], skipped)
+        return [(sample.path, sample.label) for sample in
+                (train if which == "train" else validate)]
+    named = data.get(f"{which}_dir")
+    if not named or not Path(named).is_dir():
+        return None
+    folder = Path(named)
+    return [(path, i) for i, name in enumerate(names) if (folder / name).is_dir()
+            for path in pipelines.image_files(folder / name)]
+
+
 def _default_data_dir(meta: dict, model: Path) -> Path:
     validate = bundle.validate_dir(meta)
     if validate is None:
@@ -160,10 +187,24 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
     model = Path(s.model)
     classifier = BundleClassifier(model)
     meta, names = classifier.meta, classifier.class_names
-    data_dir = Path(s.data_dir) if s.data_dir is not None else _default_data_dir(meta, model)
+    data = meta.get("data") or {}
+    in_memory = s.data_dir is None and data.get("split") == "in-memory"
+    if in_memory:  # the validation images of a folder split in memory at training
+        data_dir = Path(data.get("root") or "")
+        files = bundle_images(meta, "validate")
+        if files is None:
+            raise TransferError(f"the bundle's photo folder {data_dir} is missing (evaluate "
+                                "from the folder you trained in, or pass --data-dir)")
+        if not files:
+            raise TransferError(f"the bundle's validation split of {data_dir} has no images; "
+                                "pass --data-dir")
+    else:
+        data_dir = (Path(s.data_dir) if s.data_dir is not None
+                    else _default_data_dir(meta, model))
     output = Path(s.output) if s.output is not None else model
     _check_outputs(output, data_dir, s.force)
-    files = labelled_files(data_dir, names)
+    if not in_memory:
+        files = labelled_files(data_dir, names)
     writable_folder(output)
 
     started = time.perf_counter()
@@ -191,6 +232,9 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
         "model": str(model),
         "base": meta.get("base"),
         "data_dir": str(data_dir),
+        # "validate": the bundle's validation split of data_dir (made in memory at training);
+        # None: every image of data_dir's class folders
+        "subset": "validate" if in_memory else None,
         "images": int(len(y)),
         "accuracy": float(np.mean(predicted == y)),
         "loss": metrics.log_loss(y, probs),
@@ -206,7 +250,8 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
         "gate": gate(float(np.mean(predicted == y)), s.assert_accuracy_at_least),
         "skipped": skipped,
         "training_metrics": meta.get("metrics"),
-        "is_training_validation_folder": _same_folder(data_dir, bundle.validate_dir(meta)),
+        "is_training_validation_folder": in_memory or _same_folder(data_dir,
+                                                                   bundle.validate_dir(meta)),
         "seconds": round(time.perf_counter() - started, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -222,14 +267,16 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
          "true_probability": float(probs[i, y[i]])} for i in wrong]
 
     n_wrong = int((predicted != y).sum())
-    with contextlib.ExitStack() as stack:  # all three are renamed into place, or none
+    shown = f"the validation split of {data_dir}" if in_memory else str(data_dir)
+    with contextlib.ExitStack() as stack:  # all four are renamed into place, or none
         tmp = {name: stack.enter_context(replacing(output / name)) for name in OUTPUTS}
         plots.confusion(matrix, names, tmp["confusion.png"],
-                        title=f"{model.name} on {data_dir}: accuracy {report['accuracy']:.4f}")
+                        title=f"{model.name} on {shown}: accuracy {report['accuracy']:.4f}")
         plots.image_grid([thumbs[i] for i in wrong],
                          [f"true {names[y[i]]}\npred {names[predicted[i]]} "
                           f"{probs[i, predicted[i]]:.2f}" for i in wrong],
-                         tmp["misclassified.png"], cols=4,
+                         tmp["misclassified.png"],
+                         cols=min(10, max(4, math.ceil(math.sqrt(len(wrong))))),
                          title=(f"the {len(wrong)} most confident of {n_wrong} mistakes"
                                 if n_wrong else "no mistakes"))
         write_suspects(tmp[SUSPECTS], report["worst_mistakes"])
