@@ -407,6 +407,13 @@ def test_the_tflite_engine_trains_as_tensorflow_does(own_split, tmp_path, mobile
     assert again.meta["feature_cache"] == "hit"
     assert again.meta["engine"]["cached_features_from"] == ["tflite"]
     assert again.meta["metrics"] == lite.meta["metrics"]
+    # --no-feature-cache computes the features again but reuses the converted base
+    fresh = train(hp(own_split, tmp_path, engine="tflite", feature_cache=False,
+                     output=tmp_path / "fresh", **common))
+    assert fresh.meta["engine"]["name"] == "tflite"
+    assert fresh.meta["engine"]["converted_file"] == engine["converted_file"]
+    assert fresh.meta["engine"]["conversion_seconds"] == 0.0  # converted once per session
+    assert fresh.meta["metrics"] == lite.meta["metrics"]
 
 
 def test_an_unreadable_photo_in_the_feature_pass_is_skipped_and_recorded(own_split, tmp_path):
