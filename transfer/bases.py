@@ -88,7 +88,8 @@ BASES: dict[str, Base] = {
 }
 
 # What each CNN from scratch is: its trunk (built by ``build``) and its head (``scratch_graphs``).
-SCRATCH_WIDTHS = (32, 64, 128, 128)  # the blocks of "scratch"
+SCRATCH_WIDTHS = (32, 64, 128, 256)  # the blocks of "scratch"
+SCRATCH_BN_MOMENTUM = 0.9  # of the BatchNorm averages (Keras: 0.99): they keep up with early epochs
 SCRATCH_HEADS = {
     "scratch": {"pool": "global_average", "dropout": 0.3},
     "scratch-seeds": {"pool": "flatten", "dense": 128, "dropout": 0.5},
@@ -197,19 +198,21 @@ def scratch_trunk(size: int):
     return keras.Model(inputs, x, name="scratch")
 
 
-def scratch_blocks(size: int, widths: tuple = SCRATCH_WIDTHS):
+def scratch_blocks(size: int, widths: tuple | None = None, momentum: float | None = None):
     """The trunk of the CNN from scratch: per block Conv3x3 (no bias) - BatchNormalization -
     ReLU - MaxPool2, the first conv with stride 2 (a 128 px photo is 8x8 after four blocks,
     4x4 with the stride); layers named block<i>_conv/_bn/_relu/_pool."""
     from transfer.tf import keras
 
     layers = keras.layers
+    widths = widths or SCRATCH_WIDTHS
+    momentum = momentum or SCRATCH_BN_MOMENTUM
     inputs = keras.Input((size, size, 3))
     x = inputs
     for i, width in enumerate(widths, start=1):
         x = layers.Conv2D(width, 3, strides=2 if i == 1 else 1, padding="same", use_bias=False,
                           name=f"block{i}_conv")(x)
-        x = layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = layers.BatchNormalization(momentum=momentum, name=f"block{i}_bn")(x)
         x = layers.ReLU(name=f"block{i}_relu")(x)
         x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
     return keras.Model(inputs, x, name="scratch")

@@ -38,7 +38,7 @@ LR_SCHEDULES = ("constant", "cosine")
 # needs many more epochs with a decaying learning rate (docs/BENCHMARKS.md has the runs).
 RECIPES = {
     "frozen": {"epochs": 10, "learning_rate": 1e-3, "patience": 3, "lr_schedule": "constant"},
-    "scratch": {"epochs": 40, "learning_rate": 1e-3, "patience": 10, "lr_schedule": "cosine"},
+    "scratch": {"epochs": 24, "learning_rate": 2e-3, "patience": 10, "lr_schedule": "cosine"},
 }
 INVERT = ("auto", "yes", "no")
 MNIST_DATASETS = ("mnist", "fashion")
