@@ -577,7 +577,8 @@ def evaluate_cmd(
     out.print(matrix)
     auc = (f", ROC AUC {r['roc_auc']:.4f} ({r['roc_auc_positive_class']} positive)"
            if r["roc_auc"] is not None else "")
-    out.print(f"[bold]accuracy {r['accuracy']:.4f}[/bold], loss {r['loss']:.4f}{auc}",
+    out.print(f"[bold]accuracy {r['accuracy']:.4f}[/bold], loss {r['loss']:.4f}, balanced "
+              f"accuracy {r['balanced_accuracy']:.4f}, macro F1 {r['macro_f1']:.4f}{auc}",
               highlight=False)
     trained = r.get("training_metrics") or {}
     if r["is_training_validation_folder"] and trained.get("val_accuracy") is not None:
@@ -585,8 +586,19 @@ def evaluate_cmd(
                   highlight=False)
     if r["skipped"]:
         out.print(f"skipped {len(r['skipped'])} unreadable image(s) (listed in report.json)")
-    out.print(f"wrote {result.output / 'report.json'}, confusion.png, misclassified.png",
-              highlight=False)
+    written = ["confusion.png", "misclassified.png", "suspects.csv"]
+    written += [name for name in ("report.html",) if (result.output / name).is_file()]
+    out.print(f"wrote {result.output / 'report.json'}, {', '.join(written)}", highlight=False)
+    _gate(r.get("gate"), "accuracy")
+
+
+def _gate(gate: dict | None, what: str) -> None:
+    """Exit code 3 with one line when --assert-accuracy-at-least was not met."""
+    if gate and not gate["passed"]:
+        from transfer.errors import GateFailed
+
+        raise GateFailed(f"{what} {gate['accuracy']:.4f} is below --assert-accuracy-at-least "
+                         f"{gate['threshold']:g}")
 
 
 # --------------------------------------------------------------------------- explain, export
@@ -660,10 +672,26 @@ def export_cmd(
     from transfer.export import export
 
     result = export(settings, reporter=_reporter())
-    out.print(f"[bold]{result.path}[/bold] ({result.format}); check on {result.n_images} "
-              f"images from {result.check_source}: max abs difference "
-              f"{result.max_abs_diff:.2e} <= {result.tolerance:g} [green]passed[/green]",
-              highlight=False)
+    c = result.comparison
+    if c is None:
+        out.print(f"[bold]{result.path}[/bold] ({result.format}); check on {result.n_images} "
+                  f"images from {result.check_source}: max abs difference "
+                  f"{result.max_abs_diff:.2e} <= {result.tolerance:g} [green]passed[/green]",
+                  highlight=False)
+    else:
+        q, f = c["quantized"], c["float"]
+        variant = f", {q['variant']}" if q.get("variant") else ""
+        table = Table(title=f"{result.path} ({q['mode']}{variant}) on {c['images']} images "
+                            f"from {c['source']}")
+        for column in ("model", "accuracy", "size (bytes)"):
+            table.add_column(column, justify="left" if column == "model" else "right")
+        table.add_row("float TFLite", _pct(f["accuracy"]), f"{f['bytes']:,}")
+        table.add_row(f"{q['mode']} TFLite", _pct(q["accuracy"]), f"{q['bytes']:,}")
+        out.print(table)
+        out.print(f"size {c['size_ratio']:.2f}x of the float model; agreement with it "
+                  f"{c['agreement']:.3f}; confident images that changed class "
+                  f"{c['confident_changed']} of {c['confident_images']} "
+                  "[green]passed[/green]", highlight=False)
     out.print(f"class names and input recipe: {result.meta_path}", highlight=False)
 
 
