@@ -407,6 +407,10 @@ def train_cmd(
     out.print(f"feature cache: {result.meta['feature_cache']}; features "
               f"{t['feature_extraction_seconds']:.1f} s, training {t['head_training_seconds']:.1f}"
               f" s, total {t['total_seconds']:.1f} s{speed}", highlight=False)
+    threshold = settings.assert_accuracy_at_least
+    if threshold is not None:
+        _gate({"accuracy": m["val_accuracy"], "threshold": threshold,
+               "passed": m["val_accuracy"] >= threshold}, "validation accuracy")
 
 
 # --------------------------------------------------------------------------- predict
