@@ -407,6 +407,19 @@ def train_cmd(
     out.print(f"feature cache: {result.meta['feature_cache']}; features "
               f"{t['feature_extraction_seconds']:.1f} s, training {t['head_training_seconds']:.1f}"
               f" s, total {t['total_seconds']:.1f} s{speed}", highlight=False)
+    engine, head = result.meta.get("engine") or {}, result.meta.get("head") or {}
+    if engine.get("name"):
+        detail = (f" ({engine['interpreter']}, {engine['threads']} threads, parity "
+                  f"{engine['parity_max_abs_diff']:.1e})" if engine["name"] == "tflite" else "")
+        why = f"; {engine['fallback']}" if engine.get("fallback") else ""
+        out.print(f"engine {engine['name']}{detail}{why}", highlight=False)
+    if "l2" in head:
+        weights = (result.meta.get("training") or {}).get("class_weight") or {}
+        out.print(f"head: l2 {head['l2']:g} ({head['l2_chosen_by']}); class weights "
+                  f"{'on' if weights.get('applied') else 'off'}", highlight=False)
+    if result.skipped:
+        out.print(f"skipped {len(result.skipped)} unreadable file(s): listed above and in "
+                  f"{result.bundle / 'meta.json'}", highlight=False)
     threshold = settings.assert_accuracy_at_least
     if threshold is not None:
         _gate({"accuracy": m["val_accuracy"], "threshold": threshold,
