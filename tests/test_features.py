@@ -116,3 +116,20 @@ def test_the_cache_keeps_features_skipped_files_and_the_engine(tmp_path):
     (tmp_path / "k.npz").write_bytes(b"damaged")
     third, hit = features.cached(tmp_path, "k", compute)
     assert not hit and len(calls) == 2 and third.features.shape == (3, 4)
+
+
+def test_a_cache_that_cannot_be_written_warns_and_the_run_goes_on(tmp_path, monkeypatch):
+    """A read-only photo folder (where the cache lives) must not lose the pass just made."""
+    computed = features.Pass(np.ones((3, 4), "float32"), np.array([0, 1, 0]), [], 1.5, 3,
+                             "tf")
+
+    def refuse(path, result):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(features, "store", refuse)
+    warnings = []
+    result, hit = features.cached(tmp_path / "cache", "key", lambda: computed,
+                                  warn=warnings.append)
+    assert result is computed and hit is False
+    assert len(warnings) == 1 and "Permission denied" in warnings[0]
+    assert str(tmp_path / "cache") in warnings[0]

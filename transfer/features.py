@@ -24,6 +24,7 @@ features from either are interchangeable. The engine that computed an entry is s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -213,8 +214,11 @@ def file_rows(paths: list, root: Path | None = None) -> list[tuple[str, int, int
     return rows
 
 
-def cached(cache_dir: Path, key: str, compute: Callable[[], Pass]) -> tuple[Pass, bool]:
-    """(pass, hit): from ``cache_dir/key.npz`` or computed and stored."""
+def cached(cache_dir: Path, key: str, compute: Callable[[], Pass],
+           warn: Callable[[str], None] | None = None) -> tuple[Pass, bool]:
+    """(pass, hit): from ``cache_dir/key.npz`` or computed and stored. A cache that cannot be
+    written (a read-only photo folder, a full disk) costs the next run a pass, never this run:
+    ``warn`` is told and the features are returned all the same."""
     path = Path(cache_dir) / f"{key}.npz"
     if path.is_file():
         try:
@@ -223,9 +227,16 @@ def cached(cache_dir: Path, key: str, compute: Callable[[], Pass]) -> tuple[Pass
                 return Pass(data["features"], data["labels"], extra.get("skipped", []), 0.0, 0,
                             extra.get("engine")), True
         except (OSError, ValueError, KeyError):
-            path.unlink(missing_ok=True)  # a damaged cache entry is recomputed
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)  # a damaged cache entry is recomputed
     result = compute()
-    store(path, result)
+    try:
+        store(path, result)
+    except OSError as exc:
+        if warn is not None:
+            where = exc.filename or path
+            warn(f"feature cache not written ({exc.strerror or exc}: {where}); the next run "
+                 "computes the features again")
     return result, False
 
 

@@ -242,7 +242,7 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter) -> Feature
         if not hp.feature_cache:
             result, hit = compute(), False
         else:
-            result, hit = features.cached(cache_dir, key, compute)
+            result, hit = features.cached(cache_dir, key, compute, warn=reporter.warn)
         hits.append(hit)
         passes.append(result)
         for item in result.skipped:
