@@ -230,7 +230,7 @@ def plot(data: dict, path: Path) -> Path:
     axes[0].bar_label(bars, labels=[f"{a:.3f}" for a in accuracy])
     seconds = [runs[n]["seconds"] for n in names]
     bars = axes[1].bar(names, seconds, color=colour)
-    axes[1].set_ylabel("seconds (training and validation)")
+    axes[1].set_ylabel("seconds (the whole run)")
     axes[1].bar_label(bars, labels=[f"{s:.0f} s" for s in seconds])
     for ax in axes[:2]:
         ax.grid(axis="y", alpha=0.3)
