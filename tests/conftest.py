@@ -34,6 +34,9 @@ def _keras_home() -> Path:
 
 os.environ["KERAS_HOME"] = str(_keras_home())
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The report written at the end of every train/evaluate skips its Grad-CAM overlays in the
+# suite (about 2 s a run); tests/test_report.py checks the overlays with write_report itself.
+os.environ.setdefault("TRANSFER_REPORT_GRADCAMS", "0")
 
 
 def in_ci() -> bool:

@@ -65,7 +65,7 @@ def test_bundle_contents_and_the_saved_model_reproduces_validation(own_split, tm
     target = tmp_path / "models/b1"
     assert result.bundle == target
     assert sorted(p.name for p in target.iterdir()) == [
-        "curves.png", "history.csv", "meta.json", "model.keras", "settings.json"]
+        "curves.png", "history.csv", "meta.json", "model.keras", "report.html", "settings.json"]
     assert (tmp_path / "models/latest").resolve() == target.resolve()
     meta = json.loads((target / "meta.json").read_text())
     assert set(bundle.COMMON_FIELDS) <= set(meta) and meta["kind"] == "transfer"

@@ -281,4 +281,7 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
                                 if n_wrong else "no mistakes"))
         write_suspects(tmp[SUSPECTS], report["worst_mistakes"])
         write_json(tmp[REPORT], report)
+    from transfer import report as html_report
+
+    html_report.write_quietly(output, reporter)
     return EvaluateResult(report=report, output=output, files=kept)

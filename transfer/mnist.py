@@ -323,6 +323,9 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
 
     bundle.write(target, p.force, model, meta, history, title=f"{p.dataset} {p.arch}",
                  extra=pictures)
+    from transfer import report
+
+    report.write_quietly(target, reporter)
     return MnistResult(target, meta, noise, summary_rows(model))
 
 

@@ -559,3 +559,23 @@ def write_report(folder: Path, output: Path | None = None, *, gradcams: int = GR
     with replacing(target) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
     return target
+
+
+def write_quietly(folder: Path, reporter=None, *, gradcams: int | None = None) -> Path | None:
+    """``write_report`` at the end of train, mnist and evaluate: their real outputs are already
+    in place, so a report that cannot be made is a warning, never a failed run. Grad-CAM
+    overlays: ``gradcams``, else ``$TRANSFER_REPORT_GRADCAMS``, else 4 (each costs a forward
+    and a backward pass; 0 makes the report instant)."""
+    if gradcams is None:
+        import os
+
+        try:
+            gradcams = max(0, int(os.environ.get("TRANSFER_REPORT_GRADCAMS", GRADCAMS)))
+        except ValueError:
+            gradcams = GRADCAMS
+    try:
+        return write_report(folder, gradcams=gradcams)
+    except Exception as exc:  # the report is a view of files already written
+        if reporter is not None:
+            reporter.warn(f"report.html not written ({type(exc).__name__}: {exc})")
+        return None

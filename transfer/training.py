@@ -237,6 +237,9 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
     meta = training_meta(run, built, feats, fit, validation, timings)
     bundle.write(run.target, settings.force, built.full, meta, fit.history,
                  title=f"{run.base.name} on {run.root}")
+    from transfer import report
+
+    report.write_quietly(run.target, reporter)
     return TrainResult(run.target, meta, fit.history, timings)
 
 
