@@ -89,5 +89,5 @@ def test_train_cli_unknown_base(tiny_split):
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "error: Invalid value for '--base': 'alexnet' is not one of 'inception', 'vgg16', "
-        "'mobilenet', 'mobilenetv2', 'resnet50', 'efficientnetb0', 'scratch'. "
+        "'mobilenet', 'mobilenetv2', 'resnet50', 'efficientnetb0', 'scratch', 'scratch-seeds'. "
         "(see 'transfer train --help')"]

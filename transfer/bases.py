@@ -8,6 +8,7 @@ downloads for it. Everything else (training, predict, explain, export) asks here
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,7 +162,11 @@ def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
         raise TransferError(f"the ImageNet classifier of {base.name} needs {base.size} px")
     kwargs["input_shape"] = (size, size, 3)
     try:
-        return application(include_top=include_top, weights=weights, **kwargs)
+        with warnings.catch_warnings():
+            # MobileNet at a size without its own weight file loads the 224 px weights (the
+            # registry's weight_files says which file; `transfer bases` lists them): expected
+            warnings.filterwarnings("ignore", message=r".*input_shape. is undefined or non-sq")
+            return application(include_top=include_top, weights=weights, **kwargs)
     except TransferError:
         raise
     except Exception as exc:

@@ -118,19 +118,16 @@ def graphs_of(base, base_model, size: int, n_classes: int, dropout: float = 0.2,
     """The full, core, features (and head) graphs over one set of layers."""
     from transfer.tf import keras
 
+    if not base.pretrained:  # a CNN from scratch: its own head; trunk not in inference mode
+        return bases.scratch_graphs(base, base_model, size, n_classes)
     layers = keras.layers
     binary = n_classes == 2
     out = layers.Dense(1 if binary else n_classes, activation="sigmoid" if binary else "softmax",
                        name="predictions")
-    if base.pretrained:
-        pool = layers.GlobalAveragePooling2D(name="pool")
-        head_layers = [layers.Dropout(dropout, name="dropout")]
-        if dense > 0:
-            head_layers.append(layers.Dense(dense, activation="relu", name="dense"))
-    else:  # the seeds' CNN: Flatten-Dense128-Dropout0.5
-        pool = layers.Flatten(name="flatten")
-        head_layers = [layers.Dense(128, activation="relu", name="dense"),
-                       layers.Dropout(0.5, name="dropout")]
+    pool = layers.GlobalAveragePooling2D(name="pool")
+    head_layers = [layers.Dropout(dropout, name="dropout")]
+    if dense > 0:
+        head_layers.append(layers.Dense(dense, activation="relu", name="dense"))
     head_layers.append(out)
 
     def head(x):
@@ -145,11 +142,9 @@ def graphs_of(base, base_model, size: int, n_classes: int, dropout: float = 0.2,
     pre = keras.Input((size, size, 3), name="preprocessed")
     core = keras.Model(pre, head(pool(base_model(pre, training=False))), name="core")
     feature_model = keras.Model(pre, pool(base_model(pre, training=False)), name="features")
-    graphs = {"full": full, "core": core, "features": feature_model}
-    if base.pretrained:
-        feats = keras.Input((feature_model.output_shape[-1],), name="features")
-        graphs["head"] = keras.Model(feats, head(feats), name="head")
-    return graphs
+    feats = keras.Input((feature_model.output_shape[-1],), name="features")
+    return {"full": full, "core": core, "features": feature_model,
+            "head": keras.Model(feats, head(feats), name="head")}
 
 
 # --------------------------------------------------------------------------- features

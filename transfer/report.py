@@ -334,6 +334,10 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
     folder = Path(folder)
     if not folder.is_dir():
         raise TransferError(f"{folder}: no such bundle or evaluation folder")
+    if (folder / "compare.json").is_file() and not (folder / "meta.json").is_file():
+        from transfer import compare
+
+        return compare.render_page(compare.read(folder), folder)
     meta = _read_json(folder / "meta.json")
     evaluation = _read_json(folder / "report.json")
     if not isinstance(meta, dict):

@@ -277,10 +277,13 @@ class TrainSettings(Settings):
     command: str = ""
 
     def recipe(self) -> str:
-        """"scratch" for the CNN trained from scratch, else "frozen"."""
+        """The recipe's name: "frozen" for a pretrained base; for a CNN from scratch its own
+        entry when it has one (scratch-seeds), else "scratch"."""
         from transfer import bases
 
-        return "frozen" if bases.get(self.base).pretrained else "scratch"
+        if bases.get(self.base).pretrained:
+            return "frozen"
+        return self.base if self.base in RECIPES else "scratch"
 
     def resolved(self) -> TrainSettings:
         """Paths made explicit (train/validate folders under data_dir when they exist; None

@@ -235,10 +235,19 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
                       fit.seconds, time.perf_counter() - started)
     report_skipped(run, reporter)
     meta = training_meta(run, built, feats, fit, validation, timings)
-    bundle.write(run.target, settings.force, built.full, meta, fit.history,
-                 title=f"{run.base.name} on {run.root}")
     from transfer import report
+    from transfer.preview import PREVIEW_PNG, preview_augment
 
+    def preview(folder):  # what the network saw: a few photos beside augmented versions
+        preview_augment(run.usable("train"), settings.augment, run.size,
+                        Path(folder) / PREVIEW_PNG, seed=settings.seed,
+                        pipeline="features" if run.use_cache else settings.pipeline)
+
+    bundle.write(run.target, settings.force, built.full, meta, fit.history,
+                 title=f"{run.base.name} on {run.root}", extra=preview)
+    if settings.preview_augment:
+        shutil.copyfile(run.target / PREVIEW_PNG, Path(settings.data_dir) / PREVIEW_PNG)
+        reporter.info(f"augmentation preview: {Path(settings.data_dir) / PREVIEW_PNG}")
     report.write_quietly(run.target, reporter)
     return TrainResult(run.target, meta, fit.history, timings)
 
@@ -342,7 +351,7 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
         augmentation={**hp.augment.as_dict(), "copies": run.copies if run.use_cache else None},
         head={"dropout": hp.dropout, "dense": hp.dense,
               **{k: fit.info[k] for k in ("l2", "l2_chosen_by", "l2_grid") if k in fit.info}}
-             if base.pretrained else {"dense": 128, "dropout": 0.5},
+             if base.pretrained else bases.head_meta(base),
         training={"epochs": hp.epochs, "batch_size": hp.batch_size,
                   "learning_rate": hp.learning_rate, "patience": hp.patience,
                   "lr_schedule": fit.info.get("lr_schedule", hp.lr_schedule),
