@@ -80,10 +80,11 @@ def test_mnist_model_loads_with_plain_keras(tmp_path):
 @pytest.fixture
 def small_bundle(tmp_path):
     """A real (small) bundle written by the one writer: model, meta, settings, history."""
-    model = classifier("scratch", 16)
+    model = classifier("scratch-seeds", 16)
     meta = bundle.meta(kind="transfer", class_names=["cats", "dogs"], image_size=16, channels=3,
                        preprocessing={"mode": "scale"}, seed=1, command="test",
-                       settings={"base": "scratch", "epochs": 1}, metrics={"val_accuracy": 0.5})
+                       settings={"base": "scratch-seeds", "epochs": 1},
+                       metrics={"val_accuracy": 0.5})
     history = {"loss": [0.7], "val_loss": [0.69], "phase": ["train"]}
     target = bundle.write(tmp_path / "models/b", False, model, meta, history, title="t")
     return target

@@ -69,11 +69,12 @@ def independent_gradcam(model_file, photo, size: int, class_index: int) -> tuple
     return cam / cam.max(), probs, cam
 
 
-def assert_non_trivial(heatmap: np.ndarray) -> None:
-    """Not all zero, not constant, not one hot spot: a map that points somewhere."""
+def assert_non_trivial(heatmap: np.ndarray, cells: int = 3) -> None:
+    """Not all zero, not constant, not a single hot spot: a map that points somewhere (the
+    map of the class a photo is NOT of may rest on fewer cells: ``cells`` 2)."""
     assert heatmap.max() == pytest.approx(1.0) and heatmap.min() >= 0
     assert heatmap.std() > 0.05
-    assert 3 <= np.count_nonzero(heatmap > 0.05) < heatmap.size
+    assert cells <= np.count_nonzero(heatmap > 0.05) < heatmap.size
 
 
 @pytest.fixture()
@@ -100,7 +101,7 @@ def test_gradcam_matches_an_independent_computation(trained_bundle, dog_photo, t
                            write=False)
     expected_cats, _, _ = independent_gradcam(model_file, dog_photo, 224, 0)
     assert cats.label == "cats" and cats.class_index == 0 and cats.png is None
-    assert_non_trivial(cats.heatmap)
+    assert_non_trivial(cats.heatmap, cells=2)
     np.testing.assert_allclose(cats.heatmap, expected_cats, atol=1e-4)
     # one sigmoid logit: where the evidence is for dogs it is against cats, and back
     assert np.all(np.minimum(cats.heatmap, result.heatmap) == 0)

@@ -1,0 +1,69 @@
+"""scripts/run.sh end to end: the README's main job, on the shared archive, offline.
+
+The script works in the folder it lives in (data/, models/), so it runs from a copy of the
+project's scripts beside the installed .venv: the repository's own data/ and models/ are never
+touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from conftest import REPO
+
+
+def test_run_sh_fetches_trains_evaluates_predicts_and_explains(kaggle_zip, mobilenet_weights,
+                                                               tmp_path):
+    work = tmp_path / "project"
+    work.mkdir()
+    shutil.copytree(REPO / "scripts", work / "scripts")
+    shutil.copy2(REPO / "pyproject.toml", work / "pyproject.toml")  # same mtime: no reinstall
+    (work / ".venv").symlink_to(REPO / ".venv")
+    env = {**os.environ, "TRAIN_ARGS": "--base mobilenet --alpha 0.25 --epochs 3",
+           "COLUMNS": "120"}
+    result = subprocess.run(
+        ["bash", "scripts/run.sh", "--archive", str(kaggle_zip), "--train-per-class", "20",
+         "--validate-per-class", "10"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for step in ("== transfer fetch-data", "== transfer train", "== transfer evaluate",
+                 "== transfer predict", "== transfer explain"):
+        assert step in result.stdout, step
+    assert "Traceback" not in result.stdout + result.stderr
+    bundle = (work / "models/latest").resolve()
+    meta = json.loads((bundle / "meta.json").read_text())
+    assert meta["base"] == "mobilenet" and meta["class_names"] == ["cats", "dogs"]
+    assert meta["data"]["counts"]["train"] == {"cats": 20, "dogs": 20}
+    report = json.loads((bundle / "report.json").read_text())
+    assert report["images"] == 20
+    assert (bundle / "gradcam.png").stat().st_size > 0
+    assert (bundle / "report.html").is_file()
+    assert "cats" in result.stdout and "dogs" in result.stdout  # predict's table
+
+
+def test_run_sh_offline_with_the_default_base_names_the_offline_way(kaggle_zip, tmp_path):
+    """No InceptionV3 weights here: the failure says how to run the job offline."""
+    work = tmp_path / "project"
+    work.mkdir()
+    shutil.copytree(REPO / "scripts", work / "scripts")
+    shutil.copy2(REPO / "pyproject.toml", work / "pyproject.toml")
+    (work / ".venv").symlink_to(REPO / ".venv")
+    keras_home = tmp_path / "empty-keras-home"
+    (keras_home / "models").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k != "TRAIN_ARGS"}
+    env["KERAS_HOME"] = str(keras_home)
+    # a port nobody listens on: Keras's download fails at once, as it does offline
+    env["HTTPS_PROXY"] = env["HTTP_PROXY"] = "http://127.0.0.1:9"
+    result = subprocess.run(
+        ["bash", "scripts/run.sh", "--archive", str(kaggle_zip), "--train-per-class", "5",
+         "--validate-per-class", "3"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    assert "could not be downloaded" in result.stderr
+    assert 'TRAIN_ARGS="--base mobilenet --alpha 0.25"' in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (work / "models").exists() or not any((work / "models").iterdir())
