@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 from conftest import REPO
 
