@@ -416,7 +416,7 @@ def train_cmd(
     if "l2" in head:
         weights = (result.meta.get("training") or {}).get("class_weight") or {}
         out.print(f"head: l2 {head['l2']:g} ({head['l2_chosen_by']}); class weights "
-                  f"{'on' if weights.get('applied') else 'off'}", highlight=False)
+                  f"{weights.get('applied') or 'none'}", highlight=False)
     if result.skipped:
         out.print(f"skipped {len(result.skipped)} unreadable file(s): listed above and in "
                   f"{result.bundle / 'meta.json'}", highlight=False)

@@ -37,7 +37,7 @@ LR_SCHEDULES = ("constant", "cosine")
 # trains. A frozen base only trains a small head; a CNN from scratch learns every weight and
 # needs many more epochs with a decaying learning rate (docs/BENCHMARKS.md has the runs).
 RECIPES = {
-    "frozen": {"epochs": 30, "learning_rate": 1e-3, "patience": 3, "lr_schedule": "constant"},
+    "frozen": {"epochs": 100, "learning_rate": 1e-3, "patience": 5, "lr_schedule": "constant"},
     "scratch": {"epochs": 24, "learning_rate": 2e-3, "patience": 10, "lr_schedule": "cosine"},
     # the seeds' CNN (Flatten-Dense128, 5.3 M weights) stays at chance with 2e-3: its own
     "scratch-seeds": {"epochs": 10, "learning_rate": 1e-3, "patience": 3,

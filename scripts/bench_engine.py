@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Benchmark the frozen feature pass's engines in one run (not a test): issue 12's figures.
+
+(c) the floor: a bare TensorFlow `model.predict` pass of the base over every train + validate
+    file, Pillow decode and resize included (sequential, as a plain script would do it);
+(1) `transfer train --no-augment --no-feature-cache --engine E` on its very first run (an
+    empty TFLite cache: the conversion is included);
+(2) the same command again (features computed again, the converted base reused);
+(3) a cache-hit rerun (`--feature-cache`, second time): the head's training time alone.
+
+Usage: python scripts/bench_engine.py --data-dir data --base mobilenet --alpha 0.25
+Prints a Markdown table for docs/BENCHMARKS.md. Uses a fresh temporary KERAS_HOME whose
+models/ links the weights of the current one, so the TFLite cache starts empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def fresh_keras_home() -> Path:
+    current = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
+    home = Path(tempfile.mkdtemp(prefix="bench-keras-home-"))
+    (home / "models").mkdir()
+    for item in current.iterdir() if current.is_dir() else []:
+        (home / "models" / item.name).symlink_to(item.resolve())
+    return home
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--base", default="mobilenet")
+    parser.add_argument("--alpha", type=float, default=0.25)
+    parser.add_argument("--engines", default="tflite,tf")
+    args = parser.parse_args()
+    os.environ["KERAS_HOME"] = str(fresh_keras_home())
+
+    import numpy as np
+
+    from transfer import bases, pipelines
+    from transfer.settings import Augment, TrainSettings
+    from transfer.tf import keras, tf
+    from transfer.training import train
+
+    base = bases.get(args.base)
+    files = [p for split in ("train", "validate")
+             for cls in pipelines.class_names(args.data_dir / split)
+             for p in pipelines.image_files(args.data_dir / split / cls)]
+    model = bases.build(base, base.size, args.alpha, "imagenet")
+    raw = keras.Input((base.size, base.size, 3))
+    pooled = keras.Model(raw, keras.layers.GlobalAveragePooling2D()(
+        model(bases.preprocess_layer(base.preprocess)(raw))))
+    started = time.perf_counter()
+    for i in range(0, len(files), 32):
+        batch = np.stack([pipelines.read_rgb(p, base.size) for p in files[i:i + 32]])
+        pooled.predict(batch.astype("float32"), verbose=0)
+    floor = time.perf_counter() - started
+    rows = [("(c) bare TF predict pass, Pillow decode included", floor, None, None, None)]
+
+    def run(label, engine, cache, output):
+        settings = TrainSettings(data_dir=args.data_dir, base=args.base, alpha=args.alpha,
+                                 augment=Augment(enabled=False), engine=engine,
+                                 feature_cache=cache, output=output, force=True,
+                                 models_dir=output.parent)
+        result = train(settings)
+        t, e = result.meta["timings"], result.meta.get("engine") or {}
+        rows.append((label, t["total_seconds"], t["head_training_seconds"],
+                     e.get("images_per_second"), result.meta["metrics"]["val_accuracy"]))
+
+    out = Path(tempfile.mkdtemp(prefix="bench-engine-"))
+    for engine in args.engines.split(","):
+        run(f"(1) train --no-augment --no-feature-cache --engine {engine}, first run",
+            engine, False, out / f"{engine}-1")
+        run("(2) the same, again (converted base reused)", engine, False, out / f"{engine}-2")
+    shutil.rmtree(args.data_dir / ".cache" / "features", ignore_errors=True)
+    run("(3a) train --no-augment, cache miss", args.engines.split(",")[0], True, out / "hit-1")
+    run("(3b) train --no-augment, cache hit (head only)", args.engines.split(",")[0], True,
+        out / "hit-2")
+    print(f"Machine: {platform.machine()}, {os.cpu_count()} CPUs; TensorFlow {tf.__version__}, "
+          f"Keras {keras.__version__}; {len(files)} images; {time.strftime('%Y-%m-%d')}")
+    print("| run | total (s) | head training (s) | pass images/s | val accuracy | x floor |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for label, total, head, speed, acc in rows:
+        cells = [f"{total:.1f}", "" if head is None else f"{head:.2f}",
+                 "" if speed is None else f"{speed}", "" if acc is None else f"{acc:.4f}",
+                 f"{total / floor:.2f}"]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
