@@ -91,3 +91,24 @@ def test_train_cli_unknown_base(tiny_split):
         "error: Invalid value for '--base': 'alexnet' is not one of 'inception', 'vgg16', "
         "'mobilenet', 'mobilenetv2', 'resnet50', 'efficientnetb0', 'scratch', 'scratch-seeds'. "
         "(see 'transfer train --help')"]
+
+
+def test_bases_lists_every_base_and_which_weights_are_cached(mobilenet_weights):
+    """`transfer bases`: every registered base (each MobileNet width), its input size and
+    parameters, and whether its ImageNet weights are in $KERAS_HOME/models (the genuine
+    MobileNet-0.25 file is; InceptionV3's is not)."""
+    from transfer import bases
+
+    result = runner.invoke(app, ["bases"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines()
+            if line.startswith("│")}
+    for name, base in bases.BASES.items():
+        if base.has_alpha:
+            for alpha in bases.MOBILENET_ALPHAS:
+                assert f"{name} --alpha {alpha}" in rows
+        else:
+            assert name in rows and f"{base.size}" in rows[name]
+    assert "│ cached" in rows["mobilenet --alpha 0.25"]
+    assert "not cached" in rows["inception"] and "not cached" in rows["mobilenet --alpha 1.0"]
+    assert "21,802,784" in rows["inception"]  # InceptionV3 without its top (Keras counts)
