@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from transfer.progress import Reporter
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -87,6 +89,19 @@ def make_zip(path: Path, members: dict[str, bytes]) -> Path:
 def kaggle_members(real_photos, per_class: int) -> dict[str, bytes]:
     return {f"train/{name}": data for cls in ("cats", "dogs")
             for name, data in real_photos[cls][:per_class]}
+
+
+class Recorder(Reporter):
+    """A reporter that keeps what the library says (info and warnings) for a test to read."""
+
+    def __init__(self):
+        self.infos, self.warnings = [], []
+
+    def info(self, message):
+        self.infos.append(message)
+
+    def warn(self, message):
+        self.warnings.append(message)
 
 
 def truncated(data: bytes) -> bytes:

@@ -7,21 +7,10 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import Recorder
 
 from transfer import engines
 from transfer.errors import TransferError
-from transfer.progress import Reporter
-
-
-class Recorder(Reporter):
-    def __init__(self):
-        self.warnings, self.infos = [], []
-
-    def warn(self, message):
-        self.warnings.append(message)
-
-    def info(self, message):
-        self.infos.append(message)
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_asset, text_as_jpg, truncated
+from conftest import Recorder, require_asset, text_as_jpg, truncated
 from PIL import Image
 
 from transfer import phases, pipelines
 from transfer.errors import TransferError
-from transfer.progress import Reporter
 from transfer.settings import Augment, FetchOptions, TrainSettings
 from transfer.training import plan, train
 
@@ -28,17 +27,6 @@ FAST = dict(base="mobilenet", alpha=0.25, weights="none", image_size=48, epochs=
 # the genuine MobileNet-0.25 ImageNet weights
 GENUINE = dict(base="mobilenet", alpha=0.25, weights="imagenet", image_size=96, batch_size=8,
                epochs=2, engine="tf")
-
-
-class Recorder(Reporter):
-    def __init__(self):
-        self.infos, self.warnings = [], []
-
-    def info(self, message):
-        self.infos.append(message)
-
-    def warn(self, message):
-        self.warnings.append(message)
 
 
 @pytest.fixture(scope="module")

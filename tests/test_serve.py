@@ -19,13 +19,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import require_asset
+from conftest import Recorder, require_asset
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from transfer import serve
 from transfer.errors import TransferError
-from transfer.progress import Reporter
 from transfer.settings import ServeSettings
 
 UNSEEN = range(1100, 1110)  # Kaggle numbers no fixture trains on (they take < 1000)
@@ -278,17 +277,6 @@ def test_streamed_upload_over_the_limit_on_a_real_server(models_dir):
                 "content-type": f"multipart/form-data; boundary={boundary}"})
             assert response.status_code == 413
             assert http.get(url + "api/health").status_code == 200
-
-
-class Recorder(Reporter):
-    def __init__(self):
-        self.infos, self.warnings = [], []
-
-    def info(self, message):
-        self.infos.append(message)
-
-    def warn(self, message):
-        self.warnings.append(message)
 
 
 def test_binding_all_interfaces_warns(models_dir, monkeypatch):

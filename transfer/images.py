@@ -24,6 +24,7 @@ the tfdata pipeline record no ``preprocessing.resize`` and keep ``tf.image.resiz
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -44,42 +45,40 @@ def open_image(source):
     file object such as an upload), or ImageError."""
     import io
 
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     if isinstance(source, bytes | bytearray | memoryview):
         if len(source) == 0:
             raise ImageError("empty file (0 bytes)")
         source = io.BytesIO(bytes(source))
     elif not hasattr(source, "read"):
-        source = Path(source)
-        if not source.exists():
-            raise ImageError("no such file")
-        if source.is_dir():
-            raise ImageError("is a folder")
-        if source.stat().st_size == 0:
-            raise ImageError("empty file (0 bytes)")
-    try:
-        with Image.open(source) as image:
-            image.load()
-            image = ImageOps.exif_transpose(image) or image
-    except UnidentifiedImageError:
-        raise ImageError("not an image (Pillow cannot identify it)") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"too large to decode safely ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"corrupt or truncated image ({exc})") from None
+        source = _existing_file(source)
+    with _pillow_errors(), Image.open(source) as image:
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
     if min(image.size) < MIN_SIDE:
         raise ImageError(f"image is {image.size[0]}x{image.size[1]} px; too small to classify "
                          f"(at least {MIN_SIDE}x{MIN_SIDE})")
     return image
 
 
-def check_header(path) -> None:
-    """ImageError when the file at ``path`` is not an image even by its header (no such file,
-    zero bytes, not a format Pillow identifies); cheap: no pixel is decoded, so a truncated or
-    corrupt image passes here and fails in ``open_image``."""
+@contextlib.contextmanager
+def _pillow_errors():
+    """Pillow's many exceptions as one ImageError saying why, in words."""
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        yield
+    except UnidentifiedImageError:
+        raise ImageError("not an image (Pillow cannot identify it)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"too large to decode safely ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"corrupt or truncated image ({exc})") from None
+
+
+def _existing_file(path) -> Path:
+    """``path`` as a Path, or ImageError when it is missing, a folder or empty."""
     path = Path(path)
     if not path.exists():
         raise ImageError("no such file")
@@ -87,15 +86,18 @@ def check_header(path) -> None:
         raise ImageError("is a folder")
     if path.stat().st_size == 0:
         raise ImageError("empty file (0 bytes)")
-    try:
-        with Image.open(path):
-            pass
-    except UnidentifiedImageError:
-        raise ImageError("not an image (Pillow cannot identify it)") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"too large to decode safely ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"corrupt or truncated image ({exc})") from None
+    return path
+
+
+def check_header(path) -> None:
+    """ImageError when the file at ``path`` is not an image even by its header (no such file,
+    zero bytes, not a format Pillow identifies); cheap: no pixel is decoded, so a truncated or
+    corrupt image passes here and fails in ``open_image``."""
+    from PIL import Image
+
+    path = _existing_file(path)
+    with _pillow_errors(), Image.open(path):
+        pass
 
 
 def _has_alpha(image) -> bool:
