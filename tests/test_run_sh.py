@@ -15,13 +15,25 @@ import subprocess
 from conftest import REPO
 
 
-def test_run_sh_fetches_trains_evaluates_predicts_and_explains(kaggle_zip, mobilenet_weights,
-                                                               tmp_path):
+def project_copy(tmp_path):
+    """scripts/ and pyproject.toml beside the installed .venv. The copy's pyproject.toml is
+    dated before the install stamp, so set-up never reinstalls from the copy (that would point
+    the editable install at a folder without the package)."""
+    stamp = REPO / ".venv" / ".transfer-installed"
+    assert stamp.is_file(), "run ./scripts/test.sh (it installs .venv) before this test"
     work = tmp_path / "project"
     work.mkdir()
     shutil.copytree(REPO / "scripts", work / "scripts")
-    shutil.copy2(REPO / "pyproject.toml", work / "pyproject.toml")  # same mtime: no reinstall
+    shutil.copyfile(REPO / "pyproject.toml", work / "pyproject.toml")
+    older = stamp.stat().st_mtime - 60
+    os.utime(work / "pyproject.toml", (older, older))
     (work / ".venv").symlink_to(REPO / ".venv")
+    return work
+
+
+def test_run_sh_fetches_trains_evaluates_predicts_and_explains(kaggle_zip, mobilenet_weights,
+                                                               tmp_path):
+    work = project_copy(tmp_path)
     env = {**os.environ, "TRAIN_ARGS": "--base mobilenet --alpha 0.25 --epochs 3",
            "COLUMNS": "120"}
     result = subprocess.run(
@@ -46,11 +58,7 @@ def test_run_sh_fetches_trains_evaluates_predicts_and_explains(kaggle_zip, mobil
 
 def test_run_sh_offline_with_the_default_base_names_the_offline_way(kaggle_zip, tmp_path):
     """No InceptionV3 weights here: the failure says how to run the job offline."""
-    work = tmp_path / "project"
-    work.mkdir()
-    shutil.copytree(REPO / "scripts", work / "scripts")
-    shutil.copy2(REPO / "pyproject.toml", work / "pyproject.toml")
-    (work / ".venv").symlink_to(REPO / ".venv")
+    work = project_copy(tmp_path)
     keras_home = tmp_path / "empty-keras-home"
     (keras_home / "models").mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if k != "TRAIN_ARGS"}
