@@ -27,7 +27,6 @@ side and a 100x margin on the other; the head, a linear layer, turns 1e-3 into w
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.errors import TransferError
+from transfer.files import digest
 from transfer.progress import Reporter
 
 ENGINES = ("auto", "tf", "tflite")
@@ -63,9 +63,7 @@ def cache_key(**parts) -> str:
     """A short stable digest of everything that changes the converted function."""
     from transfer.tf import tf
 
-    parts = {**parts, "tensorflow": tf.__version__, "format": 1}
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:24]
+    return digest({**parts, "tensorflow": tf.__version__, "format": 1})[:24]
 
 
 @dataclass

@@ -25,7 +25,6 @@ features from either are interchangeable. The engine that computed an entry is s
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import time
 from collections import deque
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.files import replacing
+from transfer.files import digest, replacing
 from transfer.progress import Reporter
 
 PASS_BATCH = 32  # images per engine call (the converted base's fixed batch)
@@ -66,8 +65,7 @@ def read_image(path, size: int) -> np.ndarray:
 
 def cache_key(**parts) -> str:
     """A stable hash of everything the features depend on."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:32]
+    return digest(parts)[:32]
 
 
 @dataclass

@@ -39,6 +39,12 @@ def write_json(path: Path, payload: dict) -> None:
         tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
+def digest(parts: dict) -> str:
+    """The SHA-256 (hex) of ``parts`` as canonical JSON: a stable key for caches."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
 def sha256_file(path: Path) -> str:
     """The SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
