@@ -651,3 +651,25 @@ def test_refuses_to_overwrite_without_force_and_replaces_a_bundle_with_it(own_sp
     assert meta["created"] >= first.meta["created"] and meta["training"]["epochs"] == 2
     assert meta == second.meta
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["b", "latest"]
+
+
+def test_the_accuracy_gate_is_recorded_in_meta_and_exits_3_from_the_cli(tiny_split, tmp_path):
+    """--assert-accuracy-at-least: meta.json records the gate (for Python callers too); the CLI
+    writes the bundle, then one line and exit code 3 when it is not met."""
+    from typer.testing import CliRunner
+
+    from transfer.cli import app
+
+    args = ["train", "--data-dir", str(tiny_split), "--base", "mobilenet", "--alpha", "0.25",
+            "--weights", "none", "--image-size", "32", "--epochs", "1", "--no-augment",
+            "--models-dir", str(tmp_path / "models"), "--output", str(tmp_path / "gated"),
+            "--assert-accuracy-at-least", "1.0"]
+    result = CliRunner().invoke(app, args, prog_name="transfer")
+    meta = json.loads((tmp_path / "gated" / "meta.json").read_text())
+    gate = meta["gate"]
+    assert gate["threshold"] == 1.0 and gate["accuracy"] == meta["metrics"]["val_accuracy"]
+    assert gate["passed"] is False and result.exit_code == 3
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [result.stderr.strip().splitlines()[-1]]  # one line, the last
+    assert errors[0].startswith("error: validation accuracy 0.")
+    assert "Traceback" not in result.stderr

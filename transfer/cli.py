@@ -420,10 +420,7 @@ def train_cmd(
     if result.skipped:
         out.print(f"skipped {len(result.skipped)} unreadable file(s): listed above and in "
                   f"{result.bundle / 'meta.json'}", highlight=False)
-    threshold = settings.assert_accuracy_at_least
-    if threshold is not None:
-        _gate({"accuracy": m["val_accuracy"], "threshold": threshold,
-               "passed": m["val_accuracy"] >= threshold}, "validation accuracy")
+    _gate(result.meta.get("gate"), "validation accuracy")
 
 
 # --------------------------------------------------------------------------- predict

@@ -235,6 +235,10 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
                       fit.seconds, time.perf_counter() - started)
     report_skipped(run, reporter)
     meta = training_meta(run, built, feats, fit, validation, timings)
+    if settings.assert_accuracy_at_least is not None:  # recorded as evaluate records it
+        threshold = settings.assert_accuracy_at_least
+        meta["gate"] = {"threshold": threshold, "accuracy": validation.accuracy,
+                        "passed": validation.accuracy >= threshold}
     from transfer import report
     from transfer.preview import PREVIEW_PNG, preview_augment
 
