@@ -364,8 +364,18 @@ def train_cmd(
     seed: Annotated[int, typer.Option(help="Same data and seed, same metrics.",
                                       rich_help_panel=RUN)] = _T.seed,
     distribute: Annotated[Distribute, typer.Option(
-        help="mirrored: tf.distribute.MirroredStrategy over this machine's devices.",
+        help="mirrored: tf.distribute.MirroredStrategy over this machine's devices; "
+             "multi-worker: every worker of TF_CONFIG runs this same command (worker 0, the "
+             "chief, writes the bundle; see README, Training on several machines).",
         rich_help_panel=RUN)] = _T.distribute,
+    worker_timeout: Annotated[float, typer.Option(
+        help="multi-worker: seconds to wait for another worker before stopping.",
+        rich_help_panel=RUN)] = _T.worker_timeout,
+    feature_shard_size: Annotated[int, typer.Option(
+        help="Images per feature shard: a cache entry, the unit of work shared between "
+             "workers, and what the head reads back at a time when the features do not fit "
+             "in memory (TRANSFER_FEATURE_MEMORY_MB).", rich_help_panel=RUN)
+    ] = _T.feature_shard_size,
     tensorboard: Annotated[Path | None, typer.Option(
         help="Write TensorBoard logs to this folder.", show_default=False,
         rich_help_panel=RUN)] = _T.tensorboard,
@@ -392,12 +402,16 @@ def train_cmd(
         augment_copies=augment_copies, image_size=image_size, dropout=dropout, dense=dense,
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
         fine_tune=fine_tune, fine_tune_lr=fine_tune_lr, fine_tune_epochs=fine_tune_epochs,
-        seed=seed, distribute=distribute, tensorboard=tensorboard, feature_cache=feature_cache,
-        models_dir=models_dir, output=output, force=force, command=_command_line())
+        seed=seed, distribute=distribute, worker_timeout=worker_timeout,
+        feature_shard_size=feature_shard_size, tensorboard=tensorboard,
+        feature_cache=feature_cache, models_dir=models_dir, output=output, force=force,
+        command=_command_line())
     settings.validated()  # every option checked before TensorFlow loads
     from transfer.training import train
 
     result = train(settings, reporter=_reporter())
+    if result.bundle is None:  # a worker other than the chief: the chief reports the run
+        return
     m, t = result.meta["metrics"], result.meta["timings"]
     out.print(f"[bold]{result.bundle}[/bold]: validation accuracy {m['val_accuracy']:.4f}, "
               f"loss {m['val_loss']:.4f} (best epoch {m['best_epoch']} of {m['epochs_run']})",

@@ -82,7 +82,8 @@ class Pass:
 
 def run_pass(paths: list, labels, size: int, engine: Callable, *, augment=None, seed: int = 0,
              reporter: Reporter | None = None, description: str = "features",
-             threads: int | None = None, batch_size: int = PASS_BATCH) -> Pass:
+             threads: int | None = None, batch_size: int = PASS_BATCH, offset: int = 0,
+             advance: Callable | None = None) -> Pass:
     """Features of ``engine`` over the images at ``paths`` (in order), decoded in parallel.
 
     Args:
@@ -95,6 +96,10 @@ def run_pass(paths: list, labels, size: int, engine: Callable, *, augment=None, 
             with ``seed``), or None.
         threads: decoding threads (default ``decode_threads()``).
         batch_size: images per engine call.
+        offset: the index of ``paths[0]`` in the whole list (a shard's start): augmented copy
+            ``seed`` of image i draws from ``(seed, offset + i)``, so a shard's copies are those
+            of the whole pass.
+        advance: a progress callback (images done) to use instead of a task of its own.
     """
     from transfer.images import ImageError
 
@@ -109,7 +114,7 @@ def run_pass(paths: list, labels, size: int, engine: Callable, *, augment=None, 
         try:
             pixels = read_image(paths[i], size)
             if augmenting:  # image i of copy "seed": the same draw whatever thread reads it
-                pixels = random_affine(pixels, augment, np.random.default_rng([seed, i]))
+                pixels = random_affine(pixels, augment, np.random.default_rng([seed, offset + i]))
             return pixels, None
         except ImageError as exc:
             return None, str(exc)
@@ -117,8 +122,9 @@ def run_pass(paths: list, labels, size: int, engine: Callable, *, augment=None, 
             return None, f"cannot read the file ({exc.strerror or exc})"
 
     start = time.perf_counter()
-    with reporter.task(description, total=len(paths)) as advance, \
-            ThreadPoolExecutor(threads or decode_threads(),
+    task = (contextlib.nullcontext(advance) if advance is not None
+            else reporter.task(description, total=len(paths)))
+    with task as advance, ThreadPoolExecutor(threads or decode_threads(),
                                thread_name_prefix="transfer-decode") as pool:
         pending: deque = deque()
         upcoming = iter(chunks)
@@ -218,24 +224,25 @@ def cached(cache_dir: Path, key: str, compute: Callable[[], Pass],
     written (a read-only photo folder, a full disk) costs the next run a pass, never this run:
     ``warn`` is told and the features are returned all the same."""
     path = Path(cache_dir) / f"{key}.npz"
-    if path.is_file():
-        try:
-            with np.load(path) as data:
-                extra = json.loads(str(data["extra"]))
-                return Pass(data["features"], data["labels"], extra.get("skipped", []), 0.0, 0,
-                            extra.get("engine")), True
-        except (OSError, ValueError, KeyError):
-            with contextlib.suppress(OSError):
-                path.unlink(missing_ok=True)  # a damaged cache entry is recomputed
+    entry = load_entry(path)  # a damaged entry is removed and computed again
+    if entry is not None:
+        return entry, True
     result = compute()
+    store_quietly(path, result, warn)
+    return result, False
+
+
+def store_quietly(path: Path, result: Pass, warn: Callable[[str], None] | None) -> bool:
+    """``store``, telling ``warn`` instead of failing when the cache cannot be written."""
     try:
         store(path, result)
+        return True
     except OSError as exc:
         if warn is not None:
             where = exc.filename or path
             warn(f"feature cache not written ({exc.strerror or exc}: {where}); the next run "
                  "computes the features again")
-    return result, False
+        return False
 
 
 def store(path: Path, result: Pass) -> None:
@@ -263,3 +270,95 @@ def extract(feature_model, batches, n_steps: int, reporter: Reporter, descriptio
             advance(1)
     seconds = time.perf_counter() - start
     return np.concatenate(outputs), np.concatenate(labels).reshape(-1), seconds
+
+
+# --------------------------------------------------------------------------- shards
+
+SHARD_SIZE = 512  # images per shard of a pass (the default --feature-shard-size)
+MEMORY_MB = 1024  # features up to this size stay in memory; beyond, shards are streamed
+
+
+def memory_budget() -> int:
+    """Bytes of features a run may hold in memory (``TRANSFER_FEATURE_MEMORY_MB``, default
+    MEMORY_MB); a larger set is read back from its shard files one at a time."""
+    import os
+
+    try:
+        return int(float(os.environ.get("TRANSFER_FEATURE_MEMORY_MB", MEMORY_MB)) * 2**20)
+    except ValueError:
+        return MEMORY_MB * 2**20
+
+
+def shard_bounds(n: int, size: int) -> list[tuple[int, int]]:
+    """[(start, stop)] of the shards of a pass over n images: fixed by n and size alone, so the
+    same files make the same shards (and cache entries) whatever the number of workers."""
+    size = max(1, int(size))
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+@dataclass
+class FeatureSet:
+    """One pass's features in shards, each an array in memory or an ``.npz`` file read back when
+    needed: ``chunks()`` streams them (memory bounded by one shard), ``array()`` joins them.
+
+    The labels of the kept rows are always in memory (8 bytes per image)."""
+
+    parts: list  # per shard: np.ndarray (rows, width) or Path of an npz with "features"
+    sizes: list  # rows per shard
+    labels: np.ndarray  # every kept row's label, in shard order
+    width: int
+
+    def __len__(self) -> int:
+        return int(sum(self.sizes))
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * self.width * 4
+
+    @property
+    def in_memory(self) -> bool:
+        return all(isinstance(p, np.ndarray) for p in self.parts)
+
+    def part(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(features, labels) of shard i; a file shard is loaded only now."""
+        start = int(sum(self.sizes[:i]))
+        x = self.parts[i]
+        if not isinstance(x, np.ndarray):
+            with np.load(x) as data:
+                x = data["features"]
+        return x.astype("float32", copy=False), self.labels[start:start + self.sizes[i]]
+
+    def chunks(self):
+        """(features, labels) of each shard, in order, one in memory at a time."""
+        for i in range(len(self.parts)):
+            yield self.part(i)
+
+    def array(self) -> np.ndarray:
+        """Every row as one array (what a set that fits in memory trains on)."""
+        if len(self.parts) == 1 and isinstance(self.parts[0], np.ndarray):
+            return self.parts[0]
+        if not self.parts:
+            return np.zeros((0, self.width), "float32")
+        return np.concatenate([x for x, _ in self.chunks()])
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.array()
+        return out.astype(dtype) if dtype is not None else out
+
+
+def load_entry(path: Path, with_features: bool = True) -> Pass | None:
+    """The pass stored at ``path`` (features, labels, skipped, engine), or None when it is
+    missing or damaged (a damaged entry is removed, to be computed again). Without
+    ``with_features`` the features stay on disk (``Pass.features`` is None)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            extra = json.loads(str(data["extra"]))
+            feats = data["features"] if with_features else None
+            return Pass(feats, data["labels"], extra.get("skipped", []), 0.0, 0,
+                        extra.get("engine"))
+    except (OSError, ValueError, KeyError, EOFError):
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        return None

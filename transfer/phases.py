@@ -11,6 +11,7 @@ classic augmented recipe and the CNN from scratch). Timings travel in the result
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -49,17 +50,43 @@ class Built:
 
 @dataclass
 class Features:
-    """Pooled features of the training images (one array per augmented copy) and validation."""
+    """Pooled features of the training images (one set per augmented copy) and validation,
+    each a ``features.FeatureSet`` (shards in memory, or files streamed back)."""
 
-    train: list  # [copy] -> (n_train, width) float32
-    labels: np.ndarray
-    val_x: np.ndarray
-    val_y: np.ndarray
+    train_sets: list  # [copy] -> FeatureSet of the training images
+    labels: np.ndarray  # the training labels (float32 for two classes, else int64)
+    val_set: features.FeatureSet
     cache: str  # "hit", "miss" or "off"
     seconds: float  # time the base ran (0 on a cache hit)
-    base_images: int  # images that went through the base
+    base_images: int  # images that went through the base (on every worker)
     skipped: list = field(default_factory=list)  # [{"file", "reason"}] left out
     engine: dict | None = None  # what ran the base (EngineInfo.as_dict())
+    per_worker: list = field(default_factory=list)  # images each worker ran through the base
+    spill: Path | None = None  # temporary shard files (no cache, too big for memory)
+
+    @property
+    def in_memory(self) -> bool:
+        return all(s.in_memory for s in [*self.train_sets, self.val_set])
+
+    @property
+    def train(self) -> list:
+        """[copy] -> (n_train, width) arrays (joined: for sets that fit in memory)."""
+        return [s.array() for s in self.train_sets]
+
+    @property
+    def val_x(self) -> np.ndarray:
+        return self.val_set.array()
+
+    @property
+    def val_y(self) -> np.ndarray:
+        return self.val_set.labels.astype(self.labels.dtype)
+
+    def cleanup(self) -> None:
+        """Remove the temporary shard files, if any (never the cache)."""
+        if self.spill is not None:
+            import shutil
+
+            shutil.rmtree(self.spill, ignore_errors=True)
 
 
 @dataclass
@@ -95,13 +122,14 @@ def strategy(name: str):
     return tf.distribute.get_strategy()
 
 
-def build_model(plan: RunPlan) -> Built:
-    """Seed everything, then build the base (frozen unless scratch) and its graphs."""
+def build_model(plan: RunPlan, cluster=None) -> Built:
+    """Seed everything, then build the base (frozen unless scratch) and its graphs (under the
+    cluster's MultiWorkerMirroredStrategy for --distribute multi-worker)."""
     from transfer.tf import keras
 
     hp = plan.settings
+    chosen = cluster.strategy if cluster is not None else strategy(hp.distribute)
     keras.utils.set_random_seed(hp.seed)
-    chosen = strategy(hp.distribute)
     with chosen.scope():
         base_model = bases.build(plan.base, plan.size, plan.alpha, hp.weights)
         base_model.trainable = not plan.base.pretrained  # frozen ImageNet base; scratch learns
@@ -206,70 +234,159 @@ class _LazyEngine:
         return getattr(self.engine, "name", None)
 
 
-def extract_features(plan: RunPlan, built: Built, reporter: Reporter) -> Features:
+def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
+                     cluster=None) -> Features:
     """Run the frozen base once per training image (per augmented copy) and per validation
-    image, through the feature cache when it is on. Unreadable images are left out, recorded
-    in the plan's skipped list, and the run goes on unless a class is left too small."""
+    image, shard by shard, through the feature cache when it is on. Unreadable images are left
+    out, recorded in the plan's skipped list, and the run goes on unless a class is left too
+    small.
+
+    Each pass is cut into shards of ``--feature-shard-size`` images (``features.shard_bounds``:
+    fixed by the file list, so cache entries serve any number of workers). A shard is kept in
+    memory while the run's features fit ``features.memory_budget()``, else as a file (the cache
+    entry, or a temporary file without the cache) streamed back by the head. With a ``cluster``
+    (``--distribute multi-worker``) the shards the chief lacks are dealt round-robin, worker w
+    computing shard r * workers + w in round r, and each round is gathered on every worker:
+    memory stays bounded by one round, and only the chief keeps (and caches) the features."""
     hp = plan.settings
     cache_dir = Path(hp.data_dir) / ".cache" / "features"
     common = dict(base=plan.base.name, alpha=plan.alpha, weights=built.weights_sha256,
-                  size=plan.size, classes=plan.names, reader=1, version=3)
+                  size=plan.size, classes=plan.names, reader=1, version=4)
     engine = _LazyEngine(plan, built, reporter)
+    width = int(built.feature_model.output_shape[-1])
+    workers, rank = (cluster.workers, cluster.rank) if cluster else (1, 0)
+    keep = cluster is None or cluster.chief  # who holds the features and trains the head
+    train_samples, val_samples = samples_of(plan, "train"), samples_of(plan, "validate")
+    rows = len(train_samples) * max(1, plan.copies) + len(val_samples)
+    in_memory = rows * width * 4 <= features.memory_budget()
     hits: list[bool] = []
-    passes: list[features.Pass] = []
+    seen_engines: set = set()
     skipped: dict[str, str] = {}
+    per_worker = [0] * workers  # images each worker ran through the base
+    spill: list = []  # the temporary folder of shards not cached and not held in memory
+    started = time.perf_counter()
+    computed = {"seconds": 0.0, "images": 0}
 
-    def get(samples, augment, copy, label):
+    def spill_path(key: str) -> Path:
+        if not spill:
+            import tempfile
+
+            spill.append(Path(tempfile.mkdtemp(prefix="transfer-features-")))
+        return spill[0] / f"{key}.npz"
+
+    def get(samples, augment, copy, label) -> features.FeatureSet:
         paths = [path for path, _ in samples]
         labels = np.array([y for _, y in samples], "int64")
-        key = features.cache_key(**common, files=features.file_rows(paths, plan.root),
-                                 labels=labels.tolist(),
-                                 augment=augment.as_dict() if augment else None, copy=copy,
-                                 seed=hp.seed if augment else None)
+        bounds = features.shard_bounds(len(paths), hp.feature_shard_size)
+        keys = [features.cache_key(**common, files=features.file_rows(paths[a:b], plan.root),
+                                   labels=labels[a:b].tolist(),
+                                   augment=augment.as_dict() if augment else None, copy=copy,
+                                   seed=hp.seed if augment else None,
+                                   start=a if augment else None) for a, b in bounds]
+        parts: list = [None] * len(bounds)
+        kept: list = [labels[:0]] * len(bounds)
+        done = np.zeros(len(bounds), "int32")
+        if hp.feature_cache and keep:
+            for i, key in enumerate(keys):
+                entry = features.load_entry(cache_dir / f"{key}.npz", with_features=in_memory)
+                if entry is None:
+                    continue
+                parts[i] = entry.features if in_memory else cache_dir / f"{key}.npz"
+                kept[i], done[i] = entry.labels.astype("int64"), 1
+                seen_engines.add(entry.engine)
+                for item in entry.skipped:
+                    skipped.setdefault(item["file"], item["reason"])
+        if cluster is not None:  # the chief's cache decides what is left to compute
+            done = cluster.broadcast([done], f"the feature pass ({label})")[0]
+        todo = [i for i in range(len(bounds)) if not done[i]]
+        hits.append(not todo)
 
-        def compute():
-            engine.open(paths)
-            return features.run_pass(paths, labels, plan.size, engine, augment=augment,
-                                     seed=hp.seed + 1000 * copy, reporter=reporter,
-                                     description=f"{plan.base.name} features ({engine.name}): "
-                                                 f"{label}")
+        def keep_shard(i, result):
+            kept[i] = np.asarray(result.labels).astype("int64")
+            for item in result.skipped:
+                skipped.setdefault(item["file"], item["reason"])
+            path = cache_dir / f"{keys[i]}.npz"
+            stored = hp.feature_cache and features.store_quietly(path, result, reporter.warn)
+            if in_memory:
+                parts[i] = np.asarray(result.features, "float32").reshape(-1, width)
+            elif stored:
+                parts[i] = path
+            else:
+                features.store(spill_path(keys[i]), result)
+                parts[i] = spill_path(keys[i])
 
-        if not hp.feature_cache:
-            result, hit = compute(), False
-        else:
-            result, hit = features.cached(cache_dir, key, compute, warn=reporter.warn)
-        hits.append(hit)
-        passes.append(result)
-        for item in result.skipped:
-            skipped.setdefault(item["file"], item["reason"])
-        return (result.features.astype("float32"),
-                result.labels.astype("float32" if plan.binary else "int64"))
+        if todo:
+            total = sum(bounds[i][1] - bounds[i][0] for i in todo)
+            with reporter.task(f"{plan.base.name} features: {label}", total=total) as advance:
+                for r in range(math.ceil(len(todo) / workers)):
+                    j = r * workers + rank
+                    tick = time.perf_counter()
+                    if j < len(todo):
+                        a, b = bounds[todo[j]]
+                        engine.open(paths[a:b])
+                        result = features.run_pass(
+                            paths[a:b], labels[a:b], plan.size, engine, augment=augment,
+                            seed=hp.seed + 1000 * copy, offset=a, reporter=reporter,
+                            advance=advance if cluster is None else (lambda k, **_: None),
+                            description=f"{plan.base.name} features ({engine.name}): {label}")
+                        computed["images"] += result.images
+                    else:
+                        result = features.Pass(np.zeros((0, width), "float32"), labels[:0])
+                    pieces = ([result] if cluster is None else
+                              exchange(cluster, result, width, f"the feature pass ({label})"))
+                    computed["seconds"] += time.perf_counter() - tick
+                    for w, piece in enumerate(pieces):
+                        if r * workers + w >= len(todo):
+                            continue
+                        i = todo[r * workers + w]
+                        per_worker[w] += bounds[i][1] - bounds[i][0]
+                        if keep:
+                            keep_shard(i, piece)
+                        if cluster is not None:
+                            advance(bounds[i][1] - bounds[i][0])
+        if not keep:
+            return features.FeatureSet([], [], labels[:0], width)
+        sizes = [len(k) for k in kept]
+        return features.FeatureSet(parts, sizes, np.concatenate(kept) if kept else labels[:0],
+                                   width)
 
-    train_samples, val_samples = samples_of(plan, "train"), samples_of(plan, "validate")
     if plan.copies:
         train_sets = [get(train_samples, hp.augment, k,
                           f"train, augmented copy {k + 1}/{plan.copies}")
                       for k in range(plan.copies)]
     else:
         train_sets = [get(train_samples, None, 0, "train")]
-    val_x, val_y = get(val_samples, None, 0, "validate")
+    val_set = get(val_samples, None, 0, "validate")
     record_skipped(plan, skipped, reporter)
-    labels = train_sets[0][1]
-    if any(len(y) != len(labels) or not np.array_equal(y, labels) for _, y in train_sets):
+    labels = train_sets[0].labels
+    if any(not np.array_equal(s.labels, labels) for s in train_sets):
         raise RuntimeError("augmented copies disagree on their images")  # never: same reader
     cache = "off" if not hp.feature_cache else ("hit" if all(hits) else "miss")
-    ran = [p for p in passes if p.images]
-    seconds = sum(p.seconds for p in ran)
-    base_images = sum(p.images for p in ran)
+    base_images = sum(per_worker)
     if engine.info is not None:
-        engine.info.images, engine.info.seconds = base_images, seconds
+        engine.info.images, engine.info.seconds = computed["images"], computed["seconds"]
         engine_meta = engine.info.as_dict()
-    else:  # every pass was a cache hit: the base did not run
+    else:  # every pass was a cache hit (or another worker ran them all): the base did not run
         engine_meta = {"requested": hp.engine, "name": None, "images": 0,
-                       "cached_features_from": sorted({p.engine for p in passes if p.engine})}
-    return Features([x for x, _ in train_sets], labels, val_x, val_y, cache, seconds,
-                    base_images, skipped=[{"file": f, "reason": r} for f, r in skipped.items()],
-                    engine=engine_meta)
+                       "cached_features_from": sorted(e for e in seen_engines if e)}
+    seconds = computed["seconds"] if cluster is None else time.perf_counter() - started
+    return Features(train_sets, labels.astype("float32" if plan.binary else "int64"),
+                    val_set, cache, seconds, base_images,
+                    skipped=[{"file": f, "reason": r} for f, r in skipped.items()],
+                    engine=engine_meta, per_worker=per_worker,
+                    spill=spill[0] if spill else None)
+
+
+def exchange(cluster, result: features.Pass, width: int, during: str) -> list:
+    """Every worker's shard result of this round ([worker] -> Pass), on every worker: the
+    features, labels, skipped files (as JSON bytes) and the pass's images and seconds."""
+    note = np.frombuffer(json.dumps(result.skipped).encode(), np.uint8).astype("int32")
+    stats = np.array([result.images, result.seconds], "float32")
+    pieces = cluster.gather([np.asarray(result.features, "float32").reshape(-1, width),
+                             np.asarray(result.labels).astype("int64"), note, stats], during)
+    return [features.Pass(f, y, json.loads(bytes(n.astype(np.uint8)).decode() or "[]"),
+                          float(s[1]), int(s[0]), result.engine)
+            for f, y, n, s in pieces]
 
 
 def record_skipped(plan: RunPlan, skipped: dict, reporter: Reporter) -> None:
@@ -414,7 +531,9 @@ class HeadTrainer:
             t = tf.cast(y, tf.float32)[None]
             return tf.reduce_mean(-(t * tf.math.log(p) + (1 - t) * tf.math.log(1 - p)), axis=1)
 
-        def epoch(x, y, w, order, val_x, val_y):
+        def train_over(x, y, w, order):
+            """One pass over ``order``'s rows of x in batches: (loss sum, right answers) per
+            head, the loss per image before averaging."""
             n = tf.shape(order)[0]
 
             def step(i, loss_sum, hits):
@@ -442,18 +561,64 @@ class HeadTrainer:
             steps = (n + bs - 1) // bs
             _, loss_sum, hits = tf.while_loop(
                 lambda i, *_: i < steps, step, (tf.constant(0), tf.zeros((g,)), tf.zeros((g,))))
-            count = tf.cast(n, tf.float32)
+            return loss_sum, hits
+
+        def evaluate_over(val_x, val_y):
+            """(Keras's validation loss summed over the rows, right answers) per head."""
+            zv = logits(val_x, False, self.step)
+            count = tf.cast(tf.shape(val_x)[0], tf.float32)
+            return keras_loss(val_y, zv) * count, tf.reduce_sum(right(val_y, zv), axis=1)
+
+        def epoch(x, y, w, order, val_x, val_y):
+            loss_sum, hits = train_over(x, y, w, order)
+            count = tf.cast(tf.shape(order)[0], tf.float32)
             zv = logits(val_x, False, self.step)
             return (loss_sum / count, hits / count, keras_loss(val_y, zv),
                     tf.reduce_mean(right(val_y, zv), axis=1), rate_at(self.step))
 
         # no autograph: converting these functions cost more than a second of tracing
         self.epoch = tf.function(epoch, reduce_retracing=True, autograph=False)
+        # a set too large for memory: one call per shard (features.FeatureSet.part)
+        self.train_part = tf.function(train_over, reduce_retracing=True, autograph=False)
+        self.evaluate_part = tf.function(evaluate_over, reduce_retracing=True,
+                                         autograph=False)
+        self.rate_now = lambda: float(rate_at(self.step))
 
     def run_epoch(self, x, y, w, order, val_x, val_y) -> tuple:
         """(loss, accuracy, val_loss, val_accuracy) per L2 value, and the learning rate."""
         loss, acc, val_loss, val_acc, rate = self.epoch(x, y, w, order, val_x, val_y)
         return (loss.numpy(), acc.numpy(), val_loss.numpy(), val_acc.numpy(), float(rate))
+
+    def run_epoch_streamed(self, train_set, weights, rng, val_set) -> tuple:
+        """``run_epoch`` over FeatureSets read back one shard at a time: the shards in a new
+        random order, the rows of each shuffled (batches do not cross shards)."""
+        from transfer.tf import tf
+
+        g = len(self.l2_values)
+        loss_sum, hits, n = np.zeros(g), np.zeros(g), 0
+        for i in rng.permutation(len(train_set.parts)):
+            x, y = train_set.part(int(i))
+            if not len(y):
+                continue
+            y = y.astype("float32" if self.binary else "int64")
+            w = weights[y.astype(int)].astype("float32")
+            order = rng.permutation(len(y)).astype("int32")
+            part_loss, part_hits = self.train_part(tf.constant(x), tf.constant(y),
+                                                   tf.constant(w), tf.constant(order))
+            loss_sum += part_loss.numpy()
+            hits += part_hits.numpy()
+            n += len(y)
+        val_loss, val_hits, m = np.zeros(g), np.zeros(g), 0
+        for x, y in val_set.chunks():
+            if not len(y):
+                continue
+            y = y.astype("float32" if self.binary else "int64")
+            part_loss, part_hits = self.evaluate_part(tf.constant(x), tf.constant(y))
+            val_loss += part_loss.numpy()
+            val_hits += part_hits.numpy()
+            m += len(y)
+        return (loss_sum / max(n, 1), hits / max(n, 1), val_loss / max(m, 1),
+                val_hits / max(m, 1), self.rate_now())
 
     def weights_of(self, index: int) -> list:
         """The weights of head ``index`` (an L2 value), as the Keras layers take them."""
@@ -483,15 +648,32 @@ def train_head(plan: RunPlan, built: Built, feats: Features, reporter: Reporter)
     applied, weights = class_weights(feats.labels, len(plan.names), hp.class_weight)
     w = (np.ones(n, "float32") if weights is None
          else np.array([weights[int(c)] for c in feats.labels], "float32"))
-    steps = math.ceil(n / hp.batch_size)
+    streamed = not feats.in_memory  # too large for memory: shard by shard from disk
+    if streamed:
+        steps = sum(math.ceil(size / hp.batch_size) for size in feats.train_sets[0].sizes)
+    else:
+        steps = math.ceil(n / hp.batch_size)
     grid = L2_GRID if hp.l2 is None else (float(hp.l2),)
     start = time.perf_counter()
     trainer = HeadTrainer(built.head, plan.binary, hp.batch_size, hp.learning_rate,
                           hp.lr_schedule, hp.epochs * steps, grid, hp.seed)
-    copies = [tf.constant(x) for x in feats.train]
-    y, wt = tf.constant(feats.labels), tf.constant(w)
-    val_x, val_y = tf.constant(feats.val_x), tf.constant(feats.val_y)
-    orders = epoch_orders(n, hp.epochs, hp.seed)
+    if streamed:
+        per_class = (np.ones(len(plan.names), "float32") if weights is None else
+                     np.array([weights[i] for i in range(len(plan.names))], "float32"))
+        rng = np.random.default_rng(hp.seed)
+
+        def run_epoch(epoch):
+            return trainer.run_epoch_streamed(feats.train_sets[epoch % len(feats.train_sets)],
+                                              per_class, rng, feats.val_set)
+    else:
+        copies = [tf.constant(x) for x in feats.train]
+        y, wt = tf.constant(feats.labels), tf.constant(w)
+        val_x, val_y = tf.constant(feats.val_x), tf.constant(feats.val_y)
+        orders = epoch_orders(n, hp.epochs, hp.seed)
+
+        def run_epoch(epoch):
+            return trainer.run_epoch(copies[epoch % len(copies)], y, wt,
+                                     tf.constant(orders[epoch]), val_x, val_y)
     keys = ("loss", "accuracy", "val_loss", "val_accuracy")
     histories = [{k: [] for k in keys} for _ in grid]
     best = [math.inf] * len(grid)
@@ -501,8 +683,7 @@ def train_head(plan: RunPlan, built: Built, feats: Features, reporter: Reporter)
     rates = [None] * len(grid)
     with reporter.task("Training the head", total=hp.epochs) as advance:
         for epoch in range(hp.epochs):
-            *values, rate = trainer.run_epoch(copies[epoch % len(copies)], y, wt,
-                                              tf.constant(orders[epoch]), val_x, val_y)
+            *values, rate = run_epoch(epoch)
             for i in range(len(grid)):
                 if not active[i]:
                     continue
@@ -673,9 +854,15 @@ def final_validation(plan: RunPlan, built: Built, feats: Features | None) -> Val
 
     hp = plan.settings
     if feats is not None:
-        # the head on cached validation features is the full model on those images
+        # the head on cached validation features is the full model on those images (read
+        # back shard by shard when they are on disk)
         y = feats.val_y
-        probs = built.head.predict(feats.val_x, verbose=0, batch_size=256)
+        # (the head called directly, never Keras's predict: under a multi-worker strategy
+        # predict runs collectives, and only the chief validates)
+        probs = np.concatenate([np.asarray(built.head(x[i:i + 256], training=False))
+                                for x, _ in feats.val_set.chunks()
+                                for i in range(0, len(x), 256)]
+                               or [np.zeros((0, 1 if plan.binary else len(plan.names)))])
     else:
         val = pipelines.for_plan(plan, "validate")
         outputs, labels = [], []
@@ -689,3 +876,203 @@ def final_validation(plan: RunPlan, built: Built, feats: Features | None) -> Val
     loss = float(loss_fn(y.reshape(-1, 1) if plan.binary else y, probs))
     predicted = (probs.reshape(-1) > 0.5).astype(int) if plan.binary else probs.argmax(-1)
     return Validation(loss, float(np.mean(predicted == y.reshape(-1).astype(int))))
+
+
+# --------------------------------------------------------------------------- multi-worker
+
+
+def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
+                    phase: str = "train", learning_rate: float | None = None,
+                    epochs: int | None = None) -> Fit:
+    """Train the core graph end to end on every worker at once, synchronously: a custom loop
+    (``strategy.run`` + ``GradientTape``; Keras's ``fit`` fails under
+    MultiWorkerMirroredStrategy with Keras 3: tensorflow#72388, keras#20585).
+
+    Each worker reads its own slice of the training images (``samples[rank::workers]``,
+    through the tf.data pipeline, augmented as ``--augment`` says) in batches of
+    ``--batch-size``; every step all-reduces the gradients, so the global batch is
+    ``batch_size x workers`` and every worker takes the same number of steps. Validation is
+    split the same way and summed. Early stopping keeps the best epoch's weights, as Keras's
+    EarlyStopping does. After every epoch the chief saves a checkpoint (weights, optimizer,
+    history) in the run's checkpoint folder; the same command started again resumes after the
+    last saved epoch (the chief's checkpoint is broadcast), and the folder is removed when
+    the bundle is written."""
+    from transfer.tf import keras, tf
+
+    hp = plan.settings
+    epochs = epochs or hp.epochs
+    strategy, workers, rank = cluster.strategy, cluster.workers, cluster.rank
+    train_samples, val_samples = plan.usable("train"), plan.usable("validate")
+    labels = [s.label for s in train_samples]
+    applied, weights = class_weights(labels, len(plan.names), hp.class_weight)
+    per_class = tf.constant([1.0] * len(plan.names) if weights is None else
+                            [weights[i] for i in range(len(plan.names))], tf.float32)
+    global_batch = hp.batch_size * workers
+    steps = max(1, math.ceil(len(train_samples) / global_batch))
+    lr = learning_rate or hp.learning_rate
+    schedule = hp.lr_schedule if phase == "train" else "constant"
+    model = built.core
+    augment = hp.augment if hp.augment.enabled else None
+
+    def dataset(ctx):
+        mine = train_samples[ctx.input_pipeline_id::ctx.num_input_pipelines]
+        data = pipelines.make("tfdata", mine, plan.names, plan.size, plan.base.preprocess,
+                              hp.batch_size, augment, True, hp.seed + ctx.input_pipeline_id,
+                              plan.skipped)
+        return data.repeat()  # every worker takes `steps` full batches per epoch
+
+    with strategy.scope():
+        optimizer = keras.optimizers.Adam(learning_rate=schedule_of(schedule, lr,
+                                                                    epochs * steps))
+        optimizer.build(model.trainable_variables)
+    iterator = iter(strategy.distribute_datasets_from_function(dataset))
+
+    def per_image(y, p):
+        if plan.binary:
+            y = tf.reshape(tf.cast(y, tf.float32), (-1, 1))
+            return keras.losses.binary_crossentropy(y, p), tf.cast(
+                tf.equal(tf.cast(p[:, 0] > 0.5, tf.float32), y[:, 0]), tf.float32)
+        y = tf.cast(y, tf.int64)
+        return keras.losses.sparse_categorical_crossentropy(y, p), tf.cast(
+            tf.equal(tf.argmax(p, -1), y), tf.float32)
+
+    def replica_step(x, y):
+        with tf.GradientTape() as tape:
+            p = model(x, training=True)
+            loss, right = per_image(y, p)
+            w = tf.gather(per_class, tf.cast(tf.reshape(y, (-1,)), tf.int32))
+            scaled = tf.reduce_sum(loss * w) / global_batch
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return tf.stack([tf.reduce_sum(loss * w), tf.reduce_sum(right),
+                         tf.cast(tf.shape(loss)[0], tf.float32)])
+
+    @tf.function
+    def train_step():
+        x, y = next(iterator)
+        sums = strategy.run(replica_step, args=(x, y))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
+
+    @tf.function(reduce_retracing=True)
+    def predict(x):
+        return model(x, training=False)
+
+    def validate() -> tuple[float, float]:
+        mine = val_samples[rank::workers]
+        sums = np.zeros(3)
+        if mine:
+            data = pipelines.make("tfdata", mine, plan.names, plan.size, plan.base.preprocess,
+                                  hp.batch_size, None, False, hp.seed, plan.skipped)
+            for x, y in data:
+                loss, right = per_image(y, predict(x))
+                sums += [float(tf.reduce_sum(loss)), float(tf.reduce_sum(right)), len(right)]
+        total = cluster.total(sums, f"validation ({phase})")
+        return total[0] / max(total[2], 1), total[1] / max(total[2], 1)
+
+    state_dir = plan.checkpoint_dir
+    state_file = state_dir / f"{phase}.npz"
+    fingerprint = checkpoint_fingerprint(plan, phase, workers)
+    history = {k: [] for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+    best, best_weights, wait, first = math.inf, None, 0, 0
+    saved = load_checkpoint(state_file, fingerprint) if cluster.chief else None
+    own = [np.asarray(v) for v in [*model.weights, *optimizer.variables]]
+    if cluster.broadcast([np.array([saved is not None], "int32")], f"resuming {phase}")[0][0]:
+        # the chief had a checkpoint of this run: every worker continues from it
+        mine = saved[0] if saved else own + [np.asarray(w) for w in model.weights]
+        arrays, note = cluster.state(mine, saved[1] if saved else None, f"resuming {phase}")
+        for var, value in zip([*model.weights, *optimizer.variables], arrays[:len(own)],
+                              strict=True):
+            var.assign(value)
+        best_weights = [np.array(a) for a in arrays[len(own):]]
+        history, best, wait, first = (note["history"], note["best"], note["wait"],
+                                      note["epoch"])
+        reporter.info(f"{phase}: resumed after epoch {first} from the checkpoint "
+                      f"{state_file}")
+    start = time.perf_counter()
+    stopped = False
+    with reporter.task(f"Training ({phase}, {workers} workers)", total=epochs) as advance:
+        advance(first)
+        for epoch in range(first, epochs):
+            sums = np.zeros(3)
+            for _ in range(steps):
+                try:
+                    sums += train_step().numpy()
+                except tf.errors.OpError as exc:
+                    from transfer.cluster import lost
+
+                    raise lost(exc, cluster.timeout, f"{phase} epoch {epoch + 1}") from None
+            val_loss, val_acc = validate()
+            for key, value in zip(history, (sums[0] / sums[2], sums[1] / sums[2], val_loss,
+                                            val_acc), strict=True):
+                history[key].append(float(value))
+            if val_loss < best or best_weights is None:
+                best, best_weights, wait = val_loss, [np.array(w) for w in model.get_weights()], 0
+            else:
+                wait += 1
+                stopped = wait >= hp.patience
+            if cluster.chief:
+                save_checkpoint(state_file, fingerprint, model, optimizer, best_weights,
+                                {"history": history, "best": best, "wait": wait,
+                                 "epoch": epoch + 1})
+            advance(1, status=f"{phase} epoch {epoch + 1}  loss {history['loss'][-1]:.4f}  "
+                              f"accuracy {history['accuracy'][-1]:.4f}  val_loss {val_loss:.4f}"
+                              f"  val_accuracy {val_acc:.4f}")
+            if stopped:
+                advance(epochs - epoch - 1)
+                break
+    if best_weights is not None:
+        model.set_weights(best_weights)  # as EarlyStopping(restore_best_weights=True)
+    info = {"class_weight": {"mode": hp.class_weight, "applied": applied,
+                             "weights": None if weights is None else
+                             {plan.names[i]: round(v, 6) for i, v in weights.items()}},
+            "custom_loop": {"workers": workers, "global_batch": global_batch,
+                            "steps_per_epoch": steps, "resumed_from_epoch": first}}
+    if phase == "train":
+        info["lr_schedule"] = schedule
+    return Fit(history_of(history, phase), time.perf_counter() - start, info)
+
+
+def checkpoint_fingerprint(plan: RunPlan, phase: str, workers: int) -> str:
+    """What a checkpoint must match to be resumed: the settings, files and cluster size."""
+    from transfer.files import digest
+
+    hp = plan.settings.as_dict()
+    for volatile in ("force", "command", "output", "worker_timeout"):
+        hp.pop(volatile, None)
+    return digest({"settings": hp, "phase": phase, "workers": workers,
+                   "train": plan.train_files, "validate": plan.val_files})[:32]
+
+
+def save_checkpoint(path: Path, fingerprint: str, model, optimizer, best_weights,
+                    note: dict) -> None:
+    """The chief's epoch checkpoint: weights, optimizer state, best weights, history."""
+    from transfer.files import replacing
+
+    arrays = [np.asarray(v) for v in [*model.weights, *optimizer.variables]]
+    arrays += [np.asarray(w) for w in best_weights or []]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(path) as tmp:
+        np.savez(tmp, *arrays, note=np.array(json.dumps({**note, "fingerprint": fingerprint})))
+
+
+def load_checkpoint(path: Path, fingerprint: str):
+    """(arrays, note) of a checkpoint made by the same run, or None."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            note = json.loads(str(data["note"]))
+            if note.pop("fingerprint", None) != fingerprint:
+                return None
+            arrays = [data[f"arr_{i}"] for i in range(len(data.files) - 1)]
+        return arrays, note
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+
+
+def share_head(cluster, built: Built) -> None:
+    """The chief's trained head on every worker (before fine-tuning together)."""
+    arrays = [np.asarray(w) for w in built.head.get_weights()]
+    got, _ = cluster.state(arrays, None, "sharing the head")
+    with built.strategy.scope():
+        built.head.set_weights(got)

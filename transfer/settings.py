@@ -24,7 +24,7 @@ from transfer.errors import TransferError
 
 # Registries of choices that are not bases (bases live in transfer.bases).
 PIPELINES = ("generator", "tfdata")
-DISTRIBUTE = ("none", "mirrored")
+DISTRIBUTE = ("none", "mirrored", "multi-worker")
 FETCH_SOURCES = ("auto", "kaggle", "microsoft", "archive")
 PREDICT_FORMATS = ("table", "json", "csv")
 EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
@@ -266,7 +266,9 @@ class TrainSettings(Settings):
     fine_tune_lr: float = 1e-5
     fine_tune_epochs: int = 5
     seed: int = 42
-    distribute: str = "none"
+    distribute: str = "none"  # none | mirrored (this machine's devices) | multi-worker (TF_CONFIG)
+    worker_timeout: float = 60.0  # multi-worker: seconds a collective or heartbeat may wait
+    feature_shard_size: int = 512  # images per feature shard (cache entry, streaming unit)
     tensorboard: Path | None = None
     models_dir: Path = Path("models")
     output: Path | None = None  # default: <models_dir>/<base>-<timestamp>
@@ -319,6 +321,12 @@ class TrainSettings(Settings):
                                 f"{self.weights} is not a file")
         one_of("pipeline", self.pipeline, PIPELINES)
         one_of("distribute", self.distribute, DISTRIBUTE)
+        if self.distribute == "multi-worker":
+            from transfer import cluster
+
+            cluster.read_tf_config()  # one line when TF_CONFIG is missing or malformed
+        positive("worker_timeout", self.worker_timeout)
+        at_least("feature_shard_size", self.feature_shard_size, 1)
         one_of("engine", self.engine, ENGINES)
         one_of("class_weight", self.class_weight, CLASS_WEIGHTS)
         self.augment.validated()

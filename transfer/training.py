@@ -65,7 +65,7 @@ class Timings:
 class TrainResult:
     """What a training run produced: the bundle folder, its meta.json, the per-epoch history."""
 
-    bundle: Path
+    bundle: Path | None  # None on a worker other than the chief (it writes nothing)
     meta: dict
     history: dict
     timings: Timings = field(default_factory=Timings)
@@ -215,22 +215,49 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
         # files are known (and a class left too small is refused) before any epoch
         pipelines.decode_all(run.train + run.validate, run.size, run.skipped, reporter)
         pipelines.check_enough(run)
-    built = phases.build_model(run)
+    cluster = join_cluster(settings, reporter)
+    built = phases.build_model(run, cluster)
     feats = None
+    chief = cluster is None or cluster.chief
     try:
         if run.use_cache:
-            feats = phases.extract_features(run, built, reporter)
-            pipelines.check_enough(run)  # the feature pass recorded what it could not read
-            fit = phases.train_head(run, built, feats, reporter)
+            feats = phases.extract_features(run, built, reporter, cluster)
+            if chief:  # the chief holds every feature: it trains the head
+                pipelines.check_enough(run)  # the feature pass recorded what it could not read
+                fit = phases.train_head(run, built, feats, reporter)
+            else:
+                fit = phases.Fit()
+        elif cluster is not None:
+            fit = phases.fit_distributed(run, built, reporter, cluster)
         else:
             fit = phases.fit_end_to_end(run, built, reporter)
         if settings.fine_tune > 0:
-            fit = fit.then(phases.fine_tune(run, built, reporter))
+            if cluster is not None:
+                if run.use_cache:
+                    phases.share_head(cluster, built)
+                phases.unfreeze_top(built.base_model, settings.fine_tune)
+                fit = fit.then(phases.fit_distributed(run, built, reporter, cluster,
+                                                      "fine-tune", settings.fine_tune_lr,
+                                                      settings.fine_tune_epochs))
+            else:
+                fit = fit.then(phases.fine_tune(run, built, reporter))
+        if not chief:  # the chief validates and writes; this worker waits for it, then ends
+            if feats is not None:
+                feats.cleanup()
+            cluster.barrier("the chief's writing of the bundle", timeout=FINAL_WAIT)
+            reporter.info(f"{cluster.topology.describe()}: done; the chief wrote the bundle")
+            return TrainResult(None, {"workers": cluster.workers, "rank": cluster.rank},
+                               fit.history)
         # after fine-tuning the base changed: the cached features are stale, the images rerun
         validation = phases.final_validation(run, built,
                                              None if settings.fine_tune > 0 else feats)
+    except BaseException:
+        if cluster is None:  # a multi-worker run keeps its epoch checkpoints to resume
+            shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+        raise
     finally:
-        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+        if feats is not None:
+            feats.cleanup()
     timings = Timings(feats.seconds if feats else 0.0, feats.base_images if feats else 0,
                       fit.seconds, time.perf_counter() - started)
     report_skipped(run, reporter)
@@ -247,13 +274,53 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
                         Path(folder) / PREVIEW_PNG, seed=settings.seed,
                         pipeline="features" if run.use_cache else settings.pipeline)
 
+    meta["workers"] = cluster.workers if cluster is not None else 1
+    if cluster is not None:
+        meta["per_worker"] = worker_meta(run, feats, fit, cluster)
     bundle.write(run.target, settings.force, built.full, meta, fit.history,
                  title=f"{run.base.name} on {run.root}", extra=preview)
+    shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     if settings.preview_augment:
         shutil.copyfile(run.target / PREVIEW_PNG, Path(settings.data_dir) / PREVIEW_PNG)
         reporter.info(f"augmentation preview: {Path(settings.data_dir) / PREVIEW_PNG}")
     report.write_quietly(run.target, reporter)
+    if cluster is not None:
+        cluster.barrier("the end of the run", timeout=FINAL_WAIT)
     return TrainResult(run.target, meta, fit.history, timings)
+
+
+FINAL_WAIT = 1800.0  # seconds the other workers wait for the chief to validate and write
+
+
+def join_cluster(settings: TrainSettings, reporter: Reporter):
+    """The cluster of TF_CONFIG for --distribute multi-worker (None otherwise), joined."""
+    if settings.distribute != "multi-worker":
+        return None
+    from transfer import cluster as clusters
+
+    topology = clusters.read_tf_config()
+    reporter.info(f"multi-worker: this is {topology.describe()}; waiting for the others "
+                  f"(up to {clusters.STARTUP_SECONDS:g} s)")
+    joined = clusters.Cluster(topology, settings.worker_timeout)
+    reporter.info(f"multi-worker: {joined.workers} workers joined in "
+                  f"{joined.joined_seconds:.1f} s")
+    return joined
+
+
+def worker_meta(run: RunPlan, feats, fit, cluster) -> list:
+    """meta.json's "per_worker": what each worker did (images through the base for the
+    feature cache; its slice of the images in an end-to-end fit)."""
+    n = cluster.workers
+    out = []
+    for w in range(n):
+        item = {"rank": w, "address": cluster.topology.addresses[w]}
+        if feats is not None:
+            item["feature_images"] = feats.per_worker[w] if feats.per_worker else 0
+        if "custom_loop" in fit.info:
+            item["train_images"] = len(run.usable("train")[w::n])
+            item["validate_images"] = len(run.usable("validate")[w::n])
+        out.append(item)
+    return out
 
 
 FEW_IMAGES = 10  # a class with fewer images is warned about (as fetch-data does)

@@ -1,0 +1,282 @@
+"""Training across machines: TF_CONFIG, one MultiWorkerMirroredStrategy, a few collectives.
+
+``transfer train --distribute multi-worker`` runs the same command on every worker. Each reads
+``TF_CONFIG`` (the variable Vertex AI, Kubeflow's TFJob and SageMaker set for each worker)::
+
+    {"cluster": {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]},
+     "task": {"type": "worker", "index": 0}}
+
+Worker 0 is the chief (or the "chief" task when the cluster names one; its rank is 0 and the
+workers follow). TensorFlow's ``MultiWorkerMirroredStrategy`` is the engine: its collectives
+(all-gather, all-reduce over gRPC) carry the features and gradients between workers, and its
+coordination service notices a worker that dies (missing heartbeats). This module sets it up
+with two bounds of our own, so that nothing waits forever:
+
+* ``startup`` seconds for every worker to join (TensorFlow's default is to wait forever);
+* ``timeout`` seconds for any collective and for the heartbeats: a worker that hangs or dies
+  makes the others stop with ``WorkerLost`` (one line) instead of hanging.
+
+``Cluster.gather`` / ``broadcast`` / ``total`` are what the frozen route needs: the feature
+pass is sharded by file, and the shards are gathered on every worker in rounds (memory stays
+bounded by one round). The fine-tune route trains under ``Cluster.strategy`` with a custom loop
+(``transfer.phases.fit_distributed``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from transfer.errors import TransferError
+
+STARTUP_SECONDS = 300.0  # every worker must have joined within this (pods start at different times)
+TIMEOUT_SECONDS = 60.0  # default --worker-timeout: a collective or a heartbeat waits this long
+
+
+class WorkerLost(TransferError):
+    """Another worker died, hung or never came: this worker stops, writing no bundle."""
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What TF_CONFIG says: every worker's address, in rank order, and which one this is."""
+
+    addresses: tuple  # "host:port" of every worker, rank order (a "chief" task first)
+    rank: int  # this worker's place in ``addresses``
+    task_type: str  # "worker" or "chief", as TF_CONFIG names it
+    task_index: int
+
+    @property
+    def workers(self) -> int:
+        return len(self.addresses)
+
+    @property
+    def chief(self) -> bool:
+        return self.rank == 0
+
+    def describe(self) -> str:
+        role = "chief" if self.chief else "worker"
+        return (f"{role} {self.rank} of {self.workers} ({self.task_type} {self.task_index} at "
+                f"{self.addresses[self.rank]})")
+
+
+def read_tf_config(environ=None) -> Topology:
+    """The topology in ``TF_CONFIG``; TransferError (one line) when it is missing or malformed."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get("TF_CONFIG", "")
+    hint = ('e.g. TF_CONFIG=\'{"cluster": {"worker": ["host0:2222", "host1:2222"]}, "task": '
+            '{"type": "worker", "index": 0}}\' (scripts/multiworker_local.sh sets it for local '
+            "workers)")
+    if not raw.strip():
+        raise TransferError(f"--distribute multi-worker needs TF_CONFIG in the environment, {hint}")
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise TransferError(f"TF_CONFIG is not valid JSON ({exc.msg} at character {exc.pos}); "
+                            f"{hint}") from None
+    if not isinstance(config, dict):
+        raise TransferError(f"TF_CONFIG must be a JSON object with cluster and task; {hint}")
+    cluster, task = config.get("cluster"), config.get("task")
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise TransferError(f"TF_CONFIG needs both \"cluster\" and \"task\"; {hint}")
+    unknown = sorted(set(cluster) - {"chief", "worker", "evaluator", "ps"})
+    if unknown or "ps" in cluster:
+        what = unknown or ["ps"]
+        raise TransferError(f"TF_CONFIG cluster has {', '.join(what)}: multi-worker training "
+                            "uses only chief and worker tasks (no parameter servers)")
+    addresses = []
+    for job in ("chief", "worker"):
+        hosts = cluster.get(job, [])
+        if not isinstance(hosts, list) or not all(isinstance(h, str) and ":" in h
+                                                  for h in hosts):
+            raise TransferError(f"TF_CONFIG cluster.{job} must be a list of \"host:port\" "
+                                f"strings, not {json.dumps(hosts)}")
+        addresses.extend(hosts)
+    if len(cluster.get("chief", [])) > 1:
+        raise TransferError("TF_CONFIG names more than one chief")
+    if not addresses:
+        raise TransferError(f"TF_CONFIG cluster lists no workers; {hint}")
+    if len(set(addresses)) != len(addresses):
+        raise TransferError(f"TF_CONFIG lists an address twice: {addresses}")
+    task_type, index = task.get("type"), task.get("index")
+    if task_type not in ("chief", "worker"):
+        raise TransferError(f"TF_CONFIG task.type must be \"worker\" or \"chief\", not "
+                            f"{json.dumps(task_type)}")
+    hosts = cluster.get(task_type, [])
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(hosts):
+        raise TransferError(f"TF_CONFIG task.index must be 0..{len(hosts) - 1} for the "
+                            f"{len(hosts)} {task_type} task(s), not {json.dumps(index)}")
+    rank = index + (len(cluster.get("chief", [])) if task_type == "worker" else 0)
+    return Topology(tuple(addresses), rank, task_type, index)
+
+
+def lost(exc: BaseException, timeout: float, during: str) -> WorkerLost:
+    """The one line for a collective that failed: which kind of failure, what was going on."""
+    from transfer.tf import tf
+
+    if isinstance(exc, tf.errors.DeadlineExceededError):
+        why = f"a worker did not answer within {timeout:g} s (--worker-timeout)"
+    else:
+        text = str(getattr(exc, "message", exc)).strip().splitlines()[0][:160]
+        why = f"a worker is down or unreachable ({text})"
+    return WorkerLost(f"multi-worker training stopped during {during}: {why}; no bundle "
+                      "written. Start the same command again on every worker to resume "
+                      "(cached features and epoch checkpoints are kept)")
+
+
+class Cluster:
+    """This worker's place in the cluster and the strategy that joins it to the others.
+
+    Create it before anything else touches TensorFlow's runtime (the strategy configures the
+    eager context): ``transfer.phases.build_model`` does so first.
+    """
+
+    def __init__(self, topology: Topology, timeout: float = TIMEOUT_SECONDS,
+                 startup: float = STARTUP_SECONDS):
+        from transfer.tf import tf  # first: TensorFlow imported quietly
+
+        from tensorflow.python.eager import context  # isort: skip
+
+        self.topology, self.timeout, self.startup = topology, float(timeout), float(startup)
+        quiet_native_logs()
+        self.during = "start-up"
+        # one job in rank order (a "chief" task becomes worker 0), given to the strategy as a
+        # resolver so that TF_CONFIG itself is left as it was
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec({"worker": list(topology.addresses)}), task_type="worker",
+            task_id=topology.rank, rpc_layer="grpc")
+        # the coordination service (heartbeats between workers) set up first with our bounds;
+        # the strategy keeps a service that is already configured
+        from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+
+        context.context().configure_coordination_service(
+            service_type="standalone", service_leader="/job:worker/replica:0/task:0",
+            cluster_register_timeout_in_ms=int(self.startup * 1000),
+            heartbeat_timeout_in_ms=int(max(self.timeout, 10) * 1000),
+            shutdown_barrier_timeout_in_ms=int(self.timeout * 1000),
+            coordinated_jobs=[coordination_config_pb2.CoordinatedJob(
+                name="worker", num_tasks=topology.workers)])
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=self.timeout)
+        started = time.perf_counter()
+        joined = threading.Event()
+        threading.Thread(target=self._startup_watchdog, args=(joined,), daemon=True,
+                         name="transfer-startup-watchdog").start()
+        try:
+            self.strategy = tf.distribute.MultiWorkerMirroredStrategy(
+                cluster_resolver=resolver, communication_options=options)
+        except (tf.errors.OpError, RuntimeError) as exc:
+            raise WorkerLost(self._not_joined(str(exc).strip().splitlines()[0][:160])) from None
+        finally:
+            joined.set()
+        self.joined_seconds = time.perf_counter() - started
+        self._gathers: dict = {}
+
+    def _not_joined(self, detail: str = "") -> str:
+        t = self.topology
+        return (f"the {t.workers} workers of TF_CONFIG did not all join within {self.startup:g} s "
+                f"(this is {t.describe()}{'; ' + detail if detail else ''}); start the same "
+                "command on every worker")
+
+    def _startup_watchdog(self, joined: threading.Event) -> None:
+        """TensorFlow waits for missing workers inside C++ and ignores SIGTERM meanwhile: past
+        ``startup`` seconds, say so in one line and end the process (exit code 1)."""
+        if not joined.wait(self.startup):
+            sys.stdout.flush()
+            sys.stderr.write(f"error: {self._not_joined()}\n")
+            sys.stderr.flush()
+            os._exit(1)
+
+    @property
+    def workers(self) -> int:
+        return self.topology.workers
+
+    @property
+    def rank(self) -> int:
+        return self.topology.rank
+
+    @property
+    def chief(self) -> bool:
+        return self.topology.chief
+
+    def gather(self, arrays: list, during: str, timeout: float | None = None) -> list:
+        """Every worker's ``arrays`` (same count, dtypes and trailing shapes on every worker;
+        the first dimension may differ): [worker][i] -> numpy array, on every worker.
+        ``timeout`` replaces --worker-timeout for this call (a wait known to be long)."""
+        from transfer.tf import tf
+
+        limit = self.timeout if timeout is None else float(timeout)
+        if limit not in self._gathers:
+            strategy = self.strategy
+            options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=limit)
+
+            def replica(values):
+                ctx = tf.distribute.get_replica_context()
+                sizes = [ctx.all_gather(tf.identity(tf.shape(v)[:1]), axis=0, options=options)
+                         for v in values]
+                return sizes, [ctx.all_gather(tf.identity(v), axis=0, options=options)
+                               for v in values]
+
+            @tf.function(reduce_retracing=True, autograph=False)
+            def step(values):
+                return strategy.run(replica, args=(values,))
+
+            self._gathers[limit] = step
+
+        def run():
+            tensors = [tf.convert_to_tensor(np.ascontiguousarray(a)) for a in arrays]
+            sizes, values = self._gathers[limit](tensors)
+            local = self.strategy.experimental_local_results
+            out: list = [[] for _ in range(self.workers)]
+            for size, value in zip(sizes, values, strict=True):
+                counts = np.asarray(local(size)[0]).astype(int)
+                whole = np.asarray(local(value)[0])
+                for w, piece in enumerate(np.split(whole, np.cumsum(counts)[:-1])):
+                    out[w].append(piece)
+            return out
+
+        try:
+            return run()
+        except tf.errors.OpError as exc:
+            raise lost(exc, limit, during) from None
+
+    def broadcast(self, arrays: list, during: str) -> list:
+        """The chief's ``arrays`` on every worker (others pass arrays of the same shapes)."""
+        return self.gather(arrays, during)[0]
+
+    def total(self, values, during: str) -> np.ndarray:
+        """The sum over workers of a float64 vector."""
+        parts = self.gather([np.asarray(values, "float64").reshape(1, -1)], during)
+        return np.sum([p[0][0] for p in parts], axis=0)
+
+    def barrier(self, during: str, timeout: float | None = None) -> None:
+        """Wait until every worker gets here (a tiny gather)."""
+        self.gather([np.zeros((1,), "float32")], during, timeout)
+
+    def state(self, arrays: list, note: dict | None, during: str) -> tuple[list, dict | None]:
+        """The chief's arrays and JSON-able note on every worker (others pass arrays of the
+        same trailing shapes, e.g. their own weights, and any note)."""
+        text = json.dumps(note).encode()
+        got = self.broadcast([*arrays, np.frombuffer(text, np.uint8).astype("int32")], during)
+        return got[:-1], json.loads(bytes(got[-1].astype(np.uint8)).decode())
+
+
+def quiet_native_logs() -> None:
+    """Send TensorFlow's C++ log lines (file descriptor 2: a peer's crash is logged there by
+    every survivor) to /dev/null for the rest of the process, keeping Python's sys.stderr on a
+    copy of the real one; TRANSFER_VERBOSE=1 (``--verbose``) keeps them."""
+    if os.environ.get("TRANSFER_VERBOSE") == "1":
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    sys.stderr = os.fdopen(saved, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
+                           errors="backslashreplace")
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)

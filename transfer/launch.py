@@ -1,0 +1,122 @@
+"""Try multi-worker training on one machine: N local workers on 127.0.0.1, one command.
+
+    python -m transfer.launch 2 -- train --base mobilenet --alpha 0.25 --output models/mw \\
+        --distribute multi-worker
+    scripts/multiworker_local.sh 2 -- train ...        (the same)
+
+Each worker is the same ``transfer`` command with its own ``TF_CONFIG`` (free ports on
+127.0.0.1, worker 0 the chief). The chief's output is shown as it comes; the other workers'
+lines are prefixed ``[worker i]``. When a worker fails, the others get ``grace`` seconds to
+stop by themselves (they notice within ``--worker-timeout``) and are then killed; the exit code
+is the first non-zero one, else 0. On several machines, set TF_CONFIG on each yourself (README,
+"Training on several machines").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+GRACE_SECONDS = 150.0
+
+
+def free_ports(n: int) -> list[int]:
+    """n ports free on 127.0.0.1 now (bound to port 0, then released)."""
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def tf_config(addresses: Sequence[str], index: int) -> str:
+    """The TF_CONFIG of worker ``index`` of a cluster of ``addresses`` (worker 0: the chief)."""
+    return json.dumps({"cluster": {"worker": list(addresses)},
+                       "task": {"type": "worker", "index": index}})
+
+
+def command(args: Sequence[str]) -> list[str]:
+    """The ``transfer`` command line with ``args``, run by this Python."""
+    return [sys.executable, "-m", "transfer", *args]
+
+
+def start(n: int, args: Sequence[str], ports: Sequence[int] | None = None,
+          env: dict | None = None) -> list[subprocess.Popen]:
+    """Start n workers of ``transfer <args>``; worker 0's output is inherited, the others' is
+    piped (see ``run_local``)."""
+    ports = list(ports) if ports is not None else free_ports(n)
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    procs = []
+    for i in range(n):
+        worker_env = {**(os.environ if env is None else env), "TF_CONFIG": tf_config(addresses, i)}
+        piped = {} if i == 0 else {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
+        procs.append(subprocess.Popen(command(args), env=worker_env, text=True, **piped))
+    return procs
+
+
+def _relay(proc: subprocess.Popen, index: int) -> None:
+    for line in proc.stdout:
+        sys.stderr.write(f"[worker {index}] {line}")
+    sys.stderr.flush()
+
+
+def run_local(n: int, args: Sequence[str], grace: float = GRACE_SECONDS) -> int:
+    """Run ``transfer <args>`` as n local workers and wait for them; the exit code."""
+    if n < 1:
+        raise ValueError("at least one worker")
+    procs = start(n, args)
+    relays = [threading.Thread(target=_relay, args=(p, i), daemon=True)
+              for i, p in enumerate(procs) if i > 0]
+    for t in relays:
+        t.start()
+    code, failed_at = 0, None
+    try:
+        while any(p.poll() is None for p in procs):
+            for p in procs:
+                if p.returncode not in (None, 0) and failed_at is None:
+                    code, failed_at = p.returncode, time.monotonic()
+            if failed_at is not None and time.monotonic() - failed_at > grace:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.kill()
+        raise
+    for t in relays:
+        t.join(timeout=5)
+    for p in procs:
+        if p.returncode and not code:
+            code = p.returncode
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    usage = "usage: python -m transfer.launch N -- train <options> --distribute multi-worker"
+    if not argv or not argv[0].isdigit() or int(argv[0]) < 1:
+        print(usage, file=sys.stderr)
+        return 2
+    n, rest = int(argv[0]), argv[1:]
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    if not rest:
+        print(usage, file=sys.stderr)
+        return 2
+    return run_local(n, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
