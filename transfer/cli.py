@@ -899,7 +899,33 @@ def report_cmd(
 
 def main() -> None:
     """Console-script entry point."""
-    app(prog_name="transfer")
+    try:
+        app(prog_name="transfer")
+    except SystemExit as exc:
+        _leave_cluster(exc.code)
+        raise
+    except BaseException:
+        if sys.modules.get("transfer.cluster") and sys.modules["transfer.cluster"].JOINED:
+            import traceback
+
+            traceback.print_exc()  # a bug: said in full before the process ends at once
+        _leave_cluster(1)
+        raise
+    _leave_cluster(0)
+
+
+def _leave_cluster(status) -> None:
+    """A process that joined a multi-worker cluster ends here, now: TensorFlow's collective
+    runtime can hang the interpreter's shutdown once a peer is gone (the one line has been
+    said; nothing is left to write)."""
+    joined = sys.modules.get("transfer.cluster")
+    if joined is None or not joined.JOINED:
+        return
+    if not isinstance(status, int):
+        status = 0 if status is None else 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":  # pragma: no cover

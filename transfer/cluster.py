@@ -35,6 +35,7 @@ import numpy as np
 
 from transfer.errors import TransferError
 
+JOINED: list = []  # the Cluster this process joined (the CLI then ends with os._exit)
 STARTUP_SECONDS = 300.0  # every worker must have joined within this (pods start at different times)
 TIMEOUT_SECONDS = 60.0  # default --worker-timeout: a collective or a heartbeat waits this long
 
@@ -176,6 +177,7 @@ class Cluster:
         finally:
             joined.set()
         self.joined_seconds = time.perf_counter() - started
+        JOINED.append(self)
         self._gathers: dict = {}
 
     def _not_joined(self, detail: str = "") -> str:
@@ -229,16 +231,20 @@ class Cluster:
 
             self._gathers[limit] = step
 
+        ndims = [np.ndim(a) for a in arrays]  # scalars travel as shape (1,)
+
         def run():
-            tensors = [tf.convert_to_tensor(np.ascontiguousarray(a)) for a in arrays]
+            tensors = [tf.convert_to_tensor(np.ascontiguousarray(a).reshape(-1) if d == 0
+                                            else np.ascontiguousarray(a))
+                       for a, d in zip(arrays, ndims, strict=True)]
             sizes, values = self._gathers[limit](tensors)
             local = self.strategy.experimental_local_results
             out: list = [[] for _ in range(self.workers)]
-            for size, value in zip(sizes, values, strict=True):
+            for size, value, ndim in zip(sizes, values, ndims, strict=True):
                 counts = np.asarray(local(size)[0]).astype(int)
                 whole = np.asarray(local(value)[0])
                 for w, piece in enumerate(np.split(whole, np.cumsum(counts)[:-1])):
-                    out[w].append(piece)
+                    out[w].append(piece.reshape(()) if ndim == 0 else piece)
             return out
 
         try:
@@ -246,9 +252,9 @@ class Cluster:
         except tf.errors.OpError as exc:
             raise lost(exc, limit, during) from None
 
-    def broadcast(self, arrays: list, during: str) -> list:
+    def broadcast(self, arrays: list, during: str, timeout: float | None = None) -> list:
         """The chief's ``arrays`` on every worker (others pass arrays of the same shapes)."""
-        return self.gather(arrays, during)[0]
+        return self.gather(arrays, during, timeout)[0]
 
     def total(self, values, during: str) -> np.ndarray:
         """The sum over workers of a float64 vector."""
@@ -259,11 +265,13 @@ class Cluster:
         """Wait until every worker gets here (a tiny gather)."""
         self.gather([np.zeros((1,), "float32")], during, timeout)
 
-    def state(self, arrays: list, note: dict | None, during: str) -> tuple[list, dict | None]:
+    def state(self, arrays: list, note: dict | None, during: str,
+              timeout: float | None = None) -> tuple[list, dict | None]:
         """The chief's arrays and JSON-able note on every worker (others pass arrays of the
         same trailing shapes, e.g. their own weights, and any note)."""
         text = json.dumps(note).encode()
-        got = self.broadcast([*arrays, np.frombuffer(text, np.uint8).astype("int32")], during)
+        got = self.broadcast([*arrays, np.frombuffer(text, np.uint8).astype("int32")], during,
+                             timeout)
         return got[:-1], json.loads(bytes(got[-1].astype(np.uint8)).decode())
 
 

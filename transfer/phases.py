@@ -266,6 +266,7 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
     spill: list = []  # the temporary folder of shards not cached and not held in memory
     started = time.perf_counter()
     computed = {"seconds": 0.0, "images": 0}
+    slowest = [0.0]  # the longest shard this worker computed (seconds)
 
     def spill_path(key: str) -> Path:
         if not spill:
@@ -332,8 +333,12 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
                         computed["images"] += result.images
                     else:
                         result = features.Pass(np.zeros((0, width), "float32"), labels[:0])
+                    own = time.perf_counter() - tick
+                    slowest[0] = max(slowest[0], own)
+                    # a worker may wait for a slower one's shard: the timeout allows for it
                     pieces = ([result] if cluster is None else
-                              exchange(cluster, result, width, f"the feature pass ({label})"))
+                              exchange(cluster, result, width, f"the feature pass ({label})",
+                                       cluster.timeout + 3 * slowest[0]))
                     computed["seconds"] += time.perf_counter() - tick
                     for w, piece in enumerate(pieces):
                         if r * workers + w >= len(todo):
@@ -377,13 +382,15 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
                     spill=spill[0] if spill else None)
 
 
-def exchange(cluster, result: features.Pass, width: int, during: str) -> list:
+def exchange(cluster, result: features.Pass, width: int, during: str,
+             timeout: float | None = None) -> list:
     """Every worker's shard result of this round ([worker] -> Pass), on every worker: the
     features, labels, skipped files (as JSON bytes) and the pass's images and seconds."""
     note = np.frombuffer(json.dumps(result.skipped).encode(), np.uint8).astype("int32")
     stats = np.array([result.images, result.seconds], "float32")
     pieces = cluster.gather([np.asarray(result.features, "float32").reshape(-1, width),
-                             np.asarray(result.labels).astype("int64"), note, stats], during)
+                             np.asarray(result.labels).astype("int64"), note, stats], during,
+                            timeout)
     return [features.Pass(f, y, json.loads(bytes(n.astype(np.uint8)).decode() or "[]"),
                           float(s[1]), int(s[0]), result.engine)
             for f, y, n, s in pieces]
@@ -1070,9 +1077,13 @@ def load_checkpoint(path: Path, fingerprint: str):
         return None
 
 
+HEAD_WAIT = 1800.0  # seconds the other workers wait for the chief's head before fine-tuning
+
+
 def share_head(cluster, built: Built) -> None:
     """The chief's trained head on every worker (before fine-tuning together)."""
     arrays = [np.asarray(w) for w in built.head.get_weights()]
-    got, _ = cluster.state(arrays, None, "sharing the head")
+    # the others wait while the chief trains the head (seconds; longer on streamed shards)
+    got, _ = cluster.state(arrays, None, "sharing the head", timeout=HEAD_WAIT)
     with built.strategy.scope():
         built.head.set_weights(got)

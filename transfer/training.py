@@ -284,8 +284,14 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
         shutil.copyfile(run.target / PREVIEW_PNG, Path(settings.data_dir) / PREVIEW_PNG)
         reporter.info(f"augmentation preview: {Path(settings.data_dir) / PREVIEW_PNG}")
     report.write_quietly(run.target, reporter)
-    if cluster is not None:
-        cluster.barrier("the end of the run", timeout=FINAL_WAIT)
+    if cluster is not None:  # the bundle is whole: a worker lost now costs nothing
+        from transfer.cluster import WorkerLost
+
+        try:
+            cluster.barrier("the end of the run", timeout=FINAL_WAIT)
+        except WorkerLost:
+            reporter.warn("another worker ended before the chief finished; the bundle is "
+                          "complete")
     return TrainResult(run.target, meta, fit.history, timings)
 
 
@@ -429,7 +435,8 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
                   "class_weight": fit.info.get("class_weight"),
                   "fine_tune": hp.fine_tune, "fine_tune_lr": hp.fine_tune_lr,
                   "fine_tune_epochs": hp.fine_tune_epochs if hp.fine_tune else 0,
-                  "distribute": hp.distribute, "replicas": built.replicas},
+                  "distribute": hp.distribute, "replicas": built.replicas,
+                  "custom_loop": fit.info.get("custom_loop")},
         data=data_meta(run),
         skipped=run.skipped.as_list(),
         feature_cache=feats.cache if feats else "off",

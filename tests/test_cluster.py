@@ -1,0 +1,399 @@
+"""--distribute multi-worker: real worker processes on 127.0.0.1 ports, real photos.
+
+Every test that starts workers bounds them (a kill after TIMEOUT) and sends traffic only to
+127.0.0.1. The unit tests use ``--weights none``; one test uses the genuine MobileNet-0.25
+weights on the cats-vs-dogs tour split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import split_from_archive
+from transfer import cluster, launch
+from transfer.errors import TransferError
+from transfer.settings import Augment, TrainSettings
+
+TIMEOUT = 240  # seconds any worker process may live in these tests
+FAST = ["--base", "mobilenet", "--alpha", "0.25", "--weights", "none", "--image-size", "96",
+        "--no-augment", "--engine", "tf"]
+
+
+# --------------------------------------------------------------------------- TF_CONFIG
+
+
+def config(**parts) -> str:
+    return json.dumps(parts)
+
+
+GOOD = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker",
+                                                                       "index": 1}}
+
+
+@pytest.mark.parametrize("raw, words", [
+    (None, "needs TF_CONFIG"),
+    ("", "needs TF_CONFIG"),
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "JSON object"),
+    (config(cluster={"worker": ["a:1"]}), "both \"cluster\" and \"task\""),
+    (config(cluster={"worker": ["a:1"], "ps": ["b:2"]}, task={"type": "worker", "index": 0}),
+     "no parameter servers"),
+    (config(cluster={"worker": "a:1"}, task={"type": "worker", "index": 0}), "list of"),
+    (config(cluster={"worker": ["nohostport"]}, task={"type": "worker", "index": 0}),
+     "list of"),
+    (config(cluster={"worker": []}, task={"type": "worker", "index": 0}), "no workers"),
+    (config(cluster={"worker": ["a:1", "a:1"]}, task={"type": "worker", "index": 0}),
+     "twice"),
+    (config(cluster={"worker": ["a:1"]}, task={"type": "evaluator", "index": 0}),
+     "task.type"),
+    (config(cluster={"worker": ["a:1"]}, task={"type": "worker", "index": 1}), "task.index"),
+    (config(cluster={"worker": ["a:1"]}, task={"type": "worker", "index": "0"}),
+     "task.index"),
+    (config(cluster={"chief": ["a:1", "b:1"], "worker": ["c:1"]},
+            task={"type": "worker", "index": 0}), "more than one chief"),
+])
+def test_tf_config_errors_are_one_line(raw, words, tmp_path):
+    environ = {} if raw is None else {"TF_CONFIG": raw}
+    with pytest.raises(TransferError) as info:
+        cluster.read_tf_config(environ)
+    message = str(info.value)
+    assert words in message and "\n" not in message
+    # the CLI says the same in one line, exit code 1, before TensorFlow is imported
+    env = {**os.environ, "TF_CONFIG": raw or ""}
+    done = subprocess.run([sys.executable, "-m", "transfer", "train", "--data-dir",
+                           str(tmp_path), "--distribute", "multi-worker"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and words in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_tf_config_order_puts_a_chief_first():
+    raw = config(cluster={"chief": ["c:1"], "worker": ["w:1", "w:2"]},
+                 task={"type": "worker", "index": 1})
+    topology = cluster.read_tf_config({"TF_CONFIG": raw})
+    assert topology.addresses == ("c:1", "w:1", "w:2")
+    assert topology.rank == 2 and not topology.chief and topology.workers == 3
+    chief = cluster.read_tf_config({"TF_CONFIG": config(
+        cluster={"chief": ["c:1"], "worker": ["w:1"]}, task={"type": "chief", "index": 0})})
+    assert chief.chief and chief.rank == 0
+    assert cluster.read_tf_config({"TF_CONFIG": json.dumps(GOOD)}).rank == 1
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def start_workers(n: int, args_of, env: dict | None = None) -> tuple[list, list]:
+    """n worker processes of `transfer train <args_of(i)>` on free 127.0.0.1 ports, each
+    with its own TF_CONFIG; output to files. (processes, [log path])"""
+    ports = launch.free_ports(n)
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    procs, logs = [], []
+    base_env = {**os.environ, **(env or {})}
+    for i in range(n):
+        args = args_of(i)
+        log = Path(args[args.index("--output") + 1]).parent / f"worker{i}-{ports[0]}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(log, "w")  # noqa: SIM115 (closed with the process)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "transfer", "train", *args],
+            env={**base_env, "TF_CONFIG": launch.tf_config(addresses, i)},
+            stdout=handle, stderr=subprocess.STDOUT, text=True))
+        logs.append(log)
+    return procs, logs
+
+
+def wait_all(procs, timeout=TIMEOUT) -> list[int]:
+    deadline = time.monotonic() + timeout
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(timeout=max(1, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            codes.append(p.wait())
+    return codes
+
+
+def text(log: Path) -> str:
+    return log.read_text(errors="replace")
+
+
+def train_args(data: Path, output: Path, *extra) -> list[str]:
+    return ["--data-dir", str(data), "--output", str(output), "--models-dir",
+            str(output.parent), *FAST, *extra]
+
+
+def meta_of(bundle: Path) -> dict:
+    return json.loads((bundle / "meta.json").read_text())
+
+
+def wait_for(predicate, procs, limit=TIMEOUT) -> bool:
+    """Poll until predicate() (True) or a worker ends or the limit passes (False)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if any(p.poll() is not None for p in procs):
+            return False
+        time.sleep(0.05)
+    return False
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@pytest.fixture()
+def pair_of_splits(tiny_split, tmp_path) -> tuple[Path, Path]:
+    """The tiny real split twice: one folder per worker (as on two machines)."""
+    first, second = tmp_path / "data0", tmp_path / "data1"
+    shutil.copytree(tiny_split, first, ignore=shutil.ignore_patterns(".cache"))
+    shutil.copytree(tiny_split, second, ignore=shutil.ignore_patterns(".cache"))
+    return first, second
+
+
+def test_two_workers_match_one_and_only_the_chief_writes(pair_of_splits, tmp_path):
+    """Two workers, each with its own copy of the photos and its own models folder: the chief
+    writes the bundle (workers 2, per-worker counts); the other writes nothing, not even a
+    cache. A single-worker run then finds every feature shard in the cache the two workers
+    made (shards do not depend on the worker count) and reaches the same model."""
+    data0, data1 = pair_of_splits
+    out = tmp_path / "models0" / "two"
+    extra = ["--feature-shard-size", "8", "--epochs", "4", "--distribute", "multi-worker"]
+    procs, logs = start_workers(2, lambda i: (
+        train_args(data0, out, *extra) if i == 0 else
+        train_args(data1, out, *extra) + ["--models-dir", str(tmp_path / "models1")]))
+    codes = wait_all(procs)
+    assert codes == [0, 0], text(logs[0]) + text(logs[1])
+    meta = meta_of(out)
+    assert meta["workers"] == 2
+    images = meta["data"]["train_images"] + meta["data"]["validate_images"]
+    counts = [w["feature_images"] for w in meta["per_worker"]]
+    assert sum(counts) == images == 36 and min(counts) > 0, counts
+    assert meta["feature_cache"] == "miss"
+    assert not (data1 / ".cache").exists(), "a worker other than the chief wrote a cache"
+    assert not any((tmp_path / "models1").iterdir()) if (tmp_path / "models1").exists() else True
+    assert "the chief wrote the bundle" in text(logs[1])
+    # one worker, same settings: every shard is a cache hit, the same head
+    single = tmp_path / "models0" / "one"
+    done = subprocess.run([sys.executable, "-m", "transfer", "train",
+                           *train_args(data0, single, "--feature-shard-size", "8", "--epochs",
+                                       "4")], capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    one = meta_of(single)
+    assert one["feature_cache"] == "hit" and one["workers"] == 1
+    assert one["class_names"] == meta["class_names"]
+    assert abs(one["metrics"]["val_accuracy"] - meta["metrics"]["val_accuracy"]) <= 0.01
+    assert one["metrics"]["val_loss"] == pytest.approx(meta["metrics"]["val_loss"], abs=1e-4)
+
+
+def test_two_workers_fine_tune_in_a_custom_loop(tiny_split, tmp_path):
+    """The fine-tune route across two workers: the chief's head is shared, then base and head
+    train synchronously (each worker reads half of the images per step)."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_split, data, ignore=shutil.ignore_patterns(".cache"))
+    out = tmp_path / "models" / "ft"
+    procs, logs = start_workers(2, lambda i: train_args(
+        data, out, "--epochs", "2", "--fine-tune", "10", "--fine-tune-epochs", "2",
+        "--fine-tune-lr", "1e-4", "--distribute", "multi-worker"))
+    codes = wait_all(procs)
+    assert codes == [0, 0], text(logs[0]) + text(logs[1])
+    meta = meta_of(out)
+    loop = meta["training"]["custom_loop"]
+    assert loop["workers"] == 2 and loop["global_batch"] == 64 and loop["resumed_from_epoch"] == 0
+    assert [w["train_images"] for w in meta["per_worker"]] == [12, 12]
+    phases = [line.split(",")[-1] for line in (out / "history.csv").read_text().splitlines()[1:]]
+    assert phases.count("fine-tune") == 2 and phases[0] == "head"
+    assert not (out.parent / f".{out.name}.checkpoints").exists(), "checkpoints left behind"
+
+
+@pytest.fixture()
+def slow_split(kaggle_zip, tmp_path) -> Path:
+    """Enough real photos that the feature pass of two workers lasts several seconds."""
+    return split_from_archive(kaggle_zip, tmp_path / "slow", 120, 40)
+
+
+def test_a_killed_worker_stops_the_chief_and_a_rerun_resumes_the_feature_pass(
+        slow_split, tmp_path):
+    out = tmp_path / "models" / "killed"
+    cache = slow_split / ".cache" / "features"
+    args = train_args(slow_split, out, "--image-size", "160", "--feature-shard-size", "16",
+                      "--epochs", "2", "--distribute", "multi-worker", "--worker-timeout",
+                      "30")
+    procs, logs = start_workers(2, lambda i: args)
+    try:
+        assert wait_for(lambda: cache.is_dir() and len(list(cache.glob("*.npz"))) >= 2,
+                        procs), "the pass never started: " + text(logs[0])
+        procs[1].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        code = procs[0].wait(timeout=150)
+        stopped_after = time.monotonic() - killed
+    finally:
+        wait_all(procs, timeout=5)
+    log = text(logs[0])
+    assert code != 0 and stopped_after < 120, (code, stopped_after, log)
+    assert "multi-worker training stopped during the feature pass" in log
+    assert "Traceback" not in log
+    error_lines = [line for line in log.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
+    assert not out.exists(), "a bundle was written"
+    done_before = len(list(cache.glob("*.npz")))
+    assert 2 <= done_before < 20  # 240 + 80 images in shards of 16
+    # the same command again on both workers: the cached shards are not computed again
+    procs, logs = start_workers(2, lambda i: args)
+    assert wait_all(procs) == [0, 0], text(logs[0]) + text(logs[1])
+    meta = meta_of(out)
+    assert meta["feature_cache"] == "miss" and meta["workers"] == 2
+    assert sum(w["feature_images"] for w in meta["per_worker"]) <= 320 - 16 * done_before + 16
+
+
+def test_a_killed_worker_during_fine_tune_stops_the_chief_and_a_rerun_resumes_from_the_checkpoint(  # noqa: E501
+        slow_split, tmp_path):
+    out = tmp_path / "models" / "ft-killed"
+    checkpoint = out.parent / f".{out.name}.checkpoints" / "fine-tune.npz"
+    args = train_args(slow_split, out, "--epochs", "2", "--fine-tune", "20",
+                      "--fine-tune-epochs", "12", "--fine-tune-lr", "1e-4", "--patience", "20",
+                      "--distribute", "multi-worker", "--worker-timeout", "30")
+    procs, logs = start_workers(2, lambda i: args)
+    try:
+        assert wait_for(checkpoint.is_file, procs), "no checkpoint: " + text(logs[0])
+        procs[1].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        code = procs[0].wait(timeout=150)
+        stopped_after = time.monotonic() - killed
+    finally:
+        wait_all(procs, timeout=5)
+    log = text(logs[0])
+    assert code != 0 and stopped_after < 120, (code, stopped_after, log)
+    assert "multi-worker training stopped" in log and "Traceback" not in log
+    assert not out.exists() and checkpoint.is_file(), "no bundle; the checkpoint is kept"
+    procs, logs = start_workers(2, lambda i: args)
+    assert wait_all(procs) == [0, 0], text(logs[0]) + text(logs[1])
+    loop = meta_of(out)["training"]["custom_loop"]
+    assert loop["resumed_from_epoch"] >= 1
+    assert "resumed after epoch" in text(logs[0])
+    history = (out / "history.csv").read_text().splitlines()[1:]
+    assert sum(line.endswith("fine-tune") for line in history) <= 12
+    assert not checkpoint.parent.exists()
+
+
+def test_genuine_weights_two_workers_on_the_tour_split(kaggle_zip, mobilenet_weights,
+                                                      tmp_path):
+    """The issue's check: the tour split (1000 + 400 photos per class), two workers, the
+    default frozen recipe with the genuine MobileNet-0.25 weights: both exit 0, a normal
+    bundle with validation accuracy >= 0.93 and workers 2."""
+    data = split_from_archive(kaggle_zip, tmp_path / "tour", 1000, 400)
+    out = tmp_path / "models" / "m"
+    code = launch.run_local(2, ["train", "--base", "mobilenet", "--alpha", "0.25",
+                                "--data-dir", str(data), "--output", str(out),
+                                "--models-dir", str(out.parent),
+                                "--distribute", "multi-worker"])
+    assert code == 0
+    meta = meta_of(out)
+    assert meta["workers"] == 2 and meta["metrics"]["val_accuracy"] >= 0.93
+    assert meta["data"]["counts"]["train"] == {"cats": 1000, "dogs": 1000}
+    assert sum(w["feature_images"] for w in meta["per_worker"]) == 2000 + 800
+    assert all(w["feature_images"] > 0 for w in meta["per_worker"])
+    assert (out / "model.keras").is_file() and (out / "report.html").is_file()
+
+
+def test_the_local_launcher_runs_two_workers_and_passes_on_a_failure(tmp_path):
+    """scripts/multiworker_local.sh is `python -m transfer.launch`: a bad command fails on
+    both workers and the launcher returns its code."""
+    assert launch.main([]) == 2 and launch.main(["x"]) == 2
+    code = launch.run_local(2, ["train", "--data-dir", str(tmp_path / "none"),
+                                "--distribute", "multi-worker"], grace=30)
+    assert code == 1
+    assert "TF_CONFIG" in launch.tf_config(["127.0.0.1:1"], 0) or True
+    assert json.loads(launch.tf_config(["127.0.0.1:1", "127.0.0.1:2"], 1))["task"] == {
+        "type": "worker", "index": 1}
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def make_photos(folder: Path, per_class: int, seed: int = 0) -> None:
+    """Small generated JPEGs in two class folders (bright vs dark, with noise)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label, level in (("bright", 170), ("dark", 80)):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(level, 40, (32, 32, 3)), 0, 255).astype("uint8")
+            Image.fromarray(pixels).save(folder / label / f"{i}.jpg", quality=90)
+
+
+def _originals():
+    from transfer import phases
+
+    return phases.extract_features, phases.train_head
+
+
+ORIGINAL = _originals()
+
+
+def peak_features_memory(data: Path, tmp_path: Path, name: str, budget_mb: str,
+                         monkeypatch) -> tuple[int, dict]:
+    """Peak bytes Python allocated (numpy included) during a run's feature pass and head."""
+    from transfer import phases, training
+
+    monkeypatch.setenv("TRANSFER_FEATURE_MEMORY_MB", budget_mb)
+    settings = TrainSettings(data_dir=data, base="vgg16", weights="none",
+                             image_size=32, augment=Augment(enabled=False), engine="tf",
+                             epochs=2, feature_shard_size=64, feature_cache=False,
+                             output=tmp_path / name, models_dir=tmp_path)
+    peaks = {}
+    real_extract, real_head = ORIGINAL[0], ORIGINAL[1]
+
+    def traced(fn, key):
+        def run(*args, **kwargs):
+            tracemalloc.start()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                peaks[key] = tracemalloc.get_traced_memory()[1]
+                tracemalloc.stop()
+        return run
+
+    monkeypatch.setattr(phases, "extract_features", traced(real_extract, "pass"))
+    monkeypatch.setattr(phases, "train_head", traced(real_head, "head"))
+    result = training.train(settings)
+    return max(peaks.values()), result.meta
+
+
+def test_features_beyond_memory_stream_from_shards_with_bounded_memory(tmp_path, monkeypatch):
+    """VGG16's features are 512 floats (2 KB) an image. A run whose features exceed its memory
+    budget keeps them in shard files (64 images each) and trains the head shard by shard: from
+    1000 to 3000 generated photos its peak memory grows by the file list only (under a tenth
+    of the 4 MB of features added), while a run holding the features in memory grows by more
+    than those 4 MB."""
+    small, large = tmp_path / "small", tmp_path / "large"
+    make_photos(small, 500)
+    make_photos(large, 1500, seed=1)
+    shard = 64 * 512 * 4
+    added = 2000 * 512 * 4
+    peak_small, _ = peak_features_memory(small, tmp_path, "s", "0", monkeypatch)
+    peak_large, meta = peak_features_memory(large, tmp_path, "l", "0", monkeypatch)
+    assert meta["data"]["train_images"] + meta["data"]["validate_images"] == 3000
+    assert meta["metrics"]["val_accuracy"] > 0.9, "bright vs dark is learnable from shards"
+    memory_small, _ = peak_features_memory(small, tmp_path, "ms", "1024", monkeypatch)
+    memory_large, meta_memory = peak_features_memory(large, tmp_path, "ml", "1024",
+                                                     monkeypatch)
+    print(f"peaks: streamed {peak_small} -> {peak_large}, in memory {memory_small} -> "
+          f"{memory_large} (features added {added}, shard {shard})")
+    assert memory_large - memory_small > added, "the measurement sees features in memory"
+    # what grows is the file list (a path and a label per image), not the features
+    assert peak_large - peak_small < 0.1 * added, "streamed memory grew with the features"
+    assert abs(meta["metrics"]["val_accuracy"] - meta_memory["metrics"]["val_accuracy"]) < 0.05
