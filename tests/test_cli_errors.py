@@ -128,12 +128,14 @@ CASES = [
     ("predict {photo} --model {folder}", 1, "meta.json"),
     ("predict {photo} --model {file}", 1, "a-file.txt"),
     ("predict {photo} --model {zero}", 1, "model.keras"),
+    ("predict {photo} --engine onnx", 2, "'onnx' is not one of"),
     # evaluate
     ("evaluate --output {file}", 1, "is a file, not a folder"),
     ("evaluate --output {ro}/report", 1, "cannot write in /sys"),
     ("evaluate --batch-size 0", 1, "--batch-size must be at least 1"),
     ("evaluate --model {tmp}/no-such-bundle", 1, "no model bundle"),
     ("evaluate --data-dir {file} --model {bundle}", 1, "is a file, not a folder"),
+    ("evaluate --engine gpu", 2, "'gpu' is not one of"),
     # explain
     ("explain {tmp}/no-such-photo.jpg", 1, "no such image file"),
     ("explain {photo} --output {ro}/x.png", 1, "cannot write in /sys"),

@@ -52,6 +52,9 @@ def test_report_on_held_out_photos(trained_bundle, small_split, tmp_path):
         assert row["recall"] == pytest.approx(matrix[i, i] / matrix[i].sum())
     assert 0.5 < report["roc_auc"] <= 1 and report["roc_auc_positive_class"] == "dogs"
     assert report["is_training_validation_folder"] is False
+    # 40 images: auto keeps TensorFlow (tests/test_inference_engines.py converts the model)
+    assert report["engine"]["requested"] == "auto" and report["engine"]["name"] == "tf"
+    assert report["engine"]["images"] == 40 and report["engine"]["images_per_second"] > 0
     # the same images through predict give the same labels (one input path for both)
     predicted = predict([small_split / "test"], model=trained_bundle.bundle)
     labels = [["cats", "dogs"].index(i.label) for i in predicted.items]

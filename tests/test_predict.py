@@ -50,8 +50,11 @@ def test_json_and_csv_schemas(trained_bundle, small_split, tmp_path):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert set(payload) == {"mode", "model", "base", "class_names", "fallback", "failed",
-                            "predictions"}
+                            "engine", "predictions"}
     assert payload["class_names"] == ["cats", "dogs"] and payload["failed"] == 0
+    # six images: auto keeps TensorFlow (converting would cost more than it saves)
+    assert payload["engine"]["requested"] == "auto" and payload["engine"]["name"] == "tf"
+    assert payload["engine"]["images"] == 6 and "fewer than" in payload["engine"]["fallback"]
     assert len(payload["predictions"]) == 6
     for row in payload["predictions"]:
         assert set(row) == {"file", "label", "probability", "top", "probabilities", "image",
@@ -256,7 +259,14 @@ def test_settings_object_and_keywords_are_the_same_call(trained_bundle, small_sp
     by_keywords = predict.predict(files, model=trained_bundle.bundle, top=2)
     by_settings = predict.predict(PredictSettings(paths=files, model=trained_bundle.bundle,
                                                   top=2))
-    assert by_keywords.as_dict() == by_settings.as_dict()
+
+    def untimed(result):  # the engine's images/s is a measurement: it differs run to run
+        payload = result.as_dict()
+        payload["engine"] = {k: v for k, v in payload["engine"].items()
+                             if k != "images_per_second"}
+        return payload
+
+    assert untimed(by_keywords) == untimed(by_settings)
     assert all(len(item.top) == 2 for item in by_settings.items)
 
 
@@ -268,6 +278,8 @@ def test_settings_are_checked_before_any_model_loads(tmp_path):
         predict.predict(["x.jpg"], model=nowhere, batch_size=0)
     with pytest.raises(TransferError, match="--top must be at least 1"):
         predict.predict(["x.jpg"], model=nowhere, top=0)
+    with pytest.raises(TransferError, match="--engine must be one of auto, tf, tflite"):
+        predict.predict(["x.jpg"], model=nowhere, engine="onnx")
     taken = tmp_path / "taken.csv"
     taken.write_text("keep")
     with pytest.raises(TransferError, match="already exists; use --force"):

@@ -510,15 +510,22 @@ def predict_cmd(
                           ] = _P.models_dir,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --output file.")
                      ] = _P.force,
+    engine: Annotated[Engine, typer.Option(
+        help="What runs a bundle's model: TensorFlow, TFLite (XNNPACK; converted once, checked "
+        "against TensorFlow), or auto: TFLite for a large folder when faster here.")
+    ] = _P.engine,
 ) -> None:
     """Classify images with a trained bundle, or with an ImageNet classifier (--imagenet)."""
     settings = S.PredictSettings(paths=paths, model=model, imagenet=imagenet, base=base,
                                  alpha=alpha, top=top, format=format, output=output,
                                  invert=invert, batch_size=batch_size, models_dir=models_dir,
-                                 force=force).validated()
+                                 force=force, engine=engine).validated()
+    from transfer.inference import engine_summary
     from transfer.predict import predict, write_text
 
     result = predict(settings, reporter=_reporter())
+    if (result.engine or {}).get("name") == "tflite":
+        err.print(engine_summary(result.engine), highlight=False)
     fmt = settings.format
     if fmt == "table":
         table = _predictions_table(result)
@@ -575,13 +582,18 @@ def evaluate_cmd(
     force: Annotated[bool, typer.Option("--force",
                                         help="Replace another evaluation's outputs.")
                      ] = _E.force,
+    engine: Annotated[Engine, typer.Option(
+        help="What runs the model: TensorFlow, TFLite (XNNPACK; converted once, checked "
+        "against TensorFlow), or auto: TFLite for a large folder when faster here.")
+    ] = _E.engine,
 ) -> None:
     """Accuracy, per-class precision/recall/F1, ROC AUC, confusion matrix and worst mistakes."""
     settings = S.EvaluateSettings(model=model, data_dir=data_dir, output=output,
                                   batch_size=batch_size, worst=worst,
                                   assert_accuracy_at_least=assert_accuracy_at_least,
-                                  force=force).validated()
+                                  force=force, engine=engine).validated()
     from transfer.evaluate import evaluate
+    from transfer.inference import engine_summary
 
     result = evaluate(settings, reporter=_reporter())
     r = result.report
@@ -612,6 +624,8 @@ def evaluate_cmd(
     if r["is_training_validation_folder"] and trained.get("val_accuracy") is not None:
         out.print(f"training reported validation accuracy {trained['val_accuracy']:.4f}",
                   highlight=False)
+    if r.get("engine"):
+        out.print(engine_summary(r["engine"]), highlight=False)
     if r["skipped"]:
         out.print(f"skipped {len(r['skipped'])} unreadable image(s) (listed in report.json)")
     written = ["confusion.png", "misclassified.png", "suspects.csv"]

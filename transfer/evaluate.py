@@ -12,6 +12,11 @@ cannot drift apart. Writes
 mistakes: true class, predicted class, probability) and ``suspects.csv`` (the same mistakes,
 most confident first: the photos to look at for a wrong label) into the bundle or ``output``.
 
+``engine`` (``auto``, ``tf`` or ``tflite``) chooses what runs the model; the report records
+what ran (``report["engine"]``: name, images/s, parity with TensorFlow, why not TFLite).
+``auto`` converts the model to TFLite only for a large folder, and the results match
+TensorFlow's within ``engines.PARITY_TOLERANCE`` of probability (``transfer.inference``).
+
 With ``assert_accuracy_at_least`` the report records the gate,
 ``report["gate"] = {"threshold", "accuracy", "passed"}``; ``evaluate`` does not raise when it
 fails (the report is still written): the CLI prints the report, then one line, and exits 3.
@@ -32,7 +37,7 @@ import numpy as np
 from transfer import bundle, images, metrics, pipelines, plots
 from transfer.errors import TransferError
 from transfer.files import replacing, write_json
-from transfer.inference import BundleClassifier, classify_files, writable_folder
+from transfer.inference import BundleClassifier, ModelEngine, classify_files, writable_folder
 from transfer.progress import Reporter
 from transfer.settings import EvaluateSettings
 
@@ -208,8 +213,9 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
     writable_folder(output)
 
     started = time.perf_counter()
+    engine = ModelEngine(classifier, s.engine, len(files), reporter)
     classified = classify_files(classifier, [path for path, _ in files], s.batch_size, reporter,
-                                f"Evaluating on {data_dir}")
+                                f"Evaluating on {data_dir}", engine=engine)
     kept, labels, probs, skipped, thumbs = [], [], [], [], {}
     for (path, label), c in zip(files, classified, strict=True):
         if c.error is not None:
@@ -250,6 +256,7 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
         "gate": gate(float(np.mean(predicted == y)), s.assert_accuracy_at_least),
         "skipped": skipped,
         "training_metrics": meta.get("metrics"),
+        "engine": engine.info.as_dict(),
         "is_training_validation_folder": in_memory or _same_folder(data_dir,
                                                                    bundle.validate_dir(meta)),
         "seconds": round(time.perf_counter() - started, 3),

@@ -10,7 +10,10 @@
 
 Loading the model, reading the images and running them is ``transfer.inference``'s; this module
 turns the probabilities into rows (top-k labels, every class's probability, error rows for
-files that cannot be read) and renders them as JSON or CSV.
+files that cannot be read) and renders them as JSON or CSV. ``engine`` (``auto``, ``tf`` or
+``tflite``) chooses what runs a bundle's model; what ran is ``result.engine`` (also in the
+JSON): ``auto`` converts the model to TFLite only for a large folder (see
+``transfer.inference.ModelEngine``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ import numpy as np
 
 from transfer.errors import TransferError
 from transfer.files import refuse_existing, replacing
-from transfer.inference import classify_files, gather, open_classifier, writable_folder
+from transfer.inference import (
+    ModelEngine,
+    classify_files,
+    gather,
+    open_classifier,
+    writable_folder,
+)
 from transfer.progress import Reporter
 from transfer.settings import PREDICT_FORMATS, PredictSettings
 
@@ -49,6 +58,7 @@ class Predictions:
     class_names: list[str] | None  # None in ImageNet mode (1000 classes)
     items: list[Prediction]
     fallback: str | None = None  # why ImageNet mode was used although no --imagenet
+    engine: dict | None = None  # what ran the model (engines.EngineInfo.as_dict())
 
     @property
     def failed(self) -> int:
@@ -57,7 +67,8 @@ class Predictions:
     def as_dict(self) -> dict:
         return {"mode": self.mode, "model": self.model, "base": self.base,
                 "class_names": self.class_names, "fallback": self.fallback,
-                "failed": self.failed, "predictions": [asdict(i) for i in self.items]}
+                "failed": self.failed, "engine": self.engine,
+                "predictions": [asdict(i) for i in self.items]}
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=2) + "\n"
@@ -133,7 +144,9 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
     rows = gather(s.paths)
     items = [Prediction(file=name, error=error) for name, _, error in rows]
     todo = [i for i, (_, _, error) in enumerate(rows) if error is None]
-    classified = classify_files(classifier, [rows[i][1] for i in todo], s.batch_size, reporter)
+    engine = ModelEngine(classifier, s.engine, len(todo), reporter)
+    classified = classify_files(classifier, [rows[i][1] for i in todo], s.batch_size, reporter,
+                                engine=engine)
     done = [(i, c) for i, c in zip(todo, classified, strict=True) if c.error is None]
     for i, c in zip(todo, classified, strict=True):
         items[i].error, items[i].image = c.error, c.notes
@@ -148,7 +161,8 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
                                           zip(classifier.class_names, c.probabilities,
                                               strict=True)}
     return Predictions(mode=classifier.mode, model=classifier.name, base=classifier.base,
-                       class_names=classifier.class_names, items=items, fallback=fallback)
+                       class_names=classifier.class_names, items=items, fallback=fallback,
+                       engine=engine.info.as_dict())
 
 
 def write_text(path: Path, text: str, force: bool = False) -> Path:

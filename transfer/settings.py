@@ -396,6 +396,9 @@ class PredictSettings(Settings):
     batch_size: int = 32
     models_dir: Path = Path("models")
     force: bool = False
+    # what runs a bundle's model: auto | tf | tflite (auto: TFLite for a large folder when it
+    # is faster here; transfer.inference.ModelEngine)
+    engine: str = "auto"
 
     def resolved_format(self) -> str:
         if self.format:
@@ -414,6 +417,7 @@ class PredictSettings(Settings):
             at_least("top", self.top, 1)
         if self.invert is not None:
             one_of("invert", self.invert, INVERT)
+        one_of("engine", self.engine, ENGINES)
         if self.imagenet or self.base != "inception" or self.alpha != 1.0:
             base = bases.get(self.base)
             bases.check_alpha(base, self.alpha)
@@ -439,10 +443,12 @@ class EvaluateSettings(Settings):
     worst: int = 16  # most confident mistakes: misclassified.png and suspects.csv
     assert_accuracy_at_least: float | None = None  # below it: exit code 3 (a CI gate)
     force: bool = False
+    engine: str = "auto"  # what runs the model: auto | tf | tflite (as predict's)
 
     def validated(self) -> EvaluateSettings:
         at_least("batch_size", self.batch_size, 1)
         at_least("worst", self.worst, 0)
+        one_of("engine", self.engine, ENGINES)
         if self.assert_accuracy_at_least is not None:
             fraction("assert_accuracy_at_least", self.assert_accuracy_at_least,
                      upper_open=False)

@@ -1,0 +1,228 @@
+"""--engine of predict and evaluate: a bundle's whole model converted to TFLite must give
+TensorFlow's results on real photos, fall back to TensorFlow when it does not, and stay on
+TensorFlow for a handful of images.
+
+The bundle is ``trained_bundle`` (genuine MobileNet-0.25 + a head trained on real cats and
+dogs); the photos are ``small_split``'s 200 training photos (more than ENGINE_MIN_IMAGES, so
+``auto`` considers converting). Converted models go to a KERAS_HOME of this module's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from conftest import Recorder, png_bytes, split_images
+from typer.testing import CliRunner
+
+from transfer import engines, inference
+from transfer.cli import app
+from transfer.errors import TransferError
+from transfer.evaluate import evaluate
+from transfer.predict import predict
+from transfer.settings import EvaluateSettings, PredictSettings
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tflite_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("engines-keras-home")
+
+
+@pytest.fixture
+def cache(tflite_home, monkeypatch):
+    """engines.cache_dir() under this module's KERAS_HOME (Keras itself read it at import)."""
+    monkeypatch.setenv("KERAS_HOME", str(tflite_home))
+    return engines.cache_dir()
+
+
+@pytest.fixture(scope="module")
+def photos(small_split):
+    """(folder of class folders, [(file, class)]) of 200 real photos."""
+    folder = small_split / "train"
+    return folder, split_images(folder)
+
+
+def probabilities(result) -> np.ndarray:
+    return np.array([item.probabilities["dogs"] for item in result.items])
+
+
+def same_results(reference, other) -> None:
+    """The same labels on every photo, or one flip whose probability sits within the parity
+    tolerance of 0.5 (a difference below 1e-3 can flip nothing else), and probabilities
+    within 1e-3."""
+    p_ref, p_other = probabilities(reference), probabilities(other)
+    assert [i.file for i in reference.items] == [i.file for i in other.items]
+    np.testing.assert_allclose(p_other, p_ref, atol=1e-3, rtol=0)
+    flips = [i for i, (a, b) in enumerate(zip(reference.items, other.items, strict=True))
+             if a.label != b.label]
+    assert len(flips) <= 1, flips
+    for i in flips:
+        assert abs(p_ref[i] - 0.5) < 1e-3, (reference.items[i].file, p_ref[i], p_other[i])
+
+
+def test_tflite_gives_tensorflows_predictions_and_metrics_on_real_photos(
+        trained_bundle, photos, cache, tmp_path):
+    folder, truth = photos
+    reference = predict([folder], model=trained_bundle.bundle, engine="tf")
+    assert reference.engine["name"] == "tf" and reference.engine["requested"] == "tf"
+    assert reference.engine["converted_file"] is None and reference.engine["fallback"] is None
+    reporter = Recorder()
+    lite = predict([folder], model=trained_bundle.bundle, engine="tflite", reporter=reporter)
+    info = lite.engine
+    assert info["name"] == "tflite", info["fallback"]
+    assert info["converted_file"].startswith(str(cache)) and os.path.isfile(info["converted_file"])
+    assert info["parity_max_abs_diff"] < engines.PARITY_TOLERANCE
+    assert info["images"] == len(truth) == 200 and info["images_per_second"] > 0
+    assert not reporter.warnings
+    same_results(reference, lite)
+    p_ref = probabilities(reference)
+    # genuine weights on real photos: confident answers on both sides, mostly right
+    assert p_ref.min() < 0.1 and p_ref.max() > 0.9
+    accuracy = np.mean([i.label == cls for i, (_, cls) in zip(reference.items, truth,
+                                                               strict=True)])
+    assert accuracy > 0.85, accuracy
+
+    # evaluate: the same metrics; the converted file is reused (no second conversion)
+    tf_report = evaluate(trained_bundle.bundle, data_dir=folder, output=tmp_path / "tf",
+                         engine="tf").report
+    lite_report = evaluate(trained_bundle.bundle, data_dir=folder, output=tmp_path / "lite",
+                           engine="tflite").report
+    assert lite_report["engine"]["name"] == "tflite"
+    assert lite_report["engine"]["conversion_seconds"] == 0.0
+    assert lite_report["engine"]["converted_file"] == info["converted_file"]
+    assert json.loads((tmp_path / "lite" / "report.json").read_text())["engine"] == \
+        json.loads(json.dumps(lite_report["engine"]))
+    flips = sum(a.label != b.label for a, b in zip(reference.items, lite.items, strict=True))
+    if flips == 0:
+        assert lite_report["confusion_matrix"] == tf_report["confusion_matrix"]
+        assert lite_report["per_class"] == tf_report["per_class"]
+        assert lite_report["accuracy"] == tf_report["accuracy"]
+    else:  # the one borderline photo (checked above) moved one cell of the matrix
+        assert abs(lite_report["accuracy"] - tf_report["accuracy"]) <= 1 / 200 + 1e-12
+    assert lite_report["loss"] == pytest.approx(tf_report["loss"], abs=1e-3)
+    assert lite_report["roc_auc"] == pytest.approx(tf_report["roc_auc"], abs=1e-3)
+
+
+def test_cli_json_and_report_record_the_engine(trained_bundle, photos, cache, tmp_path):
+    folder, _ = photos
+    model = str(trained_bundle.bundle)
+    result = runner.invoke(app, ["predict", str(folder), "--model", model, "--format", "json",
+                                 "--engine", "tflite", "--batch-size", "5"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    engine = payload["engine"]
+    assert engine["requested"] == "tflite" and engine["name"] == "tflite"
+    assert engine["images"] == 200 and engine["images_per_second"] > 0
+    assert engine["parity_max_abs_diff"] < engines.PARITY_TOLERANCE
+    assert len(payload["predictions"]) == 200
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["evaluate", "--model", model, "--data-dir", str(folder),
+                                 "--output", str(out), "--engine", "tflite"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["engine"]["name"] == "tflite" and report["engine"]["images"] == 200
+    assert "engine tflite (" in result.stdout and "images/s" in result.stdout
+
+
+def test_a_parity_failure_falls_back_to_tensorflow_with_a_warning(
+        trained_bundle, photos, cache, tmp_path, monkeypatch):
+    folder, _ = photos
+    reference = evaluate(trained_bundle.bundle, data_dir=folder, output=tmp_path / "tf",
+                         engine="tf").report
+    monkeypatch.setattr(engines, "PARITY_TOLERANCE", -1.0)  # no difference passes, not even 0
+    reporter = Recorder()
+    fallen = evaluate(trained_bundle.bundle, data_dir=folder, output=tmp_path / "fallback",
+                      engine="tflite", reporter=reporter).report
+    info = fallen["engine"]
+    assert info["requested"] == "tflite" and info["name"] == "tf"
+    assert "differs from TensorFlow" in info["fallback"]
+    assert info["parity_max_abs_diff"] is not None and info["images"] == 200
+    assert any("differs from TensorFlow" in w and "using TensorFlow" in w
+               for w in reporter.warnings), reporter.warnings
+    for key in ("confusion_matrix", "per_class", "accuracy", "roc_auc"):
+        assert fallen[key] == reference[key], key
+    assert fallen["loss"] == pytest.approx(reference["loss"], abs=1e-9)
+    # predict too: the warning on stderr, TensorFlow's probabilities
+    lite = predict([folder], model=trained_bundle.bundle, engine="tflite", reporter=Recorder())
+    tf = predict([folder], model=trained_bundle.bundle, engine="tf")
+    assert lite.engine["name"] == "tf"
+    np.testing.assert_allclose(probabilities(lite), probabilities(tf), atol=1e-6, rtol=0)
+
+
+def test_a_handful_of_images_stays_on_tensorflow_and_tf_forces_it(
+        trained_bundle, photos, cache, monkeypatch):
+    folder, truth = photos
+    open_engine = engines.open_engine
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the engine was opened")
+
+    monkeypatch.setattr(engines, "open_engine", no_conversion)
+    few = predict([p for p, _ in truth[:5]], model=trained_bundle.bundle)  # auto
+    assert few.engine["requested"] == "auto" and few.engine["name"] == "tf"
+    assert f"fewer than {inference.ENGINE_MIN_IMAGES}" in few.engine["fallback"]
+    assert few.engine["images"] == 5
+    forced = predict([folder], model=trained_bundle.bundle, engine="tf")
+    assert forced.engine["name"] == "tf" and forced.engine["fallback"] is None
+    assert forced.engine["images"] == 200
+    # a GPU makes auto keep TensorFlow without converting anything
+    monkeypatch.setattr(engines, "open_engine", open_engine)
+    monkeypatch.setattr(engines, "has_gpu", lambda: True)
+    monkeypatch.setattr(engines, "convert", no_conversion)
+    gpu = predict([folder], model=trained_bundle.bundle, engine="auto")
+    assert gpu.engine["name"] == "tf" and gpu.engine["fallback"] == "a GPU is present"
+
+
+def test_the_cache_key_is_the_model_file(trained_bundle, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_bundle.bundle, copy)
+    original = inference.BundleClassifier(trained_bundle.bundle)
+    copied = inference.BundleClassifier(copy)
+    key = original.engine_key()
+    assert key == copied.engine_key()  # the same bytes: the same converted file
+    assert key["bytes"] == (copy / "model.keras").stat().st_size
+    # the file replaced after loading: nothing to key a conversion of the loaded model by
+    model_file = copy / "model.keras"
+    data = model_file.read_bytes()
+    model_file.unlink()
+    model_file.write_bytes(data)
+    assert copied.engine_key() is None
+    reporter = Recorder()
+    engine = inference.ModelEngine(copied, "tflite", 200, reporter)
+    # a model that may be converted gets whole batches of the converted model's 32
+    assert [engine.batch_size(n) for n in (1, 32, 33)] == [32, 32, 64]
+    assert inference.ModelEngine(copied, "tf", 200).batch_size(1) == 1
+    assert inference.ModelEngine(copied, "auto", 5).batch_size(7) == 7
+    batch = np.zeros((2, 224, 224, 3), "float32")
+    np.testing.assert_allclose(engine.probabilities(batch), copied.probabilities(batch),
+                               atol=1e-6)
+    assert engine.name == "tf" and "changed since it was loaded" in engine.info.fallback
+    assert reporter.warnings
+    assert engine.batch_size(1) == 1  # TensorFlow from now on: the batch asked for
+
+
+def test_imagenet_mode_runs_on_tensorflow(tmp_path, monkeypatch):
+    monkeypatch.setattr(engines, "open_engine", None)  # never called
+    classifier = inference.ImageNetClassifier("mobilenet", 0.25, weights=None)
+    (tmp_path / "a.png").write_bytes(png_bytes())
+    reporter = Recorder()
+    result = predict([tmp_path / "a.png"], classifier=classifier, engine="tflite",
+                     reporter=reporter)
+    assert result.engine["name"] == "tf"
+    assert result.engine["fallback"] == "ImageNet mode runs on TensorFlow"
+    assert any("ImageNet mode runs on TensorFlow" in w for w in reporter.warnings)
+
+
+def test_a_bad_engine_is_one_clear_error_before_anything_loads(tmp_path):
+    nowhere = tmp_path / "no-bundle"
+    with pytest.raises(TransferError, match="--engine must be one of auto, tf, tflite, not 'onnx'"):
+        predict(["x.jpg"], model=nowhere, engine="onnx")
+    with pytest.raises(TransferError, match="--engine must be one of auto, tf, tflite"):
+        evaluate(EvaluateSettings(model=nowhere, engine="onnx"))
+    with pytest.raises(TransferError, match="--engine must be one of"):
+        PredictSettings(paths=["x.jpg"], engine="gpu").validated()
