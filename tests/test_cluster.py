@@ -258,12 +258,56 @@ def test_a_killed_worker_stops_the_chief_and_a_rerun_resumes_the_feature_pass(
     assert sum(w["feature_images"] for w in meta["per_worker"]) <= 320 - 16 * done_before + 16
 
 
+def test_a_hung_worker_stops_the_chief_within_the_timeout(slow_split, tmp_path):
+    """A worker that stops answering (SIGSTOP: alive, silent) is a failure too: the chief
+    stops with one line within --worker-timeout and its margins, writing no bundle."""
+    out = tmp_path / "models" / "hung"
+    cache = slow_split / ".cache" / "features"
+    args = train_args(slow_split, out, "--image-size", "160", "--feature-shard-size", "16",
+                      "--epochs", "2", "--distribute", "multi-worker", "--worker-timeout",
+                      "10")
+    procs, logs = start_workers(2, lambda i: args)
+    try:
+        assert wait_for(lambda: cache.is_dir() and len(list(cache.glob("*.npz"))) >= 2,
+                        procs), "the pass never started: " + text(logs[0])
+        procs[1].send_signal(signal.SIGSTOP)
+        hung = time.monotonic()
+        code = procs[0].wait(timeout=150)
+        stopped_after = time.monotonic() - hung
+    finally:
+        procs[1].send_signal(signal.SIGKILL)
+        wait_all(procs, timeout=5)
+    log = text(logs[0])
+    assert code != 0 and stopped_after < 120, (code, stopped_after, log)
+    assert "multi-worker training stopped during the feature pass" in log
+    assert "Traceback" not in log and not out.exists()
+
+
+def test_a_worker_that_never_comes_is_one_line_after_the_start_up_wait(tiny_split,
+                                                                      tmp_path):
+    """Only worker 0 of 2 starts: after TRANSFER_STARTUP_SECONDS (TensorFlow alone would wait
+    forever, deaf to SIGTERM) it is stopped with one line naming the wait."""
+    out = tmp_path / "models" / "alone"
+    ports = launch.free_ports(2)
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "transfer", "train", *train_args(tiny_split, out, "--distribute",
+                                                                "multi-worker")],
+        env={**os.environ, "TRANSFER_STARTUP_SECONDS": "5",
+             "TF_CONFIG": launch.tf_config([f"127.0.0.1:{p}" for p in ports], 0)},
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and time.monotonic() - started < 90
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "did not all join within 5 s" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()
+
+
 def test_a_killed_worker_during_fine_tune_stops_the_chief_and_a_rerun_resumes_from_the_checkpoint(  # noqa: E501
         slow_split, tmp_path):
     out = tmp_path / "models" / "ft-killed"
     checkpoint = out.parent / f".{out.name}.checkpoints" / "fine-tune.npz"
     args = train_args(slow_split, out, "--epochs", "2", "--fine-tune", "20",
-                      "--fine-tune-epochs", "12", "--fine-tune-lr", "1e-4", "--patience", "20",
+                      "--fine-tune-epochs", "6", "--fine-tune-lr", "1e-4", "--patience", "20",
                       "--distribute", "multi-worker", "--worker-timeout", "30")
     procs, logs = start_workers(2, lambda i: args)
     try:
@@ -284,7 +328,7 @@ def test_a_killed_worker_during_fine_tune_stops_the_chief_and_a_rerun_resumes_fr
     assert loop["resumed_from_epoch"] >= 1
     assert "resumed after epoch" in text(logs[0])
     history = (out / "history.csv").read_text().splitlines()[1:]
-    assert sum(line.endswith("fine-tune") for line in history) <= 12
+    assert sum(line.endswith("fine-tune") for line in history) <= 6
     assert not checkpoint.parent.exists()
 
 
@@ -376,7 +420,7 @@ def peak_features_memory(data: Path, tmp_path: Path, name: str, budget_mb: str,
 def test_features_beyond_memory_stream_from_shards_with_bounded_memory(tmp_path, monkeypatch):
     """VGG16's features are 512 floats (2 KB) an image. A run whose features exceed its memory
     budget keeps them in shard files (64 images each) and trains the head shard by shard: from
-    1000 to 3000 generated photos its peak memory grows by the file list only (under a tenth
+    1000 to 3000 generated photos its peak memory grows by the file list only (under a fifth
     of the 4 MB of features added), while a run holding the features in memory grows by more
     than those 4 MB."""
     small, large = tmp_path / "small", tmp_path / "large"
@@ -384,6 +428,8 @@ def test_features_beyond_memory_stream_from_shards_with_bounded_memory(tmp_path,
     make_photos(large, 1500, seed=1)
     shard = 64 * 512 * 4
     added = 2000 * 512 * 4
+    # a first run pays for what a process does once (imports, caches): not measured
+    peak_features_memory(small, tmp_path, "warm", "0", monkeypatch)
     peak_small, _ = peak_features_memory(small, tmp_path, "s", "0", monkeypatch)
     peak_large, meta = peak_features_memory(large, tmp_path, "l", "0", monkeypatch)
     assert meta["data"]["train_images"] + meta["data"]["validate_images"] == 3000
@@ -395,5 +441,5 @@ def test_features_beyond_memory_stream_from_shards_with_bounded_memory(tmp_path,
           f"{memory_large} (features added {added}, shard {shard})")
     assert memory_large - memory_small > added, "the measurement sees features in memory"
     # what grows is the file list (a path and a label per image), not the features
-    assert peak_large - peak_small < 0.1 * added, "streamed memory grew with the features"
+    assert peak_large - peak_small < 0.2 * added, "streamed memory grew with the features"
     assert abs(meta["metrics"]["val_accuracy"] - meta_memory["metrics"]["val_accuracy"]) < 0.05

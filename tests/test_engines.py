@@ -108,6 +108,12 @@ def test_auto_measures_once_and_remembers(mobilenet_features, photo_batch, tmp_p
     assert engine.name == faster
     choice = engines.cache_dir().glob("*.auto.json")
     assert len(list(choice)) == 1
+    # the next run takes the remembered choice (either one) without timing the engines again
+    monkeypatch.setattr(engines, "_rate", lambda *a: pytest.fail("measured a second time"))
+    again, info_again = engines.open_engine(mobilenet_features, photo_batch[:8],
+                                            requested="auto", key=KEY, batch_size=8,
+                                            reporter=Recorder())
+    assert again.name == faster and info_again.measured == info.measured
     # a GPU makes auto pick TensorFlow without converting anything
     monkeypatch.setattr(engines, "has_gpu", lambda: True)
     engine, info = engines.open_engine(mobilenet_features, photo_batch[:8], requested="auto",

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass
 
@@ -37,7 +36,27 @@ from transfer.errors import TransferError
 
 JOINED: list = []  # the Cluster this process joined (the CLI then ends with os._exit)
 STARTUP_SECONDS = 300.0  # every worker must have joined within this (pods start at different times)
+
+
+def startup_seconds() -> float:
+    """How long a worker waits for the others to join: TRANSFER_STARTUP_SECONDS, default
+    STARTUP_SECONDS."""
+    try:
+        return float(os.environ.get("TRANSFER_STARTUP_SECONDS", STARTUP_SECONDS))
+    except ValueError:
+        return STARTUP_SECONDS
 TIMEOUT_SECONDS = 60.0  # default --worker-timeout: a collective or a heartbeat waits this long
+
+
+_WATCHDOG = """
+import os, select, signal, sys
+pid, limit, line = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+ready, _, _ = select.select([sys.stdin], [], [], limit)
+if not ready:
+    sys.stderr.write(line + chr(10))
+    sys.stderr.flush()
+    os.kill(pid, signal.SIGKILL)
+"""
 
 
 class WorkerLost(TransferError):
@@ -139,12 +158,13 @@ class Cluster:
     """
 
     def __init__(self, topology: Topology, timeout: float = TIMEOUT_SECONDS,
-                 startup: float = STARTUP_SECONDS):
+                 startup: float | None = None):
         from transfer.tf import tf  # first: TensorFlow imported quietly
 
         from tensorflow.python.eager import context  # isort: skip
 
-        self.topology, self.timeout, self.startup = topology, float(timeout), float(startup)
+        self.topology, self.timeout = topology, float(timeout)
+        self.startup = startup_seconds() if startup is None else float(startup)
         quiet_native_logs()
         self.during = "start-up"
         # one job in rank order (a "chief" task becomes worker 0), given to the strategy as a
@@ -166,16 +186,14 @@ class Cluster:
         options = tf.distribute.experimental.CommunicationOptions(
             timeout_seconds=self.timeout)
         started = time.perf_counter()
-        joined = threading.Event()
-        threading.Thread(target=self._startup_watchdog, args=(joined,), daemon=True,
-                         name="transfer-startup-watchdog").start()
+        watchdog = self._start_watchdog()
         try:
             self.strategy = tf.distribute.MultiWorkerMirroredStrategy(
                 cluster_resolver=resolver, communication_options=options)
         except (tf.errors.OpError, RuntimeError) as exc:
             raise WorkerLost(self._not_joined(str(exc).strip().splitlines()[0][:160])) from None
         finally:
-            joined.set()
+            watchdog.stdin.close()  # joined (or failed by itself): the watchdog leaves quietly
         self.joined_seconds = time.perf_counter() - started
         JOINED.append(self)
         self._gathers: dict = {}
@@ -186,14 +204,17 @@ class Cluster:
                 f"(this is {t.describe()}{'; ' + detail if detail else ''}); start the same "
                 "command on every worker")
 
-    def _startup_watchdog(self, joined: threading.Event) -> None:
-        """TensorFlow waits for missing workers inside C++ and ignores SIGTERM meanwhile: past
-        ``startup`` seconds, say so in one line and end the process (exit code 1)."""
-        if not joined.wait(self.startup):
-            sys.stdout.flush()
-            sys.stderr.write(f"error: {self._not_joined()}\n")
-            sys.stderr.flush()
-            os._exit(1)
+    def _start_watchdog(self):
+        """A tiny process that ends this one if the workers have not all joined within
+        ``startup`` seconds: TensorFlow waits for them inside C++, holding the interpreter
+        (no Python thread or signal handler runs meanwhile), for ever. It says so in one line
+        first; closing its stdin dismisses it."""
+        import subprocess
+
+        return subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.startup),
+             f"error: {self._not_joined()}"], stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=sys.stderr)
 
     @property
     def workers(self) -> int:
@@ -269,10 +290,19 @@ class Cluster:
               timeout: float | None = None) -> tuple[list, dict | None]:
         """The chief's arrays and JSON-able note on every worker (others pass arrays of the
         same trailing shapes, e.g. their own weights, and any note)."""
+        # one flat float64 vector (exact for float32 and for counters below 2**53): a model's
+        # hundreds of weights cross in one collective, not hundreds
+        arrays = [np.asarray(a) for a in arrays]
+        flat = (np.concatenate([a.astype("float64").reshape(-1) for a in arrays]) if arrays
+                else np.zeros((0,), "float64"))
         text = json.dumps(note).encode()
-        got = self.broadcast([*arrays, np.frombuffer(text, np.uint8).astype("int32")], during,
+        got = self.broadcast([flat, np.frombuffer(text, np.uint8).astype("int32")], during,
                              timeout)
-        return got[:-1], json.loads(bytes(got[-1].astype(np.uint8)).decode())
+        out, start = [], 0
+        for a in arrays:  # the chief's values, in this worker's shapes and dtypes
+            out.append(got[0][start:start + a.size].reshape(a.shape).astype(a.dtype))
+            start += a.size
+        return out, json.loads(bytes(got[1].astype(np.uint8)).decode())
 
 
 def quiet_native_logs() -> None:

@@ -229,6 +229,7 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
     digest = cache_key(**key, batch=batch_size, input=list(model.input_shape[1:]))
     path = cache_dir() / f"{digest}.tflite"
     choice_file = path.with_suffix(".auto.json")
+    remembered: dict = {}
     if requested == "auto" and choice_file.is_file():
         with contextlib.suppress(OSError, ValueError):
             remembered = json.loads(choice_file.read_text())
@@ -238,7 +239,7 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
                 return tf_engine, info
     try:
         if not path.is_file():
-            reporter.info(f"converting the frozen base to TFLite (once; cached in {path.parent})")
+            reporter.info(f"converting the model to TFLite (once; cached in {path.parent})")
             info.conversion_seconds = convert(model, batch_size, path)
         lite = TFLiteEngine(path)
     except Exception as exc:  # a conversion or interpreter failure: TensorFlow still works
@@ -256,7 +257,9 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
                          f"(> {PARITY_TOLERANCE:g} x {scale:.3g})")
         reporter.warn(f"{info.fallback}; using TensorFlow")
         return tf_engine, info
-    if requested == "auto":
+    if requested == "auto" and remembered.get("choice") == "tflite":
+        info.measured = remembered.get("measured", {})  # measured once; parity every run
+    elif requested == "auto":
         info.measured = {"tf": round(_rate(tf_engine, first_batch), 2),
                          "tflite": round(_rate(lite, first_batch), 2)}
         choice = "tflite" if info.measured["tflite"] >= info.measured["tf"] else "tf"

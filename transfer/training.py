@@ -306,7 +306,7 @@ def join_cluster(settings: TrainSettings, reporter: Reporter):
 
     topology = clusters.read_tf_config()
     reporter.info(f"multi-worker: this is {topology.describe()}; waiting for the others "
-                  f"(up to {clusters.STARTUP_SECONDS:g} s)")
+                  f"(up to {clusters.startup_seconds():g} s)")
     joined = clusters.Cluster(topology, settings.worker_timeout)
     reporter.info(f"multi-worker: {joined.workers} workers joined in "
                   f"{joined.joined_seconds:.1f} s")
