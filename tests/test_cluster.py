@@ -421,8 +421,8 @@ def test_features_beyond_memory_stream_from_shards_with_bounded_memory(tmp_path,
     """VGG16's features are 512 floats (2 KB) an image. A run whose features exceed its memory
     budget keeps them in shard files (64 images each) and trains the head shard by shard: from
     1000 to 3000 generated photos its peak memory grows by the file list only (under a fifth
-    of the 4 MB of features added), while a run holding the features in memory grows by more
-    than those 4 MB."""
+    of the 4 MB of features added), while a run holding the 6 MB of features in memory peaks
+    above the small run by more than 6 MB."""
     small, large = tmp_path / "small", tmp_path / "large"
     make_photos(small, 500)
     make_photos(large, 1500, seed=1)
@@ -434,12 +434,11 @@ def test_features_beyond_memory_stream_from_shards_with_bounded_memory(tmp_path,
     peak_large, meta = peak_features_memory(large, tmp_path, "l", "0", monkeypatch)
     assert meta["data"]["train_images"] + meta["data"]["validate_images"] == 3000
     assert meta["metrics"]["val_accuracy"] > 0.9, "bright vs dark is learnable from shards"
-    memory_small, _ = peak_features_memory(small, tmp_path, "ms", "1024", monkeypatch)
     memory_large, meta_memory = peak_features_memory(large, tmp_path, "ml", "1024",
                                                      monkeypatch)
-    print(f"peaks: streamed {peak_small} -> {peak_large}, in memory {memory_small} -> "
-          f"{memory_large} (features added {added}, shard {shard})")
-    assert memory_large - memory_small > added, "the measurement sees features in memory"
+    print(f"peaks: streamed {peak_small} -> {peak_large}, in memory {memory_large} "
+          f"(features added {added}, shard {shard})")
+    assert memory_large > peak_small + 1.5 * added, "the measurement sees features in memory"
     # what grows is the file list (a path and a label per image), not the features
     assert peak_large - peak_small < 0.2 * added, "streamed memory grew with the features"
     assert abs(meta["metrics"]["val_accuracy"] - meta_memory["metrics"]["val_accuracy"]) < 0.05

@@ -181,7 +181,8 @@ def graphs_of(base, base_model, size: int, n_classes: int, dropout: float = 0.2,
 def samples_of(plan: RunPlan, split: str) -> list:
     """[(path, label)] of the usable images of ``split`` ("train" or "validate"), in the
     plan's order (files found unreadable before this point left out)."""
-    return [(Path(s.path), int(s.label)) for s in plan.usable(split)]
+    return [(s.path if isinstance(s.path, Path) else Path(s.path), int(s.label))
+            for s in plan.usable(split)]  # the plan's own paths: no copy per image
 
 
 def raw_feature_model(plan: RunPlan, built: Built):
