@@ -224,30 +224,38 @@ def slow_split(kaggle_zip, tmp_path) -> Path:
     return split_from_archive(kaggle_zip, tmp_path / "slow", 120, 40)
 
 
-def test_a_killed_worker_stops_the_chief_and_a_rerun_resumes_the_feature_pass(
-        slow_split, tmp_path):
-    out = tmp_path / "models" / "killed"
-    cache = slow_split / ".cache" / "features"
-    args = train_args(slow_split, out, "--image-size", "160", "--feature-shard-size", "16",
+def fault_in_the_feature_pass(split: Path, out: Path, signum: int, worker_timeout: str):
+    """Two workers start the feature pass (shards of 16); once the chief has cached two
+    shards, worker 1 gets ``signum``. (chief's exit code, seconds it took to stop after the
+    signal, chief's log, the command's arguments, the cache folder)"""
+    cache = split / ".cache" / "features"
+    args = train_args(split, out, "--image-size", "160", "--feature-shard-size", "16",
                       "--epochs", "2", "--distribute", "multi-worker", "--worker-timeout",
-                      "30")
+                      worker_timeout)
     procs, logs = start_workers(2, lambda i: args)
     try:
         assert wait_for(lambda: cache.is_dir() and len(list(cache.glob("*.npz"))) >= 2,
                         procs), "the pass never started: " + text(logs[0])
-        procs[1].send_signal(signal.SIGKILL)
-        killed = time.monotonic()
+        procs[1].send_signal(signum)
+        sent = time.monotonic()
         code = procs[0].wait(timeout=150)
-        stopped_after = time.monotonic() - killed
+        stopped_after = time.monotonic() - sent
     finally:
+        procs[1].send_signal(signal.SIGKILL)
         wait_all(procs, timeout=5)
     log = text(logs[0])
     assert code != 0 and stopped_after < 120, (code, stopped_after, log)
     assert "multi-worker training stopped during the feature pass" in log
     assert "Traceback" not in log
-    error_lines = [line for line in log.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1
+    assert len([line for line in log.splitlines() if line.startswith("error:")]) == 1
     assert not out.exists(), "a bundle was written"
+    return args, cache
+
+
+def test_a_killed_worker_stops_the_chief_and_a_rerun_resumes_the_feature_pass(
+        slow_split, tmp_path):
+    out = tmp_path / "models" / "killed"
+    args, cache = fault_in_the_feature_pass(slow_split, out, signal.SIGKILL, "30")
     done_before = len(list(cache.glob("*.npz")))
     assert 2 <= done_before < 20  # 240 + 80 images in shards of 16
     # the same command again on both workers: the cached shards are not computed again
@@ -261,26 +269,7 @@ def test_a_killed_worker_stops_the_chief_and_a_rerun_resumes_the_feature_pass(
 def test_a_hung_worker_stops_the_chief_within_the_timeout(slow_split, tmp_path):
     """A worker that stops answering (SIGSTOP: alive, silent) is a failure too: the chief
     stops with one line within --worker-timeout and its margins, writing no bundle."""
-    out = tmp_path / "models" / "hung"
-    cache = slow_split / ".cache" / "features"
-    args = train_args(slow_split, out, "--image-size", "160", "--feature-shard-size", "16",
-                      "--epochs", "2", "--distribute", "multi-worker", "--worker-timeout",
-                      "10")
-    procs, logs = start_workers(2, lambda i: args)
-    try:
-        assert wait_for(lambda: cache.is_dir() and len(list(cache.glob("*.npz"))) >= 2,
-                        procs), "the pass never started: " + text(logs[0])
-        procs[1].send_signal(signal.SIGSTOP)
-        hung = time.monotonic()
-        code = procs[0].wait(timeout=150)
-        stopped_after = time.monotonic() - hung
-    finally:
-        procs[1].send_signal(signal.SIGKILL)
-        wait_all(procs, timeout=5)
-    log = text(logs[0])
-    assert code != 0 and stopped_after < 120, (code, stopped_after, log)
-    assert "multi-worker training stopped during the feature pass" in log
-    assert "Traceback" not in log and not out.exists()
+    fault_in_the_feature_pass(slow_split, tmp_path / "models" / "hung", signal.SIGSTOP, "10")
 
 
 def test_a_worker_that_never_comes_is_one_line_after_the_start_up_wait(tiny_split,
