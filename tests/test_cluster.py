@@ -198,6 +198,24 @@ def test_two_workers_match_one_and_only_the_chief_writes(pair_of_splits, tmp_pat
     assert one["metrics"]["val_loss"] == pytest.approx(meta["metrics"]["val_loss"], abs=1e-4)
 
 
+def test_workers_that_see_different_files_stop_with_one_line(pair_of_splits, tmp_path):
+    """Shards are cut by position in the file list: a worker whose copy of the photos lacks
+    one file would mix the labels up. Every worker says so in one line, no bundle."""
+    data0, data1 = pair_of_splits
+    victim = sorted((data1 / "train" / "cats").iterdir())[0]
+    victim.unlink()
+    out = tmp_path / "models" / "differ"
+    procs, logs = start_workers(2, lambda i: train_args(data0 if i == 0 else data1, out,
+                                                        "--distribute", "multi-worker"))
+    codes = wait_all(procs)
+    assert codes == [1, 1], text(logs[0]) + text(logs[1])
+    for log in logs:
+        errors = [line for line in text(log).splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "do not see the same images" in errors[0]
+        assert "worker 1 lists 23 train + 12 validate files, the chief 24 + 12" in errors[0]
+    assert not out.exists()
+
+
 def test_two_workers_fine_tune_in_a_custom_loop(tiny_split, tmp_path):
     """The fine-tune route across two workers: the chief's head is shared, then base and head
     train synchronously (each worker reads half of the images per step)."""

@@ -216,6 +216,8 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
         pipelines.decode_all(run.train + run.validate, run.size, run.skipped, reporter)
         pipelines.check_enough(run)
     cluster = join_cluster(settings, reporter)
+    if cluster is not None:
+        same_files(run, cluster)
     built = phases.build_model(run, cluster)
     feats = None
     chief = cluster is None or cluster.chief
@@ -311,6 +313,30 @@ def join_cluster(settings: TrainSettings, reporter: Reporter):
     reporter.info(f"multi-worker: {joined.workers} workers joined in "
                   f"{joined.joined_seconds:.1f} s")
     return joined
+
+
+def same_files(run: RunPlan, cluster) -> None:
+    """Every worker must see the same images (names, sizes, classes, split): shards are cut by
+    position in the file list. Compared by digest across the workers; one line if not."""
+    import numpy as np
+
+    from transfer.cluster import WorkerLost
+    from transfer.files import digest
+
+    listing = {"classes": run.names,
+               "train": [(name, size) for name, size, _ in run.train_files],
+               "validate": [(name, size) for name, size, _ in run.val_files]}
+    mine = np.frombuffer(bytes.fromhex(digest(listing)[:32]), np.uint8).astype("int32")
+    counts = np.array([len(run.train_files), len(run.val_files)], "int64")
+    seen = cluster.gather([mine, counts], "comparing the workers' files")
+    differ = [w for w, (d, _) in enumerate(seen) if not np.array_equal(d, seen[0][0])]
+    if differ:
+        w = differ[0]
+        raise WorkerLost(
+            f"the workers do not see the same images: worker {w} lists {int(seen[w][1][0])} "
+            f"train + {int(seen[w][1][1])} validate files, the chief "
+            f"{int(seen[0][1][0])} + {int(seen[0][1][1])}, or the same counts with other "
+            "names or sizes; give every worker the same files under --data-dir")
 
 
 def worker_meta(run: RunPlan, feats, fit, cluster) -> list:
