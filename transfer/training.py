@@ -244,8 +244,6 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
             else:
                 fit = fit.then(phases.fine_tune(run, built, reporter))
         if not chief:  # the chief validates and writes; this worker waits for it, then ends
-            if feats is not None:
-                feats.cleanup()
             cluster.barrier("the chief's writing of the bundle", timeout=FINAL_WAIT)
             reporter.info(f"{cluster.topology.describe()}: done; the chief wrote the bundle")
             return TrainResult(None, {"workers": cluster.workers, "rank": cluster.rank},
