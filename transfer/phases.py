@@ -431,6 +431,14 @@ def class_weights(labels, n_classes: int, mode: str) -> tuple[str, dict | None]:
     return "balanced", {i: float(n / (k * c)) for i, c in enumerate(counts)}
 
 
+def class_weight_meta(plan: RunPlan, applied: str, weights: dict | None) -> dict:
+    """meta.json's training.class_weight: the mode asked for, what applied, each class's
+    weight (None when all weigh 1)."""
+    return {"mode": plan.settings.class_weight, "applied": applied,
+            "weights": None if weights is None else
+            {plan.names[i]: round(v, 6) for i, v in weights.items()}}
+
+
 def schedule_of(schedule: str | None, lr: float, total_steps: int):
     """A constant rate, or cosine decay from ``lr`` to 0 at the last step of the fit."""
     from transfer.tf import keras
@@ -730,9 +738,7 @@ def train_head(plan: RunPlan, built: Built, feats: Features, reporter: Reporter)
 
     info = {"l2": grid[chosen], "l2_chosen_by": "validation loss" if hp.l2 is None else "given",
             "l2_grid": {f"{v:g}": summary(i) for i, v in enumerate(grid)},
-            "class_weight": {"mode": hp.class_weight, "applied": applied,
-                             "weights": None if weights is None else
-                             {plan.names[i]: round(v, 6) for i, v in weights.items()}},
+            "class_weight": class_weight_meta(plan, applied, weights),
             "lr_schedule": hp.lr_schedule, "final_learning_rate": rates[chosen]}
     return Fit(history_of(history, "head"), seconds, info)
 
@@ -774,9 +780,7 @@ def fit_end_to_end(plan: RunPlan, built: Built, reporter: Reporter, phase: str =
     with reporter.task(f"Training ({phase})", total=epochs) as advance:
         fit = built.core.fit(train_data, validation_data=val_data, epochs=epochs, verbose=0,
                              class_weight=weights, callbacks=callbacks(plan, phase, advance))
-    info = {"class_weight": {"mode": hp.class_weight, "applied": applied,
-                             "weights": None if weights is None else
-                             {plan.names[i]: round(v, 6) for i, v in weights.items()}}}
+    info = {"class_weight": class_weight_meta(plan, applied, weights)}
     if phase == "train":
         info["lr_schedule"] = schedule
     return Fit(history_of(fit.history, phase), time.perf_counter() - start, info)
@@ -1030,9 +1034,7 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
                 break
     if best_weights is not None:
         model.set_weights(best_weights)  # as EarlyStopping(restore_best_weights=True)
-    info = {"class_weight": {"mode": hp.class_weight, "applied": applied,
-                             "weights": None if weights is None else
-                             {plan.names[i]: round(v, 6) for i, v in weights.items()}},
+    info = {"class_weight": class_weight_meta(plan, applied, weights),
             "custom_loop": {"workers": workers, "global_batch": global_batch,
                             "steps_per_epoch": steps, "resumed_from_epoch": first}}
     if phase == "train":
