@@ -432,47 +432,6 @@ def test_an_unreadable_photo_in_the_feature_pass_is_skipped_and_recorded(own_spl
     assert result.meta["data"]["counts"]["train"] == {"cats": 12, "dogs": 11}
 
 
-@pytest.mark.parametrize("n_classes", [2, 3])
-def test_the_compiled_head_computes_what_keras_fit_computes(n_classes):
-    """Without dropout and penalty, the same batches: the weights and the loss Keras's fit
-    with its Adam reaches (sigmoid and softmax heads)."""
-    from transfer.tf import keras, tf
-
-    def head():
-        keras.utils.set_random_seed(3)
-        inputs = keras.Input((16,))
-        x = keras.layers.Dropout(0.0)(inputs)
-        out = keras.layers.Dense(1 if n_classes == 2 else n_classes, name="predictions",
-                                 activation="sigmoid" if n_classes == 2 else "softmax")(x)
-        return keras.Model(inputs, out)
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(50, 16)).astype("float32")
-    y = rng.integers(0, n_classes, 50).astype("float32" if n_classes == 2 else "int64")
-    ours, theirs = head(), head()
-    trainer = phases.HeadTrainer(ours, n_classes == 2, 8, 1e-2, "constant", 21, (0.0,), 1)
-    orders = phases.epoch_orders(50, 3, 5)
-    for order in orders:
-        loss, *_ = trainer.run_epoch(tf.constant(x), tf.constant(y), tf.ones((50,)),
-                                     tf.constant(order), tf.constant(x), tf.constant(y))
-    trainer.set_head(trainer.weights_of(0))
-    theirs.compile(optimizer=keras.optimizers.Adam(1e-2),
-                   loss="binary_crossentropy" if n_classes == 2 else
-                   "sparse_categorical_crossentropy")
-
-    def batches():
-        for order in orders:
-            for i in range(0, 50, 8):
-                yield x[order[i:i + 8]], y[order[i:i + 8]]
-
-    data = tf.data.Dataset.from_generator(batches, output_signature=(
-        tf.TensorSpec((None, 16), tf.float32), tf.TensorSpec((None,), tf.as_dtype(y.dtype))))
-    fit = theirs.fit(data, epochs=3, steps_per_epoch=7, verbose=0)
-    for a, b in zip(ours.get_weights(), theirs.get_weights(), strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-6)
-    assert loss[0] == pytest.approx(fit.history["loss"][-1], rel=1e-5)
-
-
 def test_class_weights_balanced_and_the_auto_rule():
     labels = np.array([0] * 15 + [1] * 10)
     assert phases.class_weights(labels, 2, "auto") == ("none", None)  # 1.5x: not above

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from transfer import bases, features, pipelines
+from transfer.head import HeadTrainer, epoch_orders
 from transfer.progress import Reporter
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -449,216 +450,10 @@ def schedule_of(schedule: str | None, lr: float, total_steps: int):
     return lr
 
 
-class HeadTrainer:
-    """Heads trained on cached features, one compiled call per epoch, every L2 value at once.
-
-    The head is small (dropout, an optional hidden Dense, the final Dense), so its function is
-    written out here in TensorFlow ops over the head's own layers' weights, with one copy of
-    the weights per L2 value stacked on a leading axis: one ``tf.function`` runs a whole epoch
-    for all of them (the same shuffled batches, initial weights and dropout masks: only the
-    penalty differs), then their validation loss and accuracy. What Keras's ``fit``
-    spends per step (a Python round trip, callbacks, a data iterator; about 3 s for 10 epochs
-    of 2000 features) and the tracing of Keras's optimizer (about 1 s) are gone: 10 epochs of
-    the grid take a few tenths of a second, most of it the one tracing.
-
-    It computes what Keras would: Adam exactly as ``keras.optimizers.Adam`` updates (beta 0.9,
-    0.999, epsilon 1e-7, bias correction), the learning rate constant or cosine-decayed to 0
-    over the fit's steps (``keras.optimizers.schedules.CosineDecay``), the mean over the batch
-    of class-weighted cross-entropy (from logits) plus ``l2 * sum(kernel**2)`` of the final
-    Dense, inverted dropout; the validation loss is Keras's cross-entropy on the probabilities
-    (clipped at 1e-7), so it equals ``final_validation``'s. The chosen weights are set into the
-    head's Keras layers: the saved model is the same graph as before.
-    """
-
-    EPSILON = 1e-7
-
-    def __init__(self, head, binary: bool, batch_size: int, learning_rate: float,
-                 schedule: str | None, total_steps: int, l2_values, seed: int):
-        from transfer.tf import keras, tf
-
-        self.head, self.binary = head, binary
-        self.l2_values = [float(v) for v in l2_values]
-        g = len(self.l2_values)
-        self.layers = []  # ("dropout", rate) | ("dense", keras layer)
-        for layer in head.layers:
-            if isinstance(layer, keras.layers.Dropout):
-                self.layers.append(("dropout", float(layer.rate)))
-            elif isinstance(layer, keras.layers.Dense):
-                self.layers.append(("dense", layer))
-        self.dense = [layer for kind, layer in self.layers if kind == "dense"]
-        self.initial = [np.asarray(w) for layer in self.dense for w in layer.get_weights()]
-        self.variables = [tf.Variable(np.repeat(w[None], g, axis=0), dtype=tf.float32)
-                          for w in self.initial]
-        self.m = [tf.Variable(tf.zeros_like(v)) for v in self.variables]
-        self.v = [tf.Variable(tf.zeros_like(v)) for v in self.variables]
-        self.step = tf.Variable(0, dtype=tf.int64)
-        l2 = tf.constant(self.l2_values, tf.float32)[:, None, None]
-        bs, eps = int(batch_size), self.EPSILON
-        lr0, total = float(learning_rate), float(max(1, total_steps))
-        cosine = schedule == "cosine"
-        last = self.dense[-1]
-        softmax = not binary
-
-        def rate_at(step):
-            if not cosine:
-                return tf.constant(lr0)
-            done = tf.minimum(tf.cast(step, tf.float32), total) / total
-            return lr0 * 0.5 * (1.0 + tf.cos(np.pi * done))
-
-        def logits(x, training, step):
-            h = tf.tile(x[None], (g, 1, 1))
-            weights = iter(self.variables)
-            for index, (kind, spec) in enumerate(self.layers):
-                if kind == "dropout":
-                    if training and spec > 0:  # one mask for every head: only l2 differs
-                        keep = tf.random.stateless_uniform(
-                            tf.shape(h)[1:], seed=tf.stack([tf.cast(seed, tf.int64) + index,
-                                                            step]), dtype=tf.float32)
-                        h = tf.where(keep[None] >= spec, h / (1.0 - spec), 0.0)
-                    continue
-                kernel, bias = next(weights), next(weights)
-                h = tf.matmul(h, kernel) + bias[:, None, :]  # (g, b, in) @ (g, in, out)
-                if spec is not last:
-                    h = keras.activations.get(spec.activation)(h)
-            return h  # (g, batch, units) before the last activation
-
-        def per_image_from_logits(y, z):
-            if softmax:
-                labels = tf.tile(tf.cast(y, tf.int64)[None], (g, 1))
-                return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, z)
-            target = tf.tile(tf.cast(y, tf.float32)[None, :, None], (g, 1, 1))
-            return tf.nn.sigmoid_cross_entropy_with_logits(target, z)[..., 0]
-
-        def right(y, z):
-            if softmax:
-                return tf.cast(tf.equal(tf.argmax(z, -1), tf.cast(y, tf.int64)[None]),
-                               tf.float32)
-            return tf.cast(tf.equal(tf.cast(z[..., 0] > 0.0, tf.float32),
-                                    tf.cast(y, tf.float32)[None]), tf.float32)
-
-        def keras_loss(y, z):
-            """Keras's cross-entropy on the probabilities, per head: (g,)."""
-            if softmax:
-                p = tf.clip_by_value(tf.nn.softmax(z), eps, 1.0 - eps)
-                hot = tf.one_hot(tf.cast(y, tf.int32), tf.shape(z)[-1])[None]
-                picked = tf.reduce_sum(p * hot, axis=-1)
-                return tf.reduce_mean(-tf.math.log(picked), axis=1)
-            p = tf.clip_by_value(tf.sigmoid(z[..., 0]), eps, 1.0 - eps)
-            t = tf.cast(y, tf.float32)[None]
-            return tf.reduce_mean(-(t * tf.math.log(p) + (1 - t) * tf.math.log(1 - p)), axis=1)
-
-        def train_over(x, y, w, order):
-            """One pass over ``order``'s rows of x in batches: (loss sum, right answers) per
-            head, the loss per image before averaging."""
-            n = tf.shape(order)[0]
-
-            def step(i, loss_sum, hits):
-                idx = order[i * bs:tf.minimum((i + 1) * bs, n)]
-                xb, yb, wb = tf.gather(x, idx), tf.gather(y, idx), tf.gather(w, idx)
-                with tf.GradientTape() as tape:
-                    z = logits(xb, True, self.step)
-                    data = tf.reduce_mean(per_image_from_logits(yb, z) * wb[None], axis=1)
-                    penalty = tf.reduce_sum(l2 * tf.square(self.variables[-2]), axis=(1, 2))
-                    loss = data + penalty  # (g,): each head's own loss
-                    total_loss = tf.reduce_sum(loss)  # the heads are independent
-                grads = tape.gradient(total_loss, self.variables)
-                rate = rate_at(self.step)
-                with tf.control_dependencies([self.step.assign_add(1)]):
-                    t = tf.cast(self.step, tf.float32)
-                alpha = rate * tf.sqrt(1.0 - 0.999 ** t) / (1.0 - 0.9 ** t)
-                for var, grad, m, v in zip(self.variables, grads, self.m, self.v, strict=True):
-                    m.assign_add((grad - m) * 0.1)
-                    v.assign_add((tf.square(grad) - v) * 0.001)
-                    var.assign_sub(m * alpha / (tf.sqrt(v) + eps))
-                size = tf.cast(tf.shape(idx)[0], tf.float32)
-                return (i + 1, loss_sum + loss * size,
-                        hits + tf.reduce_sum(right(yb, z), axis=1))
-
-            steps = (n + bs - 1) // bs
-            _, loss_sum, hits = tf.while_loop(
-                lambda i, *_: i < steps, step, (tf.constant(0), tf.zeros((g,)), tf.zeros((g,))))
-            return loss_sum, hits
-
-        def evaluate_over(val_x, val_y):
-            """(Keras's validation loss summed over the rows, right answers) per head."""
-            zv = logits(val_x, False, self.step)
-            count = tf.cast(tf.shape(val_x)[0], tf.float32)
-            return keras_loss(val_y, zv) * count, tf.reduce_sum(right(val_y, zv), axis=1)
-
-        def epoch(x, y, w, order, val_x, val_y):
-            loss_sum, hits = train_over(x, y, w, order)
-            count = tf.cast(tf.shape(order)[0], tf.float32)
-            zv = logits(val_x, False, self.step)
-            return (loss_sum / count, hits / count, keras_loss(val_y, zv),
-                    tf.reduce_mean(right(val_y, zv), axis=1), rate_at(self.step))
-
-        # no autograph: converting these functions cost more than a second of tracing
-        self.epoch = tf.function(epoch, reduce_retracing=True, autograph=False)
-        # a set too large for memory: one call per shard (features.FeatureSet.part)
-        self.train_part = tf.function(train_over, reduce_retracing=True, autograph=False)
-        self.evaluate_part = tf.function(evaluate_over, reduce_retracing=True,
-                                         autograph=False)
-        self.rate_now = lambda: float(rate_at(self.step))
-
-    def run_epoch(self, x, y, w, order, val_x, val_y) -> tuple:
-        """(loss, accuracy, val_loss, val_accuracy) per L2 value, and the learning rate."""
-        loss, acc, val_loss, val_acc, rate = self.epoch(x, y, w, order, val_x, val_y)
-        return (loss.numpy(), acc.numpy(), val_loss.numpy(), val_acc.numpy(), float(rate))
-
-    def run_epoch_streamed(self, train_set, weights, rng, val_set) -> tuple:
-        """``run_epoch`` over FeatureSets read back one shard at a time: the shards in a new
-        random order, the rows of each shuffled (batches do not cross shards)."""
-        from transfer.tf import tf
-
-        g = len(self.l2_values)
-        loss_sum, hits, n = np.zeros(g), np.zeros(g), 0
-        for i in rng.permutation(len(train_set.parts)):
-            x, y = train_set.part(int(i))
-            if not len(y):
-                continue
-            y = y.astype("float32" if self.binary else "int64")
-            w = weights[y.astype(int)].astype("float32")
-            order = rng.permutation(len(y)).astype("int32")
-            part_loss, part_hits = self.train_part(tf.constant(x), tf.constant(y),
-                                                   tf.constant(w), tf.constant(order))
-            loss_sum += part_loss.numpy()
-            hits += part_hits.numpy()
-            n += len(y)
-        val_loss, val_hits, m = np.zeros(g), np.zeros(g), 0
-        for x, y in val_set.chunks():
-            if not len(y):
-                continue
-            y = y.astype("float32" if self.binary else "int64")
-            part_loss, part_hits = self.evaluate_part(tf.constant(x), tf.constant(y))
-            val_loss += part_loss.numpy()
-            val_hits += part_hits.numpy()
-            m += len(y)
-        return (loss_sum / max(n, 1), hits / max(n, 1), val_loss / max(m, 1),
-                val_hits / max(m, 1), self.rate_now())
-
-    def weights_of(self, index: int) -> list:
-        """The weights of head ``index`` (an L2 value), as the Keras layers take them."""
-        return [np.array(v[index].numpy()) for v in self.variables]
-
-    def set_head(self, weights: list) -> None:
-        """Put ``weights`` (from ``weights_of``) into the head's Keras layers."""
-        it = iter(weights)
-        for layer in self.dense:
-            layer.set_weights([next(it), next(it)])
-
-
-def epoch_orders(n: int, epochs: int, seed: int):
-    """The shuffled order of every epoch (the same for every L2 value of the grid)."""
-    rng = np.random.default_rng(seed)
-    return [rng.permutation(n).astype("int32") for _ in range(epochs)]
-
-
 def train_head(plan: RunPlan, built: Built, feats: Features, reporter: Reporter) -> Fit:
     """Train the head on the cached features, epoch e on augmented copy e % K, with early
     stopping on the validation loss (each head keeps its best epoch's weights); without --l2,
     one head per value of L2_GRID at once, keeping the one with the best validation loss."""
-    from transfer.tf import tf
-
     hp = plan.settings
     n = len(feats.labels)
     applied, weights = class_weights(feats.labels, len(plan.names), hp.class_weight)
@@ -682,14 +477,16 @@ def train_head(plan: RunPlan, built: Built, feats: Features, reporter: Reporter)
             return trainer.run_epoch_streamed(feats.train_sets[epoch % len(feats.train_sets)],
                                               per_class, rng, feats.val_set)
     else:
-        copies = [tf.constant(x) for x in feats.train]
-        y, wt = tf.constant(feats.labels), tf.constant(w)
-        val_x, val_y = tf.constant(feats.val_x), tf.constant(feats.val_y)
+        label_type = "float32" if plan.binary else "int64"
+        copies = [np.asarray(x, "float32") for x in feats.train]
+        y = np.asarray(feats.labels).astype(label_type)
+        val_x, val_y = np.asarray(feats.val_x, "float32"), np.asarray(feats.val_y).astype(
+            label_type)
         orders = epoch_orders(n, hp.epochs, hp.seed)
 
         def run_epoch(epoch):
-            return trainer.run_epoch(copies[epoch % len(copies)], y, wt,
-                                     tf.constant(orders[epoch]), val_x, val_y)
+            return trainer.run_epoch(copies[epoch % len(copies)], y, w, orders[epoch],
+                                     val_x, val_y)
     keys = ("loss", "accuracy", "val_loss", "val_accuracy")
     histories = [{k: [] for k in keys} for _ in grid]
     best = [math.inf] * len(grid)
