@@ -99,23 +99,22 @@ def test_unreadable_files_are_left_out_and_listed(raw_features, photos, tmp_path
 
 
 def test_the_cache_keeps_features_skipped_files_and_the_engine(tmp_path):
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return features.Pass(np.ones((3, 4), "float32"), np.array([0, 1, 1]),
-                             [{"file": "x.jpg", "reason": "corrupt"}], 1.5, 3, "tflite")
-
-    first, hit = features.cached(tmp_path, "k", compute)
-    assert not hit and first.engine == "tflite"
-    second, hit = features.cached(tmp_path, "k", compute)
-    assert hit and len(calls) == 1 and second.seconds == 0.0 and second.images == 0
+    """An entry gives back what was stored (features, labels, skipped files, engine; no time
+    spent); a damaged entry reads as a miss and is removed, so the shard is computed again."""
+    first = features.Pass(np.ones((3, 4), "float32"), np.array([0, 1, 1]),
+                          [{"file": "x.jpg", "reason": "corrupt"}], 1.5, 3, "tflite")
+    path = tmp_path / "k.npz"
+    assert features.load_entry(path) is None
+    assert features.store_quietly(path, first, None)
+    second = features.load_entry(path)
+    assert second.seconds == 0.0 and second.images == 0
     np.testing.assert_array_equal(second.features, first.features)
     np.testing.assert_array_equal(second.labels, first.labels)
     assert second.skipped == first.skipped and second.engine == "tflite"
-    (tmp_path / "k.npz").write_bytes(b"damaged")
-    third, hit = features.cached(tmp_path, "k", compute)
-    assert not hit and len(calls) == 2 and third.features.shape == (3, 4)
+    labels_only = features.load_entry(path, with_features=False)
+    np.testing.assert_array_equal(labels_only.labels, first.labels)
+    path.write_bytes(b"damaged")
+    assert features.load_entry(path) is None and not path.exists()
 
 
 def test_a_cache_that_cannot_be_written_warns_and_the_run_goes_on(tmp_path, monkeypatch):
@@ -128,8 +127,7 @@ def test_a_cache_that_cannot_be_written_warns_and_the_run_goes_on(tmp_path, monk
 
     monkeypatch.setattr(features, "store", refuse)
     warnings = []
-    result, hit = features.cached(tmp_path / "cache", "key", lambda: computed,
-                                  warn=warnings.append)
-    assert result is computed and hit is False
+    assert not features.store_quietly(tmp_path / "cache" / "key.npz", computed,
+                                      warnings.append)
     assert len(warnings) == 1 and "Permission denied" in warnings[0]
     assert str(tmp_path / "cache") in warnings[0]

@@ -218,20 +218,6 @@ def file_rows(paths: list, root: Path | None = None) -> list[tuple[str, int, int
     return rows
 
 
-def cached(cache_dir: Path, key: str, compute: Callable[[], Pass],
-           warn: Callable[[str], None] | None = None) -> tuple[Pass, bool]:
-    """(pass, hit): from ``cache_dir/key.npz`` or computed and stored. A cache that cannot be
-    written (a read-only photo folder, a full disk) costs the next run a pass, never this run:
-    ``warn`` is told and the features are returned all the same."""
-    path = Path(cache_dir) / f"{key}.npz"
-    entry = load_entry(path)  # a damaged entry is removed and computed again
-    if entry is not None:
-        return entry, True
-    result = compute()
-    store_quietly(path, result, warn)
-    return result, False
-
-
 def store_quietly(path: Path, result: Pass, warn: Callable[[str], None] | None) -> bool:
     """``store``, telling ``warn`` instead of failing when the cache cannot be written."""
     try:
