@@ -167,12 +167,14 @@ def test_options_are_checked_before_any_work(tmp_path, monkeypatch):
 
 
 def test_ema_zero_is_plain_adam(mnist_dir, tmp_path):
-    """--ema 0: the saved weights are exactly those of a plain Adam fit with the same seed
-    (and --ema 0.99 ends elsewhere, so the comparison can fail)."""
+    """--ema 0 (with no smoothing, no shifts, Adam 1e-3): the saved weights are exactly those
+    of a plain Adam fit with the same seed (and --ema 0.99 ends elsewhere, so the comparison
+    can fail)."""
     from transfer import bundle
     from transfer.tf import keras
 
-    common = dict(data=mnist_dir, limit=400, epochs=1, batch_size=32, arch="tiny", seed=5)
+    common = dict(data=mnist_dir, limit=400, epochs=1, batch_size=32, arch="tiny", seed=5,
+                  learning_rate=1e-3, label_smoothing=0.0, shift=0)
     plain = mnist.run(mnist.MnistParams(output=tmp_path / "plain", ema=0.0, **common))
     averaged = mnist.run(mnist.MnistParams(output=tmp_path / "avg", ema=0.99, **common))
     assert plain.meta["training"]["weight_average_momentum"] == 0.0
@@ -198,6 +200,9 @@ def test_mnist_bundle_has_the_common_meta_and_its_settings(quick):
     meta = json.loads((tmp_path / "mnist-cnn/meta.json").read_text())
     assert set(bundle.COMMON_FIELDS) <= set(meta) and meta["kind"] == "mnist"
     assert meta["settings"]["limit"] == 6000 and meta["settings"]["epochs"] == 1
+    training = meta["training"]  # the defaults: Adam 2e-3, no label smoothing, no shifts
+    assert training["learning_rate"] == 0.002 and training["label_smoothing"] == 0.0
+    assert training["shift_pixels"] == 0 and training["weight_average_momentum"] == 0.99
     settings = json.loads((tmp_path / "mnist-cnn/settings.json").read_text())
     assert settings == meta["settings"]
     assert mnist.MnistParams(**{**settings, "output": tmp_path / "again"}).validated()
@@ -292,3 +297,50 @@ def test_keras_downloads_are_what_runs_without_data(mnist_dir, tmp_path, monkeyp
     meta = json.loads((tmp_path / "models/fashion-cnn/meta.json").read_text())
     assert meta["class_names"] == mnist.FASHION_NAMES
     assert meta["dataset"] == "fashion" and meta["data"]["source"] == "keras.datasets.fashion_mnist"
+
+
+def test_new_options_are_checked(tmp_path, monkeypatch):
+    """--label-smoothing and --shift are checked before any work, from the CLI too."""
+    monkeypatch.setattr(mnist, "load", None)
+    for params, pattern in ((dict(label_smoothing=1.0), r"--label-smoothing must be in \[0, 1\)"),
+                            (dict(shift=-1), "--shift must be at least 0"),
+                            (dict(shift=14), "--shift must be at most 13")):
+        with pytest.raises(TransferError, match=pattern):
+            mnist.run(mnist.MnistParams(output=tmp_path / "never", **params))
+    cli = CliRunner().invoke(app, ["mnist", "--shift", "20", "--output", str(tmp_path / "x")])
+    assert cli.exit_code == 1 and "--shift must be at most 13" in cli.output
+
+
+def test_shift_layer_moves_training_images_only():
+    """--shift: whole-pixel moves of up to `shift` pixels in training, nothing at inference."""
+    from transfer.tf import keras
+
+    model = mnist.build_model("cnn", shift=2, seed=3)
+    names = [layer.name for layer in model.layers]
+    assert names[:4] == ["image", "preprocess", "shift", "conv1"]
+    assert [layer.name for layer in mnist.build_model("cnn").layers][2] == "conv1"
+    shift = keras.Model(model.input, model.get_layer("shift").output)
+    x = np.zeros((64, 28, 28, 1), np.float32)
+    x[:, 10:18, 10:18] = 255.0
+    np.testing.assert_array_equal(np.asarray(shift(x, training=False)), x / 255.0)
+    moved = np.asarray(shift(x, training=True))[..., 0]
+    assert set(np.unique(moved)) <= {0.0, 1.0}  # nearest: no blur
+    rows = [np.flatnonzero(m.any(1))[0] - 10 for m in moved]
+    cols = [np.flatnonzero(m.any(0))[0] - 10 for m in moved]
+    assert max(map(abs, rows + cols)) <= 2 and len(set(rows)) > 1 and len(set(cols)) > 1
+    assert (moved.sum((1, 2)) == 64).all()  # the square is never cut off
+
+
+def test_shift_is_recorded_and_not_saved(mnist_dir, tmp_path):
+    """--shift trains through the shift layer; the bundle holds the same network without it
+    (same weights, so the same predictions) and meta.json records the option."""
+    from transfer import bundle
+
+    result = mnist.run(mnist.MnistParams(data=mnist_dir, limit=600, epochs=1, batch_size=32,
+                                         shift=2, label_smoothing=0.1,
+                                         output=tmp_path / "shifted"))
+    training = result.meta["training"]
+    assert training["shift_pixels"] == 2 and training["label_smoothing"] == 0.1
+    saved, _ = bundle.load(result.bundle)
+    assert "shift" not in [layer.name for layer in saved.layers]
+    assert result.meta["metrics"]["test_accuracy"] > 0.5

@@ -761,6 +761,10 @@ def mnist_cmd(
     ema: Annotated[float, typer.Option(
         help="Momentum of the moving average of weights the model ends with; 0 = plain Adam.")
                    ] = _M.ema,
+    label_smoothing: Annotated[float, typer.Option(
+        help="Label smoothing of the cross-entropy's targets; 0 = off.")] = _M.label_smoothing,
+    shift: Annotated[int, typer.Option(
+        help="Shift each training image by up to this many pixels; 0 = off.")] = _M.shift,
     data: Annotated[Path | None, typer.Option(
         help="A Keras-style mnist.npz or a folder with the four IDX files (offline).",
         show_default=False)] = _M.data,
@@ -776,7 +780,8 @@ def mnist_cmd(
     """Train the small MNIST CNN from scratch (the baseline) and draw what it learned."""
     params = S.MnistParams(dataset=dataset, arch=arch, epochs=epochs, batch_size=batch_size,
                            validation_split=validation_split, data=data, limit=limit,
-                           learning_rate=learning_rate, ema=ema, output=output, seed=seed,
+                           learning_rate=learning_rate, ema=ema,
+                           label_smoothing=label_smoothing, shift=shift, output=output, seed=seed,
                            force=force, command=_command_line()).validated()
     from transfer.mnist import run
 

@@ -139,14 +139,22 @@ def _check(x, y, split: str, source) -> None:
 # --------------------------------------------------------------------------- model
 
 
-def build_model(arch: str = "cnn"):
-    """The seeds' CNN (or the one-convolution variant) on raw 0-255 28x28x1 pixels."""
+def build_model(arch: str = "cnn", shift: int = 0, seed: int | None = None):
+    """The seeds' CNN (or the one-convolution variant) on raw 0-255 28x28x1 pixels.
+
+    ``shift``: a "shift" layer moving each training image by up to that many pixels (a whole
+    number of pixels each way, the border filled with black; inactive at inference). `run`
+    saves the network without it (TFLite cannot convert its random ops).
+    """
     from transfer.bases import preprocess_layer
     from transfer.tf import keras
 
     layers = keras.layers
     inputs = keras.Input((28, 28, 1), name="image")
     x = preprocess_layer("scale")(inputs)
+    if shift:
+        x = layers.RandomTranslation(shift / 28, shift / 28, fill_mode="constant",
+                                     interpolation="nearest", seed=seed, name="shift")(x)
     if arch == "cnn":
         x = layers.Conv2D(32, 3, activation="relu", name="conv1")(x)
         x = layers.MaxPooling2D(2, name="pool1")(x)
@@ -235,10 +243,18 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
     names = class_names(p.dataset)
     started = time.perf_counter()
     keras.utils.set_random_seed(p.seed)
-    model = build_model(p.arch)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=p.learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model = build_model(p.arch, shift=p.shift, seed=p.seed)
     x_train4, x_test4 = x_train[..., None], x_test[..., None]
+    # the last images are held out for validation (as Keras's validation_split would), split
+    # here so that the counts reported are the ones trained on
+    split_at = math.floor(len(x_train) * (1.0 - p.validation_split))
+    if p.label_smoothing:  # Keras's sparse cross-entropy has no smoothing: one-hot targets
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing)
+        targets = np.eye(10, dtype="float32")[y_train]
+    else:
+        loss, targets = "sparse_categorical_crossentropy", y_train
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=p.learning_rate),
+                  loss=loss, metrics=["accuracy"])
 
     epoch_seconds: list[float] = []
 
@@ -257,18 +273,19 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
                                              if k in ("loss", "accuracy", "val_loss",
                                                       "val_accuracy")))
 
-    # the last images are held out for validation (as Keras's validation_split would), split
-    # here so that the counts reported are the ones trained on
-    split_at = math.floor(len(x_train) * (1.0 - p.validation_split))
-    validation = (x_train4[split_at:], y_train[split_at:]) if split_at < len(x_train) else None
+    validation = (x_train4[split_at:], targets[split_at:]) if split_at < len(x_train) else None
     with reporter.task(f"Training the {p.arch} on {split_at} {p.dataset} images "
                        f"({len(x_train) - split_at} held out for validation)",
                        total=p.epochs) as advance:
         callbacks = [Progress(advance)] + ([weight_average(p.ema)] if p.ema else [])
-        fit = model.fit(x_train4[:split_at], y_train[:split_at], epochs=p.epochs,
+        fit = model.fit(x_train4[:split_at], targets[:split_at], epochs=p.epochs,
                         batch_size=p.batch_size, validation_data=validation, verbose=0,
                         callbacks=callbacks)
     history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
+    if p.shift:  # the saved model is the same network without its training-only shift layer
+        trained, model = model, build_model(p.arch)
+        for layer in model.layers:
+            layer.set_weights(trained.get_layer(layer.name).get_weights())
     probs = model.predict(x_test4, batch_size=1000, verbose=0)
     predicted = probs.argmax(-1)
     test_loss = float(keras.losses.SparseCategoricalCrossentropy()(y_test, probs))
@@ -292,7 +309,8 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
         training={"epochs": p.epochs, "batch_size": p.batch_size,
                   "validation_split": p.validation_split, "train_images": len(x_train),
                   "optimizer": "adam", "learning_rate": p.learning_rate,
-                  "weight_average_momentum": p.ema},
+                  "weight_average_momentum": p.ema, "label_smoothing": p.label_smoothing,
+                  "shift_pixels": p.shift},
         confusion_matrix=confusion.tolist(),
         timings={"seconds_per_epoch": [round(s, 2) for s in epoch_seconds],
                  "total_seconds": round(time.perf_counter() - started, 2)},

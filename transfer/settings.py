@@ -615,8 +615,10 @@ class MnistParams(Settings):
     epochs: int = 5
     batch_size: int = 128
     validation_split: float = 0.1
-    learning_rate: float = 1e-3  # Adam's learning rate
+    learning_rate: float = 2e-3  # Adam's learning rate
     ema: float = 0.99  # momentum of the weights' moving average the model ends with; 0: off
+    label_smoothing: float = 0.0  # of the cross-entropy's one-hot targets; 0: off
+    shift: int = 0  # random shifts of up to this many pixels (training only); 0: off
     data: Path | None = None
     limit: int | None = None
     output: Path | None = None  # default models/mnist-cnn or models/fashion-cnn
@@ -635,6 +637,10 @@ class MnistParams(Settings):
         fraction("validation_split", self.validation_split)
         fraction("ema", self.ema)
         positive("learning_rate", self.learning_rate)
+        fraction("label_smoothing", self.label_smoothing)
+        at_least("shift", self.shift, 0)
+        if self.shift > 13:
+            raise TransferError(f"--shift must be at most 13 pixels, not {self.shift}")
         if self.limit is not None:
             at_least("limit", self.limit, 10)
         existing_file("data", self.data)
