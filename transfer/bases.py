@@ -38,6 +38,11 @@ class Base:
     last_conv: str  # layer name of the last convolutional feature map
     weight_files: Callable[[float, int], tuple[str, str]]  # (alpha, size) -> (top, no top)
     has_alpha: bool = False
+    # the size the frozen route runs at with test-time flips (``--tta auto``), where measured
+    # to pay: ImageNet weights trained on random crops see objects larger than a whole photo
+    # at their native size shows them (FixRes, Touvron et al. 2019). None: no test-time flips
+    # by default for this base (``--tta flip`` still asks for them, at the native size).
+    test_size: int | None = None
 
     @property
     def pretrained(self) -> bool:
@@ -73,7 +78,7 @@ BASES: dict[str, Base] = {
         Base("vgg16", "VGG16", "vgg16", 224, 32, "caffe", "block5_conv3",
              _fixed("vgg16_weights_tf_dim_ordering_tf_kernels")),
         Base("mobilenet", "MobileNet", "mobilenet", 224, 32, "tf", "conv_pw_13_relu",
-             _mobilenet_files, has_alpha=True),
+             _mobilenet_files, has_alpha=True, test_size=288),  # docs/BENCHMARKS.md (alpha 0.25)
         Base("mobilenetv2", "MobileNetV2", "mobilenet_v2", 224, 32, "tf", "out_relu",
              _mobilenetv2_files),
         Base("resnet50", "ResNet50", "resnet50", 224, 32, "caffe", "conv5_block3_out",

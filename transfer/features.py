@@ -83,7 +83,7 @@ class Pass:
 def run_pass(paths: list, labels, size: int, engine: Callable, *, augment=None, seed: int = 0,
              reporter: Reporter | None = None, description: str = "features",
              threads: int | None = None, batch_size: int = PASS_BATCH, offset: int = 0,
-             advance: Callable | None = None) -> Pass:
+             advance: Callable | None = None, mirror: bool = False) -> Pass:
     """Features of ``engine`` over the images at ``paths`` (in order), decoded in parallel.
 
     Args:
@@ -100,6 +100,8 @@ def run_pass(paths: list, labels, size: int, engine: Callable, *, augment=None, 
             ``seed`` of image i draws from ``(seed, offset + i)``, so a shard's copies are those
             of the whole pass.
         advance: a progress callback (images done) to use instead of a task of its own.
+        mirror: each image's features are the mean of its own and its mirror image's (the
+            test-time flips of ``--tta``, as the saved model computes them).
     """
     from transfer.images import ImageError
 
@@ -149,7 +151,12 @@ def run_pass(paths: list, labels, size: int, engine: Callable, *, augment=None, 
                     rows.append(i)
             if pixels:
                 batch = np.stack(pixels).astype("float32")
-                outputs.append(np.asarray(engine(batch), dtype="float32"))
+                out = np.asarray(engine(batch), dtype="float32")
+                if mirror:  # flip the width axis of (batch, height, width, channels)
+                    flipped = np.asarray(engine(np.ascontiguousarray(batch[:, :, ::-1])),
+                                         dtype="float32")
+                    out = (out + flipped) / np.float32(2.0)
+                outputs.append(out)
                 kept.extend(rows)
             advance(len(chunk))
     seconds = time.perf_counter() - start

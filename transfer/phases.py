@@ -135,16 +135,32 @@ def build_model(plan: RunPlan, cluster=None) -> Built:
         base_model = bases.build(plan.base, plan.size, plan.alpha, hp.weights)
         base_model.trainable = not plan.base.pretrained  # frozen ImageNet base; scratch learns
         graphs = graphs_of(plan.base, base_model, plan.size, len(plan.names), hp.dropout,
-                           hp.dense)
+                           hp.dense, flips=plan.flips)
     source, sha = bases.weights_fingerprint(plan.base, hp.weights, plan.alpha, plan.size,
                                             hp.seed)
     return Built(chosen, base_model, graphs["full"], graphs["core"], graphs["features"],
                  graphs.get("head"), source, sha)
 
 
+def mirror_layer(size: int):
+    """Raw pixels (batch, h, w, c) -> their mirror image, as plain Keras layers (so model.keras
+    still loads without transfer): the width axis moved last, a frozen Dense whose kernel is
+    the reversal permutation (exact: one product by 1, the others by 0), and moved back."""
+    from transfer.tf import keras
+
+    layers = keras.layers
+    reverse = layers.Dense(size, use_bias=False, trainable=False, name="reverse_width")
+    reverse.build((None, size))
+    reverse.set_weights([np.eye(size, dtype="float32")[::-1]])
+    return keras.Sequential([keras.Input((size, size, 3)), layers.Permute((1, 3, 2)), reverse,
+                             layers.Permute((1, 3, 2))], name="mirror")
+
+
 def graphs_of(base, base_model, size: int, n_classes: int, dropout: float = 0.2,
-              dense: int = 0) -> dict:
-    """The full, core, features (and head) graphs over one set of layers."""
+              dense: int = 0, flips: bool = False) -> dict:
+    """The full, core, features (and head) graphs over one set of layers. With ``flips`` the
+    full (saved) model pools the base's features of the photo and of its mirror image and
+    feeds their mean to the head: the features the head was trained on."""
     from transfer.tf import keras
 
     if not base.pretrained:  # a CNN from scratch: its own head; trunk not in inference mode
@@ -166,8 +182,13 @@ def graphs_of(base, base_model, size: int, n_classes: int, dropout: float = 0.2,
 
     raw = keras.Input((size, size, 3), name="image")
     x = bases.preprocess_layer(base.preprocess)(raw)
-    full = keras.Model(raw, head(pool(base_model(x, training=False))),
-                       name=f"{base.name}_classifier")
+    if flips:
+        pooled = layers.Average(name="mirror_mean")([
+            pool(base_model(x, training=False)),
+            pool(base_model(mirror_layer(size)(x), training=False))])
+    else:
+        pooled = pool(base_model(x, training=False))
+    full = keras.Model(raw, head(pooled), name=f"{base.name}_classifier")
     pre = keras.Input((size, size, 3), name="preprocessed")
     core = keras.Model(pre, head(pool(base_model(pre, training=False))), name="core")
     feature_model = keras.Model(pre, pool(base_model(pre, training=False)), name="features")
@@ -253,7 +274,8 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
     hp = plan.settings
     cache_dir = Path(hp.data_dir) / ".cache" / "features"
     common = dict(base=plan.base.name, alpha=plan.alpha, weights=built.weights_sha256,
-                  size=plan.size, classes=plan.names, reader=1, version=4)
+                  size=plan.size, classes=plan.names, reader=1, version=4,
+                  **({"mirror": True} if plan.flips else {}))
     engine = _LazyEngine(plan, built, reporter)
     width = int(built.feature_model.output_shape[-1])
     workers, rank = (cluster.workers, cluster.rank) if cluster else (1, 0)
@@ -330,6 +352,7 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
                         result = features.run_pass(
                             paths[a:b], labels[a:b], plan.size, engine, augment=augment,
                             seed=hp.seed + 1000 * copy, offset=a, reporter=reporter,
+                            mirror=plan.flips,
                             advance=advance if cluster is None else (lambda k, **_: None),
                             description=f"{plan.base.name} features ({engine.name}): {label}")
                         computed["images"] += result.images

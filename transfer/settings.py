@@ -31,6 +31,7 @@ EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
 QUANTIZE = ("none", "dynamic", "float16", "int8")
 ENGINES = ("auto", "tf", "tflite")
 CLASS_WEIGHTS = ("auto", "balanced", "none")
+TTA_MODES = ("auto", "flip", "none")  # auto: flips where the base's registry entry measured them
 LR_SCHEDULES = ("constant", "cosine")
 
 # Training recipes: the defaults of epochs, learning rate, patience and schedule depend on what
@@ -251,7 +252,10 @@ class TrainSettings(Settings):
     engine: str = "auto"  # what runs the frozen feature pass: auto | tf | tflite
     pipeline: str = "generator"
     augment: Augment = field(default_factory=Augment)
-    augment_copies: int = 1  # chosen by measurement: docs/BENCHMARKS.md
+    # random-affine copies of the training features; None: 1, or none with test-time flips
+    # (the head then trains on each photo's mean with its mirror image): docs/BENCHMARKS.md
+    augment_copies: int | None = None
+    tta: str = "auto"  # test-time flips in the saved model: auto | flip | none
     image_size: int | None = None  # default: the base's native size
     dropout: float = 0.2
     dense: int = 0
@@ -330,7 +334,9 @@ class TrainSettings(Settings):
         one_of("engine", self.engine, ENGINES)
         one_of("class_weight", self.class_weight, CLASS_WEIGHTS)
         self.augment.validated()
-        at_least("augment_copies", self.augment_copies, 0)
+        if self.augment_copies is not None:
+            at_least("augment_copies", self.augment_copies, 0)
+        one_of("tta", self.tta, TTA_MODES)
         fraction("dropout", self.dropout)
         at_least("dense", self.dense, 0)
         if self.l2 is not None and not (math.isfinite(self.l2) and self.l2 >= 0):

@@ -98,6 +98,7 @@ class RunPlan:
     target: Path  # the bundle folder to write
     use_cache: bool  # train the head on features computed once (frozen pretrained base)
     copies: int  # augmented copies of the training features (0: one plain pass)
+    flips: bool = False  # test-time flips: features and the saved model average photo and mirror
     split: str = "folders"  # "folders" (train/ + validate/) or "in-memory" (one folder split)
     root: Path | None = None  # the folder the class folders (or train/ validate/) are in
     skipped: pipelines.Skipped = field(default_factory=pipelines.Skipped)  # unreadable files
@@ -129,6 +130,31 @@ class RunPlan:
         return pipelines.usable(self.train if split == "train" else self.validate, self.skipped)
 
 
+def test_time_flips(hp: TrainSettings, base: Base, use_cache: bool) -> bool:
+    """Whether the saved model averages each photo with its mirror image (``--tta``).
+
+    auto: on the frozen route (features computed once, no fine-tuning) of a run that augments,
+    for a base whose registry entry has a ``test_size`` (where it was measured to pay); flip:
+    on that route for any pretrained base; none: off."""
+    frozen = use_cache and hp.fine_tune == 0
+    if hp.tta == "flip" and not frozen:
+        raise TransferError("--tta flip needs the frozen route: a pretrained base, features "
+                            "computed once (not --augment-copies 0) and no --fine-tune")
+    if hp.tta == "flip":
+        return True
+    return hp.tta == "auto" and frozen and hp.augment.enabled and base.test_size is not None
+
+
+def augmented_copies(hp: TrainSettings, flips: bool) -> int:
+    """Random-affine copies of the training features: --augment-copies, else 1, or none with
+    test-time flips (the head trains on each photo's mean with its mirror image)."""
+    if not hp.augment.enabled:
+        return 0
+    if hp.augment_copies is not None:
+        return hp.augment_copies
+    return 0 if flips else 1
+
+
 def plan(settings: TrainSettings) -> RunPlan:
     """Read the class folders and resolve base, size, output and cache use (no TensorFlow).
 
@@ -146,7 +172,9 @@ def plan(settings: TrainSettings) -> RunPlan:
     hp = settings
     base = bases.get(hp.base)
     alpha = bases.check_alpha(base, hp.alpha)
-    size = bases.check_size(base, hp.image_size or base.size)
+    use_cache = base.pretrained and (not hp.augment.enabled or hp.augment_copies != 0)
+    flips = test_time_flips(hp, base, use_cache)
+    size = bases.check_size(base, hp.image_size or (flips and base.test_size) or base.size)
     skipped = pipelines.Skipped()
     if hp.train_dir is None and hp.validate_dir is not None:
         raise TransferError(f"--validate-dir {hp.validate_dir} given without training images: "
@@ -176,12 +204,11 @@ def plan(settings: TrainSettings) -> RunPlan:
         raise TransferError("--tensorboard needs the tensorboard package: pip install "
                             "tensorboard (or leave --tensorboard out)")
     target = Path(hp.output) if hp.output else Path(hp.models_dir) / bundle.default_name(hp.base)
-    use_cache = base.pretrained and (not hp.augment.enabled or hp.augment_copies > 0)
     train_root = root if split == "in-memory" else Path(hp.train_dir)
     val_root = root if split == "in-memory" else Path(hp.validate_dir)
     run = RunPlan(hp, base, alpha, size, names, train_set, val_set,
                   pipelines.rows(train_set, train_root), pipelines.rows(val_set, val_root),
-                  target, use_cache, hp.augment_copies if hp.augment.enabled else 0,
+                  target, use_cache, augmented_copies(hp, flips), flips=flips,
                   split=split, root=root, skipped=skipped,
                   split_excluded=[item["file"] for item in skipped.as_list()]
                   if split == "in-memory" else [])
@@ -450,6 +477,7 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
         output="sigmoid" if run.binary else "softmax",
         pipeline=hp.pipeline,
         augmentation={**hp.augment.as_dict(), "copies": run.copies if run.use_cache else None},
+        test_time={"tta": hp.tta, "flips": run.flips, "size": run.size},
         head={"dropout": hp.dropout, "dense": hp.dense,
               **{k: fit.info[k] for k in ("l2", "l2_chosen_by", "l2_grid") if k in fit.info}}
              if base.pretrained else bases.head_meta(base),
