@@ -66,10 +66,13 @@ def target_layer(model, meta: dict) -> str:
 
 def _forward(model, x, target: str):
     """(feature maps of ``target``, class logits, probabilities): the model's chain of layers
-    run one by one, with the final Dense split into logits and activation."""
+    run one by one, with the final Dense split into logits and activation. A model with
+    test-time flips gives a list of two maps: the photo's and its mirror image's."""
     from transfer.tf import keras
 
     ops = keras.ops
+    if "mirror" in {layer.name for layer in model.layers}:
+        return _forward_flips(model, x, target)
     conv = None
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     for n, layer in enumerate(layers):
@@ -87,6 +90,31 @@ def _forward(model, x, target: str):
     raise TransferError("the model does not end in a Dense classifier; Grad-CAM needs one")
 
 
+def _forward_flips(model, x, target: str):
+    """``_forward`` of the mirror-averaged model (``phases.graphs_of`` with flips): the base
+    runs on the photo and on its mirror image, the head on the mean of their pooled features."""
+    from transfer.tf import keras
+
+    names = [layer.name for layer in model.layers]
+    base = next(layer for layer in model.layers if _is_model(layer) and layer.name != "mirror")
+    if target not in {inner.name for inner in base.layers}:
+        raise TransferError(f"layer {target} is not in the base {base.name}")
+    probe = keras.Model(base.input, [base.get_layer(target).output, base.output])
+    x = model.get_layer("preprocess")(x)
+    maps, pooled = [], []
+    for view in (x, model.get_layer("mirror")(x)):
+        conv, out = probe(view, training=False)
+        maps.append(conv)
+        pooled.append(model.get_layer("pool")(out))
+    h = model.get_layer("mirror_mean")(pooled)
+    head = model.layers[names.index("mirror_mean") + 1:]
+    for layer in head[:-1]:
+        h = layer(h, training=False)
+    last = head[-1]
+    logits = keras.ops.matmul(h, last.kernel) + last.bias
+    return maps, logits, last.activation(logits)
+
+
 def gradcam(model, meta: dict, array: np.ndarray, class_index: int | None = None,
             layer: str | None = None):
     """(heatmap 0..1, class probabilities, class index, layer) for one prepared input."""
@@ -99,7 +127,9 @@ def gradcam(model, meta: dict, array: np.ndarray, class_index: int | None = None
         conv, logits, outputs = _forward(model, x, layer)
         if conv is None:
             raise TransferError(f"layer {layer} is not on the model's path")
-        tape.watch(conv)
+        maps = conv if isinstance(conv, list) else [conv]  # [photo, mirror image] with flips
+        for one in maps:
+            tape.watch(one)
         probs = class_probabilities(np.asarray(outputs))[0]
         if class_index is None:
             class_index = int(np.argmax(probs))
@@ -110,9 +140,12 @@ def gradcam(model, meta: dict, array: np.ndarray, class_index: int | None = None
     reference = np.asarray(model(x, training=False))
     if np.max(np.abs(reference - np.asarray(outputs))) > 1e-4:
         raise TransferError("this model is not a simple chain of layers; Grad-CAM cannot trace it")
-    grads = tape.gradient(score, conv)
-    weights = tf.reduce_mean(grads, axis=(1, 2))  # (1, channels)
-    cam = tf.nn.relu(tf.reduce_sum(conv * weights[:, None, None, :], axis=-1))[0].numpy()
+    total = 0.0
+    for view, (one, grads) in enumerate(zip(maps, tape.gradient(score, maps), strict=True)):
+        weights = tf.reduce_mean(grads, axis=(1, 2))  # (1, channels)
+        cam = tf.reduce_sum(one * weights[:, None, None, :], axis=-1)[0].numpy()
+        total = total + (cam[:, ::-1] if view == 1 else cam)  # the mirror's map, flipped back
+    cam = np.maximum(total, 0.0)
     peak = float(cam.max())
     return (cam / peak if peak > 0 else cam), probs, class_index, layer
 
