@@ -152,13 +152,15 @@ def small_split(kaggle_zip, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_bundle(small_split, mobilenet_weights, tmp_path_factory):
     """A real bundle: genuine MobileNet-0.25 + a new head on 100 photos per class (the
-    training test checks its accuracy; predict/evaluate/explain/export use it)."""
+    training test checks its accuracy; predict/evaluate/explain/export use it). Without
+    test-time flips: the plain 224 px model; tests/test_tta.py trains a flipped one."""
     from transfer.training import HParams, train
 
     models = tmp_path_factory.mktemp("trained") / "models"
     return train(HParams(data_dir=small_split, base="mobilenet", alpha=0.25,
                          weights="imagenet", epochs=30, learning_rate=3e-3, patience=5,
-                         augment_copies=2, models_dir=models, output=models / "mobilenet"))
+                         augment_copies=2, tta="none", models_dir=models,
+                         output=models / "mobilenet"))
 
 
 def split_images(split: Path, per_class: int | None = None) -> list[tuple[Path, str]]:

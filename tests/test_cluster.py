@@ -428,8 +428,8 @@ def test_features_beyond_memory_stream_from_shards_with_bounded_memory(tmp_path,
     """VGG16's features are 512 floats (2 KB) an image. A run whose features exceed its memory
     budget keeps them in shard files (64 images each) and trains the head shard by shard: from
     1000 to 3000 generated photos its peak memory grows by the file list only (under a fifth
-    of the 4 MB of features added), while a run holding the 6 MB of features in memory peaks
-    above the small run by more than 6 MB."""
+    of the 4 MB of features added), while a run of the same 3000 photos holding their 6 MB of
+    features in memory peaks above the streamed run by more than those 4 MB."""
     small, large = tmp_path / "small", tmp_path / "large"
     make_photos(small, 500)
     make_photos(large, 1500, seed=1)
@@ -445,7 +445,7 @@ def test_features_beyond_memory_stream_from_shards_with_bounded_memory(tmp_path,
                                                      monkeypatch)
     print(f"peaks: streamed {peak_small} -> {peak_large}, in memory {memory_large} "
           f"(features added {added}, shard {shard})")
-    assert memory_large > peak_small + 1.5 * added, "the measurement sees features in memory"
+    assert memory_large > peak_large + added, "the measurement sees features in memory"
     # what grows is the file list (a path and a label per image), not the features
     assert peak_large - peak_small < 0.2 * added, "streamed memory grew with the features"
     assert abs(meta["metrics"]["val_accuracy"] - meta_memory["metrics"]["val_accuracy"]) < 0.05

@@ -1,0 +1,118 @@
+"""Test-time flips (``--tta``): when they apply, what the saved model computes, and that
+evaluate, Grad-CAM and the TFLite export follow them. Genuine MobileNet-0.25 weights on real
+photos (the tiny split: 12 + 6 per class)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from transfer import bundle, features
+from transfer.errors import TransferError
+from transfer.evaluate import evaluate
+from transfer.explain import gradcam
+from transfer.pipelines import Augment
+from transfer.training import HParams, plan, train
+
+
+def settings(split: Path, tmp_path: Path, **kw) -> HParams:
+    kw = {"base": "mobilenet", "alpha": 0.25, **kw}
+    if kw["base"] != "mobilenet":
+        kw.pop("alpha")
+    return HParams(data_dir=split, models_dir=tmp_path / "models", **kw).validated()
+
+
+@pytest.mark.parametrize("options, flips, size, copies", [
+    ({}, True, 288, 0),  # the default: flips at MobileNet's test size, photo + mirror means
+    ({"augment": Augment(enabled=False)}, False, 224, 0),  # --no-augment: nothing augmented
+    ({"tta": "none"}, False, 224, 1),  # the random-affine copy as before
+    ({"augment_copies": 2}, True, 288, 2),  # affine copies, each averaged with its mirror
+    ({"image_size": 160}, True, 160, 0),  # a size given wins
+    ({"base": "vgg16", "weights": "none"}, False, 224, 1),  # not measured for VGG16: off
+    ({"base": "vgg16", "weights": "none", "tta": "flip"}, True, 224, 0),  # asked: native size
+    ({"fine_tune": 10}, False, 224, 1),  # fine-tuning: the model is not the frozen features'
+    ({"augment_copies": 0}, False, 224, 0),  # the classic recipe: the base runs every epoch
+])
+def test_when_test_time_flips_apply(tiny_split, tmp_path, options, flips, size, copies):
+    run = plan(settings(tiny_split, tmp_path, **options))
+    assert (run.flips, run.size, run.copies) == (flips, size, copies)
+
+
+@pytest.mark.parametrize("options", [{"fine_tune": 10}, {"augment_copies": 0}])
+def test_flips_asked_off_the_frozen_route_are_one_clear_error(tiny_split, tmp_path, options):
+    with pytest.raises(TransferError, match="--tta flip needs the frozen route"):
+        plan(settings(tiny_split, tmp_path, tta="flip", **options))
+
+
+@pytest.fixture(scope="module")
+def flipped_bundle(tiny_split, mobilenet_weights, tmp_path_factory):
+    """A bundle with test-time flips, at 96 px to keep it quick (the 224 px weights)."""
+    tmp = tmp_path_factory.mktemp("tta")
+    data = tmp / "data"
+    shutil.copytree(tiny_split, data, ignore=shutil.ignore_patterns(".cache"))
+    result = train(HParams(data_dir=data, base="mobilenet", alpha=0.25, image_size=96,
+                           epochs=5, batch_size=8, models_dir=tmp / "models",
+                           output=tmp / "models/flips"))
+    return result, data
+
+
+def test_the_saved_model_averages_a_photo_and_its_mirror_image(flipped_bundle):
+    result, data = flipped_bundle
+    meta = json.loads((result.bundle / "meta.json").read_text())
+    assert meta["test_time"] == {"tta": "auto", "flips": True, "size": 96}
+    assert meta["image_size"] == 96 and meta["augmentation"]["copies"] == 0
+    model, _ = bundle.load(result.bundle)
+    photos = sorted((data / "validate/cats").iterdir())[:3] + sorted(
+        (data / "validate/dogs").iterdir())[:3]
+    pixels = np.stack([features.read_image(p, 96) for p in photos]).astype("float32")
+    probs = model.predict(pixels, verbose=0)
+    mirrored = model.predict(np.ascontiguousarray(pixels[:, :, ::-1]), verbose=0)
+    np.testing.assert_allclose(probs, mirrored, atol=1e-6)  # a photo and its mirror: one answer
+    assert probs.std() > 0.05, "the photos are told apart"
+    # it is the head on the mean of the two views' pooled features, which the head trained on
+    base = next(layer for layer in model.layers if layer.name.startswith("mobilenet"))
+    names = [layer.name for layer in model.layers]
+    pool, head = model.get_layer("pool"), model.layers[names.index("mirror_mean") + 1:]
+    x = model.get_layer("preprocess")(pixels)
+    mean = (np.asarray(pool(base(x))) + np.asarray(pool(base(x[:, :, ::-1])))) / 2
+    for layer in head:
+        mean = layer(mean)
+    np.testing.assert_allclose(probs, np.asarray(mean), atol=1e-5)
+
+
+def test_evaluate_reproduces_the_validation_of_a_flipped_bundle(flipped_bundle, tmp_path):
+    result, _ = flipped_bundle
+    copy = tmp_path / "bundle"
+    shutil.copytree(result.bundle, copy)
+    report = evaluate(copy).report
+    trained = result.meta["metrics"]
+    assert report["images"] == 12
+    assert report["accuracy"] == pytest.approx(trained["val_accuracy"], abs=1e-6)
+    assert report["loss"] == pytest.approx(trained["val_loss"], abs=1e-4)
+
+
+def test_gradcam_of_a_mirrored_photo_is_the_mirrored_heatmap(flipped_bundle):
+    """Both views enter the heatmap (the mirror's map flipped back), so the heatmap of a
+    mirrored photo is the photo's heatmap mirrored, and not the same picture."""
+    result, data = flipped_bundle
+    model, meta = bundle.load(result.bundle)
+    photo = sorted((data / "validate/dogs").iterdir())[0]
+    pixels = features.read_image(photo, 96).astype("float32")
+    heat, probs, index, layer = gradcam(model, meta, pixels)
+    heat_m, probs_m, index_m, _ = gradcam(model, meta, np.ascontiguousarray(pixels[:, ::-1]))
+    assert layer == "conv_pw_13_relu" and index == index_m
+    np.testing.assert_allclose(probs, probs_m, atol=1e-6)
+    np.testing.assert_allclose(heat, heat_m[:, ::-1], atol=1e-4)
+    assert heat.max() == pytest.approx(1.0) and np.abs(heat - heat_m).max() > 0.05
+
+
+def test_the_tflite_export_of_a_flipped_bundle_computes_the_same(flipped_bundle, tmp_path):
+    from transfer.export import export
+
+    result, _ = flipped_bundle
+    out = export(result.bundle, output=tmp_path / "flips.tflite")
+    assert out.path.is_file() and out.n_images > 0 and out.max_abs_diff <= out.tolerance
