@@ -422,6 +422,17 @@ def test_the_tflite_engine_trains_as_tensorflow_does(own_split, tmp_path, mobile
     assert fresh.meta["metrics"] == lite.meta["metrics"]
 
 
+def test_auto_keeps_tensorflow_for_a_pass_too_small_to_repay_a_conversion(own_split, tmp_path):
+    """36 photos: auto does not convert the base (seconds, up to a minute for InceptionV3)."""
+    from transfer import engines
+
+    result = train(hp(own_split, tmp_path, augment=NO_AUGMENT, output=tmp_path / "few"))
+    engine = result.meta["engine"]
+    assert engine["requested"] == "auto" and engine["name"] == "tf"
+    assert engine["converted_file"] is None and engine["conversion_seconds"] == 0
+    assert f"36 image(s), fewer than {engines.MIN_IMAGES}" in engine["fallback"]
+
+
 def test_an_unreadable_photo_in_the_feature_pass_is_skipped_and_recorded(own_split, tmp_path):
     victim = sorted((own_split / "train/dogs").iterdir())[4]
     victim.write_bytes(victim.read_bytes()[:1500])  # the header is fine, the pixels are not

@@ -13,8 +13,10 @@ XNNPACK kernels (MobileNet-0.25: about 5x TensorFlow's ``predict`` on 2 cores), 
   cores. Every run checks it against TensorFlow on its first batch; a difference above
   ``PARITY_TOLERANCE`` means the converted model is not the same function, and the pass falls
   back to TensorFlow with a warning.
-- ``auto``: TensorFlow when a GPU is present; otherwise the faster of the two on this machine,
-  timed on the first batch once and remembered beside the converted file.
+- ``auto``: TensorFlow when a GPU is present or when the pass has fewer than
+  ``MIN_IMAGES`` images (converting costs seconds, 5 for MobileNet-0.25 and about 50 for
+  InceptionV3 on 2 cores: a handful of images never repays it); otherwise the faster of the
+  two on this machine, timed on the first batch once and remembered beside the converted file.
 
 Why the tolerance is 1e-3 (relative to the largest feature, at least 1): XNNPACK sums in
 another order than oneDNN, which moves float32 features by about 1e-5 (measured: 2.3e-5 on
@@ -43,6 +45,7 @@ from transfer.progress import Reporter
 
 ENGINES = ("auto", "tf", "tflite")
 PARITY_TOLERANCE = 1e-3
+MIN_IMAGES = 128  # auto considers converting for this many images or more (4 batches of 32)
 
 
 def cpu_threads() -> int:
@@ -184,6 +187,12 @@ def convert(model, batch_size: int, path: Path) -> float:
     return time.perf_counter() - started
 
 
+def few_images(images: int) -> str:
+    """Why ``auto`` keeps TensorFlow for a pass of ``images`` (< MIN_IMAGES) images."""
+    return (f"{images} image(s), fewer than {MIN_IMAGES}: converting the model would cost more "
+            "than it saves")
+
+
 def has_gpu() -> bool:
     from transfer.tf import tf
 
@@ -200,7 +209,8 @@ def _rate(engine, batch: np.ndarray, repeats: int = 2) -> float:
 
 
 def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key: dict,
-                batch_size: int = 32, reporter: Reporter | None = None):
+                batch_size: int = 32, reporter: Reporter | None = None,
+                images: int | None = None):
     """(engine, info): the engine to run ``model`` with, checked on ``first_batch``.
 
     Args:
@@ -211,6 +221,8 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
             of the converted file.
         batch_size: the converted model's fixed batch.
         reporter: where warnings go.
+        images: how many images the pass will run, when known: ``auto`` keeps TensorFlow
+            below ``MIN_IMAGES``.
 
     Returns:
         An engine (callable on a float32 batch of raw pixels) and its EngineInfo.
@@ -225,6 +237,9 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
     tf_engine = TFEngine(model)
     if requested == "tf" or (requested == "auto" and has_gpu()):
         info.fallback = "a GPU is present" if requested == "auto" else None
+        return tf_engine, info
+    if requested == "auto" and images is not None and images < MIN_IMAGES:
+        info.fallback = few_images(images)
         return tf_engine, info
     digest = cache_key(**key, batch=batch_size, input=list(model.input_shape[1:]))
     path = cache_dir() / f"{digest}.tflite"

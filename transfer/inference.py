@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer import bases, bundle, images
+from transfer import engines as engines_module
 from transfer.constants import is_image_name
 from transfer.errors import TransferError
 from transfer.metrics import class_probabilities
@@ -58,12 +59,12 @@ from transfer.settings import ENGINES, INVERT, PredictSettings
 BATCH_SIZE = PredictSettings.batch_size  # the one default lives in the settings
 THREADS = 8  # image decoding threads at most (Pillow releases the GIL while decoding)
 ENGINE_BATCH = 32  # the converted model's fixed batch (a shorter batch is padded, then cut)
-# ``auto`` considers converting the model for this many images or more (4 batches). Measured
-# on 2 cores: a MobileNet-0.25 bundle converts in about 5 s, once (the file is cached), then
-# runs at about 620 images/s on TFLite against 230 on TensorFlow (a pass, decoding included:
-# about 260 against 220 on 800 photos); InceptionV3 converts in about 18 s and is no faster on
-# TFLite there, which auto's measurement finds. A handful of images never repays a conversion.
-ENGINE_MIN_IMAGES = 4 * ENGINE_BATCH
+# ``auto`` considers converting the model for this many images or more (the one rule lives in
+# engines). Measured on 2 cores: a MobileNet-0.25 bundle converts in about 5 s, once (the file
+# is cached), then runs at about 620 images/s on TFLite against 230 on TensorFlow (a pass,
+# decoding included: about 260 against 220 on 800 photos); InceptionV3 converts in about 18 s
+# and is no faster on TFLite there, which auto's measurement finds.
+ENGINE_MIN_IMAGES = engines_module.MIN_IMAGES
 
 
 # --------------------------------------------------------------------------- inputs
@@ -361,8 +362,7 @@ class ModelEngine:
                 self.reporter.warn("--engine tflite applies to trained bundles; ImageNet mode "
                                    "runs on TensorFlow")
         elif requested == "auto" and images < ENGINE_MIN_IMAGES:
-            self.info.fallback = (f"{images} image(s), fewer than {ENGINE_MIN_IMAGES}: "
-                                  "converting the model would cost more than it saves")
+            self.info.fallback = engines_module.few_images(images)
         else:
             self._pending = True
 

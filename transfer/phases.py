@@ -221,8 +221,9 @@ class _LazyEngine:
     """Opens the engine (conversion, parity check, auto's measurement) at the first pass that
     misses the cache, on that pass's first batch; nothing at all on a full cache hit."""
 
-    def __init__(self, plan: RunPlan, built: Built, reporter: Reporter):
+    def __init__(self, plan: RunPlan, built: Built, reporter: Reporter, images: int):
         self.plan, self.built, self.reporter = plan, built, reporter
+        self.images = images  # what the run's passes compute at most (auto's small-run rule)
         self.engine = None
         self.info = None
 
@@ -243,11 +244,14 @@ class _LazyEngine:
                 continue  # the pass records it
         batch = (np.stack(first).astype("float32") if first
                  else np.zeros((1, size, size, 3), "float32"))
+        # random weights (--weights none) have no file to fingerprint: the seed makes them
         key = dict(base=plan.base.name, alpha=plan.alpha, preprocess=plan.base.preprocess,
-                   weights=self.built.weights_sha256 or self.built.weights_source, size=size)
+                   weights=self.built.weights_sha256 or self.built.weights_source, size=size,
+                   **({} if self.built.weights_sha256 else {"seed": plan.settings.seed}))
         self.engine, self.info = engines.open_engine(
             raw_feature_model(plan, self.built), batch, requested=plan.settings.engine,
-            key=key, batch_size=features.PASS_BATCH, reporter=self.reporter)
+            key=key, batch_size=features.PASS_BATCH, reporter=self.reporter,
+            images=self.images)
 
     def __call__(self, batch):
         return self.engine(batch)
@@ -275,13 +279,15 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
     cache_dir = Path(hp.data_dir) / ".cache" / "features"
     common = dict(base=plan.base.name, alpha=plan.alpha, weights=built.weights_sha256,
                   size=plan.size, classes=plan.names, reader=1, version=4,
-                  **({"mirror": True} if plan.flips else {}))
-    engine = _LazyEngine(plan, built, reporter)
+                  **({"mirror": True} if plan.flips else {}),
+                  # random weights (--weights none) are made by the seed
+                  **({} if built.weights_sha256 else {"init_seed": hp.seed}))
     width = int(built.feature_model.output_shape[-1])
     workers, rank = (cluster.workers, cluster.rank) if cluster else (1, 0)
     keep = cluster is None or cluster.chief  # who holds the features and trains the head
     train_samples, val_samples = samples_of(plan, "train"), samples_of(plan, "validate")
     rows = len(train_samples) * max(1, plan.copies) + len(val_samples)
+    engine = _LazyEngine(plan, built, reporter, images=rows * (2 if plan.flips else 1))
     in_memory = rows * width * 4 <= features.memory_budget()
     hits: list[bool] = []
     seen_engines: set = set()
@@ -700,7 +706,14 @@ def final_validation(plan: RunPlan, built: Built, feats: Features | None) -> Val
         outputs, labels = [], []
         for x, y in pipelines.batches(val, pipelines.steps(len(plan.usable("validate")),
                                                            hp.batch_size)):
-            outputs.append(np.asarray(built.core(x, training=False)))
+            if plan.flips:  # as the saved model: the head on the mean of photo and mirror
+                x = np.asarray(x)
+                pooled = (np.asarray(built.feature_model(x, training=False))
+                          + np.asarray(built.feature_model(np.ascontiguousarray(x[:, :, ::-1]),
+                                                           training=False))) / 2
+                outputs.append(np.asarray(built.head(pooled, training=False)))
+            else:
+                outputs.append(np.asarray(built.core(x, training=False)))
             labels.append(np.asarray(y))
         probs, y = np.concatenate(outputs), np.concatenate(labels).reshape(-1)
     loss_fn = (keras.losses.BinaryCrossentropy() if plan.binary
