@@ -34,7 +34,8 @@ def settings(split: Path, tmp_path: Path, **kw) -> HParams:
     ({"image_size": 160}, True, 160, 0),  # a size given wins
     ({"base": "vgg16", "weights": "none"}, False, 224, 1),  # not measured for VGG16: off
     ({"base": "vgg16", "weights": "none", "tta": "flip"}, True, 224, 0),  # asked: native size
-    ({"fine_tune": 10}, False, 224, 1),  # fine-tuning: the model is not the frozen features'
+    ({"fine_tune": 10}, True, 288, 0),  # the head first, on the means; then the base tuned
+    ({"fine_tune": 10, "tta": "none"}, False, 224, 1),
     ({"augment_copies": 0}, False, 224, 0),  # the classic recipe: the base runs every epoch
 ])
 def test_when_test_time_flips_apply(tiny_split, tmp_path, options, flips, size, copies):
@@ -42,9 +43,11 @@ def test_when_test_time_flips_apply(tiny_split, tmp_path, options, flips, size, 
     assert (run.flips, run.size, run.copies) == (flips, size, copies)
 
 
-@pytest.mark.parametrize("options", [{"fine_tune": 10}, {"augment_copies": 0}])
-def test_flips_asked_off_the_frozen_route_are_one_clear_error(tiny_split, tmp_path, options):
-    with pytest.raises(TransferError, match="--tta flip needs the frozen route"):
+@pytest.mark.parametrize("options", [{"augment_copies": 0},
+                                     {"base": "scratch", "augment_copies": 1}])
+def test_flips_asked_without_features_computed_once_are_one_clear_error(tiny_split, tmp_path,
+                                                                        options):
+    with pytest.raises(TransferError, match="--tta flip needs features computed once"):
         plan(settings(tiny_split, tmp_path, tta="flip", **options))
 
 
@@ -116,3 +119,20 @@ def test_the_tflite_export_of_a_flipped_bundle_computes_the_same(flipped_bundle,
     result, _ = flipped_bundle
     out = export(result.bundle, output=tmp_path / "flips.tflite")
     assert out.path.is_file() and out.n_images > 0 and out.max_abs_diff <= out.tolerance
+
+
+def test_a_fine_tuned_flipped_bundle_validates_as_it_predicts(tiny_split, mobilenet_weights,
+                                                              tmp_path):
+    """After --fine-tune the base changed, so the final validation reruns the images: through
+    both views, as the saved model does (evaluate repeats its loss)."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_split, data, ignore=shutil.ignore_patterns(".cache"))
+    result = train(HParams(data_dir=data, base="mobilenet", alpha=0.25, image_size=96,
+                           epochs=3, batch_size=8, fine_tune=6, fine_tune_epochs=1,
+                           fine_tune_lr=1e-3, models_dir=tmp_path / "models",
+                           output=tmp_path / "models/tuned"))
+    meta = result.meta
+    assert meta["test_time"]["flips"] and meta["training"]["fine_tune"] == 6
+    report = evaluate(result.bundle, output=tmp_path / "report").report
+    assert report["loss"] == pytest.approx(meta["metrics"]["val_loss"], abs=1e-4)
+    assert report["accuracy"] == pytest.approx(meta["metrics"]["val_accuracy"], abs=1e-6)

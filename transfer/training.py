@@ -133,16 +133,18 @@ class RunPlan:
 def test_time_flips(hp: TrainSettings, base: Base, use_cache: bool) -> bool:
     """Whether the saved model averages each photo with its mirror image (``--tta``).
 
-    auto: on the frozen route (features computed once, no fine-tuning) of a run that augments,
-    for a base whose registry entry has a ``test_size`` (where it was measured to pay); flip:
-    on that route for any pretrained base; none: off."""
-    frozen = use_cache and hp.fine_tune == 0
-    if hp.tta == "flip" and not frozen:
-        raise TransferError("--tta flip needs the frozen route: a pretrained base, features "
-                            "computed once (not --augment-copies 0) and no --fine-tune")
+    The head first trains on features computed once (each the mean of photo and mirror), so
+    the route must compute them once: a pretrained base, not ``--augment-copies 0``. A
+    ``--fine-tune`` after it trains the base on single (randomly flipped) views; the saved
+    model and the final validation still average the two views. auto: on that route in a run
+    that augments, for a base whose registry entry has a ``test_size`` (where it was measured
+    to pay); flip: on that route for any pretrained base; none: off."""
+    if hp.tta == "flip" and not use_cache:
+        raise TransferError("--tta flip needs features computed once: a pretrained base and "
+                            "not --augment-copies 0")
     if hp.tta == "flip":
         return True
-    return hp.tta == "auto" and frozen and hp.augment.enabled and base.test_size is not None
+    return hp.tta == "auto" and use_cache and hp.augment.enabled and base.test_size is not None
 
 
 def augmented_copies(hp: TrainSettings, flips: bool) -> int:
