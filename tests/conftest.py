@@ -163,6 +163,18 @@ def trained_bundle(small_split, mobilenet_weights, tmp_path_factory):
                          output=models / "mobilenet"))
 
 
+@pytest.fixture(scope="session")
+def mnist_quick(tmp_path_factory):
+    """One quick real `transfer mnist` run (6000 digits, 1 epoch): (result, folder holding
+    the mnist-cnn bundle). test_mnist checks it; the browser tests serve a copy."""
+    from transfer import mnist
+
+    folder = tmp_path_factory.mktemp("mnist")
+    result = mnist.run(mnist.MnistParams(data=require_asset("data/mnist"), limit=6000, epochs=1,
+                                         batch_size=16, output=folder / "mnist-cnn"))
+    return result, folder
+
+
 def split_images(split: Path, per_class: int | None = None) -> list[tuple[Path, str]]:
     """(image, class folder) of a split folder, sorted."""
     rows = []

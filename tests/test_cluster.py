@@ -427,19 +427,20 @@ def peak_features_memory(data: Path, tmp_path: Path, name: str, budget_mb: str,
 def test_features_beyond_memory_stream_from_shards_with_bounded_memory(tmp_path, monkeypatch):
     """VGG16's features are 512 floats (2 KB) an image. A run whose features exceed its memory
     budget keeps them in shard files (64 images each) and trains the head shard by shard: from
-    1000 to 3000 generated photos its peak memory grows by the file list only (under a fifth
-    of the 4 MB of features added), while a run of the same 3000 photos holding their 6 MB of
+    500 to 2500 generated photos its peak memory grows by the file list only (under a fifth
+    of the 4 MB of features added), while a run of the same 2500 photos holding their 5 MB of
     features in memory peaks above the streamed run by more than those 4 MB."""
-    small, large = tmp_path / "small", tmp_path / "large"
-    make_photos(small, 500)
-    make_photos(large, 1500, seed=1)
+    warm, small, large = tmp_path / "tiny", tmp_path / "small", tmp_path / "large"
+    make_photos(warm, 50, seed=2)
+    make_photos(small, 250)
+    make_photos(large, 1250, seed=1)
     shard = 64 * 512 * 4
     added = 2000 * 512 * 4
     # a first run pays for what a process does once (imports, caches): not measured
-    peak_features_memory(small, tmp_path, "warm", "0", monkeypatch)
+    peak_features_memory(warm, tmp_path, "warm", "0", monkeypatch)
     peak_small, _ = peak_features_memory(small, tmp_path, "s", "0", monkeypatch)
     peak_large, meta = peak_features_memory(large, tmp_path, "l", "0", monkeypatch)
-    assert meta["data"]["train_images"] + meta["data"]["validate_images"] == 3000
+    assert meta["data"]["train_images"] + meta["data"]["validate_images"] == 2500
     assert meta["metrics"]["val_accuracy"] > 0.9, "bright vs dark is learnable from shards"
     memory_large, meta_memory = peak_features_memory(large, tmp_path, "ml", "1024",
                                                      monkeypatch)

@@ -34,12 +34,10 @@ def test_idx_folder_and_npz_give_identical_arrays(mnist_dir):
 
 
 @pytest.fixture(scope="module")
-def quick(mnist_dir, tmp_path_factory):
-    """One quick real training (6000 digits, 1 epoch), shared by the tests below."""
-    tmp_path = tmp_path_factory.mktemp("mnist")
-    result = mnist.run(mnist.MnistParams(data=mnist_dir, limit=6000, epochs=1, batch_size=16,
-                                         output=tmp_path / "mnist-cnn"))
-    return result, tmp_path
+def quick(mnist_quick):
+    """One quick real training (6000 digits, 1 epoch; conftest's, shared with the browser
+    tests), checked by the tests below."""
+    return mnist_quick
 
 
 def test_quick_real_training_and_pictures(quick, mnist_dir):
