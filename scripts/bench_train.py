@@ -1,46 +1,61 @@
 #!/usr/bin/env python
-"""Benchmark `transfer train` against the seeds' recipe on one split (not a test).
+"""Benchmark `transfer train` against the classic recipe and the floor, in one run (not a test).
 
-(a) the seeds' recipe: ImageDataGenerator + frozen base, the base runs on every image every
-    epoch, 10 epochs, no early stopping (transfer train --augment-copies 0);
-(b) transfer train with its defaults (augmented feature copies), for K in --copies;
-(b') transfer train --no-augment;
-(c) one bare forward pass of the base over train + validate: the floor.
+(c) the floor: a bare TensorFlow `model.predict` pass of the base over every train + validate
+    file at the base's native size, Pillow decode and resize included (sequential, as a plain
+    script would do it);
+(a) the classic recipe: ImageDataGenerator + frozen base, the base runs on every (augmented)
+    image every epoch, 10 epochs, no early stopping (`transfer train --augment-copies 0
+    --epochs 10 --patience 10`);
+(b) `transfer train` with its defaults;
+(b') `transfer train --no-augment` with each engine.
 
-Every run extracts features afresh (no cache hits), so the times are cold-start times.
-Usage: python scripts/bench_train.py --data-dir data --base mobilenet --alpha 0.25
+Every run computes its features afresh (`--no-feature-cache`) and the TFLite cache starts
+empty (a fresh KERAS_HOME linking the current one's weights), so conversions are included:
+cold-start times. With --unseen (a folder of class folders no run trains or validates on) each
+bundle is also scored there with `transfer evaluate`.
+
+    python scripts/bench_train.py --data-dir data --base mobilenet --alpha 0.25 --unseen unseen
+
 Prints a Markdown table for docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
-from transfer import bases, features, pipelines
-from transfer.pipelines import Augment
-from transfer.progress import Reporter
-from transfer.training import HParams, train
+
+def fresh_keras_home() -> Path:
+    current = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
+    home = Path(tempfile.mkdtemp(prefix="bench-keras-home-"))
+    (home / "models").mkdir()
+    for item in current.iterdir() if current.is_dir() else []:
+        (home / "models" / item.name).symlink_to(item.resolve())
+    return home
 
 
-def bare_forward(data_dir: Path, base_name: str, alpha: float) -> tuple[float, int]:
-    base = bases.get(base_name)
-    model = bases.build(base, base.size, alpha, "imagenet")
+def floor_pass(files: list[Path], base_name: str, alpha: float) -> float:
+    """Seconds of a bare Keras predict pass over ``files``, Pillow decode included."""
+    import numpy as np
+
+    from transfer import bases, pipelines
     from transfer.tf import keras
 
-    pooled = keras.Model(model.input, keras.layers.GlobalAveragePooling2D()(model.output))
-    start, n = time.perf_counter(), 0
-    for split in ("train", "validate"):
-        names = pipelines.class_names(data_dir / split)
-        files = pipelines.listing(data_dir / split, names)
-        flow = pipelines.generator_flow(data_dir / split, names, base.size, base.preprocess, 32,
-                                        None, shuffle=False, seed=0)
-        features.extract(pooled, flow, pipelines.steps(len(files), 32),
-                         Reporter(), split)
-        n += len(files)
-    return time.perf_counter() - start, n
+    base = bases.get(base_name)
+    model = bases.build(base, base.size, alpha, "imagenet")
+    raw = keras.Input((base.size, base.size, 3))
+    pooled = keras.Model(raw, keras.layers.GlobalAveragePooling2D()(
+        model(bases.preprocess_layer(base.preprocess)(raw))))
+    started = time.perf_counter()
+    for i in range(0, len(files), 32):
+        batch = np.stack([pipelines.read_rgb(p, base.size) for p in files[i:i + 32]])
+        pooled.predict(batch.astype("float32"), verbose=0)
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -48,40 +63,69 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--base", default="mobilenet")
     parser.add_argument("--alpha", type=float, default=0.25)
-    parser.add_argument("--copies", default="1,3,5", help="augment-copies values for (b)")
-    parser.add_argument("--skip-seeds", action="store_true", help="skip (a), the slow one")
+    parser.add_argument("--unseen", type=Path, help="class folders to score every bundle on")
+    parser.add_argument("--engines", default="tf,tflite", help="engines of the (b') rows")
+    parser.add_argument("--skip-classic", action="store_true", help="skip (a), the slow one")
     args = parser.parse_args()
-    out = Path("/tmp/transfer-bench-models")
-    common = dict(data_dir=args.data_dir, base=args.base, alpha=args.alpha, models_dir=out,
-                  feature_cache=False, force=True)
-    rows = []
+    os.environ["KERAS_HOME"] = str(fresh_keras_home())
 
-    def run(label, **kw):
-        start = time.perf_counter()
-        result = train(HParams(**{**common, **kw}))
-        seconds = time.perf_counter() - start
-        m, t = result.meta["metrics"], result.meta["timings"]
-        rows.append((label, seconds, m["val_accuracy"], t["base_images_per_second"],
-                     m["epochs_run"]))
-        print(rows[-1], flush=True)
+    from transfer import pipelines
+    from transfer.evaluate import evaluate
+    from transfer.settings import Augment, EvaluateSettings, TrainSettings
+    from transfer.tf import keras, tf
+    from transfer.training import train
 
-    if not args.skip_seeds:
-        run("(a) seeds' recipe: generator + frozen base every epoch, 10 epochs",
-            augment_copies=0, epochs=10, patience=10, output=out / "a")
-    for k in [int(c) for c in args.copies.split(",")]:
-        run(f"(b) transfer train, --augment-copies {k}", augment_copies=k, output=out / f"b{k}")
-    run("(b') transfer train --no-augment", augment=Augment(enabled=False), output=out / "bn")
-    seconds, n = bare_forward(args.data_dir, args.base, args.alpha)
-    rows.append(("(c) bare forward pass of the base over train + validate", seconds, None,
-                 round(n / seconds, 1), None))
+    files = [p for split in ("train", "validate")
+             for cls in pipelines.class_names(args.data_dir / split)
+             for p in pipelines.image_files(args.data_dir / split / cls)]
+    out = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    rows = [dict(label="(c) floor: bare TF predict pass over train + validate, Pillow decode "
+                       "included", total=floor_pass(files, args.base, args.alpha))]
+    print(rows[-1], flush=True)
 
-    print(f"\nMachine: {platform.machine()}, {platform.processor() or 'cpu'}, "
-          f"Python {platform.python_version()}; date {time.strftime('%Y-%m-%d')}\n")
-    print("| run | wall time (s) | val accuracy | base images/s | epochs |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for label, seconds, acc, ips, epochs in rows:
-        print(f"| {label} | {seconds:.1f} | {'' if acc is None else f'{acc:.4f}'} | "
-              f"{ips or ''} | {epochs or ''} |")
+    def run(label: str, name: str, **options) -> None:
+        settings = TrainSettings(data_dir=args.data_dir, base=args.base, alpha=args.alpha,
+                                 feature_cache=False, force=True, models_dir=out,
+                                 output=out / name, **options)
+        result = train(settings)
+        meta = result.meta
+        engine = meta.get("engine") or {}
+        row = dict(label=label, total=meta["timings"]["total_seconds"],
+                   engine=engine.get("name") or ("tf (Keras fit)" if name == "classic" else ""),
+                   speed=engine.get("images_per_second"),
+                   size=meta.get("test_time", {}).get("size"),
+                   val=meta["metrics"]["val_accuracy"])
+        if args.unseen:
+            report = evaluate(EvaluateSettings(model=out / name, data_dir=args.unseen,
+                                               output=out / f"{name}-unseen", force=True)).report
+            row["unseen"] = report["accuracy"]
+        rows.append(row)
+        print(row, flush=True)
+
+    if not args.skip_classic:
+        run("(a) classic recipe: ImageDataGenerator + frozen base every epoch, 10 epochs",
+            "classic", augment_copies=0, epochs=10, patience=10, engine="tf")
+    run("(b) transfer train (defaults)", "default")
+    for engine in args.engines.split(","):
+        run(f"(b') transfer train --no-augment --engine {engine}", f"plain-{engine}",
+            augment=Augment(enabled=False), engine=engine)
+
+    floor = rows[0]["total"]
+    classic = next((r["total"] for r in rows if r["label"].startswith("(a)")), None)
+    print(f"\nMachine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
+          f"{platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}; "
+          f"{len(files)} images; {time.strftime('%Y-%m-%d')}\n")
+    print("| run | engine | size | total (s) | pass images/s | val accuracy | unseen accuracy "
+          "| x floor | faster than (a) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        cells = [r.get("engine", ""), str(r.get("size") or ""), f"{r['total']:.1f}",
+                 "" if r.get("speed") is None else f"{r['speed']:.0f}",
+                 "" if r.get("val") is None else f"{r['val']:.4f}",
+                 "" if r.get("unseen") is None else f"{r['unseen']:.4f}",
+                 f"{r['total'] / floor:.2f}",
+                 "" if classic is None else f"{classic / r['total']:.1f}x"]
+        print(f"| {r['label']} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
