@@ -51,6 +51,17 @@ def test_flips_asked_without_features_computed_once_are_one_clear_error(tiny_spl
         plan(settings(tiny_split, tmp_path, tta="flip", **options))
 
 
+@pytest.mark.parametrize("size, weights", [(288, 16 * 16 + 18 * 18), (96, 8 * 8 + 12 * 12),
+                                           (13, 13 * 13)])  # 13 is prime: one permutation
+def test_the_mirror_layer_reverses_the_width_exactly_with_small_permutations(size, weights):
+    from transfer.phases import mirror_layer
+
+    layer = mirror_layer(size)
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(layer(pixels)), pixels[:, :, ::-1])
+    assert layer.count_params() == weights  # not size * size: 82,944 weights at 288 px
+
+
 @pytest.fixture(scope="module")
 def flipped_bundle(tiny_split, mobilenet_weights, tmp_path_factory):
     """A bundle with test-time flips, at 96 px to keep it quick (the 224 px weights)."""
