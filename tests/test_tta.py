@@ -132,6 +132,43 @@ def test_the_tflite_export_of_a_flipped_bundle_computes_the_same(flipped_bundle,
     assert out.path.is_file() and out.n_images > 0 and out.max_abs_diff <= out.tolerance
 
 
+def test_an_int8_flipped_model_lists_each_weight_once_and_computes_the_same(flipped_bundle,
+                                                                             tmp_path,
+                                                                             monkeypatch):
+    """The base runs twice (photo, mirror): the converter gives each call site its own entry
+    (and per-channel scales) for the same int8 weights; share_constants keeps one."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    from transfer import export as exporting
+
+    result, data = flipped_bundle
+    model, _ = bundle.load(result.bundle)
+    photos = sorted((data / "train/cats").iterdir())[:4] + sorted(
+        (data / "train/dogs").iterdir())[:4]
+    pixels = np.stack([features.read_image(p, 96) for p in photos]).astype("float32")
+    shared = tmp_path / "shared.tflite"
+    exporting._tflite(model, shared, tmp_path, "int8", pixels)
+    monkeypatch.setattr(exporting, "share_constants", lambda data: data)
+    raw = tmp_path / "raw.tflite"
+    exporting._tflite(model, raw, tmp_path, "int8", pixels)
+
+    def constants(path):
+        m = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(path.read_bytes(), 0))
+        quant = [(t.buffer, t.type, tuple(t.shape),
+                  None if t.quantization is None or t.quantization.scale is None
+                  else np.asarray(t.quantization.scale).tobytes())
+                 for t in m.subgraphs[0].tensors
+                 if m.buffers[t.buffer].data is not None and len(m.buffers[t.buffer].data)]
+        return len(quant), len(set(quant))  # constants, distinct (buffer, scales)
+
+    listed, distinct = constants(raw)
+    assert listed > distinct  # the same weights, with the same scales, listed twice
+    assert constants(shared) == (distinct, distinct)  # each once
+    assert shared.stat().st_size < raw.stat().st_size
+    np.testing.assert_array_equal(exporting._run_tflite(shared, pixels),
+                                  exporting._run_tflite(raw, pixels))
+
+
 def test_a_fine_tuned_flipped_bundle_validates_as_it_predicts(tiny_split, mobilenet_weights,
                                                               tmp_path):
     """After --fine-tune the base changed, so the final validation reruns the images: through
