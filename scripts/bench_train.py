@@ -8,12 +8,14 @@
     image every epoch, 10 epochs, no early stopping (`transfer train --augment-copies 0
     --epochs 10 --patience 10`);
 (b) `transfer train` with its defaults;
-(b') `transfer train --no-augment` with each engine.
+(b') `transfer train --no-augment` with each engine;
+then (b) and (b') on tflite once more: the next run, features computed afresh, the converted
+base reused.
 
 Every run computes its features afresh (`--no-feature-cache`) and the TFLite cache starts
-empty (a fresh KERAS_HOME linking the current one's weights), so conversions are included:
-cold-start times. With --unseen (a folder of class folders no run trains or validates on) each
-bundle is also scored there with `transfer evaluate`.
+empty (a fresh KERAS_HOME linking the current one's weights), so each engine's first run
+includes its conversion; the "again" rows reuse it. With --unseen (a folder of class folders
+no run trains or validates on) each bundle is also scored there with `transfer evaluate`.
 
     python scripts/bench_train.py --data-dir data --base mobilenet --alpha 0.25 --unseen unseen
 
@@ -109,6 +111,12 @@ def main() -> None:
     for engine in args.engines.split(","):
         run(f"(b') transfer train --no-augment --engine {engine}", f"plain-{engine}",
             augment=Augment(enabled=False), engine=engine)
+    # the next runs: features computed afresh again, the converted bases (and auto's
+    # measurement) reused from the runs above
+    run("(b) again: the next run of the defaults", "default-next")
+    if "tflite" in args.engines.split(","):
+        run("(b') again: the next run of --no-augment --engine tflite", "plain-tflite-next",
+            augment=Augment(enabled=False), engine="tflite")
 
     floor = rows[0]["total"]
     classic = next((r["total"] for r in rows if r["label"].startswith("(a)")), None)
