@@ -214,7 +214,7 @@ def share_constants(data: bytes) -> bytes:
             continue
         position = {old: new for new, old in enumerate(keep)}
 
-        def renumber(ids):
+        def renumber(ids, position=position, alias=alias):
             return None if ids is None else [i if i < 0 else position[alias.get(i, i)]
                                              for i in ids]
 
@@ -225,8 +225,7 @@ def share_constants(data: bytes) -> bytes:
         for signature in model.signatureDefs or []:
             if signature.subgraphIndex == index:
                 for entry in (signature.inputs or []) + (signature.outputs or []):
-                    entry.tensorIndex = position[alias.get(entry.tensorIndex,
-                                                           entry.tensorIndex)]
+                    entry.tensorIndex = renumber([entry.tensorIndex])[0]
         graph.tensors = [graph.tensors[i] for i in keep]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
