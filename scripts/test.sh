@@ -19,4 +19,6 @@ fi
 echo "== ruff"
 .venv/bin/ruff check transfer tests scripts
 echo "== pytest"
-.venv/bin/python -m pytest --durations=20 "$@"
+# Two worker processes, each taking whole test files (a file's fixtures are built once): one
+# process kept only about 1.1 of CI's 2 cores busy. TRANSFER_TEST_WORKERS=0 runs in one process.
+.venv/bin/python -m pytest -n "${TRANSFER_TEST_WORKERS:-2}" --dist loadfile --durations=20 "$@"

@@ -35,6 +35,8 @@ def _keras_home() -> Path:
 
 
 os.environ["KERAS_HOME"] = str(_keras_home())
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest-xdist sets its controller's COLUMNS (80 in
+    os.environ.pop("COLUMNS", None)  # a pipe) in each worker: the CLI's width as in one process
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # The report written at the end of every train/evaluate skips its Grad-CAM overlays in the
 # suite (about 2 s a run); tests/test_report.py checks the overlays with write_report itself.
