@@ -23,14 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def fresh_keras_home() -> Path:
-    current = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
-    home = Path(tempfile.mkdtemp(prefix="bench-keras-home-"))
-    (home / "models").mkdir()
-    for item in current.iterdir() if current.is_dir() else []:
-        (home / "models" / item.name).symlink_to(item.resolve())
-    return home
+from bench_common import floor_pass, fresh_keras_home, split_files
 
 
 def main() -> None:
@@ -42,26 +35,12 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["KERAS_HOME"] = str(fresh_keras_home())
 
-    import numpy as np
-
-    from transfer import bases, pipelines
     from transfer.settings import Augment, TrainSettings
     from transfer.tf import keras, tf
     from transfer.training import train
 
-    base = bases.get(args.base)
-    files = [p for split in ("train", "validate")
-             for cls in pipelines.class_names(args.data_dir / split)
-             for p in pipelines.image_files(args.data_dir / split / cls)]
-    model = bases.build(base, base.size, args.alpha, "imagenet")
-    raw = keras.Input((base.size, base.size, 3))
-    pooled = keras.Model(raw, keras.layers.GlobalAveragePooling2D()(
-        model(bases.preprocess_layer(base.preprocess)(raw))))
-    started = time.perf_counter()
-    for i in range(0, len(files), 32):
-        batch = np.stack([pipelines.read_rgb(p, base.size) for p in files[i:i + 32]])
-        pooled.predict(batch.astype("float32"), verbose=0)
-    floor = time.perf_counter() - started
+    files = split_files(args.data_dir)
+    floor = floor_pass(files, args.base, args.alpha)
     rows = [("(c) bare TF predict pass, Pillow decode included", floor, None, None, None)]
 
     def run(label, engine, cache, output):

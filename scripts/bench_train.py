@@ -31,33 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def fresh_keras_home() -> Path:
-    current = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
-    home = Path(tempfile.mkdtemp(prefix="bench-keras-home-"))
-    (home / "models").mkdir()
-    for item in current.iterdir() if current.is_dir() else []:
-        (home / "models" / item.name).symlink_to(item.resolve())
-    return home
-
-
-def floor_pass(files: list[Path], base_name: str, alpha: float) -> float:
-    """Seconds of a bare Keras predict pass over ``files``, Pillow decode included."""
-    import numpy as np
-
-    from transfer import bases, pipelines
-    from transfer.tf import keras
-
-    base = bases.get(base_name)
-    model = bases.build(base, base.size, alpha, "imagenet")
-    raw = keras.Input((base.size, base.size, 3))
-    pooled = keras.Model(raw, keras.layers.GlobalAveragePooling2D()(
-        model(bases.preprocess_layer(base.preprocess)(raw))))
-    started = time.perf_counter()
-    for i in range(0, len(files), 32):
-        batch = np.stack([pipelines.read_rgb(p, base.size) for p in files[i:i + 32]])
-        pooled.predict(batch.astype("float32"), verbose=0)
-    return time.perf_counter() - started
+from bench_common import floor_pass, fresh_keras_home, split_files
 
 
 def main() -> None:
@@ -71,15 +45,12 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["KERAS_HOME"] = str(fresh_keras_home())
 
-    from transfer import pipelines
     from transfer.evaluate import evaluate
     from transfer.settings import Augment, EvaluateSettings, TrainSettings
     from transfer.tf import keras, tf
     from transfer.training import train
 
-    files = [p for split in ("train", "validate")
-             for cls in pipelines.class_names(args.data_dir / split)
-             for p in pipelines.image_files(args.data_dir / split / cls)]
+    files = split_files(args.data_dir)
     out = Path(tempfile.mkdtemp(prefix="bench-train-"))
     rows = [dict(label="(c) floor: bare TF predict pass over train + validate, Pillow decode "
                        "included", total=floor_pass(files, args.base, args.alpha))]
