@@ -151,12 +151,8 @@ def run_pass(paths: list, labels, size: int, engine: Callable, *, augment=None, 
                     rows.append(i)
             if pixels:
                 batch = np.stack(pixels).astype("float32")
-                out = np.asarray(engine(batch), dtype="float32")
-                if mirror:  # flip the width axis of (batch, height, width, channels)
-                    flipped = np.asarray(engine(np.ascontiguousarray(batch[:, :, ::-1])),
-                                         dtype="float32")
-                    out = (out + flipped) / np.float32(2.0)
-                outputs.append(out)
+                outputs.append(mirrored_mean(engine, batch) if mirror
+                               else np.asarray(engine(batch), dtype="float32"))
                 kept.extend(rows)
             advance(len(chunk))
     seconds = time.perf_counter() - start
@@ -164,6 +160,14 @@ def run_pass(paths: list, labels, size: int, engine: Callable, *, augment=None, 
     feats = np.concatenate(outputs) if outputs else np.zeros((0, width), "float32")
     return Pass(feats, labels[kept] if len(labels) else labels, skipped, seconds, len(kept),
                 getattr(engine, "name", None))
+
+
+def mirrored_mean(fn: Callable, batch: np.ndarray) -> np.ndarray:
+    """The mean of ``fn`` on a batch (batch, height, width, channels) and on its mirror images
+    (the width axis flipped): the features test-time flips train and validate on."""
+    photo = np.asarray(fn(batch), dtype="float32")
+    mirror = np.asarray(fn(np.ascontiguousarray(np.asarray(batch)[:, :, ::-1])), dtype="float32")
+    return (photo + mirror) / np.float32(2.0)
 
 
 def random_affine(pixels: np.ndarray, augment, rng: np.random.Generator) -> np.ndarray:

@@ -733,10 +733,8 @@ def final_validation(plan: RunPlan, built: Built, feats: Features | None) -> Val
         for x, y in pipelines.batches(val, pipelines.steps(len(plan.usable("validate")),
                                                            hp.batch_size)):
             if plan.flips:  # as the saved model: the head on the mean of photo and mirror
-                x = np.asarray(x)
-                pooled = (np.asarray(built.feature_model(x, training=False))
-                          + np.asarray(built.feature_model(np.ascontiguousarray(x[:, :, ::-1]),
-                                                           training=False))) / 2
+                pooled = features.mirrored_mean(
+                    lambda v: built.feature_model(v, training=False), x)
                 outputs.append(np.asarray(built.head(pooled, training=False)))
             else:
                 outputs.append(np.asarray(built.core(x, training=False)))
