@@ -206,8 +206,8 @@ def share_constants(data: bytes) -> bytes:
     for index, graph in enumerate(model.subgraphs):
         first, alias = {}, {}
         for i, t in enumerate(graph.tensors):
-            data_ = model.buffers[t.buffer].data if t.buffer else None
-            if data_ is not None and len(data_) and not t.isVariable:
+            content = model.buffers[t.buffer].data if t.buffer else None
+            if content is not None and len(content) and not t.isVariable:
                 alias[i] = first.setdefault(identity(t), i)
         keep = [i for i in range(len(graph.tensors)) if alias.get(i, i) == i]
         if len(keep) == len(graph.tensors):
@@ -501,7 +501,7 @@ def _quantized(classifier: BundleClassifier, quantize: str, staged: Path, work: 
             other_probs = class_probabilities(_run_tflite(other, cx))
             tried = {"int8": _accuracy(quant_probs, labels),  # accuracy of each variant
                      "int8-depthwise-float": _accuracy(other_probs, labels)}
-            if _accuracy(other_probs, labels) > _accuracy(quant_probs, labels):
+            if tried["int8-depthwise-float"] > tried["int8"]:
                 os.replace(other, staged)
                 quant_probs, variant = other_probs, "int8-depthwise-float"
     embed_metadata(staged, _embedded_meta(classifier.meta, model, quantize, variant))
