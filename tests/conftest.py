@@ -6,8 +6,10 @@ Outside CI a missing asset skips with the reason; under ``CI=true`` it fails.
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -23,9 +25,11 @@ def _keras_home() -> Path:
     """A temporary KERAS_HOME whose models/ links to the shared genuine weights.
 
     Keras reads KERAS_HOME once, at import, so it is set here, before any test imports it;
-    nothing is ever written into shared/.
+    nothing is ever written into shared/ (the links are removed, not what they point to).
     """
     home = Path(tempfile.mkdtemp(prefix="transfer-keras-home-"))
+    # removed when the session ends: it gathers converted TFLite bases (megabytes a session)
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
     (home / "models").mkdir()
     shared = Path(os.environ.get("TRANSFER_TEST_ASSETS", REPO.parent / "shared")) / "keras/models"
     if shared.is_dir():
