@@ -131,8 +131,6 @@ def to_rgb(image):
 
 def rgb_array(image, size: int, resize: str = "pil") -> np.ndarray:
     """(size, size, 3) float32 RGB pixels 0-255, as a colour bundle's model takes them."""
-    from PIL import Image
-
     rgb = to_rgb(image)
     if resize == "tf":  # keras.utils.image_dataset_from_directory: tf.image.resize, bilinear
         from transfer.tf import tf
@@ -140,9 +138,18 @@ def rgb_array(image, size: int, resize: str = "pil") -> np.ndarray:
         resized = tf.image.resize(np.asarray(rgb, dtype="float32"), (size, size),
                                   method="bilinear")
         return np.asarray(resized, dtype="float32")
+    return rgb_pixels(rgb, size).astype("float32")
+
+
+def rgb_pixels(image, size: int) -> np.ndarray:
+    """(size, size, 3) uint8 RGB: ``rgb_array``'s Pillow route without its float32 copy (the
+    readers of the feature pass, where that copy cost a quarter of each image's read)."""
+    from PIL import Image
+
+    rgb = to_rgb(image)
     if rgb.size != (size, size):  # ImageDataGenerator's load_img: Pillow bilinear
         rgb = rgb.resize((size, size), Image.BILINEAR)
-    return np.asarray(rgb, dtype="float32")
+    return np.array(rgb)  # writable (asarray would be a read-only view of Pillow's bytes)
 
 
 def digit_array(image, invert: str = "auto", fit: bool = True) -> tuple[np.ndarray, bool]:

@@ -70,7 +70,7 @@ def read_rgb(path, size: int) -> np.ndarray:
     """The one reader of colour training images: (size, size, 3) uint8 RGB, the pixels
     ``images.model_input`` gives a colour bundle of that size. Raises ``images.ImageError``."""
     image = images.open_image(path)
-    return images.rgb_array(image, int(size), "pil").astype("uint8")
+    return images.rgb_pixels(image, int(size))
 
 
 class Skipped:
