@@ -68,6 +68,24 @@ def test_tflite_matches_tensorflow_on_real_photos_and_is_cached(
     assert info3.converted_file != info.converted_file
 
 
+def test_tflite_takes_uint8_pixels_and_a_mirror_view_as_a_float32_copy(
+        mobilenet_features, photo_batch, tmp_path, monkeypatch):
+    """The feature pass hands the engine uint8 batches, and the mirror images as a strided
+    view: cast into the input buffer, they give the float32 contiguous copy's features."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    engine, info = engines.open_engine(mobilenet_features, photo_batch[:8], requested="tflite",
+                                       key=KEY, batch_size=8, reporter=Recorder())
+    assert info.name == "tflite", info.fallback
+    pixels = photo_batch.astype("uint8")  # the photos were resized to whole values
+    assert np.array_equal(pixels, photo_batch)
+    mirror = pixels[:, :, ::-1]
+    assert not mirror.flags.c_contiguous
+    expected = engine(np.ascontiguousarray(mirror).astype("float32"))
+    np.testing.assert_array_equal(engine(mirror), expected)
+    np.testing.assert_array_equal(engine(pixels), engine(photo_batch))
+    assert not np.allclose(engine(mirror), engine(pixels), atol=1e-3)  # the mirror is another view
+
+
 def test_a_converted_model_that_differs_falls_back_to_tensorflow(
         mobilenet_features, photo_batch, tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))

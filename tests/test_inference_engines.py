@@ -194,8 +194,8 @@ def test_the_cache_key_is_the_model_file(trained_bundle, tmp_path):
     assert copied.engine_key() is None
     reporter = Recorder()
     engine = inference.ModelEngine(copied, "tflite", 200, reporter)
-    # a model that may be converted gets whole batches of the converted model's 32
-    assert [engine.batch_size(n) for n in (1, 32, 33)] == [32, 32, 64]
+    # a model that may be converted gets whole batches of the converted model's 8
+    assert [engine.batch_size(n) for n in (1, 32, 33)] == [8, 32, 40]
     assert inference.ModelEngine(copied, "tf", 200).batch_size(1) == 1
     assert inference.ModelEngine(copied, "auto", 5).batch_size(7) == 7
     batch = np.zeros((2, 224, 224, 3), "float32")

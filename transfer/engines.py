@@ -142,15 +142,19 @@ class TFLiteEngine:
         self.batch_size = int(self.input["shape"][0])
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch, "float32")
+        """Features of ``batch`` (raw pixels 0-255: uint8 or float, any strides, e.g. a mirror
+        view ``batch[:, :, ::-1]``). Each chunk is cast straight into the interpreter's input
+        buffer, one pass over the pixels: at 288 px, a float32 copy, a contiguous mirror copy
+        and ``set_tensor``'s own copy had cost about a quarter of the inference time."""
+        batch = np.asarray(batch)
         outputs = []
         for start in range(0, len(batch), self.batch_size):
             chunk = batch[start:start + self.batch_size]
             n = len(chunk)
-            if n < self.batch_size:
-                pad = np.zeros((self.batch_size - n, *chunk.shape[1:]), "float32")
-                chunk = np.concatenate([chunk, pad])
-            self.interpreter.set_tensor(self.input["index"], chunk)
+            buffer = self.interpreter.tensor(self.input["index"])()  # the input tensor itself
+            np.copyto(buffer[:n], chunk, casting="same_kind")
+            buffer[n:] = 0  # a short last batch: padded, then cut
+            del buffer  # invoke() refuses to run while a view of its buffers is alive
             self.interpreter.invoke()
             outputs.append(self.interpreter.get_tensor(self.output["index"])[:n].copy())
         return np.concatenate(outputs) if outputs else np.zeros((0,), "float32")
@@ -225,7 +229,7 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
             below ``MIN_IMAGES``.
 
     Returns:
-        An engine (callable on a float32 batch of raw pixels) and its EngineInfo.
+        An engine (callable on a batch of raw pixels, uint8 or float32) and its EngineInfo.
 
     Raises:
         TransferError: for an unknown engine name.

@@ -58,7 +58,10 @@ from transfer.settings import ENGINES, INVERT, PredictSettings
 
 BATCH_SIZE = PredictSettings.batch_size  # the one default lives in the settings
 THREADS = 8  # image decoding threads at most (Pillow releases the GIL while decoding)
-ENGINE_BATCH = 32  # the converted model's fixed batch (a shorter batch is padded, then cut)
+# the converted model's fixed batch (a shorter batch is padded, then cut): 8, as the feature
+# pass's (features.CONVERTED_BATCH); the flipped MobileNet-0.25 bundle at 288 px ran 285
+# photos/s on XNNPACK at batch 8 against 261 at batch 32 (2026-12-04)
+ENGINE_BATCH = 8
 # ``auto`` considers converting the model for this many images or more (the one rule lives in
 # engines). Measured on 2 cores: a MobileNet-0.25 bundle converts in about 5 s, once (the file
 # is cached), then runs at about 620 images/s on TFLite against 230 on TensorFlow (a pass,
@@ -373,7 +376,7 @@ class ModelEngine:
     def batch_size(self, requested: int) -> int:
         """Images per model call: ``requested``, or when the model may be converted, that
         rounded up to a multiple of the converted model's fixed batch (a short batch is padded:
-        batches of 1 would run 32 images each, and make auto's measurement unfair)."""
+        batches of 1 would run 8 images each, and make auto's measurement unfair)."""
         if not self._pending and self._engine is None:
             return requested
         return -(-requested // ENGINE_BATCH) * ENGINE_BATCH

@@ -276,7 +276,7 @@ class _LazyEngine:
                    **({} if self.built.weights_sha256 else {"seed": plan.settings.seed}))
         self.engine, self.info = engines.open_engine(
             raw_feature_model(plan, self.built), batch, requested=plan.settings.engine,
-            key=key, batch_size=features.PASS_BATCH, reporter=self.reporter,
+            key=key, batch_size=features.CONVERTED_BATCH, reporter=self.reporter,
             images=self.images)
 
     def __call__(self, batch):
