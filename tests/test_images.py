@@ -231,6 +231,38 @@ def test_exif_orientation_is_applied_before_training_or_inference_sees_pixels(tm
                                   read_rgb(tmp_path / "upright.png", 24).astype("float32"))
 
 
+def test_a_large_jpeg_decodes_small_in_draft_mode_for_every_reader(photo, tmp_path):
+    """A phone-sized JPEG (a real photo enlarged to 2000 x 1500, stored turned a quarter with
+    EXIF orientation 6) is decoded at 1/4 scale for 224 px, still at least 224 px, in training's
+    reader and predict's alike; its pixels stay close to a full decode's; notes and
+    ``full_size`` give the file's upright size; smaller photos decode whole."""
+    from transfer.pipelines import read_rgb
+
+    with Image.open(photo) as small:
+        big = small.convert("RGB").resize((2000, 1500), Image.BICUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    big.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.jpg", quality=95,
+                                                   exif=exif)
+    drafted = images.open_image(tmp_path / "phone.jpg", 224)
+    assert drafted.size == (500, 375)  # 1500 // 224 = 6: the largest scale not above it, 4
+    assert images.full_size(drafted) == (2000, 1500)
+    whole = images.open_image(tmp_path / "phone.jpg")
+    assert whole.size == (2000, 1500) and images.full_size(whole) == (2000, 1500)
+    ours = read_rgb(tmp_path / "phone.jpg", 224).astype("float32")
+    full = images.rgb_array(whole, 224)
+    assert np.abs(ours - full).mean() < 2.0  # DCT scaling, then the same bilinear resize
+    meta = {"image_size": 224, "channels": 3, "preprocessing": {"resize": "pil"}}
+    array, notes = images.model_input(tmp_path / "phone.jpg", meta)
+    np.testing.assert_array_equal(array, ours)  # predict reads what training read
+    assert (notes["width"], notes["height"]) == (2000, 1500)
+    # the Kaggle photo itself (under 448 px a side) decodes whole: draft mode changes nothing
+    with Image.open(photo) as small:
+        assert min(small.size) < 448
+    np.testing.assert_array_equal(read_rgb(photo, 224),
+                                  images.rgb_array(images.open_image(photo), 224))
+
+
 def test_bundles_record_how_training_resized(tmp_path):
     assert images.resize_method({"pipeline": "tfdata",
                                  "preprocessing": {"resize": "pil"}}) == "pil"

@@ -260,8 +260,9 @@ class ImageNetClassifier(Classifier):
         self._preprocess = bases.preprocess_numpy(self.spec.preprocess)
 
     def prepare(self, source) -> tuple[np.ndarray, dict]:
-        image = images.open_image(source)
-        notes = {"width": image.size[0], "height": image.size[1], "mode": image.mode}
+        image = images.open_image(source, self.spec.size)
+        width, height = images.full_size(image)
+        notes = {"width": width, "height": height, "mode": image.mode}
         return images.rgb_array(image, self.spec.size), notes
 
     def _model_input(self, batch: np.ndarray) -> np.ndarray:

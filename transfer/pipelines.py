@@ -69,7 +69,7 @@ class Sample:
 def read_rgb(path, size: int) -> np.ndarray:
     """The one reader of colour training images: (size, size, 3) uint8 RGB, the pixels
     ``images.model_input`` gives a colour bundle of that size. Raises ``images.ImageError``."""
-    image = images.open_image(path)
+    image = images.open_image(path, int(size))  # a large JPEG: draft mode, decoded smaller
     return images.rgb_pixels(image, int(size))
 
 
