@@ -122,6 +122,9 @@ def main() -> None:
         variants = {"one random-affine copy (today's default)": [d["train_aug1"]],
                     "clean (`--no-augment`)": [d["train_clean"]],
                     "mean of photo and mirror": [(d["train_clean"] + d["train_flip"]) / 2],
+                    "photo or mirror (a seeded coin per photo)": [np.where(
+                        np.random.default_rng(42).random(len(d["train_y"]))[:, None] < 0.5,
+                        d["train_flip"], d["train_clean"])],
                     "clean, mirror, 2 affine copies": [d["train_clean"], d["train_flip"],
                                                        d["train_aug1"], d["train_aug2"]]}
         val_tta = (d["val_clean"] + d["val_flip"]) / 2
