@@ -46,12 +46,14 @@ def open_image(source, size: int | None = None):
     """The decoded, upright Pillow image in ``source`` (a path, the file's bytes, or a binary
     file object such as an upload), or ImageError.
 
-    ``size``: the square size the pixels are read for. A JPEG at least twice that in both
-    sides is then decoded at 1/2, 1/4 or 1/8 scale, never below ``size`` (Pillow's draft mode:
-    the JPEG decoder's own DCT scaling), and the resize to ``size`` does the rest: a phone's
-    4000 x 3000 photo decodes at 500 x 375, many times faster. Smaller photos (the Kaggle
-    cats and dogs, 500 px at most) decode whole. ``full_size(image)`` is the file's own
-    (upright) size either way."""
+    ``size``: the square size the pixels are read for. A JPEG at least four times that on
+    both sides is then decoded at 1/2, 1/4 or 1/8 scale, never below twice ``size`` (Pillow's
+    draft mode: the JPEG decoder's own DCT scaling), and the resize to ``size`` does the rest:
+    a phone's 4000 x 3000 photo read for 224 px decodes at 1000 x 750, about 6x faster, and
+    its pixels differ from a whole decode's by 0.15 of 255 on average (0.42 when drafting down
+    to the size itself: the resize's own antialiasing is what keeps them close). Smaller
+    photos (the Kaggle cats and dogs, 500 px at most) decode whole. ``full_size(image)`` is
+    the file's own (upright) size either way."""
     import io
 
     from PIL import Image, ImageOps
@@ -65,7 +67,7 @@ def open_image(source, size: int | None = None):
     with _pillow_errors(), Image.open(source) as image:
         width, height = image.size
         if size:
-            image.draft("RGB", (int(size), int(size)))  # a no-op for other formats
+            image.draft("RGB", (2 * int(size), 2 * int(size)))  # a no-op for other formats
         image.load()
         if image.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8):  # turned a quarter
             width, height = height, width
