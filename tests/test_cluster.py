@@ -79,6 +79,20 @@ def test_tf_config_errors_are_one_line(raw, words, tmp_path):
     assert "Traceback" not in done.stderr
 
 
+def test_a_lost_worker_is_told_by_the_line_that_says_what_happened():
+    """TensorFlow's collective errors open with "Graph execution error:" and a node trace:
+    the one line shown is the cause under them."""
+    text = ("Graph execution error:\n\nDetected at node CollectiveGatherV2 defined at (most "
+            "recent call last):\n  File \"cluster.py\", line 261, in run\n    sizes = f()\n"
+            "Collective ops is aborted by: failed to connect to all addresses\n"
+            "The error could be from a previous operation.\n"
+            "\t [[{{node CollectiveGatherV2}}]] [Op:__inference_step_12]")
+    assert cluster.reason(text) == ("Collective ops is aborted by: failed to connect to all "
+                                    "addresses")
+    assert cluster.reason("Socket closed") == "Socket closed"
+    assert cluster.reason("") == "no message"
+
+
 def test_tf_config_order_puts_a_chief_first():
     raw = config(cluster={"chief": ["c:1"], "worker": ["w:1", "w:2"]},
                  task={"type": "worker", "index": 1})

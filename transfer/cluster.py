@@ -136,6 +136,15 @@ def read_tf_config(environ=None) -> Topology:
     return Topology(tuple(addresses), rank, task_type, index)
 
 
+def reason(text: str) -> str:
+    """The line of a TensorFlow error that says what happened: not its "Graph execution
+    error:" heading, the "Detected at node" trace under it, nor the indented node list."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    said = [line.strip() for line in lines if not line.startswith((" ", "\t"))
+            and not line.startswith(("Graph execution error", "Detected at node"))]
+    return (said[0] if said else lines[0].strip() if lines else "no message")[:160]
+
+
 def lost(exc: BaseException, timeout: float, during: str) -> WorkerLost:
     """The one line for a collective that failed: which kind of failure, what was going on."""
     from transfer.tf import tf
@@ -143,8 +152,7 @@ def lost(exc: BaseException, timeout: float, during: str) -> WorkerLost:
     if isinstance(exc, tf.errors.DeadlineExceededError):
         why = f"a worker did not answer within {timeout:g} s (--worker-timeout)"
     else:
-        text = str(getattr(exc, "message", exc)).strip().splitlines()[0][:160]
-        why = f"a worker is down or unreachable ({text})"
+        why = f"a worker is down or unreachable ({reason(str(getattr(exc, 'message', exc)))})"
     return WorkerLost(f"multi-worker training stopped during {during}: {why}; no bundle "
                       "written. Start the same command again on every worker to resume "
                       "(cached features and epoch checkpoints are kept)")
@@ -285,6 +293,20 @@ class Cluster:
     def barrier(self, during: str, timeout: float | None = None) -> None:
         """Wait until every worker gets here (a tiny gather)."""
         self.gather([np.zeros((1,), "float32")], during, timeout)
+
+    def farewell(self) -> None:
+        """One last tiny collective after a run's final barrier; its failure means nothing.
+
+        A collective can be complete on one worker while another is still fetching its result
+        from it, and a process ends (``os._exit``) right after its last barrier: a worker whose
+        chief had written the bundle once failed that barrier ("Graph execution error", under
+        load). Every worker enters this only after its final barrier returned, so when this
+        completes anywhere, the final barrier has completed everywhere; whoever leaves first
+        may cut this one short, which is ignored."""
+        try:
+            self.barrier("the farewell")
+        except WorkerLost:
+            pass
 
     def state(self, arrays: list, note: dict | None, during: str,
               timeout: float | None = None) -> tuple[list, dict | None]:

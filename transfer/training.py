@@ -274,6 +274,7 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
                 fit = fit.then(phases.fine_tune(run, built, reporter))
         if not chief:  # the chief validates and writes; this worker waits for it, then ends
             cluster.barrier("the chief's writing of the bundle", timeout=FINAL_WAIT)
+            cluster.farewell()
             reporter.info(f"{cluster.topology.describe()}: done; the chief wrote the bundle")
             return TrainResult(None, {"workers": cluster.workers, "rank": cluster.rank},
                                fit.history)
@@ -318,6 +319,7 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
 
         try:
             cluster.barrier("the end of the run", timeout=FINAL_WAIT)
+            cluster.farewell()
         except WorkerLost:
             reporter.warn("another worker ended before the chief finished; the bundle is "
                           "complete")
