@@ -40,8 +40,8 @@ from transfer.progress import Reporter
 
 PASS_BATCH = 32  # images decoded together and given to the engine in one call
 # the converted base's fixed batch: the engine runs a pass batch in 4 calls. MobileNet-0.25
-# on XNNPACK, 2 threads (2026-12-04): 790 views/s at 288 px against 707 with batch 32
-# (activations that stay in cache), 1255 against 1238 at 224 px
+# on XNNPACK, 2 threads (scripts/bench_reader.py, 2026-12-04): 752 views/s at 288 px against
+# 630 with batch 32 (activations that stay in cache), 1171 against 1037 at 224 px
 CONVERTED_BATCH = 8
 AHEAD = 3  # batches decoded ahead of the engine (bounds memory: 3 x 32 x 224 x 224 x 3 bytes)
 
