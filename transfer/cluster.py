@@ -46,6 +46,7 @@ def startup_seconds() -> float:
     except ValueError:
         return STARTUP_SECONDS
 TIMEOUT_SECONDS = 60.0  # default --worker-timeout: a collective or a heartbeat waits this long
+LINGER_SECONDS = 3.0  # a cluster process waits this long before it ends (cli._leave_cluster)
 
 
 _WATCHDOG = """
@@ -302,7 +303,8 @@ class Cluster:
         chief had written the bundle once failed that barrier ("Graph execution error", under
         load). Every worker enters this only after its final barrier returned, so when this
         completes anywhere, the final barrier has completed everywhere; whoever leaves first
-        may cut this one short, which is ignored."""
+        may cut this one short, which is ignored. (Every cluster process also lingers
+        ``LINGER_SECONDS`` before it ends, for the collectives that end a run in error.)"""
         try:
             self.barrier("the farewell")
         except WorkerLost:
