@@ -59,12 +59,7 @@ def read_image(path, size: int) -> np.ndarray:
     unusable file."""
     from transfer import pipelines
 
-    reader = getattr(pipelines, "read_rgb", None)
-    if reader is not None:
-        return reader(path, size)
-    from transfer import images  # before the one reader existed: the same steps
-
-    return images.rgb_array(images.open_image(path), int(size), "pil").astype("uint8")
+    return pipelines.read_rgb(path, size)
 
 
 def cache_key(**parts) -> str:
