@@ -34,7 +34,6 @@ from transfer.errors import TransferError
 from transfer.settings import INVERT
 
 MIN_SIDE = 8  # pixels; smaller images carry nothing a classifier can use
-EXIF_ORIENTATION = 0x0112  # the EXIF tag phones rotate photos by
 MNIST_BOX = 20  # MNIST digits fill a 20x20 box centred by mass in 28x28
 
 
@@ -69,9 +68,10 @@ def open_image(source, size: int | None = None):
         if size:
             image.draft("RGB", (2 * int(size), 2 * int(size)))  # a no-op for other formats
         image.load()
-        if image.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8):  # turned a quarter
-            width, height = height, width
+        loaded = image.size
         image = ImageOps.exif_transpose(image) or image
+        if image.size != loaded:  # its EXIF orientation turned it a quarter
+            width, height = height, width
     if min(width, height) < MIN_SIDE:
         raise ImageError(f"image is {width}x{height} px; too small to classify "
                          f"(at least {MIN_SIDE}x{MIN_SIDE})")
@@ -83,6 +83,12 @@ def full_size(image) -> tuple[int, int]:
     """(width, height) of the upright image as stored in its file, before any draft-mode
     reduction of ``open_image``."""
     return tuple(image.info.get("full_size", image.size))
+
+
+def notes_of(image) -> dict:
+    """What predict reports of an opened image: the file's upright size and its mode."""
+    width, height = full_size(image)
+    return {"width": width, "height": height, "mode": image.mode}
 
 
 @contextlib.contextmanager
@@ -154,14 +160,13 @@ def to_rgb(image):
 
 def rgb_array(image, size: int, resize: str = "pil") -> np.ndarray:
     """(size, size, 3) float32 RGB pixels 0-255, as a colour bundle's model takes them."""
-    rgb = to_rgb(image)
     if resize == "tf":  # keras.utils.image_dataset_from_directory: tf.image.resize, bilinear
         from transfer.tf import tf
 
-        resized = tf.image.resize(np.asarray(rgb, dtype="float32"), (size, size),
+        resized = tf.image.resize(np.asarray(to_rgb(image), dtype="float32"), (size, size),
                                   method="bilinear")
         return np.asarray(resized, dtype="float32")
-    return rgb_pixels(rgb, size).astype("float32")
+    return rgb_pixels(image, size).astype("float32")
 
 
 def rgb_pixels(image, size: int) -> np.ndarray:
@@ -235,8 +240,7 @@ def model_input(source, meta: dict, invert: str | None = None) -> tuple[np.ndarr
     method = resize_method(meta)
     # colour pixels resized by Pillow are read as training read them: draft mode at the size
     image = open_image(source, int(meta["image_size"]) if colour and method == "pil" else None)
-    width, height = full_size(image)
-    notes = {"width": width, "height": height, "mode": image.mode}
+    notes = notes_of(image)
     if not colour:
         prep = meta.get("preprocessing", {})
         array, inverted = digit_array(image, invert or prep.get("invert", "auto"),

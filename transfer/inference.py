@@ -261,9 +261,7 @@ class ImageNetClassifier(Classifier):
 
     def prepare(self, source) -> tuple[np.ndarray, dict]:
         image = images.open_image(source, self.spec.size)
-        width, height = images.full_size(image)
-        notes = {"width": width, "height": height, "mode": image.mode}
-        return images.rgb_array(image, self.spec.size), notes
+        return images.rgb_array(image, self.spec.size), images.notes_of(image)
 
     def _model_input(self, batch: np.ndarray) -> np.ndarray:
         return self._preprocess(np.asarray(batch, dtype="float32"))
