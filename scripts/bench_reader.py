@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_common import split_files
 
 
 def per_call(fn, seconds: float = 1.5) -> float:
@@ -61,9 +62,7 @@ def main() -> None:
     from transfer import bases, engines, features, images, pipelines, training
     from transfer.settings import TrainSettings
 
-    files = [p for split in ("train", "validate")
-             for cls in pipelines.class_names(args.data_dir / split)
-             for p in pipelines.image_files(args.data_dir / split / cls)][::10][:200]
+    files = split_files(args.data_dir)[::10][:200]
 
     # 1. the reader at 288 px
     def read_all(reader):
