@@ -56,14 +56,19 @@ def assets_root() -> Path:
     return Path(os.environ.get("TRANSFER_TEST_ASSETS", REPO.parent / "shared"))
 
 
+def missing(reason: str):
+    """What a test cannot have here (an asset, a browser, a read-only folder): a failure under
+    CI, a skip with the reason elsewhere."""
+    if in_ci():
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 def require_asset(relpath: str) -> Path:
     path = assets_root() / relpath
     if not path.exists():
-        message = (f"test asset {path} is missing (set TRANSFER_TEST_ASSETS to the folder "
-                   "holding data/ and keras/)")
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"test asset {path} is missing (set TRANSFER_TEST_ASSETS to the folder "
+                "holding data/ and keras/)")
     return path
 
 

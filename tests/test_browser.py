@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import in_ci, require_asset
+from conftest import missing, require_asset
 
 from transfer import serve
 from transfer.settings import ServeSettings
@@ -26,12 +26,6 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 TIMEOUT_MS = 90_000  # one step of a test; the whole run stops by itself
 DOG_BREEDS = range(151, 269)
-
-
-def missing(reason: str):
-    if in_ci():
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def chromium_executable() -> str | None:
