@@ -340,3 +340,23 @@ def test_imagenet_mode_gives_a_dog_a_dog_breed(unseen, mobilenet_weights, tmp_pa
         assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
         assert picture.headers["x-layer"] == "conv_pw_13_relu"
         assert picture.headers["x-label"] == answer["predictions"][0]["label"]
+
+
+def test_the_shown_picture_of_a_phone_photo_is_drafted_and_upright(unseen):
+    """The explain PNG's picture of a phone-sized JPEG (a real photo enlarged to 3200 x 2400,
+    stored turned a quarter with EXIF orientation 6) decodes in draft mode, at 1/4 scale, and
+    comes out upright, 384 px on its longest side, close to the picture of a whole decode."""
+    from transfer import images
+
+    with Image.open(io.BytesIO(unseen["cats"][1][1])) as small:
+        big = small.convert("RGB").resize((3200, 2400), Image.BICUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = io.BytesIO()
+    big.transpose(Image.Transpose.ROTATE_90).save(stored, "JPEG", quality=95, exif=exif)
+    data = stored.getvalue()
+    assert images.open_image(data, serve.SHOWN_SIDE // 2).size == (800, 600)  # 2400 // 384 = 6
+    shown = serve._shown_picture(type("Imagenet", (), {"mode": "imagenet"})(), data, None)
+    assert shown.shape == (288, 384, 3)
+    whole = images.to_rgb(images.open_image(data)).resize((384, 288), Image.BILINEAR)
+    assert np.abs(shown.astype("float32") - np.asarray(whole, "float32")).mean() < 1.0
