@@ -96,6 +96,19 @@ def test_evaluate_errors(trained_bundle, small_split, tmp_path):
     with pytest.raises(TransferError, match="from another evaluation; use --force"):
         evaluate(copy, data_dir=small_split / "test")
     evaluate(copy, data_dir=small_split / "test", force=True)
+    # a missing data folder is what is said, not the earlier outputs in the bundle
+    with pytest.raises(TransferError, match="no data folder"):
+        evaluate(copy, data_dir=tmp_path / "nope")
+    # a report.html that transfer did not write is kept without --force
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.html").write_text("<p>my own page</p>")
+    with pytest.raises(TransferError, match="not a transfer report; use --force"):
+        evaluate(copy, data_dir=small_split / "test", output=mine)
+    assert sorted(p.name for p in mine.iterdir()) == ["report.html"]
+    assert (mine / "report.html").read_text() == "<p>my own page</p>"
+    evaluate(copy, data_dir=small_split / "test", output=mine, force=True)
+    assert "transfer report" in (mine / "report.html").read_text()
     odd = tmp_path / "odd"
     for name in ("cats", "horses"):
         (odd / name).mkdir(parents=True)

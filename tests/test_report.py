@@ -140,3 +140,34 @@ def test_partial_and_wrong_folders(tmp_path):
     assert_self_contained(text)
     with pytest.raises(TransferError, match="is a folder"):
         write_report(minimal, tmp_path)
+
+
+
+def test_a_file_that_is_not_a_transfer_report_is_kept_without_force(bundle_copy, tmp_path,
+                                                                     monkeypatch):
+    """`transfer report --output` replaces its own reports, refuses anyone else's file (one
+    line, exit 1, the file unchanged), and replaces it with --force."""
+    from typer.testing import CliRunner
+
+    from transfer.cli import app
+    from transfer.report import made_by_transfer
+
+    monkeypatch.setenv("TRANSFER_REPORT_GRADCAMS", "0")
+    theirs = tmp_path / "README.md"
+    theirs.write_text("# my notes\n")
+    with pytest.raises(TransferError, match="not a transfer report; use --force"):
+        write_report(bundle_copy, theirs, gradcams=0)
+    cli = CliRunner().invoke(app, ["report", str(bundle_copy), "--output", str(theirs)])
+    assert cli.exit_code == 1 and cli.stderr.strip().count("\n") == 0
+    assert cli.stderr.startswith("error:") and "not a transfer report" in cli.stderr
+    assert theirs.read_text() == "# my notes\n"
+    ours = write_report(bundle_copy, tmp_path / "page.html", gradcams=0)
+    assert made_by_transfer(ours)
+    assert write_report(bundle_copy, ours, gradcams=0) == ours  # its own report: replaced
+    older = tmp_path / "older.html"  # a report from before the generator tag: its footer
+    older.write_text(ours.read_text().replace('<meta name="generator" content="transfer">', ""))
+    assert made_by_transfer(older) and not made_by_transfer(theirs)
+    forced = CliRunner().invoke(app, ["report", str(bundle_copy), "--output", str(theirs),
+                                      "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert made_by_transfer(theirs)

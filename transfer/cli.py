@@ -914,12 +914,14 @@ def report_cmd(
     output: Annotated[Path | None, typer.Option(
         help="HTML file to write \\[default: FOLDER/report.html].", show_default=False)
     ] = _R.output,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace an --output file that is not a transfer report.")] = _R.force,
 ) -> None:
     """Rebuild the one-file HTML report (curves, confusion matrix, mistakes, Grad-CAM)."""
-    settings = S.ReportSettings(folder=folder, output=output).validated()
+    settings = S.ReportSettings(folder=folder, output=output, force=force).validated()
     from transfer.report import write_report
 
-    path = write_report(settings.folder, settings.output)
+    path = write_report(settings.folder, settings.output, force=settings.force)
     out.print(f"wrote {path}", highlight=False)
 
 

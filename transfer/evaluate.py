@@ -141,7 +141,11 @@ def _same_folder(a, b) -> bool:
 
 
 def _check_outputs(output: Path, data_dir: Path, force: bool) -> None:
-    """Refuse to replace earlier outputs unless force, or they were this same evaluation's."""
+    """Refuse to replace earlier outputs unless force, or they were this same evaluation's;
+    a report.html there must be one of transfer's (``report.made_by_transfer``)."""
+    from transfer import report as html_report
+
+    html_report.check_replaceable(output / html_report.REPORT_HTML, force)
     existing = [name for name in OUTPUTS if (output / name).exists()]
     if not existing or force:
         return
@@ -206,10 +210,10 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
     else:
         data_dir = (Path(s.data_dir) if s.data_dir is not None
                     else _default_data_dir(meta, model))
+    if not in_memory:  # a missing or unknown data folder is said before any output clash
+        files = labelled_files(data_dir, names)
     output = Path(s.output) if s.output is not None else model
     _check_outputs(output, data_dir, s.force)
-    if not in_memory:
-        files = labelled_files(data_dir, names)
     writable_folder(output)
 
     started = time.perf_counter()
@@ -290,5 +294,5 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
         write_json(tmp[REPORT], report)
     from transfer import report as html_report
 
-    html_report.write_quietly(output, reporter)
+    html_report.write_quietly(output, reporter, force=s.force)
     return EvaluateResult(report=report, output=output, files=kept)

@@ -530,34 +530,62 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
               f"(Python {_e(platform.python_version())}) from {_e(folder)}; "
               "<code>transfer report</code> rebuilds it.</footer>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"{GENERATOR}<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             "<link rel=\"icon\" href=\"data:,\">"
             f"<title>{_e(title)}: transfer report</title><style>{STYLE}</style></head>"
             f"<body><main>{''.join(parts)}{footer}</main></body></html>\n")
 
 
-def write_report(folder: Path, output: Path | None = None, *, gradcams: int = GRADCAMS) -> Path:
+GENERATOR = '<meta name="generator" content="transfer">'  # marks the reports it may replace
+
+
+def made_by_transfer(path: Path) -> bool:
+    """Whether the file at ``path`` is a report this tool wrote (the generator tag at its
+    head, or the footer of the reports written before the tag), which it may replace."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024)
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 4096))
+            tail = f.read()
+    except OSError:
+        return False
+    return GENERATOR.encode() in head or b"<footer>Made by transfer " in tail
+
+
+def check_replaceable(target: Path, force: bool = False) -> None:
+    """Refuse an existing ``target`` that is not a transfer report, unless ``force``."""
+    if target.is_dir():
+        raise TransferError(f"{target} is a folder; name an .html file")
+    if not force and target.exists() and not made_by_transfer(target):
+        raise TransferError(f"{target} exists and is not a transfer report; use --force to "
+                            "replace it (or --output another file)")
+
+
+def write_report(folder: Path, output: Path | None = None, *, gradcams: int = GRADCAMS,
+                 force: bool = False) -> Path:
     """Write the one-file HTML report of a bundle or an evaluation folder.
 
     Args:
         folder: a bundle or an `evaluate --output` folder (see ``render_report``).
-        output: the HTML file to write; default ``folder/report.html`` (replaced if there).
+        output: the HTML file to write; default ``folder/report.html``.
         gradcams: Grad-CAM overlays to compute on the bundle's validation images (0: none).
+        force: replace ``output`` even when it is not a report this tool wrote (an earlier
+            transfer report is always replaced).
 
     Returns:
         The path written.
 
     Raises:
-        TransferError: ``folder`` is neither a bundle nor an evaluation folder, or ``output``
-            is a folder.
+        TransferError: ``folder`` is neither a bundle nor an evaluation folder; ``output`` is
+            a folder, or another file without ``force``.
         OSError: the file cannot be written.
     """
     from transfer.files import replacing
 
     folder = Path(folder)
     target = Path(output) if output is not None else folder / REPORT_HTML
-    if target.is_dir():
-        raise TransferError(f"{target} is a folder; name an .html file")
+    check_replaceable(target, force)
     text = render_report(folder, gradcams)
     target.parent.mkdir(parents=True, exist_ok=True)
     with replacing(target) as tmp:
@@ -565,7 +593,8 @@ def write_report(folder: Path, output: Path | None = None, *, gradcams: int = GR
     return target
 
 
-def write_quietly(folder: Path, reporter=None, *, gradcams: int | None = None) -> Path | None:
+def write_quietly(folder: Path, reporter=None, *, gradcams: int | None = None,
+                  force: bool = False) -> Path | None:
     """``write_report`` at the end of train, mnist and evaluate: their real outputs are already
     in place, so a report that cannot be made is a warning, never a failed run. Grad-CAM
     overlays: ``gradcams``, else ``$TRANSFER_REPORT_GRADCAMS``, else 4 (each costs a forward
@@ -578,7 +607,7 @@ def write_quietly(folder: Path, reporter=None, *, gradcams: int | None = None) -
         except ValueError:
             gradcams = GRADCAMS
     try:
-        return write_report(folder, gradcams=gradcams)
+        return write_report(folder, gradcams=gradcams, force=force)
     except Exception as exc:  # the report is a view of files already written
         if reporter is not None:
             reporter.warn(f"report.html not written ({type(exc).__name__}: {exc})")

@@ -556,6 +556,7 @@ class ReportSettings(Settings):
 
     folder: Path = Path("models/latest")
     output: Path | None = None  # default: FOLDER/report.html
+    force: bool = False  # replace an --output that is not a transfer report
 
     def validated(self) -> ReportSettings:
         if not Path(self.folder).is_dir():
