@@ -77,9 +77,28 @@ def test_train_cli_writes_bundle_and_reports(tiny_split, tmp_path):
     assert result.exit_code == 0, result.output
     assert "validation accuracy" in result.output and "feature cache: miss" in result.output
     assert (tmp_path / "models/cli/model.keras").is_file()
+    assert os.readlink(tmp_path / "models/latest") == "cli" and "note:" not in result.output
     again = runner.invoke(app, ["train", "--data-dir", str(tiny_split), "--output",
                                 str(tmp_path / "models/cli")])
     assert again.exit_code == 1 and "already exists; use --force" in again.output
+    # outside --models-dir: models/latest stays, and the run says so and how to name it
+    away = runner.invoke(app, [
+        "train", "--base", "mobilenet", "--alpha", "0.25", "--weights", "none",
+        "--image-size", "48", "--epochs", "1", "--no-augment", "--data-dir", str(tiny_split),
+        "--models-dir", str(tmp_path / "models"), "--output", str(tmp_path / "away/run")])
+    assert away.exit_code == 0, away.output
+    assert os.readlink(tmp_path / "models/latest") == "cli"
+    assert (f"note: {tmp_path / 'models/latest'} still points at {tmp_path / 'models/cli'}; "
+            f"use --model {tmp_path / 'away/run'}") in " ".join(away.output.split())
+    # --output naming the link itself, or a folder inside a bundle: refused before any work
+    for output, message in (("models/latest", "latest is the link to the newest bundle"),
+                            ("models/cli/sub", "is inside the bundle")):
+        refused = runner.invoke(app, ["train", "--data-dir", str(tiny_split), "--output",
+                                      str(tmp_path / output), "--force"])
+        assert refused.exit_code == 1 and message in " ".join(refused.output.split())
+    assert os.readlink(tmp_path / "models/latest") == "cli"
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["cli", "latest"]
+    assert not (tmp_path / "models/cli/sub").exists()
 
 
 def test_train_cli_unknown_base(tiny_split):

@@ -121,10 +121,26 @@ def write(target: Path, force: bool, model, meta: dict, history: dict, title: st
     return Path(target)
 
 
+LATEST = "latest"  # in a models folder: the link to its newest bundle
+
+
+def check_output_place(output: Path) -> None:
+    """Refuse a bundle folder that would break ``latest`` or another bundle: one named
+    ``latest`` (the link itself), or one inside an existing bundle."""
+    output = Path(output)
+    if output.name == LATEST:
+        raise TransferError(f"--output {output}: {LATEST} is the link to the newest bundle; "
+                            f"name the bundle itself (e.g. --output {output.parent / 'my-model'})")
+    inside = next((p for p in output.absolute().parents if is_bundle(p)), None)
+    if inside is not None:
+        raise TransferError(f"--output {output} is inside the bundle {inside}; choose a folder "
+                            "outside it")
+
+
 def update_latest(target: Path) -> None:
     """Point ``<models>/latest`` at ``target`` (a relative symlink, replaced atomically)."""
     target = Path(target)
-    latest = target.parent / "latest"
+    latest = target.parent / LATEST
     if latest.exists() and not latest.is_symlink():
         return  # a real folder named latest is the user's: leave it alone
     tmp = target.parent / f".latest.tmp-{os.getpid()}"

@@ -441,7 +441,19 @@ def train_cmd(
     if result.skipped:
         out.print(f"skipped {len(result.skipped)} unreadable file(s): listed above and in "
                   f"{result.bundle / 'meta.json'}", highlight=False)
+    _elsewhere(result.bundle, settings.models_dir)
     _gate(result.meta.get("gate"), "validation accuracy")
+
+
+def _elsewhere(target: Path, models_dir: Path) -> None:
+    """A bundle written outside --models-dir: say that the commands' default model
+    (models_dir/latest) is not this one, and how to name it."""
+    latest = Path(models_dir) / "latest"
+    if latest.resolve() == Path(target).resolve():
+        return
+    where = f"still points at {latest.resolve()}" if latest.exists() else "does not exist"
+    out.print(f"note: {latest} {where}; use --model {target} with predict, evaluate, "
+              "explain and export", highlight=False)
 
 
 # --------------------------------------------------------------------------- predict

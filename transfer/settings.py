@@ -367,10 +367,12 @@ class TrainSettings(Settings):
         writable("models_dir", hp.models_dir)
         writable("tensorboard", hp.tensorboard)
         if hp.output is not None:
+            from transfer import bundle
+
             not_a_file("output", hp.output)
+            bundle.check_output_place(hp.output)
             writable("output", hp.output)
             if hp.output.exists():
-                from transfer import bundle
                 from transfer.files import refuse_existing
 
                 refuse_existing(hp.output, hp.force)
