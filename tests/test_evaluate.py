@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import split_images
+from conftest import Recorder, require_asset, split_images
 from five_class import TEST_COUNTS, bundle_data, five_class_bundle, in_memory_bundle
 from PIL import Image
 from typer.testing import CliRunner
@@ -267,3 +267,38 @@ def test_default_data_of_a_folder_split_in_memory(tmp_path_factory, mobilenet_we
     # --data-dir still means every image of that folder
     everything = evaluate(copy, data_dir=Path(data["root"]), output=tmp_path / "all").report
     assert everything["images"] == 36 and everything["subset"] is None
+    # the bundle lists its training images: none in its validation split, 27 in the folder
+    assert report["training_images"] == 0 and everything["training_images"] == 27
+
+
+def test_training_images_shown_again_are_counted_and_said(tmp_path_factory, tmp_path):
+    """The user's folder grew after training (10 more daisies) and evaluate splits it again:
+    some of the new split's validation images are ones the model trained on. The run warns
+    with the count, report.json and report.html carry it."""
+    trained = in_memory_bundle(tmp_path_factory)
+    root = tmp_path / "my_photos"
+    shutil.copytree(trained.meta["data"]["root"], root)
+    copy = tmp_path / "bundle"
+    shutil.copytree(trained.bundle, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["data"]["root"] = str(root)
+    (copy / "meta.json").write_text(json.dumps(meta))
+    flowers = sorted((Path(require_asset("data/flowers")) / "daisy").glob("*.jpg"))
+    for path in flowers[:10]:  # photos the fixture did not take (it took the last 12)
+        shutil.copy(path, root / "daisy" / path.name)
+    recorder = Recorder()
+    result = evaluate(copy, reporter=recorder)
+    _, validate = pipelines.split_in_memory(root, meta["class_names"], 0.25, meta["seed"])
+    trained_names = {p.name for p, _ in trained_files(trained.bundle)}
+    expected = sum(s.path.name in trained_names for s in validate)
+    assert expected > 0  # the new split did move training photos into validation
+    assert result.report["training_images"] == expected
+    assert any(f"{expected} of the {result.report['images']} images are this model's "
+               "training images" in w for w in recorder.warnings), recorder.warnings
+    assert (f"{expected} of the {result.report['images']} images are this model's training "
+            "images") in (copy / "report.html").read_text()
+
+
+def trained_files(bundle_dir: Path) -> list[tuple[Path, str]]:
+    with open(bundle_dir / "train-files.csv", newline="") as handle:
+        return [(Path(row["file"]), row["class"]) for row in csv.DictReader(handle)]

@@ -23,6 +23,7 @@ SCHEMA_VERSION = 1
 META = "meta.json"
 MODEL = "model.keras"
 SETTINGS = "settings.json"  # the resolved settings, to repeat the run (also meta["settings"])
+TRAIN_FILES = "train-files.csv"  # file name and bytes of every training image
 # The fields every bundle's meta.json has, whatever trained it (``meta`` writes them).
 COMMON_FIELDS = ("schema_version", "kind", "class_names", "image_size", "channels",
                  "preprocessing", "metrics", "seed", "command", "settings", "versions",
@@ -147,6 +148,26 @@ def update_latest(target: Path) -> None:
     tmp.unlink(missing_ok=True)
     os.symlink(target.name, tmp)
     os.replace(tmp, latest)
+
+
+def write_train_files(path: Path, files: list[tuple[str, Path]]) -> None:
+    """``train-files.csv``: class, file name and size of each (class, path) the model trained
+    on, so that ``evaluate`` can tell when it is shown them again."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["class", "file", "bytes"])
+        for name, file in files:
+            writer.writerow([name, Path(file).name, Path(file).stat().st_size])
+
+
+def train_files(folder: Path) -> set[tuple[str, int]] | None:
+    """(file name, size) of the bundle's training images; None for a bundle without the list
+    (made before it, or by mnist)."""
+    try:
+        with open(Path(folder) / TRAIN_FILES, newline="") as handle:
+            return {(row["file"], int(row["bytes"])) for row in csv.DictReader(handle)}
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def write_history(path: Path, history: dict[str, list]) -> None:

@@ -136,6 +136,16 @@ def _default_data_dir(meta: dict, model: Path) -> Path:
     return validate
 
 
+def seen_in_training(model: Path, files: list[Path]) -> int | None:
+    """How many of ``files`` the bundle trained on, by file name and size (its
+    ``train-files.csv``): a refetched split, a class folder split again after photos were
+    added, or the training folder itself. None when the bundle keeps no such list."""
+    trained = bundle.train_files(model)
+    if trained is None:
+        return None
+    return sum((path.name, path.stat().st_size) in trained for path in files)
+
+
 def _same_folder(a, b) -> bool:
     return b is not None and Path(a).resolve() == Path(b).resolve()
 
@@ -232,6 +242,11 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
         raise TransferError(f"no readable image in {data_dir}")
     for item in skipped:
         reporter.warn(f"skipped {item['file']}: {item['reason']}")
+    seen = seen_in_training(model, kept)
+    if seen:
+        reporter.warn(f"{seen} of the {len(kept)} images are this model's training images "
+                      "(same file name and size): the accuracy on them overstates how it "
+                      "does on new photos")
     probs = np.stack(probs)
     y = np.asarray(labels)
     predicted = probs.argmax(axis=1)
@@ -263,6 +278,8 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
         "engine": engine.info.as_dict(),
         "is_training_validation_folder": in_memory or _same_folder(data_dir,
                                                                    bundle.validate_dir(meta)),
+        # how many of the images the model trained on (None: the bundle keeps no list)
+        "training_images": seen,
         "seconds": round(time.perf_counter() - started, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

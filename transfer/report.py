@@ -73,6 +73,7 @@ figcaption { color: #5a6473; font-size: .85rem; }
 .grid { display: flex; flex-wrap: wrap; gap: .75rem; }
 .grid figure { width: 230px; margin: 0; }
 .muted { color: #5a6473; }
+.warn { color: #8a3b00; font-weight: 600; }
 details summary { cursor: pointer; color: #2456a6; }
 footer { color: #5a6473; font-size: .8rem; margin-top: 2.5rem; }
 """
@@ -396,6 +397,10 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
                 f"<b>{_e(evaluation.get('data_dir'))}</b>"
                 f"{' (the training validation folder)' if evaluation.get('is_training_validation_folder') else ''}"  # noqa: E501
                 f", {_e(evaluation.get('created') or '')}.</p>")
+        if evaluation.get("training_images"):
+            run += (f"<p class=\"warn\">{evaluation['training_images']} of the "
+                    f"{evaluation.get('images')} images are this model's training images: the "
+                    "accuracy on them overstates how it does on new photos.</p>")
     if meta.get("settings"):
         run += ("<details open><summary>Resolved settings</summary><pre class=\"settings\">"
                 f"{_e(json.dumps(meta['settings'], indent=2, sort_keys=True))}</pre></details>")

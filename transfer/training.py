@@ -303,6 +303,8 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
         preview_augment(run.usable("train"), settings.augment, run.size,
                         Path(folder) / PREVIEW_PNG, seed=settings.seed,
                         pipeline="features" if run.use_cache else settings.pipeline)
+        bundle.write_train_files(Path(folder) / bundle.TRAIN_FILES,
+                                 [(run.names[s.label], s.path) for s in run.usable("train")])
 
     meta["workers"] = cluster.workers if cluster is not None else 1
     if cluster is not None:
