@@ -50,6 +50,7 @@ def places(tmp_path):
                                                   "preprocessing": {"mode": "tf"}}))
     (tmp_path / "user-folder").mkdir()
     (tmp_path / "user-folder" / "notes.txt").write_text("mine\n")
+    (tmp_path / "user-folder" / "augment-preview.png").write_bytes(b"an earlier preview")
     (tmp_path / "empty-data" / "train").mkdir(parents=True)
     (tmp_path / "existing.csv").write_text("file,label\n")
     (tmp_path / "photo.jpg").write_bytes(b"not really a jpeg")
@@ -114,6 +115,9 @@ CASES = [
     ("train --output {bundle}", 1, "already exists; use --force"),
     ("train --output {folder} --force", 1, "is not a model bundle; refusing"),
     ("train --tensorboard {file}", 1, "is a file, not a folder"),
+    ("train --data-dir {ro} --preview-augment", 1, "cannot write in /sys"),
+    ("train --data-dir {folder} --preview-augment", 1,
+     "augment-preview.png already exists; use --force"),
     # predict
     ("predict", 2, "Missing argument"),
     ("predict {photo} --format xml", 2, "'xml' is not one of"),

@@ -366,6 +366,13 @@ class TrainSettings(Settings):
             not_a_file(name, getattr(hp, name))
         writable("models_dir", hp.models_dir)
         writable("tensorboard", hp.tensorboard)
+        if hp.preview_augment:  # written into the data folder at the end: checked now
+            from transfer.files import refuse_existing
+            from transfer.preview import PREVIEW_PNG
+
+            preview = Path(hp.data_dir) / PREVIEW_PNG
+            writable("preview_augment", preview, file=True)
+            refuse_existing(preview, hp.force, "--preview-augment:")
         if hp.output is not None:
             from transfer import bundle
 
