@@ -93,5 +93,14 @@ def test_balanced_accuracy_and_macro_f1_on_unbalanced_classes_by_hand():
     # c has images but is never predicted, d is predicted but has none: F1 0, not undefined
     assert rows["c"] == {"precision": None, "recall": 0.0, "f1": 0.0, "support": 2}
     assert rows["d"] == {"precision": 0.0, "recall": None, "f1": 0.0, "support": 0}
-    assert metrics.macro_average(rows)["f1"] == pytest.approx((f1_a + f1_b) / 4)
+    # macro averages over the same four classes, undefined counting 0 (scikit-learn's
+    # average="macro", zero_division=0): precision 0/0 of c and recall 0/0 of d count 0
+    assert metrics.macro_average(rows) == {"precision": pytest.approx((8 / 12 + 1 / 4) / 4),
+                                           "recall": pytest.approx((8 / 11 + 1 / 4) / 4),
+                                           "f1": pytest.approx((f1_a + f1_b) / 4)}
+    # one class in the images, one photo predicted as the other: all three on both classes
+    one = metrics.per_class(np.array([[19, 1], [0, 0]]), ["cats", "dogs"])
+    assert metrics.macro_average(one) == {"precision": pytest.approx(1 / 2),
+                                          "recall": pytest.approx(19 / 20 / 2),
+                                          "f1": pytest.approx(38 / 39 / 2)}
     assert metrics.balanced_accuracy(matrix) != pytest.approx(np.trace(matrix) / matrix.sum())

@@ -35,13 +35,16 @@ def per_class(matrix: np.ndarray, names: list[str]) -> dict[str, dict]:
 
 
 def macro_average(rows: dict[str, dict]) -> dict[str, float | None]:
-    """Unweighted mean of each metric over the classes where it is defined (macro F1: the
-    mean F1 of the classes present in the labels or the predictions)."""
-    result = {}
-    for key in ("precision", "recall", "f1"):
-        values = [r[key] for r in rows.values() if r[key] is not None]
-        result[key] = float(np.mean(values)) if values else None
-    return result
+    """Unweighted mean of precision, recall and F1 over one set of classes: those present in
+    the labels or the predictions (F1 defined), an undefined precision or recall counting 0.
+    scikit-learn's ``precision_recall_fscore_support(average="macro", zero_division=0)``:
+    a class predicted but absent from the images pulls all three down alike (before, its
+    undefined recall was left out of the recall mean only)."""
+    present = [r for r in rows.values() if r["f1"] is not None]
+    if not present:
+        return {"precision": None, "recall": None, "f1": None}
+    return {key: float(np.mean([r[key] or 0.0 for r in present]))
+            for key in ("precision", "recall", "f1")}
 
 
 def balanced_accuracy(matrix: np.ndarray) -> float | None:
