@@ -6,8 +6,13 @@ import socket
 from pathlib import Path
 
 import pytest
-from test_datasets import RecordingReporter, Server
+import requests
+from conftest import missing
+from test_datasets import FakeKaggleApi, RecordingReporter, Server
+from typer.testing import CliRunner
 
+from transfer import sources
+from transfer.cli import app
 from transfer.datasets import FetchOptions, fetch_data
 from transfer.download import download
 from transfer.errors import TransferError
@@ -98,3 +103,79 @@ def test_a_kept_part_file_is_named_and_exists(tmp_path):
     part = Path(str(dest) + ".part")
     assert str(part) in text and part.is_file() and part.stat().st_size > 0
     assert "run again to resume" in text
+
+
+# --------------------------------------------------------------------------- Kaggle offline
+
+
+class UnreachableKaggleApi(FakeKaggleApi):
+    """The Kaggle client with no way to Kaggle: its calls go out through requests, as the real
+    client's do, and fail there with requests' own errors."""
+
+    def __init__(self, url: str, token: bool = False):
+        super().__init__()
+        self.url, self.token = url, token
+
+    def _call(self):
+        session = requests.Session()
+        session.trust_env = False  # no proxy from the environment: straight to self.url
+        session.get(self.url, timeout=5)
+
+    def authenticate(self):
+        if self.token:  # KAGGLE_API_TOKEN is checked online (the client's IntrospectToken)
+            self._call()
+
+    def competition_download_file(self, competition, file_name, path=None, force=False,
+                                  quiet=False):
+        self._call()
+
+
+def test_kaggle_offline_names_the_cause_and_says_use_archive(no_dns, tmp_path):
+    data = tmp_path / "data"
+    for token in (False, True):  # the download fails, or already the token's check
+        with pytest.raises(TransferError) as info:
+            fetch_data(FetchOptions(source="kaggle", data_dir=data),
+                       kaggle_api_factory=lambda t=token: UnreachableKaggleApi(
+                           "https://api.kaggle.com/v1/DownloadDataFile", token=t))
+        assert one_line(info.value) == ("could not reach Kaggle (its name could not be "
+                                        "resolved): no network? " + sources.OFFLINE_HINT)
+        assert not data.exists()
+    assert no_dns == ["api.kaggle.com", "api.kaggle.com"]
+
+
+def test_kaggle_refused_connection_says_so(tmp_path):
+    url = f"http://127.0.0.1:{_closed_port()}/v1/DownloadDataFile"
+    with pytest.raises(TransferError) as info:
+        fetch_data(FetchOptions(source="kaggle", data_dir=tmp_path / "data"),
+                   kaggle_api_factory=lambda: UnreachableKaggleApi(url))
+    assert one_line(info.value) == ("could not reach Kaggle (Connection refused): no network? "
+                                    + sources.OFFLINE_HINT)
+
+
+def test_kaggle_refusals_keep_their_own_message_not_the_offline_hint(tmp_path):
+    for status, expected in ((401, "Kaggle rejected the credentials (HTTP 401)"),
+                             (403, "Kaggle refused the download (HTTP 403)")):
+        response = requests.Response()
+        response.status_code = status
+        error = requests.HTTPError(f"{status} Client Error", response=response)
+        with pytest.raises(TransferError) as info:
+            fetch_data(FetchOptions(source="kaggle", data_dir=tmp_path / "data"),
+                       kaggle_api_factory=lambda e=error: FakeKaggleApi(error=e))
+        text = one_line(info.value)
+        assert text.startswith(expected) and "no network?" not in text
+
+
+def test_transfer_fetch_data_with_kaggle_credentials_offline(no_dns, tmp_path, monkeypatch):
+    """The user's command, with the real Kaggle client: one line, the cause, the way out."""
+    if not sources.kaggle_installed():
+        missing("the kaggle package is not installed: pip install 'transfer[kaggle]'")
+    monkeypatch.delenv("KAGGLE_API_TOKEN", raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle"))
+    monkeypatch.setenv("KAGGLE_USERNAME", "x")
+    monkeypatch.setenv("KAGGLE_KEY", "y")
+    result = CliRunner().invoke(app, ["fetch-data", "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines()[-1] == (
+        "error: could not reach Kaggle (its name could not be resolved): no network? "
+        + sources.OFFLINE_HINT)
+    assert "Traceback" not in result.output and "HTTPSConnectionPool" not in result.output

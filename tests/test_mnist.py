@@ -245,6 +245,44 @@ def test_bad_inputs(mnist_dir, tmp_path):
         mnist.load("mnist", bad)
 
 
+def test_a_file_that_is_no_npz_says_what_is_expected(mnist_dir, tmp_path):
+    """numpy takes any file but a zip for a pickle and suggests loading it unsafely; --data
+    says instead what the file should be, and loads no pickle."""
+    (_, _), (x_test, y_test) = mnist.load("mnist", mnist_dir)
+    csv = tmp_path / "m.csv"  # real digits, in the CSV layout of Kaggle's digit recognizer
+    rows = [",".join(map(str, [label, *image.ravel()])) for image, label
+            in zip(x_test[:20], y_test[:20], strict=True)]
+    csv.write_text("label," + ",".join(f"pixel{i}" for i in range(784)) + "\n"
+                   + "\n".join(rows) + "\n")
+    real = (mnist_dir / "mnist.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(real[:len(real) // 2])  # an interrupted download
+    (tmp_path / "noise.npz").write_bytes(np.random.default_rng(0).bytes(4096))
+    np.save(tmp_path / "x_test.npy", x_test)  # one array, not the archive
+    for name in ("m.csv", "cut.npz", "noise.npz", "x_test.npy"):
+        with pytest.raises(TransferError) as info:
+            mnist.load("mnist", tmp_path / name)
+        assert str(info.value) == (f"{tmp_path / name} is not an .npz archive; expected "
+                                   f"{mnist.NPZ_LAYOUT}, or a folder with the four MNIST IDX "
+                                   "files")
+    for key in ("x_train", "y_train", "x_test", "y_test", "(N, 28, 28)", "uint8"):
+        assert key in mnist.NPZ_LAYOUT
+
+    objects = {key: np.array([{"a": 1}], dtype=object) for key in mnist.IDX_FILES}
+    np.savez(tmp_path / "objects.npz", **objects)  # a zip, but of pickles: never loaded
+    with pytest.raises(TransferError) as info:
+        mnist.load("mnist", tmp_path / "objects.npz")
+    assert "(it holds Python objects)" in str(info.value)
+    assert "allow_pickle" not in str(info.value)
+
+    result = CliRunner().invoke(app, ["mnist", "--data", str(csv), "--output",
+                                      str(tmp_path / "out")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().endswith(f"{csv} is not an .npz archive; expected "
+                                          f"{mnist.NPZ_LAYOUT}, or a folder with the four MNIST "
+                                          "IDX files")
+    assert "allow_pickle" not in result.output and not (tmp_path / "out").exists()
+
+
 def test_evaluate_a_digit_folder(quick, mnist_dir, tmp_path):
     """evaluate with a ten-class softmax model, on a folder holding three of its classes."""
     from transfer.evaluate import evaluate

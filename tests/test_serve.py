@@ -318,6 +318,36 @@ def test_bad_settings_fail_before_anything_starts(tmp_path):
         assert all(m["kind"] == "imagenet" for m in listed["models"])
 
 
+
+def test_a_missing_models_folder_is_named_at_start_up(tmp_path, monkeypatch):
+    """A mistyped --models-dir still serves the ImageNet classifiers, but says so at once;
+    an empty folder that exists is no mistake and starts quietly, as before."""
+    typo = tmp_path / "modles"
+    recorder = Recorder()
+    with serve.serving(ServeSettings(models_dir=typo, imagenet=True, port=0), recorder) as url:
+        listed = httpx.get(url + "api/models", timeout=30).json()
+    assert listed["default"] == "imagenet:mobilenet-1" and listed["models"]
+    assert all(m["kind"] == "imagenet" for m in listed["models"])
+    assert recorder.warnings == [f"no folder {typo} (a typo in --models-dir?): no bundle to "
+                                 "serve, only ImageNet classifiers"]
+    assert not typo.exists()  # serving creates nothing
+
+    empty = tmp_path / "models"
+    empty.mkdir()
+    quiet = Recorder()
+    with serve.serving(ServeSettings(models_dir=empty, imagenet=True, port=0), quiet):
+        pass
+    assert quiet.warnings == []
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # no ImageNet classifier either
+    bare = Recorder()
+    with serve.serving(ServeSettings(models_dir=typo, port=0), bare):
+        pass
+    assert bare.warnings == [f"no folder {typo} (a typo in --models-dir?): no bundle to serve, "
+                             "and no ImageNet classifier is in the Keras cache (or use "
+                             "--imagenet)"]
+
+
 def test_imagenet_mode_gives_a_dog_a_dog_breed(unseen, mobilenet_weights, tmp_path):
     require_asset("keras/models/mobilenet_2_5_224_tf.h5")
     index = json.loads(require_asset("keras/models/imagenet_class_index.json").read_text())

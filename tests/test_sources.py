@@ -83,7 +83,8 @@ def test_microsoft_download_with_the_wrong_checksum_is_refused(real_photos, tmp_
 
 
 def test_kaggle_not_installed_says_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "kaggle", None)  # `import kaggle` fails
+    for name in ("kaggle", "kaggle.api.kaggle_api_extended"):  # even after a real import
+        monkeypatch.setitem(sys.modules, name, None)  # `import kaggle` fails
     assert not sources.kaggle_installed()
     with pytest.raises(TransferError) as info:
         fetch_data(FetchOptions(source="kaggle", data_dir=tmp_path / "data"))

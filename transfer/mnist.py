@@ -12,6 +12,7 @@ import gzip
 import math
 import struct
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,9 @@ DIGIT_NAMES = [str(d) for d in range(10)]
 IDX_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
              "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
 NOISE_SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.5)
+# what --data FILE must hold: the file keras.datasets.mnist.load_data() downloads
+NPZ_LAYOUT = ("a Keras mnist.npz, a zip of the .npy arrays x_train, y_train, x_test, y_test "
+              "(uint8 images (N, 28, 28), labels (N,) 0-9)")
 
 
 @dataclass
@@ -76,16 +80,21 @@ def load(dataset: str = "mnist", data: Path | None = None):
 
 def _read_npz(path: Path) -> dict:
     try:
+        with open(path, "rb") as handle:  # np.load calls all but a zip or a .npy a pickle
+            if not zipfile.is_zipfile(handle):
+                raise TransferError(f"{path} is not an .npz archive; expected {NPZ_LAYOUT}, "
+                                    "or a folder with the four MNIST IDX files")
         with np.load(path, allow_pickle=False) as archive:
             missing = [k for k in IDX_FILES if k not in archive.files]
             if missing:
-                raise TransferError(f"{path} lacks {', '.join(missing)} (a Keras mnist.npz has "
-                                    "x_train, y_train, x_test, y_test)")
+                raise TransferError(f"{path} lacks {', '.join(missing)}; expected {NPZ_LAYOUT}")
             return {k: archive[k] for k in IDX_FILES}
     except TransferError:
         raise
     except Exception as exc:
-        raise TransferError(f"{path} is not a readable .npz file ({exc})") from exc
+        reason = "it holds Python objects" if "allow_pickle" in str(exc) else exc  # never loaded
+        raise TransferError(f"{path} is not a readable .npz file ({reason}); expected "
+                            f"{NPZ_LAYOUT}") from exc
 
 
 def _read_idx_folder(folder: Path) -> dict:

@@ -833,7 +833,12 @@ def _server(settings: ServeSettings, reporter: Reporter):
         reporter.warn(f"listening on all interfaces ({s.host}): anyone who can reach this "
                       "machine can use the models; use --host 127.0.0.1 to keep it local")
     store = app.state.store
-    if not store.bundles() and not store.imagenet_entries():
+    if not s.models_dir.is_dir():  # still served: bundles trained into it later are listed
+        reporter.warn(f"no folder {s.models_dir} (a typo in --models-dir?): no bundle to "
+                      "serve, " + ("only ImageNet classifiers" if store.imagenet_entries() else
+                                   "and no ImageNet classifier is in the Keras cache (or use "
+                                   "--imagenet)"))
+    elif not store.bundles() and not store.imagenet_entries():
         reporter.warn(f"no model to serve: {s.models_dir} holds no bundle (train one with "
                       "`transfer train`) and no ImageNet classifier is in the Keras cache "
                       "(or use --imagenet)")

@@ -16,6 +16,7 @@ import importlib.util
 import io
 import os
 import re
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -163,8 +164,8 @@ def _kaggle_download(competition: str, target: Path, reporter: Reporter,
     try:
         with _keeping_kaggle_env(), contextlib.redirect_stdout(io.StringIO()):
             api.authenticate()
-    except (SystemExit, Exception) as exc:
-        raise TransferError(NO_KAGGLE_CREDENTIALS) from exc
+    except (SystemExit, Exception) as exc:  # KAGGLE_API_TOKEN is checked online: may be offline
+        raise TransferError(_kaggle_offline(exc) or NO_KAGGLE_CREDENTIALS) from exc
     target.mkdir(parents=True, exist_ok=True)
     reporter.info(f"downloading train.zip of the Kaggle competition {competition!r}")
     try:
@@ -180,6 +181,9 @@ def _kaggle_download(competition: str, target: Path, reporter: Reporter,
 
 
 def _kaggle_failure(competition: str, exc: BaseException) -> str:
+    offline = _kaggle_offline(exc)
+    if offline:
+        return offline
     status = _http_status(exc)
     if status == 403:
         return ("Kaggle refused the download (HTTP 403): accept the competition rules at "
@@ -201,3 +205,29 @@ def _http_status(exc: BaseException) -> int | None:
             return candidate
     match = re.search(r"\b(401|403|404)\b", str(exc))
     return int(match.group(1)) if match else None
+
+
+def _kaggle_offline(exc: BaseException) -> str | None:
+    """The line for the Kaggle client not reaching Kaggle, or None for any other failure.
+
+    The client, on requests and urllib3, raises their connection and timeout errors when the
+    name does not resolve, the connection is refused, times out or breaks (the types its own
+    download retries on); an HTTP status (401, 403...) is no network failure.
+    """
+    try:  # the client's own dependencies: without them it cannot have raised these
+        from requests import exceptions as requests_errors
+        from urllib3 import exceptions as urllib3_errors
+    except ImportError:
+        return None
+    network = (requests_errors.ConnectionError, requests_errors.Timeout,
+               requests_errors.ChunkedEncodingError, urllib3_errors.ProtocolError,
+               urllib3_errors.ReadTimeoutError)
+    if not isinstance(exc, network):
+        return None
+    root = exc  # the socket's own error, under urllib3's and requests' wrappers
+    while (inner := root.__cause__ or root.__context__) is not None:
+        root = inner
+    cause = ("its name could not be resolved" if isinstance(root, socket.gaierror)
+             else getattr(root, "strerror", None) or " ".join(str(root).split())
+             or type(root).__name__)
+    return f"could not reach Kaggle ({cause}): no network? {OFFLINE_HINT}"
