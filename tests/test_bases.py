@@ -5,6 +5,7 @@ the NumPy preprocessing of the pipelines equals the in-model layer. None needs t
 from __future__ import annotations
 
 import importlib
+import os
 
 import numpy as np
 import pytest
@@ -123,6 +124,28 @@ def test_missing_imagenet_weights_name_the_file(monkeypatch):
     text = str(info.value)
     assert "mobilenet_5_0_224_tf_no_top.h5" in text and "--weights none" in text
     assert "could not be downloaded" in text and "\n" not in text
+
+
+def test_a_read_only_keras_home_still_gives_its_weights(mobilenet_weights, monkeypatch,
+                                                        tmp_path):
+    """A class's shared, read-only KERAS_HOME holding the weights: Keras itself would look in
+    /tmp/.keras instead (and download, failing offline); the base loads the same weights from
+    the read-only folder."""
+    from unwritable import unwritable_folder
+
+    base = bases.get("mobilenet")
+    expected = bases.build(base, 96, alpha=0.25, weights="imagenet").get_weights()
+    offline(monkeypatch)  # Keras's get_file, even for a file it has: no network from here
+    home = tmp_path / "shared-keras"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / mobilenet_weights.name).symlink_to(mobilenet_weights.resolve())
+    with unwritable_folder(home):
+        monkeypatch.setenv("KERAS_HOME", str(home))
+        assert not os.access(home, os.W_OK)
+        built = bases.build(base, 96, alpha=0.25, weights="imagenet").get_weights()
+    assert len(built) == len(expected)
+    for mine, theirs in zip(built, expected, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
 
 
 # --------------------------------------------------------------------------- CNNs from scratch

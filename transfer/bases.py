@@ -166,6 +166,11 @@ def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
     if include_top and size != base.size:
         raise TransferError(f"the ImageNet classifier of {base.name} needs {base.size} px")
     kwargs["input_shape"] = (size, size, 3)
+    cached = cached_weights(base, alpha, size, include_top) if weights == "imagenet" else None
+    if cached is not None and not os.access(keras_cache_dir().parent, os.W_OK):
+        # Keras looks in /tmp/.keras instead of a read-only KERAS_HOME (a class's shared
+        # weights folder): load the file it would have found there, the same weights
+        weights = str(cached)
     try:
         with warnings.catch_warnings():
             # MobileNet at a size without its own weight file loads the 224 px weights (the
