@@ -40,6 +40,14 @@ def test_both_bundles_and_the_comparison_are_written(compared):
         assert image.size == (1500, 420)
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page and "frozen" in page and "http" not in page
+    # `transfer report` rebuilds it (its own page, also one written before the generator tag)
+    from transfer.report import GENERATOR, made_by_transfer, write_report
+
+    assert write_report(out) == out / "report.html"
+    (out / "report.html").write_text(page.replace(GENERATOR, ""))
+    assert made_by_transfer(out / "report.html")
+    assert write_report(out) == out / "report.html" and GENERATOR in (
+        out / "report.html").read_text()
 
 
 def test_compare_json_holds_each_bundles_own_metrics(compared):
@@ -73,6 +81,13 @@ def test_an_existing_comparison_is_refused_without_force(compared):
                                runs=["frozen"])
     with pytest.raises(TransferError, match="compare.json already exists; use --force"):
         compare(settings)
+    # a report.html of the user's in a new output folder: kept, before any run
+    mine = compared.output.parent / "mine"
+    mine.mkdir()
+    (mine / "report.html").write_text("<p>notes</p>")
+    with pytest.raises(TransferError, match="not a transfer report; use --force"):
+        compare(settings.replace(output=mine))
+    assert (mine / "report.html").read_text() == "<p>notes</p>"
     before = compared.json_path.read_text()
     assert compared.json_path.read_text() == before
 

@@ -872,7 +872,8 @@ def compare_cmd(
                       _pct(row.get("macro_f1")), f"{row.get('seconds', 0):.0f}",
                       f"{row.get('parameters_trained', 0):,}")
     out.print(table)
-    out.print(f"wrote {result.output / 'compare.json'} and compare.png", highlight=False)
+    out.print(f"wrote {result.output / 'compare.json'}, compare.png and report.html",
+              highlight=False)
 
 
 # --------------------------------------------------------------------------- serve, report

@@ -301,11 +301,11 @@ def render_section(data: dict, png: Path | None = None) -> str:
 
 def render_page(data: dict, folder: Path, png: Path | None = None) -> str:
     """A one-file HTML page of a comparison (the report's style, no external resource)."""
-    from transfer.report import STYLE
+    from transfer.report import GENERATOR, STYLE
 
     png = png if png is not None else Path(folder) / COMPARE_PNG
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"{GENERATOR}<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             "<link rel=\"icon\" href=\"data:,\">"
             f"<title>compare: {html.escape(str(data.get('data_dir')))}</title>"
             f"<style>{STYLE}</style></head><body><main>{render_section(data, png)}"

@@ -545,8 +545,9 @@ GENERATOR = '<meta name="generator" content="transfer">'  # marks the reports it
 
 
 def made_by_transfer(path: Path) -> bool:
-    """Whether the file at ``path`` is a report this tool wrote (the generator tag at its
-    head, or the footer of the reports written before the tag), which it may replace."""
+    """Whether the file at ``path`` is a page this tool wrote (the generator tag at its head;
+    for pages written before the tag, a report's footer or a comparison's title), which it
+    may replace."""
     try:
         with open(path, "rb") as f:
             head = f.read(1024)
@@ -555,7 +556,8 @@ def made_by_transfer(path: Path) -> bool:
             tail = f.read()
     except OSError:
         return False
-    return GENERATOR.encode() in head or b"<footer>Made by transfer " in tail
+    return (GENERATOR.encode() in head or b"<title>compare: " in head
+            or b"<footer>Made by transfer " in tail)
 
 
 def check_replaceable(target: Path, force: bool = False) -> None:

@@ -616,6 +616,9 @@ class CompareSettings(Settings):
         from transfer.files import refuse_existing
 
         refuse_existing(Path(self.output) / "compare.json", self.force)
+        from transfer.report import REPORT_HTML, check_replaceable
+
+        check_replaceable(Path(self.output) / REPORT_HTML, self.force)
         return self.replace(runs=runs, data_dir=Path(self.data_dir), output=Path(self.output))
 
 
