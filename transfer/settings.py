@@ -291,6 +291,10 @@ class TrainSettings(Settings):
             return "frozen"
         return self.base if self.base in RECIPES else "scratch"
 
+    def __post_init__(self):
+        if isinstance(self.augment, dict):  # from settings.json: TrainSettings(**json) repeats
+            self.augment = Augment(**self.augment)
+
     def resolved(self) -> TrainSettings:
         """Paths made explicit (train/validate folders under data_dir when they exist; None
         when data_dir holds the class folders themselves) and the recipe's defaults filled."""
