@@ -223,6 +223,12 @@ def test_counts_given_for_class_folders_take_counts(flowers, tmp_path):
     with pytest.raises(TransferError, match="not both"):
         fetch_data(SplitOptions(archive=folder, data_dir=tmp_path / "both",
                                 train_per_class=10, validation_split=0.3))
+    # one count alone: the cats/dogs tour's 1000 / 400 are no size for these classes
+    for alone in ({"test_per_class": 5}, {"train_per_class": 10}, {"validate_per_class": 4}):
+        with pytest.raises(TransferError, match="give both --train-per-class and "
+                                                "--validate-per-class"):
+            fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "alone", **alone))
+        assert not (tmp_path / "alone").exists()
     for bad in (0.0, 1.0, -0.1, float("nan")):
         with pytest.raises(TransferError, match=r"--validation-split must be a fraction in "
                            r"\(0, 1\)"):

@@ -194,7 +194,8 @@ def fetch_data_cmd(
     data_dir: Annotated[Path, typer.Option(help="Where the split goes.")] = _F.data_dir,
     train_per_class: Annotated[int | None, typer.Option(
         help="Training images per class \\[default: 1000 for the cats/dogs photos; a folder of "
-        "class folders is split by --validation-split instead].", show_default=False)
+        "class folders is split by --validation-split instead, or by counts when this and "
+        "--validate-per-class are both given].", show_default=False)
     ] = _F.train_per_class,
     validate_per_class: Annotated[int | None, typer.Option(
         help="Validation images per class \\[default: 400 for the cats/dogs photos].",

@@ -365,6 +365,14 @@ def _split_plan(opts: FetchOptions, layout: str) -> dict:
     Fractions when asked, and by default for a folder of class folders (unless counts were
     given); per-class counts for the cats/dogs layouts (the tour's 1000 + 400) and when given."""
     validation, test = _fractions_asked(opts)
+    if layout == CLASS_FOLDERS and _counts_asked(opts) and (
+            getattr(opts, "train_per_class", None) is None
+            or getattr(opts, "validate_per_class", None) is None):
+        # the 1000 / 400 defaults are the cats/dogs tour's, not a size for anyone's classes
+        raise TransferError(
+            "a folder of class folders is split by fraction (--validation-split, "
+            "--test-split); to split it by counts give both --train-per-class and "
+            "--validate-per-class (and --test-per-class if you want a test split)")
     if validation is not None or test is not None or (
             layout == CLASS_FOLDERS and not _counts_asked(opts)):
         return {"mode": "fractions",
