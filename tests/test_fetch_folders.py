@@ -133,6 +133,18 @@ def test_folder_of_class_folders_is_split_by_fraction(flowers, tmp_path):
     assert not (flowers / ".cache").exists()  # the source folder is never written to
 
 
+def test_the_augmentation_preview_train_left_in_the_folder_is_no_photo(flowers, tmp_path):
+    """`train --preview-augment` writes augment-preview.png beside the class folders; a later
+    fetch-data of that folder (and training on it) leaves it out, as it does heatmaps."""
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=10, classes=FLOWERS[:2])
+    shutil.copy(next((folder / FLOWERS[0]).iterdir()), folder / "augment-preview.png")
+    fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "data"))
+    assert sizes(tmp_path / "data") == per_class(8, 2, classes=FLOWERS[:2])
+    with pytest.raises(TransferError, match="at the top, in no class folder"):  # a photo is
+        shutil.copy(next((folder / FLOWERS[0]).iterdir()), folder / "loose.jpg")
+        fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "again"))
+
+
 @pytest.mark.parametrize("prefix", ["", "flower_photos/", "photos/2024/spring/"],
                          ids=["flat", "top-folder", "deep"])
 def test_zip_of_class_folders_at_any_depth_gives_the_folder_split(flowers, tmp_path, prefix):

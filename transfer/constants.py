@@ -13,6 +13,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
                   ".pgm")
 # What `transfer explain` writes next to an image; never a training photo.
 GRADCAM_SUFFIX = ".gradcam.png"
+# What `train --preview-augment` writes into the data folder; never a photo either.
+PREVIEW_PNG = "augment-preview.png"
 # System files that sit in photo folders and are never images: ignored silently.
 SYSTEM_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"})
 
@@ -24,7 +26,8 @@ def is_hidden_or_system(name: str) -> bool:
 
 
 def is_image_name(name: str) -> bool:
-    """True when ``name`` has an image suffix and is neither hidden, a system file nor a heatmap."""
+    """True when ``name`` has an image suffix and is neither hidden, a system file, a heatmap
+    nor an augmentation preview (the tool's own pictures)."""
     pure = PurePath(name)
     return (pure.suffix.lower() in IMAGE_SUFFIXES and not is_hidden_or_system(pure.name)
-            and not pure.name.endswith(GRADCAM_SUFFIX))
+            and not pure.name.endswith(GRADCAM_SUFFIX) and pure.name != PREVIEW_PNG)

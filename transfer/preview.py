@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from transfer.constants import PREVIEW_PNG
 from transfer.errors import TransferError
 from transfer.files import replacing
 from transfer.settings import PIPELINES, Augment
 
-PREVIEW_PNG = "augment-preview.png"
 # Whose random transforms a preview draws: the end-to-end pipelines' (--pipeline) or the
 # feature pass's (a frozen base trained on cached augmented copies).
 ROUTES = (*PIPELINES, "features")

@@ -371,8 +371,8 @@ class TrainSettings(Settings):
         writable("models_dir", hp.models_dir)
         writable("tensorboard", hp.tensorboard)
         if hp.preview_augment:  # written into the data folder at the end: checked now
+            from transfer.constants import PREVIEW_PNG
             from transfer.files import refuse_existing
-            from transfer.preview import PREVIEW_PNG
 
             preview = Path(hp.data_dir) / PREVIEW_PNG
             writable("preview_augment", preview, file=True)
