@@ -180,7 +180,7 @@ def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
     except TransferError:
         raise
     except Exception as exc:
-        if weights == "imagenet" and cached_weights(base, alpha, size, include_top) is None:
+        if weights == "imagenet" and cached is None:
             wanted = base.weight_file(alpha, size, include_top)
             raise TransferError(
                 f"ImageNet weights for {base.keras_class} could not be downloaded ({exc}); "

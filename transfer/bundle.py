@@ -150,14 +150,13 @@ def update_latest(target: Path) -> None:
     os.replace(tmp, latest)
 
 
-def write_train_files(path: Path, files: list[tuple[str, Path]]) -> None:
-    """``train-files.csv``: class, file name and size of each (class, path) the model trained
-    on, so that ``evaluate`` can tell when it is shown them again."""
+def write_train_files(path: Path, rows: list[tuple[str, str, int]]) -> None:
+    """``train-files.csv``: (class, file name, bytes) of each image the model trained on, so
+    that ``evaluate`` can tell when it is shown them again."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["class", "file", "bytes"])
-        for name, file in files:
-            writer.writerow([name, Path(file).name, Path(file).stat().st_size])
+        writer.writerows(rows)
 
 
 def train_files(folder: Path) -> set[tuple[str, int]] | None:

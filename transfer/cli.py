@@ -450,7 +450,9 @@ def train_cmd(
 def _elsewhere(target: Path, models_dir: Path) -> None:
     """A bundle written outside --models-dir: say that the commands' default model
     (models_dir/latest) is not this one, and how to name it."""
-    latest = Path(models_dir) / "latest"
+    from transfer.bundle import LATEST
+
+    latest = Path(models_dir) / LATEST
     if latest.resolve() == Path(target).resolve():
         return
     where = f"still points at {latest.resolve()}" if latest.exists() else "does not exist"

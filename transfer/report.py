@@ -36,6 +36,7 @@ import numpy as np
 from transfer.errors import TransferError
 
 REPORT_HTML = "report.html"
+GENERATOR = '<meta name="generator" content="transfer">'  # marks the pages it may replace
 GRADCAMS = 4  # Grad-CAM overlays computed for a bundle's report
 THUMB_SIDE = 224  # px: the longest side of a Grad-CAM picture in the report
 PICTURES = {  # other pictures a run may have drawn, with a caption
@@ -539,9 +540,6 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
             "<link rel=\"icon\" href=\"data:,\">"
             f"<title>{_e(title)}: transfer report</title><style>{STYLE}</style></head>"
             f"<body><main>{''.join(parts)}{footer}</main></body></html>\n")
-
-
-GENERATOR = '<meta name="generator" content="transfer">'  # marks the reports it may replace
 
 
 def made_by_transfer(path: Path) -> bool:

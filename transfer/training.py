@@ -299,18 +299,22 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
     from transfer import report
     from transfer.preview import PREVIEW_PNG, preview_augment
 
-    def preview(folder):  # what the network saw: a few photos beside augmented versions
-        preview_augment(run.usable("train"), settings.augment, run.size,
+    def extras(folder):  # besides the model: what the network saw, and what it trained on
+        usable = run.usable("train")
+        preview_augment(usable, settings.augment, run.size,
                         Path(folder) / PREVIEW_PNG, seed=settings.seed,
                         pipeline="features" if run.use_cache else settings.pipeline)
-        bundle.write_train_files(Path(folder) / bundle.TRAIN_FILES,
-                                 [(run.names[s.label], s.path) for s in run.usable("train")])
+        trained = {s.path for s in usable}  # sizes as the plan read them (the cache's key)
+        bundle.write_train_files(Path(folder) / bundle.TRAIN_FILES, [
+            (run.names[s.label], s.path.name, size)
+            for s, (_, size, _) in zip(run.train, run.train_files, strict=True)
+            if s.path in trained])
 
     meta["workers"] = cluster.workers if cluster is not None else 1
     if cluster is not None:
         meta["per_worker"] = worker_meta(run, feats, fit, cluster)
     bundle.write(run.target, settings.force, built.full, meta, fit.history,
-                 title=f"{run.base.name} on {run.root}", extra=preview)
+                 title=f"{run.base.name} on {run.root}", extra=extras)
     shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     if settings.preview_augment:
         shutil.copyfile(run.target / PREVIEW_PNG, Path(settings.data_dir) / PREVIEW_PNG)
