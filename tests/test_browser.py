@@ -254,3 +254,26 @@ def test_imagenet_default_shows_a_dog_breed_for_a_dog(watched, photos, mobilenet
         assert result.locator(".bar").count() == 3
         page.wait_for_selector(".result img.gradcam")
     assert watched.errors == []
+
+
+def test_api_docs_render_with_no_network(watched, server):
+    """/docs is Swagger UI from the installed package: with every request off the server
+    refused, it renders the operations of /openapi.json (FastAPI's own page needs a CDN)."""
+    blocked: list[str] = []
+
+    def guard(route):
+        if route.request.url.startswith(server):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    watched.context.route("**/*", guard)
+    page = watched.page
+    assert page.goto(f"{server}docs").status == 200
+    page.locator(".opblock-summary-path").first.wait_for()
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert {"/api/health", "/api/models", "/api/predict", "/api/explain"} <= {
+        p.replace("\u200b", "").strip() for p in paths}
+    assert "transfer serve" in page.locator(".info .title").inner_text()
+    assert blocked == [] and watched.errors == []

@@ -78,7 +78,10 @@ def test_health_and_models(client, trained_bundle):
     # the ImageNet classifier whose weights (with the top) are in the Keras cache
     imagenet = [m for m in listed["models"] if m["kind"] == "imagenet"]
     assert "imagenet:mobilenet-0.25" in {m["name"] for m in imagenet}
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")  # Swagger UI from the installed package, not a CDN
+    assert docs.status_code == 200 and "cdn." not in docs.text
+    script = client.get("/docs-assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and "SwaggerUIBundle" in script.text
     assert "/api/predict" in client.get("/openapi.json").json()["paths"]
     page = client.get("/")
     assert page.status_code == 200 and 'id="file-input"' in page.text

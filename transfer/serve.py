@@ -38,6 +38,7 @@ body over ``max_upload_mb`` is 413.
 import asyncio
 import contextlib
 import functools
+import importlib.util
 import json
 import socket
 import tempfile
@@ -600,6 +601,24 @@ class _Busy(Exception):
     pass
 
 
+DOCS_ASSETS = "/docs-assets"
+
+
+def swagger_assets() -> Path | None:
+    """The folder of Swagger UI's script and style in the ``fastapi-swagger`` package (a
+    dependency; Swagger UI 5, which renders FastAPI's OpenAPI 3.1), or None without it: then
+    ``/docs`` is FastAPI's own page, which loads them from a CDN."""
+    try:
+        spec = importlib.util.find_spec("fastapi_swagger")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "resources"
+    needed = ("swagger-ui-bundle.js", "swagger-ui.css")
+    return folder if all((folder / name).is_file() for name in needed) else None
+
+
 def create_app(settings: ServeSettings):
     """The FastAPI application of ``transfer serve``.
 
@@ -637,7 +656,9 @@ def create_app(settings: ServeSettings):
         yield
         worker.close()
 
+    swagger = swagger_assets()
     app = FastAPI(title="transfer serve", version=__version__, lifespan=lifespan,
+                  docs_url=None if swagger else "/docs",
                   description="Classify photos with the bundles of a models folder or an "
                               "ImageNet classifier; Grad-CAM pictures; run reports.")
     app.state.store = store
@@ -774,6 +795,18 @@ def create_app(settings: ServeSettings):
                                      "Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    if swagger:  # Swagger UI from the installed package, so /docs works with no network
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs():
+            return get_swagger_ui_html(  # relative URLs: right behind a path prefix too
+                openapi_url="openapi.json", title=f"{app.title} - API",
+                swagger_js_url=f"{DOCS_ASSETS[1:]}/swagger-ui-bundle.js",
+                swagger_css_url=f"{DOCS_ASSETS[1:]}/swagger-ui.css",
+                swagger_favicon_url=f"{DOCS_ASSETS[1:]}/favicon-32x32.png")
+
+        app.mount(DOCS_ASSETS, StaticFiles(directory=swagger), name="docs-assets")
 
     app.add_middleware(BodyLimit, limit_mb=s.max_upload_mb)
     return app
