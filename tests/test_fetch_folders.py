@@ -312,25 +312,80 @@ def test_webp_and_tiff_photos_are_placed_like_any_photo(flowers, tmp_path):
     assert reasons["daisy/icon.png"] == "format ICO is not readable by the training pipelines yet"
 
 
-def test_same_class_folder_at_several_places_is_one_class(flowers, tmp_path):
+def test_sub_folders_of_a_class_folder_belong_to_it_as_in_train(flowers, tmp_path):
+    """daisy/2023/1.jpg is a daisy (not a class "2023"), in fetch-data as in train: the same
+    folder and seed give the same split."""
+    from transfer.pipelines import split_in_memory
+
     folder = tmp_path / "photos"
     daisy = sorted((flowers / "daisy").iterdir())
     roses = sorted((flowers / "roses").iterdir())
-    for year, photos in (("2023", daisy[:5] + roses[:5]), ("2024", daisy[5:10] + roses[5:10])):
-        for photo in photos:
-            (folder / year / photo.parent.name).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(photo, folder / year / photo.parent.name / photo.name)
-    shutil.copyfile(daisy[11], folder / "2024/daisy" / daisy[0].name)  # same name, other photo
+    for cls, photos in (("daisy", daisy), ("roses", roses)):
+        for year, chosen in (("2023", photos[:5]), ("2024", photos[5:10])):
+            (folder / cls / year).mkdir(parents=True)
+            for photo in chosen:
+                shutil.copyfile(photo, folder / cls / year / photo.name)
+    shutil.copyfile(daisy[11], folder / "daisy/2024" / daisy[0].name)  # same name, other photo
+    shutil.copyfile(roses[12], folder / "roses" / roses[12].name)  # and one at the class's top
     data = tmp_path / "data"
     result = fetch_data(FetchOptions(archive=folder, data_dir=data))
     manifest = manifest_of(data)
     assert manifest["classes"] == ["daisy", "roses"]
-    assert manifest["usable"] == {"daisy": 11, "roses": 10}
+    assert manifest["usable"] == {"daisy": 11, "roses": 11}
     assert sum(result.counts[s]["daisy"] for s in result.counts) == 11
     stem = daisy[0].stem
     (renamed, source), = manifest["renamed"].items()  # one kept under a new name
-    assert renamed.endswith(f"/daisy/{stem}-2.jpg") and source.endswith(f"daisy/{daisy[0].name}")
+    assert renamed.endswith(f"/daisy/{stem}-2.jpg") and source.startswith("daisy/")
     assert (data / renamed).read_bytes() == (folder / source).read_bytes()
+    train, validate = split_in_memory(folder, ["daisy", "roses"], 0.2, 42)
+    for split, samples in (("train", train), ("validate", validate)):
+        by_train = sorted((["daisy", "roses"][s.label], s.path.read_bytes()) for s in samples)
+        by_fetch = sorted((cls.name, f.read_bytes()) for cls in (data / split).iterdir()
+                          for f in cls.iterdir())
+        assert by_train == by_fetch  # the same photos on the same side
+
+
+def test_split_folders_of_a_download_are_merged_by_class(flowers, tmp_path):
+    """cats_and_dogs_filtered-style downloads: train/ and validation/ hold the class folders."""
+    daisy = sorted((flowers / "daisy").iterdir())
+    roses = sorted((flowers / "roses").iterdir())
+    members = {f"download/{split}/{cls}/{p.name}": p.read_bytes()
+               for split, part in (("train", slice(0, 8)), ("validation", slice(8, 12)))
+               for cls, photos in (("daisy", daisy), ("roses", roses)) for p in photos[part]}
+    archive = make_zip(tmp_path / "download.zip", members)
+    data = tmp_path / "data"
+    fetch_data(FetchOptions(archive=archive, data_dir=data))
+    manifest = manifest_of(data)
+    assert manifest["classes"] == ["daisy", "roses"]
+    assert manifest["usable"] == {"daisy": 12, "roses": 12}
+    with pytest.raises(TransferError, match=r"train/ holds images in no class folder"):
+        unlabelled = dict(members, **{"download/train/loose.jpg": daisy[20].read_bytes()})
+        fetch_data(FetchOptions(archive=make_zip(tmp_path / "loose.zip", unlabelled),
+                                data_dir=tmp_path / "loose"))
+
+
+def test_kaggle_names_sorted_into_folders_take_the_folders_class(kaggle_zip, tmp_path):
+    """A student moved dogs the model called cats (suspects.csv) into cats/: the folder, not
+    the dog.N name, is the label; so are black/ and white/ folders of cat.N photos."""
+    with zipfile.ZipFile(kaggle_zip) as source:
+        def photo(name):
+            return source.read(f"train/{name}")
+
+        members = {f"pets/cats/cat.{i}.jpg": photo(f"cat.{i}.jpg") for i in range(10)}
+        members.update({f"pets/dogs/dog.{i}.jpg": photo(f"dog.{i}.jpg") for i in range(3, 13)})
+        members.update({f"pets/cats/dog.{i}.jpg": photo(f"dog.{i}.jpg") for i in range(3)})
+        two_cats = {f"bw/{c}/cat.{i}.jpg": photo(f"cat.{i}.jpg")
+                    for c, r in (("black", range(6)), ("white", range(6, 12))) for i in r}
+    for name, content in (("pets", members), ("bw", two_cats)):
+        folder = tmp_path / name
+        for member, data in content.items():
+            (tmp_path / member).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / member).write_bytes(data)
+        fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / f"{name}-data"))
+    pets = listing(tmp_path / "pets-data")
+    assert manifest_of(tmp_path / "pets-data")["usable"] == {"cats": 13, "dogs": 10}
+    assert {f"dog.{i}.jpg" for i in range(3)} <= set(pets["train/cats"] + pets["validate/cats"])
+    assert manifest_of(tmp_path / "bw-data")["classes"] == ["black", "white"]
 
 
 # --------------------------------------------------------------------------- refused before work
@@ -405,7 +460,7 @@ def test_a_class_left_with_one_usable_image_stops_with_one_line(flowers, tmp_pat
      r"folder named after the class"),
     ({"photos/x.jpg": 0, "photos/daisy/b.jpg": 1, "photos/roses/c.jpg": 2},
      r"photos/ holds images and also the class folder photos/daisy/"),
-    ({"a/Daisy/x.jpg": 0, "b/daisy/y.jpg": 1, "b/roses/z.jpg": 2},
+    ({"train/Daisy/x.jpg": 0, "validation/daisy/y.jpg": 1, "validation/roses/z.jpg": 2},
      r"the class folders Daisy and daisy differ only in case"),
 ], ids=["kaggle-and-class-folders", "images-at-top", "images-beside-class-folders",
         "case-clash"])
@@ -556,13 +611,20 @@ def test_interrupted_fraction_split_keeps_the_previous_split(flowers, tmp_path, 
     assert fetch_data(FetchOptions(archive=folder, data_dir=data)).noop
 
 
-def test_symbolic_links_are_never_followed(flowers, tmp_path):
+def test_symbolic_links_are_followed_as_train_follows_them(flowers, tmp_path):
+    from transfer.pipelines import class_names, image_files
+
     folder = copy_classes(flowers, tmp_path / "flowers", per_class=5, classes=TWO)
-    outside = copy_classes(flowers, tmp_path / "outside", per_class=5, classes=["tulips"])
-    (folder / "daisy/link.jpg").symlink_to(outside / "tulips" / next(
-        (outside / "tulips").iterdir()).name)
-    (folder / "tulips").symlink_to(outside / "tulips", target_is_directory=True)
+    outside = copy_classes(flowers, tmp_path / "outside", per_class=6, classes=["tulips"])
+    tulip = sorted((outside / "tulips").iterdir())[0]
+    (folder / "daisy/link.jpg").symlink_to(tulip)  # a linked photo
+    (folder / "tulips").symlink_to(outside / "tulips", target_is_directory=True)  # a class
+    (folder / "roses/more").symlink_to(outside / "tulips", target_is_directory=True)
+    (outside / "tulips/loop").symlink_to(outside, target_is_directory=True)  # back up: a loop
+    (folder / "daisy/broken.jpg").symlink_to(tmp_path / "gone.jpg")
     result = fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "data"))
-    assert manifest_of(tmp_path / "data")["classes"] == list(TWO)
-    assert manifest_of(tmp_path / "data")["usable"] == {"daisy": 5, "roses": 5}
+    assert manifest_of(tmp_path / "data")["classes"] == ["daisy", "roses", "tulips"]
+    assert manifest_of(tmp_path / "data")["usable"] == {"daisy": 6, "roses": 11, "tulips": 6}
     assert result.skipped == []
+    assert class_names(folder) == ["daisy", "roses", "tulips"]  # train sees the same
+    assert [len(image_files(folder / c)) for c in ("daisy", "roses", "tulips")] == [6, 11, 6]

@@ -9,9 +9,10 @@ recognised (`sort_into_classes`):
   unlabelled photos beside them is ignored);
 - ``folders``: Microsoft's PetImages, ``PetImages/Cat/12.jpg`` and ``PetImages/Dog/7.jpg``
   (cats and dogs);
-- ``class-folders``: any folder of class folders: the class of an image is the name of the
-  folder that directly holds it, at any depth (``daisy/1.jpg``, ``photos/2024/daisy/1.jpg``);
-  folders of the same name are one class.
+- ``class-folders``: any folder of class folders, read as ``train`` reads it: each folder at
+  the top is a class and holds its images at any depth (``daisy/1.jpg``, ``daisy/2023/2.jpg``);
+  a lone wrapping folder is stepped into (``photos/2024/daisy/1.jpg``), and split folders
+  (``train/cats``, ``validation/cats``) are merged by class.
 
 Hidden and system files and folders (``.DS_Store``, ``Thumbs.db``, ``._x``, ``__MACOSX/``)
 are ignored silently, as are files without an image suffix. ``check_image`` decodes a photo
@@ -36,7 +37,7 @@ from pathlib import Path, PurePosixPath
 
 from transfer.constants import is_hidden_or_system, is_image_name
 from transfer.errors import TransferError
-from transfer.files import sha256_file
+from transfer.files import sha256_file, walk
 
 CLASSES = ("cats", "dogs")
 # The image formats (Pillow's names) a split may hold: every format of the suffixes the one
@@ -207,27 +208,16 @@ class ZipImages(ImageSource):
 
 
 class FolderImages(ImageSource):
-    """A folder of photos (either layout); symbolic links are ignored, never followed."""
+    """A folder of photos (any layout); symbolic links are followed, as ``train`` follows
+    them in the same folder (``files.walk``: no loops)."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
 
     def _scan(self) -> tuple[list[str], list[str]]:
-        """(files, folders) under the root, relative, in POSIX form; hidden and system folders
-        and symbolic links are left out."""
-        files, folders = [], []
-        for folder, dirs, names in os.walk(self.root, followlinks=False):
-            here = Path(folder)
-            dirs[:] = sorted(d for d in dirs
-                             if not _ignored_folder(d) and not (here / d).is_symlink())
-            rel = here.relative_to(self.root).as_posix()
-            if rel != ".":
-                folders.append(rel)
-            for name in sorted(names):
-                path = here / name
-                if not path.is_symlink():
-                    files.append(path.relative_to(self.root).as_posix())
-        return files, folders
+        """(files, folders) under the root, relative, in POSIX form; hidden and system
+        folders are left out."""
+        return walk(self.root, skip_folder=_ignored_folder)
 
     def candidates(self) -> dict[str, list[str]]:
         files, folders = self._scan()
@@ -269,6 +259,11 @@ def sort_into_classes(files: Iterable[str], folders: Iterable[str] = (),
     sorted by path. Hidden and system files and folders, and files without an image suffix,
     are left out silently.
 
+    Kaggle's ``cat.N.jpg`` names give the class only while they all lie in one folder (Kaggle's
+    ``train/``): once a user has sorted them into folders, the folders say the class (a
+    mislabelled dog moved into ``cats/`` is a cat). Class folders as ``train`` reads them
+    (`class_folders`).
+
     Raises:
         TransferError: no image at all; images at the top (or in a folder that also holds
             class folders) beside class folders; a Kaggle cat.N/dog.N folder beside class
@@ -283,15 +278,38 @@ def sort_into_classes(files: Iterable[str], folders: Iterable[str] = (),
     others = [p for p in images if not _KAGGLE_NAME.match(PurePosixPath(p).name)]
     if kaggle:
         others = [p for p in others if _folder_name(p) != _KAGGLE_UNLABELLED]
-    if all(_folder_name(p) in _PETIMAGES_FOLDERS for p in others):
+    one_folder = len({_parent(p) for p in kaggle}) <= 1
+    if one_folder and all(_folder_name(p) in _PETIMAGES_FOLDERS for p in others):
         found = {cls: [paths[p] for p in kaggle + others if classify(p) == cls] for cls in CLASSES}
         return (PETIMAGES if others else KAGGLE), found
     known = [*(_posix(f) for f in folders), *(_parent(p) for p in paths)]
-    classes = _class_folders(images, known, where)
+    classes = class_folders(images, known, where, kaggle_folder=one_folder and bool(kaggle))
     return CLASS_FOLDERS, {cls: [paths[p] for p in names] for cls, names in classes.items()}
 
 
-def _class_folders(images: list[str], folders: list[str], where: str) -> dict[str, list[str]]:
+# Folders that hold a split, not a class: a download's train/ and validation/ (cats_and_dogs_
+# filtered, most Kaggle data sets) has its class folders one level down.
+SPLIT_FOLDERS = frozenset({"train", "training", "validate", "validation", "valid", "val",
+                           "test", "testing"})
+
+
+def class_folders(images: list[str], folders: list[str], where: str,
+                  kaggle_folder: bool = False) -> dict[str, list[str]]:
+    """{class: [image, ...]} of images laid out in class folders, as ``train`` reads a folder:
+    every folder at the top is a class, and the images in its sub-folders belong to it
+    (``daisy/2023/1.jpg`` is a daisy). Two exceptions, for downloads: a lone folder wrapping
+    everything is stepped into (``flower_photos/daisy/1.jpg``, at any depth), and top folders
+    that are all split names (``train/``, ``validation/``, ``test/``) hold the class folders,
+    which are then merged by name (``train/cats`` and ``validation/cats`` are one class).
+
+    ``folders`` are every folder known (empty ones too). ``kaggle_folder``: Kaggle's cat.N and
+    dog.N names all lie in one folder, which must then not sit beside class folders."""
+    known = set()
+    for folder in folders:
+        folder = folder.rstrip("/")
+        if folder and not _in_ignored_folder(folder + "/x"):
+            known.add(folder)
+            known.update(str(p) for p in PurePosixPath(folder).parents if str(p) != ".")
     holding: dict[str, list[str]] = {}
     for path in images:
         holding.setdefault(_parent(path), []).append(path)
@@ -299,22 +317,49 @@ def _class_folders(images: list[str], folders: list[str], where: str) -> dict[st
         raise TransferError(
             f"{where} has images at the top, in no class folder ({_some(holding[''])}): put "
             "each class's images in a folder named after the class, e.g. daisy/1.jpg")
-    for folder in sorted(holding):
-        kinds = {PurePosixPath(p).name.split(".")[0].lower() for p in holding[folder]
-                 if _KAGGLE_NAME.match(PurePosixPath(p).name)}
-        if kinds == {"cat", "dog"}:
-            rest = sorted({PurePosixPath(f).name for f in holding if f != folder})
-            raise TransferError(
-                f"{where} mixes layouts: {folder}/ holds Kaggle's cat.N and dog.N photos, "
-                f"beside class folders ({_some(rest)}); give fetch-data one layout")
-        for above in PurePosixPath(folder).parents:
-            if str(above) in holding:
+    if kaggle_folder:
+        for folder in sorted(holding):
+            kinds = {PurePosixPath(p).name.split(".")[0].lower() for p in holding[folder]
+                     if _KAGGLE_NAME.match(PurePosixPath(p).name)}
+            if kinds == {"cat", "dog"}:
+                rest = sorted({PurePosixPath(f).name for f in holding if f != folder})
                 raise TransferError(
-                    f"{where}: {above}/ holds images and also the class folder {folder}/; "
-                    f"move the images of {above}/ into a class folder of their own")
+                    f"{where} mixes layouts: {folder}/ holds Kaggle's cat.N and dog.N photos, "
+                    f"beside class folders ({_some(rest)}); give fetch-data one layout")
+
+    def children(parent: str) -> list[str]:
+        return sorted(f for f in known if _parent(f) == parent)
+
+    def inside(folder: str, path: str) -> bool:
+        return path.startswith(folder + "/")
+
+    root = ""
+    while len(children(root)) == 1:  # a wrapper: step in, unless it holds images itself
+        only = children(root)[0]
+        if only in holding:
+            below = sorted(f for f in holding if inside(only, f))
+            if below:
+                raise TransferError(
+                    f"{where}: {only}/ holds images and also the class folder {below[0]}/; "
+                    f"move the images of {only}/ into a class folder of their own")
+            break
+        root = only
+    tops = children(root)
+    if len(tops) > 1 and all(PurePosixPath(t).name.lower() in SPLIT_FOLDERS for t in tops):
+        for top in tops:
+            if top in holding:
+                raise TransferError(
+                    f"{where}: {top}/ holds images in no class folder ({_some(holding[top])});"
+                    " a split folder holds one folder per class: move them into one, or "
+                    "remove them")
+        tops = [c for top in tops for c in children(top)]
     classes: dict[str, list[str]] = {}
-    for folder in sorted(holding):
-        classes.setdefault(PurePosixPath(folder).name, []).extend(holding[folder])
+    empty = []
+    for top in tops:
+        mine = [p for p in images if inside(top, p)]
+        if not mine:
+            empty.append(top)
+        classes.setdefault(PurePosixPath(top).name, []).extend(mine)
     by_case: dict[str, list[str]] = {}
     for cls in classes:
         by_case.setdefault(cls.casefold(), []).append(cls)
@@ -322,16 +367,6 @@ def _class_folders(images: list[str], folders: list[str], where: str) -> dict[st
         if len(same) > 1:
             raise TransferError(f"{where}: the class folders {' and '.join(sorted(same))} "
                                 "differ only in case; rename or merge them")
-    known = set()
-    for folder in (*folders, *holding):
-        folder = folder.rstrip("/")
-        if folder and not _in_ignored_folder(folder + "/x"):
-            known.add(folder)
-            known.update(str(p) for p in PurePosixPath(folder).parents if str(p) != ".")
-    beside = {_parent(folder) for folder in holding}
-    above = {str(p) for folder in holding for p in PurePosixPath(folder).parents}
-    empty = sorted(f for f in known if _parent(f) in beside and f not in holding
-                   and f not in above)
     if empty:
         one = len(empty) == 1
         raise TransferError(

@@ -52,3 +52,32 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# A tree of folder links deeper than this is a loop in disguise (links between two subtrees).
+MAX_DEPTH = 40
+
+
+def walk(root: Path, skip_folder=lambda name: False) -> tuple[list[str], list[str]]:
+    """(files, folders) under ``root`` as relative POSIX paths, each folder's entries sorted.
+
+    Symbolic links to files and to folders are followed, as a file browser shows them (a
+    user's ``roses -> /photos/2024/roses``); a link back to a folder above it is not entered
+    (no loop), nor is anything deeper than MAX_DEPTH. Broken links are left out, and so are
+    the folders ``skip_folder(name)`` refuses, with everything in them.
+    """
+    root = Path(root)
+    files, folders = [], []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        here = Path(folder)
+        rel = here.relative_to(root)
+        real = os.path.realpath(here)
+        above = {real, *map(str, Path(real).parents)}
+        dirs[:] = sorted(d for d in dirs if not skip_folder(d)
+                         and os.path.realpath(here / d) not in above
+                         and len(rel.parts) < MAX_DEPTH)
+        if rel.parts:
+            folders.append(rel.as_posix())
+        files.extend((rel / name).as_posix() for name in sorted(names)
+                     if (here / name).is_file())
+    return files, folders

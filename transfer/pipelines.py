@@ -53,6 +53,7 @@ from transfer.constants import (  # noqa: F401  (IMAGE_SUFFIXES: pipelines.IMAGE
     is_image_name,
 )
 from transfer.errors import TransferError
+from transfer.files import walk
 from transfer.settings import PIPELINES, Augment  # noqa: F401  (pipelines.Augment, for callers)
 
 MIN_USABLE = 2  # images a class needs after the unreadable ones are left out
@@ -177,18 +178,17 @@ def _ignored(name: str) -> bool:
 def image_files(folder: Path) -> list[Path]:
     """The images under ``folder`` (any suffix of ``constants.IMAGE_SUFFIXES``), sorted by
     their POSIX path; hidden and system files and folders (``.DS_Store``, ``Thumbs.db``,
-    ``._x``, ``__MACOSX/``) are left out silently. A Grad-CAM picture there is an error: it
-    would be trained on as a photo of the class."""
+    ``._x``, ``__MACOSX/``) are left out silently; symbolic links are followed
+    (``files.walk``). A Grad-CAM picture there is an error: it would be trained on as a photo
+    of the class."""
     folder = Path(folder)
     files = []
-    for path in folder.rglob("*"):
-        rel = path.relative_to(folder)
-        if any(_ignored(part) for part in rel.parts[:-1]):
-            continue
-        if path.name.endswith(GRADCAM_SUFFIX) and path.is_file():
+    for rel in walk(folder, skip_folder=_ignored)[0]:  # links followed, as fetch-data does
+        path = folder / rel
+        if path.name.endswith(GRADCAM_SUFFIX):
             raise TransferError(f"{path} is a Grad-CAM picture (transfer explain), not a photo "
                                 "of its class; move it out of the data folder")
-        if is_image_name(path.name) and path.is_file():
+        if is_image_name(path.name):
             files.append(path)
     return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
 
