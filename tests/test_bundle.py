@@ -161,3 +161,30 @@ def test_writer_refuses_a_folder_that_is_not_a_bundle(small_bundle, tmp_path):
     bundle.write(small_bundle, True, model, meta2, {"loss": [1.0]})
     assert json.loads((small_bundle / "meta.json").read_text())["seed"] == 2
     assert not [p for p in small_bundle.parent.iterdir() if ".tmp-" in p.name]
+
+
+def test_text_files_are_utf8_under_an_ascii_locale(tmp_path):
+    """A class or file name with an accent, written and read back with the C locale (a plain
+    Windows console or a bare container): no UnicodeEncodeError, the same bytes everywhere."""
+    code = f"""
+import pathlib, sys
+from transfer import bundle, predict
+from transfer.files import write_json
+assert sys.flags.utf8_mode == 0 and pathlib.Path(".").absolute()  # the locale's encoding
+d = pathlib.Path({str(tmp_path)!r})
+bundle.write_train_files(d / "train-files.csv", [("chats été", "chat é.jpg", 12)])
+assert bundle.train_files(d) == {{("chat é.jpg", 12)}}
+predict.write_text(d / "p.csv", "file,class\\nchat é.jpg,chats été\\n")
+bundle.write_history(d / "history.csv", {{"accuracy": [0.5]}})
+write_json(d / "m.json", {{"classes": ["chats été"]}})
+print("ok")
+"""
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0",
+           "PYTHONCOERCECLOCALE": "0", "PYTHONIOENCODING": "ascii"}
+    script = tmp_path / "write.py"  # a source file is UTF-8 whatever the locale
+    script.write_text(code, encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, errors="replace", timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "p.csv").read_bytes() == "file,class\nchat é.jpg,chats été\n".encode()
+    assert "chats été" in (tmp_path / "train-files.csv").read_text(encoding="utf-8")

@@ -36,7 +36,7 @@ def default_name(prefix: str) -> str:
 
 def is_bundle(path: Path) -> bool:
     try:
-        meta = json.loads((Path(path) / META).read_text())
+        meta = json.loads((Path(path) / META).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(meta, dict) and "schema_version" in meta and "class_names" in meta
@@ -153,7 +153,7 @@ def update_latest(target: Path) -> None:
 def write_train_files(path: Path, rows: list[tuple[str, str, int]]) -> None:
     """``train-files.csv``: (class, file name, bytes) of each image the model trained on, so
     that ``evaluate`` can tell when it is shown them again."""
-    with open(path, "w", newline="") as handle:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["class", "file", "bytes"])
         writer.writerows(rows)
@@ -163,7 +163,7 @@ def train_files(folder: Path) -> set[tuple[str, int]] | None:
     """(file name, size) of the bundle's training images; None for a bundle without the list
     (made before it, or by mnist)."""
     try:
-        with open(Path(folder) / TRAIN_FILES, newline="") as handle:
+        with open(Path(folder) / TRAIN_FILES, newline="", encoding="utf-8") as handle:
             return {(row["file"], int(row["bytes"])) for row in csv.DictReader(handle)}
     except (OSError, KeyError, ValueError):
         return None
@@ -172,7 +172,7 @@ def train_files(folder: Path) -> set[tuple[str, int]] | None:
 def write_history(path: Path, history: dict[str, list]) -> None:
     keys = list(history)
     rows = len(next(iter(history.values()), []))
-    with open(path, "w", newline="") as handle:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["epoch", *keys])
         for i in range(rows):
@@ -188,7 +188,7 @@ def read_meta(bundle: Path) -> dict:
     if not bundle.is_dir():
         raise TransferError(f"no model bundle at {bundle}: train one with `transfer train`")
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TransferError(f"{bundle} has no {META}: not a transfer model bundle") from None
     except ValueError as exc:

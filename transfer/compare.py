@@ -316,6 +316,6 @@ def read(folder: Path) -> dict:
     """compare.json of a comparison folder."""
     path = Path(folder) / COMPARE_JSON
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TransferError(f"{folder} has no {COMPARE_JSON}: run `transfer compare`") from None

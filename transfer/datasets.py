@@ -248,7 +248,7 @@ def _remove_if_empty(data_dir: Path, created: list[Path]) -> None:
 
 def _read_json_or_none(path: Path):
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 

@@ -252,7 +252,7 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
     remembered: dict = {}
     if requested == "auto" and choice_file.is_file():
         with contextlib.suppress(OSError, ValueError):
-            remembered = json.loads(choice_file.read_text())
+            remembered = json.loads(choice_file.read_text(encoding="utf-8"))
             if remembered.get("choice") == "tf":
                 info.measured = remembered.get("measured", {})
                 info.fallback = "TensorFlow measured faster on this machine"

@@ -160,7 +160,7 @@ def _check_outputs(output: Path, data_dir: Path, force: bool) -> None:
     if not existing or force:
         return
     try:
-        previous = json.loads((output / REPORT).read_text())
+        previous = json.loads((output / REPORT).read_text(encoding="utf-8"))
         same = (previous.get("kind") == "transfer-evaluate"
                 and _same_folder(data_dir, previous.get("data_dir")))
     except (OSError, ValueError):

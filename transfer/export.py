@@ -636,7 +636,7 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
             (staged / "assets.extra").mkdir(exist_ok=True)
             bundle.write_json(staged / "assets.extra" / bundle.META, export_meta)
             (staged / "assets.extra" / LABELS).write_text(
-                "".join(f"{name}\n" for name in meta["class_names"]))
+                "".join(f"{name}\n" for name in meta["class_names"]), encoding="utf-8")
         else:
             bundle.write_json(work / "meta.json", export_meta)
             os.replace(work / "meta.json", meta_path)

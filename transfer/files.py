@@ -36,7 +36,7 @@ def replacing(path: Path) -> Iterator[Path]:
 def write_json(path: Path, payload: dict) -> None:
     """``payload`` as indented JSON at ``path``, atomically."""
     with replacing(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
 
 
 def digest(parts: dict) -> str:

@@ -178,5 +178,5 @@ def write_text(path: Path, text: str, force: bool = False) -> Path:
         raise TransferError(f"{path} is a folder")
     writable_folder(path.parent)
     with replacing(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return path

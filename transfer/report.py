@@ -89,7 +89,7 @@ def _e(value) -> str:
 
 def _read_json(path: Path):
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -222,7 +222,7 @@ def _history(folder: Path) -> tuple[list[str], list[list[str]]]:
     import csv
 
     try:
-        with open(folder / "history.csv", newline="") as handle:
+        with open(folder / "history.csv", newline="", encoding="utf-8") as handle:
             rows = list(csv.reader(handle))
     except OSError:
         return [], []
