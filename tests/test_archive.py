@@ -153,3 +153,19 @@ def test_zip_read_of_a_real_png(tmp_path):
     with _opened(path) as images:  # PetImages's own Cat/Dog folders: the cats/dogs layout
         assert images.candidates() == {"cats": ["PetImages/Cat/x.png"], "dogs": []}
         assert images.layout == "folders"
+
+
+def test_an_image_too_small_for_the_reader_is_skipped_as_train_skips_it():
+    """fetch-data must not place what train, predict and serve refuse (under 8 px a side)."""
+    import io
+
+    from PIL import Image
+
+    def png(width, height):
+        buffer = io.BytesIO()
+        Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    assert check_image(png(1, 1)) == "image is 1x1 px; too small to classify (at least 8x8)"
+    assert check_image(png(300, 7)) == "image is 300x7 px; too small to classify (at least 8x8)"
+    assert check_image(png(8, 8)) is None

@@ -109,7 +109,9 @@ def check_image(data: bytes) -> str | None:
         return IMAGE_FORMAT_LATER.format(format=image_format)
     if width < 1 or height < 1:
         return "empty image"
-    return None
+    from transfer.images import too_small  # the one reader's limit: train would skip it
+
+    return too_small(width, height)
 
 
 def _readable(exc: BaseException) -> str:

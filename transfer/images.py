@@ -34,6 +34,16 @@ from transfer.errors import TransferError
 from transfer.settings import INVERT
 
 MIN_SIDE = 8  # pixels; smaller images carry nothing a classifier can use
+
+
+def too_small(width: int, height: int) -> str | None:
+    """Why an image of this size is not classified (under MIN_SIDE on a side), or None."""
+    if min(width, height) < MIN_SIDE:
+        return (f"image is {width}x{height} px; too small to classify (at least "
+                f"{MIN_SIDE}x{MIN_SIDE})")
+    return None
+
+
 MNIST_BOX = 20  # MNIST digits fill a 20x20 box centred by mass in 28x28
 
 
@@ -72,9 +82,9 @@ def open_image(source, size: int | None = None):
         image = ImageOps.exif_transpose(image) or image
         if image.size != loaded:  # its EXIF orientation turned it a quarter
             width, height = height, width
-    if min(width, height) < MIN_SIDE:
-        raise ImageError(f"image is {width}x{height} px; too small to classify "
-                         f"(at least {MIN_SIDE}x{MIN_SIDE})")
+    problem = too_small(width, height)
+    if problem:
+        raise ImageError(problem)
     image.info["full_size"] = (width, height)
     return image
 
