@@ -168,6 +168,29 @@ def test_gradcam_on_a_real_photo(trained_bundle, dog_photo, tmp_path):
         explain.explain(dog_photo, model=trained_bundle.bundle, invert="yes", write=False)
 
 
+def test_a_phone_photo_is_shown_drafted_and_upright(trained_bundle, dog_photo, tmp_path,
+                                                    monkeypatch):
+    """A 12-megapixel phone JPEG stored sideways (EXIF orientation 6): the PNG shows it
+    upright at SHOWN_SIDE, decoded in draft mode, never whole (a 48 MP photo took 2.5 GB)."""
+    with Image.open(dog_photo) as small:
+        big = small.convert("RGB").resize((4000, 3000), Image.BICUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    phone = tmp_path / "phone.jpg"
+    big.transpose(Image.Transpose.ROTATE_90).save(phone, "JPEG", quality=90, exif=exif)
+    decoded, drawn = [], []
+    real_open, real_draw = images.open_image, explain.plots.gradcam
+    monkeypatch.setattr(images, "open_image", lambda source, size=None: decoded.append(
+        real_open(source, size).size) or real_open(source, size))
+    monkeypatch.setattr(explain.plots, "gradcam", lambda image, *a, **k: drawn.append(
+        np.asarray(image).shape) or real_draw(image, *a, **k))
+    result = explain.explain(phone, model=trained_bundle.bundle)
+    assert drawn == [(explain.SHOWN_SIDE * 3 // 4, explain.SHOWN_SIDE, 3)]  # upright: landscape
+    assert decoded and max(max(size) for size in decoded) <= 4000 // 2  # drafted, never whole
+    with Image.open(result.png) as picture:
+        assert picture.format == "PNG" and picture.width == 800
+
+
 def test_read_only_output_folder_is_named(trained_bundle, dog_photo, tmp_path):
     (tmp_path / "locked").mkdir()
     inside = tmp_path / "locked" / "dog.jpg"  # the default PNG goes beside the image

@@ -25,6 +25,10 @@ from transfer.files import refuse_existing, replacing
 from transfer.inference import BundleClassifier, writable_folder
 from transfer.settings import ExplainSettings
 
+# px: the longest side of the photo in an explain PNG. The figure is 800 px wide, two panels,
+# taller for a portrait photo: twice a panel keeps it sharp, and a phone photo is drafted.
+SHOWN_SIDE = 768
+
 
 @dataclass
 class Explanation:
@@ -204,7 +208,7 @@ def explain(settings: ExplainSettings | Path, *, write: bool = True, **options) 
         if meta.get("channels", 3) == 1:  # digits: show what the model saw (fitted 28x28)
             shown = np.repeat(array.astype("uint8"), 3, axis=-1)
         else:
-            shown = np.asarray(images.to_rgb(images.open_image(image)))
+            shown = images.picture(image, SHOWN_SIDE)  # a 48 MP photo never decoded whole
         predicted = names[int(np.argmax(probs))]
         title = (f"{image.name}: predicted {predicted} {probs.max():.2f}; Grad-CAM of "
                  f"{names[index]} at {layer}")

@@ -155,6 +155,20 @@ def _from_high_bit_depth(image):
     return Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype("uint8"), "L")
 
 
+def picture(source, side: int) -> np.ndarray:
+    """A photo as people look at it, for pictures (Grad-CAM PNGs): upright RGB uint8, its
+    longest side at most ``side``. A phone photo is decoded in draft mode (1/2 to 1/8 scale,
+    both sides still at least ``side``), so a 48-megapixel photo never sits in memory whole."""
+    from PIL import Image
+
+    image = to_rgb(open_image(source, side // 2))
+    scale = side / max(image.size)
+    if scale < 1:
+        image = image.resize((max(1, round(image.size[0] * scale)),
+                              max(1, round(image.size[1] * scale))), Image.BILINEAR)
+    return np.asarray(image)
+
+
 def to_rgb(image):
     """An 8-bit RGB Pillow image: alpha composited onto white, other modes converted."""
     from PIL import Image

@@ -327,13 +327,7 @@ def _shown_picture(classifier, data: bytes, array: np.ndarray) -> np.ndarray:
         digit = np.asarray(array, dtype="float32")[..., 0].clip(0, 255).astype("uint8")
         big = Image.fromarray(digit).resize((224, 224), Image.NEAREST)
         return np.repeat(np.asarray(big)[..., None], 3, axis=-1)
-    # draft mode: a phone photo decodes at 1/2-1/8 scale, both sides still >= SHOWN_SIDE
-    image = images.to_rgb(images.open_image(data, SHOWN_SIDE // 2))
-    scale = SHOWN_SIDE / max(image.size)
-    if scale < 1:
-        image = image.resize((max(1, round(image.size[0] * scale)),
-                              max(1, round(image.size[1] * scale))), Image.BILINEAR)
-    return np.asarray(image)
+    return images.picture(data, SHOWN_SIDE)  # drafted: a phone photo decodes at 1/2-1/8
 
 
 def imagenet_gradcam(classifier, array: np.ndarray, class_index: int | None = None):
