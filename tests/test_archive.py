@@ -169,3 +169,34 @@ def test_an_image_too_small_for_the_reader_is_skipped_as_train_skips_it():
     assert check_image(png(1, 1)) == "image is 1x1 px; too small to classify (at least 8x8)"
     assert check_image(png(300, 7)) == "image is 300x7 px; too small to classify (at least 8x8)"
     assert check_image(png(8, 8)) is None
+
+
+def test_utf8_names_of_a_zip_made_on_a_mac_are_read_as_written(real_photos, tmp_path):
+    """macOS's Finder stores UTF-8 names (decomposed accents) without the UTF-8 flag; zipfile
+    reads them as cp437 ("chats e\u2560\u00fc"). The classes must be the names the user typed."""
+    import unicodedata
+
+    names = {"chats été": real_photos["cats"], "chiens à poils": real_photos["dogs"]}
+    raw = {cls: unicodedata.normalize("NFD", cls).encode() for cls in names}
+    placeholder = {cls: letter * len(raw[cls])  # the same length, plain ASCII
+                   for cls, letter in zip(names, (b"x", b"y"), strict=True)}
+    path = tmp_path / "mac.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for cls, photos in names.items():
+            for name, data in photos[:3]:
+                archive.writestr(f"{placeholder[cls].decode()}/{name}", data)
+    blob = path.read_bytes()
+    for cls in names:  # the names' bytes as the Mac wrote them, flag bit 11 left unset
+        blob = blob.replace(placeholder[cls], raw[cls])
+    path.write_bytes(blob)
+    with zipfile.ZipFile(path) as check:
+        assert not any(i.flag_bits & 0x800 for i in check.infolist())
+        assert "╠" in check.infolist()[0].filename  # what zipfile alone makes of it
+    images = ZipImages(path)
+    try:
+        found = images.candidates()
+        assert sorted(found) == sorted(names)
+        first = found["chats été"][0]
+        assert images.read(first) == dict(real_photos["cats"])[first.split("/")[-1]]
+    finally:
+        images.close()

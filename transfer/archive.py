@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import stat
+import unicodedata
 import warnings
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -170,25 +171,25 @@ class ZipImages(ImageSource):
         except BaseException:
             self.zip.close()
             raise
+        self.infos = {member_name(info): info for info in self.zip.infolist()}
 
     def candidates(self) -> dict[str, list[str]]:
-        infos = self.zip.infolist()
         self.layout, found = sort_into_classes(
-            [i.filename for i in infos if not i.is_dir()],
-            [i.filename for i in infos if i.is_dir()], str(self.path))
+            [name for name, i in self.infos.items() if not i.is_dir()],
+            [name for name, i in self.infos.items() if i.is_dir()], str(self.path))
         return found
 
     def image_names(self) -> list[str]:
         """The members with an image name (outside hidden folders), whatever their layout."""
-        return [i.filename for i in self.zip.infolist()
-                if not i.is_dir() and _is_candidate(_posix(i.filename))]
+        return [name for name, i in self.infos.items()
+                if not i.is_dir() and _is_candidate(_posix(name))]
 
     def inner_zips(self) -> list[zipfile.ZipInfo]:
         return [i for i in self.zip.infolist()
                 if i.filename.lower().endswith(".zip") and not i.is_dir()]
 
     def read(self, name: str) -> bytes:
-        info = self.zip.getinfo(name)
+        info = self.infos[name]
         problem = size_problem(info.file_size, info.compress_size)
         if problem:
             raise SkipMember(problem)
@@ -207,6 +208,18 @@ class ZipImages(ImageSource):
 
     def close(self) -> None:
         self.zip.close()
+
+
+def member_name(info: zipfile.ZipInfo) -> str:
+    """A member's name as its maker wrote it. Zips from macOS's Finder (and many tools) store
+    UTF-8 names without the flag that says so, which zipfile then reads as cp437
+    ("chats e╠üte╠ü"): such a name is decoded as UTF-8 when it is valid UTF-8. NFC
+    form, so that macOS's decomposed accents make the same class name as typed ones."""
+    name = info.filename
+    if not info.flag_bits & 0x800:
+        with contextlib.suppress(UnicodeError):
+            name = name.encode("cp437").decode("utf-8")
+    return unicodedata.normalize("NFC", name)
 
 
 class FolderImages(ImageSource):
