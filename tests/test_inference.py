@@ -23,7 +23,7 @@ def test_a_folder_yields_every_image_suffix_and_nothing_else(tmp_path):
               folder / ".hidden" / "d.jpg", folder / "model.keras"]
     for path in images + others:
         path.write_bytes(b"x")
-    assert len(IMAGE_SUFFIXES) == 10
+    assert len(IMAGE_SUFFIXES) == 12
     assert inference.folder_images(folder) == sorted(images)
     rows = inference.gather([folder])
     assert [file for _, file, _ in rows] == sorted(images)

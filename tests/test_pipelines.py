@@ -60,6 +60,11 @@ def test_one_set_of_suffixes_and_system_files_ignored(odd_folder):
     names = {p.name for p in pipelines.image_files(odd_folder / "roses")}
     assert "extra.tif" in names and len(names) == 5  # nothing from .hidden/ or __MACOSX/
     assert pipelines.class_names(odd_folder) == ["daisy", "roses"]
+    saved = odd_folder / "daisy/saved.jfif"  # a JPEG as a browser on Windows saves it
+    shutil.copyfile(next(p for p in pipelines.image_files(odd_folder / "daisy")
+                         if p.suffix == ".jpg"), saved)
+    assert saved in pipelines.image_files(odd_folder / "daisy")
+    assert pipelines.read_rgb(saved, 32).shape == (32, 32, 3)
 
 
 def test_read_rgb_is_what_predict_and_evaluate_read(odd_folder):

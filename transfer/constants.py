@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import PurePath
 
 # Every suffix the one image reader (transfer.images, Pillow) opens.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
-                  ".pgm")
+# .jfif and .jpe are JPEGs too (.jfif is what browsers on Windows save a photo as).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif",
+                  ".tiff", ".ppm", ".pgm")
 # What `transfer explain` writes next to an image; never a training photo.
 GRADCAM_SUFFIX = ".gradcam.png"
 # What `train --preview-augment` writes into the data folder; never a photo either.
