@@ -249,3 +249,11 @@ def test_gradcam_for_every_registered_base(name, tiny_split, dog_photo, tmp_path
     inner = next((layer for layer in model.layers if hasattr(layer, "layers")
                   and spec.last_conv in [i.name for i in layer.layers]), model)
     assert heat.heatmap.shape == tuple(inner.get_layer(spec.last_conv).output.shape[1:3])
+
+
+def test_a_folder_given_as_the_image_is_named_as_a_folder(tmp_path):
+    folder = tmp_path / "chats été"
+    folder.mkdir()
+    with pytest.raises(TransferError, match=r"chats été is a folder; explain takes one image "
+                                            r"file \(predict takes folders\)"):
+        explain.explain(folder, model=tmp_path, write=False)

@@ -69,3 +69,33 @@ def test_importing_inference_loads_no_tensorflow():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_a_glob_inside_a_folder_named_with_brackets(tmp_path):
+    """"Urlaub [2023]/*.jpg": the folder's brackets are its name, not a character class."""
+    folder = tmp_path / "Urlaub [2023]"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"x")
+    (folder / "b.jpg").write_bytes(b"x")
+    (tmp_path / "Urlaub 2").mkdir()  # what [2023] would match as a class: not taken instead
+    (tmp_path / "Urlaub 2" / "c.jpg").write_bytes(b"x")
+    rows = inference.gather([str(folder / "*.jpg")])
+    assert [file for _, file, _ in rows] == [folder / "a.jpg", folder / "b.jpg"]
+    assert inference.gather([str(tmp_path / "Urlaub [2023]x" / "*.jpg")])[0][2] == (
+        "no file matches this pattern")
+
+
+def test_a_folder_yields_linked_photos_and_sub_folders(tmp_path):
+    """predict on a folder lists what train and fetch-data list: links followed."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.jpg").write_bytes(b"x")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"x")
+    (folder / "linked.jpg").symlink_to(outside / "x.jpg")
+    (folder / "more").symlink_to(outside, target_is_directory=True)
+    (folder / "__MACOSX").mkdir()
+    (folder / "__MACOSX" / "a.jpg").write_bytes(b"x")
+    assert inference.folder_images(folder) == [folder / "a.jpg", folder / "linked.jpg",
+                                               folder / "more" / "x.jpg"]

@@ -50,8 +50,9 @@ import numpy as np
 
 from transfer import bases, bundle, images
 from transfer import engines as engines_module
-from transfer.constants import is_image_name
+from transfer.constants import is_hidden_or_system, is_image_name
 from transfer.errors import TransferError
+from transfer.files import walk
 from transfer.metrics import class_probabilities
 from transfer.progress import Reporter
 from transfer.settings import ENGINES, INVERT, PredictSettings
@@ -77,8 +78,9 @@ def folder_images(folder: Path) -> list[Path]:
     """Every image under ``folder`` (recursed, sorted); hidden folders and files, system files
     and Grad-CAM pictures are left out."""
     folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_name(p.name)
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    files, _ = walk(folder, skip_folder=lambda name: is_hidden_or_system(name)
+                    or name.lower() == "__macosx")  # links followed, as in training
+    return sorted(folder / rel for rel in files if is_image_name(Path(rel).name))
 
 
 def gather(paths: list[str | Path]) -> list[tuple[str, Path | None, str | None]]:
@@ -99,12 +101,21 @@ def gather(paths: list[str | Path]) -> list[tuple[str, Path | None, str | None]]
         elif path.exists() or not glob.has_magic(text):
             rows.append((text, path, None))
         else:
-            files = [m for m in sorted(Path(m) for m in glob.glob(text, recursive=True))
-                     if m.is_file()]
+            files = _matches(text)
             if not files:
                 rows.append((text, None, "no file matches this pattern"))
             rows.extend((str(m), m, None) for m in files)
     return rows
+
+
+def _matches(pattern: str) -> list[Path]:
+    """The files a glob matches. A folder that exists under the pattern's folder part as
+    written ("Urlaub [2023]/*.jpg") is that folder: its brackets are its name."""
+    head, tail = os.path.split(pattern)
+    if head and glob.has_magic(head) and os.path.isdir(head):
+        pattern = os.path.join(glob.escape(head), tail)
+    found = glob.glob(pattern, recursive=True)
+    return [m for m in sorted(Path(m) for m in found) if m.is_file()]
 
 
 # --------------------------------------------------------------------------- classifiers

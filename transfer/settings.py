@@ -495,6 +495,9 @@ class ExplainSettings(Settings):
             one_of("invert", self.invert, INVERT)
         if self.output is not None and Path(self.output).is_dir():
             raise TransferError(f"--output {self.output} is a folder; name a .png file")
+        if Path(self.image).is_dir():
+            raise TransferError(f"{self.image} is a folder; explain takes one image file "
+                                "(predict takes folders)")
         if not Path(self.image).is_file():
             raise TransferError(f"{self.image}: no such image file")
         png = Path(self.output) if self.output is not None else Path(self.image)
