@@ -287,3 +287,17 @@ def test_check_header_refuses_what_is_not_an_image_without_decoding(tmp_path):
     images.check_header(cut)  # the header is fine: only decoding finds the cut
     with pytest.raises(images.ImageError, match="corrupt or truncated image"):
         images.open_image(cut)
+
+
+def test_a_very_large_photo_decodes_without_pillows_raw_warning(tmp_path, monkeypatch):
+    """89-179 megapixels (a panorama): Pillow warns of a decompression bomb on stderr; the one
+    reader decodes it quietly. Scaled down here: the limit lowered to 1,000 pixels."""
+    import warnings
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    path = tmp_path / "panorama.png"
+    Image.new("RGB", (40, 40), (20, 180, 40)).save(path)  # 1,600 pixels: over, not twice over
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert images.picture(path, 32).shape == (32, 32, 3)
+    assert [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)] == []

@@ -26,6 +26,7 @@ before that with the tfdata pipeline record no ``preprocessing.resize`` and keep
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +108,9 @@ def _pillow_errors():
     from PIL import Image, UnidentifiedImageError
 
     try:
-        yield
+        with warnings.catch_warnings():  # 89-179 megapixels: decoded, without Pillow's
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # raw warning
+            yield
     except UnidentifiedImageError:
         raise ImageError("not an image (Pillow cannot identify it)") from None
     except Image.DecompressionBombError as exc:
