@@ -289,7 +289,10 @@ def test_corrupt_images_are_skipped_and_listed(flowers, tmp_path):
     assert reasons["daisy/broken.jpg"][1].startswith("not a decodable image")
     assert manifest_of(data)["skipped"] == result.skipped
     assert manifest_of(data)["usable"] == {"daisy": 10, "roses": 10}
-    assert sizes(data) == per_class(8, 2, classes=TWO)  # of the 10 usable each
+    # the truncated photo kept its place in daisy's cut (11: 2 to validate, one of them its),
+    # as in train's own split of the folder; the text file did not (roses: 10, 2 to validate)
+    assert sizes(data) == {"train/daisy": 9, "validate/daisy": 1, "train/roses": 8,
+                           "validate/roses": 2}
 
 
 def test_webp_and_tiff_photos_are_placed_like_any_photo(flowers, tmp_path):
@@ -628,3 +631,32 @@ def test_symbolic_links_are_followed_as_train_follows_them(flowers, tmp_path):
     assert result.skipped == []
     assert class_names(folder) == ["daisy", "roses", "tulips"]  # train sees the same
     assert [len(image_files(folder / c)) for c in ("daisy", "roses", "tulips")] == [6, 11, 6]
+
+
+def test_a_broken_photo_keeps_its_place_in_the_cut_as_in_train(flowers, tmp_path):
+    """A truncated JPEG passes train's cheap header probe and keeps its place in train's cut
+    (it is skipped when read); a text file named .jpg does not. fetch-data cuts the same way,
+    so the two splits of one folder hold the same photos on the same sides."""
+    from transfer import pipelines
+
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=12, classes=TWO)
+    good = sorted((flowers / "daisy").iterdir())[20].read_bytes()
+    for i in range(6):  # 18 in the cut, 12 usable: a cut after the usable ones would differ
+        (folder / f"daisy/broken-{i}.jpg").write_bytes(truncated(good))
+    (folder / "roses/notes.jpg").write_bytes(text_as_jpg())
+    data = tmp_path / "data"
+    result = fetch_data(SplitOptions(archive=folder, data_dir=data, validation_split=0.25,
+                                     seed=2))  # a seed whose cut holds no broken photo
+    assert {s["name"] for s in result.skipped} == {
+        *(f"daisy/broken-{i}.jpg" for i in range(6)), "roses/notes.jpg"}
+    skipped = pipelines.Skipped()
+    pipelines.probe_all(pipelines.samples_of(folder, list(TWO)), skipped)
+    train, validate = pipelines.split_in_memory(folder, list(TWO), 0.25, 2, skipped)
+    assert sum("broken" not in s.path.name for s in validate) == 4 + 3  # daisy: 4 good ones
+    assert len(validate) == 5 + 3  # in its 5 slots of 18; roses: 3 of 12 (notes.jpg is out)
+    for split, samples in (("train", train), ("validate", validate)):
+        by_train = sorted(f"{TWO[s.label]}/{s.path.name}" for s in samples
+                          if "broken" not in s.path.name)  # read and skipped by the run
+        by_fetch = sorted(f"{key.split('/')[1]}/{name}" for key, names in listing(data).items()
+                          if key.startswith(f"{split}/") for name in names)
+        assert by_train == by_fetch

@@ -36,6 +36,7 @@ old or new, and the manifest that describes it.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -517,13 +518,16 @@ def _split_by_fractions(images, found, plan, opts, tmp, reporter):
                 advance(1)
                 if reason:
                     skipped.append({"name": member, "class": cls, "reason": reason})
+                    if _identified(data):  # train keeps its place in the cut: so do we
+                        kept[cls].append((None, member))
                     continue
                 name = _free_file_name(PurePosixPath(member).name, taken)
                 (stage / name).write_bytes(data)
                 kept[cls].append((name, member))
-    usable = {cls: len(names) for cls, names in kept.items()}
-    sizes = {cls: fraction_sizes(n, plan["validation"], plan["test"])
-             for cls, n in usable.items()}
+    usable = {cls: sum(name is not None for name, _ in names) for cls, names in kept.items()}
+    sizes = {cls: fraction_sizes(len(kept[cls]), plan["validation"], plan["test"])
+             if usable[cls] >= 1 + (plan["validation"] > 0) + (plan["test"] > 0) else None
+             for cls in kept}
     short = [cls for cls, size in sizes.items() if size is None]
     if short:
         raise TransferError(_too_few(short, found, usable, skipped, plan))
@@ -542,8 +546,14 @@ def _split_by_fractions(images, found, plan, opts, tmp, reporter):
         for split in ("validate", "test", "train"):
             if split not in splits:
                 continue
-            take = kept[cls][start:start + sizes[cls][split]]
+            take = [(name, member) for name, member in kept[cls][start:start + sizes[cls][split]]
+                    if name is not None]
             start += sizes[cls][split]
+            if not take and sizes[cls][split]:
+                raise TransferError(
+                    f"class {cls}: every photo of its {split} share is unusable ("
+                    f"{', '.join(m for _, m in kept[cls][start - sizes[cls][split]:start])}); "
+                    "remove or replace those files and run fetch-data again")
             folder = tmp / split / cls
             folder.mkdir(parents=True, exist_ok=True)
             for name, member in take:
@@ -554,6 +564,22 @@ def _split_by_fractions(images, found, plan, opts, tmp, reporter):
             counts[split][cls] = len(take)
     shutil.rmtree(tmp / STAGING)
     return counts, files, skipped, renamed, usable
+
+
+def _identified(data: bytes) -> bool:
+    """True when Pillow knows the format from the header (not zero bytes, not a text file):
+    what train's cheap probe (``pipelines.probe_all``) lets into its cut. Such a photo that
+    fails to decode keeps its place in the cut, so that train's in-memory split of the same
+    folder and this one agree photo by photo."""
+    if not data:
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)):
+            return True
+    except Exception:  # UnidentifiedImageError and Pillow's other header complaints
+        return False
 
 
 def fraction_sizes(n: int, validation: float, test: float = 0.0) -> dict[str, int] | None:
