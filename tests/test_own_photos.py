@@ -139,6 +139,19 @@ def test_the_train_and_validate_layout_is_still_detected(flowers, tmp_path):
     assert len(run.skipped) == 0
 
 
+def test_a_download_s_validation_folder_is_its_validate_split(flowers, tmp_path):
+    """cats_and_dogs_filtered and many downloads name the split validation/ (or val/): it is
+    the validate split, not ignored while train/ is split in memory."""
+    for name in ("validation", "val"):
+        data = tmp_path / name / "data"
+        copy_classes(flowers, data / "train", 6, classes=("daisy", "roses"))
+        copy_classes(flowers, data / name, 3, classes=("daisy", "roses"))
+        run = plan(settings(data, tmp_path).validated())
+        assert run.split == "folders" and run.settings.validate_dir == data / name
+        assert run.counts == {"train": {"daisy": 6, "roses": 6},
+                              "validate": {"daisy": 3, "roses": 3}}
+
+
 def test_train_without_validate_splits_train_in_memory(flowers, tmp_path):
     data = tmp_path / "data"
     copy_classes(flowers, data / "train", 10, classes=("daisy", "roses"))

@@ -147,6 +147,8 @@ def defaults(cls) -> Settings:
 
 # The cats/dogs tour's split, per class (a folder of class folders is split by fraction).
 TOUR_PER_CLASS = {"train": 1000, "validate": 400, "test": 0}
+# A data folder's validation split: fetch-data writes validate/; downloads name it otherwise.
+VALIDATE_FOLDERS = ("validate", "validation", "val", "valid")
 
 
 @dataclass
@@ -244,7 +246,7 @@ class TrainSettings(Settings):
 
     data_dir: Path = Path("data")  # train/ + validate/, or class folders split in memory
     train_dir: Path | None = None  # default: <data_dir>/train when it exists
-    validate_dir: Path | None = None  # default: <data_dir>/validate when it exists
+    validate_dir: Path | None = None  # default: <data_dir>/validate (validation, val, valid)
     validation_split: float = 0.2  # of each class, when data_dir holds the class folders
     base: str = "inception"
     alpha: float = 1.0
@@ -300,17 +302,17 @@ class TrainSettings(Settings):
         when data_dir holds the class folders themselves) and the recipe's defaults filled."""
         data_dir = Path(self.data_dir)
 
-        def folder(given, name):
+        def folder(given, names):
             if given is not None:
                 return Path(given)
-            return data_dir / name if (data_dir / name).is_dir() else None
+            return next((data_dir / n for n in names if (data_dir / n).is_dir()), None)
 
         recipe = RECIPES[self.recipe()] if self.base else RECIPES["frozen"]
         filled = {key: value for key, value in recipe.items() if getattr(self, key) is None}
         return self.replace(
             data_dir=data_dir,
-            train_dir=folder(self.train_dir, "train"),
-            validate_dir=folder(self.validate_dir, "validate"),
+            train_dir=folder(self.train_dir, ["train"]),
+            validate_dir=folder(self.validate_dir, VALIDATE_FOLDERS),
             models_dir=Path(self.models_dir),
             output=Path(self.output) if self.output is not None else None,
             tensorboard=Path(self.tensorboard) if self.tensorboard is not None else None,
