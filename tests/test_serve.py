@@ -235,6 +235,20 @@ def test_models_are_loaded_once_and_kept_in_an_lru(models_dir, unseen, tmp_path)
             assert app.state.store.loads == loads
 
 
+def test_one_app_served_twice_answers_both_times(models_dir, unseen):
+    """A restarted server (or a second TestClient) on the same app: the model thread that
+    shutdown closed runs again, instead of a 503 on every request."""
+    app = serve.create_app(ServeSettings(models_dir=models_dir))
+    photo = files_field(unseen["cats"][0])
+    for _ in range(2):
+        with TestClient(app) as c:
+            answer = c.post("/api/predict", files=photo)
+            assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] == \
+                "cats"
+    app.state.worker._thread.join(timeout=30)
+    assert not app.state.worker._thread.is_alive()  # closed again at the second shutdown
+
+
 def test_fifty_concurrent_requests_on_a_real_server(models_dir, unseen):
     photos = unseen["cats"] + unseen["dogs"]
     with serve.serving(ServeSettings(models_dir=models_dir, port=0)) as url:

@@ -507,6 +507,18 @@ class Worker:
         self._thread = threading.Thread(target=self._loop, name="transfer-model", daemon=True)
         self._thread.start()
 
+    def start(self) -> None:
+        """Run again after ``close`` (the app served a second time: a restarted server, a
+        second TestClient); a no-op while running."""
+        with self._cond:
+            if not self._closed:
+                return
+        self._thread.join()  # the closed loop ends after the call it is in, if any
+        with self._cond:
+            self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="transfer-model", daemon=True)
+        self._thread.start()
+
     def _submit(self, job: _Job) -> Future:
         with self._cond:
             if self._closed or len(self._jobs) >= MAX_PENDING:
@@ -647,6 +659,7 @@ def create_app(settings: ServeSettings):
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        worker.start()
         yield
         worker.close()
 
