@@ -3,6 +3,8 @@ clear reasons for unusable files, and the MNIST-style digit fitting."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from conftest import require_asset, split_images, text_as_jpg, truncated
@@ -289,15 +291,31 @@ def test_check_header_refuses_what_is_not_an_image_without_decoding(tmp_path):
         images.open_image(cut)
 
 
-def test_a_very_large_photo_decodes_without_pillows_raw_warning(tmp_path, monkeypatch):
-    """89-179 megapixels (a panorama): Pillow warns of a decompression bomb on stderr; the one
-    reader decodes it quietly. Scaled down here: the limit lowered to 1,000 pixels."""
+def test_a_very_large_photo_in_the_cli_decodes_without_pillows_raw_warning(tmp_path,
+                                                                         monkeypatch):
+    """89-179 megapixels (a panorama): Pillow warns of a decompression bomb on stderr. The CLI
+    (quiet.configure) decodes it quietly; the library leaves a program's warning filters
+    alone, even with reads on several threads (catch_warnings there leaked a filter).
+    Scaled down here: the limit lowered to 1,000 pixels."""
     import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transfer import quiet
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     path = tmp_path / "panorama.png"
     Image.new("RGB", (40, 40), (20, 180, 40)).save(path)  # 1,600 pixels: over, not twice over
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        before = list(warnings.filters)
+        with ThreadPoolExecutor(4) as pool:
+            shapes = list(pool.map(lambda _: images.picture(path, 32).shape, range(32)))
+        assert shapes == [(32, 32, 3)] * 32
+        assert warnings.filters == before  # nothing left behind
+        assert any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught)
+        caught.clear()
+        for name in ("TF_CPP_MIN_LOG_LEVEL", "ABSL_MIN_LOG_LEVEL", "GRPC_VERBOSITY"):
+            monkeypatch.setenv(name, os.environ.get(name, "3"))
+        quiet.configure(verbose=False)  # what the CLI does first
         assert images.picture(path, 32).shape == (32, 32, 3)
     assert [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)] == []

@@ -26,7 +26,6 @@ before that with the tfdata pipeline record no ``preprocessing.resize`` and keep
 from __future__ import annotations
 
 import contextlib
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -108,9 +107,7 @@ def _pillow_errors():
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with warnings.catch_warnings():  # 89-179 megapixels: decoded, without Pillow's
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # raw warning
-            yield
+        yield
     except UnidentifiedImageError:
         raise ImageError("not an image (Pillow cannot identify it)") from None
     except Image.DecompressionBombError as exc:

@@ -21,3 +21,6 @@ def configure(verbose: bool) -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"keras\..*")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # Pillow's DecompressionBombWarning (a RuntimeWarning) for an 89-179 megapixel photo, which
+    # is decoded all the same. Here, not around each read: catch_warnings is not thread-safe.
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"PIL\.Image")
