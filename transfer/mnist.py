@@ -22,6 +22,7 @@ from transfer import bundle, plots
 from transfer.errors import TransferError
 from transfer.metrics import confusion_matrix
 from transfer.progress import Reporter
+from transfer.seeds import keeps_random_state
 from transfer.settings import MnistParams  # noqa: F401
 
 DATASETS = ("mnist", "fashion")
@@ -226,6 +227,7 @@ def summary_rows(model) -> list[tuple[str, str, int]]:
 # --------------------------------------------------------------------------- run
 
 
+@keeps_random_state
 def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
     """Train the small CNN from scratch, test it on the 10,000 test images, write the bundle
     and its pictures.

@@ -40,6 +40,7 @@ from transfer import bases, bundle, phases, pipelines
 from transfer.bases import Base
 from transfer.errors import TransferError
 from transfer.progress import Reporter
+from transfer.seeds import keeps_random_state
 from transfer.settings import DISTRIBUTE, HParams, TrainSettings  # noqa: F401
 
 
@@ -218,6 +219,7 @@ def plan(settings: TrainSettings) -> RunPlan:
     return run
 
 
+@keeps_random_state
 def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainResult:
     """Train a classifier as ``settings`` describe and write its bundle.
 
