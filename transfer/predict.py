@@ -116,8 +116,8 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
         settings: a PredictSettings, or the paths themselves with the other settings as
             keywords (``predict(["photos/"], model=..., top=2)``).
         reporter: progress and the ImageNet-fallback warning (silent by default).
-        classifier: an already loaded classifier (``transfer.inference``) to reuse; then the
-            settings' model, imagenet, base, alpha and invert are not used.
+        classifier: an already loaded classifier (``transfer.inference``) to reuse; it
+            decides model, imagenet, base, alpha and invert (giving those too is an error).
         **options: PredictSettings fields, applied over ``settings``.
 
     Returns:
@@ -136,6 +136,11 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
     s = settings.validated()
     reporter = reporter or Reporter()
     fallback = None
+    chosen = [key for key in ("model", "imagenet", "base", "alpha", "invert")
+              if key in options and options[key] is not None and options[key] is not False]
+    if classifier is not None and chosen:
+        raise TransferError(f"predict got a classifier and also {', '.join(chosen)}: the "
+                            "classifier decides those; drop one or the other")
     if classifier is None:
         classifier, fallback = open_classifier(s, reporter=reporter)
     n_classes = len(classifier.class_names) if classifier.class_names else 1000
