@@ -286,11 +286,11 @@ def sort_into_classes(files: Iterable[str], folders: Iterable[str] = (),
             images. One line each, naming the folders.
     """
     paths = {_posix(f): f for f in files}
-    images = sorted((p for p in paths if _is_candidate(p)), key=lambda p: PurePosixPath(p).parts)
+    images = sorted((p for p in paths if _is_candidate(p)), key=_parts)
     if not images:
         raise TransferError(f"no images in {where} ({EXPECTED_LAYOUTS})")
-    kaggle = [p for p in images if _KAGGLE_NAME.match(PurePosixPath(p).name)]
-    others = [p for p in images if not _KAGGLE_NAME.match(PurePosixPath(p).name)]
+    kaggle = [p for p in images if _KAGGLE_NAME.match(_name(p))]
+    others = [p for p in images if not _KAGGLE_NAME.match(_name(p))]
     if kaggle:
         others = [p for p in others if _folder_name(p) != _KAGGLE_UNLABELLED]
     one_folder = len({_parent(p) for p in kaggle}) <= 1
@@ -320,11 +320,10 @@ def class_folders(images: list[str], folders: list[str], where: str,
     ``folders`` are every folder known (empty ones too). ``kaggle_folder``: Kaggle's cat.N and
     dog.N names all lie in one folder, which must then not sit beside class folders."""
     known = set()
-    for folder in folders:
-        folder = folder.rstrip("/")
-        if folder and not _in_ignored_folder(folder + "/x"):
-            known.add(folder)
-            known.update(str(p) for p in PurePosixPath(folder).parents if str(p) != ".")
+    for folder in set(folders):
+        parts = _parts(folder)
+        if parts and not any(_ignored_folder(part) for part in parts):
+            known.update("/".join(parts[:n]) for n in range(1, len(parts) + 1))
     holding: dict[str, list[str]] = {}
     for path in images:
         holding.setdefault(_parent(path), []).append(path)
@@ -334,16 +333,20 @@ def class_folders(images: list[str], folders: list[str], where: str,
             "each class's images in a folder named after the class, e.g. daisy/1.jpg")
     if kaggle_folder:
         for folder in sorted(holding):
-            kinds = {PurePosixPath(p).name.split(".")[0].lower() for p in holding[folder]
-                     if _KAGGLE_NAME.match(PurePosixPath(p).name)}
+            kinds = {_name(p).split(".")[0].lower() for p in holding[folder]
+                     if _KAGGLE_NAME.match(_name(p))}
             if kinds == {"cat", "dog"}:
-                rest = sorted({PurePosixPath(f).name for f in holding if f != folder})
+                rest = sorted({_name(f) for f in holding if f != folder})
                 raise TransferError(
                     f"{where} mixes layouts: {folder}/ holds Kaggle's cat.N and dog.N photos, "
                     f"beside class folders ({_some(rest)}); give fetch-data one layout")
 
+    kids: dict[str, list[str]] = {}
+    for folder in sorted(known):
+        kids.setdefault(_parent(folder), []).append(folder)
+
     def children(parent: str) -> list[str]:
-        return sorted(f for f in known if _parent(f) == parent)
+        return kids.get(parent, [])
 
     def inside(folder: str, path: str) -> bool:
         return path.startswith(folder + "/")
@@ -360,7 +363,7 @@ def class_folders(images: list[str], folders: list[str], where: str,
             break
         root = only
     tops = children(root)
-    if len(tops) > 1 and all(PurePosixPath(t).name.lower() in SPLIT_FOLDERS for t in tops):
+    if len(tops) > 1 and all(_name(t).lower() in SPLIT_FOLDERS for t in tops):
         for top in tops:
             if top in holding:
                 raise TransferError(
@@ -368,13 +371,17 @@ def class_folders(images: list[str], folders: list[str], where: str,
                     " a split folder holds one folder per class: move them into one, or "
                     "remove them")
         tops = [c for top in tops for c in children(top)]
+    depth = len(_parts(tops[0])) if tops else 0  # every top is this deep
+    under: dict[str, list[str]] = {}
+    for path in images:  # one pass, not one per class: zips hold tens of thousands
+        under.setdefault("/".join(_parts(path)[:depth]), []).append(path)
     classes: dict[str, list[str]] = {}
     empty = []
     for top in tops:
-        mine = [p for p in images if inside(top, p)]
+        mine = under.get(top, [])
         if not mine:
             empty.append(top)
-        classes.setdefault(PurePosixPath(top).name, []).extend(mine)
+        classes.setdefault(_name(top), []).extend(mine)
     by_case: dict[str, list[str]] = {}
     for cls in classes:
         by_case.setdefault(cls.casefold(), []).append(cls)
@@ -388,8 +395,19 @@ def class_folders(images: list[str], folders: list[str], where: str,
             f"{where}: the class folder{'' if one else 's'} {', '.join(empty)} "
             f"hold{'s' if one else ''} no images; every class needs images: add some, or "
             f"remove the folder{'' if one else 's'}")
-    return {cls: sorted(classes[cls], key=lambda p: PurePosixPath(p).parts)
+    return {cls: sorted(classes[cls], key=_parts)
             for cls in sorted(classes)}
+
+
+def _parts(path: str) -> list[str]:
+    """A POSIX relative path's parts ("a//b/./c/" -> a, b, c): PurePosixPath's, as strings
+    (a zip of 25,000 photos would spend seconds building Path objects)."""
+    return [part for part in path.split("/") if part and part != "."]
+
+
+def _name(path: str) -> str:
+    parts = _parts(path)
+    return parts[-1] if parts else ""
 
 
 def _posix(name: str) -> str:
@@ -397,12 +415,11 @@ def _posix(name: str) -> str:
 
 
 def _parent(path: str) -> str:
-    parent = str(PurePosixPath(path.rstrip("/")).parent)
-    return "" if parent == "." else parent
+    return "/".join(_parts(path)[:-1])
 
 
 def _folder_name(path: str) -> str:
-    return PurePosixPath(_parent(path)).name
+    return _name(_parent(path))
 
 
 def _ignored_folder(name: str) -> bool:
@@ -410,11 +427,11 @@ def _ignored_folder(name: str) -> bool:
 
 
 def _in_ignored_folder(path: str) -> bool:
-    return any(_ignored_folder(part) for part in PurePosixPath(path).parts[:-1])
+    return any(_ignored_folder(part) for part in _parts(path)[:-1])
 
 
 def _is_candidate(path: str) -> bool:
-    return is_image_name(PurePosixPath(path).name) and not _in_ignored_folder(path)
+    return is_image_name(_name(path)) and not _in_ignored_folder(path)
 
 
 def _some(names: list[str], shown: int = 3) -> str:

@@ -6,6 +6,7 @@ what counts as an image.
 
 from __future__ import annotations
 
+import os
 from pathlib import PurePath
 
 # Every suffix the one image reader (transfer.images, Pillow) opens.
@@ -20,15 +21,22 @@ PREVIEW_PNG = "augment-preview.png"
 SYSTEM_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"})
 
 
+def _base(name: str) -> str:
+    """The last part of ``name`` (PurePath's ``name``; plain strings for plain names, which
+    is every call of a scan over thousands of files)."""
+    return PurePath(name).name if "/" in name or os.sep in name else name
+
+
 def is_hidden_or_system(name: str) -> bool:
     """True for hidden files (``.x``, macOS's ``._x``) and known system files."""
-    name = PurePath(name).name
+    name = _base(name)
     return name.startswith(".") or name.lower() in SYSTEM_FILES
 
 
 def is_image_name(name: str) -> bool:
     """True when ``name`` has an image suffix and is neither hidden, a system file, a heatmap
     nor an augmentation preview (the tool's own pictures)."""
-    pure = PurePath(name)
-    return (pure.suffix.lower() in IMAGE_SUFFIXES and not is_hidden_or_system(pure.name)
-            and not pure.name.endswith(GRADCAM_SUFFIX) and pure.name != PREVIEW_PNG)
+    base = _base(name)
+    return (os.path.splitext(base)[1].lower() in IMAGE_SUFFIXES
+            and not is_hidden_or_system(base) and not base.endswith(GRADCAM_SUFFIX)
+            and base != PREVIEW_PNG)
