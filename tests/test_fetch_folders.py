@@ -660,3 +660,28 @@ def test_a_broken_photo_keeps_its_place_in_the_cut_as_in_train(flowers, tmp_path
         by_fetch = sorted(f"{key.split('/')[1]}/{name}" for key, names in listing(data).items()
                           if key.startswith(f"{split}/") for name in names)
         assert by_train == by_fetch
+
+
+def test_heic_photos_are_said_by_fetch_data_and_train(flowers, tmp_path):
+    """A class of iPhone photos (.heic, which transfer cannot read): fetch-data and train say
+    so and how to fix it, instead of "no images" or a silent gap."""
+    from transfer.pipelines import class_names
+
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=10, classes=TWO)
+    (folder / "daisy/IMG_0001.HEIC").write_bytes(b"ftypheic")
+    warned = Warnings()
+    fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "data"), reporter=warned)
+    assert warned.warnings[0] == ("left out: 1 .heic file (HEIC (an iPhone's photos)), which "
+                                  "transfer cannot read; convert them to JPEG (e.g. export "
+                                  "as JPEG from the photo app)")
+    (folder / "tulips").mkdir()
+    (folder / "tulips/IMG_0002.heic").write_bytes(b"ftypheic")
+    with pytest.raises(TransferError, match=r"class folder .*tulips has no images it can read: "
+                                            r"it holds 1 \.heic file"):
+        class_names(folder)
+    phone = tmp_path / "phone"
+    (phone / "cats").mkdir(parents=True)
+    (phone / "cats/IMG_1.heic").write_bytes(b"ftypheic")
+    with pytest.raises(TransferError, match=r"no images transfer can read in .*phone: it holds "
+                                            r"1 \.heic file"):
+        fetch_data(FetchOptions(archive=phone, data_dir=tmp_path / "nothing"))

@@ -99,3 +99,25 @@ def test_a_folder_yields_linked_photos_and_sub_folders(tmp_path):
     (folder / "__MACOSX" / "a.jpg").write_bytes(b"x")
     assert inference.folder_images(folder) == [folder / "a.jpg", folder / "linked.jpg",
                                                folder / "more" / "x.jpg"]
+
+
+def test_photos_in_formats_transfer_cannot_read_are_said_not_dropped(tmp_path):
+    """An iPhone's .heic and a camera's raw files in a folder: error rows that say what to do,
+    not a silent "2 image(s) classified" for 4 photos."""
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    for name in ("a.jpg", "b.png", "IMG_0001.HEIC", "DSC_2.nef", "._IMG_0001.HEIC"):
+        (folder / name).write_bytes(b"x")
+    rows = inference.gather([folder])
+    assert [(file.name if file else None) for _, file, _ in rows] == ["a.jpg", "b.png", None,
+                                                                      None]
+    errors = {name.split("/")[-1]: error for name, _, error in rows if error}
+    assert errors == {
+        "DSC_2.nef": "camera raw is not a format transfer reads; convert them to JPEG (e.g. "
+                     "export as JPEG from the photo app)",
+        "IMG_0001.HEIC": "HEIC (an iPhone's photos) is not a format transfer reads; convert "
+                         "them to JPEG (e.g. export as JPEG from the photo app)"}
+    only_heic = tmp_path / "only"
+    only_heic.mkdir()
+    (only_heic / "x.heic").write_bytes(b"x")
+    assert [error for _, _, error in inference.gather([only_heic])][0].startswith("HEIC")

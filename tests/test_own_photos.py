@@ -167,14 +167,19 @@ def test_photos_in_no_class_folder_are_named_and_a_one_photo_class_refused(flowe
     data = copy_classes(flowers, tmp_path / "photos", 10, classes=("daisy", "roses"))
     shutil.copyfile(sorted((flowers / "tulips").iterdir())[0], data / "stray.jpg")
     (data / ".DS_Store").write_bytes(b"\0")
+    (data / "roses/2024").mkdir()
+    (data / "roses/2024/IMG_0001.HEIC").write_bytes(b"ftypheic")  # an iPhone's photo
     reporter = Recorder()
     run = plan(settings(data, tmp_path).validated())
     report_data(run, reporter)
     assert run.counts["train"] == {"daisy": 8, "roses": 8}
-    assert reporter.warnings == [f"1 image directly in {data} is in no class folder and left "
+    assert reporter.warnings == ["left out: 1 .heic file (HEIC (an iPhone's photos)), which "
+                                 "transfer cannot read; convert them to JPEG (e.g. export as "
+                                 "JPEG from the photo app)",
+                                 f"1 image directly in {data} is in no class folder and left "
                                  "out (e.g. stray.jpg); move it into the folder of its class"]
     no_model(monkeypatch)
-    for extra in sorted((data / "roses").iterdir())[1:]:
+    for extra in sorted(p for p in (data / "roses").iterdir() if p.is_file())[1:]:
         extra.unlink()
     with pytest.raises(TransferError) as caught:
         train(settings(data, tmp_path))

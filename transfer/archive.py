@@ -36,7 +36,13 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
-from transfer.constants import is_hidden_or_system, is_image_name
+from transfer.constants import (
+    UNREAD_HINT,
+    is_hidden_or_system,
+    is_image_name,
+    unread_photo,
+    unread_summary,
+)
 from transfer.errors import TransferError
 from transfer.files import sha256_file, walk
 
@@ -151,6 +157,14 @@ class ImageSource:
     def fingerprint(self) -> str:
         raise NotImplementedError
 
+    def unread(self) -> list[str]:
+        """Photos in a format the reader does not take (HEIC, camera raw): left out, said."""
+        return [name for name in self.names() if unread_photo(name)
+                and not _in_ignored_folder(_posix(name))]
+
+    def names(self) -> list[str]:
+        return []
+
     def close(self) -> None:
         pass
 
@@ -178,6 +192,9 @@ class ZipImages(ImageSource):
             [name for name, i in self.infos.items() if not i.is_dir()],
             [name for name, i in self.infos.items() if i.is_dir()], str(self.path))
         return found
+
+    def names(self) -> list[str]:
+        return [name for name, i in self.infos.items() if not i.is_dir()]
 
     def image_names(self) -> list[str]:
         """The members with an image name (outside hidden folders), whatever their layout."""
@@ -234,6 +251,9 @@ class FolderImages(ImageSource):
         folders are left out."""
         return walk(self.root, skip_folder=_ignored_folder)
 
+    def names(self) -> list[str]:
+        return self._scan()[0]
+
     def candidates(self) -> dict[str, list[str]]:
         files, folders = self._scan()
         self.layout, found = sort_into_classes(files, folders, str(self.root))
@@ -288,6 +308,10 @@ def sort_into_classes(files: Iterable[str], folders: Iterable[str] = (),
     paths = {_posix(f): f for f in files}
     images = sorted((p for p in paths if _is_candidate(p)), key=_parts)
     if not images:
+        unread = unread_summary([p for p in paths if not _in_ignored_folder(p)])
+        if unread:
+            raise TransferError(f"no images transfer can read in {where}: it holds {unread}; "
+                                f"{UNREAD_HINT}")
         raise TransferError(f"no images in {where} ({EXPECTED_LAYOUTS})")
     kaggle = [p for p in images if _KAGGLE_NAME.match(_name(p))]
     others = [p for p in images if not _KAGGLE_NAME.match(_name(p))]

@@ -13,6 +13,11 @@ from pathlib import PurePath
 # .jfif and .jpe are JPEGs too (.jfif is what browsers on Windows save a photo as).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif",
                   ".tiff", ".ppm", ".pgm")
+# Photo formats people have but the reader does not take: skipped, and said, never silently.
+UNREAD_PHOTOS = {".heic": "HEIC (an iPhone's photos)", ".heif": "HEIF", ".avif": "AVIF",
+                 **{s: "camera raw" for s in (".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf",
+                                              ".orf", ".rw2")}}
+UNREAD_HINT = "convert them to JPEG (e.g. export as JPEG from the photo app)"
 # What `transfer explain` writes next to an image; never a training photo.
 GRADCAM_SUFFIX = ".gradcam.png"
 # What `train --preview-augment` writes into the data folder; never a photo either.
@@ -40,3 +45,22 @@ def is_image_name(name: str) -> bool:
     return (os.path.splitext(base)[1].lower() in IMAGE_SUFFIXES
             and not is_hidden_or_system(base) and not base.endswith(GRADCAM_SUFFIX)
             and base != PREVIEW_PNG)
+
+
+def unread_photo(name: str) -> str | None:
+    """The kind of photo ``name`` is when the reader does not take it (HEIC, raw), else None."""
+    base = _base(name)
+    if is_hidden_or_system(base):
+        return None
+    return UNREAD_PHOTOS.get(os.path.splitext(base)[1].lower())
+
+
+def unread_summary(names: list[str]) -> str:
+    """"3 .heic files (HEIC (an iPhone's photos))" for the unread photos among ``names``."""
+    kinds: dict[str, int] = {}
+    for name in names:
+        if unread_photo(name):
+            suffix = os.path.splitext(_base(name))[1].lower()
+            kinds[suffix] = kinds.get(suffix, 0) + 1
+    return ", ".join(f"{n} {suffix} file{'' if n == 1 else 's'} ({UNREAD_PHOTOS[suffix]})"
+                     for suffix, n in sorted(kinds.items()))

@@ -59,6 +59,7 @@ from transfer.archive import (
     open_images,
 )
 from transfer.archive import fingerprint as archive_fingerprint
+from transfer.constants import UNREAD_HINT, unread_summary
 from transfer.errors import TransferError
 from transfer.files import write_json
 from transfer.progress import Reporter
@@ -416,6 +417,9 @@ def _build_split(images: ImageSource, opts: FetchOptions, tmp: Path, reporter: R
     if not any(found.values()):
         raise TransferError(f"no images in {where} ({EXPECTED_LAYOUTS})")
     _refuse_single_class(found, where)
+    unread = unread_summary(images.unread())
+    if unread:
+        reporter.warn(f"left out: {unread}, which transfer cannot read; {UNREAD_HINT}")
     plan = _split_plan(opts, images.layout)
     details: dict = {"classes": list(found), "split": plan}
     if plan["mode"] == "per_class":

@@ -50,7 +50,7 @@ import numpy as np
 
 from transfer import bases, bundle, images
 from transfer import engines as engines_module
-from transfer.constants import is_hidden_or_system, is_image_name
+from transfer.constants import UNREAD_HINT, is_hidden_or_system, is_image_name, unread_photo
 from transfer.errors import TransferError
 from transfer.files import walk
 from transfer.metrics import class_probabilities
@@ -78,9 +78,12 @@ def folder_images(folder: Path) -> list[Path]:
     """Every image under ``folder`` (recursed, sorted); hidden folders and files, system files
     and Grad-CAM pictures are left out."""
     folder = Path(folder)
-    files, _ = walk(folder, skip_folder=lambda name: is_hidden_or_system(name)
-                    or name.lower() == "__macosx")  # links followed, as in training
+    files, _ = walk(folder, skip_folder=_skipped_folder)  # links followed, as in training
     return sorted(folder / rel for rel in files if is_image_name(Path(rel).name))
+
+
+def _skipped_folder(name: str) -> bool:
+    return is_hidden_or_system(name) or name.lower() == "__macosx"
 
 
 def gather(paths: list[str | Path]) -> list[tuple[str, Path | None, str | None]]:
@@ -95,9 +98,13 @@ def gather(paths: list[str | Path]) -> list[tuple[str, Path | None, str | None]]
         path = Path(text)
         if path.is_dir():
             found = folder_images(path)
-            if not found:
+            unread = sorted(path / rel for rel in walk(path, skip_folder=_skipped_folder)[0]
+                            if unread_photo(rel))
+            if not found and not unread:
                 rows.append((text, None, "folder has no images"))
             rows.extend((str(p), p, None) for p in found)
+            rows.extend((str(p), None, f"{unread_photo(p.name)} is not a format transfer "
+                                       f"reads; {UNREAD_HINT}") for p in unread)
         elif path.exists() or not glob.has_magic(text):
             rows.append((text, path, None))
         else:

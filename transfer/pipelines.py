@@ -49,8 +49,11 @@ from transfer.bases import preprocess_numpy
 from transfer.constants import (  # noqa: F401  (IMAGE_SUFFIXES: pipelines.IMAGE_SUFFIXES)
     GRADCAM_SUFFIX,
     IMAGE_SUFFIXES,
+    UNREAD_HINT,
     is_hidden_or_system,
     is_image_name,
+    unread_photo,
+    unread_summary,
 )
 from transfer.errors import TransferError
 from transfer.files import walk
@@ -166,8 +169,16 @@ def class_names(directory: Path) -> list[str]:
                             "least two class subfolders")
     for name in names:
         if not image_files(directory / name):
-            raise TransferError(f"class folder {directory / name} has no images")
+            unread = unread_summary(unread_photos(directory / name))
+            raise TransferError(f"class folder {directory / name} has no images" + (
+                f" it can read: it holds {unread}; {UNREAD_HINT}" if unread else ""))
     return names
+
+
+def unread_photos(folder: Path) -> list[str]:
+    """The photos under ``folder`` in a format the reader does not take (HEIC, camera raw),
+    as relative paths: left out of training, and said."""
+    return [rel for rel in walk(Path(folder), skip_folder=_ignored)[0] if unread_photo(rel)]
 
 
 def _ignored(name: str) -> bool:

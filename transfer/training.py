@@ -412,6 +412,13 @@ def report_data(run: RunPlan, reporter: Reporter) -> None:
         per_class += f" and {len(run.names) - len(shown)} more classes (meta.json data.counts)"
     reporter.info(f"data: {how}; {sum(counts['train'].values())} train + "
                   f"{sum(counts['validate'].values())} validate images ({per_class})")
+    folders = ([Path(run.root)] if run.split == "in-memory" else
+               [Path(run.settings.train_dir), Path(run.settings.validate_dir)])
+    unread = pipelines.unread_summary([rel for folder in folders for name in run.names
+                                       for rel in pipelines.unread_photos(folder / name)])
+    if unread:
+        reporter.warn(f"left out: {unread}, which transfer cannot read; "
+                      f"{pipelines.UNREAD_HINT}")
     if run.split == "in-memory":
         loose = [p.name for p in Path(run.root).iterdir()
                  if pipelines.is_image_name(p.name) and p.is_file()]
