@@ -24,6 +24,7 @@ from transfer.archive import ALLOWED_FORMATS, sort_into_classes
 from transfer.datasets import FetchOptions, fetch_data, fraction_sizes
 from transfer.errors import TransferError
 from transfer.progress import Reporter
+from transfer.settings import TrainSettings
 
 FLOWERS = ("daisy", "dandelion", "roses", "sunflowers", "tulips")
 TWO = ("daisy", "roses")
@@ -685,3 +686,84 @@ def test_heic_photos_are_said_by_fetch_data_and_train(flowers, tmp_path):
     with pytest.raises(TransferError, match=r"no images transfer can read in .*phone: it holds "
                                             r"1 \.heic file"):
         fetch_data(FetchOptions(archive=phone, data_dir=tmp_path / "nothing"))
+
+
+def flower_tree(flowers: Path, root: Path, layout: dict[str, tuple[str, int]]) -> Path:
+    """``root/<folder>/`` with ``n`` photos of ``cls`` for each ``folder: (cls, n)``; a folder
+    named ".../" gets photos straight in it."""
+    for folder, (cls, n) in layout.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for photo in sorted((flowers / cls).iterdir())[:n]:
+            shutil.copyfile(photo, root / folder / photo.name)
+    return root
+
+
+def test_split_names_in_any_case_and_a_held_out_test_set(flowers, tmp_path):
+    """Train/ and VAL/ are split folders in fetch-data and in train; a test/ (labelled or
+    not) is held out and said, not spent on training."""
+    from transfer.training import plan
+
+    folder = flower_tree(flowers, tmp_path / "download", {
+        "Train/daisy": ("daisy", 8), "Train/roses": ("roses", 8),
+        "VAL/daisy": ("daisy", 3), "VAL/roses": ("roses", 3), "test": ("tulips", 4)})
+    warned = Warnings()
+    fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "data"), reporter=warned)
+    manifest = manifest_of(tmp_path / "data")
+    assert manifest["classes"] == ["daisy", "roses"]
+    assert manifest["usable"] == {"daisy": 11, "roses": 11}  # test/ not among them
+    assert any(w.startswith("test/ left out: a test set is held out") for w in warned.warnings)
+    run = plan(TrainSettings(data_dir=folder, models_dir=tmp_path / "models").validated())
+    assert run.split == "folders" and run.names == ["daisy", "roses"]
+    assert (run.settings.train_dir.name, run.settings.validate_dir.name) == ("Train", "VAL")
+
+
+def test_split_folders_beside_a_class_folder(flowers, tmp_path):
+    """train/ of class folders beside a class folder: fetch-data refuses (it would make a class
+    "train" of mixed flowers), train says what it leaves out."""
+    from conftest import Recorder
+
+    from transfer.training import plan, report_data
+
+    folder = flower_tree(flowers, tmp_path / "mixed", {
+        "train/daisy": ("daisy", 6), "train/roses": ("roses", 6), "tulips": ("tulips", 4)})
+    with pytest.raises(TransferError, match=r"mixes layouts: train/ holds class folders, beside "
+                                            r"the class folder tulips/"):
+        fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "data"))
+    run = plan(TrainSettings(data_dir=folder, models_dir=tmp_path / "models").validated())
+    reporter = Recorder()
+    report_data(run, reporter)
+    assert run.names == ["daisy", "roses"]
+    assert f"left out: tulips/ beside the split folders in {folder}; only train/ are read" in \
+        reporter.warnings
+
+
+def test_a_class_named_train_and_a_users_cat_and_dog_folders(flowers, tmp_path):
+    """A vehicle classifier's train/ holds photos itself: a class. A user's own Cat/ and Dog/
+    are classes named as the user named them (only Microsoft's PetImages/ is the tour's)."""
+    from transfer.pipelines import class_names
+
+    vehicles = flower_tree(flowers, tmp_path / "vehicles", {
+        "train": ("daisy", 6), "bus": ("roses", 6)})
+    fetch_data(FetchOptions(archive=vehicles, data_dir=tmp_path / "v"))
+    assert manifest_of(tmp_path / "v")["classes"] == ["bus", "train"]
+    assert class_names(vehicles) == ["bus", "train"]
+    assert TrainSettings(data_dir=vehicles).resolved().train_dir is None  # not a split folder
+    pets = flower_tree(flowers, tmp_path / "pets", {"Cat": ("daisy", 6), "Dog": ("roses", 6)})
+    fetch_data(FetchOptions(archive=pets, data_dir=tmp_path / "p"))
+    assert manifest_of(tmp_path / "p")["classes"] == ["Cat", "Dog"]
+    assert manifest_of(tmp_path / "p")["layout"] == "class-folders"
+
+
+def test_train_names_a_wrapper_and_refuses_classes_differing_in_case(flowers, tmp_path):
+    from transfer.pipelines import class_names
+
+    wrapped = flower_tree(flowers, tmp_path / "dl", {
+        "flower_photos/daisy": ("daisy", 2), "flower_photos/roses": ("roses", 2)})
+    with pytest.raises(TransferError, match=r"has one class \(flower_photos\); .* if the "
+                                            r"folders in it \(daisy, roses\) are the classes, "
+                                            r"use --data-dir .*dl/flower_photos"):
+        class_names(wrapped)
+    clash = flower_tree(flowers, tmp_path / "clash", {"Daisy": ("daisy", 2),
+                                                      "daisy": ("daisy", 2)})
+    with pytest.raises(TransferError, match="the class folders Daisy and daisy differ only"):
+        class_names(clash)

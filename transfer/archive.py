@@ -70,6 +70,7 @@ _FOLDER_CLASS = {"cat": "cats", "cats": "cats", "dog": "dogs", "dogs": "dogs"}
 # PetImages's own folder names: only these (exactly) make the cats/dogs "folders" layout; a
 # user's cats/ and dogs/ folders are class folders like any other.
 _PETIMAGES_FOLDERS = {"Cat": "cats", "Dog": "dogs"}
+_PETIMAGES_ROOT = "PetImages"
 # The Kaggle competition's unlabelled photos (test1.zip unpacks to test1/1.jpg ...).
 _KAGGLE_UNLABELLED = "test1"
 # Folders never looked into (macOS zips carry resource forks in __MACOSX/).
@@ -146,6 +147,7 @@ class ImageSource:
     """Where candidate photos are read from: ``candidates()`` by class, ``read(name)`` bytes."""
 
     layout = "unknown"
+    notes: list = []  # what candidates() left out on purpose (a held-out test/), said once
 
     def candidates(self) -> dict[str, list[str]]:
         raise NotImplementedError
@@ -188,9 +190,10 @@ class ZipImages(ImageSource):
         self.infos = {member_name(info): info for info in self.zip.infolist()}
 
     def candidates(self) -> dict[str, list[str]]:
+        self.notes = []
         self.layout, found = sort_into_classes(
             [name for name, i in self.infos.items() if not i.is_dir()],
-            [name for name, i in self.infos.items() if i.is_dir()], str(self.path))
+            [name for name, i in self.infos.items() if i.is_dir()], str(self.path), self.notes)
         return found
 
     def names(self) -> list[str]:
@@ -256,7 +259,9 @@ class FolderImages(ImageSource):
 
     def candidates(self) -> dict[str, list[str]]:
         files, folders = self._scan()
-        self.layout, found = sort_into_classes(files, folders, str(self.root))
+        self.notes = []
+        self.notes = []
+        self.layout, found = sort_into_classes(files, folders, str(self.root), self.notes)
         return found
 
     def read(self, name: str) -> bytes:
@@ -285,7 +290,8 @@ EXPECTED_LAYOUTS = ("expected one folder per class holding its images, e.g. dais
 
 
 def sort_into_classes(files: Iterable[str], folders: Iterable[str] = (),
-                      where: str = "the archive") -> tuple[str, dict[str, list[str]]]:
+                      where: str = "the archive",
+                      notes: list | None = None) -> tuple[str, dict[str, list[str]]]:
     """The layout of an archive and its images by class: (layout, {class: [file, ...]}).
 
     ``files`` are the archive's file paths (zip member names, or paths relative to a folder),
@@ -318,31 +324,48 @@ def sort_into_classes(files: Iterable[str], folders: Iterable[str] = (),
     if kaggle:
         others = [p for p in others if _folder_name(p) != _KAGGLE_UNLABELLED]
     one_folder = len({_parent(p) for p in kaggle}) <= 1
-    if one_folder and all(_folder_name(p) in _PETIMAGES_FOLDERS for p in others):
+    # Microsoft's download: PetImages/Cat and PetImages/Dog (a user's own Cat/ and Dog/ are
+    # class folders like any other, named as the user named them)
+    petimages = all(_folder_name(p) in _PETIMAGES_FOLDERS and (
+        _name(_parent(_parent(p))) or _name(where)) == _PETIMAGES_ROOT for p in others)
+    if one_folder and petimages:
         found = {cls: [paths[p] for p in kaggle + others if classify(p) == cls] for cls in CLASSES}
         return (PETIMAGES if others else KAGGLE), found
     known = [*(_posix(f) for f in folders), *(_parent(p) for p in paths)]
-    classes = class_folders(images, known, where, kaggle_folder=one_folder and bool(kaggle))
+    classes = class_folders(images, known, where, kaggle_folder=one_folder and bool(kaggle),
+                            notes=notes, unread=[p for p in paths if unread_photo(p)])
     return CLASS_FOLDERS, {cls: [paths[p] for p in names] for cls, names in classes.items()}
 
 
 # Folders that hold a split, not a class: a download's train/ and validation/ (cats_and_dogs_
-# filtered, most Kaggle data sets) has its class folders one level down.
+# filtered, most Kaggle data sets) has its class folders one level down. A test/ is held out.
 SPLIT_FOLDERS = frozenset({"train", "training", "validate", "validation", "valid", "val",
                            "test", "testing"})
+HELD_OUT = frozenset({"test", "testing"})
+
+
+def is_split_name(name: str) -> bool:
+    """True for train/, Validation/, VAL/ ...: the names downloads give their splits."""
+    return name.lower() in SPLIT_FOLDERS
 
 
 def class_folders(images: list[str], folders: list[str], where: str,
-                  kaggle_folder: bool = False) -> dict[str, list[str]]:
+                  kaggle_folder: bool = False, notes: list | None = None,
+                  unread: list[str] = ()) -> dict[str, list[str]]:
     """{class: [image, ...]} of images laid out in class folders, as ``train`` reads a folder:
     every folder at the top is a class, and the images in its sub-folders belong to it
     (``daisy/2023/1.jpg`` is a daisy). Two exceptions, for downloads: a lone folder wrapping
     everything is stepped into (``flower_photos/daisy/1.jpg``, at any depth), and top folders
     that are all split names (``train/``, ``validation/``, ``test/``) hold the class folders,
-    which are then merged by name (``train/cats`` and ``validation/cats`` are one class).
+    which are then merged by name (``train/cats`` and ``validation/cats`` are one class); a
+    ``test/`` beside them is a held-out test set, left out with a line in ``notes``. Split
+    folders beside class folders are refused. A split name is a class when the folder holds
+    its photos itself (a vehicle classifier's ``train/``).
 
     ``folders`` are every folder known (empty ones too). ``kaggle_folder``: Kaggle's cat.N and
-    dog.N names all lie in one folder, which must then not sit beside class folders."""
+    dog.N names all lie in one folder, which must then not sit beside class folders.
+    ``unread``: the photos in formats the reader does not take, named when a class has none
+    other."""
     known = set()
     for folder in set(folders):
         parts = _parts(folder)
@@ -387,14 +410,30 @@ def class_folders(images: list[str], folders: list[str], where: str,
             break
         root = only
     tops = children(root)
-    if len(tops) > 1 and all(_name(t).lower() in SPLIT_FOLDERS for t in tops):
+    splits = [t for t in tops if is_split_name(_name(t)) and children(t)]
+    others = [_name(t) for t in tops if t not in splits and _name(t).lower() not in HELD_OUT]
+    if splits and others:
+        raise TransferError(
+            f"{where} mixes layouts: {', '.join(_name(t) + '/' for t in splits)} "
+            f"hold{'s' if len(splits) == 1 else ''} class folders, beside the class folder"
+            f"{'' if len(others) == 1 else 's'} {', '.join(o + '/' for o in others)}; give "
+            "fetch-data one layout: the class folders at the top, or only split folders")
+    if splits:  # a download's train/ and validation/: the class folders are one level down
         for top in tops:
-            if top in holding:
+            if _name(top).lower() in HELD_OUT:
+                if notes is not None:
+                    notes.append(f"{top}/ left out: a test set is held out, not split again "
+                                 "(evaluate on it with transfer evaluate --data-dir)")
+            elif top in holding:
                 raise TransferError(
                     f"{where}: {top}/ holds images in no class folder ({_some(holding[top])});"
                     " a split folder holds one folder per class: move them into one, or "
                     "remove them")
-        tops = [c for top in tops for c in children(top)]
+        tops = [c for top in splits if _name(top).lower() not in HELD_OUT
+                for c in children(top)]
+        if not tops:
+            raise TransferError(f"{where}: only a held-out test set ({', '.join(splits)}); "
+                                "give fetch-data the photos to train on")
     depth = len(_parts(tops[0])) if tops else 0  # every top is this deep
     under: dict[str, list[str]] = {}
     for path in images:  # one pass, not one per class: zips hold tens of thousands
@@ -415,10 +454,13 @@ def class_folders(images: list[str], folders: list[str], where: str,
                                 "differ only in case; rename or merge them")
     if empty:
         one = len(empty) == 1
+        held = unread_summary([p for p in unread if any(p.startswith(e + "/") for e in empty)])
         raise TransferError(
             f"{where}: the class folder{'' if one else 's'} {', '.join(empty)} "
-            f"hold{'s' if one else ''} no images; every class needs images: add some, or "
-            f"remove the folder{'' if one else 's'}")
+            f"hold{'s' if one else ''} no images" + (
+                f" transfer can read ({held}); {UNREAD_HINT}" if held else
+                f"; every class needs images: add some, or remove the folder"
+                f"{'' if one else 's'}"))
     return {cls: sorted(classes[cls], key=_parts)
             for cls in sorted(classes)}
 

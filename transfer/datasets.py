@@ -417,6 +417,8 @@ def _build_split(images: ImageSource, opts: FetchOptions, tmp: Path, reporter: R
     if not any(found.values()):
         raise TransferError(f"no images in {where} ({EXPECTED_LAYOUTS})")
     _refuse_single_class(found, where)
+    for note in images.notes:
+        reporter.warn(note)
     unread = unread_summary(images.unread())
     if unread:
         reporter.warn(f"left out: {unread}, which transfer cannot read; {UNREAD_HINT}")

@@ -165,8 +165,20 @@ def class_names(directory: Path) -> list[str]:
         raise TransferError(f"{directory} has no class subfolders: run `transfer fetch-data` "
                             "first, or give a folder with one subfolder per class")
     if len(names) < 2:
+        inner = [p.name for p in (directory / names[0]).iterdir()
+                 if p.is_dir() and not _ignored(p.name)] if names else []
+        hint = (f"; if the folders in it ({', '.join(sorted(inner)[:3])}"
+                f"{' ...' if len(inner) > 3 else ''}) are the classes, use --data-dir "
+                f"{directory / names[0]}" if len(inner) >= 2 else "")
         raise TransferError(f"{directory} has one class ({names[0]}); a classifier needs at "
-                            "least two class subfolders")
+                            f"least two class subfolders{hint}")
+    by_case: dict[str, list[str]] = {}
+    for name in names:
+        by_case.setdefault(name.casefold(), []).append(name)
+    for same in by_case.values():
+        if len(same) > 1:
+            raise TransferError(f"{directory}: the class folders {' and '.join(same)} differ "
+                                "only in case; rename or merge them")
     for name in names:
         if not image_files(directory / name):
             unread = unread_summary(unread_photos(directory / name))

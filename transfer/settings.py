@@ -149,6 +149,28 @@ def defaults(cls) -> Settings:
 TOUR_PER_CLASS = {"train": 1000, "validate": 400, "test": 0}
 # A data folder's validation split: fetch-data writes validate/; downloads name it otherwise.
 VALIDATE_FOLDERS = ("validate", "validation", "val", "valid")
+TRAIN_FOLDERS = ("train", "training")
+
+
+def split_folder(data_dir: Path, names) -> Path | None:
+    """The split folder of ``data_dir`` named one of ``names`` in any case (``Train/``,
+    ``VAL/``) that holds class folders, not photos of its own: a vehicle classifier's
+    ``train/`` full of photos of trains is a class, not a split."""
+    from transfer.constants import is_hidden_or_system, is_image_name
+
+    try:
+        entries = sorted(Path(data_dir).iterdir())
+    except OSError:
+        return None
+    for wanted in names:
+        for entry in entries:
+            if entry.name.lower() != wanted or not entry.is_dir():
+                continue
+            inside = [e for e in entry.iterdir() if not is_hidden_or_system(e.name)]
+            if any(e.is_dir() for e in inside) and not any(
+                    e.is_file() and is_image_name(e.name) for e in inside):
+                return entry
+    return None
 
 
 @dataclass
@@ -305,13 +327,13 @@ class TrainSettings(Settings):
         def folder(given, names):
             if given is not None:
                 return Path(given)
-            return next((data_dir / n for n in names if (data_dir / n).is_dir()), None)
+            return split_folder(data_dir, names)
 
         recipe = RECIPES[self.recipe()] if self.base else RECIPES["frozen"]
         filled = {key: value for key, value in recipe.items() if getattr(self, key) is None}
         return self.replace(
             data_dir=data_dir,
-            train_dir=folder(self.train_dir, ["train"]),
+            train_dir=folder(self.train_dir, TRAIN_FOLDERS),
             validate_dir=folder(self.validate_dir, VALIDATE_FOLDERS),
             models_dir=Path(self.models_dir),
             output=Path(self.output) if self.output is not None else None,

@@ -396,6 +396,20 @@ FEW_IMAGES = 10  # a class with fewer images is warned about (as fetch-data does
 SHOWN_CLASSES = 12  # classes named in the data line (all are in meta.json)
 
 
+def _beside_the_splits(run: RunPlan) -> list[str]:
+    """Folders of photos that sit beside the train/ (and validate/) folders of --data-dir and
+    are not read (a class folder put next to a download's splits); a test/ is held out."""
+    hp = run.settings
+    data_dir = Path(hp.data_dir)
+    if hp.train_dir is None or Path(hp.train_dir).parent != data_dir:
+        return []
+    used = {Path(hp.train_dir), Path(hp.validate_dir) if hp.validate_dir else None}
+    return [f"{d.name}/" for d in sorted(data_dir.iterdir())
+            if d.is_dir() and d not in used and not pipelines.is_hidden_or_system(d.name)
+            and d.name.lower() not in ("test", "testing", "__macosx")
+            and pipelines.image_files(d)]
+
+
 def report_data(run: RunPlan, reporter: Reporter) -> None:
     """One line on the data (where, how split, images per class and split) and a warning for
     each class under FEW_IMAGES images."""
@@ -414,6 +428,12 @@ def report_data(run: RunPlan, reporter: Reporter) -> None:
                   f"{sum(counts['validate'].values())} validate images ({per_class})")
     folders = ([Path(run.root)] if run.split == "in-memory" else
                [Path(run.settings.train_dir), Path(run.settings.validate_dir)])
+    beside = _beside_the_splits(run)
+    if beside:
+        reporter.warn(f"left out: {', '.join(beside)} beside the split folders in "
+                      f"{run.settings.data_dir}; only {Path(run.settings.train_dir).name}/ "
+                      + (f"and {Path(run.settings.validate_dir).name}/ " if
+                         run.settings.validate_dir else "") + "are read")
     unread = pipelines.unread_summary([rel for folder in folders for name in run.names
                                        for rel in pipelines.unread_photos(folder / name)])
     if unread:
