@@ -194,3 +194,18 @@ def test_make_refuses_no_samples_and_an_unknown_pipeline(odd_folder):
         pipelines.make("generator", None, ["a", "b"], 32, "tf", 4, None, False, 0)
     with pytest.raises(TransferError, match="unknown pipeline"):
         pipelines.make("other", odd_folder, ["daisy", "roses"], 32, "tf", 4, None, False, 0)
+
+
+def test_a_class_whose_validation_share_is_all_damaged_is_named(tmp_path):
+    """train's split keeps a truncated photo's place (as fetch-data's does): when a class's
+    whole validation share is such files, the run names the class it cannot measure."""
+    from types import SimpleNamespace
+
+    skipped = pipelines.Skipped()
+    good, damaged = tmp_path / "daisy.jpg", tmp_path / "roses-truncated.jpg"
+    skipped.add(damaged, "corrupt or truncated image")
+    run = SimpleNamespace(names=["daisy", "roses"], skipped=skipped,
+                          validate=[pipelines.Sample(good, 0), pipelines.Sample(damaged, 1)])
+    assert pipelines.unmeasured(run) == ["roses"]
+    run.validate.append(pipelines.Sample(tmp_path / "roses.jpg", 1))
+    assert pipelines.unmeasured(run) == []

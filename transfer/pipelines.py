@@ -111,6 +111,14 @@ def usable(samples: list[Sample], skipped: Skipped | None) -> list[Sample]:
     return [s for s in samples if str(s.path) not in skipped]
 
 
+def unmeasured(plan) -> list[str]:
+    """The classes of ``plan`` left without a usable validation image (their share of the
+    split held only damaged files): trained, but not measured."""
+    val = np.bincount([s.label for s in usable(plan.validate, plan.skipped)],
+                      minlength=len(plan.names))
+    return [name for name, n in zip(plan.names, val, strict=True) if n == 0]
+
+
 def check_enough(plan) -> None:
     """One TransferError when a class of ``plan`` is left with fewer than MIN_USABLE usable
     images, or none to train on, once the unreadable files are left out."""

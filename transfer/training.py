@@ -274,6 +274,10 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
                                                       settings.fine_tune_epochs))
             else:
                 fit = fit.then(phases.fine_tune(run, built, reporter))
+        for name in pipelines.unmeasured(run) if chief else []:
+            reporter.warn(f"class {name} has no usable validation image (its share of the split "
+                          "held only damaged files, listed at the end): it is trained, but "
+                          "its accuracy is not measured; repair or replace those files")
         if not chief:  # the chief validates and writes; this worker waits for it, then ends
             cluster.barrier("the chief's writing of the bundle", timeout=FINAL_WAIT)
             cluster.farewell()
