@@ -767,3 +767,61 @@ def test_train_names_a_wrapper_and_refuses_classes_differing_in_case(flowers, tm
                                                       "daisy": ("daisy", 2)})
     with pytest.raises(TransferError, match="the class folders Daisy and daisy differ only"):
         class_names(clash)
+
+
+def test_unsorted_kaggle_photos_in_split_folders_are_labelled_by_name(kaggle_zip, tmp_path):
+    """train/ and validation/ each holding cat.N and dog.N (unsorted): the names say the
+    class, never folders named "train" and "validation"."""
+    with zipfile.ZipFile(kaggle_zip) as source:
+        members = {f"{split}/{kind}.{i}.jpg": source.read(f"train/{kind}.{i}.jpg")
+                   for split, numbers in (("train", range(8)), ("validation", range(8, 11)))
+                   for kind in ("cat", "dog") for i in numbers}
+    archive = make_zip(tmp_path / "unsorted.zip", members)
+    fetch_data(SplitOptions(archive=archive, data_dir=tmp_path / "data", validation_split=0.2))
+    manifest = manifest_of(tmp_path / "data")
+    assert manifest["classes"] == ["cats", "dogs"]
+    assert manifest["usable"] == {"cats": 11, "dogs": 11}
+
+
+def test_split_names_without_a_train_split_are_classes(flowers, tmp_path):
+    """A valid/invalid classifier with year sub-folders: valid/ is a class, in both commands."""
+    from transfer.training import plan
+
+    folder = flower_tree(flowers, tmp_path / "vv", {
+        "valid/2023": ("daisy", 6), "invalid/2023": ("roses", 6)})
+    fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "data"))
+    assert manifest_of(tmp_path / "data")["classes"] == ["invalid", "valid"]
+    run = plan(TrainSettings(data_dir=folder, models_dir=tmp_path / "models").validated())
+    assert run.split == "in-memory" and run.names == ["invalid", "valid"]
+
+
+def test_folders_linking_to_each_other_are_entered_once_per_branch(tmp_path):
+    from transfer.files import walk
+
+    for cls in ("cats", "dogs"):
+        (tmp_path / "d" / cls).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "d" / cls / f"{cls}{i}.jpg").write_bytes(b"x")
+    (tmp_path / "d/cats/x").symlink_to("../dogs", target_is_directory=True)
+    (tmp_path / "d/dogs/y").symlink_to("../cats", target_is_directory=True)
+    files, _ = walk(tmp_path / "d")
+    assert len(files) == 12  # each folder's 3 photos, and each linked folder's once
+
+
+def test_many_photos_of_one_name_are_renamed_in_linear_time():
+    taken: dict = {}
+    names = [datasets._free_file_name("IMG_0001.JPG", taken) for _ in range(20000)]
+    assert len(set(names)) == 20000 and names[:3] == ["IMG_0001.JPG", "IMG_0001-2.JPG",
+                                                       "IMG_0001-3.JPG"]
+    assert datasets._free_file_name("img_0001-2.jpg", taken) == "img_0001-2-2.jpg"  # any case
+    assert datasets._member_file_name("cats\\cat.0.jpg") == "cat.0.jpg"  # a Windows zip
+
+
+def test_petimages_given_as_the_current_folder(flowers, tmp_path, monkeypatch):
+    """Microsoft's PetImages given as "." is still the tour's cats and dogs."""
+    pets = flower_tree(flowers, tmp_path / "PetImages", {"Cat": ("daisy", 12),
+                                                         "Dog": ("roses", 12)})
+    monkeypatch.chdir(pets)
+    fetch_data(FetchOptions(archive=Path("."), data_dir=tmp_path / "data",
+                            train_per_class=8, validate_per_class=2))
+    assert manifest_of(tmp_path / "data")["classes"] == ["cats", "dogs"]

@@ -260,8 +260,8 @@ class FolderImages(ImageSource):
     def candidates(self) -> dict[str, list[str]]:
         files, folders = self._scan()
         self.notes = []
-        self.notes = []
-        self.layout, found = sort_into_classes(files, folders, str(self.root), self.notes)
+        self.layout, found = sort_into_classes(files, folders, str(self.root), self.notes,
+                                               root_name=self.root.resolve().name)
         return found
 
     def read(self, name: str) -> bytes:
@@ -290,8 +290,8 @@ EXPECTED_LAYOUTS = ("expected one folder per class holding its images, e.g. dais
 
 
 def sort_into_classes(files: Iterable[str], folders: Iterable[str] = (),
-                      where: str = "the archive",
-                      notes: list | None = None) -> tuple[str, dict[str, list[str]]]:
+                      where: str = "the archive", notes: list | None = None,
+                      root_name: str = "") -> tuple[str, dict[str, list[str]]]:
     """The layout of an archive and its images by class: (layout, {class: [file, ...]}).
 
     ``files`` are the archive's file paths (zip member names, or paths relative to a folder),
@@ -323,11 +323,16 @@ def sort_into_classes(files: Iterable[str], folders: Iterable[str] = (),
     others = [p for p in images if not _KAGGLE_NAME.match(_name(p))]
     if kaggle:
         others = [p for p in others if _folder_name(p) != _KAGGLE_UNLABELLED]
-    one_folder = len({_parent(p) for p in kaggle}) <= 1
+    kaggle_folders = {_parent(p) for p in kaggle}
+    # unsorted: one folder (Kaggle's train/), or split folders each holding cats and dogs
+    one_folder = len(kaggle_folders) <= 1 or all(
+        is_split_name(_name(f)) and {_name(p).split(".")[0].lower() for p in kaggle
+                                     if _parent(p) == f} == {"cat", "dog"}
+        for f in kaggle_folders)
     # Microsoft's download: PetImages/Cat and PetImages/Dog (a user's own Cat/ and Dog/ are
     # class folders like any other, named as the user named them)
     petimages = all(_folder_name(p) in _PETIMAGES_FOLDERS and (
-        _name(_parent(_parent(p))) or _name(where)) == _PETIMAGES_ROOT for p in others)
+        _name(_parent(_parent(p))) or root_name) == _PETIMAGES_ROOT for p in others)
     if one_folder and petimages:
         found = {cls: [paths[p] for p in kaggle + others if classify(p) == cls] for cls in CLASSES}
         return (PETIMAGES if others else KAGGLE), found
@@ -411,6 +416,8 @@ def class_folders(images: list[str], folders: list[str], where: str,
         root = only
     tops = children(root)
     splits = [t for t in tops if is_split_name(_name(t)) and children(t)]
+    if not any(_name(t).lower() in ("train", "training") for t in splits):
+        splits = []  # valid/ and invalid/, or test/ and prod/: classes, not splits
     others = [_name(t) for t in tops if t not in splits and _name(t).lower() not in HELD_OUT]
     if splits and others:
         raise TransferError(
@@ -439,24 +446,21 @@ def class_folders(images: list[str], folders: list[str], where: str,
     for path in images:  # one pass, not one per class: zips hold tens of thousands
         under.setdefault("/".join(_parts(path)[:depth]), []).append(path)
     classes: dict[str, list[str]] = {}
-    empty = []
     for top in tops:
-        mine = under.get(top, [])
-        if not mine:
-            empty.append(top)
-        classes.setdefault(_name(top), []).extend(mine)
+        classes.setdefault(_name(top), []).extend(under.get(top, []))
+    empty = [top for top in tops if not classes[_name(top)]]  # after merging split halves
     by_case: dict[str, list[str]] = {}
     for cls in classes:
-        by_case.setdefault(cls.casefold(), []).append(cls)
+        by_case.setdefault(unicodedata.normalize("NFC", cls).casefold(), []).append(cls)
     for same in by_case.values():
         if len(same) > 1:
             raise TransferError(f"{where}: the class folders {' and '.join(sorted(same))} "
                                 "differ only in case; rename or merge them")
     if empty:
         one = len(empty) == 1
-        held = unread_summary([p for p in unread if any(p.startswith(e + "/") for e in empty)])
+        held = unread_summary([p for p in unread if "/".join(_parts(p)[:depth]) in empty])
         raise TransferError(
-            f"{where}: the class folder{'' if one else 's'} {', '.join(empty)} "
+            f"{where}: the class folder{'' if one else 's'} {_some(empty)} "
             f"hold{'s' if one else ''} no images" + (
                 f" transfer can read ({held}); {UNREAD_HINT}" if held else
                 f"; every class needs images: add some, or remove the folder"

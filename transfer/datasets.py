@@ -463,12 +463,12 @@ def _split_per_class(images, found, plan, opts, tmp, reporter, rename: bool):
         for cls in classes:
             order = sorted(found[cls])
             random.Random(f"{opts.seed}:{cls}").shuffle(order)
-            seen_names: set[str] = set()
+            seen_names: dict[str, int] = {}
             placed = 0
             for member in order:
                 if placed == need:
                     break
-                name = PurePosixPath(member).name
+                name = _member_file_name(member)
                 if not rename and name in seen_names:
                     data, reason = b"", "duplicate file name"
                 else:
@@ -479,14 +479,14 @@ def _split_per_class(images, found, plan, opts, tmp, reporter, rename: bool):
                 if rename:
                     name = _free_file_name(name, seen_names)
                 else:
-                    seen_names.add(name)
+                    seen_names[name] = 1
                 split = split_of[placed]
                 folder = tmp / split / cls
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / name).write_bytes(data)
                 files[split][cls].append(name)
                 counts[split][cls] += 1
-                if name != PurePosixPath(member).name:
+                if name != _member_file_name(member):
                     renamed[f"{split}/{cls}/{name}"] = member
                 placed += 1
                 advance(1)
@@ -517,7 +517,7 @@ def _split_by_fractions(images, found, plan, opts, tmp, reporter):
             random.Random(f"{opts.seed}:{cls}").shuffle(order)
             stage = tmp / STAGING / str(index)
             stage.mkdir(parents=True)
-            taken: set[str] = set()
+            taken: dict[str, int] = {}
             kept[cls] = []
             for member in order:
                 data, reason = _checked(images, member)
@@ -527,7 +527,7 @@ def _split_by_fractions(images, found, plan, opts, tmp, reporter):
                     if _identified(data):  # train keeps its place in the cut: so do we
                         kept[cls].append((None, member))
                     continue
-                name = _free_file_name(PurePosixPath(member).name, taken)
+                name = _free_file_name(_member_file_name(member), taken)
                 (stage / name).write_bytes(data)
                 kept[cls].append((name, member))
     usable = {cls: sum(name is not None for name, _ in names) for cls, names in kept.items()}
@@ -565,7 +565,7 @@ def _split_by_fractions(images, found, plan, opts, tmp, reporter):
             for name, member in take:
                 os.replace(tmp / STAGING / str(index) / name, folder / name)
                 files[split][cls].append(name)
-                if name != PurePosixPath(member).name:
+                if name != _member_file_name(member):
                     renamed[f"{split}/{cls}/{name}"] = member
             counts[split][cls] = len(take)
     shutil.rmtree(tmp / STAGING)
@@ -625,17 +625,27 @@ def _too_few(short, found, usable, skipped, plan) -> str:
             f"{need} ({each}): add photos, or remove the class folder")
 
 
-def _free_file_name(name: str, taken: set[str]) -> str:
+def _free_file_name(name: str, taken: dict[str, int]) -> str:
     """``name``, or ``stem-2.jpg``, ``stem-3.jpg``... when a file of that name (in any case)
-    is already in the class (class folders of one name at several places); noted in
-    ``taken`` (case-folded)."""
+    is already in the class (sub-folders of a class, split folders merged); noted in
+    ``taken`` (case-folded), which also remembers the last number used for each name, so
+    that 10,000 photos named IMG_0001.jpg take 10,000 steps, not 50 million."""
     pure = PurePosixPath(name)
-    candidate, n = name, 1
-    while candidate.casefold() in taken:
-        n += 1
-        candidate = f"{pure.stem}-{n}{pure.suffix}"
-    taken.add(candidate.casefold())
+    candidate = name
+    if candidate.casefold() in taken:
+        last = "\0" + name.casefold()  # no file name holds a NUL
+        n = taken.get(last, 1)
+        while candidate.casefold() in taken:
+            n += 1
+            candidate = f"{pure.stem}-{n}{pure.suffix}"
+        taken[last] = n
+    taken[candidate.casefold()] = 1
     return candidate
+
+
+def _member_file_name(member: str) -> str:
+    """The file name of an archive member ("cats\\cat.0.jpg" from a Windows zip: cat.0.jpg)."""
+    return member.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
 
 
 # --------------------------------------------------------------------------- the swap

@@ -63,19 +63,23 @@ def walk(root: Path, skip_folder=lambda name: False) -> tuple[list[str], list[st
 
     Symbolic links to files and to folders are followed, as a file browser shows them (a
     user's ``roses -> /photos/2024/roses``); a link back to a folder above it is not entered
-    (no loop), nor is anything deeper than MAX_DEPTH. Broken links are left out, and so are
+    (no loop), nor one already entered on the way down from the root (two folders linking to
+    each other), nor anything deeper than MAX_DEPTH. Broken links are left out, and so are
     the folders ``skip_folder(name)`` refuses, with everything in them.
     """
     root = Path(root)
     files, folders = [], []
+    branch: dict[str, frozenset] = {}  # the real folders from the root down to each folder
     for folder, dirs, names in os.walk(root, followlinks=True):
         here = Path(folder)
         rel = here.relative_to(root)
         real = os.path.realpath(here)
-        above = {real, *map(str, Path(real).parents)}
+        above = branch.pop(folder, frozenset()) | {real, *map(str, Path(real).parents)}
         dirs[:] = sorted(d for d in dirs if not skip_folder(d)
                          and os.path.realpath(here / d) not in above
                          and len(rel.parts) < MAX_DEPTH)
+        for d in dirs:  # two folders linking to each other: each entered once per branch
+            branch[os.path.join(folder, d)] = above
         if rel.parts:
             folders.append(rel.as_posix())
         files.extend((rel / name).as_posix() for name in sorted(names)

@@ -23,4 +23,5 @@ def configure(verbose: bool) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     # Pillow's DecompressionBombWarning (a RuntimeWarning) for an 89-179 megapixel photo, which
     # is decoded all the same. Here, not around each read: catch_warnings is not thread-safe.
-    warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"PIL\.Image")
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit",
+                            category=RuntimeWarning, module=r"PIL\.Image")

@@ -501,6 +501,7 @@ class Worker:
         self.store = store
         self._jobs: deque = deque()
         self._cond = threading.Condition()
+        self._restart = threading.Lock()
         self._closed = False
         self.requests = 0  # jobs run
         self.calls = 0  # model calls (batches) they took
@@ -510,14 +511,16 @@ class Worker:
     def start(self) -> None:
         """Run again after ``close`` (the app served a second time: a restarted server, a
         second TestClient); a no-op while running."""
-        with self._cond:
-            if not self._closed:
-                return
-        self._thread.join()  # the closed loop ends after the call it is in, if any
-        with self._cond:
-            self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="transfer-model", daemon=True)
-        self._thread.start()
+        with self._restart:  # one restart at a time: never two model threads
+            with self._cond:
+                if not self._closed:
+                    return
+            self._thread.join()  # the closed loop ends after the call it is in, if any
+            with self._cond:
+                self._closed = False
+            self._thread = threading.Thread(target=self._loop, name="transfer-model",
+                                            daemon=True)
+            self._thread.start()
 
     def _submit(self, job: _Job) -> Future:
         with self._cond:

@@ -154,9 +154,9 @@ TRAIN_FOLDERS = ("train", "training")
 
 def split_folder(data_dir: Path, names) -> Path | None:
     """The split folder of ``data_dir`` named one of ``names`` in any case (``Train/``,
-    ``VAL/``) that holds class folders, not photos of its own: a vehicle classifier's
-    ``train/`` full of photos of trains is a class, not a split."""
-    from transfer.constants import is_hidden_or_system, is_image_name
+    ``VAL/``) that holds class folders (as fetch-data decides): a vehicle classifier's
+    ``train/`` of nothing but photos of trains is a class, not a split."""
+    from transfer.constants import is_hidden_or_system
 
     try:
         entries = sorted(Path(data_dir).iterdir())
@@ -166,9 +166,7 @@ def split_folder(data_dir: Path, names) -> Path | None:
         for entry in entries:
             if entry.name.lower() != wanted or not entry.is_dir():
                 continue
-            inside = [e for e in entry.iterdir() if not is_hidden_or_system(e.name)]
-            if any(e.is_dir() for e in inside) and not any(
-                    e.is_file() and is_image_name(e.name) for e in inside):
+            if any(e.is_dir() and not is_hidden_or_system(e.name) for e in entry.iterdir()):
                 return entry
     return None
 
@@ -331,10 +329,14 @@ class TrainSettings(Settings):
 
         recipe = RECIPES[self.recipe()] if self.base else RECIPES["frozen"]
         filled = {key: value for key, value in recipe.items() if getattr(self, key) is None}
+        train_dir = folder(self.train_dir, TRAIN_FOLDERS)
+        # without a train split, valid/ or val/ is a class (a valid/invalid classifier)
+        validate_dir = (folder(self.validate_dir, VALIDATE_FOLDERS) if train_dir is not None
+                        else self.validate_dir and Path(self.validate_dir))
         return self.replace(
             data_dir=data_dir,
-            train_dir=folder(self.train_dir, TRAIN_FOLDERS),
-            validate_dir=folder(self.validate_dir, VALIDATE_FOLDERS),
+            train_dir=train_dir,
+            validate_dir=validate_dir,
             models_dir=Path(self.models_dir),
             output=Path(self.output) if self.output is not None else None,
             tensorboard=Path(self.tensorboard) if self.tensorboard is not None else None,
