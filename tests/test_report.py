@@ -171,3 +171,15 @@ def test_a_file_that_is_not_a_transfer_report_is_kept_without_force(bundle_copy,
                                       "--force"])
     assert forced.exit_code == 0, forced.output
     assert made_by_transfer(theirs)
+
+
+def test_image_counts_look_into_sub_folders_as_training_does(tmp_path):
+    """daisy/2023/1.jpg is a daisy for train and fetch-data: the report counts it too."""
+    from transfer.report import _count_images
+
+    for rel in ("daisy/a.jpg", "daisy/2023/b.jpg", "daisy/.hidden/c.jpg", "roses/d.png",
+                "roses/__MACOSX/e.jpg", "roses/notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    assert _count_images(tmp_path, ["daisy", "roses", "tulips"]) == {
+        "daisy": 2, "roses": 1, "tulips": 0}

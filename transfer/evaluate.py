@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer import bundle, images, metrics, pipelines, plots
+from transfer.constants import is_hidden_or_system
 from transfer.errors import TransferError
 from transfer.files import replacing, write_json
 from transfer.inference import BundleClassifier, ModelEngine, classify_files, writable_folder
@@ -85,7 +86,8 @@ def labelled_files(data_dir: Path, class_names: list[str]) -> list[tuple[Path, i
     if not data_dir.is_dir():
         raise TransferError(f"no data folder {data_dir}")
     folders = sorted(p.name for p in data_dir.iterdir()
-                     if p.is_dir() and not p.name.startswith("."))
+                     if p.is_dir() and not is_hidden_or_system(p.name)
+                     and p.name.lower() != "__macosx")
     if not folders:
         raise TransferError(f"{data_dir} has no class subfolders (one per class, named as the "
                             f"model's classes: {', '.join(class_names)})")
