@@ -302,6 +302,10 @@ def test_one_loaded_classifier_serves_many_calls(trained_bundle, small_split):
     assert again.model == str(trained_bundle.bundle) and again.fallback is None
     with pytest.raises(TransferError, match="predict got a classifier and also model"):
         predict.predict(files, classifier=classifier, model="models/another")
+    with pytest.raises(TransferError, match="predict got a classifier and also model"):
+        predict.predict(PredictSettings(paths=files, model="models/another"),
+                        classifier=classifier)
+    assert predict.predict(files, classifier=classifier, base="inception").items  # a default
     from_bytes = classifier.classify([f.read_bytes() for f in files])
     arrays = np.stack([classifier.prepare(f)[0] for f in files])
     np.testing.assert_allclose(from_bytes, expected, atol=1e-6)

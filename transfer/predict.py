@@ -136,8 +136,9 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
     s = settings.validated()
     reporter = reporter or Reporter()
     fallback = None
+    defaults = PredictSettings(paths=settings.paths)
     chosen = [key for key in ("model", "imagenet", "base", "alpha", "invert")
-              if key in options and options[key] is not None and options[key] is not False]
+              if getattr(settings, key) != getattr(defaults, key)]
     if classifier is not None and chosen:
         raise TransferError(f"predict got a classifier and also {', '.join(chosen)}: the "
                             "classifier decides those; drop one or the other")
