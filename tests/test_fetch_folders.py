@@ -711,7 +711,8 @@ def test_split_names_in_any_case_and_a_held_out_test_set(flowers, tmp_path):
     manifest = manifest_of(tmp_path / "data")
     assert manifest["classes"] == ["daisy", "roses"]
     assert manifest["usable"] == {"daisy": 11, "roses": 11}  # test/ not among them
-    assert any(w.startswith("test/ left out: a test set is held out") for w in warned.warnings)
+    assert ("test/ left out: a test set is held out, not split again (transfer evaluate "
+            f"--data-dir {folder / 'test'})") in warned.warnings
     run = plan(TrainSettings(data_dir=folder, models_dir=tmp_path / "models").validated())
     assert run.split == "folders" and run.names == ["daisy", "roses"]
     assert (run.settings.train_dir.name, run.settings.validate_dir.name) == ("Train", "VAL")

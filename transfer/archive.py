@@ -429,8 +429,10 @@ def class_folders(images: list[str], folders: list[str], where: str,
         for top in tops:
             if _name(top).lower() in HELD_OUT:
                 if notes is not None:
+                    use = (f"transfer evaluate --data-dir {Path(where) / top}"
+                           if os.path.isdir(where) else "unpack it for transfer evaluate")
                     notes.append(f"{top}/ left out: a test set is held out, not split again "
-                                 "(evaluate on it with transfer evaluate --data-dir)")
+                                 f"({use})")
             elif top in holding:
                 raise TransferError(
                     f"{where}: {top}/ holds images in no class folder ({_some(holding[top])});"
