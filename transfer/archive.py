@@ -37,12 +37,15 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 from transfer.constants import (
+    TEST_FOLDERS,
+    TRAIN_FOLDERS,
     UNREAD_HINT,
-    is_hidden_or_system,
+    VALIDATE_FOLDERS,
     is_image_name,
     unread_photo,
     unread_summary,
 )
+from transfer.constants import is_ignored_folder as _ignored_folder
 from transfer.errors import TransferError
 from transfer.files import sha256_file, walk
 
@@ -73,8 +76,6 @@ _PETIMAGES_FOLDERS = {"Cat": "cats", "Dog": "dogs"}
 _PETIMAGES_ROOT = "PetImages"
 # The Kaggle competition's unlabelled photos (test1.zip unpacks to test1/1.jpg ...).
 _KAGGLE_UNLABELLED = "test1"
-# Folders never looked into (macOS zips carry resource forks in __MACOSX/).
-_IGNORED_FOLDERS = frozenset({"__macosx"})
 # Pillow puts the file object into some messages ("cannot identify image file <_io.BytesIO
 # object at 0x7f...>"): meaningless to a user, so it is cut out.
 _OBJECT_REPR = re.compile(r"\s*<[^<>]*? object at 0x[0-9a-fA-F]+>")
@@ -344,9 +345,8 @@ def sort_into_classes(files: Iterable[str], folders: Iterable[str] = (),
 
 # Folders that hold a split, not a class: a download's train/ and validation/ (cats_and_dogs_
 # filtered, most Kaggle data sets) has its class folders one level down. A test/ is held out.
-SPLIT_FOLDERS = frozenset({"train", "training", "validate", "validation", "valid", "val",
-                           "test", "testing"})
-HELD_OUT = frozenset({"test", "testing"})
+SPLIT_FOLDERS = frozenset({*TRAIN_FOLDERS, *VALIDATE_FOLDERS, *TEST_FOLDERS})
+HELD_OUT = frozenset(TEST_FOLDERS)
 
 
 def is_split_name(name: str) -> bool:
@@ -416,7 +416,7 @@ def class_folders(images: list[str], folders: list[str], where: str,
         root = only
     tops = children(root)
     splits = [t for t in tops if is_split_name(_name(t)) and children(t)]
-    if not any(_name(t).lower() in ("train", "training") for t in splits):
+    if not any(_name(t).lower() in TRAIN_FOLDERS for t in splits):
         splits = []  # valid/ and invalid/, or test/ and prod/: classes, not splits
     others = [_name(t) for t in tops if t not in splits and _name(t).lower() not in HELD_OUT]
     if splits and others:
@@ -492,10 +492,6 @@ def _parent(path: str) -> str:
 
 def _folder_name(path: str) -> str:
     return _name(_parent(path))
-
-
-def _ignored_folder(name: str) -> bool:
-    return is_hidden_or_system(name) or name.lower() in _IGNORED_FOLDERS
 
 
 def _in_ignored_folder(path: str) -> bool:

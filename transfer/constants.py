@@ -24,6 +24,13 @@ GRADCAM_SUFFIX = ".gradcam.png"
 PREVIEW_PNG = "augment-preview.png"
 # System files that sit in photo folders and are never images: ignored silently.
 SYSTEM_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"})
+# Folders never looked into (macOS zips carry resource forks in __MACOSX/).
+IGNORED_FOLDERS = frozenset({"__macosx"})
+# The names of a data folder's splits, in any case: fetch-data writes train/ and validate/;
+# downloads name them otherwise. A test/ is held out, never trained on.
+TRAIN_FOLDERS = ("train", "training")
+VALIDATE_FOLDERS = ("validate", "validation", "val", "valid")
+TEST_FOLDERS = ("test", "testing")
 
 
 def _base(name: str) -> str:
@@ -36,6 +43,11 @@ def is_hidden_or_system(name: str) -> bool:
     """True for hidden files (``.x``, macOS's ``._x``) and known system files."""
     name = _base(name)
     return name.startswith(".") or name.lower() in SYSTEM_FILES
+
+
+def is_ignored_folder(name: str) -> bool:
+    """True for the folders no command looks into: hidden and system ones, ``__MACOSX``."""
+    return is_hidden_or_system(name) or _base(name).lower() in IGNORED_FOLDERS
 
 
 def is_image_name(name: str) -> bool:

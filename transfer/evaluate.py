@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer import bundle, images, metrics, pipelines, plots
-from transfer.constants import is_hidden_or_system
+from transfer.constants import is_ignored_folder
 from transfer.errors import TransferError
 from transfer.files import replacing, write_json
 from transfer.inference import BundleClassifier, ModelEngine, classify_files, writable_folder
@@ -86,8 +86,7 @@ def labelled_files(data_dir: Path, class_names: list[str]) -> list[tuple[Path, i
     if not data_dir.is_dir():
         raise TransferError(f"no data folder {data_dir}")
     folders = sorted(p.name for p in data_dir.iterdir()
-                     if p.is_dir() and not is_hidden_or_system(p.name)
-                     and p.name.lower() != "__macosx")
+                     if p.is_dir() and not is_ignored_folder(p.name))
     if not folders:
         raise TransferError(f"{data_dir} has no class subfolders (one per class, named as the "
                             f"model's classes: {', '.join(class_names)})")

@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from transfer.constants import is_ignored_folder, is_image_name
 from transfer.errors import TransferError
 
 
@@ -85,3 +86,11 @@ def walk(root: Path, skip_folder=lambda name: False) -> tuple[list[str], list[st
         files.extend((rel / name).as_posix() for name in sorted(names)
                      if (here / name).is_file())
     return files, folders
+
+
+def images_under(folder: Path) -> list[Path]:
+    """Every image under ``folder`` at any depth, sorted, links followed (``walk``); hidden
+    and system files and folders, ``__MACOSX/`` and the tool's own pictures left out."""
+    folder = Path(folder)
+    files, _ = walk(folder, skip_folder=is_ignored_folder)
+    return sorted(folder / rel for rel in files if is_image_name(rel.rsplit("/", 1)[-1]))

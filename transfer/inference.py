@@ -50,9 +50,9 @@ import numpy as np
 
 from transfer import bases, bundle, images
 from transfer import engines as engines_module
-from transfer.constants import UNREAD_HINT, is_hidden_or_system, is_image_name, unread_photo
+from transfer.constants import UNREAD_HINT, is_ignored_folder, unread_photo
 from transfer.errors import TransferError
-from transfer.files import walk
+from transfer.files import images_under, walk
 from transfer.metrics import class_probabilities
 from transfer.progress import Reporter
 from transfer.settings import ENGINES, INVERT, PredictSettings
@@ -77,13 +77,7 @@ ENGINE_MIN_IMAGES = engines_module.MIN_IMAGES
 def folder_images(folder: Path) -> list[Path]:
     """Every image under ``folder`` (recursed, sorted); hidden folders and files, system files
     and Grad-CAM pictures are left out."""
-    folder = Path(folder)
-    files, _ = walk(folder, skip_folder=_skipped_folder)  # links followed, as in training
-    return sorted(folder / rel for rel in files if is_image_name(Path(rel).name))
-
-
-def _skipped_folder(name: str) -> bool:
-    return is_hidden_or_system(name) or name.lower() == "__macosx"
+    return images_under(folder)  # links followed, as in training
 
 
 def gather(paths: list[str | Path]) -> list[tuple[str, Path | None, str | None]]:
@@ -98,7 +92,7 @@ def gather(paths: list[str | Path]) -> list[tuple[str, Path | None, str | None]]
         path = Path(text)
         if path.is_dir():
             found = folder_images(path)
-            unread = sorted(path / rel for rel in walk(path, skip_folder=_skipped_folder)[0]
+            unread = sorted(path / rel for rel in walk(path, skip_folder=is_ignored_folder)[0]
                             if unread_photo(rel))
             if not found and not unread:
                 rows.append((text, None, "folder has no images"))

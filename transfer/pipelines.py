@@ -51,6 +51,7 @@ from transfer.constants import (  # noqa: F401  (IMAGE_SUFFIXES: pipelines.IMAGE
     IMAGE_SUFFIXES,
     UNREAD_HINT,
     is_hidden_or_system,
+    is_ignored_folder,
     is_image_name,
     unread_photo,
     unread_summary,
@@ -168,13 +169,14 @@ def class_names(directory: Path) -> list[str]:
         raise TransferError(f"no data folder {directory}: run `transfer fetch-data` first, or "
                             "give --data-dir a folder of class folders (e.g. my_photos/daisy/"
                             "1.jpg, my_photos/roses/2.jpg)")
-    names = sorted(p.name for p in directory.iterdir() if p.is_dir() and not _ignored(p.name))
+    names = sorted(p.name for p in directory.iterdir()
+                   if p.is_dir() and not is_ignored_folder(p.name))
     if not names:
         raise TransferError(f"{directory} has no class subfolders: run `transfer fetch-data` "
                             "first, or give a folder with one subfolder per class")
     if len(names) < 2:
         inner = [p.name for p in (directory / names[0]).iterdir()
-                 if p.is_dir() and not _ignored(p.name)] if names else []
+                 if p.is_dir() and not is_ignored_folder(p.name)] if names else []
         hint = (f"; if the folders in it ({', '.join(sorted(inner)[:3])}"
                 f"{' ...' if len(inner) > 3 else ''}) are the classes, use --data-dir "
                 f"{directory / names[0]}" if len(inner) >= 2 else "")
@@ -198,12 +200,8 @@ def class_names(directory: Path) -> list[str]:
 def unread_photos(folder: Path) -> list[str]:
     """The photos under ``folder`` in a format the reader does not take (HEIC, camera raw),
     as relative paths: left out of training, and said."""
-    return [rel for rel in walk(Path(folder), skip_folder=_ignored)[0] if unread_photo(rel)]
-
-
-def _ignored(name: str) -> bool:
-    """Hidden and system files and folders, and macOS zips' ``__MACOSX``: never data."""
-    return is_hidden_or_system(name) or name.lower() == "__macosx"
+    return [rel for rel in walk(Path(folder), skip_folder=is_ignored_folder)[0]
+            if unread_photo(rel)]
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -214,7 +212,7 @@ def image_files(folder: Path) -> list[Path]:
     of the class."""
     folder = Path(folder)
     files = []
-    for rel in walk(folder, skip_folder=_ignored)[0]:  # links followed, as fetch-data does
+    for rel in walk(folder, skip_folder=is_ignored_folder)[0]:  # links followed, as fetch-data does
         path = folder / rel
         if path.name.endswith(GRADCAM_SUFFIX):
             raise TransferError(f"{path} is a Grad-CAM picture (transfer explain), not a photo "

@@ -168,24 +168,15 @@ def overlay_png(picture: np.ndarray, heatmap: np.ndarray, view: str = "pair",
 
 
 def _count_images(folder: Path, names: list[str]) -> dict[str, int] | None:
+    from transfer.files import images_under
 
     if not folder.is_dir():
         return None
     counts = {}
     for name in names:
         sub = folder / name
-        counts[name] = len(_images_in(sub)) if sub.is_dir() else 0
+        counts[name] = len(images_under(sub)) if sub.is_dir() else 0
     return counts
-
-
-def _images_in(folder: Path) -> list[Path]:
-    """The images of a class folder at any depth, links followed (as training lists them)."""
-    from transfer.constants import is_hidden_or_system, is_image_name
-    from transfer.files import walk
-
-    files, _ = walk(folder, skip_folder=lambda n: is_hidden_or_system(n)
-                    or n.lower() == "__macosx")
-    return [folder / rel for rel in files if is_image_name(rel.rsplit("/", 1)[-1])]
 
 
 def data_counts(meta: dict | None) -> tuple[dict[str, dict[str, int]], list[dict], str]:
@@ -239,6 +230,8 @@ def _history(folder: Path) -> tuple[list[str], list[list[str]]]:
 
 def _validation_images(meta: dict, per_class: int) -> list[tuple[Path, str]]:
     """Up to ``per_class`` images of each class from the bundle's validation folder."""
+    from transfer.files import images_under
+
     folder = (meta.get("data") or {}).get("validate_dir")
     if not folder or not Path(folder).is_dir():
         return []
@@ -246,7 +239,7 @@ def _validation_images(meta: dict, per_class: int) -> list[tuple[Path, str]]:
     for name in meta.get("class_names") or []:
         sub = Path(folder) / name
         if sub.is_dir():
-            files = sorted(_images_in(sub))
+            files = images_under(sub)
             picked += [(p, name) for p in files[:per_class]]
     return picked
 

@@ -20,6 +20,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from transfer.constants import TRAIN_FOLDERS, VALIDATE_FOLDERS, is_ignored_folder
 from transfer.errors import TransferError
 
 # Registries of choices that are not bases (bases live in transfer.bases).
@@ -147,17 +148,12 @@ def defaults(cls) -> Settings:
 
 # The cats/dogs tour's split, per class (a folder of class folders is split by fraction).
 TOUR_PER_CLASS = {"train": 1000, "validate": 400, "test": 0}
-# A data folder's validation split: fetch-data writes validate/; downloads name it otherwise.
-VALIDATE_FOLDERS = ("validate", "validation", "val", "valid")
-TRAIN_FOLDERS = ("train", "training")
 
 
 def split_folder(data_dir: Path, names) -> Path | None:
     """The split folder of ``data_dir`` named one of ``names`` in any case (``Train/``,
     ``VAL/``) that holds class folders (as fetch-data decides): a vehicle classifier's
     ``train/`` of nothing but photos of trains is a class, not a split."""
-    from transfer.constants import is_hidden_or_system
-
     try:
         entries = sorted(Path(data_dir).iterdir())
     except OSError:
@@ -166,7 +162,7 @@ def split_folder(data_dir: Path, names) -> Path | None:
         for entry in entries:
             if entry.name.lower() != wanted or not entry.is_dir():
                 continue
-            if any(e.is_dir() and not is_hidden_or_system(e.name) for e in entry.iterdir()):
+            if any(e.is_dir() and not is_ignored_folder(e.name) for e in entry.iterdir()):
                 return entry
     return None
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from transfer import bases, bundle, phases, pipelines
 from transfer.bases import Base
+from transfer.constants import TEST_FOLDERS, is_ignored_folder
 from transfer.errors import TransferError
 from transfer.progress import Reporter
 from transfer.seeds import keeps_random_state
@@ -409,9 +410,8 @@ def _beside_the_splits(run: RunPlan) -> list[str]:
         return []
     used = {Path(hp.train_dir), Path(hp.validate_dir) if hp.validate_dir else None}
     return [f"{d.name}/" for d in sorted(data_dir.iterdir())
-            if d.is_dir() and d not in used and not pipelines.is_hidden_or_system(d.name)
-            and d.name.lower() not in ("test", "testing", "__macosx")
-            and pipelines.image_files(d)]
+            if d.is_dir() and d not in used and not is_ignored_folder(d.name)
+            and d.name.lower() not in TEST_FOLDERS and pipelines.image_files(d)]
 
 
 def report_data(run: RunPlan, reporter: Reporter) -> None:
