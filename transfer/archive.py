@@ -249,6 +249,7 @@ class FolderImages(ImageSource):
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._files: list[str] | None = None  # the last scan's files
 
     def _scan(self) -> tuple[list[str], list[str]]:
         """(files, folders) under the root, relative, in POSIX form; hidden and system
@@ -256,10 +257,11 @@ class FolderImages(ImageSource):
         return walk(self.root, skip_folder=_ignored_folder)
 
     def names(self) -> list[str]:
-        return self._scan()[0]
+        return self._files if self._files is not None else self._scan()[0]
 
     def candidates(self) -> dict[str, list[str]]:
         files, folders = self._scan()
+        self._files = files  # names() after candidates() walks no second time
         self.notes = []
         self.layout, found = sort_into_classes(files, folders, str(self.root), self.notes,
                                                root_name=self.root.resolve().name)

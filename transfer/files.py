@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from transfer.constants import is_ignored_folder, is_image_name
+from transfer.constants import is_ignored_folder, is_image_name, unread_photo
 from transfer.errors import TransferError
 
 
@@ -91,6 +91,13 @@ def walk(root: Path, skip_folder=lambda name: False) -> tuple[list[str], list[st
 def images_under(folder: Path) -> list[Path]:
     """Every image under ``folder`` at any depth, sorted, links followed (``walk``); hidden
     and system files and folders, ``__MACOSX/`` and the tool's own pictures left out."""
+    return photos_under(folder)[0]
+
+
+def photos_under(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(the images under ``folder``, as ``images_under``; the photos there in a format the
+    reader does not take, HEIC or camera raw), from one walk."""
     folder = Path(folder)
     files, _ = walk(folder, skip_folder=is_ignored_folder)
-    return sorted(folder / rel for rel in files if is_image_name(rel.rsplit("/", 1)[-1]))
+    return (sorted(folder / rel for rel in files if is_image_name(rel.rsplit("/", 1)[-1])),
+            sorted(folder / rel for rel in files if unread_photo(rel)))

@@ -50,9 +50,9 @@ import numpy as np
 
 from transfer import bases, bundle, images
 from transfer import engines as engines_module
-from transfer.constants import UNREAD_HINT, is_ignored_folder, unread_photo
+from transfer.constants import UNREAD_HINT, unread_photo
 from transfer.errors import TransferError
-from transfer.files import images_under, walk
+from transfer.files import images_under, photos_under
 from transfer.metrics import class_probabilities
 from transfer.progress import Reporter
 from transfer.settings import ENGINES, INVERT, PredictSettings
@@ -91,9 +91,7 @@ def gather(paths: list[str | Path]) -> list[tuple[str, Path | None, str | None]]
         text = str(raw)
         path = Path(text)
         if path.is_dir():
-            found = folder_images(path)
-            unread = sorted(path / rel for rel in walk(path, skip_folder=is_ignored_folder)[0]
-                            if unread_photo(rel))
+            found, unread = photos_under(path)  # one walk
             if not found and not unread:
                 rows.append((text, None, "folder has no images"))
             rows.extend((str(p), p, None) for p in found)
