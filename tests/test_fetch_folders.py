@@ -815,7 +815,7 @@ def test_many_photos_of_one_name_are_renamed_in_linear_time():
     assert len(set(names)) == 20000 and names[:3] == ["IMG_0001.JPG", "IMG_0001-2.JPG",
                                                        "IMG_0001-3.JPG"]
     assert datasets._free_file_name("img_0001-2.jpg", taken) == "img_0001-2-2.jpg"  # any case
-    assert datasets._member_file_name("cats\\cat.0.jpg") == "cat.0.jpg"  # a Windows zip
+    assert datasets.member_file_name("cats\\cat.0.jpg") == "cat.0.jpg"  # a Windows zip
 
 
 def test_petimages_given_as_the_current_folder(flowers, tmp_path, monkeypatch):

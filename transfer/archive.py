@@ -484,6 +484,11 @@ def _name(path: str) -> str:
     return parts[-1] if parts else ""
 
 
+def member_file_name(member: str) -> str:
+    """The file name of an archive member ("cats\\cat.0.jpg" from a Windows zip: cat.0.jpg)."""
+    return _name(_posix(member))
+
+
 def _posix(name: str) -> str:
     return name.replace("\\", "/")
 

@@ -36,7 +36,6 @@ old or new, and the manifest that describes it.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import os
@@ -56,6 +55,7 @@ from transfer.archive import (
     ImageSource,
     SkipMember,
     check_image,
+    member_file_name,
     open_images,
 )
 from transfer.archive import fingerprint as archive_fingerprint
@@ -468,7 +468,7 @@ def _split_per_class(images, found, plan, opts, tmp, reporter, rename: bool):
             for member in order:
                 if placed == need:
                     break
-                name = _member_file_name(member)
+                name = member_file_name(member)
                 if not rename and name in seen_names:
                     data, reason = b"", "duplicate file name"
                 else:
@@ -486,7 +486,7 @@ def _split_per_class(images, found, plan, opts, tmp, reporter, rename: bool):
                 (folder / name).write_bytes(data)
                 files[split][cls].append(name)
                 counts[split][cls] += 1
-                if name != _member_file_name(member):
+                if name != member_file_name(member):
                     renamed[f"{split}/{cls}/{name}"] = member
                 placed += 1
                 advance(1)
@@ -527,7 +527,7 @@ def _split_by_fractions(images, found, plan, opts, tmp, reporter):
                     if _identified(data):  # train keeps its place in the cut: so do we
                         kept[cls].append((None, member))
                     continue
-                name = _free_file_name(_member_file_name(member), taken)
+                name = _free_file_name(member_file_name(member), taken)
                 (stage / name).write_bytes(data)
                 kept[cls].append((name, member))
     usable = {cls: sum(name is not None for name, _ in names) for cls, names in kept.items()}
@@ -565,7 +565,7 @@ def _split_by_fractions(images, found, plan, opts, tmp, reporter):
             for name, member in take:
                 os.replace(tmp / STAGING / str(index) / name, folder / name)
                 files[split][cls].append(name)
-                if name != _member_file_name(member):
+                if name != member_file_name(member):
                     renamed[f"{split}/{cls}/{name}"] = member
             counts[split][cls] = len(take)
     shutil.rmtree(tmp / STAGING)
@@ -573,19 +573,17 @@ def _split_by_fractions(images, found, plan, opts, tmp, reporter):
 
 
 def _identified(data: bytes) -> bool:
-    """True when Pillow knows the format from the header (not zero bytes, not a text file):
-    what train's cheap probe (``pipelines.probe_all``) lets into its cut. Such a photo that
-    fails to decode keeps its place in the cut, so that train's in-memory split of the same
-    folder and this one agree photo by photo."""
-    if not data:
-        return False
-    from PIL import Image
+    """True when ``data`` passes train's cheap header probe (``images.check_header``, which
+    ``pipelines.probe_all`` runs): such a photo that fails to decode keeps its place in the
+    cut, so that train's in-memory split of the same folder and this one agree photo by
+    photo."""
+    from transfer import images
 
     try:
-        with Image.open(io.BytesIO(data)):
-            return True
-    except Exception:  # UnidentifiedImageError and Pillow's other header complaints
+        images.check_header(data)
+    except images.ImageError:
         return False
+    return True
 
 
 def fraction_sizes(n: int, validation: float, test: float = 0.0) -> dict[str, int] | None:
@@ -641,11 +639,6 @@ def _free_file_name(name: str, taken: dict[str, int]) -> str:
         taken[last] = n
     taken[candidate.casefold()] = 1
     return candidate
-
-
-def _member_file_name(member: str) -> str:
-    """The file name of an archive member ("cats\\cat.0.jpg" from a Windows zip: cat.0.jpg)."""
-    return member.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
 
 
 # --------------------------------------------------------------------------- the swap

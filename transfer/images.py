@@ -63,17 +63,9 @@ def open_image(source, size: int | None = None):
     to the size itself: the resize's own antialiasing is what keeps them close). Smaller
     photos (the Kaggle cats and dogs, 500 px at most) decode whole. ``full_size(image)`` is
     the file's own (upright) size either way."""
-    import io
-
     from PIL import Image, ImageOps
 
-    if isinstance(source, bytes | bytearray | memoryview):
-        if len(source) == 0:
-            raise ImageError("empty file (0 bytes)")
-        source = io.BytesIO(bytes(source))
-    elif not hasattr(source, "read"):
-        source = _existing_file(source)
-    with _pillow_errors(), Image.open(source) as image:
+    with _pillow_errors(), Image.open(_readable(source)) as image:
         width, height = image.size
         if size:
             image.draft("RGB", (2 * int(size), 2 * int(size)))  # a no-op for other formats
@@ -128,14 +120,24 @@ def _existing_file(path) -> Path:
     return path
 
 
-def check_header(path) -> None:
-    """ImageError when the file at ``path`` is not an image even by its header (no such file,
-    zero bytes, not a format Pillow identifies); cheap: no pixel is decoded, so a truncated or
-    corrupt image passes here and fails in ``open_image``."""
+def _readable(source):
+    """What Pillow opens: a path (checked: missing, a folder, empty), bytes, or a file."""
+    import io
+
+    if isinstance(source, bytes | bytearray | memoryview):
+        if len(source) == 0:
+            raise ImageError("empty file (0 bytes)")
+        return io.BytesIO(bytes(source))
+    return source if hasattr(source, "read") else _existing_file(source)
+
+
+def check_header(source) -> None:
+    """ImageError when ``source`` (a path or bytes) is not an image even by its header (no
+    such file, zero bytes, not a format Pillow identifies); cheap: no pixel is decoded, so a
+    truncated or corrupt image passes here and fails in ``open_image``."""
     from PIL import Image
 
-    path = _existing_file(path)
-    with _pillow_errors(), Image.open(path):
+    with _pillow_errors(), Image.open(_readable(source)):
         pass
 
 
