@@ -42,6 +42,7 @@ from transfer.constants import (
     UNREAD_HINT,
     VALIDATE_FOLDERS,
     is_image_name,
+    same_but_case,
     unread_photo,
     unread_summary,
 )
@@ -453,13 +454,10 @@ def class_folders(images: list[str], folders: list[str], where: str,
     for top in tops:
         classes.setdefault(_name(top), []).extend(under.get(top, []))
     empty = [top for top in tops if not classes[_name(top)]]  # after merging split halves
-    by_case: dict[str, list[str]] = {}
-    for cls in classes:
-        by_case.setdefault(unicodedata.normalize("NFC", cls).casefold(), []).append(cls)
-    for same in by_case.values():
-        if len(same) > 1:
-            raise TransferError(f"{where}: the class folders {' and '.join(sorted(same))} "
-                                "differ only in case; rename or merge them")
+    same = same_but_case(classes)
+    if same:
+        raise TransferError(f"{where}: the class folders {' and '.join(same)} differ only in "
+                            "case; rename or merge them")
     if empty:
         one = len(empty) == 1
         held = unread_summary([p for p in unread if "/".join(_parts(p)[:depth]) in empty])

@@ -7,6 +7,7 @@ what counts as an image.
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import PurePath
 
 # Every suffix the one image reader (transfer.images, Pillow) opens.
@@ -76,3 +77,12 @@ def unread_summary(names: list[str]) -> str:
             kinds[suffix] = kinds.get(suffix, 0) + 1
     return ", ".join(f"{n} {suffix} file{'' if n == 1 else 's'} ({UNREAD_PHOTOS[suffix]})"
                      for suffix, n in sorted(kinds.items()))
+
+
+def same_but_case(names) -> list[str] | None:
+    """The first names among ``names`` that differ only in case (or in how an accent is
+    encoded: NFC), sorted; None when there are none. Such class folders are refused."""
+    by_key: dict[str, list[str]] = {}
+    for name in names:
+        by_key.setdefault(unicodedata.normalize("NFC", name).casefold(), []).append(name)
+    return next((sorted(same) for same in by_key.values() if len(same) > 1), None)

@@ -368,8 +368,7 @@ def _split_plan(opts: FetchOptions, layout: str) -> dict:
     given); per-class counts for the cats/dogs layouts (the tour's 1000 + 400) and when given."""
     validation, test = _fractions_asked(opts)
     if layout == CLASS_FOLDERS and _counts_asked(opts) and (
-            getattr(opts, "train_per_class", None) is None
-            or getattr(opts, "validate_per_class", None) is None):
+            opts.train_per_class is None or opts.validate_per_class is None):
         # the 1000 / 400 defaults are the cats/dogs tour's, not a size for anyone's classes
         raise TransferError(
             "a folder of class folders is split by fraction (--validation-split, "

@@ -53,6 +53,7 @@ from transfer.constants import (  # noqa: F401  (IMAGE_SUFFIXES: pipelines.IMAGE
     is_hidden_or_system,
     is_ignored_folder,
     is_image_name,
+    same_but_case,
     unread_photo,
     unread_summary,
 )
@@ -182,13 +183,10 @@ def class_names(directory: Path) -> list[str]:
                 f"{directory / names[0]}" if len(inner) >= 2 else "")
         raise TransferError(f"{directory} has one class ({names[0]}); a classifier needs at "
                             f"least two class subfolders{hint}")
-    by_case: dict[str, list[str]] = {}
-    for name in names:
-        by_case.setdefault(name.casefold(), []).append(name)
-    for same in by_case.values():
-        if len(same) > 1:
-            raise TransferError(f"{directory}: the class folders {' and '.join(same)} differ "
-                                "only in case; rename or merge them")
+    same = same_but_case(names)
+    if same:
+        raise TransferError(f"{directory}: the class folders {' and '.join(same)} differ "
+                            "only in case; rename or merge them")
     for name in names:
         if not image_files(directory / name):
             unread = unread_summary(unread_photos(directory / name))
