@@ -302,3 +302,31 @@ def test_training_images_shown_again_are_counted_and_said(tmp_path_factory, tmp_
 def trained_files(bundle_dir: Path) -> list[tuple[Path, str]]:
     with open(bundle_dir / "train-files.csv", newline="") as handle:
         return [(Path(row["file"]), row["class"]) for row in csv.DictReader(handle)]
+
+
+def test_relative_folders_are_found_from_a_notebook_one_folder_down(trained_bundle, small_split,
+                                                                    tmp_path, monkeypatch):
+    """Trained in project/ with --data-dir data (meta.json says data/validate), evaluated from
+    project/notebooks/: the validation folder is found from the folder training ran in. A
+    bundle from before meta.json kept that folder says where to run from."""
+    from transfer import bundle
+
+    project = tmp_path / "project"
+    (project / "notebooks").mkdir(parents=True)
+    (project / "data").symlink_to(small_split, target_is_directory=True)
+    copy = project / "models" / "run"
+    shutil.copytree(trained_bundle.bundle, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["data"].update(train_dir="data/train", validate_dir="data/validate", cwd=str(project))
+    (copy / "meta.json").write_text(json.dumps(meta))
+    monkeypatch.chdir(project / "notebooks")
+    result = evaluate(Path("../models/run"))
+    assert result.report["images"] == 100 and result.report["is_training_validation_folder"]
+    assert result.report["accuracy"] == pytest.approx(
+        trained_bundle.meta["metrics"]["val_accuracy"], abs=1e-6)
+    assert bundle.data_folder(meta, "train_dir") == project / "data/train"
+    assert bundle.data_folder(meta, "root") == Path(meta["data"]["root"])
+    del meta["data"]["cwd"]  # an older bundle: the path as named, relative to here
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(TransferError, match="validation folder data/validate is missing"):
+        evaluate(Path("../models/run"), force=True)

@@ -202,10 +202,29 @@ def read_meta(bundle: Path) -> dict:
     return meta
 
 
+def data_folder(meta: dict, key: str) -> Path | None:
+    """A folder of meta.json's "data" (``"root"``, ``"train_dir"`` or ``"validate_dir"``), or
+    None when training named none.
+
+    Training records the folder as it was given, often relative (``data/validate``): it is
+    found from the current folder, else from the folder training ran in (``data["cwd"]``), so
+    a notebook one folder down still finds ``data/validate``. When neither exists the path is
+    returned as named, for the error message.
+    """
+    data = meta.get("data") or {}
+    named = data.get(key)
+    if not named:
+        return None
+    path = Path(named)
+    if path.is_absolute() or path.exists() or not data.get("cwd"):
+        return path
+    there = Path(data["cwd"]) / path
+    return there if there.exists() else path
+
+
 def validate_dir(meta: dict) -> Path | None:
-    """The validation folder the bundle was trained against, as training named it (or None)."""
-    named = (meta.get("data") or {}).get("validate_dir")
-    return Path(named) if named else None
+    """The validation folder the bundle was trained against (see ``data_folder``), or None."""
+    return data_folder(meta, "validate_dir")
 
 
 def load_keras(path: Path):

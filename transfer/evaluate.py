@@ -110,7 +110,7 @@ def bundle_images(meta: dict, which: str) -> list[tuple[Path, int]] | None:
     data = meta.get("data") or {}
     names = list(meta["class_names"])
     if data.get("split") == "in-memory":
-        root = Path(data["root"]) if data.get("root") else None
+        root = bundle.data_folder(meta, "root")
         if root is None or not root.is_dir():
             return None
         skipped = {item["file"] for item in meta.get("skipped") or []
@@ -119,10 +119,9 @@ def bundle_images(meta: dict, which: str) -> list[tuple[Path, int]] | None:
                                                     data["seed"], skipped)
         return [(sample.path, sample.label) for sample in
                 (train if which == "train" else validate)]
-    named = data.get(f"{which}_dir")
-    if not named or not Path(named).is_dir():
+    folder = bundle.data_folder(meta, f"{which}_dir")
+    if folder is None or not folder.is_dir():
         return None
-    folder = Path(named)
     return [(path, i) for i, name in enumerate(names) if (folder / name).is_dir()
             for path in pipelines.image_files(folder / name)]
 
@@ -210,7 +209,7 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
     data = meta.get("data") or {}
     in_memory = s.data_dir is None and data.get("split") == "in-memory"
     if in_memory:  # the validation images of a folder split in memory at training
-        data_dir = Path(data.get("root") or "")
+        data_dir = bundle.data_folder(meta, "root") or Path("")
         files = bundle_images(meta, "validate")
         if files is None:
             raise TransferError(f"the bundle's photo folder {data_dir} is missing (evaluate "

@@ -323,7 +323,7 @@ def _validation(classifier: BundleClassifier) -> tuple[list[tuple[Path, int]], s
     data = classifier.meta.get("data") or {}
     labelled = bundle_images(classifier.meta, "validate") or []
     if data.get("split") == "in-memory":
-        return labelled, f"the validation split of {data.get('root')}"
+        return labelled, f"the validation split of {bundle.data_folder(classifier.meta, 'root')}"
     return labelled, str(bundle.validate_dir(classifier.meta))
 
 
@@ -355,7 +355,8 @@ def calibration_images(classifier: BundleClassifier, n: int = CALIBRATION_IMAGES
     """
     data = classifier.meta.get("data") or {}
     labelled = bundle_images(classifier.meta, "train")
-    train = data.get("root") if data.get("split") == "in-memory" else data.get("train_dir")
+    train = bundle.data_folder(classifier.meta, "root" if data.get("split") == "in-memory"
+                               else "train_dir")
     if not labelled:
         raise TransferError("int8 quantization calibrates on the bundle's training images, but "
                             f"its training folder {train or '(not named in meta.json)'} is "

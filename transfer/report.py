@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transfer import bundle
 from transfer.errors import TransferError
 
 REPORT_HTML = "report.html"
@@ -187,8 +188,8 @@ def data_counts(meta: dict | None) -> tuple[dict[str, dict[str, int]], list[dict
     counts: dict[str, dict[str, int]] = {}
     skipped: list[dict] = []
     source = ""
-    folders = {"train": data.get("train_dir"), "validate": data.get("validate_dir")}
-    roots = {Path(f).parent for f in folders.values() if f}
+    folders = {split: bundle.data_folder(meta, f"{split}_dir") for split in ("train", "validate")}
+    roots = {f.parent for f in folders.values() if f}
     for root in roots:
         manifest = _read_json(root / "manifest.json")
         if isinstance(manifest, dict) and manifest.get("tool") == "transfer fetch-data":
@@ -232,8 +233,8 @@ def _validation_images(meta: dict, per_class: int) -> list[tuple[Path, str]]:
     """Up to ``per_class`` images of each class from the bundle's validation folder."""
     from transfer.files import images_under
 
-    folder = (meta.get("data") or {}).get("validate_dir")
-    if not folder or not Path(folder).is_dir():
+    folder = bundle.data_folder(meta, "validate_dir")
+    if folder is None or not folder.is_dir():
         return []
     picked = []
     for name in meta.get("class_names") or []:

@@ -481,7 +481,9 @@ def data_meta(run: RunPlan) -> dict:
     counts = run.counts
     data = {"split": run.split, "root": str(run.root),
             "train_dir": str(hp.train_dir) if hp.train_dir is not None else None,
-            "validate_dir": str(hp.validate_dir) if hp.validate_dir is not None else None}
+            "validate_dir": str(hp.validate_dir) if hp.validate_dir is not None else None,
+            # the folder those (often relative) paths start from: bundle.data_folder
+            "cwd": str(Path.cwd())}
     if run.split == "in-memory":
         # pipelines.split_in_memory(root, class_names, validation_split, seed, split_excluded)
         # makes the same split again
