@@ -83,6 +83,15 @@ def test_a_glob_inside_a_folder_named_with_brackets(tmp_path):
     assert [file for _, file, _ in rows] == [folder / "a.jpg", folder / "b.jpg"]
     assert inference.gather([str(tmp_path / "Urlaub [2023]x" / "*.jpg")])[0][2] == (
         "no file matches this pattern")
+    (folder / "day 2").mkdir()
+    (folder / "day 2" / "d.jpg").write_bytes(b"x")
+    (tmp_path / "Urlaub 2" / "day 2").mkdir()
+    (tmp_path / "Urlaub 2" / "day 2" / "e.jpg").write_bytes(b"x")
+    deep = [file for _, file, _ in inference.gather([str(folder / "**" / "*.jpg")])]
+    assert deep == [folder / "a.jpg", folder / "b.jpg", folder / "day 2" / "d.jpg"]
+    # a pattern in the middle still matches: [ab] is a class where no such folder exists
+    assert [file for _, file, _ in inference.gather([str(folder / "[ab].jpg")])] == [
+        folder / "a.jpg", folder / "b.jpg"]
 
 
 def test_a_folder_yields_linked_photos_and_sub_folders(tmp_path):

@@ -108,11 +108,15 @@ def gather(paths: list[str | Path]) -> list[tuple[str, Path | None, str | None]]
 
 
 def _matches(pattern: str) -> list[Path]:
-    """The files a glob matches. A folder that exists under the pattern's folder part as
-    written ("Urlaub [2023]/*.jpg") is that folder: its brackets are its name."""
-    head, tail = os.path.split(pattern)
-    if head and glob.has_magic(head) and os.path.isdir(head):
-        pattern = os.path.join(glob.escape(head), tail)
+    """The files a glob matches. The longest leading run of folders that exist as written
+    ("Urlaub [2023]/*.jpg", "Urlaub [2023]/**/*.jpg") is those folders: their brackets are
+    their names."""
+    parts = Path(pattern).parts
+    known = 0  # how many leading parts name an existing folder as written
+    while known < len(parts) - 1 and os.path.isdir(os.path.join(*parts[:known + 1])):
+        known += 1
+    if known and glob.has_magic(os.path.join(*parts[:known])):
+        pattern = os.path.join(glob.escape(os.path.join(*parts[:known])), *parts[known:])
     found = glob.glob(pattern, recursive=True)
     return [m for m in sorted(Path(m) for m in found) if m.is_file()]
 
