@@ -330,3 +330,31 @@ def test_relative_folders_are_found_from_a_notebook_one_folder_down(trained_bund
     (copy / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(TransferError, match="validation folder data/validate is missing"):
         evaluate(Path("../models/run"), force=True)
+
+
+def test_a_training_image_is_known_by_its_bytes_not_its_name(trained_bundle, tmp_path):
+    """Data sets that number their files in every class (00000.ppm, IMG_0001.jpg) hold
+    different photos of one name and size: only the same bytes count as a training image
+    shown again, under any class folder. Where the training image is gone (or an older list
+    keeps no paths), name and size still count, as before."""
+    from transfer.evaluate import seen_in_training
+
+    trained = sorted((Path(trained_bundle.meta["data"]["train_dir"]) / "cats").glob("*.jpg"))
+    copy, other = tmp_path / "dogs" / trained[0].name, tmp_path / "cats" / trained[1].name
+    copy.parent.mkdir()
+    other.parent.mkdir()
+    shutil.copy(trained[0], copy)  # a training photo, shown under another class
+    data = bytearray(trained[1].read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the same name and size, other bytes: another photo
+    other.write_bytes(bytes(data))
+    new = tmp_path / "cats" / "new.jpg"
+    shutil.copy(next((Path(trained_bundle.meta["data"]["validate_dir"]) / "cats").iterdir()),
+                new)
+    assert seen_in_training(trained_bundle.bundle, [copy, other, new]) == 1
+    older = tmp_path / "older"
+    older.mkdir()
+    with open(trained_bundle.bundle / "train-files.csv", newline="") as handle:
+        rows = [row[:3] for row in csv.reader(handle)]
+    with open(older / "train-files.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    assert seen_in_training(older, [copy, other, new]) == 2

@@ -150,21 +150,26 @@ def update_latest(target: Path) -> None:
     os.replace(tmp, latest)
 
 
-def write_train_files(path: Path, rows: list[tuple[str, str, int]]) -> None:
-    """``train-files.csv``: (class, file name, bytes) of each image the model trained on, so
-    that ``evaluate`` can tell when it is shown them again."""
+def write_train_files(path: Path, rows: list[tuple[str, str, int, str]]) -> None:
+    """``train-files.csv``: (class, file name, bytes, absolute path) of each image the model
+    trained on, so that ``evaluate`` can tell when it is shown them again."""
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["class", "file", "bytes"])
+        writer.writerow(["class", "file", "bytes", "path"])
         writer.writerows(rows)
 
 
-def train_files(folder: Path) -> set[tuple[str, int]] | None:
-    """(file name, size) of the bundle's training images; None for a bundle without the list
-    (made before it, or by mnist)."""
+def train_files(folder: Path) -> dict[tuple[str, int], list[Path | None]] | None:
+    """(file name, size) -> the paths of the bundle's training images of that name and size
+    (None for a row of a list written before it kept paths); None for a bundle without the
+    list (made before it, or by mnist)."""
     try:
         with open(Path(folder) / TRAIN_FILES, newline="", encoding="utf-8") as handle:
-            return {(row["file"], int(row["bytes"])) for row in csv.DictReader(handle)}
+            found: dict[tuple[str, int], list[Path | None]] = {}
+            for row in csv.DictReader(handle):
+                path = Path(row["path"]) if row.get("path") else None
+                found.setdefault((row["file"], int(row["bytes"])), []).append(path)
+            return found
     except (OSError, KeyError, ValueError):
         return None
 

@@ -137,13 +137,30 @@ def _default_data_dir(meta: dict, model: Path) -> Path:
 
 
 def seen_in_training(model: Path, files: list[Path]) -> int | None:
-    """How many of ``files`` the bundle trained on, by file name and size (its
-    ``train-files.csv``): a refetched split, a class folder split again after photos were
-    added, or the training folder itself. None when the bundle keeps no such list."""
+    """How many of ``files`` the bundle trained on (its ``train-files.csv``): a refetched
+    split, a class folder split again after photos were added, or the training folder itself.
+    A file counts when a training image has its name and size and the same bytes; where that
+    training image is gone (or the list predates paths), name and size alone. None when the
+    bundle keeps no such list."""
     trained = bundle.train_files(model)
     if trained is None:
         return None
-    return sum((path.name, path.stat().st_size) in trained for path in files)
+    return sum(_same_photo(path, trained.get((path.name, path.stat().st_size), []))
+               for path in files)
+
+
+def _same_photo(path: Path, candidates: list[Path | None]) -> bool:
+    """Whether ``path`` is one of ``candidates`` (training images of its name and size): the
+    same bytes as one still there, or one no longer there to compare with."""
+    import filecmp
+
+    unchecked = False
+    for candidate in candidates:
+        if candidate is None or not candidate.is_file():
+            unchecked = True
+        elif filecmp.cmp(path, candidate, shallow=False):
+            return True
+    return unchecked
 
 
 def _same_folder(a, b) -> bool:
@@ -245,8 +262,8 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
     seen = seen_in_training(model, kept)
     if seen:
         reporter.warn(f"{seen} of the {len(kept)} images are this model's training images "
-                      "(same file name and size): the accuracy on them overstates how it "
-                      "does on new photos")
+                      "(same file name, size and bytes): the accuracy on them overstates how "
+                      "it does on new photos")
     probs = np.stack(probs)
     y = np.asarray(labels)
     predicted = probs.argmax(axis=1)

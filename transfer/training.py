@@ -313,7 +313,7 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
                         pipeline="features" if run.use_cache else settings.pipeline)
         trained = {s.path for s in usable}  # sizes as the plan read them (the cache's key)
         bundle.write_train_files(Path(folder) / bundle.TRAIN_FILES, [
-            (run.names[s.label], s.path.name, size)
+            (run.names[s.label], s.path.name, size, str(Path(s.path).absolute()))
             for s, (_, size, _) in zip(run.train, run.train_files, strict=True)
             if s.path in trained])
 
