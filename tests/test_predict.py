@@ -67,15 +67,30 @@ def test_json_and_csv_schemas(trained_bundle, small_split, tmp_path):
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert list(rows[0]) == ["file", "label", "probability", "label_2", "probability_2",
-                             "probability_cats", "probability_dogs", "error"]
+                             "p(cats)", "p(dogs)", "error"]
     assert [r["file"] for r in rows] == files
     for r in rows:
-        assert float(r["probability_cats"]) + float(r["probability_dogs"]) == pytest.approx(1)
+        assert float(r["p(cats)"]) + float(r["p(dogs)"]) == pytest.approx(1)
         assert r["label_2"] != r["label"] and r["error"] == ""
     again = runner.invoke(app, ["predict", *files, "--model", model, "--output", str(out)])
     assert again.exit_code == 1 and "--force" in again.output
     table = runner.invoke(app, ["predict", files[0], "--model", model])
     assert table.exit_code == 0 and "p(cats)" in table.stdout and "p(dogs)" in table.stdout
+
+
+def test_csv_columns_stay_apart_when_classes_are_numbers():
+    """Classes named 1, 10, 2, 9 with --top 3: the second best's column and class 2's column
+    are two columns, each read back with its own value."""
+    names = ["1", "10", "2", "9"]
+    probs = {"1": 0.05, "10": 0.7, "2": 0.2, "9": 0.05}
+    top = [{"label": n, "probability": probs[n]} for n in ("10", "2", "1")]
+    item = predict.Prediction("a.jpg", "10", 0.7, top, probs)
+    text = predict.Predictions("bundle", "m", "mobilenet", names, [item]).to_csv()
+    header = text.splitlines()[0].split(",")
+    assert len(header) == len(set(header)) == 3 + 2 * 2 + 4 + 1
+    row = next(csv.DictReader(io.StringIO(text)))
+    assert (row["label_2"], row["probability_2"], row["label_3"]) == ("2", "0.200000", "1")
+    assert {n: float(row[f"p({n})"]) for n in names} == probs
 
 
 def test_bad_inputs_get_error_rows_and_the_rest_is_predicted(trained_bundle, real_photos,

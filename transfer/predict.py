@@ -79,7 +79,8 @@ class Predictions:
         for rank in range(2, k + 1):
             header += [f"label_{rank}", f"probability_{rank}"]
         classes = self.class_names or []
-        header += [f"probability_{name}" for name in classes]
+        # p(<class>), as in the table: never the name of a rank's column (a class "2")
+        header += [f"p({name})" for name in classes]
         header += ["error"]
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
