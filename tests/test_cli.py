@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import kaggle_members, make_zip
+from conftest import kaggle_members, make_zip, require_asset
 from typer.testing import CliRunner
 
 from transfer import __version__
@@ -38,6 +38,39 @@ def test_fetch_data_cli(real_photos, tmp_path):
     assert len(list((tmp_path / "data/test/dogs").iterdir())) == 2
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "nothing to do" in again.output
+
+
+def test_fetch_data_lists_classes_down_when_they_do_not_fit_across(tmp_path, monkeypatch):
+    """Five flower classes on a 40-column console: a row per class (every name and count
+    readable), not five squeezed columns; on a wide console a row per split, as before."""
+    from rich.console import Console
+
+    from transfer import cli
+
+    flowers = require_asset("data/flowers")
+    monkeypatch.setattr(cli, "out", Console(width=40))
+    args = ["fetch-data", "--archive", str(flowers), "--data-dir", str(tmp_path / "data")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = table_rows(result.output)
+    assert rows["class"] == ["train", "validate"]
+    for name in ("daisy", "dandelion", "roses", "sunflowers", "tulips"):
+        assert rows[name] == ["32", "8"]
+    monkeypatch.setattr(cli, "out", Console(width=200))
+    wide = runner.invoke(app, [*args[:-2], "--data-dir", str(tmp_path / "data2")])
+    rows = table_rows(wide.output)
+    assert rows["split"] == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    assert rows["train"] == ["32"] * 5 and rows["validate"] == ["8"] * 5
+
+
+def table_rows(output: str) -> dict[str, list[str]]:
+    """A printed table's rows (the header's too), by their first cell."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.replace("┃", "│").split("│")[1:-1]]
+        if len(cells) > 1:
+            rows[cells[0]] = cells[1:]
+    return rows
 
 
 def test_bad_input_is_one_line_and_nonzero(tmp_path):

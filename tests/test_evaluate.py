@@ -192,6 +192,38 @@ def test_five_unbalanced_classes_by_hand(flowers5, tmp_path):
     assert report["gate"] is None  # no --assert-accuracy-at-least
 
 
+def test_a_matrix_too_wide_for_the_console_prints_the_top_confusions(flowers5, tmp_path,
+                                                                       monkeypatch):
+    """On a console too narrow for five named columns (as 60 classes are for any console),
+    evaluate prints the most frequent confusions, as counted in report.json, not a matrix of
+    blank columns; a wide console still gets the matrix."""
+    from rich.console import Console
+
+    from transfer import cli
+
+    data = bundle_data(flowers5) / "test"
+    monkeypatch.setattr(cli, "out", Console(width=60))
+    narrow = runner.invoke(app, ["evaluate", "--model", str(flowers5.bundle), "--data-dir",
+                                 str(data), "--output", str(tmp_path / "r")])
+    assert narrow.exit_code == 0, narrow.output
+    report = json.loads((tmp_path / "r/report.json").read_text())
+    names, matrix = report["class_names"], report["confusion_matrix"]
+    pairs = sorted(((matrix[t][p], names[t], names[p]) for t in range(5) for p in range(5)
+                    if t != p and matrix[t][p]), key=lambda c: (-c[0], names.index(c[1]),
+                                                               names.index(c[2])))
+    assert pairs and "Most frequent confusions" in narrow.output
+    assert "Confusion matrix" not in narrow.output
+    rows = [line.split("│")[1:4] for line in narrow.output.splitlines()
+            if line.count("│") == 4 and line.split("│")[1].strip() in names]
+    listed = [(int(n), t.strip(), p.strip()) for t, p, n in rows
+              if p.strip() in names and n.strip().isdigit()]
+    assert listed == pairs[:15]
+    monkeypatch.setattr(cli, "out", Console(width=200))
+    wide = runner.invoke(app, ["evaluate", "--model", str(flowers5.bundle), "--data-dir",
+                               str(data), "--output", str(tmp_path / "r")])
+    assert "Confusion matrix" in wide.output and "Most frequent" not in wide.output
+
+
 @pytest.mark.parametrize("worst", [3, 100])
 def test_suspects_csv_lists_the_most_confident_mistakes(flowers5, worst, tmp_path):
     data = bundle_data(flowers5) / "test"

@@ -472,6 +472,33 @@ def test_unbalanced_classes_train_with_balanced_weights(own_split, tmp_path):
     assert plain.history["loss"] != result.history["loss"]
 
 
+def test_unbalanced_classes_are_said_and_the_balanced_accuracy_shown(own_split, tmp_path,
+                                                                     mobilenet_weights):
+    """5 cats against 18 dogs: train warns before the work, and its summary puts the balanced
+    accuracy (kept in meta.json) beside the accuracy; evaluate's own count agrees with it."""
+    from typer.testing import CliRunner
+
+    from transfer.cli import app
+    from transfer.evaluate import evaluate
+
+    for split, keep in (("train", 3), ("validate", 2)):
+        for path in sorted((own_split / split / "cats").iterdir())[keep:]:
+            path.unlink()
+    done = CliRunner().invoke(app, [
+        "train", "--base", "mobilenet", "--alpha", "0.25", "--image-size", "96", "--epochs",
+        "3", "--no-augment", "--data-dir", str(own_split), "--models-dir",
+        str(tmp_path / "models"), "--output", str(tmp_path / "models/unbalanced")])
+    assert done.exit_code == 0, done.output
+    said = " ".join(done.output.split())
+    assert "unbalanced classes: dogs has 18 images, cats 5 (4x)" in said
+    meta = json.loads((tmp_path / "models/unbalanced/meta.json").read_text())
+    balanced = meta["metrics"]["val_balanced_accuracy"]
+    assert f"(balanced accuracy {balanced:.4f})" in said
+    measured = evaluate(tmp_path / "models/unbalanced").report
+    assert measured["balanced_accuracy"] == pytest.approx(balanced, abs=1e-6)
+    assert measured["images"] == 2 + 6
+
+
 def test_the_l2_penalty_is_chosen_on_the_validation_loss(own_split, tmp_path,
                                                         mobilenet_weights):
     result = train(hp(own_split, tmp_path, **GENUINE, augment=NO_AUGMENT, epochs=6,

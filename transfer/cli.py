@@ -228,18 +228,39 @@ def fetch_data_cmd(
         return
     out.print(f"Split in {result.data_dir} (source: {result.source}, seed {seed})",
               highlight=False)
-    table = Table()
-    table.add_column("split")
-    for cls in next(iter(result.counts.values())):
-        table.add_column(cls, justify="right")
-    for split, per_class in result.counts.items():
-        table.add_row(split, *(str(n) for n in per_class.values()))
-    out.print(table)
+    out.print(_split_table(result.counts))
     if result.skipped:
         out.print(f"skipped {len(result.skipped)} unusable file(s):")
         for item in result.skipped:
             out.print(f"  {item['name']}: {item['reason']}", highlight=False)
     out.print(f"manifest: {result.data_dir / 'manifest.json'}", highlight=False)
+
+
+def _fits(table: Table) -> bool:
+    """Whether ``table`` prints at its natural width on this console (no squeezed columns)."""
+    natural = out.measure(table, options=out.options.update_width(10**6)).maximum
+    return natural <= out.width
+
+
+def _split_table(counts: dict[str, dict[str, int]]) -> Table:
+    """Images per split and class: a row per split, or, when the classes do not fit across
+    the console, a row per class."""
+    classes = list(next(iter(counts.values())))
+    wide = Table()
+    wide.add_column("split")
+    for cls in classes:
+        wide.add_column(cls, justify="right")
+    for split, per_class in counts.items():
+        wide.add_row(split, *(str(n) for n in per_class.values()))
+    if _fits(wide):
+        return wide
+    tall = Table()
+    tall.add_column("class")
+    for split in counts:
+        tall.add_column(split, justify="right")
+    for cls in classes:
+        tall.add_row(cls, *(str(per_class.get(cls, 0)) for per_class in counts.values()))
+    return tall
 
 
 # --------------------------------------------------------------------------- bases, train
@@ -422,9 +443,15 @@ def train_cmd(
     if result.bundle is None:  # a worker other than the chief: the chief reports the run
         return
     m, t = result.meta["metrics"], result.meta["timings"]
-    out.print(f"[bold]{result.bundle}[/bold]: validation accuracy {m['val_accuracy']:.4f}, "
-              f"loss {m['val_loss']:.4f} (best epoch {m['best_epoch']} of {m['epochs_run']})",
-              highlight=False)
+    from transfer import metrics
+
+    balanced = m.get("val_balanced_accuracy")
+    validate = ((result.meta.get("data") or {}).get("counts") or {}).get("validate")
+    shown = (f" (balanced accuracy {balanced:.4f})"
+             if balanced is not None and metrics.unbalanced(validate) else "")
+    out.print(f"[bold]{result.bundle}[/bold]: validation accuracy {m['val_accuracy']:.4f}"
+              f"{shown}, loss {m['val_loss']:.4f} (best epoch {m['best_epoch']} of "
+              f"{m['epochs_run']})", highlight=False)
     speed = (f", base {t['base_images_per_second']} images/s"
              if t.get("base_images_per_second") else "")
     out.print(f"feature cache: {result.meta['feature_cache']}; features "
@@ -637,7 +664,7 @@ def evaluate_cmd(
         matrix.add_column(name, justify="right")
     for name, counts in zip(names, r["confusion_matrix"], strict=True):
         matrix.add_row(name, *(str(c) for c in counts))
-    out.print(matrix)
+    out.print(matrix if _fits(matrix) else _confusions(r["confusion_matrix"], names))
     auc = (f", ROC AUC {r['roc_auc']:.4f} ({r['roc_auc_positive_class']} positive)"
            if r["roc_auc"] is not None else "")
     out.print(f"[bold]accuracy {r['accuracy']:.4f}[/bold], loss {r['loss']:.4f}, balanced "
@@ -645,8 +672,10 @@ def evaluate_cmd(
               highlight=False)
     trained = r.get("training_metrics") or {}
     if r["is_training_validation_folder"] and trained.get("val_accuracy") is not None:
-        out.print(f"training reported validation accuracy {trained['val_accuracy']:.4f}",
-                  highlight=False)
+        shown_again = (f" on the split it made then (this one holds {r['training_images']} of "
+                       "its training images)" if r.get("training_images") else "")
+        out.print(f"training reported validation accuracy {trained['val_accuracy']:.4f}"
+                  f"{shown_again}", highlight=False)
     if r.get("engine"):
         out.print(engine_summary(r["engine"]), highlight=False)
     if r["skipped"]:
@@ -655,6 +684,21 @@ def evaluate_cmd(
     written += [name for name in ("report.html",) if (result.output / name).is_file()]
     out.print(f"wrote {result.output / 'report.json'}, {', '.join(written)}", highlight=False)
     _gate(r.get("gate"), "accuracy")
+
+
+def _confusions(matrix: list[list[int]], names: list[str], most: int = 15) -> Table:
+    """The most frequent confusions, for a confusion matrix too wide for the console."""
+    pairs = sorted(((count, t, p) for t, row in enumerate(matrix) for p, count in enumerate(row)
+                    if t != p and count), key=lambda c: (-c[0], c[1], c[2]))
+    table = Table(title=f"Most frequent confusions ({len(names)} classes: the whole matrix is "
+                  "in confusion.png and report.json)",
+                  caption=f"{min(most, len(pairs))} of {len(pairs)} confused pairs"
+                  if pairs else "no image was confused")
+    for column in ("true class", "predicted", "images"):
+        table.add_column(column, justify="right" if column == "images" else "left")
+    for count, t, p in pairs[:most]:
+        table.add_row(names[t], names[p], str(count))
+    return table
 
 
 def _gate(gate: dict | None, what: str) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from transfer import bases, features, pipelines
+from transfer import bases, features, metrics, pipelines
 from transfer.head import HeadTrainer, epoch_orders
 from transfer.progress import Reporter
 
@@ -109,6 +109,7 @@ class Fit:
 class Validation:
     loss: float
     accuracy: float
+    balanced_accuracy: float | None = None  # the mean of the per-class recalls
 
 
 # --------------------------------------------------------------------------- build
@@ -470,18 +471,18 @@ def record_skipped(plan: RunPlan, skipped: dict, reporter: Reporter) -> None:
 # neighbours the validation loss rarely differs by more than noise. Four values x 10 epochs on
 # cached features cost well under a second.
 L2_GRID = (0.0, 1e-4, 1e-3, 1e-2)
-IMBALANCE = 1.5  # --class-weight auto: balanced when the largest class > 1.5x the smallest
 
 
 def class_weights(labels, n_classes: int, mode: str) -> tuple[str, dict | None]:
     """(what applies: "balanced" or "none", {class index: weight} or None).
 
     balanced: n / (k * n_c), so every class weighs as much in the loss as a balanced set would;
-    auto: balanced when the largest class has more than IMBALANCE x the smallest's images."""
+    auto: balanced when the classes are unbalanced (``metrics.unbalanced``: the largest class
+    has more than 1.5x the smallest's images)."""
     counts = np.bincount(np.asarray(labels).astype(int).reshape(-1), minlength=n_classes)
     if mode == "none" or counts.min() == 0:
         return "none", None
-    if mode == "auto" and counts.max() <= IMBALANCE * counts.min():
+    if mode == "auto" and not metrics.unbalanced(dict(enumerate(counts))):
         return "none", None
     n, k = int(counts.sum()), n_classes
     return "balanced", {i: float(n / (k * c)) for i, c in enumerate(counts)}
@@ -744,7 +745,10 @@ def final_validation(plan: RunPlan, built: Built, feats: Features | None) -> Val
                else keras.losses.SparseCategoricalCrossentropy())
     loss = float(loss_fn(y.reshape(-1, 1) if plan.binary else y, probs))
     predicted = (probs.reshape(-1) > 0.5).astype(int) if plan.binary else probs.argmax(-1)
-    return Validation(loss, float(np.mean(predicted == y.reshape(-1).astype(int))))
+    truth = y.reshape(-1).astype(int)
+    balanced = metrics.balanced_accuracy(metrics.confusion_matrix(truth, predicted,
+                                                                  len(plan.names)))
+    return Validation(loss, float(np.mean(predicted == truth)), balanced)
 
 
 # --------------------------------------------------------------------------- multi-worker

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer import bases, bundle, phases, pipelines
+from transfer import bases, bundle, metrics, phases, pipelines
 from transfer.bases import Base
 from transfer.constants import TEST_FOLDERS, is_ignored_folder
 from transfer.errors import TransferError
@@ -398,6 +398,7 @@ def worker_meta(run: RunPlan, feats, fit, cluster) -> list:
 
 
 FEW_IMAGES = 10  # a class with fewer images is warned about (as fetch-data does)
+UNBALANCED = 3  # the largest class more than this many times the smallest: warned about
 SHOWN_CLASSES = 12  # classes named in the data line (all are in meta.json)
 
 
@@ -458,6 +459,13 @@ def report_data(run: RunPlan, reporter: Reporter) -> None:
             reporter.warn(f"class {name} has only {n} image{'' if n == 1 else 's'} (fewer than "
                           f"{FEW_IMAGES}): too few to learn it well or to measure it; add "
                           "photos if you can")
+    sizes = {name: counts["train"][name] + counts["validate"][name] for name in run.names}
+    large, small = max(sizes, key=sizes.get), min(sizes, key=sizes.get)
+    if metrics.unbalanced(sizes, UNBALANCED):
+        reporter.warn(f"unbalanced classes: {large} has {sizes[large]} images, {small} "
+                      f"{sizes[small]} ({sizes[large] / sizes[small]:.0f}x): accuracy mostly "
+                      "counts the large classes; read the balanced accuracy (the mean of the "
+                      "per-class recalls) beside it")
     if len(run.skipped):
         reporter.warn(f"{len(run.skipped)} file{'' if len(run.skipped) == 1 else 's'} "
                       "skipped so far (not images); all are listed at the end")
@@ -510,6 +518,8 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
         metrics={
             "val_accuracy": validation.accuracy,
             "val_loss": validation.loss,
+            # the mean of the per-class recalls: what accuracy would be on balanced classes
+            "val_balanced_accuracy": validation.balanced_accuracy,
             "best_val_accuracy": float(max(fit.history.get("val_accuracy",
                                                            [validation.accuracy]))),
             "best_epoch": best_index + 1,
