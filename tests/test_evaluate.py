@@ -329,6 +329,9 @@ def test_training_images_shown_again_are_counted_and_said(tmp_path_factory, tmp_
                "training images" in w for w in recorder.warnings), recorder.warnings
     assert (f"{expected} of the {result.report['images']} images are this model's training "
             "images") in (copy / "report.html").read_text()
+    said = " ".join(runner.invoke(app, ["evaluate", "--model", str(copy)]).output.split())
+    assert (f"training reported validation accuracy {meta['metrics']['val_accuracy']:.4f} on "
+            f"the split it made then (this one holds {expected} of its training images)") in said
 
 
 def trained_files(bundle_dir: Path) -> list[tuple[Path, str]]:
