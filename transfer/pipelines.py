@@ -47,7 +47,6 @@ import numpy as np
 from transfer import images
 from transfer.bases import preprocess_numpy
 from transfer.constants import (  # noqa: F401  (IMAGE_SUFFIXES: pipelines.IMAGE_SUFFIXES)
-    GRADCAM_SUFFIX,
     IMAGE_SUFFIXES,
     UNREAD_HINT,
     is_hidden_or_system,
@@ -206,15 +205,12 @@ def image_files(folder: Path) -> list[Path]:
     """The images under ``folder`` (any suffix of ``constants.IMAGE_SUFFIXES``), sorted by
     their POSIX path; hidden and system files and folders (``.DS_Store``, ``Thumbs.db``,
     ``._x``, ``__MACOSX/``) are left out silently; symbolic links are followed
-    (``files.walk``). A Grad-CAM picture there is an error: it would be trained on as a photo
-    of the class."""
+    (``files.walk``). The tool's own pictures (``*.gradcam.png`` that ``transfer explain``
+    writes beside a photo, ``augment-preview.png``) are not photos of the class: left out."""
     folder = Path(folder)
     files = []
     for rel in walk(folder, skip_folder=is_ignored_folder)[0]:  # links followed, as fetch-data does
         path = folder / rel
-        if path.name.endswith(GRADCAM_SUFFIX):
-            raise TransferError(f"{path} is a Grad-CAM picture (transfer explain), not a photo "
-                                "of its class; move it out of the data folder")
         if is_image_name(path.name):
             files.append(path)
     return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
