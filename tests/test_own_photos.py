@@ -425,3 +425,20 @@ def test_one_image_gives_one_answer_in_training_evaluate_and_predict(flowers, tm
     assert report["images"] == len(files)
     assert report["accuracy"] == pytest.approx(meta["metrics"]["val_accuracy"], abs=1e-9)
     assert report["loss"] == pytest.approx(meta["metrics"]["val_loss"], abs=1e-5)
+
+
+def test_many_small_classes_are_warned_about_in_one_line():
+    """60 classes, 21 of them under 10 images: one warning naming them with their counts,
+    not 21 lines (fetch-data's words say "usable images")."""
+    from transfer.constants import few_images_warning
+
+    sizes = {f"kind-{i:02d}": 6 + i % 9 for i in range(60)}
+    few = {name: n for name, n in sizes.items() if n < 10}
+    said = few_images_warning(sizes)
+    assert len(few) > 1 and "\n" not in said
+    assert said.startswith(f"{len(few)} classes have fewer than 10 images")
+    assert said.endswith(", ".join(f"{name} ({n})" for name, n in few.items()))
+    assert few_images_warning({"a": 12, "b": 1}, "usable images") == (
+        "class b has only 1 usable image (fewer than 10): too few to learn it well or to "
+        "measure it; add photos if you can")
+    assert few_images_warning({"a": 10, "b": 10}) is None

@@ -86,3 +86,22 @@ def same_but_case(names) -> list[str] | None:
     for name in names:
         by_key.setdefault(unicodedata.normalize("NFC", name).casefold(), []).append(name)
     return next((sorted(same) for same in by_key.values() if len(same) > 1), None)
+
+
+# A class with fewer images than this is warned about by fetch-data and train.
+FEW_IMAGES = 10
+
+
+def few_images_warning(sizes: dict[str, int], what: str = "images") -> str | None:
+    """The one warning about the classes of ``sizes`` (images per class) under FEW_IMAGES
+    (learnt and measured poorly), however many they are; None when there are none."""
+    few = {name: n for name, n in sizes.items() if n < FEW_IMAGES}
+    if len(few) == 1:
+        (name, n), = few.items()
+        return (f"class {name} has only {n} {what if n != 1 else what[:-1]} (fewer than "
+                f"{FEW_IMAGES}): too few to learn it well or to measure it; add photos if you can")
+    if few:
+        listed = ", ".join(f"{name} ({n})" for name, n in few.items())
+        return (f"{len(few)} classes have fewer than {FEW_IMAGES} {what}: too few to learn them "
+                f"well or to measure them; add photos if you can: {listed}")
+    return None

@@ -59,7 +59,7 @@ from transfer.archive import (
     open_images,
 )
 from transfer.archive import fingerprint as archive_fingerprint
-from transfer.constants import UNREAD_HINT, unread_summary
+from transfer.constants import UNREAD_HINT, few_images_warning, unread_summary
 from transfer.errors import TransferError
 from transfer.files import write_json
 from transfer.progress import Reporter
@@ -80,8 +80,6 @@ STAGING = ".staging"
 # without a value given for the other): what Keras's and TF Hub's tools use.
 DEFAULT_VALIDATION_FRACTION = 0.2
 DEFAULT_TEST_FRACTION = 0.0
-# A class with fewer usable images than this is warned about (learnt and measured poorly).
-FEW_IMAGES = 10
 _COUNT_FIELDS = ("train_per_class", "validate_per_class", "test_per_class")
 
 
@@ -536,11 +534,9 @@ def _split_by_fractions(images, found, plan, opts, tmp, reporter):
     short = [cls for cls, size in sizes.items() if size is None]
     if short:
         raise TransferError(_too_few(short, found, usable, skipped, plan))
-    for cls, n in usable.items():
-        if n < FEW_IMAGES:
-            reporter.warn(f"class {cls} has only {n} usable image{'' if n == 1 else 's'} "
-                          f"(fewer than {FEW_IMAGES}): too few to learn it well or to measure "
-                          "it; add photos if you can")
+    few = few_images_warning(usable, "usable images")
+    if few:
+        reporter.warn(few)
     splits = ["train", "validate"] + (["test"] if plan["test"] > 0 else [])
     counts = {split: {cls: 0 for cls in found} for split in splits}
     files: dict[str, dict[str, list[str]]] = {split: {cls: [] for cls in found}

@@ -38,7 +38,7 @@ import numpy as np
 
 from transfer import bases, bundle, metrics, phases, pipelines
 from transfer.bases import Base
-from transfer.constants import TEST_FOLDERS, is_ignored_folder
+from transfer.constants import TEST_FOLDERS, few_images_warning, is_ignored_folder
 from transfer.errors import TransferError
 from transfer.progress import Reporter
 from transfer.seeds import keeps_random_state
@@ -397,7 +397,6 @@ def worker_meta(run: RunPlan, feats, fit, cluster) -> list:
     return out
 
 
-FEW_IMAGES = 10  # a class with fewer images is warned about (as fetch-data does)
 UNBALANCED = 3  # the largest class more than this many times the smallest: warned about
 SHOWN_CLASSES = 12  # classes named in the data line (all are in meta.json)
 
@@ -417,7 +416,7 @@ def _beside_the_splits(run: RunPlan) -> list[str]:
 
 def report_data(run: RunPlan, reporter: Reporter) -> None:
     """One line on the data (where, how split, images per class and split) and a warning for
-    each class under FEW_IMAGES images."""
+    classes under constants.FEW_IMAGES images or far from balanced."""
     counts = run.counts
     if run.split == "in-memory":
         how = (f"{run.root}: class folders split in memory (validation "
@@ -453,13 +452,10 @@ def report_data(run: RunPlan, reporter: Reporter) -> None:
                           f"{'is' if one else 'are'} in no class folder and left out (e.g. "
                           f"{sorted(loose)[0]}); move {'it' if one else 'them'} into the "
                           "folder of its class")
-    for name in run.names:
-        n = counts["train"][name] + counts["validate"][name]
-        if n < FEW_IMAGES:
-            reporter.warn(f"class {name} has only {n} image{'' if n == 1 else 's'} (fewer than "
-                          f"{FEW_IMAGES}): too few to learn it well or to measure it; add "
-                          "photos if you can")
     sizes = {name: counts["train"][name] + counts["validate"][name] for name in run.names}
+    few = few_images_warning(sizes)
+    if few:
+        reporter.warn(few)
     large, small = max(sizes, key=sizes.get), min(sizes, key=sizes.get)
     if metrics.unbalanced(sizes, UNBALANCED):
         reporter.warn(f"unbalanced classes: {large} has {sizes[large]} images, {small} "
