@@ -115,6 +115,19 @@ def test_the_cache_keeps_features_skipped_files_and_the_engine(tmp_path):
     np.testing.assert_array_equal(labels_only.labels, first.labels)
     path.write_bytes(b"damaged")
     assert features.load_entry(path) is None and not path.exists()
+    # cut short (a copy interrupted, a power loss before the rename reached the disk)
+    whole = np.ones((400, 256), "float32")
+    assert features.store_quietly(path, features.Pass(whole, np.zeros(400), [], 1.0, 400,
+                                                      "tf"), None)
+    path.write_bytes(path.read_bytes()[:100_000])
+    assert features.load_entry(path) is None and not path.exists()
+    # one byte of the features flipped: the zip's CRC check fails when they are read
+    assert features.store_quietly(path, features.Pass(whole, np.zeros(400), [], 1.0, 400,
+                                                      "tf"), None)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert features.load_entry(path) is None and not path.exists()
 
 
 def test_a_cache_that_cannot_be_written_warns_and_the_run_goes_on(tmp_path, monkeypatch):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import zipfile
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -357,7 +358,8 @@ def load_entry(path: Path, with_features: bool = True) -> Pass | None:
             feats = data["features"] if with_features else None
             return Pass(feats, data["labels"], extra.get("skipped", []), 0.0, 0,
                         extra.get("engine"))
-    except (OSError, ValueError, KeyError, EOFError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        # BadZipFile: cut short, or a CRC error when the features are read
         with contextlib.suppress(OSError):
             path.unlink(missing_ok=True)
         return None

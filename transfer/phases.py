@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -937,7 +938,7 @@ def load_checkpoint(path: Path, fingerprint: str):
                 return None
             arrays = [data[f"arr_{i}"] for i in range(len(data.files) - 1)]
         return arrays, note
-    except (OSError, ValueError, KeyError, EOFError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
 
 
