@@ -101,18 +101,25 @@ def test_a_converted_model_that_differs_falls_back_to_tensorflow(
     assert 0.04 < info.parity_max_abs_diff < 0.06
 
 
-def test_a_corrupt_cached_file_falls_back_to_tensorflow(
+def test_a_damaged_cached_file_is_converted_again(
         mobilenet_features, photo_batch, tmp_path, monkeypatch):
+    """A cached file that is no flatbuffer, or one cut short, is converted again (once, with
+    a warning naming it), not a lasting fall-back to the slower TensorFlow."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     digest = engines.cache_key(**KEY, batch=8, input=[224, 224, 3])
     path = engines.cache_dir() / f"{digest}.tflite"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"garbage, not a flatbuffer")
-    reporter = Recorder()
-    engine, info = engines.open_engine(mobilenet_features, photo_batch[:8], requested="tflite",
-                                       key=KEY, batch_size=8, reporter=reporter)
-    assert engine.name == "tf" and "TFLite unavailable" in info.fallback
-    assert reporter.warnings
+    for _ in range(2):
+        reporter = Recorder()
+        engine, info = engines.open_engine(mobilenet_features, photo_batch[:8],
+                                           requested="tflite", key=KEY, batch_size=8,
+                                           reporter=reporter)
+        assert engine.name == "tflite" and info.fallback is None and info.conversion_seconds
+        assert any(f"the cached TFLite file {path} is damaged" in w
+                   for w in reporter.warnings), reporter.warnings
+        assert info.parity_max_abs_diff < 1e-3
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
 
 
 def test_auto_measures_once_and_remembers(mobilenet_features, photo_batch, tmp_path,

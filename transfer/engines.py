@@ -213,6 +213,21 @@ def _rate(engine, batch: np.ndarray, repeats: int = 2) -> float:
     return repeats * len(batch) / max(time.perf_counter() - started, 1e-9)
 
 
+def _converted(model, batch_size: int, path: Path, info: EngineInfo, reporter: Reporter):
+    """The TFLite engine of ``model``: the cached file, or, when there is none or it is
+    damaged (cut short, not a flatbuffer), the model converted now and cached."""
+    if path.is_file():
+        try:
+            return TFLiteEngine(path)
+        except Exception as exc:
+            reporter.warn(f"the cached TFLite file {path} is damaged ({type(exc).__name__}); "
+                          "converting again")
+            path.unlink(missing_ok=True)
+    reporter.info(f"converting the model to TFLite (once; cached in {path.parent})")
+    info.conversion_seconds = convert(model, batch_size, path)
+    return TFLiteEngine(path)
+
+
 def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key: dict,
                 batch_size: int = 32, reporter: Reporter | None = None,
                 images: int | None = None):
@@ -258,10 +273,7 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
                 info.fallback = "TensorFlow measured faster on this machine"
                 return tf_engine, info
     try:
-        if not path.is_file():
-            reporter.info(f"converting the model to TFLite (once; cached in {path.parent})")
-            info.conversion_seconds = convert(model, batch_size, path)
-        lite = TFLiteEngine(path)
+        lite = _converted(model, batch_size, path, info, reporter)
     except Exception as exc:  # a conversion or interpreter failure: TensorFlow still works
         info.fallback = f"TFLite unavailable ({type(exc).__name__}: {exc})".splitlines()[0]
         reporter.warn(f"{info.fallback}; using TensorFlow")
