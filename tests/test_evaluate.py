@@ -96,6 +96,15 @@ def test_evaluate_errors(trained_bundle, small_split, tmp_path):
     with pytest.raises(TransferError, match="from another evaluation; use --force"):
         evaluate(copy, data_dir=small_split / "test")
     evaluate(copy, data_dir=small_split / "test", force=True)
+    # another model's evaluation of the same folder in one --output: kept without --force
+    other = tmp_path / "other"
+    shutil.copytree(trained_bundle.bundle, other)
+    shared = tmp_path / "shared"
+    evaluate(copy, data_dir=small_split / "test", output=shared)
+    evaluate(copy, data_dir=small_split / "test", output=shared)  # the same one: replaced
+    with pytest.raises(TransferError, match="from another evaluation; use --force"):
+        evaluate(other, data_dir=small_split / "test", output=shared)
+    assert json.loads((shared / "report.json").read_text())["model"] == str(copy)
     # a missing data folder is what is said, not the earlier outputs in the bundle
     with pytest.raises(TransferError, match="no data folder"):
         evaluate(copy, data_dir=tmp_path / "nope")

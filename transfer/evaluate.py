@@ -167,9 +167,10 @@ def _same_folder(a, b) -> bool:
     return b is not None and Path(a).resolve() == Path(b).resolve()
 
 
-def _check_outputs(output: Path, data_dir: Path, force: bool) -> None:
-    """Refuse to replace earlier outputs unless force, or they were this same evaluation's;
-    a report.html there must be one of transfer's (``report.made_by_transfer``)."""
+def _check_outputs(output: Path, data_dir: Path, model: Path, force: bool) -> None:
+    """Refuse to replace earlier outputs unless force, or they were this same evaluation's
+    (the same model on the same folder); a report.html there must be one of transfer's
+    (``report.made_by_transfer``)."""
     from transfer import report as html_report
 
     html_report.check_replaceable(output / html_report.REPORT_HTML, force)
@@ -179,7 +180,8 @@ def _check_outputs(output: Path, data_dir: Path, force: bool) -> None:
     try:
         previous = json.loads((output / REPORT).read_text(encoding="utf-8"))
         same = (previous.get("kind") == "transfer-evaluate"
-                and _same_folder(data_dir, previous.get("data_dir")))
+                and _same_folder(data_dir, previous.get("data_dir"))
+                and _same_folder(model, previous.get("model")))
     except (OSError, ValueError):
         same = False
     if not same:
@@ -240,7 +242,7 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
     if not in_memory:  # a missing or unknown data folder is said before any output clash
         files = labelled_files(data_dir, names)
     output = Path(s.output) if s.output is not None else model
-    _check_outputs(output, data_dir, s.force)
+    _check_outputs(output, data_dir, model, s.force)
     writable_folder(output)
 
     started = time.perf_counter()
