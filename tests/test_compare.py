@@ -92,6 +92,25 @@ def test_an_existing_comparison_is_refused_without_force(compared):
     assert compared.json_path.read_text() == before
 
 
+def test_a_comparison_replaced_then_interrupted_leaves_no_stale_compare_json(
+        compared, tmp_path, monkeypatch):
+    """compare --force stopped (Ctrl-C) while its first run retrains: compare.json, whose
+    presence means the comparison is whole, is gone rather than describing the old runs."""
+    out = tmp_path / "runs"
+    shutil.copytree(compared.output, out)
+    assert (out / cmp.COMPARE_JSON).is_file()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("transfer.training.train", interrupted)
+    settings = CompareSettings(data_dir=compared.data["data_dir"], output=out,
+                               runs=["scratch", "frozen"], force=True)
+    with pytest.raises(KeyboardInterrupt):
+        compare(settings, overrides=TINY)
+    assert not (out / cmp.COMPARE_JSON).exists()
+
+
 def test_an_existing_bundle_is_refused_before_any_run_trains(tiny_split, tmp_path):
     out = tmp_path / "cmp"
     (out / "frozen").mkdir(parents=True)

@@ -117,6 +117,9 @@ def compare(settings: CompareSettings, reporter: Reporter | None = None,
     first = plan(planned[settings.runs[0]].validated())
     validation = [(sample.path, sample.label) for sample in first.usable("validate")]
     out.mkdir(parents=True, exist_ok=True)
+    # a comparison being replaced (--force) stops claiming to be whole before its first bundle
+    # is replaced: interrupted, the folder holds no compare.json describing other bundles
+    (out / COMPARE_JSON).unlink(missing_ok=True)
     rows, histories = {}, {}
     for run, train_settings in planned.items():
         reporter.info(f"compare: {run}: {DESCRIPTIONS[run]}")
