@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, require_asset
+from conftest import REPO, Recorder, require_asset
 from PIL import Image
 
 from transfer import bundle, features, phases, pipelines
@@ -674,3 +674,29 @@ def test_the_accuracy_gate_is_recorded_in_meta_and_exits_3_from_the_cli(tiny_spl
     assert errors == [result.stderr.strip().splitlines()[-1]]  # one line, the last
     assert errors[0].startswith("error: validation accuracy 0.")
     assert "Traceback" not in result.stderr
+
+
+def test_a_preview_that_does_not_fit_in_the_data_folder_is_a_warning(own_split, tmp_path,
+                                                                     monkeypatch):
+    """--preview-augment copies the preview into the data folder after the bundle is written:
+    a disk full there leaves no half-written PNG (which the next run would refuse to
+    replace) and the finished run is not reported as failed."""
+    import errno
+
+    real = shutil.copyfile
+
+    def full_disk(src, dst, **kwargs):
+        if Path(src).name == "augment-preview.png":
+            with open(dst, "wb") as handle:
+                handle.write(Path(src).read_bytes()[:1000])  # what fitted
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real(src, dst, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", full_disk)
+    reporter = Recorder()
+    result = train(hp(own_split, tmp_path, augment=Augment(), epochs=1, preview_augment=True,
+                      output=tmp_path / "models/p"), reporter)
+    assert (result.bundle / "augment-preview.png").is_file()
+    assert not [p.name for p in own_split.iterdir() if "preview" in p.name]
+    assert any("augmentation preview not copied" in w and "No space left on device" in w
+               for w in reporter.warnings), reporter.warnings

@@ -40,6 +40,7 @@ from transfer import bases, bundle, metrics, phases, pipelines
 from transfer.bases import Base
 from transfer.constants import TEST_FOLDERS, few_images_warning, is_ignored_folder
 from transfer.errors import TransferError
+from transfer.files import replacing
 from transfer.progress import Reporter
 from transfer.seeds import keeps_random_state
 from transfer.settings import DISTRIBUTE, HParams, TrainSettings  # noqa: F401
@@ -324,8 +325,14 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
                  title=f"{run.base.name} on {run.root}", extra=extras)
     shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     if settings.preview_augment:
-        shutil.copyfile(run.target / PREVIEW_PNG, Path(settings.data_dir) / PREVIEW_PNG)
-        reporter.info(f"augmentation preview: {Path(settings.data_dir) / PREVIEW_PNG}")
+        preview = Path(settings.data_dir) / PREVIEW_PNG
+        try:  # whole or not at all (a full disk); the bundle, already written, keeps its copy
+            with replacing(preview) as tmp:
+                shutil.copyfile(run.target / PREVIEW_PNG, tmp)
+            reporter.info(f"augmentation preview: {preview}")
+        except OSError as exc:
+            reporter.warn(f"augmentation preview not copied to {preview} ({exc.strerror or exc});"
+                          f" it is in the bundle: {run.target / PREVIEW_PNG}")
     report.write_quietly(run.target, reporter)
     if cluster is not None:  # the bundle is whole: a worker lost now costs nothing
         from transfer.cluster import WorkerLost
