@@ -163,6 +163,38 @@ def test_writer_refuses_a_folder_that_is_not_a_bundle(small_bundle, tmp_path):
     assert not [p for p in small_bundle.parent.iterdir() if ".tmp-" in p.name]
 
 
+def test_a_bundle_another_run_wrote_meanwhile_is_kept(small_bundle, tmp_path):
+    """Two runs started in the same second get the same default name: the one that lands
+    second keeps the first's bundle (no --force was given) and lands beside it, at -2, with
+    latest pointing at it; one finding -2 taken as well lands at -3. With force a bundle is
+    replaced, as asked."""
+    model, meta = bundle.load(small_bundle)
+    target = tmp_path / "models" / "mobilenet-20261204-140107"
+
+    def meanwhile(seed):
+        def write(folder):  # while this run writes, another run lands at the same name
+            if not target.exists():
+                bundle.write(target, False, model, {**meta, "seed": seed}, {"loss": [1.0]})
+        return write
+
+    landed = bundle.write(target, False, model, {**meta, "seed": 2}, {"loss": [1.0]},
+                          extra=meanwhile(1))
+    assert landed == target.with_name(target.name + "-2")
+    assert json.loads((target / "meta.json").read_text())["seed"] == 1
+    assert json.loads((landed / "meta.json").read_text())["seed"] == 2
+    assert os.readlink(tmp_path / "models/latest") == landed.name
+    with bundle.writing(target.with_name(target.name + "-x"), False) as landing:
+        (landing.folder / "meta.json").write_text("{}")
+        for name in (target.name + "-x", target.name + "-x-2"):
+            (tmp_path / "models" / name).mkdir()
+            (tmp_path / "models" / name / "theirs.txt").write_text("theirs")
+    assert landing.path == target.with_name(target.name + "-x-3")
+    assert (landing.path / "meta.json").is_file()
+    replaced = bundle.write(target, True, model, {**meta, "seed": 3}, {"loss": [1.0]})
+    assert replaced == target and json.loads((target / "meta.json").read_text())["seed"] == 3
+    assert not [p for p in target.parent.iterdir() if ".tmp-" in p.name]
+
+
 def test_text_files_are_utf8_under_an_ascii_locale(tmp_path):
     """A class or file name with an accent, written and read back with the C locale (a plain
     Windows console or a bare container): no UnicodeEncodeError, the same bytes everywhere."""

@@ -42,9 +42,20 @@ def is_bundle(path: Path) -> bool:
     return isinstance(meta, dict) and "schema_version" in meta and "class_names" in meta
 
 
+class Landing:
+    """Where ``writing`` puts a bundle: ``folder`` to fill, then ``path`` where it landed."""
+
+    def __init__(self, folder: Path, target: Path):
+        self.folder, self.path = folder, target
+
+
 @contextlib.contextmanager
 def writing(target: Path, force: bool):
-    """Yield a temporary folder; on success it replaces ``target`` (a bundle only with force)."""
+    """Yield a Landing: fill its temporary ``folder``; on success the folder is renamed into
+    place and ``Landing.path`` says where. A bundle at ``target`` is replaced only with force.
+    Without force, a ``target`` that appeared during the run (another run named in the same
+    second, or given the same --output) is kept: this bundle lands at the first free
+    ``target-2``, ``target-3``, ... (each rename is atomic: it fails on an existing folder)."""
     target = Path(target)
     if target.exists():
         if not force:
@@ -57,17 +68,34 @@ def writing(target: Path, force: bool):
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)
+    landing = Landing(tmp, target)
     try:
-        yield tmp
-        if target.exists():
+        yield landing
+        if force and target.exists():
             old = tmp.with_name(tmp.name + "-old")
             os.replace(target, old)
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, target)
+            landing.path = _land(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _land(folder: Path, target: Path) -> Path:
+    """Rename ``folder`` to ``target``, or to the first free ``target-N`` when another
+    process put something there first."""
+    for n in range(1, 1000):
+        path = target if n == 1 else target.with_name(f"{target.name}-{n}")
+        if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+            continue
+        try:
+            os.rename(folder, path)  # onto an existing folder with files: fails, atomically
+            return path
+        except OSError:
+            if not path.exists():
+                raise
+    raise TransferError(f"no free name beside {target} (tried {target.name}-2 to -999)")
 
 
 def meta(*, kind: str, class_names: list, image_size: int, channels: int, preprocessing: dict,
@@ -105,10 +133,12 @@ def write(target: Path, force: bool, model, meta: dict, history: dict, title: st
           extra=None) -> Path:
     """Write a bundle (model.keras, meta.json, settings.json, history.csv, curves.png, and
     whatever ``extra(folder)`` adds) into a temporary folder, rename it into place and point
-    ``latest`` at it when it sits in a models folder of its own kind."""
+    ``latest`` at it when it sits in a models folder of its own kind. Returns where it landed:
+    ``target``, or ``target-N`` when ``target`` appeared meanwhile (see ``writing``)."""
     from transfer import plots
 
-    with writing(target, force) as tmp:
+    with writing(target, force) as landing:
+        tmp = landing.folder
         model.save(tmp / MODEL)
         write_json(tmp / META, meta)
         if meta.get("settings") is not None:
@@ -118,8 +148,8 @@ def write(target: Path, force: bool, model, meta: dict, history: dict, title: st
         if extra is not None:
             extra(tmp)
     if meta.get("kind") == "transfer":
-        update_latest(target)
-    return Path(target)
+        update_latest(landing.path)
+    return landing.path
 
 
 LATEST = "latest"  # in a models folder: the link to its newest bundle

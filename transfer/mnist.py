@@ -350,8 +350,12 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
                          cmap="viridis")
         plots.noise_curve(noise, folder / "noise.png", title=f"{p.dataset} {p.arch}")
 
-    bundle.write(target, p.force, model, meta, history, title=f"{p.dataset} {p.arch}",
-                 extra=pictures)
+    landed = bundle.write(target, p.force, model, meta, history, title=f"{p.dataset} {p.arch}",
+                          extra=pictures)
+    if landed != target:
+        reporter.warn(f"{target} appeared during this run (another run?) and is kept; this "
+                      f"model is {landed}")
+    target = landed
     from transfer import report
 
     report.write_quietly(target, reporter)

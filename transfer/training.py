@@ -321,19 +321,22 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
     meta["workers"] = cluster.workers if cluster is not None else 1
     if cluster is not None:
         meta["per_worker"] = worker_meta(run, feats, fit, cluster)
-    bundle.write(run.target, settings.force, built.full, meta, fit.history,
-                 title=f"{run.base.name} on {run.root}", extra=extras)
+    landed = bundle.write(run.target, settings.force, built.full, meta, fit.history,
+                          title=f"{run.base.name} on {run.root}", extra=extras)
+    if landed != run.target:
+        reporter.warn(f"{run.target} appeared during this run (another run?) and is kept; "
+                      f"this model is {landed}")
     shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     if settings.preview_augment:
         preview = Path(settings.data_dir) / PREVIEW_PNG
         try:  # whole or not at all (a full disk); the bundle, already written, keeps its copy
             with replacing(preview) as tmp:
-                shutil.copyfile(run.target / PREVIEW_PNG, tmp)
+                shutil.copyfile(landed / PREVIEW_PNG, tmp)
             reporter.info(f"augmentation preview: {preview}")
         except OSError as exc:
             reporter.warn(f"augmentation preview not copied to {preview} ({exc.strerror or exc});"
-                          f" it is in the bundle: {run.target / PREVIEW_PNG}")
-    report.write_quietly(run.target, reporter)
+                          f" it is in the bundle: {landed / PREVIEW_PNG}")
+    report.write_quietly(landed, reporter)
     if cluster is not None:  # the bundle is whole: a worker lost now costs nothing
         from transfer.cluster import WorkerLost
 
@@ -343,7 +346,7 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
         except WorkerLost:
             reporter.warn("another worker ended before the chief finished; the bundle is "
                           "complete")
-    return TrainResult(run.target, meta, fit.history, timings)
+    return TrainResult(landed, meta, fit.history, timings)
 
 
 FINAL_WAIT = 1800.0  # seconds the other workers wait for the chief to validate and write
