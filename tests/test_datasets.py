@@ -185,6 +185,41 @@ def test_too_few_images_says_how_many(real_photos, tmp_path):
     assert not (tmp_path / "data").exists()  # the folder this run made is removed
 
 
+def test_a_second_fetch_data_on_one_folder_is_refused_while_the_first_writes(
+        real_photos, tmp_path):
+    """Another process is writing the split (it holds the data folder's lock): a second
+    fetch-data there, even one that would do nothing, refuses in one line and touches
+    nothing of the first's temporary folder; once the first has ended, it runs."""
+    import subprocess
+    import sys
+
+    archive = make_zip(tmp_path / "small.zip", kaggle_members(real_photos, 30))
+    data = tmp_path / "data"
+    opts = dict(archive=archive, data_dir=data, train_per_class=10, validate_per_class=5)
+    fetch_data(FetchOptions(**opts))
+    busy = data / ".fetch-tmp-theirs"  # what the other run is building
+    busy.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from transfer.files import exclusive\n"
+        f"with exclusive(Path({str(data)!r}), 'busy'):\n"
+        "    print('locked', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for options in (opts, {**opts, "seed": 7, "force": True}):
+            with pytest.raises(TransferError) as info:
+                fetch_data(FetchOptions(**options))
+            assert str(info.value) == (f"another fetch-data is writing the split in {data}; "
+                                       "wait for it to end, then run again")
+            assert busy.is_dir()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    again = fetch_data(FetchOptions(**opts, seed=7, force=True))  # the lock died with it
+    assert not again.noop and again.counts["train"] == {"cats": 10, "dogs": 10}
+    assert not busy.exists()  # now a leftover of an ended run: cleaned as such
+
+
 def test_interrupted_split_leaves_nothing_and_keeps_previous(real_photos, tmp_path, monkeypatch):
     archive = make_zip(tmp_path / "small.zip", kaggle_members(real_photos, 30))
     data = tmp_path / "data"

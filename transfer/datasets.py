@@ -61,7 +61,7 @@ from transfer.archive import (
 from transfer.archive import fingerprint as archive_fingerprint
 from transfer.constants import UNREAD_HINT, few_images_warning, unread_summary
 from transfer.errors import TransferError
-from transfer.files import write_json
+from transfer.files import exclusive, write_json
 from transfer.progress import Reporter
 from transfer.settings import FetchOptions
 from transfer.sources import obtain_archive, resolve_source
@@ -128,7 +128,11 @@ def fetch_data(options: FetchOptions, reporter: Reporter | None = None,
     data_dir = Path(opts.data_dir)
     created = _make_dirs(data_dir)
     try:
-        return _fetch(opts, data_dir, reporter, kaggle_api_factory)
+        # one fetch-data per data folder: another one's temporary folders and swap journal
+        # would look like an interrupted run's to this one (recover) and be removed
+        with exclusive(data_dir, f"another fetch-data is writing the split in {data_dir}; "
+                                 "wait for it to end, then run again"):
+            return _fetch(opts, data_dir, reporter, kaggle_api_factory)
     except BaseException:
         _remove_if_empty(data_dir, created)
         raise
@@ -147,7 +151,8 @@ def recover(data_dir: Path, reporter: Reporter | None = None) -> str | None:
 
     After the new manifest was written the swap is finished (the previous split is removed);
     before, it is rolled back (the previous split and any folder moved aside come back). Then
-    leftover temporary folders are removed. Safe to call at any time; fetch_data calls it first.
+    leftover temporary folders are removed. Safe to call whenever no fetch-data is writing in
+    ``data_dir`` (fetch_data calls it first, holding the folder's lock).
     """
     data_dir = Path(data_dir)
     journal = _read_json_or_none(data_dir / JOURNAL)

@@ -34,6 +34,28 @@ def replacing(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def exclusive(folder: Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` itself (``flock`` on the folder, no lock file
+    left behind; released when the process ends, however it ends). Raises TransferError with
+    ``busy`` when another process holds it. Where ``fcntl`` does not exist (Windows) nothing is
+    locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TransferError(busy) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def write_json(path: Path, payload: dict) -> None:
     """``payload`` as indented JSON at ``path``, atomically."""
     with replacing(path) as tmp:
