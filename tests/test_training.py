@@ -700,3 +700,31 @@ def test_a_preview_that_does_not_fit_in_the_data_folder_is_a_warning(own_split, 
     assert not [p.name for p in own_split.iterdir() if "preview" in p.name]
     assert any("augmentation preview not copied" in w and "No space left on device" in w
                for w in reporter.warnings), reporter.warnings
+
+
+def test_an_interrupted_pass_leaves_no_shard_files_behind(own_split, tmp_path, monkeypatch):
+    """Features beyond the memory budget with the cache off go to a temporary folder of shard
+    files; Ctrl-C in the middle of the pass removes it (it was only removed at the end)."""
+    import tempfile
+
+    from transfer import features as feature_module
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setenv("TRANSFER_FEATURE_MEMORY_MB", "0")
+    real, calls = feature_module.run_pass, []
+
+    def interrupted_on_the_third_shard(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            assert [p.name for p in scratch.iterdir() if p.name.startswith("transfer-features-")]
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(feature_module, "run_pass", interrupted_on_the_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        train(hp(own_split, tmp_path, augment=NO_AUGMENT, feature_cache=False,
+                 feature_shard_size=8, engine="tf", output=tmp_path / "models/i"))
+    assert len(calls) == 3
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("transfer-features-")]

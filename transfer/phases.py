@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -86,8 +87,6 @@ class Features:
     def cleanup(self) -> None:
         """Remove the temporary shard files, if any (never the cache)."""
         if self.spill is not None:
-            import shutil
-
             shutil.rmtree(self.spill, ignore_errors=True)
 
 
@@ -414,31 +413,36 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
         return features.FeatureSet(parts, sizes, np.concatenate(kept) if kept else labels[:0],
                                    width)
 
-    if plan.copies:
-        train_sets = [get(train_samples, hp.augment, k,
-                          f"train, augmented copy {k + 1}/{plan.copies}")
-                      for k in range(plan.copies)]
-    else:
-        train_sets = [get(train_samples, None, 0, "train")]
-    val_set = get(val_samples, None, 0, "validate")
-    record_skipped(plan, skipped, reporter)
-    labels = train_sets[0].labels
-    if any(not np.array_equal(s.labels, labels) for s in train_sets):
-        raise RuntimeError("augmented copies disagree on their images")  # never: same reader
-    cache = "off" if not hp.feature_cache else ("hit" if all(hits) else "miss")
-    base_images = sum(per_worker)
-    if engine.info is not None:
-        engine.info.images, engine.info.seconds = computed["images"], computed["seconds"]
-        engine_meta = engine.info.as_dict()
-    else:  # every pass was a cache hit (or another worker ran them all): the base did not run
-        engine_meta = {"requested": hp.engine, "name": None, "images": 0,
-                       "cached_features_from": sorted(e for e in seen_engines if e)}
-    seconds = computed["seconds"] if cluster is None else time.perf_counter() - started
-    return Features(train_sets, labels.astype("float32" if plan.binary else "int64"),
-                    val_set, cache, seconds, base_images,
-                    skipped=[{"file": f, "reason": r} for f, r in skipped.items()],
-                    engine=engine_meta, per_worker=per_worker,
-                    spill=spill[0] if spill else None)
+    try:
+        if plan.copies:
+            train_sets = [get(train_samples, hp.augment, k,
+                              f"train, augmented copy {k + 1}/{plan.copies}")
+                          for k in range(plan.copies)]
+        else:
+            train_sets = [get(train_samples, None, 0, "train")]
+        val_set = get(val_samples, None, 0, "validate")
+        record_skipped(plan, skipped, reporter)
+        labels = train_sets[0].labels
+        if any(not np.array_equal(s.labels, labels) for s in train_sets):
+            raise RuntimeError("augmented copies disagree on their images")  # never: same reader
+        cache = "off" if not hp.feature_cache else ("hit" if all(hits) else "miss")
+        base_images = sum(per_worker)
+        if engine.info is not None:
+            engine.info.images, engine.info.seconds = computed["images"], computed["seconds"]
+            engine_meta = engine.info.as_dict()
+        else:  # every pass was a cache hit (or another worker ran them all): the base did not run
+            engine_meta = {"requested": hp.engine, "name": None, "images": 0,
+                           "cached_features_from": sorted(e for e in seen_engines if e)}
+        seconds = computed["seconds"] if cluster is None else time.perf_counter() - started
+        return Features(train_sets, labels.astype("float32" if plan.binary else "int64"),
+                        val_set, cache, seconds, base_images,
+                        skipped=[{"file": f, "reason": r} for f, r in skipped.items()],
+                        engine=engine_meta, per_worker=per_worker,
+                        spill=spill[0] if spill else None)
+    except BaseException:  # Ctrl-C or an error in the pass: no shard files left in /tmp
+        if spill:
+            shutil.rmtree(spill[0], ignore_errors=True)
+        raise
 
 
 def exchange(cluster, result: features.Pass, width: int, during: str,
