@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -233,3 +234,67 @@ def test_help_in_a_pipe_is_not_cut_at_80_columns():
     assert result.returncode == 0
     assert "--no-feature-cache" in result.stdout  # cut to "--no-feature-cac…" at 80 columns
     assert max(len(line) for line in result.stdout.splitlines()) > 80
+
+
+def test_sigterm_cleans_up_as_ctrl_c_does(tiny_split, mobilenet_weights, tmp_path):
+    """`kill` (SIGTERM: timeout, docker stop, systemd) in the middle of the base's TFLite
+    conversion: one line, exit code 143, and no temporary conversion folder left in the
+    cache (the default action ended the process on the spot and left it for good)."""
+    import signal
+
+    home = tmp_path / "keras-home"
+    (home / "models").mkdir(parents=True)
+    for item in mobilenet_weights.parent.iterdir():
+        (home / "models" / item.name).symlink_to(item.resolve())
+    cache = home / "transfer" / "tflite"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "transfer", "train", "--base", "mobilenet", "--alpha", "0.25",
+         "--image-size", "96", "--epochs", "1", "--no-augment", "--engine", "tflite",
+         "--data-dir", str(tiny_split), "--no-feature-cache", "--models-dir",
+         str(tmp_path / "models"), "--output", str(tmp_path / "models/term")],
+        env={**os.environ, "KERAS_HOME": str(home)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(cache.glob(".convert-*")) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the conversion never started"
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "terminated" and "Traceback" not in err
+    assert not list(cache.glob(".convert-*")), "the conversion's folder was left behind"
+    assert not (tmp_path / "models/term").exists()
+    assert not list((tmp_path / "models").glob(".term.tmp-*"))
+
+
+def test_sigterm_while_python_cannot_run_still_ends_the_process(tmp_path):
+    """The main thread waiting inside native code (as TensorFlow's multi-worker waits do) runs
+    no Python signal handler: the watchdog, woken by the signal's byte, ends the process
+    after the grace period with SIGTERM's exit code, as the default action would have."""
+    import signal
+
+    script = tmp_path / "stuck.py"
+    script.write_text(textwrap.dedent("""
+        import signal, time
+        from transfer import cli
+        cli.TERM_GRACE = 0.5
+        cli._terminate_as_interrupt()
+        # the main thread no longer takes SIGTERM (the watchdog thread does), and then waits
+        # in C: like a collective inside TensorFlow, it will not run Python for a minute
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+        print("waiting", flush=True)
+        time.sleep(60)
+        print("woke up", flush=True)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "waiting"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143
+    finally:
+        proc.kill()
+    assert "woke up" not in proc.stdout.read()

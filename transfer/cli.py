@@ -132,15 +132,56 @@ def _os_error(exc: OSError) -> str:
     return f"{reason}: {where}" if where else f"{reason} ({exc})"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, ``docker stop``, systemd), raised where Python runs next:
+    the same clean-up as Ctrl-C (temporary folders removed, nothing half-written), exit 143."""
+
+
+TERM_GRACE = 10.0  # seconds the clean-up after SIGTERM may take (docker stop's own wait)
+_term = {"installed": False}
+
+
+def _terminate_as_interrupt() -> None:
+    """Make SIGTERM raise Terminated in the main thread (the default ends the process at once,
+    leaving temporary bundle and conversion folders behind). Python runs that handler only
+    when the main thread next runs Python code: where it waits inside TensorFlow's C++ (a
+    multi-worker collective), a watchdog thread, woken by the signal's byte on the wakeup fd,
+    ends the process after TERM_GRACE seconds as the default would have. Once per process; a
+    server installs its own handlers while it serves."""
+    import signal
+    import threading
+
+    if _term["installed"] or threading.current_thread() is not threading.main_thread():
+        return  # signal handlers belong to the main thread (a test runner's worker thread)
+
+    def raise_terminated(signum, frame):
+        raise Terminated
+
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+
+    def watchdog():
+        while True:
+            if signal.SIGTERM in os.read(read, 64):
+                time.sleep(TERM_GRACE)
+                os._exit(143)
+
+    signal.signal(signal.SIGTERM, raise_terminated)
+    signal.set_wakeup_fd(write)
+    threading.Thread(target=watchdog, name="sigterm-watchdog", daemon=True).start()
+    _term["installed"] = True
+
+
 def command(name: str, examples: list[str]):
     """Register a command: its help ends with examples; a TransferError or an OSError becomes
-    one red line and exit code 1; Ctrl-C exit code 130."""
+    one red line and exit code 1; Ctrl-C exit code 130, SIGTERM 143 (after the same clean-up)."""
     epilog = "[bold]Examples[/bold]\n\n" + "\n\n".join(
         f"  [cyan]{line}[/cyan]" for line in examples)
 
     def wrap(fn):
         @functools.wraps(fn)
         def run(*a, **kw):
+            _terminate_as_interrupt()
             try:
                 return fn(*a, **kw)
             except typer.Exit:
@@ -155,7 +196,10 @@ def command(name: str, examples: list[str]):
                     err.print_exception()
                 _error_line(_os_error(exc))
                 raise typer.Exit(1) from None
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
+                if isinstance(exc, Terminated):
+                    err.print("[bold red]terminated[/bold red]")
+                    raise typer.Exit(143) from None
                 err.print("[bold red]interrupted[/bold red]")
                 raise typer.Exit(130) from None
 
