@@ -7,9 +7,12 @@ Outside CI a missing asset skips with the reason; under ``CI=true`` it fails.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -202,3 +205,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_sep(
             "!", f"{len(skipped)} test(s) SKIPPED: missing assets or tools (see -rs); under CI "
             "they fail instead", red=True, bold=True)
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(folder: Path, shared: bool):
+    """Another process holding ``folder``'s lock (``transfer.files.exclusive``) as a running
+    fetch-data (exclusive) or train (shared) does, until the block ends."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from pathlib import Path; from transfer.files import exclusive\n"
+        f"with exclusive(Path({str(folder)!r}), 'busy', shared={shared}):\n"
+        "    print('locked', flush=True); time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)

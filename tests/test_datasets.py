@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import kaggle_members, make_zip, text_as_jpg, truncated
+from conftest import kaggle_members, lock_held_elsewhere, make_zip, text_as_jpg, truncated
 from PIL import Image
 
 from transfer import datasets
@@ -187,34 +187,24 @@ def test_too_few_images_says_how_many(real_photos, tmp_path):
 
 def test_a_second_fetch_data_on_one_folder_is_refused_while_the_first_writes(
         real_photos, tmp_path):
-    """Another process is writing the split (it holds the data folder's lock): a second
-    fetch-data there, even one that would do nothing, refuses in one line and touches
-    nothing of the first's temporary folder; once the first has ended, it runs."""
-    import subprocess
-    import sys
-
+    """Another process is writing the split (it holds the data folder's lock), or a train is
+    reading it: fetch-data there, even one that would do nothing, refuses in one line and
+    touches nothing of the other's temporary folder; once the other has ended, it runs."""
     archive = make_zip(tmp_path / "small.zip", kaggle_members(real_photos, 30))
     data = tmp_path / "data"
     opts = dict(archive=archive, data_dir=data, train_per_class=10, validate_per_class=5)
     fetch_data(FetchOptions(**opts))
     busy = data / ".fetch-tmp-theirs"  # what the other run is building
     busy.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from transfer.files import exclusive\n"
-        f"with exclusive(Path({str(data)!r}), 'busy'):\n"
-        "    print('locked', flush=True); time.sleep(60)")],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        for options in (opts, {**opts, "seed": 7, "force": True}):
-            with pytest.raises(TransferError) as info:
-                fetch_data(FetchOptions(**options))
-            assert str(info.value) == (f"another fetch-data is writing the split in {data}; "
-                                       "wait for it to end, then run again")
-            assert busy.is_dir()
-    finally:
-        holder.kill()
-        holder.wait(timeout=30)
+    message = (f"another transfer command is using {data} (fetch-data writing its split, or "
+               "train reading it); wait for it to end, then run again")
+    for shared in (False, True):  # another fetch-data writing; a train reading
+        with lock_held_elsewhere(data, shared):
+            for options in (opts, {**opts, "seed": 7, "force": True}):
+                with pytest.raises(TransferError) as info:
+                    fetch_data(FetchOptions(**options))
+                assert str(info.value) == message
+                assert busy.is_dir()
     again = fetch_data(FetchOptions(**opts, seed=7, force=True))  # the lock died with it
     assert not again.noop and again.counts["train"] == {"cats": 10, "dogs": 10}
     assert not busy.exists()  # now a leftover of an ended run: cleaned as such

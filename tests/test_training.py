@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, Recorder, require_asset
+from conftest import REPO, Recorder, lock_held_elsewhere, require_asset
 from PIL import Image
 
 from transfer import bundle, features, phases, pipelines
@@ -728,3 +728,17 @@ def test_an_interrupted_pass_leaves_no_shard_files_behind(own_split, tmp_path, m
                  feature_shard_size=8, engine="tf", output=tmp_path / "models/i"))
     assert len(calls) == 3
     assert not [p.name for p in scratch.iterdir() if p.name.startswith("transfer-features-")]
+
+
+def test_train_waits_for_no_fetch_data_but_refuses_while_one_writes(own_split, tmp_path):
+    """A fetch-data writing the split (another process holds the folder's lock): train refuses
+    in one line before any work; another train reading the same folder does not stop it."""
+    with lock_held_elsewhere(own_split, shared=False):
+        with pytest.raises(TransferError, match=f"fetch-data is writing the split in "
+                                                f"{own_split}; wait for it to end"):
+            train(hp(own_split, tmp_path, augment=NO_AUGMENT, output=tmp_path / "models/a"))
+    assert not (tmp_path / "models/a").exists()
+    with lock_held_elsewhere(own_split, shared=True):
+        result = train(hp(own_split, tmp_path, augment=NO_AUGMENT, epochs=1,
+                          output=tmp_path / "models/b"))
+    assert result.bundle == tmp_path / "models/b"

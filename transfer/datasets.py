@@ -130,8 +130,9 @@ def fetch_data(options: FetchOptions, reporter: Reporter | None = None,
     try:
         # one fetch-data per data folder: another one's temporary folders and swap journal
         # would look like an interrupted run's to this one (recover) and be removed
-        with exclusive(data_dir, f"another fetch-data is writing the split in {data_dir}; "
-                                 "wait for it to end, then run again"):
+        with exclusive(data_dir, f"another transfer command is using {data_dir} (fetch-data "
+                                 "writing its split, or train reading it); wait for it to "
+                                 "end, then run again"):
             return _fetch(opts, data_dir, reporter, kaggle_api_factory)
     except BaseException:
         _remove_if_empty(data_dir, created)

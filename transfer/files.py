@@ -35,22 +35,29 @@ def replacing(path: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def exclusive(folder: Path, busy: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` itself (``flock`` on the folder, no lock file
-    left behind; released when the process ends, however it ends). Raises TransferError with
-    ``busy`` when another process holds it. Where ``fcntl`` does not exist (Windows) nothing is
-    locked."""
+def exclusive(folder: Path, busy: str, shared: bool = False) -> Iterator[None]:
+    """Hold a lock on ``folder`` itself (``flock`` on the folder, no lock file left behind;
+    released when the process ends, however it ends): exclusive (fetch-data writing a split),
+    or ``shared`` (train reading one: any number of readers, no writer). Raises TransferError
+    with ``busy`` when another process holds it the other way. Where ``fcntl`` does not exist
+    (Windows) nothing is locked."""
     try:
         import fcntl
     except ImportError:
         yield
         return
-    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a folder this user may enter but not list: nothing to lock with
+        yield
+        return
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             raise TransferError(busy) from None
+        except OSError:
+            pass  # a file system without locks (some network shares): run unlocked, as before
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -40,7 +40,7 @@ from transfer import bases, bundle, metrics, phases, pipelines
 from transfer.bases import Base
 from transfer.constants import TEST_FOLDERS, few_images_warning, is_ignored_folder
 from transfer.errors import TransferError
-from transfer.files import replacing
+from transfer.files import exclusive, replacing
 from transfer.progress import Reporter
 from transfer.seeds import keeps_random_state
 from transfer.settings import DISTRIBUTE, HParams, TrainSettings  # noqa: F401
@@ -241,6 +241,16 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
     started = time.perf_counter()
     settings = settings.validated()
     reporter = reporter or Reporter()
+    data = Path(settings.data_dir)
+    if not data.is_dir():
+        return _train(settings, reporter, started)
+    # read while no fetch-data writes a split there (and none starts until the run ends)
+    with exclusive(data, f"fetch-data is writing the split in {data}; wait for it to end, "
+                         "then train", shared=True):
+        return _train(settings, reporter, started)
+
+
+def _train(settings: TrainSettings, reporter: Reporter, started: float) -> TrainResult:
     run = plan(settings)
     report_data(run, reporter)
     if not run.use_cache:
