@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,5 +263,49 @@ def test_a_folder_given_as_the_image_is_named_as_a_folder(tmp_path):
     folder = tmp_path / "chats été"
     folder.mkdir()
     with pytest.raises(TransferError, match=r"chats été is a folder; explain takes one image "
-                                            r"file \(predict takes folders\)"):
+                                            r"file \(explain_all and the command line take "
+                                            r"folders\)"):
         explain.explain(folder, model=tmp_path, write=False)
+
+
+def test_many_images_in_one_run(trained_bundle, small_split, tmp_path):
+    """transfer explain with a file, a folder, a glob and a missing name: each heatmap the one
+    explain() gives for that image alone, the PNGs in --output (a folder's images keep their
+    place below it), the missing name one error line and exit code 1; a second run refuses,
+    before any work, to replace the PNGs without --force."""
+    test = tmp_path / "mine"  # two photos of each class, as a user's folder holds them
+    for name in ("cats", "dogs"):
+        (test / name).mkdir(parents=True)
+        for photo in sorted((small_split / "test" / name).iterdir())[:2]:
+            shutil.copy(photo, test / name / photo.name)
+    cat = sorted((small_split / "test/cats").iterdir())[2]
+    globbed = sorted((test / "dogs").glob("dog.1*.jpg"))
+    out = tmp_path / "gradcam"
+    args = ["explain", str(cat), str(test), str(test / "dogs" / "dog.1*.jpg"),
+            str(tmp_path / "missing.jpg"), "--model", str(trained_bundle.bundle), "--output",
+            str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    in_folder = sorted(p.relative_to(test) for p in test.rglob("*.jpg"))
+    assert globbed and sorted(p.relative_to(out) for p in out.rglob("*.png")) == sorted(
+        [Path(f"{cat.stem}.gradcam.png")]
+        + [p.with_name(f"{p.stem}.gradcam.png") for p in in_folder]
+        + [Path(f"{p.stem}.gradcam.png") for p in globbed])
+    said = " ".join(result.output.split())
+    assert f"{tmp_path / 'missing.jpg'}: no such image file" in said
+    assert (f"wrote {1 + len(in_folder) + len(globbed)} Grad-CAM pictures in {out}; 1 image "
+            "failed") in said
+    rows = explain.explain_all(ExplainSettings(images=[str(test / "dogs")],
+                                               model=trained_bundle.bundle,
+                                               output=tmp_path / "lib"))
+    assert [r.error for r in rows] == [None] * len(rows) and rows
+    first = sorted((test / "dogs").iterdir())[0]
+    alone = explain.explain(first, model=trained_bundle.bundle, write=False)
+    mine = next(r.explanation for r in rows if r.image == str(first))
+    assert mine.png == tmp_path / "lib" / f"{first.stem}.gradcam.png"
+    np.testing.assert_allclose(mine.heatmap, alone.heatmap, atol=1e-5)
+    assert mine.probabilities == pytest.approx(alone.probabilities, abs=1e-6)
+    before = sorted(p.stat().st_mtime_ns for p in out.rglob("*.png"))
+    again = runner.invoke(app, args[:3] + args[5:])
+    assert again.exit_code == 1 and "already exists; use --force" in again.output
+    assert sorted(p.stat().st_mtime_ns for p in out.rglob("*.png")) == before

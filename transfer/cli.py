@@ -763,28 +763,59 @@ _X = S.ExplainSettings()
     "transfer explain dog.jpg                       # writes dog.gradcam.png beside it",
     "transfer explain dog.jpg --class cats --output why-not-a-cat.png",
     "transfer explain my_digit.png --model models/mnist-cnn",
+    "transfer explain data/validate --output gradcam/        # every photo, one model load",
 ])
 def explain_cmd(
-    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="The image to explain.",
-                                          show_default=False)],
+    images: Annotated[list[Path], typer.Argument(
+        metavar="IMAGES", help="The image(s) to explain: files, folders, globs.",
+        show_default=False)],
     model: Annotated[Path, typer.Option(help="Model bundle folder.")] = _X.model,
     output: Annotated[Path | None, typer.Option(
-        help="PNG to write \\[default: IMAGE's folder, <name>.gradcam.png].",
-        show_default=False)] = _X.output,
+        help="The PNG to write for one image, the folder for several \\[default: beside each "
+        "image, <name>.gradcam.png].", show_default=False)] = _X.output,
     class_name: Annotated[str | None, typer.Option(
         "--class", help="Explain this class instead of the predicted one.",
         show_default=False)] = _X.class_name,
     invert: Annotated[Invert | None, typer.Option(help="Digit models only.",
                                                   show_default=False)] = _X.invert,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing PNG.")
+    force: Annotated[bool, typer.Option("--force", help="Replace existing PNGs.")
                      ] = _X.force,
 ) -> None:
     """Grad-CAM: a heatmap of where the model looked for its prediction, saved as PNG."""
-    settings = S.ExplainSettings(image=image, model=model, output=output,
-                                 class_name=class_name, invert=invert, force=force).validated()
-    from transfer.explain import explain
+    import glob
 
-    result = explain(settings)
+    one = len(images) == 1 and not images[0].is_dir() and (
+        images[0].exists() or not glob.has_magic(str(images[0])))
+    settings = S.ExplainSettings(image=images[0] if one else None,
+                                 images=None if one else images, model=model, output=output,
+                                 class_name=class_name, invert=invert, force=force).validated()
+    from transfer.explain import explain, explain_all
+
+    if one:
+        _explained(images[0], explain(settings))
+        return
+    rows = explain_all(settings, reporter=_reporter())
+    failed = 0
+    for row in rows:
+        if row.explanation is None:
+            failed += 1
+            err.print(f"{row.image}: {row.error}", highlight=False, markup=False)
+        else:
+            r = row.explanation
+            predicted = max(r.probabilities, key=r.probabilities.get)
+            out.print(f"{row.image}: predicted [bold]{predicted}[/bold] "
+                      f"{r.probabilities[predicted]:.4f}; Grad-CAM of {r.label} -> {r.png}",
+                      highlight=False)
+    written = len(rows) - failed
+    where = f"in {output}" if output is not None else "beside the images"
+    out.print(f"wrote {written} Grad-CAM picture{'' if written == 1 else 's'} {where}"
+              + (f"; {failed} image{'' if failed == 1 else 's'} failed" if failed else ""),
+              highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _explained(image, result) -> None:
     predicted = max(result.probabilities, key=result.probabilities.get)
     out.print(f"{image}: predicted [bold]{predicted}[/bold] "
               f"{result.probabilities[predicted]:.4f}; Grad-CAM of {result.label} at layer "

@@ -22,7 +22,8 @@ from transfer import bases, images, plots
 from transfer.constants import GRADCAM_SUFFIX
 from transfer.errors import TransferError
 from transfer.files import refuse_existing, replacing
-from transfer.inference import BundleClassifier, writable_folder
+from transfer.inference import BundleClassifier, gather, writable_folder
+from transfer.progress import Reporter
 from transfer.settings import ExplainSettings
 
 # px: the longest side of the photo in an explain PNG. The figure is 800 px wide, two panels,
@@ -158,7 +159,8 @@ def default_png(image: Path) -> Path:
     return Path(image).with_name(Path(image).stem + GRADCAM_SUFFIX)
 
 
-def explain(settings: ExplainSettings | Path, *, write: bool = True, **options) -> Explanation:
+def explain(settings: ExplainSettings | Path, *, write: bool = True,
+            classifier: BundleClassifier | None = None, **options) -> Explanation:
     """Grad-CAM of one image under a bundle's model, saved as a PNG (image | overlay).
 
     Args:
@@ -166,6 +168,8 @@ def explain(settings: ExplainSettings | Path, *, write: bool = True, **options) 
             ``class_name`` explains that class instead of the predicted one; ``output``
             defaults to ``<image>.gradcam.png`` beside the image.
         write: False computes the heatmap without writing the PNG.
+        classifier: the bundle already loaded (``BundleClassifier(settings.model,
+            settings.invert)``), to explain many images without loading it each time.
         **options: ExplainSettings fields, applied over ``settings``.
 
     Returns:
@@ -183,7 +187,7 @@ def explain(settings: ExplainSettings | Path, *, write: bool = True, **options) 
         settings = settings.replace(**options)
     s = settings.validated()
     image = s.image
-    classifier = BundleClassifier(s.model, s.invert)
+    classifier = classifier or BundleClassifier(s.model, s.invert)
     keras_model, meta, names = classifier.model, classifier.meta, classifier.class_names
     class_index = None
     if s.class_name is not None:
@@ -216,3 +220,81 @@ def explain(settings: ExplainSettings | Path, *, write: bool = True, **options) 
             plots.gradcam(shown, heatmap, tmp, title=title)
         result.png = png
     return result
+
+
+@dataclass
+class Explained:
+    """One image of ``explain_all``: its Explanation, or why it has none."""
+
+    image: str  # as named, or as found in a folder or by a glob
+    explanation: Explanation | None = None
+    error: str | None = None
+
+
+def outputs_of(paths: list[str | Path], output: Path | None
+               ) -> list[tuple[str, Path | None, Path | None, str | None]]:
+    """(name, image, PNG, error) for every image ``paths`` name (files, folders, globs, as
+    ``predict`` takes them). The PNG goes beside the image, or into the folder ``output``:
+    an image found in a folder keeps its place below that folder there (``cats/1.jpg`` ->
+    ``OUTPUT/cats/1.gradcam.png``), any other goes to ``OUTPUT/<name>.gradcam.png``.
+
+    Raises:
+        TransferError: two images would write one PNG.
+    """
+    rows, seen = [], {}
+    for raw in paths:
+        named = Path(raw)
+        for name, image, error in gather([raw]):
+            if image is None:
+                rows.append((name, None, None, error))
+                continue
+            if output is None:
+                png = default_png(image)
+            else:
+                below = image.relative_to(named) if named.is_dir() else Path(image.name)
+                png = Path(output) / default_png(below)
+            if png in seen:
+                raise TransferError(f"{seen[png]} and {name} would both write {png}; explain "
+                                    "them in two runs, or without --output")
+            seen[png] = name
+            rows.append((name, image, png, error))
+    return rows
+
+
+def explain_all(settings: ExplainSettings, *, reporter: Reporter | None = None
+                ) -> list[Explained]:
+    """Grad-CAM of every image ``settings.images`` names (files, folders, globs), the bundle
+    loaded once; each PNG beside its image, or in the folder ``settings.output``.
+
+    An image that cannot be read (or a name that finds none) gets its error and the others
+    are explained. Existing PNGs are refused before any work unless ``force``.
+
+    Raises:
+        TransferError: a bad setting, a broken bundle, an unknown class, existing PNGs
+            without ``force``, two images with one PNG.
+    """
+    s = settings.validated()
+    reporter = reporter or Reporter()
+    rows = outputs_of(list(s.images), s.output)
+    existing = [png for _, _, png, _ in rows if png is not None and png.exists()]
+    if existing and not s.force:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise TransferError(f"{existing[0]}{more} already exists; use --force to replace")
+    classifier = BundleClassifier(s.model, s.invert)
+    if s.class_name is not None and s.class_name not in classifier.class_names:
+        raise TransferError(f"unknown class {s.class_name!r}; the model's classes are "
+                            f"{', '.join(classifier.class_names)}")
+    done = []
+    with reporter.task("Grad-CAM", total=len(rows)) as advance:
+        for name, image, png, error in rows:
+            if image is not None:
+                try:
+                    one = ExplainSettings(image=image, model=s.model, output=png,
+                                          class_name=s.class_name, invert=s.invert, force=True)
+                    done.append(Explained(name, explain(one, classifier=classifier)))
+                except TransferError as exc:
+                    done.append(Explained(name, error=str(exc).removeprefix(f"{image}: ")))
+            else:
+                done.append(Explained(name, error=error))
+            advance()
+    return done

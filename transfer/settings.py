@@ -501,25 +501,37 @@ class EvaluateSettings(Settings):
 
 @dataclass
 class ExplainSettings(Settings):
-    """`transfer explain`: Grad-CAM of one image."""
+    """`transfer explain`: Grad-CAM of one image (``image``; ``output`` a PNG), or of many
+    (``images``: files, folders, globs; ``output`` a folder)."""
 
     image: Path | None = None
     model: Path = Path("models/latest")
-    output: Path | None = None  # default: <image>.gradcam.png beside the image
+    output: Path | None = None  # default: <image>.gradcam.png beside each image
     class_name: str | None = None
     invert: str | None = None
     force: bool = False
+    images: list | None = None
 
     def validated(self) -> ExplainSettings:
-        if self.image is None:
-            raise TransferError("give the image to explain")
         if self.invert is not None:
             one_of("invert", self.invert, INVERT)
+        if self.images is not None:
+            if self.image is not None:
+                raise TransferError("give either image or images, not both")
+            if not self.images:
+                raise TransferError("give the images to explain")
+            if self.output is not None and Path(self.output).is_file():
+                raise TransferError(f"--output {self.output} is a file; with several images "
+                                    "it names the folder for their pictures")
+            writable("output", self.output)
+            return self.replace(images=[str(p) for p in self.images], model=Path(self.model))
+        if self.image is None:
+            raise TransferError("give the image to explain")
         if self.output is not None and Path(self.output).is_dir():
             raise TransferError(f"--output {self.output} is a folder; name a .png file")
         if Path(self.image).is_dir():
             raise TransferError(f"{self.image} is a folder; explain takes one image file "
-                                "(predict takes folders)")
+                                "(explain_all and the command line take folders)")
         if not Path(self.image).is_file():
             raise TransferError(f"{self.image}: no such image file")
         png = Path(self.output) if self.output is not None else Path(self.image)
