@@ -9,6 +9,7 @@ option fails at once with one line. Errors are one red line and exit code 1 (usa
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import io
 import os
@@ -137,39 +138,29 @@ class Terminated(KeyboardInterrupt):
     the same clean-up as Ctrl-C (temporary folders removed, nothing half-written), exit 143."""
 
 
-TERM_GRACE = 10.0  # seconds the clean-up after SIGTERM may take (docker stop's own wait)
-_term = {"installed": False}
-
-
-def _terminate_as_interrupt() -> None:
-    """Make SIGTERM raise Terminated in the main thread (the default ends the process at once,
-    leaving temporary bundle and conversion folders behind). Python runs that handler only
-    when the main thread next runs Python code: where it waits inside TensorFlow's C++ (a
-    multi-worker collective), a watchdog thread, woken by the signal's byte on the wakeup fd,
-    ends the process after TERM_GRACE seconds as the default would have. Once per process; a
-    server installs its own handlers while it serves."""
+@contextlib.contextmanager
+def _terminate_as_interrupt(command: str):
+    """While a command runs, SIGTERM raises Terminated in the main thread (the default ends the
+    process at once, leaving temporary bundle and conversion folders behind); the previous
+    handler comes back after. Python runs the handler when the main thread next runs Python
+    code: multi-worker training, whose TensorFlow waits hold the interpreter, puts the default
+    back for its run (``training.join_cluster``), and ``serve`` leaves SIGTERM to uvicorn's
+    graceful shutdown."""
     import signal
     import threading
 
-    if _term["installed"] or threading.current_thread() is not threading.main_thread():
-        return  # signal handlers belong to the main thread (a test runner's worker thread)
+    if command == "serve" or threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread (a test runner's worker thread)
+        return
 
     def raise_terminated(signum, frame):
         raise Terminated
 
-    read, write = os.pipe()
-    os.set_blocking(write, False)
-
-    def watchdog():
-        while True:
-            if signal.SIGTERM in os.read(read, 64):
-                time.sleep(TERM_GRACE)
-                os._exit(143)
-
-    signal.signal(signal.SIGTERM, raise_terminated)
-    signal.set_wakeup_fd(write)
-    threading.Thread(target=watchdog, name="sigterm-watchdog", daemon=True).start()
-    _term["installed"] = True
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def command(name: str, examples: list[str]):
@@ -181,9 +172,9 @@ def command(name: str, examples: list[str]):
     def wrap(fn):
         @functools.wraps(fn)
         def run(*a, **kw):
-            _terminate_as_interrupt()
             try:
-                return fn(*a, **kw)
+                with _terminate_as_interrupt(name):
+                    return fn(*a, **kw)
             except typer.Exit:
                 raise
             except TransferError as exc:

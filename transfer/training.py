@@ -366,6 +366,13 @@ def join_cluster(settings: TrainSettings, reporter: Reporter):
     """The cluster of TF_CONFIG for --distribute multi-worker (None otherwise), joined."""
     if settings.distribute != "multi-worker":
         return None
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        # TensorFlow's waits hold the interpreter, where no Python handler runs: SIGTERM ends
+        # a worker at once, as it always did (the CLI's handler would wait for ever)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from transfer import cluster as clusters
 
     topology = clusters.read_tf_config()
