@@ -105,6 +105,16 @@ def test_evaluate_errors(trained_bundle, small_split, tmp_path):
     with pytest.raises(TransferError, match="from another evaluation; use --force"):
         evaluate(other, data_dir=small_split / "test", output=shared)
     assert json.loads((shared / "report.json").read_text())["model"] == str(copy)
+    # named through a link (models/latest) that moves on to another bundle: told apart
+    latest = tmp_path / "latest"
+    latest.symlink_to(copy.name)
+    through = tmp_path / "through-latest"
+    evaluate(latest, data_dir=small_split / "test", output=through)
+    evaluate(copy, data_dir=small_split / "test", output=through)  # the same bundle
+    latest.unlink()
+    latest.symlink_to(other.name)
+    with pytest.raises(TransferError, match="from another evaluation; use --force"):
+        evaluate(latest, data_dir=small_split / "test", output=through)
     # a missing data folder is what is said, not the earlier outputs in the bundle
     with pytest.raises(TransferError, match="no data folder"):
         evaluate(copy, data_dir=tmp_path / "nope")

@@ -179,9 +179,11 @@ def _check_outputs(output: Path, data_dir: Path, model: Path, force: bool) -> No
         return
     try:
         previous = json.loads((output / REPORT).read_text(encoding="utf-8"))
+        # the bundle itself, not the name it was given (models/latest moves on)
+        before = previous.get("bundle") or previous.get("model")
         same = (previous.get("kind") == "transfer-evaluate"
                 and _same_folder(data_dir, previous.get("data_dir"))
-                and _same_folder(model, previous.get("model")))
+                and _same_folder(model, before))
     except (OSError, ValueError):
         same = False
     if not same:
@@ -274,6 +276,7 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
     report = {
         "kind": "transfer-evaluate",
         "model": str(model),
+        "bundle": str(model.resolve()),  # the folder itself, whatever link named it
         "base": meta.get("base"),
         "data_dir": str(data_dir),
         # "validate": the bundle's validation split of data_dir (made in memory at training);

@@ -350,10 +350,11 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
         raise TransferError(f"{folder} holds neither meta.json (a bundle) nor report.json (an "
                             "evaluation): nothing to report")
     bundle_dir = folder if meta is not None else None
-    if meta is None and evaluation.get("model"):  # an evaluate --output folder
-        other = _read_json(Path(evaluation["model"]) / "meta.json")
+    if meta is None:  # an evaluate --output folder: its bundle itself, not what latest is now
+        named = evaluation.get("bundle") or evaluation.get("model")
+        other = _read_json(Path(named) / "meta.json") if named else None
         if isinstance(other, dict):
-            meta, bundle_dir = other, Path(evaluation["model"])
+            meta, bundle_dir = other, Path(named)
     meta = meta or {}
     names = list(meta.get("class_names") or (evaluation or {}).get("class_names") or [])
     metrics = meta.get("metrics") or {}
