@@ -412,3 +412,30 @@ def test_a_training_image_is_known_by_its_bytes_not_its_name(trained_bundle, tmp
     with open(older / "train-files.csv", "w", newline="") as handle:
         csv.writer(handle).writerows(rows)
     assert seen_in_training(older, [copy, other, new]) == 2
+
+
+def test_a_split_made_again_from_another_folder_leaves_out_the_same_files(tmp_path,
+                                                                           monkeypatch):
+    """A folder split in memory, found through meta.json's cwd from a notebook one folder
+    down: the files training left out (recorded relative to where it ran) stay out, so the
+    split made again is the one training used, photo for photo."""
+    from conftest import png_bytes
+
+    from transfer.evaluate import bundle_images
+
+    project = tmp_path / "project"
+    for name in ("cats", "dogs"):
+        (project / "photos" / name).mkdir(parents=True)
+        for i in range(10):
+            (project / "photos" / name / f"{i:02d}.png").write_bytes(png_bytes(size=(16, 16)))
+    (project / "photos/cats/05.png").write_bytes(b"")  # training skipped it
+    (project / "notebooks").mkdir()
+    meta = {"class_names": ["cats", "dogs"],
+            "data": {"split": "in-memory", "root": "photos", "validation_split": 0.2,
+                     "seed": 0, "cwd": str(project)},
+            "skipped": [{"file": "photos/cats/05.png", "reason": "empty file"}]}
+    monkeypatch.chdir(project)
+    there = [(path.resolve(), label) for path, label in bundle_images(meta, "validate")]
+    monkeypatch.chdir(project / "notebooks")
+    here = [(path.resolve(), label) for path, label in bundle_images(meta, "validate")]
+    assert here == there and project / "photos/cats/05.png" not in {p for p, _ in here}

@@ -115,6 +115,8 @@ def bundle_images(meta: dict, which: str) -> list[tuple[Path, int]] | None:
             return None
         skipped = {item["file"] for item in meta.get("skipped") or []
                    if isinstance(item, dict) and "file" in item}
+        if root != Path(data["root"]):  # found from the folder training ran in: its paths too
+            skipped = {str(Path(data["cwd"]) / name) for name in skipped}
         train, validate = pipelines.split_in_memory(root, names, data["validation_split"],
                                                     data["seed"], skipped)
         return [(sample.path, sample.label) for sample in
