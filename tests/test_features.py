@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from transfer import engines, features, pipelines
+from transfer.errors import TransferError
 from transfer.settings import Augment
 
 SIZE = 96
@@ -128,6 +129,14 @@ def test_the_cache_keeps_features_skipped_files_and_the_engine(tmp_path):
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     assert features.load_entry(path) is None and not path.exists()
+    # an entry larger than the memory budget: opened without its features, read back later
+    path.write_bytes(bytes(data))
+    later = features.load_entry(path, with_features=False)
+    assert later is not None  # the labels read fine: the damage is in the features
+    shards = features.FeatureSet([path], [400], later.labels, 256)
+    with pytest.raises(TransferError, match="is damaged .* it is removed: run again"):
+        next(shards.chunks())
+    assert not path.exists()
 
 
 def test_a_cache_that_cannot_be_written_warns_and_the_run_goes_on(tmp_path, monkeypatch):

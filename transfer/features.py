@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transfer.errors import TransferError
 from transfer.files import digest, replacing
 from transfer.progress import Reporter
 
@@ -324,8 +325,14 @@ class FeatureSet:
         start = int(sum(self.sizes[:i]))
         x = self.parts[i]
         if not isinstance(x, np.ndarray):
-            with np.load(x) as data:
-                x = data["features"]
+            try:
+                with np.load(x) as data:
+                    x = data["features"]
+            except (zipfile.BadZipFile, ValueError, EOFError) as exc:  # damaged since opened
+                with contextlib.suppress(OSError):
+                    Path(x).unlink()
+                raise TransferError(f"the feature file {x} is damaged ({exc}); it is removed: "
+                                    "run again to compute it anew") from None
         return x.astype("float32", copy=False), self.labels[start:start + self.sizes[i]]
 
     def chunks(self):
