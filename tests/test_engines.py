@@ -120,6 +120,19 @@ def test_a_damaged_cached_file_is_converted_again(
                    for w in reporter.warnings), reporter.warnings
         assert info.parity_max_abs_diff < 1e-3
         path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    # a whole file this interpreter cannot run (an op it lacks) is kept: TensorFlow runs
+    engines.open_engine(mobilenet_features, photo_batch[:8], requested="tflite", key=KEY,
+                        batch_size=8, reporter=Recorder())
+    whole = path.read_bytes()
+
+    def lacks_an_op(converted):
+        raise RuntimeError("Encountered unresolved custom op: SomeNewOp")
+
+    monkeypatch.setattr(engines, "TFLiteEngine", lacks_an_op)
+    engine, info = engines.open_engine(mobilenet_features, photo_batch[:8], requested="tflite",
+                                       key=KEY, batch_size=8, reporter=Recorder())
+    assert engine.name == "tf" and "unresolved custom op" in info.fallback
+    assert path.read_bytes() == whole and not info.conversion_seconds
 
 
 def test_auto_measures_once_and_remembers(mobilenet_features, photo_batch, tmp_path,

@@ -219,9 +219,10 @@ def _converted(model, batch_size: int, path: Path, info: EngineInfo, reporter: R
     if path.is_file():
         try:
             return TFLiteEngine(path)
-        except Exception as exc:
-            reporter.warn(f"the cached TFLite file {path} is damaged ({type(exc).__name__}); "
-                          "converting again")
+        except ValueError as exc:  # "not a valid Flatbuffer": cut short or garbled
+            if "flatbuffer" not in str(exc).lower():
+                raise  # a valid file this interpreter cannot run: converting again won't help
+            reporter.warn(f"the cached TFLite file {path} is damaged ({exc}); converting again")
             path.unlink(missing_ok=True)
     reporter.info(f"converting the model to TFLite (once; cached in {path.parent})")
     info.conversion_seconds = convert(model, batch_size, path)
