@@ -742,3 +742,14 @@ def test_train_waits_for_no_fetch_data_but_refuses_while_one_writes(own_split, t
         result = train(hp(own_split, tmp_path, augment=NO_AUGMENT, epochs=1,
                           output=tmp_path / "models/b"))
     assert result.bundle == tmp_path / "models/b"
+    # --train-dir/--validate-dir: the folder holding them is what counts, not --data-dir
+    other = tmp_path / "data-not-read"
+    other.mkdir()
+    named = dict(train_dir=own_split / "train", validate_dir=own_split / "validate",
+                 augment=NO_AUGMENT, epochs=1)
+    with lock_held_elsewhere(own_split, shared=False):
+        with pytest.raises(TransferError, match=f"fetch-data is writing the split in "
+                                                f"{own_split}"):
+            train(hp(other, tmp_path, **named, output=tmp_path / "models/c"))
+    with lock_held_elsewhere(other, shared=False):
+        assert train(hp(other, tmp_path, **named, output=tmp_path / "models/d")).bundle

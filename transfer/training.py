@@ -26,6 +26,7 @@ taking the ``RunPlan`` and returning a small result):
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import shlex
 import shutil
@@ -241,12 +242,18 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
     started = time.perf_counter()
     settings = settings.validated()
     reporter = reporter or Reporter()
-    data = Path(settings.data_dir)
-    if not data.is_dir():
-        return _train(settings, reporter, started)
-    # read while no fetch-data writes a split there (and none starts until the run ends)
-    with exclusive(data, f"fetch-data is writing the split in {data}; wait for it to end, "
-                         "then train", shared=True):
+    # read while no fetch-data writes a split there (and none starts until the run ends):
+    # the data folder, or the folders holding --train-dir and --validate-dir
+    read = ([settings.data_dir] if settings.train_dir is None else
+            [settings.train_dir, *([settings.validate_dir] if settings.validate_dir else [])])
+    folders = sorted({Path(f) if settings.train_dir is None else Path(f).absolute().parent
+                      for f in read})
+    with contextlib.ExitStack() as held:
+        for folder in folders:
+            if folder.is_dir():
+                held.enter_context(exclusive(folder, f"fetch-data is writing the split in "
+                                                     f"{folder}; wait for it to end, then "
+                                                     "train", shared=True))
         return _train(settings, reporter, started)
 
 
