@@ -104,3 +104,15 @@ def test_balanced_accuracy_and_macro_f1_on_unbalanced_classes_by_hand():
                                           "recall": pytest.approx(19 / 20 / 2),
                                           "f1": pytest.approx(38 / 39 / 2)}
     assert metrics.balanced_accuracy(matrix) != pytest.approx(np.trace(matrix) / matrix.sum())
+
+
+def test_which_classes_count_as_unbalanced():
+    """Over 1.5x between the largest and the smallest class (the rule of --class-weight auto
+    and of train's summary); a class with no image beside others with some is unbalanced."""
+    assert not metrics.unbalanced({"a": 15, "b": 10})  # 1.5x: not above
+    assert metrics.unbalanced({"a": 16, "b": 10})
+    assert metrics.unbalanced({"a": 5, "b": 0})
+    assert not metrics.unbalanced({"a": 0, "b": 0}) and not metrics.unbalanced({})
+    assert not metrics.unbalanced(None)
+    assert metrics.unbalanced({"a": 31, "b": 10}, 3)
+    assert not metrics.unbalanced({"a": 30, "b": 10}, 3)

@@ -9,10 +9,10 @@ IMBALANCE = 1.5  # classes are unbalanced when the largest has more than 1.5x th
 
 def unbalanced(counts: dict | None, ratio: float = IMBALANCE) -> bool:
     """Whether ``counts`` (images per class) has a class with more than ``ratio`` x the images
-    of the smallest one: then accuracy mostly counts the large classes, and the balanced
-    accuracy is read beside it."""
+    of the smallest one (a class with none, beside others with some, too): then accuracy
+    mostly counts the large classes, and the balanced accuracy is read beside it."""
     sizes = [int(n) for n in (counts or {}).values()]
-    return bool(sizes) and min(sizes) > 0 and max(sizes) > ratio * min(sizes)
+    return bool(sizes) and max(sizes) > ratio * min(sizes)
 
 
 def confusion_matrix(y_true, y_pred, n: int) -> np.ndarray:
