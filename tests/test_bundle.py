@@ -205,7 +205,8 @@ from transfer.files import write_json
 assert sys.flags.utf8_mode == 0 and pathlib.Path(".").absolute()  # the locale's encoding
 d = pathlib.Path({str(tmp_path)!r})
 bundle.write_train_files(d / "train-files.csv", [("chats été", "chat é.jpg", 12, "/é/chat é.jpg")])
-assert bundle.train_files(d) == {{("chat é.jpg", 12): [pathlib.Path("/é/chat é.jpg")]}}
+listed = {{("chat é.jpg", 12): [("chats été", pathlib.Path("/é/chat é.jpg"))]}}
+assert bundle.train_files(d) == listed
 predict.write_text(d / "p.csv", "file,class\\nchat é.jpg,chats été\\n")
 bundle.write_history(d / "history.csv", {{"accuracy": [0.5]}})
 write_json(d / "m.json", {{"classes": ["chats été"]}})

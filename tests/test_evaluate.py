@@ -390,7 +390,7 @@ def test_a_training_image_is_known_by_its_bytes_not_its_name(trained_bundle, tmp
     """Data sets that number their files in every class (00000.ppm, IMG_0001.jpg) hold
     different photos of one name and size: only the same bytes count as a training image
     shown again, under any class folder. Where the training image is gone (or an older list
-    keeps no paths), name and size still count, as before."""
+    keeps no paths), name and size count, within the file's class when it is known."""
     from transfer.evaluate import seen_in_training
 
     trained = sorted((Path(trained_bundle.meta["data"]["train_dir"]) / "cats").glob("*.jpg"))
@@ -405,6 +405,7 @@ def test_a_training_image_is_known_by_its_bytes_not_its_name(trained_bundle, tmp
     shutil.copy(next((Path(trained_bundle.meta["data"]["validate_dir"]) / "cats").iterdir()),
                 new)
     assert seen_in_training(trained_bundle.bundle, [copy, other, new]) == 1
+    assert seen_in_training(trained_bundle.bundle, [trained[2]], ["cats"]) == 1  # itself
     older = tmp_path / "older"
     older.mkdir()
     with open(trained_bundle.bundle / "train-files.csv", newline="") as handle:
@@ -412,6 +413,8 @@ def test_a_training_image_is_known_by_its_bytes_not_its_name(trained_bundle, tmp
     with open(older / "train-files.csv", "w", newline="") as handle:
         csv.writer(handle).writerows(rows)
     assert seen_in_training(older, [copy, other, new]) == 2
+    # knowing each file's class (as evaluate does), name and size count only in that class
+    assert seen_in_training(older, [copy, other, new], ["dogs", "cats", "cats"]) == 1
 
 
 def test_a_split_made_again_from_another_folder_leaves_out_the_same_files(tmp_path,

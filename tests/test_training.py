@@ -71,7 +71,8 @@ def test_bundle_contents_and_the_saved_model_reproduces_validation(own_split, tm
     listed = (target / "train-files.csv").read_text().splitlines()
     assert listed[0] == "class,file,bytes,path" and len(listed) == 1 + 24
     assert bundle.train_files(target) == {
-        (p.name, p.stat().st_size): [p.absolute()] for p in (own_split / "train").rglob("*.jpg")}
+        (p.name, p.stat().st_size): [(p.parent.name, p.absolute())]
+        for p in (own_split / "train").rglob("*.jpg")}
     meta = json.loads((target / "meta.json").read_text())
     assert set(bundle.COMMON_FIELDS) <= set(meta) and meta["kind"] == "transfer"
     assert meta["class_names"] == ["cats", "dogs"] and meta["image_size"] == 96

@@ -189,16 +189,17 @@ def write_train_files(path: Path, rows: list[tuple[str, str, int, str]]) -> None
         writer.writerows(rows)
 
 
-def train_files(folder: Path) -> dict[tuple[str, int], list[Path | None]] | None:
-    """(file name, size) -> the paths of the bundle's training images of that name and size
-    (None for a row of a list written before it kept paths); None for a bundle without the
-    list (made before it, or by mnist)."""
+def train_files(folder: Path) -> dict[tuple[str, int], list[tuple[str, Path | None]]] | None:
+    """(file name, size) -> (class, path) of the bundle's training images of that name and
+    size (path None for a row of a list written before it kept paths); None for a bundle
+    without the list (made before it, or by mnist)."""
     try:
         with open(Path(folder) / TRAIN_FILES, newline="", encoding="utf-8") as handle:
-            found: dict[tuple[str, int], list[Path | None]] = {}
+            found: dict[tuple[str, int], list[tuple[str, Path | None]]] = {}
             for row in csv.DictReader(handle):
                 path = Path(row["path"]) if row.get("path") else None
-                found.setdefault((row["file"], int(row["bytes"])), []).append(path)
+                found.setdefault((row["file"], int(row["bytes"])), []).append((row["class"],
+                                                                                path))
             return found
     except (OSError, KeyError, ValueError):
         return None

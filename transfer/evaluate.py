@@ -28,6 +28,7 @@ import contextlib
 import csv
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,30 +139,34 @@ def _default_data_dir(meta: dict, model: Path) -> Path:
     return validate
 
 
-def seen_in_training(model: Path, files: list[Path]) -> int | None:
-    """How many of ``files`` the bundle trained on (its ``train-files.csv``): a refetched
-    split, a class folder split again after photos were added, or the training folder itself.
-    A file counts when a training image has its name and size and the same bytes; where that
-    training image is gone (or the list predates paths), name and size alone. None when the
-    bundle keeps no such list."""
+def seen_in_training(model: Path, files: list[Path],
+                     classes: list[str] | None = None) -> int | None:
+    """How many of ``files`` (of ``classes``, each file's class; None: unknown) the bundle
+    trained on (its ``train-files.csv``): a refetched split, a class folder split again after
+    photos were added, or the training folder itself. A file counts when it is a training
+    image with its name and size (the same file, or the same bytes); where that training image
+    is gone (or the list predates paths), a training image of its name, size and class. None
+    when the bundle keeps no such list."""
     trained = bundle.train_files(model)
     if trained is None:
         return None
-    return sum(_same_photo(path, trained.get((path.name, path.stat().st_size), []))
-               for path in files)
+    return sum(_same_photo(path, cls, trained.get((path.name, path.stat().st_size), []))
+               for path, cls in zip(files, classes or [None] * len(files), strict=True))
 
 
-def _same_photo(path: Path, candidates: list[Path | None]) -> bool:
-    """Whether ``path`` is one of ``candidates`` (training images of its name and size): the
-    same bytes as one still there, or one no longer there to compare with."""
+def _same_photo(path: Path, cls: str | None, candidates: list[tuple[str, Path | None]]) -> bool:
+    """Whether ``path`` is one of ``candidates`` ((class, path) of training images of its name
+    and size): one still there with the same bytes, or, of its class, one no longer there to
+    compare with."""
     import filecmp
 
     unchecked = False
-    for candidate in candidates:
-        if candidate is None or not candidate.is_file():
+    for klass, candidate in candidates:
+        if candidate is not None and candidate.is_file():
+            if os.path.samefile(path, candidate) or filecmp.cmp(path, candidate, shallow=False):
+                return True
+        elif cls is None or klass == cls:
             unchecked = True
-        elif filecmp.cmp(path, candidate, shallow=False):
-            return True
     return unchecked
 
 
@@ -265,7 +270,7 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
         raise TransferError(f"no readable image in {data_dir}")
     for item in skipped:
         reporter.warn(f"skipped {item['file']}: {item['reason']}")
-    seen = seen_in_training(model, kept)
+    seen = seen_in_training(model, kept, [names[label] for label in labels])
     if seen:
         reporter.warn(f"{seen} of the {len(kept)} images are this model's training images "
                       "(same file name, size and bytes): the accuracy on them overstates how "
