@@ -285,3 +285,35 @@ def test_the_sigterm_handler_is_the_commands_own():
         assert signal.getsignal(signal.SIGTERM) == before
     assert runner.invoke(app, ["bases"]).exit_code == 0
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_multi_worker_training_takes_sigterm_back_from_the_cli_only(monkeypatch):
+    """Multi-worker training waits inside TensorFlow, where no Python handler runs: under the
+    CLI's handler it puts SIGTERM's default back (a worker ends at once); a program's own
+    handler is left as it is."""
+    import signal
+
+    from transfer import cli
+    from transfer.errors import TransferError
+    from transfer.settings import TrainSettings
+    from transfer.training import join_cluster
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)  # it stops right after, naming TF_CONFIG
+    settings = TrainSettings(distribute="multi-worker")
+    before = signal.getsignal(signal.SIGTERM)
+
+    def mine(signum, frame):
+        pass
+
+    try:
+        signal.signal(signal.SIGTERM, mine)
+        with pytest.raises(TransferError, match="TF_CONFIG"):
+            join_cluster(settings, None)
+        assert signal.getsignal(signal.SIGTERM) is mine
+        with cli._terminate_as_interrupt("train"):
+            with pytest.raises(TransferError, match="TF_CONFIG"):
+                join_cluster(settings, None)
+            assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        assert signal.getsignal(signal.SIGTERM) is mine  # the CLI put the caller's back
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -287,14 +287,13 @@ def test_many_images_in_one_run(trained_bundle, small_split, tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output
     in_folder = sorted(p.relative_to(test) for p in test.rglob("*.jpg"))
+    # the glob's matches are in the folder too: each image is explained once
     assert globbed and sorted(p.relative_to(out) for p in out.rglob("*.png")) == sorted(
         [Path(f"{cat.stem}.gradcam.png")]
-        + [p.with_name(f"{p.stem}.gradcam.png") for p in in_folder]
-        + [Path(f"{p.stem}.gradcam.png") for p in globbed])
+        + [p.with_name(f"{p.stem}.gradcam.png") for p in in_folder])
     said = " ".join(result.output.split())
     assert f"{tmp_path / 'missing.jpg'}: no such image file" in said
-    assert (f"wrote {1 + len(in_folder) + len(globbed)} Grad-CAM pictures in {out}; 1 image "
-            "failed") in said
+    assert f"wrote {1 + len(in_folder)} Grad-CAM pictures in {out}; 1 image failed" in said
     rows = explain.explain_all(ExplainSettings(images=[str(test / "dogs")],
                                                model=trained_bundle.bundle,
                                                output=tmp_path / "lib"))
@@ -309,3 +308,39 @@ def test_many_images_in_one_run(trained_bundle, small_split, tmp_path):
     again = runner.invoke(app, args[:3] + args[5:])
     assert again.exit_code == 1 and "already exists; use --force" in again.output
     assert sorted(p.stat().st_mtime_ns for p in out.rglob("*.png")) == before
+
+
+def test_where_many_pictures_go(tmp_path, monkeypatch):
+    """explain's placing of pictures, without a model: a glob keeps each match's place below
+    its fixed folders (numbered files in every class do not collide), earlier heatmaps are not
+    taken for photos, an image named twice is explained once, and a single image's --output
+    without .png is a folder."""
+    from conftest import png_bytes
+
+    photos = tmp_path / "photos"
+    for name in ("cats", "dogs"):
+        (photos / name).mkdir(parents=True)
+        (photos / name / "00000.png").write_bytes(png_bytes())
+    (photos / "cats" / "00000.gradcam.png").write_bytes(png_bytes())  # an earlier heatmap
+    out = tmp_path / "out"
+    rows = explain.outputs_of([str(photos / "*" / "*.png"), str(photos / "cats"),
+                               str(photos / "cats" / "00000.png")], out)
+    assert [(png.relative_to(out).as_posix()) for _, _, png, _ in rows] == [
+        "cats/00000.gradcam.png", "dogs/00000.gradcam.png"]
+    beside = explain.outputs_of([str(photos / "cats"), str(photos / "cats" / "00000.png")],
+                                None)
+    assert [png for _, _, png, _ in beside] == [photos / "cats" / "00000.gradcam.png"]
+    with pytest.raises(TransferError, match="would both write .*; explain them in two runs, "
+                                            "or without --output"):
+        explain.outputs_of([str(photos / "cats" / "00000.png"),
+                            str(photos / "dogs" / "00000.png")], out)
+    one = ExplainSettings(image=photos / "dogs" / "00000.png", output=tmp_path / "why").validated()
+    assert one.output == tmp_path / "why" / "00000.gradcam.png"
+    assert one.validated().output == one.output
+    with pytest.raises(TransferError, match="names a file; with several images"):
+        ExplainSettings(images=[str(photos)], output=tmp_path / "why.png").validated()
+    assert ExplainSettings(images=str(photos)).validated().images == [str(photos)]
+    with pytest.raises(TransferError, match="explain_all takes images"):
+        explain.explain_all(ExplainSettings(image=photos / "dogs" / "00000.png"))
+    with pytest.raises(TransferError, match="explain takes one image"):
+        explain.explain(ExplainSettings(images=[str(photos)]))

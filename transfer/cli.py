@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from transfer import __version__, quiet
@@ -156,11 +157,13 @@ def _terminate_as_interrupt(command: str):
     def raise_terminated(signum, frame):
         raise Terminated
 
+    raise_terminated.transfer_cli = True  # training.join_cluster puts the default back
     previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:  # None: installed outside Python, nothing to put back
+            signal.signal(signal.SIGTERM, previous)
 
 
 def command(name: str, examples: list[str]):
@@ -794,25 +797,25 @@ def explain_cmd(
         else:
             r = row.explanation
             predicted = max(r.probabilities, key=r.probabilities.get)
-            out.print(f"{row.image}: predicted [bold]{predicted}[/bold] "
-                      f"{r.probabilities[predicted]:.4f}; Grad-CAM of {r.label} -> {r.png}",
-                      highlight=False)
+            out.print(f"{escape(row.image)}: predicted [bold]{escape(predicted)}[/bold] "
+                      f"{r.probabilities[predicted]:.4f}; Grad-CAM of {escape(r.label)} -> "
+                      f"{escape(str(r.png))}", highlight=False)
     written = len(rows) - failed
     where = f"in {output}" if output is not None else "beside the images"
     out.print(f"wrote {written} Grad-CAM picture{'' if written == 1 else 's'} {where}"
               + (f"; {failed} image{'' if failed == 1 else 's'} failed" if failed else ""),
-              highlight=False)
+              highlight=False, markup=False)
     if failed:
         raise typer.Exit(1)
 
 
 def _explained(image, result) -> None:
     predicted = max(result.probabilities, key=result.probabilities.get)
-    out.print(f"{image}: predicted [bold]{predicted}[/bold] "
-              f"{result.probabilities[predicted]:.4f}; Grad-CAM of {result.label} at layer "
-              f"{result.layer} ({result.heatmap.shape[0]}x{result.heatmap.shape[1]} maps)",
-              highlight=False)
-    out.print(f"wrote {result.png}", highlight=False)
+    out.print(f"{escape(str(image))}: predicted [bold]{escape(predicted)}[/bold] "
+              f"{result.probabilities[predicted]:.4f}; Grad-CAM of {escape(result.label)} at "
+              f"layer {result.layer} ({result.heatmap.shape[0]}x{result.heatmap.shape[1]} "
+              "maps)", highlight=False)
+    out.print(f"wrote {result.png}", highlight=False, markup=False)
 
 
 _O = S.ExportSettings()

@@ -213,15 +213,24 @@ def _rate(engine, batch: np.ndarray, repeats: int = 2) -> float:
     return repeats * len(batch) / max(time.perf_counter() - started, 1e-9)
 
 
+# What the interpreter says of a file that is not a whole converted model (cut short, zeroed,
+# garbled); "Didn't find op for builtin opcode" and the like are whole files it cannot run.
+DAMAGED = ("flatbuffer", "allocation is null", "schema version", "identifier")
+
+
+def _damaged(path: Path, exc: Exception) -> bool:
+    return path.stat().st_size == 0 or any(word in str(exc).lower() for word in DAMAGED)
+
+
 def _converted(model, batch_size: int, path: Path, info: EngineInfo, reporter: Reporter):
     """The TFLite engine of ``model``: the cached file, or, when there is none or it is
     damaged (cut short, not a flatbuffer), the model converted now and cached."""
     if path.is_file():
         try:
             return TFLiteEngine(path)
-        except ValueError as exc:  # "not a valid Flatbuffer": cut short or garbled
-            if "flatbuffer" not in str(exc).lower():
-                raise  # a valid file this interpreter cannot run: converting again won't help
+        except ValueError as exc:
+            if not _damaged(path, exc):
+                raise  # a whole file this interpreter cannot run: converting again won't help
             reporter.warn(f"the cached TFLite file {path} is damaged ({exc}); converting again")
             path.unlink(missing_ok=True)
     reporter.info(f"converting the model to TFLite (once; cached in {path.parent})")

@@ -22,7 +22,7 @@ from transfer import bases, images, plots
 from transfer.constants import GRADCAM_SUFFIX
 from transfer.errors import TransferError
 from transfer.files import refuse_existing, replacing
-from transfer.inference import BundleClassifier, gather, writable_folder
+from transfer.inference import BundleClassifier, gather, glob_root, writable_folder
 from transfer.progress import Reporter
 from transfer.settings import ExplainSettings
 
@@ -185,6 +185,8 @@ def explain(settings: ExplainSettings | Path, *, write: bool = True,
         settings = ExplainSettings(image=settings, **options)
     elif options:
         settings = settings.replace(**options)
+    if settings.images is not None:
+        raise TransferError("explain takes one image; explain_all takes images")
     s = settings.validated()
     image = s.image
     classifier = classifier or BundleClassifier(s.model, s.invert)
@@ -234,28 +236,36 @@ class Explained:
 def outputs_of(paths: list[str | Path], output: Path | None
                ) -> list[tuple[str, Path | None, Path | None, str | None]]:
     """(name, image, PNG, error) for every image ``paths`` name (files, folders, globs, as
-    ``predict`` takes them). The PNG goes beside the image, or into the folder ``output``:
-    an image found in a folder keeps its place below that folder there (``cats/1.jpg`` ->
-    ``OUTPUT/cats/1.gradcam.png``), any other goes to ``OUTPUT/<name>.gradcam.png``.
+    ``predict`` takes them), each image once. The PNG goes beside the image, or into the
+    folder ``output``, keeping the image's place below the folder it was found in
+    (``photos`` or ``photos/*/*.jpg``: ``cats/1.jpg`` -> ``OUTPUT/cats/1.gradcam.png``); a file
+    named alone goes to ``OUTPUT/<name>.gradcam.png``.
 
     Raises:
-        TransferError: two images would write one PNG.
+        TransferError: two different images would write one PNG.
     """
-    rows, seen = [], {}
+    import glob
+
+    rows, seen, images_seen = [], {}, set()
     for raw in paths:
         named = Path(raw)
+        root = (named if named.is_dir() else
+                glob_root(str(raw)) if not named.exists() and glob.has_magic(str(raw)) else None)
         for name, image, error in gather([raw]):
             if image is None:
                 rows.append((name, None, None, error))
                 continue
+            if image.resolve() in images_seen:
+                continue  # named twice (a folder and a file in it, two spellings): once
+            images_seen.add(image.resolve())
             if output is None:
                 png = default_png(image)
             else:
-                below = image.relative_to(named) if named.is_dir() else Path(image.name)
+                below = image.relative_to(root) if root is not None else Path(image.name)
                 png = Path(output) / default_png(below)
             if png in seen:
-                raise TransferError(f"{seen[png]} and {name} would both write {png}; explain "
-                                    "them in two runs, or without --output")
+                hint = "explain them in two runs" + (", or without --output" if output else "")
+                raise TransferError(f"{seen[png]} and {name} would both write {png}; {hint}")
             seen[png] = name
             rows.append((name, image, png, error))
     return rows
@@ -273,6 +283,9 @@ def explain_all(settings: ExplainSettings, *, reporter: Reporter | None = None
         TransferError: a bad setting, a broken bundle, an unknown class, existing PNGs
             without ``force``, two images with one PNG.
     """
+    if settings.images is None:
+        raise TransferError("explain_all takes images=[...] (files, folders, globs); explain "
+                            "takes one image")
     s = settings.validated()
     reporter = reporter or Reporter()
     rows = outputs_of(list(s.images), s.output)

@@ -328,7 +328,11 @@ class FeatureSet:
             try:
                 with np.load(x) as data:
                     x = data["features"]
-            except (zipfile.BadZipFile, ValueError, EOFError) as exc:  # damaged since opened
+            except FileNotFoundError:
+                raise TransferError(f"the feature file {x} was removed during the run (another "
+                                    "run found it damaged?); run again to compute it anew"
+                                    ) from None
+            except (zipfile.BadZipFile, ValueError, EOFError, KeyError) as exc:  # damaged
                 with contextlib.suppress(OSError):
                     Path(x).unlink()
                 raise TransferError(f"the feature file {x} is damaged ({exc}); it is removed: "

@@ -50,7 +50,7 @@ import numpy as np
 
 from transfer import bases, bundle, images
 from transfer import engines as engines_module
-from transfer.constants import UNREAD_HINT, unread_photo
+from transfer.constants import GRADCAM_SUFFIX, PREVIEW_PNG, UNREAD_HINT, unread_photo
 from transfer.errors import TransferError
 from transfer.files import images_under, photos_under
 from transfer.metrics import class_probabilities
@@ -118,7 +118,19 @@ def _matches(pattern: str) -> list[Path]:
     if known and glob.has_magic(os.path.join(*parts[:known])):
         pattern = os.path.join(glob.escape(os.path.join(*parts[:known])), *parts[known:])
     found = glob.glob(pattern, recursive=True)
-    return [m for m in sorted(Path(m) for m in found) if m.is_file()]
+    return [m for m in sorted(Path(m) for m in found) if m.is_file()
+            and not m.name.endswith(GRADCAM_SUFFIX) and m.name != PREVIEW_PNG]  # tool's own
+
+
+def glob_root(pattern: str) -> Path:
+    """The folder a glob's matches lie below: its leading parts that are no pattern, or that
+    name an existing folder as written (``photos/*/*.jpg`` -> ``photos``)."""
+    parts = Path(pattern).parts
+    fixed = 0
+    while fixed < len(parts) - 1 and (not glob.has_magic(parts[fixed])
+                                      or os.path.isdir(os.path.join(*parts[:fixed + 1]))):
+        fixed += 1
+    return Path(*parts[:fixed]) if fixed else Path(".")
 
 
 # --------------------------------------------------------------------------- classifiers

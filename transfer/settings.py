@@ -20,7 +20,12 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from transfer.constants import TRAIN_FOLDERS, VALIDATE_FOLDERS, is_ignored_folder
+from transfer.constants import (
+    GRADCAM_SUFFIX,
+    TRAIN_FOLDERS,
+    VALIDATE_FOLDERS,
+    is_ignored_folder,
+)
 from transfer.errors import TransferError
 
 # Registries of choices that are not bases (bases live in transfer.bases).
@@ -518,25 +523,30 @@ class ExplainSettings(Settings):
         if self.images is not None:
             if self.image is not None:
                 raise TransferError("give either image or images, not both")
-            if not self.images:
+            images = [self.images] if isinstance(self.images, str | Path) else self.images
+            if not images:
                 raise TransferError("give the images to explain")
-            if self.output is not None and Path(self.output).is_file():
-                raise TransferError(f"--output {self.output} is a file; with several images "
+            if self.output is not None and (Path(self.output).is_file()
+                                            or Path(self.output).suffix.lower() == ".png"):
+                raise TransferError(f"--output {self.output} names a file; with several images "
                                     "it names the folder for their pictures")
             writable("output", self.output)
-            return self.replace(images=[str(p) for p in self.images], model=Path(self.model))
+            return self.replace(images=[str(p) for p in images], model=Path(self.model))
         if self.image is None:
             raise TransferError("give the image to explain")
-        if self.output is not None and Path(self.output).is_dir():
-            raise TransferError(f"--output {self.output} is a folder; name a .png file")
+        output = self.output
+        if output is not None and (Path(output).is_dir()
+                                   or Path(output).suffix.lower() != ".png"):
+            # a folder (gradcam/, or a name without .png): the picture goes into it
+            output = Path(output) / (Path(self.image).stem + GRADCAM_SUFFIX)
         if Path(self.image).is_dir():
             raise TransferError(f"{self.image} is a folder; explain takes one image file "
                                 "(explain_all and the command line take folders)")
         if not Path(self.image).is_file():
             raise TransferError(f"{self.image}: no such image file")
-        png = Path(self.output) if self.output is not None else Path(self.image)
+        png = Path(output) if output is not None else Path(self.image)
         writable("output", png, file=True)
-        return self.replace(image=Path(self.image), model=Path(self.model))
+        return self.replace(image=Path(self.image), model=Path(self.model), output=output)
 
 
 @dataclass

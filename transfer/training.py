@@ -376,9 +376,11 @@ def join_cluster(settings: TrainSettings, reporter: Reporter):
     import signal
     import threading
 
-    if threading.current_thread() is threading.main_thread():
+    if (threading.current_thread() is threading.main_thread()
+            and getattr(signal.getsignal(signal.SIGTERM), "transfer_cli", False)):
         # TensorFlow's waits hold the interpreter, where no Python handler runs: SIGTERM ends
-        # a worker at once, as it always did (the CLI's handler would wait for ever)
+        # a worker at once, as it always did (the CLI's handler would wait for ever; the CLI
+        # puts its caller's handler back at the end; a library caller's own is left alone)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from transfer import cluster as clusters
 
