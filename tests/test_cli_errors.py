@@ -143,7 +143,7 @@ CASES = [
     # explain
     ("explain {tmp}/no-such-photo.jpg", 1, "no such image file"),
     ("explain {photo} --output {ro}/x.png", 1, "cannot write in /sys"),
-    ("explain {photo} --output {folder}", 1, "is a folder"),
+    ("explain {photo} {photo} --output {tmp}/why.png", 1, "names a file; with several images"),
     ("explain {photo} --invert sometimes", 2, "'sometimes' is not one of"),
     ("explain {photo} --model {tmp}/no-such-bundle", 1, "no model bundle"),
     # export
