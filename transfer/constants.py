@@ -51,13 +51,19 @@ def is_ignored_folder(name: str) -> bool:
     return is_hidden_or_system(name) or _base(name).lower() in IGNORED_FOLDERS
 
 
+def is_own_picture(name: str) -> bool:
+    """True for the tool's own pictures, never photos: a Grad-CAM heatmap (``transfer
+    explain``) or an augmentation preview (``train --preview-augment``)."""
+    base = _base(name)
+    return base.endswith(GRADCAM_SUFFIX) or base == PREVIEW_PNG
+
+
 def is_image_name(name: str) -> bool:
-    """True when ``name`` has an image suffix and is neither hidden, a system file, a heatmap
-    nor an augmentation preview (the tool's own pictures)."""
+    """True when ``name`` has an image suffix and is neither hidden, a system file, nor one of
+    the tool's own pictures."""
     base = _base(name)
     return (os.path.splitext(base)[1].lower() in IMAGE_SUFFIXES
-            and not is_hidden_or_system(base) and not base.endswith(GRADCAM_SUFFIX)
-            and base != PREVIEW_PNG)
+            and not is_hidden_or_system(base) and not is_own_picture(base))
 
 
 def unread_photo(name: str) -> str | None:

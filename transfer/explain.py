@@ -159,6 +159,16 @@ def default_png(image: Path) -> Path:
     return Path(image).with_name(Path(image).stem + GRADCAM_SUFFIX)
 
 
+def _class_index(names: list[str], class_name: str | None) -> int | None:
+    """The index of the class to explain (None: the predicted one)."""
+    if class_name is None:
+        return None
+    if class_name not in names:
+        raise TransferError(f"unknown class {class_name!r}; the model's classes are "
+                            f"{', '.join(names)}")
+    return names.index(class_name)
+
+
 def explain(settings: ExplainSettings | Path, *, write: bool = True,
             classifier: BundleClassifier | None = None, **options) -> Explanation:
     """Grad-CAM of one image under a bundle's model, saved as a PNG (image | overlay).
@@ -191,12 +201,7 @@ def explain(settings: ExplainSettings | Path, *, write: bool = True,
     image = s.image
     classifier = classifier or BundleClassifier(s.model, s.invert)
     keras_model, meta, names = classifier.model, classifier.meta, classifier.class_names
-    class_index = None
-    if s.class_name is not None:
-        if s.class_name not in names:
-            raise TransferError(f"unknown class {s.class_name!r}; the model's classes are "
-                                f"{', '.join(names)}")
-        class_index = names.index(s.class_name)
+    class_index = _class_index(names, s.class_name)
     png = Path(s.output) if s.output is not None else default_png(image)
     if write:
         refuse_existing(png, s.force)
@@ -294,9 +299,7 @@ def explain_all(settings: ExplainSettings, *, reporter: Reporter | None = None
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise TransferError(f"{existing[0]}{more} already exists; use --force to replace")
     classifier = BundleClassifier(s.model, s.invert)
-    if s.class_name is not None and s.class_name not in classifier.class_names:
-        raise TransferError(f"unknown class {s.class_name!r}; the model's classes are "
-                            f"{', '.join(classifier.class_names)}")
+    _class_index(classifier.class_names, s.class_name)  # an unknown class: before any image
     done = []
     with reporter.task("Grad-CAM", total=len(rows)) as advance:
         for name, image, png, error in rows:

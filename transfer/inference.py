@@ -50,7 +50,7 @@ import numpy as np
 
 from transfer import bases, bundle, images
 from transfer import engines as engines_module
-from transfer.constants import GRADCAM_SUFFIX, PREVIEW_PNG, UNREAD_HINT, unread_photo
+from transfer.constants import UNREAD_HINT, is_own_picture, unread_photo
 from transfer.errors import TransferError
 from transfer.files import images_under, photos_under
 from transfer.metrics import class_probabilities
@@ -119,7 +119,7 @@ def _matches(pattern: str) -> list[Path]:
         pattern = os.path.join(glob.escape(os.path.join(*parts[:known])), *parts[known:])
     found = glob.glob(pattern, recursive=True)
     return [m for m in sorted(Path(m) for m in found) if m.is_file()
-            and not m.name.endswith(GRADCAM_SUFFIX) and m.name != PREVIEW_PNG]  # tool's own
+            and not is_own_picture(m.name)]
 
 
 def glob_root(pattern: str) -> Path:

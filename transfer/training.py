@@ -245,7 +245,7 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
     # read while no fetch-data writes a split there (and none starts until the run ends):
     # the data folder, or --train-dir and --validate-dir and the folders holding them
     named = [settings.train_dir, *([settings.validate_dir] if settings.validate_dir else [])]
-    folders = (sorted({Path(settings.data_dir)}) if settings.train_dir is None else
+    folders = ([Path(settings.data_dir)] if settings.train_dir is None else
                sorted({f for d in named for f in (Path(d), Path(d).absolute().parent)}))
     with contextlib.ExitStack() as held:
         for folder in folders:
