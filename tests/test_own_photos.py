@@ -86,8 +86,9 @@ def test_a_folder_of_class_folders_trains_on_a_split_made_in_memory(flowers, tmp
               "validate": {c: 2 for c in FLOWERS}}
     assert meta["data"] == {"split": "in-memory", "root": str(data), "train_dir": None,
                             "validate_dir": None, "validation_split": 0.2, "seed": 42,
-                            "split_excluded": [], "train_images": 39, "validate_images": 10,
-                            "counts": counts, "skipped_images": 0, "cwd": str(Path.cwd())}
+                            "split_order": "name-hash", "split_excluded": [], "train_images": 39,
+                            "validate_images": 10, "counts": counts, "skipped_images": 0,
+                            "cwd": str(Path.cwd())}
     assert meta["skipped"] == []
     assert meta["settings"]["validation_split"] == 0.2
     assert meta["preprocessing"]["resize"] == "pil"

@@ -165,6 +165,62 @@ def test_in_memory_split_is_stratified_seeded_and_disjoint(flowers):
     assert len(validate30) == 60 and len(train30) == 140
 
 
+def _sides(train, validate, root: Path) -> dict[str, str]:
+    return {**{s.path.relative_to(root).as_posix(): "train" for s in train},
+            **{s.path.relative_to(root).as_posix(): "validate" for s in validate}}
+
+
+def test_in_memory_split_barely_moves_when_photos_are_added(flowers, tmp_path):
+    """A photo added to each class moves at most one of the others across the cut (a seeded
+    shuffle of the sorted list would deal them all again); a photo moved into a subfolder
+    stays on its side; the files of each class end up on the side fetch-data puts them."""
+    folder = tmp_path / "photos"
+    for cls in FLOWERS:
+        shutil.copytree(flowers / cls, folder / cls)
+    before = _sides(*pipelines.split_in_memory(folder, list(FLOWERS), 0.2, 42), folder)
+    for cls in FLOWERS:  # a new photo, another class's, under a new name
+        other = sorted((flowers / ("roses" if cls != "roses" else "daisy")).iterdir())[0]
+        shutil.copyfile(other, folder / cls / f"new-{cls}.jpg")
+    after = _sides(*pipelines.split_in_memory(folder, list(FLOWERS), 0.2, 42), folder)
+    for cls in FLOWERS:
+        kept = [name for name in before if name.startswith(f"{cls}/")]
+        moved = [name for name in kept if after[name] != before[name]]
+        assert len(moved) <= 1, (cls, moved)
+        assert sum(after[name] == "validate" for name in after if name.startswith(f"{cls}/")) \
+            == 8  # round(41 * 0.2)
+    photo = sorted((folder / "tulips").iterdir())[3]
+    (folder / "tulips" / "2024").mkdir()
+    photo.rename(folder / "tulips" / "2024" / photo.name)
+    moved_in = _sides(*pipelines.split_in_memory(folder, list(FLOWERS), 0.2, 42), folder)
+    assert moved_in[f"tulips/2024/{photo.name}"] == after[f"tulips/{photo.name}"]
+
+
+def test_bundles_from_before_the_stable_order_get_their_own_split_back(flowers):
+    """meta.json without data.split_order (bundles trained before it) is split as it was
+    trained: the sorted paths shuffled by random.Random(f"{seed}:{class}")."""
+    import random
+
+    from transfer.evaluate import bundle_images
+
+    meta = {"class_names": list(FLOWERS),
+            "data": {"split": "in-memory", "root": str(flowers), "cwd": str(flowers),
+                     "validation_split": 0.2, "seed": 42}}
+    expected = set()
+    for cls in FLOWERS:
+        order = sorted(f"{cls}/{p.name}" for p in (flowers / cls).iterdir())
+        random.Random(f"42:{cls}").shuffle(order)
+        expected |= {flowers / name for name in order[:8]}
+    assert {path for path, _ in bundle_images(meta, "validate")} == expected
+    meta["data"]["split_order"] = pipelines.STABLE_ORDER
+    now = {path for path, _ in bundle_images(meta, "validate")}
+    assert now == {s.path for s in pipelines.split_in_memory(flowers, list(FLOWERS), 0.2,
+                                                              42)[1]}
+    assert now != expected
+    meta["data"]["split_order"] = "from-the-future"
+    with pytest.raises(TransferError, match="unknown split order"):
+        bundle_images(meta, "validate")
+
+
 def test_check_enough_names_the_short_class_in_one_line(odd_folder):
     from types import SimpleNamespace
 

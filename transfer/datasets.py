@@ -36,6 +36,7 @@ old or new, and the manifest that describes it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -43,6 +44,7 @@ import random
 import shutil
 import tempfile
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -508,16 +510,15 @@ def _split_per_class(images, found, plan, opts, tmp, reporter, rename: bool):
 
 
 def _split_by_fractions(images, found, plan, opts, tmp, reporter):
-    """Every usable image of each class, split by the fractions: each class shuffled (seeded),
-    fully checked into a staging folder, then its first images go to validate, the next to
-    test, the rest to train."""
+    """Every usable image of each class, split by the fractions: each class in its
+    ``stable_order`` (seeded), fully checked into a staging folder, then its first images go
+    to validate, the next to test, the rest to train."""
     skipped: list[dict[str, str]] = []
     kept: dict[str, list[tuple[str, str]]] = {}  # class -> (file name, member), shuffled
     total = sum(len(names) for names in found.values())
     with reporter.task("Checking images", total=total) as advance:
         for index, cls in enumerate(found):
-            order = sorted(found[cls])
-            random.Random(f"{opts.seed}:{cls}").shuffle(order)
+            order = stable_order(found[cls], opts.seed, cls)
             stage = tmp / STAGING / str(index)
             stage.mkdir(parents=True)
             taken: dict[str, int] = {}
@@ -585,6 +586,25 @@ def _identified(data: bytes) -> bool:
     except images.ImageError:
         return False
     return True
+
+
+def stable_order(names: list[str], seed: int, cls: str) -> list[str]:
+    """A class's image ``names`` (paths) in the order a fraction split cuts them (validate
+    first): by a hash of the seed, the class and each file's own name, ties by path.
+
+    Unlike a seeded shuffle of the sorted list, this order does not move when photos are added
+    or removed: each existing photo keeps its place relative to the others, so a photo added
+    to a class folder moves at most a photo or two per class across the cut, and the split
+    of the other photos (and a bundle's "never seen in training" validation images) stays.
+    The file name alone (Unicode NFC) is hashed, so moving a photo into a subfolder, or the
+    folder into an archive, leaves it on its side. TensorFlow's retrain.py split by a hash of
+    the file name for the same reason."""
+    def key(name: str) -> tuple[str, str]:
+        own = unicodedata.normalize("NFC", name.replace("\\", "/").rsplit("/", 1)[-1])
+        digest = hashlib.sha256(f"{seed}:{cls}:{own}".encode()).hexdigest()
+        return digest, name
+
+    return sorted(names, key=key)
 
 
 def fraction_sizes(n: int, validation: float, test: float = 0.0) -> dict[str, int] | None:

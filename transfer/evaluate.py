@@ -119,7 +119,8 @@ def bundle_images(meta: dict, which: str) -> list[tuple[Path, int]] | None:
         if root != Path(data["root"]):  # found from the folder training ran in: its paths too
             skipped = {str(Path(data["cwd"]) / name) for name in skipped}
         train, validate = pipelines.split_in_memory(root, names, data["validation_split"],
-                                                    data["seed"], skipped)
+                                                    data["seed"], skipped,
+                                                    data.get("split_order", "shuffle"))
         return [(sample.path, sample.label) for sample in
                 (train if which == "train" else validate)]
     folder = bundle.data_folder(meta, f"{which}_dir")

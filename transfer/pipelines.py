@@ -61,6 +61,7 @@ from transfer.files import walk
 from transfer.settings import PIPELINES, Augment  # noqa: F401  (pipelines.Augment, for callers)
 
 MIN_USABLE = 2  # images a class needs after the unreadable ones are left out
+STABLE_ORDER = "name-hash"  # meta.json data.split_order of an in-memory split (split_in_memory)
 
 
 @dataclass(frozen=True)
@@ -266,28 +267,37 @@ def _header_fails(path: Path) -> bool:
 
 
 def split_in_memory(directory: Path, names: list[str], validation_split: float, seed: int,
-                    skipped: Skipped | None = None) -> tuple[list[Sample], list[Sample]]:
+                    skipped: Skipped | None = None, order: str = STABLE_ORDER,
+                    ) -> tuple[list[Sample], list[Sample]]:
     """(train, validate) Samples of the class folders ``names`` in ``directory``: each class's
-    images sorted by path, shuffled with ``random.Random(f"{seed}:{class}")`` and cut by
-    ``datasets.fraction_sizes`` (validate first), as ``fetch-data --archive`` splits the same
-    folder.
+    images in ``datasets.stable_order`` (a hash of seed, class and file name, so that adding
+    photos moves few across the cut) and cut by ``datasets.fraction_sizes`` (validate first),
+    as ``fetch-data --archive`` splits the same folder. ``order="shuffle"`` is the order of
+    bundles trained before 2026-12-05 (their meta.json names no ``data.split_order``): the
+    sorted paths shuffled with ``random.Random(f"{seed}:{class}")``.
 
     The files of ``skipped`` (a Skipped, or file names) that are not images even by their
     header are left out before the cut, as ``training.plan`` leaves them out; one that only
     fails when decoded (a truncated photo, found by the run) stays in the cut, as it was in
-    the run's. So a bundle's meta.json (root, class_names, validation_split, seed and its
-    "skipped" list, or data.split_excluded) makes the run's split again."""
+    the run's. So a bundle's meta.json (root, class_names, validation_split, seed,
+    split_order and its "skipped" list, or data.split_excluded) makes the run's split again."""
     import random
 
-    from transfer.datasets import fraction_sizes
+    from transfer.datasets import fraction_sizes, stable_order
 
+    if order not in (STABLE_ORDER, "shuffle"):
+        raise TransferError(f"unknown split order {order!r} (this version knows "
+                            f"{STABLE_ORDER!r} and 'shuffle'); a newer transfer made it?")
     directory = Path(directory)
     train, validate = [], []
     for label, name in enumerate(names):
-        order = sorted(path.relative_to(directory).as_posix()
-                       for path in image_files(directory / name))
-        random.Random(f"{seed}:{name}").shuffle(order)
-        paths = [directory / rel for rel in order]
+        relative = sorted(path.relative_to(directory).as_posix()
+                          for path in image_files(directory / name))
+        if order == STABLE_ORDER:
+            relative = stable_order(relative, seed, name)
+        else:
+            random.Random(f"{seed}:{name}").shuffle(relative)
+        paths = [directory / rel for rel in relative]
         if skipped:
             paths = [path for path in paths
                      if str(path) not in skipped or not _header_fails(path)]

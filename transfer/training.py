@@ -524,9 +524,11 @@ def data_meta(run: RunPlan) -> dict:
             # the folder those (often relative) paths start from: bundle.data_folder
             "cwd": str(Path.cwd())}
     if run.split == "in-memory":
-        # pipelines.split_in_memory(root, class_names, validation_split, seed, split_excluded)
+        # pipelines.split_in_memory(root, class_names, validation_split, seed, split_excluded,
+        # split_order)
         # makes the same split again
         data.update(validation_split=hp.validation_split, seed=hp.seed,
+                    split_order=pipelines.STABLE_ORDER,
                     split_excluded=list(run.split_excluded))
     data.update(train_images=sum(counts["train"].values()),
                 validate_images=sum(counts["validate"].values()),
