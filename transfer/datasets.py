@@ -593,9 +593,9 @@ def stable_order(names: list[str], seed: int, cls: str) -> list[str]:
     first): by a hash of the seed, the class and each file's own name, ties by path.
 
     Unlike a seeded shuffle of the sorted list, this order does not move when photos are added
-    or removed: each existing photo keeps its place relative to the others, so a photo added
-    to a class folder moves at most a photo or two per class across the cut, and the split
-    of the other photos (and a bundle's "never seen in training" validation images) stays.
+    or removed: each existing photo keeps its place relative to the others, so each photo
+    added to a class folder moves at most one of the others across the cut, and the split of
+    the other photos (and a bundle's "never seen in training" validation images) stays.
     The file name alone (Unicode NFC) is hashed, so moving a photo into a subfolder, or the
     folder into an archive, leaves it on its side. TensorFlow's retrain.py split by a hash of
     the file name for the same reason."""
