@@ -23,10 +23,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from transfer import __version__, quiet
+from transfer import __version__, errors, quiet
 from transfer import settings as S
 from transfer.bases import BASES
-from transfer.errors import TransferError
+from transfer.errors import Terminated, TransferError  # noqa: F401  (cli.Terminated)
 from transfer.progress import RichReporter
 
 BaseName = Literal[tuple(BASES)]  # noqa: F821  (choices come from the registry)
@@ -134,19 +134,16 @@ def _os_error(exc: OSError) -> str:
     return f"{reason}: {where}" if where else f"{reason} ({exc})"
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, ``timeout``, ``docker stop``, systemd), raised where Python runs next:
-    the same clean-up as Ctrl-C (temporary folders removed, nothing half-written), exit 143."""
-
-
 @contextlib.contextmanager
 def _terminate_as_interrupt(command: str):
     """While a command runs, SIGTERM raises Terminated in the main thread (the default ends the
-    process at once, leaving temporary bundle and conversion folders behind); the previous
-    handler comes back after. Python runs the handler when the main thread next runs Python
-    code: multi-worker training, whose TensorFlow waits hold the interpreter, puts the default
-    back for its run (``training.join_cluster``), and ``serve`` leaves SIGTERM to uvicorn's
-    graceful shutdown."""
+    process at once, leaving temporary bundle and conversion folders behind) and SIGINT
+    KeyboardInterrupt, both recorded (``errors.on_interrupt_signal``: a native library that
+    turns the exception into another cannot make the run go on); the previous handlers come
+    back after. Python runs a handler when the main thread next runs Python code: multi-worker
+    training, whose TensorFlow waits hold the interpreter, puts the default back for its run
+    (``training.join_cluster``), and ``serve`` leaves both signals to uvicorn's graceful
+    shutdown."""
     import signal
     import threading
 
@@ -154,16 +151,18 @@ def _terminate_as_interrupt(command: str):
         yield  # signal handlers belong to the main thread (a test runner's worker thread)
         return
 
-    def raise_terminated(signum, frame):
-        raise Terminated
+    def on_signal(signum, frame):
+        errors.on_interrupt_signal(signum, frame)
 
-    raise_terminated.transfer_cli = True  # training.join_cluster puts the default back
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    on_signal.transfer_cli = True  # training.join_cluster puts the default back
+    errors.clear_interrupted()
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
-    finally:
-        if previous is not None:  # None: installed outside Python, nothing to put back
-            signal.signal(signal.SIGTERM, previous)
+    finally:  # the record stays for run's except clauses, which clear it
+        for sig, handler in previous.items():
+            if handler is not None:  # None: installed outside Python, nothing to put back
+                signal.signal(sig, handler)
 
 
 def command(name: str, examples: list[str]):
@@ -180,26 +179,40 @@ def command(name: str, examples: list[str]):
                     return fn(*a, **kw)
             except typer.Exit:
                 raise
+            except KeyboardInterrupt as exc:
+                _interrupted_exit(type(exc))
             except TransferError as exc:
+                if errors.interrupted():  # a Ctrl-C a library turned into an error of its own
+                    _interrupted_exit(errors.interrupted())
                 if _state["verbose"]:
                     err.print_exception()
                 _error_line(str(exc))
                 raise typer.Exit(getattr(exc, "exit_code", 1)) from None
             except OSError as exc:
+                if errors.interrupted():
+                    _interrupted_exit(errors.interrupted())
                 if _state["verbose"]:
                     err.print_exception()
                 _error_line(_os_error(exc))
                 raise typer.Exit(1) from None
-            except KeyboardInterrupt as exc:
-                if isinstance(exc, Terminated):
-                    err.print("[bold red]terminated[/bold red]")
-                    raise typer.Exit(143) from None
-                err.print("[bold red]interrupted[/bold red]")
-                raise typer.Exit(130) from None
+            except Exception:
+                if errors.interrupted():  # e.g. the TypeError pybind11 made of a Ctrl-C
+                    _interrupted_exit(errors.interrupted())
+                raise
+            finally:
+                errors.clear_interrupted()
 
         return app.command(name, epilog=epilog)(run)
 
     return wrap
+
+
+def _interrupted_exit(kind: type[KeyboardInterrupt]) -> None:
+    if issubclass(kind, Terminated):
+        err.print("[bold red]terminated[/bold red]")
+        raise typer.Exit(143) from None
+    err.print("[bold red]interrupted[/bold red]")
+    raise typer.Exit(130) from None
 
 
 def _reporter() -> RichReporter:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.errors import TransferError
+from transfer.errors import TransferError, raise_if_interrupted
 from transfer.files import digest
 from transfer.progress import Reporter
 
@@ -285,6 +285,7 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
     try:
         lite = _converted(model, batch_size, path, info, reporter)
     except Exception as exc:  # a conversion or interpreter failure: TensorFlow still works
+        raise_if_interrupted()  # unless it was a Ctrl-C the converter's callback turned into it
         info.fallback = f"TFLite unavailable ({type(exc).__name__}: {exc})".splitlines()[0]
         reporter.warn(f"{info.fallback}; using TensorFlow")
         return tf_engine, info

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer import bundle
-from transfer.errors import TransferError
+from transfer.errors import TransferError, raise_if_interrupted
 
 REPORT_HTML = "report.html"
 GENERATOR = '<meta name="generator" content="transfer">'  # marks the pages it may replace
@@ -615,6 +615,7 @@ def write_quietly(folder: Path, reporter=None, *, gradcams: int | None = None,
     try:
         return write_report(folder, gradcams=gradcams, force=force)
     except Exception as exc:  # the report is a view of files already written
+        raise_if_interrupted()  # but a Ctrl-C a library turned into an error stops the run
         if reporter is not None:
             reporter.warn(f"report.html not written ({type(exc).__name__}: {exc})")
         return None
