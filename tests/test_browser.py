@@ -151,6 +151,40 @@ def test_a_genuine_photo_through_the_file_input(watched, server, photos):
                for u in watched.requests)
 
 
+def test_photos_larger_together_than_the_upload_limit_go_in_several_requests(
+        watched, models_dir, photos, tmp_path):
+    """Six phone photos of 4 MB are more than --max-upload-mb (20) in one request, though each
+    is far below it: the page sends them in as many requests as it takes (here: three photos
+    under a limit just above the largest), and a photo over the limit by itself is refused on
+    its card without being sent."""
+    import numpy as np
+    from PIL import Image
+
+    sizes = [photos[k].stat().st_size for k in ("cat", "dog", "dog2")]
+    limit = max(sizes) + 12 * 1024
+    assert sum(sizes) > limit  # one request could not hold them
+    noise = np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8)
+    big = tmp_path / "big.jpg"
+    Image.fromarray(noise).save(big, quality=95)
+    assert big.stat().st_size > limit
+    settings = ServeSettings(models_dir=models_dir, port=0, max_upload_mb=limit / 2**20)
+    with serve.serving(settings) as url:
+        page = open_page(watched, url, "cats-dogs")
+        page.set_input_files("#file-input", [str(photos[k]) for k in ("cat", "dog", "dog2")])
+        wait_answer(page, 3)
+        labels = [page.locator(".result[data-state=done]").nth(i).get_attribute("data-label")
+                  for i in range(3)]
+        assert sorted(labels) == ["cats", "dogs", "dogs"]
+        posts = [u for u in watched.requests if u.endswith("/api/predict")]
+        assert len(posts) >= 2
+        page.set_input_files("#file-input", str(big))
+        refused = page.locator(".result[data-state=error]").first
+        refused.wait_for(state="attached")
+        assert "too large" in refused.inner_text() and "--max-upload-mb" in refused.inner_text()
+        assert [u for u in watched.requests if u.endswith("/api/predict")] == posts  # not sent
+    assert watched.errors == []
+
+
 DISPATCH = """([kind, bytes, name]) => {
   const data = new DataTransfer();
   data.items.add(new File([new Uint8Array(bytes)], name, { type: "image/jpeg" }));

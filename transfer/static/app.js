@@ -16,6 +16,8 @@
   const digitSection = $("digit");
   const canvas = $("digit-canvas");
   const MAX_FILES = 64; // per request, as the server allows
+  const FORM_BYTES = 1024; // a file's multipart headers, counted generously
+  let maxUploadBytes = Infinity; // a request's body, at most (--max-upload-mb, /api/models)
   const EXPLAINED = 8; // Grad-CAM pictures asked for per batch of photos
   let models = [];
   let stream = null;
@@ -54,6 +56,7 @@
     }
     const data = await response.json();
     models = data.models;
+    if (data.max_upload_mb) maxUploadBytes = data.max_upload_mb * 1048576;
     modelSelect.textContent = "";
     for (const m of models) {
       const option = document.createElement("option");
@@ -201,14 +204,43 @@
     }
   }
 
+  // The files in requests the server takes: at most MAX_FILES each and, together with the
+  // form's other fields, at most --max-upload-mb (six phone photos of 4 MB are two requests).
+  // A file over the limit by itself is never sent: it is [file] alone, shown as refused.
+  function requests(files) {
+    const room = maxUploadBytes - 4 * FORM_BYTES; // the model and top fields
+    const out = [];
+    let chunk = [];
+    let bytes = 0;
+    for (const f of files) {
+      const size = f.size + FORM_BYTES;
+      if (chunk.length && (chunk.length === MAX_FILES || bytes + size > room)) {
+        out.push(chunk);
+        chunk = [];
+        bytes = 0;
+      }
+      chunk.push(f);
+      bytes += size;
+    }
+    if (chunk.length) out.push(chunk);
+    return out;
+  }
+
   async function classify(files) {
     files = Array.from(files).filter((f) => f && f.size !== undefined);
     if (!files.length) return;
     const m = current();
     const model = m ? m.name : "";
-    for (let start = 0; start < files.length; start += MAX_FILES) {
-      const chunk = files.slice(start, start + MAX_FILES);
+    const limit = Number((maxUploadBytes / 1048576).toPrecision(3));
+    for (const chunk of requests(files)) {
       const boxes = chunk.map(card);
+      if (chunk.length === 1 && chunk[0].size + 5 * FORM_BYTES > maxUploadBytes) {
+        const text = "too large: " + (chunk[0].size / 1048576).toFixed(1) + " MB, and the " +
+          "server takes at most " + limit + " MB a request (transfer serve --max-upload-mb)";
+        showPrediction(boxes[0], { error: text }, 0);
+        say(chunk[0].name + " is " + text, true);
+        continue;
+      }
       const form = new FormData();
       for (const f of chunk) form.append("files", f, f.name);
       if (model) form.append("model", model);
