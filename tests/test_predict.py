@@ -335,6 +335,41 @@ def test_one_loaded_classifier_serves_many_calls(trained_bundle, small_split):
         classifier.classify([b"not an image at all"])
 
 
+def test_photos_in_memory_are_read_as_their_files(trained_bundle, small_split):
+    """A program holding its photos in memory (the bytes of a file, a Pillow image, a NumPy
+    array of any size) gets what the files give; an array that is no photo (scaled to 0-1,
+    two channels) is one clear TransferError, not a TensorFlow shape error or a wrong
+    answer."""
+    from PIL import Image
+
+    files = [p for p, _ in split_images(small_split / "test", 2)]
+    classifier = inference.BundleClassifier(trained_bundle.bundle)
+    expected = classifier.classify(files)
+    assert classifier.input_shape() != np.asarray(Image.open(files[0])).shape
+    pictures = [Image.open(f) for f in files]
+    np.testing.assert_allclose(classifier(pictures), expected, atol=1e-6)  # callable
+    arrays = [np.asarray(p.convert("RGB")) for p in pictures]
+    np.testing.assert_allclose(classifier.classify(arrays), expected, atol=1e-6)
+    floats = [a.astype("float32") for a in arrays]
+    np.testing.assert_allclose(classifier.classify(floats), expected, atol=1e-6)
+    grey = np.asarray(pictures[0].convert("L"))
+    assert classifier.classify(grey).shape == (1, 2)
+    with pytest.raises(TransferError, match=r"image 1: .*0-1.*multiply by 255"):
+        classifier.classify([arrays[0] / 255.0])
+    with pytest.raises(TransferError, match=r"image 1: an array of shape \(5, 5, 2\) is no "
+                                            "photo"):
+        classifier.classify([np.zeros((5, 5, 2), "uint8")])
+    result = predict.predict([files[0].read_bytes(), arrays[1], pictures[0], 7],
+                             classifier=classifier)
+    assert [i.file for i in result.items] == ["image 1", "image 2", "image 3", "image 4"]
+    shown = [np.array([i.probabilities["cats"], i.probabilities["dogs"]])
+             for i in result.items[:3]]
+    np.testing.assert_allclose(shown, expected[[0, 1, 0]], atol=1e-6)
+    assert result.items[1].image["width"] == arrays[1].shape[1]
+    assert result.items[3].error.startswith("not an image: a int")
+    assert predict.predict(arrays[0], classifier=classifier).items[0].file == "image 1"
+
+
 def test_write_text_into_a_read_only_folder_names_the_folder(tmp_path):
     with unwritable_folder(tmp_path / "locked") as locked:
         with pytest.raises(OSError) as caught:

@@ -26,6 +26,7 @@ before that with the tfdata pipeline record no ``preprocessing.resize`` and keep
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -121,14 +122,75 @@ def _existing_file(path) -> Path:
 
 
 def _readable(source):
-    """What Pillow opens: a path (checked: missing, a folder, empty), bytes, or a file."""
+    """What Pillow opens: a path (checked: missing, a folder, empty), bytes, a file, or a
+    photo already in memory (a Pillow image or a NumPy array, ``in_memory``)."""
     import io
 
     if isinstance(source, bytes | bytearray | memoryview):
         if len(source) == 0:
             raise ImageError("empty file (0 bytes)")
         return io.BytesIO(bytes(source))
-    return source if hasattr(source, "read") else _existing_file(source)
+    if isinstance(source, np.ndarray) or is_pillow_image(source):
+        return in_memory(source)
+    if hasattr(source, "read"):
+        return source
+    if isinstance(source, str | os.PathLike):
+        return _existing_file(source)
+    raise ImageError(f"not an image: a {type(source).__name__} (give a path, the file's "
+                     "bytes, a Pillow image or an array of 0-255 pixels)")
+
+
+def is_pillow_image(source) -> bool:
+    image_module = __import__("sys").modules.get("PIL.Image")
+    return image_module is not None and isinstance(source, image_module.Image)
+
+
+ARRAY_SHAPES = "H x W (grey), H x W x 1, H x W x 3 (RGB) or H x W x 4 (RGBA)"
+
+
+def in_memory(photo):
+    """A photo in memory (a Pillow image, or a NumPy array of pixels 0-255 shaped
+    ``ARRAY_SHAPES``, uint8, uint16 or floats) as a file the one reader opens: an uncompressed
+    TIFF in memory, lossless, any mode, EXIF kept (an upright phone photo stays upright, a
+    Pillow image opened without ``exif_transpose`` is turned as the file would be). Floats are
+    rounded; an array whose values all lie in 0-1 is refused (scaled pixels, whose 0.8 would
+    be read as almost black)."""
+    import io
+
+    from PIL import Image
+
+    if isinstance(photo, np.ndarray):
+        array = photo[..., 0] if photo.ndim == 3 and photo.shape[-1] == 1 else photo
+        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+            raise ImageError(f"an array of shape {photo.shape} is no photo; expected "
+                             f"{ARRAY_SHAPES}, pixels 0-255")
+        if array.dtype == np.uint16 and array.ndim == 2:
+            image = Image.fromarray(array, "I;16")
+        else:
+            if array.dtype.kind not in "uif" and array.dtype != np.bool_:
+                raise ImageError(f"an array of {array.dtype} is no photo; expected pixels "
+                                 "0-255 (uint8 or floats)")
+            values = array.astype("float64")
+            if not np.isfinite(values).all():
+                raise ImageError("the array holds NaN or infinite values")
+            low, high = float(values.min(initial=0)), float(values.max(initial=0))
+            if array.dtype.kind == "f" and 0 < high <= 1.0:
+                raise ImageError(f"the array's pixels lie in 0-{high:.3g}: pixels 0-255 are "
+                                 "expected (multiply by 255)")
+            if low < 0 or high > 255:
+                raise ImageError(f"the array's pixels lie in {low:.4g}-{high:.4g}: pixels "
+                                 "0-255 are expected")
+            image = Image.fromarray(np.rint(values).astype("uint8"))
+        exif = None
+    else:
+        image, exif = photo, photo.getexif()
+    buffer = io.BytesIO()
+    with _pillow_errors():
+        if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F"):
+            image = image.convert("RGBA" if "A" in image.mode else "RGB")
+        image.save(buffer, "TIFF", **({"exif": exif} if exif else {}))
+    buffer.seek(0)
+    return buffer
 
 
 def check_header(source) -> None:

@@ -81,13 +81,18 @@ def folder_images(folder: Path) -> list[Path]:
 
 
 def gather(paths: list[str | Path]) -> list[tuple[str, Path | None, str | None]]:
-    """(name to show, file, error) for every image PATHS name: files, folders, globs.
+    """(name to show, file, error) for every image PATHS name: files, folders, globs; an
+    image in memory (bytes, a Pillow image, an array: ``images.in_memory``) is itself, shown
+    as "image N" (its place among PATHS).
 
     A folder without images and a glob matching nothing get an error row; a named file is
     kept as it is (a missing or unusable one fails when it is opened, with the reason).
     """
     rows: list[tuple[str, Path | None, str | None]] = []
-    for raw in paths:
+    for number, raw in enumerate(paths, 1):
+        if not isinstance(raw, str | os.PathLike):  # bytes, a Pillow image, an array
+            rows.append((f"image {number}", raw, None))  # read (or refused) as it is opened
+            continue
         text = str(raw)
         path = Path(text)
         if path.is_dir():
@@ -170,12 +175,20 @@ class Classifier:
         return [[{"label": self.class_names[j], "probability": float(p[j])} for j in row]
                 for p, row in zip(probs, order, strict=True)]
 
+    def input_shape(self) -> tuple:
+        """The shape of one prepared input (``prepare``'s array): (size, size, channels)."""
+        return tuple(self.model.input_shape[1:])
+
     def classify(self, inputs, batch_size: int = BATCH_SIZE) -> np.ndarray:
-        """(N, classes) probabilities of image files, image bytes or prepared arrays.
+        """(N, classes) probabilities of images: files, their bytes, photos in memory (Pillow
+        images, NumPy arrays of pixels 0-255 of any size), or prepared inputs.
 
         Args:
-            inputs: a list of paths, bytes or arrays (one prepared input, or a batch of them
-                along the first axis); a single path or array is also accepted.
+            inputs: a list of paths, bytes, Pillow images or arrays; a single one is also
+                accepted. An array shaped as ``input_shape()`` (or a batch of them along a
+                first axis) is taken as prepared: what ``prepare`` returns, pixels 0-255 at
+                the model's size; any other array is a photo, read as a file would be
+                (``images.in_memory``).
             batch_size: inputs per model call.
 
         Returns:
@@ -184,22 +197,29 @@ class Classifier:
         Raises:
             TransferError: an input is not a usable image (the message names it).
         """
-        if isinstance(inputs, str | Path | bytes | np.ndarray):
+        if isinstance(inputs, str | Path | bytes | np.ndarray) or images.is_pillow_image(inputs):
             inputs = [inputs]
+        shape = self.input_shape()
         arrays = []
-        for item in inputs:
-            if isinstance(item, np.ndarray):
-                arrays.extend(item if item.ndim == 4 else [item])
+        for number, item in enumerate(inputs, 1):
+            shown = item if isinstance(item, str | Path) else f"image {number}"
+            if isinstance(item, np.ndarray) and item.shape[-len(shape):] == shape \
+                    and item.ndim in (len(shape), len(shape) + 1):
+                if item.dtype.kind == "f" and 0 < float(np.max(item, initial=0)) <= 1.0:
+                    raise TransferError(f"{shown}: the array's pixels lie in 0-1: pixels "
+                                        "0-255 are expected (multiply by 255)")
+                arrays.extend(item if item.ndim == len(shape) + 1 else [item])
                 continue
             try:
                 arrays.append(self.prepare(item)[0])
             except images.ImageError as exc:
-                shown = item if isinstance(item, str | Path) else "image"
                 raise TransferError(f"{shown}: {exc}") from None
         if not arrays:
             return np.zeros((0, len(self.class_names or ()) or 1000))
         return np.concatenate([self.probabilities(np.stack(arrays[i:i + batch_size]))
                                for i in range(0, len(arrays), batch_size)])
+
+    __call__ = classify  # classifier(["a.jpg"]) as classifier.classify(["a.jpg"])
 
 
 class BundleClassifier(Classifier):

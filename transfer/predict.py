@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transfer import images
 from transfer.errors import TransferError
 from transfer.files import refuse_existing, replacing
 from transfer.inference import (
@@ -111,7 +112,8 @@ def _num(value) -> str:
 
 def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter | None = None,
             classifier=None, **options) -> Predictions:
-    """Classify every image that ``settings.paths`` names (files, folders, globs).
+    """Classify every image that ``settings.paths`` names (files, folders, globs), or holds
+    (the bytes of a file, a Pillow image, an array of pixels 0-255: shown as "image N").
 
     Args:
         settings: a PredictSettings, or the paths themselves with the other settings as
@@ -130,7 +132,9 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
         TransferError: a bad setting (before anything loads), or a model that cannot be opened.
     """
     if not isinstance(settings, PredictSettings):
-        paths = [settings] if isinstance(settings, str | Path) else list(settings)
+        single = isinstance(settings, str | Path | bytes | np.ndarray) or \
+            images.is_pillow_image(settings)
+        paths = [settings] if single else list(settings)
         settings = PredictSettings(paths=paths, **options)
     elif options:
         settings = settings.replace(**options)
