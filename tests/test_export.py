@@ -213,6 +213,45 @@ def test_tflite_file_alone_names_its_two_classes(trained_bundle, held_out, tmp_p
                                atol=README_TOLERANCE["tflite"])
 
 
+def readme_device_snippet() -> str:
+    """README's "In Python, with the plain LiteRT interpreter" code block."""
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    start = text.index("```python", text.index("with\nthe plain LiteRT interpreter"))
+    return text[start + len("```python"):text.index("```", start + 3)]
+
+
+def test_readmes_device_snippet_gives_what_predict_gives(trained_bundle, held_out, tmp_path):
+    """README's code for running a .tflite in one's own program (LiteRT, Pillow, NumPy; no
+    transfer), run as it is on a phone photo stored sideways (EXIF orientation 6): the label
+    and probability `transfer predict` gives the same photo, the two-class output read right."""
+    import subprocess
+    import sys
+
+    from transfer.predict import predict
+
+    target = tmp_path / "cats-vs-dogs.tflite"
+    export.export(trained_bundle.bundle, format="tflite", output=target, check_images=held_out)
+    sideways = tmp_path / "photo.jpg"
+    called = predict(held_out, model=trained_bundle.bundle).items
+    dog = next(path for path, item in zip(held_out, called, strict=True)
+               if item.label == "dogs")  # the second class: the one output's own
+    with Image.open(dog) as upright:
+        exif = Image.Exif()
+        exif[0x0112] = 6  # "rotate 90 clockwise to view"
+        upright.rotate(90, expand=True).save(sideways, exif=exif, quality=95)
+    code = readme_device_snippet()
+    assert "cats-vs-dogs.tflite" in code and "photo.jpg" in code and "transfer" not in code
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    label, probability = done.stdout.split()
+    expected = predict([sideways], model=trained_bundle.bundle).items[0]
+    assert label == expected.label == "dogs"
+    assert abs(float(probability) - expected.probability) < README_TOLERANCE["tflite"]
+
+
 @pytest.fixture(scope="module")
 def flowers5(tmp_path_factory, mobilenet_weights):
     """A five-class bundle on genuine flower photos (tests/five_class.py)."""
