@@ -336,6 +336,47 @@ def test_bad_settings_fail_before_anything_starts(tmp_path):
 
 
 
+def test_a_broken_bundle_is_said_not_taken_for_a_missing_one(models_dir, unseen, tmp_path):
+    """A garbled meta.json or a cut-short model.keras: the request naming it is a 500 with the
+    reason (from predict and explain alike, not a 404 "no model named"), the console says it
+    once, the page lists neither the first nor defaults to it, and --model names the reason
+    at start-up. --model also takes the path other commands take, inside --models-dir."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("a-garbled", "b-cut", "c-good"):
+        shutil.copytree(models_dir / "cats-dogs", models / name)
+    (models / "a-garbled/meta.json").write_text("{garbled", encoding="utf-8")
+    with open(models / "b-cut/model.keras", "r+b") as model:
+        model.truncate(5000)
+    said: list[str] = []
+    app = serve.create_app(ServeSettings(models_dir=models))
+    app.state.store.warn = said.append
+    photo = files_field(unseen["cats"][0])
+    with TestClient(app) as c:
+        listed = c.get("/api/models").json()
+        assert "a-garbled" not in [m["name"] for m in listed["models"]]
+        assert listed["default"] == "b-cut"  # its meta.json is whole: found out when loaded
+        for name, reason in (("a-garbled", "meta.json is not valid JSON"),
+                             ("b-cut", "is not a Keras model archive")):
+            answer = c.post("/api/predict", files=photo, data={"model": name})
+            assert answer.status_code == 500 and reason in answer.json()["detail"]
+            assert answer.json()["detail"].startswith(f"model {name!r} cannot be used: ")
+            explained = c.post("/api/explain", files=[("file", unseen["cats"][0])],
+                               data={"model": name})
+            assert explained.status_code == 500 and reason in explained.json()["detail"]
+        assert c.post("/api/predict", files=photo, data={"model": "c-good"}).status_code == 200
+    assert len(said) == 2 and all("not a usable bundle" in line for line in said)
+    assert "a-garbled" in said[0] and "b-cut" in said[1]
+    with pytest.raises(TransferError, match=r"--model a-garbled: model 'a-garbled' cannot be "
+                                            r"used: .*not valid JSON"):
+        serve.create_app(ServeSettings(models_dir=models, model="a-garbled"))
+    by_path = serve.create_app(ServeSettings(models_dir=models, model=str(models / "c-good")))
+    assert by_path.state.settings.model == "c-good"
+    with pytest.raises(TransferError, match=r"not a bundle directly inside --models-dir .*: "
+                                            r"serve it with --models-dir .* --model cats-dogs"):
+        serve.create_app(ServeSettings(models_dir=models, model=str(models_dir / "cats-dogs")))
+
+
 def test_a_missing_models_folder_is_named_at_start_up(tmp_path, monkeypatch):
     """A mistyped --models-dir still serves the ImageNet classifiers, but says so at once;
     an empty folder that exists is no mistake and starts quietly, as before."""

@@ -1019,7 +1019,8 @@ def serve_cmd(
     models_dir: Annotated[Path, typer.Option(help="Folder of bundles to offer.")
                           ] = _V.models_dir,
     model: Annotated[str | None, typer.Option(
-        help="The page's default bundle (a name inside --models-dir).", show_default=False)
+        help="The page's default bundle: a name inside --models-dir, or its path "
+             "(models/NAME).", show_default=False)
     ] = _V.model,
     imagenet: Annotated[bool, typer.Option(
         "--imagenet", help="Make --base's ImageNet classifier the page's default model.")

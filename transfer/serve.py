@@ -75,6 +75,11 @@ class NotFound(Exception):
     """No model of that name inside the models folder (the answer is 404)."""
 
 
+class Broken(TransferError):
+    """A bundle of that name is there but cannot be used: its meta.json unreadable, its model
+    file damaged (the answer is 500, with the reason; the console says it once)."""
+
+
 @dataclass(frozen=True)
 class ImageNetEntry:
     name: str  # "imagenet:mobilenet-0.25"
@@ -97,6 +102,8 @@ class ModelStore:
         self._cache: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self.loads = 0  # models loaded so far (the LRU's misses)
+        self.warn = lambda text: None  # where a broken bundle is said, once (serve's console)
+        self._said: set = set()
 
     # ---- names
 
@@ -106,7 +113,9 @@ class ModelStore:
         Raises:
             NotFound: an empty name, a path (``/``, ``\\``), ``.`` or ``..``, a name whose real
                 location (symbolic links followed) is not inside the models folder, or a folder
-                that is not a bundle.
+                without a meta.json.
+            Broken: a folder whose meta.json is not a bundle's (unreadable, not JSON, lacking
+                a field, from a newer transfer).
         """
         if (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
                 or name.startswith(".") or Path(name).is_absolute()):
@@ -121,9 +130,21 @@ class ModelStore:
             raise NotFound(name)
         from transfer import bundle
 
-        if not bundle.is_bundle(real):
+        if not (real / bundle.META).exists():
             raise NotFound(name)
+        try:
+            bundle.read_meta(real)
+        except (TransferError, OSError) as exc:
+            self._say(name, exc)
+            raise Broken(f"model {name!r} cannot be used: {exc}") from None
         return candidate
+
+    def _say(self, name: str, problem) -> None:
+        """Say a broken bundle on the console once (the page just does not list it)."""
+        key = (name, str(problem))
+        if key not in self._said:
+            self._said.add(key)
+            self.warn(f"{self.root / name}: not a usable bundle ({problem})")
 
     def imagenet_entries(self) -> list[ImageNetEntry]:
         """ImageNet classifiers offered: every pretrained base whose classifier weights (with
@@ -173,7 +194,7 @@ class ModelStore:
             try:
                 path = self.bundle_path(folder.name)
                 meta = bundle.read_meta(path)
-            except (NotFound, TransferError, OSError):
+            except (NotFound, TransferError, OSError):  # a broken one is said (bundle_path)
                 continue
             found.append(describe_bundle(folder.name, path, meta))
         return found
@@ -187,7 +208,7 @@ class ModelStore:
         if s.imagenet:
             return self.imagenet_entries()[0].name
         latest = self.root / "latest"
-        with contextlib.suppress(NotFound):
+        with contextlib.suppress(NotFound, Broken):
             self.bundle_path("latest")
             return latest.resolve().name if latest.is_symlink() else "latest"
         listed = self.bundles()
@@ -226,7 +247,11 @@ class ModelStore:
             key = ("bundle", str(real), stamp)
 
             def load():
-                return inference.BundleClassifier(real)
+                try:
+                    return inference.BundleClassifier(real)
+                except TransferError as exc:  # a damaged model.keras, a meta.json that lies
+                    self._say(name, exc)
+                    raise Broken(f"model {name!r} cannot be used: {exc}") from None
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -658,6 +683,8 @@ def create_app(settings: ServeSettings):
         except NotFound:
             raise TransferError(f"--model {s.model}: no bundle of that name in {s.models_dir} "
                                 "(a folder holding meta.json and model.keras)") from None
+        except Broken as exc:
+            raise TransferError(f"--model {s.model}: {exc}") from None
     worker = Worker(store)
 
     @contextlib.asynccontextmanager
@@ -735,6 +762,8 @@ def create_app(settings: ServeSettings):
             return bad_model(model)
         except _Busy:
             return error(503, "the server is busy; try again in a moment")
+        except Broken as exc:
+            return error(500, str(exc))
         except TransferError as exc:
             return error(500, f"cannot use model {model or store.default_model()!r}: {exc}")
         answer["server_seconds"] = round(time.perf_counter() - started, 4)
@@ -771,6 +800,8 @@ def create_app(settings: ServeSettings):
         except images.ImageError as exc:
             return error(415, f"{upload.filename}: {exc}",
                          errors=[{"file": upload.filename, "error": str(exc)}])
+        except Broken as exc:  # the server's bundle, not the request, is at fault
+            return error(500, str(exc))
         except TransferError as exc:
             return error(422, str(exc))
         seconds = round(time.perf_counter() - started, 4)
@@ -789,6 +820,8 @@ def create_app(settings: ServeSettings):
             path = store.bundle_path(name)
         except NotFound:
             return bad_model(name)
+        except Broken as exc:
+            return error(500, str(exc))
         headers = {"Content-Security-Policy": REPORT_POLICY}
         page = path / "report.html"
         if page.is_file():
@@ -876,6 +909,7 @@ def _server(settings: ServeSettings, reporter: Reporter):
         reporter.warn(f"listening on all interfaces ({s.host}): anyone who can reach this "
                       "machine can use the models; use --host 127.0.0.1 to keep it local")
     store = app.state.store
+    store.warn = reporter.warn  # a broken bundle is said on the console, once
     if not s.models_dir.is_dir():  # still served: bundles trained into it later are listed
         reporter.warn(f"no folder {s.models_dir} (a typo in --models-dir?): no bundle to "
                       "serve, " + ("only ImageNet classifiers" if store.imagenet_entries() else

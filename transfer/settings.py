@@ -604,10 +604,18 @@ class ServeSettings(Settings):
         at_least("top", self.top, 1)
         at_least("cache_size", self.cache_size, 1)
         not_a_file("models_dir", self.models_dir)
-        if self.model is not None and (Path(self.model).is_absolute() or ".." in
-                                       Path(self.model).parts):
-            raise TransferError(f"--model {self.model}: name a bundle inside --models-dir")
-        return self.replace(models_dir=Path(self.models_dir))
+        model = self.model
+        if model and len(Path(model).parts) > 1:
+            # a path, as every other command takes it: fine when it leads into --models-dir
+            path, root = Path(model), Path(self.models_dir)
+            inside = (path.parent == root or os.path.realpath(path.parent)
+                      == os.path.realpath(root))
+            if not inside or path.name in ("", ".", ".."):
+                raise TransferError(
+                    f"--model {model} is not a bundle directly inside --models-dir {root}: "
+                    f"serve it with --models-dir {path.parent} --model {path.name}")
+            model = path.name
+        return self.replace(models_dir=Path(self.models_dir), model=model)
 
 
 @dataclass
