@@ -702,6 +702,13 @@ def create_app(settings: ServeSettings):
     app.state.worker = worker
     app.state.settings = s
 
+    # /docs fills "Try it out" with these examples (Swagger UI's own placeholders, "string"
+    # and 0, are values the API refuses)
+    MODEL_FIELD = Form(None, examples=[""], description=(  # noqa: N806
+        "a model of GET /api/models (default: the page's default)"))
+    INVERT_FIELD = Form(None, examples=["auto"], description=(  # noqa: N806
+        "digit models: auto, yes or no (dark digit on light paper)"))
+
     def error(status: int, detail: str, **extra) -> JSONResponse:
         return JSONResponse({"detail": detail, **extra}, status_code=status)
 
@@ -742,9 +749,10 @@ def create_app(settings: ServeSettings):
 
     @app.post("/api/predict", summary="Classify one or more images")
     async def predict_endpoint(files: list[UploadFile] = File(..., description="images"),
-                               model: str | None = Form(None),
-                               top: int | None = Form(None),
-                               invert: str | None = Form(None)):
+                               model: str | None = MODEL_FIELD,
+                               top: int | None = Form(None, examples=[s.top], description=(
+                                   f"classes per image (default {s.top})")),
+                               invert: str | None = INVERT_FIELD):
         started = time.perf_counter()
         if len(files) > MAX_FILES:
             return error(413, f"too many files ({len(files)}); at most {MAX_FILES} per request")
@@ -778,10 +786,12 @@ def create_app(settings: ServeSettings):
               response_class=Response,
               responses={200: {"content": {"image/png": {}}}})
     async def explain_endpoint(file: UploadFile = File(..., description="one image"),
-                               model: str | None = Form(None),
-                               class_name: str | None = Form(None),
-                               view: str = Form("pair"),
-                               invert: str | None = Form(None)):
+                               model: str | None = MODEL_FIELD,
+                               class_name: str | None = Form(None, examples=[""], description=(
+                                   "the class to explain (default: the predicted one)")),
+                               view: str = Form("pair", examples=["pair"], description=(
+                                   "pair (photo and overlay) or overlay")),
+                               invert: str | None = INVERT_FIELD):
         started = time.perf_counter()
         if view not in ("pair", "overlay"):
             return error(422, f"view must be pair or overlay, not {view!r}")
@@ -851,8 +861,33 @@ def create_app(settings: ServeSettings):
 
         app.mount(DOCS_ASSETS, StaticFiles(directory=swagger), name="docs-assets")
 
+    openapi = app.openapi
+
+    def openapi_with_file_pickers() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = files_as_binary(openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi_with_file_pickers
     app.add_middleware(BodyLimit, limit_mb=s.max_upload_mb)
     return app
+
+
+def files_as_binary(schema):
+    """FastAPI writes an upload as OpenAPI 3.1 has it (``contentMediaType``), which Swagger UI 5
+    shows as a file picker for one file but as text boxes for a list of files (so /docs sent
+    text, and got 422). ``format: binary`` beside it is what 3.0 tools read and 3.1 ignores
+    (FastAPI's pending fix does the same)."""
+    if isinstance(schema, dict):
+        if schema.get("type") == "string" and schema.get("contentMediaType") == \
+                "application/octet-stream":
+            schema.setdefault("format", "binary")
+        for value in schema.values():
+            files_as_binary(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            files_as_binary(value)
+    return schema
 
 
 # --------------------------------------------------------------------------- running
