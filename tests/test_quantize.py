@@ -146,6 +146,30 @@ def test_quantized_export_size_accuracy_and_names(mode, trained_bundle, validati
     assert sidecar["export"]["comparison"]["quantized"]["bytes"] == target.stat().st_size
 
 
+def test_the_float_and_a_quantized_export_live_side_by_side(trained_bundle, tmp_path):
+    """`transfer export` then `transfer export --quantize dynamic` with the default output:
+    model.tflite and model-dynamic.tflite (the second was refused as already existing), and
+    the table names the mode once."""
+    from typer.testing import CliRunner
+
+    from transfer.cli import app
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(trained_bundle.bundle, copy)
+    runner = CliRunner()
+    first = runner.invoke(app, ["export", "--model", str(copy)])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(app, ["export", "--model", str(copy), "--quantize", "dynamic"])
+    assert second.exit_code == 0, second.output
+    assert sorted(p.name for p in (copy / "export").iterdir()) == [
+        "model-dynamic.tflite", "model-dynamic.tflite.meta.json", "model.tflite",
+        "model.tflite.meta.json"]
+    assert export.tflite_metadata(copy / "export/model-dynamic.tflite")["export"][
+        "quantize"] == "dynamic"
+    assert "(dynamic)" in " ".join(second.output.split()) and "dynamic, dynamic" not in \
+        second.output
+
+
 def test_a_badly_calibrated_int8_export_is_refused(trained_bundle, tmp_path, monkeypatch):
     """Calibrated on pixels in 0-1 where the model takes 0-255: every activation range is
     wrong. The check must refuse it, and nothing is written."""

@@ -845,7 +845,8 @@ def export_cmd(
     format: Annotated[ExportFormat, typer.Option("--format", help="What to export as.")
                       ] = _O.format,
     output: Annotated[Path | None, typer.Option(
-        help="File (.keras, .tflite) or folder (SavedModel) \\[default: MODEL/export/].",
+        help="File (.keras, .tflite) or folder (SavedModel) \\[default: MODEL/export/model.*, "
+             "model-QUANTIZE.tflite].",
         show_default=False)] = _O.output,
     check_images: Annotated[list[Path] | None, typer.Option(
         metavar="<path>", help="Images (or folders, repeatable) to check the export on "
@@ -871,7 +872,7 @@ def export_cmd(
                   highlight=False)
     else:
         q, f = c["quantized"], c["float"]
-        variant = f", {q['variant']}" if q.get("variant") else ""
+        variant = f", {q['variant']}" if q.get("variant") not in (None, q["mode"]) else ""
         table = Table(title=f"{result.path} ({q['mode']}{variant}) on {c['images']} images "
                             f"from {c['source']}")
         for column in ("model", "accuracy", "size (bytes)"):

@@ -55,6 +55,14 @@ from transfer.settings import ExportSettings
 
 TOLERANCE = {"keras": 1e-6, "savedmodel": 1e-5, "tflite": 1e-3}
 DEFAULT_NAMES = {"keras": "model.keras", "savedmodel": "saved_model", "tflite": "model.tflite"}
+
+
+def default_name(fmt: str, quantize: str | None = None) -> str:
+    """The export's file name in ``MODEL/export/``: a quantized TFLite model is named after its
+    mode (``model-int8.tflite``), so that it and the float one live side by side."""
+    if fmt == "tflite" and quantize not in (None, "none"):
+        return f"model-{quantize}.tflite"
+    return DEFAULT_NAMES[fmt]
 TFLITE_METADATA = "transfer_meta"  # the flatbuffer metadata entry holding the meta JSON
 LABELS = "labels.txt"  # the associated file: class names, one a line, in output order
 
@@ -585,7 +593,8 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
     fmt, model = s.format, Path(s.model)
     classifier = BundleClassifier(model)
     keras_model, meta = classifier.model, classifier.meta
-    output = Path(s.output) if s.output is not None else model / "export" / DEFAULT_NAMES[fmt]
+    output = Path(s.output) if s.output is not None else model / "export" / default_name(
+        fmt, s.quantize)
     meta_path = (output / "assets.extra" / bundle.META if fmt == "savedmodel"
                  else output.with_name(output.name + ".meta.json"))
     sidecar = [] if fmt == "savedmodel" else [meta_path]  # a SavedModel holds its own meta
