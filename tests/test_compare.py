@@ -153,6 +153,31 @@ def test_a_folder_of_class_folders_is_split_once_for_every_run(tiny_split, tmp_p
     assert row["evaluated_accuracy"] == pytest.approx(row["val_accuracy"], abs=1e-9)
 
 
+def test_any_pretrained_base_without_alpha_and_missing_weights_said_first(
+        tiny_split, tmp_path, monkeypatch):
+    """--base inception alone (compare's MobileNet width 0.25 was checked against it: "--alpha
+    applies to mobilenet only"); its weights missing offline: one error before the scratch
+    run's minutes, with compare's own way around (it has no --weights)."""
+    from test_bases import offline
+
+    for base in ("inception", "vgg16"):
+        assert CompareSettings(data_dir=tmp_path, output=tmp_path / "o", base=base
+                               ).validated().alpha == 1.0
+    assert CompareSettings(data_dir=tmp_path, output=tmp_path / "o").validated().alpha == 0.25
+    with pytest.raises(TransferError, match="--alpha applies to mobilenet only"):
+        CompareSettings(data_dir=tmp_path, output=tmp_path / "o", base="inception",
+                        alpha=0.5).validated()
+    offline(monkeypatch)
+    out = tmp_path / "cmp"
+    settings = CompareSettings(data_dir=tiny_split, output=out, base="vgg16")
+    with pytest.raises(TransferError) as caught:
+        compare(settings, overrides=TINY)
+    message = str(caught.value)
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert "choose another --base" in message and "--weights" not in message
+    assert not out.exists() or not any(out.iterdir())  # nothing trained
+
+
 def test_the_section_renders_without_a_picture():
     data = {"data_dir": "d", "seed": 1, "runs": {"frozen": {
         "val_accuracy": 0.9, "val_loss": 0.2, "per_class_f1": {"a": 0.8, "b": 1.0},

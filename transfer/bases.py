@@ -142,9 +142,12 @@ def cached_weights(base: Base, alpha: float = 1.0, size: int | None = None,
     return path if path.is_file() else None
 
 
+WEIGHTS_HINT = "or use --weights PATH or --weights none"  # train's way around missing weights
+
+
 def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
           weights: str | None = "imagenet", include_top: bool = False,
-          offline_hint: str = "or use --weights PATH or --weights none"):
+          offline_hint: str = WEIGHTS_HINT):
     """The Keras model of ``base``: feature maps (no top) or the ImageNet classifier (top).
 
     ``weights``: "imagenet" (Keras's download and cache), None/"none" (random init) or a path to

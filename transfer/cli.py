@@ -976,7 +976,9 @@ def compare_cmd(
     ] = ",".join(_C.runs),
     base: Annotated[BaseName, typer.Option(help="The pretrained base of frozen and fine-tuned.")
                     ] = _C.base,
-    alpha: Annotated[float, typer.Option(help="MobileNet width.")] = _C.alpha,
+    alpha: Annotated[float | None, typer.Option(
+        help="MobileNet width \\[default: 0.25 for mobilenet].", show_default=False)
+    ] = _C.alpha,
     validation_split: Annotated[float, typer.Option(
         help="Fraction held out when --data-dir holds the class folders.")
     ] = _C.validation_split,

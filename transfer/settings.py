@@ -639,6 +639,9 @@ class ReportSettings(Settings):
 COMPARE_RUNS = ("scratch", "frozen", "fine-tuned")
 
 
+COMPARE_ALPHA = 0.25  # compare's MobileNet width when --alpha is not given (the tour's)
+
+
 @dataclass
 class CompareSettings(Settings):
     """`transfer compare`: the course's three runs on the same split, side by side."""
@@ -647,7 +650,7 @@ class CompareSettings(Settings):
     output: Path = Path("runs/compare")
     runs: list = field(default_factory=lambda: list(COMPARE_RUNS))
     base: str = "mobilenet"  # the pretrained base of the frozen and fine-tuned runs
-    alpha: float = 0.25
+    alpha: float | None = None  # MobileNet's width: COMPARE_ALPHA unless given; 1.0 for others
     validation_split: float = 0.2
     fine_tune: int = 60  # layers unfrozen in the fine-tuned run
     seed: int = 42
@@ -667,7 +670,9 @@ class CompareSettings(Settings):
         base = bases.get(self.base)
         if not base.pretrained:
             raise TransferError(f"--base must be a pretrained base, not {self.base}")
-        bases.check_alpha(base, self.alpha)
+        alpha = self.alpha if self.alpha is not None else (
+            COMPARE_ALPHA if base.has_alpha else 1.0)
+        alpha = bases.check_alpha(base, alpha)
         at_least("fine_tune", self.fine_tune, 1)
         not_a_file("data_dir", self.data_dir)
         not_a_file("output", self.output)
@@ -678,7 +683,8 @@ class CompareSettings(Settings):
         from transfer.report import REPORT_HTML, check_replaceable
 
         check_replaceable(Path(self.output) / REPORT_HTML, self.force)
-        return self.replace(runs=runs, data_dir=Path(self.data_dir), output=Path(self.output))
+        return self.replace(runs=runs, data_dir=Path(self.data_dir), output=Path(self.output),
+                            alpha=alpha)
 
 
 # --------------------------------------------------------------------------- mnist
