@@ -377,14 +377,31 @@ def test_a_broken_bundle_is_said_not_taken_for_a_missing_one(models_dir, unseen,
         serve.create_app(ServeSettings(models_dir=models, model=str(models_dir / "cats-dogs")))
 
 
+def test_an_imagenet_default_whose_weights_cannot_be_had_stops_at_start_up(tmp_path,
+                                                                           monkeypatch):
+    """serve --imagenet --alpha 0.5 offline (weights not cached): one error line at start-up
+    naming the file, instead of a server whose every answer is a 500."""
+    from test_bases import offline
+
+    offline(monkeypatch)
+    settings = ServeSettings(models_dir=tmp_path, imagenet=True, base="mobilenet", alpha=0.5,
+                             port=0)
+    with pytest.raises(TransferError, match=r"cannot serve imagenet:mobilenet-0.5: ImageNet "
+                                            r"weights .*mobilenet_5_0_224_tf.h5"):
+        with serve.serving(settings):
+            pass
+
+
 def test_a_missing_models_folder_is_named_at_start_up(tmp_path, monkeypatch):
     """A mistyped --models-dir still serves the ImageNet classifiers, but says so at once;
     an empty folder that exists is no mistake and starts quietly, as before."""
+    require_asset("keras/models/mobilenet_2_5_224_tf.h5")  # the default is loaded at start
     typo = tmp_path / "modles"
     recorder = Recorder()
-    with serve.serving(ServeSettings(models_dir=typo, imagenet=True, port=0), recorder) as url:
+    with serve.serving(ServeSettings(models_dir=typo, imagenet=True, alpha=0.25, port=0),
+                       recorder) as url:
         listed = httpx.get(url + "api/models", timeout=30).json()
-    assert listed["default"] == "imagenet:mobilenet-1" and listed["models"]
+    assert listed["default"] == "imagenet:mobilenet-0.25" and listed["models"]
     assert all(m["kind"] == "imagenet" for m in listed["models"])
     assert recorder.warnings == [f"no folder {typo} (a typo in --models-dir?): no bundle to "
                                  "serve, only ImageNet classifiers"]
@@ -393,7 +410,8 @@ def test_a_missing_models_folder_is_named_at_start_up(tmp_path, monkeypatch):
     empty = tmp_path / "models"
     empty.mkdir()
     quiet = Recorder()
-    with serve.serving(ServeSettings(models_dir=empty, imagenet=True, port=0), quiet):
+    with serve.serving(ServeSettings(models_dir=empty, imagenet=True, alpha=0.25, port=0),
+                       quiet):
         pass
     assert quiet.warnings == []
 

@@ -935,6 +935,13 @@ def _server(settings: ServeSettings, reporter: Reporter):
 
     s = settings.validated()
     app = create_app(s)
+    if s.imagenet or s.model:  # the default asked for: loaded now, so a failure is one line
+        store = app.state.store   # at start-up, not a 500 on every request (weights offline)
+        name = store.default_model()
+        try:
+            store.get(name)
+        except TransferError as exc:
+            raise TransferError(f"cannot serve {name}: {exc}") from None
     sock = _bind(s.host, s.port)
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
