@@ -385,6 +385,21 @@ def test_the_local_launcher_runs_two_workers_and_passes_on_a_failure(tmp_path):
         "type": "worker", "index": 1}
 
 
+def test_the_local_script_runs_the_workers_in_the_callers_folder(tmp_path):
+    """scripts/multiworker_local.sh from one's own project: `--data-dir mine` is that
+    project's mine/ (the script changed into the repository for good, so it was "no data
+    folder mine" there)."""
+    import subprocess
+
+    script = Path(__file__).parent.parent / "scripts" / "multiworker_local.sh"
+    (tmp_path / "mine").mkdir()
+    done = subprocess.run([str(script), "2", "--", "train", "--data-dir", "mine",
+                           "--distribute", "multi-worker"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("mine has no class subfolders") == 2, done.stderr  # both workers
+
+
 # --------------------------------------------------------------------------- memory
 
 
