@@ -164,3 +164,6 @@ def test_bases_lists_every_base_and_which_weights_are_cached(mobilenet_weights):
     assert "│ cached" in rows["mobilenet --alpha 0.25"]
     assert "not cached" in rows["inception"] and "not cached" in rows["mobilenet --alpha 1.0"]
     assert "21,802,784" in rows["inception"]  # InceptionV3 without its top (Keras counts)
+    # the preprocessing as README's table writes it, and the scratch bases told apart
+    assert "tf: x/127.5 - 1" in rows["inception"] and "caffe: BGR" in rows["vgg16"]
+    assert "4 conv blocks" in rows["scratch"] and "2 conv layers" in rows["scratch-seeds"]

@@ -24,6 +24,10 @@ MOBILENET_ALPHAS = (1.0, 0.75, 0.5, 0.25)
 #   none:  raw 0-255 (EfficientNet rescales inside the model)
 #   scale: x / 255                            (the CNN from scratch)
 PREPROCESS_MODES = ("tf", "caffe", "none", "scale")
+PREPROCESS_SHOWN = {"tf": "x/127.5 - 1", "caffe": "BGR, minus ImageNet means",  # `bases`
+                    "none": "inside the network", "scale": "x/255"}
+SCRATCH_SHOWN = {"scratch": "4 conv blocks, from scratch",
+                 "scratch-seeds": "2 conv layers, from scratch"}
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
 

@@ -323,18 +323,19 @@ def bases_cmd() -> None:
     from transfer import bases
 
     table = Table(title=f"Bases (Keras weight cache: {bases.keras_cache_dir()})")
-    for column in ("name", "Keras class", "input", "min", "preprocessing", "parameters",
+    for column in ("name", "Keras class", "input", "min", "preprocessing", "base parameters",
                    "ImageNet weights"):
-        table.add_column(column, justify="right" if column in ("input", "min", "parameters")
-                         else "left")
+        table.add_column(column, justify="right" if column in ("input", "min",
+                                                               "base parameters") else "left")
     for base in bases.BASES.values():
         alphas = bases.MOBILENET_ALPHAS if base.has_alpha else (1.0,)
         for alpha in alphas:
             name = f"{base.name} --alpha {alpha}" if base.has_alpha else base.name
             cached = ("-" if not base.pretrained
                       else "cached" if bases.cached_weights(base, alpha) else "not cached")
-            table.add_row(name, base.keras_class or "the small CNN trained from scratch",
-                          str(base.size), str(base.min_size), base.preprocess,
+            table.add_row(name, base.keras_class or bases.SCRATCH_SHOWN[base.name],
+                          str(base.size), str(base.min_size),
+                          f"{base.preprocess}: {bases.PREPROCESS_SHOWN[base.preprocess]}",
                           f"{bases.count_params(base, alpha):,}", cached)
     out.print(table)
 
