@@ -676,6 +676,11 @@ def test_heic_photos_are_said_by_fetch_data_and_train(flowers, tmp_path):
     assert warned.warnings[0] == ("left out: 1 .heic file (HEIC (an iPhone's photos)), which "
                                   "transfer cannot read; convert them to JPEG (e.g. export "
                                   "as JPEG from the photo app)")
+    from transfer.training import data_meta, plan
+
+    run = plan(TrainSettings(data_dir=folder, models_dir=tmp_path / "models").validated())
+    assert run.unread == [str(folder / "daisy/IMG_0001.HEIC")]  # left out, and kept in meta
+    assert data_meta(run)["unread_photos"] == run.unread
     (folder / "tulips").mkdir()
     (folder / "tulips/IMG_0002.heic").write_bytes(b"ftypheic")
     with pytest.raises(TransferError, match=r"class folder .*tulips has no images it can read: "

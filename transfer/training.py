@@ -109,6 +109,9 @@ class RunPlan:
     # the files left out before an in-memory split was cut (not images by their header): with
     # the split's seed and fraction they make the same split again (meta data.split_excluded)
     split_excluded: list = field(default_factory=list)
+    # photos in a format the reader does not take (HEIC, camera raw) in the class folders:
+    # left out, said, and listed in meta.json data.unread_photos
+    unread: list = field(default_factory=list)
 
     @property
     def binary(self) -> bool:
@@ -212,12 +215,15 @@ def plan(settings: TrainSettings) -> RunPlan:
     target = Path(hp.output) if hp.output else Path(hp.models_dir) / bundle.default_name(hp.base)
     train_root = root if split == "in-memory" else Path(hp.train_dir)
     val_root = root if split == "in-memory" else Path(hp.validate_dir)
+    folders = [root] if split == "in-memory" else [Path(hp.train_dir), Path(hp.validate_dir)]
     run = RunPlan(hp, base, alpha, size, names, train_set, val_set,
                   pipelines.rows(train_set, train_root), pipelines.rows(val_set, val_root),
                   target, use_cache, augmented_copies(hp, flips), flips=flips,
                   split=split, root=root, skipped=skipped,
                   split_excluded=[item["file"] for item in skipped.as_list()]
-                  if split == "in-memory" else [])
+                  if split == "in-memory" else [],
+                  unread=[str(folder / name / rel) for folder in folders for name in names
+                          for rel in pipelines.unread_photos(folder / name)])
     pipelines.check_enough(run)
     return run
 
@@ -465,16 +471,13 @@ def report_data(run: RunPlan, reporter: Reporter) -> None:
         per_class += f" and {len(run.names) - len(shown)} more classes (meta.json data.counts)"
     reporter.info(f"data: {how}; {sum(counts['train'].values())} train + "
                   f"{sum(counts['validate'].values())} validate images ({per_class})")
-    folders = ([Path(run.root)] if run.split == "in-memory" else
-               [Path(run.settings.train_dir), Path(run.settings.validate_dir)])
     beside = _beside_the_splits(run)
     if beside:
         reporter.warn(f"left out: {', '.join(beside)} beside the split folders in "
                       f"{run.settings.data_dir}; only {Path(run.settings.train_dir).name}/ "
                       + (f"and {Path(run.settings.validate_dir).name}/ " if
                          run.settings.validate_dir else "") + "are read")
-    unread = pipelines.unread_summary([rel for folder in folders for name in run.names
-                                       for rel in pipelines.unread_photos(folder / name)])
+    unread = pipelines.unread_summary(run.unread)
     if unread:
         reporter.warn(f"left out: {unread}, which transfer cannot read; "
                       f"{pipelines.UNREAD_HINT}")
@@ -533,6 +536,8 @@ def data_meta(run: RunPlan) -> dict:
     data.update(train_images=sum(counts["train"].values()),
                 validate_images=sum(counts["validate"].values()),
                 counts=counts, skipped_images=len(run.skipped))
+    if run.unread:  # HEIC, camera raw: not images training could read, left out (said)
+        data["unread_photos"] = list(run.unread)
     return data
 
 
