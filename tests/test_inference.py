@@ -130,3 +130,6 @@ def test_photos_in_formats_transfer_cannot_read_are_said_not_dropped(tmp_path):
     only_heic.mkdir()
     (only_heic / "x.heic").write_bytes(b"x")
     assert [error for _, _, error in inference.gather([only_heic])][0].startswith("HEIC")
+    # named, or globbed: the same words (it was Pillow's "not an image")
+    named = inference.gather([folder / "IMG_0001.HEIC", str(folder / "*.nef")])
+    assert [error for _, _, error in named] == [errors["IMG_0001.HEIC"], errors["DSC_2.nef"]]

@@ -100,16 +100,22 @@ def gather(paths: list[str | Path]) -> list[tuple[str, Path | None, str | None]]
             if not found and not unread:
                 rows.append((text, None, "folder has no images"))
             rows.extend((str(p), p, None) for p in found)
-            rows.extend((str(p), None, f"{unread_photo(p.name)} is not a format transfer "
-                                       f"reads; {UNREAD_HINT}") for p in unread)
+            rows.extend((str(p), None, _unread_reason(p)) for p in unread)
         elif path.exists() or not glob.has_magic(text):
-            rows.append((text, path, None))
+            rows.append((text, path, _unread_reason(path) if path.is_file() else None))
         else:
             files = _matches(text)
             if not files:
                 rows.append((text, None, "no file matches this pattern"))
-            rows.extend((str(m), m, None) for m in files)
+            rows.extend((str(m), m, _unread_reason(m)) for m in files)
     return rows
+
+
+def _unread_reason(path: Path) -> str | None:
+    """Why a photo in a format the reader does not take (HEIC, camera raw) gets no answer, the
+    same words for a file named, globbed or found in a folder; None for other files."""
+    kind = unread_photo(path.name)
+    return f"{kind} is not a format transfer reads; {UNREAD_HINT}" if kind else None
 
 
 def _matches(pattern: str) -> list[Path]:
