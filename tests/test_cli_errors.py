@@ -174,6 +174,7 @@ CASES = [
     ("serve --max-upload-mb 0", 1, "--max-upload-mb must be a positive number"),
     ("serve --models-dir {file}", 1, "is a file, not a folder"),
     ("report {tmp}/no-such-bundle", 1, "no such bundle or evaluation folder"),
+    ("report {file}", 1, "is a file, not a bundle or evaluation folder"),
     ("report {bundle} --output {ro}/r.html", 1, "cannot write in /sys"),
     # the top level
     ("frobnicate", 2, "No such command"),

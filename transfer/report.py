@@ -335,7 +335,9 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise TransferError(f"{folder}: no such bundle or evaluation folder")
+        from transfer.settings import not_a_report_folder
+
+        raise TransferError(not_a_report_folder(folder))
     if (folder / "compare.json").is_file() and not (folder / "meta.json").is_file():
         from transfer import compare
 

@@ -618,6 +618,14 @@ class ServeSettings(Settings):
         return self.replace(models_dir=Path(self.models_dir), model=model)
 
 
+def not_a_report_folder(folder) -> str:
+    """Why ``folder`` (not a folder) has no report to make: missing, or a file given."""
+    if Path(folder).is_file():
+        return (f"{folder} is a file, not a bundle or evaluation folder (report takes the "
+                "folder that train, mnist, evaluate or compare wrote)")
+    return f"{folder}: no such bundle or evaluation folder"
+
+
 @dataclass
 class ReportSettings(Settings):
     """`transfer report`: rebuild the one-file HTML report of a bundle or an evaluation."""
@@ -628,7 +636,7 @@ class ReportSettings(Settings):
 
     def validated(self) -> ReportSettings:
         if not Path(self.folder).is_dir():
-            raise TransferError(f"{self.folder}: no such bundle or evaluation folder")
+            raise TransferError(not_a_report_folder(self.folder))
         if self.output is not None:
             writable("output", self.output, file=True)
         return self.replace(folder=Path(self.folder))
