@@ -170,6 +170,23 @@ def test_the_float_and_a_quantized_export_live_side_by_side(trained_bundle, tmp_
         second.output
 
 
+def test_a_digit_bundle_exports_checked_on_its_own_digits(mnist_quick, tmp_path):
+    """A `transfer mnist` bundle has no image folders: export checks it on the test digits
+    of the data it trained on (its meta.json's source, read again) and calibrates int8 on its
+    training digits, instead of "the validation folder is missing"."""
+    result, _ = mnist_quick
+    plain = export.export(result.bundle, format="tflite", output=tmp_path / "digits.tflite")
+    assert plain.passed and plain.n_images == 8
+    assert plain.check_source.startswith("the test images of ")
+    int8 = export.export(result.bundle, format="tflite", quantize="int8",
+                         output=tmp_path / "digits-int8.tflite")
+    c = int8.comparison
+    assert int8.passed and c["labelled"] is True and c["images"] == export.COMPARE_IMAGES
+    assert c["source"].startswith("the test images of ") and c["calibration_images"] == 300
+    assert c["float"]["accuracy"] > 0.9  # one epoch on 6000 digits: the digits are read right
+    assert abs(c["quantized"]["accuracy"] - c["float"]["accuracy"]) <= 0.01
+
+
 def test_a_badly_calibrated_int8_export_is_refused(trained_bundle, tmp_path, monkeypatch):
     """Calibrated on pixels in 0-1 where the model takes 0-255: every activation range is
     wrong. The check must refuse it, and nothing is written."""

@@ -110,6 +110,9 @@ def check_inputs(classifier: BundleClassifier, paths: list[Path] | None, n: int 
         paths = _spread(_per_class(labelled, len(classifier.class_names)), n)
     files = []
     for path in paths:
+        if not isinstance(path, str | os.PathLike):  # a digit bundle's test image (an array)
+            files.append(path)
+            continue
         files += folder_images(path)[:n] if Path(path).is_dir() else [Path(path)]
     if not files:
         raise TransferError("no images to check the export with")
@@ -327,12 +330,37 @@ def _per_class(labelled: list[tuple[Path, int]], n_classes: int) -> list[list[Pa
 
 def _validation(classifier: BundleClassifier) -> tuple[list[tuple[Path, int]], str]:
     """(image, class index) of the bundle's validation images (its validation folder, or its
-    validation split made in memory again), and where they are; empty when it has none."""
+    validation split made in memory again, or a digit bundle's test set), and where they
+    are; empty when it has none."""
     data = classifier.meta.get("data") or {}
+    digits = _digit_images(classifier, "test")
+    if digits is not None:
+        return digits
     labelled = bundle_images(classifier.meta, "validate") or []
     if data.get("split") == "in-memory":
         return labelled, f"the validation split of {bundle.data_folder(classifier.meta, 'root')}"
     return labelled, str(bundle.validate_dir(classifier.meta))
+
+
+def _digit_images(classifier: BundleClassifier, split: str
+                  ) -> tuple[list[tuple[np.ndarray, int]], str] | None:
+    """(digit image, class index) of the ``split`` ("train" or "test") of the data a digit
+    bundle (``transfer mnist``) was trained on, read again from its source (an npz or IDX
+    folder, or Keras's download), as arrays for the one reader; None for other bundles or
+    when the source cannot be read."""
+    from transfer import mnist
+
+    meta = classifier.meta
+    source = (meta.get("data") or {}).get("source")
+    if meta.get("channels", 3) != 1 or not source:
+        return None
+    path = None if str(source).startswith("keras.datasets.") else Path(source)
+    try:
+        (x_train, y_train), (x_test, y_test) = mnist.load(meta.get("dataset", "mnist"), path)
+    except TransferError:
+        return None
+    x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
+    return [(x[i], int(y[i])) for i in range(len(x))], f"the {split} images of {source}"
 
 
 def _spread(per_class: list[list[Path]], n: int) -> list[Path]:
@@ -362,9 +390,10 @@ def calibration_images(classifier: BundleClassifier, n: int = CALIBRATION_IMAGES
         TransferError: the training folder is missing or has no readable image.
     """
     data = classifier.meta.get("data") or {}
-    labelled = bundle_images(classifier.meta, "train")
-    train = bundle.data_folder(classifier.meta, "root" if data.get("split") == "in-memory"
-                               else "train_dir")
+    digits = _digit_images(classifier, "train")
+    labelled = digits[0] if digits else bundle_images(classifier.meta, "train")
+    train = digits[1] if digits else bundle.data_folder(
+        classifier.meta, "root" if data.get("split") == "in-memory" else "train_dir")
     if not labelled:
         raise TransferError("int8 quantization calibrates on the bundle's training images, but "
                             f"its training folder {train or '(not named in meta.json)'} is "
@@ -384,10 +413,11 @@ def comparison_images(classifier: BundleClassifier, fallback: np.ndarray, fallba
     classes), else the check images, unlabelled."""
     labelled, source = _validation(classifier)
     if labelled:
-        files = _spread(_per_class(labelled, len(classifier.class_names)), n)
-        index = dict(labelled)
-        pairs = [(a, index[p]) for p, a in zip(files, _prepare_all(classifier, files),
-                                               strict=True) if a is not None]
+        chosen = _spread([[(item, label) for item, label in labelled if label == k]
+                          for k in range(len(classifier.class_names))], n)
+        prepared = _prepare_all(classifier, [item for item, _ in chosen])
+        pairs = [(a, label) for (_, label), a in zip(chosen, prepared, strict=True)
+                 if a is not None]
         if pairs:
             return (np.stack([a for a, _ in pairs]).astype("float32"),
                     np.asarray([label for _, label in pairs]), source)
