@@ -320,6 +320,12 @@ def test_the_sigterm_handler_is_the_commands_own():
         assert signal.getsignal(signal.SIGINT) != before_int
     assert signal.getsignal(signal.SIGTERM) == before
     assert signal.getsignal(signal.SIGINT) == before_int
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # `trap '' INT`, a background job: kept
+    try:
+        with cli._terminate_as_interrupt("train"):
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before_int)
     with cli._terminate_as_interrupt("serve"):
         assert signal.getsignal(signal.SIGTERM) == before
     assert runner.invoke(app, ["bases"]).exit_code == 0

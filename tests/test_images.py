@@ -319,3 +319,30 @@ def test_a_very_large_photo_in_the_cli_decodes_without_pillows_raw_warning(tmp_p
         quiet.configure(verbose=False)  # what the CLI does first
         assert images.picture(path, 32).shape == (32, 32, 3)
     assert [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)] == []
+
+
+def test_photos_in_memory_of_every_kind_read_as_their_files(tmp_path):
+    """A transparent palette image opened with Pillow is composited onto white as its file is
+    (TIFF would drop its transparency); 16-bit grey arrays are 0-65535; booleans and a Pillow
+    image whose file was closed are one ImageError, not a black picture or an AssertionError."""
+    import io
+
+    palette = Image.new("P", (16, 16), 0)
+    palette.putpalette([0, 0, 0] + [255, 0, 0] * 255)
+    buffer = io.BytesIO()
+    palette.save(buffer, "PNG", transparency=0)
+    data = buffer.getvalue()
+    from_file = np.asarray(images.to_rgb(images.open_image(data)))
+    opened = np.asarray(images.to_rgb(images.open_image(Image.open(io.BytesIO(data)))))
+    assert (from_file == 255).all() and (opened == from_file).all()
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype("uint16")  # 0-65520
+    grey = np.asarray(images.open_image(ramp).convert("L"))
+    assert grey.max() == round(65520 / 257) and grey.min() == 0
+    with pytest.raises(images.ImageError, match="an array of bool is no photo"):
+        images.open_image(np.ones((20, 20), bool))
+    path = tmp_path / "a.png"
+    Image.new("RGB", (20, 20), "red").save(path)
+    with Image.open(path) as closed:
+        pass
+    with pytest.raises(images.ImageError, match="cannot be read .*closed before use"):
+        images.open_image(closed)

@@ -133,3 +133,4 @@ def test_photos_in_formats_transfer_cannot_read_are_said_not_dropped(tmp_path):
     # named, or globbed: the same words (it was Pillow's "not an image")
     named = inference.gather([folder / "IMG_0001.HEIC", str(folder / "*.nef")])
     assert [error for _, _, error in named] == [errors["IMG_0001.HEIC"], errors["DSC_2.nef"]]
+    assert [file for _, file, _ in named] == [None, None]  # error rows, never opened

@@ -173,7 +173,8 @@ def _sides(train, validate, root: Path) -> dict[str, str]:
 def test_in_memory_split_barely_moves_when_photos_are_added(flowers, tmp_path):
     """A photo added to each class moves at most one of the others across the cut (a seeded
     shuffle of the sorted list would deal them all again); a photo moved into a subfolder
-    stays on its side; the files of each class end up on the side fetch-data puts them."""
+    stays on its side (fetch-data's split of the same folder is the same photo by photo:
+    test_fetch_folders.py::test_sub_folders_of_a_class_folder_belong_to_it_as_in_train)."""
     folder = tmp_path / "photos"
     for cls in FLOWERS:
         shutil.copytree(flowers / cls, folder / cls)

@@ -346,6 +346,8 @@ def test_a_broken_bundle_is_said_not_taken_for_a_missing_one(models_dir, unseen,
     for name in ("a-garbled", "b-cut", "c-good"):
         shutil.copytree(models_dir / "cats-dogs", models / name)
     (models / "a-garbled/meta.json").write_text("{garbled", encoding="utf-8")
+    shutil.copytree(models_dir / "cats-dogs", models / "d-null")
+    (models / "d-null/meta.json").write_text("null", encoding="utf-8")  # JSON, no object
     with open(models / "b-cut/model.keras", "r+b") as model:
         model.truncate(5000)
     said: list[str] = []
@@ -354,7 +356,7 @@ def test_a_broken_bundle_is_said_not_taken_for_a_missing_one(models_dir, unseen,
     photo = files_field(unseen["cats"][0])
     with TestClient(app) as c:
         listed = c.get("/api/models").json()
-        assert "a-garbled" not in [m["name"] for m in listed["models"]]
+        assert not {"a-garbled", "d-null"} & {m["name"] for m in listed["models"]}
         assert listed["default"] == "b-cut"  # its meta.json is whole: found out when loaded
         for name, reason in (("a-garbled", "meta.json is not valid JSON"),
                              ("b-cut", "is not a Keras model archive")):
@@ -365,8 +367,8 @@ def test_a_broken_bundle_is_said_not_taken_for_a_missing_one(models_dir, unseen,
                                data={"model": name})
             assert explained.status_code == 500 and reason in explained.json()["detail"]
         assert c.post("/api/predict", files=photo, data={"model": "c-good"}).status_code == 200
-    assert len(said) == 2 and all("not a usable bundle" in line for line in said)
-    assert "a-garbled" in said[0] and "b-cut" in said[1]
+    assert len(said) == 3 and all("not a usable bundle" in line for line in said)
+    assert "a-garbled" in said[0] and "d-null" in said[1] and "b-cut" in said[2]
     with pytest.raises(TransferError, match=r"--model a-garbled: model 'a-garbled' cannot be "
                                             r"used: .*not valid JSON"):
         serve.create_app(ServeSettings(models_dir=models, model="a-garbled"))

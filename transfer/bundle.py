@@ -229,6 +229,9 @@ def read_meta(bundle: Path) -> dict:
         raise TransferError(f"{bundle} has no {META}: not a transfer model bundle") from None
     except ValueError as exc:
         raise TransferError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise TransferError(f"{path} holds a JSON {type(meta).__name__}, not a bundle's "
+                            "meta (an object)")
     for key in ("schema_version", "class_names", "image_size", "preprocessing"):
         if key not in meta:
             raise TransferError(f"{path} lacks {key!r}: not a transfer model bundle")

@@ -156,7 +156,8 @@ def _terminate_as_interrupt(command: str):
 
     on_signal.transfer_cli = True  # training.join_cluster puts the default back
     errors.clear_interrupted()
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+                if signal.getsignal(sig) is not signal.SIG_IGN}  # `nohup`, `trap '' INT`: kept
     try:
         yield
     finally:  # the record stays for run's except clauses, which clear it
@@ -176,7 +177,10 @@ def command(name: str, examples: list[str]):
         def run(*a, **kw):
             try:
                 with _terminate_as_interrupt(name):
-                    return fn(*a, **kw)
+                    value = fn(*a, **kw)
+                if errors.interrupted():  # raised, then swallowed by native code
+                    _interrupted_exit(errors.interrupted())
+                return value
             except typer.Exit:
                 raise
             except KeyboardInterrupt as exc:

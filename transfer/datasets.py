@@ -594,15 +594,18 @@ def stable_order(names: list[str], seed: int, cls: str) -> list[str]:
 
     Unlike a seeded shuffle of the sorted list, this order does not move when photos are added
     or removed: each existing photo keeps its place relative to the others, so each photo
-    added to a class folder moves at most one of the others across the cut, and the split of
-    the other photos (and a bundle's "never seen in training" validation images) stays.
+    added to a class folder moves at most one of the others across a cut (train's in-memory
+    split has one cut; fetch-data with a test fraction two), and the split of the other
+    photos (and a bundle's "never seen in training" validation images) stays.
     The file name alone (Unicode NFC) is hashed, so moving a photo into a subfolder, or the
     folder into an archive, leaves it on its side. TensorFlow's retrain.py split by a hash of
     the file name for the same reason."""
+    cls = unicodedata.normalize("NFC", cls)  # a zip's class names are NFC, macOS's NFD
+
     def key(name: str) -> tuple[str, str]:
-        own = unicodedata.normalize("NFC", name.replace("\\", "/").rsplit("/", 1)[-1])
-        digest = hashlib.sha256(f"{seed}:{cls}:{own}".encode()).hexdigest()
-        return digest, name
+        posix = unicodedata.normalize("NFC", name.replace("\\", "/"))
+        digest = hashlib.sha256(f"{seed}:{cls}:{posix.rsplit('/', 1)[-1]}".encode()).hexdigest()
+        return digest, posix  # ties (IMG_0001.JPG in two subfolders): by the POSIX path
 
     return sorted(names, key=key)
 

@@ -149,12 +149,13 @@ ARRAY_SHAPES = "H x W (grey), H x W x 1, H x W x 3 (RGB) or H x W x 4 (RGBA)"
 
 
 def in_memory(photo):
-    """A photo in memory (a Pillow image, or a NumPy array of pixels 0-255 shaped
-    ``ARRAY_SHAPES``, uint8, uint16 or floats) as a file the one reader opens: an uncompressed
-    TIFF in memory, lossless, any mode, EXIF kept (an upright phone photo stays upright, a
-    Pillow image opened without ``exif_transpose`` is turned as the file would be). Floats are
-    rounded; an array whose values all lie in 0-1 is refused (scaled pixels, whose 0.8 would
-    be read as almost black)."""
+    """A photo in memory (a Pillow image, or a NumPy array shaped ``ARRAY_SHAPES``: uint8 or
+    floats of pixels 0-255, or uint16 of 16-bit pixels 0-65535) as a file the one reader
+    opens: an uncompressed TIFF in memory, lossless, EXIF kept (an upright phone photo stays
+    upright, a Pillow image opened without ``exif_transpose`` is turned as the file would
+    be); a palette with a transparent colour becomes RGBA first (TIFF would drop it). Floats
+    are rounded; an array whose values all lie in 0-1 is refused (scaled pixels, whose 0.8
+    would be read as almost black), as are booleans."""
     import io
 
     from PIL import Image
@@ -164,31 +165,41 @@ def in_memory(photo):
         if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
             raise ImageError(f"an array of shape {photo.shape} is no photo; expected "
                              f"{ARRAY_SHAPES}, pixels 0-255")
-        if array.dtype == np.uint16 and array.ndim == 2:
-            image = Image.fromarray(array, "I;16")
-        else:
-            if array.dtype.kind not in "uif" and array.dtype != np.bool_:
-                raise ImageError(f"an array of {array.dtype} is no photo; expected pixels "
-                                 "0-255 (uint8 or floats)")
-            values = array.astype("float64")
-            if not np.isfinite(values).all():
-                raise ImageError("the array holds NaN or infinite values")
-            low, high = float(values.min(initial=0)), float(values.max(initial=0))
-            if array.dtype.kind == "f" and 0 < high <= 1.0:
-                raise ImageError(f"the array's pixels lie in 0-{high:.3g}: pixels 0-255 are "
-                                 "expected (multiply by 255)")
-            if low < 0 or high > 255:
-                raise ImageError(f"the array's pixels lie in {low:.4g}-{high:.4g}: pixels "
-                                 "0-255 are expected")
-            image = Image.fromarray(np.rint(values).astype("uint8"))
-        exif = None
+        if array.dtype.kind not in "uif":
+            raise ImageError(f"an array of {array.dtype} is no photo; expected pixels "
+                             "0-255 (uint8 or floats)")
+        values = array.astype("float64")
+        if array.dtype == np.uint16:  # 16-bit pixels, as a 16-bit PNG holds them
+            values = values / 257.0
+        if not np.isfinite(values).all():
+            raise ImageError("the array holds NaN or infinite values")
+        low, high = float(values.min(initial=0)), float(values.max(initial=0))
+        if array.dtype.kind == "f" and 0 < high <= 1.0:
+            raise ImageError(f"the array's pixels lie in 0-{high:.3g}: pixels 0-255 are "
+                             "expected (multiply by 255)")
+        if low < 0 or high > 255:
+            raise ImageError(f"the array's pixels lie in {low:.4g}-{high:.4g}: pixels "
+                             "0-255 are expected")
+        image, exif = Image.fromarray(np.rint(values).astype("uint8")), None
     else:
-        image, exif = photo, photo.getexif()
+        image = photo
     buffer = io.BytesIO()
-    with _pillow_errors():
-        if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F"):
-            image = image.convert("RGBA" if "A" in image.mode else "RGB")
-        image.save(buffer, "TIFF", **({"exif": exif} if exif else {}))
+    try:
+        if not isinstance(photo, np.ndarray):
+            exif = image.getexif()
+            if image.mode in ("P", "PA") and ("transparency" in image.info
+                                              or image.mode == "PA"):
+                image = image.convert("RGBA")
+        with _pillow_errors():
+            if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I",
+                                  "F"):
+                image = image.convert("RGBA" if "A" in image.mode else "RGB")
+            image.save(buffer, "TIFF", **({"exif": exif} if exif else {}))
+    except ImageError:
+        raise
+    except Exception as exc:  # a Pillow image whose file was closed: AssertionError, ...
+        raise ImageError(f"the Pillow image cannot be read ({type(exc).__name__}: {exc}; "
+                         "closed before use?)") from None
     buffer.seek(0)
     return buffer
 

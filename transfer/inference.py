@@ -102,12 +102,14 @@ def gather(paths: list[str | Path]) -> list[tuple[str, Path | None, str | None]]
             rows.extend((str(p), p, None) for p in found)
             rows.extend((str(p), None, _unread_reason(p)) for p in unread)
         elif path.exists() or not glob.has_magic(text):
-            rows.append((text, path, _unread_reason(path) if path.is_file() else None))
+            reason = _unread_reason(path) if path.is_file() else None
+            rows.append((text, None if reason else path, reason))
         else:
             files = _matches(text)
             if not files:
                 rows.append((text, None, "no file matches this pattern"))
-            rows.extend((str(m), m, _unread_reason(m)) for m in files)
+            rows.extend((str(m), None if _unread_reason(m) else m, _unread_reason(m))
+                        for m in files)
     return rows
 
 
@@ -203,7 +205,8 @@ class Classifier:
         Raises:
             TransferError: an input is not a usable image (the message names it).
         """
-        if isinstance(inputs, str | Path | bytes | np.ndarray) or images.is_pillow_image(inputs):
+        if isinstance(inputs, str | Path | bytes | bytearray | memoryview | np.ndarray) or \
+                images.is_pillow_image(inputs):
             inputs = [inputs]
         shape = self.input_shape()
         arrays = []

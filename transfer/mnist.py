@@ -325,7 +325,8 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
         confusion_matrix=confusion.tolist(),
         timings={"seconds_per_epoch": [round(s, 2) for s in epoch_seconds],
                  "total_seconds": round(time.perf_counter() - started, 2)},
-        data={"source": str(p.data) if p.data else f"keras.datasets.{KERAS_NAMES[p.dataset]}",
+        data={"source": str(Path(p.data).resolve()) if p.data
+              else f"keras.datasets.{KERAS_NAMES[p.dataset]}",
               "test_images": len(x_test)},
     )
 

@@ -142,9 +142,11 @@ class ModelStore:
     def _say(self, name: str, problem) -> None:
         """Say a broken bundle on the console once (the page just does not list it)."""
         key = (name, str(problem))
-        if key not in self._said:
+        with self._lock:  # listing threads, the model thread: said once
+            if key in self._said:
+                return
             self._said.add(key)
-            self.warn(f"{self.root / name}: not a usable bundle ({problem})")
+        self.warn(f"{self.root / name}: not a usable bundle ({problem})")
 
     def imagenet_entries(self) -> list[ImageNetEntry]:
         """ImageNet classifiers offered: every pretrained base whose classifier weights (with
