@@ -82,6 +82,13 @@ def writing(target: Path, force: bool):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def say_where_it_landed(target: Path, landed: Path, reporter) -> None:
+    """Warn when ``write`` put the bundle beside ``target`` (which appeared during the run)."""
+    if Path(landed) != Path(target):
+        reporter.warn(f"{target} appeared during this run (another run?) and is kept; this "
+                      f"model is {landed}")
+
+
 def _land(folder: Path, target: Path) -> Path:
     """Rename ``folder`` to ``target``, or to the first free ``target-N`` when another
     process put something there first."""

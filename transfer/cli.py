@@ -185,24 +185,18 @@ def command(name: str, examples: list[str]):
                 raise
             except KeyboardInterrupt as exc:
                 _interrupted_exit(type(exc))
-            except TransferError as exc:
-                if errors.interrupted():  # a Ctrl-C a library turned into an error of its own
-                    _interrupted_exit(errors.interrupted())
+            except Exception as exc:
+                if errors.interrupted():  # a Ctrl-C a library turned into an error of its
+                    _interrupted_exit(errors.interrupted())  # own (pybind11: a TypeError)
+                if not isinstance(exc, TransferError | OSError):
+                    raise
                 if _state["verbose"]:
                     err.print_exception()
-                _error_line(str(exc))
-                raise typer.Exit(getattr(exc, "exit_code", 1)) from None
-            except OSError as exc:
-                if errors.interrupted():
-                    _interrupted_exit(errors.interrupted())
-                if _state["verbose"]:
-                    err.print_exception()
+                if isinstance(exc, TransferError):
+                    _error_line(str(exc))
+                    raise typer.Exit(getattr(exc, "exit_code", 1)) from None
                 _error_line(_os_error(exc))
                 raise typer.Exit(1) from None
-            except Exception:
-                if errors.interrupted():  # e.g. the TypeError pybind11 made of a Ctrl-C
-                    _interrupted_exit(errors.interrupted())
-                raise
             finally:
                 errors.clear_interrupted()
 

@@ -514,7 +514,7 @@ def _split_by_fractions(images, found, plan, opts, tmp, reporter):
     ``stable_order`` (seeded), fully checked into a staging folder, then its first images go
     to validate, the next to test, the rest to train."""
     skipped: list[dict[str, str]] = []
-    kept: dict[str, list[tuple[str, str]]] = {}  # class -> (file name, member), shuffled
+    kept: dict[str, list[tuple[str, str]]] = {}  # class -> (file name, member), in order
     total = sum(len(names) for names in found.values())
     with reporter.task("Checking images", total=total) as advance:
         for index, cls in enumerate(found):

@@ -55,14 +55,6 @@ from transfer.settings import ExportSettings
 
 TOLERANCE = {"keras": 1e-6, "savedmodel": 1e-5, "tflite": 1e-3}
 DEFAULT_NAMES = {"keras": "model.keras", "savedmodel": "saved_model", "tflite": "model.tflite"}
-
-
-def default_name(fmt: str, quantize: str | None = None) -> str:
-    """The export's file name in ``MODEL/export/``: a quantized TFLite model is named after its
-    mode (``model-int8.tflite``), so that it and the float one live side by side."""
-    if fmt == "tflite" and quantize not in (None, "none"):
-        return f"model-{quantize}.tflite"
-    return DEFAULT_NAMES[fmt]
 TFLITE_METADATA = "transfer_meta"  # the flatbuffer metadata entry holding the meta JSON
 LABELS = "labels.txt"  # the associated file: class names, one a line, in output order
 
@@ -76,6 +68,14 @@ MAX_ACCURACY_DROP = 0.05
 SIGN_TEST_Z = 2.33  # one-sided 1%
 INT8_GOAL = 0.01  # full int8 further below the float model: try the depthwise-float variant
 
+
+
+def default_name(fmt: str, quantize: str | None = None) -> str:
+    """The export's file name in ``MODEL/export/``: a quantized TFLite model is named after its
+    mode (``model-int8.tflite``), so that it and the float one live side by side."""
+    if fmt == "tflite" and quantize not in (None, "none"):
+        return f"model-{quantize}.tflite"
+    return DEFAULT_NAMES[fmt]
 
 @dataclass
 class ExportResult:
@@ -348,17 +348,22 @@ def _digit_images(classifier: BundleClassifier, split: str
     bundle (``transfer mnist``) was trained on, read again from its source (an npz or IDX
     folder, or Keras's download), as arrays for the one reader; None for other bundles or
     when the source cannot be read."""
-    from transfer import mnist
-
     meta = classifier.meta
     source = (meta.get("data") or {}).get("source")
     if meta.get("channels", 3) != 1 or not source:
         return None
-    path = None if str(source).startswith("keras.datasets.") else Path(source)
-    try:
-        (x_train, y_train), (x_test, y_test) = mnist.load(meta.get("dataset", "mnist"), path)
-    except TransferError:
+    # read once for the check, the calibration and the comparison of one export
+    if not hasattr(classifier, "digit_data"):
+        from transfer import mnist
+
+        path = None if str(source).startswith("keras.datasets.") else Path(source)
+        try:
+            classifier.digit_data = mnist.load(meta.get("dataset", "mnist"), path)
+        except TransferError:
+            classifier.digit_data = None
+    if classifier.digit_data is None:
         return None
+    (x_train, y_train), (x_test, y_test) = classifier.digit_data
     x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
     return [(x[i], int(y[i])) for i in range(len(x))], f"the {split} images of {source}"
 

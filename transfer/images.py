@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -141,8 +142,25 @@ def _readable(source):
 
 
 def is_pillow_image(source) -> bool:
-    image_module = __import__("sys").modules.get("PIL.Image")
+    image_module = sys.modules.get("PIL.Image")  # not loaded: no Pillow image can exist
     return image_module is not None and isinstance(source, image_module.Image)
+
+
+def is_one_image(source) -> bool:
+    """Whether ``source`` is one image (a path, a file's bytes, a Pillow image, an array)
+    rather than a list of them: what ``classify`` and ``predict`` take either way."""
+    return isinstance(source, str | os.PathLike | bytes | bytearray | memoryview
+                      | np.ndarray) or is_pillow_image(source)
+
+
+def refuse_scaled(array: np.ndarray) -> None:
+    """ImageError for a float array whose values all lie in 0-1: scaled pixels, whose 0.8
+    would be read as almost black."""
+    if array.dtype.kind == "f":
+        high = float(np.max(array, initial=0))
+        if 0 < high <= 1.0:
+            raise ImageError(f"the array's pixels lie in 0-{high:.3g}: pixels 0-255 are "
+                             "expected (multiply by 255)")
 
 
 ARRAY_SHAPES = "H x W (grey), H x W x 1, H x W x 3 (RGB) or H x W x 4 (RGBA)"
@@ -173,10 +191,8 @@ def in_memory(photo):
             values = values / 257.0
         if not np.isfinite(values).all():
             raise ImageError("the array holds NaN or infinite values")
+        refuse_scaled(array)
         low, high = float(values.min(initial=0)), float(values.max(initial=0))
-        if array.dtype.kind == "f" and 0 < high <= 1.0:
-            raise ImageError(f"the array's pixels lie in 0-{high:.3g}: pixels 0-255 are "
-                             "expected (multiply by 255)")
         if low < 0 or high > 255:
             raise ImageError(f"the array's pixels lie in {low:.4g}-{high:.4g}: pixels "
                              "0-255 are expected")

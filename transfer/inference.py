@@ -101,16 +101,21 @@ def gather(paths: list[str | Path]) -> list[tuple[str, Path | None, str | None]]
                 rows.append((text, None, "folder has no images"))
             rows.extend((str(p), p, None) for p in found)
             rows.extend((str(p), None, _unread_reason(p)) for p in unread)
-        elif path.exists() or not glob.has_magic(text):
-            reason = _unread_reason(path) if path.is_file() else None
-            rows.append((text, None if reason else path, reason))
+        elif path.exists() or not glob.has_magic(text):  # missing: said when it is opened
+            rows.append(_file_row(text, path) if path.is_file() else (text, path, None))
         else:
             files = _matches(text)
             if not files:
                 rows.append((text, None, "no file matches this pattern"))
-            rows.extend((str(m), None if _unread_reason(m) else m, _unread_reason(m))
-                        for m in files)
+            rows.extend(_file_row(str(m), m) for m in files)
     return rows
+
+
+def _file_row(name: str, path: Path) -> tuple[str, Path | None, str | None]:
+    """A named or globbed file's row: the file, or an error row for a photo in a format the
+    reader does not take (HEIC, camera raw), in the words a folder's such photos get."""
+    reason = _unread_reason(path)
+    return (name, None, reason) if reason else (name, path, None)
 
 
 def _unread_reason(path: Path) -> str | None:
@@ -205,22 +210,20 @@ class Classifier:
         Raises:
             TransferError: an input is not a usable image (the message names it).
         """
-        if isinstance(inputs, str | Path | bytes | bytearray | memoryview | np.ndarray) or \
-                images.is_pillow_image(inputs):
+        if images.is_one_image(inputs):
             inputs = [inputs]
         shape = self.input_shape()
         arrays = []
         for number, item in enumerate(inputs, 1):
             shown = item if isinstance(item, str | Path) else f"image {number}"
-            if isinstance(item, np.ndarray) and item.shape[-len(shape):] == shape \
-                    and item.ndim in (len(shape), len(shape) + 1):
-                if item.dtype.kind == "f" and 0 < float(np.max(item, initial=0)) <= 1.0:
-                    raise TransferError(f"{shown}: the array's pixels lie in 0-1: pixels "
-                                        "0-255 are expected (multiply by 255)")
-                arrays.extend(item if item.ndim == len(shape) + 1 else [item])
-                continue
+            prepared = (isinstance(item, np.ndarray) and item.shape[-len(shape):] == shape
+                        and item.ndim in (len(shape), len(shape) + 1))
             try:
-                arrays.append(self.prepare(item)[0])
+                if prepared:
+                    images.refuse_scaled(item)
+                    arrays.extend(item if item.ndim == len(shape) + 1 else [item])
+                else:
+                    arrays.append(self.prepare(item)[0])
             except images.ImageError as exc:
                 raise TransferError(f"{shown}: {exc}") from None
         if not arrays:

@@ -353,9 +353,7 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
 
     landed = bundle.write(target, p.force, model, meta, history, title=f"{p.dataset} {p.arch}",
                           extra=pictures)
-    if landed != target:
-        reporter.warn(f"{target} appeared during this run (another run?) and is kept; this "
-                      f"model is {landed}")
+    bundle.say_where_it_landed(target, landed, reporter)
     target = landed
     from transfer import report
 

@@ -273,7 +273,8 @@ def split_in_memory(directory: Path, names: list[str], validation_split: float, 
     images in ``datasets.stable_order`` (a hash of seed, class and file name, so that adding
     photos moves few across the cut) and cut by ``datasets.fraction_sizes`` (validate first),
     as ``fetch-data --archive`` splits the same folder. ``order="shuffle"`` is the order of
-    bundles trained before 2026-12-05 (their meta.json names no ``data.split_order``): the
+    bundles trained before 2026-12-04's stable order (their meta.json names no
+    ``data.split_order``): the
     sorted paths shuffled with ``random.Random(f"{seed}:{class}")``.
 
     The files of ``skipped`` (a Skipped, or file names) that are not images even by their

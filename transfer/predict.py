@@ -132,9 +132,7 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
         TransferError: a bad setting (before anything loads), or a model that cannot be opened.
     """
     if not isinstance(settings, PredictSettings):
-        single = isinstance(settings, str | Path | bytes | bytearray | memoryview | np.ndarray) or \
-            images.is_pillow_image(settings)
-        paths = [settings] if single else list(settings)
+        paths = [settings] if images.is_one_image(settings) else list(settings)
         settings = PredictSettings(paths=paths, **options)
     elif options:
         settings = settings.replace(**options)

@@ -107,8 +107,8 @@ class ModelStore:
 
     # ---- names
 
-    def bundle_path(self, name: str) -> Path:
-        """The bundle folder ``name`` names inside the models folder.
+    def bundle_entry(self, name: str) -> tuple[Path, dict]:
+        """The bundle folder ``name`` names inside the models folder, and its meta.json.
 
         Raises:
             NotFound: an empty name, a path (``/``, ``\\``), ``.`` or ``..``, a name whose real
@@ -133,11 +133,15 @@ class ModelStore:
         if not (real / bundle.META).exists():
             raise NotFound(name)
         try:
-            bundle.read_meta(real)
+            meta = bundle.read_meta(real)
         except (TransferError, OSError) as exc:
             self._say(name, exc)
             raise Broken(f"model {name!r} cannot be used: {exc}") from None
-        return candidate
+        return candidate, meta
+
+    def bundle_path(self, name: str) -> Path:
+        """The bundle folder ``name`` names inside the models folder (``bundle_entry``)."""
+        return self.bundle_entry(name)[0]
 
     def _say(self, name: str, problem) -> None:
         """Say a broken bundle on the console once (the page just does not list it)."""
@@ -185,7 +189,6 @@ class ModelStore:
     def bundles(self) -> list[dict]:
         """Every bundle directly inside the models folder, described for the page (the
         ``latest`` link is not listed twice: its target is)."""
-        from transfer import bundle
 
         found = []
         if not self.root.is_dir():
@@ -194,9 +197,8 @@ class ModelStore:
             if folder.name.startswith(".") or (folder.name == "latest" and folder.is_symlink()):
                 continue
             try:
-                path = self.bundle_path(folder.name)
-                meta = bundle.read_meta(path)
-            except (NotFound, TransferError, OSError):  # a broken one is said (bundle_path)
+                path, meta = self.bundle_entry(folder.name)
+            except (NotFound, TransferError, OSError):  # a broken one is said (bundle_entry)
                 continue
             found.append(describe_bundle(folder.name, path, meta))
         return found
@@ -937,9 +939,9 @@ def _server(settings: ServeSettings, reporter: Reporter):
 
     s = settings.validated()
     app = create_app(s)
+    store = app.state.store
     if s.imagenet or s.model:  # the default asked for: loaded now, so a failure is one line
-        store = app.state.store   # at start-up, not a 500 on every request (weights offline)
-        name = store.default_model()
+        name = store.default_model()  # at start-up, not a 500 on every request
         try:
             store.get(name)
         except TransferError as exc:
@@ -952,7 +954,6 @@ def _server(settings: ServeSettings, reporter: Reporter):
     if s.host.strip("[]") in ALL_INTERFACES:
         reporter.warn(f"listening on all interfaces ({s.host}): anyone who can reach this "
                       "machine can use the models; use --host 127.0.0.1 to keep it local")
-    store = app.state.store
     store.warn = reporter.warn  # a broken bundle is said on the console, once
     if not s.models_dir.is_dir():  # still served: bundles trained into it later are listed
         reporter.warn(f"no folder {s.models_dir} (a typo in --models-dir?): no bundle to "

@@ -215,7 +215,7 @@ def plan(settings: TrainSettings) -> RunPlan:
     target = Path(hp.output) if hp.output else Path(hp.models_dir) / bundle.default_name(hp.base)
     train_root = root if split == "in-memory" else Path(hp.train_dir)
     val_root = root if split == "in-memory" else Path(hp.validate_dir)
-    folders = [root] if split == "in-memory" else [Path(hp.train_dir), Path(hp.validate_dir)]
+    folders = list(dict.fromkeys([train_root, val_root]))  # the one root when split in memory
     run = RunPlan(hp, base, alpha, size, names, train_set, val_set,
                   pipelines.rows(train_set, train_root), pipelines.rows(val_set, val_root),
                   target, use_cache, augmented_copies(hp, flips), flips=flips,
@@ -345,9 +345,7 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
         meta["per_worker"] = worker_meta(run, feats, fit, cluster)
     landed = bundle.write(run.target, settings.force, built.full, meta, fit.history,
                           title=f"{run.base.name} on {run.root}", extra=extras)
-    if landed != run.target:
-        reporter.warn(f"{run.target} appeared during this run (another run?) and is kept; "
-                      f"this model is {landed}")
+    bundle.say_where_it_landed(run.target, landed, reporter)
     shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     if settings.preview_augment:
         preview = Path(settings.data_dir) / PREVIEW_PNG
