@@ -124,7 +124,8 @@ def test_folder_of_class_folders_is_split_by_fraction(flowers, tmp_path):
     manifest = manifest_of(data)
     assert manifest["layout"] == manifest["source"]["layout"] == "class-folders"
     assert manifest["classes"] == list(FLOWERS)
-    assert manifest["split"] == {"mode": "fractions", "validation": 0.2, "test": 0.0}
+    assert manifest["split"] == {"mode": "fractions", "validation": 0.2, "test": 0.0,
+                                 "order": "name-hash"}  # datasets.stable_order
     assert manifest["usable"] == dict.fromkeys(FLOWERS, 40)
     assert manifest["counts"] == {"train": dict.fromkeys(FLOWERS, 32),
                                   "validate": dict.fromkeys(FLOWERS, 8)}
@@ -208,7 +209,8 @@ def test_fractions_with_a_test_split_and_unbalanced_classes(flowers, tmp_path):
                            "validate/daisy": 10, "validate/roses": 5, "validate/tulips": 3,
                            "test/daisy": 5, "test/roses": 3, "test/tulips": 2}
     manifest = manifest_of(data)
-    assert manifest["split"] == {"mode": "fractions", "validation": 0.25, "test": 0.125}
+    assert manifest["split"] == {"mode": "fractions", "validation": 0.25, "test": 0.125,
+                                 "order": "name-hash"}
     assert manifest["request"]["validation_split"] == 0.25
     assert manifest["usable"] == {"daisy": 40, "roses": 20, "tulips": 13}
 

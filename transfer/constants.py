@@ -111,3 +111,8 @@ def few_images_warning(sizes: dict[str, int], what: str = "images") -> str | Non
         return (f"{len(few)} classes have fewer than {FEW_IMAGES} {what}: too few to learn them "
                 f"well or to measure them; add photos if you can: {listed}")
     return None
+
+
+# how a fraction split orders each class before cutting it (datasets.stable_order): recorded as
+# meta.json's data.split_order (train's in-memory split) and manifest.json's split.order
+STABLE_ORDER = "name-hash"

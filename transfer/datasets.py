@@ -61,7 +61,7 @@ from transfer.archive import (
     open_images,
 )
 from transfer.archive import fingerprint as archive_fingerprint
-from transfer.constants import UNREAD_HINT, few_images_warning, unread_summary
+from transfer.constants import STABLE_ORDER, UNREAD_HINT, few_images_warning, unread_summary
 from transfer.errors import TransferError
 from transfer.files import exclusive, write_json
 from transfer.progress import Reporter
@@ -384,7 +384,8 @@ def _split_plan(opts: FetchOptions, layout: str) -> dict:
             layout == CLASS_FOLDERS and not _counts_asked(opts)):
         return {"mode": "fractions",
                 "validation": DEFAULT_VALIDATION_FRACTION if validation is None else validation,
-                "test": DEFAULT_TEST_FRACTION if test is None else test}
+                "test": DEFAULT_TEST_FRACTION if test is None else test,
+                "order": STABLE_ORDER}
     return {"mode": "per_class", **opts.per_split()}
 
 

@@ -48,6 +48,7 @@ from transfer import images
 from transfer.bases import preprocess_numpy
 from transfer.constants import (  # noqa: F401  (IMAGE_SUFFIXES: pipelines.IMAGE_SUFFIXES)
     IMAGE_SUFFIXES,
+    STABLE_ORDER,
     UNREAD_HINT,
     is_hidden_or_system,
     is_ignored_folder,
@@ -61,7 +62,6 @@ from transfer.files import walk
 from transfer.settings import PIPELINES, Augment  # noqa: F401  (pipelines.Augment, for callers)
 
 MIN_USABLE = 2  # images a class needs after the unreadable ones are left out
-STABLE_ORDER = "name-hash"  # meta.json data.split_order of an in-memory split (split_in_memory)
 
 
 @dataclass(frozen=True)
