@@ -137,6 +137,13 @@ def test_export_refusals(trained_bundle, held_out, tmp_path):
     with pytest.raises(TransferError, match="must end in .keras"):
         export.export(trained_bundle.bundle, format="keras", output=tmp_path / "m.h5",
                       check_images=held_out)
+    with pytest.raises(TransferError, match="a TFLite export must end in .tflite"):
+        export.export(trained_bundle.bundle, format="tflite", output=tmp_path / "m.txt",
+                      check_images=held_out)
+    with pytest.raises(TransferError, match="a SavedModel is a folder: name --output without "
+                       ".tflite"):
+        export.export(trained_bundle.bundle, format="savedmodel", output=tmp_path / "m.tflite",
+                      check_images=held_out)
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "notes.txt").write_text("keep me")

@@ -565,9 +565,14 @@ class ExportSettings(Settings):
         one_of("quantize", self.quantize, QUANTIZE)
         if self.quantize != "none" and self.format != "tflite":
             raise TransferError("--quantize applies to --format tflite only")
-        if self.format == "keras" and self.output is not None and \
-                Path(self.output).suffix != ".keras":
+        suffix = None if self.output is None else Path(self.output).suffix.lower()
+        if self.format == "keras" and suffix is not None and Path(self.output).suffix != ".keras":
             raise TransferError("a Keras export must end in .keras")
+        if self.format == "tflite" and suffix not in (None, ".tflite"):  # what devices look for
+            raise TransferError("a TFLite export must end in .tflite")
+        if self.format == "savedmodel" and suffix in (".keras", ".tflite", ".h5"):
+            raise TransferError(f"a SavedModel is a folder: name --output without {suffix}, "
+                                "or choose that --format")
         for path in self.check_images or []:
             existing_file("check_images", path)
         if self.output is not None:
