@@ -236,11 +236,16 @@ def test_two_workers_fine_tune_in_a_custom_loop(tiny_split, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_split, data, ignore=shutil.ignore_patterns(".cache"))
     out = tmp_path / "models" / "ft"
+    temp = tmp_path / "temp"  # the workers' temp folder
+    temp.mkdir()
     procs, logs = start_workers(2, lambda i: train_args(
         data, out, "--epochs", "2", "--fine-tune", "10", "--fine-tune-epochs", "2",
-        "--fine-tune-lr", "1e-4", "--distribute", "multi-worker"))
+        "--fine-tune-lr", "1e-4", "--distribute", "multi-worker"), env={"TMPDIR": str(temp)})
     codes = wait_all(procs)
     assert codes == [0, 0], text(logs[0]) + text(logs[1])
+    # a worker ends with os._exit, past the atexit handlers that delete TensorFlow
+    # autograph's generated modules: they were left in the temp folder
+    assert list(temp.iterdir()) == []
     meta = meta_of(out)
     loop = meta["training"]["custom_loop"]
     assert loop["workers"] == 2 and loop["global_batch"] == 64 and loop["resumed_from_epoch"] == 0

@@ -489,6 +489,8 @@ def train_cmd(
     settings.validated()  # every option checked before TensorFlow loads
     from transfer.training import train
 
+    if settings.distribute == "multi-worker":
+        _own_temp_folder()
     result = train(settings, reporter=_reporter())
     if result.bundle is None:  # a worker other than the chief: the chief reports the run
         return
@@ -1088,6 +1090,25 @@ def main() -> None:
     _leave_cluster(0)
 
 
+_TEMP_FOLDERS: list[str] = []
+
+
+def _own_temp_folder() -> None:
+    """Point this process's temp files into a folder of its own, removed when it ends.
+
+    A multi-worker process ends with ``os._exit`` (``_leave_cluster``), which skips the atexit
+    handlers TensorFlow's autograph registers to delete the modules it generates in the temp
+    folder: without this they stayed there, a dozen or so a run."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="transfer-worker-")
+    tempfile.tempdir = folder
+    _TEMP_FOLDERS.append(folder)
+    atexit.register(shutil.rmtree, folder, True)  # an ordinary exit (a worker that never joined)
+
+
 def _leave_cluster(status) -> None:
     """A process that joined a multi-worker cluster ends here, now: TensorFlow's collective
     runtime can hang the interpreter's shutdown once a peer is gone (the one line has been
@@ -1103,6 +1124,10 @@ def _leave_cluster(status) -> None:
     # pulls it from the sender): leaving at once failed theirs as "a worker is down" where it
     # had succeeded (seen twice in CI, two workers and the rest of the suite on 2 cores)
     time.sleep(joined.LINGER_SECONDS)
+    import shutil
+
+    for folder in _TEMP_FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)
     os._exit(status)
 
 
