@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import threading
@@ -12,7 +13,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import kaggle_members, lock_held_elsewhere, make_zip, text_as_jpg, truncated
+from conftest import (
+    Recorder,
+    kaggle_members,
+    lock_held_elsewhere,
+    make_zip,
+    text_as_jpg,
+    truncated,
+)
 from PIL import Image
 
 from transfer import datasets
@@ -376,6 +384,40 @@ def test_microsoft_download_resumes_after_cut_and_skips_corrupt(real_photos, tmp
             image.load()
 
 
+def test_a_damaged_part_an_earlier_run_left_is_named_not_the_mirror(real_photos, tmp_path,
+                                                                     monkeypatch):
+    archive, _ = petimages_zip(real_photos, tmp_path)
+    monkeypatch.setenv("TRANSFER_MICROSOFT_SHA256", sha256_file(archive))
+    part = tmp_path / "data/.cache/kagglecatsanddogs.zip.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(os.urandom(1000))
+    with Server(archive.read_bytes()) as server, pytest.raises(TransferError) as info:
+        fetch_data(FetchOptions(source="microsoft", microsoft_url=server.url,
+                                data_dir=tmp_path / "data", train_per_class=5,
+                                validate_per_class=5))
+    assert "this download resumed a partial file an earlier run left, which may be what was " \
+           "damaged: deleted, run again to download it whole" in str(info.value)
+    assert "mirror" not in str(info.value)
+    with Server(archive.read_bytes()) as server:  # and the next run is whole
+        fetch_data(FetchOptions(source="microsoft", microsoft_url=server.url,
+                                data_dir=tmp_path / "data", train_per_class=5,
+                                validate_per_class=5))
+
+
+def test_a_full_disk_names_the_data_folder(real_photos, tmp_path, monkeypatch):
+    import errno
+
+    def full(*args, **kwargs):  # what a write() raises: no file name
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    archive = make_zip(tmp_path / "small.zip", kaggle_members(real_photos, 10))
+    monkeypatch.setattr(datasets, "_build_split", full)
+    with pytest.raises(OSError) as info:
+        fetch_data(FetchOptions(archive=archive, data_dir=tmp_path / "data",
+                                train_per_class=5, validate_per_class=5))
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "data")
+
+
 def test_download_resumes_a_part_file_from_an_earlier_run(tmp_path):
     payload = bytes(range(256)) * 4000
     dest = tmp_path / "file.zip"
@@ -445,6 +487,74 @@ def test_kaggle_competition_zip_wrapping_train_zip(real_photos, tmp_path):
                                      train_per_class=10, validate_per_class=5),
                         kaggle_api_factory=lambda: FakeKaggleApi(outer))
     assert result.counts["train"] == {"cats": 10, "dogs": 10}
+
+
+def test_kaggle_download_kept_in_the_cache_is_used_again(real_photos, tmp_path):
+    """A re-split (--force, another seed) uses the train.zip downloaded before: no account or
+    network needed (before, it called Kaggle again and failed offline)."""
+    zip_bytes = make_zip(tmp_path / "train.zip", kaggle_members(real_photos, 20)).read_bytes()
+    opts = dict(source="kaggle", data_dir=tmp_path / "data", train_per_class=10,
+                validate_per_class=5)
+    fetch_data(FetchOptions(**opts), kaggle_api_factory=lambda: FakeKaggleApi(zip_bytes))
+    offline = FakeKaggleApi(error=ConnectionError("no network"))
+    recorder = Recorder()
+    result = fetch_data(FetchOptions(**opts, seed=3, force=True), reporter=recorder,
+                        kaggle_api_factory=lambda: offline)
+    assert offline.calls == [] and result.counts["train"] == {"cats": 10, "dogs": 10}
+    kept = tmp_path / "data/.cache/kaggle/dogs-vs-cats/train.zip"
+    assert f"using the Kaggle competition 'dogs-vs-cats''s train.zip downloaded before: {kept} " \
+           "(delete it to download it again)" in recorder.infos
+    kept.write_bytes(zip_bytes[:len(zip_bytes) // 2])  # a download cut short: fetched again
+    again = FakeKaggleApi(zip_bytes)
+    fetch_data(FetchOptions(**opts, seed=4, force=True), kaggle_api_factory=lambda: again)
+    assert len(again.calls) == 1 and kept.read_bytes() == zip_bytes
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("{not json", r"not JSON: Expecting property name"),
+    ('{"username": "me"}', r'no "username" and "key" in it'),
+])
+def test_kaggle_json_the_client_cannot_read_is_named(tmp_path, monkeypatch, content, reason):
+    for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "kc").mkdir()
+    (tmp_path / "kc/kaggle.json").write_text(content)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kc"))
+    with pytest.raises(TransferError) as info:  # the client skips it and prints its help
+        fetch_data(FetchOptions(source="kaggle", data_dir=tmp_path / "data"),
+                   kaggle_api_factory=lambda: FakeKaggleApi(authenticated=False))
+    assert re.match(rf"Kaggle cannot read {re.escape(str(tmp_path / 'kc/kaggle.json'))} "
+                    rf"\({reason}.*\); it must hold {{\"username\": \"...\", \"key\": "
+                    r'\"...\"}; put ~/.kaggle/kaggle.json', str(info.value)), str(info.value)
+    (tmp_path / "kc/kaggle.json").write_text('{"username": "me", "key": "wrong"}')
+    with pytest.raises(TransferError, match=r"Kaggle did not accept the credentials in .*kc/"
+                       r"kaggle.json; put ~/.kaggle/kaggle.json"):
+        fetch_data(FetchOptions(source="kaggle", data_dir=tmp_path / "data"),
+                   kaggle_api_factory=lambda: FakeKaggleApi(authenticated=False))
+
+
+def test_kaggle_names_met_twice_in_split_folders(real_photos, tmp_path):
+    """train/cat.0.jpg and validation/cat.0.jpg, different photos: both are used (the second
+    renamed); the same photo twice is used once (before, every second name was skipped, and
+    the split came short)."""
+    members = {}
+    for folder, offset in (("train", 0), ("validation", 15)):
+        for cls in ("cats", "dogs"):
+            for i in range(15):
+                members[f"{folder}/{cls[:-1]}.{i}.jpg"] = real_photos[cls][offset + i][1]
+    members["validation/cat.0.jpg"] = members["train/cat.0.jpg"]  # the very same photo
+    archive = make_zip(tmp_path / "kdup.zip", members)
+    result = fetch_data(FetchOptions(archive=archive, data_dir=tmp_path / "data",
+                                     train_per_class=19, validate_per_class=10))
+    assert result.counts == {"train": {"cats": 19, "dogs": 19},
+                             "validate": {"cats": 10, "dogs": 10}}
+    placed = listing(tmp_path / "data")
+    names = [n for cls in ("cats", "dogs") for split in ("train", "validate")
+             for n in placed[f"{split}/{cls}"]]
+    assert len(names) == len(set(names)) == 58
+    assert {"dog.3.jpg", "dog.3-2.jpg"} <= set(names)  # two different photos, one name
+    assert len(result.skipped) == 1 and result.skipped[0]["reason"] in (
+        "the same photo as train/cat.0.jpg", "the same photo as validation/cat.0.jpg")
 
 
 def test_kaggle_without_credentials(tmp_path):

@@ -834,3 +834,140 @@ def test_petimages_given_as_the_current_folder(flowers, tmp_path, monkeypatch):
     fetch_data(FetchOptions(archive=Path("."), data_dir=tmp_path / "data",
                             train_per_class=8, validate_per_class=2))
     assert manifest_of(tmp_path / "data")["classes"] == ["cats", "dogs"]
+
+
+# --------------------------------------------------------------------------- your files
+
+
+def test_files_you_put_into_a_split_are_moved_aside_with_it_never_deleted(flowers, tmp_path):
+    """A split folder holding files fetch-data did not place (notes, a photo, a class of
+    yours) is no longer "this split", is refused naming them, and with --force is moved aside
+    whole; before, --force deleted them with the previous split."""
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=10, classes=TWO)
+    data = tmp_path / "data"
+    opts = dict(archive=folder, data_dir=data)
+    fetch_data(FetchOptions(**opts))
+    made = listing(data)
+    (data / "train/birds").mkdir()
+    shutil.copyfile(sorted((flowers / "tulips").iterdir())[0], data / "train/birds/bird1.jpg")
+    (data / "train/daisy/MY_NOTES.txt").write_text("mine")
+    with pytest.raises(TransferError) as info:
+        fetch_data(FetchOptions(**opts))  # the same arguments: no longer a no-op
+    assert str(info.value) == (
+        f"the split in {data} holds files fetch-data did not put there "
+        f"({data / 'train/birds'}, {data / 'train/daisy/MY_NOTES.txt'}); move them away, or "
+        f"use --force to have {data / 'train'} moved aside whole to <name>.old (never "
+        "deleted)")
+    result = fetch_data(FetchOptions(**opts, force=True))
+    assert result.moved_aside == [str(data / "train.old")]
+    assert (data / "train.old/birds/bird1.jpg").is_file()
+    assert (data / "train.old/daisy/MY_NOTES.txt").read_text() == "mine"
+    assert listing(data) == made  # the same split, made again
+    assert fetch_data(FetchOptions(**opts)).noop
+
+
+def test_a_file_browsers_hidden_files_leave_the_split_as_it_is(flowers, tmp_path):
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=10, classes=TWO)
+    data = tmp_path / "data"
+    fetch_data(FetchOptions(archive=folder, data_dir=data))
+    (data / "train/daisy/.DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (data / "validate/Thumbs.db").write_bytes(b"\x00" * 64)
+    assert fetch_data(FetchOptions(archive=folder, data_dir=data)).noop
+
+
+def test_your_own_manifest_json_is_refused_then_moved_aside(flowers, tmp_path):
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=10, classes=TWO)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.json").write_text('{"my": "own manifest"}')
+    with pytest.raises(TransferError, match=r"manifest.json is already there and was not made "
+                       r"by fetch-data; move it away, or use --force"):
+        fetch_data(FetchOptions(archive=folder, data_dir=data))
+    assert (data / "manifest.json").read_text() == '{"my": "own manifest"}'
+    assert not (data / "train").exists()
+    result = fetch_data(FetchOptions(archive=folder, data_dir=data, force=True))
+    assert result.moved_aside == [str(data / "manifest.json.old")]
+    assert (data / "manifest.json.old").read_text() == '{"my": "own manifest"}'
+    assert manifest_of(data)["tool"] == "transfer fetch-data"
+
+
+def test_your_own_test_folder_is_left_alone_by_a_split_without_one(flowers, tmp_path):
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=10, classes=TWO)
+    data = tmp_path / "data"
+    (data / "test/daisy").mkdir(parents=True)
+    (data / "test/daisy/x.jpg").write_bytes(b"mine")
+    result = fetch_data(FetchOptions(archive=folder, data_dir=data))
+    assert result.moved_aside == [] and (data / "test/daisy/x.jpg").read_bytes() == b"mine"
+    assert sizes(data) == {**per_class(8, 2, classes=TWO), "test/daisy": 1}
+    with pytest.raises(TransferError, match=r"test is already there and was not made"):
+        fetch_data(FetchOptions(archive=folder, data_dir=data, test_split=0.2, force=False))
+
+
+def test_split_options_given_at_their_defaults_are_the_same_split(flowers, tmp_path):
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=10, classes=TWO)
+    data = tmp_path / "data"
+    fetch_data(FetchOptions(archive=folder, data_dir=data))
+    for same in (dict(validation_split=0.2), dict(test_split=0.0), dict(test_per_class=0),
+                 dict(validation_split=0.2, test_split=0.0)):
+        assert fetch_data(FetchOptions(archive=folder, data_dir=data, **same)).noop, same
+    with pytest.raises(TransferError, match="other arguments"):
+        fetch_data(FetchOptions(archive=folder, data_dir=data, validation_split=0.3))
+
+
+def test_a_journal_write_cut_short_leaves_no_file_behind(flowers, tmp_path):
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=10, classes=TWO)
+    data = tmp_path / "data"
+    data.mkdir()
+    stray = data / "..fetch-swap.tmp-4242.json"  # files.replacing's name for the journal
+    stray.write_text('{"split_id": ')
+    fetch_data(FetchOptions(archive=folder, data_dir=data))
+    assert not stray.exists()
+    assert sorted(p.name for p in data.iterdir()) == ["manifest.json", "train", "validate"]
+
+
+def test_a_tar_archive_is_named_as_one(flowers, tmp_path):
+    import tarfile
+
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=3, classes=TWO)
+    archive = tmp_path / "flower_photos.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="flower_photos")
+    with pytest.raises(TransferError, match=r"flower_photos.tgz is a tar archive: fetch-data "
+                       r"reads zip archives and folders; unpack it \(tar xf .*\) and give the "
+                       r"folder to --archive"):
+        fetch_data(FetchOptions(archive=archive, data_dir=tmp_path / "data"))
+
+
+def test_a_changed_wrapper_zip_is_unwrapped_again(flowers, tmp_path):
+    """A zip wrapping train.zip is unwrapped into the cache; another archive of the same name
+    (a new version, another competition's) got the first one's copy, and its photos."""
+    def wrapper(classes):
+        inner = zip_of(copy_classes(flowers, tmp_path / "-".join(classes), per_class=10,
+                                    classes=classes), tmp_path / f"{classes[0]}.zip")
+        (tmp_path / "w").mkdir(exist_ok=True)
+        with zipfile.ZipFile(tmp_path / "w/comp.zip", "w") as outer:
+            outer.write(inner, "train.zip")
+        return tmp_path / "w/comp.zip"
+
+    data = tmp_path / "data"
+    fetch_data(FetchOptions(archive=wrapper(TWO), data_dir=data))
+    assert manifest_of(data)["classes"] == list(TWO)
+    fetch_data(FetchOptions(archive=wrapper(("sunflowers", "tulips")), data_dir=data,
+                            force=True))
+    assert manifest_of(data)["classes"] == ["sunflowers", "tulips"]
+    assert sorted(sizes(data)) == ["train/sunflowers", "train/tulips", "validate/sunflowers",
+                                   "validate/tulips"]
+    assert len(list((data / ".cache").glob("comp-*train.zip"))) == 1  # the earlier copy went
+
+
+def test_fetch_options_of_the_wrong_type_are_one_error(flowers, tmp_path):
+    for bad, message in ((dict(train_per_class="10"), "--train-per-class must be a whole "
+                                                      "number, not '10'"),
+                         (dict(validate_per_class=10.5), "--validate-per-class must be a whole "
+                                                         "number, not 10.5"),
+                         (dict(seed=None), "--seed must be a whole number, not None"),
+                         (dict(seed="7"), "--seed must be a whole number, not '7'"),
+                         (dict(data_dir=None), "--data-dir must be a path, not None")):
+        with pytest.raises(TransferError) as info:
+            fetch_data(FetchOptions(**{"archive": flowers, "data_dir": tmp_path / "d", **bad}))
+        assert str(info.value) == message

@@ -181,6 +181,10 @@ class ZipImages(ImageSource):
         try:
             self.zip = zipfile.ZipFile(self.path)
         except (zipfile.BadZipFile, OSError) as exc:
+            if _tar_like(self.path):
+                raise TransferError(
+                    f"{self.path} is a tar archive: fetch-data reads zip archives and folders; "
+                    f"unpack it (tar xf {self.path}) and give the folder to --archive") from None
             raise TransferError(f"{self.path} is not a readable zip archive (not a zip, or "
                                 "truncated)") from exc
         try:
@@ -554,6 +558,16 @@ def open_images(archive: Path, cache: Path) -> Iterator[ImageSource]:
         images.close()
 
 
+def _tar_like(path: Path) -> bool:
+    """True for a tar archive (plain or compressed: ``.tgz``, ``.tar.gz``...), by its content."""
+    import tarfile
+
+    try:
+        return tarfile.is_tarfile(path)
+    except (OSError, tarfile.TarError):
+        return False
+
+
 def _unwrap(images: ZipImages, member: zipfile.ZipInfo, archive: Path, cache: Path) -> Path:
     if member.file_size > MAX_INNER_ZIP_BYTES:
         raise TransferError(f"refusing {archive}: its {member.filename} would be "
@@ -563,7 +577,10 @@ def _unwrap(images: ZipImages, member: zipfile.ZipInfo, archive: Path, cache: Pa
         raise TransferError(f"refusing {archive}: its {member.filename} is compressed "
                             f"{ratio:.0f}:1, which looks like a zip bomb")
     cache.mkdir(parents=True, exist_ok=True)
-    unpacked = cache / f"{archive.stem}-{PurePosixPath(member.filename).name}"
+    # named by the inner zip's CRC-32 and size too: another archive of the same name (a
+    # changed download, another competition's train.zip) never reuses this one's copy
+    name = PurePosixPath(member.filename).name
+    unpacked = cache / f"{archive.stem}-{member.CRC:08x}{member.file_size:x}-{name}"
     if not unpacked.exists():
         part = unpacked.with_name(unpacked.name + ".part")
         try:
@@ -572,4 +589,8 @@ def _unwrap(images: ZipImages, member: zipfile.ZipInfo, archive: Path, cache: Pa
             os.replace(part, unpacked)
         finally:
             part.unlink(missing_ok=True)
+        earlier = re.compile(rf"{re.escape(archive.stem)}-([0-9a-f]{{9,}}-)?{re.escape(name)}")
+        for stale in cache.iterdir():  # the copies of earlier versions of that archive
+            if stale != unpacked and earlier.fullmatch(stale.name) and stale.is_file():
+                stale.unlink(missing_ok=True)
     return unpacked

@@ -35,6 +35,7 @@ old or new, and the manifest that describes it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -61,7 +62,13 @@ from transfer.archive import (
     open_images,
 )
 from transfer.archive import fingerprint as archive_fingerprint
-from transfer.constants import STABLE_ORDER, UNREAD_HINT, few_images_warning, unread_summary
+from transfer.constants import (
+    STABLE_ORDER,
+    UNREAD_HINT,
+    few_images_warning,
+    is_hidden_or_system,
+    unread_summary,
+)
 from transfer.errors import TransferError
 from transfer.files import exclusive, write_json
 from transfer.progress import Reporter
@@ -136,6 +143,11 @@ def fetch_data(options: FetchOptions, reporter: Reporter | None = None,
                                  "writing its split, or train reading it); wait for it to "
                                  "end, then run again"):
             return _fetch(opts, data_dir, reporter, kaggle_api_factory)
+    except OSError as exc:
+        _remove_if_empty(data_dir, created)
+        if exc.filename is None and exc.errno is not None:  # a write (a full disk): say where
+            raise OSError(exc.errno, exc.strerror, str(data_dir)) from exc
+        raise
     except BaseException:
         _remove_if_empty(data_dir, created)
         raise
@@ -171,6 +183,10 @@ def recover(data_dir: Path, reporter: Reporter | None = None) -> str | None:
         for stale in data_dir.glob(prefix + "*"):
             if stale.is_dir() and not stale.is_symlink():
                 shutil.rmtree(stale, ignore_errors=True)
+    written = PurePosixPath(JOURNAL)  # files.replacing names its temporary file after it
+    for stale in data_dir.glob(f".{written.stem}.tmp-*{written.suffix}"):  # a crash cut short
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink(missing_ok=True)
     return outcome
 
 
@@ -184,14 +200,16 @@ def _fetch(opts: FetchOptions, data_dir: Path, reporter: Reporter,
     source = resolve_source(opts, reporter, kaggle_api_factory)
     request = _request_key(opts, source)
     previous = read_manifest(data_dir)
-    if previous is not None and previous.get("request") == request and _intact(data_dir, previous):
+    extras = _extras(data_dir, previous)
+    if previous is not None and _same_request(previous, request, opts) and not extras and \
+            _intact(data_dir, previous):
         reporter.info(f"{data_dir} already holds this split (same source, counts and seed); "
                       "nothing to do")
         return FetchResult(data_dir, source, previous["source"].get("archive", ""),
                            previous["counts"], previous.get("skipped", []), noop=True,
                            manifest=previous)
-    ours, foreign = _existing_splits(data_dir, previous)
-    _refuse_unless_forced(opts, data_dir, previous, request, ours, foreign)
+    ours, foreign = _existing_splits(data_dir, previous, extras, _writes(opts))
+    _refuse_unless_forced(opts, data_dir, previous, request, ours, foreign, extras)
 
     obtained = obtain_archive(opts, source, data_dir / CACHE, reporter, kaggle_api_factory)
     with open_images(obtained.path, data_dir / CACHE) as images:
@@ -281,28 +299,82 @@ def _request_key(opts: FetchOptions, source: str) -> dict:
     return key
 
 
+def _listing(folder: Path) -> list[str]:
+    """The names in ``folder``, hidden and system files (``.DS_Store``...) left out."""
+    return sorted(p.name for p in folder.iterdir() if not is_hidden_or_system(p.name))
+
+
 def _intact(data_dir: Path, manifest: dict) -> bool:
-    """True when every split folder holds exactly the files the manifest lists."""
+    """True when every split folder holds the files the manifest lists (hidden and system
+    files aside, which a file browser adds)."""
     try:
         for split in manifest["splits"]:
             for cls, names in manifest["files"][split].items():
-                folder = data_dir / split / cls
-                if sorted(p.name for p in folder.iterdir()) != sorted(names):
+                if _listing(data_dir / split / cls) != sorted(names):
                     return False
     except (KeyError, OSError, TypeError, AttributeError):
         return False
     return True
 
 
-def _existing_splits(data_dir: Path, manifest: dict | None) -> tuple[list[str], list[str]]:
+def _extras(data_dir: Path, manifest: dict | None) -> dict[str, list[str]]:
+    """split -> what its folder holds that fetch-data did not put there (class folders and
+    files, as paths under the data folder; hidden and system files aside): such a split folder
+    is never replaced, only moved aside whole, with ``--force``."""
+    found: dict[str, list[str]] = {}
+    if manifest is None:
+        return found
+    files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    for split in manifest.get("splits", []) if isinstance(manifest.get("splits"), list) else []:
+        folder, listed = data_dir / split, files.get(split) or {}
+        if not isinstance(listed, dict) or not folder.is_dir() or folder.is_symlink():
+            continue
+        extra = []
+        with contextlib.suppress(OSError):
+            for name in _listing(folder):
+                entry = folder / name
+                if name not in listed or not entry.is_dir() or entry.is_symlink():
+                    extra.append(f"{split}/{name}")
+                    continue
+                placed = set(listed[name]) if isinstance(listed[name], list) else set()
+                extra += [f"{split}/{name}/{n}" for n in _listing(entry) if n not in placed]
+        if extra:
+            found[split] = extra
+    return found
+
+
+def _writes(opts: FetchOptions) -> set[str]:
+    """The split folders this run writes: train and validate, test when one is asked for."""
+    test = bool(opts.test_per_class) or bool(_fractions_asked(opts)[1])
+    return {"train", "validate", *(["test"] if test else [])}
+
+
+def _existing_splits(data_dir: Path, manifest: dict | None, extras: dict[str, list[str]],
+                     writes: set[str]) -> tuple[list[str], list[str]]:
+    """(the previous split's folders, replaced; what is moved aside instead: split folders
+    fetch-data did not make, or holding files it did not put there, where this run writes
+    one, and a manifest.json it did not write). A folder of someone else's this run does
+    not write (a test/ of your own) is left alone."""
     made = set(manifest.get("splits", [])) if manifest else set()
     present = [s for s in SPLITS if (data_dir / s).exists() or (data_dir / s).is_symlink()]
-    return [s for s in present if s in made], [s for s in present if s not in made]
+    ours = [s for s in present if s in made and s not in extras]
+    foreign = [s for s in present if (s not in made and s in writes) or s in extras]
+    if manifest is None and ((data_dir / MANIFEST).exists() or (data_dir / MANIFEST).is_symlink()):
+        foreign.append(MANIFEST)  # someone else's manifest.json (or an unreadable one)
+    return ours, foreign
 
 
-def _refuse_unless_forced(opts, data_dir, previous, request, ours, foreign) -> None:
+def _refuse_unless_forced(opts, data_dir, previous, request, ours, foreign, extras) -> None:
     if opts.force:
         return
+    if extras:
+        listed = [str(data_dir / path) for paths in extras.values() for path in paths]
+        more = f" and {len(listed) - 5} more" if len(listed) > 5 else ""
+        raise TransferError(
+            f"the split in {data_dir} holds files fetch-data did not put there "
+            f"({', '.join(listed[:5])}{more}); move them away, or use --force to have "
+            f"{' and '.join(str(data_dir / s) for s in extras)} moved aside whole to "
+            "<name>.old (never deleted)")
     if foreign:
         names = " and ".join(str(data_dir / s) for s in foreign)
         one = len(foreign) == 1
@@ -312,7 +384,7 @@ def _refuse_unless_forced(opts, data_dir, previous, request, ours, foreign) -> N
             f"have {'it' if one else 'them'} moved aside to <name>.old (never deleted)")
     if previous is not None and ours:
         asked = previous.get("request")
-        if asked == request:
+        if _same_request(previous, request, opts):
             why = "no longer matches its manifest (files were changed)"
         elif isinstance(asked, dict) and _without_photos(asked) == _without_photos(request):
             why = (f"was made from other photos ({opts.archive or 'the archive'} changed since; "
@@ -320,6 +392,30 @@ def _refuse_unless_forced(opts, data_dir, previous, request, ours, foreign) -> N
         else:
             why = "was made with other arguments"
         raise TransferError(f"the split in {data_dir} {why}; use --force to replace it")
+
+
+def _same_request(previous: dict, request: dict, opts: FetchOptions) -> bool:
+    """True when ``request`` asks for the split ``previous`` (a manifest) describes: the same
+    request, or the same but for split options that come to the same split on its layout
+    (``--validation-split 0.2`` given for a folder of class folders, whose default it is)."""
+    asked = previous.get("request")
+    if asked == request:
+        return True
+    if not isinstance(asked, dict):
+        return False
+    how = ("validation_split", "test_split", "per_class")
+
+    def rest(r: dict) -> dict:
+        return {key: value for key, value in r.items() if key not in how}
+
+    if rest(asked) != rest(request) or not isinstance(previous.get("split"), dict):
+        return False
+    try:
+        plan = _split_plan(opts, previous.get("layout"))
+    except TransferError:
+        return False
+    made = {key: value for key, value in previous["split"].items() if key != "order"}
+    return {key: value for key, value in plan.items() if key != "order"} == made
 
 
 def _without_photos(request: dict) -> dict:
@@ -360,9 +456,11 @@ def _fractions_asked(opts: FetchOptions) -> tuple[float | None, float | None]:
 
 def _counts_asked(opts: FetchOptions) -> bool:
     """True when a per-class count was given: not None (a field whose default is None) and
-    not the field's default."""
+    not the field's default; ``test_per_class=0`` (no test split, the default) asks for no
+    counts."""
     defaults = {f.name: f.default for f in dataclasses.fields(opts)}
     return any(getattr(opts, name, None) is not None and getattr(opts, name) != defaults.get(name)
+               and not (name == "test_per_class" and getattr(opts, name) == 0)
                for name in _COUNT_FIELDS)
 
 
@@ -432,7 +530,7 @@ def _build_split(images: ImageSource, opts: FetchOptions, tmp: Path, reporter: R
     details: dict = {"classes": list(found), "split": plan}
     if plan["mode"] == "per_class":
         counts, files, skipped, renamed = _split_per_class(
-            images, found, plan, opts, tmp, reporter, rename=images.layout == CLASS_FOLDERS)
+            images, found, plan, opts, tmp, reporter, dedupe=images.layout != CLASS_FOLDERS)
     else:
         counts, files, skipped, renamed, usable = _split_by_fractions(
             images, found, plan, opts, tmp, reporter)
@@ -454,7 +552,10 @@ def _checked(images: ImageSource, member: str) -> tuple[bytes, str | None]:
     return data, check_image(data)
 
 
-def _split_per_class(images, found, plan, opts, tmp, reporter, rename: bool):
+def _split_per_class(images, found, plan, opts, tmp, reporter, dedupe: bool):
+    """Each class's photos in a seeded shuffle, placed until every split has its count. A name
+    met twice is renamed (``name-2.jpg``); with ``dedupe`` (the cats/dogs layouts, whose names
+    are unique in the original) the very same photo under the same name is placed once."""
     per_split = {split: n for split, n in plan.items() if split in SPLITS}
     need = sum(per_split.values())
     classes = list(found)
@@ -470,22 +571,22 @@ def _split_per_class(images, found, plan, opts, tmp, reporter, rename: bool):
             order = sorted(found[cls])
             random.Random(f"{opts.seed}:{cls}").shuffle(order)
             seen_names: dict[str, int] = {}
+            first: dict[str, tuple[str, str]] = {}  # file name -> (its SHA-256, member)
             placed = 0
             for member in order:
                 if placed == need:
                     break
-                name = member_file_name(member)
-                if not rename and name in seen_names:
-                    data, reason = b"", "duplicate file name"
-                else:
-                    data, reason = _checked(images, member)
+                data, reason = _checked(images, member)
+                if not reason and dedupe:  # the same photo twice (train/ and a copy of it)
+                    digest = hashlib.sha256(data).hexdigest()
+                    kept = first.setdefault(member_file_name(member).casefold(),
+                                            (digest, member))
+                    if kept[0] == digest and kept[1] != member:
+                        reason = f"the same photo as {kept[1]}"
                 if reason:
                     skipped.append({"name": member, "class": cls, "reason": reason})
                     continue
-                if rename:
-                    name = _free_file_name(name, seen_names)
-                else:
-                    seen_names[name] = 1
+                name = _free_file_name(member_file_name(member), seen_names)
                 split = split_of[placed]
                 folder = tmp / split / cls
                 folder.mkdir(parents=True, exist_ok=True)
@@ -688,7 +789,7 @@ def _swap_into_place(data_dir: Path, tmp: Path, manifest: dict, ours: list[str],
                "files": manifest["files"]}
     try:
         write_json(data_dir / JOURNAL, journal)
-        for split, name in aside.items():  # folders someone else made: kept, renamed aside
+        for split, name in aside.items():  # someone else's folders (or manifest): renamed
             os.replace(data_dir / split, data_dir / name)
         for split in ours:  # the previous split: kept until the new manifest is in place
             os.replace(data_dir / split, old / split)

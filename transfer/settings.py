@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,8 +68,26 @@ def _flag(name: str) -> str:
 
 
 def at_least(name: str, value, low) -> None:
-    if value is None or value < low:
+    """A whole number (every such option counts something) of at least ``low``."""
+    if not whole(value):
+        raise TransferError(f"{_flag(name)} must be a whole number, not {value!r}")
+    if value < low:
         raise TransferError(f"{_flag(name)} must be at least {low}, not {value}")
+
+
+def whole(value) -> bool:
+    """True for an int (NumPy's too), not a bool, a float or a string of digits."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def a_seed(name: str, value) -> None:
+    if not whole(value):
+        raise TransferError(f"{_flag(name)} must be a whole number, not {value!r}")
+
+
+def a_path(name: str, value) -> None:
+    if not isinstance(value, str | os.PathLike) or not str(value):
+        raise TransferError(f"{_flag(name)} must be a path, not {value!r}")
 
 
 def positive(name: str, value) -> None:
@@ -202,6 +221,8 @@ class FetchOptions(Settings):
 
     def validated(self) -> FetchOptions:
         opts = self
+        a_path("data_dir", opts.data_dir)
+        a_seed("seed", opts.seed)
         if opts.archive is not None and opts.source in ("auto", "archive"):
             opts = opts.replace(source="archive", archive=Path(opts.archive))
         elif opts.archive is not None:
@@ -227,8 +248,8 @@ class FetchOptions(Settings):
             if total >= 1:
                 raise TransferError(f"--validation-split + --test-split is {total:g}: it must "
                                     "stay below 1, to leave images to train on")
-            if any(n is not None for n in (opts.train_per_class, opts.validate_per_class,
-                                           opts.test_per_class)):
+            if opts.train_per_class is not None or opts.validate_per_class is not None or \
+                    opts.test_per_class not in (None, 0):  # 0: no test split, the default
                 raise TransferError(
                     "give either --validation-split/--test-split (fractions of every class) or "
                     "--train-per-class/--validate-per-class/--test-per-class (counts), not both")
@@ -347,6 +368,7 @@ class TrainSettings(Settings):
         """Every option checked, without TensorFlow; raises one TransferError per problem."""
         from transfer import bases
 
+        a_seed("seed", self.seed)
         base = bases.get(self.base)
         bases.check_alpha(base, self.alpha)
         if self.image_size is not None:
@@ -601,6 +623,7 @@ class ServeSettings(Settings):
     def validated(self) -> ServeSettings:
         from transfer import bases
 
+        a_seed("seed", self.seed)
         base = bases.get(self.base)
         bases.check_alpha(base, self.alpha)
         if not 0 <= self.port <= 65535:
@@ -672,6 +695,7 @@ class CompareSettings(Settings):
     def validated(self) -> CompareSettings:
         from transfer import bases
 
+        a_seed("seed", self.seed)
         runs = [r.strip() for r in (self.runs if isinstance(self.runs, list | tuple)
                                     else str(self.runs).split(",")) if r.strip()]
         if not runs:
@@ -727,6 +751,7 @@ class MnistParams(Settings):
         return Path(self.output or Path("models") / f"{self.dataset}-{self.arch}")
 
     def validated(self) -> MnistParams:
+        a_seed("seed", self.seed)
         one_of("dataset", self.dataset, MNIST_DATASETS)
         one_of("arch", self.arch, MNIST_ARCHS)
         at_least("epochs", self.epochs, 1)

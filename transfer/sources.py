@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
 import os
 import re
 import socket
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -122,11 +124,17 @@ def obtain_archive(opts: FetchOptions, source: str, cache: Path, reporter: Repor
 
 def _microsoft(url: str, cache: Path, reporter: Reporter) -> Obtained:
     name = PurePosixPath(url.split("?")[0]).name or "petimages.zip"
+    resumed = (cache / f"{name}.part").is_file() and not (cache / name).exists()
     path = download(url, cache / name, reporter, offline_hint=OFFLINE_HINT)
     expected = expected_microsoft_sha256()
     got = sha256_file(path)
     if got != expected:
         path.unlink(missing_ok=True)  # ours, in the cache: the next run downloads it again
+        if resumed:  # the part an earlier run left may be what is wrong, not the server
+            raise TransferError(
+                f"the file from {url} is not Microsoft's PetImages zip (SHA-256 {got}, expected "
+                f"{expected}); this download resumed a partial file an earlier run left, which "
+                "may be what was damaged: deleted, run again to download it whole")
         raise TransferError(
             f"the file from {url} is not Microsoft's PetImages zip: its SHA-256 is {got}, "
             f"expected {expected} (deleted; a mirror must serve the very same file)")
@@ -159,13 +167,18 @@ def _default_kaggle_api():
 
 def _kaggle_download(competition: str, target: Path, reporter: Reporter,
                      api_factory: Callable[[], object] | None) -> Path:
+    kept = _downloaded(target)
+    if kept is not None:  # a competition's files do not change: no account or network needed
+        reporter.info(f"using the Kaggle competition {competition!r}'s train.zip downloaded "
+                      f"before: {kept} (delete it to download it again)")
+        return kept
     with _keeping_kaggle_env():
         api = (api_factory or _default_kaggle_api)()
     try:
         with _keeping_kaggle_env(), contextlib.redirect_stdout(io.StringIO()):
             api.authenticate()
     except (SystemExit, Exception) as exc:  # KAGGLE_API_TOKEN is checked online: may be offline
-        raise TransferError(_kaggle_offline(exc) or NO_KAGGLE_CREDENTIALS) from exc
+        raise TransferError(_kaggle_offline(exc) or _credentials_refused()) from exc
     target.mkdir(parents=True, exist_ok=True)
     reporter.info(f"downloading train.zip of the Kaggle competition {competition!r}")
     try:
@@ -178,6 +191,35 @@ def _kaggle_download(competition: str, target: Path, reporter: Reporter,
     if not zips:
         raise TransferError(f"the Kaggle client reported success but wrote no zip in {target}")
     return zips[0]
+
+
+def _downloaded(target: Path) -> Path | None:
+    """The newest whole zip an earlier download left in ``target`` (a download cut short has
+    no central directory at its end: not a zip), or None."""
+    if not target.is_dir():
+        return None
+    zips = sorted(target.glob("*.zip"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return next((z for z in zips if z.is_file() and zipfile.is_zipfile(z)), None)
+
+
+def _credentials_refused() -> str:
+    """Why the Kaggle client would not authenticate: no credentials, a kaggle.json that is not
+    what the client reads (it skips an unreadable one silently), or credentials refused."""
+    where = kaggle_credentials()
+    if where is None:
+        return NO_KAGGLE_CREDENTIALS
+    hint = "; " + NO_KAGGLE_CREDENTIALS.split(": ", 1)[1]
+    if where.endswith("kaggle.json"):
+        try:
+            config = json.loads(Path(where).read_text(encoding="utf-8"))
+            problem = (None if isinstance(config, dict) and config.get("username")
+                       and config.get("key") else 'no "username" and "key" in it')
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            problem = f"not JSON: {exc}" if isinstance(exc, ValueError) else str(exc)
+        if problem:
+            return (f"Kaggle cannot read {where} ({problem}); it must hold "
+                    '{"username": "...", "key": "..."}' + hint)
+    return f"Kaggle did not accept the credentials in {where}" + hint
 
 
 def _kaggle_failure(competition: str, exc: BaseException) -> str:
