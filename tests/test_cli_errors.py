@@ -175,6 +175,9 @@ CASES = [
     ("serve --models-dir {file}", 1, "is a file, not a folder"),
     ("report {tmp}/no-such-bundle", 1, "no such bundle or evaluation folder"),
     ("report {file}", 1, "is a file, not a bundle or evaluation folder"),
+    # paths are no markup: "[draft]" was dropped from the line, "[/x]" a MarkupError traceback
+    ("report {tmp}/old[draft]", 1, "old[draft]: no such bundle or evaluation folder"),
+    ("report {tmp}/a[/x]", 1, "a[/x]: no such bundle or evaluation folder"),
     ("report {bundle} --output {ro}/r.html", 1, "cannot write in /sys"),
     # the top level
     ("frobnicate", 2, "No such command"),

@@ -567,6 +567,22 @@ def test_cli_fetch_data_of_a_photo_folder_prints_one_column_per_class(flowers, t
     assert again.exit_code == 0 and "nothing to do" in again.output
 
 
+def test_cli_prints_class_names_and_paths_as_they_are(flowers, tmp_path):
+    """Brackets in a class or folder name are no rich markup: "[old]" vanished from the table,
+    a "[/x]" in a message ended in a MarkupError traceback."""
+    from transfer.cli import app
+
+    folder = copy_classes(flowers, tmp_path / "photos [2024]", per_class=10, classes=TWO)
+    (folder / "roses").rename(folder / "roses [old]")
+    (folder / "daisy").rename(folder / "daisy [dim]")
+    data = tmp_path / "data [v2]"
+    result = CliRunner().invoke(app, ["fetch-data", "--archive", str(folder),
+                                      "--data-dir", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "roses [old]" in result.output and "daisy [dim]" in result.output
+    assert f"manifest: {data / 'manifest.json'}" in result.output
+
+
 def test_a_real_zip_written_by_pythons_zipfile_in_memory(flowers, tmp_path):
     """A zip made in memory (no folder entries at all): the same classes and split."""
     buffer = io.BytesIO()

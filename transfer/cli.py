@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from transfer import __version__, errors, quiet
 from transfer import settings as S
@@ -73,7 +74,7 @@ def _patch_typer_help() -> None:
         ctx = getattr(exc, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         message = " ".join(exc.format_message().replace("Value error, ", "").split())
-        err.print(f"[bold red]error:[/bold red] {message}{hint}", highlight=False,
+        err.print(f"[bold red]error:[/bold red] {escape(message + hint)}", highlight=False,
                   soft_wrap=True, markup=True)
 
     rich_utils.rich_format_error = one_line_usage_error
@@ -85,7 +86,9 @@ def _console(stderr: bool = False) -> Console:
     """A console that does not wrap at 80 columns when the output is a pipe or a file."""
     stream = sys.stderr if stderr else sys.stdout
     wide = None if stream.isatty() else int(os.environ.get("COLUMNS") or 0) or 200
-    return Console(stderr=stderr, width=wide)
+    # markup=False: paths, class names and messages print as they are ("old [draft]/"); the
+    # few prints with markup say so and escape what they interpolate
+    return Console(stderr=stderr, width=wide, markup=False)
 
 
 out = _console()
@@ -122,8 +125,8 @@ def _main(
 
 def _error_line(message: str) -> None:
     message = " ".join(str(message).split())  # always one line
-    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True,
-              markup=True)
+    err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False,
+              soft_wrap=True, markup=True)
 
 
 def _os_error(exc: OSError) -> str:
@@ -207,9 +210,9 @@ def command(name: str, examples: list[str]):
 
 def _interrupted_exit(kind: type[KeyboardInterrupt]) -> None:
     if issubclass(kind, Terminated):
-        err.print("[bold red]terminated[/bold red]")
+        err.print("[bold red]terminated[/bold red]", markup=True)
         raise typer.Exit(143) from None
-    err.print("[bold red]interrupted[/bold red]")
+    err.print("[bold red]interrupted[/bold red]", markup=True)
     raise typer.Exit(130) from None
 
 
@@ -501,9 +504,9 @@ def train_cmd(
     validate = ((result.meta.get("data") or {}).get("counts") or {}).get("validate")
     shown = (f" (balanced accuracy {balanced:.4f})"
              if balanced is not None and metrics.unbalanced(validate) else "")
-    out.print(f"[bold]{result.bundle}[/bold]: validation accuracy {m['val_accuracy']:.4f}"
-              f"{shown}, loss {m['val_loss']:.4f} (best epoch {m['best_epoch']} of "
-              f"{m['epochs_run']})", highlight=False)
+    out.print(f"[bold]{escape(str(result.bundle))}[/bold]: validation accuracy "
+              f"{m['val_accuracy']:.4f}{shown}, loss {m['val_loss']:.4f} (best epoch "
+              f"{m['best_epoch']} of {m['epochs_run']})", highlight=False, markup=True)
     speed = (f", base {t['base_images_per_second']} images/s"
              if t.get("base_images_per_second") else "")
     out.print(f"feature cache: {result.meta['feature_cache']}; features "
@@ -563,7 +566,7 @@ def _predictions_table(result) -> Table:
         table.add_column(f"next {extra}", overflow="fold")
     for item in result.items:
         if item.error:
-            table.add_row(item.file, f"[red]error: {item.error}[/red]")
+            table.add_row(item.file, Text(f"error: {item.error}", style="red"))
             continue
         label = item.label + (" (inverted)" if (item.image or {}).get("inverted") else "")
         row = [item.file, label, _pct(item.probability)]
@@ -632,7 +635,7 @@ def predict_cmd(
     if fmt == "table":
         table = _predictions_table(result)
         if output is not None:
-            recorder = Console(record=True, width=160, file=io.StringIO())
+            recorder = Console(record=True, width=160, file=io.StringIO(), markup=False)
             recorder.print(table)
             text = recorder.export_text()
         else:
@@ -650,7 +653,7 @@ def predict_cmd(
         err.print(f"wrote {output}", highlight=False)
     if result.failed:
         err.print(f"[bold red]{result.failed} of {len(result.items)} input(s) failed[/bold red]",
-                  highlight=False)
+                  highlight=False, markup=True)
         raise typer.Exit(1)
 
 
@@ -720,8 +723,8 @@ def evaluate_cmd(
     auc = (f", ROC AUC {r['roc_auc']:.4f} ({r['roc_auc_positive_class']} positive)"
            if r["roc_auc"] is not None else "")
     out.print(f"[bold]accuracy {r['accuracy']:.4f}[/bold], loss {r['loss']:.4f}, balanced "
-              f"accuracy {r['balanced_accuracy']:.4f}, macro F1 {r['macro_f1']:.4f}{auc}",
-              highlight=False)
+              f"accuracy {r['balanced_accuracy']:.4f}, macro F1 {r['macro_f1']:.4f}"
+              f"{escape(auc)}", highlight=False, markup=True)
     trained = r.get("training_metrics") or {}
     if r["is_training_validation_folder"] and trained.get("val_accuracy") is not None:
         shown_again = (f" on the split it made then (this one holds {r['training_images']} of "
@@ -813,7 +816,7 @@ def explain_cmd(
             predicted = max(r.probabilities, key=r.probabilities.get)
             out.print(f"{escape(row.image)}: predicted [bold]{escape(predicted)}[/bold] "
                       f"{r.probabilities[predicted]:.4f}; Grad-CAM of {escape(r.label)} -> "
-                      f"{escape(str(r.png))}", highlight=False)
+                      f"{escape(str(r.png))}", highlight=False, markup=True)
     written = len(rows) - failed
     where = f"in {output}" if output is not None else "beside the images"
     out.print(f"wrote {written} Grad-CAM picture{'' if written == 1 else 's'} {where}"
@@ -828,7 +831,7 @@ def _explained(image, result) -> None:
     out.print(f"{escape(str(image))}: predicted [bold]{escape(predicted)}[/bold] "
               f"{result.probabilities[predicted]:.4f}; Grad-CAM of {escape(result.label)} at "
               f"layer {result.layer} ({result.heatmap.shape[0]}x{result.heatmap.shape[1]} "
-              "maps)", highlight=False)
+              "maps)", highlight=False, markup=True)
     out.print(f"wrote {result.png}", highlight=False, markup=False)
 
 
@@ -867,10 +870,10 @@ def export_cmd(
     result = export(settings, reporter=_reporter())
     c = result.comparison
     if c is None:
-        out.print(f"[bold]{result.path}[/bold] ({result.format}); check on {result.n_images} "
-                  f"images from {result.check_source}: max abs difference "
-                  f"{result.max_abs_diff:.2e} <= {result.tolerance:g} [green]passed[/green]",
-                  highlight=False)
+        out.print(f"[bold]{escape(str(result.path))}[/bold] ({result.format}); check on "
+                  f"{result.n_images} images from {escape(str(result.check_source))}: max abs "
+                  f"difference {result.max_abs_diff:.2e} <= {result.tolerance:g} "
+                  "[green]passed[/green]", highlight=False, markup=True)
     else:
         q, f = c["quantized"], c["float"]
         variant = f", {q['variant']}" if q.get("variant") not in (None, q["mode"]) else ""
@@ -884,7 +887,7 @@ def export_cmd(
         out.print(f"size {c['size_ratio']:.2f}x of the float model; agreement with it "
                   f"{c['agreement']:.3f}; confident images that changed class "
                   f"{c['confident_changed']} of {c['confident_images']} "
-                  "[green]passed[/green]", highlight=False)
+                  "[green]passed[/green]", highlight=False, markup=True)
     out.print(f"class names and input recipe: {result.meta_path}", highlight=False)
 
 
@@ -950,10 +953,10 @@ def mnist_cmd(
         noise.add_row(f"{sigma:.1f}", f"{accuracy:.4f}")
     out.print(noise)
     m = result.meta["metrics"]
-    out.print(f"[bold]{result.bundle}[/bold]: test accuracy {m['test_accuracy']:.4f}, "
-              f"loss {m['test_loss']:.4f}; pictures: samples.png confusion.png "
-              "misclassified.png filters.png feature_maps.png noise.png curves.png",
-              highlight=False)
+    out.print(f"[bold]{escape(str(result.bundle))}[/bold]: test accuracy "
+              f"{m['test_accuracy']:.4f}, loss {m['test_loss']:.4f}; pictures: samples.png "
+              "confusion.png misclassified.png filters.png feature_maps.png noise.png curves.png",
+              highlight=False, markup=True)
 
 
 # --------------------------------------------------------------------------- compare

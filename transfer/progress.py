@@ -35,13 +35,16 @@ class RichReporter(Reporter):
     def __init__(self, console=None):
         from rich.console import Console
 
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, markup=False)
 
-    def info(self, message: str) -> None:
-        self.console.print(message, highlight=False)
+    def info(self, message: str) -> None:  # paths and class names as they are: no markup
+        self.console.print(message, highlight=False, markup=False)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+        from rich.markup import escape
+
+        self.console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False,
+                           markup=True)
 
     @contextmanager
     def task(self, description: str, total: float | None = None, kind: str = "items",
