@@ -623,7 +623,6 @@ class ServeSettings(Settings):
     def validated(self) -> ServeSettings:
         from transfer import bases
 
-        a_seed("seed", self.seed)
         base = bases.get(self.base)
         bases.check_alpha(base, self.alpha)
         if not 0 <= self.port <= 65535:
