@@ -164,6 +164,27 @@ def test_options_are_checked_before_any_work(tmp_path, monkeypatch):
     assert not (tmp_path / "never").exists()
 
 
+def test_output_places_are_checked_as_trains_are(tmp_path, monkeypatch):
+    """--output latest replaced the models/latest link by a folder (train stopped updating
+    it), --output inside a bundle wrote a bundle into it, and a folder of photos was refused
+    only after the whole run: now all refused before any work, as train refuses them."""
+    monkeypatch.setattr(mnist, "load", None)  # reading data would fail loudly
+    models = tmp_path / "models"
+    (models / "cd").mkdir(parents=True)
+    (models / "cd/meta.json").write_text('{"schema_version": 1, "class_names": ["a", "b"]}')
+    (models / "cd/model.keras").write_bytes(b"")
+    (models / "latest").symlink_to("cd")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos/cat.jpg").write_bytes(b"mine")
+    for output, pattern in ((models / "latest", "latest is the link to the newest bundle"),
+                            (models / "cd/sub", "is inside the bundle"),
+                            (tmp_path / "photos", "is not a model bundle; refusing")):
+        with pytest.raises(TransferError, match=pattern):
+            mnist.run(mnist.MnistParams(output=output, force=True))
+    assert (models / "latest").is_symlink() and not (models / "cd/sub").exists()
+    assert (tmp_path / "photos/cat.jpg").read_bytes() == b"mine"
+
+
 def test_ema_zero_is_plain_adam(mnist_dir, tmp_path):
     """--ema 0 (with no smoothing, no shifts, Adam 1e-3): the saved weights are exactly those
     of a plain Adam fit with the same seed (and --ema 0.99 ends elsewhere, so the comparison
@@ -201,6 +222,14 @@ def test_mnist_bundle_has_the_common_meta_and_its_settings(quick):
     training = meta["training"]  # the defaults: Adam 2e-3, no label smoothing, no shifts
     assert training["learning_rate"] == 0.002 and training["label_smoothing"] == 0.0
     assert training["shift_pixels"] == 0 and training["weight_average_momentum"] == 0.99
+    # what it trained on: 6000 digits less the 10% held out (it said 6000)
+    assert training["train_images"] == 5400 and training["validation_images"] == 600
+    counts = meta["data"]["counts"]
+    assert [sum(counts[s].values()) for s in ("train", "validate", "test")] == [5400, 600, 10000]
+    assert list(counts["test"]) == meta["class_names"]
+    from transfer.report import data_counts
+
+    assert data_counts(meta)[0] == counts  # the report's Data table, per class
     settings = json.loads((tmp_path / "mnist-cnn/settings.json").read_text())
     assert settings == meta["settings"]
     assert mnist.MnistParams(**{**settings, "output": tmp_path / "again"}).validated()

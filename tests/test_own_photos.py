@@ -100,6 +100,13 @@ def test_a_folder_of_class_folders_trains_on_a_split_made_in_memory(flowers, tmp
     assert reporter.warnings == [
         "class tulips has only 9 images (fewer than 10): too few to learn it well or to "
         "measure it; add photos if you can"]  # .DS_Store, ._*, Thumbs.db: not a word
+    # its report: images per class, and Grad-CAM overlays on the validation photos of the
+    # split made in memory (it had none, and totals only: it looked for a validate folder)
+    from transfer.report import data_counts, write_report
+
+    assert data_counts(meta)[0] == counts
+    page = write_report(result.bundle, tmp_path / "page.html", gradcams=2).read_text()
+    assert page.count('class="gradcam"') == 2
 
 
 def test_the_split_is_deterministic_and_is_fetch_datas_split_of_the_same_folder(flowers,

@@ -67,9 +67,10 @@ def bundle_copy(trained_bundle, tmp_path):
     return copy
 
 
-def test_report_of_a_bundle_never_evaluated(bundle_copy, trained_bundle):
+def test_report_of_a_bundle_never_evaluated(bundle_copy, trained_bundle, monkeypatch):
     for name in ("report.json", "confusion.png", "misclassified.png"):
         (bundle_copy / name).unlink(missing_ok=True)
+    monkeypatch.setenv("TRANSFER_REPORT_GRADCAMS", "3")  # as train and evaluate read it
     path = write_report(bundle_copy)
     assert path == bundle_copy / "report.html"
     text = path.read_text(encoding="utf-8")
@@ -85,9 +86,9 @@ def test_report_of_a_bundle_never_evaluated(bundle_copy, trained_bundle):
     settings = trained_bundle.meta["settings"]
     assert html.escape(f'"base": "{settings["base"]}"') in text and "learning_rate" in text
     assert "validate" in words and "Timings and engine" in words
-    # Grad-CAM overlays computed on the validation photos (2-4 of them)
+    # Grad-CAM overlays computed on the validation photos, as many as asked
     gradcams = [img for img in links.images if img.get("class") == "gradcam"]
-    assert 2 <= len(gradcams) <= 4
+    assert len(gradcams) == 3
     for img in gradcams:
         with decoded(img["src"]) as picture:
             assert max(picture.size) <= 224 and picture.mode == "RGB"

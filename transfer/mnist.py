@@ -318,7 +318,8 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
         dataset=p.dataset,
         output="softmax",
         training={"epochs": p.epochs, "batch_size": p.batch_size,
-                  "validation_split": p.validation_split, "train_images": len(x_train),
+                  "validation_split": p.validation_split, "train_images": split_at,
+                  "validation_images": len(x_train) - split_at,
                   "optimizer": "adam", "learning_rate": p.learning_rate,
                   "weight_average_momentum": p.ema, "label_smoothing": p.label_smoothing,
                   "shift_pixels": p.shift},
@@ -327,7 +328,12 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
                  "total_seconds": round(time.perf_counter() - started, 2)},
         data={"source": str(Path(p.data).resolve()) if p.data
               else f"keras.datasets.{KERAS_NAMES[p.dataset]}",
-              "test_images": len(x_test)},
+              "test_images": len(x_test),
+              "counts": {split: {names[i]: int(n) for i, n in
+                                 enumerate(np.bincount(labels, minlength=len(names)))}
+                         for split, labels in (("train", y_train[:split_at]),
+                                               ("validate", y_train[split_at:]),
+                                               ("test", y_test)) if len(labels)}},
     )
 
     def pictures(folder: Path) -> None:

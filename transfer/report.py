@@ -198,6 +198,12 @@ def data_counts(meta: dict | None) -> tuple[dict[str, dict[str, int]], list[dict
                     counts[split] = {str(k): int(v) for k, v in per_class.items()}
             skipped = [s for s in manifest.get("skipped") or [] if isinstance(s, dict)]
             source = f"{root / 'manifest.json'} (transfer fetch-data)"
+    recorded = data.get("counts")  # what training used, per class (train's, mnist's)
+    if not counts and isinstance(recorded, dict) and recorded and all(
+            isinstance(per_class, dict) for per_class in recorded.values()):
+        counts = {str(split): {str(k): int(v) for k, v in per_class.items()}
+                  for split, per_class in recorded.items()}
+        source = "meta.json (the images training used)"
     if not counts and names:
         for split, folder in folders.items():
             if folder:
@@ -230,18 +236,20 @@ def _history(folder: Path) -> tuple[list[str], list[list[str]]]:
 
 
 def _validation_images(meta: dict, per_class: int) -> list[tuple[Path, str]]:
-    """Up to ``per_class`` images of each class from the bundle's validation folder."""
-    from transfer.files import images_under
+    """Up to ``per_class`` images of each class the bundle was validated on: its validation
+    folder, or the split training made in memory of a folder of class folders, made again."""
+    from transfer.evaluate import bundle_images
 
-    folder = bundle.data_folder(meta, "validate_dir")
-    if folder is None or not folder.is_dir():
+    names = list(meta.get("class_names") or [])
+    try:
+        found = bundle_images(meta, "validate") or []
+    except (KeyError, TypeError, ValueError, OSError, TransferError):  # an odd or older meta
         return []
-    picked = []
-    for name in meta.get("class_names") or []:
-        sub = Path(folder) / name
-        if sub.is_dir():
-            files = images_under(sub)
-            picked += [(p, name) for p in files[:per_class]]
+    picked, taken = [], dict.fromkeys(range(len(names)), 0)
+    for path, label in found:
+        if taken.get(label, per_class) < per_class:
+            taken[label] += 1
+            picked.append((Path(path), names[label]))
     return picked
 
 
@@ -323,7 +331,8 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
     Args:
         folder: a bundle (meta.json, and report.json once evaluated) or an `evaluate
             --output` folder (report.json; its bundle is read too when it still exists).
-        gradcams: Grad-CAM overlays to compute on the bundle's validation images (0: none).
+        gradcams: Grad-CAM overlays to compute on the bundle's validation images (0: none;
+            default ``gradcams_wanted()``, as train, mnist and evaluate wrote it).
 
     Returns:
         The HTML text (UTF-8, no external resource).
@@ -570,14 +579,28 @@ def check_replaceable(target: Path, force: bool = False) -> None:
                             "replace it (or --output another file)")
 
 
-def write_report(folder: Path, output: Path | None = None, *, gradcams: int = GRADCAMS,
+def gradcams_wanted(gradcams: int | None = None) -> int:
+    """Grad-CAM overlays for a report: ``gradcams``, else ``$TRANSFER_REPORT_GRADCAMS``, else
+    ``GRADCAMS`` (each costs a forward and a backward pass; 0 makes the report instant)."""
+    if gradcams is not None:
+        return max(0, int(gradcams))
+    import os
+
+    try:
+        return max(0, int(os.environ.get("TRANSFER_REPORT_GRADCAMS", GRADCAMS)))
+    except ValueError:
+        return GRADCAMS
+
+
+def write_report(folder: Path, output: Path | None = None, *, gradcams: int | None = None,
                  force: bool = False) -> Path:
     """Write the one-file HTML report of a bundle or an evaluation folder.
 
     Args:
         folder: a bundle or an `evaluate --output` folder (see ``render_report``).
         output: the HTML file to write; default ``folder/report.html``.
-        gradcams: Grad-CAM overlays to compute on the bundle's validation images (0: none).
+        gradcams: Grad-CAM overlays to compute on the bundle's validation images (0: none;
+            default ``gradcams_wanted()``, as train, mnist and evaluate wrote it).
         force: replace ``output`` even when it is not a report this tool wrote (an earlier
             transfer report is always replaced).
 
@@ -594,7 +617,7 @@ def write_report(folder: Path, output: Path | None = None, *, gradcams: int = GR
     folder = Path(folder)
     target = Path(output) if output is not None else folder / REPORT_HTML
     check_replaceable(target, force)
-    text = render_report(folder, gradcams)
+    text = render_report(folder, gradcams_wanted(gradcams))
     target.parent.mkdir(parents=True, exist_ok=True)
     with replacing(target) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
@@ -607,13 +630,6 @@ def write_quietly(folder: Path, reporter=None, *, gradcams: int | None = None,
     in place, so a report that cannot be made is a warning, never a failed run. Grad-CAM
     overlays: ``gradcams``, else ``$TRANSFER_REPORT_GRADCAMS``, else 4 (each costs a forward
     and a backward pass; 0 makes the report instant)."""
-    if gradcams is None:
-        import os
-
-        try:
-            gradcams = max(0, int(os.environ.get("TRANSFER_REPORT_GRADCAMS", GRADCAMS)))
-        except ValueError:
-            gradcams = GRADCAMS
     try:
         return write_report(folder, gradcams=gradcams, force=force)
     except Exception as exc:  # the report is a view of files already written

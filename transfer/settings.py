@@ -137,6 +137,24 @@ def writable(name: str, path: Path | None, *, file: bool = False) -> None:
                             f"({exc.strerror or exc})") from None
 
 
+def bundle_output(output: Path, force: bool) -> None:
+    """The folder a bundle will be written to (train's and mnist's ``--output``): not a file,
+    not ``latest`` nor inside another bundle, writable, and an existing one replaced only with
+    ``force`` and only when it is a bundle."""
+    from transfer import bundle
+    from transfer.files import refuse_existing
+
+    output = Path(output)
+    not_a_file("output", output)
+    bundle.check_output_place(output)
+    writable("output", output)
+    if output.exists():
+        refuse_existing(output, force)
+        if not bundle.is_bundle(output):
+            raise TransferError(f"{output} exists and is not a model bundle; refusing to "
+                                "replace it (choose another --output)")
+
+
 def existing_file(name: str, path: Path | None) -> None:
     if path is not None and not Path(path).exists():
         raise TransferError(f"{_flag(name)} {path} does not exist")
@@ -427,18 +445,7 @@ class TrainSettings(Settings):
             writable("preview_augment", preview, file=True)
             refuse_existing(preview, hp.force, "--preview-augment:")
         if hp.output is not None:
-            from transfer import bundle
-
-            not_a_file("output", hp.output)
-            bundle.check_output_place(hp.output)
-            writable("output", hp.output)
-            if hp.output.exists():
-                from transfer.files import refuse_existing
-
-                refuse_existing(hp.output, hp.force)
-                if not bundle.is_bundle(hp.output):
-                    raise TransferError(f"{hp.output} exists and is not a model bundle; refusing "
-                                        "to replace it (choose another --output)")
+            bundle_output(hp.output, hp.force)
         return hp
 
 
@@ -765,12 +772,7 @@ class MnistParams(Settings):
         if self.limit is not None:
             at_least("limit", self.limit, 10)
         existing_file("data", self.data)
-        target = self.target()
-        not_a_file("output", target)
-        writable("output", target)
-        from transfer.files import refuse_existing
-
-        refuse_existing(target, self.force)
+        bundle_output(self.target(), self.force)
         return self
 
 
