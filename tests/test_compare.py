@@ -184,3 +184,18 @@ def test_the_section_renders_without_a_picture():
         "seconds": 3.2, "parameters_trained": 1234, "bundle": "x/frozen"}}}
     text = render_section(data)
     assert "F1 a" in text and "1,234" in text and "<img" not in text
+
+
+def test_an_output_inside_the_photo_folder_is_refused_before_any_run(tmp_path):
+    """compare --data-dir photos --output photos made photos/frozen and photos/latest, which
+    the next train read as classes; --output photos/compare failed as 'a class with no
+    images' and left the folder behind."""
+    photos = tmp_path / "photos"
+    for name in ("cats", "dogs"):
+        (photos / name).mkdir(parents=True)
+    for output in (photos, photos / "compare"):
+        with pytest.raises(TransferError, match=r"is inside the data folder .*photos: what is "
+                           r"written there would be read as photos next time"):
+            CompareSettings(data_dir=photos, output=output).validated()
+    assert sorted(p.name for p in photos.iterdir()) == ["cats", "dogs"]
+    CompareSettings(data_dir=photos, output=tmp_path / "runs").validated()  # beside it: fine

@@ -145,10 +145,33 @@ def test_evaluate_errors(trained_bundle, small_split, tmp_path):
     for path in sorted((small_split / "test/cats").iterdir())[:5]:
         shutil.copy(path, single)
     (single / "broken.jpg").write_bytes(b"not a jpeg")
-    report = evaluate(copy, data_dir=tmp_path / "single", output=tmp_path / "o4").report
-    assert report["images"] == 5 and len(report["skipped"]) == 1
+    (single / "IMG_0001.HEIC").write_bytes(b"\0\0\0\x18ftypheic")  # an iPhone's, a raw one
+    (single / "IMG_0002.dng").write_bytes(b"II*\0")
+    recorder = Recorder()
+    report = evaluate(copy, data_dir=tmp_path / "single", output=tmp_path / "o4",
+                      reporter=recorder).report
+    assert report["images"] == 5 and len(report["skipped"]) == 3  # HEIC and raw said, too
+    reasons = {Path(item["file"]).name: item["reason"] for item in report["skipped"]}
+    assert reasons["IMG_0001.HEIC"].startswith("HEIC (an iPhone's photos) is not a format "
+                                               "transfer reads; convert them to JPEG")
+    assert "IMG_0002.dng" in reasons and len(recorder.warnings) == 3
     assert report["roc_auc"] is None and report["per_class"]["dogs"]["recall"] is None
     assert np.asarray(report["confusion_matrix"]).sum() == 5
+    # nothing readable: the reasons come before the one error line; no empty output folder
+    bad = tmp_path / "allbad/cats"
+    bad.mkdir(parents=True)
+    (bad / "a.jpg").write_bytes(b"not a jpeg")
+    recorder = Recorder()
+    with pytest.raises(TransferError, match="no readable image in"):
+        evaluate(copy, data_dir=tmp_path / "allbad", output=tmp_path / "o5/deeper",
+                 reporter=recorder)
+    assert recorder.warnings == [f"skipped {bad / 'a.jpg'}: not an image (Pillow cannot "
+                                 "identify it)"]
+    assert not (tmp_path / "o5").exists()
+    # an output inside the data folder would be read as photos by the next evaluation
+    with pytest.raises(TransferError, match=r"--output .*single/cats is inside the data folder "
+                       r".*single: what is written there would be read as photos next time"):
+        evaluate(copy, data_dir=tmp_path / "single", output=single)
 
 
 def test_settings_object_worst_and_output_failures(trained_bundle, small_split, tmp_path):

@@ -635,6 +635,22 @@ def test_folders_and_output_are_checked_before_any_model_is_built(tiny_split, tm
                    "already exists; use --force")
 
 
+def test_models_inside_the_photo_folder_are_refused(tmp_path):
+    """A bundle written into a folder of class folders is a class (of its PNGs) next time."""
+    from transfer.settings import TrainSettings
+
+    photos = tmp_path / "photos"
+    for name in ("cats", "dogs"):
+        (photos / name).mkdir(parents=True)
+    for options in (dict(models_dir=photos / "models"), dict(output=photos / "mine"),
+                    dict(models_dir=photos)):
+        with pytest.raises(TransferError, match="is inside the data folder"):
+            TrainSettings(data_dir=photos, **options).validated()
+    TrainSettings(data_dir=photos, models_dir=tmp_path / "models").validated()
+    # a bundle given its own --output may live anywhere outside the photos
+    TrainSettings(data_dir=photos, models_dir=photos, output=tmp_path / "m").validated()
+
+
 def test_refuses_to_overwrite_without_force_and_replaces_a_bundle_with_it(own_split, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine/notes.txt").write_text("mine")

@@ -70,7 +70,7 @@ from transfer.constants import (
     unread_summary,
 )
 from transfer.errors import TransferError
-from transfer.files import exclusive, write_json
+from transfer.files import exclusive, make_dirs, write_json
 from transfer.progress import Reporter
 from transfer.settings import FetchOptions
 from transfer.sources import obtain_archive, resolve_source
@@ -135,7 +135,7 @@ def fetch_data(options: FetchOptions, reporter: Reporter | None = None,
     opts = options.validated()
     check_split_options(opts)
     data_dir = Path(opts.data_dir)
-    created = _make_dirs(data_dir)
+    created = make_dirs(data_dir)
     try:
         # one fetch-data per data folder: another one's temporary folders and swap journal
         # would look like an interrupted run's to this one (recover) and be removed
@@ -244,17 +244,6 @@ def _fetch(opts: FetchOptions, data_dir: Path, reporter: Reporter,
         reporter.warn(f"moved the existing folder that fetch-data did not make to {name}")
     return FetchResult(data_dir, source, str(obtained.path), counts, skipped, moved_aside=moved,
                        manifest=manifest)
-
-
-def _make_dirs(path: Path) -> list[Path]:
-    """mkdir -p ``path``; return the folders this call created, deepest first."""
-    missing = []
-    for folder in (path, *path.parents):
-        if folder.exists() or folder.is_symlink():
-            break
-        missing.append(folder)
-    path.mkdir(parents=True, exist_ok=True)
-    return missing
 
 
 def _remove_if_empty(data_dir: Path, created: list[Path]) -> None:

@@ -36,12 +36,18 @@ from pathlib import Path
 import numpy as np
 
 from transfer import bundle, images, metrics, pipelines, plots
-from transfer.constants import is_ignored_folder
+from transfer.constants import UNREAD_HINT, is_ignored_folder
 from transfer.errors import TransferError
-from transfer.files import replacing, write_json
-from transfer.inference import BundleClassifier, ModelEngine, classify_files, writable_folder
+from transfer.files import new_folders_kept_on_success, replacing, write_json
+from transfer.inference import (
+    BundleClassifier,
+    ModelEngine,
+    classify_files,
+    unread_reason,
+    writable_folder,
+)
 from transfer.progress import Reporter
-from transfer.settings import EvaluateSettings
+from transfer.settings import EvaluateSettings, outside_data
 
 REPORT = "report.json"
 SUSPECTS = "suspects.csv"
@@ -98,8 +104,20 @@ def labelled_files(data_dir: Path, class_names: list[str]) -> list[tuple[Path, i
     files = [(path, class_names.index(name)) for name in folders
              for path in pipelines.image_files(data_dir / name)]
     if not files:
+        unread = unread_in(data_dir, class_names)
+        if unread:
+            raise TransferError(f"{data_dir} has no images transfer can read in its class "
+                                f"folders: {len(unread)} HEIC or camera raw files; {UNREAD_HINT}")
         raise TransferError(f"{data_dir} has no images in its class folders")
     return files
+
+
+def unread_in(data_dir: Path, class_names: list[str]) -> list[dict[str, str]]:
+    """The photos in ``data_dir``'s class folders in a format the reader does not take (HEIC,
+    camera raw): skipped with their reason, as train and predict say them, never silently."""
+    return [{"file": str(data_dir / name / rel), "reason": unread_reason(Path(rel))}
+            for name in class_names if (data_dir / name).is_dir()
+            for rel in pipelines.unread_photos(data_dir / name)]
 
 
 def bundle_images(meta: dict, which: str) -> list[tuple[Path, int]] | None:
@@ -252,14 +270,23 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
     if not in_memory:  # a missing or unknown data folder is said before any output clash
         files = labelled_files(data_dir, names)
     output = Path(s.output) if s.output is not None else model
+    outside_data("output", output, data_dir)
     _check_outputs(output, data_dir, model, s.force)
-    writable_folder(output)
+    unread = [] if in_memory else unread_in(data_dir, names)
+    with new_folders_kept_on_success(output):  # an empty folder is not left by a failure
+        writable_folder(output)
+        return _evaluate(s, reporter, classifier, files, unread, data_dir, in_memory, output)
 
+
+def _evaluate(s: EvaluateSettings, reporter: Reporter, classifier: BundleClassifier,
+              files: list[tuple[Path, int]], unread: list[dict[str, str]], data_dir: Path,
+              in_memory: bool, output: Path) -> EvaluateResult:
+    model, meta, names = Path(s.model), classifier.meta, classifier.class_names
     started = time.perf_counter()
     engine = ModelEngine(classifier, s.engine, len(files), reporter)
     classified = classify_files(classifier, [path for path, _ in files], s.batch_size, reporter,
                                 f"Evaluating on {data_dir}", engine=engine)
-    kept, labels, probs, skipped, thumbs = [], [], [], [], {}
+    kept, labels, probs, skipped, thumbs = [], [], [], list(unread), {}
     for (path, label), c in zip(files, classified, strict=True):
         if c.error is not None:
             skipped.append({"file": str(path), "reason": c.error})
@@ -267,10 +294,10 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
         kept.append(path)
         labels.append(label)
         probs.append(c.probabilities)
+    for item in skipped:  # said first: when none is readable, the reasons are the answer
+        reporter.warn(f"skipped {item['file']}: {item['reason']}")
     if not kept:
         raise TransferError(f"no readable image in {data_dir}")
-    for item in skipped:
-        reporter.warn(f"skipped {item['file']}: {item['reason']}")
     seen = seen_in_training(model, kept, [names[label] for label in labels])
     if seen:
         reporter.warn(f"{seen} of the {len(kept)} images are this model's training images "

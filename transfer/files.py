@@ -13,6 +13,34 @@ from transfer.constants import is_ignored_folder, is_image_name, unread_photo
 from transfer.errors import TransferError
 
 
+def make_dirs(path: Path) -> list[Path]:
+    """mkdir -p ``path``; return the folders this call created, deepest first."""
+    path = Path(path)
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        missing.append(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+@contextlib.contextmanager
+def new_folders_kept_on_success(path: Path) -> Iterator[Path]:
+    """mkdir -p ``path``; when the block fails (Ctrl-C included), the folders this made are
+    removed again, each only if still empty."""
+    made = make_dirs(path)
+    try:
+        yield Path(path)
+    except BaseException:
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (or gone): it and its parents are kept
+        raise
+
+
 def refuse_existing(path: Path, force: bool, what: str = "") -> None:
     """One clear error when ``path`` exists and ``force`` is off (the one place that says it)."""
     path = Path(path)

@@ -100,7 +100,7 @@ def gather(paths: list[str | Path]) -> list[tuple[str, Path | None, str | None]]
             if not found and not unread:
                 rows.append((text, None, "folder has no images"))
             rows.extend((str(p), p, None) for p in found)
-            rows.extend((str(p), None, _unread_reason(p)) for p in unread)
+            rows.extend((str(p), None, unread_reason(p)) for p in unread)
         elif path.exists() or not glob.has_magic(text):  # missing: said when it is opened
             rows.append(_file_row(text, path) if path.is_file() else (text, path, None))
         else:
@@ -114,11 +114,11 @@ def gather(paths: list[str | Path]) -> list[tuple[str, Path | None, str | None]]
 def _file_row(name: str, path: Path) -> tuple[str, Path | None, str | None]:
     """A named or globbed file's row: the file, or an error row for a photo in a format the
     reader does not take (HEIC, camera raw), in the words a folder's such photos get."""
-    reason = _unread_reason(path)
+    reason = unread_reason(path)
     return (name, None, reason) if reason else (name, path, None)
 
 
-def _unread_reason(path: Path) -> str | None:
+def unread_reason(path: Path) -> str | None:
     """Why a photo in a format the reader does not take (HEIC, camera raw) gets no answer, the
     same words for a file named, globbed or found in a folder; None for other files."""
     kind = unread_photo(path.name)

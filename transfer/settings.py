@@ -155,6 +155,22 @@ def bundle_output(output: Path, force: bool) -> None:
                                 "replace it (choose another --output)")
 
 
+def outside_data(name: str, path: Path | None, *folders: Path | None) -> None:
+    """Refuse an output folder inside a data folder: what is written there (bundles, pictures)
+    would be read as photos, or as a class, by the next train or evaluate of that folder."""
+    if path is None:
+        return
+    out = Path(path).absolute().resolve()
+    for folder in folders:
+        if folder is None:
+            continue
+        data = Path(folder).absolute().resolve()
+        if out == data or data in out.parents:
+            raise TransferError(f"{_flag(name)} {path} is inside the data folder {folder}: what "
+                                "is written there would be read as photos next time; choose a "
+                                "folder outside it")
+
+
 def existing_file(name: str, path: Path | None) -> None:
     if path is not None and not Path(path).exists():
         raise TransferError(f"{_flag(name)} {path} does not exist")
@@ -435,6 +451,10 @@ class TrainSettings(Settings):
         hp = self.resolved()
         for name in ("data_dir", "train_dir", "validate_dir", "models_dir", "tensorboard"):
             not_a_file(name, getattr(hp, name))
+        read = [hp.train_dir, hp.validate_dir] if hp.train_dir is not None else [hp.data_dir]
+        outside_data("output", hp.output, *read)
+        if hp.output is None:
+            outside_data("models_dir", hp.models_dir, *read)
         writable("models_dir", hp.models_dir)
         writable("tensorboard", hp.tensorboard)
         if hp.preview_augment:  # written into the data folder at the end: checked now
@@ -529,6 +549,7 @@ class EvaluateSettings(Settings):
                      upper_open=False)
         not_a_file("output", self.output)
         not_a_file("data_dir", self.data_dir)
+        outside_data("output", self.output, self.data_dir)
         writable("output", self.output)
         return self.replace(model=Path(self.model))
 
@@ -719,6 +740,7 @@ class CompareSettings(Settings):
         at_least("fine_tune", self.fine_tune, 1)
         not_a_file("data_dir", self.data_dir)
         not_a_file("output", self.output)
+        outside_data("output", self.output, self.data_dir)
         writable("output", self.output)
         from transfer.files import refuse_existing
 
