@@ -219,6 +219,20 @@ def test_gradcam_cli(trained_bundle, dog_photo, tmp_path):
         result.output
 
 
+def test_a_heic_photo_alone_gets_the_heic_reason(trained_bundle, dog_photo, tmp_path):
+    """As predict and a folder of them say it: a JPEG renamed .heic was explained, a real HEIC
+    was 'not an image'."""
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    for name, data in (("renamed.heic", dog_photo.read_bytes()),
+                       ("IMG_0001.HEIC", b"\0\0\0\x18ftypheic")):
+        (folder / name).write_bytes(data)
+        with pytest.raises(TransferError, match=r"HEIC \(an iPhone's photos\) is not a format "
+                           r"transfer reads; convert them to JPEG"):
+            explain.explain(folder / name, model=trained_bundle.bundle)
+    assert sorted(p.name for p in folder.iterdir()) == ["IMG_0001.HEIC", "renamed.heic"]
+
+
 def test_gradcam_pictures_in_a_data_folder_are_left_out(tiny_split, dog_photo, tmp_path):
     """explain writes <photo>.gradcam.png beside the photo: the next train and evaluate on
     that folder leave the picture out (it is no photo of the class) and run as before."""

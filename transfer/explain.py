@@ -22,7 +22,13 @@ from transfer import bases, images, plots
 from transfer.constants import GRADCAM_SUFFIX
 from transfer.errors import TransferError
 from transfer.files import refuse_existing, replacing
-from transfer.inference import BundleClassifier, gather, glob_root, writable_folder
+from transfer.inference import (
+    BundleClassifier,
+    gather,
+    glob_root,
+    unread_reason,
+    writable_folder,
+)
 from transfer.progress import Reporter
 from transfer.settings import ExplainSettings
 
@@ -205,6 +211,9 @@ def explain(settings: ExplainSettings | Path, *, write: bool = True,
     png = Path(s.output) if s.output is not None else default_png(image)
     if write:
         refuse_existing(png, s.force)
+    unread = unread_reason(Path(image))  # as predict and a folder of them say it
+    if unread is not None:
+        raise TransferError(f"{image}: {unread}")
     try:
         array, notes = classifier.prepare(image)
     except images.ImageError as exc:
