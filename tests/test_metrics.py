@@ -116,3 +116,14 @@ def test_which_classes_count_as_unbalanced():
     assert not metrics.unbalanced(None)
     assert metrics.unbalanced({"a": 31, "b": 10}, 3)
     assert not metrics.unbalanced({"a": 30, "b": 10}, 3)
+
+
+def test_confident_mistakes_come_first_and_only_mistakes():
+    """misclassified.png of evaluate and mnist: the most confident mistakes (mnist showed its
+    first 25 errors under the report's caption 'the most confident mistakes')."""
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.45, 0.55], [0.05, 0.95], [0.7, 0.3],
+                      [0.6, 0.4]])
+    labels = np.array([0, 0, 0, 0, 1, 1])  # rows 1, 2, 3, 4 and 5 are wrong
+    assert metrics.confident_mistakes(probs, labels, 10).tolist() == [3, 1, 4, 5, 2]
+    assert metrics.confident_mistakes(probs, labels, 2).tolist() == [3, 1]
+    assert metrics.confident_mistakes(probs, np.array([0, 1, 1, 1, 0, 0]), 5).tolist() == []

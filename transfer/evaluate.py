@@ -340,8 +340,7 @@ def _evaluate(s: EvaluateSettings, reporter: Reporter, classifier: BundleClassif
         "seconds": round(time.perf_counter() - started, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    wrong = np.flatnonzero(predicted != y)
-    wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:s.worst]
+    wrong = metrics.confident_mistakes(probs, y, s.worst)
     for i in wrong:
         image = images.to_rgb(images.open_image(kept[i]))
         image.thumbnail((160, 160))

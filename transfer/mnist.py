@@ -20,7 +20,7 @@ import numpy as np
 
 from transfer import bundle, plots
 from transfer.errors import TransferError
-from transfer.metrics import confusion_matrix
+from transfer.metrics import confident_mistakes, confusion_matrix
 from transfer.progress import Reporter
 from transfer.seeds import keeps_random_state
 from transfer.settings import MnistParams  # noqa: F401
@@ -341,10 +341,13 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
                          folder / "samples.png", cols=5, title=f"25 {p.dataset} training images")
         plots.confusion(confusion, names, folder / "confusion.png",
                         title=f"test accuracy {test_accuracy:.4f}")
-        wrong = np.flatnonzero(predicted != y_test)[:25]
-        plots.image_grid(x_test[wrong], [f"true {names[y_test[i]]}\npred {names[predicted[i]]}"
-                                         for i in wrong], folder / "misclassified.png", cols=5,
-                         title=f"first {len(wrong)} of {int((predicted != y_test).sum())} errors")
+        errors = int((predicted != y_test).sum())
+        wrong = confident_mistakes(probs, y_test, 25)  # as evaluate shows them
+        plots.image_grid(x_test[wrong], [f"true {names[y_test[i]]}\npred {names[predicted[i]]} "
+                                         f"{probs[i, predicted[i]]:.2f}" for i in wrong],
+                         folder / "misclassified.png", cols=5,
+                         title=(f"the {len(wrong)} most confident of {errors} mistakes"
+                                if errors else "no mistakes"))
         kernels = np.asarray(model.get_layer("conv1").kernel)[:, :, 0, :]  # (3, 3, filters)
         plots.image_grid(np.moveaxis(kernels, -1, 0), [f"filter {i}" for i in
                                                        range(kernels.shape[-1])],

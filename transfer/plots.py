@@ -26,6 +26,9 @@ def curves(history: dict[str, list[float]], path: Path, title: str = "") -> Path
             ax.plot(epochs, history[f"val_{metric}"], "s-", label=f"validation {metric}")
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
+        if len(epochs) == 1:  # one point: the locator would label 0.96 ... 1.04
+            ax.set_xticks([1])
+            ax.set_xlim(0.5, 1.5)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -83,7 +86,12 @@ def confusion(matrix, names, path: Path, title: str = "") -> Path:
     for (i, j), value in np.ndenumerate(matrix):
         ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
                 color="white" if value > threshold else "black")
-    ax.set_title(title)
+    import textwrap
+
+    # centred on the figure and wrapped to it (about 11 characters an inch): a long model or
+    # folder name cut off the accuracy at the end of the line
+    fig.suptitle(textwrap.fill(title, width=max(24, int(size * 11)), break_long_words=True,
+                               break_on_hyphens=False), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,0 +1,54 @@
+"""The PNGs people look at: nothing cut off, axes that say what they count."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from transfer import plots
+
+FLOWERS = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+
+
+@pytest.fixture()
+def figures(monkeypatch) -> list:
+    """The figures the plots draw, kept open (plots closes each after saving it)."""
+    real = plots._pyplot()
+    kept = []
+
+    class Keeping:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def close(self, fig=None):
+            kept.append(fig)
+
+    monkeypatch.setattr(plots, "_pyplot", lambda: Keeping())
+    yield kept
+    for fig in kept:
+        real.close(fig)
+
+
+@pytest.mark.parametrize("names", [["cats", "dogs"], FLOWERS])
+def test_a_confusion_matrix_title_stays_inside_its_picture(figures, tmp_path, names):
+    """A long model or folder name pushed the accuracy at the end of the title off the image
+    ("...: accuracy" with no number, or its last digit cut)."""
+    title = ("my-flowers-model on the validation split of /home/student/photos/flowers-2024: "
+             "accuracy 0.9000")
+    matrix = np.eye(len(names), dtype=int) * 8
+    path = plots.confusion(matrix, names, tmp_path / "confusion.png", title=title)
+    assert path.is_file()
+    fig = figures[0]
+    shown = next(text for text in fig.texts if text.get_text())  # the figure's title
+    box = shown.get_window_extent(fig.canvas.get_renderer())
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
+    assert shown.get_text().replace("\n", " ") == title
+
+
+def test_curves_of_one_epoch_label_the_epoch_as_one(figures, tmp_path):
+    history = {"loss": [0.3], "accuracy": [0.9], "val_loss": [0.2], "val_accuracy": [0.95]}
+    plots.curves(history, tmp_path / "curves.png", title="one epoch")
+    for ax in figures[0].axes:
+        assert list(ax.get_xticks()) == [1]  # not 0.96, 0.98, 1.00, 1.02, 1.04
+    plots.curves({k: v * 3 for k, v in history.items()}, tmp_path / "three.png")
+    assert all(float(t).is_integer() for t in figures[1].axes[0].get_xticks())
