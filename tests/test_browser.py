@@ -15,6 +15,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import missing, require_asset
 
@@ -334,4 +335,31 @@ def test_api_docs_try_it_out_sends_a_photo(watched, server, photos):
                                                                ).inner_text()
     body = block.locator(".live-responses-table tbody .response-col_description pre").first
     assert json.loads(body.inner_text())["predictions"][0]["label"] == "cats"
+    assert watched.errors == []
+
+
+def test_a_report_of_many_classes_does_not_run_off_the_page(watched, tmp_path):
+    """Twelve classes with long names: the confusion table ran past the right edge and the
+    whole page scrolled sideways; now the table scrolls within its own box."""
+    from transfer import metrics
+    from transfer.report import write_report
+
+    names = [f"a-rather-long-class-name-{i}" for i in range(12)]
+    matrix = np.random.default_rng(0).integers(0, 5, (12, 12)) + np.eye(12, dtype=int) * 20
+    rows = metrics.per_class(matrix, names)
+    (tmp_path / "report.json").write_text(json.dumps({
+        "kind": "transfer-evaluate", "model": "models/many", "data_dir": "data/validate",
+        "images": int(matrix.sum()), "accuracy": float(np.trace(matrix) / matrix.sum()),
+        "loss": 0.5, "per_class": rows, "macro_avg": metrics.macro_average(rows),
+        "macro_f1": 0.8, "balanced_accuracy": 0.8, "roc_auc": None, "class_names": names,
+        "confusion_matrix": matrix.tolist(), "skipped": [], "worst_mistakes": []}))
+    page = watched.page
+    page.goto(write_report(tmp_path, gradcams=0).as_uri())
+    table = page.locator("table.confusion")
+    assert table.count() == 1
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= page.viewport_size["width"], width  # the page itself: no sideways scroll
+    inner, room = page.evaluate("(() => { const box = document.querySelector('table.confusion')"
+                                ".parentElement; return [box.scrollWidth, box.clientWidth]; })()")
+    assert inner > room  # the table is wider than the page's column: it scrolls in its box
     assert watched.errors == []

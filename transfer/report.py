@@ -60,6 +60,7 @@ h2 { font-size: 1.2rem; margin: 2rem 0 .6rem; border-bottom: 1px solid #d9dde3;
         min-width: 9rem; }
 .card b { display: block; font-size: 1.35rem; }
 .card span { color: #5a6473; font-size: .85rem; }
+.scroll { overflow-x: auto; max-width: 100%; }  /* a table wider than the page scrolls */
 table { border-collapse: collapse; background: #fff; margin: .4rem 0 1rem; }
 th, td { border: 1px solid #d9dde3; padding: .3rem .6rem; text-align: right; }
 th { background: #eef1f5; }
@@ -124,7 +125,8 @@ def _table(header: list[str], rows: list[list], left: int = 1) -> str:
                    for i, h in enumerate(header))
     body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{cell}</td>'
                                     for i, cell in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+            "</table></div>")
 
 
 def _card(value, label: str) -> str:
@@ -322,7 +324,8 @@ def _confusion_table(matrix: list[list[int]], names: list[str]) -> str:
             f'<td class="{"diag" if i == j else ("off" if v else "")}">{_e(v)}</td>'
             for j, v in enumerate(row))
         body += f'<tr><th class="l">{_e(names[i] if i < len(names) else i)}</th>{tds}</tr>'
-    return f'<table class="confusion"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return (f'<div class="scroll"><table class="confusion"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
 
 
 def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
