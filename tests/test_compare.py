@@ -106,9 +106,18 @@ def test_a_comparison_replaced_then_interrupted_leaves_no_stale_compare_json(
     monkeypatch.setattr("transfer.training.train", interrupted)
     settings = CompareSettings(data_dir=compared.data["data_dir"], output=out,
                                runs=["scratch", "frozen"], force=True)
+    assert (out / cmp.COMPARE_PNG).is_file() and (out / cmp.COMPARE_HTML).is_file()
     with pytest.raises(KeyboardInterrupt):
         compare(settings, overrides=TINY)
     assert not (out / cmp.COMPARE_JSON).exists()
+    # nor the picture and the page of the old runs (they showed the old comparison)
+    assert not (out / cmp.COMPARE_PNG).exists() and not (out / cmp.COMPARE_HTML).exists()
+    from transfer.report import write_report
+
+    with pytest.raises(TransferError, match=r"holds bundles \(frozen, .*\) but neither "
+                       r"meta.json .* nor compare.json \(a comparison, written when all its "
+                       r"runs are done\): report one of them"):
+        write_report(out)
 
 
 def test_an_existing_bundle_is_refused_before_any_run_trains(tiny_split, tmp_path):

@@ -133,8 +133,15 @@ def compare(settings: CompareSettings, reporter: Reporter | None = None,
     validation = [(sample.path, sample.label) for sample in first.usable("validate")]
     out.mkdir(parents=True, exist_ok=True)
     # a comparison being replaced (--force) stops claiming to be whole before its first bundle
-    # is replaced: interrupted, the folder holds no compare.json describing other bundles
-    (out / COMPARE_JSON).unlink(missing_ok=True)
+    # is replaced: interrupted, the folder holds no compare.json describing other bundles, nor
+    # the picture and page drawn from it
+    if (out / COMPARE_JSON).is_file():
+        from transfer.report import made_by_transfer
+
+        (out / COMPARE_JSON).unlink()
+        (out / COMPARE_PNG).unlink(missing_ok=True)
+        if (out / COMPARE_HTML).is_file() and made_by_transfer(out / COMPARE_HTML):
+            (out / COMPARE_HTML).unlink()
     rows, histories = {}, {}
     for run, train_settings in planned.items():
         reporter.info(f"compare: {run}: {DESCRIPTIONS[run]}")

@@ -361,6 +361,13 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
     if not isinstance(evaluation, dict):
         evaluation = None
     if meta is None and evaluation is None:
+        inside = sorted(p.name for p in folder.iterdir() if p.is_dir() and bundle.is_bundle(p))
+        if inside:  # a comparison cut short (it writes compare.json last), or a models folder
+            raise TransferError(
+                f"{folder} holds bundles ({', '.join(inside)}) but neither meta.json (a bundle), "
+                "report.json (an evaluation) nor compare.json (a comparison, written when all "
+                f"its runs are done): report one of them (transfer report {folder / inside[0]}), "
+                "or run the comparison again")
         raise TransferError(f"{folder} holds neither meta.json (a bundle) nor report.json (an "
                             "evaluation): nothing to report")
     bundle_dir = folder if meta is not None else None
