@@ -261,12 +261,15 @@ def plot(data: dict, path: Path) -> Path:
     for ax in axes[:2]:
         ax.grid(axis="y", alpha=0.3)
     ax = axes[2]
-    for name, c in zip(names, colour, strict=True):
+    # the fine-tuned run's head phase is the frozen run's (same seed): drawn later and thinner,
+    # with its own marker, so that the line beneath stays in sight
+    for order, (name, c) in enumerate(zip(names, colour, strict=True)):
         history = data.get("histories", {}).get(name) or {}
         values = history.get("val_accuracy") or []
         epochs = list(range(1, len(values) + 1))
         if values:
-            ax.plot(epochs, values, "-", color=c, label=f"{name} (validation)")
+            ax.plot(epochs, values, "-", marker="osD^v"[order % 5], markersize=7 - 1.5 * order,
+                    linewidth=3.2 - 0.9 * order, color=c, label=f"{name} (validation)")
         train_values = history.get("accuracy") or []
         if train_values:
             ax.plot(list(range(1, len(train_values) + 1)), train_values, ":", color=c,
