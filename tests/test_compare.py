@@ -77,7 +77,7 @@ def test_compare_json_holds_each_bundles_own_metrics(compared):
 
 
 def test_an_existing_comparison_is_refused_without_force(compared):
-    settings = CompareSettings(data_dir=compared.output.parent, output=compared.output,
+    settings = CompareSettings(data_dir=compared.data["data_dir"], output=compared.output,
                                runs=["frozen"])
     with pytest.raises(TransferError, match="compare.json already exists; use --force"):
         compare(settings)
@@ -131,11 +131,11 @@ def test_an_existing_bundle_is_refused_before_any_run_trains(tiny_split, tmp_pat
 
 
 def test_the_runs_share_data_seed_and_base(tmp_path):
-    settings = CompareSettings(data_dir=tmp_path, output=tmp_path / "out", seed=7,
+    settings = CompareSettings(data_dir=tmp_path / "data", output=tmp_path / "out", seed=7,
                                validation_split=0.25, fine_tune=40).validated()
     runs = {run: run_settings(settings, run) for run in settings.runs}
     assert {(s.data_dir, s.seed, s.validation_split) for s in runs.values()} == {
-        (tmp_path, 7, 0.25)}
+        (tmp_path / "data", 7, 0.25)}
     assert runs["scratch"].base == "scratch" and runs["scratch"].recipe() == "scratch"
     frozen, tuned = runs["frozen"], runs["fine-tuned"]
     assert (frozen.base, frozen.alpha, frozen.fine_tune) == ("mobilenet", 0.25, 0)
@@ -170,11 +170,12 @@ def test_any_pretrained_base_without_alpha_and_missing_weights_said_first(
     from test_bases import offline
 
     for base in ("inception", "vgg16"):
-        assert CompareSettings(data_dir=tmp_path, output=tmp_path / "o", base=base
+        assert CompareSettings(data_dir=tmp_path / "data", output=tmp_path / "o", base=base
                                ).validated().alpha == 1.0
-    assert CompareSettings(data_dir=tmp_path, output=tmp_path / "o").validated().alpha == 0.25
+    assert CompareSettings(data_dir=tmp_path / "data",
+                           output=tmp_path / "o").validated().alpha == 0.25
     with pytest.raises(TransferError, match="--alpha applies to mobilenet only"):
-        CompareSettings(data_dir=tmp_path, output=tmp_path / "o", base="inception",
+        CompareSettings(data_dir=tmp_path / "data", output=tmp_path / "o", base="inception",
                         alpha=0.5).validated()
     offline(monkeypatch)
     out = tmp_path / "cmp"

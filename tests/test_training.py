@@ -606,7 +606,7 @@ def test_bad_options_fail_before_tensorflow_loads(tmp_path):
                     dict(base="mobilenet", fine_tune=3, fine_tune_epochs=0),
                     dict(output={str(tmp_path / "mine")!r}, force=True)):
             try:
-                train(TrainSettings(data_dir={str(tmp_path)!r}, **bad))
+                train(TrainSettings(data_dir={str(tmp_path / "data")!r}, **bad))
             except TransferError as exc:
                 print("ERROR", exc)
         print("TF", "tensorflow" in sys.modules)

@@ -398,6 +398,14 @@ class TrainSettings(Settings):
             tensorboard=Path(self.tensorboard) if self.tensorboard is not None else None,
             **filled)
 
+    def folders_read(self) -> list[Path]:
+        """The photo folders a run reads: the train and validate folders, or the data folder
+        itself when it holds the class folders (every folder in it is a class)."""
+        hp = self.resolved()
+        if hp.train_dir is not None:
+            return [p for p in (hp.train_dir, hp.validate_dir) if p is not None]
+        return [hp.data_dir]
+
     def validated(self) -> TrainSettings:
         """Every option checked, without TensorFlow; raises one TransferError per problem."""
         from transfer import bases
@@ -451,7 +459,7 @@ class TrainSettings(Settings):
         hp = self.resolved()
         for name in ("data_dir", "train_dir", "validate_dir", "models_dir", "tensorboard"):
             not_a_file(name, getattr(hp, name))
-        read = [hp.train_dir, hp.validate_dir] if hp.train_dir is not None else [hp.data_dir]
+        read = hp.folders_read()
         outside_data("output", hp.output, *read)
         if hp.output is None:
             outside_data("models_dir", hp.models_dir, *read)
@@ -740,7 +748,7 @@ class CompareSettings(Settings):
         at_least("fine_tune", self.fine_tune, 1)
         not_a_file("data_dir", self.data_dir)
         not_a_file("output", self.output)
-        outside_data("output", self.output, self.data_dir)
+        outside_data("output", self.output, *TrainSettings(data_dir=self.data_dir).folders_read())
         writable("output", self.output)
         from transfer.files import refuse_existing
 
