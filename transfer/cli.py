@@ -1082,6 +1082,13 @@ def main() -> None:
         app(prog_name="transfer")
     except SystemExit as exc:
         _leave_cluster(exc.code)
+        if exc.code in (130, 143) and "tensorflow" in sys.modules:
+            # interrupted (its clean-up done, its line said): end now. Freeing a Keras fit's
+            # tf.data iterator waits for its prefetch thread, which waits for the GIL that
+            # the freeing holds: a Ctrl-C in fit then hung the process for ever at exit
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.code)
         raise
     except BaseException:
         if sys.modules.get("transfer.cluster") and sys.modules["transfer.cluster"].JOINED:
