@@ -6,7 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -385,3 +387,35 @@ def test_write_text_into_a_read_only_folder_names_the_folder(tmp_path):
     out = predict.write_text(tmp_path / "new" / "p.json", "{}\n")
     assert out.read_text() == "{}\n"
     assert [p.name for p in out.parent.iterdir()] == ["p.json"]  # no temporary left over
+
+
+def test_write_text_keeps_links_links_and_writes_into_pipes(tmp_path):
+    """--output link.csv --force replaced the link by a file (its target kept the old rows);
+    --output a-fifo --force (or /dev/null, as root) replaced the pipe or device by a file."""
+    import threading
+
+    real = tmp_path / "real.csv"
+    real.write_text("old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(real.name)
+    predict.write_text(link, "new\n", force=True)
+    assert link.is_symlink() and real.read_text() == "new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "real.csv"]
+
+    fifo = tmp_path / "rows.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    predict.write_text(fifo, "file,label\n")  # no --force needed: nothing is replaced
+    reader.join(timeout=10)
+    assert got == ["file,label\n"] and stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+def test_output_dash_is_standard_output(trained_bundle, small_split, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    files = [str(p) for p, _ in split_images(small_split / "test", 1)]
+    result = runner.invoke(app, ["predict", *files, "--model", str(trained_bundle.bundle),
+                                 "--output", "-", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("file,label,probability") and list(tmp_path.iterdir()) == []

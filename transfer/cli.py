@@ -604,7 +604,8 @@ def predict_cmd(
     format: Annotated[PredictFormat | None, typer.Option(
         "--format", help="\\[default: from --output's suffix, else table]", show_default=False)
     ] = _P.format,
-    output: Annotated[Path | None, typer.Option(help="Write the results to this file.",
+    output: Annotated[Path | None, typer.Option(help="Write the results to this file (- for "
+                                                     "standard output).",
                                                 show_default=False)] = _P.output,
     invert: Annotated[Invert | None, typer.Option(
         help="Digit models: is the digit dark on light? \\[default: the bundle's, auto]",
@@ -621,6 +622,8 @@ def predict_cmd(
     ] = _P.engine,
 ) -> None:
     """Classify images with a trained bundle, or with an ImageNet classifier (--imagenet)."""
+    if output is not None and str(output) == "-":  # the Unix convention: standard output
+        output = None
     settings = S.PredictSettings(paths=paths, model=model, imagenet=imagenet, base=base,
                                  alpha=alpha, top=top, format=format, output=output,
                                  invert=invert, batch_size=batch_size, models_dir=models_dir,

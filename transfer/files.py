@@ -54,6 +54,11 @@ def replacing(path: Path) -> Iterator[Path]:
     """Yield a hidden temporary path beside ``path`` (same suffix, so writers that go by the
     suffix still work); on success it replaces ``path``, on failure it is removed."""
     path = Path(path)
+    if path.is_symlink():  # the file it points at is replaced; the link stays a link
+        path = path.resolve()
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise TransferError(f"{path} is not a regular file (a device, a pipe or a socket): "
+                            "it is not replaced by one; choose a file")
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
         yield tmp

@@ -175,17 +175,22 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
 
 
 def write_text(path: Path, text: str, force: bool = False) -> Path:
-    """Write ``text`` to ``path`` via a temporary file beside it.
+    """Write ``text`` to ``path`` via a temporary file beside it (a symbolic link's target is
+    the file written; a device or a pipe, ``/dev/stdout``, is written to directly).
 
     Raises:
         TransferError: ``path`` exists (without ``force``) or is a folder.
         OSError: the folder cannot be written; its ``filename`` is that folder.
     """
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():  # /dev/stdout, a pipe
+        with open(path, "w", encoding="utf-8") as stream:  # written to, never replaced
+            stream.write(text)
+        return path
     refuse_existing(path, force)
     if path.is_dir():
         raise TransferError(f"{path} is a folder")
-    writable_folder(path.parent)
+    writable_folder(path.resolve().parent)
     with replacing(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
