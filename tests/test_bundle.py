@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import Recorder
 
 from transfer import bases, bundle, mnist, phases
 from transfer.errors import TransferError
@@ -151,16 +152,40 @@ def test_writer_refuses_a_folder_that_is_not_a_bundle(small_bundle, tmp_path):
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
     model, meta = bundle.load(small_bundle)
-    with pytest.raises(TransferError, match="already exists; use --force"):
-        bundle.write(mine, False, model, meta, {"loss": [1.0]})
-    with pytest.raises(TransferError, match="not a model bundle"):
-        bundle.write(mine, True, model, meta, {"loss": [1.0]})
+    for force in (False, True):  # one answer: --force would not help (it said 'use --force')
+        with pytest.raises(TransferError, match="not a model bundle; refusing to replace it"):
+            bundle.write(mine, force, model, meta, {"loss": [1.0]})
     assert (mine / "notes.txt").read_text() == "mine"
+    empty = tmp_path / "made-for-it"  # an empty folder made beforehand is a place to land
+    empty.mkdir()
+    assert bundle.write(empty, False, model, meta, {"loss": [1.0]}) == empty
+    assert bundle.is_bundle(empty)
     # a bundle is replaced with force, whole
     meta2 = {**meta, "seed": 2}
+    (small_bundle / "report.json").write_text("{}")  # what evaluate wrote there: replaced too
     bundle.write(small_bundle, True, model, meta2, {"loss": [1.0]})
     assert json.loads((small_bundle / "meta.json").read_text())["seed"] == 2
     assert not [p for p in small_bundle.parent.iterdir() if ".tmp-" in p.name]
+    assert not (small_bundle / "report.json").exists()
+    assert not small_bundle.with_name(small_bundle.name + ".old").exists()
+
+
+def test_force_keeps_the_files_you_put_into_a_bundle(small_bundle, tmp_path):
+    """--force over a bundle holding your notes or results deleted them with it: now the old
+    bundle is moved aside whole, and said."""
+    model, meta = bundle.load(small_bundle)
+    (small_bundle / "notes.txt").write_text("mine")
+    (small_bundle / "eval-report").mkdir()
+    recorder = Recorder()
+    bundle.write(small_bundle, True, model, {**meta, "seed": 3}, {"loss": [1.0]},
+                 reporter=recorder)
+    aside = small_bundle.with_name(small_bundle.name + ".old")
+    assert (aside / "notes.txt").read_text() == "mine" and (aside / "eval-report").is_dir()
+    assert json.loads((small_bundle / "meta.json").read_text())["seed"] == 3
+    assert not (small_bundle / "notes.txt").exists()
+    assert recorder.warnings == [
+        f"the bundle replaced in {small_bundle} held files transfer did not write (eval-report, "
+        f"notes.txt): it was moved, whole, to {aside}"]
 
 
 def test_a_bundle_another_run_wrote_meanwhile_is_kept(small_bundle, tmp_path):

@@ -115,6 +115,7 @@ CASES = [
     ("train --output {ro}/bundle", 1, "cannot write in /sys"),
     ("train --output {bundle}", 1, "already exists; use --force"),
     ("train --output {folder} --force", 1, "is not a model bundle; refusing"),
+    ("train --output {folder}", 1, "is not a model bundle; refusing"),  # not 'use --force'
     ("train --tensorboard {file}", 1, "is a file, not a folder"),
     ("train --data-dir {ro} --preview-augment", 1, "cannot write in /sys"),
     ("train --data-dir {folder} --preview-augment", 1,

@@ -43,10 +43,41 @@ def is_bundle(path: Path) -> bool:
 
 
 class Landing:
-    """Where ``writing`` puts a bundle: ``folder`` to fill, then ``path`` where it landed."""
+    """Where ``writing`` puts a bundle: ``folder`` to fill, then ``path`` where it landed, and
+    ``kept``: (where the replaced bundle went, the files in it the tool did not write) when it
+    held such files, else None."""
 
     def __init__(self, folder: Path, target: Path):
         self.folder, self.path = folder, target
+        self.kept: tuple[Path, list[str]] | None = None
+
+
+# what commands write into a bundle after training (evaluate, report, export): replaced with it
+MADE_LATER = frozenset({"report.json", "confusion.png", "misclassified.png", "suspects.csv",
+                        "report.html", "export"})
+
+
+def check_replaceable(target: Path, force: bool) -> None:
+    """A bundle folder may be written at ``target``: it is free, an empty folder, or (with
+    ``force``) a bundle. A folder that is no bundle is never replaced, --force or not."""
+    target = Path(target)
+    if not (target.exists() or target.is_symlink()):
+        return
+    if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+        return  # an empty folder made for it beforehand
+    if not is_bundle(target):
+        raise TransferError(f"{target} exists and is not a model bundle; refusing to replace "
+                            "it (choose another --output)")
+    if not force:
+        raise TransferError(f"{target} already exists; use --force to replace it")
+
+
+def _free_name(path: Path) -> Path:
+    candidate, n = path, 1
+    while candidate.exists() or candidate.is_symlink():
+        n += 1
+        candidate = path.with_name(f"{path.name}{n}")
+    return candidate
 
 
 @contextlib.contextmanager
@@ -57,12 +88,7 @@ def writing(target: Path, force: bool):
     second, or given the same --output) is kept: this bundle lands at the first free
     ``target-2``, ``target-3``, ... (each rename is atomic: it fails on an existing folder)."""
     target = Path(target)
-    if target.exists():
-        if not force:
-            raise TransferError(f"{target} already exists; use --force to replace it")
-        if not is_bundle(target):
-            raise TransferError(f"{target} exists and is not a model bundle; refusing to replace "
-                                "it (choose another --output)")
+    check_replaceable(target, force)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     umask = os.umask(0)
@@ -75,7 +101,13 @@ def writing(target: Path, force: bool):
             old = tmp.with_name(tmp.name + "-old")
             os.replace(target, old)
             os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            theirs = [p.name for p in old.iterdir()
+                      if p.name not in MADE_LATER and not (target / p.name).exists()]
+            if theirs:  # files the tool did not write: the old bundle is kept, whole
+                landing.kept = (_free_name(target.with_name(f"{target.name}.old")), theirs)
+                os.replace(old, landing.kept[0])
+            else:
+                shutil.rmtree(old, ignore_errors=True)
         else:
             landing.path = _land(tmp, target)
     finally:
@@ -137,7 +169,7 @@ def meta(*, kind: str, class_names: list, image_size: int, channels: int, prepro
 
 
 def write(target: Path, force: bool, model, meta: dict, history: dict, title: str = "",
-          extra=None) -> Path:
+          extra=None, reporter=None) -> Path:
     """Write a bundle (model.keras, meta.json, settings.json, history.csv, curves.png, and
     whatever ``extra(folder)`` adds) into a temporary folder, rename it into place and point
     ``latest`` at it when it sits in a models folder of its own kind. Returns where it landed:
@@ -154,6 +186,11 @@ def write(target: Path, force: bool, model, meta: dict, history: dict, title: st
         plots.curves(history, tmp / "curves.png", title=title)
         if extra is not None:
             extra(tmp)
+    if landing.kept is not None and reporter is not None:
+        aside, theirs = landing.kept
+        reporter.warn(f"the bundle replaced in {target} held files transfer did not write "
+                      f"({', '.join(sorted(theirs)[:5])}{' ...' if len(theirs) > 5 else ''}): "
+                      f"it was moved, whole, to {aside}")
     if meta.get("kind") == "transfer":
         update_latest(landing.path)
     return landing.path

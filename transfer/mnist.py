@@ -361,7 +361,7 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
         plots.noise_curve(noise, folder / "noise.png", title=f"{p.dataset} {p.arch}")
 
     landed = bundle.write(target, p.force, model, meta, history, title=f"{p.dataset} {p.arch}",
-                          extra=pictures)
+                          extra=pictures, reporter=reporter)
     bundle.say_where_it_landed(target, landed, reporter)
     target = landed
     from transfer import report

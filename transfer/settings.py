@@ -142,17 +142,12 @@ def bundle_output(output: Path, force: bool) -> None:
     not ``latest`` nor inside another bundle, writable, and an existing one replaced only with
     ``force`` and only when it is a bundle."""
     from transfer import bundle
-    from transfer.files import refuse_existing
 
     output = Path(output)
     not_a_file("output", output)
     bundle.check_output_place(output)
     writable("output", output)
-    if output.exists():
-        refuse_existing(output, force)
-        if not bundle.is_bundle(output):
-            raise TransferError(f"{output} exists and is not a model bundle; refusing to "
-                                "replace it (choose another --output)")
+    bundle.check_replaceable(output, force)
 
 
 def outside_data(name: str, path: Path | None, *folders: Path | None) -> None:

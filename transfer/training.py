@@ -344,7 +344,8 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
     if cluster is not None:
         meta["per_worker"] = worker_meta(run, feats, fit, cluster)
     landed = bundle.write(run.target, settings.force, built.full, meta, fit.history,
-                          title=f"{run.base.name} on {run.root}", extra=extras)
+                          title=f"{run.base.name} on {run.root}", extra=extras,
+                          reporter=reporter)
     bundle.say_where_it_landed(run.target, landed, reporter)
     shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     if settings.preview_augment:
