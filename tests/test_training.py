@@ -770,3 +770,23 @@ def test_train_waits_for_no_fetch_data_but_refuses_while_one_writes(own_split, t
             train(hp(other, tmp_path, **named, output=tmp_path / "models/c"))
     with lock_held_elsewhere(other, shared=False):
         assert train(hp(other, tmp_path, **named, output=tmp_path / "models/d")).bundle
+
+
+def test_an_interrupt_after_the_model_is_saved_says_where_it_is(own_split, tmp_path,
+                                                                monkeypatch):
+    """Ctrl-C while the report was written ended with 'interrupted' only, though the bundle
+    was in place and latest pointed at it: the user believed no model was made."""
+    from transfer import report
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "write_quietly", interrupted)
+    recorder = Recorder()
+    out = tmp_path / "models/saved"
+    with pytest.raises(KeyboardInterrupt):
+        train(HParams(data_dir=own_split, models_dir=tmp_path / "models", output=out,
+                      augment=NO_AUGMENT, **FAST), recorder)
+    assert bundle.is_bundle(out)
+    assert recorder.warnings[-1] == (f"interrupted after the model was saved in {out}; its "
+                                     f"report was not written (transfer report {out} writes it)")

@@ -326,7 +326,6 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
         threshold = settings.assert_accuracy_at_least
         meta["gate"] = {"threshold": threshold, "accuracy": validation.accuracy,
                         "passed": validation.accuracy >= threshold}
-    from transfer import report
     from transfer.preview import PREVIEW_PNG, preview_augment
 
     def extras(folder):  # besides the model: what the network saw, and what it trained on
@@ -347,6 +346,22 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
                           title=f"{run.base.name} on {run.root}", extra=extras,
                           reporter=reporter)
     bundle.say_where_it_landed(run.target, landed, reporter)
+    try:
+        _after_writing(run, landed, reporter, cluster)
+    except KeyboardInterrupt:  # the model is in place (and latest at it): say so, then stop
+        reporter.warn(f"interrupted after the model was saved in {landed}; its report was not "
+                      f"written (transfer report {landed} writes it)")
+        raise
+    return TrainResult(landed, meta, fit.history, timings)
+
+
+def _after_writing(run: RunPlan, landed: Path, reporter: Reporter, cluster) -> None:
+    """What follows the bundle's landing: the checkpoints go, the augmentation preview is
+    copied, the report written, the other workers released."""
+    from transfer import report
+    from transfer.preview import PREVIEW_PNG
+
+    settings = run.settings
     shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     if settings.preview_augment:
         preview = Path(settings.data_dir) / PREVIEW_PNG
@@ -367,7 +382,6 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
         except WorkerLost:
             reporter.warn("another worker ended before the chief finished; the bundle is "
                           "complete")
-    return TrainResult(landed, meta, fit.history, timings)
 
 
 FINAL_WAIT = 1800.0  # seconds the other workers wait for the chief to validate and write
