@@ -770,6 +770,10 @@ def test_train_waits_for_no_fetch_data_but_refuses_while_one_writes(own_split, t
             train(hp(other, tmp_path, **named, output=tmp_path / "models/c"))
     with lock_held_elsewhere(other, shared=False):
         assert train(hp(other, tmp_path, **named, output=tmp_path / "models/d")).bundle
+    # the feature cache goes beside the photos read, not into --data-dir (a data/ folder was
+    # made in the working directory)
+    assert list((own_split / ".cache/features").glob("*.npz"))
+    assert list(other.iterdir()) == []
 
 
 def test_an_interrupt_after_the_model_is_saved_says_where_it_is(own_split, tmp_path,
