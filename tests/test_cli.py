@@ -122,7 +122,9 @@ def test_train_cli_writes_bundle_and_reports(tiny_split, tmp_path):
     assert away.exit_code == 0, away.output
     assert os.readlink(tmp_path / "models/latest") == "cli"
     assert (f"note: {tmp_path / 'models/latest'} still points at {tmp_path / 'models/cli'}; "
-            f"use --model {tmp_path / 'away/run'}") in " ".join(away.output.split())
+            f"use --model {tmp_path / 'away/run'} (or --model {tmp_path / 'away/latest'}, the "
+            "link beside it) with predict") in " ".join(away.output.split())
+    assert os.readlink(tmp_path / "away/latest") == "run"  # said, not made silently
     # --output naming the link itself, or a folder inside a bundle: refused before any work
     for output, message in (("models/latest", "latest is the link to the newest bundle"),
                             ("models/cli/sub", "is inside the bundle")):

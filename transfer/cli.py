@@ -538,7 +538,10 @@ def _elsewhere(target: Path, models_dir: Path) -> None:
     if latest.resolve() == Path(target).resolve():
         return
     where = f"still points at {latest.resolve()}" if latest.exists() else "does not exist"
-    out.print(f"note: {latest} {where}; use --model {target} with predict, evaluate, "
+    beside = Path(target).parent / LATEST  # bundle.update_latest's link, in the bundle's folder
+    also = (f" (or --model {beside}, the link beside it)" if beside.is_symlink()
+            and beside.resolve() == Path(target).resolve() else "")
+    out.print(f"note: {latest} {where}; use --model {target}{also} with predict, evaluate, "
               "explain and export", highlight=False)
 
 
