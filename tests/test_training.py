@@ -794,3 +794,16 @@ def test_an_interrupt_after_the_model_is_saved_says_where_it_is(own_split, tmp_p
     assert bundle.is_bundle(out)
     assert recorder.warnings[-1] == (f"interrupted after the model was saved in {out}; its "
                                      f"report was not written (transfer report {out} writes it)")
+
+
+def test_the_saved_epoch_of_a_fine_tuned_run_is_its_fine_tuning_best():
+    """Fine-tuning restores its own best epoch: 'best epoch 38 of 45' named a head epoch
+    (whose validation loss, on the mean of two views, was lower) though the bundle held
+    fine-tuning's epoch 44."""
+    from transfer.training import saved_epoch
+
+    history = {"val_loss": [0.9, 0.7, 0.8, 0.95, 0.85, 1.0],
+               "phase": ["head", "head", "head", "fine-tune", "fine-tune", "fine-tune"]}
+    assert saved_epoch(history) == 5
+    assert saved_epoch({"val_loss": [0.9, 0.7, 0.8], "phase": ["head"] * 3}) == 2
+    assert saved_epoch({"val_loss": [0.9, 0.7, 0.8]}) == 2 and saved_epoch({}) == 1

@@ -554,12 +554,26 @@ def data_meta(run: RunPlan) -> dict:
     return data
 
 
+def saved_epoch(history: dict) -> int:
+    """The epoch (1-based, over all phases) whose weights the bundle holds: the lowest
+    validation loss of the last phase, which restores its own best epoch (fine-tuning's, not
+    an earlier head epoch that scored lower on other views); 1 without validation losses."""
+    losses = history.get("val_loss") or []
+    phases = history.get("phase") or []
+    if not losses:
+        return 1
+    last = ([i for i, p in enumerate(phases) if p == phases[-1]]
+            if phases and len(phases) == len(losses) else range(len(losses)))
+    return min(last, key=lambda i: losses[i]) + 1
+
+
 def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | None,
                   fit: phases.Fit, validation: phases.Validation, timings: Timings) -> dict:
     """meta.json of a transfer run (the common fields come from ``bundle.meta``)."""
     hp, base = run.settings, run.base
     val_losses = fit.history.get("val_loss", [])
-    best_index = int(np.argmin(val_losses)) if val_losses else 0
+    best_index = saved_epoch(fit.history) - 1
+    accuracies = fit.history.get("val_accuracy") or []
     return bundle.meta(
         kind="transfer", class_names=run.names, image_size=run.size, channels=3,
         preprocessing={"mode": base.preprocess, "in_model": True,
@@ -571,8 +585,9 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
             "val_loss": validation.loss,
             # the mean of the per-class recalls: what accuracy would be on balanced classes
             "val_balanced_accuracy": validation.balanced_accuracy,
-            "best_val_accuracy": float(max(fit.history.get("val_accuracy",
-                                                           [validation.accuracy]))),
+            # the saved epoch's, as its phase measured it (fine-tuning: on single views)
+            "best_val_accuracy": float(accuracies[best_index] if best_index < len(accuracies)
+                                       else validation.accuracy),
             "best_epoch": best_index + 1,
             "epochs_run": len(val_losses),
         },
