@@ -166,3 +166,11 @@ def test_auto_measures_once_and_remembers(mobilenet_features, photo_batch, tmp_p
 def test_unknown_engine_is_one_clear_error(mobilenet_features, photo_batch):
     with pytest.raises(TransferError, match="--engine must be one of auto, tf, tflite"):
         engines.open_engine(mobilenet_features, photo_batch[:8], requested="onnx", key=KEY)
+
+
+def test_a_small_pass_says_what_it_counted():
+    """With test-time flips the base runs twice a photo: 'engine tf; 94 image(s), fewer than
+    128' for 47 photos (meta.json said 47)."""
+    assert engines.few_images(94, views=2).startswith(
+        "94 views (47 photos and their mirror images), fewer than 128: converting")
+    assert engines.few_images(47).startswith("47 image(s), fewer than 128")

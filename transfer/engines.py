@@ -192,10 +192,13 @@ def convert(model, batch_size: int, path: Path) -> float:
     return time.perf_counter() - started
 
 
-def few_images(images: int) -> str:
-    """Why ``auto`` keeps TensorFlow for a pass of ``images`` (< MIN_IMAGES) images."""
-    return (f"{images} image(s), fewer than {MIN_IMAGES}: converting the model would cost more "
-            "than it saves")
+def few_images(images: int, views: int = 1) -> str:
+    """Why ``auto`` keeps TensorFlow for a pass of ``images`` (< MIN_IMAGES) base inputs,
+    ``views`` of each photo (2: the photo and its mirror image)."""
+    counted = (f"{images} views ({images // views} photos and their mirror images)"
+               if views == 2 else f"{images} image(s)")
+    return (f"{counted}, fewer than {MIN_IMAGES}: converting the model would cost more than it "
+            "saves")
 
 
 def has_gpu() -> bool:
@@ -240,7 +243,7 @@ def _converted(model, batch_size: int, path: Path, info: EngineInfo, reporter: R
 
 def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key: dict,
                 batch_size: int = 32, reporter: Reporter | None = None,
-                images: int | None = None):
+                images: int | None = None, views: int = 1):
     """(engine, info): the engine to run ``model`` with, checked on ``first_batch``.
 
     Args:
@@ -251,8 +254,9 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
             of the converted file.
         batch_size: the converted model's fixed batch.
         reporter: where warnings go.
-        images: how many images the pass will run, when known: ``auto`` keeps TensorFlow
+        images: how many inputs the pass will run, when known: ``auto`` keeps TensorFlow
             below ``MIN_IMAGES``.
+        views: inputs per photo (2 with test-time flips), for the message saying so.
 
     Returns:
         An engine (callable on a batch of raw pixels, uint8 or float32) and its EngineInfo.
@@ -269,7 +273,7 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
         info.fallback = "a GPU is present" if requested == "auto" else None
         return tf_engine, info
     if requested == "auto" and images is not None and images < MIN_IMAGES:
-        info.fallback = few_images(images)
+        info.fallback = few_images(images, views)
         return tf_engine, info
     digest = cache_key(**key, batch=batch_size, input=list(model.input_shape[1:]))
     path = cache_dir() / f"{digest}.tflite"

@@ -278,7 +278,7 @@ class _LazyEngine:
         self.engine, self.info = engines.open_engine(
             raw_feature_model(plan, self.built), batch, requested=plan.settings.engine,
             key=key, batch_size=features.CONVERTED_BATCH, reporter=self.reporter,
-            images=self.images)
+            images=self.images, views=2 if plan.flips else 1)
 
     def __call__(self, batch):
         return self.engine(batch)
