@@ -234,7 +234,9 @@ def test_train_and_validate_folders_anywhere(tiny_split, tmp_path):
         "train_dir": str(mine), "validate_dir": str(theirs), "train_images": 24,
         "validate_images": 11}
     assert result.meta["settings"]["train_dir"] == str(mine)
-    assert (tmp_path / "unused/.cache/features").is_dir()  # the cache lives under --data-dir
+    # the cache lives beside the photos read (the folder holding --train-dir), not under an
+    # unread --data-dir: the default one appeared as ./data in the working folder
+    assert (tmp_path / "a/.cache/features").is_dir() and not (tmp_path / "unused").exists()
 
 
 def test_tfdata_bundles_evaluate_as_training_measured(own_split, tmp_path, mobilenet_weights):
@@ -604,7 +606,7 @@ def test_bad_options_fail_before_tensorflow_loads(tmp_path):
         from transfer.training import train
         for bad in (dict(epochs=0), dict(learning_rate=-1), dict(patience=-1),
                     dict(base="mobilenet", fine_tune=3, fine_tune_epochs=0),
-                    dict(output={str(tmp_path / "mine")!r}, force=True)):
+                    dict(output={str(tmp_path / "mine")!r}, force=True)):  # not a bundle
             try:
                 train(TrainSettings(data_dir={str(tmp_path / "data")!r}, **bad))
             except TransferError as exc:
@@ -612,6 +614,7 @@ def test_bad_options_fail_before_tensorflow_loads(tmp_path):
         print("TF", "tensorflow" in sys.modules)
     """)
     (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/notes.txt").write_text("mine")  # an empty folder would be a place to land
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert run.returncode == 0, run.stderr[-3000:]
@@ -631,8 +634,8 @@ def test_folders_and_output_are_checked_before_any_model_is_built(tiny_split, tm
     monkeypatch.setattr(phases, "build_model", must_not_build)
     one_line_error(hp(tmp_path / "nothing", tmp_path), "run `transfer fetch-data` first")
     (tmp_path / "old").mkdir()
-    one_line_error(hp(tiny_split, tmp_path, output=tmp_path / "old"),
-                   "already exists; use --force")
+    (tmp_path / "old/notes.txt").write_text("mine")  # an empty folder would be a place to land
+    one_line_error(hp(tiny_split, tmp_path, output=tmp_path / "old"), "not a model bundle")
 
 
 def test_models_inside_the_photo_folder_are_refused(tmp_path):
@@ -654,10 +657,9 @@ def test_models_inside_the_photo_folder_are_refused(tmp_path):
 def test_refuses_to_overwrite_without_force_and_replaces_a_bundle_with_it(own_split, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine/notes.txt").write_text("mine")
-    one_line_error(hp(own_split, tmp_path, output=tmp_path / "mine"),
-                   "already exists; use --force")
-    one_line_error(hp(own_split, tmp_path, output=tmp_path / "mine", force=True,
-                      augment=NO_AUGMENT, epochs=1), "not a model bundle")
+    for force in (False, True):  # one answer: it said 'use --force', then 'not a bundle'
+        one_line_error(hp(own_split, tmp_path, output=tmp_path / "mine", force=force,
+                          augment=NO_AUGMENT, epochs=1), "not a model bundle")
     assert (tmp_path / "mine/notes.txt").read_text() == "mine"
     first = train(hp(own_split, tmp_path, output=tmp_path / "models/b", augment=NO_AUGMENT,
                      epochs=1))
