@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from transfer.errors import TransferError
-from transfer.files import write_json
+from transfer.files import free_name, write_json
 
 SCHEMA_VERSION = 1
 META = "meta.json"
@@ -72,14 +72,6 @@ def check_replaceable(target: Path, force: bool) -> None:
         raise TransferError(f"{target} already exists; use --force to replace it")
 
 
-def _free_name(path: Path) -> Path:
-    candidate, n = path, 1
-    while candidate.exists() or candidate.is_symlink():
-        n += 1
-        candidate = path.with_name(f"{path.name}{n}")
-    return candidate
-
-
 @contextlib.contextmanager
 def writing(target: Path, force: bool):
     """Yield a Landing: fill its temporary ``folder``; on success the folder is renamed into
@@ -104,7 +96,7 @@ def writing(target: Path, force: bool):
             theirs = [p.name for p in old.iterdir()
                       if p.name not in MADE_LATER and not (target / p.name).exists()]
             if theirs:  # files the tool did not write: the old bundle is kept, whole
-                landing.kept = (_free_name(target.with_name(f"{target.name}.old")), theirs)
+                landing.kept = (free_name(target.with_name(f"{target.name}.old")), theirs)
                 os.replace(old, landing.kept[0])
             else:
                 shutil.rmtree(old, ignore_errors=True)

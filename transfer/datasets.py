@@ -70,7 +70,7 @@ from transfer.constants import (
     unread_summary,
 )
 from transfer.errors import TransferError
-from transfer.files import exclusive, make_dirs, write_json
+from transfer.files import exclusive, free_name, make_dirs, write_json
 from transfer.progress import Reporter
 from transfer.settings import FetchOptions
 from transfer.sources import obtain_archive, resolve_source
@@ -767,7 +767,7 @@ def _swap_into_place(data_dir: Path, tmp: Path, manifest: dict, ours: list[str],
     aside: dict[str, str] = {}
     taken: set[Path] = set()
     for split in foreign:
-        name = _free_name(data_dir / f"{split}.old", taken)
+        name = free_name(data_dir / f"{split}.old", taken)
         taken.add(name)
         aside[split] = name.name
     manifest["moved_aside"] = [str(data_dir / name) for name in aside.values()]
@@ -821,7 +821,7 @@ def _finish_or_roll_back(data_dir: Path, journal: dict) -> str:
                 if _holds(here, files.get(split, {})):
                     shutil.rmtree(here)  # the new split's copy (rebuilt by any rerun)
                 else:  # not what we moved in: never deleted
-                    os.replace(here, _free_name(data_dir / f"{split}.old"))
+                    os.replace(here, free_name(data_dir / f"{split}.old"))
         for split in ours:
             if (old / split).exists() and not (data_dir / split).exists():
                 os.replace(old / split, data_dir / split)
@@ -845,10 +845,3 @@ def _holds(folder: Path, files: dict[str, list[str]]) -> bool:
     except (OSError, TypeError, AttributeError):
         return False
 
-
-def _free_name(path: Path, taken: set[Path] = frozenset()) -> Path:
-    candidate, n = path, 1
-    while candidate.exists() or candidate.is_symlink() or candidate in taken:
-        n += 1
-        candidate = path.with_name(f"{path.name}{n}")
-    return candidate

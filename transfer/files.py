@@ -41,6 +41,16 @@ def new_folders_kept_on_success(path: Path) -> Iterator[Path]:
         raise
 
 
+def free_name(path: Path, taken: set[Path] = frozenset()) -> Path:
+    """``path``, or ``path2``, ``path3``... the first that nothing (nor ``taken``) holds: where
+    a folder or file is moved aside (``train.old``, ``train.old2``)."""
+    candidate, n = path, 1
+    while candidate.exists() or candidate.is_symlink() or candidate in taken:
+        n += 1
+        candidate = path.with_name(f"{path.name}{n}")
+    return candidate
+
+
 def refuse_existing(path: Path, force: bool, what: str = "") -> None:
     """One clear error when ``path`` exists and ``force`` is off (the one place that says it)."""
     path = Path(path)
