@@ -41,6 +41,13 @@ def new_folders_kept_on_success(path: Path) -> Iterator[Path]:
         raise
 
 
+def is_device_or_pipe(path: Path) -> bool:
+    """True for something that exists and is neither a file nor a folder (``/dev/null``, a
+    pipe, a socket): written to, never replaced by a file."""
+    path = Path(path)
+    return path.exists() and not path.is_file() and not path.is_dir()
+
+
 def free_name(path: Path, taken: set[Path] = frozenset()) -> Path:
     """``path``, or ``path2``, ``path3``... the first that nothing (nor ``taken``) holds: where
     a folder or file is moved aside (``train.old``, ``train.old2``)."""
@@ -66,7 +73,7 @@ def replacing(path: Path) -> Iterator[Path]:
     path = Path(path)
     if path.is_symlink():  # the file it points at is replaced; the link stays a link
         path = path.resolve()
-    if path.exists() and not path.is_file() and not path.is_dir():
+    if is_device_or_pipe(path):
         raise TransferError(f"{path} is not a regular file (a device, a pipe or a socket): "
                             "it is not replaced by one; choose a file")
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")

@@ -28,7 +28,7 @@ import numpy as np
 
 from transfer import images
 from transfer.errors import TransferError
-from transfer.files import refuse_existing, replacing
+from transfer.files import is_device_or_pipe, refuse_existing, replacing
 from transfer.inference import (
     ModelEngine,
     classify_files,
@@ -183,7 +183,7 @@ def write_text(path: Path, text: str, force: bool = False) -> Path:
         OSError: the folder cannot be written; its ``filename`` is that folder.
     """
     path = Path(path)
-    if path.exists() and not path.is_file() and not path.is_dir():  # /dev/stdout, a pipe
+    if is_device_or_pipe(path):  # /dev/stdout, a pipe
         with open(path, "w", encoding="utf-8") as stream:  # written to, never replaced
             stream.write(text)
         return path
