@@ -69,8 +69,7 @@ def _flag(name: str) -> str:
 
 def at_least(name: str, value, low) -> None:
     """A whole number (every such option counts something) of at least ``low``."""
-    if not whole(value):
-        raise TransferError(f"{_flag(name)} must be a whole number, not {value!r}")
+    whole_number(name, value)
     if value < low:
         raise TransferError(f"{_flag(name)} must be at least {low}, not {value}")
 
@@ -80,7 +79,7 @@ def whole(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def a_seed(name: str, value) -> None:
+def whole_number(name: str, value) -> None:
     if not whole(value):
         raise TransferError(f"{_flag(name)} must be a whole number, not {value!r}")
 
@@ -155,11 +154,11 @@ def outside_data(name: str, path: Path | None, *folders: Path | None) -> None:
     would be read as photos, or as a class, by the next train or evaluate of that folder."""
     if path is None:
         return
-    out = Path(path).absolute().resolve()
+    out = Path(path).resolve()
     for folder in folders:
         if folder is None:
             continue
-        data = Path(folder).absolute().resolve()
+        data = Path(folder).resolve()
         if out == data or data in out.parents:
             raise TransferError(f"{_flag(name)} {path} is inside the data folder {folder}: what "
                                 "is written there would be read as photos next time; choose a "
@@ -251,7 +250,7 @@ class FetchOptions(Settings):
     def validated(self) -> FetchOptions:
         opts = self
         a_path("data_dir", opts.data_dir)
-        a_seed("seed", opts.seed)
+        whole_number("seed", opts.seed)
         if opts.archive is not None and opts.source in ("auto", "archive"):
             opts = opts.replace(source="archive", archive=Path(opts.archive))
         elif opts.archive is not None:
@@ -405,7 +404,7 @@ class TrainSettings(Settings):
         """Every option checked, without TensorFlow; raises one TransferError per problem."""
         from transfer import bases
 
-        a_seed("seed", self.seed)
+        whole_number("seed", self.seed)
         base = bases.get(self.base)
         bases.check_alpha(base, self.alpha)
         if self.image_size is not None:
@@ -725,7 +724,7 @@ class CompareSettings(Settings):
     def validated(self) -> CompareSettings:
         from transfer import bases
 
-        a_seed("seed", self.seed)
+        whole_number("seed", self.seed)
         runs = [r.strip() for r in (self.runs if isinstance(self.runs, list | tuple)
                                     else str(self.runs).split(",")) if r.strip()]
         if not runs:
@@ -782,7 +781,7 @@ class MnistParams(Settings):
         return Path(self.output or Path("models") / f"{self.dataset}-{self.arch}")
 
     def validated(self) -> MnistParams:
-        a_seed("seed", self.seed)
+        whole_number("seed", self.seed)
         one_of("dataset", self.dataset, MNIST_DATASETS)
         one_of("arch", self.arch, MNIST_ARCHS)
         at_least("epochs", self.epochs, 1)
