@@ -75,7 +75,7 @@ from transfer.progress import Reporter
 from transfer.settings import FetchOptions
 from transfer.sources import obtain_archive, resolve_source
 
-__all__ = ["DEFAULT_VALIDATION_FRACTION", "FetchOptions", "FetchResult", "check_split_options",
+__all__ = ["DEFAULT_VALIDATION_FRACTION", "FetchOptions", "FetchResult",
            "fetch_data", "fraction_sizes", "read_manifest", "recover"]
 
 SPLITS = ("train", "validate", "test")
@@ -132,8 +132,7 @@ def fetch_data(options: FetchOptions, reporter: Reporter | None = None,
             is still empty, and a previous split stays whole.
     """
     reporter = reporter or Reporter()
-    opts = options.validated()
-    check_split_options(opts)
+    opts = options.validated()  # the split options too: fractions, their sum, not with counts
     data_dir = Path(opts.data_dir)
     created = make_dirs(data_dir)
     try:
@@ -412,31 +411,6 @@ def _without_photos(request: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- the split
-
-
-def check_split_options(opts: FetchOptions) -> None:
-    """Refuse fractions out of range, and fractions given together with per-class counts.
-
-    Reads ``validation_split``/``test_split`` when FetchOptions has them (None: not asked)."""
-    validation, test = _fractions_asked(opts)
-    for flag, value, lowest in (("--validation-split", validation, "(0"),
-                                ("--test-split", test, "[0")):
-        if value is None:
-            continue
-        low_ok = value > 0 or (lowest == "[0" and value == 0)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and low_ok
-                and value < 1):
-            raise TransferError(f"{flag} must be a fraction in {lowest}, 1), not {value}")
-    if validation is not None or test is not None:
-        total = ((DEFAULT_VALIDATION_FRACTION if validation is None else validation)
-                 + (DEFAULT_TEST_FRACTION if test is None else test))
-        if total >= 1:
-            raise TransferError(f"--validation-split + --test-split is {total:g}: it must stay "
-                                "below 1, to leave images to train on")
-        if _counts_asked(opts):
-            raise TransferError(
-                "give either --validation-split/--test-split (fractions of every class) or "
-                "--train-per-class/--validate-per-class/--test-per-class (counts), not both")
 
 
 def _fractions_asked(opts: FetchOptions) -> tuple[float | None, float | None]:
