@@ -334,8 +334,7 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
     Args:
         folder: a bundle (meta.json, and report.json once evaluated) or an `evaluate
             --output` folder (report.json; its bundle is read too when it still exists).
-        gradcams: Grad-CAM overlays to compute on the bundle's validation images (0: none;
-            default ``gradcams_wanted()``, as train, mnist and evaluate wrote it).
+        gradcams: Grad-CAM overlays to compute on the bundle's validation images (0: none).
 
     Returns:
         The HTML text (UTF-8, no external resource).
@@ -638,8 +637,7 @@ def write_quietly(folder: Path, reporter=None, *, gradcams: int | None = None,
                   force: bool = False) -> Path | None:
     """``write_report`` at the end of train, mnist and evaluate: their real outputs are already
     in place, so a report that cannot be made is a warning, never a failed run. Grad-CAM
-    overlays: ``gradcams``, else ``$TRANSFER_REPORT_GRADCAMS``, else 4 (each costs a forward
-    and a backward pass; 0 makes the report instant)."""
+    overlays: ``gradcams_wanted(gradcams)``, as ``write_report`` takes them."""
     try:
         return write_report(folder, gradcams=gradcams, force=force)
     except Exception as exc:  # the report is a view of files already written
