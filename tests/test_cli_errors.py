@@ -241,6 +241,22 @@ def test_help_in_a_pipe_is_not_cut_at_80_columns():
     assert max(len(line) for line in result.stdout.splitlines()) > 80
 
 
+def signal_once(proc, ready, signum, never: str, delay: float = 0.0) -> str:
+    """Once ``ready()`` (polled while ``proc`` runs, at most 240 s), wait ``delay`` seconds and
+    send ``signum``; the process must end within 60 s. Its stderr."""
+    try:
+        deadline = time.monotonic() + 240
+        while not ready() and proc.poll() is None:
+            assert time.monotonic() < deadline, never
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(delay)
+        proc.send_signal(signum)
+        return proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+
+
 def test_sigterm_cleans_up_as_ctrl_c_does(tiny_split, mobilenet_weights, tmp_path):
     """`kill` (SIGTERM: timeout, docker stop, systemd) in the middle of the base's TFLite
     conversion: one line, exit code 143, and no temporary conversion folder left in the
@@ -259,16 +275,8 @@ def test_sigterm_cleans_up_as_ctrl_c_does(tiny_split, mobilenet_weights, tmp_pat
          str(tmp_path / "models"), "--output", str(tmp_path / "models/term")],
         env={**os.environ, "KERAS_HOME": str(home)}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not list(cache.glob(".convert-*")) and proc.poll() is None:
-            assert time.monotonic() < deadline, "the conversion never started"
-            time.sleep(0.02)
-        assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    err = signal_once(proc, lambda: list(cache.glob(".convert-*")), signal.SIGTERM,
+                      "the conversion never started")
     assert proc.returncode == 143, err
     assert err.strip().splitlines()[-1] == "terminated" and "Traceback" not in err
     assert not list(cache.glob(".convert-*")), "the conversion's folder was left behind"
@@ -295,17 +303,8 @@ def test_ctrl_c_during_a_keras_fit_ends_the_process(tmp_path, delay):
          str(models), "--output", str(models / "stopped")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
-    try:
-        deadline = time.monotonic() + 240
-        while not (models / ".stopped.checkpoints").exists() and proc.poll() is None:
-            assert time.monotonic() < deadline, "the fit never started"
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(delay)  # inside the fit
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    err = signal_once(proc, (models / ".stopped.checkpoints").exists, signal.SIGINT,
+                      "the fit never started", delay)  # inside the fit
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
     assert not (models / "stopped").exists() and not (models / ".stopped.checkpoints").exists()
