@@ -606,7 +606,8 @@ def test_bad_options_fail_before_tensorflow_loads(tmp_path):
         from transfer.training import train
         for bad in (dict(epochs=0), dict(learning_rate=-1), dict(patience=-1),
                     dict(base="mobilenet", fine_tune=3, fine_tune_epochs=0),
-                    dict(output={str(tmp_path / "mine")!r}, force=True)):  # not a bundle
+                    dict(output={str(tmp_path / "mine")!r}, force=True),  # not a bundle
+                    dict(dropout="0.5"), dict(learning_rate="1e-3")):  # strings, not numbers
             try:
                 train(TrainSettings(data_dir={str(tmp_path / "data")!r}, **bad))
             except TransferError as exc:
@@ -621,9 +622,11 @@ def test_bad_options_fail_before_tensorflow_loads(tmp_path):
     lines = run.stdout.splitlines()
     assert lines[-1] == "TF False"
     errors = [line for line in lines if line.startswith("ERROR ")]
-    assert len(errors) == 5, run.stdout
+    assert len(errors) == 7, run.stdout
     assert "--epochs must be at least 1" in errors[0]
     assert "not a model bundle" in errors[4]
+    assert errors[5] == "ERROR --dropout must be in [0, 1), not '0.5'"
+    assert errors[6] == "ERROR --learning-rate must be a positive number, not '1e-3'"
 
 
 def test_folders_and_output_are_checked_before_any_model_is_built(tiny_split, tmp_path,

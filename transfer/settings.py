@@ -89,18 +89,28 @@ def a_path(name: str, value) -> None:
         raise TransferError(f"{_flag(name)} must be a path, not {value!r}")
 
 
+def real(value) -> bool:
+    """True for a finite int or float (NumPy's too), not a bool or a string of digits."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def shown(value) -> str:
+    """A value as a message quotes it: a number plainly, anything else as Python writes it
+    (so the string "0.2" is not mistaken for the number)."""
+    return str(value) if real(value) else repr(value)
+
+
 def positive(name: str, value) -> None:
-    if value is None or not (isinstance(value, int | float) and math.isfinite(value)
-                             and value > 0):
-        raise TransferError(f"{_flag(name)} must be a positive number, not {value}")
+    if not (real(value) and value > 0):
+        raise TransferError(f"{_flag(name)} must be a positive number, not {shown(value)}")
 
 
 def fraction(name: str, value, *, upper_open: bool = True) -> None:
-    ok = value is not None and math.isfinite(value) and 0 <= value and (
-        value < 1 if upper_open else value <= 1)
+    ok = real(value) and 0 <= value and (value < 1 if upper_open else value <= 1)
     if not ok:
         interval = "[0, 1)" if upper_open else "[0, 1]"
-        raise TransferError(f"{_flag(name)} must be in {interval}, not {value}")
+        raise TransferError(f"{_flag(name)} must be in {interval}, not {shown(value)}")
 
 
 def one_of(name: str, value, choices) -> None:
@@ -265,9 +275,9 @@ class FetchOptions(Settings):
             if getattr(opts, name) is not None:
                 at_least(name, getattr(opts, name), low)
         if opts.validation_split is not None and not (
-                math.isfinite(opts.validation_split) and 0 < opts.validation_split < 1):
+                real(opts.validation_split) and 0 < opts.validation_split < 1):
             raise TransferError("--validation-split must be a fraction in (0, 1), not "
-                                f"{opts.validation_split}")
+                                f"{shown(opts.validation_split)}")
         if opts.test_split is not None:
             fraction("test_split", opts.test_split)
         if opts.validation_split is not None or opts.test_split is not None:
