@@ -25,7 +25,7 @@ def five_class_bundle(tmp_path_factory):
 
     flowers = require_asset("data/flowers")
     root = tmp_path_factory.mktemp("flowers5")
-    names = sorted(p.name for p in flowers.iterdir() if p.is_dir())
+    names = sorted(p.name for p in flowers.iterdir() if p.is_dir() and p.name[0] != ".")
     assert names == sorted(TEST_COUNTS)
     for name in names:
         files = sorted((flowers / name).glob("*.jpg"))

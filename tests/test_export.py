@@ -220,6 +220,38 @@ def test_tflite_file_alone_names_its_two_classes(trained_bundle, held_out, tmp_p
                                atol=README_TOLERANCE["tflite"])
 
 
+def test_a_tflite_export_keeps_only_its_input_and_output_names(trained_bundle, held_out,
+                                                                 tmp_path, monkeypatch):
+    """The converter names every tensor after its TensorFlow op; the export drops those names
+    (the inputs' and outputs', and the signature, stay): a smaller file, the same numbers."""
+    from ai_edge_litert.interpreter import Interpreter
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    lean = export.export(trained_bundle.bundle, format="tflite", output=tmp_path / "lean.tflite",
+                         check_images=held_out).path
+    monkeypatch.setattr(export, "drop_inner_names", lambda model: None)
+    named = export.export(trained_bundle.bundle, format="tflite",
+                          output=tmp_path / "named.tflite", check_images=held_out).path
+
+    def names(path):
+        graph = schema.ModelT.InitFromObj(
+            schema.Model.GetRootAsModel(path.read_bytes(), 0)).subgraphs[0]
+        ends = set(graph.inputs) | set(graph.outputs)
+        return ([t.name for i, t in enumerate(graph.tensors) if i not in ends],
+                [graph.tensors[i].name for i in sorted(ends)])
+
+    inner, ends = names(lean)
+    assert inner and all(name in (None, b"") for name in inner)
+    named_inner, named_ends = names(named)
+    assert all(named_inner) and ends == named_ends and all(ends)
+    assert lean.stat().st_size < named.stat().st_size - 5000
+    x = raw_pixels(held_out)
+    np.testing.assert_array_equal(litert_outputs(lean, x), litert_outputs(named, x))
+    runner_ = Interpreter(model_path=str(lean)).get_signature_runner("serving_default")
+    (out,) = runner_(image=x[:1]).values()
+    np.testing.assert_array_equal(out, litert_outputs(named, x[:1]))
+
+
 def readme_device_snippet() -> str:
     """README's "In Python, with the plain LiteRT interpreter" code block."""
     from pathlib import Path
