@@ -169,15 +169,25 @@ def test_photos_larger_together_than_the_upload_limit_go_in_several_requests(
     Image.fromarray(noise).save(big, quality=95)
     assert big.stat().st_size > limit
     settings = ServeSettings(models_dir=models_dir, port=0, max_upload_mb=limit / 2**20)
+    notes = tmp_path / "notes.jpg"  # not a photo: its request says 1 failed
+    notes.write_text("shopping list")
     with serve.serving(settings) as url:
         page = open_page(watched, url, "cats-dogs")
-        page.set_input_files("#file-input", [str(photos[k]) for k in ("cat", "dog", "dog2")])
+        page.set_input_files("#file-input",
+                             [str(notes)] + [str(photos[k]) for k in ("cat", "dog", "dog2")])
         wait_answer(page, 3)
         labels = [page.locator(".result[data-state=done]").nth(i).get_attribute("data-label")
                   for i in range(3)]
         assert sorted(labels) == ["cats", "dogs", "dogs"]
         posts = [u for u in watched.requests if u.endswith("/api/predict")]
         assert len(posts) >= 2
+        # the status line ends with what all the requests did, not the last one's answer
+        from playwright.sync_api import expect
+
+        expect(page.locator("#status")).to_have_text(
+            f"cats-dogs: 3 classified, 1 failed (see their cards), in {len(posts)} requests",
+            timeout=120_000)
+        assert "error" in page.get_attribute("#status", "class")
         page.set_input_files("#file-input", str(big))
         refused = page.locator(".result[data-state=error]").first
         refused.wait_for(state="attached")

@@ -232,8 +232,12 @@
     const m = current();
     const model = m ? m.name : "";
     const limit = Number((maxUploadBytes / 1048576).toPrecision(3));
-    for (const chunk of requests(files)) {
+    const chunks = requests(files);
+    // several requests: the status line ends with what all of them did, not the last one's
+    const tally = { classified: 0, failed: 0, name: model || "the default model" };
+    for (const chunk of chunks) {
       const boxes = chunk.map(card);
+      tally.failed += chunk.length; // until the server's answer says otherwise
       if (chunk.length === 1 && chunk[0].size + 5 * FORM_BYTES > maxUploadBytes) {
         const text = "too large: " + (chunk[0].size / 1048576).toFixed(1) + " MB, and the " +
           "server takes at most " + limit + " MB a request (transfer serve --max-upload-mb)";
@@ -267,6 +271,9 @@
         continue;
       }
       const data = await response.json();
+      tally.failed -= data.predictions.length - data.failed;
+      tally.classified += data.predictions.length - data.failed;
+      tally.name = data.model;
       data.predictions.forEach((item, i) => showPrediction(boxes[i], item, data.server_seconds));
       say(data.model + ": " + (data.predictions.length - data.failed) + " classified" +
         (data.failed ? ", " + data.failed + " failed" : "") + " in " +
@@ -277,6 +284,11 @@
         explained += 1;
         await explainOne(boxes[i], chunk[i], model);
       }
+    }
+    if (chunks.length > 1) {
+      say(tally.name + ": " + tally.classified + " classified" +
+        (tally.failed ? ", " + tally.failed + " failed (see their cards)" : "") + ", in " +
+        chunks.length + " requests", tally.failed > 0);
     }
   }
 
