@@ -271,10 +271,45 @@ def read_meta(bundle: Path) -> dict:
     for key in ("schema_version", "class_names", "image_size", "preprocessing"):
         if key not in meta:
             raise TransferError(f"{path} lacks {key!r}: not a transfer model bundle")
+    check_meta_types(meta, path)
     if meta["schema_version"] > SCHEMA_VERSION:
         raise TransferError(f"{path} has schema version {meta['schema_version']}; this transfer "
                             f"reads up to {SCHEMA_VERSION}: upgrade transfer")
     return meta
+
+
+# meta.json's fields that the commands and the server read, and what each must be: a field
+# of another type (a hand edit, another tool's file) is one error naming it, not a crash deep
+# in the code that trusted it
+_META_TYPES = {"schema_version": int, "image_size": int, "channels": int,
+               "preprocessing": dict, "metrics": dict, "data": dict, "test_time": dict,
+               "training": dict, "head": dict, "weights": dict, "engine": dict,
+               "timings": dict, "augmentation": dict, "settings": dict, "versions": dict,
+               "base": str, "output": str, "kind": str, "created": str, "alpha": (int, float),
+               "skipped": list}
+
+
+def check_meta_types(meta: dict, path: Path) -> None:
+    """Raise TransferError when a field of ``meta`` that transfer reads has the wrong type:
+    ``class_names`` a list of at least two distinct strings, ``image_size`` a positive whole
+    number, the dicts dicts, and so on (``_META_TYPES``; ``null`` is accepted where a field is
+    optional)."""
+    names = meta.get("class_names")
+    if not (isinstance(names, list) and len(names) >= 2
+            and all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names)):
+        raise TransferError(f"{path}: class_names must be a list of at least two distinct "
+                            f"names, not {json.dumps(names)[:80]}")
+    for key, kind in _META_TYPES.items():
+        value = meta.get(key)
+        if value is None and key not in ("schema_version", "image_size", "preprocessing"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, kind):
+            wanted = {int: "a whole number", dict: "an object", str: "a string",
+                      list: "a list"}.get(kind, "a number")
+            raise TransferError(f"{path}: {key} must be {wanted}, not "
+                                f"{json.dumps(value)[:80]}")
+    if meta["image_size"] < 1:
+        raise TransferError(f"{path}: image_size must be positive, not {meta['image_size']}")
 
 
 def data_folder(meta: dict, key: str) -> Path | None:
