@@ -439,7 +439,8 @@ def test_imagenet_mode_gives_a_dog_a_dog_breed(unseen, mobilenet_weights, tmp_pa
         response = c.post("/api/predict", files=files_field(*dogs))
         assert response.status_code == 200, response.text
         answer = response.json()
-        assert answer["mode"] == "imagenet" and "alpha 0.25" in answer["model"]
+        assert answer["mode"] == "imagenet" and "alpha 0.25" in answer["title"]
+        assert answer["model"] == "imagenet:mobilenet-0.25"  # the name a client sends back
         firsts = [synset_index[p["top"][0]["synset"]] for p in answer["predictions"]]
         assert sum(i in DOG_BREEDS for i in firsts) >= 3, [p["label"] for p in
                                                             answer["predictions"]]
@@ -468,3 +469,234 @@ def test_the_shown_picture_of_a_phone_photo_is_drafted_and_upright(unseen):
     assert shown.shape == (288, 384, 3)
     whole = images.to_rgb(images.open_image(data)).resize((384, 288), Image.BILINEAR)
     assert np.abs(shown.astype("float32") - np.asarray(whole, "float32")).mean() < 1.0
+
+
+def test_a_meta_json_with_fields_of_the_wrong_type_is_a_broken_bundle(models_dir, unseen,
+                                                                       tmp_path):
+    """Valid JSON, but a field of the wrong type (a hand edit): left out of the list (which
+    still answers for the good ones), a JSON 500 naming the field and no server path, and a
+    server that starts; before, /api/models was a plain 500 for everyone and serve crashed."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copytree(models_dir / "cats-dogs", models / "good")
+    cases = {"m-metrics": ("metrics", [1]), "m-classes": ("class_names", 5),
+             "m-prep": ("preprocessing", 5)}
+    for name, (key, value) in cases.items():
+        shutil.copytree(models_dir / "cats-dogs", models / name)
+        meta = json.loads((models / name / "meta.json").read_text())
+        meta[key] = value
+        (models / name / "meta.json").write_text(json.dumps(meta))
+    said = Recorder()
+    with serve.serving(ServeSettings(models_dir=models, port=0), said) as url:
+        with httpx.Client(timeout=120) as http:
+            listed = http.get(url + "api/models")
+            assert listed.status_code == 200
+            assert [m["name"] for m in listed.json()["models"] if m["kind"] == "bundle"] == [
+                "good"]
+            for name, (key, _) in cases.items():
+                answer = http.post(url + "api/predict", data={"model": name},
+                                   files={"files": unseen["cats"][0]})
+                assert answer.status_code == 500
+                detail = answer.json()["detail"]
+                assert detail.startswith(f"model {name!r} cannot be used: {name}/meta.json: "
+                                         f"{key} must be"), detail
+                assert str(tmp_path) not in detail  # the server's paths stay on its console
+    assert sorted(w.split(": not a usable bundle")[0] for w in said.warnings) == sorted(
+        str(models / name) for name in cases)
+
+
+def test_health_lists_loaded_models_by_name_and_forgets_replaced_ones(models_dir, unseen,
+                                                                      tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copytree(models_dir / "cats-dogs", models / "race")
+    photo = files_field(unseen["cats"][0])
+    with TestClient(serve.create_app(ServeSettings(models_dir=models))) as c:
+        assert c.post("/api/predict", files=photo, data={"model": "race"}).status_code == 200
+        assert c.get("/api/health").json()["loaded"] == ["race"]
+        model = models / "race/model.keras"
+        os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 10**9))
+        assert c.get("/api/health").json()["loaded"] == []  # retrained: the old copy is gone
+        assert c.post("/api/predict", files=photo, data={"model": "race"}).status_code == 200
+        assert c.get("/api/health").json()["loaded"] == ["race"]
+        shutil.rmtree(models / "race")
+        assert c.get("/api/health").json()["loaded"] == []
+
+
+def test_validation_errors_do_not_echo_the_upload(client, unseen):
+    """A file part with an empty file name is not a file to FastAPI: its 422 quoted the
+    whole upload back as text."""
+    name, data = unseen["cats"][0]
+    answer = client.post("/api/predict", files=[("files", ("", data, "image/jpeg"))])
+    assert answer.status_code == 422
+    assert len(answer.content) < 1000 and answer.json()["detail"].startswith(
+        "invalid request: body.files")
+    assert "input" not in answer.json()["errors"][0]
+
+
+def test_explain_takes_one_file_and_a_link_is_listed_once(client, unseen, models_dir):
+    two = [("file", unseen["cats"][0]), ("file", unseen["dogs"][0])]
+    answer = client.post("/api/explain", files=two)
+    assert answer.status_code == 422 and "one file per request: 2" in answer.json()["detail"]
+    os.symlink("cats-dogs", models_dir / "alias")
+    try:
+        names = [m["name"] for m in client.get("/api/models").json()["models"]
+                 if m["kind"] == "bundle"]
+        assert names == ["cats-dogs"]  # not "alias" too, as "latest" is not
+        assert client.post("/api/predict", files=files_field(unseen["cats"][0]),
+                           data={"model": "alias"}).status_code == 200  # still served
+    finally:
+        (models_dir / "alias").unlink()
+
+
+def test_an_app_answers_without_a_lifespan_and_starts_no_thread_unused(models_dir, unseen):
+    """create_app starts no model thread (an app made and dropped leaves none behind); a
+    TestClient outside a ``with`` block, after one inside it ended, still gets answers."""
+    import threading
+
+    before = sum(t.name == "transfer-model" for t in threading.enumerate())
+    apps = [serve.create_app(ServeSettings(models_dir=models_dir)) for _ in range(3)]
+    assert sum(t.name == "transfer-model" for t in threading.enumerate()) == before
+    app = apps[0]
+    photo = files_field(unseen["dogs"][0])
+    with TestClient(app) as c:
+        assert c.post("/api/predict", files=photo).status_code == 200
+    answer = TestClient(app).post("/api/predict", files=photo)
+    assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] == "dogs"
+
+
+def slow_predictions(monkeypatch, seconds: float) -> list:
+    """predict_uploads, ``seconds`` slower per call; returns the list of calls' sizes."""
+    calls: list = []
+    real = serve.predict_uploads
+
+    def slow(store, uploads, *args):
+        calls.append(len(uploads))
+        import time
+
+        time.sleep(seconds)
+        return real(store, uploads, *args)
+
+    monkeypatch.setattr(serve, "predict_uploads", slow)
+    return calls
+
+
+def test_requests_whose_client_left_are_not_run(models_dir, unseen, monkeypatch):
+    """Clients that time out while the model thread is busy: their requests are dropped from
+    the queue, not run for nobody (a retrying client multiplied the work)."""
+    import time
+
+    calls = slow_predictions(monkeypatch, 2.0)
+    with serve.serving(ServeSettings(models_dir=models_dir, port=0)) as url:
+
+        def impatient(top):
+            with httpx.Client(timeout=0.8) as http:
+                try:
+                    http.post(url + "api/predict", data={"top": str(top)},
+                              files={"files": unseen["cats"][0]})
+                except httpx.TimeoutException:
+                    return "gone"
+            return "answered"
+
+        with ThreadPoolExecutor(6) as pool:  # distinct top: six jobs, never one batch
+            outcomes = list(pool.map(impatient, range(1, 7)))
+        assert outcomes == ["gone"] * 6
+        deadline = time.monotonic() + 30
+        with httpx.Client(timeout=30) as http:
+            while http.get(url + "api/health").json()["queued"] and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(2.5)  # a call under way when they left finishes
+            health = http.get(url + "api/health").json()
+    assert health["queued"] == 0
+    assert health["requests"] <= 2 and len(calls) <= 2, (health, calls)
+
+
+def test_the_queue_holds_a_bounded_number_of_bytes(models_dir, unseen, monkeypatch):
+    """Requests waiting for the model keep their uploads in memory: past MAX_PENDING_MB of
+    them, 503 (the count limit alone let 256 requests of 20 MB wait)."""
+    slow_predictions(monkeypatch, 1.5)
+    photo = unseen["dogs"][0]
+    monkeypatch.setattr(serve, "MAX_PENDING_MB", 2.5 * len(photo[1]) / 2**20)
+    with serve.serving(ServeSettings(models_dir=models_dir, port=0)) as url:
+
+        def one(top):
+            with httpx.Client(timeout=120) as http:
+                return http.post(url + "api/predict", data={"top": str(1 + top % 2)},
+                                 files={"files": photo}).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(one, range(8)))
+    # one running, two waiting (2.5 photos' worth), the others turned away
+    assert statuses.count(503) >= 3 and statuses.count(200) >= 3, statuses
+
+
+def started_server(models: Path, tmp_path: Path):
+    """`transfer serve` in a real process (Ctrl-C as in a terminal), on a free port: the
+    process, its URL's port and a list its stderr lines are added to as they come."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "transfer", "serve", "--models-dir", str(models), "--port", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+    deadline = time.monotonic() + 120
+    while not any("Ctrl-C stops it" in line for line in lines):
+        assert proc.poll() is None and time.monotonic() < deadline, lines
+        time.sleep(0.05)
+    port = int(re.search(r"127\.0\.0\.1:(\d+)/", "".join(lines)).group(1))
+    return proc, port, lines
+
+
+@pytest.mark.parametrize("signals", [("SIGINT",), ("SIGTERM",), ("SIGINT", "SIGINT")])
+def test_serve_stops_in_bounded_time_with_an_upload_stalled(models_dir, tmp_path, signals):
+    """A client that sent half an upload and went quiet held `transfer serve` after Ctrl-C or
+    SIGTERM until it closed (a `docker stop` then ended in SIGKILL); a second Ctrl-C spilled
+    hundreds of lines of tracebacks and aborted. Now: the requests in progress get
+    GRACE_SECONDS, the exit code is 130 or 143, one `stopped` line; twice Ctrl-C at once."""
+    import signal
+    import time
+
+    proc, port, lines = started_server(models_dir, tmp_path)
+    stalled = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        stalled.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                        b"Content-Type: multipart/form-data; boundary=b\r\n"
+                        b"Content-Length: 100000\r\n\r\n--b\r\n")  # and then nothing
+        time.sleep(0.5)
+        sent = time.monotonic()
+        for i, name in enumerate(signals):
+            if i:
+                time.sleep(0.5)
+            proc.send_signal(getattr(signal, name))
+        try:
+            proc.wait(timeout=serve.GRACE_SECONDS + 20)
+        except subprocess_timeout():
+            pytest.fail(f"still serving {serve.GRACE_SECONDS + 20:g} s after {signals}: "
+                        f"{''.join(lines)}")
+        took = time.monotonic() - sent
+    finally:
+        stalled.close()
+        proc.kill()
+        proc.wait(timeout=30)
+    time.sleep(0.2)  # the reader thread's last lines
+    err = "".join(lines)
+    assert proc.returncode == (143 if signals[0] == "SIGTERM" else 130), err
+    assert "Traceback" not in err and "stopping (requests in progress get up to" in err, err
+    assert err.rstrip().splitlines()[-1] == "transfer serve: stopped", err
+    if len(signals) == 2:  # the second Ctrl-C does not wait for the grace period
+        assert took < serve.GRACE_SECONDS, (took, err)
+    else:
+        assert "1 request(s) still in progress after 8 s were cut off" in err, err
+
+
+def subprocess_timeout():
+    import subprocess
+
+    return subprocess.TimeoutExpired

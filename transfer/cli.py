@@ -145,8 +145,8 @@ def _terminate_as_interrupt(command: str):
     turns the exception into another cannot make the run go on); the previous handlers come
     back after. Python runs a handler when the main thread next runs Python code: multi-worker
     training, whose TensorFlow waits hold the interpreter, puts the default back for its run
-    (``training.join_cluster``), and ``serve`` leaves both signals to uvicorn's graceful
-    shutdown."""
+    (``training.join_cluster``), and ``serve`` handles both itself (``serve.run``: a graceful
+    shutdown, then exit 130 or 143)."""
     import signal
     import threading
 
@@ -1053,9 +1053,13 @@ def serve_cmd(
     settings = S.ServeSettings(models_dir=models_dir, model=model, imagenet=imagenet, base=base,
                                alpha=alpha, host=host, port=port, max_upload_mb=max_upload_mb,
                                top=top, cache_size=cache_size).validated()
+    import signal
+
     from transfer.serve import run
 
-    run(settings, reporter=_reporter())
+    stopped_by = run(settings, reporter=_reporter())
+    if stopped_by is not None:  # stopped cleanly ("stopped" said): the usual exit codes
+        raise typer.Exit(143 if stopped_by == signal.SIGTERM else 130)
 
 
 _R = S.ReportSettings()

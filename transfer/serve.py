@@ -40,6 +40,8 @@ import contextlib
 import functools
 import importlib.util
 import json
+import logging
+import os
 import socket
 import tempfile
 import threading
@@ -62,6 +64,9 @@ IMAGENET_PREFIX = "imagenet:"
 MAX_FILES = 64  # images per request
 MAX_PENDING = 256  # jobs waiting for the model thread; more get 503
 MAX_BATCH_FILES = 64  # images in one merged predict batch
+MAX_PENDING_MB = 256  # uploads held in memory by the requests waiting; more get 503
+GRACE_SECONDS = 8.0  # on Ctrl-C or SIGTERM: what requests in progress get to finish
+DISCONNECT_POLL = 0.5  # seconds between checks that a waiting request's client is still there
 ALL_INTERFACES = ("0.0.0.0", "::", "", "[::]", "*")
 SHOWN_SIDE = 384  # px: the longest side of the picture in an explain PNG
 PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
@@ -136,8 +141,17 @@ class ModelStore:
             meta = bundle.read_meta(real)
         except (TransferError, OSError) as exc:
             self._say(name, exc)
-            raise Broken(f"model {name!r} cannot be used: {exc}") from None
+            raise Broken(f"model {name!r} cannot be used: {self.public(exc)}") from None
         return candidate, meta
+
+    def public(self, problem) -> str:
+        """``problem``'s text as a client sees it: paths inside the models folder relative to
+        it (``garbled/meta.json``), so an answer does not show the server's file system (the
+        console, ``_say``, keeps them whole)."""
+        text = str(problem)
+        with contextlib.suppress(OSError, RuntimeError):
+            text = text.replace(f"{self.root.resolve()}{os.sep}", "")
+        return text.replace(f"{self.root}{os.sep}", "")
 
     def bundle_path(self, name: str) -> Path:
         """The bundle folder ``name`` names inside the models folder (``bundle_entry``)."""
@@ -161,9 +175,8 @@ class ModelStore:
 
         def add(base_name: str, alpha: float) -> None:
             spec = bases.get(base_name)
-            suffix = f"-{alpha:g}" if spec.has_alpha else ""
             width = f" alpha {alpha:g}" if spec.has_alpha else ""
-            name = f"{IMAGENET_PREFIX}{base_name}{suffix}"
+            name = imagenet_name(base_name, alpha)
             entries[name] = ImageNetEntry(name, base_name, alpha,
                                           f"{spec.keras_class}{width} (ImageNet)")
 
@@ -193,9 +206,12 @@ class ModelStore:
         found = []
         if not self.root.is_dir():
             return found
-        for folder in sorted(self.root.iterdir()):
-            if folder.name.startswith(".") or (folder.name == "latest" and folder.is_symlink()):
-                continue
+        folders = sorted(self.root.iterdir())
+        real_folders = {f.resolve() for f in folders if not f.is_symlink()}
+        for folder in folders:
+            if folder.name.startswith(".") or (folder.is_symlink() and (
+                    folder.name == "latest" or folder.resolve() in real_folders)):
+                continue  # a link to a bundle listed under its own name
             try:
                 path, meta = self.bundle_entry(folder.name)
             except (NotFound, TransferError, OSError):  # a broken one is said (bundle_entry)
@@ -255,7 +271,7 @@ class ModelStore:
                     return inference.BundleClassifier(real)
                 except TransferError as exc:  # a damaged model.keras, a meta.json that lies
                     self._say(name, exc)
-                    raise Broken(f"model {name!r} cannot be used: {exc}") from None
+                    raise Broken(f"model {name!r} cannot be used: {self.public(exc)}") from None
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -263,6 +279,8 @@ class ModelStore:
         classifier = load()
         with self._lock:
             self.loads += 1
+            for old in [k for k in self._cache if k[:2] == key[:2]]:  # retrained since
+                del self._cache[old]
             self._cache[key] = classifier
             self._cache.move_to_end(key)
             while len(self._cache) > max(1, self.settings.cache_size):
@@ -270,9 +288,43 @@ class ModelStore:
         return classifier
 
     def loaded(self) -> list[str]:
+        """The models in memory, by the names the API takes (a bundle by its folder's name
+        in the models folder). A bundle deleted or retrained since it was loaded is dropped
+        from the LRU here: nothing would ask for that copy again."""
+        names = []
         with self._lock:
-            return [key[1] if key[0] == "bundle" else f"{key[1]} {key[2]:g}"
-                    for key in self._cache]
+            for key in list(self._cache):
+                if key[0] == "imagenet":
+                    names.append(imagenet_name(key[1], key[2]))
+                    continue
+                folder = Path(key[1])
+                try:
+                    current = (folder / "model.keras").stat().st_mtime_ns
+                except OSError:
+                    current = None
+                if current != key[2]:
+                    del self._cache[key]
+                    continue
+                names.append(self.public(f"{folder}{os.sep}").rstrip(os.sep))
+        return names
+
+
+def imagenet_name(base_name: str, alpha: float) -> str:
+    """The API's name of an ImageNet classifier: ``imagenet:mobilenet-0.25``,
+    ``imagenet:inception``."""
+    from transfer import bases
+
+    suffix = f"-{alpha:g}" if bases.get(base_name).has_alpha else ""
+    return f"{IMAGENET_PREFIX}{base_name}{suffix}"
+
+
+def api_words(text: str | None) -> str | None:
+    """An error written for the command line, said in the API's words: the form field
+    ``invert=no``, not the option ``--invert no``."""
+    if text is None:
+        return None
+    return text.replace("--invert must", "invert must").replace("try --invert no",
+                                                                "send invert=no")
 
 
 def describe_bundle(name: str, path: Path, meta: dict) -> dict:
@@ -338,10 +390,12 @@ def predict_uploads(store: ModelStore, uploads: list[Upload], model: str | None,
             if invert is not None:
                 classifier.invert = None
     answer = result.as_dict()
-    if classifier.mode == "bundle":
-        answer["model"] = model  # its name here, not the server's file system path
+    if classifier.mode == "imagenet":
+        answer["title"] = answer["model"]  # "MobileNet alpha 0.25 (ImageNet)"
+    answer["model"] = model  # the name a client sends back, not a path or a title
     for item, upload in zip(answer["predictions"], uploads, strict=True):
         item["file"] = upload.filename
+        item["error"] = api_words(item["error"])
     return answer
 
 
@@ -518,6 +572,7 @@ class _Job:
     future: Future
     key: tuple | None = None  # predict jobs with the same key may share one model call
     uploads: list | None = None
+    size: int = 0  # bytes of upload held while waiting (MAX_PENDING_MB)
 
 
 class Worker:
@@ -530,55 +585,60 @@ class Worker:
         self.store = store
         self._jobs: deque = deque()
         self._cond = threading.Condition()
-        self._restart = threading.Lock()
         self._closed = False
+        self._generation = 0  # a loop whose generation is not this one's ends
+        self._thread: threading.Thread | None = None  # started by the first job (or start)
         self.requests = 0  # jobs run
         self.calls = 0  # model calls (batches) they took
-        self._thread = threading.Thread(target=self._loop, name="transfer-model", daemon=True)
-        self._thread.start()
 
     def start(self) -> None:
-        """Run again after ``close`` (the app served a second time: a restarted server, a
-        second TestClient); a no-op while running."""
-        with self._restart:  # one restart at a time: never two model threads
-            with self._cond:
-                if not self._closed:
-                    return
-            self._thread.join()  # the closed loop ends after the call it is in, if any
-            with self._cond:
-                self._closed = False
-            self._thread = threading.Thread(target=self._loop, name="transfer-model",
-                                            daemon=True)
+        """Run the model thread: at the app's start-up, at the first job, and again after
+        ``close`` (the app served a second time, or called through a ``TestClient`` outside
+        a ``with`` block); a no-op while it runs. Never blocks: a closed loop still finishing
+        a model call ends after it, on its own."""
+        with self._cond:
+            if self._thread is not None and self._thread.is_alive() and not self._closed:
+                return
+            self._generation += 1
+            self._closed = False
+            self._thread = threading.Thread(target=self._loop, args=(self._generation,),
+                                            name="transfer-model", daemon=True)
             self._thread.start()
 
     def _submit(self, job: _Job) -> Future:
+        self.start()
         with self._cond:
-            if self._closed or len(self._jobs) >= MAX_PENDING:
+            # jobs whose client went away (cancelled, ``answered``) leave the queue now
+            self._jobs = deque(j for j in self._jobs if not j.future.cancelled())
+            held = sum(j.size for j in self._jobs)
+            if (self._closed or len(self._jobs) >= MAX_PENDING
+                    or (self._jobs and held + job.size > MAX_PENDING_MB * 2**20)):
                 raise _Busy()
             self._jobs.append(job)
             self._cond.notify()
         return job.future
 
-    async def run(self, fn, *args):
-        """``fn(*args)`` on the model thread, after the jobs queued before it."""
-        return await asyncio.wrap_future(self._submit(_Job(fn, args, Future())))
+    async def run(self, fn, *args, size: int = 0):
+        """``fn(*args)`` on the model thread, after the jobs queued before it (``size``: the
+        bytes of upload it holds while it waits)."""
+        return await asyncio.wrap_future(self._submit(_Job(fn, args, Future(), size=size)))
 
     async def predict(self, uploads: list[Upload], model: str | None, top: int,
                       invert: str | None) -> dict:
         """``predict_uploads`` on the model thread, batched with others like it."""
         job = _Job(None, (model, top, invert), Future(), key=(model, top, invert),
-                   uploads=uploads)
+                   uploads=uploads, size=sum(len(u.data) for u in uploads))
         return await asyncio.wrap_future(self._submit(job))
 
     @property
     def pending(self) -> int:
-        return len(self._jobs)
+        return sum(not job.future.cancelled() for job in list(self._jobs))
 
-    def _take(self) -> list[_Job] | None:
+    def _take(self, generation: int) -> list[_Job] | None:
         with self._cond:
-            while not self._jobs and not self._closed:
+            while not self._jobs and not self._closed and generation == self._generation:
                 self._cond.wait()
-            if not self._jobs:
+            if not self._jobs or generation != self._generation:
                 return None
             first = self._jobs.popleft()
             batch = [first]
@@ -594,8 +654,8 @@ class Worker:
                 self._jobs = rest
             return batch
 
-    def _loop(self) -> None:
-        while (batch := self._take()) is not None:
+    def _loop(self, generation: int) -> None:
+        while (batch := self._take(generation)) is not None:
             live = [job for job in batch if job.future.set_running_or_notify_cancel()]
             if not live:
                 continue
@@ -639,6 +699,29 @@ class _Busy(Exception):
     pass
 
 
+class _Gone(Exception):
+    """The client closed its connection while its request waited."""
+
+
+async def answered(request, waiting):
+    """The result of ``waiting`` (a job for the model thread), checking every
+    ``DISCONNECT_POLL`` seconds that the client is still there: when it has gone (a timeout, a
+    closed tab) the job is cancelled, so a request nobody waits for is not run (one already
+    running finishes), and ``_Gone`` is raised."""
+    task = asyncio.ensure_future(waiting)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                raise _Gone()
+    except asyncio.CancelledError:  # the server is stopping
+        task.cancel()
+        raise
+
+
 DOCS_ASSETS = "/docs-assets"
 
 
@@ -672,7 +755,8 @@ def create_app(settings: ServeSettings):
         TransferError: a bad setting (port, limit, base, alpha), or a --model that is not a
             bundle inside the models folder.
     """
-    from fastapi import FastAPI, File, Form, UploadFile
+    from fastapi import FastAPI, File, Form, Request, UploadFile
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
@@ -752,7 +836,8 @@ def create_app(settings: ServeSettings):
                 "models": bundles + imagenet}
 
     @app.post("/api/predict", summary="Classify one or more images")
-    async def predict_endpoint(files: list[UploadFile] = File(..., description="images"),
+    async def predict_endpoint(request: Request,
+                               files: list[UploadFile] = File(..., description="images"),
                                model: str | None = MODEL_FIELD,
                                top: int | None = Form(None, examples=[s.top], description=(
                                    f"classes per image (default {s.top})")),
@@ -769,7 +854,9 @@ def create_app(settings: ServeSettings):
             return error(422, str(exc))
         uploads = await read_uploads(files)
         try:
-            answer = await worker.predict(uploads, model or None, k, invert)
+            answer = await answered(request, worker.predict(uploads, model or None, k, invert))
+        except _Gone:
+            return error(499, "the client closed the request")
         except NotFound:
             return bad_model(model)
         except _Busy:
@@ -777,7 +864,8 @@ def create_app(settings: ServeSettings):
         except Broken as exc:
             return error(500, str(exc))
         except TransferError as exc:
-            return error(500, f"cannot use model {model or store.default_model()!r}: {exc}")
+            return error(500, f"cannot use model {model or store.default_model()!r}: "
+                              f"{api_words(store.public(exc))}")
         answer["server_seconds"] = round(time.perf_counter() - started, 4)
         if answer["predictions"] and answer["failed"] == len(answer["predictions"]):
             names = ", ".join(f"{p['file']} ({p['error']})" for p in answer["predictions"])
@@ -789,7 +877,8 @@ def create_app(settings: ServeSettings):
     @app.post("/api/explain", summary="Grad-CAM of one image (a PNG)",
               response_class=Response,
               responses={200: {"content": {"image/png": {}}}})
-    async def explain_endpoint(file: UploadFile = File(..., description="one image"),
+    async def explain_endpoint(request: Request,
+                               file: UploadFile = File(..., description="one image"),
                                model: str | None = MODEL_FIELD,
                                class_name: str | None = Form(None, examples=[""], description=(
                                    "the class to explain (default: the predicted one)")),
@@ -797,6 +886,9 @@ def create_app(settings: ServeSettings):
                                    "pair (photo and overlay) or overlay")),
                                invert: str | None = INVERT_FIELD):
         started = time.perf_counter()
+        sent = len((await request.form()).getlist("file"))  # parsed once: the same form
+        if sent > 1:
+            return error(422, f"one file per request: {sent} were sent as 'file'")
         if view not in ("pair", "overlay"):
             return error(422, f"view must be pair or overlay, not {view!r}")
         try:
@@ -805,19 +897,23 @@ def create_app(settings: ServeSettings):
             return error(422, str(exc))
         upload = (await read_uploads([file]))[0]
         try:
-            png, facts = await worker.run(explain_upload, store, upload, model or None,
-                                          class_name or None, view, invert)
+            png, facts = await answered(request, worker.run(
+                explain_upload, store, upload, model or None, class_name or None, view, invert,
+                size=len(upload.data)))
+        except _Gone:
+            return error(499, "the client closed the request")
         except NotFound:
             return bad_model(model)
         except _Busy:
             return error(503, "the server is busy; try again in a moment")
         except images.ImageError as exc:
-            return error(415, f"{upload.filename}: {exc}",
-                         errors=[{"file": upload.filename, "error": str(exc)}])
+            said = api_words(str(exc))
+            return error(415, f"{upload.filename}: {said}",
+                         errors=[{"file": upload.filename, "error": said}])
         except Broken as exc:  # the server's bundle, not the request, is at fault
             return error(500, str(exc))
         except TransferError as exc:
-            return error(422, str(exc))
+            return error(422, api_words(store.public(exc)))
         seconds = round(time.perf_counter() - started, 4)
         headers = {"X-Label": quote(facts["label"]),
                    "X-Probability": f"{facts['probability']:.6f}",
@@ -873,6 +969,24 @@ def create_app(settings: ServeSettings):
         return app.openapi_schema
 
     app.openapi = openapi_with_file_pickers
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, exc):
+        """FastAPI's 422, without the ``input`` it echoes: for a file part sent with an empty
+        file name that was the whole upload, as text (a 450 KB photo gave 2.6 MB of JSON)."""
+        return error(422, "invalid request: " + "; ".join(
+            f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}"
+            for e in exc.errors()),
+            errors=[{k: v for k, v in e.items() if k not in ("input", "ctx", "url")}
+                    for e in exc.errors()])
+
+    @app.exception_handler(Exception)
+    async def internal_error(request, exc):
+        """A bug (not a bad request, not a broken bundle): a JSON 500 like the others; the
+        server's console gets the traceback."""
+        return error(500, f"internal error ({type(exc).__name__}): "
+                          f"{store.public(exc) or 'see the server console'}")
+
     app.add_middleware(BodyLimit, limit_mb=s.max_upload_mb)
     return app
 
@@ -949,8 +1063,19 @@ def _server(settings: ServeSettings, reporter: Reporter):
     sock = _bind(s.host, s.port)
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_keep_alive=5)
-    server = uvicorn.Server(config)
+                            timeout_keep_alive=5, timeout_graceful_shutdown=GRACE_SECONDS)
+
+    class Server(uvicorn.Server):
+        """uvicorn's server without its signal handling: ``run`` installs its own (uvicorn
+        raised the signal again after shutting down, so Ctrl-C ended as a KeyboardInterrupt
+        inside the event loop, and a second Ctrl-C in a storm of tracebacks)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            yield
+
+    server = Server(config)
+    logging.getLogger("uvicorn.error").addFilter(_ShutdownLog(server, reporter))
     if s.host.strip("[]") in ALL_INTERFACES:
         reporter.warn(f"listening on all interfaces ({s.host}): anyone who can reach this "
                       "machine can use the models; use --host 127.0.0.1 to keep it local")
@@ -969,25 +1094,87 @@ def _server(settings: ServeSettings, reporter: Reporter):
     return server, sock, url
 
 
-def run(settings: ServeSettings, reporter: Reporter | None = None) -> None:
+class _ShutdownLog(logging.Filter):
+    """uvicorn's log while ``server`` stops: the requests the grace period cut off are one
+    line of ours, not uvicorn's ERROR and a CancelledError traceback for each of them."""
+
+    def __init__(self, server, reporter: Reporter):
+        super().__init__()
+        self.server, self.reporter = server, reporter
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.server.should_exit:
+            return True
+        if "timeout graceful shutdown exceeded" in str(record.msg):
+            count = record.args[0] if isinstance(record.args, tuple) and record.args else "some"
+            self.reporter.warn(f"{count} request(s) still in progress after "
+                               f"{GRACE_SECONDS:g} s were cut off")
+            return False
+        cancelled = (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError)
+                     ) or "CancelledError" in record.getMessage()  # the lifespan's, as text
+        return not cancelled
+
+    def remove(self) -> None:
+        logging.getLogger("uvicorn.error").removeFilter(self)
+
+
+def _drop_shutdown_log(server) -> None:
+    for item in list(logging.getLogger("uvicorn.error").filters):
+        if isinstance(item, _ShutdownLog) and item.server is server:
+            item.remove()
+
+
+def run(settings: ServeSettings, reporter: Reporter | None = None) -> int | None:
     """Serve the page and the API with uvicorn until Ctrl-C (or SIGTERM); returns then.
+
+    The first signal stops taking connections and gives the requests in progress up to
+    ``GRACE_SECONDS`` to finish (the ones still waiting for the model are dropped; a model call
+    under way cannot be cut short, and is left to the process's exit); a second Ctrl-C stops at
+    once. Signals are handled so only from the main thread; elsewhere the caller stops the
+    server (``serving``).
 
     Args:
         settings: where the bundles are, the default model, host and port (port 0 picks a
             free one), upload limit, LRU size.
         reporter: where the URL and the warning for all-interfaces binding go.
 
+    Returns:
+        the signal that stopped the server (``signal.SIGINT`` or ``signal.SIGTERM``), or None.
+
     Raises:
         TransferError: a bad setting, or an address that cannot be bound (port in use).
     """
+    import signal
+
     reporter = reporter or Reporter()
     server, sock, url = _server(settings, reporter)
+    received: list[int] = []
+
+    def on_signal(signum, frame):
+        received.append(signum)
+        if len(received) == 1:
+            server.should_exit = True
+            reporter.info(f"transfer serve: stopping (requests in progress get up to "
+                          f"{GRACE_SECONDS:g} s; Ctrl-C again stops now)")
+        else:
+            server.force_exit = True
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+                    if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn shut down cleanly, then passed Ctrl-C on
-        reporter.info("transfer serve: stopped")
     finally:
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
         sock.close()
+        _drop_shutdown_log(server)
+    if received:
+        reporter.info("transfer serve: stopped")
+        return received[0]
+    return None
 
 
 @contextlib.contextmanager
@@ -1014,6 +1201,7 @@ def serving(settings: ServeSettings, reporter: Reporter | None = None,
         if not thread.is_alive() or time.monotonic() > deadline:
             server.should_exit = True
             sock.close()
+            _drop_shutdown_log(server)
             raise TransferError(f"the server at {url} did not start")
         time.sleep(0.02)
     try:
@@ -1022,3 +1210,4 @@ def serving(settings: ServeSettings, reporter: Reporter | None = None,
         server.should_exit = True
         thread.join(timeout)
         sock.close()
+        _drop_shutdown_log(server)
