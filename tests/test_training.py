@@ -812,3 +812,19 @@ def test_the_saved_epoch_of_a_fine_tuned_run_is_its_fine_tuning_best():
     assert saved_epoch(history) == 5
     assert saved_epoch({"val_loss": [0.9, 0.7, 0.8], "phase": ["head"] * 3}) == 2
     assert saved_epoch({"val_loss": [0.9, 0.7, 0.8]}) == 2 and saved_epoch({}) == 1
+
+
+def test_an_interrupt_while_the_bundle_is_written_leaves_no_checkpoints(own_split, tmp_path,
+                                                                       monkeypatch):
+    """Ctrl-C after the last epoch, while the bundle is being written: `interrupted`, and the
+    epoch checkpoints (models/.NAME.checkpoints, named by a timestamp by default, so they
+    piled up) go as they do after an interrupt during training."""
+    def interrupted(*args, **kwargs):
+        assert list((tmp_path / "models").glob(".*.checkpoints/*")), "no checkpoint to remove"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bundle, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(hp(own_split, tmp_path, output=tmp_path / "models/ft", fine_tune=4,
+                 fine_tune_epochs=1, augment=NO_AUGMENT, epochs=1))
+    assert not list((tmp_path / "models").glob(".*.checkpoints"))

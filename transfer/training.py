@@ -318,33 +318,38 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
     finally:
         if feats is not None:
             feats.cleanup()
-    timings = Timings(feats.seconds if feats else 0.0, feats.base_images if feats else 0,
-                      fit.seconds, time.perf_counter() - started)
-    report_skipped(run, reporter)
-    meta = training_meta(run, built, feats, fit, validation, timings)
-    if settings.assert_accuracy_at_least is not None:  # recorded as evaluate records it
-        threshold = settings.assert_accuracy_at_least
-        meta["gate"] = {"threshold": threshold, "accuracy": validation.accuracy,
-                        "passed": validation.accuracy >= threshold}
-    from transfer.preview import PREVIEW_PNG, preview_augment
+    try:  # until the bundle lands, an interrupt removes the checkpoints as above
+        timings = Timings(feats.seconds if feats else 0.0, feats.base_images if feats else 0,
+                          fit.seconds, time.perf_counter() - started)
+        report_skipped(run, reporter)
+        meta = training_meta(run, built, feats, fit, validation, timings)
+        if settings.assert_accuracy_at_least is not None:  # recorded as evaluate records it
+            threshold = settings.assert_accuracy_at_least
+            meta["gate"] = {"threshold": threshold, "accuracy": validation.accuracy,
+                            "passed": validation.accuracy >= threshold}
+        from transfer.preview import PREVIEW_PNG, preview_augment
 
-    def extras(folder):  # besides the model: what the network saw, and what it trained on
-        usable = run.usable("train")
-        preview_augment(usable, settings.augment, run.size,
-                        Path(folder) / PREVIEW_PNG, seed=settings.seed,
-                        pipeline="features" if run.use_cache else settings.pipeline)
-        trained = {s.path for s in usable}  # sizes as the plan read them (the cache's key)
-        bundle.write_train_files(Path(folder) / bundle.TRAIN_FILES, [
-            (run.names[s.label], s.path.name, size, str(Path(s.path).absolute()))
-            for s, (_, size, _) in zip(run.train, run.train_files, strict=True)
-            if s.path in trained])
+        def extras(folder):  # besides the model: what the network saw, and what it trained on
+            usable = run.usable("train")
+            preview_augment(usable, settings.augment, run.size,
+                            Path(folder) / PREVIEW_PNG, seed=settings.seed,
+                            pipeline="features" if run.use_cache else settings.pipeline)
+            trained = {s.path for s in usable}  # sizes as the plan read them (the cache's key)
+            bundle.write_train_files(Path(folder) / bundle.TRAIN_FILES, [
+                (run.names[s.label], s.path.name, size, str(Path(s.path).absolute()))
+                for s, (_, size, _) in zip(run.train, run.train_files, strict=True)
+                if s.path in trained])
 
-    meta["workers"] = cluster.workers if cluster is not None else 1
-    if cluster is not None:
-        meta["per_worker"] = worker_meta(run, feats, fit, cluster)
-    landed = bundle.write(run.target, settings.force, built.full, meta, fit.history,
-                          title=f"{run.base.name} on {run.root}", extra=extras,
-                          reporter=reporter)
+        meta["workers"] = cluster.workers if cluster is not None else 1
+        if cluster is not None:
+            meta["per_worker"] = worker_meta(run, feats, fit, cluster)
+        landed = bundle.write(run.target, settings.force, built.full, meta, fit.history,
+                              title=f"{run.base.name} on {run.root}", extra=extras,
+                              reporter=reporter)
+    except BaseException:
+        if cluster is None:
+            shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+        raise
     bundle.say_where_it_landed(run.target, landed, reporter)
     try:
         _after_writing(run, landed, reporter, cluster)
