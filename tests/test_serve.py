@@ -327,6 +327,8 @@ def test_bad_settings_fail_before_anything_starts(tmp_path):
         serve.create_app(ServeSettings(models_dir=tmp_path, model="../x"))
     with pytest.raises(TransferError, match="--max-upload-mb"):
         serve.create_app(ServeSettings(models_dir=tmp_path, max_upload_mb=0))
+    with pytest.raises(TransferError, match="--port must be a whole number, not '8000'"):
+        serve.create_app(ServeSettings(models_dir=tmp_path, port="8000"))
     with pytest.raises(TransferError, match="--model nothing: no bundle of that name"):
         serve.create_app(ServeSettings(models_dir=tmp_path, model="nothing"))
     recorder = Recorder()

@@ -828,3 +828,21 @@ def test_an_interrupt_while_the_bundle_is_written_leaves_no_checkpoints(own_spli
         train(hp(own_split, tmp_path, output=tmp_path / "models/ft", fine_tune=4,
                  fine_tune_epochs=1, augment=NO_AUGMENT, epochs=1))
     assert not list((tmp_path / "models").glob(".*.checkpoints"))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(l2="0.1"), "--l2 must be 0 or a positive number, not '0.1'"),
+    (dict(augment=Augment(rotation="20")), "--rotation must be in [0, 180] degrees, not '20'"),
+    (dict(image_size="224"), "--image-size must be a whole number, not '224'"),
+    (dict(augment=None), "augment= must be an Augment(...), not None"),
+    (dict(data_dir=None), "--data-dir must be a path, not None"),
+    (dict(base="mobilenet", alpha="0.25"), "--alpha must be a number, not '0.25'"),
+    (dict(assert_accuracy_at_least="0.9"),
+     "--assert-accuracy-at-least must be in [0, 1], not '0.9'"),
+])
+def test_library_settings_of_the_wrong_type_are_one_error(bad, message):
+    """From Python a number can come as a string (a config file, a form): one TransferError
+    quoting it, not a TypeError from a comparison deep in the checks."""
+    with pytest.raises(TransferError) as info:
+        TrainSettings(**bad).validated()
+    assert str(info.value) == message

@@ -114,6 +114,8 @@ def get(name: str) -> Base:
 
 
 def check_alpha(base: Base, alpha: float) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float):
+        raise TransferError(f"--alpha must be a number, not {alpha!r}")
     if base.has_alpha:
         if alpha not in MOBILENET_ALPHAS:
             raise TransferError(f"--alpha for {base.name} must be one of "

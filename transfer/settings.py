@@ -311,8 +311,9 @@ class Augment(Settings):
     flip: bool = True  # horizontal
 
     def validated(self) -> Augment:
-        if not (math.isfinite(self.rotation) and 0 <= self.rotation <= 180):
-            raise TransferError(f"--rotation must be in [0, 180] degrees, not {self.rotation}")
+        if not (real(self.rotation) and 0 <= self.rotation <= 180):
+            raise TransferError("--rotation must be in [0, 180] degrees, not "
+                                f"{shown(self.rotation)}")
         fraction("shift", self.shift)
         fraction("zoom", self.zoom)
         if not (math.isfinite(self.shear) and 0 <= self.shear <= 90):
@@ -415,9 +416,14 @@ class TrainSettings(Settings):
         from transfer import bases
 
         whole_number("seed", self.seed)
+        if self.train_dir is None:
+            a_path("data_dir", self.data_dir)
+        if not isinstance(self.augment, Augment):
+            raise TransferError(f"augment= must be an Augment(...), not {self.augment!r}")
         base = bases.get(self.base)
         bases.check_alpha(base, self.alpha)
         if self.image_size is not None:
+            whole_number("image_size", self.image_size)
             bases.check_size(base, self.image_size)
         if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
             raise TransferError(f"--weights must be imagenet, none or a weights file; "
@@ -438,8 +444,8 @@ class TrainSettings(Settings):
         one_of("tta", self.tta, TTA_MODES)
         fraction("dropout", self.dropout)
         at_least("dense", self.dense, 0)
-        if self.l2 is not None and not (math.isfinite(self.l2) and self.l2 >= 0):
-            raise TransferError(f"--l2 must be 0 or a positive number, not {self.l2}")
+        if self.l2 is not None and not (real(self.l2) and self.l2 >= 0):
+            raise TransferError(f"--l2 must be 0 or a positive number, not {shown(self.l2)}")
         if not (math.isfinite(self.validation_split) and 0 < self.validation_split < 1):
             raise TransferError("--validation-split must be a fraction in (0, 1), not "
                                 f"{self.validation_split}")
@@ -665,6 +671,9 @@ class ServeSettings(Settings):
 
         base = bases.get(self.base)
         bases.check_alpha(base, self.alpha)
+        whole_number("port", self.port)
+        if not isinstance(self.host, str):
+            raise TransferError(f"--host must be an address, not {self.host!r}")
         if not 0 <= self.port <= 65535:
             raise TransferError(f"--port must be in [0, 65535], not {self.port}")
         positive("max_upload_mb", self.max_upload_mb)
