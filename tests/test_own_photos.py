@@ -77,9 +77,14 @@ def test_a_folder_of_class_folders_trains_on_a_split_made_in_memory(flowers, tmp
     (data / "__MACOSX/daisy").mkdir(parents=True)  # what unzipping a macOS zip leaves
     (data / "__MACOSX/daisy/._100080576_f52e8ee070_n.jpg").write_bytes(b"\0\5\26\7")
     (data / ".thumbnails").mkdir()
+    before = sorted(str(p.relative_to(data)) for p in data.rglob("*"))
     reporter = Recorder()
     result = train(settings(data, tmp_path, **GENUINE, output=tmp_path / "models/own"),
                    reporter)
+    # the photos are the user's: nothing is written among them (the feature cache went into
+    # the folder, and into a read-only data set it could not; it is the user's cache now)
+    assert sorted(str(p.relative_to(data)) for p in data.rglob("*")) == before
+    assert result.meta["feature_cache"] == "miss"
     meta = json.loads((result.bundle / "meta.json").read_text())
     assert meta["class_names"] == list(FLOWERS)
     counts = {"train": {"daisy": 8, "dandelion": 8, "roses": 8, "sunflowers": 8, "tulips": 7},

@@ -234,9 +234,18 @@ def test_train_and_validate_folders_anywhere(tiny_split, tmp_path):
         "train_dir": str(mine), "validate_dir": str(theirs), "train_images": 24,
         "validate_images": 11}
     assert result.meta["settings"]["train_dir"] == str(mine)
-    # the cache lives beside the photos read (the folder holding --train-dir), not under an
-    # unread --data-dir: the default one appeared as ./data in the working folder
-    assert (tmp_path / "a/.cache/features").is_dir() and not (tmp_path / "unused").exists()
+    # folders fetch-data did not make are the user's: nothing is written among the photos
+    # (nor under an unread --data-dir: the default one appeared as ./data in the working
+    # folder); the cache is the user's, beside the converted bases
+    assert not (tmp_path / "a/.cache").exists() and not (tmp_path / "unused").exists()
+    assert sorted(os.listdir(tmp_path / "a")) == ["mine"]
+    assert result.meta["feature_cache"] == "miss"
+    again = train(hp(tmp_path / "unused", tmp_path, train_dir=mine, validate_dir=theirs,
+                     augment=NO_AUGMENT, epochs=1, output=tmp_path / "again"))
+    assert again.meta["feature_cache"] == "hit"
+    assert list(features.cache_folder(mine.parent).glob("*.npz"))
+    assert features.cache_folder(mine.parent) == (Path(os.environ["KERAS_HOME"])
+                                                  / "transfer/features")
 
 
 def test_tfdata_bundles_evaluate_as_training_measured(own_split, tmp_path, mobilenet_weights):

@@ -2,8 +2,9 @@
 
 On a laptop CPU the base's forward pass is nearly all of the training time, and a frozen base
 gives the same features every epoch. So features (after global average pooling) are computed
-once per (base, weights, size, file list, augmentation copy) and cached as ``.npz`` files in
-``<data>/.cache/features/``; the head then trains on the arrays.
+once per (base, weights, size, file list, augmentation copy) and cached as ``.npz`` files
+(``cache_folder``: ``<data>/.cache/features/`` in a data folder fetch-data made, else under
+``$KERAS_HOME/transfer/features/``); the head then trains on the arrays.
 
 The pass (``run_pass``) is bound by the slower of decoding and inference, not their sum: a
 small thread pool decodes and resizes the images through the one reader
@@ -39,6 +40,23 @@ import numpy as np
 from transfer.errors import TransferError
 from transfer.files import digest, replacing
 from transfer.progress import Reporter
+
+
+def cache_folder(root: Path) -> Path:
+    """Where the features of the photos under ``root`` are cached.
+
+    In a data folder fetch-data made (its ``manifest.json``), ``<root>/.cache/features``:
+    beside the split, found again by any later run, removed with it. Anywhere else the photos
+    are the user's (a folder of class folders, ``--train-dir``, a shared read-only data set):
+    nothing is written among them, the cache goes to ``$KERAS_HOME/transfer/features``
+    (default ``~/.keras/transfer/features``), beside the converted TFLite bases. The entries'
+    keys name every file with its size and mtime, so one folder serves every data set.
+    """
+    from transfer import bases, datasets
+
+    if datasets.read_manifest(root) is not None:
+        return Path(root) / ".cache" / "features"
+    return bases.keras_cache_dir().parent / "transfer" / "features"
 
 PASS_BATCH = 32  # images decoded together and given to the engine in one call
 # the converted base's fixed batch: the engine runs a pass batch in 4 calls. MobileNet-0.25

@@ -303,8 +303,8 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
     computing shard r * workers + w in round r, and each round is gathered on every worker:
     memory stays bounded by one round, and only the chief keeps (and caches) the features."""
     hp = plan.settings
-    # beside the photos: the data folder, or the folder of --train-dir (a cwd/data/ was made)
-    cache_dir = Path(plan.root or hp.data_dir) / ".cache" / "features"
+    # in fetch-data's data folder, else in the user's cache: never among the user's photos
+    cache_dir = features.cache_folder(Path(plan.root or hp.data_dir))
     common = dict(base=plan.base.name, alpha=plan.alpha, weights=built.weights_sha256,
                   size=plan.size, classes=plan.names, reader=1, version=4,
                   **({"mirror": True} if plan.flips else {}),
