@@ -1,36 +1,81 @@
 #!/usr/bin/env bash
 # Set up .venv, then the main job: fetch the data, train a classifier, evaluate it, predict
-# and explain validation photos. Arguments go to `transfer fetch-data` (e.g. --archive
-# train.zip offline). TRAIN_ARGS overrides the training arguments (default: --base inception).
+# and explain a validation photo of the first two classes. Arguments go to
+# `transfer fetch-data` (e.g. --archive train.zip offline, --archive ~/flowers for your own
+# class folders, --data-dir elsewhere); the other steps use the same data folder.
+# TRAIN_ARGS overrides the training arguments (default: --base inception).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+for arg in "$@"; do
+  if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then
+    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+    echo
+    echo "usage: [TRAIN_ARGS=\"--base mobilenet --alpha 0.25\"] ./scripts/run.sh [fetch-data options]"
+    echo "(transfer fetch-data --help lists them, once .venv is set up)"
+    exit 0
+  fi
+done
+
 source scripts/setup.sh
 T=.venv/bin/transfer
+
+# the data folder fetch-data writes, read by every later step
+data=data
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[$i]}" in
+    --data-dir) data="${args[$((i + 1))]:-data}" ;;
+    --data-dir=*) data="${args[$i]#--data-dir=}" ;;
+  esac
+done
 
 echo "== transfer fetch-data $*"
 "$T" fetch-data "$@"
 
 read -r -a train_args <<< "${TRAIN_ARGS:---base inception}"
-echo "== transfer train ${train_args[*]}"
-errors=$(mktemp)
-trap 'rm -f "$errors"' EXIT
-if ! "$T" train "${train_args[@]}" 2> >(tee "$errors" >&2); then
-  sleep 0.2  # let tee finish
-  if grep -q "could not be downloaded" "$errors"; then
+echo "== transfer train --data-dir $data ${train_args[*]}"
+status=0
+"$T" train --data-dir "$data" "${train_args[@]}" || status=$?
+if [[ $status -ne 0 ]]; then
+  # offline, the first thing to fail is the download of the base's ImageNet weights
+  if [[ $status -eq 1 ]] && .venv/bin/python - "${train_args[@]}" <<'EOF'
+import sys
+from transfer import bases
+args, base, alpha = sys.argv[1:], "inception", 1.0
+for i, arg in enumerate(args):
+    name, _, value = arg.partition("=")
+    value = value or (args[i + 1] if i + 1 < len(args) else "")
+    if name == "--base":
+        base = value
+    elif name == "--alpha":
+        alpha = float(value)
+    elif name == "--weights" and value != "imagenet":
+        sys.exit(1)
+spec = bases.get(base)
+sys.exit(0 if spec.pretrained and bases.cached_weights(spec, alpha) is None else 1)
+EOF
+  then
     echo "offline? Put the base's weights into \$KERAS_HOME/models, or train a base whose weights" >&2
     echo "are there, e.g.: TRAIN_ARGS=\"--base mobilenet --alpha 0.25\" ./scripts/run.sh --archive train.zip" >&2
   fi
-  exit 1
+  exit $status
 fi
 
 echo "== transfer evaluate"
 "$T" evaluate --force
 
-cat=$(find data/validate/cats -type f | sort | head -n 1)
-dog=$(find data/validate/dogs -type f | sort | head -n 1)
-echo "== transfer predict $cat $dog"
-"$T" predict "$cat" "$dog"
+# a photo of each of the first two classes (in name order) of the validation folder
+photos=()
+while IFS= read -r folder; do
+  photo=$(find "$folder" -maxdepth 1 -type f ! -name '.*' | LC_ALL=C sort | head -n 1)
+  [[ -n "$photo" ]] && photos+=("$photo")
+  [[ ${#photos[@]} -eq 2 ]] && break
+done < <(find "$data/validate" -mindepth 1 -maxdepth 1 -type d ! -name '.*' | LC_ALL=C sort)
+echo "== transfer predict ${photos[*]}"
+"$T" predict "${photos[@]}"
 
-# the heatmap goes into the bundle, not next to the photo: data/ holds photos only
-echo "== transfer explain $dog --output models/latest/gradcam.png"
-"$T" explain "$dog" --output models/latest/gradcam.png --force
+# the heatmap goes into the bundle, not next to the photo: the data folder holds photos only
+last="${photos[${#photos[@]}-1]}"
+echo "== transfer explain $last --output models/latest/gradcam.png"
+"$T" explain "$last" --output models/latest/gradcam.png --force

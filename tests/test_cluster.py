@@ -385,9 +385,52 @@ def test_the_local_launcher_runs_two_workers_and_passes_on_a_failure(tmp_path):
     code = launch.run_local(2, ["train", "--data-dir", str(tmp_path / "none"),
                                 "--distribute", "multi-worker"], grace=30)
     assert code == 1
-    assert "TF_CONFIG" in launch.tf_config(["127.0.0.1:1"], 0) or True
     assert json.loads(launch.tf_config(["127.0.0.1:1", "127.0.0.1:2"], 1))["task"] == {
         "type": "worker", "index": 1}
+
+
+def test_the_launcher_says_a_worker_killed_by_a_signal(tmp_path, monkeypatch, capsys):
+    """A chief killed by SIGKILL (the OOM killer): the launcher said nothing and exited 247
+    (sys.exit(-9)); now it says which worker, and exits 137 as a shell would."""
+    import sys
+
+    monkeypatch.setattr(launch, "command", lambda args: [
+        sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    assert launch.run_local(2, [], grace=5) == 137
+    err = capsys.readouterr().err
+    assert "[launch] worker 0 (the chief) was killed by SIGKILL" in err
+    assert "[launch] worker 1 was killed by SIGKILL" in err
+
+
+@pytest.mark.parametrize("signum, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_the_launcher_passes_a_stop_on_to_its_workers(tmp_path, signum, code):
+    """SIGTERM to the launcher alone left both workers running as orphans (the chief went on
+    to write its bundle); Ctrl-C printed a traceback and SIGKILLed them. Now the signal is
+    passed on, the workers stop with their own clean-up, and the launcher exits 130/143."""
+    import signal
+    import subprocess
+    import sys
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    worker = ("import os, pathlib, signal, sys, time; "  # stops on Ctrl-C as transfer does
+              "signal.signal(signal.SIGINT, lambda *a: sys.exit(130)); "
+              f"pathlib.Path({str(pids)!r}, str(os.getpid())).touch(); time.sleep(120)")
+    script = ("import sys; from transfer import launch; "
+              f"launch.command = lambda args: [sys.executable, '-c', {worker!r}]; "
+              "sys.exit(launch.run_local(2, []))")
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert wait_for(lambda: len(list(pids.iterdir())) == 2, [proc], 60), "no workers"
+        proc.send_signal(getattr(signal, signum))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == code and "Traceback" not in err, err
+    for pid in (int(p.name) for p in pids.iterdir()):
+        with pytest.raises(ProcessLookupError):  # reaped by the launcher: no orphan left
+            os.kill(pid, 0)
 
 
 def test_the_local_script_runs_the_workers_in_the_callers_folder(tmp_path):

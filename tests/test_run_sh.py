@@ -36,9 +36,9 @@ def test_run_sh_fetches_trains_evaluates_predicts_and_explains(kaggle_zip, mobil
     work = project_copy(tmp_path)
     env = {**os.environ, "TRAIN_ARGS": "--base mobilenet --alpha 0.25 --epochs 3",
            "COLUMNS": "120"}
-    result = subprocess.run(
+    result = subprocess.run(  # --data-dir: every step reads the folder fetch-data wrote
         ["bash", "scripts/run.sh", "--archive", str(kaggle_zip), "--train-per-class", "20",
-         "--validate-per-class", "10"],
+         "--validate-per-class", "10", "--data-dir", "photos/cats-dogs"],
         cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for step in ("== transfer fetch-data", "== transfer train", "== transfer evaluate",
@@ -49,6 +49,7 @@ def test_run_sh_fetches_trains_evaluates_predicts_and_explains(kaggle_zip, mobil
     meta = json.loads((bundle / "meta.json").read_text())
     assert meta["base"] == "mobilenet" and meta["class_names"] == ["cats", "dogs"]
     assert meta["data"]["counts"]["train"] == {"cats": 20, "dogs": 20}
+    assert meta["data"]["train_dir"] == "photos/cats-dogs/train" and not (work / "data").exists()
     report = json.loads((bundle / "report.json").read_text())
     assert report["images"] == 20
     assert (bundle / "gradcam.png").stat().st_size > 0
@@ -74,3 +75,39 @@ def test_run_sh_offline_with_the_default_base_names_the_offline_way(kaggle_zip, 
     assert 'TRAIN_ARGS="--base mobilenet --alpha 0.25"' in result.stderr
     assert "Traceback" not in result.stderr
     assert not (work / "models").exists() or not any((work / "models").iterdir())
+
+
+def test_run_sh_takes_any_folder_of_class_folders(tmp_path):
+    """The README's "any folder of class folders" through the main job: five flower classes,
+    split 80/20; predict and explain take photos of its own classes (the script named
+    data/validate/cats and stopped after training)."""
+    from conftest import require_asset
+
+    flowers = require_asset("data/flowers")
+    require_asset("keras/models/mobilenet_2_5_224_tf_no_top.h5")
+    work = project_copy(tmp_path)
+    env = {**os.environ, "TRAIN_ARGS": "--base mobilenet --alpha 0.25 --image-size 96 "
+                                       "--epochs 2 --no-augment", "COLUMNS": "120"}
+    result = subprocess.run(["bash", "scripts/run.sh", "--archive", str(flowers)],
+                            cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    predicted = [line for line in result.stdout.splitlines()
+                 if line.startswith("== transfer predict")]
+    assert predicted == ["== transfer predict data/validate/daisy/"
+                         + sorted(os.listdir(work / "data/validate/daisy"))[0]
+                         + " data/validate/dandelion/"
+                         + sorted(os.listdir(work / "data/validate/dandelion"))[0]]
+    bundle = (work / "models/latest").resolve()
+    assert json.loads((bundle / "meta.json").read_text())["class_names"] == [
+        "daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    assert (bundle / "gradcam.png").stat().st_size > 0
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_run_sh_help_says_what_it_does_and_does_nothing(tmp_path):
+    work = project_copy(tmp_path)
+    result = subprocess.run(["bash", "scripts/run.sh", "--help"], cwd=work,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "usage:" in result.stdout
+    assert "TRAIN_ARGS" in result.stdout and "==" not in result.stdout
+    assert sorted(p.name for p in work.iterdir()) == [".venv", "pyproject.toml", "scripts"]

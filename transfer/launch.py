@@ -71,35 +71,78 @@ def _relay(proc: subprocess.Popen, index: int) -> None:
     sys.stderr.flush()
 
 
+STOP_SECONDS = 60.0  # after Ctrl-C or SIGTERM: what the workers get to clean up and stop
+
+
+def exit_code(returncode: int) -> int:
+    """A worker's return code as a shell shows it: killed by signal N is 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _said(returncode: int) -> str:
+    import signal
+
+    try:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"was killed by signal {-returncode}"
+
+
 def run_local(n: int, args: Sequence[str], grace: float = GRACE_SECONDS) -> int:
-    """Run ``transfer <args>`` as n local workers and wait for them; the exit code."""
+    """Run ``transfer <args>`` as n local workers and wait for them; the exit code.
+
+    Ctrl-C or SIGTERM to the launcher is passed on to the workers (a terminal's Ctrl-C reaches
+    them anyway), which stop with their usual clean-up; those still running ``STOP_SECONDS``
+    later are killed. The exit code is then 130 or 143. A worker killed by a signal is said,
+    and counts as 128 + the signal's number."""
+    import signal
+
     if n < 1:
         raise ValueError("at least one worker")
-    procs = start(n, args)
-    relays = [threading.Thread(target=_relay, args=(p, i), daemon=True)
-              for i, p in enumerate(procs) if i > 0]
-    for t in relays:
-        t.start()
-    code, failed_at = 0, None
+    stop: list[int] = []
+
+    def on_signal(signum, frame):
+        stop.append(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        procs = start(n, args)
+        relays = [threading.Thread(target=_relay, args=(p, i), daemon=True)
+                  for i, p in enumerate(procs) if i > 0]
+        for t in relays:
+            t.start()
+        code, failed_at, stopped_at = 0, None, None
         while any(p.poll() is None for p in procs):
+            if stop and stopped_at is None:
+                stopped_at = time.monotonic()
+                for p in procs:
+                    if p.poll() is None:
+                        p.send_signal(stop[0])
             for p in procs:
                 if p.returncode not in (None, 0) and failed_at is None:
-                    code, failed_at = p.returncode, time.monotonic()
-            if failed_at is not None and time.monotonic() - failed_at > grace:
+                    code, failed_at = exit_code(p.returncode), time.monotonic()
+            late = ((failed_at is not None and time.monotonic() - failed_at > grace)
+                    or (stopped_at is not None and time.monotonic() - stopped_at > STOP_SECONDS))
+            if late:
                 for p in procs:
                     if p.poll() is None:
                         p.kill()
             time.sleep(0.2)
-    except KeyboardInterrupt:
-        for p in procs:
-            p.kill()
-        raise
-    for t in relays:
-        t.join(timeout=5)
-    for p in procs:
+        for t in relays:
+            t.join(timeout=5)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    for i, p in enumerate(procs):
+        if p.returncode < 0 and not stop:
+            print(f"[launch] worker {i}{' (the chief)' if i == 0 else ''} "
+                  f"{_said(p.returncode)}", file=sys.stderr)
         if p.returncode and not code:
-            code = p.returncode
+            code = exit_code(p.returncode)
+    if stop:
+        return 143 if stop[0] == signal.SIGTERM else 130
     return code
 
 
