@@ -53,6 +53,13 @@ GOOD = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": 
     (config(cluster={"worker": ["nohostport"]}, task={"type": "worker", "index": 0}),
      "list of"),
     (config(cluster={"worker": []}, task={"type": "worker", "index": 0}), "no workers"),
+    # a port that is not one failed seconds later, after TensorFlow loaded, as a join timeout
+    (config(cluster={"worker": ["127.0.0.1:abc"]}, task={"type": "worker", "index": 0}),
+     "'127.0.0.1:abc': the port must be a number from 1 to 65535"),
+    (config(cluster={"worker": ["127.0.0.1:99999"]}, task={"type": "worker", "index": 0}),
+     "'127.0.0.1:99999': the port must be"),
+    (config(cluster={"worker": [":2222"]}, task={"type": "worker", "index": 0}),
+     "the port must be"),
     (config(cluster={"worker": ["a:1", "a:1"]}, task={"type": "worker", "index": 0}),
      "twice"),
     (config(cluster={"worker": ["a:1"]}, task={"type": "evaluator", "index": 0}),
@@ -91,6 +98,10 @@ def test_a_lost_worker_is_told_by_the_line_that_says_what_happened():
                                     "addresses")
     assert cluster.reason("Socket closed") == "Socket closed"
     assert cluster.reason("") == "no message"
+    long = "tasks are unhealthy (stopped sending heartbeats): " + ", ".join(
+        f"/job:worker/replica:0/task:{i}" for i in range(6))  # cut mid-list and mid-word
+    assert cluster.reason(long) == long
+    assert cluster.reason("word " * 100).endswith("word ...")
 
 
 def test_tf_config_order_puts_a_chief_first():

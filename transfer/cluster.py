@@ -118,6 +118,11 @@ def read_tf_config(environ=None) -> Topology:
                                                   for h in hosts):
             raise TransferError(f"TF_CONFIG cluster.{job} must be a list of \"host:port\" "
                                 f"strings, not {json.dumps(hosts)}")
+        for host in hosts:
+            name, _, port = host.rpartition(":")
+            if not name or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise TransferError(f"TF_CONFIG cluster.{job} address {host!r}: the port must "
+                                    "be a number from 1 to 65535 (\"host:port\")")
         addresses.extend(hosts)
     if len(cluster.get("chief", [])) > 1:
         raise TransferError("TF_CONFIG names more than one chief")
@@ -143,7 +148,8 @@ def reason(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     said = [line.strip() for line in lines if not line.startswith((" ", "\t"))
             and not line.startswith(("Graph execution error", "Detected at node"))]
-    return (said[0] if said else lines[0].strip() if lines else "no message")[:160]
+    line = said[0] if said else lines[0].strip() if lines else "no message"
+    return line if len(line) <= 240 else line[:240].rsplit(" ", 1)[0] + " ..."
 
 
 def lost(exc: BaseException, timeout: float, during: str) -> WorkerLost:
