@@ -208,12 +208,22 @@ class Classifier:
             float64 probabilities, one row per image, in input order.
 
         Raises:
-            TransferError: an input is not a usable image (the message names it).
+            TransferError: an input is not a usable image (the message names it); the
+                batches before it have run. Images are prepared as they come and run a
+                batch at a time, so a long list (or a generator) of files holds one batch of
+                pixels in memory, not all of them.
         """
         if images.is_one_image(inputs):
             inputs = [inputs]
         shape = self.input_shape()
-        arrays = []
+        pending: list = []  # prepared images not run yet: at most a batch is held in memory
+        out: list[np.ndarray] = []
+
+        def run(everything: bool = False) -> None:
+            while len(pending) >= batch_size or (everything and pending):
+                batch, pending[:batch_size] = pending[:batch_size], []
+                out.append(self.probabilities(np.stack(batch)))
+
         for number, item in enumerate(inputs, 1):
             shown = item if isinstance(item, str | Path) else f"image {number}"
             prepared = (isinstance(item, np.ndarray) and item.shape[-len(shape):] == shape
@@ -221,15 +231,16 @@ class Classifier:
             try:
                 if prepared:
                     images.refuse_scaled(item)
-                    arrays.extend(item if item.ndim == len(shape) + 1 else [item])
+                    pending.extend(item if item.ndim == len(shape) + 1 else [item])
                 else:
-                    arrays.append(self.prepare(item)[0])
+                    pending.append(self.prepare(item)[0])
             except images.ImageError as exc:
                 raise TransferError(f"{shown}: {exc}") from None
-        if not arrays:
+            run()
+        run(everything=True)
+        if not out:
             return np.zeros((0, len(self.class_names or ()) or 1000))
-        return np.concatenate([self.probabilities(np.stack(arrays[i:i + batch_size]))
-                               for i in range(0, len(arrays), batch_size)])
+        return np.concatenate(out)
 
     __call__ = classify  # classifier(["a.jpg"]) as classifier.classify(["a.jpg"])
 
