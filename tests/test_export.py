@@ -5,6 +5,7 @@ refusals."""
 from __future__ import annotations
 
 import json
+import os
 import warnings
 import zipfile
 
@@ -319,3 +320,30 @@ def test_five_class_tflite_names_its_classes(flowers5, tmp_path):
     # what a user of the file alone does: the name of each output column
     labels = [names[i] for i in actual.argmax(axis=1)]
     assert labels == [names[i] for i in expected.argmax(axis=1)]
+
+
+def test_converting_leaves_the_callers_root_logger_alone(tmp_path):
+    """TensorFlow's SavedModel export logs through absl, which gave the root logger a stderr
+    handler: a program's own logging.basicConfig(level=...) after an export (or a first
+    training, which converts its base) then did nothing."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    script = f"""
+import logging
+from pathlib import Path
+from transfer.tf import keras
+from transfer import engines, export
+model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2)])
+work = Path({str(tmp_path)!r})
+export._tflite(model, work / "m.tflite", work)
+engines.convert(model, 2, work / "e.tflite")
+print("ROOT", logging.getLogger().handlers)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "ROOT []"
+    assert (tmp_path / "m.tflite").is_file() and (tmp_path / "e.tflite").is_file()

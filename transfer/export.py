@@ -126,7 +126,10 @@ def check_inputs(classifier: BundleClassifier, paths: list[Path] | None, n: int 
 
 
 def _savedmodel(model, path: Path) -> None:
-    with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the endpoint signature
+    from transfer.tf import root_logger_kept
+
+    # Keras prints the endpoint signature; absl gives the root logger a handler
+    with contextlib.redirect_stdout(io.StringIO()), root_logger_kept():
         model.export(str(path), format="tf_saved_model", verbose=False)
 
 

@@ -8,26 +8,44 @@ import unless ``TRANSFER_VERBOSE=1`` (set by ``transfer --verbose``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 
 
 @contextlib.contextmanager
 def native_stderr_quiet():
-    """Send file descriptor 2 (C++ log lines) to /dev/null unless TRANSFER_VERBOSE=1."""
-    if os.environ.get("TRANSFER_VERBOSE") == "1":
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    """Send file descriptor 2 (C++ log lines) to /dev/null unless TRANSFER_VERBOSE=1 (and
+    keep the root logger as it was: ``root_logger_kept``)."""
+    with root_logger_kept():
+        if os.environ.get("TRANSFER_VERBOSE") == "1":
+            yield
+            return
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+
+
+@contextlib.contextmanager
+def root_logger_kept():
+    """Take back any handler the work inside gives Python's root logger: TensorFlow's
+    SavedModel export logs through absl, which calls ``logging.basicConfig()``, after which
+    the calling program's own ``basicConfig(level=...)`` did nothing."""
+    root = logging.getLogger()
+    handlers = list(root.handlers)
     try:
-        os.dup2(devnull, 2)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
 
 
 def _load():
