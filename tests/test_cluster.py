@@ -241,6 +241,25 @@ def test_workers_that_see_different_files_stop_with_one_line(pair_of_splits, tmp
     assert not out.exists()
 
 
+def test_workers_started_with_other_settings_stop_with_one_line(pair_of_splits, tmp_path):
+    """One model is trained: a worker given another --epochs (or learning rate) is named with
+    the settings that differ, on every worker (it ended in "a worker is down or unreachable
+    (Collective instance ...)", and a different learning rate went unnoticed)."""
+    data0, data1 = pair_of_splits
+    out = tmp_path / "models" / "settings"
+    procs, logs = start_workers(2, lambda i: train_args(
+        data0 if i == 0 else data1, out, "--distribute", "multi-worker",
+        *(["--learning-rate", "0.01"] if i else [])))
+    codes = wait_all(procs)
+    assert codes == [1, 1], text(logs[0]) + text(logs[1])
+    for log in logs:
+        errors = [line for line in text(log).splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, text(log)
+        assert "worker 1 was started with other settings than the chief: --learning-rate " \
+               "0.01 (the chief: " in errors[0]
+    assert not out.exists()
+
+
 def test_two_workers_fine_tune_in_a_custom_loop(tiny_split, tmp_path):
     """The fine-tune route across two workers: the chief's head is shared, then base and head
     train synchronously (each worker reads half of the images per step)."""

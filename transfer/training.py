@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import shlex
 import shutil
 import sys
@@ -272,6 +273,7 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
         pipelines.check_enough(run)
     cluster = join_cluster(settings, reporter)
     if cluster is not None:
+        same_settings(run, cluster)
         same_files(run, cluster)
     built = phases.build_model(run, cluster)
     feats = None
@@ -414,6 +416,41 @@ def join_cluster(settings: TrainSettings, reporter: Reporter):
     reporter.info(f"multi-worker: {joined.workers} workers joined in "
                   f"{joined.joined_seconds:.1f} s")
     return joined
+
+
+# the settings every worker must share (one model is trained; paths, the engine and the
+# chief's outputs may differ from machine to machine)
+SHARED_SETTINGS = ("validation_split", "base", "alpha", "pipeline", "augment",
+                   "augment_copies", "tta", "image_size", "dropout", "dense", "l2",
+                   "class_weight", "epochs", "batch_size", "learning_rate", "lr_schedule",
+                   "patience", "fine_tune", "fine_tune_lr", "fine_tune_epochs", "seed",
+                   "feature_shard_size")
+
+
+def same_settings(run: RunPlan, cluster) -> None:
+    """Every worker must train with the same settings (``SHARED_SETTINGS``): each sends its
+    own, and a worker started with others is one line naming them (before, a different
+    --epochs ended in "a worker is down or unreachable (Collective instance 310 ...)", and a
+    different --learning-rate went unnoticed)."""
+    import numpy as np
+
+    from transfer.cluster import WorkerLost
+    from transfer.settings import _flag as flag
+
+    everything = run.settings.as_dict()
+    mine = {k: everything[k] for k in SHARED_SETTINGS}
+    text = json.dumps(mine, sort_keys=True, default=str).encode()
+    seen = cluster.gather([np.frombuffer(text, np.uint8).astype("int32")],
+                          "comparing the workers' settings")
+    chief = json.loads(bytes(seen[0][0].astype(np.uint8)).decode())
+    for w, (sent,) in enumerate(seen):
+        theirs = json.loads(bytes(sent.astype(np.uint8)).decode())
+        differ = [k for k in SHARED_SETTINGS if theirs.get(k) != chief.get(k)]
+        if differ:
+            said = "; ".join(f"{flag(k)} {json.dumps(theirs.get(k))} (the chief: "
+                             f"{json.dumps(chief.get(k))})" for k in differ)
+            raise WorkerLost(f"worker {w} was started with other settings than the chief: "
+                             f"{said}; start the same command on every worker")
 
 
 def same_files(run: RunPlan, cluster) -> None:
