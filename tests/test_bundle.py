@@ -246,3 +246,19 @@ print("ok")
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "p.csv").read_bytes() == "file,class\nchat é.jpg,chats été\n".encode()
     assert "chats été" in (tmp_path / "train-files.csv").read_text(encoding="utf-8")
+
+
+def test_loading_a_bundle_leaves_the_callers_random_generators_alone(trained_bundle):
+    """Keras draws initial weights from Python's random while it builds the layers it then
+    fills from the file: a program's seeded sequence changed with every model it loaded."""
+    import random
+
+    import numpy as np
+
+    random.seed(1)
+    np.random.seed(1)
+    expected = (random.random(), float(np.random.rand()))
+    random.seed(1)
+    np.random.seed(1)
+    bundle.load(trained_bundle.bundle)
+    assert (random.random(), float(np.random.rand())) == expected

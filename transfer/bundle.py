@@ -18,6 +18,7 @@ from pathlib import Path
 
 from transfer.errors import TransferError
 from transfer.files import free_name, write_json
+from transfer.seeds import keeps_random_state
 
 SCHEMA_VERSION = 1
 META = "meta.json"
@@ -337,8 +338,10 @@ def validate_dir(meta: dict) -> Path | None:
     return data_folder(meta, "validate_dir")
 
 
+@keeps_random_state  # building the layers draws initial weights from Python's random
 def load_keras(path: Path):
-    """A ``.keras`` file, loaded with Keras's safe_mode on (no code from the file runs)."""
+    """A ``.keras`` file, loaded with Keras's safe_mode on (no code from the file runs); the
+    caller's Python and NumPy random generators are left as they were."""
     from transfer.bases import preprocess_layer_class
     from transfer.tf import keras
 
