@@ -14,6 +14,7 @@ import functools
 import io
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Literal
@@ -1140,6 +1141,11 @@ def _leave_cluster(status) -> None:
         status = 0 if status is None else 1
     sys.stdout.flush()
     sys.stderr.flush()
+    import signal
+
+    if threading.current_thread() is threading.main_thread():  # ending: a second Ctrl-C (the
+        for sig in (signal.SIGINT, signal.SIGTERM):  # terminal's, then the launcher's) must
+            signal.signal(sig, signal.SIG_IGN)  # not break the linger with a traceback
     # the others may still be fetching this worker's part of the last collective (a receiver
     # pulls it from the sender): leaving at once failed theirs as "a worker is down" where it
     # had succeeded (seen twice in CI, two workers and the rest of the suite on 2 cores)

@@ -401,8 +401,9 @@ def join_cluster(settings: TrainSettings, reporter: Reporter):
     import signal
     import threading
 
-    if (threading.current_thread() is threading.main_thread()
-            and getattr(signal.getsignal(signal.SIGTERM), "transfer_cli", False)):
+    default_term = (threading.current_thread() is threading.main_thread()
+                    and getattr(signal.getsignal(signal.SIGTERM), "transfer_cli", False))
+    if default_term:
         # TensorFlow's waits hold the interpreter, where no Python handler runs: SIGTERM ends
         # a worker at once, as it always did (the CLI's handler would wait for ever; the CLI
         # puts its caller's handler back at the end; a library caller's own is left alone)
@@ -413,6 +414,10 @@ def join_cluster(settings: TrainSettings, reporter: Reporter):
     reporter.info(f"multi-worker: this is {topology.describe()}; waiting for the others "
                   f"(up to {clusters.startup_seconds():g} s)")
     joined = clusters.Cluster(topology, settings.worker_timeout)
+    if default_term:
+        # joining installed TensorFlow's own SIGTERM handler (its preemption notice), under
+        # which a worker told to stop trained on to the end and wrote its bundle
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     reporter.info(f"multi-worker: {joined.workers} workers joined in "
                   f"{joined.joined_seconds:.1f} s")
     return joined
