@@ -247,9 +247,11 @@ def test_workers_started_with_other_settings_stop_with_one_line(pair_of_splits, 
     (Collective instance ...)", and a different learning rate went unnoticed)."""
     data0, data1 = pair_of_splits
     out = tmp_path / "models" / "settings"
+    weights_file = tmp_path / "base.weights.h5"
+    weights_file.write_bytes(b"not read: compared by its SHA-256 before any model is built")
     procs, logs = start_workers(2, lambda i: train_args(
         data0 if i == 0 else data1, out, "--distribute", "multi-worker",
-        *(["--learning-rate", "0.01"] if i else [])))
+        *(["--learning-rate", "0.01", "--weights", str(weights_file)] if i else [])))
     codes = wait_all(procs)
     assert codes == [1, 1], text(logs[0]) + text(logs[1])
     for log in logs:
@@ -257,6 +259,8 @@ def test_workers_started_with_other_settings_stop_with_one_line(pair_of_splits, 
         assert len(errors) == 1, text(log)
         assert "worker 1 was started with other settings than the chief: --learning-rate " \
                "0.01 (the chief: " in errors[0]
+        assert '--weights "a file with SHA-256 ' in errors[0] and '(the chief: "none")' in \
+            errors[0]  # a random base on one worker made a silently wrong model
     assert not out.exists()
 
 

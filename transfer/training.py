@@ -440,17 +440,21 @@ def same_settings(run: RunPlan, cluster) -> None:
     import numpy as np
 
     from transfer.cluster import WorkerLost
+    from transfer.files import sha256_file
     from transfer.settings import _flag as flag
 
     everything = run.settings.as_dict()
     mine = {k: everything[k] for k in SHARED_SETTINGS}
+    weights = run.settings.weights  # a weights file may lie elsewhere on each machine
+    mine["weights"] = weights if weights in ("imagenet", "none") else \
+        f"a file with SHA-256 {sha256_file(Path(weights))[:12]}"
     text = json.dumps(mine, sort_keys=True, default=str).encode()
     seen = cluster.gather([np.frombuffer(text, np.uint8).astype("int32")],
                           "comparing the workers' settings")
     chief = json.loads(bytes(seen[0][0].astype(np.uint8)).decode())
     for w, (sent,) in enumerate(seen):
         theirs = json.loads(bytes(sent.astype(np.uint8)).decode())
-        differ = [k for k in SHARED_SETTINGS if theirs.get(k) != chief.get(k)]
+        differ = [k for k in (*SHARED_SETTINGS, "weights") if theirs.get(k) != chief.get(k)]
         if differ:
             said = "; ".join(f"{flag(k)} {json.dumps(theirs.get(k))} (the chief: "
                              f"{json.dumps(chief.get(k))})" for k in differ)
