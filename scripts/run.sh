@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Set up .venv, then the main job: fetch the data, train a classifier, evaluate it, predict
-# and explain a validation photo of the first two classes. Arguments go to
+# Set up .venv, then the main job, in the current folder: fetch the data, train a classifier,
+# evaluate it, predict and explain a validation photo of the first two classes. Arguments go to
 # `transfer fetch-data` (e.g. --archive train.zip offline, --archive ~/flowers for your own
 # class folders, --data-dir elsewhere); the other steps use the same data folder.
 # TRAIN_ARGS overrides the training arguments (default: --base inception).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+here=$PWD  # data/ and models/ are made here; relative paths are relative to here
+project=$(cd "$(dirname "$0")/.." && pwd)
 
 for arg in "$@"; do
   if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then
@@ -17,8 +18,11 @@ for arg in "$@"; do
   fi
 done
 
+cd "$project"
 source scripts/setup.sh
-T=.venv/bin/transfer
+cd "$here"
+T="$project/.venv/bin/transfer"
+PY="$project/.venv/bin/python"
 
 # the data folder fetch-data writes, read by every later step
 data=data
@@ -34,12 +38,22 @@ echo "== transfer fetch-data $*"
 "$T" fetch-data "$@"
 
 read -r -a train_args <<< "${TRAIN_ARGS:---base inception}"
+# the bundle training writes: --output, else the latest link of --models-dir (models)
+bundle=models/latest
+for ((i = 0; i < ${#train_args[@]}; i++)); do
+  case "${train_args[$i]}" in
+    --output) bundle="${train_args[$((i + 1))]:-}" ;;
+    --output=*) bundle="${train_args[$i]#--output=}" ;;
+    --models-dir) [[ $bundle == */latest ]] && bundle="${train_args[$((i + 1))]:-models}/latest" ;;
+    --models-dir=*) [[ $bundle == */latest ]] && bundle="${train_args[$i]#--models-dir=}/latest" ;;
+  esac
+done
 echo "== transfer train --data-dir $data ${train_args[*]}"
 status=0
 "$T" train --data-dir "$data" "${train_args[@]}" || status=$?
 if [[ $status -ne 0 ]]; then
   # offline, the first thing to fail is the download of the base's ImageNet weights
-  if [[ $status -eq 1 ]] && .venv/bin/python - "${train_args[@]}" <<'EOF'
+  if [[ $status -eq 1 ]] && "$PY" - "${train_args[@]}" <<'EOF'
 import sys
 from transfer import bases
 args, base, alpha = sys.argv[1:], "inception", 1.0
@@ -62,8 +76,8 @@ EOF
   exit $status
 fi
 
-echo "== transfer evaluate"
-"$T" evaluate --force
+echo "== transfer evaluate --model $bundle"
+"$T" evaluate --model "$bundle" --force
 
 # a photo of each of the first two classes (in name order) of the validation folder
 photos=()
@@ -72,10 +86,10 @@ while IFS= read -r folder; do
   [[ -n "$photo" ]] && photos+=("$photo")
   [[ ${#photos[@]} -eq 2 ]] && break
 done < <(find "$data/validate" -mindepth 1 -maxdepth 1 -type d ! -name '.*' | LC_ALL=C sort)
-echo "== transfer predict ${photos[*]}"
-"$T" predict "${photos[@]}"
+echo "== transfer predict --model $bundle ${photos[*]}"
+"$T" predict --model "$bundle" "${photos[@]}"
 
 # the heatmap goes into the bundle, not next to the photo: the data folder holds photos only
 last="${photos[${#photos[@]}-1]}"
-echo "== transfer explain $last --output models/latest/gradcam.png"
-"$T" explain "$last" --output models/latest/gradcam.png --force
+echo "== transfer explain --model $bundle $last --output $bundle/gradcam.png"
+"$T" explain --model "$bundle" "$last" --output "$bundle/gradcam.png" --force

@@ -78,30 +78,38 @@ def test_run_sh_offline_with_the_default_base_names_the_offline_way(kaggle_zip, 
 
 
 def test_run_sh_takes_any_folder_of_class_folders(tmp_path):
-    """The README's "any folder of class folders" through the main job: five flower classes,
-    split 80/20; predict and explain take photos of its own classes (the script named
-    data/validate/cats and stopped after training)."""
+    """The README's "any folder of class folders" through the main job, started from a folder
+    of one's own: five flower classes split 80/20 in that folder; predict and explain take
+    photos of its own classes (the script named data/validate/cats and stopped after
+    training), and every step uses the bundle TRAIN_ARGS' --output names (they used
+    models/latest, an older model); relative paths are the caller's (the script changed into
+    the repository, where "--archive flowers" did not exist)."""
     from conftest import require_asset
 
     flowers = require_asset("data/flowers")
     require_asset("keras/models/mobilenet_2_5_224_tf_no_top.h5")
     work = project_copy(tmp_path)
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    (caller / "flowers").symlink_to(flowers)
     env = {**os.environ, "TRAIN_ARGS": "--base mobilenet --alpha 0.25 --image-size 96 "
-                                       "--epochs 2 --no-augment", "COLUMNS": "120"}
-    result = subprocess.run(["bash", "scripts/run.sh", "--archive", str(flowers)],
-                            cwd=work, env=env, capture_output=True, text=True, timeout=900)
+                                       "--epochs 2 --no-augment --output elsewhere/b1",
+           "COLUMNS": "120"}
+    result = subprocess.run(["bash", str(work / "scripts/run.sh"), "--archive", "flowers"],
+                            cwd=caller, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    predicted = [line for line in result.stdout.splitlines()
-                 if line.startswith("== transfer predict")]
-    assert predicted == ["== transfer predict data/validate/daisy/"
-                         + sorted(os.listdir(work / "data/validate/daisy"))[0]
-                         + " data/validate/dandelion/"
-                         + sorted(os.listdir(work / "data/validate/dandelion"))[0]]
-    bundle = (work / "models/latest").resolve()
+    first = {name: sorted(os.listdir(caller / "data/validate" / name))[0]
+             for name in ("daisy", "dandelion")}
+    assert ("== transfer predict --model elsewhere/b1 data/validate/daisy/"
+            f"{first['daisy']} data/validate/dandelion/{first['dandelion']}"
+            in result.stdout.splitlines())
+    bundle = caller / "elsewhere/b1"
     assert json.loads((bundle / "meta.json").read_text())["class_names"] == [
         "daisy", "dandelion", "roses", "sunflowers", "tulips"]
-    assert (bundle / "gradcam.png").stat().st_size > 0
+    assert (bundle / "gradcam.png").stat().st_size > 0 and (bundle / "report.json").is_file()
+    assert not (work / "data").exists() and not (work / "models").exists()
     assert "Traceback" not in result.stdout + result.stderr
+    assert not list(flowers.glob(".*"))  # nothing written among the photos
 
 
 def test_run_sh_help_says_what_it_does_and_does_nothing(tmp_path):
