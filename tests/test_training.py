@@ -848,6 +848,12 @@ def test_an_interrupt_while_the_bundle_is_written_leaves_no_checkpoints(own_spli
     (dict(base="mobilenet", alpha="0.25"), "--alpha must be a number, not '0.25'"),
     (dict(assert_accuracy_at_least="0.9"),
      "--assert-accuracy-at-least must be in [0, 1], not '0.9'"),
+    (dict(validation_split="0.2"), "--validation-split must be a fraction in (0, 1), not '0.2'"),
+    (dict(feature_cache="no"), "--feature-cache must be True or False, not 'no'"),  # meant on
+    (dict(augment=Augment(flip="no")), "--flip must be True or False, not 'no'"),
+    (dict(weights=None), "--weights must be a path, not None"),
+    (dict(models_dir=None), "--models-dir must be a path, not None"),
+    (dict(output=5), "--output must be a path, not 5"),
 ])
 def test_library_settings_of_the_wrong_type_are_one_error(bad, message):
     """From Python a number can come as a string (a config file, a form): one TransferError

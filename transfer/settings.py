@@ -101,6 +101,12 @@ def shown(value) -> str:
     return str(value) if real(value) else repr(value)
 
 
+def a_bool(name: str, value) -> None:
+    """A switch must be True or False: from Python, "no" would silently mean on."""
+    if not isinstance(value, bool):
+        raise TransferError(f"{_flag(name)} must be True or False, not {value!r}")
+
+
 def positive(name: str, value) -> None:
     if not (real(value) and value > 0):
         raise TransferError(f"{_flag(name)} must be a positive number, not {shown(value)}")
@@ -261,6 +267,9 @@ class FetchOptions(Settings):
         opts = self
         a_path("data_dir", opts.data_dir)
         whole_number("seed", opts.seed)
+        if opts.archive is not None:
+            a_path("archive", opts.archive)
+        a_bool("force", opts.force)
         if opts.archive is not None and opts.source in ("auto", "archive"):
             opts = opts.replace(source="archive", archive=Path(opts.archive))
         elif opts.archive is not None:
@@ -425,6 +434,7 @@ class TrainSettings(Settings):
         if self.image_size is not None:
             whole_number("image_size", self.image_size)
             bases.check_size(base, self.image_size)
+        a_path("weights", self.weights)
         if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
             raise TransferError(f"--weights must be imagenet, none or a weights file; "
                                 f"{self.weights} is not a file")
@@ -446,9 +456,16 @@ class TrainSettings(Settings):
         at_least("dense", self.dense, 0)
         if self.l2 is not None and not (real(self.l2) and self.l2 >= 0):
             raise TransferError(f"--l2 must be 0 or a positive number, not {shown(self.l2)}")
-        if not (math.isfinite(self.validation_split) and 0 < self.validation_split < 1):
+        if not (real(self.validation_split) and 0 < self.validation_split < 1):
             raise TransferError("--validation-split must be a fraction in (0, 1), not "
-                                f"{self.validation_split}")
+                                f"{shown(self.validation_split)}")
+        for name in ("feature_cache", "force", "preview_augment"):
+            a_bool(name, getattr(self, name))
+        a_bool("flip", self.augment.flip)
+        a_path("models_dir", self.models_dir)
+        for name in ("train_dir", "validate_dir", "output", "tensorboard"):
+            if getattr(self, name) is not None:
+                a_path(name, getattr(self, name))
         if self.assert_accuracy_at_least is not None:
             fraction("assert_accuracy_at_least", self.assert_accuracy_at_least,
                      upper_open=False)
@@ -672,6 +689,10 @@ class ServeSettings(Settings):
         base = bases.get(self.base)
         bases.check_alpha(base, self.alpha)
         whole_number("port", self.port)
+        a_bool("imagenet", self.imagenet)
+        a_path("models_dir", self.models_dir)
+        if self.model is not None and not isinstance(self.model, str | os.PathLike):
+            raise TransferError(f"--model must be a bundle's name or path, not {self.model!r}")
         if not isinstance(self.host, str):
             raise TransferError(f"--host must be an address, not {self.host!r}")
         if not 0 <= self.port <= 65535:
@@ -759,6 +780,11 @@ class CompareSettings(Settings):
             COMPARE_ALPHA if base.has_alpha else 1.0)
         alpha = bases.check_alpha(base, alpha)
         at_least("fine_tune", self.fine_tune, 1)
+        if not (real(self.validation_split) and 0 < self.validation_split < 1):
+            raise TransferError("--validation-split must be a fraction in (0, 1), not "
+                                f"{shown(self.validation_split)}")
+        a_path("data_dir", self.data_dir)
+        a_path("output", self.output)
         not_a_file("data_dir", self.data_dir)
         not_a_file("output", self.output)
         outside_data("output", self.output, *TrainSettings(data_dir=self.data_dir).folders_read())
