@@ -262,3 +262,28 @@ def test_loading_a_bundle_leaves_the_callers_random_generators_alone(trained_bun
     np.random.seed(1)
     bundle.load(trained_bundle.bundle)
     assert (random.random(), float(np.random.rand())) == expected
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda m: m.update(class_names=5), "class_names must be a list of at least two"),
+    (lambda m: m.update(metrics=[1]), "metrics must be an object, not [1]"),
+    (lambda m: m["metrics"].update(val_accuracy="high"),
+     'metrics.val_accuracy must be a number, not "high"'),
+    (lambda m: m["data"].update(validate_dir=5), "data.validate_dir must be a folder's path"),
+    (lambda m: m.update(image_size="224"), 'image_size must be a whole number, not "224"'),
+])
+def test_a_meta_json_field_of_the_wrong_type_is_one_error(trained_bundle, tmp_path, change,
+                                                          words):
+    """A hand-edited meta.json: the field named in one error when the bundle is read, not a
+    crash deep in evaluate ("Unknown format code 'f' for object of type 'str'")."""
+    import shutil
+
+    copy = tmp_path / "edited"
+    shutil.copytree(trained_bundle.bundle, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    change(meta)
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(TransferError) as info:
+        bundle.read_meta(copy)
+    assert words in str(info.value)
+    assert str(info.value).startswith(f"{copy / 'meta.json'}: ")

@@ -311,6 +311,16 @@ def check_meta_types(meta: dict, path: Path) -> None:
                                 f"{json.dumps(value)[:80]}")
     if meta["image_size"] < 1:
         raise TransferError(f"{path}: image_size must be positive, not {meta['image_size']}")
+    for key, value in (meta.get("metrics") or {}).items():  # printed with number formats
+        if value is not None and not isinstance(value, dict) and (  # dict: noise_accuracy
+                isinstance(value, bool) or not isinstance(value, int | float)):
+            raise TransferError(f"{path}: metrics.{key} must be a number, not "
+                                f"{json.dumps(value)[:80]}")
+    for key in ("root", "train_dir", "validate_dir", "cwd"):  # folders looked for
+        value = (meta.get("data") or {}).get(key)
+        if value is not None and not isinstance(value, str):
+            raise TransferError(f"{path}: data.{key} must be a folder's path, not "
+                                f"{json.dumps(value)[:80]}")
 
 
 def data_folder(meta: dict, key: str) -> Path | None:
