@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,3 +239,18 @@ def test_scratch_graphs_share_their_layers(name):
     core = np.asarray(graphs["core"](x / 255.0, training=False))
     np.testing.assert_allclose(full, core, rtol=1e-5, atol=1e-6)
     assert len(graphs["full"].weights) == len(graphs["core"].weights)
+
+
+def test_keras_home_is_found_as_keras_finds_it(monkeypatch, tmp_path):
+    """KERAS_HOME set but empty is the current folder to Keras (keras/src/backend/config.py);
+    transfer took it for unset (~/.keras), looked for weights where Keras would not, and cached
+    there."""
+    from transfer import engines, features
+
+    monkeypatch.setenv("KERAS_HOME", "")
+    assert bases.keras_cache_dir() == Path("models")
+    assert engines.cache_dir() == Path("transfer/tflite")
+    assert features.cache_folder(tmp_path) == Path("transfer/features")
+    monkeypatch.delenv("KERAS_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert bases.keras_cache_dir() == tmp_path / ".keras/models"

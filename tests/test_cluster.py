@@ -60,6 +60,9 @@ GOOD = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": 
      "'127.0.0.1:99999': the port must be"),
     (config(cluster={"worker": [":2222"]}, task={"type": "worker", "index": 0}),
      "the port must be"),
+    (config(cluster={"worker": ["127.0.0.1:\uff11\uff18"]}, task={"type": "worker",
+                                                                "index": 0}),
+     "the port must be"),  # full-width digits: Python's isdigit, not gRPC's
     (config(cluster={"worker": ["a:1", "a:1"]}, task={"type": "worker", "index": 0}),
      "twice"),
     (config(cluster={"worker": ["a:1"]}, task={"type": "evaluator", "index": 0}),

@@ -134,10 +134,18 @@ def check_size(base: Base, size: int) -> int:
     return size
 
 
+def keras_home() -> Path:
+    """Keras's folder as Keras finds it: ``$KERAS_HOME`` when set (even empty: the current
+    folder), else ``~/.keras`` (``/tmp/.keras`` when the home folder is not writable)."""
+    if "KERAS_HOME" in os.environ:
+        return Path(os.environ["KERAS_HOME"])
+    base = os.path.expanduser("~")
+    return Path(base if os.access(base, os.W_OK) else "/tmp") / ".keras"
+
+
 def keras_cache_dir() -> Path:
     """Where Keras keeps downloaded weights (``$KERAS_HOME/models``, default ~/.keras/models)."""
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return Path(home) / "models"
+    return keras_home() / "models"
 
 
 def cached_weights(base: Base, alpha: float = 1.0, size: int | None = None,

@@ -120,7 +120,8 @@ def read_tf_config(environ=None) -> Topology:
                                 f"strings, not {json.dumps(hosts)}")
         for host in hosts:
             name, _, port = host.rpartition(":")
-            if not name or not port.isdigit() or not 1 <= int(port) <= 65535:
+            if (not name or not (port.isascii() and port.isdigit())
+                    or not 1 <= int(port) <= 65535):
                 raise TransferError(f"TF_CONFIG cluster.{job} address {host!r}: the port must "
                                     "be a number from 1 to 65535 (\"host:port\")")
         addresses.extend(hosts)

@@ -58,8 +58,9 @@ def cpu_threads() -> int:
 
 def cache_dir() -> Path:
     """``$KERAS_HOME/transfer/tflite`` (default ``~/.keras/transfer/tflite``): converted bases."""
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return Path(home) / "transfer" / "tflite"
+    from transfer.bases import keras_home
+
+    return keras_home() / "transfer" / "tflite"
 
 
 def cache_key(**parts) -> str:

@@ -56,7 +56,7 @@ def cache_folder(root: Path) -> Path:
 
     if datasets.read_manifest(root) is not None:
         return Path(root) / ".cache" / "features"
-    return bases.keras_cache_dir().parent / "transfer" / "features"
+    return bases.keras_home() / "transfer" / "features"
 
 PASS_BATCH = 32  # images decoded together and given to the engine in one call
 # the converted base's fixed batch: the engine runs a pass batch in 4 calls. MobileNet-0.25
