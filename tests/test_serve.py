@@ -702,3 +702,42 @@ def subprocess_timeout():
     import subprocess
 
     return subprocess.TimeoutExpired
+
+
+def test_serve_stopped_while_it_starts_says_so(tmp_path, mobilenet_weights):
+    """SIGTERM while `serve --imagenet` loads TensorFlow and its default model: the process
+    was killed silently (exit -15); now `terminated`, exit 143, as every command."""
+    import signal
+    import sys
+    import time
+
+    proc = subprocess_popen([sys.executable, "-m", "transfer", "serve", "--imagenet", "--base",
+                             "mobilenet", "--alpha", "0.25", "--port", "0",
+                             "--models-dir", str(tmp_path)], cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while not sigterm_caught(proc.pid):  # serve's own handler is in place
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "terminated" and "Traceback" not in err
+
+
+def sigterm_caught(pid: int) -> bool:
+    """Whether process ``pid`` has a handler for SIGTERM now (Linux: /proc/PID/status)."""
+    import signal
+
+    with open(f"/proc/{pid}/status") as status:
+        caught = next(line for line in status if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+
+
+def subprocess_popen(args, cwd):
+    import subprocess
+
+    return subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)

@@ -1054,6 +1054,10 @@ def _server(settings: ServeSettings, reporter: Reporter):
     s = settings.validated()
     app = create_app(s)
     store = app.state.store
+    # TensorFlow now, not in the model thread at the first request: while it loads, file
+    # descriptor 2 is /dev/null (transfer.tf) and the import holds the interpreter, so a
+    # Ctrl-C then lost its "stopping" line and a second one was not heard
+    from transfer import tf  # noqa: F401
     if s.imagenet or s.model:  # the default asked for: loaded now, so a failure is one line
         name = store.default_model()  # at start-up, not a 500 on every request
         try:
@@ -1146,11 +1150,16 @@ def run(settings: ServeSettings, reporter: Reporter | None = None) -> int | None
     """
     import signal
 
+    from transfer.errors import Terminated
+
     reporter = reporter or Reporter()
-    server, sock, url = _server(settings, reporter)
     received: list[int] = []
+    started: list = []  # the server, once it exists
 
     def on_signal(signum, frame):
+        if not started:  # still starting (loading TensorFlow, the default model): stop now
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        server = started[0]
         received.append(signum)
         if len(received) == 1:
             server.should_exit = True
@@ -1163,14 +1172,19 @@ def run(settings: ServeSettings, reporter: Reporter | None = None) -> int | None
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
                     if signal.getsignal(sig) is not signal.SIG_IGN}
+    sock = server = None
     try:
+        server, sock, url = _server(settings, reporter)
+        started.append(server)
         server.run(sockets=[sock])
     finally:
         for sig, handler in previous.items():
             if handler is not None:
                 signal.signal(sig, handler)
-        sock.close()
-        _drop_shutdown_log(server)
+        if sock is not None:
+            sock.close()
+        if server is not None:
+            _drop_shutdown_log(server)
     if received:
         reporter.info("transfer serve: stopped")
         return received[0]
