@@ -547,6 +547,9 @@ def test_explain_takes_one_file_and_a_link_is_listed_once(client, unseen, models
         assert names == ["cats-dogs"]  # not "alias" too, as "latest" is not
         assert client.post("/api/predict", files=files_field(unseen["cats"][0]),
                            data={"model": "alias"}).status_code == 200  # still served
+        for name in client.get("/api/health").json()["loaded"]:  # names the API takes
+            assert client.post("/api/predict", files=files_field(unseen["cats"][0]),
+                               data={"model": name}).status_code == 200, name
     finally:
         (models_dir / "alias").unlink()
 

@@ -105,6 +105,7 @@ class ModelStore:
         self.settings = settings
         self.root = Path(settings.models_dir)
         self._cache: OrderedDict = OrderedDict()
+        self._names: dict = {}  # cache key -> the name it was loaded under
         self._lock = threading.Lock()
         self.loads = 0  # models loaded so far (the LRU's misses)
         self.warn = lambda text: None  # where a broken bundle is said, once (serve's console)
@@ -282,6 +283,7 @@ class ModelStore:
             for old in [k for k in self._cache if k[:2] == key[:2]]:  # retrained since
                 del self._cache[old]
             self._cache[key] = classifier
+            self._names[key] = name  # as the API was asked (a link's name, not its target's)
             self._cache.move_to_end(key)
             while len(self._cache) > max(1, self.settings.cache_size):
                 self._cache.popitem(last=False)
@@ -305,7 +307,7 @@ class ModelStore:
                 if current != key[2]:
                     del self._cache[key]
                     continue
-                names.append(self.public(f"{folder}{os.sep}").rstrip(os.sep))
+                names.append(self._names.get(key) or folder.name)
         return names
 
 
