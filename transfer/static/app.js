@@ -234,7 +234,8 @@
     const limit = Number((maxUploadBytes / 1048576).toPrecision(3));
     const chunks = requests(files);
     // several requests: the status line ends with what all of them did, not the last one's
-    const tally = { classified: 0, failed: 0, name: model || "the default model" };
+    const tally = { classified: 0, failed: 0, sent: 0, problem: "",
+      name: model || "the default model" };
     for (const chunk of chunks) {
       const boxes = chunk.map(card);
       tally.failed += chunk.length; // until the server's answer says otherwise
@@ -251,10 +252,12 @@
       form.append("top", String(Math.max(1, parseInt(topInput.value, 10) || 3)));
       say("classifying " + chunk.length + " image(s) with " + (model || "the default model") + " ...");
       let response;
+      tally.sent += 1;
       try {
         response = await fetch("/api/predict", { method: "POST", body: form });
       } catch (e) {
-        say("the server cannot be reached: " + e, true);
+        tally.problem = "the server cannot be reached: " + e;
+        say(tally.problem, true);
         boxes.forEach((b) => showPrediction(b, { error: "no answer from the server" }, 0));
         continue;
       }
@@ -285,10 +288,11 @@
         await explainOne(boxes[i], chunk[i], model);
       }
     }
-    if (chunks.length > 1) {
+    if (tally.sent > 1 || (tally.sent && tally.sent < chunks.length)) {
       say(tally.name + ": " + tally.classified + " classified" +
         (tally.failed ? ", " + tally.failed + " failed (see their cards)" : "") + ", in " +
-        chunks.length + " requests", tally.failed > 0);
+        tally.sent + " request" + (tally.sent > 1 ? "s" : "") +
+        (tally.problem ? "; " + tally.problem : ""), tally.failed > 0);
     }
   }
 
