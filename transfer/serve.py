@@ -287,6 +287,7 @@ class ModelStore:
             self._cache.move_to_end(key)
             while len(self._cache) > max(1, self.settings.cache_size):
                 self._cache.popitem(last=False)
+            self._names = {k: v for k, v in self._names.items() if k in self._cache}
         return classifier
 
     def loaded(self) -> list[str]:
