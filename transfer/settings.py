@@ -119,6 +119,12 @@ def fraction(name: str, value, *, upper_open: bool = True) -> None:
         raise TransferError(f"{_flag(name)} must be in {interval}, not {shown(value)}")
 
 
+def open_fraction(name: str, value) -> None:
+    """A share strictly between 0 and 1 (a split that leaves both sides some images)."""
+    if not (real(value) and 0 < value < 1):
+        raise TransferError(f"{_flag(name)} must be a fraction in (0, 1), not {shown(value)}")
+
+
 def one_of(name: str, value, choices) -> None:
     if value not in choices:
         raise TransferError(f"{_flag(name)} must be one of {', '.join(map(str, choices))}, "
@@ -283,10 +289,8 @@ class FetchOptions(Settings):
                           ("test_per_class", 0)):
             if getattr(opts, name) is not None:
                 at_least(name, getattr(opts, name), low)
-        if opts.validation_split is not None and not (
-                real(opts.validation_split) and 0 < opts.validation_split < 1):
-            raise TransferError("--validation-split must be a fraction in (0, 1), not "
-                                f"{shown(opts.validation_split)}")
+        if opts.validation_split is not None:
+            open_fraction("validation_split", opts.validation_split)
         if opts.test_split is not None:
             fraction("test_split", opts.test_split)
         if opts.validation_split is not None or opts.test_split is not None:
@@ -456,9 +460,7 @@ class TrainSettings(Settings):
         at_least("dense", self.dense, 0)
         if self.l2 is not None and not (real(self.l2) and self.l2 >= 0):
             raise TransferError(f"--l2 must be 0 or a positive number, not {shown(self.l2)}")
-        if not (real(self.validation_split) and 0 < self.validation_split < 1):
-            raise TransferError("--validation-split must be a fraction in (0, 1), not "
-                                f"{shown(self.validation_split)}")
+        open_fraction("validation_split", self.validation_split)
         for name in ("feature_cache", "force", "preview_augment"):
             a_bool(name, getattr(self, name))
         a_bool("flip", self.augment.flip)
@@ -780,9 +782,7 @@ class CompareSettings(Settings):
             COMPARE_ALPHA if base.has_alpha else 1.0)
         alpha = bases.check_alpha(base, alpha)
         at_least("fine_tune", self.fine_tune, 1)
-        if not (real(self.validation_split) and 0 < self.validation_split < 1):
-            raise TransferError("--validation-split must be a fraction in (0, 1), not "
-                                f"{shown(self.validation_split)}")
+        open_fraction("validation_split", self.validation_split)
         a_path("data_dir", self.data_dir)
         a_path("output", self.output)
         not_a_file("data_dir", self.data_dir)
