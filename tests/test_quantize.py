@@ -290,3 +290,18 @@ def test_int8_of_a_bundle_split_in_memory(tmp_path_factory, mobilenet_weights, t
     assert c["calibration_images"] == data["train_images"] == 27
     assert c["source"] == f"the validation split of {data['root']}"
     assert export.tflite_class_names(result.path) == ["daisy", "roses", "sunflowers"]
+
+
+def test_the_float_depthwise_variant_is_tried_from_one_point_lost_counted_in_images():
+    # 8 of 800 fewer right is one point: as a difference of float accuracies it came out
+    # over 0.01, and 4 of 400 could come out under it; counted in images both are one point
+    assert 0.96375 - 0.95375 > export.INT8_GOAL
+    assert export.tries_float_depthwise(771, 763, 800)
+    assert export.tries_float_depthwise(386, 382, 400)
+    assert not export.tries_float_depthwise(771, 764, 800)
+    assert export.tries_float_depthwise(50, 49, 100)
+    assert not export.tries_float_depthwise(50, 50, 100)
+    assert not export.tries_float_depthwise(10, 11, 30)  # int8 better: nothing to try
+    # the decision is made on every float difference the same way, whatever its rounding
+    assert all(export.tries_float_depthwise(n - k + n // 100, n - k, n)
+               for n in range(100, 2001, 100) for k in range(0, n // 2, 7))
