@@ -101,6 +101,43 @@ def test_a_converted_model_that_differs_falls_back_to_tensorflow(
     assert 0.04 < info.parity_max_abs_diff < 0.06
 
 
+def test_a_read_only_cache_converts_for_the_run_alone(
+        mobilenet_features, photo_batch, tmp_path, monkeypatch):
+    """A KERAS_HOME nobody may write into (weights a class shares): the model is converted in
+    a temporary folder and run from memory, not a fall-back to TensorFlow for every run; auto
+    does so only for a pass large enough to repay a conversion every run."""
+    from unwritable import unwritable_folder
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
+    with unwritable_folder(home):
+        reporter = Recorder()
+        engine, info = engines.open_engine(mobilenet_features, photo_batch[:8],
+                                           requested="tflite", key=KEY, batch_size=8,
+                                           reporter=reporter)
+        assert info.name == "tflite" and engine.name == "tflite", info.fallback
+        assert info.converted_file is None and info.conversion_seconds > 0
+        assert info.parity_max_abs_diff < 1e-3
+        assert [w for w in reporter.warnings if "TFLite cache cannot be written" in w
+                and str(home / "transfer") in w and "for this run only" in w] \
+            == reporter.warnings, reporter.warnings
+        expected = mobilenet_features.predict_on_batch(photo_batch)
+        assert np.max(np.abs(engine(photo_batch) - expected)) < 1e-3
+        small, info = engines.open_engine(mobilenet_features, photo_batch[:8], requested="auto",
+                                          key=KEY, batch_size=8, reporter=Recorder(),
+                                          images=engines.UNCACHED_MIN_IMAGES - 1)
+        assert small.name == "tf" and "cannot be written" in info.fallback
+        assert info.conversion_seconds == 0.0
+        large, info = engines.open_engine(mobilenet_features, photo_batch[:8], requested="auto",
+                                          key=KEY, batch_size=8, reporter=Recorder(),
+                                          images=engines.UNCACHED_MIN_IMAGES)
+        assert large.name == "tflite" and info.fallback is None and info.conversion_seconds > 0
+        assert list(home.iterdir()) == []
+    assert list((tmp_path / "scratch").iterdir()) == []  # the temporary conversions removed
+
+
 def test_a_damaged_cached_file_is_converted_again(
         mobilenet_features, photo_batch, tmp_path, monkeypatch):
     """A cached file that is no flatbuffer, one cut short or an empty one is converted again

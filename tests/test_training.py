@@ -861,3 +861,21 @@ def test_library_settings_of_the_wrong_type_are_one_error(bad, message):
     with pytest.raises(TransferError) as info:
         TrainSettings(**bad).validated()
     assert str(info.value) == message
+
+
+def test_a_cache_that_cannot_be_written_is_said_once(own_split, tmp_path, monkeypatch):
+    """A feature cache that cannot be written (here fetch-data's split on a read-only disk):
+    the run goes on and says so once, not once per shard (here 5 of them)."""
+    from unwritable import unwritable_folder
+
+    stores, real = [], features.store_quietly
+    monkeypatch.setattr(features, "store_quietly", lambda *a: stores.append(real(*a)) or False)
+    reporter = Recorder()
+    with unwritable_folder(own_split / ".cache") as locked:
+        train(hp(own_split, tmp_path, augment=NO_AUGMENT, feature_shard_size=8, engine="tf",
+                 output=tmp_path / "models/r"), reporter)
+        assert list(locked.iterdir()) == []
+    assert stores == [False] * 5  # 24 training photos in 3 shards, 12 validation ones in 2
+    said = [w for w in reporter.warnings if w.startswith("feature cache not written")]
+    assert len(said) == 1, reporter.warnings
+    assert str(own_split / ".cache") in said[0]

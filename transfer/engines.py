@@ -17,6 +17,8 @@ XNNPACK kernels (MobileNet-0.25: about 5x TensorFlow's ``predict`` on 2 cores), 
   ``MIN_IMAGES`` images (converting costs seconds, 5 for MobileNet-0.25 and about 50 for
   InceptionV3 on 2 cores: a handful of images never repays it); otherwise the faster of the
   two on this machine, timed on the first batch once and remembered beside the converted file.
+  When that cache cannot be written (a read-only ``KERAS_HOME``), the model is converted for
+  the run alone, and ``auto`` does so only for passes of ``UNCACHED_MIN_IMAGES`` or more.
 
 Why the tolerance is 1e-3 (relative to the largest feature, at least 1): XNNPACK sums in
 another order than oneDNN, which moves float32 features by about 1e-5 (measured: 2.3e-5 on
@@ -46,6 +48,11 @@ from transfer.progress import Reporter
 ENGINES = ("auto", "tf", "tflite")
 PARITY_TOLERANCE = 1e-3
 MIN_IMAGES = 128  # auto considers converting for this many images or more (4 batches of 32)
+# ... and, when the converted file cannot be cached (a read-only KERAS_HOME), so that it is
+# converted on every run, for this many: MobileNet-0.25 converts in about 5 s and then saves
+# about 2 ms an image on 2 cores (800 against 340 views/s at 288 px), InceptionV3 about 50 s
+# for 12 ms an image
+UNCACHED_MIN_IMAGES = 3000
 
 
 def cpu_threads() -> int:
@@ -132,11 +139,14 @@ class TFLiteEngine:
 
     name = "tflite"
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path | None = None, threads: int | None = None, *,
+                 content: bytes | None = None):
+        """The converted model at ``path``, or given as its bytes (``content``)."""
         interpreter_class, self.interpreter_name = _interpreter_class()
         self.threads = threads or cpu_threads()
+        source = {"model_path": str(path)} if content is None else {"model_content": content}
         with _quiet_native():
-            self.interpreter = interpreter_class(model_path=str(path), num_threads=self.threads)
+            self.interpreter = interpreter_class(**source, num_threads=self.threads)
             self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
@@ -226,20 +236,50 @@ def _damaged(path: Path, exc: Exception) -> bool:
     return path.stat().st_size == 0 or any(word in str(exc).lower() for word in DAMAGED)
 
 
+def _unwritable(folder: Path) -> str | None:
+    """Why no file can be written in ``folder`` (created if need be), or None when one can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        return f"{exc.strerror or exc}: {exc.filename or folder}"
+    return None
+
+
 def _converted(model, batch_size: int, path: Path, info: EngineInfo, reporter: Reporter):
     """The TFLite engine of ``model``: the cached file, or, when there is none or it is
-    damaged (cut short, not a flatbuffer), the model converted now and cached."""
+    damaged (cut short, not a flatbuffer), the model converted now and cached. When the cache
+    folder cannot be written (a read-only KERAS_HOME a class shares), the model is converted
+    in a temporary folder for this run alone: slower next time, but no slower than TensorFlow
+    (converting 5 s against a pass 2-5x faster; ``auto`` keeps TensorFlow for small passes)."""
     if path.is_file():
         try:
-            return TFLiteEngine(path)
+            engine = TFLiteEngine(path)
+            info.converted_file = str(path)
+            return engine
         except ValueError as exc:
             if not _damaged(path, exc):
                 raise  # a whole file this interpreter cannot run: converting again won't help
             reporter.warn(f"the cached TFLite file {path} is damaged ({exc}); converting again")
-            path.unlink(missing_ok=True)
-    reporter.info(f"converting the model to TFLite (once; cached in {path.parent})")
-    info.conversion_seconds = convert(model, batch_size, path)
-    return TFLiteEngine(path)
+            with contextlib.suppress(OSError):  # a read-only cache: converted for this run
+                path.unlink(missing_ok=True)
+    why = _unwritable(path.parent)
+    if why is None:
+        reporter.info(f"converting the model to TFLite (once; cached in {path.parent})")
+        info.conversion_seconds = convert(model, batch_size, path)
+        engine = TFLiteEngine(path)
+        info.converted_file = str(path)
+        return engine
+    reporter.warn(f"the TFLite cache cannot be written ({why}); converting the model for this "
+                  "run only (set KERAS_HOME to a folder you can write to keep it)")
+    scratch = Path(tempfile.mkdtemp(prefix="transfer-tflite-"))
+    try:
+        info.conversion_seconds = convert(model, batch_size, scratch / path.name)
+        content = (scratch / path.name).read_bytes()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return TFLiteEngine(content=content)  # converted_file stays None: nothing was cached
 
 
 def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key: dict,
@@ -287,6 +327,13 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
                 info.measured = remembered.get("measured", {})
                 info.fallback = "TensorFlow measured faster on this machine"
                 return tf_engine, info
+    if (requested == "auto" and images is not None and images < UNCACHED_MIN_IMAGES
+            and not path.is_file()):
+        why = _unwritable(path.parent)
+        if why is not None:
+            info.fallback = (f"the TFLite cache cannot be written ({why}): converting on every "
+                             f"run costs more than it saves on {images} images")
+            return tf_engine, info
     try:
         lite = _converted(model, batch_size, path, info, reporter)
     except Exception as exc:  # a conversion or interpreter failure: TensorFlow still works
@@ -294,7 +341,7 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
         info.fallback = f"TFLite unavailable ({type(exc).__name__}: {exc})".splitlines()[0]
         reporter.warn(f"{info.fallback}; using TensorFlow")
         return tf_engine, info
-    info.converted_file, info.interpreter = str(path), lite.interpreter_name
+    info.interpreter = lite.interpreter_name
     expected = tf_engine(first_batch)
     got = lite(first_batch)
     diff = float(np.max(np.abs(got - expected))) if expected.size else 0.0

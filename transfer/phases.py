@@ -325,6 +325,12 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
     started = time.perf_counter()
     computed = {"seconds": 0.0, "images": 0}
     slowest = [0.0]  # the longest shard this worker computed (seconds)
+    warned: list = []  # a cache that cannot be written is said once, not once per shard
+
+    def warn_once(message: str) -> None:
+        if not warned:
+            warned.append(message)
+            reporter.warn(message)
 
     def spill_path(key: str) -> Path:
         if not spill:
@@ -365,7 +371,7 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
             for item in result.skipped:
                 skipped.setdefault(item["file"], item["reason"])
             path = cache_dir / f"{keys[i]}.npz"
-            stored = hp.feature_cache and features.store_quietly(path, result, reporter.warn)
+            stored = hp.feature_cache and features.store_quietly(path, result, warn_once)
             if in_memory:
                 parts[i] = np.asarray(result.features, "float32").reshape(-1, width)
             elif stored:
