@@ -146,10 +146,17 @@ def read_tf_config(environ=None) -> Topology:
 def reason(text: str) -> str:
     """The line of a TensorFlow error that says what happened: not its "Graph execution
     error:" heading, the "Detected at node" trace under it, nor the indented node list."""
+    import re
+
+    # an eager op's error starts with the op's own name: "{{function_node
+    # __wrapped__CollectiveBcastSend_device_/job:worker/...}} Collective ops is aborted by: ..."
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
     lines = [line for line in text.splitlines() if line.strip()]
     said = [line.strip() for line in lines if not line.startswith((" ", "\t"))
             and not line.startswith(("Graph execution error", "Detected at node"))]
     line = said[0] if said else lines[0].strip() if lines else "no message"
+    if line.endswith(":") and len(said) > 1:  # "... are unhealthy (stopped sending
+        line = f"{line} {said[1]}"  # heartbeats):" and, on the next line, which
     return line if len(line) <= 240 else line[:240].rsplit(" ", 1)[0] + " ..."
 
 

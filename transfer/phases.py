@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from transfer import bases, features, metrics, pipelines
+from transfer.errors import TransferError
 from transfer.head import HeadTrainer, epoch_orders
 from transfer.progress import Reporter
 
@@ -127,16 +128,27 @@ def strategy(name: str):
 def build_model(plan: RunPlan, cluster=None) -> Built:
     """Seed everything, then build the base (frozen unless scratch) and its graphs (under the
     cluster's MultiWorkerMirroredStrategy for --distribute multi-worker)."""
-    from transfer.tf import keras
+    from transfer.tf import keras, tf
 
     hp = plan.settings
     chosen = cluster.strategy if cluster is not None else strategy(hp.distribute)
     keras.utils.set_random_seed(hp.seed)
-    with chosen.scope():
-        base_model = bases.build(plan.base, plan.size, plan.alpha, hp.weights)
-        base_model.trainable = not plan.base.pretrained  # frozen ImageNet base; scratch learns
-        graphs = graphs_of(plan.base, base_model, plan.size, len(plan.names), hp.dropout,
-                           hp.dense, flips=plan.flips)
+    try:
+        with chosen.scope():
+            base_model = bases.build(plan.base, plan.size, plan.alpha, hp.weights)
+            base_model.trainable = not plan.base.pretrained  # frozen ImageNet base
+            graphs = graphs_of(plan.base, base_model, plan.size, len(plan.names), hp.dropout,
+                               hp.dense, flips=plan.flips)
+    except (TransferError, tf.errors.OpError) as exc:
+        # under the cluster's strategy every variable made is a collective broadcast from the
+        # chief: a worker gone then was "could not build MobileNet: {{function_node ...
+        # CollectiveBcastSend ...}}", not the one line of a lost worker
+        cause = exc if isinstance(exc, tf.errors.OpError) else exc.__cause__
+        if cluster is None or not isinstance(cause, tf.errors.OpError):
+            raise
+        from transfer.cluster import lost
+
+        raise lost(cause, cluster.timeout, "the building of the model") from None
     source, sha = bases.weights_fingerprint(plan.base, hp.weights, plan.alpha, plan.size,
                                             hp.seed)
     return Built(chosen, base_model, graphs["full"], graphs["core"], graphs["features"],
