@@ -369,14 +369,21 @@ def fault_in_the_feature_pass(split: Path, out: Path, signum: int, worker_timeou
 
 
 def test_a_killed_worker_stops_the_chief_and_a_rerun_resumes_the_feature_pass(
-        slow_split, tmp_path):
+        slow_split, tmp_path, monkeypatch):
+    temp = tmp_path / "tmp"  # the workers' temporary folder
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
     out = tmp_path / "models" / "killed"
     args, cache = fault_in_the_feature_pass(slow_split, out, signal.SIGKILL, "30")
     done_before = len(list(cache.glob("*.npz")))
     assert 2 <= done_before < 20  # 240 + 80 images in shards of 16
+    # the killed worker could not remove its temporary folder; the chief removed its own
+    left = [p.name for p in temp.iterdir()]
+    assert len(left) == 1 and left[0].startswith("transfer-worker-"), left
     # the same command again on both workers: the cached shards are not computed again
     procs, logs = start_workers(2, lambda i: args)
     assert wait_all(procs) == [0, 0], text(logs[0]) + text(logs[1])
+    assert list(temp.iterdir()) == []  # the killed one's swept by the next run, theirs removed
     meta = meta_of(out)
     assert meta["feature_cache"] == "miss" and meta["workers"] == 2
     assert sum(w["feature_images"] for w in meta["per_worker"]) <= 320 - 16 * done_before + 16

@@ -744,3 +744,39 @@ def subprocess_popen(args, cwd):
 
     return subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
+
+
+def test_photos_a_killed_server_left_in_the_temp_folder_are_removed_at_start(
+        tmp_path, monkeypatch):
+    """A request's uploads wait in a temporary folder named after the server's machine and
+    process; a SIGKILL leaves them there. The next server removes those of processes that are
+    gone, and nothing else: a live process's, another machine's, a name it did not make."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from transfer import files
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        here = files.own_temp_folder_prefix("transfer-serve-").split("-")[2]
+        made = {
+            "dead": tmp_path / f"transfer-serve-{here}-{gone.pid}-abc",
+            "alive": tmp_path / f"transfer-serve-{here}-{alive.pid}-abc",
+            "elsewhere": tmp_path / f"transfer-serve-otherhost-{gone.pid}-abc",
+            "old name": tmp_path / "transfer-serve-2pp4ybgc",
+            "worker": tmp_path / f"transfer-worker-{here}-{gone.pid}-abc",
+        }
+        for folder in made.values():
+            folder.mkdir()
+            (folder / "0000.upload").write_bytes(b"a photo")
+        serve.create_app(ServeSettings(models_dir=tmp_path / "models"))
+        assert not made["dead"].exists()
+        assert all(made[k].exists() for k in ("alive", "elsewhere", "old name", "worker"))
+    finally:
+        alive.kill()
+        alive.wait()
+    assert files.sweep_temp_folders("transfer-serve-") == [made["alive"]]

@@ -1124,7 +1124,10 @@ def _own_temp_folder() -> None:
     import shutil
     import tempfile
 
-    folder = tempfile.mkdtemp(prefix="transfer-worker-")
+    from transfer.files import own_temp_folder_prefix, sweep_temp_folders
+
+    sweep_temp_folders("transfer-worker-")  # those of workers killed before they could
+    folder = tempfile.mkdtemp(prefix=own_temp_folder_prefix("transfer-worker-"))
     tempfile.tempdir = folder
     _TEMP_FOLDERS.append(folder)
     atexit.register(shutil.rmtree, folder, True)  # an ordinary exit (a worker that never joined)

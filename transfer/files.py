@@ -180,3 +180,50 @@ def photos_under(folder: Path) -> tuple[list[Path], list[Path]]:
     files, _ = walk(folder, skip_folder=is_ignored_folder)
     return (sorted(folder / rel for rel in files if is_image_name(rel.rsplit("/", 1)[-1])),
             sorted(folder / rel for rel in files if unread_photo(rel)))
+
+
+def _machine() -> str:
+    import re
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:40] or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: nothing sent, only whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: it exists
+        return True
+    return True
+
+
+def sweep_temp_folders(prefix: str) -> list[Path]:
+    """Remove the temporary folders ``own_temp_folder(prefix)`` made for processes of this
+    machine that are gone without removing them (a SIGKILL runs no clean-up: a killed worker
+    left its autograph files, a killed ``serve`` the photos it was sent). Returns them. Only
+    folders named with this machine's name and a process id that no longer exists are
+    touched; none on Windows, where ``os.kill`` would end the process it asks about."""
+    import re
+    import shutil
+    import tempfile
+
+    if os.name == "nt":
+        return []
+    mine = re.compile(rf"{re.escape(prefix)}{re.escape(_machine())}-(\d+)-")
+    gone = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        match = mine.match(folder.name)
+        if (match and int(match[1]) != os.getpid() and folder.is_dir()
+                and not folder.is_symlink() and not _alive(int(match[1]))):
+            shutil.rmtree(folder, ignore_errors=True)
+            gone.append(folder)
+    return gone
+
+
+def own_temp_folder_prefix(prefix: str) -> str:
+    """``<prefix><machine>-<pid>-``: the start of a temporary folder's name that
+    ``sweep_temp_folders`` can tell to be this process's."""
+    return f"{prefix}{_machine()}-{os.getpid()}-"
+

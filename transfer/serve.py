@@ -380,7 +380,9 @@ def predict_uploads(store: ModelStore, uploads: list[Upload], model: str | None,
         invert = None
     if invert is not None:
         classifier.invert = invert
-    with tempfile.TemporaryDirectory(prefix="transfer-serve-") as tmp:
+    from transfer.files import own_temp_folder_prefix
+
+    with tempfile.TemporaryDirectory(prefix=own_temp_folder_prefix("transfer-serve-")) as tmp:
         paths = []
         for i, upload in enumerate(uploads):
             path = Path(tmp) / f"{i:04d}.upload"
@@ -767,6 +769,9 @@ def create_app(settings: ServeSettings):
     from transfer import __version__, images
 
     s = settings.validated()
+    from transfer.files import sweep_temp_folders
+
+    sweep_temp_folders("transfer-serve-")  # photos a server killed by SIGKILL left behind
     store = ModelStore(s)
     if s.model is not None:
         try:
