@@ -200,8 +200,8 @@ def _alive(pid: int) -> bool:
 
 
 def sweep_temp_folders(prefix: str) -> list[Path]:
-    """Remove the temporary folders ``own_temp_folder(prefix)`` made for processes of this
-    machine that are gone without removing them (a SIGKILL runs no clean-up: a killed worker
+    """Remove the temporary folders named by ``own_temp_folder_prefix(prefix)`` for processes
+    of this machine that are gone without removing them (a SIGKILL runs no clean-up: a killed worker
     left its autograph files, a killed ``serve`` the photos it was sent). Returns them. Only
     folders named with this machine's name and a process id that no longer exists are
     touched; none on Windows, where ``os.kill`` would end the process it asks about."""
@@ -226,4 +226,3 @@ def own_temp_folder_prefix(prefix: str) -> str:
     """``<prefix><machine>-<pid>-``: the start of a temporary folder's name that
     ``sweep_temp_folders`` can tell to be this process's."""
     return f"{prefix}{_machine()}-{os.getpid()}-"
-
