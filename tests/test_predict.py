@@ -437,6 +437,29 @@ def test_write_text_keeps_links_links_and_writes_into_pipes(tmp_path):
     assert got == ["file,label\n"] and stat.S_ISFIFO(fifo.lstat().st_mode)
 
 
+def test_predict_writes_into_a_pipe_or_device_without_force(trained_bundle, small_split,
+                                                            tmp_path):
+    """README: "a pipe or device such as /dev/stdout is written to"; the command's settings
+    refused them first ("/dev/stdout already exists; use --force")."""
+    import threading
+
+    files = [str(p) for p, _ in split_images(small_split / "test", 1)]
+    command = ["predict", *files, "--model", str(trained_bundle.bundle), "--format", "csv"]
+    result = runner.invoke(app, [*command, "--output", os.devnull])
+    assert result.exit_code == 0, result.output
+    fifo = tmp_path / "rows.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    result = runner.invoke(app, [*command, "--output", str(fifo)])
+    reader.join(timeout=60)
+    assert result.exit_code == 0, result.output
+    assert got and got[0].startswith("file,label,probability") and len(got[0].splitlines()) == 3
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and [p.name for p in tmp_path.iterdir()] == [
+        "rows.fifo"]
+
+
 def test_output_dash_is_standard_output(trained_bundle, small_split, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     files = [str(p) for p, _ in split_images(small_split / "test", 1)]

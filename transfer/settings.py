@@ -556,10 +556,11 @@ class PredictSettings(Settings):
         if self.output is not None:
             if Path(self.output).is_dir():
                 raise TransferError(f"--output {self.output} is a folder; name a file")
-            from transfer.files import refuse_existing
+            from transfer.files import is_device_or_pipe, refuse_existing
 
-            refuse_existing(self.output, self.force)
-            writable("output", self.output, file=True)
+            if not is_device_or_pipe(self.output):  # /dev/stdout, a pipe: written to, kept
+                refuse_existing(self.output, self.force)
+                writable("output", self.output, file=True)
         return self.replace(format=self.resolved_format(),
                             output=Path(self.output) if self.output else None)
 
