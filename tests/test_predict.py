@@ -244,6 +244,53 @@ def test_imagenet_cli_and_fallback_without_a_bundle(real_photos, tmp_path, monke
     assert payload["predictions"][0]["top"][2]["label"] in table.stdout
 
 
+def test_a_first_imagenet_predict_downloads_its_weights_and_stdout_stays_json(real_photos,
+                                                                             tmp_path):
+    """The user's first `predict --format json` with no weights cached: Keras downloads the
+    classifier weights and the class index, saying "Downloading data from ..." and drawing a
+    progress bar on standard output, before the JSON. A real HTTP server on 127.0.0.1 holds
+    the genuine files; only the URLs Keras downloads from point at it (no internet here)."""
+    import functools
+    import subprocess
+    import sys
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    served = require_asset("keras/models/mobilenet_2_5_224_tf.h5").parent
+    photo = tmp_path / "dog.jpg"
+    photo.write_bytes(real_photos["dogs"][2][1])
+    home = tmp_path / "keras-home"
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    script = (
+        "import sys\n"
+        "import keras.src.applications.imagenet_utils as u, keras.src.applications.mobilenet as m\n"
+        f"m.BASE_WEIGHT_PATH = {url!r}\n"
+        f"u.CLASS_INDEX_PATH = {url + 'imagenet_class_index.json'!r}\n"
+        "from transfer.cli import main\n"
+        "sys.argv = ['transfer', *sys.argv[1:]]\n"
+        "main()\n")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script, "predict", str(photo), "--imagenet", "--base",
+             "mobilenet", "--alpha", "0.25", "--format", "json"],
+            env={**os.environ, "KERAS_HOME": str(home)}, capture_output=True, text=True,
+            timeout=300, cwd=tmp_path)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert done.returncode == 0, done.stderr
+    payload = json.loads(done.stdout)  # nothing but the JSON
+    assert _index(payload["predictions"][0]["top"][0]["synset"]) in DOGS
+    assert f"Downloading data from {url}mobilenet_2_5_224_tf.h5" in done.stderr
+    assert f"Downloading data from {url}imagenet_class_index.json" in done.stderr
+    assert sorted(p.name for p in (home / "models").iterdir()) == [
+        "imagenet_class_index.json", "mobilenet_2_5_224_tf.h5"]
+
+
 @pytest.mark.parametrize("base", ["inception", "vgg16"])
 def test_imagenet_mode_other_bases_random_weights(base, real_photos, tmp_path):
     """Genuine InceptionV3/VGG16 weights are not on this machine: the same code path with

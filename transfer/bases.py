@@ -7,7 +7,9 @@ downloads for it. Everything else (training, predict, explain, export) asks here
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -159,6 +161,15 @@ def cached_weights(base: Base, alpha: float = 1.0, size: int | None = None,
 WEIGHTS_HINT = "or use --weights PATH or --weights none"  # train's way around missing weights
 
 
+@contextlib.contextmanager
+def keras_says_on_stderr():
+    """Keras's download of weights or of the class index ("Downloading data from ..." and its
+    progress bar) goes to standard output, where `predict --format json` or `--output -`
+    writes its results: on standard error the user still sees it, and the results parse."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
 def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
           weights: str | None = "imagenet", include_top: bool = False,
           offline_hint: str = WEIGHTS_HINT):
@@ -189,7 +200,7 @@ def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
         # weights folder): load the file it would have found there, the same weights
         weights = str(cached)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), keras_says_on_stderr():
             # MobileNet at a size without its own weight file loads the 224 px weights (the
             # registry's weight_files says which file; `transfer bases` lists them): expected
             warnings.filterwarnings("ignore", message=r".*input_shape. is undefined or non-sq")

@@ -344,8 +344,9 @@ def imagenet_labels(probs: np.ndarray, k: int) -> list[list[dict]]:
     from transfer.tf import keras
 
     try:
-        decoded = keras.applications.imagenet_utils.decode_predictions(
-            np.asarray(probs, dtype="float32"), top=k)
+        with bases.keras_says_on_stderr():
+            decoded = keras.applications.imagenet_utils.decode_predictions(
+                np.asarray(probs, dtype="float32"), top=k)
     except Exception as exc:
         raise TransferError(
             f"cannot read Keras's ImageNet class index ({exc}); put imagenet_class_index.json "
