@@ -644,13 +644,22 @@ def test_symbolic_links_are_followed_as_train_follows_them(flowers, tmp_path):
     (folder / "tulips").symlink_to(outside / "tulips", target_is_directory=True)  # a class
     (folder / "roses/more").symlink_to(outside / "tulips", target_is_directory=True)
     (outside / "tulips/loop").symlink_to(outside, target_is_directory=True)  # back up: a loop
-    (folder / "daisy/broken.jpg").symlink_to(tmp_path / "gone.jpg")
+    (folder / "daisy/broken.jpg").symlink_to(tmp_path / "gone.jpg")  # a photo moved away
     result = fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "data"))
     assert manifest_of(tmp_path / "data")["classes"] == ["daisy", "roses", "tulips"]
     assert manifest_of(tmp_path / "data")["usable"] == {"daisy": 6, "roses": 11, "tulips": 6}
-    assert result.skipped == []
+    # the broken link is said, not dropped silently (it was missing from every count)
+    assert [(s["name"], s["reason"]) for s in result.skipped] == [
+        ("daisy/broken.jpg", f"a broken link (to {tmp_path / 'gone.jpg'}, which does not "
+                             "exist)")]
     assert class_names(folder) == ["daisy", "roses", "tulips"]  # train sees the same
-    assert [len(image_files(folder / c)) for c in ("daisy", "roses", "tulips")] == [6, 11, 6]
+    assert [len(image_files(folder / c)) for c in ("daisy", "roses", "tulips")] == [7, 11, 6]
+    from transfer import images, inference
+
+    with pytest.raises(images.ImageError, match=f"^a broken link \\(to {tmp_path / 'gone.jpg'}"):
+        images.check_header(folder / "daisy/broken.jpg")  # as train and evaluate skip it
+    rows = inference.gather([folder / "daisy"])  # predict on the folder: its row, whose
+    assert folder / "daisy/broken.jpg" in [file for _, file, _ in rows]  # reading says why
 
 
 def test_a_broken_photo_keeps_its_place_in_the_cut_as_in_train(flowers, tmp_path):

@@ -280,14 +280,21 @@ class FolderImages(ImageSource):
                 raise SkipMember(problem)
             return path.read_bytes()
         except OSError as exc:
+            if path.is_symlink() and not path.exists():  # as the image reader says it
+                raise SkipMember(f"a broken link (to {os.readlink(path)}, which does not "
+                                 "exist)") from exc
             raise SkipMember(f"unreadable ({exc.strerror or _readable(exc)})") from exc
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
         for cls, names in self.candidates().items():
             for name in names:
-                st = (self.root / name).stat()
-                digest.update(f"{cls}/{name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+                try:
+                    st = (self.root / name).stat()
+                    stamp = f"{st.st_size}:{st.st_mtime_ns}"
+                except OSError:  # a broken link: skipped when read, said then
+                    stamp = "missing"
+                digest.update(f"{cls}/{name}:{stamp}\n".encode())
         return "folder:" + digest.hexdigest()
 
 

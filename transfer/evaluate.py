@@ -169,7 +169,13 @@ def seen_in_training(model: Path, files: list[Path],
     trained = bundle.train_files(model)
     if trained is None:
         return None
-    return sum(_same_photo(path, cls, trained.get((path.name, path.stat().st_size), []))
+    def size(path: Path) -> int:
+        try:
+            return path.stat().st_size
+        except OSError:  # a broken link: no photo, trained on or not
+            return -1
+
+    return sum(_same_photo(path, cls, trained.get((path.name, size(path)), []))
                for path, cls in zip(files, classes or [None] * len(files), strict=True))
 
 

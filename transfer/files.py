@@ -144,8 +144,10 @@ def walk(root: Path, skip_folder=lambda name: False) -> tuple[list[str], list[st
     Symbolic links to files and to folders are followed, as a file browser shows them (a
     user's ``roses -> /photos/2024/roses``); a link back to a folder above it is not entered
     (no loop), nor one already entered on the way down from the root (two folders linking to
-    each other), nor anything deeper than MAX_DEPTH. Broken links are left out, and so are
-    the folders ``skip_folder(name)`` refuses, with everything in them.
+    each other), nor anything deeper than MAX_DEPTH. The folders ``skip_folder(name)``
+    refuses are left out, with everything in them. A broken link is listed as a file: reading
+    it fails, and the reader says so as of any unreadable file (left out silently, a photo
+    moved away from under its link went missing from every count).
     """
     root = Path(root)
     files, folders = [], []
@@ -163,7 +165,7 @@ def walk(root: Path, skip_folder=lambda name: False) -> tuple[list[str], list[st
         if rel.parts:
             folders.append(rel.as_posix())
         files.extend((rel / name).as_posix() for name in sorted(names)
-                     if (here / name).is_file())
+                     if (here / name).is_file() or not (here / name).exists())
     return files, folders
 
 

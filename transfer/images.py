@@ -114,6 +114,8 @@ def _existing_file(path) -> Path:
     """``path`` as a Path, or ImageError when it is missing, a folder or empty."""
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise ImageError(f"a broken link (to {os.readlink(path)}, which does not exist)")
         raise ImageError("no such file")
     if path.is_dir():
         raise ImageError("is a folder")
