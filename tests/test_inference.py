@@ -106,6 +106,8 @@ def test_a_folder_yields_linked_photos_and_sub_folders(tmp_path):
     (folder / "more").symlink_to(outside, target_is_directory=True)
     (folder / "__MACOSX").mkdir()
     (folder / "__MACOSX" / "a.jpg").write_bytes(b"x")
+    (folder / "@eaDir" / "a.jpg").mkdir(parents=True)  # a Synology NAS's thumbnails of a.jpg
+    (folder / "@eaDir" / "a.jpg" / "SYNOPHOTO_THUMB_M.jpg").write_bytes(b"x")
     assert inference.folder_images(folder) == [folder / "a.jpg", folder / "linked.jpg",
                                                folder / "more" / "x.jpg"]
 

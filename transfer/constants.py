@@ -25,8 +25,9 @@ GRADCAM_SUFFIX = ".gradcam.png"
 PREVIEW_PNG = "augment-preview.png"
 # System files that sit in photo folders and are never images: ignored silently.
 SYSTEM_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"})
-# Folders never looked into (macOS zips carry resource forks in __MACOSX/).
-IGNORED_FOLDERS = frozenset({"__macosx"})
+# Folders never looked into (macOS zips carry resource forks in __MACOSX/; a Synology NAS
+# keeps its thumbnails of every photo in @eaDir/, which a folder copied off it brings along).
+IGNORED_FOLDERS = frozenset({"__macosx", "@eadir"})
 # The names of a data folder's splits, in any case: fetch-data writes train/ and validate/;
 # downloads name them otherwise. A test/ is held out, never trained on.
 TRAIN_FOLDERS = ("train", "training")

@@ -196,8 +196,8 @@ def in_memory(photo):
         refuse_scaled(array)
         low, high = float(values.min(initial=0)), float(values.max(initial=0))
         if low < 0 or high > 255:
-            raise ImageError(f"the array's pixels lie in {low:.4g}-{high:.4g}: pixels "
-                             "0-255 are expected")
+            raise ImageError(f"the array's pixels lie between {low:.4g} and {high:.4g}: "
+                             "pixels 0-255 are expected")
         image, exif = Image.fromarray(np.rint(values).astype("uint8")), None
     else:
         image = photo
