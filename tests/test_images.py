@@ -93,10 +93,18 @@ def test_every_pillow_kind_becomes_rgb(photo, tmp_path):
     assert abs(float(images.rgb_array(images.open_image(wide), 16).mean()) - 127.5) < 1
 
 
+# the first bytes of an iPhone's HEIC photo (an ISO base media file: its "ftyp" box), then junk
+HEIC = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(range(256)) * 8
+
+
 @pytest.mark.parametrize("name, content, reason", [
     ("text.jpg", text_as_jpg(), "not an image"),
     ("zero.jpg", b"", "empty file"),
     ("one.png", None, "1x1 px"),
+    # an iPhone photo by its header, whatever its name (an upload, a photo renamed .jpg)
+    ("IMG_0001.jpg", HEIC, r"^HEIC \(an iPhone's photos\) is not a format transfer reads; "
+                           "convert them to JPEG"),
+    ("photo.jpg", HEIC.replace(b"heic", b"avif"), "^AVIF is not a format transfer reads"),
 ])
 def test_unusable_files_say_why(tmp_path, name, content, reason):
     path = tmp_path / name
@@ -108,6 +116,8 @@ def test_unusable_files_say_why(tmp_path, name, content, reason):
         images.open_image(path)
     with pytest.raises(images.ImageError, match=reason):  # the same reason for uploads
         images.open_image(path.read_bytes())
+    with path.open("rb") as stream, pytest.raises(images.ImageError, match=reason):
+        images.open_image(stream)
 
 
 def test_bytes_and_file_objects_read_as_the_file(photo, tmp_path):

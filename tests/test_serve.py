@@ -128,6 +128,10 @@ def test_a_text_file_is_415_naming_it_and_the_server_keeps_serving(client, unsee
     assert "not an image" in body["errors"][0]["error"]
     empty = client.post("/api/predict", files=files_field(("empty.jpg", b"")))
     assert empty.status_code == 415 and "empty.jpg" in empty.json()["detail"]
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(range(256)) * 8
+    phone = client.post("/api/predict", files=files_field(("IMG_0001.HEIC", heic)))
+    assert phone.status_code == 415 and phone.json()["errors"][0]["error"].startswith(
+        "HEIC (an iPhone's photos) is not a format transfer reads; convert them to JPEG")
     assert client.get("/api/health").status_code == 200
     again = client.post("/api/predict", files=files_field(unseen["cats"][0]))
     assert again.status_code == 200 and again.json()["predictions"][0]["label"] == "cats"

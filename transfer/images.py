@@ -67,7 +67,7 @@ def open_image(source, size: int | None = None):
     the file's own (upright) size either way."""
     from PIL import Image, ImageOps
 
-    with _pillow_errors(), Image.open(_readable(source)) as image:
+    with _pillow_errors(source), Image.open(_readable(source)) as image:
         width, height = image.size
         if size:
             image.draft("RGB", (2 * int(size), 2 * int(size)))  # a no-op for other formats
@@ -95,14 +95,51 @@ def notes_of(image) -> dict:
     return {"width": width, "height": height, "mode": image.mode}
 
 
+# ISO base media "ftyp" brands of the photos Pillow cannot read (bytes 8-12 of the file)
+UNREAD_BRANDS = {**dict.fromkeys((b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis",
+                                  b"mif1", b"msf1"), ".heic"),
+                 **dict.fromkeys((b"avif", b"avis"), ".avif")}
+
+
+def unread_kind(source) -> str | None:
+    """"HEIC (an iPhone's photos)" or "AVIF" when ``source`` (a path, bytes or a seekable file)
+    holds such a photo by its first bytes, whatever it is named (an upload, a photo renamed
+    .jpg); else None."""
+    from transfer.constants import UNREAD_PHOTOS
+
+    try:
+        if isinstance(source, bytes | bytearray | memoryview):
+            head = bytes(source[:12])
+        elif hasattr(source, "read") and hasattr(source, "seek"):
+            at = source.tell()
+            source.seek(0)
+            head = source.read(12)
+            source.seek(at)
+        elif isinstance(source, str | os.PathLike):
+            with open(source, "rb") as stream:
+                head = stream.read(12)
+        else:
+            return None
+    except (OSError, ValueError):
+        return None
+    suffix = UNREAD_BRANDS.get(head[8:12]) if head[4:8] == b"ftyp" else None
+    return UNREAD_PHOTOS[suffix] if suffix else None
+
+
 @contextlib.contextmanager
-def _pillow_errors():
-    """Pillow's many exceptions as one ImageError saying why, in words."""
+def _pillow_errors(source=None):
+    """Pillow's many exceptions as one ImageError saying why, in words (``source``: what was
+    opened, to say which format an unidentified one is when it can tell)."""
     from PIL import Image, UnidentifiedImageError
+
+    from transfer.constants import UNREAD_HINT
 
     try:
         yield
     except UnidentifiedImageError:
+        kind = unread_kind(source) if source is not None else None
+        if kind:
+            raise ImageError(f"{kind} is not a format transfer reads; {UNREAD_HINT}") from None
         raise ImageError("not an image (Pillow cannot identify it)") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(f"too large to decode safely ({exc})") from None
@@ -136,6 +173,11 @@ def _readable(source):
     if isinstance(source, np.ndarray) or is_pillow_image(source):
         return in_memory(source)
     if hasattr(source, "read"):
+        if hasattr(source, "seek"):  # an empty one is said as an empty file is
+            at = source.tell()
+            if not source.read(1):
+                raise ImageError("empty file (0 bytes)")
+            source.seek(at)
         return source
     if isinstance(source, str | os.PathLike):
         return _existing_file(source)
@@ -228,7 +270,7 @@ def check_header(source) -> None:
     truncated or corrupt image passes here and fails in ``open_image``."""
     from PIL import Image
 
-    with _pillow_errors(), Image.open(_readable(source)):
+    with _pillow_errors(source), Image.open(_readable(source)):
         pass
 
 
