@@ -348,6 +348,12 @@ def test_where_many_pictures_go(tmp_path, monkeypatch):
                                             "or without --output"):
         explain.outputs_of([str(photos / "cats" / "00000.png"),
                             str(photos / "dogs" / "00000.png")], out)
+    (photos / "cats" / "00000.jpg").write_bytes(png_bytes())  # a pair in one folder: both
+    for where in (out, None):  # write 00000.gradcam.png wherever it goes; not "without --output"
+        with pytest.raises(TransferError, match=r"would both write .*00000\.gradcam\.png; "
+                                                "explain them in two runs$"):
+            explain.outputs_of([str(photos / "cats" / "00000.png"),
+                                str(photos / "cats" / "00000.jpg")], where)
     one = ExplainSettings(image=photos / "dogs" / "00000.png", output=tmp_path / "why").validated()
     assert one.output == tmp_path / "why" / "00000.gradcam.png"
     assert one.validated().output == one.output

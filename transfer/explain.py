@@ -278,9 +278,12 @@ def outputs_of(paths: list[str | Path], output: Path | None
                 below = image.relative_to(root) if root is not None else Path(image.name)
                 png = Path(output) / default_png(below)
             if png in seen:
-                hint = "explain them in two runs" + (", or without --output" if output else "")
-                raise TransferError(f"{seen[png]} and {name} would both write {png}; {hint}")
-            seen[png] = name
+                first, first_image = seen[png]
+                # beside their images they part only when they sit in different folders
+                apart = output is not None and default_png(image) != default_png(first_image)
+                hint = "explain them in two runs" + (", or without --output" if apart else "")
+                raise TransferError(f"{first} and {name} would both write {png}; {hint}")
+            seen[png] = (name, image)
             rows.append((name, image, png, error))
     return rows
 
