@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import kaggle_members, make_zip, require_asset
+from conftest import kaggle_members, make_zip, require_asset, truncated
 from typer.testing import CliRunner
 
 from transfer import __version__
@@ -100,6 +100,29 @@ def test_real_process(real_photos, tmp_path):
     assert bad.stderr.strip().splitlines() == [
         f"error: {notzip} is not a readable zip archive (not a zip, or truncated)"]
     assert "Traceback" not in bad.stderr + bad.stdout
+
+
+def test_train_cli_says_what_it_trained_on_when_it_skipped_files(tiny_split, tmp_path):
+    """The run starts with the count of files found ("data: ... 24 train + 12 validate") and a
+    damaged photo is found only when read: the last lines say what it trained on."""
+    import json
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_split, data, ignore=shutil.ignore_patterns(".cache"))
+    victim = sorted((data / "train/cats").iterdir())[0]
+    victim.write_bytes(truncated(victim.read_bytes()))  # passes the header probe
+    result = runner.invoke(app, [
+        "train", "--base", "mobilenet", "--alpha", "0.25", "--weights", "none",
+        "--image-size", "48", "--epochs", "1", "--no-augment", "--data-dir", str(data),
+        "--models-dir", str(tmp_path / "models"), "--output", str(tmp_path / "models/cli")])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "models/cli/meta.json").read_text())
+    assert (meta["data"]["train_images"], meta["data"]["validate_images"]) == (23, 12)
+    assert "24 train + 12 validate" in " ".join(result.output.split())
+    assert ("skipped 1 unreadable file(s): listed above and in "
+            f"{tmp_path / 'models/cli/meta.json'}; trained on 23 and validated on 12 images"
+            ) in " ".join(result.output.split())
 
 
 def test_train_cli_writes_bundle_and_reports(tiny_split, tmp_path):

@@ -524,8 +524,11 @@ def train_cmd(
         out.print(f"head: l2 {head['l2']:g} ({head['l2_chosen_by']}); class weights "
                   f"{weights.get('applied') or 'none'}", highlight=False)
     if result.skipped:
+        data = result.meta.get("data") or {}
+        used = (f"; trained on {data['train_images']} and validated on "
+                f"{data['validate_images']} images" if "train_images" in data else "")
         out.print(f"skipped {len(result.skipped)} unreadable file(s): listed above and in "
-                  f"{result.bundle / 'meta.json'}", highlight=False)
+                  f"{result.bundle / 'meta.json'}{used}", highlight=False)
     _elsewhere(result.bundle, settings.models_dir)
     _gate(result.meta.get("gate"), "validation accuracy")
 
