@@ -364,3 +364,7 @@ def test_where_many_pictures_go(tmp_path, monkeypatch):
         explain.explain_all(ExplainSettings(image=photos / "dogs" / "00000.png"))
     with pytest.raises(TransferError, match="explain takes one image"):
         explain.explain(ExplainSettings(images=[str(photos)]))
+    for photo in (png_bytes(), np.zeros((8, 8, 3), "uint8")):  # one line, not a TypeError
+        with pytest.raises(TransferError, match="^explain takes the path of an image file, "
+                                                "not a (bytes|ndarray) .predict takes photos"):
+            explain.explain(photo, model=tmp_path / "models/none", write=False)

@@ -622,6 +622,10 @@ class ExplainSettings(Settings):
             return self.replace(images=[str(p) for p in images], model=Path(self.model))
         if self.image is None:
             raise TransferError("give the image to explain")
+        if not isinstance(self.image, str | os.PathLike):  # bytes, a Pillow image, an array
+            raise TransferError(f"explain takes the path of an image file, not a "
+                                f"{type(self.image).__name__} (predict takes photos in "
+                                "memory; save this one to a file to explain it)")
         output = self.output
         if output is not None and (Path(output).is_dir()
                                    or Path(output).suffix.lower() != ".png"):
