@@ -238,10 +238,10 @@ def _damaged(path: Path, exc: Exception) -> bool:
 
 def _unwritable(folder: Path) -> str | None:
     """Why no file can be written in ``folder`` (created if need be), or None when one can."""
+    from transfer.inference import writable_folder
+
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
-            pass
+        writable_folder(folder)
     except OSError as exc:
         return f"{exc.strerror or exc}: {exc.filename or folder}"
     return None
