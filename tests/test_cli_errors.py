@@ -310,6 +310,62 @@ def test_ctrl_c_during_a_keras_fit_ends_the_process(tmp_path, delay):
     assert not (models / "stopped").exists() and not (models / ".stopped.checkpoints").exists()
 
 
+def test_ctrl_c_in_a_keras_fit_is_raised_at_the_batch_end_not_inside_tensorflow():
+    """The Ctrl-C test above once printed TensorFlow's "SystemError: <built-in function
+    __import__> returned a result with an exception set" traceback before "interrupted": the
+    KeyboardInterrupt was raised inside Python that TensorFlow's C++ (nest ``Flatten``) had
+    called. During a fit the CLI's handler only records the first signal and the fit raises
+    it at the batch's end, from a Keras callback; a second signal raises at once."""
+    import signal
+
+    import numpy as np
+
+    from transfer import cli, errors
+    from transfer.tf import interrupt_at_batch_ends, keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    seen: list[str] = []
+
+    class Signal(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(f"begin {batch}")
+            if batch == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)  # the handler has run here: it must not have raised
+                seen.append("handler returned")
+
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(f"end {batch}")
+
+    x, y = np.zeros((40, 4), "float32"), np.zeros(40, "int64")
+    with cli._terminate_as_interrupt("train"), pytest.raises(KeyboardInterrupt):
+        with errors.at_safe_points():
+            model.fit(x, y, batch_size=4, epochs=2, verbose=0,
+                      callbacks=[Signal(), interrupt_at_batch_ends()])
+    assert seen == ["begin 0", "end 0", "begin 1", "handler returned", "end 1"]
+    errors.clear_interrupted()
+
+    with cli._terminate_as_interrupt("train"), pytest.raises(KeyboardInterrupt):
+        with errors.at_safe_points():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            seen.clear()
+            try:  # the second one does not wait
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except KeyboardInterrupt:
+                seen.append("raised")
+            assert seen == ["raised"]
+    errors.clear_interrupted()
+
+    with cli._terminate_as_interrupt("train"), pytest.raises(KeyboardInterrupt):
+        with errors.at_safe_points():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)  # no safe point came: leaving the block raises it
+    errors.clear_interrupted()
+
+
 @pytest.mark.parametrize("signame, code, line", [("SIGINT", 130, "interrupted"),
                                                    ("SIGTERM", 143, "terminated")])
 def test_an_interrupt_a_native_library_turns_into_an_error_still_stops_the_run(

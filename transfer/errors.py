@@ -1,5 +1,7 @@
 """The exception types the CLI turns into a single error line."""
 
+import contextlib
+
 
 class TransferError(Exception):
     """A problem with the user's input or environment, explained in one line (exit code 1)."""
@@ -27,13 +29,36 @@ class Terminated(KeyboardInterrupt):
 _interrupted: list[type[KeyboardInterrupt]] = []
 
 
+# While a Keras fit runs (``at_safe_points``), the first signal is recorded and raised at the
+# fit's next batch end (``raise_if_interrupted`` in a callback) rather than wherever the
+# main thread happens to be: raised inside Python that TensorFlow's C++ called (its nest
+# ``Flatten`` importing a module), it made TensorFlow print a SystemError traceback.
+_safe_points: list[int] = []  # for each open ``at_safe_points``: the record's length there
+
+
 def on_interrupt_signal(signum, frame) -> None:
-    """Signal handler for SIGINT and SIGTERM while a command runs (``cli``): record, raise."""
+    """Signal handler for SIGINT and SIGTERM while a command runs (``cli``): record, then
+    raise, or leave it to the next safe point when one is near (a second signal raises)."""
     import signal
 
     kind = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
     _interrupted.append(kind)
+    if _safe_points and len(_interrupted) == _safe_points[-1] + 1:
+        return
     raise kind
+
+
+@contextlib.contextmanager
+def at_safe_points():
+    """Defer the first interruption inside to the next ``raise_if_interrupted`` (a Keras
+    callback at each batch end), and raise it on the way out if none came."""
+    _safe_points.append(len(_interrupted))
+    try:
+        yield
+    finally:
+        start = _safe_points.pop()
+    if len(_interrupted) > start:
+        raise _interrupted[-1]
 
 
 def interrupted() -> type[KeyboardInterrupt] | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer import bundle, plots
-from transfer.errors import TransferError
+from transfer.errors import TransferError, at_safe_points
 from transfer.metrics import confident_mistakes, confusion_matrix
 from transfer.progress import Reporter
 from transfer.seeds import keeps_random_state
@@ -245,7 +245,7 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
     """
     p = params.validated()
     reporter = reporter or Reporter()
-    from transfer.tf import keras
+    from transfer.tf import interrupt_at_batch_ends, keras
 
     target = p.target()
     (x_train, y_train), (x_test, y_test) = load(p.dataset, p.data)
@@ -288,10 +288,12 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
     with reporter.task(f"Training the {p.arch} on {split_at} {p.dataset} images "
                        f"({len(x_train) - split_at} held out for validation)",
                        total=p.epochs) as advance:
-        callbacks = [Progress(advance)] + ([weight_average(p.ema)] if p.ema else [])
-        fit = model.fit(x_train4[:split_at], targets[:split_at], epochs=p.epochs,
-                        batch_size=p.batch_size, validation_data=validation, verbose=0,
-                        callbacks=callbacks)
+        callbacks = [Progress(advance), interrupt_at_batch_ends()] + (
+            [weight_average(p.ema)] if p.ema else [])
+        with at_safe_points():  # a Ctrl-C stops the fit at a batch end
+            fit = model.fit(x_train4[:split_at], targets[:split_at], epochs=p.epochs,
+                            batch_size=p.batch_size, validation_data=validation, verbose=0,
+                            callbacks=callbacks)
     history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
     if p.shift:  # the saved model is the same network without its training-only shift layer
         trained, model = model, build_model(p.arch)

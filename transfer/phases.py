@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from transfer import bases, features, metrics, pipelines
-from transfer.errors import TransferError
+from transfer.errors import TransferError, at_safe_points
 from transfer.head import HeadTrainer, epoch_orders
 from transfer.progress import Reporter
 
@@ -655,8 +655,10 @@ def fit_end_to_end(plan: RunPlan, built: Built, reporter: Reporter, phase: str =
             schedule, learning_rate or hp.learning_rate, epochs * steps), plan.binary)
     start = time.perf_counter()
     with reporter.task(f"Training ({phase})", total=epochs) as advance:
-        fit = built.core.fit(train_data, validation_data=val_data, epochs=epochs, verbose=0,
-                             class_weight=weights, callbacks=callbacks(plan, phase, advance))
+        with at_safe_points():  # a Ctrl-C stops the fit at a batch end
+            fit = built.core.fit(train_data, validation_data=val_data, epochs=epochs,
+                                 verbose=0, class_weight=weights,
+                                 callbacks=callbacks(plan, phase, advance))
     info = {"class_weight": class_weight_meta(plan, applied, weights)}
     if phase == "train":
         info["lr_schedule"] = schedule
@@ -693,8 +695,9 @@ def compile_model(model, lr, binary: bool) -> None:
 
 
 def callbacks(plan: RunPlan, phase: str, advance) -> list:
-    """Early stopping (restoring the best weights), the best checkpoint, progress, TensorBoard."""
-    from transfer.tf import keras
+    """Early stopping (restoring the best weights), the best checkpoint, progress, Ctrl-C at
+    batch ends, TensorBoard."""
+    from transfer.tf import interrupt_at_batch_ends, keras
 
     hp = plan.settings
     plan.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -705,6 +708,7 @@ def callbacks(plan: RunPlan, phase: str, advance) -> list:
                                         monitor="val_loss", save_best_only=True,
                                         save_weights_only=True),
         progress_callback(advance, phase),
+        interrupt_at_batch_ends(),
     ]
     if hp.tensorboard:
         chosen.append(keras.callbacks.TensorBoard(log_dir=str(Path(hp.tensorboard) / phase)))

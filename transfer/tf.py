@@ -60,3 +60,21 @@ def _load():
 
 
 tf, keras = _load()
+
+
+def interrupt_at_batch_ends():
+    """A Keras callback that raises, at each batch's end, the Ctrl-C (or SIGTERM) the CLI's
+    handler recorded during the fit (``errors.at_safe_points``, which the fit runs inside)."""
+    from transfer.errors import raise_if_interrupted
+
+    class InterruptAtBatchEnds(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raise_if_interrupted()
+
+        def on_test_batch_end(self, batch, logs=None):
+            raise_if_interrupted()
+
+        def on_epoch_end(self, epoch, logs=None):
+            raise_if_interrupted()
+
+    return InterruptAtBatchEnds()
