@@ -196,6 +196,35 @@ def test_the_section_renders_without_a_picture():
     assert "F1 a" in text and "1,234" in text and "<img" not in text
 
 
+def test_a_fine_tuned_run_whose_fine_tuning_was_undone_says_so(tmp_path, monkeypatch):
+    """A fine-tuned run that kept its frozen model (fine-tuning raised the validation loss)
+    must not read as fine-tuning's result: the page, the picture and the CLI's notes say so."""
+    tuned = {"kept": False, "frozen": {"val_loss": 0.21, "val_accuracy": 0.93},
+             "fine_tuned": {"val_loss": 0.35, "val_accuracy": 0.91}}
+    row = {"val_accuracy": 0.93, "val_loss": 0.21, "per_class_f1": {"a": 0.9},
+           "seconds": 3.0, "parameters_trained": 10, "bundle": "x/fine-tuned"}
+    data = {"data_dir": "d", "seed": 1, "base": "mobilenet", "alpha": 0.25,
+            "runs": {"frozen": dict(row, bundle="x/frozen"),
+                     "fine-tuned": dict(row, fine_tune_result=tuned)}}
+    said = ("fine-tuned: fine-tuning did not lower the validation loss (0.3500 against 0.2100 "
+            "before it), so this run kept its frozen base and head")
+    assert cmp.notes(data) == [said]
+    assert said in render_section(data)
+    kept = dict(data, runs={"fine-tuned": dict(row, fine_tune_result=dict(tuned, kept=True))})
+    assert cmp.notes(kept) == [] and "did not lower" not in render_section(kept)
+    import matplotlib.axes
+
+    seen, real = [], matplotlib.axes.Axes.bar_label
+
+    def spy(self, container, labels=None, **kw):  # the labels drawn on the bars
+        seen.append(list(labels))
+        return real(self, container, labels=labels, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar_label", spy)
+    cmp.plot(data, tmp_path / "c.png")
+    assert seen[0] == ["0.930", "0.930\n(fine-tuning undone)"]
+
+
 def test_an_output_inside_the_photo_folder_is_refused_before_any_run(tmp_path):
     """compare --data-dir photos --output photos made photos/frozen and photos/latest, which
     the next train read as classes; --output photos/compare failed as 'a class with no

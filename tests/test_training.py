@@ -279,6 +279,10 @@ def test_fine_tuning_moves_top_layers_only_and_keeps_batchnorm_frozen(own_split,
     plain = train(hp(own_split, tmp_path, output=tmp_path / "plain", **common))
     tuned = train(hp(own_split, tmp_path, output=tmp_path / "ft", fine_tune=6, **common))
     assert tuned.history["phase"] == ["head", "fine-tune"]
+    result = tuned.meta["training"]["fine_tune_result"]  # it lowered the loss: kept
+    assert result["kept"] is True
+    assert result["fine_tuned"]["val_loss"] < result["frozen"]["val_loss"]
+    assert result["fine_tuned"]["val_loss"] == tuned.meta["metrics"]["val_loss"]
 
     def base_of(result):
         model, _ = bundle.load(result.bundle)
@@ -300,6 +304,41 @@ def test_fine_tuning_moves_top_layers_only_and_keeps_batchnorm_frozen(own_split,
     accuracy, loss = binary_metrics(model.predict(pixels, verbose=0), labels)
     assert accuracy == meta["metrics"]["val_accuracy"]
     assert loss == pytest.approx(meta["metrics"]["val_loss"], abs=1e-5)
+
+
+def test_fine_tuning_that_raises_the_validation_loss_is_undone(own_split, tmp_path,
+                                                                mobilenet_weights):
+    """Fine-tuning picks its best epoch among its own epochs only, so a run could end worse
+    than the frozen-base model it started from, and say nothing. Here a rate of 1 wrecks the
+    top layers: the bundle holds the frozen-base model, weight for weight the run without
+    fine-tuning, with its numbers; meta.json and a warning say what happened."""
+    common = dict(GENUINE, augment=NO_AUGMENT, epochs=2)
+    plain = train(hp(own_split, tmp_path, output=tmp_path / "plain", **common))
+    recorder = Recorder()
+    tuned = train(hp(own_split, tmp_path, output=tmp_path / "ft", fine_tune=6,
+                     fine_tune_epochs=1, fine_tune_lr=1.0, **common), recorder)
+    assert tuned.history["phase"] == ["head", "head", "fine-tune"]  # the epochs it ran
+    result = tuned.meta["training"]["fine_tune_result"]
+    assert result["kept"] is False
+    assert result["fine_tuned"]["val_loss"] > result["frozen"]["val_loss"]
+    a, _ = bundle.load(plain.bundle)
+    b, _ = bundle.load(tuned.bundle)
+    assert len(a.weights) == len(b.weights)
+    for u, v in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=u.path)
+    m, frozen = tuned.meta["metrics"], plain.meta["metrics"]
+    assert m["val_loss"] == pytest.approx(frozen["val_loss"], abs=1e-5)
+    assert m["val_loss"] == pytest.approx(result["frozen"]["val_loss"], abs=1e-5)
+    assert m["val_accuracy"] == frozen["val_accuracy"]
+    assert m["best_epoch"] == frozen["best_epoch"] and m["epochs_run"] == 3
+    # what the bundle's model scores on the validation photos is what meta.json says
+    pixels, labels = validation_pixels(own_split, 96)
+    accuracy, loss = binary_metrics(b.predict(pixels, verbose=0), labels)
+    assert accuracy == m["val_accuracy"] and loss == pytest.approx(m["val_loss"], abs=1e-5)
+    assert any(w.startswith("fine-tuning did not lower the validation loss") and
+               "keeps the frozen base" in w for w in recorder.warnings), recorder.warnings
+    assert "Fine-tuning was undone" in (tuned.bundle / "report.html").read_text()
+    assert "Fine-tuning was undone" not in (plain.bundle / "report.html").read_text()
 
 
 def easy_two_class_set(root: Path, n_train: int = 16, n_val: int = 8) -> Path:

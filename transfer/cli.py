@@ -1018,6 +1018,10 @@ def compare_cmd(
                       _pct(row.get("macro_f1")), f"{row.get('seconds', 0):.0f}",
                       f"{row.get('parameters_trained', 0):,}")
     out.print(table)
+    from transfer.compare import notes
+
+    for note in notes(result.data):
+        out.print(note, highlight=False)
     out.print(f"wrote {result.output / 'compare.json'}, compare.png and report.html",
               highlight=False)
 

@@ -185,6 +185,7 @@ def row_of(run: str, result, seconds: float, validation: list, reporter: Reporte
     classifier = BundleClassifier(result.bundle)
     evaluation = validation_report(classifier, validation, reporter, run)
     timings = meta.get("timings") or {}
+    tuned = (meta.get("training") or {}).get("fine_tune_result")
     return {
         "run": run,
         "description": DESCRIPTIONS[run],
@@ -202,7 +203,23 @@ def row_of(run: str, result, seconds: float, validation: list, reporter: Reporte
         "training_seconds": timings.get("total_seconds"),
         "parameters_trained": trainable_parameters(classifier.model),
         "parameters_total": int(classifier.model.count_params()),
+        # fine-tuning kept, or undone because it did not lower the validation loss
+        **({"fine_tune_result": tuned} if tuned else {}),
     }
+
+
+def notes(data: dict) -> list[str]:
+    """What a reader of the table must know besides its numbers: a fine-tuned run whose
+    fine-tuning was undone holds the frozen run's model."""
+    said = []
+    for name, row in (data.get("runs") or {}).items():
+        tuned = row.get("fine_tune_result")
+        if tuned and not tuned.get("kept"):
+            said.append(f"{name}: fine-tuning did not lower the validation loss "
+                        f"({tuned['fine_tuned']['val_loss']:.4f} against "
+                        f"{tuned['frozen']['val_loss']:.4f} before it), so this run kept its "
+                        "frozen base and head")
+    return said
 
 
 def validation_report(classifier, files: list, reporter: Reporter, run: str) -> dict:
@@ -253,7 +270,9 @@ def plot(data: dict, path: Path) -> Path:
     bars = axes[0].bar(names, accuracy, color=colour)
     axes[0].set_ylim(0, 1.05)
     axes[0].set_ylabel("validation accuracy")
-    axes[0].bar_label(bars, labels=[f"{a:.3f}" for a in accuracy])
+    undone = [not (runs[n].get("fine_tune_result") or {}).get("kept", True) for n in names]
+    axes[0].bar_label(bars, labels=[f"{a:.3f}" + ("\n(fine-tuning undone)" if u else "")
+                                    for a, u in zip(accuracy, undone, strict=True)])
     seconds = [runs[n]["seconds"] for n in names]
     bars = axes[1].bar(names, seconds, color=colour)
     axes[1].set_ylabel("seconds (the whole run)")
@@ -322,9 +341,10 @@ def render_section(data: dict, png: Path | None = None) -> str:
                    'alt="accuracy and time per run, validation curves overlaid">'
                    "<figcaption>accuracy and time per run; validation (solid) and training "
                    "(dotted) accuracy per epoch</figcaption></figure>")
+    said = "".join(f'<p class="warn">{e(note)}</p>' for note in notes(data))
     return (f'<section id="compare"><h2>Scratch, frozen, fine-tuned</h2>'
             f"<p>The same split of {e(data.get('data_dir'))}, the same seed "
-            f"({e(data.get('seed'))}).</p>{table}{picture}</section>")
+            f"({e(data.get('seed'))}).</p>{table}{said}{picture}</section>")
 
 
 def render_page(data: dict, folder: Path, png: Path | None = None) -> str:

@@ -676,6 +676,37 @@ def fine_tune(plan: RunPlan, built: Built, reporter: Reporter) -> Fit:
                           hp.fine_tune_epochs)
 
 
+def fine_tune_if_better(plan: RunPlan, built: Built, reporter: Reporter,
+                        feats: Features | None) -> tuple[Fit, Validation]:
+    """``fine_tune``, kept only if it lowered the validation loss.
+
+    Fine-tuning selects its best epoch among its own epochs, so it can end worse than the
+    frozen-base model it started from (too high a rate, too few photos). Both models are
+    measured as ``final_validation`` measures the saved one (the frozen one from the cached
+    features when there are some); if fine-tuning did not lower the loss, the frozen-base
+    weights are restored and the run says so. Returns the fit (its "fine_tune_result" info
+    records both measures) and the validation of the model kept."""
+    frozen = final_validation(plan, built, feats)
+    kept = [(v, np.array(v)) for v in built.core.weights]  # base and head, as they are now
+    fit = fine_tune(plan, built, reporter)
+    tuned = final_validation(plan, built, None)  # the base changed: the images rerun
+    better = math.isfinite(tuned.loss) and tuned.loss < frozen.loss
+    fit.info["fine_tune_result"] = {
+        "kept": better, "chosen_by": "validation loss",
+        "frozen": {"val_loss": frozen.loss, "val_accuracy": frozen.accuracy},
+        "fine_tuned": {"val_loss": tuned.loss, "val_accuracy": tuned.accuracy}}
+    if better:
+        return fit, tuned
+    for variable, value in kept:
+        variable.assign(value)
+    built.base_model.trainable = False
+    reporter.warn(f"fine-tuning did not lower the validation loss ({tuned.loss:.4f}, accuracy "
+                  f"{tuned.accuracy:.4f}, against {frozen.loss:.4f} and {frozen.accuracy:.4f} "
+                  "on the frozen base): the model keeps the frozen base and its head; a "
+                  "lower --fine-tune-lr or fewer --fine-tune layers may do better")
+    return fit, frozen
+
+
 def unfreeze_top(base_model, n: int) -> int:
     from transfer.tf import keras
 

@@ -423,6 +423,12 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
             run += (f"<p class=\"warn\">{evaluation['training_images']} of the "
                     f"{evaluation.get('images')} images are this model's training images: the "
                     "accuracy on them overstates how it does on new photos.</p>")
+    tuned = (meta.get("training") or {}).get("fine_tune_result")
+    if tuned and not tuned.get("kept"):
+        run += (f"<p class=\"warn\">Fine-tuning was undone: it did not lower the validation "
+                f"loss ({_num(tuned['fine_tuned']['val_loss'])} against "
+                f"{_num(tuned['frozen']['val_loss'])} before it), so this model is the frozen "
+                "base with its head.</p>")
     if meta.get("settings"):
         run += ("<details open><summary>Resolved settings</summary><pre class=\"settings\">"
                 f"{_e(json.dumps(meta['settings'], indent=2, sort_keys=True))}</pre></details>")

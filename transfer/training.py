@@ -276,7 +276,7 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
         same_settings(run, cluster)
         same_files(run, cluster)
     built = phases.build_model(run, cluster)
-    feats = None
+    feats = validation = None
     chief = cluster is None or cluster.chief
     try:
         if run.use_cache:
@@ -299,7 +299,8 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
                                                       "fine-tune", settings.fine_tune_lr,
                                                       settings.fine_tune_epochs))
             else:
-                fit = fit.then(phases.fine_tune(run, built, reporter))
+                tuned, validation = phases.fine_tune_if_better(run, built, reporter, feats)
+                fit = fit.then(tuned)
         for name in pipelines.unmeasured(run) if chief else []:
             reporter.warn(f"class {name} has no usable validation image (its share of the split "
                           "held only damaged files, listed at the end): it is trained, but "
@@ -311,8 +312,9 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
             return TrainResult(None, {"workers": cluster.workers, "rank": cluster.rank},
                                fit.history)
         # after fine-tuning the base changed: the cached features are stale, the images rerun
-        validation = phases.final_validation(run, built,
-                                             None if settings.fine_tune > 0 else feats)
+        if validation is None:
+            validation = phases.final_validation(run, built,
+                                                 None if settings.fine_tune > 0 else feats)
     except BaseException:
         if cluster is None:  # a multi-worker run keeps its epoch checkpoints to resume
             shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
@@ -605,15 +607,19 @@ def data_meta(run: RunPlan) -> dict:
     return data
 
 
-def saved_epoch(history: dict) -> int:
+def saved_epoch(history: dict, fine_tune_kept: bool = True) -> int:
     """The epoch (1-based, over all phases) whose weights the bundle holds: the lowest
     validation loss of the last phase, which restores its own best epoch (fine-tuning's, not
-    an earlier head epoch that scored lower on other views); 1 without validation losses."""
+    an earlier head epoch that scored lower on other views), or of the phase before
+    fine-tuning when fine-tuning was not kept; 1 without validation losses."""
     losses = history.get("val_loss") or []
     phases = history.get("phase") or []
     if not losses:
         return 1
-    last = ([i for i, p in enumerate(phases) if p == phases[-1]]
+    chosen = phases[-1] if phases else None
+    if not fine_tune_kept:
+        chosen = next((p for p in phases if p != "fine-tune"), chosen)
+    last = ([i for i, p in enumerate(phases) if p == chosen]
             if phases and len(phases) == len(losses) else range(len(losses)))
     return min(last, key=lambda i: losses[i]) + 1
 
@@ -623,7 +629,8 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
     """meta.json of a transfer run (the common fields come from ``bundle.meta``)."""
     hp, base = run.settings, run.base
     val_losses = fit.history.get("val_loss", [])
-    best_index = saved_epoch(fit.history) - 1
+    tuned = fit.info.get("fine_tune_result")
+    best_index = saved_epoch(fit.history, tuned is None or tuned["kept"]) - 1
     accuracies = fit.history.get("val_accuracy") or []
     return bundle.meta(
         kind="transfer", class_names=run.names, image_size=run.size, channels=3,
@@ -659,6 +666,8 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
                   "class_weight": fit.info.get("class_weight"),
                   "fine_tune": hp.fine_tune, "fine_tune_lr": hp.fine_tune_lr,
                   "fine_tune_epochs": hp.fine_tune_epochs if hp.fine_tune else 0,
+                  # kept or not, with the frozen and the fine-tuned model's validation
+                  **({"fine_tune_result": tuned} if tuned else {}),
                   "distribute": hp.distribute, "replicas": built.replicas,
                   "custom_loop": fit.info.get("custom_loop")},
         data=data_meta(run),
