@@ -177,10 +177,11 @@ def test_a_fine_tuned_flipped_bundle_validates_as_it_predicts(tiny_split, mobile
     shutil.copytree(tiny_split, data, ignore=shutil.ignore_patterns(".cache"))
     result = train(HParams(data_dir=data, base="mobilenet", alpha=0.25, image_size=96,
                            epochs=3, batch_size=8, fine_tune=6, fine_tune_epochs=1,
-                           fine_tune_lr=1e-3, models_dir=tmp_path / "models",
+                           fine_tune_lr=1e-4, models_dir=tmp_path / "models",
                            output=tmp_path / "models/tuned"))
     meta = result.meta
     assert meta["test_time"]["flips"] and meta["training"]["fine_tune"] == 6
+    assert meta["training"]["fine_tune_result"]["kept"]  # the fine-tuned base is what is saved
     report = evaluate(result.bundle, output=tmp_path / "report").report
     assert report["loss"] == pytest.approx(meta["metrics"]["val_loss"], abs=1e-4)
     assert report["accuracy"] == pytest.approx(meta["metrics"]["val_accuracy"], abs=1e-6)
