@@ -220,6 +220,44 @@ def test_a_bundle_another_run_wrote_meanwhile_is_kept(small_bundle, tmp_path):
     assert not [p for p in target.parent.iterdir() if ".tmp-" in p.name]
 
 
+def test_a_bundle_replaced_while_it_is_read_is_read_again_whole(small_bundle, monkeypatch):
+    """evaluate (or predict) reading a bundle while `train --force` replaced it paired the
+    old meta.json (2 classes) with the new model (3 outputs): "the bundle is inconsistent".
+    Now a folder replaced during the read is read again: the new meta and the new model."""
+    old_model, meta = bundle.load(small_bundle)
+    three = classifier("scratch-seeds", 16, n_classes=3)
+    new_meta = {**meta, "class_names": ["a", "b", "c"], "seed": 7}
+    real, calls = bundle.load_keras, []
+
+    def replaced_meanwhile(path):  # the first read: meta.json read, then the folder replaced
+        calls.append(path)
+        if len(calls) == 1:
+            bundle.write(small_bundle, True, three, new_meta, {"loss": [1.0]})
+        return real(path)
+
+    monkeypatch.setattr(bundle, "load_keras", replaced_meanwhile)
+    model, loaded = bundle.load(small_bundle)
+    assert len(calls) == 2
+    assert loaded["class_names"] == ["a", "b", "c"] and loaded["seed"] == 7
+    assert model.output_shape == (None, 3)
+    # a folder replaced at every read: one error saying so, not a mix of two bundles
+    def always_replaced(path):
+        bundle.write(small_bundle, True, three, new_meta, {"loss": [1.0]})
+        return real(path)
+
+    monkeypatch.setattr(bundle, "load_keras", always_replaced)
+    with pytest.raises(TransferError, match="was replaced while it was read, three times"):
+        bundle.load(small_bundle)
+    # an ordinary error of an unchanged folder is raised at once, not retried
+    reads, read_meta = [], bundle.read_meta
+    monkeypatch.setattr(bundle, "read_meta", lambda path: reads.append(path) or read_meta(path))
+    (small_bundle / "meta.json").write_text("{")
+    with pytest.raises(TransferError, match="meta.json"):
+        bundle.load(small_bundle)
+    assert len(reads) == 1
+    assert old_model.output_shape == (None, 1)
+
+
 def test_text_files_are_utf8_under_an_ascii_locale(tmp_path):
     """A class or file name with an accent, written and read back with the C locale (a plain
     Windows console or a bare container): no UnicodeEncodeError, the same bytes everywhere."""

@@ -395,7 +395,36 @@ def _keras_file_problem(path: Path) -> str | None:
 
 
 def load(bundle: Path):
-    """(model, meta) of a bundle, loaded with Keras's safe_mode on and checked against meta."""
+    """(model, meta) of a bundle, loaded with Keras's safe_mode on and checked against meta.
+
+    meta.json and the model are read from one folder: a bundle replaced while it is read
+    (``train --force`` renames its new folder into place) is read again, whole, rather than
+    pairing the old meta.json with the new model ("the bundle is inconsistent")."""
+    for attempt in range(3):
+        before = _folder_identity(bundle)
+        try:
+            loaded = _load_once(bundle)
+        except Exception:
+            if attempt < 2 and _folder_identity(bundle) != before:
+                continue  # replaced meanwhile: the failure may be the mix of two bundles
+            raise
+        if _folder_identity(bundle) == before:
+            return loaded
+    raise TransferError(f"{bundle} was replaced while it was read, three times running; "
+                        "try again when its run has finished")
+
+
+def _folder_identity(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of the folder a path leads to now (None: nothing there): a bundle
+    replaced by a rename is another inode."""
+    try:
+        stat = os.stat(folder)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _load_once(bundle: Path):
     meta = read_meta(bundle)
     path = Path(bundle) / MODEL
     if not path.exists():
