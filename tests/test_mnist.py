@@ -274,6 +274,24 @@ def test_bad_inputs(mnist_dir, tmp_path):
         mnist.load("mnist", bad)
 
 
+def test_the_digits_given_as_fashion_mnist_are_refused(mnist_dir, tmp_path, monkeypatch):
+    """`mnist --dataset fashion --data <the digit files>` trained on digits and named them
+    "T-shirt/top", "Trouser", ...: the original MNIST labels are known, and refused there."""
+    for data in (mnist_dir, mnist_dir / "mnist.npz"):
+        with pytest.raises(TransferError, match="holds the MNIST digits, not Fashion-MNIST"):
+            mnist.load("fashion", data)
+        (_, y_train), (_, y_test) = mnist.load("mnist", data)
+        assert mnist.is_mnist_digits(y_train, y_test)
+        # other labels (one changed) are not the digits: Fashion-MNIST's own files pass
+        changed = y_train.copy()
+        changed[0] = (changed[0] + 1) % 10
+        assert not mnist.is_mnist_digits(changed, y_test)
+    monkeypatch.chdir(tmp_path)
+    cli = CliRunner().invoke(app, ["mnist", "--dataset", "fashion", "--data", str(mnist_dir)])
+    assert cli.exit_code == 1 and "holds the MNIST digits" in cli.output
+    assert "Traceback" not in cli.output and not (tmp_path / "models").exists()
+
+
 def test_a_file_that_is_no_npz_says_what_is_expected(mnist_dir, tmp_path):
     """numpy takes any file but a zip for a pickle and suggests loading it unsafely; --data
     says instead what the file should be, and loads no pickle."""

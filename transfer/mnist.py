@@ -9,6 +9,7 @@ confusion matrix, mistakes, the learned filters, real feature maps, and accuracy
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import struct
 import time
@@ -37,6 +38,11 @@ NOISE_SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.5)
 # what --data FILE must hold: the file keras.datasets.mnist.load_data() downloads
 NPZ_LAYOUT = ("a Keras mnist.npz, a zip of the .npy arrays x_train, y_train, x_test, y_test "
               "(uint8 images (N, 28, 28), labels (N,) 0-9)")
+
+# SHA-256 of the original MNIST labels as arrays (train, test): the same in the four IDX files
+# and in Keras's mnist.npz. Labels that match are the digits, whatever --dataset says.
+MNIST_LABELS_SHA256 = ("1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",
+                       "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5")
 
 
 @dataclass
@@ -76,7 +82,17 @@ def load(dataset: str = "mnist", data: Path | None = None):
         x_train, y_train, x_test, y_test = (arrays[k] for k in IDX_FILES)
     for x, y, split in ((x_train, y_train, "training"), (x_test, y_test, "test")):
         _check(x, y, split, data)
+    if dataset == "fashion" and data is not None and is_mnist_digits(y_train, y_test):
+        # trained, the bundle would name digits "T-shirt/top", "Trouser", ...
+        raise TransferError(f"{data} holds the MNIST digits, not Fashion-MNIST: use "
+                            "--dataset mnist, or pass the Fashion-MNIST files")
     return (x_train, y_train), (x_test, y_test)
+
+
+def is_mnist_digits(y_train: np.ndarray, y_test: np.ndarray) -> bool:
+    """Whether the labels are the original MNIST's, element for element."""
+    return tuple(hashlib.sha256(np.ascontiguousarray(y, np.uint8).tobytes()).hexdigest()
+                 for y in (y_train, y_test)) == MNIST_LABELS_SHA256
 
 
 def _read_npz(path: Path) -> dict:
