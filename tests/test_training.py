@@ -341,6 +341,25 @@ def test_fine_tuning_that_raises_the_validation_loss_is_undone(own_split, tmp_pa
     assert "Fine-tuning was undone" not in (plain.bundle / "report.html").read_text()
 
 
+def test_fine_tune_beyond_the_bases_layers_says_all_of_them(own_split, tmp_path):
+    """--fine-tune 5000 said "fine-tuning the top 5000 layers of MobileNet": it unfreezes every
+    layer the base has, and says so with the number it has."""
+    from transfer import bases
+
+    layers = len(bases.build(bases.get("mobilenet"), 48, alpha=0.25, weights="none").layers)
+    recorder = Recorder()
+    train(hp(own_split, tmp_path, output=tmp_path / "ft", fine_tune=5000, fine_tune_epochs=1,
+             epochs=1, augment=NO_AUGMENT), recorder)
+    said = [m for m in recorder.infos if m.startswith("fine-tuning ")]
+    assert said == [f"fine-tuning all {layers} layers of MobileNet (27 trainable, "
+                    "BatchNormalization frozen; --fine-tune 5000 is more than it has)"]
+    recorder = Recorder()
+    train(hp(own_split, tmp_path, output=tmp_path / "ft3", fine_tune=3, fine_tune_epochs=1,
+             epochs=1, augment=NO_AUGMENT), recorder)
+    assert [m for m in recorder.infos if m.startswith("fine-tuning ")] == [
+        "fine-tuning the top 3 layers of MobileNet (1 trainable, BatchNormalization frozen)"]
+
+
 def easy_two_class_set(root: Path, n_train: int = 16, n_val: int = 8) -> Path:
     """Reddish vs bluish noisy squares: a set any learner separates."""
     rng = np.random.default_rng(0)

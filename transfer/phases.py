@@ -670,8 +670,12 @@ def fine_tune(plan: RunPlan, built: Built, reporter: Reporter) -> Fit:
     to end with ``--fine-tune-lr``."""
     hp = plan.settings
     unfrozen = unfreeze_top(built.base_model, hp.fine_tune)
-    reporter.info(f"fine-tuning the top {hp.fine_tune} layers of {plan.base.keras_class} "
-                  f"({unfrozen} trainable, BatchNormalization frozen)")
+    layers = len(built.base_model.layers)
+    which = f"the top {hp.fine_tune}" if hp.fine_tune < layers else f"all {layers}"
+    more = (f"; --fine-tune {hp.fine_tune} is more than it has" if hp.fine_tune > layers
+            else "")
+    reporter.info(f"fine-tuning {which} layers of {plan.base.keras_class} "
+                  f"({unfrozen} trainable, BatchNormalization frozen{more})")
     return fit_end_to_end(plan, built, reporter, "fine-tune", hp.fine_tune_lr,
                           hp.fine_tune_epochs)
 
