@@ -3,6 +3,7 @@ equal to each bundle's own metrics), compare.png and the page; genuine MobileNet
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 
@@ -56,6 +57,7 @@ def test_compare_json_holds_each_bundles_own_metrics(compared):
     assert data["runs"] == compared.runs
     for run, row in data["runs"].items():
         meta = json.loads((compared.output / run / "meta.json").read_text())
+        assert row["feature_cache"] == meta["feature_cache"]
         assert row["bundle"] == str(compared.output / run)
         assert row["val_accuracy"] == meta["metrics"]["val_accuracy"]
         assert row["val_loss"] == meta["metrics"]["val_loss"]
@@ -118,6 +120,27 @@ def test_a_comparison_replaced_then_interrupted_leaves_no_stale_compare_json(
                        r"meta.json .* nor compare.json \(a comparison, written when all its "
                        r"runs are done\): report one of them"):
         write_report(out)
+
+
+def test_a_new_comparison_stopped_before_any_bundle_leaves_no_empty_folder(
+        tiny_split, mobilenet_weights, tmp_path, monkeypatch):
+    """Ctrl-C in the first run of a new comparison left its (empty) output folder behind;
+    the folders compare made go again, and a folder the user had made is kept."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("transfer.training.train", interrupted)
+    out = tmp_path / "new" / "runs"
+    with pytest.raises(KeyboardInterrupt):
+        compare(CompareSettings(data_dir=tiny_split, output=out, runs=["scratch", "frozen"]),
+                overrides=TINY)
+    assert not (tmp_path / "new").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        compare(CompareSettings(data_dir=tiny_split, output=mine, runs=["scratch", "frozen"]),
+                overrides=TINY)
+    assert mine.is_dir()
 
 
 def test_an_existing_bundle_is_refused_before_any_run_trains(tiny_split, tmp_path):
@@ -204,12 +227,15 @@ def test_a_fine_tuned_run_whose_fine_tuning_was_undone_says_so(tmp_path, monkeyp
     row = {"val_accuracy": 0.93, "val_loss": 0.21, "per_class_f1": {"a": 0.9},
            "seconds": 3.0, "parameters_trained": 10, "bundle": "x/fine-tuned"}
     data = {"data_dir": "d", "seed": 1, "base": "mobilenet", "alpha": 0.25,
-            "runs": {"frozen": dict(row, bundle="x/frozen"),
-                     "fine-tuned": dict(row, fine_tune_result=tuned)}}
+            "runs": {"frozen": dict(row, bundle="x/frozen", feature_cache="miss"),
+                     "fine-tuned": dict(row, fine_tune_result=tuned, feature_cache="hit")}}
     said = ("fine-tuned: fine-tuning did not lower the validation loss (0.3500 against 0.2100 "
             "before it), so this run kept its frozen base and head")
-    assert cmp.notes(data) == [said]
-    assert said in render_section(data)
+    # its head trained on the frozen run's features, read from the cache: its time says so
+    cached = ("fine-tuned: the features were read from the cache (an earlier run computed them "
+              "on these photos), so the seconds leave out the base's pass over the photos")
+    assert cmp.notes(data) == [cached, said]
+    assert said in render_section(data) and html.escape(cached) in render_section(data)
     kept = dict(data, runs={"fine-tuned": dict(row, fine_tune_result=dict(tuned, kept=True))})
     assert cmp.notes(kept) == [] and "did not lower" not in render_section(kept)
     import matplotlib.axes
@@ -223,6 +249,7 @@ def test_a_fine_tuned_run_whose_fine_tuning_was_undone_says_so(tmp_path, monkeyp
     monkeypatch.setattr(matplotlib.axes.Axes, "bar_label", spy)
     cmp.plot(data, tmp_path / "c.png")
     assert seen[0] == ["0.930", "0.930\n(fine-tuning undone)"]
+    assert seen[1] == ["3 s", "3 s\n(cached features)"]
 
 
 def test_an_output_inside_the_photo_folder_is_refused_before_any_run(tmp_path):

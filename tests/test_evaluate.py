@@ -89,6 +89,24 @@ def test_default_folder_reproduces_the_training_metrics(trained_bundle, tmp_path
     assert "precision" in cli.output and "ROC AUC" in cli.output
 
 
+def test_the_confusion_title_names_the_bundle_not_latest(trained_bundle, small_split,
+                                                         tmp_path, monkeypatch):
+    """Evaluated through models/latest, confusion.png was titled "latest on ...": a name
+    that moves on to the next bundle. It names the bundle the link leads to."""
+    from transfer import plots
+
+    bundle_dir = tmp_path / "mobilenet-20261205-120000"
+    shutil.copytree(trained_bundle.bundle, bundle_dir)
+    (tmp_path / "latest").symlink_to(bundle_dir.name)
+    titles, real = [], plots.confusion
+    monkeypatch.setattr(plots, "confusion", lambda matrix, names, path, title="": (
+        titles.append(title), real(matrix, names, path, title))[1])
+    evaluate(tmp_path / "latest", data_dir=small_split / "test", output=tmp_path / "a")
+    evaluate(bundle_dir, data_dir=small_split / "test", output=tmp_path / "b")
+    assert [t.split(" on ")[0] for t in titles] == [bundle_dir.name] * 2
+    assert titles[0] == titles[1]
+
+
 def test_evaluate_errors(trained_bundle, small_split, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(trained_bundle.bundle, copy)

@@ -205,6 +205,13 @@ def check_output_place(output: Path) -> None:
                             "outside it")
 
 
+def shown_name(folder: Path) -> str:
+    """A bundle's name in titles: its folder's, or for ``models/latest`` (a link that moves
+    on) and ".", the name of the folder it is now."""
+    folder = Path(folder)
+    return folder.resolve().name if folder.name in ("", ".", LATEST) else folder.name
+
+
 def update_latest(target: Path) -> None:
     """Point ``<models>/latest`` at ``target`` (a relative symlink, replaced atomically)."""
     target = Path(target)

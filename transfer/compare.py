@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.errors import TransferError
-from transfer.files import replacing, write_json
+from transfer.files import new_folders_kept_on_success, replacing, write_json
 from transfer.progress import Reporter
 from transfer.settings import CompareSettings, TrainSettings
 
@@ -117,7 +117,7 @@ def compare(settings: CompareSettings, reporter: Reporter | None = None,
         TransferError: a bad setting, an existing comparison or bundle without ``force``, or
             whatever ``train`` refuses (missing folders, unreadable images, ...).
     """
-    from transfer.training import plan, train
+    from transfer.training import plan
 
     settings = settings.validated()
     reporter = reporter or Reporter()
@@ -131,27 +131,8 @@ def compare(settings: CompareSettings, reporter: Reporter | None = None,
     # the validation images every run is scored on (one seed: one split for all runs)
     first = plan(planned[settings.runs[0]].validated())
     validation = [(sample.path, sample.label) for sample in first.usable("validate")]
-    out.mkdir(parents=True, exist_ok=True)
-    # a comparison being replaced (--force) stops claiming to be whole before its first bundle
-    # is replaced: interrupted, the folder holds no compare.json describing other bundles, nor
-    # the picture and page drawn from it
-    if (out / COMPARE_JSON).is_file():
-        from transfer.report import made_by_transfer
-
-        (out / COMPARE_JSON).unlink()
-        (out / COMPARE_PNG).unlink(missing_ok=True)
-        if (out / COMPARE_HTML).is_file() and made_by_transfer(out / COMPARE_HTML):
-            (out / COMPARE_HTML).unlink()
-    rows, histories = {}, {}
-    for run, train_settings in planned.items():
-        reporter.info(f"compare: {run}: {DESCRIPTIONS[run]}")
-        started = time.perf_counter()
-        result = train(train_settings, reporter=reporter)
-        seconds = time.perf_counter() - started
-        rows[run] = row_of(run, result, seconds, validation, reporter)
-        histories[run] = result.history
-        if overrides.get(run):
-            rows[run]["overrides"] = {k: str(v) for k, v in overrides[run].items()}
+    with new_folders_kept_on_success(out):  # stopped before a bundle landed: no empty folder
+        rows, histories = _train_runs(out, planned, validation, overrides, reporter)
     data = {
         "schema_version": SCHEMA_VERSION,
         "kind": "transfer-compare",
@@ -173,6 +154,34 @@ def compare(settings: CompareSettings, reporter: Reporter | None = None,
         Path(tmp).write_text(render_page(data, out), encoding="utf-8")
     write_json(out / COMPARE_JSON, data)  # last: its presence means the comparison is whole
     return CompareResult(out, rows, data)
+
+
+def _train_runs(out: Path, planned: dict, validation: list, overrides: dict,
+                reporter: Reporter) -> tuple[dict, dict]:
+    """Train each planned run in turn: (compare.json's rows, the runs' histories)."""
+    from transfer.training import train
+
+    # a comparison being replaced (--force) stops claiming to be whole before its first bundle
+    # is replaced: interrupted, the folder holds no compare.json describing other bundles, nor
+    # the picture and page drawn from it
+    if (out / COMPARE_JSON).is_file():
+        from transfer.report import made_by_transfer
+
+        (out / COMPARE_JSON).unlink()
+        (out / COMPARE_PNG).unlink(missing_ok=True)
+        if (out / COMPARE_HTML).is_file() and made_by_transfer(out / COMPARE_HTML):
+            (out / COMPARE_HTML).unlink()
+    rows, histories = {}, {}
+    for run, train_settings in planned.items():
+        reporter.info(f"compare: {run}: {DESCRIPTIONS[run]}")
+        started = time.perf_counter()
+        result = train(train_settings, reporter=reporter)
+        seconds = time.perf_counter() - started
+        rows[run] = row_of(run, result, seconds, validation, reporter)
+        histories[run] = result.history
+        if overrides.get(run):
+            rows[run]["overrides"] = {k: str(v) for k, v in overrides[run].items()}
+    return rows, histories
 
 
 def row_of(run: str, result, seconds: float, validation: list, reporter: Reporter) -> dict:
@@ -201,6 +210,8 @@ def row_of(run: str, result, seconds: float, validation: list, reporter: Reporte
         "validation_images": evaluation["images"],
         "seconds": round(seconds, 3),
         "training_seconds": timings.get("total_seconds"),
+        # "hit": the base's pass over the photos was an earlier run's, read from the cache
+        "feature_cache": meta.get("feature_cache"),
         "parameters_trained": trainable_parameters(classifier.model),
         "parameters_total": int(classifier.model.count_params()),
         # fine-tuning kept, or undone because it did not lower the validation loss
@@ -209,9 +220,16 @@ def row_of(run: str, result, seconds: float, validation: list, reporter: Reporte
 
 
 def notes(data: dict) -> list[str]:
-    """What a reader of the table must know besides its numbers: a fine-tuned run whose
-    fine-tuning was undone holds the frozen run's model."""
+    """What a reader of the table must know besides its numbers: runs whose seconds leave
+    out the feature pass (a cache hit), a fine-tuned run whose fine-tuning was undone (it holds
+    the frozen run's model)."""
     said = []
+    cached = [name for name, row in (data.get("runs") or {}).items()
+              if row.get("feature_cache") == "hit"]
+    if cached:
+        said.append(f"{', '.join(cached)}: the features were read from the cache (an earlier "
+                    "run computed them on these photos), so the seconds leave out the base's "
+                    "pass over the photos")
     for name, row in (data.get("runs") or {}).items():
         tuned = row.get("fine_tune_result")
         if tuned and not tuned.get("kept"):
@@ -276,7 +294,8 @@ def plot(data: dict, path: Path) -> Path:
     seconds = [runs[n]["seconds"] for n in names]
     bars = axes[1].bar(names, seconds, color=colour)
     axes[1].set_ylabel("seconds (the whole run)")
-    axes[1].bar_label(bars, labels=[f"{s:.0f} s" for s in seconds])
+    axes[1].bar_label(bars, labels=[f"{s:.0f} s" + ("\n(cached features)" if runs[n].get(
+        "feature_cache") == "hit" else "") for s, n in zip(seconds, names, strict=True)])
     for ax in axes[:2]:
         ax.grid(axis="y", alpha=0.3)
     ax = axes[2]

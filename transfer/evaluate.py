@@ -361,7 +361,8 @@ def _evaluate(s: EvaluateSettings, reporter: Reporter, classifier: BundleClassif
     with contextlib.ExitStack() as stack:  # all four are renamed into place, or none
         tmp = {name: stack.enter_context(replacing(output / name)) for name in OUTPUTS}
         plots.confusion(matrix, names, tmp["confusion.png"],
-                        title=f"{model.name} on {shown}: accuracy {report['accuracy']:.4f}")
+                        title=f"{bundle.shown_name(model)} on {shown}: accuracy "
+                              f"{report['accuracy']:.4f}")
         plots.image_grid([thumbs[i] for i in wrong],
                          [f"true {names[y[i]]}\npred {names[predicted[i]]} "
                           f"{probs[i, predicted[i]]:.2f}" for i in wrong],

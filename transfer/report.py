@@ -378,7 +378,7 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
     meta = meta or {}
     names = list(meta.get("class_names") or (evaluation or {}).get("class_names") or [])
     metrics = meta.get("metrics") or {}
-    title = folder.resolve().name if folder.name in ("", ".", "latest") else folder.name
+    title = bundle.shown_name(folder)
     parts: list[str] = []
 
     # ---- summary
