@@ -217,6 +217,9 @@ def test_the_section_renders_without_a_picture():
         "seconds": 3.2, "parameters_trained": 1234, "bundle": "x/frozen"}}}
     text = render_section(data)
     assert "F1 a" in text and "1,234" in text and "<img" not in text
+    assert "<h2>Frozen</h2>" in text  # the runs it holds, not all three by name
+    two = dict(data, runs={"scratch": data["runs"]["frozen"], **data["runs"]})
+    assert "<h2>Scratch, frozen</h2>" in render_section(two)
 
 
 def test_a_fine_tuned_run_whose_fine_tuning_was_undone_says_so(tmp_path, monkeypatch):

@@ -361,7 +361,8 @@ def render_section(data: dict, png: Path | None = None) -> str:
                    "<figcaption>accuracy and time per run; validation (solid) and training "
                    "(dotted) accuracy per epoch</figcaption></figure>")
     said = "".join(f'<p class="warn">{e(note)}</p>' for note in notes(data))
-    return (f'<section id="compare"><h2>Scratch, frozen, fine-tuned</h2>'
+    title = ", ".join(runs).capitalize() or "Comparison"  # the runs it holds, in order
+    return (f'<section id="compare"><h2>{e(title)}</h2>'
             f"<p>The same split of {e(data.get('data_dir'))}, the same seed "
             f"({e(data.get('seed'))}).</p>{table}{said}{picture}</section>")
 
