@@ -386,6 +386,10 @@ def test_the_cnn_from_scratch_learns(tmp_path, base, tail):
                            output=tmp_path / "s"))
     meta, history = result.meta, result.history
     assert meta["feature_cache"] == "off" and meta["keras_class"] == "scratch CNN"
+    # the CNN's whole fit is training time (it was filed as "head_training_seconds")
+    t = meta["timings"]
+    assert t["feature_extraction_seconds"] == 0 and "head_training_seconds" not in t
+    assert 0 < t["training_seconds"] <= t["total_seconds"]
     assert history["loss"][-1] < history["loss"][0] * 0.5, history["loss"]
     assert meta["metrics"]["val_accuracy"] >= 0.9, meta["metrics"]
     model, _ = bundle.load(result.bundle)

@@ -511,7 +511,7 @@ def train_cmd(
     speed = (f", base {t['base_images_per_second']} images/s"
              if t.get("base_images_per_second") else "")
     out.print(f"feature cache: {result.meta['feature_cache']}; features "
-              f"{t['feature_extraction_seconds']:.1f} s, training {t['head_training_seconds']:.1f}"
+              f"{t['feature_extraction_seconds']:.1f} s, training {t['training_seconds']:.1f}"
               f" s, total {t['total_seconds']:.1f} s{speed}", highlight=False)
     engine, head = result.meta.get("engine") or {}, result.meta.get("head") or {}
     if engine.get("name"):

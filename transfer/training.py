@@ -61,7 +61,7 @@ class Timings:
         speed = (round(self.base_images / self.feature_extraction, 2)
                  if self.feature_extraction > 0 else None)
         return {"feature_extraction_seconds": round(self.feature_extraction, 3),
-                "head_training_seconds": round(self.training, 3),
+                "training_seconds": round(self.training, 3),  # every fit
                 "total_seconds": round(self.total, 3),
                 "base_images_per_second": speed}
 
