@@ -23,6 +23,25 @@ def test_help_lists_every_command():
         assert name in result.output
 
 
+def test_train_help_gives_each_recipes_defaults():
+    """train --help said "24 from scratch" for --epochs, but scratch-seeds runs its own
+    recipe (10 epochs), and called scratch "The ImageNet base"."""
+    import re
+
+    from transfer.settings import RECIPES
+
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    text = re.sub(r"[\s│]+", " ", result.output)
+    for option, key in (("epochs", "epochs"), ("learning rate", "learning_rate"),
+                        ("patience", "patience")):
+        r = {name: values[key] for name, values in RECIPES.items()}
+        assert (f"[default: {r['frozen']} with a frozen base, {r['scratch']} from scratch "
+                f"({r['scratch-seeds']} for scratch-seeds)]") in text, option
+    assert "The pretrained ImageNet base, or scratch /" in text
+    assert "scratch-seeds: a small CNN from scratch (see transfer bases)" in text
+
+
 def test_version():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and __version__ in result.output

@@ -46,7 +46,11 @@ _FROZEN, _SCRATCH = S.RECIPES["frozen"], S.RECIPES["scratch"]
 
 
 def _recipe_default(key: str) -> str:
-    return (f"\\[default: {_FROZEN[key]} with a frozen base, {_SCRATCH[key]} from scratch]")
+    """The defaults of a recipe setting, each recipe named (settings.RECIPES)."""
+    others = [f"{values[key]} for {name}" for name, values in S.RECIPES.items()
+              if name not in ("frozen", "scratch")]
+    return (f"\\[default: {_FROZEN[key]} with a frozen base, {_SCRATCH[key]} from scratch"
+            + "".join(f" ({other})" for other in others) + "]")
 Invert = Literal[S.INVERT]
 MnistDataset = Literal[S.MNIST_DATASETS]
 MnistArch = Literal[S.MNIST_ARCHS]
@@ -358,7 +362,9 @@ DATA, BASE, AUG, HEAD, FINE, RUN = ("Data", "Base", "Augmentation", "Head and tr
     "transfer train --data-dir data --output models/cats-vs-dogs --force",
 ])
 def train_cmd(
-    base: Annotated[BaseName, typer.Option(help="The ImageNet base (see transfer bases).",
+    base: Annotated[BaseName, typer.Option(help="The pretrained ImageNet base, or scratch / "
+                                           "scratch-seeds: a small CNN from scratch (see "
+                                           "transfer bases).",
                                            rich_help_panel=BASE)] = _T.base,
     alpha: Annotated[float, typer.Option(help="MobileNet width: 1.0, 0.75, 0.5 or 0.25.",
                                          rich_help_panel=BASE)] = _T.alpha,
