@@ -300,6 +300,69 @@ def test_streamed_upload_over_the_limit_on_a_real_server(models_dir):
             assert http.get(url + "api/health").status_code == 200
 
 
+def _raw_upload(url: str, framing: str, megabytes: int) -> tuple[bytes, str | None]:
+    """POST ``megabytes`` of multipart body over a plain socket, as curl or a browser sends
+    it (``framing``: "chunked", "length", or "expect": a length and Expect: 100-continue),
+    then read the answer: (what the server said, the error sending met or None)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    head = (b'--b\r\nContent-Disposition: form-data; name="files"; filename="big.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n")
+    piece, pieces, tail = b"\xff" * 65536, megabytes * 16, b"\r\n--b--\r\n"
+    length = len(head) + len(piece) * pieces + len(tail)
+    lines = [f"POST {where.path}api/predict HTTP/1.1", f"Host: {where.netloc}",
+             "Content-Type: multipart/form-data; boundary=b"]
+    lines += (["Transfer-Encoding: chunked"] if framing == "chunked" else
+              [f"Content-Length: {length}"] + (["Expect: 100-continue"]
+                                                 if framing == "expect" else []))
+    said, error = b"", None
+    with socket.create_connection((where.hostname, where.port), timeout=30) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        try:
+            if framing == "expect":  # curl waits (up to 1 s) for the server's word first
+                sock.settimeout(5)
+                said = sock.recv(65536)
+                if said.startswith(b"HTTP/1.1 413"):
+                    return said + _read_rest(sock), None
+            for part in [head] + [piece] * pieces + [tail]:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(part), part) if framing == "chunked"
+                             else part)
+            if framing == "chunked":
+                sock.sendall(b"0\r\n\r\n")
+        except OSError as exc:
+            error = type(exc).__name__
+        try:
+            said += _read_rest(sock)
+        except OSError as exc:
+            error = error or type(exc).__name__
+    return said, error
+
+
+def _read_rest(sock) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("framing", ["chunked", "length", "expect"])
+def test_an_upload_over_the_limit_gets_its_413_not_a_reset(models_dir, framing):
+    """curl -H "Transfer-Encoding: chunked" -F files=@big.bin printed "Connection reset by
+    peer": the server answered 413 and closed while curl was still sending. The body is now
+    read and dropped first (bounded), so the client reads the 413; a client that waits for
+    100 Continue gets the 413 at once and sends nothing."""
+    settings = ServeSettings(models_dir=models_dir, port=0, max_upload_mb=0.5)
+    with serve.serving(settings) as url:
+        said, error = _raw_upload(url, framing, 40)  # 40 MB: far past the socket buffers
+        assert error is None, (error, said[:200])
+        assert said.startswith(b"HTTP/1.1 413"), said[:200]
+        assert b"the limit is 0.5 MB per request" in said
+        with httpx.Client(timeout=30) as http:
+            assert http.get(url + "api/health").status_code == 200
+
+
 def test_binding_all_interfaces_warns(models_dir, monkeypatch):
     real_bind = serve._bind
     monkeypatch.setattr(serve, "_bind", lambda host, port: real_bind("127.0.0.1", 0))

@@ -69,6 +69,10 @@ GRACE_SECONDS = 8.0  # on Ctrl-C or SIGTERM: what requests in progress get to fi
 DISCONNECT_POLL = 0.5  # seconds between checks that a waiting request's client is still there
 ALL_INTERFACES = ("0.0.0.0", "::", "", "[::]", "*")
 SHOWN_SIDE = 384  # px: the longest side of the picture in an explain PNG
+# an upload over the limit is read to its end (and dropped) before the 413, up to this much
+# more and this long: a client still sending when the server closes gets a reset, not the 413
+DRAIN_MB = 64
+DRAIN_SECONDS = 10.0
 PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
                "style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; "
                "base-uri 'none'; frame-ancestors 'self'")
@@ -511,7 +515,12 @@ class _TooLarge(Exception):
 
 class BodyLimit:
     """ASGI middleware: a request body over ``limit`` bytes gets 413 (by its Content-Length
-    at once, or while it streams)."""
+    at once, or while it streams).
+
+    The client gets to read the 413: the rest of the body is read and dropped first (up to
+    ``DRAIN_MB`` more, for ``DRAIN_SECONDS``). Closing on a client still sending resets the
+    connection, and curl or a browser then reports "connection reset", not the 413. A client
+    that waits for "100 Continue" before sending gets the 413 at once instead."""
 
     def __init__(self, app, limit_mb: float):
         self.app = app
@@ -521,14 +530,15 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        for key, value in scope.get("headers", []):
-            if key == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    length = 0
-                if length > self.limit:
-                    return await self._refuse(send)
+        headers = dict(scope.get("headers", []))
+        try:
+            length = int(headers.get(b"content-length", 0))
+        except ValueError:
+            length = 0
+        if length > self.limit:
+            if headers.get(b"expect", b"").lower() != b"100-continue":  # the body is coming
+                await self._drain(receive, 0)
+            return await self._refuse(send)
         seen = 0
         state = {"over": False, "started": False}
 
@@ -539,6 +549,8 @@ class BodyLimit:
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     state["over"] = True
+                    if message.get("more_body", False):
+                        await self._drain(receive, 0)
                     raise _TooLarge()
             return message
 
@@ -559,6 +571,24 @@ class BodyLimit:
             if not state["started"]:
                 state["started"] = True
                 await self._refuse(send)
+
+    @staticmethod
+    async def _drain(receive, read: int) -> None:
+        """Read the rest of a request body and drop it, within DRAIN_MB and DRAIN_SECONDS."""
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while read <= DRAIN_MB * 2**20:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                message = await asyncio.wait_for(receive(), left)
+            except TimeoutError:
+                return
+            if message["type"] != "http.request":
+                return  # the client went away
+            read += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
 
     async def _refuse(self, send):
         body = json.dumps({"detail": f"upload too large: the limit is {self.limit_mb:g} MB per "
