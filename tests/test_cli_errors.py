@@ -221,6 +221,33 @@ def test_bad_option_fails_before_tensorflow_loads():
     assert probe.stdout.strip() == "False", probe.stderr
 
 
+def test_verbose_works_before_or_after_the_command(tmp_path):
+    """`transfer evaluate ... --verbose` was refused ("No such option"): --verbose was read
+    before the command only. Either place now shows the traceback above the one error line;
+    without it, the line alone."""
+    from transfer.cli import hoisted_verbose
+
+    def run(*args):
+        result = subprocess.run([sys.executable, "-m", "transfer", *args], capture_output=True,
+                                text=True, cwd=REPO, timeout=60,
+                                env={**os.environ, "COLUMNS": "100"})
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"error: no model bundle at {tmp_path / 'none'}: train one with `transfer train`")
+        return result.stderr
+
+    model = ["--model", str(tmp_path / "none")]
+    assert "Traceback" not in run("evaluate", *model)
+    for args in (["--verbose", "evaluate", *model], ["evaluate", *model, "--verbose"],
+                 ["evaluate", "-v", *model]):
+        assert "Traceback" in run(*args), args
+    assert hoisted_verbose(["train", "--epochs", "3", "-v"]) == ["--verbose", "train",
+                                                                 "--epochs", "3"]
+    assert hoisted_verbose(["-v", "bases"]) == ["-v", "bases"]
+    assert hoisted_verbose(["predict", "--", "-v"]) == ["predict", "--", "-v"]  # a file "-v"
+    assert hoisted_verbose(["--help"]) == ["--help"]
+
+
 def test_every_command_help_has_examples():
     for name in ("fetch-data", "bases", "train", "predict", "evaluate", "explain", "export",
                  "mnist", "serve", "report", "compare"):

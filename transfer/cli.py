@@ -3,7 +3,8 @@
 Every option's default comes from the command's settings dataclass (transfer/settings.py), and
 every option is checked by that class's ``validated()`` before TensorFlow is imported, so a bad
 option fails at once with one line. Errors are one red line and exit code 1 (usage errors 2);
-``transfer --verbose`` shows TensorFlow's log and full tracebacks.
+``transfer --verbose`` (or ``--verbose`` after the command) shows TensorFlow's log and full
+tracebacks.
 """
 
 from __future__ import annotations
@@ -1100,10 +1101,25 @@ def report_cmd(
     out.print(f"wrote {path}", highlight=False)
 
 
+def hoisted_verbose(args: list[str]) -> list[str]:
+    """``args`` with a ``--verbose``/``-v`` given after the command moved before it, where the
+    top-level option is read (``transfer train --verbose`` as ``transfer --verbose train``);
+    nothing after a ``--`` is touched."""
+    args = list(args)
+    command = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+    if command is None:
+        return args
+    end = args.index("--") if "--" in args[command:] else len(args)
+    flags = [i for i in range(command + 1, end) if args[i] in ("--verbose", "-v")]
+    for i in reversed(flags):
+        del args[i]
+    return ["--verbose"] * bool(flags) + args
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
-        app(prog_name="transfer")
+        app(args=hoisted_verbose(sys.argv[1:]), prog_name="transfer")
     except SystemExit as exc:
         _leave_cluster(exc.code)
         if exc.code in (130, 143) and "tensorflow" in sys.modules:
