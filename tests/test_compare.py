@@ -235,8 +235,9 @@ def test_a_fine_tuned_run_whose_fine_tuning_was_undone_says_so(tmp_path, monkeyp
     said = ("fine-tuned: fine-tuning did not lower the validation loss (0.3500 against 0.2100 "
             "before it), so this run kept its frozen base and head")
     # its head trained on the frozen run's features, read from the cache: its time says so
-    cached = ("fine-tuned: the features were read from the cache (an earlier run computed them "
-              "on these photos), so the seconds leave out the base's pass over the photos")
+    cached = ("fine-tuned: the features the head trained on were read from the cache (an "
+              "earlier run computed them on these photos), so the seconds leave out that pass of "
+              "the base over the photos")
     assert cmp.notes(data) == [cached, said]
     assert said in render_section(data) and html.escape(cached) in render_section(data)
     kept = dict(data, runs={"fine-tuned": dict(row, fine_tune_result=dict(tuned, kept=True))})

@@ -7,6 +7,7 @@ miss or hit never depends on which test ran before."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -339,6 +340,23 @@ def test_fine_tuning_that_raises_the_validation_loss_is_undone(own_split, tmp_pa
                "keeps the frozen base" in w for w in recorder.warnings), recorder.warnings
     assert "Fine-tuning was undone" in (tuned.bundle / "report.html").read_text()
     assert "Fine-tuning was undone" not in (plain.bundle / "report.html").read_text()
+
+
+@pytest.mark.parametrize(("frozen_loss", "tuned_loss", "kept"), [
+    (math.nan, 0.6, True),  # a NaN head is no model to go back to
+    (0.5, math.nan, False),  # a NaN after fine-tuning is never kept
+    (0.5, 0.5, False),  # a tie keeps the frozen model: fine-tuning must lower the loss
+])
+def test_what_a_non_finite_or_tied_loss_keeps(own_split, tmp_path, monkeypatch, frozen_loss,
+                                              tuned_loss, kept):
+    """The rule on its edges: the frozen and the fine-tuned model's measures are given."""
+    measures = iter([phases.Validation(frozen_loss, 0.5), phases.Validation(tuned_loss, 0.5)])
+    monkeypatch.setattr(phases, "final_validation", lambda *a: next(measures))
+    result = train(hp(own_split, tmp_path, output=tmp_path / "ft", fine_tune=3,
+                      fine_tune_epochs=1, epochs=1, augment=NO_AUGMENT))
+    assert result.meta["training"]["fine_tune_result"]["kept"] is kept
+    assert result.meta["metrics"]["val_loss"] == pytest.approx(
+        tuned_loss if kept else frozen_loss, nan_ok=True)
 
 
 def test_fine_tune_beyond_the_bases_layers_says_all_of_them(own_split, tmp_path):

@@ -209,7 +209,7 @@ def row_of(run: str, result, seconds: float, validation: list, reporter: Reporte
         "evaluated_accuracy": evaluation["accuracy"],
         "validation_images": evaluation["images"],
         "seconds": round(seconds, 3),
-        "training_seconds": timings.get("total_seconds"),
+        "train_total_seconds": timings.get("total_seconds"),  # train's own, in meta.json
         # "hit": the base's pass over the photos was an earlier run's, read from the cache
         "feature_cache": meta.get("feature_cache"),
         "parameters_trained": trainable_parameters(classifier.model),
@@ -227,9 +227,9 @@ def notes(data: dict) -> list[str]:
     cached = [name for name, row in (data.get("runs") or {}).items()
               if row.get("feature_cache") == "hit"]
     if cached:
-        said.append(f"{', '.join(cached)}: the features were read from the cache (an earlier "
-                    "run computed them on these photos), so the seconds leave out the base's "
-                    "pass over the photos")
+        said.append(f"{', '.join(cached)}: the features the head trained on were read from "
+                    "the cache (an earlier run computed them on these photos), so the seconds "
+                    "leave out that pass of the base over the photos")
     for name, row in (data.get("runs") or {}).items():
         tuned = row.get("fine_tune_result")
         if tuned and not tuned.get("kept"):

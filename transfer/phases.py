@@ -680,21 +680,23 @@ def fine_tune(plan: RunPlan, built: Built, reporter: Reporter) -> Fit:
                           hp.fine_tune_epochs)
 
 
-def fine_tune_if_better(plan: RunPlan, built: Built, reporter: Reporter,
-                        feats: Features | None) -> tuple[Fit, Validation]:
+def fine_tune_if_better(plan: RunPlan, built: Built,
+                        reporter: Reporter) -> tuple[Fit, Validation]:
     """``fine_tune``, kept only if it lowered the validation loss.
 
     Fine-tuning selects its best epoch among its own epochs, so it can end worse than the
     frozen-base model it started from (too high a rate, too few photos). Both models are
-    measured as ``final_validation`` measures the saved one (the frozen one from the cached
-    features when there are some); if fine-tuning did not lower the loss, the frozen-base
-    weights are restored and the run says so. Returns the fit (its "fine_tune_result" info
-    records both measures) and the validation of the model kept."""
-    frozen = final_validation(plan, built, feats)
+    measured alike, as ``final_validation`` measures the saved one: the validation images
+    through TensorFlow (not the cached features, which another engine may have computed, so
+    that a near tie is not decided by engine noise). If fine-tuning did not lower the loss, the
+    frozen-base weights are restored and the run says so. Returns the fit (its
+    "fine_tune_result" info records both measures) and the validation of the model kept."""
+    frozen = final_validation(plan, built, None)
     kept = [(v, np.array(v)) for v in built.core.weights]  # base and head, as they are now
     fit = fine_tune(plan, built, reporter)
     tuned = final_validation(plan, built, None)  # the base changed: the images rerun
-    better = math.isfinite(tuned.loss) and tuned.loss < frozen.loss
+    better = math.isfinite(tuned.loss) and (not math.isfinite(frozen.loss)
+                                            or tuned.loss < frozen.loss)
     fit.info["fine_tune_result"] = {
         "kept": better, "chosen_by": "validation loss",
         "frozen": {"val_loss": frozen.loss, "val_accuracy": frozen.accuracy},

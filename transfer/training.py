@@ -299,7 +299,7 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
                                                       "fine-tune", settings.fine_tune_lr,
                                                       settings.fine_tune_epochs))
             else:
-                tuned, validation = phases.fine_tune_if_better(run, built, reporter, feats)
+                tuned, validation = phases.fine_tune_if_better(run, built, reporter)
                 fit = fit.then(tuned)
         for name in pipelines.unmeasured(run) if chief else []:
             reporter.warn(f"class {name} has no usable validation image (its share of the split "
