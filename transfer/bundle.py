@@ -212,6 +212,12 @@ def shown_name(folder: Path) -> str:
     return folder.resolve().name if folder.name in ("", ".", LATEST) else folder.name
 
 
+def fine_tune_undone(result: dict | None) -> bool:
+    """Whether a run's ``training.fine_tune_result`` (meta.json; compare.json's rows copy
+    it) says fine-tuning was undone for not lowering the validation loss."""
+    return bool(result) and not result.get("kept", True)
+
+
 def update_latest(target: Path) -> None:
     """Point ``<models>/latest`` at ``target`` (a relative symlink, replaced atomically)."""
     target = Path(target)

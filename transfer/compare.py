@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transfer import bundle
 from transfer.errors import TransferError
 from transfer.files import new_folders_kept_on_success, replacing, write_json
 from transfer.progress import Reporter
@@ -232,7 +233,7 @@ def notes(data: dict) -> list[str]:
                     "leave out that pass of the base over the photos")
     for name, row in (data.get("runs") or {}).items():
         tuned = row.get("fine_tune_result")
-        if tuned and not tuned.get("kept"):
+        if bundle.fine_tune_undone(tuned):
             said.append(f"{name}: fine-tuning did not lower the validation loss "
                         f"({tuned['fine_tuned']['val_loss']:.4f} against "
                         f"{tuned['frozen']['val_loss']:.4f} before it), so this run kept its "
@@ -288,7 +289,7 @@ def plot(data: dict, path: Path) -> Path:
     bars = axes[0].bar(names, accuracy, color=colour)
     axes[0].set_ylim(0, 1.05)
     axes[0].set_ylabel("validation accuracy")
-    undone = [not (runs[n].get("fine_tune_result") or {}).get("kept", True) for n in names]
+    undone = [bundle.fine_tune_undone(runs[n].get("fine_tune_result")) for n in names]
     axes[0].bar_label(bars, labels=[f"{a:.3f}" + ("\n(fine-tuning undone)" if u else "")
                                     for a, u in zip(accuracy, undone, strict=True)])
     seconds = [runs[n]["seconds"] for n in names]

@@ -424,7 +424,7 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
                     f"{evaluation.get('images')} images are this model's training images: the "
                     "accuracy on them overstates how it does on new photos.</p>")
     tuned = (meta.get("training") or {}).get("fine_tune_result")
-    if tuned and not tuned.get("kept"):
+    if bundle.fine_tune_undone(tuned):
         run += (f"<p class=\"warn\">Fine-tuning was undone: it did not lower the validation "
                 f"loss ({_num(tuned['fine_tuned']['val_loss'])} against "
                 f"{_num(tuned['frozen']['val_loss'])} before it), so this model is the frozen "

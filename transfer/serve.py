@@ -537,7 +537,7 @@ class BodyLimit:
             length = 0
         if length > self.limit:
             if headers.get(b"expect", b"").lower() != b"100-continue":  # the body is coming
-                await self._drain(receive, 0)
+                await self._drain(receive)
             return await self._refuse(send)
         seen = 0
         state = {"over": False, "started": False}
@@ -550,7 +550,7 @@ class BodyLimit:
                 if seen > self.limit:
                     state["over"] = True
                     if message.get("more_body", False):
-                        await self._drain(receive, 0)
+                        await self._drain(receive)
                     raise _TooLarge()
             return message
 
@@ -573,9 +573,9 @@ class BodyLimit:
                 await self._refuse(send)
 
     @staticmethod
-    async def _drain(receive, read: int) -> None:
+    async def _drain(receive) -> None:
         """Read the rest of a request body and drop it, within DRAIN_MB and DRAIN_SECONDS."""
-        deadline = time.monotonic() + DRAIN_SECONDS
+        deadline, read = time.monotonic() + DRAIN_SECONDS, 0
         while read <= DRAIN_MB * 2**20:
             left = deadline - time.monotonic()
             if left <= 0:
