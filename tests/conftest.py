@@ -105,6 +105,16 @@ def kaggle_members(real_photos, per_class: int) -> dict[str, bytes]:
             for name, data in real_photos[cls][:per_class]}
 
 
+@pytest.fixture(autouse=True)
+def _no_interruption_carried_over():
+    """A test that records a signal's interruption (errors) and fails before clearing it
+    must not make every later bundle write in this worker raise it."""
+    yield
+    from transfer import errors
+
+    errors.clear_interrupted()
+
+
 class Recorder(Reporter):
     """A reporter that keeps what the library says (info and warnings) for a test to read."""
 

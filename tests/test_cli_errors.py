@@ -19,6 +19,7 @@ import pytest
 from conftest import require_asset
 from typer.testing import CliRunner
 
+from transfer import errors
 from transfer.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -284,6 +285,45 @@ def signal_once(proc, ready, signum, never: str, delay: float = 0.0) -> str:
         proc.kill()
 
 
+def test_an_interruption_native_code_swallowed_stops_the_conversion_and_lands_no_bundle(
+        tmp_path, monkeypatch):
+    """CI once saw `kill` during the TFLite conversion end with exit 143 and "terminated", yet
+    with the bundle written: the converter's native code swallowed the Terminated raised in
+    it, the run went on, and only the CLI's last check noticed. Now the conversion stops at
+    its end, and a bundle never lands after a recorded interruption."""
+    import signal
+
+    from transfer import bundle, engines
+    from transfer.tf import keras, tf
+
+    real = tf.lite.TFLiteConverter.from_saved_model
+
+    class Swallowing:  # the converter, with a SIGTERM handled and lost inside it
+        def __init__(self, path):
+            self.real = real(path)
+
+        def convert(self):
+            try:
+                errors.on_interrupt_signal(signal.SIGTERM, None)
+            except KeyboardInterrupt:
+                pass
+            return self.real.convert()
+
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_saved_model", Swallowing)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D()])
+    target = tmp_path / "cache" / "m.tflite"
+    with pytest.raises(errors.Terminated):
+        engines.convert(model, 2, target)
+    assert not target.exists() and not list(target.parent.iterdir())  # no .convert-* left
+    # the same swallowed interruption before a bundle is written: nothing lands
+    with pytest.raises(errors.Terminated):
+        bundle.write(tmp_path / "models/b", False, model, {"class_names": ["a", "b"]},
+                     {"loss": [1.0]})
+    assert not (tmp_path / "models/b").exists()
+    assert [p.name for p in (tmp_path / "models").iterdir()] == []
+    errors.clear_interrupted()
+
+
 def test_sigterm_cleans_up_as_ctrl_c_does(tiny_split, mobilenet_weights, tmp_path):
     """`kill` (SIGTERM: timeout, docker stop, systemd) in the middle of the base's TFLite
     conversion: one line, exit code 143, and no temporary conversion folder left in the
@@ -423,8 +463,6 @@ def test_an_interrupt_a_native_library_turns_into_an_error_still_stops_the_run(
     assert result.output.strip().splitlines()[-1] == line
     assert "TFLite unavailable" not in result.output
     assert not out.exists() and not list((tmp_path / "models").glob(".stopped.tmp-*"))
-    from transfer import errors
-
     assert errors.interrupted() is None  # cleared for whatever the process does next
 
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from transfer.errors import TransferError
+from transfer.errors import TransferError, raise_if_interrupted
 from transfer.files import free_name, write_json
 from transfer.seeds import keeps_random_state
 
@@ -90,6 +90,8 @@ def writing(target: Path, force: bool):
     landing = Landing(tmp, target)
     try:
         yield landing
+        # a Ctrl-C or SIGTERM that native code swallowed during the run: nothing lands
+        raise_if_interrupted()
         if force and target.exists():
             old = tmp.with_name(tmp.name + "-old")
             os.replace(target, old)

@@ -195,6 +195,9 @@ def convert(model, batch_size: int, path: Path) -> float:
                          input_signature=[tf.TensorSpec(shape, tf.float32)], verbose=False)
             converter = tf.lite.TFLiteConverter.from_saved_model(str(workdir / "saved_model"))
             blob = converter.convert()
+        # a signal raised inside the converter's native code can be swallowed there, the
+        # conversion going on to the end: the run stops here all the same
+        raise_if_interrupted()
         tmp = workdir / path.name
         tmp.write_bytes(blob)
         os.replace(tmp, path)
