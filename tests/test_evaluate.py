@@ -483,3 +483,27 @@ def test_a_split_made_again_from_another_folder_leaves_out_the_same_files(tmp_pa
     monkeypatch.chdir(project / "notebooks")
     here = [(path.resolve(), label) for path, label in bundle_images(meta, "validate")]
     assert here == there and project / "photos/cats/05.png" not in {p for p, _ in here}
+
+
+def test_phone_sized_mistakes_are_classified_and_shown_in_draft_mode(trained_bundle,
+                                                                   small_split, tmp_path,
+                                                                   monkeypatch):
+    """Photos too large to decode whole (Pillow's limit lowered so that 2000 x 1500 is over
+    twice it) are classified at their draft scale, and the misclassified.png thumbnails of
+    the worst mistakes are drafted too: a whole decode there had refused them and ended the
+    evaluation. Every photo is filed under the other class, so the model's right answers are
+    mistakes here."""
+    data = tmp_path / "swapped"
+    photos = split_images(small_split / "test", 3)
+    for path, name in photos:
+        wrong = data / ("dogs" if name == "cats" else "cats")
+        wrong.mkdir(parents=True, exist_ok=True)
+        with Image.open(path) as small:
+            small.convert("RGB").resize((2000, 1500), Image.BILINEAR).save(wrong / path.name)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 800_000)
+    out = tmp_path / "report"
+    report = evaluate(trained_bundle.bundle, data_dir=data, output=out, worst=100).report
+    assert report["images"] == len(photos) == 6 and report["skipped"] == []
+    assert len(report["worst_mistakes"]) == 6 - int(np.trace(report["confusion_matrix"])) > 0
+    with Image.open(out / "misclassified.png") as shown:
+        assert shown.format == "PNG"

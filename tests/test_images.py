@@ -4,6 +4,7 @@ clear reasons for unusable files, and the MNIST-style digit fitting."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,6 +275,61 @@ def test_a_large_jpeg_decodes_small_in_draft_mode_for_every_reader(photo, tmp_pa
         assert min(small.size) < 896
     np.testing.assert_array_equal(read_rgb(photo, 224),
                                   images.rgb_array(images.open_image(photo), 224))
+
+
+def enlarged(photo: Path, path: Path, size: tuple[int, int], fmt: str = "JPEG") -> Path:
+    """The real photo at ``photo`` stored at ``size`` (a phone's, or more) as ``fmt``."""
+    with Image.open(photo) as small:
+        small.convert("RGB").resize(size, Image.BILINEAR).save(path, fmt)
+    return path
+
+
+def test_a_jpeg_is_checked_for_bombs_at_the_size_draft_mode_decodes(photo, tmp_path,
+                                                                  monkeypatch):
+    """Pillow's limit (an error over twice MAX_IMAGE_PIXELS) is on the pixels decoded: a JPEG
+    read for a model decodes in draft mode, so it passes when its drafted size does, in every
+    reader (training's, predict's, the header probe, bytes and file objects); a whole decode
+    and a PNG, which has no draft mode, are refused as before. Scaled down: the limit lowered
+    so that 2000 x 1500 is over twice it and its half-scale draft is under it."""
+    import io
+
+    from transfer.pipelines import read_rgb
+
+    jpeg = enlarged(photo, tmp_path / "phone.jpg", (2000, 1500))
+    png = enlarged(photo, tmp_path / "phone.png", (2000, 1500), "PNG")
+    unlimited = read_rgb(jpeg, 224)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 800_000)  # refused over 1.6 MP
+    np.testing.assert_array_equal(read_rgb(jpeg, 224), unlimited)  # decoded at 1000 x 750
+    images.check_header(jpeg)
+    meta = {"image_size": 224, "channels": 3, "preprocessing": {"resize": "pil"}}
+    for source in (jpeg, jpeg.read_bytes(), io.BytesIO(jpeg.read_bytes())):
+        array, notes = images.model_input(source, meta)
+        np.testing.assert_array_equal(array, unlimited.astype("float32"))
+        assert (notes["width"], notes["height"]) == (2000, 1500)
+    assert images.picture(jpeg, 160).shape == (120, 160, 3)  # thumbnails draft too
+    for refused in (lambda: images.open_image(jpeg), lambda: images.open_image(png, 224),
+                    lambda: images.check_header(png), lambda: images.open_image(jpeg, 800)):
+        with pytest.raises(images.ImageError, match="too large to decode safely"):
+            refused()  # whole; no draft mode; a draft still over the limit (2000 x 1500)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500_000)  # warns over 0.5 MP (750,000 here)
+    with pytest.warns(Image.DecompressionBombWarning):
+        images.open_image(jpeg, 224)
+
+
+def test_a_200_megapixel_phone_photo_is_read_at_draft_scale(photo, tmp_path):
+    """Samsung's 200 MP mode stores 16320 x 12240 (199.8 megapixels): over Pillow's limit of
+    179, so Image.open refuses it, although read for 224 px it decodes at 1/8 scale, 2040 x
+    1530. It is read, with its own size in the notes; decoded whole it is still refused."""
+    big = enlarged(photo, tmp_path / "200mp.jpg", (16320, 12240))
+    images.check_header(big)
+    meta = {"image_size": 224, "channels": 3, "preprocessing": {"resize": "pil"}}
+    array, notes = images.model_input(big, meta)
+    assert array.shape == (224, 224, 3) and (notes["width"], notes["height"]) == (16320, 12240)
+    assert images.open_image(big, 224).size == (2040, 1530)
+    small = images.rgb_array(images.open_image(photo), 224).astype("float32")
+    assert np.abs(array - small).mean() < 3.0  # the same dog, up and down again
+    with pytest.raises(images.ImageError, match="too large to decode safely"):
+        images.open_image(big)
 
 
 def test_bundles_record_how_training_resized(tmp_path):

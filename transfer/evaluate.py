@@ -348,9 +348,7 @@ def _evaluate(s: EvaluateSettings, reporter: Reporter, classifier: BundleClassif
     }
     wrong = metrics.confident_mistakes(probs, y, s.worst)
     for i in wrong:
-        image = images.to_rgb(images.open_image(kept[i]))
-        image.thumbnail((160, 160))
-        thumbs[i] = np.asarray(image)
+        thumbs[i] = images.picture(kept[i], 160)  # drafted: a phone photo is never whole
     report["worst_mistakes"] = [
         {"file": str(kept[i]), "true": names[y[i]], "predicted": names[predicted[i]],
          "probability": float(probs[i, predicted[i]]),

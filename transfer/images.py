@@ -65,12 +65,14 @@ def open_image(source, size: int | None = None):
     to the size itself: the resize's own antialiasing is what keeps them close). Smaller
     photos (the Kaggle cats and dogs, 500 px at most) decode whole. ``full_size(image)`` is
     the file's own (upright) size either way."""
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
-    with _pillow_errors(source), Image.open(_readable(source)) as image:
+    with _pillow_errors(source), _opened(_readable(source), drafted=bool(size)) as image:
         width, height = image.size
         if size:
             image.draft("RGB", (2 * int(size), 2 * int(size)))  # a no-op for other formats
+            if image.format in ("JPEG", "MPO"):  # checked on what is decoded, not at open
+                _bomb_check(image.size)
         image.load()
         loaded = image.size
         image = ImageOps.exif_transpose(image) or image
@@ -81,6 +83,54 @@ def open_image(source, size: int | None = None):
         raise ImageError(problem)
     image.info["full_size"] = (width, height)
     return image
+
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def _opened(readable, drafted: bool = False):
+    """Pillow's ``Image.open`` of ``readable`` (what ``_readable`` gave), with its check
+    against decompression bombs (Pillow's ``MAX_IMAGE_PIXELS``: an error over twice it, 179
+    megapixels by default) on the stored size, except for a JPEG when ``drafted``: its caller
+    draft-decodes it, at 1/2 to 1/8 scale, and checks that size (``_bomb_check``). So a
+    200-megapixel phone photo (16320 x 12240, Samsung's 200 MP mode), refused by
+    ``Image.open`` itself, is read for a model at 2040 x 1530, while a PNG of that size,
+    decoded whole, is still refused."""
+    from PIL import Image, JpegImagePlugin
+
+    if not drafted:
+        return Image.open(readable)
+    if hasattr(readable, "read"):
+        readable.seek(0)  # as Image.open does
+        is_jpeg = readable.read(3) == JPEG_MAGIC
+        readable.seek(0)
+    else:
+        with open(readable, "rb") as stream:
+            is_jpeg = stream.read(3) == JPEG_MAGIC
+    if not is_jpeg:
+        return Image.open(readable)
+    # the factory Image.open itself calls for a JPEG (a multi-picture file becomes an MPO),
+    # without its bomb check on the stored size; a path is opened and closed by the image
+    return JpegImagePlugin.jpeg_factory(readable if hasattr(readable, "read")
+                                        else os.fspath(readable))
+
+
+def _bomb_check(size: tuple[int, int]) -> None:
+    """Pillow's own check (its public limit, its warning and error classes) on the pixels about
+    to be decoded."""
+    import warnings
+
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = max(1, size[0]) * max(1, size[1])
+    if limit is None or pixels <= limit:
+        return
+    message = f"Image size ({pixels} pixels) exceeds limit of {{}} pixels, could be " \
+              "decompression bomb DOS attack."
+    if pixels > 2 * limit:
+        raise Image.DecompressionBombError(message.format(2 * limit))
+    warnings.warn(message.format(limit), Image.DecompressionBombWarning, stacklevel=3)
 
 
 def full_size(image) -> tuple[int, int]:
@@ -268,10 +318,9 @@ def check_header(source) -> None:
     """ImageError when ``source`` (a path or bytes) is not an image even by its header (no
     such file, zero bytes, not a format Pillow identifies); cheap: no pixel is decoded, so a
     truncated or corrupt image passes here and fails in ``open_image``."""
-    from PIL import Image
 
-    with _pillow_errors(source), Image.open(_readable(source)):
-        pass
+    with _pillow_errors(source), _opened(_readable(source), drafted=True):
+        pass  # a JPEG is decoded in draft mode by every read that probes it first
 
 
 def _has_alpha(image) -> bool:

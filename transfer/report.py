@@ -297,9 +297,7 @@ def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS) -> list
             shown = np.repeat(np.asarray(Image.fromarray(digit).resize(
                 (THUMB_SIDE, THUMB_SIDE), Image.NEAREST))[..., None], 3, axis=-1)
         else:
-            picture = images.to_rgb(images.open_image(path))
-            picture.thumbnail((THUMB_SIDE, THUMB_SIDE))
-            shown = np.asarray(picture)
+            shown = images.picture(path, THUMB_SIDE)  # drafted: a phone photo is never whole
         png = overlay_png(shown, heatmap, view="overlay")
         predicted = names[int(np.argmax(probs))]
         caption = (f"{path.name}: true {truth}, predicted {predicted} "
