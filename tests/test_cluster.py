@@ -8,6 +8,7 @@ weights on the cats-vs-dogs tour split.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -332,6 +333,40 @@ def test_two_workers_fine_tune_in_a_custom_loop(tiny_split, tmp_path):
     phases = [line.split(",")[-1] for line in (out / "history.csv").read_text().splitlines()[1:]]
     assert phases.count("fine-tune") == 2 and phases[0] == "head"
     assert not (out.parent / f".{out.name}.checkpoints").exists(), "checkpoints left behind"
+    result = meta["training"]["fine_tune_result"]  # the chief measured both models
+    assert math.isfinite(result["frozen"]["val_loss"])
+    kept = result["fine_tuned" if result["kept"] else "frozen"]
+    assert meta["metrics"]["val_loss"] == pytest.approx(kept["val_loss"], abs=1e-6)
+
+
+def test_two_workers_undo_a_fine_tuning_that_raised_the_validation_loss(tiny_split, tmp_path,
+                                                                         mobilenet_weights):
+    """As on one machine: a rate of 1 wrecks the top layers; the chief, which measured the
+    frozen-base model (genuine weights) before fine-tuning, the other worker waiting, puts its
+    weights back, warns, and saves that model: the saved model scores on the validation photos what
+    meta.json says, the frozen model's loss."""
+    from tests.test_training import binary_metrics, validation_pixels
+    from transfer import bundle
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_split, data, ignore=shutil.ignore_patterns(".cache"))
+    out = tmp_path / "models" / "ft"
+    procs, logs = start_workers(2, lambda i: train_args(
+        data, out, "--weights", "imagenet", "--epochs", "2", "--fine-tune", "10",
+        "--fine-tune-epochs", "1", "--fine-tune-lr", "1.0", "--distribute", "multi-worker"))
+    codes = wait_all(procs)
+    assert codes == [0, 0], text(logs[0]) + text(logs[1])
+    meta = meta_of(out)
+    result = meta["training"]["fine_tune_result"]
+    assert result["kept"] is False, result
+    assert result["fine_tuned"]["val_loss"] > result["frozen"]["val_loss"]
+    assert meta["metrics"]["val_loss"] == pytest.approx(result["frozen"]["val_loss"], abs=1e-6)
+    assert "fine-tuning did not lower the validation loss" in text(logs[0])
+    model, _ = bundle.load(out)
+    pixels, labels = validation_pixels(data, 96)
+    accuracy, loss = binary_metrics(model.predict(pixels, verbose=0), labels)
+    assert loss == pytest.approx(result["frozen"]["val_loss"], abs=1e-4)
+    assert accuracy == meta["metrics"]["val_accuracy"]
 
 
 @pytest.fixture()

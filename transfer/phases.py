@@ -691,26 +691,51 @@ def fine_tune_if_better(plan: RunPlan, built: Built,
     that a near tie is not decided by engine noise). If fine-tuning did not lower the loss, the
     frozen-base weights are restored and the run says so. Returns the fit (its
     "fine_tune_result" info records both measures) and the validation of the model kept."""
-    frozen = final_validation(plan, built, None)
-    kept = [(v, np.array(v)) for v in built.core.weights]  # base and head, as they are now
+    frozen = before_fine_tune(plan, built)
     fit = fine_tune(plan, built, reporter)
+    return fit, keep_if_better(plan, built, reporter, frozen, fit)
+
+
+@dataclass
+class Frozen:
+    """The frozen-base model before fine-tuning: its validation and every weight's value."""
+
+    validation: Validation
+    weights: list  # [(variable, value)]: base and head
+
+
+def before_fine_tune(plan: RunPlan, built: Built) -> Frozen:
+    """The frozen-base model measured (``final_validation`` on the images) and kept, so that
+    ``keep_if_better`` can go back to it. Calls the model directly, never Keras's predict: on
+    a multi-worker run only the chief does this."""
+    return Frozen(final_validation(plan, built, None),
+                  [(v, np.array(v)) for v in built.core.weights])
+
+
+def keep_if_better(plan: RunPlan, built: Built, reporter: Reporter, frozen: Frozen,
+                   fit: Fit) -> Validation:
+    """After fine-tuning: the fine-tuned model measured as ``frozen`` was, and kept only if its
+    validation loss is lower (finite, and below a finite frozen loss); else the frozen
+    weights are put back, with a warning. Records both in ``fit.info["fine_tune_result"]``;
+    returns the validation of the model kept."""
     tuned = final_validation(plan, built, None)  # the base changed: the images rerun
-    better = math.isfinite(tuned.loss) and (not math.isfinite(frozen.loss)
-                                            or tuned.loss < frozen.loss)
+    before = frozen.validation
+    better = math.isfinite(tuned.loss) and (not math.isfinite(before.loss)
+                                            or tuned.loss < before.loss)
     fit.info["fine_tune_result"] = {
         "kept": better, "chosen_by": "validation loss",
-        "frozen": {"val_loss": frozen.loss, "val_accuracy": frozen.accuracy},
+        "frozen": {"val_loss": before.loss, "val_accuracy": before.accuracy},
         "fine_tuned": {"val_loss": tuned.loss, "val_accuracy": tuned.accuracy}}
     if better:
-        return fit, tuned
-    for variable, value in kept:
+        return tuned
+    for variable, value in frozen.weights:
         variable.assign(value)
     built.base_model.trainable = False
     reporter.warn(f"fine-tuning did not lower the validation loss ({tuned.loss:.4f}, accuracy "
-                  f"{tuned.accuracy:.4f}, against {frozen.loss:.4f} and {frozen.accuracy:.4f} "
+                  f"{tuned.accuracy:.4f}, against {before.loss:.4f} and {before.accuracy:.4f} "
                   "on the frozen base): the model keeps the frozen base and its head; a "
                   "lower --fine-tune-lr or fewer --fine-tune layers may do better")
-    return fit, frozen
+    return before
 
 
 def unfreeze_top(base_model, n: int) -> int:

@@ -294,10 +294,16 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
             if cluster is not None:
                 if run.use_cache:
                     phases.share_head(cluster, built)
+                # the chief measures the frozen-base model (the others wait, as for its head)
+                frozen = phases.before_fine_tune(run, built) if chief else None
+                cluster.barrier("the chief's measure of the frozen model",
+                                timeout=phases.HEAD_WAIT)
                 phases.unfreeze_top(built.base_model, settings.fine_tune)
-                fit = fit.then(phases.fit_distributed(run, built, reporter, cluster,
-                                                      "fine-tune", settings.fine_tune_lr,
-                                                      settings.fine_tune_epochs))
+                tuned = phases.fit_distributed(run, built, reporter, cluster, "fine-tune",
+                                               settings.fine_tune_lr, settings.fine_tune_epochs)
+                if chief:  # the others wait for its bundle; it writes the model it keeps
+                    validation = phases.keep_if_better(run, built, reporter, frozen, tuned)
+                fit = fit.then(tuned)
             else:
                 tuned, validation = phases.fine_tune_if_better(run, built, reporter)
                 fit = fit.then(tuned)
