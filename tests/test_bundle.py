@@ -258,6 +258,35 @@ def test_a_bundle_replaced_while_it_is_read_is_read_again_whole(small_bundle, mo
     assert old_model.output_shape == (None, 1)
 
 
+def test_a_classifier_read_again_after_a_replacement_keys_the_model_it_holds(small_bundle,
+                                                                             monkeypatch):
+    """The converted-model cache is keyed by the model.keras a classifier loaded. Its stat
+    had been taken before the load, so after a read again (the bundle replaced meanwhile) it
+    named the old file and the classifier skipped the cache; now it is the file read."""
+    from transfer.files import sha256_file
+    from transfer.inference import BundleClassifier
+
+    _, meta = bundle.load(small_bundle)
+    three = classifier("scratch-seeds", 16, n_classes=3)
+    real, calls = bundle.load_keras, []
+
+    def replaced_meanwhile(path):
+        calls.append(path)
+        if len(calls) == 1:
+            bundle.write(small_bundle, True, three, {**meta, "class_names": ["a", "b", "c"]},
+                         {"loss": [1.0]})
+        return real(path)
+
+    monkeypatch.setattr(bundle, "load_keras", replaced_meanwhile)
+    loaded = BundleClassifier(small_bundle)
+    assert len(calls) == 2 and loaded.class_names == ["a", "b", "c"]
+    assert loaded.engine_key() == {"kind": "bundle-model",
+                                   "model_sha256": sha256_file(small_bundle / bundle.MODEL),
+                                   "bytes": (small_bundle / bundle.MODEL).stat().st_size}
+    bundle.write(small_bundle, True, three, meta, {"loss": [1.0]})  # replaced after the load
+    assert loaded.engine_key() is None
+
+
 def test_text_files_are_utf8_under_an_ascii_locale(tmp_path):
     """A class or file name with an accent, written and read back with the C locale (a plain
     Windows console or a bare container): no UnicodeEncodeError, the same bytes everywhere."""

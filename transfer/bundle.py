@@ -415,18 +415,36 @@ def load(bundle: Path):
     meta.json and the model are read from one folder: a bundle replaced while it is read
     (``train --force`` renames its new folder into place) is read again, whole, rather than
     pairing the old meta.json with the new model ("the bundle is inconsistent")."""
+    model, meta, _ = load_with_stat(bundle)
+    return model, meta
+
+
+def load_with_stat(bundle: Path):
+    """(model, meta, stat) as ``load``, with the (size, mtime_ns, inode) of the model.keras
+    that was read (None if it could not be taken): what a cache keyed by that file checks it
+    against later. Taken in the read that succeeded, within an unchanged folder."""
     for attempt in range(3):
         before = _folder_identity(bundle)
+        stat = file_stat(Path(bundle) / MODEL)
         try:
-            loaded = _load_once(bundle)
+            model, meta = _load_once(bundle)
         except Exception:
             if attempt < 2 and _folder_identity(bundle) != before:
                 continue  # replaced meanwhile: the failure may be the mix of two bundles
             raise
         if _folder_identity(bundle) == before:
-            return loaded
+            return model, meta, stat
     raise TransferError(f"{bundle} was replaced while it was read, three times running; "
                         "try again when its run has finished")
+
+
+def file_stat(path: Path) -> tuple | None:
+    """(size, mtime_ns, inode) of a file, or None: whether it is still the file it was."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def _folder_identity(folder: Path) -> tuple[int, int] | None:

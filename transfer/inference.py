@@ -258,8 +258,8 @@ class BundleClassifier(Classifier):
         """
         super().__init__()
         bundle_dir = Path(bundle_dir)
-        self._loaded_stat = _file_stat(bundle_dir / bundle.MODEL)  # before loading (see engine_key)
-        self.model, self.meta = bundle.load(bundle_dir)
+        # the model.keras read (see engine_key), even when a replaced bundle was read again
+        self.model, self.meta, self._loaded_stat = bundle.load_with_stat(bundle_dir)
         self.path = bundle_dir
         self.name = (f"{bundle_dir} -> {bundle_dir.resolve().name}" if bundle_dir.is_symlink()
                      else str(bundle_dir))
@@ -286,18 +286,9 @@ class BundleClassifier(Classifier):
             sha256 = sha256_file(path)
         except OSError:
             return None
-        if self._loaded_stat is None or _file_stat(path) != self._loaded_stat:
+        if self._loaded_stat is None or bundle.file_stat(path) != self._loaded_stat:
             return None
         return {"kind": "bundle-model", "model_sha256": sha256, "bytes": self._loaded_stat[0]}
-
-
-def _file_stat(path: Path) -> tuple | None:
-    """(size, mtime_ns, inode) of a file, or None: whether it is still the file it was."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 class ImageNetClassifier(Classifier):
