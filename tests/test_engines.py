@@ -135,7 +135,12 @@ def test_a_read_only_cache_converts_for_the_run_alone(
                                           images=engines.UNCACHED_MIN_IMAGES)
         assert large.name == "tflite" and info.fallback is None and info.conversion_seconds > 0
         assert list(home.iterdir()) == []
-    assert list((tmp_path / "scratch").iterdir()) == []  # the temporary conversions removed
+    # the temporary conversions removed; TensorFlow's autograph writes its generated modules
+    # into the same temp folder when it converts a function for the first time in the
+    # process (which depends on the tests run before in the worker) and removes them at exit
+    left = [p for p in (tmp_path / "scratch").iterdir()
+            if not p.name.startswith("__autograph_generated_file")]
+    assert left == []
 
 
 def test_a_damaged_cached_file_is_converted_again(
