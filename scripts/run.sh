@@ -82,7 +82,9 @@ echo "== transfer evaluate --model $bundle"
 # a photo of each of the first two classes (in name order) of the validation folder
 photos=()
 while IFS= read -r folder; do
-  photo=$(find "$folder" -maxdepth 1 -type f ! -name '.*' | LC_ALL=C sort | head -n 1)
+  # sed reads the whole list: "head -n 1" closed the pipe early, sort died of SIGPIPE, and
+  # pipefail ended the script after evaluate (exit 141, no message)
+  photo=$(find "$folder" -maxdepth 1 -type f ! -name '.*' | LC_ALL=C sort | sed -n 1p)
   [[ -n "$photo" ]] && photos+=("$photo")
   [[ ${#photos[@]} -eq 2 ]] && break
 done < <(find "$data/validate" -mindepth 1 -maxdepth 1 -type d ! -name '.*' | LC_ALL=C sort)

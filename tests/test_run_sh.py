@@ -119,3 +119,22 @@ def test_run_sh_help_says_what_it_does_and_does_nothing(tmp_path):
     assert result.returncode == 0 and "usage:" in result.stdout
     assert "TRAIN_ARGS" in result.stdout and "==" not in result.stdout
     assert sorted(p.name for p in work.iterdir()) == [".venv", "pyproject.toml", "scripts"]
+
+
+def test_the_photo_picking_line_survives_a_long_folder_listing(tmp_path):
+    """run.sh picks the first photo of each validation class with a pipeline under pipefail;
+    with "| head -n 1" sort could die of SIGPIPE once head had its line (1 run in 6 on the
+    tour's 400 photos): exit 141 after evaluate, predict and explain never run. The script's
+    own line, run as the script runs it, on a listing longer than a pipe holds (always
+    SIGPIPE with head)."""
+    line = next(text for text in (REPO / "scripts/run.sh").read_text().splitlines()
+                if text.strip().startswith("photo=$(find"))
+    folder = tmp_path / "cats"
+    folder.mkdir()
+    name = "cat.{:05d}.a-long-name-to-fill-the-pipe-sooner.jpg"
+    for i in range(4000):
+        (folder / name.format(i)).touch()
+    script = f"set -euo pipefail\nfolder={folder}\n{line.strip()}\necho \"$photo\"\n"
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    assert result.stdout.strip() == str(folder / name.format(0))
