@@ -90,8 +90,12 @@ def test_rerun_is_noop_other_args_refused_force_replaces(real_photos, tmp_path):
     assert fetch_data(FetchOptions(**opts)).noop
     assert (data / "manifest.json").stat().st_mtime_ns == stamp
 
-    with pytest.raises(TransferError, match="other arguments.*--force"):
+    with pytest.raises(TransferError, match=r"other arguments \(--seed 42 then, 1 now\); "
+                                            "use --force"):
         fetch_data(FetchOptions(**{**opts, "seed": 1}))
+    with pytest.raises(TransferError, match=r"other arguments \(per class \(train/validate/"
+                                            r"test\) 10/5/0 then, 12/5/0 now\)"):
+        fetch_data(FetchOptions(**{**opts, "train_per_class": 12}))
     assert listing(data) == first
 
     fetch_data(FetchOptions(**{**opts, "seed": 1, "force": True}))

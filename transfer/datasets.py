@@ -378,8 +378,37 @@ def _refuse_unless_forced(opts, data_dir, previous, request, ours, foreign, extr
             why = (f"was made from other photos ({opts.archive or 'the archive'} changed since; "
                    "a rerun would split the photos it holds now)")
         else:
-            why = "was made with other arguments"
+            changed = _changed_arguments(asked, request) if isinstance(asked, dict) else ""
+            why = f"was made with other arguments{changed}"
         raise TransferError(f"the split in {data_dir} {why}; use --force to replace it")
+
+
+REQUEST_OPTIONS = {"seed": "--seed", "validation_split": "--validation-split",
+                   "test_split": "--test-split", "competition": "--competition",
+                   "url": "--microsoft-url", "archive": "--archive"}
+
+
+def _changed_arguments(asked: dict, request: dict) -> str:
+    """" (--seed 42 then, 7 now)": what differs between a manifest's request and this one, in
+    option names (the per-class counts as train/validate/test); "" when nothing nameable."""
+    parts = []
+    if asked.get("source") != request.get("source"):
+        parts.append(f"source {asked.get('source')} then, {request.get('source')} now")
+    if asked.get("per_class") != request.get("per_class"):
+        def counts(value):
+            if isinstance(value, dict):
+                return "/".join(str(value.get(k, 0)) for k in ("train", "validate", "test"))
+            return "fractions" if value is None else str(value)
+        parts.append(f"per class (train/validate/test) {counts(asked.get('per_class'))} "
+                     f"then, {counts(request.get('per_class'))} now")
+    for key, option in REQUEST_OPTIONS.items():
+        if asked.get(key) != request.get(key) and (key in asked or key in request):
+            if key == "archive" and asked.get("source") != request.get("source"):
+                continue
+            then = asked.get(key, "not given")
+            now = request.get(key, "not given")
+            parts.append(f"{option} {then} then, {now} now")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _same_request(previous: dict, request: dict, opts: FetchOptions) -> bool:
