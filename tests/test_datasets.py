@@ -100,6 +100,12 @@ def test_rerun_is_noop_other_args_refused_force_replaces(real_photos, tmp_path):
 
     fetch_data(FetchOptions(**{**opts, "seed": 1, "force": True}))
     assert listing(data) != first
+    # fractions on the cats/dogs archive: every photo is used, and the run says so
+    said = Recorder()
+    fetch_data(FetchOptions(archive=archive, data_dir=tmp_path / "fractions", test_split=0.2),
+               said)
+    assert [m for m in said.infos if m.startswith("split by fractions (--validation-split "
+                                                  "0.2, --test-split 0.2): every usable photo")]
     assert json.loads((data / "manifest.json").read_text())["seed"] == 1
 
     # a changed split (a file removed by hand) is not a no-op

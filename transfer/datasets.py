@@ -519,6 +519,10 @@ def _build_split(images: ImageSource, opts: FetchOptions, tmp: Path, reporter: R
     if unread:
         reporter.warn(f"left out: {unread}, which transfer cannot read; {UNREAD_HINT}")
     plan = _split_plan(opts, images.layout)
+    if plan["mode"] == "fractions" and images.layout != CLASS_FOLDERS:
+        reporter.info(f"split by fractions (--validation-split {plan['validation']:g}, "
+                      f"--test-split {plan['test']:g}): every usable photo of each class, "
+                      "not the tour's per-class counts (1000 train + 400 validate)")
     details: dict = {"classes": list(found), "split": plan}
     if plan["mode"] == "per_class":
         counts, files, skipped, renamed = _split_per_class(
