@@ -288,9 +288,9 @@ def test_a_jpeg_is_checked_for_bombs_at_the_size_draft_mode_decodes(photo, tmp_p
                                                                   monkeypatch):
     """Pillow's limit (an error over twice MAX_IMAGE_PIXELS) is on the pixels decoded: a JPEG
     read for a model decodes in draft mode, so it passes when its drafted size does, in every
-    reader (training's, predict's, the header probe, bytes and file objects); a whole decode
-    and a PNG, which has no draft mode, are refused as before. Scaled down: the limit lowered
-    so that 2000 x 1500 is over twice it and its half-scale draft is under it."""
+    reader (training's, predict's, the header probe, bytes, file objects, streams); a whole
+    decode and a PNG, which has no draft mode, are refused as before. Scaled down: the limit
+    lowered so that 2000 x 1500 is over twice it and its half-scale draft is under it."""
     import io
 
     from transfer.pipelines import read_rgb
@@ -302,7 +302,15 @@ def test_a_jpeg_is_checked_for_bombs_at_the_size_draft_mode_decodes(photo, tmp_p
     np.testing.assert_array_equal(read_rgb(jpeg, 224), unlimited)  # decoded at 1000 x 750
     images.check_header(jpeg)
     meta = {"image_size": 224, "channels": 3, "preprocessing": {"resize": "pil"}}
-    for source in (jpeg, jpeg.read_bytes(), io.BytesIO(jpeg.read_bytes())):
+    class Stream:  # a file object that cannot seek (a pipe, a socket's file)
+        def __init__(self, data):
+            self.data = io.BytesIO(data)
+
+        def read(self, n=-1):
+            return self.data.read(n)
+
+    for source in (jpeg, jpeg.read_bytes(), io.BytesIO(jpeg.read_bytes()),
+                   Stream(jpeg.read_bytes())):
         array, notes = images.model_input(source, meta)
         np.testing.assert_array_equal(array, unlimited.astype("float32"))
         assert (notes["width"], notes["height"]) == (2000, 1500)

@@ -101,7 +101,12 @@ def _opened(readable, drafted: bool = False):
     if not drafted:
         return Image.open(readable)
     if hasattr(readable, "read"):
-        readable.seek(0)  # as Image.open does
+        try:
+            readable.seek(0)  # as Image.open does
+        except (AttributeError, OSError, ValueError):  # a stream: read whole, as Image.open does
+            import io
+
+            readable = io.BytesIO(readable.read())
         is_jpeg = readable.read(3) == JPEG_MAGIC
         readable.seek(0)
     else:
