@@ -1001,3 +1001,57 @@ def test_fetch_options_of_the_wrong_type_are_one_error(flowers, tmp_path):
         with pytest.raises(TransferError) as info:
             fetch_data(FetchOptions(**{"archive": flowers, "data_dir": tmp_path / "d", **bad}))
         assert str(info.value) == message
+
+
+def test_your_hidden_files_in_a_split_are_moved_aside_with_it_never_deleted(flowers, tmp_path):
+    """A hidden file or folder of yours inside a split (``.notes.txt``, ``.backup/``) is yours
+    as much as a visible one: a rerun with other arguments names it, --force moves the split
+    aside whole; before, --force deleted them with the previous split. A file browser's own
+    metadata (``.DS_Store``, ``._x``, ``Thumbs.db``) is not: it goes with the old split."""
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=10, classes=TWO)
+    data = tmp_path / "data"
+    fetch_data(FetchOptions(archive=folder, data_dir=data))
+    (data / "train/daisy/.labels-notes.txt").write_text("mine")
+    (data / "validate/.my-backup").mkdir()
+    shutil.copyfile(sorted((flowers / "tulips").iterdir())[0], data / "validate/.my-backup/a.jpg")
+    (data / "train/roses/.DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (data / "train/roses/._rose.jpg").write_bytes(b"\x00\x05\x16\x07")
+    assert fetch_data(FetchOptions(archive=folder, data_dir=data)).noop  # the same split
+    with pytest.raises(TransferError) as info:
+        fetch_data(FetchOptions(archive=folder, data_dir=data, seed=9))
+    assert str(info.value).startswith(
+        f"the split in {data} holds files fetch-data did not put there "
+        f"({data / 'train/daisy/.labels-notes.txt'}, {data / 'validate/.my-backup'}); ")
+    warnings = Warnings()
+    result = fetch_data(FetchOptions(archive=folder, data_dir=data, seed=9, force=True),
+                        warnings)
+    assert result.moved_aside == [str(data / "train.old"), str(data / "validate.old")]
+    assert (data / "train.old/daisy/.labels-notes.txt").read_text() == "mine"
+    assert (data / "validate.old/.my-backup/a.jpg").is_file()
+    assert warnings.warnings == [
+        f"moved {data / 'train'} aside to {data / 'train.old'}: it held files fetch-data did "
+        "not put there", f"moved {data / 'validate'} aside to {data / 'validate.old'}: it held "
+        "files fetch-data did not put there"]
+
+
+def test_a_refusal_names_the_split_that_was_made_fractions_or_counts(flowers, tmp_path):
+    """A folder of class folders split by fraction was refused as "per class 1000/400/0 then":
+    the tour's counts, recorded in the request, that no split used."""
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=20, classes=TWO)
+    data = tmp_path / "data"
+    fetch_data(SplitOptions(archive=folder, data_dir=data))
+    with pytest.raises(TransferError) as info:
+        fetch_data(SplitOptions(archive=folder, data_dir=data, train_per_class=12,
+                                validate_per_class=4))
+    assert "other arguments (fractions (validation 0.2, test 0) then, per class (train/" \
+           "validate/test) 12/4/0 now); use --force" in str(info.value)
+    with pytest.raises(TransferError) as info:
+        fetch_data(SplitOptions(archive=folder, data_dir=data, validation_split=0.3))
+    assert "other arguments (fractions (validation 0.2, test 0) then, fractions (validation " \
+           "0.3, test 0) now); use --force" in str(info.value)
+    fetch_data(SplitOptions(archive=folder, data_dir=data, train_per_class=12,
+                            validate_per_class=4, force=True))
+    with pytest.raises(TransferError) as info:
+        fetch_data(SplitOptions(archive=folder, data_dir=data, test_split=0.25))
+    assert "other arguments (per class (train/validate/test) 12/4/0 then, fractions " \
+           "(validation 0.2, test 0.25) now); use --force" in str(info.value)

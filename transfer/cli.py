@@ -237,7 +237,7 @@ _F = S.FetchOptions()
 
 @command("fetch-data", examples=[
     "transfer fetch-data                                  # Kaggle if configured, else Microsoft",
-    "transfer fetch-data --archive ~/flowers --data-dir data/flowers  # your photos, 80/20",
+    "transfer fetch-data --archive ~/flowers --data-dir flowers-data  # your photos, 80/20",
     "transfer fetch-data --archive ~/Downloads/train.zip  # offline: Kaggle's zip",
     "transfer fetch-data --train-per-class 500 --validate-per-class 200 --test-per-class 100",
 ])
@@ -942,7 +942,8 @@ def mnist_cmd(
     limit: Annotated[int | None, typer.Option(help="Train on the first N images only.",
                                               show_default=False)] = _M.limit,
     output: Annotated[Path | None, typer.Option(
-        help="Bundle folder \\[default: models/mnist-cnn or models/fashion-cnn].",
+        help="Bundle folder \\[default: models/DATASET-ARCH, e.g. models/mnist-cnn, "
+             "models/fashion-tiny].",
         show_default=False)] = _M.output,
     seed: Annotated[int, typer.Option(help="Random seed.")] = _M.seed,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle.")

@@ -47,6 +47,13 @@ def is_hidden_or_system(name: str) -> bool:
     return name.startswith(".") or name.lower() in SYSTEM_FILES
 
 
+def is_browser_metadata(name: str) -> bool:
+    """True for what a file browser writes beside your files and makes again at will (known
+    system files, macOS's ``._x`` resource forks): never a file of yours."""
+    name = _base(name)
+    return name.startswith("._") or name.lower() in SYSTEM_FILES
+
+
 def is_ignored_folder(name: str) -> bool:
     """True for the folders no command looks into: hidden and system ones, ``__MACOSX``."""
     return is_hidden_or_system(name) or _base(name).lower() in IGNORED_FOLDERS

@@ -66,6 +66,7 @@ from transfer.constants import (
     STABLE_ORDER,
     UNREAD_HINT,
     few_images_warning,
+    is_browser_metadata,
     is_hidden_or_system,
     unread_summary,
 )
@@ -200,7 +201,9 @@ def _fetch(opts: FetchOptions, data_dir: Path, reporter: Reporter,
     request = _request_key(opts, source)
     previous = read_manifest(data_dir)
     extras = _extras(data_dir, previous)
-    if previous is not None and _same_request(previous, request, opts) and not extras and \
+    # hidden files of yours leave the split as it is (no command reads them): nothing to do
+    seen = [path for paths in extras.values() for path in paths if not is_hidden_or_system(path)]
+    if previous is not None and _same_request(previous, request, opts) and not seen and \
             _intact(data_dir, previous):
         reporter.info(f"{data_dir} already holds this split (same source, counts and seed); "
                       "nothing to do")
@@ -239,10 +242,18 @@ def _fetch(opts: FetchOptions, data_dir: Path, reporter: Reporter,
         finally:
             if not (data_dir / JOURNAL).exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-    for name in moved:
-        reporter.warn(f"moved the existing folder that fetch-data did not make to {name}")
+    for what, name in zip(foreign, moved, strict=True):
+        reporter.warn(_moved_aside(data_dir / what, name, what in extras))
     return FetchResult(data_dir, source, str(obtained.path), counts, skipped, moved_aside=moved,
                        manifest=manifest)
+
+
+def _moved_aside(path: Path, name: str, held_extras: bool) -> str:
+    if held_extras:
+        return f"moved {path} aside to {name}: it held files fetch-data did not put there"
+    if path.name == MANIFEST:
+        return f"moved the {MANIFEST} fetch-data did not write aside to {name}"
+    return f"moved {path}, which fetch-data did not make, aside to {name}"
 
 
 def _remove_if_empty(data_dir: Path, created: list[Path]) -> None:
@@ -287,9 +298,11 @@ def _request_key(opts: FetchOptions, source: str) -> dict:
     return key
 
 
-def _listing(folder: Path) -> list[str]:
-    """The names in ``folder``, hidden and system files (``.DS_Store``...) left out."""
-    return sorted(p.name for p in folder.iterdir() if not is_hidden_or_system(p.name))
+def _listing(folder: Path, hidden: bool = False) -> list[str]:
+    """The names in ``folder``, hidden and system files (``.DS_Store``...) left out; with
+    ``hidden``, only a file browser's own metadata is left out (``is_browser_metadata``)."""
+    left_out = is_browser_metadata if hidden else is_hidden_or_system
+    return sorted(p.name for p in folder.iterdir() if not left_out(p.name))
 
 
 def _intact(data_dir: Path, manifest: dict) -> bool:
@@ -307,8 +320,9 @@ def _intact(data_dir: Path, manifest: dict) -> bool:
 
 def _extras(data_dir: Path, manifest: dict | None) -> dict[str, list[str]]:
     """split -> what its folder holds that fetch-data did not put there (class folders and
-    files, as paths under the data folder; hidden and system files aside): such a split folder
-    is never replaced, only moved aside whole, with ``--force``."""
+    files, as paths under the data folder, hidden ones too; a file browser's own metadata
+    aside, ``.DS_Store`` and the like): such a split folder is never replaced, only moved
+    aside whole, with ``--force``."""
     found: dict[str, list[str]] = {}
     if manifest is None:
         return found
@@ -319,13 +333,14 @@ def _extras(data_dir: Path, manifest: dict | None) -> dict[str, list[str]]:
             continue
         extra = []
         with contextlib.suppress(OSError):
-            for name in _listing(folder):
+            for name in _listing(folder, hidden=True):
                 entry = folder / name
                 if name not in listed or not entry.is_dir() or entry.is_symlink():
                     extra.append(f"{split}/{name}")
                     continue
                 placed = set(listed[name]) if isinstance(listed[name], list) else set()
-                extra += [f"{split}/{name}/{n}" for n in _listing(entry) if n not in placed]
+                extra += [f"{split}/{name}/{n}" for n in _listing(entry, hidden=True)
+                          if n not in placed]
         if extra:
             found[split] = extra
     return found
@@ -378,36 +393,54 @@ def _refuse_unless_forced(opts, data_dir, previous, request, ours, foreign, extr
             why = (f"was made from other photos ({opts.archive or 'the archive'} changed since; "
                    "a rerun would split the photos it holds now)")
         else:
-            changed = _changed_arguments(asked, request) if isinstance(asked, dict) else ""
+            changed = (_changed_arguments(asked, request, previous.get("split"),
+                                          _plan_or_none(opts, previous.get("layout")))
+                       if isinstance(asked, dict) else "")
             why = f"was made with other arguments{changed}"
         raise TransferError(f"the split in {data_dir} {why}; use --force to replace it")
 
 
-REQUEST_OPTIONS = {"seed": "--seed", "validation_split": "--validation-split",
-                   "test_split": "--test-split", "competition": "--competition",
+REQUEST_OPTIONS = {"seed": "--seed", "competition": "--competition",
                    "url": "--microsoft-url", "archive": "--archive"}
 
 
-def _changed_arguments(asked: dict, request: dict) -> str:
+def _changed_arguments(asked: dict, request: dict, made=None, now=None) -> str:
     """" (--seed 42 then, 7 now)": what differs between a manifest's request and this one, in
-    option names (the per-class counts as train/validate/test); "" when nothing nameable."""
+    option names, and between the split it made (``made``, the manifest's plan) and the one
+    asked now (``now``, None when unknown): fractions, or counts per class as
+    train/validate/test. "" when nothing nameable differs."""
     parts = []
     if asked.get("source") != request.get("source"):
         parts.append(f"source {asked.get('source')} then, {request.get('source')} now")
-    if asked.get("per_class") != request.get("per_class"):
-        def counts(value):
-            if isinstance(value, dict):
-                return "/".join(str(value.get(k, 0)) for k in ("train", "validate", "test"))
-            return "fractions" if value is None else str(value)
-        parts.append(f"per class (train/validate/test) {counts(asked.get('per_class'))} "
-                     f"then, {counts(request.get('per_class'))} now")
+
+    def plan_of(plan, request):
+        if isinstance(plan, dict) and plan.get("mode") in ("fractions", "per_class"):
+            return plan
+        counts = request.get("per_class")  # a manifest without its plan: the counts asked
+        return {"mode": "per_class", **counts} if isinstance(counts, dict) else None
+
+    def counts(plan):
+        return "/".join(str(plan.get(k, 0)) for k in ("train", "validate", "test"))
+
+    def described(plan):
+        if plan["mode"] == "fractions":
+            return f"fractions (validation {plan.get('validation'):g}, test {plan.get('test'):g})"
+        return f"per class (train/validate/test) {counts(plan)}"
+
+    then, asked_now = plan_of(made, asked), plan_of(now, request)
+    if then is not None and asked_now is not None and described(then) != described(asked_now):
+        if then["mode"] == asked_now["mode"] == "per_class":
+            parts.append(f"per class (train/validate/test) {counts(then)} then, "
+                         f"{counts(asked_now)} now")
+        else:
+            parts.append(f"{described(then)} then, {described(asked_now)} now")
     for key, option in REQUEST_OPTIONS.items():
         if asked.get(key) != request.get(key) and (key in asked or key in request):
             if key == "archive" and asked.get("source") != request.get("source"):
                 continue
-            then = asked.get(key, "not given")
-            now = request.get(key, "not given")
-            parts.append(f"{option} {then} then, {now} now")
+            then_value = asked.get(key, "not given")
+            now_value = request.get(key, "not given")
+            parts.append(f"{option} {then_value} then, {now_value} now")
     return f" ({'; '.join(parts)})" if parts else ""
 
 
@@ -477,6 +510,13 @@ def _split_plan(opts: FetchOptions, layout: str) -> dict:
                 "test": DEFAULT_TEST_FRACTION if test is None else test,
                 "order": STABLE_ORDER}
     return {"mode": "per_class", **opts.per_split()}
+
+
+def _plan_or_none(opts: FetchOptions, layout) -> dict | None:
+    try:
+        return _split_plan(opts, layout)
+    except TransferError:  # said when the split is made
+        return None
 
 
 def _refuse_data_dir_inside_archive(opts: FetchOptions, data_dir: Path) -> None:

@@ -822,7 +822,7 @@ class MnistParams(Settings):
     shift: int = 0  # random shifts of up to this many pixels (training only); 0: off
     data: Path | None = None
     limit: int | None = None
-    output: Path | None = None  # default models/mnist-cnn or models/fashion-cnn
+    output: Path | None = None  # default models/<dataset>-<arch>: models/mnist-cnn...
     seed: int = 42
     force: bool = False
     command: str = ""
