@@ -34,7 +34,7 @@ from transfer import bundle
 from transfer.errors import TransferError
 from transfer.files import new_folders_kept_on_success, replacing, write_json
 from transfer.progress import Reporter
-from transfer.settings import CompareSettings, TrainSettings
+from transfer.settings import CompareSettings, TrainSettings, given
 
 COMPARE_JSON = "compare.json"
 COMPARE_PNG = "compare.png"
@@ -120,7 +120,7 @@ def compare(settings: CompareSettings, reporter: Reporter | None = None,
     """
     from transfer.training import plan
 
-    settings = settings.validated()
+    settings = given(settings, CompareSettings, "compare").validated()
     reporter = reporter or Reporter()
     overrides = overrides or {}
     out = Path(settings.output)

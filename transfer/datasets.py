@@ -73,7 +73,7 @@ from transfer.constants import (
 from transfer.errors import TransferError
 from transfer.files import exclusive, free_name, make_dirs, write_json
 from transfer.progress import Reporter
-from transfer.settings import FetchOptions
+from transfer.settings import FetchOptions, given
 from transfer.sources import obtain_archive, resolve_source
 
 __all__ = ["DEFAULT_VALIDATION_FRACTION", "FetchOptions", "FetchResult",
@@ -133,7 +133,8 @@ def fetch_data(options: FetchOptions, reporter: Reporter | None = None,
             is still empty, and a previous split stays whole.
     """
     reporter = reporter or Reporter()
-    opts = options.validated()  # the split options too: fractions, their sum, not with counts
+    # every option checked, the split's too: fractions, their sum, not with counts
+    opts = given(options, FetchOptions, "fetch_data").validated()
     data_dir = Path(opts.data_dir)
     created = make_dirs(data_dir)
     try:

@@ -596,7 +596,11 @@ def gradcams_wanted(gradcams: int | None = None) -> int:
     """Grad-CAM overlays for a report: ``gradcams``, else ``$TRANSFER_REPORT_GRADCAMS``, else
     ``GRADCAMS`` (each costs a forward and a backward pass; 0 makes the report instant)."""
     if gradcams is not None:
-        return max(0, int(gradcams))
+        from transfer.settings import whole
+
+        if not whole(gradcams):  # a keyword of write_report (the CLI has no such option)
+            raise TransferError(f"gradcams must be a whole number, not {gradcams!r}")
+        return max(0, gradcams)
     import os
 
     try:

@@ -57,7 +57,7 @@ import numpy as np
 
 from transfer.errors import TransferError
 from transfer.progress import Reporter
-from transfer.settings import INVERT, ServeSettings
+from transfer.settings import INVERT, ServeSettings, given
 
 STATIC = Path(__file__).parent / "static"
 IMAGENET_PREFIX = "imagenet:"
@@ -798,7 +798,7 @@ def create_app(settings: ServeSettings):
 
     from transfer import __version__, images
 
-    s = settings.validated()
+    s = given(settings, ServeSettings, "create_app").validated()
     from transfer.files import sweep_temp_folders
 
     sweep_temp_folders("transfer-serve-")  # photos a server killed by SIGKILL left behind
@@ -1190,6 +1190,7 @@ def run(settings: ServeSettings, reporter: Reporter | None = None) -> int | None
 
     from transfer.errors import Terminated
 
+    given(settings, ServeSettings, "run")
     reporter = reporter or Reporter()
     received: list[int] = []
     started: list = []  # the server, once it exists
@@ -1243,6 +1244,7 @@ def serving(settings: ServeSettings, reporter: Reporter | None = None,
         TransferError: a bad setting, an address that cannot be bound, or a server that did
             not start within ``timeout``.
     """
+    given(settings, ServeSettings, "serving")
     reporter = reporter or Reporter()
     server, sock, url = _server(settings, reporter)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},

@@ -15,9 +15,11 @@ This module imports no TensorFlow and nothing heavy.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 import os
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -192,8 +194,61 @@ def existing_file(name: str, path: Path | None) -> None:
         raise TransferError(f"{_flag(name)} {path} does not exist")
 
 
+@functools.cache
+def _kinds(cls) -> dict[str, tuple]:
+    """field -> the types its annotation allows (``Path | None`` -> (Path, NoneType))."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: typing.get_args(hints[f.name]) or (hints[f.name],)
+            for f in dataclasses.fields(cls)}
+
+
+def a_number(name: str, value) -> None:
+    if not real(value):
+        raise TransferError(f"{_flag(name)} must be a number, not {shown(value)}")
+
+
+def some_paths(name: str, value) -> list:
+    """A list of paths: one path is a list of one (not its letters); each must be a path."""
+    items = [value] if isinstance(value, str | os.PathLike) else value
+    if not isinstance(items, list | tuple):
+        raise TransferError(f"{_flag(name)} must be paths, not {value!r}")
+    for item in items:
+        if not isinstance(item, str | os.PathLike):
+            raise TransferError(f"{_flag(name)} must be paths, not {item!r}")
+    return list(items)
+
+
+def given(value, cls: type, function: str):
+    """``value`` when it is a ``cls``; else one TransferError showing the call (a path given
+    to a command that takes settings failed with an AttributeError on ``validated``)."""
+    if not isinstance(value, cls):
+        raise TransferError(f"{function} takes a {cls.__name__} (from transfer.settings), not "
+                            f"{value!r}: {function}({cls.__name__}(...))")
+    return value
+
+
 class Settings:
     """Shared behaviour of the settings classes."""
+
+    def typed(self, *, but: tuple[str, ...] = ()):
+        """Check each field holds the kind of value its annotation declares, before any
+        other check: from Python, ``force="no"`` is true (and replaced files), and "x" for a
+        number failed deep inside with a TypeError. Switches must be True or False, paths a
+        str or os.PathLike, counts whole numbers, other numbers finite ones; names and lists
+        are checked by each class (``but``: fields it checks itself)."""
+        for name, kinds in _kinds(type(self)).items():
+            value = getattr(self, name)
+            if name in but or (value is None and type(None) in kinds):
+                continue
+            if bool in kinds:
+                a_bool(name, value)
+            elif Path in kinds:
+                a_path(name, value)
+            elif int in kinds:
+                whole_number(name, value)
+            elif float in kinds:
+                a_number(name, value)
+        return self
 
     def as_dict(self) -> dict:
         """JSON-ready: paths as strings (saved in bundles as the resolved settings)."""
@@ -270,7 +325,7 @@ class FetchOptions(Settings):
         return {split: n for split, n in counts.items() if n > 0}
 
     def validated(self) -> FetchOptions:
-        opts = self
+        opts = self.typed()
         a_path("data_dir", opts.data_dir)
         whole_number("seed", opts.seed)
         if opts.archive is not None:
@@ -324,6 +379,7 @@ class Augment(Settings):
     flip: bool = True  # horizontal
 
     def validated(self) -> Augment:
+        self.typed()
         if not (real(self.rotation) and 0 <= self.rotation <= 180):
             raise TransferError("--rotation must be in [0, 180] degrees, not "
                                 f"{shown(self.rotation)}")
@@ -428,7 +484,7 @@ class TrainSettings(Settings):
         """Every option checked, without TensorFlow; raises one TransferError per problem."""
         from transfer import bases
 
-        whole_number("seed", self.seed)
+        self.typed(but=("data_dir",))  # needed only without train_dir
         if self.train_dir is None:
             a_path("data_dir", self.data_dir)
         if not isinstance(self.augment, Augment):
@@ -540,8 +596,14 @@ class PredictSettings(Settings):
 
     def validated(self) -> PredictSettings:
         from transfer import bases
+        from transfer.images import is_one_image
 
-        if not self.paths:
+        self.typed()
+        paths = [self.paths] if is_one_image(self.paths) else self.paths  # not its letters
+        if not isinstance(paths, list | tuple):
+            raise TransferError(f"paths must be a list of images, folders or globs, not "
+                                f"{paths!r}")
+        if not paths:
             raise TransferError("give at least one image, folder or glob")
         one_of("format", self.resolved_format(), PREDICT_FORMATS)
         at_least("batch_size", self.batch_size, 1)
@@ -561,7 +623,7 @@ class PredictSettings(Settings):
             if not is_device_or_pipe(self.output):  # /dev/stdout, a pipe: written to, kept
                 refuse_existing(self.output, self.force)
                 writable("output", self.output, file=True)
-        return self.replace(format=self.resolved_format(),
+        return self.replace(paths=list(paths), format=self.resolved_format(),
                             output=Path(self.output) if self.output else None)
 
 
@@ -579,6 +641,7 @@ class EvaluateSettings(Settings):
     engine: str = "auto"  # what runs the model: auto | tf | tflite (as predict's)
 
     def validated(self) -> EvaluateSettings:
+        self.typed()
         at_least("batch_size", self.batch_size, 1)
         at_least("worst", self.worst, 0)
         one_of("engine", self.engine, ENGINES)
@@ -606,12 +669,13 @@ class ExplainSettings(Settings):
     images: list | None = None
 
     def validated(self) -> ExplainSettings:
+        self.typed(but=("image",))  # a photo in memory gets its own message below
         if self.invert is not None:
             one_of("invert", self.invert, INVERT)
         if self.images is not None:
             if self.image is not None:
                 raise TransferError("give either image or images, not both")
-            images = [self.images] if isinstance(self.images, str | Path) else self.images
+            images = some_paths("images", self.images)
             if not images:
                 raise TransferError("give the images to explain")
             if self.output is not None and (Path(self.output).is_file()
@@ -653,6 +717,9 @@ class ExportSettings(Settings):
     force: bool = False
 
     def validated(self) -> ExportSettings:
+        self.typed()
+        check_images = (None if self.check_images is None
+                        else some_paths("check_images", self.check_images))
         one_of("format", self.format, EXPORT_FORMATS)
         one_of("quantize", self.quantize, QUANTIZE)
         if self.quantize != "none" and self.format != "tflite":
@@ -665,11 +732,11 @@ class ExportSettings(Settings):
         if self.format == "savedmodel" and suffix in (".keras", ".tflite", ".h5"):
             raise TransferError(f"a SavedModel is a folder: name --output without {suffix}, "
                                 "or choose that --format")
-        for path in self.check_images or []:
+        for path in check_images or []:
             existing_file("check_images", path)
         if self.output is not None:
             writable("output", self.output, file=True)
-        return self.replace(model=Path(self.model))
+        return self.replace(model=Path(self.model), check_images=check_images)
 
 
 # --------------------------------------------------------------------------- serve, report
@@ -693,6 +760,7 @@ class ServeSettings(Settings):
     def validated(self) -> ServeSettings:
         from transfer import bases
 
+        self.typed()
         base = bases.get(self.base)
         bases.check_alpha(base, self.alpha)
         whole_number("port", self.port)
@@ -739,6 +807,7 @@ class ReportSettings(Settings):
     force: bool = False  # replace an --output that is not a transfer report
 
     def validated(self) -> ReportSettings:
+        self.typed()
         if not Path(self.folder).is_dir():
             raise TransferError(not_a_report_folder(self.folder))
         if self.output is not None:
@@ -771,9 +840,12 @@ class CompareSettings(Settings):
     def validated(self) -> CompareSettings:
         from transfer import bases
 
-        whole_number("seed", self.seed)
-        runs = [r.strip() for r in (self.runs if isinstance(self.runs, list | tuple)
-                                    else str(self.runs).split(",")) if r.strip()]
+        self.typed()
+        given = self.runs if isinstance(self.runs, list | tuple) else str(self.runs).split(",")
+        for run in given:
+            if not isinstance(run, str):
+                one_of("runs", run, COMPARE_RUNS)
+        runs = [r.strip() for r in given if r.strip()]
         if not runs:
             raise TransferError("--runs needs at least one of " + ", ".join(COMPARE_RUNS))
         for run in runs:
@@ -831,7 +903,7 @@ class MnistParams(Settings):
         return Path(self.output or Path("models") / f"{self.dataset}-{self.arch}")
 
     def validated(self) -> MnistParams:
-        whole_number("seed", self.seed)
+        self.typed()
         one_of("dataset", self.dataset, MNIST_DATASETS)
         one_of("arch", self.arch, MNIST_ARCHS)
         at_least("epochs", self.epochs, 1)

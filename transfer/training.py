@@ -45,7 +45,7 @@ from transfer.errors import TransferError
 from transfer.files import exclusive, replacing
 from transfer.progress import Reporter
 from transfer.seeds import keeps_random_state
-from transfer.settings import DISTRIBUTE, HParams, TrainSettings  # noqa: F401
+from transfer.settings import DISTRIBUTE, HParams, TrainSettings, given  # noqa: F401
 
 
 @dataclass
@@ -247,7 +247,7 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
             without --force, weights that cannot be found.
     """
     started = time.perf_counter()
-    settings = settings.validated()
+    settings = given(settings, TrainSettings, "train").validated()
     reporter = reporter or Reporter()
     # read while no fetch-data writes a split there (and none starts until the run ends):
     # the data folder, or --train-dir and --validate-dir and the folders holding them

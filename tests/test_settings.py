@@ -1,0 +1,122 @@
+"""The settings objects every command takes from Python (no TensorFlow, no photos needed).
+
+A program calling the library hands values the CLI never would: ``force="no"`` (true in
+Python, so it replaced files), a number as a string, one path where a list is expected. Each
+is one TransferError naming the option, raised before anything is read or written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from transfer.errors import TransferError
+from transfer.settings import (
+    Augment,
+    CompareSettings,
+    EvaluateSettings,
+    ExplainSettings,
+    ExportSettings,
+    FetchOptions,
+    MnistParams,
+    PredictSettings,
+    ReportSettings,
+    ServeSettings,
+    TrainSettings,
+)
+
+
+@pytest.fixture
+def image(tmp_path) -> Path:
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(b"not read by the settings")
+    return path
+
+
+def every_settings(image: Path) -> dict:
+    """A valid instance of each settings class, by name."""
+    return {"train": TrainSettings(), "fetch": FetchOptions(),
+            "predict": PredictSettings(paths=[image]), "evaluate": EvaluateSettings(),
+            "explain": ExplainSettings(image=image), "export": ExportSettings(),
+            "compare": CompareSettings(output=image.parent / "compare"),
+            "report": ReportSettings(folder=image.parent), "mnist": MnistParams(),
+            "serve": ServeSettings()}
+
+
+@pytest.mark.parametrize("name", ["train", "fetch", "predict", "evaluate", "explain", "export",
+                                  "compare", "report", "mnist"])
+def test_force_is_true_or_false_in_every_command(name, image, tmp_path, monkeypatch):
+    """``force="no"`` is true in Python: evaluate, explain, predict, export, compare, report
+    and mnist replaced the user's files with it."""
+    monkeypatch.chdir(tmp_path)
+    settings = every_settings(image)[name]
+    settings.validated()  # valid as it is
+    with pytest.raises(TransferError) as info:
+        settings.replace(force="no").validated()
+    assert str(info.value) == "--force must be True or False, not 'no'"
+
+
+@pytest.mark.parametrize("settings, message", [
+    (PredictSettings(paths=["a.jpg"], imagenet="no"),
+     "--imagenet must be True or False, not 'no'"),
+    (TrainSettings(augment=Augment(enabled="no")), "--enabled must be True or False, not 'no'"),
+    (TrainSettings(augment=Augment(shear="x")), "--shear must be a number, not 'x'"),
+    (TrainSettings(epochs=2.5), "--epochs must be a whole number, not 2.5"),
+    (TrainSettings(learning_rate=float("nan")), "--learning-rate must be a number, not nan"),
+    (EvaluateSettings(model=None), "--model must be a path, not None"),
+    (EvaluateSettings(worst="3"), "--worst must be a whole number, not '3'"),
+    (ExportSettings(model=None), "--model must be a path, not None"),
+    (ExportSettings(output=3), "--output must be a path, not 3"),
+    (ExportSettings(check_images=[3]), "--check-images must be paths, not 3"),
+    (ReportSettings(folder=None), "--folder must be a path, not None"),
+    (MnistParams(output=3), "--output must be a path, not 3"),
+    (MnistParams(limit="100"), "--limit must be a whole number, not '100'"),
+    (ExplainSettings(images=3), "--images must be paths, not 3"),
+    (ExplainSettings(images=["a.jpg", None]), "--images must be paths, not None"),
+    (CompareSettings(runs=[1]), "--runs must be one of scratch, frozen, fine-tuned, not 1"),
+    (FetchOptions(train_per_class="10"), "--train-per-class must be a whole number, not '10'"),
+    (ServeSettings(max_upload_mb="20"), "--max-upload-mb must be a number, not '20'"),
+])
+def test_a_value_of_the_wrong_kind_is_one_error_naming_the_option(settings, message):
+    """Before: a TypeError or AttributeError from deep inside the checks (shear, model=None,
+    output=3, runs=[1]), or silently on (enabled="no", imagenet="no")."""
+    with pytest.raises(TransferError) as info:
+        settings.validated()
+    assert str(info.value) == message
+
+
+def test_one_path_is_one_image_not_its_letters(image, tmp_path, monkeypatch):
+    """``PredictSettings(paths="photo.jpg")`` was read letter by letter ("." classified the
+    whole working folder); a Path raised a TypeError. One path is one image, as in
+    ``predict("photo.jpg")`` and ``ExplainSettings(images="folder")``."""
+    monkeypatch.chdir(tmp_path)
+    assert PredictSettings(paths="photo.jpg").validated().paths == ["photo.jpg"]
+    assert PredictSettings(paths=image).validated().paths == [image]
+    assert ExportSettings(check_images=image).validated().check_images == [image]
+    assert ExplainSettings(images=image).validated().images == [str(image)]
+
+
+@pytest.mark.parametrize("call, takes", [
+    ("transfer.training:train", "TrainSettings"),
+    ("transfer.compare:compare", "CompareSettings"),
+    ("transfer.datasets:fetch_data", "FetchOptions"),
+    ("transfer.serve:create_app", "ServeSettings"),
+])
+def test_a_command_given_a_path_instead_of_its_settings_says_so(call, takes):
+    import importlib
+
+    module, name = call.split(":")
+    function = getattr(importlib.import_module(module), name)
+    with pytest.raises(TransferError) as info:
+        function("data")
+    assert str(info.value) == (f"{name} takes a {takes} (from transfer.settings), not 'data': "
+                               f"{name}({takes}(...))")
+
+
+def test_a_report_asked_for_a_number_of_gradcams_that_is_not_one(tmp_path):
+    from transfer.report import write_report
+
+    with pytest.raises(TransferError) as info:
+        write_report(tmp_path, gradcams="x")
+    assert str(info.value) == "gradcams must be a whole number, not 'x'"
