@@ -168,7 +168,9 @@ CASES = [
     # compare
     ("compare --runs scratch,magic --output {tmp}/cmp", 1, "--runs must be one of"),
     ("compare --runs frozen,frozen --output {tmp}/cmp", 1, "names a run twice"),
-    ("compare --base scratch --output {tmp}/cmp", 1, "must be a pretrained base"),
+    ("compare --base scratch --output {tmp}/cmp", 2, "'scratch' is not one of 'inception'"),
+    ("predict {photo} --imagenet --base scratch-seeds", 2, "'scratch-seeds' is not one of"),
+    ("serve --imagenet --base scratch", 2, "'scratch' is not one of 'inception'"),
     ("compare --output {file}", 1, "is a file, not a folder"),
     ("compare --output {ro}/cmp", 1, "cannot write in /sys"),
     # serve, report

@@ -993,11 +993,11 @@ def test_fetch_options_of_the_wrong_type_are_one_error(flowers, tmp_path):
                          (dict(seed=None), "--seed must be a whole number, not None"),
                          (dict(seed="7"), "--seed must be a whole number, not '7'"),
                          (dict(data_dir=None), "--data-dir must be a path, not None"),
-                         (dict(validation_split="0.3"), "--validation-split must be a fraction "
-                                                        "in (0, 1), not '0.3'"),
-                         (dict(test_split="0.1"), "--test-split must be in [0, 1), not '0.1'"),
-                         (dict(validation_split=True), "--validation-split must be a fraction "
-                                                       "in (0, 1), not True")):
+                         (dict(validation_split="0.3"), "--validation-split must be a number, "
+                                                        "not '0.3'"),
+                         (dict(test_split="0.1"), "--test-split must be a number, not '0.1'"),
+                         (dict(validation_split=True), "--validation-split must be a number, "
+                                                       "not True")):
         with pytest.raises(TransferError) as info:
             fetch_data(FetchOptions(**{"archive": flowers, "data_dir": tmp_path / "d", **bad}))
         assert str(info.value) == message

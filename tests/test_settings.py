@@ -63,7 +63,8 @@ def test_force_is_true_or_false_in_every_command(name, image, tmp_path, monkeypa
     (TrainSettings(augment=Augment(enabled="no")), "--enabled must be True or False, not 'no'"),
     (TrainSettings(augment=Augment(shear="x")), "--shear must be a number, not 'x'"),
     (TrainSettings(epochs=2.5), "--epochs must be a whole number, not 2.5"),
-    (TrainSettings(learning_rate=float("nan")), "--learning-rate must be a number, not nan"),
+    (TrainSettings(learning_rate=float("nan")),
+     "--learning-rate must be a positive number, not nan"),  # its range, not its type
     (EvaluateSettings(model=None), "--model must be a path, not None"),
     (EvaluateSettings(worst="3"), "--worst must be a whole number, not '3'"),
     (ExportSettings(model=None), "--model must be a path, not None"),

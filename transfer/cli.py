@@ -33,6 +33,8 @@ from transfer.errors import Terminated, TransferError  # noqa: F401  (cli.Termin
 from transfer.progress import RichReporter
 
 BaseName = Literal[tuple(BASES)]  # noqa: F821  (choices come from the registry)
+# ImageNet mode (predict, serve) and compare's transfer runs: the bases with ImageNet weights
+PretrainedName = Literal[tuple(n for n, b in BASES.items() if b.pretrained)]  # noqa: F821
 Pipeline = Literal[S.PIPELINES]
 Distribute = Literal[S.DISTRIBUTE]
 Source = Literal[S.FETCH_SOURCES]
@@ -610,7 +612,7 @@ def predict_cmd(
     imagenet: Annotated[bool, typer.Option(
         "--imagenet", help="Classify with --base's pretrained ImageNet classifier.")
     ] = _P.imagenet,
-    base: Annotated[BaseName, typer.Option(help="Base of ImageNet mode.")] = _P.base,
+    base: Annotated[PretrainedName, typer.Option(help="Base of ImageNet mode.")] = _P.base,
     alpha: Annotated[float, typer.Option(help="MobileNet width in ImageNet mode.")] = _P.alpha,
     top: Annotated[int | None, typer.Option(
         help="Labels per image, best first \\[default: 1; 3 in ImageNet mode].",
@@ -996,7 +998,8 @@ def compare_cmd(
         help="Comma-separated: scratch (the CNN from scratch), frozen (a new head on the "
         "frozen base), fine-tuned (then its top layers trained too).")
     ] = ",".join(_C.runs),
-    base: Annotated[BaseName, typer.Option(help="The pretrained base of frozen and fine-tuned.")
+    base: Annotated[PretrainedName, typer.Option(
+        help="The pretrained base of frozen and fine-tuned.")
                     ] = _C.base,
     alpha: Annotated[float | None, typer.Option(
         help="MobileNet width \\[default: 0.25 for mobilenet].", show_default=False)
@@ -1054,7 +1057,7 @@ def serve_cmd(
     imagenet: Annotated[bool, typer.Option(
         "--imagenet", help="Make --base's ImageNet classifier the page's default model.")
     ] = _V.imagenet,
-    base: Annotated[BaseName, typer.Option(help="Base of ImageNet mode.")] = _V.base,
+    base: Annotated[PretrainedName, typer.Option(help="Base of ImageNet mode.")] = _V.base,
     alpha: Annotated[float, typer.Option(help="MobileNet width in ImageNet mode.")] = _V.alpha,
     host: Annotated[str, typer.Option(
         help="Address to bind (0.0.0.0: every interface, with a warning).")] = _V.host,

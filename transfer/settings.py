@@ -203,7 +203,9 @@ def _kinds(cls) -> dict[str, tuple]:
 
 
 def a_number(name: str, value) -> None:
-    if not real(value):
+    """A number's type (an int or float, NumPy's too; not a bool or a string of digits): its
+    range, finite included, is each option's own check."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise TransferError(f"{_flag(name)} must be a number, not {shown(value)}")
 
 
@@ -234,7 +236,7 @@ class Settings:
         """Check each field holds the kind of value its annotation declares, before any
         other check: from Python, ``force="no"`` is true (and replaced files), and "x" for a
         number failed deep inside with a TypeError. Switches must be True or False, paths a
-        str or os.PathLike, counts whole numbers, other numbers finite ones; names and lists
+        str or os.PathLike, counts whole numbers, other numbers numbers; names and lists
         are checked by each class (``but``: fields it checks itself)."""
         for name, kinds in _kinds(type(self)).items():
             value = getattr(self, name)
@@ -726,7 +728,8 @@ class ExportSettings(Settings):
             raise TransferError("--quantize applies to --format tflite only")
         suffix = None if self.output is None else Path(self.output).suffix.lower()
         if self.format == "keras" and suffix is not None and Path(self.output).suffix != ".keras":
-            raise TransferError("a Keras export must end in .keras")
+            raise TransferError("a Keras export must end in .keras (in lower case: Keras "
+                                "saves and loads no other name)")
         if self.format == "tflite" and suffix not in (None, ".tflite"):  # what devices look for
             raise TransferError("a TFLite export must end in .tflite")
         if self.format == "savedmodel" and suffix in (".keras", ".tflite", ".h5"):
