@@ -206,6 +206,30 @@ def test_bad_input_is_one_clear_line(places, line, code, message):
     assert _tree(root) == before, "a failed command wrote or removed files"
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["explain", ""], "an empty argument after 'explain'"),
+    (["predict", "", "--top", "2"], "an empty argument after 'predict'"),
+    (["predict", "{photo}", "--output", ""], "--output is empty"),
+    (["evaluate", "--data-dir="], "--data-dir= is empty"),
+    (["export", "--check-images", "", "--force"], "--check-images is empty"),
+])
+def test_an_empty_argument_is_refused_not_read_as_the_current_folder(places, args, message,
+                                                                      monkeypatch):
+    """``transfer explain "$PHOTO"`` with PHOTO unset explained every photo under the current
+    folder and wrote a Grad-CAM picture beside each (``Path("")`` is ``.``); predict, evaluate
+    and export read the current folder the same way. An empty argument is a usage error."""
+    root = Path(places["tmp"])
+    monkeypatch.chdir(root)
+    before = _tree(root)
+    result = runner.invoke(app, [a.format(**places) for a in args], prog_name="transfer")
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert result.stderr.strip() == (
+        f"error: {message} (an unset shell variable?); an empty path would mean the current "
+        "folder: write . for that")
+    assert result.stdout == ""
+    assert _tree(root) == before
+
+
 def test_bad_option_fails_before_tensorflow_loads():
     """`train --epochs 0` as a real process: one line, exit 1, well under 2 s (TensorFlow
     alone takes 4-10 s to import, so this also shows it was never imported)."""

@@ -102,7 +102,40 @@ def _console(stderr: bool = False) -> Console:
 out = _console()
 err = _console(stderr=True)
 _patch_typer_help()
+
+
+def empty_argument(args: list[str]) -> str | None:
+    """What is wrong with the first empty argument of a command line (None when there is
+    none). ``Path("")`` is the current folder: ``transfer explain "$PHOTO"`` with PHOTO unset
+    explained every photo under it, writing a picture beside each."""
+    for i, arg in enumerate(args[1:], start=1):
+        before = args[i - 1]
+        if arg == "" and before.startswith("-") and "=" not in before:
+            what = f"{before} is empty"
+        elif arg == "":
+            what = f"an empty argument after {before!r}"
+        elif arg.startswith("--") and arg.endswith("="):
+            what = f"{arg} is empty"
+        else:
+            continue
+        return (f"{what} (an unset shell variable?); an empty path would mean the current "
+                "folder: write . for that")
+    return None
+
+
+class _Commands(typer.core.TyperGroup):
+    """The command group; an empty argument is refused before any command reads it."""
+
+    def parse_args(self, ctx, args):
+        problem = empty_argument(args)
+        if problem is not None:
+            _error_line(problem)
+            raise typer.Exit(2)
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
+    cls=_Commands,
     help="Image classification by transfer learning on TensorFlow/Keras.\n\n"
     "The tour: transfer fetch-data, transfer train --base inception, "
     "transfer predict photo.jpg, transfer evaluate, transfer mnist.",
