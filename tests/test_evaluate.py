@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -507,3 +508,26 @@ def test_phone_sized_mistakes_are_classified_and_shown_in_draft_mode(trained_bun
     assert len(report["worst_mistakes"]) == 6 - int(np.trace(report["confusion_matrix"])) > 0
     with Image.open(out / "misclassified.png") as shown:
         assert shown.format == "PNG"
+
+
+def test_a_mistake_named_in_latin1_is_listed_in_suspects_csv(trained_bundle, small_split,
+                                                            tmp_path):
+    """A photo named in Latin-1 ("chien\\xe9.jpg", not UTF-8) among the mistakes ended evaluate
+    with a UnicodeEncodeError while suspects.csv was written, and nothing was written. Its
+    name is kept as the file system holds it."""
+    data = tmp_path / "held-out"
+    photos = split_images(small_split / "test", 3)
+    for path, name in photos:
+        (data / name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, data / name / path.name)
+    dogs = [path for path, name in photos if name == "dogs"]
+    latin1 = [os.fsdecode(bytes(data / "cats") + b"/chien%d\xe9.jpg" % i) for i in range(3)]
+    for dog, name in zip(dogs, latin1, strict=True):
+        shutil.copy(dog, name)  # dogs filed as cats: mistakes where the model is right
+    out = tmp_path / "report"
+    report = evaluate(trained_bundle.bundle, data_dir=data, output=out, worst=100).report
+    assert report["images"] == len(photos) + 3
+    with open(out / "suspects.csv", encoding="utf-8", errors="surrogateescape",
+              newline="") as f:
+        listed = [row["file"] for row in csv.DictReader(f)]
+    assert set(latin1) & set(listed)

@@ -5,6 +5,7 @@ five-class model, for every registered base, and its errors."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -368,3 +369,28 @@ def test_where_many_pictures_go(tmp_path, monkeypatch):
         with pytest.raises(TransferError, match="^explain takes the path of an image file, "
                                                 "not a (bytes|ndarray) .predict takes photos"):
             explain.explain(photo, model=tmp_path / "models/none", write=False)
+
+
+def test_link_loops_and_names_that_are_not_utf8_are_rows_not_tracebacks(trained_bundle,
+                                                                        dog_photo, tmp_path):
+    """A folder holding a link loop ended explain with a RuntimeError from resolve(); a file
+    named in Latin-1 (an old camera's "caf\\xe9.jpg") with a TypeError from the picture's
+    title. The loop is an error row, the Latin-1 photo is explained like any other."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(dog_photo, folder / "dog.jpg")
+    latin1 = Path(os.fsdecode(bytes(folder) + b"/caf\xe9.jpg"))
+    shutil.copy(dog_photo, latin1)
+    (folder / "x.jpg").symlink_to("y.jpg")
+    (folder / "y.jpg").symlink_to("x.jpg")
+    rows = explain.explain_all(ExplainSettings(images=[str(folder)],
+                                               model=trained_bundle.bundle,
+                                               output=tmp_path / "out"))
+    by_name = {Path(r.image).name: r for r in rows}
+    assert sorted(by_name) == sorted(["dog.jpg", latin1.name, "x.jpg", "y.jpg"])
+    assert by_name["x.jpg"].error == by_name["y.jpg"].error == (
+        "a symbolic link loop (it leads back to itself)")
+    assert by_name["dog.jpg"].error is None and by_name[latin1.name].error is None
+    np.testing.assert_allclose(by_name[latin1.name].explanation.heatmap,
+                               by_name["dog.jpg"].explanation.heatmap, atol=1e-6)
+    assert (tmp_path / "out" / f"{latin1.stem}.gradcam.png").is_file()

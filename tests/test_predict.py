@@ -517,3 +517,25 @@ def test_output_dash_is_standard_output(trained_bundle, small_split, tmp_path, m
                                  "--output", "-", "--format", "csv"])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("file,label,probability") and list(tmp_path.iterdir()) == []
+
+
+def test_a_link_loop_and_a_name_too_long_get_error_rows(trained_bundle, real_photos, tmp_path):
+    """A name too long for the file system stopped the whole run ("error: File name too long",
+    nothing classified); a link loop was "a broken link (to y.jpg, which does not exist)",
+    although y.jpg is there. Each is now its own error row, and the rest is classified."""
+    good = tmp_path / "good.jpg"
+    good.write_bytes(real_photos["dogs"][5][1])
+    loop = tmp_path / "loop"
+    loop.mkdir()
+    (loop / "x.jpg").symlink_to("y.jpg")
+    (loop / "y.jpg").symlink_to("x.jpg")
+    long = tmp_path / ("y" * 300 + ".jpg")
+    result = predict.predict([str(good), str(loop / "x.jpg"), str(long), str(loop)],
+                             model=trained_bundle.bundle)
+    assert [(i.file, i.error) for i in result.items] == [
+        (str(good), None),
+        (str(loop / "x.jpg"), "a symbolic link loop (it leads back to itself)"),
+        (str(long), "cannot be read (File name too long)"),
+        (str(loop / "x.jpg"), "a symbolic link loop (it leads back to itself)"),
+        (str(loop / "y.jpg"), "a symbolic link loop (it leads back to itself)")]
+    assert result.items[0].label == "dogs"

@@ -847,3 +847,27 @@ def test_photos_a_killed_server_left_in_the_temp_folder_are_removed_at_start(
         alive.kill()
         alive.wait()
     assert files.sweep_temp_folders("transfer-serve-") == [made["alive"]]
+
+
+def test_a_link_loop_in_the_models_folder_is_passed_over(models_dir, tmp_path):
+    """Two links naming each other in the models folder ended serve at start-up with a
+    RuntimeError from resolve() (a loop made while serving: /api/models answered 500 for
+    ever). The loop is not a bundle; the others are listed and served."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copytree(models_dir / "cats-dogs", models / "cats-dogs")
+    os.symlink("l2", models / "l1")
+    os.symlink("l1", models / "l2")
+    with TestClient(serve.create_app(ServeSettings(models_dir=models))) as c:
+        listed = c.get("/api/models")
+        assert listed.status_code == 200
+        bundles = [m["name"] for m in listed.json()["models"]
+                   if not m["name"].startswith(serve.IMAGENET_PREFIX)]
+        assert bundles == ["cats-dogs"] and listed.json()["default"] == "cats-dogs"
+        os.symlink("l4", models / "l3")
+        os.symlink("l3", models / "l4")
+        again = c.get("/api/models")
+        assert again.status_code == 200 and [m["name"] for m in again.json()["models"]
+                                             if m["name"] in ("l1", "l2", "l3", "l4")] == []
+        assert c.post("/api/predict", files=files_field(("a.jpg", b"x")),
+                      data={"model": "l1"}).status_code == 404

@@ -78,7 +78,8 @@ def gate(accuracy: float, threshold: float | None) -> dict | None:
 
 def write_suspects(path: Path, mistakes: list[dict]) -> None:
     """``suspects.csv``: one row per mistake, in the order given (most confident first)."""
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    # a name that is not UTF-8 is written as the file system holds it (its bytes)
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUSPECT_COLUMNS)
         writer.writeheader()
         for m in mistakes:

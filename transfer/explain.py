@@ -269,9 +269,16 @@ def outputs_of(paths: list[str | Path], output: Path | None
             if image is None:
                 rows.append((name, None, None, error))
                 continue
-            if image.resolve() in images_seen:
+            try:
+                real = image.resolve()
+            except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13)
+                real = None
+            if real is None:
+                rows.append((name, None, None, "a symbolic link loop (it leads back to itself)"))
+                continue
+            if real in images_seen:
                 continue  # named twice (a folder and a file in it, two spellings): once
-            images_seen.add(image.resolve())
+            images_seen.add(real)
             if output is None:
                 png = default_png(image)
             else:

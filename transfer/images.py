@@ -26,7 +26,9 @@ before that with the tfdata pipeline record no ``preprocessing.resize`` and keep
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -198,20 +200,30 @@ def _pillow_errors(source=None):
         raise ImageError("not an image (Pillow cannot identify it)") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(f"too large to decode safely ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except OSError as exc:
+        if exc.errno is not None:  # the file system's (no access...), not the decoder's
+            raise ImageError(f"cannot be read ({exc.strerror})") from None
+        raise ImageError(f"corrupt or truncated image ({exc})") from None
+    except (SyntaxError, ValueError) as exc:
         raise ImageError(f"corrupt or truncated image ({exc})") from None
 
 
 def _existing_file(path) -> Path:
     """``path`` as a Path, or ImageError when it is missing, a folder or empty."""
     path = Path(path)
-    if not path.exists():
+    try:
+        found = path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageError("a symbolic link loop (it leads back to itself)") from None
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # no access, a name too long...
+            raise ImageError(f"cannot be read ({exc.strerror})") from None
         if path.is_symlink():
-            raise ImageError(f"a broken link (to {os.readlink(path)}, which does not exist)")
-        raise ImageError("no such file")
-    if path.is_dir():
+            raise ImageError(f"a broken link (to {os.readlink(path)}, which does not exist)") from None
+        raise ImageError("no such file") from None
+    if stat.S_ISDIR(found.st_mode):
         raise ImageError("is a folder")
-    if path.stat().st_size == 0:
+    if found.st_size == 0:
         raise ImageError("empty file (0 bytes)")
     return path
 

@@ -95,19 +95,29 @@ def gather(paths: list[str | Path]) -> list[tuple[str, Path | None, str | None]]
             continue
         text = str(raw)
         path = Path(text)
-        if path.is_dir():
-            found, unread = photos_under(path)  # one walk
-            if not found and not unread:
-                rows.append((text, None, "folder has no images"))
-            rows.extend((str(p), p, None) for p in found)
-            rows.extend((str(p), None, unread_reason(p)) for p in unread)
-        elif path.exists() or not glob.has_magic(text):  # missing: said when it is opened
-            rows.append(_file_row(text, path) if path.is_file() else (text, path, None))
-        else:
-            files = _matches(text)
-            if not files:
-                rows.append((text, None, "no file matches this pattern"))
-            rows.extend(_file_row(str(m), m) for m in files)
+        try:
+            rows.extend(_rows_of(text, path))
+        except OSError as exc:  # a name too long, a folder this user may not enter
+            rows.append((text, None, f"cannot be read ({exc.strerror or exc})"))
+    return rows
+
+
+def _rows_of(text: str, path: Path) -> list[tuple[str, Path | None, str | None]]:
+    """``gather``'s rows for one path, folder or glob."""
+    rows: list[tuple[str, Path | None, str | None]] = []
+    if path.is_dir():
+        found, unread = photos_under(path)  # one walk
+        if not found and not unread:
+            rows.append((text, None, "folder has no images"))
+        rows.extend((str(p), p, None) for p in found)
+        rows.extend((str(p), None, unread_reason(p)) for p in unread)
+    elif path.exists() or not glob.has_magic(text):  # missing: said when it is opened
+        rows.append(_file_row(text, path) if path.is_file() else (text, path, None))
+    else:
+        files = _matches(text)
+        if not files:
+            rows.append((text, None, "no file matches this pattern"))
+        rows.extend(_file_row(str(m), m) for m in files)
     return rows
 
 

@@ -6,12 +6,23 @@ from pathlib import Path
 
 
 def _pyplot():
+    import warnings
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # a file name in a script the font lacks (CJK) is drawn as boxes: no warning for each
+    warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font",
+                            category=UserWarning)
     return plt
+
+
+def _text(value) -> str:
+    """A title as matplotlib can draw it: a file name that is not UTF-8 (an old camera's
+    Latin-1 "caf\\xe9.jpg", held by Python as a surrogate) is shown with a replacement mark."""
+    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def curves(history: dict[str, list[float]], path: Path, title: str = "") -> Path:
@@ -36,7 +47,7 @@ def curves(history: dict[str, list[float]], path: Path, title: str = "") -> Path
         start = history["phase"].index("fine-tune") + 0.5
         for ax in axes:
             ax.axvline(start, color="grey", linestyle="--")
-    fig.suptitle(title)
+    fig.suptitle(_text(title))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -61,8 +72,8 @@ def image_grid(images, titles, path: Path, cols: int = 5, title: str = "",
                 limit = float(np.abs(image).max()) or 1.0
                 kwargs.update(vmin=-limit, vmax=limit)
             ax.imshow(image, interpolation="nearest", **kwargs)
-            ax.set_title(str(titles[i]), fontsize=8)
-    fig.suptitle(title)
+            ax.set_title(_text(titles[i]), fontsize=8)
+    fig.suptitle(_text(title))
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -90,7 +101,7 @@ def confusion(matrix, names, path: Path, title: str = "") -> Path:
 
     # centred on the figure and wrapped to it (about 11 characters an inch): a long model or
     # folder name cut off the accuracy at the end of the line
-    fig.suptitle(textwrap.fill(title, width=max(24, int(size * 11)), break_long_words=True,
+    fig.suptitle(textwrap.fill(_text(title), width=max(24, int(size * 11)), break_long_words=True,
                                break_on_hyphens=False), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -111,7 +122,7 @@ def noise_curve(results, path: Path, title: str = "") -> Path:
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.05)
     ax.grid(alpha=0.3)
-    ax.set_title(title)
+    ax.set_title(_text(title))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -136,7 +147,7 @@ def gradcam(image, heatmap, path: Path, title: str = "", alpha: float = 0.45) ->
         ax.imshow(picture)
         ax.set_title(caption, fontsize=9)
         ax.axis("off")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(_text(title), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

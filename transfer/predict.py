@@ -184,7 +184,8 @@ def write_text(path: Path, text: str, force: bool = False) -> Path:
     """
     path = Path(path)
     if is_device_or_pipe(path):  # /dev/stdout, a pipe
-        with open(path, "w", encoding="utf-8") as stream:  # written to, never replaced
+        # names that are not UTF-8 as the file system holds them (their bytes), as below
+        with open(path, "w", encoding="utf-8", errors="surrogateescape") as stream:
             stream.write(text)
         return path
     refuse_existing(path, force)
@@ -192,5 +193,5 @@ def write_text(path: Path, text: str, force: bool = False) -> Path:
         raise TransferError(f"{path} is a folder")
     writable_folder(path.resolve().parent)
     with replacing(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
     return path

@@ -100,6 +100,14 @@ class ImageNetEntry:
 # --------------------------------------------------------------------------- models
 
 
+def _real(path: Path) -> Path | None:
+    """``path`` with its links followed; None for a link loop (which resolve() raises on)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError before Python 3.13
+        return None
+
+
 class ModelStore:
     """The models a server offers: bundles inside ``models_dir`` and ImageNet classifiers,
     loaded on first use and kept in an LRU of ``cache_size`` (only touched from the model
@@ -212,11 +220,11 @@ class ModelStore:
         if not self.root.is_dir():
             return found
         folders = sorted(self.root.iterdir())
-        real_folders = {f.resolve() for f in folders if not f.is_symlink()}
+        real_folders = {_real(f) for f in folders if not f.is_symlink()}
         for folder in folders:
             if folder.name.startswith(".") or (folder.is_symlink() and (
-                    folder.name == "latest" or folder.resolve() in real_folders)):
-                continue  # a link to a bundle listed under its own name
+                    folder.name == "latest" or _real(folder) in real_folders)):
+                continue  # a link to a bundle listed under its own name (or a link loop)
             try:
                 path, meta = self.bundle_entry(folder.name)
             except (NotFound, TransferError, OSError):  # a broken one is said (bundle_entry)
@@ -235,7 +243,7 @@ class ModelStore:
         latest = self.root / "latest"
         with contextlib.suppress(NotFound, Broken):
             self.bundle_path("latest")
-            return latest.resolve().name if latest.is_symlink() else "latest"
+            return _real(latest).name if latest.is_symlink() else "latest"
         listed = self.bundles()
         if listed:
             return listed[0]["name"]
