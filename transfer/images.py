@@ -219,7 +219,8 @@ def _existing_file(path) -> Path:
         if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # no access, a name too long...
             raise ImageError(f"cannot be read ({exc.strerror})") from None
         if path.is_symlink():
-            raise ImageError(f"a broken link (to {os.readlink(path)}, which does not exist)") from None
+            target = os.readlink(path)
+            raise ImageError(f"a broken link (to {target}, which does not exist)") from None
         raise ImageError("no such file") from None
     if stat.S_ISDIR(found.st_mode):
         raise ImageError("is a folder")
