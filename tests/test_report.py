@@ -184,3 +184,32 @@ def test_image_counts_look_into_sub_folders_as_training_does(tmp_path):
         (tmp_path / rel).write_bytes(b"x")
     assert _count_images(tmp_path, ["daisy", "roses", "tulips"]) == {
         "daisy": 2, "roses": 1, "tulips": 0}
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("meta.json", "", "meta.json is not valid JSON"),
+    ("meta.json", {"timings": 7}, "meta.json: timings must be an object, not 7"),
+    ("meta.json", {"data": [1]}, "meta.json: data must be an object, not [1]"),
+    ("meta.json", {"class_names": "cats,dogs"}, "meta.json: class_names must be a list"),
+    ("report.json", "{garbled", "report.json is not valid JSON"),
+    ("report.json", {"per_class": [1, 2]}, "report.json: per_class must be an object, not [1, 2]"),
+    ("report.json", {"skipped": 5}, "report.json: skipped must be a list, not 5"),
+    ("report.json", {"bundle": 7}, "report.json: bundle must be a string, not 7"),
+])
+def test_a_damaged_meta_or_report_json_is_one_error_naming_it(trained_bundle, tmp_path, name,
+                                                              content, message):
+    """A meta.json or report.json whose fields have the wrong type ended `transfer report` with
+    a TypeError or AttributeError (predict named the field in one line); an empty or garbled
+    one was "holds neither meta.json nor report.json", though the file is there."""
+    folder = tmp_path / "bundle"
+    shutil.copytree(trained_bundle.bundle, folder)
+    if name == "report.json":  # an evaluation folder: report.json alone
+        (folder / "meta.json").unlink()
+        good = {"accuracy": 0.9, "images": 10, "class_names": ["cats", "dogs"]}
+    else:
+        good = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    text = content if isinstance(content, str) else json.dumps({**good, **content})
+    (folder / name).write_text(text, encoding="utf-8")
+    with pytest.raises(TransferError) as info:
+        render_report(folder)
+    assert message in str(info.value)

@@ -24,6 +24,7 @@ matrix yet; a bundle whose validation images are gone gets no Grad-CAM pictures)
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
@@ -94,6 +95,52 @@ def _read_json(path: Path):
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def _read_object(path: Path) -> dict | None:
+    """The JSON object in ``path``; None when there is no such file; TransferError when it is
+    there but empty, garbled or not an object (it was said to be missing)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise TransferError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise TransferError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise TransferError(f"{path} holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+# report.json's fields the page reads, and what each must be (``null`` is accepted)
+_EVALUATION_TYPES = {"accuracy": (int, float), "loss": (int, float), "roc_auc": (int, float),
+                     "seconds": (int, float), "images": int, "training_images": int,
+                     "per_class": dict, "macro_avg": dict, "engine": dict, "gate": dict,
+                     "confusion_matrix": list, "class_names": list, "skipped": list,
+                     "worst_mistakes": list, "bundle": str, "model": str, "data_dir": str,
+                     "created": str, "kind": str}
+
+
+def check_evaluation_types(evaluation: dict, path: Path) -> None:
+    """TransferError naming the first field of an evaluation's report.json that has the wrong
+    type (a hand edit, another tool's file), as ``bundle.check_meta_types`` does for meta."""
+    for key, kind in _EVALUATION_TYPES.items():
+        value = evaluation.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            wanted = {int: "a whole number", dict: "an object", str: "a string",
+                      list: "a list"}.get(kind, "a number")
+            raise TransferError(f"{path}: {key} must be {wanted}, not "
+                                f"{json.dumps(value)[:80]}")
+    rows = evaluation.get("per_class") or {}
+    if not all(isinstance(row, dict) for row in rows.values()):
+        raise TransferError(f"{path}: per_class must map each class to an object")
+    for item in evaluation.get("skipped") or []:
+        if not isinstance(item, dict):
+            raise TransferError(f"{path}: skipped must list objects, not "
+                                f"{json.dumps(item)[:80]}")
 
 
 def data_uri(data: bytes, mime: str = "image/png") -> str:
@@ -351,12 +398,12 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
         from transfer import compare
 
         return compare.render_page(compare.read(folder), folder)
-    meta = _read_json(folder / "meta.json")
-    evaluation = _read_json(folder / "report.json")
-    if not isinstance(meta, dict):
-        meta = None
-    if not isinstance(evaluation, dict):
-        evaluation = None
+    meta = _read_object(folder / "meta.json")
+    if meta is not None:
+        bundle.check_meta_types(meta, folder / "meta.json")  # a field named, as predict does
+    evaluation = _read_object(folder / "report.json")
+    if evaluation is not None:
+        check_evaluation_types(evaluation, folder / "report.json")
     if meta is None and evaluation is None:
         inside = sorted(p.name for p in folder.iterdir() if p.is_dir() and bundle.is_bundle(p))
         if inside:  # a comparison cut short (it writes compare.json last), or a models folder
@@ -371,8 +418,10 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
     if meta is None:  # an evaluate --output folder: its bundle itself, not what latest is now
         named = evaluation.get("bundle") or evaluation.get("model")
         other = _read_json(Path(named) / "meta.json") if named else None
-        if isinstance(other, dict):
-            meta, bundle_dir = other, Path(named)
+        with contextlib.suppress(TransferError):  # that bundle damaged since: report without
+            if isinstance(other, dict):
+                bundle.check_meta_types(other, Path(named) / "meta.json")
+                meta, bundle_dir = other, Path(named)
     meta = meta or {}
     names = list(meta.get("class_names") or (evaluation or {}).get("class_names") or [])
     metrics = meta.get("metrics") or {}
