@@ -4,6 +4,7 @@ folders checked before any slow work. (Classifiers on real bundles: test_predict
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 from unwritable import unwritable_folder
@@ -136,3 +137,30 @@ def test_photos_in_formats_transfer_cannot_read_are_said_not_dropped(tmp_path):
     named = inference.gather([folder / "IMG_0001.HEIC", str(folder / "*.nef")])
     assert [error for _, _, error in named] == [errors["IMG_0001.HEIC"], errors["DSC_2.nef"]]
     assert [file for _, file, _ in named] == [None, None]  # error rows, never opened
+
+
+def test_a_quoted_glob_of_folders_is_those_folders(tmp_path):
+    """``predict 'data/test/*'`` (quoted: the shell leaves the glob to transfer) matched only
+    the class folders and said "no file matches this pattern", while the same folders given
+    by the shell were recursed. A folder a glob matches is read as a named folder is."""
+    for cls in ("cats", "dogs"):
+        (tmp_path / "test" / cls).mkdir(parents=True)
+        (tmp_path / "test" / cls / f"{cls}.1.jpg").write_bytes(b"x")
+    (tmp_path / "test" / "notes.txt").write_text("mine")
+    (tmp_path / "test" / "empty").mkdir()
+    rows = inference.gather([str(tmp_path / "test" / "*")])
+    assert rows == inference.gather([str(tmp_path / "test" / name)  # as the shell expands it
+                                     for name in ("cats", "dogs", "empty", "notes.txt")])
+    assert [(Path(name).name, error) for name, _, error in rows] == [
+        ("cats.1.jpg", None), ("dogs.1.jpg", None), ("empty", "folder has no images"),
+        ("notes.txt", None)]  # named: it fails when it is read, "not an image"
+
+
+def test_a_recursive_glob_lists_each_photo_once(tmp_path):
+    """``photos/**`` matches the folders and the files in them: each photo once."""
+    (tmp_path / "photos" / "sub").mkdir(parents=True)
+    for name in ("a.jpg", "sub/b.jpg"):
+        (tmp_path / "photos" / name).write_bytes(b"x")
+    rows = inference.gather([str(tmp_path / "photos" / "**")])
+    assert [Path(name).relative_to(tmp_path / "photos").as_posix() for name, _, _ in rows] == [
+        "a.jpg", "sub/b.jpg"]

@@ -50,7 +50,7 @@ import numpy as np
 
 from transfer import bases, bundle, images
 from transfer import engines as engines_module
-from transfer.constants import UNREAD_HINT, is_own_picture, unread_photo
+from transfer.constants import UNREAD_HINT, is_ignored_folder, is_own_picture, unread_photo
 from transfer.errors import TransferError
 from transfer.files import images_under, photos_under
 from transfer.metrics import class_probabilities
@@ -114,10 +114,15 @@ def _rows_of(text: str, path: Path) -> list[tuple[str, Path | None, str | None]]
     elif path.exists() or not glob.has_magic(text):  # missing: said when it is opened
         rows.append(_file_row(text, path) if path.is_file() else (text, path, None))
     else:
-        files = _matches(text)
-        if not files:
+        matched = _matches(text)
+        if not matched:
             rows.append((text, None, "no file matches this pattern"))
-        rows.extend(_file_row(str(m), m) for m in files)
+        seen: set[str] = set()  # "photos/**" matches folders and the files in them: once each
+        for m in matched:  # a folder matched is read as a named one (as the shell passes it)
+            for row in _rows_of(str(m), m) if m.is_dir() else [_file_row(str(m), m)]:
+                if row[0] not in seen:
+                    seen.add(row[0])
+                    rows.append(row)
     return rows
 
 
@@ -136,7 +141,8 @@ def unread_reason(path: Path) -> str | None:
 
 
 def _matches(pattern: str) -> list[Path]:
-    """The files a glob matches. The longest leading run of folders that exist as written
+    """The files and folders a glob matches (not the tool's own pictures, nor ``__MACOSX/``
+    and the like). The longest leading run of folders that exist as written
     ("Urlaub [2023]/*.jpg", "Urlaub [2023]/**/*.jpg") is those folders: their brackets are
     their names."""
     parts = Path(pattern).parts
@@ -146,8 +152,9 @@ def _matches(pattern: str) -> list[Path]:
     if known and glob.has_magic(os.path.join(*parts[:known])):
         pattern = os.path.join(glob.escape(os.path.join(*parts[:known])), *parts[known:])
     found = glob.glob(pattern, recursive=True)
-    return [m for m in sorted(Path(m) for m in found) if m.is_file()
-            and not is_own_picture(m.name)]
+    return [m for m in sorted(Path(m) for m in found)
+            if (m.is_file() and not is_own_picture(m.name))
+            or (m.is_dir() and not is_ignored_folder(m.name))]
 
 
 def glob_root(pattern: str) -> Path:
