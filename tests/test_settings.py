@@ -121,3 +121,10 @@ def test_a_report_asked_for_a_number_of_gradcams_that_is_not_one(tmp_path):
     with pytest.raises(TransferError) as info:
         write_report(tmp_path, gradcams="x")
     assert str(info.value) == "gradcams must be a whole number, not 'x'"
+
+
+def test_paths_may_come_from_a_generator_and_a_number_is_refused(image):
+    assert PredictSettings(paths=image.parent.glob("*.jpg")).validated().paths == [image]
+    with pytest.raises(TransferError, match="paths must be a list of images, folders or "
+                                            "globs, not 3"):
+        PredictSettings(paths=3).validated()

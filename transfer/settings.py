@@ -602,9 +602,11 @@ class PredictSettings(Settings):
 
         self.typed()
         paths = [self.paths] if is_one_image(self.paths) else self.paths  # not its letters
-        if not isinstance(paths, list | tuple):
+        try:
+            paths = list(paths)  # a list, a tuple, Path.glob's generator
+        except TypeError:
             raise TransferError(f"paths must be a list of images, folders or globs, not "
-                                f"{paths!r}")
+                                f"{paths!r}") from None
         if not paths:
             raise TransferError("give at least one image, folder or glob")
         one_of("format", self.resolved_format(), PREDICT_FORMATS)
@@ -844,11 +846,11 @@ class CompareSettings(Settings):
         from transfer import bases
 
         self.typed()
-        given = self.runs if isinstance(self.runs, list | tuple) else str(self.runs).split(",")
-        for run in given:
+        named = self.runs if isinstance(self.runs, list | tuple) else str(self.runs).split(",")
+        for run in named:
             if not isinstance(run, str):
                 one_of("runs", run, COMPARE_RUNS)
-        runs = [r.strip() for r in given if r.strip()]
+        runs = [r.strip() for r in named if r.strip()]
         if not runs:
             raise TransferError("--runs needs at least one of " + ", ".join(COMPARE_RUNS))
         for run in runs:
