@@ -73,7 +73,7 @@ from transfer.constants import (
 from transfer.errors import TransferError
 from transfer.files import exclusive, free_name, make_dirs, write_json
 from transfer.progress import Reporter
-from transfer.settings import FetchOptions, given
+from transfer.settings import FetchOptions, given, real
 from transfer.sources import obtain_archive, resolve_source
 
 __all__ = ["DEFAULT_VALIDATION_FRACTION", "FetchOptions", "FetchResult",
@@ -401,6 +401,11 @@ def _refuse_unless_forced(opts, data_dir, previous, request, ours, foreign, extr
         raise TransferError(f"the split in {data_dir} {why}; use --force to replace it")
 
 
+def shown(value) -> str:
+    """A fraction as an option gives it (0.2, 0), anything else as it is."""
+    return f"{value:g}" if real(value) else str(value)
+
+
 REQUEST_OPTIONS = {"seed": "--seed", "competition": "--competition",
                    "url": "--microsoft-url", "archive": "--archive"}
 
@@ -425,7 +430,8 @@ def _changed_arguments(asked: dict, request: dict, made=None, now=None) -> str:
 
     def described(plan):
         if plan["mode"] == "fractions":
-            return f"fractions (validation {plan.get('validation'):g}, test {plan.get('test'):g})"
+            return (f"fractions (validation {shown(plan.get('validation'))}, test "
+                    f"{shown(plan.get('test'))})")
         return f"per class (train/validate/test) {counts(plan)}"
 
     then, asked_now = plan_of(made, asked), plan_of(now, request)
