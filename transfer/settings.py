@@ -327,12 +327,7 @@ class FetchOptions(Settings):
         return {split: n for split, n in counts.items() if n > 0}
 
     def validated(self) -> FetchOptions:
-        opts = self.typed()
-        a_path("data_dir", opts.data_dir)
-        whole_number("seed", opts.seed)
-        if opts.archive is not None:
-            a_path("archive", opts.archive)
-        a_bool("force", opts.force)
+        opts = self.typed()  # data_dir, archive, seed, the counts, force
         if opts.archive is not None and opts.source in ("auto", "archive"):
             opts = opts.replace(source="archive", archive=Path(opts.archive))
         elif opts.archive is not None:
@@ -494,7 +489,6 @@ class TrainSettings(Settings):
         base = bases.get(self.base)
         bases.check_alpha(base, self.alpha)
         if self.image_size is not None:
-            whole_number("image_size", self.image_size)
             bases.check_size(base, self.image_size)
         a_path("weights", self.weights)
         if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
@@ -519,13 +513,6 @@ class TrainSettings(Settings):
         if self.l2 is not None and not (real(self.l2) and self.l2 >= 0):
             raise TransferError(f"--l2 must be 0 or a positive number, not {shown(self.l2)}")
         open_fraction("validation_split", self.validation_split)
-        for name in ("feature_cache", "force", "preview_augment"):
-            a_bool(name, getattr(self, name))
-        a_bool("flip", self.augment.flip)
-        a_path("models_dir", self.models_dir)
-        for name in ("train_dir", "validate_dir", "output", "tensorboard"):
-            if getattr(self, name) is not None:
-                a_path(name, getattr(self, name))
         if self.assert_accuracy_at_least is not None:
             fraction("assert_accuracy_at_least", self.assert_accuracy_at_least,
                      upper_open=False)
@@ -768,9 +755,6 @@ class ServeSettings(Settings):
         self.typed()
         base = bases.get(self.base)
         bases.check_alpha(base, self.alpha)
-        whole_number("port", self.port)
-        a_bool("imagenet", self.imagenet)
-        a_path("models_dir", self.models_dir)
         if self.model is not None and not isinstance(self.model, str | os.PathLike):
             raise TransferError(f"--model must be a bundle's name or path, not {self.model!r}")
         if not isinstance(self.host, str):
@@ -865,8 +849,6 @@ class CompareSettings(Settings):
         alpha = bases.check_alpha(base, alpha)
         at_least("fine_tune", self.fine_tune, 1)
         open_fraction("validation_split", self.validation_split)
-        a_path("data_dir", self.data_dir)
-        a_path("output", self.output)
         not_a_file("data_dir", self.data_dir)
         not_a_file("output", self.output)
         outside_data("output", self.output, *TrainSettings(data_dir=self.data_dir).folders_read())
