@@ -305,6 +305,21 @@ _META_TYPES = {"schema_version": int, "image_size": int, "channels": int,
                "skipped": list}
 
 
+def check_field_types(record: dict, types: dict, path: Path, required=()) -> None:
+    """TransferError naming the first field of ``record`` (a JSON file's object, read from
+    ``path``) whose value is not of its type in ``types``; ``null`` or absent is accepted but
+    for the ``required`` fields. A bool is no number."""
+    for key, kind in types.items():
+        value = record.get(key)
+        if value is None and key not in required:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kind):
+            wanted = {int: "a whole number", dict: "an object", str: "a string",
+                      list: "a list"}.get(kind, "a number")
+            raise TransferError(f"{path}: {key} must be {wanted}, not "
+                                f"{json.dumps(value)[:80]}")
+
+
 def check_meta_types(meta: dict, path: Path) -> None:
     """Raise TransferError when a field of ``meta`` that transfer reads has the wrong type:
     ``class_names`` a list of at least two distinct strings, ``image_size`` a positive whole
@@ -315,15 +330,8 @@ def check_meta_types(meta: dict, path: Path) -> None:
             and all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names)):
         raise TransferError(f"{path}: class_names must be a list of at least two distinct "
                             f"names, not {json.dumps(names)[:80]}")
-    for key, kind in _META_TYPES.items():
-        value = meta.get(key)
-        if value is None and key not in ("schema_version", "image_size", "preprocessing"):
-            continue
-        if isinstance(value, bool) or not isinstance(value, kind):
-            wanted = {int: "a whole number", dict: "an object", str: "a string",
-                      list: "a list"}.get(kind, "a number")
-            raise TransferError(f"{path}: {key} must be {wanted}, not "
-                                f"{json.dumps(value)[:80]}")
+    check_field_types(meta, _META_TYPES, path,
+                      required=("schema_version", "image_size", "preprocessing"))
     if meta["image_size"] < 1:
         raise TransferError(f"{path}: image_size must be positive, not {meta['image_size']}")
     for key, value in (meta.get("metrics") or {}).items():  # printed with number formats

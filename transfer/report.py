@@ -127,13 +127,7 @@ _EVALUATION_TYPES = {"accuracy": (int, float), "loss": (int, float), "roc_auc": 
 def check_evaluation_types(evaluation: dict, path: Path) -> None:
     """TransferError naming the first field of an evaluation's report.json that has the wrong
     type (a hand edit, another tool's file), as ``bundle.check_meta_types`` does for meta."""
-    for key, kind in _EVALUATION_TYPES.items():
-        value = evaluation.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
-            wanted = {int: "a whole number", dict: "an object", str: "a string",
-                      list: "a list"}.get(kind, "a number")
-            raise TransferError(f"{path}: {key} must be {wanted}, not "
-                                f"{json.dumps(value)[:80]}")
+    bundle.check_field_types(evaluation, _EVALUATION_TYPES, path)
     rows = evaluation.get("per_class") or {}
     if not all(isinstance(row, dict) for row in rows.values()):
         raise TransferError(f"{path}: per_class must map each class to an object")
