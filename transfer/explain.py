@@ -21,7 +21,7 @@ import numpy as np
 from transfer import bases, images, plots
 from transfer.constants import GRADCAM_SUFFIX
 from transfer.errors import TransferError
-from transfer.files import refuse_existing, replacing
+from transfer.files import refuse_existing, replacing, resolved
 from transfer.inference import (
     BundleClassifier,
     gather,
@@ -269,11 +269,8 @@ def outputs_of(paths: list[str | Path], output: Path | None
             if image is None:
                 rows.append((name, None, None, error))
                 continue
-            try:
-                real = image.resolve()
-            except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13)
-                real = None
-            if real is None:
+            real = resolved(image)
+            if real is None:  # a link loop
                 rows.append((name, None, None, "a symbolic link loop (it leads back to itself)"))
                 continue
             if real in images_seen:

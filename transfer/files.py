@@ -48,6 +48,15 @@ def is_device_or_pipe(path: Path) -> bool:
     return path.exists() and not path.is_file() and not path.is_dir()
 
 
+def resolved(path: Path) -> Path | None:
+    """``path`` with its links followed; None for a link loop (which ``resolve()`` raises on:
+    RuntimeError before Python 3.13, OSError since)."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):
+        return None
+
+
 def free_name(path: Path, taken: set[Path] = frozenset()) -> Path:
     """``path``, or ``path2``, ``path3``... the first that nothing (nor ``taken``) holds: where
     a folder or file is moved aside (``train.old``, ``train.old2``)."""

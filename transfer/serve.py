@@ -56,6 +56,7 @@ from urllib.parse import quote
 import numpy as np
 
 from transfer.errors import TransferError
+from transfer.files import resolved
 from transfer.progress import Reporter
 from transfer.settings import INVERT, ServeSettings, given
 
@@ -98,14 +99,6 @@ class ImageNetEntry:
 
 
 # --------------------------------------------------------------------------- models
-
-
-def _real(path: Path) -> Path | None:
-    """``path`` with its links followed; None for a link loop (which resolve() raises on)."""
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):  # RuntimeError before Python 3.13
-        return None
 
 
 class ModelStore:
@@ -220,10 +213,10 @@ class ModelStore:
         if not self.root.is_dir():
             return found
         folders = sorted(self.root.iterdir())
-        real_folders = {_real(f) for f in folders if not f.is_symlink()}
+        real_folders = {resolved(f) for f in folders if not f.is_symlink()}
         for folder in folders:
             if folder.name.startswith(".") or (folder.is_symlink() and (
-                    folder.name == "latest" or _real(folder) in real_folders)):
+                    folder.name == "latest" or resolved(folder) in real_folders)):
                 continue  # a link to a bundle listed under its own name (or a link loop)
             try:
                 path, meta = self.bundle_entry(folder.name)
@@ -243,7 +236,7 @@ class ModelStore:
         latest = self.root / "latest"
         with contextlib.suppress(NotFound, Broken):
             self.bundle_path("latest")
-            return _real(latest).name if latest.is_symlink() else "latest"
+            return resolved(latest).name if latest.is_symlink() else "latest"
         listed = self.bundles()
         if listed:
             return listed[0]["name"]
