@@ -52,3 +52,20 @@ def test_curves_of_one_epoch_label_the_epoch_as_one(figures, tmp_path):
         assert list(ax.get_xticks()) == [1]  # not 0.96, 0.98, 1.00, 1.02, 1.04
     plots.curves({k: v * 3 for k, v in history.items()}, tmp_path / "three.png")
     assert all(float(t).is_integer() for t in figures[1].axes[0].get_xticks())
+
+
+def test_a_title_the_font_cannot_draw_warns_no_one_and_leaves_the_filters(tmp_path):
+    """A photo named in a script DejaVu Sans lacks (猫.jpg) drew boxes with a UserWarning per
+    glyph on the console; silencing it must not change the caller's warning filters (a
+    library call leaves them as they were)."""
+    import warnings
+
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        inside = list(warnings.filters)
+        plots.gradcam(np.zeros((32, 32, 3), "uint8"), np.zeros((32, 32)), tmp_path / "g.png",
+                      title="猫.jpg: predicted cats 0.98")
+        assert list(warnings.filters) == inside
+    assert not [w for w in caught if "missing from font" in str(w.message)]
+    assert list(warnings.filters) == before and (tmp_path / "g.png").is_file()

@@ -277,9 +277,9 @@ def trainable_parameters(model) -> int:
 def plot(data: dict, path: Path) -> Path:
     """compare.png: validation accuracy and seconds per run side by side, then the validation
     accuracy per epoch of every run overlaid (fine-tuning epochs continue the frozen ones)."""
-    from transfer.plots import _pyplot
+    from transfer import plots
 
-    plt = _pyplot()
+    plt = plots._pyplot()
     runs = data["runs"]
     names = list(runs)
     colours = {"scratch": "#d95f02", "frozen": "#1b9e77", "fine-tuned": "#7570b3"}
@@ -323,9 +323,7 @@ def plot(data: dict, path: Path) -> Path:
     ax.legend(fontsize=8)
     fig.suptitle(f"compare on {data['data_dir']}: {data['base']}"
                  + (f" alpha {data['alpha']}" if data['base'] == "mobilenet" else ""))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path)
     return Path(path)
 
 

@@ -6,17 +6,26 @@ from pathlib import Path
 
 
 def _pyplot():
-    import warnings
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # a file name in a script the font lacks (CJK) is drawn as boxes: no warning for each
-    warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font",
-                            category=UserWarning)
     return plt
+
+
+def save(fig, path, dpi: int = 100) -> None:
+    """Lay ``fig`` out, write it to ``path`` as PNG and close it. A name in a script the font
+    lacks (CJK) is drawn as boxes without a warning for each glyph; the caller's warning
+    filters are left as they were."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font",
+                                category=UserWarning)
+        fig.tight_layout()
+        fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
 
 
 def _text(value) -> str:
@@ -48,9 +57,7 @@ def curves(history: dict[str, list[float]], path: Path, title: str = "") -> Path
         for ax in axes:
             ax.axvline(start, color="grey", linestyle="--")
     fig.suptitle(_text(title))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
     return Path(path)
 
 
@@ -74,9 +81,7 @@ def image_grid(images, titles, path: Path, cols: int = 5, title: str = "",
             ax.imshow(image, interpolation="nearest", **kwargs)
             ax.set_title(_text(titles[i]), fontsize=8)
     fig.suptitle(_text(title))
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path, dpi=80)
     return Path(path)
 
 
@@ -103,9 +108,7 @@ def confusion(matrix, names, path: Path, title: str = "") -> Path:
     # folder name cut off the accuracy at the end of the line
     fig.suptitle(textwrap.fill(_text(title), width=max(24, int(size * 11)), break_long_words=True,
                                break_on_hyphens=False), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
     return Path(path)
 
 
@@ -123,9 +126,7 @@ def noise_curve(results, path: Path, title: str = "") -> Path:
     ax.set_ylim(0, 1.05)
     ax.grid(alpha=0.3)
     ax.set_title(_text(title))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
     return Path(path)
 
 
@@ -148,7 +149,5 @@ def gradcam(image, heatmap, path: Path, title: str = "", alpha: float = 0.45) ->
         ax.set_title(caption, fontsize=9)
         ax.axis("off")
     fig.suptitle(_text(title), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
     return Path(path)

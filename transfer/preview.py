@@ -126,8 +126,7 @@ def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
         TransferError: no readable photo in ``source``, a bad pipeline name.
     """
     from transfer import images as image_io
-    from transfer import pipelines
-    from transfer.plots import _pyplot
+    from transfer import pipelines, plots
 
     photos, labels = [], []
     for file, label in pick_photos(source, max(n * 2, n), seed):
@@ -145,7 +144,7 @@ def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
         versions = augmented_versions(stack, augment, copies, seed, pipeline)
     else:
         versions = np.repeat(stack[:, None], copies, axis=1)
-    plt = _pyplot()
+    plt = plots._pyplot()
     cols = copies + 1
     fig, axes = plt.subplots(len(photos), cols, figsize=(cols * 2.0, len(photos) * 2.1 + 0.6),
                              squeeze=False)
@@ -159,12 +158,10 @@ def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
                 ax.set_title("photo" if j == 0 else f"augmented {j}", fontsize=9)
         axes[i, 0].set_ylabel(labels[i][:24], fontsize=8)
     fig.suptitle(describe(augment, size, pipeline), fontsize=9)
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as tmp:
-        fig.savefig(tmp, dpi=80)
-    plt.close(fig)
+        plots.save(fig, tmp, dpi=80)
     return path
 
 
