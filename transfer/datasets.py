@@ -401,7 +401,7 @@ def _refuse_unless_forced(opts, data_dir, previous, request, ours, foreign, extr
         raise TransferError(f"the split in {data_dir} {why}; use --force to replace it")
 
 
-def shown(value) -> str:
+def _as_given(value) -> str:
     """A fraction as an option gives it (0.2, 0), anything else as it is."""
     return f"{value:g}" if real(value) else str(value)
 
@@ -419,19 +419,19 @@ def _changed_arguments(asked: dict, request: dict, made=None, now=None) -> str:
     if asked.get("source") != request.get("source"):
         parts.append(f"source {asked.get('source')} then, {request.get('source')} now")
 
-    def plan_of(plan, request):
+    def plan_of(plan, key):
         if isinstance(plan, dict) and plan.get("mode") in ("fractions", "per_class"):
             return plan
-        counts = request.get("per_class")  # a manifest without its plan: the counts asked
-        return {"mode": "per_class", **counts} if isinstance(counts, dict) else None
+        per_class = key.get("per_class")  # a manifest without its plan: the counts asked
+        return {"mode": "per_class", **per_class} if isinstance(per_class, dict) else None
 
     def counts(plan):
         return "/".join(str(plan.get(k, 0)) for k in ("train", "validate", "test"))
 
     def described(plan):
         if plan["mode"] == "fractions":
-            return (f"fractions (validation {shown(plan.get('validation'))}, test "
-                    f"{shown(plan.get('test'))})")
+            return (f"fractions (validation {_as_given(plan.get('validation'))}, test "
+                    f"{_as_given(plan.get('test'))})")
         return f"per class (train/validate/test) {counts(plan)}"
 
     then, asked_now = plan_of(made, asked), plan_of(now, request)
