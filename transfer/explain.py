@@ -271,7 +271,7 @@ def outputs_of(paths: list[str | Path], output: Path | None
                 continue
             real = resolved(image)
             if real is None:  # a link loop
-                rows.append((name, None, None, "a symbolic link loop (it leads back to itself)"))
+                rows.append((name, None, None, images.LINK_LOOP))
                 continue
             if real in images_seen:
                 continue  # named twice (a folder and a file in it, two spellings): once

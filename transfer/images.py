@@ -208,6 +208,9 @@ def _pillow_errors(source=None):
         raise ImageError(f"corrupt or truncated image ({exc})") from None
 
 
+LINK_LOOP = "a symbolic link loop (it leads back to itself)"  # what the reader says of one
+
+
 def _existing_file(path) -> Path:
     """``path`` as a Path, or ImageError when it is missing, a folder or empty."""
     path = Path(path)
@@ -215,7 +218,7 @@ def _existing_file(path) -> Path:
         found = path.stat()
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise ImageError("a symbolic link loop (it leads back to itself)") from None
+            raise ImageError(LINK_LOOP) from None
         if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # no access, a name too long...
             raise ImageError(f"cannot be read ({exc.strerror})") from None
         if path.is_symlink():
