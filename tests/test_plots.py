@@ -69,3 +69,14 @@ def test_a_title_the_font_cannot_draw_warns_no_one_and_leaves_the_filters(tmp_pa
         assert list(warnings.filters) == inside
     assert not [w for w in caught if "missing from font" in str(w.message)]
     assert list(warnings.filters) == before and (tmp_path / "g.png").is_file()
+
+
+def test_names_that_are_not_utf8_are_drawn_in_every_kind_of_text(tmp_path):
+    """A Latin-1 file or class name (held by Python as a surrogate) made matplotlib raise
+    TypeError: in a title, an axis label or a confusion matrix's tick labels."""
+    latin1 = "caf\udce9"
+    plots.confusion(np.array([[3, 1], [0, 4]]), [latin1, "dogs"], tmp_path / "c.png",
+                    title=f"model on {latin1}/")
+    plots.image_grid([np.zeros((8, 8, 3), "uint8")] * 2, [f"{latin1}.jpg", "b.jpg"],
+                     tmp_path / "g.png", title=latin1)
+    assert (tmp_path / "c.png").is_file() and (tmp_path / "g.png").is_file()

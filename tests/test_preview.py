@@ -88,3 +88,20 @@ def test_nothing_readable_is_one_clear_error(tmp_path):
     assert not (tmp_path / "x.png").exists()
     with pytest.raises(TransferError, match="unknown pipeline"):
         augmented_versions(np.zeros((1, 8, 8, 3)), Augment(), 1, 0, pipeline="magic")
+
+
+def test_a_photo_named_in_latin1_is_shown_not_a_crash_at_the_end_of_training(tiny_split,
+                                                                               tmp_path):
+    """Every train writes this preview into its bundle: a photo named in Latin-1 (an old
+    camera's "caf\\xe9.jpg") among the photos shown ended the run with matplotlib's TypeError
+    when the bundle was written. Any figure's text is now drawn with a replacement mark."""
+    import os
+    import shutil
+
+    photo = next(path for path, _ in pick_photos(tiny_split / "train", 1, seed=0))
+    (tmp_path / "p").mkdir()  # a short folder name: the label (cut at 24) keeps the photo's
+    latin1 = os.fsdecode(bytes(tmp_path) + b"/p/caf\xe9.jpg")
+    shutil.copy(photo, latin1)
+    path = preview_augment([latin1], Augment(), 32, tmp_path / "latin1.png", n=1)
+    with Image.open(path) as shown:
+        assert shown.format == "PNG"

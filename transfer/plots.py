@@ -15,11 +15,16 @@ def _pyplot():
 
 
 def save(fig, path, dpi: int = 100) -> None:
-    """Lay ``fig`` out, write it to ``path`` as PNG and close it. A name in a script the font
-    lacks (CJK) is drawn as boxes without a warning for each glyph; the caller's warning
-    filters are left as they were."""
+    """Lay ``fig`` out, write it to ``path`` as PNG and close it. Every text of the figure is
+    made drawable first (``_text``: a file name that is not UTF-8 made matplotlib raise); a
+    name in a script the font lacks (CJK) is drawn as boxes without a warning for each glyph,
+    and the caller's warning filters are left as they were."""
     import warnings
 
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        text.set_text(_text(text.get_text()))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font",
                                 category=UserWarning)
@@ -29,8 +34,8 @@ def save(fig, path, dpi: int = 100) -> None:
 
 
 def _text(value) -> str:
-    """A title as matplotlib can draw it: a file name that is not UTF-8 (an old camera's
-    Latin-1 "caf\\xe9.jpg", held by Python as a surrogate) is shown with a replacement mark."""
+    """Text as matplotlib can draw it: a file name that is not UTF-8 (an old camera's Latin-1
+    "caf\\xe9.jpg", held by Python as a surrogate) is shown with a replacement mark."""
     return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
@@ -56,7 +61,7 @@ def curves(history: dict[str, list[float]], path: Path, title: str = "") -> Path
         start = history["phase"].index("fine-tune") + 0.5
         for ax in axes:
             ax.axvline(start, color="grey", linestyle="--")
-    fig.suptitle(_text(title))
+    fig.suptitle(title)
     save(fig, path)
     return Path(path)
 
@@ -79,8 +84,8 @@ def image_grid(images, titles, path: Path, cols: int = 5, title: str = "",
                 limit = float(np.abs(image).max()) or 1.0
                 kwargs.update(vmin=-limit, vmax=limit)
             ax.imshow(image, interpolation="nearest", **kwargs)
-            ax.set_title(_text(titles[i]), fontsize=8)
-    fig.suptitle(_text(title))
+            ax.set_title(str(titles[i]), fontsize=8)
+    fig.suptitle(title)
     save(fig, path, dpi=80)
     return Path(path)
 
@@ -94,6 +99,7 @@ def confusion(matrix, names, path: Path, title: str = "") -> Path:
     size = max(4.0, 0.55 * len(names) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
+    names = [_text(name) for name in names]  # tick labels are drawn from these, not kept text
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("predicted")
@@ -106,7 +112,7 @@ def confusion(matrix, names, path: Path, title: str = "") -> Path:
 
     # centred on the figure and wrapped to it (about 11 characters an inch): a long model or
     # folder name cut off the accuracy at the end of the line
-    fig.suptitle(textwrap.fill(_text(title), width=max(24, int(size * 11)), break_long_words=True,
+    fig.suptitle(textwrap.fill(title, width=max(24, int(size * 11)), break_long_words=True,
                                break_on_hyphens=False), fontsize=10)
     save(fig, path)
     return Path(path)
@@ -125,7 +131,7 @@ def noise_curve(results, path: Path, title: str = "") -> Path:
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.05)
     ax.grid(alpha=0.3)
-    ax.set_title(_text(title))
+    ax.set_title(title)
     save(fig, path)
     return Path(path)
 
@@ -148,6 +154,6 @@ def gradcam(image, heatmap, path: Path, title: str = "", alpha: float = 0.45) ->
         ax.imshow(picture)
         ax.set_title(caption, fontsize=9)
         ax.axis("off")
-    fig.suptitle(_text(title), fontsize=9)
+    fig.suptitle(title, fontsize=9)
     save(fig, path)
     return Path(path)
