@@ -548,3 +548,48 @@ def test_multi_worker_training_takes_sigterm_back_from_the_cli_only(monkeypatch)
         assert signal.getsignal(signal.SIGTERM) is mine  # the CLI put the caller's back
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_class_folder_holding_a_folder_this_user_cannot_read_is_refused(tmp_path):
+    """`train` on cats/ holding a folder without read permission, run as a user the permission
+    stops (as root: nobody, through setpriv): the walk skipped it in silence, training on
+    fewer photos than the folders hold. Now one line names it, and nothing is written."""
+    import shutil
+    import tempfile
+
+    as_root = os.geteuid() == 0
+    if as_root and not shutil.which("setpriv"):
+        from conftest import missing
+        missing("setpriv (util-linux) is needed to run a command as another user here")
+    # a place the other user may read: not under pytest's own (root-only) folder
+    top = Path(tempfile.mkdtemp(prefix="transfer-unreadable-"))
+    try:
+        top.chmod(0o755)
+        for cls in ("cats", "dogs"):
+            (top / "data" / cls).mkdir(parents=True)
+            for i in range(3):
+                (top / "data" / cls / f"{cls}.{i}.jpg").write_bytes(b"\xff\xd8\xff")
+        (top / "data" / "cats" / "private").mkdir()
+        (top / "data" / "cats" / "private" / "cat.9.jpg").write_bytes(b"\xff\xd8\xff")
+        (top / "data" / "cats" / "private").chmod(0)
+        (top / "home").mkdir(mode=0o777)
+        (top / "home").chmod(0o777)
+        before = _tree(top / "data" / "dogs")
+        command = [sys.executable, "-m", "transfer", "train", "--data-dir", str(top / "data"),
+                   "--models-dir", str(top / "home" / "models")]
+        if as_root:
+            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=top, timeout=120,
+                                env={**os.environ, "COLUMNS": "300", "HOME": str(top / "home"),
+                                     "KERAS_HOME": str(top / "home" / "keras"),
+                                     "MPLCONFIGDIR": str(top / "home" / "mpl")})
+        assert result.returncode == 1, (result.stdout, result.stderr)
+        assert result.stderr.strip() == (
+            f"error: cannot list the folder {top / 'data' / 'cats' / 'private'} (Permission "
+            "denied): the photos in it would be left out unseen; make it readable or move it "
+            "away")
+        assert not (top / "home" / "models").exists()
+        assert _tree(top / "data" / "dogs") == before
+    finally:
+        (top / "data" / "cats" / "private").chmod(0o755)
+        shutil.rmtree(top)

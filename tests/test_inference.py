@@ -164,3 +164,37 @@ def test_a_recursive_glob_lists_each_photo_once(tmp_path):
     rows = inference.gather([str(tmp_path / "photos" / "**")])
     assert [Path(name).relative_to(tmp_path / "photos").as_posix() for name, _, _ in rows] == [
         "a.jpg", "sub/b.jpg"]
+
+
+def test_a_folder_that_cannot_be_listed_is_a_row_not_left_out(tmp_path):
+    """A sub-folder the walk cannot list (no permission; here a path longer than PATH_MAX,
+    which stops root too) was skipped in silence: its photos vanished from the answers."""
+    from unwritable import unlistable_folder
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"x")
+    deep = unlistable_folder(photos / "deep")
+    rows = inference.gather([photos])
+    assert [(name, error) for name, _, error in rows] == [
+        (str(photos / "a.jpg"), None),
+        (str(photos / "deep" / deep), "cannot be read (File name too long)")]
+
+
+def test_walk_refuses_a_folder_it_cannot_list_unless_asked_to_collect(tmp_path):
+    from unwritable import unlistable_folder
+
+    from transfer.errors import TransferError
+    from transfer.files import walk
+
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "cats" / "c.jpg").write_bytes(b"x")
+    deep = unlistable_folder(tmp_path / "cats" / "private")
+    with pytest.raises(TransferError, match=r"cannot list the folder .*private/[n/]+ \(File name "
+                                            r"too long\): the photos in it would be left out"):
+        walk(tmp_path)
+    unreadable: list = []
+    files, _ = walk(tmp_path, unreadable=unreadable)
+    assert "cats/c.jpg" in files
+    assert [(rel, exc.strerror) for rel, exc in unreadable] == [
+        (f"cats/private/{deep}", "File name too long")]

@@ -50,3 +50,29 @@ def names_path(error: BaseException, path: Path) -> bool:
     """True when ``error`` names ``path``: an OSError's filename, or the message's text (a
     TransferError from the settings' checks)."""
     return str(path) in (getattr(error, "filename", None) or "") or str(path) in str(error)
+
+
+def unlistable_folder(parent: Path) -> str:
+    """Make, under ``parent``, a chain of folders whose deepest one cannot be listed, root
+    included: its path is longer than the system's PATH_MAX (ENAMETOOLONG), as a folder
+    without read permission is unreadable to its user. Returns it relative to ``parent``."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    name = "n" * 250
+    limit = os.pathconf(str(parent), "PC_PATH_MAX")
+    parts: list[str] = []
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        while len(str(parent)) + len(parts) * (len(name) + 1) <= limit:
+            os.mkdir(name, dir_fd=fd)
+            inner = os.open(name, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+            parts.append(name)
+        # a photo inside, which the walk cannot reach
+        photo = os.open("kept.jpg", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(photo, b"\xff\xd8\xff")
+        os.close(photo)
+    finally:
+        os.close(fd)
+    return "/".join(parts)

@@ -147,7 +147,8 @@ def sha256_file(path: Path) -> str:
 MAX_DEPTH = 40
 
 
-def walk(root: Path, skip_folder=lambda name: False) -> tuple[list[str], list[str]]:
+def walk(root: Path, skip_folder=lambda name: False,
+         unreadable: list[tuple[str, OSError]] | None = None) -> tuple[list[str], list[str]]:
     """(files, folders) under ``root`` as relative POSIX paths, each folder's entries sorted.
 
     Symbolic links to files and to folders are followed, as a file browser shows them (a
@@ -157,11 +158,25 @@ def walk(root: Path, skip_folder=lambda name: False) -> tuple[list[str], list[st
     refuses are left out, with everything in them. A broken link is listed as a file: reading
     it fails, and the reader says so as of any unreadable file (left out silently, a photo
     moved away from under its link went missing from every count).
+
+    A folder that cannot be listed (no permission, a path too long) would take its photos
+    out of every count unseen: with ``unreadable`` (a list) each is appended to it as
+    (relative POSIX path, "." for the root; the error) and the walk goes on; without, the
+    first is a TransferError naming it.
     """
     root = Path(root)
     files, folders = [], []
     branch: dict[str, frozenset] = {}  # the real folders from the root down to each folder
-    for folder, dirs, names in os.walk(root, followlinks=True):
+
+    def cannot_list(error: OSError) -> None:
+        rel = Path(error.filename).relative_to(root).as_posix()
+        if unreadable is None:
+            raise TransferError(f"cannot list the folder {unreadable_folder(root, rel, error)}:"
+                                " the photos in it would be left out unseen; make it readable"
+                                " or move it away")
+        unreadable.append((rel, error))
+
+    for folder, dirs, names in os.walk(root, followlinks=True, onerror=cannot_list):
         here = Path(folder)
         rel = here.relative_to(root)
         real = os.path.realpath(here)
@@ -178,17 +193,24 @@ def walk(root: Path, skip_folder=lambda name: False) -> tuple[list[str], list[st
     return files, folders
 
 
+def unreadable_folder(root: Path, rel: str, error: OSError) -> str:
+    """A folder ``walk`` could not list, and why: "photos/private (Permission denied)"."""
+    return f"{Path(root) / rel} ({error.strerror or error})"
+
+
 def images_under(folder: Path) -> list[Path]:
     """Every image under ``folder`` at any depth, sorted, links followed (``walk``); hidden
     and system files and folders, ``__MACOSX/`` and the tool's own pictures left out."""
     return photos_under(folder)[0]
 
 
-def photos_under(folder: Path) -> tuple[list[Path], list[Path]]:
+def photos_under(folder: Path, unreadable: list[tuple[str, OSError]] | None = None
+                 ) -> tuple[list[Path], list[Path]]:
     """(the images under ``folder``, as ``images_under``; the photos there in a format the
-    reader does not take, HEIC or camera raw), from one walk."""
+    reader does not take, HEIC or camera raw), from one walk; a folder that cannot be listed
+    as ``walk`` treats it."""
     folder = Path(folder)
-    files, _ = walk(folder, skip_folder=is_ignored_folder)
+    files, _ = walk(folder, skip_folder=is_ignored_folder, unreadable=unreadable)
     return (sorted(folder / rel for rel in files if is_image_name(rel.rsplit("/", 1)[-1])),
             sorted(folder / rel for rel in files if unread_photo(rel)))
 

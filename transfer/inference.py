@@ -106,11 +106,14 @@ def _rows_of(text: str, path: Path) -> list[tuple[str, Path | None, str | None]]
     """``gather``'s rows for one path, folder or glob."""
     rows: list[tuple[str, Path | None, str | None]] = []
     if path.is_dir():
-        found, unread = photos_under(path)  # one walk
-        if not found and not unread:
+        unlisted: list[tuple[str, OSError]] = []  # folders that cannot be listed: a row each
+        found, unread = photos_under(path, unlisted)  # one walk
+        if not found and not unread and not unlisted:
             rows.append((text, None, "folder has no images"))
         rows.extend((str(p), p, None) for p in found)
         rows.extend((str(p), None, unread_reason(p)) for p in unread)
+        rows.extend((str(path / rel), None, f"cannot be read ({exc.strerror or exc})")
+                    for rel, exc in unlisted)
     elif path.exists() or not glob.has_magic(text):  # missing: said when it is opened
         rows.append(_file_row(text, path) if path.is_file() else (text, path, None))
     else:
