@@ -539,3 +539,31 @@ def test_a_link_loop_and_a_name_too_long_get_error_rows(trained_bundle, real_pho
         (str(loop / "x.jpg"), "a symbolic link loop (it leads back to itself)"),
         (str(loop / "y.jpg"), "a symbolic link loop (it leads back to itself)")]
     assert result.items[0].label == "dogs"
+
+
+def test_names_with_terminal_controls_are_printed_as_escapes(trained_bundle, real_photos,
+                                                             tmp_path):
+    """A file named with ESC [2J (from a zip, anyone's folder) went to the terminal raw: it
+    cleared the screen or recoloured it; a newline in a name split its table row in two. The
+    table, error rows and error lines now write them as escapes; the JSON keeps the name."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "\x1b[2Jclear.jpg").write_bytes(real_photos["dogs"][5][1])
+    (folder / "two\nlines.jpg").write_bytes(real_photos["cats"][5][1])
+    (folder / "bad\rname.jpg").write_bytes(b"not a photo")
+    result = runner.invoke(app, ["predict", str(folder), "--model", str(trained_bundle.bundle)],
+                           env={"COLUMNS": "300"})
+    assert result.exit_code == 1, result.output  # the file that is not a photo
+    assert "\x1b" not in result.output and "\r" not in result.output
+    rows = [line for line in result.output.splitlines() if ".jpg" in line]
+    assert len(rows) == 3, result.output
+    assert any("\\x1b[2Jclear.jpg" in row and "dogs" in row for row in rows)
+    assert any("two\\nlines.jpg" in row and "cats" in row for row in rows)
+    assert any("bad\\rname.jpg" in row and "error:" in row for row in rows)
+    as_json = runner.invoke(app, ["predict", str(folder / "\x1b[2Jclear.jpg"), "--model",
+                                  str(trained_bundle.bundle), "--format", "json"])
+    assert json.loads(as_json.stdout)["predictions"][0]["file"] == str(folder / "\x1b[2Jclear.jpg")
+    missing = runner.invoke(app, ["evaluate", "--model", str(trained_bundle.bundle),
+                                  "--data-dir", str(tmp_path / "\x1b]0;owned\x07")])
+    assert missing.exit_code == 1 and "\x1b" not in missing.output and "\x07" not in missing.output
+    assert "\\x1b]0;owned\\x07" in missing.output

@@ -30,7 +30,7 @@ from transfer import __version__, errors, quiet
 from transfer import settings as S
 from transfer.bases import BASES
 from transfer.errors import Terminated, TransferError  # noqa: F401  (cli.Terminated)
-from transfer.progress import RichReporter
+from transfer.progress import RichReporter, printable, safe_console
 
 BaseName = Literal[tuple(BASES)]  # noqa: F821  (choices come from the registry)
 # ImageNet mode (predict, serve) and compare's transfer runs: the bases with ImageNet weights
@@ -96,7 +96,7 @@ def _console(stderr: bool = False) -> Console:
     wide = None if stream.isatty() else int(os.environ.get("COLUMNS") or 0) or 200
     # markup=False: paths, class names and messages print as they are ("old [draft]/"); the
     # few prints with markup say so and escape what they interpolate
-    return Console(stderr=stderr, width=wide, markup=False)
+    return safe_console(stderr=stderr, width=wide)
 
 
 out = _console()
@@ -615,10 +615,11 @@ def _predictions_table(result) -> Table:
         table.add_column(f"next {extra}", overflow="fold")
     for item in result.items:
         if item.error:
-            table.add_row(item.file, Text(f"error: {item.error}", style="red"))
+            table.add_row(printable(item.file, newlines=False),
+                          Text(printable(f"error: {item.error}"), style="red"))
             continue
         label = item.label + (" (inverted)" if (item.image or {}).get("inverted") else "")
-        row = [item.file, label, _pct(item.probability)]
+        row = [printable(item.file, newlines=False), label, _pct(item.probability)]
         if per_class:
             row += [_pct(item.probabilities[name]) for name in classes]
         if extra:
@@ -687,7 +688,7 @@ def predict_cmd(
     if fmt == "table":
         table = _predictions_table(result)
         if output is not None:
-            recorder = Console(record=True, width=160, file=io.StringIO(), markup=False)
+            recorder = safe_console(record=True, width=160, file=io.StringIO())
             recorder.print(table)
             text = recorder.export_text()
         else:

@@ -7,10 +7,41 @@ messages on stderr).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 Advance = Callable[..., None]
+
+# The control characters a terminal obeys (C0 but tab and newline, DEL, C1), written as escapes
+# when printed: a file or class name holding ESC [2J (from a zip, a camera, anyone's folder)
+# would clear the screen, recolour or retitle it, and a carriage return overwrite the line.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))
+             if c not in (0x09, 0x0A)} | {0x0D: "\\r"}
+
+
+def printable(text: str, newlines: bool = True) -> str:
+    """``text`` with the control characters a terminal obeys written as escapes ("\\x1b");
+    newlines kept (a message of several lines), unless ``newlines`` is False (a file name in
+    one table cell: "\\n")."""
+    return text.translate(_CONTROLS if newlines else {**_CONTROLS, 0x0A: "\\n"})
+
+
+def safe_console(**options):
+    """A rich Console (``markup=False`` unless given) whose every printed string is made
+    ``printable`` first: messages, table cells, error lines."""
+    return _safe_console_class()(**{"markup": False, **options})
+
+
+@functools.cache
+def _safe_console_class():
+    from rich.console import Console
+
+    class SafeConsole(Console):
+        def render_str(self, text: str, **options):
+            return super().render_str(printable(text), **options)
+
+    return SafeConsole
 
 
 class Reporter:
@@ -33,9 +64,7 @@ class RichReporter(Reporter):
     """Progress bars and messages with rich, on stderr."""
 
     def __init__(self, console=None):
-        from rich.console import Console
-
-        self.console = console or Console(stderr=True, markup=False)
+        self.console = console or safe_console(stderr=True)
 
     def info(self, message: str) -> None:  # paths and class names as they are: no markup
         self.console.print(message, highlight=False, markup=False)
