@@ -211,3 +211,19 @@ def test_bases_lists_every_base_and_which_weights_are_cached(mobilenet_weights):
     # the preprocessing as README's table writes it, and the scratch bases told apart
     assert "tf: x/127.5 - 1" in rows["inception"] and "caffe: BGR" in rows["vgg16"]
     assert "4 conv blocks" in rows["scratch"] and "2 conv layers" in rows["scratch-seeds"]
+
+
+def test_progress_bars_print_names_as_they_are_and_controls_as_escapes():
+    """A progress bar's description and status were read as rich markup ("[bold]" in a file
+    name vanished, "[/b]" raised) and a control character in them reached the terminal."""
+    import io
+
+    from transfer.progress import RichReporter, safe_console
+
+    buffer = io.StringIO()
+    reporter = RichReporter(safe_console(file=buffer, force_terminal=True, width=150))
+    with reporter.task("Downloading [bold]x\x1b[2J.zip", total=3) as advance:
+        advance(1, status="a[/b]c\r")
+    text = buffer.getvalue()
+    assert "Downloading [bold]x\\x1b[2J.zip" in text and "a[/b]c\\r" in text
+    assert "\x1b[2J" not in text

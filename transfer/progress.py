@@ -89,19 +89,20 @@ class RichReporter(Reporter):
             TransferSpeedColumn,
         )
 
+        name = TextColumn("{task.description}", markup=False)  # a file name is not markup
         if kind == "bytes":
-            columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                       TransferSpeedColumn(), TimeRemainingColumn()]
+            columns = [name, BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                       TimeRemainingColumn()]
         else:
-            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn(), TimeRemainingColumn(),
-                       TextColumn("{task.fields[status]}")]
+            columns = [name, BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TimeRemainingColumn(), TextColumn("{task.fields[status]}", markup=False)]
         with Progress(*columns, console=self.console, transient=False) as progress:
-            task_id = progress.add_task(description, total=total, completed=completed, status="")
+            task_id = progress.add_task(printable(description), total=total,
+                                        completed=completed, status="")
 
             def advance(n: float = 1, **fields) -> None:
                 if "status" in fields:
-                    fields["status"] = str(fields["status"])
+                    fields["status"] = printable(str(fields["status"]))
                 progress.update(task_id, advance=n, **fields)
 
             yield advance
