@@ -518,6 +518,15 @@ def test_imagenet_mode_gives_a_dog_a_dog_breed(unseen, mobilenet_weights, tmp_pa
         assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
         assert picture.headers["x-layer"] == "conv_pw_13_relu"
         assert picture.headers["x-label"] == answer["predictions"][0]["label"]
+        # "crane" is two ImageNet classes (the bird, the machine): named by synset, each is
+        # reachable; the label alone was always the bird
+        for synset in ("n02012849", "n03126707"):
+            crane = c.post("/api/explain", files={"file": dogs[0]}, data={"class_name": synset})
+            assert crane.status_code == 200 and crane.headers["x-label"] == "crane"
+            assert int(crane.headers["x-class-index"]) == synset_index[synset]
+        twice = c.post("/api/explain", files={"file": dogs[0]}, data={"class_name": "crane"})
+        assert twice.status_code == 422 and twice.json()["detail"] == (
+            "ImageNet has 2 classes named 'crane' (n02012849, n03126707): give the synset")
 
 
 def test_the_shown_picture_of_a_phone_photo_is_drafted_and_upright(unseen):
@@ -871,3 +880,96 @@ def test_a_link_loop_in_the_models_folder_is_passed_over(models_dir, tmp_path):
                                              if m["name"] in ("l1", "l2", "l3", "l4")] == []
         assert c.post("/api/predict", files=files_field(("a.jpg", b"x")),
                       data={"model": "l1"}).status_code == 404
+
+
+def test_the_default_through_a_link_is_the_bundle_the_server_was_asked_for(models_dir,
+                                                                           tmp_path):
+    """`serve --model models/latest`: /api/models said "latest", which the list leaves out
+    (links are listed as their targets), so the page fell back to its first bundle and
+    classified every photo with another model than the one asked for."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("a-first", "z-asked"):
+        shutil.copytree(models_dir / "cats-dogs", models / name)
+    os.symlink("z-asked", models / "latest")
+    os.symlink("z-asked", models / "alias")
+    for model in (str(models / "latest"), "latest", "alias", None):
+        app = serve.create_app(ServeSettings(models_dir=models, model=model))
+        with TestClient(app) as c:
+            listed = c.get("/api/models").json()
+        names = [m["name"] for m in listed["models"] if m["kind"] == "bundle"]
+        assert listed["default"] == "z-asked" and names == ["a-first", "z-asked"], model
+
+
+def test_uploads_the_cli_would_not_read_are_refused_by_serve_too(client, unseen):
+    """A camera-raw file (by its name, as predict and explain refuse it) was classified by
+    serve from its embedded preview; a one-colour PNG of 8001 x 8001 px (a small upload,
+    64 megapixels to decode) was decoded whole. Each is now its own error row, the others
+    answered; explain refuses each with a 415."""
+    import io as io_module
+
+    buffer = io_module.BytesIO()
+    Image.new("L", (8001, 8001), 255).save(buffer, "PNG")
+    large = buffer.getvalue()
+    assert len(large) < 200_000  # the upload is small; its decode is not
+    jpeg = unseen["cats"][0][1]
+    answer = client.post("/api/predict", files=files_field(
+        ("IMG_0001.dng", jpeg), ("page.png", large), ("cat.jpg", jpeg)))
+    assert answer.status_code == 200
+    rows = {p["file"]: p["error"] for p in answer.json()["predictions"]}
+    assert rows["IMG_0001.dng"].startswith("camera raw is not a format transfer reads")
+    assert rows["page.png"].startswith("image is 8001x8001 px (64 megapixels); the server "
+                                       "decodes at most 64 megapixels")
+    assert rows["cat.jpg"] is None and answer.json()["failed"] == 2
+    for name, data in (("IMG_0001.dng", jpeg), ("page.png", large)):
+        explained = client.post("/api/explain", files=[("file", (name, data))])
+        assert explained.status_code == 415 and explained.json()["errors"][0]["error"] == \
+            rows[name]
+    # a large photo as a JPEG is read in draft mode: still answered
+    buffer = io_module.BytesIO()
+    Image.open(io_module.BytesIO(jpeg)).convert("RGB").resize((9000, 7200)).save(
+        buffer, "JPEG", quality=70)
+    assert client.post("/api/predict", files=files_field(("big.jpg", buffer.getvalue()))
+                       ).json()["predictions"][0]["label"] == "cats"
+
+
+def test_an_imagenet_classifier_that_cannot_load_is_the_servers_fault(models_dir, unseen,
+                                                                      tmp_path, monkeypatch):
+    """Damaged ImageNet weights in the server's Keras cache: predict said 500 but explain 422
+    (the client's mistake), and the console said nothing. Both are now a 500 with the reason,
+    said once on the console; and a request with no model to use at all no longer says
+    "no model named None"."""
+    from keras.src.backend import config
+    from test_bases import offline
+
+    offline(monkeypatch)  # Keras would download the file again where it can
+    home = tmp_path / "keras"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "mobilenet_2_5_224_tf.h5").write_bytes(b"not an HDF5 file" * 64)
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    monkeypatch.setattr(config, "_KERAS_DIR", str(home))  # Keras reads it once, at import
+    models = tmp_path / "models"
+    models.mkdir()
+    said: list[str] = []
+    app = serve.create_app(ServeSettings(models_dir=models))
+    app.state.store.warn = said.append
+    photo = unseen["dogs"][0]
+    with TestClient(app) as c:
+        assert c.get("/api/models").json()["default"] == "imagenet:mobilenet-0.25"
+        for endpoint, field in (("/api/predict", "files"), ("/api/explain", "file")):
+            answer = c.post(endpoint, files=[(field, photo)],
+                            data={"model": "imagenet:mobilenet-0.25"})
+            assert answer.status_code == 500, (endpoint, answer.text)
+            assert answer.json()["detail"].startswith(
+                "model 'imagenet:mobilenet-0.25' cannot be used: ")
+        absent = c.post("/api/predict", files=[("files", photo)],
+                        data={"model": "imagenet:vgg16"})
+        assert absent.status_code == 404 and "Keras cache" in absent.json()["detail"]
+        assert str(tmp_path) not in absent.json()["detail"]
+    assert len(said) == 1 and said[0].startswith("imagenet:mobilenet-0.25: cannot be loaded")
+    (home / "models" / "mobilenet_2_5_224_tf.h5").unlink()
+    with TestClient(serve.create_app(ServeSettings(models_dir=models))) as c:
+        nothing = c.post("/api/predict", files=[("files", photo)])
+    assert nothing.status_code == 404 and "None" not in nothing.json()["detail"]
+    assert nothing.json()["detail"].startswith("no model to use: the models folder holds no "
+                                               "bundle")

@@ -86,8 +86,11 @@ class NotFound(Exception):
 
 
 class Broken(TransferError):
-    """A bundle of that name is there but cannot be used: its meta.json unreadable, its model
-    file damaged (the answer is 500, with the reason; the console says it once)."""
+    """A model of that name is there but cannot be used: a bundle's meta.json unreadable, its
+    model file damaged, an ImageNet classifier's weights damaged (the answer is 500, with the
+    reason; the console says it once)."""
+
+    reason: Exception | None = None  # the error behind it, when the message shortens it
 
 
 @dataclass(frozen=True)
@@ -163,14 +166,15 @@ class ModelStore:
         """The bundle folder ``name`` names inside the models folder (``bundle_entry``)."""
         return self.bundle_entry(name)[0]
 
-    def _say(self, name: str, problem) -> None:
-        """Say a broken bundle on the console once (the page just does not list it)."""
+    def _say(self, name: str, problem, what: str = "not a usable bundle") -> None:
+        """Say a broken model on the console once (the page just does not list a bundle)."""
         key = (name, str(problem))
         with self._lock:  # listing threads, the model thread: said once
             if key in self._said:
                 return
             self._said.add(key)
-        self.warn(f"{self.root / name}: not a usable bundle ({problem})")
+        where = name if name.startswith(IMAGENET_PREFIX) else self.root / name
+        self.warn(f"{where}: {what} ({problem})")
 
     def imagenet_entries(self) -> list[ImageNetEntry]:
         """ImageNet classifiers offered: every pretrained base whose classifier weights (with
@@ -225,18 +229,29 @@ class ModelStore:
             found.append(describe_bundle(folder.name, path, meta))
         return found
 
+    def listed_name(self, name: str) -> str:
+        """The name ``bundles`` lists the bundle ``name`` under: a link to a folder directly
+        inside the models folder (``latest``, any alias) is listed as its target, so the page
+        selects the model the server was asked for (``--model models/latest``), not the
+        first of its list."""
+        link = self.root / name
+        if not link.is_symlink():
+            return name
+        target = resolved(link)
+        root = resolved(self.root)
+        return target.name if target is not None and target.parent == root else name
+
     def default_model(self) -> str | None:
         """The page's default: --model, else --imagenet's classifier, else the bundle
         ``latest`` points at, else the first bundle, else the first ImageNet classifier."""
         s = self.settings
         if s.model:
-            return s.model
+            return self.listed_name(s.model)
         if s.imagenet:
             return self.imagenet_entries()[0].name
-        latest = self.root / "latest"
         with contextlib.suppress(NotFound, Broken):
             self.bundle_path("latest")
-            return resolved(latest).name if latest.is_symlink() else "latest"
+            return self.listed_name("latest")
         listed = self.bundles()
         if listed:
             return listed[0]["name"]
@@ -262,7 +277,13 @@ class ModelStore:
             key = ("imagenet", entry.base, entry.alpha)
 
             def load():
-                return inference.ImageNetClassifier(entry.base, entry.alpha)
+                try:
+                    return inference.ImageNetClassifier(entry.base, entry.alpha)
+                except TransferError as exc:  # weights not to be had, or damaged
+                    self._say(name, exc, "cannot be loaded")
+                    broken = Broken(f"model {name!r} cannot be used: {self.public(exc)}")
+                    broken.reason = exc  # what start-up says, whole
+                    raise broken from None
         else:
             path = self.bundle_path(name)
             real = path.resolve()
@@ -368,6 +389,44 @@ def shown_name(filename: str | None, index: int) -> str:
     return name or f"upload-{index + 1}"
 
 
+# The most pixels the server decodes of one upload that is not a JPEG (a JPEG is decoded in
+# draft mode, at 1/2 to 1/8 scale: a 200-megapixel phone photo costs about 3). A PNG of one
+# colour, 12000 x 12000, is a 450 KB upload that decodes to 430 MB: 2.3 s and a gigabyte more
+# memory for one request, well under Pillow's own limit (179 megapixels). A 61-megapixel
+# camera's TIFF still fits.
+MAX_UPLOAD_PIXELS = 64_000_000
+
+
+def upload_problem(upload: Upload) -> str | None:
+    """Why the server will not read ``upload``, in the reader's words, or None: a camera-raw
+    or HEIC file by the client's name (refused by name as ``transfer predict`` refuses it; a
+    raw file would be read from its small embedded preview), or an image that is not a JPEG
+    with more than MAX_UPLOAD_PIXELS to decode (its header read, nothing decoded)."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    from transfer import images
+    from transfer.inference import unread_reason
+
+    reason = unread_reason(Path(upload.filename))
+    if reason or upload.data[:3] == images.JPEG_MAGIC:
+        return reason
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(upload.data)) as image:
+                width, height = image.size
+    except Exception:  # noqa: BLE001 - not an image, or over Pillow's limit: the reader says
+        return None
+    if width * height <= MAX_UPLOAD_PIXELS:
+        return None
+    return (f"image is {width}x{height} px ({width * height / 1e6:.0f} megapixels); the server "
+            f"decodes at most {MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels of an image that is not "
+            "a JPEG: scale it down, or save it as a JPEG")
+
+
 def predict_uploads(store: ModelStore, uploads: list[Upload], model: str | None, top: int,
                     invert: str | None) -> dict:
     """``transfer predict --format json``'s dict for uploaded files, through the file-based
@@ -387,11 +446,15 @@ def predict_uploads(store: ModelStore, uploads: list[Upload], model: str | None,
         classifier.invert = invert
     from transfer.files import own_temp_folder_prefix
 
+    refused = {i: reason for i, upload in enumerate(uploads)
+               if (reason := upload_problem(upload))}
     with tempfile.TemporaryDirectory(prefix=own_temp_folder_prefix("transfer-serve-")) as tmp:
         paths = []
         for i, upload in enumerate(uploads):
             path = Path(tmp) / f"{i:04d}.upload"
-            path.write_bytes(upload.data)
+            # a refused upload is not written: its empty stand-in gets an error row, whose
+            # reason is replaced below
+            path.write_bytes(b"" if i in refused else upload.data)
             paths.append(path)
         try:
             result = predict([str(p) for p in paths], classifier=classifier, top=top,
@@ -403,9 +466,9 @@ def predict_uploads(store: ModelStore, uploads: list[Upload], model: str | None,
     if classifier.mode == "imagenet":
         answer["title"] = answer["model"]  # "MobileNet alpha 0.25 (ImageNet)"
     answer["model"] = model  # the name a client sends back, not a path or a title
-    for item, upload in zip(answer["predictions"], uploads, strict=True):
+    for i, (item, upload) in enumerate(zip(answer["predictions"], uploads, strict=True)):
         item["file"] = upload.filename
-        item["error"] = api_words(item["error"])
+        item["error"] = api_words(refused.get(i, item["error"]))
     return answer
 
 
@@ -468,6 +531,11 @@ def explain_upload(store: ModelStore, upload: Upload, model: str | None,
 
     model = model or store.default_model()
     classifier = store.get(model)
+    refused = upload_problem(upload)
+    if refused:
+        from transfer.images import ImageError
+
+        raise ImageError(refused)
     if classifier.mode == "bundle":
         use_invert = invert if classifier.meta.get("channels", 3) == 1 else None
         from transfer import images
@@ -486,12 +554,9 @@ def explain_upload(store: ModelStore, upload: Upload, model: str | None,
         array, _ = classifier.prepare(upload.data)
         index = None
         if class_name is not None:
-            labels = _imagenet_names()
-            if class_name not in labels:
-                raise TransferError(f"unknown ImageNet class {class_name!r}")
-            index = labels.index(class_name)
+            index = imagenet_index(class_name)
         heatmap, probs, index, layer = imagenet_gradcam(classifier, array, index)
-        label = _imagenet_names()[index]
+        label = _imagenet_classes()[index][1]
     png = overlay_png(_shown_picture(classifier, upload.data, array), heatmap, view)
     return png, {"label": label, "probability": float(probs[index]), "class_index": index,
                  "layer": layer,
@@ -499,12 +564,27 @@ def explain_upload(store: ModelStore, upload: Upload, model: str | None,
 
 
 @functools.lru_cache(maxsize=1)
-def _imagenet_names() -> list[str]:
-    """The 1000 ImageNet labels in index order (Keras's class index)."""
+def _imagenet_classes() -> list[tuple[str, str]]:
+    """The 1000 ImageNet classes in index order, (synset, label) (Keras's class index)."""
     from transfer import inference
 
     ranked = inference.imagenet_labels(np.linspace(1, 0, 1000)[None], 1000)[0]
-    return [entry["label"] for entry in ranked]
+    return [(entry["synset"], entry["label"]) for entry in ranked]
+
+
+def imagenet_index(class_name: str) -> int:
+    """The index of the ImageNet class ``class_name`` names: its label, or its WordNet synset
+    (``n03126707``), which tells apart the two labels ImageNet gives twice (crane the bird
+    and the machine, maillot)."""
+    classes = _imagenet_classes()
+    by_synset = [i for i, (synset, _) in enumerate(classes) if synset == class_name]
+    by_label = [i for i, (_, label) in enumerate(classes) if label == class_name]
+    if by_synset or len(by_label) == 1:
+        return (by_synset or by_label)[0]
+    if not by_label:
+        raise TransferError(f"unknown ImageNet class {class_name!r}")
+    raise TransferError(f"ImageNet has {len(by_label)} classes named {class_name!r} ("
+                        f"{', '.join(classes[i][0] for i in by_label)}): give the synset")
 
 
 # --------------------------------------------------------------------------- the application
@@ -840,8 +920,15 @@ def create_app(settings: ServeSettings):
         return JSONResponse({"detail": detail, **extra}, status_code=status)
 
     def bad_model(name: str | None) -> JSONResponse:
-        return error(404, f"no model named {name!r} in {s.models_dir} (GET /api/models lists "
-                          "them)")
+        if not name:  # no bundle, no ImageNet weights: nothing to default to
+            return error(404, "no model to use: the models folder holds no bundle and no "
+                              "ImageNet classifier's weights are in the server's Keras cache")
+        if name.startswith(IMAGENET_PREFIX):
+            return error(404, f"no model named {name!r}: an ImageNet classifier is offered "
+                              "when its weights (with the top) are in the server's Keras cache "
+                              "(GET /api/models lists the models)")
+        return error(404, f"no model named {name!r} in the models folder (GET /api/models "
+                          "lists them)")
 
     async def read_uploads(files: list) -> list[Upload]:
         uploads = []
@@ -920,7 +1007,8 @@ def create_app(settings: ServeSettings):
                                file: UploadFile = File(..., description="one image"),
                                model: str | None = MODEL_FIELD,
                                class_name: str | None = Form(None, examples=[""], description=(
-                                   "the class to explain (default: the predicted one)")),
+                                   "the class to explain (default: the predicted one); ImageNet: a "
+                                   "label or a WordNet synset (n03126707)")),
                                view: str = Form("pair", examples=["pair"], description=(
                                    "pair (photo and overlay) or overlay")),
                                invert: str | None = INVERT_FIELD):
@@ -1102,7 +1190,7 @@ def _server(settings: ServeSettings, reporter: Reporter):
         try:
             store.get(name)
         except TransferError as exc:
-            raise TransferError(f"cannot serve {name}: {exc}") from None
+            raise TransferError(f"cannot serve {name}: {getattr(exc, 'reason', exc)}") from None
     sock = _bind(s.host, s.port)
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
