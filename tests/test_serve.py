@@ -7,6 +7,7 @@ The photos are Kaggle's with numbers >= 1100, which no fixture trains on.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -762,6 +763,11 @@ def test_serve_stops_in_bounded_time_with_an_upload_stalled(models_dir, tmp_path
             pytest.fail(f"still serving {serve.GRACE_SECONDS + 20:g} s after {signals}: "
                         f"{''.join(lines)}")
         took = time.monotonic() - sent
+        stalled.settimeout(5)
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := stalled.recv(65536):
+                answer += chunk
     finally:
         stalled.close()
         proc.kill()
@@ -775,6 +781,10 @@ def test_serve_stops_in_bounded_time_with_an_upload_stalled(models_dir, tmp_path
         assert took < serve.GRACE_SECONDS, (took, err)
     else:
         assert "1 request(s) still in progress after 8 s were cut off" in err, err
+        # the request cut off is told so in JSON, as every answer is (it was a plain-text 500)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503"), answer
+        assert json.loads(body)["detail"].startswith("the server stopped before this request")
 
 
 def subprocess_timeout():

@@ -594,6 +594,40 @@ class _TooLarge(Exception):
     pass
 
 
+class CutOffAnswer:
+    """ASGI middleware: a request cut off by the server's stop (still running when the grace
+    period ends, its task cancelled) gets a JSON 503, as every other answer is JSON, when it
+    had no answer under way; uvicorn would send a plain-text "500 Internal Server Error",
+    which tells a client that it, not the server's stop, was at fault."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def noting_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting_send)
+        except asyncio.CancelledError:
+            if not started:
+                body = json.dumps({"detail": "the server stopped before this request was "
+                                             "done; send it again when it is back"}).encode()
+                with contextlib.suppress(Exception):  # the connection may be gone too
+                    await send({"type": "http.response.start", "status": 503, "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close")]})
+                    await send({"type": "http.response.body", "body": body})
+            raise
+
+
 class BodyLimit:
     """ASGI middleware: a request body over ``limit`` bytes gets 413 (by its Content-Length
     at once, or while it streams).
@@ -1115,6 +1149,7 @@ def create_app(settings: ServeSettings):
                           f"{store.public(exc) or 'see the server console'}")
 
     app.add_middleware(BodyLimit, limit_mb=s.max_upload_mb)
+    app.add_middleware(CutOffAnswer)  # outermost: it answers for everything inside
     return app
 
 
