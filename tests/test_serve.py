@@ -437,6 +437,15 @@ def test_a_broken_bundle_is_said_not_taken_for_a_missing_one(models_dir, unseen,
                                data={"model": name})
             assert explained.status_code == 500 and reason in explained.json()["detail"]
         assert c.post("/api/predict", files=photo, data={"model": "c-good"}).status_code == 200
+        # once b-cut failed to load, the page no longer lists it nor defaults to it (every
+        # photo dropped failed until the user picked another model) ...
+        listed = c.get("/api/models").json()
+        assert listed["default"] == "c-good" and "b-cut" not in {m["name"] for m in
+                                                                 listed["models"]}
+        # ... until its model.keras changes (repaired, retrained)
+        shutil.copyfile(models / "c-good/model.keras", models / "b-cut/model.keras")
+        assert c.get("/api/models").json()["default"] == "b-cut"
+        assert c.post("/api/predict", files=photo, data={"model": "b-cut"}).status_code == 200
     assert len(said) == 3 and all("not a usable bundle" in line for line in said)
     assert "a-garbled" in said[0] and "d-null" in said[1] and "b-cut" in said[2]
     with pytest.raises(TransferError, match=r"--model a-garbled: model 'a-garbled' cannot be "

@@ -118,6 +118,9 @@ class ModelStore:
         self.loads = 0  # models loaded so far (the LRU's misses)
         self.warn = lambda text: None  # where a broken bundle is said, once (serve's console)
         self._said: set = set()
+        # bundles whose model.keras failed to load, as (real folder, its stamp): left out of
+        # the list and the default until the file changes (retrained, repaired)
+        self._failed: set = set()
 
     # ---- names
 
@@ -226,8 +229,20 @@ class ModelStore:
                 path, meta = self.bundle_entry(folder.name)
             except (NotFound, TransferError, OSError):  # a broken one is said (bundle_entry)
                 continue
+            if self._stamped(path) in self._failed:
+                continue  # its model.keras failed to load (said then)
             found.append(describe_bundle(folder.name, path, meta))
         return found
+
+    @staticmethod
+    def _stamped(path: Path) -> tuple[str, int]:
+        """(the bundle's real folder, its model.keras's modification time in ns, 0 if none):
+        the LRU's key, and the key of a failed load."""
+        real = path.resolve()
+        try:
+            return str(real), (real / "model.keras").stat().st_mtime_ns
+        except OSError:
+            return str(real), 0
 
     def listed_name(self, name: str) -> str:
         """The name ``bundles`` lists the bundle ``name`` under: a link to a folder directly
@@ -250,8 +265,8 @@ class ModelStore:
         if s.imagenet:
             return self.imagenet_entries()[0].name
         with contextlib.suppress(NotFound, Broken):
-            self.bundle_path("latest")
-            return self.listed_name("latest")
+            if self._stamped(self.bundle_path("latest")) not in self._failed:
+                return self.listed_name("latest")
         listed = self.bundles()
         if listed:
             return listed[0]["name"]
@@ -285,18 +300,15 @@ class ModelStore:
                     broken.reason = exc  # what start-up says, whole
                     raise broken from None
         else:
-            path = self.bundle_path(name)
-            real = path.resolve()
-            try:
-                stamp = (real / "model.keras").stat().st_mtime_ns
-            except OSError:
-                stamp = 0
-            key = ("bundle", str(real), stamp)
+            real, stamp = self._stamped(self.bundle_path(name))
+            key = ("bundle", real, stamp)
 
             def load():
                 try:
-                    return inference.BundleClassifier(real)
+                    return inference.BundleClassifier(Path(real))
                 except TransferError as exc:  # a damaged model.keras, a meta.json that lies
+                    with self._lock:
+                        self._failed.add((real, stamp))
                     self._say(name, exc)
                     raise Broken(f"model {name!r} cannot be used: {self.public(exc)}") from None
         with self._lock:
