@@ -427,3 +427,22 @@ def test_shift_is_recorded_and_not_saved(mnist_dir, tmp_path):
     saved, _ = bundle.load(result.bundle)
     assert "shift" not in [layer.name for layer in saved.layers]
     assert result.meta["metrics"]["test_accuracy"] > 0.5
+
+
+def test_an_empty_set_or_a_split_leaving_nothing_to_train_on_is_one_line(mnist_dir, tmp_path):
+    """An npz whose test set is empty crashed in Keras's predict (UnboundLocalError) after
+    training; --validation-split 0.95 of 10 images trained on none, then crashed drawing the
+    curves. Each is now one TransferError before any training, and no bundle is written."""
+    with np.load(mnist_dir / "mnist.npz") as real:
+        arrays = {key: real[key] for key in real.files}
+    np.savez(tmp_path / "empty-test.npz", **{**arrays, "x_test": arrays["x_test"][:0],
+                                             "y_test": arrays["y_test"][:0]})
+    with pytest.raises(TransferError, match=r"^test set in .*empty-test.npz is empty$"):
+        mnist.load("mnist", tmp_path / "empty-test.npz")
+    result = CliRunner().invoke(app, ["mnist", "--data", str(mnist_dir / "mnist.npz"),
+                                      "--limit", "10", "--epochs", "1", "--validation-split",
+                                      "0.95", "--output", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert "error: --validation-split 0.95 of 10 training images leaves none to train on" in \
+        result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()

@@ -158,6 +158,8 @@ def _check(x, y, split: str, source) -> None:
         raise TransferError(f"{split} set{where}: {len(x)} images but {len(y)} labels")
     if x.dtype != np.uint8 or y.dtype != np.uint8:
         raise TransferError(f"{split} arrays{where} are {x.dtype}/{y.dtype}; expected uint8")
+    if not len(x):
+        raise TransferError(f"{split} set{where} is empty")
     if len(y) and int(y.max()) > 9:
         raise TransferError(f"{split} labels{where} go up to {int(y.max())}; expected 0-9")
 
@@ -275,6 +277,10 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
     # the last images are held out for validation (as Keras's validation_split would), split
     # here so that the counts reported are the ones trained on
     split_at = math.floor(len(x_train) * (1.0 - p.validation_split))
+    if split_at < 1:
+        raise TransferError(f"--validation-split {p.validation_split:g} of {len(x_train)} "
+                            "training images leaves none to train on; hold out less or use "
+                            "more images (--limit)")
     if p.label_smoothing:  # Keras's sparse cross-entropy has no smoothing: one-hot targets
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing)
         targets = np.eye(10, dtype="float32")[y_train]
