@@ -213,3 +213,45 @@ def test_a_damaged_meta_or_report_json_is_one_error_naming_it(trained_bundle, tm
     with pytest.raises(TransferError) as info:
         render_report(folder)
     assert message in str(info.value)
+
+
+GOOD_COMPARISON = {"data_dir": "flowers", "base": "mobilenet", "alpha": 0.25, "seed": 42,
+                   "runs": {"frozen": {"val_accuracy": 0.9, "val_loss": 0.3, "seconds": 12.5,
+                                       "parameters_trained": 1285, "bundle": "cmp/frozen",
+                                       "per_class_f1": {"daisy": 0.8, "roses": 0.95}}},
+                   "histories": {"frozen": {"val_accuracy": [0.8, 0.9]}}}
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"runs": [', "compare.json is not valid JSON"),
+    ("[]", "compare.json holds a JSON list, not an object"),
+    ({"runs": [1, 2]}, "compare.json: runs must be an object, not [1, 2]"),
+    ({"runs": {"frozen": 7}}, "compare.json: runs.frozen must be an object, not 7"),
+    ({"runs": {"frozen": {"val_accuracy": "x"}}},
+     "compare.json: runs.frozen: val_accuracy must be a number, not \"x\""),
+    ({"runs": {"frozen": {"per_class_f1": {"daisy": "high"}}}},
+     "compare.json: runs.frozen.per_class_f1: daisy must be a number, not \"high\""),
+    ({"runs": {"tuned": {"fine_tune_result": {"kept": False, "frozen": {"val_loss": 0.2}}}}},
+     "compare.json: runs.tuned.fine_tune_result: fine_tuned must be an object, not null"),
+])
+def test_a_damaged_compare_json_is_one_error_naming_it(tmp_path, content, message):
+    """`transfer report` on a comparison whose compare.json is garbled or has a field of the
+    wrong type ended in a JSONDecodeError, AttributeError or ValueError traceback; it now
+    names the file and the field in one line, as for meta.json and report.json."""
+    from typer.testing import CliRunner
+
+    from transfer.cli import app
+
+    folder = tmp_path / "cmp"
+    folder.mkdir()
+    (folder / "compare.json").write_text(json.dumps(GOOD_COMPARISON), encoding="utf-8")
+    assert "<table>" in render_report(folder)  # the good one renders
+    text = content if isinstance(content, str) else json.dumps({**GOOD_COMPARISON, **content})
+    (folder / "compare.json").write_text(text, encoding="utf-8")
+    with pytest.raises(TransferError) as info:
+        render_report(folder)
+    assert message in str(info.value), str(info.value)
+    result = CliRunner().invoke(app, ["report", str(folder), "--output", str(tmp_path / "r.html")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith("error: ") and message in result.output.replace("\n", " ")
+    assert not (tmp_path / "r.html").exists()

@@ -305,7 +305,7 @@ _META_TYPES = {"schema_version": int, "image_size": int, "channels": int,
                "skipped": list}
 
 
-def check_field_types(record: dict, types: dict, path: Path, required=()) -> None:
+def check_field_types(record: dict, types: dict, path: Path | str, required=()) -> None:
     """TransferError naming the first field of ``record`` (a JSON file's object, read from
     ``path``) whose value is not of its type in ``types``; ``null`` or absent is accepted but
     for the ``required`` fields. A bool is no number."""

@@ -379,10 +379,39 @@ def render_page(data: dict, folder: Path, png: Path | None = None) -> str:
             "</main></body></html>\n")
 
 
+# compare.json's fields the page reads, and what each must be (``null`` is accepted)
+_COMPARE_TYPES = {"runs": dict, "histories": dict, "data_dir": str, "base": str,
+                  "alpha": (int, float), "seed": int}
+_RUN_TYPES = {"val_accuracy": (int, float), "val_loss": (int, float), "seconds": (int, float),
+              "parameters_trained": int, "per_class_f1": dict, "bundle": str,
+              "feature_cache": str, "fine_tune_result": dict}
+
+
 def read(folder: Path) -> dict:
-    """compare.json of a comparison folder."""
+    """compare.json of a comparison folder, its fields that the page reads checked: an empty,
+    garbled or mistyped file is one TransferError naming the file and the field, as a damaged
+    meta.json or report.json is."""
+    from transfer.bundle import check_field_types
+    from transfer.report import _read_object
+
     path = Path(folder) / COMPARE_JSON
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TransferError(f"{folder} has no {COMPARE_JSON}: run `transfer compare`") from None
+    data = _read_object(path)
+    if data is None:
+        raise TransferError(f"{folder} has no {COMPARE_JSON}: run `transfer compare`")
+    check_field_types(data, _COMPARE_TYPES, path, required=("runs",))
+    for name, row in data["runs"].items():
+        if not isinstance(row, dict):
+            raise TransferError(f"{path}: runs.{name} must be an object, not "
+                                f"{json.dumps(row)[:80]}")
+        check_field_types(row, _RUN_TYPES, f"{path}: runs.{name}")
+        check_field_types(row.get("per_class_f1") or {},
+                          dict.fromkeys(row.get("per_class_f1") or {}, (int, float)),
+                          f"{path}: runs.{name}.per_class_f1")
+        tuned = row.get("fine_tune_result")
+        if bundle.fine_tune_undone(tuned):  # the note quotes both losses
+            for phase in ("fine_tuned", "frozen"):
+                where = f"{path}: runs.{name}.fine_tune_result"
+                check_field_types(tuned, {phase: dict}, where, required=(phase,))
+                check_field_types(tuned[phase], {"val_loss": (int, float)}, f"{where}.{phase}",
+                                  required=("val_loss",))
+    return data
