@@ -531,3 +531,38 @@ def test_a_mistake_named_in_latin1_is_listed_in_suspects_csv(trained_bundle, sma
               newline="") as f:
         listed = [row["file"] for row in csv.DictReader(f)]
     assert set(latin1) & set(listed)
+
+
+def test_an_output_that_is_another_bundle_or_holds_the_bundles_own_pictures_is_refused(
+        trained_bundle, small_split, mnist_quick, tmp_path):
+    """`evaluate --model A --output B` (B another bundle) wrote A's evaluation into B's
+    report, shown as B's own; an MNIST bundle's confusion.png and misclassified.png (its test
+    set's, drawn by `transfer mnist`) were "from another evaluation", and --force replaced
+    them. Both are refused, even with --force, and nothing is written."""
+    other = tmp_path / "other-bundle"
+    shutil.copytree(trained_bundle.bundle, other)
+    before = sorted(p.name for p in other.iterdir())
+    for force in (False, True):
+        with pytest.raises(TransferError, match=r"--output .*other-bundle is another bundle: "
+                                                r"its report would show this evaluation"):
+            evaluate(trained_bundle.bundle, data_dir=small_split / "test", output=other,
+                     force=force)
+    assert sorted(p.name for p in other.iterdir()) == before
+    digits = tmp_path / "mnist-cnn"
+    shutil.copytree(mnist_quick[0].bundle, digits)
+    pictures = {name: (digits / name).read_bytes() for name in ("confusion.png",
+                                                                 "misclassified.png")}
+    folder = tmp_path / "digits"
+    rng = np.random.default_rng(0)
+    for digit in range(10):
+        (folder / str(digit)).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(
+            folder / str(digit) / "noise.png")
+    for force in (False, True):
+        with pytest.raises(TransferError, match=r"holds confusion.png, misclassified.png of "
+                                                r"its own training .*--output DIR"):
+            evaluate(digits, data_dir=folder, force=force)
+    assert {name: (digits / name).read_bytes() for name in pictures} == pictures
+    assert not (digits / "report.json").exists()
+    # the evaluation written elsewhere, as the message says
+    assert evaluate(digits, data_dir=folder, output=tmp_path / "eval").report["images"] == 10

@@ -204,22 +204,32 @@ def _check_outputs(output: Path, data_dir: Path, model: Path, force: bool) -> No
     """Refuse to replace earlier outputs unless force, or they were this same evaluation's
     (the same model on the same folder); a report.html there must be one of transfer's
     (``report.made_by_transfer``)."""
+    from transfer import bundle
     from transfer import report as html_report
 
+    a_bundle = (output / bundle.META).is_file()
+    if a_bundle and not _same_folder(output, model):  # never, even with --force
+        raise TransferError(f"--output {output} is another bundle: its report would show "
+                            f"this evaluation of {model} as its own; choose a folder of the "
+                            "evaluation's own")
     html_report.check_replaceable(output / html_report.REPORT_HTML, force)
     existing = [name for name in OUTPUTS if (output / name).exists()]
-    if not existing or force:
+    if not existing:
         return
     try:
         previous = json.loads((output / REPORT).read_text(encoding="utf-8"))
         # the bundle itself, not the name it was given (models/latest moves on)
         before = previous.get("bundle") or previous.get("model")
-        same = (previous.get("kind") == "transfer-evaluate"
-                and _same_folder(data_dir, previous.get("data_dir"))
+        evaluated = previous.get("kind") == "transfer-evaluate"
+        same = (evaluated and _same_folder(data_dir, previous.get("data_dir"))
                 and _same_folder(model, before))
-    except (OSError, ValueError):
-        same = False
-    if not same:
+    except (OSError, ValueError, AttributeError):
+        evaluated = same = False
+    if a_bundle and not evaluated:  # the bundle's own pictures (transfer mnist's test set)
+        raise TransferError(f"{output} holds {', '.join(existing)} of its own training "
+                            "(transfer mnist draws its test set's); an evaluation would "
+                            "replace them: write it elsewhere with --output DIR")
+    if not same and not force:
         raise TransferError(f"{output} already has {', '.join(existing)} from another "
                             "evaluation; use --force to replace them or --output DIR")
 
