@@ -347,3 +347,22 @@ print("ROOT", logging.getLogger().handlers)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "ROOT []"
     assert (tmp_path / "m.tflite").is_file() and (tmp_path / "e.tflite").is_file()
+
+
+def test_an_export_through_models_latest_names_the_bundle_not_the_link(trained_bundle, held_out,
+                                                                       tmp_path, monkeypatch):
+    """`export --model models/latest` recorded "models/latest" as its source bundle, in the
+    sidecar and inside the .tflite: a link that moves on to the next bundle trained."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(trained_bundle.bundle, models / "cats-1")
+    (models / "latest").symlink_to("cats-1")
+    monkeypatch.chdir(tmp_path)
+    result = export.export("models/latest", format="tflite",
+                           check_images=[held_out[0]], output=tmp_path / "m.tflite")
+    sidecar = json.loads(result.meta_path.read_text(encoding="utf-8"))
+    assert sidecar["export"]["source_bundle"] == "models/cats-1"
+    with zipfile.ZipFile(result.path) as packed:  # the metadata inside the .tflite
+        inside = json.loads(packed.read("meta.json"))
+    assert inside["export"]["source_bundle"] == "models/cats-1"

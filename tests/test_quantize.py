@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import split_images
+from conftest import Recorder, split_images
 from five_class import five_class_bundle
 from PIL import Image, ImageOps
 
@@ -252,9 +252,13 @@ def test_int8_calibrates_on_the_training_folder(trained_bundle, tmp_path):
     meta = json.loads((copy / bundle.META).read_text())
     meta["data"]["train_dir"] = str(tmp_path / "gone")
     (copy / bundle.META).write_text(json.dumps(meta))
+    said = Recorder()
     with pytest.raises(TransferError, match="calibrates on the bundle's training images.*gone"):
-        export.export(copy, format="tflite", quantize="int8", output=tmp_path / "out/q.tflite")
+        export.export(copy, format="tflite", quantize="int8", output=tmp_path / "out/q.tflite",
+                      reporter=said)
     assert not (tmp_path / "out" / "q.tflite").exists()
+    # said before any conversion (it came after the float model's, seconds later)
+    assert not any(line.startswith("exporting") for line in said.infos), said.infos
     with pytest.raises(TransferError, match="--quantize applies to --format tflite only"):
         export.export(copy, format="savedmodel", quantize="int8", output=tmp_path / "sm")
 

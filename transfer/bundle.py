@@ -207,6 +207,22 @@ def check_output_place(output: Path) -> None:
                             "outside it")
 
 
+def lasting(folder: Path) -> Path:
+    """A bundle's path as given, but a link at its end (``models/latest``, which moves on to
+    the next bundle trained) replaced by the folder it leads to now: relative as given
+    (``models/mobilenet-20261205-190414``), absolute when that cannot be relative."""
+    folder = Path(folder)
+    if not folder.is_symlink():
+        return folder
+    real = folder.resolve()
+    if folder.is_absolute():
+        return real
+    try:
+        return Path(os.path.relpath(real))
+    except ValueError:  # another drive (Windows)
+        return real
+
+
 def shown_name(folder: Path) -> str:
     """A bundle's name in titles: its folder's, or for ``models/latest`` (a link that moves
     on) and ".", the name of the folder it is now."""

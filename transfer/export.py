@@ -536,7 +536,8 @@ def quantized_check(float_probs: np.ndarray, quant_probs: np.ndarray,
 
 
 def _embedded_meta(meta: dict, model: Path, quantize: str, variant: str | None = None) -> dict:
-    record = {"format": "tflite", "quantize": quantize, "source_bundle": str(model)}
+    record = {"format": "tflite", "quantize": quantize,
+              "source_bundle": str(bundle.lasting(model))}
     if variant is not None and variant != quantize:
         record["variant"] = variant  # int8 with float depthwise convolutions
     return {**meta, "export": record}
@@ -552,10 +553,13 @@ def _accuracy(probs: np.ndarray, labels: np.ndarray | None) -> float | None:
 
 def _quantized(classifier: BundleClassifier, quantize: str, staged: Path, work: Path,
                x: np.ndarray, expected: np.ndarray, source: str, model: Path,
-               reporter: Reporter) -> tuple[np.ndarray, dict]:
+               reporter: Reporter, calibrated: tuple[np.ndarray, str] | None = None
+               ) -> tuple[np.ndarray, dict]:
     """Convert the float TFLite model (checked against Keras to ``TOLERANCE["tflite"]`` as a
     float export is) and the quantized one into ``staged``; compare the two on the
-    validation split. Returns (the quantized model's outputs on ``x``, the comparison)."""
+    validation split. ``calibrated``: int8's (images, their folder), as
+    ``calibration_images`` gives them. Returns (the quantized model's outputs on ``x``, the
+    comparison)."""
     from transfer.metrics import class_probabilities
 
     floating = work / "float.tflite"
@@ -569,7 +573,7 @@ def _quantized(classifier: BundleClassifier, quantize: str, staged: Path, work: 
                             "before quantization; nothing was written")
     calibration, calibration_source = None, None
     if quantize == "int8":
-        calibration, calibration_source = calibration_images(classifier)
+        calibration, calibration_source = calibrated or calibration_images(classifier)
         reporter.info(f"calibrating int8 on {len(calibration)} images of {calibration_source}")
     _tflite(classifier.model, staged, work, quantize, calibration)
     cx, labels, compare_source = comparison_images(classifier, x, source)
@@ -685,6 +689,9 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
     if output.is_dir() and not (output / "saved_model.pb").exists():
         raise TransferError(f"{output} is a folder but not a SavedModel; refusing to replace it")
     x, source = check_inputs(classifier, s.check_images)
+    # int8's calibration images: read now, so that a training folder gone is said before
+    # seconds of conversion, not after
+    calibrated = calibration_images(classifier) if s.quantize == "int8" else None
     expected = classifier.outputs(x)
 
     writable_folder(output.parent)
@@ -705,7 +712,7 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
             actual = _run_tflite(staged, x)
         else:
             actual, comparison = _quantized(classifier, s.quantize, staged, work, x, expected,
-                                            source, model, reporter)
+                                            source, model, reporter, calibrated)
         diff = float(np.max(np.abs(actual.reshape(expected.shape) - expected)))
         tolerance = TOLERANCE[fmt] if comparison is None else math.inf
         result = ExportResult(path=output, meta_path=meta_path, format=fmt, max_abs_diff=diff,
@@ -718,7 +725,7 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
                                 f"{diff:.3g} (> {TOLERANCE[fmt]:g}) on {len(x)} images; "
                                 "nothing was written")
         export_meta = {**meta, "export": {
-            "format": fmt, "quantize": s.quantize, "source_bundle": str(model),
+            "format": fmt, "quantize": s.quantize, "source_bundle": str(bundle.lasting(model)),
             "max_abs_diff": diff, "tolerance": None if comparison else TOLERANCE[fmt],
             "checked_images": len(x), "comparison": comparison}}
         if fmt == "savedmodel":
