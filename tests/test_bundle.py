@@ -354,3 +354,20 @@ def test_a_meta_json_field_of_the_wrong_type_is_one_error(trained_bundle, tmp_pa
         bundle.read_meta(copy)
     assert words in str(info.value)
     assert str(info.value).startswith(f"{copy / 'meta.json'}: ")
+
+
+def test_force_onto_a_link_replaces_the_link_and_keeps_its_bundle(tmp_path):
+    """`train --output models/best --force`, best a link to a bundle: the link was moved to
+    a hidden name that stayed in the models folder for good (its removal failed in silence).
+    The link is replaced by the new bundle; the bundle it led to is kept, whole."""
+    models = tmp_path / "models"
+    (models / "mobilenet-1").mkdir(parents=True)
+    meta = {"schema_version": 1, "class_names": ["cats", "dogs"]}
+    (models / "mobilenet-1" / "meta.json").write_text(json.dumps({**meta, "seed": 1}))
+    (models / "best").symlink_to("mobilenet-1")
+    with bundle.writing(models / "best", True) as landing:
+        (landing.folder / "meta.json").write_text(json.dumps({**meta, "seed": 2}))
+    assert not (models / "best").is_symlink()
+    assert json.loads((models / "best" / "meta.json").read_text())["seed"] == 2
+    assert json.loads((models / "mobilenet-1" / "meta.json").read_text())["seed"] == 1
+    assert sorted(p.name for p in models.iterdir()) == ["best", "mobilenet-1"]

@@ -128,3 +128,29 @@ def test_paths_may_come_from_a_generator_and_a_number_is_refused(image):
     with pytest.raises(TransferError, match="paths must be a list of images, folders or "
                                             "globs, not 3"):
         PredictSettings(paths=3).validated()
+
+
+def test_train_refuses_what_would_measure_nothing_or_write_among_the_photos(tmp_path):
+    """A seed NumPy cannot take (a traceback after the data was read); a TensorBoard folder
+    inside the photos (a class named tb next time); the same folder for training and
+    validation (a perfect score on photos it trained on): each one line before any work."""
+    for folder in ("ph/cats", "ph/dogs", "split/train/cats", "split/validate/cats"):
+        (tmp_path / folder).mkdir(parents=True)
+    for seed in (-1, 2**32):
+        with pytest.raises(TransferError, match=r"^--seed must be"):
+            TrainSettings(data_dir=tmp_path / "ph", seed=seed).validated()
+    for settings in (CompareSettings(data_dir=tmp_path / "ph", seed=-1), MnistParams(seed=-1)):
+        with pytest.raises(TransferError, match=r"^--seed must be at least 0, not -1$"):
+            settings.validated()
+    TrainSettings(data_dir=tmp_path / "ph", seed=2**32 - 1).validated()  # the largest
+    with pytest.raises(TransferError, match=r"^--tensorboard .*ph/tb is inside the data folder"):
+        TrainSettings(data_dir=tmp_path / "ph", tensorboard=tmp_path / "ph" / "tb").validated()
+    train = tmp_path / "split" / "train"
+    for validate in (train, train / "cats", tmp_path / "split"):
+        with pytest.raises(TransferError, match=r"hold the same photos: validating on "
+                                                r"training photos measures nothing"):
+            TrainSettings(train_dir=train, validate_dir=validate).validated()
+    apart = TrainSettings(train_dir=train, validate_dir=tmp_path / "split" / "validate",
+                          preview_augment=True, models_dir=tmp_path / "models").validated()
+    # --preview-augment writes beside the folders read, not into --data-dir's default
+    assert apart.preview_folder() == tmp_path / "split"

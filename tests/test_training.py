@@ -959,3 +959,20 @@ def test_a_cache_that_cannot_be_written_is_said_once(own_split, tmp_path, monkey
     said = [w for w in reporter.warnings if w.startswith("feature cache not written")]
     assert len(said) == 1, reporter.warnings
     assert str(own_split / ".cache") in said[0]
+
+
+def test_fine_tuning_with_output_elsewhere_writes_nothing_among_the_photos(own_split, tmp_path,
+                                                                         monkeypatch):
+    """`train --data-dir . --output ../b1 --fine-tune 3` from inside the photo folder made an
+    empty models/ there (its checkpoints' folder in --models-dir), which the next train of the
+    folder took for a class; --preview-augment with --train-dir wrote into ./data, which that
+    run did not read (a warning at the end). The checkpoints go beside the bundle, and the
+    preview beside the folders read."""
+    monkeypatch.chdir(own_split)  # models_dir "models" is then inside the photos
+    before = sorted(p.relative_to(own_split) for p in own_split.rglob("*"))
+    train(HParams(train_dir=own_split / "train", validate_dir=own_split / "validate",
+                  output=tmp_path / "b1", fine_tune=3, fine_tune_epochs=1, preview_augment=True,
+                  feature_cache=False, **{**FAST, "epochs": 1, "augment": NO_AUGMENT}))
+    after = sorted(p.relative_to(own_split) for p in own_split.rglob("*"))
+    assert [p for p in after if p not in before] == [Path("augment-preview.png")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b1", "data", "latest"]  # no checkpoints

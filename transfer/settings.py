@@ -76,6 +76,17 @@ def at_least(name: str, value, low) -> None:
         raise TransferError(f"{_flag(name)} must be at least {low}, not {value}")
 
 
+SEED_LIMIT = 2**32  # NumPy's (and so Keras's) seeds are 0 to 2**32 - 1
+
+
+def a_seed(name: str, value) -> None:
+    """A seed NumPy takes: a whole number from 0 to 2**32 - 1 (a negative one ended a run in
+    a traceback after the data was read)."""
+    at_least(name, value, 0)
+    if value >= SEED_LIMIT:
+        raise TransferError(f"{_flag(name)} must be below 2**32 ({SEED_LIMIT}), not {value}")
+
+
 def whole(value) -> bool:
     """True for an int (NumPy's too), not a bool, a float or a string of digits."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -469,6 +480,12 @@ class TrainSettings(Settings):
             tensorboard=Path(self.tensorboard) if self.tensorboard is not None else None,
             **filled)
 
+    def preview_folder(self) -> Path:
+        """Where --preview-augment writes its picture: the data folder, or the folder holding
+        --train-dir (not --data-dir's default, which that run does not read)."""
+        hp = self.resolved()
+        return Path(hp.train_dir).parent if hp.train_dir is not None else Path(hp.data_dir)
+
     def folders_read(self) -> list[Path]:
         """The photo folders a run reads: the train and validate folders, or the data folder
         itself when it holds the class folders (every folder in it is a class)."""
@@ -509,6 +526,7 @@ class TrainSettings(Settings):
             at_least("augment_copies", self.augment_copies, 0)
         one_of("tta", self.tta, TTA_MODES)
         fraction("dropout", self.dropout)
+        a_seed("seed", self.seed)
         at_least("dense", self.dense, 0)
         if self.l2 is not None and not (real(self.l2) and self.l2 >= 0):
             raise TransferError(f"--l2 must be 0 or a positive number, not {shown(self.l2)}")
@@ -537,13 +555,20 @@ class TrainSettings(Settings):
         outside_data("output", hp.output, *read)
         if hp.output is None:
             outside_data("models_dir", hp.models_dir, *read)
+        outside_data("tensorboard", hp.tensorboard, *read)
+        if hp.train_dir is not None and hp.validate_dir is not None:
+            train, validate = Path(hp.train_dir).resolve(), Path(hp.validate_dir).resolve()
+            if train == validate or train in validate.parents or validate in train.parents:
+                raise TransferError(f"--validate-dir {hp.validate_dir} and --train-dir "
+                                    f"{hp.train_dir} hold the same photos: validating on "
+                                    "training photos measures nothing; give two folders apart")
         writable("models_dir", hp.models_dir)
         writable("tensorboard", hp.tensorboard)
         if hp.preview_augment:  # written into the data folder at the end: checked now
             from transfer.constants import PREVIEW_PNG
             from transfer.files import refuse_existing
 
-            preview = Path(hp.data_dir) / PREVIEW_PNG
+            preview = hp.preview_folder() / PREVIEW_PNG
             writable("preview_augment", preview, file=True)
             refuse_existing(preview, hp.force, "--preview-augment:")
         if hp.output is not None:
@@ -849,6 +874,7 @@ class CompareSettings(Settings):
         alpha = bases.check_alpha(base, alpha)
         at_least("fine_tune", self.fine_tune, 1)
         open_fraction("validation_split", self.validation_split)
+        a_seed("seed", self.seed)
         not_a_file("data_dir", self.data_dir)
         not_a_file("output", self.output)
         outside_data("output", self.output, *TrainSettings(data_dir=self.data_dir).folders_read())
@@ -900,6 +926,7 @@ class MnistParams(Settings):
         positive("learning_rate", self.learning_rate)
         fraction("label_smoothing", self.label_smoothing)
         at_least("shift", self.shift, 0)
+        a_seed("seed", self.seed)
         if self.shift > 13:
             raise TransferError(f"--shift must be at most 13 pixels, not {self.shift}")
         if self.limit is not None:

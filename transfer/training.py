@@ -120,7 +120,9 @@ class RunPlan:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return Path(self.settings.models_dir) / f".{self.target.name}.checkpoints"
+        """Beside the bundle being made (in --models-dir, or beside --output): never in the
+        photo folders, which --models-dir may be when --output is given."""
+        return self.target.parent / f".{self.target.name}.checkpoints"
 
     @property
     def counts(self) -> dict:
@@ -379,7 +381,7 @@ def _after_writing(run: RunPlan, landed: Path, reporter: Reporter, cluster) -> N
     settings = run.settings
     shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     if settings.preview_augment:
-        preview = Path(settings.data_dir) / PREVIEW_PNG
+        preview = settings.preview_folder() / PREVIEW_PNG
         try:  # whole or not at all (a full disk); the bundle, already written, keeps its copy
             with replacing(preview) as tmp:
                 shutil.copyfile(landed / PREVIEW_PNG, tmp)
