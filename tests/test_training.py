@@ -976,3 +976,33 @@ def test_fine_tuning_with_output_elsewhere_writes_nothing_among_the_photos(own_s
     after = sorted(p.relative_to(own_split) for p in own_split.rglob("*"))
     assert [p for p in after if p not in before] == [Path("augment-preview.png")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b1", "data", "latest"]  # no checkpoints
+
+
+def test_random_transforms_a_run_does_not_use_are_said_not_recorded_as_used(own_split, tmp_path,
+                                                                           monkeypatch):
+    """On the default route (test-time flips, no transformed copies) --rotation 40 --zoom 0.5
+    changed nothing, yet meta.json recorded them as the run's augmentation and the bundle's
+    preview showed transformed photos the model never trained on. Now a warning says so,
+    meta.json records random_transforms false, and the preview shows each photo and its
+    mirror image, which is what the head trains on."""
+    from transfer import plots
+
+    drawn = []
+    real_save = plots.save
+    monkeypatch.setattr(plots, "save", lambda fig, *a, **k: (drawn.append(fig),
+                                                            real_save(fig, *a, **k)))
+    reporter = Recorder()
+    result = train(hp(own_split, tmp_path, augment=Augment(rotation=40, zoom=0.5), epochs=1),
+                   reporter)
+    assert result.meta["test_time"]["flips"] and result.meta["augmentation"]["copies"] == 0
+    assert result.meta["augmentation"]["random_transforms"] is False
+    assert any(w.startswith("--rotation 40 --zoom 0.5 unused: the head trains on each photo's "
+                            "mean with its mirror image") for w in reporter.warnings), \
+        reporter.warnings
+    preview = next(fig for fig in drawn if "mirror image" in fig._suptitle.get_text())
+    photo, mirror = (np.asarray(ax.images[0].get_array()) for ax in preview.axes[:2])
+    assert np.array_equal(mirror, photo[:, ::-1])
+    # with transformed copies asked for, they are used, and said so
+    used = train(hp(own_split, tmp_path, augment=Augment(rotation=40), epochs=1,
+                    augment_copies=1, output=tmp_path / "copies"))
+    assert used.meta["augmentation"]["random_transforms"] is True

@@ -105,8 +105,11 @@ def augmented_versions(images: np.ndarray, augment: Augment, copies: int, seed: 
 
 
 def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
-                    seed: int = 42, copies: int = 3, pipeline: str = "generator") -> Path:
-    """Write a PNG grid: per row one training photo, then ``copies`` augmented versions of it.
+                    seed: int = 42, copies: int = 3, pipeline: str = "generator",
+                    mirror_only: bool = False) -> Path:
+    """Write a PNG grid: per row one training photo, then ``copies`` augmented versions of it
+    (with ``mirror_only``, its mirror image alone: what a run with test-time flips and no
+    transformed copies trains on).
 
     Args:
         source: a folder of class folders (e.g. ``data/train``), or a list of image paths,
@@ -140,7 +143,9 @@ def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
     if not photos:
         raise TransferError(f"no readable photo in {source} to preview")
     stack = np.stack(photos)
-    if augment.enabled:
+    if mirror_only:
+        copies, versions = 1, stack[:, None, :, ::-1]
+    elif augment.enabled:
         versions = augmented_versions(stack, augment, copies, seed, pipeline)
     else:
         versions = np.repeat(stack[:, None], copies, axis=1)
@@ -155,9 +160,12 @@ def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title("photo" if j == 0 else f"augmented {j}", fontsize=9)
+                ax.set_title("photo" if j == 0 else "mirror image" if mirror_only
+                             else f"augmented {j}", fontsize=9)
         axes[i, 0].set_ylabel(labels[i][:24], fontsize=8)
-    fig.suptitle(describe(augment, size, pipeline), fontsize=9)
+    fig.suptitle(f"{size} px, feature pass: each photo and its mirror image (test-time flips: "
+                 "the head trains on their mean); no random transform" if mirror_only
+                 else describe(augment, size, pipeline), fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as tmp:

@@ -119,6 +119,15 @@ class RunPlan:
         return len(self.names) == 2
 
     @property
+    def transforms_unused(self) -> bool:
+        """True when --augment's random transforms take no part in the run: the head trains
+        on each photo's mean with its mirror image (test-time flips), with no transformed
+        copies and no fine-tuning (which trains on transformed photos)."""
+        hp = self.settings
+        return (hp.augment.enabled and self.use_cache and self.flips and self.copies == 0
+                and hp.fine_tune == 0)
+
+    @property
     def checkpoint_dir(self) -> Path:
         """Beside the bundle being made (in --models-dir, or beside --output): never in the
         photo folders, which --models-dir may be when --output is given."""
@@ -345,7 +354,8 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
             usable = run.usable("train")
             preview_augment(usable, settings.augment, run.size,
                             Path(folder) / PREVIEW_PNG, seed=settings.seed,
-                            pipeline="features" if run.use_cache else settings.pipeline)
+                            pipeline="features" if run.use_cache else settings.pipeline,
+                            mirror_only=run.transforms_unused)
             trained = {s.path for s in usable}  # sizes as the plan read them (the cache's key)
             bundle.write_train_files(Path(folder) / bundle.TRAIN_FILES, [
                 (run.names[s.label], s.path.name, size, str(Path(s.path).absolute()))
@@ -545,6 +555,17 @@ def report_data(run: RunPlan, reporter: Reporter) -> None:
         per_class += f" and {len(run.names) - len(shown)} more classes (meta.json data.counts)"
     reporter.info(f"data: {how}; {sum(counts['train'].values())} train + "
                   f"{sum(counts['validate'].values())} validate images ({per_class})")
+    if run.transforms_unused:
+        from transfer.settings import Augment
+
+        given = [f"--{name} {getattr(run.settings.augment, name):g}"
+                 for name in ("rotation", "shift", "shear", "zoom")
+                 if getattr(run.settings.augment, name) != getattr(Augment(), name)]
+        if given:
+            reporter.warn(f"{' '.join(given)} unused: the head trains on each photo's mean with "
+                          "its mirror image (test-time flips), which takes no random transform;"
+                          " --augment-copies N adds N randomly transformed copies of the "
+                          "training photos")
     beside = _beside_the_splits(run)
     if beside:
         reporter.warn(f"left out: {', '.join(beside)} beside the split folders in "
@@ -663,7 +684,10 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
         weights={"source": built.weights_source, "sha256": built.weights_sha256},
         output="sigmoid" if run.binary else "softmax",
         pipeline=hp.pipeline,
-        augmentation={**hp.augment.as_dict(), "copies": run.copies if run.use_cache else None},
+        augmentation={**hp.augment.as_dict(), "copies": run.copies if run.use_cache else None,
+                      # whether rotation/shift/shear/zoom took part (not with test-time flips
+                      # alone: the head then trains on each photo's mean with its mirror)
+                      "random_transforms": hp.augment.enabled and not run.transforms_unused},
         test_time={"tta": hp.tta, "flips": run.flips, "size": run.size},
         head={"dropout": hp.dropout, "dense": hp.dense,
               **{k: fit.info[k] for k in ("l2", "l2_chosen_by", "l2_grid") if k in fit.info}}
