@@ -154,3 +154,12 @@ def test_train_refuses_what_would_measure_nothing_or_write_among_the_photos(tmp_
                           preview_augment=True, models_dir=tmp_path / "models").validated()
     # --preview-augment writes beside the folders read, not into --data-dir's default
     assert apart.preview_folder() == tmp_path / "split"
+
+
+def test_an_unknown_augment_setting_from_python_is_one_error():
+    """TrainSettings(augment={"bogus": 1}) (a settings.json edited by hand) raised a bare
+    TypeError from inside the dataclass."""
+    with pytest.raises(TransferError, match=r"^augment= has no setting 'bogus'; it takes "
+                                            r"enabled, rotation"):
+        TrainSettings(augment={"bogus": 1, "rotation": 10})
+    assert TrainSettings(augment={"rotation": 10}).augment == Augment(rotation=10)

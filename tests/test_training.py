@@ -1009,7 +1009,13 @@ def test_random_transforms_a_run_does_not_use_are_said_not_recorded_as_used(own_
     preview = next(fig for fig in drawn if "mirror image" in fig._suptitle.get_text())
     photo, mirror = (np.asarray(ax.images[0].get_array()) for ax in preview.axes[:2])
     assert np.array_equal(mirror, photo[:, ::-1])
-    # with transformed copies asked for, they are used, and said so
+    assert not any("--validation-split" in w for w in reporter.warnings)
+    # with transformed copies asked for, they are used, and said so; a --validation-split
+    # given with train/ and validate/ folders is said to be unused (it was ignored in silence)
+    reporter = Recorder()
     used = train(hp(own_split, tmp_path, augment=Augment(rotation=40), epochs=1,
-                    augment_copies=1, output=tmp_path / "copies"))
+                    augment_copies=1, output=tmp_path / "copies", validation_split=0.5),
+                 reporter)
     assert used.meta["augmentation"]["random_transforms"] is True
+    assert "--validation-split 0.5 unused: the photos are split into their train and validate " \
+        "folders already" in reporter.warnings

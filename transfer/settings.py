@@ -453,6 +453,11 @@ class TrainSettings(Settings):
 
     def __post_init__(self):
         if isinstance(self.augment, dict):  # from settings.json: TrainSettings(**json) repeats
+            unknown = sorted(set(self.augment) - {f.name for f in dataclasses.fields(Augment)})
+            if unknown:
+                raise TransferError(f"augment= has no setting {', '.join(map(repr, unknown))}; "
+                                    "it takes " + ", ".join(
+                                        f.name for f in dataclasses.fields(Augment)))
             self.augment = Augment(**self.augment)
 
     def resolved(self) -> TrainSettings:

@@ -551,6 +551,10 @@ def report_data(run: RunPlan, reporter: Reporter) -> None:
                f"{run.settings.validation_split:g}, seed {run.settings.seed})")
     else:
         how = f"{run.settings.train_dir} and {run.settings.validate_dir}"
+        split = run.settings.validation_split
+        if split != TrainSettings.validation_split:  # given, and meaningless here
+            reporter.warn(f"--validation-split {split:g} unused: the photos are split into "
+                          "their train and validate folders already")
     shown = run.names[:SHOWN_CLASSES]
     per_class = ", ".join(f"{name} {counts['train'][name]}+{counts['validate'][name]}"
                           for name in shown)
