@@ -80,3 +80,50 @@ def test_names_that_are_not_utf8_are_drawn_in_every_kind_of_text(tmp_path):
     plots.image_grid([np.zeros((8, 8, 3), "uint8")] * 2, [f"{latin1}.jpg", "b.jpg"],
                      tmp_path / "g.png", title=latin1)
     assert (tmp_path / "c.png").is_file() and (tmp_path / "g.png").is_file()
+
+
+LONG_CLASSES = ["domestic short-haired cats from the shelter",
+                "dogs of all breeds including mixed-breed puppies"]
+
+
+def inside(text, box, renderer, slack: float = 2.0) -> bool:
+    extent = text.get_window_extent(renderer)
+    return box.x0 - slack <= extent.x0 and extent.x1 <= box.x1 + slack
+
+
+def test_long_names_stay_inside_their_pictures_and_cells(figures, tmp_path):
+    """Long class and file names ran off the pictures: misclassified.png's captions ran into
+    each other, confusion.png lost its tick labels and its axis titles (with a matplotlib
+    warning on the console), a Grad-CAM's title lost the class it shows. Titles now wrap to
+    the figure, captions are cut in the middle to their cell, tick labels to a fixed width;
+    a "$" in a name is a dollar sign, not TeX."""
+    import warnings
+
+    photos = np.zeros((4, 28, 28), "uint8")
+    captions = [f"true {LONG_CLASSES[i % 2]}\npred {LONG_CLASSES[1 - i % 2]} 0.9{i}"
+                for i in range(4)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning reaches the console
+        plots.image_grid(photos, captions, tmp_path / "grid.png", cols=2, title="mistakes")
+        plots.confusion(np.array([[5, 1], [2, 6]]), LONG_CLASSES, tmp_path / "c.png")
+        title = ("price $5 and $10^2 roses, a very long photo file name taken on holiday in the "
+                 "mountains with the family (edited copy).jpg: predicted roses 0.96; Grad-CAM of "
+                 "tulips")
+        plots.gradcam(np.zeros((32, 32, 3), "uint8"), np.zeros((4, 4)), tmp_path / "g.png",
+                      title=title)
+    grid, matrix, cam = figures
+    renderer = cam.canvas.get_renderer()
+    for ax in grid.axes[:4]:
+        assert inside(ax.title, ax.get_window_extent(renderer), renderer), ax.title.get_text()
+        assert ax.title.get_text().splitlines()[1].endswith(" 0.9" + ax.title.get_text()[-1])
+    for fig in (grid, matrix, cam):
+        assert inside(fig._suptitle, fig.bbox, renderer) if fig._suptitle else True
+    assert cam._suptitle.get_text().replace("\n", " ") == title  # wrapped, nothing lost
+    assert cam._suptitle.get_text().endswith("Grad-CAM of tulips")
+    assert not cam._suptitle.get_parse_math()
+    ax = matrix.axes[0]
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert all(len(t) <= 30 for t in ticks) and all("\u2026" in t for t in ticks)
+    assert ax.get_xlabel() == "predicted" and ax.get_ylabel() == "true"
+    label = ax.xaxis.label.get_window_extent(matrix.canvas.get_renderer())
+    assert 0 <= label.y0 and label.y1 <= matrix.bbox.height  # drawn inside the picture

@@ -1006,9 +1006,14 @@ def test_random_transforms_a_run_does_not_use_are_said_not_recorded_as_used(own_
     assert any(w.startswith("--rotation 40 --zoom 0.5 unused: the head trains on each photo's "
                             "mean with its mirror image") for w in reporter.warnings), \
         reporter.warnings
-    preview = next(fig for fig in drawn if "mirror image" in fig._suptitle.get_text())
+    preview = next(fig for fig in drawn
+                   if "mirror image" in fig._suptitle.get_text().replace("\n", " "))
     photo, mirror = (np.asarray(ax.images[0].get_array()) for ax in preview.axes[:2])
     assert np.array_equal(mirror, photo[:, ::-1])
+    # each row names its class (it said "0: cat.3.jpg", the class's number)
+    rows = [ax.get_ylabel() for ax in preview.axes[::2]]
+    assert rows and all(row.split(": ")[0] in ("cats", "dogs") for row in rows), rows
+    assert "no random transform" in preview._suptitle.get_text().replace("\n", " ")
     assert not any("--validation-split" in w for w in reporter.warnings)
     # with transformed copies asked for, they are used, and said so; a --validation-split
     # given with train/ and validate/ folders is said to be unused (it was ignored in silence)

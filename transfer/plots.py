@@ -25,12 +25,49 @@ def save(fig, path, dpi: int = 100) -> None:
 
     for text in fig.findobj(Text):
         text.set_text(_text(text.get_text()))
+        text.set_parse_math(False)  # "$5 and $10 roses.jpg" is a name, not TeX
+    _fit_titles(fig)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font",
                                 category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"Tight layout not applied",
+                                category=UserWarning)  # the figure is written as it is
         fig.tight_layout()
         fig.savefig(path, dpi=dpi)
     _pyplot().close(fig)
+
+
+CHAR_WIDTH = 0.6  # of the font size: DejaVu Sans's mean character width, a little over
+
+
+def fitting(text: str, inches: float, points: float, wrap: bool = True) -> str:
+    """``text`` fitted to a width of ``inches`` at ``points``: each line wrapped (``wrap``)
+    or cut in the middle with an ellipsis (its end kept: a probability, a file's suffix)."""
+    import textwrap
+
+    chars = max(8, int(inches * 72 / (CHAR_WIDTH * points)))
+    if wrap:
+        return "\n".join(textwrap.fill(line, chars, break_long_words=True,
+                                        break_on_hyphens=False) or line
+                         for line in text.split("\n"))
+    head = (chars - 1) * 2 // 3
+    return "\n".join(line if len(line) <= chars else
+                     line[:head] + "\u2026" + line[len(line) - (chars - 1 - head):]
+                     for line in text.split("\n"))
+
+
+def _fit_titles(fig) -> None:
+    """The figure's title wrapped to its width, each axes title cut to its axes' width: a
+    long path or file name ran off both edges (a Grad-CAM's class, a curve's model, cut)."""
+    width = fig.get_figwidth()
+    title = getattr(fig, "_suptitle", None)
+    if title is not None and title.get_text():
+        title.set_text(fitting(title.get_text(), width * 0.96, title.get_fontsize()))
+    for ax in fig.axes:
+        for text in (ax.title, ax._left_title, ax._right_title):
+            if text.get_text():
+                text.set_text(fitting(text.get_text(), ax.get_position().width * width,
+                                      text.get_fontsize(), wrap=False))
 
 
 def _text(value) -> str:
@@ -99,7 +136,8 @@ def confusion(matrix, names, path: Path, title: str = "") -> Path:
     size = max(4.0, 0.55 * len(names) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
-    names = [_text(name) for name in names]  # tick labels are drawn from these, not kept text
+    # tick labels are drawn from these, not kept text; a long class name cut to fit
+    names = [fitting(_text(name), 2.2, 10, wrap=False) for name in names]
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("predicted")

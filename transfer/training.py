@@ -355,7 +355,8 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
 
         def extras(folder):  # besides the model: what the network saw, and what it trained on
             usable = run.usable("train")
-            preview_augment(usable, settings.augment, run.size,
+            preview_augment([(s.path, run.names[s.label]) for s in usable],  # rows by class
+                            settings.augment, run.size,
                             Path(folder) / PREVIEW_PNG, seed=settings.seed,
                             pipeline="features" if run.use_cache else settings.pipeline,
                             mirror_only=run.transforms_unused)
