@@ -255,3 +255,33 @@ def test_a_damaged_compare_json_is_one_error_naming_it(tmp_path, content, messag
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.startswith("error: ") and message in result.output.replace("\n", " ")
     assert not (tmp_path / "r.html").exists()
+
+
+def test_an_evaluation_page_names_whose_engine_each_row_is(trained_bundle, small_split,
+                                                         tmp_path):
+    """An evaluation's page showed the training's engine and images/s (meta.json) as the
+    only engine figures, as if they were the evaluation's; the evaluation's own were not shown."""
+    from transfer.evaluate import evaluate
+
+    report = evaluate(trained_bundle.bundle, data_dir=small_split / "test",
+                      output=tmp_path / "eval", engine="tf").report
+    page = html.unescape(render_report(tmp_path / "eval"))
+    rows = dict(re.findall(r"<tr><td[^>]*>([^<]*)</td><td[^>]*>([^<]*)</td></tr>", page))
+    assert rows["evaluation engine name"] == report["engine"]["name"] == "tf"
+    assert rows["evaluation engine images"] == str(report["engine"]["images"])
+    assert rows["training engine name"] == trained_bundle.meta["engine"]["name"]
+    assert "engine name" not in rows  # no row says "engine" without saying whose
+
+
+def test_the_command_recorded_can_be_pasted_back_into_a_shell(monkeypatch):
+    """`--data-dir "my flowers"` was recorded as `--data-dir my flowers` in meta.json and the
+    report's Command box: pasted back, two arguments."""
+    import shlex
+    import sys
+
+    from transfer import cli
+
+    argv = ["train", "--data-dir", "/tmp/my flowers", "--output", "it's"]
+    monkeypatch.setattr(sys, "argv", ["transfer", *argv])
+    line = cli._command_line()
+    assert shlex.split(line) == ["transfer", *argv]

@@ -262,7 +262,11 @@ def _reporter() -> RichReporter:
 
 
 def _command_line() -> str:
-    return "transfer " + " ".join(sys.argv[1:])
+    """The command as a shell takes it back: "--data-dir 'my flowers'" (a path with a space was
+    recorded unquoted, and could not be pasted back)."""
+    import shlex
+
+    return "transfer " + shlex.join(sys.argv[1:])
 
 
 # --------------------------------------------------------------------------- fetch-data

@@ -578,12 +578,15 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
     timings = dict(meta.get("timings") or {})
     if meta.get("feature_cache"):
         timings["feature_cache"] = meta["feature_cache"]
-    engine_meta = meta.get("engine")
-    if isinstance(engine_meta, dict):
-        timings.update({f"engine {k}": v for k, v in engine_meta.items()
-                        if not isinstance(v, dict | list)})
-    elif engine_meta:
-        timings["feature_engine"] = engine_meta
+    # the training's engine and the evaluation's, each named as such: an evaluation page
+    # showed the training's engine and images/s as if they were its own
+    for whose, engine_meta in (("training", meta.get("engine")),
+                               ("evaluation", (evaluation or {}).get("engine"))):
+        if isinstance(engine_meta, dict):
+            timings.update({f"{whose} engine {k}": v for k, v in engine_meta.items()
+                            if not isinstance(v, dict | list)})
+        elif engine_meta:
+            timings[f"{whose} engine"] = engine_meta
     if evaluation and evaluation.get("seconds") is not None:
         timings["evaluation_seconds"] = evaluation["seconds"]
     if timings:
