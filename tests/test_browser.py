@@ -373,3 +373,28 @@ def test_a_report_of_many_classes_does_not_run_off_the_page(watched, tmp_path):
                                 ".parentElement; return [box.scrollWidth, box.clientWidth]; })()")
     assert inner > room  # the table is wider than the page's column: it scrolls in its box
     assert watched.errors == []
+
+
+def test_a_comparison_page_on_a_phone_does_not_run_off_the_page(watched, tmp_path):
+    """The comparison's table (a column per class) was not in a scrolling box as the report's
+    tables are: 360 px wide, the whole page scrolled sideways to about 1000 px."""
+    from transfer import compare
+
+    f1 = {f"a-rather-long-class-name-{i}": 0.8 for i in range(8)}
+    row = {"val_accuracy": 0.9, "val_loss": 0.3, "seconds": 12.0, "parameters_trained": 1285,
+           "bundle": "cmp/frozen", "per_class_f1": f1}
+    folder = tmp_path / "cmp"
+    folder.mkdir()
+    (folder / "compare.json").write_text(json.dumps({
+        "data_dir": "flowers", "base": "mobilenet", "alpha": 0.25, "seed": 42,
+        "runs": {"scratch": row, "frozen": row}}))
+    (folder / "report.html").write_text(compare.render_page(compare.read(folder), folder))
+    page = watched.page
+    page.set_viewport_size({"width": 360, "height": 800})
+    page.goto((folder / "report.html").as_uri())
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 360, width
+    inner, room = page.evaluate("(() => { const box = document.querySelector('table')"
+                                ".parentElement; return [box.scrollWidth, box.clientWidth]; })()")
+    assert inner > room  # the table scrolls in its own box
+    assert watched.errors == []

@@ -269,3 +269,28 @@ def test_an_output_inside_the_photo_folder_is_refused_before_any_run(tmp_path):
             CompareSettings(data_dir=photos, output=output).validated()
     assert sorted(p.name for p in photos.iterdir()) == ["cats", "dogs"]
     CompareSettings(data_dir=photos, output=tmp_path / "runs").validated()  # beside it: fine
+
+
+def test_the_seconds_labels_stay_inside_their_panel(tmp_path, monkeypatch):
+    """compare.png: the tallest bar's label ("64 s", or two lines with "cached features")
+    sat on the panel's top border or spilled above it."""
+    from transfer import compare, plots
+
+    kept = []
+    real_save = plots.save
+    monkeypatch.setattr(plots, "save", lambda fig, *a, **k: (kept.append(fig),
+                                                             real_save(fig, *a, **k)))
+    row = {"val_accuracy": 0.9, "val_loss": 0.3, "per_class_f1": {"a": 0.9}, "bundle": "x"}
+    data = {"data_dir": "d", "base": "mobilenet", "alpha": 0.25, "seed": 1, "runs": {
+        "scratch": {**row, "seconds": 64.0},
+        "frozen": {**row, "seconds": 60.0, "feature_cache": "hit"}}}
+    compare.plot(data, tmp_path / "compare.png")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = kept[0]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    panel = fig.axes[1]
+    top = panel.get_window_extent(renderer).y1
+    labels = [t for t in panel.texts if " s" in t.get_text()]
+    assert len(labels) == 2
+    assert all(t.get_window_extent(renderer).y1 <= top for t in labels)

@@ -295,6 +295,8 @@ def plot(data: dict, path: Path) -> Path:
     seconds = [runs[n]["seconds"] for n in names]
     bars = axes[1].bar(names, seconds, color=colour)
     axes[1].set_ylabel("seconds (the whole run)")
+    # room above the tallest bar for its label (two lines with "cached features")
+    axes[1].set_ylim(0, max(seconds, default=0) * 1.25 or 1)
     axes[1].bar_label(bars, labels=[f"{s:.0f} s" + ("\n(cached features)" if runs[n].get(
         "feature_cache") == "hit" else "") for s, n in zip(seconds, names, strict=True)])
     for ax in axes[:2]:
@@ -352,7 +354,9 @@ def render_section(data: dict, png: Path | None = None) -> str:
                                  for i, c in enumerate(cells)) + "</tr>"
     head = "".join(f'<th class="{"l" if i == 0 else ""}">{e(h)}</th>'
                    for i, h in enumerate(header))
-    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    # scrolled inside its box, as the report's tables are: on a phone the page overflowed
+    table = (f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}'
+             "</tbody></table></div>")
     picture = ""
     if png is not None and Path(png).is_file():
         picture = (f'<figure><img src="{data_uri(Path(png).read_bytes())}" '
