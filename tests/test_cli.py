@@ -227,3 +227,33 @@ def test_progress_bars_print_names_as_they_are_and_controls_as_escapes():
     text = buffer.getvalue()
     assert "Downloading [bold]x\\x1b[2J.zip" in text and "a[/b]c\\r" in text
     assert "\x1b[2J" not in text
+
+
+def test_the_predictions_table_fits_narrow_terminals_without_cutting_numbers():
+    """Five classes on 60 or 80 columns: the per-class probabilities were cut ("0.9...") or
+    left off the right edge, the headers read "probab..."; the table now shows them when they
+    fit and otherwise the top classes in one column, and never cuts a number."""
+    import io
+
+    from transfer.cli import _predictions_table
+    from transfer.predict import Prediction, Predictions
+    from transfer.progress import safe_console
+
+    names = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    probs = dict(zip(names, [0.3194, 0.0040, 0.6563, 0.0129, 0.0074], strict=True))
+    top = [{"label": n, "probability": p} for n, p in sorted(probs.items(), key=lambda x: -x[1])]
+    items = [Prediction(file="/work/shared/data/flowers/roses/10090824183_d02c613f10_m.jpg",
+                        label="roses", probability=0.6563, top=top[:3], probabilities=probs)]
+    result = Predictions("bundle", "models/flowers", "mobilenet", names, items)
+    for width in (60, 80, 120):
+        console = safe_console(width=width, file=io.StringIO(), record=True)
+        console.print(_predictions_table(result, console))
+        text = console.export_text()
+        lines = text.splitlines()
+        assert all(len(line) <= width for line in lines), (width, text)
+        assert all(line.rstrip()[-1] in "┓┃┩│┘" for line in lines[1:]), (width, text)  # whole
+        assert "probability" in text and "0.6563" in text
+        if width == 120:
+            assert all(f"p({n})" in text for n in names) and "0.0074" in text
+        else:
+            assert "next 2" in text and "daisy 0.3194" in text.replace("\n", " ")

@@ -602,18 +602,40 @@ def _pct(value) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
-def _predictions_table(result) -> Table:
+def _predictions_table(result, console: Console | None = None) -> Table:
+    """The predictions as a table: with every class's probability for 2 to 5 classes when
+    those columns fit ``console`` (on 60 or 80 columns they were cut to "0.9..." or left
+    off), else the top classes in one column; numbers are never squeezed, names fold."""
+    classes = result.class_names or []
+    per_class = 2 <= len(classes) <= 5
+    console = console or out
+    # every column at its least (names fold, numbers never), with the borders and padding
+    needed = 1 + sum(3 + width for width in (
+        FILE_MIN, CLASS_MIN, 11, *[_p_width(name) for name in classes if per_class]))
+    return _predictions(result, per_class=per_class and needed <= console.width)
+
+
+FILE_MIN, CLASS_MIN = 12, 8  # the least widths of the folding columns (60 columns fit all)
+
+
+def _p_width(name: str) -> int:
+    """The least width of a class's probability column: its header up to 14 characters, and
+    never under the 6 of "0.1234"."""
+    return max(6, min(14, len(f"p({name})")))
+
+
+def _predictions(result, per_class: bool) -> Table:
     ranks = max((len(i.top) for i in result.items), default=1)
     table = Table(title=result.model if result.mode == "bundle"
                   else f"{result.model}: top {ranks}")
-    table.add_column("file", overflow="fold", min_width=16)
-    table.add_column("class", overflow="fold", min_width=10)
-    table.add_column("probability", justify="right")
+    table.add_column("file", overflow="fold", min_width=FILE_MIN)
+    table.add_column("class", overflow="fold", min_width=CLASS_MIN)
+    table.add_column("probability", justify="right", no_wrap=True, min_width=11)
     classes = result.class_names or []
-    per_class = 2 <= len(classes) <= 5
     if per_class:
         for name in classes:
-            table.add_column(f"p({name})", justify="right")
+            header = printable(f"p({name})", newlines=False)
+            table.add_column(header, justify="right", overflow="fold", min_width=_p_width(name))
     extra = 0 if per_class else ranks - 1
     if extra:
         table.add_column(f"next {extra}", overflow="fold")
@@ -690,13 +712,12 @@ def predict_cmd(
         err.print(engine_summary(result.engine), highlight=False)
     fmt = settings.format
     if fmt == "table":
-        table = _predictions_table(result)
         if output is not None:
             recorder = safe_console(record=True, width=160, file=io.StringIO())
-            recorder.print(table)
+            recorder.print(_predictions_table(result, recorder))
             text = recorder.export_text()
         else:
-            out.print(table)
+            out.print(_predictions_table(result))
             counts = collections.Counter(i.label for i in result.items if not i.error)
             if len(result.items) > 1 and counts:
                 out.print(f"{sum(counts.values())} image(s) classified: " + ", ".join(
