@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import kaggle_members, make_zip, require_asset, truncated
 from typer.testing import CliRunner
 
@@ -257,3 +258,22 @@ def test_the_predictions_table_fits_narrow_terminals_without_cutting_numbers():
             assert all(f"p({n})" in text for n in names) and "0.0074" in text
         else:
             assert "next 2" in text and "daisy 0.3194" in text.replace("\n", " ")
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_a_progress_bar_keeps_its_bar_and_counts_on_any_width(width):
+    """On 60 or 80 columns a long description and the epoch's metrics pushed the bar, the
+    counts and the times off the line ("Trainin... head epoch 30 loss ... val_accu...")."""
+    import io
+
+    from transfer.progress import RichReporter, safe_console
+
+    console = safe_console(file=io.StringIO(), width=width, record=True)
+    with RichReporter(console).task("Evaluating on /home/student/photos/flowers/validate",
+                                    total=40) as advance:
+        advance(40, status="loss 0.1234  accuracy 0.9876  val_loss 0.7582  val_accuracy 0.8000")
+    text = console.export_text()
+    assert all(len(line) <= width for line in text.splitlines()), text
+    first = text.splitlines()[0]
+    assert first.startswith("Evaluating on") and "40/40" in first and "━━━━━━━━━━" in first
+    assert "0.8000" in text and "val_accuracy" in text.replace("\n", "")

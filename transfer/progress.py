@@ -88,14 +88,25 @@ class RichReporter(Reporter):
             TimeRemainingColumn,
             TransferSpeedColumn,
         )
+        from rich.table import Column
 
-        name = TextColumn("{task.description}", markup=False)  # a file name is not markup
+        # on any width the bar, the counts and the times stay whole: the description is cut
+        # with an ellipsis to a third of the line, the status (the epoch's metrics) folds onto
+        # further lines, the bar narrows (on 80 columns, a long path and the metrics pushed
+        # the bar and the counts off the line)
+        width = self.console.width
+        name = TextColumn("{task.description}", markup=False,  # a file name is not markup
+                          table_column=Column(no_wrap=True, overflow="ellipsis",
+                                              max_width=max(15, width // (3 if width >= 100
+                                                                           else 4))))
+        bar = BarColumn(bar_width=max(10, min(40, width // 6)))
+        remaining = [TimeRemainingColumn()] if width >= 100 else []  # narrow: elapsed only
         if kind == "bytes":
-            columns = [name, BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                       TimeRemainingColumn()]
+            columns = [name, bar, DownloadColumn(), TransferSpeedColumn(), *remaining]
         else:
-            columns = [name, BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       TimeRemainingColumn(), TextColumn("{task.fields[status]}", markup=False)]
+            columns = [name, bar, MofNCompleteColumn(), TimeElapsedColumn(), *remaining,
+                       TextColumn("{task.fields[status]}", markup=False,
+                                  table_column=Column(overflow="fold", ratio=1))]
         with Progress(*columns, console=self.console, transient=False) as progress:
             task_id = progress.add_task(printable(description), total=total,
                                         completed=completed, status="")
