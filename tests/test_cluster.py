@@ -648,3 +648,22 @@ def test_features_beyond_memory_stream_from_shards_with_bounded_memory(tmp_path,
     # what grows is the file list (a path and a label per image), not the features
     assert peak_large - peak_small < 0.2 * added, "streamed memory grew with the features"
     assert abs(meta["metrics"]["val_accuracy"] - meta_memory["metrics"]["val_accuracy"]) < 0.05
+
+
+def test_a_worker_without_a_shard_waits_for_the_chief_converting_its_base(slow_split,
+                                                                          tmp_path):
+    """One shard for two workers (more workers than shards): the idle worker gave up after
+    --worker-timeout while the chief still converted its base to TFLite and ran the shard
+    ("a worker did not answer within 3 s"), and every rerun failed the same way. It now waits
+    as for the chief's head; the run completes."""
+    home = tmp_path / "keras-home"  # a fresh one: the conversion is not cached, it takes seconds
+    home.mkdir()
+    out = tmp_path / "models" / "one-shard"
+    args = train_args(slow_split, out, "--image-size", "176", "--feature-shard-size", "1000",
+                      "--engine", "tflite", "--epochs", "2", "--distribute", "multi-worker",
+                      "--worker-timeout", "3")
+    procs, logs = start_workers(2, lambda i: args, env={"KERAS_HOME": str(home)})
+    assert wait_all(procs) == [0, 0], text(logs[0]) + text(logs[1])
+    meta = meta_of(out)
+    assert meta["workers"] == 2 and meta["engine"]["conversion_seconds"] > 3
+    assert [w["feature_images"] for w in meta["per_worker"]][1] == 0  # worker 1 had no shard

@@ -416,10 +416,16 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
                         result = features.Pass(np.zeros((0, width), "float32"), labels[:0])
                     own = time.perf_counter() - tick
                     slowest[0] = max(slowest[0], own)
-                    # a worker may wait for a slower one's shard: the timeout allows for it
+                    # a worker may wait for a slower one's shard: the timeout allows for it.
+                    # A worker with no shard this round has no time of its own to go by (it
+                    # gave up on a chief still converting its base, after --worker-timeout):
+                    # it waits as for the chief's head; a worker that dies is noticed sooner,
+                    # by the heartbeats
+                    wait = (cluster.timeout + 3 * slowest[0] if j < len(todo)
+                            else HEAD_WAIT) if cluster is not None else None
                     pieces = ([result] if cluster is None else
                               exchange(cluster, result, width, f"the feature pass ({label})",
-                                       cluster.timeout + 3 * slowest[0]))
+                                       wait))
                     computed["seconds"] += time.perf_counter() - tick
                     for w, piece in enumerate(pieces):
                         if r * workers + w >= len(todo):
