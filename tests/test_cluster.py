@@ -667,3 +667,40 @@ def test_a_worker_without_a_shard_waits_for_the_chief_converting_its_base(slow_s
     meta = meta_of(out)
     assert meta["workers"] == 2 and meta["engine"]["conversion_seconds"] > 3
     assert [w["feature_images"] for w in meta["per_worker"]][1] == 0  # worker 1 had no shard
+
+
+def test_a_fine_tuning_stopped_early_stays_stopped_when_resumed(slow_split, tmp_path):
+    """Both workers killed after early stopping had ended the fine-tuning (its last checkpoint
+    says so) but before the bundle was written: the rerun said "resumed after epoch 2" and
+    trained a third fine-tuning epoch, which the run never interrupted does not."""
+    out = tmp_path / "models" / "ft-stopped"
+    checkpoint = out.parent / f".{out.name}.checkpoints" / "fine-tune.npz"
+    args = train_args(slow_split, out, "--epochs", "2", "--fine-tune", "20",
+                      "--fine-tune-epochs", "6", "--fine-tune-lr", "0.5", "--patience", "1",
+                      "--distribute", "multi-worker", "--worker-timeout", "30")
+
+    def stopped_early() -> bool:
+        try:
+            with np.load(checkpoint) as data:
+                note = json.loads(str(data["note"]))
+        except (OSError, ValueError, KeyError):  # not there yet, or being replaced
+            return False
+        return note["wait"] >= 1
+
+    procs, logs = start_workers(2, lambda i: args)
+    try:
+        caught = wait_for(stopped_early, procs, limit=150)
+        for proc in procs:
+            proc.send_signal(signal.SIGKILL)
+    finally:
+        wait_all(procs, timeout=5)
+    if not caught or out.exists():
+        pytest.fail("the run ended before the test could stop it after its early stop: "
+                    + text(logs[0])[-2000:])
+    with np.load(checkpoint) as data:
+        stopped_at = json.loads(str(data["note"]))["epoch"]
+    procs, logs = start_workers(2, lambda i: args)
+    assert wait_all(procs) == [0, 0], text(logs[0]) + text(logs[1])
+    assert f"resumed after epoch {stopped_at}" in text(logs[0])
+    history = (out / "history.csv").read_text().splitlines()[1:]
+    assert sum(line.endswith("fine-tune") for line in history) == stopped_at

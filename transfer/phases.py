@@ -963,10 +963,12 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
         reporter.info(f"{phase}: resumed after epoch {first} from the checkpoint "
                       f"{state_file}")
     start = time.perf_counter()
-    stopped = False
+    # a run checkpointed after early stopping had ended it stays ended: resumed, it trained
+    # one epoch more than the run never interrupted
+    stopped = first > 0 and 0 < wait and wait >= hp.patience
     with reporter.task(f"Training ({phase}, {workers} workers)", total=epochs) as advance:
-        advance(first)
-        for epoch in range(first, epochs):
+        advance(epochs if stopped else first)
+        for epoch in range(epochs if stopped else first, epochs):
             sums = np.zeros(3)
             for _ in range(steps):
                 try:
