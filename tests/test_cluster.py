@@ -704,3 +704,34 @@ def test_a_fine_tuning_stopped_early_stays_stopped_when_resumed(slow_split, tmp_
     assert f"resumed after epoch {stopped_at}" in text(logs[0])
     history = (out / "history.csv").read_text().splitlines()[1:]
     assert sum(line.endswith("fine-tune") for line in history) == stopped_at
+
+
+def test_a_worker_whose_port_is_taken_says_so(tiny_split, tmp_path):
+    """Another program listening on the chief's port (or two workers given the same task
+    index) was "the 2 workers of TF_CONFIG did not all join ... start the same command on
+    every worker", which sends the user looking for a worker that is not missing."""
+    import socket as sockets
+
+    taken = sockets.socket(sockets.AF_INET, sockets.SOCK_STREAM)
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        addresses = [f"127.0.0.1:{port}", f"127.0.0.1:{launch.free_ports(1)[0]}"]
+        out = tmp_path / "models" / "taken"
+        log = tmp_path / "chief.log"
+        with open(log, "w") as handle:
+            chief = subprocess.Popen(
+                [sys.executable, "-m", "transfer", "train",
+                 *train_args(tiny_split, out, "--distribute", "multi-worker")],
+                env={**os.environ, "TF_CONFIG": launch.tf_config(addresses, 0),
+                     "TRANSFER_STARTUP_SECONDS": "60"},
+                stdout=handle, stderr=subprocess.STDOUT, text=True)
+            code = wait_all([chief], timeout=90)[0]
+    finally:
+        taken.close()
+    said = text(log)
+    assert code == 1, said
+    assert f"error: cannot listen on 127.0.0.1:{port}, this worker's address in TF_CONFIG " \
+           "(another program uses that port, or another worker has this task index" in said
+    assert "did not all join" not in said and "Traceback" not in said

@@ -214,7 +214,13 @@ class Cluster:
             self.strategy = tf.distribute.MultiWorkerMirroredStrategy(
                 cluster_resolver=resolver, communication_options=options)
         except (tf.errors.OpError, RuntimeError) as exc:
-            raise WorkerLost(self._not_joined(str(exc).strip().splitlines()[0][:160])) from None
+            detail = str(exc).strip().splitlines()[0][:160]
+            if "Could not start gRPC server" in str(exc):  # its own address is taken
+                mine = self.topology.addresses[self.topology.rank]
+                raise WorkerLost(f"cannot listen on {mine}, this worker's address in TF_CONFIG "
+                                 "(another program uses that port, or another worker has this "
+                                 f"task index: {self.topology.describe()})") from None
+            raise WorkerLost(self._not_joined(detail)) from None
         finally:
             watchdog.stdin.close()  # joined (or failed by itself): the watchdog leaves quietly
         self.joined_seconds = time.perf_counter() - started
