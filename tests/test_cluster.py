@@ -735,3 +735,18 @@ def test_a_worker_whose_port_is_taken_says_so(tiny_split, tmp_path):
     assert f"error: cannot listen on 127.0.0.1:{port}, this worker's address in TF_CONFIG " \
            "(another program uses that port, or another worker has this task index" in said
     assert "did not all join" not in said and "Traceback" not in said
+
+
+def test_a_timeout_line_names_the_bound_that_can_have_fired():
+    """A worker paused for 20 s during the 30-minute wait for the chief's bundle was said not
+    to have answered "within 1800 s (--worker-timeout)": neither number was --worker-timeout's
+    20. The line now names both bounds when the wait was a longer one."""
+    from transfer.tf import tf
+
+    late = tf.errors.DeadlineExceededError(None, None, "Collective ops timed out")
+    plain = str(cluster.lost(late, 20.0, "the head", 20.0))
+    assert "a worker did not answer within 20 s (--worker-timeout)" in plain
+    long = str(cluster.lost(late, 1800.0, "the chief's writing of the bundle", 20.0))
+    assert ("a worker stopped answering: no heartbeat for --worker-timeout 20 s, or no result "
+            "within 1800 s") in long
+    assert "1800 s (--worker-timeout)" not in long

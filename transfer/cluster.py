@@ -160,12 +160,20 @@ def reason(text: str) -> str:
     return line if len(line) <= 240 else line[:240].rsplit(" ", 1)[0] + " ..."
 
 
-def lost(exc: BaseException, timeout: float, during: str) -> WorkerLost:
-    """The one line for a collective that failed: which kind of failure, what was going on."""
+def lost(exc: BaseException, timeout: float, during: str,
+         worker_timeout: float | None = None) -> WorkerLost:
+    """The one line for a collective that failed: which kind of failure, what was going on.
+    ``timeout``: the wait of this collective; ``worker_timeout``: --worker-timeout, the bound
+    of the heartbeats too, when this wait was a longer one (a worker paused for 20 s was said
+    not to answer "within 1800 s (--worker-timeout)")."""
     from transfer.tf import tf
 
     if isinstance(exc, tf.errors.DeadlineExceededError):
-        why = f"a worker did not answer within {timeout:g} s (--worker-timeout)"
+        if worker_timeout is None or timeout == worker_timeout:
+            why = f"a worker did not answer within {timeout:g} s (--worker-timeout)"
+        else:
+            why = (f"a worker stopped answering: no heartbeat for --worker-timeout "
+                   f"{worker_timeout:g} s, or no result within {timeout:g} s")
     else:
         why = f"a worker is down or unreachable ({reason(str(getattr(exc, 'message', exc)))})"
     return WorkerLost(f"multi-worker training stopped during {during}: {why}; no bundle "
@@ -300,7 +308,7 @@ class Cluster:
         try:
             return run()
         except tf.errors.OpError as exc:
-            raise lost(exc, limit, during) from None
+            raise lost(exc, limit, during, self.timeout) from None
 
     def broadcast(self, arrays: list, during: str, timeout: float | None = None) -> list:
         """The chief's ``arrays`` on every worker (others pass arrays of the same shapes)."""
