@@ -271,6 +271,12 @@ def test_an_evaluation_page_names_whose_engine_each_row_is(trained_bundle, small
     assert rows["evaluation engine images"] == str(report["engine"]["images"])
     assert rows["training engine name"] == trained_bundle.meta["engine"]["name"]
     assert "engine name" not in rows  # no row says "engine" without saying whose
+    from transfer.report import _num
+
+    assert _num(3.3e-05, 3) == "3.3e-05" and _num(0.25, 3) == "0.250"  # it read "0.000"
+    # the Grad-CAM pictures say whose photos they are
+    assert "Grad-CAM: where the model looked" in page
+    assert "On photos of the bundle's validation split, not of the evaluated folder." in page
 
 
 def test_the_command_recorded_can_be_pasted_back_into_a_shell(monkeypatch):

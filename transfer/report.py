@@ -157,6 +157,8 @@ def _num(value, digits: int = 4) -> str:
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
+        if 0 < abs(value) < 10 ** -digits:  # a parity difference of 3.3e-05 read "0.000"
+            return f"{value:.2g}"
         return f"{value:.{digits}f}"
     return _e(value)
 
@@ -565,8 +567,10 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
     # ---- Grad-CAM
     figures = gradcam_figures(bundle_dir, meta, gradcams) if bundle_dir is not None else []
     if figures:
+        said = ('<p>On photos of the bundle\'s validation split, not of the '
+                "evaluated folder.</p>" if evaluation else "")
         parts.append(_section("Grad-CAM: where the model looked",
-                              f'<div class="grid">{"".join(figures)}</div>', "gradcam"))
+                              f'{said}<div class="grid">{"".join(figures)}</div>', "gradcam"))
 
     # ---- other pictures
     gallery = "".join(_picture(bundle_dir / name, caption) for name, caption in PICTURES.items()
