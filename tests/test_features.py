@@ -129,11 +129,14 @@ def test_the_cache_keeps_features_skipped_files_and_the_engine(tmp_path):
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     assert features.load_entry(path) is None and not path.exists()
-    # an entry larger than the memory budget: opened without its features, read back later
+    # an entry larger than the memory budget, opened without its features: their CRC is
+    # checked as it is opened (streamed), so the shard is computed again; the run failed
+    # when the features were streamed later ("damaged ... run again")
     path.write_bytes(bytes(data))
-    later = features.load_entry(path, with_features=False)
-    assert later is not None  # the labels read fine: the damage is in the features
-    shards = features.FeatureSet([path], [400], later.labels, 256)
+    assert features.load_entry(path, with_features=False) is None and not path.exists()
+    # damaged after it was opened: streaming it stops with one line and removes it
+    path.write_bytes(bytes(data))
+    shards = features.FeatureSet([path], [400], np.zeros(400), 256)
     with pytest.raises(TransferError, match="is damaged .* it is removed: run again"):
         next(shards.chunks())
     assert not path.exists()

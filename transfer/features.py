@@ -382,6 +382,10 @@ def load_entry(path: Path, with_features: bool = True) -> Pass | None:
     if not path.is_file():
         return None
     try:
+        if not with_features:  # the features' CRC checked now, streamed (memory bounded): a
+            with zipfile.ZipFile(path) as archive:  # damaged entry is computed again, where
+                if archive.testzip() is not None:  # it failed the run when streamed later
+                    raise zipfile.BadZipFile(f"{path}: a CRC error")
         with np.load(path) as data:
             extra = json.loads(str(data["extra"]))
             feats = data["features"] if with_features else None
