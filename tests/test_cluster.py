@@ -750,3 +750,16 @@ def test_a_timeout_line_names_the_bound_that_can_have_fired():
     assert ("a worker stopped answering: no heartbeat for --worker-timeout 20 s, or no result "
             "within 1800 s") in long
     assert "1800 s (--worker-timeout)" not in long
+
+
+def test_a_worker_lost_while_the_chief_writes_does_not_say_no_bundle_was_written():
+    """A worker paused while the chief trained its head and wrote the bundle said, once
+    resumed, "no bundle written" although the bundle was there: while it waits for the chief's
+    bundle it cannot tell, and now says so."""
+    from transfer.tf import tf
+
+    late = tf.errors.DeadlineExceededError(None, None, "Collective ops timed out")
+    waiting = str(cluster.lost(late, 1800.0, cluster.WRITING, 20.0))
+    assert "no bundle written" not in waiting
+    assert "the chief may have written the bundle (look at its --output)" in waiting
+    assert "no bundle written" in str(cluster.lost(late, 20.0, "the head", 20.0))

@@ -176,9 +176,17 @@ def lost(exc: BaseException, timeout: float, during: str,
                    f"{worker_timeout:g} s, or no result within {timeout:g} s")
     else:
         why = f"a worker is down or unreachable ({reason(str(getattr(exc, 'message', exc)))})"
+    if during == WRITING:  # this worker waited for the chief's bundle: it cannot tell
+        return WorkerLost(f"multi-worker training stopped during {during}: {why}; the chief "
+                          "may have written the bundle (look at its --output) before it "
+                          "stopped answering; if not, start the same command again on every "
+                          "worker")
     return WorkerLost(f"multi-worker training stopped during {during}: {why}; no bundle "
                       "written. Start the same command again on every worker to resume "
                       "(cached features and epoch checkpoints are kept)")
+
+
+WRITING = "the chief's writing of the bundle"  # what the other workers wait for at the end
 
 
 class Cluster:

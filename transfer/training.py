@@ -325,7 +325,9 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
                           "held only damaged files, listed at the end): it is trained, but "
                           "its accuracy is not measured; repair or replace those files")
         if not chief:  # the chief validates and writes; this worker waits for it, then ends
-            cluster.barrier("the chief's writing of the bundle", timeout=FINAL_WAIT)
+            from transfer.cluster import WRITING
+
+            cluster.barrier(WRITING, timeout=FINAL_WAIT)
             cluster.farewell()
             reporter.info(f"{cluster.topology.describe()}: done; the chief wrote the bundle")
             return TrainResult(None, {"workers": cluster.workers, "rank": cluster.rank},
@@ -411,8 +413,8 @@ def _after_writing(run: RunPlan, landed: Path, reporter: Reporter, cluster) -> N
             cluster.barrier("the end of the run", timeout=FINAL_WAIT)
             cluster.farewell()
         except WorkerLost:
-            reporter.warn("another worker ended before the chief finished; the bundle is "
-                          "complete")
+            reporter.warn("another worker did not answer at the end (it ended, or stopped "
+                          "answering); the bundle is complete")
 
 
 FINAL_WAIT = 1800.0  # seconds the other workers wait for the chief to validate and write
