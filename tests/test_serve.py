@@ -451,6 +451,15 @@ def test_a_broken_bundle_is_said_not_taken_for_a_missing_one(models_dir, unseen,
     with pytest.raises(TransferError, match=r"--model a-garbled: model 'a-garbled' cannot be "
                                             r"used: .*not valid JSON"):
         serve.create_app(ServeSettings(models_dir=models, model="a-garbled"))
+    # a damaged model.keras asked for as --model: found when it is loaded at start-up, and
+    # said with its reason (it read "cannot serve b-cut: None")
+    shutil.copyfile(models / "a-garbled/model.keras", models / "b-cut/model.keras")
+    with open(models / "b-cut/model.keras", "r+b") as model:
+        model.truncate(5000)
+    with pytest.raises(TransferError, match=r"^cannot serve b-cut: model 'b-cut' cannot be "
+                                            r"used: .*is not a Keras model archive"):
+        with serve.serving(ServeSettings(models_dir=models, model="b-cut", port=0)):
+            pass
     by_path = serve.create_app(ServeSettings(models_dir=models, model=str(models / "c-good")))
     assert by_path.state.settings.model == "c-good"
     with pytest.raises(TransferError, match=r"not a bundle directly inside --models-dir .*: "

@@ -1237,7 +1237,8 @@ def _server(settings: ServeSettings, reporter: Reporter):
         try:
             store.get(name)
         except TransferError as exc:
-            raise TransferError(f"cannot serve {name}: {getattr(exc, 'reason', exc)}") from None
+            raise TransferError(f"cannot serve {name}: {getattr(exc, 'reason', None) or exc}"
+                                ) from None
     sock = _bind(s.host, s.port)
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
