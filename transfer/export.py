@@ -553,13 +553,13 @@ def _accuracy(probs: np.ndarray, labels: np.ndarray | None) -> float | None:
 
 def _quantized(classifier: BundleClassifier, quantize: str, staged: Path, work: Path,
                x: np.ndarray, expected: np.ndarray, source: str, model: Path,
-               reporter: Reporter, calibrated: tuple[np.ndarray, str] | None = None
+               reporter: Reporter, calibrated: tuple[np.ndarray, str] | None
                ) -> tuple[np.ndarray, dict]:
     """Convert the float TFLite model (checked against Keras to ``TOLERANCE["tflite"]`` as a
     float export is) and the quantized one into ``staged``; compare the two on the
     validation split. ``calibrated``: int8's (images, their folder), as
-    ``calibration_images`` gives them. Returns (the quantized model's outputs on ``x``, the
-    comparison)."""
+    ``calibration_images`` gives them (read before any conversion); None otherwise.
+    Returns (the quantized model's outputs on ``x``, the comparison)."""
     from transfer.metrics import class_probabilities
 
     floating = work / "float.tflite"
@@ -571,9 +571,8 @@ def _quantized(classifier: BundleClassifier, quantize: str, staged: Path, work: 
         raise TransferError(f"the float tflite conversion differs from the Keras model by "
                             f"{float_diff:.3g} (> {TOLERANCE['tflite']:g}) on {len(x)} images, "
                             "before quantization; nothing was written")
-    calibration, calibration_source = None, None
+    calibration, calibration_source = calibrated or (None, None)
     if quantize == "int8":
-        calibration, calibration_source = calibrated or calibration_images(classifier)
         reporter.info(f"calibrating int8 on {len(calibration)} images of {calibration_source}")
     _tflite(classifier.model, staged, work, quantize, calibration)
     cx, labels, compare_source = comparison_images(classifier, x, source)
