@@ -96,10 +96,10 @@ def writing(target: Path, force: bool):
             old = tmp.with_name(tmp.name + "-old")
             os.replace(target, old)
             os.replace(tmp, target)
-            theirs = [] if old.is_symlink() else [
+            theirs = None if old.is_symlink() else [
                 p.name for p in old.iterdir()
                 if p.name not in MADE_LATER and not (target / p.name).exists()]
-            if old.is_symlink():  # a link named as the output: it goes, its bundle stays
+            if theirs is None:  # a link named as the output: it goes, its bundle stays
                 old.unlink()
             elif theirs:  # files the tool did not write: the old bundle is kept, whole
                 landing.kept = (free_name(target.with_name(f"{target.name}.old")), theirs)
