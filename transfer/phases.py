@@ -421,11 +421,10 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
                     # gave up on a chief still converting its base, after --worker-timeout):
                     # it waits as for the chief's head; a worker that dies is noticed sooner,
                     # by the heartbeats
-                    wait = (cluster.timeout + 3 * slowest[0] if j < len(todo)
-                            else HEAD_WAIT) if cluster is not None else None
                     pieces = ([result] if cluster is None else
                               exchange(cluster, result, width, f"the feature pass ({label})",
-                                       wait))
+                                       cluster.timeout + 3 * slowest[0] if j < len(todo)
+                                       else HEAD_WAIT))
                     computed["seconds"] += time.perf_counter() - tick
                     for w, piece in enumerate(pieces):
                         if r * workers + w >= len(todo):
