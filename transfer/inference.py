@@ -98,8 +98,13 @@ def gather(paths: list[str | Path]) -> list[tuple[str, Path | None, str | None]]
         try:
             rows.extend(_rows_of(text, path))
         except OSError as exc:  # a name too long, a folder this user may not enter
-            rows.append((text, None, f"cannot be read ({exc.strerror or exc})"))
+            rows.append(_unreadable_row(text, exc))
     return rows
+
+
+def _unreadable_row(name: str, exc: OSError) -> tuple[str, None, str]:
+    """The row of a path that cannot be read, or a folder inside one that cannot be listed."""
+    return (name, None, f"cannot be read ({exc.strerror or exc})")
 
 
 def _rows_of(text: str, path: Path) -> list[tuple[str, Path | None, str | None]]:
@@ -112,8 +117,7 @@ def _rows_of(text: str, path: Path) -> list[tuple[str, Path | None, str | None]]
             rows.append((text, None, "folder has no images"))
         rows.extend((str(p), p, None) for p in found)
         rows.extend((str(p), None, unread_reason(p)) for p in unread)
-        rows.extend((str(path / rel), None, f"cannot be read ({exc.strerror or exc})")
-                    for rel, exc in unlisted)
+        rows.extend(_unreadable_row(str(path / rel), exc) for rel, exc in unlisted)
     elif path.exists() or not glob.has_magic(text):  # missing: said when it is opened
         rows.append(_file_row(text, path) if path.is_file() else (text, path, None))
     else:
