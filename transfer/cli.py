@@ -611,11 +611,13 @@ def _predictions_table(result, console: Console | None = None) -> Table:
     console = console or out
     # every column at its least (names fold, numbers never), with the borders and padding
     needed = 1 + sum(3 + width for width in (
-        FILE_MIN, CLASS_MIN, 11, *[_p_width(name) for name in classes if per_class]))
+        FILE_MIN, CLASS_MIN, PROBABILITY_MIN, *[_p_width(name) for name in classes
+                                                if per_class]))
     return _predictions(result, per_class=per_class and needed <= console.width)
 
 
 FILE_MIN, CLASS_MIN = 12, 8  # the least widths of the folding columns (60 columns fit all)
+PROBABILITY_MIN = len("probability")  # its header, never squeezed
 
 
 def _p_width(name: str) -> int:
@@ -630,7 +632,7 @@ def _predictions(result, per_class: bool) -> Table:
                   else f"{result.model}: top {ranks}")
     table.add_column("file", overflow="fold", min_width=FILE_MIN)
     table.add_column("class", overflow="fold", min_width=CLASS_MIN)
-    table.add_column("probability", justify="right", no_wrap=True, min_width=11)
+    table.add_column("probability", justify="right", no_wrap=True, min_width=PROBABILITY_MIN)
     classes = result.class_names or []
     if per_class:
         for name in classes:
