@@ -413,9 +413,10 @@ def read(folder: Path) -> dict:
                           f"{path}: runs.{name}.per_class_f1")
         tuned = row.get("fine_tune_result")
         if bundle.fine_tune_undone(tuned):  # the note quotes both losses
-            for phase in ("fine_tuned", "frozen"):
-                where = f"{path}: runs.{name}.fine_tune_result"
-                check_field_types(tuned, {phase: dict}, where, required=(phase,))
+            where = f"{path}: runs.{name}.fine_tune_result"
+            phases = ("fine_tuned", "frozen")
+            check_field_types(tuned, dict.fromkeys(phases, dict), where, required=phases)
+            for phase in phases:
                 check_field_types(tuned[phase], {"val_loss": (int, float)}, f"{where}.{phase}",
                                   required=("val_loss",))
     return data
