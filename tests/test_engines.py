@@ -216,3 +216,27 @@ def test_a_small_pass_says_what_it_counted():
     assert engines.few_images(94, views=2).startswith(
         "94 views (47 photos and their mirror images), fewer than 128: converting")
     assert engines.few_images(47).startswith("47 image(s), fewer than 128")
+
+
+def test_two_sizes_of_one_run_are_recorded_together_and_each_on_its_own():
+    """FixRes runs the training features at 224 px and the validation at 288 px, each size
+    through its own engine: meta.json's engine has the run's totals, names both engines when
+    they differ, adds their conversion times, keeps the worst parity, says which size fell
+    back, and lists each size (``by_size``) with its own images and speed."""
+    small = engines.EngineInfo(requested="auto", name="tflite", interpreter="ai_edge_litert",
+                               conversion_seconds=2.0, parity_max_abs_diff=3e-5)
+    large = engines.EngineInfo(requested="auto", name="tf",
+                               fallback="TensorFlow measured faster on this machine")
+    meta = engines.merged_info({224: small, 288: large}, {224: (2000, 4.0), 288: (800, 4.0)},
+                               2800, 8.0, primary=288)
+    assert meta["name"] == "tflite+tf"
+    assert (meta["images"], meta["images_per_second"]) == (2800, 350.0)
+    assert meta["conversion_seconds"] == 2.0 and meta["parity_max_abs_diff"] == 3e-5
+    assert meta["fallback"] == "288 px: TensorFlow measured faster on this machine"
+    assert meta["by_size"]["224"]["images_per_second"] == 500.0
+    assert meta["by_size"]["288"]["images_per_second"] == 200.0
+    assert meta["by_size"]["288"]["name"] == "tf"
+    # one size: the engine's own record, with the run's totals
+    only = engines.merged_info({224: engines.EngineInfo(requested="tf")}, {224: (10, 1.0)},
+                               10, 2.0, primary=224)
+    assert "by_size" not in only and only["images_per_second"] == 5.0

@@ -1015,6 +1015,20 @@ def test_random_transforms_a_run_does_not_use_are_said_not_recorded_as_used(own_
     assert rows and all(row.split(": ")[0] in ("cats", "dogs") for row in rows), rows
     assert "no random transform" in preview._suptitle.get_text().replace("\n", " ")
     assert not any("--validation-split" in w for w in reporter.warnings)
+    # FixRes (a training size below the model's): the head trains on the plain photos at that
+    # size, as the warning and the preview (one column: the photo at 48 px) now say
+    drawn.clear()
+    reporter = Recorder()
+    fixres = train(hp(own_split, tmp_path, augment=Augment(rotation=40), epochs=1,
+                      image_size=64, train_size=48, output=tmp_path / "fixres"), reporter)
+    assert fixres.meta["augmentation"]["random_transforms"] is False
+    assert any(w.startswith("--rotation 40 unused: the head trains on the photos as they are "
+                            "at 48 px (the saved model averages photo and mirror at 64 px)")
+               for w in reporter.warnings), reporter.warnings
+    preview = next(fig for fig in drawn
+                   if "each photo as it is" in fig._suptitle.get_text().replace("\n", " "))
+    assert len(preview.axes) == 6 and all(len(ax.images) == 1 for ax in preview.axes)
+    assert np.asarray(preview.axes[0].images[0].get_array()).shape == (48, 48, 3)
     # with transformed copies asked for, they are used, and said so; a --validation-split
     # given with train/ and validate/ folders is said to be unused (it was ignored in silence)
     reporter = Recorder()

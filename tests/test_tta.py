@@ -26,21 +26,34 @@ def settings(split: Path, tmp_path: Path, **kw) -> HParams:
     return HParams(data_dir=split, models_dir=tmp_path / "models", **kw).validated()
 
 
-@pytest.mark.parametrize("options, flips, size, copies", [
-    ({}, True, 288, 0),  # the default: flips at MobileNet's test size, photo + mirror means
-    ({"augment": Augment(enabled=False)}, False, 224, 0),  # --no-augment: nothing augmented
-    ({"tta": "none"}, False, 224, 1),  # the random-affine copy as before
-    ({"augment_copies": 2}, True, 288, 2),  # affine copies, each averaged with its mirror
-    ({"image_size": 160}, True, 160, 0),  # a size given wins
-    ({"base": "vgg16", "weights": "none"}, False, 224, 1),  # not measured for VGG16: off
-    ({"base": "vgg16", "weights": "none", "tta": "flip"}, True, 224, 0),  # asked: native size
-    ({"fine_tune": 10}, True, 288, 0),  # the head first, on the means; then the base tuned
-    ({"fine_tune": 10, "tta": "none"}, False, 224, 1),
-    ({"augment_copies": 0}, False, 224, 0),  # the classic recipe: the base runs every epoch
+@pytest.mark.parametrize("options, flips, size, train_size, mirror, copies", [
+    # the default: flips at MobileNet's test size; the head on plain photos at 224 (FixRes)
+    ({}, True, 288, 224, False, 0),
+    ({"augment": Augment(enabled=False)}, False, 224, 224, False, 0),  # --no-augment
+    ({"tta": "none"}, False, 224, 224, False, 1),  # the random-affine copy as before
+    ({"augment_copies": 2}, True, 288, 224, False, 2),  # affine copies at the training size
+    ({"image_size": 160}, True, 160, 160, True, 0),  # a size given wins: photo + mirror means
+    ({"train_size": 288}, True, 288, 288, True, 0),  # one size: the head on photo + mirror
+    ({"train_size": 160}, True, 288, 160, False, 0),
+    ({"train_size": 160, "tta": "none"}, False, 224, 160, False, 1),
+    ({"base": "vgg16", "weights": "none"}, False, 224, 224, False, 1),  # not measured: off
+    ({"base": "vgg16", "weights": "none", "tta": "flip"}, True, 224, 224, True, 0),  # native
+    ({"fine_tune": 10}, True, 288, 224, False, 0),  # the head first; then the base tuned
+    ({"fine_tune": 10, "tta": "none"}, False, 224, 224, False, 1),
+    ({"augment_copies": 0}, False, 224, 224, False, 0),  # the classic recipe: every epoch
 ])
-def test_when_test_time_flips_apply(tiny_split, tmp_path, options, flips, size, copies):
+def test_when_test_time_flips_apply(tiny_split, tmp_path, options, flips, size, train_size,
+                                    mirror, copies):
     run = plan(settings(tiny_split, tmp_path, **options))
-    assert (run.flips, run.size, run.copies) == (flips, size, copies)
+    assert (run.flips, run.size, run.feature_size, run.train_mirror, run.copies) == (
+        flips, size, train_size, mirror, copies)
+
+
+@pytest.mark.parametrize("options", [{"augment_copies": 0}, {"base": "scratch"}])
+def test_a_training_size_without_features_computed_once_is_one_clear_error(tiny_split,
+                                                                           tmp_path, options):
+    with pytest.raises(TransferError, match="--train-size needs features computed once"):
+        plan(settings(tiny_split, tmp_path, train_size=160, **options))
 
 
 @pytest.mark.parametrize("options", [{"augment_copies": 0},
@@ -77,7 +90,8 @@ def flipped_bundle(tiny_split, mobilenet_weights, tmp_path_factory):
 def test_the_saved_model_averages_a_photo_and_its_mirror_image(flipped_bundle):
     result, data = flipped_bundle
     meta = json.loads((result.bundle / "meta.json").read_text())
-    assert meta["test_time"] == {"tta": "auto", "flips": True, "size": 96}
+    assert meta["test_time"] == {"tta": "auto", "flips": True, "size": 96, "train_size": 96,
+                                 "train_views": "photo and mirror"}
     assert meta["image_size"] == 96 and meta["augmentation"]["copies"] == 0
     model, _ = bundle.load(result.bundle)
     photos = sorted((data / "validate/cats").iterdir())[:3] + sorted(
@@ -185,3 +199,55 @@ def test_a_fine_tuned_flipped_bundle_validates_as_it_predicts(tiny_split, mobile
     report = evaluate(result.bundle, output=tmp_path / "report").report
     assert report["loss"] == pytest.approx(meta["metrics"]["val_loss"], abs=1e-4)
     assert report["accuracy"] == pytest.approx(meta["metrics"]["val_accuracy"], abs=1e-6)
+
+
+def test_fixres_the_head_trains_on_plain_photos_at_the_training_size(tiny_split,
+                                                                     mobilenet_weights,
+                                                                     tmp_path):
+    """--train-size smaller than the model's size (the MobileNet default's FixRes: 224 -> 288,
+    here 64 -> 96 to keep it quick): the training features are the genuine base's pooled
+    features of the plain photos at 64 px, computed here independently with Keras; the
+    validation is the saved 96 px model's, photo and mirror averaged."""
+    from transfer.tf import keras
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_split, data, ignore=shutil.ignore_patterns(".cache"))
+    result = train(HParams(data_dir=data, base="mobilenet", alpha=0.25, image_size=96,
+                           train_size=64, epochs=3, batch_size=8, models_dir=tmp_path / "m",
+                           output=tmp_path / "m/fixres"))
+    meta = result.meta
+    assert meta["image_size"] == 96
+    assert meta["test_time"] == {"tta": "auto", "flips": True, "size": 96, "train_size": 64,
+                                 "train_views": "photo"}
+    entries = [features.load_entry(p) for p in (data / ".cache/features").glob("*.npz")]
+    assert len(entries) == 2  # one training pass, one validation pass
+    train_entry = next(e for e in entries if len(e.labels) == 24)
+    val_entry = next(e for e in entries if len(e.labels) == 12)
+
+    def genuine(size, paths, mirror=False):
+        base = keras.applications.MobileNet(alpha=0.25, include_top=False, weights=None,
+                                            input_shape=(size, size, 3))
+        base.load_weights(mobilenet_weights)
+        pixels = np.stack([features.read_image(p, size) for p in paths]).astype("float32")
+        out = base.predict(keras.applications.mobilenet.preprocess_input(pixels.copy()),
+                           verbose=0).mean(axis=(1, 2))
+        if mirror:
+            flipped = pixels[:, :, ::-1].copy()
+            out = (out + base.predict(keras.applications.mobilenet.preprocess_input(flipped),
+                                      verbose=0).mean(axis=(1, 2))) / 2
+        return out
+
+    names = ["cats", "dogs"]
+    train_paths = [data / "train" / n / f for n in names
+                   for f in sorted(p.name for p in (data / "train" / n).iterdir())]
+    val_paths = [data / "validate" / n / f for n in names
+                 for f in sorted(p.name for p in (data / "validate" / n).iterdir())]
+    np.testing.assert_allclose(train_entry.features, genuine(64, train_paths), atol=1e-3)
+    assert not np.allclose(train_entry.features, genuine(96, train_paths), atol=1e-2)
+    np.testing.assert_allclose(val_entry.features, genuine(96, val_paths, mirror=True),
+                               atol=1e-3)
+    # the bundle validates as it predicts: evaluate on the validation photos repeats it
+    report = evaluate(result.bundle).report
+    assert report["images"] == 12
+    assert report["accuracy"] == pytest.approx(meta["metrics"]["val_accuracy"], abs=1e-6)
+    assert report["loss"] == pytest.approx(meta["metrics"]["val_loss"], abs=1e-4)

@@ -413,6 +413,11 @@ def train_cmd(
     image_size: Annotated[int | None, typer.Option(
         help="Input size in pixels (default: the base's).", show_default=False,
         rich_help_panel=BASE)] = _T.image_size,
+    train_size: Annotated[int | None, typer.Option(
+        help="Size in pixels of the images the head trains on, when it trains on features "
+        "computed once (default: the base's own size when the saved model runs at a larger "
+        "test size, as the MobileNet default does; else --image-size).", show_default=False,
+        rich_help_panel=BASE)] = _T.train_size,
     data_dir: Annotated[Path, typer.Option(
         help="Folder with train/ and validate/, or with one folder per class (split in memory).",
         rich_help_panel=DATA)] = _T.data_dir,
@@ -529,7 +534,8 @@ def train_cmd(
         assert_accuracy_at_least=assert_accuracy_at_least,
         augment=S.Augment(enabled=augment, rotation=rotation, shift=shift, shear=shear,
                           zoom=zoom, flip=flip),
-        augment_copies=augment_copies, tta=tta, image_size=image_size, dropout=dropout, dense=dense,
+        augment_copies=augment_copies, tta=tta, image_size=image_size, train_size=train_size,
+        dropout=dropout, dense=dense,
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
         fine_tune=fine_tune, fine_tune_lr=fine_tune_lr, fine_tune_epochs=fine_tune_epochs,
         seed=seed, distribute=distribute, worker_timeout=worker_timeout,

@@ -10,9 +10,9 @@ XNNPACK kernels (MobileNet-0.25: about 5x TensorFlow's ``predict`` on 2 cores), 
   once and cached under ``$KERAS_HOME/transfer/tflite/`` (keyed by everything that changes the
   function: base, alpha, weights fingerprint, size, batch, TensorFlow version), run by the LiteRT
   interpreter (``ai-edge-litert``) where it is installed, else ``tf.lite.Interpreter``, on all
-  cores. Every run checks it against TensorFlow on its first batch; a difference above
-  ``PARITY_TOLERANCE`` means the converted model is not the same function, and the pass falls
-  back to TensorFlow with a warning.
+  cores. Every run checks it against TensorFlow (called eagerly) on its first batch; a
+  difference above ``PARITY_TOLERANCE`` means the converted model is not the same function,
+  and the pass falls back to TensorFlow with a warning.
 - ``auto``: TensorFlow when a GPU is present or when the pass has fewer than
   ``MIN_IMAGES`` images (converting costs seconds, 5 for MobileNet-0.25 and about 50 for
   InceptionV3 on 2 cores: a handful of images never repays it); otherwise the faster of the
@@ -108,6 +108,34 @@ class EngineInfo:
                 "parity_tolerance": self.parity_tolerance, "fallback": self.fallback,
                 "measured_images_per_second": self.measured,
                 "images": self.images, "images_per_second": self.images_per_second}
+
+
+def merged_info(infos: dict, ran: dict, images: int, seconds: float, primary: int) -> dict:
+    """meta.json's ``engine`` for a run whose passes ran at one size or two (FixRes: the
+    training features at a smaller size than the validation's): ``infos`` and ``ran`` (images,
+    seconds) by size. One engine: its ``as_dict()``. Two: the model size's (``primary``, else
+    the first) with the totals, the names joined when they differ ("tflite+tf"), conversion
+    times added, the worst parity, every fallback named with its size, and ``by_size``."""
+    for size, info in infos.items():
+        info.images, info.seconds = ran.get(size, (0, 0.0))
+    if len(infos) == 1:
+        (info,) = infos.values()
+        info.images, info.seconds = images, seconds
+        return info.as_dict()
+    sizes = sorted(infos)
+    main = infos[primary] if primary in infos else infos[sizes[0]]
+    out = main.as_dict()
+    names = list(dict.fromkeys(infos[s].name for s in sizes))
+    parities = [infos[s].parity_max_abs_diff for s in sizes
+                if infos[s].parity_max_abs_diff is not None]
+    fallbacks = [f"{s} px: {infos[s].fallback}" for s in sizes if infos[s].fallback]
+    out.update(name="+".join(names),
+               conversion_seconds=round(sum(infos[s].conversion_seconds for s in sizes), 3),
+               parity_max_abs_diff=max(parities) if parities else None,
+               fallback="; ".join(fallbacks) or None, images=images,
+               images_per_second=round(images / seconds, 2) if seconds > 0 else None,
+               by_size={str(s): infos[s].as_dict() for s in sizes})
+    return out
 
 
 class TFEngine:
@@ -206,6 +234,12 @@ def convert(model, batch_size: int, path: Path) -> float:
     return time.perf_counter() - started
 
 
+def _pixels(model) -> str:
+    """"224 px" for a model on square images (a run may convert two sizes), else its shape."""
+    shape = tuple(model.input_shape[1:])
+    return f"{shape[0]} px" if len(shape) == 3 and shape[0] == shape[1] else str(shape)
+
+
 def few_images(images: int, views: int = 1) -> str:
     """Why ``auto`` keeps TensorFlow for a pass of ``images`` (< MIN_IMAGES) base inputs,
     ``views`` of each photo (2: the photo and its mirror image)."""
@@ -269,7 +303,8 @@ def _converted(model, batch_size: int, path: Path, info: EngineInfo, reporter: R
                 path.unlink(missing_ok=True)
     why = _unwritable(path.parent)
     if why is None:
-        reporter.info(f"converting the model to TFLite (once; cached in {path.parent})")
+        reporter.info(f"converting the model at {_pixels(model)} to TFLite (once; cached in "
+                      f"{path.parent})")
         info.conversion_seconds = convert(model, batch_size, path)
         engine = TFLiteEngine(path)
         info.converted_file = str(path)
@@ -345,8 +380,12 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
         reporter.warn(f"{info.fallback}; using TensorFlow")
         return tf_engine, info
     info.interpreter = lite.interpreter_name
-    expected = tf_engine(first_batch)
-    got = lite(first_batch)
+    # parity on the converted model's first batch (batch_size images), TensorFlow called
+    # eagerly: the same function as predict_on_batch, without tracing it (which cost a next
+    # run 0.5 s per engine, and a run converts one engine per size)
+    check = np.asarray(first_batch[:batch_size], "float32")
+    expected = np.asarray(model(check, training=False))
+    got = lite(check)
     diff = float(np.max(np.abs(got - expected))) if expected.size else 0.0
     info.parity_max_abs_diff = diff
     scale = max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)

@@ -247,23 +247,35 @@ def samples_of(plan: RunPlan, split: str) -> list:
             for s in plan.usable(split)]  # the plan's own paths: no copy per image
 
 
-def raw_feature_model(plan: RunPlan, built: Built):
+def raw_feature_model(plan: RunPlan, built: Built, size: int | None = None):
     """Raw pixels (0-255) -> preprocess -> base -> pooling, over the run's layers: what the
-    engines run (the saved model's own path from pixels to features)."""
+    engines run (the saved model's own path from pixels to features). At another ``size``
+    than the model's (FixRes training features) the base is built again at that size with the
+    run's weights copied in: the same function of the image, on another grid."""
     from transfer.tf import keras
 
-    raw = keras.Input((plan.size, plan.size, 3), name="image")
+    size = size or plan.size
+    raw = keras.Input((size, size, 3), name="image")
     x = bases.preprocess_layer(plan.base.preprocess)(raw)
-    return keras.Model(raw, built.feature_model(x), name="raw_features")
+    if size == plan.size:
+        return keras.Model(raw, built.feature_model(x), name="raw_features")
+    other = bases.build(plan.base, size, plan.alpha, "none")
+    other.set_weights(built.base_model.get_weights())
+    other.trainable = False
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(other(x, training=False))
+    return keras.Model(raw, pooled, name=f"raw_features_{size}")
 
 
 class _LazyEngine:
     """Opens the engine (conversion, parity check, auto's measurement) at the first pass that
     misses the cache, on that pass's first batch; nothing at all on a full cache hit."""
 
-    def __init__(self, plan: RunPlan, built: Built, reporter: Reporter, images: int):
+    def __init__(self, plan: RunPlan, built: Built, reporter: Reporter, images: int,
+                 size: int | None = None, views: int = 1):
         self.plan, self.built, self.reporter = plan, built, reporter
-        self.images = images  # what the run's passes compute at most (auto's small-run rule)
+        self.images = images  # what this engine's passes compute at most (auto's small-run rule)
+        self.size = size or plan.size
+        self.views = views  # inputs per photo (2 when the pass averages photo and mirror)
         self.engine = None
         self.info = None
 
@@ -273,7 +285,7 @@ class _LazyEngine:
         from transfer import engines
         from transfer.images import ImageError
 
-        plan, size = self.plan, self.plan.size
+        plan, size = self.plan, self.size
         first = []
         for path in paths:
             if len(first) == features.PASS_BATCH:
@@ -289,9 +301,9 @@ class _LazyEngine:
                    weights=self.built.weights_sha256 or self.built.weights_source, size=size,
                    **({} if self.built.weights_sha256 else {"seed": plan.settings.seed}))
         self.engine, self.info = engines.open_engine(
-            raw_feature_model(plan, self.built), batch, requested=plan.settings.engine,
+            raw_feature_model(plan, self.built, size), batch, requested=plan.settings.engine,
             key=key, batch_size=features.CONVERTED_BATCH, reporter=self.reporter,
-            images=self.images, views=2 if plan.flips else 1)
+            images=self.images, views=self.views)
 
     def __call__(self, batch):
         return self.engine(batch)
@@ -319,8 +331,7 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
     # in fetch-data's data folder, else in the user's cache: never among the user's photos
     cache_dir = features.cache_folder(Path(plan.root or hp.data_dir))
     common = dict(base=plan.base.name, alpha=plan.alpha, weights=built.weights_sha256,
-                  size=plan.size, classes=plan.names, reader=1, version=4,
-                  **({"mirror": True} if plan.flips else {}),
+                  classes=plan.names, reader=1, version=4,
                   # random weights (--weights none) are made by the seed
                   **({} if built.weights_sha256 else {"init_seed": hp.seed}))
     width = int(built.feature_model.output_shape[-1])
@@ -328,7 +339,19 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
     keep = cluster is None or cluster.chief  # who holds the features and trains the head
     train_samples, val_samples = samples_of(plan, "train"), samples_of(plan, "validate")
     rows = len(train_samples) * max(1, plan.copies) + len(val_samples)
-    engine = _LazyEngine(plan, built, reporter, images=rows * (2 if plan.flips else 1))
+    # the passes: training features at plan.feature_size (FixRes: smaller than the model's),
+    # validation at the model's own size, each through its size's engine
+    train_pass = (plan.feature_size, plan.train_mirror)
+    val_pass = (plan.size, plan.flips)
+    inputs: dict = {}  # size -> the inputs its engine may run (auto's small-run rule)
+    views: dict = {}  # size -> inputs per photo (2 where its pass averages photo and mirror)
+    for (size, mirror), n in ((train_pass, len(train_samples) * max(1, plan.copies)),
+                              (val_pass, len(val_samples))):
+        inputs[size] = inputs.get(size, 0) + n * (2 if mirror else 1)
+        views[size] = max(views.get(size, 1), 2 if mirror else 1)
+    engines_by_size = {size: _LazyEngine(plan, built, reporter, images=n, size=size,
+                                         views=views[size])
+                       for size, n in inputs.items()}
     in_memory = rows * width * 4 <= features.memory_budget()
     hits: list[bool] = []
     seen_engines: set = set()
@@ -339,6 +362,7 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
     # setup: converting the base and auto's measure (engine.open), in the seconds, not in the
     # pass's images/s (27 images/s was said of a first run whose pass ran at 517)
     computed = {"seconds": 0.0, "images": 0, "setup": 0.0}
+    ran: dict = {}  # size -> [images, seconds] its engine ran (setup left out)
     slowest = [0.0]  # the longest shard this worker computed (seconds)
     warned: list = []  # a cache that cannot be written is said once, not once per shard
 
@@ -354,11 +378,13 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
             spill.append(Path(tempfile.mkdtemp(prefix="transfer-features-")))
         return spill[0] / f"{key}.npz"
 
-    def get(samples, augment, copy, label) -> features.FeatureSet:
+    def get(samples, augment, copy, label, size, mirror) -> features.FeatureSet:
         paths = [path for path, _ in samples]
         labels = np.array([y for _, y in samples], "int64")
         bounds = features.shard_bounds(len(paths), hp.feature_shard_size)
-        keys = [features.cache_key(**common, files=features.file_rows(paths[a:b], plan.root),
+        engine = engines_by_size[size]
+        keys = [features.cache_key(**common, size=size, **({"mirror": True} if mirror else {}),
+                                   files=features.file_rows(paths[a:b], plan.root),
                                    labels=labels[a:b].tolist(),
                                    augment=augment.as_dict() if augment else None, copy=copy,
                                    seed=hp.seed if augment else None,
@@ -404,14 +430,18 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
                     if j < len(todo):
                         a, b = bounds[todo[j]]
                         engine.open(paths[a:b])
-                        computed["setup"] += time.perf_counter() - tick
+                        opened_at = time.perf_counter()
+                        computed["setup"] += opened_at - tick
                         result = features.run_pass(
-                            paths[a:b], labels[a:b], plan.size, engine, augment=augment,
+                            paths[a:b], labels[a:b], size, engine, augment=augment,
                             seed=hp.seed + 1000 * copy, offset=a, reporter=reporter,
-                            mirror=plan.flips,
+                            mirror=mirror,
                             advance=advance if cluster is None else (lambda k, **_: None),
                             description=f"{plan.base.name} features ({engine.name}): {label}")
                         computed["images"] += result.images
+                        ran.setdefault(size, [0, 0.0])
+                        ran[size][0] += result.images
+                        ran[size][1] += time.perf_counter() - opened_at
                     else:
                         result = features.Pass(np.zeros((0, width), "float32"), labels[:0])
                     own = time.perf_counter() - tick
@@ -444,21 +474,24 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
     try:
         if plan.copies:
             train_sets = [get(train_samples, hp.augment, k,
-                              f"train, augmented copy {k + 1}/{plan.copies}")
+                              f"train, augmented copy {k + 1}/{plan.copies}", *train_pass)
                           for k in range(plan.copies)]
         else:
-            train_sets = [get(train_samples, None, 0, "train")]
-        val_set = get(val_samples, None, 0, "validate")
+            train_sets = [get(train_samples, None, 0, "train", *train_pass)]
+        val_set = get(val_samples, None, 0, "validate", *val_pass)
         record_skipped(plan, skipped, reporter)
         labels = train_sets[0].labels
         if any(not np.array_equal(s.labels, labels) for s in train_sets):
             raise RuntimeError("augmented copies disagree on their images")  # never: same reader
         cache = "off" if not hp.feature_cache else ("hit" if all(hits) else "miss")
         base_images = sum(per_worker)
-        if engine.info is not None:
-            engine.info.images = computed["images"]
-            engine.info.seconds = computed["seconds"] - computed["setup"]
-            engine_meta = engine.info.as_dict()
+        opened = {size: e for size, e in engines_by_size.items() if e.info is not None}
+        if opened:
+            from transfer import engines
+
+            engine_meta = engines.merged_info(
+                {size: e.info for size, e in opened.items()}, ran, computed["images"],
+                computed["seconds"] - computed["setup"], primary=plan.size)
         else:  # every pass was a cache hit (or another worker ran them all): the base did not run
             engine_meta = {"requested": hp.engine, "name": None, "images": 0,
                            "cached_features_from": sorted(e for e in seen_engines if e)}

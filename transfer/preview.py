@@ -106,10 +106,11 @@ def augmented_versions(images: np.ndarray, augment: Augment, copies: int, seed: 
 
 def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
                     seed: int = 42, copies: int = 3, pipeline: str = "generator",
-                    mirror_only: bool = False) -> Path:
+                    mirror_only: bool = False, plain: bool = False) -> Path:
     """Write a PNG grid: per row one training photo, then ``copies`` augmented versions of it
     (with ``mirror_only``, its mirror image alone: what a run with test-time flips and no
-    transformed copies trains on).
+    transformed copies trains on the mean of; with ``plain``, the photo alone: what such a
+    run trains on at a smaller size than it tests, FixRes).
 
     Args:
         source: a folder of class folders (e.g. ``data/train``), or a list of image paths,
@@ -143,7 +144,9 @@ def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
     if not photos:
         raise TransferError(f"no readable photo in {source} to preview")
     stack = np.stack(photos)
-    if mirror_only:
+    if plain:
+        copies, versions = 0, stack[:, :0]
+    elif mirror_only:
         copies, versions = 1, stack[:, None, :, ::-1]
     elif augment.enabled:
         versions = augmented_versions(stack, augment, copies, seed, pipeline)
@@ -163,8 +166,10 @@ def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
                 ax.set_title("photo" if j == 0 else "mirror image" if mirror_only
                              else f"augmented {j}", fontsize=9)
         axes[i, 0].set_ylabel(labels[i][:24], fontsize=8)
-    fig.suptitle(f"{size} px, feature pass: each photo and its mirror image (test-time flips: "
-                 "the head trains on their mean); no random transform" if mirror_only
+    fig.suptitle(f"{size} px, feature pass: each photo as it is (the saved model averages it "
+                 "with its mirror image at its larger test size); no random transform" if plain
+                 else f"{size} px, feature pass: each photo and its mirror image (test-time "
+                 "flips: the head trains on their mean); no random transform" if mirror_only
                  else describe(augment, size, pipeline), fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

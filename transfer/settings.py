@@ -417,6 +417,10 @@ class TrainSettings(Settings):
     augment_copies: int | None = None
     tta: str = "auto"  # test-time flips in the saved model: auto | flip | none
     image_size: int | None = None  # default: the base's native size
+    # the size the head's training features are computed at (frozen route); None: the base's
+    # native size when test-time flips run the model at the registry's larger test_size
+    # (FixRes: train small, test large; docs/BENCHMARKS.md), else the image size
+    train_size: int | None = None
     dropout: float = 0.2
     dense: int = 0
     l2: float | None = None  # the head's L2 penalty; None: chosen on the validation split
@@ -512,6 +516,8 @@ class TrainSettings(Settings):
         bases.check_alpha(base, self.alpha)
         if self.image_size is not None:
             bases.check_size(base, self.image_size)
+        if self.train_size is not None:
+            bases.check_size(base, self.train_size)
         a_path("weights", self.weights)
         if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
             raise TransferError(f"--weights must be imagenet, none or a weights file; "

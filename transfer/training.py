@@ -106,6 +106,8 @@ class RunPlan:
     use_cache: bool  # train the head on features computed once (frozen pretrained base)
     copies: int  # augmented copies of the training features (0: one plain pass)
     flips: bool = False  # test-time flips: features and the saved model average photo and mirror
+    # the size of the head's training features: ``size`` unless FixRes (train_size_of)
+    train_size: int | None = None
     split: str = "folders"  # "folders" (train/ + validate/) or "in-memory" (one folder split)
     root: Path | None = None  # the folder the class folders (or train/ validate/) are in
     skipped: pipelines.Skipped = field(default_factory=pipelines.Skipped)  # unreadable files
@@ -121,10 +123,23 @@ class RunPlan:
         return len(self.names) == 2
 
     @property
+    def feature_size(self) -> int:
+        """The size the training features are computed at (``size`` unless FixRes)."""
+        return self.train_size or self.size
+
+    @property
+    def train_mirror(self) -> bool:
+        """Whether each training feature is the mean of photo and mirror: with test-time
+        flips at one size. Under FixRes (smaller training size) the head trains on the plain
+        photos, the variant measured best (docs/BENCHMARKS.md)."""
+        return self.flips and self.feature_size == self.size
+
+    @property
     def transforms_unused(self) -> bool:
-        """True when --augment's random transforms take no part in the run: the head trains
-        on each photo's mean with its mirror image (test-time flips), with no transformed
-        copies and no fine-tuning (which trains on transformed photos)."""
+        """True when --augment's random transforms take no part in the run: with test-time
+        flips the head trains on the plain photos (FixRes) or on each photo's mean with its
+        mirror image, with no transformed copies and no fine-tuning (which trains on
+        transformed photos)."""
         hp = self.settings
         return (hp.augment.enabled and self.use_cache and self.flips and self.copies == 0
                 and hp.fine_tune == 0)
@@ -154,7 +169,8 @@ class RunPlan:
 def test_time_flips(hp: TrainSettings, base: Base, use_cache: bool) -> bool:
     """Whether the saved model averages each photo with its mirror image (``--tta``).
 
-    The head first trains on features computed once (each the mean of photo and mirror), so
+    The head first trains on features computed once (plain photos at a smaller size, or each
+    the mean of photo and mirror: ``RunPlan.train_mirror``), so
     the route must compute them once: a pretrained base, not ``--augment-copies 0``. A
     ``--fine-tune`` after it trains the base on single (randomly flipped) views; the saved
     model and the final validation still average the two views. auto: on that route in a run
@@ -168,9 +184,32 @@ def test_time_flips(hp: TrainSettings, base: Base, use_cache: bool) -> bool:
     return hp.tta == "auto" and use_cache and hp.augment.enabled and base.test_size is not None
 
 
+def train_size_of(hp: TrainSettings, base: Base, size: int, use_cache: bool,
+                  flips: bool) -> int:
+    """The size of the head's training features: --train-size, else the base's own size when
+    test-time flips run the saved model at the registry's larger ``test_size`` (FixRes,
+    Touvron et al. 2019: the ImageNet weights saw objects larger than a whole photo shows them
+    at the training size, so a head trained at 224 px is tested best at 288 px; measured in
+    docs/BENCHMARKS.md), else the image size. Only the frozen route computes features once;
+    the others train on images at the image size.
+
+    Raises:
+        TransferError: --train-size on a route that trains on images, not on features.
+    """
+    if hp.train_size is not None:
+        if not use_cache:
+            raise TransferError("--train-size needs features computed once: a pretrained "
+                                "base and not --augment-copies 0")
+        return hp.train_size
+    if flips and hp.image_size is None and size == base.test_size:
+        return base.size
+    return size
+
+
 def augmented_copies(hp: TrainSettings, flips: bool) -> int:
     """Random-affine copies of the training features: --augment-copies, else 1, or none with
-    test-time flips (the head trains on each photo's mean with its mirror image)."""
+    test-time flips (the head trains on the plain photos, or on each photo's mean with its
+    mirror image)."""
     if not hp.augment.enabled:
         return 0
     if hp.augment_copies is not None:
@@ -233,6 +272,7 @@ def plan(settings: TrainSettings) -> RunPlan:
     run = RunPlan(hp, base, alpha, size, names, train_set, val_set,
                   pipelines.rows(train_set, train_root), pipelines.rows(val_set, val_root),
                   target, use_cache, augmented_copies(hp, flips), flips=flips,
+                  train_size=train_size_of(hp, base, size, use_cache, flips),
                   split=split, root=root, skipped=skipped,
                   split_excluded=[item["file"] for item in skipped.as_list()]
                   if split == "in-memory" else [],
@@ -358,10 +398,11 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
         def extras(folder):  # besides the model: what the network saw, and what it trained on
             usable = run.usable("train")
             preview_augment([(s.path, run.names[s.label]) for s in usable],  # rows by class
-                            settings.augment, run.size,
+                            settings.augment, run.feature_size if run.use_cache else run.size,
                             Path(folder) / PREVIEW_PNG, seed=settings.seed,
                             pipeline="features" if run.use_cache else settings.pipeline,
-                            mirror_only=run.transforms_unused)
+                            mirror_only=run.transforms_unused and run.train_mirror,
+                            plain=run.transforms_unused and not run.train_mirror)
             trained = {s.path for s in usable}  # sizes as the plan read them (the cache's key)
             bundle.write_train_files(Path(folder) / bundle.TRAIN_FILES, [
                 (run.names[s.label], s.path.name, size, str(Path(s.path).absolute()))
@@ -452,7 +493,7 @@ def join_cluster(settings: TrainSettings, reporter: Reporter):
 # the settings every worker must share (one model is trained; paths, the engine and the
 # chief's outputs may differ from machine to machine)
 SHARED_SETTINGS = ("validation_split", "base", "alpha", "pipeline", "augment",
-                   "augment_copies", "tta", "image_size", "dropout", "dense", "l2",
+                   "augment_copies", "tta", "image_size", "train_size", "dropout", "dense", "l2",
                    "class_weight", "epochs", "batch_size", "learning_rate", "lr_schedule",
                    "patience", "fine_tune", "fine_tune_lr", "fine_tune_epochs", "seed",
                    "feature_shard_size")
@@ -572,10 +613,13 @@ def report_data(run: RunPlan, reporter: Reporter) -> None:
                  for name in ("rotation", "shift", "shear", "zoom")
                  if getattr(run.settings.augment, name) != getattr(Augment(), name)]
         if given:
-            reporter.warn(f"{' '.join(given)} unused: the head trains on each photo's mean with "
-                          "its mirror image (test-time flips), which takes no random transform;"
-                          " --augment-copies N adds N randomly transformed copies of the "
-                          "training photos")
+            trains_on = ("each photo's mean with its mirror image (test-time flips)"
+                         if run.train_mirror else
+                         f"the photos as they are at {run.feature_size} px (the saved model "
+                         f"averages photo and mirror at {run.size} px)")
+            reporter.warn(f"{' '.join(given)} unused: the head trains on {trains_on}, which "
+                          "takes no random transform; --augment-copies N adds N randomly "
+                          "transformed copies of the training photos")
     beside = _beside_the_splits(run)
     if beside:
         reporter.warn(f"left out: {', '.join(beside)} beside the split folders in "
@@ -696,9 +740,14 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
         pipeline=hp.pipeline,
         augmentation={**hp.augment.as_dict(), "copies": run.copies if run.use_cache else None,
                       # whether rotation/shift/shear/zoom took part (not with test-time flips
-                      # alone: the head then trains on each photo's mean with its mirror)
+                      # alone: the head then trains on plain photos, or photo-mirror means)
                       "random_transforms": hp.augment.enabled and not run.transforms_unused},
-        test_time={"tta": hp.tta, "flips": run.flips, "size": run.size},
+        # the head's training features: their size (FixRes: smaller than the test size) and
+        # views (photo, or the mean of photo and mirror); None on the routes without them
+        test_time={"tta": hp.tta, "flips": run.flips, "size": run.size,
+                   "train_size": run.feature_size if run.use_cache else None,
+                   "train_views": (("photo and mirror" if run.train_mirror else "photo")
+                                   if run.use_cache else None)},
         head={"dropout": hp.dropout, "dense": hp.dense,
               **{k: fit.info[k] for k in ("l2", "l2_chosen_by", "l2_grid") if k in fit.info}}
              if base.pretrained else bases.head_meta(base),
