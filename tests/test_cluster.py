@@ -234,14 +234,18 @@ def pair_of_splits(tiny_split, tmp_path) -> tuple[Path, Path]:
     return first, second
 
 
-def test_two_workers_match_one_and_only_the_chief_writes(pair_of_splits, tmp_path):
+@pytest.mark.parametrize("more", [[], ["--train-size", "64"]], ids=["one-size", "fixres"])
+def test_two_workers_match_one_and_only_the_chief_writes(pair_of_splits, tmp_path, more):
     """Two workers, each with its own copy of the photos and its own models folder: the chief
     writes the bundle (workers 2, per-worker counts); the other writes nothing, not even a
     cache. A single-worker run then finds every feature shard in the cache the two workers
-    made (shards do not depend on the worker count) and reaches the same model."""
+    made (shards do not depend on the worker count) and reaches the same model. With a
+    training size below the model's (FixRes), the training shards at 64 px and the validation
+    shards at 96 px are dealt out alike."""
     data0, data1 = pair_of_splits
     out = tmp_path / "models0" / "two"
-    extra = ["--feature-shard-size", "8", "--epochs", "4", "--distribute", "multi-worker"]
+    extra = ["--feature-shard-size", "8", "--epochs", "4", "--distribute", "multi-worker",
+             *more]
     procs, logs = start_workers(2, lambda i: (
         train_args(data0, out, *extra) if i == 0 else
         train_args(data1, out, *extra) + ["--models-dir", str(tmp_path / "models1")]))
@@ -260,10 +264,13 @@ def test_two_workers_match_one_and_only_the_chief_writes(pair_of_splits, tmp_pat
     single = tmp_path / "models0" / "one"
     done = subprocess.run([sys.executable, "-m", "transfer", "train",
                            *train_args(data0, single, "--feature-shard-size", "8", "--epochs",
-                                       "4")], capture_output=True, text=True, timeout=TIMEOUT)
+                                       "4", *more)],
+                          capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr
     one = meta_of(single)
     assert one["feature_cache"] == "hit" and one["workers"] == 1
+    assert one["test_time"]["train_size"] == meta["test_time"]["train_size"] == (
+        64 if more else 96)
     assert one["class_names"] == meta["class_names"]
     assert abs(one["metrics"]["val_accuracy"] - meta["metrics"]["val_accuracy"]) <= 0.01
     assert one["metrics"]["val_loss"] == pytest.approx(meta["metrics"]["val_loss"], abs=1e-4)

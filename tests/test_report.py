@@ -86,6 +86,8 @@ def test_report_of_a_bundle_never_evaluated(bundle_copy, trained_bundle, monkeyp
     settings = trained_bundle.meta["settings"]
     assert html.escape(f'"base": "{settings["base"]}"') in text and "learning_rate" in text
     assert "validate" in words and "Timings and engine" in words
+    # the sizes the model was trained and is tested at (the settings' train_size is null)
+    assert html.escape('"train_size": 224') in text and html.escape('"size": 224') in text
     # Grad-CAM overlays computed on the validation photos, as many as asked
     gradcams = [img for img in links.images if img.get("class") == "gradcam"]
     assert len(gradcams) == 3

@@ -251,3 +251,64 @@ def test_fixres_the_head_trains_on_plain_photos_at_the_training_size(tiny_split,
     assert report["images"] == 12
     assert report["accuracy"] == pytest.approx(meta["metrics"]["val_accuracy"], abs=1e-6)
     assert report["loss"] == pytest.approx(meta["metrics"]["val_loss"], abs=1e-4)
+
+
+def test_the_default_trains_at_224_and_tests_at_288_and_saves_what_repeats_it(
+        tiny_split, mobilenet_weights, tmp_path):
+    """MobileNet's default (no size given): the head at 224 px on plain photos, the model at
+    288 px with flips; each size's engine recorded; settings.json holds the resolved training
+    size, so it repeats this run even if the default changes again."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_split, data, ignore=shutil.ignore_patterns(".cache"))
+    result = train(HParams(data_dir=data, base="mobilenet", alpha=0.25, epochs=2,
+                           batch_size=8, models_dir=tmp_path / "m", output=tmp_path / "m/d"))
+    meta = result.meta
+    assert meta["image_size"] == 288
+    assert meta["test_time"] == {"tta": "auto", "flips": True, "size": 288, "train_size": 224,
+                                 "train_views": "photo"}
+    assert sorted(meta["engine"]["by_size"]) == ["224", "288"]
+    assert meta["engine"]["by_size"]["224"]["images"] == 24
+    assert meta["engine"]["by_size"]["288"]["images"] == 12
+    saved = json.loads((result.bundle / "settings.json").read_text())
+    assert saved["train_size"] == 224 and saved["image_size"] is None
+    assert plan(HParams(**saved)).feature_size == 224
+
+
+def test_a_base_keras_builds_otherwise_with_its_weights_is_refused_a_training_size(
+        tiny_split, tmp_path, monkeypatch):
+    """Keras adds a layer to EfficientNet with ImageNet weights only: rebuilt at random at the
+    training size and given the weights, it would be another function, and the head would
+    train on features the model never computes. Such a base is refused --train-size."""
+    from transfer import bases
+    from transfer.tf import keras
+
+    real_build = bases.build
+
+    def build(base, size=None, alpha=1.0, weights="imagenet", **kw):
+        model = real_build(base, size, alpha, weights, **kw)
+        if weights == "none" and size == 48:  # the rebuild at the training size
+            return keras.Sequential([keras.Input((size, size, 3)), keras.layers.Rescaling(1.0),
+                                     model])
+        return model
+
+    monkeypatch.setattr(bases, "build", build)
+    data = tmp_path / "data"
+    shutil.copytree(tiny_split, data, ignore=shutil.ignore_patterns(".cache"))
+    with pytest.raises(TransferError, match="--train-size 48: Keras builds mobilenet"):
+        train(HParams(data_dir=data, base="mobilenet", alpha=0.25, weights="none",
+                      image_size=64, train_size=48, epochs=1, models_dir=tmp_path / "m"))
+
+
+def test_features_of_unfingerprinted_weights_chosen_for_another_size_are_keyed_by_it():
+    """Without a weights fingerprint (a read-only KERAS_HOME), MobileNet's ImageNet file
+    depends on the model's size: training features at 224 px made with the 160 px model's
+    weights must not be taken for a 224 px run's."""
+    from types import SimpleNamespace
+
+    from transfer.phases import weights_size
+
+    run = SimpleNamespace(size=160)
+    assert weights_size(run, SimpleNamespace(weights_sha256=None), 224) == {
+        "weights_for_size": 160}
+    assert weights_size(run, SimpleNamespace(weights_sha256=None), 160) == {}
+    assert weights_size(run, SimpleNamespace(weights_sha256="ab12"), 224) == {}

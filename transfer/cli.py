@@ -415,8 +415,9 @@ def train_cmd(
         rich_help_panel=BASE)] = _T.image_size,
     train_size: Annotated[int | None, typer.Option(
         help="Size in pixels of the images the head trains on, when it trains on features "
-        "computed once (default: the base's own size when the saved model runs at a larger "
-        "test size, as the MobileNet default does; else --image-size).", show_default=False,
+        "computed once (default without --image-size: the base's own size when test-time "
+        "flips run the model at the base's larger test size, as MobileNet's default does, "
+        "224 -> 288; else the image size).", show_default=False,
         rich_help_panel=BASE)] = _T.train_size,
     data_dir: Annotated[Path, typer.Option(
         help="Folder with train/ and validate/, or with one folder per class (split in memory).",
@@ -446,8 +447,9 @@ def train_cmd(
         rich_help_panel=AUG)] = _T.augment_copies,
     tta: Annotated[Tta, typer.Option(
         help="Test-time flips: the saved model averages each photo with its mirror image "
-        "(and the head trains on that mean). auto: on the frozen route of an augmenting run "
-        "for bases measured to gain (MobileNet, at 288 px).", rich_help_panel=AUG)] = _T.tta,
+        "(the head trains on plain photos at --train-size, or at one size on that mean). auto: "
+        "on the frozen route of an augmenting run for bases measured to gain (MobileNet, at "
+        "288 px).", rich_help_panel=AUG)] = _T.tta,
     rotation: Annotated[float, typer.Option(help="Rotation range, degrees.",
                                             rich_help_panel=AUG)] = _A.rotation,
     shift: Annotated[float, typer.Option(help="Width/height shift, fraction.",

@@ -260,10 +260,27 @@ def raw_feature_model(plan: RunPlan, built: Built, size: int | None = None):
     if size == plan.size:
         return keras.Model(raw, built.feature_model(x), name="raw_features")
     other = bases.build(plan.base, size, plan.alpha, "none")
+    # Keras builds some bases otherwise with ImageNet weights (EfficientNet adds a Rescaling
+    # layer, which has no weights to copy): another layer list is another function
+    kinds = [type(layer).__name__ for layer in built.base_model.layers]
+    if [type(layer).__name__ for layer in other.layers] != kinds:
+        raise TransferError(f"--train-size {size}: Keras builds {plan.base.name} with these "
+                            f"weights otherwise than at random, so its features at {size} px "
+                            f"cannot be computed here; leave --train-size out")
     other.set_weights(built.base_model.get_weights())
     other.trainable = False
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(other(x, training=False))
     return keras.Model(raw, pooled, name=f"raw_features_{size}")
+
+
+def weights_size(plan: RunPlan, built: Built, size: int) -> dict:
+    """What a key of a pass at ``size`` adds when the model's weights have no fingerprint and
+    were chosen for another size: the model's size (MobileNet's ImageNet file depends on it:
+    224 px features with the 160 px file are not a 224 px run's). Nothing otherwise: with a
+    fingerprint the weights name themselves (FixRes shares --no-augment's 224 px features)."""
+    if built.weights_sha256 or size == plan.size:
+        return {}
+    return {"weights_for_size": plan.size}
 
 
 class _LazyEngine:
@@ -299,7 +316,8 @@ class _LazyEngine:
         # random weights (--weights none) have no file to fingerprint: the seed makes them
         key = dict(base=plan.base.name, alpha=plan.alpha, preprocess=plan.base.preprocess,
                    weights=self.built.weights_sha256 or self.built.weights_source, size=size,
-                   **({} if self.built.weights_sha256 else {"seed": plan.settings.seed}))
+                   **({} if self.built.weights_sha256 else {"seed": plan.settings.seed}),
+                   **weights_size(plan, self.built, size))
         self.engine, self.info = engines.open_engine(
             raw_feature_model(plan, self.built, size), batch, requested=plan.settings.engine,
             key=key, batch_size=features.CONVERTED_BATCH, reporter=self.reporter,
@@ -384,6 +402,7 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
         bounds = features.shard_bounds(len(paths), hp.feature_shard_size)
         engine = engines_by_size[size]
         keys = [features.cache_key(**common, size=size, **({"mirror": True} if mirror else {}),
+                                   **weights_size(plan, built, size),
                                    files=features.file_rows(paths[a:b], plan.root),
                                    labels=labels[a:b].tolist(),
                                    augment=augment.as_dict() if augment else None, copy=copy,

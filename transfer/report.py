@@ -475,7 +475,7 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
     if meta.get("settings"):
         run += ("<details open><summary>Resolved settings</summary><pre class=\"settings\">"
                 f"{_e(json.dumps(meta['settings'], indent=2, sort_keys=True))}</pre></details>")
-    recipe = {k: meta[k] for k in ("image_size", "channels", "preprocessing", "output",
+    recipe = {k: meta[k] for k in ("image_size", "test_time", "channels", "preprocessing", "output",
                                    "pipeline", "augmentation", "head", "training", "weights",
                                    "keras_class", "dataset", "seed") if k in meta}
     if recipe:

@@ -413,7 +413,8 @@ class TrainSettings(Settings):
     pipeline: str = "generator"
     augment: Augment = field(default_factory=Augment)
     # random-affine copies of the training features; None: 1, or none with test-time flips
-    # (the head then trains on each photo's mean with its mirror image): docs/BENCHMARKS.md
+    # (the head then trains on the plain photos at train_size, or at one size on each photo's
+    # mean with its mirror image): docs/BENCHMARKS.md
     augment_copies: int | None = None
     tta: str = "auto"  # test-time flips in the saved model: auto | flip | none
     image_size: int | None = None  # default: the base's native size
@@ -517,7 +518,13 @@ class TrainSettings(Settings):
         if self.image_size is not None:
             bases.check_size(base, self.image_size)
         if self.train_size is not None:
-            bases.check_size(base, self.train_size)
+            try:
+                bases.check_size(base, self.train_size)
+            except TransferError as exc:
+                raise TransferError(f"--train-size: {exc}") from None
+            if not (base.pretrained and (not self.augment.enabled or self.augment_copies != 0)):
+                raise TransferError("--train-size needs features computed once: a pretrained "
+                                    "base and not --augment-copies 0")
         a_path("weights", self.weights)
         if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
             raise TransferError(f"--weights must be imagenet, none or a weights file; "

@@ -191,15 +191,9 @@ def train_size_of(hp: TrainSettings, base: Base, size: int, use_cache: bool,
     Touvron et al. 2019: the ImageNet weights saw objects larger than a whole photo shows them
     at the training size, so a head trained at 224 px is tested best at 288 px; measured in
     docs/BENCHMARKS.md), else the image size. Only the frozen route computes features once;
-    the others train on images at the image size.
-
-    Raises:
-        TransferError: --train-size on a route that trains on images, not on features.
-    """
-    if hp.train_size is not None:
-        if not use_cache:
-            raise TransferError("--train-size needs features computed once: a pretrained "
-                                "base and not --augment-copies 0")
+    the others train on images at the image size (``TrainSettings.validated`` refuses
+    --train-size there)."""
+    if hp.train_size is not None and use_cache:
         return hp.train_size
     if flips and hp.image_size is None and size == base.test_size:
         return base.size
@@ -397,10 +391,13 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
 
         def extras(folder):  # besides the model: what the network saw, and what it trained on
             usable = run.usable("train")
+            feature_views = run.use_cache and (run.copies > 0 or run.transforms_unused)
             preview_augment([(s.path, run.names[s.label]) for s in usable],  # rows by class
-                            settings.augment, run.feature_size if run.use_cache else run.size,
+                            # transformed copies of the features are drawn at the training
+                            # size; fine-tuning's transforms at the model's, by its pipeline
+                            settings.augment, run.feature_size if feature_views else run.size,
                             Path(folder) / PREVIEW_PNG, seed=settings.seed,
-                            pipeline="features" if run.use_cache else settings.pipeline,
+                            pipeline="features" if feature_views else settings.pipeline,
                             mirror_only=run.transforms_unused and run.train_mirror,
                             plain=run.transforms_unused and not run.train_mirror)
             trained = {s.path for s in usable}  # sizes as the plan read them (the cache's key)
@@ -720,7 +717,10 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
         preprocessing={"mode": base.preprocess, "in_model": True,
                        "input": "RGB pixels 0-255, resized to image_size (bilinear)",
                        "reader": "transfer.images", "resize": "pil"},
-        seed=hp.seed, command=hp.command or shlex.join(sys.argv), settings=hp.as_dict(),
+        seed=hp.seed, command=hp.command or shlex.join(sys.argv),
+        # the training size resolved: TrainSettings(**settings) repeats this run even after
+        # the default changes (it changed on 2026-12-05: FixRes)
+        settings={**hp.as_dict(), "train_size": run.feature_size if run.use_cache else None},
         metrics={
             "val_accuracy": validation.accuracy,
             "val_loss": validation.loss,
