@@ -1029,6 +1029,14 @@ def test_random_transforms_a_run_does_not_use_are_said_not_recorded_as_used(own_
                    if "each photo as it is" in fig._suptitle.get_text().replace("\n", " "))
     assert len(preview.axes) == 6 and all(len(ax.images) == 1 for ax in preview.axes)
     assert np.asarray(preview.axes[0].images[0].get_array()).shape == (48, 48, 3)
+    # with --fine-tune the transforms are fine-tuning's, on photos at the model's size
+    drawn.clear()
+    train(hp(own_split, tmp_path, augment=Augment(rotation=40), epochs=1, image_size=64,
+             train_size=48, fine_tune=3, fine_tune_epochs=1, output=tmp_path / "fixres-ft"))
+    preview = next(fig for fig in drawn
+                   if "rotation" in fig._suptitle.get_text().replace("\n", " "))
+    assert np.asarray(preview.axes[0].images[0].get_array()).shape == (64, 64, 3)
+    assert "feature pass" not in preview._suptitle.get_text().replace("\n", " ")
     # with transformed copies asked for, they are used, and said so; a --validation-split
     # given with train/ and validate/ folders is said to be unused (it was ignored in silence)
     reporter = Recorder()
