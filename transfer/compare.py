@@ -397,10 +397,10 @@ def read(folder: Path) -> dict:
     garbled or mistyped file is one TransferError naming the file and the field, as a damaged
     meta.json or report.json is."""
     from transfer.bundle import check_field_types
-    from transfer.report import _read_object
+    from transfer.report import read_object
 
     path = Path(folder) / COMPARE_JSON
-    data = _read_object(path)
+    data = read_object(path)
     if data is None:
         raise TransferError(f"{folder} has no {COMPARE_JSON}: run `transfer compare`")
     check_field_types(data, _COMPARE_TYPES, path, required=("runs",))

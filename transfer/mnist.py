@@ -160,7 +160,7 @@ def _check(x, y, split: str, source) -> None:
         raise TransferError(f"{split} arrays{where} are {x.dtype}/{y.dtype}; expected uint8")
     if not len(x):
         raise TransferError(f"{split} set{where} is empty")
-    if len(y) and int(y.max()) > 9:
+    if int(y.max()) > 9:  # y is not empty: checked above
         raise TransferError(f"{split} labels{where} go up to {int(y.max())}; expected 0-9")
 
 

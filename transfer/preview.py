@@ -106,18 +106,20 @@ def augmented_versions(images: np.ndarray, augment: Augment, copies: int, seed: 
 
 def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
                     seed: int = 42, copies: int = 3, pipeline: str = "generator",
-                    mirror_only: bool = False, plain: bool = False) -> Path:
-    """Write a PNG grid: per row one training photo, then ``copies`` augmented versions of it
-    (with ``mirror_only``, its mirror image alone: what a run with test-time flips and no
-    transformed copies trains on the mean of; with ``plain``, the photo alone: what such a
-    run trains on at a smaller size than it tests, FixRes).
+                    views: str | None = None) -> Path:
+    """Write a PNG grid: per row one training photo, then ``copies`` augmented versions of it;
+    or, for a run with test-time flips and no transformed copies, what its head trains on
+    (``views``, as meta.json's ``test_time.train_views``): "photo and mirror", each photo
+    beside its mirror image (the head trains on their mean), or "photo", the photo alone
+    (at a smaller size than the model's, FixRes).
 
     Args:
         source: a folder of class folders (e.g. ``data/train``), or a list of image paths,
             ``pipelines.Sample``s or (path, class) pairs.
         augment: the augmentation settings (``enabled=False`` shows the photos unchanged and
             says so).
-        size: the model's input size (the photos are read at it, as training reads them).
+        size: the size the photos are read at, as training reads them (the model's input
+            size; the training features' size under FixRes).
         path: the PNG to write (atomically).
         n: photos (rows); seed: which photos and which random transforms; copies: augmented
             versions per photo; pipeline: whose transforms (``ROUTES``: "generator",
@@ -144,7 +146,8 @@ def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
     if not photos:
         raise TransferError(f"no readable photo in {source} to preview")
     stack = np.stack(photos)
-    if plain:
+    mirror_only = views == "photo and mirror"
+    if views == "photo":
         copies, versions = 0, stack[:, :0]
     elif mirror_only:
         copies, versions = 1, stack[:, None, :, ::-1]
@@ -167,7 +170,8 @@ def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
                              else f"augmented {j}", fontsize=9)
         axes[i, 0].set_ylabel(labels[i][:24], fontsize=8)
     fig.suptitle(f"{size} px, feature pass: each photo as it is (the saved model averages it "
-                 "with its mirror image at its larger test size); no random transform" if plain
+                 "with its mirror image at its larger test size); no random transform"
+                 if views == "photo"
                  else f"{size} px, feature pass: each photo and its mirror image (test-time "
                  "flips: the head trains on their mean); no random transform" if mirror_only
                  else describe(augment, size, pipeline), fontsize=9)

@@ -97,7 +97,7 @@ def _read_json(path: Path):
         return None
 
 
-def _read_object(path: Path) -> dict | None:
+def read_object(path: Path) -> dict | None:
     """The JSON object in ``path``; None when there is no such file; TransferError when it is
     there but empty, garbled or not an object (it was said to be missing)."""
     try:
@@ -394,10 +394,10 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
         from transfer import compare
 
         return compare.render_page(compare.read(folder), folder)
-    meta = _read_object(folder / "meta.json")
+    meta = read_object(folder / "meta.json")
     if meta is not None:
         bundle.check_meta_types(meta, folder / "meta.json")  # a field named, as predict does
-    evaluation = _read_object(folder / "report.json")
+    evaluation = read_object(folder / "report.json")
     if evaluation is not None:
         check_evaluation_types(evaluation, folder / "report.json")
     if meta is None and evaluation is None:

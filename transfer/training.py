@@ -135,6 +135,14 @@ class RunPlan:
         return self.flips and self.feature_size == self.size
 
     @property
+    def train_views(self) -> str | None:
+        """What each training feature is made of (meta.json ``test_time.train_views``, the
+        preview's picture): "photo and mirror", "photo", or None off the frozen route."""
+        if not self.use_cache:
+            return None
+        return "photo and mirror" if self.train_mirror else "photo"
+
+    @property
     def transforms_unused(self) -> bool:
         """True when --augment's random transforms take no part in the run: with test-time
         flips the head trains on the plain photos (FixRes) or on each photo's mean with its
@@ -398,8 +406,7 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
                             settings.augment, run.feature_size if feature_views else run.size,
                             Path(folder) / PREVIEW_PNG, seed=settings.seed,
                             pipeline="features" if feature_views else settings.pipeline,
-                            mirror_only=run.transforms_unused and run.train_mirror,
-                            plain=run.transforms_unused and not run.train_mirror)
+                            views=run.train_views if run.transforms_unused else None)
             trained = {s.path for s in usable}  # sizes as the plan read them (the cache's key)
             bundle.write_train_files(Path(folder) / bundle.TRAIN_FILES, [
                 (run.names[s.label], s.path.name, size, str(Path(s.path).absolute()))
@@ -712,6 +719,7 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
     tuned = fit.info.get("fine_tune_result")
     best_index = saved_epoch(fit.history, tuned is None or tuned["kept"]) - 1
     accuracies = fit.history.get("val_accuracy") or []
+    trained_at = run.feature_size if run.use_cache else None  # the head's training features
     return bundle.meta(
         kind="transfer", class_names=run.names, image_size=run.size, channels=3,
         preprocessing={"mode": base.preprocess, "in_model": True,
@@ -720,7 +728,7 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
         seed=hp.seed, command=hp.command or shlex.join(sys.argv),
         # the training size resolved: TrainSettings(**settings) repeats this run even after
         # the default changes (it changed on 2026-12-05: FixRes)
-        settings={**hp.as_dict(), "train_size": run.feature_size if run.use_cache else None},
+        settings={**hp.as_dict(), "train_size": trained_at},
         metrics={
             "val_accuracy": validation.accuracy,
             "val_loss": validation.loss,
@@ -745,9 +753,7 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
         # the head's training features: their size (FixRes: smaller than the test size) and
         # views (photo, or the mean of photo and mirror); None on the routes without them
         test_time={"tta": hp.tta, "flips": run.flips, "size": run.size,
-                   "train_size": run.feature_size if run.use_cache else None,
-                   "train_views": (("photo and mirror" if run.train_mirror else "photo")
-                                   if run.use_cache else None)},
+                   "train_size": trained_at, "train_views": run.train_views},
         head={"dropout": hp.dropout, "dense": hp.dense,
               **{k: fit.info[k] for k in ("l2", "l2_chosen_by", "l2_grid") if k in fit.info}}
              if base.pretrained else bases.head_meta(base),
