@@ -309,3 +309,52 @@ def test_the_float_depthwise_variant_is_tried_from_one_point_lost_counted_in_ima
     # the decision is made on every float difference the same way, whatever its rounding
     assert all(export.tries_float_depthwise(n - k + n // 100, n - k, n)
                for n in range(100, 2001, 100) for k in range(0, n // 2, 7))
+
+
+def quantization_vectors(path: Path) -> list[tuple[int, bytes]]:
+    """Every scale and zero-point vector of the .tflite at ``path``, as (where the flatbuffer
+    stores it, its bytes), read with the generated schema's table access."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(path.read_bytes(), 0)
+    found = []
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        for t in range(graph.TensorsLength()):
+            q = graph.Tensors(t).Quantization()
+            for field in (8, 10):  # QuantizationParameters: scale, zero_point
+                o = q._tab.Offset(field) if q is not None else 0
+                if o:
+                    width = 4 if field == 8 else 8
+                    start = q._tab.Vector(o)
+                    found.append((start, bytes(q._tab.Bytes[start:start + width
+                                                            * q._tab.VectorLen(o)])))
+    return found
+
+
+def test_each_quantization_vector_of_an_int8_export_is_stored_once(trained_bundle, tmp_path,
+                                                                     monkeypatch):
+    """Every int8 tensor carries its scales and zero points (8 bytes a channel, all zero for
+    weights): the export writes each distinct vector once and points every tensor that has it
+    there. A smaller file, the same numbers in a plain LiteRT interpreter."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model, _ = bundle.load(trained_bundle.bundle)
+    rows = split_images(Path(trained_bundle.meta["data"]["train_dir"]))
+    pixels = pillow_pixels([p for p, _ in rows[:4] + rows[-4:]], 224)
+    shared = tmp_path / "shared.tflite"
+    export._tflite(model, shared, tmp_path, "int8", pixels)
+    monkeypatch.setattr(export, "packed", lambda m: bytes(
+        flatbuffer_utils.convert_object_to_bytearray(m)))
+    plain = tmp_path / "plain.tflite"
+    export._tflite(model, plain, tmp_path, "int8", pixels)
+
+    ours, theirs = quantization_vectors(shared), quantization_vectors(plain)
+    assert sorted(v for _, v in ours) == sorted(v for _, v in theirs)  # the same vectors
+    distinct = {v for _, v in ours}
+    assert len({where for where, _ in theirs}) == len(theirs) > len(distinct)
+    assert len({where for where, _ in ours}) == len(distinct)  # each written once
+    repeated = sum(len(v) + 4 for _, v in theirs) - sum(len(v) + 4 for v in distinct)
+    assert shared.stat().st_size <= plain.stat().st_size - repeated + 1024
+    np.testing.assert_array_equal(litert_outputs(shared, pixels, batch=8),
+                                  litert_outputs(plain, pixels, batch=8))

@@ -215,7 +215,40 @@ def compact(data: bytes) -> bytes:
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
     share_constants(model)
     drop_inner_names(model)
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return packed(model)
+
+
+def packed(model) -> bytes:
+    """The TFLite flatbuffer of ``model`` (a ``ModelT``), each distinct numeric vector written
+    once and shared by every table that holds it.
+
+    TensorFlow's own packing (``flatbuffer_utils.convert_object_to_bytearray``) writes a
+    vector per table. Every int8 tensor carries a scale and a zero point per channel, and the
+    weights' zero points are all 0 stored as int64: on the MobileNet-0.25 default bundle,
+    45 KB of zero points and 22 KB of scales in a 316 KB int8 file, nearly all of it
+    repeats. A flatbuffer may point any number of tables at one vector (the reader follows
+    offsets; nothing is written through them), so the outputs are bit-identical. The
+    weights' own buffers (uint8 vectors) are left as they are: ``share_constants`` already
+    lists each constant once.
+    """
+    import flatbuffers
+
+    class SharingBuilder(flatbuffers.Builder):
+        def __init__(self, size: int):
+            super().__init__(size)
+            self.written: dict[tuple[str, bytes], int] = {}
+
+        def CreateNumpyVector(self, x):  # noqa: N802 (flatbuffers' name)
+            if x.dtype == np.uint8:
+                return super().CreateNumpyVector(x)
+            key = (x.dtype.str, x.tobytes())
+            if key not in self.written:
+                self.written[key] = super().CreateNumpyVector(x)
+            return self.written[key]
+
+    builder = SharingBuilder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
 
 
 def drop_inner_names(model) -> None:
@@ -296,7 +329,7 @@ def embed_metadata(path: Path, meta: dict) -> None:
     entry.name = TFLITE_METADATA
     entry.buffer = len(model.buffers) - 1
     model.metadata = [*(model.metadata or []), entry]
-    path.write_bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    path.write_bytes(packed(model))
     with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as archive:  # appended after it
         archive.writestr(LABELS, "".join(f"{name}\n" for name in meta["class_names"]))
         archive.writestr(bundle.META, text)
