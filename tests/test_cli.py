@@ -179,6 +179,32 @@ def test_train_cli_writes_bundle_and_reports(tiny_split, tmp_path):
     assert not (tmp_path / "models/cli/sub").exists()
 
 
+def test_a_train_process_says_how_much_of_its_time_importing_tensorflow_took(tiny_split,
+                                                                          tmp_path):
+    """A `transfer train` process imports TensorFlow inside its run (seconds on a laptop, in
+    total_seconds): meta.json and the summary line say how much, so the total is not read as
+    the work's. A run in a program that had TensorFlow already (this test's) records 0."""
+    import json
+
+    command = [sys.executable, "-m", "transfer", "train", "--base", "mobilenet", "--alpha",
+               "0.25", "--weights", "none", "--image-size", "48", "--epochs", "1",
+               "--no-augment", "--data-dir", str(tiny_split), "--models-dir",
+               str(tmp_path / "models"), "--output", str(tmp_path / "models/cold")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    t = json.loads((tmp_path / "models/cold/meta.json").read_text())["timings"]
+    assert 0 < t["tensorflow_import_seconds"] < t["total_seconds"]
+    assert (f"total {t['total_seconds']:.1f} s ({t['tensorflow_import_seconds']:.1f} s of it "
+            "importing TensorFlow)") in done.stdout
+    import transfer.tf  # noqa: F401 (TensorFlow imported before the run, as a program does)
+
+    warm = runner.invoke(app, [*command[3:-1], str(tmp_path / "models/warm")])
+    assert warm.exit_code == 0, warm.output
+    t = json.loads((tmp_path / "models/warm/meta.json").read_text())["timings"]
+    assert t["tensorflow_import_seconds"] == 0 and "importing TensorFlow" not in warm.output
+
+
 def test_train_cli_unknown_base(tiny_split):
     """The choices come from the registry; a usage error is one line and exit code 2."""
     result = runner.invoke(app, ["train", "--base", "alexnet", "--data-dir", str(tiny_split)],

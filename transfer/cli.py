@@ -564,9 +564,11 @@ def train_cmd(
               f"{m['best_epoch']} of {m['epochs_run']})", highlight=False, markup=True)
     speed = (f", base {t['base_images_per_second']} images/s"
              if t.get("base_images_per_second") else "")
+    importing = (f" ({t['tensorflow_import_seconds']:.1f} s of it importing TensorFlow)"
+                 if t.get("tensorflow_import_seconds") else "")
     out.print(f"feature cache: {result.meta['feature_cache']}; features "
               f"{t['feature_extraction_seconds']:.1f} s, training {t['training_seconds']:.1f}"
-              f" s, total {t['total_seconds']:.1f} s{speed}", highlight=False)
+              f" s, total {t['total_seconds']:.1f} s{importing}{speed}", highlight=False)
     engine, head = result.meta.get("engine") or {}, result.meta.get("head") or {}
     if engine.get("name"):
         detail = (f" ({engine['interpreter']}, {engine['threads']} threads, parity "

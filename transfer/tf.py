@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 
 
 @contextlib.contextmanager
@@ -49,6 +50,8 @@ def root_logger_kept():
 
 
 def _load():
+    global IMPORT_SECONDS, IMPORTED_AT
+    started = time.perf_counter()
     if os.environ.get("TRANSFER_VERBOSE") != "1":
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with native_stderr_quiet():
@@ -56,9 +59,15 @@ def _load():
         import tensorflow
 
         tensorflow.get_logger().setLevel("ERROR")
+    IMPORTED_AT = time.perf_counter()
+    IMPORT_SECONDS = IMPORTED_AT - started
     return tensorflow, keras
 
 
+# how long importing TensorFlow and Keras took in this process, and when it ended (a
+# time.perf_counter()): ``training`` tells a run that paid it (seconds on a laptop) from one
+# in a program that had TensorFlow already
+IMPORT_SECONDS = IMPORTED_AT = 0.0
 tf, keras = _load()
 
 

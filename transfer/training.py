@@ -57,6 +57,7 @@ class Timings:
     training: float = 0.0  # every fit (head, end to end, fine-tune)
     total: float = 0.0
     engine_setup: float = 0.0  # of feature_extraction: the base's conversion, auto's measure
+    tensorflow_import: float = 0.0  # of total: importing TensorFlow, when the run did it
 
     def as_meta(self) -> dict:
         running = self.feature_extraction - self.engine_setup  # the pass's own speed
@@ -65,7 +66,16 @@ class Timings:
                 "engine_setup_seconds": round(self.engine_setup, 3),
                 "training_seconds": round(self.training, 3),  # every fit
                 "total_seconds": round(self.total, 3),
+                "tensorflow_import_seconds": round(self.tensorflow_import, 3),
                 "base_images_per_second": speed}
+
+
+def import_seconds_since(started: float) -> float:
+    """Seconds this process spent importing TensorFlow after ``started`` (a
+    ``time.perf_counter()``): a `transfer train` process pays it inside its run, a program
+    that imported TensorFlow before calling ``train`` does not."""
+    loaded = sys.modules.get("transfer.tf")
+    return loaded.IMPORT_SECONDS if loaded is not None and loaded.IMPORTED_AT >= started else 0.0
 
 
 @dataclass
@@ -388,7 +398,7 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
     try:  # until the bundle lands, an interrupt removes the checkpoints as above
         timings = Timings(feats.seconds if feats else 0.0, feats.base_images if feats else 0,
                           fit.seconds, time.perf_counter() - started,
-                          feats.setup_seconds if feats else 0.0)
+                          feats.setup_seconds if feats else 0.0, import_seconds_since(started))
         report_skipped(run, reporter)
         meta = training_meta(run, built, feats, fit, validation, timings)
         if settings.assert_accuracy_at_least is not None:  # recorded as evaluate records it
