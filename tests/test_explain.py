@@ -394,3 +394,31 @@ def test_link_loops_and_names_that_are_not_utf8_are_rows_not_tracebacks(trained_
     np.testing.assert_allclose(by_name[latin1.name].explanation.heatmap,
                                by_name["dog.jpg"].explanation.heatmap, atol=1e-6)
     assert (tmp_path / "out" / f"{latin1.stem}.gradcam.png").is_file()
+
+
+def test_grad_cams_of_a_batch_are_each_photos_own(trained_bundle, real_photos, tmp_path):
+    """gradcams (one forward and one backward pass for several photos, as the report draws
+    them) gives each photo the map, probabilities and class that gradcam gives it alone,
+    with the classes asked or predicted per photo; the maps differ from photo to photo."""
+    classifier = explain.BundleClassifier(trained_bundle.bundle)
+    paths = []
+    for i, (name, data) in enumerate(real_photos["cats"][:2] + real_photos["dogs"][:2]):
+        paths.append(tmp_path / f"{i}-{name}")
+        paths[-1].write_bytes(data)
+    arrays = np.stack([classifier.prepare(p)[0] for p in paths])
+    asked = [None, 1, 0, None]
+    maps, layer = explain.gradcams(classifier.model, classifier.meta, arrays, asked)
+    assert layer == LAST_CONV and len(maps) == 4
+    for path, array, wanted, (heatmap, probs, index) in zip(paths, arrays, asked, maps,
+                                                             strict=True):
+        alone, alone_probs, alone_index, _ = explain.gradcam(classifier.model, classifier.meta,
+                                                             array, wanted)
+        assert index == alone_index == (wanted if wanted is not None else int(probs.argmax()))
+        np.testing.assert_allclose(probs, alone_probs, atol=1e-5)
+        np.testing.assert_allclose(heatmap, alone, atol=1e-4)
+        # and the paper's Grad-CAM, computed apart from transfer, photo by photo
+        expected, expected_probs, _ = independent_gradcam(
+            trained_bundle.bundle / bundle.MODEL, path, 224, index)
+        np.testing.assert_allclose(probs, expected_probs, atol=1e-4)
+        np.testing.assert_allclose(heatmap, expected, atol=1e-3)
+    assert min(np.abs(maps[0][0] - m[0]).max() for m in maps[1:]) > 0.05

@@ -14,7 +14,7 @@ import pytest
 from transfer import bundle, features
 from transfer.errors import TransferError
 from transfer.evaluate import evaluate
-from transfer.explain import gradcam
+from transfer.explain import gradcam, gradcams
 from transfer.pipelines import Augment
 from transfer.training import HParams, plan, train
 
@@ -312,3 +312,18 @@ def test_features_of_unfingerprinted_weights_chosen_for_another_size_are_keyed_b
         "weights_for_size": 160}
     assert weights_size(run, SimpleNamespace(weights_sha256=None), 160) == {}
     assert weights_size(run, SimpleNamespace(weights_sha256="ab12"), 224) == {}
+
+
+def test_grad_cams_of_a_batch_through_a_flipped_model_are_each_photos_own(flipped_bundle):
+
+    result, data = flipped_bundle
+    model, meta = bundle.load(result.bundle)
+    photos = sorted((data / "validate/dogs").iterdir())[:2] + sorted(
+        (data / "validate/cats").iterdir())[:2]
+    pixels = np.stack([features.read_image(p, 96) for p in photos]).astype("float32")
+    maps, layer = gradcams(model, meta, pixels, [None, 0, None, 1])
+    for one, wanted, (heat, probs, index) in zip(pixels, [None, 0, None, 1], maps, strict=True):
+        alone, alone_probs, alone_index, _ = gradcam(model, meta, one, wanted)
+        assert index == alone_index
+        np.testing.assert_allclose(probs, alone_probs, atol=1e-5)
+        np.testing.assert_allclose(heat, alone, atol=1e-4)

@@ -321,20 +321,28 @@ def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS) -> list
     from PIL import Image
 
     from transfer import images
-    from transfer.explain import gradcam
+    from transfer.explain import gradcams
     from transfer.inference import BundleClassifier
 
     try:
         classifier = BundleClassifier(Path(bundle_dir))
     except TransferError:
         return []
-    figures = []
+    prepared = []
     for path, truth in order:
         try:
-            array, _ = classifier.prepare(path)
-            heatmap, probs, index, layer = gradcam(classifier.model, classifier.meta, array)
+            prepared.append((path, truth, classifier.prepare(path)[0]))
         except TransferError:
             continue
+    if not prepared:
+        return []
+    try:  # one batch: the eager per-layer cost once, not once a photo
+        maps, layer = gradcams(classifier.model, classifier.meta,
+                               np.stack([array for _, _, array in prepared]))
+    except TransferError:
+        return []
+    figures = []
+    for (path, truth, array), (heatmap, probs, _) in zip(prepared, maps, strict=True):
         if classifier.meta.get("channels", 3) == 1:
             digit = np.asarray(array, dtype="float32")[..., 0].clip(0, 255).astype("uint8")
             shown = np.repeat(np.asarray(Image.fromarray(digit).resize(
