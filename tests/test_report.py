@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -293,3 +294,29 @@ def test_the_command_recorded_can_be_pasted_back_into_a_shell(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["transfer", *argv])
     line = cli._command_line()
     assert shlex.split(line) == ["transfer", *argv]
+
+
+def test_grad_cam_figures_in_several_batches_keep_each_photos_caption(bundle_copy,
+                                                                      monkeypatch):
+    """More overlays than a batch holds: every photo gets its figure, in the classes' turn,
+    with the prediction the model makes of that photo alone."""
+    from transfer import report
+    from transfer.explain import gradcam
+    from transfer.inference import BundleClassifier
+
+    monkeypatch.setattr(report, "GRADCAM_BATCH", 2)
+    meta = json.loads((bundle_copy / "meta.json").read_text())
+    figures = report.gradcam_figures(bundle_copy, meta, count=5)
+    assert len(figures) == 5
+    captions = [html.unescape(re.search(r"<figcaption>(.*?)</figcaption>", f).group(1))
+                for f in figures]
+    assert [c.split("true ")[1].split(",")[0] for c in captions] == [
+        "cats", "dogs", "cats", "dogs", "cats"]
+    classifier = BundleClassifier(bundle_copy)
+    folder = Path(meta["data"]["validate_dir"])
+    for caption in captions:
+        name, truth = caption.split(":")[0], caption.split("true ")[1].split(",")[0]
+        _, probs, index, _ = gradcam(classifier.model, classifier.meta,
+                                     classifier.prepare(folder / truth / name)[0])
+        assert (f"predicted {meta['class_names'][index]} {float(probs.max()):.2f} "
+                "(Grad-CAM at conv_pw_13_relu)") in caption

@@ -40,6 +40,9 @@ from transfer.errors import TransferError, raise_if_interrupted
 REPORT_HTML = "report.html"
 GENERATOR = '<meta name="generator" content="transfer">'  # marks the pages it may replace
 GRADCAMS = 4  # Grad-CAM overlays computed for a bundle's report
+# photos a Grad-CAM batch holds: the default's four in one, the tape's activations bounded
+# when TRANSFER_REPORT_GRADCAMS asks for many (InceptionV3 at 299 px, with flips)
+GRADCAM_BATCH = 8
 THUMB_SIDE = 224  # px: the longest side of a Grad-CAM picture in the report
 PICTURES = {  # other pictures a run may have drawn, with a caption
     "samples.png": "training images with their labels",
@@ -336,9 +339,12 @@ def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS) -> list
             continue
     if not prepared:
         return []
-    try:  # one batch: the eager per-layer cost once, not once a photo
-        maps, layer = gradcams(classifier.model, classifier.meta,
-                               np.stack([array for _, _, array in prepared]))
+    maps, layer = [], None
+    try:  # in batches: the eager per-layer cost once a batch, not once a photo
+        for start in range(0, len(prepared), GRADCAM_BATCH):
+            batch = np.stack([array for _, _, array in prepared[start:start + GRADCAM_BATCH]])
+            done, layer = gradcams(classifier.model, classifier.meta, batch)
+            maps += done
     except TransferError:
         return []
     figures = []
