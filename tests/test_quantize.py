@@ -311,9 +311,9 @@ def test_the_float_depthwise_variant_is_tried_from_one_point_lost_counted_in_ima
                for n in range(100, 2001, 100) for k in range(0, n // 2, 7))
 
 
-def quantization_vectors(path: Path) -> list[tuple[int, bytes]]:
+def quantization_vectors(path: Path) -> list[tuple[int, tuple[int, bytes]]]:
     """Every scale and zero-point vector of the .tflite at ``path``, as (where the flatbuffer
-    stores it, its bytes), read with the generated schema's table access."""
+    stores it, (its field, its bytes)), read with the generated schema's table access."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     model = schema.Model.GetRootAsModel(path.read_bytes(), 0)
@@ -327,8 +327,8 @@ def quantization_vectors(path: Path) -> list[tuple[int, bytes]]:
                 if o:
                     width = 4 if field == 8 else 8
                     start = q._tab.Vector(o)
-                    found.append((start, bytes(q._tab.Bytes[start:start + width
-                                                            * q._tab.VectorLen(o)])))
+                    found.append((start, (field, bytes(q._tab.Bytes[
+                        start:start + width * q._tab.VectorLen(o)]))))
     return found
 
 
@@ -354,7 +354,7 @@ def test_each_quantization_vector_of_an_int8_export_is_stored_once(trained_bundl
     distinct = {v for _, v in ours}
     assert len({where for where, _ in theirs}) == len(theirs) > len(distinct)
     assert len({where for where, _ in ours}) == len(distinct)  # each written once
-    repeated = sum(len(v) + 4 for _, v in theirs) - sum(len(v) + 4 for v in distinct)
+    repeated = sum(len(v) + 4 for _, (_, v) in theirs) - sum(len(v) + 4 for _, v in distinct)
     assert shared.stat().st_size <= plain.stat().st_size - repeated + 1024
     np.testing.assert_array_equal(litert_outputs(shared, pixels, batch=8),
                                   litert_outputs(plain, pixels, batch=8))

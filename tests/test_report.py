@@ -320,3 +320,32 @@ def test_grad_cam_figures_in_several_batches_keep_each_photos_caption(bundle_cop
                                      classifier.prepare(folder / truth / name)[0])
         assert (f"predicted {meta['class_names'][index]} {float(probs.max()):.2f} "
                 "(Grad-CAM at conv_pw_13_relu)") in caption
+
+
+def test_a_photo_grad_cam_cannot_trace_costs_its_own_figure_not_its_batchs(bundle_copy,
+                                                                          monkeypatch):
+    """When a batch cannot be traced, its photos are traced one by one: only the photo that
+    fails alone loses its figure; the batches before and after keep theirs."""
+    from transfer import explain, report
+
+    real = explain.gradcams
+    meta = json.loads((bundle_copy / "meta.json").read_text())
+    every = report.gradcam_figures(bundle_copy, meta, count=5)
+    odd = html.unescape(re.search(r"<figcaption>(.*?)</figcaption>", every[2]).group(1))
+    odd_name = odd.split(":")[0]
+    seen: list = []
+
+    def picky(model, meta_, arrays, *args, **kwargs):
+        seen.append(len(arrays))
+        if len(arrays) > 1 and len(seen) == 2:  # the second batch, as a batch
+            raise TransferError("this model is not a simple chain of layers")
+        if len(arrays) == 1 and len(seen) == 3:  # its first photo alone (the third photo)
+            raise TransferError("this model is not a simple chain of layers")
+        return real(model, meta_, arrays, *args, **kwargs)
+
+    monkeypatch.setattr(report, "GRADCAM_BATCH", 2)
+    monkeypatch.setattr(explain, "gradcams", picky)
+    figures = report.gradcam_figures(bundle_copy, meta, count=5)
+    assert seen == [2, 2, 1, 1, 1]  # batch 1, batch 2 refused, its two photos, batch 3
+    assert figures == every[:2] + every[3:]
+    assert odd_name not in " ".join(figures)

@@ -315,6 +315,8 @@ def test_features_of_unfingerprinted_weights_chosen_for_another_size_are_keyed_b
 
 
 def test_grad_cams_of_a_batch_through_a_flipped_model_are_each_photos_own(flipped_bundle):
+    """Grad-CAM of a batch through the flipped model (both views' maps, the mirror's flipped
+    back) gives each photo what gradcam gives it alone, for the class asked or predicted."""
 
     result, data = flipped_bundle
     model, meta = bundle.load(result.bundle)

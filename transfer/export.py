@@ -225,11 +225,12 @@ def packed(model) -> bytes:
     TensorFlow's own packing (``flatbuffer_utils.convert_object_to_bytearray``) writes a
     vector per table. Every int8 tensor carries a scale and a zero point per channel, and the
     weights' zero points are all 0 stored as int64: on the MobileNet-0.25 default bundle,
-    45 KB of zero points and 22 KB of scales in a 316 KB int8 file, nearly all of it
-    repeats. A flatbuffer may point any number of tables at one vector (the reader follows
-    offsets; nothing is written through them), so the outputs are bit-identical. The
-    weights' own buffers (uint8 vectors) are left as they are: ``share_constants`` already
-    lists each constant once.
+    45 KB of zero points (77 distinct vectors among 182) and 22 KB of scales in a 316 KB
+    int8 file; packed this way it is 271 KB (the scales are mostly each convolution's own).
+    A flatbuffer may point any number of tables at one vector (the reader follows offsets;
+    nothing is written through them), so the outputs are bit-identical. Only numeric
+    vectors other than uint8 are shared: the weights' own buffers (uint8) are left as they
+    are, ``share_constants`` already lists each constant once.
     """
     import flatbuffers
 

@@ -324,31 +324,46 @@ def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS) -> list
     from PIL import Image
 
     from transfer import images
-    from transfer.explain import gradcams
+    from transfer.explain import gradcam, gradcams
     from transfer.inference import BundleClassifier
 
     try:
         classifier = BundleClassifier(Path(bundle_dir))
     except TransferError:
         return []
-    prepared = []
-    for path, truth in order:
+
+    def batch_maps(batch: list) -> list:
+        """[(path, truth, array, (heatmap, probs, index), layer)] of the photos of ``batch``
+        that can be read and traced: the batch in one pass, or, when that fails, photo by
+        photo (one odd photo costs its own figure, not the batch's)."""
+        ready = []
+        for path, truth in batch:
+            try:
+                ready.append((path, truth, classifier.prepare(path)[0]))
+            except TransferError:
+                continue
+        if not ready:
+            return []
         try:
-            prepared.append((path, truth, classifier.prepare(path)[0]))
+            maps, layer = gradcams(classifier.model, classifier.meta,
+                                   np.stack([array for _, _, array in ready]))
+            return [(*one, done, layer) for one, done in zip(ready, maps, strict=True)]
         except TransferError:
-            continue
-    if not prepared:
-        return []
-    maps, layer = [], None
-    try:  # in batches: the eager per-layer cost once a batch, not once a photo
-        for start in range(0, len(prepared), GRADCAM_BATCH):
-            batch = np.stack([array for _, _, array in prepared[start:start + GRADCAM_BATCH]])
-            done, layer = gradcams(classifier.model, classifier.meta, batch)
-            maps += done
-    except TransferError:
-        return []
+            alone = []
+            for path, truth, array in ready:
+                try:
+                    *done, layer = gradcam(classifier.model, classifier.meta, array)
+                except TransferError:
+                    continue
+                alone.append((path, truth, array, tuple(done), layer))
+            return alone
+
+    # in batches: the eager per-layer cost once a batch, not once a photo; the arrays and
+    # the tape's activations of one batch at a time
+    drawn = (row for start in range(0, len(order), GRADCAM_BATCH)
+             for row in batch_maps(order[start:start + GRADCAM_BATCH]))
     figures = []
-    for (path, truth, array), (heatmap, probs, _) in zip(prepared, maps, strict=True):
+    for path, truth, array, (heatmap, probs, _), layer in drawn:
         if classifier.meta.get("channels", 3) == 1:
             digit = np.asarray(array, dtype="float32")[..., 0].clip(0, 255).astype("uint8")
             shown = np.repeat(np.asarray(Image.fromarray(digit).resize(
