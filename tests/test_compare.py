@@ -294,3 +294,30 @@ def test_the_seconds_labels_stay_inside_their_panel(tmp_path, monkeypatch):
     labels = [t for t in panel.texts if " s" in t.get_text()]
     assert len(labels) == 2
     assert all(t.get_window_extent(renderer).y1 <= top for t in labels)
+
+
+def test_no_run_is_timed_importing_tensorflow(tmp_path):
+    """In a fresh `transfer compare` process TensorFlow is imported before the first run's
+    clock starts: the first run's seconds would otherwise hold the process's 3-4 s import,
+    and the comparison of times would favour the runs after it."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from pathlib import Path
+from transfer import compare, training
+from transfer.progress import Reporter
+
+def first_run(settings, reporter=None):
+    print("tensorflow imported:", "tensorflow" in sys.modules)
+    raise SystemExit(0)
+
+assert "tensorflow" not in sys.modules
+training.train = first_run
+compare._train_runs(Path(sys.argv[1]), {"scratch": None}, [], {}, Reporter())
+"""
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "tensorflow imported: True"

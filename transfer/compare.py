@@ -161,6 +161,9 @@ def compare(settings: CompareSettings, reporter: Reporter | None = None,
 def _train_runs(out: Path, planned: dict, validation: list, overrides: dict,
                 reporter: Reporter) -> tuple[dict, dict]:
     """Train each planned run in turn: (compare.json's rows, the runs' histories)."""
+    # TensorFlow imported before any run is timed: in a fresh `transfer compare` process the
+    # first run would otherwise count the process's 3-4 s import as its own work
+    import transfer.tf  # noqa: F401
     from transfer.training import train
 
     # a comparison being replaced (--force) stops claiming to be whole before its first bundle
