@@ -46,6 +46,17 @@ def size_shown(test_time: dict) -> str:
     return f"{train_size} -> {size}" if train_size and train_size != size else str(size or "")
 
 
+def row_of(label: str, meta: dict, no_engine: str = "") -> dict:
+    """A table row from a run's meta.json (``no_engine``: what the engine cell says of a run
+    that recorded none, the classic recipe's Keras fit)."""
+    engine, timings = meta.get("engine") or {}, meta["timings"]
+    return dict(label=label, total=timings["total_seconds"],
+                tf_import=timings.get("tensorflow_import_seconds"),
+                engine=engine.get("name") or no_engine, speed=engine.get("images_per_second"),
+                size=size_shown(meta.get("test_time") or {}),
+                val=meta["metrics"]["val_accuracy"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
@@ -81,15 +92,8 @@ def main() -> None:
         settings = TrainSettings(data_dir=args.data_dir, base=args.base, alpha=args.alpha,
                                  feature_cache=False, force=True, models_dir=out,
                                  output=out / name, **options)
-        result = train(settings)
-        meta = result.meta
-        engine = meta.get("engine") or {}
-        row = dict(label=label, total=meta["timings"]["total_seconds"],
-                   tf_import=meta["timings"].get("tensorflow_import_seconds"),
-                   engine=engine.get("name") or ("tf (Keras fit)" if name == "classic" else ""),
-                   speed=engine.get("images_per_second"),
-                   size=size_shown(meta.get("test_time") or {}),
-                   val=meta["metrics"]["val_accuracy"])
+        row = row_of(label, train(settings).meta,
+                     "tf (Keras fit)" if name == "classic" else "")
         if args.unseen:
             report = evaluate(EvaluateSettings(model=out / name, data_dir=args.unseen,
                                                output=out / f"{name}-unseen", force=True)).report
@@ -121,14 +125,7 @@ def main() -> None:
                    "--force", "--models-dir", str(out), "--output", str(out / name), *options]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL,
                        env={**os.environ, "KERAS_HOME": str(homes[home])})
-        meta = json.loads((out / name / "meta.json").read_text())
-        t = meta["timings"]
-        rows.append(dict(label=label, total=t["total_seconds"],
-                         tf_import=t.get("tensorflow_import_seconds"),
-                         engine=(meta.get("engine") or {}).get("name", ""),
-                         speed=(meta.get("engine") or {}).get("images_per_second"),
-                         size=size_shown(meta.get("test_time") or {}),
-                         val=meta["metrics"]["val_accuracy"]))
+        rows.append(row_of(label, json.loads((out / name / "meta.json").read_text())))
         print(rows[-1], flush=True)
 
     process("(b) the next run of the defaults, as a `transfer train` process", "default-cli",
