@@ -102,7 +102,8 @@ class Pass:
 def run_pass(paths: list, labels, size: int, engine: Callable, *, augment=None, seed: int = 0,
              reporter: Reporter | None = None, description: str = "features",
              threads: int | None = None, batch_size: int = PASS_BATCH, offset: int = 0,
-             advance: Callable | None = None, mirror: bool = False) -> Pass:
+             advance: Callable | None = None, mirror: bool = False,
+             reader: Callable | None = None) -> Pass:
     """Features of ``engine`` over the images at ``paths`` (in order), decoded in parallel.
 
     Args:
@@ -122,19 +123,22 @@ def run_pass(paths: list, labels, size: int, engine: Callable, *, augment=None, 
         advance: a progress callback (images done) to use instead of a task of its own.
         mirror: each image's features are the mean of its own and its mirror image's (the
             test-time flips of ``--tta``, as the saved model computes them).
+        reader: ``(path, size) -> pixels`` in place of ``read_image`` (a ``DecodeAhead``'s
+            ``read``: the same pixels, some decoded before the pass).
     """
     from transfer.images import ImageError
 
     reporter = reporter or Reporter()
     labels = np.asarray(labels)
     augmenting = augment is not None and augment.enabled
+    reader = reader or read_image
     chunks = [list(range(i, min(i + batch_size, len(paths))))
               for i in range(0, len(paths), batch_size)]
     outputs, kept, skipped = [], [], []
 
     def read(i):
         try:
-            pixels = read_image(paths[i], size)
+            pixels = reader(paths[i], size)
             if augmenting:  # image i of copy "seed": the same draw whatever thread reads it
                 pixels = random_affine(pixels, augment, np.random.default_rng([seed, offset + i]))
             return pixels, None

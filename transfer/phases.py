@@ -288,8 +288,9 @@ class _LazyEngine:
     misses the cache, on that pass's first batch; nothing at all on a full cache hit."""
 
     def __init__(self, plan: RunPlan, built: Built, reporter: Reporter, images: int,
-                 size: int | None = None, views: int = 1):
+                 size: int | None = None, views: int = 1, reader=None):
         self.plan, self.built, self.reporter = plan, built, reporter
+        self.reader = reader or features.read_image  # what reads the first batch
         self.images = images  # what this engine's passes compute at most (auto's small-run rule)
         self.size = size or plan.size
         self.views = views  # inputs per photo (2 when the pass averages photo and mirror)
@@ -308,7 +309,7 @@ class _LazyEngine:
             if len(first) == features.PASS_BATCH:
                 break
             try:
-                first.append(features.read_image(path, size))
+                first.append(self.reader(path, size))
             except (ImageError, OSError):
                 continue  # the pass records it
         batch = (np.stack(first).astype("float32") if first
@@ -332,7 +333,7 @@ class _LazyEngine:
 
 
 def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
-                     cluster=None) -> Features:
+                     cluster=None, ahead=None) -> Features:
     """Run the frozen base once per training image (per augmented copy) and per validation
     image, shard by shard, through the feature cache when it is on. Unreadable images are left
     out, recorded in the plan's skipped list, and the run goes on unless a class is left too
@@ -344,7 +345,10 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
     entry, or a temporary file without the cache) streamed back by the head. With a ``cluster``
     (``--distribute multi-worker``) the shards the chief lacks are dealt round-robin, worker w
     computing shard r * workers + w in round r, and each round is gathered on every worker:
-    memory stays bounded by one round, and only the chief keeps (and caches) the features."""
+    memory stays bounded by one round, and only the chief keeps (and caches) the features.
+
+    ``ahead``: a ``DecodeAhead`` holding photos of the passes decoded before them
+    (``decode_ahead.for_run``); the passes read through it."""
     hp = plan.settings
     # in fetch-data's data folder, else in the user's cache: never among the user's photos
     cache_dir = features.cache_folder(Path(plan.root or hp.data_dir))
@@ -367,8 +371,9 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
                               (val_pass, len(val_samples))):
         inputs[size] = inputs.get(size, 0) + n * (2 if mirror else 1)
         views[size] = max(views.get(size, 1), 2 if mirror else 1)
+    reader = ahead.read if ahead is not None else features.read_image
     engines_by_size = {size: _LazyEngine(plan, built, reporter, images=n, size=size,
-                                         views=views[size])
+                                         views=views[size], reader=reader)
                        for size, n in inputs.items()}
     in_memory = rows * width * 4 <= features.memory_budget()
     hits: list[bool] = []
@@ -454,7 +459,7 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
                         result = features.run_pass(
                             paths[a:b], labels[a:b], size, engine, augment=augment,
                             seed=hp.seed + 1000 * copy, offset=a, reporter=reporter,
-                            mirror=mirror,
+                            mirror=mirror, reader=reader,
                             advance=advance if cluster is None else (lambda k, **_: None),
                             description=f"{plan.base.name} features ({engine.name}): {label}")
                         computed["images"] += result.images
@@ -514,6 +519,9 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
         else:  # every pass was a cache hit (or another worker ran them all): the base did not run
             engine_meta = {"requested": hp.engine, "name": None, "images": 0,
                            "cached_features_from": sorted(e for e in seen_engines if e)}
+        # photos the passes took from the helper, decoded before them (their share of the
+        # passes' images/s counts no decoding): 0 without one
+        engine_meta["decoded_ahead"] = ahead.hits if ahead is not None else 0
         seconds = computed["seconds"] if cluster is None else time.perf_counter() - started
         return Features(train_sets, labels.astype("float32" if plan.binary else "int64"),
                         val_set, cache, seconds, base_images,

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer import bases, bundle, metrics, phases, pipelines
+from transfer import bases, bundle, decode_ahead, metrics, phases, pipelines
 from transfer.bases import Base
 from transfer.constants import TEST_FOLDERS, few_images_warning, is_ignored_folder
 from transfer.errors import TransferError
@@ -340,12 +340,21 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
     if cluster is not None:
         same_settings(run, cluster)
         same_files(run, cluster)
-    built = phases.build_model(run, cluster)
+    # one core imports TensorFlow and builds the model: a helper decodes the photos meanwhile
+    ahead = decode_ahead.for_run(run) if cluster is None else None
+    try:
+        built = phases.build_model(run, cluster)
+    except BaseException:
+        if ahead is not None:
+            ahead.close()
+        raise
     feats = validation = None
     chief = cluster is None or cluster.chief
     try:
         if run.use_cache:
-            feats = phases.extract_features(run, built, reporter, cluster)
+            feats = phases.extract_features(run, built, reporter, cluster, ahead)
+            if ahead is not None:
+                ahead.close()  # its buffer is not needed any more
             if chief:  # the chief holds every feature: it trains the head
                 pipelines.check_enough(run)  # the feature pass recorded what it could not read
                 fit = phases.train_head(run, built, feats, reporter)
@@ -393,6 +402,8 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
             shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
         raise
     finally:
+        if ahead is not None:
+            ahead.close()
         if feats is not None:
             feats.cleanup()
     try:  # until the bundle lands, an interrupt removes the checkpoints as above
