@@ -89,7 +89,7 @@ class DecodeAhead:
             return
         try:
             self._start(folder, total)
-        except (OSError, ValueError):  # no helper: the pass decodes every photo itself
+        except Exception:  # no helper (none can be started here): the pass decodes them all
             self.close()
             self.index.clear()
 
@@ -115,15 +115,17 @@ class DecodeAhead:
             self.stop()
 
     def _follow(self) -> None:
-        """Read the helper's progress lines: ``=k`` (jobs below k are done) and ``!k`` (job k
+        """Read the helper's progress lines: ``= k`` (jobs below k are done) and ``! k`` (job k
         failed: the pass reads it itself, and records the reader's own error)."""
         for line in self._proc.stdout:
-            line = line.strip()
+            kind, _, number = line.strip().partition(" ")
+            if not number.isdigit():
+                continue  # not a line of the protocol (nothing else writes there)
             with self._lock:
-                if line.startswith("="):
-                    self.done = max(self.done, int(line[1:]))
-                elif line.startswith("!"):
-                    self.failed.add(int(line[1:]))
+                if kind == "=":
+                    self.done = max(self.done, int(number))
+                elif kind == "!":
+                    self.failed.add(int(number))
 
     def read(self, path, size: int) -> np.ndarray:
         """(size, size, 3) uint8: the photo's decoded pixels, from the buffer when the helper
@@ -221,9 +223,9 @@ def _helper() -> None:
             pixels = pipelines.read_rgb(path, size)
             buffer[offset:offset + pixels.size] = pixels.reshape(-1)
         except Exception:  # the pass reads it again and records the reader's own error
-            out.write(f"!{k}\n")
+            out.write(f"! {k}\n")
         if (k + 1) % REPORT_EVERY == 0 or k + 1 == len(spec["jobs"]):
-            out.write(f"={k + 1}\n")
+            out.write(f"= {k + 1}\n")
             out.flush()
 
 
