@@ -102,17 +102,34 @@ def test_it_holds_no_more_than_its_budget_and_stops_when_the_pass_catches_up(tmp
     assert DecodeAhead([(p, 224) for p in paths], budget=one - 1).index == {}
     # the pass asking for a photo the helper has not reached: it is read now, and the helper
     # stops (the pass's own threads decode from there); what it wrote stays readable
-    many = [(p, 224) for p in paths] + [(p, 288) for p in paths]
+    many = [(p, s) for s in (224, 288, 256, 192, 160, 128) for p in paths]  # 240 photos
     with DecodeAhead(many) as ahead:
-        last = ahead.read(paths[-1], 288)
-        np.testing.assert_array_equal(last, pipelines.read_rgb(paths[-1], 288))
+        _wait(ahead, 16)
+        last = ahead.read(paths[-1], 128)
+        np.testing.assert_array_equal(last, pipelines.read_rgb(paths[-1], 128))
         ahead._proc.wait(timeout=30)
         ahead._reader.join(timeout=30)
         written = ahead.done
-        assert written < len(many)
+        assert 16 <= written < len(many)
         for path, size in many[:written]:
             np.testing.assert_array_equal(ahead.read(path, size), pipelines.read_rgb(path, size))
         assert ahead.hits == written  # each photo counted once
+
+
+def test_a_helper_with_another_reader_decodes_nothing(tmp_path, real_photos, monkeypatch):
+    """The helper imports the run's own reader (the run's sys.path) and checks it is the run's
+    (its file, Pillow's version): another reader's pixels would train another model."""
+    paths = _photos(tmp_path / "photos", real_photos, 4)
+    real = decode_ahead._reader_identity()
+    monkeypatch.setattr(decode_ahead, "_reader_identity",
+                        lambda: {**real, "pillow": "0.0-not-this-one"})
+    with DecodeAhead([(p, 224) for p in paths]) as ahead:
+        ahead._proc.wait(timeout=60)
+        ahead._reader.join(timeout=30)
+        assert ahead._proc.returncode == 0 and ahead.done == 0  # it ended, having decoded none
+        for path in paths:
+            np.testing.assert_array_equal(ahead.read(path, 224), pipelines.read_rgb(path, 224))
+        assert ahead.hits == 0
 
 
 def test_no_buffer_file_is_left_behind(tmp_path, real_photos, monkeypatch):
@@ -132,22 +149,32 @@ def test_no_buffer_file_is_left_behind(tmp_path, real_photos, monkeypatch):
 
 def test_the_helper_ends_when_its_run_is_killed(tmp_path, real_photos):
     """A run killed before it could stop its helper: the helper sees its parent gone and ends
-    (it does not decode on for nobody)."""
-    paths = _photos(tmp_path / "photos", real_photos, 30)
-    jobs = json.dumps([[str(p), 224] for p in paths] * 20)  # 1,200 photos, seconds of work
-    program = ("import json, os, sys\n"
+    without decoding on for nobody. Its progress lines go to a process that outlives the run
+    (so the helper's writes do not fail): they show it stopped before its last photo."""
+    paths = _photos(tmp_path / "photos", real_photos, 15)
+    sizes = (224, 208, 192, 176, 160, 144, 128, 112)
+    jobs = json.dumps([[str(p), s] for s in sizes for p in paths])  # 240 distinct photos
+    log = tmp_path / "progress.txt"
+    copier = f"import sys; open({str(log)!r}, 'w').write(sys.stdin.read())"
+    program = ("import json, os, subprocess, sys\n"
                "from transfer.decode_ahead import DecodeAhead\n"
                f"ahead = DecodeAhead([tuple(j) for j in json.loads({jobs!r})])\n"
-               "print(ahead._proc.pid, flush=True)\n"
+               f"copier = subprocess.Popen([sys.executable, '-c', {copier!r}],\n"
+               "                          stdin=ahead._proc.stdout)\n"
+               "print(ahead.pid, copier.pid, flush=True)\n"
                "os._exit(0)\n")  # as a SIGKILL: no close(), no finally
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    pid = int(done.stdout.split()[0])
+    helper, copier_pid = map(int, done.stdout.split())
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _running(pid):
+    while time.monotonic() < deadline and (_running(helper) or _running(copier_pid)):
         time.sleep(0.05)
-    assert not _running(pid)
+    assert not _running(helper)
+    assert not _running(copier_pid)  # the helper's end closed the pipe
+    reported = [int(line.split()[1]) for line in log.read_text().splitlines()
+                if line.startswith("= ")]
+    assert max(reported, default=0) < 240
 
 
 def _running(pid: int) -> bool:

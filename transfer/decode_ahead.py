@@ -5,9 +5,9 @@ Before its feature pass, a `transfer train` process spends seconds on work that 
 core: importing TensorFlow (3 s on a laptop), building the Keras model, converting or loading
 the TFLite base and checking it. The pass then keeps both cores busy decoding JPEGs (about
 1.2 ms a Kaggle photo: decode 0.35, Pillow's resize 0.75) and running the base. A helper
-process (``python -m transfer.decode_ahead``: no TensorFlow, no GIL shared with the run)
-decodes the pass's photos during that time, through the one reader
-(``pipelines.read_rgb``), into a file-backed buffer both processes map; the pass takes each
+process (no TensorFlow, no GIL shared with the run) decodes the pass's photos during that
+time, through the one reader (``pipelines.read_rgb``, imported from the run's own
+``sys.path``: the same code, checked), into a buffer both processes map; the pass takes each
 photo from there when it is ready and decodes it itself otherwise. The pixels are the same
 bytes either way.
 
@@ -15,10 +15,12 @@ Bounded: photos are taken in the passes' order up to ``TRANSFER_DECODE_AHEAD_MB`
 ``BUDGET_MB``; 0 turns decoding ahead off) and to the free space of the buffer's folder
 (``/dev/shm`` where it exists). The helper stops at the pass's first photo it has not reached
 (from there the pass's own threads keep the cores busy), and with the run: ``close()``, or
-when it sees its parent gone. On POSIX the buffer's file is removed as soon as both processes
-have mapped it, so nothing is left behind even by a killed run.
+when it sees its parent gone. The buffer is an unnamed file (created, then unlinked at once,
+and handed to the helper as a file descriptor): nothing is left behind even by a killed run.
+POSIX only (the descriptors); elsewhere, and on one core, the pass decodes every photo itself.
 
-The protocol (stdin: one JSON object; stdout: lines) is private to this module.
+The protocol (the spec as an unnamed JSON file's descriptor; stdout: lines) is private to
+this module.
 """
 
 from __future__ import annotations
@@ -37,13 +39,28 @@ import numpy as np
 BUDGET_MB = 768  # 2,800 photos at 224 px hold 420 MB; 5,000 at 224 or 3,000 at 288 fit
 REPORT_EVERY = 16  # photos between the helper's progress lines
 
+# what the helper runs: the run's own sys.path first, then this module's _helper
+_BOOT = ("import json, os, sys\n"
+         "spec = json.load(os.fdopen(int(sys.argv[2]), encoding='utf-8'))\n"
+         "sys.path[:] = spec['path']\n"
+         "from transfer.decode_ahead import _helper\n"
+         "_helper(spec, int(sys.argv[1]))\n")
+
 
 def budget_bytes() -> int:
     """The most bytes of decoded photos a run holds ahead (``TRANSFER_DECODE_AHEAD_MB``)."""
     try:
         return max(0, int(float(os.environ.get("TRANSFER_DECODE_AHEAD_MB", BUDGET_MB)) * 2**20))
-    except ValueError:
+    except (ValueError, OverflowError):
         return BUDGET_MB * 2**20
+
+
+def available() -> bool:
+    """Whether decoding ahead can help here: POSIX (the buffer's descriptor is inherited) and
+    at least two cores this process may use (on one, the helper would take turns with the run)."""
+    from transfer.engines import cpu_threads
+
+    return os.name == "posix" and cpu_threads() >= 2
 
 
 def _buffer_folder(total: int) -> str | None:
@@ -54,6 +71,16 @@ def _buffer_folder(total: int) -> str | None:
             if os.path.isdir(folder) and shutil.disk_usage(folder).free > 2 * total:
                 return folder
     return None
+
+
+def _reader_identity() -> dict:
+    """What the helper must share with the run to decode the same pixels: the reader's own
+    file and Pillow's version."""
+    import PIL
+
+    from transfer import pipelines
+
+    return {"reader": os.path.realpath(pipelines.__file__), "pillow": PIL.__version__}
 
 
 class DecodeAhead:
@@ -82,8 +109,8 @@ class DecodeAhead:
         self.failed: set[int] = set()
         self._served: set[int] = set()
         self._lock = threading.Lock()
-        self._proc = self._reader = self._buffer = self._path = None
-        folder = _buffer_folder(total) if self.slots else None
+        self._proc = self._reader = self._buffer = None
+        folder = _buffer_folder(total) if self.slots and os.name == "posix" else None
         if folder is None:
             self.index.clear()
             return
@@ -91,28 +118,34 @@ class DecodeAhead:
             self._start(folder, total)
         except Exception:  # no helper (none can be started here): the pass decodes them all
             self.close()
-            self.index.clear()
+        except BaseException:  # Ctrl-C while it starts: nothing is left running
+            self.close()
+            raise
 
     def _start(self, folder: str, total: int) -> None:
-        fd, path = tempfile.mkstemp(prefix="transfer-decoded-", suffix=".u8", dir=folder)
-        os.close(fd)
-        self._path = path
-        self._buffer = np.memmap(path, dtype=np.uint8, mode="w+", shape=(total,))
         keys = sorted(self.index, key=self.index.get)
-        spec = {"buffer": path, "total": total, "parent": os.getpid(),
+        spec = {"path": [p for p in sys.path if isinstance(p, str)], "parent": os.getpid(),
+                "total": total,
+                **_reader_identity(),
                 "jobs": [[p, s, self.slots[k][0]] for k, (p, s) in enumerate(keys)]}
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "transfer.decode_ahead"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
-            **_detached())
+        # both files unnamed from the start: a run killed at any point leaves neither
+        with tempfile.TemporaryFile(dir=folder) as buffer_file, \
+                tempfile.TemporaryFile() as spec_file:
+            os.ftruncate(buffer_file.fileno(), total)
+            self._buffer = np.memmap(buffer_file, dtype=np.uint8, mode="r+", shape=(total,))
+            spec_file.write(json.dumps(spec).encode("utf-8"))
+            spec_file.flush()
+            spec_file.seek(0)
+            fds = (buffer_file.fileno(), spec_file.fileno())
+            self._proc = subprocess.Popen(
+                # -I: nothing of its folder or environment on its path before the run's own
+                [sys.executable, *subprocess._args_from_interpreter_flags(), "-I", "-c", _BOOT,
+                 *map(str, fds)], pass_fds=fds, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                start_new_session=True)  # out of the terminal's Ctrl-C: the run stops it
         self._reader = threading.Thread(target=self._follow, name="transfer-decode-ahead",
                                         daemon=True)
         self._reader.start()
-        try:
-            self._proc.stdin.write(json.dumps(spec))
-            self._proc.stdin.close()
-        except OSError:  # the helper died at start: nothing is decoded ahead
-            self.stop()
 
     def _follow(self) -> None:
         """Read the helper's progress lines: ``= k`` (jobs below k are done) and ``! k`` (job k
@@ -150,6 +183,11 @@ class DecodeAhead:
     def hits(self) -> int:
         return len(self._served)
 
+    @property
+    def pid(self) -> int | None:
+        """The helper's process id (None when there is none)."""
+        return self._proc.pid if self._proc is not None else None
+
     def stop(self) -> None:
         """End the helper (the photos it wrote stay readable)."""
         proc = self._proc
@@ -172,9 +210,6 @@ class DecodeAhead:
             self.done = 0  # nothing is read from the buffer any more
             self.index = {}
         self._buffer = None
-        if self._path is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self._path)  # already gone on POSIX: the helper removed it
 
     def __enter__(self) -> DecodeAhead:
         return self
@@ -186,48 +221,40 @@ class DecodeAhead:
 def for_run(run) -> DecodeAhead | None:
     """Decoding ahead for a run's feature passes (``RunPlan``): its training photos at the
     training features' size, then its validation photos at the model's; None when the run has
-    no feature pass (end-to-end training) or decoding ahead is off or has nowhere to go."""
-    if not run.use_cache or budget_bytes() == 0:
+    no feature pass (end-to-end training), decoding ahead is off or cannot help here
+    (``available``), or its buffer has nowhere to go."""
+    if not run.use_cache or budget_bytes() == 0 or not available():
         return None
     jobs = ([(s.path, run.feature_size) for s in run.usable("train")]
             + [(s.path, run.size) for s in run.usable("validate")])
     ahead = DecodeAhead(jobs)
-    if not ahead.index:
+    if ahead.pid is None:
         ahead.close()
         return None
     return ahead
 
 
-def _detached() -> dict:
-    """Popen options keeping the helper out of the terminal's Ctrl-C (the run stops it)."""
-    if os.name == "posix":
-        return {"start_new_session": True}
-    return {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
-
-
-def _helper() -> None:
-    """The helper process: decode the jobs in order into the buffer, saying how far it is."""
+def _helper(spec: dict, buffer_fd: int) -> None:
+    """The helper process: decode the jobs in order into the buffer, saying how far it is;
+    nothing at all if its reader is not the run's (another ``transfer`` or Pillow on its
+    path)."""
     from transfer import pipelines
 
-    spec = json.loads(sys.stdin.read())
-    buffer = np.memmap(spec["buffer"], dtype=np.uint8, mode="r+", shape=(spec["total"],))
-    if os.name == "posix":  # both processes hold it mapped: no file is left if either dies
-        with contextlib.suppress(OSError):
-            os.unlink(spec["buffer"])
+    if _reader_identity() != {"reader": spec["reader"], "pillow": spec["pillow"]}:
+        return  # the run sees no progress and decodes every photo itself
+    with os.fdopen(buffer_fd, "r+b") as file:
+        buffer = np.memmap(file, dtype=np.uint8, mode="r+", shape=(spec["total"],))
     parent = spec["parent"]
     out = sys.stdout
-    for k, (path, size, offset) in enumerate(spec["jobs"]):
-        if os.name == "posix" and os.getppid() != parent:
+    jobs = spec["jobs"]
+    for k, (path, size, offset) in enumerate(jobs):
+        if os.getppid() != parent:
             return  # the run ended without stopping it
         try:
             pixels = pipelines.read_rgb(path, size)
             buffer[offset:offset + pixels.size] = pixels.reshape(-1)
         except Exception:  # the pass reads it again and records the reader's own error
             out.write(f"! {k}\n")
-        if (k + 1) % REPORT_EVERY == 0 or k + 1 == len(spec["jobs"]):
+        if (k + 1) % REPORT_EVERY == 0 or k + 1 == len(jobs):
             out.write(f"= {k + 1}\n")
             out.flush()
-
-
-if __name__ == "__main__":
-    _helper()

@@ -340,9 +340,10 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
     if cluster is not None:
         same_settings(run, cluster)
         same_files(run, cluster)
-    # one core imports TensorFlow and builds the model: a helper decodes the photos meanwhile
-    ahead = decode_ahead.for_run(run) if cluster is None else None
+    ahead = None
     try:
+        # one core imports TensorFlow and builds the model: a helper decodes photos meanwhile
+        ahead = decode_ahead.for_run(run) if cluster is None else None
         built = phases.build_model(run, cluster)
     except BaseException:
         if ahead is not None:
