@@ -213,15 +213,22 @@ def test_a_train_process_decodes_ahead_while_importing_tensorflow(tiny_split, tm
                "0.25", "--weights", "none", "--image-size", "64", "--epochs", "2",
                "--no-augment", "--engine", "tf", "--no-feature-cache", "--data-dir",
                str(tiny_split), "--models-dir", str(tmp_path / "models")]
-    metas = {}
+    metas, said = {}, {}
     for budget in ("768", "0"):
         out = tmp_path / f"models/ahead-{budget}"
         done = subprocess.run([*command, "--output", str(out)], capture_output=True,
                               text=True, timeout=600,
-                              env={**os.environ, "TRANSFER_DECODE_AHEAD_MB": budget})
+                              env={**os.environ, "TRANSFER_DECODE_AHEAD_MB": budget,
+                                   "COLUMNS": "200"})
         assert done.returncode == 0, done.stderr
         metas[budget] = json.loads((out / "meta.json").read_text())
+        said[budget] = done.stdout
     photos = sum(len(list((tiny_split / split).glob("*/*"))) for split in ("train", "validate"))
     assert 0 < metas["768"]["engine"]["decoded_ahead"] <= photos
     assert metas["0"]["engine"]["decoded_ahead"] == 0
+    # the summary line says so: those photos' decoding is not in the pass's images/s
+    ahead = metas["768"]["engine"]["decoded_ahead"]
+    assert (f"base {metas['768']['timings']['base_images_per_second']} images/s ({ahead} "
+            "photos decoded ahead)") in said["768"]
+    assert "decoded ahead" not in said["0"]
     assert metas["768"]["metrics"] == metas["0"]["metrics"]

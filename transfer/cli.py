@@ -562,7 +562,10 @@ def train_cmd(
     out.print(f"[bold]{escape(str(result.bundle))}[/bold]: validation accuracy "
               f"{m['val_accuracy']:.4f}{shown}, loss {m['val_loss']:.4f} (best epoch "
               f"{m['best_epoch']} of {m['epochs_run']})", highlight=False, markup=True)
+    ahead = (result.meta.get("engine") or {}).get("decoded_ahead")
     speed = (f", base {t['base_images_per_second']} images/s"
+             # those photos' decoding was done before the pass: not in its images/s
+             + (f" ({ahead} photos decoded ahead)" if ahead else "")
              if t.get("base_images_per_second") else "")
     importing = (f" ({t['tensorflow_import_seconds']:.1f} s of it importing TensorFlow)"
                  if t.get("tensorflow_import_seconds") else "")
