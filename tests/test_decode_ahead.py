@@ -132,6 +132,31 @@ def test_a_helper_with_another_reader_decodes_nothing(tmp_path, real_photos, mon
         assert ahead.hits == 0
 
 
+def test_the_helper_reads_with_the_runs_pillow_settings(tmp_path, real_photos, monkeypatch):
+    """A program that lowered Pillow's decompression-bomb limit (or let truncated files load):
+    the helper refuses (or loads) what the run's own reader does."""
+    from PIL import Image, ImageFile
+
+    paths = _photos(tmp_path / "photos", real_photos, 3)
+    (tmp_path / "cut.jpg").write_bytes(truncated(real_photos["dogs"][7][1]))
+    jobs = [(p, 224) for p in paths] + [(tmp_path / "cut.jpg", 224)]
+    for limit, truncated_ok in ((10_000, False), (Image.MAX_IMAGE_PIXELS, True)):
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+        monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", truncated_ok)
+        with DecodeAhead(jobs) as ahead:
+            _wait(ahead, len(jobs))
+            assert ahead.done == len(jobs)
+            # 10,000 pixels: every photo is a "bomb" (over twice the limit) to this run
+            assert ahead.failed == (set(range(len(jobs))) if limit == 10_000 else set())
+            for path, size in jobs:
+                expected = _outcome(pipelines.read_rgb, path, size)
+                got = _outcome(ahead.read, path, size)
+                if isinstance(expected, str):
+                    assert got == expected
+                else:
+                    np.testing.assert_array_equal(got, expected)
+
+
 def test_no_buffer_file_is_left_behind(tmp_path, real_photos, monkeypatch):
     paths = _photos(tmp_path / "photos", real_photos, 4)
     buffers = tmp_path / "buffers"

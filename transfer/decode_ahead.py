@@ -83,6 +83,15 @@ def _reader_identity() -> dict:
     return {"reader": os.path.realpath(pipelines.__file__), "pillow": PIL.__version__}
 
 
+def _pillow_settings() -> dict:
+    """The run's Pillow settings that decide what a read accepts (a program may have changed
+    them): the helper takes them on."""
+    from PIL import Image, ImageFile
+
+    return {"max_image_pixels": Image.MAX_IMAGE_PIXELS,
+            "load_truncated_images": bool(ImageFile.LOAD_TRUNCATED_IMAGES)}
+
+
 class DecodeAhead:
     """Photos (path, size) decoded ahead by a helper process; ``read`` gives one's pixels.
 
@@ -126,7 +135,7 @@ class DecodeAhead:
         keys = sorted(self.index, key=self.index.get)
         spec = {"path": [p for p in sys.path if isinstance(p, str)], "parent": os.getpid(),
                 "total": total,
-                **_reader_identity(),
+                **_reader_identity(), "settings": _pillow_settings(),
                 "jobs": [[p, s, self.slots[k][0]] for k, (p, s) in enumerate(keys)]}
         # both files unnamed from the start: a run killed at any point leaves neither
         with tempfile.TemporaryFile(dir=folder) as buffer_file, \
@@ -238,10 +247,14 @@ def _helper(spec: dict, buffer_fd: int) -> None:
     """The helper process: decode the jobs in order into the buffer, saying how far it is;
     nothing at all if its reader is not the run's (another ``transfer`` or Pillow on its
     path)."""
+    from PIL import Image, ImageFile
+
     from transfer import pipelines
 
     if _reader_identity() != {"reader": spec["reader"], "pillow": spec["pillow"]}:
         return  # the run sees no progress and decodes every photo itself
+    Image.MAX_IMAGE_PIXELS = spec["settings"]["max_image_pixels"]
+    ImageFile.LOAD_TRUNCATED_IMAGES = spec["settings"]["load_truncated_images"]
     with os.fdopen(buffer_fd, "r+b") as file:
         buffer = np.memmap(file, dtype=np.uint8, mode="r+", shape=(spec["total"],))
     parent = spec["parent"]
