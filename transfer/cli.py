@@ -564,7 +564,8 @@ def train_cmd(
               f"{m['best_epoch']} of {m['epochs_run']})", highlight=False, markup=True)
     ahead = (result.meta.get("engine") or {}).get("decoded_ahead")
     speed = (f", base {t['base_images_per_second']} images/s"
-             # those photos' decoding was done before the pass: not in its images/s
+             # those photos were decoded by the helper (most before the pass reached them):
+             # their decoding is not in the pass's images/s
              + (f" ({ahead} photos decoded ahead)" if ahead else "")
              if t.get("base_images_per_second") else "")
     importing = (f" ({t['tensorflow_import_seconds']:.1f} s of it importing TensorFlow)"

@@ -2,22 +2,25 @@
 one core (importing TensorFlow, building the model, opening the engine).
 
 Before its feature pass, a `transfer train` process spends seconds on work that uses one
-core: importing TensorFlow (3 s on a laptop), building the Keras model, converting or loading
+core: importing TensorFlow (3 s on the project's 2-core machine), building the Keras model,
+converting or loading
 the TFLite base and checking it. The pass then keeps both cores busy decoding JPEGs (about
 1.2 ms a Kaggle photo: decode 0.35, Pillow's resize 0.75) and running the base. A helper
 process (no TensorFlow, no GIL shared with the run) decodes the pass's photos during that
 time, through the one reader (``pipelines.read_rgb``, imported from the run's own
-``sys.path``: the same code, checked), into a buffer both processes map; the pass takes each
-photo from there when it is ready and decodes it itself otherwise. The pixels are the same
-bytes either way.
+``sys.path``; the helper checks that the reader's file and Pillow's version are the run's, and
+takes on the run's Pillow settings), into a buffer both processes map; the pass takes each
+photo from there when it is ready (and its file's size and mtime are still those the helper
+read), and decodes it itself otherwise. The pixels are the same bytes either way.
 
 Bounded: photos are taken in the passes' order up to ``TRANSFER_DECODE_AHEAD_MB`` (default
-``BUDGET_MB``; 0 turns decoding ahead off) and to the free space of the buffer's folder
-(``/dev/shm`` where it exists). The helper stops at the pass's first photo it has not reached
-(from there the pass's own threads keep the cores busy), and with the run: ``close()``, or
-when it sees its parent gone. The buffer is an unnamed file (created, then unlinked at once,
-and handed to the helper as a file descriptor): nothing is left behind even by a killed run.
-POSIX only (the descriptors); elsewhere, and on one core, the pass decodes every photo itself.
+``BUDGET_MB``; 0 turns decoding ahead off); the buffer goes to ``/dev/shm`` when it has twice
+that free, else to the temporary folder when it has, else decoding ahead is off. The helper
+stops at the pass's first photo it has not reached (from there the pass's own threads keep
+the cores busy), and with the run: ``close()``, or when it sees its parent gone. The buffer
+is an unnamed file (handed to the helper as a file descriptor): nothing is left behind even by
+a killed run. POSIX only (the descriptors); elsewhere, and on one core, the pass decodes every
+photo itself.
 
 The protocol (the spec as an unnamed JSON file's descriptor; stdout: lines) is private to
 this module.
@@ -61,6 +64,21 @@ def available() -> bool:
     from transfer.engines import cpu_threads
 
     return os.name == "posix" and cpu_threads() >= 2
+
+
+def _stamp(path) -> tuple[int, int]:
+    """(size, mtime_ns) of the file: a photo replaced after the helper decoded it is read again
+    (the feature cache keys its entries by the same two)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, 0)
+    return (st.st_size, st.st_mtime_ns)
+
+
+def _stamps(buffer: np.ndarray, at: int, n: int) -> np.ndarray:
+    """The buffer's table of (size, mtime_ns) per photo, as the helper saw each file."""
+    return np.ndarray((n, 2), dtype=np.int64, buffer=buffer, offset=at)
 
 
 def _buffer_folder(total: int) -> str | None:
@@ -118,7 +136,9 @@ class DecodeAhead:
         self.failed: set[int] = set()
         self._served: set[int] = set()
         self._lock = threading.Lock()
-        self._proc = self._reader = self._buffer = None
+        self._proc = self._reader = self._buffer = self._stamps = None
+        self._stamps_at = -(-total // 8) * 8  # after the pixels: (size, mtime_ns) per photo
+        total = self._stamps_at + 16 * len(self.slots)
         folder = _buffer_folder(total) if self.slots and os.name == "posix" else None
         if folder is None:
             self.index.clear()
@@ -134,7 +154,7 @@ class DecodeAhead:
     def _start(self, folder: str, total: int) -> None:
         keys = sorted(self.index, key=self.index.get)
         spec = {"path": [p for p in sys.path if isinstance(p, str)], "parent": os.getpid(),
-                "total": total,
+                "total": total, "stamps_at": self._stamps_at,
                 **_reader_identity(), "settings": _pillow_settings(),
                 "jobs": [[p, s, self.slots[k][0]] for k, (p, s) in enumerate(keys)]}
         # both files unnamed from the start: a run killed at any point leaves neither
@@ -142,6 +162,7 @@ class DecodeAhead:
                 tempfile.TemporaryFile() as spec_file:
             os.ftruncate(buffer_file.fileno(), total)
             self._buffer = np.memmap(buffer_file, dtype=np.uint8, mode="r+", shape=(total,))
+            self._stamps = _stamps(self._buffer, self._stamps_at, len(self.slots))
             spec_file.write(json.dumps(spec).encode("utf-8"))
             spec_file.flush()
             spec_file.seek(0)
@@ -178,9 +199,9 @@ class DecodeAhead:
         if k is not None:
             with self._lock:
                 ready = k < self.done and k not in self.failed
-                if ready:
+            if ready and _stamp(path) == tuple(self._stamps[k]):  # the file it decoded
+                with self._lock:
                     self._served.add(k)
-            if ready:
                 offset, side = self.slots[k]
                 return np.array(self._buffer[offset:offset + side * side * 3]).reshape(
                     side, side, 3)
@@ -218,7 +239,7 @@ class DecodeAhead:
         with self._lock:
             self.done = 0  # nothing is read from the buffer any more
             self.index = {}
-        self._buffer = None
+        self._buffer = self._stamps = None
 
     def __enter__(self) -> DecodeAhead:
         return self
@@ -237,10 +258,7 @@ def for_run(run) -> DecodeAhead | None:
     jobs = ([(s.path, run.feature_size) for s in run.usable("train")]
             + [(s.path, run.size) for s in run.usable("validate")])
     ahead = DecodeAhead(jobs)
-    if ahead.pid is None:
-        ahead.close()
-        return None
-    return ahead
+    return ahead if ahead.pid is not None else None  # (without a helper it holds nothing)
 
 
 def _helper(spec: dict, buffer_fd: int) -> None:
@@ -257,6 +275,7 @@ def _helper(spec: dict, buffer_fd: int) -> None:
     ImageFile.LOAD_TRUNCATED_IMAGES = spec["settings"]["load_truncated_images"]
     with os.fdopen(buffer_fd, "r+b") as file:
         buffer = np.memmap(file, dtype=np.uint8, mode="r+", shape=(spec["total"],))
+    stamps = _stamps(buffer, spec["stamps_at"], len(spec["jobs"]))
     parent = spec["parent"]
     out = sys.stdout
     jobs = spec["jobs"]
@@ -264,9 +283,13 @@ def _helper(spec: dict, buffer_fd: int) -> None:
         if os.getppid() != parent:
             return  # the run ended without stopping it
         try:
+            before = _stamp(path)
             pixels = pipelines.read_rgb(path, size)
+            if _stamp(path) != before:
+                raise OSError("the file changed while it was read")
             buffer[offset:offset + pixels.size] = pixels.reshape(-1)
-        except Exception:  # the pass reads it again and records the reader's own error
+            stamps[k] = before
+        except Exception:  # the pass reads it again (and records the reader's own error)
             out.write(f"! {k}\n")
         if (k + 1) % REPORT_EVERY == 0 or k + 1 == len(jobs):
             out.write(f"= {k + 1}\n")
