@@ -227,23 +227,17 @@ def samples_of(directory: Path, names: list[str]) -> list[Sample]:
             for path in image_files(Path(directory) / name)]
 
 
-def probe_all(samples: list[Sample], skipped: Skipped, workers: int = 8) -> None:
+def probe_all(samples: list[Sample], skipped: Skipped) -> None:
     """Record in ``skipped`` the samples that are not images even by their header (zero bytes,
-    a text file named .jpg, a format Pillow does not know): cheap, no pixel is decoded."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def check(sample):
+    a text file named .jpg, a format Pillow does not know), in their order: cheap, no pixel is
+    decoded. One thread: Pillow parses a header in Python, holding the GIL, so threads only
+    took turns (the tour's 2,800 files: 0.30 s in one thread against 0.50-0.56 s in eight on a
+    warm page cache, 0.67-0.87 s against 0.72 s on a cold one)."""
+    for sample in samples:
         try:
             images.check_header(sample.path)
         except images.ImageError as exc:
             skipped.add(sample.path, str(exc))
-
-    if len(samples) < 64:
-        for sample in samples:
-            check(sample)
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(check, samples))
 
 
 def decode_all(samples: list[Sample], size: int, skipped: Skipped, reporter=None,
