@@ -47,6 +47,16 @@ def _outcome(read, path, size):
         return f"ImageError: {exc}"
 
 
+def _same_as_the_reader(ahead: DecodeAhead, path, size) -> None:
+    """``ahead.read`` gives what the run's own reader gives: its pixels, or its error."""
+    expected = _outcome(pipelines.read_rgb, path, size)
+    got = _outcome(ahead.read, path, size)
+    if isinstance(expected, str):
+        assert got == expected
+    else:
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_the_photos_come_back_as_the_reader_decodes_them(tmp_path, real_photos):
     paths = _photos(tmp_path / "photos", real_photos, 10)
     # two sizes, as a FixRes run's passes (training at 224 px, validation at 288)
@@ -75,12 +85,7 @@ def test_an_unreadable_photo_gets_the_readers_own_error(tmp_path, real_photos):
         assert ahead.done == len(jobs)
         assert ahead.failed == {1, 2, 4}
         for path, size in jobs:
-            expected = _outcome(pipelines.read_rgb, path, size)
-            got = _outcome(ahead.read, path, size)
-            if isinstance(expected, str):
-                assert got == expected
-            else:
-                np.testing.assert_array_equal(got, expected)
+            _same_as_the_reader(ahead, path, size)
         assert ahead.hits == 2
 
 
@@ -170,12 +175,7 @@ def test_the_helper_reads_with_the_runs_pillow_settings(tmp_path, real_photos, m
             # 10,000 pixels: every photo is a "bomb" (over twice the limit) to this run
             assert ahead.failed == (set(range(len(jobs))) if limit == 10_000 else set())
             for path, size in jobs:
-                expected = _outcome(pipelines.read_rgb, path, size)
-                got = _outcome(ahead.read, path, size)
-                if isinstance(expected, str):
-                    assert got == expected
-                else:
-                    np.testing.assert_array_equal(got, expected)
+                _same_as_the_reader(ahead, path, size)
 
 
 def test_no_buffer_file_is_left_behind(tmp_path, real_photos, monkeypatch):

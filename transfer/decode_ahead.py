@@ -39,6 +39,10 @@ import threading
 
 import numpy as np
 
+# (size, mtime_ns) of a file, as the feature cache keys it: a photo replaced after the helper
+# decoded it is read again
+from transfer.features import size_and_mtime as _stamp
+
 BUDGET_MB = 768  # 2,800 photos at 224 px hold 420 MB; 5,000 at 224 or 3,000 at 288 fit
 REPORT_EVERY = 16  # photos between the helper's progress lines
 
@@ -64,16 +68,6 @@ def available() -> bool:
     from transfer.engines import cpu_threads
 
     return os.name == "posix" and cpu_threads() >= 2
-
-
-def _stamp(path) -> tuple[int, int]:
-    """(size, mtime_ns) of the file: a photo replaced after the helper decoded it is read again
-    (the feature cache keys its entries by the same two)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return (-1, 0)
-    return (st.st_size, st.st_mtime_ns)
 
 
 def _stamps(buffer: np.ndarray, at: int, n: int) -> np.ndarray:

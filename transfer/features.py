@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 import zipfile
 from collections import deque
@@ -234,17 +235,23 @@ def random_affine(pixels: np.ndarray, augment, rng: np.random.Generator) -> np.n
     return np.asarray(moved, dtype="uint8")
 
 
+def size_and_mtime(path) -> tuple[int, int]:
+    """(size, mtime_ns) of a file as the feature cache keys it; (-1, 0) when it cannot be
+    stat'ed (a broken link, a file gone: its reading says so)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, 0
+    return st.st_size, st.st_mtime_ns
+
+
 def file_rows(paths: list, root: Path | None = None) -> list[tuple[str, int, int]]:
     """(path, size, mtime_ns) of each file (relative to ``root`` when under it): the cache
     key's file list. A file that cannot be stat'ed keeps its place with size -1."""
     rows = []
     for path in paths:
         path = Path(path)
-        try:
-            st = path.stat()
-            size, mtime = st.st_size, st.st_mtime_ns
-        except OSError:
-            size, mtime = -1, 0
+        size, mtime = size_and_mtime(path)
         name = path.as_posix()
         if root is not None:
             try:

@@ -288,9 +288,9 @@ class _LazyEngine:
     misses the cache, on that pass's first batch; nothing at all on a full cache hit."""
 
     def __init__(self, plan: RunPlan, built: Built, reporter: Reporter, images: int,
-                 size: int | None = None, views: int = 1, reader=None):
+                 reader, size: int | None = None, views: int = 1):
         self.plan, self.built, self.reporter = plan, built, reporter
-        self.reader = reader or features.read_image  # what reads the first batch
+        self.reader = reader  # what reads the first batch: the passes' reader
         self.images = images  # what this engine's passes compute at most (auto's small-run rule)
         self.size = size or plan.size
         self.views = views  # inputs per photo (2 when the pass averages photo and mirror)
@@ -372,8 +372,8 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
         inputs[size] = inputs.get(size, 0) + n * (2 if mirror else 1)
         views[size] = max(views.get(size, 1), 2 if mirror else 1)
     reader = ahead.read if ahead is not None else features.read_image
-    engines_by_size = {size: _LazyEngine(plan, built, reporter, images=n, size=size,
-                                         views=views[size], reader=reader)
+    engines_by_size = {size: _LazyEngine(plan, built, reporter, images=n, reader=reader,
+                                         size=size, views=views[size])
                        for size, n in inputs.items()}
     in_memory = rows * width * 4 <= features.memory_budget()
     hits: list[bool] = []

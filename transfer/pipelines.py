@@ -151,19 +151,9 @@ def check_enough(plan) -> None:
 
 def rows(samples: list[Sample], root: Path) -> list[tuple[str, int, int]]:
     """(path relative to ``root``, size, mtime_ns) of each sample: the feature cache's key."""
-    out = []
-    for sample in samples:
-        try:
-            st = sample.path.stat()
-            size, mtime = st.st_size, st.st_mtime_ns
-        except OSError:  # a broken link, a file gone: its reading says so
-            size, mtime = -1, 0
-        try:
-            rel = sample.path.relative_to(root).as_posix()
-        except ValueError:
-            rel = sample.path.as_posix()
-        out.append((rel, size, mtime))
-    return out
+    from transfer.features import file_rows
+
+    return file_rows([sample.path for sample in samples], root)
 
 
 def class_names(directory: Path) -> list[str]:
