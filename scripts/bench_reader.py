@@ -8,7 +8,8 @@ Each pair runs alternately, several rounds, in one process; the medians are prin
    decoded whole against ``read_rgb`` (draft mode); and the mean pixel difference.
 3. One batch of 32 photos at 288 px and its mirror images through the converted base: a
    float32 batch with a contiguous mirror copy (before) against the uint8 batch and a strided
-   mirror view cast into the interpreter's input (``TFLiteEngine`` now).
+   mirror view cast into the interpreter's input (``TFLiteEngine`` now); 3b. that cast of the
+   mirror view at once against channel by channel (``engines.cast_into``).
 4. The converted base's fixed batch: views/s at 8 and at 32 (224 and 288 px), XNNPACK.
 
     python scripts/bench_reader.py --data-dir data --photos ../shared/data/flowers
@@ -124,6 +125,15 @@ def main() -> None:
                          engine, batch, copy=False)})
     print("3. 32 photos and their mirror images at 288 px, ms a batch: " + ", ".join(
         f"{k} {v * 1000:.1f}" for k, v in got.items()))
+    target = np.zeros((8, 288, 288, 3), "float32")
+    mirror = batch[:8, :, ::-1]
+    got = alternate({"at once": lambda: np.copyto(target, mirror, casting="same_kind"),
+                     "channel by channel (engines.cast_into)": lambda: engines.cast_into(
+                         target, mirror),
+                     "a contiguous batch, at once": lambda: np.copyto(target, batch[:8],
+                                                                      casting="same_kind")})
+    print("3b. 8 mirror views at 288 px cast into the interpreter's float32 input, ms a view: "
+          + ", ".join(f"{k} {v * 1000 / 8:.3f}" for k, v in got.items()))
 
     from ai_edge_litert.interpreter import Interpreter
 

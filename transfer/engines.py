@@ -192,12 +192,25 @@ class TFLiteEngine:
             chunk = batch[start:start + self.batch_size]
             n = len(chunk)
             buffer = self.interpreter.tensor(self.input["index"])()  # the input tensor itself
-            np.copyto(buffer[:n], chunk, casting="same_kind")
+            cast_into(buffer[:n], chunk)
             buffer[n:] = 0  # a short last batch: padded, then cut
             del buffer  # invoke() refuses to run while a view of its buffers is alive
             self.interpreter.invoke()
             outputs.append(self.interpreter.get_tensor(self.output["index"])[:n].copy())
         return np.concatenate(outputs) if outputs else np.zeros((0,), "float32")
+
+
+def cast_into(target: np.ndarray, pixels: np.ndarray) -> None:
+    """``pixels`` (batch, height, width, channels; uint8 or float) copied and cast into the
+    float32 ``target``. A strided view (the mirror images, ``batch[:, :, ::-1]``) is copied
+    channel by channel: NumPy's loop over three channels at a time made the whole view take
+    0.32 ms a 288 px image against 0.12 channel by channel (a contiguous batch: 0.03 at once;
+    scripts/bench_reader.py)."""
+    if pixels.flags.c_contiguous or pixels.ndim != 4:
+        np.copyto(target, pixels, casting="same_kind")
+        return
+    for c in range(pixels.shape[-1]):
+        np.copyto(target[..., c], pixels[..., c], casting="same_kind")
 
 
 @contextlib.contextmanager
