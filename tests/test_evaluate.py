@@ -108,6 +108,24 @@ def test_the_confusion_title_names_the_bundle_not_latest(trained_bundle, small_s
     assert titles[0] == titles[1]
 
 
+def test_evaluate_loads_the_model_once_its_report_included(trained_bundle, small_split,
+                                                           tmp_path, monkeypatch):
+    """The report's Grad-CAM overlays are traced with the model evaluate loaded (through
+    models/latest too), not with a second load of model.keras."""
+    from transfer import bundle
+
+    bundle_dir = tmp_path / "mobilenet-20261206-120000"
+    shutil.copytree(trained_bundle.bundle, bundle_dir)
+    (tmp_path / "latest").symlink_to(bundle_dir.name)
+    monkeypatch.setenv("TRANSFER_REPORT_GRADCAMS", "2")  # the suite's default is 0
+    loads: list = []
+    real = bundle.load_keras
+    monkeypatch.setattr(bundle, "load_keras", lambda path: loads.append(path) or real(path))
+    evaluate(tmp_path / "latest", data_dir=small_split / "test", output=tmp_path / "out")
+    assert (tmp_path / "out" / "report.html").read_text().count('class="gradcam"') == 2
+    assert len(loads) == 1
+
+
 def test_evaluate_errors(trained_bundle, small_split, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(trained_bundle.bundle, copy)

@@ -349,3 +349,42 @@ def test_a_photo_grad_cam_cannot_trace_costs_its_own_figure_not_its_batchs(bundl
     assert seen == [2, 2, 1, 1, 1]  # batch 1, batch 2 refused, its two photos, batch 3
     assert figures == every[:2] + every[3:]
     assert odd_name not in " ".join(figures)
+
+
+def test_the_grad_cams_of_a_held_classifier_are_those_of_the_bundle_loaded_again(
+        bundle_copy, monkeypatch):
+    """A caller holding the bundle's classifier (train, evaluate) lends it to the report: the
+    figures are the ones a fresh load draws, without that load; once model.keras is replaced,
+    the held model is not the bundle's any more and the report loads the file."""
+    from transfer import bundle, report
+    from transfer.inference import BundleClassifier
+
+    meta = json.loads((bundle_copy / "meta.json").read_text())
+    held = BundleClassifier(bundle_copy)
+    loads: list = []
+    real = bundle.load_keras
+    monkeypatch.setattr(bundle, "load_keras", lambda path: loads.append(path) or real(path))
+    fresh = report.gradcam_figures(bundle_copy, meta, count=4)
+    assert len(loads) == 1 and len(fresh) == 4
+    assert report.gradcam_figures(bundle_copy, meta, count=4, classifier=held) == fresh
+    assert len(loads) == 1
+    adopted = BundleClassifier(bundle_copy, model=held.model)  # as train makes it
+    assert report.gradcam_figures(bundle_copy, meta, count=4, classifier=adopted) == fresh
+    assert len(loads) == 1
+    model = bundle_copy / "model.keras"  # replaced (another inode), same bytes
+    shutil.copyfile(model, bundle_copy / "new.keras")
+    (bundle_copy / "new.keras").replace(model)
+    assert report.gradcam_figures(bundle_copy, meta, count=4, classifier=held) == fresh
+    assert len(loads) == 2
+
+
+def test_a_model_in_memory_that_is_not_the_bundles_is_refused(bundle_copy):
+    """``BundleClassifier(path, model=...)`` checks the model against meta.json as a load
+    does: another number of classes is the bundle's inconsistency, in one error."""
+    from transfer.inference import BundleClassifier
+    from transfer.tf import keras
+
+    three = keras.Sequential([keras.Input((224, 224, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(3, activation="softmax")])
+    with pytest.raises(TransferError, match="lists 2 classes but the model has 3 output"):
+        BundleClassifier(bundle_copy, model=three)

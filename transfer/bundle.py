@@ -484,12 +484,28 @@ def _folder_identity(folder: Path) -> tuple[int, int] | None:
     return stat.st_dev, stat.st_ino
 
 
+def adopt(bundle: Path, model):
+    """(model, meta, stat) as ``load_with_stat`` gives them, for the model this process just
+    wrote to ``bundle`` and still holds (train's, for its report): meta.json read and the
+    model checked against it, without loading model.keras a second time."""
+    stat = file_stat(Path(bundle) / MODEL)
+    meta = read_meta(bundle)
+    check_model(bundle, model, meta)
+    return model, meta, stat
+
+
 def _load_once(bundle: Path):
     meta = read_meta(bundle)
     path = Path(bundle) / MODEL
     if not path.exists():
         raise TransferError(f"{bundle} has no {MODEL}: the bundle is incomplete")
     model = load_keras(path)
+    check_model(bundle, model, meta)
+    return model, meta
+
+
+def check_model(bundle: Path, model, meta: dict) -> None:
+    """The model's outputs and input are those meta.json describes, or a TransferError."""
     n_out = model.output_shape[-1]
     classes = meta["class_names"]
     expected_out = 1 if len(classes) == 2 else len(classes)
@@ -501,4 +517,3 @@ def _load_once(bundle: Path):
     if tuple(model.input_shape[1:]) != (size, size, channels):
         raise TransferError(f"{bundle}: meta.json says input {size}x{size}x{channels} but the "
                             f"model takes {model.input_shape[1:]}; the bundle is inconsistent")
-    return model, meta

@@ -383,5 +383,5 @@ def _evaluate(s: EvaluateSettings, reporter: Reporter, classifier: BundleClassif
         write_json(tmp[REPORT], report)
     from transfer import report as html_report
 
-    html_report.write_quietly(output, reporter, force=s.force)
+    html_report.write_quietly(output, reporter, force=s.force, classifier=classifier)
     return EvaluateResult(report=report, output=output, files=kept)

@@ -274,8 +274,10 @@ class BundleClassifier(Classifier):
 
     mode = "bundle"
 
-    def __init__(self, bundle_dir: Path, invert: str | None = None):
-        """Load ``bundle_dir`` (Keras safe_mode, checked against its meta.json).
+    def __init__(self, bundle_dir: Path, invert: str | None = None, *, model=None):
+        """Load ``bundle_dir`` (Keras safe_mode, checked against its meta.json). ``model``:
+        the bundle's model already in memory (train's, which it has just written there): not
+        loaded again, only checked against meta.json.
 
         Raises:
             TransferError: no bundle there, a broken bundle, or ``invert`` for a colour model.
@@ -283,7 +285,8 @@ class BundleClassifier(Classifier):
         super().__init__()
         bundle_dir = Path(bundle_dir)
         # the model.keras read (see engine_key), even when a replaced bundle was read again
-        self.model, self.meta, self._loaded_stat = bundle.load_with_stat(bundle_dir)
+        self.model, self.meta, self._loaded_stat = (
+            bundle.load_with_stat(bundle_dir) if model is None else bundle.adopt(bundle_dir, model))
         self.path = bundle_dir
         self.name = (f"{bundle_dir} -> {bundle_dir.resolve().name}" if bundle_dir.is_symlink()
                      else str(bundle_dir))

@@ -301,9 +301,12 @@ def _validation_images(meta: dict, per_class: int) -> list[tuple[Path, str]]:
     return picked
 
 
-def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS) -> list[str]:
+def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS,
+                    classifier=None) -> list[str]:
     """HTML figures of Grad-CAM overlays on up to ``count`` validation images (the classes in
-    turn); [] when there is no validation folder or the model cannot be traced."""
+    turn); [] when there is no validation folder or the model cannot be traced. ``classifier``:
+    a ``BundleClassifier`` of this bundle the caller holds (train's, evaluate's), used when its
+    model.keras is still the file it holds, so the model is not loaded a second time."""
     if count <= 0 or not (Path(bundle_dir) / "model.keras").is_file():
         return []
     names = list(meta.get("class_names") or [])
@@ -327,10 +330,11 @@ def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS) -> list
     from transfer.explain import gradcam, gradcams
     from transfer.inference import BundleClassifier
 
-    try:
-        classifier = BundleClassifier(Path(bundle_dir))
-    except TransferError:
-        return []
+    if not holds_bundle(classifier, Path(bundle_dir)):
+        try:
+            classifier = BundleClassifier(Path(bundle_dir))
+        except TransferError:
+            return []
 
     def batch_maps(batch: list) -> list:
         """[(path, truth, array, (heatmap, probs, index), layer)] of the photos of ``batch``
@@ -379,6 +383,21 @@ def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS) -> list
     return figures
 
 
+def holds_bundle(classifier, bundle_dir: Path) -> bool:
+    """Whether ``classifier`` is a plain ``BundleClassifier`` of ``bundle_dir`` whose
+    model.keras is still the file it holds (not replaced by a later run since)."""
+    from transfer.inference import BundleClassifier
+
+    if not isinstance(classifier, BundleClassifier) or classifier.invert is not None:
+        return False
+    stat = classifier._loaded_stat
+    try:
+        same = Path(classifier.path).resolve() == Path(bundle_dir).resolve()
+    except OSError:
+        return False
+    return same and stat is not None and stat == bundle.file_stat(Path(bundle_dir) / bundle.MODEL)
+
+
 # --------------------------------------------------------------------------- the page
 
 
@@ -398,13 +417,15 @@ def _confusion_table(matrix: list[list[int]], names: list[str]) -> str:
             f"<tbody>{body}</tbody></table></div>")
 
 
-def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
+def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> str:
     """The report of a bundle or an evaluation folder as one self-contained HTML page.
 
     Args:
         folder: a bundle (meta.json, and report.json once evaluated) or an `evaluate
             --output` folder (report.json; its bundle is read too when it still exists).
         gradcams: Grad-CAM overlays to compute on the bundle's validation images (0: none).
+        classifier: the bundle's ``BundleClassifier`` when the caller holds it (see
+            ``gradcam_figures``).
 
     Returns:
         The HTML text (UTF-8, no external resource).
@@ -594,7 +615,8 @@ def render_report(folder: Path, gradcams: int = GRADCAMS) -> str:
     parts.append(_section("Misclassified examples", mistakes, "mistakes"))
 
     # ---- Grad-CAM
-    figures = gradcam_figures(bundle_dir, meta, gradcams) if bundle_dir is not None else []
+    figures = (gradcam_figures(bundle_dir, meta, gradcams, classifier)
+               if bundle_dir is not None else [])
     if figures:
         said = ('<p>On photos of the bundle\'s validation split, not of the '
                 "evaluated folder.</p>" if evaluation else "")
@@ -689,7 +711,7 @@ def gradcams_wanted(gradcams: int | None = None) -> int:
 
 
 def write_report(folder: Path, output: Path | None = None, *, gradcams: int | None = None,
-                 force: bool = False) -> Path:
+                 force: bool = False, classifier=None) -> Path:
     """Write the one-file HTML report of a bundle or an evaluation folder.
 
     Args:
@@ -699,6 +721,8 @@ def write_report(folder: Path, output: Path | None = None, *, gradcams: int | No
             default ``gradcams_wanted()``, as train, mnist and evaluate wrote it).
         force: replace ``output`` even when it is not a report this tool wrote (an earlier
             transfer report is always replaced).
+        classifier: the bundle's ``BundleClassifier`` when the caller holds it (train's,
+            evaluate's): its model is not loaded again for the Grad-CAM overlays.
 
     Returns:
         The path written.
@@ -713,7 +737,7 @@ def write_report(folder: Path, output: Path | None = None, *, gradcams: int | No
     folder = Path(folder)
     target = Path(output) if output is not None else folder / REPORT_HTML
     check_replaceable(target, force)
-    text = render_report(folder, gradcams_wanted(gradcams))
+    text = render_report(folder, gradcams_wanted(gradcams), classifier)
     target.parent.mkdir(parents=True, exist_ok=True)
     with replacing(target) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
@@ -721,12 +745,13 @@ def write_report(folder: Path, output: Path | None = None, *, gradcams: int | No
 
 
 def write_quietly(folder: Path, reporter=None, *, gradcams: int | None = None,
-                  force: bool = False) -> Path | None:
+                  force: bool = False, classifier=None) -> Path | None:
     """``write_report`` at the end of train, mnist and evaluate: their real outputs are already
     in place, so a report that cannot be made is a warning, never a failed run. Grad-CAM
-    overlays: ``gradcams_wanted(gradcams)``, as ``write_report`` takes them."""
+    overlays: ``gradcams_wanted(gradcams)``, as ``write_report`` takes them; ``classifier``
+    as it takes it."""
     try:
-        return write_report(folder, gradcams=gradcams, force=force)
+        return write_report(folder, gradcams=gradcams, force=force, classifier=classifier)
     except Exception as exc:  # the report is a view of files already written
         raise_if_interrupted()  # but a Ctrl-C a library turned into an error stops the run
         if reporter is not None:

@@ -447,7 +447,8 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
         raise
     bundle.say_where_it_landed(run.target, landed, reporter)
     try:
-        _after_writing(run, landed, reporter, cluster)
+        # (a multi-worker model's variables are the cluster's: the report loads the file)
+        _after_writing(run, landed, reporter, cluster, built.full if cluster is None else None)
     except KeyboardInterrupt:  # the model is in place (and latest at it): say so, then stop
         reporter.warn(f"interrupted after the model was saved in {landed}; its report was not "
                       f"written (transfer report {landed} writes it)")
@@ -455,9 +456,10 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
     return TrainResult(landed, meta, fit.history, timings)
 
 
-def _after_writing(run: RunPlan, landed: Path, reporter: Reporter, cluster) -> None:
+def _after_writing(run: RunPlan, landed: Path, reporter: Reporter, cluster, model) -> None:
     """What follows the bundle's landing: the checkpoints go, the augmentation preview is
-    copied, the report written, the other workers released."""
+    copied, the report written (its Grad-CAM overlays by ``model``, the one just saved, not
+    loaded again), the other workers released."""
     from transfer import report
     from transfer.preview import PREVIEW_PNG
 
@@ -472,7 +474,13 @@ def _after_writing(run: RunPlan, landed: Path, reporter: Reporter, cluster) -> N
         except OSError as exc:
             reporter.warn(f"augmentation preview not copied to {preview} ({exc.strerror or exc});"
                           f" it is in the bundle: {landed / PREVIEW_PNG}")
-    report.write_quietly(landed, reporter)
+    from transfer.inference import BundleClassifier
+
+    classifier = None
+    if model is not None:
+        with contextlib.suppress(TransferError):  # else the report loads the bundle itself
+            classifier = BundleClassifier(landed, model=model)
+    report.write_quietly(landed, reporter, classifier=classifier)
     if cluster is not None:  # the bundle is whole: a worker lost now costs nothing
         from transfer.cluster import WorkerLost
 
