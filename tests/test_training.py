@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -1060,3 +1061,8 @@ def test_the_report_draws_its_grad_cams_with_the_model_train_holds(own_split, tm
     page = (result.bundle / "report.html").read_text()
     assert page.count('class="gradcam"') == 4
     assert loads == []
+    from transfer import report  # the same figures as the saved file, loaded, draws
+
+    drawn = re.findall(r'<figure><img class="gradcam".*?</figure>', page)
+    assert drawn == report.gradcam_figures(result.bundle, result.meta, count=4)
+    assert len(loads) == 1
