@@ -244,6 +244,70 @@ def test_exif_orientation_is_applied_before_training_or_inference_sees_pixels(tm
                                   read_rgb(tmp_path / "upright.png", 24).astype("float32"))
 
 
+def malformed_exif(orientation: int) -> bytes:
+    """An EXIF block with ``orientation`` and an XResolution stored as text (type ASCII, not
+    RATIONAL), as some cameras and editors write it: Pillow parses it, cannot write it back."""
+    import struct
+
+    entries = [struct.pack("<HHI4s", 0x0112, 3, 1, struct.pack("<H", orientation) + b"\0\0"),
+               struct.pack("<HHI4s", 0x011A, 2, 3, b"72\0\0")]
+    ifd = struct.pack("<H", len(entries)) + b"".join(entries) + struct.pack("<I", 0)
+    return b"Exif\0\0II*\0" + struct.pack("<I", 8) + ifd
+
+
+def test_a_photo_with_a_malformed_exif_tag_is_still_turned_upright(tmp_path):
+    """Orientation 6 beside a malformed tag: Pillow's exif_transpose raised TypeError writing
+    the EXIF back, and predict, evaluate, explain and train stopped on a traceback. The photo
+    is turned as its orientation says, its pixels those of the same photo with a clean EXIF;
+    an EXIF block that cannot be parsed at all reads the photo as stored."""
+    from PIL import ImageOps
+
+    from transfer.pipelines import read_rgb
+
+    rng = np.random.default_rng(0)
+    stored = Image.fromarray(rng.integers(0, 256, (30, 50, 3), dtype="uint8"))
+    clean = Image.Exif()
+    clean[0x0112] = 6
+    stored.save(tmp_path / "clean.png", exif=clean)
+    stored.save(tmp_path / "odd.png", exif=malformed_exif(6))
+    with Image.open(tmp_path / "odd.png") as odd, pytest.raises(TypeError):
+        ImageOps.exif_transpose(odd)  # what the reader called
+    turned = images.open_image(tmp_path / "odd.png")
+    assert turned.size == (30, 50) and "exif" not in turned.info
+    assert not turned.getexif().get(0x0112)  # nothing left to turn it twice
+    np.testing.assert_array_equal(read_rgb(tmp_path / "odd.png", 24),
+                                  read_rgb(tmp_path / "clean.png", 24))
+    upright = images.open_image(tmp_path / "clean.png")
+    assert upright.size == (30, 50)
+    np.testing.assert_array_equal(np.asarray(turned), np.asarray(upright))
+    stored.save(tmp_path / "garbled.png", exif=b"Exif\0\0II*\0\xff\xff\xff\x7f")
+    np.testing.assert_array_equal(np.asarray(images.open_image(tmp_path / "garbled.png")),
+                                  np.asarray(stored))
+
+
+def test_predict_reads_a_photo_with_a_malformed_exif_tag(trained_bundle, photo, tmp_path):
+    """The command a user runs: the photo is classified, no traceback, exit 0; the same
+    probabilities as the photo stored upright with a clean EXIF."""
+    from typer.testing import CliRunner
+
+    from transfer.cli import app
+
+    with Image.open(photo) as original:
+        pixels = original.convert("RGB")
+    turned = pixels.transpose(Image.Transpose.ROTATE_90)  # stored a quarter turned
+    turned.save(tmp_path / "odd.png", exif=malformed_exif(6))
+    pixels.save(tmp_path / "plain.png")
+    result = CliRunner().invoke(app, ["predict", "--model", str(trained_bundle.bundle),
+                                      "--format", "json", str(tmp_path / "odd.png"),
+                                      str(tmp_path / "plain.png")])
+    assert result.exit_code == 0, result.output
+    import json
+
+    odd, plain = json.loads(result.stdout)["predictions"]
+    assert odd["file"].endswith("odd.png") and plain["file"].endswith("plain.png")
+    assert odd["probability"] == pytest.approx(plain["probability"], abs=1e-6)
+
+
 def test_a_large_jpeg_decodes_small_in_draft_mode_for_every_reader(photo, tmp_path):
     """A phone-sized JPEG (a real photo enlarged to 2000 x 1500, stored turned a quarter with
     EXIF orientation 6) is decoded at half scale for 224 px, still at least 448 px, in

@@ -67,8 +67,6 @@ def open_image(source, size: int | None = None):
     to the size itself: the resize's own antialiasing is what keeps them close). Smaller
     photos (the Kaggle cats and dogs, 500 px at most) decode whole. ``full_size(image)`` is
     the file's own (upright) size either way."""
-    from PIL import ImageOps
-
     with _pillow_errors(source), _opened(_readable(source), drafted=bool(size)) as image:
         width, height = image.size
         if size:
@@ -77,7 +75,7 @@ def open_image(source, size: int | None = None):
                 _bomb_check(image.size)
         image.load()
         loaded = image.size
-        image = ImageOps.exif_transpose(image) or image
+        image = upright(image)
         if image.size != loaded:  # its EXIF orientation turned it a quarter
             width, height = height, width
     problem = too_small(width, height)
@@ -85,6 +83,35 @@ def open_image(source, size: int | None = None):
         raise ImageError(problem)
     image.info["full_size"] = (width, height)
     return image
+
+
+def upright(image):
+    """``image`` turned as its EXIF orientation says (Pillow's ``exif_transpose``), the tag then
+    dropped from its metadata; ``image`` itself when nothing is to be turned (no copy).
+
+    A photo whose EXIF has a malformed tag (XResolution stored as text, as some cameras and
+    editors write it) cannot have its EXIF written back, which ``exif_transpose`` does: such a
+    photo is turned all the same and its EXIF left out. An EXIF block that cannot be parsed
+    at all says no orientation: the photo is read as stored."""
+    from PIL import ExifTags, Image, ImageOps
+
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # an EXIF Pillow cannot parse
+        return image
+    method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+              4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}.get(orientation)
+    if method is None:
+        return image
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # a tag it cannot write back
+        turned = image.transpose(method)
+        for key in ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"):
+            turned.info.pop(key, None)  # nothing left to turn it a second time
+        return turned
 
 
 JPEG_MAGIC = b"\xff\xd8\xff"
