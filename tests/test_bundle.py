@@ -188,6 +188,33 @@ def test_force_keeps_the_files_you_put_into_a_bundle(small_bundle, tmp_path):
         f"notes.txt): it was moved, whole, to {aside}"]
 
 
+def test_force_keeps_your_files_in_the_bundles_export_folder(small_bundle, tmp_path):
+    """export/ is transfer export's folder, and went with the bundle whatever it held: your
+    notes in it were deleted. What export names by default still goes; a file of yours there
+    keeps the old bundle, moved aside whole."""
+    model, meta = bundle.load(small_bundle)
+    exported = small_bundle / "export"
+    exported.mkdir()
+    for name in ("model.tflite", "model.tflite.meta.json", "model-int8.tflite",
+                 "model-int8.tflite.meta.json", "saved_model"):
+        (exported / name).write_text("made by transfer export")
+    bundle.write(small_bundle, True, model, {**meta, "seed": 4}, {"loss": [1.0]})
+    assert not (small_bundle / "export").exists()
+    assert not small_bundle.with_name(small_bundle.name + ".old").exists()
+    (small_bundle / "export").mkdir()
+    (small_bundle / "export" / "model.tflite").write_text("made by transfer export")
+    (small_bundle / "export" / "NOTES.txt").write_text("mine")
+    recorder = Recorder()
+    bundle.write(small_bundle, True, model, {**meta, "seed": 5}, {"loss": [1.0]},
+                 reporter=recorder)
+    aside = small_bundle.with_name(small_bundle.name + ".old")
+    assert (aside / "export" / "NOTES.txt").read_text() == "mine"
+    assert json.loads((small_bundle / "meta.json").read_text())["seed"] == 5
+    assert recorder.warnings == [
+        f"the bundle replaced in {small_bundle} held files transfer did not write "
+        f"(export/NOTES.txt): it was moved, whole, to {aside}"]
+
+
 def test_a_bundle_another_run_wrote_meanwhile_is_kept(small_bundle, tmp_path):
     """Two runs started in the same second get the same default name: the one that lands
     second keeps the first's bundle (no --force was given) and lands beside it, at -2, with

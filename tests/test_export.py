@@ -11,7 +11,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import split_images
+from conftest import Recorder, split_images
 from five_class import bundle_data, five_class_bundle
 from PIL import Image
 from typer.testing import CliRunner
@@ -197,6 +197,32 @@ def litert_outputs(path, x: np.ndarray) -> np.ndarray:
     interpreter.set_tensor(detail["index"], x.astype(detail["dtype"]))
     interpreter.invoke()
     return np.asarray(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+
+
+def test_force_over_a_savedmodel_keeps_the_files_you_put_into_it(trained_bundle, held_out,
+                                                                 tmp_path):
+    """`export --format savedmodel --force` replaced the folder and deleted what you had
+    added to it (deployment notes, a config folder). A SavedModel holding only what export
+    writes is replaced; one holding your files is moved aside whole, and said."""
+    out = tmp_path / "sm"
+    export.export(trained_bundle.bundle, format="savedmodel", output=out,
+                  check_images=held_out)
+    export.export(trained_bundle.bundle, format="savedmodel", output=out, force=True,
+                  check_images=held_out)
+    assert not out.with_name("sm.old").exists()
+    (out / "DEPLOY-NOTES.md").write_text("mine")
+    (out / "mystuff").mkdir()
+    (out / "mystuff" / "config.yaml").write_text("k: 1")
+    recorder = Recorder()
+    export.export(trained_bundle.bundle, format="savedmodel", output=out, force=True,
+                  check_images=held_out, reporter=recorder)
+    aside = out.with_name("sm.old")
+    assert (aside / "DEPLOY-NOTES.md").read_text() == "mine"
+    assert (aside / "mystuff" / "config.yaml").read_text() == "k: 1"
+    assert (out / "saved_model.pb").is_file() and not (out / "DEPLOY-NOTES.md").exists()
+    assert recorder.warnings == [
+        f"the SavedModel replaced in {out} held files transfer did not write (DEPLOY-NOTES.md, "
+        f"mystuff): it was moved, whole, to {aside}"]
 
 
 def test_tflite_file_alone_names_its_two_classes(trained_bundle, held_out, tmp_path):

@@ -58,6 +58,32 @@ MADE_LATER = frozenset({"report.json", "confusion.png", "misclassified.png", "su
                         "report.html", "export"})
 
 
+def _exported_names() -> frozenset:
+    """What ``transfer export`` writes into a bundle's ``export/`` folder by default: each
+    format's file (each quantized TFLite model's too) and its ``.meta.json``."""
+    from transfer.export import default_name
+    from transfer.settings import QUANTIZE
+
+    names = {default_name(fmt) for fmt in ("keras", "savedmodel", "tflite")}
+    names |= {default_name("tflite", mode) for mode in QUANTIZE}
+    return frozenset(names | {f"{name}.meta.json" for name in names if name != "saved_model"})
+
+
+def not_written_by_transfer(old: Path, new: Path) -> list[str]:
+    """The entries of the bundle ``old`` that neither the bundle replacing it (``new``) nor a
+    later command (``MADE_LATER``; in ``export/``, what ``transfer export`` names by default)
+    wrote: the user's own files, which keep the old bundle from being deleted."""
+    theirs = []
+    for path in sorted(old.iterdir()):
+        if path.name == "export" and path.is_dir() and not path.is_symlink():
+            exported = _exported_names()
+            theirs += [f"export/{p.name}" for p in sorted(path.iterdir())
+                       if p.name not in exported]
+        elif path.name not in MADE_LATER and not (new / path.name).exists():
+            theirs.append(path.name)
+    return theirs
+
+
 def check_replaceable(target: Path, force: bool) -> None:
     """A bundle folder may be written at ``target``: it is free, an empty folder, or (with
     ``force``) a bundle. A folder that is no bundle is never replaced, --force or not."""
@@ -96,9 +122,7 @@ def writing(target: Path, force: bool):
             old = tmp.with_name(tmp.name + "-old")
             os.replace(target, old)
             os.replace(tmp, target)
-            theirs = None if old.is_symlink() else [
-                p.name for p in old.iterdir()
-                if p.name not in MADE_LATER and not (target / p.name).exists()]
+            theirs = None if old.is_symlink() else not_written_by_transfer(old, target)
             if theirs is None:  # a link named as the output: it goes, its bundle stays
                 old.unlink()
             elif theirs:  # files the tool did not write: the old bundle is kept, whole

@@ -48,7 +48,7 @@ import numpy as np
 from transfer import bundle, images
 from transfer.errors import TransferError
 from transfer.evaluate import bundle_images
-from transfer.files import refuse_existing
+from transfer.files import free_name, refuse_existing
 from transfer.inference import BundleClassifier, folder_images, writable_folder
 from transfer.progress import Reporter
 from transfer.settings import ExportSettings
@@ -80,6 +80,18 @@ def tries_float_depthwise(float_right: int, quant_right: int, images: int) -> bo
 
     return Fraction(float_right - quant_right, images) >= Fraction(str(INT8_GOAL))
 
+
+
+def _not_exported(old: Path, new: Path) -> list[str]:
+    """The files and folders under the SavedModel folder ``old`` that the export replacing it
+    (``new``) does not have: the user's own."""
+    theirs = []
+    for path in sorted(old.rglob("*")):
+        rel = path.relative_to(old)
+        # a folder of theirs is named once, not with each file in it
+        if not (new / rel).exists() and (new / rel.parent).is_dir():
+            theirs.append(rel.as_posix())
+    return theirs
 
 
 def default_name(fmt: str, quantize: str | None = None) -> str:
@@ -769,9 +781,15 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
         else:
             bundle.write_json(work / "meta.json", export_meta)
             os.replace(work / "meta.json", meta_path)
-        if output.exists():
-            old = work / "replaced"
-            os.replace(output, old)
+        theirs = _not_exported(output, staged) if output.is_dir() else []
+        if theirs:  # the user's own files in the SavedModel replaced: kept, the folder whole
+            aside = free_name(output.with_name(f"{output.name}.old"))
+            os.replace(output, aside)
+            reporter.warn(f"the SavedModel replaced in {output} held files transfer did not "
+                          f"write ({', '.join(theirs[:5])}{' ...' if len(theirs) > 5 else ''})"
+                          f": it was moved, whole, to {aside}")
+        elif output.exists():
+            os.replace(output, work / "replaced")
         os.replace(staged, output)
         return result
     finally:
