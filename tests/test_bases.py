@@ -90,6 +90,9 @@ def test_registry_errors_and_weight_files():
         bases.check_alpha(bases.get("mobilenet"), 0.3)
     with pytest.raises(TransferError, match="below the minimum"):
         bases.build(bases.get("inception"), 64, weights="none")
+    with pytest.raises(TransferError, match="image size 1025 is above the maximum of 1024 px"):
+        bases.build(bases.get("mobilenet"), 1025, weights="none")
+    assert bases.check_size(bases.get("mobilenet"), 1024) == 1024
     with pytest.raises(ValueError, match="unknown preprocessing mode"):
         bases.preprocess_layer("bgr")
     assert bases.get("mobilenet").weight_file(0.25) == "mobilenet_2_5_224_tf_no_top.h5"

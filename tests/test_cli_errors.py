@@ -105,6 +105,8 @@ CASES = [
     ("train --base mobilenet --alpha 0.3", 1, "--alpha for mobilenet must be one of"),
     ("train --base vgg16 --alpha 0.5", 1, "--alpha applies to mobilenet only"),
     ("train --base mobilenet --image-size 10", 1, "below the minimum"),
+    ("train --base mobilenet --image-size 2240", 1, "image size 2240 is above the maximum of"),
+    ("train --base mobilenet --train-size 5000", 1, "--train-size: image size 5000 is above"),
     ("train --base mobilenet --train-size 20", 1, "--train-size: image size 20 is below the"),
     ("train --base mobilenet --augment-copies 0 --train-size 160", 1,
      "--train-size needs features computed once"),

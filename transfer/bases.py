@@ -128,11 +128,22 @@ def check_alpha(base: Base, alpha: float) -> float:
     return 1.0
 
 
+# The largest image size a run accepts. The ImageNet bases were trained at 224-299 px; at
+# 1024 px a batch of 32 already holds activations of a gigabyte and more per layer, and a typo
+# (--image-size 2240, --train-size 5000) ran a machine out of memory, the kernel killing the
+# run without a word.
+MAX_SIZE = 1024
+
+
 def check_size(base: Base, size: int) -> int:
     """``size`` if the base accepts it, else one clear error."""
     if size < base.min_size:
         raise TransferError(f"image size {size} is below the minimum of {base.name} "
                             f"({base.min_size} px)")
+    if size > MAX_SIZE:
+        raise TransferError(f"image size {size} is above the maximum of {MAX_SIZE} px (the "
+                            f"ImageNet weights were trained at {base.size} px or so; larger "
+                            "images multiply the memory a batch needs)")
     return size
 
 
