@@ -358,9 +358,13 @@ def test_an_interruption_native_code_swallowed_stops_the_conversion_and_lands_no
 def test_sigterm_cleans_up_as_ctrl_c_does(tiny_split, mobilenet_weights, tmp_path):
     """`kill` (SIGTERM: timeout, docker stop, systemd) in the middle of the base's TFLite
     conversion: one line, exit code 143, and no temporary conversion folder left in the
-    cache (the default action ended the process on the spot and left it for good)."""
+    cache (the default action ended the process on the spot and left it for good), nor the
+    modules TensorFlow's autograph had generated in the temporary folder (the interrupted
+    process ends with os._exit, which skips the handlers that delete them)."""
     import signal
 
+    temp = tmp_path / "tmp"
+    temp.mkdir()
     home = tmp_path / "keras-home"
     (home / "models").mkdir(parents=True)
     for item in mobilenet_weights.parent.iterdir():
@@ -371,13 +375,15 @@ def test_sigterm_cleans_up_as_ctrl_c_does(tiny_split, mobilenet_weights, tmp_pat
          "--image-size", "96", "--epochs", "1", "--no-augment", "--engine", "tflite",
          "--data-dir", str(tiny_split), "--no-feature-cache", "--models-dir",
          str(tmp_path / "models"), "--output", str(tmp_path / "models/term")],
-        env={**os.environ, "KERAS_HOME": str(home)}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
-    err = signal_once(proc, lambda: list(cache.glob(".convert-*")), signal.SIGTERM,
-                      "the conversion never started")
+        env={**os.environ, "KERAS_HOME": str(home), "TMPDIR": str(temp)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = signal_once(proc, lambda: list(cache.glob(".convert-*")) and list(
+        temp.rglob("__autograph_generated_file*")), signal.SIGTERM,
+        "the conversion never started")
     assert proc.returncode == 143, err
     assert err.strip().splitlines()[-1] == "terminated" and "Traceback" not in err
     assert not list(cache.glob(".convert-*")), "the conversion's folder was left behind"
+    assert list(temp.iterdir()) == []
     assert not (tmp_path / "models/term").exists()
     assert not list((tmp_path / "models").glob(".term.tmp-*"))
 

@@ -1197,6 +1197,7 @@ def hoisted_verbose(args: list[str]) -> list[str]:
 
 def main() -> None:
     """Console-script entry point."""
+    _own_temp_folder("transfer-run-")
     try:
         app(args=hoisted_verbose(sys.argv[1:]), prog_name="transfer")
     except SystemExit as exc:
@@ -1207,6 +1208,7 @@ def main() -> None:
             # the freeing holds: a Ctrl-C in fit then hung the process for ever at exit
             sys.stdout.flush()
             sys.stderr.flush()
+            _remove_temp_folders()  # os._exit runs no atexit handler
             os._exit(exc.code)
         raise
     except BaseException:
@@ -1220,25 +1222,44 @@ def main() -> None:
 
 
 _TEMP_FOLDERS: list[str] = []
+_TEMP_PARENT: list[str] = []  # the temp folder before this process made its own
 
 
-def _own_temp_folder() -> None:
+def _own_temp_folder(prefix: str = "transfer-worker-") -> None:
     """Point this process's temp files into a folder of its own, removed when it ends.
 
-    A multi-worker process ends with ``os._exit`` (``_leave_cluster``), which skips the atexit
-    handlers TensorFlow's autograph registers to delete the modules it generates in the temp
-    folder: without this they stayed there, a dozen or so a run."""
+    An interrupted run and a multi-worker process end with ``os._exit`` (``main``,
+    ``_leave_cluster``), which skips the atexit handlers TensorFlow's autograph registers to
+    delete the modules it generates in the temp folder: without this they stayed there, one or
+    two for a Ctrl-C'd export or train, a dozen or so for a worker's run. A process killed
+    outright (SIGKILL) leaves its folder to the next run of the same ``prefix``, which removes
+    it."""
     import atexit
     import shutil
     import tempfile
 
     from transfer.files import own_temp_folder_prefix, sweep_temp_folders
 
-    sweep_temp_folders("transfer-worker-")  # those of workers killed before they could
-    folder = tempfile.mkdtemp(prefix=own_temp_folder_prefix("transfer-worker-"))
+    if _TEMP_FOLDERS:  # one folder a process: a worker's replaces the one main made
+        tempfile.tempdir = _TEMP_PARENT[0]
+        _remove_temp_folders()
+        _TEMP_FOLDERS.clear()
+    _TEMP_PARENT[:] = [tempfile.gettempdir()]
+    try:
+        sweep_temp_folders(prefix)  # those of processes killed before they could
+        folder = tempfile.mkdtemp(prefix=own_temp_folder_prefix(prefix))
+    except OSError:  # no temp folder to write in: the commands say so when they need one
+        return
     tempfile.tempdir = folder
     _TEMP_FOLDERS.append(folder)
     atexit.register(shutil.rmtree, folder, True)  # an ordinary exit (a worker that never joined)
+
+
+def _remove_temp_folders() -> None:
+    import shutil
+
+    for folder in _TEMP_FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _leave_cluster(status) -> None:
@@ -1261,10 +1282,7 @@ def _leave_cluster(status) -> None:
     # pulls it from the sender): leaving at once failed theirs as "a worker is down" where it
     # had succeeded (seen twice in CI, two workers and the rest of the suite on 2 cores)
     time.sleep(joined.LINGER_SECONDS)
-    import shutil
-
-    for folder in _TEMP_FOLDERS:
-        shutil.rmtree(folder, ignore_errors=True)
+    _remove_temp_folders()
     os._exit(status)
 
 
