@@ -124,8 +124,10 @@ def test_default_check_images_and_cli(trained_bundle, tmp_path):
 
 
 def test_failed_check_writes_nothing(trained_bundle, held_out, tmp_path, monkeypatch):
+    """Nothing at all: not the file, nor the folders made for it (an interrupted or failed
+    export left them, empty)."""
     monkeypatch.setitem(export.TOLERANCE, "tflite", 0.0)  # float32 TFLite never matches exactly
-    target = tmp_path / "m.tflite"
+    target = tmp_path / "made" / "for it" / "m.tflite"
     with pytest.raises(TransferError, match="differ from the Keras model's"):
         export.export(trained_bundle.bundle, format="tflite", output=target,
                       check_images=held_out)

@@ -48,7 +48,7 @@ import numpy as np
 from transfer import bundle, images
 from transfer.errors import TransferError
 from transfer.evaluate import bundle_images
-from transfer.files import free_name, refuse_existing
+from transfer.files import free_name, new_folders_kept_on_success, refuse_existing
 from transfer.inference import BundleClassifier, folder_images, writable_folder
 from transfer.progress import Reporter
 from transfer.settings import ExportSettings
@@ -739,58 +739,60 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
     calibrated = calibration_images(classifier) if s.quantize == "int8" else None
     expected = classifier.outputs(x)
 
-    writable_folder(output.parent)
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
-        staged = work / output.name
-        reporter.info(f"exporting {model} as {fmt} and checking it on {len(x)} images ...")
-        comparison = None
-        if fmt == "keras":
-            keras_model.save(staged)
-            actual = _run_keras(staged, x)
-        elif fmt == "savedmodel":
-            _savedmodel(keras_model, staged)
-            actual = _run_savedmodel(staged, x)
-        elif s.quantize == "none":
-            _tflite(keras_model, staged, work)
-            embed_metadata(staged, _embedded_meta(meta, model, "none"))
-            actual = _run_tflite(staged, x)
-        else:
-            actual, comparison = _quantized(classifier, s.quantize, staged, work, x, expected,
-                                            source, model, reporter, calibrated)
-        diff = float(np.max(np.abs(actual.reshape(expected.shape) - expected)))
-        tolerance = TOLERANCE[fmt] if comparison is None else math.inf
-        result = ExportResult(path=output, meta_path=meta_path, format=fmt, max_abs_diff=diff,
-                              tolerance=tolerance, n_images=len(x), check_source=source,
-                              quantize=s.quantize, comparison=comparison)
-        if comparison is not None and not result.passed:
-            raise TransferError(_refusal(s.quantize, comparison))
-        if not result.passed:
-            raise TransferError(f"the {fmt} export's outputs differ from the Keras model's by "
-                                f"{diff:.3g} (> {TOLERANCE[fmt]:g}) on {len(x)} images; "
-                                "nothing was written")
-        export_meta = {**meta, "export": {
-            "format": fmt, "quantize": s.quantize, "source_bundle": str(bundle.lasting(model)),
-            "max_abs_diff": diff, "tolerance": None if comparison else TOLERANCE[fmt],
-            "checked_images": len(x), "comparison": comparison}}
-        if fmt == "savedmodel":
-            (staged / "assets.extra").mkdir(exist_ok=True)
-            bundle.write_json(staged / "assets.extra" / bundle.META, export_meta)
-            (staged / "assets.extra" / LABELS).write_text(
-                "".join(f"{name}\n" for name in meta["class_names"]), encoding="utf-8")
-        else:
-            bundle.write_json(work / "meta.json", export_meta)
-            os.replace(work / "meta.json", meta_path)
-        theirs = _not_exported(output, staged) if output.is_dir() else []
-        if theirs:  # the user's own files in the SavedModel replaced: kept, the folder whole
-            aside = free_name(output.with_name(f"{output.name}.old"))
-            os.replace(output, aside)
-            reporter.warn(f"the SavedModel replaced in {output} held files transfer did not "
-                          f"write ({', '.join(theirs[:5])}{' ...' if len(theirs) > 5 else ''})"
-                          f": it was moved, whole, to {aside}")
-        elif output.exists():
-            os.replace(output, work / "replaced")
-        os.replace(staged, output)
-        return result
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    # the folders made for --output go again when the export fails or is interrupted
+    with new_folders_kept_on_success(output.parent):
+        writable_folder(output.parent)
+        work = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+        try:
+            staged = work / output.name
+            reporter.info(f"exporting {model} as {fmt} and checking it on {len(x)} images ...")
+            comparison = None
+            if fmt == "keras":
+                keras_model.save(staged)
+                actual = _run_keras(staged, x)
+            elif fmt == "savedmodel":
+                _savedmodel(keras_model, staged)
+                actual = _run_savedmodel(staged, x)
+            elif s.quantize == "none":
+                _tflite(keras_model, staged, work)
+                embed_metadata(staged, _embedded_meta(meta, model, "none"))
+                actual = _run_tflite(staged, x)
+            else:
+                actual, comparison = _quantized(classifier, s.quantize, staged, work, x, expected,
+                                                source, model, reporter, calibrated)
+            diff = float(np.max(np.abs(actual.reshape(expected.shape) - expected)))
+            tolerance = TOLERANCE[fmt] if comparison is None else math.inf
+            result = ExportResult(path=output, meta_path=meta_path, format=fmt, max_abs_diff=diff,
+                                  tolerance=tolerance, n_images=len(x), check_source=source,
+                                  quantize=s.quantize, comparison=comparison)
+            if comparison is not None and not result.passed:
+                raise TransferError(_refusal(s.quantize, comparison))
+            if not result.passed:
+                raise TransferError(f"the {fmt} export's outputs differ from the Keras model's by "
+                                    f"{diff:.3g} (> {TOLERANCE[fmt]:g}) on {len(x)} images; "
+                                    "nothing was written")
+            export_meta = {**meta, "export": {
+                "format": fmt, "quantize": s.quantize, "source_bundle": str(bundle.lasting(model)),
+                "max_abs_diff": diff, "tolerance": None if comparison else TOLERANCE[fmt],
+                "checked_images": len(x), "comparison": comparison}}
+            if fmt == "savedmodel":
+                (staged / "assets.extra").mkdir(exist_ok=True)
+                bundle.write_json(staged / "assets.extra" / bundle.META, export_meta)
+                (staged / "assets.extra" / LABELS).write_text(
+                    "".join(f"{name}\n" for name in meta["class_names"]), encoding="utf-8")
+            else:
+                bundle.write_json(work / "meta.json", export_meta)
+                os.replace(work / "meta.json", meta_path)
+            theirs = _not_exported(output, staged) if output.is_dir() else []
+            if theirs:  # the user's own files in the SavedModel replaced: kept, the folder whole
+                aside = free_name(output.with_name(f"{output.name}.old"))
+                os.replace(output, aside)
+                reporter.warn(f"the SavedModel replaced in {output} held files transfer did not "
+                              f"write ({', '.join(theirs[:5])}{' ...' if len(theirs) > 5 else ''})"
+                              f": it was moved, whole, to {aside}")
+            elif output.exists():
+                os.replace(output, work / "replaced")
+            os.replace(staged, output)
+            return result
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
