@@ -459,6 +459,46 @@ def test_a_very_large_photo_in_the_cli_decodes_without_pillows_raw_warning(tmp_p
     assert [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)] == []
 
 
+def test_a_damaged_exif_block_prints_no_python_warning(trained_bundle, tmp_path):
+    """A tag pointing past the end of its EXIF block: Pillow warned "Tag data larger than
+    file" (or "Truncated File Read") on stderr, two lines naming its source file. The photo
+    is read and classified; the command prints no warning of Python's."""
+    import struct
+    import subprocess
+    import sys
+
+    entries = [struct.pack("<HHII", 0x010E, 2, 100, 4000)]  # 100 characters beyond the end
+    ifd = struct.pack("<H", len(entries)) + b"".join(entries) + struct.pack("<I", 0)
+    Image.new("RGB", (64, 64), (9, 99, 199)).save(
+        tmp_path / "odd.jpg", exif=b"Exif\0\0II*\0" + struct.pack("<I", 8) + ifd)
+    with pytest.warns(UserWarning), Image.open(tmp_path / "odd.jpg") as odd:
+        odd.getexif()  # what Pillow says of it, to a program
+    done = subprocess.run([sys.executable, "-m", "transfer", "predict", "--model",
+                           str(trained_bundle.bundle), "--format", "json",
+                           str(tmp_path / "odd.jpg")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    import json
+
+    (row,) = json.loads(done.stdout)["predictions"]
+    assert row["error"] is None and row["label"] in ("cats", "dogs")
+    assert "Warning" not in done.stderr and ".py:" not in done.stderr, done.stderr
+
+
+def test_the_clis_other_python_warnings_are_one_line(capsys, monkeypatch):
+    """A warning no filter silences reads as the CLI's own: one line, no source path."""
+    import warnings
+
+    from transfer import quiet
+
+    for name in ("TF_CPP_MIN_LOG_LEVEL", "ABSL_MIN_LOG_LEVEL", "GRPC_VERBOSITY"):
+        monkeypatch.setenv(name, os.environ.get(name, "3"))
+    with warnings.catch_warnings():  # restores the filters and showwarning
+        quiet.configure(verbose=False)
+        warnings.warn("a fact worth a line", RuntimeWarning, stacklevel=1)
+    assert capsys.readouterr().err == "warning: a fact worth a line\n"
+
+
 def test_photos_in_memory_of_every_kind_read_as_their_files(tmp_path):
     """A transparent palette image opened with Pillow is composited onto white as its file is
     (TIFF would drop its transparency); 16-bit grey arrays are 0-65535; booleans and a Pillow
