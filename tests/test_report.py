@@ -129,6 +129,23 @@ def test_report_of_an_evaluation_folder(trained_bundle, small_split, tmp_path):
     assert "accuracy and loss" in text  # the bundle's curves, found through report.json
 
 
+def test_an_evaluation_of_a_folder_named_in_latin_1_has_its_report(trained_bundle,
+                                                                   small_split, tmp_path):
+    """A folder whose name is not UTF-8 (an old Latin-1 "café" from a camera card or a zip):
+    evaluate wrote report.json and the CSVs, but report.html failed (UnicodeEncodeError on
+    the name). The page is written, the name's bytes kept as the CSVs keep them."""
+    import os
+
+    from transfer.evaluate import evaluate
+
+    data = tmp_path / os.fsdecode(b"caf\xe9")
+    shutil.copytree(small_split / "test", data)
+    out = tmp_path / "eval"
+    evaluate(trained_bundle.bundle, data_dir=data, output=out)
+    page = (out / "report.html").read_bytes()
+    assert b"caf\xe9" in page and b'class="confusion"' in page
+
+
 def test_partial_and_wrong_folders(tmp_path):
     with pytest.raises(TransferError, match="nothing to report"):
         write_report(tmp_path)

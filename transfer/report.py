@@ -740,7 +740,8 @@ def write_report(folder: Path, output: Path | None = None, *, gradcams: int | No
     text = render_report(folder, gradcams_wanted(gradcams), classifier)
     target.parent.mkdir(parents=True, exist_ok=True)
     with replacing(target) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
+        # a file name that is not UTF-8 (os.fsdecode's surrogates) keeps its bytes, as the CSVs do
+        Path(tmp).write_text(text, encoding="utf-8", errors="surrogateescape")
     return target
 
 
