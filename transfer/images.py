@@ -376,15 +376,24 @@ def _has_alpha(image) -> bool:
         image.mode == "P" and "transparency" in image.info)
 
 
+HIGH_BIT_ROWS_PIXELS = 2**20  # pixels scaled at a time: 8 MB of float64, whatever the image
+
+
 def _from_high_bit_depth(image):
-    """16/32-bit integer or float grayscale -> 8-bit, scaled by its own range."""
+    """16/32-bit integer or float grayscale -> 8-bit, scaled by its own range. A band of rows
+    at a time: a 12000 x 9000 16-bit scan took three float64 copies of itself (2.6 GB)."""
     from PIL import Image
 
-    array = np.asarray(image, dtype="float64")
+    array = np.asarray(image)  # at its own width (uint16, int32, float32)
     top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
     if image.mode == "F":
         top = max(float(array.max()), 1.0)
-    return Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype("uint8"), "L")
+    out = np.empty(array.shape, "uint8")
+    rows = max(1, HIGH_BIT_ROWS_PIXELS // max(1, array.shape[1]))
+    for start in range(0, array.shape[0], rows):
+        band = array[start:start + rows].astype("float64")
+        out[start:start + rows] = np.clip(band / top * 255.0, 0, 255).astype("uint8")
+    return Image.fromarray(out, "L")
 
 
 def picture(source, side: int) -> np.ndarray:
