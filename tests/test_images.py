@@ -418,7 +418,9 @@ def test_check_header_refuses_what_is_not_an_image_without_decoding(tmp_path):
     buffer = tmp_path / "whole.png"
     Image.new("RGB", (64, 64), (10, 200, 30)).save(buffer)
     cut.write_bytes(truncated(buffer.read_bytes()))
+    os.mkfifo(tmp_path / "pipe.jpg")  # said for what it is (it was "empty file (0 bytes)")
     for name, reason in (("empty.jpg", "empty file (0 bytes)"),
+                         ("pipe.jpg", "not a regular file (a pipe, socket or device)"),
                          ("text.jpg", "not an image (Pillow cannot identify it)"),
                          ("missing.jpg", "no such file")):
         with pytest.raises(images.ImageError) as caught:

@@ -254,6 +254,8 @@ def _existing_file(path) -> Path:
         raise ImageError("no such file") from None
     if stat.S_ISDIR(found.st_mode):
         raise ImageError("is a folder")
+    if not stat.S_ISREG(found.st_mode):  # reading a pipe would wait for a writer
+        raise ImageError("not a regular file (a pipe, socket or device)")
     if found.st_size == 0:
         raise ImageError("empty file (0 bytes)")
     return path
