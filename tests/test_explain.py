@@ -203,6 +203,14 @@ def test_read_only_output_folder_is_named(trained_bundle, dog_photo, tmp_path):
                 explain.explain(inside, model=trained_bundle.bundle, output=output)
             assert names_path(caught.value, locked)
         assert [p.name for p in locked.iterdir()] == ["dog.jpg"]
+        # without --output the error names the picture it would write, not an --output the
+        # user never gave (it said "--output .../dog.jpg", then "--output .../dog.gradcam.png")
+        png = locked / "dog.gradcam.png"
+        with pytest.raises(TransferError) as caught:
+            explain.explain(inside, model=trained_bundle.bundle)
+        assert str(caught.value).startswith(f"{png}: cannot write in {locked}")
+        (row,) = explain.explain_all(ExplainSettings(images=[inside], model=trained_bundle.bundle))
+        assert row.error.startswith(f"{png}: cannot write in {locked}")
 
 
 def test_gradcam_cli(trained_bundle, dog_photo, tmp_path):

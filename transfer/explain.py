@@ -340,7 +340,9 @@ def explain_all(settings: ExplainSettings, *, reporter: Reporter | None = None
         for name, image, png, error in rows:
             if image is not None:
                 try:
-                    one = ExplainSettings(image=image, model=s.model, output=png,
+                    # no --output: each picture beside its image, explain's own default
+                    one = ExplainSettings(image=image, model=s.model,
+                                          output=png if s.output is not None else None,
                                           class_name=s.class_name, invert=s.invert, force=True)
                     done.append(Explained(name, explain(one, classifier=classifier)))
                 except TransferError as exc:

@@ -150,24 +150,27 @@ def not_a_file(name: str, path: Path | None) -> None:
         raise TransferError(f"{_flag(name)} {path} is a file, not a folder")
 
 
-def writable(name: str, path: Path | None, *, file: bool = False) -> None:
+def writable(name: str, path: Path | None, *, file: bool = False, given: bool = True) -> None:
     """The nearest existing folder at or above ``path`` accepts a new file (probed with a
     temporary file that is removed at once: nothing is left behind), so that a run that would
-    end by writing there fails now, not after minutes of work."""
+    end by writing there fails now, not after minutes of work. ``given``: the user named
+    ``path`` with the option (the error says "--name path"); else it is the default, named
+    alone."""
     if path is None:
         return
+    said = f"{_flag(name)} {path}" if given else str(path)
     folder = Path(path).absolute().parent if file else Path(path).absolute()
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
-        raise TransferError(f"{_flag(name)} {path}: {folder} is a file, not a folder")
+        raise TransferError(f"{said}: {folder} is a file, not a folder")
     import tempfile
 
     try:
         with tempfile.TemporaryFile(dir=folder, prefix=".transfer-write-probe-"):
             pass
     except OSError as exc:
-        raise TransferError(f"{_flag(name)} {path}: cannot write in {folder} "
+        raise TransferError(f"{said}: cannot write in {folder} "
                             f"({exc.strerror or exc})") from None
 
 
@@ -734,8 +737,9 @@ class ExplainSettings(Settings):
                                 "(explain_all and the command line take folders)")
         if not Path(self.image).is_file():
             raise TransferError(f"{self.image}: no such image file")
-        png = Path(output) if output is not None else Path(self.image)
-        writable("output", png, file=True)
+        png = (Path(output) if output is not None
+               else Path(self.image).with_name(Path(self.image).stem + GRADCAM_SUFFIX))
+        writable("output", png, file=True, given=output is not None)
         return self.replace(image=Path(self.image), model=Path(self.model), output=output)
 
 
