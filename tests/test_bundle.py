@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,26 +195,40 @@ def test_force_keeps_your_files_in_the_bundles_export_folder(small_bundle, tmp_p
     notes in it were deleted. What export names by default still goes; a file of yours there
     keeps the old bundle, moved aside whole."""
     model, meta = bundle.load(small_bundle)
-    exported = small_bundle / "export"
-    exported.mkdir()
-    for name in ("model.tflite", "model.tflite.meta.json", "model-int8.tflite",
-                 "model-int8.tflite.meta.json", "saved_model"):
-        (exported / name).write_text("made by transfer export")
+    def exports(folder: Path) -> None:  # what transfer export writes there by default
+        folder.mkdir(exist_ok=True)
+        for name in ("model.tflite", "model.tflite.meta.json", "model-int8.tflite",
+                     "model-int8.tflite.meta.json", "model.keras"):
+            (folder / name).write_text("made by transfer export")
+        saved = folder / "saved_model"
+        for name in ("saved_model.pb", "fingerprint.pb", "variables/variables.index",
+                     "variables/variables.data-00000-of-00001", "assets.extra/meta.json",
+                     "assets.extra/labels.txt"):
+            (saved / name).parent.mkdir(parents=True, exist_ok=True)
+            (saved / name).write_text("made by transfer export")
+        (saved / "assets").mkdir()
+
+    exports(small_bundle / "export")
     bundle.write(small_bundle, True, model, {**meta, "seed": 4}, {"loss": [1.0]})
     assert not (small_bundle / "export").exists()
     assert not small_bundle.with_name(small_bundle.name + ".old").exists()
-    (small_bundle / "export").mkdir()
-    (small_bundle / "export" / "model.tflite").write_text("made by transfer export")
-    (small_bundle / "export" / "NOTES.txt").write_text("mine")
-    recorder = Recorder()
-    bundle.write(small_bundle, True, model, {**meta, "seed": 5}, {"loss": [1.0]},
-                 reporter=recorder)
-    aside = small_bundle.with_name(small_bundle.name + ".old")
-    assert (aside / "export" / "NOTES.txt").read_text() == "mine"
-    assert json.loads((small_bundle / "meta.json").read_text())["seed"] == 5
-    assert recorder.warnings == [
-        f"the bundle replaced in {small_bundle} held files transfer did not write "
-        f"(export/NOTES.txt): it was moved, whole, to {aside}"]
+    for seed, yours in enumerate(("NOTES.txt", "saved_model/NOTES.txt",
+                                  "saved_model/config/serving.yaml",
+                                  "saved_model/assets.extra/deploy.md"), start=5):
+        exports(small_bundle / "export")
+        (small_bundle / "export" / yours).parent.mkdir(parents=True, exist_ok=True)
+        (small_bundle / "export" / yours).write_text("mine")
+        recorder = Recorder()
+        bundle.write(small_bundle, True, model, {**meta, "seed": seed}, {"loss": [1.0]},
+                     reporter=recorder)
+        aside = small_bundle.with_name(small_bundle.name + ".old")
+        assert (aside / "export" / yours).read_text() == "mine"
+        assert json.loads((small_bundle / "meta.json").read_text())["seed"] == seed
+        named = "export/" + yours.removesuffix("/serving.yaml")  # a folder of yours, once
+        assert recorder.warnings == [
+            f"the bundle replaced in {small_bundle} held files transfer did not write "
+            f"({named}): it was moved, whole, to {aside}"]
+        shutil.rmtree(aside)
 
 
 def test_a_bundle_another_run_wrote_meanwhile_is_kept(small_bundle, tmp_path):

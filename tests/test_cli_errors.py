@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -604,3 +605,23 @@ def test_a_class_folder_holding_a_folder_this_user_cannot_read_is_refused(tmp_pa
     finally:
         (top / "data" / "cats" / "private").chmod(0o755)
         shutil.rmtree(top)
+
+
+def test_a_machine_with_no_writable_temp_folder_still_runs_the_cli(tmp_path):
+    """Every command makes a temp folder of its own first; where none can be made (a
+    read-only root file system without a tmpfs on /tmp) `transfer --version` died of a
+    FileNotFoundError traceback from tempfile.gettempdir(). It runs; a command that needs a
+    temp folder says so itself."""
+    code = textwrap.dedent(f"""
+        import sys, tempfile
+        tempfile._candidate_tempdir_list = lambda: [{str(tmp_path / "none")!r}]
+        tempfile.tempdir = None
+        sys.argv = ["transfer", "--version"]
+        from transfer.cli import main
+        main()
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={k: v for k, v in os.environ.items()
+                                            if k not in ("TMPDIR", "TEMP", "TMP")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("transfer ") and "Traceback" not in done.stderr

@@ -77,10 +77,29 @@ def not_written_by_transfer(old: Path, new: Path) -> list[str]:
     for path in sorted(old.iterdir()):
         if path.name == "export" and path.is_dir() and not path.is_symlink():
             exported = _exported_names()
-            theirs += [f"export/{p.name}" for p in sorted(path.iterdir())
-                       if p.name not in exported]
+            for p in sorted(path.iterdir()):
+                if p.name not in exported:
+                    theirs.append(f"export/{p.name}")
+                elif p.name == "saved_model" and p.is_dir() and not p.is_symlink():
+                    theirs += [f"export/saved_model/{q}" for q in _not_in_a_savedmodel(p)]
         elif path.name not in MADE_LATER and not (new / path.name).exists():
             theirs.append(path.name)
+    return theirs
+
+
+def _not_in_a_savedmodel(folder: Path) -> list[str]:
+    """What a SavedModel folder holds that ``transfer export`` does not write there: besides
+    saved_model.pb, fingerprint.pb, variables/variables.*, assets/ and assets.extra/'s
+    meta.json and labels.txt (a folder of theirs is named once)."""
+    ours = {"saved_model.pb", "fingerprint.pb", "variables", "assets", "assets.extra"}
+    theirs = [p.name for p in sorted(folder.iterdir()) if p.name not in ours]
+    for sub, allowed in (("variables", lambda name: name.startswith("variables.")),
+                         ("assets.extra", lambda name: name in (META, "labels.txt"))):
+        inside = folder / sub
+        if inside.is_dir() and not inside.is_symlink():
+            theirs += [f"{sub}/{p.name}" for p in sorted(inside.iterdir()) if not allowed(p.name)]
+        elif inside.exists() or inside.is_symlink():
+            theirs.append(sub)  # a file or a link where export makes a folder
     return theirs
 
 

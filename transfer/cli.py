@@ -1244,8 +1244,8 @@ def _own_temp_folder(prefix: str = "transfer-worker-") -> None:
         tempfile.tempdir = _TEMP_PARENT[0]
         _remove_temp_folders()
         _TEMP_FOLDERS.clear()
-    _TEMP_PARENT[:] = [tempfile.gettempdir()]
     try:
+        _TEMP_PARENT[:] = [tempfile.gettempdir()]  # FileNotFoundError: none is writable
         sweep_temp_folders(prefix)  # those of processes killed before they could
         folder = tempfile.mkdtemp(prefix=own_temp_folder_prefix(prefix))
     except OSError:  # no temp folder to write in: the commands say so when they need one
