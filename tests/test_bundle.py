@@ -214,7 +214,8 @@ def test_force_keeps_your_files_in_the_bundles_export_folder(small_bundle, tmp_p
     assert not small_bundle.with_name(small_bundle.name + ".old").exists()
     for seed, yours in enumerate(("NOTES.txt", "saved_model/NOTES.txt",
                                   "saved_model/config/serving.yaml",
-                                  "saved_model/assets.extra/deploy.md"), start=5):
+                                  "saved_model/assets.extra/deploy.md",
+                                  "saved_model/assets/vocab.txt"), start=5):
         exports(small_bundle / "export")
         (small_bundle / "export" / yours).parent.mkdir(parents=True, exist_ok=True)
         (small_bundle / "export" / yours).write_text("mine")

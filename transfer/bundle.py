@@ -81,19 +81,21 @@ def not_written_by_transfer(old: Path, new: Path) -> list[str]:
                 if p.name not in exported:
                     theirs.append(f"export/{p.name}")
                 elif p.name == "saved_model" and p.is_dir() and not p.is_symlink():
-                    theirs += [f"export/saved_model/{q}" for q in _not_in_a_savedmodel(p)]
+                    theirs += [f"export/saved_model/{q}" for q in not_in_a_savedmodel(p)]
         elif path.name not in MADE_LATER and not (new / path.name).exists():
             theirs.append(path.name)
     return theirs
 
 
-def _not_in_a_savedmodel(folder: Path) -> list[str]:
+def not_in_a_savedmodel(folder: Path) -> list[str]:
     """What a SavedModel folder holds that ``transfer export`` does not write there: besides
-    saved_model.pb, fingerprint.pb, variables/variables.*, assets/ and assets.extra/'s
-    meta.json and labels.txt (a folder of theirs is named once)."""
+    saved_model.pb, fingerprint.pb, variables/variables.*, an empty assets/ and
+    assets.extra/'s meta.json and labels.txt (a folder of theirs is named once). What
+    ``train --force`` and ``export --force`` keep, moving the old folder aside."""
     ours = {"saved_model.pb", "fingerprint.pb", "variables", "assets", "assets.extra"}
     theirs = [p.name for p in sorted(folder.iterdir()) if p.name not in ours]
     for sub, allowed in (("variables", lambda name: name.startswith("variables.")),
+                         ("assets", lambda name: False),  # export writes none there
                          ("assets.extra", lambda name: name in (META, "labels.txt"))):
         inside = folder / sub
         if inside.is_dir() and not inside.is_symlink():
@@ -101,6 +103,14 @@ def _not_in_a_savedmodel(folder: Path) -> list[str]:
         elif inside.exists() or inside.is_symlink():
             theirs.append(sub)  # a file or a link where export makes a folder
     return theirs
+
+
+def kept_aside(what: str, target: Path, theirs: list[str], aside: Path) -> str:
+    """The warning of a ``--force`` that moved the old ``what`` at ``target`` aside, whole,
+    because it held files transfer did not write (``theirs``, the first five named)."""
+    named = ", ".join(sorted(theirs)[:5]) + (" ..." if len(theirs) > 5 else "")
+    return (f"the {what} replaced in {target} held files transfer did not write ({named}): "
+            f"it was moved, whole, to {aside}")
 
 
 def check_replaceable(target: Path, force: bool) -> None:
@@ -229,9 +239,7 @@ def write(target: Path, force: bool, model, meta: dict, history: dict, title: st
             extra(tmp)
     if landing.kept is not None and reporter is not None:
         aside, theirs = landing.kept
-        reporter.warn(f"the bundle replaced in {target} held files transfer did not write "
-                      f"({', '.join(sorted(theirs)[:5])}{' ...' if len(theirs) > 5 else ''}): "
-                      f"it was moved, whole, to {aside}")
+        reporter.warn(kept_aside("bundle", target, theirs, aside))
     if meta.get("kind") == "transfer":
         update_latest(landing.path)
     return landing.path

@@ -1222,7 +1222,6 @@ def main() -> None:
 
 
 _TEMP_FOLDERS: list[str] = []
-_TEMP_PARENT: list[str] = []  # the temp folder before this process made its own
 
 
 def _own_temp_folder(prefix: str = "transfer-worker-") -> None:
@@ -1241,11 +1240,10 @@ def _own_temp_folder(prefix: str = "transfer-worker-") -> None:
     from transfer.files import own_temp_folder_prefix, sweep_temp_folders
 
     if _TEMP_FOLDERS:  # one folder a process: a worker's replaces the one main made
-        tempfile.tempdir = _TEMP_PARENT[0]
+        tempfile.tempdir = os.path.dirname(_TEMP_FOLDERS[0])
         _remove_temp_folders()
         _TEMP_FOLDERS.clear()
-    try:
-        _TEMP_PARENT[:] = [tempfile.gettempdir()]  # FileNotFoundError: none is writable
+    try:  # gettempdir (in both) raises FileNotFoundError when no folder is writable
         sweep_temp_folders(prefix)  # those of processes killed before they could
         folder = tempfile.mkdtemp(prefix=own_temp_folder_prefix(prefix))
     except OSError:  # no temp folder to write in: the commands say so when they need one

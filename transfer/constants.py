@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import unicodedata
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 # Every suffix the one image reader (transfer.images, Pillow) opens.
 # .jfif and .jpe are JPEGs too (.jfif is what browsers on Windows save a photo as).
@@ -57,6 +57,12 @@ def is_browser_metadata(name: str) -> bool:
 def is_ignored_folder(name: str) -> bool:
     """True for the folders no command looks into: hidden and system ones, ``__MACOSX``."""
     return is_hidden_or_system(name) or _base(name).lower() in IGNORED_FOLDERS
+
+
+def gradcam_png(image) -> Path:
+    """Where ``transfer explain`` puts the Grad-CAM picture of ``image`` by default: beside it,
+    ``<stem>.gradcam.png``."""
+    return Path(image).with_name(Path(image).stem + GRADCAM_SUFFIX)
 
 
 def is_own_picture(name: str) -> bool:

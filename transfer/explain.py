@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer import bases, images, plots
-from transfer.constants import GRADCAM_SUFFIX
+from transfer.constants import gradcam_png
 from transfer.errors import TransferError
 from transfer.files import refuse_existing, replacing, resolved
 from transfer.inference import (
@@ -180,10 +180,6 @@ def gradcams(model, meta: dict, arrays: np.ndarray, class_indices: list | None =
     return results, layer
 
 
-def default_png(image: Path) -> Path:
-    return Path(image).with_name(Path(image).stem + GRADCAM_SUFFIX)
-
-
 def _class_index(names: list[str], class_name: str | None) -> int | None:
     """The index of the class to explain (None: the predicted one)."""
     if class_name is None:
@@ -227,7 +223,7 @@ def explain(settings: ExplainSettings | Path, *, write: bool = True,
     classifier = classifier or BundleClassifier(s.model, s.invert)
     keras_model, meta, names = classifier.model, classifier.meta, classifier.class_names
     class_index = _class_index(names, s.class_name)
-    png = Path(s.output) if s.output is not None else default_png(image)
+    png = Path(s.output) if s.output is not None else gradcam_png(image)
     if write:
         refuse_existing(png, s.force)
     unread = unread_reason(Path(image))  # as predict and a folder of them say it
@@ -296,14 +292,14 @@ def outputs_of(paths: list[str | Path], output: Path | None
                 continue  # named twice (a folder and a file in it, two spellings): once
             images_seen.add(real)
             if output is None:
-                png = default_png(image)
+                png = gradcam_png(image)
             else:
                 below = image.relative_to(root) if root is not None else Path(image.name)
-                png = Path(output) / default_png(below)
+                png = Path(output) / gradcam_png(below)
             if png in seen:
                 first, first_image = seen[png]
                 # beside their images they part only when they sit in different folders
-                apart = output is not None and default_png(image) != default_png(first_image)
+                apart = output is not None and gradcam_png(image) != gradcam_png(first_image)
                 hint = "explain them in two runs" + (", or without --output" if apart else "")
                 raise TransferError(f"{first} and {name} would both write {png}; {hint}")
             seen[png] = (name, image)

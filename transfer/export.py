@@ -82,18 +82,6 @@ def tries_float_depthwise(float_right: int, quant_right: int, images: int) -> bo
 
 
 
-def _not_exported(old: Path, new: Path) -> list[str]:
-    """The files and folders under the SavedModel folder ``old`` that the export replacing it
-    (``new``) does not have: the user's own."""
-    theirs = []
-    for path in sorted(old.rglob("*")):
-        rel = path.relative_to(old)
-        # a folder of theirs is named once, not with each file in it
-        if not (new / rel).exists() and (new / rel.parent).is_dir():
-            theirs.append(rel.as_posix())
-    return theirs
-
-
 def default_name(fmt: str, quantize: str | None = None) -> str:
     """The export's file name in ``MODEL/export/``: a quantized TFLite model is named after its
     mode (``model-int8.tflite``), so that it and the float one live side by side."""
@@ -783,13 +771,11 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
             else:
                 bundle.write_json(work / "meta.json", export_meta)
                 os.replace(work / "meta.json", meta_path)
-            theirs = _not_exported(output, staged) if output.is_dir() else []
+            theirs = bundle.not_in_a_savedmodel(output) if output.is_dir() else []
             if theirs:  # the user's own files in the SavedModel replaced: kept, the folder whole
                 aside = free_name(output.with_name(f"{output.name}.old"))
                 os.replace(output, aside)
-                reporter.warn(f"the SavedModel replaced in {output} held files transfer did not "
-                              f"write ({', '.join(theirs[:5])}{' ...' if len(theirs) > 5 else ''})"
-                              f": it was moved, whole, to {aside}")
+                reporter.warn(bundle.kept_aside("SavedModel", output, theirs, aside))
             elif output.exists():
                 os.replace(output, work / "replaced")
             os.replace(staged, output)

@@ -308,14 +308,19 @@ class BundleClassifier(Classifier):
         key)."""
         from transfer.files import sha256_file
 
-        path = self.path / bundle.MODEL
         try:
-            sha256 = sha256_file(path)
+            sha256 = sha256_file(self.path / bundle.MODEL)
         except OSError:
             return None
-        if self._loaded_stat is None or bundle.file_stat(path) != self._loaded_stat:
+        if not self.unchanged():
             return None
         return {"kind": "bundle-model", "model_sha256": sha256, "bytes": self._loaded_stat[0]}
+
+    def unchanged(self) -> bool:
+        """Whether the bundle's model.keras is still the file this classifier holds (not
+        replaced since it was loaded, or written by train)."""
+        return (self._loaded_stat is not None
+                and bundle.file_stat(self.path / bundle.MODEL) == self._loaded_stat)
 
 
 class ImageNetClassifier(Classifier):

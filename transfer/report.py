@@ -390,12 +390,11 @@ def holds_bundle(classifier, bundle_dir: Path) -> bool:
 
     if not isinstance(classifier, BundleClassifier) or classifier.invert is not None:
         return False
-    stat = classifier._loaded_stat
     try:
         same = Path(classifier.path).resolve() == Path(bundle_dir).resolve()
     except OSError:
         return False
-    return same and stat is not None and stat == bundle.file_stat(Path(bundle_dir) / bundle.MODEL)
+    return same and classifier.unchanged()
 
 
 # --------------------------------------------------------------------------- the page

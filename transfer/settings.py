@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from transfer.constants import (
-    GRADCAM_SUFFIX,
     TRAIN_FOLDERS,
     VALIDATE_FOLDERS,
+    gradcam_png,
     is_ignored_folder,
 )
 from transfer.errors import TransferError
@@ -731,14 +731,13 @@ class ExplainSettings(Settings):
         if output is not None and (Path(output).is_dir()
                                    or Path(output).suffix.lower() != ".png"):
             # a folder (gradcam/, or a name without .png): the picture goes into it
-            output = Path(output) / (Path(self.image).stem + GRADCAM_SUFFIX)
+            output = Path(output) / gradcam_png(Path(self.image).name)
         if Path(self.image).is_dir():
             raise TransferError(f"{self.image} is a folder; explain takes one image file "
                                 "(explain_all and the command line take folders)")
         if not Path(self.image).is_file():
             raise TransferError(f"{self.image}: no such image file")
-        png = (Path(output) if output is not None
-               else Path(self.image).with_name(Path(self.image).stem + GRADCAM_SUFFIX))
+        png = Path(output) if output is not None else gradcam_png(self.image)
         writable("output", png, file=True, given=output is not None)
         return self.replace(image=Path(self.image), model=Path(self.model), output=output)
 
