@@ -236,6 +236,31 @@ def test_an_empty_argument_is_refused_not_read_as_the_current_folder(places, arg
     assert _tree(root) == before
 
 
+@pytest.mark.parametrize(("name", "value", "kind"), [
+    ("TRANSFER_DECODE_AHEAD_MB", "768MB", "a number"),
+    ("TRANSFER_FEATURE_MEMORY_MB", "-1", "a number"),
+    ("TRANSFER_STARTUP_SECONDS", "nan", "a number"),
+    ("TRANSFER_REPORT_GRADCAMS", "2.5", "a whole number"),
+])
+def test_a_malformed_number_in_the_environment_is_one_line(places, monkeypatch, name, value,
+                                                           kind):
+    """``TRANSFER_DECODE_AHEAD_MB=768MB`` was read as the default without a word (and a
+    negative memory budget as a budget); every command now names the variable and stops."""
+    root = Path(places["tmp"])
+    before = _tree(root)
+    monkeypatch.setenv(name, value)
+    result = runner.invoke(app, ["fetch-data", "--archive", places["folder"], "--data-dir",
+                                 str(root / "data")], prog_name="transfer")
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert result.stderr.strip() == (
+        f"error: environment variable {name} must be {kind} of at least 0, not {value!r}")
+    assert _tree(root) == before
+    monkeypatch.setenv(name, "3")  # a good value, and an empty one, are taken
+    assert errors.env_number(name, 7) == 3
+    monkeypatch.setenv(name, " ")
+    assert errors.env_number(name, 7) == 7
+
+
 def test_bad_option_fails_before_tensorflow_loads():
     """`train --epochs 0` as a real process: one line, exit 1, well under 2 s (TensorFlow
     alone takes 4-10 s to import, so this also shows it was never imported)."""

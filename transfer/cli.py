@@ -220,6 +220,7 @@ def command(name: str, examples: list[str]):
         @functools.wraps(fn)
         def run(*a, **kw):
             try:
+                errors.check_environment()  # TRANSFER_*_MB and the like: a typo is one line
                 with _terminate_as_interrupt(name):
                     value = fn(*a, **kw)
                 if errors.interrupted():  # raised, then swallowed by native code

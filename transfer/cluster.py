@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transfer.errors import TransferError
+from transfer.errors import TransferError, env_number
 
 JOINED: list = []  # the Cluster this process joined (the CLI then ends with os._exit)
 STARTUP_SECONDS = 300.0  # every worker must have joined within this (pods start at different times)
@@ -41,10 +41,7 @@ STARTUP_SECONDS = 300.0  # every worker must have joined within this (pods start
 def startup_seconds() -> float:
     """How long a worker waits for the others to join: TRANSFER_STARTUP_SECONDS, default
     STARTUP_SECONDS."""
-    try:
-        return float(os.environ.get("TRANSFER_STARTUP_SECONDS", STARTUP_SECONDS))
-    except ValueError:
-        return STARTUP_SECONDS
+    return float(env_number("TRANSFER_STARTUP_SECONDS", STARTUP_SECONDS))
 TIMEOUT_SECONDS = 60.0  # default --worker-timeout: a collective or a heartbeat waits this long
 LINGER_SECONDS = 3.0  # a cluster process waits this long before it ends (cli._leave_cluster)
 

@@ -39,6 +39,8 @@ import threading
 
 import numpy as np
 
+from transfer.errors import env_number
+
 # (size, mtime_ns) of a file, as the feature cache keys it: a photo replaced after the helper
 # decoded it is read again
 from transfer.features import size_and_mtime as _stamp
@@ -56,10 +58,7 @@ _BOOT = ("import json, os, sys\n"
 
 def budget_bytes() -> int:
     """The most bytes of decoded photos a run holds ahead (``TRANSFER_DECODE_AHEAD_MB``)."""
-    try:
-        return max(0, int(float(os.environ.get("TRANSFER_DECODE_AHEAD_MB", BUDGET_MB)) * 2**20))
-    except (ValueError, OverflowError):
-        return BUDGET_MB * 2**20
+    return int(env_number("TRANSFER_DECODE_AHEAD_MB", BUDGET_MB) * 2**20)
 
 
 def available() -> bool:

@@ -76,3 +76,36 @@ def raise_if_interrupted() -> None:
 
 def clear_interrupted() -> None:
     _interrupted.clear()
+
+
+# The environment variables that take a number (True: a whole one), read through env_number.
+# Each command checks them all as it starts (cli), so a typo is one line, not a silent default.
+ENV_NUMBERS = {"TRANSFER_DECODE_AHEAD_MB": False, "TRANSFER_FEATURE_MEMORY_MB": False,
+               "TRANSFER_STARTUP_SECONDS": False, "TRANSFER_REPORT_GRADCAMS": True}
+
+
+def env_number(name: str, default: float) -> float:
+    """The number in environment variable ``name`` (one of ENV_NUMBERS), ``default`` when it is
+    unset or empty; anything else than a finite number of at least 0 is a TransferError."""
+    import math
+    import os
+
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    whole = ENV_NUMBERS[name]
+    if not (math.isfinite(value) and value >= 0 and (not whole or value.is_integer())):
+        kind = "a whole number" if whole else "a number"
+        raise TransferError(f"environment variable {name} must be {kind} of at least 0, "
+                            f"not {text!r}")
+    return int(value) if whole else value
+
+
+def check_environment() -> None:
+    """Raise a TransferError for the first malformed number in ENV_NUMBERS."""
+    for name in ENV_NUMBERS:
+        env_number(name, 0)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.errors import TransferError
+from transfer.errors import TransferError, env_number
 from transfer.files import digest, replacing
 from transfer.progress import Reporter
 
@@ -311,12 +311,7 @@ MEMORY_MB = 1024  # features up to this size stay in memory; beyond, shards are 
 def memory_budget() -> int:
     """Bytes of features a run may hold in memory (``TRANSFER_FEATURE_MEMORY_MB``, default
     MEMORY_MB); a larger set is read back from its shard files one at a time."""
-    import os
-
-    try:
-        return int(float(os.environ.get("TRANSFER_FEATURE_MEMORY_MB", MEMORY_MB)) * 2**20)
-    except ValueError:
-        return MEMORY_MB * 2**20
+    return int(env_number("TRANSFER_FEATURE_MEMORY_MB", MEMORY_MB) * 2**20)
 
 
 def shard_bounds(n: int, size: int) -> list[tuple[int, int]]:

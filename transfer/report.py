@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer import bundle
-from transfer.errors import TransferError, raise_if_interrupted
+from transfer.errors import TransferError, env_number, raise_if_interrupted
 
 REPORT_HTML = "report.html"
 GENERATOR = '<meta name="generator" content="transfer">'  # marks the pages it may replace
@@ -701,12 +701,7 @@ def gradcams_wanted(gradcams: int | None = None) -> int:
         if not whole(gradcams):  # a keyword of write_report (the CLI has no such option)
             raise TransferError(f"gradcams must be a whole number, not {gradcams!r}")
         return max(0, gradcams)
-    import os
-
-    try:
-        return max(0, int(os.environ.get("TRANSFER_REPORT_GRADCAMS", GRADCAMS)))
-    except ValueError:
-        return GRADCAMS
+    return int(env_number("TRANSFER_REPORT_GRADCAMS", GRADCAMS))
 
 
 def write_report(folder: Path, output: Path | None = None, *, gradcams: int | None = None,
