@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -584,6 +585,38 @@ def test_kaggle_403_says_accept_the_rules(tmp_path):
                        r"kaggle\.com/competitions/dogs-vs-cats/rules"):
         fetch_data(FetchOptions(source="kaggle", data_dir=tmp_path / "data"),
                    kaggle_api_factory=lambda: FakeKaggleApi(error=HttpError(403)))
+
+
+def test_kaggle_credentials_are_found_where_the_client_finds_them(tmp_path):
+    """The Kaggle client (2.x) also reads ~/.config/kaggle/kaggle.json on Linux when there is
+    no ~/.kaggle, and ``kaggle auth login``'s ~/.kaggle/credentials.json; its access_token
+    only in ~/.kaggle, whatever KAGGLE_CONFIG_DIR says. ``auto`` missed the first two (and
+    fell back to Microsoft's 800 MB) and took an access_token the client never reads."""
+    home = tmp_path / "home"
+    home.mkdir()
+    assert kaggle_credentials(env={}, home=home) is None
+    xdg = home / ".config/kaggle/kaggle.json"
+    xdg.parent.mkdir(parents=True)
+    xdg.write_text('{"username": "u", "key": "k"}')
+    if sys.platform.startswith("linux"):
+        assert kaggle_credentials(env={}, home=home) == str(xdg)
+        mine = tmp_path / "xdg/kaggle/kaggle.json"
+        mine.parent.mkdir(parents=True)
+        mine.write_text("{}")
+        assert kaggle_credentials(env={"XDG_CONFIG_HOME": str(tmp_path / "xdg")},
+                                  home=home) == str(mine)
+    (home / ".kaggle").mkdir()  # the client then reads kaggle.json there only
+    assert kaggle_credentials(env={}, home=home) is None
+    (home / ".kaggle/credentials.json").write_text('{"refresh_token": "r"}')
+    assert kaggle_credentials(env={}, home=home) == str(home / ".kaggle/credentials.json")
+    (home / ".kaggle/access_token").write_text("token")
+    assert kaggle_credentials(env={}, home=home) == str(home / ".kaggle/access_token")
+    elsewhere = tmp_path / "config"
+    elsewhere.mkdir()
+    (elsewhere / "access_token").write_text("token")  # not a place the client reads
+    (home / ".kaggle/access_token").unlink()
+    (home / ".kaggle/credentials.json").unlink()
+    assert kaggle_credentials(env={"KAGGLE_CONFIG_DIR": str(elsewhere)}, home=home) is None
 
 
 def test_auto_chooses_kaggle_only_with_credentials(monkeypatch, tmp_path):

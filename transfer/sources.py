@@ -18,6 +18,7 @@ import json
 import os
 import re
 import socket
+import sys
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -68,16 +69,26 @@ class Obtained:
 
 
 def kaggle_credentials(env: dict | None = None, home: Path | None = None) -> str | None:
-    """Where Kaggle credentials are configured, or None (the client looks in the same places)."""
+    """Where Kaggle credentials are configured, or None: the places the client (kaggle 2.x)
+    looks in. ``kaggle.json`` in ``KAGGLE_CONFIG_DIR``, else ``~/.kaggle``, else on Linux (no
+    ``~/.kaggle``) ``$XDG_CONFIG_HOME/kaggle`` (``~/.config/kaggle``); an access token in
+    ``KAGGLE_API_TOKEN`` or ``~/.kaggle/access_token`` (``.txt``), read there whatever
+    ``KAGGLE_CONFIG_DIR`` says; and ``kaggle auth login``'s ``~/.kaggle/credentials.json``."""
     env = os.environ if env is None else env
+    home = home or Path.home()
     if env.get("KAGGLE_API_TOKEN"):
         return "KAGGLE_API_TOKEN"
     if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
         return "KAGGLE_USERNAME/KAGGLE_KEY"
-    config = Path(env.get("KAGGLE_CONFIG_DIR") or (home or Path.home()) / ".kaggle")
-    for name in ("kaggle.json", "access_token"):
-        if (config / name).is_file():
-            return str(config / name)
+    dot_kaggle = home / ".kaggle"
+    config = Path(env["KAGGLE_CONFIG_DIR"]) if env.get("KAGGLE_CONFIG_DIR") else dot_kaggle
+    if (not env.get("KAGGLE_CONFIG_DIR") and sys.platform.startswith("linux")
+            and not dot_kaggle.exists()):
+        config = Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "kaggle"
+    for path in (config / "kaggle.json", dot_kaggle / "access_token",
+                 dot_kaggle / "access_token.txt", dot_kaggle / "credentials.json"):
+        if path.is_file():
+            return str(path)
     return None
 
 
