@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -270,6 +271,26 @@ def test_check_image_on_real_and_broken_files(real_photos):
     assert check_image(b"") == "zero-byte file"
     assert "not a decodable image" in check_image(truncated(good))
     assert "not a decodable image" in check_image(text_as_jpg())
+
+
+def test_check_image_keeps_a_200_megapixel_phone_photo_that_train_reads(tmp_path):
+    """A 16320 x 12240 JPEG (Samsung's 200 MP mode) is over Pillow's bomb limit when decoded
+    whole, but train's reader decodes it at 1/8 scale and reads it: fetch-data skipped it as
+    "not a decodable image", so its split lost a photo train's own split of the folder kept.
+    A PNG of that size, which no reader can reduce, is still refused, and a truncated JPEG
+    still fails (every pixel is decoded)."""
+    from transfer import bases, pipelines
+
+    photo = io.BytesIO()
+    Image.new("L", (16320, 12240), 128).save(photo, "JPEG", quality=50)
+    data = photo.getvalue()
+    assert check_image(data) is None
+    (tmp_path / "phone.jpg").write_bytes(data)
+    assert pipelines.read_rgb(tmp_path / "phone.jpg", bases.MAX_SIZE).shape == (1024, 1024, 3)
+    assert "not a decodable image" in check_image(truncated(data))
+    scan = io.BytesIO()
+    Image.new("1", (16320, 12240)).save(scan, "PNG")
+    assert "DecompressionBombError" in check_image(scan.getvalue())
 
 
 def test_classify_layouts():

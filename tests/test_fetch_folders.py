@@ -691,6 +691,34 @@ def test_a_broken_photo_keeps_its_place_in_the_cut_as_in_train(flowers, tmp_path
         assert by_train == by_fetch
 
 
+def test_a_photo_too_large_to_copy_keeps_its_place_in_the_cut(flowers, tmp_path, monkeypatch):
+    """A scan over fetch-data's size limit for one photo (64 MiB; here lowered to 200 KB) is
+    skipped, but train reads it, and its cheap header probe counts it in the cut: fetch-data
+    dropped it from the cut, which moved other photos across the line between train and
+    validate. It now keeps its place, and the two splits agree on every other photo."""
+    from PIL import Image
+
+    from transfer import pipelines
+
+    monkeypatch.setattr(archive_module, "MAX_IMAGE_BYTES", 200_000)
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=12, classes=TWO)
+    for i in range(6):
+        Image.new("RGB", (300, 300), (10 * i, 90, 30)).save(folder / f"daisy/scan-{i}.bmp")
+    data = tmp_path / "data"
+    result = fetch_data(SplitOptions(archive=folder, data_dir=data, validation_split=0.25,
+                                     seed=1))
+    assert sorted(s["name"] for s in result.skipped) == [f"daisy/scan-{i}.bmp" for i in range(6)]
+    assert all(s["reason"].startswith("too large for a photo") for s in result.skipped)
+    train, validate = pipelines.split_in_memory(folder, list(TWO), 0.25, 1)
+    assert any("scan" in s.path.name for s in validate)  # train reads them: some validate
+    for split, samples in (("train", train), ("validate", validate)):
+        by_train = sorted(f"{TWO[s.label]}/{s.path.name}" for s in samples
+                          if "scan" not in s.path.name)
+        by_fetch = sorted(f"{key.split('/')[1]}/{name}" for key, names in listing(data).items()
+                          if key.startswith(f"{split}/") for name in names)
+        assert by_train == by_fetch
+
+
 def test_heic_photos_are_said_by_fetch_data_and_train(flowers, tmp_path):
     """A class of iPhone photos (.heic, which transfer cannot read): fetch-data and train say
     so and how to fix it, instead of "no images" or a silent gap."""

@@ -83,7 +83,28 @@ _OBJECT_REPR = re.compile(r"\s*<[^<>]*? object at 0x[0-9a-fA-F]+>")
 
 
 class SkipMember(Exception):
-    """One archive member cannot be used; the message is the skip reason shown to the user."""
+    """One archive member cannot be used; the message is the skip reason shown to the user.
+    ``identified``: its header is an image's all the same (train's cheap probe takes it), so
+    it keeps its place in a fraction split's cut, as train's own split of the folder keeps it."""
+
+    def __init__(self, reason: str, identified: bool = False):
+        super().__init__(reason)
+        self.identified = identified
+
+
+HEADER_BYTES = 1 << 20  # enough of a file for Pillow to identify it (a JPEG's EXIF included)
+
+
+def header_identified(head: bytes) -> bool:
+    """True when ``head`` (a file's first bytes) passes train's header probe
+    (``images.check_header``, which ``pipelines.probe_all`` runs)."""
+    from transfer import images
+
+    try:
+        images.check_header(head)
+    except images.ImageError:
+        return False
+    return True
 
 
 def classify(path: str) -> str | None:
@@ -103,14 +124,16 @@ def check_image(data: bytes) -> str | None:
     if not data:
         return "zero-byte file"
     try:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import UnidentifiedImageError
+
+        from transfer.bases import MAX_SIZE
+        from transfer.images import decode_whole
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as image:
-                image_format = image.format
-                image.load()  # decodes every pixel: catches truncated and corrupt files
-                width, height = image.size
+            # every pixel decoded (truncated and corrupt files caught), as train's reader
+            # decodes it at its largest size
+            image_format, (width, height) = decode_whole(io.BytesIO(data), MAX_SIZE)
     except UnidentifiedImageError:
         return "not a decodable image (not a format Pillow recognises)"
     except Exception as exc:  # Pillow raises many kinds: all mean "not a usable image"
@@ -218,7 +241,12 @@ class ZipImages(ImageSource):
         info = self.infos[name]
         problem = size_problem(info.file_size, info.compress_size)
         if problem:
-            raise SkipMember(problem)
+            try:
+                with self.zip.open(info) as member:
+                    head = member.read(HEADER_BYTES)
+            except Exception:  # a damaged member: no place kept
+                head = b""
+            raise SkipMember(problem, identified=header_identified(head))
         try:
             with self.zip.open(info) as member:
                 # zipfile stops at the declared size; read one byte more to notice a liar.
@@ -277,7 +305,9 @@ class FolderImages(ImageSource):
         try:
             problem = size_problem(path.stat().st_size)
             if problem:
-                raise SkipMember(problem)
+                with open(path, "rb") as stream:
+                    head = stream.read(HEADER_BYTES)
+                raise SkipMember(problem, identified=header_identified(head))
             return path.read_bytes()
         except OSError as exc:
             if path.is_symlink() and not path.exists():  # as the image reader says it

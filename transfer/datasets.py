@@ -58,6 +58,7 @@ from transfer.archive import (
     ImageSource,
     SkipMember,
     check_image,
+    header_identified,
     member_file_name,
     open_images,
 )
@@ -586,13 +587,17 @@ def _build_split(images: ImageSource, opts: FetchOptions, tmp: Path, reporter: R
     return counts, files, skipped, details
 
 
-def _checked(images: ImageSource, member: str) -> tuple[bytes, str | None]:
-    """The bytes of ``member`` and None, or why it is skipped (decoded fully first)."""
+def _checked(images: ImageSource, member: str) -> tuple[bytes, str | None, bool]:
+    """The bytes of ``member`` and None, or why it is skipped (decoded fully first); and
+    whether a skipped one keeps its place in a fraction split's cut: train's cheap header
+    probe (``pipelines.probe_all``) takes it, so train's in-memory split of the same folder
+    counts it too, and the two splits agree photo by photo."""
     try:
         data = images.read(member)
     except SkipMember as exc:
-        return b"", str(exc)
-    return data, check_image(data)
+        return b"", str(exc), exc.identified
+    reason = check_image(data)
+    return data, reason, bool(reason) and header_identified(data)
 
 
 def _split_per_class(images, found, plan, opts, tmp, reporter, dedupe: bool):
@@ -619,7 +624,7 @@ def _split_per_class(images, found, plan, opts, tmp, reporter, dedupe: bool):
             for member in order:
                 if placed == need:
                     break
-                data, reason = _checked(images, member)
+                data, reason, _ = _checked(images, member)
                 if not reason and dedupe:  # the same photo twice (train/ and a copy of it)
                     digest = hashlib.sha256(data).hexdigest()
                     kept = first.setdefault(member_file_name(member).casefold(),
@@ -669,11 +674,11 @@ def _split_by_fractions(images, found, plan, opts, tmp, reporter):
             taken: dict[str, int] = {}
             kept[cls] = []
             for member in order:
-                data, reason = _checked(images, member)
+                data, reason, keeps_place = _checked(images, member)
                 advance(1)
                 if reason:
                     skipped.append({"name": member, "class": cls, "reason": reason})
-                    if _identified(data):  # train keeps its place in the cut: so do we
+                    if keeps_place:  # train keeps its place in the cut: so do we
                         kept[cls].append((None, member))
                     continue
                 name = _free_file_name(member_file_name(member), taken)
@@ -717,20 +722,6 @@ def _split_by_fractions(images, found, plan, opts, tmp, reporter):
             counts[split][cls] = len(take)
     shutil.rmtree(tmp / STAGING)
     return counts, files, skipped, renamed, usable
-
-
-def _identified(data: bytes) -> bool:
-    """True when ``data`` passes train's cheap header probe (``images.check_header``, which
-    ``pipelines.probe_all`` runs): such a photo that fails to decode keeps its place in the
-    cut, so that train's in-memory split of the same folder and this one agree photo by
-    photo."""
-    from transfer import images
-
-    try:
-        images.check_header(data)
-    except images.ImageError:
-        return False
-    return True
 
 
 def stable_order(names: list[str], seed: int, cls: str) -> list[str]:

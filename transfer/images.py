@@ -373,6 +373,21 @@ def check_header(source) -> None:
         pass  # a JPEG is decoded in draft mode by every read that probes it first
 
 
+def decode_whole(readable, largest: int) -> tuple[str | None, tuple[int, int]]:
+    """Decode every pixel of ``readable`` (a path or binary file object) as ``open_image``
+    would for a ``size`` of ``largest`` (a JPEG many times larger is decoded at its reduced
+    scale); its format and stored size. Pillow's exceptions are raised as they come: a
+    truncated or corrupt file, a decompression bomb. What fetch-data checks each photo with,
+    so that it keeps what train can read (a 200-megapixel phone photo among them)."""
+    with _opened(readable, drafted=True) as image:
+        image_format, stored = image.format, image.size
+        image.draft("RGB", (2 * int(largest), 2 * int(largest)))
+        if image_format in ("JPEG", "MPO"):
+            _bomb_check(image.size)
+        image.load()
+    return image_format, stored
+
+
 def _has_alpha(image) -> bool:
     return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         image.mode == "P" and "transparency" in image.info)
