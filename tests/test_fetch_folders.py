@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import random
 import shutil
 import zipfile
@@ -877,6 +878,34 @@ def test_many_photos_of_one_name_are_renamed_in_linear_time():
                                                        "IMG_0001-3.JPG"]
     assert datasets._free_file_name("img_0001-2.jpg", taken) == "img_0001-2-2.jpg"  # any case
     assert datasets.member_file_name("cats\\cat.0.jpg") == "cat.0.jpg"  # a Windows zip
+
+
+@pytest.mark.parametrize("counts", [False, True], ids=["fractions", "counts"])
+def test_a_name_too_long_for_linux_is_shortened_not_fatal(flowers, tmp_path, counts):
+    """90 Chinese characters are a legal file name on Windows and macOS (255 UTF-16 units)
+    but 270 bytes of UTF-8 here: the one photo so named in a zip made the whole run fail
+    ("File name too long", naming a temporary folder already gone). It is now placed under a
+    name shortened to 255 bytes, its original kept in the manifest's ``renamed``."""
+    photos = {cls: sorted((flowers / cls).iterdir())[:14 if cls == "daisy" else 12]
+              for cls in TWO}  # 14 of each: every photo placed in either mode
+    long_name = "玫瑰花" * 30 + ".jpg"
+    members = {f"{cls}/{p.name}": p.read_bytes() for cls in TWO for p in photos[cls]}
+    members[f"roses/{long_name}"] = photos["roses"][0].read_bytes()
+    members[f"roses/{long_name[:-4]}-2.jpg"] = photos["roses"][1].read_bytes()
+    path = make_zip(tmp_path / "long.zip", members)
+    data = tmp_path / "data"
+    options = (FetchOptions(archive=path, data_dir=data, train_per_class=10,
+                            validate_per_class=4) if counts
+               else SplitOptions(archive=path, data_dir=data, validation_split=0.25))
+    result = fetch_data(options)
+    assert result.skipped == []
+    renamed = manifest_of(data)["renamed"]
+    assert sorted(renamed.values()) == sorted([f"roses/{long_name}",
+                                               f"roses/{long_name[:-4]}-2.jpg"])
+    for placed, source in renamed.items():
+        assert len(os.fsencode(Path(placed).name)) <= 255 and placed.endswith(".jpg")
+        assert (data / placed).read_bytes() == members[source]
+    assert len({Path(placed).name for placed in renamed}) == 2  # shortened apart
 
 
 def test_petimages_given_as_the_current_folder(flowers, tmp_path, monkeypatch):

@@ -783,19 +783,33 @@ def _too_few(short, found, usable, skipped, plan) -> str:
             f"{need} ({each}): add photos, or remove the class folder")
 
 
+NAME_MAX_BYTES = 255  # a file name's limit in Linux's file systems (ext4, xfs, btrfs), in bytes
+
+
+def _fitting(stem: str, suffix: str, extra: str = "") -> str:
+    """``stem + extra + suffix``, its stem cut (at a character) to fit NAME_MAX_BYTES: 90
+    Chinese characters are a legal name on Windows and macOS (255 UTF-16 units) and 270 bytes
+    of UTF-8 here, which made the whole fetch-data run fail on one photo."""
+    while stem and len(os.fsencode(stem + extra + suffix)) > NAME_MAX_BYTES:
+        stem = stem[:-1]
+    return stem + extra + suffix
+
+
 def _free_file_name(name: str, taken: dict[str, int]) -> str:
     """``name``, or ``stem-2.jpg``, ``stem-3.jpg``... when a file of that name (in any case)
     is already in the class (sub-folders of a class, split folders merged); noted in
     ``taken`` (case-folded), which also remembers the last number used for each name, so
-    that 10,000 photos named IMG_0001.jpg take 10,000 steps, not 50 million."""
+    that 10,000 photos named IMG_0001.jpg take 10,000 steps, not 50 million. A name too long
+    for the file system is shortened (``_fitting``); the manifest's ``renamed`` keeps the
+    original, as for a number added."""
     pure = PurePosixPath(name)
-    candidate = name
+    candidate = name = _fitting(pure.stem, pure.suffix)
     if candidate.casefold() in taken:
         last = "\0" + name.casefold()  # no file name holds a NUL
         n = taken.get(last, 1)
         while candidate.casefold() in taken:
             n += 1
-            candidate = f"{pure.stem}-{n}{pure.suffix}"
+            candidate = _fitting(pure.stem, pure.suffix, f"-{n}")
         taken[last] = n
     taken[candidate.casefold()] = 1
     return candidate
