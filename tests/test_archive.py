@@ -13,6 +13,7 @@ from conftest import kaggle_members, make_zip, text_as_jpg, truncated
 from transfer import archive as archive_module
 from transfer.archive import FolderImages, ZipImages, check_image, classify
 from transfer.datasets import FetchOptions, fetch_data
+from transfer.errors import TransferError
 
 
 class _opened:
@@ -200,5 +201,32 @@ def test_utf8_names_of_a_zip_made_on_a_mac_are_read_as_written(real_photos, tmp_
         assert sorted(found) == sorted(names)
         first = found["chats été"][0]
         assert images.read(first) == dict(real_photos["cats"])[first.split("/")[-1]]
+    finally:
+        images.close()
+
+
+def test_names_that_differ_only_in_unicode_form_are_refused(real_photos, tmp_path):
+    """café/ typed on Linux (NFC) and café/ from macOS (NFD) in one zip: the second class's
+    photos of the same names replaced the first's, and half the photos vanished from every
+    split without a word. Refused in one line naming both; the same name twice (a zip updated
+    in place) is still read, as unzip reads it: the last one."""
+    import unicodedata
+
+    nfc, nfd = "caf\u00e9", unicodedata.normalize("NFD", "caf\u00e9")
+    members = {f"{nfc}/{i}.jpg": real_photos["cats"][i][1] for i in range(12)}
+    members.update({f"{nfd}/{i}.jpg": real_photos["dogs"][i][1] for i in range(12)})
+    members.update({f"tea/{i}.jpg": real_photos["dogs"][12 + i][1] for i in range(12)})
+    path = make_zip(tmp_path / "accents.zip", members)
+    with pytest.raises(TransferError, match="differ only in how their accents are stored") as e:
+        fetch_data(FetchOptions(archive=path, data_dir=tmp_path / "data"))
+    assert repr(f"{nfc}/0.jpg") in str(e.value) and repr(f"{nfd}/0.jpg") in str(e.value)
+    assert not (tmp_path / "data").exists()
+    twice = tmp_path / "twice.zip"
+    with zipfile.ZipFile(twice, "w") as archive, pytest.warns(UserWarning, match="Duplicate"):
+        archive.writestr("cats/a.jpg", b"old")
+        archive.writestr("cats/a.jpg", real_photos["cats"][0][1])
+    images = ZipImages(twice)
+    try:
+        assert images.read("cats/a.jpg") == real_photos["cats"][0][1]
     finally:
         images.close()

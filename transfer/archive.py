@@ -216,7 +216,17 @@ class ZipImages(ImageSource):
         except BaseException:
             self.zip.close()
             raise
-        self.infos = {member_name(info): info for info in self.zip.infolist()}
+        self.infos: dict[str, zipfile.ZipInfo] = {}
+        for info in self.zip.infolist():
+            name = member_name(info)
+            other = self.infos.get(name)
+            if other is not None and other.filename != info.filename:
+                self.zip.close()
+                raise TransferError(
+                    f"{self.path} holds two members whose names differ only in how their "
+                    f"accents are stored (Unicode NFC and NFD): {other.filename!r} and "
+                    f"{info.filename!r}; one would hide the other: rename one and zip again")
+            self.infos[name] = info  # the same name twice: the last one, as unzip keeps it
 
     def candidates(self) -> dict[str, list[str]]:
         self.notes = []
