@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -325,8 +326,9 @@ def petimages_zip(real_photos, tmp_path: Path, per_class: int = 25) -> tuple[Pat
 class Server:
     """A loopback HTTP server for one file, with Range support and an optional cut."""
 
-    def __init__(self, payload: bytes, cut_after: int | None = None):
+    def __init__(self, payload: bytes, cut_after: int | None = None, length: bool = True):
         self.payload, self.cut_after, self.requests = payload, cut_after, []
+        self.length = length  # False: no Content-Length on a whole-file answer
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -343,7 +345,8 @@ class Server:
                     self.send_header("Content-Range",
                                      f"bytes {start}-{len(server.payload) - 1}/"
                                      f"{len(server.payload)}")
-                self.send_header("Content-Length", str(len(body)))
+                if server.length or rng:
+                    self.send_header("Content-Length", str(len(body)))
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
                 if server.cut_after is not None:
@@ -434,6 +437,32 @@ def test_a_damaged_part_an_earlier_run_left_is_named_not_the_mirror(real_photos,
         fetch_data(FetchOptions(source="microsoft", microsoft_url=server.url,
                                 data_dir=tmp_path / "data", train_per_class=5,
                                 validate_per_class=5))
+
+
+def test_a_download_cut_short_without_a_length_is_kept_and_resumed(real_photos, tmp_path,
+                                                                   monkeypatch):
+    """A server that gives no Content-Length and closes the connection a third of the way:
+    the end of the stream cannot be told from the end of the file, so only the checksum
+    notices. The bytes were deleted and the mirror blamed ("a mirror must serve the very same
+    file"); they are now kept as the .part, the error says the download may have been cut,
+    and the next run resumes it."""
+    archive, _ = petimages_zip(real_photos, tmp_path)
+    payload = archive.read_bytes()
+    monkeypatch.setenv("TRANSFER_MICROSOFT_SHA256", sha256_file(archive))
+    options = FetchOptions(source="microsoft", data_dir=tmp_path / "data", train_per_class=5,
+                           validate_per_class=5)
+    part = tmp_path / "data/.cache/kagglecatsanddogs.zip.part"
+    with Server(payload, cut_after=len(payload) // 3, length=False) as server, \
+            pytest.raises(TransferError) as info:
+        fetch_data(dataclasses.replace(options, microsoft_url=server.url))
+    assert "the server did not say how long the file is, so the connection may have closed " \
+           f"early ({len(payload) // 3} bytes kept in {part}: run again to resume)" \
+           in str(info.value)
+    assert part.read_bytes() == payload[:len(payload) // 3]
+    with Server(payload, length=False) as server:
+        fetch_data(dataclasses.replace(options, microsoft_url=server.url))
+    assert server.requests == [f"bytes={len(payload) // 3}-"]
+    assert (tmp_path / "data/.cache/kagglecatsanddogs.zip").read_bytes() == payload
 
 
 def test_a_full_disk_names_the_data_folder(real_photos, tmp_path, monkeypatch):

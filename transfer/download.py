@@ -25,7 +25,8 @@ CHUNK = 1 << 16
 
 
 def download(url: str, dest: Path, reporter: Reporter | None = None, retries: int = 5,
-             timeout: float = 60.0, backoff: float = 1.0, offline_hint: str = "") -> Path:
+             timeout: float = 60.0, backoff: float = 1.0, offline_hint: str = "",
+             facts: dict | None = None) -> Path:
     """Download ``url`` to ``dest``; return ``dest``.
 
     A complete ``dest`` is reused as is. A ``dest.part`` left by an interrupted run (or by a
@@ -33,6 +34,9 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
     ignores the range restarts from zero. The final size must equal the server's
     Content-Length, else the ``.part`` stays and an error says so. When the host cannot be
     reached at all, the error (one line, ending with ``offline_hint``) comes at once.
+    ``facts``, when given, is filled with ``length_known``: False when the server never said
+    the file's length (no Content-Length), so that a connection closed early could not be
+    told from the end of the file: the caller's checksum is then the only check.
 
     Raises:
         TransferError: the download failed (the message says why and what is kept).
@@ -111,6 +115,8 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
                 raise TransferError(f"download of {url} is {size} bytes, expected {total}; "
                                     f"delete {part} and try again")
             break
+    if facts is not None:
+        facts["length_known"] = total is not None
     os.replace(part, dest)
     return dest
 

@@ -136,9 +136,18 @@ def obtain_archive(opts: FetchOptions, source: str, cache: Path, reporter: Repor
 def _microsoft(url: str, cache: Path, reporter: Reporter) -> Obtained:
     name = PurePosixPath(url.split("?")[0]).name or "petimages.zip"
     resumed = (cache / f"{name}.part").is_file() and not (cache / name).exists()
-    path = download(url, cache / name, reporter, offline_hint=OFFLINE_HINT)
+    facts: dict = {}
+    path = download(url, cache / name, reporter, offline_hint=OFFLINE_HINT, facts=facts)
     expected = expected_microsoft_sha256()
     got = sha256_file(path)
+    if got != expected and facts.get("length_known") is False:
+        part = path.with_name(path.name + ".part")
+        os.replace(path, part)  # perhaps cut short: kept, the next run resumes it
+        raise TransferError(
+            f"the file from {url} is not Microsoft's PetImages zip (SHA-256 {got}, expected "
+            f"{expected}); the server did not say how long the file is, so the connection may "
+            f"have closed early ({part.stat().st_size} bytes kept in {part}: run again to "
+            "resume), or it serves another file")
     if got != expected:
         path.unlink(missing_ok=True)  # ours, in the cache: the next run downloads it again
         if resumed:  # the part an earlier run left may be what is wrong, not the server
