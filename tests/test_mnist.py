@@ -263,6 +263,17 @@ def test_bad_inputs(mnist_dir, tmp_path):
     (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[:-500]))
     with pytest.raises(TransferError, match="truncated"):
         mnist.load("mnist", folder)
+    # a header cut inside its dimensions, and damaged gzip data: struct.error and zlib.error
+    # tracebacks before, now one line each
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[:6]))
+    with pytest.raises(TransferError, match="truncated: its header ends before its 3 dim"):
+        mnist.load("mnist", folder)
+    labels = bytearray((mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    labels[100:200] = bytes(b ^ 0xFF for b in labels[100:200])
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw))
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(bytes(labels))
+    with pytest.raises(TransferError, match="t10k-labels-idx1-ubyte.gz cannot be read"):
+        mnist.load("mnist", folder)
     # label/image count mismatch
     bad = tmp_path / "count"
     bad.mkdir()

@@ -14,6 +14,7 @@ import math
 import struct
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,13 +133,16 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as handle:
             blob = handle.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: damaged gzip data
         raise TransferError(f"{path} cannot be read ({exc})") from exc
     if len(blob) < 4:
         raise TransferError(f"{path} is too short to be an IDX file")
     zero, dtype, ndim = struct.unpack(">HBB", blob[:4])
     if zero != 0 or dtype != 0x08 or ndim not in (1, 3):
         raise TransferError(f"{path} is not an unsigned-byte IDX file of 1 or 3 dimensions")
+    if len(blob) < 4 + 4 * ndim:
+        raise TransferError(f"{path} is truncated: its header ends before its {ndim} "
+                            "dimensions")
     dims = struct.unpack(f">{ndim}I", blob[4:4 + 4 * ndim])
     expected = int(np.prod(dims))
     body = blob[4 + 4 * ndim:]
