@@ -415,3 +415,22 @@ def test_force_onto_a_link_replaces_the_link_and_keeps_its_bundle(tmp_path):
     assert json.loads((models / "best" / "meta.json").read_text())["seed"] == 2
     assert json.loads((models / "mobilenet-1" / "meta.json").read_text())["seed"] == 1
     assert sorted(p.name for p in models.iterdir()) == ["best", "mobilenet-1"]
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, TransferError])
+def test_a_bundle_that_does_not_land_leaves_no_new_folders(tmp_path, failure):
+    """``mnist --output deep/new/m`` (or train's first models/) stopped while its bundle was
+    written left deep/ and deep/new/ behind, empty; an existing folder, or one the user put
+    something in meanwhile, stays."""
+    with pytest.raises(failure), bundle.writing(tmp_path / "deep/new/m", False) as landing:
+        (landing.folder / "meta.json").write_text("{}")
+        raise failure("stopped")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "deep").mkdir()
+    with pytest.raises(failure), bundle.writing(tmp_path / "deep/new/m", False):
+        (tmp_path / "deep/new/notes.txt").write_text("mine")
+        raise failure("stopped")
+    assert sorted(p.name for p in (tmp_path / "deep/new").iterdir()) == ["notes.txt"]
+    with bundle.writing(tmp_path / "other/m", False) as landing:
+        (landing.folder / "meta.json").write_text("{}")
+    assert landing.path == tmp_path / "other/m" and (tmp_path / "other/m/meta.json").is_file()

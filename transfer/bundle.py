@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from transfer.errors import TransferError, raise_if_interrupted
-from transfer.files import free_name, write_json
+from transfer.files import free_name, new_folders_kept_on_success, write_json
 from transfer.seeds import keeps_random_state
 
 SCHEMA_VERSION = 1
@@ -137,32 +137,32 @@ def writing(target: Path, force: bool):
     ``target-2``, ``target-3``, ... (each rename is atomic: it fails on an existing folder)."""
     target = Path(target)
     check_replaceable(target, force)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    landing = Landing(tmp, target)
-    try:
-        yield landing
-        # a Ctrl-C or SIGTERM that native code swallowed during the run: nothing lands
-        raise_if_interrupted()
-        if force and target.exists():
-            old = tmp.with_name(tmp.name + "-old")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            theirs = None if old.is_symlink() else not_written_by_transfer(old, target)
-            if theirs is None:  # a link named as the output: it goes, its bundle stays
-                old.unlink()
-            elif theirs:  # files the tool did not write: the old bundle is kept, whole
-                landing.kept = (free_name(target.with_name(f"{target.name}.old")), theirs)
-                os.replace(old, landing.kept[0])
+    with new_folders_kept_on_success(target.parent):  # a failed run leaves no new folders
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
+        landing = Landing(tmp, target)
+        try:
+            yield landing
+            # a Ctrl-C or SIGTERM that native code swallowed during the run: nothing lands
+            raise_if_interrupted()
+            if force and target.exists():
+                old = tmp.with_name(tmp.name + "-old")
+                os.replace(target, old)
+                os.replace(tmp, target)
+                theirs = None if old.is_symlink() else not_written_by_transfer(old, target)
+                if theirs is None:  # a link named as the output: it goes, its bundle stays
+                    old.unlink()
+                elif theirs:  # files the tool did not write: the old bundle is kept, whole
+                    landing.kept = (free_name(target.with_name(f"{target.name}.old")), theirs)
+                    os.replace(old, landing.kept[0])
+                else:
+                    shutil.rmtree(old, ignore_errors=True)
             else:
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            landing.path = _land(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                landing.path = _land(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def say_where_it_landed(target: Path, landed: Path, reporter) -> None:
