@@ -438,6 +438,23 @@ def test_shift_is_recorded_and_not_saved(mnist_dir, tmp_path):
     saved, _ = bundle.load(result.bundle)
     assert "shift" not in [layer.name for layer in saved.layers]
     assert result.meta["metrics"]["test_accuracy"] > 0.5
+    # val_loss is the saved model's plain cross-entropy, as test_loss is (it was the fit's
+    # smoothed loss: 0.67 beside a test_loss of 0.25 at the same accuracy)
+    (x_train, y_train), _ = mnist.load("mnist", mnist_dir)
+    probs = saved.predict(x_train[540:600, ..., None], verbose=0)
+    plain = -np.mean(np.log(probs[np.arange(60), y_train[540:600]]))
+    assert result.meta["metrics"]["val_loss"] == pytest.approx(plain, rel=1e-4)
+    assert result.meta["metrics"]["val_accuracy"] == np.mean(probs.argmax(-1) == y_train[540:600])
+
+
+def test_samples_show_training_images_only(mnist_dir, tmp_path):
+    """--limit 12 trains on 10 images and holds 2 out: samples.png said "25 mnist training
+    images" and showed all 12, the 2 held-out ones among them."""
+    result = mnist.run(mnist.MnistParams(data=mnist_dir, limit=12, epochs=1, batch_size=32,
+                                         arch="tiny", output=tmp_path / "twelve"))
+    assert result.meta["training"]["train_images"] == 10
+    with Image.open(result.bundle / "samples.png") as image:
+        assert image.size == (5 * 128, 2 * 144 + 32)  # 10 cells: 2 rows of 5
 
 
 def test_an_empty_set_or_a_split_leaving_nothing_to_train_on_is_one_line(mnist_dir, tmp_path):

@@ -329,6 +329,12 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
     predicted = probs.argmax(-1)
     test_loss = float(keras.losses.SparseCategoricalCrossentropy()(y_test, probs))
     test_accuracy = float(np.mean(predicted == y_test))
+    val_loss = val_accuracy = None  # the saved model's, as the test ones: plain cross-entropy
+    if validation is not None:  # (the fit's own is smoothed with --label-smoothing)
+        val_probs = model.predict(x_train4[split_at:], batch_size=1000, verbose=0)
+        val_loss = float(keras.losses.SparseCategoricalCrossentropy()(y_train[split_at:],
+                                                                       val_probs))
+        val_accuracy = float(np.mean(val_probs.argmax(-1) == y_train[split_at:]))
     noise = noise_robustness(model, x_test, y_test, p.seed)
     confusion = confusion_matrix(y_test, predicted, 10)
     meta = bundle.meta(
@@ -339,8 +345,7 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
                                 "user's image is fitted into a 20x20 box centred by mass"},
         seed=p.seed, command=p.command, settings=p.as_dict(),
         metrics={"test_accuracy": test_accuracy, "test_loss": test_loss,
-                 "val_accuracy": history.get("val_accuracy", [None])[-1],
-                 "val_loss": history.get("val_loss", [None])[-1],
+                 "val_accuracy": val_accuracy, "val_loss": val_loss,
                  "noise_accuracy": {str(s): a for s, a in noise}},
         base=f"mnist-{p.arch}",
         dataset=p.dataset,
@@ -365,8 +370,10 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
     )
 
     def pictures(folder: Path) -> None:
-        plots.image_grid(x_train[:25], [names[i] for i in y_train[:25]],
-                         folder / "samples.png", cols=5, title=f"25 {p.dataset} training images")
+        shown = min(25, split_at)  # training images only (--limit 12: not the held-out ones)
+        plots.image_grid(x_train[:shown], [names[i] for i in y_train[:shown]],
+                         folder / "samples.png", cols=5,
+                         title=f"{shown} {p.dataset} training images")
         plots.confusion(confusion, names, folder / "confusion.png",
                         title=f"test accuracy {test_accuracy:.4f}")
         errors = int((predicted != y_test).sum())
@@ -388,8 +395,10 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
                          cmap="viridis")
         plots.noise_curve(noise, folder / "noise.png", title=f"{p.dataset} {p.arch}")
 
-    landed = bundle.write(target, p.force, model, meta, history, title=f"{p.dataset} {p.arch}",
-                          extra=pictures, reporter=reporter)
+    smoothed = f" (loss: with label smoothing {p.label_smoothing:g})" if p.label_smoothing else ""
+    landed = bundle.write(target, p.force, model, meta, history,
+                          title=f"{p.dataset} {p.arch}{smoothed}", extra=pictures,
+                          reporter=reporter)
     bundle.say_where_it_landed(target, landed, reporter)
     target = landed
     from transfer import report
