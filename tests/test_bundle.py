@@ -434,3 +434,21 @@ def test_a_bundle_that_does_not_land_leaves_no_new_folders(tmp_path, failure):
     with bundle.writing(tmp_path / "other/m", False) as landing:
         (landing.folder / "meta.json").write_text("{}")
     assert landing.path == tmp_path / "other/m" and (tmp_path / "other/m/meta.json").is_file()
+
+
+def test_json_written_is_strict_json_when_a_run_diverged(tmp_path):
+    """A diverged run (mnist --learning-rate 1e12) wrote "test_loss": NaN into meta.json:
+    Python reads it, a browser's JSON.parse and other strict readers refuse the whole file.
+    Numbers that are not finite are now null."""
+    from transfer.files import write_json
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    write_json(tmp_path / "meta.json", {"metrics": {"test_loss": float("nan"), "ok": 0.5},
+                                        "history": {"loss": [float("inf"), 1.0, -float("inf")]},
+                                        "pair": (float("nan"), 2)})
+    text = (tmp_path / "meta.json").read_text()
+    assert json.loads(text, parse_constant=refuse) == {
+        "metrics": {"test_loss": None, "ok": 0.5}, "history": {"loss": [None, 1.0, None]},
+        "pair": [None, 2]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,9 +124,23 @@ def exclusive(folder: Path, busy: str, shared: bool = False) -> Iterator[None]:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    """``payload`` as indented JSON at ``path``, atomically."""
+    """``payload`` as indented JSON at ``path``, atomically. A number that is not finite (the
+    loss of a run that diverged) is written as null: Python's NaN is no JSON, and a browser's
+    ``JSON.parse`` (or any strict reader) refused the whole file."""
     with replacing(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(_finite(payload), indent=2, default=str, allow_nan=False)
+                       + "\n", encoding="utf-8")
+
+
+def _finite(value):
+    """``value`` with every float that is NaN or infinite (in dicts, lists, tuples) None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def digest(parts: dict) -> str:

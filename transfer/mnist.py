@@ -329,6 +329,10 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
     predicted = probs.argmax(-1)
     test_loss = float(keras.losses.SparseCategoricalCrossentropy()(y_test, probs))
     test_accuracy = float(np.mean(predicted == y_test))
+    if not np.isfinite(probs).all():
+        reporter.warn(f"the training diverged (its outputs are not numbers; loss {test_loss}): "
+                      f"this model is no use; try a lower --learning-rate than "
+                      f"{p.learning_rate:g}")
     val_loss = val_accuracy = None  # the saved model's, as the test ones: plain cross-entropy
     if validation is not None:  # (the fit's own is smoothed with --label-smoothing)
         val_probs = model.predict(x_train4[split_at:], batch_size=1000, verbose=0)
