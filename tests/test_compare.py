@@ -90,6 +90,15 @@ def test_an_existing_comparison_is_refused_without_force(compared):
     with pytest.raises(TransferError, match="not a transfer report; use --force"):
         compare(settings.replace(output=mine))
     assert (mine / "report.html").read_text() == "<p>notes</p>"
+    # a compare.png of the user's, with no compare.json: kept too (it was replaced)
+    chart = compared.output.parent / "chart"
+    chart.mkdir()
+    (chart / "compare.png").write_bytes(b"my chart")
+    with pytest.raises(TransferError, match="compare.png already exists; use --force"):
+        compare(settings.replace(output=chart))
+    assert (chart / "compare.png").read_bytes() == b"my chart"
+    assert (compared.data["base"], compared.data["alpha"], compared.data["fine_tune"]) == (
+        "mobilenet", 0.25, None)  # frozen and scratch: no fine-tuning
     before = compared.json_path.read_text()
     assert compared.json_path.read_text() == before
 
@@ -183,6 +192,10 @@ def test_a_folder_of_class_folders_is_split_once_for_every_run(tiny_split, tmp_p
     row = result.runs["scratch"]
     assert row["validation_images"] == meta["data"]["validate_images"] == 6
     assert row["evaluated_accuracy"] == pytest.approx(row["val_accuracy"], abs=1e-9)
+    # no run used a base or fine-tuning: none recorded (compare.json said mobilenet 0.25, fine
+    # tune 60, and the chart's title "mobilenet alpha 0.25", for a CNN from scratch alone)
+    assert [result.data[k] for k in ("base", "alpha", "fine_tune", "fine_tune_lr")] == [None] * 4
+    assert cmp.read(tmp_path / "out")["base"] is None
 
 
 def test_any_pretrained_base_without_alpha_and_missing_weights_said_first(

@@ -135,17 +135,19 @@ def compare(settings: CompareSettings, reporter: Reporter | None = None,
     validation = [(sample.path, sample.label) for sample in first.usable("validate")]
     with new_folders_kept_on_success(out):  # stopped before a bundle landed: no empty folder
         rows, histories = _train_runs(out, planned, validation, overrides, reporter)
+    pretrained = any(run != "scratch" for run in settings.runs)  # else no base was used
+    tuned = "fine-tuned" in settings.runs
     data = {
         "schema_version": SCHEMA_VERSION,
         "kind": "transfer-compare",
         "data_dir": str(settings.data_dir),
-        "base": settings.base,
-        "alpha": settings.alpha,
+        "base": settings.base if pretrained else None,
+        "alpha": settings.alpha if pretrained else None,
         "seed": settings.seed,
         "validation_split": settings.validation_split,
-        "fine_tune": settings.fine_tune,
-        "fine_tune_lr": FINE_TUNE_LR,
-        "fine_tune_epochs": FINE_TUNE_EPOCHS,
+        "fine_tune": settings.fine_tune if tuned else None,
+        "fine_tune_lr": FINE_TUNE_LR if tuned else None,
+        "fine_tune_epochs": FINE_TUNE_EPOCHS if tuned else None,
         "runs": rows,
         "histories": {run: {k: v for k, v in h.items()} for run, h in histories.items()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -327,8 +329,9 @@ def plot(data: dict, path: Path) -> Path:
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.suptitle(f"compare on {data['data_dir']}: {data['base']}"
-                 + (f" alpha {data['alpha']}" if data['base'] == "mobilenet" else ""))
+    base = data.get("base")  # None: only the CNN from scratch ran
+    fig.suptitle(f"compare on {data['data_dir']}" + (f": {base}" if base else "")
+                 + (f" alpha {data['alpha']}" if base == "mobilenet" else ""))
     plots.save(fig, path)
     return Path(path)
 

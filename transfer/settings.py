@@ -903,6 +903,7 @@ class CompareSettings(Settings):
         from transfer.files import refuse_existing
 
         refuse_existing(Path(self.output) / "compare.json", self.force)
+        refuse_existing(Path(self.output) / "compare.png", self.force)  # a picture of yours
         from transfer.report import REPORT_HTML, check_replaceable
 
         check_replaceable(Path(self.output) / REPORT_HTML, self.force)
