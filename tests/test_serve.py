@@ -711,6 +711,64 @@ def test_requests_whose_client_left_are_not_run(models_dir, unseen, monkeypatch)
     assert health["requests"] <= 2 and len(calls) <= 2, (health, calls)
 
 
+def test_a_request_that_fails_does_not_fail_the_others_merged_with_it(models_dir, unseen,
+                                                                      monkeypatch):
+    """Requests waiting for the model are answered in one batch. One whose upload made the
+    batch fail (a DDS texture Pillow cannot decode raised NotImplementedError) failed every
+    request merged with it, another user's good photo included: each is now run again alone,
+    and only the one at fault fails."""
+    import time
+
+    real, calls = serve.predict_uploads, []
+
+    def flaky(store, uploads, *args):
+        calls.append(len(uploads))
+        if len(calls) == 1:
+            time.sleep(2.0)  # busy: the next two requests wait together
+        if any(upload.data == b"BOOM" for upload in uploads):
+            raise RuntimeError("an unexpected failure on one upload")
+        return real(store, uploads, *args)
+
+    monkeypatch.setattr(serve, "predict_uploads", flaky)
+    with serve.serving(ServeSettings(models_dir=models_dir, port=0)) as url:
+
+        def post(item, top):
+            with httpx.Client(timeout=60) as http:
+                return http.post(url + "api/predict", data={"top": str(top)},
+                                 files={"files": item})
+
+        with ThreadPoolExecutor(3) as pool:
+            busy = pool.submit(post, unseen["dogs"][0], 2)
+            time.sleep(0.5)
+            good = pool.submit(post, unseen["cats"][0], 1)
+            bad = pool.submit(post, ("texture.jpg", b"BOOM"), 1)
+            answers = busy.result(), good.result(), bad.result()
+    assert calls[:2] == [1, 2], calls  # the two were merged, then run again one by one
+    assert answers[0].status_code == answers[1].status_code == 200
+    assert answers[1].json()["predictions"][0]["label"] == "cats"
+    assert answers[2].status_code == 500 and "RuntimeError" in answers[2].text
+
+
+def test_an_image_kind_pillow_cannot_decode_is_that_files_error(client, unseen):
+    """A DDS texture in a 16-bit float format (DXGI 10): Pillow identifies it, then raises
+    NotImplementedError, which was no ImageError: a 500 for the whole request (the good photo
+    beside it too) and a traceback in predict."""
+    import struct
+
+    side = 64
+    header = (struct.pack("<4s7I44s", b"DDS ", 124, 0x100F, side, side, side * 8, 0, 1,
+                          b"\0" * 44)
+              + struct.pack("<2I4s5I", 32, 4, b"DX10", 0, 0, 0, 0, 0)
+              + struct.pack("<5I", 0x1000, 0, 0, 0, 0) + struct.pack("<5I", 10, 3, 0, 1, 0))
+    texture = ("hdr.dds", header + b"\0" * (side * side * 8))
+    response = client.post("/api/predict", files=files_field(texture, unseen["cats"][0]))
+    assert response.status_code == 200, response.text
+    rows = response.json()["predictions"]
+    assert rows[0]["label"] is None and "a kind of image Pillow cannot decode" in rows[0]["error"]
+    assert rows[1]["label"] == "cats"
+    assert client.post("/api/explain", files={"file": texture}).status_code == 415
+
+
 def test_the_queue_holds_a_bounded_number_of_bytes(models_dir, unseen, monkeypatch):
     """Requests waiting for the model keep their uploads in memory: past MAX_PENDING_MB of
     them, 503 (the count limit alone let 256 requests of 20 MB wait)."""

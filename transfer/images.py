@@ -29,6 +29,7 @@ import contextlib
 import errno
 import os
 import stat
+import struct
 import sys
 from pathlib import Path
 
@@ -231,8 +232,10 @@ def _pillow_errors(source=None):
         if exc.errno is not None:  # the file system's (no access...), not the decoder's
             raise ImageError(f"cannot be read ({exc.strerror})") from None
         raise ImageError(f"corrupt or truncated image ({exc})") from None
-    except (SyntaxError, ValueError) as exc:
-        raise ImageError(f"corrupt or truncated image ({exc})") from None
+    except NotImplementedError as exc:  # a variant of a format Pillow knows but cannot decode
+        raise ImageError(f"a kind of image Pillow cannot decode ({exc})") from None
+    except (SyntaxError, ValueError, EOFError, struct.error) as exc:
+        raise ImageError(f"corrupt or truncated image ({exc or type(exc).__name__})") from None
 
 
 LINK_LOOP = "a symbolic link loop (it leads back to itself)"  # what the reader says of one

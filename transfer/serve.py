@@ -830,6 +830,18 @@ class Worker:
                     merged = [upload for job in live for upload in job.uploads]
                     answer = predict_uploads(self.store, merged, *live[0].args)
                     results = split_answer(answer, [len(job.uploads) for job in live])
+            except Exception as exc:
+                if live[0].key is None or len(live) == 1:
+                    for job in live:
+                        job.future.set_exception(exc)
+                    continue
+                # one request's upload must not fail the others merged with it: each again alone
+                for job in live:
+                    try:
+                        job.future.set_result(predict_uploads(self.store, job.uploads,
+                                                              *job.args))
+                    except Exception as alone:
+                        job.future.set_exception(alone)
             except BaseException as exc:  # handed to every waiting request, never lost
                 for job in live:
                     job.future.set_exception(exc)
