@@ -550,3 +550,33 @@ def test_photos_in_memory_of_every_kind_read_as_their_files(tmp_path):
         pass
     with pytest.raises(images.ImageError, match="cannot be read .*closed before use"):
         images.open_image(closed)
+
+
+def test_a_huge_jpeg_for_a_digit_model_is_drafted_not_decoded_whole(tmp_path):
+    """A 12000 x 12000 JPEG of a page with one stroke (1.7 MB) sent to a digit bundle was
+    decoded whole and turned into float copies: 3.3 GB of memory in serve for one upload. It
+    is now read in draft mode (at least 1024 px a side), and the stroke is still found."""
+    import subprocess
+    import sys
+
+    from PIL import ImageDraw
+
+    page = Image.new("L", (12000, 12000), 255)
+    ImageDraw.Draw(page).rectangle([5000, 3000, 7000, 9000], fill=0)
+    page.save(tmp_path / "page.jpg", quality=50)
+    del page
+    script = (
+        "import resource, sys\n"
+        "from transfer import images\n"
+        "meta = {'channels': 1, 'image_size': 28, 'preprocessing': {'mode': 'scale', "
+        "'invert': 'auto', 'fit': 'mnist-box'}}\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "array, notes = images.model_input(sys.argv[1], meta)\n"
+        "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
+        "print(grown, notes['width'], notes['inverted'], int((array > 128).sum()))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "page.jpg")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    grown_kb, width, inverted, ink = done.stdout.split()
+    assert int(grown_kb) < 300 * 1024, f"{int(grown_kb) // 1024} MB"  # whole: about 3 GB
+    assert (width, inverted) == ("12000", "True") and int(ink) > 20  # the bar, light on dark

@@ -50,6 +50,7 @@ def too_small(width: int, height: int) -> str | None:
 
 
 MNIST_BOX = 20  # MNIST digits fill a 20x20 box centred by mass in 28x28
+DIGIT_DRAFT = 512  # a photo of a digit is read at twice this a side at least (draft mode)
 
 
 class ImageError(TransferError):
@@ -523,8 +524,11 @@ def model_input(source, meta: dict, invert: str | None = None) -> tuple[np.ndarr
     ``source`` is what ``open_image`` takes: a path, bytes or a binary file object."""
     colour = meta.get("channels", 3) != 1
     method = resize_method(meta)
-    # colour pixels resized by Pillow are read as training read them: draft mode at the size
-    image = open_image(source, int(meta["image_size"]) if colour and method == "pil" else None)
+    # colour pixels resized by Pillow are read as training read them: draft mode at the size;
+    # a digit is found in a photo decoded at twice DIGIT_DRAFT a side at least (a 12000 px JPEG
+    # of a page was decoded whole: 3 GB for one 1.7 MB upload to serve)
+    draft = int(meta["image_size"]) if method == "pil" else None
+    image = open_image(source, draft if colour else DIGIT_DRAFT)
     notes = notes_of(image)
     if not colour:
         prep = meta.get("preprocessing", {})
