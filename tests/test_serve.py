@@ -240,6 +240,25 @@ def test_models_are_loaded_once_and_kept_in_an_lru(models_dir, unseen, tmp_path)
             assert app.state.store.loads == loads
 
 
+def test_imagenet_classifiers_of_one_base_are_cached_side_by_side(tmp_path, monkeypatch):
+    """imagenet:mobilenet-0.25 and imagenet:mobilenet-0.5 asked for in turn: each load threw
+    the other out of the cache (taken for an older model of the same bundle folder), so every
+    request loaded a model again."""
+    from transfer import inference
+
+    monkeypatch.setattr(inference, "ImageNetClassifier",
+                        lambda base, alpha: ("a classifier", base, alpha))
+    store = serve.ModelStore(ServeSettings(models_dir=tmp_path, cache_size=4))
+    entries = [serve.ImageNetEntry(serve.imagenet_name("mobilenet", alpha), "mobilenet", alpha,
+                                   f"MobileNet alpha {alpha:g} (ImageNet)")
+               for alpha in (0.25, 0.5)]
+    monkeypatch.setattr(store, "imagenet_entries", lambda: entries)
+    for _ in range(3):
+        for entry in entries:
+            assert store.get(entry.name) == ("a classifier", "mobilenet", entry.alpha)
+    assert store.loads == 2
+
+
 def test_one_app_served_twice_answers_both_times(models_dir, unseen):
     """A restarted server (or a second TestClient) on the same app: the model thread that
     shutdown closed runs again, instead of a 503 on every request."""

@@ -318,8 +318,9 @@ class ModelStore:
         classifier = load()
         with self._lock:
             self.loads += 1
-            for old in [k for k in self._cache if k[:2] == key[:2]]:  # retrained since
-                del self._cache[old]
+            if key[0] == "bundle":  # the same folder's older model: retrained since
+                for old in [k for k in self._cache if k[:2] == key[:2]]:
+                    del self._cache[old]
             self._cache[key] = classifier
             self._names[key] = name  # as the API was asked (a link's name, not its target's)
             self._cache.move_to_end(key)
