@@ -259,6 +259,24 @@ def test_imagenet_classifiers_of_one_base_are_cached_side_by_side(tmp_path, monk
     assert store.loads == 2
 
 
+def test_a_malformed_form_is_a_400_and_no_console_line(models_dir, caplog):
+    """Any client could fill the server's console with the form parser's warnings ("Expected
+    boundary character 45, got 103 at index 2"), one a malformed request; the client's 400
+    says it. The filter goes with the server."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    with serve.serving(ServeSettings(models_dir=models_dir, port=0)) as url:
+        with httpx.Client(timeout=30) as http:
+            for _ in range(3):
+                response = http.post(url + "api/predict", content=b"garbage", headers={
+                    "Content-Type": "multipart/form-data; boundary=xx"})
+                assert response.status_code == 400
+    assert not [r for r in caplog.records if r.name.startswith("python_multipart")], \
+        caplog.records
+    assert not logging.getLogger(serve.PARSER_LOG).filters
+
+
 def test_one_app_served_twice_answers_both_times(models_dir, unseen):
     """A restarted server (or a second TestClient) on the same app: the model thread that
     shutdown closed runs again, instead of a 503 on every request."""

@@ -1268,6 +1268,7 @@ def _server(settings: ServeSettings, reporter: Reporter):
 
     server = Server(config)
     logging.getLogger("uvicorn.error").addFilter(_ShutdownLog(server, reporter))
+    logging.getLogger(PARSER_LOG).addFilter(_ParserLog(server))
     if s.host.strip("[]") in ALL_INTERFACES:
         reporter.warn(f"listening on all interfaces ({s.host}): anyone who can reach this "
                       "machine can use the models; use --host 127.0.0.1 to keep it local")
@@ -1310,10 +1311,29 @@ class _ShutdownLog(logging.Filter):
         logging.getLogger("uvicorn.error").removeFilter(self)
 
 
+PARSER_LOG = "python_multipart.multipart"  # the form parser's logger
+
+
+class _ParserLog(logging.Filter):
+    """The form parser's warning for each malformed upload ("Expected boundary character 45,
+    got 103 at index 2"): its client gets a 400 already; the console does not repeat it."""
+
+    def __init__(self, server):
+        super().__init__()
+        self.server = server
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+    def remove(self) -> None:
+        logging.getLogger(PARSER_LOG).removeFilter(self)
+
+
 def _drop_shutdown_log(server) -> None:
-    for item in list(logging.getLogger("uvicorn.error").filters):
-        if isinstance(item, _ShutdownLog) and item.server is server:
-            item.remove()
+    for name in ("uvicorn.error", PARSER_LOG):
+        for item in list(logging.getLogger(name).filters):
+            if isinstance(item, _ShutdownLog | _ParserLog) and item.server is server:
+                item.remove()
 
 
 def run(settings: ServeSettings, reporter: Reporter | None = None) -> int | None:
