@@ -405,3 +405,12 @@ def test_a_model_in_memory_that_is_not_the_bundles_is_refused(bundle_copy):
                               keras.layers.Dense(3, activation="softmax")])
     with pytest.raises(TransferError, match="lists 2 classes but the model has 3 output"):
         BundleClassifier(bundle_copy, model=three)
+
+
+def test_a_history_csv_saved_again_by_a_spreadsheet_leaves_the_table_out(bundle_copy):
+    """history.csv saved again as UTF-16 (what a spreadsheet may write): the report, and
+    serve's /models/<name>/report, failed with a UnicodeDecodeError (a 500 in serve)."""
+    (bundle_copy / "history.csv").write_bytes("epoch,loss\n1,0.5\n".encode("utf-16"))
+    text = write_report(bundle_copy).read_text(encoding="utf-8")
+    assert "Not evaluated yet" in text or "confusion" in text  # the page is whole
+    assert "<td>0.5</td>" not in text

@@ -278,7 +278,7 @@ def _history(folder: Path) -> tuple[list[str], list[list[str]]]:
     try:
         with open(folder / "history.csv", newline="", encoding="utf-8") as handle:
             rows = list(csv.reader(handle))
-    except OSError:
+    except (OSError, UnicodeDecodeError, csv.Error):  # gone, or saved again by a spreadsheet
         return [], []
     return (rows[0], rows[1:]) if rows else ([], [])
 
