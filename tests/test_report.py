@@ -414,3 +414,14 @@ def test_a_history_csv_saved_again_by_a_spreadsheet_leaves_the_table_out(bundle_
     text = write_report(bundle_copy).read_text(encoding="utf-8")
     assert "Not evaluated yet" in text or "confusion" in text  # the page is whole
     assert "<td>0.5</td>" not in text
+
+
+def test_write_report_takes_its_settings_as_the_other_commands_do(bundle_copy, tmp_path):
+    """report.write_report(ReportSettings(...)) was a TypeError (a path was expected)."""
+    from transfer.settings import ReportSettings
+
+    out = tmp_path / "page.html"
+    assert write_report(ReportSettings(folder=bundle_copy, output=out)) == out
+    assert "<html" in out.read_text(encoding="utf-8")
+    with pytest.raises(TransferError, match="no such bundle or evaluation folder"):
+        write_report(ReportSettings(folder=tmp_path / "nothing"))

@@ -115,6 +115,47 @@ def test_a_command_given_a_path_instead_of_its_settings_says_so(call, takes):
                                f"{name}({takes}(...))")
 
 
+def test_every_entry_point_given_the_wrong_kind_of_argument_says_so(tmp_path):
+    """explain_all("data/test") and mnist.run("mnist.npz") were AttributeErrors, evaluate(5),
+    export(5) and open_classifier(model=5) TypeErrors deep in pathlib: one TransferError each,
+    as train, compare, fetch_data and create_app say it."""
+    from transfer import mnist
+    from transfer.evaluate import evaluate
+    from transfer.explain import explain_all
+    from transfer.export import export
+    from transfer.inference import open_classifier
+
+    with pytest.raises(TransferError, match=r"^explain_all takes a ExplainSettings \(from "):
+        explain_all("data/test")
+    with pytest.raises(TransferError, match=r"^mnist.run takes a MnistParams \(from "):
+        mnist.run("mnist.npz")
+    for call in (lambda: evaluate(5), lambda: export(5), lambda: open_classifier(model=5)):
+        with pytest.raises(TransferError, match=r"^--model must be a path, not 5$"):
+            call()
+    with pytest.raises(TransferError, match=r"^open_classifier takes a PredictSettings"):
+        open_classifier("models/x")
+
+
+def test_numpy_numbers_and_odd_bases_from_a_program(tmp_path):
+    """A sweep over np.array([0.25, 0.5]) was refused ("--alpha must be a number, not
+    np.float32(0.25)"), and NumPy values in the settings were saved as strings ("3") in
+    meta.json; a list as the base was a TypeError (unhashable)."""
+    import json
+
+    import numpy as np
+
+    (tmp_path / "data/train/a").mkdir(parents=True)
+    settings = TrainSettings(base="mobilenet", alpha=np.float32(0.25), epochs=np.int64(3),
+                             data_dir=tmp_path / "data").validated()
+    assert json.loads(json.dumps(settings.as_dict(), default=str))["alpha"] == 0.25
+    assert json.loads(json.dumps(settings.as_dict(), default=str))["epochs"] == 3
+    for made in (lambda: TrainSettings(base=["mobilenet"], data_dir=tmp_path / "data"),
+                 lambda: ServeSettings(base={"mobilenet": 1}, imagenet=True),
+                 lambda: CompareSettings(base=["vgg16"], output=tmp_path / "out")):
+        with pytest.raises(TransferError, match="unknown base"):
+            made().validated()
+
+
 def test_a_report_asked_for_a_number_of_gradcams_that_is_not_one(tmp_path):
     from transfer.report import write_report
 

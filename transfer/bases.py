@@ -8,6 +8,8 @@ downloads for it. Everything else (training, predict, explain, export) asks here
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import os
 import sys
 import warnings
@@ -111,12 +113,14 @@ SCRATCH_HEADS = {
 def get(name: str) -> Base:
     try:
         return BASES[name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: a list or a dict (unhashable) from a program
         raise TransferError(f"unknown base {name!r}; known bases: {', '.join(BASES)}") from None
 
 
 def check_alpha(base: Base, alpha: float) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float):
+    # NumPy's numbers too (a sweep over np.array([0.25, 0.5])), as every other number option
+    if isinstance(alpha, bool) or not (isinstance(alpha, numbers.Real)
+                                       and math.isfinite(alpha)):
         raise TransferError(f"--alpha must be a number, not {alpha!r}")
     if base.has_alpha:
         if alpha not in MOBILENET_ALPHAS:

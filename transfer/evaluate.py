@@ -262,7 +262,7 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
     if settings is None:
         settings = EvaluateSettings(**options)
     elif not isinstance(settings, EvaluateSettings):
-        settings = EvaluateSettings(model=Path(settings), **options)
+        settings = EvaluateSettings(model=settings, **options)  # its validated() checks it
     elif options:
         settings = settings.replace(**options)
     s = settings.validated()

@@ -30,7 +30,7 @@ from transfer.inference import (
     writable_folder,
 )
 from transfer.progress import Reporter
-from transfer.settings import ExplainSettings
+from transfer.settings import ExplainSettings, given
 
 # px: the longest side of the photo in an explain PNG. The figure is 800 px wide, two panels,
 # taller for a portrait photo: twice a panel keeps it sharp, and a phone photo is drafted.
@@ -319,6 +319,7 @@ def explain_all(settings: ExplainSettings, *, reporter: Reporter | None = None
         TransferError: a bad setting, a broken bundle, an unknown class, existing PNGs
             without ``force``, two images with one PNG.
     """
+    given(settings, ExplainSettings, "explain_all")
     if settings.images is None:
         raise TransferError("explain_all takes images=[...] (files, folders, globs); explain "
                             "takes one image")

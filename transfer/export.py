@@ -701,7 +701,7 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
         OSError: the output's folder cannot be made or written (its ``filename`` names it).
     """
     if not isinstance(settings, ExportSettings):
-        settings = ExportSettings(model=Path(settings), **options)
+        settings = ExportSettings(model=settings, **options)  # its validated() checks it
     elif options:
         settings = settings.replace(**options)
     s = settings.validated()

@@ -25,7 +25,7 @@ from transfer.errors import TransferError, at_safe_points
 from transfer.metrics import confident_mistakes, confusion_matrix
 from transfer.progress import Reporter
 from transfer.seeds import keeps_random_state
-from transfer.settings import MnistParams  # noqa: F401
+from transfer.settings import MnistParams, given
 
 DATASETS = ("mnist", "fashion")
 KERAS_NAMES = {"mnist": "mnist", "fashion": "fashion_mnist"}  # keras.datasets.<name>
@@ -265,7 +265,7 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
         TransferError: a bad option (``--limit 0`` included), unreadable data, an existing
             output without ``--force``.
     """
-    p = params.validated()
+    p = given(params, MnistParams, "mnist.run").validated()
     reporter = reporter or Reporter()
     from transfer.tf import interrupt_at_batch_ends, keras
 

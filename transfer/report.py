@@ -704,12 +704,13 @@ def gradcams_wanted(gradcams: int | None = None) -> int:
     return int(env_number("TRANSFER_REPORT_GRADCAMS", GRADCAMS))
 
 
-def write_report(folder: Path, output: Path | None = None, *, gradcams: int | None = None,
+def write_report(folder, output: Path | None = None, *, gradcams: int | None = None,
                  force: bool = False, classifier=None) -> Path:
     """Write the one-file HTML report of a bundle or an evaluation folder.
 
     Args:
-        folder: a bundle or an `evaluate --output` folder (see ``render_report``).
+        folder: a bundle or an `evaluate --output` folder (see ``render_report``); or a
+            ``ReportSettings`` (its folder, output and force).
         output: the HTML file to write; default ``folder/report.html``.
         gradcams: Grad-CAM overlays to compute on the bundle's validation images (0: none;
             default ``gradcams_wanted()``, as train, mnist and evaluate wrote it).
@@ -727,7 +728,11 @@ def write_report(folder: Path, output: Path | None = None, *, gradcams: int | No
         OSError: the file cannot be written.
     """
     from transfer.files import replacing
+    from transfer.settings import ReportSettings
 
+    if isinstance(folder, ReportSettings):  # as the other commands take their settings
+        s = folder.validated()
+        folder, output, force = s.folder, s.output if output is None else output, s.force
     folder = Path(folder)
     target = Path(output) if output is not None else folder / REPORT_HTML
     check_replaceable(target, force)

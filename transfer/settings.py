@@ -272,6 +272,8 @@ class Settings:
         def plain(value):
             if isinstance(value, Path):
                 return str(value)
+            if type(value).__module__ == "numpy" and hasattr(value, "item"):
+                return value.item()  # np.float32(0.25) -> 0.25 (JSON wrote the string "0.25")
             if isinstance(value, dict):
                 return {k: plain(v) for k, v in value.items()}
             if isinstance(value, list | tuple):
