@@ -80,6 +80,31 @@ def test_json_and_csv_schemas(trained_bundle, small_split, tmp_path):
     assert table.exit_code == 0 and "p(cats)" in table.stdout and "p(dogs)" in table.stdout
 
 
+def test_the_library_writes_output_as_the_cli_does(trained_bundle, small_split, tmp_path):
+    """predict(..., output="p.json") took the output, checked it would not overwrite, and
+    wrote nothing: only the CLI wrote it. The library now writes JSON or CSV itself, the
+    CLI's file is the same, and the table (drawn by the CLI) is refused before any work."""
+    files = [str(p) for p, _ in split_images(small_split / "test", 2)]
+    model = trained_bundle.bundle
+    result = predict.predict(files, model=model, output=tmp_path / "p.json")
+    assert json.loads((tmp_path / "p.json").read_text()) == json.loads(result.render("json"))
+    predict.predict(files, model=model, output=tmp_path / "p.txt", format="csv")
+    assert (tmp_path / "p.txt").read_text() == result.render("csv")
+    with pytest.raises(TransferError, match="already exists; use --force"):
+        predict.predict(files, model=model, output=tmp_path / "p.json")
+    with pytest.raises(TransferError, match="the table is drawn by the CLI"):
+        predict.predict(files, model=model, output=tmp_path / "p.table")
+    assert not (tmp_path / "p.table").exists()
+    cli = runner.invoke(app, ["predict", *files, "--model", str(model), "--output",
+                              str(tmp_path / "cli.json")])
+    assert cli.exit_code == 0 and f"wrote {tmp_path / 'cli.json'}" in cli.stderr
+    written = json.loads((tmp_path / "cli.json").read_text())  # its engine's timing aside
+    assert written["predictions"] == json.loads(result.render("json"))["predictions"]
+    table = runner.invoke(app, ["predict", *files, "--model", str(model), "--output",
+                                str(tmp_path / "cli.txt")])
+    assert table.exit_code == 0 and "p(cats)" in (tmp_path / "cli.txt").read_text()
+
+
 def test_csv_columns_stay_apart_when_classes_are_numbers():
     """Classes named 1, 10, 2, 9 with --top 3: the second best's column and class 2's column
     are two columns, each read back with its own value."""

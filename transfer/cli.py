@@ -724,10 +724,11 @@ def predict_cmd(
     from transfer.inference import engine_summary
     from transfer.predict import predict, write_text
 
-    result = predict(settings, reporter=_reporter())
+    fmt = settings.format  # json and csv are written by predict itself; the table here
+    result = predict(settings.replace(output=None) if fmt == "table" else settings,
+                     reporter=_reporter())
     if (result.engine or {}).get("name") == "tflite":
         err.print(engine_summary(result.engine), highlight=False)
-    fmt = settings.format
     if fmt == "table":
         if output is not None:
             recorder = safe_console(record=True, width=160, file=io.StringIO())
@@ -739,12 +740,11 @@ def predict_cmd(
             if len(result.items) > 1 and counts:
                 out.print(f"{sum(counts.values())} image(s) classified: " + ", ".join(
                     f"{label}: {n}" for label, n in counts.most_common()), highlight=False)
-    else:
-        text = result.render(fmt)
-        if output is None:
-            sys.stdout.write(text)
+    elif output is None:
+        sys.stdout.write(result.render(fmt))
     if output is not None:
-        write_text(output, text, force=force)
+        if fmt == "table":
+            write_text(output, text, force=force)
         err.print(f"wrote {output}", highlight=False)
     if result.failed:
         err.print(f"[bold red]{result.failed} of {len(result.items)} input(s) failed[/bold red]",

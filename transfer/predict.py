@@ -126,10 +126,13 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
     Returns:
         Predictions: one row per image in order; a file that cannot be read (missing, not an
         image, empty, truncated, too small), an empty folder or a glob matching nothing gets a
-        row with its ``error``, and the others are still classified.
+        row with its ``error``, and the others are still classified. With ``output``, they
+        are also written there as JSON or CSV (``format``, or the file's suffix), as
+        ``transfer predict --output`` writes them.
 
     Raises:
-        TransferError: a bad setting (before anything loads), or a model that cannot be opened.
+        TransferError: a bad setting (before anything loads), an existing ``output`` without
+            ``force``, ``output`` in the CLI's table format, or a model that cannot be opened.
     """
     if not isinstance(settings, PredictSettings):
         paths = [settings] if images.is_one_image(settings) else list(settings)
@@ -137,6 +140,10 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
     elif options:
         settings = settings.replace(**options)
     s = settings.validated()
+    if s.output is not None and s.format == "table":
+        raise TransferError(f"the table is drawn by the CLI; to write {s.output} from Python "
+                            "choose format='json' or 'csv' (or name it .json or .csv), or use "
+                            "the Predictions returned")
     reporter = reporter or Reporter()
     fallback = None
     defaults = PredictSettings(paths=settings.paths)
@@ -169,9 +176,12 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
                 items[i].probabilities = {name: float(v) for name, v in
                                           zip(classifier.class_names, c.probabilities,
                                               strict=True)}
-    return Predictions(mode=classifier.mode, model=classifier.name, base=classifier.base,
-                       class_names=classifier.class_names, items=items, fallback=fallback,
-                       engine=engine.info.as_dict())
+    result = Predictions(mode=classifier.mode, model=classifier.name, base=classifier.base,
+                         class_names=classifier.class_names, items=items, fallback=fallback,
+                         engine=engine.info.as_dict())
+    if s.output is not None:  # as `transfer predict --output` writes it
+        write_text(s.output, result.render(s.format), force=s.force)
+    return result
 
 
 def write_text(path: Path, text: str, force: bool = False) -> Path:
