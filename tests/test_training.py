@@ -793,6 +793,13 @@ def test_the_accuracy_gate_is_recorded_in_meta_and_exits_3_from_the_cli(tiny_spl
     assert errors == [result.stderr.strip().splitlines()[-1]]  # one line, the last
     assert errors[0].startswith("error: validation accuracy 0.")
     assert "Traceback" not in result.stderr
+    # from Python: returned, not raised; TrainResult.gate_failed says it (it had no such field)
+    from transfer.training import TrainResult
+
+    assert TrainResult(tmp_path / "gated", meta, {}).gate_failed
+    assert not TrainResult(tmp_path / "gated", {**meta, "gate": None}, {}).gate_failed
+    assert not TrainResult(tmp_path / "gated", {**meta, "gate": {**gate, "passed": True}},
+                           {}).gate_failed
 
 
 def test_a_preview_that_does_not_fit_in_the_data_folder_is_a_warning(own_split, tmp_path,

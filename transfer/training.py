@@ -97,6 +97,13 @@ class TrainResult:
         """[{"file", "reason"}]: every unreadable file the run left out."""
         return self.meta.get("skipped", [])
 
+    @property
+    def gate_failed(self) -> bool:
+        """True when ``assert_accuracy_at_least`` was given and the validation accuracy is
+        below it (recorded in ``meta["gate"]``; the bundle is written all the same)."""
+        gate = self.meta.get("gate")
+        return gate is not None and not gate["passed"]
+
 
 @dataclass(frozen=True)
 class RunPlan:
