@@ -65,6 +65,15 @@ def files_field(*items: tuple[str, bytes]) -> list:
     return [("files", (name, data, "application/octet-stream")) for name, data in items]
 
 
+def test_a_bundle_named_with_a_trailing_slash_is_that_bundle(models_dir):
+    """`transfer serve --model cats-dogs/` (a shell's tab completion adds the slash) was "no
+    bundle of that name"; the path models/cats-dogs/ already worked."""
+    for name in ("cats-dogs/", "cats-dogs//", str(models_dir / "cats-dogs") + "/"):
+        settings = ServeSettings(models_dir=models_dir, model=name).validated()
+        assert settings.model == "cats-dogs"
+        serve.create_app(settings)  # the default model found at start
+
+
 def test_health_and_models(client, trained_bundle):
     health = client.get("/api/health")
     assert health.status_code == 200 and health.json()["status"] == "ok"

@@ -824,6 +824,8 @@ class ServeSettings(Settings):
                     f"--model {model} is not a bundle directly inside --models-dir {root}: "
                     f"serve it with --models-dir {path.parent} --model {path.name}")
             model = path.name
+        elif model:  # "lib1/", as a shell's tab completion writes it: the bundle lib1
+            model = os.fspath(model).rstrip("/" + os.sep) or os.fspath(model)
         return self.replace(models_dir=Path(self.models_dir), model=model)
 
 
