@@ -168,6 +168,15 @@ def test_gradcam_on_a_real_photo(trained_bundle, dog_photo, tmp_path):
                         write=False)
     with pytest.raises(TransferError, match="--invert applies to digit models"):
         explain.explain(dog_photo, model=trained_bundle.bundle, invert="yes", write=False)
+    # a classifier decides the model: another model given too is refused, as predict
+    # refuses it (it was ignored, and the other bundle's classes explained)
+    from transfer.inference import BundleClassifier
+
+    held = BundleClassifier(trained_bundle.bundle)
+    assert explain.explain(dog_photo, model=trained_bundle.bundle, classifier=held,
+                           write=False).label == result.label  # its own bundle: fine
+    with pytest.raises(TransferError, match="got a classifier and also model"):
+        explain.explain(dog_photo, model=tmp_path / "another", classifier=held, write=False)
 
 
 def test_a_phone_photo_is_shown_drafted_and_upright(trained_bundle, dog_photo, tmp_path,

@@ -220,6 +220,14 @@ def explain(settings: ExplainSettings | Path, *, write: bool = True,
         raise TransferError("explain takes one image; explain_all takes images")
     s = settings.validated()
     image = s.image
+    if classifier is not None:  # it decides the model: another one asked for is an error
+        default = ExplainSettings().model
+        other = (Path(s.model) != default
+                 and resolved(s.model) != resolved(classifier.path))
+        if other or (s.invert is not None and s.invert != classifier.invert):
+            given_too = "model" if other else "invert"
+            raise TransferError(f"explain got a classifier and also {given_too}: the "
+                                "classifier decides it; drop one or the other")
     classifier = classifier or BundleClassifier(s.model, s.invert)
     keras_model, meta, names = classifier.model, classifier.meta, classifier.class_names
     class_index = _class_index(names, s.class_name)
