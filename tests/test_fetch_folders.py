@@ -16,6 +16,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import kaggle_members, make_zip, require_asset, text_as_jpg, truncated
 from typer.testing import CliRunner
@@ -693,7 +694,8 @@ def test_a_broken_photo_keeps_its_place_in_the_cut_as_in_train(flowers, tmp_path
 
 
 def test_a_photo_too_large_to_copy_keeps_its_place_in_the_cut(flowers, tmp_path, monkeypatch):
-    """A scan over fetch-data's size limit for one photo (64 MiB; here lowered to 200 KB) is
+    """A scan over fetch-data's size limit for one photo (64 MiB; here lowered to 200 KB; a
+    BMP, or a TIFF whose directory is at its end) is
     skipped, but train reads it, and its cheap header probe counts it in the cut: fetch-data
     dropped it from the cut, which moved other photos across the line between train and
     validate. It now keeps its place, and the two splits agree on every other photo."""
@@ -703,14 +705,19 @@ def test_a_photo_too_large_to_copy_keeps_its_place_in_the_cut(flowers, tmp_path,
 
     monkeypatch.setattr(archive_module, "MAX_IMAGE_BYTES", 200_000)
     folder = copy_classes(flowers, tmp_path / "flowers", per_class=12, classes=TWO)
-    for i in range(6):
-        Image.new("RGB", (300, 300), (10 * i, 90, 30)).save(folder / f"daisy/scan-{i}.bmp")
+    noise = np.random.default_rng(0).integers(0, 256, (800, 800, 3), dtype=np.uint8)
+    for i in range(6):  # BMPs, and TIFFs whose directory is at the end (libtiff's LZW)
+        if i % 2:
+            Image.fromarray(noise).save(folder / f"daisy/scan-{i}.tif", compression="tiff_lzw")
+        else:
+            Image.new("RGB", (300, 300), (10 * i, 90, 30)).save(folder / f"daisy/scan-{i}.bmp")
     data = tmp_path / "data"
     result = fetch_data(SplitOptions(archive=folder, data_dir=data, validation_split=0.25,
-                                     seed=1))
-    assert sorted(s["name"] for s in result.skipped) == [f"daisy/scan-{i}.bmp" for i in range(6)]
+                                     seed=4))
+    assert sorted(s["name"] for s in result.skipped) == [
+        f"daisy/scan-{i}.{'tif' if i % 2 else 'bmp'}" for i in range(6)]
     assert all(s["reason"].startswith("too large for a photo") for s in result.skipped)
-    train, validate = pipelines.split_in_memory(folder, list(TWO), 0.25, 1)
+    train, validate = pipelines.split_in_memory(folder, list(TWO), 0.25, 4)
     assert any("scan" in s.path.name for s in validate)  # train reads them: some validate
     for split, samples in (("train", train), ("validate", validate)):
         by_train = sorted(f"{TWO[s.label]}/{s.path.name}" for s in samples

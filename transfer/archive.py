@@ -92,17 +92,22 @@ class SkipMember(Exception):
         self.identified = identified
 
 
+# An oversized zip member is probed through the zip's seekable stream up to this size (a
+# TIFF's directory may be at its end: read up to there); a larger one by its first bytes only.
+PROBE_WHOLE_BYTES = 1 << 30
 HEADER_BYTES = 1 << 20  # enough of a file for Pillow to identify it (a JPEG's EXIF included)
 
 
-def header_identified(head: bytes) -> bool:
-    """True when ``head`` (a file's first bytes) passes train's header probe
-    (``images.check_header``, which ``pipelines.probe_all`` runs)."""
+def header_identified(source) -> bool:
+    """True when ``source`` (a path, a seekable binary file, or a file's first bytes) passes
+    train's header probe (``images.check_header``, which ``pipelines.probe_all`` runs)."""
     from transfer import images
 
     try:
-        images.check_header(head)
+        images.check_header(source)
     except images.ImageError:
+        return False
+    except Exception:  # a damaged zip member read through its stream (BadZipFile, zlib)
         return False
     return True
 
@@ -252,11 +257,14 @@ class ZipImages(ImageSource):
         problem = size_problem(info.file_size, info.compress_size)
         if problem:
             try:
-                with self.zip.open(info) as member:
-                    head = member.read(HEADER_BYTES)
+                ratio = info.file_size / max(info.compress_size, 1)
+                whole = info.file_size <= PROBE_WHOLE_BYTES and ratio <= MAX_COMPRESSION_RATIO
+                with self.zip.open(info) as member:  # a zip bomb: its first bytes only
+                    known = header_identified(member if whole
+                                              else member.read(HEADER_BYTES))
             except Exception:  # a damaged member: no place kept
-                head = b""
-            raise SkipMember(problem, identified=header_identified(head))
+                known = False
+            raise SkipMember(problem, identified=known)
         try:
             with self.zip.open(info) as member:
                 # zipfile stops at the declared size; read one byte more to notice a liar.
@@ -314,10 +322,8 @@ class FolderImages(ImageSource):
         path = self.root / name
         try:
             problem = size_problem(path.stat().st_size)
-            if problem:
-                with open(path, "rb") as stream:
-                    head = stream.read(HEADER_BYTES)
-                raise SkipMember(problem, identified=header_identified(head))
+            if problem:  # train's own probe of the file, its end included (a TIFF's directory)
+                raise SkipMember(problem, identified=header_identified(path))
             return path.read_bytes()
         except OSError as exc:
             if path.is_symlink() and not path.exists():  # as the image reader says it
