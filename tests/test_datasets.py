@@ -339,6 +339,12 @@ class Server:
                 rng = self.headers.get("Range")
                 server.requests.append(rng)
                 start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+                if start >= len(server.payload):  # as servers answer a range past the end
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(server.payload)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = server.payload[start:]
                 self.send_response(206 if rng else 200)
                 if rng:
@@ -463,6 +469,17 @@ def test_a_download_cut_short_without_a_length_is_kept_and_resumed(real_photos, 
         fetch_data(dataclasses.replace(options, microsoft_url=server.url))
     assert server.requests == [f"bytes={len(payload) // 3}-"]
     assert (tmp_path / "data/.cache/kagglecatsanddogs.zip").read_bytes() == payload
+    # a mirror serving another file, with no length: kept once, as it may have been cut;
+    # the next run, resuming it, finds it complete and still wrong: deleted, not kept for ever
+    other = options.replace(data_dir=tmp_path / "other")
+    page = b"<html>not the zip</html>\n" * 100
+    for expected in ("the connection may have closed early", "this download resumed a "
+                     "partial file an earlier run left, which may be what was damaged: "
+                     "deleted"):
+        with Server(page, length=False) as server, pytest.raises(TransferError) as info:
+            fetch_data(dataclasses.replace(other, microsoft_url=server.url))
+        assert expected in str(info.value)
+    assert not list((tmp_path / "other/.cache").iterdir())
 
 
 def test_a_full_disk_names_the_data_folder(real_photos, tmp_path, monkeypatch):

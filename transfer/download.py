@@ -74,7 +74,7 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
                             advance(len(chunk))
             except urllib.error.HTTPError as exc:
                 if exc.code == 416 and have and _total_from_content_range(exc.headers, -1) == have:
-                    pass  # the .part is already complete
+                    total = have  # the .part is already complete: the server said its length
                 elif exc.code == 416 and have:
                     part.unlink()  # our partial no longer matches the remote file
                     attempt += 1

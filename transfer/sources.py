@@ -140,7 +140,7 @@ def _microsoft(url: str, cache: Path, reporter: Reporter) -> Obtained:
     path = download(url, cache / name, reporter, offline_hint=OFFLINE_HINT, facts=facts)
     expected = expected_microsoft_sha256()
     got = sha256_file(path)
-    if got != expected and facts.get("length_known") is False:
+    if got != expected and facts.get("length_known") is False and not resumed:
         part = path.with_name(path.name + ".part")
         os.replace(path, part)  # perhaps cut short: kept, the next run resumes it
         raise TransferError(
