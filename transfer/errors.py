@@ -82,11 +82,12 @@ def clear_interrupted() -> None:
 # Each command checks them all as it starts (cli), so a typo is one line, not a silent default.
 ENV_NUMBERS = {"TRANSFER_DECODE_AHEAD_MB": False, "TRANSFER_FEATURE_MEMORY_MB": False,
                "TRANSFER_STARTUP_SECONDS": False, "TRANSFER_REPORT_GRADCAMS": True}
+ENV_MAX = 1e12  # megabytes, seconds or pictures: beyond any use (1e308 overflowed in bytes)
 
 
 def env_number(name: str, default: float) -> float:
     """The number in environment variable ``name`` (one of ENV_NUMBERS), ``default`` when it is
-    unset or empty; anything else than a finite number of at least 0 is a TransferError."""
+    unset or empty; anything else than a number from 0 to ENV_MAX is a TransferError."""
     import math
     import os
 
@@ -98,10 +99,11 @@ def env_number(name: str, default: float) -> float:
     except ValueError:
         value = math.nan
     whole = ENV_NUMBERS[name]
-    if not (math.isfinite(value) and value >= 0 and (not whole or value.is_integer())):
+    if not (math.isfinite(value) and 0 <= value <= ENV_MAX
+            and (not whole or value.is_integer())):
         kind = "a whole number" if whole else "a number"
-        raise TransferError(f"environment variable {name} must be {kind} of at least 0, "
-                            f"not {text!r}")
+        raise TransferError(f"environment variable {name} must be {kind} from 0 to "
+                            f"{ENV_MAX:g}, not {text!r}")
     return int(value) if whole else value
 
 
