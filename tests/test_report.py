@@ -425,3 +425,8 @@ def test_write_report_takes_its_settings_as_the_other_commands_do(bundle_copy, t
     assert "<html" in out.read_text(encoding="utf-8")
     with pytest.raises(TransferError, match="no such bundle or evaluation folder"):
         write_report(ReportSettings(folder=tmp_path / "nothing"))
+    (tmp_path / "mine.html").write_text("<p>my notes</p>")  # force as a keyword counts too
+    settings = ReportSettings(folder=bundle_copy, output=tmp_path / "mine.html")
+    with pytest.raises(TransferError, match="not a transfer report"):
+        write_report(settings)
+    assert write_report(settings, force=True) == tmp_path / "mine.html"

@@ -732,7 +732,7 @@ def write_report(folder, output: Path | None = None, *, gradcams: int | None = N
 
     if isinstance(folder, ReportSettings):  # as the other commands take their settings
         s = folder.validated()
-        folder, output, force = s.folder, s.output if output is None else output, s.force
+        folder, output, force = s.folder, s.output if output is None else output, force or s.force
     folder = Path(folder)
     target = Path(output) if output is not None else folder / REPORT_HTML
     check_replaceable(target, force)
