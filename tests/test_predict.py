@@ -105,6 +105,23 @@ def test_the_library_writes_output_as_the_cli_does(trained_bundle, small_split, 
     assert table.exit_code == 0 and "p(cats)" in (tmp_path / "cli.txt").read_text()
 
 
+def test_the_json_of_a_diverged_model_is_strict_json():
+    """A model whose training diverged answers NaN: predict --format json wrote NaN (no JSON
+    for a browser) and serve's /api/predict was a 500 for every request ("Out of range
+    float values are not JSON compliant"). Such a number is null."""
+    nan = float("nan")
+    item = predict.Prediction("a.png", "0", nan, [{"label": "0", "probability": nan}],
+                              {"0": nan, "1": nan})
+    text = predict.Predictions("bundle", "m", "mnist-cnn", ["0", "1"], [item]).to_json()
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    row = json.loads(text, parse_constant=refuse)["predictions"][0]
+    assert row["probability"] is None and row["probabilities"] == {"0": None, "1": None}
+    assert row["top"] == [{"label": "0", "probability": None}]
+
+
 def test_csv_columns_stay_apart_when_classes_are_numbers():
     """Classes named 1, 10, 2, 9 with --top 3: the second best's column and class 2's column
     are two columns, each read back with its own value."""

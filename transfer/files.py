@@ -128,18 +128,18 @@ def write_json(path: Path, payload: dict) -> None:
     loss of a run that diverged) is written as null: Python's NaN is no JSON, and a browser's
     ``JSON.parse`` (or any strict reader) refused the whole file."""
     with replacing(path) as tmp:
-        tmp.write_text(json.dumps(_finite(payload), indent=2, default=str, allow_nan=False)
+        tmp.write_text(json.dumps(nan_as_null(payload), indent=2, default=str, allow_nan=False)
                        + "\n", encoding="utf-8")
 
 
-def _finite(value):
+def nan_as_null(value):
     """``value`` with every float that is NaN or infinite (in dicts, lists, tuples) None."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {key: nan_as_null(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
+        return [nan_as_null(item) for item in value]
     return value
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from transfer import images
 from transfer.errors import TransferError
-from transfer.files import is_device_or_pipe, refuse_existing, replacing
+from transfer.files import is_device_or_pipe, nan_as_null, refuse_existing, replacing
 from transfer.inference import (
     ModelEngine,
     classify_files,
@@ -66,13 +66,15 @@ class Predictions:
         return sum(item.error is not None for item in self.items)
 
     def as_dict(self) -> dict:
-        return {"mode": self.mode, "model": self.model, "base": self.base,
-                "class_names": self.class_names, "fallback": self.fallback,
-                "failed": self.failed, "engine": self.engine,
-                "predictions": [asdict(i) for i in self.items]}
+        """JSON-ready: a probability that is not a number (a model whose training diverged)
+        is None, so that strict readers (a browser, serve's JSON answers) take it."""
+        return nan_as_null({"mode": self.mode, "model": self.model, "base": self.base,
+                            "class_names": self.class_names, "fallback": self.fallback,
+                            "failed": self.failed, "engine": self.engine,
+                            "predictions": [asdict(i) for i in self.items]})
 
     def to_json(self) -> str:
-        return json.dumps(self.as_dict(), indent=2) + "\n"
+        return json.dumps(self.as_dict(), indent=2, allow_nan=False) + "\n"
 
     def to_csv(self) -> str:
         k = max((len(i.top) for i in self.items), default=1)
