@@ -837,12 +837,16 @@ class Worker:
                         job.future.set_exception(exc)
                     continue
                 # one request's upload must not fail the others merged with it: each again alone
-                for job in live:
+                for n, job in enumerate(live):
                     try:
                         job.future.set_result(predict_uploads(self.store, job.uploads,
                                                               *job.args))
                     except Exception as alone:
                         job.future.set_exception(alone)
+                    except BaseException as stop:  # an interruption: no request left waiting
+                        for rest in live[n:]:
+                            rest.future.set_exception(stop)
+                        break
             except BaseException as exc:  # handed to every waiting request, never lost
                 for job in live:
                     job.future.set_exception(exc)
