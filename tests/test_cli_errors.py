@@ -378,7 +378,7 @@ def test_an_interruption_native_code_swallowed_stops_the_conversion_and_lands_no
         bundle.write(tmp_path / "models/b", False, model, {"class_names": ["a", "b"]},
                      {"loss": [1.0]})
     assert not (tmp_path / "models/b").exists()
-    assert [p.name for p in (tmp_path / "models").iterdir()] == []
+    assert not (tmp_path / "models").exists()  # nor the folder made for it (no temp left)
     errors.clear_interrupted()
 
 
