@@ -398,3 +398,63 @@ def test_a_comparison_page_on_a_phone_does_not_run_off_the_page(watched, tmp_pat
                                 ".parentElement; return [box.scrollWidth, box.clientWidth]; })()")
     assert inner > room  # the table scrolls in its own box
     assert watched.errors == []
+
+
+@pytest.fixture(scope="module")
+def phone_models(models_dir, tmp_path_factory) -> Path:
+    """The cats-dogs bundle under a long name (as train names one), and a digit bundle whose
+    last layer's weights are NaN: a model whose training diverged."""
+    from transfer import bundle
+
+    models = tmp_path_factory.mktemp("phone") / "models"
+    models.mkdir()
+    shutil.copytree(models_dir / "cats-dogs", models / "mobilenet-20261206-075807-cats-dogs")
+    shutil.copytree(models_dir / "digits", models / "diverged")
+    model, _ = bundle.load(models / "diverged")
+    last = model.layers[-1]
+    last.set_weights([np.full_like(w, np.nan) for w in last.get_weights()])
+    model.save(models / "diverged" / "model.keras")
+    (models / "diverged" / "report.html").unlink(missing_ok=True)
+    return models
+
+
+def test_the_page_on_a_phone_in_order_and_with_a_diverged_model(browser, phone_models, photos):
+    """At 375 px: the page scrolled sideways (the model list as wide as its longest name) and
+    each probability bar was 3 px wide; the photos of one batch were shown last first; a
+    "classes shown" of 0 sent 3; the file input, moved off-screen, showed no keyboard focus;
+    and a model answering NaN (null in JSON) threw in the page: the card stuck, the status
+    line stuck on "classifying"."""
+    from playwright.sync_api import expect
+
+    w = Watched(browser)
+    try:
+        page = w.page
+        page.set_viewport_size({"width": 375, "height": 800})
+        with serve.serving(ServeSettings(models_dir=phone_models, port=0)) as url:
+            page = open_page(w, url, "mobilenet-20261206-075807-cats-dogs")
+            assert page.evaluate("document.documentElement.scrollWidth") <= 375
+            page.fill("#top", "0")  # one class shown, not the default
+            page.set_input_files("#file-input", [str(photos["cat"]), str(photos["dog"])])
+            wait_answer(page, 2)
+            titles = page.locator(".result h3").all_inner_texts()
+            assert titles == ["cat.1100.jpg", "dog.1100.jpg"]  # the order they were given
+            bars = page.locator(".result .bar")
+            assert bars.count() == 2  # one a card
+            track = bars.first.locator(".track").bounding_box()
+            assert track["width"] >= 40, track
+            assert page.evaluate("document.documentElement.scrollWidth") <= 375
+            page.focus("#file-input")
+            outline = page.eval_on_selector("label[for=file-input]",
+                                            "l => getComputedStyle(l).outlineStyle")
+            assert outline != "none"
+            page.select_option("#model", "diverged")
+            page.set_input_files("#file-input", str(photos["dog2"]))
+            answered = page.locator(".result[data-state=done]").first
+            expect(answered.locator(".label")).to_contain_text("n/a", timeout=TIMEOUT_MS)
+            assert "did its training diverge?" in answered.inner_text()
+            expect(page.locator("#status")).to_contain_text("diverged: 1 classified",
+                                                            timeout=TIMEOUT_MS)
+        assert w.errors == [] or all("Failed to load resource" in e for e in w.errors), \
+            w.errors
+    finally:
+        w.close()

@@ -124,8 +124,19 @@
     answer.textContent = "classifying ...";
     body.append(title, answer);
     box.append(thumb, body);
-    results.prepend(box);
     return box;
+  }
+
+  // A batch's cards on top of the earlier ones, in the order the photos were given.
+  function cards(files) {
+    const boxes = files.map(card);
+    results.prepend(...boxes);
+    return boxes;
+  }
+
+  // A probability as the server sent it: null when the model gave no number (diverged).
+  function percent(p, digits) {
+    return p === null || p === undefined || !isFinite(p) ? "n/a" : (100 * p).toFixed(digits) + "%";
   }
 
   function showPrediction(box, item, seconds) {
@@ -143,7 +154,10 @@
     box.dataset.label = item.label;
     const label = document.createElement("div");
     label.className = "label";
-    label.textContent = pretty(item.label) + " " + (100 * item.probability).toFixed(1) + "%";
+    label.textContent = pretty(item.label) + " " + percent(item.probability, 1);
+    if (item.probability === null) {
+      label.textContent += " (the model gives no usable probability: did its training diverge?)";
+    }
     answer.appendChild(label);
     const bars = document.createElement("div");
     bars.className = "bars";
@@ -159,11 +173,12 @@
       const fill = document.createElement("span");
       fill.className = "fill";
       fill.style.display = "block";
-      fill.style.width = Math.max(0, Math.min(100, 100 * entry.probability)).toFixed(1) + "%";
+      fill.style.width = Math.max(0, Math.min(100, 100 * (entry.probability || 0))).toFixed(1) +
+        "%";
       track.appendChild(fill);
       const value = document.createElement("span");
       value.className = "value";
-      value.textContent = entry.probability.toFixed(4);
+      value.textContent = entry.probability === null ? "n/a" : entry.probability.toFixed(4);
       row.append(name, track, value);
       bars.appendChild(row);
     }
@@ -226,6 +241,12 @@
     return out;
   }
 
+  // "classes shown": 1 to 20 (the field's own range), 3 when it cannot be read
+  function shownClasses() {
+    const n = parseInt(topInput.value, 10);
+    return Number.isNaN(n) ? 3 : Math.max(1, Math.min(20, n));
+  }
+
   async function classify(files) {
     files = Array.from(files).filter((f) => f && f.size !== undefined);
     if (!files.length) return;
@@ -237,7 +258,7 @@
     const tally = { classified: 0, failed: 0, sent: 0, problem: "",
       name: model || "the default model" };
     for (const chunk of chunks) {
-      const boxes = chunk.map(card);
+      const boxes = cards(chunk);
       tally.failed += chunk.length; // until the server's answer says otherwise
       if (chunk.length === 1 && chunk[0].size + 5 * FORM_BYTES > maxUploadBytes) {
         const text = "too large: " + (chunk[0].size / 1048576).toFixed(1) + " MB, and the " +
@@ -249,14 +270,14 @@
       const form = new FormData();
       for (const f of chunk) form.append("files", f, f.name);
       if (model) form.append("model", model);
-      form.append("top", String(Math.max(1, parseInt(topInput.value, 10) || 3)));
+      form.append("top", String(shownClasses()));
       say("classifying " + chunk.length + " image(s) with " + (model || "the default model") + " ...");
       let response;
       tally.sent += 1;
       try {
         response = await fetch("/api/predict", { method: "POST", body: form });
       } catch (e) {
-        tally.problem = "the server cannot be reached: " + e;
+        tally.problem = "the server cannot be reached (is transfer serve still running?)";
         say(tally.problem, true);
         boxes.forEach((b) => showPrediction(b, { error: "no answer from the server" }, 0));
         continue;
@@ -277,7 +298,13 @@
       tally.failed -= data.predictions.length - data.failed;
       tally.classified += data.predictions.length - data.failed;
       tally.name = data.model;
-      data.predictions.forEach((item, i) => showPrediction(boxes[i], item, data.server_seconds));
+      data.predictions.forEach((item, i) => {
+        try {
+          showPrediction(boxes[i], item, data.server_seconds);
+        } catch (e) { // one odd answer must not end the batch (its status, the next requests)
+          showPrediction(boxes[i], { error: "this answer cannot be shown (" + e + ")" }, 0);
+        }
+      });
       say(data.model + ": " + (data.predictions.length - data.failed) + " classified" +
         (data.failed ? ", " + data.failed + " failed" : "") + " in " +
         (1000 * data.server_seconds).toFixed(0) + " ms (server time)");
@@ -347,6 +374,7 @@
     $("webcam-snap").hidden = false;
     $("webcam-stop").hidden = false;
     $("webcam-start").hidden = true;
+    $("webcam-snap").focus(); // the button pressed is gone: focus where the next step is
     say("webcam on: hold something up and take the photo");
   });
 
@@ -359,6 +387,7 @@
     $("webcam-snap").hidden = true;
     $("webcam-stop").hidden = true;
     $("webcam-start").hidden = false;
+    if (document.activeElement === document.body) $("webcam-start").focus();
   }
 
   video.addEventListener("loadeddata", () => { video.dataset.live = "1"; });
