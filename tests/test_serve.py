@@ -1105,3 +1105,12 @@ def test_an_imagenet_classifier_that_cannot_load_is_the_servers_fault(models_dir
     assert nothing.status_code == 404 and "None" not in nothing.json()["detail"]
     assert nothing.json()["detail"].startswith("no model to use: the models folder holds no "
                                                "bundle")
+
+
+def test_the_api_docs_say_what_predict_answers(client):
+    """/docs showed /api/predict's answer as "string" and none of its error codes."""
+    spec = client.get("/openapi.json").json()
+    responses = spec["paths"]["/api/predict"]["post"]["responses"]
+    assert {"200", "404", "413", "415", "422", "503"} <= set(responses)
+    example = responses["200"]["content"]["application/json"]["example"]
+    assert {"predictions", "class_names", "failed", "server_seconds"} <= set(example)

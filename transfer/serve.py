@@ -101,6 +101,29 @@ class ImageNetEntry:
     title: str  # "MobileNet alpha 0.25 (ImageNet)"
 
 
+# What /docs says /api/predict answers (FastAPI, given no response model, showed "string").
+PREDICT_RESPONSES = {
+    200: {"description": "One row per file, in order: `transfer predict --format json`'s "
+                         "answer plus `server_seconds`; a file that is not a usable image has "
+                         "its `error` (and `label` null)",
+          "content": {"application/json": {"example": {
+              "mode": "bundle", "model": "cats-dogs", "base": "mobilenet",
+              "class_names": ["cats", "dogs"], "fallback": None, "failed": 0,
+              "engine": {"requested": "auto", "name": "tf"},
+              "predictions": [{"file": "cat.jpg", "label": "cats", "probability": 0.97,
+                               "top": [{"label": "cats", "probability": 0.97}],
+                               "probabilities": {"cats": 0.97, "dogs": 0.03},
+                               "image": {"width": 500, "height": 375, "mode": "RGB"},
+                               "error": None}],
+              "server_seconds": 0.041}}}},
+    404: {"description": "No such model"},
+    413: {"description": "Too many files, or more bytes than --max-upload-mb"},
+    415: {"description": "No file is a usable image (`errors` says why, file by file)"},
+    422: {"description": "A form field out of range (`top`, `invert`)"},
+    503: {"description": "The server is busy or stopping; try again in a moment"},
+}
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -1024,7 +1047,7 @@ def create_app(settings: ServeSettings):
         return {"default": default, "top": s.top, "max_upload_mb": s.max_upload_mb,
                 "models": bundles + imagenet}
 
-    @app.post("/api/predict", summary="Classify one or more images")
+    @app.post("/api/predict", summary="Classify one or more images", responses=PREDICT_RESPONSES)
     async def predict_endpoint(request: Request,
                                files: list[UploadFile] = File(..., description="images"),
                                model: str | None = MODEL_FIELD,
