@@ -115,6 +115,12 @@
     thumb.className = "thumb";
     thumb.alt = file.name;
     thumb.src = URL.createObjectURL(file);
+    thumb.addEventListener("error", () => { // not an image the browser shows: no broken icon
+      const none = document.createElement("div");
+      none.className = "thumb none";
+      none.textContent = "no preview";
+      thumb.replaceWith(none);
+    }, { once: true });
     const body = document.createElement("div");
     body.className = "body";
     const title = document.createElement("h3");
