@@ -378,6 +378,12 @@ def test_default_data_of_a_folder_split_in_memory(tmp_path_factory, mobilenet_we
     # --data-dir still means every image of that folder
     everything = evaluate(copy, data_dir=Path(data["root"]), output=tmp_path / "all").report
     assert everything["images"] == 36 and everything["subset"] is None
+    # the whole folder is another evaluation than its validation split: not replaced
+    # without --force (it was, silently: the bundle's report then counted training photos)
+    with pytest.raises(TransferError, match="from another evaluation; use --force"):
+        evaluate(copy, data_dir=Path(data["root"]))
+    said = " ".join(runner.invoke(app, ["evaluate", "--model", str(copy)]).output.split())
+    assert f"on the validation split of {data['root']} (9 images)" in said
     # the bundle lists its training images: none in its validation split, 27 in the folder
     assert report["training_images"] == 0 and everything["training_images"] == 27
 
@@ -411,6 +417,25 @@ def test_training_images_shown_again_are_counted_and_said(tmp_path_factory, tmp_
     said = " ".join(runner.invoke(app, ["evaluate", "--model", str(copy)]).output.split())
     assert (f"training reported validation accuracy {meta['metrics']['val_accuracy']:.4f} on "
             f"the split it made then (this one holds {expected} of its training images)") in said
+
+
+def test_a_validation_folder_that_changed_since_training_is_said(trained_bundle, small_split,
+                                                                  tmp_path):
+    """Photos added to data/validate after training: evaluate's accuracy no longer matches
+    the one training reported, and nothing said why."""
+    folder = tmp_path / "validate"
+    shutil.copytree(small_split / "validate", folder)
+    for path, cls in split_images(small_split / "test", 2):
+        shutil.copy(path, folder / cls / f"new-{path.name}")
+    copy = tmp_path / "bundle"
+    shutil.copytree(trained_bundle.bundle, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["data"]["validate_dir"] = str(folder)
+    (copy / "meta.json").write_text(json.dumps(meta))
+    then = meta["data"]["validate_images"]
+    said = " ".join(runner.invoke(app, ["evaluate", "--model", str(copy)]).output.split())
+    assert (f"training reported validation accuracy {meta['metrics']['val_accuracy']:.4f} on "
+            f"{then} images (this evaluation has {then + 4}: the folder changed since)") in said
 
 
 def trained_files(bundle_dir: Path) -> list[tuple[Path, str]]:

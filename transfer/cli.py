@@ -797,7 +797,9 @@ def evaluate_cmd(
 
     result = evaluate(settings, reporter=_reporter())
     r = result.report
-    table = Table(title=f"{r['model']} on {r['data_dir']} ({r['images']} images)")
+    where = (f"the validation split of {r['data_dir']}" if r.get("subset") == "validate"
+             else r["data_dir"])  # not the whole folder: the other photos trained it
+    table = Table(title=f"{r['model']} on {where} ({r['images']} images)")
     for column in ("class", "precision", "recall", "F1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for name, row in r["per_class"].items():
@@ -824,6 +826,10 @@ def evaluate_cmd(
     if r["is_training_validation_folder"] and trained.get("val_accuracy") is not None:
         shown_again = (f" on the split it made then (this one holds {r['training_images']} of "
                        "its training images)" if r.get("training_images") else "")
+        then = r.get("training_validate_images")
+        if not shown_again and then and then != r["images"] + len(r["skipped"]):
+            shown_again = (f" on {then} images (this evaluation has {r['images']}: the folder "
+                           "changed since)")
         out.print(f"training reported validation accuracy {trained['val_accuracy']:.4f}"
                   f"{shown_again}", highlight=False)
     if r.get("engine"):

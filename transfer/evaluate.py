@@ -200,7 +200,8 @@ def _same_folder(a, b) -> bool:
     return b is not None and Path(a).resolve() == Path(b).resolve()
 
 
-def _check_outputs(output: Path, data_dir: Path, model: Path, force: bool) -> None:
+def _check_outputs(output: Path, data_dir: Path, model: Path, force: bool,
+                   subset: str | None = None) -> None:
     """Refuse to replace earlier outputs unless force, or they were this same evaluation's
     (the same model on the same folder); a report.html there must be one of transfer's
     (``report.made_by_transfer``)."""
@@ -222,7 +223,9 @@ def _check_outputs(output: Path, data_dir: Path, model: Path, force: bool) -> No
         before = previous.get("bundle") or previous.get("model")
         evaluated = previous.get("kind") == "transfer-evaluate"
         same = (evaluated and _same_folder(data_dir, previous.get("data_dir"))
-                and _same_folder(model, before))
+                and _same_folder(model, before)
+                # the validation split of a folder is not the whole folder
+                and previous.get("subset") == subset)
     except (OSError, ValueError, AttributeError):
         evaluated = same = False
     if a_bundle and not evaluated:  # the bundle's own pictures (transfer mnist's test set)
@@ -288,7 +291,7 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
         files = labelled_files(data_dir, names)
     output = Path(s.output) if s.output is not None else model
     outside_data("output", output, data_dir)
-    _check_outputs(output, data_dir, model, s.force)
+    _check_outputs(output, data_dir, model, s.force, "validate" if in_memory else None)
     unread = [] if in_memory else unread_in(data_dir, names)
     with new_folders_kept_on_success(output):  # an empty folder is not left by a failure
         writable_folder(output)
@@ -301,8 +304,9 @@ def _evaluate(s: EvaluateSettings, reporter: Reporter, classifier: BundleClassif
     model, meta, names = Path(s.model), classifier.meta, classifier.class_names
     started = time.perf_counter()
     engine = ModelEngine(classifier, s.engine, len(files), reporter)
+    where = f"the validation split of {data_dir}" if in_memory else str(data_dir)
     classified = classify_files(classifier, [path for path, _ in files], s.batch_size, reporter,
-                                f"Evaluating on {data_dir}", engine=engine)
+                                f"Evaluating on {where}", engine=engine)
     kept, labels, probs, skipped, thumbs = [], [], [], list(unread), {}
     for (path, label), c in zip(files, classified, strict=True):
         if c.error is not None:
@@ -349,6 +353,8 @@ def _evaluate(s: EvaluateSettings, reporter: Reporter, classifier: BundleClassif
         "gate": gate(float(np.mean(predicted == y)), s.assert_accuracy_at_least),
         "skipped": skipped,
         "training_metrics": meta.get("metrics"),
+        # the validation images training scored (its val_accuracy's), to compare with images
+        "training_validate_images": (meta.get("data") or {}).get("validate_images"),
         "engine": engine.info.as_dict(),
         "is_training_validation_folder": in_memory or _same_folder(data_dir,
                                                                    bundle.validate_dir(meta)),
