@@ -256,9 +256,14 @@ def test_tfdata_bundles_evaluate_as_training_measured(own_split, tmp_path, mobil
     classic = train(hp(own_split, tmp_path, pipeline="tfdata", augment_copies=0, epochs=1,
                        output=tmp_path / "t1"))
     assert classic.meta["feature_cache"] == "off" and classic.meta["pipeline"] == "tfdata"
+    recorder = Recorder()
     cached = train(hp(own_split, tmp_path, **GENUINE, pipeline="tfdata", augment_copies=1,
-                      epochs=3, output=tmp_path / "t2"))
+                      epochs=3, output=tmp_path / "t2"), reporter=recorder)
     assert cached.meta["feature_cache"] == "miss"
+    # the head trained on cached features: no pipeline ran, and the run says --pipeline
+    # took no part (meta.json said "tfdata", and nothing was said)
+    assert cached.meta["pipeline"] == "features"
+    assert any(w.startswith("--pipeline tfdata unused") for w in recorder.warnings)
     m = cached.meta["metrics"]
     # every route reads through the one reader: the saved model on the validation photos
     # gives the numbers training measured, and so does evaluate

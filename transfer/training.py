@@ -661,6 +661,12 @@ def report_data(run: RunPlan, reporter: Reporter) -> None:
             reporter.warn(f"{' '.join(given)} unused: the head trains on {trains_on}, which "
                           "takes no random transform; --augment-copies N adds N randomly "
                           "transformed copies of the training photos")
+    if (run.use_cache and run.settings.fine_tune == 0
+            and run.settings.pipeline != TrainSettings().pipeline):
+        reporter.warn(f"--pipeline {run.settings.pipeline} unused: the head trains on features "
+                      "computed once (the base runs once a photo, through the one image "
+                      "reader); it applies to end-to-end fits (--fine-tune N, --augment-copies "
+                      "0, --base scratch)")
     beside = _beside_the_splits(run)
     if beside:
         reporter.warn(f"left out: {', '.join(beside)} beside the split folders in "
@@ -782,7 +788,9 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
         alpha=run.alpha if base.has_alpha else None,
         weights={"source": built.weights_source, "sha256": built.weights_sha256},
         output="sigmoid" if run.binary else "softmax",
-        pipeline=hp.pipeline,
+        # the pipeline images went through end to end; "features": none (the head trained on
+        # features computed once; --pipeline took no part)
+        pipeline=hp.pipeline if not run.use_cache or hp.fine_tune > 0 else "features",
         augmentation={**hp.augment.as_dict(), "copies": run.copies if run.use_cache else None,
                       # whether rotation/shift/shear/zoom took part (not with test-time flips
                       # alone: the head then trains on plain photos, or photo-mirror means)
