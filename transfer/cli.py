@@ -986,8 +986,8 @@ def export_cmd(
         table.add_row(f"{q['mode']} TFLite", _pct(q["accuracy"]), f"{q['bytes']:,}")
         out.print(table)
         out.print(f"size {c['size_ratio']:.2f}x of the float model; agreement with it "
-                  f"{c['agreement']:.3f}; confident images that changed class "
-                  f"{c['confident_changed']} of {c['confident_images']} "
+                  f"{c['agreement']:.3f}; {c['confident_changed']} of the "
+                  f"{c['confident_images']} confident images changed class; check "
                   "[green]passed[/green]", highlight=False, markup=True)
     out.print(f"class names and input recipe: {result.meta_path}", highlight=False)
 
