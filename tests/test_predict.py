@@ -284,6 +284,14 @@ def test_imagenet_cli_and_fallback_without_a_bundle(real_photos, tmp_path, monke
                                 "--alpha", "0.25", "--top", "5"])
     assert table.exit_code == 0 and "next 4" in table.stdout
     assert payload["predictions"][0]["top"][2]["label"] in table.stdout
+    # models/latest left pointing at a bundle moved away: said, not "no trained model" and
+    # ImageNet's classes for the user's cats and dogs
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/latest").symlink_to("cats-dogs-old")
+    gone = runner.invoke(app, ["predict", str(photo), "--base", "mobilenet", "--alpha", "0.25"])
+    assert gone.exit_code == 1 and gone.stderr.strip() == (
+        "error: models/latest points at cats-dogs-old, which is missing (moved or deleted?); "
+        "pass --model DIR, or train again")
 
 
 def test_a_first_imagenet_predict_downloads_its_weights_and_stdout_stays_json(real_photos,

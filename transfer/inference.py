@@ -410,6 +410,9 @@ def open_classifier(settings: PredictSettings | None = None, *, reporter: Report
     model = s.model
     if model is None:
         latest = Path(s.models_dir) / "latest"
+        if latest.is_symlink() and not latest.exists():  # a bundle moved or deleted since
+            raise TransferError(f"{latest} points at {os.readlink(latest)}, which is missing "
+                                "(moved or deleted?); pass --model DIR, or train again")
         if not latest.exists():
             reason = (f"no trained model at {latest}; classifying with the ImageNet classifier "
                       f"of {s.base} (train one with `transfer train`, or pass --model DIR)")
