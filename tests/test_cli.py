@@ -256,6 +256,23 @@ def test_progress_bars_print_names_as_they_are_and_controls_as_escapes():
     assert "\x1b[2J" not in text
 
 
+def test_a_message_into_a_log_is_one_line_and_wraps_on_a_terminal():
+    """`transfer train ... > log 2>&1`: warnings were broken at 200 columns mid-sentence, so
+    grep missed them; into a file or a pipe a message is now one line."""
+    import io
+
+    from transfer.progress import RichReporter, safe_console
+
+    message = ("a lower --fine-tune-lr or fewer --fine-tune layers " * 6).strip()
+    log = io.StringIO()
+    RichReporter(safe_console(file=log, width=80)).warn(message)
+    RichReporter(safe_console(file=log, width=80)).info(message)
+    assert log.getvalue().splitlines() == [f"warning: {message}", message]
+    terminal = io.StringIO()
+    RichReporter(safe_console(file=terminal, force_terminal=True, width=80)).warn(message)
+    assert len(terminal.getvalue().splitlines()) > 1
+
+
 def test_the_predictions_table_fits_narrow_terminals_without_cutting_numbers():
     """Five classes on 60 or 80 columns: the per-class probabilities were cut ("0.9...") or
     left off the right edge, the headers read "probab..."; the table now shows them when they

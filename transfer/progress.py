@@ -66,14 +66,17 @@ class RichReporter(Reporter):
     def __init__(self, console=None):
         self.console = console or safe_console(stderr=True)
 
+    # Into a file or a pipe (a log), a message is one line, never broken at the console's
+    # width (grep finds it); on a terminal it wraps to the window.
     def info(self, message: str) -> None:  # paths and class names as they are: no markup
-        self.console.print(message, highlight=False, markup=False)
+        self.console.print(message, highlight=False, markup=False,
+                           soft_wrap=not self.console.is_terminal)
 
     def warn(self, message: str) -> None:
         from rich.markup import escape
 
         self.console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False,
-                           markup=True)
+                           markup=True, soft_wrap=not self.console.is_terminal)
 
     @contextmanager
     def task(self, description: str, total: float | None = None, kind: str = "items",
