@@ -57,6 +57,7 @@ def test_json_and_csv_schemas(trained_bundle, small_split, tmp_path):
     # six images: auto keeps TensorFlow (converting would cost more than it saves)
     assert payload["engine"]["requested"] == "auto" and payload["engine"]["name"] == "tf"
     assert payload["engine"]["images"] == 6 and "fewer than" in payload["engine"]["fallback"]
+    assert payload["engine"]["batch_size"] == 32  # what TensorFlow ran (it said 8)
     assert len(payload["predictions"]) == 6
     for row in payload["predictions"]:
         assert set(row) == {"file", "label", "probability", "top", "probabilities", "image",

@@ -478,6 +478,7 @@ class ModelEngine:
         rounded up to a multiple of the converted model's fixed batch (a short batch is padded:
         batches of 1 would run 8 images each, and make auto's measurement unfair)."""
         if not self._pending and self._engine is None:
+            self.info.batch_size = requested  # TensorFlow runs it: what is recorded too
             return requested
         return -(-requested // ENGINE_BATCH) * ENGINE_BATCH
 
