@@ -191,10 +191,25 @@ def test_the_head_trains_on_copy_e_mod_k_in_epoch_e(own_split, tmp_path, monkeyp
 def test_early_stopping_restores_the_best_weights(own_split, tmp_path, mobilenet_weights):
     """A learning rate too high makes the validation loss bounce, so the run stops before its
     12 epochs; the model saved is the one of the best epoch, not the last."""
+    from contextlib import contextmanager
+
+    from transfer.progress import Reporter
+
+    class Statuses(Reporter):  # the progress bars' status lines
+        said: list = []
+
+        @contextmanager
+        def task(self, description, total=None, kind="items", completed=0):
+            yield lambda n=1, **fields: self.said.append(fields.get("status"))
+
     result = train(hp(own_split, tmp_path, **GENUINE, augment=NO_AUGMENT, epochs=12,
-                      learning_rate=0.02, patience=2, output=tmp_path / "es"))
+                      learning_rate=0.02, patience=2, output=tmp_path / "es"),
+                   reporter=Statuses())
     m, losses = result.meta["metrics"], result.history["val_loss"]
     assert m["best_epoch"] < m["epochs_run"], "the test needs a run whose last epoch is worse"
+    # the bar ends full: its last status says why (it read "12/12 ... head epoch 5")
+    assert Statuses.said[-1] == (f"head stopped early after epoch {m['epochs_run']} of 12: "
+                                 "no lower val_loss in 2 epochs")
     assert losses[-1] > min(losses)
     assert m["val_loss"] == pytest.approx(min(losses), rel=1e-5)
     assert m["best_epoch"] == int(np.argmin(losses)) + 1

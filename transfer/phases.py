@@ -665,8 +665,10 @@ def train_head(plan: RunPlan, built: Built, feats: Features, reporter: Reporter)
                               f"{h['accuracy'][-1]:.4f}  val_loss {h['val_loss'][-1]:.4f}  "
                               f"val_accuracy {h['val_accuracy'][-1]:.4f}"
                               + (f"  (l2 {grid[lead]:g})" if len(grid) > 1 else ""))
-            if not any(active):
-                advance(hp.epochs - epoch - 1)
+            if not any(active):  # the bar ends full, saying why it stopped before --epochs
+                advance(hp.epochs - epoch - 1,
+                        status=f"head stopped early after epoch {epoch + 1} of {hp.epochs}: "
+                               f"no lower val_loss in {hp.patience} epochs")
                 break
     finite = [b if math.isfinite(b) else math.inf for b in best]
     chosen = int(np.argmin(finite))
