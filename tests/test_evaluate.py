@@ -436,6 +436,13 @@ def test_a_validation_folder_that_changed_since_training_is_said(trained_bundle,
     said = " ".join(runner.invoke(app, ["evaluate", "--model", str(copy)]).output.split())
     assert (f"training reported validation accuracy {meta['metrics']['val_accuracy']:.4f} on "
             f"{then} images (this evaluation has {then + 4}: the folder changed since)") in said
+    # an unreadable file among the same photos: skipped by both, no change to say
+    for path, cls in split_images(small_split / "test", 2):
+        (folder / cls / f"new-{path.name}").unlink()
+    (folder / "cats" / "broken.jpg").write_bytes(b"not a photo")
+    said = " ".join(runner.invoke(app, ["evaluate", "--model", str(copy), "--force"])
+                    .output.split())
+    assert "training reported validation accuracy" in said and "changed since" not in said
 
 
 def trained_files(bundle_dir: Path) -> list[tuple[Path, str]]:

@@ -142,6 +142,7 @@ def test_a_parity_failure_falls_back_to_tensorflow_with_a_warning(
     assert info["requested"] == "tflite" and info["name"] == "tf"
     assert "differs from TensorFlow" in info["fallback"]
     assert info["parity_max_abs_diff"] is not None and info["images"] == 200
+    assert info["batch_size"] == 32  # what TensorFlow ran after all (it said the converted 8)
     assert any("differs from TensorFlow" in w and "using TensorFlow" in w
                for w in reporter.warnings), reporter.warnings
     for key in ("confusion_matrix", "per_class", "accuracy", "roc_auc"):

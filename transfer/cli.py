@@ -827,7 +827,7 @@ def evaluate_cmd(
         shown_again = (f" on the split it made then (this one holds {r['training_images']} of "
                        "its training images)" if r.get("training_images") else "")
         then = r.get("training_validate_images")
-        if not shown_again and then and then != r["images"] + len(r["skipped"]):
+        if not shown_again and then and then != r["images"]:  # both count usable images
             shown_again = (f" on {then} images (this evaluation has {r['images']}: the folder "
                            "changed since)")
         out.print(f"training reported validation accuracy {trained['val_accuracy']:.4f}"

@@ -78,16 +78,17 @@ def clear_interrupted() -> None:
     _interrupted.clear()
 
 
-# The environment variables that take a number (True: a whole one), read through env_number.
-# Each command checks them all as it starts (cli), so a typo is one line, not a silent default.
-ENV_NUMBERS = {"TRANSFER_DECODE_AHEAD_MB": False, "TRANSFER_FEATURE_MEMORY_MB": False,
-               "TRANSFER_STARTUP_SECONDS": False, "TRANSFER_REPORT_GRADCAMS": True}
-ENV_MAX = 1e12  # megabytes, seconds or pictures: beyond any use (1e308 overflowed in bytes)
+# The environment variables that take a number: (a whole one?, the largest taken), read
+# through env_number. Each command checks them all as it starts (cli), so a typo is one line,
+# not a silent default; the largest values are beyond any use (1e308 MB overflowed in bytes,
+# 1e10 s in the watchdog's clock).
+ENV_NUMBERS = {"TRANSFER_DECODE_AHEAD_MB": (False, 1e9), "TRANSFER_FEATURE_MEMORY_MB": (False, 1e9),
+               "TRANSFER_STARTUP_SECONDS": (False, 1e8), "TRANSFER_REPORT_GRADCAMS": (True, 1e6)}
 
 
 def env_number(name: str, default: float) -> float:
     """The number in environment variable ``name`` (one of ENV_NUMBERS), ``default`` when it is
-    unset or empty; anything else than a number from 0 to ENV_MAX is a TransferError."""
+    unset or empty; anything else than a number from 0 to its largest is a TransferError."""
     import math
     import os
 
@@ -98,12 +99,12 @@ def env_number(name: str, default: float) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    whole = ENV_NUMBERS[name]
-    if not (math.isfinite(value) and 0 <= value <= ENV_MAX
+    whole, largest = ENV_NUMBERS[name]
+    if not (math.isfinite(value) and 0 <= value <= largest
             and (not whole or value.is_integer())):
         kind = "a whole number" if whole else "a number"
         raise TransferError(f"environment variable {name} must be {kind} from 0 to "
-                            f"{ENV_MAX:g}, not {text!r}")
+                            f"{largest:g}, not {text!r}")
     return int(value) if whole else value
 
 

@@ -456,6 +456,7 @@ class ModelEngine:
                                threads=cpu_threads())
         self._engine = None  # the TFLite engine, once opened and checked
         self._pending = False  # to open at the first batch
+        self._batch: int | None = None  # images per call when it may convert (batch_size)
         self._open_seconds = 0.0  # conversion, parity check, auto's measurement
         if requested == "tf":
             return
@@ -480,7 +481,8 @@ class ModelEngine:
         if not self._pending and self._engine is None:
             self.info.batch_size = requested  # TensorFlow runs it: what is recorded too
             return requested
-        return -(-requested // ENGINE_BATCH) * ENGINE_BATCH
+        self._batch = -(-requested // ENGINE_BATCH) * ENGINE_BATCH
+        return self._batch
 
     def _open(self, batch: np.ndarray) -> None:
         self._pending = False
@@ -489,6 +491,8 @@ class ModelEngine:
             self._open_engine(batch)
         finally:
             self._open_seconds = time.perf_counter() - started
+            if self._engine is None and self._batch:  # TensorFlow after all
+                self.info.batch_size = self._batch  # runs the batches it was given
 
     def _open_engine(self, batch: np.ndarray) -> None:
         from transfer import engines

@@ -665,10 +665,12 @@ def train_head(plan: RunPlan, built: Built, feats: Features, reporter: Reporter)
                               f"{h['accuracy'][-1]:.4f}  val_loss {h['val_loss'][-1]:.4f}  "
                               f"val_accuracy {h['val_accuracy'][-1]:.4f}"
                               + (f"  (l2 {grid[lead]:g})" if len(grid) > 1 else ""))
-            if not any(active):  # the bar ends full, saying why it stopped before --epochs
-                advance(hp.epochs - epoch - 1,
-                        status=f"head stopped early after epoch {epoch + 1} of {hp.epochs}: "
-                               f"no lower val_loss in {hp.patience} epochs")
+            if not any(active):
+                if epoch + 1 < hp.epochs:  # the bar ends full, saying why it stopped early
+                    advance(hp.epochs - epoch - 1,
+                            status=f"head stopped early after epoch {epoch + 1} of "
+                                   f"{hp.epochs}: no lower val_loss in {hp.patience} epoch"
+                                   + ("s" if hp.patience != 1 else ""))
                 break
     finite = [b if math.isfinite(b) else math.inf for b in best]
     chosen = int(np.argmin(finite))
