@@ -188,6 +188,9 @@ def test_photos_larger_together_than_the_upload_limit_go_in_several_requests(
             f"cats-dogs: 3 classified, 1 failed (see their cards), in {len(posts)} requests",
             timeout=120_000)
         assert "error" in page.get_attribute("#status", "class")
+        # in the order given, across the requests (each request's cards went on top)
+        assert page.locator(".result h3").all_inner_texts() == [
+            "notes.jpg", "cat.1100.jpg", "dog.1100.jpg", "dog.1101.jpg"]
         # the text file's card: "no preview", not a broken-image icon
         notes_card = page.locator(".result", has=page.locator("h3", has_text="notes.jpg"))
         expect(notes_card.locator(".thumb.none")).to_have_text("no preview")

@@ -133,10 +133,12 @@
     return box;
   }
 
-  // A batch's cards on top of the earlier ones, in the order the photos were given.
-  function cards(files) {
+  // A batch's cards in the order the photos were given: its first request's on top of the
+  // earlier cards, each next request's after the previous one's (``after``: its last card).
+  function cards(files, after) {
     const boxes = files.map(card);
-    results.prepend(...boxes);
+    if (after) after.after(...boxes);
+    else results.prepend(...boxes);
     return boxes;
   }
 
@@ -263,8 +265,10 @@
     // several requests: the status line ends with what all of them did, not the last one's
     const tally = { classified: 0, failed: 0, sent: 0, problem: "",
       name: model || "the default model" };
+    let last = null; // the previous request's last card
     for (const chunk of chunks) {
-      const boxes = cards(chunk);
+      const boxes = cards(chunk, last);
+      last = boxes[boxes.length - 1];
       tally.failed += chunk.length; // until the server's answer says otherwise
       if (chunk.length === 1 && chunk[0].size + 5 * FORM_BYTES > maxUploadBytes) {
         const text = "too large: " + (chunk[0].size / 1048576).toFixed(1) + " MB, and the " +
