@@ -326,9 +326,11 @@ def petimages_zip(real_photos, tmp_path: Path, per_class: int = 25) -> tuple[Pat
 class Server:
     """A loopback HTTP server for one file, with Range support and an optional cut."""
 
-    def __init__(self, payload: bytes, cut_after: int | None = None, length: bool = True):
+    def __init__(self, payload: bytes, cut_after: int | None = None, length: bool = True,
+                 ranges: bool = True):
         self.payload, self.cut_after, self.requests = payload, cut_after, []
         self.length = length  # False: no Content-Length on a whole-file answer
+        self.ranges = ranges  # False: a Range header is ignored (the whole file, 200)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -338,6 +340,8 @@ class Server:
             def do_GET(self):
                 rng = self.headers.get("Range")
                 server.requests.append(rng)
+                if not server.ranges:
+                    rng = None
                 start = int(rng.split("=")[1].split("-")[0]) if rng else 0
                 if start >= len(server.payload):  # as servers answer a range past the end
                     self.send_response(416)
@@ -480,6 +484,15 @@ def test_a_download_cut_short_without_a_length_is_kept_and_resumed(real_photos, 
             fetch_data(dataclasses.replace(other, microsoft_url=server.url))
         assert expected in str(info.value)
     assert not list((tmp_path / "other/.cache").iterdir())
+    # a server that also ignores ranges cannot resume it: the second run, sent the whole
+    # file again, says the mirror's file is not the zip (not that a resumed part was damaged)
+    third = options.replace(data_dir=tmp_path / "third")
+    for expected in ("run again to resume", "a mirror must serve the very same file"):
+        with Server(page, length=False, ranges=False) as server, \
+                pytest.raises(TransferError) as info:
+            fetch_data(dataclasses.replace(third, microsoft_url=server.url))
+        assert expected in str(info.value)
+    assert not list((tmp_path / "third/.cache").iterdir())
 
 
 def test_a_full_disk_names_the_data_folder(real_photos, tmp_path, monkeypatch):

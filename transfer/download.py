@@ -36,7 +36,9 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
     reached at all, the error (one line, ending with ``offline_hint``) comes at once.
     ``facts``, when given, is filled with ``length_known``: False when the server never said
     the file's length (no Content-Length), so that a connection closed early could not be
-    told from the end of the file: the caller's checksum is then the only check.
+    told from the end of the file: the caller's checksum is then the only check; ``resumed``:
+    a ``.part`` an earlier run left was continued; ``restarted``: the server ignored the range
+    and sent the whole file again.
 
     Raises:
         TransferError: the download failed (the message says why and what is kept).
@@ -49,6 +51,7 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
     part = dest.with_name(dest.name + ".part")
     total: int | None = None
     attempt = 0
+    resumed = restarted = False  # a .part continued (206, or a 416 saying it is whole); not
     with reporter.task(f"Downloading {dest.name}", total=None, kind="bytes") as advance:
         while True:
             have = part.stat().st_size if part.exists() else 0
@@ -59,10 +62,11 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
                 with urllib.request.urlopen(request, timeout=timeout) as response:
                     if have and response.status == 206:
                         total = _total_from_content_range(response.headers, have)
-                        mode = "ab"
+                        mode, resumed = "ab", True
                     else:
                         if have:
                             reporter.warn("the server does not resume downloads; starting again")
+                            restarted = True
                         have = 0
                         length = response.headers.get("Content-Length")
                         total = int(length) if length is not None else None
@@ -74,7 +78,7 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
                             advance(len(chunk))
             except urllib.error.HTTPError as exc:
                 if exc.code == 416 and have and _total_from_content_range(exc.headers, -1) == have:
-                    total = have  # the .part is already complete: the server said its length
+                    total, resumed = have, True  # the .part is whole: the server said its length
                 elif exc.code == 416 and have:
                     part.unlink()  # our partial no longer matches the remote file
                     attempt += 1
@@ -116,7 +120,7 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
                                     f"delete {part} and try again")
             break
     if facts is not None:
-        facts["length_known"] = total is not None
+        facts.update(length_known=total is not None, resumed=resumed, restarted=restarted)
     os.replace(part, dest)
     return dest
 

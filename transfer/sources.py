@@ -135,12 +135,15 @@ def obtain_archive(opts: FetchOptions, source: str, cache: Path, reporter: Repor
 
 def _microsoft(url: str, cache: Path, reporter: Reporter) -> Obtained:
     name = PurePosixPath(url.split("?")[0]).name or "petimages.zip"
-    resumed = (cache / f"{name}.part").is_file() and not (cache / name).exists()
     facts: dict = {}
     path = download(url, cache / name, reporter, offline_hint=OFFLINE_HINT, facts=facts)
     expected = expected_microsoft_sha256()
     got = sha256_file(path)
-    if got != expected and facts.get("length_known") is False and not resumed:
+    resumed = facts.get("resumed", False)  # a partial file an earlier run left, continued
+    # perhaps cut short (no length said) and resumable: kept for the next run; a server that
+    # ignored the range cannot resume it, and a resumed file found whole is what it is
+    if (got != expected and facts.get("length_known") is False and not resumed
+            and not facts.get("restarted")):
         part = path.with_name(path.name + ".part")
         os.replace(path, part)  # perhaps cut short: kept, the next run resumes it
         raise TransferError(
