@@ -105,9 +105,7 @@ def header_identified(source) -> bool:
 
     try:
         images.check_header(source)
-    except images.ImageError:
-        return False
-    except Exception:  # a damaged zip member read through its stream (BadZipFile, zlib)
+    except Exception:  # ImageError; or a damaged zip member read through its stream (zlib)
         return False
     return True
 

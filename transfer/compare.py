@@ -31,13 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from transfer import bundle
+from transfer.constants import COMPARE_JSON, COMPARE_PNG
 from transfer.errors import TransferError
 from transfer.files import new_folders_kept_on_success, replacing, write_json
 from transfer.progress import Reporter
 from transfer.settings import CompareSettings, TrainSettings, given
 
-COMPARE_JSON = "compare.json"
-COMPARE_PNG = "compare.png"
 COMPARE_HTML = "report.html"
 # The fine-tuned run's second phase. Measured with MobileNet-0.25 on the cats/dogs split, on
 # the 200 photos it leaves out: 0.941 frozen -> 0.954 fine-tuned at 224 px (issue 17); with

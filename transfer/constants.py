@@ -59,6 +59,12 @@ def is_ignored_folder(name: str) -> bool:
     return is_hidden_or_system(name) or _base(name).lower() in IGNORED_FOLDERS
 
 
+# What `transfer compare` writes beside its bundles (settings checks them, compare writes them,
+# report recognises a comparison by the first).
+COMPARE_JSON = "compare.json"
+COMPARE_PNG = "compare.png"
+
+
 def gradcam_png(image) -> Path:
     """Where ``transfer explain`` puts the Grad-CAM picture of ``image`` by default: beside it,
     ``<stem>.gradcam.png``."""

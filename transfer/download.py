@@ -51,7 +51,9 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
     part = dest.with_name(dest.name + ".part")
     total: int | None = None
     attempt = 0
-    resumed = restarted = False  # a .part continued (206, or a 416 saying it is whole); not
+    # resumed: a .part continued (a 206, or a 416 saying it is whole); restarted: the server
+    # ignored the range and sent the whole file again
+    resumed = restarted = False
     with reporter.task(f"Downloading {dest.name}", total=None, kind="bytes") as advance:
         while True:
             have = part.stat().st_size if part.exists() else 0

@@ -72,9 +72,7 @@ def open_image(source, size: int | None = None):
     with _pillow_errors(source), _opened(_readable(source), drafted=bool(size)) as image:
         width, height = image.size
         if size:
-            image.draft("RGB", (2 * int(size), 2 * int(size)))  # a no-op for other formats
-            if image.format in ("JPEG", "MPO"):  # checked on what is decoded, not at open
-                _bomb_check(image.size)
+            _draft(image, size)
         image.load()
         loaded = image.size
         image = upright(image)
@@ -149,6 +147,15 @@ def _opened(readable, drafted: bool = False):
     # without its bomb check on the stored size; a path is opened and closed by the image
     return JpegImagePlugin.jpeg_factory(readable if hasattr(readable, "read")
                                         else os.fspath(readable))
+
+
+def _draft(image, size: int) -> None:
+    """A JPEG opened by ``_opened(drafted=True)`` set to decode at 1/2, 1/4 or 1/8 scale, never
+    below twice ``size`` (a no-op for other formats), and checked against decompression bombs
+    on what will be decoded, not on the stored size."""
+    image.draft("RGB", (2 * int(size), 2 * int(size)))
+    if image.format in ("JPEG", "MPO"):
+        _bomb_check(image.size)
 
 
 def _bomb_check(size: tuple[int, int]) -> None:
@@ -385,9 +392,7 @@ def decode_whole(readable, largest: int) -> tuple[str | None, tuple[int, int]]:
     so that it keeps what train can read (a 200-megapixel phone photo among them)."""
     with _opened(readable, drafted=True) as image:
         image_format, stored = image.format, image.size
-        image.draft("RGB", (2 * int(largest), 2 * int(largest)))
-        if image_format in ("JPEG", "MPO"):
-            _bomb_check(image.size)
+        _draft(image, largest)
         image.load()
     return image_format, stored
 

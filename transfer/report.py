@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer import bundle
+from transfer.constants import COMPARE_JSON
 from transfer.errors import TransferError, env_number, raise_if_interrupted
 
 REPORT_HTML = "report.html"
@@ -439,7 +440,7 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> st
         from transfer.settings import not_a_report_folder
 
         raise TransferError(not_a_report_folder(folder))
-    if (folder / "compare.json").is_file() and not (folder / "meta.json").is_file():
+    if (folder / COMPARE_JSON).is_file() and not (folder / bundle.META).is_file():
         from transfer import compare
 
         return compare.render_page(compare.read(folder), folder)

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from transfer.constants import (
+    COMPARE_JSON,
+    COMPARE_PNG,
     TRAIN_FOLDERS,
     VALIDATE_FOLDERS,
     gradcam_png,
@@ -906,8 +908,8 @@ class CompareSettings(Settings):
         writable("output", self.output)
         from transfer.files import refuse_existing
 
-        refuse_existing(Path(self.output) / "compare.json", self.force)
-        refuse_existing(Path(self.output) / "compare.png", self.force)  # a picture of yours
+        refuse_existing(Path(self.output) / COMPARE_JSON, self.force)
+        refuse_existing(Path(self.output) / COMPARE_PNG, self.force)  # a picture of yours
         from transfer.report import REPORT_HTML, check_replaceable
 
         check_replaceable(Path(self.output) / REPORT_HTML, self.force)

@@ -170,6 +170,12 @@ class RunPlan:
                 and hp.fine_tune == 0)
 
     @property
+    def pipeline_used(self) -> bool:
+        """Whether images go through ``--pipeline`` end to end (no cached features, or
+        fine-tuning); else the head trains on features computed once, without it."""
+        return not self.use_cache or self.settings.fine_tune > 0
+
+    @property
     def checkpoint_dir(self) -> Path:
         """Beside the bundle being made (in --models-dir, or beside --output): never in the
         photo folders, which --models-dir may be when --output is given."""
@@ -661,8 +667,7 @@ def report_data(run: RunPlan, reporter: Reporter) -> None:
             reporter.warn(f"{' '.join(given)} unused: the head trains on {trains_on}, which "
                           "takes no random transform; --augment-copies N adds N randomly "
                           "transformed copies of the training photos")
-    if (run.use_cache and run.settings.fine_tune == 0
-            and run.settings.pipeline != TrainSettings().pipeline):
+    if not run.pipeline_used and run.settings.pipeline != TrainSettings().pipeline:
         reporter.warn(f"--pipeline {run.settings.pipeline} unused: the head trains on features "
                       "computed once (the base runs once a photo, through the one image "
                       "reader); it applies to end-to-end fits (--fine-tune N, --augment-copies "
@@ -790,7 +795,7 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
         output="sigmoid" if run.binary else "softmax",
         # the pipeline images went through end to end; "features": none (the head trained on
         # features computed once; --pipeline took no part)
-        pipeline=hp.pipeline if not run.use_cache or hp.fine_tune > 0 else "features",
+        pipeline=hp.pipeline if run.pipeline_used else "features",
         augmentation={**hp.augment.as_dict(), "copies": run.copies if run.use_cache else None,
                       # whether rotation/shift/shear/zoom took part (not with test-time flips
                       # alone: the head then trains on plain photos, or photo-mirror means)
