@@ -517,6 +517,35 @@ def test_the_local_launcher_runs_two_workers_and_passes_on_a_failure(tmp_path):
         "type": "worker", "index": 1}
 
 
+def test_the_launcher_notices_a_failed_worker_while_the_chief_runs(monkeypatch):
+    """Only the chief was polled while it ran (`any` stops at its first True): a worker that
+    failed at start-up went unnoticed, the grace period never began, and the launcher waited
+    for the chief's own start-up watchdog (300 s) and returned its 137. Now the failure is
+    seen, the chief is killed after the grace period, and the exit code is the worker's."""
+    import sys
+
+    worker = ("import json, os, sys, time; "
+              "i = json.loads(os.environ['TF_CONFIG'])['task']['index']; "
+              "sys.exit(3) if i == 1 else time.sleep(120)")
+    monkeypatch.setattr(launch, "command", lambda args: [sys.executable, "-c", worker])
+    started = time.monotonic()
+    assert launch.run_local(2, [], grace=1) == 3
+    assert time.monotonic() - started < 60
+
+
+def test_the_launcher_adds_multi_worker_and_refuses_another_strategy(monkeypatch, capsys):
+    """Without --distribute multi-worker, N separate trainings raced for one bundle (and
+    wrote models/x and models/x-2, exit 0)."""
+    ran = []
+    monkeypatch.setattr(launch, "run_local", lambda n, args: ran.append(args) or 0)
+    assert launch.main(["2", "--", "train", "--output", "m"]) == 0
+    assert launch.main(["2", "train", "--distribute=multi-worker"]) == 0
+    assert ran == [["train", "--output", "m", "--distribute", "multi-worker"],
+                   ["train", "--distribute=multi-worker"]]
+    assert launch.main(["2", "train", "--distribute", "mirrored"]) == 2
+    assert "not --distribute mirrored" in capsys.readouterr().err and len(ran) == 2
+
+
 def test_the_launcher_says_a_worker_killed_by_a_signal(tmp_path, monkeypatch, capsys):
     """A chief killed by SIGKILL (the OOM killer): the launcher said nothing and exited 247
     (sys.exit(-9)); now it says which worker, and exits 137 as a shell would."""

@@ -8,7 +8,8 @@ Each worker is the same ``transfer`` command with its own ``TF_CONFIG`` (free po
 127.0.0.1, worker 0 the chief). The chief's output is shown as it comes; the other workers'
 lines are prefixed ``[worker i]``. When a worker fails, the others get ``grace`` seconds to
 stop by themselves (they notice within ``--worker-timeout``) and are then killed; the exit code
-is the first non-zero one, else 0. On several machines, set TF_CONFIG on each yourself (README,
+is the first non-zero one, else 0. ``--distribute multi-worker`` is added when not given. On
+several machines, set TF_CONFIG on each yourself (README,
 "Training on several machines").
 """
 
@@ -114,7 +115,7 @@ def run_local(n: int, args: Sequence[str], grace: float = GRACE_SECONDS) -> int:
         for t in relays:
             t.start()
         code, failed_at, stopped_at = 0, None, None
-        while any(p.poll() is None for p in procs):
+        while any([p.poll() is None for p in procs]):  # a list: every worker polled
             if stop and stopped_at is None:
                 stopped_at = time.monotonic()
                 for p in procs:
@@ -158,7 +159,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not rest:
         print(usage, file=sys.stderr)
         return 2
+    given = distribute_option(rest)
+    if given is None:  # without it, N separate trainings would race for one bundle
+        rest = [*rest, "--distribute", "multi-worker"]
+    elif given != "multi-worker":
+        print(f"error: the launcher runs multi-worker training, not --distribute {given}",
+              file=sys.stderr)
+        return 2
     return run_local(n, rest)
+
+
+def distribute_option(args: Sequence[str]) -> str | None:
+    """The value of ``--distribute`` in ``args`` (either spelling), or None when not given."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == "--distribute" and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--distribute="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 if __name__ == "__main__":
