@@ -152,16 +152,25 @@ def test_a_damaged_cached_file_is_converted_again(
     path = engines.cache_dir() / f"{digest}.tflite"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"garbage, not a flatbuffer")
-    # garbage first; then the converted file cut short; then empty (a crash before a sync)
-    damages = [lambda whole: whole[:len(whole) // 2], lambda whole: b""]
-    for round in range(3):
+    def garbled(whole: bytes, start: int, length: int) -> bytes:
+        middle = bytes(b ^ 0xA5 for b in whole[start:start + length])
+        return whole[:start] + middle + whole[start + length:]
+
+    # garbage first; then the converted file cut short; then empty (a crash before a sync);
+    # then a garbled name near its start (UnicodeDecodeError); then garbled weights, a file
+    # that loads and computes something else (it was TensorFlow on every later run)
+    damages = [lambda whole: whole[:len(whole) // 2], lambda whole: b"",
+               lambda whole: garbled(whole, 100, 8),
+               lambda whole: garbled(whole, len(whole) // 2, 4000)]
+    said = ["is damaged"] * 4 + ["differs from TensorFlow by"]
+    for round in range(len(damages) + 1):
         reporter = Recorder()
         engine, info = engines.open_engine(mobilenet_features, photo_batch[:8],
                                            requested="tflite", key=KEY, batch_size=8,
                                            reporter=reporter)
         assert engine.name == "tflite" and info.fallback is None and info.conversion_seconds
-        assert any(f"the cached TFLite file {path} is damaged" in w
-                   for w in reporter.warnings), reporter.warnings
+        assert any(f"the cached TFLite file {path} {said[round]}" in w
+                   for w in reporter.warnings), (round, reporter.warnings)
         assert info.parity_max_abs_diff < 1e-3
         if round < len(damages):
             path.write_bytes(damages[round](path.read_bytes()))
@@ -203,6 +212,25 @@ def test_auto_measures_once_and_remembers(mobilenet_features, photo_batch, tmp_p
                                        key={**KEY, "weights": "gpu"}, batch_size=8,
                                        reporter=Recorder())
     assert engine.name == "tf" and info.fallback == "a GPU is present"
+
+
+@pytest.mark.parametrize("damaged", ["null", "[]", "{"])
+def test_a_damaged_choice_file_is_measured_again(mobilenet_features, photo_batch, tmp_path,
+                                                 monkeypatch, damaged):
+    """auto's remembered choice edited into JSON that is not an object was an AttributeError
+    traceback on every predict; now the engines are measured again and the file rewritten."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(engines, "has_gpu", lambda: False)
+    digest = engines.cache_key(**KEY, batch=8, input=[224, 224, 3])
+    choice = engines.cache_dir() / f"{digest}.auto.json"
+    choice.parent.mkdir(parents=True)
+    choice.write_text(damaged)
+    engine, info = engines.open_engine(mobilenet_features, photo_batch[:8], requested="auto",
+                                       key=KEY, batch_size=8, reporter=Recorder())
+    assert set(info.measured) == {"tf", "tflite"} and engine.name in info.measured
+    import json
+
+    assert json.loads(choice.read_text())["choice"] == engine.name
 
 
 def test_unknown_engine_is_one_clear_error(mobilenet_features, photo_batch):

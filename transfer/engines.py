@@ -283,7 +283,19 @@ DAMAGED = ("flatbuffer", "allocation is null", "schema version", "identifier")
 
 
 def _damaged(path: Path, exc: Exception) -> bool:
-    return path.stat().st_size == 0 or any(word in str(exc).lower() for word in DAMAGED)
+    return (path.stat().st_size == 0 or isinstance(exc, UnicodeError)  # a garbled name
+            or any(word in str(exc).lower() for word in DAMAGED))
+
+
+def _difference(engine, batch: np.ndarray, expected: np.ndarray) -> float:
+    """The largest absolute difference between ``engine``'s output on ``batch`` and
+    ``expected`` (TensorFlow's)."""
+    return float(np.max(np.abs(engine(batch) - expected))) if expected.size else 0.0
+
+
+def _agrees(diff: float, scale: float) -> bool:
+    """Parity: within PARITY_TOLERANCE of the largest feature (at least 1)."""
+    return bool(np.isfinite(diff)) and diff <= PARITY_TOLERANCE * scale
 
 
 def _unwritable(folder: Path) -> str | None:
@@ -374,10 +386,12 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
     if requested == "auto" and choice_file.is_file():
         with contextlib.suppress(OSError, ValueError):
             remembered = json.loads(choice_file.read_text(encoding="utf-8"))
-            if remembered.get("choice") == "tf":
-                info.measured = remembered.get("measured", {})
-                info.fallback = "TensorFlow measured faster on this machine"
-                return tf_engine, info
+        if not isinstance(remembered, dict):  # damaged by hand: measured again
+            remembered = {}
+        if remembered.get("choice") == "tf":
+            info.measured = remembered.get("measured", {})
+            info.fallback = "TensorFlow measured faster on this machine"
+            return tf_engine, info
     if (requested == "auto" and images is not None and images < UNCACHED_MIN_IMAGES
             and not path.is_file()):
         why = _unwritable(path.parent)
@@ -398,11 +412,25 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
     # run 0.5 s per engine, and a run converts one engine per size)
     check = np.asarray(first_batch[:batch_size], "float32")
     expected = np.asarray(model(check, training=False))
-    got = lite(check)
-    diff = float(np.max(np.abs(got - expected))) if expected.size else 0.0
-    info.parity_max_abs_diff = diff
     scale = max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
-    if not np.isfinite(diff) or diff > PARITY_TOLERANCE * scale:
+    diff = _difference(lite, check, expected)
+    if not _agrees(diff, scale) and info.converted_file and not info.conversion_seconds:
+        # a cached file damaged where the interpreter does not look (its weights): it loads
+        # and computes something else; converted again, once, rather than TensorFlow forever
+        reporter.warn(f"the cached TFLite file {path} differs from TensorFlow by {diff:.3g}; "
+                      "converting again")
+        with contextlib.suppress(OSError):  # a read-only cache: the same file, refused below
+            path.unlink(missing_ok=True)
+        try:
+            lite = _converted(model, batch_size, path, info, reporter)
+        except Exception as exc:
+            raise_if_interrupted()
+            info.fallback = f"TFLite unavailable ({type(exc).__name__}: {exc})".splitlines()[0]
+            reporter.warn(f"{info.fallback}; using TensorFlow")
+            return tf_engine, info
+        diff = _difference(lite, check, expected)
+    info.parity_max_abs_diff = diff
+    if not _agrees(diff, scale):
         info.fallback = (f"TFLite differs from TensorFlow by {diff:.3g} on the first batch "
                          f"(> {PARITY_TOLERANCE:g} x {scale:.3g})")
         reporter.warn(f"{info.fallback}; using TensorFlow")
