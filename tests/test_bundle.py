@@ -375,6 +375,21 @@ def test_loading_a_bundle_leaves_the_callers_random_generators_alone(trained_bun
     assert (random.random(), float(np.random.rand())) == expected
 
 
+def test_a_meta_json_saved_with_a_byte_order_mark_is_read(trained_bundle, tmp_path):
+    """Notepad's "UTF-8 with BOM" (a teacher renaming a class) was "not valid JSON
+    (Unexpected UTF-8 BOM)"; JSON readers may ignore it, and CRLF is read already."""
+    import shutil
+
+    copy = tmp_path / "edited"
+    shutil.copytree(trained_bundle.bundle, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["class_names"] = ["chats", "chiens"]
+    (copy / "meta.json").write_bytes(json.dumps(meta, indent=2).replace("\n", "\r\n")
+                                     .encode("utf-8-sig"))
+    assert bundle.is_bundle(copy)
+    assert bundle.read_meta(copy)["class_names"] == ["chats", "chiens"]
+
+
 @pytest.mark.parametrize("change, words", [
     (lambda m: m.update(class_names=5), "class_names must be a list of at least two"),
     (lambda m: m.update(metrics=[1]), "metrics must be an object, not [1]"),

@@ -145,6 +145,40 @@ def test_train_cli_says_what_it_trained_on_when_it_skipped_files(tiny_split, tmp
             ) in " ".join(result.output.split())
 
 
+def test_a_latest_that_cannot_be_linked_is_a_warning_not_a_failed_run(tiny_split, tmp_path,
+                                                                     monkeypatch):
+    """The link failing after the bundle landed (a full disk, a FAT stick) ended a whole run
+    with "error: No space left on device" and exit 1 (a rerun was then "already exists");
+    a real folder named latest got "note: models/latest still points at models/latest"."""
+    import errno
+
+    from transfer import bundle
+
+    args = ["train", "--base", "mobilenet", "--alpha", "0.25", "--weights", "none",
+            "--image-size", "48", "--epochs", "1", "--no-augment", "--data-dir", str(tiny_split),
+            "--models-dir", str(tmp_path / "models"), "--no-feature-cache"]
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(bundle.os, "symlink", full)
+    result = runner.invoke(app, [*args, "--output", str(tmp_path / "models/a")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "models/a/model.keras").is_file() and "validation accuracy" in said
+    assert (f"{tmp_path / 'models/latest'} was not pointed at this bundle (No space left on "
+            f"device); use --model {tmp_path / 'models/a'}") in said
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["a"]  # no .latest.tmp
+    monkeypatch.undo()
+    (tmp_path / "models/latest").mkdir()  # the user's own folder of that name
+    result = runner.invoke(app, [*args, "--output", str(tmp_path / "models/b")])
+    assert result.exit_code == 0, result.output
+    assert (f"note: {tmp_path / 'models/latest'} is not a link but a folder or file of yours "
+            f"(left alone), so it is not this model; use --model {tmp_path / 'models/b'}"
+            ) in " ".join(result.output.split())
+    assert list((tmp_path / "models/latest").iterdir()) == []
+
+
 def test_train_cli_writes_bundle_and_reports(tiny_split, tmp_path):
     result = runner.invoke(app, [
         "train", "--base", "mobilenet", "--alpha", "0.25", "--weights", "none",

@@ -37,7 +37,7 @@ def default_name(prefix: str) -> str:
 
 def is_bundle(path: Path) -> bool:
     try:
-        meta = json.loads((Path(path) / META).read_text(encoding="utf-8"))
+        meta = json.loads((Path(path) / META).read_text(encoding="utf-8-sig"))
     except (OSError, ValueError):
         return False
     return isinstance(meta, dict) and "schema_version" in meta and "class_names" in meta
@@ -241,7 +241,12 @@ def write(target: Path, force: bool, model, meta: dict, history: dict, title: st
         aside, theirs = landing.kept
         reporter.warn(kept_aside("bundle", target, theirs, aside))
     if meta.get("kind") == "transfer":
-        update_latest(landing.path)
+        try:
+            update_latest(landing.path)
+        except OSError as exc:  # a full disk, or a file system without links (FAT, SMB)
+            if reporter is not None:  # the bundle is whole: the run did not fail
+                reporter.warn(f"{landing.path.parent / LATEST} was not pointed at this bundle "
+                              f"({exc.strerror or exc}); use --model {landing.path}")
     return landing.path
 
 
@@ -298,8 +303,13 @@ def update_latest(target: Path) -> None:
         return  # a real folder named latest is the user's: leave it alone
     tmp = target.parent / f".latest.tmp-{os.getpid()}"
     tmp.unlink(missing_ok=True)
-    os.symlink(target.name, tmp)
-    os.replace(tmp, latest)
+    try:
+        os.symlink(target.name, tmp)
+        os.replace(tmp, latest)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_train_files(path: Path, rows: list[tuple[str, str, int, str]]) -> None:
@@ -346,7 +356,7 @@ def read_meta(bundle: Path) -> dict:
     if not bundle.is_dir():
         raise TransferError(f"no model bundle at {bundle}: train one with `transfer train`")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise TransferError(f"{bundle} has no {META}: not a transfer model bundle") from None
     except ValueError as exc:

@@ -602,7 +602,13 @@ def _elsewhere(target: Path, models_dir: Path) -> None:
     latest = Path(models_dir) / LATEST
     if latest.resolve() == Path(target).resolve():
         return
-    where = f"still points at {latest.resolve()}" if latest.exists() else "does not exist"
+    if latest.is_symlink():
+        where = (f"still points at {latest.resolve()}" if latest.exists()
+                 else f"leads to {os.readlink(latest)}, which does not exist")
+    elif latest.exists():  # update_latest leaves a real file or folder of that name alone
+        where = "is not a link but a folder or file of yours (left alone), so it is not this model"
+    else:
+        where = "does not exist"
     beside = Path(target).parent / LATEST  # bundle.update_latest's link, in the bundle's folder
     also = (f" (or --model {beside}, the link beside it)" if beside.is_symlink()
             and beside.resolve() == Path(target).resolve() else "")
