@@ -206,6 +206,34 @@ def test_image_counts_look_into_sub_folders_as_training_does(tmp_path):
         "daisy": 2, "roses": 1, "tulips": 0}
 
 
+def test_image_counts_are_those_training_used_after_fetch_data_ran_again(tmp_path):
+    """fetch-data's manifest, read as it is now, replaced what training recorded: a bundle
+    trained on 30 + 30 showed 40 + 40 (and another split's skipped files) after the folder
+    was fetched again. The manifest still gives the test part and skipped files while its
+    counts are training's."""
+    from transfer.report import data_counts
+
+    data = tmp_path / "data"
+    trained = {"train": {"cats": 30, "dogs": 30}, "validate": {"cats": 15, "dogs": 15}}
+    meta = {"class_names": ["cats", "dogs"],
+            "data": {"train_dir": str(data / "train"), "validate_dir": str(data / "validate"),
+                     "counts": trained}}
+    data.mkdir()
+    manifest = {"tool": "transfer fetch-data", "counts": {**trained, "test": {"cats": 5,
+                                                                              "dogs": 5}},
+                "skipped": [{"file": "cat.666.jpg", "reason": "truncated"}]}
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    counts, skipped, source = data_counts(meta)
+    assert counts == manifest["counts"] and skipped == manifest["skipped"]
+    assert source == f"{data / 'manifest.json'} (transfer fetch-data)"
+    manifest["counts"]["train"] = {"cats": 40, "dogs": 40}
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    counts, skipped, source = data_counts(meta)
+    assert counts == trained and skipped == []
+    assert source.startswith("meta.json (the images training used; ")
+    assert f"{data / 'manifest.json'} counts another split now" in source
+
+
 @pytest.mark.parametrize("name, content, message", [
     ("meta.json", "", "meta.json is not valid JSON"),
     ("meta.json", {"timings": 7}, "meta.json: timings must be an object, not 7"),

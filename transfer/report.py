@@ -230,28 +230,40 @@ def _count_images(folder: Path, names: list[str]) -> dict[str, int] | None:
 
 
 def data_counts(meta: dict | None) -> tuple[dict[str, dict[str, int]], list[dict], str]:
-    """(images per split and class, skipped files, where the numbers come from)."""
+    """(images per split and class, skipped files, where the numbers come from).
+
+    fetch-data's manifest gives the split with its held-out test part and the files it
+    skipped, when its counts are those training recorded; when the folder was fetched again
+    since (other counts), the counts training recorded in meta.json, said so."""
     meta = meta or {}
     names = list(meta.get("class_names") or [])
     data = meta.get("data") or {}
     counts: dict[str, dict[str, int]] = {}
     skipped: list[dict] = []
     source = ""
+    recorded = data.get("counts")  # what training used, per class (train's, mnist's)
+    used = ({str(split): {str(k): int(v) for k, v in per_class.items()}
+             for split, per_class in recorded.items()}
+            if isinstance(recorded, dict) and recorded
+            and all(isinstance(per_class, dict) for per_class in recorded.values()) else {})
     folders = {split: bundle.data_folder(meta, f"{split}_dir") for split in ("train", "validate")}
     roots = {f.parent for f in folders.values() if f}
     for root in roots:
         manifest = _read_json(root / "manifest.json")
         if isinstance(manifest, dict) and manifest.get("tool") == "transfer fetch-data":
-            for split, per_class in (manifest.get("counts") or {}).items():
-                if isinstance(per_class, dict):
-                    counts[split] = {str(k): int(v) for k, v in per_class.items()}
-            skipped = [s for s in manifest.get("skipped") or [] if isinstance(s, dict)]
-            source = f"{root / 'manifest.json'} (transfer fetch-data)"
-    recorded = data.get("counts")  # what training used, per class (train's, mnist's)
-    if not counts and isinstance(recorded, dict) and recorded and all(
-            isinstance(per_class, dict) for per_class in recorded.values()):
-        counts = {str(split): {str(k): int(v) for k, v in per_class.items()}
-                  for split, per_class in recorded.items()}
+            listed = {str(split): {str(k): int(v) for k, v in per_class.items()}
+                      for split, per_class in (manifest.get("counts") or {}).items()
+                      if isinstance(per_class, dict)}
+            if used and any(listed.get(split) != per_class for split, per_class in used.items()):
+                counts = used
+                source = (f"meta.json (the images training used; {root / 'manifest.json'} "
+                          "counts another split now: fetched again since?)")
+            else:
+                counts = listed
+                skipped = [s for s in manifest.get("skipped") or [] if isinstance(s, dict)]
+                source = f"{root / 'manifest.json'} (transfer fetch-data)"
+    if not counts and used:
+        counts = used
         source = "meta.json (the images training used)"
     if not counts and names:
         for split, folder in folders.items():
