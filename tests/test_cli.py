@@ -337,6 +337,25 @@ def test_the_predictions_table_fits_narrow_terminals_without_cutting_numbers():
             assert "next 2" in text and "daisy 0.3194" in text.replace("\n", " ")
 
 
+@pytest.mark.parametrize("mode, classes", [("imagenet", None),
+                                           ("bundle", [str(d) for d in range(10)])])
+def test_a_predictions_table_of_errors_alone_has_no_negative_column(mode, classes):
+    """Every photo unreadable: the title read "top 0" and a column "next -1" was added."""
+    import io
+
+    from transfer.cli import _predictions_table
+    from transfer.predict import Prediction, Predictions
+    from transfer.progress import safe_console
+
+    result = Predictions(mode, "MobileNet alpha 0.25 (ImageNet)", "mobilenet", classes,
+                         [Prediction(file="empty.jpg", error="cannot identify image file")])
+    console = safe_console(width=120, file=io.StringIO(), record=True)
+    console.print(_predictions_table(result, console))
+    text = console.export_text()
+    assert "error: cannot identify image file" in text
+    assert "next" not in text and "top 0" not in text and "-1" not in text, text
+
+
 @pytest.mark.parametrize("width", [60, 80, 120])
 def test_a_progress_bar_keeps_its_bar_and_counts_on_any_width(width):
     """On 60 or 80 columns a long description and the epoch's metrics pushed the bar, the

@@ -648,8 +648,8 @@ def _p_width(name: str) -> int:
 
 
 def _predictions(result, per_class: bool) -> Table:
-    ranks = max((len(i.top) for i in result.items), default=1)
-    table = Table(title=result.model if result.mode == "bundle"
+    ranks = max((len(i.top) for i in result.items), default=0)  # 0: every row an error
+    table = Table(title=result.model if result.mode == "bundle" or not ranks
                   else f"{result.model}: top {ranks}")
     table.add_column("file", overflow="fold", min_width=FILE_MIN)
     table.add_column("class", overflow="fold", min_width=CLASS_MIN)
@@ -659,7 +659,7 @@ def _predictions(result, per_class: bool) -> Table:
         for name in classes:
             header = printable(f"p({name})", newlines=False)
             table.add_column(header, justify="right", overflow="fold", min_width=_p_width(name))
-    extra = 0 if per_class else ranks - 1
+    extra = 0 if per_class else max(ranks - 1, 0)
     if extra:
         table.add_column(f"next {extra}", overflow="fold")
     for item in result.items:
