@@ -366,12 +366,16 @@ def test_where_many_pictures_go(tmp_path, monkeypatch):
                                             "or without --output"):
         explain.outputs_of([str(photos / "cats" / "00000.png"),
                             str(photos / "dogs" / "00000.png")], out)
-    (photos / "cats" / "00000.jpg").write_bytes(png_bytes())  # a pair in one folder: both
-    for where in (out, None):  # write 00000.gradcam.png wherever it goes; not "without --output"
-        with pytest.raises(TransferError, match=r"would both write .*00000\.gradcam\.png; "
-                                                "explain them in two runs$"):
-            explain.outputs_of([str(photos / "cats" / "00000.png"),
-                                str(photos / "cats" / "00000.jpg")], where)
+    # a pair in one folder, one name but the extension (a photo and its screenshot): the whole
+    # folder was refused ("explain them in two runs"); the second keeps its extension
+    (photos / "cats" / "00000.jpg").write_bytes(png_bytes())
+    for where in (out, None):
+        pictures = [png for _, _, png, _ in explain.outputs_of([str(photos / "cats")], where)]
+        assert pictures == [(where or photos / "cats") / "00000.gradcam.png",
+                            (where or photos / "cats") / "00000.png.gradcam.png"]
+        named = [png.name for _, _, png, _ in explain.outputs_of(
+            [str(photos / "cats" / "00000.png"), str(photos / "cats" / "00000.jpg")], where)]
+        assert named == ["00000.gradcam.png", "00000.jpg.gradcam.png"]
     one = ExplainSettings(image=photos / "dogs" / "00000.png", output=tmp_path / "why").validated()
     assert one.output == tmp_path / "why" / "00000.gradcam.png"
     assert one.validated().output == one.output

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer import bases, images, plots
-from transfer.constants import gradcam_png
+from transfer.constants import GRADCAM_SUFFIX, gradcam_png
 from transfer.errors import TransferError
 from transfer.files import refuse_existing, replacing, resolved
 from transfer.inference import (
@@ -276,7 +276,8 @@ def outputs_of(paths: list[str | Path], output: Path | None
     ``predict`` takes them), each image once. The PNG goes beside the image, or into the
     folder ``output``, keeping the image's place below the folder it was found in
     (``photos`` or ``photos/*/*.jpg``: ``cats/1.jpg`` -> ``OUTPUT/cats/1.gradcam.png``); a file
-    named alone goes to ``OUTPUT/<name>.gradcam.png``.
+    named alone goes to ``OUTPUT/<name>.gradcam.png``. Of two images that differ only by
+    their extension (``IMG_1.JPG``, ``IMG_1.PNG``) the second keeps it: ``IMG_1.PNG.gradcam.png``.
 
     Raises:
         TransferError: two different images would write one PNG.
@@ -304,6 +305,9 @@ def outputs_of(paths: list[str | Path], output: Path | None
             else:
                 below = image.relative_to(root) if root is not None else Path(image.name)
                 png = Path(output) / gradcam_png(below)
+            if png in seen and Path(seen[png][1]).name != Path(image).name:
+                # IMG_1.JPG beside IMG_1.PNG (a photo and its screenshot): the extension kept
+                png = png.with_name(Path(image).name + GRADCAM_SUFFIX)
             if png in seen:
                 first, first_image = seen[png]
                 # beside their images they part only when they sit in different folders
