@@ -150,7 +150,7 @@ CASES = [
     ("evaluate --data-dir {file} --model {bundle}", 1, "is a file, not a folder"),
     ("evaluate --engine gpu", 2, "'gpu' is not one of"),
     # explain
-    ("explain {tmp}/no-such-photo.jpg", 1, "no such image file"),
+    ("explain {tmp}/no-such-photo.jpg", 1, "no-such-photo.jpg: no such file"),
     ("explain {photo} --output {ro}/x.png", 1, "cannot write in /sys"),
     ("explain {photo} {photo} --output {tmp}/why.png", 1, "names a file; with several images"),
     ("explain {photo} --invert sometimes", 2, "'sometimes' is not one of"),

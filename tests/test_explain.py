@@ -324,7 +324,7 @@ def test_many_images_in_one_run(trained_bundle, small_split, tmp_path):
         [Path(f"{cat.stem}.gradcam.png")]
         + [p.with_name(f"{p.stem}.gradcam.png") for p in in_folder])
     said = " ".join(result.output.split())
-    assert f"{tmp_path / 'missing.jpg'}: no such image file" in said
+    assert f"{tmp_path / 'missing.jpg'}: no such file" in said
     assert f"wrote {1 + len(in_folder)} Grad-CAM pictures in {out}; 1 image failed" in said
     rows = explain.explain_all(ExplainSettings(images=[str(test / "dogs")],
                                                model=trained_bundle.bundle,
@@ -340,6 +340,21 @@ def test_many_images_in_one_run(trained_bundle, small_split, tmp_path):
     again = runner.invoke(app, args[:3] + args[5:])
     assert again.exit_code == 1 and "already exists; use --force" in again.output
     assert sorted(p.stat().st_mtime_ns for p in out.rglob("*.png")) == before
+
+
+def test_one_image_that_cannot_be_read_is_said_as_predict_says_it(tmp_path):
+    """A pipe (which exists) and a broken link were both "no such image file"."""
+    import os
+
+    os.mkfifo(tmp_path / "f.jpg")
+    (tmp_path / "broken.jpg").symlink_to("nothere.jpg")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    for name, reason in (("f.jpg", "not a regular file (a pipe, socket or device)"),
+                         ("broken.jpg", "a broken link (to nothere.jpg, which does not exist)"),
+                         ("empty.jpg", "empty file (0 bytes)"), ("missing.jpg", "no such file")):
+        with pytest.raises(TransferError) as info:
+            ExplainSettings(image=tmp_path / name).validated()
+        assert str(info.value) == f"{tmp_path / name}: {reason}"
 
 
 def test_where_many_pictures_go(tmp_path, monkeypatch):

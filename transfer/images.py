@@ -249,7 +249,7 @@ def _pillow_errors(source=None):
 LINK_LOOP = "a symbolic link loop (it leads back to itself)"  # what the reader says of one
 
 
-def _existing_file(path) -> Path:
+def existing_file(path) -> Path:
     """``path`` as a Path, or ImageError when it is missing, a folder or empty."""
     path = Path(path)
     try:
@@ -291,7 +291,7 @@ def _readable(source):
             source.seek(at)
         return source
     if isinstance(source, str | os.PathLike):
-        return _existing_file(source)
+        return existing_file(source)
     raise ImageError(f"not an image: a {type(source).__name__} (give a path, the file's "
                      "bytes, a Pillow image or an array of 0-255 pixels)")
 

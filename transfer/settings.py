@@ -739,8 +739,12 @@ class ExplainSettings(Settings):
         if Path(self.image).is_dir():
             raise TransferError(f"{self.image} is a folder; explain takes one image file "
                                 "(explain_all and the command line take folders)")
-        if not Path(self.image).is_file():
-            raise TransferError(f"{self.image}: no such image file")
+        from transfer import images
+
+        try:  # predict's reasons: no such file, a broken link (to...), a pipe, empty
+            images.existing_file(self.image)
+        except images.ImageError as exc:
+            raise TransferError(f"{self.image}: {exc}") from None
         png = Path(output) if output is not None else gradcam_png(self.image)
         writable("output", png, file=True, given=output is not None)
         return self.replace(image=Path(self.image), model=Path(self.model), output=output)
