@@ -182,6 +182,26 @@ def test_digit_polarity_and_fitting(test_digits):
         images.digit_array(Image.fromarray(x[0]), invert="maybe")
 
 
+def test_a_digit_drawn_on_a_transparent_background_is_found_whatever_its_ink(test_digits):
+    """White ink on a transparent background (a tablet's PNG) was set on white like a photo's
+    transparency: a blank page, "no digit found" whatever --invert said. Either ink is now
+    read as the same digit, as a plain grey image of it is."""
+    x, _ = test_digits
+    for digit in x[:10]:
+        plain, _ = images.digit_array(Image.fromarray(digit))
+        for ink in (255, 0):
+            drawn = np.zeros((28, 28, 4), "uint8")
+            drawn[..., :3] = ink
+            drawn[..., 3] = digit  # the stroke's coverage: opaque on the ink, clear elsewhere
+            fitted, inverted = images.digit_array(Image.fromarray(drawn, "RGBA"))
+            assert inverted == (ink == 0)
+            np.testing.assert_allclose(fitted, plain, atol=2)
+    # an opaque RGBA image is read as before: its alpha changes nothing
+    opaque = np.dstack([np.stack([255 - x[0]] * 3, -1), np.full((28, 28), 255, "uint8")])
+    np.testing.assert_array_equal(images.digit_array(Image.fromarray(opaque, "RGBA"))[0],
+                                  images.digit_array(Image.fromarray(255 - x[0]))[0])
+
+
 def test_digit_on_a_photo_of_paper_is_found_and_centred(test_digits):
     x, _ = test_digits
     rng = np.random.default_rng(0)

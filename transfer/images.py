@@ -477,7 +477,7 @@ def digit_array(image, invert: str = "auto", fit: bool = True) -> tuple[np.ndarr
 
     if invert not in INVERT:
         raise TransferError(f"--invert must be one of {', '.join(INVERT)}, not {invert!r}")
-    gray = np.asarray(to_rgb(image).convert("L"), dtype="float32")
+    gray = _digit_gray(image)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     inverted = invert == "yes" or (invert == "auto" and float(np.median(border)) > 127.5)
     if inverted:
@@ -512,6 +512,20 @@ def digit_array(image, invert: str = "auto", fit: bool = True) -> tuple[np.ndarr
     left = int(np.clip(round(14 - cx), 0, 28 - new_w))
     canvas[top:top + new_h, left:left + new_w] = box
     return canvas[..., None], inverted
+
+
+def _digit_gray(image) -> np.ndarray:
+    """A digit's grey levels 0-255 (float32). A drawing on a transparent background (a
+    tablet's or a web page's PNG) is set on the background its ink stands out from: white ink
+    on black (on white, as a photo's transparency is, it vanished), dark ink on white."""
+    if not _has_alpha(image):
+        return np.asarray(to_rgb(image).convert("L"), dtype="float32")
+    rgba = np.asarray(image.convert("RGBA"), dtype="float32")
+    alpha = rgba[..., 3] / 255.0
+    lightness = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], "float32")  # as convert("L")
+    ink = float((lightness * alpha).sum() / max(float(alpha.sum()), 1e-6))
+    background = 0.0 if ink > 127.5 else 255.0
+    return np.round(lightness * alpha + background * (1 - alpha)).astype("float32")
 
 
 def resize_method(meta: dict) -> str:
