@@ -194,6 +194,38 @@ def test_a_file_that_is_not_a_transfer_report_is_kept_without_force(bundle_copy,
     assert made_by_transfer(theirs)
 
 
+def test_an_evaluation_of_a_bundle_trained_again_since_leaves_that_bundle_out(
+        bundle_copy, small_split, tmp_path):
+    """evaluate --output reports/ev, then train --output <same bundle> --force: the page
+    showed the old evaluated accuracy beside the new model's validation accuracy, command,
+    settings, curves and Grad-CAMs, without a word."""
+    from transfer.evaluate import evaluate
+
+    out = tmp_path / "ev"
+    evaluate(bundle_copy, data_dir=small_split / "test", output=out)
+    same = write_report(out, tmp_path / "same.html", gradcams=0).read_text(encoding="utf-8")
+    assert "Resolved settings" in same and "trained again" not in same
+    meta_path = bundle_copy / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["created"] = "2099-01-01T00:00:00+0000"  # what a retraining at that path writes
+    meta["metrics"]["val_accuracy"] = 0.325
+    meta_path.write_text(json.dumps(meta))
+    report_path = out / "report.json"
+    evaluated = json.loads(report_path.read_text())
+    for recorded in (True, False):  # evaluations before bundle_created: their metrics differ
+        if not recorded:
+            del evaluated["bundle_created"]
+            report_path.write_text(json.dumps(evaluated))
+        text = write_report(out, tmp_path / "again.html", force=True,
+                            gradcams=0).read_text(encoding="utf-8")
+        said = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", text)).split())
+        assert (f"{bundle_copy} was trained again since this evaluation (created "
+                "2099-01-01T00:00:00+0000): its settings, curves and Grad-CAMs are another "
+                "model's, and are left out.") in said
+        assert "Resolved settings" not in text and "0.3250" not in text
+        assert f"{evaluated['accuracy']:.4f}" in text and 'class="confusion"' in text
+
+
 def test_image_counts_look_into_sub_folders_as_training_does(tmp_path):
     """daisy/2023/1.jpg is a daisy for train and fetch-data: the report counts it too."""
     from transfer.report import _count_images

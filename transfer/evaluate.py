@@ -353,6 +353,7 @@ def _evaluate(s: EvaluateSettings, reporter: Reporter, classifier: BundleClassif
         "gate": gate(float(np.mean(predicted == y)), s.assert_accuracy_at_least),
         "skipped": skipped,
         "training_metrics": meta.get("metrics"),
+        "bundle_created": meta.get("created"),  # which training of the bundle was evaluated
         # the validation images training scored (its val_accuracy's), to compare with images
         "training_validate_images": (meta.get("data") or {}).get("validate_images"),
         "engine": engine.info.as_dict(),

@@ -125,7 +125,8 @@ _EVALUATION_TYPES = {"accuracy": (int, float), "loss": (int, float), "roc_auc": 
                      "per_class": dict, "macro_avg": dict, "engine": dict, "gate": dict,
                      "confusion_matrix": list, "class_names": list, "skipped": list,
                      "worst_mistakes": list, "bundle": str, "model": str, "data_dir": str,
-                     "created": str, "kind": str}
+                     "created": str, "kind": str, "bundle_created": str,
+                     "training_metrics": dict}
 
 
 def check_evaluation_types(evaluation: dict, path: Path) -> None:
@@ -429,6 +430,16 @@ def _confusion_table(matrix: list[list[int]], names: list[str]) -> str:
             f"<tbody>{body}</tbody></table></div>")
 
 
+def retrained_since(evaluation: dict, meta: dict) -> bool:
+    """Whether the bundle of ``meta`` is no longer the one ``evaluation`` (report.json)
+    evaluated: trained again at the same path (its creation time, or for evaluations that
+    did not record it, its metrics differ)."""
+    if evaluation.get("bundle_created") is not None:
+        return evaluation["bundle_created"] != meta.get("created")
+    then = evaluation.get("training_metrics")
+    return isinstance(then, dict) and then != meta.get("metrics")
+
+
 def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> str:
     """The report of a bundle or an evaluation folder as one self-contained HTML page.
 
@@ -473,13 +484,17 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> st
         raise TransferError(f"{folder} holds neither meta.json (a bundle) nor report.json (an "
                             "evaluation): nothing to report")
     bundle_dir = folder if meta is not None else None
+    retrained = None  # (the bundle, when it was trained again) after this evaluation
     if meta is None:  # an evaluate --output folder: its bundle itself, not what latest is now
         named = evaluation.get("bundle") or evaluation.get("model")
         other = _read_json(Path(named) / "meta.json") if named else None
         with contextlib.suppress(TransferError):  # that bundle damaged since: report without
             if isinstance(other, dict):
                 bundle.check_meta_types(other, Path(named) / "meta.json")
-                meta, bundle_dir = other, Path(named)
+                if retrained_since(evaluation, other):
+                    retrained = (named, other.get("created"))
+                else:
+                    meta, bundle_dir = other, Path(named)
     meta = meta or {}
     names = list(meta.get("class_names") or (evaluation or {}).get("class_names") or [])
     metrics = meta.get("metrics") or {}
@@ -524,6 +539,10 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> st
                 f"<b>{_e(evaluation.get('data_dir'))}</b>"
                 f"{' (the training validation folder)' if evaluation.get('is_training_validation_folder') else ''}"  # noqa: E501
                 f", {_e(evaluation.get('created') or '')}.</p>")
+        if retrained is not None:
+            run += (f"<p class=\"warn\">{_e(retrained[0])} was trained again since this "
+                    f"evaluation (created {_e(retrained[1] or '?')}): its settings, curves and "
+                    "Grad-CAMs are another model's, and are left out.</p>")
         if evaluation.get("training_images"):
             run += (f"<p class=\"warn\">{evaluation['training_images']} of the "
                     f"{evaluation.get('images')} images are this model's training images: the "
