@@ -788,6 +788,21 @@ def test_a_timeout_line_names_the_bound_that_can_have_fired():
     assert "1800 s (--worker-timeout)" not in long
 
 
+def test_workers_whose_cluster_lists_differ_are_told_so_not_that_a_worker_is_down():
+    """Worker 1's TF_CONFIG listing a third worker: both stopped with "a worker is down or
+    unreachable ... Start the same command again on every worker", which fails again."""
+    from transfer.tf import tf
+
+    text = ("Collective ops is aborted by: Device /job:worker/replica:0/task:1/device:CPU:0 is "
+            "joining a group with size3, but that group has size 2 (group_key=1)")
+    said = str(cluster.lost(tf.errors.InternalError(None, None, text), 20.0,
+                            "comparing the workers' settings"))
+    assert said == ("multi-worker training stopped during comparing the workers' settings: the "
+                    "workers' TF_CONFIG name different clusters (one lists 3 workers, another "
+                    "2); give every worker the same cluster list, the same addresses in the "
+                    "same order")
+
+
 def test_a_worker_lost_while_the_chief_writes_does_not_say_no_bundle_was_written():
     """A worker paused while the chief trained its head and wrote the bundle said, once
     resumed, "no bundle written" although the bundle was there: while it waits for the chief's

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -165,6 +166,13 @@ def lost(exc: BaseException, timeout: float, during: str,
     not to answer "within 1800 s (--worker-timeout)")."""
     from transfer.tf import tf
 
+    said = str(getattr(exc, "message", exc))
+    sizes = re.search(r"joining a group with size\s*(\d+), but that group has size\s*(\d+)", said)
+    if sizes:  # not a worker down: TF_CONFIG's lists differ, and would again on a rerun
+        return WorkerLost(f"multi-worker training stopped during {during}: the workers' "
+                          f"TF_CONFIG name different clusters (one lists {sizes[1]} workers, "
+                          f"another {sizes[2]}); give every worker the same cluster list, the "
+                          "same addresses in the same order")
     if isinstance(exc, tf.errors.DeadlineExceededError):
         if worker_timeout is None or timeout == worker_timeout:
             why = f"a worker did not answer within {timeout:g} s (--worker-timeout)"
@@ -172,7 +180,7 @@ def lost(exc: BaseException, timeout: float, during: str,
             why = (f"a worker stopped answering: no heartbeat for --worker-timeout "
                    f"{worker_timeout:g} s, or no result within {timeout:g} s")
     else:
-        why = f"a worker is down or unreachable ({reason(str(getattr(exc, 'message', exc)))})"
+        why = f"a worker is down or unreachable ({reason(said)})"
     if during == WRITING:  # this worker waited for the chief's bundle: it cannot tell
         return WorkerLost(f"multi-worker training stopped during {during}: {why}; the chief "
                           "may have written the bundle (look at its --output) before it "
