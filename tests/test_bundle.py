@@ -415,6 +415,21 @@ def test_a_meta_json_field_of_the_wrong_type_is_one_error(trained_bundle, tmp_pa
     assert str(info.value).startswith(f"{copy / 'meta.json'}: ")
 
 
+def test_a_full_disk_while_a_bundle_is_written_names_the_bundle(tmp_path):
+    """Keras's zip writer raises ENOSPC without a file name: the run's one line was "No space
+    left on device ([Errno 28] No space left on device)", with --output, KERAS_HOME and TMPDIR
+    perhaps on three disks."""
+    import errno
+
+    target = tmp_path / "models" / "kk"
+    target.parent.mkdir()
+    with pytest.raises(OSError) as info, bundle.writing(target, False) as landing:
+        (landing.folder / "meta.json").write_text("{}")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(target))
+    assert list(target.parent.iterdir()) == []  # the temporary folder went
+
+
 def test_force_onto_a_link_replaces_the_link_and_keeps_its_bundle(tmp_path):
     """`train --output models/best --force`, best a link to a bundle: the link was moved to
     a hidden name that stayed in the models folder for good (its removal failed in silence).

@@ -161,6 +161,10 @@ def writing(target: Path, force: bool):
                     shutil.rmtree(old, ignore_errors=True)
             else:
                 landing.path = _land(tmp, target)
+        except OSError as exc:
+            if exc.filename is None and exc.errno is not None:  # a write inside (Keras's zip):
+                raise OSError(exc.errno, exc.strerror, str(target)) from exc  # say where
+            raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
