@@ -233,6 +233,30 @@ def test_a_damaged_choice_file_is_measured_again(mobilenet_features, photo_batch
     assert json.loads(choice.read_text())["choice"] == engine.name
 
 
+def test_a_full_cache_disk_is_said_in_a_line(mobilenet_features, photo_batch, tmp_path,
+                                            monkeypatch):
+    """The converter's SaveV2 on a full KERAS_HOME: the warning was 400 characters of
+    TensorFlow's op names; TensorFlow still runs the pass."""
+    from transfer.tf import tf
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+
+    def full(model, batch_size, path):
+        raise tf.errors.ResourceExhaustedError(None, None, (
+            "{{function_node __wrapped__SaveV2_dtypes_271_device_/job:localhost/replica:0/task:0"
+            f"/device:CPU:0}}}} {path.parent}/.convert-3m6sjixt/variables/variables_temp/part-0"
+            "; No space left on device [Op:SaveV2]"))
+
+    monkeypatch.setattr(engines, "convert", full)
+    reporter = Recorder()
+    engine, info = engines.open_engine(mobilenet_features, photo_batch[:8], requested="tflite",
+                                       key=KEY, batch_size=8, reporter=reporter)
+    assert engine.name == "tf"
+    assert info.fallback == ("TFLite unavailable (no space left on the disk of "
+                             f"{engines.cache_dir()})")
+    assert reporter.warnings == [f"{info.fallback}; using TensorFlow"]
+
+
 def test_unknown_engine_is_one_clear_error(mobilenet_features, photo_batch):
     with pytest.raises(TransferError, match="--engine must be one of auto, tf, tflite"):
         engines.open_engine(mobilenet_features, photo_batch[:8], requested="onnx", key=KEY)

@@ -287,6 +287,18 @@ def _damaged(path: Path, exc: Exception) -> bool:
             or any(word in str(exc).lower() for word in DAMAGED))
 
 
+def _unavailable(exc: Exception, folder: Path) -> str:
+    """Why the TFLite engine could not be had, in a line: a full cache disk said as such (it
+    was 400 characters of TensorFlow's op names, twice)."""
+    import errno
+    import re
+
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(exc)).strip()
+    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in text:
+        return f"TFLite unavailable (no space left on the disk of {folder})"
+    return f"TFLite unavailable ({type(exc).__name__}: {text})".splitlines()[0]
+
+
 def _difference(engine, batch: np.ndarray, expected: np.ndarray) -> float:
     """The largest absolute difference between ``engine``'s output on ``batch`` and
     ``expected`` (TensorFlow's)."""
@@ -403,7 +415,7 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
         lite = _converted(model, batch_size, path, info, reporter)
     except Exception as exc:  # a conversion or interpreter failure: TensorFlow still works
         raise_if_interrupted()  # unless it was a Ctrl-C the converter's callback turned into it
-        info.fallback = f"TFLite unavailable ({type(exc).__name__}: {exc})".splitlines()[0]
+        info.fallback = _unavailable(exc, path.parent)
         reporter.warn(f"{info.fallback}; using TensorFlow")
         return tf_engine, info
     info.interpreter = lite.interpreter_name
@@ -425,7 +437,7 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
             lite = _converted(model, batch_size, path, info, reporter)
         except Exception as exc:
             raise_if_interrupted()
-            info.fallback = f"TFLite unavailable ({type(exc).__name__}: {exc})".splitlines()[0]
+            info.fallback = _unavailable(exc, path.parent)
             reporter.warn(f"{info.fallback}; using TensorFlow")
             return tf_engine, info
         diff = _difference(lite, check, expected)
