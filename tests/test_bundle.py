@@ -209,10 +209,14 @@ def test_force_keeps_your_files_in_the_bundles_export_folder(small_bundle, tmp_p
         (saved / "assets").mkdir()
 
     exports(small_bundle / "export")
+    # what an export or an evaluate killed mid-write leaves (kill -9, the OOM killer): theirs
+    # too, not the user's (the bundle was moved aside for them as if it held notes)
+    (small_bundle / "export" / ".model.tflite.tmp-azdwrn4v").mkdir()
+    (small_bundle / ".report.tmp-4242.json").write_text("{")
     bundle.write(small_bundle, True, model, {**meta, "seed": 4}, {"loss": [1.0]})
     assert not (small_bundle / "export").exists()
     assert not small_bundle.with_name(small_bundle.name + ".old").exists()
-    for seed, yours in enumerate(("NOTES.txt", "saved_model/NOTES.txt",
+    for seed, yours in enumerate((".NOTES.tmp-1", "NOTES.txt", "saved_model/NOTES.txt",
                                   "saved_model/config/serving.yaml",
                                   "saved_model/assets.extra/deploy.md",
                                   "saved_model/assets/vocab.txt"), start=5):

@@ -78,13 +78,23 @@ def not_written_by_transfer(old: Path, new: Path) -> list[str]:
         if path.name == "export" and path.is_dir() and not path.is_symlink():
             exported = _exported_names()
             for p in sorted(path.iterdir()):
-                if p.name not in exported:
+                if p.name not in exported and not _left_by_a_killed_run(p.name, exported):
                     theirs.append(f"export/{p.name}")
                 elif p.name == "saved_model" and p.is_dir() and not p.is_symlink():
                     theirs += [f"export/saved_model/{q}" for q in not_in_a_savedmodel(p)]
-        elif path.name not in MADE_LATER and not (new / path.name).exists():
+        elif path.name not in MADE_LATER and not (new / path.name).exists() and not \
+                _left_by_a_killed_run(path.name, {*MADE_LATER, *(p.name for p in new.iterdir())}):
             theirs.append(path.name)
     return theirs
+
+
+def _left_by_a_killed_run(name: str, ours) -> bool:
+    """Whether ``name`` is the temporary file or folder of one of ``ours`` that a command
+    killed while writing it left (``.model.tflite.tmp-x7f2``, ``.report.tmp-4242.json``)."""
+    if not name.startswith(".") or ".tmp-" not in name:
+        return False
+    stem = name[1:name.index(".tmp-")]
+    return any(stem in (n, Path(n).stem) for n in ours)
 
 
 def not_in_a_savedmodel(folder: Path) -> list[str]:
