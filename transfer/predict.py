@@ -28,7 +28,7 @@ import numpy as np
 
 from transfer import images
 from transfer.errors import TransferError
-from transfer.files import is_device_or_pipe, nan_as_null, refuse_existing, replacing
+from transfer.files import is_device_or_pipe, nan_as_null, refuse_existing, replacing, resolved
 from transfer.inference import (
     ModelEngine,
     classify_files,
@@ -159,7 +159,7 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
     n_classes = len(classifier.class_names) if classifier.class_names else 1000
     k = s.top if s.top is not None else (3 if classifier.mode == "imagenet" else 1)
     k = min(k, n_classes)
-    rows = gather(s.paths)
+    rows = once(gather(s.paths))
     items = [Prediction(file=name, error=error) for name, _, error in rows]
     todo = [i for i, (_, _, error) in enumerate(rows) if error is None]
     engine = ModelEngine(classifier, s.engine, len(todo), reporter)
@@ -184,6 +184,24 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
     if s.output is not None:  # as `transfer predict --output` writes it
         write_text(s.output, result.render(s.format), force=s.force)
     return result
+
+
+def once(rows: list[tuple[str, object, str | None]]) -> list[tuple[str, object, str | None]]:
+    """``gather``'s rows with each file once, however often it is named (a folder and a file
+    in it, a folder and its glob, two spellings), as explain does: a photo counted twice was
+    two rows and two in the summary. Photos in memory are each their own."""
+    seen: set[Path] = set()
+    kept = []
+    for row in rows:
+        _, image, error = row
+        if error is None and isinstance(image, Path):
+            real = resolved(image)
+            if real is not None and real in seen:
+                continue
+            if real is not None:
+                seen.add(real)
+        kept.append(row)
+    return kept
 
 
 def write_text(path: Path, text: str, force: bool = False) -> Path:
