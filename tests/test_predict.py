@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,6 +97,13 @@ def test_the_library_writes_output_as_the_cli_does(trained_bundle, small_split, 
     with pytest.raises(TransferError, match="the table is drawn by the CLI"):
         predict.predict(files, model=model, output=tmp_path / "p.table")
     assert not (tmp_path / "p.table").exists()
+    # --force onto one of the photos (named, or in a folder named) replaced it by the table
+    photo = tmp_path / "mine.jpg"
+    photo.write_bytes(Path(files[0]).read_bytes())
+    for named in ([str(photo)], [str(tmp_path)]):
+        with pytest.raises(TransferError, match="is one of the photos to classify"):
+            predict.predict(named, model=model, output=photo, format="csv", force=True)
+    assert photo.read_bytes() == Path(files[0]).read_bytes()
     cli = runner.invoke(app, ["predict", *files, "--model", str(model), "--output",
                               str(tmp_path / "cli.json")])
     assert cli.exit_code == 0 and f"wrote {tmp_path / 'cli.json'}" in cli.stderr

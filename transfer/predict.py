@@ -154,12 +154,17 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
     if classifier is not None and chosen:
         raise TransferError(f"predict got a classifier and also {', '.join(chosen)}: the "
                             "classifier decides those; drop one or the other")
+    rows = once(gather(s.paths))  # before the model loads: a refusal costs nothing
+    if s.output is not None and not is_device_or_pipe(s.output):
+        target = resolved(s.output)
+        if any(isinstance(image, Path) and resolved(image) == target for _, image, _ in rows):
+            raise TransferError(f"--output {s.output} is one of the photos to classify: "
+                                "name another file (--force does not replace a photo)")
     if classifier is None:
         classifier, fallback = open_classifier(s, reporter=reporter)
     n_classes = len(classifier.class_names) if classifier.class_names else 1000
     k = s.top if s.top is not None else (3 if classifier.mode == "imagenet" else 1)
     k = min(k, n_classes)
-    rows = once(gather(s.paths))
     items = [Prediction(file=name, error=error) for name, _, error in rows]
     todo = [i for i, (_, _, error) in enumerate(rows) if error is None]
     engine = ModelEngine(classifier, s.engine, len(todo), reporter)
