@@ -376,6 +376,11 @@ def test_imagenet_errors(tmp_path):
         predict.predict(["x.jpg"], model=tmp_path, imagenet=True)
     with pytest.raises(TransferError, match="at least one image"):
         predict.predict([], imagenet=True)
+    # --invert was ignored in silence by the ImageNet classifier (a colour bundle refuses it)
+    with pytest.raises(TransferError, match="digit models .* not to the ImageNet classifier"):
+        predict.predict(["x.jpg"], imagenet=True, invert="yes")
+    with pytest.raises(TransferError, match="digit models .* no trained model at "):
+        predict.predict(["x.jpg"], models_dir=tmp_path, invert="no")
 
 
 # --------------------------------------------------------------------------- settings, reuse

@@ -406,6 +406,9 @@ def open_classifier(settings: PredictSettings | None = None, *, reporter: Report
     if s.imagenet:
         if s.model is not None:
             raise TransferError("give either --model or --imagenet, not both")
+        if s.invert is not None:  # a colour bundle refuses it too: it was ignored in silence
+            raise TransferError("--invert applies to digit models (transfer mnist) only, not "
+                                "to the ImageNet classifier")
         return ImageNetClassifier(s.base, s.alpha), None
     model = s.model
     if model is None:
@@ -414,6 +417,9 @@ def open_classifier(settings: PredictSettings | None = None, *, reporter: Report
             raise TransferError(f"{latest} points at {os.readlink(latest)}, which is missing "
                                 "(moved or deleted?); pass --model DIR, or train again")
         if not latest.exists():
+            if s.invert is not None:
+                raise TransferError(f"--invert applies to digit models (transfer mnist) only, "
+                                    f"and there is no trained model at {latest}")
             reason = (f"no trained model at {latest}; classifying with the ImageNet classifier "
                       f"of {s.base} (train one with `transfer train`, or pass --model DIR)")
             reporter.warn(reason)
