@@ -359,6 +359,20 @@ def test_an_evaluation_page_names_whose_engine_each_row_is(trained_bundle, small
     assert "On photos of the bundle's validation split, not of the evaluated folder." in page
 
 
+def test_an_evaluation_of_an_in_memory_split_says_so_as_the_command_did(tmp_path):
+    """evaluate printed "on the validation split of fx (40 images)"; its page said "on fx
+    (the training validation folder)", as if the whole folder had been evaluated."""
+    out = tmp_path / "ev"
+    out.mkdir()
+    (out / "report.json").write_text(json.dumps({
+        "model": "models/fx", "bundle": str(tmp_path / "gone"), "data_dir": "fx",
+        "subset": "validate", "is_training_validation_folder": True, "images": 40,
+        "accuracy": 0.525, "class_names": ["a", "b"], "created": "2026-12-06T10:00:00+0000"}))
+    said = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", render_report(out))).split())
+    assert "Evaluated models/fx on the validation split of fx , 2026-12-06" in said
+    assert "training validation folder" not in said
+
+
 def test_the_command_recorded_can_be_pasted_back_into_a_shell(monkeypatch):
     """`--data-dir "my flowers"` was recorded as `--data-dir my flowers` in meta.json and the
     report's Command box: pasted back, two arguments."""

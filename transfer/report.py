@@ -535,9 +535,12 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> st
     if meta.get("command"):
         run += f"<p>Command:</p><pre>{_e(meta['command'])}</pre>"
     if evaluation:
-        run += (f"<p>Evaluated <b>{_e(evaluation.get('model'))}</b> on "
-                f"<b>{_e(evaluation.get('data_dir'))}</b>"
-                f"{' (the training validation folder)' if evaluation.get('is_training_validation_folder') else ''}"  # noqa: E501
+        split = evaluation.get("subset") == "validate"  # split in memory from one folder
+        on = ("the validation split of " if split else "")
+        said = (" (the training validation folder)"
+                if evaluation.get("is_training_validation_folder") and not split else "")
+        run += (f"<p>Evaluated <b>{_e(evaluation.get('model'))}</b> on {on}"
+                f"<b>{_e(evaluation.get('data_dir'))}</b>{said}"
                 f", {_e(evaluation.get('created') or '')}.</p>")
         if retrained is not None:
             run += (f"<p class=\"warn\">{_e(retrained[0])} was trained again since this "
@@ -649,8 +652,10 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> st
     figures = (gradcam_figures(bundle_dir, meta, gradcams, classifier)
                if bundle_dir is not None else [])
     if figures:
-        said = ('<p>On photos of the bundle\'s validation split, not of the '
-                "evaluated folder.</p>" if evaluation else "")
+        said = ("" if not evaluation else
+                "<p>On photos of the bundle's validation split, the photos evaluated.</p>"
+                if evaluation.get("is_training_validation_folder") else
+                "<p>On photos of the bundle's validation split, not of the evaluated folder.</p>")
         parts.append(_section("Grad-CAM: where the model looked",
                               f'{said}<div class="grid">{"".join(figures)}</div>', "gradcam"))
 
