@@ -373,6 +373,21 @@ def test_an_evaluation_of_an_in_memory_split_says_so_as_the_command_did(tmp_path
     assert "training validation folder" not in said
 
 
+def test_a_multi_worker_bundle_says_whose_engine_figures_they_are(bundle_copy):
+    """Two workers: "training engine images 48" (the chief's share) stood beside the whole
+    cluster's images/s, unlabelled, and meta.json's per_worker was not shown."""
+    meta = json.loads((bundle_copy / "meta.json").read_text())
+    meta["workers"] = 2
+    meta["per_worker"] = [{"rank": 0, "address": "127.0.0.1:1", "feature_images": 48},
+                          {"rank": 1, "address": "127.0.0.1:2", "feature_images": 42}]
+    (bundle_copy / "meta.json").write_text(json.dumps(meta))
+    page = html.unescape(render_report(bundle_copy, gradcams=0))
+    rows = dict(re.findall(r"<tr><td[^>]*>([^<]*)</td><td[^>]*>([^<]*)</td></tr>", page))
+    assert rows["training (the chief's share of 2 workers) engine name"] == meta["engine"]["name"]
+    assert "training engine name" not in rows
+    assert (rows["worker 0 feature images"], rows["worker 1 feature images"]) == ("48", "42")
+
+
 def test_the_command_recorded_can_be_pasted_back_into_a_shell(monkeypatch):
     """`--data-dir "my flowers"` was recorded as `--data-dir my flowers` in meta.json and the
     report's Command box: pasted back, two arguments."""

@@ -671,13 +671,19 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> st
         timings["feature_cache"] = meta["feature_cache"]
     # the training's engine and the evaluation's, each named as such: an evaluation page
     # showed the training's engine and images/s as if they were its own
-    for whose, engine_meta in (("training", meta.get("engine")),
+    workers = meta.get("workers") if isinstance(meta.get("workers"), int) else 1
+    trained = "training" if workers <= 1 else f"training (the chief's share of {workers} workers)"
+    for whose, engine_meta in ((trained, meta.get("engine")),
                                ("evaluation", (evaluation or {}).get("engine"))):
         if isinstance(engine_meta, dict):
             timings.update({f"{whose} engine {k}": v for k, v in engine_meta.items()
                             if not isinstance(v, dict | list)})
         elif engine_meta:
             timings[f"{whose} engine"] = engine_meta
+    for item in meta.get("per_worker") or [] if workers > 1 else []:  # each worker's part
+        if isinstance(item, dict):
+            timings.update({f"worker {item.get('rank', '?')} {k}": v for k, v in item.items()
+                            if k.endswith("_images") and isinstance(v, int)})
     if evaluation and evaluation.get("seconds") is not None:
         timings["evaluation_seconds"] = evaluation["seconds"]
     if timings:
