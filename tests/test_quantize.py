@@ -362,3 +362,32 @@ def test_each_quantization_vector_of_an_int8_export_is_stored_once(trained_bundl
     assert shared.stat().st_size <= plain.stat().st_size - repeated + 1024
     np.testing.assert_array_equal(litert_outputs(shared, pixels, batch=8),
                                   litert_outputs(plain, pixels, batch=8))
+
+
+def test_the_depthwise_float_variant_is_silent_in_a_notebook(tmp_path):
+    """TFLite's quantization debugger opens a tf.lite.Interpreter, whose six-line "deprecated,
+    use LiteRT" notice reached a notebook's stderr (a Python stream there, not fd 2) on every
+    int8 export that tried the variant."""
+    import io
+    import sys
+    import warnings
+
+    from transfer.tf import keras
+
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.DepthwiseConv2D(3)(keras.layers.Rescaling(1 / 255)(inputs))
+    x = keras.layers.Conv2D(4, 1)(x)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    pixels = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    notebook = io.StringIO()
+    saved, sys.stderr = sys.stderr, notebook
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")  # as a notebook shows them
+            export._tflite(model, tmp_path / "m.tflite", tmp_path, "int8-depthwise-float",
+                           pixels)
+    finally:
+        sys.stderr = saved
+    assert (tmp_path / "m.tflite").stat().st_size > 0
+    assert "deprecated" not in notebook.getvalue(), notebook.getvalue()
+

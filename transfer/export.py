@@ -173,12 +173,17 @@ def _tflite(model, path: Path, workdir: Path, quantize: str = "none",
       TFLite's quantization debugger put the largest errors on depthwise and pointwise
       weights).
     """
+    import warnings
+
     from transfer.tf import native_stderr_quiet, tf
 
     saved = workdir / "saved_model"
     if not saved.exists():
         _savedmodel(model, saved)
-    with native_stderr_quiet():  # the converter's MLIR pass log
+    # the converter's MLIR pass log; and the quantization debugger's tf.lite.Interpreter
+    # notice ("deprecated, use LiteRT"), a warning that reached a notebook's stderr
+    with native_stderr_quiet(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(?s).*Interpreter is deprecated")
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
         if quantize != "none":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
