@@ -450,6 +450,9 @@ def test_one_loaded_classifier_serves_many_calls(trained_bundle, small_split):
         np.testing.assert_allclose(probs[0], expected[i % len(files)], atol=1e-6)
     with pytest.raises(TransferError, match="not an image"):
         classifier.classify([b"not an image at all"])
+    for thing in (42, None):  # a bare TypeError ("'int' object is not iterable")
+        with pytest.raises(TransferError, match=f"image 1: not an image: a {type(thing).__name__}"):
+            classifier.classify(thing)
 
 
 def test_classify_holds_one_batch_of_prepared_images_at_a_time(trained_bundle, small_split,
