@@ -1076,6 +1076,29 @@ def test_random_transforms_a_run_does_not_use_are_said_not_recorded_as_used(own_
         "folders already" in reporter.warnings
 
 
+def test_options_a_run_does_not_use_are_said_before_it_trains(own_split, tmp_path):
+    """--fine-tune-lr without --fine-tune, --augment-copies and --rotation with --no-augment,
+    --dropout/--dense/--l2 with a CNN from scratch, --l2 on an end-to-end fit: each trained as
+    if never given, without a word, and settings.json recorded it as used."""
+    from transfer.training import plan, unused_options
+
+    def said(**kw):
+        return unused_options(plan(hp(own_split, tmp_path, **kw).validated().resolved()))
+
+    assert said() == [] and said(l2=0.01, fine_tune=2, fine_tune_lr=1e-4) == []
+    assert said(fine_tune_epochs=3, fine_tune_lr=1e-4) == [
+        "--fine-tune-epochs 3 --fine-tune-lr 0.0001 unused: no fine-tuning without "
+        "--fine-tune N (the top N layers of the base to unfreeze)"]
+    assert said(augment=Augment(enabled=False, rotation=40), augment_copies=2) == [
+        "--augment-copies 2 --rotation 40 unused: --no-augment turns augmentation off"]
+    assert said(base="scratch", alpha=1.0, image_size=64, dropout=0.5, l2=0.01) == [
+        "--dropout 0.5 --l2 0.01 unused: a CNN from scratch has its own fixed head "
+        "(meta.json's head)"]
+    assert said(augment_copies=0, l2=0.01) == [
+        "--l2 0.01 unused: it is the penalty of the head trained on features computed once; "
+        "this run fits end to end (--augment-copies 0)"]
+
+
 def test_the_report_draws_its_grad_cams_with_the_model_train_holds(own_split, tmp_path,
                                                                   monkeypatch):
     """The report at the end of train traces its Grad-CAM overlays with the model the run has

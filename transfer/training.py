@@ -667,6 +667,8 @@ def report_data(run: RunPlan, reporter: Reporter) -> None:
             reporter.warn(f"{' '.join(given)} unused: the head trains on {trains_on}, which "
                           "takes no random transform; --augment-copies N adds N randomly "
                           "transformed copies of the training photos")
+    for line in unused_options(run):
+        reporter.warn(line)
     if not run.pipeline_used and run.settings.pipeline != TrainSettings().pipeline:
         reporter.warn(f"--pipeline {run.settings.pipeline} unused: the head trains on features "
                       "computed once (the base runs once a photo, through the one image "
@@ -704,6 +706,42 @@ def report_data(run: RunPlan, reporter: Reporter) -> None:
     if len(run.skipped):
         reporter.warn(f"{len(run.skipped)} file{'' if len(run.skipped) == 1 else 's'} "
                       "skipped so far (not images); all are listed at the end")
+
+
+def unused_options(run: RunPlan) -> list[str]:
+    """A warning for each group of options given that this run does not use (they trained
+    as if never given, and settings.json recorded them as used): fine-tuning's without
+    --fine-tune, augmentation's with --no-augment, the head's with a CNN from scratch (its
+    head is fixed), --l2 off the head trained on features (an end-to-end fit)."""
+    hp, default = run.settings, TrainSettings()
+
+    def given(*names: str) -> list[str]:
+        return [f"--{name.replace('_', '-')} {getattr(hp, name):g}" for name in names
+                if getattr(hp, name) is not None and getattr(hp, name) != getattr(default, name)]
+
+    said = []
+    tuning = given("fine_tune_epochs", "fine_tune_lr")
+    if tuning and hp.fine_tune == 0 and run.base.pretrained:
+        said.append(f"{' '.join(tuning)} unused: no fine-tuning without --fine-tune N (the "
+                    "top N layers of the base to unfreeze)")
+    if not hp.augment.enabled:
+        from transfer.settings import Augment
+
+        augmenting = given("augment_copies") + [
+            f"--{name} {getattr(hp.augment, name):g}" for name in ("rotation", "shift", "shear",
+                                                                   "zoom")
+            if getattr(hp.augment, name) != getattr(Augment(), name)]
+        if augmenting:
+            said.append(f"{' '.join(augmenting)} unused: --no-augment turns augmentation off")
+    if not run.base.pretrained:
+        heading = given("dropout", "dense", "l2")
+        if heading:
+            said.append(f"{' '.join(heading)} unused: a CNN from scratch has its own fixed "
+                        "head (meta.json's head)")
+    elif not run.use_cache and hp.l2 is not None:
+        said.append(f"--l2 {hp.l2:g} unused: it is the penalty of the head trained on "
+                    "features computed once; this run fits end to end (--augment-copies 0)")
+    return said
 
 
 def report_skipped(run: RunPlan, reporter: Reporter) -> None:
