@@ -124,6 +124,9 @@ CASES = [
     ("train --output {folder} --force", 1, "is not a model bundle; refusing"),
     ("train --output {folder}", 1, "is not a model bundle; refusing"),  # not 'use --force'
     ("train --tensorboard {file}", 1, "is a file, not a folder"),
+    ("train --output {tmp}/m --tensorboard {tmp}/m/logs", 1,  # refused after all the training
+     "/m/logs is inside --output "),
+    ("train --output {tmp}/m --tensorboard {tmp}/m", 1, "is inside --output"),
     ("train --data-dir {ro} --preview-augment", 1, "cannot write in /sys"),
     ("train --data-dir {folder} --preview-augment", 1,
      "augment-preview.png already exists; use --force"),

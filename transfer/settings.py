@@ -581,6 +581,12 @@ class TrainSettings(Settings):
         if hp.output is None:
             outside_data("models_dir", hp.models_dir, *read)
         outside_data("tensorboard", hp.tensorboard, *read)
+        if hp.tensorboard is not None and hp.output is not None:
+            logs, out = Path(hp.tensorboard).resolve(), Path(hp.output).resolve()
+            if logs == out or out in logs.parents:  # the bundle lands whole at the end
+                raise TransferError(f"--tensorboard {hp.tensorboard} is inside --output "
+                                    f"{hp.output}, which is written whole when training ends; "
+                                    f"put the logs beside it (--tensorboard {hp.output}-logs)")
         if hp.train_dir is not None and hp.validate_dir is not None:
             train, validate = Path(hp.train_dir).resolve(), Path(hp.validate_dir).resolve()
             if train == validate or train in validate.parents or validate in train.parents:
