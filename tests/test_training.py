@@ -1099,6 +1099,27 @@ def test_options_a_run_does_not_use_are_said_before_it_trains(own_split, tmp_pat
         "this run fits end to end (--augment-copies 0)"]
 
 
+def test_a_split_that_leaves_few_training_photos_is_said(tmp_path):
+    """--validation-split 0.99 on 15 photos a class trained on 1 each without a word (the
+    warning about small classes counted training and validation photos together)."""
+    from conftest import png_bytes
+
+    from transfer.training import plan, report_data
+
+    for name in ("daisy", "roses", "tulips"):
+        (tmp_path / "fl" / name).mkdir(parents=True)
+        for i in range(15):
+            (tmp_path / "fl" / name / f"{i}.png").write_bytes(png_bytes(size=(32 + i, 32)))
+    for split, warned in ((0.99, True), (0.2, False)):
+        reporter = Recorder()
+        settings = hp(tmp_path / "fl", tmp_path, validation_split=split)
+        report_data(plan(settings.validated().resolved()), reporter)
+        said = [w for w in reporter.warnings if "too few training photos" in w]
+        assert said == (["--validation-split 0.99 leaves too few training photos to learn "
+                         "from (daisy 1, roses 1, tulips 1); the default 0.2 keeps 80% of "
+                         "each class for training"] if warned else []), reporter.warnings
+
+
 def test_the_report_draws_its_grad_cams_with_the_model_train_holds(own_split, tmp_path,
                                                                   monkeypatch):
     """The report at the end of train traces its Grad-CAM overlays with the model the run has

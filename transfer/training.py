@@ -40,7 +40,7 @@ import numpy as np
 
 from transfer import bases, bundle, decode_ahead, metrics, phases, pipelines
 from transfer.bases import Base
-from transfer.constants import TEST_FOLDERS, few_images_warning, is_ignored_folder
+from transfer.constants import FEW_IMAGES, TEST_FOLDERS, few_images_warning, is_ignored_folder
 from transfer.errors import TransferError
 from transfer.files import exclusive, replacing
 from transfer.progress import Reporter
@@ -697,6 +697,15 @@ def report_data(run: RunPlan, reporter: Reporter) -> None:
     few = few_images_warning(sizes)
     if few:
         reporter.warn(few)
+    elif run.split == "in-memory":  # enough photos, but the split leaves few to learn from
+        left = {name: counts["train"][name] for name in run.names
+                if counts["train"][name] < FEW_IMAGES // 2}
+        if left:
+            listed = ", ".join(f"{name} {n}" for name, n in list(left.items())[:SHOWN_CLASSES])
+            reporter.warn(f"--validation-split {run.settings.validation_split:g} leaves too few "
+                          f"training photos to learn from ({listed}); the default "
+                          f"{TrainSettings.validation_split:g} keeps "
+                          f"{1 - TrainSettings.validation_split:.0%} of each class for training")
     large, small = max(sizes, key=sizes.get), min(sizes, key=sizes.get)
     if metrics.unbalanced(sizes, UNBALANCED):
         reporter.warn(f"unbalanced classes: {large} has {sizes[large]} images, {small} "
