@@ -373,3 +373,17 @@ def test_a_progress_bar_keeps_its_bar_and_counts_on_any_width(width):
     first = text.splitlines()[0]
     assert first.startswith("Evaluating on") and "40/40" in first and "━━━━━━━━━━" in first
     assert "0.8000" in text and "val_accuracy" in text.replace("\n", "")
+
+
+def test_a_failed_gate_shows_the_accuracy_below_its_threshold():
+    """13/15 = 0.86667 against 0.8667 read "0.8667 is below --assert-accuracy-at-least 0.8667"."""
+    from transfer.cli import _gate
+    from transfer.errors import GateFailed
+
+    with pytest.raises(GateFailed) as info:
+        _gate({"passed": False, "accuracy": 13 / 15, "threshold": 0.8667}, "validation accuracy")
+    assert str(info.value) == ("validation accuracy 0.86667 is below "
+                               "--assert-accuracy-at-least 0.8667")
+    with pytest.raises(GateFailed, match="accuracy 0.7500 is below .* 0.9$"):
+        _gate({"passed": False, "accuracy": 0.75, "threshold": 0.9}, "accuracy")
+
