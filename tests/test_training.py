@@ -1120,6 +1120,33 @@ def test_a_split_that_leaves_few_training_photos_is_said(tmp_path):
                          "each class for training"] if warned else []), reporter.warnings
 
 
+def test_a_run_that_diverges_says_so(own_split, tmp_path):
+    """--learning-rate 1e30: the loss went NaN, the bundle was written as a success without a
+    word (after 'invalid value encountered in cast' from the report's heatmaps), and evaluate
+    then gave ROC AUC 1.0000 from NaN scores ranked by their position."""
+    import warnings
+
+    from transfer import metrics
+
+    reporter = Recorder()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # NumPy's overflow lines, as the CLI shows
+        result = train(hp(own_split, tmp_path, base="scratch", alpha=1.0, image_size=64,
+                          epochs=1, learning_rate=1e30), reporter)
+    written = json.loads((result.bundle / "meta.json").read_text())
+    assert written["metrics"]["val_loss"] is None  # NaN, written as null
+    assert ("the training diverged (the model's outputs are not numbers): this model is no use; "
+            "try a lower --learning-rate than 1e+30") in reporter.warnings, reporter.warnings
+    # the head trained on features (NumPy): "warning: overflow encountered in square" and
+    # four more such lines; now the one line above
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        train(hp(own_split, tmp_path, learning_rate=1e30, l2=0.001, output=tmp_path / "head"),
+              Recorder())
+    assert metrics.roc_auc([0, 1, 0, 1], [np.nan] * 4) is None
+    assert metrics.roc_auc([0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8]) == 1.0
+
+
 def test_the_report_draws_its_grad_cams_with_the_model_train_holds(own_split, tmp_path,
                                                                   monkeypatch):
     """The report at the end of train traces its Grad-CAM overlays with the model the run has

@@ -83,12 +83,13 @@ def average_ranks(values) -> np.ndarray:
 
 
 def roc_auc(y_true, scores) -> float | None:
-    """Area under the ROC curve for binary labels (ties count half); None with one class."""
+    """Area under the ROC curve for binary labels (ties count half); None with one class, or
+    when a score is not a number (a diverged model's: ranked by position, they made 1.0)."""
     y_true = np.asarray(y_true, int)
     scores = np.asarray(scores, float)
     positives = int(y_true.sum())
     negatives = len(y_true) - positives
-    if positives == 0 or negatives == 0:
+    if positives == 0 or negatives == 0 or not np.isfinite(scores).all():
         return None
     ranks = average_ranks(scores)  # the Mann-Whitney U statistic
     return float((ranks[y_true == 1].sum() - positives * (positives + 1) / 2)

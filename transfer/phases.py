@@ -603,7 +603,14 @@ def schedule_of(schedule: str | None, lr: float, total_steps: int):
 def train_head(plan: RunPlan, built: Built, feats: Features, reporter: Reporter) -> Fit:
     """Train the head on the cached features, epoch e on augmented copy e % K, with early
     stopping on the validation loss (each head keeps its best epoch's weights); without --l2,
-    one head per value of L2_GRID at once, keeping the one with the best validation loss."""
+    one head per value of L2_GRID at once, keeping the one with the best validation loss.
+    A head that diverges (a --learning-rate far too large) is said once, by train, not as
+    NumPy's "overflow encountered in square" lines."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _train_head(plan, built, feats, reporter)
+
+
+def _train_head(plan: RunPlan, built: Built, feats: Features, reporter: Reporter) -> Fit:
     hp = plan.settings
     n = len(feats.labels)
     applied, weights = class_weights(feats.labels, len(plan.names), hp.class_weight)

@@ -201,7 +201,7 @@ def overlay_png(picture: np.ndarray, heatmap: np.ndarray, view: str = "pair",
 
     picture = np.asarray(picture, dtype="uint8")
     h, w = picture.shape[:2]
-    heat = Image.fromarray((np.clip(heatmap, 0, 1) * 255).astype("uint8")).resize(
+    heat = Image.fromarray((np.clip(np.nan_to_num(heatmap), 0, 1) * 255).astype("uint8")).resize(
         (w, h), Image.BILINEAR)
     colours = colormaps["jet"](np.asarray(heat) / 255.0)[..., :3] * 255.0
     overlay = ((1 - alpha) * picture + alpha * colours).clip(0, 255).astype("uint8")

@@ -411,6 +411,10 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
         if validation is None:
             validation = phases.final_validation(run, built,
                                                  None if settings.fine_tune > 0 else feats)
+        if not np.isfinite(validation.loss):
+            reporter.warn(f"the training diverged (the model's outputs are not numbers): this "
+                          f"model is no use; try a lower --learning-rate than "
+                          f"{settings.learning_rate:g}")
     except BaseException:
         if cluster is None:  # a multi-worker run keeps its epoch checkpoints to resume
             shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
