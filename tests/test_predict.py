@@ -103,7 +103,24 @@ def test_the_library_writes_output_as_the_cli_does(trained_bundle, small_split, 
     for named in ([str(photo)], [str(tmp_path)]):
         with pytest.raises(TransferError, match="is one of the photos to classify"):
             predict.predict(named, model=model, output=photo, format="csv", force=True)
-    assert photo.read_bytes() == Path(files[0]).read_bytes()
+    # the CLI's table (the default format for photo.jpg) was written by the CLI itself,
+    # unchecked; without --force the refusal advised --force; a HEIC photo is a photo too
+    heic = tmp_path / "IMG_1.HEIC"
+    heic.write_bytes(b"ftypheic")
+    for target in (photo, heic):
+        for force in (["--force"], []):
+            cli = runner.invoke(app, ["predict", str(tmp_path), "--model", str(model),
+                                      "--output", str(target), *force])
+            assert cli.exit_code == 1 and "is one of the photos to classify" in cli.output
+            assert "use --force" not in cli.output
+    assert photo.read_bytes() == Path(files[0]).read_bytes() and heic.read_bytes() == b"ftypheic"
+    # two links to one photo (a class folder of links) are two names: two rows
+    farm = tmp_path / "farm"
+    farm.mkdir()
+    (farm / "a.jpg").symlink_to(photo)
+    (farm / "b.jpg").symlink_to(photo)
+    linked = predict.predict([str(farm), str(farm / "a.jpg")], model=model)
+    assert sorted(Path(i.file).name for i in linked.items) == ["a.jpg", "b.jpg"]
     cli = runner.invoke(app, ["predict", *files, "--model", str(model), "--output",
                               str(tmp_path / "cli.json")])
     assert cli.exit_code == 0 and f"wrote {tmp_path / 'cli.json'}" in cli.stderr

@@ -102,6 +102,22 @@ def gather(paths: list[str | Path]) -> list[tuple[str, Path | None, str | None]]
     return rows
 
 
+def named_among(paths: list, target) -> bool:
+    """Whether the file ``target`` (links followed) is one of the files ``paths`` name, as
+    ``gather`` finds them: a folder's photos, a glob's, and files it cannot read (a HEIC
+    photo is an error row, and still a photo)."""
+    from transfer.files import resolved
+
+    wanted = resolved(Path(target))
+    if wanted is None:
+        return False
+    for name, image, _ in gather(paths):
+        path = image if isinstance(image, Path) else Path(name) if isinstance(name, str) else None
+        if path is not None and path.exists() and resolved(path) == wanted:
+            return True
+    return False
+
+
 def _unreadable_row(name: str, exc: OSError) -> tuple[str, None, str]:
     """The row of a path that cannot be read, or a folder inside one that cannot be listed."""
     return (name, None, f"cannot be read ({exc.strerror or exc})")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import numpy as np
 
 from transfer import images
 from transfer.errors import TransferError
-from transfer.files import is_device_or_pipe, nan_as_null, refuse_existing, replacing, resolved
+from transfer.files import is_device_or_pipe, nan_as_null, refuse_existing, replacing
 from transfer.inference import (
     ModelEngine,
     classify_files,
@@ -137,7 +138,8 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
             ``force``, ``output`` in the CLI's table format, or a model that cannot be opened.
     """
     if not isinstance(settings, PredictSettings):
-        paths = [settings] if images.is_one_image(settings) else list(settings)
+        paths = [settings] if images.is_one_image(settings) or not hasattr(
+            settings, "__iter__") else list(settings)  # predict(42): refused as a path
         settings = PredictSettings(paths=paths, **options)
     elif options:
         settings = settings.replace(**options)
@@ -154,12 +156,7 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
     if classifier is not None and chosen:
         raise TransferError(f"predict got a classifier and also {', '.join(chosen)}: the "
                             "classifier decides those; drop one or the other")
-    rows = once(gather(s.paths))  # before the model loads: a refusal costs nothing
-    if s.output is not None and not is_device_or_pipe(s.output):
-        target = resolved(s.output)
-        if any(isinstance(image, Path) and resolved(image) == target for _, image, _ in rows):
-            raise TransferError(f"--output {s.output} is one of the photos to classify: "
-                                "name another file (--force does not replace a photo)")
+    rows = once(gather(s.paths))
     if classifier is None:
         classifier, fallback = open_classifier(s, reporter=reporter)
     n_classes = len(classifier.class_names) if classifier.class_names else 1000
@@ -195,16 +192,17 @@ def once(rows: list[tuple[str, object, str | None]]) -> list[tuple[str, object, 
     """``gather``'s rows with each file once, however often it is named (a folder and a file
     in it, a folder and its glob, two spellings), as explain does: a photo counted twice was
     two rows and two in the summary. Photos in memory are each their own."""
-    seen: set[Path] = set()
+    seen: set[str] = set()
     kept = []
     for row in rows:
         _, image, error = row
         if error is None and isinstance(image, Path):
-            real = resolved(image)
-            if real is not None and real in seen:
+            # the name made absolute, links not followed: two files linked to one photo (a
+            # class folder of links) are two rows, as a folder listing shows them
+            name = os.path.abspath(image)
+            if name in seen:
                 continue
-            if real is not None:
-                seen.add(real)
+            seen.add(name)
         kept.append(row)
     return kept
 

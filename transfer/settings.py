@@ -668,6 +668,12 @@ class PredictSettings(Settings):
             from transfer.files import is_device_or_pipe, refuse_existing
 
             if not is_device_or_pipe(self.output):  # /dev/stdout, a pipe: written to, kept
+                from transfer.inference import named_among
+
+                if named_among(paths, self.output):  # checked before "use --force"
+                    raise TransferError(f"--output {self.output} is one of the photos to "
+                                        "classify: name another file (--force does not "
+                                        "replace a photo)")
                 refuse_existing(self.output, self.force)
                 writable("output", self.output, file=True)
         return self.replace(paths=list(paths), format=self.resolved_format(),
