@@ -14,10 +14,20 @@ def fresh_keras_home() -> Path:
     cache under it starts empty). Set it before TensorFlow is imported."""
     current = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
     home = Path(tempfile.mkdtemp(prefix="bench-keras-home-"))
+    removed_at_exit(home)  # its converted bases (they were left behind, MBs a run)
     (home / "models").mkdir()
     for item in current.iterdir() if current.is_dir() else []:
         (home / "models" / item.name).symlink_to(item.resolve())
     return home
+
+
+def removed_at_exit(folder: Path) -> Path:
+    """``folder``, removed when the script ends (a benchmark's bundles and caches)."""
+    import atexit
+    import shutil
+
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def split_files(data_dir: Path) -> list[Path]:

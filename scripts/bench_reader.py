@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -63,7 +64,11 @@ def main() -> None:
     from transfer import bases, engines, features, images, pipelines, training
     from transfer.settings import TrainSettings
 
-    files = split_files(args.data_dir)[::10][:200]
+    every = split_files(args.data_dir)
+    files = (every[::10] if len(every) >= 320 else every)[:200]  # every 10th of a full split
+    if len(files) < 32:  # step 3 runs one batch of 32 (a small split ended in a traceback)
+        raise SystemExit(f"bench_reader needs at least 32 photos in {args.data_dir}, "
+                         f"not {len(files)}")
 
     # 1. the reader at 288 px
     def read_all(reader):
@@ -154,6 +159,7 @@ def main() -> None:
         got = alternate(pairs)
         print(f"4. {size} px, views/s on {engines.cpu_threads()} threads: " + ", ".join(
             f"batch {n} {n / got[n]:.0f}" for n in got))
+    shutil.rmtree(folder, ignore_errors=True)  # the 4000 x 3000 JPEGs and the converted base
     print(f"\nMachine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}; {time.strftime('%Y-%m-%d')}; base "
           f"{bases.get('mobilenet').keras_class} alpha 0.25")

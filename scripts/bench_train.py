@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import floor_pass, fresh_keras_home, split_files
+from bench_common import floor_pass, fresh_keras_home, removed_at_exit, split_files
 
 
 def size_shown(test_time: dict) -> str:
@@ -74,7 +74,7 @@ def main() -> None:
     from transfer.training import train
 
     files = split_files(args.data_dir)
-    out = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    out = removed_at_exit(Path(tempfile.mkdtemp(prefix="bench-train-")))
     rows = [dict(label="(c) floor: bare TF predict pass over train + validate, Pillow decode "
                        "included", total=floor_pass(files, args.base, args.alpha))]
     print(rows[-1], flush=True)

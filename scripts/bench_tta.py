@@ -36,8 +36,16 @@ def files_of(root: Path):
 
 
 def feature_views(size: int, roots: dict, cache: Path) -> dict:
-    path = cache / f"bench_tta_{size}.npz"
+    # keyed by the folders and their files too: a cache of another split was reused in
+    # silence, and mixed into one table with this one's counts
+    import hashlib
+
+    listing = {name: [(p.name, p.stat().st_size) for p in files_of(root)[0]]
+               for name, root in roots.items()}
+    key = hashlib.sha256(repr(sorted(listing.items())).encode()).hexdigest()[:12]
+    path = cache / f"bench_tta_{size}_{key}.npz"
     if path.exists():
+        print(f"(features at {size} px from {path})", flush=True)
         return dict(np.load(path))
     import keras
 
@@ -119,7 +127,7 @@ def main() -> None:
               + " |", flush=True)
 
     for size, d in per_size.items():
-        variants = {"one random-affine copy (today's default)": [d["train_aug1"]],
+        variants = {"one random-affine copy (the default before 2026-12-05)": [d["train_aug1"]],
                     "clean (`--no-augment`)": [d["train_clean"]],
                     "mean of photo and mirror": [(d["train_clean"] + d["train_flip"]) / 2],
                     "photo or mirror (a seeded coin per photo)": [np.where(

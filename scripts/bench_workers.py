@@ -126,6 +126,8 @@ def main() -> None:
                         help="an existing split to use instead of making one")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
+    if args.data_dir is not None:  # the runs start in the repository: relative to here
+        args.data_dir = args.data_dir.resolve()
     counts = [int(n) for n in args.workers.split(",")]
 
     root = Path(tempfile.mkdtemp(prefix="bench-workers-"))
