@@ -99,6 +99,14 @@ def test_a_converted_model_that_differs_falls_back_to_tensorflow(
     assert "differs from TensorFlow" in info.fallback
     assert any("differs from TensorFlow" in w for w in reporter.warnings)
     assert 0.04 < info.parity_max_abs_diff < 0.06
+    # the next runs: the file was converted now and failed all the same, so it is not
+    # converted again on every run (it was, after a damaged file came to be converted again)
+    monkeypatch.setattr(engines, "convert", lambda *a: pytest.fail("converted again"))
+    for _ in range(2):
+        engine, info = engines.open_engine(mobilenet_features, photo_batch[:8],
+                                           requested="tflite", key=KEY, batch_size=8,
+                                           reporter=Recorder())
+        assert engine.name == "tf" and "differs from TensorFlow" in info.fallback
 
 
 def test_a_read_only_cache_converts_for_the_run_alone(

@@ -299,6 +299,20 @@ def _unavailable(exc: Exception, folder: Path) -> str:
     return f"TFLite unavailable ({type(exc).__name__}: {text})".splitlines()[0]
 
 
+def _stamp(path: Path) -> str:
+    """A file's size and modification time: whether it is still the file seen before."""
+    with contextlib.suppress(OSError):
+        found = path.stat()
+        return f"{found.st_size} {found.st_mtime_ns}"
+    return ""
+
+
+def _read(path: Path) -> str | None:
+    with contextlib.suppress(OSError, UnicodeError):
+        return path.read_text(encoding="utf-8")
+    return None
+
+
 def _difference(engine, batch: np.ndarray, expected: np.ndarray) -> float:
     """The largest absolute difference between ``engine``'s output on ``batch`` and
     ``expected`` (TensorFlow's)."""
@@ -426,9 +440,13 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
     expected = np.asarray(model(check, training=False))
     scale = max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
     diff = _difference(lite, check, expected)
-    if not _agrees(diff, scale) and info.converted_file and not info.conversion_seconds:
+    mismatch = path.with_suffix(".mismatch")  # a fresh conversion that failed parity too
+    if (not _agrees(diff, scale) and info.converted_file and not info.conversion_seconds
+            and np.isfinite(expected).all() and _read(mismatch) != _stamp(path)):
         # a cached file damaged where the interpreter does not look (its weights): it loads
         # and computes something else; converted again, once, rather than TensorFlow forever
+        # (not for a model whose own outputs are not numbers, a diverged one, nor again for
+        # a file whose fresh conversion failed as well: a conversion every run)
         reporter.warn(f"the cached TFLite file {path} differs from TensorFlow by {diff:.3g}; "
                       "converting again")
         with contextlib.suppress(OSError):  # a read-only cache: the same file, refused below
@@ -441,6 +459,9 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
             reporter.warn(f"{info.fallback}; using TensorFlow")
             return tf_engine, info
         diff = _difference(lite, check, expected)
+    if not _agrees(diff, scale) and info.converted_file and info.conversion_seconds:
+        with contextlib.suppress(OSError):  # converted now, and no better: not again
+            mismatch.write_text(_stamp(path), encoding="utf-8")
     info.parity_max_abs_diff = diff
     if not _agrees(diff, scale):
         info.fallback = (f"TFLite differs from TensorFlow by {diff:.3g} on the first batch "
