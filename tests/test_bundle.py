@@ -392,6 +392,9 @@ def test_a_meta_json_saved_with_a_byte_order_mark_is_read(trained_bundle, tmp_pa
                                      .encode("utf-8-sig"))
     assert bundle.is_bundle(copy)
     assert bundle.read_meta(copy)["class_names"] == ["chats", "chiens"]
+    from transfer.report import render_report  # the report read it strictly ("BOM")
+
+    assert "chiens" in render_report(copy, gradcams=0)
 
 
 @pytest.mark.parametrize("change, words", [

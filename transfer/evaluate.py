@@ -218,7 +218,7 @@ def _check_outputs(output: Path, data_dir: Path, model: Path, force: bool,
     if not existing:
         return
     try:
-        previous = json.loads((output / REPORT).read_text(encoding="utf-8"))
+        previous = json.loads((output / REPORT).read_text(encoding="utf-8-sig"))
         # the bundle itself, not the name it was given (models/latest moves on)
         before = previous.get("bundle") or previous.get("model")
         evaluated = previous.get("kind") == "transfer-evaluate"

@@ -96,7 +96,7 @@ def _e(value) -> str:
 
 def _read_json(path: Path):
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except (OSError, ValueError):
         return None
 
@@ -105,7 +105,7 @@ def read_object(path: Path) -> dict | None:
     """The JSON object in ``path``; None when there is no such file; TransferError when it is
     there but empty, garbled or not an object (it was said to be missing)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         return None
     except OSError as exc:

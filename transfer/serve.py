@@ -398,7 +398,7 @@ def describe_bundle(name: str, path: Path, meta: dict) -> dict:
     accuracy = metrics.get("test_accuracy", metrics.get("val_accuracy"))
     evaluated = None
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        report = json.loads((path / "report.json").read_text(encoding="utf-8"))
+        report = json.loads((path / "report.json").read_text(encoding="utf-8-sig"))
         evaluated = report.get("accuracy")
     prep = meta.get("preprocessing") or {}
     return {"name": name, "kind": "bundle", "title": name,
