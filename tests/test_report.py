@@ -257,13 +257,22 @@ def test_image_counts_are_those_training_used_after_fetch_data_ran_again(tmp_pat
     (data / "manifest.json").write_text(json.dumps(manifest))
     counts, skipped, source = data_counts(meta)
     assert counts == manifest["counts"] and skipped == manifest["skipped"]
-    assert source == f"{data / 'manifest.json'} (transfer fetch-data)"
+    assert source == f"{data / 'manifest.json'} (transfer fetch-data), as training counted"
     manifest["counts"]["train"] = {"cats": 40, "dogs": 40}
     (data / "manifest.json").write_text(json.dumps(manifest))
     counts, skipped, source = data_counts(meta)
     assert counts == trained and skipped == []
     assert source.startswith("meta.json (the images training used; ")
-    assert f"{data / 'manifest.json'} counts another split now" in source
+    assert f"{data / 'manifest.json'} counts other numbers now" in source
+    # validated on data/test (--validate-dir): compared with the manifest's test counts, not
+    # said to be another split; that fetch is the one training read
+    manifest["counts"]["train"] = trained["train"]
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    on_test = {"train": trained["train"], "validate": manifest["counts"]["test"]}
+    meta["data"].update(validate_dir=str(data / "test"), counts=on_test)
+    counts, skipped, source = data_counts(meta)
+    assert counts == on_test  # the test photos shown once, as the validation training did
+    assert skipped == manifest["skipped"] and source.endswith("as training counted")
 
 
 @pytest.mark.parametrize("name, content, message", [

@@ -233,9 +233,10 @@ def _count_images(folder: Path, names: list[str]) -> dict[str, int] | None:
 def data_counts(meta: dict | None) -> tuple[dict[str, dict[str, int]], list[dict], str]:
     """(images per split and class, skipped files, where the numbers come from).
 
-    fetch-data's manifest gives the split with its held-out test part and the files it
-    skipped, when its counts are those training recorded; when the folder was fetched again
-    since (other counts), the counts training recorded in meta.json, said so."""
+    What training used (meta.json's data.counts) when it recorded it; with fetch-data's
+    manifest beside the folders, its other splits (the held-out test part) and the files it
+    skipped, when it counts the folders training read as training did. It counts otherwise
+    when it was fetched again since, or photos were moved: then it is said, not shown."""
     meta = meta or {}
     names = list(meta.get("class_names") or [])
     data = meta.get("data") or {}
@@ -249,23 +250,30 @@ def data_counts(meta: dict | None) -> tuple[dict[str, dict[str, int]], list[dict
             and all(isinstance(per_class, dict) for per_class in recorded.values()) else {})
     folders = {split: bundle.data_folder(meta, f"{split}_dir") for split in ("train", "validate")}
     roots = {f.parent for f in folders.values() if f}
+    if used:
+        counts, source = dict(used), "meta.json (the images training used)"
     for root in roots:
         manifest = _read_json(root / "manifest.json")
-        if isinstance(manifest, dict) and manifest.get("tool") == "transfer fetch-data":
-            listed = {str(split): {str(k): int(v) for k, v in per_class.items()}
-                      for split, per_class in (manifest.get("counts") or {}).items()
-                      if isinstance(per_class, dict)}
-            if used and any(listed.get(split) != per_class for split, per_class in used.items()):
-                counts = used
-                source = (f"meta.json (the images training used; {root / 'manifest.json'} "
-                          "counts another split now: fetched again since?)")
-            else:
-                counts = listed
-                skipped = [s for s in manifest.get("skipped") or [] if isinstance(s, dict)]
-                source = f"{root / 'manifest.json'} (transfer fetch-data)"
-    if not counts and used:
-        counts = used
-        source = "meta.json (the images training used)"
+        if not (isinstance(manifest, dict) and manifest.get("tool") == "transfer fetch-data"):
+            continue
+        listed = {str(split): {str(k): int(v) for k, v in per_class.items()}
+                  for split, per_class in (manifest.get("counts") or {}).items()
+                  if isinstance(per_class, dict)}
+        where = root / "manifest.json"
+        # the manifest's split of each folder training read (validate_dir may be data/test)
+        read = {split: folders[split].name if folders.get(split) else split for split in used}
+        if not used:  # a bundle that recorded no counts: the manifest's
+            counts, source = listed, f"{where} (transfer fetch-data)"
+        elif all(listed.get(read[split]) == per_class for split, per_class in used.items()):
+            for split, per_class in listed.items():
+                if split not in read.values():
+                    counts.setdefault(split, per_class)  # the held-out test part
+            source = f"{where} (transfer fetch-data), as training counted"
+        else:
+            source = (f"meta.json (the images training used; {where} counts other numbers "
+                      "now: fetched again, or photos moved since)")
+            continue
+        skipped = [s for s in manifest.get("skipped") or [] if isinstance(s, dict)]
     if not counts and names:
         for split, folder in folders.items():
             if folder:
