@@ -196,6 +196,14 @@ def test_a_digit_drawn_on_a_transparent_background_is_found_whatever_its_ink(tes
             fitted, inverted = images.digit_array(Image.fromarray(drawn, "RGBA"))
             assert inverted == (ink == 0)
             np.testing.assert_allclose(fitted, plain, atol=2)
+    # dark ink on opaque white paper whose margins are clear (a cropped scan): the margins
+    # are paper too, as when every transparency was white
+    paper = np.zeros((48, 48, 4), "uint8")
+    paper[10:38, 10:38, :3] = np.stack([255 - x[0]] * 3, -1)
+    paper[10:38, 10:38, 3] = 255
+    fitted, inverted = images.digit_array(Image.fromarray(paper, "RGBA"))
+    assert inverted
+    np.testing.assert_allclose(fitted, images.digit_array(Image.fromarray(x[0]))[0], atol=2)
     # an opaque RGBA image is read as before: its alpha changes nothing
     opaque = np.dstack([np.stack([255 - x[0]] * 3, -1), np.full((28, 28), 255, "uint8")])
     np.testing.assert_array_equal(images.digit_array(Image.fromarray(opaque, "RGBA"))[0],

@@ -523,8 +523,12 @@ def _digit_gray(image) -> np.ndarray:
     rgba = np.asarray(image.convert("RGBA"), dtype="float32")
     alpha = rgba[..., 3] / 255.0
     lightness = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], "float32")  # as convert("L")
-    ink = float((lightness * alpha).sum() / max(float(alpha.sum()), 1e-6))
-    background = 0.0 if ink > 127.5 else 255.0
+    opaque = lightness[alpha > 0.5]
+    dark = float(np.mean(opaque < 127.5)) if opaque.size else 1.0
+    if 0.02 < dark < 0.98:  # paper and ink both opaque (a scan with clear margins): the
+        background = 255.0 if float(np.median(opaque)) > 127.5 else 0.0  # paper's colour
+    else:  # the ink alone is opaque: the background it stands out from
+        background = 255.0 if dark >= 0.5 else 0.0
     return np.round(lightness * alpha + background * (1 - alpha)).astype("float32")
 
 
