@@ -386,11 +386,11 @@ def test_where_many_pictures_go(tmp_path, monkeypatch):
     (photos / "cats" / "00000.jpg").write_bytes(png_bytes())
     for where in (out, None):
         pictures = [png for _, _, png, _ in explain.outputs_of([str(photos / "cats")], where)]
-        assert pictures == [(where or photos / "cats") / "00000.gradcam.png",
+        assert pictures == [(where or photos / "cats") / "00000.jpg.gradcam.png",
                             (where or photos / "cats") / "00000.png.gradcam.png"]
-        named = [png.name for _, _, png, _ in explain.outputs_of(
+        named = [png.name for _, _, png, _ in explain.outputs_of(  # whichever comes first
             [str(photos / "cats" / "00000.png"), str(photos / "cats" / "00000.jpg")], where)]
-        assert named == ["00000.gradcam.png", "00000.jpg.gradcam.png"]
+        assert named == ["00000.png.gradcam.png", "00000.jpg.gradcam.png"]
     one = ExplainSettings(image=photos / "dogs" / "00000.png", output=tmp_path / "why").validated()
     assert one.output == tmp_path / "why" / "00000.gradcam.png"
     assert one.validated().output == one.output

@@ -276,15 +276,15 @@ def outputs_of(paths: list[str | Path], output: Path | None
     ``predict`` takes them), each image once. The PNG goes beside the image, or into the
     folder ``output``, keeping the image's place below the folder it was found in
     (``photos`` or ``photos/*/*.jpg``: ``cats/1.jpg`` -> ``OUTPUT/cats/1.gradcam.png``); a file
-    named alone goes to ``OUTPUT/<name>.gradcam.png``. Of two images that differ only by
-    their extension (``IMG_1.JPG``, ``IMG_1.PNG``) the second keeps it: ``IMG_1.PNG.gradcam.png``.
+    named alone goes to ``OUTPUT/<name>.gradcam.png``. Images that differ only by their
+    extension (``IMG_1.JPG``, ``IMG_1.PNG``) keep it: ``IMG_1.PNG.gradcam.png``.
 
     Raises:
         TransferError: two different images would write one PNG.
     """
     import glob
 
-    rows, seen, images_seen = [], {}, set()
+    rows, images_seen = [], set()
     for raw in paths:
         named = Path(raw)
         root = (named if named.is_dir() else
@@ -305,17 +305,27 @@ def outputs_of(paths: list[str | Path], output: Path | None
             else:
                 below = image.relative_to(root) if root is not None else Path(image.name)
                 png = Path(output) / gradcam_png(below)
-            if png in seen and Path(seen[png][1]).name != Path(image).name:
-                # IMG_1.JPG beside IMG_1.PNG (a photo and its screenshot): the extension kept
-                png = png.with_name(Path(image).name + GRADCAM_SUFFIX)
-            if png in seen:
-                first, first_image = seen[png]
-                # beside their images they part only when they sit in different folders
-                apart = output is not None and gradcam_png(image) != gradcam_png(first_image)
-                hint = "explain them in two runs" + (", or without --output" if apart else "")
-                raise TransferError(f"{first} and {name} would both write {png}; {hint}")
-            seen[png] = (name, image)
             rows.append((name, image, png, error))
+    # IMG_1.JPG beside IMG_1.PNG (a photo and its screenshot): both keep their extension,
+    # whichever comes first (IMG_1.JPG.gradcam.png, IMG_1.PNG.gradcam.png)
+    names_at: dict[Path, set[str]] = {}
+    for _, image, png, _ in rows:
+        if png is not None:
+            names_at.setdefault(png, set()).add(Path(image).name)
+    seen: dict[Path, tuple[str, Path]] = {}
+    for i, (name, image, png, error) in enumerate(rows):
+        if png is None:
+            continue
+        if len(names_at[png]) > 1:
+            png = png.with_name(Path(image).name + GRADCAM_SUFFIX)
+            rows[i] = (name, image, png, error)
+        if png in seen:
+            first, first_image = seen[png]
+            # beside their images they part only when they sit in different folders
+            apart = output is not None and gradcam_png(image) != gradcam_png(first_image)
+            hint = "explain them in two runs" + (", or without --output" if apart else "")
+            raise TransferError(f"{first} and {name} would both write {png}; {hint}")
+        seen[png] = (name, image)
     return rows
 
 
