@@ -172,8 +172,12 @@ def writing(target: Path, force: bool):
             else:
                 landing.path = _land(tmp, target)
         except OSError as exc:
-            if exc.filename is None and exc.errno is not None:  # a write inside (Keras's zip):
-                raise OSError(exc.errno, exc.strerror, str(target)) from exc  # say where
+            import errno
+
+            # a write inside that fails for room (Keras's zip on a full disk): say where; not
+            # another error without a name (reading a photo for the preview, say)
+            if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OSError(exc.errno, exc.strerror, str(target)) from exc
             raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
