@@ -467,6 +467,8 @@ def test_one_loaded_classifier_serves_many_calls(trained_bundle, small_split):
         np.testing.assert_allclose(probs[0], expected[i % len(files)], atol=1e-6)
     with pytest.raises(TransferError, match="not an image"):
         classifier.classify([b"not an image at all"])
+    with open(files[0], "rb") as handle:  # an open file is one image (it was read by lines)
+        np.testing.assert_allclose(classifier.classify(handle)[0], expected[0], atol=1e-6)
     for thing in (42, None):  # a bare TypeError ("'int' object is not iterable")
         with pytest.raises(TransferError, match=f"image 1: not an image: a {type(thing).__name__}"):
             classifier.classify(thing)

@@ -302,10 +302,11 @@ def is_pillow_image(source) -> bool:
 
 
 def is_one_image(source) -> bool:
-    """Whether ``source`` is one image (a path, a file's bytes, a Pillow image, an array)
-    rather than a list of them: what ``classify`` and ``predict`` take either way."""
+    """Whether ``source`` is one image (a path, a file's bytes, an open binary file, a Pillow
+    image, an array) rather than a list of them: what ``classify`` and ``predict`` take either
+    way (an open file was iterated line by line)."""
     return isinstance(source, str | os.PathLike | bytes | bytearray | memoryview
-                      | np.ndarray) or is_pillow_image(source)
+                      | np.ndarray) or is_pillow_image(source) or hasattr(source, "read")
 
 
 def refuse_scaled(array: np.ndarray) -> None:
