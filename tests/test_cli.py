@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import kaggle_members, make_zip, require_asset, truncated
 from typer.testing import CliRunner
@@ -386,4 +387,16 @@ def test_a_failed_gate_shows_the_accuracy_below_its_threshold():
                                "--assert-accuracy-at-least 0.8667")
     with pytest.raises(GateFailed, match="accuracy 0.7500 is below .* 0.9$"):
         _gate({"passed": False, "accuracy": 0.75, "threshold": 0.9}, "accuracy")
+
+
+def test_an_empty_grad_cam_is_said():
+    """A heatmap with no positive evidence (ReLU of a sum negative everywhere) was drawn as a
+    plain blue overlay without a word: the user could not tell it from a broken tool."""
+    from types import SimpleNamespace
+
+    from transfer.cli import _empty
+
+    empty = SimpleNamespace(heatmap=np.zeros((11, 11)), label="9")
+    assert _empty(empty) == "; the map is empty: no region raises the score of 9"
+    assert _empty(SimpleNamespace(heatmap=np.eye(3), label="9")) == ""
 

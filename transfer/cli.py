@@ -933,7 +933,7 @@ def explain_cmd(
             predicted = max(r.probabilities, key=r.probabilities.get)
             out.print(f"{escape(row.image)}: predicted [bold]{escape(predicted)}[/bold] "
                       f"{r.probabilities[predicted]:.4f}; Grad-CAM of {escape(r.label)} -> "
-                      f"{escape(str(r.png))}", highlight=False, markup=True)
+                      f"{escape(str(r.png))}{escape(_empty(r))}", highlight=False, markup=True)
     written = len(rows) - failed
     where = f"in {output}" if output is not None else "beside the images"
     out.print(f"wrote {written} Grad-CAM picture{'' if written == 1 else 's'} {where}"
@@ -948,8 +948,16 @@ def _explained(image, result) -> None:
     out.print(f"{escape(str(image))}: predicted [bold]{escape(predicted)}[/bold] "
               f"{result.probabilities[predicted]:.4f}; Grad-CAM of {escape(result.label)} at "
               f"layer {result.layer} ({result.heatmap.shape[0]}x{result.heatmap.shape[1]} "
-              "maps)", highlight=False, markup=True)
+              f"maps){escape(_empty(result))}", highlight=False, markup=True)
     out.print(f"wrote {result.png}", highlight=False, markup=False)
+
+
+def _empty(explanation) -> str:
+    """What a blank heatmap means, said (the picture is a plain blue overlay): no region of
+    the image raises the class's score, which Grad-CAM's ReLU then shows as nothing."""
+    if float(explanation.heatmap.max()) > 0:
+        return ""
+    return f"; the map is empty: no region raises the score of {explanation.label}"
 
 
 _O = S.ExportSettings()
