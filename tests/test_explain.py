@@ -340,6 +340,21 @@ def test_many_images_in_one_run(trained_bundle, small_split, tmp_path):
     again = runner.invoke(app, args[:3] + args[5:])
     assert again.exit_code == 1 and "already exists; use --force" in again.output
     assert sorted(p.stat().st_mtime_ns for p in out.rglob("*.png")) == before
+    # beside the photos (no --output), a photo and its screenshot of one name: each picture
+    # at the name planned for it (both went to IMG_1.gradcam.png, replacing one of the
+    # user's there without --force)
+    pair = tmp_path / "pair"
+    pair.mkdir()
+    shutil.copy(cat, pair / "IMG_1.JPG")
+    Image.open(cat).save(pair / "IMG_1.PNG")
+    (pair / "IMG_1.gradcam.png").write_bytes(b"the user's own")
+    rows = explain.explain_all(ExplainSettings(images=[str(pair)], model=trained_bundle.bundle))
+    assert [r.explanation.png.name for r in rows] == ["IMG_1.JPG.gradcam.png",
+                                                      "IMG_1.PNG.gradcam.png"]
+    assert (pair / "IMG_1.gradcam.png").read_bytes() == b"the user's own"
+    assert sorted(p.name for p in pair.iterdir()) == [
+        "IMG_1.JPG", "IMG_1.JPG.gradcam.png", "IMG_1.PNG", "IMG_1.PNG.gradcam.png",
+        "IMG_1.gradcam.png"]
 
 
 def test_one_image_that_cannot_be_read_is_said_as_predict_says_it(tmp_path):

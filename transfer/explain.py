@@ -359,9 +359,11 @@ def explain_all(settings: ExplainSettings, *, reporter: Reporter | None = None
         for name, image, png, error in rows:
             if image is not None:
                 try:
-                    # no --output: each picture beside its image, explain's own default
+                    # no --output: each picture beside its image, explain's own default,
+                    # unless outputs_of named it otherwise (IMG_1.JPG beside IMG_1.PNG)
+                    beside = s.output is None and png == gradcam_png(image)
                     one = ExplainSettings(image=image, model=s.model,
-                                          output=png if s.output is not None else None,
+                                          output=None if beside else png,
                                           class_name=s.class_name, invert=s.invert, force=True)
                     done.append(Explained(name, explain(one, classifier=classifier)))
                 except TransferError as exc:
