@@ -204,6 +204,17 @@ def test_a_digit_drawn_on_a_transparent_background_is_found_whatever_its_ink(tes
     fitted, inverted = images.digit_array(Image.fromarray(paper, "RGBA"))
     assert inverted
     np.testing.assert_allclose(fitted, images.digit_array(Image.fromarray(x[0]))[0], atol=2)
+    # however thin its ink (a 3 px "1" on 200 px of paper: 0.4% of the opaque pixels)
+    page = np.zeros((240, 240, 4), "uint8")
+    page[20:220, 20:220] = 255
+    page[60:180, 118:121, :3] = 0
+    fitted, inverted = images.digit_array(Image.fromarray(page, "RGBA"))
+    assert inverted and fitted[..., 0].max() == 255 and fitted[0].max() == 0
+    # a straight stroke alone fills its box, but is one tone: ink, not paper
+    stroke = np.zeros((60, 60, 4), "uint8")
+    stroke[10:50, 28:32] = 255
+    fitted, inverted = images.digit_array(Image.fromarray(stroke, "RGBA"))
+    assert not inverted and fitted[..., 0].max() == 255
     # an opaque RGBA image is read as before: its alpha changes nothing
     opaque = np.dstack([np.stack([255 - x[0]] * 3, -1), np.full((28, 28), 255, "uint8")])
     np.testing.assert_array_equal(images.digit_array(Image.fromarray(opaque, "RGBA"))[0],

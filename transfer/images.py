@@ -524,12 +524,16 @@ def _digit_gray(image) -> np.ndarray:
     rgba = np.asarray(image.convert("RGBA"), dtype="float32")
     alpha = rgba[..., 3] / 255.0
     lightness = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], "float32")  # as convert("L")
-    opaque = lightness[alpha > 0.5]
-    dark = float(np.mean(opaque < 127.5)) if opaque.size else 1.0
-    if 0.02 < dark < 0.98:  # paper and ink both opaque (a scan with clear margins): the
-        background = 255.0 if float(np.median(opaque)) > 127.5 else 0.0  # paper's colour
-    else:  # the ink alone is opaque: the background it stands out from
-        background = 255.0 if dark >= 0.5 else 0.0
+    solid = alpha > 0.5
+    opaque = lightness[solid]
+    rows, cols = np.flatnonzero(solid.any(axis=1)), np.flatnonzero(solid.any(axis=0))
+    box = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1) if opaque.size else 1
+    dark = float(np.mean(opaque < 127.5)) if opaque.size else 0.0
+    if opaque.size / box > 0.8 and 0 < dark < 1:  # a filled shape of two tones: paper with
+        # its ink (a scan with clear margins), however thin the ink: the paper's colour
+        background = 255.0 if float(np.median(opaque)) > 127.5 else 0.0
+    else:  # strokes: the ink alone is opaque, set on the background it stands out from
+        background = 0.0 if opaque.size and float(np.mean(opaque)) > 127.5 else 255.0
     return np.round(lightness * alpha + background * (1 - alpha)).astype("float32")
 
 
