@@ -108,11 +108,14 @@ def named_among(paths: list, target) -> bool:
     photo is an error row, and still a photo)."""
     from transfer.files import resolved
 
+    if not Path(target).exists():  # a new file (or a broken link): no photo (no folder walk)
+        return False
     wanted = resolved(Path(target))
     if wanted is None:
         return False
     for name, image, _ in gather(paths):
-        path = image if isinstance(image, Path) else Path(name) if isinstance(name, str) else None
+        # a file, or a file that cannot be read (its row has no image); not a photo in memory
+        path = image if isinstance(image, Path) else Path(name) if image is None else None
         if path is not None and path.exists() and resolved(path) == wanted:
             return True
     return False
