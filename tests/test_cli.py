@@ -399,4 +399,6 @@ def test_an_empty_grad_cam_is_said():
     empty = SimpleNamespace(heatmap=np.zeros((11, 11)), label="9")
     assert _empty(empty) == "; the map is empty: no region raises the score of 9"
     assert _empty(SimpleNamespace(heatmap=np.eye(3), label="9")) == ""
+    broken = SimpleNamespace(heatmap=np.full((3, 3), np.nan), label="9")  # a diverged model's
+    assert "not a number" in _empty(broken) and "empty" not in _empty(broken)
 

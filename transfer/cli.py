@@ -955,6 +955,10 @@ def _explained(image, result) -> None:
 def _empty(explanation) -> str:
     """What a blank heatmap means, said (the picture is a plain blue overlay): no region of
     the image raises the class's score, which Grad-CAM's ReLU then shows as nothing."""
+    import numpy as np
+
+    if np.isnan(explanation.heatmap).any():  # np.max would say "not > 0": not empty, broken
+        return "; the map is not a number: the model's outputs are not numbers (diverged?)"
     if float(explanation.heatmap.max()) > 0:
         return ""
     return f"; the map is empty: no region raises the score of {explanation.label}"
