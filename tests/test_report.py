@@ -273,6 +273,15 @@ def test_image_counts_are_those_training_used_after_fetch_data_ran_again(tmp_pat
     counts, skipped, source = data_counts(meta)
     assert counts == on_test  # the test photos shown once, as the validation training did
     assert skipped == manifest["skipped"] and source.endswith("as training counted")
+    # a split made in memory of data/train (both splits read it), or a manifest that
+    # records no counts: nothing to compare, and nothing said to have changed
+    split_here = {"train": {"cats": 24, "dogs": 24}, "validate": {"cats": 6, "dogs": 6}}
+    meta["data"].update(validate_dir=str(data / "train"), counts=split_here)
+    assert data_counts(meta) == (split_here, [], "meta.json (the images training used)")
+    meta["data"].update(validate_dir=str(data / "validate"), counts=trained)
+    del manifest["counts"]
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    assert data_counts(meta) == (trained, [], "meta.json (the images training used)")
 
 
 @pytest.mark.parametrize("name, content, message", [

@@ -252,7 +252,7 @@ def data_counts(meta: dict | None) -> tuple[dict[str, dict[str, int]], list[dict
     roots = {f.parent for f in folders.values() if f}
     if used:
         counts, source = dict(used), "meta.json (the images training used)"
-    for root in roots:
+    for root in sorted(roots):
         manifest = _read_json(root / "manifest.json")
         if not (isinstance(manifest, dict) and manifest.get("tool") == "transfer fetch-data"):
             continue
@@ -264,6 +264,9 @@ def data_counts(meta: dict | None) -> tuple[dict[str, dict[str, int]], list[dict
         read = {split: folders[split].name if folders.get(split) else split for split in used}
         if not used:  # a bundle that recorded no counts: the manifest's
             counts, source = listed, f"{where} (transfer fetch-data)"
+        elif len(set(read.values())) < len(read) or any(read[s] not in listed for s in used):
+            continue  # it does not count these folders as training split them (a split in
+            # memory of one of its folders; a manifest without counts): nothing to compare
         elif all(listed.get(read[split]) == per_class for split, per_class in used.items()):
             for split, per_class in listed.items():
                 if split not in read.values():
