@@ -65,6 +65,8 @@ def main() -> None:
     aside = cached.with_name(f"features.bench-aside-{os.getpid()}")
     if cached.exists():
         os.replace(cached, aside)
+        print(f"(your feature cache is set aside at {aside} for the cache rows, and put back "
+              "after them)", flush=True)
     try:
         run("(3a) train --no-augment, cache miss", args.engines.split(",")[0], True,
             out / "hit-1")

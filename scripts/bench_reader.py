@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from bench_common import split_files
+from bench_common import removed_at_exit, split_files
 
 
 def per_call(fn, seconds: float = 1.5) -> float:
@@ -83,7 +82,7 @@ def main() -> None:
         f"{k} {v / len(files) * 1000:.2f}" for k, v in got.items()))
 
     # 2. draft mode on phone-sized photos
-    folder = Path(tempfile.mkdtemp(prefix="bench-reader-"))
+    folder = removed_at_exit(Path(tempfile.mkdtemp(prefix="bench-reader-")))
     sources = sorted(p for cls in pipelines.class_names(args.photos)
                      for p in pipelines.image_files(args.photos / cls))[::10][:20]
     big = []
@@ -159,7 +158,6 @@ def main() -> None:
         got = alternate(pairs)
         print(f"4. {size} px, views/s on {engines.cpu_threads()} threads: " + ", ".join(
             f"batch {n} {n / got[n]:.0f}" for n in got))
-    shutil.rmtree(folder, ignore_errors=True)  # the 4000 x 3000 JPEGs and the converted base
     print(f"\nMachine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}; {time.strftime('%Y-%m-%d')}; base "
           f"{bases.get('mobilenet').keras_class} alpha 0.25")
