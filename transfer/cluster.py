@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transfer.errors import TransferError, env_number
+from transfer.errors import TransferError, env_number, without_op_name
 
 JOINED: list = []  # the Cluster this process joined (the CLI then ends with os._exit)
 STARTUP_SECONDS = 300.0  # every worker must have joined within this (pods start at different times)
@@ -144,11 +144,7 @@ def read_tf_config(environ=None) -> Topology:
 def reason(text: str) -> str:
     """The line of a TensorFlow error that says what happened: not its "Graph execution
     error:" heading, the "Detected at node" trace under it, nor the indented node list."""
-    import re
-
-    # an eager op's error starts with the op's own name: "{{function_node
-    # __wrapped__CollectiveBcastSend_device_/job:worker/...}} Collective ops is aborted by: ..."
-    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    text = without_op_name(text)
     lines = [line for line in text.splitlines() if line.strip()]
     said = [line.strip() for line in lines if not line.startswith((" ", "\t"))
             and not line.startswith(("Graph execution error", "Detected at node"))]

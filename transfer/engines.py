@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.errors import TransferError, raise_if_interrupted
+from transfer.errors import TransferError, raise_if_interrupted, without_op_name
 from transfer.files import digest
 from transfer.progress import Reporter
 
@@ -291,9 +291,8 @@ def _unavailable(exc: Exception, folder: Path) -> str:
     """Why the TFLite engine could not be had, in a line: a full cache disk said as such (it
     was 400 characters of TensorFlow's op names, twice)."""
     import errno
-    import re
 
-    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(exc)).strip()
+    text = without_op_name(str(exc)).strip()
     if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in text:
         return f"TFLite unavailable (no space left on the disk of {folder})"
     return f"TFLite unavailable ({type(exc).__name__}: {text})".splitlines()[0]

@@ -78,6 +78,15 @@ def clear_interrupted() -> None:
     _interrupted.clear()
 
 
+def without_op_name(text: str) -> str:
+    """A TensorFlow error's text without the op it came from, which an eager op's error opens
+    with: "{{function_node __wrapped__CollectiveBcastSend_device_/job:worker/...}} Collective
+    ops is aborted by: ..." (the cluster's lost-worker line, the engines' fallback line)."""
+    import re
+
+    return re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+
+
 # The environment variables that take a number: (a whole one?, the largest taken), read
 # through env_number. Each command checks them all as it starts (cli), so a typo is one line,
 # not a silent default; the largest values are beyond any use (1e308 MB overflowed in bytes,
