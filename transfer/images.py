@@ -309,6 +309,13 @@ def is_one_image(source) -> bool:
                       | np.ndarray) or is_pillow_image(source) or hasattr(source, "read")
 
 
+def one_or_many(inputs):
+    """``inputs`` as an iterable of images: one image (``is_one_image``) or a thing that is
+    no collection (42, None: refused later as "not an image") in a list of one; a list, a
+    tuple or a generator as it is (not consumed)."""
+    return [inputs] if is_one_image(inputs) or not hasattr(inputs, "__iter__") else inputs
+
+
 def refuse_scaled(array: np.ndarray) -> None:
     """ImageError for a float array whose values all lie in 0-1: scaled pixels, whose 0.8
     would be read as almost black."""

@@ -256,8 +256,7 @@ class Classifier:
                 batch at a time, so a long list (or a generator) of files holds one batch of
                 pixels in memory, not all of them.
         """
-        if images.is_one_image(inputs) or not hasattr(inputs, "__iter__"):
-            inputs = [inputs]  # one image; or 42, None: refused below as "not an image"
+        inputs = images.one_or_many(inputs)
         shape = self.input_shape()
         pending: list = []  # prepared images not run yet: at most a batch is held in memory
         out: list[np.ndarray] = []

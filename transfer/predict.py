@@ -138,8 +138,7 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
             ``force``, ``output`` in the CLI's table format, or a model that cannot be opened.
     """
     if not isinstance(settings, PredictSettings):
-        paths = [settings] if images.is_one_image(settings) or not hasattr(
-            settings, "__iter__") else list(settings)  # predict(42): refused as a path
+        paths = list(images.one_or_many(settings))  # predict(42): refused as a path
         settings = PredictSettings(paths=paths, **options)
     elif options:
         settings = settings.replace(**options)
