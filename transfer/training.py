@@ -657,27 +657,8 @@ def report_data(run: RunPlan, reporter: Reporter) -> None:
         per_class += f" and {len(run.names) - len(shown)} more classes (meta.json data.counts)"
     reporter.info(f"data: {how}; {sum(counts['train'].values())} train + "
                   f"{sum(counts['validate'].values())} validate images ({per_class})")
-    if run.transforms_unused:
-        from transfer.settings import Augment
-
-        given = [f"--{name} {getattr(run.settings.augment, name):g}"
-                 for name in ("rotation", "shift", "shear", "zoom")
-                 if getattr(run.settings.augment, name) != getattr(Augment(), name)]
-        if given:
-            trains_on = ("each photo's mean with its mirror image (test-time flips)"
-                         if run.train_mirror else
-                         f"the photos as they are at {run.feature_size} px (the saved model "
-                         f"averages photo and mirror at {run.size} px)")
-            reporter.warn(f"{' '.join(given)} unused: the head trains on {trains_on}, which "
-                          "takes no random transform; --augment-copies N adds N randomly "
-                          "transformed copies of the training photos")
     for line in unused_options(run):
         reporter.warn(line)
-    if not run.pipeline_used and run.settings.pipeline != TrainSettings().pipeline:
-        reporter.warn(f"--pipeline {run.settings.pipeline} unused: the head trains on features "
-                      "computed once (the base runs once a photo, through the one image "
-                      "reader); it applies to end-to-end fits (--fine-tune N, --augment-copies "
-                      "0, --base scratch)")
     beside = _beside_the_splits(run)
     if beside:
         reporter.warn(f"left out: {', '.join(beside)} beside the split folders in "
@@ -723,29 +704,37 @@ def report_data(run: RunPlan, reporter: Reporter) -> None:
 
 def unused_options(run: RunPlan) -> list[str]:
     """A warning for each group of options given that this run does not use (they trained
-    as if never given, and settings.json recorded them as used): fine-tuning's without
-    --fine-tune, augmentation's with --no-augment, the head's with a CNN from scratch (its
-    head is fixed), --l2 off the head trained on features (an end-to-end fit)."""
+    as if never given, and settings.json recorded them as used): the random transforms when
+    the head trains on plain or mirrored photos, fine-tuning's without --fine-tune,
+    augmentation's with --no-augment, the head's with a CNN from scratch (its head is fixed),
+    --l2 off the head trained on features (an end-to-end fit), --pipeline on that head."""
+    from transfer.settings import Augment
+
     hp, default = run.settings, TrainSettings()
 
     def given(*names: str) -> list[str]:
         return [f"--{name.replace('_', '-')} {getattr(hp, name):g}" for name in names
                 if getattr(hp, name) is not None and getattr(hp, name) != getattr(default, name)]
 
+    transforms = [f"--{name} {getattr(hp.augment, name):g}"
+                  for name in ("rotation", "shift", "shear", "zoom")
+                  if getattr(hp.augment, name) != getattr(Augment(), name)]
     said = []
+    if run.transforms_unused and transforms:
+        trains_on = ("each photo's mean with its mirror image (test-time flips)"
+                     if run.train_mirror else
+                     f"the photos as they are at {run.feature_size} px (the saved model "
+                     f"averages photo and mirror at {run.size} px)")
+        said.append(f"{' '.join(transforms)} unused: the head trains on {trains_on}, which "
+                    "takes no random transform; --augment-copies N adds N randomly "
+                    "transformed copies of the training photos")
     tuning = given("fine_tune_epochs", "fine_tune_lr")
     if tuning and hp.fine_tune == 0 and run.base.pretrained:
         said.append(f"{' '.join(tuning)} unused: no fine-tuning without --fine-tune N (the "
                     "top N layers of the base to unfreeze)")
-    if not hp.augment.enabled:
-        from transfer.settings import Augment
-
-        augmenting = given("augment_copies") + [
-            f"--{name} {getattr(hp.augment, name):g}" for name in ("rotation", "shift", "shear",
-                                                                   "zoom")
-            if getattr(hp.augment, name) != getattr(Augment(), name)]
-        if augmenting:
-            said.append(f"{' '.join(augmenting)} unused: --no-augment turns augmentation off")
+    if not hp.augment.enabled and (given("augment_copies") or transforms):
+        said.append(f"{' '.join(given('augment_copies') + transforms)} unused: --no-augment "
+                    "turns augmentation off")
     if not run.base.pretrained:
         heading = given("dropout", "dense", "l2")
         if heading:
@@ -754,6 +743,11 @@ def unused_options(run: RunPlan) -> list[str]:
     elif not run.use_cache and hp.l2 is not None:
         said.append(f"--l2 {hp.l2:g} unused: it is the penalty of the head trained on "
                     "features computed once; this run fits end to end (--augment-copies 0)")
+    if not run.pipeline_used and hp.pipeline != default.pipeline:
+        said.append(f"--pipeline {hp.pipeline} unused: the head trains on features computed "
+                    "once (the base runs once a photo, through the one image reader); it "
+                    "applies to end-to-end fits (--fine-tune N, --augment-copies 0, --base "
+                    "scratch)")
     return said
 
 
