@@ -230,6 +230,13 @@ def _count_images(folder: Path, names: list[str]) -> dict[str, int] | None:
     return counts
 
 
+def _split_counts(counts: dict) -> dict[str, dict[str, int]]:
+    """split -> class -> images, as meta.json's data.counts and fetch-data's manifest hold
+    them (splits that are not such a table left out)."""
+    return {str(split): {str(k): int(v) for k, v in per_class.items()}
+            for split, per_class in counts.items() if isinstance(per_class, dict)}
+
+
 def data_counts(meta: dict | None) -> tuple[dict[str, dict[str, int]], list[dict], str]:
     """(images per split and class, skipped files, where the numbers come from).
 
@@ -244,9 +251,7 @@ def data_counts(meta: dict | None) -> tuple[dict[str, dict[str, int]], list[dict
     skipped: list[dict] = []
     source = ""
     recorded = data.get("counts")  # what training used, per class (train's, mnist's)
-    used = ({str(split): {str(k): int(v) for k, v in per_class.items()}
-             for split, per_class in recorded.items()}
-            if isinstance(recorded, dict) and recorded
+    used = (_split_counts(recorded) if isinstance(recorded, dict)
             and all(isinstance(per_class, dict) for per_class in recorded.values()) else {})
     folders = {split: bundle.data_folder(meta, f"{split}_dir") for split in ("train", "validate")}
     roots = {f.parent for f in folders.values() if f}
@@ -256,9 +261,7 @@ def data_counts(meta: dict | None) -> tuple[dict[str, dict[str, int]], list[dict
         manifest = _read_json(root / "manifest.json")
         if not (isinstance(manifest, dict) and manifest.get("tool") == "transfer fetch-data"):
             continue
-        listed = {str(split): {str(k): int(v) for k, v in per_class.items()}
-                  for split, per_class in (manifest.get("counts") or {}).items()
-                  if isinstance(per_class, dict)}
+        listed = _split_counts(manifest.get("counts") or {})
         where = root / "manifest.json"
         # the manifest's split of each folder training read (validate_dir may be data/test)
         read = {split: folders[split].name if folders.get(split) else split for split in used}
