@@ -74,6 +74,7 @@ def not_written_by_transfer(old: Path, new: Path) -> list[str]:
     later command (``MADE_LATER``; in ``export/``, what ``transfer export`` names by default)
     wrote: the user's own files, which keep the old bundle from being deleted."""
     theirs = []
+    ours = {*MADE_LATER, *(p.name for p in new.iterdir())}  # a killed run's leftovers of these
     for path in sorted(old.iterdir()):
         if path.name == "export" and path.is_dir() and not path.is_symlink():
             exported = _exported_names()
@@ -82,8 +83,7 @@ def not_written_by_transfer(old: Path, new: Path) -> list[str]:
                     theirs.append(f"export/{p.name}")
                 elif p.name == "saved_model" and p.is_dir() and not p.is_symlink():
                     theirs += [f"export/saved_model/{q}" for q in not_in_a_savedmodel(p)]
-        elif path.name not in MADE_LATER and not (new / path.name).exists() and not \
-                _left_by_a_killed_run(path.name, {*MADE_LATER, *(p.name for p in new.iterdir())}):
+        elif path.name not in ours and not _left_by_a_killed_run(path.name, ours):
             theirs.append(path.name)
     return theirs
 
