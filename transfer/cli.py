@@ -798,14 +798,14 @@ def evaluate_cmd(
                                   batch_size=batch_size, worst=worst,
                                   assert_accuracy_at_least=assert_accuracy_at_least,
                                   force=force, engine=engine).validated()
-    from transfer.evaluate import evaluate
+    from transfer.evaluate import evaluate, evaluated_on
     from transfer.inference import engine_summary
 
     result = evaluate(settings, reporter=_reporter())
     r = result.report
-    where = (f"the validation split of {r['data_dir']}" if r.get("subset") == "validate"
-             else r["data_dir"])  # not the whole folder: the other photos trained it
-    table = Table(title=f"{r['model']} on {where} ({r['images']} images)")
+    # not the whole folder when it was split: the other photos trained the model
+    table = Table(title=f"{r['model']} on {evaluated_on(r['data_dir'], r.get('subset'))} "
+                        f"({r['images']} images)")
     for column in ("class", "precision", "recall", "F1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for name, row in r["per_class"].items():

@@ -200,6 +200,12 @@ def _same_folder(a, b) -> bool:
     return b is not None and Path(a).resolve() == Path(b).resolve()
 
 
+def evaluated_on(data_dir, subset: str | None) -> str:
+    """What an evaluation ran on, in words: its folder, or "the validation split of" it (a
+    folder of class folders, split in memory as training split it; report.json's subset)."""
+    return f"the validation split of {data_dir}" if subset == "validate" else str(data_dir)
+
+
 def _check_outputs(output: Path, data_dir: Path, model: Path, force: bool,
                    subset: str | None = None) -> None:
     """Refuse to replace earlier outputs unless force, or they were this same evaluation's
@@ -304,7 +310,7 @@ def _evaluate(s: EvaluateSettings, reporter: Reporter, classifier: BundleClassif
     model, meta, names = Path(s.model), classifier.meta, classifier.class_names
     started = time.perf_counter()
     engine = ModelEngine(classifier, s.engine, len(files), reporter)
-    where = f"the validation split of {data_dir}" if in_memory else str(data_dir)
+    where = evaluated_on(data_dir, "validate" if in_memory else None)
     classified = classify_files(classifier, [path for path, _ in files], s.batch_size, reporter,
                                 f"Evaluating on {where}", engine=engine)
     kept, labels, probs, skipped, thumbs = [], [], [], list(unread), {}
@@ -373,11 +379,10 @@ def _evaluate(s: EvaluateSettings, reporter: Reporter, classifier: BundleClassif
          "true_probability": float(probs[i, y[i]])} for i in wrong]
 
     n_wrong = int((predicted != y).sum())
-    shown = f"the validation split of {data_dir}" if in_memory else str(data_dir)
     with contextlib.ExitStack() as stack:  # all four are renamed into place, or none
         tmp = {name: stack.enter_context(replacing(output / name)) for name in OUTPUTS}
         plots.confusion(matrix, names, tmp["confusion.png"],
-                        title=f"{bundle.shown_name(model)} on {shown}: accuracy "
+                        title=f"{bundle.shown_name(model)} on {where}: accuracy "
                               f"{report['accuracy']:.4f}")
         plots.image_grid([thumbs[i] for i in wrong],
                          [f"true {names[y[i]]}\npred {names[predicted[i]]} "

@@ -549,12 +549,13 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> st
     if meta.get("command"):
         run += f"<p>Command:</p><pre>{_e(meta['command'])}</pre>"
     if evaluation:
-        split = evaluation.get("subset") == "validate"  # split in memory from one folder
-        on = ("the validation split of " if split else "")
+        from transfer.evaluate import evaluated_on
+
+        split = evaluation.get("subset")  # "validate": split in memory from one folder
         said = (" (the training validation folder)"
                 if evaluation.get("is_training_validation_folder") and not split else "")
-        run += (f"<p>Evaluated <b>{_e(evaluation.get('model'))}</b> on {on}"
-                f"<b>{_e(evaluation.get('data_dir'))}</b>{said}"
+        on = evaluated_on(f"<b>{_e(evaluation.get('data_dir'))}</b>", split)
+        run += (f"<p>Evaluated <b>{_e(evaluation.get('model'))}</b> on {on}{said}"
                 f", {_e(evaluation.get('created') or '')}.</p>")
         if retrained is not None:
             run += (f"<p class=\"warn\">{_e(retrained[0])} was trained again since this "
