@@ -179,3 +179,36 @@ def test_transfer_fetch_data_with_kaggle_credentials_offline(no_dns, tmp_path, m
         "error: could not reach Kaggle (its name could not be resolved): no network? "
         + sources.OFFLINE_HINT)
     assert "Traceback" not in result.output and "HTTPSConnectionPool" not in result.output
+
+
+def test_a_full_disk_fails_at_once_saying_so_not_retried_as_a_lost_connection(tmp_path):
+    """Writing the download fails (no space left): retrying cannot help, so one request, no
+    "connection lost" warnings, and the line says the disk is full and what is kept."""
+    dest = tmp_path / "file.zip"
+    Path(str(dest) + ".part").symlink_to("/dev/full")  # every write: ENOSPC
+    reporter = RecordingReporter()
+    with Server(bytes(range(256)) * 1000) as server:
+        with pytest.raises(TransferError) as info:
+            download(server.url, dest, reporter, retries=3, backoff=0)
+    text = one_line(info.value)
+    assert text.startswith(f"could not write {dest}.part (No space left on device): ")
+    assert "of 256000" in text and "free some space" in text and "resume" in text
+    assert server.requests == [None] and reporter.warnings == []
+    assert not dest.exists()
+
+
+def test_a_host_that_never_answers_fails_at_once_as_no_answer(tmp_path):
+    """A host that takes the connection but never answers (a stuck proxy, a firewall) took the
+    timeout six times over, worded "connection lost ... resuming"; now one wait, one line."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections queue; nothing ever answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/file.zip"
+        reporter = RecordingReporter()
+        with pytest.raises(TransferError) as info:
+            download(url, tmp_path / "file.zip", reporter, retries=5, timeout=0.5, backoff=0,
+                     offline_hint="Offline, use X.")
+    text = one_line(info.value)
+    assert text == ("127.0.0.1 did not answer within 0.5 s: no network, or the server is down? "
+                    "Run again to retry; Offline, use X.")
+    assert reporter.warnings == [] and not (tmp_path / "file.zip.part").exists()

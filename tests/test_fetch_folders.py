@@ -1046,7 +1046,7 @@ def test_a_changed_wrapper_zip_is_unwrapped_again(flowers, tmp_path):
     assert manifest_of(data)["classes"] == ["sunflowers", "tulips"]
     assert sorted(sizes(data)) == ["train/sunflowers", "train/tulips", "validate/sunflowers",
                                    "validate/tulips"]
-    assert len(list((data / ".cache").glob("comp-*train.zip"))) == 1  # the earlier copy went
+    assert len(list((data / ".cache/unwrapped").glob("comp-*train.zip"))) == 1  # earlier went
 
 
 def test_fetch_options_of_the_wrong_type_are_one_error(flowers, tmp_path):
@@ -1119,3 +1119,28 @@ def test_a_refusal_names_the_split_that_was_made_fractions_or_counts(flowers, tm
         fetch_data(SplitOptions(archive=folder, data_dir=data, test_split=0.25))
     assert "other arguments (per class (train/validate/test) 12/4/0 then, fractions " \
            "(validation 0.2, test 0.25) now); use --force" in str(info.value)
+
+
+def test_a_failed_run_on_a_wrapper_zip_leaves_no_copy_and_names_the_users_file(flowers,
+                                                                              tmp_path):
+    """A zip wrapping train.zip: a run that fails (too few photos) removes the data folder it
+    made with its hidden copy of train.zip (it stayed, 550 MB for the competition's); a
+    damaged train.zip inside is named inside the user's archive, not by our copy's name."""
+    inner = zip_of(copy_classes(flowers, tmp_path / "two", per_class=10, classes=TWO),
+                   tmp_path / "train.zip")
+    with zipfile.ZipFile(tmp_path / "comp.zip", "w") as outer:
+        outer.write(inner, "train.zip")
+    data = tmp_path / "new/data"
+    with pytest.raises(TransferError, match="not enough usable images"):
+        fetch_data(FetchOptions(archive=tmp_path / "comp.zip", data_dir=data,
+                                train_per_class=50, validate_per_class=5))
+    assert not (tmp_path / "new").exists()
+
+    with zipfile.ZipFile(tmp_path / "bad.zip", "w") as outer:
+        outer.writestr("train.zip", inner.read_bytes()[:len(inner.read_bytes()) // 2])
+    for _ in range(2):  # the same line again: no damaged copy of ours is met
+        with pytest.raises(TransferError) as info:
+            fetch_data(FetchOptions(archive=tmp_path / "bad.zip", data_dir=data))
+        assert str(info.value) == (f"the train.zip inside {tmp_path / 'bad.zip'} is not a "
+                                   "readable zip archive (not a zip, or truncated)")
+    assert not (tmp_path / "new").exists()

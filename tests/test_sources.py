@@ -134,3 +134,64 @@ def test_kaggle_errors_are_one_line(tmp_path):
                        kaggle_api_factory=lambda e=error: FakeKaggleApi(error=e))
         assert one_line(info.value).startswith(expected)
     assert not (tmp_path / "data").exists()
+
+
+def test_a_damaged_copy_kept_from_an_earlier_run_is_not_blamed_on_the_server(tmp_path,
+                                                                            monkeypatch):
+    """The Microsoft zip a finished run kept in the cache, changed since (a bit flipped on
+    disk): no request is made, so the line says the kept copy is damaged, not the server."""
+    payload = b"PK" + bytes(range(256)) * 100
+    monkeypatch.setenv(sources.MICROSOFT_SHA256_ENV,
+                       __import__("hashlib").sha256(payload).hexdigest())
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with Server(payload) as server:
+        kept = cache / "k.zip"
+        kept.write_bytes(payload[:-1] + b"X")
+        with pytest.raises(TransferError) as info:
+            sources._microsoft(server.url.rsplit("/", 1)[0] + "/k.zip", cache, Messages())
+        assert server.requests == []  # nothing asked of the server
+        text = one_line(info.value)
+        assert text.startswith(f"the copy of Microsoft's PetImages zip an earlier run "
+                               f"downloaded, {kept}, is damaged (SHA-256 ")
+        assert "run again to download it" in text and not kept.exists()
+        # the next run downloads it whole
+        assert sources._microsoft(server.url.rsplit("/", 1)[0] + "/k.zip", cache,
+                                  Messages()).path.read_bytes() == payload
+
+
+def test_auto_uses_the_archive_an_earlier_run_downloaded(real_photos, tmp_path, monkeypatch):
+    """`--source auto` picks the source whose zip is in data/.cache: Kaggle's train.zip kept
+    from a run with credentials serves the same command without them (it switched to Microsoft
+    and refused the split as made "with other arguments", then needed the network)."""
+    zip_bytes = make_zip(tmp_path / "train.zip", kaggle_members(real_photos, 20)).read_bytes()
+    data = tmp_path / "data"
+    opts = dict(data_dir=data, train_per_class=10, validate_per_class=5)
+    monkeypatch.setattr(sources, "kaggle_credentials", lambda *a, **k: "KAGGLE_API_TOKEN")
+    first = fetch_data(FetchOptions(**opts), kaggle_api_factory=lambda: FakeKaggleApi(zip_bytes))
+    assert first.source == "kaggle"
+    monkeypatch.setattr(sources, "kaggle_credentials", lambda *a, **k: None)
+    messages = Messages()
+    again = fetch_data(FetchOptions(**opts), messages)
+    assert again.source == "kaggle" and again.noop
+    assert messages.infos[0].startswith("source: Kaggle (its train.zip, downloaded before: ")
+    other = fetch_data(FetchOptions(**opts, seed=7, force=True))  # another cut, offline
+    assert other.source == "kaggle" and not other.noop
+
+    # a Microsoft zip kept in the cache wins over credentials configured since
+    cache = tmp_path / "m/.cache"
+    cache.mkdir(parents=True)
+    (cache / "kagglecatsanddogs_5340.zip").write_bytes(b"kept")
+    monkeypatch.setattr(sources, "kaggle_credentials", lambda *a, **k: "KAGGLE_API_TOKEN")
+    messages = Messages()
+    assert sources.resolve_source(FetchOptions(microsoft_url=MICROSOFT_URL), messages,
+                                  lambda: FakeKaggleApi(zip_bytes), cache) == "microsoft"
+    assert "downloaded before" in messages.infos[0]
+
+
+def test_a_changed_mirror_is_named_by_its_variable_not_an_option_that_does_not_exist():
+    from transfer.datasets import _changed_arguments
+
+    text = _changed_arguments({"source": "microsoft", "url": "http://a/k.zip"},
+                              {"source": "microsoft", "url": "http://b/k.zip"})
+    assert text == " (TRANSFER_MICROSOFT_URL http://a/k.zip then, http://b/k.zip now)"

@@ -585,10 +585,14 @@ def fingerprint(archive: Path) -> str:
     return FolderImages(archive).fingerprint() if archive.is_dir() else sha256_file(archive)
 
 
+UNWRAPPED = "unwrapped"  # the folder of the cache that holds the zips unwrapped from others
+
+
 @contextlib.contextmanager
 def open_images(archive: Path, cache: Path) -> Iterator[ImageSource]:
     """The photos of ``archive`` (a zip or a folder). A zip that holds no photos but wraps
-    another zip (the competition's download wraps ``train.zip``) is unwrapped into ``cache``."""
+    another zip (the competition's download wraps ``train.zip``) is unwrapped into
+    ``cache/unwrapped/`` (kept for the next split of it)."""
     archive = Path(archive)
     if archive.is_dir():
         yield FolderImages(archive)
@@ -601,9 +605,14 @@ def open_images(archive: Path, cache: Path) -> Iterator[ImageSource]:
         if not images.image_names() and inner:
             member = next((i for i in inner if PurePosixPath(i.filename).name == "train.zip"),
                           inner[0])
-            unpacked = _unwrap(images, member, archive, cache)
+            unpacked = _unwrap(images, member, archive, Path(cache) / UNWRAPPED)
             images.close()
-            images = ZipImages(unpacked)
+            try:
+                images = ZipImages(unpacked)
+            except TransferError as exc:  # name the user's archive, not our copy of its part
+                unpacked.unlink(missing_ok=True)
+                raise TransferError(f"the {member.filename} inside {archive} is not a readable "
+                                    "zip archive (not a zip, or truncated)") from exc
         yield images
     finally:
         images.close()

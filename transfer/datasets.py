@@ -55,6 +55,7 @@ from transfer import __version__
 from transfer.archive import (
     CLASS_FOLDERS,
     EXPECTED_LAYOUTS,
+    UNWRAPPED,
     ImageSource,
     SkipMember,
     check_image,
@@ -199,7 +200,7 @@ def _fetch(opts: FetchOptions, data_dir: Path, reporter: Reporter,
            kaggle_api_factory) -> FetchResult:
     _refuse_data_dir_inside_archive(opts, data_dir)
     recover(data_dir, reporter)
-    source = resolve_source(opts, reporter, kaggle_api_factory)
+    source = resolve_source(opts, reporter, kaggle_api_factory, data_dir / CACHE)
     request = _request_key(opts, source)
     previous = read_manifest(data_dir)
     extras = _extras(data_dir, previous)
@@ -259,12 +260,13 @@ def _moved_aside(path: Path, name: str, held_extras: bool) -> str:
 
 
 def _remove_if_empty(data_dir: Path, created: list[Path]) -> None:
-    """After a failure, when this run created ``data_dir``: remove the empty folders of the
-    download cache, then the folders this run created, each only when empty (a partial
-    download, or anything else, keeps them)."""
+    """After a failure, when this run created ``data_dir``: remove the zips unwrapped from the
+    archive and the empty folders of the download cache, then the folders this run created,
+    each only when empty (a partial download, or anything else, keeps them)."""
     if not created:
         return
     cache = data_dir / CACHE
+    shutil.rmtree(cache / UNWRAPPED, ignore_errors=True)  # a copy of the user's, made now
     empty = [Path(folder) for folder, _, _ in os.walk(cache, topdown=False)]
     for folder in (*empty, *created):
         try:
@@ -408,7 +410,7 @@ def _as_given(value) -> str:
 
 
 REQUEST_OPTIONS = {"seed": "--seed", "competition": "--competition",
-                   "url": "--microsoft-url", "archive": "--archive"}
+                   "url": "TRANSFER_MICROSOFT_URL", "archive": "--archive"}
 
 
 def _changed_arguments(asked: dict, request: dict, made=None, now=None) -> str:

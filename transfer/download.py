@@ -1,8 +1,9 @@
 """Resumable HTTPS downloads: stream to ``<file>.part``, resume with a Range request,
 check the size, rename into place when complete.
 
-A host that cannot be reached at all (its name does not resolve, no route to it) fails at once
-with one line; only a connection lost mid-way is retried.
+A host that cannot be reached at all (its name does not resolve, no route to it, no answer
+within the timeout) fails at once with one line, and so does a file that cannot be written (a
+full disk): only a connection lost or refused is retried.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
     ignores the range restarts from zero. The final size must equal the server's
     Content-Length, else the ``.part`` stays and an error says so. When the host cannot be
     reached at all, the error (one line, ending with ``offline_hint``) comes at once.
-    ``facts``, when given, is filled with ``length_known``: False when the server never said
+    ``facts``, when given, is filled with ``reused``: True when ``dest`` was already there
+    (an earlier run's download, not fetched now); ``length_known``: False when the server never said
     the file's length (no Content-Length), so that a connection closed early could not be
     told from the end of the file: the caller's checksum is then the only check; ``resumed``:
     a ``.part`` an earlier run left was continued; ``restarted``: the server ignored the range
@@ -46,6 +48,8 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
     reporter = reporter or Reporter()
     dest = Path(dest)
     if dest.is_file():
+        if facts is not None:
+            facts.update(reused=True)  # downloaded by an earlier run
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -54,6 +58,7 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
     # resumed: a .part continued (a 206, or a 416 saying it is whole); restarted: the server
     # ignored the range and sent the whole file again
     resumed = restarted = False
+    answered = False  # the server sent an answer during this run
     with reporter.task(f"Downloading {dest.name}", total=None, kind="bytes") as advance:
         while True:
             have = part.stat().st_size if part.exists() else 0
@@ -62,6 +67,7 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
                 request.add_header("Range", f"bytes={have}-")
             try:
                 with urllib.request.urlopen(request, timeout=timeout) as response:
+                    answered = True
                     if have and response.status == 206:
                         total = _total_from_content_range(response.headers, have)
                         mode, resumed = "ab", True
@@ -74,10 +80,7 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
                         total = int(length) if length is not None else None
                         mode = "wb"
                     advance(0, total=total, completed=have)
-                    with open(part, mode) as out:
-                        while chunk := response.read(CHUNK):
-                            out.write(chunk)
-                            advance(len(chunk))
+                    _save(response, part, mode, advance, total)
             except urllib.error.HTTPError as exc:
                 if exc.code == 416 and have and _total_from_content_range(exc.headers, -1) == have:
                     total, resumed = have, True  # the .part is whole: the server said its length
@@ -96,6 +99,14 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
                     raise TransferError(
                         f"could not reach {host} ({_reason(exc)}): no network?"
                         + (f" {offline_hint}" if offline_hint else "")) from exc
+                if not answered and _timed_out(exc):  # retrying would wait as long again
+                    host = urllib.parse.urlsplit(url).hostname or url
+                    got = part.stat().st_size if part.exists() else 0
+                    raise TransferError(
+                        f"{host} did not answer within {timeout:g} s: no network, or the "
+                        f"server is down? Run again to retry"
+                        + (f" ({got} bytes kept in {part})" if got else "")
+                        + (f"; {offline_hint}" if offline_hint else "")) from exc
                 attempt += 1
                 if attempt > retries:
                     got = part.stat().st_size if part.exists() else 0
@@ -127,6 +138,38 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
     return dest
 
 
+def _save(response, part: Path, mode: str, advance, total: int | None) -> None:
+    """Append (``mode`` "ab") or write ("wb") the response's body to ``part``. The response's
+    own errors (a connection lost) propagate as they are; a file that cannot be written (a
+    full disk) is a TransferError at once: retrying cannot help."""
+
+    def failed(exc: OSError) -> TransferError:
+        got = part.stat().st_size if part.exists() else 0
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        return TransferError(
+            f"could not write {part} ({exc.strerror or exc}): {got} bytes saved"
+            + (f" of {total}" if total is not None else "")
+            + ("; free some space (or use another --data-dir) and run again to resume"
+               if full else "; run again to resume"))
+
+    try:
+        out = open(part, mode)
+    except OSError as exc:
+        raise failed(exc) from exc
+    try:
+        while chunk := response.read(CHUNK):
+            try:
+                out.write(chunk)
+            except OSError as exc:
+                raise failed(exc) from exc
+            advance(len(chunk))
+    finally:
+        try:
+            out.close()
+        except OSError as exc:
+            raise failed(exc) from exc
+
+
 def _total_from_content_range(headers, have: int) -> int | None:
     value = (headers or {}).get("Content-Range", "")  # "bytes 100-999/1000" or "bytes */1000"
     if "/" in value and not value.endswith("*"):
@@ -142,6 +185,11 @@ def _reason(exc: BaseException) -> str:
     if isinstance(reason, OSError) and reason.strerror:
         return reason.strerror
     return str(reason) or type(exc).__name__
+
+
+def _timed_out(exc: BaseException) -> bool:
+    reason = getattr(exc, "reason", None) or exc
+    return isinstance(reason, TimeoutError)
 
 
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN}

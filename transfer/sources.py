@@ -1,8 +1,9 @@
 """Where the photos come from: the Kaggle competition, Microsoft's PetImages zip, or a local
 archive or folder (either cats/dogs layout, or any folder of class folders: `transfer.archive`).
 
-``resolve_source`` turns ``--source auto`` into a choice (Kaggle when credentials exist and the
-``kaggle`` package is installed, else Microsoft) and says which; ``obtain_archive`` brings the
+``resolve_source`` turns ``--source auto`` into a choice (an archive an earlier run downloaded;
+else Kaggle when credentials exist and the ``kaggle`` package is installed; else Microsoft) and
+says which; ``obtain_archive`` brings the
 archive into ``data/.cache`` (or uses the local one) and returns its path, with its SHA-256 when
 it was checked. The Microsoft zip is size-checked while it downloads and then checked against
 its pinned SHA-256; the Kaggle client is an optional extra (``pip install 'transfer[kaggle]'``),
@@ -105,10 +106,22 @@ def expected_microsoft_sha256() -> str:
 
 
 def resolve_source(opts: FetchOptions, reporter: Reporter,
-                   kaggle_api_factory: Callable[[], object] | None = None) -> str:
-    """The source to use: ``opts.source``, or for "auto" Kaggle when it can work, else Microsoft."""
+                   kaggle_api_factory: Callable[[], object] | None = None,
+                   cache: Path | None = None) -> str:
+    """The source to use: ``opts.source``, or for "auto" the one whose archive an earlier run
+    downloaded into ``cache`` (Kaggle's train.zip, then Microsoft's zip: no account or network
+    needed), else Kaggle when it can work, else Microsoft."""
     if opts.source != "auto":
         return opts.source
+    if cache is not None:
+        kept = _downloaded(Path(cache) / "kaggle" / opts.competition)
+        if kept is not None:
+            reporter.info(f"source: Kaggle (its train.zip, downloaded before: {kept})")
+            return "kaggle"
+        kept = _microsoft_file(opts.microsoft_url, Path(cache))
+        if kept.is_file():
+            reporter.info(f"source: Microsoft PetImages (its zip, downloaded before: {kept})")
+            return "microsoft"
     where = kaggle_credentials()
     if where and (kaggle_api_factory is not None or kaggle_installed()):
         reporter.info(f"source: Kaggle (credentials found in {where})")
@@ -133,10 +146,15 @@ def obtain_archive(opts: FetchOptions, source: str, cache: Path, reporter: Repor
                                      reporter, kaggle_api_factory))
 
 
+def _microsoft_file(url: str, cache: Path) -> Path:
+    """Where the Microsoft zip from ``url`` is kept in ``cache``."""
+    return cache / (PurePosixPath(url.split("?")[0]).name or "petimages.zip")
+
+
 def _microsoft(url: str, cache: Path, reporter: Reporter) -> Obtained:
-    name = PurePosixPath(url.split("?")[0]).name or "petimages.zip"
     facts: dict = {}
-    path = download(url, cache / name, reporter, offline_hint=OFFLINE_HINT, facts=facts)
+    path = download(url, _microsoft_file(url, cache), reporter, offline_hint=OFFLINE_HINT,
+                    facts=facts)
     expected = expected_microsoft_sha256()
     got = sha256_file(path)
     resumed = facts.get("resumed", False)  # a partial file an earlier run left, continued
@@ -153,6 +171,11 @@ def _microsoft(url: str, cache: Path, reporter: Reporter) -> Obtained:
             "resume), or it serves another file")
     if got != expected:
         path.unlink(missing_ok=True)  # ours, in the cache: the next run downloads it again
+        if facts.get("reused"):  # no request made: the copy kept here is what changed
+            raise TransferError(
+                f"the copy of Microsoft's PetImages zip an earlier run downloaded, {path}, is "
+                f"damaged (SHA-256 {got}, expected {expected}): deleted, run again to download "
+                "it")
         if resumed:  # the part an earlier run left may be what is wrong, not the server
             raise TransferError(
                 f"the file from {url} is not Microsoft's PetImages zip (SHA-256 {got}, expected "
