@@ -464,3 +464,32 @@ def test_the_page_on_a_phone_in_order_and_with_a_diverged_model(browser, phone_m
             w.errors
     finally:
         w.close()
+
+
+def test_nine_photos_at_once_the_ninth_says_why_it_has_no_gradcam(watched, server, photos,
+                                                                  tmp_path):
+    """The page draws Grad-CAM for 8 photos of a batch; the 9th card ended at its server time
+    without a word. Each card's time is the request's, for the photos sent together; a request
+    with a failed photo colours the status line as an error."""
+    from playwright.sync_api import expect
+
+    names = []
+    for i in range(9):
+        names.append(tmp_path / f"photo{i}.jpg")
+        shutil.copy(photos[("cat", "dog", "dog2")[i % 3]], names[-1])
+    page = open_page(watched, server, "cats-dogs")
+    page.set_input_files("#file-input", [str(n) for n in names])
+    wait_answer(page, 9)
+    expect(page.locator(".result img.gradcam")).to_have_count(8, timeout=120_000)
+    ninth = page.locator(".result", has=page.locator("h3", has_text="photo8.jpg"))
+    assert "no Grad-CAM: the page draws it for the first 8 photos given at once" in \
+        ninth.inner_text()
+    assert "photos sent together" in ninth.locator(".answer .time").inner_text()
+    assert "error" not in (page.get_attribute("#status", "class") or "")
+
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("shopping list")
+    page.set_input_files("#file-input", [str(notes), str(photos["cat"])])
+    expect(page.locator("#status")).to_contain_text("1 classified, 1 failed", timeout=120_000)
+    assert "error" in page.get_attribute("#status", "class")
+    assert watched.errors == []

@@ -1114,3 +1114,60 @@ def test_the_api_docs_say_what_predict_answers(client):
     assert {"200", "404", "413", "415", "422", "503"} <= set(responses)
     example = responses["200"]["content"]["application/json"]["example"]
     assert {"predictions", "class_names", "failed", "server_seconds"} <= set(example)
+
+
+def test_a_port_in_use_is_said_before_the_default_model_loads(models_dir, monkeypatch):
+    """A busy port was said only after TensorFlow's import and the default model's load."""
+    loaded = []
+    monkeypatch.setattr(serve.ModelStore, "get", lambda self, name: loaded.append(name))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(TransferError, match=f"cannot listen on 127.0.0.1:{port}"):
+            serve.run(ServeSettings(models_dir=models_dir, model="cats-dogs", port=port))
+    assert loaded == []
+
+
+def test_imagenet_options_serve_would_ignore_are_refused_or_said(models_dir):
+    """--imagenet beside --model was ignored in silence (predict refuses the pair); --base or
+    --alpha without --imagenet choose nothing."""
+    with pytest.raises(TransferError, match=r"^give either --model or --imagenet, not both"):
+        ServeSettings(models_dir=models_dir, model="cats-dogs", imagenet=True).validated()
+    recorder = Recorder()
+    with serve.serving(ServeSettings(models_dir=models_dir, alpha=0.25, port=0), recorder):
+        pass
+    assert [w for w in recorder.warnings if "--base and --alpha" in w] == [
+        "--base and --alpha choose the ImageNet classifier that --imagenet makes the default; "
+        "without --imagenet they are ignored (the page offers every ImageNet classifier whose "
+        "weights are in the Keras cache)"]
+
+
+def test_a_png_over_pillows_own_limit_gets_the_servers_line(client):
+    """A PNG over Pillow's decompression-bomb limit (179 megapixels) was refused in Pillow's
+    words, quoting its limit, not the server's 64 megapixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 1, 0,
+                                                             0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\0" * 2501)) + chunk(b"IEND", b""))
+    line = serve.upload_problem(serve.Upload("huge.png", png))
+    assert line == ("image is 400 megapixels; the server decodes at most 64 megapixels of an "
+                    "image that is not a JPEG: scale it down, or save it as a JPEG")
+    answer = client.post("/api/predict", files=files_field(("huge.png", png)))
+    assert answer.status_code == 415 and answer.json()["errors"][0]["error"] == line
+
+
+def test_an_imagenet_classifiers_report_is_said_to_not_exist(client):
+    """/models/imagenet:mobilenet-0.25/report said no such model, although it is offered."""
+    answer = client.get("/models/imagenet:mobilenet-0.25/report")
+    assert answer.status_code == 404
+    assert answer.json()["detail"] == ("imagenet:mobilenet-0.25 is an ImageNet classifier as "
+                                       "Keras ships it: it has no training report (a trained "
+                                       "bundle has one)")
+    assert "no model named" in client.get("/models/imagenet:vgg19/report").json()["detail"]

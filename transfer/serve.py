@@ -42,6 +42,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -449,18 +450,22 @@ def upload_problem(upload: Upload) -> str | None:
     reason = unread_reason(Path(upload.filename))
     if reason or upload.data[:3] == images.JPEG_MAGIC:
         return reason
+    limit = (f"the server decodes at most {MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels of an "
+             "image that is not a JPEG: scale it down, or save it as a JPEG")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(upload.data)) as image:
                 width, height = image.size
-    except Exception:  # noqa: BLE001 - not an image, or over Pillow's limit: the reader says
+    except Image.DecompressionBombError as exc:  # over Pillow's own limit: its size, our line
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        return (f"image is {int(pixels.group(1)) / 1e6:.0f} megapixels; " if pixels
+                else "image is too large; ") + limit
+    except Exception:  # noqa: BLE001 - not an image: the reader says
         return None
     if width * height <= MAX_UPLOAD_PIXELS:
         return None
-    return (f"image is {width}x{height} px ({width * height / 1e6:.0f} megapixels); the server "
-            f"decodes at most {MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels of an image that is not "
-            "a JPEG: scale it down, or save it as a JPEG")
+    return f"image is {width}x{height} px ({width * height / 1e6:.0f} megapixels); {limit}"
 
 
 def predict_uploads(store: ModelStore, uploads: list[Upload], model: str | None, top: int,
@@ -1142,6 +1147,11 @@ def create_app(settings: ServeSettings):
         try:
             path = store.bundle_path(name)
         except NotFound:
+            if name.startswith(IMAGENET_PREFIX):
+                with contextlib.suppress(NotFound):
+                    await run_in_threadpool(store.imagenet_entry, name)
+                    return error(404, f"{name} is an ImageNet classifier as Keras ships it: "
+                                      "it has no training report (a trained bundle has one)")
             return bad_model(name)
         except Broken as exc:
             return error(500, str(exc))
@@ -1268,18 +1278,26 @@ def _server(settings: ServeSettings, reporter: Reporter):
     s = settings.validated()
     app = create_app(s)
     store = app.state.store
-    # TensorFlow now, not in the model thread at the first request: while it loads, file
-    # descriptor 2 is /dev/null (transfer.tf) and the import holds the interpreter, so a
-    # Ctrl-C then lost its "stopping" line and a second one was not heard
-    from transfer import tf  # noqa: F401
-    if s.imagenet or s.model:  # the default asked for: loaded now, so a failure is one line
-        name = store.default_model()  # at start-up, not a 500 on every request
-        try:
-            store.get(name)
-        except TransferError as exc:
-            raise TransferError(f"cannot serve {name}: {getattr(exc, 'reason', None) or exc}"
-                                ) from None
-    sock = _bind(s.host, s.port)
+    if not s.imagenet and (s.base, s.alpha) != (ServeSettings.base, ServeSettings.alpha):
+        reporter.warn("--base and --alpha choose the ImageNet classifier that --imagenet makes "
+                      "the default; without --imagenet they are ignored (the page offers every "
+                      "ImageNet classifier whose weights are in the Keras cache)")
+    sock = _bind(s.host, s.port)  # a port in use is said at once, not after TensorFlow loads
+    try:
+        # TensorFlow now, not in the model thread at the first request: while it loads, file
+        # descriptor 2 is /dev/null (transfer.tf) and the import holds the interpreter, so a
+        # Ctrl-C then lost its "stopping" line and a second one was not heard
+        from transfer import tf  # noqa: F401
+        if s.imagenet or s.model:  # the default asked for: loaded now, so a failure is one
+            name = store.default_model()  # line at start-up, not a 500 on every request
+            try:
+                store.get(name)
+            except TransferError as exc:
+                raise TransferError(f"cannot serve {name}: "
+                                    f"{getattr(exc, 'reason', None) or exc}") from None
+    except BaseException:
+        sock.close()
+        raise
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                             timeout_keep_alive=5, timeout_graceful_shutdown=GRACE_SECONDS)

@@ -823,6 +823,9 @@ class ServeSettings(Settings):
         bases.check_alpha(base, self.alpha)
         if self.model is not None and not isinstance(self.model, str | os.PathLike):
             raise TransferError(f"--model must be a bundle's name or path, not {self.model!r}")
+        if self.model is not None and self.imagenet:  # --imagenet won't be the default then
+            raise TransferError("give either --model or --imagenet, not both (the page's "
+                                "default model)")
         if not isinstance(self.host, str):
             raise TransferError(f"--host must be an address, not {self.host!r}")
         if not 0 <= self.port <= 65535:

@@ -147,7 +147,8 @@
     return p === null || p === undefined || !isFinite(p) ? "n/a" : (100 * p).toFixed(digits) + "%";
   }
 
-  function showPrediction(box, item, seconds) {
+  // seconds: the server's time for the request, which held `together` photos
+  function showPrediction(box, item, seconds, together) {
     const answer = box.querySelector(".answer");
     answer.textContent = "";
     if (item.error) {
@@ -193,7 +194,8 @@
     answer.appendChild(bars);
     const time = document.createElement("p");
     time.className = "time";
-    time.textContent = "server time " + (1000 * seconds).toFixed(0) + " ms";
+    time.textContent = "server time " + (1000 * seconds).toFixed(0) + " ms" +
+      (together > 1 ? " for the " + together + " photos sent together" : "");
     answer.appendChild(time);
   }
 
@@ -266,6 +268,7 @@
     const tally = { classified: 0, failed: 0, sent: 0, problem: "",
       name: model || "the default model" };
     let last = null; // the previous request's last card
+    let explained = 0; // Grad-CAM pictures asked for, in all this batch's requests
     for (const chunk of chunks) {
       const boxes = cards(chunk, last);
       last = boxes[boxes.length - 1];
@@ -310,17 +313,24 @@
       tally.name = data.model;
       data.predictions.forEach((item, i) => {
         try {
-          showPrediction(boxes[i], item, data.server_seconds);
+          showPrediction(boxes[i], item, data.server_seconds, chunk.length);
         } catch (e) { // one odd answer must not end the batch (its status, the next requests)
           showPrediction(boxes[i], { error: "this answer cannot be shown (" + e + ")" }, 0);
         }
       });
       say(data.model + ": " + (data.predictions.length - data.failed) + " classified" +
         (data.failed ? ", " + data.failed + " failed" : "") + " in " +
-        (1000 * data.server_seconds).toFixed(0) + " ms (server time)");
-      let explained = 0;
+        (1000 * data.server_seconds).toFixed(0) + " ms (server time)", data.failed > 0);
       for (let i = 0; i < chunk.length; i += 1) {
-        if (data.predictions[i].error || explained >= EXPLAINED) continue;
+        if (data.predictions[i].error) continue;
+        if (explained >= EXPLAINED) {
+          const note = document.createElement("p");
+          note.className = "time gradcam-note";
+          note.textContent = "no Grad-CAM: the page draws it for the first " + EXPLAINED +
+            " photos given at once (give this one alone to see it)";
+          boxes[i].querySelector(".body").appendChild(note);
+          continue;
+        }
         explained += 1;
         await explainOne(boxes[i], chunk[i], model);
       }
