@@ -1144,3 +1144,11 @@ def test_a_failed_run_on_a_wrapper_zip_leaves_no_copy_and_names_the_users_file(f
         assert str(info.value) == (f"the train.zip inside {tmp_path / 'bad.zip'} is not a "
                                    "readable zip archive (not a zip, or truncated)")
     assert not (tmp_path / "new").exists()
+
+
+def test_an_archive_that_is_neither_file_nor_folder_is_said_so(tmp_path):
+    """--archive /dev/null said "archive not found", although it exists."""
+    with pytest.raises(TransferError) as info:
+        fetch_data(FetchOptions(archive="/dev/null", data_dir=tmp_path / "d"))
+    assert str(info.value) == "--archive /dev/null is neither a zip file nor a folder"
+    assert not (tmp_path / "d").exists()

@@ -297,6 +297,8 @@ def _request_key(opts: FetchOptions, source: str) -> dict:
         archive = Path(opts.archive)
         if not archive.exists():
             raise TransferError(f"archive not found: {archive}")
+        if not (archive.is_file() or archive.is_dir()):  # /dev/null, a pipe, a socket
+            raise TransferError(f"--archive {archive} is neither a zip file nor a folder")
         key["archive_sha256"] = archive_fingerprint(archive)
         key["archive"] = str(archive.resolve())
     return key
