@@ -537,3 +537,28 @@ def test_write_report_takes_its_settings_as_the_other_commands_do(bundle_copy, t
     with pytest.raises(TransferError, match="not a transfer report"):
         write_report(settings)
     assert write_report(settings, force=True) == tmp_path / "mine.html"
+
+
+def test_the_files_training_skipped_are_in_the_report(bundle_copy, monkeypatch):
+    """Training skipped 3 unreadable files (meta.json's "skipped", said on the console), and
+    the report said "No file was skipped."; after evaluate it listed evaluate's alone."""
+    monkeypatch.setenv("TRANSFER_REPORT_GRADCAMS", "0")
+    meta = json.loads((bundle_copy / "meta.json").read_text(encoding="utf-8"))
+    meta["skipped"] = [{"file": "photos/roses/empty.jpg", "reason": "empty file"},
+                       {"file": "photos/roses/trunc.jpg", "reason": "truncated"}]
+    (bundle_copy / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    (bundle_copy / "report.json").unlink(missing_ok=True)
+    text = write_report(bundle_copy).read_text(encoding="utf-8")
+    assert "No file was skipped" not in text and "2 file(s) skipped" in text
+    assert "photos/roses/empty.jpg" in text and "skipped by" in text
+
+    from transfer.evaluate import evaluate
+
+    evaluate(bundle_copy, force=True)
+    report = json.loads((bundle_copy / "report.json").read_text(encoding="utf-8"))
+    report["skipped"] = [{"file": "photos/roses/./trunc.jpg", "reason": "truncated"},
+                         {"file": "photos/daisy/new.jpg", "reason": "not an image"}]
+    (bundle_copy / "report.json").write_text(json.dumps(report), encoding="utf-8")
+    text = write_report(bundle_copy).read_text(encoding="utf-8")
+    assert "3 file(s) skipped" in text  # trunc.jpg, skipped by both, listed once
+    assert "photos/daisy/new.jpg" in text and "photos/roses/empty.jpg" in text

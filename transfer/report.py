@@ -28,6 +28,7 @@ import contextlib
 import html
 import io
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -595,14 +596,19 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> st
     if data.get("source") or data.get("test_images"):
         data_html += (f"<p>Source: {_e(data.get('source', '-'))}; test images: "
                       f"{_e(data.get('test_images', '-'))}.</p>")
-    eval_skipped = (evaluation or {}).get("skipped") or []
-    if skipped or eval_skipped:
-        rows = [[_e(s.get("name") or s.get("file")), _e(s.get("class", "")), _e(s.get("reason"))]
-                for s in skipped]
-        rows += [[_e(s.get("file")), "", _e(s.get("reason"))] for s in eval_skipped
-                 if isinstance(s, dict)]
+    # skipped by fetch-data (left out of the split), by training (in the folders it read, not
+    # readable), by evaluate (in the folder it read): a file both skipped is listed once
+    by_training = [s for s in meta.get("skipped") or [] if isinstance(s, dict)]
+    by_evaluate = [s for s in (evaluation or {}).get("skipped") or [] if isinstance(s, dict)]
+    listed = {os.path.normpath(str(s.get("file"))) for s in by_training}
+    by_evaluate = [s for s in by_evaluate if os.path.normpath(str(s.get("file"))) not in listed]
+    if skipped or by_training or by_evaluate:
+        rows = [[_e(s.get("name") or s.get("file")), _e(s.get("class", "")),
+                 "fetch-data", _e(s.get("reason"))] for s in skipped]
+        rows += [[_e(s.get("file")), "", "train", _e(s.get("reason"))] for s in by_training]
+        rows += [[_e(s.get("file")), "", "evaluate", _e(s.get("reason"))] for s in by_evaluate]
         data_html += (f"<p>{len(rows)} file(s) skipped:</p>"
-                      + _table(["file", "class", "reason"], rows[:200], left=3))
+                      + _table(["file", "class", "skipped by", "reason"], rows[:200], left=4))
     elif counts:
         data_html += "<p class=\"muted\">No file was skipped.</p>"
     parts.append(_section("Data", data_html, "data"))
