@@ -616,3 +616,25 @@ def test_an_output_that_is_another_bundle_or_holds_the_bundles_own_pictures_is_r
     assert not (digits / "report.json").exists()
     # the evaluation written elsewhere, as the message says
     assert evaluate(digits, data_dir=folder, output=tmp_path / "eval").report["images"] == 10
+
+
+def test_class_folders_whose_accents_are_stored_otherwise_are_the_same_classes(tmp_path):
+    """A bundle trained on Linux ("Rosé petals", NFC) and a folder copied from a Mac (NFD):
+    evaluate refused it as "class folder(s) the model does not know: Rosé petals; its
+    classes are Rosé petals, ..." (and the other way round)."""
+    import unicodedata
+
+    from transfer.evaluate import labelled_files
+
+    flowers = require_asset("data/flowers")
+    nfc, nfd = "Rosé petals", unicodedata.normalize("NFD", "Rosé petals")
+    assert nfc != nfd
+    for folder_name, names in ((nfd, [nfc, "daisy"]), (nfc, [nfd, "daisy"])):
+        root = tmp_path / ("nfd" if folder_name == nfd else "nfc")
+        for name, source in ((folder_name, "roses"), ("daisy", "daisy")):
+            (root / name).mkdir(parents=True)
+            for photo in sorted((flowers / source).iterdir())[:2]:
+                shutil.copy(photo, root / name / photo.name)
+        files = labelled_files(root, names)
+        assert sorted((path.parent.name == "daisy", label) for path, label in files) == [
+            (False, 0), (False, 0), (True, 1), (True, 1)]

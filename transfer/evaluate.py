@@ -30,6 +30,7 @@ import json
 import math
 import os
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,11 +99,14 @@ def labelled_files(data_dir: Path, class_names: list[str]) -> list[tuple[Path, i
     if not folders:
         raise TransferError(f"{data_dir} has no class subfolders (one per class, named as the "
                             f"model's classes: {', '.join(class_names)})")
-    unknown = [f for f in folders if f not in class_names]
+    # a name's accents as macOS stores them (NFD) or as Linux and Windows type them (NFC): one
+    # class whichever side the folder or the bundle was made on
+    index = {unicodedata.normalize("NFC", name): i for i, name in enumerate(class_names)}
+    unknown = [f for f in folders if unicodedata.normalize("NFC", f) not in index]
     if unknown:
         raise TransferError(f"{data_dir} has class folder(s) the model does not know: "
                             f"{', '.join(unknown)}; its classes are {', '.join(class_names)}")
-    files = [(path, class_names.index(name)) for name in folders
+    files = [(path, index[unicodedata.normalize("NFC", name)]) for name in folders
              for path in pipelines.image_files(data_dir / name)]
     if not files:
         unread = unread_in(data_dir, class_names)
