@@ -127,3 +127,21 @@ def test_long_names_stay_inside_their_pictures_and_cells(figures, tmp_path):
     assert ax.get_xlabel() == "predicted" and ax.get_ylabel() == "true"
     label = ax.xaxis.label.get_window_extent(matrix.canvas.get_renderer())
     assert 0 <= label.y0 and label.y1 <= matrix.bbox.height  # drawn inside the picture
+
+
+def test_class_names_the_fonts_cannot_draw_are_said_once_not_drawn_as_boxes_in_silence():
+    """Class names in a script the installed fonts lack were drawn as boxes with matplotlib's
+    warning filtered out: evaluate now says which (it uses this line)."""
+    from transfer import plots
+
+    plots._pyplot()
+    assert plots.fonts()[0] == "DejaVu Sans"
+    cuneiform = "\U00012000\U00012001"  # in none of the fonts plots look for
+    line = plots.glyph_warning([f"{cuneiform} tablets", "Rosé petals", "Ωmega", "daisy"],
+                               "confusion.png and misclassified.png")
+    assert line == ("the plots' fonts have no \U00012000 \U00012001: confusion.png and "
+                    "misclassified.png draw those class names as boxes (install a font that "
+                    "has them, such as fonts-noto-cjk; the tables and the HTML report show the "
+                    "names)")
+    assert plots.glyph_warning(["Rosé petals", "Ωmega", "Жук", "daisy"], "x.png") is None
+    assert plots.missing_glyphs(["玫瑰"]) == ([] if len(plots.fonts()) > 1 else ["玫", "瑰"])

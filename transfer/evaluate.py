@@ -383,6 +383,9 @@ def _evaluate(s: EvaluateSettings, reporter: Reporter, classifier: BundleClassif
          "true_probability": float(probs[i, y[i]])} for i in wrong]
 
     n_wrong = int((predicted != y).sum())
+    boxes = plots.glyph_warning(names, "confusion.png and misclassified.png")
+    if boxes:  # matplotlib draws boxes without a word
+        reporter.warn(boxes)
     with contextlib.ExitStack() as stack:  # all four are renamed into place, or none
         tmp = {name: stack.enter_context(replacing(output / name)) for name in OUTPUTS}
         plots.confusion(matrix, names, tmp["confusion.png"],

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 from pathlib import Path
 
 
@@ -11,6 +14,10 @@ def _pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if matplotlib.rcParams["font.family"] == ["sans-serif"]:  # not a font the caller chose
+        matplotlib.rcParams["font.family"] = fonts()
+        # "findfont: Failed to find font weight normal for WenQuanYi Zen Hei, now using 500"
+        logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     return plt
 
 
@@ -35,6 +42,65 @@ def save(fig, path, dpi: int = 100) -> None:
         fig.tight_layout()
         fig.savefig(path, dpi=dpi)
     _pyplot().close(fig)
+
+
+# Fonts with the scripts DejaVu lacks (CJK, symbols), used after it when installed: matplotlib
+# takes each glyph from the first font of the list that has it
+FALLBACK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR",
+                  "Source Han Sans", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
+                  "Droid Sans Fallback", "Microsoft YaHei", "Yu Gothic", "Malgun Gothic",
+                  "PingFang SC", "Hiragino Sans", "Apple SD Gothic Neo", "Arial Unicode MS",
+                  "Noto Emoji", "Segoe UI Symbol")
+
+
+# their files' names (lower case, no spaces), to find one installed after matplotlib built its
+# font cache (it never looks again)
+FALLBACK_FILES = ("notosanscjk", "sourcehansans", "wqy-zenhei", "wqy-microhei",
+                  "droidsansfallback", "msyh", "yugoth", "malgun", "pingfang", "hiragino",
+                  "applesdgothicneo", "arialuni", "notoemoji-", "seguisym")
+
+
+@functools.cache
+def fonts() -> list[str]:
+    """The plots' fonts: DejaVu Sans, then the installed FALLBACK_FONTS."""
+    from matplotlib import font_manager
+
+    manager = font_manager.fontManager
+    if not any(f.name in FALLBACK_FONTS for f in manager.ttflist):
+        for path in font_manager.findSystemFonts():
+            if any(key in Path(path).name.lower() for key in FALLBACK_FILES):
+                with contextlib.suppress(Exception):  # a font matplotlib cannot read
+                    manager.addfont(path)
+    installed = {f.name for f in manager.ttflist}
+    return ["DejaVu Sans", *(f for f in FALLBACK_FONTS if f in installed)]
+
+
+def missing_glyphs(texts) -> list[str]:
+    """The characters of ``texts`` (class names) that none of the plots' fonts can draw: they
+    come out as boxes (CJK or emoji with only DejaVu installed). Empty when all can be drawn."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    missing = {c for text in texts for c in str(text) if not c.isspace() and ord(c) >= 0x250}
+    for family in fonts():  # Latin (below U+0250) is in DejaVu
+        if not missing:
+            break
+        path = font_manager.findfont(font_manager.FontProperties(family=family),
+                                     fallback_to_default=False)
+        charmap = FT2Font(path).get_charmap()
+        missing = {c for c in missing if ord(c) not in charmap}
+    return sorted(missing)
+
+
+def glyph_warning(names, plots: str) -> str | None:
+    """One line saying which class names ``plots`` (PNG files) draw as boxes, or None."""
+    missing = missing_glyphs(names)
+    if not missing:
+        return None
+    shown = " ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
+    return (f"the plots' fonts have no {shown}: {plots} draw those class names as boxes "
+            "(install a font that has them, such as fonts-noto-cjk; the tables and the HTML "
+            "report show the names)")
 
 
 CHAR_WIDTH = 0.6  # of the font size: DejaVu Sans's mean character width, a little over
