@@ -127,3 +127,16 @@ def test_confident_mistakes_come_first_and_only_mistakes():
     assert metrics.confident_mistakes(probs, labels, 10).tolist() == [3, 1, 4, 5, 2]
     assert metrics.confident_mistakes(probs, labels, 2).tolist() == [3, 1]
     assert metrics.confident_mistakes(probs, np.array([0, 1, 1, 1, 0, 0]), 5).tolist() == []
+
+
+def test_a_macro_average_that_counts_a_blank_cell_as_0_says_so():
+    """A class never predicted (precision blank) or with no image (recall blank) counts 0 in the
+    macro average: the table showed a blank cell and a mean that disagreed with it, beside a
+    balanced accuracy that leaves such classes out, without a word."""
+    matrix = metrics.confusion_matrix([0] * 10 + [1] * 4 + [2] * 2 + [0],
+                                      [0] * 8 + [1] * 2 + [1] + [0] * 3 + [0, 1] + [3], 4)
+    note = metrics.macro_note(metrics.per_class(matrix, ["a", "b", "c", "d"]))
+    assert note == ("macro average: a blank precision or recall counts as 0 (as scikit-learn's "
+                    "zero_division=0); balanced accuracy averages the recalls of the classes "
+                    "with images")
+    assert metrics.macro_note(metrics.per_class(np.array([[9, 1], [2, 8]]), ["x", "y"])) is None

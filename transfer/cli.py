@@ -814,6 +814,9 @@ def evaluate_cmd(
     macro = r["macro_avg"]
     table.add_row("macro average", _pct(macro["precision"]), _pct(macro["recall"]),
                   _pct(macro["f1"]), str(r["images"]), style="bold")
+    from transfer.metrics import macro_note
+
+    table.caption = macro_note(r["per_class"])
     out.print(table)
     names = r["class_names"]
     matrix = Table(title="Confusion matrix", caption="rows: true class; columns: predicted")

@@ -57,6 +57,17 @@ def macro_average(rows: dict[str, dict]) -> dict[str, float | None]:
             for key in ("precision", "recall", "f1")}
 
 
+def macro_note(rows: dict[str, dict]) -> str | None:
+    """The line under a table whose macro average counts a blank cell (an undefined precision
+    or recall of a class it averages) as 0, or None when it has none."""
+    blank = [r for r in rows.values() if r.get("f1") is not None
+             and (r.get("precision") is None or r.get("recall") is None)]
+    if not blank:
+        return None
+    return ("macro average: a blank precision or recall counts as 0 (as scikit-learn's "
+            "zero_division=0); balanced accuracy averages the recalls of the classes with images")
+
+
 def balanced_accuracy(matrix: np.ndarray) -> float | None:
     """Mean recall over the classes that have images (rows with support): the accuracy a
     classifier would have if every class were equally frequent. None with no images."""

@@ -642,6 +642,11 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> st
                          _num(macro.get("recall")), _num(macro.get("f1")),
                          _e(evaluation.get("images"))])
         evaluated += _table(["class", "precision", "recall", "F1", "support"], rows)
+        from transfer.metrics import macro_note
+
+        note = macro_note(evaluation["per_class"]) if macro else None
+        if note:
+            evaluated += f'<p class="muted">{_e(note[0].upper() + note[1:])}.</p>'
     if matrix:
         which = "evaluation" if evaluation and evaluation.get("confusion_matrix") else \
             "the test images (meta.json)"
