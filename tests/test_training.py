@@ -1164,3 +1164,24 @@ def test_the_report_draws_its_grad_cams_with_the_model_train_holds(own_split, tm
     drawn = re.findall(r'<figure><img class="gradcam".*?</figure>', page)
     assert drawn == report.gradcam_figures(result.bundle, result.meta, count=4)
     assert len(loads) == 1
+
+
+def test_the_cnn_from_scratch_is_not_stopped_or_kept_in_its_noisy_first_half(tmp_path):
+    """Early stopping cut `compare --runs scratch` off in the first half of its schedule and
+    kept epoch 1 (validation at chance in every epoch, the lowest loss at the first): the
+    README says it cannot. The second half is watched, its best epoch kept."""
+    from transfer.training import saved_epoch
+
+    data = easy_two_class_set(tmp_path / "easy")
+    result = train(HParams(data_dir=data, base="scratch", image_size=32, epochs=6,
+                           batch_size=8, augment=NO_AUGMENT, patience=1, learning_rate=0.3,
+                           lr_schedule="constant", models_dir=tmp_path / "models",
+                           output=tmp_path / "s"))
+    metrics = result.meta["metrics"]
+    losses = result.history["val_loss"]
+    assert len(losses) >= 4 and metrics["epochs_run"] == len(losses)  # 3 watched + patience
+    assert metrics["best_epoch"] >= 4
+    assert metrics["best_epoch"] == 4 + int(np.argmin(losses[3:]))
+    # which epoch a history's bundle holds, watched from the 4th
+    history = {"val_loss": [0.1, 0.9, 0.8, 0.5, 0.7, 0.6], "phase": ["train"] * 6}
+    assert saved_epoch(history) == 1 and saved_epoch(history, watched_from=3) == 4

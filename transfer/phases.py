@@ -739,8 +739,9 @@ def fit_end_to_end(plan: RunPlan, built: Built, reporter: Reporter, phase: str =
         with at_safe_points():  # a Ctrl-C stops the fit at a batch end
             fit = built.core.fit(train_data, validation_data=val_data, epochs=epochs,
                                  verbose=0, class_weight=weights,
-                                 callbacks=callbacks(plan, phase, advance))
-    info = {"class_weight": class_weight_meta(plan, applied, weights)}
+                                 callbacks=callbacks(plan, phase, advance, epochs))
+    info = {"class_weight": class_weight_meta(plan, applied, weights),
+            "watched_from": watched_from(plan, phase, epochs)}
     if phase == "train":
         info["lr_schedule"] = schedule
     return Fit(history_of(fit.history, phase), time.perf_counter() - start, info)
@@ -837,16 +838,25 @@ def compile_model(model, lr, binary: bool) -> None:
                   metrics=["accuracy"])
 
 
-def callbacks(plan: RunPlan, phase: str, advance) -> list:
-    """Early stopping (restoring the best weights), the best checkpoint, progress, Ctrl-C at
-    batch ends, TensorBoard."""
+def watched_from(plan: RunPlan, phase: str, epochs: int) -> int:
+    """The epochs (0-based) before which early stopping neither stops the run nor keeps its
+    weights: the first half of the CNN from scratch's cosine schedule, whose validation
+    figures jump while its BatchNorm averages lag the weights (an epoch-1 model guessing at
+    chance can have the lowest loss there); 0 for every other run."""
+    return epochs // 2 if phase == "train" and plan.base.name == "scratch" else 0
+
+
+def callbacks(plan: RunPlan, phase: str, advance, epochs: int) -> list:
+    """Early stopping (restoring the best weights, from ``watched_from``), the best checkpoint,
+    progress, Ctrl-C at batch ends, TensorBoard."""
     from transfer.tf import interrupt_at_batch_ends, keras
 
     hp = plan.settings
     plan.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     chosen = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience,
-                                      restore_best_weights=True),
+                                      restore_best_weights=True,
+                                      start_from_epoch=watched_from(plan, phase, epochs)),
         keras.callbacks.ModelCheckpoint(str(plan.checkpoint_dir / f"best-{phase}.weights.h5"),
                                         monitor="val_loss", save_best_only=True,
                                         save_weights_only=True),
@@ -1036,6 +1046,7 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
     # a run checkpointed after early stopping had ended it stays ended: resumed, it trained
     # one epoch more than the run never interrupted
     stopped = first > 0 and 0 < wait and wait >= hp.patience
+    watched = watched_from(plan, phase, epochs)
     with reporter.task(f"Training ({phase}, {workers} workers)", total=epochs) as advance:
         advance(epochs if stopped else first)
         for epoch in range(epochs if stopped else first, epochs):
@@ -1051,7 +1062,9 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
             for key, value in zip(history, (sums[0] / sums[2], sums[1] / sums[2], val_loss,
                                             val_acc), strict=True):
                 history[key].append(float(value))
-            if val_loss < best or best_weights is None:
+            if epoch < watched:
+                pass  # the noisy first half of a CNN from scratch: neither kept nor counted
+            elif val_loss < best or best_weights is None:
                 best, best_weights, wait = val_loss, [np.array(w) for w in model.get_weights()], 0
             else:
                 wait += 1
@@ -1068,7 +1081,7 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
                 break
     if best_weights is not None:
         model.set_weights(best_weights)  # as EarlyStopping(restore_best_weights=True)
-    info = {"class_weight": class_weight_meta(plan, applied, weights),
+    info = {"class_weight": class_weight_meta(plan, applied, weights), "watched_from": watched,
             "custom_loop": {"workers": workers, "global_batch": global_batch,
                             "steps_per_epoch": steps, "resumed_from_epoch": first}}
     if phase == "train":

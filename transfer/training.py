@@ -787,11 +787,12 @@ def data_meta(run: RunPlan) -> dict:
     return data
 
 
-def saved_epoch(history: dict, fine_tune_kept: bool = True) -> int:
+def saved_epoch(history: dict, fine_tune_kept: bool = True, watched_from: int = 0) -> int:
     """The epoch (1-based, over all phases) whose weights the bundle holds: the lowest
     validation loss of the last phase, which restores its own best epoch (fine-tuning's, not
     an earlier head epoch that scored lower on other views), or of the phase before
-    fine-tuning when fine-tuning was not kept; 1 without validation losses."""
+    fine-tuning when fine-tuning was not kept, from its ``watched_from``-th epoch (0-based:
+    the CNN from scratch's first half is not kept); 1 without validation losses."""
     losses = history.get("val_loss") or []
     phases = history.get("phase") or []
     if not losses:
@@ -800,7 +801,8 @@ def saved_epoch(history: dict, fine_tune_kept: bool = True) -> int:
     if not fine_tune_kept:
         chosen = next((p for p in phases if p != "fine-tune"), chosen)
     last = ([i for i, p in enumerate(phases) if p == chosen]
-            if phases and len(phases) == len(losses) else range(len(losses)))
+            if phases and len(phases) == len(losses) else list(range(len(losses))))
+    last = last[watched_from:] or last  # a run stopped before (Ctrl-C): its best at all
     return min(last, key=lambda i: losses[i]) + 1
 
 
@@ -810,7 +812,8 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
     hp, base = run.settings, run.base
     val_losses = fit.history.get("val_loss", [])
     tuned = fit.info.get("fine_tune_result")
-    best_index = saved_epoch(fit.history, tuned is None or tuned["kept"]) - 1
+    best_index = saved_epoch(fit.history, tuned is None or tuned["kept"],
+                             fit.info.get("watched_from", 0)) - 1
     accuracies = fit.history.get("val_accuracy") or []
     trained_at = run.feature_size if run.use_cache else None  # the head's training features
     return bundle.meta(
