@@ -33,6 +33,17 @@ def test_idx_folder_and_npz_give_identical_arrays(mnist_dir):
     assert np.bincount(la).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
+def test_kaggles_layout_a_folder_named_as_each_file_is_read(mnist_dir, tmp_path):
+    """Kaggle's MNIST download keeps each IDX file in a folder of its own name; --data said
+    the folder "has no train-images-idx3-ubyte", which it had (as a folder)."""
+    for original in mnist_dir.glob("*-ubyte*"):
+        name = original.name.removesuffix(".gz")
+        (tmp_path / name).mkdir()
+        (tmp_path / name / original.name).symlink_to(original)
+    (x, y), (t, labels) = mnist.load("mnist", tmp_path)
+    assert x.shape == (60000, 28, 28) and len(labels) == 10000
+
+
 @pytest.fixture(scope="module")
 def quick(mnist_quick):
     """One quick real training (6000 digits, 1 epoch; conftest's, shared with the browser

@@ -488,21 +488,25 @@ def digit_array(image, invert: str = "auto", fit: bool = True) -> tuple[np.ndarr
     gray = _digit_gray(image)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     inverted = invert == "yes" or (invert == "auto" and float(np.median(border)) > 127.5)
-    if inverted:
-        gray = 255.0 - gray
-        border = 255.0 - border
     if not fit:
-        small = Image.fromarray(gray.astype("uint8")).resize((28, 28), Image.BILINEAR)
+        small = Image.fromarray((255.0 - gray if inverted else gray).astype("uint8")).resize(
+            (28, 28), Image.BILINEAR)
         return np.asarray(small, dtype="float32")[..., None], inverted
-    # lift the background (paper is rarely pure white) and stretch the ink to 0-255
-    gray = np.clip(gray - float(np.median(border)), 0, None)
-    peak = float(gray.max())
-    if peak <= 0:
+    found = _digit_ink(255.0 - gray if inverted else gray)
+    if invert == "auto" and (found is None or _paper_like(found[1])):
+        # the border said the other polarity: paper on a darker desk, whose sheet would be
+        # the "ink"; the other polarity is taken when it finds a digit there
+        other = _digit_ink(gray if inverted else 255.0 - gray)
+        if other is not None and not _paper_like(other[1]):
+            found, inverted = other, not inverted
+    if found is None:
+        # --invert yes or no asked for the polarity that finds nothing: the other one is said
+        hint = ""
+        if invert != "auto" and _digit_ink(gray if inverted else 255.0 - gray) is not None:
+            hint = " (it was inverted; try --invert no)" if inverted else " (try --invert yes)"
         raise ImageError("no digit found: the image is uniform once its background is removed"
-                         + (" (it was inverted; try --invert no)" if inverted else ""))
-    gray *= 255.0 / peak
-    gray[gray < 0.15 * 255] = 0  # paper texture, shadows, JPEG noise
-    ink = gray > 0.35 * 255
+                         + hint)
+    gray, ink = found
     rows = np.flatnonzero(ink.any(axis=1))
     cols = np.flatnonzero(ink.any(axis=0))
     crop = gray[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
@@ -520,6 +524,85 @@ def digit_array(image, invert: str = "auto", fit: bool = True) -> tuple[np.ndarr
     left = int(np.clip(round(14 - cx), 0, 28 - new_w))
     canvas[top:top + new_h, left:left + new_w] = box
     return canvas[..., None], inverted
+
+
+def _digit_ink(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(grey levels 0-255 with the background removed and the ink stretched, the digit's ink
+    mask) of ``gray``, a light digit on a darker background; None when nothing stands out."""
+    original = gray
+    border = float(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))
+    # lift the background (paper is rarely pure white) and stretch the ink to 0-255
+    gray = np.clip(gray - border, 0, None)
+    peak = float(gray.max())
+    if peak <= 0:
+        return None
+    gray *= 255.0 / peak
+    gray[gray < 0.15 * 255] = 0  # paper texture, shadows, JPEG noise
+    ink = gray > 0.35 * 255
+    kept = _without_edges(ink)
+    # a desk, a shadow, a sheet's edge along the border is neither the digit nor its
+    # background, which is the paper around the digit (a sheet on a desk: not the desk's)
+    rows, cols = np.flatnonzero(kept.any(axis=1)), np.flatnonzero(kept.any(axis=0))
+    margin = max(2, (rows[-1] - rows[0] + cols[-1] - cols[0]) // 20)
+    near = (slice(max(0, rows[0] - margin), rows[-1] + margin + 1),
+            slice(max(0, cols[0] - margin), cols[-1] + margin + 1))
+    paper = original[near][~ink[near]]
+    background = min(border, float(np.median(paper))) if paper.size else border
+    if kept is ink and background > border - 8:  # the border's paper is the digit's
+        return gray, kept
+    gray = np.zeros_like(original)
+    gray[near] = np.clip(original[near] - background, 0, None)
+    gray[~kept & ink] = 0
+    gray = np.clip(gray * (255.0 / float(gray[kept].max())), 0, 255)
+    gray[gray < 0.15 * 255] = 0
+    # the digit's whole strokes against its own paper: the regions of ink that hold the
+    # strokes found against the border's level (their cores, when the desk set that level)
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(gray > 0.35 * 255, structure=np.ones((3, 3)))
+    whole = np.isin(labels, np.unique(labels[kept & (labels > 0)]))
+    gray[~whole & (labels > 0)] = 0
+    return gray, whole | kept
+
+
+def _without_edges(ink: np.ndarray) -> np.ndarray:
+    """``ink`` without the regions that lie along the image's border (a strip of desk, a
+    shadow in a corner, a sheet's edge) when a digit stands clear of them: regions touching
+    the border along a tenth of its side or more and filling half their box at least (strokes
+    fill far less), dropped when the regions touching no border weigh a twentieth of the
+    largest of them at least. A digit that touches the border itself (a tight crop) has no
+    such rival away from the edges: ``ink`` is returned as it is."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(ink, structure=np.ones((3, 3)))
+    if n < 2:
+        return ink
+    edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    contact = np.bincount(edge, minlength=n + 1)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    contact[0] = sizes[0] = 0
+    inner = contact == 0
+    inner[0] = False
+    along = contact >= 0.1 * min(ink.shape)
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        if along[label] and box is not None:
+            area = (box[0].stop - box[0].start) * (box[1].stop - box[1].start)
+            along[label] = sizes[label] >= 0.5 * area  # filled: a desk, a shadow
+    if not inner.any() or not along.any():
+        return ink
+    digit = sizes[inner][sizes[inner] >= 0.02 * sizes[inner].max()].sum()
+    if digit < max(4, 0.0005 * ink.size) or digit < 0.05 * sizes[along].max():
+        return ink  # specks, or a part of a digit cropped tight (a 7's bar): all of it kept
+    return ink & ~along[labels]
+
+
+def _paper_like(ink: np.ndarray) -> bool:
+    """True when ``ink`` is a filled sheet, not strokes: what a light page on a darker desk
+    gives when the border (the desk) says light ink on dark."""
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    h, w = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    return (h >= 0.4 * ink.shape[0] and w >= 0.4 * ink.shape[1]
+            and float(ink.sum()) / (h * w) >= 0.8)
 
 
 def _digit_gray(image) -> np.ndarray:

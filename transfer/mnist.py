@@ -118,7 +118,10 @@ def _read_npz(path: Path) -> dict:
 def _read_idx_folder(folder: Path) -> dict:
     arrays = {}
     for key, stem in IDX_FILES.items():
-        candidates = [folder / f"{stem}.gz", folder / stem, folder / stem.replace("-idx", ".idx")]
+        names = [f"{stem}.gz", stem, stem.replace("-idx", ".idx")]
+        # Kaggle's MNIST download puts each file in a folder of its own name
+        candidates = [folder / n for n in names] + [folder / d / n for d in names[1:]
+                                                    for n in names]
         path = next((p for p in candidates if p.is_file()), None)
         if path is None:
             raise TransferError(f"{folder} has no {stem}.gz (or {stem}); expected the four "

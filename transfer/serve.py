@@ -389,8 +389,9 @@ def api_words(text: str | None) -> str | None:
     ``invert=no``, not the option ``--invert no``."""
     if text is None:
         return None
-    return text.replace("--invert must", "invert must").replace("try --invert no",
-                                                                "send invert=no")
+    return (text.replace("--invert must", "invert must").replace("try --invert no",
+                                                                 "send invert=no")
+            .replace("try --invert yes", "send invert=yes"))
 
 
 def describe_bundle(name: str, path: Path, meta: dict) -> dict:
