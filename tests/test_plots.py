@@ -145,3 +145,21 @@ def test_class_names_the_fonts_cannot_draw_are_said_once_not_drawn_as_boxes_in_s
                     "names)")
     assert plots.glyph_warning(["Rosé petals", "Ωmega", "Жук", "daisy"], "x.png") is None
     assert plots.missing_glyphs(["玫瑰"]) == ([] if len(plots.fonts()) > 1 else ["玫", "瑰"])
+
+
+def test_a_caption_over_a_portrait_photo_is_cut_to_its_cell_not_to_the_photo():
+    """misclassified.png cut "pred roses 0.52" to "pred ros... 0.52" over a portrait photo:
+    the width taken was the photo's as drawn, not its cell's."""
+    import numpy as np
+
+    from transfer import plots
+
+    plt = plots._pyplot()
+    fig, axes = plt.subplots(1, 4, figsize=(4 * 1.6, 1.8 + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.imshow(np.zeros((300, 80)), interpolation="nearest")  # a tall, narrow photo
+        ax.set_title("true roses\npred dandelion 0.67", fontsize=8)
+    fig.canvas.draw()  # the aspect applied: the axes as wide as the photo is drawn
+    plots._fit_titles(fig)
+    assert [ax.title.get_text() for ax in axes.flat] == ["true roses\npred dandelion 0.67"] * 4
+    plt.close(fig)

@@ -130,10 +130,14 @@ def _fit_titles(fig) -> None:
     if title is not None and title.get_text():
         title.set_text(fitting(title.get_text(), width * 0.96, title.get_fontsize()))
     for ax in fig.axes:
+        # a grid's cell, gaps included: a portrait photo is drawn narrower than its cell
+        spec = ax.get_subplotspec()
+        room = (0.96 * width * (spec.colspan.stop - spec.colspan.start)
+                / spec.get_gridspec().ncols if spec is not None
+                else ax.get_position(original=True).width * width)
         for text in (ax.title, ax._left_title, ax._right_title):
             if text.get_text():
-                text.set_text(fitting(text.get_text(), ax.get_position().width * width,
-                                      text.get_fontsize(), wrap=False))
+                text.set_text(fitting(text.get_text(), room, text.get_fontsize(), wrap=False))
 
 
 def _text(value) -> str:
