@@ -334,3 +334,18 @@ compare._train_runs(Path(sys.argv[1]), {"scratch": None}, [], {}, Reporter())
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "tensorflow imported: True"
+
+
+def test_the_table_says_how_long_each_run_ran_and_which_epoch_it_keeps(compared):
+    """A run early stopping cut short (and the epoch it kept) was in compare.json alone."""
+    from rich.console import Console
+
+    from transfer.cli import compare_table
+
+    console = Console(record=True, width=200)
+    console.print(compare_table(compared.runs, "compare"))
+    text = console.export_text()
+    assert "epochs (kept)" in text
+    for run, row in compared.runs.items():
+        line = next(line for line in text.splitlines() if line.strip("│ ").startswith(run))
+        assert f"{row['epochs_run']} ({row['best_epoch']})" in line

@@ -1133,21 +1133,29 @@ def compare_cmd(
     from transfer.compare import compare
 
     result = compare(settings, reporter=_reporter())
-    table = Table(title=f"compare on {settings.data_dir}")
-    for column in ("run", "validation accuracy", "loss", "macro F1", "seconds",
-                   "parameters trained"):
-        table.add_column(column, justify="left" if column == "run" else "right")
-    for name, row in result.runs.items():
-        table.add_row(name, _pct(row.get("val_accuracy")), _pct(row.get("val_loss")),
-                      _pct(row.get("macro_f1")), f"{row.get('seconds', 0):.0f}",
-                      f"{row.get('parameters_trained', 0):,}")
-    out.print(table)
+    out.print(compare_table(result.runs, f"compare on {settings.data_dir}"))
     from transfer.compare import notes
 
     for note in notes(result.data):
         out.print(note, highlight=False)
     out.print(f"wrote {result.output / 'compare.json'}, compare.png and report.html",
               highlight=False)
+
+
+def compare_table(runs: dict, title: str) -> Table:
+    """compare's table: a row per run (compare.json's ``runs``)."""
+    table = Table(title=title)
+    for column in ("run", "validation accuracy", "loss", "macro F1", "epochs (kept)",
+                   "seconds", "parameters trained"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for name, row in runs.items():
+        # how long it ran and which epoch it keeps: early stopping, the best epoch restored
+        epochs = (f"{row['epochs_run']} ({row['best_epoch']})"
+                  if row.get("epochs_run") and row.get("best_epoch") else "-")
+        table.add_row(name, _pct(row.get("val_accuracy")), _pct(row.get("val_loss")),
+                      _pct(row.get("macro_f1")), epochs, f"{row.get('seconds', 0):.0f}",
+                      f"{row.get('parameters_trained', 0):,}")
+    return table
 
 
 # --------------------------------------------------------------------------- serve, report
