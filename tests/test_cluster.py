@@ -814,3 +814,36 @@ def test_a_worker_lost_while_the_chief_writes_does_not_say_no_bundle_was_written
     assert "no bundle written" not in waiting
     assert "the chief may have written the bundle (look at its --output)" in waiting
     assert "no bundle written" in str(cluster.lost(late, 20.0, "the head", 20.0))
+
+
+def test_a_cnn_from_scratch_killed_in_its_first_half_resumes(slow_split, tmp_path):
+    """The first half of a CNN from scratch's schedule is not watched by early stopping: its
+    checkpoints held no best weights, and a rerun of both workers crashed on the other worker
+    (the chief broadcast fewer arrays than it expected) instead of resuming."""
+    out = tmp_path / "models" / "scratch-killed"
+    checkpoint = out.parent / f".{out.name}.checkpoints" / "train.npz"
+    args = ["--data-dir", str(slow_split), "--output", str(out), "--models-dir",
+            str(out.parent), "--base", "scratch", "--image-size", "32", "--no-augment",
+            "--epochs", "8", "--distribute", "multi-worker", "--worker-timeout", "30"]
+
+    def in_first_half() -> bool:
+        try:
+            with np.load(checkpoint) as data:
+                return 1 <= json.loads(str(data["note"]))["epoch"] < 4
+        except (OSError, ValueError, KeyError):  # not there yet, or being replaced
+            return False
+
+    procs, logs = start_workers(2, lambda i: args)
+    try:
+        caught = wait_for(in_first_half, procs, limit=150)
+        for proc in procs:
+            proc.send_signal(signal.SIGKILL)
+    finally:
+        wait_all(procs, timeout=5)
+    if not caught or out.exists():
+        pytest.fail("the run ended before its first half did: " + text(logs[0])[-2000:])
+    procs, logs = start_workers(2, lambda i: args)
+    assert wait_all(procs) == [0, 0], text(logs[0])[-3000:] + text(logs[1])[-3000:]
+    assert "resumed after epoch" in text(logs[0])
+    metrics = meta_of(out)["metrics"]
+    assert metrics["best_epoch"] >= 5  # kept from the watched second half

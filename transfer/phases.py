@@ -1062,8 +1062,9 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
             for key, value in zip(history, (sums[0] / sums[2], sums[1] / sums[2], val_loss,
                                             val_acc), strict=True):
                 history[key].append(float(value))
-            if epoch < watched:
-                pass  # the noisy first half of a CNN from scratch: neither kept nor counted
+            if epoch < watched:  # the noisy first half of a CNN from scratch: not counted,
+                # and its weights kept only until a watched epoch's (a checkpoint holds some)
+                best_weights = [np.array(w) for w in model.get_weights()]
             elif val_loss < best or best_weights is None:
                 best, best_weights, wait = val_loss, [np.array(w) for w in model.get_weights()], 0
             else:
