@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import require_asset, split_images, text_as_jpg, truncated
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from transfer import images
 from transfer.errors import TransferError
@@ -666,3 +666,24 @@ def test_no_digit_at_all_gives_no_hint_that_cannot_help(test_digits):
                                        "background is removed")
     with pytest.raises(images.ImageError, match=r"\(try --invert yes\)$"):
         images.digit_array(Image.fromarray(255 - x[0]), invert="no")
+
+
+def test_a_tight_crop_keeps_a_stroke_at_its_edge_and_its_polarity():
+    """Reviewing the edge rule: a 5's flag drawn apart along the top of serve's canvas was
+    dropped as "a desk" (a 6 was read), and a thick 1 cropped tight on grainy paper was read
+    in the wrong polarity (its paper margins: a hollow frame, a 0)."""
+    canvas = Image.new("RGB", (280, 280), "black")
+    pen = ImageDraw.Draw(canvas)
+    pen.line([(95, 6), (230, 6)], fill="white", width=22)  # the flag, touching the top
+    pen.line([(90, 40), (80, 130)], fill="white", width=22)
+    pen.arc([(60, 100), (230, 265)], start=-130, end=140, fill="white", width=22)
+    five, inverted = images.digit_array(canvas)
+    assert not inverted and five[4:7].max() > 200  # the flag's row, still there
+
+    grain = np.random.default_rng(0).normal(0, 4, (200, 60))
+    page = np.full((200, 60), 225.0) + grain
+    page[10:190, 15:45] = 40 + grain[10:190, 15:45]
+    one, inverted = images.digit_array(Image.fromarray(np.clip(page, 0, 255).astype("uint8")))
+    assert inverted
+    columns = one[..., 0].sum(axis=0)
+    assert columns[13:15].min() > 0.5 * columns.max()  # a solid bar in the middle, no frame

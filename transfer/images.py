@@ -497,7 +497,7 @@ def digit_array(image, invert: str = "auto", fit: bool = True) -> tuple[np.ndarr
         # the border said the other polarity: paper on a darker desk, whose sheet would be
         # the "ink"; the other polarity is taken when it finds a digit there
         other = _digit_ink(gray if inverted else 255.0 - gray)
-        if other is not None and not _paper_like(other[1]):
+        if other is not None and _strokes(other[1]):
             found, inverted = other, not inverted
     if found is None:
         # --invert yes or no asked for the polarity that finds nothing: the other one is said
@@ -568,10 +568,12 @@ def _digit_ink(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 def _without_edges(ink: np.ndarray) -> np.ndarray:
     """``ink`` without the regions that lie along the image's border (a strip of desk, a
     shadow in a corner, a sheet's edge) when a digit stands clear of them: regions touching
-    the border along a tenth of its side or more and filling half their box at least (strokes
-    fill far less), dropped when the regions touching no border weigh a twentieth of the
-    largest of them at least. A digit that touches the border itself (a tight crop) has no
-    such rival away from the edges: ``ink`` is returned as it is."""
+    the border along a tenth of its side or more, filling half their box at least (strokes
+    fill far less) and standing clear of the digit (a tenth of the side away: a 5's flag
+    drawn apart at the top of a tight crop is its own), dropped when the regions touching no
+    border weigh a twentieth of the largest of them at least. A digit that touches the border
+    itself (a tight crop) has no such rival away from the edges: ``ink`` is returned as it
+    is."""
     from scipy import ndimage
 
     labels, n = ndimage.label(ink, structure=np.ones((3, 3)))
@@ -593,7 +595,26 @@ def _without_edges(ink: np.ndarray) -> np.ndarray:
     digit = sizes[inner][sizes[inner] >= 0.02 * sizes[inner].max()].sum()
     if digit < max(4, 0.0005 * ink.size) or digit < 0.05 * sizes[along].max():
         return ink  # specks, or a part of a digit cropped tight (a 7's bar): all of it kept
+    # how far each region along the border lies from the regions away from it
+    away = ndimage.distance_transform_edt(~inner[labels])
+    for label in np.flatnonzero(along):
+        along[label] = float(away[labels == label].min()) >= 0.1 * min(ink.shape)
+    if not along.any():
+        return ink
     return ink & ~along[labels]
+
+
+def _strokes(ink: np.ndarray) -> bool:
+    """True when ``ink`` looks like a digit's strokes: not a filled sheet, not running along
+    most of the border (the paper's margins around a thick 1 cropped tight), and mostly one
+    piece (the grain of the paper, in the wrong polarity, is thousands of specks)."""
+    from scipy import ndimage
+
+    edge = np.concatenate([ink[0], ink[-1], ink[:, 0], ink[:, -1]])
+    if _paper_like(ink) or float(edge.mean()) >= 0.5:
+        return False
+    labels, n = ndimage.label(ink, structure=np.ones((3, 3)))
+    return n > 0 and np.bincount(labels.ravel())[1:].max() >= 0.25 * float(ink.sum())
 
 
 def _paper_like(ink: np.ndarray) -> bool:
@@ -601,7 +622,7 @@ def _paper_like(ink: np.ndarray) -> bool:
     gives when the border (the desk) says light ink on dark."""
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     h, w = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
-    return (h >= 0.4 * ink.shape[0] and w >= 0.4 * ink.shape[1]
+    return (h >= 0.6 * ink.shape[0] and w >= 0.6 * ink.shape[1]
             and float(ink.sum()) / (h * w) >= 0.8)
 
 
