@@ -624,7 +624,7 @@ def test_class_folders_whose_accents_are_stored_otherwise_are_the_same_classes(t
     classes are Rosé petals, ..." (and the other way round)."""
     import unicodedata
 
-    from transfer.evaluate import labelled_files
+    from transfer.evaluate import labelled_files, unread_in
 
     flowers = require_asset("data/flowers")
     nfc, nfd = "Rosé petals", unicodedata.normalize("NFD", "Rosé petals")
@@ -638,3 +638,5 @@ def test_class_folders_whose_accents_are_stored_otherwise_are_the_same_classes(t
         files = labelled_files(root, names)
         assert sorted((path.parent.name == "daisy", label) for path, label in files) == [
             (False, 0), (False, 0), (True, 1), (True, 1)]
+        (root / folder_name / "IMG_1.HEIC").write_bytes(b"not read")  # listed as skipped
+        assert [Path(u["file"]).name for u in unread_in(root, names)] == ["IMG_1.HEIC"]

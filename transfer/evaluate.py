@@ -99,9 +99,7 @@ def labelled_files(data_dir: Path, class_names: list[str]) -> list[tuple[Path, i
     if not folders:
         raise TransferError(f"{data_dir} has no class subfolders (one per class, named as the "
                             f"model's classes: {', '.join(class_names)})")
-    # a name's accents as macOS stores them (NFD) or as Linux and Windows type them (NFC): one
-    # class whichever side the folder or the bundle was made on
-    index = {unicodedata.normalize("NFC", name): i for i, name in enumerate(class_names)}
+    index = _class_index(class_names)
     unknown = [f for f in folders if unicodedata.normalize("NFC", f) not in index]
     if unknown:
         raise TransferError(f"{data_dir} has class folder(s) the model does not know: "
@@ -117,12 +115,21 @@ def labelled_files(data_dir: Path, class_names: list[str]) -> list[tuple[Path, i
     return files
 
 
+def _class_index(class_names: list[str]) -> dict[str, int]:
+    """{class name in NFC: its index}: a name's accents as macOS stores them (NFD) or as Linux
+    and Windows type them (NFC) are one class whichever side the folder or bundle was made on."""
+    return {unicodedata.normalize("NFC", name): i for i, name in enumerate(class_names)}
+
+
 def unread_in(data_dir: Path, class_names: list[str]) -> list[dict[str, str]]:
     """The photos in ``data_dir``'s class folders in a format the reader does not take (HEIC,
     camera raw): skipped with their reason, as train and predict say them, never silently."""
+    index = _class_index(class_names)
+    folders = sorted(p.name for p in Path(data_dir).iterdir() if p.is_dir()
+                     and unicodedata.normalize("NFC", p.name) in index) \
+        if Path(data_dir).is_dir() else []
     return [{"file": str(data_dir / name / rel), "reason": unread_reason(Path(rel))}
-            for name in class_names if (data_dir / name).is_dir()
-            for rel in pipelines.unread_photos(data_dir / name)]
+            for name in folders for rel in pipelines.unread_photos(data_dir / name)]
 
 
 def bundle_images(meta: dict, which: str) -> list[tuple[Path, int]] | None:
