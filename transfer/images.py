@@ -568,9 +568,10 @@ def _digit_ink(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 def _without_edges(ink: np.ndarray) -> np.ndarray:
     """``ink`` without the regions that lie along the image's border (a strip of desk, a
     shadow in a corner, a sheet's edge) when a digit stands clear of them: regions touching
-    the border along a tenth of its side or more, filling half their box at least (strokes
-    fill far less) and standing clear of the digit (a tenth of the side away: a 5's flag
-    drawn apart at the top of a tight crop is its own), dropped when the regions touching no
+    the border along a quarter of one side or more, filling half their box at least (strokes
+    fill far less; a stroke that runs off the edge meets it for its width only) and standing
+    clear of the digit (a tenth of the side away: a 5's flag drawn apart at the top of a
+    tight crop is its own), dropped when the regions touching no
     border weigh a twentieth of the largest of them at least. A digit that touches the border
     itself (a tight crop) has no such rival away from the edges: ``ink`` is returned as it
     is."""
@@ -585,7 +586,12 @@ def _without_edges(ink: np.ndarray) -> np.ndarray:
     contact[0] = sizes[0] = 0
     inner = contact == 0
     inner[0] = False
-    along = contact >= 0.1 * min(ink.shape)
+    # along a quarter of one side at least: a strip of desk, a shadow; a stroke that runs off
+    # the edge (a 1 from top to bottom) meets it for its width only
+    h, w = ink.shape
+    along = np.max([np.bincount(side, minlength=n + 1) / length for side, length in (
+        (labels[0], w), (labels[-1], w), (labels[:, 0], h), (labels[:, -1], h))], axis=0) >= 0.25
+    along[0] = False
     for label, box in enumerate(ndimage.find_objects(labels), start=1):
         if along[label] and box is not None:
             area = (box[0].stop - box[0].start) * (box[1].stop - box[1].start)
