@@ -705,6 +705,29 @@ def test_a_worker_without_a_shard_waits_for_the_chief_converting_its_base(slow_s
     assert [w["feature_images"] for w in meta["per_worker"]][1] == 0  # worker 1 had no shard
 
 
+def killed_when(args: list[str], out: Path, checkpoint: Path, ready, ended: str) -> None:
+    """Start two workers with ``args``; once the chief's ``checkpoint`` holds a note for which
+    ``ready(note)`` is true, kill both (SIGKILL). Fails, saying ``ended``, when the run ended
+    (or wrote its bundle ``out``) first."""
+    def noted() -> bool:
+        try:
+            with np.load(checkpoint) as data:
+                note = json.loads(str(data["note"]))
+        except (OSError, ValueError, KeyError):  # not there yet, or being replaced
+            return False
+        return ready(note)
+
+    procs, logs = start_workers(2, lambda i: args)
+    try:
+        caught = wait_for(noted, procs, limit=150)
+        for proc in procs:
+            proc.send_signal(signal.SIGKILL)
+    finally:
+        wait_all(procs, timeout=5)
+    if not caught or out.exists():
+        pytest.fail(f"{ended}: " + text(logs[0])[-2000:])
+
+
 def test_a_fine_tuning_stopped_early_stays_stopped_when_resumed(slow_split, tmp_path):
     """Both workers killed after early stopping had ended the fine-tuning (its last checkpoint
     says so) but before the bundle was written: the rerun said "resumed after epoch 2" and
@@ -715,24 +738,8 @@ def test_a_fine_tuning_stopped_early_stays_stopped_when_resumed(slow_split, tmp_
                       "--fine-tune-epochs", "6", "--fine-tune-lr", "0.5", "--patience", "1",
                       "--distribute", "multi-worker", "--worker-timeout", "30")
 
-    def stopped_early() -> bool:
-        try:
-            with np.load(checkpoint) as data:
-                note = json.loads(str(data["note"]))
-        except (OSError, ValueError, KeyError):  # not there yet, or being replaced
-            return False
-        return note["wait"] >= 1
-
-    procs, logs = start_workers(2, lambda i: args)
-    try:
-        caught = wait_for(stopped_early, procs, limit=150)
-        for proc in procs:
-            proc.send_signal(signal.SIGKILL)
-    finally:
-        wait_all(procs, timeout=5)
-    if not caught or out.exists():
-        pytest.fail("the run ended before the test could stop it after its early stop: "
-                    + text(logs[0])[-2000:])
+    killed_when(args, out, checkpoint, lambda note: note["wait"] >= 1,
+                "the run ended before the test could stop it after its early stop")
     with np.load(checkpoint) as data:
         stopped_at = json.loads(str(data["note"]))["epoch"]
     procs, logs = start_workers(2, lambda i: args)
@@ -826,22 +833,8 @@ def test_a_cnn_from_scratch_killed_in_its_first_half_resumes(slow_split, tmp_pat
             str(out.parent), "--base", "scratch", "--image-size", "32", "--no-augment",
             "--epochs", "8", "--distribute", "multi-worker", "--worker-timeout", "30"]
 
-    def in_first_half() -> bool:
-        try:
-            with np.load(checkpoint) as data:
-                return 1 <= json.loads(str(data["note"]))["epoch"] < 4
-        except (OSError, ValueError, KeyError):  # not there yet, or being replaced
-            return False
-
-    procs, logs = start_workers(2, lambda i: args)
-    try:
-        caught = wait_for(in_first_half, procs, limit=150)
-        for proc in procs:
-            proc.send_signal(signal.SIGKILL)
-    finally:
-        wait_all(procs, timeout=5)
-    if not caught or out.exists():
-        pytest.fail("the run ended before its first half did: " + text(logs[0])[-2000:])
+    killed_when(args, out, checkpoint, lambda note: 1 <= note["epoch"] < 4,
+                "the run ended before its first half did")
     procs, logs = start_workers(2, lambda i: args)
     assert wait_all(procs) == [0, 0], text(logs[0])[-3000:] + text(logs[1])[-3000:]
     assert "resumed after epoch" in text(logs[0])
