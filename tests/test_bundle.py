@@ -489,3 +489,57 @@ def test_json_written_is_strict_json_when_a_run_diverged(tmp_path):
     assert json.loads(text, parse_constant=refuse) == {
         "metrics": {"test_loss": None, "ok": 0.5}, "history": {"loss": [None, 1.0, None]},
         "pair": [None, 2]}
+
+
+def _dead_pid() -> int:
+    """The process id of a process that has ended (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_what_a_killed_run_left_half_written_goes_with_the_next_write_beside_it(tmp_path):
+    """A run killed outright (kill -9, the out-of-memory killer) runs no clean-up: its hidden
+    half-written bundle, export, report or conversion stayed beside the user's files for good.
+    The next write into that folder removes them: those named for this machine and a process
+    that no longer exists; not a live process's, another machine's (a shared folder), a
+    bundle's `-old` copy (maybe the only one left), nor a file of the user's."""
+    from transfer.files import _machine, sweep_left_by_killed, temp_prefix, write_json
+
+    host, dead = _machine(), _dead_pid()
+    models = tmp_path / "models"
+    models.mkdir()
+    left = [models / f".cats.tmp-{host}-{dead}-x7f2", models / f".report.tmp-{host}-{dead}-.json",
+            models / f".latest.tmp-{host}-{dead}-link"]
+    left[0].mkdir()
+    (left[0] / "model.keras").write_bytes(b"half")
+    left[1].write_text("{")
+    left[2].symlink_to(tmp_path)  # a link goes, what it points at stays
+    kept = [models / f".live.tmp-{host}-{os.getppid()}-abc",  # a run still going
+            models / f".cats.tmp-other_machine-{dead}-abc",  # another machine's run
+            models / f".cats.tmp-{host}-{dead}-x7f2-old",  # the bundle being replaced
+            models / ".NOTES.tmp-1", models / f"notes.tmp-{host}-{dead}-.txt"]  # the user's
+    for path in kept:
+        path.mkdir()
+    assert temp_prefix("cats") == f".cats.tmp-{host}-{os.getpid()}-"
+
+    write_json(models / "summary.json", {"ok": True})
+    assert sorted(p.name for p in models.iterdir()) == sorted(
+        [p.name for p in kept] + ["summary.json"])
+    assert tmp_path.exists()
+    assert sweep_left_by_killed(models) == []
+    assert sweep_left_by_killed(tmp_path / "not-there") == []
+
+
+def test_a_bundle_written_beside_a_killed_runs_leftover_removes_it(small_bundle):
+    """The same through `bundle.write` (train, mnist, compare): a killed run's half bundle goes
+    when the next bundle is written in the same models folder."""
+    from transfer.files import _machine
+
+    model, meta = bundle.load(small_bundle)
+    half = small_bundle.parent / f".{small_bundle.name}.tmp-{_machine()}-{_dead_pid()}-a1b2"
+    half.mkdir()
+    (half / "model.keras").write_bytes(b"half")
+    bundle.write(small_bundle.with_name("next"), False, model, meta, {"loss": [1.0]})
+    assert not half.exists()
+    assert (small_bundle.with_name("next") / "model.keras").exists()

@@ -376,7 +376,7 @@ def test_an_interruption_native_code_swallowed_stops_the_conversion_and_lands_no
     target = tmp_path / "cache" / "m.tflite"
     with pytest.raises(errors.Terminated):
         engines.convert(model, 2, target)
-    assert not target.exists() and not list(target.parent.iterdir())  # no .convert-* left
+    assert not target.exists() and not list(target.parent.iterdir())  # no .convert.tmp-* left
     # the same swallowed interruption before a bundle is written: nothing lands
     with pytest.raises(errors.Terminated):
         bundle.write(tmp_path / "models/b", False, model, {"class_names": ["a", "b"]},
@@ -408,15 +408,48 @@ def test_sigterm_cleans_up_as_ctrl_c_does(tiny_split, mobilenet_weights, tmp_pat
          str(tmp_path / "models"), "--output", str(tmp_path / "models/term")],
         env={**os.environ, "KERAS_HOME": str(home), "TMPDIR": str(temp)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    err = signal_once(proc, lambda: list(cache.glob(".convert-*")) and list(
+    err = signal_once(proc, lambda: list(cache.glob(".convert.tmp-*")) and list(
         temp.rglob("__autograph_generated_file*")), signal.SIGTERM,
         "the conversion never started")
     assert proc.returncode == 143, err
     assert err.strip().splitlines()[-1] == "terminated" and "Traceback" not in err
-    assert not list(cache.glob(".convert-*")), "the conversion's folder was left behind"
+    assert not list(cache.glob(".convert.tmp-*")), "the conversion's folder was left behind"
     assert list(temp.iterdir()) == []
     assert not (tmp_path / "models/term").exists()
     assert not list((tmp_path / "models").glob(".term.tmp-*"))
+
+
+def test_a_run_killed_outright_leaves_nothing_once_the_next_run_is_done(
+        tiny_split, mobilenet_weights, tmp_path):
+    """kill -9 (or the out-of-memory killer) in the middle of the base's TFLite conversion
+    runs no clean-up: the half-made conversion folder stays in the user's cache. The next
+    run that converts into that cache removes it (the process that made it is gone), and
+    lands its own bundle."""
+    import signal
+
+    home = tmp_path / "keras-home"
+    (home / "models").mkdir(parents=True)
+    for item in mobilenet_weights.parent.iterdir():
+        (home / "models" / item.name).symlink_to(item.resolve())
+    cache = home / "transfer" / "tflite"
+
+    def train(name):
+        return [sys.executable, "-m", "transfer", "train", "--base", "mobilenet", "--alpha",
+                "0.25", "--image-size", "96", "--epochs", "1", "--no-augment", "--engine",
+                "tflite", "--data-dir", str(tiny_split), "--no-feature-cache", "--models-dir",
+                str(tmp_path / "models"), "--output", str(tmp_path / "models" / name)]
+
+    env = {**os.environ, "KERAS_HOME": str(home)}
+    proc = subprocess.Popen(train("killed"), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    signal_once(proc, lambda: list(cache.glob(".convert.tmp-*")), signal.SIGKILL,
+                "the conversion never started")
+    assert proc.returncode == -signal.SIGKILL
+    assert list(cache.glob(".convert.tmp-*")), "nothing was left: the kill came too late"
+    done = subprocess.run(train("next"), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert not list(cache.glob(".convert.tmp-*")), "the killed run's conversion folder stayed"
+    assert (tmp_path / "models" / "next" / "meta.json").exists()
 
 
 @pytest.mark.parametrize("delay", [0.3, 0.9, 1.5, 2.5])

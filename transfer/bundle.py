@@ -17,7 +17,13 @@ import time
 from pathlib import Path
 
 from transfer.errors import TransferError, raise_if_interrupted
-from transfer.files import free_name, new_folders_kept_on_success, write_json
+from transfer.files import (
+    free_name,
+    new_folders_kept_on_success,
+    sweep_left_by_killed,
+    temp_prefix,
+    write_json,
+)
 from transfer.seeds import keeps_random_state
 
 SCHEMA_VERSION = 1
@@ -148,7 +154,8 @@ def writing(target: Path, force: bool):
     target = Path(target)
     check_replaceable(target, force)
     with new_folders_kept_on_success(target.parent):  # a failed run leaves no new folders
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        sweep_left_by_killed(target.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), dir=target.parent))
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)
@@ -319,7 +326,7 @@ def update_latest(target: Path) -> None:
     latest = target.parent / LATEST
     if latest.exists() and not latest.is_symlink():
         return  # a real folder named latest is the user's: leave it alone
-    tmp = target.parent / f".latest.tmp-{os.getpid()}"
+    tmp = target.parent / f"{temp_prefix(LATEST)}link"
     tmp.unlink(missing_ok=True)
     try:
         os.symlink(target.name, tmp)

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.errors import TransferError, raise_if_interrupted, without_op_name
-from transfer.files import digest
+from transfer.files import digest, sweep_left_by_killed, temp_prefix
 from transfer.progress import Reporter
 
 ENGINES = ("auto", "tf", "tflite")
@@ -229,7 +229,8 @@ def convert(model, batch_size: int, path: Path) -> float:
     started = time.perf_counter()
     shape = [batch_size, *model.input_shape[1:]]
     path.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=".convert-", dir=path.parent))
+    sweep_left_by_killed(path.parent)
+    workdir = Path(tempfile.mkdtemp(prefix=temp_prefix("convert"), dir=path.parent))
     try:
         with _quiet_native():
             model.export(str(workdir / "saved_model"), format="tf_saved_model",

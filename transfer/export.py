@@ -48,7 +48,13 @@ import numpy as np
 from transfer import bundle, images
 from transfer.errors import TransferError
 from transfer.evaluate import bundle_images
-from transfer.files import free_name, new_folders_kept_on_success, refuse_existing
+from transfer.files import (
+    free_name,
+    new_folders_kept_on_success,
+    refuse_existing,
+    sweep_left_by_killed,
+    temp_prefix,
+)
 from transfer.inference import BundleClassifier, folder_images, writable_folder
 from transfer.progress import Reporter
 from transfer.settings import ExportSettings
@@ -735,7 +741,8 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
     # the folders made for --output go again when the export fails or is interrupted
     with new_folders_kept_on_success(output.parent):
         writable_folder(output.parent)
-        work = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+        sweep_left_by_killed(output.parent)
+        work = Path(tempfile.mkdtemp(prefix=temp_prefix(output.name), dir=output.parent))
         try:
             staged = work / output.name
             reporter.info(f"exporting {model} as {fmt} and checking it on {len(x)} images ...")

@@ -86,7 +86,8 @@ def replacing(path: Path) -> Iterator[Path]:
     if is_device_or_pipe(path):
         raise TransferError(f"{path} is not a regular file (a device, a pipe or a socket): "
                             "it is not replaced by one; choose a file")
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    sweep_left_by_killed(path.parent)
+    tmp = path.with_name(f"{temp_prefix(path.stem)}{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -267,6 +268,45 @@ def sweep_temp_folders(prefix: str) -> list[Path]:
                 and not folder.is_symlink() and not _alive(int(match[1]))):
             shutil.rmtree(folder, ignore_errors=True)
             gone.append(folder)
+    return gone
+
+
+def temp_prefix(name: str) -> str:
+    """``.<name>.tmp-<machine>-<pid>-``: the start of the name of a temporary file or folder
+    written beside ``name``, which ``sweep_left_by_killed`` can tell to be this process's."""
+    return f".{name}.tmp-{_machine()}-{os.getpid()}-"
+
+
+def sweep_left_by_killed(folder: Path) -> list[Path]:
+    """Remove from ``folder`` the temporary files and folders named by ``temp_prefix`` for
+    processes of this machine that are gone: a process killed outright (SIGKILL, the
+    out-of-memory killer) runs no clean-up, and its hidden half-written bundle, export or
+    conversion stayed beside the user's files for ever. Returns them. Only names with this
+    machine's name and a process id that no longer exists are touched (never the ``-old``
+    copy of a bundle being replaced, which may be the only one left); none on Windows."""
+    import re
+    import shutil
+
+    if os.name == "nt":
+        return []
+    mine = re.compile(rf"\..*\.tmp-{re.escape(_machine())}-(\d+)-")
+    gone = []
+    try:
+        names = [entry.name for entry in os.scandir(folder) if ".tmp-" in entry.name]
+    except OSError:  # not there yet, or not listable: nothing to sweep
+        return []
+    for name in names:
+        match = mine.match(name)
+        if (not match or name.endswith("-old") or int(match[1]) == os.getpid()
+                or _alive(int(match[1]))):
+            continue
+        path = Path(folder) / name
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            gone.append(path)
     return gone
 
 
