@@ -734,8 +734,15 @@ def test_heic_photos_are_said_by_fetch_data_and_train(flowers, tmp_path):
 
     folder = copy_classes(flowers, tmp_path / "flowers", per_class=10, classes=TWO)
     (folder / "daisy/IMG_0001.HEIC").write_bytes(b"ftypheic")
+    # an iPhone photo renamed .jpg: said as train, predict and serve say it, not "not a format
+    # Pillow recognises"
+    (folder / "daisy/IMG_0002.jpg").write_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic")
     warned = Warnings()
-    fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "data"), reporter=warned)
+    fetched = fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "data"),
+                         reporter=warned)
+    assert [(s["name"], s["reason"]) for s in fetched.skipped] == [(
+        "daisy/IMG_0002.jpg", "HEIC (an iPhone's photos) is not a format transfer reads; "
+        "convert them to JPEG (e.g. export as JPEG from the photo app)")]
     assert warned.warnings[0] == ("left out: 1 .heic file (HEIC (an iPhone's photos)), which "
                                   "transfer cannot read; convert them to JPEG (e.g. export "
                                   "as JPEG from the photo app)")
