@@ -243,6 +243,13 @@ def test_tampered_and_missing_bundles_are_clear_errors(trained_bundle, tmp_path,
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:"), result.output
         assert message in lines[0], result.output
+    # a photo named wrong is said with the model's error, not only after the model is fixed
+    # (ImageNet weights offline: a 92 MB download first, then "no such file")
+    with pytest.raises(TransferError) as raised:
+        predict.predict([photo, tmp_path / "elephnat.jpg"], model=tmp_path / "size")
+    assert "input 150x150x3" in str(raised.value)
+    assert str(raised.value).endswith(". Besides, 1 of the 2 images named cannot be read: "
+                                      f"{tmp_path / 'elephnat.jpg'}: no such file")
 
 
 def test_unsafe_model_file_is_refused(trained_bundle, tmp_path):

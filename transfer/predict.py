@@ -157,7 +157,18 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
                             "classifier decides those; drop one or the other")
     rows = once(gather(s.paths))
     if classifier is None:
-        classifier, fallback = open_classifier(s, reporter=reporter)
+        try:
+            classifier, fallback = open_classifier(s, reporter=reporter)
+        except TransferError as exc:  # a photo named wrong is said too, not after the fix
+            unread = [(name, error or "no such file") for name, image, error in rows
+                      if error is not None or (isinstance(image, Path) and not image.exists())]
+            if not unread:
+                raise
+            said = "; ".join(f"{name}: {error}" for name, error in unread[:3])
+            more = f" and {len(unread) - 3} more" if len(unread) > 3 else ""
+            which = "the image" if len(rows) == 1 else f"{len(unread)} of the {len(rows)} images"
+            raise TransferError(f"{exc}. Besides, {which} named cannot be read: {said}{more}"
+                                ) from None
     n_classes = len(classifier.class_names) if classifier.class_names else 1000
     k = s.top if s.top is not None else (3 if classifier.mode == "imagenet" else 1)
     k = min(k, n_classes)
