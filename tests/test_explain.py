@@ -163,6 +163,36 @@ def test_gradcam_on_a_real_photo(trained_bundle, dog_photo, tmp_path):
     assert second.label == other and not np.allclose(second.heatmap, result.heatmap)
     with pytest.raises(TransferError, match="already exists; use --force"):
         explain.explain(dog_photo, model=trained_bundle.bundle)
+    # the photo itself as the output: refused even with --force (it was replaced by its
+    # picture); and a photo another photo's picture would replace before it is read
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    victim = twin / "victim.png"
+    with Image.open(dog_photo) as photo:
+        photo.save(victim)
+    before = victim.read_bytes()
+    with pytest.raises(TransferError, match="is the image being explained: it is not replaced"):
+        explain.explain(victim, model=trained_bundle.bundle, output=victim, force=True)
+    said = runner.invoke(app, ["explain", str(victim), "--model", str(trained_bundle.bundle),
+                               "--output", str(victim), "--force"])
+    assert said.exit_code == 1 and "is the image being explained" in said.output
+    shutil.copyfile(dog_photo, twin / "pic.png")
+    shutil.copyfile(dog_photo, twin / "pic.gradcam.png")  # the user's photo, named so
+    with pytest.raises(TransferError, match="pic.gradcam.png is one of the images this run "
+                                            "explains: it is not replaced"):
+        explain.explain_all(ExplainSettings(images=[twin / "pic.png", twin / "pic.gradcam.png"],
+                                            model=trained_bundle.bundle, force=True))
+    assert victim.read_bytes() == before
+    assert (twin / "pic.gradcam.png").read_bytes() == dog_photo.read_bytes()
+    # a strip of a photo (10 x 3000 px) makes a picture of bounded height, letterboxed (it
+    # was 800 x 102,460 px, 4 GB of memory); a wide one keeps room for its title
+    with Image.open(dog_photo) as photo:
+        photo.convert("RGB").resize((10, 3000)).save(twin / "strip.png")
+        photo.convert("RGB").resize((3000, 60)).save(twin / "band.png")
+    for name, tallest in (("strip", 900), ("band", 220)):
+        made = explain.explain(twin / f"{name}.png", model=trained_bundle.bundle)
+        with Image.open(made.png) as picture:
+            assert picture.width == 800 and 150 < picture.height <= tallest, picture.size
     with pytest.raises(TransferError, match="unknown class 'horses'"):
         explain.explain(dog_photo, model=trained_bundle.bundle, class_name="horses",
                         write=False)

@@ -233,6 +233,10 @@ def explain(settings: ExplainSettings | Path, *, write: bool = True,
     class_index = _class_index(names, s.class_name)
     png = Path(s.output) if s.output is not None else gradcam_png(image)
     if write:
+        if png.exists() and resolved(png) == resolved(Path(image)):
+            raise TransferError(f"{png} is the image being explained: it is not replaced by "
+                                "its Grad-CAM picture, even with --force; choose another "
+                                "--output")
         refuse_existing(png, s.force)
     unread = unread_reason(Path(image))  # as predict and a folder of them say it
     if unread is not None:
@@ -348,6 +352,12 @@ def explain_all(settings: ExplainSettings, *, reporter: Reporter | None = None
     s = settings.validated()
     reporter = reporter or Reporter()
     rows = outputs_of(list(s.images), s.output)
+    explained = {resolved(image) for _, image, _, _ in rows if image is not None}
+    for _, _, png, _ in rows:  # a picture written over a photo explained after it
+        if png is not None and png.exists() and resolved(png) in explained:
+            raise TransferError(f"{png} is one of the images this run explains: it is not "
+                                "replaced by a Grad-CAM picture, even with --force; leave it "
+                                "out, or choose another --output")
     existing = [png for _, _, png, _ in rows if png is not None and png.exists()]
     if existing and not s.force:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""

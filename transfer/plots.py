@@ -257,7 +257,10 @@ def gradcam(image, heatmap, path: Path, title: str = "", alpha: float = 0.45) ->
     colours = plt.get_cmap("jet")(np.asarray(heat) / 255.0)[..., :3] * 255.0
     overlay = ((1 - alpha) * image + alpha * colours).clip(0, 255).astype("uint8")
     width = 8.0
-    fig, axes = plt.subplots(1, 2, figsize=(width, width / 2 * h / w + 0.6))
+    # each panel as tall as the image is, within 1.5 in and twice its width: a strip of 10 x
+    # 3000 px made a picture 100,000 px tall (4 GB of memory); beyond, it is letterboxed
+    tall = min(max(width / 2 * h / w, 1.5), width)
+    fig, axes = plt.subplots(1, 2, figsize=(width, tall + 0.6))
     for ax, picture, caption in zip(axes, (image, overlay), ("image", "Grad-CAM"), strict=True):
         ax.imshow(picture)
         ax.set_title(caption, fontsize=9)
