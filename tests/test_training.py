@@ -1118,6 +1118,19 @@ def test_a_split_that_leaves_few_training_photos_is_said(tmp_path):
         assert said == (["--validation-split 0.99 leaves too few training photos to learn "
                          "from (daisy 1, roses 1, tulips 1); the default 0.2 keeps 80% of "
                          "each class for training"] if warned else []), reporter.warnings
+    # a small class beside them (said as few) no longer hides the others' split: daisy and
+    # roses left with 1 training photo each were said by nothing
+    (tmp_path / "fl" / "iris").mkdir()
+    for i in range(2):
+        (tmp_path / "fl" / "iris" / f"{i}.png").write_bytes(png_bytes(size=(40 + i, 32)))
+    reporter = Recorder()
+    report_data(plan(hp(tmp_path / "fl", tmp_path, validation_split=0.9).validated().resolved()),
+                reporter)
+    assert [w for w in reporter.warnings if "too few" in w] == [
+        "class iris has only 2 images (fewer than 10): too few to learn it well or to measure "
+        "it; add photos if you can",
+        "--validation-split 0.9 leaves too few training photos to learn from (daisy 1, roses "
+        "1, tulips 1); the default 0.2 keeps 80% of each class for training"]
 
 
 def test_a_run_that_diverges_says_so(own_split, tmp_path):

@@ -682,9 +682,10 @@ def report_data(run: RunPlan, reporter: Reporter) -> None:
     few = few_images_warning(sizes)
     if few:
         reporter.warn(few)
-    elif run.split == "in-memory":  # enough photos, but the split leaves few to learn from
+    if run.split == "in-memory":  # enough photos, but the split leaves few to learn from
+        # (classes already said to be few are not said twice; the others still are)
         left = {name: counts["train"][name] for name in run.names
-                if counts["train"][name] < FEW_IMAGES // 2}
+                if counts["train"][name] < FEW_IMAGES // 2 and sizes[name] >= FEW_IMAGES}
         if left:
             listed = ", ".join(f"{name} {n}" for name, n in list(left.items())[:SHOWN_CLASSES])
             reporter.warn(f"--validation-split {run.settings.validation_split:g} leaves too few "
