@@ -1097,6 +1097,16 @@ def test_options_a_run_does_not_use_are_said_before_it_trains(own_split, tmp_pat
     assert said(augment_copies=0, l2=0.01) == [
         "--l2 0.01 unused: it is the penalty of the head trained on features computed once; "
         "this run fits end to end (--augment-copies 0)"]
+    # a CNN from scratch takes no copies and has no feature pass to run on an engine
+    assert said(base="scratch", alpha=1.0, image_size=64, augment_copies=2, engine="tflite") == [
+        "--augment-copies 2 unused: a CNN from scratch learns from photos transformed afresh "
+        "each epoch, not from copies of features computed once",
+        "--engine tflite unused: it runs the frozen base's feature pass, and this run has "
+        "none: it fits end to end (--base scratch)"]
+    assert said(augment_copies=0, engine="tf") == [
+        "--engine tf unused: it runs the frozen base's feature pass, and this run has none: "
+        "it fits end to end (--augment-copies 0)"]
+    assert said(engine="tf") == [] and said(fine_tune=2, engine="tflite") == []
 
 
 def test_a_split_that_leaves_few_training_photos_is_said(tmp_path):

@@ -741,9 +741,18 @@ def unused_options(run: RunPlan) -> list[str]:
         if heading:
             said.append(f"{' '.join(heading)} unused: a CNN from scratch has its own fixed "
                         "head (meta.json's head)")
+        if hp.augment.enabled and given("augment_copies"):
+            said.append(f"{given('augment_copies')[0]} unused: a CNN from scratch learns from "
+                        "photos transformed afresh each epoch, not from copies of features "
+                        "computed once")
     elif not run.use_cache and hp.l2 is not None:
         said.append(f"--l2 {hp.l2:g} unused: it is the penalty of the head trained on "
                     "features computed once; this run fits end to end (--augment-copies 0)")
+    if not run.use_cache and hp.engine != default.engine:
+        said.append(f"--engine {hp.engine} unused: it runs the frozen base's feature pass, and "
+                    "this run has none: it fits end to end (" + (
+                        "--base scratch" if not run.base.pretrained else
+                        "--augment-copies 0") + ")")
     if not run.pipeline_used and hp.pipeline != default.pipeline:
         said.append(f"--pipeline {hp.pipeline} unused: the head trains on features computed "
                     "once (the base runs once a photo, through the one image reader); it "
