@@ -234,10 +234,21 @@ def test_a_train_process_says_how_much_of_its_time_importing_tensorflow_took(tin
             "importing TensorFlow)") in done.stdout
     import transfer.tf  # noqa: F401 (TensorFlow imported before the run, as a program does)
 
+    import re
+    import time
+
+    began = time.perf_counter()
     warm = runner.invoke(app, [*command[3:-1], str(tmp_path / "models/warm")])
+    took = time.perf_counter() - began
     assert warm.exit_code == 0, warm.output
     t = json.loads((tmp_path / "models/warm/meta.json").read_text())["timings"]
     assert t["tensorflow_import_seconds"] == 0 and "importing TensorFlow" not in warm.output
+    # the total ends with the model trained (meta.json is written after it): the bundle and
+    # its report are said apart, so that the line accounts for the run (they went unsaid)
+    writing = re.search(r"; then ([0-9.]+) s writing the bundle and its report",
+                        " ".join(warm.output.split()))
+    assert writing and float(writing[1]) > 0, warm.output
+    assert t["total_seconds"] + float(writing[1]) <= took + 0.1
 
 
 def test_train_cli_unknown_base(tiny_split):

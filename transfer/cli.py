@@ -571,9 +571,14 @@ def train_cmd(
              if t.get("base_images_per_second") else "")
     importing = (f" ({t['tensorflow_import_seconds']:.1f} s of it importing TensorFlow)"
                  if t.get("tensorflow_import_seconds") else "")
+    # total_seconds ends with the model trained and validated (meta.json is written after):
+    # the bundle's files and its report are said apart, so that no time goes unaccounted
+    writing = (f"; then {result.timings.writing:.1f} s writing the bundle and its report"
+               if result.timings.writing else "")
     out.print(f"feature cache: {result.meta['feature_cache']}; features "
               f"{t['feature_extraction_seconds']:.1f} s, training {t['training_seconds']:.1f}"
-              f" s, total {t['total_seconds']:.1f} s{importing}{speed}", highlight=False)
+              f" s, total {t['total_seconds']:.1f} s{importing}{speed}{writing}",
+              highlight=False)
     engine, head = result.meta.get("engine") or {}, result.meta.get("head") or {}
     if engine.get("name"):
         detail = (f" ({engine['interpreter']}, {engine['threads']} threads, parity "

@@ -58,6 +58,9 @@ class Timings:
     total: float = 0.0
     engine_setup: float = 0.0  # of feature_extraction: the base's conversion, auto's measure
     tensorflow_import: float = 0.0  # of total: importing TensorFlow, when the run did it
+    # after total (so not in meta.json, written during it): the bundle, its preview and its
+    # report written; TrainResult's timings have it, and the summary line says it
+    writing: float = 0.0
 
     def as_meta(self) -> dict:
         running = self.feature_extraction - self.engine_setup  # the pass's own speed
@@ -470,6 +473,7 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
         reporter.warn(f"interrupted after the model was saved in {landed}; its report was not "
                       f"written (transfer report {landed} writes it)")
         raise
+    timings.writing = time.perf_counter() - started - timings.total
     return TrainResult(landed, meta, fit.history, timings)
 
 
