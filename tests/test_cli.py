@@ -220,6 +220,8 @@ def test_a_train_process_says_how_much_of_its_time_importing_tensorflow_took(tin
     total_seconds): meta.json and the summary line say how much, so the total is not read as
     the work's. A run in a program that had TensorFlow already (this test's) records 0."""
     import json
+    import re
+    import time
 
     command = [sys.executable, "-m", "transfer", "train", "--base", "mobilenet", "--alpha",
                "0.25", "--weights", "none", "--image-size", "48", "--epochs", "1",
@@ -233,9 +235,6 @@ def test_a_train_process_says_how_much_of_its_time_importing_tensorflow_took(tin
     assert (f"total {t['total_seconds']:.1f} s ({t['tensorflow_import_seconds']:.1f} s of it "
             "importing TensorFlow)") in done.stdout
     import transfer.tf  # noqa: F401 (TensorFlow imported before the run, as a program does)
-
-    import re
-    import time
 
     began = time.perf_counter()
     warm = runner.invoke(app, [*command[3:-1], str(tmp_path / "models/warm")])
