@@ -8,6 +8,7 @@ and a piece of the message. The folder listing before and after must be the same
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -417,6 +418,38 @@ def test_sigterm_cleans_up_as_ctrl_c_does(tiny_split, mobilenet_weights, tmp_pat
     assert list(temp.iterdir()) == []
     assert not (tmp_path / "models/term").exists()
     assert not list((tmp_path / "models").glob(".term.tmp-*"))
+
+
+def test_a_ctrl_c_after_the_run_is_done_does_not_make_it_a_failure(tiny_split, tmp_path):
+    """Ctrl-C in the second or so after train's last line (TensorFlow's shutdown, where
+    Python had put the default handler back) made a finished run die by SIGINT: exit 130
+    and no line, so that a script took a good model for a failed run. It exits 0 now (the
+    process ends as soon as its work is done)."""
+    import signal
+
+    log = tmp_path / "train.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "transfer", "train", "--base", "mobilenet", "--alpha",
+             "0.25", "--weights", "none", "--image-size", "48", "--epochs", "1",
+             "--no-augment", "--data-dir", str(tiny_split), "--models-dir",
+             str(tmp_path / "models"), "--output", str(tmp_path / "models/done")],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"})
+        try:
+            deadline = time.monotonic() + 240
+            while "\nhead: " not in log.read_text() and proc.poll() is None:
+                assert time.monotonic() < deadline, "train never said its last line"
+                time.sleep(0.01)
+            stop = time.monotonic() + 10
+            while proc.poll() is None and time.monotonic() < stop:  # a Ctrl-C, and more,
+                with contextlib.suppress(ProcessLookupError):  # until the process is gone
+                    proc.send_signal(signal.SIGINT)
+                time.sleep(0.02)
+            assert proc.wait(timeout=60) == 0, log.read_text()
+        finally:
+            proc.kill()
+    assert "interrupted" not in log.read_text()
+    assert (tmp_path / "models/done/meta.json").exists()
 
 
 def test_a_run_killed_outright_leaves_nothing_once_the_next_run_is_done(

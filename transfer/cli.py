@@ -225,6 +225,7 @@ def command(name: str, examples: list[str]):
                     value = fn(*a, **kw)
                 if errors.interrupted():  # raised, then swallowed by native code
                     _interrupted_exit(errors.interrupted())
+                _end_on_signal(0)  # the work is done: a late Ctrl-C does not make it a failure
                 return value
             except typer.Exit:
                 raise
@@ -248,6 +249,25 @@ def command(name: str, examples: list[str]):
         return app.command(name, epilog=epilog)(run)
 
     return wrap
+
+
+def _end_on_signal(code: int) -> None:
+    """From now on (the command's work done, its last line said), Ctrl-C or SIGTERM ends the
+    process at once with ``code``: what is left until ``main`` ends it is nothing to
+    interrupt, and a Ctrl-C there made a finished run exit 130 without a line, so that a
+    script took a good model for a failed run. Only in the console command (``main``): a
+    program (or a test runner) calling the CLI keeps its own handlers."""
+    import signal
+
+    if not _state.get("console") or threading.current_thread() is not threading.main_thread():
+        return
+
+    def end(signum, frame):
+        _exit_now(code)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # `nohup`: kept
+            signal.signal(sig, end)
 
 
 def _interrupted_exit(kind: type[KeyboardInterrupt]) -> None:
@@ -1249,18 +1269,20 @@ def hoisted_verbose(args: list[str]) -> list[str]:
 def main() -> None:
     """Console-script entry point."""
     _own_temp_folder("transfer-run-")
+    _state["console"] = True
     try:
         app(args=hoisted_verbose(sys.argv[1:]), prog_name="transfer")
     except SystemExit as exc:
         _leave_cluster(exc.code)
-        if exc.code in (130, 143) and "tensorflow" in sys.modules:
-            # interrupted (its clean-up done, its line said): end now. Freeing a Keras fit's
-            # tf.data iterator waits for its prefetch thread, which waits for the GIL that
-            # the freeing holds: a Ctrl-C in fit then hung the process for ever at exit
-            sys.stdout.flush()
-            sys.stderr.flush()
-            _remove_temp_folders()  # os._exit runs no atexit handler
-            os._exit(exc.code)
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else None
+        if code is not None and "tensorflow" in sys.modules:
+            # done (its files written and its lines said; or interrupted, its clean-up done):
+            # end now. Python's shutdown with TensorFlow loaded takes a second or more, and
+            # (1) freeing a Keras fit's tf.data iterator waits for its prefetch thread, which
+            # waits for the GIL that the freeing holds: a Ctrl-C in fit then hung the process
+            # for ever at exit; (2) late in it Python puts the default handlers back, and a
+            # Ctrl-C there made a finished run die by SIGINT (130, no line)
+            _exit_now(code)
         raise
     except BaseException:
         if sys.modules.get("transfer.cluster") and sys.modules["transfer.cluster"].JOINED:
@@ -1302,6 +1324,18 @@ def _own_temp_folder(prefix: str = "transfer-worker-") -> None:
     tempfile.tempdir = folder
     _TEMP_FOLDERS.append(folder)
     atexit.register(shutil.rmtree, folder, True)  # an ordinary exit (a worker that never joined)
+
+
+def _exit_now(code: int) -> None:
+    """End the process with ``code`` at once, its output flushed and its temporary folder
+    removed (``os._exit`` runs no atexit handler)."""
+    import logging
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    _remove_temp_folders()
+    os._exit(code)
 
 
 def _remove_temp_folders() -> None:
