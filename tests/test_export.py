@@ -309,15 +309,24 @@ def test_readmes_device_snippet_gives_what_predict_gives(trained_bundle, held_ou
         exif = Image.Exif()
         exif[0x0112] = 6  # "rotate 90 clockwise to view"
         upright.rotate(90, expand=True).save(sideways, exif=exif, quality=95)
+    # and a 16-bit grey scan of it (Pillow's convert("RGB") made one all white)
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    (deep / target.name).symlink_to(target)
+    with Image.open(dog) as upright:
+        grey = np.asarray(upright.convert("L"), "uint16") * 257
+    Image.fromarray(grey).save(deep / "photo.jpg", format="PNG")  # a PNG, by its bytes
     code = readme_device_snippet()
     assert "cats-vs-dogs.tflite" in code and "photo.jpg" in code and "transfer" not in code
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    label, probability = done.stdout.split()
-    expected = predict([sideways], model=trained_bundle.bundle).items[0]
-    assert label == expected.label == "dogs"
-    assert abs(float(probability) - expected.probability) < README_TOLERANCE["tflite"]
+    for folder, photo in ((tmp_path, sideways), (deep, deep / "photo.jpg")):
+        done = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        label, probability = done.stdout.split()
+        expected = predict([photo], model=trained_bundle.bundle).items[0]
+        assert label == expected.label == ("dogs" if photo == sideways else label)
+        assert abs(float(probability) - expected.probability) < README_TOLERANCE["tflite"]
+    assert expected.image["mode"].startswith("I;16")
 
 
 @pytest.fixture(scope="module")
