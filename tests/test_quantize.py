@@ -91,9 +91,11 @@ def test_quantized_export_size_accuracy_and_names(mode, trained_bundle, validati
                                                   tmp_path):
     x, y, keras_probs = validation
     target = tmp_path / f"{mode}.tflite"
+    recorder = Recorder()
     result = export.export(ExportSettings(model=trained_bundle.bundle, format="tflite",
-                                          quantize=mode, output=target))
+                                          quantize=mode, output=target), reporter=recorder)
     c = result.comparison
+    assert recorder.warnings == []  # 100 labelled images: a check that can fail
     assert result.passed and c["passed"] and result.quantize == mode
     assert result.path == target and result.tolerance == math.inf
     assert c["images"] == len(y) == 100 and c["labelled"] is True and c["io"] == "float32"
@@ -290,9 +292,15 @@ def test_int8_of_a_bundle_split_in_memory(tmp_path_factory, mobilenet_weights, t
 
     trained = in_memory_bundle(tmp_path_factory)
     data = trained.meta["data"]
+    recorder = Recorder()
     result = export.export(trained.bundle, format="tflite", quantize="int8",
-                           output=tmp_path / "own.tflite")
+                           output=tmp_path / "own.tflite", reporter=recorder)
     c = result.comparison
+    # 9 images: the check passes, and says how little that tells (it was silent on 2)
+    assert recorder.warnings == [
+        f"the check says little: 9 images from the validation split of {data['root']}, "
+        f"{c['confident_images']} of them one the float model is sure of; a check that can "
+        "fail needs a few dozen (the bundle's validation folder, or --check-images FOLDER)"]
     assert result.passed and result.n_images == 8  # check images from the validation split
     assert c["images"] == data["validate_images"] == 9 and c["labelled"]
     assert c["calibration_images"] == data["train_images"] == 27

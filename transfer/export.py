@@ -513,6 +513,11 @@ def comparison_images(classifier: BundleClassifier, fallback: np.ndarray, fallba
     return fallback, None, fallback_source
 
 
+# fewer images than this (or none the float model is sure of) and a quantized export's check
+# is said to say little: on 2 images a collapsed int8 model can agree by chance
+FEW_TO_COMPARE = 20
+
+
 def quantized_check(float_probs: np.ndarray, quant_probs: np.ndarray,
                     labels: np.ndarray | None) -> dict:
     """Whether a quantized model is a faithful copy of the float one, from their class
@@ -621,7 +626,7 @@ def _quantized(classifier: BundleClassifier, quantize: str, staged: Path, work: 
         reporter.info(f"calibrating int8 on {len(calibration)} images of {calibration_source}")
     _tflite(classifier.model, staged, work, quantize, calibration)
     cx, labels, compare_source = comparison_images(classifier, x, source)
-    reporter.info(f"comparing the float and the {quantize} model on {len(cx)} images of "
+    reporter.info(f"comparing the float and the {quantize} model on {len(cx)} images from "
                   f"{compare_source}")
     float_probs = class_probabilities(_run_tflite(floating, cx))
     quant_probs = class_probabilities(_run_tflite(staged, cx))
@@ -656,6 +661,15 @@ def _quantized(classifier: BundleClassifier, quantize: str, staged: Path, work: 
         "size_ratio": quant_bytes / float_bytes,
         **quantized_check(float_probs, quant_probs, labels),
     }
+    if len(cx) < FEW_TO_COMPARE or not comparison["confident_images"]:
+        # the check's rules hold, but on so few images (2 unlabelled, none the float model
+        # was sure of, passed "vacuously") they cannot tell a broken copy from a sound one
+        kind = "" if labels is not None else "unlabelled "
+        reporter.warn(f"the check says little: {len(cx)} {kind}image"
+                      f"{'' if len(cx) == 1 else 's'} from {compare_source}, "
+                      f"{comparison['confident_images']} of them one the float model is sure "
+                      f"of; a check that can fail needs a few dozen (the bundle's validation "
+                      "folder, or --check-images FOLDER)")
     return actual, comparison
 
 
