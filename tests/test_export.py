@@ -154,6 +154,14 @@ def test_export_refusals(trained_bundle, held_out, tmp_path):
         export.export(trained_bundle.bundle, format="savedmodel", output=folder, force=True,
                       check_images=held_out)
     assert (folder / "notes.txt").read_text() == "keep me"
+    # a folder where the sidecar goes: said before the conversion (it was "Is a directory"
+    # after it)
+    (tmp_path / "dm.tflite.meta.json").mkdir()
+    with pytest.raises(TransferError, match=r"dm.tflite.meta.json \(where the export's "
+                                            r"meta.json goes\) is a folder"):
+        export.export(trained_bundle.bundle, format="tflite", output=tmp_path / "dm.tflite",
+                      force=True, check_images=held_out)
+    assert not (tmp_path / "dm.tflite").exists()
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a photo")
     with pytest.raises(TransferError, match=r"check image .*bad.jpg: not an image"):

@@ -746,6 +746,10 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
                             "; choose another --output")
     if output.is_dir() and not (output / "saved_model.pb").exists():
         raise TransferError(f"{output} is a folder but not a SavedModel; refusing to replace it")
+    for path in sidecar:  # found after the whole conversion, as an "Is a directory" line
+        if path.is_dir():
+            raise TransferError(f"{path} (where the export's meta.json goes) is a folder; "
+                                "move it, or choose another --output")
     x, source = check_inputs(classifier, s.check_images)
     # int8's calibration images: read now, so that a training folder gone is said before
     # seconds of conversion, not after
