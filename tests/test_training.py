@@ -268,9 +268,18 @@ def test_train_and_validate_folders_anywhere(tiny_split, tmp_path):
 def test_tfdata_bundles_evaluate_as_training_measured(own_split, tmp_path, mobilenet_weights):
     from transfer.evaluate import evaluate
 
-    classic = train(hp(own_split, tmp_path, pipeline="tfdata", augment_copies=0, epochs=1,
-                       output=tmp_path / "t1"))
+    import warnings
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        classic = train(hp(own_split, tmp_path, pipeline="tfdata", augment_copies=0, epochs=2,
+                           output=tmp_path / "t1"))
     assert classic.meta["feature_cache"] == "off" and classic.meta["pipeline"] == "tfdata"
+    # a program calling train was told by Keras that the run was cut short ("Your input ran
+    # out of data") and that shuffle=True was ignored: both epochs ran whole
+    assert len(classic.history["loss"]) == 2
+    assert not [w for w in said if "ran out of data" in str(w.message)
+                or "shuffle=True" in str(w.message)], [str(w.message) for w in said]
     recorder = Recorder()
     cached = train(hp(own_split, tmp_path, **GENUINE, pipeline="tfdata", augment_copies=1,
                       epochs=3, output=tmp_path / "t2"), reporter=recorder)

@@ -11,6 +11,7 @@ classic augmented recipe and the CNN from scratch). Timings travel in the result
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -719,6 +720,21 @@ def write_tensorboard(folder: Path, history: dict) -> None:
 # --------------------------------------------------------------------------- fits
 
 
+@contextlib.contextmanager
+def _keras_false_alarms():
+    """Keras's "Your input ran out of data; interrupting training" for a tf.data pipeline
+    whose length it cannot know before the first epoch ends (the unreadable files are left
+    out as it goes): every epoch ran whole, yet a program calling ``train`` was told it was
+    cut short (the CLI hides Keras's warnings). Left out during the fit alone; the caller's
+    filters come back after."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Your input ran out of data",
+                                category=UserWarning)
+        yield
+
+
 def fit_end_to_end(plan: RunPlan, built: Built, reporter: Reporter, phase: str = "train",
                    learning_rate: float | None = None, epochs: int | None = None) -> Fit:
     """Train the core graph on images through the pipeline (the base runs every epoch)."""
@@ -736,9 +752,12 @@ def fit_end_to_end(plan: RunPlan, built: Built, reporter: Reporter, phase: str =
             schedule, learning_rate or hp.learning_rate, epochs * steps), plan.binary)
     start = time.perf_counter()
     with reporter.task(f"Training ({phase})", total=epochs) as advance:
-        with at_safe_points():  # a Ctrl-C stops the fit at a batch end
+        with at_safe_points(), _keras_false_alarms():  # a Ctrl-C stops at a batch end
             fit = built.core.fit(train_data, validation_data=val_data, epochs=epochs,
                                  verbose=0, class_weight=weights,
+                                 # a tf.data pipeline shuffles itself (Keras warned that it
+                                 # ignores shuffle=True, fit's default, for a Dataset)
+                                 shuffle=hasattr(train_data, "__getitem__"),
                                  callbacks=callbacks(plan, phase, advance, epochs))
     info = {"class_weight": class_weight_meta(plan, applied, weights),
             "watched_from": watched_from(plan, phase, epochs)}
