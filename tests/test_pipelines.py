@@ -266,3 +266,24 @@ def test_a_class_whose_validation_share_is_all_damaged_is_named(tmp_path):
     assert pipelines.unmeasured(run) == ["roses"]
     run.validate.append(pipelines.Sample(tmp_path / "roses.jpg", 1))
     assert pipelines.unmeasured(run) == []
+
+
+def test_a_folder_of_model_bundles_given_as_the_data_is_said_to_be_one(trained_bundle,
+                                                                       tmp_path):
+    """A models folder given as --data-dir: each bundle was taken for a class, its curves.png
+    for its one photo ("too few usable images (late: 1 usable ...)")."""
+    from typer.testing import CliRunner
+
+    from transfer.cli import app
+
+    models = tmp_path / "models"
+    for name in ("late", "a"):
+        shutil.copytree(trained_bundle.bundle, models / name)
+    with pytest.raises(TransferError, match=r"models: a, late are model bundles \(what "
+                                            r"transfer train writes\), not class folders of "
+                                            r"photos; give --data-dir the folder of photos"):
+        pipelines.class_names(models)
+    said = CliRunner().invoke(app, ["train", "--data-dir", str(models), "--weights", "none",
+                                    "--output", str(tmp_path / "out")])
+    assert said.exit_code == 1 and "are model bundles" in said.output, said.output
+    assert not (tmp_path / "out").exists()

@@ -266,9 +266,9 @@ def test_train_and_validate_folders_anywhere(tiny_split, tmp_path):
 
 
 def test_tfdata_bundles_evaluate_as_training_measured(own_split, tmp_path, mobilenet_weights):
-    from transfer.evaluate import evaluate
-
     import warnings
+
+    from transfer.evaluate import evaluate
 
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")

@@ -181,6 +181,14 @@ def class_names(directory: Path) -> list[str]:
     if same:
         raise TransferError(f"{directory}: the class folders {' and '.join(same)} differ "
                             "only in case; rename or merge them")
+    from transfer.bundle import is_bundle
+
+    bundles = [name for name in names if is_bundle(directory / name)]
+    if bundles:  # a models folder given as the data: each bundle a "class" of its pictures
+        shown = ", ".join(bundles[:3]) + (" ..." if len(bundles) > 3 else "")
+        what = "is a model bundle" if len(bundles) == 1 else "are model bundles"
+        raise TransferError(f"{directory}: {shown} {what} (what transfer train writes), not "
+                            "class folders of photos; give --data-dir the folder of photos")
     for name in names:
         if not image_files(directory / name):
             unread = unread_summary(unread_photos(directory / name))
