@@ -1217,3 +1217,37 @@ def test_the_cnn_from_scratch_is_not_stopped_or_kept_in_its_noisy_first_half(tmp
     # which epoch a history's bundle holds, watched from the 4th
     history = {"val_loss": [0.1, 0.9, 0.8, 0.5, 0.7, 0.6], "phase": ["train"] * 6}
     assert saved_epoch(history) == 1 and saved_epoch(history, watched_from=3) == 4
+
+
+def tensorboard_scalars(folder: Path, tag: str) -> list[float]:
+    """The values of ``tag`` in the event files under ``folder``, in step order."""
+    from transfer.tf import tf
+
+    found = []
+    for events in sorted(folder.rglob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    found.append((event.step, float(tf.make_ndarray(value.tensor))))
+    return [v for _, v in sorted(found)]
+
+
+@pytest.mark.parametrize("pipeline", ["tfdata", "generator"])
+def test_a_cosine_schedule_ends_at_the_last_step_on_either_pipeline(pipeline, own_split,
+                                                                    tmp_path):
+    """The tf.data pipeline's length is unknown to Keras (unreadable files are left out as it
+    goes), and Keras counted one step more an epoch than it ran: a cosine schedule reached 0
+    epochs early (a 24-epoch scratch run trained its last 3 at rate 0). The rate after each
+    epoch is now the schedule's at the steps run, on both pipelines."""
+    from transfer.tf import keras
+
+    logs = tmp_path / "tb"
+    result = train(hp(own_split, tmp_path, base="scratch", alpha=1.0, image_size=32, epochs=3,
+                      pipeline=pipeline, lr_schedule="cosine", learning_rate=2e-3,
+                      tensorboard=logs, output=tmp_path / pipeline))
+    steps = 3  # 24 training photos at --batch-size 8
+    assert sum(result.counts["train"].values()) == 24
+    schedule = keras.optimizers.schedules.CosineDecay(2e-3, decay_steps=3 * steps, alpha=0.0)
+    logged = tensorboard_scalars(logs, "epoch_learning_rate")
+    assert logged == pytest.approx([float(schedule(e * steps)) for e in (1, 2, 3)], rel=1e-5,
+                                   abs=1e-9), logged

@@ -722,11 +722,11 @@ def write_tensorboard(folder: Path, history: dict) -> None:
 
 @contextlib.contextmanager
 def _keras_false_alarms():
-    """Keras's "Your input ran out of data; interrupting training" for a tf.data pipeline
-    whose length it cannot know before the first epoch ends (the unreadable files are left
-    out as it goes): every epoch ran whole, yet a program calling ``train`` was told it was
-    cut short (the CLI hides Keras's warnings). Left out during the fit alone; the caller's
-    filters come back after."""
+    """Keras's "Your input ran out of data; interrupting training", said when it evaluates a
+    tf.data validation pipeline whose length it cannot know (unreadable files are left out as
+    it goes): the whole split was evaluated, yet a program calling ``train`` was told its
+    training was cut short (the CLI hides Keras's warnings). Left out during the fit alone;
+    the caller's filters come back after."""
     import warnings
 
     with warnings.catch_warnings():
@@ -751,13 +751,20 @@ def fit_end_to_end(plan: RunPlan, built: Built, reporter: Reporter, phase: str =
         compile_model(built.core, schedule_of(
             schedule, learning_rate or hp.learning_rate, epochs * steps), plan.binary)
     start = time.perf_counter()
+    per_epoch = {}
+    if not hasattr(train_data, "__getitem__"):
+        # a tf.data pipeline, whose length Keras cannot know (unreadable files are left out as
+        # it goes): Keras then counted one more step an epoch than it ran, and a cosine
+        # schedule reached 0 epochs early (3 of 24 at rate 0). Repeated, with its steps given
+        # (reshuffled each pass), every epoch is the `steps` the schedule counts
+        train_data, per_epoch = train_data.repeat(), {"steps_per_epoch": steps}
     with reporter.task(f"Training ({phase})", total=epochs) as advance:
         with at_safe_points(), _keras_false_alarms():  # a Ctrl-C stops at a batch end
             fit = built.core.fit(train_data, validation_data=val_data, epochs=epochs,
                                  verbose=0, class_weight=weights,
                                  # a tf.data pipeline shuffles itself (Keras warned that it
                                  # ignores shuffle=True, fit's default, for a Dataset)
-                                 shuffle=hasattr(train_data, "__getitem__"),
+                                 shuffle=hasattr(train_data, "__getitem__"), **per_epoch,
                                  callbacks=callbacks(plan, phase, advance, epochs))
     info = {"class_weight": class_weight_meta(plan, applied, weights),
             "watched_from": watched_from(plan, phase, epochs)}
