@@ -224,8 +224,13 @@ def random_affine(pixels: np.ndarray, augment, rng: np.random.Generator) -> np.n
     matrix = rotate @ move @ slant @ scale
     if flip:
         matrix = matrix @ np.diag([-1.0, 1.0, 1.0])
-    pad = size // 2
     centre = (size - 1) / 2.0
+    # edge-pad as far as the output's corners reach into the input (a strong rotation, shift
+    # and zoom reached past a fixed half side, and the corners were black, not "nearest")
+    corners = matrix[:2, :2] @ np.array([[-centre, centre, -centre, centre],
+                                         [-centre, -centre, centre, centre]])
+    reach = np.abs(corners + matrix[:2, 2:]).max()
+    pad = max(size // 2, int(np.ceil(reach - centre)) + 2)
     to_centre = np.array([[1, 0, -centre], [0, 1, -centre], [0, 0, 1]])
     back = np.array([[1, 0, centre + pad], [0, 1, centre + pad], [0, 0, 1]])
     inverse = back @ matrix @ to_centre
