@@ -452,6 +452,31 @@ def test_a_ctrl_c_after_the_run_is_done_does_not_make_it_a_failure(tiny_split, t
     assert (tmp_path / "models/done/meta.json").exists()
 
 
+def test_output_that_cannot_be_written_at_the_end_is_one_line_not_a_traceback(
+        real_photos, mobilenet_weights, tmp_path):
+    """The process ends at once after its work (os._exit): predict's CSV, still buffered, is
+    written then. A full disk (/dev/full) is one line and exit 120, as Python's own exit gives
+    it; a reader gone (`| true`) exit 120 and no line; never a traceback of the flush."""
+    dog_photo = tmp_path / "dog.jpg"
+    dog_photo.write_bytes(real_photos["dogs"][0][1])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    command = [sys.executable, "-m", "transfer", "predict", "--imagenet", "--base",
+               "mobilenet", "--alpha", "0.25", "--format", "csv", str(dog_photo)]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, env=env,
+                              timeout=300)
+    assert done.returncode == 120, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: could not write the output (No space left on device)"), done.stderr
+    assert "Traceback" not in done.stderr
+    piped = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env)
+    piped.stdout.close()  # the reader gone before the first byte
+    err = piped.stderr.read()
+    assert piped.wait(timeout=300) == 120 and "Traceback" not in err, err
+    assert "error:" not in err, err
+
+
 def test_a_run_killed_outright_leaves_nothing_once_the_next_run_is_done(
         tiny_split, mobilenet_weights, tmp_path):
     """kill -9 (or the out-of-memory killer) in the middle of the base's TFLite conversion

@@ -1331,9 +1331,20 @@ def _exit_now(code: int) -> None:
     removed (``os._exit`` runs no atexit handler)."""
     import logging
 
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:  # what is still buffered (predict's CSV) goes now: a full disk or a reader gone
+            if stream is not None:  # (`| head`) fails here, as Python's own exit would
+                stream.flush()
+        except (OSError, ValueError) as exc:
+            code = code or 120  # Python's exit status when it cannot flush stdout
+            import errno
+
+            if stream is sys.stdout and getattr(exc, "errno", None) not in (None, errno.EPIPE):
+                with contextlib.suppress(Exception):  # a full disk is said; a closed pipe not
+                    sys.stderr.write(f"error: could not write the output ({exc.strerror})\n")
+                    sys.stderr.flush()
+    with contextlib.suppress(Exception):
+        logging.shutdown()
     _remove_temp_folders()
     os._exit(code)
 
