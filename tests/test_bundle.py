@@ -498,34 +498,53 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+def _aged(*paths: Path, hours: float = 2.0) -> None:
+    """Make ``paths`` look untouched for ``hours`` (a run killed that long ago)."""
+    import time
+
+    then = time.time() - hours * 3600
+    for path in paths:
+        os.utime(path, (then, then), follow_symlinks=False)
+
+
 def test_what_a_killed_run_left_half_written_goes_with_the_next_write_beside_it(tmp_path):
     """A run killed outright (kill -9, the out-of-memory killer) runs no clean-up: its hidden
     half-written bundle, export, report or conversion stayed beside the user's files for good.
     The next write into that folder removes them: those named for this machine and a process
-    that no longer exists; not a live process's, another machine's (a shared folder), a
-    bundle's `-old` copy (maybe the only one left), nor a file of the user's."""
-    from transfer.files import _machine, sweep_left_by_killed, temp_prefix, write_json
+    that no longer exists, untouched for an hour; not a live process's, a fresh one's (a
+    process id names a process only in its own container), another machine's (a shared
+    folder), a bundle's `-old` copy (maybe the only one left), nor a file of the user's."""
+    from transfer.files import _machine_tag, sweep_left_by_killed, temp_prefix, write_json
 
-    host, dead = _machine(), _dead_pid()
+    tag, dead = _machine_tag(), _dead_pid()
     models = tmp_path / "models"
     models.mkdir()
-    left = [models / f".cats.tmp-{host}-{dead}-x7f2", models / f".report.tmp-{host}-{dead}-.json",
-            models / f".latest.tmp-{host}-{dead}-link"]
+    left = [models / f".cats.tmp-{tag}-{dead}-x7f2", models / f".report.tmp-{tag}-{dead}-.json",
+            models / f".latest.tmp-{tag}-{dead}-link"]
     left[0].mkdir()
     (left[0] / "model.keras").write_bytes(b"half")
     left[1].write_text("{")
     left[2].symlink_to(tmp_path)  # a link goes, what it points at stays
-    kept = [models / f".live.tmp-{host}-{os.getppid()}-abc",  # a run still going
-            models / f".cats.tmp-other_machine-{dead}-abc",  # another machine's run
-            models / f".cats.tmp-{host}-{dead}-x7f2-old",  # the bundle being replaced
-            models / ".NOTES.tmp-1", models / f"notes.tmp-{host}-{dead}-.txt"]  # the user's
+    kept = [models / f".live.tmp-{tag}-{os.getppid()}-abc",  # a run still going
+            models / f".cats.tmp-0badcafe-{dead}-abc",  # another machine's run
+            models / f".cats.tmp-{tag}-{dead}-x7f2-old",  # the bundle being replaced
+            models / f".huge.tmp-{tag}-{'9' * 30}-abc",  # no process id at all
+            models / ".NOTES.tmp-1", models / f"notes.tmp-{tag}-{dead}-.txt"]  # the user's
     for path in kept:
         path.mkdir()
-    assert temp_prefix("cats") == f".cats.tmp-{host}-{os.getpid()}-"
+    _aged(*left, *kept)
+    fresh = models / f".fresh.tmp-{tag}-{dead}-abc"  # gone, but only just: maybe another
+    fresh.mkdir()  # container's process of the same number, still writing
+    kept.append(fresh)
+    assert temp_prefix("cats") == f".cats.tmp-{tag}-{os.getpid()}-"
+    # a name that nearly fills the file system's 255 bytes still has a temporary name
+    long = models / ("r" * 240 + ".json")
+    write_json(long, {"ok": True})
+    assert json.loads(long.read_text()) == {"ok": True}
 
     write_json(models / "summary.json", {"ok": True})
     assert sorted(p.name for p in models.iterdir()) == sorted(
-        [p.name for p in kept] + ["summary.json"])
+        [p.name for p in kept] + ["summary.json", long.name])
     assert tmp_path.exists()
     assert sweep_left_by_killed(models) == []
     assert sweep_left_by_killed(tmp_path / "not-there") == []
@@ -534,12 +553,13 @@ def test_what_a_killed_run_left_half_written_goes_with_the_next_write_beside_it(
 def test_a_bundle_written_beside_a_killed_runs_leftover_removes_it(small_bundle):
     """The same through `bundle.write` (train, mnist, compare): a killed run's half bundle goes
     when the next bundle is written in the same models folder."""
-    from transfer.files import _machine
+    from transfer.files import _machine_tag
 
     model, meta = bundle.load(small_bundle)
-    half = small_bundle.parent / f".{small_bundle.name}.tmp-{_machine()}-{_dead_pid()}-a1b2"
+    half = small_bundle.parent / f".{small_bundle.name}.tmp-{_machine_tag()}-{_dead_pid()}-a1b2"
     half.mkdir()
     (half / "model.keras").write_bytes(b"half")
+    _aged(half)
     bundle.write(small_bundle.with_name("next"), False, model, meta, {"loss": [1.0]})
     assert not half.exists()
     assert (small_bundle.with_name("next") / "model.keras").exists()

@@ -481,8 +481,8 @@ def test_a_run_killed_outright_leaves_nothing_once_the_next_run_is_done(
         tiny_split, mobilenet_weights, tmp_path):
     """kill -9 (or the out-of-memory killer) in the middle of the base's TFLite conversion
     runs no clean-up: the half-made conversion folder stays in the user's cache. The next
-    run that converts into that cache removes it (the process that made it is gone), and
-    lands its own bundle."""
+    run that converts into that cache removes it (the process that made it is gone, an hour
+    ago or more), and lands its own bundle."""
     import signal
 
     home = tmp_path / "keras-home"
@@ -503,7 +503,10 @@ def test_a_run_killed_outright_leaves_nothing_once_the_next_run_is_done(
     signal_once(proc, lambda: list(cache.glob(".convert.tmp-*")), signal.SIGKILL,
                 "the conversion never started")
     assert proc.returncode == -signal.SIGKILL
-    assert list(cache.glob(".convert.tmp-*")), "nothing was left: the kill came too late"
+    left = list(cache.glob(".convert.tmp-*"))
+    assert left, "nothing was left: the kill came too late"
+    then = time.time() - 7200  # killed two hours ago (a fresh leftover is left alone)
+    os.utime(left[0], (then, then))
     done = subprocess.run(train("next"), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert not list(cache.glob(".convert.tmp-*")), "the killed run's conversion folder stayed"

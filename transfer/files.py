@@ -243,7 +243,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)  # signal 0: nothing sent, only whether the process exists
     except ProcessLookupError:
         return False
-    except OSError:  # another user's process: it exists
+    except (OSError, OverflowError, ValueError):  # another user's; or no process id at all
         return True
     return True
 
@@ -271,10 +271,23 @@ def sweep_temp_folders(prefix: str) -> list[Path]:
     return gone
 
 
+def _machine_tag() -> str:
+    """8 hex digits of this machine's name: short, so that a temporary name stays within the
+    file system's 255 bytes when the name it stands for nearly fills them."""
+    return hashlib.sha256(_machine().encode()).hexdigest()[:8]
+
+
+# a leftover younger than this is left alone, dead process or not: a process id names a
+# process only within its PID namespace (a container sharing the folder and the host name),
+# and no write of a bundle, export or report takes this long
+SWEEP_AGE_SECONDS = 3600.0
+
+
 def temp_prefix(name: str) -> str:
-    """``.<name>.tmp-<machine>-<pid>-``: the start of the name of a temporary file or folder
-    written beside ``name``, which ``sweep_left_by_killed`` can tell to be this process's."""
-    return f".{name}.tmp-{_machine()}-{os.getpid()}-"
+    """``.<name>.tmp-<machine tag>-<pid>-``: the start of the name of a temporary file or
+    folder written beside ``name`` (its first 80 characters), which ``sweep_left_by_killed``
+    can tell to be this process's."""
+    return f".{name[:80]}.tmp-{_machine_tag()}-{os.getpid()}-"
 
 
 def sweep_left_by_killed(folder: Path) -> list[Path]:
@@ -282,19 +295,22 @@ def sweep_left_by_killed(folder: Path) -> list[Path]:
     processes of this machine that are gone: a process killed outright (SIGKILL, the
     out-of-memory killer) runs no clean-up, and its hidden half-written bundle, export or
     conversion stayed beside the user's files for ever. Returns them. Only names with this
-    machine's name and a process id that no longer exists are touched (never the ``-old``
-    copy of a bundle being replaced, which may be the only one left); none on Windows."""
+    machine's tag and a process id that no longer exists, unchanged for an hour
+    (``SWEEP_AGE_SECONDS``), are touched (never the ``-old`` copy of a bundle being replaced,
+    which may be the only one left); none on Windows."""
     import re
     import shutil
+    import time
 
     if os.name == "nt":
         return []
-    mine = re.compile(rf"\..*\.tmp-{re.escape(_machine())}-(\d+)-")
+    mine = re.compile(rf"\..*\.tmp-{_machine_tag()}-(\d+)-")
     gone = []
     try:
         names = [entry.name for entry in os.scandir(folder) if ".tmp-" in entry.name]
     except OSError:  # not there yet, or not listable: nothing to sweep
         return []
+    now = time.time()
     for name in names:
         match = mine.match(name)
         if (not match or name.endswith("-old") or int(match[1]) == os.getpid()
@@ -302,6 +318,8 @@ def sweep_left_by_killed(folder: Path) -> list[Path]:
             continue
         path = Path(folder) / name
         with contextlib.suppress(OSError):
+            if now - path.lstat().st_mtime < SWEEP_AGE_SECONDS:
+                continue
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
