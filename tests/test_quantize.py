@@ -298,9 +298,9 @@ def test_int8_of_a_bundle_split_in_memory(tmp_path_factory, mobilenet_weights, t
     c = result.comparison
     # 9 images: the check passes, and says how little that tells (it was silent on 2)
     assert recorder.warnings == [
-        f"the check says little: 9 images from the validation split of {data['root']}, "
-        f"{c['confident_images']} of them one the float model is sure of; a check that can "
-        "fail needs a few dozen (the bundle's validation folder, or --check-images FOLDER)"]
+        f"the check says little: only 9 images from the validation split of {data['root']} "
+        f"({c['confident_images']} the float model is sure of); a check that can fail needs a "
+        "few dozen (a larger validation split)"]
     assert result.passed and result.n_images == 8  # check images from the validation split
     assert c["images"] == data["validate_images"] == 9 and c["labelled"]
     assert c["calibration_images"] == data["train_images"] == 27
@@ -399,3 +399,20 @@ def test_the_depthwise_float_variant_is_silent_in_a_notebook(tmp_path):
     assert (tmp_path / "m.tflite").stat().st_size > 0
     assert "deprecated" not in notebook.getvalue(), notebook.getvalue()
 
+
+
+def test_a_check_with_no_image_the_float_model_is_sure_of_says_so(trained_bundle, tmp_path,
+                                                                  monkeypatch):
+    """100 validation images, none the float model is sure of (the threshold raised past 1 to
+    stand for a weak model): the check is agreement alone, and the warning says that, not
+    that more images would help."""
+    monkeypatch.setattr(export, "CONFIDENT", 1.01)
+    recorder = Recorder()
+    result = export.export(trained_bundle.bundle, format="tflite", quantize="dynamic",
+                           output=tmp_path / "weak.tflite", reporter=recorder)
+    c = result.comparison
+    assert c["confident_images"] == 0 and c["images"] == 100
+    assert recorder.warnings == [
+        "the check says little: the float model is sure (1.01 or more) of none of the 100 "
+        f"images from {c['source']}, so only its agreement with the quantized one "
+        f"({c['agreement']:.0%}) was checked"]

@@ -661,15 +661,21 @@ def _quantized(classifier: BundleClassifier, quantize: str, staged: Path, work: 
         "size_ratio": quant_bytes / float_bytes,
         **quantized_check(float_probs, quant_probs, labels),
     }
-    if len(cx) < FEW_TO_COMPARE or not comparison["confident_images"]:
-        # the check's rules hold, but on so few images (2 unlabelled, none the float model
-        # was sure of, passed "vacuously") they cannot tell a broken copy from a sound one
+    # the check's rules hold, but on so few images (2 unlabelled, none the float model was
+    # sure of, passed "vacuously") they cannot tell a broken copy from a sound one
+    sure = comparison["confident_images"]
+    if len(cx) < FEW_TO_COMPARE:
         kind = "" if labels is not None else "unlabelled "
-        reporter.warn(f"the check says little: {len(cx)} {kind}image"
-                      f"{'' if len(cx) == 1 else 's'} from {compare_source}, "
-                      f"{comparison['confident_images']} of them one the float model is sure "
-                      f"of; a check that can fail needs a few dozen (the bundle's validation "
-                      "folder, or --check-images FOLDER)")
+        more = ("a larger validation split" if labels is not None else
+                "the bundle's validation folder, or --check-images FOLDER")
+        reporter.warn(f"the check says little: only {len(cx)} {kind}image"
+                      f"{'' if len(cx) == 1 else 's'} from {compare_source} ({sure} the float "
+                      f"model is sure of); a check that can fail needs a few dozen ({more})")
+    elif not sure:
+        reporter.warn(f"the check says little: the float model is sure ({CONFIDENT:g} or more) "
+                      f"of none of the {len(cx)} images from {compare_source}, so only its "
+                      f"agreement with the quantized one ({comparison['agreement']:.0%}) was "
+                      "checked")
     return actual, comparison
 
 
