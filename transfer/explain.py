@@ -352,16 +352,22 @@ def explain_all(settings: ExplainSettings, *, reporter: Reporter | None = None
     s = settings.validated()
     reporter = reporter or Reporter()
     rows = outputs_of(list(s.images), s.output)
-    explained = {resolved(image) for _, image, _, _ in rows if image is not None}
-    for _, _, png, _ in rows:  # a picture written over a photo explained after it
-        if png is not None and png.exists() and resolved(png) in explained:
-            raise TransferError(f"{png} is one of the images this run explains: it is not "
-                                "replaced by a Grad-CAM picture, even with --force; leave it "
-                                "out, or choose another --output")
+    # an earlier run's pictures named among the images (`explain --force photos/*`, the shell
+    # expanding the glob): explained, they were overwritten before they were read, and
+    # explained again as photos; they are this run's outputs, left out and said
+    written = {resolved(png) for _, _, png, _ in rows if png is not None and png.exists()}
+    again = [name for name, image, _, _ in rows
+             if image is not None and resolved(image) in written]
+    rows = [row for row in rows if row[0] not in again]
     existing = [png for _, _, png, _ in rows if png is not None and png.exists()]
     if existing and not s.force:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise TransferError(f"{existing[0]}{more} already exists; use --force to replace")
+    if again:
+        reporter.warn(f"left out: {len(again)} Grad-CAM picture{'' if len(again) == 1 else 's'}"
+                      f" of an earlier run named among the images ({again[0]}"
+                      f"{', ...' if len(again) > 1 else ''}): this run writes "
+                      f"{'it' if len(again) == 1 else 'them'} again")
     classifier = BundleClassifier(s.model, s.invert)
     _class_index(classifier.class_names, s.class_name)  # an unknown class: before any image
     done = []
