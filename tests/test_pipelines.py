@@ -281,7 +281,8 @@ def test_a_folder_of_model_bundles_given_as_the_data_is_said_to_be_one(trained_b
         shutil.copytree(trained_bundle.bundle, models / name)
     with pytest.raises(TransferError, match=r"models: a, late are model bundles \(what "
                                             r"transfer train writes\), not class folders of "
-                                            r"photos; give --data-dir the folder of photos"):
+                                            r"photos; give --data-dir the folder of class "
+                                            r"folders \(or move them out of it\)"):
         pipelines.class_names(models)
     said = CliRunner().invoke(app, ["train", "--data-dir", str(models), "--weights", "none",
                                     "--output", str(tmp_path / "out")])

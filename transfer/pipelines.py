@@ -186,9 +186,12 @@ def class_names(directory: Path) -> list[str]:
     bundles = [name for name in names if is_bundle(directory / name)]
     if bundles:  # a models folder given as the data: each bundle a "class" of its pictures
         shown = ", ".join(bundles[:3]) + (" ..." if len(bundles) > 3 else "")
-        what = "is a model bundle" if len(bundles) == 1 else "are model bundles"
+        one = len(bundles) == 1
+        what = "is a model bundle" if one else "are model bundles"
         raise TransferError(f"{directory}: {shown} {what} (what transfer train writes), not "
-                            "class folders of photos; give --data-dir the folder of photos")
+                            f"class folder{'' if one else 's'} of photos; give --data-dir the "
+                            f"folder of class folders (or move {'it' if one else 'them'} out "
+                            "of it)")
     for name in names:
         if not image_files(directory / name):
             unread = unread_summary(unread_photos(directory / name))
