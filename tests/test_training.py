@@ -1251,3 +1251,36 @@ def test_a_cosine_schedule_ends_at_the_last_step_on_either_pipeline(pipeline, ow
     logged = tensorboard_scalars(logs, "epoch_learning_rate")
     assert logged == pytest.approx([float(schedule(e * steps)) for e in (1, 2, 3)], rel=1e-5,
                                    abs=1e-9), logged
+
+
+def test_the_preview_of_cached_copies_shows_the_copies_the_pass_computed(own_split, tmp_path,
+                                                                       monkeypatch):
+    """--tta none caches one transformed copy of each photo, the only one its head sees: the
+    preview drew three others (each photo's draw went by its row in the picture, not by its
+    place in the training list). Now each tile is one of the copies the feature pass
+    computed, and there are as many tiles as copies."""
+    from PIL import Image
+
+    from transfer import features, preview
+
+    drawn, shown, into = [], [], {"list": None}
+    real_affine, real_versions = features.random_affine, preview.augmented_versions
+
+    def spy(pixels, augment, rng):  # the real transform, its outputs written down
+        out = real_affine(pixels, augment, rng)
+        into["list"].append(out.tobytes())
+        return out
+
+    def versions(*args, **kwargs):
+        into["list"] = shown
+        return real_versions(*args, **kwargs)
+
+    into["list"] = drawn
+    monkeypatch.setattr(features, "random_affine", spy)
+    monkeypatch.setattr(preview, "augmented_versions", versions)
+    result = train(hp(own_split, tmp_path, **GENUINE, tta="none", augment_copies=1, epochs=1,
+                      output=tmp_path / "copies"))
+    assert result.meta["feature_cache"] == "miss" and len(drawn) == 24  # one copy each
+    assert len(shown) == 6 and set(shown) <= set(drawn)
+    with Image.open(result.bundle / "augment-preview.png") as picture:
+        assert picture.width == 2 * 2 * 80  # the photo and its one copy

@@ -74,11 +74,13 @@ def pick_photos(source, n: int, seed: int) -> list[tuple[Path, str]]:
 
 
 def augmented_versions(images: np.ndarray, augment: Augment, copies: int, seed: int,
-                       pipeline: str = "generator") -> np.ndarray:
+                       pipeline: str = "generator", indices: list[int] | None = None
+                       ) -> np.ndarray:
     """(n, copies, size, size, 3) uint8: ``copies`` random augmentations of each image
     (n, size, size, 3), seeded, by the transforms ``pipeline`` trains with: "generator"
     (ImageDataGenerator's), "tfdata" (the Keras layers) or "features" (the feature pass of a
-    frozen base)."""
+    frozen base; with ``indices``, each image's place in the training list, the very copies
+    the pass computed)."""
     if pipeline not in ROUTES:
         raise TransferError(f"unknown pipeline {pipeline!r}; choose {', '.join(ROUTES)}")
     from transfer import features, pipelines
@@ -90,8 +92,9 @@ def augmented_versions(images: np.ndarray, augment: Augment, copies: int, seed: 
         pixels = np.clip(np.rint(images), 0, 255).astype("uint8")
         for k in range(copies):
             for i, image in enumerate(pixels):
+                at = indices[i] if indices is not None else i
                 out[i, k] = features.random_affine(
-                    image, augment, np.random.default_rng([seed + 1000 * k, i]))
+                    image, augment, np.random.default_rng([seed + 1000 * k, at]))
     elif pipeline == "generator" and hasattr(pipelines, "_transformer"):
         transform = pipelines._transformer(augment)
         for k in range(copies):
@@ -106,7 +109,7 @@ def augmented_versions(images: np.ndarray, augment: Augment, copies: int, seed: 
 
 def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
                     seed: int = 42, copies: int = 3, pipeline: str = "generator",
-                    views: str | None = None) -> Path:
+                    views: str | None = None, indices: dict | None = None) -> Path:
     """Write a PNG grid: per row one training photo, then ``copies`` augmented versions of it;
     or, for a run with test-time flips and no transformed copies, what its head trains on
     (``views``, as meta.json's ``test_time.train_views``): "photo and mirror", each photo
@@ -123,7 +126,8 @@ def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
         path: the PNG to write (atomically).
         n: photos (rows); seed: which photos and which random transforms; copies: augmented
             versions per photo; pipeline: whose transforms (``ROUTES``: "generator",
-            "tfdata" or "features").
+            "tfdata" or "features"); indices: {path: its place in the training list}, for
+            "features": the copies drawn are the very ones the feature pass computed.
 
     Returns:
         The path written.
@@ -134,7 +138,7 @@ def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
     from transfer import images as image_io
     from transfer import pipelines, plots
 
-    photos, labels = [], []
+    photos, labels, places = [], [], []
     for file, label in pick_photos(source, max(n * 2, n), seed):
         if len(photos) == n:
             break
@@ -143,6 +147,7 @@ def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
         except (image_io.ImageError, OSError):
             continue  # an unreadable file: training skips it too
         labels.append(f"{label}: {Path(file).name}" if label else Path(file).name)
+        places.append((indices or {}).get(file, len(places)))
     if not photos:
         raise TransferError(f"no readable photo in {source} to preview")
     stack = np.stack(photos)
@@ -152,7 +157,8 @@ def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
     elif mirror_only:
         copies, versions = 1, stack[:, None, :, ::-1]
     elif augment.enabled:
-        versions = augmented_versions(stack, augment, copies, seed, pipeline)
+        versions = augmented_versions(stack, augment, copies, seed, pipeline,
+                                      places if indices is not None else None)
     else:
         versions = np.repeat(stack[:, None], copies, axis=1)
     plt = plots._pyplot()

@@ -442,13 +442,19 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
         def extras(folder):  # besides the model: what the network saw, and what it trained on
             usable = run.usable("train")
             feature_views = run.use_cache and (run.copies > 0 or run.transforms_unused)
+            # the cached copies: the very ones the pass computed (each photo's draw goes by
+            # its place in the training list), as many as there are, up to three
+            copied = feature_views and run.copies > 0
             preview_augment([(s.path, run.names[s.label]) for s in usable],  # rows by class
                             # transformed copies of the features are drawn at the training
                             # size; fine-tuning's transforms at the model's, by its pipeline
                             settings.augment, run.feature_size if feature_views else run.size,
                             Path(folder) / PREVIEW_PNG, seed=settings.seed,
+                            copies=min(3, run.copies) if copied else 3,
                             pipeline="features" if feature_views else settings.pipeline,
-                            views=run.train_views if run.transforms_unused else None)
+                            views=run.train_views if run.transforms_unused else None,
+                            indices={s.path: i for i, s in enumerate(usable)} if copied
+                            else None)
             trained = {s.path for s in usable}  # sizes as the plan read them (the cache's key)
             bundle.write_train_files(Path(folder) / bundle.TRAIN_FILES, [
                 (run.names[s.label], s.path.name, size, str(Path(s.path).absolute()))
