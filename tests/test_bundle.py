@@ -541,10 +541,13 @@ def test_what_a_killed_run_left_half_written_goes_with_the_next_write_beside_it(
     long = models / ("r" * 240 + ".json")
     write_json(long, {"ok": True})
     assert json.loads(long.read_text()) == {"ok": True}
+    wide = models / ("写" * 80 + ".json")  # 245 bytes in UTF-8
+    write_json(wide, {"ok": True})
+    assert json.loads(wide.read_text()) == {"ok": True}
 
     write_json(models / "summary.json", {"ok": True})
     assert sorted(p.name for p in models.iterdir()) == sorted(
-        [p.name for p in kept] + ["summary.json", long.name])
+        [p.name for p in kept] + ["summary.json", long.name, wide.name])
     assert tmp_path.exists()
     assert sweep_left_by_killed(models) == []
     assert sweep_left_by_killed(tmp_path / "not-there") == []

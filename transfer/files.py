@@ -285,9 +285,10 @@ SWEEP_AGE_SECONDS = 3600.0
 
 def temp_prefix(name: str) -> str:
     """``.<name>.tmp-<machine tag>-<pid>-``: the start of the name of a temporary file or
-    folder written beside ``name`` (its first 80 characters), which ``sweep_left_by_killed``
-    can tell to be this process's."""
-    return f".{name[:80]}.tmp-{_machine_tag()}-{os.getpid()}-"
+    folder written beside ``name`` (its first 80 bytes), which ``sweep_left_by_killed`` can
+    tell to be this process's."""
+    short = os.fsdecode(os.fsencode(name)[:80])  # bytes: 80 characters of CJK are 240
+    return f".{short}.tmp-{_machine_tag()}-{os.getpid()}-"
 
 
 def sweep_left_by_killed(folder: Path) -> list[Path]:
