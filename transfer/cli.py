@@ -252,11 +252,11 @@ def command(name: str, examples: list[str]):
 
 
 def _end_on_signal(code: int) -> None:
-    """From now on (the command's work done, its last line said), Ctrl-C or SIGTERM ends the
-    process at once with ``code``: what is left until ``main`` ends it is nothing to
-    interrupt, and a Ctrl-C there made a finished run exit 130 without a line, so that a
-    script took a good model for a failed run. Only in the console command (``main``): a
-    program (or a test runner) calling the CLI keeps its own handlers."""
+    """From now on (the command's work done: its last line said, or train's model saved),
+    Ctrl-C or SIGTERM ends the process at once with ``code``: what is left until ``main``
+    ends it is nothing to interrupt, and a Ctrl-C there made a finished run exit 130 without
+    a line, so that a script took a good model for a failed run. Only in the console command
+    (``main``): a program (or a test runner) calling the CLI keeps its own handlers."""
     import signal
 
     if not _state.get("console") or threading.current_thread() is not threading.main_thread():
@@ -573,6 +573,10 @@ def train_cmd(
     result = train(settings, reporter=_reporter())
     if result.bundle is None:  # a worker other than the chief: the chief reports the run
         return
+    # the model is saved: a Ctrl-C while the summary is said ends the run as it ended (0, or
+    # 3 when it missed --assert-accuracy-at-least), not as "interrupted"
+    gate = result.meta.get("gate")
+    _end_on_signal(3 if gate and not gate["passed"] else 0)
     m, t = result.meta["metrics"], result.meta["timings"]
     from transfer import metrics
 
