@@ -138,12 +138,12 @@ def check_image(data: bytes) -> str | None:
             # decodes it at its largest size
             image_format, (width, height) = decode_whole(io.BytesIO(data), MAX_SIZE)
     except UnidentifiedImageError:
-        from transfer.constants import UNREAD_HINT
+        from transfer.constants import unread_line
         from transfer.images import unread_kind
 
         kind = unread_kind(data)  # an iPhone's photo renamed .jpg: said as the reader says it
         if kind:
-            return f"{kind} is not a format transfer reads; {UNREAD_HINT}"
+            return unread_line(kind)
         return "not a decodable image (not a format Pillow recognises)"
     except Exception as exc:  # Pillow raises many kinds: all mean "not a usable image"
         return f"not a decodable image ({_readable(exc)})"

@@ -19,6 +19,12 @@ UNREAD_PHOTOS = {".heic": "HEIC (an iPhone's photos)", ".heif": "HEIF", ".avif":
                  **{s: "camera raw" for s in (".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf",
                                               ".orf", ".rw2")}}
 UNREAD_HINT = "convert them to JPEG (e.g. export as JPEG from the photo app)"
+
+
+def unread_line(kind: str) -> str:
+    """Why a photo of ``kind`` (``UNREAD_PHOTOS``' words) gets no answer, in the one wording
+    every command uses."""
+    return f"{kind} is not a format transfer reads; {UNREAD_HINT}"
 # What `transfer explain` writes next to an image; never a training photo.
 GRADCAM_SUFFIX = ".gradcam.png"
 # What `train --preview-augment` writes into the data folder; never a photo either.

@@ -225,14 +225,14 @@ def _pillow_errors(source=None):
     opened, to say which format an unidentified one is when it can tell)."""
     from PIL import Image, UnidentifiedImageError
 
-    from transfer.constants import UNREAD_HINT
+    from transfer.constants import unread_line
 
     try:
         yield
     except UnidentifiedImageError:
         kind = unread_kind(source) if source is not None else None
         if kind:
-            raise ImageError(f"{kind} is not a format transfer reads; {UNREAD_HINT}") from None
+            raise ImageError(unread_line(kind)) from None
         raise ImageError("not an image (Pillow cannot identify it)") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(f"too large to decode safely ({exc})") from None

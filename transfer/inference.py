@@ -50,7 +50,7 @@ import numpy as np
 
 from transfer import bases, bundle, images
 from transfer import engines as engines_module
-from transfer.constants import UNREAD_HINT, is_ignored_folder, is_own_picture, unread_photo
+from transfer.constants import is_ignored_folder, is_own_picture, unread_line, unread_photo
 from transfer.errors import TransferError
 from transfer.files import images_under, photos_under
 from transfer.metrics import class_probabilities
@@ -163,7 +163,7 @@ def unread_reason(path: Path) -> str | None:
     """Why a photo in a format the reader does not take (HEIC, camera raw) gets no answer, the
     same words for a file named, globbed or found in a folder; None for other files."""
     kind = unread_photo(path.name)
-    return f"{kind} is not a format transfer reads; {UNREAD_HINT}" if kind else None
+    return unread_line(kind) if kind else None
 
 
 def _matches(pattern: str) -> list[Path]:
