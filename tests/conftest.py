@@ -136,6 +136,24 @@ def text_as_jpg() -> bytes:
     return b"this is not an image, just text with a .jpg name\n" * 10
 
 
+def progressive_claiming(data: bytes, size: tuple[int, int]) -> bytes:
+    """A progressive JPEG of a few KB whose header says it is ``size`` (width, height): the
+    real photo ``data`` re-saved progressive at 64 x 64, its frame header (SOF2) rewritten.
+    Decoding it costs memory for ``size``, not for its bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    with Image.open(io.BytesIO(data)) as photo:
+        photo.convert("RGB").resize((64, 64)).save(buffer, "JPEG", progressive=True)
+    jpeg = bytearray(buffer.getvalue())
+    at = 2
+    while jpeg[at + 1] != 0xC2:  # marker segments up to the progressive frame header
+        at += 2 + int.from_bytes(jpeg[at + 2:at + 4], "big")
+    jpeg[at + 5:at + 7] = size[1].to_bytes(2, "big")
+    jpeg[at + 7:at + 9] = size[0].to_bytes(2, "big")
+    return bytes(jpeg)
+
+
 def png_bytes(mode: str = "RGB", size=(32, 32)) -> bytes:
     from PIL import Image
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_asset, split_images, text_as_jpg, truncated
+from conftest import progressive_claiming, require_asset, split_images, text_as_jpg, truncated
 from PIL import Image, ImageDraw
 
 from transfer import images
@@ -425,6 +425,25 @@ def test_a_jpeg_is_checked_for_bombs_at_the_size_draft_mode_decodes(photo, tmp_p
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500_000)  # warns over 0.5 MP (750,000 here)
     with pytest.warns(Image.DecompressionBombWarning):
         images.open_image(jpeg, 224)
+
+
+def test_a_progressive_jpeg_is_checked_for_bombs_at_its_stored_size(photo, tmp_path):
+    """Draft mode does not shrink what a progressive JPEG costs (libjpeg keeps every scan's
+    coefficients of the whole image): a 5 KB file saying 24000 x 24000 took 1.7 GB to read
+    for 224 px. It is refused before decoding, as Pillow refuses any image over its limit; a
+    progressive photo of an ordinary size reads as its baseline twin does."""
+    huge = tmp_path / "huge.jpg"
+    huge.write_bytes(progressive_claiming(photo.read_bytes(), (24000, 24000)))
+    with pytest.raises(images.ImageError, match="too large to decode safely"):
+        images.open_image(huge, 224)
+    progressive = tmp_path / "progressive.jpg"
+    with Image.open(photo) as opened:
+        opened.save(progressive, "JPEG", progressive=True, quality=95)
+        opened.save(tmp_path / "baseline.jpg", "JPEG", quality=95)
+    meta = {"image_size": 224, "channels": 3, "preprocessing": {"resize": "pil"}}
+    array, _ = images.model_input(progressive, meta)
+    twin, _ = images.model_input(tmp_path / "baseline.jpg", meta)
+    assert np.abs(array - twin).max() <= 2.0  # the same decoder, another order of scans
 
 
 def test_a_200_megapixel_phone_photo_is_read_at_draft_scale(photo, tmp_path):

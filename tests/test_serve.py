@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import Recorder, require_asset
+from conftest import Recorder, progressive_claiming, require_asset
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -1158,9 +1158,42 @@ def test_a_png_over_pillows_own_limit_gets_the_servers_line(client):
            + chunk(b"IDAT", zlib.compress(b"\0" * 2501)) + chunk(b"IEND", b""))
     line = serve.upload_problem(serve.Upload("huge.png", png))
     assert line == ("image is 400 megapixels; the server decodes at most 64 megapixels of an "
-                    "image that is not a JPEG: scale it down, or save it as a JPEG")
+                    "image that is not a baseline JPEG: scale it down, or save it as a JPEG")
     answer = client.post("/api/predict", files=files_field(("huge.png", png)))
     assert answer.status_code == 415 and answer.json()["errors"][0]["error"] == line
+
+
+def test_a_progressive_jpeg_is_refused_by_its_header_as_a_png_is(client, unseen):
+    """A JPEG was let through whatever its size, as draft mode decodes it small; a progressive
+    one is decoded whole (libjpeg keeps the whole image's coefficients): a 5 KB upload whose
+    header said 24000 x 24000 took 1.7 GB, and got a confident answer. Over 64 megapixels it is
+    now refused by its header; a baseline JPEG saying the same size is still read in draft
+    mode, and a progressive photo of an ordinary size is answered."""
+    photo = unseen["cats"][0][1]
+    huge = progressive_claiming(photo, (12000, 9000))
+    assert len(huge) < 10_000
+    line = serve.upload_problem(serve.Upload("big.jpg", huge))
+    assert line == ("image is 12000x9000 px (108 megapixels), a progressive JPEG, which is "
+                    "decoded whole; the server decodes at most 64 megapixels of an image that "
+                    "is not a baseline JPEG: scale it down, or save it as a baseline JPEG")
+    buffer = io.BytesIO()
+    with Image.open(io.BytesIO(photo)) as opened:
+        opened.save(buffer, "JPEG", progressive=True)
+    assert Image.open(io.BytesIO(buffer.getvalue())).info.get("progressive")
+    answer = client.post("/api/predict", files=files_field(
+        ("big.jpg", huge), ("cat.jpg", buffer.getvalue())))
+    rows = {p["file"]: p["error"] for p in answer.json()["predictions"]}
+    assert answer.status_code == 200 and rows == {"big.jpg": line, "cat.jpg": None}
+    explained = client.post("/api/explain", files=[("file", ("big.jpg", huge))])
+    assert explained.status_code == 415 and explained.json()["errors"][0]["error"] == line
+    # the same header on a baseline JPEG: Pillow's own check on the stored size is not applied
+    # (a 200-megapixel phone photo is read at 1/8 scale), and neither is the server's
+    baseline = bytearray(photo)
+    at = 2
+    while baseline[at + 1] != 0xC0:
+        at += 2 + int.from_bytes(baseline[at + 2:at + 4], "big")
+    baseline[at + 5:at + 9] = (12240).to_bytes(2, "big") + (16320).to_bytes(2, "big")
+    assert serve.upload_problem(serve.Upload("phone.jpg", bytes(baseline))) is None
 
 
 def test_an_imagenet_classifiers_report_is_said_to_not_exist(client):

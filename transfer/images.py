@@ -153,9 +153,12 @@ def _draft(image, size: int) -> None:
     """A JPEG opened by ``_opened(drafted=True)`` set to decode at 1/2, 1/4 or 1/8 scale, never
     below twice ``size`` (a no-op for other formats), and checked against decompression bombs
     on what will be decoded, not on the stored size."""
+    stored = image.size
     image.draft("RGB", (2 * int(size), 2 * int(size)))
     if image.format in ("JPEG", "MPO"):
-        _bomb_check(image.size)
+        # a progressive JPEG is no smaller in draft mode: libjpeg keeps every scan's
+        # coefficients of the whole image (1.7 GB for a 5 KB file saying 24000 x 24000)
+        _bomb_check(stored if image.info.get("progressive") else image.size)
 
 
 def _bomb_check(size: tuple[int, int]) -> None:

@@ -427,19 +427,22 @@ def shown_name(filename: str | None, index: int) -> str:
     return name or f"upload-{index + 1}"
 
 
-# The most pixels the server decodes of one upload that is not a JPEG (a JPEG is decoded in
-# draft mode, at 1/2 to 1/8 scale: a 200-megapixel phone photo costs about 3). A PNG of one
-# colour, 12000 x 12000, is a 450 KB upload that decodes to 430 MB: 2.3 s and a gigabyte more
-# memory for one request, well under Pillow's own limit (179 megapixels). A 61-megapixel
-# camera's TIFF still fits.
+# The most pixels the server decodes of one upload that is not a baseline JPEG (one is decoded
+# in draft mode, at 1/2 to 1/8 scale: a 200-megapixel phone photo costs about 3). A PNG of
+# one colour, 12000 x 12000, is a 450 KB upload that decodes to 430 MB: 2.3 s and a gigabyte
+# more memory for one request, well under Pillow's own limit (179 megapixels). A progressive
+# JPEG is no better in draft mode: libjpeg keeps every scan's coefficients of the whole image
+# (a 5 KB upload whose header says 24000 x 24000 took 1.7 GB). A 61-megapixel camera's TIFF
+# still fits.
 MAX_UPLOAD_PIXELS = 64_000_000
 
 
 def upload_problem(upload: Upload) -> str | None:
     """Why the server will not read ``upload``, in the reader's words, or None: a camera-raw
     or HEIC file by the client's name (refused by name as ``transfer predict`` refuses it; a
-    raw file would be read from its small embedded preview), or an image that is not a JPEG
-    with more than MAX_UPLOAD_PIXELS to decode (its header read, nothing decoded)."""
+    raw file would be read from its small embedded preview), or an image that is not a
+    baseline JPEG with more than MAX_UPLOAD_PIXELS to decode (its header read, nothing
+    decoded)."""
     import io
     import warnings
 
@@ -449,24 +452,30 @@ def upload_problem(upload: Upload) -> str | None:
     from transfer.inference import unread_reason
 
     reason = unread_reason(Path(upload.filename))
-    if reason or upload.data[:3] == images.JPEG_MAGIC:
+    if reason:
         return reason
+    jpeg = upload.data[:3] == images.JPEG_MAGIC
     limit = (f"the server decodes at most {MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels of an "
-             "image that is not a JPEG: scale it down, or save it as a JPEG")
+             "image that is not a baseline JPEG: scale it down, or save it as a "
+             + ("baseline " if jpeg else "") + "JPEG")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(upload.data)) as image:
+            # a JPEG's header read without Pillow's check on its stored size (a baseline
+            # one is decoded in draft mode, ``images._draft``): the limit here is ours
+            with images._opened(io.BytesIO(upload.data), drafted=True) as image:
                 width, height = image.size
+                progressive = bool(image.info.get("progressive"))
     except Image.DecompressionBombError as exc:  # over Pillow's own limit: its size, our line
         pixels = re.search(r"\((\d+) pixels\)", str(exc))
         return (f"image is {int(pixels.group(1)) / 1e6:.0f} megapixels; " if pixels
                 else "image is too large; ") + limit
     except Exception:  # noqa: BLE001 - not an image: the reader says
         return None
-    if width * height <= MAX_UPLOAD_PIXELS:
+    if width * height <= MAX_UPLOAD_PIXELS or (jpeg and not progressive):
         return None
-    return f"image is {width}x{height} px ({width * height / 1e6:.0f} megapixels); {limit}"
+    kind = ", a progressive JPEG, which is decoded whole" if jpeg else ""
+    return f"image is {width}x{height} px ({width * height / 1e6:.0f} megapixels){kind}; {limit}"
 
 
 def predict_uploads(store: ModelStore, uploads: list[Upload], model: str | None, top: int,
