@@ -560,6 +560,18 @@ def test_a_missing_models_folder_is_named_at_start_up(tmp_path, monkeypatch):
                              "--imagenet)"]
 
 
+def test_a_bundle_given_as_the_models_folder_is_said(models_dir, tmp_path):
+    """`serve --models-dir models/latest` (the bundle, not its folder) served the ImageNet
+    classifier without a word: a cat came back a Siberian husky."""
+    require_asset("keras/models/mobilenet_2_5_224_tf.h5")
+    recorder = Recorder()
+    with serve.serving(ServeSettings(models_dir=models_dir / "latest", port=0), recorder):
+        pass
+    assert recorder.warnings == [f"{models_dir / 'latest'} is itself a bundle, not a folder of "
+                                 f"bundles: serve it with --models-dir {models_dir} --model "
+                                 "latest"]
+
+
 def test_imagenet_mode_gives_a_dog_a_dog_breed(unseen, mobilenet_weights, tmp_path):
     require_asset("keras/models/mobilenet_2_5_224_tf.h5")
     index = json.loads(require_asset("keras/models/imagenet_class_index.json").read_text())
@@ -1105,6 +1117,26 @@ def test_an_imagenet_classifier_that_cannot_load_is_the_servers_fault(models_dir
     assert nothing.status_code == 404 and "None" not in nothing.json()["detail"]
     assert nothing.json()["detail"].startswith("no model to use: the models folder holds no "
                                                "bundle")
+
+
+def test_a_default_bundle_gone_while_serving_is_named(trained_bundle, unseen, tmp_path):
+    """`serve --model mine`, then models/mine moved away: a request without a model was told
+    "the models folder holds no bundle and no ImageNet classifier's weights are in the Keras
+    cache", both false (another bundle is there). It now names the default that is gone."""
+    models = tmp_path / "models"
+    for name in ("mine", "other"):
+        shutil.copytree(trained_bundle.bundle, models / name)
+    photo = unseen["dogs"][0]
+    with TestClient(serve.create_app(ServeSettings(models_dir=models, model="mine"))) as c:
+        assert c.post("/api/predict", files=[("files", photo)]).status_code == 200
+        (models / "mine").rename(tmp_path / "mine-away")
+        for endpoint, field in (("/api/predict", "files"), ("/api/explain", "file")):
+            gone = c.post(endpoint, files=[(field, photo)])
+            assert gone.status_code == 404 and gone.json()["detail"] == (
+                "the server's default model 'mine' is gone; name another in the request's "
+                "model field (GET /api/models lists them)"), endpoint
+        asked = c.post("/api/predict", files=[("files", photo)], data={"model": "other"})
+        assert asked.status_code == 200 and asked.json()["predictions"][0]["error"] is None
 
 
 def test_the_api_docs_say_what_predict_answers(client):

@@ -1021,7 +1021,13 @@ def create_app(settings: ServeSettings):
         return JSONResponse({"detail": detail, **extra}, status_code=status)
 
     def bad_model(name: str | None) -> JSONResponse:
-        if not name:  # no bundle, no ImageNet weights: nothing to default to
+        if not name:
+            default = store.default_model()
+            if default:  # --model's bundle moved or deleted while serving
+                return error(404, f"the server's default model {default!r} is gone; name "
+                                  "another in the request's model field (GET /api/models "
+                                  "lists them)")
+            # no bundle, no ImageNet weights: nothing to default to
             return error(404, "no model to use: the models folder holds no bundle and no "
                               "ImageNet classifier's weights are in the server's Keras cache")
         if name.startswith(IMAGENET_PREFIX):
@@ -1285,6 +1291,8 @@ def url_of(host: str, port: int) -> str:
 def _server(settings: ServeSettings, reporter: Reporter):
     import uvicorn
 
+    from transfer import bundle
+
     s = settings.validated()
     app = create_app(s)
     store = app.state.store
@@ -1333,6 +1341,9 @@ def _server(settings: ServeSettings, reporter: Reporter):
                       "serve, " + ("only ImageNet classifiers" if store.imagenet_entries() else
                                    "and no ImageNet classifier is in the Keras cache (or use "
                                    "--imagenet)"))
+    elif (s.models_dir / bundle.META).is_file():  # models/latest: only ImageNet's, unsaid
+        reporter.warn(f"{s.models_dir} is itself a bundle, not a folder of bundles: serve it "
+                      f"with --models-dir {s.models_dir.parent} --model {s.models_dir.name}")
     elif not store.bundles() and not store.imagenet_entries():
         reporter.warn(f"no model to serve: {s.models_dir} holds no bundle (train one with "
                       "`transfer train`) and no ImageNet classifier is in the Keras cache "
