@@ -185,7 +185,8 @@ CASES = [
     ("compare --output {ro}/cmp", 1, "cannot write in /sys"),
     # serve, report
     ("serve --port 70000", 1, "--port must be in [0, 65535]"),
-    ("serve --model ../elsewhere", 1, "is not a bundle directly inside --models-dir"),
+    ("serve --model ../elsewhere", 1, "--model ../elsewhere: no such bundle"),
+    ("serve --model {tmp}", 1, "is not a bundle (no meta.json in it)"),
     ("serve --max-upload-mb 0", 1, "--max-upload-mb must be a positive number"),
     ("serve --models-dir {file}", 1, "is a file, not a folder"),
     ("report {tmp}/no-such-bundle", 1, "no such bundle or evaluation folder"),

@@ -807,6 +807,41 @@ def test_a_request_that_fails_does_not_fail_the_others_merged_with_it(models_dir
     assert answers[2].status_code == 500 and "RuntimeError" in answers[2].text
 
 
+def test_a_merged_requests_engine_counts_its_own_photos(models_dir, unseen, monkeypatch):
+    """Requests merged into one pass each got the pass's `engine` as their own: a request of
+    one photo said `images: 4` (another user's three counted in). Each now counts its own and
+    `engine.merged` says the pass was shared."""
+    import time
+
+    real, calls = serve.predict_uploads, []
+
+    def slow_first(store, uploads, *args):
+        calls.append(len(uploads))
+        if len(calls) == 1:
+            time.sleep(2.0)  # busy: the next two requests wait together
+        return real(store, uploads, *args)
+
+    monkeypatch.setattr(serve, "predict_uploads", slow_first)
+    with serve.serving(ServeSettings(models_dir=models_dir, port=0)) as url:
+
+        def post(items):
+            with httpx.Client(timeout=60) as http:
+                return http.post(url + "api/predict", files=[("files", i) for i in items])
+
+        with ThreadPoolExecutor(3) as pool:
+            busy = pool.submit(post, unseen["dogs"][:1])
+            time.sleep(0.5)
+            one = pool.submit(post, unseen["cats"][:1])
+            time.sleep(0.2)
+            three = pool.submit(post, unseen["dogs"][1:4])
+            answers = [f.result().json() for f in (busy, one, three)]
+    assert calls == [1, 4], calls
+    assert answers[0]["engine"]["images"] == 1 and "merged" not in answers[0]["engine"]
+    for answer, size in zip(answers[1:], (1, 3), strict=True):
+        assert len(answer["predictions"]) == answer["engine"]["images"] == size
+        assert answer["engine"]["merged"] == {"requests": 2, "images": 4}
+
+
 def test_an_image_kind_pillow_cannot_decode_is_that_files_error(client, unseen):
     """A DDS texture in a 16-bit float format (DXGI 10): Pillow identifies it, then raises
     NotImplementedError, which was no ImageError: a 500 for the whole request (the good photo

@@ -902,13 +902,20 @@ class Worker:
 
 
 def split_answer(answer: dict, sizes: list[int]) -> list[dict]:
-    """One predict answer per request of a merged batch (``sizes`` images each, in order)."""
+    """One predict answer per request of a merged batch (``sizes`` images each, in order).
+    Each part's ``engine`` counts its own images; ``engine.merged`` says the pass was shared
+    (its requests and images), which its speed and its ``fallback`` reason describe."""
     parts, start = [], 0
+    engine = answer.get("engine")
     for size in sizes:
         rows = answer["predictions"][start:start + size]
         start += size
-        parts.append({**answer, "predictions": rows,
-                      "failed": sum(row["error"] is not None for row in rows)})
+        part = {**answer, "predictions": rows,
+                "failed": sum(row["error"] is not None for row in rows)}
+        if engine is not None and len(sizes) > 1:
+            part["engine"] = {**engine, "images": size,
+                              "merged": {"requests": len(sizes), "images": sum(sizes)}}
+        parts.append(part)
     return parts
 
 

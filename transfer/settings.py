@@ -841,6 +841,10 @@ class ServeSettings(Settings):
             inside = (path.parent == root or os.path.realpath(path.parent)
                       == os.path.realpath(root))
             if not inside or path.name in ("", ".", ".."):
+                if not path.exists():  # no advice that leads to another error
+                    raise TransferError(f"--model {model}: no such bundle")
+                if not (path / "meta.json").is_file():
+                    raise TransferError(f"--model {model} is not a bundle (no meta.json in it)")
                 raise TransferError(
                     f"--model {model} is not a bundle directly inside --models-dir {root}: "
                     f"serve it with --models-dir {path.parent} --model {path.name}")
