@@ -51,6 +51,21 @@ def test_both_bundles_and_the_comparison_are_written(compared):
         out / "report.html").read_text()
 
 
+def test_an_evaluation_into_the_comparisons_folder_is_refused(compared, tiny_split):
+    """`evaluate --model runs/compare/frozen --output runs/compare` said it wrote report.html,
+    but the page there stayed the comparison's (report.json beside compare.json): the
+    evaluation never got a page. It is refused, even with --force, and nothing is written."""
+    from transfer.evaluate import evaluate
+
+    out = compared.output
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    for force in (False, True):
+        with pytest.raises(TransferError, match=r"is a comparison's folder \(compare.json\): "
+                                                r"its report.html is the comparison's page"):
+            evaluate(out / "frozen", data_dir=tiny_split / "validate", output=out, force=force)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
 def test_compare_json_holds_each_bundles_own_metrics(compared):
     data = json.loads(compared.json_path.read_text())
     assert data["kind"] == "transfer-compare" and list(data["runs"]) == ["scratch", "frozen"]

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer import bundle, images, metrics, pipelines, plots
-from transfer.constants import UNREAD_HINT, is_ignored_folder
+from transfer.constants import COMPARE_JSON, UNREAD_HINT, is_ignored_folder
 from transfer.errors import TransferError
 from transfer.files import new_folders_kept_on_success, replacing, write_json
 from transfer.inference import (
@@ -229,6 +229,10 @@ def _check_outputs(output: Path, data_dir: Path, model: Path, force: bool,
     if a_bundle and not _same_folder(output, model):  # never, even with --force
         raise TransferError(f"--output {output} is another bundle: its report would show "
                             f"this evaluation of {model} as its own; choose a folder of the "
+                            "evaluation's own")
+    if (output / COMPARE_JSON).is_file():  # never: the page there is the comparison's
+        raise TransferError(f"--output {output} is a comparison's folder ({COMPARE_JSON}): "
+                            "its report.html is the comparison's page; choose a folder of the "
                             "evaluation's own")
     html_report.check_replaceable(output / html_report.REPORT_HTML, force)
     existing = [name for name in OUTPUTS if (output / name).exists()]
