@@ -324,6 +324,54 @@ def test_the_seconds_labels_stay_inside_their_panel(tmp_path, monkeypatch):
     assert all(t.get_window_extent(renderer).y1 <= top for t in labels)
 
 
+def test_the_frozen_curve_stays_in_sight_under_the_fine_tuned_one(tmp_path, monkeypatch):
+    """`--runs frozen,fine-tuned`: the fine-tuned run's head phase is the frozen run's, and its
+    line (the second run's, drawn wide) covered the frozen one exactly, so the legend named
+    two curves no one could see (62 frozen-green pixels left); with `--runs fine-tuned,frozen`
+    the fine-tuned head phase was the hidden one. Both are now in sight, whatever the order:
+    the same pixels of each colour in the curves' panel (legend aside)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from transfer import plots
+
+    kept = []
+    real_save = plots.save
+    monkeypatch.setattr(plots, "save", lambda fig, *a, **k: (kept.append(fig),
+                                                             real_save(fig, *a, **k)))
+    head = list(np.clip(0.6 + np.cumsum(np.random.default_rng(0).uniform(0, 0.03, 20)), 0,
+                        0.95))
+    histories = {"frozen": {"val_accuracy": head, "accuracy": [v + 0.02 for v in head]},
+                 "fine-tuned": {"val_accuracy": head + [0.96] * 5,
+                                "accuracy": [v + 0.02 for v in head] + [0.97] * 5,
+                                "phase": ["head"] * 20 + ["fine-tune"] * 5}}
+    row = {"val_accuracy": 0.9, "val_loss": 0.3, "per_class_f1": {"a": 0.9}, "bundle": "x",
+           "seconds": 10.0}
+
+    def seen(order: list[str]) -> tuple[int, int]:
+        """Pixels of the frozen green and of the fine-tuned purple among the curves."""
+        kept.clear()
+        path = cmp.plot({"data_dir": "d", "seed": 1, "runs": dict.fromkeys(order, row),
+                         "histories": {n: histories[n] for n in order}},
+                        tmp_path / "compare.png")
+        panel = kept[0].axes[2]
+        renderer = FigureCanvasAgg(kept[0]).get_renderer()
+        pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        height = pixels.shape[0]
+        inside = np.zeros(pixels.shape[:2], bool)
+        box, legend = (panel.get_window_extent(renderer),
+                       panel.get_legend().get_window_extent(renderer))
+        inside[int(height - box.y1):int(height - box.y0), int(box.x0):int(box.x1)] = True
+        inside[int(height - legend.y1) - 2:int(height - legend.y0) + 2,
+               int(legend.x0) - 2:int(legend.x1) + 2] = False
+        return tuple(int(((np.abs(pixels - colour).sum(-1) < 40) & inside).sum())
+                     for colour in ((27, 158, 119), (117, 112, 179)))
+
+    first, second = seen(["frozen", "fine-tuned"]), seen(["fine-tuned", "frozen"])
+    assert first == second, (first, second)
+    assert first[0] > 500 and first[1] > 500, first
+
+
 def test_no_run_is_timed_importing_tensorflow(tmp_path):
     """In a fresh `transfer compare` process TensorFlow is imported before the first run's
     clock starts: the first run's seconds would otherwise hold the process's 3-4 s import,

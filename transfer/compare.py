@@ -279,6 +279,11 @@ def trainable_parameters(model) -> int:
 # --------------------------------------------------------------------------- pictures
 
 
+# compare.png's curves: marker, marker size, line width, z-order of each run
+LINE_STYLES = {"scratch": ("o", 7, 3.2, 2.0), "frozen": ("s", 7, 3.2, 2.1),
+               "fine-tuned": ("D", 4, 1.4, 2.2)}
+
+
 def plot(data: dict, path: Path) -> Path:
     """compare.png: validation accuracy and seconds per run side by side, then the validation
     accuracy per epoch of every run overlaid (fine-tuning epochs continue the frozen ones)."""
@@ -307,19 +312,22 @@ def plot(data: dict, path: Path) -> Path:
     for ax in axes[:2]:
         ax.grid(axis="y", alpha=0.3)
     ax = axes[2]
-    # the fine-tuned run's head phase is the frozen run's (same seed): drawn later and thinner,
-    # with its own marker, so that the line beneath stays in sight
-    for order, (name, c) in enumerate(zip(names, colour, strict=True)):
+    # the fine-tuned run's head phase is the frozen run's (same seed): whatever the order of
+    # --runs, it is drawn on top, thinner and with a smaller marker, so that the frozen line
+    # beneath stays in sight (its train line too)
+    for name, c in zip(names, colour, strict=True):
+        marker, size, width, zorder = LINE_STYLES.get(name, LINE_STYLES["frozen"])
         history = data.get("histories", {}).get(name) or {}
         values = history.get("val_accuracy") or []
         epochs = list(range(1, len(values) + 1))
         if values:
-            ax.plot(epochs, values, "-", marker="osD^v"[order % 5], markersize=7 - 1.5 * order,
-                    linewidth=3.2 - 0.9 * order, color=c, label=f"{name} (validation)")
+            ax.plot(epochs, values, "-", marker=marker, markersize=size, linewidth=width,
+                    color=c, zorder=zorder, label=f"{name} (validation)")
         train_values = history.get("accuracy") or []
         if train_values:
             ax.plot(list(range(1, len(train_values) + 1)), train_values, ":", color=c,
-                    alpha=0.7, label=f"{name} (train)")
+                    alpha=0.7, linewidth=0.8 * width, zorder=zorder,
+                    label=f"{name} (train)")
         phases = history.get("phase") or []
         if "fine-tune" in phases:
             ax.axvline(phases.index("fine-tune") + 0.5, color=c, linestyle="--", alpha=0.5)
