@@ -195,6 +195,7 @@ CASES = [
     ("report {tmp}/old[draft]", 1, "old[draft]: no such bundle or evaluation folder"),
     ("report {tmp}/a[/x]", 1, "a[/x]: no such bundle or evaluation folder"),
     ("report {bundle} --output {ro}/r.html", 1, "cannot write in /sys"),
+    ("report {bundle} --output {tmp}/brandnew/", 1, "brandnew/ names a folder; name an .html"),
     # the top level
     ("frobnicate", 2, "No such command"),
     ("train --no-such-flag", 2, "No such option"),

@@ -1240,8 +1240,9 @@ _R = S.ReportSettings()
 ])
 def report_cmd(
     folder: Annotated[Path, typer.Argument(
-        metavar="FOLDER", help="A bundle or an evaluation's output folder.")] = _R.folder,
-    output: Annotated[Path | None, typer.Option(
+        metavar="FOLDER", help="A bundle, an evaluation's output folder or a comparison's "
+                               "(transfer compare --output).")] = _R.folder,
+    output: Annotated[str | None, typer.Option(  # a str: Path() would drop a trailing "/"
         help="HTML file to write \\[default: FOLDER/report.html].", show_default=False)
     ] = _R.output,
     force: Annotated[bool, typer.Option(

@@ -875,8 +875,12 @@ class ReportSettings(Settings):
         if not Path(self.folder).is_dir():
             raise TransferError(not_a_report_folder(self.folder))
         if self.output is not None:
+            named = os.fspath(self.output)
+            if named.endswith(("/", os.sep)):  # Path() drops the slash: a file of that name
+                raise TransferError(f"--output {named} names a folder; name an .html file")
             writable("output", self.output, file=True)
-        return self.replace(folder=Path(self.folder))
+        return self.replace(folder=Path(self.folder),
+                            output=None if self.output is None else Path(self.output))
 
 
 # --------------------------------------------------------------------------- compare
