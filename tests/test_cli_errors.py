@@ -176,8 +176,10 @@ CASES = [
     ("mnist --output {bundle}", 1, "already exists; use --force"),
     ("mnist --output {ro}/mnist", 1, "cannot write in /sys"),
     # compare
-    ("compare --runs scratch,magic --output {tmp}/cmp", 1, "--runs must be one of"),
+    ("compare --runs scratch,magic --output {tmp}/cmp", 2, "'magic' is not one of 'scratch'"),
     ("compare --runs frozen,frozen --output {tmp}/cmp", 1, "names a run twice"),
+    ("compare --runs frozen,FROZEN --output {tmp}/cmp", 2,
+     "Invalid value for '--runs': 'FROZEN' is not one of 'scratch', 'frozen', 'fine-tuned'."),
     ("compare --base scratch --output {tmp}/cmp", 2, "'scratch' is not one of 'inception'"),
     ("predict {photo} --imagenet --base scratch-seeds", 2, "'scratch-seeds' is not one of"),
     ("serve --imagenet --base scratch", 2, "'scratch' is not one of 'inception'"),
@@ -240,6 +242,19 @@ def test_an_empty_argument_is_refused_not_read_as_the_current_folder(places, arg
         "folder: write . for that")
     assert result.stdout == ""
     assert _tree(root) == before
+
+
+@pytest.mark.parametrize("args", [["compare", "--runs", ""], ["train", "--base="],
+                                  ["predict", "x.jpg", "--format", ""]])
+def test_an_empty_option_that_takes_no_path_is_not_told_about_paths(args):
+    """`compare --runs ''` was told "an empty path would mean the current folder": --runs is
+    no path. The usage error says the option is empty, and nothing of paths."""
+    result = runner.invoke(app, args, prog_name="transfer")
+    assert result.exit_code == 2, (result.output, result.exception)
+    option = args[1] if args[1].startswith("-") else args[2]
+    assert result.stderr.strip() == (f"error: {option.rstrip('=')}"
+                                     f"{'=' if option.endswith('=') else ''} is empty (an "
+                                     "unset shell variable?)")
 
 
 @pytest.mark.parametrize(("name", "value", "kind"), [

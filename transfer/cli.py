@@ -104,20 +104,23 @@ err = _console(stderr=True)
 _patch_typer_help()
 
 
-def empty_argument(args: list[str]) -> str | None:
+def empty_argument(args: list[str], takes_path=lambda option: True) -> str | None:
     """What is wrong with the first empty argument of a command line (None when there is
     none). ``Path("")`` is the current folder: ``transfer explain "$PHOTO"`` with PHOTO unset
-    explained every photo under it, writing a picture beside each."""
+    explained every photo under it, writing a picture beside each. ``takes_path(option)``:
+    whether an option takes a path (only then is the current folder worth a word)."""
     for i, arg in enumerate(args[1:], start=1):
         before = args[i - 1]
         if arg == "" and before.startswith("-") and "=" not in before:
-            what = f"{before} is empty"
+            what, option = f"{before} is empty", before
         elif arg == "":
-            what = f"an empty argument after {before!r}"
+            what, option = f"an empty argument after {before!r}", None
         elif arg.startswith("--") and arg.endswith("="):
-            what = f"{arg} is empty"
+            what, option = f"{arg} is empty", arg[:-1]
         else:
             continue
+        if option is not None and not takes_path(option):
+            return f"{what} (an unset shell variable?)"
         return (f"{what} (an unset shell variable?); an empty path would mean the current "
                 "folder: write . for that")
     return None
@@ -127,7 +130,15 @@ class _Commands(typer.core.TyperGroup):
     """The command group; an empty argument is refused before any command reads it."""
 
     def parse_args(self, ctx, args):
-        problem = empty_argument(args)
+        name = next((a for a in args if not a.startswith("-")), None)
+        command = self.commands.get(name) if name else None
+
+        def takes_path(option: str) -> bool:  # report --output is a str: a path too
+            params = [p for p in (command.params if command else []) if option in p.opts]
+            return (not params or "Path" in str(params[0].bare_type())
+                    or params[0].name == "output")
+
+        problem = empty_argument(args, takes_path)
         if problem is not None:
             _error_line(problem)
             raise typer.Exit(2)
@@ -1126,6 +1137,15 @@ def mnist_cmd(
 _C = S.CompareSettings()
 
 
+def _run_names(value: str) -> str:
+    """compare's --runs: an unknown name is a usage error (exit code 2), as for --base."""
+    for name in (n.strip() for n in value.split(",")):
+        if name and name not in S.COMPARE_RUNS:
+            raise typer.BadParameter(f"{name!r} is not one of "
+                                     + ", ".join(map(repr, S.COMPARE_RUNS)) + ".")
+    return value
+
+
 @command("compare", examples=[
     "transfer compare --data-dir data --output runs/compare",
     "transfer compare --runs scratch,frozen --base mobilenet --alpha 0.25",
@@ -1138,7 +1158,7 @@ def compare_cmd(
                       ] = _C.output,
     runs: Annotated[str, typer.Option(
         help="Comma-separated: scratch (the CNN from scratch), frozen (a new head on the "
-        "frozen base), fine-tuned (then its top layers trained too).")
+        "frozen base), fine-tuned (then its top layers trained too).", callback=_run_names)
     ] = ",".join(_C.runs),
     base: Annotated[PretrainedName, typer.Option(
         help="The pretrained base of frozen and fine-tuned.")
