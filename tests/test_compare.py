@@ -412,3 +412,19 @@ def test_the_table_says_how_long_each_run_ran_and_which_epoch_it_keeps(compared)
     for run, row in compared.runs.items():
         line = next(line for line in text.splitlines() if line.strip("│ ").startswith(run))
         assert f"{row['epochs_run']} ({row['best_epoch']})" in line
+
+
+def test_the_page_has_the_tables_macro_f1_and_epochs(compared):
+    """The comparison's report.html had per-class F1 but neither macro F1 nor "epochs
+    (kept)", which the console's table and compare.json have."""
+    import re
+
+    page = (compared.output / "report.html").read_text()
+    header = re.findall(r"<th[^>]*>([^<]*)</th>", page)
+    assert "macro F1" in header and "epochs (kept)" in header
+    rows = re.findall(r"<tr>(.*?)</tr>", page)[1:]
+    for (run, row), cells in zip(compared.runs.items(), rows, strict=True):
+        values = dict(zip(header, re.findall(r"<td[^>]*>([^<]*)</td>", cells), strict=True))
+        assert values["run"] == run
+        assert values["macro F1"] == f"{row['macro_f1']:.4f}"
+        assert values["epochs (kept)"] == f"{row['epochs_run']} ({row['best_epoch']})"

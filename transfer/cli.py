@@ -1193,16 +1193,15 @@ def compare_cmd(
 
 def compare_table(runs: dict, title: str) -> Table:
     """compare's table: a row per run (compare.json's ``runs``)."""
+    from transfer.compare import epochs_cell
+
     table = Table(title=title)
     for column in ("run", "validation accuracy", "loss", "macro F1", "epochs (kept)",
                    "seconds", "parameters trained"):
         table.add_column(column, justify="left" if column == "run" else "right")
     for name, row in runs.items():
-        # how long it ran and which epoch it keeps: early stopping, the best epoch restored
-        epochs = (f"{row['epochs_run']} ({row['best_epoch']})"
-                  if row.get("epochs_run") and row.get("best_epoch") else "-")
         table.add_row(name, _pct(row.get("val_accuracy")), _pct(row.get("val_loss")),
-                      _pct(row.get("macro_f1")), epochs, f"{row.get('seconds', 0):.0f}",
+                      _pct(row.get("macro_f1")), epochs_cell(row), f"{row.get('seconds', 0):.0f}",
                       f"{row.get('parameters_trained', 0):,}")
     return table
 

@@ -343,6 +343,14 @@ def plot(data: dict, path: Path) -> Path:
     return Path(path)
 
 
+def epochs_cell(row: dict) -> str:
+    """How long a run ran and which epoch it keeps ("12 (9)": early stopping, the best epoch
+    restored), "-" when not recorded: the CLI's table and the page's."""
+    if row.get("epochs_run") and row.get("best_epoch"):
+        return f"{row['epochs_run']} ({row['best_epoch']})"
+    return "-"
+
+
 def render_section(data: dict, png: Path | None = None) -> str:
     """The comparison as an HTML section (a table of the runs and compare.png inline), for
     ``transfer.report``'s page of a comparison or a bundle inside one."""
@@ -356,13 +364,14 @@ def render_section(data: dict, png: Path | None = None) -> str:
 
     runs = data.get("runs") or {}
     classes = sorted({c for row in runs.values() for c in (row.get("per_class_f1") or {})})
-    header = ["run", "validation accuracy", "loss", *[f"F1 {c}" for c in classes],
-              "seconds", "parameters trained", "bundle"]
+    header = ["run", "validation accuracy", "loss", "macro F1", *[f"F1 {c}" for c in classes],
+              "epochs (kept)", "seconds", "parameters trained", "bundle"]
     body = ""
     for name, row in runs.items():
         f1 = row.get("per_class_f1") or {}
         cells = [e(name), num(row.get("val_accuracy")), num(row.get("val_loss")),
-                 *[num(f1.get(c)) for c in classes], f"{row.get('seconds', 0):.0f}",
+                 num(row.get("macro_f1")), *[num(f1.get(c)) for c in classes],
+                 epochs_cell(row), f"{row.get('seconds', 0):.0f}",
                  f"{row.get('parameters_trained', 0):,}", e(Path(row.get("bundle", "")).name)]
         body += "<tr>" + "".join(f'<td class="{"l" if i == 0 else ""}">{c}</td>'
                                  for i, c in enumerate(cells)) + "</tr>"
