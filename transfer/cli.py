@@ -1148,7 +1148,7 @@ def _run_names(value: str) -> str:
 
 @command("compare", examples=[
     "transfer compare --data-dir data --output runs/compare",
-    "transfer compare --runs scratch,frozen --base mobilenet --alpha 0.25",
+    "transfer compare --runs scratch,frozen --output runs/two",
     "transfer compare --data-dir ~/flowers --output runs/flowers --force",
 ])
 def compare_cmd(
