@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import require_asset
+from conftest import Recorder, require_asset
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -485,3 +485,25 @@ def test_an_empty_set_or_a_split_leaving_nothing_to_train_on_is_one_line(mnist_d
     assert "error: --validation-split 0.95 of 10 training images leaves none to train on" in \
         result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_that_blew_up_without_nan_is_said_diverged(mnist_dir, tmp_path):
+    """--learning-rate 1000: the loss reached 5e17 and the outputs saturated, finite but
+    confidently wrong (test accuracy 0.10, loss 14): the run ended like any other, no word.
+    It is now said diverged, as a run whose outputs are not numbers is; an ordinary short
+    run is not."""
+    said = {}
+    for rate in (1000.0, 2e-3):
+        recorder = Recorder()
+        result = mnist.run(mnist.MnistParams(data=mnist_dir, limit=500, epochs=1, batch_size=32,
+                                             arch="tiny", learning_rate=rate,
+                                             output=tmp_path / f"lr{rate:g}"), recorder)
+        said[rate] = ([w for w in recorder.warnings if "diverged" in w],
+                      result.meta["metrics"]["test_accuracy"])
+    (blown, accuracy), (fine, ordinary) = said[1000.0], said[2e-3]
+    assert accuracy < 0.2 and len(blown) == 1, said
+    assert blown[0].startswith(f"the training diverged (test accuracy {accuracy:.4f}, no better "
+                               "than guessing, at a loss of ")
+    assert blown[0].endswith("worse than guessing's 2.30): this model is no use; try a lower "
+                             "--learning-rate than 1000")
+    assert fine == [] and ordinary > 0.2, said

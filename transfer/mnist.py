@@ -336,6 +336,12 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
         reporter.warn(f"the training diverged (its outputs are not numbers; loss {test_loss}): "
                       f"this model is no use; try a lower --learning-rate than "
                       f"{p.learning_rate:g}")
+    elif test_accuracy < 2 / len(names) and test_loss > 2 * np.log(len(names)):
+        # outputs saturated: finite, confidently wrong (--learning-rate 1000: loss 5e17)
+        reporter.warn(f"the training diverged (test accuracy {test_accuracy:.4f}, no better "
+                      f"than guessing, at a loss of {test_loss:.4g}, worse than guessing's "
+                      f"{np.log(len(names)):.2f}): this model is no use; try a lower "
+                      f"--learning-rate than {p.learning_rate:g}")
     val_loss = val_accuracy = None  # the saved model's, as the test ones: plain cross-entropy
     if validation is not None:  # (the fit's own is smoothed with --label-smoothing)
         val_probs = model.predict(x_train4[split_at:], batch_size=1000, verbose=0)
