@@ -193,6 +193,28 @@ def test_a_digit_bundle_exports_checked_on_its_own_digits(mnist_quick, tmp_path)
     assert abs(c["quantized"]["accuracy"] - c["float"]["accuracy"]) <= 0.01
 
 
+def test_a_digit_bundle_whose_data_moved_is_told_so(mnist_quick, tmp_path):
+    """An MNIST bundle whose npz or IDX folder has moved was told "the bundle's validation
+    folder is missing": it has none. The line now says its data cannot be read, and why;
+    --check-images still works."""
+    import json
+    import shutil
+
+    result, _ = mnist_quick
+    moved = tmp_path / "moved"
+    shutil.copytree(result.bundle, moved)
+    meta = json.loads((moved / "meta.json").read_text())
+    meta["data"]["source"] = str(tmp_path / "nowhere.npz")
+    (moved / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(TransferError) as caught:
+        export.export(moved, format="tflite", output=tmp_path / "d.tflite")
+    line = str(caught.value)
+    assert line.startswith("no images to check the export with: the data this model was "
+                           "trained on cannot be read (") and "nowhere.npz" in line, line
+    assert line.endswith("); pass --check-images PATH") and "validation folder" not in line
+    assert not (tmp_path / "d.tflite").exists()
+
+
 def test_a_badly_calibrated_int8_export_is_refused(trained_bundle, tmp_path, monkeypatch):
     """Calibrated on pixels in 0-1 where the model takes 0-255: every activation range is
     wrong. The check must refuse it, and nothing is written."""

@@ -123,8 +123,10 @@ def check_inputs(classifier: BundleClassifier, paths: list[Path] | None, n: int 
     if not paths:
         labelled, source = _validation(classifier)
         if not labelled:
-            raise TransferError("no images to check the export with: the bundle's validation "
-                                "folder is missing; pass --check-images PATH")
+            problem = getattr(classifier, "digit_problem", None)  # a digit bundle's data moved
+            raise TransferError("no images to check the export with: " + (
+                f"the data this model was trained on cannot be read ({problem})" if problem
+                else "the bundle's validation folder is missing") + "; pass --check-images PATH")
         paths = _spread(_per_class(labelled, len(classifier.class_names)), n)
     files = []
     for path in paths:
@@ -443,8 +445,8 @@ def _digit_images(classifier: BundleClassifier, split: str
         path = None if str(source).startswith("keras.datasets.") else Path(source)
         try:
             classifier.digit_data = mnist.load(meta.get("dataset", "mnist"), path)
-        except TransferError:
-            classifier.digit_data = None
+        except TransferError as exc:  # said by check_inputs when nothing else is given
+            classifier.digit_data, classifier.digit_problem = None, str(exc)
     if classifier.digit_data is None:
         return None
     (x_train, y_train), (x_test, y_test) = classifier.digit_data
