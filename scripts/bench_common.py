@@ -1,5 +1,6 @@
 """What the benchmark scripts share (not a test): a fresh KERAS_HOME, the split's files and the
-bare TensorFlow pass that is their floor. Imported by bench_engine.py and bench_train.py."""
+bare TensorFlow pass that is their floor, and how each script ends on a bad setting. Imported by
+every bench_*.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,20 @@ import os
 import tempfile
 import time
 from pathlib import Path
+
+
+def run_main(main) -> None:
+    """``main()``, with a bad setting or input (transfer's TransferError) one line on stderr
+    and exit code 1, as the CLI says it, not a traceback."""
+    import sys
+
+    from transfer.errors import TransferError
+
+    try:
+        main()
+    except TransferError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 def fresh_keras_home() -> Path:

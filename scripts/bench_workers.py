@@ -205,4 +205,6 @@ def report(rows: list, counts: list, args) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bench_common import run_main
+
+    run_main(main)

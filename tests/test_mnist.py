@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -507,3 +508,16 @@ def test_a_run_that_blew_up_without_nan_is_said_diverged(mnist_dir, tmp_path):
     assert blown[0].endswith("worse than guessing's 2.30): this model is no use; try a lower "
                              "--learning-rate than 1000")
     assert fine == [] and ordinary > 0.2, said
+
+
+def test_the_benchmark_script_says_a_bad_setting_in_one_line(mnist_dir):
+    """`scripts/bench_mnist.py --arch big` ended in a full traceback; every bench script now
+    says a bad setting as the CLI does: one line, exit code 1."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_mnist.py"
+    done = subprocess.run([sys.executable, str(script), "--data", str(mnist_dir), "--arch",
+                           "big"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip() == "error: --arch must be one of cnn, tiny, not 'big'"
