@@ -456,6 +456,34 @@ def test_a_worker_that_never_comes_is_one_line_after_the_start_up_wait(tiny_spli
     assert "Traceback" not in done.stderr and not out.exists()
 
 
+def test_a_worker_lost_as_the_training_loop_starts_is_one_line(tiny_split, tmp_path):
+    """Worker 1 gone just as the distributed loop begins (seen with a real kill -9 1.6 s
+    after joining): the chief's optimizer, broadcast from it as it is made, failed outside
+    the loop's guard, and the chief printed a 70-line traceback. It is the lost worker's one
+    line. Worker 1 is made to end there (os._exit, as a SIGKILL) by a sitecustomize."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import json, os\n"
+        "if json.loads(os.environ.get('TF_CONFIG', '{}')).get('task', {}).get('index') == 1:\n"
+        "    import transfer.phases\n"
+        "    transfer.phases.fit_distributed = lambda *a, **k: os._exit(137)\n")
+    out = tmp_path / "models" / "lost"
+    args = [a for a in train_args(tiny_split, out, "--augment-copies", "0", "--epochs", "2",
+                                  "--distribute", "multi-worker", "--worker-timeout", "10")
+            if a != "--no-augment"]  # augmented on the fly: the end-to-end loop
+    procs, logs = start_workers(2, lambda i: args, {"PYTHONPATH": str(hook)})
+    codes = wait_all(procs)
+    log = text(logs[0])
+    assert codes[1] == 137, text(logs[1])
+    assert codes[0] == 1 and "Traceback" not in log, log
+    errors = [line for line in log.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: multi-worker training stopped during the start of train: a worker is down or "
+        "unreachable ("), log
+    assert not out.exists()
+
+
 def test_a_killed_worker_during_fine_tune_stops_the_chief_and_a_rerun_resumes_from_the_checkpoint(  # noqa: E501
         slow_split, tmp_path):
     out = tmp_path / "models" / "ft-killed"

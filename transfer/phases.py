@@ -1001,11 +1001,16 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
                               plan.skipped)
         return data.repeat()  # every worker takes `steps` full batches per epoch
 
-    with strategy.scope():
-        optimizer = keras.optimizers.Adam(learning_rate=schedule_of(schedule, lr,
-                                                                    epochs * steps))
-        optimizer.build(model.trainable_variables)
-    iterator = iter(strategy.distribute_datasets_from_function(dataset))
+    try:  # collectives too: the optimizer's variables are broadcast from the chief
+        with strategy.scope():
+            optimizer = keras.optimizers.Adam(learning_rate=schedule_of(schedule, lr,
+                                                                        epochs * steps))
+            optimizer.build(model.trainable_variables)
+        iterator = iter(strategy.distribute_datasets_from_function(dataset))
+    except tf.errors.OpError as exc:  # a worker lost as the loop starts: a traceback was all
+        from transfer.cluster import lost
+
+        raise lost(exc, cluster.timeout, f"the start of {phase}") from None
 
     def per_image(y, p):
         if plan.binary:
