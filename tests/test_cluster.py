@@ -561,6 +561,25 @@ def test_the_launcher_notices_a_failed_worker_while_the_chief_runs(monkeypatch):
     assert time.monotonic() - started < 60
 
 
+def test_the_launcher_says_which_worker_failed_first_and_which_it_killed(monkeypatch,
+                                                                        capsys):
+    """Worker 1 killed (the OOM killer), the chief still waiting for it: after the grace
+    period the launcher killed the chief, then said "worker 0 (the chief) was killed by
+    SIGKILL" first, as if the chief had crashed. Now the worker that failed is said first and
+    the chief is said killed by the launcher."""
+    import sys
+
+    worker = ("import json, os, signal, time; "
+              "i = json.loads(os.environ['TF_CONFIG'])['task']['index']; "
+              "os.kill(os.getpid(), signal.SIGKILL) if i == 1 else time.sleep(120)")
+    monkeypatch.setattr(launch, "command", lambda args: [sys.executable, "-c", worker])
+    assert launch.run_local(2, [], grace=1) == 137
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[launch]")]
+    assert said == ["[launch] worker 1 was killed by SIGKILL",
+                    "[launch] worker 0 (the chief) had not stopped 1 s after worker 1 failed: "
+                    "killed by the launcher"]
+
+
 def test_the_launcher_adds_multi_worker_and_refuses_another_strategy(monkeypatch, capsys):
     """Without --distribute multi-worker, N separate trainings raced for one bundle (and
     wrote models/x and models/x-2, exit 0)."""
@@ -572,6 +591,11 @@ def test_the_launcher_adds_multi_worker_and_refuses_another_strategy(monkeypatch
                    ["train", "--distribute=multi-worker"]]
     assert launch.main(["2", "train", "--distribute", "mirrored"]) == 2
     assert "not --distribute mirrored" in capsys.readouterr().err and len(ran) == 2
+    # another command has no --distribute: each worker said so, the same line twice
+    assert launch.main(["2", "--", "predict", "foo.jpg"]) == 2 and len(ran) == 2
+    assert capsys.readouterr().err == ("error: the launcher runs `transfer train` on several "
+                                       "workers, not `transfer predict`\n")
+    assert launch.main(["2", "--verbose", "train"]) == 0 and len(ran) == 3
 
 
 def test_the_launcher_says_a_worker_killed_by_a_signal(tmp_path, monkeypatch, capsys):

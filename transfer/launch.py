@@ -114,32 +114,39 @@ def run_local(n: int, args: Sequence[str], grace: float = GRACE_SECONDS) -> int:
                   for i, p in enumerate(procs) if i > 0]
         for t in relays:
             t.start()
-        code, failed_at, stopped_at = 0, None, None
+        code, failed_at, stopped_at, first, killed = 0, None, None, None, set()
         while any([p.poll() is None for p in procs]):  # a list: every worker polled
             if stop and stopped_at is None:
                 stopped_at = time.monotonic()
                 for p in procs:
                     if p.poll() is None:
                         p.send_signal(stop[0])
-            for p in procs:
+            for i, p in enumerate(procs):
                 if p.returncode not in (None, 0) and failed_at is None:
-                    code, failed_at = exit_code(p.returncode), time.monotonic()
+                    code, failed_at, first = exit_code(p.returncode), time.monotonic(), i
             late = ((failed_at is not None and time.monotonic() - failed_at > grace)
                     or (stopped_at is not None and time.monotonic() - stopped_at > STOP_SECONDS))
             if late:
-                for p in procs:
+                for i, p in enumerate(procs):
                     if p.poll() is None:
                         p.kill()
+                        killed.add(i)
             time.sleep(0.2)
         for t in relays:
             t.join(timeout=5)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    for i, p in enumerate(procs):
-        if p.returncode < 0 and not stop:
-            print(f"[launch] worker {i}{' (the chief)' if i == 0 else ''} "
-                  f"{_said(p.returncode)}", file=sys.stderr)
+    # the worker that failed first said first; one the launcher killed is said so (it was
+    # said "killed by SIGKILL", as if it had crashed)
+    order = sorted(range(n), key=lambda i: (i != first, i))
+    for i in order:
+        p, name = procs[i], f"worker {i}{' (the chief)' if i == 0 else ''}"
+        if i in killed and not stop:
+            print(f"[launch] {name} had not stopped {grace:g} s after worker {first} failed: "
+                  "killed by the launcher", file=sys.stderr)
+        elif p.returncode < 0 and not stop:
+            print(f"[launch] {name} {_said(p.returncode)}", file=sys.stderr)
         if p.returncode and not code:
             code = exit_code(p.returncode)
     if stop:
@@ -158,6 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rest = rest[1:]
     if not rest:
         print(usage, file=sys.stderr)
+        return 2
+    command_name = next((a for a in rest if not a.startswith("-")), None)
+    if command_name != "train":  # predict and the rest have no --distribute: said twice
+        print(f"error: the launcher runs `transfer train` on several workers, not "
+              f"`transfer {command_name or ' '.join(rest)}`", file=sys.stderr)
         return 2
     given = distribute_option(rest)
     if given is None:  # without it, N separate trainings would race for one bundle
