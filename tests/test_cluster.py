@@ -484,6 +484,32 @@ def test_a_worker_lost_as_the_training_loop_starts_is_one_line(tiny_split, tmp_p
     assert not out.exists()
 
 
+def test_a_class_left_too_small_stops_every_worker_with_the_chiefs_line(tiny_split, tmp_path):
+    """A class whose photos are all truncated JPEGs passes the header check and fails in the
+    feature pass; only the chief checks what is left. It stopped with the right line, but the
+    other worker said a worker was down and that the same command again would do (it fails
+    again). Every worker now says the chief's line."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_split, data)
+    photo = next((data / "train" / "cats").iterdir()).read_bytes()
+    for part, count in (("train", 2), ("validate", 1)):
+        (data / part / "birds").mkdir()
+        for i in range(count):
+            (data / part / "birds" / f"b{i}.jpg").write_bytes(photo[:700])
+    out = tmp_path / "models" / "birds"
+    procs, logs = start_workers(2, lambda i: train_args(data, out, "--distribute",
+                                                        "multi-worker", "--worker-timeout", "30"))
+    codes = wait_all(procs)
+    lines = [[line for line in text(log).splitlines() if line.startswith("error:")]
+             for log in logs]
+    assert codes == [1, 1], (text(logs[0]), text(logs[1]))
+    assert lines[0] == [line for line in lines[0] if line.startswith(
+        "error: too few usable images after skipping 3 unreadable files (birds: 0 usable")]
+    assert len(lines[0]) == 1 and lines[1] == [
+        lines[0][0].replace("error: ", "error: the chief stopped: ", 1)], lines
+    assert not out.exists()
+
+
 def test_a_killed_worker_during_fine_tune_stops_the_chief_and_a_rerun_resumes_from_the_checkpoint(  # noqa: E501
         slow_split, tmp_path):
     out = tmp_path / "models" / "ft-killed"

@@ -344,6 +344,23 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
         return _train(settings, reporter, started)
 
 
+def chiefs_check(run, cluster) -> None:
+    """``pipelines.check_enough`` on the chief after a multi-worker feature pass, its outcome
+    shared: a class left too few readable images stops every worker with the chief's line."""
+    problem = None
+    if cluster.chief:
+        try:
+            pipelines.check_enough(run)
+        except TransferError as exc:
+            problem = str(exc)
+    # one array beside the note: a collective of nothing (an empty vector) crashed the chief
+    _, note = cluster.state([np.zeros(1)], {"problem": problem},
+                            "the chief's check of the usable images")
+    problem = (note or {}).get("problem")
+    if problem:
+        raise TransferError(problem if cluster.chief else f"the chief stopped: {problem}")
+
+
 def _train(settings: TrainSettings, reporter: Reporter, started: float) -> TrainResult:
     run = plan(settings)
     report_data(run, reporter)
@@ -372,8 +389,14 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
             feats = phases.extract_features(run, built, reporter, cluster, ahead)
             if ahead is not None:
                 ahead.close()  # its buffer is not needed any more
-            if chief:  # the chief holds every feature: it trains the head
-                pipelines.check_enough(run)  # the feature pass recorded what it could not read
+            # the feature pass recorded what it could not read: the chief, which holds every
+            # feature, checks what is left, and tells the others (they were told a worker
+            # was down and that the same command again would do, when it would fail again)
+            if cluster is not None:
+                chiefs_check(run, cluster)
+            if chief:  # it trains the head
+                if cluster is None:
+                    pipelines.check_enough(run)
                 fit = phases.train_head(run, built, feats, reporter)
             else:
                 fit = phases.Fit()
