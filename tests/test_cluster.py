@@ -138,7 +138,7 @@ def test_a_worker_lost_while_the_model_is_built_is_the_one_line_of_a_lost_worker
     monkeypatch.setattr(bases, "build", build)
     plan = SimpleNamespace(settings=SimpleNamespace(distribute="none", seed=1, weights="none"),
                            base=bases.get("mobilenet"), size=32, alpha=0.25, names=["a", "b"])
-    joined = SimpleNamespace(strategy=tf.distribute.get_strategy(), timeout=10.0)
+    joined = SimpleNamespace(strategy=tf.distribute.get_strategy(), timeout=10.0, kept=None)
     with pytest.raises(cluster.WorkerLost) as caught:
         phases.build_model(plan, joined)
     assert str(caught.value).startswith(
@@ -404,6 +404,7 @@ def fault_in_the_feature_pass(split: Path, out: Path, signum: int, worker_timeou
     log = text(logs[0])
     assert code != 0 and stopped_after < 120, (code, stopped_after, log)
     assert "multi-worker training stopped during the feature pass" in log
+    assert f"to resume (the features cached in {cache} are kept)" in log, log
     assert "Traceback" not in log
     assert len([line for line in log.splitlines() if line.startswith("error:")]) == 1
     assert not out.exists(), "a bundle was written"
@@ -899,6 +900,38 @@ def test_a_worker_lost_while_the_chief_writes_does_not_say_no_bundle_was_written
     assert "no bundle written" not in waiting
     assert "the chief may have written the bundle (look at its --output)" in waiting
     assert "no bundle written" in str(cluster.lost(late, 20.0, "the head", 20.0))
+
+
+def test_a_lost_workers_line_names_what_a_rerun_resumes_from(tiny_split, tmp_path):
+    """The line always said "cached features and epoch checkpoints are kept": with
+    --no-feature-cache on the frozen route nothing is, and where the checkpoints are was not
+    said. It now names what the run leaves: its cached features, its checkpoints, or
+    nothing (the run starts over)."""
+    from transfer.settings import Augment, TrainSettings
+    from transfer.tf import tf
+    from transfer.training import kept_for_a_rerun, plan
+
+    def kept(**options) -> str:
+        return kept_for_a_rerun(plan(TrainSettings(data_dir=tiny_split, base="mobilenet",
+                                                   alpha=0.25, weights="none",
+                                                   output=tmp_path / "m",
+                                                   **options).validated()))
+
+    cache = tiny_split / ".cache" / "features"
+    checkpoints = tmp_path / ".m.checkpoints"
+    still = Augment(enabled=False)
+    assert kept(augment=still) == f"the features cached in {cache}"
+    assert kept(augment=still, fine_tune=20) == (f"the features cached in {cache} and the "
+                                                 f"epoch checkpoints in {checkpoints}")
+    assert kept(augment=still, feature_cache=False) == ""
+    assert kept(augment_copies=0) == f"the epoch checkpoints in {checkpoints}"
+    down = tf.errors.UnavailableError(None, None, "Socket closed")
+    assert str(cluster.lost(down, 60.0, "the feature pass (train)", kept="")).endswith(
+        "no bundle written. Start the same command again on every worker (it starts over: "
+        "nothing of this run is kept)")
+    assert str(cluster.lost(down, 60.0, "train epoch 2", kept=f"the epoch checkpoints in "
+                            f"{checkpoints}")).endswith(
+        f"to resume (the epoch checkpoints in {checkpoints} are kept)")
 
 
 def test_a_cnn_from_scratch_killed_in_its_first_half_resumes(slow_split, tmp_path):

@@ -155,11 +155,12 @@ def reason(text: str) -> str:
 
 
 def lost(exc: BaseException, timeout: float, during: str,
-         worker_timeout: float | None = None) -> WorkerLost:
+         worker_timeout: float | None = None, kept: str | None = None) -> WorkerLost:
     """The one line for a collective that failed: which kind of failure, what was going on.
     ``timeout``: the wait of this collective; ``worker_timeout``: --worker-timeout, the bound
     of the heartbeats too, when this wait was a longer one (a worker paused for 20 s was said
-    not to answer "within 1800 s (--worker-timeout)")."""
+    not to answer "within 1800 s (--worker-timeout)"); ``kept``: what a rerun resumes from
+    (``Cluster.kept``, set by the run), or "" for nothing."""
     from transfer.tf import tf
 
     said = str(getattr(exc, "message", exc))
@@ -182,9 +183,12 @@ def lost(exc: BaseException, timeout: float, during: str,
                           "may have written the bundle (look at its --output) before it "
                           "stopped answering; if not, start the same command again on every "
                           "worker")
+    if kept is None:
+        kept = "the cached features and the epoch checkpoints"
+    again = (f"to resume ({kept} are kept)" if kept
+             else "(it starts over: nothing of this run is kept)")
     return WorkerLost(f"multi-worker training stopped during {during}: {why}; no bundle "
-                      "written. Start the same command again on every worker to resume "
-                      "(cached features and epoch checkpoints are kept)")
+                      f"written. Start the same command again on every worker {again}")
 
 
 WRITING = "the chief's writing of the bundle"  # what the other workers wait for at the end
@@ -204,6 +208,7 @@ class Cluster:
         from tensorflow.python.eager import context  # isort: skip
 
         self.topology, self.timeout = topology, float(timeout)
+        self.kept: str | None = None  # what a rerun resumes from: training says (see lost)
         self.startup = startup_seconds() if startup is None else float(startup)
         quiet_native_logs()
         self.during = "start-up"
@@ -317,7 +322,7 @@ class Cluster:
         try:
             return run()
         except tf.errors.OpError as exc:
-            raise lost(exc, limit, during, self.timeout) from None
+            raise lost(exc, limit, during, self.timeout, self.kept) from None
 
     def broadcast(self, arrays: list, during: str, timeout: float | None = None) -> list:
         """The chief's ``arrays`` on every worker (others pass arrays of the same shapes)."""

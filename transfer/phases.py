@@ -150,7 +150,8 @@ def build_model(plan: RunPlan, cluster=None) -> Built:
             raise
         from transfer.cluster import lost
 
-        raise lost(cause, cluster.timeout, "the building of the model") from None
+        raise lost(cause, cluster.timeout, "the building of the model",
+                   kept=cluster.kept) from None
     source, sha = bases.weights_fingerprint(plan.base, hp.weights, plan.alpha, plan.size,
                                             hp.seed)
     return Built(chosen, base_model, graphs["full"], graphs["core"], graphs["features"],
@@ -1010,7 +1011,7 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
     except tf.errors.OpError as exc:  # a worker lost as the loop starts: a traceback was all
         from transfer.cluster import lost
 
-        raise lost(exc, cluster.timeout, f"the start of {phase}") from None
+        raise lost(exc, cluster.timeout, f"the start of {phase}", kept=cluster.kept) from None
 
     def per_image(y, p):
         if plan.binary:
@@ -1088,7 +1089,8 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
                 except tf.errors.OpError as exc:
                     from transfer.cluster import lost
 
-                    raise lost(exc, cluster.timeout, f"{phase} epoch {epoch + 1}") from None
+                    raise lost(exc, cluster.timeout, f"{phase} epoch {epoch + 1}",
+                               kept=cluster.kept) from None
             val_loss, val_acc = validate()
             for key, value in zip(history, (sums[0] / sums[2], sums[1] / sums[2], val_loss,
                                             val_acc), strict=True):

@@ -344,6 +344,21 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
         return _train(settings, reporter, started)
 
 
+def kept_for_a_rerun(run) -> str:
+    """What a multi-worker run stopped by a lost worker leaves for the same command to resume
+    from, in words ("" for nothing: --no-feature-cache on the frozen route)."""
+    from transfer import features
+
+    hp = run.settings
+    kept = []
+    if run.use_cache and hp.feature_cache:
+        kept.append("the features cached in "
+                    f"{features.cache_folder(Path(run.root or hp.data_dir))}")
+    if not run.use_cache or hp.fine_tune > 0:  # the custom loop's epoch checkpoints
+        kept.append(f"the epoch checkpoints in {run.checkpoint_dir}")
+    return " and ".join(kept)
+
+
 def chiefs_check(run, cluster) -> None:
     """``pipelines.check_enough`` on the chief after a multi-worker feature pass, its outcome
     shared: a class left too few readable images stops every worker with the chief's line."""
@@ -371,6 +386,7 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
         pipelines.check_enough(run)
     cluster = join_cluster(settings, reporter)
     if cluster is not None:
+        cluster.kept = kept_for_a_rerun(run)
         same_settings(run, cluster)
         same_files(run, cluster)
     ahead = None
