@@ -859,6 +859,34 @@ def test_a_worker_whose_port_is_taken_says_so(tiny_split, tmp_path):
     assert "did not all join" not in said and "Traceback" not in said
 
 
+def test_workers_listing_clusters_of_other_sizes_never_say_they_joined(tiny_split, tmp_path):
+    """Worker 0 listing 2 addresses, worker 1 the same 2 and a third: worker 1 said
+    "multi-worker: 3 workers joined", then that the clusters differ. The sizes are now
+    compared before the join is said: each says the clusters differ, in one line."""
+    ports = launch.free_ports(3)
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    out = tmp_path / "models" / "sizes"
+    procs, logs = [], []
+    for i, listed in ((0, addresses[:2]), (1, addresses)):
+        logs.append(tmp_path / f"worker{i}.log")
+        with open(logs[-1], "w") as handle:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "transfer", "train",
+                 *train_args(tiny_split, out, "--distribute", "multi-worker",
+                             "--worker-timeout", "20")],
+                env={**os.environ, "TF_CONFIG": launch.tf_config(listed, i),
+                     "TRANSFER_STARTUP_SECONDS": "60"},
+                stdout=handle, stderr=subprocess.STDOUT, text=True))
+    codes = wait_all(procs, timeout=120)
+    said = [text(log) for log in logs]
+    assert codes == [1, 1], said
+    for log in said:
+        assert "workers joined" not in log and "Traceback" not in log, log
+        errors = [line for line in log.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "TF_CONFIG name different clusters" in errors[0], log
+    assert not out.exists()
+
+
 def test_a_timeout_line_names_the_bound_that_can_have_fired():
     """A worker paused for 20 s during the 30-minute wait for the chief's bundle was said not
     to have answered "within 1800 s (--worker-timeout)": neither number was --worker-timeout's

@@ -253,7 +253,21 @@ class Cluster:
         t = self.topology
         return (f"the {t.workers} workers of TF_CONFIG did not all join within {self.startup:g} s "
                 f"(this is {t.describe()}{'; ' + detail if detail else ''}); start the same "
-                "command on every worker")
+                "command on every worker, each with the same cluster list in TF_CONFIG (the "
+                "same addresses in the same order) and its own task index")
+
+    def check_same_cluster(self) -> None:
+        """Every worker's TF_CONFIG lists as many workers, checked before the join is said (a
+        worker listing 3 addresses where 2 run said "3 workers joined"): a first collective,
+        which fails for a group of another size (``lost`` says so). The addresses themselves
+        may be spelt otherwise from machine to machine (a host's name, its IP address)."""
+        seen = self.gather([np.array([self.workers], "int32")],
+                           "comparing the workers' cluster lists")
+        sizes = sorted({int(sent[0][0]) for sent in seen})
+        if len(sizes) > 1:
+            raise WorkerLost(f"the workers' TF_CONFIG name different clusters (of "
+                             f"{' and '.join(map(str, sizes))} workers); give every worker "
+                             "the same cluster list, the same addresses in the same order")
 
     def _start_watchdog(self):
         """A tiny process that ends this one if the workers have not all joined within

@@ -585,6 +585,7 @@ def join_cluster(settings: TrainSettings, reporter: Reporter):
         # joining installed TensorFlow's own SIGTERM handler (its preemption notice), under
         # which a worker told to stop trained on to the end and wrote its bundle
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    joined.check_same_cluster()
     reporter.info(f"multi-worker: {joined.workers} workers joined in "
                   f"{joined.joined_seconds:.1f} s")
     return joined
