@@ -60,7 +60,12 @@ GOOD = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": 
     (config(cluster={"worker": ["127.0.0.1:99999"]}, task={"type": "worker", "index": 0}),
      "'127.0.0.1:99999': the port must be"),
     (config(cluster={"worker": [":2222"]}, task={"type": "worker", "index": 0}),
-     "the port must be"),
+     "':2222': no host before the port"),
+    (config(cluster={"master": ["a:1"]}, task={"type": "worker", "index": 0}),
+     "cluster has master: multi-worker training uses only chief and worker tasks (no other "
+     "kinds of task)"),
+    (config(cluster={"worker": ["a:1"]}, task={"type": "chief", "index": 0}),
+     "task.type is 'chief', but its cluster lists no chief: add its address to cluster.chief"),
     (config(cluster={"worker": ["127.0.0.1:\uff11\uff18"]}, task={"type": "worker",
                                                                 "index": 0}),
      "the port must be"),  # full-width digits: Python's isdigit, not gRPC's

@@ -107,8 +107,9 @@ def read_tf_config(environ=None) -> Topology:
     unknown = sorted(set(cluster) - {"chief", "worker", "evaluator", "ps"})
     if unknown or "ps" in cluster:
         what = unknown or ["ps"]
+        kinds = "parameter servers" if what == ["ps"] else "other kinds of task"
         raise TransferError(f"TF_CONFIG cluster has {', '.join(what)}: multi-worker training "
-                            "uses only chief and worker tasks (no parameter servers)")
+                            f"uses only chief and worker tasks (no {kinds})")
     addresses = []
     for job in ("chief", "worker"):
         hosts = cluster.get(job, [])
@@ -118,8 +119,10 @@ def read_tf_config(environ=None) -> Topology:
                                 f"strings, not {json.dumps(hosts)}")
         for host in hosts:
             name, _, port = host.rpartition(":")
-            if (not name or not (port.isascii() and port.isdigit())
-                    or not 1 <= int(port) <= 65535):
+            if not name:
+                raise TransferError(f"TF_CONFIG cluster.{job} address {host!r}: no host before "
+                                    "the port (\"host:port\")")
+            if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
                 raise TransferError(f"TF_CONFIG cluster.{job} address {host!r}: the port must "
                                     "be a number from 1 to 65535 (\"host:port\")")
         addresses.extend(hosts)
@@ -134,6 +137,9 @@ def read_tf_config(environ=None) -> Topology:
         raise TransferError(f"TF_CONFIG task.type must be \"worker\" or \"chief\", not "
                             f"{json.dumps(task_type)}")
     hosts = cluster.get(task_type, [])
+    if not hosts:  # "index must be 0..-1 for the 0 chief task(s)"
+        raise TransferError(f"TF_CONFIG task.type is {task_type!r}, but its cluster lists no "
+                            f"{task_type}: add its address to cluster.{task_type}")
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(hosts):
         raise TransferError(f"TF_CONFIG task.index must be 0..{len(hosts) - 1} for the "
                             f"{len(hosts)} {task_type} task(s), not {json.dumps(index)}")
