@@ -411,6 +411,28 @@ def test_a_single_class_is_refused_before_any_work(flowers, tmp_path, monkeypatc
     assert decoded == [] and not (tmp_path / "data").exists()
 
 
+def test_a_models_folder_given_as_the_photos_is_refused(trained_bundle, tmp_path, monkeypatch):
+    """`fetch-data --archive models/` split each bundle into a "class" of its pictures
+    (curves.png, confusion.png ...), as train did with such a --data-dir before it refused it.
+    It is one line now, before any work; a zip of it too."""
+    import shutil
+
+    models = tmp_path / "models"
+    for name in ("mobilenet-1", "mobilenet-2"):
+        shutil.copytree(trained_bundle.bundle, models / name)
+    decoded = no_image_read(monkeypatch)
+    with pytest.raises(TransferError) as info:
+        fetch_data(FetchOptions(archive=models, data_dir=tmp_path / "data"))
+    assert str(info.value) == (
+        f"{models}: mobilenet-1, mobilenet-2 are model bundles (what transfer train writes), "
+        "not class folders of photos; give --archive the folder of class folders (or move them "
+        "out of it)")
+    zipped = shutil.make_archive(str(tmp_path / "models"), "zip", tmp_path, "models")
+    with pytest.raises(TransferError, match="are model bundles"):
+        fetch_data(FetchOptions(archive=Path(zipped), data_dir=tmp_path / "data"))
+    assert decoded == [] and not (tmp_path / "data").exists()
+
+
 def test_an_empty_class_folder_is_refused_before_any_work(flowers, tmp_path, monkeypatch):
     folder = copy_classes(flowers, tmp_path / "flowers", per_class=12, classes=FLOWERS[:3])
     (folder / "tulips").mkdir()

@@ -404,6 +404,18 @@ def sort_into_classes(files: Iterable[str], folders: Iterable[str] = (),
     known = [*(_posix(f) for f in folders), *(_parent(p) for p in paths)]
     classes = class_folders(images, known, where, kaggle_folder=one_folder and bool(kaggle),
                             notes=notes, unread=[p for p in paths if unread_photo(p)])
+    # a models folder given as the photos: each bundle a "class" of its pictures (train
+    # refuses it as its --data-dir; fetch-data split it)
+    bundles = sorted({_name(_parent(p)) for p in paths if _name(p) == "meta.json"
+                      and _parent(p) + "/model.keras" in paths} & set(classes))
+    if bundles:
+        shown = ", ".join(bundles[:3]) + (" ..." if len(bundles) > 3 else "")
+        one = len(bundles) == 1
+        what = "is a model bundle" if one else "are model bundles"
+        raise TransferError(f"{where}: {shown} {what} (what transfer train writes), not class "
+                            f"folder"
+                            f"{'' if one else 's'} of photos; give --archive the folder of class "
+                            f"folders (or move {'it' if one else 'them'} out of it)")
     return CLASS_FOLDERS, {cls: [paths[p] for p in names] for cls, names in classes.items()}
 
 
