@@ -560,7 +560,7 @@ def test_a_missing_models_folder_is_named_at_start_up(tmp_path, monkeypatch):
                              "--imagenet)"]
 
 
-def test_a_bundle_given_as_the_models_folder_is_said(models_dir, tmp_path):
+def test_a_bundle_given_as_the_models_folder_is_said(models_dir, tmp_path, monkeypatch):
     """`serve --models-dir models/latest` (the bundle, not its folder) served the ImageNet
     classifier without a word: a cat came back a Siberian husky."""
     require_asset("keras/models/mobilenet_2_5_224_tf.h5")
@@ -570,6 +570,12 @@ def test_a_bundle_given_as_the_models_folder_is_said(models_dir, tmp_path):
     assert recorder.warnings == [f"{models_dir / 'latest'} is itself a bundle, not a folder of "
                                  f"bundles: serve it with --models-dir {models_dir} --model "
                                  "latest"]
+    inside = Recorder()  # served from inside the bundle: "--model " and no name was the advice
+    monkeypatch.chdir(models_dir / "cats-dogs")
+    with serve.serving(ServeSettings(models_dir=Path("."), port=0), inside):
+        pass
+    assert inside.warnings == [f". is itself a bundle, not a folder of bundles: serve it with "
+                               f"--models-dir {models_dir} --model cats-dogs"]
 
 
 def test_imagenet_mode_gives_a_dog_a_dog_breed(unseen, mobilenet_weights, tmp_path):

@@ -1349,8 +1349,11 @@ def _server(settings: ServeSettings, reporter: Reporter):
                                    "and no ImageNet classifier is in the Keras cache (or use "
                                    "--imagenet)"))
     elif (s.models_dir / bundle.META).is_file():  # models/latest: only ImageNet's, unsaid
+        named = s.models_dir  # "." (served from inside the bundle) has no name: its full path
+        if named.name in ("", ".", ".."):
+            named = Path(os.path.abspath(named))
         reporter.warn(f"{s.models_dir} is itself a bundle, not a folder of bundles: serve it "
-                      f"with --models-dir {s.models_dir.parent} --model {s.models_dir.name}")
+                      f"with --models-dir {named.parent} --model {named.name}")
     elif not store.bundles() and not store.imagenet_entries():
         reporter.warn(f"no model to serve: {s.models_dir} holds no bundle (train one with "
                       "`transfer train`) and no ImageNet classifier is in the Keras cache "

@@ -384,9 +384,9 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float) -> Train
         # files are known (and a class left too small is refused) before any epoch
         pipelines.decode_all(run.train + run.validate, run.size, run.skipped, reporter)
         pipelines.check_enough(run)
-    cluster = join_cluster(settings, reporter)
+    cluster = join_cluster(settings, reporter, kept_for_a_rerun(run)
+                           if settings.distribute == "multi-worker" else None)
     if cluster is not None:
-        cluster.kept = kept_for_a_rerun(run)
         same_settings(run, cluster)
         same_files(run, cluster)
     ahead = None
@@ -561,8 +561,9 @@ def _after_writing(run: RunPlan, landed: Path, reporter: Reporter, cluster, mode
 FINAL_WAIT = 1800.0  # seconds the other workers wait for the chief to validate and write
 
 
-def join_cluster(settings: TrainSettings, reporter: Reporter):
-    """The cluster of TF_CONFIG for --distribute multi-worker (None otherwise), joined."""
+def join_cluster(settings: TrainSettings, reporter: Reporter, kept: str | None = None):
+    """The cluster of TF_CONFIG for --distribute multi-worker (None otherwise), joined.
+    ``kept``: what a rerun resumes from, said when a worker is lost (``Cluster.kept``)."""
     if settings.distribute != "multi-worker":
         return None
     import signal
@@ -581,6 +582,7 @@ def join_cluster(settings: TrainSettings, reporter: Reporter):
     reporter.info(f"multi-worker: this is {topology.describe()}; waiting for the others "
                   f"(up to {clusters.startup_seconds():g} s)")
     joined = clusters.Cluster(topology, settings.worker_timeout)
+    joined.kept = kept
     if default_term:
         # joining installed TensorFlow's own SIGTERM handler (its preemption notice), under
         # which a worker told to stop trained on to the end and wrote its bundle
