@@ -637,6 +637,33 @@ def test_a_link_loop_and_a_name_too_long_get_error_rows(trained_bundle, real_pho
     assert result.items[0].label == "dogs"
 
 
+def test_a_glob_gives_broken_links_and_loops_their_rows_as_a_folder_does(
+        trained_bundle, real_photos, tmp_path):
+    """`predict 'mix/*'` dropped a broken link and a link loop (exit 0, no word) that
+    `predict mix` gives error rows, and `'mix/loop*'` said "no file matches this pattern"
+    although `ls` lists two files. The glob now gives them the folder's rows."""
+    mix = tmp_path / "mix"
+    mix.mkdir()
+    (mix / "ok.jpg").write_bytes(real_photos["dogs"][5][1])
+    (mix / "broken.jpg").symlink_to("nowhere.jpg")
+    (mix / "loop1.jpg").symlink_to("loop2.jpg")
+    (mix / "loop2.jpg").symlink_to("loop1.jpg")
+    (mix / "notes").symlink_to("nowhere")  # no photo's name: passed over, as in the folder
+    folder = {(Path(i.file).name, i.error) for i in
+              predict.predict([str(mix)], model=trained_bundle.bundle).items}
+    globbed = {(Path(i.file).name, i.error) for i in
+               predict.predict([str(mix / "*")], model=trained_bundle.bundle).items}
+    assert globbed == folder == {
+        ("ok.jpg", None),
+        ("broken.jpg", "a broken link (to nowhere.jpg, which does not exist)"),
+        ("loop1.jpg", "a symbolic link loop (it leads back to itself)"),
+        ("loop2.jpg", "a symbolic link loop (it leads back to itself)")}
+    loops = predict.predict([str(mix / "loop*")], model=trained_bundle.bundle).items
+    assert [(Path(i.file).name, i.error) for i in loops] == [
+        ("loop1.jpg", "a symbolic link loop (it leads back to itself)"),
+        ("loop2.jpg", "a symbolic link loop (it leads back to itself)")]
+
+
 def test_names_with_terminal_controls_are_printed_as_escapes(trained_bundle, real_photos,
                                                              tmp_path):
     """A file named with ESC [2J (from a zip, anyone's folder) went to the terminal raw: it

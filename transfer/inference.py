@@ -50,7 +50,13 @@ import numpy as np
 
 from transfer import bases, bundle, images
 from transfer import engines as engines_module
-from transfer.constants import is_ignored_folder, is_own_picture, unread_line, unread_photo
+from transfer.constants import (
+    is_ignored_folder,
+    is_image_name,
+    is_own_picture,
+    unread_line,
+    unread_photo,
+)
 from transfer.errors import TransferError
 from transfer.files import images_under, photos_under
 from transfer.metrics import class_probabilities
@@ -180,7 +186,10 @@ def _matches(pattern: str) -> list[Path]:
     found = glob.glob(pattern, recursive=True)
     return [m for m in sorted(Path(m) for m in found)
             if (m.is_file() and not is_own_picture(m.name))
-            or (m.is_dir() and not is_ignored_folder(m.name))]
+            or (m.is_dir() and not is_ignored_folder(m.name))
+            # a broken link or a link loop named as a photo: its error row, as in a folder
+            # (it was dropped: exit 0, no word; "no file matches" when it was all there was)
+            or (m.is_symlink() and not m.exists() and is_image_name(m.name))]
 
 
 def glob_root(pattern: str) -> Path:
