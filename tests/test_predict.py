@@ -664,6 +664,30 @@ def test_a_glob_gives_broken_links_and_loops_their_rows_as_a_folder_does(
         ("loop2.jpg", "a symbolic link loop (it leads back to itself)")]
 
 
+def test_output_dev_stdout_sent_to_a_file_is_written_through_the_stream(trained_bundle,
+                                                                        real_photos, tmp_path):
+    """`predict x.jpg --output /dev/stdout > preds.csv`: /dev/stdout is then a file, so it was
+    refused ("already exists; use --force"), and with --force under `>> log.csv` the log was
+    replaced by the predictions. It is now standard output wherever the shell sent it: no
+    refusal, and `>>` appends."""
+    import subprocess
+    import sys
+
+    photo = tmp_path / "dog.jpg"
+    photo.write_bytes(real_photos["dogs"][5][1])
+    log = tmp_path / "log.csv"
+    log.write_text("old line 1\n")
+    with open(log, "a") as appended:
+        done = subprocess.run([sys.executable, "-m", "transfer", "predict", str(photo),
+                               "--model", str(trained_bundle.bundle), "--output", "/dev/stdout",
+                               "--format", "csv"], stdout=appended, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = log.read_text().splitlines()
+    assert lines[0] == "old line 1" and lines[1].startswith("file,label,probability")
+    assert lines[2].startswith(f"{photo},dogs,") and len(lines) == 3, lines
+
+
 def test_names_with_terminal_controls_are_printed_as_escapes(trained_bundle, real_photos,
                                                              tmp_path):
     """A file named with ESC [2J (from a zip, anyone's folder) went to the terminal raw: it

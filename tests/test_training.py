@@ -1214,6 +1214,20 @@ def test_the_cnn_from_scratch_is_not_stopped_or_kept_in_its_noisy_first_half(tmp
     assert len(losses) >= 4 and metrics["epochs_run"] == len(losses)  # 3 watched + patience
     assert metrics["best_epoch"] >= 4
     assert metrics["best_epoch"] == 4 + int(np.argmin(losses[3:]))
+    assert metrics["best_epoch_from"] == 4  # said: "best epoch 14" read as the lowest loss
+    from typer.testing import CliRunner
+
+    from transfer.cli import app
+
+    said = CliRunner().invoke(app, [
+        "train", "--data-dir", str(data), "--base", "scratch", "--image-size", "32", "--epochs",
+        "6", "--batch-size", "8", "--no-augment", "--patience", "1", "--learning-rate", "0.3",
+        "--lr-schedule", "constant", "--models-dir", str(tmp_path / "models"), "--output",
+        str(tmp_path / "cli")])
+    assert said.exit_code == 0, said.output
+    again = json.loads((tmp_path / "cli" / "meta.json").read_text())["metrics"]
+    assert (f"(best epoch {again['best_epoch']} of {again['epochs_run']}, the best of epochs "
+            f"4-{again['epochs_run']})") in " ".join(said.output.split())
     # which epoch a history's bundle holds, watched from the 4th
     history = {"val_loss": [0.1, 0.9, 0.8, 0.5, 0.7, 0.6], "phase": ["train"] * 6}
     assert saved_epoch(history) == 1 and saved_epoch(history, watched_from=3) == 4

@@ -595,9 +595,11 @@ def train_cmd(
     validate = ((result.meta.get("data") or {}).get("counts") or {}).get("validate")
     shown = (f" (balanced accuracy {balanced:.4f})"
              if balanced is not None and metrics.unbalanced(validate) else "")
+    among = (f", the best of epochs {m['best_epoch_from']}-{m['epochs_run']}"
+             if m.get("best_epoch_from") else "")  # the CNN from scratch's watched half
     out.print(f"[bold]{escape(str(result.bundle))}[/bold]: validation accuracy "
               f"{m['val_accuracy']:.4f}{shown}, loss {m['val_loss']:.4f} (best epoch "
-              f"{m['best_epoch']} of {m['epochs_run']})", highlight=False, markup=True)
+              f"{m['best_epoch']} of {m['epochs_run']}{among})", highlight=False, markup=True)
     ahead = (result.meta.get("engine") or {}).get("decoded_ahead")
     speed = (f", base {t['base_images_per_second']} images/s"
              # those photos were decoded by the helper (most before the pass reached them):

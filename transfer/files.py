@@ -44,9 +44,33 @@ def new_folders_kept_on_success(path: Path) -> Iterator[Path]:
 
 def is_device_or_pipe(path: Path) -> bool:
     """True for something that exists and is neither a file nor a folder (``/dev/null``, a
-    pipe, a socket): written to, never replaced by a file."""
+    pipe, a socket), or that is this process's standard output or error whatever it is
+    (``/dev/stdout`` with the output sent to a file: ``> preds.csv``): written to, never
+    replaced by a file."""
     path = Path(path)
-    return path.exists() and not path.is_file() and not path.is_dir()
+    return (path.exists() and not path.is_file() and not path.is_dir()) or \
+        standard_stream(path) is not None
+
+
+def standard_stream(path: Path):
+    """``sys.stdout`` or ``sys.stderr`` when ``path`` is that stream's file (``/dev/stdout``,
+    ``/dev/fd/1``, the very file the shell sent it to), else None: written through the
+    stream, so that ``>>`` appends and ``>`` is not truncated again, and in order with the
+    rest of the output."""
+    import sys
+
+    try:
+        target = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
+        try:
+            held = os.fstat(fd)
+        except OSError:
+            continue
+        if (held.st_dev, held.st_ino) == (target.st_dev, target.st_ino):
+            return stream
+    return None
 
 
 def resolved(path: Path) -> Path | None:

@@ -29,7 +29,13 @@ import numpy as np
 
 from transfer import images
 from transfer.errors import TransferError
-from transfer.files import is_device_or_pipe, nan_as_null, refuse_existing, replacing
+from transfer.files import (
+    is_device_or_pipe,
+    nan_as_null,
+    refuse_existing,
+    replacing,
+    standard_stream,
+)
 from transfer.inference import (
     ModelEngine,
     classify_files,
@@ -226,7 +232,12 @@ def write_text(path: Path, text: str, force: bool = False) -> Path:
         OSError: the folder cannot be written; its ``filename`` is that folder.
     """
     path = Path(path)
-    if is_device_or_pipe(path):  # /dev/stdout, a pipe
+    stream = standard_stream(path)
+    if stream is not None:  # /dev/stdout sent to a file: opened anew, it was truncated
+        stream.write(text)
+        stream.flush()
+        return path
+    if is_device_or_pipe(path):  # /dev/null, a pipe
         # names that are not UTF-8 as the file system holds them (their bytes), as below
         with open(path, "w", encoding="utf-8", errors="surrogateescape") as stream:
             stream.write(text)

@@ -897,6 +897,10 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
                                        else validation.accuracy),
             "best_epoch": best_index + 1,
             "epochs_run": len(val_losses),
+            # the CNN from scratch: its best among the epochs from this one on (the first
+            # half, whose figures jump, is not watched)
+            **({"best_epoch_from": watched + 1} if (watched := fit.info.get("watched_from", 0))
+               and len(val_losses) > watched else {}),
         },
         base=base.name,
         keras_class=base.keras_class or "scratch CNN",
