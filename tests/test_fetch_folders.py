@@ -430,6 +430,20 @@ def test_a_models_folder_given_as_the_photos_is_refused(trained_bundle, tmp_path
     zipped = shutil.make_archive(str(tmp_path / "models"), "zip", tmp_path, "models")
     with pytest.raises(TransferError, match="are model bundles"):
         fetch_data(FetchOptions(archive=Path(zipped), data_dir=tmp_path / "data"))
+    # one bundle, or a comparison's folder (compare.png at its top): "images at the top, in
+    # no class folder (curves.png)" came first
+    with pytest.raises(TransferError) as info:
+        fetch_data(FetchOptions(archive=models / "mobilenet-1", data_dir=tmp_path / "data"))
+    assert str(info.value) == (f"{models / 'mobilenet-1'} is a model bundle (what transfer "
+                               "train writes), not a folder of class folders of photos; give "
+                               "--archive the folder of class folders")
+    (models / "compare.png").write_bytes((models / "mobilenet-1" / "curves.png").read_bytes())
+    with pytest.raises(TransferError, match="mobilenet-1, mobilenet-2 are model bundles"):
+        fetch_data(FetchOptions(archive=models, data_dir=tmp_path / "data"))
+    shutil.rmtree(models / "mobilenet-2")
+    with pytest.raises(TransferError, match="mobilenet-1 is a model bundle .*, not a class "
+                                            "folder of photos;"):
+        fetch_data(FetchOptions(archive=models, data_dir=tmp_path / "data"))
     assert decoded == [] and not (tmp_path / "data").exists()
 
 

@@ -401,21 +401,26 @@ def sort_into_classes(files: Iterable[str], folders: Iterable[str] = (),
     if one_folder and petimages:
         found = {cls: [paths[p] for p in kaggle + others if classify(p) == cls] for cls in CLASSES}
         return (PETIMAGES if others else KAGGLE), found
+    # a models folder (or a comparison's, or one bundle) given as the photos: each bundle a
+    # "class" of its pictures (train refuses it as its --data-dir; fetch-data split it)
+    bundles = sorted({_parent(p) for p in paths if _name(p) == "meta.json"
+                      and "/".join([*_parts(_parent(p)), "model.keras"]) in paths})
+    if "" in bundles:  # one bundle itself
+        raise TransferError(f"{where} is a model bundle (what transfer train writes), not a "
+                            "folder of class folders of photos; give --archive the folder of "
+                            "class folders")
+    if bundles:
+        names = [_name(b) for b in bundles]
+        shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+        one = len(names) == 1
+        what = "is a model bundle" if one else "are model bundles"
+        raise TransferError(f"{where}: {shown} {what} (what transfer train writes), not "
+                            f"{'a class folder' if one else 'class folders'} of photos; give "
+                            f"--archive the folder of class folders (or move "
+                            f"{'it' if one else 'them'} out of it)")
     known = [*(_posix(f) for f in folders), *(_parent(p) for p in paths)]
     classes = class_folders(images, known, where, kaggle_folder=one_folder and bool(kaggle),
                             notes=notes, unread=[p for p in paths if unread_photo(p)])
-    # a models folder given as the photos: each bundle a "class" of its pictures (train
-    # refuses it as its --data-dir; fetch-data split it)
-    bundles = sorted({_name(_parent(p)) for p in paths if _name(p) == "meta.json"
-                      and _parent(p) + "/model.keras" in paths} & set(classes))
-    if bundles:
-        shown = ", ".join(bundles[:3]) + (" ..." if len(bundles) > 3 else "")
-        one = len(bundles) == 1
-        what = "is a model bundle" if one else "are model bundles"
-        raise TransferError(f"{where}: {shown} {what} (what transfer train writes), not class "
-                            f"folder"
-                            f"{'' if one else 's'} of photos; give --archive the folder of class "
-                            f"folders (or move {'it' if one else 'them'} out of it)")
     return CLASS_FOLDERS, {cls: [paths[p] for p in names] for cls, names in classes.items()}
 
 

@@ -595,8 +595,8 @@ def train_cmd(
     validate = ((result.meta.get("data") or {}).get("counts") or {}).get("validate")
     shown = (f" (balanced accuracy {balanced:.4f})"
              if balanced is not None and metrics.unbalanced(validate) else "")
-    among = (f", the best of epochs {m['best_epoch_from']}-{m['epochs_run']}"
-             if m.get("best_epoch_from") else "")  # the CNN from scratch's watched half
+    among = (f", the best of epochs {m['best_epoch_from']}-{m['epochs_run']}"  # scratch's
+             if (m.get("best_epoch_from") or m["epochs_run"]) < m["epochs_run"] else "")
     out.print(f"[bold]{escape(str(result.bundle))}[/bold]: validation accuracy "
               f"{m['val_accuracy']:.4f}{shown}, loss {m['val_loss']:.4f} (best epoch "
               f"{m['best_epoch']} of {m['epochs_run']}{among})", highlight=False, markup=True)
@@ -789,7 +789,9 @@ def predict_cmd(
                 out.print(f"{sum(counts.values())} image(s) classified: " + ", ".join(
                     f"{label}: {n}" for label, n in counts.most_common()), highlight=False)
     elif output is None:
-        sys.stdout.write(result.render(fmt))
+        from transfer.files import write_stream
+
+        write_stream(sys.stdout, result.render(fmt))  # a name not UTF-8 as its bytes
     if output is not None:
         if fmt == "table":
             write_text(output, text, force=force)

@@ -44,21 +44,21 @@ def new_folders_kept_on_success(path: Path) -> Iterator[Path]:
 
 def is_device_or_pipe(path: Path) -> bool:
     """True for something that exists and is neither a file nor a folder (``/dev/null``, a
-    pipe, a socket), or that is this process's standard output or error whatever it is
-    (``/dev/stdout`` with the output sent to a file: ``> preds.csv``): written to, never
-    replaced by a file."""
+    pipe, a socket): written to, never replaced by a file."""
     path = Path(path)
-    return (path.exists() and not path.is_file() and not path.is_dir()) or \
-        standard_stream(path) is not None
+    return path.exists() and not path.is_file() and not path.is_dir()
 
 
 def standard_stream(path: Path):
-    """``sys.stdout`` or ``sys.stderr`` when ``path`` is that stream's file (``/dev/stdout``,
-    ``/dev/fd/1``, the very file the shell sent it to), else None: written through the
-    stream, so that ``>>`` appends and ``>`` is not truncated again, and in order with the
-    rest of the output."""
+    """``sys.stdout`` or ``sys.stderr`` when ``path`` is a name of the system's for that
+    stream (``/dev/stdout``, ``/dev/fd/1``, ``/proc/self/fd/2``) whatever the shell sent it to
+    (a file: ``> preds.csv``), else None: written through the stream (``write_stream``), so
+    that ``>>`` appends and ``>`` is not truncated again. A file named as itself
+    (``--output preds.csv > preds.csv``) is a file, refused when it exists."""
     import sys
 
+    if not str(path).startswith(("/dev/", "/proc/")):
+        return None
     try:
         target = os.stat(path)
     except (OSError, ValueError):
@@ -71,6 +71,18 @@ def standard_stream(path: Path):
         if (held.st_dev, held.st_ino) == (target.st_dev, target.st_ino):
             return stream
     return None
+
+
+def write_stream(stream, text: str) -> None:
+    """``text`` to a standard stream, names that are not UTF-8 as the file system holds them
+    (their bytes, as every file transfer writes): a strict UTF-8 stdout raised on them."""
+    stream.flush()
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:  # a stream of text only (a test's capture)
+        stream.write(text)
+        return
+    buffer.write(text.encode(getattr(stream, "encoding", None) or "utf-8", "surrogateescape"))
+    buffer.flush()
 
 
 def resolved(path: Path) -> Path | None:

@@ -35,6 +35,7 @@ from transfer.files import (
     refuse_existing,
     replacing,
     standard_stream,
+    write_stream,
 )
 from transfer.inference import (
     ModelEngine,
@@ -234,8 +235,7 @@ def write_text(path: Path, text: str, force: bool = False) -> Path:
     path = Path(path)
     stream = standard_stream(path)
     if stream is not None:  # /dev/stdout sent to a file: opened anew, it was truncated
-        stream.write(text)
-        stream.flush()
+        write_stream(stream, text)
         return path
     if is_device_or_pipe(path):  # /dev/null, a pipe
         # names that are not UTF-8 as the file system holds them (their bytes), as below

@@ -665,9 +665,10 @@ class PredictSettings(Settings):
         if self.output is not None:
             if Path(self.output).is_dir():
                 raise TransferError(f"--output {self.output} is a folder; name a file")
-            from transfer.files import is_device_or_pipe, refuse_existing
+            from transfer.files import is_device_or_pipe, refuse_existing, standard_stream
 
-            if not is_device_or_pipe(self.output):  # /dev/stdout, a pipe: written to, kept
+            # /dev/stdout (wherever the shell sent it), a pipe: written to, kept
+            if not is_device_or_pipe(self.output) and standard_stream(self.output) is None:
                 from transfer.inference import named_among
 
                 if named_among(paths, self.output):  # checked before "use --force"
