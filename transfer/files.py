@@ -76,13 +76,11 @@ def standard_stream(path: Path):
 def write_stream(stream, text: str) -> None:
     """``text`` to a standard stream, names that are not UTF-8 as the file system holds them
     (their bytes, as every file transfer writes): a strict UTF-8 stdout raised on them."""
-    stream.flush()
-    buffer = getattr(stream, "buffer", None)
-    if buffer is None:  # a stream of text only (a test's capture)
-        stream.write(text)
-        return
-    buffer.write(text.encode(getattr(stream, "encoding", None) or "utf-8", "surrogateescape"))
-    buffer.flush()
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None and getattr(stream, "errors", None) != "surrogateescape":
+        reconfigure(errors="surrogateescape")
+    # still buffered: what cannot be written at the end is the CLI's one line (exit 120)
+    stream.write(text)
 
 
 def resolved(path: Path) -> Path | None:
