@@ -410,14 +410,9 @@ def sort_into_classes(files: Iterable[str], folders: Iterable[str] = (),
                             "folder of class folders of photos; give --archive the folder of "
                             "class folders")
     if bundles:
-        names = [_name(b) for b in bundles]
-        shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
-        one = len(names) == 1
-        what = "is a model bundle" if one else "are model bundles"
-        raise TransferError(f"{where}: {shown} {what} (what transfer train writes), not "
-                            f"{'a class folder' if one else 'class folders'} of photos; give "
-                            f"--archive the folder of class folders (or move "
-                            f"{'it' if one else 'them'} out of it)")
+        from transfer.bundle import bundles_as_photos
+
+        raise bundles_as_photos(where, [_name(b) for b in bundles], "--archive")
     known = [*(_posix(f) for f in folders), *(_parent(p) for p in paths)]
     classes = class_folders(images, known, where, kaggle_folder=one_folder and bool(kaggle),
                             notes=notes, unread=[p for p in paths if unread_photo(p)])

@@ -64,6 +64,18 @@ MADE_LATER = frozenset({"report.json", "confusion.png", "misclassified.png", "su
                         "report.html", "export"})
 
 
+def bundles_as_photos(where, names: list[str], option: str) -> TransferError:
+    """The one line for a models folder given as photos (``option``: --data-dir, --archive):
+    each bundle in ``names`` would be a "class" of its pictures."""
+    shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+    one = len(names) == 1
+    what = "is a model bundle" if one else "are model bundles"
+    return TransferError(f"{where}: {shown} {what} (what transfer train writes), not "
+                         f"{'a class folder' if one else 'class folders'} of photos; give "
+                         f"{option} the folder of class folders (or move "
+                         f"{'it' if one else 'them'} out of it)")
+
+
 def _exported_names() -> frozenset:
     """What ``transfer export`` writes into a bundle's ``export/`` folder by default: each
     format's file (each quantized TFLite model's too) and its ``.meta.json``."""

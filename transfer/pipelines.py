@@ -181,17 +181,11 @@ def class_names(directory: Path) -> list[str]:
     if same:
         raise TransferError(f"{directory}: the class folders {' and '.join(same)} differ "
                             "only in case; rename or merge them")
-    from transfer.bundle import is_bundle
+    from transfer.bundle import bundles_as_photos, is_bundle
 
     bundles = [name for name in names if is_bundle(directory / name)]
     if bundles:  # a models folder given as the data: each bundle a "class" of its pictures
-        shown = ", ".join(bundles[:3]) + (" ..." if len(bundles) > 3 else "")
-        one = len(bundles) == 1
-        what = "is a model bundle" if one else "are model bundles"
-        raise TransferError(f"{directory}: {shown} {what} (what transfer train writes), not "
-                            f"class folder{'' if one else 's'} of photos; give --data-dir the "
-                            f"folder of class folders (or move {'it' if one else 'them'} out "
-                            "of it)")
+        raise bundles_as_photos(directory, bundles, "--data-dir")
     for name in names:
         if not image_files(directory / name):
             unread = unread_summary(unread_photos(directory / name))
