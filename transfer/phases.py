@@ -352,8 +352,7 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
     ``ahead``: a ``DecodeAhead`` holding photos of the passes decoded before them
     (``decode_ahead.for_run``); the passes read through it."""
     hp = plan.settings
-    # in fetch-data's data folder, else in the user's cache: never among the user's photos
-    cache_dir = features.cache_folder(Path(plan.root or hp.data_dir))
+    cache_dir = plan.feature_cache_dir
     common = dict(base=plan.base.name, alpha=plan.alpha, weights=built.weights_sha256,
                   classes=plan.names, reader=1, version=4,
                   # random weights (--weights none) are made by the seed

@@ -179,6 +179,14 @@ class RunPlan:
         return not self.use_cache or self.settings.fine_tune > 0
 
     @property
+    def feature_cache_dir(self) -> Path:
+        """Where the features are cached: in fetch-data's data folder, else in the user's
+        cache, never among the user's photos (``features.cache_folder``)."""
+        from transfer import features
+
+        return features.cache_folder(Path(self.root or self.settings.data_dir))
+
+    @property
     def checkpoint_dir(self) -> Path:
         """Beside the bundle being made (in --models-dir, or beside --output): never in the
         photo folders, which --models-dir may be when --output is given."""
@@ -347,14 +355,10 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
 def kept_for_a_rerun(run) -> str:
     """What a multi-worker run stopped by a lost worker leaves for the same command to resume
     from, in words ("" for nothing: --no-feature-cache on the frozen route)."""
-    from transfer import features
-
-    hp = run.settings
     kept = []
-    if run.use_cache and hp.feature_cache:
-        kept.append("the features cached in "
-                    f"{features.cache_folder(Path(run.root or hp.data_dir))}")
-    if not run.use_cache or hp.fine_tune > 0:  # the custom loop's epoch checkpoints
+    if run.use_cache and run.settings.feature_cache:
+        kept.append(f"the features cached in {run.feature_cache_dir}")
+    if run.pipeline_used:  # the custom loop's epoch checkpoints
         kept.append(f"the epoch checkpoints in {run.checkpoint_dir}")
     return " and ".join(kept)
 
