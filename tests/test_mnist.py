@@ -78,6 +78,25 @@ def test_quick_real_training_and_pictures(quick, mnist_dir):
     assert maps.shape == (26, 26, 32) and maps.max() > 0
 
 
+def test_mnist_arrays_classify_with_or_without_their_channel_axis(quick, mnist_dir):
+    """A digit bundle's classifier given MNIST's own arrays: x_test[:n] (n x 28 x 28) was
+    refused ("image 1: an array of shape (n, 28, 28) is no photo"), and one 28 x 28 digit was
+    read as a photo and fitted again, so it scored otherwise than with its channel axis."""
+    from transfer.inference import open_classifier
+
+    result, _ = quick
+    (_, _), (x_test, y_test) = mnist.load("mnist", mnist_dir)
+    classifier, _ = open_classifier(model=result.bundle)
+    assert classifier.input_shape() == (28, 28, 1)
+    batch = classifier.classify(x_test[:200])
+    np.testing.assert_array_equal(batch, classifier.classify(x_test[:200, ..., None]))
+    np.testing.assert_array_equal(batch, classifier.classify(list(x_test[:200])))
+    # one digit alone runs in a batch of one: the same up to float rounding
+    np.testing.assert_allclose(batch[:1], classifier.classify(x_test[0]), atol=1e-5)
+    assert np.mean(batch.argmax(1) == y_test[:200]) >= 0.9
+    assert batch.shape == (200, 10)
+
+
 def test_predict_real_test_digits_saved_as_png_both_polarities(quick, mnist_dir, tmp_path):
     """A user's digit: light on dark (as MNIST) or dark on light (ink on paper), found and
     classified the same; --invert no on dark-on-light is the user's explicit choice."""

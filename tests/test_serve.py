@@ -286,6 +286,22 @@ def test_a_malformed_form_is_a_400_and_no_console_line(models_dir, caplog):
     assert not logging.getLogger(serve.PARSER_LOG).filters
 
 
+def test_a_relative_models_folder_stays_the_one_given_after_a_chdir(models_dir, unseen,
+                                                                    monkeypatch, tmp_path):
+    """A notebook serving `models` (relative), then changing its working directory: the page
+    listed no bundle and answered a cat with ImageNet's classes. The folder is the one the
+    call named, wherever the program goes next."""
+    monkeypatch.chdir(models_dir.parent)
+    app = serve.create_app(ServeSettings(models_dir="models"))
+    monkeypatch.chdir(tmp_path)
+    with TestClient(app) as c:
+        listed = c.get("/api/models").json()
+        assert "cats-dogs" in [m["name"] for m in listed["models"]], listed
+        assert listed["default"] == "cats-dogs", listed
+        answer = c.post("/api/predict", files=files_field(unseen["cats"][0])).json()
+        assert answer["mode"] == "bundle" and answer["predictions"][0]["label"] == "cats", answer
+
+
 def test_one_app_served_twice_answers_both_times(models_dir, unseen):
     """A restarted server (or a second TestClient) on the same app: the model thread that
     shutdown closed runs again, instead of a 503 on every request."""

@@ -252,8 +252,9 @@ class Classifier:
             inputs: a list of paths, bytes, Pillow images or arrays; a single one is also
                 accepted. An array shaped as ``input_shape()`` (or a batch of them along a
                 first axis) is taken as prepared: what ``prepare`` returns, pixels 0-255 at
-                the model's size; any other array is a photo, read as a file would be
-                (``images.in_memory``).
+                the model's size; for a grey model (a digit bundle's 28 x 28 x 1) also without
+                its channel axis, as MNIST's arrays come (``as_prepared``). Any other array
+                is a photo, read as a file would be (``images.in_memory``).
             batch_size: inputs per model call.
 
         Returns:
@@ -277,12 +278,11 @@ class Classifier:
 
         for number, item in enumerate(inputs, 1):
             shown = item if isinstance(item, str | Path) else f"image {number}"
-            prepared = (isinstance(item, np.ndarray) and item.shape[-len(shape):] == shape
-                        and item.ndim in (len(shape), len(shape) + 1))
+            prepared = as_prepared(item, shape)
             try:
-                if prepared:
-                    images.refuse_scaled(item)
-                    pending.extend(item if item.ndim == len(shape) + 1 else [item])
+                if prepared is not None:
+                    images.refuse_scaled(prepared)
+                    pending.extend(prepared)
                 else:
                     pending.append(self.prepare(item)[0])
             except images.ImageError as exc:
@@ -294,6 +294,22 @@ class Classifier:
         return np.concatenate(out)
 
     __call__ = classify  # classifier(["a.jpg"]) as classifier.classify(["a.jpg"])
+
+
+def as_prepared(item, shape: tuple) -> np.ndarray | None:
+    """``item`` as a batch of prepared inputs of ``shape`` (a classifier's ``input_shape()``),
+    or None when it is not one (a photo, a path). An array of ``shape``, or a batch of them;
+    for a grey model, also without the channel axis: MNIST's (N, 28, 28) and one (28, 28)
+    digit, which were refused ("no photo") or read as a photo and fitted again, so one digit
+    scored differently with and without its channel axis."""
+    if not isinstance(item, np.ndarray):
+        return None
+    if item.shape[-len(shape):] == shape and item.ndim in (len(shape), len(shape) + 1):
+        return item if item.ndim == len(shape) + 1 else item[None]
+    grey = shape[-1:] == (1,)
+    if grey and item.shape[-2:] == shape[:2] and item.ndim in (len(shape) - 1, len(shape)):
+        return item[..., None] if item.ndim == len(shape) else item[None, ..., None]
+    return None
 
 
 class BundleClassifier(Classifier):

@@ -135,7 +135,11 @@ class ModelStore:
 
     def __init__(self, settings: ServeSettings):
         self.settings = settings
-        self.root = Path(settings.models_dir)
+        # absolute now: a program that serves, then changes its working directory (a
+        # notebook's os.chdir) kept looking for ``models`` in the new one, listed no bundle
+        # and answered with ImageNet's classes; the console still says the folder as given
+        self.given = Path(settings.models_dir)
+        self.root = self.given.absolute()
         self._cache: OrderedDict = OrderedDict()
         self._names: dict = {}  # cache key -> the name it was loaded under
         self._lock = threading.Lock()
@@ -187,7 +191,8 @@ class ModelStore:
         text = str(problem)
         with contextlib.suppress(OSError, RuntimeError):
             text = text.replace(f"{self.root.resolve()}{os.sep}", "")
-        return text.replace(f"{self.root}{os.sep}", "")
+        text = text.replace(f"{self.root}{os.sep}", "")
+        return text.replace(f"{self.given}{os.sep}", "")
 
     def bundle_path(self, name: str) -> Path:
         """The bundle folder ``name`` names inside the models folder (``bundle_entry``)."""
@@ -200,7 +205,7 @@ class ModelStore:
             if key in self._said:
                 return
             self._said.add(key)
-        where = name if name.startswith(IMAGENET_PREFIX) else self.root / name
+        where = name if name.startswith(IMAGENET_PREFIX) else self.given / name
         self.warn(f"{where}: {what} ({problem})")
 
     def imagenet_entries(self) -> list[ImageNetEntry]:
