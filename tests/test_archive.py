@@ -230,3 +230,29 @@ def test_names_that_differ_only_in_unicode_form_are_refused(real_photos, tmp_pat
         assert images.read("cats/a.jpg") == real_photos["cats"][0][1]
     finally:
         images.close()
+
+
+def test_a_zip_whose_names_are_flagged_utf8_but_are_not_is_one_line(real_photos, tmp_path):
+    """A member named b"caf\\xff\\xfe.jpg" with the UTF-8 flag set: zipfile's
+    UnicodeDecodeError came out as a traceback; it is now the one line of an unreadable zip."""
+    path = tmp_path / "bad-utf8.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in real_photos["cats"][:3]:
+            archive.writestr(f"train/{name}", data)
+        archive.writestr("train/cafxx.jpg", real_photos["cats"][3][1])
+    # the name's bytes made invalid UTF-8, and the flag bit 11 (UTF-8) set for that member
+    # in both its local and its central header
+    flagged = bytearray(path.read_bytes().replace(b"cafxx", b"caf\xff\xfe"))
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        start = 0
+        while (start := flagged.find(signature, start)) != -1:
+            name_at = start + (30 if signature == b"PK\x03\x04" else 46)
+            if b"caf\xff\xfe" in flagged[name_at:name_at + 20]:
+                flagged[start + offset + 1] |= 0x08  # bit 11 of the little-endian flags
+            start += 4
+    path.write_bytes(bytes(flagged))
+    with pytest.raises(TransferError) as info:
+        fetch_data(FetchOptions(archive=path, data_dir=tmp_path / "data"))
+    assert str(info.value) == (f"{path} is not a readable zip archive (a member's name is "
+                               "marked UTF-8 but is not; make the zip again)")
+    assert not (tmp_path / "data").exists()

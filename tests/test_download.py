@@ -82,7 +82,11 @@ def test_refused_connection_is_retried_then_says_nothing_was_downloaded(tmp_path
     text = one_line(info.value)
     assert text == (f"download of {url} failed after 2 retries (Connection refused); "
                     "nothing was downloaded")
-    assert len(reporter.warnings) == 2 and not (tmp_path / "file.zip.part").exists()
+    assert not (tmp_path / "file.zip.part").exists()
+    # nothing was ever received: not "connection lost ... resuming"
+    host = url.split("/")[2]
+    assert reporter.warnings == [f"could not connect to {host} (Connection refused); trying "
+                                 f"again (attempt {n}/2)" for n in (1, 2)]
 
 
 def test_a_kept_part_file_is_named_and_exists(tmp_path):
@@ -92,17 +96,84 @@ def test_a_kept_part_file_is_named_and_exists(tmp_path):
         handler = server.httpd.RequestHandlerClass
         real_get = handler.do_GET
 
-        def always_cut(self):
-            server.cut_after = 50_000
+        def cut_at_once(self):  # after the first cut, no byte more: no progress
+            if server.cut_after is None:
+                server.cut_after = 0
             real_get(self)
 
-        handler.do_GET = always_cut
+        handler.do_GET = cut_at_once
         with pytest.raises(TransferError) as info:
             download(server.url, dest, retries=1, backoff=0)
     text = one_line(info.value)
     part = Path(str(dest) + ".part")
     assert str(part) in text and part.is_file() and part.stat().st_size > 0
     assert "run again to resume" in text
+
+
+def test_a_link_that_drops_often_but_moves_on_each_time_completes(tmp_path):
+    """Every answer cut after 50 KB: the five retries were spent after 250 KB although each
+    attempt moved on ("stopped at 1200000 of 4829812 bytes"). An attempt that made progress
+    now resets the count; attempts that bring nothing still end the download."""
+    payload = bytes(range(256)) * 1200  # 307 KB: seven cut answers
+    dest = tmp_path / "file.zip"
+    reporter = RecordingReporter()
+    with Server(payload, cut_after=50_000) as server:
+        handler = server.httpd.RequestHandlerClass
+        real_get = handler.do_GET
+
+        def always_cut(self):
+            server.cut_after = 50_000
+            real_get(self)
+
+        handler.do_GET = always_cut
+        download(server.url, dest, reporter, retries=1, backoff=0)
+    assert dest.read_bytes() == payload
+    assert len(server.requests) == 7 and server.requests[1] == "bytes=50000-"
+    assert len(reporter.warnings) == 6
+
+
+@pytest.mark.parametrize("url, said", [
+    ("htp://example.com/y.zip", "download of htp://example.com/y.zip failed (unknown url "
+                                "type: htp)"),
+    ("", "cannot download '': unknown url type: ''"),
+    ("http://[::1/x.zip", "cannot download 'http://[::1/x.zip': Invalid IPv6 URL"),
+])
+def test_an_address_that_cannot_be_right_is_not_retried(url, said, tmp_path):
+    """"unknown url type" was retried five times as "connection lost ... resuming" (15 s), and
+    an empty or malformed address was a traceback. Each is now one line at once."""
+    reporter = RecordingReporter()
+    with pytest.raises(TransferError) as info:
+        download(url, tmp_path / "file.zip", reporter, retries=5, backoff=1)
+    assert one_line(info.value) == said and reporter.warnings == []
+
+
+def test_a_file_address_naming_no_file_is_not_retried(tmp_path):
+    url = (tmp_path / "nowhere.zip").as_uri()
+    reporter = RecordingReporter()
+    with pytest.raises(TransferError) as info:
+        download(url, tmp_path / "file.zip", reporter, retries=5, backoff=1)
+    assert one_line(info.value) == f"download of {url} failed (No such file or directory)"
+    assert reporter.warnings == []
+
+
+def test_transfer_microsoft_url_empty_is_the_default_and_a_path_is_refused(tmp_path,
+                                                                           monkeypatch):
+    """`export TRANSFER_MICROSOFT_URL=` (to undo a mirror) made the address '' (a traceback);
+    a local path there was "unknown url type" in a traceback too."""
+    from transfer.settings import MICROSOFT_URL
+
+    monkeypatch.setenv("TRANSFER_MICROSOFT_URL", "")
+    assert FetchOptions().microsoft_url == MICROSOFT_URL
+    monkeypatch.setenv("TRANSFER_MICROSOFT_URL", str(tmp_path / "PetImages.zip"))
+    result = CliRunner().invoke(app, ["fetch-data", "--source", "microsoft", "--data-dir",
+                                      str(tmp_path / "data")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip() == (
+        f"error: TRANSFER_MICROSOFT_URL '{tmp_path / 'PetImages.zip'}' is not an http://, "
+        "https:// or file:// address (a local copy is given with --archive PATH)")
+    assert not (tmp_path / "data").exists()
+    # --archive does not use it: a bad mirror does not stand in the way
+    assert FetchOptions(archive=tmp_path).validated().source == "archive"
 
 
 # --------------------------------------------------------------------------- Kaggle offline

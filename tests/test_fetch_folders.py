@@ -1195,3 +1195,33 @@ def test_an_archive_that_is_neither_file_nor_folder_is_said_so(tmp_path):
         fetch_data(FetchOptions(archive="/dev/null", data_dir=tmp_path / "d"))
     assert str(info.value) == "--archive /dev/null is neither a zip file nor a folder"
     assert not (tmp_path / "d").exists()
+
+
+def test_names_that_are_not_utf8_split_train_and_export(flowers, tmp_path):
+    """A Latin-1 USB stick (or a Windows zip unpacked by `unzip`): class and file names that
+    are not UTF-8 ("chi\\xe9ns/ph\\xf6to1.jpg"). fetch-data ended in a traceback (the folder's
+    fingerprint), and so did train (train-files.csv) and export (labels.txt). Now the split is
+    made (a second run is a no-op), the model trains, and labels.txt holds the folder's bytes."""
+    from transfer.export import export
+    from transfer.training import train
+
+    source = os.fsencode(tmp_path / "stick")
+    for cls, raw in (("daisy", b"d\xe9licate"), ("roses", b"r\xf6ses")):
+        os.makedirs(source + b"/" + raw)
+        for i, photo in enumerate(sorted((flowers / cls).iterdir())[:10]):
+            shutil.copyfile(photo, source + b"/" + raw + b"/ph\xf6to%d.jpg" % i)
+    data = tmp_path / "data"
+    result = fetch_data(FetchOptions(archive=os.fsdecode(source), data_dir=data))
+    names = sorted(result.counts["train"])
+    assert [os.fsencode(n) for n in names] == [b"d\xe9licate", b"r\xf6ses"]
+    assert sum(result.counts["train"].values()) + sum(result.counts["validate"].values()) == 20
+    again = fetch_data(FetchOptions(archive=os.fsdecode(source), data_dir=data))
+    assert again.counts == result.counts  # the same split: nothing done
+    trained = train(TrainSettings(data_dir=data, base="scratch", image_size=32, epochs=1,
+                                  engine="tf", output=tmp_path / "models" / "latin",
+                                  models_dir=tmp_path / "models"))
+    rows = (trained.bundle / "train-files.csv").read_bytes()
+    assert b"ph\xf6to" in rows and b"r\xf6ses" in rows
+    exported = export(trained.bundle, format="tflite")
+    with zipfile.ZipFile(exported.path) as attached:
+        assert attached.read("labels.txt") == b"d\xe9licate\nr\xf6ses\n"

@@ -212,7 +212,11 @@ class ZipImages(ImageSource):
         self.path = Path(path)
         try:
             self.zip = zipfile.ZipFile(self.path)
-        except (zipfile.BadZipFile, OSError) as exc:
+        except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as exc:
+            if isinstance(exc, UnicodeDecodeError):  # flagged UTF-8, a name that is not
+                raise TransferError(f"{self.path} is not a readable zip archive (a member's "
+                                    "name is marked UTF-8 but is not; make the zip again)"
+                                    ) from None
             if _tar_like(self.path):
                 raise TransferError(
                     f"{self.path} is a tar archive: fetch-data reads zip archives and folders; "
@@ -344,7 +348,8 @@ class FolderImages(ImageSource):
                     stamp = f"{st.st_size}:{st.st_mtime_ns}"
                 except OSError:  # a broken link: skipped when read, said then
                     stamp = "missing"
-                digest.update(f"{cls}/{name}:{stamp}\n".encode())
+                # a name that is not UTF-8 (a Latin-1 USB stick's "d\xe9.jpg") as its bytes
+                digest.update(f"{cls}/{name}:{stamp}\n".encode("utf-8", "surrogateescape"))
         return "folder:" + digest.hexdigest()
 
 

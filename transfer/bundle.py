@@ -352,7 +352,9 @@ def update_latest(target: Path) -> None:
 def write_train_files(path: Path, rows: list[tuple[str, str, int, str]]) -> None:
     """``train-files.csv``: (class, file name, bytes, absolute path) of each image the model
     trained on, so that ``evaluate`` can tell when it is shown them again."""
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    # a name that is not UTF-8 (a Latin-1 folder's "ph\xf6to.jpg") as its own bytes, read
+    # back the same way by train_files
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         writer = csv.writer(handle)
         writer.writerow(["class", "file", "bytes", "path"])
         writer.writerows(rows)
@@ -363,7 +365,8 @@ def train_files(folder: Path) -> dict[tuple[str, int], list[tuple[str, Path | No
     size (path None for a row of a list written before it kept paths); None for a bundle
     without the list (made before it, or by mnist)."""
     try:
-        with open(Path(folder) / TRAIN_FILES, newline="", encoding="utf-8") as handle:
+        with open(Path(folder) / TRAIN_FILES, newline="", encoding="utf-8",
+                  errors="surrogateescape") as handle:
             found: dict[tuple[str, int], list[tuple[str, Path | None]]] = {}
             for row in csv.DictReader(handle):
                 path = Path(row["path"]) if row.get("path") else None

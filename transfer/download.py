@@ -3,7 +3,9 @@ check the size, rename into place when complete.
 
 A host that cannot be reached at all (its name does not resolve, no route to it, no answer
 within the timeout) fails at once with one line, and so does a file that cannot be written (a
-full disk): only a connection lost or refused is retried.
+full disk), and so does an address that cannot be right (``htp://``, a ``file://`` naming no
+file): only a connection lost or refused is retried, and a connection that keeps dropping is
+retried for as long as each attempt moves the download on.
 """
 
 from __future__ import annotations
@@ -62,7 +64,11 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
     with reporter.task(f"Downloading {dest.name}", total=None, kind="bytes") as advance:
         while True:
             have = part.stat().st_size if part.exists() else 0
-            request = urllib.request.Request(url, headers={"User-Agent": f"transfer/{__version__}"})
+            try:
+                request = urllib.request.Request(
+                    url, headers={"User-Agent": f"transfer/{__version__}"})
+            except ValueError as exc:  # "unknown url type: ''", "Invalid IPv6 URL"
+                raise TransferError(f"cannot download {url!r}: {exc}") from None
             if have:
                 request.add_header("Range", f"bytes={have}-")
             try:
@@ -94,6 +100,10 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
                     raise TransferError(f"download of {url} failed: HTTP {exc.code} {exc.reason}"
                                         ) from exc
             except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+                if _hopeless(exc):  # a bad address, a file:// that is not there: no retry
+                    raise TransferError(f"download of {url} failed ({_reason(exc)})"
+                                        + (f"; {offline_hint}" if offline_hint else "")
+                                        ) from exc
                 if _unreachable(exc):
                     host = urllib.parse.urlsplit(url).hostname or url
                     raise TransferError(
@@ -107,22 +117,28 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
                         f"server is down? Run again to retry"
                         + (f" ({got} bytes kept in {part})" if got else "")
                         + (f"; {offline_hint}" if offline_hint else "")) from exc
-                attempt += 1
+                got = part.stat().st_size if part.exists() else 0
+                # a link that drops often but moves on each time is not given up on
+                attempt = 1 if got > have else attempt + 1
                 if attempt > retries:
-                    got = part.stat().st_size if part.exists() else 0
                     kept = (f"{got} bytes kept in {part}, run again to resume" if got
                             else "nothing was downloaded")
                     raise TransferError(
                         f"download of {url} failed after {retries} retries ({_reason(exc)}); "
                         f"{kept}" + (f"; {offline_hint}" if offline_hint and not got else "")
                     ) from exc
-                reporter.warn(f"connection lost ({_reason(exc)}); resuming "
-                              f"(attempt {attempt}/{retries})")
+                if answered:
+                    reporter.warn(f"connection lost ({_reason(exc)}); resuming "
+                                  f"(attempt {attempt}/{retries})")
+                else:  # never connected: there is nothing to resume
+                    host = urllib.parse.urlsplit(url).netloc or url
+                    reporter.warn(f"could not connect to {host} ({_reason(exc)}); trying "
+                                  f"again (attempt {attempt}/{retries})")
                 time.sleep(backoff * attempt)
                 continue
             size = part.stat().st_size
             if total is not None and size < total:
-                attempt += 1
+                attempt = 1 if size > have else attempt + 1
                 if attempt > retries:
                     raise TransferError(f"download of {url} stopped at {size} of {total} bytes; "
                                         f"kept in {part}, run again to resume")
@@ -193,6 +209,19 @@ def _timed_out(exc: BaseException) -> bool:
 
 
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN}
+# a file:// address naming nothing readable
+_NO_FILE = {errno.ENOENT, errno.EACCES, errno.EISDIR, errno.ENOTDIR}
+
+
+def _hopeless(exc: BaseException) -> bool:
+    """True when the address itself is wrong, so asking again gives the same answer: urllib's
+    "unknown url type: htp" (a URLError whose reason is text), a file:// address naming no
+    readable file. These were retried five times as "connection lost ... resuming"."""
+    if not isinstance(exc, urllib.error.URLError):
+        return False
+    reason = exc.reason
+    return isinstance(reason, str) or (isinstance(reason, OSError)
+                                       and reason.errno in _NO_FILE)
 
 
 def _unreachable(exc: BaseException) -> bool:

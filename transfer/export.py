@@ -64,6 +64,12 @@ DEFAULT_NAMES = {"keras": "model.keras", "savedmodel": "saved_model", "tflite": 
 TFLITE_METADATA = "transfer_meta"  # the flatbuffer metadata entry holding the meta JSON
 LABELS = "labels.txt"  # the associated file: class names, one a line, in output order
 
+
+def labels_text(names) -> bytes:
+    """``labels.txt``: the class names, one a line, UTF-8; a name that is not UTF-8 (a
+    Latin-1 folder's "chi\\xe9ns", held as a surrogate) as the folder's own bytes."""
+    return "".join(f"{name}\n" for name in names).encode("utf-8", "surrogateescape")
+
 CALIBRATION_IMAGES = 300  # int8: training images the converter calibrates activations on
 COMPARE_IMAGES = 1000  # quantized: validation images compared at most (spread over classes)
 # quantized_check's thresholds (its docstring says why)
@@ -345,7 +351,7 @@ def embed_metadata(path: Path, meta: dict) -> None:
     model.metadata = [*(model.metadata or []), entry]
     path.write_bytes(packed(model))
     with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as archive:  # appended after it
-        archive.writestr(LABELS, "".join(f"{name}\n" for name in meta["class_names"]))
+        archive.writestr(LABELS, labels_text(meta["class_names"]))
         archive.writestr(bundle.META, text)
 
 
@@ -804,8 +810,7 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
             if fmt == "savedmodel":
                 (staged / "assets.extra").mkdir(exist_ok=True)
                 bundle.write_json(staged / "assets.extra" / bundle.META, export_meta)
-                (staged / "assets.extra" / LABELS).write_text(
-                    "".join(f"{name}\n" for name in meta["class_names"]), encoding="utf-8")
+                (staged / "assets.extra" / LABELS).write_bytes(labels_text(meta["class_names"]))
             else:
                 bundle.write_json(work / "meta.json", export_meta)
                 os.replace(work / "meta.json", meta_path)

@@ -316,6 +316,26 @@ def split_folder(data_dir: Path, names) -> Path | None:
     return None
 
 
+def download_address(url: str) -> None:
+    """Refuse a TRANSFER_MICROSOFT_URL that names nothing to download: a path (a local copy is
+    given with --archive), another scheme, an http address without a host. They ended in a
+    traceback ("unknown url type") or five retries of a "lost connection"."""
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is no number)
+    except ValueError as exc:
+        raise TransferError(f"TRANSFER_MICROSOFT_URL {url!r} is not a valid address ({exc})"
+                            ) from None
+    if parts.scheme.lower() not in ("http", "https", "file"):
+        local = " (a local copy is given with --archive PATH)" if not parts.scheme else ""
+        raise TransferError(f"TRANSFER_MICROSOFT_URL {url!r} is not an http://, https:// or "
+                            f"file:// address{local}")
+    if parts.scheme.lower() in ("http", "https") and not parts.hostname:
+        raise TransferError(f"TRANSFER_MICROSOFT_URL {url!r} names no host")
+
+
 @dataclass
 class FetchOptions(Settings):
     """Everything `transfer fetch-data` can be told; the CLI fills one of these."""
@@ -336,7 +356,9 @@ class FetchOptions(Settings):
     seed: int = 42
     force: bool = False
     microsoft_url: str = field(
-        default_factory=lambda: os.environ.get("TRANSFER_MICROSOFT_URL", MICROSOFT_URL))
+        # an empty TRANSFER_MICROSOFT_URL (`export TRANSFER_MICROSOFT_URL=` to undo a mirror)
+        # is the default, not the address ''
+        default_factory=lambda: os.environ.get("TRANSFER_MICROSOFT_URL") or MICROSOFT_URL)
 
     def per_split(self) -> dict[str, int]:
         asked = {"train": self.train_per_class, "validate": self.validate_per_class,
@@ -353,6 +375,8 @@ class FetchOptions(Settings):
         one_of("source", opts.source, FETCH_SOURCES)
         if opts.source == "archive" and opts.archive is None:
             raise TransferError("--source archive needs --archive PATH (a zip or a folder)")
+        if opts.source in ("auto", "microsoft"):
+            download_address(opts.microsoft_url)
         if opts.archive is not None and not Path(opts.archive).exists():
             raise TransferError(f"--archive {opts.archive} does not exist")
         for name, low in (("train_per_class", 1), ("validate_per_class", 1),
