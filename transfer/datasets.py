@@ -744,8 +744,8 @@ def stable_order(names: list[str], seed: int, cls: str) -> list[str]:
 
     def key(name: str) -> tuple[str, str]:
         posix = unicodedata.normalize("NFC", name.replace("\\", "/"))
-        key = f"{seed}:{cls}:{posix.rsplit('/', 1)[-1]}"  # a name not UTF-8 as its bytes
-        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+        hashed = f"{seed}:{cls}:{posix.rsplit('/', 1)[-1]}"  # a name not UTF-8: its bytes
+        digest = hashlib.sha256(hashed.encode("utf-8", "surrogateescape")).hexdigest()
         return digest, posix  # ties (IMG_0001.JPG in two subfolders): by the POSIX path
 
     return sorted(names, key=key)
