@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import kaggle_members, make_zip, text_as_jpg, truncated
+from conftest import Recorder, kaggle_members, make_zip, text_as_jpg, truncated
 
 from transfer import archive as archive_module
 from transfer.archive import FolderImages, ZipImages, check_image, classify
@@ -256,3 +256,23 @@ def test_a_zip_whose_names_are_flagged_utf8_but_are_not_is_one_line(real_photos,
     assert str(info.value) == (f"{path} is not a readable zip archive (a member's name is "
                                "marked UTF-8 but is not; make the zip again)")
     assert not (tmp_path / "data").exists()
+
+
+def test_a_member_name_twice_is_said_and_the_last_is_used(real_photos, tmp_path):
+    """A zip holding train/cat.3.jpg twice (two different photos, a zip appended to): one was
+    dropped without a word. The last is used, as unzip keeps it, and fetch-data says so."""
+    path = tmp_path / "twice.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for cls in ("cats", "dogs"):
+            for name, data in real_photos[cls][:12]:
+                archive.writestr(f"train/{name}", data)
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            archive.writestr("train/cat.3.jpg", real_photos["cats"][20][1])
+    recorder = Recorder()
+    result = fetch_data(FetchOptions(archive=path, data_dir=tmp_path / "data",
+                                     train_per_class=8, validate_per_class=4), reporter=recorder)
+    assert f"{path} holds 1 member name twice (train/cat.3.jpg): the last member of each " \
+           "name is used, as unzip keeps it" in recorder.warnings, recorder.warnings
+    placed = list((tmp_path / "data").rglob("cat.3.jpg"))
+    assert result.counts["train"]["cats"] + result.counts["validate"]["cats"] == 12
+    assert len(placed) == 1 and placed[0].read_bytes() == real_photos["cats"][20][1]

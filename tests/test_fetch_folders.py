@@ -1225,3 +1225,20 @@ def test_names_that_are_not_utf8_split_train_and_export(flowers, tmp_path):
     exported = export(trained.bundle, format="tflite")
     with zipfile.ZipFile(exported.path) as attached:
         assert attached.read("labels.txt") == b"d\xe9licate\nr\xf6ses\n"
+
+
+def test_photos_inside_the_split_they_would_replace_are_refused(flowers, tmp_path):
+    """Kaggle's train/ unzipped into data/ and given back: `--archive data/train --data-dir
+    data --force` moved the photos aside to train.old, and the same command again was told
+    the split came from other photos. Refused before anything moves; the photos stay."""
+    data = tmp_path / "data"
+    copy_classes(flowers, data / "train", per_class=10, classes=TWO)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    for archive, said in ((data / "train", f"is {data / 'train'}"),
+                          (data / "train" / "daisy", f"is inside {data / 'train'}")):
+        with pytest.raises(TransferError) as info:
+            fetch_data(FetchOptions(archive=archive, data_dir=data, force=True))
+        assert str(info.value) == (
+            f"--archive {archive} {said}, a split folder fetch-data replaces; move the photos "
+            f"out of {data} first (e.g. mv {archive} photos) and give that folder to --archive")
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before

@@ -230,6 +230,7 @@ class ZipImages(ImageSource):
             self.zip.close()
             raise
         self.infos: dict[str, zipfile.ZipInfo] = {}
+        self.repeated: list[str] = []  # names two members share (a zip appended to)
         for info in self.zip.infolist():
             name = member_name(info)
             other = self.infos.get(name)
@@ -239,6 +240,8 @@ class ZipImages(ImageSource):
                     f"{self.path} holds two members whose names differ only in how their "
                     f"accents are stored (Unicode NFC and NFD): {other.filename!r} and "
                     f"{info.filename!r}; one would hide the other: rename one and zip again")
+            if other is not None and not info.is_dir():
+                self.repeated.append(name)
             self.infos[name] = info  # the same name twice: the last one, as unzip keeps it
 
     def candidates(self) -> dict[str, list[str]]:
@@ -246,6 +249,12 @@ class ZipImages(ImageSource):
         self.layout, found = sort_into_classes(
             [name for name, i in self.infos.items() if not i.is_dir()],
             [name for name, i in self.infos.items() if i.is_dir()], str(self.path), self.notes)
+        if self.repeated:  # one of them was dropped without a word
+            n = len(self.repeated)
+            self.notes.append(
+                f"{self.path} holds {n} member name{'s' if n > 1 else ''} twice ("
+                f"{', '.join(self.repeated[:3])}{' ...' if n > 3 else ''}): the last member "
+                "of each name is used, as unzip keeps it")
         return found
 
     def names(self) -> list[str]:

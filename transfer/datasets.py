@@ -199,6 +199,7 @@ def recover(data_dir: Path, reporter: Reporter | None = None) -> str | None:
 def _fetch(opts: FetchOptions, data_dir: Path, reporter: Reporter,
            kaggle_api_factory) -> FetchResult:
     _refuse_data_dir_inside_archive(opts, data_dir)
+    _refuse_archive_inside_the_split(opts, data_dir)
     recover(data_dir, reporter)
     source = resolve_source(opts, reporter, kaggle_api_factory, data_dir / CACHE)
     request = _request_key(opts, source)
@@ -539,6 +540,24 @@ def _refuse_data_dir_inside_archive(opts: FetchOptions, data_dir: Path) -> None:
         raise TransferError(f"--data-dir {data_dir} is inside --archive {opts.archive}: the "
                             "split would be read back as photos; choose a data folder outside "
                             "it")
+
+
+def _refuse_archive_inside_the_split(opts: FetchOptions, data_dir: Path) -> None:
+    """Kaggle's train/ unzipped into data/ and given back (`--archive data/train --data-dir
+    data`): --force moved the user's photos aside to train.old and split them, and the same
+    command run again was told the split came from other photos (the source had just been
+    moved). Refused: the photos must live outside the split that replaces them."""
+    if opts.archive is None:
+        return
+    archive = Path(opts.archive).resolve()
+    for split in SPLITS:
+        folder = (data_dir / split).resolve()
+        if archive == folder or folder in archive.parents:
+            raise TransferError(
+                f"--archive {opts.archive} is {'' if archive == folder else 'inside '}"
+                f"{data_dir / split}, a split folder fetch-data replaces; move the photos "
+                f"out of {data_dir} first (e.g. mv {opts.archive} photos) and give that "
+                "folder to --archive")
 
 
 def _refuse_single_class(found: dict[str, list[str]], where: str) -> None:
