@@ -675,30 +675,31 @@ def test_output_dev_stdout_sent_to_a_file_is_written_through_the_stream(trained_
 
     photo = tmp_path / "dog.jpg"
     photo.write_bytes(real_photos["dogs"][5][1])
+    # a name that is not UTF-8 goes out as its bytes, as into a file, under a strict UTF-8
+    # stdout too (the first version of this change raised UnicodeEncodeError there), with
+    # --output /dev/stdout (appended to a log) and without --output alike
+    latin = os.fsencode(tmp_path) + b"/caf\xe9.jpg"
+    with open(latin, "wb") as stream:
+        stream.write(real_photos["dogs"][5][1])
+    strict = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     log = tmp_path / "log.csv"
     log.write_text("old line 1\n")
     with open(log, "a") as appended:
         done = subprocess.run([sys.executable, "-m", "transfer", "predict", str(photo),
-                               "--model", str(trained_bundle.bundle), "--output", "/dev/stdout",
-                               "--format", "csv"], stdout=appended, stderr=subprocess.PIPE,
-                              text=True, timeout=120)
+                               os.fsdecode(latin), "--model", str(trained_bundle.bundle),
+                               "--output", "/dev/stdout", "--format", "csv"], stdout=appended,
+                              stderr=subprocess.PIPE, text=True, errors="replace",
+                              timeout=120, env=strict)
     assert done.returncode == 0, done.stderr
-    lines = log.read_text().splitlines()
-    assert lines[0] == "old line 1" and lines[1].startswith("file,label,probability")
-    assert lines[2].startswith(f"{photo},dogs,") and len(lines) == 3, lines
-    # a name that is not UTF-8 goes out as its bytes, as into a file, under a strict UTF-8
-    # stdout too (the first version of this change raised UnicodeEncodeError there), with
-    # --output /dev/stdout and without --output alike
-    latin = os.fsencode(tmp_path) + b"/caf\xe9.jpg"
-    with open(latin, "wb") as stream:
-        stream.write(real_photos["dogs"][5][1])
-    for output in (["--output", "/dev/stdout"], []):
-        done = subprocess.run([sys.executable, "-m", "transfer", "predict", os.fsdecode(latin),
-                               "--model", str(trained_bundle.bundle), "--format", "csv",
-                               *output], capture_output=True, timeout=120,
-                              env={**os.environ, "PYTHONIOENCODING": "utf-8"})
-        assert done.returncode == 0, done.stderr.decode(errors="replace")
-        assert done.stdout.splitlines()[1].startswith(latin + b",dogs,"), done.stdout
+    lines = log.read_bytes().splitlines()
+    assert lines[0] == b"old line 1" and lines[1].startswith(b"file,label,probability")
+    assert lines[2].startswith(os.fsencode(f"{photo},dogs,")), lines
+    assert lines[3].startswith(latin + b",dogs,") and len(lines) == 4, lines
+    done = subprocess.run([sys.executable, "-m", "transfer", "predict", os.fsdecode(latin),
+                           "--model", str(trained_bundle.bundle), "--format", "csv"],
+                          capture_output=True, timeout=120, env=strict)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert done.stdout.splitlines()[1].startswith(latin + b",dogs,"), done.stdout
     # a file named as itself is a file: `--output preds.csv >> preds.csv` is refused as any
     # existing --output (it appended a second CSV to the first)
     preds = tmp_path / "preds.csv"
