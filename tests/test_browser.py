@@ -406,15 +406,25 @@ def test_a_comparison_page_on_a_phone_does_not_run_off_the_page(watched, tmp_pat
     assert watched.errors == []
 
 
+LONG_CLASS = "dogs-" + "abcdefghij" * 9 + "xyz"  # 98 letters, no space to break at
+
+
 @pytest.fixture(scope="module")
 def phone_models(models_dir, tmp_path_factory) -> Path:
-    """The cats-dogs bundle under a long name (as train names one), and a digit bundle whose
-    last layer's weights are NaN: a model whose training diverged."""
+    """The cats-dogs bundle under a long name (as train names one), the same bundle whose
+    second class has a 98-letter name (long-class), and a digit bundle whose last layer's
+    weights are NaN: a model whose training diverged."""
     from transfer import bundle
 
     models = tmp_path_factory.mktemp("phone") / "models"
     models.mkdir()
     shutil.copytree(models_dir / "cats-dogs", models / "mobilenet-20261206-075807-cats-dogs")
+    shutil.copytree(models_dir / "cats-dogs", models / "long-class")
+    meta_file = models / "long-class" / bundle.META
+    meta = json.loads(meta_file.read_text())
+    meta["class_names"] = ["cats", LONG_CLASS]
+    meta_file.write_text(json.dumps(meta))
+    (models / "long-class" / "report.html").unlink(missing_ok=True)
     shutil.copytree(models_dir / "digits", models / "diverged")
     model, _ = bundle.load(models / "diverged")
     last = model.layers[-1]
@@ -424,7 +434,13 @@ def phone_models(models_dir, tmp_path_factory) -> Path:
     return models
 
 
-def test_the_page_on_a_phone_in_order_and_with_a_diverged_model(browser, phone_models, photos):
+@pytest.fixture(scope="module")
+def phone_server(phone_models):
+    with serve.serving(ServeSettings(models_dir=phone_models, port=0)) as url:
+        yield url
+
+
+def test_the_page_on_a_phone_in_order_and_with_a_diverged_model(browser, phone_server, photos):
     """At 375 px: the page scrolled sideways (the model list as wide as its longest name) and
     each probability bar was 3 px wide; the photos of one batch were shown last first; a
     "classes shown" of 0 sent 3; the file input, moved off-screen, showed no keyboard focus;
@@ -436,32 +452,54 @@ def test_the_page_on_a_phone_in_order_and_with_a_diverged_model(browser, phone_m
     try:
         page = w.page
         page.set_viewport_size({"width": 375, "height": 800})
-        with serve.serving(ServeSettings(models_dir=phone_models, port=0)) as url:
-            page = open_page(w, url, "mobilenet-20261206-075807-cats-dogs")
-            assert page.evaluate("document.documentElement.scrollWidth") <= 375
-            page.fill("#top", "0")  # one class shown, not the default
-            page.set_input_files("#file-input", [str(photos["cat"]), str(photos["dog"])])
-            wait_answer(page, 2)
-            titles = page.locator(".result h3").all_inner_texts()
-            assert titles == ["cat.1100.jpg", "dog.1100.jpg"]  # the order they were given
-            bars = page.locator(".result .bar")
-            assert bars.count() == 2  # one a card
-            track = bars.first.locator(".track").bounding_box()
-            assert track["width"] >= 40, track
-            assert page.evaluate("document.documentElement.scrollWidth") <= 375
-            page.focus("#file-input")
-            outline = page.eval_on_selector("label[for=file-input]",
-                                            "l => getComputedStyle(l).outlineStyle")
-            assert outline != "none"
-            page.select_option("#model", "diverged")
-            page.set_input_files("#file-input", str(photos["dog2"]))
-            answered = page.locator(".result[data-state=done]").first
-            expect(answered.locator(".label")).to_contain_text("n/a", timeout=TIMEOUT_MS)
-            assert "did its training diverge?" in answered.inner_text()
-            expect(page.locator("#status")).to_contain_text("diverged: 1 classified",
-                                                            timeout=TIMEOUT_MS)
+        page = open_page(w, phone_server, "mobilenet-20261206-075807-cats-dogs")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        page.fill("#top", "0")  # one class shown, not the default
+        page.set_input_files("#file-input", [str(photos["cat"]), str(photos["dog"])])
+        wait_answer(page, 2)
+        titles = page.locator(".result h3").all_inner_texts()
+        assert titles == ["cat.1100.jpg", "dog.1100.jpg"]  # the order they were given
+        bars = page.locator(".result .bar")
+        assert bars.count() == 2  # one a card
+        track = bars.first.locator(".track").bounding_box()
+        assert track["width"] >= 40, track
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        page.focus("#file-input")
+        outline = page.eval_on_selector("label[for=file-input]",
+                                        "l => getComputedStyle(l).outlineStyle")
+        assert outline != "none"
+        page.select_option("#model", "diverged")
+        page.set_input_files("#file-input", str(photos["dog2"]))
+        answered = page.locator(".result[data-state=done]").first
+        expect(answered.locator(".label")).to_contain_text("n/a", timeout=TIMEOUT_MS)
+        assert "did its training diverge?" in answered.inner_text()
+        expect(page.locator("#status")).to_contain_text("diverged: 1 classified",
+                                                        timeout=TIMEOUT_MS)
         assert w.errors == [] or all("Failed to load resource" in e for e in w.errors), \
             w.errors
+    finally:
+        w.close()
+
+
+def test_a_very_long_class_name_fits_a_phone(browser, phone_server, photos, tmp_path):
+    """A bundle with a 98-letter class name made the page 815 px wide at 375 px: the model's
+    line ("Classes: ...") did not break long words (only a card's title did). Every text from
+    the server (class, file and model names, errors) now breaks anywhere."""
+    w = Watched(browser)
+    try:
+        page = w.page
+        page.set_viewport_size({"width": 375, "height": 800})
+        page = open_page(w, phone_server, "long-class")
+        assert LONG_CLASS in page.locator("#model-info").inner_text()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        dog = tmp_path / ("a-dog-photo-with-a-name-as-long-as-a-camera-gives-" * 2 + ".jpg")
+        shutil.copy(photos["dog"], dog)
+        page.set_input_files("#file-input", str(dog))
+        result = wait_answer(page)
+        assert result.get_attribute("data-label") == LONG_CLASS
+        page.wait_for_selector(".result img.gradcam")  # its note names the class too
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        assert w.errors == []
     finally:
         w.close()
 
@@ -493,3 +531,4 @@ def test_nine_photos_at_once_the_ninth_says_why_it_has_no_gradcam(watched, serve
     expect(page.locator("#status")).to_contain_text("1 classified, 1 failed", timeout=120_000)
     assert "error" in page.get_attribute("#status", "class")
     assert watched.errors == []
+
