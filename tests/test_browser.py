@@ -504,6 +504,36 @@ def test_a_very_long_class_name_fits_a_phone(browser, phone_server, photos, tmp_
         w.close()
 
 
+def test_a_model_deleted_after_the_page_loaded_is_said_in_words(watched, phone_server,
+                                                                 phone_models, photos):
+    """A bundle deleted after the page listed it stayed in the list, and choosing it said "no
+    model named 'tmpcopy' in the models folder (GET /api/models lists them)": an API endpoint
+    for a page user. The page now lists the models again and says the model is gone."""
+    from playwright.sync_api import expect
+
+    shutil.copytree(phone_models / "mobilenet-20261206-075807-cats-dogs",
+                    phone_models / "tmpcopy")
+    try:
+        page = open_page(watched, phone_server, "tmpcopy")
+    finally:
+        shutil.rmtree(phone_models / "tmpcopy")
+    page.set_input_files("#file-input", str(photos["cat"]))
+    card = page.locator(".result[data-state=error]").first
+    card.wait_for(state="attached")
+    status = page.locator("#status")
+    expect(status).to_contain_text("the model tmpcopy is gone from the models folder")
+    assert "/api/models" not in status.inner_text()
+    assert "error" in page.get_attribute("#status", "class")
+    assert "the model tmpcopy is gone" in card.inner_text()
+    options = page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
+    assert "tmpcopy" not in options and page.input_value("#model") in options
+    # the model chosen next answers
+    page.select_option("#model", "mobilenet-20261206-075807-cats-dogs")
+    page.set_input_files("#file-input", str(photos["cat"]))
+    assert wait_answer(page).get_attribute("data-label") == "cats"
+    assert all("Failed to load resource" in e for e in watched.errors), watched.errors
+
+
 def test_nine_photos_at_once_the_ninth_says_why_it_has_no_gradcam(watched, server, photos,
                                                                   tmp_path):
     """The page draws Grad-CAM for 8 photos of a batch; the 9th card ended at its server time
@@ -532,3 +562,127 @@ def test_nine_photos_at_once_the_ninth_says_why_it_has_no_gradcam(watched, serve
     assert "error" in page.get_attribute("#status", "class")
     assert watched.errors == []
 
+
+def test_each_card_names_the_model_that_answered_it(watched, server, photos):
+    """After switching models, the older cards (the bundle's "dogs 68.6%") sat beside the
+    newer ones with nothing telling them apart: only the status line named the model, and
+    the next request overwrote it. Each card now names the model that answered it."""
+    page = open_page(watched, server, "cats-dogs")
+    page.set_input_files("#file-input", str(photos["cat"]))
+    wait_answer(page)
+    page.select_option("#model", "digits")
+    page.set_input_files("#file-input", str(photos["cat"]))
+    newest = wait_answer(page, 2)
+    older = page.locator(".result[data-state=done]").nth(1)
+    assert newest.locator(".model").inner_text() == "digits"
+    assert older.locator(".model").inner_text() == "cats-dogs"
+    assert "by cats-dogs, server time" in older.locator(".answer .time").inner_text()
+    assert watched.errors == []
+
+
+def test_the_server_gone_during_gradcam_is_said_and_not_asked_again(watched, server, photos):
+    """The server stopped during the Grad-CAM step: the status line stayed "3 classified in
+    ... ms", each card said "no Grad-CAM: TypeError: Failed to fetch", and the page sent one
+    request per remaining photo. Now the status line says, as an error, what it says when a
+    photo cannot be sent, and no more Grad-CAM is asked for."""
+    from playwright.sync_api import expect
+
+    watched.context.route("**/api/explain", lambda route: route.abort())  # as a stopped server
+    page = open_page(watched, server, "cats-dogs")
+    page.set_input_files("#file-input", [str(photos[k]) for k in ("cat", "dog", "dog2")])
+    wait_answer(page, 3)
+    expect(page.locator("#status")).to_have_text(
+        "the server cannot be reached (is transfer serve still running?)")
+    assert "error" in page.get_attribute("#status", "class")
+    expect(page.locator(".gradcam-note", has_text="no Grad-CAM: the server cannot be reached")
+           ).to_have_count(3)
+    assert "Failed to fetch" not in page.locator("#results").inner_text()
+    assert len([u for u in watched.requests if u.endswith("/api/explain")]) == 1
+    assert all("Failed to load resource" in e for e in watched.errors), watched.errors
+
+
+DOUBLE_DROP = """([bytes]) => {
+  for (const name of ["same.jpg", "same.jpg", "other.jpg"]) {
+    const data = new DataTransfer();
+    data.items.add(new File([new Uint8Array(bytes)], name, { type: "image/jpeg" }));
+    document.getElementById("drop").dispatchEvent(
+      new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+  }
+}"""
+
+
+def test_a_double_click_or_a_double_drop_is_sent_once(watched, server, photos):
+    """Double-clicking "Classify the drawing" sent the drawing twice (two cards), and so did a
+    photo dropped twice while its answer was on its way. The button is busy until the answer
+    comes and a file already on its way is not sent again; another photo given meanwhile is."""
+    from playwright.sync_api import expect
+
+    page = open_page(watched, server, "digits")
+    canvas = page.locator("#digit-canvas")
+    canvas.wait_for(state="visible")
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.8, steps=10)
+    page.mouse.up()
+    page.dblclick("#digit-classify")
+    wait_answer(page)
+    expect(page.locator(".result img.gradcam")).to_have_count(1)
+    assert page.locator(".result").count() == 1
+    expect(page.locator("#digit-classify")).not_to_have_attribute("aria-disabled", "true")
+
+    page.evaluate(DOUBLE_DROP, [list(photos["cat"].read_bytes())])
+    wait_answer(page, 3)
+    expect(page.locator(".result img.gradcam")).to_have_count(3)
+    assert sorted(page.locator(".result h3").all_inner_texts()) == [
+        "drawing.png", "other.jpg", "same.jpg"]
+    assert len([u for u in watched.requests if u.endswith("/api/predict")]) == 3
+    assert watched.errors == []
+
+
+def test_a_link_dropped_says_there_is_nothing_to_classify(watched, server):
+    """A link dragged from another tab (text/uri-list, no file) did nothing and said nothing;
+    the status line now says there is nothing to classify."""
+    page = open_page(watched, server, "cats-dogs")
+    page.evaluate("""() => {
+      const data = new DataTransfer();
+      data.setData("text/uri-list", "https://example.com/cat.jpg");
+      document.getElementById("drop").dispatchEvent(
+        new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+    }""")
+    status = page.locator("#status")
+    assert status.inner_text().startswith("nothing to classify: drop photo files")
+    assert "error" in page.get_attribute("#status", "class")
+    assert page.locator(".result").count() == 0
+    assert watched.errors == []
+
+
+def test_an_empty_models_folder_and_serve_top_30(watched, photos, mobilenet_weights, tmp_path,
+                                                 monkeypatch):
+    """`serve --models-dir emptymodels` (a folder holding no bundle) switched the page to
+    ImageNet without a word on the console, as a missing folder has; and `serve --top 30`
+    put 30 in a field whose max was 20 (invalid) while the cards showed 20 bars. The console
+    now names the folder (its full path too), the page says it holds no bundle, and the
+    field takes the server's --top: 30 bars."""
+    from conftest import Recorder
+
+    require_asset("keras/models/mobilenet_2_5_224_tf.h5")
+    monkeypatch.chdir(tmp_path)
+    Path("emptymodels").mkdir()
+    recorder = Recorder()
+    settings = ServeSettings(models_dir=Path("emptymodels"), top=30, port=0)
+    with serve.serving(settings, recorder) as url:
+        assert recorder.warnings == [
+            f"no usable bundle in emptymodels ({Path.cwd() / 'emptymodels'}): the page offers "
+            "ImageNet classifiers only (train one with `transfer train`, or give the folder of "
+            "your bundles with --models-dir)"]
+        page = open_page(watched, url, "imagenet:mobilenet-0.25")
+        assert "The models folder (emptymodels) holds no bundle" in \
+            page.locator("#model-info").inner_text()
+        assert page.input_value("#top") == "30"
+        assert page.eval_on_selector("#top", "e => e.validity.valid")
+        page.set_input_files("#file-input", str(photos["dog"]))
+        result = wait_answer(page)
+        assert result.locator(".bar").count() == 30
+        page.wait_for_selector(".result img.gradcam")
+    assert watched.errors == []

@@ -1078,7 +1078,7 @@ def create_app(settings: ServeSettings):
                      "alpha": e.alpha, "classes": 1000, "accuracy": None, "digits": False,
                      "report": None} for e in entries]
         return {"default": default, "top": s.top, "max_upload_mb": s.max_upload_mb,
-                "models": bundles + imagenet}
+                "models_dir": str(s.models_dir), "models": bundles + imagenet}
 
     @app.post("/api/predict", summary="Classify one or more images", responses=PREDICT_RESPONSES)
     async def predict_endpoint(request: Request,
@@ -1363,6 +1363,12 @@ def _server(settings: ServeSettings, reporter: Reporter):
         reporter.warn(f"no model to serve: {s.models_dir} holds no bundle (train one with "
                       "`transfer train`) and no ImageNet classifier is in the Keras cache "
                       "(or use --imagenet)")
+    elif not s.imagenet and not store.bundles():  # the page offered ImageNet's, unsaid
+        where = s.models_dir if s.models_dir.is_absolute() else (
+            f"{s.models_dir} ({store.root})")
+        reporter.warn(f"no usable bundle in {where}: the page offers ImageNet classifiers only "
+                      "(train one with `transfer train`, or give the folder of your bundles "
+                      "with --models-dir)")
     url = url_of(s.host, port)
     reporter.info(f"transfer serve: {url} (API docs {url}docs); Ctrl-C stops it")
     return server, sock, url

@@ -19,9 +19,14 @@
   const FORM_BYTES = 1024; // a file's multipart headers, counted generously
   let maxUploadBytes = Infinity; // a request's body, at most (--max-upload-mb, /api/models)
   const EXPLAINED = 8; // Grad-CAM pictures asked for per batch of photos
+  const UNREACHABLE = "the server cannot be reached (is transfer serve still running?)";
   let models = [];
+  let modelsDir = ""; // the server's --models-dir, as given
   let stream = null;
   let counter = 0;
+  // "model|name|size" of each file being classified: the same file given again to the same
+  // model meanwhile (a double drop, a second paste) is not sent twice
+  const inFlight = new Set();
 
   function say(text, isError) {
     statusLine.textContent = text;
@@ -48,7 +53,11 @@
 
   // ---------------------------------------------------------------- models
 
+  // The server's models in the list. Again later (a model gone since the page loaded):
+  // the model chosen stays chosen while it is listed, and "classes shown" as the user set it.
   async function loadModels() {
+    const again = document.body.dataset.ready === "1";
+    const chosen = modelSelect.value;
     const response = await fetch("/api/models");
     if (!response.ok) {
       say("cannot list the models: " + (await errorText(response)), true);
@@ -56,6 +65,7 @@
     }
     const data = await response.json();
     models = data.models;
+    modelsDir = data.models_dir || "";
     if (data.max_upload_mb) maxUploadBytes = data.max_upload_mb * 1048576;
     modelSelect.textContent = "";
     for (const m of models) {
@@ -74,11 +84,21 @@
       option.textContent = text;
       modelSelect.appendChild(option);
     }
-    if (data.default && models.some((m) => m.name === data.default)) {
+    if (again && models.some((m) => m.name === chosen)) {
+      modelSelect.value = chosen;
+    } else if (data.default && models.some((m) => m.name === data.default)) {
       modelSelect.value = data.default;
     }
-    if (data.top) topInput.value = data.top;
-    if (!models.length) say("No model: train one with `transfer train` into the models folder.", true);
+    if (data.top) {
+      // `serve --top 30`: the field takes what the server was told to show (its max was 20,
+      // so the field was invalid and the cards showed 20)
+      if (data.top > Number(topInput.max)) topInput.max = String(data.top);
+      if (!again) topInput.value = data.top;
+    }
+    if (!models.length) {
+      say("No model: train one with `transfer train` into the models folder" +
+        (modelsDir ? " (" + modelsDir + ")" : "") + ".", true);
+    }
     modelChanged();
     document.body.dataset.ready = "1";
   }
@@ -96,7 +116,9 @@
     if (!m) {
       modelInfo.textContent = "";
     } else if (m.kind === "imagenet") {
-      modelInfo.textContent = "ImageNet classifier of " + m.base + ": 1000 everyday classes.";
+      modelInfo.textContent = "ImageNet classifier of " + m.base + ": 1000 everyday classes." +
+        (models.some((b) => b.kind === "bundle") ? "" : " The models folder" +
+          (modelsDir ? " (" + modelsDir + ")" : "") + " holds no bundle of yours.");
     } else {
       modelInfo.textContent = "Classes: " + m.classes.join(", ") + (digits
         ? ". Draw a digit below, or give a photo of one." : ".");
@@ -147,8 +169,9 @@
     return p === null || p === undefined || !isFinite(p) ? "n/a" : (100 * p).toFixed(digits) + "%";
   }
 
-  // seconds: the server's time for the request, which held `together` photos
-  function showPrediction(box, item, seconds, together) {
+  // seconds: the server's time for the request, which held `together` photos; by: the model
+  // that answered (cards of several models side by side say which is which)
+  function showPrediction(box, item, seconds, together, by) {
     const answer = box.querySelector(".answer");
     answer.textContent = "";
     if (item.error) {
@@ -194,11 +217,20 @@
     answer.appendChild(bars);
     const time = document.createElement("p");
     time.className = "time";
-    time.textContent = "server time " + (1000 * seconds).toFixed(0) + " ms" +
-      (together > 1 ? " for the " + together + " photos sent together" : "");
+    if (by) {
+      box.dataset.model = by.name;
+      const model = document.createElement("span");
+      model.className = "model";
+      model.textContent = by.title || by.name;
+      time.append("by ", model, ", ");
+    }
+    time.append("server time " + (1000 * seconds).toFixed(0) + " ms" +
+      (together > 1 ? " for the " + together + " photos sent together" : ""));
     answer.appendChild(time);
   }
 
+  // Grad-CAM of one photo on its card; false when the server cannot be reached (then the
+  // page asks for no more: each remaining photo said "Failed to fetch" one after another)
   async function explainOne(box, file, model) {
     const form = new FormData();
     form.append("file", file, file.name);
@@ -208,11 +240,18 @@
     note.className = "time gradcam-note";
     note.textContent = "Grad-CAM ...";
     box.querySelector(".body").appendChild(note);
+    let response;
     try {
-      const response = await fetch("/api/explain", { method: "POST", body: form });
+      response = await fetch("/api/explain", { method: "POST", body: form });
+    } catch (e) {
+      note.textContent = "no Grad-CAM: the server cannot be reached";
+      return false;
+    }
+    try {
       if (!response.ok) {
-        note.textContent = "no Grad-CAM: " + (await errorText(response));
-        return;
+        note.textContent = "no Grad-CAM: " + (response.status === 404 && model
+          ? gone(model) : await errorText(response));
+        return true;
       }
       const blob = await response.blob();
       const img = document.createElement("img");
@@ -227,6 +266,16 @@
     } catch (e) {
       note.textContent = "no Grad-CAM: " + e;
     }
+    return true;
+  }
+
+  // a 404 for a model the page listed: it went away after the page loaded
+  function gone(model) {
+    return model.startsWith("imagenet:")
+      ? "the model " + model + " is no longer offered (its weights left the server's Keras " +
+        "cache since the page loaded)"
+      : "the model " + model + " is gone from the models folder (deleted or renamed since " +
+        "the page loaded)";
   }
 
   // The files in requests the server takes: at most MAX_FILES each and, together with the
@@ -251,10 +300,14 @@
     return out;
   }
 
-  // "classes shown": 1 to 20 (the field's own range), 3 when it cannot be read
+  // "classes shown": 1 to the field's max (20, or the server's --top), 3 when it cannot be read
   function shownClasses() {
     const n = parseInt(topInput.value, 10);
-    return Number.isNaN(n) ? 3 : Math.max(1, Math.min(20, n));
+    return Number.isNaN(n) ? 3 : Math.max(1, Math.min(Number(topInput.max) || 20, n));
+  }
+
+  function fileKey(model, f) {
+    return model + "|" + f.name + "|" + f.size;
   }
 
   async function classify(files) {
@@ -262,6 +315,25 @@
     if (!files.length) return;
     const m = current();
     const model = m ? m.name : "";
+    const given = files;
+    files = files.filter((f) => !inFlight.has(fileKey(model, f)));
+    if (!files.length) { // a double drop or paste: the first is still on its way
+      say(given.length === 1
+        ? given[0].name + " is being classified already: its answer comes in its card"
+        : "these " + given.length + " files are being classified already: their answers " +
+          "come in their cards");
+      return;
+    }
+    const keys = files.map((f) => fileKey(model, f));
+    keys.forEach((k) => inFlight.add(k));
+    try {
+      await classifyBatch(files, model);
+    } finally {
+      keys.forEach((k) => inFlight.delete(k));
+    }
+  }
+
+  async function classifyBatch(files, model) {
     const limit = Number((maxUploadBytes / 1048576).toPrecision(3));
     const chunks = requests(files);
     // several requests: the status line ends with what all of them did, not the last one's
@@ -269,10 +341,15 @@
       name: model || "the default model" };
     let last = null; // the previous request's last card
     let explained = 0; // Grad-CAM pictures asked for, in all this batch's requests
+    let stop = ""; // why the remaining requests are not sent (the server or the model gone)
     for (const chunk of chunks) {
       const boxes = cards(chunk, last);
       last = boxes[boxes.length - 1];
       tally.failed += chunk.length; // until the server's answer says otherwise
+      if (stop) {
+        boxes.forEach((b) => showPrediction(b, { error: "not sent: " + stop }, 0));
+        continue;
+      }
       if (chunk.length === 1 && chunk[0].size + 5 * FORM_BYTES > maxUploadBytes) {
         const text = "too large: " + (chunk[0].size / 1048576).toFixed(1) + " MB, and the " +
           "server takes at most " + limit + " MB a request (transfer serve --max-upload-mb)";
@@ -290,7 +367,8 @@
       try {
         response = await fetch("/api/predict", { method: "POST", body: form });
       } catch (e) {
-        tally.problem = "the server cannot be reached (is transfer serve still running?)";
+        tally.problem = UNREACHABLE;
+        stop = "the server cannot be reached";
         say(tally.problem, true);
         boxes.forEach((b) => showPrediction(b, { error: "no answer from the server" }, 0));
         continue;
@@ -299,6 +377,22 @@
         const body = await response.json();
         (body.errors || []).forEach((e, i) => showPrediction(boxes[i], e, 0));
         say(body.detail, true);
+        continue;
+      }
+      if (response.status === 404 && model) {
+        // the model chosen was deleted or renamed after the page listed it: the API's words
+        // ("GET /api/models lists them") are for its clients; the page lists the models again
+        let text = await errorText(response);
+        try {
+          await loadModels();
+          if (!models.some((x) => x.name === model)) {
+            text = gone(model) + ": the list of models is updated, choose one";
+            stop = "the model " + model + " is gone";
+            tally.problem = text;
+          }
+        } catch (e) { /* the list stays as it was; the API's words say what happened */ }
+        boxes.forEach((b) => showPrediction(b, { error: text }, 0));
+        say(text, true);
         continue;
       }
       if (!response.ok) {
@@ -311,9 +405,10 @@
       tally.failed -= data.predictions.length - data.failed;
       tally.classified += data.predictions.length - data.failed;
       tally.name = data.model;
+      const by = { name: data.model, title: data.title };
       data.predictions.forEach((item, i) => {
         try {
-          showPrediction(boxes[i], item, data.server_seconds, chunk.length);
+          showPrediction(boxes[i], item, data.server_seconds, chunk.length, by);
         } catch (e) { // one odd answer must not end the batch (its status, the next requests)
           showPrediction(boxes[i], { error: "this answer cannot be shown (" + e + ")" }, 0);
         }
@@ -323,6 +418,13 @@
         (1000 * data.server_seconds).toFixed(0) + " ms (server time)", data.failed > 0);
       for (let i = 0; i < chunk.length; i += 1) {
         if (data.predictions[i].error) continue;
+        if (stop) { // the server went away during this request's Grad-CAMs: none asked for
+          const note = document.createElement("p");
+          note.className = "time gradcam-note";
+          note.textContent = "no Grad-CAM: " + stop;
+          boxes[i].querySelector(".body").appendChild(note);
+          continue;
+        }
         if (explained >= EXPLAINED) {
           const note = document.createElement("p");
           note.className = "time gradcam-note";
@@ -332,14 +434,18 @@
           continue;
         }
         explained += 1;
-        await explainOne(boxes[i], chunk[i], model);
+        if (!(await explainOne(boxes[i], chunk[i], model))) {
+          tally.problem = UNREACHABLE;
+          stop = "the server cannot be reached";
+          say(UNREACHABLE, true);
+        }
       }
     }
     if (tally.sent > 1 || (tally.sent && tally.sent < chunks.length)) {
       say(tally.name + ": " + tally.classified + " classified" +
         (tally.failed ? ", " + tally.failed + " failed (see their cards)" : "") + ", in " +
         tally.sent + " request" + (tally.sent > 1 ? "s" : "") +
-        (tally.problem ? "; " + tally.problem : ""), tally.failed > 0);
+        (tally.problem ? "; " + tally.problem : ""), tally.failed > 0 || Boolean(tally.problem));
     }
   }
 
@@ -358,6 +464,11 @@
   }));
   drop.addEventListener("drop", (event) => {
     event.preventDefault();
+    if (!event.dataTransfer.files.length) { // a link or text dragged from a page, not a file
+      say("nothing to classify: drop photo files (a link or text from a page is not a file)",
+        true);
+      return;
+    }
     classify(event.dataTransfer.files);
   });
   // a photo dropped beside the zone must not make the browser leave the page
@@ -476,13 +587,19 @@
   canvas.addEventListener("pointercancel", endStroke);
 
   $("digit-clear").addEventListener("click", clearCanvas);
-  $("digit-classify").addEventListener("click", () => {
+  // busy from the click until its answer: a double click sent the drawing twice (two cards)
+  const digitButton = $("digit-classify");
+  digitButton.addEventListener("click", () => {
+    if (digitButton.getAttribute("aria-disabled") === "true") return;
     if (!drawn) {
       say("draw a digit first", true);
       return;
     }
-    canvas.toBlob((blob) => classify([new File([blob], "drawing.png", { type: "image/png" })]),
-      "image/png");
+    digitButton.setAttribute("aria-disabled", "true"); // not disabled: it keeps the focus
+    canvas.toBlob((blob) => {
+      classify([new File([blob], "drawing.png", { type: "image/png" })])
+        .finally(() => digitButton.removeAttribute("aria-disabled"));
+    }, "image/png");
   });
   clearCanvas();
 
