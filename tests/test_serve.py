@@ -302,6 +302,32 @@ def test_a_relative_models_folder_stays_the_one_given_after_a_chdir(models_dir, 
         assert answer["mode"] == "bundle" and answer["predictions"][0]["label"] == "cats", answer
 
 
+def test_class_names_that_are_not_utf8_are_served_with_a_replacement_mark(trained_bundle,
+                                                                         unseen, tmp_path):
+    """A bundle trained on a Latin-1 folder ("chi\\xe9ns", a surrogate in Python): every
+    answer naming it was a 500 (UnicodeEncodeError), /api/models included. The names now go
+    out with a replacement mark, as the console shows them, and that name explains its class."""
+    from urllib.parse import unquote
+
+    models = tmp_path / "models"
+    shutil.copytree(trained_bundle.bundle, models / "latin")
+    meta_path = models / "latin" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["class_names"] = ["cats", "chi\udce9ns"]
+    meta_path.write_text(json.dumps(meta))  # as the bundle writes it: \udce9 escaped
+    with TestClient(serve.create_app(ServeSettings(models_dir=models))) as c:
+        listed = c.get("/api/models")
+        assert listed.status_code == 200, listed.text
+        assert listed.json()["models"][0]["classes"] == ["cats", "chi\ufffdns"]
+        answer = c.post("/api/predict", files=files_field(unseen["dogs"][0]))
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["predictions"][0]["label"] == "chi\ufffdns"
+        picture = c.post("/api/explain", files={"file": unseen["dogs"][0]},
+                         data={"class_name": "chi\ufffdns"})
+        assert picture.status_code == 200, picture.text
+        assert unquote(picture.headers["X-Label"]) == "chi\ufffdns"
+
+
 def test_one_app_served_twice_answers_both_times(models_dir, unseen):
     """A restarted server (or a second TestClient) on the same app: the model thread that
     shutdown closed runs again, instead of a 503 on every request."""
@@ -546,7 +572,8 @@ def test_an_imagenet_default_whose_weights_cannot_be_had_stops_at_start_up(tmp_p
 
 def test_a_missing_models_folder_is_named_at_start_up(tmp_path, monkeypatch):
     """A mistyped --models-dir still serves the ImageNet classifiers, but says so at once;
-    an empty folder that exists is no mistake and starts quietly, as before."""
+    an empty folder that exists starts quietly when --imagenet asked for ImageNet (without
+    it, an empty folder is said too: test_browser's test_an_empty_models_folder_...)."""
     require_asset("keras/models/mobilenet_2_5_224_tf.h5")  # the default is loaded at start
     typo = tmp_path / "modles"
     recorder = Recorder()

@@ -12,7 +12,7 @@ The API (OpenAPI docs at ``/docs``):
 - ``GET /api/health``: ``{"status": "ok", ...}``.
 - ``GET /api/models``: the bundles of the models folder (name, classes, base, accuracy, digit
   or not, link to the report) and the ImageNet classifiers whose weights are in the Keras
-  cache, plus the page's default model.
+  cache, plus the page's default model, ``top``, ``max_upload_mb`` and ``models_dir``.
 - ``POST /api/predict`` (multipart: ``files`` repeatable; optional ``model``, ``top``,
   ``invert``): the JSON of ``transfer predict --format json`` plus ``server_seconds``. One
   unusable file among good ones gets its own error entry; when no file is a usable image the
@@ -399,6 +399,31 @@ def api_words(text: str | None) -> str | None:
             .replace("try --invert yes", "send invert=yes"))
 
 
+def web_text(value) -> str:
+    """``value`` as text a browser can be sent: a name that is not UTF-8 (held by Python as
+    surrogates) with a replacement mark where its odd bytes were."""
+    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+@functools.cache
+def web_json():
+    """The API's JSON response class: UTF-8 whatever the names. A class or file name that is
+    not UTF-8 (a Latin-1 folder's "chi\\xe9ns") made every answer naming it a 500; it is
+    sent with a replacement mark, as the console shows it. (FastAPI is imported here, when
+    an app is made, not with this module.)"""
+    from fastapi.responses import JSONResponse
+
+    class WebJSON(JSONResponse):
+        def render(self, content) -> bytes:
+            try:
+                return super().render(content)
+            except UnicodeEncodeError:
+                return web_text(json.dumps(content, ensure_ascii=False, allow_nan=False,
+                                           separators=(",", ":"))).encode("utf-8")
+
+    return WebJSON
+
+
 def describe_bundle(name: str, path: Path, meta: dict) -> dict:
     """One bundle as ``/api/models`` lists it."""
     metrics = meta.get("metrics") or {}
@@ -414,7 +439,7 @@ def describe_bundle(name: str, path: Path, meta: dict) -> dict:
             "accuracy": accuracy, "evaluated_accuracy": evaluated,
             "digits": meta.get("channels", 3) == 1 or prep.get("fit") == "mnist-box",
             "created": meta.get("created"),
-            "report": f"/models/{quote(name)}/report"}
+            "report": f"/models/{quote(web_text(name))}/report"}
 
 
 # --------------------------------------------------------------------------- work (model thread)
@@ -600,6 +625,10 @@ def explain_upload(store: ModelStore, upload: Upload, model: str | None,
         names = classifier.class_names
         index = None
         if class_name is not None:
+            # a name that is not UTF-8 as the API lists it (with its replacement mark)
+            shown = [web_text(name) for name in names]
+            if class_name not in names and shown.count(class_name) == 1:
+                class_name = names[shown.index(class_name)]
             if class_name not in names:
                 raise TransferError(f"unknown class {class_name!r}; the model's classes are "
                                     f"{', '.join(names)}")
@@ -1014,7 +1043,9 @@ def create_app(settings: ServeSettings):
         worker.close()
 
     swagger = swagger_assets()
+    WebJSON = web_json()  # noqa: N806 (a class)
     app = FastAPI(title="transfer serve", version=__version__, lifespan=lifespan,
+                  default_response_class=WebJSON,
                   docs_url=None if swagger else "/docs",
                   description="Classify photos with the bundles of a models folder or an "
                               "ImageNet classifier; Grad-CAM pictures; run reports.")
@@ -1030,7 +1061,7 @@ def create_app(settings: ServeSettings):
         "digit models: auto, yes or no (dark digit on light paper)"))
 
     def error(status: int, detail: str, **extra) -> JSONResponse:
-        return JSONResponse({"detail": detail, **extra}, status_code=status)
+        return WebJSON({"detail": detail, **extra}, status_code=status)
 
     def bad_model(name: str | None) -> JSONResponse:
         if not name:
@@ -1161,10 +1192,10 @@ def create_app(settings: ServeSettings):
         except TransferError as exc:
             return error(422, api_words(store.public(exc)))
         seconds = round(time.perf_counter() - started, 4)
-        headers = {"X-Label": quote(facts["label"]),
+        headers = {"X-Label": quote(web_text(facts["label"])),
                    "X-Probability": f"{facts['probability']:.6f}",
                    "X-Class-Index": str(facts["class_index"]),
-                   "X-Layer": quote(facts["layer"]),
+                   "X-Layer": quote(web_text(facts["layer"])),
                    "X-Server-Seconds": f"{seconds}",
                    "Cache-Control": "no-store"}
         return Response(png, media_type="image/png", headers=headers)
