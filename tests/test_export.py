@@ -100,6 +100,29 @@ def test_round_trip_on_real_photos(fmt, trained_bundle, held_out, tmp_path):
         export.export(trained_bundle.bundle, format=fmt, output=target, check_images=held_out)
 
 
+def test_paths_that_are_not_utf8_export(trained_bundle, held_out, tmp_path, monkeypatch):
+    """A bundle on a Latin-1 USB stick ("l\\xe9at"), exported to a name that is not UTF-8:
+    TensorFlow refused the path (a UnicodeEncodeError traceback), for tflite and savedmodel
+    alike. It is now given an alias; the file lands under the name asked for."""
+    import shutil
+
+    temp = tmp_path / "temp"  # the system's temporary folder: the alias goes there, then away
+    temp.mkdir()
+    monkeypatch.setattr(export.tempfile, "tempdir", str(temp))
+    latin = os.fsdecode(os.fsencode(tmp_path) + b"/l\xe9at")
+    shutil.copytree(trained_bundle.bundle, latin)
+    target = os.fsdecode(os.fsencode(latin) + b"/t\xe9.tflite")
+    result = export.export(latin, format="tflite", output=target, check_images=held_out)
+    assert result.passed and result.max_abs_diff <= README_TOLERANCE["tflite"]
+    assert sorted(os.listdir(latin)) == sorted(
+        os.listdir(trained_bundle.bundle) + ["t\udce9.tflite", "t\udce9.tflite.meta.json"])
+    copy = tmp_path / "plain.tflite"  # the file itself, run where any program can open it
+    shutil.copyfile(target, copy)
+    x = raw_pixels(held_out)
+    assert run_exported("tflite", copy, x).shape == (6, 1)
+    assert list(temp.iterdir()) == []  # the alias is gone, what it pointed to kept
+
+
 def test_settings_object_and_default_output(trained_bundle, held_out, tmp_path):
     import shutil
 

@@ -151,6 +151,27 @@ def check_inputs(classifier: BundleClassifier, paths: list[Path] | None, n: int 
     return np.stack(arrays).astype("float32"), source
 
 
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` (a path, a name) is UTF-8: not held with surrogates for odd bytes."""
+    try:
+        str(text).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def tf_reachable(folder: Path) -> tuple[Path, Path | None]:
+    """``folder`` as TensorFlow can be given it, and the folder to remove afterwards (None):
+    itself when its path is UTF-8; else (a Latin-1 USB stick's "l\\xe9at", which TensorFlow
+    refused with a UnicodeEncodeError traceback) a symbolic link to it in a new folder of the
+    system's temporary folder, which the caller removes (the link, never what it points to)."""
+    if is_utf8(os.path.abspath(folder)):
+        return folder, None
+    made = Path(tempfile.mkdtemp(prefix="transfer-alias-"))
+    os.symlink(os.path.abspath(folder), made / "work", target_is_directory=True)
+    return made / "work", made
+
+
 def _savedmodel(model, path: Path) -> None:
     from transfer.tf import root_logger_kept
 
@@ -775,8 +796,13 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
         writable_folder(output.parent)
         sweep_left_by_killed(output.parent)
         work = Path(tempfile.mkdtemp(prefix=temp_prefix(output.name), dir=output.parent))
+        alias = None
         try:
-            staged = work / output.name
+            # TensorFlow takes UTF-8 paths only: a folder of a Latin-1 USB stick is given to
+            # it through an alias, and the export made under a name of its own
+            tf_work, alias = tf_reachable(work)
+            staged = tf_work / (output.name if is_utf8(output.name)
+                                else "export" + "".join(output.suffixes[-1:]))
             reporter.info(f"exporting {model} as {fmt} and checking it on {len(x)} images ...")
             comparison = None
             if fmt == "keras":
@@ -786,12 +812,12 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
                 _savedmodel(keras_model, staged)
                 actual = _run_savedmodel(staged, x)
             elif s.quantize == "none":
-                _tflite(keras_model, staged, work)
+                _tflite(keras_model, staged, tf_work)
                 embed_metadata(staged, _embedded_meta(meta, model, "none"))
                 actual = _run_tflite(staged, x)
             else:
-                actual, comparison = _quantized(classifier, s.quantize, staged, work, x, expected,
-                                                source, model, reporter, calibrated)
+                actual, comparison = _quantized(classifier, s.quantize, staged, tf_work, x,
+                                                expected, source, model, reporter, calibrated)
             diff = float(np.max(np.abs(actual.reshape(expected.shape) - expected)))
             tolerance = TOLERANCE[fmt] if comparison is None else math.inf
             result = ExportResult(path=output, meta_path=meta_path, format=fmt, max_abs_diff=diff,
@@ -824,4 +850,6 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
             os.replace(staged, output)
             return result
         finally:
+            if alias is not None:  # the link in the temporary folder, not what it points to
+                shutil.rmtree(alias, ignore_errors=True)
             shutil.rmtree(work, ignore_errors=True)
