@@ -304,22 +304,28 @@ def test_a_relative_models_folder_stays_the_one_given_after_a_chdir(models_dir, 
 
 def test_class_names_that_are_not_utf8_are_served_with_a_replacement_mark(trained_bundle,
                                                                          unseen, tmp_path):
-    """A bundle trained on a Latin-1 folder ("chi\\xe9ns", a surrogate in Python): every
-    answer naming it was a 500 (UnicodeEncodeError), /api/models included. The names now go
-    out with a replacement mark, as the console shows them, and that name explains its class."""
+    """A bundle trained on a Latin-1 folder ("chi\\xe9ns", a surrogate in Python), in a
+    folder so named: every answer naming it was a 500 (UnicodeEncodeError), /api/models
+    included. The names now go out with a replacement mark, as the console shows them, and
+    those names find the bundle and explain the class."""
     from urllib.parse import unquote
 
     models = tmp_path / "models"
-    shutil.copytree(trained_bundle.bundle, models / "latin")
-    meta_path = models / "latin" / "meta.json"
+    latin = models / "l\udce9at"  # the bundle's folder is not UTF-8 either
+    shutil.copytree(trained_bundle.bundle, latin)
+    meta_path = latin / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["class_names"] = ["cats", "chi\udce9ns"]
     meta_path.write_text(json.dumps(meta))  # as the bundle writes it: \udce9 escaped
     with TestClient(serve.create_app(ServeSettings(models_dir=models))) as c:
         listed = c.get("/api/models")
         assert listed.status_code == 200, listed.text
-        assert listed.json()["models"][0]["classes"] == ["cats", "chi\ufffdns"]
-        answer = c.post("/api/predict", files=files_field(unseen["dogs"][0]))
+        entry = listed.json()["models"][0]
+        assert entry["classes"] == ["cats", "chi\ufffdns"] and entry["name"] == "l\ufffdat"
+        # the name listed is the name that works (it was listed, then 404 for every request)
+        assert c.get(entry["report"]).status_code == 200
+        answer = c.post("/api/predict", files=files_field(unseen["dogs"][0]),
+                        data={"model": entry["name"]})
         assert answer.status_code == 200, answer.text
         assert answer.json()["predictions"][0]["label"] == "chi\ufffdns"
         picture = c.post("/api/explain", files={"file": unseen["dogs"][0]},

@@ -13,6 +13,7 @@ comes from the base's registry entry (``bases.Base.last_conv``); for other model
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,14 +181,26 @@ def gradcams(model, meta: dict, arrays: np.ndarray, class_indices: list | None =
     return results, layer
 
 
-def _class_index(names: list[str], class_name: str | None) -> int | None:
-    """The index of the class to explain (None: the predicted one)."""
+def named_class(names: list[str], class_name: str | None) -> int | None:
+    """The index of the class to explain (None: the predicted one): its name as the bundle
+    holds it; else the one class it names as typed elsewhere: its accents composed otherwise
+    ("café" typed on Linux for a folder named on a Mac, NFD), or with the replacement mark a
+    name that is not UTF-8 is shown with ("chi\\ufffdns" for a Latin-1 "chi\\xe9ns").
+    These were "unknown class", listing a name that looked the same."""
     if class_name is None:
         return None
-    if class_name not in names:
-        raise TransferError(f"unknown class {class_name!r}; the model's classes are "
-                            f"{', '.join(names)}")
-    return names.index(class_name)
+    if class_name in names:
+        return names.index(class_name)
+
+    def typed(name: str) -> str:
+        shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return unicodedata.normalize("NFC", shown)
+
+    same = [i for i, name in enumerate(names) if typed(name) == typed(class_name)]
+    if len(same) == 1:
+        return same[0]
+    raise TransferError(f"unknown class {class_name!r}; the model's classes are "
+                        f"{', '.join(names)}")
 
 
 def explain(settings: ExplainSettings | Path, *, write: bool = True,
@@ -230,7 +243,7 @@ def explain(settings: ExplainSettings | Path, *, write: bool = True,
                                 "classifier decides it; drop one or the other")
     classifier = classifier or BundleClassifier(s.model, s.invert)
     keras_model, meta, names = classifier.model, classifier.meta, classifier.class_names
-    class_index = _class_index(names, s.class_name)
+    class_index = named_class(names, s.class_name)
     png = Path(s.output) if s.output is not None else gradcam_png(image)
     if write:
         if png.exists() and resolved(png) == resolved(Path(image)):
@@ -369,7 +382,7 @@ def explain_all(settings: ExplainSettings, *, reporter: Reporter | None = None
                       f"{', ...' if len(again) > 1 else ''}): this run writes "
                       f"{'it' if len(again) == 1 else 'them'} again")
     classifier = BundleClassifier(s.model, s.invert)
-    _class_index(classifier.class_names, s.class_name)  # an unknown class: before any image
+    named_class(classifier.class_names, s.class_name)  # an unknown class: before any image
     done = []
     with reporter.task("Grad-CAM", total=len(rows)) as advance:
         for name, image, png, error in rows:

@@ -166,6 +166,8 @@ class ModelStore:
                 or name.startswith(".") or Path(name).is_absolute()):
             raise NotFound(name)
         candidate = self.root / name
+        if "\ufffd" in name and not os.path.lexists(candidate):
+            candidate = self.root / self._not_utf8(name)
         try:
             root = self.root.resolve(strict=True)
             real = candidate.resolve(strict=True)
@@ -183,6 +185,16 @@ class ModelStore:
             self._say(name, exc)
             raise Broken(f"model {name!r} cannot be used: {self.public(exc)}") from None
         return candidate, meta
+
+    def _not_utf8(self, name: str) -> str:
+        """The folder name that ``name`` shows with replacement marks (a Latin-1 folder
+        "l\\xe9at" is listed as "l\\ufffdat": it was listed, then 404 for every request),
+        or ``name`` when no one folder, or several, show so."""
+        with contextlib.suppress(OSError):
+            same = [f.name for f in self.root.iterdir() if web_text(f.name) == name]
+            if len(same) == 1:
+                return same[0]
+        return name
 
     def public(self, problem) -> str:
         """``problem``'s text as a client sees it: paths inside the models folder relative to
@@ -607,7 +619,7 @@ def explain_upload(store: ModelStore, upload: Upload, model: str | None,
         transfer.images.ImageError: the upload is not a usable image.
         TransferError: an unknown class, or a model Grad-CAM cannot trace.
     """
-    from transfer.explain import gradcam
+    from transfer.explain import gradcam, named_class
     from transfer.report import overlay_png
 
     model = model or store.default_model()
@@ -624,15 +636,8 @@ def explain_upload(store: ModelStore, upload: Upload, model: str | None,
         array, _ = images.model_input(upload.data, classifier.meta, use_invert)
         names = classifier.class_names
         index = None
-        if class_name is not None:
-            # a name that is not UTF-8 as the API lists it (with its replacement mark)
-            shown = [web_text(name) for name in names]
-            if class_name not in names and shown.count(class_name) == 1:
-                class_name = names[shown.index(class_name)]
-            if class_name not in names:
-                raise TransferError(f"unknown class {class_name!r}; the model's classes are "
-                                    f"{', '.join(names)}")
-            index = names.index(class_name)
+        if class_name is not None:  # as the API lists it, or its accents composed otherwise
+            index = named_class(names, class_name)
         heatmap, probs, index, layer = gradcam(classifier.model, classifier.meta, array, index)
         label = names[index]
     else:
