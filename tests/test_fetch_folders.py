@@ -12,6 +12,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -1242,3 +1243,20 @@ def test_photos_inside_the_split_they_would_replace_are_refused(flowers, tmp_pat
             f"--archive {archive} {said}, a split folder fetch-data replaces; move the photos "
             f"out of {data} first (e.g. mv {archive} photos) and give that folder to --archive")
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+
+
+def test_class_folders_that_differ_in_accent_form_are_said_so(flowers, tmp_path):
+    """"café" composed (NFC) beside "café" decomposed (NFD, as a Mac writes it): fetch-data and
+    train said they "differ only in case", of two names printed alike."""
+    from transfer.training import plan
+
+    folder = tmp_path / "photos"
+    for name, cls in (("caf\u00e9", "daisy"), ("cafe\u0301", "roses")):
+        (folder / name).mkdir(parents=True)
+        for photo in sorted((flowers / cls).iterdir())[:3]:
+            shutil.copy(photo, folder / name)
+    said = "differ only in how their accents are stored (Unicode NFC and NFD); rename or merge"
+    with pytest.raises(TransferError, match=re.escape(said)):
+        fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "data"))
+    with pytest.raises(TransferError, match=re.escape(said)):
+        plan(TrainSettings(data_dir=folder, models_dir=tmp_path / "models").validated())

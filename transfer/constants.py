@@ -120,6 +120,18 @@ def same_but_case(names) -> list[str] | None:
     return next((sorted(same) for same in by_key.values() if len(same) > 1), None)
 
 
+def differ_only(same: list[str]) -> str:
+    """How the names ``same_but_case`` found differ, for its refusal: "in case", or, for
+    "café" composed and decomposed (printed alike), "in how their accents are stored (Unicode
+    NFC and NFD)" (it said "in case" for both)."""
+    forms = {unicodedata.normalize("NFC", name) for name in same}
+    if len(forms) == 1:
+        return "in how their accents are stored (Unicode NFC and NFD)"
+    if len({name.casefold() for name in same}) == 1:
+        return "in case"
+    return "in case and in how their accents are stored (Unicode NFC and NFD)"
+
+
 # A class with fewer images than this is warned about by fetch-data and train.
 FEW_IMAGES = 10
 
