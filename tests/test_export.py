@@ -434,3 +434,11 @@ def test_an_export_through_models_latest_names_the_bundle_not_the_link(trained_b
     with zipfile.ZipFile(result.path) as packed:  # the metadata inside the .tflite
         inside = json.loads(packed.read("meta.json"))
     assert inside["export"]["source_bundle"] == "models/cats-1"
+
+
+def test_labels_txt_keeps_one_line_per_output():
+    """A class folder named with a line break ("a,b\\nc"): labels.txt gave it two lines, and
+    every label after it belonged to the next output. Line N is now output N."""
+    text = export.labels_text(["-rf", "a,b\nc", "x\ry", "chi\udce9ns", "玫瑰"])
+    lines = text.split(b"\n")[:-1]
+    assert lines == [b"-rf", b"a,b\\nc", b"x\\ry", b"chi\xe9ns", "玫瑰".encode()]

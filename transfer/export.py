@@ -67,8 +67,11 @@ LABELS = "labels.txt"  # the associated file: class names, one a line, in output
 
 def labels_text(names) -> bytes:
     """``labels.txt``: the class names, one a line, UTF-8; a name that is not UTF-8 (a
-    Latin-1 folder's "chi\\xe9ns", held as a surrogate) as the folder's own bytes."""
-    return "".join(f"{name}\n" for name in names).encode("utf-8", "surrogateescape")
+    Latin-1 folder's "chi\\xe9ns", held as a surrogate) as the folder's own bytes; a line
+    break inside a name (a folder can be named so) written as ``\\n`` (``\\r``), so that
+    line N stays output N (it took two lines, and every label after it was off by one)."""
+    lines = (name.replace("\n", "\\n").replace("\r", "\\r") for name in names)
+    return "".join(f"{line}\n" for line in lines).encode("utf-8", "surrogateescape")
 
 CALIBRATION_IMAGES = 300  # int8: training images the converter calibrates activations on
 COMPARE_IMAGES = 1000  # quantized: validation images compared at most (spread over classes)
