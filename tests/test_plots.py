@@ -145,6 +145,22 @@ def test_class_names_the_fonts_cannot_draw_are_said_once_not_drawn_as_boxes_in_s
                     "names)")
     assert plots.glyph_warning(["Rosé petals", "Ωmega", "Жук", "daisy"], "x.png") is None
     assert plots.missing_glyphs(["玫瑰"]) == ([] if len(plots.fonts()) > 1 else ["玫", "瑰"])
+    # a Latin-1 folder's "chi\xe9ns" is drawn with a replacement mark, which the fonts have:
+    # it was said missing ("no \udce9 ... install a font"), which no font would mend
+    assert plots.glyph_warning(["chi\udce9ns", "r\udcf6ses"], "x.png") is None
+
+
+def test_looking_up_the_fonts_before_any_plot_logs_nothing():
+    """evaluate asks which class names the fonts lack before it draws: with WenQuanYi Zen Hei
+    installed, matplotlib's "findfont: Failed to find font weight normal ..." reached stderr
+    (the quieting came with the first plot). A fresh process, as the CLI is."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "from transfer import plots; "
+                           "plots.missing_glyphs(['玫瑰 roses']); plots.fonts()"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
 
 
 def test_a_caption_over_a_portrait_photo_is_cut_to_its_cell_not_to_the_photo():

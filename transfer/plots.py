@@ -16,8 +16,6 @@ def _pyplot():
 
     if matplotlib.rcParams["font.family"] == ["sans-serif"]:  # not a font the caller chose
         matplotlib.rcParams["font.family"] = fonts()
-        # "findfont: Failed to find font weight normal for WenQuanYi Zen Hei, now using 500"
-        logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     return plt
 
 
@@ -65,6 +63,10 @@ def fonts() -> list[str]:
     """The plots' fonts: DejaVu Sans, then the installed FALLBACK_FONTS."""
     from matplotlib import font_manager
 
+    # "findfont: Failed to find font weight normal for WenQuanYi Zen Hei, now using 500", on
+    # stderr whenever these fonts are looked up (a plot, or missing_glyphs before any plot)
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+
     manager = font_manager.fontManager
     if not any(f.name in FALLBACK_FONTS for f in manager.ttflist):
         for path in font_manager.findSystemFonts():
@@ -81,7 +83,8 @@ def missing_glyphs(texts) -> list[str]:
     from matplotlib import font_manager
     from matplotlib.ft2font import FT2Font
 
-    missing = {c for text in texts for c in str(text) if not c.isspace() and ord(c) >= 0x250}
+    # a name that is not UTF-8 is drawn with replacement marks (``_text``), which DejaVu has
+    missing = {c for text in texts for c in _text(text) if not c.isspace() and ord(c) >= 0x250}
     for family in fonts():  # Latin (below U+0250) is in DejaVu
         if not missing:
             break
