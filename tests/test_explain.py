@@ -522,3 +522,21 @@ def test_grad_cams_of_a_batch_are_each_photos_own(trained_bundle, real_photos, t
         np.testing.assert_allclose(probs, expected_probs, atol=1e-4)
         np.testing.assert_allclose(heatmap, expected, atol=1e-3)
     assert min(np.abs(maps[0][0] - m[0]).max() for m in maps[1:]) > 0.05
+
+
+def test_photos_with_names_near_the_limit_get_their_pictures(trained_bundle, dog_photo,
+                                                             tmp_path):
+    """A photo named with 248 bytes (82 Chinese characters, legal) failed with "File name too
+    long": its .gradcam.png is 256. The picture's name is now cut to fit, with a tag of the
+    whole name, so that two long names alike but for their ends get a picture each."""
+    folder = tmp_path / "long"
+    folder.mkdir()
+    names = ["長" * 81 + "1.jpg", "長" * 81 + "2.jpg"]
+    for name in names:
+        shutil.copy(dog_photo, folder / name)
+    rows = explain.explain_all(ExplainSettings(images=[str(folder)],
+                                               model=trained_bundle.bundle))
+    assert [r.error for r in rows] == [None, None]
+    pictures = sorted(p.name for p in folder.iterdir() if p.name.endswith(".gradcam.png"))
+    assert len(pictures) == 2 and all(len(os.fsencode(p)) <= 255 for p in pictures)
+    assert pictures[0] != pictures[1] and all(p.startswith("長" * 40) for p in pictures)

@@ -6,6 +6,7 @@ what counts as an image.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import unicodedata
 from pathlib import Path, PurePath
@@ -73,8 +74,24 @@ COMPARE_PNG = "compare.png"
 
 def gradcam_png(image) -> Path:
     """Where ``transfer explain`` puts the Grad-CAM picture of ``image`` by default: beside it,
-    ``<stem>.gradcam.png``."""
-    return Path(image).with_name(Path(image).stem + GRADCAM_SUFFIX)
+    ``<stem>.gradcam.png`` (``gradcam_name``)."""
+    return Path(image).with_name(gradcam_name(Path(image).stem))
+
+
+NAME_MAX_BYTES = 255  # a file name's limit in Linux's file systems (ext4, xfs, btrfs), in bytes
+
+
+def gradcam_name(stem: str) -> str:
+    """``<stem>.gradcam.png``; a stem too long for that to fit NAME_MAX_BYTES (a photo named
+    with 248 bytes, legal, made explain fail with "File name too long") cut at a character,
+    with a tag of the whole stem, so that two long names cut alike stay apart."""
+    name = stem + GRADCAM_SUFFIX
+    if len(os.fsencode(name)) <= NAME_MAX_BYTES:
+        return name
+    tag = "~" + hashlib.sha256(os.fsencode(stem)).hexdigest()[:8]
+    while stem and len(os.fsencode(stem + tag + GRADCAM_SUFFIX)) > NAME_MAX_BYTES:
+        stem = stem[:-1]
+    return stem + tag + GRADCAM_SUFFIX
 
 
 def is_own_picture(name: str) -> bool:

@@ -65,6 +65,7 @@ from transfer.archive import (
 )
 from transfer.archive import fingerprint as archive_fingerprint
 from transfer.constants import (
+    NAME_MAX_BYTES,
     STABLE_ORDER,
     UNREAD_HINT,
     few_images_warning,
@@ -807,7 +808,6 @@ def _too_few(short, found, usable, skipped, plan) -> str:
             f"{need} ({each}): add photos, or remove the class folder")
 
 
-NAME_MAX_BYTES = 255  # a file name's limit in Linux's file systems (ext4, xfs, btrfs), in bytes
 
 
 def _fitting(stem: str, suffix: str, extra: str = "") -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer import bases, images, plots
-from transfer.constants import GRADCAM_SUFFIX, gradcam_png
+from transfer.constants import gradcam_name, gradcam_png
 from transfer.errors import TransferError
 from transfer.files import refuse_existing, replacing, resolved
 from transfer.inference import (
@@ -334,7 +334,7 @@ def outputs_of(paths: list[str | Path], output: Path | None
         if png is None:
             continue
         if len(names_at[png]) > 1:
-            png = png.with_name(Path(image).name + GRADCAM_SUFFIX)
+            png = png.with_name(gradcam_name(Path(image).name))
             rows[i] = (name, image, png, error)
         if png in seen:
             first, first_image = seen[png]
