@@ -33,7 +33,7 @@ import numpy as np
 from transfer import bundle
 from transfer.constants import COMPARE_JSON, COMPARE_PNG
 from transfer.errors import TransferError
-from transfer.files import new_folders_kept_on_success, replacing, write_json
+from transfer.files import new_folders_kept_on_success, replacing, utf8_text, write_json
 from transfer.progress import Reporter
 from transfer.settings import CompareSettings, TrainSettings, given
 
@@ -154,7 +154,7 @@ def compare(settings: CompareSettings, reporter: Reporter | None = None,
     with replacing(out / COMPARE_PNG) as tmp:
         plot(data, tmp)
     with replacing(out / COMPARE_HTML) as tmp:
-        Path(tmp).write_text(render_page(data, out), encoding="utf-8")
+        Path(tmp).write_text(utf8_text(render_page(data, out)), encoding="utf-8")
     write_json(out / COMPARE_JSON, data)  # last: its presence means the comparison is whole
     return CompareResult(out, rows, data)
 

@@ -22,7 +22,7 @@ import numpy as np
 from transfer import bases, images, plots
 from transfer.constants import gradcam_name, gradcam_png
 from transfer.errors import TransferError
-from transfer.files import refuse_existing, replacing, resolved
+from transfer.files import refuse_existing, replacing, resolved, utf8_text
 from transfer.inference import (
     BundleClassifier,
     gather,
@@ -193,8 +193,7 @@ def named_class(names: list[str], class_name: str | None) -> int | None:
         return names.index(class_name)
 
     def typed(name: str) -> str:
-        shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        return unicodedata.normalize("NFC", shown)
+        return unicodedata.normalize("NFC", utf8_text(name))
 
     same = [i for i, name in enumerate(names) if typed(name) == typed(class_name)]
     if len(same) == 1:

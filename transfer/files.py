@@ -14,6 +14,14 @@ from transfer.constants import is_ignored_folder, is_image_name, unread_photo
 from transfer.errors import TransferError
 
 
+def utf8_text(value) -> str:
+    """``value`` as valid UTF-8 text: a name that is not UTF-8 (a Latin-1 folder's
+    "chi\\xe9ns", held by Python as a surrogate) with a replacement mark where its odd bytes
+    were, as a terminal shows it. For what must be UTF-8: a plot's text (matplotlib raised),
+    JSON to a browser, an HTML page that says it is UTF-8."""
+    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def make_dirs(path: Path) -> list[Path]:
     """mkdir -p ``path``; return the folders this call created, deepest first."""
     path = Path(path)

@@ -7,6 +7,8 @@ import functools
 import logging
 from pathlib import Path
 
+from transfer.files import utf8_text
+
 
 def _pyplot():
     import matplotlib
@@ -29,7 +31,7 @@ def save(fig, path, dpi: int = 100) -> None:
     from matplotlib.text import Text
 
     for text in fig.findobj(Text):
-        text.set_text(_text(text.get_text()))
+        text.set_text(utf8_text(text.get_text()))
         text.set_parse_math(False)  # "$5 and $10 roses.jpg" is a name, not TeX
     _fit_titles(fig)
     with warnings.catch_warnings():
@@ -84,7 +86,7 @@ def missing_glyphs(texts) -> list[str]:
     from matplotlib.ft2font import FT2Font
 
     # a name that is not UTF-8 is drawn with replacement marks (``_text``), which DejaVu has
-    missing = {c for text in texts for c in _text(text) if not c.isspace() and ord(c) >= 0x250}
+    missing = {c for text in texts for c in utf8_text(text) if not c.isspace() and ord(c) >= 0x250}
     for family in fonts():  # Latin (below U+0250) is in DejaVu
         if not missing:
             break
@@ -141,12 +143,6 @@ def _fit_titles(fig) -> None:
         for text in (ax.title, ax._left_title, ax._right_title):
             if text.get_text():
                 text.set_text(fitting(text.get_text(), room, text.get_fontsize(), wrap=False))
-
-
-def _text(value) -> str:
-    """Text as matplotlib can draw it: a file name that is not UTF-8 (an old camera's Latin-1
-    "caf\\xe9.jpg", held by Python as a surrogate) is shown with a replacement mark."""
-    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def curves(history: dict[str, list[float]], path: Path, title: str = "") -> Path:
@@ -210,7 +206,7 @@ def confusion(matrix, names, path: Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
     # tick labels are drawn from these, not kept text; a long class name cut to fit
-    names = [fitting(_text(name), 2.2, 10, wrap=False) for name in names]
+    names = [fitting(utf8_text(name), 2.2, 10, wrap=False) for name in names]
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("predicted")

@@ -796,7 +796,7 @@ def write_report(folder, output: Path | None = None, *, gradcams: int | None = N
             a folder, or another file without ``force``.
         OSError: the file cannot be written.
     """
-    from transfer.files import replacing
+    from transfer.files import replacing, utf8_text
     from transfer.settings import ReportSettings
 
     if isinstance(folder, ReportSettings):  # as the other commands take their settings
@@ -808,8 +808,9 @@ def write_report(folder, output: Path | None = None, *, gradcams: int | None = N
     text = render_report(folder, gradcams_wanted(gradcams), classifier)
     target.parent.mkdir(parents=True, exist_ok=True)
     with replacing(target) as tmp:
-        # a file name that is not UTF-8 (os.fsdecode's surrogates) keeps its bytes, as the CSVs do
-        Path(tmp).write_text(text, encoding="utf-8", errors="surrogateescape")
+        # a page that says it is UTF-8 is: a name that is not (os.fsdecode's surrogates) has
+        # a replacement mark, as a browser showed its raw bytes (the CSVs keep the bytes)
+        Path(tmp).write_text(utf8_text(text), encoding="utf-8")
     return target
 
 

@@ -57,7 +57,7 @@ from urllib.parse import quote
 import numpy as np
 
 from transfer.errors import TransferError
-from transfer.files import resolved
+from transfer.files import resolved, utf8_text
 from transfer.progress import Reporter
 from transfer.settings import INVERT, ServeSettings, given
 
@@ -191,7 +191,7 @@ class ModelStore:
         "l\\xe9at" is listed as "l\\ufffdat": it was listed, then 404 for every request),
         or ``name`` when no one folder, or several, show so."""
         with contextlib.suppress(OSError):
-            same = [f.name for f in self.root.iterdir() if web_text(f.name) == name]
+            same = [f.name for f in self.root.iterdir() if utf8_text(f.name) == name]
             if len(same) == 1:
                 return same[0]
         return name
@@ -411,12 +411,6 @@ def api_words(text: str | None) -> str | None:
             .replace("try --invert yes", "send invert=yes"))
 
 
-def web_text(value) -> str:
-    """``value`` as text a browser can be sent: a name that is not UTF-8 (held by Python as
-    surrogates) with a replacement mark where its odd bytes were."""
-    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
 @functools.cache
 def web_json():
     """The API's JSON response class: UTF-8 whatever the names. A class or file name that is
@@ -430,7 +424,7 @@ def web_json():
             try:
                 return super().render(content)
             except UnicodeEncodeError:
-                return web_text(json.dumps(content, ensure_ascii=False, allow_nan=False,
+                return utf8_text(json.dumps(content, ensure_ascii=False, allow_nan=False,
                                            separators=(",", ":"))).encode("utf-8")
 
     return WebJSON
@@ -451,7 +445,7 @@ def describe_bundle(name: str, path: Path, meta: dict) -> dict:
             "accuracy": accuracy, "evaluated_accuracy": evaluated,
             "digits": meta.get("channels", 3) == 1 or prep.get("fit") == "mnist-box",
             "created": meta.get("created"),
-            "report": f"/models/{quote(web_text(name))}/report"}
+            "report": f"/models/{quote(utf8_text(name))}/report"}
 
 
 # --------------------------------------------------------------------------- work (model thread)
@@ -1197,10 +1191,10 @@ def create_app(settings: ServeSettings):
         except TransferError as exc:
             return error(422, api_words(store.public(exc)))
         seconds = round(time.perf_counter() - started, 4)
-        headers = {"X-Label": quote(web_text(facts["label"])),
+        headers = {"X-Label": quote(utf8_text(facts["label"])),
                    "X-Probability": f"{facts['probability']:.6f}",
                    "X-Class-Index": str(facts["class_index"]),
-                   "X-Layer": quote(web_text(facts["layer"])),
+                   "X-Layer": quote(utf8_text(facts["layer"])),
                    "X-Server-Seconds": f"{seconds}",
                    "Cache-Control": "no-store"}
         return Response(png, media_type="image/png", headers=headers)
