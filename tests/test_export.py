@@ -76,6 +76,8 @@ def test_round_trip_on_real_photos(fmt, trained_bundle, held_out, tmp_path):
     import keras
 
     target = tmp_path / TARGETS[fmt]
+    if fmt == "savedmodel":  # an empty folder made for it holds nothing to lose: no --force
+        target.mkdir()
     result = export.export(trained_bundle.bundle, format=fmt, output=target,
                            check_images=held_out)
     assert result.passed and result.n_images == 6 and target.exists()
@@ -173,9 +175,13 @@ def test_export_refusals(trained_bundle, held_out, tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "notes.txt").write_text("keep me")
-    with pytest.raises(TransferError, match="not a SavedModel"):
-        export.export(trained_bundle.bundle, format="savedmodel", output=folder, force=True,
-                      check_images=held_out)
+    # said the same with and without --force (it said "use --force", then refused that)
+    for force in (False, True):
+        with pytest.raises(TransferError) as caught:
+            export.export(trained_bundle.bundle, format="savedmodel", output=folder,
+                          force=force, check_images=held_out)
+        assert str(caught.value) == (f"{folder} is a folder but not a SavedModel (it holds "
+                                     "files of yours); choose another --output")
     assert (folder / "notes.txt").read_text() == "keep me"
     # a folder where the sidecar goes: said before the conversion (it was "Is a directory"
     # after it)
@@ -347,9 +353,17 @@ def test_readmes_device_snippet_gives_what_predict_gives(trained_bundle, held_ou
     with Image.open(dog) as upright:
         grey = np.asarray(upright.convert("L"), "uint16") * 257
     Image.fromarray(grey).save(deep / "photo.jpg", format="PNG")  # a PNG, by its bytes
+    # the same as a 16-bit PGM, which Pillow opens as mode "I", not "I;16": the snippet
+    # made it all white (convert("RGB") clips), so its answer was another one
+    pgm = tmp_path / "pgm"
+    pgm.mkdir()
+    (pgm / target.name).symlink_to(target)
+    (pgm / "photo.jpg").write_bytes(f"P5\n{grey.shape[1]} {grey.shape[0]}\n65535\n".encode()
+                                    + grey.astype(">u2").tobytes())
     code = readme_device_snippet()
     assert "cats-vs-dogs.tflite" in code and "photo.jpg" in code and "transfer" not in code
-    for folder, photo in ((tmp_path, sideways), (deep, deep / "photo.jpg")):
+    for folder, photo in ((tmp_path, sideways), (deep, deep / "photo.jpg"),
+                          (pgm, pgm / "photo.jpg")):
         done = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True,
                               text=True, timeout=120)
         assert done.returncode == 0, done.stderr
@@ -357,7 +371,9 @@ def test_readmes_device_snippet_gives_what_predict_gives(trained_bundle, held_ou
         expected = predict([photo], model=trained_bundle.bundle).items[0]
         assert label == expected.label == ("dogs" if photo == sideways else label)
         assert abs(float(probability) - expected.probability) < README_TOLERANCE["tflite"]
-    assert expected.image["mode"].startswith("I;16")
+    assert expected.image["mode"] == "I"  # the PGM's
+    with Image.open(deep / "photo.jpg") as png:
+        assert png.mode.startswith("I;16")
 
 
 @pytest.fixture(scope="module")

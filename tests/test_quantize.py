@@ -229,7 +229,32 @@ def test_a_badly_calibrated_int8_export_is_refused(trained_bundle, tmp_path, mon
         export.export(trained_bundle.bundle, format="tflite", quantize="int8",
                       output=tmp_path / "q.tflite")
     assert "sure of changed class" in str(caught.value) and "\n" not in str(caught.value)
+    # a way forward: the quantizations that change a model less
+    assert str(caught.value).endswith("nothing was written (try --quantize float16 or dynamic, "
+                                      "which change a model less; a model unsure of most "
+                                      "images, near chance, is hard to copy faithfully)")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_given_to_check_a_quantized_export_is_taken_whole(trained_bundle, small_split,
+                                                                   tmp_path, monkeypatch):
+    """With no validation split to compare on, --check-images FOLDER gave 8 of its images
+    (data/test: the first 8, all cats), and the warning "the check says little ... use
+    --check-images FOLDER" came back whatever folder was given. The folder is now taken whole,
+    spread over its classes."""
+    monkeypatch.setattr(export, "_validation", lambda classifier: ([], "nowhere"))
+    recorder = Recorder()
+    result = export.export(trained_bundle.bundle, format="tflite", quantize="dynamic",
+                           output=tmp_path / "q.tflite", check_images=[small_split / "test"],
+                           reporter=recorder)
+    assert result.n_images == 40 and result.comparison["images"] == 40  # 20 cats + 20 dogs
+    assert not [w for w in recorder.warnings if "only" in w], recorder.warnings
+    # a float export's round trip takes 8 of a folder: 4 of each class, not 8 cats
+    classifier = export.BundleClassifier(trained_bundle.bundle)
+    read, prepare = [], classifier.prepare
+    classifier.prepare = lambda path: (read.append(Path(path).parent.name), prepare(path))[1]
+    x, _ = export.check_inputs(classifier, [small_split / "test"])
+    assert len(x) == 8 and sorted(read) == ["cats"] * 4 + ["dogs"] * 4
 
 
 def test_quantized_check_by_hand():

@@ -127,7 +127,8 @@ class ExportResult:
 def check_inputs(classifier: BundleClassifier, paths: list[Path] | None, n: int = 8
                  ) -> tuple[np.ndarray, str]:
     """(a batch of real prepared images, where they came from) for the round-trip check:
-    the given files (up to ``n`` from each given folder), else ``n`` validation images."""
+    the given files (up to ``n`` from each given folder, spread over its sub-folders: the
+    first 8 of data/validate were all cats), else ``n`` validation images."""
     source = "given images"
     if not paths:
         labelled, source = _validation(classifier)
@@ -142,7 +143,13 @@ def check_inputs(classifier: BundleClassifier, paths: list[Path] | None, n: int 
         if not isinstance(path, str | os.PathLike):  # a digit bundle's test image (an array)
             files.append(path)
             continue
-        files += folder_images(path)[:n] if Path(path).is_dir() else [Path(path)]
+        if Path(path).is_dir():  # spread over its sub-folders: data/validate's classes
+            inside: dict[Path, list[Path]] = {}
+            for image in folder_images(path):
+                inside.setdefault(image.parent, []).append(image)
+            files += _spread(list(inside.values()), n)
+        else:
+            files.append(Path(path))
     if not files:
         raise TransferError("no images to check the export with")
     arrays = []
@@ -726,9 +733,12 @@ def _refusal(quantize: str, c: dict) -> str:
             c["lost"] - c["gained"] > t["sign_test_z"] * math.sqrt(c["lost"] + c["gained"]):
         failed.append(f"accuracy {c['quantized']['accuracy']:.3f} against "
                       f"{c['float']['accuracy']:.3f}")
+    others = [q for q in ("float16", "dynamic") if q != quantize]
     return (f"the {quantize} export is not a faithful copy of the float model: "
             f"{'; '.join(failed)}, on {c['images']} images of {c['source']}; nothing was "
-            "written")
+            f"written (try --quantize {' or '.join(others)}, which change"
+            f"{'s' if len(others) == 1 else ''} a model less; a model unsure of most images, "
+            "near chance, is hard to copy faithfully)")
 
 
 def _run_keras(path: Path, x: np.ndarray) -> np.ndarray:
@@ -777,18 +787,24 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
     meta_path = (output / "assets.extra" / bundle.META if fmt == "savedmodel"
                  else output.with_name(output.name + ".meta.json"))
     sidecar = [] if fmt == "savedmodel" else [meta_path]  # a SavedModel holds its own meta
-    for path in [output, *sidecar]:
-        refuse_existing(path, s.force)
+    # what --force cannot replace is said first: it said "use --force", then refused that
     if output.exists() and output.is_dir() != (fmt == "savedmodel"):
         raise TransferError(f"{output} exists and is a {'folder' if output.is_dir() else 'file'}"
                             "; choose another --output")
-    if output.is_dir() and not (output / "saved_model.pb").exists():
-        raise TransferError(f"{output} is a folder but not a SavedModel; refusing to replace it")
+    empty = output.is_dir() and not any(output.iterdir())  # nothing to lose: taken
+    if output.is_dir() and not empty and not (output / "saved_model.pb").exists():
+        raise TransferError(f"{output} is a folder but not a SavedModel (it holds files of "
+                            "yours); choose another --output")
     for path in sidecar:  # found after the whole conversion, as an "Is a directory" line
         if path.is_dir():
             raise TransferError(f"{path} (where the export's meta.json goes) is a folder; "
                                 "move it, or choose another --output")
-    x, source = check_inputs(classifier, s.check_images)
+    for path in [*([] if empty else [output]), *sidecar]:
+        refuse_existing(path, s.force)
+    # a quantized export with no validation split is compared on these: a folder given is
+    # taken whole (up to COMPARE_IMAGES), not 8 of it, or the check said little whatever it was
+    x, source = check_inputs(classifier, s.check_images,
+                             COMPARE_IMAGES if s.quantize != "none" and s.check_images else 8)
     # int8's calibration images: read now, so that a training folder gone is said before
     # seconds of conversion, not after
     calibrated = calibration_images(classifier) if s.quantize == "int8" else None
