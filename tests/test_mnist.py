@@ -139,6 +139,15 @@ def test_explain_a_digit(quick, mnist_dir, tmp_path):
     heat = explain(path, model=result.bundle)
     assert heat.layer == "conv2" and heat.heatmap.shape == (11, 11)
     assert heat.label == str(y_test[0]) and heat.png.exists()
+    # dark on light, inverted as MNIST's: said as predict says it ("7 (inverted)")
+    assert heat.inverted
+    said = CliRunner().invoke(app, ["explain", str(path), "--model", str(result.bundle),
+                                    "--output", str(tmp_path / "cli.png")])
+    assert said.exit_code == 0, said.output
+    assert said.output.startswith(f"{path}: predicted {y_test[0]} (inverted) "), said.output
+    light = tmp_path / "light.png"
+    Image.fromarray(x_test[0]).save(light)
+    assert not explain(light, model=result.bundle, write=False).inverted
 
 
 def test_tiny_arch_summary():

@@ -978,8 +978,9 @@ def explain_cmd(
         else:
             r = row.explanation
             predicted = max(r.probabilities, key=r.probabilities.get)
-            out.print(f"{escape(row.image)}: predicted [bold]{escape(predicted)}[/bold] "
-                      f"{r.probabilities[predicted]:.4f}; Grad-CAM of {escape(r.label)} -> "
+            out.print(f"{escape(row.image)}: predicted [bold]{escape(predicted)}[/bold]"
+                      f"{_inverted(r)} {r.probabilities[predicted]:.4f}; Grad-CAM of "
+                      f"{escape(r.label)} -> "
                       f"{escape(str(r.png))}{escape(_empty(r))}", highlight=False, markup=True)
     written = len(rows) - failed
     where = f"in {output}" if output is not None else "beside the images"
@@ -990,10 +991,16 @@ def explain_cmd(
         raise typer.Exit(1)
 
 
+def _inverted(result) -> str:
+    """" (inverted)" for a digit drawn dark on light, as predict's table says it."""
+    return " (inverted)" if result.inverted else ""
+
+
 def _explained(image, result) -> None:
     predicted = max(result.probabilities, key=result.probabilities.get)
-    out.print(f"{escape(str(image))}: predicted [bold]{escape(predicted)}[/bold] "
-              f"{result.probabilities[predicted]:.4f}; Grad-CAM of {escape(result.label)} at "
+    out.print(f"{escape(str(image))}: predicted [bold]{escape(predicted)}[/bold]"
+              f"{_inverted(result)} {result.probabilities[predicted]:.4f}; Grad-CAM of "
+              f"{escape(result.label)} at "
               f"layer {result.layer} ({result.heatmap.shape[0]}x{result.heatmap.shape[1]} "
               f"maps){escape(_empty(result))}", highlight=False, markup=True)
     out.print(f"wrote {result.png}", highlight=False, markup=False)

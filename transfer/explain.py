@@ -48,6 +48,7 @@ class Explanation:
     class_index: int
     layer: str
     probabilities: dict[str, float]
+    inverted: bool = False  # a digit drawn dark on light, inverted as MNIST's (predict says so)
 
 
 def _is_model(layer) -> bool:
@@ -262,7 +263,8 @@ def explain(settings: ExplainSettings | Path, *, write: bool = True,
     heatmap, probs, index, layer = gradcam(keras_model, meta, array, class_index)
     result = Explanation(image=image, png=None, heatmap=heatmap, label=names[index],
                          probability=float(probs[index]), class_index=index, layer=layer,
-                         probabilities={n: float(p) for n, p in zip(names, probs, strict=True)})
+                         probabilities={n: float(p) for n, p in zip(names, probs, strict=True)},
+                         inverted=bool((notes or {}).get("inverted")))
     if write:
         if meta.get("channels", 3) == 1:  # digits: show what the model saw (fitted 28x28)
             shown = np.repeat(array.astype("uint8"), 3, axis=-1)
