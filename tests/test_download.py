@@ -132,6 +132,27 @@ def test_a_link_that_drops_often_but_moves_on_each_time_completes(tmp_path):
     assert len(reporter.warnings) == 6
 
 
+def test_a_server_that_ignores_the_range_and_drops_at_one_byte_is_given_up_on(tmp_path):
+    """The retries reset only when an attempt holds more of the file than any before: a server
+    that ignores the range (starting again each time) and drops at the same byte made the
+    first version of that reset retry without end (11,159 requests in 20 s)."""
+    payload = bytes(range(256)) * 400
+    reporter = RecordingReporter()
+    with Server(payload, cut_after=1000, ranges=False) as server:
+        handler = server.httpd.RequestHandlerClass
+        real_get = handler.do_GET
+
+        def always_cut(self):
+            server.cut_after = 1000
+            real_get(self)
+
+        handler.do_GET = always_cut
+        with pytest.raises(TransferError) as info:
+            download(server.url, tmp_path / "file.zip", reporter, retries=3, backoff=0)
+    assert "stopped at 1000 of 102400 bytes" in one_line(info.value)
+    assert len(server.requests) == 4  # the first, then its 3 retries
+
+
 @pytest.mark.parametrize("url, said", [
     ("htp://example.com/y.zip", "download of htp://example.com/y.zip failed (unknown url "
                                 "type: htp)"),

@@ -4,10 +4,12 @@ refusals."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,6 +185,16 @@ def test_export_refusals(trained_bundle, held_out, tmp_path):
         assert str(caught.value) == (f"{folder} is a folder but not a SavedModel (it holds "
                                      "files of yours); choose another --output")
     assert (folder / "notes.txt").read_text() == "keep me"
+    # the (empty) folder one is in: a SavedModel would replace it, leaving the shell in a
+    # deleted folder (`--output .` was a ValueError traceback)
+    here = tmp_path / "here"
+    here.mkdir()
+    with contextlib.chdir(here):
+        for output in (Path("."), here):
+            with pytest.raises(TransferError, match="is the folder you are in"):
+                export.export(trained_bundle.bundle, format="savedmodel", output=output,
+                              check_images=held_out)
+    assert here.is_dir() and list(here.iterdir()) == []
     # a folder where the sidecar goes: said before the conversion (it was "Is a directory"
     # after it)
     (tmp_path / "dm.tflite.meta.json").mkdir()

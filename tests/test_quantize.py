@@ -236,6 +236,19 @@ def test_a_badly_calibrated_int8_export_is_refused(trained_bundle, tmp_path, mon
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_refused_quantization_names_only_gentler_ones():
+    """float16 refused was told to try dynamic, which stores int8 weights: it changes a model
+    more. Each names only what changes a model less."""
+    c = {"thresholds": {"confident_changed_at_most": 1, "min_agreement": 0.7,
+                        "max_accuracy_drop": 0.05, "sign_test_z": 2.33},
+         "confident_changed": 0, "confident_images": 10, "agreement": 0.6,
+         "accuracy_drop": None, "images": 40, "source": "data/validate"}
+    said = {q: export._refusal(q, c) for q in ("int8", "dynamic", "float16")}
+    assert "(try --quantize float16 or dynamic, which change a model less;" in said["int8"]
+    assert "(try --quantize float16, which changes a model less;" in said["dynamic"]
+    assert "(the float model (no --quantize) is the faithful one;" in said["float16"]
+
+
 def test_a_folder_given_to_check_a_quantized_export_is_taken_whole(trained_bundle, small_split,
                                                                    tmp_path, monkeypatch):
     """With no validation split to compare on, --check-images FOLDER gave 8 of its images

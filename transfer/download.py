@@ -61,6 +61,9 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
     # ignored the range and sent the whole file again
     resumed = restarted = False
     answered = False  # the server sent an answer during this run
+    # the most of the file held so far: an attempt that goes past it resets the retries (a
+    # server that ignores the range and drops at the same byte each time does not)
+    reached = part.stat().st_size if part.exists() else 0
     with reporter.task(f"Downloading {dest.name}", total=None, kind="bytes") as advance:
         while True:
             have = part.stat().st_size if part.exists() else 0
@@ -119,7 +122,7 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
                         + (f"; {offline_hint}" if offline_hint else "")) from exc
                 got = part.stat().st_size if part.exists() else 0
                 # a link that drops often but moves on each time is not given up on
-                attempt = 1 if got > have else attempt + 1
+                attempt, reached = (1, got) if got > reached else (attempt + 1, reached)
                 if attempt > retries:
                     kept = (f"{got} bytes kept in {part}, run again to resume" if got
                             else "nothing was downloaded")
@@ -138,7 +141,7 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
                 continue
             size = part.stat().st_size
             if total is not None and size < total:
-                attempt = 1 if size > have else attempt + 1
+                attempt, reached = (1, size) if size > reached else (attempt + 1, reached)
                 if attempt > retries:
                     raise TransferError(f"download of {url} stopped at {size} of {total} bytes; "
                                         f"kept in {part}, run again to resume")

@@ -733,12 +733,16 @@ def _refusal(quantize: str, c: dict) -> str:
             c["lost"] - c["gained"] > t["sign_test_z"] * math.sqrt(c["lost"] + c["gained"]):
         failed.append(f"accuracy {c['quantized']['accuracy']:.3f} against "
                       f"{c['float']['accuracy']:.3f}")
-    others = [q for q in ("float16", "dynamic") if q != quantize]
+    # what changes a model less: float16 keeps every weight to 3 digits, dynamic stores
+    # weights in int8 but computes in float, int8 computes in int8 too
+    gentler = {"int8": "--quantize float16 or dynamic, which change",
+               "dynamic": "--quantize float16, which changes"}.get(quantize)
+    advice = (f"try {gentler} a model less" if gentler else
+              "the float model (no --quantize) is the faithful one")
     return (f"the {quantize} export is not a faithful copy of the float model: "
             f"{'; '.join(failed)}, on {c['images']} images of {c['source']}; nothing was "
-            f"written (try --quantize {' or '.join(others)}, which change"
-            f"{'s' if len(others) == 1 else ''} a model less; a model unsure of most images, "
-            "near chance, is hard to copy faithfully)")
+            f"written ({advice}; a model unsure of most images, near chance, is hard to copy "
+            "faithfully)")
 
 
 def _run_keras(path: Path, x: np.ndarray) -> np.ndarray:
@@ -791,6 +795,11 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
     if output.exists() and output.is_dir() != (fmt == "savedmodel"):
         raise TransferError(f"{output} exists and is a {'folder' if output.is_dir() else 'file'}"
                             "; choose another --output")
+    if fmt == "savedmodel" and output.is_dir() and Path.cwd().resolve().is_relative_to(
+            output.resolve()):  # replaced whole, it would leave the shell in a deleted folder
+        raise TransferError(f"--output {output} is the folder you are in (or holds it); name "
+                            f"a SavedModel folder inside it, e.g. --output "
+                            f"{output / 'saved_model'}")
     empty = output.is_dir() and not any(output.iterdir())  # nothing to lose: taken
     if output.is_dir() and not empty and not (output / "saved_model.pb").exists():
         raise TransferError(f"{output} is a folder but not a SavedModel (it holds files of "
