@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -181,21 +182,25 @@ def test_a_latest_that_cannot_be_linked_is_a_warning_not_a_failed_run(tiny_split
 
 
 def test_train_cli_writes_bundle_and_reports(tiny_split, tmp_path):
+    # a copy without the cache: another file's run of these settings (test_cli_errors, on
+    # the same worker) made this first run a cache hit
+    data = tmp_path / "data"
+    shutil.copytree(tiny_split, data, ignore=shutil.ignore_patterns(".cache"))
     result = runner.invoke(app, [
         "train", "--base", "mobilenet", "--alpha", "0.25", "--weights", "none",
-        "--image-size", "48", "--epochs", "1", "--no-augment", "--data-dir", str(tiny_split),
+        "--image-size", "48", "--epochs", "1", "--no-augment", "--data-dir", str(data),
         "--models-dir", str(tmp_path / "models"), "--output", str(tmp_path / "models/cli")])
     assert result.exit_code == 0, result.output
     assert "validation accuracy" in result.output and "feature cache: miss" in result.output
     assert (tmp_path / "models/cli/model.keras").is_file()
     assert os.readlink(tmp_path / "models/latest") == "cli" and "note:" not in result.output
-    again = runner.invoke(app, ["train", "--data-dir", str(tiny_split), "--output",
+    again = runner.invoke(app, ["train", "--data-dir", str(data), "--output",
                                 str(tmp_path / "models/cli")])
     assert again.exit_code == 1 and "already exists; use --force" in again.output
     # outside --models-dir: models/latest stays, and the run says so and how to name it
     away = runner.invoke(app, [
         "train", "--base", "mobilenet", "--alpha", "0.25", "--weights", "none",
-        "--image-size", "48", "--epochs", "1", "--no-augment", "--data-dir", str(tiny_split),
+        "--image-size", "48", "--epochs", "1", "--no-augment", "--data-dir", str(data),
         "--models-dir", str(tmp_path / "models"), "--output", str(tmp_path / "away/run")])
     assert away.exit_code == 0, away.output
     assert os.readlink(tmp_path / "models/latest") == "cli"
@@ -206,7 +211,7 @@ def test_train_cli_writes_bundle_and_reports(tiny_split, tmp_path):
     # --output naming the link itself, or a folder inside a bundle: refused before any work
     for output, message in (("models/latest", "latest is the link to the newest bundle"),
                             ("models/cli/sub", "is inside the bundle")):
-        refused = runner.invoke(app, ["train", "--data-dir", str(tiny_split), "--output",
+        refused = runner.invoke(app, ["train", "--data-dir", str(data), "--output",
                                       str(tmp_path / output), "--force"])
         assert refused.exit_code == 1 and message in " ".join(refused.output.split())
     assert os.readlink(tmp_path / "models/latest") == "cli"
