@@ -324,11 +324,13 @@ def petimages_zip(real_photos, tmp_path: Path, per_class: int = 25) -> tuple[Pat
 
 
 class Server:
-    """A loopback HTTP server for one file, with Range support and an optional cut."""
+    """A loopback HTTP server for one file, with Range support and optional cuts: the first
+    answer after ``cut_after`` bytes, every (later) answer after ``cut_every`` bytes."""
 
     def __init__(self, payload: bytes, cut_after: int | None = None, length: bool = True,
-                 ranges: bool = True):
+                 ranges: bool = True, cut_every: int | None = None):
         self.payload, self.cut_after, self.requests = payload, cut_after, []
+        self.cut_every = cut_every
         self.length = length  # False: no Content-Length on a whole-file answer
         self.ranges = ranges  # False: a Range header is ignored (the whole file, 200)
         server = self
@@ -359,8 +361,9 @@ class Server:
                     self.send_header("Content-Length", str(len(body)))
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
-                if server.cut_after is not None:
-                    cut, server.cut_after = server.cut_after, None
+                cut = server.cut_every if server.cut_after is None else server.cut_after
+                if cut is not None:
+                    server.cut_after = None
                     self.wfile.write(body[:cut])
                     self.wfile.flush()
                     self.connection.shutdown(2)  # the connection drops mid-file

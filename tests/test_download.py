@@ -92,16 +92,8 @@ def test_refused_connection_is_retried_then_says_nothing_was_downloaded(tmp_path
 def test_a_kept_part_file_is_named_and_exists(tmp_path):
     payload = bytes(range(256)) * 4000
     dest = tmp_path / "file.zip"
-    with Server(payload, cut_after=50_000) as server:
-        handler = server.httpd.RequestHandlerClass
-        real_get = handler.do_GET
-
-        def cut_at_once(self):  # after the first cut, no byte more: no progress
-            if server.cut_after is None:
-                server.cut_after = 0
-            real_get(self)
-
-        handler.do_GET = cut_at_once
+    # after the first cut, no byte more: no progress
+    with Server(payload, cut_after=50_000, cut_every=0) as server:
         with pytest.raises(TransferError) as info:
             download(server.url, dest, retries=1, backoff=0)
     text = one_line(info.value)
@@ -117,15 +109,7 @@ def test_a_link_that_drops_often_but_moves_on_each_time_completes(tmp_path):
     payload = bytes(range(256)) * 1200  # 307 KB: seven cut answers
     dest = tmp_path / "file.zip"
     reporter = RecordingReporter()
-    with Server(payload, cut_after=50_000) as server:
-        handler = server.httpd.RequestHandlerClass
-        real_get = handler.do_GET
-
-        def always_cut(self):
-            server.cut_after = 50_000
-            real_get(self)
-
-        handler.do_GET = always_cut
+    with Server(payload, cut_every=50_000) as server:
         download(server.url, dest, reporter, retries=1, backoff=0)
     assert dest.read_bytes() == payload
     assert len(server.requests) == 7 and server.requests[1] == "bytes=50000-"
@@ -138,15 +122,7 @@ def test_a_server_that_ignores_the_range_and_drops_at_one_byte_is_given_up_on(tm
     first version of that reset retry without end (11,159 requests in 20 s)."""
     payload = bytes(range(256)) * 400
     reporter = RecordingReporter()
-    with Server(payload, cut_after=1000, ranges=False) as server:
-        handler = server.httpd.RequestHandlerClass
-        real_get = handler.do_GET
-
-        def always_cut(self):
-            server.cut_after = 1000
-            real_get(self)
-
-        handler.do_GET = always_cut
+    with Server(payload, cut_every=1000, ranges=False) as server:
         with pytest.raises(TransferError) as info:
             download(server.url, tmp_path / "file.zip", reporter, retries=3, backoff=0)
     assert "stopped at 1000 of 102400 bytes" in one_line(info.value)
