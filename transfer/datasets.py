@@ -808,8 +808,6 @@ def _too_few(short, found, usable, skipped, plan) -> str:
             f"{need} ({each}): add photos, or remove the class folder")
 
 
-
-
 def _fitting(stem: str, suffix: str, extra: str = "") -> str:
     """``stem + extra + suffix``, its stem cut (at a character) to fit NAME_MAX_BYTES: 90
     Chinese characters are a legal name on Windows and macOS (255 UTF-16 units) and 270 bytes

@@ -64,15 +64,6 @@ DEFAULT_NAMES = {"keras": "model.keras", "savedmodel": "saved_model", "tflite": 
 TFLITE_METADATA = "transfer_meta"  # the flatbuffer metadata entry holding the meta JSON
 LABELS = "labels.txt"  # the associated file: class names, one a line, in output order
 
-
-def labels_text(names) -> bytes:
-    """``labels.txt``: the class names, one a line, UTF-8; a name that is not UTF-8 (a
-    Latin-1 folder's "chi\\xe9ns", held as a surrogate) as the folder's own bytes; a line
-    break inside a name (a folder can be named so) written as ``\\n`` (``\\r``), so that
-    line N stays output N (it took two lines, and every label after it was off by one)."""
-    lines = (name.replace("\n", "\\n").replace("\r", "\\r") for name in names)
-    return "".join(f"{line}\n" for line in lines).encode("utf-8", "surrogateescape")
-
 CALIBRATION_IMAGES = 300  # int8: training images the converter calibrates activations on
 COMPARE_IMAGES = 1000  # quantized: validation images compared at most (spread over classes)
 # quantized_check's thresholds (its docstring says why)
@@ -82,6 +73,15 @@ MIN_AGREEMENT = 0.7
 MAX_ACCURACY_DROP = 0.05
 SIGN_TEST_Z = 2.33  # one-sided 1%
 INT8_GOAL = 0.01  # full int8 this far below the float model: try the depthwise-float variant
+
+
+def labels_text(names) -> bytes:
+    """``labels.txt``: the class names, one a line, UTF-8; a name that is not UTF-8 (a
+    Latin-1 folder's "chi\\xe9ns", held as a surrogate) as the folder's own bytes; a line
+    break inside a name (a folder can be named so) written as ``\\n`` (``\\r``), so that
+    line N stays output N (it took two lines, and every label after it was off by one)."""
+    lines = (name.replace("\n", "\\n").replace("\r", "\\r") for name in names)
+    return "".join(f"{line}\n" for line in lines).encode("utf-8", "surrogateescape")
 
 
 def tries_float_depthwise(float_right: int, quant_right: int, images: int) -> bool:

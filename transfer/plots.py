@@ -85,7 +85,7 @@ def missing_glyphs(texts) -> list[str]:
     from matplotlib import font_manager
     from matplotlib.ft2font import FT2Font
 
-    # a name that is not UTF-8 is drawn with replacement marks (``_text``), which DejaVu has
+    # a name that is not UTF-8 is drawn with replacement marks (``utf8_text``), which DejaVu has
     missing = {c for text in texts for c in utf8_text(text) if not c.isspace() and ord(c) >= 0x250}
     for family in fonts():  # Latin (below U+0250) is in DejaVu
         if not missing:
