@@ -41,7 +41,7 @@ from transfer.constants import (
     TRAIN_FOLDERS,
     UNREAD_HINT,
     VALIDATE_FOLDERS,
-    differ_only,
+    class_folders_clash,
     is_image_name,
     same_but_case,
     unread_photo,
@@ -544,8 +544,7 @@ def class_folders(images: list[str], folders: list[str], where: str,
     empty = [top for top in tops if not classes[_name(top)]]  # after merging split halves
     same = same_but_case(classes)
     if same:
-        raise TransferError(f"{where}: the class folders {' and '.join(same)} differ only "
-                            f"{differ_only(same)}; rename or merge them")
+        raise TransferError(class_folders_clash(where, same))
     if empty:
         one = len(empty) == 1
         held = unread_summary([p for p in unread if "/".join(_parts(p)[:depth]) in empty])

@@ -137,16 +137,20 @@ def same_but_case(names) -> list[str] | None:
     return next((sorted(same) for same in by_key.values() if len(same) > 1), None)
 
 
-def differ_only(same: list[str]) -> str:
-    """How the names ``same_but_case`` found differ, for its refusal: "in case", or, for
-    "café" composed and decomposed (printed alike), "in how their accents are stored (Unicode
-    NFC and NFD)" (it said "in case" for both)."""
+def class_folders_clash(where, same: list[str]) -> str:
+    """The refusal of the class folders ``same_but_case`` found in ``where`` (fetch-data's
+    archive, train's --data-dir), saying how they differ: "in case", or, for "café" composed
+    and decomposed (printed alike), "in how their accents are stored (Unicode NFC and NFD)"
+    (it said "in case" for both)."""
     forms = {unicodedata.normalize("NFC", name) for name in same}
     if len(forms) == 1:
-        return "in how their accents are stored (Unicode NFC and NFD)"
-    if len({name.casefold() for name in same}) == 1:
-        return "in case"
-    return "in case and in how their accents are stored (Unicode NFC and NFD)"
+        how = "in how their accents are stored (Unicode NFC and NFD)"
+    elif len({name.casefold() for name in same}) == 1:
+        how = "in case"
+    else:
+        how = "in case and in how their accents are stored (Unicode NFC and NFD)"
+    return (f"{where}: the class folders {' and '.join(same)} differ only {how}; rename or "
+            "merge them")
 
 
 # A class with fewer images than this is warned about by fetch-data and train.

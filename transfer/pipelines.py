@@ -50,7 +50,7 @@ from transfer.constants import (  # noqa: F401  (IMAGE_SUFFIXES: pipelines.IMAGE
     IMAGE_SUFFIXES,
     STABLE_ORDER,
     UNREAD_HINT,
-    differ_only,
+    class_folders_clash,
     is_hidden_or_system,
     is_ignored_folder,
     is_image_name,
@@ -180,8 +180,7 @@ def class_names(directory: Path) -> list[str]:
                             f"least two class subfolders{hint}")
     same = same_but_case(names)
     if same:
-        raise TransferError(f"{directory}: the class folders {' and '.join(same)} differ "
-                            f"only {differ_only(same)}; rename or merge them")
+        raise TransferError(class_folders_clash(directory, same))
     from transfer.bundle import bundles_as_photos, is_bundle
 
     bundles = [name for name in names if is_bundle(directory / name)]
