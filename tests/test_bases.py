@@ -257,3 +257,33 @@ def test_keras_home_is_found_as_keras_finds_it(monkeypatch, tmp_path):
     monkeypatch.delenv("KERAS_HOME")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert bases.keras_cache_dir() == tmp_path / ".keras/models"
+
+
+def test_a_damaged_weights_file_is_named_not_taken_for_the_download(
+        tmp_path, monkeypatch, mobilenet_weights):
+    """A weights file cut short (0 bytes) or a proxy's error page saved under Keras's name:
+    Keras takes any file there for its download and failed with "could not build MobileNet:
+    Unable to synchronously open file (file signature not found)", naming no file; `transfer
+    bases` called it "cached". Now the file and the way out are named, and the state is told
+    apart (train needs the file without the top, --imagenet the one with it)."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / mobilenet_weights.name).symlink_to(mobilenet_weights)  # the genuine no-top file
+    (models / "mobilenet_5_0_224_tf_no_top.h5").write_bytes(b"")
+    (models / "mobilenet_7_5_224_tf_no_top.h5").write_text("<html>502 Bad Gateway</html>")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    base = bases.get("mobilenet")
+    assert bases.weights_state(base, 0.25) == "for train only"
+    assert bases.weights_state(base, 0.5) == bases.weights_state(base, 0.75) == "damaged"
+    assert bases.weights_state(base, 1.0) == "not cached"
+    assert bases.weights_state(bases.get("scratch")) == "-"
+    assert bases.cached_weights(base, 0.5) is None and bases.cached_weights(base, 0.25)
+    for alpha, why in ((0.5, "is empty (0 bytes"), (0.75, "is not an HDF5 weights file")):
+        with pytest.raises(TransferError) as info:
+            bases.build(base, 224, alpha=alpha, weights="imagenet")
+        text = str(info.value)
+        assert str(models / base.weight_file(alpha)) in text and why in text, text
+        assert "delete it" in text and "\n" not in text
+    assert [(path.name, why.split(" (")[0]) for path, why in bases.damaged_files()] == [
+        ("mobilenet_7_5_224_tf_no_top.h5", "is not an HDF5 weights file"),
+        ("mobilenet_5_0_224_tf_no_top.h5", "is empty")]

@@ -290,6 +290,25 @@ def test_bases_lists_every_base_and_which_weights_are_cached(mobilenet_weights):
     assert "4 conv blocks" in rows["scratch"] and "2 conv layers" in rows["scratch-seeds"]
 
 
+def test_bases_tells_which_weights_file_is_there_or_damaged(tmp_path, mobilenet_weights):
+    """Only the file without the top (all train needs) is "for train only": `predict
+    --imagenet` would download the other; an empty file is "damaged", named with the way out
+    (it was "cached")."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / mobilenet_weights.name).symlink_to(mobilenet_weights)
+    (models / "mobilenet_5_0_224_tf.h5").write_bytes(b"")
+    result = runner.invoke(app, ["bases"], env={"COLUMNS": "200", "KERAS_HOME": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines()
+            if line.startswith("│")}
+    assert "│ for train only" in rows["mobilenet --alpha 0.25"]
+    assert "│ damaged" in rows["mobilenet --alpha 0.5"]
+    assert "│ not cached" in rows["mobilenet --alpha 1.0"]
+    assert (f"warning: {models / 'mobilenet_5_0_224_tf.h5'} is empty (0 bytes: a download cut "
+            "short?); delete it and Keras downloads it again") in " ".join(result.output.split())
+
+
 def test_progress_bars_print_names_as_they_are_and_controls_as_escapes():
     """A progress bar's description and status were read as rich markup ("[bold]" in a file
     name vanished, "[/b]" raised) and a control character in them reached the terminal."""

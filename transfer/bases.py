@@ -170,7 +170,55 @@ def cached_weights(base: Base, alpha: float = 1.0, size: int | None = None,
     if not base.pretrained:
         return None
     path = keras_cache_dir() / base.weight_file(alpha, size, include_top)
-    return path if path.is_file() else None
+    return path if path.is_file() and not damaged_weights(path) else None
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first bytes of every .h5 file Keras writes
+
+
+def damaged_weights(path: Path) -> str | None:
+    """Why the weights file at ``path`` cannot be Keras's (0 bytes, not an HDF5 file: a
+    download cut short, a proxy's error page saved under its name), or None. Keras takes any
+    file it finds under the name as the download and fails to open it ("file signature not
+    found", naming no file)."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(len(HDF5_SIGNATURE))
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if not head:
+        return "is empty (0 bytes: a download cut short?)"
+    if head != HDF5_SIGNATURE:
+        return "is not an HDF5 weights file (a download cut short, or an error page?)"
+    return None
+
+
+def weights_state(base: Base, alpha: float = 1.0) -> str:
+    """What `transfer bases` says of a base's ImageNet weights in the Keras cache: "cached"
+    (both files: train's without the top, predict --imagenet's with it), "for train only",
+    "for --imagenet only", "damaged" (a file there that Keras cannot open) or "not cached"."""
+    if not base.pretrained:
+        return "-"
+    files = [keras_cache_dir() / base.weight_file(alpha, include_top=top) for top in (False, True)]
+    if any(path.is_file() and damaged_weights(path) for path in files):
+        return "damaged"
+    train, imagenet = (path.is_file() for path in files)
+    return ("cached" if train and imagenet else "for train only" if train
+            else "for --imagenet only" if imagenet else "not cached")
+
+
+def damaged_files() -> list[tuple[Path, str]]:
+    """(path, why) of each weights file in the Keras cache, of any registered base, that Keras
+    cannot open (``damaged_weights``)."""
+    found = []
+    for base in (b for b in BASES.values() if b.pretrained):
+        for alpha in MOBILENET_ALPHAS if base.has_alpha else (1.0,):
+            for top in (False, True):
+                path = keras_cache_dir() / base.weight_file(alpha, include_top=top)
+                why = path.is_file() and damaged_weights(path)
+                if why:
+                    found.append((path, why))
+    return found
 
 
 WEIGHTS_HINT = "or use --weights PATH or --weights none"  # train's way around missing weights
@@ -210,6 +258,12 @@ def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
         raise TransferError(f"the ImageNet classifier of {base.name} needs {base.size} px")
     kwargs["input_shape"] = (size, size, 3)
     cached = cached_weights(base, alpha, size, include_top) if weights == "imagenet" else None
+    if weights == "imagenet" and cached is None:
+        found = keras_cache_dir() / base.weight_file(alpha, size, include_top)
+        why = found.is_file() and damaged_weights(found)
+        if why:  # Keras would take it for the download and fail on it, naming no file
+            raise TransferError(f"the ImageNet weights file {found} {why}; delete it and run "
+                                "again to download it, or put the genuine file there")
     if cached is not None and not os.access(keras_cache_dir().parent, os.W_OK):
         # Keras looks in /tmp/.keras instead of a read-only KERAS_HOME (a class's shared
         # weights folder): load the file it would have found there, the same weights

@@ -409,13 +409,17 @@ def bases_cmd() -> None:
         alphas = bases.MOBILENET_ALPHAS if base.has_alpha else (1.0,)
         for alpha in alphas:
             name = f"{base.name} --alpha {alpha}" if base.has_alpha else base.name
-            cached = ("-" if not base.pretrained
-                      else "cached" if bases.cached_weights(base, alpha) else "not cached")
+            cached = bases.weights_state(base, alpha)
             table.add_row(name, base.keras_class or bases.SCRATCH_SHOWN[base.name],
                           str(base.size), str(base.min_size),
                           f"{base.preprocess}: {bases.PREPROCESS_SHOWN[base.preprocess]}",
                           f"{bases.count_params(base, alpha):,}", cached)
+    table.caption = ("ImageNet weights: train needs the file without the top, predict/serve "
+                     "--imagenet the one with it")
     out.print(table)
+    reporter = RichReporter(err)
+    for path, why in bases.damaged_files():  # which file, and what to do
+        reporter.warn(f"{path} {why}; delete it and Keras downloads it again")
 
 
 _T = S.TrainSettings()
