@@ -35,6 +35,8 @@ def test_both_bundles_and_the_comparison_are_written(compared):
     for run in ("scratch", "frozen"):
         assert bundle.is_bundle(out / run)
     assert json.loads((out / "scratch/meta.json").read_text())["base"] == "scratch"
+    # data/train and data/validate: no fraction was held out (it said 0.2, the default)
+    assert json.loads((out / "compare.json").read_text())["validation_split"] is None
     frozen = json.loads((out / "frozen/meta.json").read_text())
     assert (frozen["base"], frozen["alpha"]) == ("mobilenet", 0.25)
     with Image.open(out / "compare.png") as image:
@@ -204,6 +206,7 @@ def test_a_folder_of_class_folders_is_split_once_for_every_run(tiny_split, tmp_p
                      overrides={"scratch": {"epochs": 1, "image_size": 32}})
     meta = json.loads((tmp_path / "out/scratch/meta.json").read_text())
     assert meta["data"]["split"] == "in-memory"
+    assert result.data["validation_split"] == meta["data"]["validation_split"] == 0.25
     row = result.runs["scratch"]
     assert row["validation_images"] == meta["data"]["validate_images"] == 6
     assert row["evaluated_accuracy"] == pytest.approx(row["val_accuracy"], abs=1e-9)

@@ -143,7 +143,9 @@ def compare(settings: CompareSettings, reporter: Reporter | None = None,
         "base": settings.base if pretrained else None,
         "alpha": settings.alpha if pretrained else None,
         "seed": settings.seed,
-        "validation_split": settings.validation_split,
+        # the fraction held out when the class folders were split in memory; a folder split
+        # into train/ and validate/ already leaves it unused (train warns), so it is null
+        "validation_split": settings.validation_split if first.split == "in-memory" else None,
         "fine_tune": settings.fine_tune if tuned else None,
         "fine_tune_lr": FINE_TUNE_LR if tuned else None,
         "fine_tune_epochs": FINE_TUNE_EPOCHS if tuned else None,
