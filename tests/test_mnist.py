@@ -430,8 +430,16 @@ def test_keras_downloads_are_what_runs_without_data(mnist_dir, tmp_path, monkeyp
     monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data",
                         lambda: calls.append("fashion") or real)
     with pytest.raises(TransferError, match=r"could not download mnist \(URL fetch failure.*"
-                                            r"pass --data PATH"):
+                                            r"pass --data PATH to a mnist.npz or a folder with "
+                                            r"mnist's four IDX files"):
         mnist.load("mnist")
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
+    with pytest.raises(TransferError) as info:  # it asked Fashion-MNIST's users for a mnist.npz
+        mnist.load("fashion")
+    assert str(info.value).endswith("pass --data PATH to a npz of Fashion-MNIST's arrays or a "
+                                    "folder with fashion's four IDX files")
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data",
+                        lambda: calls.append("fashion") or real)
     monkeypatch.chdir(tmp_path)
     cli = CliRunner().invoke(app, ["mnist"])
     assert cli.exit_code == 1 and "could not download mnist" in cli.output
