@@ -48,6 +48,29 @@ def on_interrupt_signal(signum, frame) -> None:
     raise kind
 
 
+def on_unraisable(unraisable) -> None:
+    """``sys.unraisablehook`` while a command runs. A signal's interruption raised inside a
+    weakref callback or a ``__del__`` that the garbage collector happened to run cannot
+    propagate: Python printed "Exception ignored in ... Traceback ... KeyboardInterrupt" and
+    dropped it, so the command went on after Ctrl-C. The signal is sent again a moment later
+    (from a timer thread: Python handles it in the main thread, where the command runs) and
+    raised there; anything else goes to Python's own hook."""
+    import sys
+
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _interrupted:
+        import os
+        import signal
+        import threading
+
+        kind = _interrupted.pop()  # recorded again when the signal comes back
+        signum = signal.SIGTERM if kind is Terminated else signal.SIGINT
+        timer = threading.Timer(0.01, os.kill, (os.getpid(), signum))
+        timer.daemon = True
+        timer.start()
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 @contextlib.contextmanager
 def at_safe_points():
     """Defer the first interruption inside to the next ``raise_if_interrupted`` (a Keras
