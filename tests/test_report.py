@@ -177,7 +177,7 @@ def test_a_file_that_is_not_a_transfer_report_is_kept_without_force(bundle_copy,
     from transfer.report import made_by_transfer
 
     monkeypatch.setenv("TRANSFER_REPORT_GRADCAMS", "0")
-    theirs = tmp_path / "README.md"
+    theirs = tmp_path / "notes.html"
     theirs.write_text("# my notes\n")
     with pytest.raises(TransferError, match="not a transfer report; use --force"):
         write_report(bundle_copy, theirs, gradcams=0)
@@ -195,6 +195,53 @@ def test_a_file_that_is_not_a_transfer_report_is_kept_without_force(bundle_copy,
                                       "--force"])
     assert forced.exit_code == 0, forced.output
     assert made_by_transfer(theirs)
+
+
+def test_a_report_is_not_written_into_another_bundle_nor_over_its_own_files(bundle_copy,
+                                                                           tmp_path):
+    """`transfer report m1d --output bad_out/report.html` replaced the report of bad_out,
+    another bundle, with m1d's page (a page transfer wrote: no --force asked); `--output
+    m1c/meta.json --force` wrote HTML over the bundle's meta.json (the bundle was unreadable
+    after); `--output x.png` wrote HTML into a .png. Each is one line, the files unchanged."""
+    from typer.testing import CliRunner
+
+    from transfer.cli import app
+
+    def run(*args):
+        result = CliRunner().invoke(app, ["report", *map(str, args)],
+                                    env={"TRANSFER_REPORT_GRADCAMS": "0"})
+        return result.exit_code, result.stderr.strip()
+
+    other = tmp_path / "other"
+    shutil.copytree(bundle_copy, other)
+    write_report(other, gradcams=0)
+    theirs = (other / "report.html").read_bytes()
+    code, said = run(bundle_copy, "--output", other / "report.html")
+    assert code == 1 and "\n" not in said and said.startswith("error:")
+    assert f"is in {other}, another bundle folder (it holds meta.json)" in said
+    assert "--force" in said and (other / "report.html").read_bytes() == theirs
+    evaluation = tmp_path / "ev"  # an evaluation's or a comparison's folder too
+    evaluation.mkdir()
+    (evaluation / "report.json").write_text("{}")
+    with pytest.raises(TransferError, match="another evaluation folder"):
+        write_report(bundle_copy, evaluation / "page.html", gradcams=0)
+    assert not (evaluation / "page.html").exists()
+    assert run(bundle_copy, "--output", other / "report.html", "--force")[0] == 0
+    assert f"from {bundle_copy}" in (other / "report.html").read_text(encoding="utf-8")
+    # the folder's own files: never, even with --force; an output that is no .html page: never
+    for name in ("meta.json", "model.keras", "curves.png", "history.csv"):
+        before = (bundle_copy / name).read_bytes()
+        code, said = run(bundle_copy, "--output", bundle_copy / name, "--force")
+        assert code == 1 and "\n" not in said
+        assert "one of the files the report of" in said and "even with --force" in said
+        assert (bundle_copy / name).read_bytes() == before
+    for name in ("x.png", "page", "notes.txt"):
+        code, said = run(bundle_copy, "--output", tmp_path / name, "--force")
+        assert code == 1 and "a report is an HTML page" in said and ".html" in said
+        assert not (tmp_path / name).exists()
+    # its own folder (another page name too) and a plain folder are fine, as before
+    assert write_report(bundle_copy, bundle_copy / "again.htm", gradcams=0).is_file()
+    assert write_report(bundle_copy, tmp_path / "pages" / "r.html", gradcams=0).is_file()
 
 
 def test_an_evaluation_of_a_bundle_trained_again_since_leaves_that_bundle_out(

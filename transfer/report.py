@@ -752,6 +752,59 @@ def made_by_transfer(path: Path) -> bool:
             or b"<footer>Made by transfer " in tail)
 
 
+HTML_SUFFIXES = (".html", ".htm")  # what a report may be written as: a page a browser opens
+# the files that make a folder a bundle, an evaluation or a comparison (each has its report)
+FOLDER_FILES = {bundle.META: "bundle", "report.json": "evaluation", COMPARE_JSON: "comparison"}
+
+
+def _real(path: Path) -> Path:
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):  # a link loop: compared as written
+        return Path(os.path.abspath(path))
+
+
+def _own_folders(folder: Path) -> set[Path]:
+    """The folders whose files the report of ``folder`` is made from: the folder, and for an
+    evaluation folder the bundle its report.json names."""
+    folders = {_real(folder)}
+    if not (folder / bundle.META).is_file():
+        evaluation = _read_json(folder / "report.json")
+        named = evaluation.get("bundle") if isinstance(evaluation, dict) else None
+        if isinstance(named, str) and named:
+            folders.add(_real(Path(named)))
+    return folders
+
+
+def check_output(folder: Path, target: Path, force: bool = False) -> None:
+    """Refuse a ``target`` the report of ``folder`` must not be written to, even with
+    ``force``: a folder, one of the files the report is made from (a bundle's meta.json,
+    model.keras, pictures ...; the bundle was unreadable after), a file that is not an .html
+    page (``--output x.png`` held HTML); and without ``force`` a page in another bundle,
+    evaluation or comparison folder (its report.html was replaced by this folder's page, a
+    page transfer wrote, so it was not refused); then as ``check_replaceable``."""
+    folder, target = Path(folder), Path(target)
+    if target.is_dir():
+        raise TransferError(f"{target} is a folder; name an .html file")
+    if target.is_file() and _real(target.parent) in _own_folders(folder) and (
+            target.suffix.lower() not in HTML_SUFFIXES):
+        raise TransferError(f"--output {target} is one of the files the report of {folder} is "
+                            "made from: it is never written over, even with --force; name an "
+                            ".html file")
+    if target.suffix.lower() not in HTML_SUFFIXES:
+        raise TransferError(f"--output {target}: a report is an HTML page; name a file ending "
+                            "in .html")
+    home = target.parent
+    if not force and _real(home) != _real(folder):
+        held = next((name for name in FOLDER_FILES if (home / name).is_file()), None)
+        if held is not None:
+            raise TransferError(
+                f"--output {target} is in {home}, another {FOLDER_FILES[held]} folder (it holds "
+                f"{held}), where {folder}'s page would pass for its own; use --force to write "
+                "it there anyway (or --output a file outside it)")
+    check_replaceable(target, force)
+
+
 def check_replaceable(target: Path, force: bool = False) -> None:
     """Refuse an existing ``target`` that is not a transfer report, unless ``force``."""
     if target.is_dir():
@@ -793,7 +846,9 @@ def write_report(folder, output: Path | None = None, *, gradcams: int | None = N
 
     Raises:
         TransferError: ``folder`` is neither a bundle nor an evaluation folder; ``output`` is
-            a folder, or another file without ``force``.
+            a folder, one of the files the report is made from or not an .html file; or,
+            without ``force``, another file, or a page in another bundle, evaluation or
+            comparison folder (``check_output``).
         OSError: the file cannot be written.
     """
     from transfer.files import replacing, utf8_text
@@ -804,7 +859,7 @@ def write_report(folder, output: Path | None = None, *, gradcams: int | None = N
         folder, output, force = s.folder, s.output if output is None else output, force or s.force
     folder = Path(folder)
     target = Path(output) if output is not None else folder / REPORT_HTML
-    check_replaceable(target, force)
+    check_output(folder, target, force)
     text = render_report(folder, gradcams_wanted(gradcams), classifier)
     target.parent.mkdir(parents=True, exist_ok=True)
     with replacing(target) as tmp:
