@@ -150,8 +150,10 @@ def test_an_evaluation_of_a_folder_named_in_latin_1_has_its_report(trained_bundl
 
 
 def test_partial_and_wrong_folders(tmp_path):
-    with pytest.raises(TransferError, match="nothing to report"):
+    with pytest.raises(TransferError) as info:  # the three folders it reports are named
         write_report(tmp_path)
+    assert str(info.value) == (f"{tmp_path} holds neither meta.json (a bundle), report.json (an "
+                               "evaluation) nor compare.json (a comparison): nothing to report")
     with pytest.raises(TransferError, match="no such bundle"):
         write_report(tmp_path / "missing")
     minimal = tmp_path / "minimal"

@@ -496,8 +496,8 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> st
                 "report.json (an evaluation) nor compare.json (a comparison, written when all "
                 f"its runs are done): report one of them (transfer report {folder / inside[0]}), "
                 "or run the comparison again")
-        raise TransferError(f"{folder} holds neither meta.json (a bundle) nor report.json (an "
-                            "evaluation): nothing to report")
+        raise TransferError(f"{folder} holds neither meta.json (a bundle), report.json (an "
+                            "evaluation) nor compare.json (a comparison): nothing to report")
     bundle_dir = folder if meta is not None else None
     retrained = None  # (the bundle, when it was trained again) after this evaluation
     if meta is None:  # an evaluate --output folder: its bundle itself, not what latest is now
