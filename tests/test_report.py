@@ -278,6 +278,20 @@ def test_an_evaluation_of_a_bundle_trained_again_since_leaves_that_bundle_out(
         assert f"{evaluated['accuracy']:.4f}" in text and 'class="confusion"' in text
 
 
+def test_the_footer_names_the_bundle_a_link_led_to(bundle_copy, tmp_path, monkeypatch):
+    """`transfer report runs/c1/latest`: the footer said "from runs/c1/latest", a link that
+    moves on to the next bundle trained, not the bundle the page shows."""
+    def footer(folder) -> str:
+        text = render_report(folder, gradcams=0)
+        return html.unescape(re.search(r"<footer>(.*?)</footer>", text, re.S).group(1))
+
+    (tmp_path / "latest").symlink_to(bundle_copy.name)
+    monkeypatch.chdir(tmp_path)
+    assert f" from {bundle_copy.name}; " in footer(Path("latest"))
+    assert f" from {bundle_copy.resolve()}; " in footer(tmp_path / "latest")
+    assert f" from {bundle_copy}; " in footer(bundle_copy)  # not a link: as given
+
+
 def test_image_counts_look_into_sub_folders_as_training_does(tmp_path):
     """daisy/2023/1.jpg is a daisy for train and fetch-data: the report counts it too."""
     from transfer.report import _count_images

@@ -725,9 +725,9 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> st
         engine += _table(["engine", "value"], [[_e(k), _e(v)] for k, v in versions.items()])
     parts.append(_section("Timings and engine", engine, "engine"))
 
-    made = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    made = time.strftime("%Y-%m-%d %H:%M:%S %z")  # from the bundle, not models/latest's link
     footer = (f"<footer>Made by transfer {_e(__version__)} on {_e(made)} "
-              f"(Python {_e(platform.python_version())}) from {_e(folder)}; "
+              f"(Python {_e(platform.python_version())}) from {_e(bundle.lasting(folder))}; "
               "<code>transfer report</code> rebuilds it.</footer>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"{GENERATOR}<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
