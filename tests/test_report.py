@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from transfer.errors import TransferError
-from transfer.report import render_report, write_report
+from transfer.report import PICTURES, render_report, write_report
 
 
 class Links(HTMLParser):
@@ -587,6 +587,100 @@ def test_a_history_csv_saved_again_by_a_spreadsheet_leaves_the_table_out(bundle_
     text = write_report(bundle_copy).read_text(encoding="utf-8")
     assert "Not evaluated yet" in text or "confusion" in text  # the page is whole
     assert "<td>0.5</td>" not in text
+
+
+def skipped_on_page(text: str) -> list[str]:
+    """The lines a page says it skipped, as text."""
+    return [html.unescape(line) for line in
+            re.findall(r'<p class="warn skipped">(.*?)</p>', text, re.S)]
+
+
+def test_grad_cams_that_cannot_be_drawn_are_said_skipped_and_why(bundle_copy, tmp_path):
+    """The Grad-CAM section vanished without a word when the data folder had moved, when
+    model.keras was missing or cut short. The page says why where the section would be, and
+    write_report hands the same lines back (the CLI prints them)."""
+    meta_path = bundle_copy / "meta.json"
+    trained = meta_path.read_text(encoding="utf-8")
+    meta = json.loads(trained)
+    (bundle_copy / "report.json").unlink(missing_ok=True)  # never evaluated: nothing said
+    notes: list = []
+    text = write_report(bundle_copy, gradcams=1, notes=notes).read_text(encoding="utf-8")
+    assert notes == [] and skipped_on_page(text) == [] and 'class="gradcam"' in text
+    gone = tmp_path / "moved" / "validate"  # the data moved since training
+    meta["data"].update(train_dir=str(tmp_path / "moved" / "train"), validate_dir=str(gone))
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    notes = []
+    text = write_report(bundle_copy, gradcams=1, notes=notes).read_text(encoding="utf-8")
+    assert notes == [f"Grad-CAM skipped: the validation folder {gone} is gone"]
+    gradcam = re.search(r'<section id="gradcam">(.*?)</section>', text, re.S).group(1)
+    assert skipped_on_page(gradcam) == notes and 'class="gradcam"' not in text
+    gone.mkdir(parents=True)  # there, but none of the classes' photos in it
+    notes = []
+    write_report(bundle_copy, gradcams=1, notes=notes)
+    assert notes == ["Grad-CAM skipped: no photo of the bundle's classes was found in the "
+                     f"validation folder {gone}"]
+    meta_path.write_text(trained, encoding="utf-8")  # the data back where training read it
+    model = (bundle_copy / "model.keras").read_bytes()
+    (bundle_copy / "model.keras").write_bytes(model[: len(model) // 3])  # cut short
+    notes = []
+    text = write_report(bundle_copy, gradcams=1, notes=notes).read_text(encoding="utf-8")
+    assert len(notes) == 1 and notes[0].startswith("Grad-CAM skipped: cannot load ")
+    assert "model.keras" in notes[0] and skipped_on_page(text) == notes
+    (bundle_copy / "model.keras").unlink()
+    notes = []
+    write_report(bundle_copy, gradcams=1, notes=notes)
+    assert notes == ["Grad-CAM skipped: the bundle's model.keras is missing"]
+    notes = []  # no Grad-CAM asked (serve's pages): nothing to say about it
+    assert skipped_on_page(render_report(bundle_copy, gradcams=0, notes=notes)) == notes == []
+
+
+def test_a_broken_picture_matrix_or_history_is_said_skipped(bundle_copy, tmp_path):
+    """A curves.png or confusion.png of text bytes was inlined as data:image/png (a broken
+    image); a confusion matrix of another size than the classes made a garbled table; a
+    garbage history.csv vanished. Each is now one line where it would have been."""
+    meta_path = bundle_copy / "meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    for name in ("report.json", "misclassified.png", *PICTURES):  # an evaluation's too
+        (bundle_copy / name).unlink(missing_ok=True)
+    meta["confusion_matrix"] = [[3, 1, 0], [0, 4, 0], [1, 0, 2]]  # 3 x 3 for 2 classes
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    (bundle_copy / "curves.png").write_text("not a picture\n")
+    samples = bundle_copy / "samples.png"  # a whole PNG, among the other pictures
+    with Image.new("RGB", (40, 30), (10, 200, 30)) as picture:
+        picture.save(samples)
+    whole = samples.read_bytes()
+    (bundle_copy / "confusion.png").write_bytes(whole[: len(whole) // 2])  # a PNG cut short
+    (bundle_copy / "history.csv").write_text("garbage,,x\n", encoding="utf-8")
+    notes: list = []
+    text = write_report(bundle_copy, gradcams=0, notes=notes).read_text(encoding="utf-8")
+    assert notes == ["curves.png skipped: the file is not a PNG picture",
+                     "history.csv skipped: it is not a table of epochs (its first column is "
+                     "not 'epoch')",
+                     "Confusion matrix skipped: it is 3 x 3, but there are 2 class names",
+                     "confusion.png skipped: the PNG is cut short or damaged"]
+    assert skipped_on_page(text) == notes and 'class="confusion"' not in text
+    for img in parsed(text).images:  # what is inlined is a whole PNG: samples.png alone
+        with decoded(img["src"]) as shown:
+            shown.load()
+    assert [img["alt"] for img in parsed(text).images] == [PICTURES["samples.png"]]
+    for garbage, said in ((b"\xff\xfe\x00garbage\x80", "it is not UTF-8 text"),
+                          (b"epoch,loss\n1,0.5\n2\n", "line 3 has 1 fields, the header 2"),
+                          (b"epoch,loss\none,0.5\n", "line 2's epoch is 'one'"),
+                          (b"", "it is empty"), (b"epoch,loss\n", "it holds no epoch")):
+        (bundle_copy / "history.csv").write_bytes(garbage)
+        notes = []
+        render_report(bundle_copy, gradcams=0, notes=notes)
+        assert any(n.startswith(f"history.csv skipped: {said}") for n in notes), notes
+    # an evaluation whose bundle is gone says so, once
+    out = tmp_path / "ev"
+    out.mkdir()
+    (out / "report.json").write_text(json.dumps({
+        "bundle": str(tmp_path / "gone"), "model": "models/gone", "data_dir": "fx",
+        "accuracy": 0.5, "images": 4, "class_names": ["a", "b"]}))
+    notes = []
+    skipped = skipped_on_page(render_report(out, notes=notes))
+    assert skipped == notes == [f"The evaluated bundle {tmp_path / 'gone'} is gone: its "
+                                "settings, curves and Grad-CAMs are left out"]
 
 
 def test_write_report_takes_its_settings_as_the_other_commands_do(bundle_copy, tmp_path):

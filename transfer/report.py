@@ -6,8 +6,11 @@
 
 Everything is inside the one file (pictures as base64 ``data:`` URIs, the style inline, no
 script, no link to the network), so it can be mailed, opened offline or served as it is. It
-shows what the folder holds and skips what it lacks (a bundle never evaluated has no confusion
-matrix yet; a bundle whose validation images are gone gets no Grad-CAM pictures):
+shows what the folder holds and skips what it lacks without a word (a bundle never evaluated
+has no confusion matrix yet); what is there but broken, or was expected but is gone, is skipped
+with one line where it would be, which ``write_report(..., notes=[])`` hands back too
+("Grad-CAM skipped: the validation folder data/validate is gone", a picture that is no PNG, a
+confusion matrix of another size than the classes, a garbled history.csv):
 
 - the run: kind, base, classes, created, the command and the resolved settings (meta.json);
 - the data: images per class and split (fetch-data's manifest, else the folders, else the
@@ -24,7 +27,6 @@ matrix yet; a bundle whose validation images are gone gets no Grad-CAM pictures)
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import io
 import json
@@ -148,11 +150,43 @@ def data_uri(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def _picture(path: Path, caption: str) -> str:
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def skipped_lines(notes: list[str], *texts: str) -> str:
+    """The lines saying what a section left out (``texts``), for the place on the page where
+    it would be; kept in ``notes`` too, for the caller to say (the CLI prints them)."""
+    notes.extend(texts)
+    return "".join(f'<p class="warn skipped">{_e(text)}</p>' for text in texts)
+
+
+def png_problem(data: bytes) -> str | None:
+    """Why ``data`` cannot be shown as a PNG picture (a text file, a PNG cut short), or None:
+    embedded as data:image/png, a browser showed a broken image without a word."""
+    from PIL import Image
+
+    if not data.startswith(PNG_SIGNATURE):
+        return "the file is not a PNG picture"
     try:
-        data = Path(path).read_bytes()
-    except OSError:
-        return ""
+        with Image.open(io.BytesIO(data)) as picture:
+            picture.verify()  # every chunk's checksum, without decoding the pixels
+    except Exception:  # PIL's OSError, SyntaxError, struct.error ... for a damaged file
+        return "the PNG is cut short or damaged"
+    return None
+
+
+def _picture(path: Path, caption: str, notes: list[str]) -> str:
+    """The picture at ``path`` inlined with its caption; a file that cannot be read or is no
+    whole PNG is a line saying so (kept in ``notes``)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return skipped_lines(notes, f"{path.name} skipped: it cannot be read "
+                                    f"({exc.strerror or exc})")
+    problem = png_problem(data)
+    if problem is not None:
+        return skipped_lines(notes, f"{path.name} skipped: {problem}")
     return (f'<figure><img src="{data_uri(data)}" alt="{_e(caption)}">'
             f"<figcaption>{_e(caption)}</figcaption></figure>")
 
@@ -301,15 +335,35 @@ def data_counts(meta: dict | None) -> tuple[dict[str, dict[str, int]], list[dict
     return counts, skipped, source
 
 
-def _history(folder: Path) -> tuple[list[str], list[list[str]]]:
+def _history(folder: Path) -> tuple[list[str], list[list[str]], str | None]:
+    """history.csv's header and rows, and why it is left out when it is there but is no table
+    of numbers per epoch (saved again by a spreadsheet, garbled): it vanished without a word."""
     import csv
 
     try:
         with open(folder / "history.csv", newline="", encoding="utf-8") as handle:
             rows = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error):  # gone, or saved again by a spreadsheet
-        return [], []
-    return (rows[0], rows[1:]) if rows else ([], [])
+    except FileNotFoundError:
+        return [], [], None
+    except OSError as exc:
+        return [], [], f"it cannot be read ({exc.strerror or exc})"
+    except UnicodeDecodeError:
+        return [], [], "it is not UTF-8 text (saved again by a spreadsheet?)"
+    except csv.Error as exc:
+        return [], [], f"it is not a CSV table ({exc})"
+    if not any(rows):
+        return [], [], "it is empty"
+    header = rows[0]
+    if not header or header[0].strip().lower() != "epoch":  # as training and Keras write it
+        return [], [], "it is not a table of epochs (its first column is not 'epoch')"
+    if len(rows) < 2:
+        return [], [], "it holds no epoch"
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            return [], [], f"line {line} has {len(row)} fields, the header {len(header)}"
+        if not row[0].strip().isdigit():
+            return [], [], f"line {line}'s epoch is {row[0][:40]!r}, not a whole number"
+    return header, rows[1:], None
 
 
 def _validation_images(meta: dict, per_class: int) -> list[tuple[Path, str]]:
@@ -330,13 +384,33 @@ def _validation_images(meta: dict, per_class: int) -> list[tuple[Path, str]]:
     return picked
 
 
+def _no_validation_photos(meta: dict) -> str | None:
+    """Why a bundle that names the photos it was validated on has none to show now: the
+    folder is gone (the data moved) or holds none of its classes; None when it names none (a
+    digit bundle: its validation digits were never files)."""
+    in_memory = (meta.get("data") or {}).get("split") == "in-memory"
+    folder = bundle.data_folder(meta, "root" if in_memory else "validate_dir")
+    if folder is None:
+        return None
+    what = "data folder" if in_memory else "validation folder"
+    if not folder.is_dir():
+        return f"the {what} {folder} is gone"
+    return f"no photo of the bundle's classes was found in the {what} {folder}"
+
+
 def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS,
-                    classifier=None) -> list[str]:
+                    classifier=None, notes: list[str] | None = None) -> list[str]:
     """HTML figures of Grad-CAM overlays on up to ``count`` validation images (the classes in
     turn); [] when there is no validation folder or the model cannot be traced. ``classifier``:
     a ``BundleClassifier`` of this bundle the caller holds (train's, evaluate's), used when its
-    model.keras is still the file it holds, so the model is not loaded a second time."""
-    if count <= 0 or not (Path(bundle_dir) / "model.keras").is_file():
+    model.keras is still the file it holds, so the model is not loaded a second time.
+    ``notes``: given, why there are none is added to it ("Grad-CAM skipped: ..."), when the
+    bundle has what they are drawn from but it is broken or gone."""
+    said = notes if notes is not None else []
+    if count <= 0:
+        return []
+    if not (Path(bundle_dir) / "model.keras").is_file():
+        said.append("Grad-CAM skipped: the bundle's model.keras is missing")
         return []
     names = list(meta.get("class_names") or [])
     if not names:
@@ -352,6 +426,9 @@ def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS,
         order += [(paths[i], name) for name, paths in by_class.items() if i < len(paths)]
     order = order[:count]
     if not order:
+        why = _no_validation_photos(meta)
+        if why is not None:
+            said.append(f"Grad-CAM skipped: {why}")
         return []
     from PIL import Image
 
@@ -362,7 +439,8 @@ def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS,
     if not holds_bundle(classifier, Path(bundle_dir)):
         try:
             classifier = BundleClassifier(Path(bundle_dir))
-        except TransferError:
+        except TransferError as exc:  # model.keras cut short, another model's ...
+            said.append(f"Grad-CAM skipped: {exc}")
             return []
 
     def batch_maps(batch: list) -> list:
@@ -409,6 +487,9 @@ def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS,
                    f"{float(np.max(probs)):.2f} (Grad-CAM at {layer})")
         figures.append(f'<figure><img class="gradcam" src="{data_uri(png)}" '
                        f'alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>')
+    if not figures:
+        said.append(f"Grad-CAM skipped: none of the {len(order)} validation photos could be "
+                    "read and traced")
     return figures
 
 
@@ -445,6 +526,24 @@ def _confusion_table(matrix: list[list[int]], names: list[str]) -> str:
             f"<tbody>{body}</tbody></table></div>")
 
 
+def matrix_problem(matrix, names: list[str]) -> str | None:
+    """Why ``matrix`` cannot be shown as the confusion matrix of ``names`` (a hand edit,
+    another run's file): not a square table of counts, one per class (a 2 x 2 for 10 classes
+    was a garbled table); None when it can."""
+    if not (isinstance(matrix, list) and matrix and all(
+            isinstance(row, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                          and v >= 0 for v in row) for row in matrix)):
+        return "it is not a table of counts"
+    widths = {len(row) for row in matrix}
+    if len(widths) > 1:
+        return "its rows are of different lengths"
+    size = len(names) or len(matrix)
+    if len(matrix) != size or widths != {size}:
+        return (f"it is {len(matrix)} x {widths.pop()}, but there are {len(names)} class "
+                "names")
+    return None
+
+
 def retrained_since(evaluation: dict, meta: dict) -> bool:
     """Whether the bundle of ``meta`` is no longer the one ``evaluation`` (report.json)
     evaluated: trained again at the same path (its creation time, or for evaluations that
@@ -455,7 +554,8 @@ def retrained_since(evaluation: dict, meta: dict) -> bool:
     return isinstance(then, dict) and then != meta.get("metrics")
 
 
-def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> str:
+def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
+                  notes: list[str] | None = None) -> str:
     """The report of a bundle or an evaluation folder as one self-contained HTML page.
 
     Args:
@@ -464,6 +564,9 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> st
         gradcams: Grad-CAM overlays to compute on the bundle's validation images (0: none).
         classifier: the bundle's ``BundleClassifier`` when the caller holds it (see
             ``gradcam_figures``).
+        notes: given, what the page left out of what the folder holds but is broken, or was
+            expected but is gone, is added to it: the lines said on the page (a folder never
+            evaluated adds none for that).
 
     Returns:
         The HTML text (UTF-8, no external resource).
@@ -474,6 +577,7 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> st
     from transfer import __version__
 
     folder = Path(folder)
+    said = notes if notes is not None else []
     if not folder.is_dir():
         from transfer.settings import not_a_report_folder
 
@@ -500,16 +604,26 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> st
                             "evaluation) nor compare.json (a comparison): nothing to report")
     bundle_dir = folder if meta is not None else None
     retrained = None  # (the bundle, when it was trained again) after this evaluation
+    lost = ""  # why the evaluated bundle is not read: gone or damaged since
     if meta is None:  # an evaluate --output folder: its bundle itself, not what latest is now
         named = evaluation.get("bundle") or evaluation.get("model")
         other = _read_json(Path(named) / "meta.json") if named else None
-        with contextlib.suppress(TransferError):  # that bundle damaged since: report without
+        if named and not (Path(named) / "meta.json").is_file():
+            lost = skipped_lines(said, f"The evaluated bundle {named} is gone: its settings, "
+                                       "curves and Grad-CAMs are left out")
+        elif named and not isinstance(other, dict):
+            lost = skipped_lines(said, f"{Path(named) / 'meta.json'} is damaged: the evaluated "
+                                       "bundle's settings, curves and Grad-CAMs are left out")
+        try:  # that bundle damaged since: report without
             if isinstance(other, dict):
                 bundle.check_meta_types(other, Path(named) / "meta.json")
                 if retrained_since(evaluation, other):
                     retrained = (named, other.get("created"))
                 else:
                     meta, bundle_dir = other, Path(named)
+        except TransferError as exc:
+            lost = skipped_lines(said, f"{exc}: the evaluated bundle's settings, curves and "
+                                       "Grad-CAMs are left out")
     meta = meta or {}
     names = list(meta.get("class_names") or (evaluation or {}).get("class_names") or [])
     metrics = meta.get("metrics") or {}
@@ -558,6 +672,7 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> st
         on = evaluated_on(f"<b>{_e(evaluation.get('data_dir'))}</b>", split)
         run += (f"<p>Evaluated <b>{_e(evaluation.get('model'))}</b> on {on}{said}"
                 f", {_e(evaluation.get('created') or '')}.</p>")
+        run += lost
         if retrained is not None:
             run += (f"<p class=\"warn\">{_e(retrained[0])} was trained again since this "
                     f"evaluation (created {_e(retrained[1] or '?')}): its settings, curves and "
@@ -617,8 +732,10 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> st
     curves = ""
     if bundle_dir is not None and (bundle_dir / "curves.png").is_file():
         curves += _picture(bundle_dir / "curves.png", "accuracy and loss per epoch, training "
-                                                      "vs validation")
-    header, rows = _history(bundle_dir) if bundle_dir is not None else ([], [])
+                                                      "vs validation", said)
+    header, rows, problem = _history(bundle_dir) if bundle_dir is not None else ([], [], None)
+    if problem is not None:
+        curves += skipped_lines(said, f"history.csv skipped: {problem}")
     if rows:
         def cell(text):
             try:
@@ -647,14 +764,17 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> st
         note = macro_note(evaluation["per_class"]) if macro else None
         if note:
             evaluated += f'<p class="muted">{_e(note[0].upper() + note[1:])}.</p>'
-    if matrix:
+    problem = matrix_problem(matrix, names) if matrix else None
+    if problem is not None:
+        evaluated += skipped_lines(said, f"Confusion matrix skipped: {problem}")
+    elif matrix:
         which = "evaluation" if evaluation and evaluation.get("confusion_matrix") else \
             "the test images (meta.json)"
         evaluated += (f"<p>Confusion matrix on {_e(which)} (rows: true class, columns: "
                       "predicted):</p>" + _confusion_table(matrix, names))
     picture_dir = folder if (folder / "confusion.png").is_file() else bundle_dir
     if picture_dir is not None and (picture_dir / "confusion.png").is_file():
-        evaluated += _picture(picture_dir / "confusion.png", "confusion matrix")
+        evaluated += _picture(picture_dir / "confusion.png", "confusion matrix", said)
     if not evaluated:
         evaluated = ("<p class=\"muted\">Not evaluated yet: <code>transfer evaluate</code> "
                      "adds accuracy per class, the confusion matrix and the worst mistakes."
@@ -664,9 +784,9 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> st
     # ---- mistakes
     mistakes = ""
     if (folder / "misclassified.png").is_file():
-        mistakes += _picture(folder / "misclassified.png", "the most confident mistakes")
+        mistakes += _picture(folder / "misclassified.png", "the most confident mistakes", said)
     elif bundle_dir is not None and (bundle_dir / "misclassified.png").is_file():
-        mistakes += _picture(bundle_dir / "misclassified.png", "mistakes")
+        mistakes += _picture(bundle_dir / "misclassified.png", "mistakes", said)
     worst = (evaluation or {}).get("worst_mistakes") or []
     if worst:
         rows = [[_e(Path(str(w.get("file"))).name), _e(w.get("true")), _e(w.get("predicted")),
@@ -675,18 +795,24 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None) -> st
     parts.append(_section("Misclassified examples", mistakes, "mistakes"))
 
     # ---- Grad-CAM
-    figures = (gradcam_figures(bundle_dir, meta, gradcams, classifier)
+    why: list[str] = []
+    figures = (gradcam_figures(bundle_dir, meta, gradcams, classifier, why)
                if bundle_dir is not None else [])
     if figures:
-        said = ("" if not evaluation else
-                "<p>On photos of the bundle's validation split, the photos evaluated.</p>"
-                if evaluation.get("is_training_validation_folder") else
-                "<p>On photos of the bundle's validation split, not of the evaluated folder.</p>")
+        whose = ("" if not evaluation else
+                 "<p>On photos of the bundle's validation split, the photos evaluated.</p>"
+                 if evaluation.get("is_training_validation_folder") else
+                 "<p>On photos of the bundle's validation split, not of the evaluated folder."
+                 "</p>")
         parts.append(_section("Grad-CAM: where the model looked",
-                              f'{said}<div class="grid">{"".join(figures)}</div>', "gradcam"))
+                              f'{whose}<div class="grid">{"".join(figures)}</div>', "gradcam"))
+    elif why:
+        parts.append(_section("Grad-CAM: where the model looked", skipped_lines(said, *why),
+                              "gradcam"))
 
     # ---- other pictures
-    gallery = "".join(_picture(bundle_dir / name, caption) for name, caption in PICTURES.items()
+    gallery = "".join(_picture(bundle_dir / name, caption, said)
+                      for name, caption in PICTURES.items()
                       if bundle_dir is not None and (bundle_dir / name).is_file())
     parts.append(_section("More pictures", gallery, "pictures"))
 
@@ -827,7 +953,7 @@ def gradcams_wanted(gradcams: int | None = None) -> int:
 
 
 def write_report(folder, output: Path | None = None, *, gradcams: int | None = None,
-                 force: bool = False, classifier=None) -> Path:
+                 force: bool = False, classifier=None, notes: list[str] | None = None) -> Path:
     """Write the one-file HTML report of a bundle or an evaluation folder.
 
     Args:
@@ -840,6 +966,10 @@ def write_report(folder, output: Path | None = None, *, gradcams: int | None = N
             transfer report is always replaced).
         classifier: the bundle's ``BundleClassifier`` when the caller holds it (train's,
             evaluate's): its model is not loaded again for the Grad-CAM overlays.
+        notes: a list to which what the page left out is added, one line each, as the page
+            says it ("Grad-CAM skipped: the validation folder data/validate is gone"): parts
+            the folder holds but are broken, or were expected and are gone (see
+            ``render_report``), for the caller to print as warnings.
 
     Returns:
         The path written.
@@ -860,7 +990,7 @@ def write_report(folder, output: Path | None = None, *, gradcams: int | None = N
     folder = Path(folder)
     target = Path(output) if output is not None else folder / REPORT_HTML
     check_output(folder, target, force)
-    text = render_report(folder, gradcams_wanted(gradcams), classifier)
+    text = render_report(folder, gradcams_wanted(gradcams), classifier, notes)
     target.parent.mkdir(parents=True, exist_ok=True)
     with replacing(target) as tmp:
         # a page that says it is UTF-8 is: a name that is not (os.fsdecode's surrogates) has
