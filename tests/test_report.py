@@ -292,6 +292,34 @@ def test_the_footer_names_the_bundle_a_link_led_to(bundle_copy, tmp_path, monkey
     assert f" from {bundle_copy}; " in footer(bundle_copy)  # not a link: as given
 
 
+def test_a_digit_bundles_averaged_validation_accuracy_is_told_apart_from_its_history(
+        mnist_quick, tmp_path):
+    """`transfer mnist` ends on the moving average of its weights: the cards showed its
+    validation accuracy (0.9267) right above history.csv's last epoch, the raw weights'
+    (0.9167), without a word. A sentence says which is which when they differ."""
+    import csv
+
+    def averaged(folder) -> list[str]:
+        page = html.unescape(render_report(folder, gradcams=0))
+        return re.findall(r'<p class="muted averaged">(.*?)</p>', page, re.S)
+
+    folder = tmp_path / "digits"
+    shutil.copytree(mnist_quick[1] / "mnist-cnn", folder)
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    assert meta["training"]["weight_average_momentum"]  # the default averages
+    with open(folder / "history.csv", newline="", encoding="utf-8") as handle:
+        raw = float(list(csv.DictReader(handle))[-1]["val_accuracy"])
+    saved = meta["metrics"]["val_accuracy"]
+    assert f"{saved:.4f}" != f"{raw:.4f}"  # one epoch: the average is not the last weights
+    assert averaged(folder) == [
+        f"The validation accuracy and loss above (accuracy {saved:.4f}) are the saved model's, "
+        "whose weights are the moving average of the training steps; history.csv's are the raw "
+        f"weights' (accuracy {raw:.4f} at the last epoch)."]
+    meta["training"]["weight_average_momentum"] = 0  # --ema 0: one set of weights, no word
+    (folder / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    assert averaged(folder) == []
+
+
 def test_image_counts_look_into_sub_folders_as_training_does(tmp_path):
     """daisy/2023/1.jpg is a daisy for train and fetch-data: the report counts it too."""
     from transfer.report import _count_images

@@ -526,6 +526,27 @@ def _confusion_table(matrix: list[list[int]], names: list[str]) -> str:
             f"<tbody>{body}</tbody></table></div>")
 
 
+def averaged_note(meta: dict, header: list[str], rows: list[list[str]]) -> str:
+    """A line saying why the cards' validation accuracy is not history.csv's last one, when
+    the run ended on averaged weights (``transfer mnist``'s moving average): the cards are the
+    saved model's, the per-epoch numbers the raw weights' (0.9267 above, 0.9167 below, without
+    a word). "" when the weights were not averaged or the numbers agree."""
+    momentum = (meta.get("training") or {}).get("weight_average_momentum")
+    saved = (meta.get("metrics") or {}).get("val_accuracy")
+    if not momentum or not isinstance(saved, int | float) or "val_accuracy" not in header:
+        return ""
+    try:
+        raw = float(rows[-1][header.index("val_accuracy")])
+    except (ValueError, IndexError):
+        return ""
+    if _num(float(saved)) == _num(raw):
+        return ""
+    return (f'<p class="muted averaged">The validation accuracy and loss above (accuracy '
+            f"{_num(float(saved))}) are the saved model's, whose weights are the moving average "
+            "of the training steps; history.csv's are the raw weights' (accuracy "
+            f"{_num(raw)} at the last epoch).</p>")
+
+
 def matrix_problem(matrix, names: list[str]) -> str | None:
     """Why ``matrix`` cannot be shown as the confusion matrix of ``names`` (a hand edit,
     another run's file): not a square table of counts, one per class (a 2 x 2 for 10 classes
@@ -743,6 +764,7 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
             except ValueError:
                 return _e(text)
 
+        curves += averaged_note(meta, header, rows)
         curves += ("<details><summary>history.csv</summary>"
                    + _table(header, [[cell(c) for c in row] for row in rows]) + "</details>")
     parts.append(_section("Learning curves", curves, "curves"))
