@@ -658,6 +658,15 @@ def test_grad_cams_that_cannot_be_drawn_are_said_skipped_and_why(bundle_copy, tm
     notes = []
     write_report(bundle_copy, gradcams=1, notes=notes)
     assert notes == ["Grad-CAM skipped: the bundle's model.keras is missing"]
+    from typer.testing import CliRunner
+
+    from transfer.cli import app
+
+    cli = CliRunner().invoke(app, ["report", str(bundle_copy)],  # said on the console too
+                             env={"TRANSFER_REPORT_GRADCAMS": "1"})
+    assert cli.exit_code == 0, cli.output
+    assert ("warning: Grad-CAM skipped: the bundle's model.keras is missing"
+            in " ".join(cli.output.split())), cli.output
     notes = []  # no Grad-CAM asked (serve's pages): nothing to say about it
     assert skipped_on_page(render_report(bundle_copy, gradcams=0, notes=notes)) == notes == []
 

@@ -1282,13 +1282,18 @@ def report_cmd(
         help="HTML file to write \\[default: FOLDER/report.html].", show_default=False)
     ] = _R.output,
     force: Annotated[bool, typer.Option(
-        "--force", help="Replace an --output file that is not a transfer report.")] = _R.force,
+        "--force", help="Replace an --output file that is not a transfer report, or write "
+                        "into another bundle's, evaluation's or comparison's folder.")] = _R.force,
 ) -> None:
     """Rebuild the one-file HTML report (curves, confusion matrix, mistakes, Grad-CAM)."""
     settings = S.ReportSettings(folder=folder, output=output, force=force).validated()
     from transfer.report import write_report
 
-    path = write_report(settings.folder, settings.output, force=settings.force)
+    notes: list[str] = []  # what the page skips (broken, or gone), said there and here
+    path = write_report(settings.folder, settings.output, force=settings.force, notes=notes)
+    reporter = _reporter()
+    for note in notes:
+        reporter.warn(note)
     out.print(f"wrote {path}", highlight=False)
 
 

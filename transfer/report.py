@@ -1027,8 +1027,14 @@ def write_quietly(folder: Path, reporter=None, *, gradcams: int | None = None,
     in place, so a report that cannot be made is a warning, never a failed run. Grad-CAM
     overlays: ``gradcams_wanted(gradcams)``, as ``write_report`` takes them; ``classifier``
     as it takes it."""
+    notes: list[str] = []
     try:
-        return write_report(folder, gradcams=gradcams, force=force, classifier=classifier)
+        path = write_report(folder, gradcams=gradcams, force=force, classifier=classifier,
+                            notes=notes)
+        if reporter is not None:  # what the page skips, said on the console too
+            for note in notes:
+                reporter.warn(f"report.html: {note}")
+        return path
     except Exception as exc:  # the report is a view of files already written
         raise_if_interrupted()  # but a Ctrl-C a library turned into an error stops the run
         if reporter is not None:
