@@ -1298,3 +1298,72 @@ def test_the_preview_of_cached_copies_shows_the_copies_the_pass_computed(own_spl
     assert len(shown) == 6 and set(shown) <= set(drawn)
     with Image.open(result.bundle / "augment-preview.png") as picture:
         assert picture.width == 2 * 2 * 80  # the photo and its one copy
+
+
+def mirrored_classes(photos: Path, root: Path) -> Path:
+    """A data set whose classes are mirror images of each other: left/ holds real photos (the
+    cats and dogs of ``photos``), right/ the same photos mirrored (PNG both: nothing but the
+    mirror tells a photo from its twin)."""
+    for side in ("left", "right"):
+        (root / side).mkdir(parents=True)
+    for i, path in enumerate(sorted(photos.rglob("*.jpg"))):
+        with Image.open(path) as photo:
+            photo = photo.convert("RGB")
+            photo.save(root / "left" / f"{i:02d}.png")
+            photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / "right" / f"{i:02d}.png")
+    return root
+
+
+@pytest.mark.parametrize("options", [{}, {"train_size": 288}, {"augment_copies": 2}])
+def test_no_flip_keeps_test_time_flips_off(own_split, tmp_path, options):
+    """--no-flip (a photo's mirror image is another picture) was overridden by --tta auto: the
+    saved model averaged every photo with its mirror image, and with --train-size 288 the head
+    even trained on photo + mirror means. Now auto leaves the flips off with --no-flip: the
+    plain model at the base's own size, trained on the photos (one transformed copy each,
+    without flips)."""
+    from transfer.training import plan
+
+    def planned(**kw):
+        return plan(hp(own_split, tmp_path, weights="imagenet", image_size=None,
+                       **{**options, **kw}).validated())
+
+    assert planned().flips, "the default flips: the comparison below means something"
+    run = planned(augment=Augment(flip=False))
+    assert (run.flips, run.size, run.train_mirror, run.train_views) == (False, 224, False,
+                                                                        "photo")
+    assert run.copies == options.get("augment_copies", 1)
+
+
+def test_tta_flip_with_no_flip_is_refused_and_no_flip_without_augment_is_said(own_split,
+                                                                                tmp_path):
+    """--tta flip --no-flip asks for a model that cannot tell a photo from its mirror image and
+    says the two differ: one line, before any work. --no-flip with --no-augment flips
+    nothing either way: said to be unused, as --rotation is."""
+    from transfer.training import plan, unused_options
+
+    with pytest.raises(TransferError, match=r"^--tta flip averages each photo with its mirror "
+                                            r"image, and --no-flip says .*give one or the other"):
+        hp(own_split, tmp_path, tta="flip", augment=Augment(flip=False)).validated()
+    settings = hp(own_split, tmp_path, augment=Augment(enabled=False, flip=False)).validated()
+    assert unused_options(plan(settings)) == [
+        "--no-flip unused: --no-augment turns augmentation off"]
+
+
+def test_a_model_trained_with_no_flip_tells_a_photo_from_its_mirror_image(tiny_split, tmp_path,
+                                                                          mobilenet_weights):
+    """left/ = real photos, right/ = their mirror images, --no-flip: the saved model averaged
+    each photo with its mirror (--tta auto), so a photo and its mirror got the very same
+    probabilities, whatever it learnt. Now the flips are off, meta.json says so, and the two
+    get different answers."""
+    data = mirrored_classes(tiny_split / "train", tmp_path / "chiral")
+    result = train(hp(data, tmp_path, **GENUINE, epochs=8, augment=Augment(flip=False)))
+    meta = json.loads((result.bundle / "meta.json").read_text())
+    assert meta["test_time"] == {"tta": "auto", "flips": False, "size": 96, "train_size": 96,
+                                 "train_views": "photo"}
+    assert meta["augmentation"]["flip"] is False and meta["augmentation"]["copies"] == 1
+    model, _ = bundle.load(result.bundle)
+    photos = sorted((data / "left").iterdir())[:8]
+    pixels = np.stack([pipelines.read_rgb(p, 96) for p in photos]).astype("float32")
+    probs = model.predict(pixels, verbose=0)
+    mirrored = model.predict(np.ascontiguousarray(pixels[:, :, ::-1]), verbose=0)
+    assert np.abs(probs - mirrored).max() > 1e-3, "a photo and its mirror get one answer"

@@ -574,6 +574,12 @@ class TrainSettings(Settings):
         if self.augment_copies is not None:
             at_least("augment_copies", self.augment_copies, 0)
         one_of("tta", self.tta, TTA_MODES)
+        if self.tta == "flip" and not self.augment.flip:
+            # refused, not warned: either option silently undoes the other (the model
+            # averaging photo and mirror cannot tell apart what --no-flip says differs)
+            raise TransferError("--tta flip averages each photo with its mirror image, and "
+                                "--no-flip says a mirror image is a different picture (left "
+                                "from right): give one or the other")
         fraction("dropout", self.dropout)
         a_seed("seed", self.seed)
         at_least("dense", self.dense, 0)

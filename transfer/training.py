@@ -217,13 +217,19 @@ def test_time_flips(hp: TrainSettings, base: Base, use_cache: bool) -> bool:
     ``--fine-tune`` after it trains the base on single (randomly flipped) views; the saved
     model and the final validation still average the two views. auto: on that route in a run
     that augments, for a base whose registry entry has a ``test_size`` (where it was measured
-    to pay); flip: on that route for any pretrained base; none: off."""
+    to pay), and not with --no-flip; flip: on that route for any pretrained base; none: off.
+
+    ``--no-flip`` says a photo's mirror image is another picture (a left hand and a right
+    hand, an arrow pointing left or right): a model that averages the two cannot tell them
+    apart, so auto leaves the flips off then (``--tta flip`` with it is refused by
+    ``TrainSettings.validated``)."""
     if hp.tta == "flip" and not use_cache:
         raise TransferError("--tta flip needs features computed once: a pretrained base and "
                             "not --augment-copies 0")
     if hp.tta == "flip":
         return True
-    return hp.tta == "auto" and use_cache and hp.augment.enabled and base.test_size is not None
+    return (hp.tta == "auto" and use_cache and hp.augment.enabled and hp.augment.flip
+            and base.test_size is not None)
 
 
 def train_size_of(hp: TrainSettings, base: Base, size: int, use_cache: bool,
@@ -789,9 +795,12 @@ def unused_options(run: RunPlan) -> list[str]:
     if tuning and hp.fine_tune == 0 and run.base.pretrained:
         said.append(f"{' '.join(tuning)} unused: no fine-tuning without --fine-tune N (the "
                     "top N layers of the base to unfreeze)")
-    if not hp.augment.enabled and (given("augment_copies") or transforms):
-        said.append(f"{' '.join(given('augment_copies') + transforms)} unused: --no-augment "
-                    "turns augmentation off")
+    # --no-flip keeps test-time flips off (test_time_flips); with --no-augment they are off
+    # and no photo is flipped anyway
+    no_flip = [] if hp.augment.flip else ["--no-flip"]
+    if not hp.augment.enabled and (given("augment_copies") or transforms or no_flip):
+        said.append(f"{' '.join(given('augment_copies') + transforms + no_flip)} unused: "
+                    "--no-augment turns augmentation off")
     if not run.base.pretrained:
         heading = given("dropout", "dense", "l2")
         if heading:
