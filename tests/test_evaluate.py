@@ -618,6 +618,52 @@ def test_an_output_that_is_another_bundle_or_holds_the_bundles_own_pictures_is_r
     assert evaluate(digits, data_dir=folder, output=tmp_path / "eval").report["images"] == 10
 
 
+def test_avif_photos_are_evaluated_and_a_class_with_none_readable_is_refused(
+        trained_bundle, small_split, tmp_path):
+    """A class folder of genuine AVIF photos (Pillow reads them) was skipped, a warning each,
+    and the accuracy computed on the other class alone, exit 0. They are read now (as is a
+    JPEG named .heic), and a class folder with no photo transfer can read is one clear error
+    naming it, not a one-class score."""
+    from PIL import features
+
+    cats = sorted((small_split / "test/cats").iterdir())[:4]
+    dogs = sorted((small_split / "test/dogs").iterdir())[:4]
+    data = tmp_path / "data"
+    (data / "cats").mkdir(parents=True)
+    (data / "dogs").mkdir()
+    for path in dogs:
+        shutil.copy(path, data / "dogs")
+    shutil.copy(cats[0], data / "cats/IMG_0.heic")  # a JPEG, named as an iPhone's photo
+    for path in cats[1:]:
+        if features.check("avif"):
+            Image.open(path).save(data / "cats" / f"{path.stem}.avif", quality=90)
+        else:
+            shutil.copy(path, data / "cats")
+    recorder = Recorder()
+    report = evaluate(trained_bundle.bundle, data_dir=data, output=tmp_path / "out",
+                      reporter=recorder).report
+    assert report["skipped"] == [] and recorder.warnings == []
+    assert report["per_class"]["cats"]["support"] == 4 == report["per_class"]["dogs"]["support"]
+    assert report["images"] == 8 and np.asarray(report["confusion_matrix"]).sum() == 8
+    # a class holding only what transfer cannot read: refused, naming the folder and why
+    for name in os.listdir(data / "cats"):
+        (data / "cats" / name).unlink()
+    (data / "cats/IMG_1.HEIC").write_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic")
+    with pytest.raises(TransferError, match=r"class folder .*data/cats has no image transfer "
+                       r"can read: it holds only 1 \.heic file \(HEIC .*the accuracy be the "
+                       r"other classes' alone"):
+        evaluate(trained_bundle.bundle, data_dir=data, output=tmp_path / "o2")
+    (data / "cats/IMG_1.HEIC").write_bytes(b"not a photo either")
+    (data / "cats/broken.jpg").write_bytes(b"not a jpeg")
+    recorder = Recorder()
+    with pytest.raises(TransferError, match=r"class folder .*data/cats has no image transfer "
+                       r"can read: its 2 files were all skipped"):
+        evaluate(trained_bundle.bundle, data_dir=data, output=tmp_path / "o3/deeper",
+                 reporter=recorder)
+    assert len(recorder.warnings) == 2 and not (tmp_path / "o3").exists()
+    assert not (tmp_path / "o2").exists()
+
+
 def test_class_folders_whose_accents_are_stored_otherwise_are_the_same_classes(tmp_path):
     """A bundle trained on Linux ("Rosé petals", NFC) and a folder copied from a Mac (NFD):
     evaluate refused it as "class folder(s) the model does not know: Rosé petals; its

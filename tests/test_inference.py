@@ -7,10 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import features
 from unwritable import unwritable_folder
 
 from transfer import inference
 from transfer.constants import IMAGE_SUFFIXES
+
+READS_AVIF = features.check("avif")  # Pillow's own word, not the code's under test
 
 
 def test_a_folder_yields_every_image_suffix_and_nothing_else(tmp_path):
@@ -24,7 +27,7 @@ def test_a_folder_yields_every_image_suffix_and_nothing_else(tmp_path):
               folder / ".hidden" / "d.jpg", folder / "model.keras"]
     for path in images + others:
         path.write_bytes(b"x")
-    assert len(IMAGE_SUFFIXES) == 12
+    assert len(IMAGE_SUFFIXES) == 12 + READS_AVIF  # .avif when this Pillow reads it
     assert inference.folder_images(folder) == sorted(images)
     rows = inference.gather([folder])
     assert [file for _, file, _ in rows] == sorted(images)
@@ -137,6 +140,34 @@ def test_photos_in_formats_transfer_cannot_read_are_said_not_dropped(tmp_path):
     named = inference.gather([folder / "IMG_0001.HEIC", str(folder / "*.nef")])
     assert [error for _, _, error in named] == [errors["IMG_0001.HEIC"], errors["DSC_2.nef"]]
     assert [file for _, file, _ in named] == [None, None]  # error rows, never opened
+
+
+def test_a_photo_named_as_a_format_transfer_cannot_read_is_read_when_pillow_opens_it(
+        real_photos, tmp_path):
+    """A JPEG named .heic (named, globbed or in a folder) was an error row, "HEIC (an
+    iPhone's photos) is not a format transfer reads", and a genuine AVIF photo "AVIF is not a
+    format transfer reads", though Pillow reads both: they are photos now, in their places
+    among the folder's; a real HEIC still gets its reason."""
+    from PIL import Image
+
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    jpeg = real_photos["cats"][0][1]
+    (folder / "IMG_1.heic").write_bytes(jpeg)
+    (folder / "b.jpg").write_bytes(jpeg)
+    (folder / "IMG_3.HEIC").write_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic")
+    if READS_AVIF:
+        import io
+
+        Image.open(io.BytesIO(jpeg)).save(folder / "c.avif")
+    rows = inference.gather([folder])
+    photos = ["IMG_1.heic", "b.jpg"] + (["c.avif"] if READS_AVIF else [])
+    assert [file.name for _, file, _ in rows if file] == photos
+    assert [(Path(name).name, error.split(" is not")[0]) for name, _, error in rows if error] \
+        == [("IMG_3.HEIC", "HEIC (an iPhone's photos)")]
+    named = inference.gather([folder / "IMG_1.heic", str(folder / "*.avif")])
+    assert [(Path(name).name, error) for name, _, error in named] == [
+        ("IMG_1.heic", None)] + ([("c.avif", None)] if READS_AVIF else [])
 
 
 def test_a_quoted_glob_of_folders_is_those_folders(tmp_path):

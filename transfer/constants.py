@@ -7,18 +7,36 @@ what counts as an image.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import unicodedata
 from pathlib import Path, PurePath
 
+
+def pillow_reads_avif() -> bool:
+    """Whether the installed Pillow decodes AVIF (its wheels do since 11.2: ``PIL._avif``,
+    what ``PIL.features.check("avif")`` imports, here without loading ``PIL.Image``: 2 ms)."""
+    try:
+        importlib.import_module("PIL._avif")
+    except ImportError:  # an older Pillow, or one built without libavif
+        return False
+    return True
+
+
+READS_AVIF = pillow_reads_avif()
+RAW = "camera raw"
 # Every suffix the one image reader (transfer.images, Pillow) opens.
-# .jfif and .jpe are JPEGs too (.jfif is what browsers on Windows save a photo as).
+# .jfif and .jpe are JPEGs too (.jfif is what browsers on Windows save a photo as); .avif
+# when this Pillow decodes it (an AVIF photo was refused by its name while Pillow read it).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif",
-                  ".tiff", ".ppm", ".pgm")
+                  ".tiff", ".ppm", ".pgm") + ((".avif",) if READS_AVIF else ())
 # Photo formats people have but the reader does not take: skipped, and said, never silently.
-UNREAD_PHOTOS = {".heic": "HEIC (an iPhone's photos)", ".heif": "HEIF", ".avif": "AVIF",
-                 **{s: "camera raw" for s in (".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf",
-                                              ".orf", ".rw2")}}
+# Only by their names: a file so named that Pillow opens (a JPEG renamed .heic) is a photo
+# (``unread_file``).
+UNREAD_PHOTOS = {".heic": "HEIC (an iPhone's photos)", ".heif": "HEIF",
+                 **({} if READS_AVIF else {".avif": "AVIF"}),
+                 **{s: RAW for s in (".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf",
+                                     ".rw2")}}
 UNREAD_HINT = "convert them to JPEG (e.g. export as JPEG from the photo app)"
 
 
@@ -115,6 +133,27 @@ def unread_photo(name: str) -> str | None:
     if is_hidden_or_system(base):
         return None
     return UNREAD_PHOTOS.get(os.path.splitext(base)[1].lower())
+
+
+def unread_file(path) -> str | None:
+    """The kind of photo the file at ``path`` is when the reader cannot take it: its name says
+    a format Pillow does not read (``unread_photo``) and Pillow cannot identify its bytes
+    either (for a raw name: as anything but the TIFF a raw file's header is); None for every
+    other file. A JPEG renamed .heic is a photo (it was refused by its name); a real HEIC, or
+    a missing or unreadable file of that name, is the HEIC it says.
+    What every listing of photos asks of a file ``unread_photo`` names (cheap: a header read,
+    only for those files)."""
+    kind = unread_photo(os.fspath(path))
+    if kind is None:
+        return None
+    from transfer.images import header_format
+
+    found = header_format(Path(path))
+    # a camera's raw file is a TIFF by its header (DNG, CR2, NEF, ARW): Pillow would read
+    # the small preview stored first, not the photo
+    if found is None or (kind == RAW and found == "TIFF"):
+        return kind
+    return None
 
 
 def unread_summary(names: list[str]) -> str:

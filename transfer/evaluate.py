@@ -37,7 +37,13 @@ from pathlib import Path
 import numpy as np
 
 from transfer import bundle, images, metrics, pipelines, plots
-from transfer.constants import COMPARE_JSON, UNREAD_HINT, is_ignored_folder
+from transfer.constants import (
+    COMPARE_JSON,
+    UNREAD_HINT,
+    is_ignored_folder,
+    unread_file,
+    unread_summary,
+)
 from transfer.errors import TransferError
 from transfer.files import new_folders_kept_on_success, replacing, write_json
 from transfer.inference import (
@@ -104,15 +110,55 @@ def labelled_files(data_dir: Path, class_names: list[str]) -> list[tuple[Path, i
     if unknown:
         raise TransferError(f"{data_dir} has class folder(s) the model does not know: "
                             f"{', '.join(unknown)}; its classes are {', '.join(class_names)}")
+    found = {name: class_images(data_dir / name) for name in folders}
     files = [(path, index[unicodedata.normalize("NFC", name)]) for name in folders
-             for path in pipelines.image_files(data_dir / name)]
+             for path in found[name]]
     if not files:
         unread = unread_in(data_dir, class_names)
         if unread:
             raise TransferError(f"{data_dir} has no images transfer can read in its class "
                                 f"folders: {len(unread)} HEIC or camera raw files; {UNREAD_HINT}")
         raise TransferError(f"{data_dir} has no images in its class folders")
+    for name in folders:
+        if not found[name]:
+            unread = unread_summary([str(data_dir / name / rel) for rel in
+                                     pipelines.unread_photos(data_dir / name)])
+            raise TransferError(no_class_images(data_dir / name, (
+                f"it holds only {unread}, which transfer cannot read; {UNREAD_HINT}"
+                if unread else "it holds no images")))
     return files
+
+
+def no_class_images(folder: Path, why: str) -> str:
+    """The refusal of a class folder with no image to score: the accuracy would be the other
+    classes' alone (it was, with exit 0, when a class held only photos that were skipped)."""
+    return (f"class folder {folder} has no image transfer can read: {why}. Its class would "
+            "go unmeasured and the accuracy be the other classes' alone; add photos it can "
+            "read, or move the folder out of the data folder to evaluate the others")
+
+
+def class_images(folder: Path) -> list[Path]:
+    """The images of one class folder, as training lists them (``pipelines.image_files``),
+    and the files named as formats the reader does not take that Pillow opens all the same
+    (a JPEG renamed .heic: ``constants.unread_file``), sorted by their path in the folder."""
+    named = [folder / rel for rel in pipelines.unread_photos(folder)]
+    opened = [path for path in named if unread_file(path) is None]
+    return sorted(pipelines.image_files(folder) + opened,
+                  key=lambda p: p.relative_to(folder).as_posix())
+
+
+def unscored(data_dir: Path, files: list[tuple[Path, int]], labels: list[int],
+             skipped: list[dict[str, str]]) -> None:
+    """TransferError naming the first class folder of ``data_dir`` whose files were all
+    skipped (``labels``: the classes of the images read; ``skipped``: what was not), said as
+    many as they were, their reasons warned above."""
+    for label in sorted({label for _, label in files} - set(labels)):
+        path = next(path for path, cls in files if cls == label)
+        folder = Path(data_dir) / path.relative_to(data_dir).parts[0]
+        count = sum(Path(item["file"]).is_relative_to(folder) for item in skipped)
+        files_were = "its one file was" if count == 1 else f"its {count} files were all"
+        raise TransferError(no_class_images(folder, f"{files_were} skipped (the reasons are "
+                                                    "above)"))
 
 
 def _class_index(class_names: list[str]) -> dict[str, int]:
@@ -128,8 +174,10 @@ def unread_in(data_dir: Path, class_names: list[str]) -> list[dict[str, str]]:
     folders = sorted(p.name for p in Path(data_dir).iterdir() if p.is_dir()
                      and unicodedata.normalize("NFC", p.name) in index) \
         if Path(data_dir).is_dir() else []
-    return [{"file": str(data_dir / name / rel), "reason": unread_reason(Path(rel))}
-            for name in folders for rel in pipelines.unread_photos(data_dir / name)]
+    named = [data_dir / name / rel for name in folders
+             for rel in pipelines.unread_photos(data_dir / name)]
+    reasons = {path: unread_reason(path) for path in named}  # a JPEG renamed .heic: read
+    return [{"file": str(path), "reason": reasons[path]} for path in named if reasons[path]]
 
 
 def bundle_images(meta: dict, which: str) -> list[tuple[Path, int]] | None:
@@ -340,6 +388,8 @@ def _evaluate(s: EvaluateSettings, reporter: Reporter, classifier: BundleClassif
         reporter.warn(f"skipped {item['file']}: {item['reason']}")
     if not kept:
         raise TransferError(f"no readable image in {data_dir}")
+    if not in_memory:
+        unscored(data_dir, files, labels, skipped)
     seen = seen_in_training(model, kept, [names[label] for label in labels])
     if seen:
         reporter.warn(f"{seen} of the {len(kept)} images are this model's training images "

@@ -198,11 +198,18 @@ UNREAD_BRANDS = {**dict.fromkeys((b"heic", b"heix", b"hevc", b"hevx", b"heim", b
 
 
 def unread_kind(source) -> str | None:
-    """"HEIC (an iPhone's photos)" or "AVIF" when ``source`` (a path, bytes or a seekable file)
-    holds such a photo by its first bytes, whatever it is named (an upload, a photo renamed
-    .jpg); else None."""
+    """"HEIC (an iPhone's photos)" (or "AVIF", when this Pillow does not read it) when
+    ``source`` (a path, bytes or a seekable file) holds such a photo by its first bytes,
+    whatever it is named (an upload, a photo renamed .jpg); else None."""
     from transfer.constants import UNREAD_PHOTOS
 
+    suffix = _brand_suffix(source)
+    return UNREAD_PHOTOS.get(suffix) if suffix else None  # AVIF: none when Pillow reads it
+
+
+def _brand_suffix(source) -> str | None:
+    """".heic" or ".avif" when ``source`` (a path, bytes or a seekable file) is such an ISO
+    base media file by its "ftyp" box, else None."""
     try:
         if isinstance(source, bytes | bytearray | memoryview):
             head = bytes(source[:12])
@@ -218,8 +225,7 @@ def unread_kind(source) -> str | None:
             return None
     except (OSError, ValueError):
         return None
-    suffix = UNREAD_BRANDS.get(head[8:12]) if head[4:8] == b"ftyp" else None
-    return UNREAD_PHOTOS[suffix] if suffix else None
+    return UNREAD_BRANDS.get(head[8:12]) if head[4:8] == b"ftyp" else None
 
 
 @contextlib.contextmanager
@@ -234,19 +240,43 @@ def _pillow_errors(source=None):
         yield
     except UnidentifiedImageError:
         kind = unread_kind(source) if source is not None else None
-        if kind:
-            raise ImageError(unread_line(kind)) from None
+        if kind or _named_unread(source):
+            raise ImageError(unread_line(kind or _named_unread(source))) from None
+        if source is not None and _brand_suffix(source) == ".avif":  # and Pillow reads AVIF
+            raise ImageError("corrupt or truncated image (an AVIF that Pillow, which reads "
+                             "AVIF, cannot decode)") from None
         raise ImageError("not an image (Pillow cannot identify it)") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(f"too large to decode safely ({exc})") from None
     except OSError as exc:
         if exc.errno is not None:  # the file system's (no access...), not the decoder's
             raise ImageError(f"cannot be read ({exc.strerror})") from None
+        _raise_named_unread(source)
         raise ImageError(f"corrupt or truncated image ({exc})") from None
     except NotImplementedError as exc:  # a variant of a format Pillow knows but cannot decode
+        _raise_named_unread(source)
         raise ImageError(f"a kind of image Pillow cannot decode ({exc})") from None
     except (SyntaxError, ValueError, EOFError, struct.error) as exc:
+        _raise_named_unread(source)
         raise ImageError(f"corrupt or truncated image ({exc or type(exc).__name__})") from None
+
+
+def _named_unread(source) -> str | None:
+    """The format a path's name says when the reader does not take it (HEIC, camera raw), or
+    None: said when Pillow could not use the file (a file so named that it reads is read)."""
+    from transfer.constants import unread_photo
+
+    return unread_photo(os.fspath(source)) if isinstance(source, str | os.PathLike) else None
+
+
+def _raise_named_unread(source) -> None:
+    """ImageError in ``unread_line``'s words when Pillow failed on a file named as a format the
+    reader does not take (a camera's raw file, a TIFF by its header that does not decode)."""
+    from transfer.constants import unread_line
+
+    kind = _named_unread(source)
+    if kind:
+        raise ImageError(unread_line(kind)) from None
 
 
 LINK_LOOP = "a symbolic link loop (it leads back to itself)"  # what the reader says of one
@@ -393,6 +423,17 @@ def check_header(source) -> None:
 
     with _pillow_errors(source), _opened(_readable(source), drafted=True):
         pass  # a JPEG is decoded in draft mode by every read that probes it first
+
+
+def header_format(source) -> str | None:
+    """The format Pillow names ``source`` (a path or bytes) by its header ("JPEG", "AVIF"),
+    or None when Pillow cannot open it (no such file, zero bytes, a format it does not know:
+    ``check_header``'s refusals). No pixel is decoded."""
+    try:
+        with _pillow_errors(), _opened(_readable(source), drafted=True) as image:
+            return image.format
+    except ImageError:
+        return None
 
 
 def decode_whole(readable, largest: int) -> tuple[str | None, tuple[int, int]]:

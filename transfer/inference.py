@@ -54,8 +54,8 @@ from transfer.constants import (
     is_ignored_folder,
     is_image_name,
     is_own_picture,
+    unread_file,
     unread_line,
-    unread_photo,
 )
 from transfer.errors import TransferError
 from transfer.files import images_under, photos_under
@@ -137,11 +137,14 @@ def _rows_of(text: str, path: Path) -> list[tuple[str, Path | None, str | None]]
     rows: list[tuple[str, Path | None, str | None]] = []
     if path.is_dir():
         unlisted: list[tuple[str, OSError]] = []  # folders that cannot be listed: a row each
-        found, unread = photos_under(path, unlisted)  # one walk
-        if not found and not unread and not unlisted:
+        found, named_unread = photos_under(path, unlisted)  # one walk
+        if not found and not named_unread and not unlisted:
             rows.append((text, None, "folder has no images"))
-        rows.extend((str(p), p, None) for p in found)
-        rows.extend((str(p), None, unread_reason(p)) for p in unread)
+        reasons = {p: unread_reason(p) for p in named_unread}  # a JPEG named .heic is read
+        unread = [p for p in named_unread if reasons[p]]
+        rows.extend((str(p), p, None) for p in sorted(
+            found + [p for p in named_unread if not reasons[p]]))
+        rows.extend((str(p), None, reasons[p]) for p in unread)
         rows.extend(_unreadable_row(str(path / rel), exc) for rel, exc in unlisted)
     elif path.exists() or not glob.has_magic(text):  # missing: said when it is opened
         rows.append(_file_row(text, path) if path.is_file() else (text, path, None))
@@ -167,8 +170,10 @@ def _file_row(name: str, path: Path) -> tuple[str, Path | None, str | None]:
 
 def unread_reason(path: Path) -> str | None:
     """Why a photo in a format the reader does not take (HEIC, camera raw) gets no answer, the
-    same words for a file named, globbed or found in a folder; None for other files."""
-    kind = unread_photo(path.name)
+    same words for a file named, globbed or found in a folder; None for other files, and for
+    a file so named that Pillow opens (a JPEG renamed .heic: it was refused by its name while
+    its bytes classified fine). ``constants.unread_file`` decides, as for every listing."""
+    kind = unread_file(path)
     return unread_line(kind) if kind else None
 
 
