@@ -204,3 +204,20 @@ def test_an_unknown_augment_setting_from_python_is_one_error():
                                             r"enabled, rotation"):
         TrainSettings(augment={"bogus": 1, "rotation": 10})
     assert TrainSettings(augment={"rotation": 10}).augment == Augment(rotation=10)
+
+
+def test_train_refuses_more_epochs_than_any_run_goes(tmp_path):
+    """--epochs 1000000 was taken (early stopping ended the run at epoch 67, after building
+    every epoch's order: 788 MB); a CNN from scratch, which watches only its second half,
+    would train for days. Above MAX_EPOCHS it is one line before any work."""
+    from transfer.settings import MAX_EPOCHS
+
+    for folder in ("ph/cats", "ph/dogs"):
+        (tmp_path / folder).mkdir(parents=True)
+    assert TrainSettings(data_dir=tmp_path / "ph", epochs=MAX_EPOCHS).validated().epochs == \
+        MAX_EPOCHS
+    for base in ("mobilenet", "scratch"):
+        with pytest.raises(TransferError, match=rf"^--epochs must be at most {MAX_EPOCHS}, not "
+                                                rf"1000000: early stopping ends a run long "
+                                                "before"):
+            TrainSettings(data_dir=tmp_path / "ph", base=base, epochs=1_000_000).validated()

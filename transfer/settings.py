@@ -55,6 +55,11 @@ RECIPES = {
     "scratch-seeds": {"epochs": 10, "learning_rate": 1e-3, "patience": 3,
                       "lr_schedule": "constant"},
 }
+# train's --epochs at most: far more than any run goes (early stopping ends a frozen base's
+# head after tens of epochs, a CNN from scratch's recipe is 24); a larger number is a typo,
+# and the CNN from scratch, which watches only the second half of its epochs, would run
+# for days before early stopping may end it
+MAX_EPOCHS = 100_000
 INVERT = ("auto", "yes", "no")
 MNIST_DATASETS = ("mnist", "fashion")
 MNIST_ARCHS = ("cnn", "tiny")
@@ -592,6 +597,10 @@ class TrainSettings(Settings):
         filled = self.replace(**{k: v for k, v in RECIPES[self.recipe()].items()
                                  if getattr(self, k) is None})
         at_least("epochs", filled.epochs, 1)
+        if filled.epochs > MAX_EPOCHS:
+            raise TransferError(f"--epochs must be at most {MAX_EPOCHS}, not {filled.epochs}: "
+                                "early stopping ends a run long before (a frozen base's head "
+                                "after tens of epochs); to let it decide, 1000 is plenty")
         at_least("batch_size", self.batch_size, 1)
         positive("learning_rate", filled.learning_rate)
         at_least("patience", filled.patience, 0)
