@@ -624,6 +624,33 @@ def test_a_large_16_bit_scan_is_read_in_bands_with_the_same_pixels(tmp_path, mon
             assert peak < 16 * 2**20, peak
 
 
+def test_a_12_bit_scan_in_a_16_bit_file_keeps_its_grey_levels(tmp_path):
+    """A real photo as 12-bit data (0-4080) in a 16-bit PNG and TIFF, as medical and
+    microscope scans are stored, was divided by 65535: 16 grey levels, nearly black. It is
+    scaled from 4095, within a level of the 8-bit photo, the same for training's reader
+    (pipelines.read_rgb) and predict's (model_input); full 16-bit data still from 65535."""
+    from transfer import pipelines
+
+    flowers = require_asset("data/flowers/daisy")
+    with Image.open(sorted(flowers.iterdir())[0]) as photo:
+        grey = np.asarray(photo.convert("L"))
+    Image.fromarray(grey).save(tmp_path / "eight.png")
+    Image.fromarray(grey.astype("uint16") * 16).save(tmp_path / "twelve.png")  # 0-4080
+    Image.fromarray(grey.astype("uint16") * 16).save(tmp_path / "twelve.tif")
+    Image.fromarray(grey.astype("uint16") * 257).save(tmp_path / "sixteen.png")  # 0-65535
+    eight = np.asarray(images.to_rgb(images.open_image(tmp_path / "eight.png")), "int16")
+    for name in ("twelve.png", "twelve.tif", "sixteen.png"):
+        with Image.open(tmp_path / name) as deep:
+            assert deep.mode.startswith("I;16"), deep.mode
+        read = np.asarray(images.to_rgb(images.open_image(tmp_path / name)), "int16")
+        assert np.abs(read - eight).max() <= 1, name
+        assert len(np.unique(read)) >= len(np.unique(grey)) - 1, name
+        np.testing.assert_array_equal(
+            pipelines.read_rgb(tmp_path / name, 96),
+            images.model_input(tmp_path / name, {"image_size": 96})[0].astype("uint8"))
+    assert images.high_bit_top("I;16", 4095) == 4095 and images.high_bit_top("I;16", 4096) == 65535
+
+
 def test_photos_in_memory_of_every_kind_read_as_their_files(tmp_path):
     """A transparent palette image opened with Pillow is composited onto white as its file is
     (TIFF would drop its transparency); 16-bit grey arrays are 0-65535; booleans and a Pillow

@@ -13,8 +13,8 @@ goes through here, and what "the model's input" means comes from the bundle's ``
 
 Conversions: EXIF orientation is applied (phone photos); transparency (RGBA, LA, palette with
 a transparent colour) is composited onto white; CMYK, palette, 1-bit and 16-bit grayscale are
-converted; an animated image gives its first frame. A file that cannot be used raises
-``ImageError`` with the reason.
+converted (12-bit data in a 16-bit file scaled from 4095: ``high_bit_top``); an animated
+image gives its first frame. A file that cannot be used raises ``ImageError`` with the reason.
 
 Training reads through the same steps (``transfer.pipelines.read_rgb``: ``open_image`` with
 JPEG draft mode at the size, then Pillow's bilinear resize, for both pipelines and the feature
@@ -457,15 +457,34 @@ def _has_alpha(image) -> bool:
 HIGH_BIT_ROWS_PIXELS = 2**20  # pixels scaled at a time: 8 MB of float64, whatever the image
 
 
+TWELVE_BIT = 4095  # the largest value of 12-bit data (medical and microscope scans)
+
+
+def high_bit_top(mode: str, high: float) -> float:
+    """The value a grey image of ``mode`` whose largest value is ``high`` is scaled from to
+    255 (``_from_high_bit_depth``): a float image by its own largest value; an integer one
+    within 0-255 in a 32-bit image ("I": a PGM of 8-bit values) as it is; data that fits 12
+    bits (at most 4095: a 12-bit scan, which medical and microscope cameras store in 16-bit
+    PNG and TIFF) from 4095; a 16-bit image from 65535. A 12-bit scan divided by 65535 kept
+    16 grey levels of 4096, nearly black. Decided by each image alone, and the same for
+    every command (one reader): a 16-bit photo darker than 4095 everywhere (1/16 of full
+    brightness) is brightened as if it were 12-bit."""
+    if mode == "F":
+        return max(float(high), 1.0)
+    if mode == "I" and high <= 255:
+        return 255.0
+    return float(TWELVE_BIT) if high <= TWELVE_BIT else 65535.0
+
+
 def _from_high_bit_depth(image):
-    """16/32-bit integer or float grayscale -> 8-bit, scaled by its own range. A band of rows
-    at a time: a 12000 x 9000 16-bit scan took three float64 copies of itself (2.6 GB)."""
+    """16/32-bit integer or float grayscale -> 8-bit, scaled from the top its values say
+    (``high_bit_top``: 4095 for 12-bit data, 65535 for 16-bit, a float image's own largest
+    value). A band of rows at a time: a 12000 x 9000 16-bit scan took three float64 copies
+    of itself (2.6 GB)."""
     from PIL import Image
 
     array = np.asarray(image)  # at its own width (uint16, int32, float32)
-    top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-    if image.mode == "F":
-        top = max(float(array.max()), 1.0)
+    top = high_bit_top(image.mode, float(array.max(initial=0)))
     out = np.empty(array.shape, "uint8")
     rows = max(1, HIGH_BIT_ROWS_PIXELS // max(1, array.shape[1]))
     for start in range(0, array.shape[0], rows):
