@@ -7,6 +7,7 @@ is one TransferError naming the option, raised before anything is read or writte
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -221,3 +222,27 @@ def test_train_refuses_more_epochs_than_any_run_goes(tmp_path):
                                                 rf"1000000: early stopping ends a run long "
                                                 "before"):
             TrainSettings(data_dir=tmp_path / "ph", base=base, epochs=1_000_000).validated()
+
+
+def test_train_dir_without_validate_dir_validates_on_the_folder_beside_it(tmp_path,
+                                                                          monkeypatch):
+    """`transfer train --train-dir pets/train` validated on ./data/validate (the tour's
+    photos) though pets/validate sat beside it. The validation folder beside --train-dir (any
+    name of VALIDATE_FOLDERS) is used; --data-dir's only when none is there; the training
+    folder itself is never its own validation folder."""
+    monkeypatch.chdir(tmp_path)
+    for folder in ("pets/train/cats", "pets/Val/cats", "data/train/cats", "data/validate/cats",
+                   "lone/train/cats", "odd/valid/cats", "odd/valid/dogs"):
+        Path(folder).mkdir(parents=True)
+    resolved = TrainSettings(train_dir=Path("pets/train")).resolved()
+    assert resolved.validate_dir == Path("pets/Val")
+    assert TrainSettings(train_dir="lone/train").resolved().validate_dir == \
+        Path("data/validate")
+    # --data-dir alone, and --validate-dir given, as before
+    assert TrainSettings().resolved().validate_dir == Path("data/validate")
+    assert TrainSettings(train_dir="pets/train", validate_dir="data/validate").resolved(
+    ).validate_dir == Path("data/validate")
+    # a training folder named valid/ is not its own validation folder: with --data-dir's
+    # folder gone it is split in memory, not refused as "the same photos"
+    shutil.rmtree("data")
+    assert TrainSettings(train_dir="odd/valid").validated().validate_dir is None

@@ -1367,3 +1367,34 @@ def test_a_model_trained_with_no_flip_tells_a_photo_from_its_mirror_image(tiny_s
     probs = model.predict(pixels, verbose=0)
     mirrored = model.predict(np.ascontiguousarray(pixels[:, :, ::-1]), verbose=0)
     assert np.abs(probs - mirrored).max() > 1e-3, "a photo and its mirror get one answer"
+
+
+def test_train_dir_alone_validates_beside_it_and_says_where(tiny_split, tmp_path, monkeypatch):
+    """--train-dir pets/train without --validate-dir validated on ./data/validate, unrelated
+    photos, though pets/validate sat beside it, and nothing said so. The folder beside it is
+    used and the data line says so; a validation folder taken from --data-dir instead (none
+    beside) is a warning."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_split, "pets", ignore=shutil.ignore_patterns(".cache"))
+    shutil.copytree(tiny_split / "validate", "data/validate")  # the tour's, say
+    shutil.rmtree("data/validate/cats/", ignore_errors=True)
+    shutil.copytree(tiny_split / "train/cats", "data/validate/cats")  # other photos
+    reporter = Recorder()
+    result = train(hp(Path("data"), tmp_path, train_dir=Path("pets/train"), epochs=1),
+                   reporter)
+    assert result.meta["data"]["validate_dir"] == "pets/validate"
+    assert result.counts["validate"] == {"cats": 6, "dogs": 6}
+    assert reporter.infos[0].startswith("data: pets/train and pets/validate (the validation "
+                                        "folder beside it); 24 train + 12 validate"), \
+        reporter.infos[0]
+    assert not any("validating on" in w for w in reporter.warnings)
+    shutil.move("pets/validate", "elsewhere")
+    reporter = Recorder()
+    result = train(hp(Path("data"), tmp_path, train_dir=Path("pets/train"), epochs=1,
+                      output=tmp_path / "models/away"), reporter)
+    assert result.meta["data"]["validate_dir"] == "data/validate"
+    assert reporter.infos[0].startswith("data: pets/train and data/validate (found under "
+                                        "--data-dir data)"), reporter.infos[0]
+    assert ("validating on data/validate, which is not beside --train-dir pets/train (no "
+            "validation folder there): check they are photos of the same things, or give "
+            "--validate-dir") in reporter.warnings

@@ -440,7 +440,8 @@ class TrainSettings(Settings):
 
     data_dir: Path = Path("data")  # train/ + validate/, or class folders split in memory
     train_dir: Path | None = None  # default: <data_dir>/train when it exists
-    validate_dir: Path | None = None  # default: <data_dir>/validate (validation, val, valid)
+    # default: the validate/ (validation/, val/, valid/) beside train_dir, else data_dir's
+    validate_dir: Path | None = None
     validation_split: float = 0.2  # of each class, when data_dir holds the class folders
     base: str = "inception"
     alpha: float = 1.0
@@ -514,9 +515,13 @@ class TrainSettings(Settings):
         recipe = RECIPES[self.recipe()] if self.base else RECIPES["frozen"]
         filled = {key: value for key, value in recipe.items() if getattr(self, key) is None}
         train_dir = folder(self.train_dir, TRAIN_FOLDERS)
-        # without a train split, valid/ or val/ is a class (a valid/invalid classifier)
-        validate_dir = (folder(self.validate_dir, VALIDATE_FOLDERS) if train_dir is not None
-                        else self.validate_dir and Path(self.validate_dir))
+        if self.validate_dir is not None:
+            validate_dir = Path(self.validate_dir)
+        elif train_dir is None:  # without a train split, valid/ or val/ is a class
+            validate_dir = None
+        else:
+            validate_dir = self.validate_beside(train_dir) or split_folder(data_dir,
+                                                                           VALIDATE_FOLDERS)
         return self.replace(
             data_dir=data_dir,
             train_dir=train_dir,
@@ -525,6 +530,18 @@ class TrainSettings(Settings):
             output=Path(self.output) if self.output is not None else None,
             tensorboard=Path(self.tensorboard) if self.tensorboard is not None else None,
             **filled)
+
+    @staticmethod
+    def validate_beside(train_dir) -> Path | None:
+        """The validation folder beside ``train_dir`` (any name of VALIDATE_FOLDERS, in any
+        case, holding class folders), not ``train_dir`` itself: what a run given --train-dir
+        and no --validate-dir validates on (``--train-dir pets/train`` validated on
+        ./data/validate, the tour's photos, while pets/validate sat beside it)."""
+        train = Path(train_dir)
+        found = split_folder(train.absolute().parent, VALIDATE_FOLDERS)
+        if found is None or found.resolve() == train.resolve():
+            return None
+        return train.parent / found.name  # as the user wrote the training folder's path
 
     def preview_folder(self) -> Path:
         """Where --preview-augment writes its picture: the data folder, or the folder holding

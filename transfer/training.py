@@ -342,7 +342,11 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
             without --force, weights that cannot be found.
     """
     started = time.perf_counter()
-    settings = given(settings, TrainSettings, "train").validated()
+    settings = given(settings, TrainSettings, "train")
+    # --train-dir without --validate-dir: the validation folder is looked for (beside it, else
+    # under --data-dir), and the data line says where it was found
+    looked_for = settings.train_dir is not None and settings.validate_dir is None
+    settings = settings.validated()
     reporter = reporter or Reporter()
     # read while no fetch-data writes a split there (and none starts until the run ends):
     # the data folder, or --train-dir and --validate-dir and the folders holding them
@@ -355,7 +359,7 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
                 held.enter_context(exclusive(folder, f"fetch-data is writing the split in "
                                                      f"{folder}; wait for it to end, then "
                                                      "train", shared=True))
-        return _train(settings, reporter, started)
+        return _train(settings, reporter, started, looked_for)
 
 
 def kept_for_a_rerun(run) -> str:
@@ -386,9 +390,10 @@ def chiefs_check(run, cluster) -> None:
         raise TransferError(problem if cluster.chief else f"the chief stopped: {problem}")
 
 
-def _train(settings: TrainSettings, reporter: Reporter, started: float) -> TrainResult:
+def _train(settings: TrainSettings, reporter: Reporter, started: float,
+           looked_for: bool = False) -> TrainResult:
     run = plan(settings)
-    report_data(run, reporter)
+    report_data(run, reporter, validate_looked_for=looked_for)
     if not run.use_cache:
         # the base runs every epoch on the images: decode each once first, so that unreadable
         # files are known (and a class left too small is refused) before any epoch
@@ -699,15 +704,28 @@ def _beside_the_splits(run: RunPlan) -> list[str]:
             and d.name.lower() not in TEST_FOLDERS and pipelines.image_files(d)]
 
 
-def report_data(run: RunPlan, reporter: Reporter) -> None:
+def report_data(run: RunPlan, reporter: Reporter, validate_looked_for: bool = False
+                ) -> None:
     """One line on the data (where, how split, images per class and split) and a warning for
-    classes under constants.FEW_IMAGES images or far from balanced."""
+    classes under constants.FEW_IMAGES images or far from balanced. ``validate_looked_for``:
+    --train-dir was given without --validate-dir (the line says which folder was found; one
+    not beside the training folder, --data-dir's, is a warning)."""
     counts = run.counts
+    elsewhere = None  # a validation folder found away from --train-dir: said after the line
     if run.split == "in-memory":
         how = (f"{run.root}: class folders split in memory (validation "
                f"{run.settings.validation_split:g}, seed {run.settings.seed})")
     else:
         how = f"{run.settings.train_dir} and {run.settings.validate_dir}"
+        if validate_looked_for:
+            train_dir, validate_dir = Path(run.settings.train_dir), Path(run.settings.validate_dir)
+            if validate_dir.absolute().parent == train_dir.absolute().parent:
+                how += " (the validation folder beside it)"
+            else:
+                how += f" (found under --data-dir {run.settings.data_dir})"
+                elsewhere = (f"validating on {validate_dir}, which is not beside --train-dir "
+                             f"{train_dir} (no validation folder there): check they are photos "
+                             "of the same things, or give --validate-dir")
         split = run.settings.validation_split
         if split != TrainSettings.validation_split:  # given, and meaningless here
             reporter.warn(f"--validation-split {split:g} unused: the photos are split into "
@@ -719,6 +737,8 @@ def report_data(run: RunPlan, reporter: Reporter) -> None:
         per_class += f" and {len(run.names) - len(shown)} more classes (meta.json data.counts)"
     reporter.info(f"data: {how}; {sum(counts['train'].values())} train + "
                   f"{sum(counts['validate'].values())} validate images ({per_class})")
+    if elsewhere:
+        reporter.warn(elsewhere)
     for line in unused_options(run):
         reporter.warn(line)
     beside = _beside_the_splits(run)
