@@ -1398,3 +1398,21 @@ def test_train_dir_alone_validates_beside_it_and_says_where(tiny_split, tmp_path
     assert ("validating on data/validate, which is not beside --train-dir pets/train (no "
             "validation folder there): check they are photos of the same things, or give "
             "--validate-dir") in reporter.warnings
+
+
+def test_a_validate_folder_missing_a_class_is_a_mismatch_not_one_class(tiny_split, tmp_path):
+    """p3/train/{cats,dogs} with p3/validate/cats alone: "p3/validate has one class (cats); a
+    classifier needs at least two class subfolders", which hid the folder missing. Now it is
+    the mismatch message, and the validation folder's own checks still come after."""
+    from transfer.training import plan
+
+    data = tmp_path / "p3"
+    shutil.copytree(tiny_split, data, ignore=shutil.ignore_patterns(".cache"))
+    shutil.rmtree(data / "validate/dogs")
+    with pytest.raises(TransferError, match=re.escape(
+            f"class folders differ: {data / 'train'} has ['cats', 'dogs'], "
+            f"{data / 'validate'} has ['cats']")):
+        plan(hp(data, tmp_path).validated())
+    (data / "validate/dogs").mkdir()  # the same classes, one without photos
+    with pytest.raises(TransferError, match=r"^class folder .*validate/dogs has no images"):
+        plan(hp(data, tmp_path).validated())

@@ -165,8 +165,7 @@ def class_names(directory: Path) -> list[str]:
         raise TransferError(f"no data folder {directory}: run `transfer fetch-data` first, or "
                             "give --data-dir a folder of class folders (e.g. my_photos/daisy/"
                             "1.jpg, my_photos/roses/2.jpg)")
-    names = sorted(p.name for p in directory.iterdir()
-                   if p.is_dir() and not is_ignored_folder(p.name))
+    names = class_folders(directory)
     if not names:
         raise TransferError(f"{directory} has no class subfolders: run `transfer fetch-data` "
                             "first, or give a folder with one subfolder per class")
@@ -192,6 +191,15 @@ def class_names(directory: Path) -> list[str]:
             raise TransferError(f"class folder {directory / name} has no images" + (
                 f" it can read: it holds {unread}; {UNREAD_HINT}" if unread else ""))
     return names
+
+
+def class_folders(directory: Path) -> list[str]:
+    """The sorted names of ``directory``'s class folders (hidden, system and ``__MACOSX``
+    folders left out), none checked: what ``class_names`` checks, and what a validation
+    folder is compared with the training folder by before its own checks (a validate/ holding
+    cats/ alone, beside a train/ of cats/ and dogs/, is a mismatch, not "one class")."""
+    return sorted(p.name for p in Path(directory).iterdir()
+                  if p.is_dir() and not is_ignored_folder(p.name))
 
 
 def unread_photos(folder: Path) -> list[str]:

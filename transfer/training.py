@@ -294,7 +294,12 @@ def plan(settings: TrainSettings) -> RunPlan:
     else:
         root = Path(hp.train_dir).parent
         names = pipelines.class_names(hp.train_dir)
-        val_names = pipelines.class_names(hp.validate_dir)
+        # compared before the validation folder's own checks: its one class of two is a
+        # mismatch ("p3/validate has one class" hid which class was missing)
+        listed = (pipelines.class_folders(hp.validate_dir) if Path(hp.validate_dir).is_dir()
+                  else [])
+        val_names = (listed if listed and listed != names
+                     else pipelines.class_names(hp.validate_dir))
         if val_names != names:
             raise TransferError(f"class folders differ: {hp.train_dir} has {names}, "
                                 f"{hp.validate_dir} has {val_names}")
