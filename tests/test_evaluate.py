@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -476,6 +477,47 @@ def test_relative_folders_are_found_from_a_notebook_one_folder_down(trained_bund
     (copy / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(TransferError, match="validation folder data/validate is missing"):
         evaluate(Path("../models/run"), force=True)
+
+
+def test_the_same_evaluation_from_another_folder_replaces_its_outputs(trained_bundle,
+                                                                     small_split, tmp_path,
+                                                                     monkeypatch):
+    """`cd notebooks; transfer evaluate --model ../models/latest` was refused "already has
+    report.json ... from another evaluation; use --force" after the same evaluation from the
+    project folder: report.json's data_dir ("data/test") was compared from the new folder.
+    It also records the folder's absolute path; an older report (the relative path alone) is
+    read from the folder it ran in. A report.json transfer never wrote is said as such."""
+    project = tmp_path / "project"
+    (project / "notebooks").mkdir(parents=True)
+    (project / "data").symlink_to(small_split, target_is_directory=True)
+    shutil.copytree(trained_bundle.bundle, project / "models/run")
+    (project / "models/latest").symlink_to("run")
+    monkeypatch.chdir(project)
+    first = evaluate(Path("models/latest"), data_dir=Path("data/test")).report
+    monkeypatch.chdir(project / "notebooks")
+    again = evaluate(Path("../models/latest"), data_dir=Path("../data/test")).report
+    assert again["accuracy"] == first["accuracy"]
+    assert first["data_dir"] == "data/test"  # as given: the file stays readable
+    assert first["data_dir_absolute"] == str(project / "data/test")
+    # a report.json from before data_dir_absolute: its data_dir from where it ran
+    report = project / "models/run/report.json"
+    older = {key: value for key, value in first.items() if key != "data_dir_absolute"}
+    report.write_text(json.dumps(older))
+    evaluate(Path("../models/latest"), data_dir=Path("../data/test"))
+    report.write_text(json.dumps(older))
+    with pytest.raises(TransferError, match="from another evaluation; use --force"):
+        evaluate(Path("../models/latest"), data_dir=Path("../data/validate"))
+    # a file of that name that transfer did not write: what it is, not "another evaluation"
+    for text, why in (("my notes", "not JSON, or unreadable"),
+                      ('{"notes": "mine"}', 'no "kind": "transfer-evaluate" in it')):
+        mine = project / "mine"
+        mine.mkdir(exist_ok=True)
+        (mine / "report.json").write_text(text)
+        with pytest.raises(TransferError, match=r"^\.\./mine already has report\.json; its "
+                           r"report\.json is not one transfer wrote \(" + re.escape(why)
+                           + r"\); use --force"):
+            evaluate(Path("../models/latest"), data_dir=Path("../data/test"), output="../mine")
+        assert (mine / "report.json").read_text() == text
 
 
 def test_a_training_image_is_known_by_its_bytes_not_its_name(trained_bundle, tmp_path):

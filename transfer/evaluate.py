@@ -291,19 +291,54 @@ def _check_outputs(output: Path, data_dir: Path, model: Path, force: bool,
         # the bundle itself, not the name it was given (models/latest moves on)
         before = previous.get("bundle") or previous.get("model")
         evaluated = previous.get("kind") == "transfer-evaluate"
-        same = (evaluated and _same_folder(data_dir, previous.get("data_dir"))
+        same = (evaluated and any(_same_folder(data_dir, earlier)
+                                  for earlier in earlier_data_dirs(previous))
                 and _same_folder(model, before)
                 # the validation split of a folder is not the whole folder
                 and previous.get("subset") == subset)
-    except (OSError, ValueError, AttributeError):
-        evaluated = same = False
+    except (OSError, ValueError, AttributeError, TypeError):
+        previous, evaluated, same = None, False, False
     if a_bundle and not evaluated:  # the bundle's own pictures (transfer mnist's test set)
         raise TransferError(f"{output} holds {', '.join(existing)} of its own training "
                             "(transfer mnist draws its test set's); an evaluation would "
                             "replace them: write it elsewhere with --output DIR")
     if not same and not force:
-        raise TransferError(f"{output} already has {', '.join(existing)} from another "
-                            "evaluation; use --force to replace them or --output DIR")
+        raise TransferError(f"{output} already has {', '.join(existing)}"
+                            f"{_whose(output, previous, evaluated)}; use --force to replace "
+                            "them or --output DIR")
+
+
+def _whose(output: Path, previous, evaluated: bool) -> str:
+    """Whose outputs ``output`` holds, in the refusal to replace them: another evaluation's;
+    or, when its report.json is none (a user's notes of that name), what that file is."""
+    if evaluated:
+        return " from another evaluation"
+    if not (output / REPORT).exists():
+        return f" and no {REPORT} saying which evaluation wrote them"
+    why = ("not JSON, or unreadable" if previous is None
+           else 'no "kind": "transfer-evaluate" in it')
+    return f"; its {REPORT} is not one transfer wrote ({why})"
+
+
+def earlier_data_dirs(previous: dict) -> list[Path]:
+    """Where the data folder of an earlier report.json is: its ``data_dir_absolute`` (written
+    since evaluate from another folder was refused as "another evaluation": ``data_dir`` is
+    as it was given, relative to where that evaluation ran); for an older report, its
+    ``data_dir`` from the folder it ran in (found from its ``model``, relative, and the
+    ``bundle`` that led to), and from here."""
+    data_dir = previous.get("data_dir")
+    if previous.get("data_dir_absolute"):
+        return [Path(previous["data_dir_absolute"])]
+    if not isinstance(data_dir, str) or Path(data_dir).is_absolute():
+        return [Path(data_dir)] if isinstance(data_dir, str) else []
+    found = [Path(data_dir)]
+    model, bundle_dir = previous.get("model"), previous.get("bundle")
+    if isinstance(model, str) and isinstance(bundle_dir, str) and not Path(model).is_absolute():
+        for ran_in in Path(bundle_dir).parents:  # models/latest led to /x/models/mobilenet-...
+            if _same_folder(ran_in / model, bundle_dir):
+                found.append(ran_in / data_dir)
+                break
+    return found
 
 
 def evaluate(settings: EvaluateSettings | Path | None = None, *,
@@ -406,6 +441,8 @@ def _evaluate(s: EvaluateSettings, reporter: Reporter, classifier: BundleClassif
         "bundle": str(model.resolve()),  # the folder itself, whatever link named it
         "base": meta.get("base"),
         "data_dir": str(data_dir),
+        # the same, from anywhere: an evaluation from another folder is recognised as this one
+        "data_dir_absolute": os.path.abspath(data_dir),
         # "validate": the bundle's validation split of data_dir (made in memory at training);
         # None: every image of data_dir's class folders
         "subset": "validate" if in_memory else None,
