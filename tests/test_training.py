@@ -150,9 +150,12 @@ def test_the_cache_is_invalidated_by_files_mtimes_and_weights(own_split, tmp_pat
     assert run() == ("hit", [])
     victim = sorted((own_split / "validate/dogs").iterdir())[0]
     os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))
-    assert run() == ("miss", ["validate"]), "a new mtime must invalidate"
+    # the 24 training features read back, the 12 validation ones computed again
+    assert run() == ("partial: 24 of 36 features read, 12 computed", ["validate"]), \
+        "a new mtime must invalidate"
     shutil.copy(victim, own_split / "train/cats/extra.jpg")
-    assert run() == ("miss", ["train"]), "a new file must invalidate"
+    assert run() == ("partial: 12 of 37 features read, 25 computed", ["train"]), \
+        "a new file must invalidate"
     (own_split / "train/cats/extra.jpg").unlink()
     assert run() == ("hit", [])  # the same files as before: the earlier entry again
     assert run(seed=7) == ("miss", ["train", "validate"]), "other (random) weights"
@@ -1416,3 +1419,33 @@ def test_a_validate_folder_missing_a_class_is_a_mismatch_not_one_class(tiny_spli
     (data / "validate/dogs").mkdir()  # the same classes, one without photos
     with pytest.raises(TransferError, match=r"^class folder .*validate/dogs has no images"):
         plan(hp(data, tmp_path).validated())
+
+
+def test_a_rerun_after_an_interrupted_pass_says_the_cache_was_partly_read(own_split, tmp_path,
+                                                                         monkeypatch):
+    """Ctrl-C in the validation pass of `--seed 3 --augment-copies 2`: the rerun read the two
+    cached training copies and computed the validation features, yet said "feature cache:
+    miss" (meta.json too, where the CLI's line takes it from). It now says how much was read;
+    the next run is a hit, one without the cache a miss."""
+    real, passes = features.run_pass, []
+
+    def interrupted_in_validation(*args, **kwargs):
+        passes.append(kwargs["description"])
+        if "validate" in kwargs["description"]:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    settings = hp(own_split, tmp_path, augment_copies=2, seed=3, epochs=1, engine="tf")
+    monkeypatch.setattr(features, "run_pass", interrupted_in_validation)
+    with pytest.raises(KeyboardInterrupt):
+        train(settings)
+    assert len(passes) == 3  # two training copies, then the validation pass
+    monkeypatch.setattr(features, "run_pass", real)
+    again = train(settings.replace(output=tmp_path / "again"))
+    # 24 training photos twice are read back, the 12 validation photos computed
+    assert again.meta["feature_cache"] == "partial: 48 of 60 features read, 12 computed"
+    saved = json.loads((tmp_path / "again/meta.json").read_text())
+    assert saved["feature_cache"] == again.meta["feature_cache"]
+    assert train(settings.replace(output=tmp_path / "hit")).meta["feature_cache"] == "hit"
+    shutil.rmtree(own_split / ".cache")
+    assert train(settings.replace(output=tmp_path / "miss")).meta["feature_cache"] == "miss"

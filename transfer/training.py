@@ -367,6 +367,23 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
         return _train(settings, reporter, started, looked_for)
 
 
+def pass_images(run: RunPlan) -> int:
+    """The images the feature passes take, each pass counted (every augmented copy of the
+    training photos, and the validation photos): what the cache may hold."""
+    return (len(run.usable("train")) * max(1, run.copies)) + len(run.usable("validate"))
+
+
+def cache_state(cache: str, computed: int, needed: int) -> str:
+    """meta.json's ``feature_cache`` (and the summary line's): "hit" (every pass read from
+    the cache), "miss" (every one computed), "off" (--no-feature-cache), or "partial: R of N
+    features read, C computed" when a pass was read and another computed (a rerun after a
+    Ctrl-C in the pass, --augment-copies raised): it said "miss", as if nothing was read.
+    ``computed``: the images that went through the base; ``needed``: ``pass_images``."""
+    if cache == "miss" and 0 < computed < needed:
+        return f"partial: {needed - computed} of {needed} features read, {computed} computed"
+    return cache
+
+
 def kept_for_a_rerun(run) -> str:
     """What a multi-worker run stopped by a lost worker leaves for the same command to resume
     from, in words ("" for nothing: --no-feature-cache on the frozen route)."""
@@ -422,7 +439,9 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float,
     chief = cluster is None or cluster.chief
     try:
         if run.use_cache:
+            needed = pass_images(run)  # before the pass leaves out what it cannot read
             feats = phases.extract_features(run, built, reporter, cluster, ahead)
+            feats.cache = cache_state(feats.cache, feats.base_images, needed)
             if ahead is not None:
                 ahead.close()  # its buffer is not needed any more
             # the feature pass recorded what it could not read: the chief, which holds every
