@@ -378,6 +378,59 @@ def test_a_first_imagenet_predict_downloads_its_weights_and_stdout_stays_json(re
         "imagenet_class_index.json", "mobilenet_2_5_224_tf.h5"]
 
 
+def test_imagenet_mode_without_its_class_index_offline_fails_before_classifying(real_photos,
+                                                                                tmp_path):
+    """KERAS_HOME holding the weights but not imagenet_class_index.json, offline: every image
+    was classified first, then "cannot read Keras's ImageNet class index". The index is read
+    when the classifier is made: the error comes first, says where to put the file and where
+    it is downloaded from; with the file put there, the same command answers."""
+    import subprocess
+    import sys
+
+    weights = require_asset("keras/models/mobilenet_2_5_224_tf.h5")
+    index = require_asset("keras/models/imagenet_class_index.json")
+    home = tmp_path / "keras-home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / weights.name).symlink_to(weights.resolve())
+    photos = []
+    for name, data in real_photos["dogs"][:3]:
+        (tmp_path / name).write_bytes(data)
+        photos.append(str(tmp_path / name))
+    script = (
+        "import json, sys\n"
+        "import keras.src.applications.imagenet_utils as u\n"
+        "u.CLASS_INDEX_PATH = 'http://127.0.0.1:9/imagenet_class_index.json'  # offline\n"
+        "from transfer import predict\n"
+        "from transfer.errors import TransferError\n"
+        "classified = []\n"
+        "real = predict.classify_files\n"
+        "predict.classify_files = lambda *a, **k: classified.append(1) or real(*a, **k)\n"
+        "try:\n"
+        "    result = predict.predict(sys.argv[1:], imagenet=True, base='mobilenet', "
+        "alpha=0.25)\n"
+        "    print(json.dumps([item.label for item in result.items]))\n"
+        "except TransferError as exc:\n"
+        "    print(json.dumps({'error': str(exc), 'classified': len(classified)}))\n")
+
+    def run():
+        done = subprocess.run([sys.executable, "-c", script, *photos],
+                              env={**os.environ, "KERAS_HOME": str(home)},
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.splitlines()[-1])
+
+    failed = run()
+    assert failed["classified"] == 0, failed  # nothing classified for nothing
+    assert failed["error"].startswith("cannot read Keras's ImageNet class index")
+    assert f"put imagenet_class_index.json into {home / 'models'} (KERAS_HOME)" in \
+        failed["error"]
+    assert failed["error"].endswith("from https://storage.googleapis.com/download."
+                                    "tensorflow.org/data/imagenet_class_index.json")
+    shutil.copy(index, home / "models")  # the way out it names
+    labels = run()
+    assert len(labels) == 3 and all(labels), labels
+
+
 @pytest.mark.parametrize("base", ["inception", "vgg16"])
 def test_imagenet_mode_other_bases_random_weights(base, real_photos, tmp_path):
     """Genuine InceptionV3/VGG16 weights are not on this machine: the same code path with

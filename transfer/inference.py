@@ -394,6 +394,7 @@ class ImageNetClassifier(Classifier):
         self.model = bases.build(self.spec, alpha=self.alpha, weights=weights, include_top=True,
                                  offline_hint="or choose another --base (`transfer bases` "
                                  "lists them)")
+        check_imagenet_class_index()  # offline, every image was classified before it failed
         self.base = base
         width = f" alpha {self.alpha}" if self.spec.has_alpha else ""
         self.name = f"{self.spec.keras_class}{width} (ImageNet)"
@@ -421,9 +422,23 @@ def imagenet_labels(probs: np.ndarray, k: int) -> list[list[dict]]:
     except Exception as exc:
         raise TransferError(
             f"cannot read Keras's ImageNet class index ({exc}); put imagenet_class_index.json "
-            f"into {bases.keras_cache_dir()} (KERAS_HOME)") from exc
+            f"into {bases.keras_cache_dir()} (KERAS_HOME); offline, download it on a machine "
+            f"that is online from {IMAGENET_CLASS_INDEX_URL}") from exc
     return [[{"label": label, "probability": float(p), "synset": synset}
              for synset, label, p in row] for row in decoded]
+
+
+# where Keras downloads it from (keras.applications.imagenet_utils.CLASS_INDEX_PATH)
+IMAGENET_CLASS_INDEX_URL = ("https://storage.googleapis.com/download.tensorflow.org/data/"
+                            "imagenet_class_index.json")
+
+
+def check_imagenet_class_index() -> None:
+    """TransferError (``imagenet_labels``' words: where to put the file) when Keras's ImageNet
+    class index can be neither read from the Keras cache nor downloaded; once read, Keras
+    keeps it for every later call. Checked when an ImageNet classifier is made, before any
+    image is read: offline, every image was classified first and then the run failed."""
+    imagenet_labels(np.zeros((1, 1000), "float32"), 1)
 
 
 def open_classifier(settings: PredictSettings | None = None, *, reporter: Reporter | None = None,
