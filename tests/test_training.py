@@ -216,6 +216,9 @@ def test_early_stopping_restores_the_best_weights(own_split, tmp_path, mobilenet
     assert losses[-1] > min(losses)
     assert m["val_loss"] == pytest.approx(min(losses), rel=1e-5)
     assert m["best_epoch"] == int(np.argmin(losses)) + 1
+    # best_val_accuracy is the saved (lowest-loss) epoch's accuracy, which README and
+    # meta.json's readers take it for; not history.csv's highest (the name is kept)
+    assert m["best_val_accuracy"] == result.history["val_accuracy"][m["best_epoch"] - 1]
 
 
 def test_tensorboard_writes_logs_per_phase(own_split, tmp_path):

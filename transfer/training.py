@@ -927,7 +927,13 @@ def saved_epoch(history: dict, fine_tune_kept: bool = True, watched_from: int = 
 
 def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | None,
                   fit: phases.Fit, validation: phases.Validation, timings: Timings) -> dict:
-    """meta.json of a transfer run (the common fields come from ``bundle.meta``)."""
+    """meta.json of a transfer run (the common fields come from ``bundle.meta``).
+
+    ``metrics.best_val_accuracy`` is the validation accuracy of the saved epoch
+    (``best_epoch``: the lowest validation loss, ``saved_epoch``), not the highest accuracy of
+    history.csv, which an epoch with a higher loss may reach (0.825 at one epoch of the
+    flowers where the saved one had 0.80). Choosing by accuracy would pick an epoch on a
+    handful of validation photos' noise; the name stays, for the readers that use it."""
     hp, base = run.settings, run.base
     val_losses = fit.history.get("val_loss", [])
     tuned = fit.info.get("fine_tune_result")
@@ -949,7 +955,8 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
             "val_loss": validation.loss,
             # the mean of the per-class recalls: what accuracy would be on balanced classes
             "val_balanced_accuracy": validation.balanced_accuracy,
-            # the saved epoch's, as its phase measured it (fine-tuning: on single views)
+            # the saved epoch's (best_epoch: the lowest val_loss), as its phase measured it
+            # (fine-tuning: on single views); NOT history.csv's highest val_accuracy
             "best_val_accuracy": float(accuracies[best_index] if best_index < len(accuracies)
                                        else validation.accuracy),
             "best_epoch": best_index + 1,
