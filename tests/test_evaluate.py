@@ -333,6 +333,21 @@ def test_suspects_csv_lists_the_most_confident_mistakes(flowers5, worst, tmp_pat
         assert image.format == "PNG"
 
 
+def test_worst_zero_draws_no_picture_of_mistakes(trained_bundle, small_split, tmp_path):
+    """`evaluate --worst 0` wrote a blank misclassified.png titled "the 0 most confident of
+    6 mistakes"; none is drawn now, and an earlier evaluation's in that folder is removed
+    (it would pass for this one's)."""
+    out = tmp_path / "out"
+    evaluate(trained_bundle.bundle, data_dir=small_split / "test", output=out)
+    assert (out / "misclassified.png").is_file()
+    report = evaluate(trained_bundle.bundle, data_dir=small_split / "test", output=out,
+                      worst=0).report
+    assert report["worst_mistakes"] == []
+    assert sorted(p.name for p in out.iterdir()) == ["confusion.png", "report.html",
+                                                     "report.json", "suspects.csv"]
+    assert read_suspects(out) == []
+
+
 def test_accuracy_gate_is_recorded_not_raised(trained_bundle, small_split, tmp_path):
     data = small_split / "test"
     accuracy = evaluate(trained_bundle.bundle, data_dir=data,

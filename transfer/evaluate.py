@@ -9,7 +9,8 @@ Images are listed as training lists them (sorted class folders, sorted files) an
 ``transfer.inference`` exactly as ``transfer predict`` reads them, so labels and predictions
 cannot drift apart. Writes
 ``report.json``, ``confusion.png``, ``misclassified.png`` (the ``worst`` most confident
-mistakes: true class, predicted class, probability) and ``suspects.csv`` (the same mistakes,
+mistakes: true class, predicted class, probability; not drawn for ``worst`` 0, and an earlier
+one removed) and ``suspects.csv`` (the same mistakes,
 most confident first: the photos to look at for a wrong label) into the bundle or ``output``.
 
 ``engine`` (``auto``, ``tf`` or ``tflite``) chooses what runs the model; the report records
@@ -58,7 +59,8 @@ from transfer.settings import EvaluateSettings, outside_data
 
 REPORT = "report.json"
 SUSPECTS = "suspects.csv"
-OUTPUTS = (REPORT, "confusion.png", "misclassified.png", SUSPECTS)
+MISCLASSIFIED = "misclassified.png"  # not drawn with worst 0
+OUTPUTS = (REPORT, "confusion.png", MISCLASSIFIED, SUSPECTS)
 SUSPECT_COLUMNS = ("file", "true", "predicted", "predicted_probability", "true_probability")
 
 
@@ -484,20 +486,25 @@ def _evaluate(s: EvaluateSettings, reporter: Reporter, classifier: BundleClassif
     boxes = plots.glyph_warning(names, "confusion.png and misclassified.png")
     if boxes:  # matplotlib draws boxes without a word
         reporter.warn(boxes)
-    with contextlib.ExitStack() as stack:  # all four are renamed into place, or none
-        tmp = {name: stack.enter_context(replacing(output / name)) for name in OUTPUTS}
+    # --worst 0: no picture of mistakes (a blank one said "the 0 most confident of 6")
+    written = [name for name in OUTPUTS if name != MISCLASSIFIED or s.worst > 0]
+    with contextlib.ExitStack() as stack:  # all of them are renamed into place, or none
+        tmp = {name: stack.enter_context(replacing(output / name)) for name in written}
         plots.confusion(matrix, names, tmp["confusion.png"],
                         title=f"{bundle.shown_name(model)} on {where}: accuracy "
                               f"{report['accuracy']:.4f}")
-        plots.image_grid([thumbs[i] for i in wrong],
-                         [f"true {names[y[i]]}\npred {names[predicted[i]]} "
-                          f"{probs[i, predicted[i]]:.2f}" for i in wrong],
-                         tmp["misclassified.png"],
-                         cols=min(10, max(4, math.ceil(math.sqrt(len(wrong))))),
-                         title=(f"the {len(wrong)} most confident of {n_wrong} mistakes"
-                                if n_wrong else "no mistakes"))
+        if MISCLASSIFIED in tmp:
+            plots.image_grid([thumbs[i] for i in wrong],
+                             [f"true {names[y[i]]}\npred {names[predicted[i]]} "
+                              f"{probs[i, predicted[i]]:.2f}" for i in wrong],
+                             tmp[MISCLASSIFIED],
+                             cols=min(10, max(4, math.ceil(math.sqrt(len(wrong))))),
+                             title=(f"the {len(wrong)} most confident of {n_wrong} mistakes"
+                                    if n_wrong else "no mistakes"))
         write_suspects(tmp[SUSPECTS], report["worst_mistakes"])
         write_json(tmp[REPORT], report)
+    if MISCLASSIFIED not in written:  # an earlier evaluation's would pass for this one's
+        (output / MISCLASSIFIED).unlink(missing_ok=True)
     from transfer import report as html_report
 
     html_report.write_quietly(output, reporter, force=s.force, classifier=classifier)
