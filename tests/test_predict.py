@@ -208,6 +208,25 @@ def test_bad_inputs_get_error_rows_and_the_rest_is_predicted(trained_bundle, rea
     assert [i.file for i in twice.items] == ["image 1", "image 2"]
 
 
+def test_an_input_named_twice_is_one_row_errors_too(trained_bundle, real_photos, tmp_path):
+    """`predict img/* img/emptydir` (emptydir in img) gave "folder has no images" twice, and
+    a HEIC photo named and found in its folder two error rows, though each file is taken
+    once (as a photo named twice is): one row each."""
+    img = tmp_path / "img"
+    (img / "emptydir").mkdir(parents=True)
+    (img / "cat.jpg").write_bytes(real_photos["cats"][0][1])
+    (img / "IMG_9.HEIC").write_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic")
+    result = predict.predict([str(img / "*"), img / "emptydir", str(img / "emptydir") + "/",
+                              img / "IMG_9.HEIC", img, str(tmp_path / "none-*.jpg"),
+                              str(tmp_path / "none-*.jpg")], model=trained_bundle.bundle)
+    rows = [(Path(item.file).name, (item.error or "").split(" is not")[0].split(":")[0])
+            for item in result.items]
+    assert rows == [("IMG_9.HEIC", "HEIC (an iPhone's photos)"), ("cat.jpg", ""),
+                    ("emptydir", "folder has no images"),
+                    ("none-*.jpg", "no file matches this pattern")], rows
+    assert result.failed == 3
+
+
 def test_tampered_and_missing_bundles_are_clear_errors(trained_bundle, tmp_path, real_photos):
     photo = tmp_path / "cat.jpg"
     photo.write_bytes(real_photos["cats"][0][1])

@@ -208,18 +208,21 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
 def once(rows: list[tuple[str, object, str | None]]) -> list[tuple[str, object, str | None]]:
     """``gather``'s rows with each file once, however often it is named (a folder and a file
     in it, a folder and its glob, two spellings), as explain does: a photo counted twice was
-    two rows and two in the summary. Photos in memory are each their own."""
+    two rows and two in the summary. So is each error row of a path (``img/*`` and
+    ``img/emptydir``: "folder has no images" twice; a HEIC photo named and in its folder).
+    Photos in memory are each their own."""
     seen: set[str] = set()
     kept = []
     for row in rows:
-        _, image, error = row
-        if error is None and isinstance(image, Path):
+        name, image, error = row
+        path = image if isinstance(image, Path) else name if image is None else None
+        if path is not None:
             # the name made absolute, links not followed: two files linked to one photo (a
             # class folder of links) are two rows, as a folder listing shows them
-            name = os.path.abspath(image)
-            if name in seen:
+            key = os.path.abspath(path)
+            if key in seen:
                 continue
-            seen.add(name)
+            seen.add(key)
         kept.append(row)
     return kept
 
