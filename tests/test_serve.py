@@ -1326,3 +1326,35 @@ def test_an_imagenet_classifiers_report_is_said_to_not_exist(client):
                                        "Keras ships it: it has no training report (a trained "
                                        "bundle has one)")
     assert "no model named" in client.get("/models/imagenet:vgg19/report").json()["detail"]
+
+
+def test_fields_in_the_query_string_or_given_twice_are_refused(client, unseen):
+    """`curl -F files=@cat.jpg ".../api/predict?model=nosuch&top=1"` was a 200 from the default
+    model with 3 classes (the query was ignored), and `-F model=a -F model=b` used the last:
+    both are one 422 line now, saying what to send instead."""
+    photo = files_field(unseen["cats"][0])
+    asked = client.post("/api/predict?model=nosuch&top=1", files=photo)
+    assert asked.status_code == 422
+    assert asked.json()["detail"] == (
+        "model and top are form fields of the multipart body, not query parameters (curl "
+        "-F model=nosuch -F top=1 -F files=@photo.jpg ...)")
+    other = client.post("/api/predict?verbose=1", files=photo)
+    assert other.status_code == 422 and other.json()["detail"] == (
+        "POST /api/predict takes no query parameters (verbose); its fields (files, model, top, "
+        "invert) are form fields of the multipart body")
+    explained = client.post("/api/explain?class_name=cats", files={"file": unseen["cats"][0]})
+    assert explained.status_code == 422 and explained.json()["detail"] == (
+        "class_name is a form field of the multipart body, not a query parameter (curl -F "
+        "class_name=cats -F file=@photo.jpg ...)")
+    twice = client.post("/api/predict", files=photo + [("model", (None, "cats-dogs")),
+                                                       ("model", (None, "nosuch"))])
+    assert twice.status_code == 422 and twice.json()["detail"] == (
+        "form field model given 2 times ('cats-dogs', 'nosuch'); give it once")
+    views = client.post("/api/explain", files=[("file", unseen["cats"][0]),
+                                               ("view", (None, "pair")),
+                                               ("view", (None, "overlay"))])
+    assert views.status_code == 422 and views.json()["detail"].startswith(
+        "form field view given 2 times")
+    # the fields in the body, once each, as before
+    once = client.post("/api/predict", files=photo, data={"model": "cats-dogs", "top": "1"})
+    assert once.status_code == 200 and len(once.json()["predictions"][0]["top"]) == 1

@@ -21,6 +21,8 @@ The API (OpenAPI docs at ``/docs``):
   ``pair|overlay``, ``invert``): the Grad-CAM PNG (image | overlay, or the overlay alone);
   the class explained and its probability are in the ``X-Label`` / ``X-Probability``
   headers (URL-quoted).
+- Their fields are form fields of the multipart body: the same names in the query string
+  (``?model=flowers``), or a field other than ``files`` given twice, are a 422 saying so.
 - ``GET /models/<name>/report``: the bundle's ``report.html`` (rendered on the fly when the
   bundle has none).
 
@@ -43,6 +45,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import socket
 import tempfile
 import threading
@@ -123,6 +126,54 @@ PREDICT_RESPONSES = {
     422: {"description": "A form field out of range (`top`, `invert`)"},
     503: {"description": "The server is busy or stopping; try again in a moment"},
 }
+
+
+# The multipart form of each endpoint that takes uploads: its file field, and the fields it
+# takes once each.
+FORMS = {"/api/predict": ("files", ("model", "top", "invert")),
+         "/api/explain": ("file", ("model", "class_name", "view", "invert"))}
+
+
+def and_list(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def query_problem(path: str | None, query: list[tuple[str, str]]) -> str | None:
+    """Why a request to a form endpoint is refused for its query string, or None. Its fields
+    are read from the multipart body only: ``/api/predict?model=flowers&top=1`` was answered
+    by the default model with 3 classes, as if the question had been heard."""
+    if path not in FORMS or not query:
+        return None
+    file_field, fields = FORMS[path]
+    given = list(dict.fromkeys(name for name, _ in query))
+    known = [name for name in given if name in fields or name == file_field]
+    others = [name for name in given if name not in known]
+    if not known:
+        return (f"POST {path} takes no query parameters ({and_list(others)}); its fields "
+                f"({', '.join((file_field, *fields))}) are form fields of the multipart body")
+    example = [f"-F {shlex.quote(f'{name}={value}')}" for name, value in query
+               if name in fields]
+    example.append(f"-F {file_field}=@photo.jpg")
+    one = len(known) == 1
+    line = (f"{and_list(known)} {'is a form field' if one else 'are form fields'} of the "
+            f"multipart body, not {'a query parameter' if one else 'query parameters'} "
+            f"(curl {' '.join(example)} ...)")
+    if others:
+        line += f"; {and_list(others)} {'is' if len(others) == 1 else 'are'} not a field of " \
+                f"POST {path}"
+    return line
+
+
+def repeated_problem(form, fields: tuple[str, ...]) -> str | None:
+    """Why a form is refused for a field given more than once, or None: the last of
+    ``-F model=catsdogs -F model=flowers`` was used, in silence."""
+    for name in fields:
+        values = form.getlist(name)
+        if len(values) > 1:
+            shown = ", ".join(repr(v[:40]) if isinstance(v, str) else "a file" for v in values)
+            return f"form field {name} given {len(values)} times ({shown}); give it once"
+    return None
 
 
 # --------------------------------------------------------------------------- models
@@ -1093,6 +1144,20 @@ def create_app(settings: ServeSettings):
             raise ValueError(f"invert must be one of {', '.join(INVERT)}, not {invert!r}")
         return invert
 
+    def route_path(request) -> str | None:
+        """The path of the route a request reached (``/api/predict``), without a prefix."""
+        return getattr(request.scope.get("route"), "path", None)
+
+    async def refused_form(request) -> JSONResponse | None:
+        """The 422 of a form endpoint's request whose fields would be ignored (sent in the
+        query string) or chosen among (given twice), or None. The form is the one FastAPI
+        parsed (cached on the request)."""
+        path = route_path(request)
+        problem = query_problem(path, request.query_params.multi_items())
+        if problem is None:
+            problem = repeated_problem(await request.form(), FORMS[path][1])
+        return None if problem is None else error(422, problem)
+
     @app.get("/api/health", summary="Is the server up?")
     async def health():
         return {"status": "ok", "version": __version__, "models_dir": str(s.models_dir),
@@ -1118,6 +1183,9 @@ def create_app(settings: ServeSettings):
                                    f"classes per image (default {s.top})")),
                                invert: str | None = INVERT_FIELD):
         started = time.perf_counter()
+        refused = await refused_form(request)
+        if refused is not None:
+            return refused
         if len(files) > MAX_FILES:
             return error(413, f"too many files ({len(files)}); at most {MAX_FILES} per request")
         k = s.top if top is None else top
@@ -1162,6 +1230,9 @@ def create_app(settings: ServeSettings):
                                    "pair (photo and overlay) or overlay")),
                                invert: str | None = INVERT_FIELD):
         started = time.perf_counter()
+        refused = await refused_form(request)
+        if refused is not None:
+            return refused
         sent = len((await request.form()).getlist("file"))  # parsed once: the same form
         if sent > 1:
             return error(422, f"one file per request: {sent} were sent as 'file'")
@@ -1255,6 +1326,9 @@ def create_app(settings: ServeSettings):
     async def invalid_request(request, exc):
         """FastAPI's 422, without the ``input`` it echoes: for a file part sent with an empty
         file name that was the whole upload, as text (a 450 KB photo gave 2.6 MB of JSON)."""
+        problem = query_problem(route_path(request), request.query_params.multi_items())
+        if problem is not None:  # said first: the body's problem may be the same mistake
+            return error(422, problem)
         return error(422, "invalid request: " + "; ".join(
             f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}"
             for e in exc.errors()),
