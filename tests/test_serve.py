@@ -740,7 +740,7 @@ def test_validation_errors_do_not_echo_the_upload(client, unseen):
     answer = client.post("/api/predict", files=[("files", ("", data, "image/jpeg"))])
     assert answer.status_code == 422
     assert len(answer.content) < 1000 and answer.json()["detail"].startswith(
-        "invalid request: body.files")
+        "files must be file uploads")
     assert "input" not in answer.json()["errors"][0]
 
 
@@ -1358,3 +1358,36 @@ def test_fields_in_the_query_string_or_given_twice_are_refused(client, unseen):
     # the fields in the body, once each, as before
     once = client.post("/api/predict", files=photo, data={"model": "cats-dogs", "top": "1"})
     assert once.status_code == 200 and len(once.json()["predictions"][0]["top"]) == 1
+
+
+def test_a_body_that_is_not_a_multipart_form_of_files_is_said_so(client, unseen):
+    """A JSON body, a raw JPEG, `curl -d model=x` all got 422 "invalid request: body.files:
+    Field required", and `-F files=hello` "Value error, Expected UploadFile, received: <class
+    'str'>": the answer now says what the endpoint takes and how to send it."""
+    name, data = unseen["cats"][0]
+    for endpoint, field in (("predict", "files"), ("explain", "file")):
+        url = f"/api/{endpoint}"
+        for media, body in (("application/json", b'{"model": "cats-dogs"}'),
+                            ("image/jpeg", data)):
+            answer = client.post(url, content=body, headers={"Content-Type": media})
+            assert answer.status_code == 415, answer.text
+            assert answer.json()["detail"].startswith(
+                f"POST {url} takes a multipart/form-data body, the ")
+            assert answer.json()["detail"].endswith(
+                f"in the field {field} (curl -F {field}=@photo.jpg), not {media}")
+        typed = client.post(url, data={"model": "cats-dogs"})  # curl -d model=cats-dogs
+        assert typed.status_code == 415 and typed.json()["detail"].endswith(
+            "not application/x-www-form-urlencoded; curl -d sends a urlencoded form, -F a "
+            "multipart one")
+        text = client.post(url, files=[(field, (None, "hello"))])
+        assert text.status_code == 422
+        assert text.json()["detail"] == (
+            f"{field} must be {'file uploads' if field == 'files' else 'a file upload'} (curl "
+            f"-F {field}=@photo.jpg), not text (a form part without a file name is text)")
+    misnamed = client.post("/api/predict", files={"file": (name, data)})
+    assert misnamed.status_code == 422 and misnamed.json()["detail"] == (
+        "no files: POST /api/predict takes the photos as file uploads in the form field files "
+        "(curl -F files=@photo.jpg); this form has file")
+    assert client.post("/api/predict").json()["detail"] == (
+        "no files: POST /api/predict takes the photos as file uploads in the form field files "
+        "(curl -F files=@photo.jpg)")

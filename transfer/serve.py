@@ -22,7 +22,9 @@ The API (OpenAPI docs at ``/docs``):
   the class explained and its probability are in the ``X-Label`` / ``X-Probability``
   headers (URL-quoted).
 - Their fields are form fields of the multipart body: the same names in the query string
-  (``?model=flowers``), or a field other than ``files`` given twice, are a 422 saying so.
+  (``?model=flowers``), or a field other than ``files`` given twice, are a 422 saying so; a
+  body that is not multipart/form-data (JSON, a raw JPEG, ``curl -d``) is a 415 saying how to
+  send it, and a text field where a file goes a 422.
 - ``GET /models/<name>/report``: the bundle's ``report.html`` (rendered on the fly when the
   bundle has none).
 
@@ -173,6 +175,36 @@ def repeated_problem(form, fields: tuple[str, ...]) -> str | None:
         if len(values) > 1:
             shown = ", ".join(repr(v[:40]) if isinstance(v, str) else "a file" for v in values)
             return f"form field {name} given {len(values)} times ({shown}); give it once"
+    return None
+
+
+def body_problem(path: str, content_type: str | None, errors: list[dict],
+                 form) -> tuple[int, str] | None:
+    """(status, line) for a form endpoint's body that FastAPI refused, or None (its own
+    words then). Its words were "body.files: Field required" for a JSON, a raw JPEG or a
+    ``curl -d`` body, and "Expected UploadFile, received: <class 'str'>" for ``-F files=hello``:
+    true, and no help to whoever sent them."""
+    file_field = FORMS[path][0]
+    many = file_field == "files"
+    how = f"curl -F {file_field}=@photo.jpg"
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media and media != "multipart/form-data":
+        hint = ("; curl -d sends a urlencoded form, -F a multipart one"
+                if media == "application/x-www-form-urlencoded" else "")
+        return 415, (f"POST {path} takes a multipart/form-data body, the "
+                     f"{'photos' if many else 'photo'} as file uploads in the field "
+                     f"{file_field} ({how}), not {media}{hint}")
+    for problem in errors:
+        if tuple(problem.get("loc", ()))[:2] != ("body", file_field):
+            continue
+        if problem.get("type") == "missing":
+            sent = sorted({str(name) for name in form.keys()}) if form else []
+            return 422, (f"no {file_field}: POST {path} takes the "
+                         f"{'photos' if many else 'photo'} as file uploads in the form field "
+                         f"{file_field} ({how})" + (f"; this form has {and_list(sent)}"
+                                                    if sent else ""))
+        return 422, (f"{file_field} must be {'file uploads' if many else 'a file upload'} "
+                     f"({how}), not text (a form part without a file name is text)")
     return None
 
 
@@ -1326,14 +1358,20 @@ def create_app(settings: ServeSettings):
     async def invalid_request(request, exc):
         """FastAPI's 422, without the ``input`` it echoes: for a file part sent with an empty
         file name that was the whole upload, as text (a 450 KB photo gave 2.6 MB of JSON)."""
-        problem = query_problem(route_path(request), request.query_params.multi_items())
+        path = route_path(request)
+        problem = query_problem(path, request.query_params.multi_items())
         if problem is not None:  # said first: the body's problem may be the same mistake
             return error(422, problem)
+        said = [{k: v for k, v in e.items() if k not in ("input", "ctx", "url")}
+                for e in exc.errors()]
+        if path in FORMS:
+            answer = body_problem(path, request.headers.get("content-type"), said, exc.body)
+            if answer is not None:
+                status, line = answer
+                return error(status, line, **({"errors": said} if status == 422 else {}))
         return error(422, "invalid request: " + "; ".join(
-            f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}"
-            for e in exc.errors()),
-            errors=[{k: v for k, v in e.items() if k not in ("input", "ctx", "url")}
-                    for e in exc.errors()])
+            f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}" for e in said),
+            errors=said)
 
     @app.exception_handler(Exception)
     async def internal_error(request, exc):
