@@ -433,8 +433,11 @@ def test_a_killed_worker_stops_the_chief_and_a_rerun_resumes_the_feature_pass(
     assert wait_all(procs) == [0, 0], text(logs[0]) + text(logs[1])
     assert list(temp.iterdir()) == []  # the killed one's swept by the next run, theirs removed
     meta = meta_of(out)
-    assert meta["feature_cache"] == "miss" and meta["workers"] == 2
-    assert sum(w["feature_images"] for w in meta["per_worker"]) <= 320 - 16 * done_before + 16
+    computed = sum(w["feature_images"] for w in meta["per_worker"])
+    assert computed <= 320 - 16 * done_before + 16
+    # the shards the first run finished were read, not computed: said so (it said "miss")
+    assert meta["feature_cache"] == (f"partial: {320 - computed} of 320 features read, "
+                                     f"{computed} computed") and meta["workers"] == 2
 
 
 def test_a_hung_worker_stops_the_chief_within_the_timeout(slow_split, tmp_path):

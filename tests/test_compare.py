@@ -287,6 +287,32 @@ def test_a_fine_tuned_run_whose_fine_tuning_was_undone_says_so(tmp_path, monkeyp
     assert seen[1] == ["3 s", "3 s\n(cached features)"]
 
 
+def test_a_run_whose_features_were_partly_cached_says_so(tmp_path, monkeypatch):
+    """train's feature_cache "partial: R of N features read, C computed" (a rerun after a
+    Ctrl-C in the pass) is a cache hit in part: its seconds leave out part of the pass, and
+    the table's notes and the chart said nothing (they looked for "hit" alone)."""
+    row = {"val_accuracy": 0.9, "val_loss": 0.3, "per_class_f1": {"a": 0.9}, "seconds": 3.0,
+           "parameters_trained": 10, "bundle": "x/frozen",
+           "feature_cache": "partial: 72 of 84 features read, 12 computed"}
+    data = {"data_dir": "d", "seed": 1, "base": "mobilenet", "alpha": 0.25,
+            "runs": {"frozen": row, "scratch": dict(row, feature_cache="off")}}
+    said = ("frozen: some of the features the head trained on were read from the cache (72 of "
+            "84 features read, 12 computed), so the seconds leave out part of the pass of the "
+            "base over the photos")
+    assert cmp.notes(data) == [said] and said in render_section(data)
+    import matplotlib.axes
+
+    seen, real = [], matplotlib.axes.Axes.bar_label
+
+    def spy(self, container, labels=None, **kw):
+        seen.append(list(labels))
+        return real(self, container, labels=labels, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar_label", spy)
+    cmp.plot(data, tmp_path / "c.png")
+    assert seen[1] == ["3 s\n(partly cached)", "3 s"]
+
+
 def test_an_output_inside_the_photo_folder_is_refused_before_any_run(tmp_path):
     """compare --data-dir photos --output photos made photos/frozen and photos/latest, which
     the next train read as classes; --output photos/compare failed as 'a class with no

@@ -227,17 +227,29 @@ def row_of(run: str, result, seconds: float, validation: list, reporter: Reporte
     }
 
 
+def _cache_label(cache) -> str:
+    """The second line of a run's seconds on the chart: its features read from the cache."""
+    if cache == "hit":
+        return "\n(cached features)"
+    return "\n(partly cached)" if str(cache or "").startswith("partial") else ""
+
+
 def notes(data: dict) -> list[str]:
     """What a reader of the table must know besides its numbers: runs whose seconds leave
     out the feature pass (a cache hit), a fine-tuned run whose fine-tuning was undone (it holds
     the frozen run's model)."""
     said = []
-    cached = [name for name, row in (data.get("runs") or {}).items()
-              if row.get("feature_cache") == "hit"]
+    runs = data.get("runs") or {}
+    cached = [name for name, row in runs.items() if row.get("feature_cache") == "hit"]
     if cached:
         said.append(f"{', '.join(cached)}: the features the head trained on were read from "
                     "the cache (an earlier run computed them on these photos), so the seconds "
                     "leave out that pass of the base over the photos")
+    for name, row in runs.items():  # an earlier run stopped midway left part of them
+        if str(row.get("feature_cache") or "").startswith("partial"):
+            said.append(f"{name}: some of the features the head trained on were read from the "
+                        f"cache ({row['feature_cache'].removeprefix('partial: ')}), so the "
+                        "seconds leave out part of the pass of the base over the photos")
     for name, row in (data.get("runs") or {}).items():
         tuned = row.get("fine_tune_result")
         if bundle.fine_tune_undone(tuned):
@@ -309,8 +321,8 @@ def plot(data: dict, path: Path) -> Path:
     axes[1].set_ylabel("seconds (the whole run)")
     # room above the tallest bar for its label (two lines with "cached features")
     axes[1].set_ylim(0, max(seconds, default=0) * 1.25 or 1)
-    axes[1].bar_label(bars, labels=[f"{s:.0f} s" + ("\n(cached features)" if runs[n].get(
-        "feature_cache") == "hit" else "") for s, n in zip(seconds, names, strict=True)])
+    axes[1].bar_label(bars, labels=[f"{s:.0f} s" + _cache_label(runs[n].get("feature_cache"))
+                                    for s, n in zip(seconds, names, strict=True)])
     for ax in axes[:2]:
         ax.grid(axis="y", alpha=0.3)
     ax = axes[2]
