@@ -467,7 +467,8 @@ def train_cmd(
         help="Training folder of class subfolders \\[default: DATA_DIR/train].",
         show_default=False, rich_help_panel=DATA)] = _T.train_dir,
     validate_dir: Annotated[Path | None, typer.Option(
-        help="Validation folder \\[default: DATA_DIR/validate].", show_default=False,
+        help="Validation folder \\[default: the validate folder beside --train-dir, else "
+        "DATA_DIR/validate].", show_default=False,
         rich_help_panel=DATA)] = _T.validate_dir,
     pipeline: Annotated[Pipeline, typer.Option(
         help="generator: ImageDataGenerator; tfdata: tf.data + Keras augmentation layers.",
@@ -487,7 +488,8 @@ def train_cmd(
         help="Test-time flips: the saved model averages each photo with its mirror image "
         "(the head trains on plain photos at --train-size, or at one size on that mean). auto: "
         "on the frozen route of an augmenting run for bases measured to gain (MobileNet, at "
-        "288 px).", rich_help_panel=AUG)] = _T.tta,
+        "288 px); never with --no-flip (flip is refused with it).", rich_help_panel=AUG)
+    ] = _T.tta,
     rotation: Annotated[float, typer.Option(help="Rotation range, degrees.",
                                             rich_help_panel=AUG)] = _A.rotation,
     shift: Annotated[float, typer.Option(help="Width/height shift, fraction.",
@@ -496,8 +498,9 @@ def train_cmd(
                      ] = _A.shear,
     zoom: Annotated[float, typer.Option(help="Zoom range, +- fraction.", rich_help_panel=AUG)
                     ] = _A.zoom,
-    flip: Annotated[bool, typer.Option(help="Random horizontal flips.", rich_help_panel=AUG)
-                    ] = _A.flip,
+    flip: Annotated[bool, typer.Option(
+        help="Random horizontal flips; --no-flip: a mirror image is a different picture (no "
+        "test-time flips either).", rich_help_panel=AUG)] = _A.flip,
     preview_augment: Annotated[bool, typer.Option(
         "--preview-augment", help="Also write augment-preview.png into --data-dir: photos "
         "beside their augmented versions (the bundle always keeps one).",
@@ -895,8 +898,8 @@ def evaluate_cmd(
         out.print(engine_summary(r["engine"]), highlight=False)
     if r["skipped"]:
         out.print(f"skipped {len(r['skipped'])} unreadable image(s) (listed in report.json)")
-    written = ["confusion.png", "misclassified.png", "suspects.csv"]
-    written += [name for name in ("report.html",) if (result.output / name).is_file()]
+    written = [name for name in ("confusion.png", "misclassified.png", "suspects.csv",
+                                 "report.html") if (result.output / name).is_file()]
     out.print(f"wrote {result.output / 'report.json'}, {', '.join(written)}", highlight=False)
     _gate(r.get("gate"), "accuracy")
 
