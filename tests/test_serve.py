@@ -1391,3 +1391,59 @@ def test_a_body_that_is_not_a_multipart_form_of_files_is_said_so(client, unseen)
     assert client.post("/api/predict").json()["detail"] == (
         "no files: POST /api/predict takes the photos as file uploads in the form field files "
         "(curl -F files=@photo.jpg)")
+
+
+def test_the_api_docs_say_what_explain_answers_as_it_answers(client, unseen):
+    """/docs listed for /api/explain a 200 and FastAPI's 422 (``detail`` a list), while its
+    422s have ``detail`` a string, its 404/413/415/500/503 were not listed, and the class the
+    PNG shows (the X-Label ... headers) was said nowhere but serve.py's docstring."""
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    for endpoint in ("predict", "explain"):
+        responses = spec["paths"][f"/api/{endpoint}"]["post"]["responses"]
+        assert {"200", "400", "404", "413", "415", "422", "500", "503"} <= set(responses)
+        for status, answer in responses.items():
+            if int(status) >= 400:
+                ref = answer["content"]["application/json"]["schema"]["$ref"]
+                model = schemas[ref.rsplit("/", 1)[-1]]
+                assert model["properties"]["detail"]["type"] == "string", (endpoint, status)
+    explain = spec["paths"]["/api/explain"]["post"]["responses"]
+    assert set(explain["200"]["content"]) == {"image/png"}
+    headers = explain["200"]["headers"]
+    assert {"X-Label", "X-Probability", "X-Class-Index", "X-Layer"} <= set(headers)
+    assert "URL-quoted" in headers["X-Label"]["description"]
+    photo = unseen["cats"][0]
+    answers = [client.post("/api/explain", files={"file": photo}, data={"view": "side"}),
+               client.post("/api/explain", files={"file": photo}, data={"model": "nosuch"}),
+               client.post("/api/explain", files={"file": ("notes.txt", b"text\n" * 9)}),
+               client.post("/api/explain", content=photo[1],
+                           headers={"Content-Type": "image/jpeg"})]
+    assert [a.status_code for a in answers] == [422, 404, 415, 415]
+    for answer in answers:  # what the docs say: detail is one line
+        assert isinstance(answer.json()["detail"], str) and str(answer.status_code) in explain
+    shown = client.post("/api/explain", files={"file": photo})
+    assert shown.status_code == 200 and set(headers) <= {h.title() for h in shown.headers}
+
+
+def test_a_tiny_probability_keeps_its_digits_in_x_probability(unseen, mobilenet_weights,
+                                                              tmp_path):
+    """X-Probability had 6 decimals: the least likely ImageNet class of a cat read
+    0.000000. It is the float's every digit now, as /api/predict gives it."""
+    require_asset("keras/models/mobilenet_2_5_224_tf.h5")
+    settings = ServeSettings(models_dir=tmp_path / "none", imagenet=True, base="mobilenet",
+                             alpha=0.25)
+    photo = unseen["cats"][0]
+    with TestClient(serve.create_app(settings)) as c:
+        every = c.post("/api/predict", files=files_field(photo), data={"top": "1000"})
+        assert every.status_code == 200, every.text
+        ranked = every.json()["predictions"][0]["top"]
+        least = ranked[-1]
+        assert least["probability"] < 5e-7  # what 6 decimals showed as 0.000000
+        picture = c.post("/api/explain", files={"file": photo},
+                         data={"class_name": least["synset"]})
+        assert picture.status_code == 200, picture.text
+        shown = float(picture.headers["x-probability"])
+        assert shown > 0 and shown == pytest.approx(least["probability"], rel=0.05)
+        best = c.post("/api/explain", files={"file": photo})
+        assert float(best.headers["x-probability"]) == pytest.approx(ranked[0]["probability"],
+                                                                     rel=1e-3)

@@ -19,8 +19,10 @@ The API (OpenAPI docs at ``/docs``):
   answer is 415 with a JSON error naming every file.
 - ``POST /api/explain`` (multipart: ``file``; optional ``model``, ``class_name``, ``view``
   ``pair|overlay``, ``invert``): the Grad-CAM PNG (image | overlay, or the overlay alone);
-  the class explained and its probability are in the ``X-Label`` / ``X-Probability``
-  headers (URL-quoted).
+  the class explained is in the headers (``EXPLAIN_HEADERS``, listed in the OpenAPI docs):
+  ``X-Label`` (URL-quoted), ``X-Probability`` (every digit: 3.2e-07, not 0.000000),
+  ``X-Class-Index``, ``X-Layer``, ``X-Server-Seconds``. Every error answer is JSON
+  ``{"detail": "one line", "errors": [...]}`` (``api_error``).
 - Their fields are form fields of the multipart body: the same names in the query string
   (``?model=flowers``), or a field other than ``files`` given twice, are a 422 saying so; a
   body that is not multipart/form-data (JSON, a raw JPEG, ``curl -d``) is a 415 saying how to
@@ -122,12 +124,67 @@ PREDICT_RESPONSES = {
                                "image": {"width": 500, "height": 375, "mode": "RGB"},
                                "error": None}],
               "server_seconds": 0.041}}}},
+    400: {"description": "A multipart body that cannot be parsed"},
     404: {"description": "No such model"},
     413: {"description": "Too many files, or more bytes than --max-upload-mb"},
-    415: {"description": "No file is a usable image (`errors` says why, file by file)"},
-    422: {"description": "A form field out of range (`top`, `invert`)"},
+    415: {"description": "No file is a usable image (`errors` says why, file by file), or a "
+                         "body that is not multipart/form-data"},
+    422: {"description": "A form field out of range (`top`, `invert`), missing (`files`), "
+                         "given twice, or sent as a query parameter"},
+    500: {"description": "The model cannot be used (a damaged bundle, damaged ImageNet "
+                         "weights: `detail` says why), or a bug"},
     503: {"description": "The server is busy or stopping; try again in a moment"},
 }
+
+# What /docs says /api/explain answers: the class the picture shows is in headers only.
+EXPLAIN_HEADERS = {
+    "X-Label": ("string", "the class the picture explains, URL-quoted (UTF-8 percent-encoding: "
+                          "urllib.parse.unquote, decodeURIComponent)"),
+    "X-Probability": ("number", "the model's probability of that class, 0 to 1, every digit "
+                                "of the float (Python's repr: a tiny one reads 3.2e-07, not 0)"),
+    "X-Class-Index": ("integer", "its index in the model's classes (a bundle's class_names, "
+                                 "in the order GET /api/models lists them; ImageNet: 0-999)"),
+    "X-Layer": ("string", "the convolutional layer whose maps Grad-CAM weighs, URL-quoted"),
+    "X-Server-Seconds": ("number", "the seconds the server took"),
+}
+EXPLAIN_RESPONSES = {
+    200: {"description": "The Grad-CAM PNG (photo | overlay, or the overlay alone); the class "
+                         "it explains and its probability are in the headers",
+          "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+          "headers": {name: {"description": text, "schema": {"type": kind}}
+                      for name, (kind, text) in EXPLAIN_HEADERS.items()}},
+    400: PREDICT_RESPONSES[400],
+    404: PREDICT_RESPONSES[404],
+    413: {"description": "More bytes than --max-upload-mb"},
+    415: {"description": "The file is not a usable image (`errors` says why), or a body that "
+                         "is not multipart/form-data"},
+    422: {"description": "A form field out of range (`view`, `invert`), a class the model "
+                         "does not have, more than one file, a field missing, given twice or "
+                         "sent as a query parameter"},
+    500: PREDICT_RESPONSES[500],
+    503: PREDICT_RESPONSES[503],
+}
+
+
+@functools.cache
+def api_error():
+    """The model of every error answer (pydantic, imported with FastAPI). FastAPI documented
+    its own 422 (``detail`` a list), which the API never sends."""
+    from pydantic import BaseModel, Field
+
+    class ApiError(BaseModel):
+        detail: str = Field(description="what went wrong, in one line")
+        errors: list[dict] | None = Field(None, description=(
+            "the details, when there are several: a 415's files and their errors, a 422's "
+            "fields"))
+
+    return ApiError
+
+
+def with_error_model(responses: dict) -> dict:
+    """``responses`` with every error answer (400 and up) given ``api_error``'s model."""
+    return {status: {**answer, "model": api_error()} if status >= 400 else answer
+            for status, answer in responses.items()}
 
 
 # The multipart form of each endpoint that takes uploads: its file field, and the fields it
@@ -1207,7 +1264,8 @@ def create_app(settings: ServeSettings):
         return {"default": default, "top": s.top, "max_upload_mb": s.max_upload_mb,
                 "models_dir": str(s.models_dir), "models": bundles + imagenet}
 
-    @app.post("/api/predict", summary="Classify one or more images", responses=PREDICT_RESPONSES)
+    @app.post("/api/predict", summary="Classify one or more images",
+              responses=with_error_model(PREDICT_RESPONSES))
     async def predict_endpoint(request: Request,
                                files: list[UploadFile] = File(..., description="images"),
                                model: str | None = MODEL_FIELD,
@@ -1251,7 +1309,7 @@ def create_app(settings: ServeSettings):
 
     @app.post("/api/explain", summary="Grad-CAM of one image (a PNG)",
               response_class=Response,
-              responses={200: {"content": {"image/png": {}}}})
+              responses=with_error_model(EXPLAIN_RESPONSES))
     async def explain_endpoint(request: Request,
                                file: UploadFile = File(..., description="one image"),
                                model: str | None = MODEL_FIELD,
@@ -1295,7 +1353,7 @@ def create_app(settings: ServeSettings):
             return error(422, api_words(store.public(exc)))
         seconds = round(time.perf_counter() - started, 4)
         headers = {"X-Label": quote(utf8_text(facts["label"])),
-                   "X-Probability": f"{facts['probability']:.6f}",
+                   "X-Probability": repr(float(facts["probability"])),
                    "X-Class-Index": str(facts["class_index"]),
                    "X-Layer": quote(utf8_text(facts["layer"])),
                    "X-Server-Seconds": f"{seconds}",
