@@ -372,10 +372,15 @@ def test_readmes_device_snippet_gives_what_predict_gives(trained_bundle, held_ou
     (pgm / target.name).symlink_to(target)
     (pgm / "photo.jpg").write_bytes(f"P5\n{grey.shape[1]} {grey.shape[0]}\n65535\n".encode()
                                     + grey.astype(">u2").tobytes())
+    # and a 12-bit scan in a 16-bit PNG (values to 4080): scaled from 4095, as predict does
+    twelve = tmp_path / "twelve"
+    twelve.mkdir()
+    (twelve / target.name).symlink_to(target)
+    Image.fromarray((grey // 257) * 16).save(twelve / "photo.jpg", format="PNG")
     code = readme_device_snippet()
     assert "cats-vs-dogs.tflite" in code and "photo.jpg" in code and "transfer" not in code
     for folder, photo in ((tmp_path, sideways), (deep, deep / "photo.jpg"),
-                          (pgm, pgm / "photo.jpg")):
+                          (twelve, twelve / "photo.jpg"), (pgm, pgm / "photo.jpg")):
         done = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True,
                               text=True, timeout=120)
         assert done.returncode == 0, done.stderr
