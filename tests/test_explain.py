@@ -287,17 +287,24 @@ def test_gradcam_cli(trained_bundle, dog_photo, tmp_path):
 
 
 def test_a_heic_photo_alone_gets_the_heic_reason(trained_bundle, dog_photo, tmp_path):
-    """As predict and a folder of them say it: a JPEG renamed .heic was explained, a real HEIC
-    was 'not an image'."""
+    """As predict and a folder of them say it: a real HEIC was 'not an image', now the HEIC
+    reason; a JPEG renamed .heic, which Pillow reads (constants.unread_file), is explained
+    as the very same photo named .jpg, its Grad-CAM picture beside it."""
     folder = tmp_path / "phone"
     folder.mkdir()
-    for name, data in (("renamed.heic", dog_photo.read_bytes()),
-                       ("IMG_0001.HEIC", b"\0\0\0\x18ftypheic")):
-        (folder / name).write_bytes(data)
-        with pytest.raises(TransferError, match=r"HEIC \(an iPhone's photos\) is not a format "
-                           r"transfer reads; convert them to JPEG"):
-            explain.explain(folder / name, model=trained_bundle.bundle)
-    assert sorted(p.name for p in folder.iterdir()) == ["IMG_0001.HEIC", "renamed.heic"]
+    (folder / "IMG_0001.HEIC").write_bytes(b"\0\0\0\x18ftypheic")
+    with pytest.raises(TransferError, match=r"HEIC \(an iPhone's photos\) is not a format "
+                       r"transfer reads; convert them to JPEG"):
+        explain.explain(folder / "IMG_0001.HEIC", model=trained_bundle.bundle)
+    (folder / "renamed.heic").write_bytes(dog_photo.read_bytes())
+    renamed = explain.explain(folder / "renamed.heic", model=trained_bundle.bundle)
+    as_jpeg = explain.explain(dog_photo, model=trained_bundle.bundle, write=False)
+    assert renamed.png == folder / "renamed.gradcam.png" and renamed.label == as_jpeg.label
+    np.testing.assert_allclose(renamed.heatmap, as_jpeg.heatmap, atol=1e-5)
+    with Image.open(renamed.png) as picture:
+        assert picture.format == "PNG" and picture.width > picture.height  # image | overlay
+    assert sorted(p.name for p in folder.iterdir()) == ["IMG_0001.HEIC", "renamed.gradcam.png",
+                                                        "renamed.heic"]
 
 
 def test_gradcam_pictures_in_a_data_folder_are_left_out(tiny_split, dog_photo, tmp_path):
