@@ -1447,3 +1447,48 @@ def test_a_tiny_probability_keeps_its_digits_in_x_probability(unseen, mobilenet_
         best = c.post("/api/explain", files={"file": photo})
         assert float(best.headers["x-probability"]) == pytest.approx(ranked[0]["probability"],
                                                                      rel=1e-3)
+
+
+def test_a_class_typed_in_another_case_or_with_spaces_is_found_or_the_nearest_said(
+        client, unseen, mobilenet_weights, tmp_path):
+    """class_name=Tabby (ImageNet's `tabby`), `golden retriever`, or `Cats` for a bundle's
+    `cats` were "unknown ... class" with no hint: typed otherwise, one class is found; when
+    none is, the nearest labels are said; when several are, which."""
+    require_asset("keras/models/mobilenet_2_5_224_tf.h5")
+    index = json.loads(require_asset("keras/models/imagenet_class_index.json").read_text())
+    by_label: dict[str, list[int]] = {}
+    for i, (_, label) in index.items():
+        by_label.setdefault(label, []).append(int(i))
+    photo = unseen["cats"][0]
+    for typed, meant in (("Cats", "cats"), (" DOGS ", "dogs")):
+        found = client.post("/api/explain", files={"file": photo}, data={"class_name": typed})
+        assert found.status_code == 200 and found.headers["x-label"] == meant, found.text
+    near = client.post("/api/explain", files={"file": photo}, data={"class_name": "kats"})
+    assert near.status_code == 422 and near.json()["detail"] == (
+        "unknown class 'kats'; the model's classes are cats, dogs (the nearest: cats)")
+    with pytest.raises(TransferError, match=r"^class 'CATS' could be 'Cats' or 'cats': give it "
+                                            r"as the model has it$"):
+        serve.bundle_class(["Cats", "cats", "dogs"], "CATS")
+    settings = ServeSettings(models_dir=tmp_path / "none", imagenet=True, base="mobilenet",
+                             alpha=0.25)
+    with TestClient(serve.create_app(settings)) as c:
+        for typed, meant in (("Tabby", "tabby"), ("golden retriever", "golden_retriever"),
+                             ("TIGER CAT", "tiger_cat")):
+            shown = c.post("/api/explain", files={"file": photo}, data={"class_name": typed})
+            assert shown.status_code == 200, shown.text
+            assert shown.headers["x-label"] == meant
+            assert [int(shown.headers["x-class-index"])] == by_label[meant]
+        unknown = c.post("/api/explain", files={"file": photo},
+                         data={"class_name": "tabby cat"})
+        assert unknown.status_code == 422
+        detail = unknown.json()["detail"]
+        assert detail.startswith("unknown ImageNet class 'tabby cat' (the nearest labels: "
+                                 "tabby") and detail.endswith("or a WordNet synset (n02123045)")
+        # ImageNet's "Cardigan" (the corgi) and "cardigan" (the sweater): typed otherwise,
+        # both are meant; the synsets tell them apart
+        both = c.post("/api/explain", files={"file": photo}, data={"class_name": "CARDIGAN"})
+        synsets = sorted(index[str(i)][0] for label in ("Cardigan", "cardigan")
+                         for i in by_label[label])
+        assert both.status_code == 422 and both.json()["detail"] == (
+            f"ImageNet has 2 classes named 'Cardigan' and 'cardigan' ({', '.join(synsets)}): "
+            "give the synset")

@@ -43,6 +43,7 @@ body over ``max_upload_mb`` is 413.
 
 import asyncio
 import contextlib
+import difflib
 import functools
 import importlib.util
 import json
@@ -54,6 +55,7 @@ import socket
 import tempfile
 import threading
 import time
+import unicodedata
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -193,9 +195,9 @@ FORMS = {"/api/predict": ("files", ("model", "top", "invert")),
          "/api/explain": ("file", ("model", "class_name", "view", "invert"))}
 
 
-def and_list(names: list[str]) -> str:
-    """``a``, ``a and b``, ``a, b and c``."""
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+def and_list(names: list[str], word: str = "and") -> str:
+    """``a``, ``a and b``, ``a, b and c`` (or ``word`` for "and")."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {word} {names[-1]}"
 
 
 def query_problem(path: str | None, query: list[tuple[str, str]]) -> str | None:
@@ -753,7 +755,7 @@ def explain_upload(store: ModelStore, upload: Upload, model: str | None,
         transfer.images.ImageError: the upload is not a usable image.
         TransferError: an unknown class, or a model Grad-CAM cannot trace.
     """
-    from transfer.explain import gradcam, named_class
+    from transfer.explain import gradcam
     from transfer.report import overlay_png
 
     model = model or store.default_model()
@@ -771,7 +773,7 @@ def explain_upload(store: ModelStore, upload: Upload, model: str | None,
         names = classifier.class_names
         index = None
         if class_name is not None:  # as the API lists it, or its accents composed otherwise
-            index = named_class(names, class_name)
+            index = bundle_class(names, class_name)
         heatmap, probs, index, layer = gradcam(classifier.model, classifier.meta, array, index)
         label = names[index]
     else:
@@ -796,18 +798,82 @@ def _imagenet_classes() -> list[tuple[str, str]]:
     return [(entry["synset"], entry["label"]) for entry in ranked]
 
 
+def typed_key(name: str) -> str:
+    """A class name as people type it: accents composed, case folded, spaces as underscores
+    (``Tabby``, ``golden retriever`` for ImageNet's ``tabby``, ``golden_retriever``)."""
+    return unicodedata.normalize("NFC", utf8_text(name)).strip().casefold().replace(" ", "_")
+
+
+def loosely_named(labels: list[str], class_name: str) -> list[int]:
+    """The indices of the labels ``class_name`` names as typed (``typed_key``)."""
+    key = typed_key(class_name)
+    return [i for i, label in enumerate(labels) if typed_key(label) == key]
+
+
+def nearest_labels(labels: list[str], class_name: str) -> list[str]:
+    """The labels whose typed form is nearest ``class_name``'s (difflib), the nearest
+    first: what an unknown class's message suggests."""
+    keys: dict[str, list[str]] = {}
+    for label in labels:
+        keys.setdefault(typed_key(label), [])
+        if label not in keys[typed_key(label)]:
+            keys[typed_key(label)].append(label)
+    close = difflib.get_close_matches(typed_key(class_name), list(keys), n=4, cutoff=0.6)
+    return [label for key in close for label in keys[key]]
+
+
+def bundle_class(names: list[str], class_name: str) -> int:
+    """The index of a bundle's class ``class_name`` names: as ``explain.named_class`` finds
+    it, else typed otherwise when one class is meant (``Cats`` for ``cats``). ``Cats`` was
+    "unknown class 'Cats'".
+
+    Raises:
+        TransferError: no class, or several, named so (the nearest names suggested).
+    """
+    from transfer.explain import named_class
+
+    try:
+        return named_class(names, class_name)
+    except TransferError as unknown:
+        same = loosely_named(names, class_name)
+        if len(same) == 1:
+            return same[0]
+        if same:
+            raise TransferError(f"class {class_name!r} could be "
+                                f"{and_list([repr(names[i]) for i in same], 'or')}: give it "
+                                "as the model has it") from None
+        near = nearest_labels(names, class_name)
+        raise TransferError(str(unknown) + (f" (the nearest: {', '.join(near)})" if near
+                                            else "")) from None
+
+
 def imagenet_index(class_name: str) -> int:
     """The index of the ImageNet class ``class_name`` names: its label, or its WordNet synset
     (``n03126707``), which tells apart the two labels ImageNet gives twice (crane the bird
-    and the machine, maillot)."""
+    and the machine, maillot); else the label typed otherwise (``Tabby``, ``golden
+    retriever``) when one label is meant.
+
+    Raises:
+        TransferError: no such class (the nearest labels suggested), or a name several
+            classes have (their synsets said).
+    """
     classes = _imagenet_classes()
-    by_synset = [i for i, (synset, _) in enumerate(classes) if synset == class_name]
-    by_label = [i for i, (_, label) in enumerate(classes) if label == class_name]
+    labels = [label for _, label in classes]
+    wanted = class_name.strip()
+    by_synset = [i for i, (synset, _) in enumerate(classes) if synset == wanted.lower()]
+    by_label = [i for i, label in enumerate(labels) if label == class_name] or \
+        loosely_named(labels, class_name)
     if by_synset or len(by_label) == 1:
         return (by_synset or by_label)[0]
     if not by_label:
-        raise TransferError(f"unknown ImageNet class {class_name!r}")
-    raise TransferError(f"ImageNet has {len(by_label)} classes named {class_name!r} ("
+        near = nearest_labels(labels, class_name)
+        hint = f" (the nearest labels: {', '.join(near)})" if near else ""
+        raise TransferError(f"unknown ImageNet class {class_name!r}{hint}; give a label as "
+                            "/api/predict answers it (tabby, golden_retriever), or a WordNet "
+                            "synset (n02123045)")
+    named = sorted({labels[i] for i in by_label})
+    said = repr(named[0]) if len(named) == 1 else and_list([repr(n) for n in named])
+    raise TransferError(f"ImageNet has {len(by_label)} classes named {said} ("
                         f"{', '.join(classes[i][0] for i in by_label)}): give the synset")
 
 
