@@ -479,6 +479,33 @@ def test_imagenet_errors(tmp_path):
         predict.predict(["x.jpg"], models_dir=tmp_path, invert="no")
 
 
+def test_base_or_alpha_without_imagenet_are_refused_for_a_bundle(trained_bundle, real_photos,
+                                                                   tmp_path, monkeypatch):
+    """With a bundle to use, `--alpha 0.25` said "--alpha applies to mobilenet only, not
+    inception" (the bundle is a MobileNet; the user never chose inception) and `--base
+    mobilenet` was ignored in silence: both now say what they choose and how to mean it."""
+    bundle = trained_bundle.bundle
+    (tmp_path / "x.jpg").write_bytes(real_photos["dogs"][2][1])
+    for options, given, verb in (({"alpha": 0.25}, "--alpha", "chooses"),
+                                 ({"base": "mobilenet"}, "--base", "chooses"),
+                                 ({"base": "mobilenet", "alpha": 0.25}, "--base and --alpha",
+                                  "choose")):
+        with pytest.raises(TransferError) as info:
+            predict.predict([tmp_path / "x.jpg"], model=bundle, **options)
+        assert str(info.value) == (f"{given} {verb} the ImageNet classifier (with --imagenet); "
+                                   f"the bundle {bundle} brings its own base: leave {given} "
+                                   "out, or add --imagenet")
+    monkeypatch.chdir(tmp_path)  # models/latest, as a user's folder has it
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/latest").symlink_to(bundle)
+    result = runner.invoke(app, ["predict", "x.jpg", "--alpha", "0.25"])
+    assert result.exit_code == 1 and result.stderr.strip() == (
+        "error: --alpha chooses the ImageNet classifier (with --imagenet); the bundle "
+        "models/latest brings its own base: leave --alpha out, or add --imagenet")
+    result = runner.invoke(app, ["predict", "x.jpg", "--alpha", "0.3"])  # no width at all
+    assert result.exit_code == 1 and "--alpha for mobilenet must be one of" in result.stderr
+
+
 # --------------------------------------------------------------------------- settings, reuse
 
 

@@ -488,6 +488,15 @@ def open_classifier(settings: PredictSettings | None = None, *, reporter: Report
             reporter.warn(reason)
             return ImageNetClassifier(s.base, s.alpha), reason
         model = latest
+    if s.base != PredictSettings.base or s.alpha != PredictSettings.alpha:
+        # ignored in silence (--base), or "--alpha applies to mobilenet only, not inception"
+        # for a MobileNet bundle: the bundle's base is its own
+        given = " and ".join(f"--{k}" for k, v in (("base", s.base), ("alpha", s.alpha))
+                             if v != getattr(PredictSettings, k))
+        verb = "choose" if " and " in given else "chooses"
+        raise TransferError(f"{given} {verb} the ImageNet classifier (with --imagenet); the "
+                            f"bundle {model} brings its own base: leave {given} out, or add "
+                            "--imagenet")
     return BundleClassifier(Path(model), s.invert), None
 
 

@@ -715,9 +715,10 @@ class PredictSettings(Settings):
         if self.invert is not None:
             one_of("invert", self.invert, INVERT)
         one_of("engine", self.engine, ENGINES)
-        if self.imagenet or self.base != "inception" or self.alpha != 1.0:
-            base = bases.get(self.base)
-            bases.check_alpha(base, self.alpha)
+        if self.imagenet or self.base != "inception":
+            bases.check_alpha(bases.get(self.base), self.alpha)
+        elif self.alpha != 1.0:  # --alpha alone: a MobileNet width (for a bundle: refused by
+            bases.check_alpha(bases.get("mobilenet"), self.alpha)  # open_classifier, said why)
         if self.output is not None:
             if Path(self.output).is_dir():
                 raise TransferError(f"--output {self.output} is a folder; name a file")
