@@ -37,6 +37,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 from transfer.constants import (
+    READS_AVIF,
     TEST_FOLDERS,
     TRAIN_FOLDERS,
     UNREAD_HINT,
@@ -55,8 +56,11 @@ CLASSES = ("cats", "dogs")
 # The image formats (Pillow's names) a split may hold: every format of the suffixes the one
 # reader (transfer.images, used by training, evaluate, predict and serve) accepts
 # (constants.IMAGE_SUFFIXES; MPO is the JPEG that many cameras and phones write, PPM covers
-# .ppm and .pgm). Other images are skipped, and listed, with IMAGE_FORMAT_LATER's reason.
-ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM"})
+# .ppm and .pgm; AVIF when this Pillow decodes it, as .avif is then an image suffix: an AVIF
+# photo was skipped here while train read it). Other images are skipped, and listed, with
+# IMAGE_FORMAT_LATER's reason.
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM",
+                             *(("AVIF",) if READS_AVIF else ())})
 DECODABLE_FORMATS = ALLOWED_FORMATS  # the former name
 IMAGE_FORMAT_LATER = "format {format} is not readable by the training pipelines yet"
 # The layouts (see the module docstring); the first two are the cats and dogs of the tour.
