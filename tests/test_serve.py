@@ -176,7 +176,9 @@ def test_upload_over_the_limit_is_413(models_dir, unseen):
     assert len(big) > 6000
     with TestClient(serve.create_app(settings)) as c:
         response = c.post("/api/predict", files=files_field(("big.jpg", big)))
-        assert response.status_code == 413 and "0.005 MB" in response.json()["detail"]
+        assert response.status_code == 413 and response.json()["detail"] == (
+            "upload too large: the limit is 0.005 MiB (5,242 bytes) per request "
+            "(--max-upload-mb)")
         assert c.get("/api/health").status_code == 200
 
 
@@ -453,7 +455,7 @@ def test_an_upload_over_the_limit_gets_its_413_not_a_reset(models_dir, framing):
         said, error = _raw_upload(url, framing, 40)  # 40 MB: far past the socket buffers
         assert error is None, (error, said[:200])
         assert said.startswith(b"HTTP/1.1 413"), said[:200]
-        assert b"the limit is 0.5 MB per request" in said
+        assert b"the limit is 0.5 MiB (524,288 bytes) per request" in said
         with httpx.Client(timeout=30) as http:
             assert http.get(url + "api/health").status_code == 200
 
@@ -1492,3 +1494,24 @@ def test_a_class_typed_in_another_case_or_with_spaces_is_found_or_the_nearest_sa
         assert both.status_code == 422 and both.json()["detail"] == (
             f"ImageNet has 2 classes named 'Cardigan' and 'cardigan' ({', '.join(synsets)}): "
             "give the synset")
+
+
+def test_the_upload_limit_is_said_in_what_it_counts(models_dir, unseen):
+    """--max-upload-mb counts MiB (2^20 bytes, as the page does) while the 413 said "MB":
+    it says MiB and the bytes now, and /api/models gives the bytes. A request over the limit
+    in MB (10^6) but not in MiB is taken."""
+    photo = unseen["cats"][3]
+    body = len(httpx.Request("POST", "http://127.0.0.1/api/predict",
+                             files=files_field(photo)).read())
+    limit_mb = round(body / 1e6 * 0.98, 6)  # body > limit_mb * 10^6, body < limit_mb * 2^20
+    limit = int(limit_mb * 2**20)
+    assert limit_mb * 1e6 < body < limit
+    with TestClient(serve.create_app(ServeSettings(models_dir=models_dir,
+                                                   max_upload_mb=limit_mb))) as c:
+        assert c.get("/api/models").json()["max_upload_bytes"] == limit
+        taken = c.post("/api/predict", files=files_field(photo))
+        assert taken.status_code == 200, taken.text
+        over = c.post("/api/predict", files=files_field(photo, photo))
+        assert over.status_code == 413 and over.json()["detail"] == (
+            f"upload too large: the limit is {limit_mb:g} MiB ({limit:,} bytes) per request "
+            "(--max-upload-mb)")

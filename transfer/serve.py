@@ -12,7 +12,8 @@ The API (OpenAPI docs at ``/docs``):
 - ``GET /api/health``: ``{"status": "ok", ...}``.
 - ``GET /api/models``: the bundles of the models folder (name, classes, base, accuracy, digit
   or not, link to the report) and the ImageNet classifiers whose weights are in the Keras
-  cache, plus the page's default model, ``top``, ``max_upload_mb`` and ``models_dir``.
+  cache, plus the page's default model, ``top``, ``max_upload_mb`` (MiB),
+  ``max_upload_bytes`` and ``models_dir``.
 - ``POST /api/predict`` (multipart: ``files`` repeatable; optional ``model``, ``top``,
   ``invert``): the JSON of ``transfer predict --format json`` plus ``server_seconds``. One
   unusable file among good ones gets its own error entry; when no file is a usable image the
@@ -37,7 +38,7 @@ waiting, more get 503), and predict requests waiting for the same model are merg
 batch, so the page stays responsive and a burst neither crashes the process nor runs it out
 of memory. A model name that would leave
 the models folder (``..``, an absolute path, a symbolic link pointing out) is 404; a request
-body over ``max_upload_mb`` is 413.
+body over ``max_upload_mb`` MiB (2^20 bytes, as the page counts) is 413.
 """
 
 
@@ -128,7 +129,8 @@ PREDICT_RESPONSES = {
               "server_seconds": 0.041}}}},
     400: {"description": "A multipart body that cannot be parsed"},
     404: {"description": "No such model"},
-    413: {"description": "Too many files, or more bytes than --max-upload-mb"},
+    413: {"description": "Too many files, or more than --max-upload-mb MiB (2^20 bytes "
+                         "each) in the request"},
     415: {"description": "No file is a usable image (`errors` says why, file by file), or a "
                          "body that is not multipart/form-data"},
     422: {"description": "A form field out of range (`top`, `invert`), missing (`files`), "
@@ -157,7 +159,7 @@ EXPLAIN_RESPONSES = {
                       for name, (kind, text) in EXPLAIN_HEADERS.items()}},
     400: PREDICT_RESPONSES[400],
     404: PREDICT_RESPONSES[404],
-    413: {"description": "More bytes than --max-upload-mb"},
+    413: PREDICT_RESPONSES[413],
     415: {"description": "The file is not a usable image (`errors` says why), or a body that "
                          "is not multipart/form-data"},
     422: {"description": "A form field out of range (`view`, `invert`), a class the model "
@@ -918,6 +920,12 @@ class CutOffAnswer:
             raise
 
 
+def mib(megabytes: float) -> str:
+    """An upload limit as it is counted: ``--max-upload-mb 20`` is 20 MiB of 2^20 bytes, as
+    the page counts it; "20 MB" said 20,000,000 to whoever reads MB as SI."""
+    return f"{megabytes:g} MiB ({int(megabytes * 2**20):,} bytes)"
+
+
 class BodyLimit:
     """ASGI middleware: a request body over ``limit`` bytes gets 413 (by its Content-Length
     at once, or while it streams).
@@ -996,7 +1004,7 @@ class BodyLimit:
                 return
 
     async def _refuse(self, send):
-        body = json.dumps({"detail": f"upload too large: the limit is {self.limit_mb:g} MB per "
+        body = json.dumps({"detail": f"upload too large: the limit is {mib(self.limit_mb)} per "
                                      "request (--max-upload-mb)"}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
@@ -1328,6 +1336,7 @@ def create_app(settings: ServeSettings):
                      "alpha": e.alpha, "classes": 1000, "accuracy": None, "digits": False,
                      "report": None} for e in entries]
         return {"default": default, "top": s.top, "max_upload_mb": s.max_upload_mb,
+                "max_upload_bytes": int(s.max_upload_mb * 2**20),  # what max_upload_mb counts
                 "models_dir": str(s.models_dir), "models": bundles + imagenet}
 
     @app.post("/api/predict", summary="Classify one or more images",
