@@ -1377,7 +1377,8 @@ def test_a_body_that_is_not_a_multipart_form_of_files_is_said_so(client, unseen)
             answer = client.post(url, content=body, headers={"Content-Type": media})
             assert answer.status_code == 415, answer.text
             assert answer.json()["detail"].startswith(
-                f"POST {url} takes a multipart/form-data body, the ")
+                f"POST {url} takes a multipart/form-data body, the " + (
+                    "photos as file uploads " if field == "files" else "photo as a file upload "))
             assert answer.json()["detail"].endswith(
                 f"in the field {field} (curl -F {field}=@photo.jpg), not {media}")
         typed = client.post(url, data={"model": "cats-dogs"})  # curl -d model=cats-dogs
@@ -1396,6 +1397,9 @@ def test_a_body_that_is_not_a_multipart_form_of_files_is_said_so(client, unseen)
     assert client.post("/api/predict").json()["detail"] == (
         "no files: POST /api/predict takes the photos as file uploads in the form field files "
         "(curl -F files=@photo.jpg)")
+    assert client.post("/api/explain", files={"files": (name, data)}).json()["detail"] == (
+        "no file: POST /api/explain takes the photo as a file upload in the form field file "
+        "(curl -F file=@photo.jpg); this form has files")
 
 
 def test_the_api_docs_say_what_explain_answers_as_it_answers(client, unseen):

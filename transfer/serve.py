@@ -247,21 +247,20 @@ def body_problem(path: str, content_type: str | None, errors: list[dict],
     true, and no help to whoever sent them."""
     file_field = FORMS[path][0]
     many = file_field == "files"
+    what = "photos as file uploads" if many else "photo as a file upload"
     how = f"curl -F {file_field}=@photo.jpg"
     media = (content_type or "").split(";")[0].strip().lower()
     if media and media != "multipart/form-data":
         hint = ("; curl -d sends a urlencoded form, -F a multipart one"
                 if media == "application/x-www-form-urlencoded" else "")
-        return 415, (f"POST {path} takes a multipart/form-data body, the "
-                     f"{'photos' if many else 'photo'} as file uploads in the field "
-                     f"{file_field} ({how}), not {media}{hint}")
+        return 415, (f"POST {path} takes a multipart/form-data body, the {what} in the "
+                     f"field {file_field} ({how}), not {media}{hint}")
     for problem in errors:
         if tuple(problem.get("loc", ()))[:2] != ("body", file_field):
             continue
         if problem.get("type") == "missing":
             sent = sorted({str(name) for name in form.keys()}) if form else []
-            return 422, (f"no {file_field}: POST {path} takes the "
-                         f"{'photos' if many else 'photo'} as file uploads in the form field "
+            return 422, (f"no {file_field}: POST {path} takes the {what} in the form field "
                          f"{file_field} ({how})" + (f"; this form has {and_list(sent)}"
                                                     if sent else ""))
         return 422, (f"{file_field} must be {'file uploads' if many else 'a file upload'} "
