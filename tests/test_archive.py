@@ -276,3 +276,45 @@ def test_a_member_name_twice_is_said_and_the_last_is_used(real_photos, tmp_path)
     placed = list((tmp_path / "data").rglob("cat.3.jpg"))
     assert result.counts["train"]["cats"] + result.counts["validate"]["cats"] == 12
     assert len(placed) == 1 and placed[0].read_bytes() == real_photos["cats"][20][1]
+
+
+def test_a_zip_member_named_heic_or_raw_is_told_by_its_first_bytes(real_photos, tmp_path,
+                                                                   monkeypatch):
+    """A JPEG renamed .heic in a zip is a photo, as train, evaluate and predict take it once
+    unzipped; a real HEIC and a raw file (a TIFF named .nef) are said as unread. Telling them
+    apart reads a member's header, not the member: a few KiB of a 4 MiB HEIC or raw file."""
+    import random
+
+    blob = random.Random(0).randbytes(4 << 20)
+    heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + blob
+    raw = b"II*\0" + blob
+    jpeg = real_photos["cats"][3][1]
+    members = {"cats/IMG_1.heic": jpeg, "cats/IMG_2.HEIC": heic, "cats/DSC_3.nef": raw,
+               "cats/cat.jpg": real_photos["cats"][4][1], "dogs/dog.jpg":
+               real_photos["dogs"][3][1], "dogs/IMG_4.heic": b"not a photo",
+               "dogs/dog2.jpg": real_photos["dogs"][4][1]}
+    path = tmp_path / "phone.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    served: dict[str, int] = {}
+    real_read = zipfile.ZipExtFile.read
+
+    def counted(self, n=-1):
+        data = real_read(self, n)
+        served[self.name] = served.get(self.name, 0) + len(data)
+        return data
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", counted)
+    with _opened(path) as images:
+        found = images.candidates()
+        unread = sorted(images.unread())
+    assert found == {"cats": ["cats/IMG_1.heic", "cats/cat.jpg"],
+                     "dogs": ["dogs/dog.jpg", "dogs/dog2.jpg"]}
+    assert unread == ["cats/DSC_3.nef", "cats/IMG_2.HEIC", "dogs/IMG_4.heic"]
+    assert served["cats/IMG_2.HEIC"] < 64 << 10 and served["cats/DSC_3.nef"] < 64 << 10
+    assert "dogs/dog.jpg" not in served  # a name that is a photo's: not opened to list it
+    result = fetch_data(FetchOptions(archive=path, data_dir=tmp_path / "data",
+                                     train_per_class=1, validate_per_class=1))
+    placed = list((tmp_path / "data").glob("*/cats/IMG_1.heic"))
+    assert result.skipped == [] and [p.read_bytes() for p in placed] == [jpeg]

@@ -833,6 +833,87 @@ def test_heic_photos_are_said_by_fetch_data_and_train(flowers, tmp_path):
         fetch_data(FetchOptions(archive=phone, data_dir=tmp_path / "nothing"))
 
 
+def phone_folder(flowers: Path, root: Path) -> tuple[list[str], list[str]]:
+    """``root/daisy`` and ``root/roses``, 10 real photos each, with what a phone leaves: a real
+    daisy photo (a JPEG) renamed IMG_1.heic, a genuine AVIF made from a real rose (when this
+    Pillow reads AVIF), a text file named notes.heic, a genuine HEIC (its header) and a raw
+    file (a TIFF named .dng). Returns (the photos, the files to convert), relative, sorted."""
+    from PIL import Image, features
+
+    copy_classes(flowers, root, per_class=10, classes=TWO)
+    daisy, roses = sorted((flowers / "daisy").iterdir()), sorted((flowers / "roses").iterdir())
+    shutil.copyfile(daisy[20], root / "daisy/IMG_1.heic")
+    (root / "daisy/notes.heic").write_text("a shopping list, not a photo\n")
+    (root / "roses/IMG_2.HEIC").write_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic"
+                                            + bytes(range(256)) * 8)
+    with Image.open(roses[21]) as photo:
+        photo.save(root / "roses/DSC_4.dng", format="TIFF")
+    photos = [f"{cls}/{p.name}" for cls in TWO for p in (root / cls).iterdir()
+              if p.suffix == ".jpg"] + ["daisy/IMG_1.heic"]
+    if features.check("avif"):  # Pillow's own word, not the code's under test
+        with Image.open(roses[20]) as photo:
+            photo.save(root / "roses/IMG_3.avif", quality=80)
+        photos.append("roses/IMG_3.avif")
+    return sorted(photos), ["daisy/notes.heic", "roses/DSC_4.dng", "roses/IMG_2.HEIC"]
+
+
+def test_every_command_lists_the_same_photos_named_heic_avif_or_raw(flowers, tmp_path):
+    """predict and evaluate read a JPEG renamed .heic (Pillow decides), while train left it out
+    ("left out: 2 .heic files") and fetch-data said the same of it, from a folder and from a
+    zip: one folder was three data sets. Every listing now asks Pillow of a file named as
+    HEIC or raw (only those): the same photos everywhere, and the same files, a text file
+    named .heic among them, get the one "convert them to JPEG" line."""
+    from transfer import files, inference, pipelines
+    from transfer.evaluate import labelled_files
+    from transfer.training import plan, report_data
+
+    folder = tmp_path / "phone"
+    photos, unread = phone_folder(flowers, folder)
+    hint = "convert them to JPEG (e.g. export as JPEG from the photo app)"
+    left_out = ("left out: 1 .dng file (camera raw), 2 .heic files (HEIC (an iPhone's photos)), "
+                f"which transfer cannot read; {hint}")
+
+    def rel(paths) -> list[str]:
+        return sorted(Path(p).relative_to(folder).as_posix() for p in paths)
+
+    # predict (and report's counts): the folder's listing, its rows
+    found, named = files.photos_under(folder)
+    assert (rel(found), rel(named)) == (photos, unread)
+    assert rel(files.images_under(folder)) == photos
+    rows = inference.gather([folder])
+    assert rel(file for _, file, error in rows if not error) == photos
+    assert rel(name for name, _, error in rows if error) == unread
+    assert all(error.endswith(f"is not a format transfer reads; {hint}")
+               for _, _, error in rows if error)
+    # evaluate
+    assert rel(path for path, _ in labelled_files(folder, list(TWO))) == photos
+    # train: its listing, its split, and what it says
+    assert rel(p for cls in TWO for p in pipelines.image_files(folder / cls)) == photos
+    assert sorted(f"{cls}/{r}" for cls in TWO for r in pipelines.unread_photos(folder / cls)) \
+        == unread
+    run = plan(TrainSettings(data_dir=folder, models_dir=tmp_path / "models",
+                             validation_split=0.25, seed=3).validated())
+    assert rel(s.path for s in run.train + run.validate) == photos
+    assert rel(run.unread) == unread
+    said = Warnings()
+    report_data(run, said)
+    assert left_out in said.warnings
+    # fetch-data, from the folder and from a zip of it: the same photos on the same sides
+    for source in (folder, zip_of(folder, tmp_path / "phone.zip")):
+        data = tmp_path / f"data-{source.suffix or 'folder'}"
+        said = Warnings()
+        result = fetch_data(SplitOptions(archive=source, data_dir=data, validation_split=0.25,
+                                         seed=3), reporter=said)
+        assert result.skipped == [] and said.warnings == [left_out]
+        for split, samples in (("train", run.train), ("validate", run.validate)):
+            by_fetch = sorted(f"{key.split('/')[1]}/{name}" for key, names in
+                              listing(data).items() if key.startswith(f"{split}/")
+                              for name in names)
+            assert by_fetch == rel(s.path for s in samples), (source, split)
+        assert sum(result.counts[split][cls] for split in result.counts for cls in TWO) \
+            == len(photos)
+
+
 def flower_tree(flowers: Path, root: Path, layout: dict[str, tuple[str, int]]) -> Path:
     """``root/<folder>/`` with ``n`` photos of ``cls`` for each ``folder: (cls, n)``; a folder
     named ".../" gets photos straight in it."""

@@ -67,6 +67,31 @@ def test_one_set_of_suffixes_and_system_files_ignored(odd_folder):
     assert pipelines.read_rgb(saved, 32).shape == (32, 32, 3)
 
 
+def test_a_class_of_jpegs_named_heic_is_trained_on_as_evaluate_reads_it(odd_folder, flowers):
+    """A class folder of JPEGs named .heic (a phone export renamed, a download) was refused by
+    train, "has no images it can read: it holds 2 .heic files", while evaluate and predict read
+    them (Pillow decides, constants.unread_file). They are the class's images now, read as the
+    same photos named .jpg; a text file named .heic is still an unread HEIC, said."""
+    tulips = odd_folder / "tulips"
+    (tulips / "2024").mkdir(parents=True)
+    originals = photos(flowers, "tulips", 2)
+    shutil.copyfile(originals[0], tulips / "IMG_1.heic")
+    shutil.copyfile(originals[1], tulips / "2024/IMG_2.HEIF")
+    (tulips / "IMG_3.heic").write_text("not a photo\n")
+    assert pipelines.class_names(odd_folder) == ["daisy", "roses", "tulips"]
+    listed = pipelines.image_files(tulips)
+    assert [p.relative_to(tulips).as_posix() for p in listed] == ["2024/IMG_2.HEIF", "IMG_1.heic"]
+    assert pipelines.unread_photos(tulips) == ["IMG_3.heic"]
+    for path, original in zip(listed, originals[::-1], strict=True):
+        np.testing.assert_array_equal(pipelines.read_rgb(path, 32),
+                                      pipelines.read_rgb(original, 32))
+    for path in listed:
+        path.write_text("not a photo either\n")
+    with pytest.raises(TransferError, match=r"class folder .*tulips has no images it can read: "
+                       r"it holds 2 \.heic files \(HEIC .*\), 1 \.heif file \(HEIF\); convert"):
+        pipelines.class_names(odd_folder)
+
+
 def test_read_rgb_is_what_predict_and_evaluate_read(odd_folder):
     for path in pipelines.image_files(odd_folder / "daisy") + pipelines.image_files(
             odd_folder / "roses"):

@@ -15,8 +15,11 @@ recognised (`sort_into_classes`):
   (``train/cats``, ``validation/cats``) are merged by class.
 
 Hidden and system files and folders (``.DS_Store``, ``Thumbs.db``, ``._x``, ``__MACOSX/``)
-are ignored silently, as are files without an image suffix. ``check_image`` decodes a photo
-fully with Pillow and says, in words, why one is unusable.
+are ignored silently, as are files without an image suffix. A file named as a format the reader
+does not take (``.heic``, a camera's raw suffix) is a photo when Pillow opens it (a JPEG renamed
+``.heic``), as every command lists it (``constants.unread_file``; a zip member by its first
+bytes, ``ImageSource.opens``); the others are left out and said. ``check_image`` decodes a
+photo fully with Pillow and says, in words, why one is unusable.
 
 No TensorFlow here: this module only needs Pillow (imported lazily) and the standard library.
 """
@@ -33,10 +36,11 @@ import stat
 import unicodedata
 import warnings
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 from transfer.constants import (
+    RAW,
     READS_AVIF,
     TEST_FOLDERS,
     TRAIN_FOLDERS,
@@ -45,6 +49,7 @@ from transfer.constants import (
     class_folders_clash,
     is_image_name,
     same_but_case,
+    unread_file,
     unread_photo,
     unread_summary,
 )
@@ -115,10 +120,12 @@ def header_identified(source) -> bool:
     return True
 
 
-def classify(path: str) -> str | None:
-    """The class (cats/dogs) of an archive path, from Kaggle names or PetImages folders."""
+def classify(path: str, named_photo: bool = False) -> str | None:
+    """The class (cats/dogs) of an archive path, from Kaggle names or PetImages folders.
+    ``named_photo``: the file is a photo though its name says a format the reader does not
+    take (a JPEG renamed cat.3.heic: ``ImageSource.opens``)."""
     pure = PurePosixPath(path.replace("\\", "/"))
-    if not is_image_name(pure.name):
+    if not (named_photo or is_image_name(pure.name)):
         return None
     if _KAGGLE_NAME.match(pure.name):
         return pure.name.split(".")[0].lower() + "s"
@@ -199,9 +206,25 @@ class ImageSource:
         raise NotImplementedError
 
     def unread(self) -> list[str]:
-        """Photos in a format the reader does not take (HEIC, camera raw): left out, said."""
+        """Photos in a format the reader does not take (HEIC, camera raw): left out, said. A
+        file so named that Pillow opens (a JPEG renamed .heic) is a photo (``opens``)."""
         return [name for name in self.names() if unread_photo(name)
-                and not _in_ignored_folder(_posix(name))]
+                and not _in_ignored_folder(_posix(name)) and not self.opens(name)]
+
+    def opens(self, name: str) -> bool:
+        """True when ``name``, named as a format the reader does not take (``unread_photo``),
+        holds a photo Pillow reads all the same (a JPEG renamed .heic): train, evaluate and
+        predict read it (``constants.unread_file``), so it is a photo here too. Asked of
+        those files only, once each."""
+        known = vars(self).setdefault("_opens", {})  # this source's answers, by name
+        if name not in known:
+            known[name] = self._unread_kind(name) is None
+        return known[name]
+
+    def _unread_kind(self, name: str) -> str | None:
+        """``constants.unread_file`` of ``name``: the format it is when the reader cannot
+        take it, None when Pillow opens it."""
+        return unread_photo(name)
 
     def names(self) -> list[str]:
         return []
@@ -253,7 +276,8 @@ class ZipImages(ImageSource):
         self.notes = []
         self.layout, found = sort_into_classes(
             [name for name, i in self.infos.items() if not i.is_dir()],
-            [name for name, i in self.infos.items() if i.is_dir()], str(self.path), self.notes)
+            [name for name, i in self.infos.items() if i.is_dir()], str(self.path), self.notes,
+            opens=self.opens)
         if self.repeated:  # one of them was dropped without a word
             n = len(self.repeated)
             self.notes.append(
@@ -268,7 +292,33 @@ class ZipImages(ImageSource):
     def image_names(self) -> list[str]:
         """The members with an image name (outside hidden folders), whatever their layout."""
         return [name for name, i in self.infos.items()
-                if not i.is_dir() and _is_candidate(_posix(name))]
+                if not i.is_dir() and _is_photo(_posix(name), name, self.opens)]
+
+    def _unread_kind(self, name: str) -> str | None:
+        """``constants.unread_file`` of a member, by what Pillow reads of its stream (the
+        header of most formats: a few bytes of a real HEIC, a JPEG's up to its first scan),
+        never the whole member: a zip member is decompressed from its start at each seek. A
+        raw name with a TIFF header is the raw file it says unread (a TIFF's directory may
+        lie at its end); an oversized or suspicious member is peeked at by its first
+        HEADER_BYTES only; a member that cannot be read is the format its name says."""
+        kind = unread_photo(name)
+        if kind is None:
+            return None
+        from transfer.images import header_format
+
+        info = self.infos[name]
+        ratio = info.file_size / max(info.compress_size, 1)
+        try:
+            with self.zip.open(info) as member:
+                if kind == RAW and member.read(4) in (b"II*\0", b"MM\0*"):
+                    return kind
+                member.seek(0)
+                whole = info.file_size <= PROBE_WHOLE_BYTES and (
+                    info.file_size <= RATIO_CHECK_FROM or ratio <= MAX_COMPRESSION_RATIO)
+                found = header_format(member if whole else member.read(HEADER_BYTES))
+        except Exception:  # BadZipFile, zlib.error, an encrypted member: unread, as named
+            return kind
+        return kind if found is None or (kind == RAW and found == "TIFF") else None
 
     def inner_zips(self) -> list[zipfile.ZipInfo]:
         return [i for i in self.zip.infolist()
@@ -337,8 +387,12 @@ class FolderImages(ImageSource):
         self._files = files  # names() after candidates() walks no second time
         self.notes = []
         self.layout, found = sort_into_classes(files, folders, str(self.root), self.notes,
-                                               root_name=self.root.resolve().name)
+                                               root_name=self.root.resolve().name,
+                                               opens=self.opens)
         return found
+
+    def _unread_kind(self, name: str) -> str | None:
+        return unread_file(self.root / name)  # its header, as train and predict read it
 
     def read(self, name: str) -> bytes:
         path = self.root / name
@@ -375,14 +429,17 @@ EXPECTED_LAYOUTS = ("expected one folder per class holding its images, e.g. dais
 
 def sort_into_classes(files: Iterable[str], folders: Iterable[str] = (),
                       where: str = "the archive", notes: list | None = None,
-                      root_name: str = "") -> tuple[str, dict[str, list[str]]]:
+                      root_name: str = "", opens: Callable[[str], bool] | None = None,
+                      ) -> tuple[str, dict[str, list[str]]]:
     """The layout of an archive and its images by class: (layout, {class: [file, ...]}).
 
     ``files`` are the archive's file paths (zip member names, or paths relative to a folder),
     ``folders`` its folders (empty ones included: an empty class folder is refused). Classes
     come sorted by name (cats and dogs, both present, for the two cats/dogs layouts), files
     sorted by path. Hidden and system files and folders, and files without an image suffix,
-    are left out silently.
+    are left out silently. ``opens(file)`` (``ImageSource.opens``) says whether a file named
+    as a format the reader does not take (.heic, raw) is a photo all the same (a JPEG renamed
+    .heic); without it, none is.
 
     Kaggle's ``cat.N.jpg`` names give the class only while they all lie in one folder (Kaggle's
     ``train/``): once a user has sorted them into folders, the folders say the class (a
@@ -396,11 +453,13 @@ def sort_into_classes(files: Iterable[str], folders: Iterable[str] = (),
             images. One line each, naming the folders.
     """
     paths = {_posix(f): f for f in files}
-    images = sorted((p for p in paths if _is_candidate(p)), key=_parts)
+    images = sorted((p for p in paths if _is_photo(p, paths[p], opens)), key=_parts)
+    named = {p for p in images if not _is_candidate(p)}  # photos named as HEIC or raw
+    unread = [p for p in paths if unread_photo(p) and p not in named]
     if not images:
-        unread = unread_summary([p for p in paths if not _in_ignored_folder(p)])
-        if unread:
-            raise TransferError(f"no images transfer can read in {where}: it holds {unread}; "
+        held = unread_summary([p for p in unread if not _in_ignored_folder(p)])
+        if held:
+            raise TransferError(f"no images transfer can read in {where}: it holds {held}; "
                                 f"{UNREAD_HINT}")
         raise TransferError(f"no images in {where} ({EXPECTED_LAYOUTS})")
     kaggle = [p for p in images if _KAGGLE_NAME.match(_name(p))]
@@ -418,7 +477,8 @@ def sort_into_classes(files: Iterable[str], folders: Iterable[str] = (),
     petimages = all(_folder_name(p) in _PETIMAGES_FOLDERS and (
         _name(_parent(_parent(p))) or root_name) == _PETIMAGES_ROOT for p in others)
     if one_folder and petimages:
-        found = {cls: [paths[p] for p in kaggle + others if classify(p) == cls] for cls in CLASSES}
+        found = {cls: [paths[p] for p in kaggle + others if classify(p, p in named) == cls]
+                 for cls in CLASSES}
         return (PETIMAGES if others else KAGGLE), found
     # a models folder (or a comparison's, or one bundle) given as the photos: each bundle a
     # "class" of its pictures (train refuses it as its --data-dir; fetch-data split it)
@@ -434,7 +494,7 @@ def sort_into_classes(files: Iterable[str], folders: Iterable[str] = (),
         raise bundles_as_photos(where, [_name(b) for b in bundles], "--archive")
     known = [*(_posix(f) for f in folders), *(_parent(p) for p in paths)]
     classes = class_folders(images, known, where, kaggle_folder=one_folder and bool(kaggle),
-                            notes=notes, unread=[p for p in paths if unread_photo(p)])
+                            notes=notes, unread=unread)
     return CLASS_FOLDERS, {cls: [paths[p] for p in names] for cls, names in classes.items()}
 
 
@@ -596,6 +656,13 @@ def _in_ignored_folder(path: str) -> bool:
 
 def _is_candidate(path: str) -> bool:
     return is_image_name(_name(path)) and not _in_ignored_folder(path)
+
+
+def _is_photo(path: str, name: str, opens: Callable[[str], bool] | None) -> bool:
+    """A candidate by its name (``path``, POSIX), or a file named as HEIC or raw that
+    ``opens(name)`` says Pillow reads (a JPEG renamed .heic)."""
+    return _is_candidate(path) or bool(
+        opens and unread_photo(path) and not _in_ignored_folder(path) and opens(name))
 
 
 def _some(names: list[str], shown: int = 3) -> str:

@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from transfer.constants import is_ignored_folder, is_image_name, unread_photo
+from transfer.constants import is_ignored_folder, is_image_name, unread_file, unread_photo
 from transfer.errors import TransferError
 
 
@@ -258,7 +258,8 @@ def unreadable_folder(root: Path, rel: str, error: OSError) -> str:
 
 def images_under(folder: Path) -> list[Path]:
     """Every image under ``folder`` at any depth, sorted, links followed (``walk``); hidden
-    and system files and folders, ``__MACOSX/`` and the tool's own pictures left out."""
+    and system files and folders, ``__MACOSX/`` and the tool's own pictures left out; a file
+    named as HEIC or raw that Pillow opens (a JPEG renamed .heic) is one (``photos_under``)."""
     return photos_under(folder)[0]
 
 
@@ -266,11 +267,17 @@ def photos_under(folder: Path, unreadable: list[tuple[str, OSError]] | None = No
                  ) -> tuple[list[Path], list[Path]]:
     """(the images under ``folder``, as ``images_under``; the photos there in a format the
     reader does not take, HEIC or camera raw), from one walk; a folder that cannot be listed
-    as ``walk`` treats it."""
+    as ``walk`` treats it. A file named as such a format is asked what it holds
+    (``constants.unread_file``: its header, read for those files only, never for every file
+    of a big folder): a JPEG renamed .heic is an image, as train, evaluate and fetch-data
+    list it; a real HEIC, or a text file named .heic, is the HEIC its name says."""
     folder = Path(folder)
     files, _ = walk(folder, skip_folder=is_ignored_folder, unreadable=unreadable)
-    return (sorted(folder / rel for rel in files if is_image_name(rel.rsplit("/", 1)[-1])),
-            sorted(folder / rel for rel in files if unread_photo(rel)))
+    named = [folder / rel for rel in files if unread_photo(rel)]
+    kinds = {path: unread_file(path) for path in named}
+    return (sorted([folder / rel for rel in files if is_image_name(rel.rsplit("/", 1)[-1])]
+                   + [path for path in named if not kinds[path]]),
+            sorted(path for path in named if kinds[path]))
 
 
 def _machine() -> str:

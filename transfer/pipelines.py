@@ -22,10 +22,12 @@ The contract the training phases build on:
 
 What a data folder holds: ``class_names`` (sorted subfolders; hidden, system and ``__MACOSX``
 folders are never classes; one class or an empty class is refused) and ``image_files`` (every
-suffix of ``constants.IMAGE_SUFFIXES``, at any depth under the class folder; hidden and system
-files ignored silently). ``probe_all`` records the files that are not images by their header
-(cheap) before a split; ``split_in_memory`` is fetch-data's seeded stratified split of the
-same folder; ``decode_all`` reads every sample once (before an end-to-end fit).
+suffix of ``constants.IMAGE_SUFFIXES``, at any depth under the class folder, and a file named
+as HEIC or raw that Pillow opens, a JPEG renamed .heic; hidden and system files ignored
+silently; ``unread_photos``: the HEIC and raw photos left out, and said). ``probe_all``
+records the files that are not images by their header (cheap) before a split;
+``split_in_memory`` is fetch-data's seeded stratified split of the same folder;
+``decode_all`` reads every sample once (before an end-to-end fit).
 
 - ``generator``: a ``keras.utils.PyDataset`` over Samples, read by a small thread pool, with
   ImageDataGenerator's random transforms (the classic Keras recipe).
@@ -55,6 +57,7 @@ from transfer.constants import (  # noqa: F401  (IMAGE_SUFFIXES: pipelines.IMAGE
     is_ignored_folder,
     is_image_name,
     same_but_case,
+    unread_file,
     unread_photo,
     unread_summary,
 )
@@ -204,9 +207,9 @@ def class_folders(directory: Path) -> list[str]:
 
 def unread_photos(folder: Path) -> list[str]:
     """The photos under ``folder`` in a format the reader does not take (HEIC, camera raw),
-    as relative paths: left out of training, and said."""
-    return [rel for rel in walk(Path(folder), skip_folder=is_ignored_folder)[0]
-            if unread_photo(rel)]
+    as relative paths: left out of training, and said. A file so named that Pillow opens (a
+    JPEG renamed .heic) is none of them: ``image_files`` lists it."""
+    return _listed(Path(folder))[1]
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -214,14 +217,29 @@ def image_files(folder: Path) -> list[Path]:
     their POSIX path; hidden and system files and folders (``.DS_Store``, ``Thumbs.db``,
     ``._x``, ``__MACOSX/``) are left out silently; symbolic links are followed
     (``files.walk``). The tool's own pictures (``*.gradcam.png`` that ``transfer explain``
-    writes beside a photo, ``augment-preview.png``) are not photos of the class: left out."""
+    writes beside a photo, ``augment-preview.png``) are not photos of the class: left out.
+    A file named as HEIC or raw that Pillow opens (a JPEG renamed .heic) is an image, as
+    evaluate, predict and fetch-data take it (train left it out: the same folder was split
+    and counted otherwise by each)."""
     folder = Path(folder)
-    files = []
-    for rel in walk(folder, skip_folder=is_ignored_folder)[0]:  # links followed, as fetch-data does
+    return sorted(_listed(folder)[0], key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _listed(folder: Path) -> tuple[list[Path], list[str]]:
+    """(the images under ``folder``; the HEIC and raw photos there, relative) from one walk
+    (links followed, as fetch-data does). A file named as HEIC or raw is asked what it holds
+    (``constants.unread_file``: its header, read for those files only, never every file)."""
+    files, unread = [], []
+    for rel in walk(folder, skip_folder=is_ignored_folder)[0]:
         path = folder / rel
         if is_image_name(path.name):
             files.append(path)
-    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+        elif unread_photo(rel):
+            if unread_file(path):
+                unread.append(rel)
+            else:
+                files.append(path)
+    return files, unread
 
 
 def samples_of(directory: Path, names: list[str]) -> list[Sample]:
