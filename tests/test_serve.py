@@ -145,6 +145,12 @@ def test_a_text_file_is_415_naming_it_and_the_server_keeps_serving(client, unsee
     assert client.get("/api/health").status_code == 200
     again = client.post("/api/predict", files=files_field(unseen["cats"][0]))
     assert again.status_code == 200 and again.json()["predictions"][0]["label"] == "cats"
+    # a JPEG uploaded under a HEIC name is read, as predict reads it (the server looked for a
+    # file of that name in its own folder, found none and refused it as a HEIC)
+    renamed = client.post("/api/predict", files=files_field(("IMG_0002.HEIC",
+                                                             unseen["cats"][0][1])))
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json()["predictions"][0]["label"] == "cats"
 
 
 def test_one_bad_file_among_good_ones_gets_its_own_error(client, unseen):
@@ -1186,26 +1192,27 @@ def test_an_imagenet_classifier_that_cannot_load_is_the_servers_fault(models_dir
     monkeypatch.setattr(config, "_KERAS_DIR", str(home))  # Keras reads it once, at import
     models = tmp_path / "models"
     models.mkdir()
-    said: list[str] = []
-    # asked for: damaged weights are not offered unasked (bases.cached_weights passes them
-    # over since 97d4662)
-    app = serve.create_app(ServeSettings(models_dir=models, imagenet=True, base="mobilenet",
-                                         alpha=0.25))
-    app.state.store.warn = said.append
     photo = unseen["dogs"][0]
-    with TestClient(app) as c:
-        assert c.get("/api/models").json()["default"] == "imagenet:mobilenet-0.25"
-        for endpoint, field in (("/api/predict", "files"), ("/api/explain", "file")):
-            answer = c.post(endpoint, files=[(field, photo)],
-                            data={"model": "imagenet:mobilenet-0.25"})
-            assert answer.status_code == 500, (endpoint, answer.text)
-            assert answer.json()["detail"].startswith(
-                "model 'imagenet:mobilenet-0.25' cannot be used: ")
-        absent = c.post("/api/predict", files=[("files", photo)],
-                        data={"model": "imagenet:vgg16"})
-        assert absent.status_code == 404 and "Keras cache" in absent.json()["detail"]
-        assert str(tmp_path) not in absent.json()["detail"]
-    assert len(said) == 1 and said[0].startswith("imagenet:mobilenet-0.25: cannot be loaded")
+    # offered unasked too: a request naming it was a 404 saying its weights are not in the
+    # Keras cache, while a damaged file sat there
+    for asked in ({}, {"imagenet": True, "base": "mobilenet", "alpha": 0.25}):
+        said: list[str] = []
+        app = serve.create_app(ServeSettings(models_dir=models, **asked))
+        app.state.store.warn = said.append
+        with TestClient(app) as c:
+            assert c.get("/api/models").json()["default"] == "imagenet:mobilenet-0.25"
+            for endpoint, field in (("/api/predict", "files"), ("/api/explain", "file")):
+                answer = c.post(endpoint, files=[(field, photo)],
+                                data={"model": "imagenet:mobilenet-0.25"})
+                assert answer.status_code == 500, (endpoint, answer.text)
+                detail = answer.json()["detail"]
+                assert detail.startswith("model 'imagenet:mobilenet-0.25' cannot be used: ")
+                assert "is not an HDF5 weights file" in detail and "delete it" in detail
+            absent = c.post("/api/predict", files=[("files", photo)],
+                            data={"model": "imagenet:vgg16"})
+            assert absent.status_code == 404 and "Keras cache" in absent.json()["detail"]
+            assert str(tmp_path) not in absent.json()["detail"]
+        assert len(said) == 1 and said[0].startswith("imagenet:mobilenet-0.25: cannot be loaded")
     (home / "models" / "mobilenet_2_5_224_tf.h5").unlink()
     with TestClient(serve.create_app(ServeSettings(models_dir=models))) as c:
         nothing = c.post("/api/predict", files=[("files", photo)])

@@ -135,20 +135,21 @@ def unread_photo(name: str) -> str | None:
     return UNREAD_PHOTOS.get(os.path.splitext(base)[1].lower())
 
 
-def unread_file(path) -> str | None:
+def unread_file(path, data: bytes | None = None) -> str | None:
     """The kind of photo the file at ``path`` is when the reader cannot take it: its name says
     a format Pillow does not read (``unread_photo``) and Pillow cannot identify its bytes
     either (for a raw name: as anything but the TIFF a raw file's header is); None for every
     other file. A JPEG renamed .heic is a photo (it was refused by its name); a real HEIC, or
     a missing or unreadable file of that name, is the HEIC it says.
     What every listing of photos asks of a file ``unread_photo`` names (cheap: a header read,
-    only for those files)."""
+    only for those files). ``data``: the file's bytes when they are not on disk at ``path`` (an
+    upload: its name is the client's)."""
     kind = unread_photo(os.fspath(path))
     if kind is None:
         return None
     from transfer.images import header_format
 
-    found = header_format(Path(path))
+    found = header_format(Path(path) if data is None else data)
     # a camera's raw file is a TIFF by its header (DNG, CR2, NEF, ARW): Pillow would read
     # the small preview stored first, not the photo
     if found is None or (kind == RAW and found == "TIFF"):

@@ -384,7 +384,10 @@ class ModelStore:
                 continue
             for alpha in (bases.MOBILENET_ALPHAS if spec.has_alpha else (1.0,)):
                 try:
-                    if bases.cached_weights(spec, alpha, include_top=True) is not None:
+                    # a damaged file too: a request for it is then a 500 naming the file
+                    # and the way out (not a 404 saying its weights are not cached)
+                    top = bases.keras_cache_dir() / spec.weight_file(alpha, include_top=True)
+                    if top.is_file():
                         add(base_name, alpha)
                 except (TransferError, KeyError, ValueError):
                     continue
@@ -628,11 +631,13 @@ def upload_problem(upload: Upload) -> str | None:
     from PIL import Image
 
     from transfer import images
-    from transfer.inference import unread_reason
+    from transfer.constants import unread_file, unread_line
 
-    reason = unread_reason(Path(upload.filename))
-    if reason:
-        return reason
+    # by the client's name and the upload's bytes (a file of that name in the server's folder
+    # was looked at, so a JPEG uploaded as x.heic was refused as a HEIC)
+    kind = unread_file(upload.filename or "", upload.data)
+    if kind:
+        return unread_line(kind)
     jpeg = upload.data[:3] == images.JPEG_MAGIC
     limit = (f"the server decodes at most {MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels of an "
              "image that is not a baseline JPEG: scale it down, or save it as a "
