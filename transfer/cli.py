@@ -1251,8 +1251,9 @@ def serve_cmd(
     host: Annotated[str, typer.Option(
         help="Address to bind (0.0.0.0: every interface, with a warning).")] = _V.host,
     port: Annotated[int, typer.Option(help="Port (0: any free port).")] = _V.port,
-    max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted, in MB.")
-                             ] = _V.max_upload_mb,
+    max_upload_mb: Annotated[float, typer.Option(
+        help="Largest request body accepted, in MiB (2^20 bytes: 20 = 20,971,520 bytes).")
+    ] = _V.max_upload_mb,
     top: Annotated[int, typer.Option(help="Classes shown per image.")] = _V.top,
     cache_size: Annotated[int, typer.Option(help="Models kept loaded (least recently used "
                                             "dropped first).")] = _V.cache_size,

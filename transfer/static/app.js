@@ -351,8 +351,8 @@
         continue;
       }
       if (chunk.length === 1 && chunk[0].size + 5 * FORM_BYTES > maxUploadBytes) {
-        const text = "too large: " + (chunk[0].size / 1048576).toFixed(1) + " MB, and the " +
-          "server takes at most " + limit + " MB a request (transfer serve --max-upload-mb)";
+        const text = "too large: " + (chunk[0].size / 1048576).toFixed(1) + " MiB, and the " +
+          "server takes at most " + limit + " MiB a request (transfer serve --max-upload-mb)";
         showPrediction(boxes[0], { error: text }, 0);
         say(chunk[0].name + " is " + text, true);
         continue;
