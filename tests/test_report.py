@@ -235,7 +235,8 @@ def test_a_report_is_not_written_into_another_bundle_nor_over_its_own_files(bund
         before = (bundle_copy / name).read_bytes()
         code, said = run(bundle_copy, "--output", bundle_copy / name, "--force")
         assert code == 1 and "\n" not in said
-        assert "one of the files the report of" in said and "even with --force" in said
+        assert "'s folder (its meta.json, model, pictures or your own)" in said
+        assert "even with --force" in said
         assert (bundle_copy / name).read_bytes() == before
     for name in ("x.png", "page", "notes.txt"):
         code, said = run(bundle_copy, "--output", tmp_path / name, "--force")
@@ -759,3 +760,18 @@ def test_the_files_training_skipped_are_in_the_report(bundle_copy, monkeypatch):
     text = write_report(bundle_copy).read_text(encoding="utf-8")
     assert "3 file(s) skipped" in text  # trunc.jpg, skipped by both, listed once
     assert "photos/daisy/new.jpg" in text and "photos/roses/empty.jpg" in text
+
+
+def test_an_evaluated_bundle_with_a_broken_part_says_it_too(bundle_copy):
+    """A bundle evaluated into itself (an evaluation folder too): the list of what the page
+    skips was overwritten by a string (the "(the training validation folder)" words), so
+    any skipped part raised AttributeError: `transfer report` a traceback, evaluate "report.html
+    not written", serve's report page a 500."""
+    from transfer.evaluate import evaluate
+
+    evaluate(bundle_copy, force=True)
+    (bundle_copy / "curves.png").write_text("not a picture\n")
+    notes: list = []
+    text = write_report(bundle_copy, gradcams=0, notes=notes).read_text(encoding="utf-8")
+    assert notes == ["curves.png skipped: the file is not a PNG picture"]
+    assert skipped_on_page(text) == notes and 'class="confusion"' in text

@@ -688,10 +688,11 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
         from transfer.evaluate import evaluated_on
 
         split = evaluation.get("subset")  # "validate": split in memory from one folder
-        said = (" (the training validation folder)"
-                if evaluation.get("is_training_validation_folder") and not split else "")
+        training_folder = (" (the training validation folder)"
+                           if evaluation.get("is_training_validation_folder") and not split
+                           else "")
         on = evaluated_on(f"<b>{_e(evaluation.get('data_dir'))}</b>", split)
-        run += (f"<p>Evaluated <b>{_e(evaluation.get('model'))}</b> on {on}{said}"
+        run += (f"<p>Evaluated <b>{_e(evaluation.get('model'))}</b> on {on}{training_folder}"
                 f", {_e(evaluation.get('created') or '')}.</p>")
         run += lost
         if retrained is not None:
@@ -936,9 +937,9 @@ def check_output(folder: Path, target: Path, force: bool = False) -> None:
         raise TransferError(f"{target} is a folder; name an .html file")
     if target.is_file() and _real(target.parent) in _own_folders(folder) and (
             target.suffix.lower() not in HTML_SUFFIXES):
-        raise TransferError(f"--output {target} is one of the files the report of {folder} is "
-                            "made from: it is never written over, even with --force; name an "
-                            ".html file")
+        raise TransferError(f"--output {target} is a file of {folder}'s folder (its meta.json, "
+                            "model, pictures or your own): a report never writes over it, even "
+                            "with --force; name an .html file")
     if target.suffix.lower() not in HTML_SUFFIXES:
         raise TransferError(f"--output {target}: a report is an HTML page; name a file ending "
                             "in .html")
