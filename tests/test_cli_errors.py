@@ -709,6 +709,48 @@ def test_an_interruption_that_lands_in_a_garbage_collector_callback_still_stops(
     assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr
 
 
+def test_an_interruption_sent_again_as_the_command_ends_is_not_lost_nor_late():
+    """The command ended within the milliseconds the lost Ctrl-C was being sent again: the
+    record was gone (a success, exit 0) and the signal came after the command, to whoever
+    called it (a KeyboardInterrupt in their code). It is raised as the command ends; and an
+    unraisable error that is no interruption goes to the hook that was there before."""
+    script = textwrap.dedent("""
+        import signal, sys, time, weakref
+        from transfer import cli, errors
+
+        seen = []
+        sys.unraisablehook = lambda unraisable: seen.append(type(unraisable.exc_value).__name__)
+
+        class Photo:
+            pass
+
+        def collected(ref):
+            errors.on_interrupt_signal(signal.SIGINT, None)
+
+        def broken(ref):
+            raise ValueError("a library's own")
+
+        try:
+            with cli._terminate_as_interrupt("mnist"):
+                other = Photo()
+                other_ref = weakref.ref(other, broken)
+                del other  # not an interruption: to the caller's hook
+                photo = Photo()
+                ref = weakref.ref(photo, collected)
+                del photo  # the command ends at once, the signal not sent again yet
+            print("went on")
+        except KeyboardInterrupt:
+            print("stopped")
+        time.sleep(0.3)  # a late signal would land here
+        print("after", seen)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.split("\n")[:2] == ["stopped", "after ['ValueError']"], (
+        done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+
+
 def test_multi_worker_training_takes_sigterm_back_from_the_cli_only(monkeypatch):
     """Multi-worker training waits inside TensorFlow, where no Python handler runs: under the
     CLI's handler it puts SIGTERM's default back (a worker ends at once); a program's own

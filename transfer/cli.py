@@ -213,11 +213,10 @@ def _terminate_as_interrupt(command: str):
     errors.clear_interrupted()
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
                 if signal.getsignal(sig) is not signal.SIG_IGN}  # `nohup`, `trap '' INT`: kept
-    hook, sys.unraisablehook = sys.unraisablehook, errors.on_unraisable  # Ctrl-C during GC
     try:
-        yield
+        with errors.catching_unraisable():  # a Ctrl-C raised inside a GC callback
+            yield
     finally:  # the record stays for run's except clauses, which clear it
-        sys.unraisablehook = hook
         for sig, handler in previous.items():
             if handler is not None:  # None: installed outside Python, nothing to put back
                 signal.signal(sig, handler)

@@ -36,12 +36,21 @@ _interrupted: list[type[KeyboardInterrupt]] = []
 _safe_points: list[int] = []  # for each open ``at_safe_points``: the record's length there
 
 
+# An interruption lost in a garbage-collector callback (``on_unraisable``), being sent again:
+# (kind, timer). Its signal, when it comes back, raises what was recorded already.
+_resending: list = []
+_hooks: list = []  # the unraisable hooks ``catching_unraisable`` replaced, innermost last
+
+
 def on_interrupt_signal(signum, frame) -> None:
     """Signal handler for SIGINT and SIGTERM while a command runs (``cli``): record, then
     raise, or leave it to the next safe point when one is near (a second signal raises)."""
     import signal
 
     kind = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    if _resending and _resending[0][0] is kind:  # ``on_unraisable``'s: recorded already
+        _resending.clear()
+        raise kind
     _interrupted.append(kind)
     if _safe_points and len(_interrupted) == _safe_points[-1] + 1:
         return
@@ -49,26 +58,51 @@ def on_interrupt_signal(signum, frame) -> None:
 
 
 def on_unraisable(unraisable) -> None:
-    """``sys.unraisablehook`` while a command runs. A signal's interruption raised inside a
-    weakref callback or a ``__del__`` that the garbage collector happened to run cannot
-    propagate: Python printed "Exception ignored in ... Traceback ... KeyboardInterrupt" and
-    dropped it, so the command went on after Ctrl-C. The signal is sent again a moment later
-    (from a timer thread: Python handles it in the main thread, where the command runs) and
-    raised there; anything else goes to Python's own hook."""
+    """``sys.unraisablehook`` while a command runs (``catching_unraisable``). A signal's
+    interruption raised inside a weakref callback or a ``__del__`` that the garbage collector
+    happened to run cannot propagate: Python printed "Exception ignored in ... Traceback ...
+    KeyboardInterrupt" and dropped it, so the command went on after Ctrl-C. The signal is
+    sent again a moment later (from a timer thread: Python handles it in the main thread,
+    where the command runs) and raised there; the record stays meanwhile (for
+    ``raise_if_interrupted``). Anything else goes to the hook that was there before."""
     import sys
 
     if isinstance(unraisable.exc_value, KeyboardInterrupt) and _interrupted:
-        import os
-        import signal
-        import threading
+        if not _resending:
+            import os
+            import signal
+            import threading
 
-        kind = _interrupted.pop()  # recorded again when the signal comes back
-        signum = signal.SIGTERM if kind is Terminated else signal.SIGINT
-        timer = threading.Timer(0.01, os.kill, (os.getpid(), signum))
-        timer.daemon = True
-        timer.start()
+            kind = _interrupted[-1]
+            signum = signal.SIGTERM if kind is Terminated else signal.SIGINT
+            timer = threading.Timer(0.01, os.kill, (os.getpid(), signum))
+            timer.daemon = True
+            _resending.append((kind, timer))
+            timer.start()
         return
-    sys.__unraisablehook__(unraisable)
+    (_hooks[-1] if _hooks else sys.__unraisablehook__)(unraisable)
+
+
+@contextlib.contextmanager
+def catching_unraisable():
+    """``on_unraisable`` as ``sys.unraisablehook`` inside, the previous hook back after. An
+    interruption still being sent again when the block ends (the command finished within
+    those milliseconds) is raised there: the Ctrl-C is not lost, nor delivered after the
+    command to whoever called it."""
+    import sys
+
+    _hooks.append(sys.unraisablehook)
+    sys.unraisablehook = on_unraisable
+    try:
+        yield
+    finally:
+        sys.unraisablehook = _hooks.pop()
+        pending = [kind for kind, timer in _resending]  # its signal not handled yet
+        for _, timer in _resending:
+            timer.cancel()
+        _resending.clear()
+        if pending and sys.exc_info()[0] is None:
+            raise pending[0]
 
 
 @contextlib.contextmanager
