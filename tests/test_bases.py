@@ -287,3 +287,21 @@ def test_a_damaged_weights_file_is_named_not_taken_for_the_download(
     assert [(path.name, why.split(" (")[0]) for path, why in bases.damaged_files()] == [
         ("mobilenet_7_5_224_tf_no_top.h5", "is not an HDF5 weights file"),
         ("mobilenet_5_0_224_tf_no_top.h5", "is empty")]
+
+
+def test_a_damaged_file_keras_checks_by_its_hash_is_left_to_keras(tmp_path, monkeypatch):
+    """InceptionV3's loader (VGG16's, ResNet50's, EfficientNet's) checks its file against a
+    hash and downloads a damaged one again: refusing it stopped a run Keras would have
+    mended online. Offline, the download's failure is the error, naming the file."""
+    offline(monkeypatch)
+    models = tmp_path / "models"
+    models.mkdir()
+    base = bases.get("inception")
+    (models / base.weight_file()).write_bytes(b"")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    assert base.keras_checks_file and not bases.get("mobilenet").keras_checks_file
+    assert bases.weights_state(base) == "damaged"  # still said by `transfer bases`
+    with pytest.raises(TransferError) as info:
+        bases.build(base, 75, weights="imagenet")
+    text = str(info.value)
+    assert "could not be downloaded" in text and base.weight_file() in text, text

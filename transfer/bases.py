@@ -51,6 +51,10 @@ class Base:
     # at their native size shows them (FixRes, Touvron et al. 2019). None: no test-time flips
     # by default for this base (``--tta flip`` still asks for them, at the native size).
     test_size: int | None = None
+    # Keras checks this base's weight files against their hash and downloads a damaged one
+    # again (InceptionV3, VGG16, ResNet50, EfficientNet); MobileNet's loaders take any file of
+    # the name as the download (``build`` names a damaged one instead)
+    keras_checks_file: bool = False
 
     @property
     def pretrained(self) -> bool:
@@ -82,17 +86,18 @@ BASES: dict[str, Base] = {
     b.name: b
     for b in (
         Base("inception", "InceptionV3", "inception_v3", 299, 75, "tf", "mixed10",
-             _fixed("inception_v3_weights_tf_dim_ordering_tf_kernels")),
+             _fixed("inception_v3_weights_tf_dim_ordering_tf_kernels"), keras_checks_file=True),
         Base("vgg16", "VGG16", "vgg16", 224, 32, "caffe", "block5_conv3",
-             _fixed("vgg16_weights_tf_dim_ordering_tf_kernels")),
+             _fixed("vgg16_weights_tf_dim_ordering_tf_kernels"), keras_checks_file=True),
         Base("mobilenet", "MobileNet", "mobilenet", 224, 32, "tf", "conv_pw_13_relu",
              _mobilenet_files, has_alpha=True, test_size=288),  # docs/BENCHMARKS.md (alpha 0.25)
         Base("mobilenetv2", "MobileNetV2", "mobilenet_v2", 224, 32, "tf", "out_relu",
              _mobilenetv2_files),
         Base("resnet50", "ResNet50", "resnet50", 224, 32, "caffe", "conv5_block3_out",
-             _fixed("resnet50_weights_tf_dim_ordering_tf_kernels")),
+             _fixed("resnet50_weights_tf_dim_ordering_tf_kernels"), keras_checks_file=True),
         Base("efficientnetb0", "EfficientNetB0", "efficientnet", 224, 32, "none",
-             "top_activation", _fixed("efficientnetb0", "", "_notop")),
+             "top_activation", _fixed("efficientnetb0", "", "_notop"),
+             keras_checks_file=True),
         # The CNN from scratch: four Conv-BatchNorm-ReLU-MaxPool blocks (the first conv with
         # stride 2) and global average pooling; 128 px (docs/BENCHMARKS.md has the runs).
         Base("scratch", "", "", 128, 32, "scale", "block4_relu", lambda alpha, size: ("", "")),
@@ -258,7 +263,7 @@ def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
         raise TransferError(f"the ImageNet classifier of {base.name} needs {base.size} px")
     kwargs["input_shape"] = (size, size, 3)
     cached = cached_weights(base, alpha, size, include_top) if weights == "imagenet" else None
-    if weights == "imagenet" and cached is None:
+    if weights == "imagenet" and cached is None and not base.keras_checks_file:
         found = keras_cache_dir() / base.weight_file(alpha, size, include_top)
         why = found.is_file() and damaged_weights(found)
         if why:  # Keras would take it for the download and fail on it, naming no file
