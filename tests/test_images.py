@@ -648,6 +648,13 @@ def test_a_12_bit_scan_in_a_16_bit_file_keeps_its_grey_levels(tmp_path):
         np.testing.assert_array_equal(
             pipelines.read_rgb(tmp_path / name, 96),
             images.model_input(tmp_path / name, {"image_size": 96})[0].astype("uint8"))
+        # the same scan as an array in memory (predict(array), classify): as its file (a
+        # uint16 array was divided by 257 whatever its range: the 12-bit one 16 times darker)
+        with Image.open(tmp_path / name) as deep:
+            array = np.asarray(deep)
+        np.testing.assert_array_equal(
+            images.model_input(array, {"image_size": 96})[0],
+            images.model_input(tmp_path / name, {"image_size": 96})[0])
     assert images.high_bit_top("I;16", 4095) == 4095 and images.high_bit_top("I;16", 4096) == 65535
 
 

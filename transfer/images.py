@@ -364,7 +364,8 @@ ARRAY_SHAPES = "H x W (grey), H x W x 1, H x W x 3 (RGB) or H x W x 4 (RGBA)"
 
 def in_memory(photo):
     """A photo in memory (a Pillow image, or a NumPy array shaped ``ARRAY_SHAPES``: uint8 or
-    floats of pixels 0-255, or uint16 of 16-bit pixels 0-65535) as a file the one reader
+    floats of pixels 0-255, or uint16 of 16-bit pixels, grey ones scaled as their file would
+    be: ``high_bit_top``) as a file the one reader
     opens: an uncompressed TIFF in memory, lossless, EXIF kept (an upright phone photo stays
     upright, a Pillow image opened without ``exif_transpose`` is turned as the file would
     be); a palette with a transparent colour becomes RGBA first (TIFF would drop it). Floats
@@ -382,17 +383,23 @@ def in_memory(photo):
         if array.dtype.kind not in "uif":
             raise ImageError(f"an array of {array.dtype} is no photo; expected pixels "
                              "0-255 (uint8 or floats)")
-        values = array.astype("float64")
-        if array.dtype == np.uint16:  # 16-bit pixels, as a 16-bit PNG holds them
-            values = values / 257.0
-        if not np.isfinite(values).all():
-            raise ImageError("the array holds NaN or infinite values")
-        refuse_scaled(array)
-        low, high = float(values.min(initial=0)), float(values.max(initial=0))
-        if low < 0 or high > 255:
-            raise ImageError(f"the array's pixels lie between {low:.4g} and {high:.4g}: "
-                             "pixels 0-255 are expected")
-        image, exif = Image.fromarray(np.rint(values).astype("uint8")), None
+        if array.dtype == np.uint16 and array.ndim == 2:  # 16-bit grey: read as its file
+            # is (a 16-bit TIFF in memory; ``high_bit_top``: a 12-bit scan from 4095, 16 bits
+            # from 65535: it was divided by 257 always, a 12-bit scan 16 times darker than
+            # the same scan's file)
+            image, exif = Image.fromarray(array), None
+        else:
+            values = array.astype("float64")
+            if array.dtype == np.uint16:  # 16-bit colour, from 65535
+                values = values / 257.0
+            if not np.isfinite(values).all():
+                raise ImageError("the array holds NaN or infinite values")
+            refuse_scaled(array)
+            low, high = float(values.min(initial=0)), float(values.max(initial=0))
+            if low < 0 or high > 255:
+                raise ImageError(f"the array's pixels lie between {low:.4g} and {high:.4g}: "
+                                 "pixels 0-255 are expected")
+            image, exif = Image.fromarray(np.rint(values).astype("uint8")), None
     else:
         image = photo
     buffer = io.BytesIO()
