@@ -148,8 +148,9 @@ def test_gradcam_of_every_class_of_a_five_class_model(trained_bundle, dog_photo,
         result = explain.explain(ExplainSettings(image=dog_photo, model=copy, class_name=typed),
                                  write=False)
         assert result.class_index == index and result.label == names[index]
-    with pytest.raises(TransferError, match="unknown class 'Dog'"):
-        explain.named_class(names, "Dog")
+    assert explain.named_class(names, "Dog") == 3  # as typed, one class meant
+    with pytest.raises(TransferError, match="unknown class 'Horse'"):
+        explain.named_class(names, "Horse")
 
 
 def test_gradcam_on_a_real_photo(trained_bundle, dog_photo, tmp_path):
@@ -547,3 +548,22 @@ def test_photos_with_names_near_the_limit_get_their_pictures(trained_bundle, dog
     pictures = sorted(p.name for p in folder.iterdir() if p.name.endswith(".gradcam.png"))
     assert len(pictures) == 2 and all(len(os.fsencode(p)) <= 255 for p in pictures)
     assert pictures[0] != pictures[1] and all(p.startswith("長" * 40) for p in pictures)
+
+
+def test_a_class_typed_otherwise_is_found_by_the_cli_as_by_serve():
+    """`transfer explain --class Cats` for a bundle's `cats` was "unknown class 'Cats'" while
+    serve's /api/explain found it: one function (named_class) answers both now, with the
+    nearest names for an unknown one and the candidates when several are meant."""
+    from transfer.explain import named_class
+
+    names = ["cats", "dogs", "golden_retriever", "café"]
+    assert named_class(names, "Cats") == 0 and named_class(names, " DOGS ") == 1
+    assert named_class(names, "Golden Retriever") == 2
+    assert named_class(names, "cafe\u0301") == 3  # NFD, as a Mac names the folder
+    assert named_class(names, None) is None
+    with pytest.raises(TransferError) as info:
+        named_class(names, "kats")
+    assert str(info.value) == ("unknown class 'kats'; the model's classes are cats, dogs, "
+                               "golden_retriever, café (the nearest: cats)")
+    with pytest.raises(TransferError, match=r"^class 'CATS' could be 'Cats' or 'cats'"):
+        named_class(["Cats", "cats"], "CATS")

@@ -1155,15 +1155,18 @@ def test_uploads_the_cli_would_not_read_are_refused_by_serve_too(client, unseen)
     large = buffer.getvalue()
     assert len(large) < 200_000  # the upload is small; its decode is not
     jpeg = unseen["cats"][0][1]
+    buffer = io_module.BytesIO()  # a camera's raw file is a TIFF by its header (a DNG)
+    Image.open(io_module.BytesIO(jpeg)).save(buffer, "TIFF")
+    raw = buffer.getvalue()
     answer = client.post("/api/predict", files=files_field(
-        ("IMG_0001.dng", jpeg), ("page.png", large), ("cat.jpg", jpeg)))
+        ("IMG_0001.dng", raw), ("page.png", large), ("cat.jpg", jpeg)))
     assert answer.status_code == 200
     rows = {p["file"]: p["error"] for p in answer.json()["predictions"]}
     assert rows["IMG_0001.dng"].startswith("camera raw is not a format transfer reads")
     assert rows["page.png"].startswith("image is 8001x8001 px (64 megapixels); the server "
                                        "decodes at most 64 megapixels")
     assert rows["cat.jpg"] is None and answer.json()["failed"] == 2
-    for name, data in (("IMG_0001.dng", jpeg), ("page.png", large)):
+    for name, data in (("IMG_0001.dng", raw), ("page.png", large)):
         explained = client.post("/api/explain", files=[("file", (name, data))])
         assert explained.status_code == 415 and explained.json()["errors"][0]["error"] == \
             rows[name]
@@ -1470,6 +1473,8 @@ def test_a_class_typed_in_another_case_or_with_spaces_is_found_or_the_nearest_sa
     """class_name=Tabby (ImageNet's `tabby`), `golden retriever`, or `Cats` for a bundle's
     `cats` were "unknown ... class" with no hint: typed otherwise, one class is found; when
     none is, the nearest labels are said; when several are, which."""
+    from transfer.explain import named_class
+
     require_asset("keras/models/mobilenet_2_5_224_tf.h5")
     index = json.loads(require_asset("keras/models/imagenet_class_index.json").read_text())
     by_label: dict[str, list[int]] = {}
@@ -1484,7 +1489,7 @@ def test_a_class_typed_in_another_case_or_with_spaces_is_found_or_the_nearest_sa
         "unknown class 'kats'; the model's classes are cats, dogs (the nearest: cats)")
     with pytest.raises(TransferError, match=r"^class 'CATS' could be 'Cats' or 'cats': give it "
                                             r"as the model has it$"):
-        serve.bundle_class(["Cats", "cats", "dogs"], "CATS")
+        named_class(["Cats", "cats", "dogs"], "CATS")
     settings = ServeSettings(models_dir=tmp_path / "none", imagenet=True, base="mobilenet",
                              alpha=0.25)
     with TestClient(serve.create_app(settings)) as c:

@@ -13,6 +13,7 @@ comes from the base's registry entry (``bases.Base.last_conv``); for other model
 
 from __future__ import annotations
 
+import difflib
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,12 +183,41 @@ def gradcams(model, meta: dict, arrays: np.ndarray, class_indices: list | None =
     return results, layer
 
 
+def typed_key(name: str) -> str:
+    """A class name as people type it: accents composed, case folded, spaces as underscores
+    (``Tabby``, ``golden retriever`` for ImageNet's ``tabby``, ``golden_retriever``)."""
+    return unicodedata.normalize("NFC", utf8_text(name)).strip().casefold().replace(" ", "_")
+
+
+def loosely_named(labels: list[str], class_name: str) -> list[int]:
+    """The indices of the labels ``class_name`` names as typed (``typed_key``)."""
+    key = typed_key(class_name)
+    return [i for i, label in enumerate(labels) if typed_key(label) == key]
+
+
+def nearest_labels(labels: list[str], class_name: str) -> list[str]:
+    """The labels whose typed form is nearest ``class_name``'s (difflib), the nearest
+    first: what an unknown class's message suggests."""
+    keys: dict[str, list[str]] = {}
+    for label in labels:
+        keys.setdefault(typed_key(label), [])
+        if label not in keys[typed_key(label)]:
+            keys[typed_key(label)].append(label)
+    close = difflib.get_close_matches(typed_key(class_name), list(keys), n=4, cutoff=0.6)
+    return [label for key in close for label in keys[key]]
+
+
 def named_class(names: list[str], class_name: str | None) -> int | None:
     """The index of the class to explain (None: the predicted one): its name as the bundle
     holds it; else the one class it names as typed elsewhere: its accents composed otherwise
-    ("café" typed on Linux for a folder named on a Mac, NFD), or with the replacement mark a
-    name that is not UTF-8 is shown with ("chi\\ufffdns" for a Latin-1 "chi\\xe9ns").
-    These were "unknown class", listing a name that looked the same."""
+    ("café" typed on Linux for a folder named on a Mac, NFD), with the replacement mark a
+    name that is not UTF-8 is shown with ("chi\\ufffdns" for a Latin-1 "chi\\xe9ns"), or in
+    another case or with spaces for underscores (``Cats`` for ``cats``). These were "unknown
+    class", listing a name that looked the same. The CLI and serve both ask here.
+
+    Raises:
+        TransferError: no class, or several, named so (the nearest names suggested).
+    """
     if class_name is None:
         return None
     if class_name in names:
@@ -199,8 +229,17 @@ def named_class(names: list[str], class_name: str | None) -> int | None:
     same = [i for i, name in enumerate(names) if typed(name) == typed(class_name)]
     if len(same) == 1:
         return same[0]
+    same = loosely_named(names, class_name)
+    if len(same) == 1:
+        return same[0]
+    if same:
+        quoted = [repr(names[i]) for i in same]
+        raise TransferError(f"class {class_name!r} could be {', '.join(quoted[:-1])} or "
+                            f"{quoted[-1]}: give it as the model has it")
+    near = nearest_labels(names, class_name)
     raise TransferError(f"unknown class {class_name!r}; the model's classes are "
-                        f"{', '.join(names)}")
+                        f"{', '.join(names)}" + (f" (the nearest: {', '.join(near)})"
+                                                 if near else ""))
 
 
 def explain(settings: ExplainSettings | Path, *, write: bool = True,

@@ -44,7 +44,6 @@ body over ``max_upload_mb`` MiB (2^20 bytes, as the page counts) is 413.
 
 import asyncio
 import contextlib
-import difflib
 import functools
 import importlib.util
 import json
@@ -56,7 +55,6 @@ import socket
 import tempfile
 import threading
 import time
-import unicodedata
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -761,7 +759,7 @@ def explain_upload(store: ModelStore, upload: Upload, model: str | None,
         transfer.images.ImageError: the upload is not a usable image.
         TransferError: an unknown class, or a model Grad-CAM cannot trace.
     """
-    from transfer.explain import gradcam
+    from transfer.explain import gradcam, named_class
     from transfer.report import overlay_png
 
     model = model or store.default_model()
@@ -779,7 +777,7 @@ def explain_upload(store: ModelStore, upload: Upload, model: str | None,
         names = classifier.class_names
         index = None
         if class_name is not None:  # as the API lists it, or its accents composed otherwise
-            index = bundle_class(names, class_name)
+            index = named_class(names, class_name)
         heatmap, probs, index, layer = gradcam(classifier.model, classifier.meta, array, index)
         label = names[index]
     else:
@@ -804,55 +802,6 @@ def _imagenet_classes() -> list[tuple[str, str]]:
     return [(entry["synset"], entry["label"]) for entry in ranked]
 
 
-def typed_key(name: str) -> str:
-    """A class name as people type it: accents composed, case folded, spaces as underscores
-    (``Tabby``, ``golden retriever`` for ImageNet's ``tabby``, ``golden_retriever``)."""
-    return unicodedata.normalize("NFC", utf8_text(name)).strip().casefold().replace(" ", "_")
-
-
-def loosely_named(labels: list[str], class_name: str) -> list[int]:
-    """The indices of the labels ``class_name`` names as typed (``typed_key``)."""
-    key = typed_key(class_name)
-    return [i for i, label in enumerate(labels) if typed_key(label) == key]
-
-
-def nearest_labels(labels: list[str], class_name: str) -> list[str]:
-    """The labels whose typed form is nearest ``class_name``'s (difflib), the nearest
-    first: what an unknown class's message suggests."""
-    keys: dict[str, list[str]] = {}
-    for label in labels:
-        keys.setdefault(typed_key(label), [])
-        if label not in keys[typed_key(label)]:
-            keys[typed_key(label)].append(label)
-    close = difflib.get_close_matches(typed_key(class_name), list(keys), n=4, cutoff=0.6)
-    return [label for key in close for label in keys[key]]
-
-
-def bundle_class(names: list[str], class_name: str) -> int:
-    """The index of a bundle's class ``class_name`` names: as ``explain.named_class`` finds
-    it, else typed otherwise when one class is meant (``Cats`` for ``cats``). ``Cats`` was
-    "unknown class 'Cats'".
-
-    Raises:
-        TransferError: no class, or several, named so (the nearest names suggested).
-    """
-    from transfer.explain import named_class
-
-    try:
-        return named_class(names, class_name)
-    except TransferError as unknown:
-        same = loosely_named(names, class_name)
-        if len(same) == 1:
-            return same[0]
-        if same:
-            raise TransferError(f"class {class_name!r} could be "
-                                f"{and_list([repr(names[i]) for i in same], 'or')}: give it "
-                                "as the model has it") from None
-        near = nearest_labels(names, class_name)
-        raise TransferError(str(unknown) + (f" (the nearest: {', '.join(near)})" if near
-                                            else "")) from None
-
-
 def imagenet_index(class_name: str) -> int:
     """The index of the ImageNet class ``class_name`` names: its label, or its WordNet synset
     (``n03126707``), which tells apart the two labels ImageNet gives twice (crane the bird
@@ -863,6 +812,8 @@ def imagenet_index(class_name: str) -> int:
         TransferError: no such class (the nearest labels suggested), or a name several
             classes have (their synsets said).
     """
+    from transfer.explain import loosely_named, nearest_labels
+
     classes = _imagenet_classes()
     labels = [label for _, label in classes]
     wanted = class_name.strip()
