@@ -246,3 +246,7 @@ def test_train_dir_without_validate_dir_validates_on_the_folder_beside_it(tmp_pa
     # folder gone it is split in memory, not refused as "the same photos"
     shutil.rmtree("data")
     assert TrainSettings(train_dir="odd/valid").validated().validate_dir is None
+    # from inside the training folder: its parent is "..", not "." (it named
+    # pets/train/Val, "no data folder", while pets/Val was found)
+    monkeypatch.chdir(tmp_path / "pets/train")
+    assert TrainSettings(train_dir=".").resolved().validate_dir == Path("../Val")

@@ -541,7 +541,10 @@ class TrainSettings(Settings):
         found = split_folder(train.absolute().parent, VALIDATE_FOLDERS)
         if found is None or found.resolve() == train.resolve():
             return None
-        return train.parent / found.name  # as the user wrote the training folder's path
+        written = train.parent / found.name  # as the user wrote the training folder's path
+        # "--train-dir ." (its parent "." again) or "a/.."; the folder found, from here
+        return written if written.resolve() == found.resolve() else Path(
+            os.path.relpath(found))
 
     def preview_folder(self) -> Path:
         """Where --preview-augment writes its picture: the data folder, or the folder holding

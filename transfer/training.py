@@ -743,7 +743,7 @@ def report_data(run: RunPlan, reporter: Reporter, validate_looked_for: bool = Fa
         how = f"{run.settings.train_dir} and {run.settings.validate_dir}"
         if validate_looked_for:
             train_dir, validate_dir = Path(run.settings.train_dir), Path(run.settings.validate_dir)
-            if validate_dir.absolute().parent == train_dir.absolute().parent:
+            if validate_dir.resolve().parent == train_dir.resolve().parent:
                 how += " (the validation folder beside it)"
             else:
                 how += f" (found under --data-dir {run.settings.data_dir})"
