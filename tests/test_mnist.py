@@ -436,7 +436,7 @@ def test_keras_downloads_are_what_runs_without_data(mnist_dir, tmp_path, monkeyp
     monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
     with pytest.raises(TransferError) as info:  # it asked Fashion-MNIST's users for a mnist.npz
         mnist.load("fashion")
-    assert str(info.value).endswith("pass --data PATH to a npz of Fashion-MNIST's arrays or a "
+    assert str(info.value).endswith("pass --data PATH to an .npz of Fashion-MNIST's arrays or a "
                                     "folder with fashion's four IDX files")
     monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data",
                         lambda: calls.append("fashion") or real)

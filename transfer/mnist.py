@@ -72,8 +72,8 @@ def load(dataset: str = "mnist", data: Path | None = None):
         try:
             arrays = source.load_data()
         except Exception as exc:
-            npz = "mnist.npz" if dataset == "mnist" else "npz of Fashion-MNIST's arrays"
-            raise TransferError(f"could not download {dataset} ({exc}); pass --data PATH to a "
+            npz = "a mnist.npz" if dataset == "mnist" else "an .npz of Fashion-MNIST's arrays"
+            raise TransferError(f"could not download {dataset} ({exc}); pass --data PATH to "
                                 f"{npz} or a folder with {dataset}'s four IDX files") from exc
         (x_train, y_train), (x_test, y_test) = arrays
     else:
