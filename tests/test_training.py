@@ -1452,3 +1452,9 @@ def test_a_rerun_after_an_interrupted_pass_says_the_cache_was_partly_read(own_sp
     assert train(settings.replace(output=tmp_path / "hit")).meta["feature_cache"] == "hit"
     shutil.rmtree(own_split / ".cache")
     assert train(settings.replace(output=tmp_path / "miss")).meta["feature_cache"] == "miss"
+    # a first run that finds a photo it cannot read computed every feature it could: a miss,
+    # not "partial" (the photo planned and skipped still went to the base)
+    shutil.rmtree(own_split / ".cache")
+    (own_split / "train/cats/broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut off")
+    first = train(settings.replace(output=tmp_path / "broken"))
+    assert first.meta["skipped"] and first.meta["feature_cache"] == "miss"
