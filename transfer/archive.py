@@ -304,8 +304,6 @@ class ZipImages(ImageSource):
         kind = unread_photo(name)
         if kind is None:
             return None
-        from transfer.images import header_format
-
         info = self.infos[name]
         ratio = info.file_size / max(info.compress_size, 1)
         try:
@@ -315,10 +313,9 @@ class ZipImages(ImageSource):
                 member.seek(0)
                 whole = info.file_size <= PROBE_WHOLE_BYTES and (
                     info.file_size <= RATIO_CHECK_FROM or ratio <= MAX_COMPRESSION_RATIO)
-                found = header_format(member if whole else member.read(HEADER_BYTES))
+                return unread_file(name, member if whole else member.read(HEADER_BYTES))
         except Exception:  # BadZipFile, zlib.error, an encrypted member: unread, as named
             return kind
-        return kind if found is None or (kind == RAW and found == "TIFF") else None
 
     def inner_zips(self) -> list[zipfile.ZipInfo]:
         return [i for i in self.zip.infolist()

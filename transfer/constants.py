@@ -135,15 +135,15 @@ def unread_photo(name: str) -> str | None:
     return UNREAD_PHOTOS.get(os.path.splitext(base)[1].lower())
 
 
-def unread_file(path, data: bytes | None = None) -> str | None:
+def unread_file(path, data=None) -> str | None:
     """The kind of photo the file at ``path`` is when the reader cannot take it: its name says
     a format Pillow does not read (``unread_photo``) and Pillow cannot identify its bytes
     either (for a raw name: as anything but the TIFF a raw file's header is); None for every
     other file. A JPEG renamed .heic is a photo (it was refused by its name); a real HEIC, or
     a missing or unreadable file of that name, is the HEIC it says.
     What every listing of photos asks of a file ``unread_photo`` names (cheap: a header read,
-    only for those files). ``data``: the file's bytes when they are not on disk at ``path`` (an
-    upload: its name is the client's)."""
+    only for those files). ``data``: the file's bytes, or a binary stream of them, when they
+    are not on disk at ``path`` (an upload: its name is the client's; a zip member)."""
     kind = unread_photo(os.fspath(path))
     if kind is None:
         return None
