@@ -42,7 +42,6 @@ from transfer.constants import (
     COMPARE_JSON,
     UNREAD_HINT,
     is_ignored_folder,
-    unread_file,
     unread_summary,
 )
 from transfer.errors import TransferError
@@ -112,7 +111,7 @@ def labelled_files(data_dir: Path, class_names: list[str]) -> list[tuple[Path, i
     if unknown:
         raise TransferError(f"{data_dir} has class folder(s) the model does not know: "
                             f"{', '.join(unknown)}; its classes are {', '.join(class_names)}")
-    found = {name: class_images(data_dir / name) for name in folders}
+    found = {name: pipelines.image_files(data_dir / name) for name in folders}
     files = [(path, index[unicodedata.normalize("NFC", name)]) for name in folders
              for path in found[name]]
     if not files:
@@ -137,16 +136,6 @@ def no_class_images(folder: Path, why: str) -> str:
     return (f"class folder {folder} has no image transfer can read: {why}. Its class would "
             "go unmeasured and the accuracy be the other classes' alone; add photos it can "
             "read, or move the folder out of the data folder to evaluate the others")
-
-
-def class_images(folder: Path) -> list[Path]:
-    """The images of one class folder, as training lists them (``pipelines.image_files``),
-    and the files named as formats the reader does not take that Pillow opens all the same
-    (a JPEG renamed .heic: ``constants.unread_file``), sorted by their path in the folder."""
-    named = [folder / rel for rel in pipelines.unread_photos(folder)]
-    opened = [path for path in named if unread_file(path) is None]
-    return sorted(pipelines.image_files(folder) + opened,
-                  key=lambda p: p.relative_to(folder).as_posix())
 
 
 def unscored(data_dir: Path, files: list[tuple[Path, int]], labels: list[int],
