@@ -8,7 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import progressive_claiming, require_asset, split_images, text_as_jpg, truncated
+from conftest import (
+    missing,
+    progressive_claiming,
+    require_asset,
+    split_images,
+    text_as_jpg,
+    truncated,
+)
 from PIL import Image, ImageDraw, features
 
 from transfer import images
@@ -132,7 +139,7 @@ def test_a_photo_pillow_reads_is_read_whatever_its_name(photo, tmp_path):
     .heic as "HEIC (an iPhone's photos)": refused by the name before trying. Pillow decides:
     the refusal is for a file it cannot open (a real HEIC, a camera's raw file)."""
     if not READS_AVIF:
-        pytest.skip("this Pillow was built without AVIF")
+        missing("this Pillow was built without AVIF (the PyPI wheels have it)")
     from transfer.constants import IMAGE_SUFFIXES, is_image_name, unread_file
 
     with Image.open(photo) as original:
