@@ -165,10 +165,8 @@ def unread_in(data_dir: Path, class_names: list[str]) -> list[dict[str, str]]:
     folders = sorted(p.name for p in Path(data_dir).iterdir() if p.is_dir()
                      and unicodedata.normalize("NFC", p.name) in index) \
         if Path(data_dir).is_dir() else []
-    named = [data_dir / name / rel for name in folders
-             for rel in pipelines.unread_photos(data_dir / name)]
-    reasons = {path: unread_reason(path) for path in named}  # a JPEG renamed .heic: read
-    return [{"file": str(path), "reason": reasons[path]} for path in named if reasons[path]]
+    return [{"file": str(data_dir / name / rel), "reason": unread_reason(data_dir / name / rel)}
+            for name in folders for rel in pipelines.unread_photos(data_dir / name)]
 
 
 def bundle_images(meta: dict, which: str) -> list[tuple[Path, int]] | None:

@@ -137,14 +137,11 @@ def _rows_of(text: str, path: Path) -> list[tuple[str, Path | None, str | None]]
     rows: list[tuple[str, Path | None, str | None]] = []
     if path.is_dir():
         unlisted: list[tuple[str, OSError]] = []  # folders that cannot be listed: a row each
-        found, named_unread = photos_under(path, unlisted)  # one walk
-        if not found and not named_unread and not unlisted:
+        found, unread = photos_under(path, unlisted)  # one walk; a JPEG named .heic found
+        if not found and not unread and not unlisted:
             rows.append((text, None, "folder has no images"))
-        reasons = {p: unread_reason(p) for p in named_unread}  # a JPEG named .heic is read
-        unread = [p for p in named_unread if reasons[p]]
-        rows.extend((str(p), p, None) for p in sorted(
-            found + [p for p in named_unread if not reasons[p]]))
-        rows.extend((str(p), None, reasons[p]) for p in unread)
+        rows.extend((str(p), p, None) for p in found)
+        rows.extend((str(p), None, unread_reason(p)) for p in unread)
         rows.extend(_unreadable_row(str(path / rel), exc) for rel, exc in unlisted)
     elif path.exists() or not glob.has_magic(text):  # missing: said when it is opened
         rows.append(_file_row(text, path) if path.is_file() else (text, path, None))
