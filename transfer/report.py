@@ -907,10 +907,10 @@ FOLDER_FILES = {bundle.META: "bundle", "report.json": "evaluation", COMPARE_JSON
 
 
 def _real(path: Path) -> Path:
-    try:
-        return Path(path).resolve()
-    except (OSError, RuntimeError):  # a link loop: compared as written
-        return Path(os.path.abspath(path))
+    """``path`` with its links followed (``files.resolved``); a link loop as written."""
+    from transfer.files import resolved
+
+    return resolved(path) or Path(os.path.abspath(path))
 
 
 def _own_folders(folder: Path) -> set[Path]:
