@@ -129,7 +129,7 @@ def test_archive_folder_in_both_layouts(real_photos, tmp_path):
         manifest = json.loads((data / "manifest.json").read_text())
         assert manifest["source"]["kind"] == "archive"
         assert manifest["source"]["layout"] == layout
-        assert manifest["source"]["archive_sha256"].startswith("folder:")
+        assert manifest["source"]["archive_sha256"].startswith("folder-sha256:")
         # byte-identical copies of the photos, under their own names
         originals = {p.name: p.read_bytes() for p in folder.rglob("*.jpg")
                      if (layout == "kaggle" or p.parent.name == "Dog")}

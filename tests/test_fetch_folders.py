@@ -14,6 +14,7 @@ import os
 import random
 import re
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
@@ -133,7 +134,7 @@ def test_folder_of_class_folders_is_split_by_fraction(flowers, tmp_path):
     assert manifest["counts"] == {"train": dict.fromkeys(FLOWERS, 32),
                                   "validate": dict.fromkeys(FLOWERS, 8)}
     assert manifest["skipped"] == [] and "renamed" not in manifest
-    assert manifest["source"]["archive_sha256"].startswith("folder:")
+    assert manifest["source"]["archive_sha256"].startswith("folder-sha256:")
     assert result.counts == manifest["counts"] and not result.noop
     assert list(result.counts["train"]) == list(FLOWERS)  # one column per class, sorted
     assert not (flowers / ".cache").exists()  # the source folder is never written to
@@ -1373,3 +1374,103 @@ def test_class_folders_that_differ_in_accent_form_are_said_so(flowers, tmp_path)
         fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "data"))
     with pytest.raises(TransferError, match=re.escape(said)):
         plan(TrainSettings(data_dir=folder, models_dir=tmp_path / "models").validated())
+
+
+def _stamps_of_earlier_versions(folder: Path) -> str:
+    """The fingerprint fetch-data recorded for a folder before: names, sizes and times."""
+    digest = hashlib.sha256()
+    for cls in sorted(p.name for p in folder.iterdir()):
+        for photo in sorted((folder / cls).iterdir()):
+            stat = photo.stat()
+            digest.update(f"{cls}/{cls}/{photo.name}:{stat.st_size}:{stat.st_mtime_ns}\n"
+                          .encode())
+    return "folder:" + digest.hexdigest()
+
+
+def _later(paths, seconds: int = 100) -> None:
+    """Give ``paths`` a modification time ``seconds`` from now, as a touch later would."""
+    when = time.time() + seconds
+    for path in paths:
+        os.utime(path, (when, when))
+
+
+def test_the_same_photos_touched_or_copied_again_are_the_same_split(flowers, tmp_path,
+                                                                     monkeypatch):
+    """The fingerprint of a folder was its photos' names, sizes and modification times: a
+    `touch`, or a `cp -r` of the folder back in place, made a rerun refuse ("made from other
+    photos") though every photo was the same. Now it is their names and contents; the photos
+    are read again only when their times or sizes changed."""
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=12, classes=TWO)
+    data = tmp_path / "data"
+    first = fetch_data(SplitOptions(archive=folder, data_dir=data))
+    assert not first.noop
+    _later((folder / "daisy").iterdir())  # touch flowers/daisy/*
+    assert fetch_data(SplitOptions(archive=folder, data_dir=data)).noop
+    copy = tmp_path / "copy"  # cp -r flowers copy; rm -rf flowers; mv copy flowers
+    shutil.copytree(folder, copy, copy_function=shutil.copyfile)
+    _later(copy.rglob("*.jpg"), 200)
+    shutil.rmtree(folder)
+    copy.rename(folder)
+    assert fetch_data(SplitOptions(archive=folder, data_dir=data)).noop
+
+    # unchanged since the last run: no photo is read to know it
+    read = []
+    real = archive_module.sha256_file
+    monkeypatch.setattr(archive_module, "sha256_file", lambda p: read.append(p) or real(p))
+    assert fetch_data(SplitOptions(archive=folder, data_dir=data)).noop
+    assert read == []
+
+    # one photo changed, its size kept: other photos
+    photo = sorted((folder / "roses").iterdir())[0]
+    blob = bytearray(photo.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    photo.write_bytes(bytes(blob))
+    _later([photo], 300)
+    with pytest.raises(TransferError, match=r"was made from other photos \(.*flowers changed "
+                       r"since; a rerun would split the photos it holds now\); use --force"):
+        fetch_data(SplitOptions(archive=folder, data_dir=data))
+    assert read  # the changed times made it read the photos
+
+
+def test_a_split_an_earlier_version_made_is_not_refused_while_its_photos_are_the_same(
+        flowers, tmp_path):
+    """A manifest from before records the photos' names, sizes and times: while they are
+    still those, a rerun is a no-op; once they were touched, the refusal says why it cannot
+    tell; --force then records their contents."""
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=12, classes=TWO)
+    data = tmp_path / "data"
+    fetch_data(SplitOptions(archive=folder, data_dir=data))
+    manifest = manifest_of(data)
+    old = _stamps_of_earlier_versions(folder)
+    manifest["request"]["archive_sha256"] = manifest["source"]["archive_sha256"] = old
+    manifest["source"].pop("archive_stamps", None)
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    assert fetch_data(SplitOptions(archive=folder, data_dir=data)).noop
+
+    _later((folder / "roses").iterdir())
+    with pytest.raises(TransferError) as info:
+        fetch_data(SplitOptions(archive=folder, data_dir=data))
+    assert re.search(r"the split in .*data was made by an earlier version of transfer, which "
+                     r"recorded when the photos in .*flowers were last modified, not what they "
+                     r"hold; they were modified since.*use --force", str(info.value))
+    before = listing(data)
+    fetch_data(SplitOptions(archive=folder, data_dir=data, force=True))
+    assert listing(data) == before  # the same photos: the same split
+    assert manifest_of(data)["request"]["archive_sha256"] != old
+    _later((folder / "roses").iterdir(), 200)
+    assert fetch_data(SplitOptions(archive=folder, data_dir=data)).noop
+
+
+def test_a_zip_downloaded_again_the_same_is_the_same_split(flowers, tmp_path):
+    """A zip's fingerprint is its SHA-256: the same zip with a new time (downloaded again,
+    copied) is the same split."""
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=12, classes=TWO)
+    archive = zip_of(folder, tmp_path / "photos.zip")
+    data = tmp_path / "data"
+    fetch_data(SplitOptions(archive=archive, data_dir=data))
+    again = tmp_path / "again.zip"
+    shutil.copyfile(archive, again)
+    _later([again])
+    again.replace(archive)
+    assert fetch_data(SplitOptions(archive=archive, data_dir=data)).noop
+

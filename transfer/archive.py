@@ -405,17 +405,45 @@ class FolderImages(ImageSource):
             raise SkipMember(f"unreadable ({exc.strerror or _readable(exc)})") from exc
 
     def fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        for cls, names in self.candidates().items():
-            for name in names:
-                try:
-                    st = (self.root / name).stat()
-                    stamp = f"{st.st_size}:{st.st_mtime_ns}"
-                except OSError:  # a broken link: skipped when read, said then
-                    stamp = "missing"
-                # a name that is not UTF-8 (a Latin-1 USB stick's "d\xe9.jpg") as its bytes
-                digest.update(f"{cls}/{name}:{stamp}\n".encode("utf-8", "surrogateescape"))
-        return "folder:" + digest.hexdigest()
+        return self.identify()[0]
+
+    def identify(self, known: dict[str, str] | None = None) -> tuple[str, str]:
+        """(fingerprint, stamps) of the photos: the fingerprint is a digest of their names and
+        contents (``FOLDER_CONTENTS``: the same photos copied, or touched, keep it), the
+        stamps one of their names, sizes and modification times (``FOLDER_STAMPS``, what
+        earlier versions recorded as the fingerprint). ``known`` maps stamps to the
+        fingerprint an earlier run found for them: while the stamps are those, the photos are
+        not read again (a folder of 25,000 photos is 1 GB to hash)."""
+        found = self.candidates()
+        stamps = _digest(self.root, found,
+                         lambda path: "{0.st_size}:{0.st_mtime_ns}".format(path.stat()))
+        if known and known.get(FOLDER_STAMPS + stamps):
+            return known[FOLDER_STAMPS + stamps], FOLDER_STAMPS + stamps
+        contents = _digest(self.root, found,
+                           lambda path: f"{path.stat().st_size}:{sha256_file(path)}")
+        return FOLDER_CONTENTS + contents, FOLDER_STAMPS + stamps
+
+
+# A folder's fingerprint: its photos' names and contents. Earlier versions recorded their
+# names, sizes and modification times, which `touch` or `cp -r` changed though the photos
+# were the same; the manifest keeps those stamps beside the fingerprint, to skip reading the
+# photos again while they stay the same.
+FOLDER_CONTENTS = "folder-sha256:"
+FOLDER_STAMPS = "folder:"
+
+
+def _digest(root: Path, found: dict[str, list[str]], stamp: Callable[[Path], str]) -> str:
+    """A digest of ``class/name:stamp(root / name)`` for every photo of ``found``, in order."""
+    digest = hashlib.sha256()
+    for cls, names in found.items():
+        for name in names:
+            try:
+                mark = stamp(root / name)
+            except OSError:  # a broken link: skipped when read, said then
+                mark = "missing"
+            # a name that is not UTF-8 (a Latin-1 USB stick's "d\xe9.jpg") as its bytes
+            digest.update(f"{cls}/{name}:{mark}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- layouts
@@ -680,9 +708,21 @@ def check_member_safe(archive: Path, info: zipfile.ZipInfo) -> None:
 
 
 def fingerprint(archive: Path) -> str:
-    """SHA-256 of a zip, or a digest of names, sizes and times of a folder's photos."""
+    """SHA-256 of a zip, or a digest of the names and contents of a folder's photos."""
+    return identify(archive)[0]
+
+
+def identify(archive: Path, known: dict[str, str] | None = None,
+             ) -> tuple[str, str | None, str | None]:
+    """(fingerprint, stamps, layout) of ``archive``: a zip's SHA-256 (no stamps, its layout
+    not looked at: None); a folder's as ``FolderImages.identify`` finds them (``known``: the
+    stamps and fingerprint of an earlier run), and its layout."""
     archive = Path(archive)
-    return FolderImages(archive).fingerprint() if archive.is_dir() else sha256_file(archive)
+    if not archive.is_dir():
+        return sha256_file(archive), None, None
+    images = FolderImages(archive)
+    found, stamps = images.identify(known)
+    return found, stamps, images.layout
 
 
 UNWRAPPED = "unwrapped"  # the folder of the cache that holds the zips unwrapped from others

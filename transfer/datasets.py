@@ -55,6 +55,7 @@ from transfer import __version__
 from transfer.archive import (
     CLASS_FOLDERS,
     EXPECTED_LAYOUTS,
+    FOLDER_STAMPS,
     UNWRAPPED,
     ImageSource,
     SkipMember,
@@ -63,7 +64,7 @@ from transfer.archive import (
     member_file_name,
     open_images,
 )
-from transfer.archive import fingerprint as archive_fingerprint
+from transfer.archive import identify as identify_archive
 from transfer.constants import (
     NAME_MAX_BYTES,
     STABLE_ORDER,
@@ -203,8 +204,9 @@ def _fetch(opts: FetchOptions, data_dir: Path, reporter: Reporter,
     _refuse_archive_inside_the_split(opts, data_dir)
     recover(data_dir, reporter)
     source = resolve_source(opts, reporter, kaggle_api_factory, data_dir / CACHE)
-    request = _request_key(opts, source)
     previous = read_manifest(data_dir)
+    facts: dict = {}  # the photos' stamps and layout, when the request key found them
+    request = _request_key(opts, source, previous, facts)
     extras = _extras(data_dir, previous)
     # hidden files of yours leave the split as it is (no command reads them): nothing to do
     seen = [path for paths in extras.values() for path in paths if not is_hidden_or_system(path)]
@@ -212,6 +214,7 @@ def _fetch(opts: FetchOptions, data_dir: Path, reporter: Reporter,
             _intact(data_dir, previous):
         reporter.info(f"{data_dir} already holds this split (same source, counts and seed); "
                       "nothing to do")
+        _note_stamps(data_dir, previous, facts.get("stamps"))
         return FetchResult(data_dir, source, previous["source"].get("archive", ""),
                            previous["counts"], previous.get("skipped", []), noop=True,
                            manifest=previous)
@@ -222,6 +225,8 @@ def _fetch(opts: FetchOptions, data_dir: Path, reporter: Reporter,
     with open_images(obtained.path, data_dir / CACHE) as images:
         fingerprint = (request.get("archive_sha256") or obtained.sha256
                        or images.fingerprint())
+        if fingerprint.startswith(FOLDER_STAMPS):  # an earlier version's, of the same photos
+            fingerprint = request["archive_sha256"] = images.fingerprint()
         tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=data_dir))
         try:
             counts, files, skipped, details = _build_split(images, opts, tmp, reporter)
@@ -233,6 +238,8 @@ def _fetch(opts: FetchOptions, data_dir: Path, reporter: Reporter,
                 "request": request,
                 "source": {"kind": source, "archive": str(obtained.path),
                            "archive_sha256": fingerprint, "layout": images.layout,
+                           **({"archive_stamps": facts["stamps"]} if facts.get("stamps")
+                              else {}),
                            **({"competition": opts.competition} if source == "kaggle" else {}),
                            **({"url": opts.microsoft_url} if source == "microsoft" else {})},
                 "seed": opts.seed,
@@ -284,7 +291,11 @@ def _read_json_or_none(path: Path):
         return None
 
 
-def _request_key(opts: FetchOptions, source: str) -> dict:
+def _request_key(opts: FetchOptions, source: str, previous: dict | None = None,
+                 facts: dict | None = None) -> dict:
+    """What this run asks for, compared with the previous split's manifest (``previous``).
+    An archive's photos by their fingerprint; a folder's stamps and layout, found on the
+    way, go into ``facts``."""
     key = {"source": source, "seed": opts.seed, "per_class": opts.per_split()}
     validation, test = _fractions_asked(opts)
     if validation is not None:  # only when asked: a split made before keeps its request
@@ -301,9 +312,36 @@ def _request_key(opts: FetchOptions, source: str) -> dict:
             raise TransferError(f"archive not found: {archive}")
         if not (archive.is_file() or archive.is_dir()):  # /dev/null, a pipe, a socket
             raise TransferError(f"--archive {archive} is neither a zip file nor a folder")
-        key["archive_sha256"] = archive_fingerprint(archive)
+        key["archive_sha256"], stamps, layout = identify_archive(archive,
+                                                                 _known_stamps(previous))
+        if facts is not None:
+            facts.update(stamps=stamps, layout=layout)
         key["archive"] = str(archive.resolve())
     return key
+
+
+def _note_stamps(data_dir: Path, manifest: dict, stamps: str | None) -> None:
+    """Keep the photos' new ``stamps`` in the manifest when only their times changed (a
+    touch, a copy): the next rerun then need not read them all again to know them."""
+    source = manifest.get("source")
+    if stamps and isinstance(source, dict) and source.get("archive_stamps") not in (None, stamps):
+        source["archive_stamps"] = stamps
+        write_json(data_dir / MANIFEST, manifest)
+
+
+def _known_stamps(previous: dict | None) -> dict[str, str]:
+    """{stamps: fingerprint} of the photos the previous split was made from (its manifest's):
+    while a folder's photos keep those names, sizes and times they are not read again. An
+    earlier version's fingerprint was the stamps themselves (``FOLDER_STAMPS``)."""
+    source = previous.get("source") if isinstance(previous, dict) else None
+    asked = previous.get("request") if isinstance(previous, dict) else None
+    fingerprint = asked.get("archive_sha256") if isinstance(asked, dict) else None
+    if not isinstance(fingerprint, str):
+        return {}
+    if fingerprint.startswith(FOLDER_STAMPS):
+        return {fingerprint: fingerprint}
+    stamps = source.get("archive_stamps") if isinstance(source, dict) else None
+    return {stamps: fingerprint} if isinstance(stamps, str) else {}
 
 
 def _listing(folder: Path, hidden: bool = False) -> list[str]:
@@ -397,6 +435,12 @@ def _refuse_unless_forced(opts, data_dir, previous, request, ours, foreign, extr
         asked = previous.get("request")
         if _same_request(previous, request, opts):
             why = "no longer matches its manifest (files were changed)"
+        elif isinstance(asked, dict) and _without_photos(asked) == _without_photos(request) \
+                and str(asked.get("archive_sha256")).startswith(FOLDER_STAMPS):
+            why = (f"was made by an earlier version of transfer, which recorded when the "
+                   f"photos in {opts.archive} were last modified, not what they hold; they "
+                   "were modified since (a touch or a copy is enough), so whether they changed "
+                   "cannot be told (the same photos make the same split again)")
         elif isinstance(asked, dict) and _without_photos(asked) == _without_photos(request):
             why = (f"was made from other photos ({opts.archive or 'the archive'} changed since; "
                    "a rerun would split the photos it holds now)")
