@@ -1474,3 +1474,23 @@ def test_a_zip_downloaded_again_the_same_is_the_same_split(flowers, tmp_path):
     again.replace(archive)
     assert fetch_data(SplitOptions(archive=archive, data_dir=data)).noop
 
+
+def test_one_count_alone_is_refused_before_the_saved_split_is_compared(flowers, tmp_path,
+                                                                       monkeypatch):
+    """--train-per-class alone over a split by fraction was refused as "made with other
+    arguments (... per class 30/400/0 now)": counts no split would use; --force then
+    failed with the rule. The rule comes first, before any photo is read."""
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=12, classes=TWO)
+    archive = zip_of(folder, tmp_path / "photos.zip")
+    for source in (folder, archive):
+        data = tmp_path / f"data-{source.name}"
+        fetch_data(SplitOptions(archive=source, data_dir=data, validation_split=0.25))
+        before = listing(data)
+        calls = no_image_read(monkeypatch)
+        for force in (False, True):
+            with pytest.raises(TransferError) as info:
+                fetch_data(SplitOptions(archive=source, data_dir=data, train_per_class=8,
+                                        force=force))
+            assert "give both --train-per-class and --validate-per-class" in str(info.value)
+            assert "other arguments" not in str(info.value)
+        assert calls == [] and listing(data) == before

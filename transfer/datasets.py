@@ -59,6 +59,7 @@ from transfer.archive import (
     UNWRAPPED,
     ImageSource,
     SkipMember,
+    ZipImages,
     check_image,
     header_identified,
     member_file_name,
@@ -207,6 +208,7 @@ def _fetch(opts: FetchOptions, data_dir: Path, reporter: Reporter,
     previous = read_manifest(data_dir)
     facts: dict = {}  # the photos' stamps and layout, when the request key found them
     request = _request_key(opts, source, previous, facts)
+    _refuse_one_count_alone(opts, source, facts.get("layout"))
     extras = _extras(data_dir, previous)
     # hidden files of yours leave the split as it is (no command reads them): nothing to do
     seen = [path for paths in extras.values() for path in paths if not is_hidden_or_system(path)]
@@ -342,6 +344,36 @@ def _known_stamps(previous: dict | None) -> dict[str, str]:
         return {fingerprint: fingerprint}
     stamps = source.get("archive_stamps") if isinstance(source, dict) else None
     return {stamps: fingerprint} if isinstance(stamps, str) else {}
+
+
+def _refuse_one_count_alone(opts: FetchOptions, source: str, layout: str | None) -> None:
+    """A folder (or zip) of class folders split by counts needs both --train-per-class and
+    --validate-per-class (``_split_plan``): said before the split saved in the data folder
+    is compared with this one, which named counts no split would use (the tour's 400
+    validate), and --force was then refused by this rule. ``layout``: a folder's, found by
+    its fingerprint; a zip's is read from its member names."""
+    if source != "archive" or not _counts_asked(opts) or (
+            opts.train_per_class is not None and opts.validate_per_class is not None):
+        return
+    if layout is None:
+        layout = _zip_layout(Path(opts.archive))
+    _split_plan(opts, layout)
+
+
+def _zip_layout(archive: Path) -> str | None:
+    """The layout of a zip by its member names, or None when it cannot be told yet (an
+    unreadable zip, a wrapper of another: said when it is opened to be split)."""
+    try:
+        images = ZipImages(archive)
+    except TransferError:
+        return None
+    try:
+        images.candidates()
+        return images.layout
+    except TransferError:
+        return None
+    finally:
+        images.close()
 
 
 def _listing(folder: Path, hidden: bool = False) -> list[str]:
