@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import kaggle_members, make_zip
@@ -195,3 +196,97 @@ def test_a_changed_mirror_is_named_by_its_variable_not_an_option_that_does_not_e
     text = _changed_arguments({"source": "microsoft", "url": "http://a/k.zip"},
                               {"source": "microsoft", "url": "http://b/k.zip"})
     assert text == " (TRANSFER_MICROSOFT_URL http://a/k.zip then, http://b/k.zip now)"
+
+
+# --------------------------------------------------------------------------- Kaggle, cut short
+
+
+class CutShortApi(FakeKaggleApi):
+    """The client writes part of train.zip, then the connection breaks (requests raises
+    ChunkedEncodingError over urllib3's ProtocolError, as kaggle's download does); with
+    ``note``, it keeps kaggle>=2's note to resume the file. A later call writes it whole."""
+
+    def __init__(self, zip_bytes: bytes, cut: bool = True, note: bool = False):
+        super().__init__(zip_bytes)
+        self.cut, self.note = cut, note
+
+    def competition_download_file(self, competition, file_name, path=None, force=False,
+                                  quiet=False):
+        import requests
+        import urllib3
+
+        self.calls.append((competition, file_name, path))
+        out = Path(path, file_name)
+        if not self.cut:
+            out.write_bytes(self.zip_bytes)
+            return
+        if self.note:
+            Path(path, file_name + sources.RESUME_NOTE).write_text('{"validator": "x"}')
+        out.write_bytes(self.zip_bytes[: len(self.zip_bytes) // 2])
+        broken = urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead")
+        raise requests.exceptions.ChunkedEncodingError(broken)
+
+
+class SkippingApi(FakeKaggleApi):
+    """kaggle's download_needed: a local train.zip newer than Kaggle's is not downloaded."""
+
+    def competition_download_file(self, competition, file_name, path=None, force=False,
+                                  quiet=False):
+        self.calls.append((competition, file_name, path))
+        if not Path(path, file_name).exists():
+            Path(path, file_name).write_bytes(self.zip_bytes)
+
+
+def test_a_kaggle_download_cut_short_says_so_and_the_rerun_downloads_again(real_photos,
+                                                                          tmp_path):
+    """The connection broke after part of train.zip: it was "could not reach Kaggle ...: no
+    network?", and the part stayed in the cache, where a client that skips a newer local file
+    would keep it. Now the line says the download was cut short, the part is removed, and
+    the rerun downloads it."""
+    zip_bytes = make_zip(tmp_path / "train.zip", kaggle_members(real_photos, 12)).read_bytes()
+    data = tmp_path / "data"
+    opts = dict(source="kaggle", data_dir=data, train_per_class=6, validate_per_class=3)
+    with pytest.raises(TransferError) as info:
+        fetch_data(FetchOptions(**opts), kaggle_api_factory=lambda: CutShortApi(zip_bytes))
+    text = one_line(info.value)
+    assert re.fullmatch(r"the download of train\.zip from Kaggle was cut short after [\d.]+ MB "
+                        r"\(Connection broken: IncompleteRead\); the partial file was removed: "
+                        r"run again to download it", text), text
+    assert "no network" not in text
+    assert not data.exists()  # nothing kept: the part removed, then the folders made
+    again = fetch_data(FetchOptions(**opts), kaggle_api_factory=lambda: SkippingApi(zip_bytes))
+    assert again.counts["train"] == {"cats": 6, "dogs": 6}
+
+    # the client's own note to resume it: kept, for the client to resume
+    other = tmp_path / "other"
+    with pytest.raises(TransferError) as info:
+        fetch_data(FetchOptions(**{**opts, "data_dir": other}),
+                   kaggle_api_factory=lambda: CutShortApi(zip_bytes, note=True))
+    part = other / ".cache/kaggle/dogs-vs-cats/train.zip"
+    assert one_line(info.value).endswith(f"the part downloaded is kept in {part}: run again "
+                                         "to resume it")
+    assert 0 < part.stat().st_size < len(zip_bytes)
+
+
+def test_a_web_page_saved_as_train_zip_names_kaggle_and_the_way_out(real_photos, tmp_path):
+    """The client saved an HTML page as train.zip: "<data>/.cache/kaggle/.../train.zip is not
+    a readable zip archive", and the page stayed there for the next run. Now the line names
+    Kaggle's client and what to do, and the page is removed so that a rerun downloads."""
+    zip_bytes = make_zip(tmp_path / "train.zip", kaggle_members(real_photos, 12)).read_bytes()
+    data = tmp_path / "data"
+    opts = dict(source="kaggle", data_dir=data, train_per_class=6, validate_per_class=3)
+    page = b"<!DOCTYPE html><html><body>Sign in</body></html>"
+    with pytest.raises(TransferError) as info:
+        fetch_data(FetchOptions(**opts), kaggle_api_factory=lambda: SkippingApi(page))
+    text = one_line(info.value)
+    assert text.startswith("the file the Kaggle client saved as train.zip is not a zip archive "
+                           "(a web page): removed; run again to download it"), text
+    assert "competitions/dogs-vs-cats/rules" in text and "--archive" in text
+    assert not data.exists()
+    # a page an earlier run left in the cache, newer than Kaggle's file: not kept for the client
+    cache = data / ".cache/kaggle/dogs-vs-cats"
+    cache.mkdir(parents=True)
+    (cache / "train.zip").write_bytes(page)
+    again = fetch_data(FetchOptions(**opts), kaggle_api_factory=lambda: SkippingApi(zip_bytes))
+    assert again.counts["train"] == {"cats": 6, "dogs": 6}
+

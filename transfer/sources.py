@@ -59,6 +59,9 @@ NO_KAGGLE_PACKAGE = (
 # KaggleApi().authenticate() may remove KAGGLE_API_TOKEN (kaggle-cli#882), which would make a
 # second authentication in the same process fail. They are put back after each call.
 KAGGLE_ENV = ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR")
+# The note kaggle>=2 keeps beside a file it is downloading (``<file>.kaggle-partial``): with
+# it, the client resumes the file on the next run (``KaggleApi._can_resume_partial``).
+RESUME_NOTE = ".kaggle-partial"
 
 
 @dataclass
@@ -226,17 +229,73 @@ def _kaggle_download(competition: str, target: Path, reporter: Reporter,
     except (SystemExit, Exception) as exc:  # KAGGLE_API_TOKEN is checked online: may be offline
         raise TransferError(_kaggle_offline(exc) or _credentials_refused()) from exc
     target.mkdir(parents=True, exist_ok=True)
+    for stale in _unfinished(target):  # an earlier run's, cut short: the client may keep it
+        if not _resumable(stale):
+            stale.unlink(missing_ok=True)
     reporter.info(f"downloading train.zip of the Kaggle competition {competition!r}")
     try:
         with _keeping_kaggle_env():
             api.competition_download_file(competition, "train.zip", path=str(target),
                                           quiet=False)
     except Exception as exc:
+        cut = _unfinished(target)
+        cause = _network_cause(exc) or _size_mismatch(exc)
+        if cut and cause:  # bytes came, then the connection broke: not "no network"
+            raise TransferError(_cut_short(cut[0], cause)) from exc
         raise TransferError(_kaggle_failure(competition, exc)) from exc
     zips = sorted(target.glob("*.zip"), key=lambda p: p.stat().st_mtime, reverse=True)
     if not zips:
         raise TransferError(f"the Kaggle client reported success but wrote no zip in {target}")
+    if not zipfile.is_zipfile(zips[0]):
+        raise TransferError(_not_a_zip(zips[0], competition))
     return zips[0]
+
+
+def _unfinished(target: Path) -> list[Path]:
+    """The files named ``*.zip`` in the tool's download folder ``target`` that are not whole
+    zips (a download cut short, a web page saved as train.zip)."""
+    return [path for path in sorted(target.glob("*.zip"))
+            if path.is_file() and not zipfile.is_zipfile(path)]
+
+
+def _resumable(path: Path) -> bool:
+    """True when the Kaggle client noted ``path`` as a partial download it resumes."""
+    return path.with_name(path.name + RESUME_NOTE).is_file()
+
+
+def _size_mismatch(exc: BaseException) -> str | None:
+    """kaggle>=2's complaint about a download that ended early without a network error."""
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, ValueError) and "does not match expected size" in text \
+        else None
+
+
+def _cut_short(path: Path, cause: str) -> str:
+    """The line for a download that broke off after writing part of ``path``; the part is
+    removed (ours, in the cache) unless the client noted it to resume: the Kaggle client
+    skips a local file newer than Kaggle's (``download_needed``), so a rerun would have been
+    given the same broken file."""
+    size = f"{path.stat().st_size / 1e6:.1f} MB"
+    if _resumable(path):
+        then = f"the part downloaded is kept in {path}: run again to resume it"
+    else:
+        path.unlink(missing_ok=True)
+        then = "the partial file was removed: run again to download it"
+    return f"the download of {path.name} from Kaggle was cut short after {size} ({cause}); {then}"
+
+
+def _not_a_zip(path: Path, competition: str) -> str:
+    """The line for a file the Kaggle client saved that is no zip (a login or error page, a
+    download cut short without an error); it is removed, so that a rerun downloads it."""
+    with open(path, "rb") as handle:
+        head = handle.read(512).lstrip().lower()
+    what = "a web page" if head.startswith(b"<") else "not a zip, or cut short"
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + RESUME_NOTE).unlink(missing_ok=True)
+    return (f"the file the Kaggle client saved as {path.name} is not a zip archive ({what}): "
+            "removed; run again to download it, and if it happens again check that you "
+            f"accepted the rules at https://www.kaggle.com/competitions/{competition}/rules, or "
+            "download train.zip in a browser and give it to --archive")
 
 
 def _downloaded(target: Path) -> Path | None:
@@ -296,7 +355,13 @@ def _http_status(exc: BaseException) -> int | None:
 
 
 def _kaggle_offline(exc: BaseException) -> str | None:
-    """The line for the Kaggle client not reaching Kaggle, or None for any other failure.
+    """The line for the Kaggle client not reaching Kaggle, or None for any other failure."""
+    cause = _network_cause(exc)
+    return f"could not reach Kaggle ({cause}): no network? {OFFLINE_HINT}" if cause else None
+
+
+def _network_cause(exc: BaseException) -> str | None:
+    """Why the connection failed, in words, when ``exc`` is a network failure; else None.
 
     The client, on requests and urllib3, raises their connection and timeout errors when the
     name does not resolve, the connection is refused, times out or breaks (the types its own
@@ -315,7 +380,6 @@ def _kaggle_offline(exc: BaseException) -> str | None:
     root = exc  # the socket's own error, under urllib3's and requests' wrappers
     while (inner := root.__cause__ or root.__context__) is not None:
         root = inner
-    cause = ("its name could not be resolved" if isinstance(root, socket.gaierror)
-             else getattr(root, "strerror", None) or " ".join(str(root).split())
-             or type(root).__name__)
-    return f"could not reach Kaggle ({cause}): no network? {OFFLINE_HINT}"
+    return ("its name could not be resolved" if isinstance(root, socket.gaierror)
+            else getattr(root, "strerror", None) or " ".join(str(root).split())
+            or type(root).__name__)
