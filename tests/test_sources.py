@@ -290,3 +290,56 @@ def test_a_web_page_saved_as_train_zip_names_kaggle_and_the_way_out(real_photos,
     again = fetch_data(FetchOptions(**opts), kaggle_api_factory=lambda: SkippingApi(zip_bytes))
     assert again.counts["train"] == {"cats": 6, "dogs": 6}
 
+
+# --------------------------------------------------------------------------- Kaggle, installed
+
+
+@pytest.fixture
+def kaggle_package(tmp_path, monkeypatch):
+    """Makes a ``kaggle`` package whose ``__init__`` runs the given source, importable in
+    place of the installed one for this test only."""
+    def ours(name: str) -> bool:
+        return name == "kaggle" or name.startswith("kaggle.")
+
+    for name in [name for name in sys.modules if ours(name)]:
+        monkeypatch.delitem(sys.modules, name)
+
+    def make(init: str) -> None:
+        package = tmp_path / "site" / "kaggle"
+        (package / "api").mkdir(parents=True)
+        (package / "__init__.py").write_text(init)
+        (package / "api/__init__.py").write_text("")
+        (package / "api/kaggle_api_extended.py").write_text("class KaggleApi:\n    pass\n")
+        monkeypatch.syspath_prepend(str(tmp_path / "site"))
+
+    yield make
+    for name in [name for name in sys.modules if ours(name)]:
+        del sys.modules[name]
+
+
+def test_an_old_kaggle_client_without_credentials_gives_the_credentials_line(
+        kaggle_package, tmp_path, monkeypatch):
+    """kaggle 1.5 authenticates on import and raises OSError("Could not find kaggle.json"):
+    that was "error: OSError (Could not find kaggle.json ...)"."""
+    for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-config"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    kaggle_package("raise OSError(\"Could not find kaggle.json. Make sure it's located in "
+                   "/root/.kaggle. Or use the environment method.\")\n")
+    with pytest.raises(TransferError) as info:
+        fetch_data(FetchOptions(source="kaggle", data_dir=tmp_path / "data"))
+    assert one_line(info.value) == sources.NO_KAGGLE_CREDENTIALS
+
+
+def test_a_kaggle_package_missing_a_dependency_is_said_to_be_broken(kaggle_package, tmp_path):
+    """A dependency of the client missing (not kaggle or kagglesdk themselves): it was a
+    ModuleNotFoundError traceback."""
+    kaggle_package("import kaggle_dependency_that_is_not_installed\n")
+    with pytest.raises(TransferError) as info:
+        fetch_data(FetchOptions(source="kaggle", data_dir=tmp_path / "data"))
+    assert one_line(info.value).startswith(
+        "the installed kaggle package is broken (it needs the module "
+        "kaggle_dependency_that_is_not_installed, which is not installed): reinstall it with "
+        "pip install --force-reinstall 'kaggle>=1.8'")
+    assert not (tmp_path / "data").exists()

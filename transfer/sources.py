@@ -210,8 +210,23 @@ def _default_kaggle_api():
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] in ("kaggle", "kagglesdk"):
             raise TransferError(NO_KAGGLE_PACKAGE) from exc
-        raise
+        raise TransferError(_broken_kaggle(exc)) from exc
+    except ImportError as exc:  # "cannot import name ...": a half-upgraded package
+        raise TransferError(_broken_kaggle(exc)) from exc
+    except (OSError, SystemExit) as exc:
+        # kaggle before 1.7 authenticates on import, and raises OSError ("Could not find
+        # kaggle.json") or exits when it finds no credentials it reads
+        raise TransferError(_credentials_refused()) from exc
     return KaggleApi()
+
+
+def _broken_kaggle(exc: ImportError) -> str:
+    """The line for a kaggle package that is installed but cannot be imported."""
+    why = (f"it needs the module {exc.name}, which is not installed" if exc.name
+           else " ".join(str(exc).split()) or type(exc).__name__)
+    return (f"the installed kaggle package is broken ({why}): reinstall it with pip install "
+            "--force-reinstall 'kaggle>=1.8'; or use --source microsoft (no account) or "
+            "--archive PATH")
 
 
 def _kaggle_download(competition: str, target: Path, reporter: Reporter,
