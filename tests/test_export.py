@@ -127,6 +127,40 @@ def test_paths_that_are_not_utf8_export(trained_bundle, held_out, tmp_path, monk
     assert list(temp.iterdir()) == []  # the alias is gone, what it pointed to kept
 
 
+def test_paths_with_glob_characters_export(trained_bundle, held_out, tmp_path, monkeypatch):
+    """TensorFlow reads a SavedModel's variables through a glob: a `[` anywhere in the path
+    (the output's name, a folder above it, a bundle kept in "proj [v1]" whose export goes
+    inside it by default) made tflite and savedmodel exports fail ("FileNotFoundError
+    (Unsuccessful TensorSliceReader constructor: Failed to find any matching files for
+    .v[2].tflite.tmp-.../variables/variables"). They are now given an alias."""
+    import shutil
+
+    temp = tmp_path / "temp"  # the system's temporary folder: the alias goes there, then away
+    temp.mkdir()
+    monkeypatch.setattr(export.tempfile, "tempdir", str(temp))
+    x = raw_pixels(held_out)
+    project = tmp_path / "proj [v1]"
+    shutil.copytree(trained_bundle.bundle, project / "b")
+    for fmt, output in (("tflite", tmp_path / "v[2].tflite"), ("savedmodel", tmp_path / "sm[2]"),
+                        ("tflite", tmp_path / "a*b?.tflite"), ("tflite", None),
+                        ("savedmodel", None)):
+        result = export.export(project / "b", format=fmt, output=output,
+                               check_images=held_out)
+        assert result.passed and result.max_abs_diff <= README_TOLERANCE[fmt]
+        target = output or project / "b" / "export" / export.DEFAULT_NAMES[fmt]
+        assert result.path == target and target.exists() and result.meta_path.is_file()
+        plain = tmp_path / ("plain.tflite" if fmt == "tflite" else "plain")
+        shutil.copytree(target, plain) if fmt == "savedmodel" else shutil.copyfile(target, plain)
+        assert run_exported(fmt, plain, x).shape == (6, 1)  # where any program can open it
+        shutil.rmtree(plain) if fmt == "savedmodel" else plain.unlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["temp", "proj [v1]", "v[2].tflite", "v[2].tflite.meta.json", "sm[2]", "a*b?.tflite",
+         "a*b?.tflite.meta.json"])  # no temporary folder left
+    assert sorted(p.name for p in (project / "b" / "export").iterdir()) == [
+        "model.tflite", "model.tflite.meta.json", "saved_model"]
+    assert list(temp.iterdir()) == []  # the alias is gone, what it pointed to kept
+
+
 def test_settings_object_and_default_output(trained_bundle, held_out, tmp_path):
     import shutil
 

@@ -170,12 +170,25 @@ def is_utf8(text: str) -> bool:
     return True
 
 
+# what TensorFlow's file system reads as a pattern in a path (a SavedModel's variables are
+# found through a glob): "v[2].tflite" matched nothing, "[" being a character class
+GLOB_CHARACTERS = frozenset("[]*?\\")
+
+
+def tf_safe(text: str) -> bool:
+    """Whether TensorFlow can be given ``text`` (a path, a name) as it is: UTF-8, and no
+    character its file system takes for a glob pattern (``GLOB_CHARACTERS``)."""
+    return is_utf8(text) and not GLOB_CHARACTERS & set(str(text))
+
+
 def tf_reachable(folder: Path) -> tuple[Path, Path | None]:
     """``folder`` as TensorFlow can be given it, and the folder to remove afterwards (None):
-    itself when its path is UTF-8; else (a Latin-1 USB stick's "l\\xe9at", which TensorFlow
-    refused with a UnicodeEncodeError traceback) a symbolic link to it in a new folder of the
-    system's temporary folder, which the caller removes (the link, never what it points to)."""
-    if is_utf8(os.path.abspath(folder)):
+    itself when its path is ``tf_safe``; else a symbolic link to it in a new folder of the
+    system's temporary folder, which the caller removes (the link, never what it points to).
+    A Latin-1 USB stick's "l\\xe9at" was refused with a UnicodeEncodeError traceback; a
+    "proj [v1]" folder, or an export named "v[2].tflite" (its temporary folder is named after
+    it), failed to find the SavedModel's variables ("Failed to find any matching files")."""
+    if tf_safe(os.path.abspath(folder)):
         return folder, None
     made = Path(tempfile.mkdtemp(prefix="transfer-alias-"))
     os.symlink(os.path.abspath(folder), made / "work", target_is_directory=True)
@@ -826,11 +839,13 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
         work = Path(tempfile.mkdtemp(prefix=temp_prefix(output.name), dir=output.parent))
         alias = None
         try:
-            # TensorFlow takes UTF-8 paths only: a folder of a Latin-1 USB stick is given to
-            # it through an alias, and the export made under a name of its own
+            # TensorFlow takes UTF-8 paths without glob characters only: a folder of a
+            # Latin-1 USB stick, or "proj [v1]", is given to it through an alias, and the
+            # export made under a name of its own
             tf_work, alias = tf_reachable(work)
-            staged = tf_work / (output.name if is_utf8(output.name)
-                                else "export" + "".join(output.suffixes[-1:]))
+            suffix = "".join(output.suffixes[-1:])
+            staged = tf_work / (output.name if tf_safe(output.name)
+                                else "export" + (suffix if tf_safe(suffix) else ""))
             reporter.info(f"exporting {model} as {fmt} and checking it on {len(x)} images ...")
             comparison = None
             if fmt == "keras":
