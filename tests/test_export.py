@@ -5,6 +5,7 @@ refusals."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import warnings
@@ -259,6 +260,34 @@ def test_unwritable_outputs_are_named(trained_bundle, held_out, tmp_path):
                       output=tmp_path / "file" / "m.tflite", check_images=held_out)
     assert names_path(caught.value, tmp_path / "file")
     assert (tmp_path / "file").read_text() == "keep"
+
+
+def test_a_read_only_bundle_says_to_export_elsewhere(trained_bundle, held_out, tmp_path):
+    """The default output goes inside the bundle: a read-only bundle (a class's shared copy)
+    said "error: Permission denied: ro/b/export", not why nor what to do. It says both now;
+    --output elsewhere works, and nothing is left in the bundle."""
+    import shutil
+
+    shutil.copytree(trained_bundle.bundle, tmp_path / "ro" / "b")
+    with contextlib.chdir(tmp_path):
+        with unwritable_folder(Path("ro/b")) as locked:
+            before = sorted(os.listdir(locked))
+            result = runner.invoke(app, ["export", "--model", "ro/b", "--check-images",
+                                         str(held_out[0])])
+            assert result.exit_code == 1
+            # as root the folder is immutable (chattr +i): "Operation not permitted"
+            assert result.output.splitlines()[-1] in [
+                f"error: cannot write the export into the bundle ro/b ({os.strerror(code)}); "
+                "use --output PATH to write it elsewhere" for code in (errno.EACCES,
+                                                                       errno.EPERM)]
+            result = export.export(locked, format="tflite", output=tmp_path / "m.tflite",
+                                   check_images=held_out)
+            assert result.passed and sorted(os.listdir(locked)) == before
+        (tmp_path / "ro" / "b" / "export").mkdir()  # its export folder read-only, the rest not
+        with unwritable_folder(Path("ro/b/export")), pytest.raises(TransferError) as caught:
+            export.export(Path("ro/b"), format="savedmodel", check_images=held_out)
+        assert str(caught.value).startswith("cannot write the export into the bundle ro/b (")
+    assert os.listdir(tmp_path / "ro" / "b" / "export") == []
 
 
 def names_from_flatbuffer(path) -> dict:

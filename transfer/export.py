@@ -762,6 +762,26 @@ def _run_keras(path: Path, x: np.ndarray) -> np.ndarray:
     return np.asarray(bundle.load_keras(path).predict_on_batch(x))
 
 
+@contextlib.contextmanager
+def _output_folder(folder: Path, bundle_folder: Path | None):
+    """``new_folders_kept_on_success(folder)``, checked writable before any work. When the
+    output is the default one inside ``bundle_folder`` and it cannot be made or written (a
+    read-only bundle: it said "Permission denied: ro/b/export"), one line says so and the
+    way out, --output."""
+    ready = False
+    try:
+        with new_folders_kept_on_success(folder):
+            writable_folder(folder)
+            ready = True
+            yield folder
+    except OSError as exc:
+        if ready or bundle_folder is None:
+            raise
+        raise TransferError(f"cannot write the export into the bundle {bundle_folder} "
+                            f"({exc.strerror or exc}); use --output PATH to write it "
+                            "elsewhere") from None
+
+
 def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
            **options) -> ExportResult:
     """Export a bundle's model as .keras, a TensorFlow SavedModel or TFLite, checked first.
@@ -833,8 +853,7 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
     expected = classifier.outputs(x)
 
     # the folders made for --output go again when the export fails or is interrupted
-    with new_folders_kept_on_success(output.parent):
-        writable_folder(output.parent)
+    with _output_folder(output.parent, model if s.output is None else None):
         sweep_left_by_killed(output.parent)
         work = Path(tempfile.mkdtemp(prefix=temp_prefix(output.name), dir=output.parent))
         alias = None
