@@ -192,6 +192,76 @@ def test_bytes_and_file_objects_read_as_the_file(photo, tmp_path):
         images.open_image(truncated(data))
 
 
+def test_a_stream_already_read_is_read_from_its_start_as_pillow_does(photo):
+    """A file object read once already (to hash or save it), or classified once, is the same
+    photo from its start, as ``Image.open`` reads it: it was refused as "empty file (0
+    bytes)". Its position is kept; a stream with no byte at all is still said empty."""
+    import io
+
+    meta = {"image_size": 64, "channels": 3}
+    from_path, notes = images.model_input(photo, meta)
+    data = photo.read_bytes()
+    stream = io.BytesIO(data)
+    for at in (0, len(data), 10, len(data) + 1000):  # 0 again: the second read of one stream
+        stream.seek(at)
+        array, same_notes = images.model_input(stream, meta)
+        np.testing.assert_array_equal(array, from_path)
+        assert same_notes == notes
+    stream.seek(7)
+    assert images.open_image(stream).size == Image.open(photo).size
+    for empty in (io.BytesIO(), io.BytesIO(b"")):
+        with pytest.raises(images.ImageError, match=r"^empty file \(0 bytes\)$"):
+            images.open_image(empty)
+    kept = io.BytesIO(data)
+    kept.seek(5)
+    images._readable(kept)
+    assert kept.tell() == 5
+
+
+def test_predict_and_classify_read_a_stream_again_and_one_read_before(trained_bundle, photo):
+    """The library's way (an upload's stream given twice, or read once to hash it first):
+    each gives the photo's own probabilities; they were an error row "empty file (0 bytes)"
+    and, from ``classify``, an exception."""
+    import io
+
+    from transfer.inference import BundleClassifier
+    from transfer.predict import predict
+
+    data = photo.read_bytes()
+    stream, read_once = io.BytesIO(data), io.BytesIO(data)
+    read_once.read()
+    first, again, after_read = predict([photo, stream, stream, read_once],
+                                       model=trained_bundle.bundle).items[1:]
+    by_path = predict([photo], model=trained_bundle.bundle).items[0]
+    for item in (first, again, after_read):
+        assert item.error is None and item.label == by_path.label
+        assert item.probability == pytest.approx(by_path.probability, abs=1e-6)
+    classifier = BundleClassifier(trained_bundle.bundle)
+    np.testing.assert_allclose(classifier.classify(read_once), classifier.classify(photo),
+                               atol=1e-6)
+
+
+def test_one_stream_given_many_times_in_one_predict_is_the_same_photo_each_time(
+        trained_bundle, photo):
+    """The same open stream many times in one list (a large PNG, decoded in several reads):
+    its photo each time; the threads that decode ahead read it at once, each moving it under
+    the others, and gave "corrupt or truncated image" rows."""
+    import io
+
+    from transfer.predict import predict
+
+    with Image.open(photo) as original:
+        large = original.convert("RGB").resize((2400, 2400))
+    stream = io.BytesIO()
+    large.save(stream, "PNG")
+    alone = predict([io.BytesIO(stream.getvalue())], model=trained_bundle.bundle).items[0]
+    items = predict([stream] * 12, model=trained_bundle.bundle).items
+    assert [item.error for item in items] == [None] * 12
+    for item in items:
+        assert item.label == alone.label
+        assert item.probability == pytest.approx(alone.probability, abs=1e-6)
+
+
 def test_truncated_missing_and_folder(photo, tmp_path):
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(truncated(photo.read_bytes()))

@@ -317,16 +317,27 @@ def _readable(source):
     if isinstance(source, np.ndarray) or is_pillow_image(source):
         return in_memory(source)
     if hasattr(source, "read"):
-        if hasattr(source, "seek"):  # an empty one is said as an empty file is
-            at = source.tell()
-            if not source.read(1):
-                raise ImageError("empty file (0 bytes)")
-            source.seek(at)
+        if _holds_nothing(source):  # said as an empty file is
+            raise ImageError("empty file (0 bytes)")
         return source
     if isinstance(source, str | os.PathLike):
         return existing_file(source)
     raise ImageError(f"not an image: a {type(source).__name__} (give a path, the file's "
                      "bytes, a Pillow image or an array of 0-255 pixels)")
+
+
+def _holds_nothing(stream) -> bool:
+    """Whether ``stream`` has no byte from its start, where ``Image.open`` reads it whatever
+    the position (a stream read once already, to hash or save it, is the photo still); its
+    position kept as it was. A stream that cannot seek (a pipe) is left to Pillow."""
+    try:
+        at = stream.tell()
+        stream.seek(0)
+        first = stream.read(1)
+        stream.seek(at)
+    except (AttributeError, OSError, ValueError):
+        return False
+    return not first
 
 
 def is_pillow_image(source) -> bool:

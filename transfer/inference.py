@@ -35,6 +35,7 @@ batch; a TensorFlow win is remembered per model). ImageNet mode always runs on T
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import os
@@ -636,9 +637,14 @@ def classify_files(classifier: Classifier, files: list[Path], batch_size: int = 
     if engine is not None:
         run, batch_size = engine.probabilities, engine.batch_size(batch_size)
 
+    # one open stream given twice (an upload classified twice in one list) is read by one
+    # thread at a time: two reading it at once each saw the other's seeks ("truncated")
+    streams = {id(f): threading.Lock() for f in files if hasattr(f, "read")}
+
     def load(path):
         try:
-            return classifier.prepare(path), None
+            with streams.get(id(path), contextlib.nullcontext()):
+                return classifier.prepare(path), None
         except images.ImageError as exc:
             return None, str(exc)
 
