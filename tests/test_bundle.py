@@ -149,6 +149,33 @@ def test_a_keras_file_given_as_the_bundle_says_a_folder_is_expected(small_bundle
     assert "train one" not in text
 
 
+def test_a_latest_link_to_a_bundle_gone_says_so(small_bundle, tmp_path, monkeypatch):
+    """models/latest left pointing at a bundle renamed or deleted said "no model bundle at
+    models/latest: train one with `transfer train`", as if none had ever been trained."""
+    from typer.testing import CliRunner
+
+    from transfer.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    os.rename(small_bundle, tmp_path / "models" / "renamed")
+    latest = Path("models/latest")
+    assert latest.is_symlink() and not latest.exists()
+    expected = (f"models/latest points to {small_bundle.name}, which is gone (moved or "
+                "deleted?); train again or pass --model")
+    with pytest.raises(TransferError) as info:
+        bundle.load(latest)
+    assert str(info.value) == expected
+    for command in ("export", "evaluate"):  # one reader for every command
+        result = CliRunner().invoke(app, [command, "--model", "models/latest"])
+        assert result.exit_code == 1 and result.output.splitlines()[-1] == f"error: {expected}"
+    # a link to nothing that was ever a bundle, and no link at all: said as before
+    os.symlink("nowhere", "models/other")
+    with pytest.raises(TransferError, match="^models/other points to nowhere, which is gone"):
+        bundle.load("models/other")
+    with pytest.raises(TransferError, match="^no model bundle at models/none: train one"):
+        bundle.load("models/none")
+
+
 def test_writer_refuses_a_folder_that_is_not_a_bundle(small_bundle, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -394,7 +394,7 @@ def read_meta(bundle: Path) -> dict:
         raise TransferError(f"{bundle} is a file; --model expects a bundle folder (one holding "
                             f"{META} and {MODEL}, as `transfer train` writes)")
     if not bundle.is_dir():
-        raise TransferError(f"no model bundle at {bundle}: train one with `transfer train`")
+        raise TransferError(_no_bundle(bundle))
     try:
         meta = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
@@ -412,6 +412,18 @@ def read_meta(bundle: Path) -> dict:
         raise TransferError(f"{path} has schema version {meta['schema_version']}; this transfer "
                             f"reads up to {SCHEMA_VERSION}: upgrade transfer")
     return meta
+
+
+def _no_bundle(path: Path) -> str:
+    """Why there is no bundle at ``path``: a link (``models/latest``) to a bundle since
+    renamed or deleted is said as such (it said "train one with `transfer train`", as if
+    none had ever been trained)."""
+    try:
+        target = os.readlink(path)
+    except OSError:  # not a link: nothing there
+        return f"no model bundle at {path}: train one with `transfer train`"
+    return (f"{path} points to {target}, which is gone (moved or deleted?); train again or "
+            "pass --model")
 
 
 # meta.json's fields that the commands and the server read, and what each must be: a field
