@@ -3,6 +3,7 @@ folders checked before any slow work. (Classifiers on real bundles: test_predict
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -229,3 +230,40 @@ def test_walk_refuses_a_folder_it_cannot_list_unless_asked_to_collect(tmp_path):
     assert "cats/c.jpg" in files
     assert [(rel, exc.strerror) for rel, exc in unreadable] == [
         (f"cats/private/{deep}", "File name too long")]
+
+
+def test_an_imagenet_fallback_that_fails_says_first_there_is_no_trained_model(
+        real_photos, tmp_path, monkeypatch):
+    """A notebook in project/notebooks/ (no models/latest there), offline: predict raised
+    "ImageNet weights for InceptionV3 could not be downloaded" alone, the fallback to
+    ImageNet mode said only to a reporter (silent by default). The error now says first that
+    there is no trained model where it looked (the absolute path), then why the fallback
+    failed; a reporter is not told it a second time."""
+    from conftest import Recorder
+
+    from transfer import bases
+    from transfer.tf import keras  # TensorFlow imported quietly, before Keras's module
+
+    inception = sys.modules[keras.applications.InceptionV3.__module__]
+    from transfer.errors import TransferError
+    from transfer.predict import predict
+
+    spec = bases.get("inception")
+    assert bases.cached_weights(spec, include_top=True) is None  # nothing to load offline
+    monkeypatch.setattr(inception, "WEIGHTS_PATH", "http://127.0.0.1:9/inception_v3.h5")
+    notebooks = tmp_path / "project" / "notebooks"
+    notebooks.mkdir(parents=True)
+    monkeypatch.chdir(notebooks)
+    latest = Path(os.getcwd()) / "models" / "latest"
+    recorder = Recorder()
+    with pytest.raises(TransferError) as caught:
+        inference.open_classifier(reporter=recorder)
+    message = str(caught.value)
+    assert message.startswith(f"no trained model at {latest} (train one with `transfer "
+                              "train`, or pass --model DIR), and the ImageNet fallback to ")
+    assert "ImageNet weights for InceptionV3 could not be downloaded" in message
+    assert recorder.warnings == []
+    photo = tmp_path / "new.jpg"
+    photo.write_bytes(real_photos["dogs"][0][1])
+    with pytest.raises(TransferError, match=f"^no trained model at {latest} "):
+        predict([photo])

@@ -481,10 +481,7 @@ def open_classifier(settings: PredictSettings | None = None, *, reporter: Report
             if s.invert is not None:
                 raise TransferError(f"--invert applies to digit models (transfer mnist) only, "
                                     f"and there is no trained model at {latest}")
-            reason = (f"no trained model at {latest}; classifying with the ImageNet classifier "
-                      f"of {s.base} (train one with `transfer train`, or pass --model DIR)")
-            reporter.warn(reason)
-            return ImageNetClassifier(s.base, s.alpha), reason
+            return _imagenet_fallback(latest, s, reporter)
         model = latest
     if s.base != PredictSettings.base or s.alpha != PredictSettings.alpha:
         # ignored in silence (--base), or "--alpha applies to mobilenet only, not inception"
@@ -496,6 +493,24 @@ def open_classifier(settings: PredictSettings | None = None, *, reporter: Report
                             f"bundle {model} brings its own base: leave {given} out, or add "
                             "--imagenet")
     return BundleClassifier(Path(model), s.invert), None
+
+
+def _imagenet_fallback(latest: Path, s: PredictSettings, reporter: Reporter
+                       ) -> tuple[Classifier, str]:
+    """ImageNet mode for want of a bundle at ``latest``, said once: as a warning when its
+    classifier is made, or first in the error when it cannot be (a notebook in a sub-folder,
+    offline, got only "ImageNet weights ... could not be downloaded", with no word of the
+    fallback unless it passed a reporter)."""
+    hint = "(train one with `transfer train`, or pass --model DIR)"
+    try:
+        classifier = ImageNetClassifier(s.base, s.alpha)
+    except TransferError as exc:
+        raise TransferError(f"no trained model at {latest.absolute()} {hint}, and the ImageNet "
+                            f"fallback to {s.base}'s classifier failed: {exc}") from exc
+    reason = (f"no trained model at {latest}; classifying with the ImageNet classifier of "
+              f"{s.base} {hint}")
+    reporter.warn(reason)
+    return classifier, reason
 
 
 # --------------------------------------------------------------------------- engines
