@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -305,3 +306,27 @@ def test_a_damaged_file_keras_checks_by_its_hash_is_left_to_keras(tmp_path, monk
         bases.build(base, 75, weights="imagenet")
     text = str(info.value)
     assert "could not be downloaded" in text and base.weight_file() in text, text
+
+
+def test_importing_transfer_tf_keeps_a_level_the_caller_gave_tensorflows_logger():
+    """A program that set ``logging.getLogger("tensorflow").setLevel(INFO)`` (or ran with
+    TRANSFER_VERBOSE=1) had it overridden to ERROR by ``import transfer.tf``: lowered now only
+    when nobody chose a level, as TF_CPP_MIN_LOG_LEVEL is (setdefault)."""
+    import subprocess
+
+    code = ("import logging, sys\n"
+            "if sys.argv[1] != '-': logging.getLogger('tensorflow').setLevel(sys.argv[1])\n"
+            "import transfer.tf\n"
+            "print(logging.getLevelName(logging.getLogger('tensorflow').level))\n")
+
+    def level_after_import(given: str, verbose: bool = False) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "TRANSFER_VERBOSE"}
+        done = subprocess.run([sys.executable, "-c", code, given],
+                              env={**env, **({"TRANSFER_VERBOSE": "1"} if verbose else {})},
+                              capture_output=True, text=True, timeout=300, check=True)
+        return done.stdout.split()[-1]
+
+    assert level_after_import("INFO") == "INFO"
+    assert level_after_import("WARNING") == "WARNING"
+    assert level_after_import("-", verbose=True) == "NOTSET"
+    assert level_after_import("-") == "ERROR"  # the quiet default of a caller who said nothing

@@ -52,13 +52,16 @@ def root_logger_kept():
 def _load():
     global IMPORT_SECONDS, IMPORTED_AT
     started = time.perf_counter()
-    if os.environ.get("TRANSFER_VERBOSE") != "1":
+    verbose = os.environ.get("TRANSFER_VERBOSE") == "1"
+    if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with native_stderr_quiet():
         import keras
         import tensorflow
 
-        tensorflow.get_logger().setLevel("ERROR")
+        logger = tensorflow.get_logger()
+        if not verbose and logger.level == logging.NOTSET:  # a caller's own level is kept
+            logger.setLevel("ERROR")
     IMPORTED_AT = time.perf_counter()
     IMPORT_SECONDS = IMPORTED_AT - started
     return tensorflow, keras
