@@ -160,8 +160,8 @@ def test_a_latest_link_to_a_bundle_gone_says_so(small_bundle, tmp_path, monkeypa
     os.rename(small_bundle, tmp_path / "models" / "renamed")
     latest = Path("models/latest")
     assert latest.is_symlink() and not latest.exists()
-    expected = (f"models/latest points to {small_bundle.name}, which is gone (moved or "
-                "deleted?); train again or pass --model")
+    expected = (f"models/latest points at {small_bundle.name}, which is missing (moved or "
+                "deleted?); pass --model DIR, or train again")  # as predict says it
     with pytest.raises(TransferError) as info:
         bundle.load(latest)
     assert str(info.value) == expected
@@ -170,7 +170,7 @@ def test_a_latest_link_to_a_bundle_gone_says_so(small_bundle, tmp_path, monkeypa
         assert result.exit_code == 1 and result.output.splitlines()[-1] == f"error: {expected}"
     # a link to nothing that was ever a bundle, and no link at all: said as before
     os.symlink("nowhere", "models/other")
-    with pytest.raises(TransferError, match="^models/other points to nowhere, which is gone"):
+    with pytest.raises(TransferError, match="^models/other points at nowhere, which is missing"):
         bundle.load("models/other")
     with pytest.raises(TransferError, match="^no model bundle at models/none: train one"):
         bundle.load("models/none")

@@ -422,8 +422,9 @@ def _no_bundle(path: Path) -> str:
         target = os.readlink(path)
     except OSError:  # not a link: nothing there
         return f"no model bundle at {path}: train one with `transfer train`"
-    return (f"{path} points to {target}, which is gone (moved or deleted?); train again or "
-            "pass --model")
+    # worded as predict's default model (inference.open_classifier) says it
+    return (f"{path} points at {target}, which is missing (moved or deleted?); pass --model "
+            "DIR, or train again")
 
 
 # meta.json's fields that the commands and the server read, and what each must be: a field
