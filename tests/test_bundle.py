@@ -176,6 +176,27 @@ def test_a_latest_link_to_a_bundle_gone_says_so(small_bundle, tmp_path, monkeypa
         bundle.load("models/none")
 
 
+def test_a_file_of_a_bundle_or_an_exported_model_given_as_the_bundle_names_the_way(
+        small_bundle, tmp_path):
+    """`--model models/latest/export/model.tflite` (or the bundle's model.keras) said only
+    that a bundle folder was expected: now which folder, or, for a .tflite elsewhere, that
+    an exported model is not its bundle."""
+    exported = small_bundle / "export" / "model.tflite"
+    exported.parent.mkdir()
+    exported.write_bytes(b"TFL3")
+    alone = tmp_path / "phone" / "cats.tflite"
+    alone.parent.mkdir()
+    alone.write_bytes(b"TFL3")
+    for path, said in ((exported, f"it is in the bundle {small_bundle}; pass --model "
+                                  f"{small_bundle}"),
+                       (small_bundle / "model.keras", f"pass --model {small_bundle}"),
+                       (alone, "an exported model? --model takes the bundle folder it was "
+                               "exported from")):
+        with pytest.raises(TransferError) as info:
+            bundle.load(path)
+        assert str(info.value).startswith(f"{path} is a file") and said in str(info.value)
+
+
 def test_writer_refuses_a_folder_that_is_not_a_bundle(small_bundle, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -391,8 +391,7 @@ def read_meta(bundle: Path) -> dict:
     bundle = Path(bundle)
     path = bundle / META
     if bundle.is_file():
-        raise TransferError(f"{bundle} is a file; --model expects a bundle folder (one holding "
-                            f"{META} and {MODEL}, as `transfer train` writes)")
+        raise TransferError(_file_not_bundle(bundle))
     if not bundle.is_dir():
         raise TransferError(_no_bundle(bundle))
     try:
@@ -412,6 +411,23 @@ def read_meta(bundle: Path) -> dict:
         raise TransferError(f"{path} has schema version {meta['schema_version']}; this transfer "
                             f"reads up to {SCHEMA_VERSION}: upgrade transfer")
     return meta
+
+
+def _file_not_bundle(path: Path) -> str:
+    """Why the file ``path`` is no bundle, and which folder to give: the bundle it sits in
+    (its model.keras, an export in its export/ folder), or, for an exported model elsewhere,
+    the bundle it was exported from (``--model models/latest/export/model.tflite`` said only
+    that a folder was expected)."""
+    wanted = f"one holding {META} and {MODEL}"
+    owner = next((folder for folder in list(path.parents)[:2] if is_bundle(folder)), None)
+    if owner is not None:
+        return (f"{path} is a file, not a bundle folder ({wanted}): it is in the bundle "
+                f"{owner}; pass --model {owner}")
+    if path.suffix.lower() in (".tflite", ".keras", ".pb"):
+        return (f"{path} is a file, not a bundle folder (an exported model? --model takes the "
+                f"bundle folder it was exported from, {wanted})")
+    return (f"{path} is a file; --model expects a bundle folder ({wanted}, as `transfer "
+            "train` writes)")
 
 
 def _no_bundle(path: Path) -> str:
