@@ -4,6 +4,7 @@ the NumPy preprocessing of the pipelines equals the in-model layer. None needs t
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -330,3 +331,60 @@ def test_importing_transfer_tf_keeps_a_level_the_caller_gave_tensorflows_logger(
     assert level_after_import("WARNING") == "WARNING"
     assert level_after_import("-", verbose=True) == "NOTSET"
     assert level_after_import("-") == "ERROR"  # the quiet default of a caller who said nothing
+
+
+@contextlib.contextmanager
+def _served(folder: Path):
+    """A real HTTP server on 127.0.0.1 serving ``folder``: its URL (no internet here)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # its request lines are not what the test reads
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0),
+                                functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_keras_download_is_said_to_the_reporter_and_silent_without_one(tmp_path, capfd):
+    """Keras's "Downloading data from ..." and its progress bar, on standard error whatever
+    the caller (README: a reporter is optional everywhere, silent by default): now nowhere
+    with no reporter or a silent one, as lines to a reporter's ``info``, and on standard
+    error for the CLI's RichReporter (and callers that pass none: ``ON_STDERR``)."""
+    from conftest import Recorder, require_asset
+
+    from transfer.progress import Reporter, RichReporter
+    from transfer.tf import keras
+
+    served = require_asset("keras/models/imagenet_class_index.json")
+    recorder = Recorder()
+    with _served(served.parent) as url:
+        origin = url + served.name
+
+        def download(reporter, folder: str) -> tuple[str, str]:
+            (tmp_path / folder).mkdir()  # a missing one: Keras would use /tmp/.keras instead
+            with bases.keras_says_to(reporter):
+                got = keras.utils.get_file(origin=origin, cache_dir=str(tmp_path / folder),
+                                           cache_subdir="")
+            assert Path(got).read_bytes() == served.read_bytes()
+            return capfd.readouterr()
+
+        assert download(None, "none") == ("", "")
+        assert download(Reporter(), "silent") == ("", "")
+        assert download(recorder, "recorder") == ("", "")
+        rich_out, rich_err = download(RichReporter(), "rich")
+        default_out, default_err = download(bases.ON_STDERR, "default")
+    said = f"Downloading data from {origin}"
+    assert recorder.infos[0] == said and recorder.warnings == []
+    assert all(not {"\r", "\b", "\x1b"} & set(line) for line in recorder.infos)
+    size = served.stat().st_size
+    assert len(recorder.infos) == 2 and f"{size}/{size}" in recorder.infos[1]  # its bar, done
+    assert rich_out == default_out == "" and said in rich_err and said in default_err

@@ -267,3 +267,54 @@ def test_an_imagenet_fallback_that_fails_says_first_there_is_no_trained_model(
     photo.write_bytes(real_photos["dogs"][0][1])
     with pytest.raises(TransferError, match=f"^no trained model at {latest} "):
         predict([photo])
+
+
+def test_a_library_predict_that_downloads_imagenet_weights_prints_nothing(real_photos,
+                                                                          tmp_path):
+    """README: a progress reporter is optional everywhere, silent by default. A first
+    ImageNet predict from Python printed Keras's "Downloading data from ..." and its bar on
+    standard error all the same; now nothing without a reporter, and the lines go to a
+    reporter's ``info`` when one is given (the CLI's: tests/test_predict.py). A real HTTP
+    server on 127.0.0.1 holds the genuine files; only Keras's URLs point at it."""
+    import json
+    import subprocess
+
+    from conftest import require_asset
+    from test_bases import _served
+
+    weights = require_asset("keras/models/mobilenet_2_5_224_tf.h5")
+    photo = tmp_path / "dog.jpg"
+    photo.write_bytes(real_photos["dogs"][2][1])
+    script = (
+        "import json, sys\n"
+        "import keras.src.applications.imagenet_utils as u, keras.src.applications.mobilenet "
+        "as m\n"
+        "m.BASE_WEIGHT_PATH = sys.argv[1]\n"
+        "u.CLASS_INDEX_PATH = sys.argv[1] + 'imagenet_class_index.json'\n"
+        "from transfer.predict import predict\n"
+        "from transfer.progress import Reporter\n"
+        "class Recorder(Reporter):\n"
+        "    infos = []\n"
+        "    def info(self, message): self.infos.append(message)\n"
+        "told = Recorder() if sys.argv[3] == 'reporter' else None\n"
+        "result = predict([sys.argv[2]], imagenet=True, base='mobilenet', alpha=0.25, "
+        "reporter=told)\n"
+        "print(json.dumps({'label': result.items[0].label, 'infos': Recorder.infos}))\n")
+    with _served(weights.parent) as url:
+        def run(how: str, home: str):
+            done = subprocess.run(
+                [sys.executable, "-c", script, url, str(photo), how],
+                env={**os.environ, "KERAS_HOME": str(tmp_path / home)}, capture_output=True,
+                text=True, timeout=300, cwd=tmp_path)
+            assert done.returncode == 0, done.stderr
+            return json.loads(done.stdout), done.stderr
+
+        silent, silent_err = run("none", "home-silent")
+        told, told_err = run("reporter", "home-told")
+    assert "Downloading" not in silent_err and "Downloading" not in told_err
+    assert silent["infos"] == [] and silent["label"] == told["label"]
+    assert f"Downloading data from {url}mobilenet_2_5_224_tf.h5" in told["infos"]
+    assert f"Downloading data from {url}imagenet_class_index.json" in told["infos"]
+    for home in ("home-silent", "home-told"):
+        assert sorted(p.name for p in (tmp_path / home / "models").iterdir()) == [
+            "imagenet_class_index.json", "mobilenet_2_5_224_tf.h5"]

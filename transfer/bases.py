@@ -8,9 +8,11 @@ downloads for it. Everything else (training, predict, explain, export) asks here
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import numbers
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -229,22 +231,66 @@ def damaged_files() -> list[tuple[Path, str]]:
 WEIGHTS_HINT = "or use --weights PATH or --weights none"  # train's way around missing weights
 
 
+# who hears Keras's downloads when a caller names no reporter: standard error, as before
+# reporters were passed down (training, compare and the server still say them there)
+ON_STDERR = "stderr"
+
+
 @contextlib.contextmanager
-def keras_says_on_stderr():
-    """Keras's download of weights or of the class index ("Downloading data from ..." and its
-    progress bar) goes to standard output, where `predict --format json` or `--output -`
-    writes its results: on standard error the user still sees it, and the results parse."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
+def keras_says_to(reporter=ON_STDERR):
+    """Where Keras's download of weights or of the class index ("Downloading data from ..."
+    and its progress bar) goes: Keras writes it on standard output, where `predict --format
+    json` or `--output -` writes its results. Nowhere for no reporter or a silent one (a
+    library caller asked for no output); on standard error for the CLI's RichReporter or
+    ``ON_STDERR`` (the user sees it, the results parse); else its lines to ``reporter.info``
+    (the progress bar's last state only)."""
+    from transfer.progress import Reporter, RichReporter
+
+    if reporter is ON_STDERR or isinstance(reporter, RichReporter):
+        stream = sys.stderr
+    elif reporter is None or type(reporter).info is Reporter.info:
+        stream = _Lines(lambda line: None)
+    else:
+        stream = _Lines(reporter.info)
+    try:
+        with contextlib.redirect_stdout(stream):
+            yield
+    finally:
+        if isinstance(stream, _Lines):
+            stream.write("\n")  # a line cut short by an error is said too
+
+
+_COLOURS = re.compile(r"\x1b\[[0-9;]*m")  # the terminal colours of Keras's progress bar
+
+
+class _Lines(io.TextIOBase):
+    """A text stream that hands each whole line written to it to ``say``: a progress bar
+    redrawn in place (carriage returns, backspaces) as its last state, without colours."""
+
+    def __init__(self, say):
+        super().__init__()
+        self.say, self.pending = say, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            shown = _COLOURS.sub("", line.split("\r")[-1]).replace("\b", "").strip()
+            if shown:
+                self.say(shown)
+        return len(text)
 
 
 def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
           weights: str | None = "imagenet", include_top: bool = False,
-          offline_hint: str = WEIGHTS_HINT):
+          offline_hint: str = WEIGHTS_HINT, reporter=ON_STDERR):
     """The Keras model of ``base``: feature maps (no top) or the ImageNet classifier (top).
 
     ``weights``: "imagenet" (Keras's download and cache), None/"none" (random init) or a path to
     a weights file. Offline with no cached file, one clear TransferError names the file.
+    ``reporter``: who hears of a download (``keras_says_to``; None: nobody).
     """
     from transfer.tf import keras
 
@@ -274,7 +320,7 @@ def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
         # weights folder): load the file it would have found there, the same weights
         weights = str(cached)
     try:
-        with warnings.catch_warnings(), keras_says_on_stderr():
+        with warnings.catch_warnings(), keras_says_to(reporter):
             # MobileNet at a size without its own weight file loads the 224 px weights (the
             # registry's weight_files says which file; `transfer bases` lists them): expected
             warnings.filterwarnings("ignore", message=r".*input_shape. is undefined or non-sq")

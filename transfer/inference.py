@@ -376,8 +376,10 @@ class ImageNetClassifier(Classifier):
     class_names = None
 
     def __init__(self, base: str = PredictSettings.base, alpha: float = PredictSettings.alpha,
-                 weights: str | None = "imagenet"):
-        """Build the base with its ImageNet top (``weights=None``: random weights, for tests).
+                 weights: str | None = "imagenet", reporter=bases.ON_STDERR):
+        """Build the base with its ImageNet top (``weights=None``: random weights, for tests);
+        ``reporter`` hears of Keras's downloads of its weights and class index
+        (``bases.keras_says_to``: None or a silent one, nobody).
 
         Raises:
             TransferError: a base without an ImageNet classifier, a bad alpha, or weights that
@@ -391,8 +393,8 @@ class ImageNetClassifier(Classifier):
         self.alpha = bases.check_alpha(self.spec, alpha)
         self.model = bases.build(self.spec, alpha=self.alpha, weights=weights, include_top=True,
                                  offline_hint="or choose another --base (`transfer bases` "
-                                 "lists them)")
-        check_imagenet_class_index()  # offline, every image was classified before it failed
+                                 "lists them)", reporter=reporter)
+        check_imagenet_class_index(reporter)  # offline, every image was classified before it failed
         self.base = base
         width = f" alpha {self.alpha}" if self.spec.has_alpha else ""
         self.name = f"{self.spec.keras_class}{width} (ImageNet)"
@@ -409,12 +411,13 @@ class ImageNetClassifier(Classifier):
         return imagenet_labels(probs, k)
 
 
-def imagenet_labels(probs: np.ndarray, k: int) -> list[list[dict]]:
-    """Top-k ImageNet labels per row, with Keras's class index (downloaded once, cached)."""
+def imagenet_labels(probs: np.ndarray, k: int, reporter=bases.ON_STDERR) -> list[list[dict]]:
+    """Top-k ImageNet labels per row, with Keras's class index (downloaded once, cached; its
+    download said to ``reporter``, as ``bases.keras_says_to`` says)."""
     from transfer.tf import keras
 
     try:
-        with bases.keras_says_on_stderr():
+        with bases.keras_says_to(reporter):
             decoded = keras.applications.imagenet_utils.decode_predictions(
                 np.asarray(probs, dtype="float32"), top=k)
     except Exception as exc:
@@ -431,12 +434,12 @@ IMAGENET_CLASS_INDEX_URL = ("https://storage.googleapis.com/download.tensorflow.
                             "imagenet_class_index.json")
 
 
-def check_imagenet_class_index() -> None:
+def check_imagenet_class_index(reporter=bases.ON_STDERR) -> None:
     """TransferError (``imagenet_labels``' words: where to put the file) when Keras's ImageNet
     class index can be neither read from the Keras cache nor downloaded; once read, Keras
     keeps it for every later call. Checked when an ImageNet classifier is made, before any
     image is read: offline, every image was classified first and then the run failed."""
-    imagenet_labels(np.zeros((1, 1000), "float32"), 1)
+    imagenet_labels(np.zeros((1, 1000), "float32"), 1, reporter)
 
 
 def open_classifier(settings: PredictSettings | None = None, *, reporter: Reporter | None = None,
@@ -447,7 +450,8 @@ def open_classifier(settings: PredictSettings | None = None, *, reporter: Report
     Args:
         settings: a PredictSettings (its ``paths`` are not needed); or give its fields as
             keywords (``model=...``, ``imagenet=True, base=..., alpha=...``, ``invert=...``).
-        reporter: told about the fallback to ImageNet mode.
+        reporter: told about the fallback to ImageNet mode, and Keras's downloads of its
+            weights and class index (silent by default).
 
     Returns:
         (classifier, why ImageNet mode was used without --imagenet, or None).
@@ -470,7 +474,7 @@ def open_classifier(settings: PredictSettings | None = None, *, reporter: Report
         if s.invert is not None:  # a colour bundle refuses it too: it was ignored in silence
             raise TransferError("--invert applies to digit models (transfer mnist) only, not "
                                 "to the ImageNet classifier")
-        return ImageNetClassifier(s.base, s.alpha), None
+        return ImageNetClassifier(s.base, s.alpha, reporter=reporter), None
     model = s.model
     if model is None:
         latest = Path(s.models_dir) / "latest"
@@ -503,7 +507,7 @@ def _imagenet_fallback(latest: Path, s: PredictSettings, reporter: Reporter
     fallback unless it passed a reporter)."""
     hint = "(train one with `transfer train`, or pass --model DIR)"
     try:
-        classifier = ImageNetClassifier(s.base, s.alpha)
+        classifier = ImageNetClassifier(s.base, s.alpha, reporter=reporter)
     except TransferError as exc:
         raise TransferError(f"no trained model at {latest.absolute()} {hint}, and the ImageNet "
                             f"fallback to {s.base}'s classifier failed: {exc}") from exc
