@@ -246,6 +246,50 @@ def test_export_refusals(trained_bundle, held_out, tmp_path):
     assert not (tmp_path / "x.tflite").exists()
 
 
+def test_check_images_that_cannot_be_read_are_skipped_and_said(trained_bundle, held_out,
+                                                                small_split, tmp_path):
+    """One truncated JPEG in a --check-images folder aborted the whole export, while predict
+    and evaluate skip a bad file: it is skipped now, with a warning naming it, and another
+    photo of the folder takes its place."""
+    import shutil
+
+    photos = tmp_path / "photos"
+    for path, kind in split_images(small_split / "test", 5):  # 10 photos, 8 of them checked
+        (photos / kind).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, photos / kind / path.name)
+    cut = photos / "cats" / "0-cut.jpg"  # first in its folder: chosen first
+    cut.write_bytes(held_out[0].read_bytes()[:2000])
+    recorder = Recorder()
+    result = export.export(trained_bundle.bundle, format="tflite", output=tmp_path / "m.tflite",
+                           check_images=[photos], reporter=recorder)
+    assert result.passed and result.n_images == 8  # another photo in the cut one's place
+    assert len(recorder.warnings) == 1 and str(cut) in recorder.warnings[0]
+    assert recorder.warnings[0].startswith("skipped 1 check image that cannot be read:")
+    bad = tmp_path / "bad.jpg"  # a file named among good ones: skipped too
+    bad.write_bytes(b"not a photo")
+    recorder = Recorder()
+    result = export.export(trained_bundle.bundle, format="tflite", output=tmp_path / "n.tflite",
+                           check_images=[bad, *held_out[:2]], reporter=recorder)
+    assert result.passed and result.n_images == 2
+    assert len(recorder.warnings) == 1 and recorder.warnings[0].startswith(
+        f"skipped 1 check image that cannot be read: {bad}: not an image")
+
+
+def test_a_check_images_folder_without_images_is_named(trained_bundle, tmp_path):
+    """`--check-images userdir` holding no photo said "no images to check the export with",
+    not which folder."""
+    mine = tmp_path / "userdir"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("no photos here")
+    with pytest.raises(TransferError) as caught:
+        export.export(trained_bundle.bundle, format="tflite", output=tmp_path / "u.tflite",
+                      check_images=[mine])
+    assert str(caught.value) == (f"no images to check the export with in {mine} (no image "
+                                 "files found there); give --check-images photos or folders "
+                                 "of photos")
+    assert not (tmp_path / "u.tflite").exists()
+
+
 def test_unwritable_outputs_are_named(trained_bundle, held_out, tmp_path):
     with unwritable_folder(tmp_path / "locked") as locked:
         for output in (locked / "m.tflite", locked / "deeper" / "m.tflite"):

@@ -124,11 +124,13 @@ class ExportResult:
         return self.max_abs_diff <= self.tolerance
 
 
-def check_inputs(classifier: BundleClassifier, paths: list[Path] | None, n: int = 8
-                 ) -> tuple[np.ndarray, str]:
+def check_inputs(classifier: BundleClassifier, paths: list[Path] | None, n: int = 8,
+                 reporter: Reporter | None = None) -> tuple[np.ndarray, str]:
     """(a batch of real prepared images, where they came from) for the round-trip check:
     the given files (up to ``n`` from each given folder, spread over its sub-folders: the
-    first 8 of data/validate were all cats), else ``n`` validation images."""
+    first 8 of data/validate were all cats), else ``n`` validation images. An image that
+    cannot be read (a truncated JPEG) is skipped, said to ``reporter``, and the next one of
+    its folder taken instead, as predict and evaluate skip one: it aborted the export."""
     source = "given images"
     if not paths:
         labelled, source = _validation(classifier)
@@ -137,28 +139,53 @@ def check_inputs(classifier: BundleClassifier, paths: list[Path] | None, n: int 
             raise TransferError("no images to check the export with: " + (
                 f"the data this model was trained on cannot be read ({problem})" if problem
                 else "the bundle's validation folder is missing") + "; pass --check-images PATH")
-        paths = _spread(_per_class(labelled, len(classifier.class_names)), n)
-    files = []
-    for path in paths:
-        if not isinstance(path, str | os.PathLike):  # a digit bundle's test image (an array)
-            files.append(path)
-            continue
-        if Path(path).is_dir():  # spread over its sub-folders: data/validate's classes
-            inside: dict[Path, list[Path]] = {}
-            for image in folder_images(path):
-                inside.setdefault(image.parent, []).append(image)
-            files += _spread(list(inside.values()), n)
-        else:
-            files.append(Path(path))
-    if not files:
-        raise TransferError("no images to check the export with")
-    arrays = []
-    for path in files:
-        try:
-            arrays.append(classifier.prepare(path)[0])
-        except TransferError as exc:
-            raise TransferError(f"check image {path}: {exc}") from None
+        per_class = _per_class(labelled, len(classifier.class_names))
+        groups = [(_spread(per_class, len(labelled)), n)]  # in turn, the first n readable
+    else:
+        groups = []
+        for path in paths:
+            if not isinstance(path, str | os.PathLike):  # an image in memory (an array)
+                groups.append(([path], 1))
+            elif Path(path).is_dir():  # spread over its sub-folders: data/validate's classes
+                inside: dict[Path, list[Path]] = {}
+                for image in folder_images(path):
+                    inside.setdefault(image.parent, []).append(image)
+                everything = list(inside.values())
+                groups.append((_spread(everything, sum(map(len, everything))), n))
+            else:
+                groups.append(([Path(path)], 1))
+    if not any(candidates for candidates, _ in groups):
+        shown = ", ".join(str(path) for path in paths)
+        raise TransferError(f"no images to check the export with in {shown} (no image files "
+                            "found there); give --check-images photos or folders of photos")
+    arrays, unreadable = [], []
+    for candidates, wanted in groups:
+        taken = 0
+        for item in candidates:
+            if taken == wanted:
+                break
+            try:
+                arrays.append(classifier.prepare(item)[0])
+                taken += 1
+            except TransferError as exc:
+                unreadable.append((item, exc))
+    if not arrays:
+        item, exc = unreadable[0]
+        more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+        raise TransferError(f"check image {_shown(item)}: {exc}{more}; no readable image is "
+                            "left to check the export with") from None
+    if unreadable:
+        listed = "; ".join(f"{_shown(item)}: {exc}" for item, exc in unreadable[:3])
+        more = f"; and {len(unreadable) - 3} more" if len(unreadable) > 3 else ""
+        (reporter or Reporter()).warn(
+            f"skipped {len(unreadable)} check image{'' if len(unreadable) == 1 else 's'} that "
+            f"cannot be read: {listed}{more}")
     return np.stack(arrays).astype("float32"), source
+
+
+def _shown(item) -> str:
+    """A check image as a message names it: its path (an image in memory: "an array")."""
+    return str(item) if isinstance(item, str | os.PathLike) else "an array"
 
 
 def is_utf8(text: str) -> bool:
@@ -846,7 +873,8 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
     # a quantized export with no validation split is compared on these: a folder given is
     # taken whole (up to COMPARE_IMAGES), not 8 of it, or the check said little whatever it was
     x, source = check_inputs(classifier, s.check_images,
-                             COMPARE_IMAGES if s.quantize != "none" and s.check_images else 8)
+                             COMPARE_IMAGES if s.quantize != "none" and s.check_images else 8,
+                             reporter)
     # int8's calibration images: read now, so that a training folder gone is said before
     # seconds of conversion, not after
     calibrated = calibration_images(classifier) if s.quantize == "int8" else None
