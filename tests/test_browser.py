@@ -657,6 +657,85 @@ def test_a_link_dropped_says_there_is_nothing_to_classify(watched, server):
     assert watched.errors == []
 
 
+def drop_from_disk(page, paths):
+    """Files and folders dropped on the drop zone as from a file manager (Chrome DevTools
+    Protocol's drag events: a folder comes as the browser gives it, not as a File made up)."""
+    cdp = page.context.new_cdp_session(page)
+    box = page.locator("#drop").bounding_box()
+    data = {"items": [], "files": [str(p) for p in paths], "dragOperationsMask": 1}
+    for kind in ("dragEnter", "dragOver", "drop"):
+        cdp.send("Input.dispatchDragEvent", {"type": kind, "x": box["x"] + box["width"] / 2,
+                                             "y": box["y"] + 10, "data": data})
+
+
+def test_a_folder_dropped_with_a_photo(watched, server, photos, tmp_path):
+    """A folder dropped with a photo went as a File Chromium cannot read: fetch refused the
+    request and every card, the photo's too, said "no answer from the server" (the server
+    cannot be reached). Now a folder's photos are classified (named by their folder), a folder
+    with none says so on its own card, and the photo beside them is classified."""
+    from playwright.sync_api import expect
+
+    (tmp_path / "my_cats").mkdir()
+    shutil.copy(photos["cat"], tmp_path / "my_cats" / "cat.jpg")
+    (tmp_path / "my_cats" / ".DS_Store").write_bytes(b"\0")  # left out, as a hidden file
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "list.txt").write_text("shopping list")
+    page = open_page(watched, server, "cats-dogs")
+    drop_from_disk(page, [tmp_path / "my_cats", tmp_path / "notes", photos["dog"]])
+    wait_answer(page, 2)
+    assert page.locator(".result h3").all_inner_texts() == [
+        "my_cats/cat.jpg", "notes", "dog.1100.jpg"]
+    assert [page.locator(".result").nth(i).get_attribute("data-label") for i in (0, 2)] == [
+        "cats", "dogs"]
+    assert "a folder with no photo in it" in page.locator(".result").nth(1).inner_text()
+    expect(page.locator("#status")).to_contain_text("cats-dogs: 2 classified, 1 failed")
+    assert "cannot be reached" not in page.locator("main").inner_text()
+    expect(page.locator(".result img.gradcam")).to_have_count(2)
+
+
+def test_several_requests_show_every_card_at_once_and_count_the_answers(
+        watched, models_dir, photos, tmp_path):
+    """Three photos in three requests (the upload limit): the later photos had no card until
+    the earlier requests' Grad-CAMs had run, and the status line said "1 classified in .. ms"
+    as if done. Now every card is there at once, the status line counts ("1 of 3 classified
+    ..."), the Grad-CAMs follow the last answer; and a photo deleted after it was chosen is
+    its own "cannot be read" (fetch refused the request: "the server cannot be reached")."""
+    from playwright.sync_api import expect
+
+    names = [tmp_path / f"{k}.jpg" for k in ("cat", "dog", "dog2")]
+    for name in names:
+        shutil.copy(photos[name.stem], name)
+    sizes = sorted(n.stat().st_size for n in names)
+    assert sizes[0] + sizes[1] > sizes[2]  # then, the page's form headers counted, no two
+    limit = sizes[2] + 6 * 1024  # photos go together: one photo a request
+    held = []  # the first two predict requests, answered when the test says; the third
+    # as the browser sends it (Playwright's routing sends a file as it is on disk now)
+    watched.context.route("**/api/predict", lambda route: held.append(route), times=2)
+    with serve.serving(ServeSettings(models_dir=models_dir, port=0,
+                                     max_upload_mb=limit / 2**20)) as url:
+        page = open_page(watched, url, "cats-dogs")
+        page.set_input_files("#file-input", [str(n) for n in names])
+        expect(page.locator(".result[data-state=pending]")).to_have_count(3, timeout=5000)
+        names[2].unlink()  # deleted after it was chosen, before it is sent
+        while not held:
+            page.wait_for_timeout(50)
+        held[0].continue_()
+        wait_answer(page)
+        expect(page.locator("#status")).to_have_text("cats-dogs: 1 of 3 classified ...")
+        while len(held) < 2:
+            page.wait_for_timeout(50)
+        held[1].continue_()
+        expect(page.locator("#status")).to_have_text(
+            "cats-dogs: 2 classified, 1 failed (see their cards), in 2 requests")
+        third = page.locator(".result").nth(2)
+        assert third.get_attribute("data-state") == "error"
+        assert "cannot be read: it was changed, moved or deleted" in third.inner_text()
+        expect(page.locator(".result img.gradcam")).to_have_count(2)
+        asked = [u.rsplit("/", 1)[1] for u in watched.requests if "/api/" in u]
+        assert asked == ["models", "predict", "predict", "explain", "explain"], asked
+    assert "cannot be reached" not in page.locator("main").inner_text()
+
+
 def test_an_empty_models_folder_and_serve_top_30(watched, photos, mobilenet_weights, tmp_path,
                                                  monkeypatch):
     """`serve --models-dir emptymodels` (a folder holding no bundle) switched the page to

@@ -127,41 +127,40 @@
 
   // ---------------------------------------------------------------- results
 
+  // The name a card shows: a photo read from a dropped folder keeps its folder
+  // ("my_flowers/rose.jpg"); the file sent is named as on disk.
+  function shownName(file) {
+    return file.shownName || file.name;
+  }
+
+  // file: a File, or {name, error} for what is not sent (a dropped folder with no photo in it)
   function card(file) {
     counter += 1;
     const box = document.createElement("article");
     box.className = "result";
     box.dataset.state = "pending";
     box.id = "result-" + counter;
-    const thumb = document.createElement("img");
-    thumb.className = "thumb";
-    thumb.alt = file.name;
-    thumb.src = URL.createObjectURL(file);
-    thumb.addEventListener("error", () => { // not an image the browser shows: no broken icon
-      const none = document.createElement("div");
-      none.className = "thumb none";
-      none.textContent = "no preview";
-      thumb.replaceWith(none);
-    }, { once: true });
+    const none = document.createElement("div");
+    none.className = "thumb none";
+    none.textContent = "no preview";
+    let thumb = none;
+    if (file instanceof Blob) {
+      thumb = document.createElement("img");
+      thumb.className = "thumb";
+      thumb.alt = shownName(file);
+      thumb.src = URL.createObjectURL(file);
+      thumb.addEventListener("error", () => thumb.replaceWith(none), { once: true });
+    }
     const body = document.createElement("div");
     body.className = "body";
     const title = document.createElement("h3");
-    title.textContent = file.name;
+    title.textContent = shownName(file);
     const answer = document.createElement("div");
     answer.className = "answer";
     answer.textContent = "classifying ...";
     body.append(title, answer);
     box.append(thumb, body);
     return box;
-  }
-
-  // A batch's cards in the order the photos were given: its first request's on top of the
-  // earlier cards, each next request's after the previous one's (``after``: its last card).
-  function cards(files, after) {
-    const boxes = files.map(card);
-    if (after) after.after(...boxes);
-    else results.prepend(...boxes);
-    return boxes;
   }
 
   // A probability as the server sent it: null when the model gave no number (diverged).
@@ -229,17 +228,23 @@
     answer.appendChild(time);
   }
 
-  // Grad-CAM of one photo on its card; false when the server cannot be reached (then the
-  // page asks for no more: each remaining photo said "Failed to fetch" one after another)
-  async function explainOne(box, file, model) {
+  // A line under a card's answer about its Grad-CAM ("Grad-CAM ..." while it waits its turn)
+  function gradcamNote(box, text) {
+    const note = document.createElement("p");
+    note.className = "time gradcam-note";
+    note.textContent = text;
+    box.querySelector(".body").appendChild(note);
+    return note;
+  }
+
+  // Grad-CAM of one photo on its card, told in its note; false when the server cannot be
+  // reached (then the page asks for no more: each remaining photo said "Failed to fetch" one
+  // after another)
+  async function explainOne(box, file, model, note) {
     const form = new FormData();
     form.append("file", file, file.name);
     if (model) form.append("model", model);
     form.append("view", "overlay");
-    const note = document.createElement("p");
-    note.className = "time gradcam-note";
-    note.textContent = "Grad-CAM ...";
-    box.querySelector(".body").appendChild(note);
     let response;
     try {
       response = await fetch("/api/explain", { method: "POST", body: form });
@@ -307,75 +312,178 @@
   }
 
   function fileKey(model, f) {
-    return model + "|" + f.name + "|" + f.size;
+    return model + "|" + shownName(f) + "|" + f.size;
   }
 
-  async function classify(files) {
-    files = Array.from(files).filter((f) => f && f.size !== undefined);
-    if (!files.length) return;
+  // items: Files, and {name, error} for what cannot be sent (shown on a card of its own)
+  async function classify(items) {
+    items = Array.from(items).filter((f) => f && (f.error || f.size !== undefined));
+    if (!items.length) return;
     const m = current();
     const model = m ? m.name : "";
-    const given = files;
-    files = files.filter((f) => !inFlight.has(fileKey(model, f)));
-    if (!files.length) { // a double drop or paste: the first is still on its way
+    const given = items;
+    items = items.filter((f) => !(f instanceof Blob) || !inFlight.has(fileKey(model, f)));
+    if (!items.length) { // a double drop or paste: the first is still on its way
       say(given.length === 1
-        ? given[0].name + " is being classified already: its answer comes in its card"
+        ? shownName(given[0]) + " is being classified already: its answer comes in its card"
         : "these " + given.length + " files are being classified already: their answers " +
           "come in their cards");
       return;
     }
-    const keys = files.map((f) => fileKey(model, f));
+    const keys = items.filter((f) => f instanceof Blob).map((f) => fileKey(model, f));
     keys.forEach((k) => inFlight.add(k));
     try {
-      await classifyBatch(files, model);
+      await classifyBatch(items, model);
     } finally {
       keys.forEach((k) => inFlight.delete(k));
     }
   }
 
-  async function classifyBatch(files, model) {
+  const UNREADABLE = "cannot be read: it was changed, moved or deleted since it was given " +
+    "(give it again)";
+
+  // The files of a request that the browser cannot read (changed or deleted on disk since
+  // they were chosen, a folder): fetch refused the whole request for one of them, which the
+  // page took for a server gone. Reading a byte of each finds them, each its own error.
+  async function unreadable(files) {
+    const bad = new Set();
+    for (const f of files) {
+      try {
+        await f.slice(0, 1).arrayBuffer();
+      } catch (e) {
+        bad.add(f);
+      }
+    }
+    return bad;
+  }
+
+  // One request of a batch: [the files sent, the answer, null if the server cannot be
+  // reached]. A file the browser cannot read is left out (unsent(file)) before and, when
+  // fetch fails, after: then the others are sent again.
+  async function send(chunk, model, unsent) {
+    while (chunk.length) {
+      const bad = await unreadable(chunk);
+      bad.forEach(unsent);
+      chunk = chunk.filter((f) => !bad.has(f));
+      if (!chunk.length) break;
+      const form = new FormData();
+      for (const f of chunk) form.append("files", f, f.name);
+      if (model) form.append("model", model);
+      form.append("top", String(shownClasses()));
+      try {
+        return [chunk, await fetch("/api/predict", { method: "POST", body: form })];
+      } catch (e) {
+        if (!(await unreadable(chunk)).size) return [chunk, null];
+      }
+    }
+    return [chunk, null];
+  }
+
+  // The status line of a batch while its requests go and after: "2 of 3 classified ..." until
+  // the last answer, then what all of them did (not the last request's answer alone)
+  function progress(tally) {
+    return tally.name + ": " + tally.classified + " of " + tally.total + " classified" +
+      (tally.failed ? ", " + tally.failed + " failed" : "") + " ...";
+  }
+
+  function summary(tally, chunks, seconds) {
+    if (tally.sent === 1 && chunks === 1) {
+      return tally.name + ": " + tally.classified + " classified" +
+        (tally.failed ? ", " + tally.failed + " failed" : "") + " in " +
+        (1000 * seconds).toFixed(0) + " ms (server time)";
+    }
+    return tally.name + ": " + tally.classified + " classified" +
+      (tally.failed ? ", " + tally.failed + " failed (see their cards)" : "") + ", in " +
+      tally.sent + " request" + (tally.sent > 1 ? "s" : "") +
+      (tally.problem ? "; " + tally.problem : "");
+  }
+
+  // A request's answers on their cards ([box, file] each, in the order sent), counted in the
+  // batch's tally; the first EXPLAINED photos answered get their Grad-CAM's turn (gradcams)
+  function showAnswers(data, sent, tally, gradcams) {
+    const by = { name: data.model, title: data.title };
+    data.predictions.forEach((item, i) => {
+      const [box, file] = sent[i];
+      try {
+        showPrediction(box, item, data.server_seconds, sent.length, by);
+      } catch (e) { // one odd answer must not end the batch (its status, the next requests)
+        showPrediction(box, { error: "this answer cannot be shown (" + e + ")" }, 0);
+      }
+      if (box.dataset.state !== "done") {
+        tally.failed += 1;
+        return;
+      }
+      tally.classified += 1;
+      if (gradcams.length < EXPLAINED) {
+        gradcams.push([box, file, gradcamNote(box, "Grad-CAM ...")]);
+      } else {
+        gradcamNote(box, "no Grad-CAM: the page draws it for the first " + EXPLAINED +
+          " photos given at once (give this one alone to see it)");
+      }
+    });
+  }
+
+  // Every photo's card at once, in the order given; then the requests one after another,
+  // the status line counting the answers; then the Grad-CAMs (slower: the answers come first).
+  async function classifyBatch(items, model) {
     const limit = Number((maxUploadBytes / 1048576).toPrecision(3));
-    const chunks = requests(files);
-    // several requests: the status line ends with what all of them did, not the last one's
-    const tally = { classified: 0, failed: 0, sent: 0, problem: "",
+    const boxes = items.map(card);
+    results.prepend(...boxes);
+    const boxOf = new Map();
+    const files = [];
+    const tally = { classified: 0, failed: 0, sent: 0, problem: "", total: items.length,
       name: model || "the default model" };
-    let last = null; // the previous request's last card
-    let explained = 0; // Grad-CAM pictures asked for, in all this batch's requests
+    items.forEach((item, i) => {
+      if (item instanceof Blob) {
+        files.push(item);
+        boxOf.set(item, boxes[i]);
+      } else {
+        showPrediction(boxes[i], { error: item.error }, 0);
+        tally.failed += 1;
+      }
+    });
+    const fail = (file, text) => {
+      showPrediction(boxOf.get(file), { error: text }, 0);
+      tally.failed += 1;
+    };
+    const chunks = requests(files);
+    const gradcams = []; // [box, file, note] of the photos whose Grad-CAM is drawn
+    let seconds = null; // the server's time for the last request it answered
     let stop = ""; // why the remaining requests are not sent (the server or the model gone)
-    for (const chunk of chunks) {
-      const boxes = cards(chunk, last);
-      last = boxes[boxes.length - 1];
-      tally.failed += chunk.length; // until the server's answer says otherwise
+    let shown = ""; // the last error said, when no request was answered
+    if (!files.length) shown = items[0].name + " " + items[0].error;
+    for (let chunk of chunks) {
       if (stop) {
-        boxes.forEach((b) => showPrediction(b, { error: "not sent: " + stop }, 0));
+        chunk.forEach((f) => fail(f, "not sent: " + stop));
         continue;
       }
       if (chunk.length === 1 && chunk[0].size + 5 * FORM_BYTES > maxUploadBytes) {
         const text = "too large: " + (chunk[0].size / 1048576).toFixed(1) + " MiB, and the " +
           "server takes at most " + limit + " MiB a request (transfer serve --max-upload-mb)";
-        showPrediction(boxes[0], { error: text }, 0);
-        say(chunk[0].name + " is " + text, true);
+        fail(chunk[0], text);
+        shown = shownName(chunk[0]) + " is " + text;
         continue;
       }
-      const form = new FormData();
-      for (const f of chunk) form.append("files", f, f.name);
-      if (model) form.append("model", model);
-      form.append("top", String(shownClasses()));
-      say("classifying " + chunk.length + " image(s) with " + (model || "the default model") + " ...");
+      say(tally.sent ? progress(tally) : "classifying " + files.length + " image(s) with " +
+        (model || "the default model") + " ...");
       let response;
+      [chunk, response] = await send(chunk, model, (f) => {
+        fail(f, UNREADABLE);
+        shown = shownName(f) + " " + UNREADABLE;
+      });
+      if (!chunk.length) continue;
       tally.sent += 1;
-      try {
-        response = await fetch("/api/predict", { method: "POST", body: form });
-      } catch (e) {
+      if (!response) {
         tally.problem = UNREACHABLE;
         stop = "the server cannot be reached";
         say(tally.problem, true);
-        boxes.forEach((b) => showPrediction(b, { error: "no answer from the server" }, 0));
+        chunk.forEach((f) => fail(f, "no answer from the server"));
         continue;
       }
       if (response.status === 415) {
         const body = await response.json();
-        (body.errors || []).forEach((e, i) => showPrediction(boxes[i], e, 0));
+        (body.errors || []).forEach((e, i) => showPrediction(boxOf.get(chunk[i]), e, 0));
+        tally.failed += chunk.length;
         say(body.detail, true);
         continue;
       }
@@ -391,62 +499,121 @@
             tally.problem = text;
           }
         } catch (e) { /* the list stays as it was; the API's words say what happened */ }
-        boxes.forEach((b) => showPrediction(b, { error: text }, 0));
+        chunk.forEach((f) => fail(f, text));
         say(text, true);
         continue;
       }
       if (!response.ok) {
         const text = await errorText(response);
-        boxes.forEach((b) => showPrediction(b, { error: text }, 0));
+        chunk.forEach((f) => fail(f, text));
         say(text, true);
         continue;
       }
       const data = await response.json();
-      tally.failed -= data.predictions.length - data.failed;
-      tally.classified += data.predictions.length - data.failed;
+      seconds = data.server_seconds;
       tally.name = data.model;
-      const by = { name: data.model, title: data.title };
-      data.predictions.forEach((item, i) => {
-        try {
-          showPrediction(boxes[i], item, data.server_seconds, chunk.length, by);
-        } catch (e) { // one odd answer must not end the batch (its status, the next requests)
-          showPrediction(boxes[i], { error: "this answer cannot be shown (" + e + ")" }, 0);
-        }
-      });
-      say(data.model + ": " + (data.predictions.length - data.failed) + " classified" +
-        (data.failed ? ", " + data.failed + " failed" : "") + " in " +
-        (1000 * data.server_seconds).toFixed(0) + " ms (server time)", data.failed > 0);
-      for (let i = 0; i < chunk.length; i += 1) {
-        if (data.predictions[i].error) continue;
-        if (stop) { // the server went away during this request's Grad-CAMs: none asked for
-          const note = document.createElement("p");
-          note.className = "time gradcam-note";
-          note.textContent = "no Grad-CAM: " + stop;
-          boxes[i].querySelector(".body").appendChild(note);
+      showAnswers(data, chunk.map((f) => [boxOf.get(f), f]), tally, gradcams);
+      say(progress(tally), tally.failed > 0);
+    }
+    if (tally.sent > 1 || (tally.sent && (tally.sent < chunks.length || seconds !== null))) {
+      // one request refused (a 404, a 415): its own words stay on the status line
+      say(summary(tally, chunks.length, seconds), tally.failed > 0 || Boolean(tally.problem));
+    } else if (!tally.sent && shown) {
+      say(shown, true);
+    }
+    await drawGradcams(gradcams, model);
+  }
+
+  // The batch's Grad-CAMs one after another; the server gone, the rest are not asked for
+  // (a photo changed on disk meanwhile is its own "cannot be read", not a server gone)
+  async function drawGradcams(gradcams, model) {
+    let lost = false;
+    for (const [box, file, note] of gradcams) {
+      if (lost) {
+        note.textContent = "no Grad-CAM: the server cannot be reached";
+      } else if (!(await explainOne(box, file, model, note))) {
+        if ((await unreadable([file])).size) {
+          note.textContent = "no Grad-CAM: the photo " + UNREADABLE;
           continue;
         }
-        if (explained >= EXPLAINED) {
-          const note = document.createElement("p");
-          note.className = "time gradcam-note";
-          note.textContent = "no Grad-CAM: the page draws it for the first " + EXPLAINED +
-            " photos given at once (give this one alone to see it)";
-          boxes[i].querySelector(".body").appendChild(note);
-          continue;
-        }
-        explained += 1;
-        if (!(await explainOne(boxes[i], chunk[i], model))) {
-          tally.problem = UNREACHABLE;
-          stop = "the server cannot be reached";
-          say(UNREACHABLE, true);
-        }
+        lost = true;
+        say(UNREACHABLE, true);
       }
     }
-    if (tally.sent > 1 || (tally.sent && tally.sent < chunks.length)) {
-      say(tally.name + ": " + tally.classified + " classified" +
-        (tally.failed ? ", " + tally.failed + " failed (see their cards)" : "") + ", in " +
-        tally.sent + " request" + (tally.sent > 1 ? "s" : "") +
-        (tally.problem ? "; " + tally.problem : ""), tally.failed > 0 || Boolean(tally.problem));
+  }
+
+  // ---------------------------------------------------------------- dropped folders
+
+  const PHOTO = /\.(jpe?g|png|gif|bmp|webp|tiff?|heic|heif|avif)$/i;
+  const FOLDER_PHOTOS = 200; // photos read from the folders of one drop, at most
+
+  // A folder's entries, all of them (readEntries gives them a hundred at a time), by name
+  function listFolder(folder) {
+    const reader = folder.createReader();
+    const all = [];
+    return new Promise((resolve, reject) => {
+      const next = () => reader.readEntries((batch) => {
+        if (batch.length) {
+          all.push(...batch);
+          next();
+        } else {
+          resolve(all.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)));
+        }
+      }, reject);
+      next();
+    });
+  }
+
+  // The photo entries of a dropped folder and of its subfolders (a class folder, or a data
+  // folder of class folders); hidden files and what is not named as a photo are left out
+  async function folderPhotos(folder, out) {
+    for (const entry of await listFolder(folder)) {
+      if (entry.name.startsWith(".")) continue;
+      if (entry.isDirectory) await folderPhotos(entry, out);
+      else if (PHOTO.test(entry.name)) out.push(entry);
     }
+    return out;
+  }
+
+  function entryFile(entry) {
+    return new Promise((resolve, reject) => entry.file(resolve, reject)).then((file) => {
+      file.shownName = entry.fullPath.replace(/^\//, "");
+      return file;
+    }, () => ({ name: entry.fullPath.replace(/^\//, ""), error: UNREADABLE }));
+  }
+
+  // What a drop gave, as classify takes it: a file as it is, a folder as the photos in it
+  // (at most FOLDER_PHOTOS in all), a folder with none as its own card saying so
+  async function dropped(given) {
+    const out = [];
+    let room = FOLDER_PHOTOS;
+    for (const item of given) {
+      if (!item || !item.isDirectory) {
+        out.push(item);
+        continue;
+      }
+      say("reading the folder " + item.name + " ...");
+      let photos;
+      try {
+        photos = await folderPhotos(item, []);
+      } catch (e) {
+        out.push({ name: item.name, error: "this folder cannot be read: drop the photos in it" });
+        continue;
+      }
+      if (!photos.length) {
+        out.push({ name: item.name, error: "a folder with no photo in it (JPEG, PNG, ...): " +
+          "nothing to classify" });
+        continue;
+      }
+      const taken = photos.slice(0, room);
+      room -= taken.length;
+      if (taken.length < photos.length) {
+        out.push({ name: item.name, error: "a folder of " + photos.length + " photos: the " +
+          "first " + taken.length + " are classified (drop the others a few at a time)" });
+      }
+      for (const entry of taken) out.push(await entryFile(entry));
+    }
+    return out;
   }
 
   // ---------------------------------------------------------------- inputs
@@ -464,12 +631,20 @@
   }));
   drop.addEventListener("drop", (event) => {
     event.preventDefault();
-    if (!event.dataTransfer.files.length) { // a link or text dragged from a page, not a file
+    const data = event.dataTransfer;
+    if (!data.files.length) { // a link or text dragged from a page, not a file
       say("nothing to classify: drop photo files (a link or text from a page is not a file)",
         true);
       return;
     }
-    classify(event.dataTransfer.files);
+    // a folder is an entry of its own, taken now: the DataTransfer is emptied after the event
+    // (as a File, a folder cannot be read, and fetch refused the whole request for it)
+    let given = Array.from(data.items || []).filter((i) => i.kind === "file").map((i) => {
+      const entry = i.webkitGetAsEntry ? i.webkitGetAsEntry() : null;
+      return entry && entry.isDirectory ? entry : i.getAsFile();
+    });
+    if (!given.length) given = Array.from(data.files);
+    dropped(given).then(classify).catch((e) => say("cannot read what was dropped: " + e, true));
   });
   // a photo dropped beside the zone must not make the browser leave the page
   window.addEventListener("dragover", (event) => event.preventDefault());
