@@ -1458,3 +1458,43 @@ def test_a_rerun_after_an_interrupted_pass_says_the_cache_was_partly_read(own_sp
     (own_split / "train/cats/broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut off")
     first = train(settings.replace(output=tmp_path / "broken"))
     assert first.meta["skipped"] and first.meta["feature_cache"] == "miss"
+
+
+def test_a_library_train_that_downloads_its_weights_prints_nothing(real_photos, tmp_path):
+    """README: a progress reporter is optional everywhere, silent by default. A first train
+    (or compare) from Python printed Keras's "Downloading data from ..." and its bar on
+    standard error all the same; now nothing without a reporter. A real HTTP server on
+    127.0.0.1 holds the genuine weights; only Keras's URL points at it."""
+    from test_bases import _served
+
+    weights = require_asset("keras/models/mobilenet_2_5_224_tf_no_top.h5")
+    for split, photos in (("train", slice(0, 12)), ("validate", slice(12, 18))):
+        for cls in ("cats", "dogs"):
+            folder = tmp_path / "data" / split / cls
+            folder.mkdir(parents=True)
+            for name, data in real_photos[cls][photos]:
+                (folder / name).write_bytes(data)
+    script = (
+        "import sys\n"
+        "import keras.src.applications.mobilenet as m\n"
+        "m.BASE_WEIGHT_PATH = sys.argv[1]\n"
+        "from transfer.settings import TrainSettings\n"
+        "from transfer.training import train\n"
+        "from transfer.compare import ensure_weights\n"
+        "settings = TrainSettings(data_dir='data', base='mobilenet', alpha=0.25, epochs=1,\n"
+        "                         models_dir='models')\n"
+        "if sys.argv[2] == 'compare':\n"
+        "    ensure_weights([settings])\n"
+        "else:\n"
+        "    train(settings)\n"
+        "print('done')\n")
+    with _served(weights.parent) as url:
+        for how in ("train", "compare"):
+            home = tmp_path / f"home-{how}"
+            done = subprocess.run([sys.executable, "-c", script, url, how],
+                                  env={**os.environ, "KERAS_HOME": str(home)},
+                                  capture_output=True, text=True, timeout=300, cwd=tmp_path)
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.splitlines()[-1] == "done"
+            assert "Downloading" not in done.stderr, (how, done.stderr)
+            assert (home / "models" / weights.name).read_bytes()[:8] == weights.read_bytes()[:8]

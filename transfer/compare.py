@@ -86,10 +86,11 @@ def run_settings(settings: CompareSettings, run: str) -> TrainSettings:
     raise TransferError(f"unknown run {run!r}")
 
 
-def ensure_weights(runs) -> None:
+def ensure_weights(runs, reporter=None) -> None:
     """The ImageNet weights the runs need, downloaded now (Keras's cache) when they are not
     cached: offline, one error names the file before any run trains, with compare's way
-    around it (it has no --weights)."""
+    around it (it has no --weights). Keras's download lines go to ``reporter`` (nothing for
+    a silent one)."""
     from transfer import bases
 
     for run in runs:
@@ -97,7 +98,8 @@ def ensure_weights(runs) -> None:
         if spec.pretrained and run.weights == "imagenet" and \
                 bases.cached_weights(spec, run.alpha) is None:
             bases.build(spec, alpha=run.alpha, weights="imagenet", offline_hint=(
-                "or choose another --base (`transfer bases` shows whose weights are cached)"))
+                "or choose another --base (`transfer bases` shows whose weights are cached)"),
+                reporter=reporter)
 
 
 def compare(settings: CompareSettings, reporter: Reporter | None = None,
@@ -128,7 +130,7 @@ def compare(settings: CompareSettings, reporter: Reporter | None = None,
     for run in settings.runs:
         planned[run] = run_settings(settings, run).replace(**overrides.get(run, {}))
         planned[run].validated()  # every run's settings checked before the first one trains
-    ensure_weights(planned.values())  # offline, fail before the scratch run's minutes
+    ensure_weights(planned.values(), reporter)  # offline, fail before the scratch run's minutes
     # the validation images every run is scored on (one seed: one split for all runs)
     first = plan(planned[settings.runs[0]].validated())
     validation = [(sample.path, sample.label) for sample in first.usable("validate")]

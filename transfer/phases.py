@@ -127,9 +127,11 @@ def strategy(name: str):
     return tf.distribute.get_strategy()
 
 
-def build_model(plan: RunPlan, cluster=None) -> Built:
+def build_model(plan: RunPlan, cluster=None, reporter=bases.ON_STDERR) -> Built:
     """Seed everything, then build the base (frozen unless scratch) and its graphs (under the
-    cluster's MultiWorkerMirroredStrategy for --distribute multi-worker)."""
+    cluster's MultiWorkerMirroredStrategy for --distribute multi-worker). Keras's weight
+    download, if any, is said to ``reporter`` (`bases.keras_says_to`: nothing for a silent
+    one)."""
     from transfer.tf import keras, tf
 
     hp = plan.settings
@@ -137,7 +139,8 @@ def build_model(plan: RunPlan, cluster=None) -> Built:
     keras.utils.set_random_seed(hp.seed)
     try:
         with chosen.scope():
-            base_model = bases.build(plan.base, plan.size, plan.alpha, hp.weights)
+            base_model = bases.build(plan.base, plan.size, plan.alpha, hp.weights,
+                                      reporter=reporter)
             base_model.trainable = not plan.base.pretrained  # frozen ImageNet base
             graphs = graphs_of(plan.base, base_model, plan.size, len(plan.names), hp.dropout,
                                hp.dense, flips=plan.flips)

@@ -430,7 +430,7 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float,
     try:
         # one core imports TensorFlow and builds the model: a helper decodes photos meanwhile
         ahead = decode_ahead.for_run(run) if cluster is None else None
-        built = phases.build_model(run, cluster)
+        built = phases.build_model(run, cluster, reporter)
     except BaseException:
         if ahead is not None:
             ahead.close()
