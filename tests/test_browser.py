@@ -484,7 +484,8 @@ def test_the_page_on_a_phone_in_order_and_with_a_diverged_model(browser, phone_s
 def test_a_very_long_class_name_fits_a_phone(browser, phone_server, photos, tmp_path):
     """A bundle with a 98-letter class name made the page 815 px wide at 375 px: the model's
     line ("Classes: ...") did not break long words (only a card's title did). Every text from
-    the server (class, file and model names, errors) now breaks anywhere."""
+    the server (class, file and model names, errors) now breaks anywhere; the name in a
+    probability bar too (it was cut with an ellipsis)."""
     w = Watched(browser)
     try:
         page = w.page
@@ -497,6 +498,11 @@ def test_a_very_long_class_name_fits_a_phone(browser, phone_server, photos, tmp_
         page.set_input_files("#file-input", str(dog))
         result = wait_answer(page)
         assert result.get_attribute("data-label") == LONG_CLASS
+        # the name in its bar is whole, wrapped (it was cut to ~12 letters and an ellipsis,
+        # the rest in a tooltip a touch screen never shows)
+        name = result.locator(".bar .name", has_text=LONG_CLASS[:20])
+        assert name.evaluate("e => e.scrollWidth <= e.clientWidth && e.scrollHeight <= "
+                             "e.clientHeight"), name.bounding_box()
         page.wait_for_selector(".result img.gradcam")  # its note names the class too
         assert page.evaluate("document.documentElement.scrollWidth") <= 375
         assert w.errors == []
@@ -508,7 +514,8 @@ def test_a_model_deleted_after_the_page_loaded_is_said_in_words(watched, phone_s
                                                                  phone_models, photos):
     """A bundle deleted after the page listed it stayed in the list, and choosing it said "no
     model named 'tmpcopy' in the models folder (GET /api/models lists them)": an API endpoint
-    for a page user. The page now lists the models again and says the model is gone."""
+    for a page user. The page now lists the models again and says the model is gone; then it
+    chose the default model silently while saying "choose one": now none is chosen."""
     from playwright.sync_api import expect
 
     shutil.copytree(phone_models / "mobilenet-20261206-075807-cats-dogs",
@@ -526,7 +533,16 @@ def test_a_model_deleted_after_the_page_loaded_is_said_in_words(watched, phone_s
     assert "error" in page.get_attribute("#status", "class")
     assert "the model tmpcopy is gone" in card.inner_text()
     options = page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
-    assert "tmpcopy" not in options and page.input_value("#model") in options
+    assert "tmpcopy" not in options
+    # no model is chosen (the default was, silently, while the page said "choose one"): a
+    # photo given now is not sent to a model the user did not pick
+    assert page.input_value("#model") == ""
+    assert page.locator("#model-info").inner_text() == "No model is chosen: choose one in the list."
+    posts = len([u for u in watched.requests if u.endswith("/api/predict")])
+    page.set_input_files("#file-input", str(photos["dog"]))
+    expect(status).to_have_text("choose a model in the list first")
+    assert len([u for u in watched.requests if u.endswith("/api/predict")]) == posts
+    assert page.locator(".result").count() == 1
     # the model chosen next answers
     page.select_option("#model", "mobilenet-20261206-075807-cats-dogs")
     page.set_input_files("#file-input", str(photos["cat"]))
@@ -734,6 +750,34 @@ def test_several_requests_show_every_card_at_once_and_count_the_answers(
         asked = [u.rsplit("/", 1)[1] for u in watched.requests if "/api/" in u]
         assert asked == ["models", "predict", "predict", "explain", "explain"], asked
     assert "cannot be reached" not in page.locator("main").inner_text()
+
+
+def test_a_near_certain_answer_is_not_shown_as_100_percent(watched, server, tmp_path):
+    """A real MNIST digit: the digit model's 0.99999 showed as "100.0%" and its bar "1.0000",
+    the others "0.0000": a certainty the model did not give, in two units. Now all in
+    percent: ">99.9%", "<0.01%"."""
+    from PIL import Image
+
+    with np.load(require_asset("data/mnist") / "mnist.npz") as digits:
+        Image.fromarray(digits["x_test"][0]).save(tmp_path / "seven.png")  # a 7
+    page = open_page(watched, server, "digits")
+    with page.expect_response("**/api/predict") as answer:
+        page.set_input_files("#file-input", str(tmp_path / "seven.png"))
+    top = answer.value.json()["predictions"][0]["top"]
+    result = wait_answer(page)
+
+    def shown(p):
+        if p >= 0.9995:
+            return ">99.9%"
+        if p < 0.0001:
+            return "<0.01%"
+        return f"{100 * p:.{2 if 100 * p < 0.1 else 1}f}%"
+
+    assert top[0]["probability"] >= 0.9995 and top[-1]["probability"] < 0.0001, top
+    assert result.locator(".label").inner_text() == f"{top[0]['label']} >99.9%"
+    assert result.locator(".bar .value").all_inner_texts() == [
+        shown(t["probability"]) for t in top]
+    assert watched.errors == []
 
 
 def test_an_empty_models_folder_and_serve_top_30(watched, photos, mobilenet_weights, tmp_path,

@@ -86,6 +86,15 @@
     }
     if (again && models.some((m) => m.name === chosen)) {
       modelSelect.value = chosen;
+    } else if (again && models.length) {
+      // the model chosen is gone: none is chosen until the user picks one (the default,
+      // chosen silently, answered the next photos while the page said "choose one")
+      const none = document.createElement("option");
+      none.value = "";
+      none.textContent = "(choose a model)";
+      none.disabled = true;
+      modelSelect.prepend(none);
+      modelSelect.value = "";
     } else if (data.default && models.some((m) => m.name === data.default)) {
       modelSelect.value = data.default;
     }
@@ -114,7 +123,7 @@
       reportLink.hidden = true;
     }
     if (!m) {
-      modelInfo.textContent = "";
+      modelInfo.textContent = models.length ? "No model is chosen: choose one in the list." : "";
     } else if (m.kind === "imagenet") {
       modelInfo.textContent = "ImageNet classifier of " + m.base + ": 1000 everyday classes." +
         (models.some((b) => b.kind === "bundle") ? "" : " The models folder" +
@@ -163,9 +172,14 @@
     return box;
   }
 
-  // A probability as the server sent it: null when the model gave no number (diverged).
-  function percent(p, digits) {
-    return p === null || p === undefined || !isFinite(p) ? "n/a" : (100 * p).toFixed(digits) + "%";
+  // A probability in percent, as the server sent it: null when the model gave no number
+  // (diverged). 0.99996 is ">99.9%", not "100.0%", and 0.00003 "<0.01%", not "0.0%": a
+  // rounded number must not claim a certainty the model did not give.
+  function percent(p) {
+    if (p === null || p === undefined || !isFinite(p)) return "n/a";
+    if (p >= 0.9995) return ">99.9%";
+    if (p < 0.0001) return "<0.01%";
+    return (100 * p).toFixed(100 * p < 0.1 ? 2 : 1) + "%";
   }
 
   // seconds: the server's time for the request, which held `together` photos; by: the model
@@ -185,7 +199,7 @@
     box.dataset.label = item.label;
     const label = document.createElement("div");
     label.className = "label";
-    label.textContent = pretty(item.label) + " " + percent(item.probability, 1);
+    label.textContent = pretty(item.label) + " " + percent(item.probability);
     if (item.probability === null) {
       label.textContent += " (the model gives no usable probability: did its training diverge?)";
     }
@@ -209,7 +223,7 @@
       track.appendChild(fill);
       const value = document.createElement("span");
       value.className = "value";
-      value.textContent = entry.probability === null ? "n/a" : entry.probability.toFixed(4);
+      value.textContent = percent(entry.probability);
       row.append(name, track, value);
       bars.appendChild(row);
     }
@@ -319,6 +333,11 @@
   async function classify(items) {
     items = Array.from(items).filter((f) => f && (f.error || f.size !== undefined));
     if (!items.length) return;
+    if (models.length && !modelSelect.value) { // the model chosen was deleted: none is chosen
+      say("choose a model in the list first", true);
+      modelSelect.focus();
+      return;
+    }
     const m = current();
     const model = m ? m.name : "";
     const given = items;
@@ -494,7 +513,7 @@
         try {
           await loadModels();
           if (!models.some((x) => x.name === model)) {
-            text = gone(model) + ": the list of models is updated, choose one";
+            text = gone(model) + ": the list of models is updated; choose a model in it";
             stop = "the model " + model + " is gone";
             tally.problem = text;
           }
