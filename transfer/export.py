@@ -625,8 +625,9 @@ def quantized_check(float_probs: np.ndarray, quant_probs: np.ndarray,
       the two disagree, the quantized model is wrong on ``lost`` and right on ``gained``;
       a sound model loses about as many as it gains, so ``lost - gained`` above
       2.33 * sqrt(lost + gained) (a one-sided sign test at 1%) is a real loss. On a hundred
-      images one point is one image; the int8 goal (within 1 point) is reported, not gated
-      (``_quantized`` tries the depthwise-float variant when full int8 misses it).
+      images one point is one image; the int8 goal (less than a point below the float
+      model) is reported, not gated (``_quantized`` tries the depthwise-float variant when
+      full int8 loses a point or more: ``tries_float_depthwise``).
 
     Returns:
         the measured values (agreement, confident_images, confident_changed,
