@@ -300,3 +300,21 @@ def test_two_sizes_of_one_run_are_recorded_together_and_each_on_its_own():
     only = engines.merged_info({224: engines.EngineInfo(requested="tf")}, {224: (10, 1.0)},
                                10, 2.0, primary=224)
     assert "by_size" not in only and only["images_per_second"] == 5.0
+
+
+def test_a_keras_home_holding_a_bracket_converts(mobilenet_features, photo_batch, tmp_path,
+                                                 monkeypatch):
+    """The converted file lives in KERAS_HOME: a "keras [work]" folder made TensorFlow look
+    for the SavedModel's variables through a glob ("Failed to find any matching files"), so
+    every run fell back to the slower TensorFlow pass. It converts, and leaves no folder but
+    the cache's own."""
+    home = tmp_path / "keras [work]"
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    reporter = Recorder()
+    engine, info = engines.open_engine(mobilenet_features, photo_batch[:8], requested="tflite",
+                                       key=KEY, batch_size=8, reporter=reporter)
+    assert info.name == "tflite" and engine.name == "tflite", info.fallback
+    assert info.converted_file.startswith(str(home)) and info.parity_max_abs_diff < 1e-3
+    converted = list(home.rglob("*.tflite"))
+    assert [str(p) for p in converted] == [info.converted_file]
+    assert not [p for p in home.rglob("*") if "tmp" in p.name]

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.errors import TransferError, raise_if_interrupted, without_op_name
-from transfer.files import digest, sweep_left_by_killed, temp_prefix
+from transfer.files import digest, sweep_left_by_killed, temp_prefix, tf_reachable
 from transfer.progress import Reporter
 
 ENGINES = ("auto", "tf", "tflite")
@@ -231,11 +231,14 @@ def convert(model, batch_size: int, path: Path) -> float:
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_left_by_killed(path.parent)
     workdir = Path(tempfile.mkdtemp(prefix=temp_prefix("convert"), dir=path.parent))
+    # a KERAS_HOME holding "[" (or not UTF-8) is given to TensorFlow through a link: its
+    # SavedModel's variables are found through a glob ("Failed to find any matching files")
+    tf_work, alias = tf_reachable(workdir)
     try:
         with _quiet_native():
-            model.export(str(workdir / "saved_model"), format="tf_saved_model",
+            model.export(str(tf_work / "saved_model"), format="tf_saved_model",
                          input_signature=[tf.TensorSpec(shape, tf.float32)], verbose=False)
-            converter = tf.lite.TFLiteConverter.from_saved_model(str(workdir / "saved_model"))
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(tf_work / "saved_model"))
             blob = converter.convert()
         # a signal raised inside the converter's native code can be swallowed there, the
         # conversion going on to the end: the run stops here all the same
@@ -245,6 +248,8 @@ def convert(model, batch_size: int, path: Path) -> float:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        if alias is not None:
+            shutil.rmtree(alias, ignore_errors=True)  # the link, not what it points to
     return time.perf_counter() - started
 
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -382,3 +383,37 @@ def own_temp_folder_prefix(prefix: str) -> str:
     """``<prefix><machine>-<pid>-``: the start of a temporary folder's name that
     ``sweep_temp_folders`` can tell to be this process's."""
     return f"{prefix}{_machine()}-{os.getpid()}-"
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` (a path, a name) is UTF-8: not held with surrogates for odd bytes."""
+    try:
+        str(text).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# what TensorFlow's file system reads as a pattern in a path (a SavedModel's variables are
+# found through a glob): "v[2].tflite" matched nothing, "[" being a character class
+GLOB_CHARACTERS = frozenset("[]*?\\")
+
+
+def tf_safe(text: str) -> bool:
+    """Whether TensorFlow can be given ``text`` (a path, a name) as it is: UTF-8, and no
+    character its file system takes for a glob pattern (``GLOB_CHARACTERS``)."""
+    return is_utf8(text) and not GLOB_CHARACTERS & set(str(text))
+
+
+def tf_reachable(folder: Path) -> tuple[Path, Path | None]:
+    """``folder`` as TensorFlow can be given it, and the folder to remove afterwards (None):
+    itself when its path is ``tf_safe``; else a symbolic link to it in a new folder of the
+    system's temporary folder, which the caller removes (the link, never what it points to).
+    A Latin-1 USB stick's "l\\xe9at" was refused with a UnicodeEncodeError traceback; a
+    "proj [v1]" folder, or an export named "v[2].tflite" (its temporary folder is named after
+    it), failed to find the SavedModel's variables ("Failed to find any matching files")."""
+    if tf_safe(os.path.abspath(folder)):
+        return folder, None
+    made = Path(tempfile.mkdtemp(prefix="transfer-alias-"))
+    os.symlink(os.path.abspath(folder), made / "work", target_is_directory=True)
+    return made / "work", made
