@@ -98,7 +98,6 @@ def tries_float_depthwise(float_right: int, quant_right: int, images: int) -> bo
     return Fraction(float_right - quant_right, images) >= Fraction(str(INT8_GOAL))
 
 
-
 def default_name(fmt: str, quantize: str | None = None) -> str:
     """The export's file name in ``MODEL/export/``: a quantized TFLite model is named after its
     mode (``model-int8.tflite``), so that it and the float one live side by side."""
