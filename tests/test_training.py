@@ -1474,8 +1474,9 @@ def test_a_library_train_that_downloads_its_weights_prints_nothing(real_photos, 
             folder.mkdir(parents=True)
             for name, data in real_photos[cls][photos]:
                 (folder / name).write_bytes(data)
+    # one process (one TensorFlow import): compare's download, then train's once it is gone
     script = (
-        "import sys\n"
+        "import os, sys\n"
         "import keras.src.applications.mobilenet as m\n"
         "m.BASE_WEIGHT_PATH = sys.argv[1]\n"
         "from transfer.settings import TrainSettings\n"
@@ -1483,18 +1484,20 @@ def test_a_library_train_that_downloads_its_weights_prints_nothing(real_photos, 
         "from transfer.compare import ensure_weights\n"
         "settings = TrainSettings(data_dir='data', base='mobilenet', alpha=0.25, epochs=1,\n"
         "                         models_dir='models')\n"
-        "if sys.argv[2] == 'compare':\n"
-        "    ensure_weights([settings])\n"
-        "else:\n"
-        "    train(settings)\n"
-        "print('done')\n")
+        "got = os.path.join(os.environ['KERAS_HOME'], 'models', sys.argv[2])\n"
+        "ensure_weights([settings])\n"
+        "print('compare', os.path.getsize(got), file=sys.stderr)\n"
+        "os.remove(got)\n"
+        "train(settings)\n"
+        "print('train', os.path.getsize(got), file=sys.stderr)\n")
+    home = tmp_path / "home"
     with _served(weights.parent) as url:
-        for how in ("train", "compare"):
-            home = tmp_path / f"home-{how}"
-            done = subprocess.run([sys.executable, "-c", script, url, how],
-                                  env={**os.environ, "KERAS_HOME": str(home)},
-                                  capture_output=True, text=True, timeout=300, cwd=tmp_path)
-            assert done.returncode == 0, done.stderr
-            assert done.stdout.splitlines()[-1] == "done"
-            assert "Downloading" not in done.stderr, (how, done.stderr)
-            assert (home / "models" / weights.name).read_bytes()[:8] == weights.read_bytes()[:8]
+        done = subprocess.run([sys.executable, "-c", script, url, weights.name],
+                              env={**os.environ, "KERAS_HOME": str(home)},
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    size = weights.stat().st_size
+    said = [line for line in done.stderr.splitlines() if line.startswith(("compare", "train"))]
+    assert said == [f"compare {size}", f"train {size}"], done.stderr  # downloaded twice
+    assert "Downloading" not in done.stderr and "/step" not in done.stderr, done.stderr
+    assert done.stdout == ""
