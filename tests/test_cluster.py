@@ -7,6 +7,7 @@ weights on the cats-vs-dogs tour split.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -459,10 +460,79 @@ def test_a_worker_that_never_comes_is_one_line_after_the_start_up_wait(tiny_spli
         env={**os.environ, "TRANSFER_STARTUP_SECONDS": "5",
              "TF_CONFIG": launch.tf_config([f"127.0.0.1:{p}" for p in ports], 0)},
         capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and time.monotonic() - started < 90
+    assert done.returncode == 1 and time.monotonic() - started < 90
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "did not all join within 5 s" in errors[0], done.stderr
     assert "Traceback" not in done.stderr and not out.exists()
+
+
+def waiting_worker(data: Path, out: Path, log: Path, addresses: list, rank: int,
+                   startup: str = "60") -> subprocess.Popen:
+    """One worker of a 2-worker TF_CONFIG, alone (Ctrl-C's default kept: not ignored)."""
+    handle = open(log, "w")  # noqa: SIM115 (closed with the process)
+    return subprocess.Popen(
+        [sys.executable, "-m", "transfer", "train",
+         *train_args(data, out, "--distribute", "multi-worker")],
+        env={**os.environ, "TRANSFER_STARTUP_SECONDS": startup,
+             "TF_CONFIG": launch.tf_config(addresses, rank)},
+        stdout=handle, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+@pytest.mark.parametrize("signum, code", [("SIGTERM", 143), ("SIGINT", 130)])
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_worker_waiting_for_the_others_stops_on_a_signal(tiny_split, tmp_path, signum,
+                                                           code, rank):
+    """SIGTERM and Ctrl-C did not stop a worker waiting for the others to join (TensorFlow's
+    wait holds the interpreter, and installs its own SIGTERM handler): only kill -9 or the
+    start-up wait's end did. Now it stops at once, with one line and exit 143 / 130."""
+    log = tmp_path / "alone.log"
+    out = tmp_path / "models" / "alone"
+    proc = waiting_worker(tiny_split, out, log, [f"127.0.0.1:{p}" for p in
+                                                 launch.free_ports(2)], rank)
+    try:
+        assert wait_for(lambda: "waiting for the others" in text(log), [proc], 120), text(log)
+        time.sleep(2)  # well inside the wait
+        proc.send_signal(getattr(signal, signum))
+        stopped = time.monotonic()
+        code_seen = wait_all([proc], timeout=20)[0]
+    finally:
+        proc.kill()
+    said = text(log)
+    assert code_seen == code and time.monotonic() - stopped < 15, said
+    errors = [line for line in said.splitlines() if line.startswith("error:")]
+    assert errors == ["error: interrupted while waiting for the other workers"], said
+    assert "Traceback" not in said and not out.exists()
+
+
+def test_a_start_up_timeout_inside_tensorflow_ends_with_exit_code_1(tiny_split, tmp_path):
+    """Worker 1 told "go" by its chief, which then never joins TensorFlow's cluster: after
+    the start-up wait the line was said, then the process was SIGKILLed (exit 137, "Killed");
+    the README says exit code 1."""
+    import socket as sockets
+
+    ports = launch.free_ports(2)
+    chief = sockets.create_server(("127.0.0.1", ports[0]))
+    chief.settimeout(120)
+    log = tmp_path / "worker1.log"
+    proc = waiting_worker(tiny_split, tmp_path / "models" / "w1", log,
+                          [f"127.0.0.1:{p}" for p in ports], 1, startup="5")
+    try:
+        conn, _ = chief.accept()  # a chief that says go (the old worker read nothing)
+        conn.settimeout(5)
+        with contextlib.suppress(OSError):
+            conn.recv(64)
+            conn.sendall(b"go\n")
+        conn.close()
+        chief.close()
+        code = wait_all([proc], timeout=90)[0]
+    finally:
+        proc.kill()
+        chief.close()
+    said = text(log)
+    assert code == 1, said
+    errors = [line for line in said.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "did not all join within 5 s" in errors[0], said
 
 
 def test_a_worker_lost_as_the_training_loop_starts_is_one_line(tiny_split, tmp_path):

@@ -24,6 +24,7 @@ bounded by one round). The fine-tune route trains under ``Cluster.strategy`` wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -54,8 +55,13 @@ ready, _, _ = select.select([sys.stdin], [], [], limit)
 if not ready:
     sys.stderr.write(line + chr(10))
     sys.stderr.flush()
-    os.kill(pid, signal.SIGKILL)
+    # the worker ends itself (exit code 1) a moment later (faulthandler's native timer, which
+    # needs no interpreter); SIGKILL only if it is still there
+    ready, _, _ = select.select([sys.stdin], [], [], 10)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
 """
+HELLO = "transfer-worker"  # the first word of a worker's line in the rendezvous (rendezvous)
 
 
 class WorkerLost(TransferError):
@@ -200,6 +206,103 @@ def lost(exc: BaseException, timeout: float, during: str,
 WRITING = "the chief's writing of the bundle"  # what the other workers wait for at the end
 
 
+def rendezvous(topology: Topology, seconds: float, not_joined: str, taken: str) -> None:
+    """Wait, in Python, until every worker has started: the chief listens on its own port of
+    TF_CONFIG and answers "go" once every other worker has said its rank there; then it closes
+    the port for TensorFlow's server. A signal is handled meanwhile (Ctrl-C, SIGTERM: the
+    CLI's handlers raise), which TensorFlow's own wait does not allow. WorkerLost
+    (``not_joined``) when ``seconds`` pass first; (``taken``) when the chief's port is taken."""
+    if topology.workers == 1:
+        return
+    deadline = time.monotonic() + seconds
+    host, _, port = topology.addresses[0].rpartition(":")
+    if topology.chief:
+        _hear_the_workers(topology, int(port), deadline, not_joined, taken)
+    else:
+        _tell_the_chief(topology, host.strip("[]"), int(port), deadline, not_joined)
+
+
+def _hear_the_workers(topology: Topology, port: int, deadline: float, not_joined: str,
+                      taken: str) -> None:
+    """The chief's side of ``rendezvous``: every other rank heard, then "go" to each."""
+    import socket
+
+    dual = socket.has_dualstack_ipv6()
+    try:
+        listener = socket.create_server(("", port), family=socket.AF_INET6 if dual
+                                        else socket.AF_INET, dualstack_ipv6=dual)
+    except OSError:
+        raise WorkerLost(taken) from None
+    heard: dict = {}  # rank -> connection
+    try:
+        listener.settimeout(0.2)
+        while len(heard) < topology.workers - 1:
+            if time.monotonic() > deadline:
+                raise WorkerLost(not_joined)
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            words = _line_of(conn, 5.0).split()
+            if len(words) != 3 or words[0] != HELLO or not all(w.isdigit() for w in words[1:]):
+                conn.close()  # not a worker of ours (a port scanner): not counted
+                continue
+            rank, workers = int(words[1]), int(words[2])
+            if rank in heard:  # a worker started again: its new connection counts
+                heard.pop(rank).close()
+            heard[rank] = conn
+            if workers != topology.workers:  # TensorFlow's join says the clusters differ
+                break
+        for conn in heard.values():
+            with contextlib.suppress(OSError):
+                conn.sendall(b"go\n")
+        for conn in heard.values():  # each closes first: the port is left free for TensorFlow
+            _line_of(conn, 5.0)
+    finally:
+        for conn in heard.values():
+            conn.close()
+        listener.close()
+
+
+def _tell_the_chief(topology: Topology, host: str, port: int, deadline: float,
+                    not_joined: str) -> None:
+    """A worker's side of ``rendezvous``: say its rank to the chief until it says "go" (or
+    until TensorFlow's server answers there: the chief is in TensorFlow's join already)."""
+    import socket
+
+    hello = f"{HELLO} {topology.rank} {topology.workers}\n".encode()
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=2.0) as conn:
+                conn.sendall(hello)
+                while time.monotonic() < deadline:
+                    try:
+                        conn.recv(64)
+                    except TimeoutError:
+                        continue
+                    # "go"; or else TensorFlow's server, which answers our line otherwise
+                    # or closes: the chief is in TensorFlow's join already (this worker was
+                    # started again), which is where this one goes too
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise WorkerLost(not_joined)
+
+
+def _line_of(conn, seconds: float) -> str:
+    """The first line a connection sends within ``seconds`` ("" when none)."""
+    conn.settimeout(seconds)
+    data = b""
+    with contextlib.suppress(OSError):
+        while b"\n" not in data and len(data) < 256:
+            part = conn.recv(256)
+            if not part:
+                break
+            data += part
+    return data.split(b"\n")[0].decode("ascii", "replace")
+
+
 class Cluster:
     """This worker's place in the cluster and the strategy that joins it to the others.
 
@@ -216,6 +319,14 @@ class Cluster:
         self.topology, self.timeout = topology, float(timeout)
         self.kept: str | None = None  # what a rerun resumes from: training says (see lost)
         self.startup = startup_seconds() if startup is None else float(startup)
+        self.promised = self.startup  # the wait the lines name
+        # every worker waits for the others in Python first, where Ctrl-C and SIGTERM work
+        # (TensorFlow's own wait holds the interpreter and installs its SIGTERM handler,
+        # under which a waiting worker could only be killed); TensorFlow's join then finds
+        # the others there, and gets what is left of the start-up wait (at least 10 s)
+        waited = time.perf_counter()
+        rendezvous(topology, self.startup, self._not_joined(), self._port_taken())
+        self.startup = max(self.startup - (time.perf_counter() - waited), 10.0)
         quiet_native_logs()
         self.during = "start-up"
         # one job in rank order (a "chief" task becomes worker 0), given to the strategy as a
@@ -238,26 +349,38 @@ class Cluster:
             timeout_seconds=self.timeout)
         started = time.perf_counter()
         watchdog = self._start_watchdog()
+        import faulthandler
+
+        # past the watchdog's line, the worker ends itself with exit code 1 (the watchdog's
+        # SIGKILL made it 137, "Killed"); faulthandler's timer is native, it runs while
+        # TensorFlow holds the interpreter
+        devnull = open(os.devnull, "w")  # noqa: SIM115 (closed below)
+        faulthandler.dump_traceback_later(self.startup + 1, exit=True, file=devnull)
         try:
             self.strategy = tf.distribute.MultiWorkerMirroredStrategy(
                 cluster_resolver=resolver, communication_options=options)
         except (tf.errors.OpError, RuntimeError) as exc:
             detail = str(exc).strip().splitlines()[0][:160]
             if "Could not start gRPC server" in str(exc):  # its own address is taken
-                mine = self.topology.addresses[self.topology.rank]
-                raise WorkerLost(f"cannot listen on {mine}, this worker's address in TF_CONFIG "
-                                 "(another program uses that port, or another worker has this "
-                                 f"task index: {self.topology.describe()})") from None
+                raise WorkerLost(self._port_taken()) from None
             raise WorkerLost(self._not_joined(detail)) from None
         finally:
+            faulthandler.cancel_dump_traceback_later()
+            devnull.close()
             watchdog.stdin.close()  # joined (or failed by itself): the watchdog leaves quietly
         self.joined_seconds = time.perf_counter() - started
         JOINED.append(self)
         self._gathers: dict = {}
 
+    def _port_taken(self) -> str:
+        mine = self.topology.addresses[self.topology.rank]
+        return (f"cannot listen on {mine}, this worker's address in TF_CONFIG (another program "
+                "uses that port, or another worker has this task index: "
+                f"{self.topology.describe()})")
+
     def _not_joined(self, detail: str = "") -> str:
         t = self.topology
-        return (f"the {t.workers} workers of TF_CONFIG did not all join within {self.startup:g} s "
+        return (f"the {t.workers} workers of TF_CONFIG did not all join within {self.promised:g} s "
                 f"(this is {t.describe()}{'; ' + detail if detail else ''}); start the same "
                 "command on every worker, each with the same cluster list in TF_CONFIG (the "
                 "same addresses in the same order) and its own task index")

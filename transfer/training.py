@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer import bases, bundle, decode_ahead, metrics, phases, pipelines
+from transfer import bases, bundle, decode_ahead, errors, metrics, phases, pipelines
 from transfer.bases import Base
 from transfer.constants import FEW_IMAGES, TEST_FOLDERS, few_images_warning, is_ignored_folder
 from transfer.errors import TransferError
@@ -610,21 +610,25 @@ def join_cluster(settings: TrainSettings, reporter: Reporter, kept: str | None =
 
     default_term = (threading.current_thread() is threading.main_thread()
                     and getattr(signal.getsignal(signal.SIGTERM), "transfer_cli", False))
-    if default_term:
-        # TensorFlow's waits hold the interpreter, where no Python handler runs: SIGTERM ends
-        # a worker at once, as it always did (the CLI's handler would wait for ever; the CLI
-        # puts its caller's handler back at the end; a library caller's own is left alone)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from transfer import cluster as clusters
 
     topology = clusters.read_tf_config()
     reporter.info(f"multi-worker: this is {topology.describe()}; waiting for the others "
                   f"(up to {clusters.startup_seconds():g} s)")
-    joined = clusters.Cluster(topology, settings.worker_timeout)
+    try:  # the wait for the others is in Python (cluster.rendezvous): a signal stops it
+        joined = clusters.Cluster(topology, settings.worker_timeout)
+    except KeyboardInterrupt as exc:  # the CLI's SIGTERM raises Terminated, Ctrl-C this
+        errors.clear_interrupted()
+        stopped = TransferError("interrupted while waiting for the other workers")
+        stopped.exit_code = 143 if isinstance(exc, errors.Terminated) else 130
+        raise stopped from None
     joined.kept = kept
     if default_term:
-        # joining installed TensorFlow's own SIGTERM handler (its preemption notice), under
-        # which a worker told to stop trained on to the end and wrote its bundle
+        # TensorFlow's waits hold the interpreter, where no Python handler runs: SIGTERM ends
+        # a worker at once (the CLI's handler would wait for ever; the CLI puts its caller's
+        # handler back at the end; a library caller's own is left alone). Joining also
+        # installed TensorFlow's own SIGTERM handler (its preemption notice), under which a
+        # worker told to stop trained on to the end and wrote its bundle.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     joined.check_same_cluster()
     reporter.info(f"multi-worker: {joined.workers} workers joined in "
