@@ -775,3 +775,76 @@ def test_an_evaluated_bundle_with_a_broken_part_says_it_too(bundle_copy):
     text = write_report(bundle_copy, gradcams=0, notes=notes).read_text(encoding="utf-8")
     assert notes == ["curves.png skipped: the file is not a PNG picture"]
     assert skipped_on_page(text) == notes and 'class="confusion"' in text
+
+
+def test_an_evaluation_folder_never_shows_the_bundles_pictures_as_its_own(
+        bundle_copy, small_split, tmp_path):
+    """`evaluate --output DIR --worst 0` on a folder the model got all right: DIR has no
+    misclassified.png (right), but its report.html showed the bundle's own one (the validation
+    split's mistakes) under "Misclassified examples", byte for byte; a confusion.png gone from
+    DIR was the bundle's too. The page now shows DIR's pictures only, and says why one is
+    missing; the bundle's own page keeps its pictures."""
+    from transfer.evaluate import evaluate
+
+    evaluate(bundle_copy, force=True)  # the bundle's own evaluation: its pictures
+    own = {name: (bundle_copy / name).read_bytes()
+           for name in ("misclassified.png", "confusion.png")}
+    listed = evaluate(bundle_copy, data_dir=small_split / "test", output=tmp_path / "all",
+                      worst=1000).report
+    wrong = {m["file"] for m in listed["worst_mistakes"]}
+    right = tmp_path / "right"
+    for name in ("cats", "dogs"):  # the test photos it classifies right, as a user's folder
+        (right / name).mkdir(parents=True)
+        for photo in sorted((small_split / "test" / name).iterdir()):
+            if str(photo) not in wrong:
+                shutil.copy(photo, right / name / photo.name)
+
+    def shown(page: str) -> list[bytes]:
+        return [base64.b64decode(img["src"].split(",", 1)[1]) for img in parsed(page).images]
+
+    def section(page: str, anchor: str) -> str:
+        found = re.search(rf'<section id="{anchor}">(.*?)</section>', page, re.S)
+        return found.group(1) if found else ""
+
+    for data, worst, said in ((right, 0, "No mistakes: all"), (right, 16, "No mistakes: all"),
+                              (small_split / "test", 0, "No picture (--worst 0): "
+                                                        f"{len(wrong)} mistake")):
+        out = tmp_path / f"ev-{data.name}-{worst}"
+        report = evaluate(bundle_copy, data_dir=data, output=out, worst=worst).report
+        assert (report["accuracy"] == 1) == (data == right)
+        page = (out / "report.html").read_text(encoding="utf-8")
+        assert not set(shown(page)) & set(own.values())
+        if worst == 0:
+            assert not (out / "misclassified.png").exists()
+        else:  # evaluate drew its own "no mistakes" picture: the page showed it; gone, none
+            assert (out / "misclassified.png").read_bytes() in shown(page)
+            (out / "misclassified.png").unlink()
+            page = render_report(out, gradcams=0)
+            assert not set(shown(page)) & set(own.values())
+        text = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", section(page, "mistakes")))
+                        .split())
+        assert said in text and "the most confident mistakes" not in page, text
+        # confusion.png gone from the evaluation's folder: not the bundle's in its place
+        (out / "confusion.png").unlink()
+        notes: list = []
+        page = render_report(out, gradcams=0, notes=notes)
+        assert not set(shown(page)) & set(own.values())
+        assert 'class="confusion"' in page
+        assert notes == [f"confusion.png is gone from {out}: the table above is this "
+                         "evaluation's matrix"]
+    # mistakes drawn, the picture gone since: said, not the bundle's in its place
+    (tmp_path / "all" / "misclassified.png").unlink()
+    notes = []
+    page = render_report(tmp_path / "all", gradcams=0, notes=notes)
+    assert not set(shown(page)) & set(own.values())
+    assert notes == [f"misclassified.png is gone from {tmp_path / 'all'}: the mistakes are "
+                     "listed without their photos"]
+    # the bundle's training pictures (an MNIST bundle's noise.png: "test accuracy under
+    # Gaussian noise") are said to be the bundle's on an evaluation's page
+    (bundle_copy / "noise.png").write_bytes(own["confusion.png"])
+    whose = "The evaluated bundle's own pictures, drawn at its training, not by this evaluation."
+    pictures = section(render_report(tmp_path / "all", gradcams=0), "pictures")
+    assert whose in html.unescape(pictures) and PICTURES["noise.png"] in pictures
+    # the bundle's own page (its own evaluation) keeps its pictures
+    page = render_report(bundle_copy, gradcams=0)
+    assert set(own.values()) <= set(shown(page)) and whose not in html.unescape(page)

@@ -565,6 +565,33 @@ def matrix_problem(matrix, names: list[str]) -> str | None:
     return None
 
 
+def mistakes_made(evaluation: dict) -> int | None:
+    """How many images the evaluation got wrong, from its confusion matrix (None: it has no
+    whole one)."""
+    matrix = evaluation.get("confusion_matrix")
+    try:
+        return int(sum(sum(row) for row in matrix) - sum(row[i] for i, row in enumerate(matrix)))
+    except (TypeError, IndexError):
+        return None
+
+
+def no_mistakes_picture(evaluation: dict, folder: Path, notes: list[str]) -> str:
+    """What the mistakes section says of an evaluation whose folder holds no
+    misclassified.png: none were made, none drawn (``--worst 0``), or the picture is gone;
+    nothing for a report.json that records no mistakes at all (an older one)."""
+    if "worst_mistakes" not in evaluation:
+        return ""
+    wrong = mistakes_made(evaluation)
+    if wrong == 0 or (wrong is None and evaluation.get("accuracy") == 1):
+        return (f"<p class=\"muted\">No mistakes: all {_e(evaluation.get('images'))} images "
+                "were classified right.</p>")
+    if not evaluation["worst_mistakes"]:
+        counted = f"{wrong} mistake{'' if wrong == 1 else 's'}, " if wrong else ""
+        return f"<p class=\"muted\">No picture (--worst 0): {counted}none drawn.</p>"
+    return skipped_lines(notes, f"misclassified.png is gone from {folder}: the mistakes are "
+                                "listed without their photos")
+
+
 def retrained_since(evaluation: dict, meta: dict) -> bool:
     """Whether the bundle of ``meta`` is no longer the one ``evaluation`` (report.json)
     evaluated: trained again at the same path (its creation time, or for evaluations that
@@ -795,9 +822,13 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
             "the test images (meta.json)"
         evaluated += (f"<p>Confusion matrix on {_e(which)} (rows: true class, columns: "
                       "predicted):</p>" + _confusion_table(matrix, names))
-    picture_dir = folder if (folder / "confusion.png").is_file() else bundle_dir
-    if picture_dir is not None and (picture_dir / "confusion.png").is_file():
-        evaluated += _picture(picture_dir / "confusion.png", "confusion matrix", said)
+    # the folder's own picture only: an evaluation folder without one showed its bundle's
+    # (the validation split's) as this evaluation's
+    if (folder / "confusion.png").is_file():
+        evaluated += _picture(folder / "confusion.png", "confusion matrix", said)
+    elif (evaluation or {}).get("confusion_matrix") and problem is None:
+        evaluated += skipped_lines(said, f"confusion.png is gone from {folder}: the table "
+                                         "above is this evaluation's matrix")
     if not evaluated:
         evaluated = ("<p class=\"muted\">Not evaluated yet: <code>transfer evaluate</code> "
                      "adds accuracy per class, the confusion matrix and the worst mistakes."
@@ -808,8 +839,8 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
     mistakes = ""
     if (folder / "misclassified.png").is_file():
         mistakes += _picture(folder / "misclassified.png", "the most confident mistakes", said)
-    elif bundle_dir is not None and (bundle_dir / "misclassified.png").is_file():
-        mistakes += _picture(bundle_dir / "misclassified.png", "mistakes", said)
+    elif evaluation:  # never the bundle's: its validation split's mistakes, not these
+        mistakes += no_mistakes_picture(evaluation, folder, said)
     worst = (evaluation or {}).get("worst_mistakes") or []
     if worst:
         rows = [[_e(Path(str(w.get("file"))).name), _e(w.get("true")), _e(w.get("predicted")),
@@ -837,6 +868,9 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
     gallery = "".join(_picture(bundle_dir / name, caption, said)
                       for name, caption in PICTURES.items()
                       if bundle_dir is not None and (bundle_dir / name).is_file())
+    if gallery and bundle_dir != folder:  # an evaluation folder's page: whose they are
+        gallery = ("<p>The evaluated bundle's own pictures, drawn at its training, not by "
+                   "this evaluation.</p>" + gallery)
     parts.append(_section("More pictures", gallery, "pictures"))
 
     # ---- timings and engine
