@@ -343,6 +343,11 @@ def test_two_workers_fine_tune_in_a_custom_loop(tiny_split, tmp_path):
     loop = meta["training"]["custom_loop"]
     assert loop["workers"] == 2 and loop["global_batch"] == 64 and loop["resumed_from_epoch"] == 0
     assert [w["train_images"] for w in meta["per_worker"]] == [12, 12]
+    # the loop read through tf.data: meta.json said "generator" (--pipeline's default)
+    assert meta["pipeline"] == "tfdata", meta["pipeline"]
+    for log in logs:  # the single-process run's line, which this route did not say
+        said = text(log)
+        assert said.count("fine-tuning the top 10 layers of MobileNet (") == 1, said
     phases = [line.split(",")[-1] for line in (out / "history.csv").read_text().splitlines()[1:]]
     assert phases.count("fine-tune") == 2 and phases[0] == "head"
     assert not (out.parent / f".{out.name}.checkpoints").exists(), "checkpoints left behind"

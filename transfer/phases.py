@@ -780,13 +780,7 @@ def fine_tune(plan: RunPlan, built: Built, reporter: Reporter) -> Fit:
     """Unfreeze the top ``--fine-tune`` layers (BatchNormalization stays frozen) and train end
     to end with ``--fine-tune-lr``."""
     hp = plan.settings
-    unfrozen = unfreeze_top(built.base_model, hp.fine_tune)
-    layers = len(built.base_model.layers)
-    which = f"the top {hp.fine_tune}" if hp.fine_tune < layers else f"all {layers}"
-    more = (f"; --fine-tune {hp.fine_tune} is more than it has" if hp.fine_tune > layers
-            else "")
-    reporter.info(f"fine-tuning {which} layers of {plan.base.keras_class} "
-                  f"({unfrozen} trainable, BatchNormalization frozen{more})")
+    unfreeze_and_say(plan, built, reporter)
     return fit_end_to_end(plan, built, reporter, "fine-tune", hp.fine_tune_lr,
                           hp.fine_tune_epochs)
 
@@ -847,6 +841,18 @@ def keep_if_better(plan: RunPlan, built: Built, reporter: Reporter, frozen: Froz
                   "on the frozen base): the model keeps the frozen base and its head; a "
                   "lower --fine-tune-lr or fewer --fine-tune layers may do better")
     return before
+
+
+def unfreeze_and_say(plan: RunPlan, built: Built, reporter: Reporter) -> None:
+    """``unfreeze_top`` with its line (both routes say it: the multi-worker one said nothing)."""
+    hp = plan.settings
+    unfrozen = unfreeze_top(built.base_model, hp.fine_tune)
+    layers = len(built.base_model.layers)
+    which = f"the top {hp.fine_tune}" if hp.fine_tune < layers else f"all {layers}"
+    more = (f"; --fine-tune {hp.fine_tune} is more than it has" if hp.fine_tune > layers
+            else "")
+    reporter.info(f"fine-tuning {which} layers of {plan.base.keras_class} "
+                  f"({unfrozen} trainable, BatchNormalization frozen{more})")
 
 
 def unfreeze_top(base_model, n: int) -> int:

@@ -467,7 +467,7 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float,
                 frozen = phases.before_fine_tune(run, built) if chief else None
                 cluster.barrier("the chief's measure of the frozen model",
                                 timeout=phases.HEAD_WAIT)
-                phases.unfreeze_top(built.base_model, settings.fine_tune)
+                phases.unfreeze_and_say(run, built, reporter)
                 tuned = phases.fit_distributed(run, built, reporter, cluster, "fine-tune",
                                                settings.fine_tune_lr, settings.fine_tune_epochs)
                 if chief:  # the others wait for its bundle; it writes the model it keeps
@@ -529,7 +529,7 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float,
                             settings.augment, run.feature_size if feature_views else run.size,
                             Path(folder) / PREVIEW_PNG, seed=settings.seed,
                             copies=min(3, run.copies) if copied else 3,
-                            pipeline="features" if feature_views else settings.pipeline,
+                            pipeline="features" if feature_views else pipeline_ran(run),
                             views=run.train_views if run.transforms_unused else None,
                             indices={s.path: i for i, s in enumerate(usable)} if copied
                             else None)
@@ -929,6 +929,13 @@ def saved_epoch(history: dict, fine_tune_kept: bool = True, watched_from: int = 
     return min(last, key=lambda i: losses[i]) + 1
 
 
+def pipeline_ran(run: RunPlan) -> str:
+    """The pipeline the images went through end to end: --pipeline's, except that the
+    multi-worker loop reads through tf.data whatever --pipeline says (meta.json said
+    "generator" of such a run)."""
+    return "tfdata" if run.settings.distribute == "multi-worker" else run.settings.pipeline
+
+
 def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | None,
                   fit: phases.Fit, validation: phases.Validation, timings: Timings) -> dict:
     """meta.json of a transfer run (the common fields come from ``bundle.meta``).
@@ -977,7 +984,7 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
         output="sigmoid" if run.binary else "softmax",
         # the pipeline images went through end to end; "features": none (the head trained on
         # features computed once; --pipeline took no part)
-        pipeline=hp.pipeline if run.pipeline_used else "features",
+        pipeline=pipeline_ran(run) if run.pipeline_used else "features",
         augmentation={**hp.augment.as_dict(), "copies": run.copies if run.use_cache else None,
                       # whether rotation/shift/shear/zoom took part (not with test-time flips
                       # alone: the head then trains on plain photos, or photo-mirror means)
