@@ -1018,19 +1018,29 @@ def test_a_lost_workers_line_names_what_a_rerun_resumes_from(tiny_split, tmp_pat
     --no-feature-cache on the frozen route nothing is, and where the checkpoints are was not
     said. It now names what the run leaves: its cached features, its checkpoints, or
     nothing (the run starts over)."""
+    from types import SimpleNamespace
+
     from transfer.settings import Augment, TrainSettings
     from transfer.tf import tf
     from transfer.training import kept_for_a_rerun, plan
 
-    def kept(**options) -> str:
+    def kept(shards: bool = True, **options) -> str:
         return kept_for_a_rerun(plan(TrainSettings(data_dir=tiny_split, base="mobilenet",
                                                    alpha=0.25, weights="none",
                                                    output=tmp_path / "m",
-                                                   **options).validated()))
+                                                   **options).validated()),
+                                SimpleNamespace(features_kept=shards))
 
     cache = tiny_split / ".cache" / "features"
     checkpoints = tmp_path / ".m.checkpoints"
     still = Augment(enabled=False)
+    # stopped before any shard or checkpoint was written: it said both were kept
+    assert kept(False, augment=still, fine_tune=20) == ""
+    assert kept(False, augment_copies=0) == ""
+    checkpoints.mkdir()  # an empty folder is no checkpoint either
+    assert kept(False, augment_copies=0) == ""
+    (checkpoints / "state").mkdir()
+    (checkpoints / "state" / "epoch-1.weights.h5").write_bytes(b"saved")
     assert kept(augment=still) == f"the features cached in {cache}"
     assert kept(augment=still, fine_tune=20) == (f"the features cached in {cache} and the "
                                                  f"epoch checkpoints in {checkpoints}")

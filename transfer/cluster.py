@@ -317,7 +317,9 @@ class Cluster:
         from tensorflow.python.eager import context  # isort: skip
 
         self.topology, self.timeout = topology, float(timeout)
-        self.kept: str | None = None  # what a rerun resumes from: training says (see lost)
+        # what a rerun resumes from, asked when a worker is lost (training sets it; see lost)
+        self.keeps = None  # a function of this cluster: "" for nothing
+        self.features_kept = False  # a shard of this run's features is in the cache (phases)
         self.startup = startup_seconds() if startup is None else float(startup)
         self.promised = self.startup  # the wait the lines name
         # every worker waits for the others in Python first, where Ctrl-C and SIGTERM work
@@ -371,6 +373,12 @@ class Cluster:
         self.joined_seconds = time.perf_counter() - started
         JOINED.append(self)
         self._gathers: dict = {}
+
+    @property
+    def kept(self) -> str | None:
+        """What is on this worker's disk for a rerun to resume from, in words, now (the line
+        named the cached features and the checkpoints before either was written)."""
+        return None if self.keeps is None else self.keeps(self)
 
     def _port_taken(self) -> str:
         mine = self.topology.addresses[self.topology.rank]

@@ -427,6 +427,8 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
                     continue
                 parts[i] = entry.features if in_memory else cache_dir / f"{key}.npz"
                 kept[i], done[i] = entry.labels.astype("int64"), 1
+                if cluster is not None:  # a rerun finds it again (cluster.kept)
+                    cluster.features_kept = True
                 seen_engines.add(entry.engine)
                 for item in entry.skipped:
                     skipped.setdefault(item["file"], item["reason"])
@@ -441,6 +443,8 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
                 skipped.setdefault(item["file"], item["reason"])
             path = cache_dir / f"{keys[i]}.npz"
             stored = hp.feature_cache and features.store_quietly(path, result, warn_once)
+            if stored and cluster is not None:  # a rerun finds it again (cluster.kept)
+                cluster.features_kept = True
             if in_memory:
                 parts[i] = np.asarray(result.features, "float32").reshape(-1, width)
             elif stored:

@@ -384,15 +384,21 @@ def cache_state(cache: str, computed: int, needed: int) -> str:
     return cache
 
 
-def kept_for_a_rerun(run) -> str:
-    """What a multi-worker run stopped by a lost worker leaves for the same command to resume
-    from, in words ("" for nothing: --no-feature-cache on the frozen route)."""
+def kept_for_a_rerun(run, cluster) -> str:
+    """What a multi-worker run stopped by a lost worker leaves on this worker's disk for the
+    same command to resume from, in words ("" for nothing: stopped before a shard of features
+    or an epoch checkpoint was written, or --no-feature-cache on the frozen route)."""
     kept = []
-    if run.use_cache and run.settings.feature_cache:
+    if run.use_cache and run.settings.feature_cache and cluster.features_kept:
         kept.append(f"the features cached in {run.feature_cache_dir}")
-    if run.pipeline_used:  # the custom loop's epoch checkpoints
+    if run.pipeline_used and any(p.is_file() for p in _files_under(run.checkpoint_dir)):
         kept.append(f"the epoch checkpoints in {run.checkpoint_dir}")
     return " and ".join(kept)
+
+
+def _files_under(folder: Path):
+    """Everything under ``folder`` (nothing when it does not exist)."""
+    return Path(folder).rglob("*") if Path(folder).is_dir() else ()
 
 
 def chiefs_check(run, cluster) -> None:
@@ -421,8 +427,7 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float,
         # files are known (and a class left too small is refused) before any epoch
         pipelines.decode_all(run.train + run.validate, run.size, run.skipped, reporter)
         pipelines.check_enough(run)
-    cluster = join_cluster(settings, reporter, kept_for_a_rerun(run)
-                           if settings.distribute == "multi-worker" else None)
+    cluster = join_cluster(settings, reporter, lambda joined: kept_for_a_rerun(run, joined))
     if cluster is not None:
         same_settings(run, cluster)
         same_files(run, cluster)
@@ -600,9 +605,10 @@ def _after_writing(run: RunPlan, landed: Path, reporter: Reporter, cluster, mode
 FINAL_WAIT = 1800.0  # seconds the other workers wait for the chief to validate and write
 
 
-def join_cluster(settings: TrainSettings, reporter: Reporter, kept: str | None = None):
+def join_cluster(settings: TrainSettings, reporter: Reporter, keeps=None):
     """The cluster of TF_CONFIG for --distribute multi-worker (None otherwise), joined.
-    ``kept``: what a rerun resumes from, said when a worker is lost (``Cluster.kept``)."""
+    ``keeps``: the function of the cluster that says what a rerun resumes from, asked when a
+    worker is lost (``Cluster.kept``)."""
     if settings.distribute != "multi-worker":
         return None
     import signal
@@ -622,7 +628,7 @@ def join_cluster(settings: TrainSettings, reporter: Reporter, kept: str | None =
         stopped = TransferError("interrupted while waiting for the other workers")
         stopped.exit_code = 143 if isinstance(exc, errors.Terminated) else 130
         raise stopped from None
-    joined.kept = kept
+    joined.keeps = keeps
     if default_term:
         # TensorFlow's waits hold the interpreter, where no Python handler runs: SIGTERM ends
         # a worker at once (the CLI's handler would wait for ever; the CLI puts its caller's
