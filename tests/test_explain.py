@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 from unwritable import names_path, unwritable_folder
 
-from transfer import bases, bundle, explain, images
+from transfer import bases, bundle, explain, images, plots
 from transfer.cli import app
 from transfer.errors import TransferError
 from transfer.settings import Augment, ExplainSettings
@@ -567,3 +567,54 @@ def test_a_class_typed_otherwise_is_found_by_the_cli_as_by_serve():
                                "golden_retriever, café (the nearest: cats)")
     with pytest.raises(TransferError, match=r"^class 'CATS' could be 'Cats' or 'cats'"):
         named_class(["Cats", "cats"], "CATS")
+
+
+def test_an_empty_map_says_so_in_its_picture(trained_bundle, dog_photo, real_photos, tmp_path,
+                                             monkeypatch):
+    """`explain --class X` where no region raises X's score: the terminal said "the map is
+    empty", but the PNG was a uniform tint whose title gave no hint (one image, and each of a
+    folder's). The bundle's head made all-positive: every region raises dogs' logit, so none
+    raises cats' (the sigmoid's negative class): cats' map is empty on any photo."""
+    import keras
+
+    copy = tmp_path / "positive"
+    shutil.copytree(trained_bundle.bundle, copy)
+    model = keras.saving.load_model(copy / bundle.MODEL, compile=False)
+    head = model.get_layer("predictions")
+    kernel, bias = head.get_weights()
+    head.set_weights([np.abs(kernel), bias])
+    model.save(copy / bundle.MODEL)
+    real = plots._pyplot()
+    kept = []
+
+    class Keeping:  # the figures drawn, kept open to read their titles
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def close(self, fig=None):
+            kept.append(fig)
+
+    monkeypatch.setattr(plots, "_pyplot", lambda: Keeping())
+    empty = "cats: empty map \u2014 no region raises this class's score"
+    try:
+        cats = explain.explain(dog_photo, model=copy, class_name="cats",
+                               output=tmp_path / "cats.png")
+        dogs = explain.explain(dog_photo, model=copy, class_name="dogs",
+                               output=tmp_path / "dogs.png")
+        assert cats.heatmap.max() == 0 and dogs.heatmap.max() > 0
+        titles = [" ".join(fig._suptitle.get_text().split()) for fig in kept]
+        assert titles[0].endswith(f"Grad-CAM of cats at {LAST_CONV} {empty}"), titles[0]
+        assert "empty" not in titles[1] and titles[1].endswith(f"Grad-CAM of dogs at {LAST_CONV}")
+        # a folder's images, each its own picture
+        folder = tmp_path / "photos"
+        folder.mkdir()
+        for name, data in real_photos["cats"][:2] + real_photos["dogs"][:1]:
+            (folder / name).write_bytes(data)
+        kept.clear()
+        rows = explain.explain_all(ExplainSettings(images=[str(folder)], model=copy,
+                                                   class_name="cats", output=tmp_path / "out"))
+        assert [r.error for r in rows] == [None] * 3 and len(kept) == 3
+        assert all(" ".join(fig._suptitle.get_text().split()).endswith(empty) for fig in kept)
+    finally:
+        for fig in kept:
+            real.close(fig)

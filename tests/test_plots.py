@@ -179,3 +179,16 @@ def test_a_caption_over_a_portrait_photo_is_cut_to_its_cell_not_to_the_photo():
     plots._fit_titles(fig)
     assert [ax.title.get_text() for ax in axes.flat] == ["true roses\npred dandelion 0.67"] * 4
     plt.close(fig)
+
+
+def test_a_grad_cam_with_nothing_on_it_says_so_in_its_panel(figures, tmp_path):
+    """An empty Grad-CAM map (no region raises the class's score) was drawn as a uniform tint
+    under the caption "Grad-CAM", as a map that works; a map of NaN (a diverged model) too."""
+    photo = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    some = np.zeros((7, 7))
+    some[2:4, 3:5] = 1.0
+    for heatmap in (some, np.zeros((7, 7)), np.full((7, 7), np.nan)):
+        plots.gradcam(photo, heatmap, tmp_path / "g.png", title="dog.jpg")
+    captions = [[ax.title.get_text() for ax in fig.axes] for fig in figures]
+    assert captions == [["image", "Grad-CAM"], ["image", "Grad-CAM: empty map"],
+                        ["image", "Grad-CAM: not a number"]]

@@ -183,6 +183,18 @@ def gradcams(model, meta: dict, arrays: np.ndarray, class_indices: list | None =
     return results, layer
 
 
+def map_note(heatmap: np.ndarray, label: str) -> str | None:
+    """What a heatmap with nothing to show means, for the picture's title (None: it shows
+    something). Empty: no region of the image raises ``label``'s score, and Grad-CAM's ReLU
+    leaves nothing, drawn as a uniform tint that looked like a broken tool."""
+    heatmap = np.asarray(heatmap)
+    if np.isnan(heatmap).any():  # a diverged model's: not empty, broken
+        return f"{label}: the map is not a number (the model's outputs are not numbers)"
+    if heatmap.size and float(heatmap.max()) > 0:
+        return None
+    return f"{label}: empty map \u2014 no region raises this class's score"
+
+
 def typed_key(name: str) -> str:
     """A class name as people type it: accents composed, case folded, spaces as underscores
     (``Tabby``, ``golden retriever`` for ImageNet's ``tabby``, ``golden_retriever``)."""
@@ -312,6 +324,9 @@ def explain(settings: ExplainSettings | Path, *, write: bool = True,
         predicted = names[int(np.argmax(probs))]
         title = (f"{image.name}: predicted {predicted} {probs.max():.2f}; Grad-CAM of "
                  f"{names[index]} at {layer}")
+        note = map_note(heatmap, names[index])
+        if note is not None:  # a uniform tint said nothing: the picture says why
+            title += f"\n{note}"
         with replacing(png) as tmp:
             plots.gradcam(shown, heatmap, tmp, title=title)
         result.png = png

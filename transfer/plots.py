@@ -244,14 +244,19 @@ def noise_curve(results, path: Path, title: str = "") -> Path:
 
 
 def gradcam(image, heatmap, path: Path, title: str = "", alpha: float = 0.45) -> Path:
-    """The image and the image overlaid with a Grad-CAM heatmap (jet), side by side."""
+    """The image and the image overlaid with a Grad-CAM heatmap (jet), side by side; the
+    overlay's caption says when the map is empty or not a number (a uniform tint)."""
     import numpy as np
     from PIL import Image
 
     plt = _pyplot()
     image = np.asarray(image, dtype="uint8")
     h, w = image.shape[:2]
-    heat = Image.fromarray((np.clip(heatmap, 0, 1) * 255).astype("uint8")).resize(
+    heatmap = np.asarray(heatmap, dtype="float64")
+    # a map with nothing on it is a uniform tint: its panel says so (not a broken picture)
+    shown = ("Grad-CAM: not a number" if np.isnan(heatmap).any() else
+             "Grad-CAM" if heatmap.size and heatmap.max() > 0 else "Grad-CAM: empty map")
+    heat = Image.fromarray((np.clip(np.nan_to_num(heatmap), 0, 1) * 255).astype("uint8")).resize(
         (w, h), Image.BILINEAR)
     colours = plt.get_cmap("jet")(np.asarray(heat) / 255.0)[..., :3] * 255.0
     overlay = ((1 - alpha) * image + alpha * colours).clip(0, 255).astype("uint8")
@@ -260,7 +265,7 @@ def gradcam(image, heatmap, path: Path, title: str = "", alpha: float = 0.45) ->
     # 3000 px made a picture 100,000 px tall (4 GB of memory); beyond, it is letterboxed
     tall = min(max(width / 2 * h / w, 1.5), width)
     fig, axes = plt.subplots(1, 2, figsize=(width, tall + 0.6))
-    for ax, picture, caption in zip(axes, (image, overlay), ("image", "Grad-CAM"), strict=True):
+    for ax, picture, caption in zip(axes, (image, overlay), ("image", shown), strict=True):
         ax.imshow(picture)
         ax.set_title(caption, fontsize=9)
         ax.axis("off")
