@@ -1072,3 +1072,41 @@ def test_a_cnn_from_scratch_killed_in_its_first_half_resumes(slow_split, tmp_pat
     assert "resumed after epoch" in text(logs[0])
     metrics = meta_of(out)["metrics"]
     assert metrics["best_epoch"] >= 5  # kept from the watched second half
+
+
+def test_tf_config_without_multi_worker_is_said_at_the_start(tiny_split, tmp_path):
+    """TF_CONFIG set, --distribute multi-worker forgotten on one machine: it trained alone,
+    wrote its own bundle and moved models/latest without a word (exit 0) while the other
+    worker waited. It is now said at the start (a warning: TF_CONFIG may be meant for other
+    tools)."""
+    from transfer.progress import Reporter
+    from transfer.training import warn_tf_config_unused
+
+    class Said(Reporter):
+        def __init__(self):
+            self.warnings = []
+
+        def warn(self, message):
+            self.warnings.append(message)
+
+    alone = TrainSettings(data_dir=tiny_split, base="mobilenet", alpha=0.25, weights="none",
+                          output=tmp_path / "m").validated()
+    two = {"TF_CONFIG": launch.tf_config(["127.0.0.1:1", "127.0.0.1:2"], 1)}
+    said = Said()
+    warn_tf_config_unused(alone, said, two)
+    assert said.warnings == ["TF_CONFIG is set (worker 1 of 2) but --distribute is not "
+                             "multi-worker: training on this machine alone (add --distribute "
+                             "multi-worker to train with the others)"]
+    for settings, environ in ((alone, {}), (alone, {"TF_CONFIG": launch.tf_config(
+            ["127.0.0.1:1"], 0)}), (TrainSettings(distribute="multi-worker"), two)):
+        said = Said()
+        warn_tf_config_unused(settings, said, environ)
+        assert said.warnings == [], environ
+    # and in a real run, before anything else is said
+    done = subprocess.run(
+        [sys.executable, "-m", "transfer", "train", *train_args(tiny_split, tmp_path / "b",
+                                                                "--epochs", "1")],
+        env={**os.environ, **two}, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert "TF_CONFIG is set (worker 1 of 2)" in lines[0], done.stderr

@@ -420,6 +420,7 @@ def chiefs_check(run, cluster) -> None:
 
 def _train(settings: TrainSettings, reporter: Reporter, started: float,
            looked_for: bool = False) -> TrainResult:
+    warn_tf_config_unused(settings, reporter)
     run = plan(settings)
     report_data(run, reporter, validate_looked_for=looked_for)
     if not run.use_cache:
@@ -603,6 +604,29 @@ def _after_writing(run: RunPlan, landed: Path, reporter: Reporter, cluster, mode
 
 
 FINAL_WAIT = 1800.0  # seconds the other workers wait for the chief to validate and write
+
+
+def warn_tf_config_unused(settings: TrainSettings, reporter: Reporter, environ=None) -> None:
+    """TF_CONFIG names a cluster, but --distribute multi-worker was forgotten on this machine:
+    it trained alone, wrote its own bundle and moved models/latest, while the others waited
+    for it. Said at the start; not refused (TF_CONFIG may be set for other tools)."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    if settings.distribute == "multi-worker" or not environ.get("TF_CONFIG", "").strip():
+        return
+    from transfer import cluster as clusters
+
+    try:
+        topology = clusters.read_tf_config(environ)
+    except TransferError:
+        where = ""
+    else:
+        if topology.workers < 2:
+            return
+        where = f" (worker {topology.rank} of {topology.workers})"
+    reporter.warn(f"TF_CONFIG is set{where} but --distribute is not multi-worker: training on "
+                  "this machine alone (add --distribute multi-worker to train with the others)")
 
 
 def join_cluster(settings: TrainSettings, reporter: Reporter, keeps=None):
