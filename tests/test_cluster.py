@@ -1110,3 +1110,48 @@ def test_tf_config_without_multi_worker_is_said_at_the_start(tiny_split, tmp_pat
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert "TF_CONFIG is set (worker 1 of 2)" in lines[0], done.stderr
+
+
+def test_a_checkpoint_of_other_settings_is_said_not_dropped_in_silence(tiny_split, tmp_path):
+    """A rerun with --fine-tune-epochs raised found the checkpoint of the earlier settings:
+    it trained from the start and replaced it without a word. It now says so, and which
+    setting differs."""
+    from types import SimpleNamespace
+
+    from transfer import phases
+    from transfer.progress import Reporter
+    from transfer.training import plan
+
+    class Said(Reporter):
+        def __init__(self):
+            self.warnings = []
+
+        def warn(self, message):
+            self.warnings.append(message)
+
+    def run(**options):
+        return plan(TrainSettings(data_dir=tiny_split, base="mobilenet", alpha=0.25,
+                                  weights="none", output=tmp_path / "m", fine_tune=10,
+                                  **options).validated())
+
+    before, after = run(fine_tune_epochs=2), run(fine_tune_epochs=4)
+    path = tmp_path / "fine-tune.npz"
+    model = SimpleNamespace(weights=[np.ones((2, 3), "float32")])
+    optimizer = SimpleNamespace(variables=[np.zeros((1,), "float32")])
+    identity = phases.checkpoint_identity(before, "fine-tune", 2)
+    phases.save_checkpoint(path, phases.checkpoint_fingerprint(before, "fine-tune", 2), model,
+                           optimizer, None, {"epoch": 1}, identity)
+    said = Said()  # the same run resumes, in silence
+    got = phases.load_checkpoint(path, phases.checkpoint_fingerprint(before, "fine-tune", 2),
+                                 identity, said)
+    assert got is not None and got[1] == {"epoch": 1} and said.warnings == []
+    for other, why in ((after, "--fine-tune-epochs was 2, now 4"), (before, "2 workers then, "
+                                                                    "3 now")):
+        workers = 3 if other is before else 2
+        said = Said()
+        assert phases.load_checkpoint(
+            path, phases.checkpoint_fingerprint(other, "fine-tune", workers),
+            phases.checkpoint_identity(other, "fine-tune", workers), said) is None
+        assert said.warnings == [f"the checkpoint {path} is of another run ({why}): not "
+                                 "resumed; fine-tune starts from its first epoch (the "
+                                 "checkpoint is replaced)"], said.warnings

@@ -1069,10 +1069,12 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
 
     state_dir = plan.checkpoint_dir
     state_file = state_dir / f"{phase}.npz"
+    identity = checkpoint_identity(plan, phase, workers)
     fingerprint = checkpoint_fingerprint(plan, phase, workers)
     history = {k: [] for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
     best, best_weights, wait, first = math.inf, None, 0, 0
-    saved = load_checkpoint(state_file, fingerprint) if cluster.chief else None
+    saved = (load_checkpoint(state_file, fingerprint, identity, reporter) if cluster.chief
+             else None)
     own = [np.asarray(v) for v in [*model.weights, *optimizer.variables]]
     if cluster.broadcast([np.array([saved is not None], "int32")], f"resuming {phase}")[0][0]:
         # the chief had a checkpoint of this run: every worker continues from it
@@ -1118,7 +1120,7 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
             if cluster.chief:
                 save_checkpoint(state_file, fingerprint, model, optimizer, best_weights,
                                 {"history": history, "best": best, "wait": wait,
-                                 "epoch": epoch + 1})
+                                 "epoch": epoch + 1}, identity)
             advance(1, status=f"{phase} epoch {epoch + 1}  loss {history['loss'][-1]:.4f}  "
                               f"accuracy {history['accuracy'][-1]:.4f}  val_loss {val_loss:.4f}"
                               f"  val_accuracy {val_acc:.4f}")
@@ -1135,38 +1137,74 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
     return Fit(history_of(history, phase), time.perf_counter() - start, info)
 
 
-def checkpoint_fingerprint(plan: RunPlan, phase: str, workers: int) -> str:
+def checkpoint_identity(plan: RunPlan, phase: str, workers: int) -> dict:
     """What a checkpoint must match to be resumed: the settings, files and cluster size."""
-    from transfer.files import digest
-
     hp = plan.settings.as_dict()
     for volatile in ("force", "command", "output", "worker_timeout"):
         hp.pop(volatile, None)
-    return digest({"settings": hp, "phase": phase, "workers": workers,
-                   "train": plan.train_files, "validate": plan.val_files})[:32]
+    return {"settings": hp, "phase": phase, "workers": workers,
+            "train": plan.train_files, "validate": plan.val_files}
+
+
+def checkpoint_fingerprint(plan: RunPlan, phase: str, workers: int) -> str:
+    """``checkpoint_identity`` in 32 hex digits."""
+    from transfer.files import digest
+
+    return digest(checkpoint_identity(plan, phase, workers))[:32]
+
+
+def checkpoint_difference(saved: dict, identity: dict) -> str:
+    """Why a checkpoint is not this run's, in words: the settings that differ (as options,
+    with both values), else the number of workers, else the files."""
+    theirs = saved.get("settings")
+    mine = json.loads(json.dumps(identity["settings"], default=str))  # as it was saved
+    if isinstance(theirs, dict):
+        changed = [f"--{k.replace('_', '-')} was {json.dumps(theirs.get(k))}, now "
+                   f"{json.dumps(mine.get(k))}" for k in sorted(set(theirs) | set(mine))
+                   if theirs.get(k) != mine.get(k)]
+        if changed:
+            return "; ".join(changed[:3]) + ("; ..." if len(changed) > 3 else "")
+        if saved.get("workers") not in (None, identity["workers"]):
+            return f"{saved['workers']} workers then, {identity['workers']} now"
+        return "other photos, or other files in the split"
+    return "other settings, photos or workers"
 
 
 def save_checkpoint(path: Path, fingerprint: str, model, optimizer, best_weights,
-                    note: dict) -> None:
-    """The chief's epoch checkpoint: weights, optimizer state, best weights, history."""
+                    note: dict, identity: dict | None = None) -> None:
+    """The chief's epoch checkpoint: weights, optimizer state, best weights, history; the
+    settings and cluster size of ``identity`` too (what a mismatch is said by)."""
+    if identity is not None:
+        note = {**note, "settings": identity["settings"], "workers": identity["workers"]}
     from transfer.files import replacing
 
     arrays = [np.asarray(v) for v in [*model.weights, *optimizer.variables]]
     arrays += [np.asarray(w) for w in best_weights or []]
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as tmp:
-        np.savez(tmp, *arrays, note=np.array(json.dumps({**note, "fingerprint": fingerprint})))
+        np.savez(tmp, *arrays, note=np.array(json.dumps({**note, "fingerprint": fingerprint},
+                                                      default=str)))
 
 
-def load_checkpoint(path: Path, fingerprint: str):
-    """(arrays, note) of a checkpoint made by the same run, or None."""
+def load_checkpoint(path: Path, fingerprint: str, identity: dict | None = None,
+                    reporter: Reporter | None = None):
+    """(arrays, note) of a checkpoint made by the same run, or None. One of another run (its
+    settings changed since) is said, with why, when ``reporter`` is given: it was replaced,
+    and the run trained from the start, without a word."""
     if not path.is_file():
         return None
     try:
         with np.load(path) as data:
             note = json.loads(str(data["note"]))
             if note.pop("fingerprint", None) != fingerprint:
+                if reporter is not None and identity is not None:
+                    reporter.warn(f"the checkpoint {path} is of another run "
+                                  f"({checkpoint_difference(note, identity)}): not resumed; "
+                                  f"{identity['phase']} starts from its first epoch (the "
+                                  "checkpoint is replaced)")
                 return None
+            note.pop("settings", None)
+            note.pop("workers", None)
             arrays = [data[f"arr_{i}"] for i in range(len(data.files) - 1)]
         return arrays, note
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
