@@ -7,4 +7,4 @@
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 (cd "$repo" && source scripts/setup.sh >&2)
-exec "$repo/.venv/bin/python" -m transfer.launch "$@"
+TRANSFER_LAUNCH_NAME="$0" exec "$repo/.venv/bin/python" -m transfer.launch "$@"

@@ -1155,3 +1155,17 @@ def test_a_checkpoint_of_other_settings_is_said_not_dropped_in_silence(tiny_spli
         assert said.warnings == [f"the checkpoint {path} is of another run ({why}): not "
                                  "resumed; fine-tune starts from its first epoch (the "
                                  "checkpoint is replaced)"], said.warnings
+
+
+def test_the_local_scripts_usage_names_the_script_and_help_is_not_an_error(tmp_path):
+    """scripts/multiworker_local.sh printed a usage naming `python -m transfer.launch`, and
+    -h was an error (exit 2)."""
+    script = Path(__file__).parent.parent / "scripts" / "multiworker_local.sh"
+    helped = subprocess.run([str(script), "-h"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600)
+    assert helped.returncode == 0, helped.stderr
+    assert helped.stdout.startswith(f"usage: {script} N -- train"), helped.stdout
+    wrong = subprocess.run([str(script)], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=600)
+    assert wrong.returncode == 2 and f"usage: {script} N -- train" in wrong.stderr, wrong.stderr
+    assert "transfer.launch" not in wrong.stderr

@@ -156,7 +156,15 @@ def run_local(n: int, args: Sequence[str], grace: float = GRACE_SECONDS) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = "usage: python -m transfer.launch N -- train <options> --distribute multi-worker"
+    # the name it was started by: scripts/multiworker_local.sh says its own (its usage named
+    # `python -m transfer.launch`)
+    name = os.environ.get("TRANSFER_LAUNCH_NAME") or "python -m transfer.launch"
+    usage = f"usage: {name} N -- train <options> --distribute multi-worker"
+    if argv[:1] in (["-h"], ["--help"]):  # asked for: said on stdout, exit 0
+        print(f"{usage}\n\nRuns N local workers of `transfer train` on 127.0.0.1, each with "
+              "its own TF_CONFIG (worker 0 the chief);\n--distribute multi-worker is added "
+              "when not given. README: \"Training on several machines\".")
+        return 0
     if not argv or not argv[0].isdigit() or int(argv[0]) < 1:
         print(usage, file=sys.stderr)
         return 2
