@@ -1169,3 +1169,24 @@ def test_the_local_scripts_usage_names_the_script_and_help_is_not_an_error(tmp_p
                            timeout=600)
     assert wrong.returncode == 2 and f"usage: {script} N -- train" in wrong.stderr, wrong.stderr
     assert "transfer.launch" not in wrong.stderr
+
+
+def test_a_chief_lost_while_it_trains_the_head_is_not_said_to_be_writing(tiny_split, tmp_path):
+    """The chief hung (SIGSTOP) while it trained the head: worker 1 said "stopped during the
+    chief's writing of the bundle". On the frozen route without fine-tuning the line now
+    names the head's training too (the worker cannot tell which)."""
+    from transfer.tf import tf
+    from transfer.training import plan, waiting_for_the_chief
+
+    def route(**options) -> str:
+        return waiting_for_the_chief(plan(TrainSettings(
+            data_dir=tiny_split, base="mobilenet", alpha=0.25, weights="none",
+            output=tmp_path / "m", augment=Augment(enabled=False), **options).validated()))
+
+    assert route() == "the chief's training of the head, or its writing of the bundle"
+    assert route(fine_tune=10) == cluster.WRITING  # the head was shared before fine-tuning
+    late = tf.errors.DeadlineExceededError(None, None, "Collective ops timed out")
+    said = str(cluster.lost(late, 1800.0, route(), 20.0))
+    assert said.startswith("multi-worker training stopped during the chief's training of the "
+                           "head, or its writing of the bundle: ") and "no bundle written" \
+        not in said and "the chief may have written the bundle" in said, said

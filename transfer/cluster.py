@@ -190,7 +190,8 @@ def lost(exc: BaseException, timeout: float, during: str,
                    f"{worker_timeout:g} s, or no result within {timeout:g} s")
     else:
         why = f"a worker is down or unreachable ({reason(said)})"
-    if during == WRITING:  # this worker waited for the chief's bundle: it cannot tell
+    if during in (WRITING, HEAD_THEN_WRITING):  # it waited for the chief's bundle: it
+        # cannot tell whether the chief wrote it
         return WorkerLost(f"multi-worker training stopped during {during}: {why}; the chief "
                           "may have written the bundle (look at its --output) before it "
                           "stopped answering; if not, start the same command again on every "
@@ -204,6 +205,9 @@ def lost(exc: BaseException, timeout: float, during: str,
 
 
 WRITING = "the chief's writing of the bundle"  # what the other workers wait for at the end
+# ... on the frozen route without fine-tuning, where the chief trains the head meanwhile too (a
+# chief hung while it trained the head was said to have stopped while writing the bundle)
+HEAD_THEN_WRITING = "the chief's training of the head, or its writing of the bundle"
 
 
 def rendezvous(topology: Topology, seconds: float, not_joined: str, taken: str) -> None:

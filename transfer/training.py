@@ -487,9 +487,7 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float,
                           "held only damaged files, listed at the end): it is trained, but "
                           "its accuracy is not measured; repair or replace those files")
         if not chief:  # the chief validates and writes; this worker waits for it, then ends
-            from transfer.cluster import WRITING
-
-            cluster.barrier(WRITING, timeout=FINAL_WAIT)
+            cluster.barrier(waiting_for_the_chief(run), timeout=FINAL_WAIT)
             cluster.farewell()
             reporter.info(f"{cluster.topology.describe()}: done; the chief wrote the bundle")
             return TrainResult(None, {"workers": cluster.workers, "rank": cluster.rank},
@@ -604,6 +602,15 @@ def _after_writing(run: RunPlan, landed: Path, reporter: Reporter, cluster, mode
 
 
 FINAL_WAIT = 1800.0  # seconds the other workers wait for the chief to validate and write
+
+
+def waiting_for_the_chief(run: RunPlan) -> str:
+    """What the other workers wait for at the end, as a lost chief's line says it: on the
+    frozen route without fine-tuning the chief trains the head first (the workers computed
+    features with it, then wait), else it only validates and writes."""
+    from transfer.cluster import HEAD_THEN_WRITING, WRITING
+
+    return HEAD_THEN_WRITING if run.use_cache and run.settings.fine_tune == 0 else WRITING
 
 
 def warn_tf_config_unused(settings: TrainSettings, reporter: Reporter, environ=None) -> None:
