@@ -1441,7 +1441,8 @@ def test_the_api_docs_say_what_explain_answers_as_it_answers(client, unseen):
     for answer in answers:  # what the docs say: detail is one line
         assert isinstance(answer.json()["detail"], str) and str(answer.status_code) in explain
     shown = client.post("/api/explain", files={"file": photo})
-    assert shown.status_code == 200 and set(headers) <= {h.title() for h in shown.headers}
+    always = set(headers) - {"X-Map-Note"}  # that one only for a map of nothing
+    assert shown.status_code == 200 and always <= {h.title() for h in shown.headers}
 
 
 def test_a_tiny_probability_keeps_its_digits_in_x_probability(unseen, mobilenet_weights,
@@ -1534,3 +1535,34 @@ def test_the_upload_limit_is_said_in_what_it_counts(models_dir, unseen):
         assert over.status_code == 413 and over.json()["detail"] == (
             f"upload too large: the limit is {limit_mb:g} MiB ({limit:,} bytes) per request "
             "(--max-upload-mb)")
+
+
+def test_an_empty_map_is_said_in_a_header_and_documented(trained_bundle, unseen, tmp_path):
+    """/api/explain of a class no region raises: the PNG is a uniform tint, which the page
+    showed as "Grad-CAM of cats (where the model looked)" with nothing to see. X-Map-Note
+    says why (only then), and /docs lists it. The bundle's head made all-positive: every
+    region raises dogs' logit, so none raises cats' (the sigmoid's negative class)."""
+    from urllib.parse import unquote
+
+    import keras
+
+    from transfer import bundle
+
+    models = tmp_path / "models"
+    shutil.copytree(trained_bundle.bundle, models / "positive")
+    model = keras.saving.load_model(models / "positive" / bundle.MODEL, compile=False)
+    head = model.get_layer("predictions")
+    kernel, bias = head.get_weights()
+    head.set_weights([np.abs(kernel), bias])
+    model.save(models / "positive" / bundle.MODEL)
+    with TestClient(serve.create_app(ServeSettings(models_dir=models))) as client:
+        photo = unseen["dogs"][2]
+        cats = client.post("/api/explain", files={"file": photo}, data={"class_name": "cats"})
+        dogs = client.post("/api/explain", files={"file": photo}, data={"class_name": "dogs"})
+        docs = client.get("/openapi.json").json()
+    assert cats.status_code == dogs.status_code == 200, (cats.text, dogs.text)
+    assert unquote(cats.headers["x-map-note"]) == (
+        "cats: empty map \u2014 no region raises this class's score")
+    assert "x-map-note" not in dogs.headers
+    explained = docs["paths"]["/api/explain"]["post"]["responses"]["200"]["headers"]
+    assert "only when the map shows nothing" in explained["X-Map-Note"]["description"]

@@ -148,6 +148,9 @@ EXPLAIN_HEADERS = {
                                  "in the order GET /api/models lists them; ImageNet: 0-999)"),
     "X-Layer": ("string", "the convolutional layer whose maps Grad-CAM weighs, URL-quoted"),
     "X-Server-Seconds": ("number", "the seconds the server took"),
+    "X-Map-Note": ("string", "only when the map shows nothing: why, URL-quoted (\"cats: empty "
+                             "map ...\": no region raises that class's score; or a map that "
+                             "is not a number)"),
 }
 EXPLAIN_RESPONSES = {
     200: {"description": "The Grad-CAM PNG (photo | overlay, or the overlay alone); the class "
@@ -759,7 +762,7 @@ def explain_upload(store: ModelStore, upload: Upload, model: str | None,
         transfer.images.ImageError: the upload is not a usable image.
         TransferError: an unknown class, or a model Grad-CAM cannot trace.
     """
-    from transfer.explain import gradcam, named_class
+    from transfer.explain import gradcam, map_note, named_class
     from transfer.report import overlay_png
 
     model = model or store.default_model()
@@ -789,7 +792,7 @@ def explain_upload(store: ModelStore, upload: Upload, model: str | None,
         label = _imagenet_classes()[index][1]
     png = overlay_png(_shown_picture(classifier, upload.data, array), heatmap, view)
     return png, {"label": label, "probability": float(probs[index]), "class_index": index,
-                 "layer": layer,
+                 "layer": layer, "note": map_note(heatmap, label),  # an empty map: said
                  "model": model if classifier.mode == "bundle" else classifier.name}
 
 
@@ -1388,6 +1391,8 @@ def create_app(settings: ServeSettings):
                    "X-Layer": quote(utf8_text(facts["layer"])),
                    "X-Server-Seconds": f"{seconds}",
                    "Cache-Control": "no-store"}
+        if facts.get("note"):  # a uniform tint looks like a broken tool: why it is one
+            headers["X-Map-Note"] = quote(utf8_text(facts["note"]))
         return Response(png, media_type="image/png", headers=headers)
 
     @app.get("/models/{name}/report", response_class=HTMLResponse,

@@ -279,8 +279,11 @@
       img.src = URL.createObjectURL(blob);
       const label = decodeURIComponent(response.headers.get("X-Label") || "");
       const ms = 1000 * Number(response.headers.get("X-Server-Seconds") || 0);
-      note.textContent = "Grad-CAM of " + pretty(label) + " (where the model looked), " +
-        ms.toFixed(0) + " ms";
+      const empty = response.headers.get("X-Map-Note");  // the map shows nothing: why
+      note.textContent = empty
+        ? "Grad-CAM: " + pretty(decodeURIComponent(empty)) + ", " + ms.toFixed(0) + " ms"
+        : "Grad-CAM of " + pretty(label) + " (where the model looked), " + ms.toFixed(0) +
+          " ms";
       box.querySelector(".body").insertBefore(img, note);
     } catch (e) {
       note.textContent = "no Grad-CAM: " + e;
