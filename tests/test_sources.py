@@ -266,6 +266,29 @@ def test_a_kaggle_download_cut_short_says_so_and_the_rerun_downloads_again(real_
     assert one_line(info.value).endswith(f"the part downloaded is kept in {part}: run again "
                                          "to resume it")
     assert 0 < part.stat().st_size < len(zip_bytes)
+    # the rerun offline: nothing came this time, so it is "no network", not "cut short after
+    # 0.0 MB ... run again to resume it" (which would fail the same way)
+    kept = part.read_bytes()
+    with pytest.raises(TransferError) as info:
+        fetch_data(FetchOptions(**{**opts, "data_dir": other}),
+                   kaggle_api_factory=lambda: OfflineApi(zip_bytes))
+    text = one_line(info.value)
+    assert "could not reach Kaggle" in text and "no network?" in text, text
+    assert "cut short" not in text and part.read_bytes() == kept
+
+
+class OfflineApi(FakeKaggleApi):
+    """The download fails as it does without a network: the name cannot be resolved."""
+
+    def competition_download_file(self, competition, file_name, path=None, force=False,
+                                  quiet=False):
+        import socket
+
+        import requests
+
+        self.calls.append((competition, file_name, path))
+        raise requests.exceptions.ConnectionError(
+            socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
 
 
 def test_a_web_page_saved_as_train_zip_names_kaggle_and_the_way_out(real_photos, tmp_path):

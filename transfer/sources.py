@@ -247,13 +247,17 @@ def _kaggle_download(competition: str, target: Path, reporter: Reporter,
     for stale in _unfinished(target):  # an earlier run's, cut short: the client may keep it
         if not _resumable(stale):
             stale.unlink(missing_ok=True)
+    # a resumable part of an earlier run: "cut short" only when this run added to it (offline,
+    # nothing came: that is "no network", not a cut)
+    before = {path: path.stat().st_size for path in _unfinished(target)}
     reporter.info(f"downloading train.zip of the Kaggle competition {competition!r}")
     try:
         with _keeping_kaggle_env():
             api.competition_download_file(competition, "train.zip", path=str(target),
                                           quiet=False)
     except Exception as exc:
-        cut = _unfinished(target)
+        cut = [path for path in _unfinished(target)
+               if path.stat().st_size > before.get(path, -1)]
         cause = _network_cause(exc) or _size_mismatch(exc)
         if cut and cause:  # bytes came, then the connection broke: not "no network"
             raise TransferError(_cut_short(cut[0], cause)) from exc
