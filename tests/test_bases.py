@@ -388,3 +388,18 @@ def test_a_keras_download_is_said_to_the_reporter_and_silent_without_one(tmp_pat
     size = served.stat().st_size
     assert len(recorder.infos) == 2 and f"{size}/{size}" in recorder.infos[1]  # its bar, done
     assert rich_out == default_out == "" and said in rich_err and said in default_err
+
+
+def test_a_bar_redrawn_in_place_keeps_only_its_last_state():
+    """Keras's download bar redraws in place 20 times a second with no line break until the
+    end: the whole history was kept and split again on every redraw, CPU growing with the
+    square of the download's time. Only the last state is held; a line ended by \\r\\n is
+    said, not dropped."""
+    said = []
+    lines = bases._Lines(said.append)
+    for done in range(1, 5001):
+        lines.write("\b" * 40 + f"\r\x1b[1m{done}/5000\x1b[0m ━━━━ 0s/step")
+        assert len(lines.pending) < 60
+    lines.write("\n")
+    lines.write("Downloading data from http://127.0.0.1/x.h5\r\n")
+    assert said == ["5000/5000 ━━━━ 0s/step", "Downloading data from http://127.0.0.1/x.h5"]

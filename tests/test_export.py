@@ -582,3 +582,16 @@ def test_labels_txt_keeps_one_line_per_output():
     text = export.labels_text(["-rf", "a,b\nc", "x\ry", "chi\udce9ns", "玫瑰"])
     lines = text.split(b"\n")[:-1]
     assert lines == [b"-rf", b"a,b\\nc", b"x\\ry", b"chi\xe9ns", "玫瑰".encode()]
+
+
+def test_a_windows_path_is_not_taken_for_a_pattern(monkeypatch):
+    """Every Windows path holds its separator, a backslash, which TensorFlow's glob on POSIX
+    reads as an escape: counted as a pattern there, every export and conversion on Windows
+    went through a symbolic link, which needs Developer Mode or admin rights there."""
+    from transfer import files
+
+    assert files.tf_safe("/home/ana/proj/models") and not files.tf_safe("/home/ana/a\\b")
+    monkeypatch.setattr(files.os, "sep", "\\")
+    monkeypatch.setattr(files.os, "altsep", "/")
+    assert files.tf_safe(r"C:\Users\ana\proj\models\b1\export")
+    assert not files.tf_safe(r"C:\Users\ana\proj [v1]\export")

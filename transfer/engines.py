@@ -233,8 +233,9 @@ def convert(model, batch_size: int, path: Path) -> float:
     workdir = Path(tempfile.mkdtemp(prefix=temp_prefix("convert"), dir=path.parent))
     # a KERAS_HOME holding "[" (or not UTF-8) is given to TensorFlow through a link: its
     # SavedModel's variables are found through a glob ("Failed to find any matching files")
-    tf_work, alias = tf_reachable(workdir)
+    alias = None
     try:
+        tf_work, alias = tf_reachable(workdir)
         with _quiet_native():
             model.export(str(tf_work / "saved_model"), format="tf_saved_model",
                          input_signature=[tf.TensorSpec(shape, tf.float32)], verbose=False)

@@ -402,7 +402,8 @@ GLOB_CHARACTERS = frozenset("[]*?\\")
 def tf_safe(text: str) -> bool:
     """Whether TensorFlow can be given ``text`` (a path, a name) as it is: UTF-8, and no
     character its file system takes for a glob pattern (``GLOB_CHARACTERS``)."""
-    return is_utf8(text) and not GLOB_CHARACTERS & set(str(text))
+    pattern = GLOB_CHARACTERS - {os.sep, os.altsep}  # Windows's separator is a separator
+    return is_utf8(text) and not pattern & set(str(text))
 
 
 def tf_reachable(folder: Path) -> tuple[Path, Path | None]:
