@@ -138,7 +138,7 @@ def test_a_worker_lost_while_the_model_is_built_is_the_one_line_of_a_lost_worker
         "The following tasks are unhealthy (stopped sending heartbeats):\n"
         "/job:worker/replica:0/task:1\n"))
 
-    def build(*args):
+    def build(*args, **kwargs):  # kwargs: the reporter
         raise TransferError(f"could not build MobileNet: {broken}") from broken
 
     monkeypatch.setattr(bases, "build", build)
