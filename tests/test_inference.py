@@ -263,6 +263,11 @@ def test_an_imagenet_fallback_that_fails_says_first_there_is_no_trained_model(
                               "train`, or pass --model DIR), and the ImageNet fallback to ")
     assert "ImageNet weights for InceptionV3 could not be downloaded" in message
     assert recorder.warnings == []
+    # said before the download starts (a bar of 92 MB with no word of why came first)
+    assert recorder.infos[:2] == [
+        f"no trained model at {Path('models/latest')}: falling back to ImageNet mode, whose "
+        "inception weights are downloaded first",
+        "Downloading data from http://127.0.0.1:9/inception_v3.h5"]
     photo = tmp_path / "new.jpg"
     photo.write_bytes(real_photos["dogs"][0][1])
     with pytest.raises(TransferError, match=f"^no trained model at {latest} "):

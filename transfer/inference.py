@@ -506,6 +506,11 @@ def _imagenet_fallback(latest: Path, s: PredictSettings, reporter: Reporter
     offline, got only "ImageNet weights ... could not be downloaded", with no word of the
     fallback unless it passed a reporter)."""
     hint = "(train one with `transfer train`, or pass --model DIR)"
+    spec = bases.get(s.base)
+    if spec.pretrained and bases.cached_weights(spec, s.alpha, include_top=True) is None:
+        # its weights are downloaded first: a bar of 92 MB with no word of why came first
+        reporter.info(f"no trained model at {latest}: falling back to ImageNet mode, whose "
+                      f"{s.base} weights are downloaded first")
     try:
         classifier = ImageNetClassifier(s.base, s.alpha, reporter=reporter)
     except TransferError as exc:
