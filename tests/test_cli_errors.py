@@ -189,7 +189,7 @@ CASES = [
     ("serve --port 70000", 1, "--port must be in [0, 65535]"),
     ("serve --model ../elsewhere", 1, "--model ../elsewhere: no such bundle"),
     ("serve --model {tmp}", 1, "is not a bundle (no meta.json in it)"),
-    ("serve --model {file}", 1, "is a file, not a bundle folder (an exported model?"),
+    ("serve --model {file}", 1, "is a file; --model expects a bundle folder"),
     ("serve --max-upload-mb 0", 1, "--max-upload-mb must be a positive number"),
     ("serve --models-dir {file}", 1, "is a file, not a folder"),
     ("report {tmp}/no-such-bundle", 1, "no such bundle or evaluation folder"),

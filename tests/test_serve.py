@@ -1566,3 +1566,21 @@ def test_an_empty_map_is_said_in_a_header_and_documented(trained_bundle, unseen,
     assert "x-map-note" not in dogs.headers
     explained = docs["paths"]["/api/explain"]["post"]["responses"]["200"]["headers"]
     assert "only when the map shows nothing" in explained["X-Map-Note"]["description"]
+
+
+def test_serve_given_a_file_of_a_bundle_names_the_bundle(models_dir):
+    """`serve --model models/cats-dogs/model.keras` was told "(an exported model? ...)" of a
+    bundle's own file: it names the bundle to give, as predict and evaluate do; an exported
+    model elsewhere is said to be one."""
+    inside = models_dir / "cats-dogs" / "model.keras"
+    with pytest.raises(TransferError) as info:
+        ServeSettings(models_dir=models_dir, model=str(inside)).validated()
+    assert str(info.value) == (
+        f"--model {inside} is a file, not a bundle folder (one holding meta.json and "
+        f"model.keras): it is in the bundle {models_dir / 'cats-dogs'}; pass --model "
+        f"{models_dir / 'cats-dogs'}")
+    alone = models_dir.parent / "phone.tflite"
+    alone.write_bytes(b"TFL3")
+    with pytest.raises(TransferError, match="an exported model"):
+        ServeSettings(models_dir=models_dir, model=str(alone)).validated()
+    ServeSettings(models_dir=models_dir, model=str(models_dir / "cats-dogs")).validated()

@@ -391,7 +391,7 @@ def read_meta(bundle: Path) -> dict:
     bundle = Path(bundle)
     path = bundle / META
     if bundle.is_file():
-        raise TransferError(_file_not_bundle(bundle))
+        raise TransferError(file_not_bundle(bundle))
     if not bundle.is_dir():
         raise TransferError(_no_bundle(bundle))
     try:
@@ -413,7 +413,7 @@ def read_meta(bundle: Path) -> dict:
     return meta
 
 
-def _file_not_bundle(path: Path) -> str:
+def file_not_bundle(path: Path) -> str:
     """Why the file ``path`` is no bundle, and which folder to give: the bundle it sits in
     (its model.keras, an export in its export/ folder), or, for an exported model elsewhere,
     the bundle it was exported from (``--model models/latest/export/model.tflite`` said only

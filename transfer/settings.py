@@ -904,10 +904,10 @@ class ServeSettings(Settings):
             if not inside or path.name in ("", ".", ".."):
                 if not path.exists():  # no advice that leads to another error
                     raise TransferError(f"--model {model}: no such bundle")
-                if path.is_file():
-                    raise TransferError(
-                        f"--model {model} is a file, not a bundle folder (an exported model? "
-                        "serve takes the bundle folder it was exported from)")
+                if path.is_file():  # the bundle it sits in named, as the other commands do
+                    from transfer.bundle import file_not_bundle
+
+                    raise TransferError(f"--model {file_not_bundle(path)}")
                 if not (path / "meta.json").is_file():
                     raise TransferError(f"--model {model} is not a bundle (no meta.json in it)")
                 raise TransferError(
