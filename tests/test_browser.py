@@ -709,6 +709,42 @@ def test_a_folder_dropped_with_a_photo(watched, server, photos, tmp_path):
     expect(page.locator(".result img.gradcam")).to_have_count(2)
 
 
+def test_a_folder_over_the_limit_and_an_empty_one_alone_are_said_in_words(
+        watched, server, photos, tmp_path):
+    """A drop takes at most 200 photos from folders: a folder beyond that said "the first 0
+    are classified", and the whole tree was listed first; an empty folder dropped alone said
+    "notes a folder with no photo ..." on the status line. The requests are held: only the
+    words are read."""
+    from playwright.sync_api import expect
+
+    big = tmp_path / "big"
+    big.mkdir()
+    for n in range(205):  # copies: the browser's folder reader lists no symbolic link
+        shutil.copy(photos["cat"], big / f"cat{n:03}.jpg")
+    (tmp_path / "more").mkdir()
+    shutil.copy(photos["cat"], tmp_path / "more" / "cat.jpg")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "list.txt").write_text("shopping list")
+    held = []
+    watched.context.route("**/api/predict", lambda route: held.append(route))
+    page = open_page(watched, server, "cats-dogs")
+    drop_from_disk(page, [tmp_path / "notes"])
+    expect(page.locator("#status")).to_contain_text(
+        "notes: a folder with no photo in it (JPEG, PNG, ...): nothing to classify")
+    drop_from_disk(page, [big, tmp_path / "more"])
+    expect(page.locator(".result").first).to_contain_text(
+        "a folder of more than 200 photos: the first 200 are classified (a drop takes at most "
+        "200 photos; drop the others a few at a time)")
+    expect(page.locator(".result", has=page.locator("h3", has_text="more"))).to_contain_text(
+        "a folder of photos, none classified (a drop takes at most 200 photos, taken by the "
+        "folders before it; drop it on its own)")
+    expect(page.locator(".result h3", has_text="big/cat199.jpg")).to_have_count(1)
+    assert page.locator(".result h3", has_text="big/cat200.jpg").count() == 0
+    page.close()
+    for route in held:
+        route.abort()
+
+
 def test_several_requests_show_every_card_at_once_and_count_the_answers(
         watched, models_dir, photos, tmp_path):
     """Three photos in three requests (the upload limit): the later photos had no card until

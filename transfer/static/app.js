@@ -473,7 +473,7 @@
     let seconds = null; // the server's time for the last request it answered
     let stop = ""; // why the remaining requests are not sent (the server or the model gone)
     let shown = ""; // the last error said, when no request was answered
-    if (!files.length) shown = items[0].name + " " + items[0].error;
+    if (!files.length) shown = items[0].name + ": " + items[0].error;
     for (let chunk of chunks) {
       if (stop) {
         chunk.forEach((f) => fail(f, "not sent: " + stop));
@@ -588,10 +588,12 @@
 
   // The photo entries of a dropped folder and of its subfolders (a class folder, or a data
   // folder of class folders); hidden files and what is not named as a photo are left out
-  async function folderPhotos(folder, out) {
+  // (listing stops once more than `most` are found: a whole data set dropped is not walked)
+  async function folderPhotos(folder, out, most) {
     for (const entry of await listFolder(folder)) {
+      if (out.length > most) break;
       if (entry.name.startsWith(".")) continue;
-      if (entry.isDirectory) await folderPhotos(entry, out);
+      if (entry.isDirectory) await folderPhotos(entry, out, most);
       else if (PHOTO.test(entry.name)) out.push(entry);
     }
     return out;
@@ -617,7 +619,7 @@
       say("reading the folder " + item.name + " ...");
       let photos;
       try {
-        photos = await folderPhotos(item, []);
+        photos = await folderPhotos(item, [], room);
       } catch (e) {
         out.push({ name: item.name, error: "this folder cannot be read: drop the photos in it" });
         continue;
@@ -630,8 +632,12 @@
       const taken = photos.slice(0, room);
       room -= taken.length;
       if (taken.length < photos.length) {
-        out.push({ name: item.name, error: "a folder of " + photos.length + " photos: the " +
-          "first " + taken.length + " are classified (drop the others a few at a time)" });
+        const limit = "a drop takes at most " + FOLDER_PHOTOS + " photos";
+        out.push({ name: item.name, error: taken.length
+          ? "a folder of more than " + taken.length + " photos: the first " + taken.length +
+            " are classified (" + limit + "; drop the others a few at a time)"
+          : "a folder of photos, none classified (" + limit + ", taken by the folders " +
+            "before it; drop it on its own)" });
       }
       for (const entry of taken) out.push(await entryFile(entry));
     }
