@@ -484,8 +484,9 @@ def waiting_worker(data: Path, out: Path, log: Path, addresses: list, rank: int,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-@pytest.mark.parametrize("signum, code", [("SIGTERM", 143), ("SIGINT", 130)])
-@pytest.mark.parametrize("rank", [0, 1])
+# the chief (listening) and a worker (calling it), each with one of the two signals: each
+# case starts TensorFlow in a process of its own
+@pytest.mark.parametrize("signum, code, rank", [("SIGTERM", 143, 0), ("SIGINT", 130, 1)])
 def test_a_worker_waiting_for_the_others_stops_on_a_signal(tiny_split, tmp_path, signum,
                                                            code, rank):
     """SIGTERM and Ctrl-C did not stop a worker waiting for the others to join (TensorFlow's
@@ -504,7 +505,11 @@ def test_a_worker_waiting_for_the_others_stops_on_a_signal(tiny_split, tmp_path,
     finally:
         proc.kill()
     said = text(log)
-    assert code_seen == code and time.monotonic() - stopped < 15, said
+    # exit code 130/143, or ended by the signal itself (-2/-15), which a shell reports as the
+    # same 130/143: seen once in a loaded run, the signal re-sent (errors.on_unraisable) landing
+    # after the line was said
+    assert code_seen in (code, -getattr(signal, signum)), (code_seen, said)
+    assert time.monotonic() - stopped < 15, said
     errors = [line for line in said.splitlines() if line.startswith("error:")]
     assert errors == ["error: interrupted while waiting for the other workers"], said
     assert "Traceback" not in said and not out.exists()
