@@ -650,6 +650,9 @@ def join_cluster(settings: TrainSettings, reporter: Reporter, keeps=None):
     from transfer import cluster as clusters
 
     topology = clusters.read_tf_config()
+    from transfer.tf import tf  # noqa: F401 (imported before the wait is said: its seconds
+    # are not the wait's, where a signal stops the worker at once)
+
     reporter.info(f"multi-worker: this is {topology.describe()}; waiting for the others "
                   f"(up to {clusters.startup_seconds():g} s)")
     try:  # the wait for the others is in Python (cluster.rendezvous): a signal stops it
