@@ -1070,7 +1070,7 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
     state_dir = plan.checkpoint_dir
     state_file = state_dir / f"{phase}.npz"
     identity = checkpoint_identity(plan, phase, workers)
-    fingerprint = checkpoint_fingerprint(plan, phase, workers)
+    fingerprint = fingerprint_of(identity)  # the identity's files listed once, not twice
     history = {k: [] for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
     best, best_weights, wait, first = math.inf, None, 0, 0
     saved = (load_checkpoint(state_file, fingerprint, identity, reporter) if cluster.chief
@@ -1148,9 +1148,14 @@ def checkpoint_identity(plan: RunPlan, phase: str, workers: int) -> dict:
 
 def checkpoint_fingerprint(plan: RunPlan, phase: str, workers: int) -> str:
     """``checkpoint_identity`` in 32 hex digits."""
+    return fingerprint_of(checkpoint_identity(plan, phase, workers))
+
+
+def fingerprint_of(identity: dict) -> str:
+    """A checkpoint identity (``checkpoint_identity``) in 32 hex digits."""
     from transfer.files import digest
 
-    return digest(checkpoint_identity(plan, phase, workers))[:32]
+    return digest(identity)[:32]
 
 
 def checkpoint_difference(saved: dict, identity: dict) -> str:

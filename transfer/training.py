@@ -610,7 +610,7 @@ def waiting_for_the_chief(run: RunPlan) -> str:
     features with it, then wait), else it only validates and writes."""
     from transfer.cluster import HEAD_THEN_WRITING, WRITING
 
-    return HEAD_THEN_WRITING if run.use_cache and run.settings.fine_tune == 0 else WRITING
+    return WRITING if run.pipeline_used else HEAD_THEN_WRITING
 
 
 def warn_tf_config_unused(settings: TrainSettings, reporter: Reporter, environ=None) -> None:
