@@ -244,12 +244,15 @@ def _kaggle_download(competition: str, target: Path, reporter: Reporter,
     except (SystemExit, Exception) as exc:  # KAGGLE_API_TOKEN is checked online: may be offline
         raise TransferError(_kaggle_offline(exc) or _credentials_refused()) from exc
     target.mkdir(parents=True, exist_ok=True)
-    for stale in _unfinished(target):  # an earlier run's, cut short: the client may keep it
-        if not _resumable(stale):
+    # an earlier run's, cut short: removed (the client may keep it), unless the client can
+    # resume it; then "cut short" only when this run added to it (offline, nothing came: that
+    # is "no network", not a cut)
+    before = {}
+    for stale in _unfinished(target):
+        if _resumable(stale):
+            before[stale] = stale.stat().st_size
+        else:
             stale.unlink(missing_ok=True)
-    # a resumable part of an earlier run: "cut short" only when this run added to it (offline,
-    # nothing came: that is "no network", not a cut)
-    before = {path: path.stat().st_size for path in _unfinished(target)}
     reporter.info(f"downloading train.zip of the Kaggle competition {competition!r}")
     try:
         with _keeping_kaggle_env():
