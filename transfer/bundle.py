@@ -393,7 +393,7 @@ def read_meta(bundle: Path) -> dict:
     if bundle.is_file():
         raise TransferError(file_not_bundle(bundle))
     if not bundle.is_dir():
-        raise TransferError(_no_bundle(bundle))
+        raise TransferError(no_bundle(bundle))
     try:
         meta = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
@@ -430,7 +430,7 @@ def file_not_bundle(path: Path) -> str:
             "train` writes)")
 
 
-def _no_bundle(path: Path) -> str:
+def no_bundle(path: Path) -> str:
     """Why there is no bundle at ``path``: a link (``models/latest``) to a bundle since
     renamed or deleted is said as such (it said "train one with `transfer train`", as if
     none had ever been trained)."""
@@ -438,7 +438,7 @@ def _no_bundle(path: Path) -> str:
         target = os.readlink(path)
     except OSError:  # not a link: nothing there
         return f"no model bundle at {path}: train one with `transfer train`"
-    # worded as predict's default model (inference.open_classifier) says it
+    # the words predict's default model (inference.open_classifier) says it in, too
     return (f"{path} points at {target}, which is missing (moved or deleted?); pass --model "
             "DIR, or train again")
 

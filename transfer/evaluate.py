@@ -42,6 +42,8 @@ from transfer.constants import (
     COMPARE_JSON,
     UNREAD_HINT,
     is_ignored_folder,
+    unread_line,
+    unread_photo,
     unread_summary,
 )
 from transfer.errors import TransferError
@@ -50,7 +52,6 @@ from transfer.inference import (
     BundleClassifier,
     ModelEngine,
     classify_files,
-    unread_reason,
     writable_folder,
 )
 from transfer.progress import Reporter
@@ -165,7 +166,8 @@ def unread_in(data_dir: Path, class_names: list[str]) -> list[dict[str, str]]:
     folders = sorted(p.name for p in Path(data_dir).iterdir() if p.is_dir()
                      and unicodedata.normalize("NFC", p.name) in index) \
         if Path(data_dir).is_dir() else []
-    return [{"file": str(data_dir / name / rel), "reason": unread_reason(data_dir / name / rel)}
+    # unread_photos read their headers already: their names say the kind
+    return [{"file": str(data_dir / name / rel), "reason": unread_line(unread_photo(rel))}
             for name in folders for rel in pipelines.unread_photos(data_dir / name)]
 
 

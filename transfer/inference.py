@@ -57,6 +57,7 @@ from transfer.constants import (
     is_own_picture,
     unread_file,
     unread_line,
+    unread_photo,
 )
 from transfer.errors import TransferError
 from transfer.files import images_under, photos_under
@@ -142,7 +143,8 @@ def _rows_of(text: str, path: Path) -> list[tuple[str, Path | None, str | None]]
         if not found and not unread and not unlisted:
             rows.append((text, None, "folder has no images"))
         rows.extend((str(p), p, None) for p in found)
-        rows.extend((str(p), None, unread_reason(p)) for p in unread)
+        # the listing read their headers already: their names say the kind
+        rows.extend((str(p), None, unread_line(unread_photo(str(p)))) for p in unread)
         rows.extend(_unreadable_row(str(path / rel), exc) for rel, exc in unlisted)
     elif path.exists() or not glob.has_magic(text):  # missing: said when it is opened
         rows.append(_file_row(text, path) if path.is_file() else (text, path, None))
@@ -479,8 +481,7 @@ def open_classifier(settings: PredictSettings | None = None, *, reporter: Report
     if model is None:
         latest = Path(s.models_dir) / "latest"
         if latest.is_symlink() and not latest.exists():  # a bundle moved or deleted since
-            raise TransferError(f"{latest} points at {os.readlink(latest)}, which is missing "
-                                "(moved or deleted?); pass --model DIR, or train again")
+            raise TransferError(bundle.no_bundle(latest))
         if not latest.exists():
             if s.invert is not None:
                 raise TransferError(f"--invert applies to digit models (transfer mnist) only, "
