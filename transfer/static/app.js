@@ -383,8 +383,8 @@
   // reached]. A file the browser cannot read is left out (unsent(file)) before and, when
   // fetch fails, after: then the others are sent again.
   async function send(chunk, model, unsent) {
+    let bad = await unreadable(chunk); // each file read once per attempt
     while (chunk.length) {
-      const bad = await unreadable(chunk);
       bad.forEach(unsent);
       chunk = chunk.filter((f) => !bad.has(f));
       if (!chunk.length) break;
@@ -395,7 +395,8 @@
       try {
         return [chunk, await fetch("/api/predict", { method: "POST", body: form })];
       } catch (e) {
-        if (!(await unreadable(chunk)).size) return [chunk, null];
+        bad = await unreadable(chunk);
+        if (!bad.size) return [chunk, null];
       }
     }
     return [chunk, null];
