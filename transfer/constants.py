@@ -40,6 +40,11 @@ UNREAD_PHOTOS = {".heic": "HEIC (an iPhone's photos)", ".heif": "HEIF",
 UNREAD_HINT = "convert them to JPEG (e.g. export as JPEG from the photo app)"
 
 
+def and_list(names: list[str], word: str = "and") -> str:
+    """``a``, ``a and b``, ``a, b and c`` (or ``word`` for "and"): a list in a message."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {word} {names[-1]}"
+
+
 def unread_line(kind: str) -> str:
     """Why a photo of ``kind`` (``UNREAD_PHOTOS``' words) gets no answer, in the one wording
     every command uses."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer import bases, images, plots
-from transfer.constants import gradcam_name, gradcam_png
+from transfer.constants import and_list, gradcam_name, gradcam_png
 from transfer.errors import TransferError
 from transfer.files import refuse_existing, replacing, resolved, utf8_text
 from transfer.inference import (
@@ -187,10 +187,10 @@ def map_note(heatmap: np.ndarray, label: str) -> str | None:
     """What a heatmap with nothing to show means, for the picture's title (None: it shows
     something). Empty: no region of the image raises ``label``'s score, and Grad-CAM's ReLU
     leaves nothing, drawn as a uniform tint that looked like a broken tool."""
-    heatmap = np.asarray(heatmap)
-    if np.isnan(heatmap).any():  # a diverged model's: not empty, broken
+    state = plots.map_state(heatmap)
+    if state == "nan":  # a diverged model's: not empty, broken
         return f"{label}: the map is not a number (the model's outputs are not numbers)"
-    if heatmap.size and float(heatmap.max()) > 0:
+    if state is None:
         return None
     return f"{label}: empty map \u2014 no region raises this class's score"
 
@@ -246,8 +246,8 @@ def named_class(names: list[str], class_name: str | None) -> int | None:
         return same[0]
     if same:
         quoted = [repr(names[i]) for i in same]
-        raise TransferError(f"class {class_name!r} could be {', '.join(quoted[:-1])} or "
-                            f"{quoted[-1]}: give it as the model has it")
+        raise TransferError(f"class {class_name!r} could be {and_list(quoted, 'or')}: give "
+                            "it as the model has it")
     near = nearest_labels(names, class_name)
     raise TransferError(f"unknown class {class_name!r}; the model's classes are "
                         f"{', '.join(names)}" + (f" (the nearest: {', '.join(near)})"

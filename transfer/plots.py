@@ -243,6 +243,17 @@ def noise_curve(results, path: Path, title: str = "") -> Path:
     return Path(path)
 
 
+def map_state(heatmap) -> str | None:
+    """What a Grad-CAM map shows: "nan" (a diverged model's: broken, not empty), "empty" (no
+    region raises the class's score; drawn as a uniform tint), or None (something)."""
+    import numpy as np
+
+    heatmap = np.asarray(heatmap, dtype="float64")
+    if np.isnan(heatmap).any():
+        return "nan"
+    return None if heatmap.size and float(heatmap.max()) > 0 else "empty"
+
+
 def gradcam(image, heatmap, path: Path, title: str = "", alpha: float = 0.45) -> Path:
     """The image and the image overlaid with a Grad-CAM heatmap (jet), side by side; the
     overlay's caption says when the map is empty or not a number (a uniform tint)."""
@@ -254,8 +265,8 @@ def gradcam(image, heatmap, path: Path, title: str = "", alpha: float = 0.45) ->
     h, w = image.shape[:2]
     heatmap = np.asarray(heatmap, dtype="float64")
     # a map with nothing on it is a uniform tint: its panel says so (not a broken picture)
-    shown = ("Grad-CAM: not a number" if np.isnan(heatmap).any() else
-             "Grad-CAM" if heatmap.size and heatmap.max() > 0 else "Grad-CAM: empty map")
+    shown = {"nan": "Grad-CAM: not a number", "empty": "Grad-CAM: empty map"}.get(
+        map_state(heatmap), "Grad-CAM")
     heat = Image.fromarray((np.clip(np.nan_to_num(heatmap), 0, 1) * 255).astype("uint8")).resize(
         (w, h), Image.BILINEAR)
     colours = plt.get_cmap("jet")(np.asarray(heat) / 255.0)[..., :3] * 255.0

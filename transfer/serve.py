@@ -64,6 +64,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from transfer.constants import and_list
 from transfer.errors import TransferError
 from transfer.files import resolved, utf8_text
 from transfer.progress import Reporter
@@ -196,11 +197,6 @@ def with_error_model(responses: dict) -> dict:
 # takes once each.
 FORMS = {"/api/predict": ("files", ("model", "top", "invert")),
          "/api/explain": ("file", ("model", "class_name", "view", "invert"))}
-
-
-def and_list(names: list[str], word: str = "and") -> str:
-    """``a``, ``a and b``, ``a, b and c`` (or ``word`` for "and")."""
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {word} {names[-1]}"
 
 
 def query_problem(path: str | None, query: list[tuple[str, str]]) -> str | None:
