@@ -315,7 +315,8 @@ _F = S.FetchOptions()
 ])
 def fetch_data_cmd(
     source: Annotated[Source, typer.Option(
-        help="auto: Kaggle when credentials exist, else Microsoft.")] = _F.source,
+        help="auto: the zip an earlier run downloaded into DATA-DIR/.cache/ (no account or network "
+             "needed), else Kaggle when credentials exist, else Microsoft.")] = _F.source,
     archive: Annotated[Path | None, typer.Option(
         help="A local zip or folder: Kaggle's train.zip, PetImages, or any folder of class "
         "folders (class = folder name); implies --source archive.", show_default=False)
