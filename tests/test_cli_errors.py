@@ -245,6 +245,58 @@ def test_an_empty_argument_is_refused_not_read_as_the_current_folder(places, arg
     assert _tree(root) == before
 
 
+@pytest.mark.parametrize(("args", "option", "taken"), [
+    (["fetch-data", "--archive", "{folder}", "--data-dir", "--force"], "--data-dir", "--force"),
+    (["evaluate", "--output", "--force"], "--output", "--force"),
+    (["predict", "--model", "--top", "2", "{photo}"], "--model", "--top"),
+    (["train", "--data-dir", "-v", "--epochs", "1"], "--data-dir", "-v"),
+])
+def test_an_option_given_another_option_as_its_value_is_refused(places, args, option, taken,
+                                                                monkeypatch):
+    """``fetch-data --data-dir --force`` (the value left out) made a split in a folder named
+    ``--force`` and forced nothing; ``evaluate --output --force`` wrote its report there. An
+    option that took another option as its value is a usage error naming both."""
+    root = Path(places["tmp"])
+    monkeypatch.chdir(root)
+    before = _tree(root)
+    result = runner.invoke(app, [a.format(**places) for a in args], prog_name="transfer")
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert result.stderr.strip() == (
+        f"error: {option} has no value: it took the next word, {taken}, which is an option "
+        f"(give {option} a value; for a file named so, write ./{taken})")
+    assert _tree(root) == before
+
+
+def test_a_path_the_shell_left_as_tilde_is_the_home_folders(tmp_path, monkeypatch):
+    """A quoted ``"~/my photos"``, or ``--archive=~/flowers``, reaches the tool unexpanded (the
+    shell expands neither): fetch-data said an existing folder did not exist, and wrote its
+    split into a folder named ``~`` in the current folder. Both are the home folder's now."""
+    flowers = require_asset("data/flowers")
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    (home / "my flowers").symlink_to(flowers)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    result = runner.invoke(app, ["fetch-data", "--archive=~/my flowers", "--data-dir",
+                                 "~/flower data", "--train-per-class", "4",
+                                 "--validate-per-class", "2"], prog_name="transfer")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert sorted(p.name for p in (home / "flower data" / "train").iterdir()) == sorted(
+        p.name for p in flowers.iterdir() if p.is_dir())
+    assert list(work.iterdir()) == [], "nothing made beside the user (no folder named ~)"
+    # predict's paths and report's --output are strings (globs; a trailing /): expanded too,
+    # and a word that is no path (serve --model NAME, train --weights imagenet) is kept
+    from transfer.cli import _given_paths
+
+    given = _given_paths({"paths": ["~/a.jpg", "b/*.jpg"], "output": "~/r/", "model": "flowers",
+                          "weights": "imagenet", "images": [Path("~/c.jpg")], "top": 3,
+                          "class_name": "~x"})
+    assert given == {"paths": [f"{home}/a.jpg", "b/*.jpg"], "output": f"{home}/r/",
+                     "model": "flowers", "weights": "imagenet", "images": [home / "c.jpg"],
+                     "top": 3, "class_name": "~x"}
+
+
 @pytest.mark.parametrize("args", [["compare", "--runs", ""], ["train", "--base="],
                                   ["predict", "x.jpg", "--format", ""]])
 def test_an_empty_option_that_takes_no_path_is_not_told_about_paths(args):

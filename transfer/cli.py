@@ -138,7 +138,7 @@ class _Commands(typer.core.TyperGroup):
             return (not params or "Path" in str(params[0].bare_type())
                     or params[0].name == "output")
 
-        problem = empty_argument(args, takes_path)
+        problem = empty_argument(args, takes_path) or option_without_value(args, command)
         if problem is not None:
             _error_line(problem)
             raise typer.Exit(2)
@@ -222,6 +222,52 @@ def _terminate_as_interrupt(command: str):
                 signal.signal(sig, handler)
 
 
+# the options whose str value is a path (typer's Path would drop a trailing "/", or the value
+# may also be a name: serve --model NAME, train --weights imagenet|PATH)
+_STR_PATHS = {"paths", "output", "model", "weights"}
+
+
+def _given_paths(kw: dict) -> dict:
+    """The command's arguments, with a path the shell left as ``~/...`` expanded (quoted,
+    ``"~/my photos"``, or after ``=``, ``--model=~/m``: the shell expands neither, and the tool
+    said an existing folder did not exist, or wrote into a folder named ``~`` beside the
+    user)."""
+    def expanded(value):
+        if isinstance(value, list | tuple):
+            return type(value)(expanded(v) for v in value)
+        if isinstance(value, Path) and str(value).startswith("~"):
+            return Path(os.path.expanduser(str(value)))
+        if isinstance(value, str) and value.startswith("~"):
+            return os.path.expanduser(value)
+        return value
+
+    def path_like(key, value) -> bool:
+        return isinstance(value, Path) or key in _STR_PATHS or (
+            isinstance(value, list | tuple) and any(isinstance(v, Path) for v in value))
+
+    return {key: expanded(value) if path_like(key, value) else value
+            for key, value in kw.items()}
+
+
+def option_without_value(args: list[str], command) -> str | None:
+    """What is wrong when an option that takes a value was given another option instead
+    (``--data-dir --force``: the value left out, Click takes the next word as it; the run made
+    a folder named ``--force`` and did not force anything), or None."""
+    if command is None:
+        return None
+    flags = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+    flags |= {"--help", "--verbose", "-v"}
+    takes_value = {o for p in command.params if p.param_type_name == "option"
+                   and not getattr(p, "is_flag", False) and p.nargs != 0 for o in p.opts}
+    for option, value in zip(args, args[1:], strict=False):
+        if option == "--":
+            return None
+        if option in takes_value and value in flags:
+            return (f"{option} has no value: it took the next word, {value}, which is an option "
+                    f"(give {option} a value; for a file named so, write ./{value})")
+    return None
+
+
 def command(name: str, examples: list[str]):
     """Register a command: its help ends with examples; a TransferError or an OSError becomes
     one red line and exit code 1; Ctrl-C exit code 130, SIGTERM 143 (after the same clean-up)."""
@@ -231,6 +277,7 @@ def command(name: str, examples: list[str]):
     def wrap(fn):
         @functools.wraps(fn)
         def run(*a, **kw):
+            kw = _given_paths(kw)
             try:
                 errors.check_environment()  # TRANSFER_*_MB and the like: a typo is one line
                 with _terminate_as_interrupt(name):
