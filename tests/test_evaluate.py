@@ -348,6 +348,30 @@ def test_worst_zero_draws_no_picture_of_mistakes(trained_bundle, small_split, tm
     assert read_suspects(out) == []
 
 
+def test_a_ctrl_c_while_the_report_is_written_says_which_report_html_is_there(
+        trained_bundle, small_split, tmp_path, monkeypatch):
+    """A Ctrl-C in the second or two after report.json and suspects.csv landed, while
+    report.html was being made, left the earlier evaluation's page beside the new files without
+    a word (train says the same case). The interrupt stops the run, and a warning says the
+    report.html there is the earlier one's and how to write it."""
+    from transfer import report as html_report
+
+    out = tmp_path / "out"
+    evaluate(trained_bundle.bundle, data_dir=small_split / "test", output=out, worst=2)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # the Ctrl-C, where it landed in the reviewer's runs
+
+    monkeypatch.setattr(html_report, "write_quietly", interrupted)
+    recorder = Recorder()
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(trained_bundle.bundle, data_dir=small_split / "test", output=out, worst=3,
+                 force=True, reporter=recorder)
+    assert recorder.warnings == [
+        f"interrupted after the evaluation was written in {out}; its report.html was not (the "
+        f"one there is an earlier evaluation's) (transfer report {out} writes it)"]
+
+
 def test_accuracy_gate_is_recorded_not_raised(trained_bundle, small_split, tmp_path):
     data = small_split / "test"
     accuracy = evaluate(trained_bundle.bundle, data_dir=data,

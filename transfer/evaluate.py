@@ -496,5 +496,14 @@ def _evaluate(s: EvaluateSettings, reporter: Reporter, classifier: BundleClassif
         (output / MISCLASSIFIED).unlink(missing_ok=True)
     from transfer import report as html_report
 
-    html_report.write_quietly(output, reporter, force=s.force, classifier=classifier)
+    earlier = (output / "report.html").is_file()
+    try:
+        html_report.write_quietly(output, reporter, force=s.force, classifier=classifier)
+    except KeyboardInterrupt:  # report.json and the pictures are in place: say what is not
+        if reporter is not None:
+            reporter.warn(f"interrupted after the evaluation was written in {output}; its "
+                          "report.html was not" + (" (the one there is an earlier evaluation's)"
+                                                   if earlier else "")
+                          + f" (transfer report {output} writes it)")
+        raise
     return EvaluateResult(report=report, output=output, files=kept)
