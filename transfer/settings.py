@@ -384,6 +384,7 @@ class FetchOptions(Settings):
             download_address(opts.microsoft_url)
         if opts.archive is not None and not Path(opts.archive).exists():
             raise TransferError(f"--archive {opts.archive} does not exist")
+        a_seed("seed", opts.seed)  # as train's: the same seeds name the same splits
         for name, low in (("train_per_class", 1), ("validate_per_class", 1),
                           ("test_per_class", 0)):
             if getattr(opts, name) is not None:
@@ -585,6 +586,11 @@ class TrainSettings(Settings):
         if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
             raise TransferError(f"--weights must be imagenet, none or a weights file; "
                                 f"{self.weights} is not a file")
+        if self.weights not in ("imagenet", "none") and not base.pretrained:
+            # it was taken, recorded in settings.json, and never loaded: a fresh network
+            raise TransferError(f"--weights FILE applies to pretrained bases (a file of the "
+                                f"base's weights), not {base.name}, which starts from random "
+                                "weights")
         one_of("pipeline", self.pipeline, PIPELINES)
         one_of("distribute", self.distribute, DISTRIBUTE)
         if self.distribute == "multi-worker":
