@@ -152,6 +152,26 @@ def test_the_train_and_validate_layout_is_still_detected(flowers, tmp_path):
     assert len(run.skipped) == 0
 
 
+def test_a_data_dir_that_train_dir_makes_unused_is_said(flowers, tmp_path):
+    """``train --data-dir flowers --train-dir data/train`` trained on data/train and
+    data/validate without a word about the 200 photos of --data-dir it did not read."""
+    from transfer.training import report_data
+
+    data, other = tmp_path / "data", tmp_path / "other"
+    copy_classes(flowers, data / "train", 6, classes=("daisy", "roses"))
+    copy_classes(flowers, data / "validate", 3, classes=("daisy", "roses"))
+    copy_classes(flowers, other, 4, classes=("daisy", "roses"))
+    said = []
+    for data_dir, extra in ((other, {"train_dir": data / "train"}), (data, {}),
+                            (data, {"train_dir": data / "train"})):
+        reporter = Recorder()
+        run = plan(settings(data_dir, tmp_path, **extra).validated())
+        report_data(run, reporter, validate_looked_for="train_dir" in extra)
+        said.append([w for w in reporter.warnings if "--data-dir" in w])
+    assert said == [[f"--data-dir {other} unused: the photos are --train-dir's and its "
+                     "validation folder's"], [], []]
+
+
 def test_a_download_s_validation_folder_is_its_validate_split(flowers, tmp_path):
     """cats_and_dogs_filtered and many downloads name the split validation/ (or val/): it is
     the validate split, not ignored while train/ is split in memory."""

@@ -794,6 +794,12 @@ def report_data(run: RunPlan, reporter: Reporter, validate_looked_for: bool = Fa
                 elsewhere = (f"validating on {validate_dir}, which is not beside --train-dir "
                              f"{train_dir} (no validation folder there): check they are photos "
                              "of the same things, or give --validate-dir")
+        data_dir = Path(run.settings.data_dir)
+        if data_dir != Path(TrainSettings.data_dir) and data_dir.resolve() not in (
+                Path(run.settings.train_dir).resolve().parent,
+                Path(run.settings.validate_dir).resolve().parent):  # given, and not read
+            reporter.warn(f"--data-dir {data_dir} unused: the photos are --train-dir's and "
+                          "its validation folder's")
         split = run.settings.validation_split
         if split != TrainSettings.validation_split:  # given, and meaningless here
             reporter.warn(f"--validation-split {split:g} unused: the photos are split into "
