@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,6 +44,43 @@ def photo_batch(kaggle_zip):
 KEY = {"base": "mobilenet", "alpha": 0.25, "weights": "imagenet-test", "size": 224}
 
 
+@pytest.fixture(scope="module")
+def converted(mobilenet_features, tmp_path_factory) -> bytes:
+    """The bytes of one real conversion of ``mobilenet_features`` (batch 8). A conversion
+    costs seconds; the tests whose subject is what surrounds it (a cache, a check, a
+    fall-back) start from these bytes, as an earlier run left them, or convert through
+    ``Reconversions``. Conversion itself is what the tests converting for real check."""
+    path = tmp_path_factory.mktemp("converted") / "mobilenet.tflite"
+    assert engines.convert(mobilenet_features, 8, path) > 0
+    return path.read_bytes()
+
+
+def cached(blob: bytes) -> Path:
+    """``blob`` as KEY's converted file (batch 8) in the cache of the KERAS_HOME set now."""
+    path = engines.cache_dir() / f"{engines.cache_key(**KEY, batch=8, input=[224, 224, 3])}.tflite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(blob)
+    return path
+
+
+class Reconversions:
+    """``engines.convert`` for the rest of a test: writes ``blob``, the bytes a real
+    conversion of ``model`` gave, where the converted file is asked for, and records each
+    path (``paths``): the engine still loads and checks a genuine converted model."""
+
+    def __init__(self, monkeypatch, model, blob: bytes):
+        self.model, self.blob, self.paths = model, blob, []
+        monkeypatch.setattr(engines, "convert", self)
+
+    def __call__(self, model, batch_size: int, path: Path) -> float:
+        started = time.perf_counter()
+        assert model is self.model and batch_size == 8
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.blob)
+        self.paths.append(path)
+        return time.perf_counter() - started
+
+
 def test_tflite_matches_tensorflow_on_real_photos_and_is_cached(
         mobilenet_features, photo_batch, tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
@@ -61,21 +100,25 @@ def test_tflite_matches_tensorflow_on_real_photos_and_is_cached(
                                        key=KEY, batch_size=8, reporter=Recorder())
     assert info2.name == "tflite" and info2.conversion_seconds == 0.0
     assert info2.converted_file == info.converted_file
-    # another key (other weights) converts again
+    # another key (other weights) converts again (this model's bytes, as converting gave them)
+    reconverted = Reconversions(monkeypatch, mobilenet_features,
+                                Path(info.converted_file).read_bytes())
     _, info3 = engines.open_engine(mobilenet_features, photo_batch[:8], requested="tflite",
                                    key={**KEY, "weights": "other"}, batch_size=8,
                                    reporter=Recorder())
-    assert info3.converted_file != info.converted_file
+    assert info3.converted_file != info.converted_file and info3.conversion_seconds > 0
+    assert [str(p) for p in reconverted.paths] == [info3.converted_file]
 
 
 def test_tflite_takes_uint8_pixels_and_a_mirror_view_as_a_float32_copy(
-        mobilenet_features, photo_batch, tmp_path, monkeypatch):
+        mobilenet_features, photo_batch, converted, tmp_path, monkeypatch):
     """The feature pass hands the engine uint8 batches, and the mirror images as a strided
     view: cast into the input buffer, they give the float32 contiguous copy's features."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    path = cached(converted)
     engine, info = engines.open_engine(mobilenet_features, photo_batch[:8], requested="tflite",
                                        key=KEY, batch_size=8, reporter=Recorder())
-    assert info.name == "tflite", info.fallback
+    assert info.name == "tflite" and info.converted_file == str(path), info.fallback
     pixels = photo_batch.astype("uint8")  # the photos were resized to whole values
     assert np.array_equal(pixels, photo_batch)
     mirror = pixels[:, :, ::-1]
@@ -87,8 +130,9 @@ def test_tflite_takes_uint8_pixels_and_a_mirror_view_as_a_float32_copy(
 
 
 def test_a_converted_model_that_differs_falls_back_to_tensorflow(
-        mobilenet_features, photo_batch, tmp_path, monkeypatch):
+        mobilenet_features, photo_batch, converted, tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    conversion = Reconversions(monkeypatch, mobilenet_features, converted)
     original = engines.TFLiteEngine.__call__
     monkeypatch.setattr(engines.TFLiteEngine, "__call__",
                         lambda self, batch: original(self, batch) + 0.05)
@@ -99,6 +143,7 @@ def test_a_converted_model_that_differs_falls_back_to_tensorflow(
     assert "differs from TensorFlow" in info.fallback
     assert any("differs from TensorFlow" in w for w in reporter.warnings)
     assert 0.04 < info.parity_max_abs_diff < 0.06
+    assert len(conversion.paths) == 1 and info.conversion_seconds > 0  # converted now
     # the next runs: the file was converted now and failed all the same, so it is not
     # converted again on every run (it was, after a damaged file came to be converted again)
     monkeypatch.setattr(engines, "convert", lambda *a: pytest.fail("converted again"))
@@ -110,7 +155,7 @@ def test_a_converted_model_that_differs_falls_back_to_tensorflow(
 
 
 def test_a_read_only_cache_converts_for_the_run_alone(
-        mobilenet_features, photo_batch, tmp_path, monkeypatch):
+        mobilenet_features, photo_batch, converted, tmp_path, monkeypatch):
     """A KERAS_HOME nobody may write into (weights a class shares): the model is converted in
     a temporary folder and run from memory, not a fall-back to TensorFlow for every run; auto
     does so only for a pass large enough to repay a conversion every run."""
@@ -138,10 +183,13 @@ def test_a_read_only_cache_converts_for_the_run_alone(
                                           images=engines.UNCACHED_MIN_IMAGES - 1)
         assert small.name == "tf" and "cannot be written" in info.fallback
         assert info.conversion_seconds == 0.0
+        # the first conversion was real; this one writes the bytes converting gives
+        conversion = Reconversions(monkeypatch, mobilenet_features, converted)
         large, info = engines.open_engine(mobilenet_features, photo_batch[:8], requested="auto",
                                           key=KEY, batch_size=8, reporter=Recorder(),
                                           images=engines.UNCACHED_MIN_IMAGES)
         assert large.name == "tflite" and info.fallback is None and info.conversion_seconds > 0
+        assert [p.parent.parent for p in conversion.paths] == [tmp_path / "scratch"]
         assert list(home.iterdir()) == []
     # the temporary conversions removed; TensorFlow's autograph writes its generated modules
     # into the same temp folder when it converts a function for the first time in the
@@ -171,6 +219,7 @@ def test_a_damaged_cached_file_is_converted_again(
                lambda whole: garbled(whole, 100, 8),
                lambda whole: garbled(whole, len(whole) // 2, 4000)]
     said = ["is damaged"] * 4 + ["differs from TensorFlow by"]
+    conversion = None
     for round in range(len(damages) + 1):
         reporter = Recorder()
         engine, info = engines.open_engine(mobilenet_features, photo_batch[:8],
@@ -180,8 +229,16 @@ def test_a_damaged_cached_file_is_converted_again(
         assert any(f"the cached TFLite file {path} {said[round]}" in w
                    for w in reporter.warnings), (round, reporter.warnings)
         assert info.parity_max_abs_diff < 1e-3
+        if conversion is None:  # the first round converted for real; the later ones convert
+            # to the very bytes it gave (seconds each): what they check is the damage found,
+            # said with the file's name, the file replaced (once) and its parity
+            whole = path.read_bytes()
+            conversion = Reconversions(monkeypatch, mobilenet_features, whole)
+        else:
+            assert conversion.paths == [path] and path.read_bytes() == whole, round
+            conversion.paths.clear()
         if round < len(damages):
-            path.write_bytes(damages[round](path.read_bytes()))
+            path.write_bytes(damages[round](whole))
     # a whole file this interpreter cannot run (an op it lacks) is kept: TensorFlow runs
     engines.open_engine(mobilenet_features, photo_batch[:8], requested="tflite", key=KEY,
                         batch_size=8, reporter=Recorder())
@@ -197,13 +254,14 @@ def test_a_damaged_cached_file_is_converted_again(
     assert path.read_bytes() == whole and not info.conversion_seconds
 
 
-def test_auto_measures_once_and_remembers(mobilenet_features, photo_batch, tmp_path,
-                                          monkeypatch):
+def test_auto_measures_once_and_remembers(mobilenet_features, photo_batch, converted,
+                                          tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.setattr(engines, "has_gpu", lambda: False)
+    conversion = Reconversions(monkeypatch, mobilenet_features, converted)
     engine, info = engines.open_engine(mobilenet_features, photo_batch[:8], requested="auto",
                                        key=KEY, batch_size=8, reporter=Recorder())
-    assert set(info.measured) == {"tf", "tflite"}
+    assert set(info.measured) == {"tf", "tflite"} and len(conversion.paths) == 1
     faster = max(info.measured, key=info.measured.get)
     assert engine.name == faster
     choice = engines.cache_dir().glob("*.auto.json")
@@ -220,18 +278,19 @@ def test_auto_measures_once_and_remembers(mobilenet_features, photo_batch, tmp_p
                                        key={**KEY, "weights": "gpu"}, batch_size=8,
                                        reporter=Recorder())
     assert engine.name == "tf" and info.fallback == "a GPU is present"
+    assert len(conversion.paths) == 1
 
 
 @pytest.mark.parametrize("damaged", ["null", "[]", "{"])
-def test_a_damaged_choice_file_is_measured_again(mobilenet_features, photo_batch, tmp_path,
-                                                 monkeypatch, damaged):
+def test_a_damaged_choice_file_is_measured_again(mobilenet_features, photo_batch, converted,
+                                                 tmp_path, monkeypatch, damaged):
     """auto's remembered choice edited into JSON that is not an object was an AttributeError
     traceback on every predict; now the engines are measured again and the file rewritten."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.setattr(engines, "has_gpu", lambda: False)
     digest = engines.cache_key(**KEY, batch=8, input=[224, 224, 3])
     choice = engines.cache_dir() / f"{digest}.auto.json"
-    choice.parent.mkdir(parents=True)
+    cached(converted)  # beside the model a run converted
     choice.write_text(damaged)
     engine, info = engines.open_engine(mobilenet_features, photo_batch[:8], requested="auto",
                                        key=KEY, batch_size=8, reporter=Recorder())
