@@ -82,6 +82,29 @@ def test_json_and_csv_schemas(trained_bundle, small_split, tmp_path):
     assert table.exit_code == 0 and "p(cats)" in table.stdout and "p(dogs)" in table.stdout
 
 
+def test_an_output_whose_name_says_another_format_is_written_as_asked_and_said(
+        trained_bundle, small_split, tmp_path):
+    """``--output predictions.xlsx`` wrote the terminal's box-drawn table into a file a
+    spreadsheet cannot open, and ``--output o.csv --format json`` JSON, both without a word."""
+    photo = str(split_images(small_split / "test", 1)[0][0])
+    model = str(trained_bundle.bundle)
+    said = {}
+    for name, more in (("predictions.xlsx", []), ("o.csv", ["--format", "json"]),
+                       ("p.csv", []), ("p.txt", [])):
+        result = runner.invoke(app, ["predict", photo, "--model", model, "--output",
+                                     str(tmp_path / name), *more])
+        assert result.exit_code == 0, result.output
+        said[name] = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert said == {
+        "predictions.xlsx": [f"warning: writing the table, as text, into {tmp_path}/"
+                             "predictions.xlsx: predict writes CSV into a .csv file and JSON "
+                             "into a .json file (or give --format csv)"],
+        "o.csv": [f"warning: writing json into {tmp_path}/o.csv, as --format says (its name "
+                  "says csv)"],
+        "p.csv": [], "p.txt": []}
+    assert json.loads((tmp_path / "o.csv").read_text())["predictions"][0]["file"] == photo
+
+
 def test_the_library_writes_output_as_the_cli_does(trained_bundle, small_split, tmp_path):
     """predict(..., output="p.json") took the output, checked it would not overwrite, and
     wrote nothing: only the CLI wrote it. The library now writes JSON or CSV itself, the

@@ -704,6 +704,21 @@ class PredictSettings(Settings):
         suffix = Path(self.output).suffix.lower() if self.output else ""
         return {".json": "json", ".csv": "csv"}.get(suffix, "table")
 
+    def format_note(self) -> str | None:
+        """A word when what goes into ``output`` is not what its name says (a table drawn in
+        box characters in ``predictions.xlsx``, JSON in ``o.csv``): written as asked, said."""
+        if self.output is None:
+            return None
+        suffix = Path(self.output).suffix.lower()
+        named = {".json": "json", ".csv": "csv"}.get(suffix)
+        written = self.resolved_format()
+        if named is not None and named != written:
+            return f"writing {written} into {self.output}, as --format says (its name says {named})"
+        if named is None and written == "table" and suffix not in ("", ".txt", ".text", ".log"):
+            return (f"writing the table, as text, into {self.output}: predict writes CSV into a "
+                    ".csv file and JSON into a .json file (or give --format csv)")
+        return None
+
     def validated(self) -> PredictSettings:
         from transfer import bases
         from transfer.images import is_one_image
