@@ -312,25 +312,36 @@ def test_a_damaged_file_keras_checks_by_its_hash_is_left_to_keras(tmp_path, monk
 def test_importing_transfer_tf_keeps_a_level_the_caller_gave_tensorflows_logger():
     """A program that set ``logging.getLogger("tensorflow").setLevel(INFO)`` (or ran with
     TRANSFER_VERBOSE=1) had it overridden to ERROR by ``import transfer.tf``: lowered now only
-    when nobody chose a level, as TF_CPP_MIN_LOG_LEVEL is (setdefault)."""
+    when nobody chose a level, as TF_CPP_MIN_LOG_LEVEL is (setdefault).
+
+    One fresh process (importing TensorFlow costs seconds): its first case a genuine first
+    import of TensorFlow and transfer.tf, the later ones ``transfer.tf`` loaded again
+    (``importlib.reload``: its ``_load`` runs again on the logger TensorFlow made), each
+    from the level and TRANSFER_VERBOSE that case gives."""
     import subprocess
 
-    code = ("import logging, sys\n"
-            "if sys.argv[1] != '-': logging.getLogger('tensorflow').setLevel(sys.argv[1])\n"
-            "import transfer.tf\n"
-            "print(logging.getLevelName(logging.getLogger('tensorflow').level))\n")
-
-    def level_after_import(given: str, verbose: bool = False) -> str:
-        env = {k: v for k, v in os.environ.items() if k != "TRANSFER_VERBOSE"}
-        done = subprocess.run([sys.executable, "-c", code, given],
-                              env={**env, **({"TRANSFER_VERBOSE": "1"} if verbose else {})},
-                              capture_output=True, text=True, timeout=300, check=True)
-        return done.stdout.split()[-1]
-
-    assert level_after_import("INFO") == "INFO"
-    assert level_after_import("WARNING") == "WARNING"
-    assert level_after_import("-", verbose=True) == "NOTSET"
-    assert level_after_import("-") == "ERROR"  # the quiet default of a caller who said nothing
+    cases = [("INFO", False), ("WARNING", False), ("-", True), ("-", False)]
+    code = ("import importlib, logging, os, sys\n"
+            "module = None\n"
+            "for given, verbose in eval(sys.argv[1]):\n"
+            "    logger = logging.getLogger('tensorflow')\n"
+            "    logger.setLevel(logging.NOTSET if given == '-' else given)\n"
+            "    os.environ.pop('TRANSFER_VERBOSE', None)\n"
+            "    if verbose:\n"
+            "        os.environ['TRANSFER_VERBOSE'] = '1'\n"
+            "    if module is None:\n"
+            "        assert 'tensorflow' not in sys.modules\n"
+            "        import transfer.tf as module\n"
+            "    else:\n"
+            "        importlib.reload(module)\n"
+            "    print('level', logging.getLevelName(logger.level))\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFER_VERBOSE"}
+    done = subprocess.run([sys.executable, "-c", code, repr(cases)], env=env,
+                          capture_output=True, text=True, timeout=300, check=True)
+    levels = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("level ")]
+    # given INFO before TensorFlow's first import; WARNING; nothing with TRANSFER_VERBOSE=1;
+    # and nothing: the quiet default of a caller who said nothing
+    assert levels == ["INFO", "WARNING", "NOTSET", "ERROR"], done.stdout
 
 
 @contextlib.contextmanager
