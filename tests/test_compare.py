@@ -179,6 +179,22 @@ def test_an_existing_bundle_is_refused_before_any_run_trains(tiny_split, tmp_pat
     assert sorted(p.name for p in out.iterdir()) == ["frozen"]  # scratch never trained
 
 
+def test_an_evaluations_folder_as_output_is_refused_without_force(tiny_split, tmp_path):
+    """`compare --output DIR` over `evaluate --output DIR` replaced the evaluation's
+    report.html with the comparison's page (beside the evaluation's report.json) without
+    --force; it is refused before anything trains, and taken with --force."""
+    out = tmp_path / "mystuff"
+    out.mkdir()
+    (out / "report.json").write_text('{"kind": "transfer-evaluate", "accuracy": 0.9}')
+    settings = CompareSettings(data_dir=tiny_split, output=out, runs=["scratch", "frozen"])
+    with pytest.raises(TransferError) as info:
+        settings.validated()
+    assert str(info.value) == (f"{out} holds an evaluation (report.json): the comparison's "
+                               "report.html would replace its page; use --force or --output "
+                               "another folder")
+    assert settings.replace(force=True).validated().output == out
+
+
 def test_the_runs_share_data_seed_and_base(tmp_path):
     settings = CompareSettings(data_dir=tmp_path / "data", output=tmp_path / "out", seed=7,
                                validation_split=0.25, fine_tune=40).validated()

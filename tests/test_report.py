@@ -156,6 +156,15 @@ def test_partial_and_wrong_folders(tmp_path):
                                "evaluation) nor compare.json (a comparison): nothing to report")
     with pytest.raises(TransferError, match="no such bundle"):
         write_report(tmp_path / "missing")
+    theirs = tmp_path / "theirs"  # a report.json of the user's own: an empty page was made
+    theirs.mkdir()
+    (theirs / "report.json").write_text('{"mine": 1}')
+    with pytest.raises(TransferError) as info:
+        write_report(theirs)
+    assert str(info.value) == (f"{theirs / 'report.json'} is not one transfer wrote (neither "
+                               '"kind": "transfer-evaluate" nor an evaluation\'s accuracy in '
+                               "it): nothing to report")
+    assert list(theirs.iterdir()) == [theirs / "report.json"]
     minimal = tmp_path / "minimal"
     minimal.mkdir()
     (minimal / "meta.json").write_text(json.dumps({

@@ -638,6 +638,13 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
     if meta is not None:
         bundle.check_meta_types(meta, folder / "meta.json")  # a field named, as predict does
     evaluation = read_object(folder / "report.json")
+    if (evaluation is not None and meta is None and evaluation.get("kind") != "transfer-evaluate"
+            and not {"accuracy", "class_names", "confusion_matrix"} & set(evaluation)):
+        # a report.json of the user's own (an evaluation from before "kind" has its fields):
+        # an empty "evaluation" page was made of it
+        raise TransferError(f"{folder / 'report.json'} is not one transfer wrote (neither "
+                            "\"kind\": \"transfer-evaluate\" nor an evaluation's accuracy in "
+                            "it): nothing to report")
     if evaluation is not None:
         check_evaluation_types(evaluation, folder / "report.json")
     if meta is None and evaluation is None:

@@ -1023,6 +1023,11 @@ class CompareSettings(Settings):
 
         refuse_existing(Path(self.output) / COMPARE_JSON, self.force)
         refuse_existing(Path(self.output) / COMPARE_PNG, self.force)  # a picture of yours
+        if (Path(self.output) / "report.json").is_file() and not self.force:
+            # an evaluate --output folder: compare's page would replace the evaluation's
+            raise TransferError(f"{self.output} holds an evaluation (report.json): the "
+                                "comparison's report.html would replace its page; use --force "
+                                "or --output another folder")
         from transfer.report import REPORT_HTML, check_replaceable
 
         check_replaceable(Path(self.output) / REPORT_HTML, self.force)
