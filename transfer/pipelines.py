@@ -62,7 +62,7 @@ from transfer.constants import (  # noqa: F401  (IMAGE_SUFFIXES: pipelines.IMAGE
     unread_summary,
 )
 from transfer.errors import TransferError
-from transfer.files import walk
+from transfer.files import photos_under
 from transfer.settings import PIPELINES, Augment  # noqa: F401  (pipelines.Augment, for callers)
 
 MIN_USABLE = 2  # images a class needs after the unreadable ones are left out
@@ -207,9 +207,10 @@ def class_folders(directory: Path) -> list[str]:
 
 def unread_photos(folder: Path) -> list[str]:
     """The photos under ``folder`` in a format the reader does not take (HEIC, camera raw),
-    as relative paths: left out of training, and said. A file so named that Pillow opens (a
-    JPEG renamed .heic) is none of them: ``image_files`` lists it."""
-    return _listed(Path(folder))[1]
+    as relative POSIX paths in order: left out of training, and said. A file so named that
+    Pillow opens (a JPEG renamed .heic) is none of them: ``image_files`` lists it."""
+    folder = Path(folder)
+    return sorted(p.relative_to(folder).as_posix() for p in photos_under(folder)[1])
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -219,27 +220,10 @@ def image_files(folder: Path) -> list[Path]:
     (``files.walk``). The tool's own pictures (``*.gradcam.png`` that ``transfer explain``
     writes beside a photo, ``augment-preview.png``) are not photos of the class: left out.
     A file named as HEIC or raw that Pillow opens (a JPEG renamed .heic) is an image, as
-    evaluate, predict and fetch-data take it (train left it out: the same folder was split
-    and counted otherwise by each)."""
+    evaluate, predict and fetch-data take it (``files.photos_under``: one walk, the same
+    rule everywhere)."""
     folder = Path(folder)
-    return sorted(_listed(folder)[0], key=lambda p: p.relative_to(folder).as_posix())
-
-
-def _listed(folder: Path) -> tuple[list[Path], list[str]]:
-    """(the images under ``folder``; the HEIC and raw photos there, relative) from one walk
-    (links followed, as fetch-data does). A file named as HEIC or raw is asked what it holds
-    (``constants.unread_file``: its header, read for those files only, never every file)."""
-    files, unread = [], []
-    for rel in walk(folder, skip_folder=is_ignored_folder)[0]:
-        path = folder / rel
-        if is_image_name(path.name):
-            files.append(path)
-        elif unread_photo(rel):
-            if unread_file(path):
-                unread.append(rel)
-            else:
-                files.append(path)
-    return files, unread
+    return sorted(photos_under(folder)[0], key=lambda p: p.relative_to(folder).as_posix())
 
 
 def samples_of(directory: Path, names: list[str]) -> list[Sample]:
