@@ -550,6 +550,31 @@ def test_grad_cam_figures_in_several_batches_keep_each_photos_caption(bundle_cop
                 "(Grad-CAM at conv_pw_13_relu)") in caption
 
 
+def test_an_empty_grad_cam_map_is_said_in_its_caption(bundle_copy):
+    """A Grad-CAM with nothing on it (no region raises the predicted class's score) is drawn as
+    a uniform tint; explain's picture and serve's header said so, the report's caption did not.
+    The head made to predict dogs on every photo while every region lowers dogs' score (a
+    large bias, a negative kernel): each predicted class's map is empty."""
+    import keras
+    import numpy as np
+
+    from transfer import bundle, report
+
+    model = keras.saving.load_model(bundle_copy / bundle.MODEL, compile=False)
+    head = model.get_layer("predictions")
+    kernel, bias = head.get_weights()
+    head.set_weights([-np.abs(kernel) - 1e-3, bias + 1e3])
+    model.save(bundle_copy / bundle.MODEL)
+    meta = json.loads((bundle_copy / "meta.json").read_text())
+    figures = report.gradcam_figures(bundle_copy, meta, count=2)
+    captions = [html.unescape(re.search(r"<figcaption>(.*?)</figcaption>", f).group(1))
+                for f in figures]
+    assert len(captions) == 2
+    for caption in captions:
+        assert caption.endswith("predicted dogs 1.00 (Grad-CAM at conv_pw_13_relu; empty map: "
+                                "no region raises the class)"), caption
+
+
 def test_a_photo_grad_cam_cannot_trace_costs_its_own_figure_not_its_batchs(bundle_copy,
                                                                           monkeypatch):
     """When a batch cannot be traced, its photos are traced one by one: only the photo that

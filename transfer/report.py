@@ -432,7 +432,7 @@ def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS,
         return []
     from PIL import Image
 
-    from transfer import images
+    from transfer import images, plots
     from transfer.explain import gradcam, gradcams
     from transfer.inference import BundleClassifier
 
@@ -483,8 +483,11 @@ def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS,
             shown = images.picture(path, THUMB_SIDE)  # drafted: a phone photo is never whole
         png = overlay_png(shown, heatmap, view="overlay")
         predicted = names[int(np.argmax(probs))]
+        # a uniform tint is an empty map (no region raises the class), or a diverged model's
+        state = {"empty": "; empty map: no region raises the class",
+                 "nan": "; not a number"}.get(plots.map_state(heatmap), "")
         caption = (f"{path.name}: true {truth}, predicted {predicted} "
-                   f"{float(np.max(probs)):.2f} (Grad-CAM at {layer})")
+                   f"{float(np.max(probs)):.2f} (Grad-CAM at {layer}{state})")
         figures.append(f'<figure><img class="gradcam" src="{data_uri(png)}" '
                        f'alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>')
     if not figures:
