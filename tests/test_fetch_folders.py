@@ -140,6 +140,22 @@ def test_folder_of_class_folders_is_split_by_fraction(flowers, tmp_path):
     assert not (flowers / ".cache").exists()  # the source folder is never written to
 
 
+def test_a_competition_named_with_an_archive_is_said_unused(flowers, tmp_path):
+    """`fetch-data --archive ~/flowers --competition my-comp` split the folder without a word
+    about the competition it was told: --competition names a Kaggle download only."""
+    from conftest import Recorder
+
+    said = {}
+    for name, competition in (("named", "my-comp"), ("default", "dogs-vs-cats")):
+        reporter = Recorder()
+        fetch_data(FetchOptions(archive=flowers, data_dir=tmp_path / name,
+                                competition=competition, train_per_class=2,
+                                validate_per_class=1), reporter=reporter)
+        said[name] = [w for w in reporter.warnings if "--competition" in w]
+    assert said == {"named": ["--competition my-comp unused: it names a Kaggle competition, "
+                              "and the photos come from --archive"], "default": []}
+
+
 def test_the_augmentation_preview_train_left_in_the_folder_is_no_photo(flowers, tmp_path):
     """`train --preview-augment` writes augment-preview.png beside the class folders; a later
     fetch-data of that folder (and training on it) leaves it out, as it does heatmaps."""

@@ -140,6 +140,10 @@ def fetch_data(options: FetchOptions, reporter: Reporter | None = None,
     reporter = reporter or Reporter()
     # every option checked, the split's too: fractions, their sum, not with counts
     opts = given(options, FetchOptions, "fetch_data").validated()
+    if opts.source in ("archive", "microsoft") and opts.competition != FetchOptions.competition:
+        reporter.warn(f"--competition {opts.competition} unused: it names a Kaggle "
+                      f"competition, and the photos come from "
+                      f"{'--archive' if opts.source == 'archive' else 'Microsoft'}")
     data_dir = Path(opts.data_dir)
     created = make_dirs(data_dir)
     try:
