@@ -1066,14 +1066,16 @@ def _explained(image, result) -> None:
 
 def _empty(explanation) -> str:
     """What a blank heatmap means, said (the picture is a plain blue overlay): no region of
-    the image raises the class's score, which Grad-CAM's ReLU then shows as nothing."""
-    import numpy as np
+    the image raises the class's score, which Grad-CAM's ReLU then shows as nothing; a map
+    that is not a number is broken, not empty (``plots.map_state``, as the picture says)."""
+    from transfer.plots import map_state
 
-    if np.isnan(explanation.heatmap).any():  # np.max would say "not > 0": not empty, broken
+    state = map_state(explanation.heatmap)
+    if state == "nan":
         return "; the map is not a number: the model's outputs are not numbers (diverged?)"
-    if float(explanation.heatmap.max()) > 0:
-        return ""
-    return f"; the map is empty: no region raises the score of {explanation.label}"
+    if state == "empty":
+        return f"; the map is empty: no region raises the score of {explanation.label}"
+    return ""
 
 
 _O = S.ExportSettings()
