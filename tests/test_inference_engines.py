@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,6 +49,47 @@ def photos(small_split):
     return folder, split_images(folder)
 
 
+@pytest.fixture(scope="module")
+def on_tensorflow(trained_bundle, photos, tmp_path_factory):
+    """(predict, evaluate's report) with --engine tf on the 200 photos: what the other
+    engines' results are held to (each pass once for the module: seconds each)."""
+    folder, _ = photos
+    return (predict([folder], model=trained_bundle.bundle, engine="tf"),
+            evaluate(trained_bundle.bundle, data_dir=folder, engine="tf",
+                     output=tmp_path_factory.mktemp("tf-report")).report)
+
+
+@pytest.fixture(scope="module")
+def on_tflite(trained_bundle, photos, tflite_home):
+    """(predict's result, its warnings) with --engine tflite on the 200 photos and this
+    module's KERAS_HOME: the bundle's model converted for real and cached there."""
+    folder, _ = photos
+    reporter = Recorder()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KERAS_HOME", str(tflite_home))
+        result = predict([folder], model=trained_bundle.bundle, engine="tflite",
+                         reporter=reporter)
+    return result, reporter.warnings
+
+
+class Reconversions:
+    """``engines.convert`` for the rest of a test: writes ``blob``, the bytes converting this
+    bundle's model gave (``on_tflite``), where the converted file is asked for, and records
+    each path (``paths``): the engine still loads and checks the genuine converted model."""
+
+    def __init__(self, monkeypatch, blob: bytes):
+        self.blob, self.paths = blob, []
+        monkeypatch.setattr(engines, "convert", self)
+
+    def __call__(self, model, batch_size: int, path: Path) -> float:
+        started = time.perf_counter()
+        assert batch_size == inference.ENGINE_BATCH
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.blob)
+        self.paths.append(path)
+        return time.perf_counter() - started
+
+
 def probabilities(result) -> np.ndarray:
     return np.array([item.probabilities["dogs"] for item in result.items])
 
@@ -66,19 +109,18 @@ def same_results(reference, other) -> None:
 
 
 def test_tflite_gives_tensorflows_predictions_and_metrics_on_real_photos(
-        trained_bundle, photos, cache, tmp_path):
+        trained_bundle, photos, on_tensorflow, on_tflite, cache, tmp_path):
     folder, truth = photos
-    reference = predict([folder], model=trained_bundle.bundle, engine="tf")
+    reference, tf_report = on_tensorflow
     assert reference.engine["name"] == "tf" and reference.engine["requested"] == "tf"
     assert reference.engine["converted_file"] is None and reference.engine["fallback"] is None
-    reporter = Recorder()
-    lite = predict([folder], model=trained_bundle.bundle, engine="tflite", reporter=reporter)
+    lite, warnings = on_tflite
     info = lite.engine
     assert info["name"] == "tflite", info["fallback"]
     assert info["converted_file"].startswith(str(cache)) and os.path.isfile(info["converted_file"])
     assert info["parity_max_abs_diff"] < engines.PARITY_TOLERANCE
     assert info["images"] == len(truth) == 200 and info["images_per_second"] > 0
-    assert not reporter.warnings
+    assert not warnings
     same_results(reference, lite)
     p_ref = probabilities(reference)
     # genuine weights on real photos: confident answers on both sides, mostly right
@@ -88,8 +130,6 @@ def test_tflite_gives_tensorflows_predictions_and_metrics_on_real_photos(
     assert accuracy > 0.85, accuracy
 
     # evaluate: the same metrics; the converted file is reused (no second conversion)
-    tf_report = evaluate(trained_bundle.bundle, data_dir=folder, output=tmp_path / "tf",
-                         engine="tf").report
     lite_report = evaluate(trained_bundle.bundle, data_dir=folder, output=tmp_path / "lite",
                            engine="tflite").report
     assert lite_report["engine"]["name"] == "tflite"
@@ -130,10 +170,13 @@ def test_cli_json_and_report_record_the_engine(trained_bundle, photos, cache, tm
 
 
 def test_a_parity_failure_falls_back_to_tensorflow_with_a_warning(
-        trained_bundle, photos, cache, tmp_path, monkeypatch):
+        trained_bundle, photos, on_tensorflow, on_tflite, tmp_path, monkeypatch):
     folder, _ = photos
-    reference = evaluate(trained_bundle.bundle, data_dir=folder, output=tmp_path / "tf",
-                         engine="tf").report
+    tf, reference = on_tensorflow
+    # a KERAS_HOME of its own, converted to the bytes on_tflite's real conversion gave
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "home"))
+    conversion = Reconversions(monkeypatch,
+                               Path(on_tflite[0].engine["converted_file"]).read_bytes())
     monkeypatch.setattr(engines, "PARITY_TOLERANCE", -1.0)  # no difference passes, not even 0
     reporter = Recorder()
     fallen = evaluate(trained_bundle.bundle, data_dir=folder, output=tmp_path / "fallback",
@@ -142,6 +185,7 @@ def test_a_parity_failure_falls_back_to_tensorflow_with_a_warning(
     assert info["requested"] == "tflite" and info["name"] == "tf"
     assert "differs from TensorFlow" in info["fallback"]
     assert info["parity_max_abs_diff"] is not None and info["images"] == 200
+    assert [str(p) for p in conversion.paths] == [info["converted_file"]]
     assert info["batch_size"] == 32  # what TensorFlow ran after all (it said the converted 8)
     assert any("differs from TensorFlow" in w and "using TensorFlow" in w
                for w in reporter.warnings), reporter.warnings
@@ -150,8 +194,8 @@ def test_a_parity_failure_falls_back_to_tensorflow_with_a_warning(
     assert fallen["loss"] == pytest.approx(reference["loss"], abs=1e-9)
     # predict too: the warning on stderr, TensorFlow's probabilities
     lite = predict([folder], model=trained_bundle.bundle, engine="tflite", reporter=Recorder())
-    tf = predict([folder], model=trained_bundle.bundle, engine="tf")
-    assert lite.engine["name"] == "tf"
+    assert lite.engine["name"] == "tf" and tf.engine["name"] == "tf"
+    assert len(conversion.paths) == 1  # converted now and no better: not converted again
     np.testing.assert_allclose(probabilities(lite), probabilities(tf), atol=1e-6, rtol=0)
 
 
