@@ -804,7 +804,7 @@ def peak_features_memory(data: Path, tmp_path: Path, name: str, budget_mb: str,
     monkeypatch.setenv("TRANSFER_FEATURE_MEMORY_MB", budget_mb)
     settings = TrainSettings(data_dir=data, base="vgg16", weights="none",
                              image_size=32, augment=Augment(enabled=False), engine="tf",
-                             epochs=2, feature_shard_size=64, feature_cache=False,
+                             epochs=4, feature_shard_size=64, feature_cache=False,
                              output=tmp_path / name, models_dir=tmp_path)
     peaks = {}
     real_extract, real_head = ORIGINAL[0], ORIGINAL[1]
@@ -828,21 +828,26 @@ def peak_features_memory(data: Path, tmp_path: Path, name: str, budget_mb: str,
 def test_features_beyond_memory_stream_from_shards_with_bounded_memory(tmp_path, monkeypatch):
     """VGG16's features are 512 floats (2 KB) an image. A run whose features exceed its memory
     budget keeps them in shard files (64 images each) and trains the head shard by shard: from
-    500 to 2500 generated photos its peak memory grows by the file list only (under a fifth
-    of the 4 MB of features added), while a run of the same 2500 photos holding their 5 MB of
-    features in memory peaks above the streamed run by more than those 4 MB."""
+    500 to 2000 generated photos its peak memory grows by the file list only (under a fifth
+    of the 3 MB of features added), while a run of the same 2000 photos holding their 4 MB of
+    features in memory peaks above the streamed run by more than those 3 MB. (2000 photos, not
+    2500: VGG16's pass is most of the test's time. The file list adds about 110 bytes an
+    image, give or take 100 KB from run to run: 2000 keeps the growth well under its bound;
+    1500 came within 140 KB of it. The in-memory margin is the 500 photos' 1 MB, unchanged.)
+    Four head epochs: two reached 0.9 with 2500 photos, not with fewer."""
     warm, small, large = tmp_path / "tiny", tmp_path / "small", tmp_path / "large"
     make_photos(warm, 50, seed=2)
     make_photos(small, 250)
-    make_photos(large, 1250, seed=1)
+    make_photos(large, 1000, seed=1)
     shard = 64 * 512 * 4
-    added = 2000 * 512 * 4
+    added = 1500 * 512 * 4
     # a first run pays for what a process does once (imports, caches): not measured
     peak_features_memory(warm, tmp_path, "warm", "0", monkeypatch)
     peak_small, _ = peak_features_memory(small, tmp_path, "s", "0", monkeypatch)
     peak_large, meta = peak_features_memory(large, tmp_path, "l", "0", monkeypatch)
-    assert meta["data"]["train_images"] + meta["data"]["validate_images"] == 2500
-    assert meta["metrics"]["val_accuracy"] > 0.9, "bright vs dark is learnable from shards"
+    assert meta["data"]["train_images"] + meta["data"]["validate_images"] == 2000
+    assert meta["metrics"]["val_accuracy"] > 0.9, ("bright vs dark is learnable from shards",
+                                                   meta["metrics"])
     memory_large, meta_memory = peak_features_memory(large, tmp_path, "ml", "1024",
                                                      monkeypatch)
     print(f"peaks: streamed {peak_small} -> {peak_large}, in memory {memory_large} "
