@@ -266,13 +266,16 @@ def test_two_workers_match_one_and_only_the_chief_writes(pair_of_splits, tmp_pat
     assert not (data1 / ".cache").exists(), "a worker other than the chief wrote a cache"
     assert not any((tmp_path / "models1").iterdir()) if (tmp_path / "models1").exists() else True
     assert "the chief wrote the bundle" in text(logs[1])
-    # one worker, same settings: every shard is a cache hit, the same head
+    # one worker, same settings: every shard is a cache hit, the same head. The same CLI, in
+    # this process (its TensorFlow already loaded: a new process spent seconds importing it)
+    from typer.testing import CliRunner
+
+    from transfer.cli import app
+
     single = tmp_path / "models0" / "one"
-    done = subprocess.run([sys.executable, "-m", "transfer", "train",
-                           *train_args(data0, single, "--feature-shard-size", "8", "--epochs",
-                                       "4", *more)],
-                          capture_output=True, text=True, timeout=TIMEOUT)
-    assert done.returncode == 0, done.stderr
+    done = CliRunner().invoke(app, ["train", *train_args(data0, single, "--feature-shard-size",
+                                                         "8", "--epochs", "4", *more)])
+    assert done.exit_code == 0, done.output
     one = meta_of(single)
     assert one["feature_cache"] == "hit" and one["workers"] == 1
     assert one["test_time"]["train_size"] == meta["test_time"]["train_size"] == (
