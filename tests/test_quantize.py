@@ -79,11 +79,29 @@ def validation(trained_bundle):
     return x, y, two_columns(np.asarray(model.predict(x, verbose=0)))
 
 
+def cli_export(*args: str):
+    from typer.testing import CliRunner
+
+    from transfer.cli import app
+
+    return CliRunner().invoke(app, ["export", *args])
+
+
 @pytest.fixture(scope="module")
-def float_file(trained_bundle, tmp_path_factory) -> Path:
-    target = tmp_path_factory.mktemp("float") / "float.tflite"
-    export.export(trained_bundle.bundle, format="tflite", output=target)
-    return target
+def exported(trained_bundle, tmp_path_factory) -> Path:
+    """A copy of the bundle after a plain `transfer export` (the float TFLite model, at the
+    default output): the float file the quantized ones are measured against, and where
+    test_the_float_and_a_quantized_export_live_side_by_side starts (an export costs seconds)."""
+    copy = tmp_path_factory.mktemp("exported") / "bundle"
+    shutil.copytree(trained_bundle.bundle, copy)
+    first = cli_export("--model", str(copy))
+    assert first.exit_code == 0, first.output
+    return copy
+
+
+@pytest.fixture(scope="module")
+def float_file(exported) -> Path:
+    return exported / "export" / "model.tflite"
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "float16", "int8"])
@@ -149,20 +167,15 @@ def test_quantized_export_size_accuracy_and_names(mode, trained_bundle, validati
     assert sidecar["export"]["comparison"]["quantized"]["bytes"] == target.stat().st_size
 
 
-def test_the_float_and_a_quantized_export_live_side_by_side(trained_bundle, tmp_path):
+def test_the_float_and_a_quantized_export_live_side_by_side(exported, tmp_path):
     """`transfer export` then `transfer export --quantize dynamic` with the default output:
     model.tflite and model-dynamic.tflite (the second was refused as already existing), and
     the table names the mode once."""
-    from typer.testing import CliRunner
-
-    from transfer.cli import app
-
     copy = tmp_path / "bundle"
-    shutil.copytree(trained_bundle.bundle, copy)
-    runner = CliRunner()
-    first = runner.invoke(app, ["export", "--model", str(copy)])
-    assert first.exit_code == 0, first.output
-    second = runner.invoke(app, ["export", "--model", str(copy), "--quantize", "dynamic"])
+    shutil.copytree(exported, copy)  # after `transfer export` (the fixture's, checked there)
+    assert sorted(p.name for p in (copy / "export").iterdir()) == [
+        "model.tflite", "model.tflite.meta.json"]
+    second = cli_export("--model", str(copy), "--quantize", "dynamic")
     assert second.exit_code == 0, second.output
     assert sorted(p.name for p in (copy / "export").iterdir()) == [
         "model-dynamic.tflite", "model-dynamic.tflite.meta.json", "model.tflite",
@@ -221,7 +234,11 @@ def test_a_badly_calibrated_int8_export_is_refused(trained_bundle, tmp_path, mon
     calibrate = export.calibration_images
 
     def wrong_range(classifier, n=export.CALIBRATION_IMAGES):
-        images, source = calibrate(classifier, n)
+        # 16 of the 200 training images (8 a class; each calibration, full int8 and the
+        # depthwise-float variant it then tries, costs seconds per 200): the ranges are wrong
+        # whatever the number of images
+        images, source = calibrate(classifier, 16)
+        assert len(images) == 16 and images.max() > 1.5
         return images / 255.0, source
 
     monkeypatch.setattr(export, "calibration_images", wrong_range)
