@@ -550,6 +550,43 @@ def test_a_model_deleted_after_the_page_loaded_is_said_in_words(watched, phone_s
     assert all("Failed to load resource" in e for e in watched.errors), watched.errors
 
 
+def test_a_model_deleted_during_gradcam_is_not_asked_again(watched, phone_server, phone_models,
+                                                           photos):
+    """The model deleted after it answered, while the page asked for the batch's Grad-CAMs:
+    each remaining photo was still sent to /api/explain, one 404 after another. The first 404
+    now says the model is gone on every card left, the status line says it, and the list of
+    models is read again (the model is no longer in it)."""
+    from playwright.sync_api import expect
+
+    shutil.copytree(phone_models / "mobilenet-20261206-075807-cats-dogs",
+                    phone_models / "tmpgone")
+    asked = []
+
+    def delete_then_ask(route):  # the folder goes just before the first Grad-CAM is asked
+        asked.append(route.request.url)
+        shutil.rmtree(phone_models / "tmpgone", ignore_errors=True)
+        route.continue_()
+
+    try:
+        watched.context.route("**/api/explain", delete_then_ask)
+        page = open_page(watched, phone_server, "tmpgone")
+        page.set_input_files("#file-input", [str(photos[k]) for k in ("cat", "dog", "dog2")])
+        wait_answer(page, 3)
+        expect(page.locator(".gradcam-note", has_text="no Grad-CAM: the model tmpgone is gone "
+                            "from the models folder")).to_have_count(3)
+    finally:
+        shutil.rmtree(phone_models / "tmpgone", ignore_errors=True)
+    assert len(asked) == 1  # the other two photos were not sent
+    expect(page.locator("#status")).to_contain_text(
+        "the model tmpgone is gone from the models folder (deleted or renamed since the page "
+        "loaded): the list of models is updated")
+    assert "error" in page.get_attribute("#status", "class")
+    options = page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
+    assert "tmpgone" not in options and options
+    assert page.locator(".result img.gradcam").count() == 0
+    assert all("Failed to load resource" in e for e in watched.errors), watched.errors
+
+
 def test_nine_photos_at_once_the_ninth_says_why_it_has_no_gradcam(watched, server, photos,
                                                                   tmp_path):
     """The page draws Grad-CAM for 8 photos of a batch; the 9th card ended at its server time

@@ -253,7 +253,7 @@
 
   // Grad-CAM of one photo on its card, told in its note; false when the server cannot be
   // reached (then the page asks for no more: each remaining photo said "Failed to fetch" one
-  // after another)
+  // after another), the note's words when the model is gone (the same for every photo left)
   async function explainOne(box, file, model, note) {
     const form = new FormData();
     form.append("file", file, file.name);
@@ -268,8 +268,11 @@
     }
     try {
       if (!response.ok) {
-        note.textContent = "no Grad-CAM: " + (response.status === 404 && model
-          ? gone(model) : await errorText(response));
+        if (response.status === 404 && model) {
+          note.textContent = "no Grad-CAM: " + gone(model);
+          return note.textContent;
+        }
+        note.textContent = "no Grad-CAM: " + await errorText(response);
         return true;
       }
       const blob = await response.blob();
@@ -547,14 +550,33 @@
     await drawGradcams(gradcams, model);
   }
 
-  // The batch's Grad-CAMs one after another; the server gone, the rest are not asked for
-  // (a photo changed on disk meanwhile is its own "cannot be read", not a server gone)
+  // The batch's Grad-CAMs one after another; the server or the model gone, the rest are not
+  // asked for (a photo changed on disk meanwhile is its own "cannot be read", not a server
+  // gone)
   async function drawGradcams(gradcams, model) {
     let lost = false;
+    let goneNote = null;
     for (const [box, file, note] of gradcams) {
       if (lost) {
         note.textContent = "no Grad-CAM: the server cannot be reached";
-      } else if (!(await explainOne(box, file, model, note))) {
+        continue;
+      }
+      if (goneNote) {
+        note.textContent = goneNote;
+        continue;
+      }
+      const done = await explainOne(box, file, model, note);
+      if (typeof done === "string") {
+        // the model was deleted or renamed after it answered: the page lists the models
+        // again, as when a photo is sent to a model that is gone
+        goneNote = done;
+        try {
+          await loadModels();
+          if (!models.some((x) => x.name === model)) {
+            say(gone(model) + ": the list of models is updated; choose a model in it", true);
+          }
+        } catch (e) { /* the list stays as it was; each card's note says what happened */ }
+      } else if (!done) {
         if ((await unreadable([file])).size) {
           note.textContent = "no Grad-CAM: the photo " + UNREADABLE;
           continue;
