@@ -88,8 +88,12 @@ def test_old_preprocess_layer_still_loads(tmp_path):
 def test_registry_errors_and_weight_files():
     with pytest.raises(TransferError, match="unknown base 'resnet'; known bases: inception"):
         bases.get("resnet")
-    with pytest.raises(TransferError, match="must be one of"):
+    with pytest.raises(TransferError, match="must be one of") as refused:
         bases.check_alpha(bases.get("mobilenet"), 0.3)
+    assert refused.value.exit_code == 2  # a usage error, as an unknown --base is
+    with pytest.raises(TransferError, match="applies to mobilenet only") as refused:
+        bases.check_alpha(bases.get("vgg16"), 0.5)  # a combination of options: exit code 1
+    assert refused.value.exit_code == 1
     with pytest.raises(TransferError, match="below the minimum"):
         bases.build(bases.get("inception"), 64, weights="none")
     with pytest.raises(TransferError, match="image size 1025 is above the maximum of 1024 px"):

@@ -124,14 +124,24 @@ def get(name: str) -> Base:
         raise TransferError(f"unknown base {name!r}; known bases: {', '.join(BASES)}") from None
 
 
+class NotAChoice(TransferError):
+    """An option given a value outside its few fixed choices (``--alpha 0.3`` for mobilenet):
+    a usage error, exit code 2, as an unknown ``--base`` is (it was exit code 1)."""
+
+    exit_code = 2
+
+
 def check_alpha(base: Base, alpha: float) -> float:
+    """``alpha`` as a float when ``base`` takes it, else one TransferError: a width MobileNet
+    does not have is ``NotAChoice`` (a usage error, exit code 2); any other alpha than 1.0
+    for another base, or no number, exit code 1."""
     # NumPy's numbers too (a sweep over np.array([0.25, 0.5])), as every other number option
     if isinstance(alpha, bool) or not (isinstance(alpha, numbers.Real)
                                        and math.isfinite(alpha)):
         raise TransferError(f"--alpha must be a number, not {alpha!r}")
     if base.has_alpha:
         if alpha not in MOBILENET_ALPHAS:
-            raise TransferError(f"--alpha for {base.name} must be one of "
+            raise NotAChoice(f"--alpha for {base.name} must be one of "
                                 f"{', '.join(map(str, MOBILENET_ALPHAS))}, not {alpha}")
         return float(alpha)
     if alpha != 1.0:
