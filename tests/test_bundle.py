@@ -238,6 +238,23 @@ def test_force_keeps_the_files_you_put_into_a_bundle(small_bundle, tmp_path):
         f"notes.txt): it was moved, whole, to {aside}"]
 
 
+def test_force_over_a_bundle_of_another_kind_says_nothing_of_user_files(small_bundle):
+    """train --force over a digit bundle (transfer mnist's pictures in it) said "held files
+    transfer did not write (feature_maps.png, filters.png, noise.png, samples.png)" and kept
+    it as .old: what any kind of run writes is transfer's, replaced with it."""
+    model, meta = bundle.load(small_bundle)
+    for name in ("feature_maps.png", "filters.png", "noise.png", "samples.png",
+                 "augment-preview.png", "train-files.csv"):
+        (small_bundle / name).write_bytes(b"drawn by a run of another kind")
+    recorder = Recorder()
+    bundle.write(small_bundle, True, model, {**meta, "seed": 4}, {"loss": [1.0]},
+                 reporter=recorder)
+    assert recorder.warnings == []
+    assert not small_bundle.with_name(small_bundle.name + ".old").exists()
+    assert not (small_bundle / "noise.png").exists()
+    assert json.loads((small_bundle / "meta.json").read_text())["seed"] == 4
+
+
 def test_force_keeps_your_files_in_the_bundles_export_folder(small_bundle, tmp_path):
     """export/ is transfer export's folder, and went with the bundle whatever it held: your
     notes in it were deleted. What export names by default still goes; a file of yours there

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from transfer.constants import PREVIEW_PNG
 from transfer.errors import TransferError, raise_if_interrupted
 from transfer.files import (
     free_name,
@@ -62,6 +63,16 @@ class Landing:
 # what commands write into a bundle after training (evaluate, report, export): replaced with it
 MADE_LATER = frozenset({"report.json", "confusion.png", "misclassified.png", "suspects.csv",
                         "report.html", "export"})
+PICTURES = {  # pictures a run of one kind draws into its bundle (transfer mnist), with a caption
+    "samples.png": "training images with their labels",
+    "filters.png": "the first layer's trained kernels",
+    "feature_maps.png": "first-layer activations for one test image",
+    "noise.png": "test accuracy under Gaussian noise",
+}
+# what a run of any kind or settings writes into its bundle: a bundle replaced by one of another
+# kind (a digit bundle by train --force) holds no file of the user's for having them
+MADE_BY_RUNS = frozenset({META, MODEL, SETTINGS, TRAIN_FILES, "history.csv", "curves.png",
+                          PREVIEW_PNG, *PICTURES})
 
 
 def bundles_as_photos(where, names: list[str], option: str) -> TransferError:
@@ -92,7 +103,8 @@ def not_written_by_transfer(old: Path, new: Path) -> list[str]:
     later command (``MADE_LATER``; in ``export/``, what ``transfer export`` names by default)
     wrote: the user's own files, which keep the old bundle from being deleted."""
     theirs = []
-    ours = {*MADE_LATER, *(p.name for p in new.iterdir())}  # a killed run's leftovers of these
+    # a killed run's leftovers of these too
+    ours = {*MADE_LATER, *MADE_BY_RUNS, *(p.name for p in new.iterdir())}
     for path in sorted(old.iterdir()):
         if path.name == "export" and path.is_dir() and not path.is_symlink():
             exported = _exported_names()

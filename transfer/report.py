@@ -48,12 +48,7 @@ GRADCAMS = 4  # Grad-CAM overlays computed for a bundle's report
 # when TRANSFER_REPORT_GRADCAMS asks for many (InceptionV3 at 299 px, with flips)
 GRADCAM_BATCH = 8
 THUMB_SIDE = 224  # px: the longest side of a Grad-CAM picture in the report
-PICTURES = {  # other pictures a run may have drawn, with a caption
-    "samples.png": "training images with their labels",
-    "filters.png": "the first layer's trained kernels",
-    "feature_maps.png": "first-layer activations for one test image",
-    "noise.png": "test accuracy under Gaussian noise",
-}
+PICTURES = bundle.PICTURES  # other pictures a run may have drawn, with a caption
 
 STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
