@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import require_asset
+from conftest import png_bytes, require_asset
 from typer.testing import CliRunner
 
 from transfer import errors
@@ -362,6 +362,68 @@ def test_bad_option_fails_before_tensorflow_loads():
          "s.TrainSettings(epochs=3).validated(); print('tensorflow' in sys.modules)"],
         capture_output=True, text=True, cwd=REPO, timeout=60)
     assert probe.stdout.strip() == "False", probe.stderr
+
+
+# A command line run in a fresh process, saying how it exited and whether TensorFlow was
+# imported (``app`` raises SystemExit with the exit code)
+PROBE = textwrap.dedent("""
+    import sys
+    from transfer.cli import app
+    try:
+        app(sys.argv[1:], prog_name="transfer")
+    except SystemExit as exc:
+        print("exit", exc.code, "tensorflow" in sys.modules)
+""")
+
+
+def _checked_places(root: Path) -> None:
+    """What the before-TensorFlow cases refuse: a bundle of daisy and roses whose model.keras
+    is never read (zero bytes: loaded, it would be "cannot load"), holding another
+    evaluation's report.json; a folder of cats and dogs; my_photos, of the bundle's classes;
+    a photo already explained; an export already there."""
+    bundle = root / "bundle"
+    bundle.mkdir()
+    (bundle / "meta.json").write_text(json.dumps({
+        "schema_version": 1, "class_names": ["daisy", "roses"], "image_size": 32,
+        "preprocessing": {"mode": "tf"}}))
+    (bundle / "model.keras").write_bytes(b"")
+    (bundle / "report.json").write_text(json.dumps({
+        "kind": "transfer-evaluate", "model": "/elsewhere/models/other",
+        "bundle": "/elsewhere/models/other", "data_dir": "/elsewhere/data",
+        "data_dir_absolute": "/elsewhere/data", "subset": None}))
+    for folder, names in (("data/validate", ("cats", "dogs")),
+                          ("my_photos", ("daisy", "roses"))):
+        for name in names:
+            (root / folder / name).mkdir(parents=True)
+            (root / folder / name / "1.png").write_bytes(png_bytes())
+    (root / "new_photo.jpg").write_bytes(png_bytes())
+    (root / "new_photo.gradcam.png").write_bytes(png_bytes())
+    (root / "flowers.tflite").write_bytes(b"an earlier export")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["evaluate", "--model", "bundle", "--data-dir", "flowers-data/validat"],
+     "no data folder flowers-data/validat"),
+    (["evaluate", "--model", "bundle", "--data-dir", "my_photos"],
+     "bundle already has report.json from another evaluation; use --force to replace them "
+     "or --output DIR"),
+    (["evaluate", "--model", "bundle", "--data-dir", "data/validate"],
+     "data/validate has class folder(s) the model does not know: cats, dogs; its classes "
+     "are daisy, roses"),
+], ids=["evaluate-missing-data-folder", "evaluate-another-evaluations-report",
+        "evaluate-unknown-class-folders"])
+def test_refused_before_tensorflow_loads(tmp_path, args, message):
+    """Refusals that meta.json and the files decide were said only after TensorFlow had
+    loaded (about 4 s); a check elsewhere fails in 0.3 s. A real process: one line, exit 1,
+    TensorFlow never imported, nothing written."""
+    _checked_places(tmp_path)
+    before = _tree(tmp_path)
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"})
+    assert done.stdout.strip().splitlines()[-1] == "exit 1 False", (done.stdout, done.stderr)
+    assert done.stderr.strip() == f"error: {message}", done.stderr[-3000:]
+    assert _tree(tmp_path) == before
 
 
 def test_verbose_works_before_or_after_the_command(tmp_path):

@@ -366,8 +366,26 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
     s = settings.validated()
     reporter = reporter or Reporter()
     model = Path(s.model)
+    # the data folder and the outputs are checked from meta.json, before TensorFlow loads
+    # (a folder mistyped, another evaluation's report there: said in a fraction of a second)
+    meta = bundle.read_meta(model)
+    checked = _checked_plan(s, model, meta)
     classifier = BundleClassifier(model)
-    meta, names = classifier.meta, classifier.class_names
+    if classifier.meta != meta:  # the bundle replaced meanwhile (train --force): its own
+        checked = _checked_plan(s, model, classifier.meta)
+    data_dir, files, in_memory, output = checked
+    unread = [] if in_memory else unread_in(data_dir, classifier.class_names)
+    with new_folders_kept_on_success(output):  # an empty folder is not left by a failure
+        writable_folder(output)
+        return _evaluate(s, reporter, classifier, files, unread, data_dir, in_memory, output)
+
+
+def _checked_plan(s: EvaluateSettings, model: Path, meta: dict
+                  ) -> tuple[Path, list[tuple[Path, int]], bool, Path]:
+    """(data folder, its labelled images, whether they are the bundle's validation split made
+    in memory, output folder) of evaluating the bundle ``model`` of ``meta``, every one
+    checked (meta.json and the files alone: no TensorFlow)."""
+    names = list(meta["class_names"])
     data = meta.get("data") or {}
     in_memory = s.data_dir is None and data.get("split") == "in-memory"
     if in_memory:  # the validation images of a folder split in memory at training
@@ -382,15 +400,12 @@ def evaluate(settings: EvaluateSettings | Path | None = None, *,
     else:
         data_dir = (Path(s.data_dir) if s.data_dir is not None
                     else _default_data_dir(meta, model))
-    if not in_memory:  # a missing or unknown data folder is said before any output clash
+        # a missing or unknown data folder is said before any output clash
         files = labelled_files(data_dir, names)
     output = Path(s.output) if s.output is not None else model
     outside_data("output", output, data_dir)
     _check_outputs(output, data_dir, model, s.force, "validate" if in_memory else None)
-    unread = [] if in_memory else unread_in(data_dir, names)
-    with new_folders_kept_on_success(output):  # an empty folder is not left by a failure
-        writable_folder(output)
-        return _evaluate(s, reporter, classifier, files, unread, data_dir, in_memory, output)
+    return data_dir, files, in_memory, output
 
 
 def _evaluate(s: EvaluateSettings, reporter: Reporter, classifier: BundleClassifier,
