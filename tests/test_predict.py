@@ -526,7 +526,7 @@ def test_base_or_alpha_without_imagenet_are_refused_for_a_bundle(trained_bundle,
         "error: --alpha chooses the ImageNet classifier (with --imagenet); the bundle "
         "models/latest brings its own base: leave --alpha out, or add --imagenet")
     result = runner.invoke(app, ["predict", "x.jpg", "--alpha", "0.3"])  # no width at all
-    assert result.exit_code == 1 and "--alpha for mobilenet must be one of" in result.stderr
+    assert result.exit_code == 2 and "--alpha for mobilenet must be one of" in result.stderr
 
 
 # --------------------------------------------------------------------------- settings, reuse
