@@ -508,18 +508,21 @@ def _imagenet_fallback(latest: Path, s: PredictSettings, reporter: Reporter
     fallback unless it passed a reporter)."""
     hint = "(train one with `transfer train`, or pass --model DIR)"
     spec = bases.get(s.base)
-    if spec.pretrained and bases.cached_weights(spec, s.alpha, include_top=True) is None:
-        # its weights are downloaded first: a bar of 92 MB with no word of why came first
-        reporter.info(f"no trained model at {latest}: falling back to ImageNet mode, whose "
-                      f"{s.base} weights are downloaded first")
+    reason = (f"no trained model at {latest}; classifying with the ImageNet classifier of "
+              f"{s.base} {hint}")
+    download = (spec.pretrained
+                and bases.cached_weights(spec, s.alpha, include_top=True) is None)
+    if download:
+        # its weights are downloaded first: a bar of 92 MB with no word of why came first (the
+        # same warning as without a download, not an info line of other words)
+        reporter.warn(f"{reason}; its weights are downloaded first")
     try:
         classifier = ImageNetClassifier(s.base, s.alpha, reporter=reporter)
     except TransferError as exc:
         raise TransferError(f"no trained model at {latest.absolute()} {hint}, and the ImageNet "
                             f"fallback to {s.base}'s classifier failed: {exc}") from exc
-    reason = (f"no trained model at {latest}; classifying with the ImageNet classifier of "
-              f"{s.base} {hint}")
-    reporter.warn(reason)
+    if not download:
+        reporter.warn(reason)
     return classifier, reason
 
 
