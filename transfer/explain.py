@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer import bases, images, plots
+from transfer import bases, bundle, images, plots
 from transfer.constants import and_list, gradcam_name, gradcam_png
 from transfer.errors import TransferError
 from transfer.files import refuse_existing, replacing, resolved, utf8_text
@@ -292,9 +292,10 @@ def explain(settings: ExplainSettings | Path, *, write: bool = True,
             given_too = "model" if other else "invert"
             raise TransferError(f"explain got a classifier and also {given_too}: the "
                                 "classifier decides it; drop one or the other")
-    classifier = classifier or BundleClassifier(s.model, s.invert)
-    keras_model, meta, names = classifier.model, classifier.meta, classifier.class_names
-    class_index = named_class(names, s.class_name)
+    # the bundle, the class and an existing picture are checked from meta.json, before the
+    # model (and TensorFlow) loads: `explain photo.jpg` run again is refused at once
+    known = classifier.meta if classifier is not None else bundle.read_meta(s.model)
+    named_class(known["class_names"], s.class_name)
     png = Path(s.output) if s.output is not None else gradcam_png(image)
     if write:
         if png.exists() and resolved(png) == resolved(Path(image)):
@@ -302,6 +303,9 @@ def explain(settings: ExplainSettings | Path, *, write: bool = True,
                                 "its Grad-CAM picture, even with --force; choose another "
                                 "--output")
         refuse_existing(png, s.force)
+    classifier = classifier or BundleClassifier(s.model, s.invert)
+    keras_model, meta, names = classifier.model, classifier.meta, classifier.class_names
+    class_index = named_class(names, s.class_name)
     unread = unread_reason(Path(image))  # as predict and a folder of them say it
     if unread is not None:
         raise TransferError(f"{image}: {unread}")
