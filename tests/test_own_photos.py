@@ -216,8 +216,11 @@ def test_photos_in_no_class_folder_are_named_and_a_one_photo_class_refused(flowe
         extra.unlink()
     with pytest.raises(TransferError) as caught:
         train(settings(data, tmp_path))
-    assert str(caught.value) == ("too few usable images (roses: 1 usable (1 to train on)); each "
-                                 "class needs at least 2, one to train on: add photos")
+    # it said "(roses: 1 usable (1 to train on)); each class needs at least 2, one to train
+    # on", as if the one to train on were missing
+    assert str(caught.value) == ("too few usable images (roses: 1 usable, 1 to train on and 0 "
+                                 "to validate); each class needs at least 2 usable images, at "
+                                 "least 1 of them to train on: add photos")
 
 
 def test_fine_tuning_and_the_scratch_cnn_train_on_an_in_memory_split(flowers, tmp_path):
@@ -329,7 +332,7 @@ def test_a_class_left_with_one_usable_image_stops_with_one_line(flowers, tmp_pat
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith("too few usable images after skipping 2 unreadable files (roses: "
-                              "1 usable (1 to train on))")
+                              "1 usable, 1 to train on and 0 to validate)")
     # files that only fail when decoded: found by the feature pass, then the run stops
     data = copy_classes(flowers, tmp_path / "b", {"daisy": 5, "roses": 1},
                         classes=("daisy", "roses"))

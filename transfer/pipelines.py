@@ -144,12 +144,12 @@ def check_enough(plan) -> None:
                                 "validation folders or repair them")
         return
     listed = len(plan.skipped)
-    parts = "; ".join(f"{names[i]}: {train[i] + val[i]} usable ({train[i]} to train on)"
-                      for i in short)
+    parts = "; ".join(f"{names[i]}: {train[i] + val[i]} usable, {train[i]} to train on and "
+                      f"{val[i]} to validate" for i in short)
     after = (f" after skipping {listed} unreadable file{'' if listed == 1 else 's'}"
              if listed else "")
     raise TransferError(f"too few usable images{after} ({parts}); each class needs at least "
-                        f"{MIN_USABLE}, one to train on: add photos"
+                        f"{MIN_USABLE} usable images, at least 1 of them to train on: add photos"
                         + (" or repair the files" if listed else ""))
 
 
