@@ -812,8 +812,9 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
     s = settings.validated()
     reporter = reporter or Reporter()
     fmt, model = s.format, Path(s.model)
-    classifier = BundleClassifier(model)
-    keras_model, meta = classifier.model, classifier.meta
+    # the bundle (its meta.json) and the output are checked before the model (and
+    # TensorFlow) loads: an existing export without --force is refused at once
+    bundle.read_meta(model)
     output = Path(s.output) if s.output is not None else model / "export" / default_name(
         fmt, s.quantize)
     meta_path = (output / "assets.extra" / bundle.META if fmt == "savedmodel"
@@ -838,6 +839,8 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
                                 "move it, or choose another --output")
     for path in [*([] if empty else [output]), *sidecar]:
         refuse_existing(path, s.force)
+    classifier = BundleClassifier(model)
+    keras_model, meta = classifier.model, classifier.meta
     # a quantized export with no validation split is compared on these: a folder given is
     # taken whole (up to COMPARE_IMAGES), not 8 of it, or the check said little whatever it was
     x, source = check_inputs(classifier, s.check_images,
