@@ -979,6 +979,22 @@ def test_split_folders_beside_a_class_folder(flowers, tmp_path):
     assert run.names == ["daisy", "roses"]
     assert f"left out: tulips/ beside the split folders in {folder}; only train/ are read" in \
         reporter.warnings
+    # the run's own models folder there (`transfer train --data-dir .` inside the split): its
+    # pictures are not photos left out (it said "left out: models/" of its own output)
+    shutil.rmtree(folder / "tulips")
+    (folder / "models" / "mobilenet-20261207-080000").mkdir(parents=True)
+    shutil.copyfile(flowers / "daisy" / sorted(os.listdir(flowers / "daisy"))[0],
+                    folder / "models" / "mobilenet-20261207-080000" / "curves.png")
+    for settings in (TrainSettings(data_dir=folder, models_dir=folder / "models"),
+                     TrainSettings(data_dir=folder, output=folder / "models" / "mine")):
+        reporter = Recorder()
+        report_data(plan(settings.validated()), reporter)
+        assert not [w for w in reporter.warnings if "left out" in w], reporter.warnings
+    reporter = Recorder()  # a models folder of another run's is left out as before
+    report_data(plan(TrainSettings(data_dir=folder, models_dir=tmp_path / "models"
+                                   ).validated()), reporter)
+    assert f"left out: models/ beside the split folders in {folder}; only train/ are read" in \
+        reporter.warnings
 
 
 def test_a_class_named_train_and_a_users_cat_and_dog_folders(flowers, tmp_path):

@@ -761,15 +761,19 @@ SHOWN_CLASSES = 12  # classes named in the data line (all are in meta.json)
 
 def _beside_the_splits(run: RunPlan) -> list[str]:
     """Folders of photos that sit beside the train/ (and validate/) folders of --data-dir and
-    are not read (a class folder put next to a download's splits); a test/ is held out."""
+    are not read (a class folder put next to a download's splits); a test/ is held out, and
+    the run's own models folder (`transfer train --data-dir .` inside a split writes models/
+    there: its pictures are not photos left out)."""
     hp = run.settings
     data_dir = Path(hp.data_dir)
     if hp.train_dir is None or Path(hp.train_dir).parent != data_dir:
         return []
     used = {Path(hp.train_dir), Path(hp.validate_dir) if hp.validate_dir else None}
+    written = Path(hp.output).resolve().parent if hp.output else Path(hp.models_dir).resolve()
     return [f"{d.name}/" for d in sorted(data_dir.iterdir())
             if d.is_dir() and d not in used and not is_ignored_folder(d.name)
-            and d.name.lower() not in TEST_FOLDERS and pipelines.image_files(d)]
+            and d.name.lower() not in TEST_FOLDERS and d.resolve() != written
+            and pipelines.image_files(d)]
 
 
 def report_data(run: RunPlan, reporter: Reporter, validate_looked_for: bool = False
