@@ -201,6 +201,14 @@ def bundle_images(meta: dict, which: str) -> list[tuple[Path, int]] | None:
 
 def _default_data_dir(meta: dict, model: Path) -> Path:
     validate = bundle.validate_dir(meta)
+    if validate is None and meta.get("kind") == "mnist":  # its test digits are no files
+        accuracy = (meta.get("metrics") or {}).get("test_accuracy")
+        measured = (f" (test accuracy {accuracy:.4f} in its meta.json)"
+                    if isinstance(accuracy, float) else "")
+        raise TransferError(f"{model} is a digit bundle (transfer mnist), measured on its test "
+                            f"digits when it was trained{measured}; to evaluate it on images "
+                            "of your own, pass --data-dir: a folder with a folder of images "
+                            "per class, named as its classes")
     if validate is None:
         raise TransferError(f"{model} does not name a validation folder; pass --data-dir")
     if not validate.is_dir():
