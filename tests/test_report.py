@@ -476,9 +476,22 @@ def test_an_evaluation_page_names_whose_engine_each_row_is(trained_bundle, small
     from transfer.report import _num
 
     assert _num(3.3e-05, 3) == "3.3e-05" and _num(0.25, 3) == "0.250"  # it read "0.000"
-    # the Grad-CAM pictures say whose photos they are
+    # the Grad-CAM pictures are of the evaluated photos, and say so (they were the bundle's
+    # validation split's, skipped when that had moved while the evaluated photos were there)
     assert "Grad-CAM: where the model looked" in page
-    assert "On photos of the bundle's validation split, not of the evaluated folder." in page
+    assert f"On photos of the evaluated folder {small_split / 'test'}." in page
+    captions = re.findall(r"<figcaption>([^:<]+): true", page)
+    assert captions and set(captions) <= {p.name for p in (small_split / "test").rglob("*.jpg")}
+    assert not set(captions) & {p.name for p in (small_split / "validate").rglob("*.jpg")}
+    # the evaluated folder gone: said, not the bundle's photos drawn instead
+    shutil.copytree(small_split / "test", tmp_path / "moved")
+    evaluate(trained_bundle.bundle, data_dir=tmp_path / "moved", output=tmp_path / "eval2",
+             engine="tf")
+    shutil.rmtree(tmp_path / "moved")
+    notes = []
+    page = html.unescape(render_report(tmp_path / "eval2", notes=notes))
+    assert notes == [f"Grad-CAM skipped: the evaluated folder {tmp_path / 'moved'} is gone"]
+    assert "<figcaption>" not in page.split("Grad-CAM: where the model looked")[1]
 
 
 def test_an_evaluation_of_an_in_memory_split_says_so_as_the_command_did(tmp_path):

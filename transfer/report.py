@@ -393,14 +393,36 @@ def _no_validation_photos(meta: dict) -> str | None:
     return f"no photo of the bundle's classes was found in the {what} {folder}"
 
 
+def _evaluated_images(folder: Path, names: list[str], per_class: int
+                      ) -> list[tuple[Path, str]]:
+    """Up to ``per_class`` images of each class folder of ``folder``, the folder an
+    evaluation scored (its class folders named as the bundle's classes)."""
+    from transfer import pipelines
+
+    return [(Path(path), name) for name in names if (folder / name).is_dir()
+            for path in pipelines.image_files(folder / name)[:per_class]]
+
+
+def evaluated_folder(evaluation: dict | None) -> Path | None:
+    """The folder of class folders an evaluation scored, when it is not the bundle's own
+    validation split (then the bundle's validation photos are the ones evaluated): its
+    report.json's absolute path (None in a report.json without one)."""
+    if not isinstance(evaluation, dict) or evaluation.get("is_training_validation_folder"):
+        return None
+    folder = evaluation.get("data_dir_absolute")
+    return Path(folder) if isinstance(folder, str) and folder else None
+
+
 def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS,
-                    classifier=None, notes: list[str] | None = None) -> list[str]:
+                    classifier=None, notes: list[str] | None = None,
+                    evaluated: Path | None = None) -> list[str]:
     """HTML figures of Grad-CAM overlays on up to ``count`` validation images (the classes in
-    turn); [] when there is no validation folder or the model cannot be traced. ``classifier``:
-    a ``BundleClassifier`` of this bundle the caller holds (train's, evaluate's), used when its
-    model.keras is still the file it holds, so the model is not loaded a second time.
-    ``notes``: given, why there are none is added to it ("Grad-CAM skipped: ..."), when the
-    bundle has what they are drawn from but it is broken or gone."""
+    turn), or images of ``evaluated`` (the folder an evaluation scored); [] when there is no
+    such folder or the model cannot be traced. ``classifier``: a ``BundleClassifier`` of this
+    bundle the caller holds (train's, evaluate's), used when its model.keras is still the file
+    it holds, so the model is not loaded a second time. ``notes``: given, why there are none
+    is added to it ("Grad-CAM skipped: ..."), when the bundle has what they are drawn from but
+    it is broken or gone."""
     said = notes if notes is not None else []
     if count <= 0:
         return []
@@ -411,7 +433,11 @@ def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS,
     if not names:
         return []
     per_class = max(1, -(-count // len(names)))
-    chosen = _validation_images(meta, per_class)
+    if evaluated is not None and not Path(evaluated).is_dir():
+        said.append(f"Grad-CAM skipped: the evaluated folder {evaluated} is gone")
+        return []
+    chosen = (_evaluated_images(Path(evaluated), names, per_class) if evaluated is not None
+              else _validation_images(meta, per_class))
     # interleave the classes: cat, dog, cat, dog ...
     by_class: dict[str, list] = {}
     for path, name in chosen:
@@ -421,7 +447,8 @@ def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS,
         order += [(paths[i], name) for name, paths in by_class.items() if i < len(paths)]
     order = order[:count]
     if not order:
-        why = _no_validation_photos(meta)
+        why = (f"no photo of the bundle's classes was found in the evaluated folder "
+               f"{evaluated}" if evaluated is not None else _no_validation_photos(meta))
         if why is not None:
             said.append(f"Grad-CAM skipped: {why}")
         return []
@@ -486,7 +513,8 @@ def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS,
         figures.append(f'<figure><img class="gradcam" src="{data_uri(png)}" '
                        f'alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>')
     if not figures:
-        said.append(f"Grad-CAM skipped: none of the {len(order)} validation photos could be "
+        said.append(f"Grad-CAM skipped: none of the {len(order)} "
+                    f"{'evaluated' if evaluated is not None else 'validation'} photos could be "
                     "read and traced")
     return figures
 
@@ -855,12 +883,15 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
 
     # ---- Grad-CAM
     why: list[str] = []
-    figures = (gradcam_figures(bundle_dir, meta, gradcams, classifier, why)
+    evaluated = evaluated_folder(evaluation)  # its photos, not the bundle's validation split
+    figures = (gradcam_figures(bundle_dir, meta, gradcams, classifier, why, evaluated)
                if bundle_dir is not None else [])
     if figures:
         whose = ("" if not evaluation else
                  "<p>On photos of the bundle's validation split, the photos evaluated.</p>"
                  if evaluation.get("is_training_validation_folder") else
+                 f"<p>On photos of the evaluated folder {_e(evaluation.get('data_dir'))}.</p>"
+                 if evaluated is not None else
                  "<p>On photos of the bundle's validation split, not of the evaluated folder."
                  "</p>")
         parts.append(_section("Grad-CAM: where the model looked",
