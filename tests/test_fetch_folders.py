@@ -1321,10 +1321,23 @@ def test_a_failed_run_on_a_wrapper_zip_leaves_no_copy_and_names_the_users_file(f
     with zipfile.ZipFile(tmp_path / "comp.zip", "w") as outer:
         outer.write(inner, "train.zip")
     data = tmp_path / "new/data"
+
+    class Bars(Warnings):  # the totals of its progress bars
+        def __init__(self):
+            super().__init__()
+            self.totals = {}
+
+        def task(self, description, total=None, **kwargs):
+            self.totals[description] = total
+            return super().task(description, total, **kwargs)
+
+    bars = Bars()
     with pytest.raises(TransferError, match="not enough usable images"):
         fetch_data(FetchOptions(archive=tmp_path / "comp.zip", data_dir=data,
-                                train_per_class=50, validate_per_class=5))
+                                train_per_class=50, validate_per_class=5), reporter=bars)
     assert not (tmp_path / "new").exists()
+    # the bar counted to 2 x 55 asked and stopped at 20: it ends at what can be placed
+    assert bars.totals["Checking and placing images"] == 20
 
     with zipfile.ZipFile(tmp_path / "bad.zip", "w") as outer:
         outer.writestr("train.zip", inner.read_bytes()[:len(inner.read_bytes()) // 2])

@@ -718,7 +718,10 @@ def _split_per_class(images, found, plan, opts, tmp, reporter, dedupe: bool):
     renamed: dict[str, str] = {}
     usable: dict[str, int] = {}
     split_of = [split for split, n in per_split.items() for _ in range(n)]
-    with reporter.task("Checking and placing images", total=need * len(classes)) as advance:
+    # the bar's end: what can be placed (a class holding fewer photos than asked fills its
+    # share, then the run stops saying so; a bar of 1110/2800 looked cut short)
+    most = sum(min(need, len(found[cls])) for cls in classes)
+    with reporter.task("Checking and placing images", total=most) as advance:
         for cls in classes:
             order = sorted(found[cls])
             random.Random(f"{opts.seed}:{cls}").shuffle(order)
