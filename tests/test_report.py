@@ -483,15 +483,22 @@ def test_an_evaluation_page_names_whose_engine_each_row_is(trained_bundle, small
     captions = re.findall(r"<figcaption>([^:<]+): true", page)
     assert captions and set(captions) <= {p.name for p in (small_split / "test").rglob("*.jpg")}
     assert not set(captions) & {p.name for p in (small_split / "validate").rglob("*.jpg")}
-    # the evaluated folder gone: said, not the bundle's photos drawn instead
+    # a report.json of an older version (no data_dir_absolute): its folder found as evaluate
+    # finds an earlier evaluation's
+    written = json.loads((tmp_path / "eval/report.json").read_text())
+    del written["data_dir_absolute"]
+    (tmp_path / "eval/report.json").write_text(json.dumps(written))
+    assert f"On photos of the evaluated folder {small_split / 'test'}." in html.unescape(
+        render_report(tmp_path / "eval", gradcams=1))
+    # the evaluated folder gone since: the bundle's validation photos, said as such
     shutil.copytree(small_split / "test", tmp_path / "moved")
     evaluate(trained_bundle.bundle, data_dir=tmp_path / "moved", output=tmp_path / "eval2",
              engine="tf")
     shutil.rmtree(tmp_path / "moved")
     notes = []
-    page = html.unescape(render_report(tmp_path / "eval2", notes=notes))
-    assert notes == [f"Grad-CAM skipped: the evaluated folder {tmp_path / 'moved'} is gone"]
-    assert "<figcaption>" not in page.split("Grad-CAM: where the model looked")[1]
+    page = html.unescape(render_report(tmp_path / "eval2", gradcams=1, notes=notes))
+    assert notes == []
+    assert "On photos of the bundle's validation split, not of the evaluated folder." in page
 
 
 def test_an_evaluation_of_an_in_memory_split_says_so_as_the_command_did(tmp_path):

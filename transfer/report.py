@@ -395,22 +395,37 @@ def _no_validation_photos(meta: dict) -> str | None:
 
 def _evaluated_images(folder: Path, names: list[str], per_class: int
                       ) -> list[tuple[Path, str]]:
-    """Up to ``per_class`` images of each class folder of ``folder``, the folder an
-    evaluation scored (its class folders named as the bundle's classes)."""
-    from transfer import pipelines
+    """Up to ``per_class`` images of each class of ``folder``, the folder an evaluation
+    scored, found as evaluate found them (``evaluate.labelled_files``: a class folder whose
+    accents macOS stored decomposed is its class); [] when it no longer reads as one."""
+    from transfer.evaluate import labelled_files
 
-    return [(Path(path), name) for name in names if (folder / name).is_dir()
-            for path in pipelines.image_files(folder / name)[:per_class]]
+    try:
+        found = labelled_files(folder, names)
+    except (TransferError, OSError):
+        return []
+    picked, taken = [], dict.fromkeys(range(len(names)), 0)
+    for path, label in found:
+        if taken[label] < per_class:
+            taken[label] += 1
+            picked.append((Path(path), names[label]))
+    return picked
 
 
 def evaluated_folder(evaluation: dict | None) -> Path | None:
     """The folder of class folders an evaluation scored, when it is not the bundle's own
-    validation split (then the bundle's validation photos are the ones evaluated): its
-    report.json's absolute path (None in a report.json without one)."""
+    validation split (then the bundle's validation photos are the ones evaluated) and is
+    still there: where its report.json says, found as evaluate finds an earlier
+    evaluation's (``evaluate.earlier_data_dirs``: an older report.json names it relative to
+    where it ran). None otherwise: the bundle's validation photos are drawn instead."""
+    from transfer.evaluate import earlier_data_dirs
+
     if not isinstance(evaluation, dict) or evaluation.get("is_training_validation_folder"):
         return None
-    folder = evaluation.get("data_dir_absolute")
-    return Path(folder) if isinstance(folder, str) and folder else None
+    try:
+        return next((p for p in earlier_data_dirs(evaluation) if p.is_dir()), None)
+    except (TypeError, ValueError, OSError):  # an odd report.json: no folder to draw from
+        return None
 
 
 def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS,
@@ -433,9 +448,6 @@ def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS,
     if not names:
         return []
     per_class = max(1, -(-count // len(names)))
-    if evaluated is not None and not Path(evaluated).is_dir():
-        said.append(f"Grad-CAM skipped: the evaluated folder {evaluated} is gone")
-        return []
     chosen = (_evaluated_images(Path(evaluated), names, per_class) if evaluated is not None
               else _validation_images(meta, per_class))
     # interleave the classes: cat, dog, cat, dog ...
@@ -883,15 +895,15 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
 
     # ---- Grad-CAM
     why: list[str] = []
-    evaluated = evaluated_folder(evaluation)  # its photos, not the bundle's validation split
-    figures = (gradcam_figures(bundle_dir, meta, gradcams, classifier, why, evaluated)
+    scored = evaluated_folder(evaluation)  # its photos, not the bundle's validation split
+    figures = (gradcam_figures(bundle_dir, meta, gradcams, classifier, why, scored)
                if bundle_dir is not None else [])
     if figures:
         whose = ("" if not evaluation else
                  "<p>On photos of the bundle's validation split, the photos evaluated.</p>"
                  if evaluation.get("is_training_validation_folder") else
                  f"<p>On photos of the evaluated folder {_e(evaluation.get('data_dir'))}.</p>"
-                 if evaluated is not None else
+                 if scored is not None else  # the evaluated folder gone since
                  "<p>On photos of the bundle's validation split, not of the evaluated folder."
                  "</p>")
         parts.append(_section("Grad-CAM: where the model looked",
