@@ -980,20 +980,36 @@ def test_split_folders_beside_a_class_folder(flowers, tmp_path):
     assert f"left out: tulips/ beside the split folders in {folder}; only train/ are read" in \
         reporter.warnings
     # the run's own models folder there (`transfer train --data-dir .` inside the split): its
-    # pictures are not photos left out (it said "left out: models/" of its own output)
+    # pictures are not photos left out (it said "left out: models/" of its own output), nor a
+    # folder holding it, nor its own bundle there replaced with --force
     shutil.rmtree(folder / "tulips")
-    (folder / "models" / "mobilenet-20261207-080000").mkdir(parents=True)
-    shutil.copyfile(flowers / "daisy" / sorted(os.listdir(flowers / "daisy"))[0],
-                    folder / "models" / "mobilenet-20261207-080000" / "curves.png")
-    for settings in (TrainSettings(data_dir=folder, models_dir=folder / "models"),
-                     TrainSettings(data_dir=folder, output=folder / "models" / "mine")):
+    photo = flowers / "daisy" / sorted(os.listdir(flowers / "daisy"))[0]
+
+    def only(own: str) -> None:  # an earlier bundle at ``own``, the one folder beside
+        for d in folder.iterdir():
+            if d.name not in ("train",):
+                shutil.rmtree(d)
+        (folder / own).mkdir(parents=True)
+        shutil.copyfile(photo, folder / own / "curves.png")
+        (folder / own / "meta.json").write_text(json.dumps(
+            {"schema_version": 1, "class_names": ["daisy", "roses"]}))
+
+    for own, settings in (
+            ("models/mobilenet-1", TrainSettings(data_dir=folder, models_dir=folder / "models")),
+            ("models/older", TrainSettings(data_dir=folder, output=folder / "models" / "mine")),
+            ("runs/models/mobilenet-1", TrainSettings(data_dir=folder,
+                                                      models_dir=folder / "runs" / "models")),
+            ("runs/models/older", TrainSettings(data_dir=folder,
+                                                output=folder / "runs" / "models" / "m")),
+            ("run1", TrainSettings(data_dir=folder, output=folder / "run1", force=True))):
+        only(own)
         reporter = Recorder()
         report_data(plan(settings.validated()), reporter)
-        assert not [w for w in reporter.warnings if "left out" in w], reporter.warnings
+        assert not [w for w in reporter.warnings if "left out" in w], (own, reporter.warnings)
     reporter = Recorder()  # a models folder of another run's is left out as before
     report_data(plan(TrainSettings(data_dir=folder, models_dir=tmp_path / "models"
                                    ).validated()), reporter)
-    assert f"left out: models/ beside the split folders in {folder}; only train/ are read" in \
+    assert f"left out: run1/ beside the split folders in {folder}; only train/ are read" in \
         reporter.warnings
 
 

@@ -769,10 +769,11 @@ def _beside_the_splits(run: RunPlan) -> list[str]:
     if hp.train_dir is None or Path(hp.train_dir).parent != data_dir:
         return []
     used = {Path(hp.train_dir), Path(hp.validate_dir) if hp.validate_dir else None}
-    written = Path(hp.output).resolve().parent if hp.output else Path(hp.models_dir).resolve()
+    written = Path(hp.output or hp.models_dir).resolve()  # holding it, a folder is the run's
     return [f"{d.name}/" for d in sorted(data_dir.iterdir())
             if d.is_dir() and d not in used and not is_ignored_folder(d.name)
-            and d.name.lower() not in TEST_FOLDERS and d.resolve() != written
+            and d.name.lower() not in TEST_FOLDERS
+            and not (written == d.resolve() or d.resolve() in written.parents)
             and pipelines.image_files(d)]
 
 
