@@ -266,9 +266,9 @@ def test_an_imagenet_fallback_that_fails_says_first_there_is_no_trained_model(
     # said before the download starts (a bar of 92 MB with no word of why came first), as
     # the warning a fallback gives without a download (it was an info line of other words)
     assert recorder.warnings == [
-        f"no trained model at {Path('models/latest')}; classifying with the ImageNet "
-        "classifier of inception (train one with `transfer train`, or pass --model DIR); its "
-        "weights are downloaded first"]
+        f"no trained model at {Path('models/latest')}; falling back to the ImageNet classifier "
+        "of inception (train one with `transfer train`, or pass --model DIR), whose weights "
+        "are downloaded first"]
     assert recorder.infos[:1] == ["Downloading data from http://127.0.0.1:9/inception_v3.h5"]
     photo = tmp_path / "new.jpg"
     photo.write_bytes(real_photos["dogs"][0][1])

@@ -513,9 +513,10 @@ def _imagenet_fallback(latest: Path, s: PredictSettings, reporter: Reporter
     download = (spec.pretrained
                 and bases.cached_weights(spec, s.alpha, include_top=True) is None)
     if download:
-        # its weights are downloaded first: a bar of 92 MB with no word of why came first (the
-        # same warning as without a download, not an info line of other words)
-        reporter.warn(f"{reason}; its weights are downloaded first")
+        # its weights are downloaded first: a bar of 92 MB with no word of why came first (a
+        # warning, as without a download; said as an attempt: the download may fail)
+        reporter.warn(f"no trained model at {latest}; falling back to the ImageNet classifier "
+                      f"of {s.base} {hint}, whose weights are downloaded first")
     try:
         classifier = ImageNetClassifier(s.base, s.alpha, reporter=reporter)
     except TransferError as exc:
