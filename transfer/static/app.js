@@ -567,12 +567,13 @@
       }
       const done = await explainOne(box, file, model, note);
       if (typeof done === "string") {
-        // the model was deleted or renamed after it answered: the page lists the models
-        // again, as when a photo is sent to a model that is gone
-        goneNote = done;
+        // a 404 for the model that answered: the page lists the models again, as when a photo
+        // is sent to a model that is gone; gone from the list, the rest are not asked for (a
+        // bundle replaced under its name is there again: the next photo is asked)
         try {
           await loadModels();
           if (!models.some((x) => x.name === model)) {
+            goneNote = done;
             say(gone(model) + ": the list of models is updated; choose a model in it", true);
           }
         } catch (e) { /* the list stays as it was; each card's note says what happened */ }
