@@ -241,18 +241,33 @@ def test_force_keeps_the_files_you_put_into_a_bundle(small_bundle, tmp_path):
 def test_force_over_a_bundle_of_another_kind_says_nothing_of_user_files(small_bundle):
     """train --force over a digit bundle (transfer mnist's pictures in it) said "held files
     transfer did not write (feature_maps.png, filters.png, noise.png, samples.png)" and kept
-    it as .old: what any kind of run writes is transfer's, replaced with it."""
+    it as .old: what a run of that kind writes is transfer's, replaced with it. In a photo
+    bundle, which never draws them, a samples.png is the user's and keeps it."""
     model, meta = bundle.load(small_bundle)
-    for name in ("feature_maps.png", "filters.png", "noise.png", "samples.png",
-                 "augment-preview.png", "train-files.csv"):
-        (small_bundle / name).write_bytes(b"drawn by a run of another kind")
+    pictures = ("feature_maps.png", "filters.png", "noise.png", "samples.png")
+
+    def drawn(folder):  # as transfer mnist draws them into its bundle
+        for name in pictures:
+            (folder / name).write_bytes(b"drawn by transfer mnist")
+
+    digits = small_bundle.with_name("digits")
+    bundle.write(digits, False, model, {**meta, "kind": "mnist"}, {"loss": [1.0]}, extra=drawn)
     recorder = Recorder()
-    bundle.write(small_bundle, True, model, {**meta, "seed": 4}, {"loss": [1.0]},
-                 reporter=recorder)
+    bundle.write(digits, True, model, {**meta, "seed": 4}, {"loss": [1.0]}, reporter=recorder)
     assert recorder.warnings == []
-    assert not small_bundle.with_name(small_bundle.name + ".old").exists()
-    assert not (small_bundle / "noise.png").exists()
-    assert json.loads((small_bundle / "meta.json").read_text())["seed"] == 4
+    assert not digits.with_name("digits.old").exists()
+    assert not (digits / "noise.png").exists()
+    assert json.loads((digits / "meta.json").read_text())["seed"] == 4
+
+    (small_bundle / "samples.png").write_bytes(b"the user's")  # a photo bundle: theirs
+    recorder = Recorder()
+    bundle.write(small_bundle, True, model, {**meta, "seed": 5}, {"loss": [1.0]},
+                 reporter=recorder)
+    aside = small_bundle.with_name(small_bundle.name + ".old")
+    assert (aside / "samples.png").read_bytes() == b"the user's"
+    assert recorder.warnings == [
+        f"the bundle replaced in {small_bundle} held files transfer did not write "
+        f"(samples.png): it was moved, whole, to {aside}"]
 
 
 def test_force_keeps_your_files_in_the_bundles_export_folder(small_bundle, tmp_path):

@@ -61,6 +61,12 @@ def test_quick_real_training_and_pictures(quick, mnist_dir):
     expected = {"samples.png": (5, 5), "misclassified.png": (5, 5), "filters.png": (4, 8),
                 "feature_maps.png": (4, 8), "confusion.png": None, "noise.png": None,
                 "curves.png": None}
+    # every file it writes is one bundle.MADE_BY_RUNS knows for a digit bundle (or one a
+    # later command writes): train --force over it does not take them for the user's
+    from transfer.bundle import MADE_BY_RUNS, MADE_LATER
+
+    written = {p.name for p in (tmp_path / "mnist-cnn").iterdir()}
+    assert written <= MADE_BY_RUNS["mnist"] | MADE_LATER, written - MADE_BY_RUNS["mnist"]
     for name, grid in expected.items():
         with Image.open(tmp_path / "mnist-cnn" / name) as image:
             assert image.format == "PNG" and image.width > 200

@@ -69,6 +69,10 @@ def test_bundle_contents_and_the_saved_model_reproduces_validation(own_split, tm
     assert sorted(p.name for p in target.iterdir()) == [
         "augment-preview.png", "curves.png", "history.csv", "meta.json", "model.keras",
         "report.html", "settings.json", "train-files.csv"]
+    # each one bundle.MADE_BY_RUNS knows (or a later command writes): train --force over it
+    # does not take them for the user's
+    assert {p.name for p in target.iterdir()} <= bundle.MADE_BY_RUNS["transfer"] | \
+        bundle.MADE_LATER
     assert (tmp_path / "models/latest").resolve() == target.resolve()
     listed = (target / "train-files.csv").read_text().splitlines()
     assert listed[0] == "class,file,bytes,path" and len(listed) == 1 + 24

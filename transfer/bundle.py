@@ -69,10 +69,13 @@ PICTURES = {  # pictures a run of one kind draws into its bundle (transfer mnist
     "feature_maps.png": "first-layer activations for one test image",
     "noise.png": "test accuracy under Gaussian noise",
 }
-# what a run of any kind or settings writes into its bundle: a bundle replaced by one of another
-# kind (a digit bundle by train --force) holds no file of the user's for having them
-MADE_BY_RUNS = frozenset({META, MODEL, SETTINGS, TRAIN_FILES, "history.csv", "curves.png",
-                          PREVIEW_PNG, *PICTURES})
+# what a run writes into its bundle, by its meta.json's kind, whatever its settings: a bundle
+# replaced by one of another kind (a digit bundle by train --force) or other settings holds no
+# file of the user's for having them (a photo bundle's samples.png is the user's)
+MADE_BY_RUNS = {"transfer": frozenset({META, MODEL, SETTINGS, TRAIN_FILES, "history.csv",
+                                       "curves.png", PREVIEW_PNG}),
+                "mnist": frozenset({META, MODEL, SETTINGS, "history.csv", "curves.png",
+                                    *PICTURES})}
 
 
 def bundles_as_photos(where, names: list[str], option: str) -> TransferError:
@@ -103,8 +106,12 @@ def not_written_by_transfer(old: Path, new: Path) -> list[str]:
     later command (``MADE_LATER``; in ``export/``, what ``transfer export`` names by default)
     wrote: the user's own files, which keep the old bundle from being deleted."""
     theirs = []
+    try:
+        kind = json.loads((Path(old) / META).read_text(encoding="utf-8-sig")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None
     # a killed run's leftovers of these too
-    ours = {*MADE_LATER, *MADE_BY_RUNS, *(p.name for p in new.iterdir())}
+    ours = {*MADE_LATER, *MADE_BY_RUNS.get(kind, ()), *(p.name for p in new.iterdir())}
     for path in sorted(old.iterdir()):
         if path.name == "export" and path.is_dir() and not path.is_symlink():
             exported = _exported_names()
