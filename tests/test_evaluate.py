@@ -698,15 +698,19 @@ def test_an_output_that_is_another_bundle_or_holds_the_bundles_own_pictures_is_r
     # the evaluation written elsewhere, as the message says
     assert evaluate(digits, data_dir=folder, output=tmp_path / "eval").report["images"] == 10
     # without --data-dir: what it was measured on, and what to pass (it said "does not name a
-    # validation folder; pass --data-dir" of a bundle whose test digits were never files)
+    # validation folder; pass --data-dir" of a bundle whose test digits were never files);
+    # the advice taken, the evaluation is written (--output too: its pictures stay)
     accuracy = json.loads((digits / "meta.json").read_text())["metrics"]["test_accuracy"]
     with pytest.raises(TransferError) as caught:
         evaluate(digits)
     assert str(caught.value) == (
-        f"{digits} is a digit bundle (transfer mnist), measured on its test digits when it was "
-        f"trained (test accuracy {accuracy:.4f} in its meta.json); to evaluate it on images of "
-        "your own, pass --data-dir: a folder with a folder of images per class, named as its "
-        "classes")
+        f"{digits} was trained by transfer mnist and measured then on its test digits (test "
+        f"accuracy {accuracy:.4f} in its meta.json); to evaluate it on images of your own, pass "
+        "--data-dir DIR (a folder of images per class, named as its classes) and --output DIR "
+        "(the bundle keeps its pictures)")
+    with pytest.raises(TransferError, match=r"measured then on its test digits .*classes\)$"):
+        evaluate(digits, output=tmp_path / "eval3")
+    assert evaluate(digits, data_dir=folder, output=tmp_path / "eval3").report["images"] == 10
 
 
 def test_avif_photos_are_evaluated_and_a_class_with_none_readable_is_refused(

@@ -199,16 +199,19 @@ def bundle_images(meta: dict, which: str) -> list[tuple[Path, int]] | None:
             for path in pipelines.image_files(folder / name)]
 
 
-def _default_data_dir(meta: dict, model: Path) -> Path:
+def _default_data_dir(meta: dict, model: Path, output_given: bool = True) -> Path:
     validate = bundle.validate_dir(meta)
-    if validate is None and meta.get("kind") == "mnist":  # its test digits are no files
+    if validate is None and meta.get("kind") == "mnist":  # its test images are no files
         accuracy = (meta.get("metrics") or {}).get("test_accuracy")
         measured = (f" (test accuracy {accuracy:.4f} in its meta.json)"
                     if isinstance(accuracy, float) else "")
-        raise TransferError(f"{model} is a digit bundle (transfer mnist), measured on its test "
-                            f"digits when it was trained{measured}; to evaluate it on images "
-                            "of your own, pass --data-dir: a folder with a folder of images "
-                            "per class, named as its classes")
+        images = "digits" if meta.get("dataset") == "mnist" else "images"
+        # its own confusion.png and misclassified.png are never replaced: --output too
+        elsewhere = "" if output_given else " and --output DIR (the bundle keeps its pictures)"
+        raise TransferError(f"{model} was trained by transfer mnist and measured then on its "
+                            f"test {images}{measured}; to evaluate it on images of your own, "
+                            "pass --data-dir DIR (a folder of images per class, named as its "
+                            f"classes){elsewhere}")
     if validate is None:
         raise TransferError(f"{model} does not name a validation folder; pass --data-dir")
     if not validate.is_dir():
@@ -407,7 +410,7 @@ def _checked_plan(s: EvaluateSettings, model: Path, meta: dict
                                 "pass --data-dir")
     else:
         data_dir = (Path(s.data_dir) if s.data_dir is not None
-                    else _default_data_dir(meta, model))
+                    else _default_data_dir(meta, model, s.output is not None))
         # a missing or unknown data folder is said before any output clash
         files = labelled_files(data_dir, names)
     output = Path(s.output) if s.output is not None else model
