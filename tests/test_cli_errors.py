@@ -414,8 +414,11 @@ def _checked_places(root: Path) -> None:
      "new_photo.gradcam.png already exists; use --force to replace it"),
     (["export", "--model", "bundle", "--output", "flowers.tflite"],
      "flowers.tflite already exists; use --force to replace it"),
+    (["explain", "new_photo.jpg", "--model", "bundle", "--invert", "yes", "--output", "n.png"],
+     "--invert applies to digit models (transfer mnist) only"),
 ], ids=["evaluate-missing-data-folder", "evaluate-another-evaluations-report",
-        "evaluate-unknown-class-folders", "explain-existing-picture", "export-existing-file"])
+        "evaluate-unknown-class-folders", "explain-existing-picture", "export-existing-file",
+        "explain-invert-for-a-colour-bundle"])
 def test_refused_before_tensorflow_loads(tmp_path, args, message):
     """Refusals that meta.json and the files decide were said only after TensorFlow had
     loaded (about 4 s); a check elsewhere fails in 0.3 s. A real process: one line, exit 1,

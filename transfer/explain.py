@@ -26,6 +26,7 @@ from transfer.errors import TransferError
 from transfer.files import refuse_existing, replacing, resolved, utf8_text
 from transfer.inference import (
     BundleClassifier,
+    check_invert,
     gather,
     glob_root,
     unread_reason,
@@ -296,6 +297,7 @@ def explain(settings: ExplainSettings | Path, *, write: bool = True,
     # model (and TensorFlow) loads: `explain photo.jpg` run again is refused at once
     known = classifier.meta if classifier is not None else bundle.read_meta(s.model)
     named_class(known["class_names"], s.class_name)
+    check_invert(known, s.invert)  # --invert for a colour bundle: refused before, too
     png = Path(s.output) if s.output is not None else gradcam_png(image)
     if write:
         if png.exists() and resolved(png) == resolved(Path(image)):

@@ -317,6 +317,15 @@ def as_prepared(item, shape: tuple) -> np.ndarray | None:
     return None
 
 
+def check_invert(meta: dict, invert: str | None) -> None:
+    """``invert`` (None, or one of ``INVERT``) for the bundle of ``meta``: a digit model's
+    only. Decided by meta.json alone (explain says it before the model loads)."""
+    if invert is not None and invert not in INVERT:
+        raise TransferError(f"--invert must be one of {', '.join(INVERT)}, not {invert!r}")
+    if invert is not None and meta.get("channels", 3) != 1:
+        raise TransferError("--invert applies to digit models (transfer mnist) only")
+
+
 class BundleClassifier(Classifier):
     """A trained bundle: its model, its class names, its input recipe."""
 
@@ -340,10 +349,7 @@ class BundleClassifier(Classifier):
                      else str(bundle_dir))
         self.base = self.meta.get("base", "")
         self.class_names = list(self.meta["class_names"])
-        if invert is not None and invert not in INVERT:
-            raise TransferError(f"--invert must be one of {', '.join(INVERT)}, not {invert!r}")
-        if invert is not None and self.meta.get("channels", 3) != 1:
-            raise TransferError("--invert applies to digit models (transfer mnist) only")
+        check_invert(self.meta, invert)
         self.invert = invert
 
     def prepare(self, source) -> tuple[np.ndarray, dict]:
