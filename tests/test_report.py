@@ -460,7 +460,7 @@ def test_a_damaged_compare_json_is_one_error_naming_it(tmp_path, content, messag
 
 
 def test_an_evaluation_page_names_whose_engine_each_row_is(trained_bundle, small_split,
-                                                         tmp_path):
+                                                         tmp_path, monkeypatch):
     """An evaluation's page showed the training's engine and images/s (meta.json) as the
     only engine figures, as if they were the evaluation's; the evaluation's own were not shown."""
     from transfer.evaluate import evaluate
@@ -490,15 +490,42 @@ def test_an_evaluation_page_names_whose_engine_each_row_is(trained_bundle, small
     (tmp_path / "eval/report.json").write_text(json.dumps(written))
     assert f"On photos of the evaluated folder {small_split / 'test'}." in html.unescape(
         render_report(tmp_path / "eval", gradcams=1))
-    # the evaluated folder gone since: the bundle's validation photos, said as such
+    # a class folder added since: why evaluate would refuse it now (it said "no photo of the
+    # bundle's classes was found")
     shutil.copytree(small_split / "test", tmp_path / "moved")
     evaluate(trained_bundle.bundle, data_dir=tmp_path / "moved", output=tmp_path / "eval2",
              engine="tf")
+    (tmp_path / "moved/birds").mkdir()
+    notes = []
+    render_report(tmp_path / "eval2", gradcams=1, notes=notes)
+    assert notes == [f"Grad-CAM skipped: {tmp_path / 'moved'} has class folder(s) the model "
+                     "does not know: birds; its classes are cats, dogs"]
+    # the evaluated folder gone since: the bundle's validation photos, said as such
     shutil.rmtree(tmp_path / "moved")
     notes = []
     page = html.unescape(render_report(tmp_path / "eval2", gradcams=1, notes=notes))
-    assert notes == []
-    assert "On photos of the bundle's validation split, not of the evaluated folder." in page
+    assert notes == [f"Grad-CAM: the evaluated folder {tmp_path / 'moved'} is gone; drawn on "
+                     "the bundle's validation photos instead"]
+    assert (f"On photos of the bundle's validation split, not of the evaluated folder "
+            f"{tmp_path / 'moved'}, which is gone.") in page
+    # an older report.json names its folder relative to where evaluate ran: a folder of that
+    # name where the report is rebuilt is another one (the first found was drawn)
+    ran_in, elsewhere = tmp_path / "ran", tmp_path / "elsewhere"
+    for root in (ran_in, elsewhere):
+        root.mkdir()
+    shutil.copytree(small_split / "test", ran_in / "data")
+    shutil.copytree(small_split / "validate", elsewhere / "data")
+    shutil.copytree(trained_bundle.bundle, ran_in / "models/b")
+    monkeypatch.chdir(ran_in)
+    evaluate(Path("models/b"), data_dir=Path("data"), output=ran_in / "ev", engine="tf")
+    older = json.loads((ran_in / "ev/report.json").read_text())
+    del older["data_dir_absolute"]
+    (ran_in / "ev/report.json").write_text(json.dumps(older))
+    monkeypatch.chdir(elsewhere)
+    page = html.unescape(render_report(ran_in / "ev", gradcams=2))
+    drawn = set(re.findall(r"<figcaption>([^:<]+): true", page))
+    assert drawn and drawn <= {p.name for p in (small_split / "test").rglob("*.jpg")}
+    assert f"On photos of the evaluated folder {ran_in / 'data'}." in page
 
 
 def test_an_evaluation_of_an_in_memory_split_says_so_as_the_command_did(tmp_path):

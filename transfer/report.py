@@ -394,22 +394,25 @@ def _no_validation_photos(meta: dict) -> str | None:
 
 
 def _evaluated_images(folder: Path, names: list[str], per_class: int
-                      ) -> list[tuple[Path, str]]:
+                      ) -> tuple[list[tuple[Path, str]], str | None]:
     """Up to ``per_class`` images of each class of ``folder``, the folder an evaluation
     scored, found as evaluate found them (``evaluate.labelled_files``: a class folder whose
-    accents macOS stored decomposed is its class); [] when it no longer reads as one."""
+    accents macOS stored decomposed is its class), and None; or [] and why evaluate would
+    refuse the folder now (a class folder added or emptied since)."""
     from transfer.evaluate import labelled_files
 
     try:
         found = labelled_files(folder, names)
-    except (TransferError, OSError):
-        return []
+    except TransferError as exc:
+        return [], str(exc)
+    except OSError as exc:
+        return [], f"the evaluated folder {folder} cannot be read ({exc.strerror or exc})"
     picked, taken = [], dict.fromkeys(range(len(names)), 0)
     for path, label in found:
         if taken[label] < per_class:
             taken[label] += 1
             picked.append((Path(path), names[label]))
-    return picked
+    return picked, None
 
 
 def evaluated_folder(evaluation: dict | None) -> Path | None:
@@ -422,8 +425,8 @@ def evaluated_folder(evaluation: dict | None) -> Path | None:
 
     if not isinstance(evaluation, dict) or evaluation.get("is_training_validation_folder"):
         return None
-    try:
-        return next((p for p in earlier_data_dirs(evaluation) if p.is_dir()), None)
+    try:  # where it ran first (the last found): a folder of that name here is another
+        return next((p for p in reversed(earlier_data_dirs(evaluation)) if p.is_dir()), None)
     except (TypeError, ValueError, OSError):  # an odd report.json: no folder to draw from
         return None
 
@@ -448,8 +451,11 @@ def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS,
     if not names:
         return []
     per_class = max(1, -(-count // len(names)))
-    chosen = (_evaluated_images(Path(evaluated), names, per_class) if evaluated is not None
-              else _validation_images(meta, per_class))
+    refused = None
+    if evaluated is not None:
+        chosen, refused = _evaluated_images(Path(evaluated), names, per_class)
+    else:
+        chosen = _validation_images(meta, per_class)
     # interleave the classes: cat, dog, cat, dog ...
     by_class: dict[str, list] = {}
     for path, name in chosen:
@@ -459,8 +465,8 @@ def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS,
         order += [(paths[i], name) for name, paths in by_class.items() if i < len(paths)]
     order = order[:count]
     if not order:
-        why = (f"no photo of the bundle's classes was found in the evaluated folder "
-               f"{evaluated}" if evaluated is not None else _no_validation_photos(meta))
+        why = (refused or f"no photo of the bundle's classes was found in the evaluated "
+               f"folder {evaluated}" if evaluated is not None else _no_validation_photos(meta))
         if why is not None:
             said.append(f"Grad-CAM skipped: {why}")
         return []
@@ -898,14 +904,24 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
     scored = evaluated_folder(evaluation)  # its photos, not the bundle's validation split
     figures = (gradcam_figures(bundle_dir, meta, gradcams, classifier, why, scored)
                if bundle_dir is not None else [])
+    gone = (evaluation and not evaluation.get("is_training_validation_folder")
+            and scored is None and gradcams > 0 and bundle_dir is not None)
+    if gone:  # the evaluated folder gone since: the bundle's validation photos, said
+        note = (f"Grad-CAM: the evaluated folder {evaluation.get('data_dir')} is gone; "
+                + ("drawn on the bundle's validation photos instead" if figures else
+                   "nothing else to draw on"))
+        if figures:
+            said.append(note)  # the page's caption says it
+        else:
+            why.insert(0, note)  # the section says it (and why the bundle's photos are not)
     if figures:
         whose = ("" if not evaluation else
                  "<p>On photos of the bundle's validation split, the photos evaluated.</p>"
                  if evaluation.get("is_training_validation_folder") else
-                 f"<p>On photos of the evaluated folder {_e(evaluation.get('data_dir'))}.</p>"
-                 if scored is not None else  # the evaluated folder gone since
-                 "<p>On photos of the bundle's validation split, not of the evaluated folder."
-                 "</p>")
+                 f"<p>On photos of the evaluated folder {_e(scored)}.</p>"
+                 if scored is not None else
+                 "<p>On photos of the bundle's validation split, not of the evaluated folder "
+                 f"{_e(evaluation.get('data_dir'))}, which is gone.</p>")
         parts.append(_section("Grad-CAM: where the model looked",
                               f'{whose}<div class="grid">{"".join(figures)}</div>', "gradcam"))
     elif why:
