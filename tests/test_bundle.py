@@ -259,6 +259,14 @@ def test_force_over_a_bundle_of_another_kind_says_nothing_of_user_files(small_bu
     assert not (digits / "noise.png").exists()
     assert json.loads((digits / "meta.json").read_text())["seed"] == 4
 
+    # an odd meta.json's kind (a list): nothing is known to be a run's (it raised TypeError
+    # after the old bundle had been renamed aside, leaving it hidden)
+    odd = small_bundle.with_name("odd")
+    bundle.write(odd, False, model, {**meta, "kind": ["transfer"]}, {"loss": [1.0]})
+    (odd / "notes.txt").write_text("mine")
+    bundle.write(odd, True, model, meta, {"loss": [1.0]})
+    assert (odd.with_name("odd.old") / "notes.txt").read_text() == "mine"
+
     (small_bundle / "samples.png").write_bytes(b"the user's")  # a photo bundle: theirs
     recorder = Recorder()
     bundle.write(small_bundle, True, model, {**meta, "seed": 5}, {"loss": [1.0]},

@@ -110,6 +110,8 @@ def not_written_by_transfer(old: Path, new: Path) -> list[str]:
         kind = json.loads((Path(old) / META).read_text(encoding="utf-8-sig")).get("kind")
     except (OSError, ValueError, AttributeError):
         kind = None
+    if not isinstance(kind, str):  # an odd meta.json: nothing is known to be a run's
+        kind = None
     # a killed run's leftovers of these too
     ours = {*MADE_LATER, *MADE_BY_RUNS.get(kind, ()), *(p.name for p in new.iterdir())}
     for path in sorted(old.iterdir()):
