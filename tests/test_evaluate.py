@@ -710,6 +710,8 @@ def test_an_output_that_is_another_bundle_or_holds_the_bundles_own_pictures_is_r
         "(the bundle keeps its pictures)")
     with pytest.raises(TransferError, match=r"measured then on its test digits .*classes\)$"):
         evaluate(digits, output=tmp_path / "eval3")
+    with pytest.raises(TransferError, match=r"\(the bundle keeps its pictures\)$"):
+        evaluate(digits, output=digits)  # --output naming the bundle: as if none was given
     assert evaluate(digits, data_dir=folder, output=tmp_path / "eval3").report["images"] == 10
 
 

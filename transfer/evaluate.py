@@ -410,7 +410,8 @@ def _checked_plan(s: EvaluateSettings, model: Path, meta: dict
                                 "pass --data-dir")
     else:
         data_dir = (Path(s.data_dir) if s.data_dir is not None
-                    else _default_data_dir(meta, model, s.output is not None))
+                    else _default_data_dir(meta, model, s.output is not None
+                                           and not _same_folder(s.output, model)))
         # a missing or unknown data folder is said before any output clash
         files = labelled_files(data_dir, names)
     output = Path(s.output) if s.output is not None else model
