@@ -825,8 +825,9 @@ def predict_cmd(
                                  alpha=alpha, top=top, format=format, output=output,
                                  invert=invert, batch_size=batch_size, models_dir=models_dir,
                                  force=force, engine=engine).validated()
-    if settings.format_note():
-        _reporter().warn(settings.format_note())
+    note = settings.format_note()
+    if note:
+        _reporter().warn(note)
     from transfer.inference import engine_summary
     from transfer.predict import predict, write_text
 

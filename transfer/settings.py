@@ -698,11 +698,13 @@ class PredictSettings(Settings):
     # is faster here; transfer.inference.ModelEngine)
     engine: str = "auto"
 
-    def resolved_format(self) -> str:
-        if self.format:
-            return self.format
+    def named_format(self) -> str | None:
+        """The format ``output``'s name says (``.json``, ``.csv``), or None."""
         suffix = Path(self.output).suffix.lower() if self.output else ""
-        return {".json": "json", ".csv": "csv"}.get(suffix, "table")
+        return {".json": "json", ".csv": "csv"}.get(suffix)
+
+    def resolved_format(self) -> str:
+        return self.format or self.named_format() or "table"
 
     def format_note(self) -> str | None:
         """A word when what goes into ``output`` is not what its name says (a table drawn in
@@ -710,7 +712,7 @@ class PredictSettings(Settings):
         if self.output is None:
             return None
         suffix = Path(self.output).suffix.lower()
-        named = {".json": "json", ".csv": "csv"}.get(suffix)
+        named = self.named_format()
         written = self.resolved_format()
         if named is not None and named != written:
             return f"writing {written} into {self.output}, as --format says (its name says {named})"
