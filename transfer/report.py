@@ -371,6 +371,13 @@ def _validation_images(meta: dict, per_class: int) -> list[tuple[Path, str]]:
         found = bundle_images(meta, "validate") or []
     except (KeyError, TypeError, ValueError, OSError, TransferError):  # an odd or older meta
         return []
+    return _first_of_each_class(found, names, per_class)
+
+
+def _first_of_each_class(found: list[tuple[Path, int]], names: list[str], per_class: int
+                         ) -> list[tuple[Path, str]]:
+    """The first ``per_class`` of ``found`` (image, class index) of each class, with its
+    class name."""
     picked, taken = [], dict.fromkeys(range(len(names)), 0)
     for path, label in found:
         if taken.get(label, per_class) < per_class:
@@ -407,12 +414,7 @@ def _evaluated_images(folder: Path, names: list[str], per_class: int
         return [], str(exc)
     except OSError as exc:
         return [], f"the evaluated folder {folder} cannot be read ({exc.strerror or exc})"
-    picked, taken = [], dict.fromkeys(range(len(names)), 0)
-    for path, label in found:
-        if taken[label] < per_class:
-            taken[label] += 1
-            picked.append((Path(path), names[label]))
-    return picked, None
+    return _first_of_each_class(found, names, per_class), None
 
 
 def evaluated_folder(evaluation: dict | None) -> Path | None:
