@@ -773,7 +773,7 @@ def _beside_the_splits(run: RunPlan) -> list[str]:
     return [f"{d.name}/" for d in sorted(data_dir.iterdir())
             if d.is_dir() and d not in used and not is_ignored_folder(d.name)
             and d.name.lower() not in TEST_FOLDERS
-            and not (written == d.resolve() or d.resolve() in written.parents)
+            and not written.is_relative_to(d.resolve())
             and pipelines.image_files(d)]
 
 
