@@ -230,6 +230,18 @@ def test_bad_input_is_one_clear_line(places, line, code, message):
     assert _tree(root) == before, "a failed command wrote or removed files"
 
 
+def _usage_error(places, args, monkeypatch):
+    """The CLI run on ``args`` (``{photo}`` and the like filled from ``places``) in the
+    places' folder: a usage error (exit code 2) that wrote or removed nothing; its result."""
+    root = Path(places["tmp"])
+    monkeypatch.chdir(root)
+    before = _tree(root)
+    result = runner.invoke(app, [a.format(**places) for a in args], prog_name="transfer")
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert _tree(root) == before
+    return result
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["explain", ""], "an empty argument after 'explain'"),
     (["predict", "", "--top", "2"], "an empty argument after 'predict'"),
@@ -242,16 +254,11 @@ def test_an_empty_argument_is_refused_not_read_as_the_current_folder(places, arg
     """``transfer explain "$PHOTO"`` with PHOTO unset explained every photo under the current
     folder and wrote a Grad-CAM picture beside each (``Path("")`` is ``.``); predict, evaluate
     and export read the current folder the same way. An empty argument is a usage error."""
-    root = Path(places["tmp"])
-    monkeypatch.chdir(root)
-    before = _tree(root)
-    result = runner.invoke(app, [a.format(**places) for a in args], prog_name="transfer")
-    assert result.exit_code == 2, (result.output, result.exception)
+    result = _usage_error(places, args, monkeypatch)
     assert result.stderr.strip() == (
         f"error: {message} (an unset shell variable?); an empty path would mean the current "
         "folder: write . for that")
     assert result.stdout == ""
-    assert _tree(root) == before
 
 
 @pytest.mark.parametrize(("args", "option", "taken"), [
@@ -265,15 +272,10 @@ def test_an_option_given_another_option_as_its_value_is_refused(places, args, op
     """``fetch-data --data-dir --force`` (the value left out) made a split in a folder named
     ``--force`` and forced nothing; ``evaluate --output --force`` wrote its report there. An
     option that took another option as its value is a usage error naming both."""
-    root = Path(places["tmp"])
-    monkeypatch.chdir(root)
-    before = _tree(root)
-    result = runner.invoke(app, [a.format(**places) for a in args], prog_name="transfer")
-    assert result.exit_code == 2, (result.output, result.exception)
+    result = _usage_error(places, args, monkeypatch)
     assert result.stderr.strip() == (
         f"error: {option} has no value: it took the next word, {taken}, which is an option "
         f"(give {option} a value; for a file named so, write ./{taken})")
-    assert _tree(root) == before
 
 
 def test_a_path_the_shell_left_as_tilde_is_the_home_folders(tmp_path, monkeypatch):
