@@ -32,7 +32,7 @@ from transfer.datasets import FetchOptions, fetch_data
 from transfer.download import download
 from transfer.errors import TransferError
 from transfer.files import sha256_file
-from transfer.progress import Reporter
+from transfer.progress import Reporter, RichReporter
 from transfer.sources import kaggle_credentials
 
 
@@ -552,7 +552,30 @@ class FakeKaggleApi:
         self.calls.append((competition, file_name, path))
         if self.error:
             raise self.error
+        if not quiet:  # as the real client (1.8): a line printed on stdout, tqdm on stderr
+            print(f"Downloading {file_name} to {path}")
+            sys.stderr.write(f"100%|##########| {len(self.zip_bytes)}/{len(self.zip_bytes)}\n")
         Path(path, file_name).write_bytes(self.zip_bytes)
+
+
+def test_kaggle_client_output_is_silent_for_a_library_caller_and_on_stderr_for_the_cli(
+        real_photos, tmp_path, capfd):
+    """The Kaggle client prints "Downloading train.zip to ..." on stdout and draws its bar
+    on stderr unless told quiet: a library caller (a silent reporter) heard both, and the
+    CLI's `--output -`-style stdout got the line. Silent for the one, on stderr for the
+    other."""
+    zip_bytes = make_zip(tmp_path / "train.zip", kaggle_members(real_photos, 6)).read_bytes()
+
+    def fetch(folder, reporter=None):
+        fetch_data(FetchOptions(source="kaggle", data_dir=tmp_path / folder, train_per_class=2,
+                                validate_per_class=1), reporter=reporter,
+                   kaggle_api_factory=lambda: FakeKaggleApi(zip_bytes))
+        return capfd.readouterr()
+
+    capfd.readouterr()
+    assert fetch("library") == ("", "")
+    out, err = fetch("cli", RichReporter())
+    assert out == "" and "Downloading train.zip to " in err and "100%" in err
 
 
 class HttpError(Exception):

@@ -419,6 +419,28 @@ def test_evaluate_a_digit_folder(quick, mnist_dir, tmp_path):
     assert report["accuracy"] >= 0.8
 
 
+
+def test_keras_download_line_is_not_printed_on_stdout_for_a_library_caller(monkeypatch, capfd):
+    """Without --data Keras downloads the arrays and prints "Downloading data from ..." on
+    stdout: a library caller's `mnist.run` printed it though the library is silent by
+    default. Here the real Keras download, with name resolution failing as offline: nothing
+    on stdout or stderr for no reporter, the line to a reporter's info, the error as before."""
+    import socket
+
+    def no_dns(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    capfd.readouterr()
+    with pytest.raises(TransferError, match="could not download mnist"):
+        mnist.load("mnist")
+    assert capfd.readouterr() == ("", "")
+    recorder = Recorder()
+    with pytest.raises(TransferError, match="could not download mnist"):
+        mnist.load("mnist", reporter=recorder)
+    assert capfd.readouterr().out == ""
+    assert any(line.startswith("Downloading data from https://") for line in recorder.infos)
+
 def test_keras_downloads_are_what_runs_without_data(mnist_dir, tmp_path, monkeypatch):
     """Without --data the arrays come from keras.datasets.<name>.load_data() (Keras downloads
     and caches them; faked here at that boundary, as this machine has no network): Fashion-MNIST

@@ -246,6 +246,14 @@ WEIGHTS_HINT = "or use --weights PATH or --weights none"  # train's way around m
 ON_STDERR = "stderr"
 
 
+def on_stderr(reporter) -> bool:
+    """Whether a downloader's own output (Keras's, the Kaggle client's) is shown as it comes,
+    on standard error: for the CLI's RichReporter and ``ON_STDERR``."""
+    from transfer.progress import RichReporter
+
+    return reporter is ON_STDERR or isinstance(reporter, RichReporter)
+
+
 @contextlib.contextmanager
 def keras_says_to(reporter=ON_STDERR):
     """Where Keras's download of weights or of the class index ("Downloading data from ..."
@@ -254,9 +262,9 @@ def keras_says_to(reporter=ON_STDERR):
     library caller asked for no output); on standard error for the CLI's RichReporter or
     ``ON_STDERR`` (the user sees it, the results parse); else its lines to ``reporter.info``
     (the progress bar's last state only)."""
-    from transfer.progress import Reporter, RichReporter
+    from transfer.progress import Reporter
 
-    if reporter is ON_STDERR or isinstance(reporter, RichReporter):
+    if on_stderr(reporter):
         stream = sys.stderr
     elif reporter is None or type(reporter).info is Reporter.info:
         stream = _Lines(lambda line: None)

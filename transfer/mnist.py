@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer import bundle, plots
+from transfer import bases, bundle, plots
 from transfer.errors import TransferError, at_safe_points
 from transfer.metrics import confident_mistakes, confusion_matrix
 from transfer.progress import Reporter
@@ -61,8 +61,10 @@ def class_names(dataset: str) -> list[str]:
     return FASHION_NAMES if dataset == "fashion" else DIGIT_NAMES
 
 
-def load(dataset: str = "mnist", data: Path | None = None):
-    """((x_train, y_train), (x_test, y_test)) as uint8 arrays, checked."""
+def load(dataset: str = "mnist", data: Path | None = None, reporter: Reporter | None = None):
+    """((x_train, y_train), (x_test, y_test)) as uint8 arrays, checked. Without ``data``
+    Keras downloads them (once, into its cache); its "Downloading data from ..." is said as
+    ``bases.keras_says_to(reporter)`` says (None: nobody; Keras writes it on stdout)."""
     if dataset not in DATASETS:
         raise TransferError(f"unknown dataset {dataset!r}; choose {' or '.join(DATASETS)}")
     if data is None:
@@ -70,7 +72,8 @@ def load(dataset: str = "mnist", data: Path | None = None):
 
         source = getattr(keras.datasets, KERAS_NAMES[dataset])
         try:
-            arrays = source.load_data()
+            with bases.keras_says_to(reporter):
+                arrays = source.load_data()
         except Exception as exc:
             npz = "a mnist.npz" if dataset == "mnist" else "an .npz of Fashion-MNIST's arrays"
             raise TransferError(f"could not download {dataset} ({exc}); pass --data PATH to "
@@ -274,7 +277,7 @@ def run(params: MnistParams, reporter: Reporter | None = None) -> MnistResult:
     from transfer.tf import interrupt_at_batch_ends, keras
 
     target = p.target()
-    (x_train, y_train), (x_test, y_test) = load(p.dataset, p.data)
+    (x_train, y_train), (x_test, y_test) = load(p.dataset, p.data, reporter)
     if p.limit is not None:
         x_train, y_train = x_train[:p.limit], y_train[:p.limit]
     names = class_names(p.dataset)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from transfer import bases
 from transfer.download import download
 from transfer.errors import TransferError
 from transfer.files import sha256_file
@@ -255,9 +256,11 @@ def _kaggle_download(competition: str, target: Path, reporter: Reporter,
             stale.unlink(missing_ok=True)
     reporter.info(f"downloading train.zip of the Kaggle competition {competition!r}")
     try:
-        with _keeping_kaggle_env():
+        # the client prints its lines on stdout and draws its bar on stderr: shown (the lines
+        # on stderr) for the CLI, not for a library caller (a silent reporter: nothing at all)
+        with _keeping_kaggle_env(), bases.keras_says_to(reporter):
             api.competition_download_file(competition, "train.zip", path=str(target),
-                                          quiet=False)
+                                          quiet=not bases.on_stderr(reporter))
     except Exception as exc:
         cut = [path for path in _unfinished(target)
                if path.stat().st_size > before.get(path, -1)]
