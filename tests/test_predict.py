@@ -486,6 +486,21 @@ def test_imagenet_mode_other_bases_random_weights(base, real_photos, tmp_path):
     assert result.items[0].top[0]["synset"].startswith("n")
 
 
+def test_an_imagenet_classifier_leaves_the_callers_random_generators_alone():
+    """Building the ImageNet classifier (predict's fallback, open_classifier, the server's
+    ImageNet models) drew from Python's random, as loading a bundle did before: a program's
+    seeded sequence changed with every classifier it opened."""
+    import random
+
+    random.seed(1)
+    np.random.seed(1)
+    expected = (random.random(), float(np.random.rand()))
+    random.seed(1)
+    np.random.seed(1)
+    inference.ImageNetClassifier("mobilenet", 0.25, weights=None)
+    assert (random.random(), float(np.random.rand())) == expected
+
+
 def test_imagenet_errors(tmp_path):
     with pytest.raises(TransferError, match="scratch has no ImageNet classifier"):
         inference.ImageNetClassifier("scratch")

@@ -63,6 +63,7 @@ from transfer.errors import TransferError
 from transfer.files import images_under, photos_under
 from transfer.metrics import class_probabilities
 from transfer.progress import Reporter
+from transfer.seeds import keeps_random_state
 from transfer.settings import ENGINES, INVERT, PredictSettings
 
 BATCH_SIZE = PredictSettings.batch_size  # the one default lives in the settings
@@ -383,6 +384,7 @@ class ImageNetClassifier(Classifier):
     mode = "imagenet"
     class_names = None
 
+    @keeps_random_state  # building the layers draws initial weights from Python's random
     def __init__(self, base: str = PredictSettings.base, alpha: float = PredictSettings.alpha,
                  weights: str | None = "imagenet", reporter=bases.ON_STDERR):
         """Build the base with its ImageNet top (``weights=None``: random weights, for tests);
