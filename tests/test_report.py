@@ -818,6 +818,27 @@ def test_write_report_takes_its_settings_as_the_other_commands_do(bundle_copy, t
     assert write_report(settings, force=True) == tmp_path / "mine.html"
 
 
+def test_an_unwritable_output_is_refused_before_the_page_is_made(bundle_copy, tmp_path,
+                                                                 monkeypatch):
+    """write_report(folder, output=...) into a folder nobody can write in rendered the whole
+    page, Grad-CAMs included, then raised a bare FileNotFoundError naming a hidden temporary
+    file; ReportSettings and the other commands say it first, in one line."""
+    from unwritable import unwritable_folder
+
+    from transfer import report
+
+    def rendered(*args, **kwargs):
+        raise AssertionError("the page was made before the output was checked")
+
+    monkeypatch.setattr(report, "render_report", rendered)
+    with unwritable_folder(tmp_path / "locked") as locked:
+        with pytest.raises(TransferError) as info:
+            write_report(bundle_copy, output=locked / "r.html")
+    said = str(info.value)  # the reason: "Permission denied", or as root (chattr +i) EPERM's
+    assert said.startswith(f"--output {locked / 'r.html'}: cannot write in {locked} (")
+    assert said.endswith(("(Permission denied)", "(Operation not permitted)"))
+
+
 def test_the_files_training_skipped_are_in_the_report(bundle_copy, monkeypatch):
     """Training skipped 3 unreadable files (meta.json's "skipped", said on the console), and
     the report said "No file was skipped."; after evaluate it listed evaluate's alone."""

@@ -1101,11 +1101,12 @@ def write_report(folder, output: Path | None = None, *, gradcams: int | None = N
         TransferError: ``folder`` is neither a bundle nor an evaluation folder; ``output`` is
             a folder, one of the files the report is made from or not an .html file; or,
             without ``force``, another file, or a page in another bundle, evaluation or
-            comparison folder (``check_output``).
-        OSError: the file cannot be written.
+            comparison folder (``check_output``); or its folder does not accept a new
+            file (checked before the page is made).
+        OSError: the file cannot be written (a disk full while writing).
     """
     from transfer.files import replacing, utf8_text
-    from transfer.settings import ReportSettings
+    from transfer.settings import ReportSettings, writable
 
     if isinstance(folder, ReportSettings):  # as the other commands take their settings
         s = folder.validated()
@@ -1113,6 +1114,7 @@ def write_report(folder, output: Path | None = None, *, gradcams: int | None = N
     folder = Path(folder)
     target = Path(output) if output is not None else folder / REPORT_HTML
     check_output(folder, target, force)
+    writable("output", target, file=True, given=output is not None)  # before the slow page
     text = render_report(folder, gradcams_wanted(gradcams), classifier, notes)
     target.parent.mkdir(parents=True, exist_ok=True)
     with replacing(target) as tmp:
