@@ -227,6 +227,21 @@ def test_gradcam_on_a_real_photo(trained_bundle, dog_photo, tmp_path):
                            write=False).label == result.label  # its own bundle: fine
     with pytest.raises(TransferError, match="got a classifier and also model"):
         explain.explain(dog_photo, model=tmp_path / "another", classifier=held, write=False)
+    # what is not a loaded bundle is one line saying what to pass (AttributeErrors: 'tuple'
+    # object / 'ImageNetClassifier' object has no attribute 'meta')
+    from transfer.inference import ImageNetClassifier, open_classifier
+
+    pair = open_classifier(model=trained_bundle.bundle)
+    for wrong, said in ((pair, r"not open_classifier's whole \(classifier, fallback\) pair: "
+                               r"pass its first item"),
+                        (ImageNetClassifier("mobilenet", 0.25, weights=None),
+                         r"not the classifier of MobileNet alpha 0.25 \(ImageNet\), which is "
+                         r"not a trained bundle"),
+                        (str(trained_bundle.bundle), r"not '.*'$")):
+        with pytest.raises(TransferError, match=r"^explain's classifier= takes a "
+                           r"BundleClassifier \(as open_classifier\(model=...\) gives it "
+                           r"first\), " + said):
+            explain.explain(dog_photo, classifier=wrong, write=False)
 
 
 def test_a_phone_photo_is_shown_drafted_and_upright(trained_bundle, dog_photo, tmp_path,

@@ -28,6 +28,7 @@ from transfer.inference import (
     BundleClassifier,
     check_invert,
     gather,
+    given_classifier,
     glob_root,
     unread_reason,
     writable_folder,
@@ -286,6 +287,7 @@ def explain(settings: ExplainSettings | Path, *, write: bool = True,
     s = settings.validated()
     image = s.image
     if classifier is not None:  # it decides the model: another one asked for is an error
+        given_classifier(classifier, "explain", BundleClassifier)
         default = ExplainSettings().model
         other = (Path(s.model) != default
                  and resolved(s.model) != resolved(classifier.path))

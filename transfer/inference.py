@@ -452,6 +452,23 @@ def check_imagenet_class_index(reporter=bases.ON_STDERR) -> None:
     imagenet_labels(np.zeros((1, 1000), "float32"), 1, reporter)
 
 
+def given_classifier(classifier, function: str, kind: type | None = None):
+    """``classifier`` when it is a loaded one of ``kind`` (default any ``Classifier``); else one
+    TransferError saying what to pass (a path, or open_classifier's whole (classifier,
+    fallback) pair, failed with an AttributeError deep inside)."""
+    kind = kind or Classifier
+    if isinstance(classifier, kind):
+        return classifier
+    if isinstance(classifier, tuple) and classifier and isinstance(classifier[0], kind):
+        why = "open_classifier's whole (classifier, fallback) pair: pass its first item"
+    elif isinstance(classifier, Classifier):
+        why = f"the classifier of {classifier.name}, which is not a trained bundle"
+    else:
+        why = repr(classifier)
+    raise TransferError(f"{function}'s classifier= takes a {kind.__name__} (as "
+                        f"open_classifier(model=...) gives it first), not {why}")
+
+
 def open_classifier(settings: PredictSettings | None = None, *, reporter: Reporter | None = None,
                     **options) -> tuple[Classifier, str | None]:
     """The classifier ``settings`` ask for: ``model``, else ``imagenet`` with ``base`` and

@@ -41,6 +41,7 @@ from transfer.inference import (
     ModelEngine,
     classify_files,
     gather,
+    given_classifier,
     open_classifier,
     writable_folder,
 )
@@ -162,6 +163,8 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
     if classifier is not None and chosen:
         raise TransferError(f"predict got a classifier and also {', '.join(chosen)}: the "
                             "classifier decides those; drop one or the other")
+    if classifier is not None:
+        given_classifier(classifier, "predict")
     rows = once(gather(s.paths))
     if classifier is None:
         try:

@@ -1111,6 +1111,10 @@ def write_report(folder, output: Path | None = None, *, gradcams: int | None = N
     if isinstance(folder, ReportSettings):  # as the other commands take their settings
         s = folder.validated()
         folder, output, force = s.folder, s.output if output is None else output, force or s.force
+    if classifier is not None:
+        from transfer.inference import BundleClassifier, given_classifier
+
+        given_classifier(classifier, "write_report", BundleClassifier)
     folder = Path(folder)
     target = Path(output) if output is not None else folder / REPORT_HTML
     check_output(folder, target, force)
