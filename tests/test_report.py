@@ -12,6 +12,7 @@ import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -328,6 +329,27 @@ def test_a_digit_bundles_averaged_validation_accuracy_is_told_apart_from_its_his
     meta["training"]["weight_average_momentum"] = 0  # --ema 0: one set of weights, no word
     (folder / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
     assert averaged(folder) == []
+
+
+def test_a_digit_bundles_page_has_the_per_class_table_of_its_test_digits(mnist_quick):
+    """README: every mnist page has the per-class table; the page drew the 10-class confusion
+    matrix of the test digits (meta.json) but no precision/recall/F1, which only an
+    evaluation's report.json gave. Computed from that matrix, each cell checked here."""
+    folder = mnist_quick[1] / "mnist-cnn"
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    matrix = np.array(meta["confusion_matrix"])
+    page = html.unescape(render_report(folder, gradcams=0))
+    table = re.search(r"<th[^>]*>class</th><th[^>]*>precision</th>.*?<tbody>(.*?)</tbody>",
+                      page, re.S)
+    assert table, "no per-class table on the digit bundle's page"
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row)
+            for row in re.findall(r"<tr>(.*?)</tr>", table.group(1))]
+    assert [row[0] for row in rows] == meta["class_names"] + ["<i>macro average</i>"]
+    for i, row in enumerate(rows[:-1]):
+        tp, support, predicted = matrix[i, i], matrix[i].sum(), matrix[:, i].sum()
+        assert row[1:] == [f"{tp / predicted:.4f}", f"{tp / support:.4f}",
+                           f"{2 * tp / (support + predicted):.4f}", str(support)]
+    assert rows[-1][-1] == str(matrix.sum())
 
 
 def test_image_counts_look_into_sub_folders_as_training_does(tmp_path):

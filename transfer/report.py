@@ -853,21 +853,28 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
     # ---- evaluation
     evaluated = ""
     matrix = (evaluation or {}).get("confusion_matrix") or meta.get("confusion_matrix")
-    if evaluation and evaluation.get("per_class"):
+    problem = matrix_problem(matrix, names) if matrix else None
+    table, macro, images = ((evaluation or {}).get("per_class"),
+                            (evaluation or {}).get("macro_avg") or {},
+                            (evaluation or {}).get("images"))
+    if not table and matrix and problem is None:  # mnist's test digits (meta.json): from it
+        from transfer.metrics import macro_average, per_class
+
+        table = per_class(np.asarray(matrix), names)
+        macro, images = macro_average(table), int(np.asarray(matrix).sum())
+    if table:
         rows = [[_e(name), _num(r.get("precision")), _num(r.get("recall")), _num(r.get("f1")),
-                 _e(r.get("support"))] for name, r in evaluation["per_class"].items()]
-        macro = evaluation.get("macro_avg") or {}
+                 _e(r.get("support"))] for name, r in table.items()]
         if macro:
             rows.append(["<i>macro average</i>", _num(macro.get("precision")),
-                         _num(macro.get("recall")), _num(macro.get("f1")),
-                         _e(evaluation.get("images"))])
+                         _num(macro.get("recall")), _num(macro.get("f1")), _e(images)])
         evaluated += _table(["class", "precision", "recall", "F1", "support"], rows)
         from transfer.metrics import macro_note
 
-        note = macro_note(evaluation["per_class"]) if macro else None
+        note = macro_note(table) if macro else None
         if note:
             evaluated += f'<p class="muted">{_e(note[0].upper() + note[1:])}.</p>'
-    problem = matrix_problem(matrix, names) if matrix else None
+
     if problem is not None:
         evaluated += skipped_lines(said, f"Confusion matrix skipped: {problem}")
     elif matrix:
