@@ -1166,8 +1166,9 @@ def mnist_cmd(
     data: Annotated[Path | None, typer.Option(
         help="A Keras-style mnist.npz or a folder with the four IDX files (offline).",
         show_default=False)] = _M.data,
-    limit: Annotated[int | None, typer.Option(help="Train on the first N images only.",
-                                              show_default=False)] = _M.limit,
+    limit: Annotated[int | None, typer.Option(
+        help="Use the first N training images only (--validation-split of them are held out "
+             "to validate).", show_default=False)] = _M.limit,
     output: Annotated[Path | None, typer.Option(
         help="Bundle folder \\[default: models/DATASET-ARCH, e.g. models/mnist-cnn, "
              "models/fashion-tiny].",
