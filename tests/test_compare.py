@@ -125,7 +125,7 @@ def test_a_comparison_replaced_then_interrupted_leaves_no_stale_compare_json(
     """compare --force stopped (Ctrl-C) while its first run retrains: compare.json, whose
     presence means the comparison is whole, is gone rather than describing the old runs."""
     out = tmp_path / "runs"
-    shutil.copytree(compared.output, out)
+    shutil.copytree(compared.output, out, symlinks=True)  # `latest` stays the runs' link
     assert (out / cmp.COMPARE_JSON).is_file()
 
     def interrupted(*args, **kwargs):
@@ -142,7 +142,8 @@ def test_a_comparison_replaced_then_interrupted_leaves_no_stale_compare_json(
     assert not (out / cmp.COMPARE_PNG).exists() and not (out / cmp.COMPARE_HTML).exists()
     from transfer.report import write_report
 
-    with pytest.raises(TransferError, match=r"holds bundles \(frozen, .*\) but neither "
+    assert (out / "latest").is_symlink()  # the runs' own link: not listed as a bundle
+    with pytest.raises(TransferError, match=r"holds bundles \(frozen, scratch\) but neither "
                        r"meta.json .* nor compare.json \(a comparison, written when all its "
                        r"runs are done\): report one of them"):
         write_report(out)

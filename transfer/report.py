@@ -694,7 +694,8 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
     if evaluation is not None:
         check_evaluation_types(evaluation, folder / "report.json")
     if meta is None and evaluation is None:
-        inside = sorted(p.name for p in folder.iterdir() if p.is_dir() and bundle.is_bundle(p))
+        inside = sorted(p.name for p in folder.iterdir()  # not `latest`, a link to one of them
+                        if p.is_dir() and not p.is_symlink() and bundle.is_bundle(p))
         if inside:  # a comparison cut short (it writes compare.json last), or a models folder
             raise TransferError(
                 f"{folder} holds bundles ({', '.join(inside)}) but neither meta.json (a bundle), "
