@@ -366,8 +366,10 @@ def _converted(model, batch_size: int, path: Path, info: EngineInfo, reporter: R
         engine = TFLiteEngine(path)
         info.converted_file = str(path)
         return engine
-    reporter.warn(f"the TFLite cache cannot be written ({why}); converting the model for this "
-                  "run only (set KERAS_HOME to a folder you can write to keep it)")
+    # the size named: a run converting at two sizes (224, then 288 to validate) says it twice
+    reporter.warn(f"the TFLite cache cannot be written ({why}); converting the model at "
+                  f"{_pixels(model)} for this run only (set KERAS_HOME to a folder you can "
+                  "write to keep it)")
     scratch = Path(tempfile.mkdtemp(prefix="transfer-tflite-"))
     try:
         info.conversion_seconds = convert(model, batch_size, scratch / path.name)
