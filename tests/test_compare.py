@@ -75,6 +75,7 @@ def test_compare_json_holds_each_bundles_own_metrics(compared):
     for run, row in data["runs"].items():
         meta = json.loads((compared.output / run / "meta.json").read_text())
         assert row["feature_cache"] == meta["feature_cache"]
+        assert row["test_time_flips"] is meta["test_time"]["flips"]
         assert row["bundle"] == str(compared.output / run)
         assert row["val_accuracy"] == meta["metrics"]["val_accuracy"]
         assert row["val_loss"] == meta["metrics"]["val_loss"]
@@ -368,6 +369,39 @@ def test_the_seconds_labels_stay_inside_their_panel(tmp_path, monkeypatch):
     labels = [t for t in panel.texts if " s" in t.get_text()]
     assert len(labels) == 2
     assert all(t.get_window_extent(renderer).y1 <= top for t in labels)
+
+
+def test_fine_tunings_single_view_curve_is_said_on_the_chart_and_in_the_notes(tmp_path,
+                                                                            monkeypatch):
+    """compare.png's fine-tuned curve stepped down at the dashed line (0.800 -> 0.625) while
+    its bar said 0.800: the head's epochs are validated as the saved model (photo and mirror
+    averaged), fine-tuning's on single views. The chart says so beside the line and the notes
+    (CLI, page) say why; not for a run without test-time flips."""
+    from transfer import plots
+
+    kept = []
+    real_save = plots.save
+    monkeypatch.setattr(plots, "save", lambda fig, *a, **k: (kept.append(fig),
+                                                             real_save(fig, *a, **k)))
+    row = {"val_accuracy": 0.8, "val_loss": 0.5, "per_class_f1": {"a": 0.8}, "bundle": "x",
+           "seconds": 10.0, "test_time_flips": True}
+    histories = {"frozen": {"val_accuracy": [0.7, 0.8]},
+                 "fine-tuned": {"val_accuracy": [0.7, 0.8, 0.625, 0.775],
+                                "phase": ["head", "head", "fine-tune", "fine-tune"]}}
+    data = {"data_dir": "d", "seed": 1, "runs": {"frozen": row, "fine-tuned": row},
+            "histories": histories}
+    cmp.plot(data, tmp_path / "compare.png")
+    assert [(t.get_position()[0], t.get_text()) for t in kept[0].axes[2].texts] == [
+        (2.7, plots.FINE_TUNE_SINGLE_VIEWS)]
+    note = ("fine-tuned: its validation curve after the dashed line is fine-tuning's, measured "
+            "on single photos; before the line, and in the bars and the table, the saved "
+            "model's (each photo averaged with its mirror image), so part of the step at the "
+            "line is that change of measure")
+    assert cmp.notes(data) == [note] and html.escape(note) in render_section(data)
+    plain = dict(data, runs={n: dict(row, test_time_flips=False) for n in data["runs"]})
+    kept.clear()
+    cmp.plot(plain, tmp_path / "plain.png")
+    assert list(kept[0].axes[2].texts) == [] and cmp.notes(plain) == []
 
 
 def test_the_frozen_curve_stays_in_sight_under_the_fine_tuned_one(tmp_path, monkeypatch):

@@ -54,6 +54,27 @@ def test_curves_of_one_epoch_label_the_epoch_as_one(figures, tmp_path):
     assert all(float(t).is_integer() for t in figures[1].axes[0].get_xticks())
 
 
+def test_fine_tunings_single_view_validation_is_said_where_the_saved_model_averages_two(
+        figures, tmp_path):
+    """A model with test-time flips: the head's epochs are validated as the saved model
+    (photo and mirror averaged), fine-tuning's on single views, and the curve stepped down at
+    the dashed line with nothing saying why. Said right of the line, on both panels; not for
+    a model without flips, nor without fine-tuning."""
+    history = {"loss": [0.5, 0.4, 0.45], "accuracy": [0.8, 0.85, 0.84],
+               "val_loss": [0.3, 0.25, 0.35], "val_accuracy": [0.9, 0.92, 0.88],
+               "phase": ["head", "head", "fine-tune"]}
+
+    def said(fig) -> list[tuple[float, str]]:
+        return [(t.get_position()[0], t.get_text()) for ax in fig.axes for t in ax.texts]
+
+    plots.curves(history, tmp_path / "flips.png", flips=True)
+    assert said(figures[0]) == [(2.7, plots.FINE_TUNE_SINGLE_VIEWS)] * 2
+    assert "single views" in plots.FINE_TUNE_SINGLE_VIEWS
+    plots.curves(history, tmp_path / "plain.png")
+    plots.curves({**history, "phase": ["head"] * 3}, tmp_path / "head.png", flips=True)
+    assert said(figures[1]) == said(figures[2]) == []
+
+
 def test_a_title_the_font_cannot_draw_warns_no_one_and_leaves_the_filters(tmp_path):
     """A photo named in a script DejaVu Sans lacks (猫.jpg) drew boxes with a UserWarning per
     glyph on the console; silencing it must not change the caller's warning filters (a

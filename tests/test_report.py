@@ -455,6 +455,8 @@ GOOD_COMPARISON = {"data_dir": "flowers", "base": "mobilenet", "alpha": 0.25, "s
      "compare.json: runs.frozen: val_accuracy must be a number, not \"x\""),
     ({"runs": {"frozen": {"per_class_f1": {"daisy": "high"}}}},
      "compare.json: runs.frozen.per_class_f1: daisy must be a number, not \"high\""),
+    ({"runs": {"frozen": {"test_time_flips": 1}}},
+     "compare.json: runs.frozen: test_time_flips must be true or false, not 1"),
     ({"runs": {"tuned": {"fine_tune_result": {"kept": False, "frozen": {"val_loss": 0.2}}}}},
      "compare.json: runs.tuned.fine_tune_result: fine_tuned must be an object, not null"),
 ])

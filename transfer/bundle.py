@@ -292,7 +292,8 @@ def write(target: Path, force: bool, model, meta: dict, history: dict, title: st
         if meta.get("settings") is not None:
             write_json(tmp / SETTINGS, meta["settings"])
         write_history(tmp / "history.csv", history)
-        plots.curves(history, tmp / "curves.png", title=title)
+        plots.curves(history, tmp / "curves.png", title=title,
+                     flips=bool((meta.get("test_time") or {}).get("flips")))
         if extra is not None:
             extra(tmp)
     if landing.kept is not None and reporter is not None:
@@ -478,14 +479,14 @@ _META_TYPES = {"schema_version": int, "image_size": int, "channels": int,
 def check_field_types(record: dict, types: dict, path: Path | str, required=()) -> None:
     """TransferError naming the first field of ``record`` (a JSON file's object, read from
     ``path``) whose value is not of its type in ``types``; ``null`` or absent is accepted but
-    for the ``required`` fields. A bool is no number."""
+    for the ``required`` fields. A bool is no number; ``bool``: true or false only."""
     for key, kind in types.items():
         value = record.get(key)
         if value is None and key not in required:
             continue
-        if isinstance(value, bool) or not isinstance(value, kind):
+        if (isinstance(value, bool) != (kind is bool)) or not isinstance(value, kind):
             wanted = {int: "a whole number", dict: "an object", str: "a string",
-                      list: "a list"}.get(kind, "a number")
+                      list: "a list", bool: "true or false"}.get(kind, "a number")
             raise TransferError(f"{path}: {key} must be {wanted}, not "
                                 f"{json.dumps(value)[:80]}")
 

@@ -226,6 +226,9 @@ def row_of(run: str, result, seconds: float, validation: list, reporter: Reporte
         "parameters_total": int(classifier.model.count_params()),
         # fine-tuning kept, or undone because it did not lower the validation loss
         **({"fine_tune_result": tuned} if tuned else {}),
+        # the saved model averages photo and mirror: so do the head's epochs' validation
+        # figures, not fine-tuning's (single views; see plots.FINE_TUNE_SINGLE_VIEWS)
+        "test_time_flips": bool((meta.get("test_time") or {}).get("flips")),
     }
 
 
@@ -253,6 +256,12 @@ def notes(data: dict) -> list[str]:
                         f"cache ({row['feature_cache'].removeprefix('partial: ')}), so the "
                         "seconds leave out part of the pass of the base over the photos")
     for name, row in (data.get("runs") or {}).items():
+        phases = ((data.get("histories") or {}).get(name) or {}).get("phase") or []
+        if row.get("test_time_flips") and "fine-tune" in phases:
+            said.append(f"{name}: its validation curve after the dashed line is fine-tuning's, "
+                        "measured on single photos; before the line, and in the bars and the "
+                        "table, the saved model's (each photo averaged with its mirror image), "
+                        "so part of the step at the line is that change of measure")
         tuned = row.get("fine_tune_result")
         if bundle.fine_tune_undone(tuned):
             said.append(f"{name}: fine-tuning did not lower the validation loss "
@@ -346,7 +355,10 @@ def plot(data: dict, path: Path) -> Path:
                     label=f"{name} (train)")
         phases = history.get("phase") or []
         if "fine-tune" in phases:
-            ax.axvline(phases.index("fine-tune") + 0.5, color=c, linestyle="--", alpha=0.5)
+            start = phases.index("fine-tune") + 0.5
+            ax.axvline(start, color=c, linestyle="--", alpha=0.5)
+            if runs[name].get("test_time_flips"):
+                plots.single_views_from(ax, start, c)
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -427,7 +439,7 @@ _COMPARE_TYPES = {"runs": dict, "histories": dict, "data_dir": str, "base": str,
                   "alpha": (int, float), "seed": int}
 _RUN_TYPES = {"val_accuracy": (int, float), "val_loss": (int, float), "seconds": (int, float),
               "parameters_trained": int, "per_class_f1": dict, "bundle": str,
-              "feature_cache": str, "fine_tune_result": dict}
+              "feature_cache": str, "fine_tune_result": dict, "test_time_flips": bool}
 
 
 def read(folder: Path) -> dict:

@@ -145,8 +145,24 @@ def _fit_titles(fig) -> None:
                 text.set_text(fitting(text.get_text(), room, text.get_fontsize(), wrap=False))
 
 
-def curves(history: dict[str, list[float]], path: Path, title: str = "") -> Path:
-    """Accuracy and loss per epoch, training vs validation."""
+FINE_TUNE_SINGLE_VIEWS = "fine-tuning:\nvalidation on\nsingle views"
+
+
+def single_views_from(ax, start: float, colour="grey") -> None:
+    """Say on ``ax``, right of the dashed line at ``start``, that fine-tuning's validation
+    figures are single-view ones: the head's epochs before it are measured as the saved model
+    (photo and mirror averaged), so the curve steps at the line partly by that alone."""
+    from matplotlib.transforms import blended_transform_factory
+
+    ax.text(start + 0.2, 0.03, FINE_TUNE_SINGLE_VIEWS, color=colour, fontsize=7,
+            va="bottom", ha="left", transform=blended_transform_factory(ax.transData,
+                                                                         ax.transAxes))
+
+
+def curves(history: dict[str, list[float]], path: Path, title: str = "",
+           flips: bool = False) -> Path:
+    """Accuracy and loss per epoch, training vs validation; ``flips``: the saved model
+    averages photo and mirror, so fine-tuning's single-view validation is said as such."""
     plt = _pyplot()
     epochs = list(range(1, len(history.get("loss", [])) + 1))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -167,6 +183,8 @@ def curves(history: dict[str, list[float]], path: Path, title: str = "") -> Path
         start = history["phase"].index("fine-tune") + 0.5
         for ax in axes:
             ax.axvline(start, color="grey", linestyle="--")
+            if flips:
+                single_views_from(ax, start)
     fig.suptitle(title)
     save(fig, path)
     return Path(path)
