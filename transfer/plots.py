@@ -155,8 +155,9 @@ def single_views_from(ax, start: float, colour="grey") -> None:
     from matplotlib.transforms import blended_transform_factory
 
     ax.text(start + 0.2, 0.03, FINE_TUNE_SINGLE_VIEWS, color=colour, fontsize=7,
-            va="bottom", ha="left", transform=blended_transform_factory(ax.transData,
-                                                                         ax.transAxes))
+            va="bottom", ha="left", zorder=5,  # over a curve it crosses, still readable
+            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1},
+            transform=blended_transform_factory(ax.transData, ax.transAxes))
 
 
 def curves(history: dict[str, list[float]], path: Path, title: str = "",
