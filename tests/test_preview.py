@@ -105,3 +105,66 @@ def test_a_photo_named_in_latin1_is_shown_not_a_crash_at_the_end_of_training(tin
     path = preview_augment([latin1], Augment(), 32, tmp_path / "latin1.png", n=1)
     with Image.open(path) as shown:
         assert shown.format == "PNG"
+
+
+def test_preview_only_draws_what_training_draws_and_trains_nothing(trained_bundle, small_split,
+                                                                   tmp_path):
+    """README's course step 2, "change one and look again": the grid came only at the end of
+    a whole training run (11-13 min for the CNN from scratch). `training.preview` (the CLI's
+    `train --preview-only`) draws the very grid the run draws, pixel for pixel (the trained
+    bundle's own augment-preview.png, its saved settings on a copy of its photos), writes no
+    bundle (an existing --output is not its business), and replaces its picture only with
+    force."""
+    import json
+    import shutil
+
+    from transfer.settings import TrainSettings
+    from transfer.training import preview
+
+    data = tmp_path / "data"
+    shutil.copytree(small_split, data, ignore=shutil.ignore_patterns(".cache"))
+    saved = json.loads((trained_bundle.bundle / "settings.json").read_text(encoding="utf-8"))
+    models = tmp_path / "models"
+    settings = TrainSettings(**{**saved, "data_dir": str(data), "train_dir": str(data / "train"),
+                                "validate_dir": str(data / "validate"),
+                                "models_dir": str(models), "output": str(trained_bundle.bundle)})
+    path = preview(settings)
+    assert path == data / "augment-preview.png"
+    with Image.open(path) as drawn, Image.open(trained_bundle.bundle / path.name) as trained:
+        assert np.array_equal(np.asarray(drawn), np.asarray(trained))
+    assert not models.exists()
+    with pytest.raises(TransferError, match="augment-preview.png already exists; use --force"):
+        preview(settings.replace(augment=Augment(rotation=40)))
+    with Image.open(preview(settings.replace(augment=Augment(rotation=40), force=True))) as new:
+        assert not np.array_equal(np.asarray(new), np.asarray(drawn))
+
+
+def test_preview_only_from_the_cli_is_quiet_and_quick_to_refuse(tiny_split, tmp_path):
+    """`transfer train --base scratch --preview-only` in a process of its own: exit 0, the
+    picture, no models folder, and none of TensorFlow's C++ start-up lines (the preview's
+    ImageDataGenerator import was the process's first of TensorFlow, outside the quiet one);
+    run again, refused in one line before TensorFlow loads."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_split, data, ignore=shutil.ignore_patterns(".cache"))
+    command = [sys.executable, "-m", "transfer", "train", "--base", "scratch", "--preview-only",
+               "--rotation", "30", "--data-dir", str(data), "--models-dir",
+               str(tmp_path / "models")]
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFER_VERBOSE"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (data / "augment-preview.png").is_file() and not (tmp_path / "models").exists()
+    said = done.stdout + done.stderr
+    assert "nothing trained: --preview-only" in said
+    assert not any(noise in said for noise in ("cuda", "oneDNN", "absl", "I0000")), said
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env,
+                           cwd=tmp_path)
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines() == [
+        f"error: --preview-augment: {data / 'augment-preview.png'} already exists; use --force "
+        "to replace it"]

@@ -552,6 +552,10 @@ def train_cmd(
         "--preview-augment", help="Also write augment-preview.png into --data-dir: photos "
         "beside their augmented versions (the bundle always keeps one).",
         rich_help_panel=AUG)] = _T.preview_augment,
+    preview_only: Annotated[bool, typer.Option(
+        "--preview-only", help="Write augment-preview.png as --preview-augment does and stop: "
+        "no training (change --rotation, --zoom, ... and look again in seconds).",
+        rich_help_panel=AUG)] = False,
     dropout: Annotated[float, typer.Option(help="Dropout before the classifier, in [0, 1).",
                                            rich_help_panel=HEAD)] = _T.dropout,
     dense: Annotated[int, typer.Option(help="Hidden Dense units in the head (0: none).",
@@ -632,6 +636,11 @@ def train_cmd(
         feature_shard_size=feature_shard_size, tensorboard=tensorboard,
         feature_cache=feature_cache, models_dir=models_dir, output=output, force=force,
         command=_command_line())
+    if preview_only:  # what the network would see: drawn in seconds, nothing trained
+        from transfer.training import preview
+
+        preview(settings, reporter=_reporter())
+        return
     settings.validated()  # every option checked before TensorFlow loads
     from transfer.training import train
 

@@ -341,8 +341,9 @@ def _transformer(augment: Augment):
     """ImageDataGenerator's random transforms (rotation, shifts, shear, zoom, horizontal flip,
     nearest fill) of one float32 image, with parameters drawn from a given numpy Generator
     (thread-safe: no global random state)."""
-    from tensorflow.keras.preprocessing.image import ImageDataGenerator
+    from transfer.tf import tf  # first, quietly: the import below alone printed its C++ lines
 
+    ImageDataGenerator = tf.keras.preprocessing.image.ImageDataGenerator
     idg = ImageDataGenerator(fill_mode="nearest")
 
     def transform(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:

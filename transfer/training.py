@@ -353,8 +353,14 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
     looked_for = settings.train_dir is not None and settings.validate_dir is None
     settings = settings.validated()
     reporter = reporter or Reporter()
-    # read while no fetch-data writes a split there (and none starts until the run ends):
-    # the data folder, or --train-dir and --validate-dir and the folders holding them
+    with reading_the_data(settings):
+        return _train(settings, reporter, started, looked_for)
+
+
+@contextlib.contextmanager
+def reading_the_data(settings: TrainSettings):
+    """Read while no fetch-data writes a split there (and none starts until the run ends):
+    the data folder, or --train-dir and --validate-dir and the folders holding them."""
     named = [settings.train_dir, *([settings.validate_dir] if settings.validate_dir else [])]
     folders = ([Path(settings.data_dir)] if settings.train_dir is None else
                sorted({f for d in named for f in (Path(d), Path(d).absolute().parent)}))
@@ -364,7 +370,53 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
                 held.enter_context(exclusive(folder, f"fetch-data is writing the split in "
                                                      f"{folder}; wait for it to end, then "
                                                      "train", shared=True))
-        return _train(settings, reporter, started, looked_for)
+        yield
+
+
+def draw_preview(run: RunPlan, path: Path) -> Path:
+    """The augmentation preview of ``run`` (``preview.preview_augment``): what its network
+    trains on, drawn as the run draws it."""
+    from transfer.preview import preview_augment
+
+    settings, usable = run.settings, run.usable("train")
+    feature_views = run.use_cache and (run.copies > 0 or run.transforms_unused)
+    # the cached copies: the very ones the pass computed (each photo's draw goes by its place
+    # in the training list), as many as there are, up to three
+    copied = feature_views and run.copies > 0
+    return preview_augment([(s.path, run.names[s.label]) for s in usable],  # rows by class
+                           # transformed copies of the features are drawn at the training
+                           # size; fine-tuning's transforms at the model's, by its pipeline
+                           settings.augment, run.feature_size if feature_views else run.size,
+                           path, seed=settings.seed,
+                           copies=min(3, run.copies) if copied else 3,
+                           pipeline="features" if feature_views else pipeline_ran(run),
+                           views=run.train_views if run.transforms_unused else None,
+                           indices={s.path: i for i, s in enumerate(usable)} if copied
+                           else None)
+
+
+def preview(settings: TrainSettings, reporter: Reporter | None = None) -> Path:
+    """Write the augmentation preview ``train(settings)`` would write with
+    ``preview_augment=True`` (``augment-preview.png`` in the data folder), without training:
+    change ``--rotation``, ``--zoom``, ... and look again in seconds (`train --preview-only`).
+
+    Raises:
+        TransferError: a bad option, missing photos, or an existing preview without force.
+    """
+    settings = given(settings, TrainSettings, "preview")
+    # no bundle is written: an existing --output is not this call's business
+    settings = settings.replace(preview_augment=True, output=None).validated()
+    reporter = reporter or Reporter()
+    from transfer.preview import PREVIEW_PNG
+
+    path = settings.preview_folder() / PREVIEW_PNG
+    with reading_the_data(settings):
+        run = plan(settings)
+        report_data(run, reporter)
+        with reporter.task("Drawing the augmentation preview"):
+            draw_preview(run, path)
+    reporter.info(f"augmentation preview: {path} (nothing trained: --preview-only)")
+    return path
 
 
 def pass_images(run: RunPlan) -> int:
@@ -519,24 +571,11 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float,
             threshold = settings.assert_accuracy_at_least
             meta["gate"] = {"threshold": threshold, "accuracy": validation.accuracy,
                             "passed": validation.accuracy >= threshold}
-        from transfer.preview import PREVIEW_PNG, preview_augment
+        from transfer.preview import PREVIEW_PNG
 
         def extras(folder):  # besides the model: what the network saw, and what it trained on
             usable = run.usable("train")
-            feature_views = run.use_cache and (run.copies > 0 or run.transforms_unused)
-            # the cached copies: the very ones the pass computed (each photo's draw goes by
-            # its place in the training list), as many as there are, up to three
-            copied = feature_views and run.copies > 0
-            preview_augment([(s.path, run.names[s.label]) for s in usable],  # rows by class
-                            # transformed copies of the features are drawn at the training
-                            # size; fine-tuning's transforms at the model's, by its pipeline
-                            settings.augment, run.feature_size if feature_views else run.size,
-                            Path(folder) / PREVIEW_PNG, seed=settings.seed,
-                            copies=min(3, run.copies) if copied else 3,
-                            pipeline="features" if feature_views else pipeline_ran(run),
-                            views=run.train_views if run.transforms_unused else None,
-                            indices={s.path: i for i, s in enumerate(usable)} if copied
-                            else None)
+            draw_preview(run, Path(folder) / PREVIEW_PNG)
             trained = {s.path for s in usable}  # sizes as the plan read them (the cache's key)
             bundle.write_train_files(Path(folder) / bundle.TRAIN_FILES, [
                 (run.names[s.label], s.path.name, size, str(Path(s.path).absolute()))
