@@ -621,9 +621,8 @@ def test_one_loaded_classifier_serves_many_calls(trained_bundle, small_split):
 
 def test_a_classifier_that_is_not_one_is_one_line(trained_bundle, small_split):
     """predict(classifier="models/m") or open_classifier's whole pair failed with an
-    AttributeError ('str' object has no attribute 'class_names'); and write_report's."""
+    AttributeError ('str' object has no attribute 'class_names')."""
     from transfer.inference import open_classifier
-    from transfer.report import write_report
 
     photo = next((small_split / "validate/cats").iterdir())
     pair = open_classifier(model=trained_bundle.bundle)
@@ -635,9 +634,6 @@ def test_a_classifier_that_is_not_one_is_one_line(trained_bundle, small_split):
                                             r"not '.*'$"):
         predict.predict([photo], classifier=str(trained_bundle.bundle))
     assert predict.predict([photo], classifier=pair[0]).items[0].error is None
-    with pytest.raises(TransferError, match=r"^write_report's classifier= takes a "
-                                            r"BundleClassifier"):
-        write_report(trained_bundle.bundle, classifier=pair)
 
 def test_classify_holds_one_batch_of_prepared_images_at_a_time(trained_bundle, small_split,
                                                                 monkeypatch):

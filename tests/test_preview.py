@@ -165,6 +165,36 @@ def test_preview_only_from_the_cli_is_quiet_and_quick_to_refuse(tiny_split, tmp_
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env,
                            cwd=tmp_path)
     assert again.returncode == 1
-    assert again.stderr.strip().splitlines() == [
-        f"error: --preview-augment: {data / 'augment-preview.png'} already exists; use --force "
+    assert again.stderr.strip().splitlines() == [  # the option given, not --preview-augment
+        f"error: --preview-only: {data / 'augment-preview.png'} already exists; use --force "
         "to replace it"]
+
+
+def test_preview_only_checks_nothing_it_does_not_write_and_keeps_the_random_state(tiny_split,
+                                                                                 tmp_path):
+    """A preview writes its picture alone. `--data-dir . --output ../out` was refused ("
+    --models-dir models is inside the data folder"), as a training run without --output would
+    be, and an existing --output or a models folder nobody may write in would have been too;
+    and a program's seeded Python random sequence moved (TensorFlow's first import draws
+    from it), where train gives it back. In a process of its own, as a notebook's first call."""
+    import shutil
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_split, data, ignore=shutil.ignore_patterns(".cache"))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/meta.json").write_text("{}")  # a bundle there: not replaced, not refused
+    script = (
+        "import random\n"
+        "from transfer.settings import TrainSettings\n"
+        "from transfer.training import preview\n"
+        "random.seed(1); expected = random.random(); random.seed(1)\n"
+        "path = preview(TrainSettings(base='scratch', data_dir='.', output='../out'))\n"
+        "print(path, random.random() == expected)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=data)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["augment-preview.png", "True"]
+    assert (data / "augment-preview.png").is_file() and not (data / "models").exists()
+    assert (tmp_path / "out/meta.json").read_text() == "{}"

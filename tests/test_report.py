@@ -863,6 +863,25 @@ def test_an_unwritable_output_is_refused_before_the_page_is_made(bundle_copy, tm
     assert said.endswith(("(Permission denied)", "(Operation not permitted)"))
 
 
+def test_a_file_or_a_folder_of_linked_bundles_is_said_as_such(bundle_copy, tmp_path):
+    """write_report("notes.txt") said "notes.txt/report.html: ... is a file, not a folder"
+    once the output's folder was probed first: it says what report takes, as the CLI does.
+    A folder of bundles lists a user's link to one (`prod`), not the runs' own `latest`."""
+    from transfer.settings import not_a_report_folder
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(TransferError) as info:
+        write_report(tmp_path / "notes.txt")
+    assert str(info.value) == not_a_report_folder(tmp_path / "notes.txt")
+    assert "is a file, not a bundle or evaluation folder" in str(info.value)
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "prod").symlink_to(bundle_copy)
+    (links / "latest").symlink_to(bundle_copy)
+    with pytest.raises(TransferError, match=r"holds bundles \(prod\) but neither"):
+        write_report(links)
+
+
 def test_the_files_training_skipped_are_in_the_report(bundle_copy, monkeypatch):
     """Training skipped 3 unreadable files (meta.json's "skipped", said on the console), and
     the report said "No file was skipped."; after evaluate it listed evaluate's alone."""

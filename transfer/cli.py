@@ -614,7 +614,8 @@ def train_cmd(
         rich_help_panel=RUN)] = _T.output,
     force: Annotated[bool, typer.Option(
         "--force", help="Replace an existing bundle at --output (and the data folder's "
-        "augment-preview.png with --preview-augment).", rich_help_panel=RUN)] = _T.force,
+        "augment-preview.png with --preview-augment or --preview-only).",
+        rich_help_panel=RUN)] = _T.force,
     assert_accuracy_at_least: Annotated[float | None, typer.Option(
         help="Exit with code 3 when the validation accuracy is below this (a CI gate).",
         show_default=False, rich_help_panel=RUN)] = _T.assert_accuracy_at_least,

@@ -459,8 +459,10 @@ def given_classifier(classifier, function: str, kind: type | None = None):
     kind = kind or Classifier
     if isinstance(classifier, kind):
         return classifier
-    if isinstance(classifier, tuple) and classifier and isinstance(classifier[0], kind):
-        why = "open_classifier's whole (classifier, fallback) pair: pass its first item"
+    if isinstance(classifier, tuple) and classifier and isinstance(classifier[0], Classifier):
+        why = "open_classifier's whole (classifier, fallback) pair" + (
+            ": pass its first item" if isinstance(classifier[0], kind) else
+            f", whose classifier, of {classifier[0].name}, is not a trained bundle's")
     elif isinstance(classifier, Classifier):
         why = f"the classifier of {classifier.name}, which is not a trained bundle"
     else:

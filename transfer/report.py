@@ -695,7 +695,7 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
         check_evaluation_types(evaluation, folder / "report.json")
     if meta is None and evaluation is None:
         inside = sorted(p.name for p in folder.iterdir()  # not `latest`, a link to one of them
-                        if p.is_dir() and not p.is_symlink() and bundle.is_bundle(p))
+                        if p.is_dir() and p.name != bundle.LATEST and bundle.is_bundle(p))
         if inside:  # a comparison cut short (it writes compare.json last), or a models folder
             raise TransferError(
                 f"{folder} holds bundles ({', '.join(inside)}) but neither meta.json (a bundle), "
@@ -1114,16 +1114,14 @@ def write_report(folder, output: Path | None = None, *, gradcams: int | None = N
         OSError: the file cannot be written (a disk full while writing).
     """
     from transfer.files import replacing, utf8_text
-    from transfer.settings import ReportSettings, writable
+    from transfer.settings import ReportSettings, not_a_report_folder, writable
 
     if isinstance(folder, ReportSettings):  # as the other commands take their settings
         s = folder.validated()
         folder, output, force = s.folder, s.output if output is None else output, force or s.force
-    if classifier is not None:
-        from transfer.inference import BundleClassifier, given_classifier
-
-        given_classifier(classifier, "write_report", BundleClassifier)
     folder = Path(folder)
+    if not folder.is_dir():  # said as such before its report.html's folder is probed
+        raise TransferError(not_a_report_folder(folder))
     target = Path(output) if output is not None else folder / REPORT_HTML
     check_output(folder, target, force)
     writable("output", target, file=True, given=output is not None)  # before the slow page

@@ -561,7 +561,7 @@ class TrainSettings(Settings):
             return [p for p in (hp.train_dir, hp.validate_dir) if p is not None]
         return [hp.data_dir]
 
-    def validated(self) -> TrainSettings:
+    def validated(self, *, preview_only: bool = False) -> TrainSettings:
         """Every option checked, without TensorFlow; raises one TransferError per problem."""
         from transfer import bases
 
@@ -642,11 +642,12 @@ class TrainSettings(Settings):
         for name in ("data_dir", "train_dir", "validate_dir", "models_dir", "tensorboard"):
             not_a_file(name, getattr(hp, name))
         read = hp.folders_read()
-        outside_data("output", hp.output, *read)
-        if hp.output is None:
-            outside_data("models_dir", hp.models_dir, *read)
-        outside_data("tensorboard", hp.tensorboard, *read)
-        if hp.tensorboard is not None and hp.output is not None:
+        if not preview_only:  # `train --preview-only` writes its picture alone: no bundle
+            outside_data("output", hp.output, *read)
+            if hp.output is None:
+                outside_data("models_dir", hp.models_dir, *read)
+            outside_data("tensorboard", hp.tensorboard, *read)
+        if hp.tensorboard is not None and hp.output is not None and not preview_only:
             logs, out = Path(hp.tensorboard).resolve(), Path(hp.output).resolve()
             if logs == out or out in logs.parents:  # the bundle lands whole at the end
                 raise TransferError(f"--tensorboard {hp.tensorboard} is inside --output "
@@ -658,18 +659,27 @@ class TrainSettings(Settings):
                 raise TransferError(f"--validate-dir {hp.validate_dir} and --train-dir "
                                     f"{hp.train_dir} hold the same photos: validating on "
                                     "training photos measures nothing; give two folders apart")
+        if preview_only:  # nor models folder nor logs
+            return hp._preview_checked(preview_only=True)
         writable("models_dir", hp.models_dir)
         writable("tensorboard", hp.tensorboard)
         if hp.preview_augment:  # written into the data folder at the end: checked now
-            from transfer.constants import PREVIEW_PNG
-            from transfer.files import refuse_existing
-
-            preview = hp.preview_folder() / PREVIEW_PNG
-            writable("preview_augment", preview, file=True)
-            refuse_existing(preview, hp.force, "--preview-augment:")
+            hp._preview_checked()
         if hp.output is not None:
             bundle_output(hp.output, hp.force)
         return hp
+
+    def _preview_checked(self, preview_only: bool = False) -> TrainSettings:
+        """The augmentation preview's place: writable, and an existing picture replaced only
+        with force; said as the option the user gave (--preview-augment or --preview-only)."""
+        from transfer.constants import PREVIEW_PNG
+        from transfer.files import refuse_existing
+
+        name = "preview_only" if preview_only else "preview_augment"
+        preview = self.preview_folder() / PREVIEW_PNG
+        writable(name, preview, file=True)
+        refuse_existing(preview, self.force, f"{_flag(name)}:")
+        return self
 
 
 HParams = TrainSettings  # the name TF Hub's make_image_classifier uses; kept for callers

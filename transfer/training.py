@@ -395,6 +395,7 @@ def draw_preview(run: RunPlan, path: Path) -> Path:
                            else None)
 
 
+@keeps_random_state  # TensorFlow's first import draws from Python's random
 def preview(settings: TrainSettings, reporter: Reporter | None = None) -> Path:
     """Write the augmentation preview ``train(settings)`` would write with
     ``preview_augment=True`` (``augment-preview.png`` in the data folder), without training:
@@ -403,9 +404,9 @@ def preview(settings: TrainSettings, reporter: Reporter | None = None) -> Path:
     Raises:
         TransferError: a bad option, missing photos, or an existing preview without force.
     """
-    settings = given(settings, TrainSettings, "preview")
-    # no bundle is written: an existing --output is not this call's business
-    settings = settings.replace(preview_augment=True, output=None).validated()
+    # no bundle, models folder or logs are written: --output, --models-dir and --tensorboard
+    # are not this call's business (nor --preview-augment: the picture is all it writes)
+    settings = given(settings, TrainSettings, "preview").validated(preview_only=True)
     reporter = reporter or Reporter()
     from transfer.preview import PREVIEW_PNG
 
