@@ -47,9 +47,14 @@ def test_the_tiles_are_what_training_draws(tiny_split):
     photos = _photos(tiny_split)
     flip_only = Augment(rotation=0, shift=0, shear=0, zoom=0, flip=True)
     tiles = augmented_versions(photos, flip_only, 4, seed=2)
+    flipped = []
     for i, photo in enumerate(photos):
         for tile in tiles[i]:
             assert np.array_equal(tile, photo) or np.array_equal(tile, photo[:, ::-1])
+            flipped.append(not np.array_equal(tile, photo))
+    # and it is applied: a preview that never transformed passed the check above (each of
+    # the 16 tiles flipped or not at random: both are among them)
+    assert any(flipped) and not all(flipped), flipped
 
 
 def test_the_grid_has_a_row_per_photo_and_a_column_per_version(tiny_split, tmp_path):
