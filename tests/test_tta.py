@@ -141,9 +141,27 @@ def test_gradcam_of_a_mirrored_photo_is_the_mirrored_heatmap(flipped_bundle):
 def test_the_tflite_export_of_a_flipped_bundle_computes_the_same(flipped_bundle, tmp_path):
     from transfer.export import export
 
-    result, _ = flipped_bundle
+    result, data = flipped_bundle
     out = export(result.bundle, output=tmp_path / "flips.tflite")
     assert out.path.is_file() and out.n_images > 0 and out.max_abs_diff <= out.tolerance
+    # checked apart from export's own check: a plain interpreter on real photos against the
+    # saved Keras model (photo and mirror averaged) loaded again
+    import tensorflow as tf
+
+    model, _ = bundle.load(result.bundle)
+    photos = sorted((data / "validate/cats").iterdir())[:3] + sorted(
+        (data / "validate/dogs").iterdir())[:3]
+    pixels = np.stack([features.read_image(p, 96) for p in photos]).astype("float32")
+    interpreter = tf.lite.Interpreter(model_path=str(out.path))
+    given = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(given["index"], list(pixels.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(given["index"], pixels)
+    interpreter.invoke()
+    lite = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    keras_out = np.asarray(model.predict(pixels, verbose=0))
+    assert lite.shape == keras_out.shape == (6, 1)
+    np.testing.assert_allclose(lite, keras_out, atol=1e-4)
 
 
 def test_an_int8_flipped_model_lists_each_weight_once_and_computes_the_same(flipped_bundle,
