@@ -562,7 +562,10 @@ class TrainSettings(Settings):
         return [hp.data_dir]
 
     def validated(self, *, preview_only: bool = False) -> TrainSettings:
-        """Every option checked, without TensorFlow; raises one TransferError per problem."""
+        """Every option checked, without TensorFlow; raises one TransferError per problem.
+        ``preview_only``: for `train --preview-only` (``training.preview``), which writes the
+        augmentation preview alone: its place is checked, not the bundle's, models folder's
+        or logs'."""
         from transfer import bases
 
         self.typed(but=("data_dir",))  # needed only without train_dir
