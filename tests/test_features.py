@@ -174,3 +174,12 @@ def test_strong_random_transforms_fill_as_nearest_never_black(photos):
     for seed in range(50):
         moved = features.random_affine(photo, strong, np.random.default_rng(seed))
         assert moved.min() >= photo.min() - 1, seed
+    # nearest, not mirrored: a left-to-right ramp shifted and zoomed (no rotation, shear or
+    # flip) still rises left to right, its edge columns repeated; a mirror fill (which keeps
+    # both checks above) turns it back down
+    ramp = np.repeat(np.repeat(np.linspace(20, 235, 64).astype("uint8")[None, :, None], 64,
+                               axis=0), 3, axis=2)
+    moved_only = Augment(rotation=0, shift=0.5, shear=0, zoom=0.5, flip=False)
+    for seed in range(50):
+        moved = features.random_affine(ramp, moved_only, np.random.default_rng(seed))
+        assert (np.diff(moved[..., 0].astype(int), axis=1) >= -1).all(), seed

@@ -129,7 +129,13 @@ def test_each_l2_value_trains_as_if_alone():
 def test_the_cosine_rate_reaches_zero_at_the_last_step():
     trainer = HeadTrainer(make_head(4, 2, 0, 0.0), True, 4, 1e-2, "cosine", 8, (0.0,), 0)
     assert trainer.rate_now() == pytest.approx(1e-2)
-    trainer.train_part(*data(32, 4, 2)[:2], np.ones(32, "float32"), np.arange(32))
+    x, y = data(32, 4, 2)[:2]
+    trainer.train_part(x[:8], y[:8], np.ones(8, "float32"), np.arange(8))
+    # a quarter of the way (2 of 8 steps): the cosine's 0.854, not a straight line's 0.75
+    # (the two ends alone let a linear decay pass)
+    assert trainer.step == 2
+    assert trainer.rate_now() == pytest.approx(1e-2 * 0.5 * (1 + np.cos(np.pi / 4)))
+    trainer.train_part(x[8:], y[8:], np.ones(24, "float32"), np.arange(24))
     assert trainer.step == 8 and trainer.rate_now() == pytest.approx(0.0, abs=1e-12)
 
 

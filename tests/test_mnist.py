@@ -80,8 +80,17 @@ def test_quick_real_training_and_pictures(quick, mnist_dir):
     assert accuracies[-1] < accuracies[0]
     # the feature maps are this model's real conv1 activations
     model = __import__("transfer.bundle", fromlist=["load"]).load(tmp_path / "mnist-cnn")[0]
-    maps = mnist.feature_maps(model, mnist.load("mnist", mnist_dir)[1][0][0])
+    digit = mnist.load("mnist", mnist_dir)[1][0][0]
+    maps = mnist.feature_maps(model, digit)
     assert maps.shape == (26, 26, 32) and maps.max() > 0
+    # computed apart from Keras: the saved conv1's kernel and bias on the rescaled digit, ReLU
+    # (any ReLU convolution passed the checks above: an untrained network's too)
+    scaling = next(layer for layer in model.layers if "Rescaling" in type(layer).__name__)
+    x = digit.astype("float64") * float(scaling.scale) + float(scaling.offset)
+    kernel, bias = (np.asarray(w, "float64") for w in model.get_layer("conv1").get_weights())
+    windows = np.lib.stride_tricks.sliding_window_view(x, (3, 3))  # 26 x 26 x 3 x 3
+    expected = np.maximum(np.einsum("ijab,abf->ijf", windows, kernel[:, :, 0, :]) + bias, 0)
+    np.testing.assert_allclose(maps, expected, atol=1e-4)
 
 
 def test_mnist_arrays_classify_with_or_without_their_channel_axis(quick, mnist_dir):
@@ -513,17 +522,22 @@ def test_shift_layer_moves_training_images_only():
     assert (moved.sum((1, 2)) == 64).all()  # the square is never cut off
 
 
-def test_shift_is_recorded_and_not_saved(mnist_dir, tmp_path):
+def test_shift_is_recorded_and_not_saved(mnist_dir, tmp_path, monkeypatch):
     """--shift trains through the shift layer; the bundle holds the same network without it
     (same weights, so the same predictions) and meta.json records the option."""
     from transfer import bundle
 
+    built, real_build = [], mnist.build_model
+    monkeypatch.setattr(mnist, "build_model",
+                        lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
     result = mnist.run(mnist.MnistParams(data=mnist_dir, limit=600, epochs=1, batch_size=32,
                                          shift=2, label_smoothing=0.1,
                                          output=tmp_path / "shifted"))
     training = result.meta["training"]
     assert training["shift_pixels"] == 2 and training["label_smoothing"] == 0.1
     saved, _ = bundle.load(result.bundle)
+    # the network trained had the layer (a run that never shifted passed the checks below)
+    assert "shift" in [layer.name for layer in built[0].layers]
     assert "shift" not in [layer.name for layer in saved.layers]
     assert result.meta["metrics"]["test_accuracy"] > 0.5
     # val_loss is the saved model's plain cross-entropy, as test_loss is (it was the fit's

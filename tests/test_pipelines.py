@@ -129,6 +129,15 @@ def test_augmentation_is_seeded_and_varies_by_epoch(odd_folder):
     batch = first[0][0]
     first.on_epoch_end()
     assert not np.array_equal(batch, first[0][0])
+    # the same photos in the same order, the next epoch: other transforms (with shuffle on,
+    # the new order alone made the batch differ)
+    fixed = pipelines.make("generator", samples, names, 48, "tf", 4, Augment(), shuffle=False,
+                           seed=3)
+    before = np.array(fixed[0][0])
+    fixed.on_epoch_end()
+    np.testing.assert_array_equal(fixed[0][1], pipelines.make(
+        "generator", samples, names, 48, "tf", 4, None, shuffle=False, seed=3)[0][1])
+    assert not np.array_equal(before, fixed[0][0])
     plain = pipelines.make("generator", samples, names, 48, "tf", 100, None, shuffle=False,
                            seed=3)[0][0]
     assert plain.shape == (10, 48, 48, 3)

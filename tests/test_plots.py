@@ -78,15 +78,18 @@ def test_fine_tunings_single_view_validation_is_said_where_the_saved_model_avera
 def test_a_title_the_font_cannot_draw_warns_no_one_and_leaves_the_filters(tmp_path):
     """A photo named in a script DejaVu Sans lacks (猫.jpg) drew boxes with a UserWarning per
     glyph on the console; silencing it must not change the caller's warning filters (a
-    library call leaves them as they were)."""
+    library call leaves them as they were). Drawn with a glyph no font here has (cuneiform):
+    with a CJK fallback font installed, 猫 draws and no warning could ever come."""
     import warnings
+
+    assert plots.missing_glyphs(["\U00012000"]) == ["\U00012000"]  # the case is real here
 
     before = list(warnings.filters)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         inside = list(warnings.filters)
         plots.gradcam(np.zeros((32, 32, 3), "uint8"), np.zeros((32, 32)), tmp_path / "g.png",
-                      title="猫.jpg: predicted cats 0.98")
+                      title="\U00012000.jpg: predicted cats 0.98")
         assert list(warnings.filters) == inside
     assert not [w for w in caught if "missing from font" in str(w.message)]
     assert list(warnings.filters) == before and (tmp_path / "g.png").is_file()
