@@ -19,11 +19,16 @@ runner = CliRunner()
 
 
 def test_help_lists_every_command():
-    result = runner.invoke(app, ["--help"])
+    """Each command is a row of the Commands panel (the names also appear in the app's
+    description, so a check that they are somewhere in the output could not fail)."""
+    import re
+
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for name in ("fetch-data", "bases", "train", "mnist", "predict", "evaluate", "explain",
-                 "export"):
-        assert name in result.output
+    rows = {name for name in re.findall(r"^│ (\S+)", result.output, re.M)
+            if not name.startswith("-")}
+    assert rows == {"fetch-data", "bases", "train", "predict", "evaluate", "explain",
+                    "export", "mnist", "compare", "serve", "report"}
 
 
 def test_train_help_gives_each_recipes_defaults():
@@ -282,6 +287,10 @@ def test_bases_lists_every_base_and_which_weights_are_cached(mobilenet_weights):
                 assert f"{name} --alpha {alpha}" in rows
         else:
             assert name in rows and f"{base.size}" in rows[name]
+        # the input and min columns each in its place (anywhere in the row let a swap pass)
+        row = rows[f"{name} --alpha 1.0" if base.has_alpha else name]
+        cells = [cell.strip() for cell in row.split("│")[1:-1]]
+        assert cells[2:4] == [str(base.size), str(base.min_size)], (name, cells)
     assert "│ cached" in rows["mobilenet --alpha 0.25"]
     assert "not cached" in rows["inception"] and "not cached" in rows["mobilenet --alpha 1.0"]
     assert "21,802,784" in rows["inception"]  # InceptionV3 without its top (Keras counts)

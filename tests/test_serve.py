@@ -234,6 +234,18 @@ def test_explain_returns_a_png(client, unseen):
     overlay = client.post("/api/explain", files={"file": photo},
                           data={"view": "overlay", "class_name": "cats"})
     assert overlay.status_code == 200 and overlay.headers["x-label"] == "cats"
+    # the class explained and its probability are predict's: the top class by default, the
+    # one asked for otherwise (a header giving the top class's probability, or explaining
+    # the first class always, passed the range checks above)
+    (row,) = client.post("/api/predict", files=files_field(photo)).json()["predictions"]
+    assert response.headers["x-label"] == row["label"]
+    assert float(response.headers["x-probability"]) == pytest.approx(row["probability"],
+                                                                     abs=1e-5)
+    p_cats = float(overlay.headers["x-probability"])
+    p_dogs = float(client.post("/api/explain", files={"file": photo},
+                               data={"class_name": "dogs"}).headers["x-probability"])
+    assert p_cats + p_dogs == pytest.approx(1.0, abs=1e-5)
+    assert max(p_cats, p_dogs) == pytest.approx(row["probability"], abs=1e-5)
     with Image.open(io.BytesIO(overlay.content)) as picture:
         array = np.asarray(picture)
         assert picture.width < pair.width and array.std() > 10
