@@ -62,6 +62,13 @@ def test_report_on_held_out_photos(trained_bundle, small_split, tmp_path):
     labels = [["cats", "dogs"].index(i.label) for i in predicted.items]
     truth = [["cats", "dogs"].index(c) for _, c in split_images(small_split / "test")]
     assert metrics.confusion_matrix(truth, labels, 2).tolist() == report["confusion_matrix"]
+    # ROC AUC from predict's p(dogs), counted pair by pair (0.5 < AUC <= 1 let an AUC of the
+    # hard labels pass: 0.925 for 1.0)
+    p_dogs = [i.probabilities["dogs"] for i in predicted.items]
+    dogs = [p for p, t in zip(p_dogs, truth, strict=True) if t == 1]
+    cats = [p for p, t in zip(p_dogs, truth, strict=True) if t == 0]
+    pairs = np.mean([(d > c) + 0.5 * (d == c) for d in dogs for c in cats])
+    assert report["roc_auc"] == pytest.approx(pairs, abs=1e-6)
     for name in ("confusion.png", "misclassified.png"):
         with Image.open(out / name) as image:
             assert image.format == "PNG" and image.width > 200

@@ -229,10 +229,15 @@ def test_tensorboard_writes_logs_per_phase(own_split, tmp_path):
     logs = tmp_path / "tb"
     settings = hp(own_split, tmp_path, augment=NO_AUGMENT, epochs=1, tensorboard=logs,
                   output=tmp_path / "tbrun")
-    train(settings)
+    result = train(settings)
     events = list((logs / "head").rglob("events.out.tfevents.*"))
     assert events and all(e.stat().st_size > 0 for e in events)
     assert {e.parent.name for e in events} >= {"train", "validation"}
+    # and they hold the run's figures (files of no value at all passed the checks above)
+    assert tensorboard_scalars(logs / "head/train", "epoch_loss") == pytest.approx(
+        result.history["loss"], rel=1e-5)
+    assert tensorboard_scalars(logs / "head/validation", "epoch_loss") == pytest.approx(
+        result.history["val_loss"], rel=1e-5)
 
 
 def test_tensorboard_without_its_package_is_one_line_before_work(own_split, tmp_path,
@@ -661,16 +666,29 @@ def test_the_l2_penalty_is_chosen_on_the_validation_loss(own_split, tmp_path,
     assert alone["best_val_loss"] == pytest.approx(grid["0.01"]["best_val_loss"], rel=1e-4)
 
 
-def test_a_cosine_schedule_decays_to_zero_at_the_last_step(own_split, tmp_path):
+def test_a_cosine_schedule_decays_to_zero_at_the_last_step(own_split, tmp_path, monkeypatch):
     schedule = phases.schedule_of("cosine", 1e-3, 30)
     assert float(schedule(0)) == pytest.approx(1e-3)
     assert float(schedule(15)) == pytest.approx(5e-4, rel=1e-4)
     assert float(schedule(30)) == pytest.approx(0.0, abs=1e-12)
     assert phases.schedule_of("constant", 1e-3, 30) == 1e-3
+    from transfer import head
+
+    rates, real = [], head.HeadTrainer.run_epoch
+
+    def spy(self, *args):  # the rate each epoch of the head ended at
+        out = real(self, *args)
+        rates.append(out[-1])
+        return out
+
+    monkeypatch.setattr(head.HeadTrainer, "run_epoch", spy)
     result = train(hp(own_split, tmp_path, augment=NO_AUGMENT, epochs=3, patience=5,
                       lr_schedule="cosine", output=tmp_path / "cos"))
     assert result.meta["training"]["lr_schedule"] == "cosine"
     assert result.meta["metrics"]["epochs_run"] == 3
+    # the head trained on it (meta.json said "cosine" of a head trained at a constant rate)
+    assert len(rates) == 3 and rates[0] < result.meta["training"]["learning_rate"]
+    assert rates[-1] == pytest.approx(0.0, abs=1e-12), rates
 
 
 # --------------------------------------------------------------------------- errors
@@ -1181,10 +1199,16 @@ def test_a_run_that_diverges_says_so(own_split, tmp_path):
             "try a lower --learning-rate than 1e+30") in reporter.warnings, reporter.warnings
     # the head trained on features (NumPy): "warning: overflow encountered in square" and
     # four more such lines; now the one line above
+    head_reporter = Recorder()
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        train(hp(own_split, tmp_path, learning_rate=1e30, l2=0.001, output=tmp_path / "head"),
-              Recorder())
+        head = train(hp(own_split, tmp_path, learning_rate=1e30, l2=0.001,
+                        output=tmp_path / "head"), head_reporter)
+    written = json.loads((head.bundle / "meta.json").read_text())
+    assert written["metrics"]["val_loss"] is None  # NaN, written as null
+    assert ("the training diverged (the model's outputs are not numbers): this model is no use; "
+            "try a lower --learning-rate than 1e+30") in head_reporter.warnings, \
+        head_reporter.warnings
     assert metrics.roc_auc([0, 1, 0, 1], [np.nan] * 4) is None
     assert metrics.roc_auc([0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8]) == 1.0
 
