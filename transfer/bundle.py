@@ -42,12 +42,18 @@ def default_name(prefix: str) -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def is_bundle(path: Path) -> bool:
+def _meta_or_none(folder: Path) -> dict | None:
+    """``folder``'s meta.json as an object, or None when it is missing, unreadable or odd."""
     try:
-        meta = json.loads((Path(path) / META).read_text(encoding="utf-8-sig"))
+        meta = json.loads((Path(folder) / META).read_text(encoding="utf-8-sig"))
     except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and "schema_version" in meta and "class_names" in meta
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def is_bundle(path: Path) -> bool:
+    meta = _meta_or_none(path)
+    return meta is not None and "schema_version" in meta and "class_names" in meta
 
 
 class Landing:
@@ -106,10 +112,7 @@ def not_written_by_transfer(old: Path, new: Path) -> list[str]:
     later command (``MADE_LATER``; in ``export/``, what ``transfer export`` names by default)
     wrote: the user's own files, which keep the old bundle from being deleted."""
     theirs = []
-    try:
-        kind = json.loads((Path(old) / META).read_text(encoding="utf-8-sig")).get("kind")
-    except (OSError, ValueError, AttributeError):
-        kind = None
+    kind = (_meta_or_none(old) or {}).get("kind")
     if not isinstance(kind, str):  # an odd meta.json: nothing is known to be a run's
         kind = None
     # a killed run's leftovers of these too
