@@ -553,6 +553,12 @@ class TrainSettings(Settings):
         hp = self.resolved()
         return Path(hp.train_dir).parent if hp.train_dir is not None else Path(hp.data_dir)
 
+    def preview_path(self) -> Path:
+        """The augmentation preview's file: ``augment-preview.png`` in ``preview_folder()``."""
+        from transfer.constants import PREVIEW_PNG
+
+        return self.preview_folder() / PREVIEW_PNG
+
     def folders_read(self) -> list[Path]:
         """The photo folders a run reads: the train and validate folders, or the data folder
         itself when it holds the class folders (every folder in it is a class)."""
@@ -650,12 +656,13 @@ class TrainSettings(Settings):
             if hp.output is None:
                 outside_data("models_dir", hp.models_dir, *read)
             outside_data("tensorboard", hp.tensorboard, *read)
-        if hp.tensorboard is not None and hp.output is not None and not preview_only:
-            logs, out = Path(hp.tensorboard).resolve(), Path(hp.output).resolve()
-            if logs == out or out in logs.parents:  # the bundle lands whole at the end
-                raise TransferError(f"--tensorboard {hp.tensorboard} is inside --output "
-                                    f"{hp.output}, which is written whole when training ends; "
-                                    f"put the logs beside it (--tensorboard {hp.output}-logs)")
+            if hp.tensorboard is not None and hp.output is not None:
+                logs, out = Path(hp.tensorboard).resolve(), Path(hp.output).resolve()
+                if logs == out or out in logs.parents:  # the bundle lands whole at the end
+                    raise TransferError(f"--tensorboard {hp.tensorboard} is inside --output "
+                                        f"{hp.output}, which is written whole when training "
+                                        f"ends; put the logs beside it (--tensorboard "
+                                        f"{hp.output}-logs)")
         if hp.train_dir is not None and hp.validate_dir is not None:
             train, validate = Path(hp.train_dir).resolve(), Path(hp.validate_dir).resolve()
             if train == validate or train in validate.parents or validate in train.parents:
@@ -675,11 +682,10 @@ class TrainSettings(Settings):
     def _preview_checked(self, preview_only: bool = False) -> TrainSettings:
         """The augmentation preview's place: writable, and an existing picture replaced only
         with force; said as the option the user gave (--preview-augment or --preview-only)."""
-        from transfer.constants import PREVIEW_PNG
         from transfer.files import refuse_existing
 
         name = "preview_only" if preview_only else "preview_augment"
-        preview = self.preview_folder() / PREVIEW_PNG
+        preview = self.preview_path()
         writable(name, preview, file=True)
         refuse_existing(preview, self.force, f"{_flag(name)}:")
         return self

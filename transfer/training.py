@@ -408,9 +408,7 @@ def preview(settings: TrainSettings, reporter: Reporter | None = None) -> Path:
     # are not this call's business (nor --preview-augment: the picture is all it writes)
     settings = given(settings, TrainSettings, "preview").validated(preview_only=True)
     reporter = reporter or Reporter()
-    from transfer.preview import PREVIEW_PNG
-
-    path = settings.preview_folder() / PREVIEW_PNG
+    path = settings.preview_path()
     with reading_the_data(settings):
         run = plan(settings)
         report_data(run, reporter)
@@ -615,7 +613,7 @@ def _after_writing(run: RunPlan, landed: Path, reporter: Reporter, cluster, mode
     settings = run.settings
     shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     if settings.preview_augment:
-        preview = settings.preview_folder() / PREVIEW_PNG
+        preview = settings.preview_path()
         try:  # whole or not at all (a full disk); the bundle, already written, keeps its copy
             with replacing(preview) as tmp:
                 shutil.copyfile(landed / PREVIEW_PNG, tmp)
