@@ -404,8 +404,9 @@ def _evaluated_images(folder: Path, names: list[str], per_class: int
                       ) -> tuple[list[tuple[Path, str]], str | None]:
     """Up to ``per_class`` images of each class of ``folder``, the folder an evaluation
     scored, found as evaluate found them (``evaluate.labelled_files``: a class folder whose
-    accents macOS stored decomposed is its class), and None; or [] and why evaluate would
-    refuse the folder now (a class folder added or emptied since)."""
+    accents macOS stored decomposed is its class), and None; or [] and why there are none:
+    evaluate would refuse the folder now (a class folder added or emptied since), or it holds
+    no photo of the bundle's classes."""
     from transfer.evaluate import labelled_files
 
     try:
@@ -414,7 +415,9 @@ def _evaluated_images(folder: Path, names: list[str], per_class: int
         return [], str(exc)
     except OSError as exc:
         return [], f"the evaluated folder {folder} cannot be read ({exc.strerror or exc})"
-    return _first_of_each_class(found, names, per_class), None
+    chosen = _first_of_each_class(found, names, per_class)
+    return chosen, None if chosen else ("no photo of the bundle's classes was found in the "
+                                        f"evaluated folder {folder}")
 
 
 def evaluated_folder(evaluation: dict | None) -> Path | None:
@@ -467,8 +470,7 @@ def gradcam_figures(bundle_dir: Path, meta: dict, count: int = GRADCAMS,
         order += [(paths[i], name) for name, paths in by_class.items() if i < len(paths)]
     order = order[:count]
     if not order:
-        why = (refused or f"no photo of the bundle's classes was found in the evaluated "
-               f"folder {evaluated}" if evaluated is not None else _no_validation_photos(meta))
+        why = refused if evaluated is not None else _no_validation_photos(meta)
         if why is not None:
             said.append(f"Grad-CAM skipped: {why}")
         return []
@@ -875,7 +877,6 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
         note = macro_note(table) if macro else None
         if note:
             evaluated += f'<p class="muted">{_e(note[0].upper() + note[1:])}.</p>'
-
     if problem is not None:
         evaluated += skipped_lines(said, f"Confusion matrix skipped: {problem}")
     elif matrix:
