@@ -913,6 +913,35 @@ def test_an_interrupted_pass_leaves_no_shard_files_behind(own_split, tmp_path, m
     assert not [p.name for p in scratch.iterdir() if p.name.startswith("transfer-features-")]
 
 
+def test_streamed_shards_hold_every_class_and_in_memory_ones_keep_the_folders_order(
+        own_split, tmp_path, monkeypatch):
+    """The head streamed shard by shard never lets a batch cross a shard: shards cut in the
+    folders' order held one class each, so every batch did (measured: a worse head than the
+    same run in memory, on every seed). A streamed pass interleaves the classes, every shard
+    holding both in proportion; a pass kept in memory cuts them as before (the same cache
+    entries, the same head)."""
+    from transfer import features as feature_module
+
+    real, shards = feature_module.run_pass, []
+
+    def recorded(paths, labels, *args, **kwargs):
+        shards.append(sorted(set(np.asarray(labels).tolist())))
+        return real(paths, labels, *args, **kwargs)
+
+    monkeypatch.setattr(feature_module, "run_pass", recorded)
+    monkeypatch.setenv("TRANSFER_FEATURE_MEMORY_MB", "0")
+    streamed = train(hp(own_split, tmp_path, augment=NO_AUGMENT, feature_shard_size=6,
+                        engine="tf", output=tmp_path / "models/streamed"))
+    assert len(shards) == 24 // 6 + 12 // 6  # train and validation passes, 6 photos a shard
+    assert all(classes == [0, 1] for classes in shards), shards
+    assert streamed.meta["data"]["train_images"] == 24
+    shards.clear()
+    monkeypatch.delenv("TRANSFER_FEATURE_MEMORY_MB")
+    train(hp(own_split, tmp_path, augment=NO_AUGMENT, feature_shard_size=6, engine="tf",
+             output=tmp_path / "models/memory"))
+    assert shards == [[0]] * 2 + [[1]] * 2 + [[0], [1]], "in memory: the folders' order"
+
+
 def test_train_waits_for_no_fetch_data_but_refuses_while_one_writes(own_split, tmp_path):
     """A fetch-data writing the split (another process holds the folder's lock): train refuses
     in one line before any work; another train reading the same folder does not stop it."""

@@ -319,6 +319,23 @@ def memory_budget() -> int:
     return int(env_number("TRANSFER_FEATURE_MEMORY_MB", MEMORY_MB) * 2**20)
 
 
+def classes_interleaved(samples: list) -> list:
+    """``samples`` ((path, label) pairs) in an order that spreads every class evenly over the
+    list, each class's own order kept: any stretch of it, a shard, holds the classes in about
+    their proportions. (A pass in the folders' order cuts shards of one class each, and a head
+    streamed shard by shard, batches never crossing shards, then learnt from one-class
+    batches.) Fixed by the files and labels alone, as the shards must be."""
+    counts: dict = {}
+    for _, label in samples:
+        counts[label] = counts.get(label, 0) + 1
+    seen: dict = {}
+    keyed = []
+    for i, (_, label) in enumerate(samples):
+        keyed.append(((seen.get(label, 0) + 0.5) / counts[label], i))
+        seen[label] = seen.get(label, 0) + 1
+    return [samples[i] for _, i in sorted(keyed)]
+
+
 def shard_bounds(n: int, size: int) -> list[tuple[int, int]]:
     """[(start, stop)] of the shards of a pass over n images: fixed by n and size alone, so the
     same files make the same shards (and cache entries) whatever the number of workers."""

@@ -347,7 +347,9 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
     Each pass is cut into shards of ``--feature-shard-size`` images (``features.shard_bounds``:
     fixed by the file list, so cache entries serve any number of workers). A shard is kept in
     memory while the run's features fit ``features.memory_budget()``, else as a file (the cache
-    entry, or a temporary file without the cache) streamed back by the head. With a ``cluster``
+    entry, or a temporary file without the cache) streamed back by the head; such a pass takes the
+    photos classes interleaved (``features.classes_interleaved``), so that every shard, and every
+    batch the head reads from it, holds every class. With a ``cluster``
     (``--distribute multi-worker``) the shards the chief lacks are dealt round-robin, worker w
     computing shard r * workers + w in round r, and each round is gathered on every worker:
     memory stays bounded by one round, and only the chief keeps (and caches) the features.
@@ -380,6 +382,12 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
                                          size=size, views=views[size])
                        for size, n in inputs.items()}
     in_memory = rows * width * 4 <= features.memory_budget()
+    if cluster is not None:  # the chief's budget decides: every worker cuts the same shards
+        in_memory = bool(cluster.broadcast([np.array([in_memory], "int32")],
+                                           "planning the feature pass")[0][0])
+    if not in_memory:  # streamed shard by shard: each shard holds every class, not one
+        train_samples = features.classes_interleaved(train_samples)
+        val_samples = features.classes_interleaved(val_samples)
     hits: list[bool] = []
     seen_engines: set = set()
     skipped: dict[str, str] = {}
