@@ -96,6 +96,9 @@ CASES = [
     ("train --dropout -0.1", 1, "--dropout must be in [0, 1)"),
     ("train --learning-rate -0.001", 1, "--learning-rate must be a positive number"),
     ("train --learning-rate 0", 1, "--learning-rate must be a positive number"),
+    # TensorFlow's heartbeat bound is an int64 of milliseconds: its ValueError's traceback
+    ("train --worker-timeout 1e17", 1, "--worker-timeout must be at most 1e+08 seconds, not "
+                                       "1e+17"),
     ("train --patience -1", 1, "--patience must be at least 0"),
     ("train --dense -4", 1, "--dense must be at least 0"),
     ("train --augment-copies -1", 1, "--augment-copies must be at least 0"),

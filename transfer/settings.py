@@ -127,6 +127,9 @@ def a_bool(name: str, value) -> None:
         raise TransferError(f"{_flag(name)} must be True or False, not {value!r}")
 
 
+WORKER_TIMEOUT_MAX = 1e8  # seconds (about three years), as TRANSFER_STARTUP_SECONDS
+
+
 def positive(name: str, value) -> None:
     if not (real(value) and value > 0):
         raise TransferError(f"{_flag(name)} must be a positive number, not {shown(value)}")
@@ -607,6 +610,10 @@ class TrainSettings(Settings):
 
             cluster.read_tf_config()  # one line when TF_CONFIG is missing or malformed
         positive("worker_timeout", self.worker_timeout)
+        if self.worker_timeout > WORKER_TIMEOUT_MAX:  # TensorFlow's heartbeat bound is an
+            # int64 of milliseconds: 1e17 s ended in its ValueError's traceback
+            raise TransferError(f"--worker-timeout must be at most {WORKER_TIMEOUT_MAX:g} "
+                                f"seconds, not {shown(self.worker_timeout)}")
         at_least("feature_shard_size", self.feature_shard_size, 1)
         one_of("engine", self.engine, ENGINES)
         one_of("class_weight", self.class_weight, CLASS_WEIGHTS)
