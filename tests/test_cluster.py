@@ -334,9 +334,11 @@ def test_two_workers_fine_tune_in_a_custom_loop(tiny_split, tmp_path):
     out = tmp_path / "models" / "ft"
     temp = tmp_path / "temp"  # the workers' temp folder
     temp.mkdir()
+    board = tmp_path / "tb"
     procs, logs = start_workers(2, lambda i: train_args(
         data, out, "--epochs", "2", "--fine-tune", "10", "--fine-tune-epochs", "2",
-        "--fine-tune-lr", "1e-4", "--distribute", "multi-worker"), env={"TMPDIR": str(temp)})
+        "--fine-tune-lr", "1e-4", "--distribute", "multi-worker", "--tensorboard", str(board)),
+        env={"TMPDIR": str(temp)})
     codes = wait_all(procs)
     assert codes == [0, 0], text(logs[0]) + text(logs[1])
     # a worker ends with os._exit, past the atexit handlers that delete TensorFlow
@@ -351,8 +353,15 @@ def test_two_workers_fine_tune_in_a_custom_loop(tiny_split, tmp_path):
     for log in logs:  # the single-process run's line, which this route did not say
         said = text(log)
         assert said.count("fine-tuning the top 10 layers of MobileNet (") == 1, said
-    phases = [line.split(",")[-1] for line in (out / "history.csv").read_text().splitlines()[1:]]
+    rows = [line.split(",") for line in (out / "history.csv").read_text().splitlines()]
+    phases = [row[-1] for row in rows[1:]]
     assert phases.count("fine-tune") == 2 and phases[0] == "head"
+    # the chief logs the loop's epochs as on one machine (it wrote the head's only)
+    from tests.test_training import tensorboard_scalars
+
+    column = rows[0].index("val_loss")
+    assert tensorboard_scalars(board / "fine-tune/validation", "epoch_loss") == pytest.approx(
+        [float(row[column]) for row in rows[1:] if row[-1] == "fine-tune"], rel=1e-5)
     assert not (out.parent / f".{out.name}.checkpoints").exists(), "checkpoints left behind"
     result = meta["training"]["fine_tune_result"]  # the chief measured both models
     assert math.isfinite(result["frozen"]["val_loss"])

@@ -1137,6 +1137,8 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
                 break
     if best_weights is not None:
         model.set_weights(best_weights)  # as EarlyStopping(restore_best_weights=True)
+    if hp.tensorboard and cluster.chief:  # the epochs Keras's callback logs on one machine
+        write_tensorboard(Path(hp.tensorboard) / phase, history)
     info = {"class_weight": class_weight_meta(plan, applied, weights), "watched_from": watched,
             "custom_loop": {"workers": workers, "global_batch": global_batch,
                             "steps_per_epoch": steps, "resumed_from_epoch": first}}
