@@ -438,8 +438,16 @@ def cache_state(cache: str, computed: int, needed: int) -> str:
 def kept_for_a_rerun(run, cluster) -> str:
     """What a multi-worker run stopped by a lost worker leaves on this worker's disk for the
     same command to resume from, in words ("" for nothing: stopped before a shard of features
-    or an epoch checkpoint was written, or --no-feature-cache on the frozen route)."""
+    or an epoch checkpoint was written, or --no-feature-cache on the frozen route). Another
+    worker than the chief keeps nothing itself: what the chief keeps on its machine, which this
+    one cannot see (it said "nothing of this run is kept" while the chief said the opposite)."""
     kept = []
+    if not cluster.chief:
+        if run.use_cache and run.settings.feature_cache:
+            kept.append("the features the chief cached")
+        if run.pipeline_used:
+            kept.append("the epoch checkpoints the chief saved")
+        return " and ".join(kept)
     if run.use_cache and run.settings.feature_cache and cluster.features_kept:
         kept.append(f"the features cached in {run.feature_cache_dir}")
     if run.pipeline_used and any(p.is_file() for p in _files_under(run.checkpoint_dir)):
