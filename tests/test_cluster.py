@@ -425,7 +425,10 @@ def fault_in_the_feature_pass(split: Path, out: Path, signum: int, worker_timeou
         procs[1].send_signal(signal.SIGKILL)
         wait_all(procs, timeout=5)
     log = text(logs[0])
-    assert code != 0 and stopped_after < 120, (code, stopped_after, log)
+    print(f"the chief stopped {stopped_after:.1f} s after the signal")
+    # within --worker-timeout and its margins (3 of the slowest shard's time, a heartbeat):
+    # the default 60 s in place of the option's 10 is past this
+    assert code != 0 and stopped_after < float(worker_timeout) + 25, (code, stopped_after, log)
     assert "multi-worker training stopped during the feature pass" in log
     assert f"to resume (the features cached in {cache} are kept)" in log, log
     assert "Traceback" not in log
