@@ -1015,8 +1015,11 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
     model = built.core
     augment = hp.augment if hp.augment.enabled else None
 
+    read = np.zeros((2, workers))  # the images this worker's train and validate data held
+
     def dataset(ctx):
         mine = train_samples[ctx.input_pipeline_id::ctx.num_input_pipelines]
+        read[0, rank] = len(mine)
         data = pipelines.make("tfdata", mine, plan.names, plan.size, plan.base.preprocess,
                               hp.batch_size, augment, True, hp.seed + ctx.input_pipeline_id,
                               plan.skipped)
@@ -1065,6 +1068,7 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
 
     def validate() -> tuple[float, float]:
         mine = val_samples[rank::workers]
+        read[1, rank] = len(mine)
         sums = np.zeros(3)
         if mine:
             data = pipelines.make("tfdata", mine, plan.names, plan.size, plan.base.preprocess,
@@ -1139,9 +1143,13 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
         model.set_weights(best_weights)  # as EarlyStopping(restore_best_weights=True)
     if hp.tensorboard and cluster.chief:  # the epochs Keras's callback logs on one machine
         write_tensorboard(Path(hp.tensorboard) / phase, history)
+    # what each worker's data held, as each counted it (meta.json's per_worker)
+    read = cluster.total(read.reshape(-1), f"the end of {phase}").reshape(2, workers)
     info = {"class_weight": class_weight_meta(plan, applied, weights), "watched_from": watched,
             "custom_loop": {"workers": workers, "global_batch": global_batch,
-                            "steps_per_epoch": steps, "resumed_from_epoch": first}}
+                            "steps_per_epoch": steps, "resumed_from_epoch": first,
+                            "images_read": {"train": read[0].astype(int).tolist(),
+                                            "validate": read[1].astype(int).tolist()}}}
     if phase == "train":
         info["lr_schedule"] = schedule
     return Fit(history_of(history, phase), time.perf_counter() - start, info)

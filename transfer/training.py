@@ -794,9 +794,9 @@ def worker_meta(run: RunPlan, feats, fit, cluster) -> list:
         item = {"rank": w, "address": cluster.topology.addresses[w]}
         if feats is not None:
             item["feature_images"] = feats.per_worker[w] if feats.per_worker else 0
-        if "custom_loop" in fit.info:
-            item["train_images"] = len(run.usable("train")[w::n])
-            item["validate_images"] = len(run.usable("validate")[w::n])
+        if "custom_loop" in fit.info:  # each worker's own count of its slice
+            item["train_images"] = fit.info["custom_loop"]["images_read"]["train"][w]
+            item["validate_images"] = fit.info["custom_loop"]["images_read"]["validate"][w]
         out.append(item)
     return out
 
