@@ -176,3 +176,33 @@ def test_each_epochs_order_is_drawn_when_asked_and_is_the_one_drawn_up_front():
     finally:
         tracemalloc.stop()
     assert peak < 1_000_000, f"{peak} bytes for three epochs' orders"
+
+
+def test_a_streamed_epoch_visits_the_shards_in_a_new_random_order_rows_shuffled_within():
+    """Features beyond memory train shard by shard: each epoch takes the shards in a random
+    order, the rows of each shuffled, batches never crossing shards. That is run_epoch over
+    the rows in that composed order: the same losses and weights, exactly (nothing checked
+    the order: visiting the shards in their order, rows unshuffled, passed)."""
+    from transfer.features import FeatureSet
+
+    x, y = data(64, 5, 2, seed=4)
+    shards = [(x[a:a + 16], y[a:a + 16]) for a in range(0, 64, 16)]  # 2 batches of 8 each
+    train_set = FeatureSet([p for p, _ in shards], [16] * 4, y.astype("int64"), 5)
+    val_x, val_y = data(12, 5, 2, seed=5)
+    val_set = FeatureSet([val_x], [12], val_y.astype("int64"), 5)
+    per_class = np.array([1.0, 2.0], "float32")
+    streamed = HeadTrainer(make_head(5, 2, 0, 0.0), True, 8, 1e-1, "constant", 16, (0.0,), 1)
+    plain = HeadTrainer(make_head(5, 2, 0, 0.0), True, 8, 1e-1, "constant", 16, (0.0,), 1)
+    rng, replay = np.random.default_rng(9), np.random.default_rng(9)
+    visits = []
+    for _ in range(2):
+        got = streamed.run_epoch_streamed(train_set, per_class, rng, val_set)
+        visit = [int(i) for i in replay.permutation(4)]
+        visits.append(visit)
+        order = np.concatenate([16 * i + replay.permutation(16) for i in visit]).astype("int32")
+        want = plain.run_epoch(x, y, per_class[y.astype(int)], order, val_x, val_y)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert visits[0] != [0, 1, 2, 3] and visits[0] != visits[1], visits  # the seed's draws
+    for a, b in zip(streamed.variables, plain.variables, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
