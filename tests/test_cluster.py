@@ -729,6 +729,12 @@ def test_the_launcher_adds_multi_worker_and_refuses_another_strategy(monkeypatch
                    ["train", "--distribute=multi-worker"]]
     assert launch.main(["2", "train", "--distribute", "mirrored"]) == 2
     assert "not --distribute mirrored" in capsys.readouterr().err and len(ran) == 2
+    # the option without its value: each worker said so, the launcher's own addition as the
+    # value it took ("it took the next word, --distribute")
+    for words in (["--distribute"], ["--distribute", "--epochs", "3"]):
+        assert launch.main(["2", "--", "train", *words]) == 2 and len(ran) == 2
+        assert capsys.readouterr().err == ("error: --distribute has no value; the launcher runs "
+                                           "--distribute multi-worker (added when not given)\n")
     # another command has no --distribute: each worker said so, the same line twice
     assert launch.main(["2", "--", "predict", "foo.jpg"]) == 2 and len(ran) == 2
     assert capsys.readouterr().err == ("error: the launcher runs `transfer train` on several "

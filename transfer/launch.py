@@ -182,6 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = distribute_option(rest)
     if given is None:  # without it, N separate trainings would race for one bundle
         rest = [*rest, "--distribute", "multi-worker"]
+    elif given == "":  # no value: the workers each said so, after "--distribute" was added
+        print("error: --distribute has no value; the launcher runs --distribute multi-worker "
+              "(added when not given)", file=sys.stderr)
+        return 2
     elif given != "multi-worker":
         print(f"error: the launcher runs multi-worker training, not --distribute {given}",
               file=sys.stderr)
@@ -190,11 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def distribute_option(args: Sequence[str]) -> str | None:
-    """The value of ``--distribute`` in ``args`` (either spelling), or None when not given."""
+    """The value of ``--distribute`` in ``args`` (either spelling), None when not given, ""
+    when given without one (last, or followed by another option)."""
     value = None
     for i, arg in enumerate(args):
-        if arg == "--distribute" and i + 1 < len(args):
-            value = args[i + 1]
+        if arg == "--distribute":
+            value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("-") else ""
         elif arg.startswith("--distribute="):
             value = arg.split("=", 1)[1]
     return value
