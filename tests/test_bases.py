@@ -386,7 +386,7 @@ def test_a_keras_download_is_said_to_the_reporter_and_silent_without_one(tmp_pat
 
         def download(reporter, folder: str) -> tuple[str, str]:
             (tmp_path / folder).mkdir()  # a missing one: Keras would use /tmp/.keras instead
-            with bases.keras_says_to(reporter):
+            with bases.downloads_said_to(reporter):
                 got = keras.utils.get_file(origin=origin, cache_dir=str(tmp_path / folder),
                                            cache_subdir="")
             assert Path(got).read_bytes() == served.read_bytes()

@@ -255,10 +255,11 @@ def on_stderr(reporter) -> bool:
 
 
 @contextlib.contextmanager
-def keras_says_to(reporter=ON_STDERR):
-    """Where Keras's download of weights or of the class index ("Downloading data from ..."
-    and its progress bar) goes: Keras writes it on standard output, where `predict --format
-    json` or `--output -` writes its results. Nowhere for no reporter or a silent one (a
+def downloads_said_to(reporter=ON_STDERR):
+    """Where a download's own output goes (Keras's of weights, of the class index or of a data
+    set: "Downloading data from ..." and its progress bar; the Kaggle client's lines): they
+    write it on standard output, where `predict --format json` or `--output -` writes its
+    results. Nowhere for no reporter or a silent one (a
     library caller asked for no output); on standard error for the CLI's RichReporter or
     ``ON_STDERR`` (the user sees it, the results parse); else its lines to ``reporter.info``
     (the progress bar's last state only)."""
@@ -312,7 +313,7 @@ def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
 
     ``weights``: "imagenet" (Keras's download and cache), None/"none" (random init) or a path to
     a weights file. Offline with no cached file, one clear TransferError names the file.
-    ``reporter``: who hears of a download (``keras_says_to``; None: nobody).
+    ``reporter``: who hears of a download (``downloads_said_to``; None: nobody).
     """
     from transfer.tf import keras
 
@@ -342,7 +343,7 @@ def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
         # weights folder): load the file it would have found there, the same weights
         weights = str(cached)
     try:
-        with warnings.catch_warnings(), keras_says_to(reporter):
+        with warnings.catch_warnings(), downloads_said_to(reporter):
             # MobileNet at a size without its own weight file loads the 224 px weights (the
             # registry's weight_files says which file; `transfer bases` lists them): expected
             warnings.filterwarnings("ignore", message=r".*input_shape. is undefined or non-sq")

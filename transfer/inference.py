@@ -389,7 +389,7 @@ class ImageNetClassifier(Classifier):
                  weights: str | None = "imagenet", reporter=bases.ON_STDERR):
         """Build the base with its ImageNet top (``weights=None``: random weights, for tests);
         ``reporter`` hears of Keras's downloads of its weights and class index
-        (``bases.keras_says_to``: None or a silent one, nobody).
+        (``bases.downloads_said_to``: None or a silent one, nobody).
 
         Raises:
             TransferError: a base without an ImageNet classifier, a bad alpha, or weights that
@@ -423,11 +423,11 @@ class ImageNetClassifier(Classifier):
 
 def imagenet_labels(probs: np.ndarray, k: int, reporter=bases.ON_STDERR) -> list[list[dict]]:
     """Top-k ImageNet labels per row, with Keras's class index (downloaded once, cached; its
-    download said to ``reporter``, as ``bases.keras_says_to`` says)."""
+    download said to ``reporter``, as ``bases.downloads_said_to`` says)."""
     from transfer.tf import keras
 
     try:
-        with bases.keras_says_to(reporter):
+        with bases.downloads_said_to(reporter):
             decoded = keras.applications.imagenet_utils.decode_predictions(
                 np.asarray(probs, dtype="float32"), top=k)
     except Exception as exc:

@@ -64,7 +64,7 @@ def class_names(dataset: str) -> list[str]:
 def load(dataset: str = "mnist", data: Path | None = None, reporter: Reporter | None = None):
     """((x_train, y_train), (x_test, y_test)) as uint8 arrays, checked. Without ``data``
     Keras downloads them (once, into its cache); its "Downloading data from ..." is said as
-    ``bases.keras_says_to(reporter)`` says (None: nobody; Keras writes it on stdout)."""
+    ``bases.downloads_said_to(reporter)`` says (None: nobody; Keras writes it on stdout)."""
     if dataset not in DATASETS:
         raise TransferError(f"unknown dataset {dataset!r}; choose {' or '.join(DATASETS)}")
     if data is None:
@@ -72,7 +72,7 @@ def load(dataset: str = "mnist", data: Path | None = None, reporter: Reporter | 
 
         source = getattr(keras.datasets, KERAS_NAMES[dataset])
         try:
-            with bases.keras_says_to(reporter):
+            with bases.downloads_said_to(reporter):
                 arrays = source.load_data()
         except Exception as exc:
             npz = "a mnist.npz" if dataset == "mnist" else "an .npz of Fashion-MNIST's arrays"

@@ -130,7 +130,7 @@ def strategy(name: str):
 def build_model(plan: RunPlan, cluster=None, reporter=bases.ON_STDERR) -> Built:
     """Seed everything, then build the base (frozen unless scratch) and its graphs (under the
     cluster's MultiWorkerMirroredStrategy for --distribute multi-worker). Keras's weight
-    download, if any, is said to ``reporter`` (`bases.keras_says_to`: nothing for a silent
+    download, if any, is said to ``reporter`` (`bases.downloads_said_to`: nothing for a silent
     one)."""
     from transfer.tf import keras, tf
 

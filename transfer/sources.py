@@ -258,7 +258,7 @@ def _kaggle_download(competition: str, target: Path, reporter: Reporter,
     try:
         # the client prints its lines on stdout and draws its bar on stderr: shown (the lines
         # on stderr) for the CLI, not for a library caller (a silent reporter: nothing at all)
-        with _keeping_kaggle_env(), bases.keras_says_to(reporter):
+        with _keeping_kaggle_env(), bases.downloads_said_to(reporter):
             api.competition_download_file(competition, "train.zip", path=str(target),
                                           quiet=not bases.on_stderr(reporter))
     except Exception as exc:
