@@ -1356,7 +1356,7 @@ def test_an_imagenet_classifiers_report_is_said_to_not_exist(client):
     assert "no model named" in client.get("/models/imagenet:vgg19/report").json()["detail"]
 
 
-def test_fields_in_the_query_string_or_given_twice_are_refused(client, unseen):
+def test_fields_in_the_query_string_unknown_or_given_twice_are_refused(client, unseen):
     """`curl -F files=@cat.jpg ".../api/predict?model=nosuch&top=1"` was a 200 from the default
     model with 3 classes (the query was ignored), and `-F model=a -F model=b` used the last:
     both are one 422 line now, saying what to send instead."""
@@ -1383,6 +1383,17 @@ def test_fields_in_the_query_string_or_given_twice_are_refused(client, unseen):
                                                ("view", (None, "overlay"))])
     assert views.status_code == 422 and views.json()["detail"].startswith(
         "form field view given 2 times")
+    # a field the endpoint does not take: `-F modle=... -F topp=1` was the default model's
+    # answer with every class, `-F class=roses` the top class's Grad-CAM, 200 both
+    misspelt = client.post("/api/predict", files=photo, data={"modle": "nosuch", "topp": "1"})
+    assert misspelt.status_code == 422 and misspelt.json()["detail"] == (
+        "form fields modle (did you mean model?) and topp (did you mean top?) are not taken by "
+        "POST /api/predict; its fields are files, model, top, invert")
+    wrong = client.post("/api/explain", files={"file": unseen["cats"][0]},
+                        data={"class": "cats", "colour": "red"})
+    assert wrong.status_code == 422 and wrong.json()["detail"] == (
+        "form fields class (did you mean class_name?) and colour are not taken by POST "
+        "/api/explain; its fields are file, model, class_name, view, invert")
     # the fields in the body, once each, as before
     once = client.post("/api/predict", files=photo, data={"model": "cats-dogs", "top": "1"})
     assert once.status_code == 200 and len(once.json()["predictions"][0]["top"]) == 1

@@ -236,6 +236,25 @@ def repeated_problem(form, fields: tuple[str, ...]) -> str | None:
     return None
 
 
+def unknown_problem(path: str, form) -> str | None:
+    """Why a form is refused for a field its endpoint does not take, or None: ``-F modle=...``
+    or ``-F class=roses`` was answered by the default model, or for the top class, in
+    silence."""
+    file_field, fields = FORMS[path]
+    taken = (file_field, *fields)
+    unknown = list(dict.fromkeys(str(name) for name in form.keys() if name not in taken))
+    if not unknown:
+        return None
+    import difflib
+
+    near = [f"{name} (did you mean {close[0]}?)" if close else name
+            for name in unknown
+            for close in [difflib.get_close_matches(name, taken, n=1, cutoff=0.6)]]
+    one = len(unknown) == 1
+    return (f"form field{'' if one else 's'} {and_list(near)} {'is' if one else 'are'} not "
+            f"taken by POST {path}; its fields are {', '.join(taken)}")
+
+
 def body_problem(path: str, content_type: str | None, errors: list[dict],
                  form) -> tuple[int, str] | None:
     """(status, line) for a form endpoint's body that FastAPI refused, or None (its own
@@ -1267,10 +1286,12 @@ def create_app(settings: ServeSettings):
 
     async def refused_form(request) -> JSONResponse | None:
         """The 422 of a form endpoint's request whose fields would be ignored (sent in the
-        query string) or chosen among (given twice), or None. The form is the one FastAPI
-        parsed (cached on the request)."""
+        query string, or not fields of the endpoint) or chosen among (given twice), or None.
+        The form is the one FastAPI parsed (cached on the request)."""
         path = route_path(request)
         problem = query_problem(path, request.query_params.multi_items())
+        if problem is None:
+            problem = unknown_problem(path, await request.form())
         if problem is None:
             problem = repeated_problem(await request.form(), FORMS[path][1])
         return None if problem is None else error(422, problem)
