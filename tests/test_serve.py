@@ -750,6 +750,17 @@ def test_health_lists_loaded_models_by_name_and_forgets_replaced_ones(models_dir
         assert c.get("/api/health").json()["loaded"] == []  # retrained: the old copy is gone
         assert c.post("/api/predict", files=photo, data={"model": "race"}).status_code == 200
         assert c.get("/api/health").json()["loaded"] == ["race"]
+        # its meta.json edited (the classes renamed): the copy in memory answered with the
+        # old names while /api/models listed the new ones
+        meta_path = models / "race/meta.json"
+        meta = json.loads(meta_path.read_text())
+        assert meta["class_names"] == ["cats", "dogs"]
+        meta_path.write_text(json.dumps({**meta, "class_names": ["Cat", "Dog"]}))
+        os.utime(meta_path, ns=(meta_path.stat().st_atime_ns,
+                                meta_path.stat().st_mtime_ns + 10**9))
+        answer = c.post("/api/predict", files=photo, data={"model": "race"}).json()
+        assert answer["class_names"] == ["Cat", "Dog"]
+        assert answer["predictions"][0]["label"] == "Cat"
         shutil.rmtree(models / "race")
         assert c.get("/api/health").json()["loaded"] == []
 

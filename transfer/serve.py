@@ -438,14 +438,27 @@ class ModelStore:
         return found
 
     @staticmethod
-    def _stamped(path: Path) -> tuple[str, int]:
-        """(the bundle's real folder, its model.keras's modification time in ns, 0 if none):
-        the LRU's key, and the key of a failed load."""
+    def _stamped(path: Path) -> tuple[str, tuple[int, int]]:
+        """(the bundle's real folder, the modification times in ns of its model.keras and its
+        meta.json, 0 for a missing one): the LRU's key, and the key of a failed load. A
+        meta.json edited since (class names renamed) makes another model: the one in memory
+        answered with the old names while /api/models listed the new ones."""
         real = path.resolve()
-        try:
-            return str(real), (real / "model.keras").stat().st_mtime_ns
-        except OSError:
-            return str(real), 0
+        stamp = []
+        for name in ("model.keras", "meta.json"):
+            try:
+                stamp.append((real / name).stat().st_mtime_ns)
+            except OSError:
+                stamp.append(0)
+        return str(real), (stamp[0], stamp[1])
+
+    def _drop_changed(self) -> None:
+        """Drop from the LRU (under the lock) each bundle deleted, retrained or edited since it
+        was loaded: nothing would ask for that copy again, and it held a place."""
+        for key in list(self._cache):
+            if key[0] == "bundle" and self._stamped(Path(key[1]))[1] != key[2]:
+                del self._cache[key]
+                self._names.pop(key, None)
 
     def listed_name(self, name: str) -> str:
         """The name ``bundles`` lists the bundle ``name`` under: a link to a folder directly
@@ -515,6 +528,7 @@ class ModelStore:
                     self._say(name, exc)
                     raise Broken(f"model {name!r} cannot be used: {self.public(exc)}") from None
         with self._lock:
+            self._drop_changed()
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
@@ -534,23 +548,16 @@ class ModelStore:
 
     def loaded(self) -> list[str]:
         """The models in memory, by the names the API takes (a bundle by its folder's name
-        in the models folder). A bundle deleted or retrained since it was loaded is dropped
-        from the LRU here: nothing would ask for that copy again."""
+        in the models folder), after dropping those deleted, retrained or edited since they
+        were loaded (``_drop_changed``, at every model request too)."""
         names = []
         with self._lock:
-            for key in list(self._cache):
+            self._drop_changed()
+            for key in self._cache:
                 if key[0] == "imagenet":
                     names.append(imagenet_name(key[1], key[2]))
-                    continue
-                folder = Path(key[1])
-                try:
-                    current = (folder / "model.keras").stat().st_mtime_ns
-                except OSError:
-                    current = None
-                if current != key[2]:
-                    del self._cache[key]
-                    continue
-                names.append(self._names.get(key) or folder.name)
+                else:
+                    names.append(self._names.get(key) or Path(key[1]).name)
         return names
 
 
