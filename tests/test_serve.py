@@ -26,6 +26,7 @@ from PIL import Image
 
 from transfer import serve
 from transfer.errors import TransferError
+from transfer.report import GENERATOR
 from transfer.settings import ServeSettings
 
 UNSEEN = range(1100, 1110)  # Kaggle numbers no fixture trains on (they take < 1000)
@@ -211,11 +212,28 @@ def test_report_route(client, models_dir):
     for bad in ("%2e%2e", "escape", "not-a-bundle", quote(str(models_dir.parent / "outside"),
                                                            safe="")):
         assert client.get(f"/models/{bad}/report").status_code == 404, bad
-    (models_dir / "cats-dogs" / "report.html").write_text("<html><body>kept</body></html>")
+    written = models_dir / "cats-dogs" / "report.html"
+    original = written.read_bytes()  # the one train wrote, served as it is
+    assert page.content == original
+    secret = models_dir.parent / "secret.txt"
+    secret.write_text("<html><body>not the bundle's</body></html>")
     try:
+        written.write_text("<html><body>kept</body></html>")
         assert client.get("/models/cats-dogs/report").text.endswith("kept</body></html>")
+        # none: rendered on the fly, nothing written into the bundle
+        written.unlink()
+        rendered = client.get("/models/cats-dogs/report")
+        assert rendered.status_code == 200 and GENERATOR in rendered.text
+        assert "cats" in rendered.text and not written.exists()
+        # a report.html linking out of the bundle's folder is not served (rendered instead):
+        # the file it named was
+        written.symlink_to(secret)
+        linked = client.get("/models/cats-dogs/report")
+        assert linked.status_code == 200 and "not the bundle's" not in linked.text
+        assert GENERATOR in linked.text
     finally:
-        (models_dir / "cats-dogs" / "report.html").unlink()
+        written.unlink(missing_ok=True)
+        written.write_bytes(original)
 
 
 def test_explain_returns_a_png(client, unseen):

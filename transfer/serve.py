@@ -1435,8 +1435,10 @@ def create_app(settings: ServeSettings):
             return error(500, str(exc))
         headers = {"Content-Security-Policy": REPORT_POLICY}
         page = path / "report.html"
-        if page.is_file():
-            return FileResponse(page, media_type="text/html", headers=headers)
+        real = page.resolve()
+        if page.is_file() and real.parent == path.resolve():  # a link out of the bundle's
+            # folder is not served (its target was: any file the server could read)
+            return FileResponse(real, media_type="text/html", headers=headers)
         from transfer.report import render_report
 
         html = await run_in_threadpool(render_report, path, gradcams=0)
