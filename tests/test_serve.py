@@ -434,6 +434,23 @@ def test_streamed_upload_over_the_limit_on_a_real_server(models_dir):
             assert http.get(url + "api/health").status_code == 200
 
 
+def test_too_many_files_or_fields_are_a_413_saying_the_limit(client):
+    """At most MAX_FILES photos a request: 65 to 1000 files were its 413; from 1001 Starlette's
+    form parser stopped first with a 400 of its own words ("Too many files. Maximum number of
+    files is 1000."), and 1001 fields alike."""
+    for n, said in ((serve.MAX_FILES + 1, f"too many files ({serve.MAX_FILES + 1}); "),
+                    (1001, "too many files (over 1000); ")):
+        answer = client.post("/api/predict", files=[("files", (f"{i}.jpg", b"x", "image/jpeg"))
+                                                    for i in range(n)])
+        assert answer.status_code == 413
+        assert answer.json()["detail"] == f"{said}at most {serve.MAX_FILES} per request"
+    fields = client.post("/api/predict", files=[("files", ("a.jpg", b"x", "image/jpeg"))] + [
+        (f"f{i}", (None, "1")) for i in range(1001)])
+    assert fields.status_code == 413 and fields.json()["detail"] == (
+        "too many form fields (over 1000); POST /api/predict takes each of its fields once")
+    assert client.get("/api/nosuch").status_code == 404  # Starlette's other refusals as before
+
+
 def _raw_upload(url: str, framing: str, megabytes: int) -> tuple[bytes, str | None]:
     """POST ``megabytes`` of multipart body over a plain socket, as curl or a browser sends
     it (``framing``: "chunked", "length", or "expect": a length and Expect: 100-continue),
