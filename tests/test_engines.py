@@ -154,6 +154,32 @@ def test_a_converted_model_that_differs_falls_back_to_tensorflow(
         assert engine.name == "tf" and "differs from TensorFlow" in info.fallback
 
 
+@pytest.mark.parametrize(("share", "kept"), [(0.5, "tflite"), (1.5, "tf")])
+def test_the_parity_limit_is_the_documented_tolerance(
+        mobilenet_features, photo_batch, converted, tmp_path, monkeypatch, share, kept):
+    """TFLite's outputs moved by half the documented limit (PARITY_TOLERANCE times the largest
+    feature, at least 1) keep TFLite; by one and a half, TensorFlow runs. The fall-back test
+    adds 0.05, about ten times the limit: a limit five times too loose passed it."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    Reconversions(monkeypatch, mobilenet_features, converted)
+    expected = np.asarray(mobilenet_features(photo_batch[:8], training=False))
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    assert scale > 2  # genuine features: the scale counts (a limit of 1e-3 alone is tighter)
+    shift = share * engines.PARITY_TOLERANCE * scale
+    original = engines.TFLiteEngine.__call__
+    monkeypatch.setattr(engines.TFLiteEngine, "__call__",
+                        lambda self, batch: original(self, batch) + shift)
+    engine, info = engines.open_engine(mobilenet_features, photo_batch[:8], requested="tflite",
+                                       key=KEY, batch_size=8, reporter=Recorder())
+    assert engine.name == info.name == kept, info.fallback
+    # the shift, and the conversion's own difference (about 2e-5) besides
+    assert info.parity_max_abs_diff == pytest.approx(shift, abs=1e-4)
+    if kept == "tf":
+        assert info.fallback.endswith(f"(> {engines.PARITY_TOLERANCE:g} x {scale:.3g})")
+    else:
+        assert info.fallback is None
+
+
 def test_a_read_only_cache_converts_for_the_run_alone(
         mobilenet_features, photo_batch, converted, tmp_path, monkeypatch):
     """A KERAS_HOME nobody may write into (weights a class shares): the model is converted in
@@ -282,6 +308,30 @@ def test_auto_measures_once_and_remembers(mobilenet_features, photo_batch, conve
     assert len(conversion.paths) == 1
 
 
+def test_a_remembered_tensorflow_choice_runs_tensorflow(mobilenet_features, photo_batch,
+                                                        tmp_path, monkeypatch):
+    """auto's remembered choice "tf" (TensorFlow measured faster, as VGG16 can be): TensorFlow
+    runs with the speeds measured then, and nothing is converted or measured again. TFLite
+    wins on this machine, so the test that measures never reads this choice back."""
+    import json
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(engines, "has_gpu", lambda: False)
+    monkeypatch.setattr(engines, "convert", lambda *a: pytest.fail("converted"))
+    monkeypatch.setattr(engines, "_rate", lambda *a: pytest.fail("measured again"))
+    digest = engines.cache_key(**KEY, batch=8, input=[224, 224, 3])
+    choice = engines.cache_dir() / f"{digest}.auto.json"
+    choice.parent.mkdir(parents=True)
+    measured = {"tf": 900.0, "tflite": 100.0}
+    choice.write_text(json.dumps({"choice": "tf", "measured": measured, "threads": 2}))
+    engine, info = engines.open_engine(mobilenet_features, photo_batch[:8], requested="auto",
+                                       key=KEY, batch_size=8, reporter=Recorder())
+    assert engine.name == info.name == "tf" and info.measured == measured
+    assert info.fallback == "TensorFlow measured faster on this machine"
+    assert info.converted_file is None and info.parity_max_abs_diff is None
+    assert sorted(p.name for p in choice.parent.iterdir()) == [choice.name]
+
+
 @pytest.mark.parametrize("damaged", ["null", "[]", "{"])
 def test_a_damaged_choice_file_is_measured_again(mobilenet_features, photo_batch, converted,
                                                  tmp_path, monkeypatch, damaged):
@@ -356,7 +406,16 @@ def test_two_sizes_of_one_run_are_recorded_together_and_each_on_its_own():
     assert meta["by_size"]["224"]["images_per_second"] == 500.0
     assert meta["by_size"]["288"]["images_per_second"] == 200.0
     assert meta["by_size"]["288"]["name"] == "tf"
-    # one size: the engine's own record, with the run's totals
+    # both sizes converted: the conversion times added, the worse parity kept (here the
+    # smaller size's, not the primary one's)
+    both = engines.merged_info(
+        {224: engines.EngineInfo(requested="auto", name="tflite", conversion_seconds=2.0,
+                                 parity_max_abs_diff=8e-5),
+         288: engines.EngineInfo(requested="auto", name="tflite", conversion_seconds=3.0,
+                                 parity_max_abs_diff=3e-5)},
+        {224: (2000, 4.0), 288: (800, 4.0)}, 2800, 8.0, primary=288)
+    assert both["conversion_seconds"] == 5.0 and both["parity_max_abs_diff"] == 8e-5
+    assert both["name"] == "tflite" and both["fallback"] is None
     only = engines.merged_info({224: engines.EngineInfo(requested="tf")}, {224: (10, 1.0)},
                                10, 2.0, primary=224)
     assert "by_size" not in only and only["images_per_second"] == 5.0

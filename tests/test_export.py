@@ -8,6 +8,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -75,7 +76,7 @@ def run_exported(fmt: str, target, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("fmt", ["keras", "savedmodel", "tflite"])
-def test_round_trip_on_real_photos(fmt, trained_bundle, held_out, tmp_path):
+def test_round_trip_on_real_photos(fmt, trained_bundle, held_out, tmp_path, monkeypatch):
     import keras
 
     target = tmp_path / TARGETS[fmt]
@@ -101,8 +102,23 @@ def test_round_trip_on_real_photos(fmt, trained_bundle, held_out, tmp_path):
     assert diff <= README_TOLERANCE[fmt], diff
     assert result.max_abs_diff == pytest.approx(diff, abs=1e-6)  # export measured the same
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    # an existing export is refused before the model (and TensorFlow) loads, not after
+    # seconds of conversion
+    monkeypatch.setattr(export, "BundleClassifier",
+                        lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(TransferError, match="already exists; use --force"):
         export.export(trained_bundle.bundle, format=fmt, output=target, check_images=held_out)
+    if fmt != "savedmodel":  # the meta.json beside the file, left alone, is refused as well:
+        # replaced, the user's would be lost (a SavedModel holds its own)
+        sidecar = result.meta_path.read_bytes()
+        target.unlink()
+        with pytest.raises(TransferError) as refused:
+            export.export(trained_bundle.bundle, format=fmt, output=target,
+                          check_images=held_out)
+        assert str(refused.value) == \
+            f"{result.meta_path} already exists; use --force to replace it"
+        assert [p.name for p in tmp_path.iterdir()] == [result.meta_path.name]  # nothing written
+        assert result.meta_path.read_bytes() == sidecar
 
 
 def test_paths_that_are_not_utf8_export(trained_bundle, held_out, tmp_path, monkeypatch):
@@ -178,7 +194,9 @@ def test_default_check_images_and_cli(trained_bundle, tmp_path):
     result = runner.invoke(app, ["export", "--model", str(trained_bundle.bundle), "--format",
                                  "tflite", "--output", str(out)])
     assert result.exit_code == 0, result.output
-    assert "passed" in result.output and "8 images" in result.output
+    # the result line itself (a progress line says "8 images" too)
+    assert re.search(r"check on 8 images from .+: max abs difference \S+ <= 0\.001 passed",
+                     " ".join(result.output.split())), result.output
     assert out.stat().st_size > 100_000
     assert (tmp_path / "cats.tflite.meta.json").exists()
 

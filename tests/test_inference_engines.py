@@ -9,6 +9,7 @@ dogs); the photos are ``small_split``'s 200 training photos (more than ENGINE_MI
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -61,15 +62,20 @@ def on_tensorflow(trained_bundle, photos, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def on_tflite(trained_bundle, photos, tflite_home):
-    """(predict's result, its warnings) with --engine tflite on the 200 photos and this
-    module's KERAS_HOME: the bundle's model converted for real and cached there."""
+    """(predict's result, its warnings, the images each call of the TFLite engine was given)
+    with --engine tflite on the 200 photos and this module's KERAS_HOME: the bundle's model
+    converted for real and cached there."""
     folder, _ = photos
     reporter = Recorder()
+    ran: list[int] = []
+    call = engines.TFLiteEngine.__call__
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KERAS_HOME", str(tflite_home))
+        patch.setattr(engines.TFLiteEngine, "__call__",
+                      lambda self, batch: (ran.append(len(batch)), call(self, batch))[1])
         result = predict([folder], model=trained_bundle.bundle, engine="tflite",
                          reporter=reporter)
-    return result, reporter.warnings
+    return result, reporter.warnings, ran
 
 
 class Reconversions:
@@ -114,13 +120,16 @@ def test_tflite_gives_tensorflows_predictions_and_metrics_on_real_photos(
     reference, tf_report = on_tensorflow
     assert reference.engine["name"] == "tf" and reference.engine["requested"] == "tf"
     assert reference.engine["converted_file"] is None and reference.engine["fallback"] is None
-    lite, warnings = on_tflite
+    lite, warnings, ran = on_tflite
     info = lite.engine
     assert info["name"] == "tflite", info["fallback"]
     assert info["converted_file"].startswith(str(cache)) and os.path.isfile(info["converted_file"])
     assert info["parity_max_abs_diff"] < engines.PARITY_TOLERANCE
     assert info["images"] == len(truth) == 200 and info["images_per_second"] > 0
     assert not warnings
+    # the interpreter classified the photos: the 200 and the parity check's first batch went
+    # through it (TensorFlow running the pass while meta.json said tflite: the 8 alone)
+    assert sum(ran) == len(truth) + inference.ENGINE_BATCH, ran
     same_results(reference, lite)
     p_ref = probabilities(reference)
     # genuine weights on real photos: confident answers on both sides, mostly right
@@ -231,6 +240,8 @@ def test_the_cache_key_is_the_model_file(trained_bundle, tmp_path):
     key = original.engine_key()
     assert key == copied.engine_key()  # the same bytes: the same converted file
     assert key["bytes"] == (copy / "model.keras").stat().st_size
+    # the digest of the file's bytes (a constant would key every bundle's model alike)
+    assert key["model_sha256"] == hashlib.sha256((copy / "model.keras").read_bytes()).hexdigest()
     # the file replaced after loading: nothing to key a conversion of the loaded model by
     model_file = copy / "model.keras"
     data = model_file.read_bytes()

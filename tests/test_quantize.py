@@ -65,6 +65,40 @@ def two_columns(outputs: np.ndarray) -> np.ndarray:
     return np.concatenate([1 - outputs, outputs], axis=1) if outputs.shape[1] == 1 else outputs
 
 
+def read_as_export_does(trained) -> tuple[np.ndarray, np.ndarray]:
+    """A bundle's validation photos read with transfer's own reader, as export reads the
+    images it compares on (not Pillow: one image of a hundred may then differ), and their
+    class indices."""
+    classifier = export.BundleClassifier(trained.bundle)
+    rows = split_images(Path(trained.meta["data"]["validate_dir"]))
+    names = trained.meta["class_names"]
+    x = np.stack([classifier.prepare(path)[0] for path, _ in rows]).astype("float32")
+    return x, np.array([names.index(c) for _, c in rows])
+
+
+def own_accuracy(path: Path, x: np.ndarray, y: np.ndarray, batch: int) -> float:
+    """The accuracy of the .tflite at ``path`` on ``x``, run in a plain LiteRT interpreter."""
+    return float(np.mean(two_columns(litert_outputs(path, x, batch)).argmax(1) == y))
+
+
+def op_output_types(path: Path) -> dict[str, set[str]]:
+    """{builtin operator: the types of its output tensors} of the .tflite at ``path``, read
+    with the generated schema (the interpreter lists its operators only by a private call)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    ops = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    model = flatbuffer_utils.read_model(str(path))
+    found: dict[str, set[str]] = {}
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            code = model.operatorCodes[op.opcodeIndex]  # small codes: in the deprecated field
+            name = ops[max(code.builtinCode, code.deprecatedBuiltinCode)]
+            found.setdefault(name, set()).update(types[graph.tensors[t].type] for t in op.outputs)
+    return found
+
+
 @pytest.fixture(scope="module")
 def validation(trained_bundle):
     """The bundle's 100 validation photos (x read with Pillow, y) and the Keras model's
@@ -131,6 +165,11 @@ def test_quantized_export_size_accuracy_and_names(mode, trained_bundle, validati
     assert interpreter.get_output_details()[0]["dtype"] == np.float32
     inner = {np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
     assert {"dynamic": "int8", "float16": "float16", "int8": "int8"}[mode] in inner
+    # int8 computes in int8: its convolutions give int8 activations (the pointwise ones in
+    # the depthwise-float variant too); dynamic and float16 quantize weights alone and compute
+    # in float32 (an "int8" export that was really dynamic-range had int8 weights as well)
+    computes = {"dynamic": "FLOAT32", "float16": "FLOAT32", "int8": "INT8"}[mode]
+    assert op_output_types(target)["CONV_2D"] == {computes}
     probs = two_columns(litert_outputs(target, x))
     float_probs = two_columns(litert_outputs(float_file, x))
     np.testing.assert_allclose(float_probs, keras_probs, atol=1e-3)  # the float file: parity
@@ -142,6 +181,15 @@ def test_quantized_export_size_accuracy_and_names(mode, trained_bundle, validati
     assert accuracy == pytest.approx(c["quantized"]["accuracy"], abs=0.02)
     assert float_accuracy == pytest.approx(c["float"]["accuracy"], abs=0.02)
     assert agreement == pytest.approx(c["agreement"], abs=0.02)
+    # the quantized accuracy reported is the quantized model's own (not the float model's):
+    # the float one less the drop the check counted, and what a plain LiteRT interpreter gives
+    # on the images read as export reads them, exactly
+    assert c["quantized"]["accuracy"] == pytest.approx(
+        c["float"]["accuracy"] - c["accuracy_drop"], abs=1e-9)
+    tx, ty = read_as_export_does(trained_bundle)
+    assert own_accuracy(target, tx, ty, 25) == pytest.approx(c["quantized"]["accuracy"], abs=1e-9)
+    assert own_accuracy(float_file, tx, ty, 25) == pytest.approx(c["float"]["accuracy"],
+                                                                abs=1e-9)
     # the thresholds quantized_check documents, and the issue's goal for int8 (1 point, one
     # image of a hundred) with one image of slack for the reader difference
     assert float_accuracy - accuracy <= export.MAX_ACCURACY_DROP
@@ -360,6 +408,14 @@ def test_five_class_int8(tmp_path_factory, mobilenet_weights, tmp_path):
     assert probs.shape == (40, 5)
     accuracy = float(np.mean(probs.argmax(1) == [names.index(c) for _, c in rows]))
     assert accuracy == pytest.approx(c["quantized"]["accuracy"], abs=0.05)
+    # exactly the quantized model's own accuracy (the Pillow reader above may differ on an
+    # image or two of 40; a float model's accuracy reported instead passed 0.05): the float
+    # one less the drop the check counted, and a plain LiteRT interpreter's on the images read
+    # as export reads them
+    assert c["quantized"]["accuracy"] == pytest.approx(
+        c["float"]["accuracy"] - c["accuracy_drop"], abs=1e-9)
+    tx, ty = read_as_export_does(flowers)
+    assert own_accuracy(target, tx, ty, 20) == pytest.approx(c["quantized"]["accuracy"], abs=1e-9)
 
 
 def test_int8_of_a_bundle_split_in_memory(tmp_path_factory, mobilenet_weights, tmp_path):
