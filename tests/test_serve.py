@@ -1390,6 +1390,15 @@ def test_a_progressive_jpeg_is_refused_by_its_header_as_a_png_is(client, unseen)
         at += 2 + int.from_bytes(baseline[at + 2:at + 4], "big")
     baseline[at + 5:at + 9] = (12240).to_bytes(2, "big") + (16320).to_bytes(2, "big")
     assert serve.upload_problem(serve.Upload("phone.jpg", bytes(baseline))) is None
+    # ... unless even 1/8 of each side is over the limit: a 17 KB JPEG saying 65000 x 65000
+    # was decoded to 66 megapixels (265 MB) and answered
+    baseline[at + 5:at + 9] = (65000).to_bytes(2, "big") * 2
+    bomb = serve.Upload("bomb.jpg", bytes(baseline))
+    assert serve.upload_problem(bomb) == (
+        "image is 65000x65000 px (4225 megapixels), 66 megapixels to decode at the reader's "
+        "smallest scale (1/8); the server decodes at most 64 megapixels: scale it down")
+    baseline[at + 5:at + 9] = (64000).to_bytes(2, "big") * 2  # 64 megapixels at 1/8: read
+    assert serve.upload_problem(serve.Upload("big.jpg", bytes(baseline))) is None
 
 
 def test_an_imagenet_classifiers_report_is_said_to_not_exist(client):

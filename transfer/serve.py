@@ -48,6 +48,7 @@ import functools
 import importlib.util
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -679,7 +680,16 @@ def upload_problem(upload: Upload) -> str | None:
                 else "image is too large; ") + limit
     except Exception:  # noqa: BLE001 - not an image: the reader says
         return None
-    if width * height <= MAX_UPLOAD_PIXELS or (jpeg and not progressive):
+    if jpeg and not progressive:  # drafted at 1/8 of each side at the most: a 17 KB JPEG
+        # whose header says 65000x65000 was decoded to 66 megapixels, 265 MB, and answered
+        drafted = math.ceil(width / 8) * math.ceil(height / 8)
+        if drafted <= MAX_UPLOAD_PIXELS:
+            return None
+        return (f"image is {width}x{height} px ({width * height / 1e6:.0f} megapixels), "
+                f"{drafted / 1e6:.0f} megapixels to decode at the reader's smallest scale (1/8); "
+                f"the server decodes at most {MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels: scale it "
+                "down")
+    if width * height <= MAX_UPLOAD_PIXELS:
         return None
     kind = ", a progressive JPEG, which is decoded whole" if jpeg else ""
     return f"image is {width}x{height} px ({width * height / 1e6:.0f} megapixels){kind}; {limit}"
