@@ -800,6 +800,31 @@ def test_health_lists_loaded_models_by_name_and_forgets_replaced_ones(models_dir
         assert c.get("/api/health").json()["loaded"] == []
 
 
+def test_a_bundle_grad_cam_cannot_trace_is_a_500_not_a_bad_request(models_dir, unseen,
+                                                                   tmp_path):
+    """A bundle whose model has no convolutional layer (here: flatten and a Dense) cannot be
+    explained whatever is asked: the server's fault, a 500 naming the model, where it was a
+    422 as if the request were wrong. Its predictions are still answered."""
+    from transfer.tf import keras
+
+    models = tmp_path / "models"
+    shutil.copytree(models_dir / "cats-dogs", models / "flat")
+    size = json.loads((models / "flat/meta.json").read_text())["image_size"]
+    inputs = keras.Input((size, size, 3))
+    flat = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="predictions")(
+        keras.layers.Flatten()(inputs)))
+    (models / "flat/model.keras").unlink()
+    flat.save(models / "flat/model.keras")
+    with TestClient(serve.create_app(ServeSettings(models_dir=models))) as c:
+        answer = c.post("/api/explain", files={"file": unseen["cats"][0]},
+                        data={"model": "flat"})
+        assert answer.status_code == 500, answer.text
+        assert answer.json()["detail"] == ("model 'flat' cannot be explained: no convolutional "
+                                           "layer found for Grad-CAM in this model")
+        assert c.post("/api/predict", files=files_field(unseen["cats"][0]),
+                      data={"model": "flat"}).status_code == 200
+
+
 def test_validation_errors_do_not_echo_the_upload(client, unseen):
     """A file part with an empty file name is not a file to FastAPI: its 422 quoted the
     whole upload back as text."""

@@ -15,6 +15,12 @@ class GateFailed(TransferError):
     exit_code = 3
 
 
+class Untraceable(TransferError):
+    """A model Grad-CAM cannot trace (no convolutional layer, no Dense classifier at its end,
+    not a chain of layers): the model's fault, not the question's (a 500 from serve, not a
+    422)."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, ``timeout``, ``docker stop``, systemd), raised where Python runs next:
     the same clean-up as Ctrl-C (temporary folders removed, nothing half-written), exit 143."""

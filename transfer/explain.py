@@ -22,7 +22,7 @@ import numpy as np
 
 from transfer import bases, bundle, images, plots
 from transfer.constants import and_list, gradcam_name, gradcam_png
-from transfer.errors import TransferError
+from transfer.errors import TransferError, Untraceable
 from transfer.files import refuse_existing, replacing, resolved, utf8_text
 from transfer.inference import (
     BundleClassifier,
@@ -76,7 +76,7 @@ def target_layer(model, meta: dict) -> str:
         if len(layer.output.shape) == 4 and "conv" in type(layer).__name__.lower():
             last = layer.name
     if last is None:
-        raise TransferError("no convolutional layer found for Grad-CAM in this model")
+        raise Untraceable("no convolutional layer found for Grad-CAM in this model")
     return last
 
 
@@ -103,7 +103,7 @@ def _forward(model, x, target: str):
             x = layer(x, training=False)
             if layer.name == target:
                 conv = x
-    raise TransferError("the model does not end in a Dense classifier; Grad-CAM needs one")
+    raise Untraceable("the model does not end in a Dense classifier; Grad-CAM needs one")
 
 
 def _forward_flips(model, x, target: str):
@@ -171,7 +171,7 @@ def gradcams(model, meta: dict, arrays: np.ndarray, class_indices: list | None =
             score = tf.reduce_sum(tf.gather(logits, indices, axis=1, batch_dims=1))
     reference = np.asarray(model(x, training=False))
     if np.max(np.abs(reference - np.asarray(outputs))) > 1e-4:
-        raise TransferError("this model is not a simple chain of layers; Grad-CAM cannot trace it")
+        raise Untraceable("this model is not a simple chain of layers; Grad-CAM cannot trace it")
     total = 0.0
     for view, (one, grads) in enumerate(zip(maps, tape.gradient(score, maps), strict=True)):
         weights = tf.reduce_mean(grads, axis=(1, 2))  # (n, channels)

@@ -66,7 +66,7 @@ from urllib.parse import quote
 import numpy as np
 
 from transfer.constants import and_list
-from transfer.errors import TransferError
+from transfer.errors import TransferError, Untraceable
 from transfer.files import resolved, utf8_text
 from transfer.progress import Reporter
 from transfer.settings import INVERT, ServeSettings, given
@@ -792,7 +792,8 @@ def explain_upload(store: ModelStore, upload: Upload, model: str | None,
 
     Raises:
         transfer.images.ImageError: the upload is not a usable image.
-        TransferError: an unknown class, or a model Grad-CAM cannot trace.
+        transfer.errors.Untraceable: a bundle Grad-CAM cannot trace.
+        TransferError: an unknown class.
     """
     from transfer.explain import gradcam, map_note, named_class
     from transfer.report import overlay_png
@@ -813,7 +814,11 @@ def explain_upload(store: ModelStore, upload: Upload, model: str | None,
         index = None
         if class_name is not None:  # as the API lists it, or its accents composed otherwise
             index = named_class(names, class_name)
-        heatmap, probs, index, layer = gradcam(classifier.model, classifier.meta, array, index)
+        try:
+            heatmap, probs, index, layer = gradcam(classifier.model, classifier.meta, array,
+                                                   index)
+        except Untraceable as exc:
+            raise Untraceable(f"model {model!r} cannot be explained: {exc}") from None
         label = names[index]
     else:
         array, _ = classifier.prepare(upload.data)
@@ -1416,6 +1421,8 @@ def create_app(settings: ServeSettings):
                          errors=[{"file": upload.filename, "error": said}])
         except Broken as exc:  # the server's bundle, not the request, is at fault
             return error(500, str(exc))
+        except Untraceable as exc:  # the model's structure: no question would be answered
+            return error(500, store.public(exc))
         except TransferError as exc:
             return error(422, api_words(store.public(exc)))
         seconds = round(time.perf_counter() - started, 4)
