@@ -127,6 +127,15 @@ def test_unseen_photos_come_back_with_their_class(client, unseen, trained_bundle
         assert set(mine) == set(theirs)
         assert mine["label"] == theirs["label"] and mine["image"] == theirs["image"]
         assert mine["probability"] == pytest.approx(theirs["probability"], abs=1e-5)
+        # the top classes asked for and every class's probability too (top=1 in the server's
+        # call of predict passed the checks above)
+        assert [t["label"] for t in mine["top"]] == [t["label"] for t in theirs["top"]]
+        assert len(mine["top"]) == 2
+        assert [t["probability"] for t in mine["top"]] == pytest.approx(
+            [t["probability"] for t in theirs["top"]], abs=1e-5)
+        assert mine["probabilities"] == pytest.approx(theirs["probabilities"], abs=1e-5)
+    for key in ("mode", "base", "fallback", "failed"):
+        assert got[key] == expected[key], key
     assert got["class_names"] == expected["class_names"] == ["cats", "dogs"]
     assert got["model"] == "cats-dogs"  # its name on the server, not a path
 
@@ -552,6 +561,10 @@ def test_bad_settings_fail_before_anything_starts(tmp_path):
     recorder = Recorder()
     with serve.serving(ServeSettings(models_dir=tmp_path / "empty", port=0), recorder) as url:
         listed = httpx.get(url + "api/models", timeout=30).json()
+        # no bundle: the ImageNet classifiers whose weights are here, the default one of them
+        # (a list of none passed)
+        assert "imagenet:mobilenet-0.25" in [m["name"] for m in listed["models"]]
+        assert listed["default"] == "imagenet:mobilenet-0.25"
         assert all(m["kind"] == "imagenet" for m in listed["models"])
 
 
@@ -717,7 +730,7 @@ def test_imagenet_mode_gives_a_dog_a_dog_breed(unseen, mobilenet_weights, tmp_pa
             "ImageNet has 2 classes named 'crane' (n02012849, n03126707): give the synset")
 
 
-def test_the_shown_picture_of_a_phone_photo_is_drafted_and_upright(unseen):
+def test_the_shown_picture_of_a_phone_photo_is_drafted_and_upright(unseen, monkeypatch):
     """The explain PNG's picture of a phone-sized JPEG (a real photo enlarged to 3200 x 2400,
     stored turned a quarter with EXIF orientation 6) decodes in draft mode, at 1/4 scale, and
     comes out upright, 384 px on its longest side, close to the picture of a whole decode."""
@@ -731,7 +744,13 @@ def test_the_shown_picture_of_a_phone_photo_is_drafted_and_upright(unseen):
     big.transpose(Image.Transpose.ROTATE_90).save(stored, "JPEG", quality=95, exif=exif)
     data = stored.getvalue()
     assert images.open_image(data, serve.SHOWN_SIDE // 2).size == (800, 600)  # 2400 // 384 = 6
+    decoded, real_to_rgb = [], images.to_rgb  # what the picture was made from: the draft (a
+    # whole decode passed the checks below, the draft being checked on open_image alone)
+    monkeypatch.setattr(images, "to_rgb", lambda image: decoded.append(image.size) or
+                        real_to_rgb(image))
     shown = serve._shown_picture(type("Imagenet", (), {"mode": "imagenet"})(), data, None)
+    assert decoded == [(800, 600)]
+    monkeypatch.undo()
     assert shown.shape == (288, 384, 3)
     whole = images.to_rgb(images.open_image(data)).resize((384, 288), Image.BILINEAR)
     assert np.abs(shown.astype("float32") - np.asarray(whole, "float32")).mean() < 1.0
@@ -847,7 +866,9 @@ def test_explain_takes_one_file_and_a_link_is_listed_once(client, unseen, models
         assert names == ["cats-dogs"]  # not "alias" too, as "latest" is not
         assert client.post("/api/predict", files=files_field(unseen["cats"][0]),
                            data={"model": "alias"}).status_code == 200  # still served
-        for name in client.get("/api/health").json()["loaded"]:  # names the API takes
+        loaded = client.get("/api/health").json()["loaded"]
+        assert loaded, "the model predict just used is in memory"  # (an empty list passed)
+        for name in loaded:  # names the API takes
             assert client.post("/api/predict", files=files_field(unseen["cats"][0]),
                                data={"model": name}).status_code == 200, name
     finally:
