@@ -81,6 +81,13 @@ def test_default_split_of_real_kaggle_archive(kaggle_zip, tmp_path):
     other = listing(tmp_path / "c")
     assert {k: len(v) for k, v in other.items()}["test/dogs"] == 20
     assert other["train/cats"] != files["train/cats"][:100]
+    # the same counts with seed 42: another cut in every split and class (the check above
+    # passed with the seed ignored, as it compared with the first 100 names of seed 42's)
+    fetch_data(FetchOptions(archive=kaggle_zip, data_dir=tmp_path / "d",
+                            train_per_class=100, validate_per_class=40, test_per_class=20))
+    same_counts = listing(tmp_path / "d")
+    for key in other:
+        assert set(other[key]) != set(same_counts[key]), key
 
 
 def test_rerun_is_noop_other_args_refused_force_replaces(real_photos, tmp_path):
@@ -328,11 +335,14 @@ class Server:
     answer after ``cut_after`` bytes, every (later) answer after ``cut_every`` bytes."""
 
     def __init__(self, payload: bytes, cut_after: int | None = None, length: bool = True,
-                 ranges: bool = True, cut_every: int | None = None):
+                 ranges: bool = True, cut_every: int | None = None,
+                 range_length: bool = True):
         self.payload, self.cut_after, self.requests = payload, cut_after, []
         self.cut_every = cut_every
         self.length = length  # False: no Content-Length on a whole-file answer
         self.ranges = ranges  # False: a Range header is ignored (the whole file, 200)
+        # False: a 206 says no length, neither the file's (bytes a-b/*) nor its own
+        self.range_length = range_length
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -354,10 +364,10 @@ class Server:
                 body = server.payload[start:]
                 self.send_response(206 if rng else 200)
                 if rng:
+                    size = len(server.payload) if server.range_length else "*"
                     self.send_header("Content-Range",
-                                     f"bytes {start}-{len(server.payload) - 1}/"
-                                     f"{len(server.payload)}")
-                if server.length or rng:
+                                     f"bytes {start}-{len(server.payload) - 1}/{size}")
+                if server.range_length if rng else server.length:
                     self.send_header("Content-Length", str(len(body)))
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
@@ -450,6 +460,19 @@ def test_a_damaged_part_an_earlier_run_left_is_named_not_the_mirror(real_photos,
         fetch_data(FetchOptions(source="microsoft", microsoft_url=server.url,
                                 data_dir=tmp_path / "data", train_per_class=5,
                                 validate_per_class=5))
+    # resumed by a server that gives no length at all: still named and deleted, not kept as
+    # perhaps cut short (no test sent such a 206 before; keeping it passed)
+    part = tmp_path / "other/.cache/kagglecatsanddogs.zip.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(os.urandom(1000))
+    with Server(archive.read_bytes(), range_length=False) as server, \
+            pytest.raises(TransferError) as info:
+        fetch_data(FetchOptions(source="microsoft", microsoft_url=server.url,
+                                data_dir=tmp_path / "other", train_per_class=5,
+                                validate_per_class=5))
+    assert server.requests == ["bytes=1000-"]
+    assert "this download resumed a partial file an earlier run left" in str(info.value)
+    assert not part.exists() and not part.with_name("kagglecatsanddogs.zip").exists()
 
 
 def test_a_download_cut_short_without_a_length_is_kept_and_resumed(real_photos, tmp_path,
@@ -520,6 +543,15 @@ def test_download_resumes_a_part_file_from_an_earlier_run(tmp_path):
         download(server.url, dest)
     assert server.requests == ["bytes=100000-"]
     assert dest.read_bytes() == payload
+    # a .part longer than the file served (it changed since): deleted, downloaded whole (no
+    # test met that 416 before: keeping the .part passed)
+    other = tmp_path / "other.zip"
+    other.with_name("other.zip.part").write_bytes(payload + b"stale")
+    with Server(payload) as server:
+        download(server.url, other)
+    assert server.requests == [f"bytes={len(payload) + 5}-", None]
+    assert other.read_bytes() == payload
+    assert not other.with_name("other.zip.part").exists()
 
 
 def test_download_http_error_is_one_line(tmp_path):
@@ -717,6 +749,10 @@ def test_kaggle_credentials_are_found_where_the_client_finds_them(tmp_path):
     assert kaggle_credentials(env={}, home=home) == str(home / ".kaggle/credentials.json")
     (home / ".kaggle/access_token").write_text("token")
     assert kaggle_credentials(env={}, home=home) == str(home / ".kaggle/access_token")
+    # kagglesdk's access_token.txt too (skipping it passed: credentials.json was found)
+    (home / ".kaggle/access_token").rename(home / ".kaggle/access_token.txt")
+    assert kaggle_credentials(env={}, home=home) == str(home / ".kaggle/access_token.txt")
+    (home / ".kaggle/access_token.txt").rename(home / ".kaggle/access_token")
     elsewhere = tmp_path / "config"
     elsewhere.mkdir()
     (elsewhere / "access_token").write_text("token")  # not a place the client reads
@@ -735,6 +771,9 @@ def test_auto_chooses_kaggle_only_with_credentials(monkeypatch, tmp_path):
     assert kaggle_credentials() == str(tmp_path / "kaggle/kaggle.json")
     assert kaggle_credentials(env={"KAGGLE_USERNAME": "u", "KAGGLE_KEY": "k"}) == \
         "KAGGLE_USERNAME/KAGGLE_KEY"
+    # one without the other is no credentials (only both together were checked before)
+    for half in ({"KAGGLE_USERNAME": "u"}, {"KAGGLE_KEY": "k"}):
+        assert kaggle_credentials(env=half, home=tmp_path / "nohome") is None, half
     # auto + credentials -> the Kaggle client is asked
     api = FakeKaggleApi(error=HttpError(403))
     with pytest.raises(TransferError, match="HTTP 403"):
@@ -891,9 +930,14 @@ def test_recover_never_deletes_what_it_did_not_move_in(swap_case, tmp_path, monk
     shutil.rmtree(data / "test")
     (data / "test/notes").mkdir(parents=True)
     (data / "test/notes/mine.txt").write_text("written during the crash")
+    (data / "train/cats/mine.jpg").write_bytes(b"saved into a moved-in class folder")
     assert datasets.recover(data).startswith("rolled it back")
     assert split_listing(data)["train/cats"] == old_listing["train/cats"]
     assert (data / "test/mine/precious.txt").read_text() == "user file"
     assert [p.read_text() for p in data.glob("test.old*/notes/mine.txt")] == [
         "written during the crash"]
+    # a file added inside a moved-in class folder is the user's too: that split is moved
+    # aside, not deleted (only its top-level folders were compared with what was moved in)
+    assert [p.read_bytes() for p in data.glob("train.old*/cats/mine.jpg")] == [
+        b"saved into a moved-in class folder"]
     assert fetch_data(FetchOptions(**old_opts, data_dir=data)).noop

@@ -620,6 +620,11 @@ def test_kaggle_folder_beside_test1_keeps_working(real_photos, tmp_path):
     layout, found = sort_into_classes(files)
     assert layout == "kaggle" and list(found) == ["cats", "dogs"]
     assert len(found["cats"]) == len(found["dogs"]) == 12
+    # which photos: the names say the class, test1/ is in none (the counts above passed with
+    # cats and dogs swapped)
+    for cls in ("cats", "dogs"):
+        assert sorted(found[cls]) == sorted(n for n in kaggle_members(real_photos, 12)
+                                            if n.startswith(f"train/{cls[:-1]}."))
 
 
 def test_sort_into_classes_reads_zip_names_with_backslashes():
@@ -1057,6 +1062,12 @@ def test_unsorted_kaggle_photos_in_split_folders_are_labelled_by_name(kaggle_zip
     manifest = manifest_of(tmp_path / "data")
     assert manifest["classes"] == ["cats", "dogs"]
     assert manifest["usable"] == {"cats": 11, "dogs": 11}
+    # which photos: every cat.N in cats/, every dog.N in dogs/ (the counts above passed with
+    # cats and dogs swapped)
+    placed = listing(tmp_path / "data")
+    for cls in ("cats", "dogs"):
+        assert sorted(placed[f"train/{cls}"] + placed[f"validate/{cls}"]) == sorted(
+            f"{cls[:-1]}.{i}.jpg" for i in range(11))
 
 
 def test_split_names_without_a_train_split_are_classes(flowers, tmp_path):

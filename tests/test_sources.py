@@ -53,7 +53,8 @@ def test_transfer_microsoft_url_mirror_through_the_cli(real_photos, tmp_path, mo
     data = tmp_path / "data"
     with Server(payload) as server:
         monkeypatch.setenv("TRANSFER_MICROSOFT_URL", server.url)
-        monkeypatch.setenv("TRANSFER_MICROSOFT_SHA256", sha256_file(archive))
+        # as pasted: upper case, a trailing newline (passed before with the value not tidied)
+        monkeypatch.setenv("TRANSFER_MICROSOFT_SHA256", sha256_file(archive).upper() + "\n")
         result = CliRunner().invoke(app, [
             "fetch-data", "--source", "microsoft", "--data-dir", str(data),
             "--train-per-class", "8", "--validate-per-class", "4"])
@@ -84,6 +85,15 @@ def test_microsoft_download_with_the_wrong_checksum_is_refused(real_photos, tmp_
 
 
 def test_kaggle_not_installed_says_how_to_install(tmp_path, monkeypatch):
+    import subprocess
+
+    # the optional client is imported only when --source kaggle runs (the sys.modules patch
+    # below passed with it imported when transfer.sources loads)
+    code = ("import sys, transfer.cli, transfer.datasets, transfer.sources; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'kaggle', 'kagglesdk'}))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert loaded == "[]"
     for name in ("kaggle", "kaggle.api.kaggle_api_extended"):  # even after a real import
         monkeypatch.setitem(sys.modules, name, None)  # `import kaggle` fails
     assert not sources.kaggle_installed()
