@@ -213,6 +213,10 @@ def test_writer_refuses_a_folder_that_is_not_a_bundle(small_bundle, tmp_path):
     # a bundle is replaced with force, whole
     meta2 = {**meta, "seed": 2}
     (small_bundle / "report.json").write_text("{}")  # what evaluate wrote there: replaced too
+    with pytest.raises(TransferError, match="already exists; use --force to replace it"):
+        bundle.write(small_bundle, False, model, meta2, {"loss": [1.0]})
+    assert json.loads((small_bundle / "meta.json").read_text())["seed"] == meta["seed"] != 2
+    assert (small_bundle / "report.json").exists()
     bundle.write(small_bundle, True, model, meta2, {"loss": [1.0]})
     assert json.loads((small_bundle / "meta.json").read_text())["seed"] == 2
     assert not [p for p in small_bundle.parent.iterdir() if ".tmp-" in p.name]
@@ -487,6 +491,7 @@ def test_a_meta_json_saved_with_a_byte_order_mark_is_read(trained_bundle, tmp_pa
 
 @pytest.mark.parametrize("change, words", [
     (lambda m: m.update(class_names=5), "class_names must be a list of at least two"),
+    (lambda m: m.update(class_names=["cats", "cats"]), "at least two distinct names"),
     (lambda m: m.update(metrics=[1]), "metrics must be an object, not [1]"),
     (lambda m: m["metrics"].update(val_accuracy="high"),
      'metrics.val_accuracy must be a number, not "high"'),

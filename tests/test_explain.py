@@ -160,6 +160,10 @@ def test_gradcam_on_a_real_photo(trained_bundle, dog_photo, tmp_path):
     assert result.label == max(result.probabilities, key=result.probabilities.get)
     with Image.open(result.png) as picture:
         assert picture.format == "PNG" and picture.width == 800
+        drawn = np.asarray(picture.convert("RGB"), dtype="int16")
+    # image | overlay: the heatmap tints the right panel (an overlay left untinted passed)
+    tint = np.abs(drawn[:, :400].mean(axis=(0, 1)) - drawn[:, 400:].mean(axis=(0, 1))).max()
+    assert tint > 5, tint  # 18 with the heatmap, 0.3 without
     # the probabilities are the bundle model's own
     model, meta = bundle.load(trained_bundle.bundle)
     array, _ = images.model_input(dog_photo, meta)

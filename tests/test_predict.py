@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -18,7 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 from unwritable import names_path, unwritable_folder
 
-from transfer import bundle, inference, predict
+from transfer import bundle, images, inference, predict
 from transfer.cli import app
 from transfer.errors import TransferError
 from transfer.settings import PredictSettings
@@ -40,6 +41,12 @@ def test_predicts_held_out_photos_with_the_bundles_classes(trained_bundle, small
     accuracy = np.mean([i.label == cls for i, (_, cls) in zip(result.items, test_set,
                                                                strict=True)])
     assert accuracy >= 0.75, accuracy
+    model, meta = bundle.load(trained_bundle.bundle)  # resized as meta.json says (Pillow)
+    assert meta["preprocessing"]["resize"] == "pil"
+    size = meta["image_size"]
+    pixels = images.rgb_array(images.open_image(test_set[0][0], size), size, "pil")
+    p_dog = float(model.predict(pixels[None], verbose=0)[0, 0])
+    assert result.items[0].probabilities["dogs"] == pytest.approx(p_dog, abs=1e-6)
     # batching does not change anything
     single = predict.predict([small_split / "test"], model=trained_bundle.bundle, batch_size=1)
     for a, b in zip(result.items, single.items, strict=True):
@@ -76,10 +83,16 @@ def test_json_and_csv_schemas(trained_bundle, small_split, tmp_path):
     for r in rows:
         assert float(r["p(cats)"]) + float(r["p(dogs)"]) == pytest.approx(1)
         assert r["label_2"] != r["label"] and r["error"] == ""
+        for rank in ("", "_2"):  # each rank's number is the one in its class's p() column
+            assert r["probability" + rank] == r[f"p({r['label' + rank]})"], r
     again = runner.invoke(app, ["predict", *files, "--model", model, "--output", str(out)])
     assert again.exit_code == 1 and "--force" in again.output
     table = runner.invoke(app, ["predict", files[0], "--model", model])
     assert table.exit_code == 0 and "p(cats)" in table.stdout and "p(dogs)" in table.stdout
+    # the table's numbers: probability, p(cats), p(dogs); the label's column holds the first
+    shown = re.findall(r"(?<![\w.])[01]\.\d{4}(?![\w.])", table.stdout)
+    label = payload["predictions"][0]["label"]
+    assert len(shown) == 3 and shown[1 + ["cats", "dogs"].index(label)] == shown[0], table.stdout
 
 
 def test_an_output_whose_name_says_another_format_is_written_as_asked_and_said(
@@ -184,6 +197,13 @@ def test_csv_columns_stay_apart_when_classes_are_numbers():
     row = next(csv.DictReader(io.StringIO(text)))
     assert (row["label_2"], row["probability_2"], row["label_3"]) == ("2", "0.200000", "1")
     assert {n: float(row[f"p({n})"]) for n in names} == probs
+
+
+def test_top_k_of_many_classes_is_best_first():
+    classifier = inference.Classifier()
+    classifier.class_names = ["a", "b", "c", "d"]
+    ranked = classifier.ranked(np.array([[0.1, 0.4, 0.3, 0.2], [0.5, 0.05, 0.15, 0.3]]), 3)
+    assert [[t["label"] for t in row] for row in ranked] == [["b", "c", "d"], ["a", "d", "c"]]
 
 
 def test_bad_inputs_get_error_rows_and_the_rest_is_predicted(trained_bundle, real_photos,
@@ -713,6 +733,9 @@ def test_write_text_into_a_read_only_folder_names_the_folder(tmp_path):
     out = predict.write_text(tmp_path / "new" / "p.json", "{}\n")
     assert out.read_text() == "{}\n"
     assert [p.name for p in out.parent.iterdir()] == ["p.json"]  # no temporary left over
+    os.link(out, out.with_name("keep.json"))  # a new file renamed over it, not rewritten in place
+    predict.write_text(out, "[]\n", force=True)
+    assert out.read_text() == "[]\n" and out.with_name("keep.json").read_text() == "{}\n"
 
 
 def test_write_text_keeps_links_links_and_writes_into_pipes(tmp_path):
