@@ -926,3 +926,33 @@ def test_strokes_off_the_edge_are_not_a_desk_and_a_sheet_corner_is():
     clean, _ = images.digit_array(sheet(False))
     cornered, inverted = images.digit_array(sheet(True))
     assert inverted and similar(cornered, clean) > 0.95
+
+
+@pytest.mark.parametrize("size", [(3200, 2400), (4000, 300), (300, 4000), (900, 900)])
+def test_drafted_size_is_what_open_image_decodes(photo, size):
+    """``drafted_size`` says, from the header alone, how many pixels ``open_image(.., side)``
+    decodes (serve refuses an upload by it): draft mode's scale is the smaller side's ratio, so
+    a long narrow photo is drafted little (counting 1/8 of each side let a 65000 x 2040 JPEG
+    through to a 133-megapixel decode). Without a side, or for a PNG, the whole image; for a
+    progressive JPEG the whole image too, which its decoding holds however small its output
+    (as the decompression-bomb check counts it)."""
+    import io
+
+    with Image.open(photo) as small:
+        big = small.convert("RGB").resize(size)
+    for kind, options in (("baseline", {}), ("progressive", {"progressive": True}),
+                          ("png", None)):
+        stored = io.BytesIO()
+        big.save(stored, "PNG") if options is None else big.save(stored, "JPEG", **options)
+        data = stored.getvalue()
+        for side in (64, 224, None):
+            with Image.open(io.BytesIO(data)) as header:
+                said = images.drafted_size(header, side)
+            decoded = images.open_image(data, side).size
+            if kind == "progressive":
+                assert said == size, (side, said)
+            else:
+                assert said == decoded, (kind, side, said, decoded)
+            if side is None or kind == "png":
+                assert said == size, (kind, side)
+    assert images.drafted_size(Image.new("RGB", (8, 8)), 224) == (8, 8)

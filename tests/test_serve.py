@@ -1398,7 +1398,7 @@ def test_a_png_over_pillows_own_limit_gets_the_servers_line(client):
     png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 1, 0,
                                                              0, 0, 0))
            + chunk(b"IDAT", zlib.compress(b"\0" * 2501)) + chunk(b"IEND", b""))
-    line = serve.upload_problem(serve.Upload("huge.png", png))
+    line = serve.upload_problem(serve.Upload("huge.png", png), 224)
     assert line == ("image is 400 megapixels; the server decodes at most 64 megapixels of an "
                     "image that is not a baseline JPEG: scale it down, or save it as a JPEG")
     answer = client.post("/api/predict", files=files_field(("huge.png", png)))
@@ -1414,7 +1414,7 @@ def test_a_progressive_jpeg_is_refused_by_its_header_as_a_png_is(client, unseen)
     photo = unseen["cats"][0][1]
     huge = progressive_claiming(photo, (12000, 9000))
     assert len(huge) < 10_000
-    line = serve.upload_problem(serve.Upload("big.jpg", huge))
+    line = serve.upload_problem(serve.Upload("big.jpg", huge), 224)
     assert line == ("image is 12000x9000 px (108 megapixels), a progressive JPEG, which is "
                     "decoded whole; the server decodes at most 64 megapixels of an image that "
                     "is not a baseline JPEG: scale it down, or save it as a baseline JPEG")
@@ -1435,16 +1435,25 @@ def test_a_progressive_jpeg_is_refused_by_its_header_as_a_png_is(client, unseen)
     while baseline[at + 1] != 0xC0:
         at += 2 + int.from_bytes(baseline[at + 2:at + 4], "big")
     baseline[at + 5:at + 9] = (12240).to_bytes(2, "big") + (16320).to_bytes(2, "big")
-    assert serve.upload_problem(serve.Upload("phone.jpg", bytes(baseline))) is None
-    # ... unless even 1/8 of each side is over the limit: a 17 KB JPEG saying 65000 x 65000
-    # was decoded to 66 megapixels (265 MB) and answered
+    assert serve.upload_problem(serve.Upload("phone.jpg", bytes(baseline)), 224) is None
+    # ... unless what draft mode decodes is over the limit: a 17 KB JPEG saying 65000 x 65000
+    # was decoded (at 1/8, the smallest scale) to 66 megapixels (265 MB) and answered
     baseline[at + 5:at + 9] = (65000).to_bytes(2, "big") * 2
     bomb = serve.Upload("bomb.jpg", bytes(baseline))
-    assert serve.upload_problem(bomb) == (
-        "image is 65000x65000 px (4225 megapixels), 66 megapixels to decode at the reader's "
-        "smallest scale (1/8); the server decodes at most 64 megapixels: scale it down")
+    assert serve.upload_problem(bomb, 224) == (
+        "image is 65000x65000 px (4225 megapixels), decoded at 8125x8125 (66 megapixels) to "
+        "read it for this model; the server decodes at most 64 megapixels: scale it down")
     baseline[at + 5:at + 9] = (64000).to_bytes(2, "big") * 2  # 64 megapixels at 1/8: read
-    assert serve.upload_problem(serve.Upload("big.jpg", bytes(baseline))) is None
+    assert serve.upload_problem(serve.Upload("big.jpg", bytes(baseline)), 224) is None
+    # draft mode scales by the smaller side's ratio: 65000 x 2040 read for 224 px decodes at
+    # 1/4 (8 megapixels), for a digit bundle's 512 whole (133 megapixels, under Pillow's own
+    # error limit), which counting 1/8 of each side let through
+    baseline[at + 5:at + 9] = (2040).to_bytes(2, "big") + (65000).to_bytes(2, "big")
+    narrow = serve.Upload("narrow.jpg", bytes(baseline))
+    assert serve.upload_problem(narrow, 224) is None
+    assert serve.upload_problem(narrow, 512).startswith(
+        "image is 65000x2040 px (133 megapixels), decoded at 65000x2040 (133 megapixels)")
+    assert serve.upload_problem(narrow, None) is not None  # the "tf" resize decodes it whole
 
 
 def test_an_imagenet_classifiers_report_is_said_to_not_exist(client):

@@ -745,16 +745,37 @@ def resize_method(meta: dict) -> str:
     return "tf" if meta.get("pipeline") == "tfdata" else "pil"
 
 
+def draft_side(meta: dict) -> int | None:
+    """The size ``model_input`` reads a photo for (``open_image``'s ``size``): the model's for
+    a colour bundle resized by Pillow (draft mode at it), DIGIT_DRAFT for a digit bundle (a
+    digit is found in a photo decoded at twice that a side at least: a 12000 px JPEG of a page
+    was decoded whole, 3 GB for one 1.7 MB upload to serve), None for the "tf" resize (decoded
+    whole)."""
+    if meta.get("channels", 3) == 1:
+        return DIGIT_DRAFT
+    return int(meta["image_size"]) if resize_method(meta) == "pil" else None
+
+
+def drafted_size(image, size: int | None) -> tuple[int, int]:
+    """The pixels ``open_image(.., size)`` decodes of the opened, not yet decoded ``image``:
+    a baseline JPEG's at the scale draft mode picks (Pillow's rule: the smaller side's ratio,
+    so a long narrow photo is drafted little), else its stored size (a progressive JPEG's
+    decoding holds every coefficient of the whole image, whatever the scale of its output).
+    Nothing is decoded."""
+    if not size or image.format not in ("JPEG", "MPO") or image.info.get("progressive"):
+        return image.size
+    scale = min(image.size[0] // (2 * int(size)), image.size[1] // (2 * int(size)))
+    s = next(s for s in (8, 4, 2, 1) if scale >= s or s == 1)
+    return (image.size[0] + s - 1) // s, (image.size[1] + s - 1) // s
+
+
 def model_input(source, meta: dict, invert: str | None = None) -> tuple[np.ndarray, dict]:
     """(the array the bundle's model takes for the image in ``source``, notes about it);
     ``source`` is what ``open_image`` takes: a path, bytes or a binary file object."""
     colour = meta.get("channels", 3) != 1
     method = resize_method(meta)
-    # colour pixels resized by Pillow are read as training read them: draft mode at the size;
-    # a digit is found in a photo decoded at twice DIGIT_DRAFT a side at least (a 12000 px JPEG
-    # of a page was decoded whole: 3 GB for one 1.7 MB upload to serve)
-    draft = int(meta["image_size"]) if method == "pil" else None
-    image = open_image(source, draft if colour else DIGIT_DRAFT)
+    # colour pixels resized by Pillow are read as training read them: draft mode at the size
+    image = open_image(source, draft_side(meta))
     notes = notes_of(image)
     if not colour:
         prep = meta.get("preprocessing", {})

@@ -228,6 +228,12 @@ class Classifier:
         """(the model's input for one image file or its bytes, notes about the image)."""
         raise NotImplementedError
 
+    @property
+    def read_side(self) -> int | None:
+        """The size ``prepare`` reads a photo for (``images.open_image``'s ``size``; None:
+        decoded whole): what decides how many pixels a JPEG decodes to."""
+        return None
+
     def outputs(self, batch: np.ndarray) -> np.ndarray:
         """The model's raw outputs for a batch of prepared inputs."""
         with self._lock:
@@ -356,6 +362,10 @@ class BundleClassifier(Classifier):
     def prepare(self, source) -> tuple[np.ndarray, dict]:
         return images.model_input(source, self.meta, self.invert)
 
+    @property
+    def read_side(self) -> int | None:
+        return images.draft_side(self.meta)
+
     def engine_key(self) -> dict | None:
         """What identifies the loaded model for the converted-model cache: model.keras's
         SHA-256 and size; None when the file changed since it was loaded (a bundle replaced
@@ -413,6 +423,10 @@ class ImageNetClassifier(Classifier):
     def prepare(self, source) -> tuple[np.ndarray, dict]:
         image = images.open_image(source, self.spec.size)
         return images.rgb_array(image, self.spec.size), images.notes_of(image)
+
+    @property
+    def read_side(self) -> int | None:
+        return self.spec.size
 
     def _model_input(self, batch: np.ndarray) -> np.ndarray:
         return self._preprocess(np.asarray(batch, dtype="float32"))

@@ -48,7 +48,6 @@ import functools
 import importlib.util
 import json
 import logging
-import math
 import os
 import re
 import shlex
@@ -643,11 +642,12 @@ def shown_name(filename: str | None, index: int) -> str:
 MAX_UPLOAD_PIXELS = 64_000_000
 
 
-def upload_problem(upload: Upload) -> str | None:
+def upload_problem(upload: Upload, side: int | None) -> str | None:
     """Why the server will not read ``upload``, in the reader's words, or None: a camera-raw
     or HEIC file by the client's name (refused by name as ``transfer predict`` refuses it; a
-    raw file would be read from its small embedded preview), or an image that is not a
-    baseline JPEG with more than MAX_UPLOAD_PIXELS to decode (its header read, nothing
+    raw file would be read from its small embedded preview), or an image with more than
+    MAX_UPLOAD_PIXELS to decode when read for ``side`` (the classifier's ``read_side``: a
+    baseline JPEG in draft mode, ``images.drafted_size``; its header read, nothing
     decoded)."""
     import io
     import warnings
@@ -674,21 +674,22 @@ def upload_problem(upload: Upload) -> str | None:
             with images._opened(io.BytesIO(upload.data), drafted=True) as image:
                 width, height = image.size
                 progressive = bool(image.info.get("progressive"))
+                decoded = images.drafted_size(image, side)
     except Image.DecompressionBombError as exc:  # over Pillow's own limit: its size, our line
         pixels = re.search(r"\((\d+) pixels\)", str(exc))
         return (f"image is {int(pixels.group(1)) / 1e6:.0f} megapixels; " if pixels
                 else "image is too large; ") + limit
     except Exception:  # noqa: BLE001 - not an image: the reader says
         return None
-    if jpeg and not progressive:  # drafted at 1/8 of each side at the most: a 17 KB JPEG
-        # whose header says 65000x65000 was decoded to 66 megapixels, 265 MB, and answered
-        drafted = math.ceil(width / 8) * math.ceil(height / 8)
+    if jpeg and not progressive:  # drafted: a 17 KB JPEG whose header says 65000 x 65000 was
+        # decoded to 66 megapixels (265 MB) and answered, and a long narrow one is drafted little
+        drafted = decoded[0] * decoded[1]
         if drafted <= MAX_UPLOAD_PIXELS:
             return None
         return (f"image is {width}x{height} px ({width * height / 1e6:.0f} megapixels), "
-                f"{drafted / 1e6:.0f} megapixels to decode at the reader's smallest scale (1/8); "
-                f"the server decodes at most {MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels: scale it "
-                "down")
+                f"decoded at {decoded[0]}x{decoded[1]} ({drafted / 1e6:.0f} megapixels) to read "
+                f"it for this model; the server decodes at most "
+                f"{MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels: scale it down")
     if width * height <= MAX_UPLOAD_PIXELS:
         return None
     kind = ", a progressive JPEG, which is decoded whole" if jpeg else ""
@@ -715,7 +716,7 @@ def predict_uploads(store: ModelStore, uploads: list[Upload], model: str | None,
     from transfer.files import own_temp_folder_prefix
 
     refused = {i: reason for i, upload in enumerate(uploads)
-               if (reason := upload_problem(upload))}
+               if (reason := upload_problem(upload, classifier.read_side))}
     with tempfile.TemporaryDirectory(prefix=own_temp_folder_prefix("transfer-serve-")) as tmp:
         paths = []
         for i, upload in enumerate(uploads):
@@ -800,7 +801,12 @@ def explain_upload(store: ModelStore, upload: Upload, model: str | None,
 
     model = model or store.default_model()
     classifier = store.get(model)
-    refused = upload_problem(upload)
+    side = classifier.read_side  # the picture too is read, for SHOWN_SIDE // 2: the larger
+    # of the two sides decodes more pixels (a digit's picture is the digit the model saw)
+    if side is not None and not (classifier.mode == "bundle" and
+                                 classifier.meta.get("channels", 3) == 1):
+        side = max(side, SHOWN_SIDE // 2)
+    refused = upload_problem(upload, side)
     if refused:
         from transfer.images import ImageError
 
