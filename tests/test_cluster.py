@@ -948,6 +948,10 @@ def test_a_fine_tuning_stopped_early_stays_stopped_when_resumed(slow_split, tmp_
     assert f"resumed after epoch {stopped_at}" in text(logs[0])
     history = (out / "history.csv").read_text().splitlines()[1:]
     assert sum(line.endswith("fine-tune") for line in history) == stopped_at
+    # each worker's slices, though this run trained and validated nothing more (counted when
+    # validating: 0 and 0)
+    per_worker = meta_of(out)["per_worker"]
+    assert [(w["train_images"], w["validate_images"]) for w in per_worker] == [(120, 40)] * 2
 
 
 def test_a_worker_whose_port_is_taken_says_so(tiny_split, tmp_path):

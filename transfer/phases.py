@@ -1066,9 +1066,14 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
     def predict(x):
         return model(x, training=False)
 
+    my_val = val_samples[rank::workers]  # this worker's share of every validation
+    read[1, rank] = len(my_val)
+    # what each worker's data holds, as each counted it (meta.json's per_worker): gathered
+    # now, all in step (after the last epoch the chief may spend long writing its checkpoint)
+    read = cluster.total(read.reshape(-1), f"the start of {phase}").reshape(2, workers)
+
     def validate() -> tuple[float, float]:
-        mine = val_samples[rank::workers]
-        read[1, rank] = len(mine)
+        mine = my_val
         sums = np.zeros(3)
         if mine:
             data = pipelines.make("tfdata", mine, plan.names, plan.size, plan.base.preprocess,
@@ -1143,8 +1148,6 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
         model.set_weights(best_weights)  # as EarlyStopping(restore_best_weights=True)
     if hp.tensorboard and cluster.chief:  # the epochs Keras's callback logs on one machine
         write_tensorboard(Path(hp.tensorboard) / phase, history)
-    # what each worker's data held, as each counted it (meta.json's per_worker)
-    read = cluster.total(read.reshape(-1), f"the end of {phase}").reshape(2, workers)
     info = {"class_weight": class_weight_meta(plan, applied, weights), "watched_from": watched,
             "custom_loop": {"workers": workers, "global_batch": global_batch,
                             "steps_per_epoch": steps, "resumed_from_epoch": first,
