@@ -1067,12 +1067,13 @@ def test_a_lost_workers_line_names_what_a_rerun_resumes_from(tiny_split, tmp_pat
     from transfer.tf import tf
     from transfer.training import kept_for_a_rerun, plan
 
-    def kept(shards: bool = True, chief: bool = True, **options) -> str:
+    def kept(shards: bool = True, chief: bool = True, saved: bool = False, **options) -> str:
         return kept_for_a_rerun(plan(TrainSettings(data_dir=tiny_split, base="mobilenet",
                                                    alpha=0.25, weights="none",
                                                    output=tmp_path / "m",
                                                    **options).validated()),
-                                SimpleNamespace(features_kept=shards, chief=chief))
+                                SimpleNamespace(features_kept=shards, chief=chief,
+                                                checkpoints_kept=saved))
 
     cache = tiny_split / ".cache" / "features"
     checkpoints = tmp_path / ".m.checkpoints"
@@ -1090,13 +1091,20 @@ def test_a_lost_workers_line_names_what_a_rerun_resumes_from(tiny_split, tmp_pat
     assert kept(augment=still, feature_cache=False) == ""
     assert kept(augment_copies=0) == f"the epoch checkpoints in {checkpoints}"
     # another worker keeps nothing itself (never a shard, its checkpoints folder empty, or on
-    # another machine): what the chief keeps, where this one said nothing was kept
+    # another machine): what the chief keeps, as far as it knows, where it said nothing was
+    # kept; and nothing before the chief kept anything (it then said the opposite)
     shutil.rmtree(checkpoints)
-    assert kept(False, False, augment=still) == "the features the chief cached"
-    assert kept(False, False, augment=still, fine_tune=20) == (
+    assert kept(True, False, augment=still) == "the features the chief cached"
+    assert kept(True, False, True, augment=still, fine_tune=20) == (
         "the features the chief cached and the epoch checkpoints the chief saved")
-    assert kept(False, False, augment=still, feature_cache=False) == ""
-    assert kept(False, False, augment_copies=0) == "the epoch checkpoints the chief saved"
+    assert kept(True, False, False, augment=still, fine_tune=20) == (
+        "the features the chief cached")
+    assert kept(False, False, True, augment=still, fine_tune=20) == (
+        "the epoch checkpoints the chief saved")
+    assert kept(False, False, augment=still) == ""
+    assert kept(True, False, augment=still, feature_cache=False) == ""
+    assert kept(False, False, True, augment_copies=0) == "the epoch checkpoints the chief saved"
+    assert kept(False, False, False, augment_copies=0) == ""
     down = tf.errors.UnavailableError(None, None, "Socket closed")
     assert str(cluster.lost(down, 60.0, "the feature pass (train)", kept="")).endswith(
         "no bundle written. Start the same command again on every worker (it starts over: "

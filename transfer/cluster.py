@@ -324,6 +324,7 @@ class Cluster:
         # what a rerun resumes from, asked when a worker is lost (training sets it; see lost)
         self.keeps = None  # a function of this cluster: "" for nothing
         self.features_kept = False  # a shard of this run's features is in the cache (phases)
+        self.checkpoints_kept = False  # the chief has saved an epoch checkpoint (phases)
         self.startup = startup_seconds() if startup is None else float(startup)
         self.promised = self.startup  # the wait the lines name
         # every worker waits for the others in Python first, where Ctrl-C and SIGTERM work

@@ -442,6 +442,8 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
                     skipped.setdefault(item["file"], item["reason"])
         if cluster is not None:  # the chief's cache decides what is left to compute
             done = cluster.broadcast([done], f"the feature pass ({label})")[0]
+            if done.any():  # the others know the chief keeps cached features (cluster.kept)
+                cluster.features_kept = True
         todo = [i for i in range(len(bounds)) if not done[i]]
         hits.append(not todo)
 
@@ -503,6 +505,8 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
                         per_worker[w] += bounds[i][1] - bounds[i][0]
                         if keep:
                             keep_shard(i, piece)
+                        elif hp.feature_cache:  # the chief caches this round's shards
+                            cluster.features_kept = True
                         if cluster is not None:
                             advance(bounds[i][1] - bounds[i][0])
         if not keep:
@@ -1105,6 +1109,7 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
                                       note["epoch"])
         reporter.info(f"{phase}: resumed after epoch {first} from the checkpoint "
                       f"{state_file}")
+        cluster.checkpoints_kept = True
     start = time.perf_counter()
     # a run checkpointed after early stopping had ended it stays ended: resumed, it trained
     # one epoch more than the run never interrupted
@@ -1138,6 +1143,7 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
                 save_checkpoint(state_file, fingerprint, model, optimizer, best_weights,
                                 {"history": history, "best": best, "wait": wait,
                                  "epoch": epoch + 1}, identity)
+            cluster.checkpoints_kept = True  # the others know the chief saved one (kept)
             advance(1, status=f"{phase} epoch {epoch + 1}  loss {history['loss'][-1]:.4f}  "
                               f"accuracy {history['accuracy'][-1]:.4f}  val_loss {val_loss:.4f}"
                               f"  val_accuracy {val_acc:.4f}")

@@ -440,12 +440,13 @@ def kept_for_a_rerun(run, cluster) -> str:
     same command to resume from, in words ("" for nothing: stopped before a shard of features
     or an epoch checkpoint was written, or --no-feature-cache on the frozen route). Another
     worker than the chief keeps nothing itself: what the chief keeps on its machine, which this
-    one cannot see (it said "nothing of this run is kept" while the chief said the opposite)."""
+    one cannot see but knows of, working in step (it said "nothing of this run is kept" while
+    the chief said the opposite)."""
     kept = []
     if not cluster.chief:
-        if run.use_cache and run.settings.feature_cache:
+        if run.use_cache and run.settings.feature_cache and cluster.features_kept:
             kept.append("the features the chief cached")
-        if run.pipeline_used:
+        if run.pipeline_used and cluster.checkpoints_kept:
             kept.append("the epoch checkpoints the chief saved")
         return " and ".join(kept)
     if run.use_cache and run.settings.feature_cache and cluster.features_kept:
