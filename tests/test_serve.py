@@ -240,6 +240,10 @@ def test_report_route(client, models_dir):
         linked = client.get("/models/cats-dogs/report")
         assert linked.status_code == 200 and "not the bundle's" not in linked.text
         assert GENERATOR in linked.text
+        written.unlink()
+        written.symlink_to(written.name)  # a link to itself: rendered, not a 500
+        looped = client.get("/models/cats-dogs/report")
+        assert looped.status_code == 200 and GENERATOR in looped.text
     finally:
         written.unlink(missing_ok=True)
         written.write_bytes(original)

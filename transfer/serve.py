@@ -1458,9 +1458,9 @@ def create_app(settings: ServeSettings):
             return error(500, str(exc))
         headers = {"Content-Security-Policy": REPORT_POLICY}
         page = path / "report.html"
-        real = page.resolve()
-        if page.is_file() and real.parent == path.resolve():  # a link out of the bundle's
-            # folder is not served (its target was: any file the server could read)
+        # a link out of the bundle's folder is not served (its target was: any file the
+        # server could read); a link loop is no file (resolving it raised RuntimeError)
+        if page.is_file() and (real := page.resolve()).parent == path.resolve():
             return FileResponse(real, media_type="text/html", headers=headers)
         from transfer.report import render_report
 
