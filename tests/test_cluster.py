@@ -171,9 +171,11 @@ def test_tf_config_order_puts_a_chief_first():
 # --------------------------------------------------------------------------- helpers
 
 
-def start_workers(n: int, args_of, env: dict | None = None) -> tuple[list, list]:
+def start_workers(n: int, args_of, env: dict | None = None,
+                  env_of=None) -> tuple[list, list]:
     """n worker processes of `transfer train <args_of(i)>` on free 127.0.0.1 ports, each
-    with its own TF_CONFIG; output to files. (processes, [log path])"""
+    with its own TF_CONFIG (and ``env_of(i)``'s variables); output to files. (processes,
+    [log path])"""
     ports = launch.free_ports(n)
     addresses = [f"127.0.0.1:{p}" for p in ports]
     procs, logs = [], []
@@ -185,7 +187,8 @@ def start_workers(n: int, args_of, env: dict | None = None) -> tuple[list, list]
         handle = open(log, "w")  # noqa: SIM115 (closed with the process)
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "transfer", "train", *args],
-            env={**base_env, "TF_CONFIG": launch.tf_config(addresses, i)},
+            env={**base_env, **(env_of(i) if env_of else {}),
+                 "TF_CONFIG": launch.tf_config(addresses, i)},
             stdout=handle, stderr=subprocess.STDOUT, text=True))
         logs.append(log)
     return procs, logs
@@ -313,7 +316,8 @@ def test_workers_started_with_other_settings_stop_with_one_line(pair_of_splits, 
     weights_file.write_bytes(b"not read: compared by its SHA-256 before any model is built")
     procs, logs = start_workers(2, lambda i: train_args(
         data0 if i == 0 else data1, out, "--distribute", "multi-worker",
-        *(["--learning-rate", "0.01", "--weights", str(weights_file)] if i else [])))
+        *(["--learning-rate", "0.01", "--weights", str(weights_file)] if i else [])),
+        env_of=lambda i: {"TRANSFER_FEATURE_MEMORY_MB": "0"} if i else {})
     codes = wait_all(procs)
     assert codes == [1, 1], text(logs[0]) + text(logs[1])
     for log in logs:
@@ -323,6 +327,8 @@ def test_workers_started_with_other_settings_stop_with_one_line(pair_of_splits, 
                "0.01 (the chief: " in errors[0]
         assert '--weights "a file with SHA-256 ' in errors[0] and '(the chief: "none")' in \
             errors[0]  # a random base on one worker made a silently wrong model
+        # the memory budget decides how the shards are cut (streamed: classes interleaved)
+        assert "TRANSFER_FEATURE_MEMORY_MB 0 (the chief: 1073741824)" in errors[0], errors[0]
     assert not out.exists()
 
 

@@ -382,9 +382,7 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
                                          size=size, views=views[size])
                        for size, n in inputs.items()}
     in_memory = rows * width * 4 <= features.memory_budget()
-    if cluster is not None:  # the chief's budget decides: every worker cuts the same shards
-        in_memory = bool(cluster.broadcast([np.array([in_memory], "int32")],
-                                           "planning the feature pass")[0][0])
+    # every worker has the chief's budget (training.same_settings): all cut the same shards
     if not in_memory:  # streamed shard by shard: each shard holds every class, not one
         train_samples = features.classes_interleaved(train_samples)
         val_samples = features.classes_interleaved(val_samples)
@@ -1072,9 +1070,6 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
 
     my_val = val_samples[rank::workers]  # this worker's share of every validation
     read[1, rank] = len(my_val)
-    # what each worker's data holds, as each counted it (meta.json's per_worker): gathered
-    # now, all in step (after the last epoch the chief may spend long writing its checkpoint)
-    read = cluster.total(read.reshape(-1), f"the start of {phase}").reshape(2, workers)
 
     def validate() -> tuple[float, float]:
         mine = my_val
@@ -1097,7 +1092,12 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
     saved = (load_checkpoint(state_file, fingerprint, identity, reporter) if cluster.chief
              else None)
     own = [np.asarray(v) for v in [*model.weights, *optimizer.variables]]
-    if cluster.broadcast([np.array([saved is not None], "int32")], f"resuming {phase}")[0][0]:
+    # whether the chief resumes, and what each worker's data holds, as each counted it
+    # (meta.json's per_worker), in the one exchange every worker makes as the loop starts
+    said = cluster.gather([np.array([saved is not None, read[0, rank], read[1, rank]],
+                                    "int32")], f"resuming {phase}")
+    read = np.array([[w[0][1] for w in said], [w[0][2] for w in said]], "float64")
+    if said[0][0][0]:
         # the chief had a checkpoint of this run: every worker continues from it
         mine = saved[0] if saved else own + [np.asarray(w) for w in model.weights]
         arrays, note = cluster.state(mine, saved[1] if saved else None, f"resuming {phase}")

@@ -732,6 +732,9 @@ SHARED_SETTINGS = ("validation_split", "base", "alpha", "pipeline", "augment",
                    "feature_shard_size")
 
 
+MEMORY_VARIABLE = "TRANSFER_FEATURE_MEMORY_MB"  # compared as bytes, as features read it
+
+
 def same_settings(run: RunPlan, cluster) -> None:
     """Every worker must train with the same settings (``SHARED_SETTINGS``): each sends its
     own, and a worker started with others is one line naming them (before, a different
@@ -748,15 +751,21 @@ def same_settings(run: RunPlan, cluster) -> None:
     weights = run.settings.weights  # a weights file may lie elsewhere on each machine
     mine["weights"] = weights if weights in ("imagenet", "none") else \
         f"a file with SHA-256 {sha256_file(Path(weights))[:12]}"
+    from transfer import features
+
+    # how a pass's shards are cut (streamed beyond it: classes interleaved) must be one
+    mine[MEMORY_VARIABLE] = features.memory_budget()
     text = json.dumps(mine, sort_keys=True, default=str).encode()
     seen = cluster.gather([np.frombuffer(text, np.uint8).astype("int32")],
                           "comparing the workers' settings")
     chief = json.loads(bytes(seen[0][0].astype(np.uint8)).decode())
     for w, (sent,) in enumerate(seen):
         theirs = json.loads(bytes(sent.astype(np.uint8)).decode())
-        differ = [k for k in (*SHARED_SETTINGS, "weights") if theirs.get(k) != chief.get(k)]
+        differ = [k for k in (*SHARED_SETTINGS, "weights", MEMORY_VARIABLE)
+                  if theirs.get(k) != chief.get(k)]
         if differ:
-            said = "; ".join(f"{flag(k)} {json.dumps(theirs.get(k))} (the chief: "
+            said = "; ".join(f"{k if k == MEMORY_VARIABLE else flag(k)} "
+                             f"{json.dumps(theirs.get(k))} (the chief: "
                              f"{json.dumps(chief.get(k))})" for k in differ)
             raise WorkerLost(f"worker {w} was started with other settings than the chief: "
                              f"{said}; start the same command on every worker")
