@@ -1017,11 +1017,11 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
     model = built.core
     augment = hp.augment if hp.augment.enabled else None
 
-    read = np.zeros((2, workers))  # the images this worker's train and validate data held
+    my_train = [0]  # the images this worker's training data holds (set as it is made)
 
     def dataset(ctx):
         mine = train_samples[ctx.input_pipeline_id::ctx.num_input_pipelines]
-        read[0, rank] = len(mine)
+        my_train[0] = len(mine)
         data = pipelines.make("tfdata", mine, plan.names, plan.size, plan.base.preprocess,
                               hp.batch_size, augment, True, hp.seed + ctx.input_pipeline_id,
                               plan.skipped)
@@ -1069,13 +1069,11 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
         return model(x, training=False)
 
     my_val = val_samples[rank::workers]  # this worker's share of every validation
-    read[1, rank] = len(my_val)
 
     def validate() -> tuple[float, float]:
-        mine = my_val
         sums = np.zeros(3)
-        if mine:
-            data = pipelines.make("tfdata", mine, plan.names, plan.size, plan.base.preprocess,
+        if my_val:
+            data = pipelines.make("tfdata", my_val, plan.names, plan.size, plan.base.preprocess,
                                   hp.batch_size, None, False, hp.seed, plan.skipped)
             for x, y in data:
                 loss, right = per_image(y, predict(x))
@@ -1094,9 +1092,8 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
     own = [np.asarray(v) for v in [*model.weights, *optimizer.variables]]
     # whether the chief resumes, and what each worker's data holds, as each counted it
     # (meta.json's per_worker), in the one exchange every worker makes as the loop starts
-    said = cluster.gather([np.array([saved is not None, read[0, rank], read[1, rank]],
-                                    "int32")], f"resuming {phase}")
-    read = np.array([[w[0][1] for w in said], [w[0][2] for w in said]], "float64")
+    said = cluster.gather([np.array([saved is not None, my_train[0], len(my_val)], "int32")],
+                          f"resuming {phase}")
     if said[0][0][0]:
         # the chief had a checkpoint of this run: every worker continues from it
         mine = saved[0] if saved else own + [np.asarray(w) for w in model.weights]
@@ -1157,8 +1154,8 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
     info = {"class_weight": class_weight_meta(plan, applied, weights), "watched_from": watched,
             "custom_loop": {"workers": workers, "global_batch": global_batch,
                             "steps_per_epoch": steps, "resumed_from_epoch": first,
-                            "images_read": {"train": read[0].astype(int).tolist(),
-                                            "validate": read[1].astype(int).tolist()}}}
+                            "images_read": {"train": [int(w[0][1]) for w in said],
+                                            "validate": [int(w[0][2]) for w in said]}}}
     if phase == "train":
         info["lr_schedule"] = schedule
     return Fit(history_of(history, phase), time.perf_counter() - start, info)
