@@ -741,6 +741,12 @@ def predict_uploads(store: ModelStore, uploads: list[Upload], model: str | None,
     return answer
 
 
+def _reads_digits(classifier) -> bool:
+    """Whether ``classifier`` is a digit bundle (one channel): it reads a photo for the digit
+    in it, and its explain picture is that digit, not the photo."""
+    return classifier.mode == "bundle" and classifier.meta.get("channels", 3) == 1
+
+
 def _shown_picture(classifier, data: bytes, array: np.ndarray) -> np.ndarray:
     """What the explain PNG shows: the photo (upright, RGB, longest side SHOWN_SIDE), or for a
     digit model the fitted 28x28 digit the model saw, enlarged."""
@@ -748,7 +754,7 @@ def _shown_picture(classifier, data: bytes, array: np.ndarray) -> np.ndarray:
 
     from transfer import images
 
-    if classifier.mode == "bundle" and classifier.meta.get("channels", 3) == 1:
+    if _reads_digits(classifier):
         digit = np.asarray(array, dtype="float32")[..., 0].clip(0, 255).astype("uint8")
         big = Image.fromarray(digit).resize((224, 224), Image.NEAREST)
         return np.repeat(np.asarray(big)[..., None], 3, axis=-1)
@@ -803,8 +809,7 @@ def explain_upload(store: ModelStore, upload: Upload, model: str | None,
     classifier = store.get(model)
     side = classifier.read_side  # the picture too is read, for SHOWN_SIDE // 2: the larger
     # of the two sides decodes more pixels (a digit's picture is the digit the model saw)
-    if side is not None and not (classifier.mode == "bundle" and
-                                 classifier.meta.get("channels", 3) == 1):
+    if side is not None and not _reads_digits(classifier):
         side = max(side, SHOWN_SIDE // 2)
     refused = upload_problem(upload, side)
     if refused:
@@ -812,7 +817,7 @@ def explain_upload(store: ModelStore, upload: Upload, model: str | None,
 
         raise ImageError(refused)
     if classifier.mode == "bundle":
-        use_invert = invert if classifier.meta.get("channels", 3) == 1 else None
+        use_invert = invert if _reads_digits(classifier) else None
         from transfer import images
 
         array, _ = images.model_input(upload.data, classifier.meta, use_invert)
