@@ -592,7 +592,7 @@ def _train(settings: TrainSettings, reporter: Reporter, started: float,
 
         meta["workers"] = cluster.workers if cluster is not None else 1
         if cluster is not None:
-            meta["per_worker"] = worker_meta(run, feats, fit, cluster)
+            meta["per_worker"] = worker_meta(feats, fit, cluster)
         landed = bundle.write(run.target, settings.force, built.full, meta, fit.history,
                               title=f"{run.base.name} on {run.root}", extra=extras,
                               reporter=reporter)
@@ -795,7 +795,7 @@ def same_files(run: RunPlan, cluster) -> None:
             "names or sizes; give every worker the same files under --data-dir")
 
 
-def worker_meta(run: RunPlan, feats, fit, cluster) -> list:
+def worker_meta(feats, fit, cluster) -> list:
     """meta.json's "per_worker": what each worker did (images through the base for the
     feature cache; its slice of the images in an end-to-end fit)."""
     n = cluster.workers
