@@ -289,27 +289,8 @@ def store(path: Path, result: Pass) -> None:
         np.savez(tmp, features=result.features, labels=result.labels, extra=np.array(extra))
 
 
-def extract(feature_model, batches, n_steps: int, reporter: Reporter, description: str):
-    """(features, labels, seconds) of ``feature_model`` over ``n_steps`` batches of a Keras
-    pipeline (``pipelines.make``): the plain TensorFlow pass, kept for benchmarks."""
-    from transfer import pipelines
-    from transfer.tf import tf
-
-    forward = tf.function(lambda x: feature_model(x, training=False), reduce_retracing=True)
-    outputs, labels = [], []
-    start = time.perf_counter()
-    with reporter.task(description, total=n_steps) as advance:
-        for x, y in pipelines.batches(batches, n_steps):
-            outputs.append(np.asarray(forward(x)))
-            labels.append(np.asarray(y))
-            advance(1)
-    seconds = time.perf_counter() - start
-    return np.concatenate(outputs), np.concatenate(labels).reshape(-1), seconds
-
-
 # --------------------------------------------------------------------------- shards
 
-SHARD_SIZE = 512  # images per shard of a pass (the default --feature-shard-size)
 MEMORY_MB = 1024  # features up to this size stay in memory; beyond, shards are streamed
 
 
