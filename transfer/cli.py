@@ -496,7 +496,8 @@ def train_cmd(
     weights: Annotated[str, typer.Option(help="imagenet | none | PATH to a weights file.",
                                          rich_help_panel=BASE)] = _T.weights,
     image_size: Annotated[int | None, typer.Option(
-        help="Input size in pixels (default: the base's).", show_default=False,
+        help="Input size in pixels (default: the base's; with test-time flips, its "
+        "registered test size: MobileNet 288).", show_default=False,
         rich_help_panel=BASE)] = _T.image_size,
     train_size: Annotated[int | None, typer.Option(
         help="Size in pixels of the images the head trains on, when it trains on features "
@@ -549,8 +550,9 @@ def train_cmd(
         help="Random horizontal flips; --no-flip: a mirror image is a different picture (no "
         "test-time flips either).", rich_help_panel=AUG)] = _A.flip,
     preview_augment: Annotated[bool, typer.Option(
-        "--preview-augment", help="Also write augment-preview.png into --data-dir: photos "
-        "beside their augmented versions (the bundle always keeps one).",
+        "--preview-augment", help="Also write augment-preview.png into --data-dir (or the "
+        "folder holding --train-dir): photos beside their augmented versions (the bundle "
+        "always keeps one).",
         rich_help_panel=AUG)] = _T.preview_augment,
     preview_only: Annotated[bool, typer.Option(
         "--preview-only", help="Write augment-preview.png as --preview-augment does and stop: "
