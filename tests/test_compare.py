@@ -3,10 +3,12 @@ equal to each bundle's own metrics), compare.png and the page; genuine MobileNet
 
 from __future__ import annotations
 
+import csv
 import html
 import json
 import shutil
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -68,12 +70,36 @@ def test_an_evaluation_into_the_comparisons_folder_is_refused(compared, tiny_spl
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
-def test_compare_json_holds_each_bundles_own_metrics(compared):
+def test_compare_json_holds_each_bundles_own_metrics(compared, tiny_split):
+    from transfer.inference import BundleClassifier, classify_files
+
     data = json.loads(compared.json_path.read_text())
     assert data["kind"] == "transfer-compare" and list(data["runs"]) == ["scratch", "frozen"]
     assert data["runs"] == compared.runs
     for run, row in data["runs"].items():
         meta = json.loads((compared.output / run / "meta.json").read_text())
+        assert (row["run"], row["base"], data["seed"]) == (run, meta["base"], meta["seed"])
+        assert row["best_epoch"] == meta["metrics"]["best_epoch"]
+        assert row["train_total_seconds"] == meta["timings"]["total_seconds"]
+        # the curves drawn for each run are its own bundle's history.csv (values, not names)
+        with open(compared.output / run / "history.csv", newline="", encoding="utf-8") as f:
+            saved = list(csv.DictReader(f))
+        assert {key: [str(v) for v in values] for key, values in
+                data["histories"][run].items()} == {
+            key: [line[key] for line in saved] for key in saved[0] if key != "epoch"}
+        # each class's F1 is that class's: the bundle classifying the validation photos here
+        classifier = BundleClassifier(compared.output / run)
+        names = list(classifier.class_names)
+        photos = sorted((tiny_split / "validate").glob("*/*"))
+        truth = [names.index(p.parent.name) for p in photos]
+        guess = [int(np.argmax(c.probabilities)) for c in classify_files(classifier, photos)]
+        assert row["evaluated_accuracy"] == pytest.approx(
+            np.mean(np.equal(truth, guess)), abs=1e-9)
+        for k, name in enumerate(names):
+            hit = sum(t == g == k for t, g in zip(truth, guess, strict=True))
+            miss = sum((t == k) != (g == k) for t, g in zip(truth, guess, strict=True))
+            assert row["per_class_f1"][name] == pytest.approx(
+                2 * hit / (2 * hit + miss) if hit else 0.0), (run, name)
         assert row["feature_cache"] == meta["feature_cache"]
         assert row["test_time_flips"] is meta["test_time"]["flips"]
         assert row["bundle"] == str(compared.output / run)
@@ -97,6 +123,9 @@ def test_compare_json_holds_each_bundles_own_metrics(compared):
 
 
 def test_an_existing_comparison_is_refused_without_force(compared):
+    written = [compared.output / name for name in (cmp.COMPARE_JSON, cmp.COMPARE_PNG,
+                                                   cmp.COMPARE_HTML)]
+    before = [path.read_bytes() for path in written]
     settings = CompareSettings(data_dir=compared.data["data_dir"], output=compared.output,
                                runs=["frozen"])
     with pytest.raises(TransferError, match="compare.json already exists; use --force"):
@@ -117,8 +146,7 @@ def test_an_existing_comparison_is_refused_without_force(compared):
     assert (chart / "compare.png").read_bytes() == b"my chart"
     assert (compared.data["base"], compared.data["alpha"], compared.data["fine_tune"]) == (
         "mobilenet", 0.25, None)  # frozen and scratch: no fine-tuning
-    before = compared.json_path.read_text()
-    assert compared.json_path.read_text() == before
+    assert [path.read_bytes() for path in written] == before  # the refused one: untouched
 
 
 def test_a_comparison_replaced_then_interrupted_leaves_no_stale_compare_json(
@@ -148,6 +176,14 @@ def test_a_comparison_replaced_then_interrupted_leaves_no_stale_compare_json(
                        r"meta.json .* nor compare.json \(a comparison, written when all its "
                        r"runs are done\): report one of them"):
         write_report(out)
+    # a page of the user's own beside the comparison (not transfer's): kept, as --force
+    # stopped before anything replaced it
+    shutil.copy(compared.json_path, out / cmp.COMPARE_JSON)
+    (out / cmp.COMPARE_HTML).write_text("<p>notes</p>")
+    with pytest.raises(KeyboardInterrupt):
+        compare(settings, overrides=TINY)
+    assert not (out / cmp.COMPARE_JSON).exists()
+    assert (out / cmp.COMPARE_HTML).read_text() == "<p>notes</p>"
 
 
 def test_a_new_comparison_stopped_before_any_bundle_leaves_no_empty_folder(
@@ -369,6 +405,13 @@ def test_the_seconds_labels_stay_inside_their_panel(tmp_path, monkeypatch):
     labels = [t for t in panel.texts if " s" in t.get_text()]
     assert len(labels) == 2
     assert all(t.get_window_extent(renderer).y1 <= top for t in labels)
+    # each run's bar is its own seconds, under its own label
+    assert [bar.get_height() for bar in panel.patches] == [
+        row["seconds"] for row in data["runs"].values()]
+    for bar, label, row in zip(panel.patches, labels, data["runs"].values(), strict=True):
+        box = bar.get_window_extent(renderer)
+        assert box.x0 < label.get_window_extent(renderer).x0 < box.x1
+        assert label.get_text().startswith(f"{row['seconds']:.0f} s")
 
 
 def test_fine_tunings_single_view_curve_is_said_on_the_chart_and_in_the_notes(tmp_path,
@@ -410,7 +453,6 @@ def test_the_frozen_curve_stays_in_sight_under_the_fine_tuned_one(tmp_path, monk
     two curves no one could see (62 frozen-green pixels left); with `--runs fine-tuned,frozen`
     the fine-tuned head phase was the hidden one. Both are now in sight, whatever the order:
     the same pixels of each colour in the curves' panel (legend aside)."""
-    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     from transfer import plots
@@ -489,9 +531,19 @@ def test_the_table_says_how_long_each_run_ran_and_which_epoch_it_keeps(compared)
     console.print(compare_table(compared.runs, "compare"))
     text = console.export_text()
     assert "epochs (kept)" in text
+    header = next(line for line in text.splitlines() if "epochs (kept)" in line)
+    columns = [cell.strip() for cell in header.strip().strip("┃").split("┃")]
     for run, row in compared.runs.items():
         line = next(line for line in text.splitlines() if line.strip("│ ").startswith(run))
         assert f"{row['epochs_run']} ({row['best_epoch']})" in line
+        # every column under its own heading, each run's figures on its own line
+        cells = dict(zip(columns, [cell.strip() for cell in line.strip().strip("│").split("│")],
+                         strict=True))
+        assert cells == {"run": run, "validation accuracy": f"{row['val_accuracy']:.4f}",
+                         "loss": f"{row['val_loss']:.4f}", "macro F1": f"{row['macro_f1']:.4f}",
+                         "epochs (kept)": f"{row['epochs_run']} ({row['best_epoch']})",
+                         "seconds": f"{row['seconds']:.0f}",
+                         "parameters trained": f"{row['parameters_trained']:,}"}
 
 
 def test_the_page_has_the_tables_macro_f1_and_epochs(compared):
@@ -508,3 +560,10 @@ def test_the_page_has_the_tables_macro_f1_and_epochs(compared):
         assert values["run"] == run
         assert values["macro F1"] == f"{row['macro_f1']:.4f}"
         assert values["epochs (kept)"] == f"{row['epochs_run']} ({row['best_epoch']})"
+        # the other columns too, each under its own heading (F1 of each class its own)
+        assert (values["validation accuracy"], values["loss"]) == (
+            f"{row['val_accuracy']:.4f}", f"{row['val_loss']:.4f}")
+        assert {c: values[f"F1 {c}"] for c in row["per_class_f1"]} == {
+            c: f"{f1:.4f}" for c, f1 in row["per_class_f1"].items()}
+        assert (values["seconds"], values["parameters trained"], values["bundle"]) == (
+            f"{row['seconds']:.0f}", f"{row['parameters_trained']:,}", run)

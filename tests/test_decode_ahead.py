@@ -52,7 +52,7 @@ def _same_as_the_reader(ahead: DecodeAhead, path, size) -> None:
     expected = _outcome(pipelines.read_rgb, path, size)
     got = _outcome(ahead.read, path, size)
     if isinstance(expected, str):
-        assert got == expected
+        assert isinstance(got, str) and got == expected, got
     else:
         np.testing.assert_array_equal(got, expected)
 
@@ -69,9 +69,21 @@ def test_the_photos_come_back_as_the_reader_decodes_them(tmp_path, real_photos):
             assert pixels.dtype == np.uint8 and pixels.shape == (size, size, 3)
             np.testing.assert_array_equal(pixels, pipelines.read_rgb(path, size))
         assert ahead.hits == len(jobs)
-        ahead.read(*jobs[0])  # read again (augmented copies do): still one photo
+        # read again (augmented copies do): still one photo, and each read the caller's own
+        # copy, as the reader's is (a change to one is not what the next read gives)
+        ahead.read(*jobs[0])[...] = 0
+        np.testing.assert_array_equal(ahead.read(*jobs[0]), pipelines.read_rgb(*jobs[0]))
         assert ahead.hits == len(jobs)
     assert ahead._proc.poll() is not None  # the helper ended with close()
+    # closed, it reads through the reader (the buffer is dropped), still the same pixels
+    np.testing.assert_array_equal(ahead.read(*jobs[0]), pipelines.read_rgb(*jobs[0]))
+    assert ahead.hits == len(jobs)
+    # closed while its helper is midway (a run ending early): the helper is stopped there,
+    # not left decoding for nobody
+    with DecodeAhead([(p, s) for s in range(288, 32, -4) for p in paths]) as early:
+        _wait(early, 16)
+        assert early._proc.poll() is None
+    assert early._proc.returncode == -signal.SIGKILL
 
 
 def test_an_unreadable_photo_gets_the_readers_own_error(tmp_path, real_photos):
@@ -97,6 +109,8 @@ def test_it_holds_no_more_than_its_budget_and_stops_when_the_pass_catches_up(tmp
     with small:
         assert sorted(small.index.values()) == [0, 1, 2]  # the first three, in order
         assert small.index[(os.fspath(paths[2]), 224)] == 2
+        # the buffer both processes map: those three photos (and each one's size and mtime)
+        assert small._buffer.nbytes <= 3 * one + one // 2 + 16 * 3
         _wait(small, 3)
         assert small.done == 3
         np.testing.assert_array_equal(small.read(paths[10], 224),  # past the budget: read now
@@ -251,12 +265,15 @@ def test_a_feature_pass_through_it_gives_the_same_features(tmp_path, real_photos
     assert not np.array_equal(plain.features, mirrored.features)
 
 
-def test_a_train_process_decodes_ahead_while_importing_tensorflow(tiny_split, tmp_path):
+def test_a_train_process_decodes_ahead_while_importing_tensorflow(tiny_split, tmp_path,
+                                                                    mobilenet_weights):
     """`transfer train` in a process of its own: its helper decodes photos while it imports
     TensorFlow; meta.json says how many the passes took from it, and the run is the same
-    with decoding ahead off (TRANSFER_DECODE_AHEAD_MB=0)."""
+    with decoding ahead off (TRANSFER_DECODE_AHEAD_MB=0). The genuine ImageNet weights: with
+    a random base (--weights none) the two runs' metrics matched even when the helper's
+    pixels were another photo's."""
     command = [sys.executable, "-m", "transfer", "train", "--base", "mobilenet", "--alpha",
-               "0.25", "--weights", "none", "--image-size", "64", "--epochs", "2",
+               "0.25", "--image-size", "64", "--epochs", "2",
                "--no-augment", "--engine", "tf", "--no-feature-cache", "--data-dir",
                str(tiny_split), "--models-dir", str(tmp_path / "models")]
     metas, said = {}, {}
@@ -281,3 +298,5 @@ def test_a_train_process_decodes_ahead_while_importing_tensorflow(tiny_split, tm
                          f"({ahead} photos decoded ahead)") in said["768"]
     assert "decoded ahead" not in said["0"]
     assert metas["768"]["metrics"] == metas["0"]["metrics"]
+    assert (tmp_path / "models/ahead-768/history.csv").read_text() == (
+        tmp_path / "models/ahead-0/history.csv").read_text()
