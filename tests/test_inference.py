@@ -25,7 +25,8 @@ def test_a_folder_yields_every_image_suffix_and_nothing_else(tmp_path):
     images += [folder / "sub" / "b.JPG"]  # suffixes in any case, subfolders recursed
     others = [folder / "notes.txt", folder / ".DS_Store", folder / "Thumbs.db",
               folder / "._a.jpg", folder / ".c.png", folder / "dog.gradcam.png",
-              folder / ".hidden" / "d.jpg", folder / "model.keras"]
+              folder / ".hidden" / "d.jpg", folder / "model.keras",
+              folder / "sub" / "augment-preview.png"]  # train --preview-augment's picture
     for path in images + others:
         path.write_bytes(b"x")
     assert len(IMAGE_SUFFIXES) == 12 + READS_AVIF  # .avif when this Pillow reads it
@@ -38,12 +39,15 @@ def test_a_folder_yields_every_image_suffix_and_nothing_else(tmp_path):
 def test_files_globs_and_their_errors(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"x")
     (tmp_path / "b.png").write_bytes(b"x")
+    (tmp_path / "b.gradcam.png").write_bytes(b"x")  # explain's own picture: no photo
+    (tmp_path / "c.png").symlink_to(tmp_path / "gone.png")  # broken: its row, failing when read
     (tmp_path / "empty").mkdir()
     rows = inference.gather([tmp_path / "a.jpg", str(tmp_path / "*.png"), tmp_path / "empty",
                              str(tmp_path / "none-*.jpg"), tmp_path / "missing.jpg"])
     assert rows == [
         (str(tmp_path / "a.jpg"), tmp_path / "a.jpg", None),
         (str(tmp_path / "b.png"), tmp_path / "b.png", None),
+        (str(tmp_path / "c.png"), tmp_path / "c.png", None),
         (str(tmp_path / "empty"), None, "folder has no images"),
         (str(tmp_path / "none-*.jpg"), None, "no file matches this pattern"),
         (str(tmp_path / "missing.jpg"), tmp_path / "missing.jpg", None),  # fails when opened
@@ -113,8 +117,9 @@ def test_a_folder_yields_linked_photos_and_sub_folders(tmp_path):
     (folder / "__MACOSX" / "a.jpg").write_bytes(b"x")
     (folder / "@eaDir" / "a.jpg").mkdir(parents=True)  # a Synology NAS's thumbnails of a.jpg
     (folder / "@eaDir" / "a.jpg" / "SYNOPHOTO_THUMB_M.jpg").write_bytes(b"x")
+    (folder / "moved.jpg").symlink_to(outside / "gone.jpg")  # broken: listed, fails when read
     assert inference.folder_images(folder) == [folder / "a.jpg", folder / "linked.jpg",
-                                               folder / "more" / "x.jpg"]
+                                               folder / "more" / "x.jpg", folder / "moved.jpg"]
 
 
 def test_photos_in_formats_transfer_cannot_read_are_said_not_dropped(tmp_path):
@@ -180,6 +185,8 @@ def test_a_quoted_glob_of_folders_is_those_folders(tmp_path):
         (tmp_path / "test" / cls / f"{cls}.1.jpg").write_bytes(b"x")
     (tmp_path / "test" / "notes.txt").write_text("mine")
     (tmp_path / "test" / "empty").mkdir()
+    (tmp_path / "test" / "__MACOSX").mkdir()  # an unzipped archive's metadata: no photos
+    (tmp_path / "test" / "__MACOSX" / "cats.2.jpg").write_bytes(b"x")
     rows = inference.gather([str(tmp_path / "test" / "*")])
     assert rows == inference.gather([str(tmp_path / "test" / name)  # as the shell expands it
                                      for name in ("cats", "dogs", "empty", "notes.txt")])
