@@ -58,6 +58,11 @@ def test_same_pixels_as_the_tfdata_pipeline(tiny_split):
     assert np.mean(np.abs(ours - batch)) < 1.0
     assert images.resize_method({"pipeline": "tfdata"}) == "tf"
     assert images.resize_method({"pipeline": "generator"}) == "pil"
+    # what predict feeds such a bundle (no preprocessing.resize recorded): these pixels
+    for path, pixels in zip(files[:2], ours, strict=False):
+        old_tfdata, _ = images.model_input(path, {"image_size": 64, "pipeline": "tfdata"})
+        np.testing.assert_array_equal(old_tfdata, pixels)
+        assert not np.array_equal(old_tfdata, images.model_input(path, {"image_size": 64})[0])
 
 
 def test_every_pillow_kind_becomes_rgb(photo, tmp_path):
@@ -82,10 +87,20 @@ def test_every_pillow_kind_becomes_rgb(photo, tmp_path):
     source.convert("L").save(gray)
     array = images.rgb_array(images.open_image(gray), 64)
     assert array.shape == (64, 64, 3) and np.array_equal(array[..., 0], array[..., 2])
+    # the photo's own grey levels (its luminance), not some other grey
+    luminance = upright @ np.array([0.299, 0.587, 0.114], "float32")
+    assert np.mean(np.abs(array[..., 0] - luminance)) < 2
+    # the same 8-bit grey levels in a 32-bit integer TIFF (Pillow's mode "I"): as they are
+    wide_grey = tmp_path / "grey32.tif"
+    Image.fromarray(np.asarray(Image.open(gray)).astype("int32")).save(wide_grey)
+    assert Image.open(wide_grey).mode == "I"
+    np.testing.assert_array_equal(images.rgb_array(images.open_image(wide_grey), 64), array)
 
     palette = tmp_path / "palette.png"
     source.convert("P").save(palette)
-    assert images.rgb_array(images.open_image(palette), 64).shape == (64, 64, 3)
+    array = images.rgb_array(images.open_image(palette), 64)
+    assert array.shape == (64, 64, 3)
+    assert np.mean(np.abs(array - upright)) < 6  # the palette's colours, not its indices
 
     # transparency composites onto white: a fully transparent pixel is white
     rgba = source.convert("RGBA")
@@ -97,6 +112,12 @@ def test_every_pillow_kind_becomes_rgb(photo, tmp_path):
     array = images.rgb_array(images.open_image(rgba_path), 64)
     assert np.all(array[:, :20] == 255)
     assert np.mean(np.abs(array[:, 40:] - upright[:, 40:])) < 2
+    # grey with alpha (LA) too: its transparent half white, its opaque half the photo's grey
+    grey_alpha = tmp_path / "la.png"
+    rgba.convert("LA").save(grey_alpha)
+    array = images.rgb_array(images.open_image(grey_alpha), 64)
+    assert np.all(array[:, :20] == 255)
+    assert np.mean(np.abs(array[:, 40:, 0] - luminance[:, 40:])) < 2
 
     wide = tmp_path / "sixteen.png"
     Image.fromarray(np.full((20, 20), 65535 // 2, dtype=np.uint16)).save(wide)
@@ -110,7 +131,8 @@ HEIC = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(range(256)) *
 @pytest.mark.parametrize("name, content, reason", [
     ("text.jpg", text_as_jpg(), "not an image"),
     ("zero.jpg", b"", "empty file"),
-    ("one.png", None, "1x1 px"),
+    ("one.png", (1, 1), "1x1 px"),
+    ("thin.png", (300, 7), "300x7 px; too small"),  # one side under 8 px is enough
     # an iPhone photo by its header, whatever its name (an upload, a photo renamed .jpg)
     ("IMG_0001.jpg", HEIC, r"^HEIC \(an iPhone's photos\) is not a format transfer reads; "
                            "convert them to JPEG"),
@@ -121,8 +143,8 @@ HEIC = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(range(256)) *
 ])
 def test_unusable_files_say_why(tmp_path, name, content, reason):
     path = tmp_path / name
-    if content is None:
-        Image.new("RGB", (1, 1), (255, 0, 0)).save(path)
+    if isinstance(content, tuple):
+        Image.new("RGB", content, (255, 0, 0)).save(path)
     else:
         path.write_bytes(content)
     with pytest.raises(images.ImageError, match=reason):
@@ -165,8 +187,13 @@ def test_a_photo_pillow_reads_is_read_whatever_its_name(photo, tmp_path):
         "HEIC (an iPhone's photos)", "camera raw", "camera raw", "HEIC (an iPhone's photos)"]
     with pytest.raises(images.ImageError, match=r"^HEIC \(an iPhone's photos\) is not a format"):
         images.open_image(tmp_path / "IMG_2.HEIC")
-    with pytest.raises(images.ImageError, match="^camera raw is not a format transfer reads"):
-        images.open_image(tmp_path / "DSC_3.nef")
+    # a raw file Pillow identifies by its TIFF header but cannot decode: its name's reason too
+    Image.open(photo).save(tmp_path / "whole.tif", format="TIFF")
+    (tmp_path / "DSC_5.nef").write_bytes(truncated((tmp_path / "whole.tif").read_bytes()))
+    for name in ("DSC_3.nef", "DSC_5.nef"):
+        with pytest.raises(images.ImageError,
+                           match="^camera raw is not a format transfer reads"):
+            images.open_image(tmp_path / name)
 
 
 def test_bytes_and_file_objects_read_as_the_file(photo, tmp_path):
@@ -175,19 +202,22 @@ def test_bytes_and_file_objects_read_as_the_file(photo, tmp_path):
     import io
 
     meta = {"image_size": 64, "channels": 3}
-    from_path, notes = images.model_input(photo, meta)
-    data = photo.read_bytes()
-    for source in (data, bytearray(data), io.BytesIO(data)):
-        array, same_notes = images.model_input(source, meta)
-        np.testing.assert_array_equal(array, from_path)
-        assert same_notes == notes
     exif = Image.Exif()
     exif[0x0112] = 6
     rotated = tmp_path / "rotated.jpg"
     Image.open(photo).transpose(Image.Transpose.ROTATE_90).save(rotated, exif=exif)
+    for path in (photo, rotated):  # the second stored turned, with EXIF orientation 6
+        from_path, notes = images.model_input(path, meta)
+        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            for source in (data, bytearray(data), io.BytesIO(data), handle):
+                array, same_notes = images.model_input(source, meta)
+                np.testing.assert_array_equal(array, from_path)
+                assert same_notes == notes
     with open(rotated, "rb") as handle:
         assert images.open_image(handle).size == images.open_image(rotated).size == \
             Image.open(photo).size
+    data = photo.read_bytes()
     with pytest.raises(images.ImageError, match="truncated"):
         images.open_image(truncated(data))
 
@@ -271,6 +301,8 @@ def test_truncated_missing_and_folder(photo, tmp_path):
         images.open_image(tmp_path / "missing.jpg")
     with pytest.raises(images.ImageError, match="folder"):
         images.open_image(tmp_path)
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "eight.png")  # the smallest read
+    assert images.open_image(tmp_path / "eight.png").size == (8, 8)
 
 
 @pytest.fixture(scope="module")
@@ -316,12 +348,15 @@ def test_a_digit_drawn_on_a_transparent_background_is_found_whatever_its_ink(tes
             np.testing.assert_allclose(fitted, plain, atol=2)
     # dark ink on opaque white paper whose margins are clear (a cropped scan): the margins
     # are paper too, as when every transparency was white
-    paper = np.zeros((48, 48, 4), "uint8")
-    paper[10:38, 10:38, :3] = np.stack([255 - x[0]] * 3, -1)
-    paper[10:38, 10:38, 3] = 255
-    fitted, inverted = images.digit_array(Image.fromarray(paper, "RGBA"))
-    assert inverted
-    np.testing.assert_allclose(fitted, images.digit_array(Image.fromarray(x[0]))[0], atol=2)
+    # (and light ink on dark paper: the margins are that dark paper)
+    for grey, inverted_paper in ((255 - x[0], True), (x[0], False)):
+        paper = np.zeros((48, 48, 4), "uint8")
+        paper[10:38, 10:38, :3] = np.stack([grey] * 3, -1)
+        paper[10:38, 10:38, 3] = 255
+        fitted, inverted = images.digit_array(Image.fromarray(paper, "RGBA"))
+        assert inverted == inverted_paper
+        np.testing.assert_allclose(fitted, images.digit_array(Image.fromarray(x[0]))[0],
+                                   atol=2)
     # however thin its ink (a 3 px "1" on 200 px of paper: 0.4% of the opaque pixels)
     page = np.zeros((240, 240, 4), "uint8")
     page[20:220, 20:220] = 255
@@ -367,6 +402,10 @@ def test_model_input_follows_the_meta(photo, test_digits, tmp_path):
             "preprocessing": {"invert": "auto", "fit": "mnist-box"}}
     array, notes = images.model_input(digit_path, meta)
     assert array.shape == (28, 28, 1) and notes["inverted"] is True
+    # without MNIST's fitting: the image itself, inverted and no more (28 px already)
+    plain = {"image_size": 28, "channels": 1, "preprocessing": {"invert": "auto"}}
+    np.testing.assert_array_equal(images.model_input(digit_path, plain)[0][..., 0],
+                                  test_digits[0][0])
     with pytest.raises(images.ImageError, match="no digit found"):
         images.model_input(digit_path, meta, invert="no")  # dark ink on white, kept as is
 
@@ -437,9 +476,21 @@ def test_a_photo_with_a_malformed_exif_tag_is_still_turned_upright(tmp_path):
     upright = images.open_image(tmp_path / "clean.png")
     assert upright.size == (30, 50)
     np.testing.assert_array_equal(np.asarray(turned), np.asarray(upright))
-    stored.save(tmp_path / "garbled.png", exif=b"Exif\0\0II*\0\xff\xff\xff\x7f")
-    np.testing.assert_array_equal(np.asarray(images.open_image(tmp_path / "garbled.png")),
-                                  np.asarray(stored))
+    for orientation in (2, 3, 4, 5, 7, 8):  # every other turn and flip, as Pillow does it
+        clean[0x0112] = orientation
+        stored.save(tmp_path / "clean.png", exif=clean)
+        stored.save(tmp_path / "odd.png", exif=malformed_exif(orientation))
+        with Image.open(tmp_path / "clean.png") as opened:
+            pillows = np.asarray(ImageOps.exif_transpose(opened))
+        for name in ("clean.png", "odd.png"):
+            np.testing.assert_array_equal(np.asarray(images.open_image(tmp_path / name)),
+                                          pillows, err_msg=f"{name}, orientation {orientation}")
+    # an IFD offset past the end (Pillow reads no tag), a header that is no TIFF's (Pillow's
+    # getexif raises SyntaxError)
+    for garbled in (b"Exif\0\0II*\0\xff\xff\xff\x7f", b"Exif\0\0XX*\0\x08\0\0\0"):
+        stored.save(tmp_path / "garbled.png", exif=garbled)
+        np.testing.assert_array_equal(np.asarray(images.open_image(tmp_path / "garbled.png")),
+                                      np.asarray(stored))
 
 
 def test_predict_reads_a_photo_with_a_malformed_exif_tag(trained_bundle, photo, tmp_path):
@@ -530,8 +581,10 @@ def test_a_jpeg_is_checked_for_bombs_at_the_size_draft_mode_decodes(photo, tmp_p
         def read(self, n=-1):
             return self.data.read(n)
 
+    read_once = io.BytesIO(jpeg.read_bytes())
+    read_once.read()  # an upload hashed first: read from its start all the same
     for source in (jpeg, jpeg.read_bytes(), io.BytesIO(jpeg.read_bytes()),
-                   Stream(jpeg.read_bytes())):
+                   Stream(jpeg.read_bytes()), read_once):
         array, notes = images.model_input(source, meta)
         np.testing.assert_array_equal(array, unlimited.astype("float32"))
         assert (notes["width"], notes["height"]) == (2000, 1500)
@@ -540,6 +593,10 @@ def test_a_jpeg_is_checked_for_bombs_at_the_size_draft_mode_decodes(photo, tmp_p
                     lambda: images.check_header(png), lambda: images.open_image(jpeg, 800)):
         with pytest.raises(images.ImageError, match="too large to decode safely"):
             refused()  # whole; no draft mode; a draft still over the limit (2000 x 1500)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_200_000)  # 3 MP: over twice it, as Pillow
+    for refused in (lambda: images.open_image(png, 224), lambda: images.open_image(jpeg, 800)):
+        with pytest.raises(images.ImageError, match="too large to decode safely"):
+            refused()  # Pillow's own check, and ours on a draft: the same limit
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500_000)  # warns over 0.5 MP (750,000 here)
     with pytest.warns(Image.DecompressionBombWarning):
         images.open_image(jpeg, 224)
@@ -608,7 +665,7 @@ def test_check_header_refuses_what_is_not_an_image_without_decoding(tmp_path):
 
 
 def test_a_very_large_photo_in_the_cli_decodes_without_pillows_raw_warning(tmp_path,
-                                                                         monkeypatch):
+                                                                         monkeypatch, capsys):
     """89-179 megapixels (a panorama): Pillow warns of a decompression bomb on stderr. The CLI
     (quiet.configure) decodes it quietly; the library leaves a program's warning filters
     alone, even with reads on several threads (catch_warnings there leaked a filter).
@@ -632,8 +689,11 @@ def test_a_very_large_photo_in_the_cli_decodes_without_pillows_raw_warning(tmp_p
         caught.clear()
         for name in ("TF_CPP_MIN_LOG_LEVEL", "ABSL_MIN_LOG_LEVEL", "GRPC_VERBOSITY"):
             monkeypatch.setenv(name, os.environ.get(name, "3"))
+        capsys.readouterr()
         quiet.configure(verbose=False)  # what the CLI does first
         assert images.picture(path, 32).shape == (32, 32, 3)
+        # configure shows warnings on stderr, one line each (no longer into ``caught``): none
+        assert "exceeds limit" not in capsys.readouterr().err
     assert [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)] == []
 
 
@@ -735,6 +795,13 @@ def test_a_12_bit_scan_in_a_16_bit_file_keeps_its_grey_levels(tmp_path):
             images.model_input(array, {"image_size": 96})[0],
             images.model_input(tmp_path / name, {"image_size": 96})[0])
     assert images.high_bit_top("I;16", 4095) == 4095 and images.high_bit_top("I;16", 4096) == 65535
+    # the same scan in a big-endian TIFF (Motorola byte order: Pillow's mode "I;16B")
+    Image.fromarray((grey.astype("uint16") * 16).astype(">u2")).save(tmp_path / "twelve-mm.tif")
+    with Image.open(tmp_path / "twelve-mm.tif") as deep:
+        assert deep.mode == "I;16B", deep.mode
+    np.testing.assert_array_equal(
+        images.model_input(tmp_path / "twelve-mm.tif", {"image_size": 96})[0],
+        images.model_input(tmp_path / "twelve.tif", {"image_size": 96})[0])
 
 
 def test_photos_in_memory_of_every_kind_read_as_their_files(tmp_path):
@@ -751,11 +818,35 @@ def test_photos_in_memory_of_every_kind_read_as_their_files(tmp_path):
     from_file = np.asarray(images.to_rgb(images.open_image(data)))
     opened = np.asarray(images.to_rgb(images.open_image(Image.open(io.BytesIO(data)))))
     assert (from_file == 255).all() and (opened == from_file).all()
+    # a photo stored turned, with EXIF orientation 6, opened with Pillow (not turned): upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 50, 3), "uint8"))
+    stored.save(tmp_path / "turned.png", exif=exif)
+    with Image.open(tmp_path / "turned.png") as turned:
+        np.testing.assert_array_equal(np.asarray(images.open_image(turned)),
+                                      np.asarray(images.open_image(tmp_path / "turned.png")))
+    # colour pixels as 16-bit (x 257) or as floats a little off their levels: the 8-bit photo
+    colour = np.random.default_rng(1).integers(0, 256, (16, 16, 3), "uint8")
+    eight = np.asarray(images.open_image(colour))
+    for same in (colour.astype("uint16") * 257, np.clip(colour - 0.4, 0, None)):
+        np.testing.assert_array_equal(np.asarray(images.open_image(same)), eight)
     ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype("uint16")  # 0-65520
     grey = np.asarray(images.open_image(ramp).convert("L"))
     assert grey.max() == round(65520 / 257) and grey.min() == 0
     with pytest.raises(images.ImageError, match="an array of bool is no photo"):
         images.open_image(np.ones((20, 20), bool))
+    # the same pixels in the other byte order (NumPy's view of a big-endian 16-bit TIFF) read
+    # the same: they were refused, "pixels lie between 0 and 3.277e+04"
+    for native in (ramp, colour.astype("uint16") * 257):
+        swapped = native.astype(native.dtype.newbyteorder(">" if native.dtype.isnative and
+                                                          np.little_endian else "<"))
+        assert not swapped.dtype.isnative
+        np.testing.assert_array_equal(np.asarray(images.open_image(swapped)),
+                                      np.asarray(images.open_image(native)))
+    # a refused array's range is its own (the lower bound said 0 whatever the pixels were)
+    with pytest.raises(images.ImageError, match="pixels lie between 300 and 400:"):
+        images.open_image(np.linspace(300, 400, 256).reshape(16, 16))
     path = tmp_path / "a.png"
     Image.new("RGB", (20, 20), "red").save(path)
     with Image.open(path) as closed:
@@ -854,12 +945,16 @@ def test_a_tight_crop_keeps_a_stroke_at_its_edge_and_its_polarity():
     assert not inverted and five[4:7].max() > 200  # the flag's row, still there
 
     grain = np.random.default_rng(0).normal(0, 4, (200, 60))
-    page = np.full((200, 60), 225.0) + grain
-    page[10:190, 15:45] = 40 + grain[10:190, 15:45]
-    one, inverted = images.digit_array(Image.fromarray(np.clip(page, 0, 255).astype("uint8")))
-    assert inverted
-    columns = one[..., 0].sum(axis=0)
-    assert columns[13:15].min() > 0.5 * columns.max()  # a solid bar in the middle, no frame
+    # 30 px of 60, and 36: a bar filling its sheet enough to look like paper itself, whose
+    # margins, in the other polarity, are the hollow frame
+    for left, right in ((15, 45), (12, 48)):
+        page = np.full((200, 60), 225.0) + grain
+        page[10:190, left:right] = 40 + grain[10:190, left:right]
+        one, inverted = images.digit_array(
+            Image.fromarray(np.clip(page, 0, 255).astype("uint8")))
+        assert inverted, (left, right)
+        columns = one[..., 0].sum(axis=0)
+        assert columns[13:15].min() > 0.5 * columns.max()  # a solid bar in the middle, no frame
 
 
 def test_strokes_off_the_edge_are_not_a_desk_and_a_sheet_corner_is():
@@ -884,6 +979,14 @@ def test_strokes_off_the_edge_are_not_a_desk_and_a_sheet_corner_is():
         pen.line([(160, 22), (80, 230)], fill=20, width=14)
         return img
 
+    def seven_joined_beside_a_blot():  # the bar along the top and the stroke one region:
+        img = Image.new("L", (200, 240), 250)  # it fills little of its box, unlike a desk
+        pen = ImageDraw.Draw(img)
+        pen.rectangle([30, 0, 170, 14], fill=20)
+        pen.line([(165, 5), (80, 230)], fill=20, width=14)
+        pen.ellipse([8, 150, 40, 182], fill=20)
+        return img
+
     def canvas(strokes):  # serve's page: 280 x 280, white pen 22 px, round caps
         img = Image.new("L", (280, 280), 0)
         pen = ImageDraw.Draw(img)
@@ -902,7 +1005,7 @@ def test_strokes_off_the_edge_are_not_a_desk_and_a_sheet_corner_is():
     def similar(a, b) -> float:
         return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
-    for img in (one_blot(), seven_tight(),
+    for img in (one_blot(), seven_tight(), seven_joined_beside_a_blot(),
                 canvas([[(150, -20), (150, 300)], [(95, 75), (125, 45)]]),
                 canvas([[(190, -20), (190, 300)], [(100, 20), (60, 170), (165, 170)]])):
         cut, _ = images.digit_array(img)

@@ -704,9 +704,10 @@ def test_photos_in_memory_are_read_as_their_files(trained_bundle, small_split):
     with pytest.raises(TransferError, match=r"image 1: an array of shape \(5, 5, 2\) is no "
                                             "photo"):
         classifier.classify([np.zeros((5, 5, 2), "uint8")])
-    with pytest.raises(TransferError, match=r"image 1: the array's pixels lie between -5 and 0: "
-                                            "pixels 0-255 are expected"):
-        classifier.classify([np.full((5, 5, 3), -5.0)])  # not "lie in -5-0"
+    with pytest.raises(TransferError, match=r"image 1: the array's pixels lie between -5 and 3: "
+                                            "pixels 0-255 are expected"):  # not "lie in -5-3"
+        classifier.classify([np.concatenate([np.full((5, 5, 2), -5.0),
+                                             np.full((5, 5, 1), 3.0)], axis=-1)])
     result = predict.predict([files[0].read_bytes(), arrays[1], pictures[0], 7],
                              classifier=classifier)
     assert [i.file for i in result.items] == ["image 1", "image 2", "image 3", "image 4"]

@@ -388,6 +388,8 @@ def in_memory(photo):
 
     if isinstance(photo, np.ndarray):
         array = photo[..., 0] if photo.ndim == 3 and photo.shape[-1] == 1 else photo
+        if not array.dtype.isnative:  # a big-endian 16-bit TIFF as NumPy gives it
+            array = array.astype(array.dtype.newbyteorder("="))
         if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
             raise ImageError(f"an array of shape {photo.shape} is no photo; expected "
                              f"{ARRAY_SHAPES}, pixels 0-255")
@@ -406,7 +408,8 @@ def in_memory(photo):
             if not np.isfinite(values).all():
                 raise ImageError("the array holds NaN or infinite values")
             refuse_scaled(array)
-            low, high = float(values.min(initial=0)), float(values.max(initial=0))
+            low, high = ((float(values.min()), float(values.max())) if values.size
+                         else (0.0, 0.0))
             if low < 0 or high > 255:
                 raise ImageError(f"the array's pixels lie between {low:.4g} and {high:.4g}: "
                                  "pixels 0-255 are expected")
