@@ -4,7 +4,6 @@ every bench_*.py."""
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,9 @@ def run_main(main) -> None:
 def fresh_keras_home() -> Path:
     """A temporary KERAS_HOME whose models/ links the current one's weights (so the TFLite
     cache under it starts empty). Set it before TensorFlow is imported."""
-    current = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
+    from transfer.bases import keras_cache_dir  # where Keras looks (no TensorFlow imported)
+
+    current = keras_cache_dir()
     home = Path(tempfile.mkdtemp(prefix="bench-keras-home-"))
     removed_at_exit(home)  # its converted bases (they were left behind, MBs a run)
     (home / "models").mkdir()

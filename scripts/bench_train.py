@@ -103,7 +103,7 @@ def main() -> None:
 
     if not args.skip_classic:
         run("(a) classic recipe: ImageDataGenerator + frozen base every epoch, 10 epochs",
-            "classic", augment_copies=0, epochs=10, patience=10, engine="tf")
+            "classic", augment_copies=0, epochs=10, patience=10)
     run("(b) transfer train (defaults), first run", "default", home="default")
     for engine in args.engines.split(","):
         run(f"(b') transfer train --no-augment --engine {engine}, first run", f"plain-{engine}",

@@ -14,10 +14,11 @@ and parity check included, and with workers the gathers and waits of every round
 accuracy is shown only to see that the runs learnt the same thing.
 
 The split is made first with ``transfer fetch-data --archive
-$TRANSFER_TEST_ASSETS/data/dogs-vs-cats/train.zip`` (assets default /work/shared) in a
-temporary folder, unless ``--data-dir`` names one. KERAS_HOME is a temporary folder whose
-``models/`` links the shared weights (nothing is written into the shared folder); a warm-up
-run converts the base to TFLite once, so that no timed run pays for the conversion.
+$TRANSFER_TEST_ASSETS/data/dogs-vs-cats/train.zip`` (assets default: ../shared beside the
+repository) in a temporary folder, unless ``--data-dir`` names one. KERAS_HOME is a temporary
+folder whose ``models/`` links the shared weights (nothing is written into the shared
+folder); a warm-up run converts the base to TFLite once, so that no timed run pays for the
+conversion.
 
 Usage:
     python scripts/bench_workers.py               # the tour's split: 1000 + 400 per class
@@ -48,7 +49,7 @@ TRAIN = ["train", "--base", "mobilenet", "--alpha", "0.25", "--no-augment", "--n
 
 
 def assets() -> Path:
-    return Path(os.environ.get("TRANSFER_TEST_ASSETS", "/work/shared"))
+    return Path(os.environ.get("TRANSFER_TEST_ASSETS") or REPO.parent / "shared")
 
 
 def keras_home(root: Path) -> Path:

@@ -33,6 +33,8 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     --data-dir=*) data="${args[$i]#--data-dir=}" ;;
   esac
 done
+# the shell leaves the ~ of --data-dir=~/x as it is; transfer reads it as the home folder
+[[ $data == "~" || $data == "~/"* ]] && data="$HOME${data:1}"
 
 echo "== transfer fetch-data $*"
 "$T" fetch-data "$@"
@@ -48,6 +50,7 @@ for ((i = 0; i < ${#train_args[@]}; i++)); do
     --models-dir=*) [[ $bundle == */latest ]] && bundle="${train_args[$i]#--models-dir=}/latest" ;;
   esac
 done
+[[ $bundle == "~" || $bundle == "~/"* ]] && bundle="$HOME${bundle:1}"
 echo "== transfer train --data-dir $data ${train_args[*]}"
 status=0
 "$T" train --data-dir "$data" "${train_args[@]}" || status=$?
@@ -88,6 +91,10 @@ while IFS= read -r folder; do
   [[ -n "$photo" ]] && photos+=("$photo")
   [[ ${#photos[@]} -eq 2 ]] && break
 done < <(find "$data/validate" -mindepth 1 -maxdepth 1 -type d ! -name '.*' | LC_ALL=C sort)
+if [[ ${#photos[@]} -eq 0 ]]; then
+  echo "error: no photo in $data/validate/<class>/ to predict and explain" >&2
+  exit 1
+fi
 echo "== transfer predict --model $bundle ${photos[*]}"
 "$T" predict --model "$bundle" "${photos[@]}"
 

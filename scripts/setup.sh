@@ -1,9 +1,35 @@
 # Sourced by run.sh and test.sh: create .venv if missing and install the project into it.
 # Reinstalls only when pyproject.toml changed since the last install.
-PYTHON=${PYTHON:-python3}
+# TensorFlow 2.21 has wheels for Python 3.11 to 3.13: the first of python3 and python3.13,
+# 3.12, 3.11 that is one of those (or $PYTHON when set)
+supported() { "$1" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null; }
+if [[ -z ${PYTHON:-} ]]; then
+  for candidate in python3 python3.13 python3.12 python3.11; do
+    if command -v "$candidate" >/dev/null 2>&1 && supported "$candidate"; then
+      PYTHON=$candidate; break
+    fi
+  done
+fi
 if [[ ! -x .venv/bin/python ]]; then
+  if [[ -z ${PYTHON:-} ]]; then
+    echo "error: TensorFlow needs Python 3.11 to 3.13; found none (python3 is" \
+         "$(python3 --version 2>&1)); set PYTHON=/path/to/python3.x" >&2
+    exit 1
+  elif ! supported "$PYTHON"; then
+    echo "error: PYTHON=$PYTHON is not Python 3.11 to 3.13, the ones TensorFlow has wheels" \
+         "for" >&2
+    exit 1
+  fi
   echo "== creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
+fi
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  # a .venv made without pip (Debian without python3-venv stops half-way; uv makes none)
+  if ! .venv/bin/python -m ensurepip --upgrade >/dev/null 2>&1; then
+    echo "error: .venv has no pip and cannot get one (on Debian: apt-get install python3-venv," \
+         "then delete .venv)" >&2
+    exit 1
+  fi
 fi
 stamp=.venv/.transfer-installed
 if [[ ! -f $stamp ]] || [[ pyproject.toml -nt $stamp ]]; then

@@ -7,7 +7,7 @@ source scripts/setup.sh
 # A browser for the page tests: a system Chromium when there is one, else Playwright's own
 # download (which needs its download host; .ci/run installs Debian's chromium instead).
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
-   && [[ ! -f .venv/.playwright-chromium ]]; then
+   && [[ -z ${TRANSFER_CHROMIUM:-} && ! -x /usr/bin/chromium && ! -f .venv/.playwright-chromium ]]; then
   echo "== python -m playwright install chromium"
   if .venv/bin/python -m playwright install chromium >/dev/null 2>&1; then
     touch .venv/.playwright-chromium

@@ -88,7 +88,9 @@ def test_run_sh_takes_any_folder_of_class_folders(tmp_path):
     photos of its own classes (the script named data/validate/cats and stopped after
     training), and every step uses the bundle TRAIN_ARGS' --output names (they used
     models/latest, an older model); relative paths are the caller's (the script changed into
-    the repository, where "--archive flowers" did not exist)."""
+    the repository, where "--archive flowers" did not exist). `--data-dir=~/my-data`: the
+    shell leaves that ~ alone, transfer reads it as the home folder, and so does the script
+    (it looked for the photos to predict in "~/my-data/validate" and stopped after training)."""
     from conftest import require_asset
 
     flowers = require_asset("data/flowers")
@@ -97,17 +99,22 @@ def test_run_sh_takes_any_folder_of_class_folders(tmp_path):
     caller = tmp_path / "caller"
     caller.mkdir()
     (caller / "flowers").symlink_to(flowers)
+    home = tmp_path / "home"
+    home.mkdir()
     env = {**os.environ, "TRAIN_ARGS": "--base mobilenet --alpha 0.25 --image-size 96 "
                                        "--epochs 2 --no-augment --output elsewhere/b1",
-           "COLUMNS": "120"}
-    result = subprocess.run(["bash", str(work / "scripts/run.sh"), "--archive", "flowers"],
+           "COLUMNS": "120", "HOME": str(home)}
+    result = subprocess.run(["bash", str(work / "scripts/run.sh"), "--archive", "flowers",
+                             "--data-dir=~/my-data"],
                             cwd=caller, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    first = {name: sorted(os.listdir(caller / "data/validate" / name))[0]
+    data = home / "my-data"
+    first = {name: sorted(os.listdir(data / "validate" / name))[0]
              for name in ("daisy", "dandelion")}
-    assert ("== transfer predict --model elsewhere/b1 data/validate/daisy/"
-            f"{first['daisy']} data/validate/dandelion/{first['dandelion']}"
-            in result.stdout.splitlines())
+    assert (f"== transfer predict --model elsewhere/b1 {data}/validate/daisy/"
+            f"{first['daisy']} {data}/validate/dandelion/{first['dandelion']}"
+            in result.stdout.splitlines()), result.stdout
+    assert not (caller / "~").exists() and not (caller / "data").exists()
     bundle = caller / "elsewhere/b1"
     assert json.loads((bundle / "meta.json").read_text())["class_names"] == [
         "daisy", "dandelion", "roses", "sunflowers", "tulips"]
