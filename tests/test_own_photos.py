@@ -173,9 +173,10 @@ def test_a_data_dir_that_train_dir_makes_unused_is_said(flowers, tmp_path):
 
 
 def test_a_download_s_validation_folder_is_its_validate_split(flowers, tmp_path):
-    """cats_and_dogs_filtered and many downloads name the split validation/ (or val/): it is
-    the validate split, not ignored while train/ is split in memory."""
-    for name in ("validation", "val"):
+    """cats_and_dogs_filtered and many downloads name the split validation/ (or val/, or
+    valid/ as Roboflow's exports do): it is the validate split, not ignored while train/ is
+    split in memory."""
+    for name in ("validation", "val", "valid"):
         data = tmp_path / name / "data"
         copy_classes(flowers, data / "train", 6, classes=("daisy", "roses"))
         copy_classes(flowers, data / name, 3, classes=("daisy", "roses"))
@@ -223,12 +224,27 @@ def test_photos_in_no_class_folder_are_named_and_a_one_photo_class_refused(flowe
                                  "least 1 of them to train on: add photos")
 
 
-def test_fine_tuning_and_the_scratch_cnn_train_on_an_in_memory_split(flowers, tmp_path):
+def test_fine_tuning_and_the_scratch_cnn_train_on_an_in_memory_split(flowers, tmp_path,
+                                                                   monkeypatch):
     """The routes that read images every epoch (fine-tuning, the CNN from scratch) take the
     same in-memory split."""
+    import inspect
     import random
 
     data = copy_classes(flowers, tmp_path / "photos", 5, classes=("daisy", "roses"))
+    # the images of each pipeline the runs make: the shuffled ones train, the others validate
+    read: set[tuple[bool, frozenset]] = set()
+    make = pipelines.make
+
+    def noted(*args, **kwargs):
+        given = inspect.signature(make).bind(*args, **kwargs).arguments
+        read.add((given["shuffle"], frozenset(s.path for s in given["samples"])))
+        return make(*args, **kwargs)
+
+    monkeypatch.setattr(pipelines, "make", noted)
+    split = plan(settings(data, tmp_path).validated())
+    split = {(True, frozenset(s.path for s in split.train)),
+             (False, frozenset(s.path for s in split.validate))}
     random.seed(1234)
     np.random.seed(1234)  # a notebook's own random numbers continue after a run (seed 42)
     tuned = train(settings(data, tmp_path, fine_tune=3, fine_tune_epochs=1,
@@ -238,6 +254,8 @@ def test_fine_tuning_and_the_scratch_cnn_train_on_an_in_memory_split(flowers, tm
     assert tuned.history["phase"][-1] == "fine-tune"
     scratch = train(settings(data, tmp_path, base="scratch", alpha=1.0, weights="none",
                              image_size=None, epochs=1, output=tmp_path / "models/scratch"))
+    # trained on the split's training photos, validated on its validation photos only
+    assert read == split
     for result in (tuned, scratch):
         assert result.meta["data"]["split"] == "in-memory"
         assert result.counts == {"train": {"daisy": 4, "roses": 4},
@@ -341,6 +359,20 @@ def test_a_class_left_with_one_usable_image_stops_with_one_line(flowers, tmp_pat
     with pytest.raises(TransferError) as caught:
         train(settings(data, tmp_path, output=tmp_path / "models/never"))
     assert "\n" not in str(caught.value) and "roses: 1 usable" in str(caught.value)
+    assert not (tmp_path / "models/never").exists()
+    # usable images enough, but none of them to train on: the cut's training share of roses
+    # all truncated (its 2 validation photos whole) stops the run as well
+    data = copy_classes(flowers, tmp_path / "c", {"daisy": 5, "roses": 8},
+                        classes=("daisy", "roses"))
+    hp = settings(data, tmp_path, output=tmp_path / "models/never").validated()
+    validate = {s.path for s in pipelines.split_in_memory(data, ["daisy", "roses"],
+                                                          hp.validation_split, hp.seed)[1]}
+    for path in sorted((data / "roses").iterdir()):
+        if path not in validate:
+            path.write_bytes(truncated(path.read_bytes()))
+    with pytest.raises(TransferError) as caught:
+        train(hp)
+    assert "(roses: 2 usable, 0 to train on and 2 to validate)" in str(caught.value)
     assert not (tmp_path / "models/never").exists()
 
 

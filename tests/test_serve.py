@@ -431,26 +431,39 @@ def test_fifty_concurrent_requests_on_a_real_server(models_dir, unseen):
 
 def test_streamed_upload_over_the_limit_on_a_real_server(models_dir):
     boundary = "transferboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+            "filename=\"big.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
 
-    def body():
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
-               "filename=\"big.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").encode()
-        for _ in range(64):
-            yield b"\xff" * 32768  # 2 MB in all
-        yield f"\r\n--{boundary}--\r\n".encode()
+    def body(size: int = 64 * 32768):  # 2 MB in all, or ``size`` bytes of file
+        yield head
+        for start in range(0, size, 32768):
+            yield b"\xff" * min(32768, size - start)
+        yield tail
 
+    limit = int(0.5 * 2**20)  # bytes of body, the multipart framing counted
     with serve.serving(ServeSettings(models_dir=models_dir, port=0, max_upload_mb=0.5)) as url:
         with httpx.Client(timeout=60) as http:
             response = http.post(url + "api/predict", content=body(), headers={
                 "content-type": f"multipart/form-data; boundary={boundary}"})
             assert response.status_code == 413
             assert http.get(url + "api/health").status_code == 200
+            # streamed (no Content-Length), counted to the byte: the limit itself is read
+            # (and refused as no image), one byte more is the 413
+            statuses = [http.post(url + "api/predict", content=body(size), headers={
+                "content-type": f"multipart/form-data; boundary={boundary}"}).status_code
+                for size in (limit - len(head) - len(tail), limit + 1 - len(head) - len(tail))]
+            assert statuses == [415, 413]
 
 
 def test_too_many_files_or_fields_are_a_413_saying_the_limit(client):
     """At most MAX_FILES photos a request: 65 to 1000 files were its 413; from 1001 Starlette's
     form parser stopped first with a 400 of its own words ("Too many files. Maximum number of
     files is 1000."), and 1001 fields alike."""
+    at_most = client.post("/api/predict", files=[("files", (f"{i}.jpg", b"x", "image/jpeg"))
+                                                 for i in range(serve.MAX_FILES)])
+    assert at_most.status_code == 415  # MAX_FILES is taken: each file read (none an image)
+    assert len(at_most.json()["errors"]) == serve.MAX_FILES
     for n, said in ((serve.MAX_FILES + 1, f"too many files ({serve.MAX_FILES + 1}); "),
                     (1001, "too many files (over 1000); ")):
         answer = client.post("/api/predict", files=[("files", (f"{i}.jpg", b"x", "image/jpeg"))
@@ -512,7 +525,7 @@ def _read_rest(sock) -> bytes:
 
 
 @pytest.mark.parametrize("framing", ["chunked", "length", "expect"])
-def test_an_upload_over_the_limit_gets_its_413_not_a_reset(models_dir, framing):
+def test_an_upload_over_the_limit_gets_its_413_not_a_reset(models_dir, framing, monkeypatch):
     """curl -H "Transfer-Encoding: chunked" -F files=@big.bin printed "Connection reset by
     peer": the server answered 413 and closed while curl was still sending. The body is now
     read and dropped first (bounded), so the client reads the 413; a client that waits for
@@ -525,6 +538,34 @@ def test_an_upload_over_the_limit_gets_its_413_not_a_reset(models_dir, framing):
         assert b"the limit is 0.5 MiB (524,288 bytes) per request" in said
         with httpx.Client(timeout=30) as http:
             assert http.get(url + "api/health").status_code == 200
+        from urllib.parse import urlsplit
+
+        where, limit = urlsplit(url), int(settings.max_upload_mb * 2**20)
+
+        def asking(length: int, expect: bool) -> bytes:
+            """What the server first says to a request of ``length`` bytes whose body does
+            not come (a client waiting for 100 Continue, or one gone quiet)."""
+            lines = [f"POST {where.path}api/predict HTTP/1.1", f"Host: {where.netloc}",
+                     "Content-Type: multipart/form-data; boundary=b",
+                     f"Content-Length: {length}"] + (["Expect: 100-continue"] if expect else [])
+            with socket.create_connection((where.hostname, where.port), timeout=5) as sock:
+                sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+                return sock.recv(65536)
+
+        if framing == "expect":
+            # by its Content-Length, to the byte: one byte over is refused before it is sent,
+            # the limit itself is asked for
+            assert asking(limit + 1, True).startswith(b"HTTP/1.1 413")
+            assert asking(limit, True).startswith(b"HTTP/1.1 100 ")
+        else:
+            # what is drained is bounded: past DRAIN_MB the server stops reading and closes
+            # on the client still sending (which then meets the reset the drain spares others)
+            monkeypatch.setattr(serve, "DRAIN_MB", 1)
+            said, error = _raw_upload(url, framing, 40)
+            assert error is not None, said[:200]
+            # and past DRAIN_SECONDS: a client gone quiet gets its 413, not a wait without end
+            monkeypatch.setattr(serve, "DRAIN_SECONDS", 0.5)
+            assert asking(40 * 2**20, False).startswith(b"HTTP/1.1 413")
 
 
 def test_binding_all_interfaces_warns(models_dir, monkeypatch):
@@ -1037,7 +1078,7 @@ def test_an_image_kind_pillow_cannot_decode_is_that_files_error(client, unseen):
 def test_the_queue_holds_a_bounded_number_of_bytes(models_dir, unseen, monkeypatch):
     """Requests waiting for the model keep their uploads in memory: past MAX_PENDING_MB of
     them, 503 (the count limit alone let 256 requests of 20 MB wait)."""
-    slow_predictions(monkeypatch, 1.5)
+    calls = slow_predictions(monkeypatch, 3.0)  # all eight are in while the first runs
     photo = unseen["dogs"][0]
     monkeypatch.setattr(serve, "MAX_PENDING_MB", 2.5 * len(photo[1]) / 2**20)
     with serve.serving(ServeSettings(models_dir=models_dir, port=0)) as url:
@@ -1049,8 +1090,10 @@ def test_the_queue_holds_a_bounded_number_of_bytes(models_dir, unseen, monkeypat
 
         with ThreadPoolExecutor(8) as pool:
             statuses = list(pool.map(one, range(8)))
-    # one running, two waiting (2.5 photos' worth), the others turned away
-    assert statuses.count(503) >= 3 and statuses.count(200) >= 3, statuses
+    # those in the model's first batch (the ones that came before it started: one or
+    # more), two waiting (2.5 photos' worth), the others turned away: not a third waiting
+    # (the bytes it would bring, not only those held, count)
+    assert statuses.count(200) == calls[0] + 2 and statuses.count(503) >= 3, (statuses, calls)
 
 
 def started_server(models: Path, tmp_path: Path):
@@ -1120,7 +1163,8 @@ def test_serve_stops_in_bounded_time_with_an_upload_stalled(models_dir, tmp_path
     assert err.rstrip().splitlines()[-1] == "transfer serve: stopped", err
     if len(signals) == 2:  # the second Ctrl-C does not wait for the grace period
         assert took < serve.GRACE_SECONDS, (took, err)
-    else:
+    else:  # the request in progress was given its grace period, then cut off
+        assert took >= serve.GRACE_SECONDS, (took, err)
         assert "1 request(s) still in progress after 8 s were cut off" in err, err
         # the request cut off is told so in JSON, as every answer is (it was a plain-text 500)
         head, _, body = answer.partition(b"\r\n\r\n")
@@ -1399,12 +1443,27 @@ def test_a_png_over_pillows_own_limit_gets_the_servers_line(client):
         return (struct.pack(">I", len(body)) + kind + body
                 + struct.pack(">I", zlib.crc32(kind + body)))
 
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 1, 0,
-                                                             0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(b"\0" * 2501)) + chunk(b"IEND", b""))
+    def header(width: int, height: int) -> bytes:
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1,
+                                                                 0, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(b"\0" * 2501)) + chunk(b"IEND", b""))
+
+    png = header(20000, 20000)
     line = serve.upload_problem(serve.Upload("huge.png", png), 224)
     assert line == ("image is 400 megapixels; the server decodes at most 64 megapixels of an "
                     "image that is not a baseline JPEG: scale it down, or save it as a JPEG")
+    # under Pillow's error but over its warning (89 megapixels): the server's line, no warning
+    # of Pillow's on the console; and the server's own limit, to the pixel
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        said = {size: serve.upload_problem(serve.Upload("big.png", header(*size)), 224)
+                for size in ((10000, 10000), (8000, 8001), (8000, 8000))}
+    limit = line.partition("; ")[2]
+    assert said == {(10000, 10000): f"image is 10000x10000 px (100 megapixels); {limit}",
+                    (8000, 8001): f"image is 8000x8001 px (64 megapixels); {limit}",
+                    (8000, 8000): None}
     answer = client.post("/api/predict", files=files_field(("huge.png", png)))
     assert answer.status_code == 415 and answer.json()["errors"][0]["error"] == line
 
@@ -1669,7 +1728,15 @@ def test_the_upload_limit_is_said_in_what_it_counts(models_dir, unseen):
         assert c.get("/api/models").json()["max_upload_bytes"] == limit
         taken = c.post("/api/predict", files=files_field(photo))
         assert taken.status_code == 200, taken.text
-        over = c.post("/api/predict", files=files_field(photo, photo))
+
+        def padded(n: int) -> list:  # the photo with n bytes after its end (read as before)
+            return files_field((photo[0], photo[1] + b"\0" * n))
+
+        # the limit counts to the byte: a body of the limit exactly is taken, one more is not
+        at = httpx.Request("POST", "http://127.0.0.1/api/predict", files=padded(limit - body))
+        assert len(at.read()) == limit
+        assert c.post("/api/predict", files=padded(limit - body)).status_code == 200
+        over = c.post("/api/predict", files=padded(limit - body + 1))
         assert over.status_code == 413 and over.json()["detail"] == (
             f"upload too large: the limit is {limit_mb:g} MiB ({limit:,} bytes) per request "
             "(--max-upload-mb)")
