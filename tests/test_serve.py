@@ -1096,6 +1096,29 @@ def test_the_queue_holds_a_bounded_number_of_bytes(models_dir, unseen, monkeypat
     assert statuses.count(200) == calls[0] + 2 and statuses.count(503) >= 3, (statuses, calls)
 
 
+def test_the_queue_holds_a_bounded_number_of_requests_and_batches(models_dir, unseen,
+                                                                  monkeypatch):
+    """At most MAX_PENDING requests wait (more get 503), and a merged batch holds at most
+    MAX_BATCH_FILES images: here 2 and 3, with requests of two photos each, so no two of
+    them share a model call."""
+    calls = slow_predictions(monkeypatch, 2.5)  # all seven are in while the first runs
+    monkeypatch.setattr(serve, "MAX_PENDING", 2)
+    monkeypatch.setattr(serve, "MAX_BATCH_FILES", 3)
+    two = [("files", unseen["dogs"][0]), ("files", unseen["cats"][0])]
+    with serve.serving(ServeSettings(models_dir=models_dir, port=0)) as url:
+
+        def one(_):
+            with httpx.Client(timeout=120) as http:
+                response = http.post(url + "api/predict", files=two)
+            return response.status_code, len(response.json().get("predictions", []))
+
+        with ThreadPoolExecutor(7) as pool:
+            answers = list(pool.map(one, range(7)))
+    # one in the model, two waiting, four turned away; every answered request got its two
+    assert sorted(answers) == [(200, 2)] * 3 + [(503, 0)] * 4, answers
+    assert calls == [2, 2, 2], calls
+
+
 def started_server(models: Path, tmp_path: Path):
     """`transfer serve` in a real process (Ctrl-C as in a terminal), on a free port: the
     process, its URL's port and a list its stderr lines are added to as they come."""
