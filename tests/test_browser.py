@@ -128,21 +128,39 @@ def wait_answer(page, count: int = 1):
     return page.locator(".result[data-state=done]").first
 
 
+def shown(p: float) -> str:
+    """A probability as the page shows it: percent, never a rounded certainty."""
+    if p >= 0.9995:
+        return ">99.9%"
+    if p < 0.0001:
+        return "<0.01%"
+    return f"{100 * p:.{2 if 100 * p < 0.1 else 1}f}%"
+
+
 def test_a_genuine_photo_through_the_file_input(watched, server, photos):
     page = open_page(watched, server, "cats-dogs")
     assert page.locator("#digit").is_hidden()
     assert page.get_attribute("#report-link", "href") == "/models/cats-dogs/report"
-    page.set_input_files("#file-input", str(photos["cat"]))
+    with page.expect_response("**/api/predict") as answer:
+        page.set_input_files("#file-input", str(photos["cat"]))
+    top = answer.value.json()["predictions"][0]["top"]
     result = wait_answer(page)
     assert result.get_attribute("data-label") == "cats"
-    assert "cats" in result.locator(".label").inner_text()
+    # the model's own probabilities, in percent (the cat's is not near 0 or 1: its digits)
+    assert 0.001 < top[0]["probability"] < 0.9995, top
+    assert result.locator(".label").inner_text() == f"cats {shown(top[0]['probability'])}"
+    assert result.locator(".bar .value").all_inner_texts() == [
+        shown(t["probability"]) for t in top]
     assert result.locator(".bar").count() == 2  # both classes, with their bars
+    assert result.locator(".bar .name").all_inner_texts() == ["cats", "dogs"]  # top first
     assert "server time" in result.inner_text()
     page.wait_for_selector(".result img.gradcam")
     loaded = page.eval_on_selector(".result img.gradcam",
                                    "img => img.complete && img.naturalWidth > 0")
     assert loaded
-    assert "Grad-CAM of" in result.inner_text()
+    # the Grad-CAM of the class the card shows (not of the other one)
+    assert result.locator(".gradcam-note").inner_text().startswith(
+        "Grad-CAM of cats (where the model looked)"), result.inner_text()
     # several at once: one card each
     page.set_input_files("#file-input", [str(photos["dog"]), str(photos["dog2"])])
     wait_answer(page, 3)
@@ -191,9 +209,16 @@ def test_photos_larger_together_than_the_upload_limit_go_in_several_requests(
         # in the order given, across the requests (each request's cards went on top)
         assert page.locator(".result h3").all_inner_texts() == [
             "notes.jpg", "cat.1100.jpg", "dog.1100.jpg", "dog.1101.jpg"]
+        # each answer on its own photo's card (the text file's error on its card, not the
+        # cat's answer: the photos of one request are not shifted or swapped)
+        cards = page.locator(".result")
+        assert [(cards.nth(i).get_attribute("data-state"), cards.nth(i).get_attribute(
+            "data-label")) for i in range(4)] == [
+            ("error", None), ("done", "cats"), ("done", "dogs"), ("done", "dogs")]
         # the text file's card: "no preview", not a broken-image icon
         notes_card = page.locator(".result", has=page.locator("h3", has_text="notes.jpg"))
         expect(notes_card.locator(".thumb.none")).to_have_text("no preview")
+        assert "not an image" in notes_card.locator(".error").inner_text()  # why, in words
         page.set_input_files("#file-input", str(big))
         refused = page.locator(".result[data-state=error]").first
         refused.wait_for(state="attached")
@@ -215,9 +240,11 @@ DISPATCH = """([kind, bytes, name]) => {
 def test_a_photo_dropped_or_pasted(watched, server, photos):
     page = open_page(watched, server, "cats-dogs")
     data = list(photos["cat"].read_bytes())
-    page.evaluate(DISPATCH, ["drop", data, "dropped.jpg"])
+    # a name is text, shown as it is (not read as HTML: "<b>" is not bold)
+    page.evaluate(DISPATCH, ["drop", data, "dropped <b>cat</b> & co.jpg"])
     first = wait_answer(page)
-    assert first.locator("h3").inner_text() == "dropped.jpg"
+    assert first.locator("h3").inner_text() == "dropped <b>cat</b> & co.jpg"
+    assert first.locator("h3 b").count() == 0
     assert first.get_attribute("data-label") == "cats"
     page.evaluate(DISPATCH, ["paste", data, "pasted.jpg"])
     second = wait_answer(page, 2)
@@ -247,7 +274,20 @@ def test_a_digit_drawn_on_the_canvas(watched, server):
     assert watched.errors == []
 
 
+WATCH_CAMERA = """(() => {
+  const devices = navigator.mediaDevices;
+  const get = devices.getUserMedia.bind(devices);
+  window.cameraStreams = [];
+  devices.getUserMedia = async (wanted) => {
+    const stream = await get(wanted);
+    window.cameraStreams.push(stream);
+    return stream;
+  };
+})()"""
+
+
 def test_the_webcam_with_chromium_fake_camera(watched, server):
+    watched.page.add_init_script(WATCH_CAMERA)  # the streams the page gets, to see them end
     page = open_page(watched, server, "cats-dogs")
     page.click("#webcam-start")
     page.wait_for_selector("#webcam[data-live='1']")
@@ -255,8 +295,30 @@ def test_the_webcam_with_chromium_fake_camera(watched, server):
     result = wait_answer(page)
     assert result.get_attribute("data-label") in ("cats", "dogs")
     assert result.locator("h3").inner_text().startswith("webcam-")
+    # the photo sent is the camera's picture (Chromium's fake camera draws a moving pattern),
+    # not an empty canvas: its thumbnail is not one flat colour
+    spread = result.locator("img.thumb").evaluate("""async img => {
+      await img.decode();
+      const c = document.createElement("canvas");
+      c.width = img.naturalWidth;
+      c.height = img.naturalHeight;
+      const g = c.getContext("2d");
+      g.drawImage(img, 0, 0);
+      const d = g.getImageData(0, 0, c.width, c.height).data;
+      let lo = 765, hi = 0;
+      for (let i = 0; i < d.length; i += 4) {
+        const v = d[i] + d[i + 1] + d[i + 2];
+        lo = Math.min(lo, v);
+        hi = Math.max(hi, v);
+      }
+      return hi - lo;
+    }""")
+    assert spread > 100, spread
     page.click("#webcam-stop")
     assert page.locator("#webcam").is_hidden()
+    # the camera itself is off (its light too), not only the video hidden
+    assert page.evaluate("""window.cameraStreams.length === 1 && window.cameraStreams.every(
+      (s) => s.getTracks().every((t) => t.readyState === "ended"))""")
     assert watched.errors == []
 
 
@@ -304,6 +366,9 @@ def test_imagenet_default_shows_a_dog_breed_for_a_dog(watched, photos, mobilenet
         assert label.replace("_", " ") in result.locator(".label").inner_text()
         assert result.locator(".bar").count() == 3
         page.wait_for_selector(".result img.gradcam")
+        # the Grad-CAM of the breed the card names, not of another class
+        assert result.locator(".gradcam-note").inner_text().startswith(
+            f"Grad-CAM of {label.replace('_', ' ')} (where"), result.inner_text()
     assert watched.errors == []
 
 
@@ -459,6 +524,8 @@ def test_the_page_on_a_phone_in_order_and_with_a_diverged_model(browser, phone_s
         wait_answer(page, 2)
         titles = page.locator(".result h3").all_inner_texts()
         assert titles == ["cat.1100.jpg", "dog.1100.jpg"]  # the order they were given
+        labels = [page.locator(".result").nth(i).get_attribute("data-label") for i in (0, 1)]
+        assert labels == ["cats", "dogs"]  # each photo's own answer on its card
         bars = page.locator(".result .bar")
         assert bars.count() == 2  # one a card
         track = bars.first.locator(".track").bounding_box()
@@ -503,6 +570,10 @@ def test_a_very_long_class_name_fits_a_phone(browser, phone_server, photos, tmp_
         name = result.locator(".bar .name", has_text=LONG_CLASS[:20])
         assert name.evaluate("e => e.scrollWidth <= e.clientWidth && e.scrollHeight <= "
                              "e.clientHeight"), name.bounding_box()
+        # and its bar is still a bar beside it (a name as wide as the card left it 0 px)
+        track = result.locator(".bar", has=page.locator(".name", has_text=LONG_CLASS[:20])
+                               ).locator(".track").bounding_box()
+        assert track["width"] >= 40, track
         page.wait_for_selector(".result img.gradcam")  # its note names the class too
         assert page.evaluate("document.documentElement.scrollWidth") <= 375
         assert w.errors == []
@@ -624,6 +695,8 @@ def test_each_card_names_the_model_that_answered_it(watched, server, photos):
     page.set_input_files("#file-input", str(photos["cat"]))
     wait_answer(page)
     page.select_option("#model", "digits")
+    # the page's report link follows the model chosen (not the first model's report)
+    assert page.get_attribute("#report-link", "href") == "/models/digits/report"
     page.set_input_files("#file-input", str(photos["cat"]))
     newest = wait_answer(page, 2)
     older = page.locator(".result[data-state=done]").nth(1)
@@ -678,7 +751,16 @@ def test_a_double_click_or_a_double_drop_is_sent_once(watched, server, photos):
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.8, steps=10)
     page.mouse.up()
+    held = []  # the drawing's request, held: the button says it is busy while it waits
+    watched.context.route("**/api/predict", lambda route: held.append(route), times=1)
     page.dblclick("#digit-classify")
+    expect(page.locator("#digit-classify")).to_have_attribute("aria-disabled", "true")
+    for _ in range(600):  # at most 30 s
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the drawing was never sent"
+    held[0].continue_()
     wait_answer(page)
     expect(page.locator(".result img.gradcam")).to_have_count(1)
     assert page.locator(".result").count() == 1
@@ -731,6 +813,8 @@ def test_a_folder_dropped_with_a_photo(watched, server, photos, tmp_path):
     (tmp_path / "my_cats").mkdir()
     shutil.copy(photos["cat"], tmp_path / "my_cats" / "cat.jpg")
     (tmp_path / "my_cats" / ".DS_Store").write_bytes(b"\0")  # left out, as a hidden file
+    (tmp_path / "my_cats" / "._cat.jpg").write_bytes(b"\0\5\26\7")  # macOS's AppleDouble
+    # beside cat.jpg, named as a photo: hidden, it is left out too (no card of its own)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "list.txt").write_text("shopping list")
     page = open_page(watched, server, "cats-dogs")
@@ -744,6 +828,11 @@ def test_a_folder_dropped_with_a_photo(watched, server, photos, tmp_path):
     expect(page.locator("#status")).to_contain_text("cats-dogs: 2 classified, 1 failed")
     assert "cannot be reached" not in page.locator("main").inner_text()
     expect(page.locator(".result img.gradcam")).to_have_count(2)
+    # each card's Grad-CAM is of its own photo (the cat's map on the dog's card said "cats")
+    notes = [page.locator(".result").nth(i).locator(".gradcam-note").inner_text()
+             for i in (0, 2)]
+    assert notes[0].startswith("Grad-CAM of cats (") and \
+        notes[1].startswith("Grad-CAM of dogs ("), notes
 
 
 def test_a_folder_over_the_limit_and_an_empty_one_alone_are_said_in_words(
@@ -838,18 +927,16 @@ def test_a_near_certain_answer_is_not_shown_as_100_percent(watched, server, tmp_
         page.set_input_files("#file-input", str(tmp_path / "seven.png"))
     top = answer.value.json()["predictions"][0]["top"]
     result = wait_answer(page)
-
-    def shown(p):
-        if p >= 0.9995:
-            return ">99.9%"
-        if p < 0.0001:
-            return "<0.01%"
-        return f"{100 * p:.{2 if 100 * p < 0.1 else 1}f}%"
-
     assert top[0]["probability"] >= 0.9995 and top[-1]["probability"] < 0.0001, top
     assert result.locator(".label").inner_text() == f"{top[0]['label']} >99.9%"
     assert result.locator(".bar .value").all_inner_texts() == [
         shown(t["probability"]) for t in top]
+    assert result.locator(".bar .name").all_inner_texts() == [t["label"] for t in top]
+    # each bar as long as its own probability: the first full, the others empty
+    for bar, t in zip(result.locator(".bar").all(), top, strict=True):
+        fill = bar.locator(".fill").bounding_box()["width"]
+        track = bar.locator(".track").bounding_box()["width"]
+        assert abs(fill / track - t["probability"]) < 0.01, (fill, track, t)
     assert watched.errors == []
 
 
