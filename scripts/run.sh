@@ -34,7 +34,8 @@ for ((i = 0; i < ${#args[@]}; i++)); do
   esac
 done
 # the shell leaves the ~ of --data-dir=~/x as it is; transfer reads it as the home folder
-[[ $data == "~" || $data == "~/"* ]] && data="$HOME${data:1}"
+home_of() { "$PY" -c 'import os, sys; print(os.path.expanduser(sys.argv[1]))' "$1"; }
+[[ $data == "~"* ]] && data=$(home_of "$data")
 
 echo "== transfer fetch-data $*"
 "$T" fetch-data "$@"
@@ -50,7 +51,7 @@ for ((i = 0; i < ${#train_args[@]}; i++)); do
     --models-dir=*) [[ $bundle == */latest ]] && bundle="${train_args[$i]#--models-dir=}/latest" ;;
   esac
 done
-[[ $bundle == "~" || $bundle == "~/"* ]] && bundle="$HOME${bundle:1}"
+[[ $bundle == "~"* ]] && bundle=$(home_of "$bundle")
 echo "== transfer train --data-dir $data ${train_args[*]}"
 status=0
 "$T" train --data-dir "$data" "${train_args[@]}" || status=$?

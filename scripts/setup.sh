@@ -1,7 +1,7 @@
 # Sourced by run.sh and test.sh: create .venv if missing and install the project into it.
 # Reinstalls only when pyproject.toml changed since the last install.
-# TensorFlow 2.21 has wheels for Python 3.11 to 3.13: the first of python3 and python3.13,
-# 3.12, 3.11 that is one of those (or $PYTHON when set)
+# transfer needs Python 3.11 or later, and TensorFlow 2.21 has wheels up to 3.13: the first of
+# python3 and python3.13, 3.12, 3.11 that is one of those (or $PYTHON when set)
 supported() { "$1" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null; }
 if [[ -z ${PYTHON:-} ]]; then
   for candidate in python3 python3.13 python3.12 python3.11; do
@@ -12,12 +12,13 @@ if [[ -z ${PYTHON:-} ]]; then
 fi
 if [[ ! -x .venv/bin/python ]]; then
   if [[ -z ${PYTHON:-} ]]; then
-    echo "error: TensorFlow needs Python 3.11 to 3.13; found none (python3 is" \
-         "$(python3 --version 2>&1)); set PYTHON=/path/to/python3.x" >&2
+    echo "error: transfer needs Python 3.11 to 3.13 (TensorFlow has no wheels for later ones);" \
+         "found none (python3: $(python3 --version 2>/dev/null || echo "not installed"));" \
+         "set PYTHON=/path/to/python3.x" >&2
     exit 1
   elif ! supported "$PYTHON"; then
-    echo "error: PYTHON=$PYTHON is not Python 3.11 to 3.13, the ones TensorFlow has wheels" \
-         "for" >&2
+    echo "error: PYTHON=$PYTHON is not Python 3.11 to 3.13 (transfer needs 3.11 or later," \
+         "TensorFlow 2.21 has wheels up to 3.13)" >&2
     exit 1
   fi
   echo "== creating .venv with $($PYTHON --version)"
