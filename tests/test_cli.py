@@ -354,7 +354,9 @@ def test_a_message_into_a_log_is_one_line_and_wraps_on_a_terminal():
 def test_the_predictions_table_fits_narrow_terminals_without_cutting_numbers():
     """Five classes on 60 or 80 columns: the per-class probabilities were cut ("0.9...") or
     left off the right edge, the headers read "probab..."; the table now shows them when they
-    fit and otherwise the top classes in one column, and never cuts a number."""
+    fit and otherwise the other classes in one column (only the --top ones were: with the
+    default top 1, an 80-column terminal showed the top class alone), and never cuts a
+    number."""
     import io
 
     from transfer.cli import _predictions_table
@@ -366,6 +368,8 @@ def test_the_predictions_table_fits_narrow_terminals_without_cutting_numbers():
     top = [{"label": n, "probability": p} for n, p in sorted(probs.items(), key=lambda x: -x[1])]
     items = [Prediction(file="/work/shared/data/flowers/roses/10090824183_d02c613f10_m.jpg",
                         label="roses", probability=0.6563, top=top[:3], probabilities=probs)]
+    items.append(Prediction(file="b.jpg", label="roses", probability=0.6563, top=top[:1],
+                            probabilities=probs))  # predict's default --top 1
     result = Predictions("bundle", "models/flowers", "mobilenet", names, items)
     for width in (60, 80, 120):
         console = safe_console(width=width, file=io.StringIO(), record=True)
@@ -377,8 +381,11 @@ def test_the_predictions_table_fits_narrow_terminals_without_cutting_numbers():
         assert "probability" in text and "0.6563" in text
         if width == 120:
             assert all(f"p({n})" in text for n in names) and "0.0074" in text
-        else:
-            assert "next 2" in text and "daisy 0.3194" in text.replace("\n", " ")
+        else:  # every other class, by probability, on both rows
+            cells = [line.split("│")[-2].strip() for line in lines if line.startswith("│")]
+            others = "daisy 0.3194 sunflowers 0.0129 tulips 0.0074 dandelion 0.0040"
+            assert "next 4" in text, text
+            assert " ".join(cell for cell in cells if cell) == f"{others} {others}", text
 
 
 @pytest.mark.parametrize("mode, classes", [("imagenet", None),

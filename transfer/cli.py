@@ -734,9 +734,11 @@ def _pct(value) -> str:
 
 
 def _predictions_table(result, console: Console | None = None) -> Table:
-    """The predictions as a table: with every class's probability for 2 to 5 classes when
-    those columns fit ``console`` (on 60 or 80 columns they were cut to "0.9..." or left
-    off), else the top classes in one column; numbers are never squeezed, names fold."""
+    """The predictions as a table: with every class's probability for 2 to 5 classes, in a
+    column each when those fit ``console`` (on 60 or 80 columns they were cut to "0.9..." or
+    left off), else the other classes in one column (an 80-column terminal showed only the
+    top class of five); more classes: the ``--top`` ones in one column. Numbers are never
+    squeezed, names fold."""
     classes = result.class_names or []
     per_class = 2 <= len(classes) <= 5
     console = console or out
@@ -744,7 +746,8 @@ def _predictions_table(result, console: Console | None = None) -> Table:
     needed = 1 + sum(3 + width for width in (
         FILE_MIN, CLASS_MIN, PROBABILITY_MIN, *[_p_width(name) for name in classes
                                                 if per_class]))
-    return _predictions(result, per_class=per_class and needed <= console.width)
+    fits = needed <= console.width
+    return _predictions(result, per_class=per_class and fits, others=per_class and not fits)
 
 
 FILE_MIN, CLASS_MIN = 12, 8  # the least widths of the folding columns (60 columns fit all)
@@ -757,7 +760,7 @@ def _p_width(name: str) -> int:
     return max(6, min(14, len(f"p({name})")))
 
 
-def _predictions(result, per_class: bool) -> Table:
+def _predictions(result, per_class: bool, others: bool = False) -> Table:
     ranks = max((len(i.top) for i in result.items), default=0)  # 0: every row an error
     table = Table(title=result.model if result.mode == "bundle" or not ranks
                   else f"{result.model}: top {ranks}")
@@ -769,7 +772,7 @@ def _predictions(result, per_class: bool) -> Table:
         for name in classes:
             header = printable(f"p({name})", newlines=False)
             table.add_column(header, justify="right", overflow="fold", min_width=_p_width(name))
-    extra = 0 if per_class else max(ranks - 1, 0)
+    extra = 0 if per_class else len(classes) - 1 if others else max(ranks - 1, 0)
     if extra:
         table.add_column(f"next {extra}", overflow="fold")
     for item in result.items:
@@ -782,7 +785,10 @@ def _predictions(result, per_class: bool) -> Table:
         if per_class:
             row += [_pct(item.probabilities[name]) for name in classes]
         if extra:
-            row.append("\n".join(f"{t['label']} {t['probability']:.4f}" for t in item.top[1:]))
+            ranked = ([{"label": name, "probability": p} for name, p in sorted(
+                item.probabilities.items(), key=lambda kv: -kv[1]) if name != item.label]
+                if others and item.probabilities else item.top[1:])
+            row.append("\n".join(f"{t['label']} {t['probability']:.4f}" for t in ranked))
         table.add_row(*row)
     return table
 
