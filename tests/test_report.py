@@ -228,18 +228,26 @@ def test_a_report_is_not_written_into_another_bundle_nor_over_its_own_files(bund
     shutil.copytree(bundle_copy, other)
     write_report(other, gradcams=0)
     theirs = (other / "report.html").read_bytes()
-    code, said = run(bundle_copy, "--output", other / "report.html")
+    code, said = run(bundle_copy, "--output", other / "page.html")
     assert code == 1 and "\n" not in said and said.startswith("error:")
     assert f"is in {other}, another bundle folder (it holds meta.json)" in said
-    assert "--force" in said and (other / "report.html").read_bytes() == theirs
+    assert "--force" in said and not (other / "page.html").exists()
     evaluation = tmp_path / "ev"  # an evaluation's or a comparison's folder too
     evaluation.mkdir()
     (evaluation / "report.json").write_text("{}")
     with pytest.raises(TransferError, match="another evaluation folder"):
         write_report(bundle_copy, evaluation / "page.html", gradcams=0)
     assert not (evaluation / "page.html").exists()
-    assert run(bundle_copy, "--output", other / "report.html", "--force")[0] == 0
-    assert f"from {bundle_copy}" in (other / "report.html").read_text(encoding="utf-8")
+    # its own page: never, even with --force (`--force` put the other model's page in the
+    # bundle, which serve then showed for it)
+    for force in ([], ["--force"]):
+        code, said = run(bundle_copy, "--output", other / "report.html", *force)
+        assert code == 1 and "\n" not in said and "even with --force" in said, said
+        assert f"the page of {other}, another bundle folder" in said
+        assert (other / "report.html").read_bytes() == theirs
+    # another page in it: with --force only
+    assert run(bundle_copy, "--output", other / "page.html", "--force")[0] == 0
+    assert f"from {bundle_copy}" in (other / "page.html").read_text(encoding="utf-8")
     # the folder's own files: never, even with --force; an output that is no .html page: never
     for name in ("meta.json", "model.keras", "curves.png", "history.csv"):
         before = (bundle_copy / name).read_bytes()

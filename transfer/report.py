@@ -1038,9 +1038,11 @@ def check_output(folder: Path, target: Path, force: bool = False) -> None:
     """Refuse a ``target`` the report of ``folder`` must not be written to, even with
     ``force``: a folder, one of the files the report is made from (a bundle's meta.json,
     model.keras, pictures ...; the bundle was unreadable after), a file that is not an .html
-    page (``--output x.png`` held HTML); and without ``force`` a page in another bundle,
-    evaluation or comparison folder (its report.html was replaced by this folder's page, a
-    page transfer wrote, so it was not refused); then as ``check_replaceable``."""
+    page (``--output x.png`` held HTML), another bundle's, evaluation's or comparison's own
+    report.html (``--force`` put another model's page in a bundle, which serve then showed
+    for it); and without ``force`` any other page in such a folder (its report.html was
+    replaced by this folder's page, a page transfer wrote, so it was not refused); then as
+    ``check_replaceable``."""
     folder, target = Path(folder), Path(target)
     if target.is_dir():
         raise TransferError(f"{target} is a folder; name an .html file")
@@ -1053,9 +1055,16 @@ def check_output(folder: Path, target: Path, force: bool = False) -> None:
         raise TransferError(f"--output {target}: a report is an HTML page; name a file ending "
                             "in .html")
     home = target.parent
-    if not force and _real(home) != _real(folder):
+    if _real(home) != _real(folder):
         held = next((name for name in FOLDER_FILES if (home / name).is_file()), None)
-        if held is not None:
+        if held is not None and target.name.lower() == REPORT_HTML:
+            # that folder's own page (serve links a bundle's report to it): never another's
+            raise TransferError(
+                f"--output {target} is the page of {home}, another {FOLDER_FILES[held]} "
+                f"folder: a report never writes {folder}'s page over it, even with --force "
+                f"(transfer report {home} rebuilds that one; --output another file for "
+                f"{folder}'s)")
+        if held is not None and not force:
             raise TransferError(
                 f"--output {target} is in {home}, another {FOLDER_FILES[held]} folder (it holds "
                 f"{held}), where {folder}'s page would pass for its own; use --force to write "
