@@ -136,6 +136,28 @@ def test_missing_imagenet_weights_name_the_file(monkeypatch):
     assert "could not be downloaded" in text and "\n" not in text
 
 
+def test_a_size_with_a_weight_file_of_its_own_names_the_one_at_hand(mobilenet_weights,
+                                                                     monkeypatch):
+    """MobileNet at 128 px offline: Keras wants mobilenet_2_5_128_tf_no_top.h5, while
+    `transfer bases` says "cached" (the 224 px file is there). The error names the 224 px
+    file as --weights, which builds the same network at 128 px."""
+    offline(monkeypatch)
+    base = bases.get("mobilenet")
+    with pytest.raises(TransferError) as info:
+        bases.build(base, 128, alpha=0.25, weights="imagenet")
+    text = str(info.value)
+    assert "put mobilenet_2_5_128_tf_no_top.h5 into" in text and "\n" not in text, text
+    given = text.split("--weights ")[-1]
+    assert Path(given).name == "mobilenet_2_5_224_tf_no_top.h5", text
+    model = bases.build(base, 128, alpha=0.25, weights=given)
+    assert model.input_shape == (None, 128, 128, 3)
+    # at a size whose file is the 224 px one, nothing more to say
+    assert bases.cached_weights(base, 0.5) is None
+    with pytest.raises(TransferError) as info:
+        bases.build(base, 224, alpha=0.5, weights="imagenet")
+    assert "px weights you have" not in str(info.value)
+
+
 def test_a_read_only_keras_home_still_gives_its_weights(mobilenet_weights, monkeypatch,
                                                         tmp_path):
     """A class's shared, read-only KERAS_HOME holding the weights: Keras itself would look in
