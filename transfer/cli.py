@@ -542,7 +542,7 @@ def train_cmd(
                                             rich_help_panel=AUG)] = _A.rotation,
     shift: Annotated[float, typer.Option(help="Width/height shift, fraction.",
                                          rich_help_panel=AUG)] = _A.shift,
-    shear: Annotated[float, typer.Option(help="Shear, degrees.", rich_help_panel=AUG)
+    shear: Annotated[float, typer.Option(help="Shear, degrees (the classic 0.2 barely shears; 10 does visibly).", rich_help_panel=AUG)
                      ] = _A.shear,
     zoom: Annotated[float, typer.Option(help="Zoom range, +- fraction.", rich_help_panel=AUG)
                     ] = _A.zoom,
