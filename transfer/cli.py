@@ -542,8 +542,9 @@ def train_cmd(
                                             rich_help_panel=AUG)] = _A.rotation,
     shift: Annotated[float, typer.Option(help="Width/height shift, fraction.",
                                          rich_help_panel=AUG)] = _A.shift,
-    shear: Annotated[float, typer.Option(help="Shear, degrees (the classic 0.2 barely shears; 10 does visibly).", rich_help_panel=AUG)
-                     ] = _A.shear,
+    shear: Annotated[float, typer.Option(
+        help="Shear, degrees (the classic 0.2 barely shears; 10 does visibly).",
+        rich_help_panel=AUG)] = _A.shear,
     zoom: Annotated[float, typer.Option(help="Zoom range, +- fraction.", rich_help_panel=AUG)
                     ] = _A.zoom,
     flip: Annotated[bool, typer.Option(
