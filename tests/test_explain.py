@@ -414,7 +414,9 @@ def test_many_images_in_one_run(trained_bundle, small_split, tmp_path):
     assert mine.probabilities == pytest.approx(alone.probabilities, abs=1e-6)
     before = sorted(p.stat().st_mtime_ns for p in out.rglob("*.png"))
     again = runner.invoke(app, args[:3] + args[5:])
-    assert again.exit_code == 1 and "already exists; use --force" in again.output
+    n = len(list(out.rglob("*.gradcam.png")))
+    assert again.exit_code == 1 and f"(and {n - 1} more) already exist; use --force" in " ".join(
+        again.output.split()), again.output
     assert sorted(p.stat().st_mtime_ns for p in out.rglob("*.png")) == before
     # beside the photos (no --output), a photo and its screenshot of one name: each picture
     # at the name planned for it (both went to IMG_1.gradcam.png, replacing one of the

@@ -438,7 +438,8 @@ def explain_all(settings: ExplainSettings, *, reporter: Reporter | None = None
     existing = [png for _, _, png, _ in rows if png is not None and png.exists()]
     if existing and not s.force:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise TransferError(f"{existing[0]}{more} already exists; use --force to replace")
+        raise TransferError(f"{existing[0]}{more} already exist{'s' if not more else ''}; "
+                            "use --force to replace")
     if again:
         reporter.warn(f"left out: {len(again)} Grad-CAM picture{'' if len(again) == 1 else 's'}"
                       f" of an earlier run named among the images ({again[0]}"
