@@ -101,7 +101,8 @@ def test_default_folder_reproduces_the_training_metrics(trained_bundle, tmp_path
 def test_the_confusion_title_names_the_bundle_not_latest(trained_bundle, small_split,
                                                          tmp_path, monkeypatch):
     """Evaluated through models/latest, confusion.png was titled "latest on ...": a name
-    that moves on to the next bundle. It names the bundle the link leads to."""
+    that moves on to the next bundle. It names the bundle the link leads to, as the page
+    does."""
     from transfer import plots
 
     bundle_dir = tmp_path / "mobilenet-20261205-120000"
@@ -114,6 +115,12 @@ def test_the_confusion_title_names_the_bundle_not_latest(trained_bundle, small_s
     evaluate(bundle_dir, data_dir=small_split / "test", output=tmp_path / "b")
     assert [t.split(" on ")[0] for t in titles] == [bundle_dir.name] * 2
     assert titles[0] == titles[1]
+    # the page says which bundle the link led to (it said "Evaluated models/latest", and
+    # went on saying so once the link had moved to another bundle)
+    through = (tmp_path / "a" / "report.html").read_text(encoding="utf-8")
+    assert f"Evaluated <b>{tmp_path / 'latest'} -&gt; {bundle_dir.name}</b>" in through
+    assert f"Evaluated <b>{bundle_dir}</b>" in (tmp_path / "b" / "report.html").read_text(
+        encoding="utf-8")
 
 
 def test_evaluate_loads_the_model_once_its_report_included(trained_bundle, small_split,

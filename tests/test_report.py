@@ -566,7 +566,7 @@ def test_an_evaluation_of_an_in_memory_split_says_so_as_the_command_did(tmp_path
     out = tmp_path / "ev"
     out.mkdir()
     (out / "report.json").write_text(json.dumps({
-        "model": "models/fx", "bundle": str(tmp_path / "gone"), "data_dir": "fx",
+        "model": "models/fx", "bundle": str(tmp_path / "gone" / "fx"), "data_dir": "fx",
         "subset": "validate", "is_training_validation_folder": True, "images": 40,
         "accuracy": 0.525, "class_names": ["a", "b"], "created": "2026-12-06T10:00:00+0000"}))
     said = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", render_report(out))).split())

@@ -775,7 +775,11 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
                            if evaluation.get("is_training_validation_folder") and not split
                            else "")
         on = evaluated_on(f"<b>{_e(evaluation.get('data_dir'))}</b>", split)
-        run += (f"<p>Evaluated <b>{_e(evaluation.get('model'))}</b> on {on}{training_folder}"
+        named, led_to = evaluation.get("model"), evaluation.get("bundle")
+        if named and led_to and Path(led_to).name != Path(named).name:
+            # a link (models/latest) names another bundle once a later run moves it
+            named = f"{named} -> {Path(led_to).name}"
+        run += (f"<p>Evaluated <b>{_e(named)}</b> on {on}{training_folder}"
                 f", {_e(evaluation.get('created') or '')}.</p>")
         run += lost
         if retrained is not None:
