@@ -452,3 +452,31 @@ def test_an_empty_grad_cam_is_said():
     broken = SimpleNamespace(heatmap=np.full((3, 3), np.nan), label="9")  # a diverged model's
     assert "not a number" in _empty(broken) and "empty" not in _empty(broken)
 
+
+
+def test_a_tables_title_in_a_pipe_is_one_whole_line():
+    """Into a pipe or a file a table's title wrapped at the table's width: export's
+    "models/m/export/mo" / "del-int8.tflite (int8) on 40 images ..." broke the path a log is
+    searched for. It is a line of its own there; on a terminal it stays above the table."""
+    import io
+
+    from rich.table import Table
+
+    from transfer.cli import _show
+    from transfer.progress import safe_console
+
+    title = "models/mobilenet-20261207-155519/export/model-int8.tflite (int8) on 40 images"
+    for terminal in (False, True):
+        table = Table(title=title)
+        table.add_column("model")
+        table.add_column("accuracy")
+        table.add_row("float", "0.8000")
+        console = safe_console(width=200, file=io.StringIO(), record=True,
+                               force_terminal=terminal)
+        _show(table, console)
+        text = console.export_text()
+        lines = text.splitlines()
+        if terminal:  # centred above the table, folded to its width as rich does
+            assert title not in lines[0] and "┏" in text, text
+        else:
+            assert lines[0] == title and lines[1].startswith("┏"), lines

@@ -406,12 +406,23 @@ def fetch_data_cmd(
         return
     out.print(f"Split in {result.data_dir} (source: {result.source}, seed {seed})",
               highlight=False)
-    out.print(_split_table(result.counts))
+    _show(_split_table(result.counts))
     if result.skipped:
         out.print(f"skipped {len(result.skipped)} unusable file(s):")
         for item in result.skipped:
             out.print(f"  {item['name']}: {item['reason']}", highlight=False)
     out.print(f"manifest: {result.data_dir / 'manifest.json'}", highlight=False)
+
+
+def _show(table: Table, console=None) -> None:
+    """Print ``table``; into a pipe or a file its title is a line of its own, whole (a title
+    wraps at the table's width: export's 'models/m/export/mo' / 'del-int8.tflite ...' broke
+    a path that grep and the reader of a log look for)."""
+    console = console or out
+    if table.title and not console.is_terminal:
+        console.print(table.title, soft_wrap=True, highlight=False, markup=False)
+        table.title = None
+    console.print(table)
 
 
 def _fits(table: Table) -> bool:
@@ -465,7 +476,7 @@ def bases_cmd() -> None:
                           f"{bases.count_params(base, alpha):,}", cached)
     table.caption = ("ImageNet weights: train needs the file without the top, predict/serve "
                      "--imagenet the one with it")
-    out.print(table)
+    _show(table)
     reporter = RichReporter(err)
     for path, why in bases.damaged_files():  # which file, and what to do
         reporter.warn(f"{path} {why}; delete it and Keras downloads it again")
@@ -858,10 +869,10 @@ def predict_cmd(
     if fmt == "table":
         if output is not None:
             recorder = safe_console(record=True, width=160, file=io.StringIO())
-            recorder.print(_predictions_table(result, recorder))
+            _show(_predictions_table(result, recorder), recorder)
             text = recorder.export_text()
         else:
-            out.print(_predictions_table(result))
+            _show(_predictions_table(result))
             counts = collections.Counter(i.label for i in result.items if not i.error)
             if len(result.items) > 1 and counts:
                 out.print(f"{sum(counts.values())} image(s) classified: " + ", ".join(
@@ -939,7 +950,7 @@ def evaluate_cmd(
     from transfer.metrics import macro_note
 
     table.caption = macro_note(r["per_class"])
-    out.print(table)
+    _show(table)
     names = r["class_names"]
     matrix = Table(title="Confusion matrix", caption="rows: true class; columns: predicted")
     matrix.add_column("")
@@ -947,7 +958,7 @@ def evaluate_cmd(
         matrix.add_column(name, justify="right")
     for name, counts in zip(names, r["confusion_matrix"], strict=True):
         matrix.add_row(name, *(str(c) for c in counts))
-    out.print(matrix if _fits(matrix) else _confusions(r["confusion_matrix"], names))
+    _show(matrix if _fits(matrix) else _confusions(r["confusion_matrix"], names))
     auc = (f", ROC AUC {r['roc_auc']:.4f} ({r['roc_auc_positive_class']} positive)"
            if r["roc_auc"] is not None else "")
     out.print(f"[bold]accuracy {r['accuracy']:.4f}[/bold], loss {r['loss']:.4f}, balanced "
@@ -1146,7 +1157,7 @@ def export_cmd(
             table.add_column(column, justify="left" if column == "model" else "right")
         table.add_row("float TFLite", _pct(f["accuracy"]), f"{f['bytes']:,}")
         table.add_row(f"{q['mode']} TFLite", _pct(q["accuracy"]), f"{q['bytes']:,}")
-        out.print(table)
+        _show(table)
         out.print(f"size {c['size_ratio']:.2f}x of the float model; agreement with it "
                   f"{c['agreement']:.3f}; {c['confident_changed']} of the "
                   f"{c['confident_images']} confident images changed class; check "
@@ -1210,13 +1221,13 @@ def mnist_cmd(
         table.add_column(column, justify="right" if column == "parameters" else "left")
     for name, shape, n_params in result.summary:
         table.add_row(name, shape, f"{n_params:,}")
-    out.print(table)
+    _show(table)
     noise = Table(title="Test accuracy under Gaussian noise")
     noise.add_column("sigma", justify="right")
     noise.add_column("accuracy", justify="right")
     for sigma, accuracy in result.noise:
         noise.add_row(f"{sigma:.1f}", f"{accuracy:.4f}")
-    out.print(noise)
+    _show(noise)
     m = result.meta["metrics"]
     out.print(f"[bold]{escape(str(result.bundle))}[/bold]: test accuracy "
               f"{m['test_accuracy']:.4f}, loss {m['test_loss']:.4f}; pictures: samples.png "
@@ -1274,7 +1285,7 @@ def compare_cmd(
     from transfer.compare import compare
 
     result = compare(settings, reporter=_reporter())
-    out.print(compare_table(result.runs, f"compare on {settings.data_dir}"))
+    _show(compare_table(result.runs, f"compare on {settings.data_dir}"))
     from transfer.compare import notes
 
     for note in notes(result.data):
