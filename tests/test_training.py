@@ -1291,6 +1291,8 @@ def test_the_cnn_from_scratch_is_not_stopped_or_kept_in_its_noisy_first_half(tmp
     again = json.loads((tmp_path / "cli" / "meta.json").read_text())["metrics"]
     assert (f"(best epoch {again['best_epoch']} of {again['epochs_run']}, the best of epochs "
             f"4-{again['epochs_run']})") in " ".join(said.output.split())
+    # no feature pass to speak of (it said "feature cache: off; features 0.0 s")
+    assert "no feature pass; training" in said.output and "feature cache" not in said.output
     # which epoch a history's bundle holds, watched from the 4th
     history = {"val_loss": [0.1, 0.9, 0.8, 0.5, 0.7, 0.6], "phase": ["train"] * 6}
     assert saved_epoch(history) == 1 and saved_epoch(history, watched_from=3) == 4

@@ -692,10 +692,13 @@ def train_cmd(
     # the bundle's files and its report are said apart, so that no time goes unaccounted
     writing = (f"; then {result.timings.writing:.1f} s writing the bundle and its report"
                if result.timings.writing else "")
-    out.print(f"feature cache: {result.meta['feature_cache']}; features "
-              f"{t['feature_extraction_seconds']:.1f} s, training {t['training_seconds']:.1f}"
-              f" s, total {t['total_seconds']:.1f} s{importing}{speed}{writing}",
-              highlight=False)
+    # no feature pass (the CNN from scratch, --augment-copies 0: the base runs every epoch):
+    # "feature cache: off; features 0.0 s" read as a cache switched off
+    features = (f"feature cache: {result.meta['feature_cache']}; features "
+                f"{t['feature_extraction_seconds']:.1f} s, "
+                if result.meta.get("engine") is not None else "no feature pass; ")
+    out.print(f"{features}training {t['training_seconds']:.1f} s, total "
+              f"{t['total_seconds']:.1f} s{importing}{speed}{writing}", highlight=False)
     engine, head = result.meta.get("engine") or {}, result.meta.get("head") or {}
     if engine.get("name"):
         detail = (f" ({engine['interpreter']}, {engine['threads']} threads, parity "
