@@ -412,8 +412,9 @@ def preview(settings: TrainSettings, reporter: Reporter | None = None) -> Path:
     with reading_the_data(settings):
         run = plan(settings)
         report_data(run, reporter)
-        with reporter.task("Drawing the augmentation preview"):
-            draw_preview(run, path)
+        with reporter.task("Drawing the augmentation preview", total=1) as advance:
+            draw_preview(run, path)  # (no total: the bar said "0/?" when done)
+            advance(1)
     reporter.info(f"augmentation preview: {path} (nothing trained: --preview-only)")
     return path
 
