@@ -388,10 +388,12 @@ def test_the_predictions_table_fits_narrow_terminals_without_cutting_numbers():
             assert " ".join(cell for cell in cells if cell) == f"{others} {others}", text
 
 
-@pytest.mark.parametrize("mode, classes", [("imagenet", None),
-                                           ("bundle", [str(d) for d in range(10)])])
-def test_a_predictions_table_of_errors_alone_has_no_negative_column(mode, classes):
-    """Every photo unreadable: the title read "top 0" and a column "next -1" was added."""
+@pytest.mark.parametrize("mode, classes, width", [
+    ("imagenet", None, 120), ("bundle", [str(d) for d in range(10)], 120),
+    ("bundle", ["daisy", "dandelion", "roses", "sunflowers", "tulips"], 60)])
+def test_a_predictions_table_of_errors_alone_has_no_negative_column(mode, classes, width):
+    """Every photo unreadable: the title read "top 0" and a column "next -1" was added (and
+    on a narrow terminal, an empty column "next 4" for five classes)."""
     import io
 
     from transfer.cli import _predictions_table
@@ -399,11 +401,11 @@ def test_a_predictions_table_of_errors_alone_has_no_negative_column(mode, classe
     from transfer.progress import safe_console
 
     result = Predictions(mode, "MobileNet alpha 0.25 (ImageNet)", "mobilenet", classes,
-                         [Prediction(file="empty.jpg", error="cannot identify image file")])
-    console = safe_console(width=120, file=io.StringIO(), record=True)
+                         [Prediction(file="empty.jpg", error="unreadable")])
+    console = safe_console(width=width, file=io.StringIO(), record=True)
     console.print(_predictions_table(result, console))
     text = console.export_text()
-    assert "error: cannot identify image file" in text
+    assert "error: unreadable" in text
     assert "next" not in text and "top 0" not in text and "-1" not in text, text
 
 
@@ -466,8 +468,9 @@ def test_a_tables_title_in_a_pipe_is_one_whole_line():
     from transfer.progress import safe_console
 
     title = "models/mobilenet-20261207-155519/export/model-int8.tflite (int8) on 40 images"
+    caption = "macro averages weigh every class alike " * 3  # evaluate's note, as long
     for terminal in (False, True):
-        table = Table(title=title)
+        table = Table(title=title, caption=caption)
         table.add_column("model")
         table.add_column("accuracy")
         table.add_row("float", "0.8000")
@@ -480,3 +483,5 @@ def test_a_tables_title_in_a_pipe_is_one_whole_line():
             assert title not in lines[0] and "┏" in text, text
         else:
             assert lines[0] == title and lines[1].startswith("┏"), lines
+            assert lines[-1] == caption and lines[-2].startswith("└"), lines
+        assert (table.title, table.caption) == (title, caption)  # the caller's table kept

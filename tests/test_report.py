@@ -245,6 +245,12 @@ def test_a_report_is_not_written_into_another_bundle_nor_over_its_own_files(bund
         assert code == 1 and "\n" not in said and "even with --force" in said, said
         assert f"the page of {other}, another bundle folder" in said
         assert (other / "report.html").read_bytes() == theirs
+    # nor through a link to it (written through, as every output is)
+    (tmp_path / "page.html").symlink_to(other / "report.html")
+    for force in ([], ["--force"]):
+        code, said = run(bundle_copy, "--output", tmp_path / "page.html", *force)
+        assert code == 1 and f"the page of {other}, another bundle folder" in said, said
+        assert (other / "report.html").read_bytes() == theirs
     # another page in it: with --force only
     assert run(bundle_copy, "--output", other / "page.html", "--force")[0] == 0
     assert f"from {bundle_copy}" in (other / "page.html").read_text(encoding="utf-8")

@@ -356,8 +356,10 @@ def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
             # MobileNet keeps a file per size (128, 160, 192, 224 px): the base's own size's,
             # when there, is the same network (trained at that size) and loads at any size
             other = keras_cache_dir() / base.weight_file(alpha, base.size, include_top)
-            also = (f"; or the {base.size} px weights you have, at {size} px: --weights {other}"
-                    if other.name != wanted and other.is_file() else "")
+            also = (f"; or the {base.size} px weights you have (trained at {base.size} px), "
+                    f"at {size} px: --weights {other}"
+                    if other.name != wanted and other.is_file() and not damaged_weights(other)
+                    else "")
             raise TransferError(
                 f"ImageNet weights for {base.keras_class} could not be downloaded ({exc}); "
                 f"put {wanted} into {keras_cache_dir()} (KERAS_HOME), {offline_hint}{also}"

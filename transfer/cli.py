@@ -415,14 +415,23 @@ def fetch_data_cmd(
 
 
 def _show(table: Table, console=None) -> None:
-    """Print ``table``; into a pipe or a file its title is a line of its own, whole (a title
-    wraps at the table's width: export's 'models/m/export/mo' / 'del-int8.tflite ...' broke
-    a path that grep and the reader of a log look for)."""
+    """Print ``table``; into a pipe or a file its title and caption are lines of their own,
+    whole (they wrap at the table's width: export's 'models/m/export/mo' / 'del-int8.tflite
+    ...' broke a path that grep and the reader of a log look for)."""
     console = console or out
-    if table.title and not console.is_terminal:
-        console.print(table.title, soft_wrap=True, highlight=False, markup=False)
-        table.title = None
-    console.print(table)
+    if console.is_terminal or not (table.title or table.caption):
+        console.print(table)
+        return
+    title, caption = table.title, table.caption  # (and its caption, a line below it)
+    if title:
+        console.print(title, soft_wrap=True, highlight=False, markup=False)
+    table.title = table.caption = None
+    try:
+        console.print(table)
+    finally:
+        table.title, table.caption = title, caption
+    if caption:
+        console.print(caption, soft_wrap=True, highlight=False, markup=False)
 
 
 def _fits(table: Table) -> bool:
@@ -762,7 +771,9 @@ def _predictions_table(result, console: Console | None = None) -> Table:
         FILE_MIN, CLASS_MIN, PROBABILITY_MIN, *[_p_width(name) for name in classes
                                                 if per_class]))
     fits = needed <= console.width
-    return _predictions(result, per_class=per_class and fits, others=per_class and not fits)
+    answered = any(item.probabilities for item in result.items)  # not every row an error
+    return _predictions(result, per_class=per_class and fits,
+                        others=per_class and not fits and answered)
 
 
 FILE_MIN, CLASS_MIN = 12, 8  # the least widths of the folding columns (60 columns fit all)

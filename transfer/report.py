@@ -1058,10 +1058,12 @@ def check_output(folder: Path, target: Path, force: bool = False) -> None:
     if target.suffix.lower() not in HTML_SUFFIXES:
         raise TransferError(f"--output {target}: a report is an HTML page; name a file ending "
                             "in .html")
-    home = target.parent
+    # a link is written through (``replacing``): the checks are of the file it leads to
+    written = _real(target) if target.is_symlink() else target
+    home = written.parent
     if _real(home) != _real(folder):
         held = next((name for name in FOLDER_FILES if (home / name).is_file()), None)
-        if held is not None and target.name.lower() == REPORT_HTML:
+        if held is not None and written.name.lower() == REPORT_HTML:
             # that folder's own page (serve links a bundle's report to it): never another's
             raise TransferError(
                 f"--output {target} is the page of {home}, another {FOLDER_FILES[held]} "
