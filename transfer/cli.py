@@ -771,9 +771,7 @@ def _predictions_table(result, console: Console | None = None) -> Table:
         FILE_MIN, CLASS_MIN, PROBABILITY_MIN, *[_p_width(name) for name in classes
                                                 if per_class]))
     fits = needed <= console.width
-    answered = any(item.probabilities for item in result.items)  # not every row an error
-    return _predictions(result, per_class=per_class and fits,
-                        others=per_class and not fits and answered)
+    return _predictions(result, per_class=per_class and fits, others=per_class and not fits)
 
 
 FILE_MIN, CLASS_MIN = 12, 8  # the least widths of the folding columns (60 columns fit all)
@@ -798,7 +796,8 @@ def _predictions(result, per_class: bool, others: bool = False) -> Table:
         for name in classes:
             header = printable(f"p({name})", newlines=False)
             table.add_column(header, justify="right", overflow="fold", min_width=_p_width(name))
-    extra = 0 if per_class else len(classes) - 1 if others else max(ranks - 1, 0)
+    # (others: every other class, unless every row is an error)
+    extra = 0 if per_class else len(classes) - 1 if others and ranks else max(ranks - 1, 0)
     if extra:
         table.add_column(f"next {extra}", overflow="fold")
     for item in result.items:
@@ -811,10 +810,10 @@ def _predictions(result, per_class: bool, others: bool = False) -> Table:
         if per_class:
             row += [_pct(item.probabilities[name]) for name in classes]
         if extra:
-            ranked = ([{"label": name, "probability": p} for name, p in sorted(
-                item.probabilities.items(), key=lambda kv: -kv[1]) if name != item.label]
-                if others and item.probabilities else item.top[1:])
-            row.append("\n".join(f"{t['label']} {t['probability']:.4f}" for t in ranked))
+            ranked = (sorted(((n, p) for n, p in item.probabilities.items() if n != item.label),
+                             key=lambda pair: -pair[1]) if others and item.probabilities
+                      else [(t["label"], t["probability"]) for t in item.top[1:]])
+            row.append("\n".join(f"{name} {p:.4f}" for name, p in ranked))
         table.add_row(*row)
     return table
 
