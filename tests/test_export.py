@@ -378,25 +378,92 @@ def test_force_over_a_savedmodel_keeps_the_files_you_put_into_it(trained_bundle,
     """`export --format savedmodel --force` replaced the folder and deleted what you had
     added to it (deployment notes, a config folder). A SavedModel holding only what export
     writes is replaced; one holding your files is moved aside whole, and said."""
-    out = tmp_path / "sm"
+    # named as the work folder's place for the replaced one: the second export failed with
+    # "Directory not empty", every time
+    out = tmp_path / "replaced"
     export.export(trained_bundle.bundle, format="savedmodel", output=out,
                   check_images=held_out)
     export.export(trained_bundle.bundle, format="savedmodel", output=out, force=True,
                   check_images=held_out)
-    assert not out.with_name("sm.old").exists()
+    assert (out / "saved_model.pb").is_file() and not out.with_name("replaced.old").exists()
     (out / "DEPLOY-NOTES.md").write_text("mine")
     (out / "mystuff").mkdir()
     (out / "mystuff" / "config.yaml").write_text("k: 1")
     recorder = Recorder()
     export.export(trained_bundle.bundle, format="savedmodel", output=out, force=True,
                   check_images=held_out, reporter=recorder)
-    aside = out.with_name("sm.old")
+    aside = out.with_name("replaced.old")
     assert (aside / "DEPLOY-NOTES.md").read_text() == "mine"
     assert (aside / "mystuff" / "config.yaml").read_text() == "k: 1"
     assert (out / "saved_model.pb").is_file() and not (out / "DEPLOY-NOTES.md").exists()
     assert recorder.warnings == [
         f"the SavedModel replaced in {out} held files transfer did not write (DEPLOY-NOTES.md, "
         f"mystuff): it was moved, whole, to {aside}"]
+
+
+def test_a_quantized_export_named_as_the_float_model_it_is_compared_with(trained_bundle,
+                                                                          held_out, tmp_path):
+    """`--quantize dynamic --output float.tflite`: the work folder's float model, the one the
+    quantized model is compared with, had that name, and the quantized conversion overwrote
+    it: the two sides of the check were one file (agreement 100%, size 1.00x), so a broken
+    quantization passed."""
+    out = tmp_path / "float.tflite"
+    result = export.export(trained_bundle.bundle, format="tflite", quantize="dynamic",
+                           output=out, check_images=held_out)
+    c = result.comparison
+    assert c["float"]["bytes"] > 2 * c["quantized"]["bytes"] == 2 * out.stat().st_size, c
+    assert c["size_ratio"] < 0.5
+
+
+def test_a_file_export_replaced_is_never_missing(trained_bundle, held_out, tmp_path,
+                                                 monkeypatch):
+    """`export --force` over a .tflite moved the old file aside, then renamed the new one in:
+    stopped between the two (Ctrl-C), the old export was deleted with the work folder and no
+    new one was in place. The new file now replaces the old in one rename."""
+    out = tmp_path / "m.tflite"
+    export.export(trained_bundle.bundle, format="tflite", output=out, check_images=held_out)
+    before = out.read_bytes()
+    real = os.replace
+
+    def interrupted(src, dst):
+        if Path(dst) == out:  # the rename that puts the new export in place
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(export.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export.export(trained_bundle.bundle, format="tflite", output=out, force=True,
+                      check_images=held_out)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite", "m.tflite.meta.json"]
+
+
+def test_a_model_whose_outputs_are_not_numbers_is_not_exported(trained_bundle, held_out,
+                                                               tmp_path):
+    """A diverged bundle (train saves it with a warning): a float export was refused as "the
+    export's outputs differ ... by nan", blaming the conversion, and a quantized one passed
+    its check (NaN everywhere: the same class, 100% agreement, no sure image changed) and was
+    written. Both are refused, saying why."""
+    import shutil
+
+    import keras
+
+    broken = tmp_path / "diverged"
+    shutil.copytree(trained_bundle.bundle, broken)
+    model = keras.saving.load_model(broken / bundle.MODEL, compile=False)
+    head = model.layers[-1]
+    head.set_weights([np.full_like(w, np.nan) for w in head.get_weights()])
+    model.save(broken / bundle.MODEL)
+    for quantize in ("none", "float16"):
+        out = tmp_path / "out" / f"{quantize}.tflite"
+        with pytest.raises(TransferError) as caught:
+            export.export(broken, format="tflite", quantize=quantize, output=out,
+                          check_images=held_out)
+        assert str(caught.value) == (
+            f"{broken}'s own outputs are not numbers (NaN or infinite) on the {len(held_out)} "
+            "check images (given images): its training diverged; train it again (a lower "
+            "--lr) before exporting it; nothing was written")
+        assert not (tmp_path / "out").exists()
 
 
 def test_tflite_file_alone_names_its_two_classes(trained_bundle, held_out, tmp_path):

@@ -321,12 +321,18 @@ def test_a_folder_given_to_check_a_quantized_export_is_taken_whole(trained_bundl
     --check-images FOLDER" came back whatever folder was given. The folder is now taken whole,
     spread over its classes."""
     monkeypatch.setattr(export, "_validation", lambda classifier: ([], "nowhere"))
+    # the Keras model ran on the whole folder in one call (1000 photos at 288 px: gigabytes
+    # of activations); batches of 32 now, as the TFLite runs
+    batches, outputs = [], export.BundleClassifier.outputs
+    monkeypatch.setattr(export.BundleClassifier, "outputs",
+                        lambda self, batch: (batches.append(len(batch)), outputs(self, batch))[1])
     recorder = Recorder()
     result = export.export(trained_bundle.bundle, format="tflite", quantize="dynamic",
                            output=tmp_path / "q.tflite", check_images=[small_split / "test"],
                            reporter=recorder)
     assert result.n_images == 40 and result.comparison["images"] == 40  # 20 cats + 20 dogs
     assert not [w for w in recorder.warnings if "only" in w], recorder.warnings
+    assert batches == [32, 8], batches
     # a float export's round trip takes 8 of a folder: 4 of each class, not 8 cats
     classifier = export.BundleClassifier(trained_bundle.bundle)
     read, prepare = [], classifier.prepare
@@ -366,6 +372,20 @@ def test_quantized_check_by_hand():
     assert small["accuracy_drop"] == pytest.approx(0.075) and small["passed"]
     large = export.quantized_check(*_lose(100, 8))
     assert large["accuracy_drop"] == pytest.approx(0.08) and not large["passed"]
+    # outputs that are not numbers: NaN everywhere was "class 0" on both sides, agreement
+    # 100%, no sure image changed: passed
+    nan = np.full((n, 2), np.nan)
+    for quantized in (nan, np.where(np.arange(n)[:, None] == 3, np.inf, sound)):
+        check = export.quantized_check(floating, quantized, labels)
+        assert not check["passed"] and check["non_finite"] == (n if quantized is nan else 1)
+    check = export.quantized_check(nan, nan, None)
+    assert not check["passed"] and check["agreement"] == 1.0
+    assert export._refusal("float16", {**check, "images": n, "source": "data/validate"}) == (
+        f"the float16 export is not a faithful copy of the float model: its outputs are not "
+        f"numbers (NaN or infinite) for {n} images, on {n} images of data/validate; nothing "
+        "was written (the float model (no --quantize) is the faithful one; a model unsure of "
+        "most images, near chance, is hard to copy faithfully)")
+    assert check["non_finite"] == n
 
 
 def _lose(n: int, k: int):

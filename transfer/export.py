@@ -559,6 +559,9 @@ def comparison_images(classifier: BundleClassifier, fallback: np.ndarray, fallba
     return fallback, None, fallback_source
 
 
+# images per call of the Keras model in the check (TFLite's runs are batched alike)
+CHECK_BATCH = 32
+
 # fewer images than this (or none the float model is sure of) and a quantized export's check
 # is said to say little: on 2 images a collapsed int8 model can agree by chance
 FEW_TO_COMPARE = 20
@@ -627,8 +630,10 @@ def quantized_check(float_probs: np.ndarray, quant_probs: np.ndarray,
                             "min_agreement": MIN_AGREEMENT,
                             "max_accuracy_drop": MAX_ACCURACY_DROP,
                             "sign_test_z": SIGN_TEST_Z}
+    # a model whose outputs are not numbers agreed with itself on "class 0" everywhere
+    result["non_finite"] = int((~np.isfinite(quant_probs)).any(axis=1).sum())
     result["passed"] = bool(result["agreement"] >= MIN_AGREEMENT and changed <= allowed
-                            and not real_loss)
+                            and not real_loss and not result["non_finite"])
     return result
 
 
@@ -664,7 +669,7 @@ def _quantized(classifier: BundleClassifier, quantize: str, staged: Path, work: 
     embed_metadata(floating, _embedded_meta(classifier.meta, model, "none"))
     float_diff = float(np.max(np.abs(_run_tflite(floating, x).reshape(expected.shape)
                                      - expected)))
-    if float_diff > TOLERANCE["tflite"]:
+    if not float_diff <= TOLERANCE["tflite"]:  # NaN too
         raise TransferError(f"the float tflite conversion differs from the Keras model by "
                             f"{float_diff:.3g} (> {TOLERANCE['tflite']:g}) on {len(x)} images, "
                             "before quantization; nothing was written")
@@ -730,6 +735,9 @@ def _refusal(quantize: str, c: dict) -> str:
     """One line saying which of quantized_check's conditions failed."""
     t = c["thresholds"]
     failed = []
+    if c.get("non_finite"):
+        failed.append(f"its outputs are not numbers (NaN or infinite) for {c['non_finite']} "
+                      "images")
     if c["confident_changed"] > t["confident_changed_at_most"]:
         failed.append(f"{c['confident_changed']} of the {c['confident_images']} images the "
                       f"float model is sure of changed class (at most "
@@ -849,7 +857,12 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
     # int8's calibration images: read now, so that a training folder gone is said before
     # seconds of conversion, not after
     calibrated = calibration_images(classifier) if s.quantize == "int8" else None
-    expected = classifier.outputs(x)
+    expected = np.concatenate([classifier.outputs(x[i:i + CHECK_BATCH])  # 1000 at once:
+                               for i in range(0, len(x), CHECK_BATCH)])  # GBs of activations
+    if not np.isfinite(expected).all():  # the float check said "differ by nan" of the export
+        raise TransferError(f"{model}'s own outputs are not numbers (NaN or infinite) on the "
+                            f"{len(x)} check images ({source}): its training diverged; train "
+                            "it again (a lower --lr) before exporting it; nothing was written")
 
     # the folders made for --output go again when the export fails or is interrupted
     with _output_folder(output.parent, model if s.output is None else None):
@@ -862,8 +875,12 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
             # export made under a name of its own
             tf_work, alias = tf_reachable(work)
             suffix = "".join(output.suffixes[-1:])
-            staged = tf_work / (output.name if tf_safe(output.name)
-                                else "export" + (suffix if tf_safe(suffix) else ""))
+            # in a folder of its own: --output float.tflite (or meta.json, replaced, ...) was
+            # the work folder's reference model, overwritten by the quantized one it is
+            # compared with
+            (tf_work / "out").mkdir()
+            staged = tf_work / "out" / (output.name if tf_safe(output.name)
+                                        else "export" + (suffix if tf_safe(suffix) else ""))
             reporter.info(f"exporting {model} as {fmt} and checking it on {len(x)} images ...")
             comparison = None
             if fmt == "keras":
@@ -906,7 +923,7 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
                 aside = free_name(output.with_name(f"{output.name}.old"))
                 os.replace(output, aside)
                 reporter.warn(bundle.kept_aside("SavedModel", output, theirs, aside))
-            elif output.exists():
+            elif output.is_dir():  # a file is replaced by the rename itself, never missing
                 os.replace(output, work / "replaced")
             os.replace(staged, output)
             return result
