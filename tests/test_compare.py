@@ -207,6 +207,21 @@ def test_a_new_comparison_stopped_before_any_bundle_leaves_no_empty_folder(
     assert mine.is_dir()
 
 
+def test_overrides_that_move_a_runs_split_are_refused(tiny_split, tmp_path):
+    """The runs' F1 is measured on the first run's validation images: a later run given
+    another seed or validation split (the library's ``overrides``) trained on some of them
+    and was scored on them, its F1 inflated beside its own val_accuracy."""
+    settings = CompareSettings(data_dir=tiny_split, output=tmp_path / "cmp",
+                               runs=["scratch", "frozen"])
+    for field, value in (("seed", 7), ("validation_split", 0.5),
+                         ("data_dir", tiny_split / "train"), ("train_dir", tiny_split / "train")):
+        with pytest.raises(TransferError) as caught:
+            compare(settings, overrides={**TINY, "frozen": {"epochs": 2, field: value}})
+        assert str(caught.value).startswith(f"overrides of frozen change {field}: the runs of "
+                                            "a comparison share one split"), caught.value
+    assert not (tmp_path / "cmp").exists()  # refused before anything trained
+
+
 def test_an_existing_bundle_is_refused_before_any_run_trains(tiny_split, tmp_path):
     out = tmp_path / "cmp"
     (out / "frozen").mkdir(parents=True)

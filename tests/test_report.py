@@ -497,6 +497,39 @@ def test_a_damaged_compare_json_is_one_error_naming_it(tmp_path, content, messag
     assert not (tmp_path / "r.html").exists()
 
 
+def test_a_comparison_as_compare_writes_a_diverged_run_renders(tmp_path):
+    """compare.json as compare writes it for a fine-tuning that diverged (its NaN loss written
+    as null) was refused by `transfer report` as damaged ("fine_tuned: val_loss must be a
+    number, not null"); and the nulls read() accepts for seconds, parameters trained and
+    bundle crashed the page with a TypeError traceback. They read "-" and "not a number"."""
+    from typer.testing import CliRunner
+
+    from transfer.cli import app
+    from transfer.files import write_json
+
+    folder = tmp_path / "cmp"
+    folder.mkdir()
+    frozen = GOOD_COMPARISON["runs"]["frozen"]
+    runs = {"frozen": {**frozen, "seconds": None, "parameters_trained": None, "bundle": None},
+            "fine-tuned": {**frozen, "fine_tune_result": {
+                "kept": False, "fine_tuned": {"val_loss": float("nan")},
+                "frozen": {"val_loss": 0.30125}}}}
+    write_json(folder / "compare.json", {**GOOD_COMPARISON, "runs": runs})
+    assert '"val_loss": null' in (folder / "compare.json").read_text()
+    page = html.unescape(render_report(folder))
+    said = " ".join(re.sub(r"<[^>]+>", " ", page).split())
+    assert ("fine-tuned: fine-tuning did not lower the validation loss (not a number against "
+            "0.3013 before it)") in said
+    rows = [re.findall(r"<td[^>]*>([^<]*)</td>", row) for row in re.findall(r"<tr>.*?</tr>",
+                                                                          page)]
+    by_run = {cells[0]: cells for cells in rows if cells}
+    assert by_run["frozen"][-3:] == ["-", "-", "-"]  # seconds, parameters trained, bundle
+    assert by_run["fine-tuned"][-3:] == ["12", "1,285", "frozen"]
+    result = CliRunner().invoke(app, ["report", str(folder), "--output", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r.html").is_file()
+
+
 def test_an_evaluation_page_names_whose_engine_each_row_is(trained_bundle, small_split,
                                                          tmp_path, monkeypatch):
     """An evaluation's page showed the training's engine and images/s (meta.json) as the

@@ -102,6 +102,10 @@ def ensure_weights(runs, reporter=None) -> None:
                 reporter=reporter)
 
 
+# TrainSettings fields that decide the split: the same for every run of a comparison
+SPLIT_FIELDS = ("data_dir", "train_dir", "validate_dir", "validation_split", "seed")
+
+
 def compare(settings: CompareSettings, reporter: Reporter | None = None,
             overrides: dict | None = None) -> CompareResult:
     """Train each of ``settings.runs`` on the same split, write the bundles and the comparison.
@@ -111,20 +115,28 @@ def compare(settings: CompareSettings, reporter: Reporter | None = None,
             ``force`` is refused before anything trains).
         reporter: progress and messages; silent by default.
         overrides: per run, TrainSettings fields to change (e.g. ``{"scratch": {"epochs":
-            2}}``): for tests and experiments; the comparison records them.
+            2}}``): for tests and experiments; the comparison records them. The fields of
+            the split (``SPLIT_FIELDS``) are refused: every run is scored on one split.
 
     Returns:
         CompareResult: the output folder and one row per run.
 
     Raises:
-        TransferError: a bad setting, an existing comparison or bundle without ``force``, or
-            whatever ``train`` refuses (missing folders, unreadable images, ...).
+        TransferError: a bad setting or override, an existing comparison or bundle without
+            ``force``, or whatever ``train`` refuses (missing folders, unreadable images, ...).
     """
     from transfer.training import plan
 
     settings = given(settings, CompareSettings, "compare").validated()
     reporter = reporter or Reporter()
     overrides = overrides or {}
+    for run, changed in overrides.items():  # every run is scored on the first run's split
+        moved = [key for key in changed if key in SPLIT_FIELDS]
+        if moved:
+            raise TransferError(f"overrides of {run} change {', '.join(moved)}: the runs of a "
+                                "comparison share one split (their F1 is measured on the "
+                                "first run's validation images); set data_dir, "
+                                "validation_split and seed on the CompareSettings")
     out = Path(settings.output)
     planned = {}
     for run in settings.runs:
@@ -239,6 +251,11 @@ def _cache_label(cache) -> str:
     return "\n(partly cached)" if str(cache or "").startswith("partial") else ""
 
 
+def _loss(value) -> str:
+    """A loss of compare.json: null is what a diverged run's NaN was written as."""
+    return "not a number" if value is None else f"{value:.4f}"
+
+
 def notes(data: dict) -> list[str]:
     """What a reader of the table must know besides its numbers: runs whose seconds leave
     out the feature pass (a cache hit), a fine-tuned run whose fine-tuning was undone (it holds
@@ -265,9 +282,9 @@ def notes(data: dict) -> list[str]:
         tuned = row.get("fine_tune_result")
         if bundle.fine_tune_undone(tuned):
             said.append(f"{name}: fine-tuning did not lower the validation loss "
-                        f"({tuned['fine_tuned']['val_loss']:.4f} against "
-                        f"{tuned['frozen']['val_loss']:.4f} before it), so this run kept its "
-                        "frozen base and head")
+                        f"({_loss(tuned['fine_tuned']['val_loss'])} against "
+                        f"{_loss(tuned['frozen']['val_loss'])} before it), so this run kept "
+                        "its frozen base and head")
     return said
 
 
@@ -399,8 +416,10 @@ def render_section(data: dict, png: Path | None = None) -> str:
         f1 = row.get("per_class_f1") or {}
         cells = [e(name), num(row.get("val_accuracy")), num(row.get("val_loss")),
                  num(row.get("macro_f1")), *[num(f1.get(c)) for c in classes],
-                 epochs_cell(row), f"{row.get('seconds', 0):.0f}",
-                 f"{row.get('parameters_trained', 0):,}", e(Path(row.get("bundle", "")).name)]
+                 epochs_cell(row), num(row.get("seconds"), 0),
+                 "-" if row.get("parameters_trained") is None
+                 else f"{row['parameters_trained']:,}",
+                 e(Path(row["bundle"]).name if row.get("bundle") else "-")]
         body += "<tr>" + "".join(f'<td class="{"l" if i == 0 else ""}">{c}</td>'
                                  for i, c in enumerate(cells)) + "</tr>"
     head = "".join(f'<th class="{"l" if i == 0 else ""}">{e(h)}</th>'
@@ -467,7 +486,6 @@ def read(folder: Path) -> dict:
             where = f"{path}: runs.{name}.fine_tune_result"
             phases = ("fine_tuned", "frozen")
             check_field_types(tuned, dict.fromkeys(phases, dict), where, required=phases)
-            for phase in phases:
-                check_field_types(tuned[phase], {"val_loss": (int, float)}, f"{where}.{phase}",
-                                  required=("val_loss",))
+            for phase in phases:  # null: a diverged run's NaN, as compare wrote it
+                check_field_types(tuned[phase], {"val_loss": (int, float)}, f"{where}.{phase}")
     return data
