@@ -73,6 +73,13 @@ def test_a_bundle_named_with_a_trailing_slash_is_that_bundle(models_dir):
         settings = ServeSettings(models_dir=models_dir, model=name).validated()
         assert settings.model == "cats-dogs"
         serve.create_app(settings)  # the default model found at start
+    # ./cats-dogs, as a shell's tab completion in the models folder writes it: "--model
+    # ./cats-dogs: no bundle of that name in ." (Path drops the "./")
+    with contextlib.chdir(models_dir):
+        for name in ("./cats-dogs", "./cats-dogs/", "../" + models_dir.name + "/cats-dogs"):
+            settings = ServeSettings(models_dir=".", model=name).validated()
+            assert settings.model == "cats-dogs", name
+            serve.create_app(settings)
 
 
 def test_health_and_models(client, trained_bundle):

@@ -945,9 +945,11 @@ class ServeSettings(Settings):
         at_least("cache_size", self.cache_size, 1)
         not_a_file("models_dir", self.models_dir)
         model = self.model
-        if model and len(Path(model).parts) > 1:
+        # "lib1/", as a shell's tab completion writes it: the bundle lib1
+        named = (os.fspath(model).rstrip("/" + os.sep) or os.fspath(model)) if model else model
+        if named and ("/" in named or os.sep in named):  # ./lib1 too (Path drops its "./")
             # a path, as every other command takes it: fine when it leads into --models-dir
-            path, root = Path(model), Path(self.models_dir)
+            path, root = Path(named), Path(self.models_dir)
             inside = (path.parent == root or os.path.realpath(path.parent)
                       == os.path.realpath(root))
             if not inside or path.name in ("", ".", ".."):
@@ -963,8 +965,8 @@ class ServeSettings(Settings):
                     f"--model {model} is not a bundle directly inside --models-dir {root}: "
                     f"serve it with --models-dir {path.parent} --model {path.name}")
             model = path.name
-        elif model:  # "lib1/", as a shell's tab completion writes it: the bundle lib1
-            model = os.fspath(model).rstrip("/" + os.sep) or os.fspath(model)
+        else:
+            model = named
         return self.replace(models_dir=Path(self.models_dir), model=model)
 
 
