@@ -48,6 +48,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # The report written at the end of every train/evaluate skips its Grad-CAM overlays in the
 # suite (about 2 s a run); tests/test_report.py checks the overlays with write_report itself.
 os.environ.setdefault("TRANSFER_REPORT_GRADCAMS", "0")
+# One TensorFlow thread per op and between ops in each test process (and the workers it
+# starts): the suite runs several processes at once, each of which would otherwise start a
+# thread pool as wide as the machine. Measured on 2 cores (test_training, test_export,
+# test_quantize and test_evaluate, 2 workers, one run each way): 8% less CPU, 5% less time.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 
 def in_ci() -> bool:
