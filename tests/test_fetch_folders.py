@@ -1414,6 +1414,31 @@ def test_names_that_are_not_utf8_split_train_and_export(flowers, tmp_path):
         assert attached.read("labels.txt") == b"d\xe9licate\nr\xf6ses\n"
 
 
+def test_names_that_are_not_utf8_are_printed_on_a_strict_utf8_stdout(flowers, tmp_path):
+    """The same stick's split through the CLI on a desktop's standard output (en_US.UTF-8:
+    strict, where the C locale's is lenient): the split was written, then its table ended in
+    a UnicodeEncodeError traceback, exit 1. The names are printed as their bytes."""
+    import subprocess
+    import sys
+
+    source = os.fsencode(tmp_path / "stick")
+    for cls, raw in (("daisy", b"d\xe9licate"), ("roses", b"roses")):
+        os.makedirs(source + b"/" + raw)
+        for i, photo in enumerate(sorted((flowers / cls).iterdir())[:5]):
+            shutil.copyfile(photo, source + b"/" + raw + b"/ph\xf6to%d.jpg" % i)
+    with open(source + b"/roses/cass\xe9.jpg", "wb") as broken:  # in the skipped list
+        broken.write(b"not a photo")
+    data = tmp_path / "data"
+    result = subprocess.run(
+        [sys.executable, "-m", "transfer", "fetch-data", "--archive", source, "--data-dir",
+         str(data)], env={**os.environ, "PYTHONIOENCODING": "utf-8:strict", "COLUMNS": "120"},
+        capture_output=True, timeout=300)
+    said = result.stdout + result.stderr
+    assert result.returncode == 0 and b"Traceback" not in said, said.decode(errors="replace")
+    assert b"d\xe9licate" in result.stdout and b"cass\xe9.jpg" in said
+    assert sorted(os.listdir(os.fsencode(data / "train"))) == [b"d\xe9licate", b"roses"]
+
+
 def test_photos_inside_the_split_they_would_replace_are_refused(flowers, tmp_path):
     """Kaggle's train/ unzipped into data/ and given back: `--archive data/train --data-dir
     data --force` moved the photos aside to train.old, and the same command again was told

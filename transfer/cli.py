@@ -1416,6 +1416,11 @@ def main() -> None:
     """Console-script entry point."""
     _own_temp_folder("transfer-run-")
     _state["console"] = True
+    from transfer.files import names_as_their_bytes
+
+    # a table or line naming a class folder of a Latin-1 USB stick ended a finished split in a
+    # UnicodeEncodeError traceback on a desktop's strict UTF-8 stdout (stderr is lenient)
+    names_as_their_bytes(sys.stdout)
     try:
         app(args=hoisted_verbose(sys.argv[1:]), prog_name="transfer")
     except SystemExit as exc:

@@ -82,12 +82,19 @@ def standard_stream(path: Path):
     return None
 
 
-def write_stream(stream, text: str) -> None:
-    """``text`` to a standard stream, names that are not UTF-8 as the file system holds them
-    (their bytes, as every file transfer writes): a strict UTF-8 stdout raised on them."""
+def names_as_their_bytes(stream) -> None:
+    """Make ``stream`` (a standard stream) write names that are not UTF-8 as the file system
+    holds them (their bytes, as every file transfer writes): a strict UTF-8 stdout (a desktop
+    locale such as en_US.UTF-8) raised UnicodeEncodeError on them."""
     reconfigure = getattr(stream, "reconfigure", None)
     if reconfigure is not None and getattr(stream, "errors", None) != "surrogateescape":
         reconfigure(errors="surrogateescape")
+
+
+def write_stream(stream, text: str) -> None:
+    """``text`` to a standard stream, names that are not UTF-8 as their bytes
+    (``names_as_their_bytes``)."""
+    names_as_their_bytes(stream)
     # still buffered: what cannot be written at the end is the CLI's one line (exit 120)
     stream.write(text)
 
