@@ -1374,6 +1374,32 @@ def test_a_failed_run_on_a_wrapper_zip_leaves_no_copy_and_names_the_users_file(f
         assert str(info.value) == (f"the train.zip inside {tmp_path / 'bad.zip'} is not a "
                                    "readable zip archive (not a zip, or truncated)")
     assert not (tmp_path / "new").exists()
+    # a damaged train.zip stored whole (a bad CRC), or compressed by a method Python's zip
+    # reader lacks (Deflate64: Windows' own zip for large files): a BadZipFile or
+    # NotImplementedError traceback
+    with zipfile.ZipFile(tmp_path / "stored.zip", "w", zipfile.ZIP_STORED) as outer:
+        outer.write(inner, "train.zip")
+    whole = bytearray((tmp_path / "stored.zip").read_bytes())
+    flipped = bytearray(whole)
+    middle = whole.index(inner.read_bytes()) + len(inner.read_bytes()) // 2
+    flipped[middle] ^= 0xFF
+    deflate64 = bytearray(whole)
+    # the outer zip's local header (first) and central record (last; the inner zip's own
+    # records sit inside the stored member)
+    for start, at in ((deflate64.index(b"PK\x03\x04"), 8),
+                      (deflate64.rindex(b"PK\x01\x02"), 10)):
+        deflate64[start + at:start + at + 2] = (9).to_bytes(2, "little")
+    for name, content, reason in (("crc.zip", flipped, "Bad CRC-32 for file 'train.zip'"),
+                                  ("d64.zip", deflate64, "compression method")):
+        (tmp_path / name).write_bytes(bytes(content))
+        with pytest.raises(TransferError) as info:
+            fetch_data(FetchOptions(archive=tmp_path / name, data_dir=data))
+        said = str(info.value)
+        assert said.startswith(f"the train.zip inside {tmp_path / name} cannot be read (")
+        assert reason in said and said.endswith(
+            f"); download {name} again, or unzip it and give the train.zip inside as "
+            "--archive"), said
+        assert not (tmp_path / "new").exists()
 
 
 def test_an_archive_that_is_neither_file_nor_folder_is_said_so(tmp_path):

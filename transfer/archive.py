@@ -787,6 +787,12 @@ def _unwrap(images: ZipImages, member: zipfile.ZipInfo, archive: Path, cache: Pa
             with images.zip.open(member) as src, open(part, "wb") as dst:
                 shutil.copyfileobj(src, dst)
             os.replace(part, unpacked)
+        except OSError:  # the disk: said as the CLI says any
+            raise
+        except Exception as exc:  # the zip's part: a bad CRC, Deflate64 (Windows), encrypted
+            raise TransferError(f"the {member.filename} inside {archive} cannot be read "
+                                f"({exc}); download {archive.name} again, or unzip it and "
+                                f"give the {name} inside as --archive") from exc
         finally:
             part.unlink(missing_ok=True)
         earlier = re.compile(rf"{re.escape(archive.stem)}-([0-9a-f]{{9,}}-)?{re.escape(name)}")
