@@ -336,8 +336,11 @@ class Server:
 
     def __init__(self, payload: bytes, cut_after: int | None = None, length: bool = True,
                  ranges: bool = True, cut_every: int | None = None,
-                 range_length: bool = True):
+                 range_length: bool = True, busy: tuple[int, ...] = (),
+                 busy_after: int = 0):
         self.payload, self.cut_after, self.requests = payload, cut_after, []
+        # the status codes answered, one a request, from request ``busy_after`` on (a 503)
+        self.busy, self.busy_after = list(busy), busy_after
         self.cut_every = cut_every
         self.length = length  # False: no Content-Length on a whole-file answer
         self.ranges = ranges  # False: a Range header is ignored (the whole file, 200)
@@ -352,6 +355,11 @@ class Server:
             def do_GET(self):
                 rng = self.headers.get("Range")
                 server.requests.append(rng)
+                if server.busy and len(server.requests) > server.busy_after:
+                    self.send_response(server.busy.pop(0))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if not server.ranges:
                     rng = None
                 start = int(rng.split("=")[1].split("-")[0]) if rng else 0

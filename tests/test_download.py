@@ -118,6 +118,36 @@ def test_a_link_that_drops_often_but_moves_on_each_time_completes(tmp_path):
     assert len(reporter.warnings) == 6
 
 
+def test_a_server_busy_for_a_while_is_tried_again_and_the_part_kept(tmp_path):
+    """A 503 (or 502, 429...) while the server restarts ended the download at once, "failed:
+    HTTP 503", without saying the .part was kept. Tried again as a lost connection is; given
+    up on after the retries, saying what is kept."""
+    payload = bytes(range(256)) * 1000
+    dest = tmp_path / "file.zip"
+    reporter = RecordingReporter()
+    with Server(payload, cut_after=50_000, busy=(503, 502), busy_after=1) as server:
+        download(server.url, dest, reporter, retries=3, backoff=0)
+    assert dest.read_bytes() == payload
+    assert server.requests == [None, "bytes=50000-", "bytes=50000-", "bytes=50000-"]
+    assert [w for w in reporter.warnings if "answered" in w] == [
+        # the cut before them was attempt 1: one count of attempts, whatever ended each
+        "the server answered HTTP 503 Service Unavailable; trying again (attempt 2/3)",
+        "the server answered HTTP 502 Bad Gateway; trying again (attempt 3/3)"]
+    dest.unlink()
+    with Server(payload, cut_after=50_000, busy=(503,) * 9, busy_after=1) as server:
+        with pytest.raises(TransferError) as info:
+            download(server.url, dest, retries=2, backoff=0)
+    part = Path(str(dest) + ".part")
+    assert one_line(info.value) == (f"download of {server.url} failed after 2 retries (HTTP 503 "
+                                    f"Service Unavailable); 50000 bytes kept in {part}, run "
+                                    "again to resume")
+    assert part.read_bytes() == payload[:50_000] and len(server.requests) == 3
+    with Server(payload, busy=(404,)) as server:  # not the server's passing trouble: at once
+        with pytest.raises(TransferError, match="failed: HTTP 404 Not Found$"):
+            download(server.url, tmp_path / "other.zip", retries=2, backoff=0)
+    assert len(server.requests) == 1
+
+
 def test_a_server_that_ignores_the_range_and_drops_at_one_byte_is_given_up_on(tmp_path):
     """The retries reset only when an attempt holds more of the file than any before: a server
     that ignores the range (starting again each time) and drops at the same byte made the

@@ -27,6 +27,11 @@ from transfer.progress import Reporter
 CHUNK = 1 << 16
 
 
+# answers a server gives while overloaded or restarting (too many requests, an error of its
+# own, a gateway's): tried again as a lost connection is, the .part kept
+PASSING_HTTP_ERRORS = (429, 500, 502, 503, 504)
+
+
 def download(url: str, dest: Path, reporter: Reporter | None = None, retries: int = 5,
              timeout: float = 60.0, backoff: float = 1.0, offline_hint: str = "",
              facts: dict | None = None) -> Path:
@@ -98,6 +103,19 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
                     attempt += 1
                     if attempt > retries:
                         raise TransferError(f"download of {url} failed: HTTP 416") from exc
+                    continue
+                elif exc.code in PASSING_HTTP_ERRORS:  # the server's passing trouble
+                    got = part.stat().st_size if part.exists() else 0
+                    attempt += 1
+                    said = f"HTTP {exc.code} {exc.reason}"
+                    if attempt > retries:
+                        kept = (f"{got} bytes kept in {part}, run again to resume" if got
+                                else "nothing was downloaded; run again later")
+                        raise TransferError(f"download of {url} failed after {retries} "
+                                            f"retries ({said}); {kept}") from exc
+                    reporter.warn(f"the server answered {said}; trying again "
+                                  f"(attempt {attempt}/{retries})")
+                    time.sleep(backoff * attempt)
                     continue
                 else:
                     raise TransferError(f"download of {url} failed: HTTP {exc.code} {exc.reason}"
