@@ -862,7 +862,8 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
     if not np.isfinite(expected).all():  # the float check said "differ by nan" of the export
         raise TransferError(f"{model}'s own outputs are not numbers (NaN or infinite) on the "
                             f"{len(x)} check images ({source}): its training diverged; train "
-                            "it again (a lower --lr) before exporting it; nothing was written")
+                            "it again (a lower --learning-rate) before exporting it; nothing "
+                            "was written")
 
     # the folders made for --output go again when the export fails or is interrupted
     with _output_folder(output.parent, model if s.output is None else None):

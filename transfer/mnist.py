@@ -102,7 +102,7 @@ def load(dataset: str = "mnist", data: Path | None = None, reporter: Reporter | 
                             "--dataset mnist, or pass the Fashion-MNIST files")
     if dataset == "mnist" and data is not None and reporter is not None:
         # the other way round (Fashion-MNIST's files have MNIST's names): its labels cannot be
-        # known offline, its pictures can: clothes ink most of the square, digits a fifth
+        # known offline, its pictures can: clothes ink about half the square, digits a fifth
         ink = float(np.mean(x_train[:INK_SAMPLE] > 0))
         if ink > DIGITS_INK_AT_MOST and not is_mnist_digits(y_train, y_test):
             reporter.warn(f"{data}: {ink:.0%} of the training images' pixels are inked, where "
