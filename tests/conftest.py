@@ -256,3 +256,19 @@ def lock_held_elsewhere(folder: Path, shared: bool):
     finally:
         holder.kill()
         holder.wait(timeout=30)
+
+
+def diverged_copy(bundle_folder: Path, dest: Path) -> Path:
+    """A copy of a bundle whose head's weights are NaN: what a training that diverged saves
+    (with a warning). Its outputs are NaN for every image."""
+    import keras
+    import numpy as np
+
+    from transfer import bundle
+
+    shutil.copytree(bundle_folder, dest)
+    model = keras.saving.load_model(dest / bundle.MODEL, compile=False)
+    head = model.layers[-1]
+    head.set_weights([np.full_like(w, np.nan) for w in head.get_weights()])
+    model.save(dest / bundle.MODEL)
+    return dest

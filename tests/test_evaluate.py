@@ -141,6 +141,34 @@ def test_evaluate_loads_the_model_once_its_report_included(trained_bundle, small
     assert len(loads) == 1
 
 
+def test_a_diverged_model_has_no_accuracy_and_a_missing_class_is_said(trained_bundle,
+                                                                      small_split, tmp_path):
+    """A bundle whose training diverged (saved with a warning) answers NaN, argmax's first
+    class: evaluate reported that class's share as its accuracy (0.5 here) and passed
+    --assert-accuracy-at-least 0.5. It is refused, nothing written. And a class with no
+    folder at all (an empty one is refused) was left out without a word."""
+    from conftest import diverged_copy
+
+    broken = diverged_copy(trained_bundle.bundle, tmp_path / "diverged")
+    with pytest.raises(TransferError) as caught:
+        evaluate(broken, data_dir=small_split / "test", output=tmp_path / "ev",
+                 assert_accuracy_at_least=0.5)
+    assert str(caught.value) == (
+        f"{broken}'s outputs are not numbers (NaN or infinite) for 40 of the 40 images: its "
+        "training diverged, so it has no accuracy to measure; train it again with a lower "
+        "--learning-rate (nothing was written)")
+    assert not (tmp_path / "ev").exists()
+    cats = tmp_path / "only-cats"
+    shutil.copytree(small_split / "test" / "cats", cats / "cats")
+    recorder = Recorder()
+    report = evaluate(trained_bundle.bundle, data_dir=cats, output=tmp_path / "ev2",
+                      reporter=recorder).report
+    assert recorder.warnings == [
+        f"{cats} has no images of dogs (no class folder): the accuracy, balanced accuracy and "
+        "macro F1 are the other classes' alone"]
+    assert report["per_class"]["dogs"]["support"] == 0 and report["images"] == 20
+
+
 def test_evaluate_errors(trained_bundle, small_split, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(trained_bundle.bundle, copy)
@@ -206,7 +234,8 @@ def test_evaluate_errors(trained_bundle, small_split, tmp_path):
     reasons = {Path(item["file"]).name: item["reason"] for item in report["skipped"]}
     assert reasons["IMG_0001.HEIC"].startswith("HEIC (an iPhone's photos) is not a format "
                                                "transfer reads; convert them to JPEG")
-    assert "IMG_0002.dng" in reasons and len(recorder.warnings) == 3
+    assert "IMG_0002.dng" in reasons and len(recorder.warnings) == 4  # the 3, the class
+    assert recorder.warnings[-1].startswith(f"{tmp_path / 'single'} has no images of dogs")
     assert report["roc_auc"] is None and report["per_class"]["dogs"]["recall"] is None
     assert np.asarray(report["confusion_matrix"]).sum() == 5
     # nothing readable: the reasons come before the one error line; no empty output folder

@@ -444,16 +444,9 @@ def test_a_model_whose_outputs_are_not_numbers_is_not_exported(trained_bundle, h
     export's outputs differ ... by nan", blaming the conversion, and a quantized one passed
     its check (NaN everywhere: the same class, 100% agreement, no sure image changed) and was
     written. Both are refused, saying why."""
-    import shutil
+    from conftest import diverged_copy
 
-    import keras
-
-    broken = tmp_path / "diverged"
-    shutil.copytree(trained_bundle.bundle, broken)
-    model = keras.saving.load_model(broken / bundle.MODEL, compile=False)
-    head = model.layers[-1]
-    head.set_weights([np.full_like(w, np.nan) for w in head.get_weights()])
-    model.save(broken / bundle.MODEL)
+    broken = diverged_copy(trained_bundle.bundle, tmp_path / "diverged")
     for quantize in ("none", "float16"):
         out = tmp_path / "out" / f"{quantize}.tflite"
         with pytest.raises(TransferError) as caught:

@@ -204,6 +204,25 @@ def test_top_k_of_many_classes_is_best_first():
     classifier.class_names = ["a", "b", "c", "d"]
     ranked = classifier.ranked(np.array([[0.1, 0.4, 0.3, 0.2], [0.5, 0.05, 0.15, 0.3]]), 3)
     assert [[t["label"] for t in row] for row in ranked] == [["b", "c", "d"], ["a", "d", "c"]]
+    # two classes tied for the top (17 classes: numpy's default sort is then not stable):
+    # the first, as argmax takes it in evaluate, explain and serve (it gave the second)
+    classifier.class_names = [f"c{i}" for i in range(17)]
+    tied = np.arange(17) / 1000
+    tied[2] = tied[3] = 0.5
+    assert classifier.ranked(tied[None], 2)[0][0]["label"] == "c2" == f"c{tied.argmax()}"
+
+
+def test_a_diverged_models_answers_are_error_rows(trained_bundle, small_split, tmp_path):
+    """A bundle whose training diverged (saved with a warning) answers NaN: predict named the
+    first class for every photo, at probability nan. Each row is now an error saying why."""
+    from conftest import diverged_copy
+
+    broken = diverged_copy(trained_bundle.bundle, tmp_path / "diverged")
+    photos = [str(p) for p, _ in split_images(small_split / "test", 1)]
+    result = predict.predict(photos, model=broken)
+    assert [(i.label, i.error) for i in result.items] == [(None, predict.NOT_NUMBERS)] * 2
+    rows = json.loads(result.to_json())["predictions"]
+    assert [r["label"] for r in rows] == [None, None]
 
 
 def test_bad_inputs_get_error_rows_and_the_rest_is_predicted(trained_bundle, real_photos,

@@ -443,12 +443,24 @@ def _evaluate(s: EvaluateSettings, reporter: Reporter, classifier: BundleClassif
         raise TransferError(f"no readable image in {data_dir}")
     if not in_memory:
         unscored(data_dir, files, labels, skipped)
+    present = {label for _, label in files}
+    absent = [name for k, name in enumerate(names) if k not in present]
+    if absent:  # an empty folder is refused; a class without one went unsaid
+        reporter.warn(f"{where} has no images of {', '.join(absent)}"
+                      f"{'' if in_memory else ' (no class folder)'}: the accuracy, balanced "
+                      "accuracy and macro F1 are the other classes' alone")
     seen = seen_in_training(model, kept, [names[label] for label in labels])
     if seen:
         reporter.warn(f"{seen} of the {len(kept)} images are this model's training images "
                       "(same file name, size and bytes): the accuracy on them overstates how "
                       "it does on new photos")
     probs = np.stack(probs)
+    broken = int((~np.isfinite(probs)).any(axis=1).sum())
+    if broken:  # NaN is argmax's first class: the accuracy was that class's share, gate passed
+        raise TransferError(f"{model}'s outputs are not numbers (NaN or infinite) for {broken} "
+                            f"of the {len(probs)} images: its training diverged, so it has no "
+                            "accuracy to measure; train it again with a lower --learning-rate "
+                            "(nothing was written)")
     y = np.asarray(labels)
     predicted = probs.argmax(axis=1)
     matrix = metrics.confusion_matrix(y, predicted, len(names))

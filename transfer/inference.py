@@ -248,7 +248,8 @@ class Classifier:
 
     def ranked(self, probs: np.ndarray, k: int) -> list[list[dict]]:
         """The ``k`` best labels of each row of ``probs``, best first."""
-        order = np.argsort(-probs, axis=1)[:, :k]
+        # stable: of two classes tied, the first, as argmax (evaluate, explain, serve) takes it
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [[{"label": self.class_names[j], "probability": float(p[j])} for j in row]
                 for p, row in zip(probs, order, strict=True)]
 

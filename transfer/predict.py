@@ -190,6 +190,10 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
     done = [(i, c) for i, c in zip(todo, classified, strict=True) if c.error is None]
     for i, c in zip(todo, classified, strict=True):
         items[i].error, items[i].image = c.error, c.notes
+    for i, c in done:  # NaN was "the first class" at probability nan
+        if not np.isfinite(c.probabilities).all():
+            items[i].error = NOT_NUMBERS
+    done = [(i, c) for i, c in done if items[i].error is None]
     if done:
         probs = np.stack([c.probabilities for _, c in done])
         for (i, c), ranked in zip(done, classifier.ranked(probs, k), strict=True):
@@ -206,6 +210,12 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
     if s.output is not None:  # as `transfer predict --output` writes it
         write_text(s.output, result.render(s.format), force=s.force)
     return result
+
+
+# a row whose probabilities are not numbers: a model whose training diverged (train and mnist
+# save it with a warning)
+NOT_NUMBERS = ("the model's outputs for it are not numbers (NaN or infinite): its training "
+               "diverged; train it again with a lower --learning-rate")
 
 
 def once(rows: list[tuple[str, object, str | None]]) -> list[tuple[str, object, str | None]]:
