@@ -198,6 +198,20 @@ def test_train_refuses_what_would_measure_nothing_or_write_among_the_photos(tmp_
     assert apart.preview_folder() == tmp_path / "split"
 
 
+def test_models_dir_is_checked_only_when_the_bundle_goes_there(tmp_path, monkeypatch):
+    """With --output nothing is written into --models-dir (bundle, latest and checkpoints go
+    beside the output), yet a file named models in the folder one stood in stopped the run:
+    "--models-dir models is a file, not a folder", an option never given."""
+    (tmp_path / "ph/cats").mkdir(parents=True)
+    (tmp_path / "ph/dogs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    Path("models").write_text("my notes on models")
+    settings = TrainSettings(data_dir=Path("ph"), output=tmp_path / "out" / "m").validated()
+    assert settings.output == tmp_path / "out" / "m"
+    with pytest.raises(TransferError, match=r"^--models-dir models is a file, not a folder"):
+        TrainSettings(data_dir=Path("ph")).validated()  # where the bundle would go
+
+
 def test_an_unknown_augment_setting_from_python_is_one_error():
     """TrainSettings(augment={"bogus": 1}) (a settings.json edited by hand) raised a bare
     TypeError from inside the dataclass."""

@@ -655,8 +655,12 @@ class TrainSettings(Settings):
             positive("fine_tune_lr", self.fine_tune_lr)
             at_least("fine_tune_epochs", self.fine_tune_epochs, 1)
         hp = self.resolved()
+        # with --output nothing goes into --models-dir (bundle, latest and checkpoints land
+        # beside the output): a file named models where one stands did not stop such a run
+        unused = ("models_dir",) if hp.output is not None else ()
         for name in ("data_dir", "train_dir", "validate_dir", "models_dir", "tensorboard"):
-            not_a_file(name, getattr(hp, name))
+            if name not in unused:
+                not_a_file(name, getattr(hp, name))
         read = hp.folders_read()
         if not preview_only:  # `train --preview-only` writes its picture alone: no bundle
             outside_data("output", hp.output, *read)
@@ -678,7 +682,8 @@ class TrainSettings(Settings):
                                     "training photos measures nothing; give two folders apart")
         if preview_only:  # nor models folder nor logs
             return hp._preview_checked(preview_only=True)
-        writable("models_dir", hp.models_dir)
+        if "models_dir" not in unused:
+            writable("models_dir", hp.models_dir)
         writable("tensorboard", hp.tensorboard)
         if hp.preview_augment:  # written into the data folder at the end: checked now
             hp._preview_checked()
