@@ -1123,6 +1123,20 @@ def test_a_lost_workers_line_names_what_a_rerun_resumes_from(tiny_split, tmp_pat
     assert kept(True, False, augment=still, feature_cache=False) == ""
     assert kept(False, False, True, augment_copies=0) == "the epoch checkpoints the chief saved"
     assert kept(False, False, False, augment_copies=0) == ""
+    # without --output the checkpoints' folder is named after this run's time: the same
+    # command again starts over (the line promised a resume)
+    run = plan(TrainSettings(data_dir=tiny_split, base="mobilenet", alpha=0.25,
+                             weights="none", models_dir=tmp_path / "models",
+                             augment_copies=0).validated())
+    (run.checkpoint_dir / "state").mkdir(parents=True)
+    (run.checkpoint_dir / "state" / "epoch-1.weights.h5").write_bytes(b"saved")
+    assert kept_for_a_rerun(run, SimpleNamespace(features_kept=False, chief=True)) == (
+        f"the epoch checkpoints in {run.checkpoint_dir} (found again only with --output "
+        f"{run.target})")
+    assert kept_for_a_rerun(run, SimpleNamespace(features_kept=False, chief=False,
+                                                 checkpoints_kept=True)) == (
+        "the epoch checkpoints the chief saved (found again only with the --output the "
+        "chief's line names)")
     down = tf.errors.UnavailableError(None, None, "Socket closed")
     assert str(cluster.lost(down, 60.0, "the feature pass (train)", kept="")).endswith(
         "no bundle written. Start the same command again on every worker (it starts over: "

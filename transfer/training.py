@@ -444,16 +444,22 @@ def kept_for_a_rerun(run, cluster) -> str:
     one cannot see but knows of, working in step (it said "nothing of this run is kept" while
     the chief said the opposite)."""
     kept = []
+    # without --output the bundle's name is this run's time, and so is its checkpoints' folder:
+    # the same command again names another and starts over (the line said it resumed)
+    named = run.settings.output is not None
     if not cluster.chief:
         if run.use_cache and run.settings.feature_cache and cluster.features_kept:
             kept.append("the features the chief cached")
         if run.pipeline_used and cluster.checkpoints_kept:
-            kept.append("the epoch checkpoints the chief saved")
+            kept.append("the epoch checkpoints the chief saved" + (
+                "" if named else " (found again only with the --output the chief's line "
+                "names)"))
         return " and ".join(kept)
     if run.use_cache and run.settings.feature_cache and cluster.features_kept:
         kept.append(f"the features cached in {run.feature_cache_dir}")
     if run.pipeline_used and any(p.is_file() for p in _files_under(run.checkpoint_dir)):
-        kept.append(f"the epoch checkpoints in {run.checkpoint_dir}")
+        kept.append(f"the epoch checkpoints in {run.checkpoint_dir}" + (
+            "" if named else f" (found again only with --output {run.target})"))
     return " and ".join(kept)
 
 
