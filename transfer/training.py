@@ -957,6 +957,14 @@ def unused_options(run: RunPlan) -> list[str]:
     if tuning and hp.fine_tune == 0 and run.base.pretrained:
         said.append(f"{' '.join(tuning)} unused: no fine-tuning without --fine-tune N (the "
                     "top N layers of the base to unfreeze)")
+    elif tuning and not run.base.pretrained:
+        said.append(f"{' '.join(tuning)} unused: a CNN from scratch trains whole from the "
+                    "start; there is no pretrained base to fine-tune")
+    if hp.distribute == "mirrored" and not run.pipeline_used:
+        said.append("--distribute mirrored unused: this run's base runs once a photo (the "
+                    "feature pass) and its head trains on those features, neither under "
+                    "Keras's strategy; it spreads end-to-end fits over the devices (--fine-tune "
+                    "N, --augment-copies 0, --base scratch)")
     # --no-flip keeps test-time flips off (test_time_flips); with --no-augment they are off
     # and no photo is flipped anyway
     no_flip = [] if hp.augment.flip else ["--no-flip"]
@@ -1118,7 +1126,9 @@ def training_meta(run: RunPlan, built: phases.Built, feats: phases.Features | No
                   "fine_tune_epochs": hp.fine_tune_epochs if hp.fine_tune else 0,
                   # kept or not, with the frozen and the fine-tuned model's validation
                   **({"fine_tune_result": tuned} if tuned else {}),
-                  "distribute": hp.distribute, "replicas": built.replicas,
+                  # the strategy spreads end-to-end fits only (unused_options says so)
+                  "distribute": hp.distribute,
+                  "replicas": built.replicas if run.pipeline_used else 1,
                   "custom_loop": fit.info.get("custom_loop")},
         data=data_meta(run),
         skipped=run.skipped.as_list(),
