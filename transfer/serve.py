@@ -1384,6 +1384,12 @@ def create_app(settings: ServeSettings):
                               f"{api_words(store.public(exc))}")
         answer["server_seconds"] = round(time.perf_counter() - started, 4)
         if answer["predictions"] and answer["failed"] == len(answer["predictions"]):
+            from transfer.predict import NOT_NUMBERS
+
+            if any(p["error"] == NOT_NUMBERS for p in answer["predictions"]):  # not the photos'
+                return error(500, f"cannot use model {answer.get('model') or model!r}: its "
+                                  "outputs are not numbers (NaN or infinite): its training "
+                                  "diverged; train it again with a lower --learning-rate")
             names = ", ".join(f"{p['file']} ({p['error']})" for p in answer["predictions"])
             return error(415, f"no usable image: {names}",
                          errors=[{"file": p["file"], "error": p["error"]}
