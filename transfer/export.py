@@ -57,7 +57,7 @@ from transfer.files import (
     tf_reachable,
     tf_safe,
 )
-from transfer.inference import BundleClassifier, folder_images, writable_folder
+from transfer.inference import BATCH_SIZE, BundleClassifier, folder_images, writable_folder
 from transfer.progress import Reporter
 from transfer.settings import ExportSettings
 
@@ -559,9 +559,6 @@ def comparison_images(classifier: BundleClassifier, fallback: np.ndarray, fallba
     return fallback, None, fallback_source
 
 
-# images per call of the Keras model in the check (TFLite's runs are batched alike)
-CHECK_BATCH = 32
-
 # fewer images than this (or none the float model is sure of) and a quantized export's check
 # is said to say little: on 2 images a collapsed int8 model can agree by chance
 FEW_TO_COMPARE = 20
@@ -857,8 +854,9 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
     # int8's calibration images: read now, so that a training folder gone is said before
     # seconds of conversion, not after
     calibrated = calibration_images(classifier) if s.quantize == "int8" else None
-    expected = np.concatenate([classifier.outputs(x[i:i + CHECK_BATCH])  # 1000 at once:
-                               for i in range(0, len(x), CHECK_BATCH)])  # GBs of activations
+    # predict's batch (1000 photos in one call were gigabytes of activations)
+    expected = np.concatenate([classifier.outputs(x[i:i + BATCH_SIZE])
+                               for i in range(0, len(x), BATCH_SIZE)])
     if not np.isfinite(expected).all():  # the float check said "differ by nan" of the export
         raise TransferError(f"{model}'s own outputs are not numbers (NaN or infinite) on the "
                             f"{len(x)} check images ({source}): its training diverged; train "
