@@ -154,8 +154,8 @@ def test_a_diverged_model_has_no_accuracy_and_a_missing_class_is_said(trained_bu
         evaluate(broken, data_dir=small_split / "test", output=tmp_path / "ev",
                  assert_accuracy_at_least=0.5)
     assert str(caught.value) == (
-        f"{broken}'s outputs are not numbers (NaN or infinite) for 40 of the 40 images: its "
-        "training diverged, so it has no accuracy to measure; train it again with a lower "
+        f"{broken}'s outputs are not numbers (NaN or infinite) for 40 of the 40 images, so it "
+        "has no accuracy to measure: its training diverged; train it again with a lower "
         "--learning-rate (nothing was written)")
     assert not (tmp_path / "ev").exists()
     cats = tmp_path / "only-cats"

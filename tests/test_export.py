@@ -454,8 +454,8 @@ def test_a_model_whose_outputs_are_not_numbers_is_not_exported(trained_bundle, h
                           check_images=held_out)
         assert str(caught.value) == (
             f"{broken}'s own outputs are not numbers (NaN or infinite) on the {len(held_out)} "
-            "check images (given images): its training diverged; train it again (a lower "
-            "--learning-rate) before exporting it; nothing was written")
+            "check images (given images): its training diverged; train it again with a lower "
+            "--learning-rate before exporting it (nothing was written)")
         assert not (tmp_path / "out").exists()
 
 

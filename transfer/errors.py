@@ -2,6 +2,11 @@
 
 import contextlib
 
+# A model whose training diverged (train and mnist save it, with a warning) answers NaN or
+# infinity for every photo: what evaluate, export, predict and serve say of it, in one place.
+NOT_NUMBERS = "outputs are not numbers (NaN or infinite)"
+DIVERGED = "its training diverged; train it again with a lower --learning-rate"
+
 
 class TransferError(Exception):
     """A problem with the user's input or environment, explained in one line (exit code 1)."""

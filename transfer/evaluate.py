@@ -46,7 +46,7 @@ from transfer.constants import (
     unread_photo,
     unread_summary,
 )
-from transfer.errors import TransferError
+from transfer.errors import DIVERGED, NOT_NUMBERS, TransferError
 from transfer.files import new_folders_kept_on_success, replacing, write_json
 from transfer.inference import (
     BundleClassifier,
@@ -457,10 +457,9 @@ def _evaluate(s: EvaluateSettings, reporter: Reporter, classifier: BundleClassif
     probs = np.stack(probs)
     broken = int((~np.isfinite(probs)).any(axis=1).sum())
     if broken:  # NaN is argmax's first class: the accuracy was that class's share, gate passed
-        raise TransferError(f"{model}'s outputs are not numbers (NaN or infinite) for {broken} "
-                            f"of the {len(probs)} images: its training diverged, so it has no "
-                            "accuracy to measure; train it again with a lower --learning-rate "
-                            "(nothing was written)")
+        raise TransferError(f"{model}'s {NOT_NUMBERS} for {broken} of the {len(probs)} "
+                            f"images, so it has no accuracy to measure: {DIVERGED} (nothing "
+                            "was written)")
     y = np.asarray(labels)
     predicted = probs.argmax(axis=1)
     matrix = metrics.confusion_matrix(y, predicted, len(names))

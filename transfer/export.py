@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer import bundle, images
-from transfer.errors import TransferError
+from transfer.errors import DIVERGED, NOT_NUMBERS, TransferError
 from transfer.evaluate import bundle_images
 from transfer.files import (
     free_name,
@@ -858,10 +858,9 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
     expected = np.concatenate([classifier.outputs(x[i:i + BATCH_SIZE])
                                for i in range(0, len(x), BATCH_SIZE)])
     if not np.isfinite(expected).all():  # the float check said "differ by nan" of the export
-        raise TransferError(f"{model}'s own outputs are not numbers (NaN or infinite) on the "
-                            f"{len(x)} check images ({source}): its training diverged; train "
-                            "it again (a lower --learning-rate) before exporting it; nothing "
-                            "was written")
+        raise TransferError(f"{model}'s own {NOT_NUMBERS} on the {len(x)} check images "
+                            f"({source}): {DIVERGED} before exporting it (nothing was "
+                            "written)")
 
     # the folders made for --output go again when the export fails or is interrupted
     with _output_folder(output.parent, model if s.output is None else None):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer import images
+from transfer import errors, images
 from transfer.errors import TransferError
 from transfer.files import (
     is_device_or_pipe,
@@ -212,10 +212,8 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
     return result
 
 
-# a row whose probabilities are not numbers: a model whose training diverged (train and mnist
-# save it with a warning)
-NOT_NUMBERS = ("the model's outputs for it are not numbers (NaN or infinite): its training "
-               "diverged; train it again with a lower --learning-rate")
+# a row whose probabilities are not numbers: a model whose training diverged
+NOT_NUMBERS = f"the model's {errors.NOT_NUMBERS} for it: {errors.DIVERGED}"
 
 
 def once(rows: list[tuple[str, object, str | None]]) -> list[tuple[str, object, str | None]]:

@@ -65,7 +65,8 @@ from urllib.parse import quote
 import numpy as np
 
 from transfer.constants import and_list
-from transfer.errors import TransferError, Untraceable
+from transfer.errors import DIVERGED, TransferError, Untraceable
+from transfer.errors import NOT_NUMBERS as OUTPUTS_NOT_NUMBERS
 from transfer.files import resolved, utf8_text
 from transfer.progress import Reporter
 from transfer.settings import INVERT, ServeSettings, given
@@ -1388,8 +1389,7 @@ def create_app(settings: ServeSettings):
 
             if any(p["error"] == NOT_NUMBERS for p in answer["predictions"]):  # not the photos'
                 return error(500, f"cannot use model {answer.get('model') or model!r}: its "
-                                  "outputs are not numbers (NaN or infinite): its training "
-                                  "diverged; train it again with a lower --learning-rate")
+                                  f"{OUTPUTS_NOT_NUMBERS}: {DIVERGED}")
             names = ", ".join(f"{p['file']} ({p['error']})" for p in answer["predictions"])
             return error(415, f"no usable image: {names}",
                          errors=[{"file": p["file"], "error": p["error"]}
