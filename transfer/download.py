@@ -109,10 +109,8 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
                     attempt += 1
                     said = f"HTTP {exc.code} {exc.reason}"
                     if attempt > retries:
-                        kept = (f"{got} bytes kept in {part}, run again to resume" if got
-                                else "nothing was downloaded; run again later")
-                        raise TransferError(f"download of {url} failed after {retries} "
-                                            f"retries ({said}); {kept}") from exc
+                        raise _given_up(url, retries, said, part, got,
+                                        "nothing was downloaded; run again later") from exc
                     reporter.warn(f"the server answered {said}; trying again "
                                   f"(attempt {attempt}/{retries})")
                     time.sleep(backoff * attempt)
@@ -142,12 +140,9 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
                 # a link that drops often but moves on each time is not given up on
                 attempt, reached = (1, got) if got > reached else (attempt + 1, reached)
                 if attempt > retries:
-                    kept = (f"{got} bytes kept in {part}, run again to resume" if got
-                            else "nothing was downloaded")
-                    raise TransferError(
-                        f"download of {url} failed after {retries} retries ({_reason(exc)}); "
-                        f"{kept}" + (f"; {offline_hint}" if offline_hint and not got else "")
-                    ) from exc
+                    raise _given_up(url, retries, _reason(exc), part, got,
+                                    "nothing was downloaded"
+                                    + (f"; {offline_hint}" if offline_hint else "")) from exc
                 if answered:
                     reporter.warn(f"connection lost ({_reason(exc)}); resuming "
                                   f"(attempt {attempt}/{retries})")
@@ -205,6 +200,14 @@ def _save(response, part: Path, mode: str, advance, total: int | None) -> None:
             out.close()
         except OSError as exc:
             raise failed(exc) from exc
+
+
+def _given_up(url: str, retries: int, reason: str, part: Path, got: int,
+              nothing: str) -> TransferError:
+    """The line of a download given up on after its retries: the bytes kept to resume from,
+    or what to do when ``nothing`` came."""
+    kept = f"{got} bytes kept in {part}, run again to resume" if got else nothing
+    return TransferError(f"download of {url} failed after {retries} retries ({reason}); {kept}")
 
 
 def _total_from_content_range(headers, have: int) -> int | None:
