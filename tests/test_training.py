@@ -1151,8 +1151,9 @@ def test_random_transforms_a_run_does_not_use_are_said_not_recorded_as_used(own_
 
 def test_options_a_run_does_not_use_are_said_before_it_trains(own_split, tmp_path):
     """--fine-tune-lr without --fine-tune, --augment-copies and --rotation with --no-augment,
-    --dropout/--dense/--l2 with a CNN from scratch, --l2 on an end-to-end fit: each trained as
-    if never given, without a word, and settings.json recorded it as used."""
+    --dropout/--dense/--l2 with a CNN from scratch, --l2 on an end-to-end fit, --no-feature-cache
+    with no feature pass, --worker-timeout on one worker: each trained as if never given,
+    without a word, and settings.json recorded it as used."""
     from transfer.training import plan, unused_options
 
     def said(**kw):
@@ -1180,6 +1181,17 @@ def test_options_a_run_does_not_use_are_said_before_it_trains(own_split, tmp_pat
         "--engine tf unused: it runs the frozen base's feature pass, and this run has none: "
         "it fits end to end (--augment-copies 0)"]
     assert said(engine="tf") == [] and said(fine_tune=2, engine="tflite") == []
+    # the feature pass's cache options where there is none; a cluster's timeout on one machine
+    assert said(augment_copies=0, feature_cache=False, feature_shard_size=64) == [
+        "--feature-shard-size 64 --no-feature-cache unused: they concern the frozen base's "
+        "feature pass, and this run has none: it fits end to end (--augment-copies 0)"]
+    assert said(feature_cache=False, feature_shard_size=64) == []
+    assert said(base="scratch", alpha=1.0, image_size=64, feature_cache=False) == [
+        "--no-feature-cache unused: it concerns the frozen base's feature pass, and this run "
+        "has none: it fits end to end (--base scratch)"]
+    assert said(worker_timeout=30) == [
+        "--worker-timeout 30 unused: it bounds the waits of a run over several workers "
+        "(--distribute multi-worker)"]
     # fine-tuning's options with a CNN from scratch; a strategy on the frozen route (its
     # feature pass and NumPy head run under none: meta.json said replicas 2)
     assert said(base="scratch", alpha=1.0, image_size=64, fine_tune_lr=1e-4) == [

@@ -932,7 +932,9 @@ def unused_options(run: RunPlan) -> list[str]:
     as if never given, and settings.json recorded them as used): the random transforms when
     the head trains on plain or mirrored photos, fine-tuning's without --fine-tune,
     augmentation's with --no-augment, the head's with a CNN from scratch (its head is fixed),
-    --l2 off the head trained on features (an end-to-end fit), --pipeline on that head."""
+    --l2 off the head trained on features (an end-to-end fit), --pipeline on that head, the
+    feature pass's own (--engine, --feature-shard-size, --no-feature-cache) where there is
+    none, --worker-timeout on one worker."""
     from transfer.settings import Augment
 
     hp, default = run.settings, TrainSettings()
@@ -983,11 +985,18 @@ def unused_options(run: RunPlan) -> list[str]:
     elif not run.use_cache and hp.l2 is not None:
         said.append(f"--l2 {hp.l2:g} unused: it is the penalty of the head trained on "
                     "features computed once; this run fits end to end (--augment-copies 0)")
-    if not run.use_cache and hp.engine != default.engine:
-        said.append(f"--engine {hp.engine} unused: it runs the frozen base's feature pass, and "
+    passing = ([f"--engine {hp.engine}"] if hp.engine != default.engine else []) + given(
+        "feature_shard_size") + ([] if hp.feature_cache else ["--no-feature-cache"])
+    if not run.use_cache and passing:
+        concern = ("they concern" if len(passing) > 1 else "it runs" if hp.engine !=
+                   default.engine else "it concerns")
+        said.append(f"{' '.join(passing)} unused: {concern} the frozen base's feature pass, and "
                     "this run has none: it fits end to end (" + (
                         "--base scratch" if not run.base.pretrained else
                         "--augment-copies 0") + ")")
+    if hp.distribute != "multi-worker" and hp.worker_timeout != default.worker_timeout:
+        said.append(f"--worker-timeout {hp.worker_timeout:g} unused: it bounds the waits of "
+                    "a run over several workers (--distribute multi-worker)")
     if not run.pipeline_used and hp.pipeline != default.pipeline:
         said.append(f"--pipeline {hp.pipeline} unused: the head trains on features computed "
                     "once (the base runs once a photo, through the one image reader); it "
