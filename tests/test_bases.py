@@ -440,3 +440,52 @@ def test_a_bar_redrawn_in_place_keeps_only_its_last_state():
     lines.write("\n")
     lines.write("Downloading data from http://127.0.0.1/x.h5\r\n")
     assert said == ["5000/5000 ━━━━ 0s/step", "Downloading data from http://127.0.0.1/x.h5"]
+
+
+def _legacy_h5(model, path: Path) -> Path:
+    """``model``'s weights in the format of Keras's ImageNet files (``efficientnetb0_notop.h5``)."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+    return path
+
+
+def test_efficientnet_from_a_weights_file_is_the_imagenet_network(monkeypatch, tmp_path):
+    """Keras adds EfficientNet's Rescaling by 1/sqrt(ImageNet's stddev) only when built with
+    weights="imagenet": built from a file (--weights PATH, or the cached file of a read-only
+    KERAS_HOME) the network lacked it, its inputs about 2x off, under the feature-cache key of
+    the ImageNet run (the same file's fingerprint). It is the ImageNet network with the file's
+    weights, Keras's hash check and download not asked."""
+    from transfer.tf import keras
+    from unwritable import unwritable_folder
+
+    base = bases.get("efficientnetb0")
+    plain = bases.build(base, 64, weights="none")
+    assert [type(layer).__name__ for layer in plain.layers].count("Rescaling") == 1
+    given = _legacy_h5(plain, tmp_path / base.weight_file())
+    offline(monkeypatch)
+    home = tmp_path / "shared-keras"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / base.weight_file()).symlink_to(given)
+    built = [bases.build(base, 64, weights=str(given))]
+    with unwritable_folder(home):
+        monkeypatch.setenv("KERAS_HOME", str(home))
+        built.append(bases.build(base, 64, weights="imagenet"))
+    photo = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    for model in built:
+        scales = [np.ravel(layer.scale) for layer in model.layers
+                  if isinstance(layer, keras.layers.Rescaling)]
+        np.testing.assert_allclose(scales[1], [1 / np.sqrt(s) for s in (0.229, 0.224, 0.225)],
+                                   rtol=1e-6)
+        assert len(scales) == 2 and len(model.layers) == len(plain.layers) + 1
+        for mine, theirs in zip(model.get_weights(), plain.get_weights(), strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+        mine, theirs = np.asarray(model(photo)), np.asarray(plain(photo))  # the layer is used
+        assert np.abs(mine - theirs).max() > 0.1 * np.abs(theirs).max()
+    np.testing.assert_array_equal(built[0](photo), built[1](photo))
+    from keras.src.utils import file_utils  # the offline fake is back once built
+
+    with pytest.raises(Exception, match="URL fetch failure"):
+        file_utils.get_file("x", "https://example.invalid/x")

@@ -14,6 +14,7 @@ import numbers
 import os
 import re
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +58,10 @@ class Base:
     # again (InceptionV3, VGG16, ResNet50, EfficientNet); MobileNet's loaders take any file of
     # the name as the download (``build`` names a damaged one instead)
     keras_checks_file: bool = False
+    # Keras adds layers to this base only when built with weights="imagenet" (EfficientNet's
+    # Rescaling by 1/sqrt(ImageNet's stddev) after its Normalization): a weights file (--weights
+    # PATH, a read-only KERAS_HOME's) is loaded through that path, or the network lacks them
+    imagenet_layers: bool = False
 
     @property
     def pretrained(self) -> bool:
@@ -99,7 +104,7 @@ BASES: dict[str, Base] = {
              _fixed("resnet50_weights_tf_dim_ordering_tf_kernels"), keras_checks_file=True),
         Base("efficientnetb0", "EfficientNetB0", "efficientnet", 224, 32, "none",
              "top_activation", _fixed("efficientnetb0", "", "_notop"),
-             keras_checks_file=True),
+             keras_checks_file=True, imagenet_layers=True),
         # The CNN from scratch: four Conv-BatchNorm-ReLU-MaxPool blocks (the first conv with
         # stride 2) and global average pooling; 128 px (docs/BENCHMARKS.md has the runs).
         Base("scratch", "", "", 128, 32, "scale", "block4_relu", lambda alpha, size: ("", "")),
@@ -347,6 +352,9 @@ def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
             # MobileNet at a size without its own weight file loads the 224 px weights (the
             # registry's weight_files says which file; `transfer bases` lists them): expected
             warnings.filterwarnings("ignore", message=r".*input_shape. is undefined or non-sq")
+            if weights not in (None, "imagenet") and base.imagenet_layers:
+                with _keras_fetches(weights):  # the ImageNet network, this file's weights
+                    return application(include_top=include_top, weights="imagenet", **kwargs)
             return application(include_top=include_top, weights=weights, **kwargs)
     except TransferError:
         raise
@@ -365,6 +373,25 @@ def build(base: Base, image_size: int | None = None, alpha: float = 1.0,
                 f"put {wanted} into {keras_cache_dir()} (KERAS_HOME), {offline_hint}{also}"
                 ) from exc
         raise TransferError(f"could not build {base.keras_class}: {exc}") from exc
+
+
+_FETCHING = threading.Lock()
+
+
+@contextlib.contextmanager
+def _keras_fetches(path: str):
+    """Keras's ``get_file`` (its download and hash check of ImageNet weights) answering
+    ``path`` while a base is built: the ``weights="imagenet"`` network with a file's weights
+    (``Base.imagenet_layers``)."""
+    from keras.src.utils import file_utils
+
+    with _FETCHING:
+        fetch = file_utils.get_file
+        file_utils.get_file = lambda *args, **kwargs: str(path)
+        try:
+            yield
+        finally:
+            file_utils.get_file = fetch
 
 
 def weights_fingerprint(base: Base, weights: str | None, alpha: float, size: int,
