@@ -143,6 +143,29 @@ def test_foreign_data_is_refused_then_moved_aside_never_deleted(real_photos, tmp
     assert len(listing(data)["train/cats"]) == 5
 
 
+def test_a_photo_saved_into_the_split_while_force_rebuilds_it_goes_aside(real_photos,
+                                                                       tmp_path, monkeypatch):
+    """--force looked for files of yours in the split once, before the download and the
+    decoding of every photo (minutes): one saved into data/train/cats meanwhile was removed
+    with the previous split. The split is looked at again when the new one moves in."""
+    archive = make_zip(tmp_path / "small.zip", kaggle_members(real_photos, 20))
+    data = tmp_path / "data"
+    opts = dict(archive=archive, data_dir=data, train_per_class=5, validate_per_class=5)
+    fetch_data(FetchOptions(**opts))
+    build = datasets._build_split
+
+    def meanwhile(*args, **kwargs):
+        (data / "train/cats/my-own-photo.jpg").write_bytes(b"the user's")
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "_build_split", meanwhile)
+    result = fetch_data(FetchOptions(**opts, seed=7, force=True))
+    assert result.moved_aside == [str(data / "train.old")]
+    assert (data / "train.old/cats/my-own-photo.jpg").read_bytes() == b"the user's"
+    assert len(listing(data)["train/cats"]) == 5  # the new split's, without it
+    assert json.loads((data / "manifest.json").read_text())["seed"] == 7
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 

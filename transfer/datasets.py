@@ -256,6 +256,10 @@ def _fetch(opts: FetchOptions, data_dir: Path, reporter: Reporter,
                 "files": files,
                 "skipped": skipped,
             }
+            # looked at again: a photo saved into the previous split while this run built
+            # its own (minutes) goes aside with its folder, not away with the old split
+            extras = _extras(data_dir, previous)
+            ours, foreign = _existing_splits(data_dir, previous, extras, _writes(opts))
             moved = _swap_into_place(data_dir, tmp, manifest, ours, foreign)
         finally:
             if not (data_dir / JOURNAL).exists():
