@@ -224,6 +224,32 @@ def test_writer_refuses_a_folder_that_is_not_a_bundle(small_bundle, tmp_path):
     assert not small_bundle.with_name(small_bundle.name + ".old").exists()
 
 
+def test_force_stopped_between_its_two_renames_puts_the_old_bundle_back(small_bundle,
+                                                                        monkeypatch):
+    """--force moves the old bundle aside, then the new one in: a Ctrl-C or SIGTERM between
+    the two left no bundle at all (the new one went with the temporary folder, the old one
+    stayed hidden as `.b.tmp-...-old`). The old bundle goes back."""
+    model, meta = bundle.load(small_bundle)
+    renames = []
+
+    def stopped_at_the_second(src, dst):
+        if Path(dst).parent == small_bundle.parent:  # not the files written inside
+            renames.append(Path(dst).name)
+            if len(renames) == 2:
+                raise KeyboardInterrupt
+        real(src, dst)
+
+    real = os.replace
+    monkeypatch.setattr(os, "replace", stopped_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        bundle.write(small_bundle, True, model, {**meta, "seed": 3}, {"loss": [1.0]})
+    monkeypatch.setattr(os, "replace", real)
+    assert renames[0].endswith("-old") and renames[1:] == ["b", "b"]
+    assert json.loads((small_bundle / "meta.json").read_text())["seed"] == meta["seed"] != 3
+    assert (small_bundle / "model.keras").is_file()
+    assert sorted(p.name for p in small_bundle.parent.iterdir()) == ["b", "latest"]
+
+
 def test_force_keeps_the_files_you_put_into_a_bundle(small_bundle, tmp_path):
     """--force over a bundle holding your notes or results deleted them with it: now the old
     bundle is moved aside whole, and said."""
@@ -606,7 +632,9 @@ def test_what_a_killed_run_left_half_written_goes_with_the_next_write_beside_it(
     The next write into that folder removes them: those named for this machine and a process
     that no longer exists, untouched for an hour; not a live process's, a fresh one's (a
     process id names a process only in its own container), another machine's (a shared
-    folder), a bundle's `-old` copy (maybe the only one left), nor a file of the user's."""
+    folder), nor a file of the user's. A bundle's `-old` copy (maybe the only one left: the
+    run was killed between moving it aside and moving the new one in) goes back to its name
+    when that is free, else stays."""
     from transfer.files import _machine_tag, sweep_left_by_killed, temp_prefix, write_json
 
     tag, dead = _machine_tag(), _dead_pid()
@@ -618,14 +646,18 @@ def test_what_a_killed_run_left_half_written_goes_with_the_next_write_beside_it(
     (left[0] / "model.keras").write_bytes(b"half")
     left[1].write_text("{")
     left[2].symlink_to(tmp_path)  # a link goes, what it points at stays
+    replaced = models / f".cats.tmp-{tag}-{dead}-x7f2-old"  # killed between its two renames
+    replaced.mkdir()
+    (replaced / "meta.json").write_text("{}")
     kept = [models / f".live.tmp-{tag}-{os.getppid()}-abc",  # a run still going
             models / f".cats.tmp-0badcafe-{dead}-abc",  # another machine's run
-            models / f".cats.tmp-{tag}-{dead}-x7f2-old",  # the bundle being replaced
+            models / f".dogs.tmp-{tag}-{dead}-x7f2-old",  # replaced, the new one in place
+            models / "dogs",
             models / f".huge.tmp-{tag}-{'9' * 30}-abc",  # no process id at all
             models / ".NOTES.tmp-1", models / f"notes.tmp-{tag}-{dead}-.txt"]  # the user's
     for path in kept:
         path.mkdir()
-    _aged(*left, *kept)
+    _aged(*left, *kept, replaced)
     fresh = models / f".fresh.tmp-{tag}-{dead}-abc"  # gone, but only just: maybe another
     fresh.mkdir()  # container's process of the same number, still writing
     kept.append(fresh)
@@ -640,7 +672,8 @@ def test_what_a_killed_run_left_half_written_goes_with_the_next_write_beside_it(
 
     write_json(models / "summary.json", {"ok": True})
     assert sorted(p.name for p in models.iterdir()) == sorted(
-        [p.name for p in kept] + ["summary.json", long.name, wide.name])
+        [p.name for p in kept] + ["cats", "summary.json", long.name, wide.name])
+    assert (models / "cats" / "meta.json").read_text() == "{}"
     assert tmp_path.exists()
     assert sweep_left_by_killed(models) == []
     assert sweep_left_by_killed(tmp_path / "not-there") == []

@@ -202,8 +202,13 @@ def writing(target: Path, force: bool):
             raise_if_interrupted()
             if force and target.exists():
                 old = tmp.with_name(tmp.name + "-old")
-                os.replace(target, old)
-                os.replace(tmp, target)
+                try:
+                    os.replace(target, old)
+                    os.replace(tmp, target)
+                except BaseException:  # stopped between the two: the old bundle goes back
+                    if old.exists() and not (target.exists() or target.is_symlink()):
+                        os.replace(old, target)
+                    raise
                 theirs = None if old.is_symlink() else not_written_by_transfer(old, target)
                 if theirs is None:  # a link named as the output: it goes, its bundle stays
                     old.unlink()

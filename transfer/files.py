@@ -354,8 +354,9 @@ def sweep_left_by_killed(folder: Path) -> list[Path]:
     out-of-memory killer) runs no clean-up, and its hidden half-written bundle, export or
     conversion stayed beside the user's files for ever. Returns them. Only names with this
     machine's tag and a process id that no longer exists, unchanged for an hour
-    (``SWEEP_AGE_SECONDS``), are touched (never the ``-old`` copy of a bundle being replaced,
-    which may be the only one left); none on Windows."""
+    (``SWEEP_AGE_SECONDS``), are touched. The ``-old`` copy of a bundle being replaced, which
+    may be the only one left, is never removed: it goes back to its name when that is free
+    (the process was killed between its two renames); none on Windows."""
     import re
     import shutil
     import time
@@ -371,12 +372,14 @@ def sweep_left_by_killed(folder: Path) -> list[Path]:
     now = time.time()
     for name in names:
         match = mine.match(name)
-        if (not match or name.endswith("-old") or int(match[1]) == os.getpid()
-                or _alive(int(match[1]))):
+        if not match or int(match[1]) == os.getpid() or _alive(int(match[1])):
             continue
         path = Path(folder) / name
         with contextlib.suppress(OSError):
             if now - path.lstat().st_mtime < SWEEP_AGE_SECONDS:
+                continue
+            if name.endswith("-old"):
+                _put_back(path, name[1:name.index(".tmp-")])
                 continue
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
@@ -384,6 +387,17 @@ def sweep_left_by_killed(folder: Path) -> list[Path]:
                 path.unlink()
             gone.append(path)
     return gone
+
+
+def _put_back(old: Path, name: str) -> None:
+    """A replaced bundle's ``-old`` copy, left by a process killed between moving it aside
+    and moving the new one in: renamed back to ``name`` when nothing has that name (not a
+    name ``temp_prefix`` cut to 80 bytes, which is not the whole name)."""
+    target = old.with_name(name)
+    if len(os.fsencode(name)) >= 80 or target.exists() or target.is_symlink():
+        return
+    with contextlib.suppress(OSError):
+        os.rename(old, target)
 
 
 def own_temp_folder_prefix(prefix: str) -> str:
