@@ -481,6 +481,18 @@ print("ok")
     assert "chats été" in (tmp_path / "train-files.csv").read_text(encoding="utf-8")
 
 
+def test_a_damaged_list_of_training_files_is_no_list(tmp_path):
+    """train-files.csv cut short (a row without its bytes): evaluate ended in a TypeError
+    traceback; the list is unreadable, as a missing one."""
+    bundle.write_train_files(tmp_path / "train-files.csv", [("cats", "c.jpg", 12, "/d/c.jpg"),
+                                                             ("dogs", "d.jpg", 13, "/d/d.jpg")])
+    whole = (tmp_path / "train-files.csv").read_bytes()
+    assert bundle.train_files(tmp_path) == {("c.jpg", 12): [("cats", Path("/d/c.jpg"))],
+                                            ("d.jpg", 13): [("dogs", Path("/d/d.jpg"))]}
+    (tmp_path / "train-files.csv").write_bytes(whole[:whole.rindex(b",13,")])
+    assert bundle.train_files(tmp_path) is None
+
+
 def test_loading_a_bundle_leaves_the_callers_random_generators_alone(trained_bundle):
     """Keras draws initial weights from Python's random while it builds the layers it then
     fills from the file: a program's seeded sequence changed with every model it loaded."""

@@ -403,7 +403,7 @@ def train_files(folder: Path) -> dict[tuple[str, int], list[tuple[str, Path | No
                 found.setdefault((row["file"], int(row["bytes"])), []).append((row["class"],
                                                                                 path))
             return found
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, TypeError, csv.Error):  # TypeError: a row cut short
         return None
 
 
