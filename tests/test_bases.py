@@ -458,8 +458,9 @@ def test_efficientnet_from_a_weights_file_is_the_imagenet_network(monkeypatch, t
     KERAS_HOME) the network lacked it, its inputs about 2x off, under the feature-cache key of
     the ImageNet run (the same file's fingerprint). It is the ImageNet network with the file's
     weights, Keras's hash check and download not asked."""
-    from transfer.tf import keras
     from unwritable import unwritable_folder
+
+    from transfer.tf import keras
 
     base = bases.get("efficientnetb0")
     plain = bases.build(base, 64, weights="none")

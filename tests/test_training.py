@@ -949,6 +949,22 @@ def test_streamed_shards_hold_every_class_and_in_memory_ones_keep_the_folders_or
     assert shards == [[0]] * 2 + [[1]] * 2 + [[0], [1]], "in memory: the folders' order"
 
 
+def test_a_cached_shard_with_no_readable_photo_is_read_back(own_split, tmp_path):
+    """A shard none of whose photos could be read was cached as features of shape (0, 0): the
+    run itself went on, but every rerun (a cache hit) failed joining it to the others
+    (np.concatenate's ValueError). It is cached as (0, width) and read back."""
+    cats = own_split / "train" / "cats"
+    whole = next(iter(sorted(cats.iterdir()))).read_bytes()
+    (cats / "zzz-cut-short.jpg").write_bytes(whole[:len(whole) // 3])  # a JPEG cut short
+    runs = [train(hp(own_split, tmp_path, augment=NO_AUGMENT, feature_shard_size=1, engine="tf",
+                     epochs=2, output=tmp_path / f"models/{name}")) for name in ("a", "b")]
+    assert [r.meta["feature_cache"] for r in runs] == ["miss", "hit"]
+    for run in runs:
+        assert [Path(s["file"]).name for s in run.meta["skipped"]] == ["zzz-cut-short.jpg"]
+        assert run.meta["data"]["train_images"] == 24
+    assert runs[1].meta["metrics"] == runs[0].meta["metrics"]
+
+
 def test_train_waits_for_no_fetch_data_but_refuses_while_one_writes(own_split, tmp_path):
     """A fetch-data writing the split (another process holds the folder's lock): train refuses
     in one line before any work; another train reading the same folder does not stop it."""

@@ -364,7 +364,9 @@ class FeatureSet:
                     Path(x).unlink()
                 raise TransferError(f"the feature file {x} is damaged ({exc}); it is removed: "
                                     "run again to compute it anew") from None
-        return x.astype("float32", copy=False), self.labels[start:start + self.sizes[i]]
+        # an empty shard cached as (0, 0) by an earlier version joins as (0, width)
+        return (x.astype("float32", copy=False).reshape(-1, self.width),
+                self.labels[start:start + self.sizes[i]])
 
     def chunks(self):
         """(features, labels) of each shard, in order, one in memory at a time."""
@@ -374,7 +376,7 @@ class FeatureSet:
     def array(self) -> np.ndarray:
         """Every row as one array (what a set that fits in memory trains on)."""
         if len(self.parts) == 1 and isinstance(self.parts[0], np.ndarray):
-            return self.parts[0]
+            return self.parts[0].reshape(-1, self.width)
         if not self.parts:
             return np.zeros((0, self.width), "float32")
         return np.concatenate([x for x, _ in self.chunks()])

@@ -446,6 +446,9 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
         hits.append(not todo)
 
         def keep_shard(i, result):
+            # (0, width), not (0, 0), when no photo of the shard could be read: a rerun reading
+            # it from the cache could not join it to the others
+            result.features = np.asarray(result.features, "float32").reshape(-1, width)
             kept[i] = np.asarray(result.labels).astype("int64")
             for item in result.skipped:
                 skipped.setdefault(item["file"], item["reason"])
@@ -454,7 +457,7 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
             if stored and cluster is not None:  # a rerun finds it again (cluster.kept)
                 cluster.features_kept = True
             if in_memory:
-                parts[i] = np.asarray(result.features, "float32").reshape(-1, width)
+                parts[i] = result.features
             elif stored:
                 parts[i] = path
             else:
