@@ -232,6 +232,32 @@ def test_a_handful_of_images_stays_on_tensorflow_and_tf_forces_it(
     assert gpu.engine["name"] == "tf" and gpu.engine["fallback"] == "a GPU is present"
 
 
+def test_a_read_only_cache_keeps_auto_on_tensorflow_for_a_folder(trained_bundle, photos,
+                                                                 tmp_path, monkeypatch):
+    """A KERAS_HOME nobody may write into: predict and evaluate's auto converted the whole
+    model on every run for 200 photos ("for this run only"), though the engine keeps
+    TensorFlow below UNCACHED_MIN_IMAGES for a pass that cannot be cached: it was never told
+    how many images the run has. It is; nothing is converted."""
+    from unwritable import unwritable_folder
+
+    folder, _ = photos
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("KERAS_HOME", str(home))
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted")
+
+    monkeypatch.setattr(engines, "convert", no_conversion)
+    with unwritable_folder(home):
+        said = Recorder()
+        result = predict([folder], model=trained_bundle.bundle, reporter=said)  # auto
+    assert result.engine["name"] == "tf" and result.engine["images"] == 200
+    assert "the TFLite cache cannot be written" in result.engine["fallback"]
+    assert "on 200 images" in result.engine["fallback"]
+    assert not [w for w in said.warnings if "for this run only" in w], said.warnings
+
+
 def test_the_cache_key_is_the_model_file(trained_bundle, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(trained_bundle.bundle, copy)

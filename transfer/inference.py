@@ -605,6 +605,7 @@ class ModelEngine:
         self._pending = False  # to open at the first batch
         self._batch: int | None = None  # images per call when it may convert (batch_size)
         self._open_seconds = 0.0  # conversion, parity check, auto's measurement
+        self._images = images  # auto's rules for the pass (a cache that cannot be written)
         if requested == "tf":
             return
         if not isinstance(classifier, BundleClassifier):
@@ -653,7 +654,7 @@ class ModelEngine:
         with c._lock:  # the parity check and auto's measurement call the shared Keras model
             engine, self.info = engines.open_engine(
                 c.model, c._model_input(batch), requested=self.requested, key=key,
-                batch_size=ENGINE_BATCH, reporter=self.reporter)
+                batch_size=ENGINE_BATCH, reporter=self.reporter, images=self._images)
         if self.info.name == "tflite":
             self._engine = engine
 
