@@ -334,9 +334,13 @@ def test_workers_started_with_other_settings_stop_with_one_line(pair_of_splits, 
 
 def test_two_workers_fine_tune_in_a_custom_loop(tiny_split, tmp_path):
     """The fine-tune route across two workers: the chief's head is shared, then base and head
-    train synchronously (each worker reads half of the images per step)."""
+    train synchronously (each worker reads half of the images per step), every worker leaving
+    out the photos the chief's feature pass could not read."""
     data = tmp_path / "data"
     shutil.copytree(tiny_split, data, ignore=shutil.ignore_patterns(".cache"))
+    for name in ("train/cats/000", "train/cats/zzz", "validate/dogs/zzz"):  # photos cut short
+        whole = sorted((data / name).parent.iterdir())[0].read_bytes()
+        (data / f"{name}-cut-short.jpg").write_bytes(whole[:len(whole) // 3])
     out = tmp_path / "models" / "ft"
     temp = tmp_path / "temp"  # the workers' temp folder
     temp.mkdir()
@@ -357,6 +361,13 @@ def test_two_workers_fine_tune_in_a_custom_loop(tiny_split, tmp_path):
     # this passed with every worker training on all 24)
     assert [w["train_images"] for w in meta["per_worker"]] == [12, 12]
     assert [w["validate_images"] for w in meta["per_worker"]] == [6, 6]
+    # the photos cut short, left out by every worker: the worker beside the chief (which alone
+    # read the features) had no word of them, and sliced a list of 26 (13 photos, another
+    # share of them than the chief's slices left it: some trained twice, some never)
+    assert loop["images_read"] == {"train": [12, 12], "validate": [6, 6]}
+    assert (meta["data"]["train_images"], meta["data"]["validate_images"]) == (24, 12)
+    assert sorted(Path(s["file"]).name for s in meta["skipped"]) == [
+        "000-cut-short.jpg", "zzz-cut-short.jpg", "zzz-cut-short.jpg"]
     # the loop read through tf.data: meta.json said "generator" (--pipeline's default)
     assert meta["pipeline"] == "tfdata", meta["pipeline"]
     for log in logs:  # the single-process run's line, which this route did not say

@@ -515,8 +515,9 @@ class Cluster:
         # one flat float64 vector (exact for float32 and for counters below 2**53): a model's
         # hundreds of weights cross in one collective, not hundreds
         arrays = [np.asarray(a) for a in arrays]
+        # (an empty vector's collective crashed the process: SIGSEGV; one zero stands for none)
         flat = (np.concatenate([a.astype("float64").reshape(-1) for a in arrays]) if arrays
-                else np.zeros((0,), "float64"))
+                else np.zeros((1,), "float64"))
         text = json.dumps(note).encode()
         got = self.broadcast([flat, np.frombuffer(text, np.uint8).astype("int32")], during,
                              timeout)

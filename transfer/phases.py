@@ -524,6 +524,11 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
         else:
             train_sets = [get(train_samples, None, 0, "train", *train_pass)]
         val_set = get(val_samples, None, 0, "validate", *val_pass)
+        if cluster is not None:  # the chief's list (its cache hits, every worker's shards):
+            # every worker leaves out the same photos (the fine-tuning slices the same list)
+            _, shared = cluster.state([], {"skipped": skipped} if keep else None,
+                                      "sharing the files left out")
+            skipped = dict(shared["skipped"])
         record_skipped(plan, skipped, reporter)
         labels = train_sets[0].labels
         if any(not np.array_equal(s.labels, labels) for s in train_sets):
