@@ -735,6 +735,17 @@ def test_kaggle_names_met_twice_in_split_folders(real_photos, tmp_path):
     assert {"dog.3.jpg", "dog.3-2.jpg"} <= set(names)  # two different photos, one name
     assert len(result.skipped) == 1 and result.skipped[0]["reason"] in (
         "the same photo as train/cat.0.jpg", "the same photo as validation/cat.0.jpg")
+    # split by fractions: both copies were placed, side by side in the order, so a cut
+    # between them put the one photo in train and validate; placed once, wherever the cut
+    split = fetch_data(FetchOptions(archive=archive, data_dir=tmp_path / "fractions",
+                                    validation_split=0.3))
+    assert len(split.skipped) == 1 and split.skipped[0]["reason"] in (
+        "the same photo as train/cat.0.jpg", "the same photo as validation/cat.0.jpg")
+    assert sum(split.counts["train"].values()) + sum(split.counts["validate"].values()) == 59
+    digests = {part: {sha256_file(p) for p in (tmp_path / "fractions" / part).rglob("*.jpg")}
+               for part in ("train", "validate")}
+    assert not digests["train"] & digests["validate"]
+    assert len(digests["train"]) + len(digests["validate"]) == 59
 
 
 def test_kaggle_without_credentials(tmp_path):

@@ -685,7 +685,7 @@ def _build_split(images: ImageSource, opts: FetchOptions, tmp: Path, reporter: R
             images, found, plan, opts, tmp, reporter, dedupe=images.layout != CLASS_FOLDERS)
     else:
         counts, files, skipped, renamed, usable = _split_by_fractions(
-            images, found, plan, opts, tmp, reporter)
+            images, found, plan, opts, tmp, reporter, dedupe=images.layout != CLASS_FOLDERS)
         details["usable"] = usable
     if renamed:
         details["renamed"] = renamed
@@ -770,10 +770,12 @@ def _split_per_class(images, found, plan, opts, tmp, reporter, dedupe: bool):
     return counts, files, skipped, renamed
 
 
-def _split_by_fractions(images, found, plan, opts, tmp, reporter):
+def _split_by_fractions(images, found, plan, opts, tmp, reporter, dedupe: bool):
     """Every usable image of each class, split by the fractions: each class in its
     ``stable_order`` (seeded), fully checked into a staging folder, then its first images go
-    to validate, the next to test, the rest to train."""
+    to validate, the next to test, the rest to train. ``dedupe`` as ``_split_per_class``'s:
+    the very same photo under the same name (train/ and a copy of it), which sit side by side
+    in the order and so could fall on both sides of a cut, is placed once."""
     skipped: list[dict[str, str]] = []
     kept: dict[str, list[tuple[str, str]]] = {}  # class -> (file name, member), in order
     total = sum(len(names) for names in found.values())
@@ -783,10 +785,17 @@ def _split_by_fractions(images, found, plan, opts, tmp, reporter):
             stage = tmp / STAGING / str(index)
             stage.mkdir(parents=True)
             taken: dict[str, int] = {}
+            first: dict[str, tuple[str, str]] = {}  # file name -> (its SHA-256, member)
             kept[cls] = []
             for member in order:
                 data, reason, keeps_place = _checked(images, member)
                 advance(1)
+                if not reason and dedupe:
+                    digest = hashlib.sha256(data).hexdigest()
+                    seen = first.setdefault(member_file_name(member).casefold(),
+                                            (digest, member))
+                    if seen[0] == digest and seen[1] != member:
+                        reason, keeps_place = f"the same photo as {seen[1]}", False
                 if reason:
                     skipped.append({"name": member, "class": cls, "reason": reason})
                     if keeps_place:  # train keeps its place in the cut: so do we
