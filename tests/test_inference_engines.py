@@ -258,6 +258,32 @@ def test_a_read_only_cache_keeps_auto_on_tensorflow_for_a_folder(trained_bundle,
     assert not [w for w in said.warnings if "for this run only" in w], said.warnings
 
 
+def test_a_diverged_model_is_not_converted_to_be_found_unequal(trained_bundle, photos, cache,
+                                                               tmp_path, monkeypatch):
+    """A bundle whose training diverged answers NaN: --engine tflite converted its whole model
+    (seconds) to warn "TFLite differs from TensorFlow by nan", blaming the conversion. Its
+    outputs are looked at first; TensorFlow runs it, every row an error saying why."""
+    from conftest import diverged_copy
+
+    from transfer.predict import NOT_NUMBERS
+
+    folder, _ = photos
+    broken = diverged_copy(trained_bundle.bundle, tmp_path / "diverged")
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted")
+
+    monkeypatch.setattr(engines, "convert", no_conversion)
+    said = Recorder()
+    result = predict([folder], model=broken, engine="tflite", reporter=said)
+    assert result.engine["name"] == "tf"
+    assert result.engine["fallback"] == ("the model's outputs are not numbers (NaN or infinite) "
+                                         "on the first batch: nothing to check a conversion "
+                                         "against")
+    assert not [w for w in said.warnings if "differs" in w], said.warnings
+    assert {item.error for item in result.items} == {NOT_NUMBERS}
+
+
 def test_the_cache_key_is_the_model_file(trained_bundle, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(trained_bundle.bundle, copy)

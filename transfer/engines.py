@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.errors import TransferError, raise_if_interrupted, without_op_name
+from transfer.errors import NOT_NUMBERS, TransferError, raise_if_interrupted, without_op_name
 from transfer.files import digest, sweep_left_by_killed, temp_prefix, tf_reachable
 from transfer.progress import Reporter
 
@@ -433,6 +433,15 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
             info.fallback = (f"the TFLite cache cannot be written ({why}): converting on every "
                              f"run costs more than it saves on {images} images")
             return tf_engine, info
+    # parity on the converted model's first batch (batch_size images), TensorFlow called
+    # eagerly: the same function as predict_on_batch, without tracing it (which cost a next
+    # run 0.5 s per engine, and a run converts one engine per size)
+    check = np.asarray(first_batch[:batch_size], "float32")
+    expected = np.asarray(model(check, training=False))
+    if not np.isfinite(expected).all():  # a diverged model: nothing to hold a conversion to
+        info.fallback = (f"the model's {NOT_NUMBERS} on the first batch: nothing to check a "
+                         "conversion against")
+        return tf_engine, info
     try:
         lite = _converted(model, batch_size, path, info, reporter)
     except Exception as exc:  # a conversion or interpreter failure: TensorFlow still works
@@ -441,20 +450,15 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
         reporter.warn(f"{info.fallback}; using TensorFlow")
         return tf_engine, info
     info.interpreter = lite.interpreter_name
-    # parity on the converted model's first batch (batch_size images), TensorFlow called
-    # eagerly: the same function as predict_on_batch, without tracing it (which cost a next
-    # run 0.5 s per engine, and a run converts one engine per size)
-    check = np.asarray(first_batch[:batch_size], "float32")
-    expected = np.asarray(model(check, training=False))
     scale = max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
     diff = _difference(lite, check, expected)
     mismatch = path.with_suffix(".mismatch")  # a fresh conversion that failed parity too
     if (not _agrees(diff, scale) and info.converted_file and not info.conversion_seconds
-            and np.isfinite(expected).all() and _read(mismatch) != _stamp(path)):
+            and _read(mismatch) != _stamp(path)):
         # a cached file damaged where the interpreter does not look (its weights): it loads
         # and computes something else; converted again, once, rather than TensorFlow forever
-        # (not for a model whose own outputs are not numbers, a diverged one, nor again for
-        # a file whose fresh conversion failed as well: a conversion every run)
+        # (not again for a file whose fresh conversion failed as well: a conversion every
+        # run)
         reporter.warn(f"the cached TFLite file {path} differs from TensorFlow by {diff:.3g}; "
                       "converting again")
         with contextlib.suppress(OSError):  # a read-only cache: the same file, refused below
