@@ -99,7 +99,7 @@ def test_unreadable_files_are_left_out_and_listed(raw_features, photos, tmp_path
     np.testing.assert_array_equal(result.labels, labels)
 
 
-def test_the_cache_keeps_features_skipped_files_and_the_engine(tmp_path):
+def test_the_cache_keeps_features_skipped_files_and_the_engine(tmp_path, monkeypatch):
     """An entry gives back what was stored (features, labels, skipped files, engine; no time
     spent); a damaged entry reads as a miss and is removed, so the shard is computed again."""
     first = features.Pass(np.ones((3, 4), "float32"), np.array([0, 1, 1]),
@@ -114,6 +114,15 @@ def test_the_cache_keeps_features_skipped_files_and_the_engine(tmp_path):
     assert second.skipped == first.skipped and second.engine == "tflite"
     labels_only = features.load_entry(path, with_features=False)
     np.testing.assert_array_equal(labels_only.labels, first.labels)
+    # one that cannot be read now (another user's, in a shared cache; too many open files) is
+    # no damage: a miss, kept (it was removed)
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(np, "load", refused)
+    assert features.load_entry(path) is None and path.exists()
+    monkeypatch.undo()
+    assert features.load_entry(path).engine == "tflite"
     path.write_bytes(b"damaged")
     assert features.load_entry(path) is None and not path.exists()
     # cut short (a copy interrupted, a power loss before the rename reached the disk)

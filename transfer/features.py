@@ -402,8 +402,10 @@ def load_entry(path: Path, with_features: bool = True) -> Pass | None:
             feats = data["features"] if with_features else None
             return Pass(feats, data["labels"], extra.get("skipped", []), 0.0, 0,
                         extra.get("engine"))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    except (ValueError, KeyError, EOFError, zipfile.BadZipFile):
         # BadZipFile: cut short, or a CRC error when the features are read
         with contextlib.suppress(OSError):
             path.unlink(missing_ok=True)
         return None
+    except OSError:  # not readable now (another user's entry, too many open files): not
+        return None  # damaged, kept; computed again for this run
