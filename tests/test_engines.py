@@ -81,6 +81,27 @@ class Reconversions:
         return time.perf_counter() - started
 
 
+def test_a_keras_home_whose_name_is_not_utf8_keeps_its_converted_file(
+        mobilenet_features, photo_batch, converted, tmp_path, monkeypatch):
+    """A KERAS_HOME on a Latin-1 stick (its name's bytes not UTF-8): the interpreter's own file
+    reader refused the path (a TypeError), so every run converted the model again and ran
+    TensorFlow ("TFLite unavailable"). The cached file is read and reused."""
+    import os
+
+    home = Path(os.fsdecode(os.fsencode(str(tmp_path)) + b"/l\xe9a"))
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    conversion = Reconversions(monkeypatch, mobilenet_features, converted)
+    for _ in range(2):
+        reporter = Recorder()
+        engine, info = engines.open_engine(mobilenet_features, photo_batch[:8],
+                                           requested="tflite", key=KEY, batch_size=8,
+                                           reporter=reporter)
+        assert info.name == "tflite" and info.fallback is None, info.fallback
+        assert reporter.warnings == []
+    assert len(conversion.paths) == 1 and info.converted_file == str(conversion.paths[0])
+    assert os.fsencode(info.converted_file).startswith(os.fsencode(str(home)))
+
+
 def test_tflite_matches_tensorflow_on_real_photos_and_is_cached(
         mobilenet_features, photo_batch, tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))

@@ -169,12 +169,17 @@ class TFLiteEngine:
 
     def __init__(self, path: Path | None = None, threads: int | None = None, *,
                  content: bytes | None = None):
-        """The converted model at ``path``, or given as its bytes (``content``)."""
+        """The converted model at ``path``, or given as its bytes (``content``). The file is
+        read here, its bytes given to the interpreter: its own reader took a path that is not
+        UTF-8 (a Latin-1 stick's KERAS_HOME) for a TypeError, and a file it could not open
+        for a damaged one (removed)."""
         interpreter_class, self.interpreter_name = _interpreter_class()
         self.threads = threads or cpu_threads()
-        source = {"model_path": str(path)} if content is None else {"model_content": content}
+        if content is None:
+            content = Path(path).read_bytes()  # OSError: not readable, not damaged
         with _quiet_native():
-            self.interpreter = interpreter_class(**source, num_threads=self.threads)
+            self.interpreter = interpreter_class(model_content=content,
+                                                 num_threads=self.threads)
             self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
