@@ -555,6 +555,15 @@ def test_relative_folders_are_found_from_a_notebook_one_folder_down(trained_bund
         trained_bundle.meta["metrics"]["val_accuracy"], abs=1e-6)
     assert bundle.data_folder(meta, "train_dir") == project / "data/train"
     assert bundle.data_folder(meta, "root") == Path(meta["data"]["root"])
+    # run from another project with a data/validate of its own: not the one it trained against
+    other = tmp_path / "other"
+    (other / "data/validate").mkdir(parents=True)
+    monkeypatch.chdir(other)
+    assert bundle.data_folder(meta, "validate_dir") == project / "data/validate"
+    shutil.move(project, tmp_path / "moved")  # the project moved: the folder from here
+    assert bundle.data_folder(meta, "validate_dir") == Path("data/validate")
+    shutil.move(tmp_path / "moved", project)
+    monkeypatch.chdir(project / "notebooks")
     del meta["data"]["cwd"]  # an older bundle: the path as named, relative to here
     (copy / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(TransferError, match="validation folder data/validate is missing"):

@@ -530,16 +530,17 @@ def data_folder(meta: dict, key: str) -> Path | None:
     None when training named none.
 
     Training records the folder as it was given, often relative (``data/validate``): it is
-    found from the current folder, else from the folder training ran in (``data["cwd"]``), so
-    a notebook one folder down still finds ``data/validate``. When neither exists the path is
-    returned as named, for the error message.
+    found from the folder training ran in (``data["cwd"]``), so a notebook one folder down
+    still finds ``data/validate``, and another project's ``data/validate`` (run from there)
+    is not taken for it; else (the project moved, a bundle from another machine) from the
+    current folder. When neither exists the path is returned as named, for the error message.
     """
     data = meta.get("data") or {}
     named = data.get(key)
     if not named:
         return None
     path = Path(named)
-    if path.is_absolute() or path.exists() or not data.get("cwd"):
+    if path.is_absolute() or not data.get("cwd"):
         return path
     there = Path(data["cwd"]) / path
     return there if there.exists() else path
