@@ -921,18 +921,22 @@ def test_a_worker_without_a_shard_waits_for_the_chief_converting_its_base(slow_s
     """One shard for two workers (more workers than shards): the idle worker gave up after
     --worker-timeout while the chief still converted its base to TFLite and ran the shard
     ("a worker did not answer within 3 s"), and every rerun failed the same way. It now waits
-    as for the chief's head; the run completes."""
+    as for the chief's head; the run completes. So does a worker with a small shard and no
+    conversion to make (a base converted before, or TensorFlow): it went by its own shard's
+    seconds, in the first round, while the chief converted."""
     home = tmp_path / "keras-home"  # a fresh one: the conversion is not cached, it takes seconds
     home.mkdir()
     out = tmp_path / "models" / "one-shard"
-    args = train_args(slow_split, out, "--image-size", "176", "--feature-shard-size", "1000",
-                      "--engine", "tflite", "--epochs", "2", "--distribute", "multi-worker",
-                      "--worker-timeout", "3")
-    procs, logs = start_workers(2, lambda i: args, env={"KERAS_HOME": str(home)})
+    # train: a shard of 216 photos (the chief's) and one of 24 (worker 1's, on TensorFlow);
+    # validate: one shard of 80 (the chief's), worker 1 idle
+    args = train_args(slow_split, out, "--image-size", "176", "--feature-shard-size", "216",
+                      "--epochs", "2", "--distribute", "multi-worker", "--worker-timeout", "3")
+    procs, logs = start_workers(2, lambda i: [*args, "--engine", ("tflite", "tf")[i]],
+                                env={"KERAS_HOME": str(home)})
     assert wait_all(procs) == [0, 0], text(logs[0]) + text(logs[1])
     meta = meta_of(out)
     assert meta["workers"] == 2 and meta["engine"]["conversion_seconds"] > 3
-    assert [w["feature_images"] for w in meta["per_worker"]][1] == 0  # worker 1 had no shard
+    assert [w["feature_images"] for w in meta["per_worker"]] == [296, 24]
 
 
 def killed_when(args: list[str], out: Path, checkpoint: Path, ready, ended: str) -> None:

@@ -489,15 +489,18 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
                         result = features.Pass(np.zeros((0, width), "float32"), labels[:0])
                     own = time.perf_counter() - tick
                     slowest[0] = max(slowest[0], own)
-                    # a worker may wait for a slower one's shard: the timeout allows for it.
-                    # A worker with no shard this round has no time of its own to go by (it
-                    # gave up on a chief still converting its base, after --worker-timeout):
-                    # it waits as for the chief's head; a worker that dies is noticed sooner,
-                    # by the heartbeats
+                    # a worker may wait for a slower one's shard: the timeout allows for it
+                    # (three times the slowest shard any worker has taken yet). In the first
+                    # round, and for a worker with no shard this round, there is no time to
+                    # go by: a worker whose converted base was cached, or that had no shard,
+                    # gave up on a chief still converting its own, after --worker-timeout. It
+                    # waits as for the chief's head; a worker that dies is noticed sooner, by
+                    # the heartbeats
                     pieces = ([result] if cluster is None else
                               exchange(cluster, result, width, f"the feature pass ({label})",
-                                       cluster.timeout + 3 * slowest[0] if j < len(todo)
-                                       else HEAD_WAIT))
+                                       cluster.timeout + 3 * slowest[0]
+                                       if j < len(todo) and r > 0 else HEAD_WAIT))
+                    slowest[0] = max([slowest[0], *(p.seconds for p in pieces)])
                     computed["seconds"] += time.perf_counter() - tick
                     for w, piece in enumerate(pieces):
                         if r * workers + w >= len(todo):
