@@ -728,6 +728,26 @@ def test_the_launcher_notices_a_failed_worker_while_the_chief_runs(monkeypatch):
     assert time.monotonic() - started < 60
 
 
+def test_a_worker_that_cannot_start_takes_the_started_ones_with_it(monkeypatch):
+    """The second worker's Popen failing (no memory, no process left) left the first running,
+    waiting for it until its start-up watchdog (300 s), after the launcher had ended."""
+    import sys
+
+    started = []
+    real = subprocess.Popen
+
+    def second_fails(*args, **kwargs):
+        if started:
+            raise OSError(12, "Cannot allocate memory")
+        started.append(real([sys.executable, "-c", "import time; time.sleep(120)"]))
+        return started[-1]
+
+    monkeypatch.setattr(launch.subprocess, "Popen", second_fails)
+    with pytest.raises(OSError, match="Cannot allocate memory"):
+        launch.start(2, ["train"])
+    assert started[0].poll() == -signal.SIGKILL
+
+
 def test_the_launcher_says_which_worker_failed_first_and_which_it_killed(monkeypatch,
                                                                         capsys):
     """Worker 1 killed (the OOM killer), the chief still waiting for it: after the grace
@@ -750,8 +770,9 @@ def test_the_launcher_says_which_worker_failed_first_and_which_it_killed(monkeyp
 def test_the_launcher_adds_multi_worker_and_refuses_another_strategy(monkeypatch, capsys):
     """Without --distribute multi-worker, N separate trainings raced for one bundle (and
     wrote models/x and models/x-2, exit 0)."""
-    ran = []
-    monkeypatch.setattr(launch, "run_local", lambda n, args: ran.append(args) or 0)
+    ran, graces = [], []
+    monkeypatch.setattr(launch, "run_local",
+                        lambda n, args, grace: ran.append(args) or graces.append(grace) or 0)
     assert launch.main(["2", "--", "train", "--output", "m"]) == 0
     assert launch.main(["2", "train", "--distribute=multi-worker"]) == 0
     assert ran == [["train", "--output", "m", "--distribute", "multi-worker"],
@@ -769,6 +790,11 @@ def test_the_launcher_adds_multi_worker_and_refuses_another_strategy(monkeypatch
     assert capsys.readouterr().err == ("error: the launcher runs `transfer train` on several "
                                        "workers, not `transfer predict`\n")
     assert launch.main(["2", "--verbose", "train"]) == 0 and len(ran) == 3
+    # a long --worker-timeout: the survivors get the time to notice and say so (150 s killed
+    # a chief waiting out --worker-timeout 300 before its one line)
+    assert launch.main(["2", "train", "--worker-timeout", "300"]) == 0
+    assert launch.main(["2", "train", "--worker-timeout=10"]) == 0
+    assert graces == [launch.GRACE_SECONDS] * 3 + [630.0, launch.GRACE_SECONDS]
 
 
 def test_the_launcher_says_a_worker_killed_by_a_signal(tmp_path, monkeypatch, capsys):

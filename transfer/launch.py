@@ -7,7 +7,8 @@
 Each worker is the same ``transfer`` command with its own ``TF_CONFIG`` (free ports on
 127.0.0.1, worker 0 the chief). The chief's output is shown as it comes; the other workers'
 lines are prefixed ``[worker i]``. When a worker fails, the others get ``grace`` seconds to
-stop by themselves (they notice within ``--worker-timeout``) and are then killed; the exit code
+stop by themselves (they notice within ``--worker-timeout``: 150 s, or twice a longer
+``--worker-timeout`` and 30 s) and are then killed; the exit code
 is the first non-zero one, else 0. ``--distribute multi-worker`` is added when not given. On
 several machines, set TF_CONFIG on each yourself (README,
 "Training on several machines").
@@ -59,10 +60,17 @@ def start(n: int, args: Sequence[str], ports: Sequence[int] | None = None,
     ports = list(ports) if ports is not None else free_ports(n)
     addresses = [f"127.0.0.1:{p}" for p in ports]
     procs = []
-    for i in range(n):
-        worker_env = {**(os.environ if env is None else env), "TF_CONFIG": tf_config(addresses, i)}
-        piped = {} if i == 0 else {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
-        procs.append(subprocess.Popen(command(args), env=worker_env, text=True, **piped))
+    try:
+        for i in range(n):
+            worker_env = {**(os.environ if env is None else env),
+                          "TF_CONFIG": tf_config(addresses, i)}
+            piped = {} if i == 0 else {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
+            procs.append(subprocess.Popen(command(args), env=worker_env, text=True, **piped))
+    except BaseException:  # one that could not start (no memory, no process left): the ones
+        for proc in procs:  # started would wait for it until their start-up watchdog
+            proc.kill()
+            proc.wait()
+        raise
     return procs
 
 
@@ -190,17 +198,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: the launcher runs multi-worker training, not --distribute {given}",
               file=sys.stderr)
         return 2
-    return run_local(n, rest)
+    return run_local(n, rest, grace_for(rest))
+
+
+def grace_for(args: Sequence[str]) -> float:
+    """What the other workers get to stop by themselves after one fails: GRACE_SECONDS, or
+    more for a long ``--worker-timeout`` (they notice within it and its margins, then say why
+    in one line): a chief killed before it could say so left only the launcher's line."""
+    try:
+        timeout = float(option_value(args, "--worker-timeout") or "")
+    except ValueError:  # not given, or not a number (the workers say so themselves)
+        return GRACE_SECONDS
+    return max(GRACE_SECONDS, 2 * timeout + 30)
 
 
 def distribute_option(args: Sequence[str]) -> str | None:
     """The value of ``--distribute`` in ``args`` (either spelling), None when not given, ""
     when given without one (last, or followed by another option)."""
+    return option_value(args, "--distribute")
+
+
+def option_value(args: Sequence[str], name: str) -> str | None:
+    """The value of option ``name`` in ``args`` (``name V`` or ``name=V``; the last one
+    given), None when not given, "" when given without one (last, or followed by another
+    option)."""
     value = None
     for i, arg in enumerate(args):
-        if arg == "--distribute":
+        if arg == name:
             value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("-") else ""
-        elif arg.startswith("--distribute="):
+        elif arg.startswith(name + "="):
             value = arg.split("=", 1)[1]
     return value
 
