@@ -344,7 +344,8 @@ def test_a_remembered_tensorflow_choice_runs_tensorflow(mobilenet_features, phot
     choice = engines.cache_dir() / f"{digest}.auto.json"
     choice.parent.mkdir(parents=True)
     measured = {"tf": 900.0, "tflite": 100.0}
-    choice.write_text(json.dumps({"choice": "tf", "measured": measured, "threads": 2}))
+    choice.write_text(json.dumps({"choice": "tf", "measured": measured,
+                                  "threads": engines.cpu_threads()}))
     engine, info = engines.open_engine(mobilenet_features, photo_batch[:8], requested="auto",
                                        key=KEY, batch_size=8, reporter=Recorder())
     assert engine.name == info.name == "tf" and info.measured == measured
@@ -353,11 +354,14 @@ def test_a_remembered_tensorflow_choice_runs_tensorflow(mobilenet_features, phot
     assert sorted(p.name for p in choice.parent.iterdir()) == [choice.name]
 
 
-@pytest.mark.parametrize("damaged", ["null", "[]", "{"])
+@pytest.mark.parametrize("damaged", ["null", "[]", "{", '{"choice": "tf", "measured": '
+                                     '{"tf": 900, "tflite": 1}, "threads": 4096}'])
 def test_a_damaged_choice_file_is_measured_again(mobilenet_features, photo_batch, converted,
                                                  tmp_path, monkeypatch, damaged):
     """auto's remembered choice edited into JSON that is not an object was an AttributeError
-    traceback on every predict; now the engines are measured again and the file rewritten."""
+    traceback on every predict; now the engines are measured again and the file rewritten.
+    So is a choice measured with another number of threads (taskset, a container's quota,
+    another machine sharing KERAS_HOME), which was kept for good."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.setattr(engines, "has_gpu", lambda: False)
     digest = engines.cache_key(**KEY, batch=8, input=[224, 224, 3])
@@ -370,6 +374,7 @@ def test_a_damaged_choice_file_is_measured_again(mobilenet_features, photo_batch
     import json
 
     assert json.loads(choice.read_text())["choice"] == engine.name
+    assert json.loads(choice.read_text())["threads"] == engines.cpu_threads()
 
 
 def test_a_full_cache_disk_is_said_in_a_line(mobilenet_features, photo_batch, tmp_path,

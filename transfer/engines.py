@@ -427,6 +427,8 @@ def open_engine(model, first_batch: np.ndarray, *, requested: str = "auto", key:
             remembered = json.loads(choice_file.read_text(encoding="utf-8"))
         if not isinstance(remembered, dict):  # damaged by hand: measured again
             remembered = {}
+        if remembered.get("threads") != info.threads:  # measured with other cores (taskset,
+            remembered = {}  # a container's quota, another machine sharing KERAS_HOME): again
         if remembered.get("choice") == "tf":
             info.measured = remembered.get("measured", {})
             info.fallback = "TensorFlow measured faster on this machine"
