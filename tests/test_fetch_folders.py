@@ -1101,6 +1101,12 @@ def test_many_photos_of_one_name_are_renamed_in_linear_time():
     assert len(set(names)) == 20000 and names[:3] == ["IMG_0001.JPG", "IMG_0001-2.JPG",
                                                        "IMG_0001-3.JPG"]
     assert datasets._free_file_name("img_0001-2.jpg", taken) == "img_0001-2-2.jpg"  # any case
+    # roses/a/café.jpg (the accent composed) and roses/b/café.jpg (e and a combining accent,
+    # as macOS writes names): one file on macOS (the second photo replaced the first, or the
+    # run failed on its rename), two names here; one is renamed
+    assert datasets._free_file_name("caf\u00e9.jpg", taken) == "caf\u00e9.jpg"
+    assert datasets._free_file_name("cafe\u0301.jpg", taken) == "cafe\u0301-2.jpg"
+    assert datasets._free_file_name("CAFE\u0301.JPG", taken) == "CAFE\u0301-3.JPG"
     assert datasets.member_file_name("cats\\cat.0.jpg") == "cat.0.jpg"  # a Windows zip
 
 

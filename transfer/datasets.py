@@ -914,23 +914,31 @@ def _fitting(stem: str, suffix: str, extra: str = "") -> str:
 
 
 def _free_file_name(name: str, taken: dict[str, int]) -> str:
-    """``name``, or ``stem-2.jpg``, ``stem-3.jpg``... when a file of that name (in any case)
-    is already in the class (sub-folders of a class, split folders merged); noted in
-    ``taken`` (case-folded), which also remembers the last number used for each name, so
-    that 10,000 photos named IMG_0001.jpg take 10,000 steps, not 50 million. A name too long
+    """``name``, or ``stem-2.jpg``, ``stem-3.jpg``... when a file of that name (in any case,
+    its accents composed or not) is already in the class (sub-folders of a class, split
+    folders merged); noted in ``taken`` (``_folded``), which also remembers the last number
+    used for each name, so that 10,000 photos named IMG_0001.jpg take 10,000 steps, not 50
+    million. A name too long
     for the file system is shortened (``_fitting``); the manifest's ``renamed`` keeps the
     original, as for a number added."""
     pure = PurePosixPath(name)
     candidate = name = _fitting(pure.stem, pure.suffix)
-    if candidate.casefold() in taken:
-        last = "\0" + name.casefold()  # no file name holds a NUL
+    if _folded(candidate) in taken:
+        last = "\0" + _folded(name)  # no file name holds a NUL
         n = taken.get(last, 1)
-        while candidate.casefold() in taken:
+        while _folded(candidate) in taken:
             n += 1
             candidate = _fitting(pure.stem, pure.suffix, f"-{n}")
         taken[last] = n
-    taken[candidate.casefold()] = 1
+    taken[_folded(candidate)] = 1
     return candidate
+
+
+def _folded(name: str) -> str:
+    """What a case-insensitive file system that normalises Unicode (macOS's, Windows') takes
+    ``name`` for: café.jpg with its accent composed or as e and a combining accent, in any
+    case, is one file there."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 # --------------------------------------------------------------------------- the swap
