@@ -149,6 +149,25 @@ def test_a_keras_file_given_as_the_bundle_says_a_folder_is_expected(small_bundle
     assert "train one" not in text
 
 
+def test_a_latest_link_of_yours_is_left_alone(small_bundle, tmp_path):
+    """models/latest is the link train keeps to the newest bundle beside it: one of yours to
+    another folder (../releases/v3, an absolute path) was pointed at each new bundle without
+    --force. Only a link naming a bundle beside it (or none) is train's."""
+    model, meta = bundle.load(small_bundle)
+    latest = small_bundle.parent / "latest"
+    assert os.readlink(latest) == "b"
+    for yours in ("../releases/v3", str(tmp_path / "elsewhere")):
+        latest.unlink()
+        latest.symlink_to(yours)
+        bundle.write(small_bundle.with_name("c"), False, model, meta, {"loss": [1.0]})
+        assert os.readlink(latest) == yours
+        shutil.rmtree(small_bundle.with_name("c"))
+    latest.unlink()
+    latest.symlink_to("gone")  # train's, to a bundle since removed: train's to point anew
+    bundle.write(small_bundle.with_name("c"), False, model, meta, {"loss": [1.0]})
+    assert os.readlink(latest) == "c"
+
+
 def test_a_latest_link_to_a_bundle_gone_says_so(small_bundle, tmp_path, monkeypatch):
     """models/latest left pointing at a bundle renamed or deleted said "no model bundle at
     models/latest: train one with `transfer train`", as if none had ever been trained."""
