@@ -166,6 +166,26 @@ def test_a_photo_saved_into_the_split_while_force_rebuilds_it_goes_aside(real_ph
     assert json.loads((data / "manifest.json").read_text())["seed"] == 7
 
 
+def test_a_split_folder_replaced_by_a_link_goes_aside_with_force(real_photos, tmp_path):
+    """data/validate replaced by a link to a folder of yours: --force took the link for the
+    split it made, and removed it with the previous split without a word (what it pointed at
+    stayed). It is moved aside, and said, as a folder fetch-data did not make."""
+    archive = make_zip(tmp_path / "small.zip", kaggle_members(real_photos, 20))
+    data = tmp_path / "data"
+    opts = dict(archive=archive, data_dir=data, train_per_class=5, validate_per_class=5)
+    fetch_data(FetchOptions(**opts))
+    mine = tmp_path / "my-validate"
+    shutil.move(data / "validate", mine)
+    (data / "validate").symlink_to(mine, target_is_directory=True)
+    said = Recorder()
+    result = fetch_data(FetchOptions(**opts, seed=7, force=True), said)
+    assert result.moved_aside == [str(data / "validate.old")]
+    assert os.readlink(data / "validate.old") == str(mine)
+    assert said.warnings == [f"moved {data / 'validate'}, which fetch-data did not make, aside "
+                             f"to {data / 'validate.old'}"]
+    assert not (data / "validate").is_symlink() and len(listing(data)["validate/cats"]) == 5
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 

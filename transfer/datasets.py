@@ -446,8 +446,11 @@ def _existing_splits(data_dir: Path, manifest: dict | None, extras: dict[str, li
     not write (a test/ of your own) is left alone."""
     made = set(manifest.get("splits", [])) if manifest else set()
     present = [s for s in SPLITS if (data_dir / s).exists() or (data_dir / s).is_symlink()]
-    ours = [s for s in present if s in made and s not in extras]
-    foreign = [s for s in present if (s not in made and s in writes) or s in extras]
+    # a link where a split was is yours (fetch-data makes folders): moved aside, never removed
+    linked = {s for s in present if (data_dir / s).is_symlink()}
+    ours = [s for s in present if s in made and s not in extras and s not in linked]
+    foreign = [s for s in present
+               if (s not in made and s in writes) or s in extras or s in linked]
     if manifest is None and ((data_dir / MANIFEST).exists() or (data_dir / MANIFEST).is_symlink()):
         foreign.append(MANIFEST)  # someone else's manifest.json (or an unreadable one)
     return ours, foreign
