@@ -965,6 +965,25 @@ def test_a_cached_shard_with_no_readable_photo_is_read_back(own_split, tmp_path)
     assert runs[1].meta["metrics"] == runs[0].meta["metrics"]
 
 
+def test_a_cache_hit_leaves_out_the_same_photos_however_the_folder_is_named(
+        own_split, tmp_path, monkeypatch):
+    """The cache finds a shard by its files relative to the data folder, but the files it
+    could not read were kept as the first run named them (data/train/cats/x.jpg): a run
+    naming the folder another way (/home/me/project/data) counted them as usable photos
+    (train_images 25, skipped listing the other spelling). Spelled as this run names them."""
+    cats = own_split / "train" / "cats"
+    whole = next(iter(sorted(cats.iterdir()))).read_bytes()
+    (cats / "zzz-cut-short.jpg").write_bytes(whole[:len(whole) // 3])
+    monkeypatch.chdir(own_split.parent)
+    runs = [train(hp(Path(folder), tmp_path, augment=NO_AUGMENT, engine="tf", epochs=2,
+                     output=tmp_path / f"models/{name}"))
+            for name, folder in (("a", own_split.name), ("b", own_split))]
+    assert [r.meta["feature_cache"] for r in runs] == ["miss", "hit"]
+    assert [r.meta["data"]["train_images"] for r in runs] == [24, 24]
+    assert [r.meta["skipped"][0]["file"] for r in runs] == [
+        f"{own_split.name}/train/cats/zzz-cut-short.jpg", str(cats / "zzz-cut-short.jpg")]
+
+
 def test_train_waits_for_no_fetch_data_but_refuses_while_one_writes(own_split, tmp_path):
     """A fetch-data writing the split (another process holds the folder's lock): train refuses
     in one line before any work; another train reading the same folder does not stop it."""

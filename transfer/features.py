@@ -267,6 +267,23 @@ def file_rows(paths: list, root: Path | None = None) -> list[tuple[str, int, int
     return rows
 
 
+def respelled(skipped: list, paths: list, root: Path | None = None) -> list:
+    """A cached shard's ``skipped`` with each file spelled as this run names it (``paths``,
+    the shard's): the entry is found by the files relative to ``root``, so a run given the
+    data folder another way (``data`` then ``/home/me/project/data``) finds the entry of one
+    that named it ``data/train/cats/x.jpg``, which then did not leave out this run's
+    ``/home/me/project/data/train/cats/x.jpg``."""
+    names = {name: str(path) for (name, _, _), path in zip(file_rows(paths, root), paths,
+                                                           strict=True)}
+    out = []
+    for item in skipped:
+        said = Path(str(item.get("file", ""))).as_posix()
+        now = next((path for name, path in names.items()
+                    if said == name or said.endswith("/" + name)), None)
+        out.append({**item, "file": now} if now is not None else item)
+    return out
+
+
 def store_quietly(path: Path, result: Pass, warn: Callable[[str], None] | None) -> bool:
     """``store``, telling ``warn`` instead of failing when the cache cannot be written."""
     try:

@@ -436,7 +436,8 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
                 if cluster is not None:  # a rerun finds it again (cluster.kept)
                     cluster.features_kept = True
                 seen_engines.add(entry.engine)
-                for item in entry.skipped:
+                a, b = bounds[i]
+                for item in features.respelled(entry.skipped, paths[a:b], plan.root):
                     skipped.setdefault(item["file"], item["reason"])
         if cluster is not None:  # the chief's cache decides what is left to compute
             done = cluster.broadcast([done], f"the feature pass ({label})")[0]
