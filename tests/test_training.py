@@ -984,6 +984,31 @@ def test_a_cache_hit_leaves_out_the_same_photos_however_the_folder_is_named(
         f"{own_split.name}/train/cats/zzz-cut-short.jpg", str(cats / "zzz-cut-short.jpg")]
 
 
+def test_a_checkpoint_resumes_whatever_the_options_that_do_not_train(own_split, tmp_path,
+                                                                      monkeypatch):
+    """A multi-worker rerun "the same command again" from another folder, naming the data
+    folder another way, or adding --tensorboard (--engine, --no-feature-cache...), found its
+    epoch checkpoints "of another run" and started over. They do not change what is trained;
+    the photos (relative to the data folder) and the settings that do still count."""
+    from transfer.phases import checkpoint_fingerprint
+    from transfer.training import plan
+
+    monkeypatch.chdir(own_split.parent)
+
+    def fingerprint(data: Path = Path(own_split.name), home: Path = tmp_path, **kw) -> str:
+        return checkpoint_fingerprint(plan(hp(data, home, fine_tune=2,
+                                              **kw).validated().resolved()), "fine-tune", 2)
+
+    first = fingerprint()
+    assert fingerprint(own_split, tmp_path / "elsewhere", tensorboard=tmp_path / "tb",
+                       engine="tf", feature_cache=False, assert_accuracy_at_least=0.5,
+                       preview_augment=True) == first
+    assert fingerprint(fine_tune_lr=1e-4) != first and fingerprint(seed=1) != first
+    (own_split / "train/cats" / "one-more.jpg").write_bytes(
+        next(iter(sorted((own_split / "train/dogs").iterdir()))).read_bytes())
+    assert fingerprint() != first
+
+
 def test_train_waits_for_no_fetch_data_but_refuses_while_one_writes(own_split, tmp_path):
     """A fetch-data writing the split (another process holds the folder's lock): train refuses
     in one line before any work; another train reading the same folder does not stop it."""

@@ -1173,10 +1173,19 @@ def fit_distributed(plan: RunPlan, built: Built, reporter: Reporter, cluster,
     return Fit(history_of(history, phase), time.perf_counter() - start, info)
 
 
+# settings a resumed run may change: they do not change what is trained. The data folders
+# as spelled go too: the photos are in the identity, relative to them (a rerun from another
+# folder, or with the folder named another way, resumed nothing)
+RESUME_ANYWAY = ("force", "command", "output", "worker_timeout", "tensorboard", "models_dir",
+                 "preview_augment", "assert_accuracy_at_least", "feature_cache", "engine",
+                 "data_dir", "train_dir", "validate_dir")
+
+
 def checkpoint_identity(plan: RunPlan, phase: str, workers: int) -> dict:
-    """What a checkpoint must match to be resumed: the settings, files and cluster size."""
+    """What a checkpoint must match to be resumed: the settings (but ``RESUME_ANYWAY``),
+    files and cluster size."""
     hp = plan.settings.as_dict()
-    for volatile in ("force", "command", "output", "worker_timeout"):
+    for volatile in RESUME_ANYWAY:
         hp.pop(volatile, None)
     return {"settings": hp, "phase": phase, "workers": workers,
             "train": plan.train_files, "validate": plan.val_files}
