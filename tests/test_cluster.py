@@ -841,6 +841,41 @@ def test_the_launcher_passes_a_stop_on_to_its_workers(tmp_path, signum, code):
             os.kill(pid, 0)
 
 
+def test_a_terminals_ctrl_c_reaches_each_worker_once(tmp_path):
+    """A terminal's Ctrl-C goes to the whole foreground process group: the workers (in the
+    launcher's group) got it, then the launcher's own SIGINT 0.2 s later, in the middle of
+    their clean-up (a traceback and exit 1 from a worker that had joined its cluster). Each
+    worker is in a session of its own and hears it once, from the launcher."""
+    import signal
+    import subprocess
+    import sys
+
+    heard = tmp_path / "heard"
+    heard.mkdir()
+    worker = ("import os, pathlib, signal, sys, time\n"
+              f"mine = pathlib.Path({str(heard)!r}, str(os.getpid()))\n"
+              "mine.write_text('')\n"
+              "def stop(*a):\n"
+              "    mine.write_text(mine.read_text() + 'INT ')\n"
+              "    time.sleep(1.5)  # its clean-up\n"
+              "    sys.exit(130)\n"
+              "signal.signal(signal.SIGINT, stop)\n"
+              "time.sleep(120)\n")
+    script = ("import sys; from transfer import launch; "
+              f"launch.command = lambda args: [sys.executable, '-c', {worker!r}]; "
+              "sys.exit(launch.run_local(2, []))")
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own group, as a terminal's job
+    try:
+        assert wait_for(lambda: len(list(heard.iterdir())) == 2, [proc], 60), "no workers"
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert [p.read_text() for p in heard.iterdir()] == ["INT "] * 2
+
+
 def test_the_local_script_runs_the_workers_in_the_callers_folder(tmp_path):
     """scripts/multiworker_local.sh from one's own project: `--data-dir mine` is that
     project's mine/ (the script changed into the repository for good, so it was "no data

@@ -65,7 +65,11 @@ def start(n: int, args: Sequence[str], ports: Sequence[int] | None = None,
             worker_env = {**(os.environ if env is None else env),
                           "TF_CONFIG": tf_config(addresses, i)}
             piped = {} if i == 0 else {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
-            procs.append(subprocess.Popen(command(args), env=worker_env, text=True, **piped))
+            # a session of its own: a terminal's Ctrl-C reaches the launcher alone, which
+            # passes it on once (it reached the workers too, and the second one, 0.2 s later,
+            # fell in their clean-up)
+            procs.append(subprocess.Popen(command(args), env=worker_env, text=True,
+                                          start_new_session=True, **piped))
     except BaseException:  # one that could not start (no memory, no process left): the ones
         for proc in procs:  # started would wait for it until their start-up watchdog
             proc.kill()
@@ -100,10 +104,11 @@ def _said(returncode: int) -> str:
 def run_local(n: int, args: Sequence[str], grace: float = GRACE_SECONDS) -> int:
     """Run ``transfer <args>`` as n local workers and wait for them; the exit code.
 
-    Ctrl-C or SIGTERM to the launcher is passed on to the workers (a terminal's Ctrl-C reaches
-    them anyway), which stop with their usual clean-up; those still running ``STOP_SECONDS``
-    later are killed. The exit code is then 130 or 143. A worker killed by a signal is said,
-    and counts as 128 + the signal's number."""
+    Ctrl-C or SIGTERM to the launcher is passed on to the workers (each in a session of its
+    own: a terminal's Ctrl-C reaches the launcher alone), which stop with their usual
+    clean-up; those still running ``STOP_SECONDS`` later are killed. The exit code is then
+    130 or 143 (SIGHUP, a terminal closed: passed on as SIGTERM, 129). A worker killed by a
+    signal is said, and counts as 128 + the signal's number."""
     import signal
 
     if n < 1:
@@ -115,7 +120,10 @@ def run_local(n: int, args: Sequence[str], grace: float = GRACE_SECONDS) -> int:
 
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # SIGHUP too (the terminal closed): the workers, in sessions of their own, would
+        # not hear of it; they are stopped as by SIGTERM
+        previous = {sig: signal.signal(sig, on_signal)
+                    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         procs = start(n, args)
         relays = [threading.Thread(target=_relay, args=(p, i), daemon=True)
@@ -128,7 +136,7 @@ def run_local(n: int, args: Sequence[str], grace: float = GRACE_SECONDS) -> int:
                 stopped_at = time.monotonic()
                 for p in procs:
                     if p.poll() is None:
-                        p.send_signal(stop[0])
+                        p.send_signal(signal.SIGTERM if stop[0] == signal.SIGHUP else stop[0])
             for i, p in enumerate(procs):
                 if p.returncode not in (None, 0) and failed_at is None:
                     code, failed_at, first = exit_code(p.returncode), time.monotonic(), i
@@ -158,7 +166,7 @@ def run_local(n: int, args: Sequence[str], grace: float = GRACE_SECONDS) -> int:
         if p.returncode and not code:
             code = exit_code(p.returncode)
     if stop:
-        return 143 if stop[0] == signal.SIGTERM else 130
+        return 128 + int(stop[0])  # 130 (Ctrl-C), 143 (SIGTERM), 129 (SIGHUP)
     return code
 
 
