@@ -119,15 +119,30 @@ def test_report_of_an_evaluation_folder(trained_bundle, small_split, tmp_path):
     from transfer.evaluate import evaluate
 
     out = tmp_path / "eval"
-    evaluate(trained_bundle.bundle, data_dir=small_split / "test", output=out)
+    report = evaluate(trained_bundle.bundle, data_dir=small_split / "test", output=out,
+                      assert_accuracy_at_least=0.5).report
     assert (out / "report.html").is_file()  # evaluate writes its report itself
     target = write_report(out, tmp_path / "pages" / "test.html")
     assert target == tmp_path / "pages" / "test.html"
     text = target.read_text(encoding="utf-8")
     assert_self_contained(text)
     assert str(small_split / "test") in text and 'class="confusion"' in text
-    assert "cats" in text and "dogs" in text
     assert "accuracy and loss" in text  # the bundle's curves, found through report.json
+    # the balanced accuracy and the gate, which report.json holds and the page left out
+    assert f"{report['balanced_accuracy']:.4f}</b><span>balanced accuracy" in text
+    assert (f"Accuracy gate passed: {report['accuracy']:.4f}, at least "
+            "--assert-accuracy-at-least 0.5.") in text
+    # a gate failed by less than the card's 4 decimals showed "0.9000 evaluated accuracy"
+    # under a threshold of 0.9 and no word of the gate (CI exited 3)
+    saved = json.loads((out / "report.json").read_text())
+    threshold = round(report["accuracy"], 4)
+    saved["gate"] = {"threshold": threshold, "accuracy": threshold - 4e-6, "passed": False}
+    (out / "report.json").write_text(json.dumps(saved))
+    text = write_report(out, tmp_path / "pages" / "failed.html").read_text(encoding="utf-8")
+    shown = f"{threshold - 4e-6:.6f}"  # 0.924996, which 4 decimals showed as 0.9250
+    assert f"{shown}</b><span>evaluated accuracy" in text
+    assert (f"Accuracy gate failed: {shown} is below --assert-accuracy-at-least "
+            f"{saved['gate']['threshold']:g} (exit code 3).") in text
 
 
 def test_an_evaluation_of_a_folder_named_in_latin_1_has_its_report(trained_bundle,
@@ -473,6 +488,12 @@ GOOD_COMPARISON = {"data_dir": "flowers", "base": "mobilenet", "alpha": 0.25, "s
      "compare.json: runs.frozen: test_time_flips must be true or false, not 1"),
     ({"runs": {"tuned": {"fine_tune_result": {"kept": False, "frozen": {"val_loss": 0.2}}}}},
      "compare.json: runs.tuned.fine_tune_result: fine_tuned must be an object, not null"),
+    # a ValueError traceback ("Unknown format code 'f'"); a cell of HTML put in the page
+    ({"runs": {"frozen": {"macro_f1": "0.9"}}},
+     "compare.json: runs.frozen: macro_f1 must be a number, not \"0.9\""),
+    ({"runs": {"frozen": {"epochs_run": "<img src=x onerror=alert(1)>", "best_epoch": 1}}},
+     "compare.json: runs.frozen: epochs_run must be a whole number, not \"<img src=x "
+     "onerror=alert(1)>\""),
 ])
 def test_a_damaged_compare_json_is_one_error_naming_it(tmp_path, content, message):
     """`transfer report` on a comparison whose compare.json is garbled or has a field of the

@@ -1016,19 +1016,12 @@ def _gate(gate: dict | None, what: str) -> None:
     """Exit code 3 with one line when --assert-accuracy-at-least was not met."""
     if gate and not gate["passed"]:
         from transfer.errors import GateFailed
+        from transfer.metrics import below
 
         raise GateFailed(f"{what} {below(gate['accuracy'], gate['threshold'])} is below "
                          f"--assert-accuracy-at-least {gate['threshold']:g}")
 
 
-def below(value: float, threshold: float) -> str:
-    """``value`` with 4 decimals, or as many more as show it under ``threshold`` (0.86667
-    read "0.8667 is below 0.8667")."""
-    for digits in range(4, 10):
-        shown = f"{value:.{digits}f}"
-        if float(shown) < threshold:
-            return shown
-    return repr(value)
 
 
 # --------------------------------------------------------------------------- explain, export

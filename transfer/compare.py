@@ -416,7 +416,7 @@ def render_section(data: dict, png: Path | None = None) -> str:
         f1 = row.get("per_class_f1") or {}
         cells = [e(name), num(row.get("val_accuracy")), num(row.get("val_loss")),
                  num(row.get("macro_f1")), *[num(f1.get(c)) for c in classes],
-                 epochs_cell(row), num(row.get("seconds"), 0),
+                 e(epochs_cell(row)), num(row.get("seconds"), 0),
                  "-" if row.get("parameters_trained") is None
                  else f"{row['parameters_trained']:,}",
                  e(Path(row["bundle"]).name if row.get("bundle") else "-")]
@@ -458,7 +458,8 @@ _COMPARE_TYPES = {"runs": dict, "histories": dict, "data_dir": str, "base": str,
                   "alpha": (int, float), "seed": int}
 _RUN_TYPES = {"val_accuracy": (int, float), "val_loss": (int, float), "seconds": (int, float),
               "parameters_trained": int, "per_class_f1": dict, "bundle": str,
-              "feature_cache": str, "fine_tune_result": dict, "test_time_flips": bool}
+              "feature_cache": str, "fine_tune_result": dict, "test_time_flips": bool,
+              "macro_f1": (int, float), "epochs_run": int, "best_epoch": int}
 
 
 def read(folder: Path) -> dict:

@@ -7,6 +7,16 @@ import numpy as np
 IMBALANCE = 1.5  # classes are unbalanced when the largest has more than 1.5x the smallest
 
 
+def below(value: float, threshold: float) -> str:
+    """``value`` with 4 decimals, or as many more as show it under ``threshold`` (0.86667
+    read "0.8667 is below 0.8667")."""
+    for digits in range(4, 10):
+        shown = f"{value:.{digits}f}"
+        if float(shown) < threshold:
+            return shown
+    return repr(value)
+
+
 def unbalanced(counts: dict | None, ratio: float = IMBALANCE) -> bool:
     """Whether ``counts`` (images per class) has a class with more than ``ratio`` x the images
     of the smallest one (a class with none, beside others with some, too): then accuracy

@@ -40,6 +40,7 @@ import numpy as np
 from transfer import bundle
 from transfer.constants import COMPARE_JSON
 from transfer.errors import TransferError, env_number, raise_if_interrupted
+from transfer.metrics import below
 
 REPORT_HTML = "report.html"
 GENERATOR = '<meta name="generator" content="transfer">'  # marks the pages it may replace
@@ -184,6 +185,14 @@ def _picture(path: Path, caption: str, notes: list[str]) -> str:
         return skipped_lines(notes, f"{path.name} skipped: {problem}")
     return (f'<figure><img src="{data_uri(data)}" alt="{_e(caption)}">'
             f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def _gate_shown(gate: dict) -> bool:
+    """Whether report.json's ``gate`` holds the numbers the page says it by (a hand-edited
+    one may not)."""
+    numbers = [gate.get("accuracy"), gate.get("threshold")]
+    return (all(isinstance(v, float | int) and not isinstance(v, bool) for v in numbers)
+            and isinstance(gate.get("passed"), bool))
 
 
 def _num(value, digits: int = 4) -> str:
@@ -737,7 +746,12 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
     # ---- summary
     cards = []
     if evaluation:
-        cards.append(_card(_num(evaluation.get("accuracy")), "evaluated accuracy"))
+        gate = evaluation.get("gate") or {}
+        cards.append(_card(below(gate["accuracy"], gate["threshold"])  # never "0.9000" < 0.9
+                           if _gate_shown(gate) and gate["passed"] is False
+                           else _num(evaluation.get("accuracy")), "evaluated accuracy"))
+        if evaluation.get("balanced_accuracy") is not None:
+            cards.append(_card(_num(evaluation["balanced_accuracy"]), "balanced accuracy"))
         cards.append(_card(_num(evaluation.get("loss")), "evaluated loss"))
         if evaluation.get("roc_auc") is not None:
             cards.append(_card(_num(evaluation["roc_auc"]), "ROC AUC"))
@@ -780,7 +794,16 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
             # a link (models/latest) names another bundle once a later run moves it
             named = f"{named} -> {Path(led_to).name}"
         run += (f"<p>Evaluated <b>{_e(named)}</b> on {on}{training_folder}"
-                f", {_e(evaluation.get('created') or '')}.</p>")
+                + (f", {_e(evaluation['created'])}" if evaluation.get("created") else "")
+                + ".</p>")
+        gate = evaluation.get("gate") or {}
+        if _gate_shown(gate) and gate["passed"] is False:
+            run += (f"<p class=\"warn\">Accuracy gate failed: "
+                    f"{below(gate['accuracy'], gate['threshold'])} is below "
+                    f"--assert-accuracy-at-least {gate['threshold']:g} (exit code 3).</p>")
+        elif _gate_shown(gate):
+            run += (f"<p>Accuracy gate passed: {_num(gate['accuracy'])}, at least "
+                    f"--assert-accuracy-at-least {gate['threshold']:g}.</p>")
         run += lost
         if retrained is not None:
             run += (f"<p class=\"warn\">{_e(retrained[0])} was trained again since this "
