@@ -264,3 +264,34 @@ def test_train_dir_without_validate_dir_validates_on_the_folder_beside_it(tmp_pa
     # pets/train/Val, "no data folder", while pets/Val was found)
     monkeypatch.chdir(tmp_path / "pets/train")
     assert TrainSettings(train_dir=".").resolved().validate_dir == Path("../Val")
+
+
+def test_predict_and_explain_refuse_what_would_read_or_write_elsewhere(image, tmp_path,
+                                                                        monkeypatch):
+    """explain's pictures into a folder of the photos given (a class of pictures to the next
+    train or evaluate, as evaluate's --output there is refused); an empty path from a
+    program (an unset variable: every photo under the current folder, classified or drawn
+    on; the CLI refuses an empty argument); predict --models-dir naming a file (no bundle
+    there: ImageNet mode, maybe a 92 MB download, with a warning only)."""
+    from typer.testing import CliRunner
+
+    from transfer.cli import app
+
+    data = tmp_path / "data"
+    (data / "cats").mkdir(parents=True)
+    with pytest.raises(TransferError, match=r"^--output .*data/heat is inside the data folder"):
+        ExplainSettings(images=[str(data)], output=data / "heat").validated()
+    ExplainSettings(images=[str(data)], output=tmp_path / "elsewhere").validated()
+    # a folder of photos alone (no class folders): its pictures may go inside it
+    ExplainSettings(images=[str(data / "cats")], output=data / "cats" / "heat").validated()
+    for settings in (ExplainSettings(images=[""]), PredictSettings(paths=[str(image), " "])):
+        with pytest.raises(TransferError, match=r"holds an empty path \(an unset variable\?\)"):
+            settings.validated()
+    (tmp_path / "models.txt").write_text("not a folder")
+    with pytest.raises(TransferError, match=r"^--models-dir .*models.txt is a file, not a"):
+        PredictSettings(paths=[str(image)], models_dir=tmp_path / "models.txt").validated()
+    # predict --output out/ wrote a file named out (a Path drops the slash)
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(app, ["predict", str(image), "--output", "out/"])
+    assert done.exit_code == 1 and "--output out/ names a folder; name a file" in done.output
+    assert not (tmp_path / "out").exists()

@@ -844,9 +844,9 @@ def predict_cmd(
     format: Annotated[PredictFormat | None, typer.Option(
         "--format", help="\\[default: from --output's suffix, else table]", show_default=False)
     ] = _P.format,
-    output: Annotated[Path | None, typer.Option(help="Write the results to this file (- for "
-                                                     "standard output).",
-                                                show_default=False)] = _P.output,
+    output: Annotated[str | None, typer.Option(help="Write the results to this file (- for "
+                                                    "standard output).",
+                                               show_default=False)] = _P.output,
     invert: Annotated[Invert | None, typer.Option(
         help="Digit models: is the digit dark on light? \\[default: the bundle's, auto]",
         show_default=False)] = _P.invert,
@@ -864,6 +864,8 @@ def predict_cmd(
     """Classify images with a trained bundle, or with an ImageNet classifier (--imagenet)."""
     if output is not None and str(output) == "-":  # the Unix convention: standard output
         output = None
+    if output is not None and output.endswith(("/", os.sep)):  # a Path drops the slash
+        raise TransferError(f"--output {output} names a folder; name a file")
     settings = S.PredictSettings(paths=paths, model=model, imagenet=imagenet, base=base,
                                  alpha=alpha, top=top, format=format, output=output,
                                  invert=invert, batch_size=batch_size, models_dir=models_dir,

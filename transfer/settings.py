@@ -244,6 +244,22 @@ def some_paths(name: str, value) -> list:
     return list(items)
 
 
+def _has_folders(path) -> bool:
+    """Whether ``path`` is a folder holding folders (class folders: a data folder)."""
+    try:
+        return Path(path).is_dir() and any(child.is_dir() for child in Path(path).iterdir())
+    except OSError:
+        return False
+
+
+def no_empty_path(name: str, paths: list) -> None:
+    """An empty path is the current folder to Path: every photo under it, classified or drawn
+    on (the CLI refuses an empty argument; a library caller's unset variable got this)."""
+    if any(isinstance(p, str) and not p.strip() for p in paths):
+        raise TransferError(f"{name} holds an empty path (an unset variable?); name the "
+                            "images, or . for the current folder")
+
+
 def given(value, cls: type, function: str):
     """``value`` when it is a ``cls``; else one TransferError showing the call (a path given
     to a command that takes settings failed with an AttributeError on ``validated``)."""
@@ -765,6 +781,8 @@ class PredictSettings(Settings):
                                 f"{paths!r}") from None
         if not paths:
             raise TransferError("give at least one image, folder or glob")
+        no_empty_path("paths", paths)
+        not_a_file("models_dir", self.models_dir)  # else "no bundle": ImageNet mode instead
         one_of("format", self.resolved_format(), PREDICT_FORMATS)
         at_least("batch_size", self.batch_size, 1)
         if self.top is not None:
@@ -846,6 +864,10 @@ class ExplainSettings(Settings):
             images = some_paths("images", self.images)
             if not images:
                 raise TransferError("give the images to explain")
+            no_empty_path("images", images)
+            # its pictures keep their class folders: inside a folder of class folders given
+            # (a data folder), they are a class of pictures to its next train or evaluate
+            outside_data("output", self.output, *[p for p in images if _has_folders(p)])
             if self.output is not None and (Path(self.output).is_file()
                                             or Path(self.output).suffix.lower() == ".png"):
                 raise TransferError(f"--output {self.output} names a file; with several images "
