@@ -295,3 +295,19 @@ def test_predict_and_explain_refuse_what_would_read_or_write_elsewhere(image, tm
     done = CliRunner().invoke(app, ["predict", str(image), "--output", "out/"])
     assert done.exit_code == 1 and "--output out/ names a folder; name a file" in done.output
     assert not (tmp_path / "out").exists()
+
+
+def test_fetch_datas_test_split_0_is_its_default(tmp_path):
+    """--test-split 0, the default --help shows, switched the cats/dogs tour from its
+    per-class counts (1000 + 400) to fractions of every photo, and was refused beside the
+    counts ("not both"), though --test-per-class 0 is accepted beside fractions."""
+    from transfer.archive import KAGGLE
+    from transfer.datasets import _split_plan
+
+    plain = FetchOptions(data_dir=tmp_path / "d").validated()
+    zero = FetchOptions(data_dir=tmp_path / "d", test_split=0.0).validated()
+    assert zero.test_split is None
+    assert _split_plan(zero, KAGGLE) == _split_plan(plain, KAGGLE) == {
+        "mode": "per_class", "train": 1000, "validate": 400}
+    FetchOptions(data_dir=tmp_path / "d", test_split=0, train_per_class=500,
+                 validate_per_class=200).validated()

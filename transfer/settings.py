@@ -412,6 +412,8 @@ class FetchOptions(Settings):
             open_fraction("validation_split", opts.validation_split)
         if opts.test_split is not None:
             fraction("test_split", opts.test_split)
+        if opts.test_split == 0:  # no test split, the default (as --test-per-class 0): it
+            opts = opts.replace(test_split=None)  # turned the tour's counts into fractions
         if opts.validation_split is not None or opts.test_split is not None:
             total = ((0.2 if opts.validation_split is None else opts.validation_split)
                      + (opts.test_split or 0.0))
