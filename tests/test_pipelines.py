@@ -144,6 +144,53 @@ def test_augmentation_is_seeded_and_varies_by_epoch(odd_folder):
     assert np.abs(np.asarray(again[0][0]) - plain[:4]).max() > 0.1  # augmented
 
 
+def test_the_tfdata_pipelines_augmentation(odd_folder):
+    """--pipeline tfdata (and every multi-worker fit): the same seed gave other pictures each
+    run (batches transformed in parallel took the layers' random draws in any order); its
+    shear pivoted on the top-left corner (a 20 degree shear also moved the picture sideways
+    by a third of its height) and failed above 45 degrees (a ValueError traceback); every
+    transform at 0 without --no-augment called an empty Sequential (a traceback); a file name
+    that is not UTF-8 failed tf.constant (a traceback)."""
+    import math
+    import os
+
+    names = ["daisy", "roses"]
+    samples = pipelines.samples_of(odd_folder, names)
+
+    def batches(augment, seed=3, take=samples):
+        data = pipelines.make("tfdata", take, names, 48, "tf", 4, augment, shuffle=True,
+                              seed=seed)
+        return [np.asarray(x) for x, _ in data]
+
+    many = samples * 8  # 20 batches (the draws' order did not show on this machine in 3)
+    for first, again in zip(batches(Augment(), take=many), batches(Augment(), take=many),
+                            strict=True):
+        np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(batches(Augment())[0], batches(Augment(), seed=4)[0])
+    # the shear: about the centre; any angle below 90 degrees
+    line = np.zeros((8, 64, 64, 3), "float32")
+    line[:, :, 31:33] = 255.0  # a vertical line through the centre
+    sheared = np.asarray(pipelines._centred_shear(math.tan(math.radians(20)), 5)(
+        line, training=True))
+    middle = [np.flatnonzero(image[31:33, :, 0].mean(axis=0) > 127).mean() for image in sheared]
+    assert np.allclose(middle, 31.5, atol=1.0), middle
+    assert not np.array_equal(sheared[:, 0], line[:, 0])  # the top row did move
+    assert len(batches(Augment(shear=60))) == 3
+    # every transform off, augmentation on: the plain pictures
+    off = Augment(rotation=0, shift=0, shear=0, zoom=0, flip=False)
+    plain = pipelines.make("tfdata", samples, names, 48, "tf", 100, None, shuffle=False, seed=3)
+    still = pipelines.make("tfdata", samples, names, 48, "tf", 100, off, shuffle=False, seed=3)
+    np.testing.assert_array_equal(np.asarray(next(iter(still))[0]),
+                                  np.asarray(next(iter(plain))[0]))
+    # a name that is not UTF-8
+    latin = odd_folder / os.fsdecode(b"daisy/caf\xe9.jpg")
+    shutil.copyfile(samples[0].path, latin)
+    listed = pipelines.samples_of(odd_folder, names)
+    assert latin in [s.path for s in listed]
+    data = pipelines.make("tfdata", listed, names, 48, "tf", 100, None, shuffle=False, seed=3)
+    assert len(np.asarray(next(iter(data))[0])) == len(listed) == len(samples) + 1
+
+
 def test_unreadable_files_are_recorded_and_left_out_of_their_batch(odd_folder, flowers):
     names = ["daisy", "roses"]
     (odd_folder / "daisy/broken.jpg").write_bytes(

@@ -40,6 +40,7 @@ Labels are float 0/1 for two classes (sigmoid head) and integer indices for more
 from __future__ import annotations
 
 import math
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -443,8 +444,45 @@ def generator_flow(samples, names: list[str], size: int, preprocess: str, batch_
                              seed, skipped)
 
 
+def _centred_shear(factor: float, seed: int):
+    """Keras's RandomShear about the image's centre, as ImageDataGenerator and the feature
+    pass's ``random_affine`` shear: Keras's pivots on the top-left corner (a 20 degree shear
+    also moved the picture sideways by a third of its height) and refuses a factor above 1
+    (``--shear`` above 45 degrees: a ValueError traceback)."""
+    from transfer.tf import keras
+
+    class CentredShear(keras.layers.RandomShear):
+        def _check_factor_range(self, input_number):  # any slope: --shear below 90 degrees
+            if not 0.0 <= input_number < float("inf"):
+                raise ValueError(f"a shear factor must be finite and >= 0, not {input_number}")
+
+        def _transform_images(self, images, transformation, interpolation):
+            if transformation is None:
+                return images
+            np_ = self.backend.numpy
+            batched = len(self.backend.shape(images)) == 4
+            images = images if batched else np_.expand_dims(images, axis=0)
+            shape = self.backend.shape(images)
+            dtype = self.compute_dtype
+            cy = (self.backend.cast(shape[1], dtype) - 1.0) / 2.0
+            cx = (self.backend.cast(shape[2], dtype) - 1.0) / 2.0
+            slope = transformation["shear_factor"]
+            sx, sy = slope[:, 0], slope[:, 1]
+            ones, zeros = np_.ones_like(sx), np_.zeros_like(sx)
+            # output (x, y) reads input (x + sx (y - cy), y + sy (x - cx)): about the centre
+            matrix = np_.stack([ones, sx, -sx * cy, sy, ones, -sy * cx, zeros, zeros], axis=1)
+            out = self.backend.image.affine_transform(
+                images, transform=matrix, interpolation=interpolation,
+                fill_mode=self.fill_mode, fill_value=self.fill_value,
+                data_format=self.data_format)
+            return out if batched else np_.squeeze(out, axis=0)
+
+    return CentredShear(x_factor=factor, y_factor=0.0, fill_mode="nearest", seed=seed)
+
+
 def augmentation_layers(augment: Augment, seed: int):
-    """Keras layers equivalent to the ImageDataGenerator settings of ``augment``."""
+    """Keras layers equivalent to the ImageDataGenerator settings of ``augment`` (None when
+    every transform is off: an empty Sequential cannot be called)."""
     from transfer.tf import keras
 
     layers = keras.layers
@@ -458,12 +496,11 @@ def augmentation_layers(augment: Augment, seed: int):
         stack.append(layers.RandomTranslation(augment.shift, augment.shift, fill_mode="nearest",
                                               seed=seed + 2))
     if augment.shear:
-        factor = math.tan(math.radians(augment.shear))
-        stack.append(layers.RandomShear(x_factor=factor, y_factor=0.0, fill_mode="nearest",
-                                        seed=seed + 3))
-    if augment.zoom:
-        stack.append(layers.RandomZoom(augment.zoom, fill_mode="nearest", seed=seed + 4))
-    return keras.Sequential(stack, name="augmentation")
+        stack.append(_centred_shear(math.tan(math.radians(augment.shear)), seed + 3))
+    if augment.zoom:  # height and width drawn apart, as ImageDataGenerator's zx and zy
+        stack.append(layers.RandomZoom(augment.zoom, augment.zoom, fill_mode="nearest",
+                                       seed=seed + 4))
+    return keras.Sequential(stack, name="augmentation") if stack else None
 
 
 def tfdata_dataset(samples, names: list[str], size: int, preprocess: str, batch_size: int,
@@ -480,7 +517,9 @@ def tfdata_dataset(samples, names: list[str], size: int, preprocess: str, batch_
     samples = list(samples)
     size = int(size)
     dtype = _label_dtype(names)
-    paths = [str(s.path) for s in samples]
+    # the names' bytes: a name that is not UTF-8 (a Latin-1 stick's "caf\xe9.jpg") made
+    # tf.constant fail with a ValueError traceback
+    paths = [os.fsencode(s.path) for s in samples]
     labels = np.asarray([s.label for s in samples], dtype=dtype)
     dataset = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string),
                                                   tf.constant(labels)))
@@ -488,7 +527,7 @@ def tfdata_dataset(samples, names: list[str], size: int, preprocess: str, batch_
         dataset = dataset.shuffle(max(1, len(samples)), seed=seed, reshuffle_each_iteration=True)
 
     def load(path):
-        path = path.decode() if isinstance(path, bytes) else str(path)
+        path = os.fsdecode(path) if isinstance(path, bytes) else str(path)
         array = _read_or_skip(Sample(Path(path), 0), size, skipped)
         if array is None:
             return np.zeros((size, size, 3), "uint8"), False
@@ -506,15 +545,18 @@ def tfdata_dataset(samples, names: list[str], size: int, preprocess: str, batch_
     dataset = dataset.map(lambda image, label, ok: (tf.cast(image, tf.float32), label))
     dataset = dataset.batch(batch_size)
     prep = preprocess_layer(preprocess)
-    if augment is not None and augment.enabled:
-        aug = augmentation_layers(augment, seed)
-
+    aug = augmentation_layers(augment, seed) if augment is not None and augment.enabled else None
+    if aug is not None:
         def transform(x, y):
             return prep(aug(x, training=True)), y
-    else:
-        def transform(x, y):
-            return prep(x), y
-    return dataset.map(transform, num_parallel_calls=autotune).prefetch(autotune)
+
+        # one batch at a time: the layers draw from one random state, and batches transformed
+        # in parallel took its draws in any order (the same seed, other pictures each run)
+        return dataset.map(transform).prefetch(autotune)
+
+    def plain(x, y):
+        return prep(x), y
+    return dataset.map(plain, num_parallel_calls=autotune).prefetch(autotune)
 
 
 def make(pipeline: str, samples, names: list[str], size: int, preprocess: str,

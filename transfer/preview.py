@@ -103,7 +103,7 @@ def augmented_versions(images: np.ndarray, augment: Augment, copies: int, seed: 
     else:
         layers = pipelines.augmentation_layers(augment, seed)
         for k in range(copies):
-            out[:, k] = np.asarray(layers(images, training=True))
+            out[:, k] = images if layers is None else np.asarray(layers(images, training=True))
     return np.clip(np.rint(out), 0, 255).astype("uint8")
 
 
