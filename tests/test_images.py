@@ -118,6 +118,15 @@ def test_every_pillow_kind_becomes_rgb(photo, tmp_path):
     array = images.rgb_array(images.open_image(grey_alpha), 64)
     assert np.all(array[:, :20] == 255)
     assert np.mean(np.abs(array[:, 40:, 0] - luminance[:, 40:])) < 2
+    # one colour marked transparent (a grey or RGB PNG's tRNS): it read as that colour
+    # (black), where a browser shows white
+    for mode, key in (("L", 0), ("RGB", (0, 0, 0))):
+        keyed = np.full((64, 64) if mode == "L" else (64, 64, 3), 90, "uint8")
+        keyed[:, :32] = 0
+        path = tmp_path / f"keyed-{mode}.png"
+        Image.fromarray(keyed, mode).save(path, transparency=key)
+        array = images.rgb_array(images.open_image(path), 64)
+        assert np.all(array[:, :28] == 255) and np.all(array[:, 36:] == 90), mode
 
     wide = tmp_path / "sixteen.png"
     Image.fromarray(np.full((20, 20), 65535 // 2, dtype=np.uint16)).save(wide)

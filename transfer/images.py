@@ -471,8 +471,11 @@ def decode_whole(readable, largest: int) -> tuple[str | None, tuple[int, int]]:
 
 
 def _has_alpha(image) -> bool:
+    """Transparency: an alpha channel, or one colour marked transparent (a palette's, or a
+    grey or RGB PNG's tRNS colour: its pixels read as that colour, black mostly, where a
+    browser shows white)."""
     return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        image.mode == "P" and "transparency" in image.info)
+        image.mode in ("P", "L", "RGB") and "transparency" in image.info)
 
 
 HIGH_BIT_ROWS_PIXELS = 2**20  # pixels scaled at a time: 8 MB of float64, whatever the image
