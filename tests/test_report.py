@@ -977,6 +977,18 @@ def test_the_files_training_skipped_are_in_the_report(bundle_copy, monkeypatch):
     text = write_report(bundle_copy).read_text(encoding="utf-8")
     assert "3 file(s) skipped" in text  # trunc.jpg, skipped by both, listed once
     assert "photos/daisy/new.jpg" in text and "photos/roses/empty.jpg" in text
+    # more than the table lists: said ("500 file(s) skipped:" above 200 rows)
+    monkeypatch.setattr("transfer.report.SKIPPED_LISTED", 2)
+    text = write_report(bundle_copy).read_text(encoding="utf-8")
+    assert "3 file(s) skipped (the first 2 listed):" in text
+    # the history's numbers as the cards write them (a loss of 1.2e-05 read 0.0000)
+    history = (bundle_copy / "history.csv").read_text(encoding="utf-8").splitlines()
+    header, first = history[0].split(","), history[1].split(",")
+    first[header.index("loss")] = "1.2e-05"
+    (bundle_copy / "history.csv").write_text("\n".join([history[0], ",".join(first),
+                                                         *history[2:]]) + "\n")
+    text = write_report(bundle_copy).read_text(encoding="utf-8")
+    assert '<td class="">1.2e-05</td>' in text and ">0.0000</td>" not in text
 
 
 def test_an_evaluated_bundle_with_a_broken_part_says_it_too(bundle_copy):

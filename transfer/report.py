@@ -195,6 +195,9 @@ def _gate_shown(gate: dict) -> bool:
             and isinstance(gate.get("passed"), bool))
 
 
+SKIPPED_LISTED = 200  # rows of the page's table of skipped files
+
+
 def _num(value, digits: int = 4) -> str:
     if value is None:
         return "-"
@@ -854,8 +857,11 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
                  "fetch-data", _e(s.get("reason"))] for s in skipped]
         rows += [[_e(s.get("file")), "", "train", _e(s.get("reason"))] for s in by_training]
         rows += [[_e(s.get("file")), "", "evaluate", _e(s.get("reason"))] for s in by_evaluate]
-        data_html += (f"<p>{len(rows)} file(s) skipped:</p>"
-                      + _table(["file", "class", "skipped by", "reason"], rows[:200], left=4))
+        listed = (f" (the first {SKIPPED_LISTED} listed)"
+                  if len(rows) > SKIPPED_LISTED else "")
+        data_html += (f"<p>{len(rows)} file(s) skipped{listed}:</p>"
+                      + _table(["file", "class", "skipped by", "reason"],
+                               rows[:SKIPPED_LISTED], left=4))
     elif counts:
         data_html += "<p class=\"muted\">No file was skipped.</p>"
     parts.append(_section("Data", data_html, "data"))
@@ -869,9 +875,9 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
     if problem is not None:
         curves += skipped_lines(said, f"history.csv skipped: {problem}")
     if rows:
-        def cell(text):
+        def cell(text):  # as the cards write a number (a loss of 1.2e-05 read 0.0000)
             try:
-                return f"{float(text):.4f}" if "." in text or "e" in text else _e(text)
+                return _num(float(text)) if "." in text or "e" in text else _e(text)
             except ValueError:
                 return _e(text)
 
