@@ -164,9 +164,20 @@ def test_a_diverged_model_has_no_accuracy_and_a_missing_class_is_said(trained_bu
     report = evaluate(trained_bundle.bundle, data_dir=cats, output=tmp_path / "ev2",
                       reporter=recorder).report
     assert recorder.warnings == [
-        f"{cats} has no images of dogs (no class folder): the accuracy, balanced accuracy and "
-        "macro F1 are the other classes' alone"]
+        f"{cats} has no images of dogs (no class folder): the accuracy and balanced accuracy "
+        "are the other classes' alone; in the macro F1 such a class counts 0 when the model "
+        "predicts it"]
     assert report["per_class"]["dogs"]["support"] == 0 and report["images"] == 20
+    # so it does (it said the macro F1 was the cats' alone)
+    from transfer import metrics
+
+    cats_f1 = report["per_class"]["cats"]["f1"]
+    dogs_said = report["per_class"]["dogs"]["f1"]
+    assert report["macro_avg"]["f1"] == pytest.approx(
+        cats_f1 if dogs_said is None else (cats_f1 + dogs_said) / 2)
+    assert metrics.macro_average({"cats": {"precision": 1.0, "recall": 0.95, "f1": 0.974},
+                                  "dogs": {"precision": 0.0, "recall": None, "f1": 0.0}}
+                                 )["f1"] == pytest.approx(0.487)
 
 
 def test_evaluate_errors(trained_bundle, small_split, tmp_path):

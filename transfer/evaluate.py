@@ -447,8 +447,9 @@ def _evaluate(s: EvaluateSettings, reporter: Reporter, classifier: BundleClassif
     absent = [name for k, name in enumerate(names) if k not in present]
     if absent:  # an empty folder is refused; a class without one went unsaid
         reporter.warn(f"{where} has no images of {', '.join(absent)}"
-                      f"{'' if in_memory else ' (no class folder)'}: the accuracy, balanced "
-                      "accuracy and macro F1 are the other classes' alone")
+                      f"{'' if in_memory else ' (no class folder)'}: the accuracy and "
+                      "balanced accuracy are the other classes' alone; in the macro F1 such a "
+                      "class counts 0 when the model predicts it")
     seen = seen_in_training(model, kept, [names[label] for label in labels])
     if seen:
         reporter.warn(f"{seen} of the {len(kept)} images are this model's training images "
