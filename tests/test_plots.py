@@ -216,3 +216,20 @@ def test_a_grad_cam_with_nothing_on_it_says_so_in_its_panel(figures, tmp_path):
     captions = [[ax.title.get_text() for ax in fig.axes] for fig in figures]
     assert captions == [["image", "Grad-CAM"], ["image", "Grad-CAM: empty map"],
                         ["image", "Grad-CAM: not a number"]]
+
+
+def test_a_confusion_matrix_of_many_classes_stays_drawable_and_its_ticks_apart(tmp_path):
+    """200 classes (CUB's birds) drew a picture 11,200 px a side with 40,000 numbers (about
+    500 MB to draw; 500 classes several GB); names alike but in the middle ("Photos of class
+    A taken outdoors", "... B ...") were cut to one tick label."""
+    from PIL import Image
+
+    names = [f"species {k:03d}" for k in range(200)]
+    matrix = np.diag(np.full(200, 3))
+    path = plots.confusion(matrix, names, tmp_path / "many.png", title="200 classes")
+    with Image.open(path) as picture:
+        assert max(picture.size) <= plots.CONFUSION_MAX_INCHES * 100
+    alike = ["Photos of class A taken outdoors", "Photos of class B taken outdoors", "dogs"]
+    ticks = plots.tick_labels(alike)
+    assert len(set(ticks)) == 3 and ticks[2] == "2: dogs"
+    assert plots.tick_labels(["cats", "dogs"]) == ["cats", "dogs"]

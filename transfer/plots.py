@@ -215,25 +215,42 @@ def image_grid(images, titles, path: Path, cols: int = 5, title: str = "",
     return Path(path)
 
 
+CONFUSION_MAX_INCHES = 30.0  # 3000 px a side: 200 classes drew 11,200 (500 MB to draw)
+CONFUSION_COUNTS_UP_TO = 40  # classes whose cells show their counts (beyond, colour alone)
+
+
+def tick_labels(names) -> list[str]:
+    """Class names as a confusion matrix's ticks: a long one cut in the middle to fit, and
+    numbered (``3: ...``) when cutting made two alike (names differing in the middle)."""
+    fitted = [fitting(utf8_text(name), 2.2, 10, wrap=False) for name in names]
+    if len(set(fitted)) < len(fitted):
+        fitted = [f"{k}: {name}" for k, name in enumerate(fitted)]
+    return fitted
+
+
 def confusion(matrix, names, path: Path, title: str = "") -> Path:
-    """A confusion matrix with counts (rows: true class, columns: predicted)."""
+    """A confusion matrix with counts (rows: true class, columns: predicted); for many classes
+    at most ``CONFUSION_MAX_INCHES`` a side, its cells' counts left out beyond
+    ``CONFUSION_COUNTS_UP_TO`` classes (report.json and the page's table have them)."""
     import numpy as np
 
     plt = _pyplot()
     matrix = np.asarray(matrix)
-    size = max(4.0, 0.55 * len(names) + 2)
+    size = min(CONFUSION_MAX_INCHES, max(4.0, 0.55 * len(names) + 2))
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
     # tick labels are drawn from these, not kept text; a long class name cut to fit
-    names = [fitting(utf8_text(name), 2.2, 10, wrap=False) for name in names]
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
+    names = tick_labels(names)
+    ticks = min(10.0, max(2.0, 0.8 * 72 * (size - 2) / max(1, len(names))))  # points
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=ticks)
+    ax.set_yticks(range(len(names)), names, fontsize=ticks)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     threshold = matrix.max() / 2 if matrix.size else 0
-    for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
-                color="white" if value > threshold else "black")
+    if len(names) <= CONFUSION_COUNTS_UP_TO:
+        for (i, j), value in np.ndenumerate(matrix):
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
+                    color="white" if value > threshold else "black")
     import textwrap
 
     # centred on the figure and wrapped to it (about 11 characters an inch): a long model or
