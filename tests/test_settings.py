@@ -311,3 +311,23 @@ def test_fetch_datas_test_split_0_is_its_default(tmp_path):
         "mode": "per_class", "train": 1000, "validate": 400}
     FetchOptions(data_dir=tmp_path / "d", test_split=0, train_per_class=500,
                  validate_per_class=200).validated()
+
+
+def test_train_settings_refuse_before_any_run_what_training_would(tmp_path):
+    """--tta flip with --augment-copies 0 or a CNN from scratch passed validated() and was
+    refused only as the run was planned (compare trained its first runs, minutes, before a
+    later one failed); --dense 1000000 (8 GB of head on InceptionV3's features) and
+    --fine-tune-epochs 10**9 had no bound, unlike --image-size and --epochs."""
+    (tmp_path / "ph/cats").mkdir(parents=True)
+    data = tmp_path / "ph"
+    for settings in (TrainSettings(data_dir=data, tta="flip", augment_copies=0),
+                     TrainSettings(data_dir=data, tta="flip", base="scratch", alpha=1.0)):
+        with pytest.raises(TransferError, match=r"^--tta flip needs features computed once"):
+            settings.validated()
+    TrainSettings(data_dir=data, tta="flip").validated()
+    TrainSettings(data_dir=data, tta="flip", augment_copies=0,
+                  augment=Augment(enabled=False)).validated()  # no augmentation: computed once
+    with pytest.raises(TransferError, match=r"^--dense must be at most 16384, not 1000000"):
+        TrainSettings(data_dir=data, dense=1_000_000).validated()
+    with pytest.raises(TransferError, match=r"^--fine-tune-epochs must be at most 100000"):
+        TrainSettings(data_dir=data, fine_tune=2, fine_tune_epochs=10**9).validated()

@@ -60,6 +60,7 @@ RECIPES = {
 # and the CNN from scratch, which watches only the second half of its epochs, would run
 # for days before early stopping may end it
 MAX_EPOCHS = 100_000
+MAX_DENSE = 16_384  # --dense: InceptionV3's 2048 features x 16384 units are 134 MB of weights
 INVERT = ("auto", "yes", "no")
 MNIST_DATASETS = ("mnist", "fashion")
 MNIST_ARCHS = ("cnn", "tiny")
@@ -672,6 +673,17 @@ class TrainSettings(Settings):
                                     f"{base.name}")
             positive("fine_tune_lr", self.fine_tune_lr)
             at_least("fine_tune_epochs", self.fine_tune_epochs, 1)
+            if self.fine_tune_epochs > MAX_EPOCHS:
+                raise TransferError(f"--fine-tune-epochs must be at most {MAX_EPOCHS}, not "
+                                    f"{self.fine_tune_epochs}")
+        if self.tta == "flip" and (not base.pretrained or (
+                self.augment.enabled and self.augment_copies == 0)):  # as plan() refuses it,
+            # before compare's first run trains (every run is checked before the first)
+            raise TransferError("--tta flip needs features computed once: a pretrained base "
+                                "and not --augment-copies 0")
+        if self.dense > MAX_DENSE:
+            raise TransferError(f"--dense must be at most {MAX_DENSE}, not {self.dense}: a "
+                                "head that wide holds gigabytes of weights")
         hp = self.resolved()
         # with --output nothing goes into --models-dir (bundle, latest and checkpoints land
         # beside the output): a file named models where one stands did not stop such a run
