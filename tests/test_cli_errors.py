@@ -251,6 +251,8 @@ def _usage_error(places, args, monkeypatch):
     (["predict", "{photo}", "--output", ""], "--output is empty"),
     (["evaluate", "--data-dir="], "--data-dir= is empty"),
     (["export", "--check-images", "", "--force"], "--check-images is empty"),
+    # after a flag the empty one is an argument (it said "--force is empty")
+    (["predict", "--force", ""], "an empty argument after '--force'"),
 ])
 def test_an_empty_argument_is_refused_not_read_as_the_current_folder(places, args, message,
                                                                       monkeypatch):

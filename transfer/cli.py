@@ -104,14 +104,17 @@ err = _console(stderr=True)
 _patch_typer_help()
 
 
-def empty_argument(args: list[str], takes_path=lambda option: True) -> str | None:
+def empty_argument(args: list[str], takes_path=lambda option: True,
+                   is_flag=lambda option: False) -> str | None:
     """What is wrong with the first empty argument of a command line (None when there is
     none). ``Path("")`` is the current folder: ``transfer explain "$PHOTO"`` with PHOTO unset
     explained every photo under it, writing a picture beside each. ``takes_path(option)``:
-    whether an option takes a path (only then is the current folder worth a word)."""
+    whether an option takes a path (only then is the current folder worth a word);
+    ``is_flag(option)``: an option that takes no value (``--force ""``: the empty one is an
+    argument, not the flag's value)."""
     for i, arg in enumerate(args[1:], start=1):
         before = args[i - 1]
-        if arg == "" and before.startswith("-") and "=" not in before:
+        if arg == "" and before.startswith("-") and "=" not in before and not is_flag(before):
             what, option = f"{before} is empty", before
         elif arg == "":
             what, option = f"an empty argument after {before!r}", None
@@ -138,7 +141,13 @@ class _Commands(typer.core.TyperGroup):
             return (not params or "Path" in str(params[0].bare_type())
                     or params[0].name == "output")
 
-        problem = empty_argument(args, takes_path) or option_without_value(args, command)
+        def is_flag(option: str) -> bool:
+            params = [p for p in (command.params if command else []) if option in p.opts
+                      or option in getattr(p, "secondary_opts", [])]
+            return bool(params) and bool(getattr(params[0], "is_flag", False))
+
+        problem = (empty_argument(args, takes_path, is_flag)
+                   or option_without_value(args, command))
         if problem is not None:
             _error_line(problem)
             raise typer.Exit(2)
