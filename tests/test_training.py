@@ -1009,6 +1009,28 @@ def test_a_checkpoint_resumes_whatever_the_options_that_do_not_train(own_split, 
     assert fingerprint() != first
 
 
+def test_the_preview_draws_the_copies_the_feature_pass_drew(own_split, tmp_path,
+                                                            monkeypatch):
+    """Each augmented copy's draw goes by the photo's place in the feature pass's list; the
+    preview took places from the usable list after the pass, where an unreadable file found
+    by the pass no longer stood: every photo after it was drawn with another photo's draw
+    (and a streamed pass's interleaved classes moved them all)."""
+    from transfer import preview
+
+    cats = own_split / "train" / "cats"
+    whole = next(iter(sorted(cats.iterdir()))).read_bytes()
+    (cats / "000-cut-short.jpg").write_bytes(whole[:len(whole) // 3])  # first in the list
+    drawn = []
+    real = preview.preview_augment
+    monkeypatch.setattr(preview, "preview_augment",
+                        lambda *a, **kw: drawn.append(kw.get("indices")) or real(*a, **kw))
+    run = train(hp(own_split, tmp_path, augment=Augment(), augment_copies=1, engine="tf",
+                   output=tmp_path / "models/p"))
+    assert [Path(s["file"]).name for s in run.meta["skipped"]] == ["000-cut-short.jpg"]
+    first = sorted(p for p in cats.iterdir() if p.name != "000-cut-short.jpg")[0]
+    assert drawn and drawn[-1][first] == 1  # second in the pass's list, after the cut one
+
+
 def test_train_waits_for_no_fetch_data_but_refuses_while_one_writes(own_split, tmp_path):
     """A fetch-data writing the split (another process holds the folder's lock): train refuses
     in one line before any work; another train reading the same folder does not stop it."""

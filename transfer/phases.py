@@ -386,6 +386,8 @@ def extract_features(plan: RunPlan, built: Built, reporter: Reporter,
     if not in_memory:  # streamed shard by shard: each shard holds every class, not one
         train_samples = features.classes_interleaved(train_samples)
         val_samples = features.classes_interleaved(val_samples)
+    plan.pass_places.clear()  # where each copy's draw comes from (the preview draws them)
+    plan.pass_places.update((path, i) for i, (path, _) in enumerate(train_samples))
     hits: list[bool] = []
     seen_engines: set = set()
     skipped: dict[str, str] = {}

@@ -131,6 +131,10 @@ class RunPlan:
     split: str = "folders"  # "folders" (train/ + validate/) or "in-memory" (one folder split)
     root: Path | None = None  # the folder the class folders (or train/ validate/) are in
     skipped: pipelines.Skipped = field(default_factory=pipelines.Skipped)  # unreadable files
+    # each training photo's place in the feature pass's list (its copies' draws go by it),
+    # filled by the pass: the preview draws the very copies (unreadable files and a streamed
+    # pass's interleaved classes move places from the usable list's)
+    pass_places: dict = field(default_factory=dict)
     # the files left out before an in-memory split was cut (not images by their header): with
     # the split's seed and fraction they make the same split again (meta data.split_excluded)
     split_excluded: list = field(default_factory=list)
@@ -391,7 +395,8 @@ def draw_preview(run: RunPlan, path: Path) -> Path:
                            copies=min(3, run.copies) if copied else 3,
                            pipeline="features" if feature_views else pipeline_ran(run),
                            views=run.train_views if run.transforms_unused else None,
-                           indices={s.path: i for i, s in enumerate(usable)} if copied
+                           indices=(run.pass_places or {s.path: i for i, s in
+                                                        enumerate(usable)}) if copied
                            else None)
 
 
