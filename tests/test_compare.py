@@ -265,6 +265,20 @@ def test_the_runs_share_data_seed_and_base(tmp_path):
     assert [s.output for s in runs.values()] == [tmp_path / "out" / r for r in runs]
 
 
+def test_options_the_chosen_runs_do_not_use_are_said(tmp_path):
+    """--runs scratch --base vgg16 --alpha 0.5, --fine-tune 30 without the fine-tuned run:
+    accepted without a word (compare.json recorded null for them)."""
+    def said(**kw) -> list[str]:
+        asked = CompareSettings(data_dir=tmp_path / "data", output=tmp_path / "out", **kw)
+        return asked.unused(asked.validated().runs)
+
+    assert said() == [] and said(runs="frozen,fine-tuned", fine_tune=30) == []
+    assert said(runs="scratch", base="vgg16") == [
+        "--base vgg16 unused: the scratch run trains a CNN from scratch, no pretrained base"]
+    assert said(runs="scratch,frozen", fine_tune=30, alpha=0.5) == [
+        "--fine-tune 30 unused: it is the fine-tuned run's, and --runs scratch,frozen has none"]
+
+
 def test_a_folder_of_class_folders_is_split_once_for_every_run(tiny_split, tmp_path):
     """--data-dir as train takes it: one folder of class folders, split in memory; the
     validation images scored are the run's own (its meta's validation count)."""

@@ -127,8 +127,11 @@ def compare(settings: CompareSettings, reporter: Reporter | None = None,
     """
     from transfer.training import plan
 
-    settings = given(settings, CompareSettings, "compare").validated()
+    asked = given(settings, CompareSettings, "compare")
+    settings = asked.validated()
     reporter = reporter or Reporter()
+    for line in asked.unused(settings.runs):
+        reporter.warn(line)
     overrides = overrides or {}
     for run, changed in overrides.items():  # every run is scored on the first run's split
         moved = [key for key in changed if key in SPLIT_FIELDS]

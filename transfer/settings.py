@@ -1105,6 +1105,22 @@ class CompareSettings(Settings):
         return self.replace(runs=runs, data_dir=Path(self.data_dir), output=Path(self.output),
                             alpha=alpha)
 
+    def unused(self, runs: list) -> list[str]:
+        """A warning for each option given (on these settings, as given) that the chosen
+        ``runs`` do not use: the base's with the scratch run alone, --fine-tune without the
+        fine-tuned run (compare.json recorded null for them, without a word)."""
+        default, said = CompareSettings(), []
+        if all(run == "scratch" for run in runs):
+            base = ([f"--base {self.base}"] if self.base != default.base else []) + (
+                [f"--alpha {self.alpha:g}"] if self.alpha is not None else [])
+            if base:
+                said.append(f"{' '.join(base)} unused: the scratch run trains a CNN from "
+                            "scratch, no pretrained base")
+        if "fine-tuned" not in runs and self.fine_tune != default.fine_tune:
+            said.append(f"--fine-tune {self.fine_tune} unused: it is the fine-tuned run's, and "
+                        f"--runs {','.join(runs)} has none")
+        return said
+
 
 # --------------------------------------------------------------------------- mnist
 
