@@ -123,7 +123,8 @@ def run_local(n: int, args: Sequence[str], grace: float = GRACE_SECONDS) -> int:
         # SIGHUP too (the terminal closed): the workers, in sessions of their own, would
         # not hear of it; they are stopped as by SIGTERM
         previous = {sig: signal.signal(sig, on_signal)
-                    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+                    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None))
+                    if sig is not None}  # no SIGHUP on Windows
     try:
         procs = start(n, args)
         relays = [threading.Thread(target=_relay, args=(p, i), daemon=True)
@@ -136,7 +137,8 @@ def run_local(n: int, args: Sequence[str], grace: float = GRACE_SECONDS) -> int:
                 stopped_at = time.monotonic()
                 for p in procs:
                     if p.poll() is None:
-                        p.send_signal(signal.SIGTERM if stop[0] == signal.SIGHUP else stop[0])
+                        p.send_signal(stop[0] if stop[0] in (signal.SIGINT, signal.SIGTERM)
+                                      else signal.SIGTERM)  # SIGHUP: as SIGTERM
             for i, p in enumerate(procs):
                 if p.returncode not in (None, 0) and failed_at is None:
                     code, failed_at, first = exit_code(p.returncode), time.monotonic(), i
