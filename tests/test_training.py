@@ -505,8 +505,8 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_the_default(tiny_split, t
                             ignore=shutil.ignore_patterns(".cache"))
             r = train(HParams(data_dir=data, base="mobilenet", alpha=0.25,
                               weights="imagenet", image_size=96, epochs=3, batch_size=8,
-                              fine_tune=10, fine_tune_epochs=1, fine_tune_lr=1e-4,
-                              distribute=strategy, augment=Augment(enabled=False),
+                              fine_tune=10, fine_tune_epochs=2, fine_tune_lr=1e-4,
+                              distribute=strategy, augment=Augment(enabled=False), dropout=0.0,
                               output={str(tmp_path)!r} + "/" + strategy,
                               models_dir={str(tmp_path)!r}))
             out[strategy] = [r.meta["training"]["replicas"],
@@ -522,13 +522,14 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_the_default(tiny_split, t
     assert (one, two) == (1, 2)
     # fine-tuned: the strategy spreads end-to-end fits only (this test compared the frozen
     # route's models, whose feature pass and head run under no strategy: one model twice).
-    # The frozen head is the same in both; the fine-tuned one close, not equal (dropout draws
-    # differ per replica: 1.0226 against 1.0659 here; without dropout still 1.046 against
-    # 1.067, a difference not explained yet)
+    # Without dropout (whose draws differ per replica) the two fits are one: each replica's
+    # half batch sums to the whole batch's gradient. (They were 1.046 against 1.067: Keras
+    # shuffled the batches of the PyDataset, which shuffles itself, in another order under
+    # the strategy; fit no longer shuffles on top)
     assert mirrored["frozen"] == default["frozen"]
     assert mirrored["fine_tuned"]["val_loss"] != default["frozen"]["val_loss"]
     assert mirrored["fine_tuned"]["val_loss"] == pytest.approx(default["fine_tuned"]["val_loss"],
-                                                               abs=0.1)
+                                                               abs=1e-4)
     assert mirrored["fine_tuned"]["val_accuracy"] >= 0.5
 
 

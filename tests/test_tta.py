@@ -208,7 +208,7 @@ def test_a_fine_tuned_flipped_bundle_validates_as_it_predicts(tiny_split, mobile
     data = tmp_path / "data"
     shutil.copytree(tiny_split, data, ignore=shutil.ignore_patterns(".cache"))
     result = train(HParams(data_dir=data, base="mobilenet", alpha=0.25, image_size=96,
-                           epochs=3, batch_size=8, fine_tune=6, fine_tune_epochs=1,
+                           epochs=3, batch_size=8, fine_tune=6, fine_tune_epochs=2,
                            fine_tune_lr=1e-4, models_dir=tmp_path / "models",
                            output=tmp_path / "models/tuned"))
     meta = result.meta

@@ -793,9 +793,12 @@ def fit_end_to_end(plan: RunPlan, built: Built, reporter: Reporter, phase: str =
         with at_safe_points(), _keras_false_alarms():  # a Ctrl-C stops at a batch end
             fit = built.core.fit(train_data, validation_data=val_data, epochs=epochs,
                                  verbose=0, class_weight=weights,
-                                 # a tf.data pipeline shuffles itself (Keras warned that it
-                                 # ignores shuffle=True, fit's default, for a Dataset)
-                                 shuffle=hasattr(train_data, "__getitem__"), **per_epoch,
+                                 # both pipelines shuffle themselves, by the seed (Keras
+                                 # warned that it ignores shuffle=True for a Dataset; its
+                                 # own batch order over the PyDataset's was another under
+                                 # a distribution strategy: other weights with --distribute
+                                 # mirrored, the same photos)
+                                 shuffle=False, **per_epoch,
                                  callbacks=callbacks(plan, phase, advance, epochs))
     info = {"class_weight": class_weight_meta(plan, applied, weights),
             "watched_from": watched_from(plan, phase, epochs)}
