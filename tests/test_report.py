@@ -448,6 +448,12 @@ def test_image_counts_are_those_training_used_after_fetch_data_ran_again(tmp_pat
     ("report.json", {"per_class": [1, 2]}, "report.json: per_class must be an object, not [1, 2]"),
     ("report.json", {"skipped": 5}, "report.json: skipped must be a list, not 5"),
     ("report.json", {"bundle": 7}, "report.json: bundle must be a string, not 7"),
+    ("report.json", {"gate": {"threshold": 0.9, "accuracy": "0.8", "passed": False}},
+     "report.json: gate: accuracy must be a number, not \"0.8\""),
+    ("report.json", {"gate": {"threshold": 0.9, "accuracy": 0.8}},
+     "report.json: gate: passed must be true or false, not null"),
+    ("report.json", {"balanced_accuracy": "high"},
+     "report.json: balanced_accuracy must be a number, not \"high\""),
 ])
 def test_a_damaged_meta_or_report_json_is_one_error_naming_it(trained_bundle, tmp_path, name,
                                                               content, message):

@@ -125,13 +125,17 @@ _EVALUATION_TYPES = {"accuracy": (int, float), "loss": (int, float), "roc_auc": 
                      "confusion_matrix": list, "class_names": list, "skipped": list,
                      "worst_mistakes": list, "bundle": str, "model": str, "data_dir": str,
                      "created": str, "kind": str, "bundle_created": str,
-                     "training_metrics": dict}
+                     "training_metrics": dict, "balanced_accuracy": (int, float)}
+_GATE_TYPES = {"accuracy": (int, float), "threshold": (int, float), "passed": bool}
 
 
 def check_evaluation_types(evaluation: dict, path: Path) -> None:
     """TransferError naming the first field of an evaluation's report.json that has the wrong
     type (a hand edit, another tool's file), as ``bundle.check_meta_types`` does for meta."""
     bundle.check_field_types(evaluation, _EVALUATION_TYPES, path)
+    if evaluation.get("gate") is not None:  # as evaluate writes it: all three (the page says it)
+        bundle.check_field_types(evaluation["gate"], _GATE_TYPES, f"{path}: gate",
+                                 required=tuple(_GATE_TYPES))
     rows = evaluation.get("per_class") or {}
     if not all(isinstance(row, dict) for row in rows.values()):
         raise TransferError(f"{path}: per_class must map each class to an object")
@@ -185,14 +189,6 @@ def _picture(path: Path, caption: str, notes: list[str]) -> str:
         return skipped_lines(notes, f"{path.name} skipped: {problem}")
     return (f'<figure><img src="{data_uri(data)}" alt="{_e(caption)}">'
             f"<figcaption>{_e(caption)}</figcaption></figure>")
-
-
-def _gate_shown(gate: dict) -> bool:
-    """Whether report.json's ``gate`` holds the numbers the page says it by (a hand-edited
-    one may not)."""
-    numbers = [gate.get("accuracy"), gate.get("threshold")]
-    return (all(isinstance(v, float | int) and not isinstance(v, bool) for v in numbers)
-            and isinstance(gate.get("passed"), bool))
 
 
 SKIPPED_LISTED = 200  # rows of the page's table of skipped files
@@ -751,7 +747,7 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
     if evaluation:
         gate = evaluation.get("gate") or {}
         cards.append(_card(below(gate["accuracy"], gate["threshold"])  # never "0.9000" < 0.9
-                           if _gate_shown(gate) and gate["passed"] is False
+                           if gate.get("passed") is False
                            else _num(evaluation.get("accuracy")), "evaluated accuracy"))
         if evaluation.get("balanced_accuracy") is not None:
             cards.append(_card(_num(evaluation["balanced_accuracy"]), "balanced accuracy"))
@@ -800,11 +796,11 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
                 + (f", {_e(evaluation['created'])}" if evaluation.get("created") else "")
                 + ".</p>")
         gate = evaluation.get("gate") or {}
-        if _gate_shown(gate) and gate["passed"] is False:
+        if gate.get("passed") is False:
             run += (f"<p class=\"warn\">Accuracy gate failed: "
                     f"{below(gate['accuracy'], gate['threshold'])} is below "
                     f"--assert-accuracy-at-least {gate['threshold']:g} (exit code 3).</p>")
-        elif _gate_shown(gate):
+        elif gate.get("passed") is True:
             run += (f"<p>Accuracy gate passed: {_num(gate['accuracy'])}, at least "
                     f"--assert-accuracy-at-least {gate['threshold']:g}.</p>")
         run += lost
