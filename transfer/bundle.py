@@ -369,7 +369,8 @@ def update_latest(target: Path) -> None:
     if latest.exists() and not latest.is_symlink():
         return  # a real folder named latest is the user's: leave it alone
     with contextlib.suppress(OSError):
-        if "/" in os.readlink(latest) or os.sep in os.readlink(latest):
+        pointed = os.readlink(latest)
+        if "/" in pointed or os.sep in pointed:
             return  # ours name a bundle beside it: a link elsewhere (../releases/v3) is yours
     tmp = target.parent / f"{temp_prefix(LATEST)}link"
     tmp.unlink(missing_ok=True)
