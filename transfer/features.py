@@ -273,6 +273,8 @@ def respelled(skipped: list, paths: list, root: Path | None = None) -> list:
     data folder another way (``data`` then ``/home/me/project/data``) finds the entry of one
     that named it ``data/train/cats/x.jpg``, which then did not leave out this run's
     ``/home/me/project/data/train/cats/x.jpg``."""
+    if not skipped:  # most shards: no file stat'ed again for nothing
+        return skipped
     names = {name: str(path) for (name, _, _), path in zip(file_rows(paths, root), paths,
                                                            strict=True)}
     out = []
