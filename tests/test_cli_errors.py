@@ -114,7 +114,10 @@ CASES = [
     # a width MobileNet does not have is a usage error, as an unknown --base is
     ("train --base mobilenet --alpha 0.3", 2,
      "error: --alpha for mobilenet must be one of 1.0, 0.75, 0.5, 0.25, not 0.3"),
+    ("train --base mobilenet --alpha nan", 2,
+     "error: --alpha for mobilenet must be one of 1.0, 0.75, 0.5, 0.25, not nan"),
     ("train --base vgg16 --alpha 0.5", 1, "--alpha applies to mobilenet only"),
+    ("train --base vgg16 --alpha inf", 1, "--alpha applies to mobilenet only, not vgg16"),
     ("train --base mobilenet --image-size 10", 1, "below the minimum"),
     ("train --base mobilenet --image-size 2240", 1, "image size 2240 is above the maximum of"),
     ("train --base mobilenet --train-size 5000", 1, "--train-size: image size 5000 is above"),

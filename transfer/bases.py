@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import numbers
 import os
 import re
@@ -140,9 +139,9 @@ def check_alpha(base: Base, alpha: float) -> float:
     """``alpha`` as a float when ``base`` takes it, else one TransferError: a width MobileNet
     does not have is ``NotAChoice`` (a usage error, exit code 2); any other alpha than 1.0
     for another base, or no number, exit code 1."""
-    # NumPy's numbers too (a sweep over np.array([0.25, 0.5])), as every other number option
-    if isinstance(alpha, bool) or not (isinstance(alpha, numbers.Real)
-                                       and math.isfinite(alpha)):
+    # NumPy's numbers too (a sweep over np.array([0.25, 0.5])), as every other number option;
+    # nan and inf are numbers, widths MobileNet does not have (exit code 2, as 0.3)
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
         raise TransferError(f"--alpha must be a number, not {alpha!r}")
     if base.has_alpha:
         if alpha not in MOBILENET_ALPHAS:
