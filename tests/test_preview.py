@@ -77,6 +77,9 @@ def test_samples_are_picked_over_their_classes(tiny_split):
     chosen = pick_photos(samples, 4, seed=1)
     assert [label for _, label in chosen] == ["0", "1", "0", "1"]
     assert chosen == pick_photos(samples, 4, seed=1) != pick_photos(samples, 4, seed=2)
+    # named by the run's class names where given (a row labelled "0: cat.3.jpg" said nothing)
+    named = pick_photos(samples, 4, seed=1, class_names=["cats", "dogs"])
+    assert named == [(path, ["cats", "dogs"][int(label)]) for path, label in chosen]
 
 
 def test_no_augmentation_shows_the_photos_and_a_list_of_files_works(tiny_split, tmp_path):

@@ -30,10 +30,11 @@ from transfer.settings import PIPELINES, Augment
 ROUTES = (*PIPELINES, "features")
 
 
-def pick_photos(source, n: int, seed: int) -> list[tuple[Path, str]]:
+def pick_photos(source, n: int, seed: int, class_names: list[str] | None = None
+                ) -> list[tuple[Path, str]]:
     """``n`` (path, class) photos of a folder of class folders, as evenly over the classes as
     they allow, drawn with ``seed``; or the first ``n`` of a list of paths, Samples or
-    (path, class) pairs."""
+    (path, class) pairs. A Sample's class index is named by ``class_names`` when given."""
     from transfer import pipelines
 
     if isinstance(source, str | Path):
@@ -52,7 +53,10 @@ def pick_photos(source, n: int, seed: int) -> list[tuple[Path, str]]:
     items = []
     for item in source:
         if hasattr(item, "path"):
-            items.append((Path(item.path), str(getattr(item, "label", ""))))
+            label = getattr(item, "label", "")
+            if class_names is not None and isinstance(label, int | np.integer):
+                label = class_names[label]
+            items.append((Path(item.path), str(label)))
         elif isinstance(item, tuple | list):
             items.append((Path(item[0]), str(item[1])))
         else:
@@ -109,7 +113,8 @@ def augmented_versions(images: np.ndarray, augment: Augment, copies: int, seed: 
 
 def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
                     seed: int = 42, copies: int = 3, pipeline: str = "generator",
-                    views: str | None = None, indices: dict | None = None) -> Path:
+                    views: str | None = None, indices: dict | None = None,
+                    class_names: list[str] | None = None) -> Path:
     """Write a PNG grid: per row one training photo, then ``copies`` augmented versions of it;
     or, for a run with test-time flips and no transformed copies, what its head trains on
     (``views``, as meta.json's ``test_time.train_views``): "photo and mirror", each photo
@@ -127,7 +132,8 @@ def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
         n: photos (rows); seed: which photos and which random transforms; copies: augmented
             versions per photo; pipeline: whose transforms (``ROUTES``: "generator",
             "tfdata" or "features"); indices: {path: its place in the training list}, for
-            "features": the copies drawn are the very ones the feature pass computed.
+            "features": the copies drawn are the very ones the feature pass computed;
+            class_names: the names of Samples' class indices (the rows' labels).
 
     Returns:
         The path written.
@@ -139,7 +145,7 @@ def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
     from transfer import pipelines, plots
 
     photos, labels, places = [], [], []
-    for file, label in pick_photos(source, max(n * 2, n), seed):
+    for file, label in pick_photos(source, max(n * 2, n), seed, class_names):
         if len(photos) == n:
             break
         try:
