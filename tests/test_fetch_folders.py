@@ -784,6 +784,46 @@ def test_a_broken_photo_keeps_its_place_in_the_cut_as_in_train(flowers, tmp_path
         assert by_train == by_fetch
 
 
+def test_the_same_photo_under_two_names_is_placed_once(flowers, tmp_path):
+    """A folder of class folders holding one photo twice (``IMG_1.jpg`` and ``IMG_1 (1).jpg``,
+    as a phone's export or a second copy makes them): a cut could put it in train and
+    validate, the model validated on a photo it trained on. Placed once, under either split
+    mode; in a fraction split the copy keeps its place in the cut, as train's in-memory split
+    of the folder counts it, so the two splits still agree photo by photo."""
+    from transfer import pipelines
+
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=12, classes=TWO)
+    photos = sorted((folder / "daisy").iterdir())
+    for i, photo in enumerate(photos[:6]):
+        shutil.copyfile(photo, folder / "daisy" / f"{photo.stem} ({i}){photo.suffix}")
+    results = []
+    for options in (SplitOptions(archive=folder, data_dir=tmp_path / "fractions",
+                                 validation_split=0.5, seed=3),
+                    FetchOptions(archive=folder, data_dir=tmp_path / "counts",
+                                 train_per_class=6, validate_per_class=6, seed=3)):
+        result = fetch_data(options)
+        results.append(result)
+        placed = [path.read_bytes() for path in options.data_dir.rglob("*.jpg")]
+        assert len({hashlib.sha256(data).hexdigest() for data in placed}) == len(placed)
+        assert len(placed) == 24  # 12 photos of each class, each once
+        assert len(result.skipped) == 6
+        for row in result.skipped:  # the copy or its original, whichever came first
+            assert row["class"] == "daisy" and row["reason"].startswith("the same photo as ")
+            twin = row["reason"].removeprefix("the same photo as ")
+            assert ((folder / row["name"]).read_bytes() == (folder / twin).read_bytes()
+                    and row["name"] != twin)
+    skipped = pipelines.Skipped()
+    train, validate = pipelines.split_in_memory(folder, list(TWO), 0.5, 3, skipped)
+    twins = {row["name"] for row in results[0].skipped}  # the fraction split's
+    for split, samples in (("train", train), ("validate", validate)):
+        by_train = sorted(f"{TWO[s.label]}/{s.path.name}" for s in samples
+                          if f"{TWO[s.label]}/{s.path.name}" not in twins)
+        by_fetch = sorted(f"{key.split('/')[1]}/{name}"
+                          for key, names in listing(tmp_path / "fractions").items()
+                          if key.startswith(f"{split}/") for name in names)
+        assert by_train == by_fetch
+
+
 def test_a_photo_too_large_to_copy_keeps_its_place_in_the_cut(flowers, tmp_path, monkeypatch):
     """A scan over fetch-data's size limit for one photo (64 MiB; here lowered to 200 KB; a
     BMP, or a TIFF whose directory is at its end) is
@@ -936,12 +976,13 @@ def test_every_command_lists_the_same_photos_named_heic_avif_or_raw(flowers, tmp
             == len(photos)
 
 
-def flower_tree(flowers: Path, root: Path, layout: dict[str, tuple[str, int]]) -> Path:
-    """``root/<folder>/`` with ``n`` photos of ``cls`` for each ``folder: (cls, n)``; a folder
-    named ".../" gets photos straight in it."""
-    for folder, (cls, n) in layout.items():
+def flower_tree(flowers: Path, root: Path, layout: dict[str, tuple]) -> Path:
+    """``root/<folder>/`` with ``n`` photos of ``cls`` for each ``folder: (cls, n)``, from the
+    ``start``-th on for ``(cls, n, start)``; a folder named ".../" gets photos straight in it."""
+    for folder, (cls, n, *start) in layout.items():
         (root / folder).mkdir(parents=True, exist_ok=True)
-        for photo in sorted((flowers / cls).iterdir())[:n]:
+        first = start[0] if start else 0
+        for photo in sorted((flowers / cls).iterdir())[first:first + n]:
             shutil.copyfile(photo, root / folder / photo.name)
     return root
 
@@ -953,7 +994,7 @@ def test_split_names_in_any_case_and_a_held_out_test_set(flowers, tmp_path):
 
     folder = flower_tree(flowers, tmp_path / "download", {
         "Train/daisy": ("daisy", 8), "Train/roses": ("roses", 8),
-        "VAL/daisy": ("daisy", 3), "VAL/roses": ("roses", 3), "test": ("tulips", 4)})
+        "VAL/daisy": ("daisy", 3, 8), "VAL/roses": ("roses", 3, 8), "test": ("tulips", 4)})
     warned = Warnings()
     fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "data"), reporter=warned)
     manifest = manifest_of(tmp_path / "data")
@@ -1116,12 +1157,12 @@ def test_a_name_too_long_for_linux_is_shortened_not_fatal(flowers, tmp_path, cou
     but 270 bytes of UTF-8 here: the one photo so named in a zip made the whole run fail
     ("File name too long", naming a temporary folder already gone). It is now placed under a
     name shortened to 255 bytes, its original kept in the manifest's ``renamed``."""
-    photos = {cls: sorted((flowers / cls).iterdir())[:14 if cls == "daisy" else 12]
-              for cls in TWO}  # 14 of each: every photo placed in either mode
-    long_name = "玫瑰花" * 30 + ".jpg"
-    members = {f"{cls}/{p.name}": p.read_bytes() for cls in TWO for p in photos[cls]}
-    members[f"roses/{long_name}"] = photos["roses"][0].read_bytes()
-    members[f"roses/{long_name[:-4]}-2.jpg"] = photos["roses"][1].read_bytes()
+    photos = {cls: sorted((flowers / cls).iterdir())[:14] for cls in TWO}
+    long_name = "玫瑰花" * 30 + ".jpg"  # 14 of each: every photo placed in either mode
+    members = {f"{cls}/{p.name}": p.read_bytes() for cls in TWO for p in photos[cls][:12]}
+    members.update({f"daisy/{p.name}": p.read_bytes() for p in photos["daisy"][12:]})
+    members[f"roses/{long_name}"] = photos["roses"][12].read_bytes()
+    members[f"roses/{long_name[:-4]}-2.jpg"] = photos["roses"][13].read_bytes()
     path = make_zip(tmp_path / "long.zip", members)
     data = tmp_path / "data"
     options = (FetchOptions(archive=path, data_dir=data, train_per_class=10,

@@ -685,10 +685,10 @@ def _build_split(images: ImageSource, opts: FetchOptions, tmp: Path, reporter: R
     details: dict = {"classes": list(found), "split": plan}
     if plan["mode"] == "per_class":
         counts, files, skipped, renamed = _split_per_class(
-            images, found, plan, opts, tmp, reporter, dedupe=images.layout != CLASS_FOLDERS)
+            images, found, plan, opts, tmp, reporter, by_name=images.layout != CLASS_FOLDERS)
     else:
         counts, files, skipped, renamed, usable = _split_by_fractions(
-            images, found, plan, opts, tmp, reporter, dedupe=images.layout != CLASS_FOLDERS)
+            images, found, plan, opts, tmp, reporter, by_name=images.layout != CLASS_FOLDERS)
         details["usable"] = usable
     if renamed:
         details["renamed"] = renamed
@@ -711,10 +711,23 @@ def _checked(images: ImageSource, member: str) -> tuple[bytes, str | None, bool]
     return data, reason, bool(reason) and header_identified(data)
 
 
-def _split_per_class(images, found, plan, opts, tmp, reporter, dedupe: bool):
+def _twin(first: dict[str, tuple[str, str]], member: str, data: bytes, by_name: bool
+          ) -> str | None:
+    """The member of this class already met holding the very bytes of ``member``, else None
+    (and ``member`` is remembered in ``first``). ``by_name``: the cats/dogs layouts, whose names
+    are unique in the original, look for the same photo under the same name (train/ and a
+    copy of it); a folder of class folders for the same photo under any name (``IMG_1.jpg``
+    and ``IMG_1 (1).jpg``): one cut could put it in train and validate."""
+    digest = hashlib.sha256(data).hexdigest()
+    key = member_file_name(member).casefold() if by_name else digest
+    kept = first.setdefault(key, (digest, member))
+    return kept[1] if kept[0] == digest and kept[1] != member else None
+
+
+def _split_per_class(images, found, plan, opts, tmp, reporter, by_name: bool):
     """Each class's photos in a seeded shuffle, placed until every split has its count. A name
-    met twice is renamed (``name-2.jpg``); with ``dedupe`` (the cats/dogs layouts, whose names
-    are unique in the original) the very same photo under the same name is placed once."""
+    met twice is renamed (``name-2.jpg``); the very same photo twice is placed once
+    (``_twin``)."""
     per_split = {split: n for split, n in plan.items() if split in SPLITS}
     need = sum(per_split.values())
     classes = list(found)
@@ -733,18 +746,15 @@ def _split_per_class(images, found, plan, opts, tmp, reporter, dedupe: bool):
             order = sorted(found[cls])
             random.Random(f"{opts.seed}:{cls}").shuffle(order)
             seen_names: dict[str, int] = {}
-            first: dict[str, tuple[str, str]] = {}  # file name -> (its SHA-256, member)
+            first: dict[str, tuple[str, str]] = {}  # _twin's
             placed = 0
             for member in order:
                 if placed == need:
                     break
                 data, reason, _ = _checked(images, member)
-                if not reason and dedupe:  # the same photo twice (train/ and a copy of it)
-                    digest = hashlib.sha256(data).hexdigest()
-                    kept = first.setdefault(member_file_name(member).casefold(),
-                                            (digest, member))
-                    if kept[0] == digest and kept[1] != member:
-                        reason = f"the same photo as {kept[1]}"
+                twin = None if reason else _twin(first, member, data, by_name)
+                if twin:
+                    reason = f"the same photo as {twin}"
                 if reason:
                     skipped.append({"name": member, "class": cls, "reason": reason})
                     continue
@@ -773,12 +783,14 @@ def _split_per_class(images, found, plan, opts, tmp, reporter, dedupe: bool):
     return counts, files, skipped, renamed
 
 
-def _split_by_fractions(images, found, plan, opts, tmp, reporter, dedupe: bool):
+def _split_by_fractions(images, found, plan, opts, tmp, reporter, by_name: bool):
     """Every usable image of each class, split by the fractions: each class in its
     ``stable_order`` (seeded), fully checked into a staging folder, then its first images go
-    to validate, the next to test, the rest to train. ``dedupe`` as ``_split_per_class``'s:
-    the very same photo under the same name (train/ and a copy of it), which sit side by side
-    in the order and so could fall on both sides of a cut, is placed once."""
+    to validate, the next to test, the rest to train. The very same photo twice (``_twin``),
+    which a cut could put on both sides, is placed once: in a folder of class folders the
+    copy keeps its place in the cut (train's in-memory split of the folder counts it, and the
+    two splits agree photo by photo); in the cats/dogs layouts the copy of train/ sits beside
+    its photo and takes no place."""
     skipped: list[dict[str, str]] = []
     kept: dict[str, list[tuple[str, str]]] = {}  # class -> (file name, member), in order
     total = sum(len(names) for names in found.values())
@@ -788,17 +800,14 @@ def _split_by_fractions(images, found, plan, opts, tmp, reporter, dedupe: bool):
             stage = tmp / STAGING / str(index)
             stage.mkdir(parents=True)
             taken: dict[str, int] = {}
-            first: dict[str, tuple[str, str]] = {}  # file name -> (its SHA-256, member)
+            first: dict[str, tuple[str, str]] = {}  # _twin's
             kept[cls] = []
             for member in order:
                 data, reason, keeps_place = _checked(images, member)
                 advance(1)
-                if not reason and dedupe:
-                    digest = hashlib.sha256(data).hexdigest()
-                    seen = first.setdefault(member_file_name(member).casefold(),
-                                            (digest, member))
-                    if seen[0] == digest and seen[1] != member:
-                        reason, keeps_place = f"the same photo as {seen[1]}", False
+                twin = None if reason else _twin(first, member, data, by_name)
+                if twin:
+                    reason, keeps_place = f"the same photo as {twin}", not by_name
                 if reason:
                     skipped.append({"name": member, "class": cls, "reason": reason})
                     if keeps_place:  # train keeps its place in the cut: so do we
