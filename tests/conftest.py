@@ -272,3 +272,32 @@ def diverged_copy(bundle_folder: Path, dest: Path) -> Path:
     head.set_weights([np.full_like(w, np.nan) for w in head.get_weights()])
     model.save(dest / bundle.MODEL)
     return dest
+
+
+def flushes(monkeypatch) -> list[tuple[str, object]]:
+    """Record each ``os.fsync`` (the inode flushed) and each rename (its target), in order."""
+    events: list[tuple[str, object]] = []
+    real_fsync, real_replace, real_rename = os.fsync, os.replace, os.rename
+
+    def fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        events.append(("rename", Path(dst)))
+
+    def rename(src, dst):
+        real_rename(src, dst)
+        events.append(("rename", Path(dst)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "rename", rename)
+    return events
+
+
+def flushed_before(events, target: Path) -> set[int]:
+    """The inodes flushed before the (last) rename onto ``target``."""
+    last = max(i for i, (kind, what) in enumerate(events) if kind == "rename" and what == target)
+    return {what for kind, what in events[:last] if kind == "fsync"}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import missing
+from conftest import flushed_before, flushes, missing
 from test_datasets import FakeKaggleApi, RecordingReporter, Server
 from typer.testing import CliRunner
 
@@ -116,6 +116,19 @@ def test_a_link_that_drops_often_but_moves_on_each_time_completes(tmp_path):
     assert dest.read_bytes() == payload
     assert len(server.requests) == 7 and server.requests[1] == "bytes=50000-"
     assert len(reporter.warnings) == 6
+
+
+def test_a_download_is_on_the_disk_before_it_has_its_name(tmp_path, monkeypatch):
+    """The `.part` is flushed before its rename (a power cut after the rename could leave the
+    name holding an empty file, taken for a finished download), the folder's entries after."""
+    payload = bytes(range(256)) * 400
+    dest = tmp_path / "file.zip"
+    events = flushes(monkeypatch)
+    with Server(payload) as server:
+        download(server.url, dest, RecordingReporter(), retries=0, backoff=0)
+    assert dest.read_bytes() == payload
+    assert dest.stat().st_ino in flushed_before(events, dest)
+    assert events[-1] == ("fsync", tmp_path.stat().st_ino)
 
 
 def test_a_server_busy_for_a_while_is_tried_again_and_the_part_kept(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Recorder, split_images
+from conftest import Recorder, flushed_before, flushes, split_images
 from five_class import bundle_data, five_class_bundle
 from PIL import Image
 from typer.testing import CliRunner
@@ -436,6 +436,14 @@ def test_a_file_export_replaced_is_never_missing(trained_bundle, held_out, tmp_p
                       check_images=held_out)
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite", "m.tflite.meta.json"]
+    # and the new file is on the disk before the rename (a power cut after it could leave
+    # m.tflite empty, the old export gone), the folder's entries after
+    monkeypatch.setattr(export.os, "replace", real)
+    events = flushes(monkeypatch)
+    export.export(trained_bundle.bundle, format="tflite", output=out, force=True,
+                  check_images=held_out)
+    assert out.stat().st_ino in flushed_before(events, out)
+    assert ("fsync", tmp_path.stat().st_ino) in events[-3:]
 
 
 def test_a_model_whose_outputs_are_not_numbers_is_not_exported(trained_bundle, held_out,

@@ -19,10 +19,12 @@ from pathlib import Path
 from transfer.constants import PREVIEW_PNG
 from transfer.errors import TransferError, raise_if_interrupted
 from transfer.files import (
+    entries_to_disk,
     free_name,
     new_folders_kept_on_success,
     sweep_left_by_killed,
     temp_prefix,
+    to_disk,
     write_json,
 )
 from transfer.seeds import keeps_random_state
@@ -200,6 +202,7 @@ def writing(target: Path, force: bool):
             yield landing
             # a Ctrl-C or SIGTERM that native code swallowed during the run: nothing lands
             raise_if_interrupted()
+            to_disk(tmp)  # every file whole on the disk before the bundle has its name
             if force and target.exists():
                 old = tmp.with_name(tmp.name + "-old")
                 try:
@@ -219,6 +222,7 @@ def writing(target: Path, force: bool):
                     shutil.rmtree(old, ignore_errors=True)
             else:
                 landing.path = _land(tmp, target)
+            entries_to_disk(target.parent)
         except OSError as exc:
             import errno
 
@@ -377,6 +381,7 @@ def update_latest(target: Path) -> None:
     try:
         os.symlink(target.name, tmp)
         os.replace(tmp, latest)
+        entries_to_disk(latest.parent)
     except OSError:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)

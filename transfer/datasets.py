@@ -76,7 +76,14 @@ from transfer.constants import (
     unread_summary,
 )
 from transfer.errors import TransferError
-from transfer.files import exclusive, free_name, make_dirs, write_json
+from transfer.files import (
+    entries_to_disk,
+    exclusive,
+    free_name,
+    make_dirs,
+    to_disk,
+    write_json,
+)
 from transfer.progress import Reporter
 from transfer.settings import FetchOptions, given, real
 from transfer.sources import obtain_archive, resolve_source
@@ -969,6 +976,7 @@ def _swap_into_place(data_dir: Path, tmp: Path, manifest: dict, ours: list[str],
         aside[split] = name.name
     manifest["moved_aside"] = [str(data_dir / name) for name in aside.values()]
     write_json(tmp / MANIFEST, manifest)
+    to_disk(tmp)  # every photo whole on the disk before the manifest commits the split
     old = Path(tempfile.mkdtemp(prefix=OLD_PREFIX, dir=data_dir))
     journal = {"split_id": manifest["split_id"], "tmp": tmp.name, "old": old.name,
                "ours": ours, "foreign": aside, "new": manifest["splits"],
@@ -982,6 +990,7 @@ def _swap_into_place(data_dir: Path, tmp: Path, manifest: dict, ours: list[str],
         for split in manifest["splits"]:
             os.replace(tmp / split, data_dir / split)
         os.replace(tmp / MANIFEST, data_dir / MANIFEST)  # the commit
+        entries_to_disk(data_dir)
     except BaseException:
         try:
             _settle(data_dir)  # rolls back at once when it can

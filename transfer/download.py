@@ -22,6 +22,7 @@ from pathlib import Path
 
 from transfer import __version__
 from transfer.errors import TransferError
+from transfer.files import entries_to_disk, to_disk
 from transfer.progress import Reporter
 
 CHUNK = 1 << 16
@@ -166,7 +167,9 @@ def download(url: str, dest: Path, reporter: Reporter | None = None, retries: in
             break
     if facts is not None:
         facts.update(length_known=total is not None, resumed=resumed, restarted=restarted)
+    to_disk(part)
     os.replace(part, dest)
+    entries_to_disk(dest.parent)
     return dest
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.errors import NOT_NUMBERS, TransferError, raise_if_interrupted, without_op_name
-from transfer.files import digest, sweep_left_by_killed, temp_prefix, tf_reachable
+from transfer.files import digest, sweep_left_by_killed, temp_prefix, tf_reachable, to_disk
 from transfer.progress import Reporter
 
 ENGINES = ("auto", "tf", "tflite")
@@ -251,6 +251,7 @@ def convert(model, batch_size: int, path: Path) -> float:
         raise_if_interrupted()
         tmp = workdir / path.name
         tmp.write_bytes(blob)
+        to_disk(tmp)
         os.replace(tmp, path)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

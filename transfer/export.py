@@ -49,6 +49,7 @@ from transfer import bundle, images
 from transfer.errors import DIVERGED, NOT_NUMBERS, TransferError
 from transfer.evaluate import bundle_images
 from transfer.files import (
+    entries_to_disk,
     free_name,
     new_folders_kept_on_success,
     refuse_existing,
@@ -56,6 +57,7 @@ from transfer.files import (
     temp_prefix,
     tf_reachable,
     tf_safe,
+    to_disk,
 )
 from transfer.inference import BATCH_SIZE, BundleClassifier, folder_images, writable_folder
 from transfer.progress import Reporter
@@ -916,6 +918,7 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
             else:
                 bundle.write_json(work / "meta.json", export_meta)
                 os.replace(work / "meta.json", meta_path)
+            to_disk(staged)  # whole on the disk before the old export is moved aside
             theirs = bundle.not_in_a_savedmodel(output) if output.is_dir() else []
             if theirs:  # the user's own files in the SavedModel replaced: kept, the folder whole
                 aside = free_name(output.with_name(f"{output.name}.old"))
@@ -924,6 +927,7 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
             elif output.is_dir():  # a file is replaced by the rename itself, never missing
                 os.replace(output, work / "replaced")
             os.replace(staged, output)
+            entries_to_disk(output.parent)
             return result
         finally:
             if alias is not None:  # the link in the temporary folder, not what it points to

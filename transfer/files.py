@@ -126,10 +126,51 @@ def refuse_existing(path: Path, force: bool, what: str = "") -> None:
         raise TransferError(f"{name} already exists; use --force to replace it")
 
 
+def to_disk(path: Path) -> None:
+    """Flush ``path`` to the disk before a rename makes it the real thing: a file, or every
+    file and folder under a folder (a bundle, a split). A rename reaches the disk as soon as
+    the folder's entry does, the file's blocks later (ext4 and others allocate them late): a
+    power cut in between left an export, a meta.json or a bundle under its final name empty
+    or cut short, the old one gone. Git and SQLite flush likewise. Best effort: what cannot
+    be flushed (a folder on Windows, a file system without it) is left as it is."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        for root, _, names in os.walk(path):  # links are not followed, not flushed
+            for name in names:
+                _flush(Path(root) / name)
+            _flush(Path(root))
+    else:
+        _flush(path)
+
+
+def entries_to_disk(folder: Path) -> None:
+    """Flush ``folder``'s own entries (names) after a rename in it: the rename itself lasts."""
+    _flush(Path(folder))
+
+
+def _flush(path: Path) -> None:
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            return  # a link, a pipe, a device: nothing of ours to flush
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def replacing(path: Path) -> Iterator[Path]:
     """Yield a hidden temporary path beside ``path`` (same suffix, so writers that go by the
-    suffix still work); on success it replaces ``path``, on failure it is removed."""
+    suffix still work); on success it replaces ``path`` (flushed to the disk first:
+    ``to_disk``), on failure it is removed."""
     path = Path(path)
     if path.is_symlink():  # the file it points at is replaced; the link stays a link
         path = path.resolve()
@@ -140,7 +181,9 @@ def replacing(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f"{temp_prefix(path.stem)}{path.suffix}")
     try:
         yield tmp
+        to_disk(tmp)
         os.replace(tmp, path)
+        entries_to_disk(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
