@@ -277,6 +277,12 @@ def test_options_the_chosen_runs_do_not_use_are_said(tmp_path):
         "--base vgg16 unused: the scratch run trains a CNN from scratch, no pretrained base"]
     assert said(runs="scratch,frozen", fine_tune=30, alpha=0.5) == [
         "--fine-tune 30 unused: it is the fine-tuned run's, and --runs scratch,frozen has none"]
+    # settings validated first (as the CLI passes them, the alpha filled in) say the same
+    filled = CompareSettings(data_dir=tmp_path / "data", output=tmp_path / "out",
+                             runs="scratch").validated()
+    assert filled.alpha == 0.25 and filled.unused(filled.runs) == []
+    assert said(runs="scratch", alpha=0.5) == [
+        "--alpha 0.5 unused: the scratch run trains a CNN from scratch, no pretrained base"]
 
 
 def test_a_folder_of_class_folders_is_split_once_for_every_run(tiny_split, tmp_path):

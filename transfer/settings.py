@@ -1109,10 +1109,15 @@ class CompareSettings(Settings):
         """A warning for each option given (on these settings, as given) that the chosen
         ``runs`` do not use: the base's with the scratch run alone, --fine-tune without the
         fine-tuned run (compare.json recorded null for them, without a word)."""
+        from transfer import bases
+
         default, said = CompareSettings(), []
         if all(run == "scratch" for run in runs):
+            # validated() fills the alpha in: the width it fills is no option given (the CLI
+            # passes validated settings; "--alpha 0.25 unused" was said to every scratch run)
+            filled = COMPARE_ALPHA if bases.get(self.base).has_alpha else 1.0
             base = ([f"--base {self.base}"] if self.base != default.base else []) + (
-                [f"--alpha {self.alpha:g}"] if self.alpha is not None else [])
+                [f"--alpha {self.alpha:g}"] if self.alpha not in (None, filled) else [])
             if base:
                 said.append(f"{' '.join(base)} unused: the scratch run trains a CNN from "
                             "scratch, no pretrained base")
