@@ -157,6 +157,27 @@ def test_numpy_numbers_and_odd_bases_from_a_program(tmp_path):
             made().validated()
 
 
+def test_numpy_numbers_become_pythons_where_keras_and_sockets_take_only_pythons(tmp_path):
+    """``seed=np.int64(7)`` (a sweep over ``np.arange``) passed the settings' checks, then
+    Keras refused it after the data was read ("Expected `seed` argument to be an integer"),
+    as ``Dense(np.int64(16))``, the mirror layer ``image_size`` and a socket ``port``."""
+    import keras
+    import numpy as np
+
+    (tmp_path / "data/train/a").mkdir(parents=True)
+    settings = TrainSettings(data_dir=tmp_path / "data", seed=np.int64(7), dense=np.int64(16),
+                             image_size=np.int64(96), learning_rate=np.float32(1e-3),
+                             augment=Augment(rotation=np.float64(20))).validated()
+    numbers = (settings.seed, settings.dense, settings.image_size, settings.learning_rate,
+               settings.augment.rotation)
+    assert [type(n) for n in numbers] == [int, int, int, float, float]
+    assert numbers == (7, 16, 96, pytest.approx(1e-3), 20.0)
+    keras.layers.Dense(settings.dense)  # refused np.int64
+    keras.random.SeedGenerator(settings.seed)
+    assert type(MnistParams(limit=np.int64(200), seed=np.int64(3)).validated().seed) is int
+    assert type(ServeSettings(port=np.int64(8765)).validated().port) is int
+
+
 def test_a_report_asked_for_a_number_of_gradcams_that_is_not_one(tmp_path):
     from transfer.report import write_report
 

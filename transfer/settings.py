@@ -278,7 +278,9 @@ class Settings:
         other check: from Python, ``force="no"`` is true (and replaced files), and "x" for a
         number failed deep inside with a TypeError. Switches must be True or False, paths a
         str or os.PathLike, counts whole numbers, other numbers numbers; names and lists
-        are checked by each class (``but``: fields it checks itself)."""
+        are checked by each class (``but``: fields it checks itself). A NumPy number (a sweep
+        over ``np.arange(3)``) becomes Python's: Keras refused ``seed=np.int64(7)`` and
+        ``Dense(np.int64(16))``, a socket ``port=np.int64(8765)``, after the data was read."""
         for name, kinds in _kinds(type(self)).items():
             value = getattr(self, name)
             if name in but or (value is None and type(None) in kinds):
@@ -289,8 +291,12 @@ class Settings:
                 a_path(name, value)
             elif int in kinds:
                 whole_number(name, value)
+                if type(value) is not int:
+                    setattr(self, name, int(value))
             elif float in kinds:
                 a_number(name, value)
+                if type(value) not in (int, float):
+                    setattr(self, name, float(value))
         return self
 
     def as_dict(self) -> dict:
