@@ -78,6 +78,9 @@ def test_force_is_true_or_false_in_every_command(name, image, tmp_path, monkeypa
     (ExplainSettings(images=["a.jpg", None]), "--images must be paths, not None"),
     (CompareSettings(runs=[1]), "--runs must be one of scratch, frozen, fine-tuned, not 1"),
     (FetchOptions(train_per_class="10"), "--train-per-class must be a whole number, not '10'"),
+    (FetchOptions(source="microsoft", microsoft_url=5),
+     "microsoft_url must be an address (a str), not 5"),  # urlsplit's AttributeError
+    (FetchOptions(competition=5), "--competition must be a Kaggle competition's name, not 5"),
     (ServeSettings(max_upload_mb="20"), "--max-upload-mb must be a number, not '20'"),
 ])
 def test_a_value_of_the_wrong_kind_is_one_error_naming_the_option(settings, message):

@@ -406,6 +406,12 @@ class FetchOptions(Settings):
         one_of("source", opts.source, FETCH_SOURCES)
         if opts.source == "archive" and opts.archive is None:
             raise TransferError("--source archive needs --archive PATH (a zip or a folder)")
+        if not (isinstance(opts.competition, str) and opts.competition.strip()):
+            raise TransferError(f"--competition must be a Kaggle competition's name, not "
+                                f"{opts.competition!r}")
+        if not isinstance(opts.microsoft_url, str):  # from a program (the CLI: the variable)
+            raise TransferError(f"microsoft_url must be an address (a str), not "
+                                f"{opts.microsoft_url!r}")
         if opts.source in ("auto", "microsoft"):
             download_address(opts.microsoft_url)
         if opts.archive is not None and not Path(opts.archive).exists():
