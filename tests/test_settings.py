@@ -319,6 +319,11 @@ def test_predict_and_explain_refuse_what_would_read_or_write_elsewhere(image, tm
     done = CliRunner().invoke(app, ["predict", str(image), "--output", "out/"])
     assert done.exit_code == 1 and "--output out/ names a folder; name a file" in done.output
     assert not (tmp_path / "out").exists()
+    # from Python too (predict(output="out/") wrote it), and "-" is no file named "-"
+    with pytest.raises(TransferError, match=r"^--output out/ names a folder; name a file$"):
+        PredictSettings(paths=[str(image)], output="out/").validated()
+    with pytest.raises(TransferError, match=r"^--output - is the command line's standard"):
+        PredictSettings(paths=[str(image)], output="-").validated()
 
 
 def test_fetch_datas_test_split_0_is_its_default(tmp_path):

@@ -873,8 +873,6 @@ def predict_cmd(
     """Classify images with a trained bundle, or with an ImageNet classifier (--imagenet)."""
     if output is not None and str(output) == "-":  # the Unix convention: standard output
         output = None
-    if output is not None and output.endswith(("/", os.sep)):  # a Path drops the slash
-        raise TransferError(f"--output {output} names a folder; name a file")
     settings = S.PredictSettings(paths=paths, model=model, imagenet=imagenet, base=base,
                                  alpha=alpha, top=top, format=format, output=output,
                                  invert=invert, batch_size=batch_size, models_dir=models_dir,

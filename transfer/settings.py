@@ -821,6 +821,13 @@ class PredictSettings(Settings):
         elif self.alpha != 1.0:  # --alpha alone: a MobileNet width (for a bundle: refused by
             bases.check_alpha(bases.get("mobilenet"), self.alpha)  # open_classifier, said why)
         if self.output is not None:
+            named = os.fspath(self.output)
+            if named.endswith(("/", os.sep)):  # Path() drops the slash: a file of that name
+                raise TransferError(f"--output {named} names a folder; name a file")
+            if named == "-":  # the CLI's standard output; from Python a file named "-"
+                raise TransferError("--output - is the command line's standard output; from "
+                                    "Python leave output None and use the result "
+                                    "(result.render(format))")
             if Path(self.output).is_dir():
                 raise TransferError(f"--output {self.output} is a folder; name a file")
             from transfer.files import is_device_or_pipe, refuse_existing, standard_stream
