@@ -7,6 +7,7 @@ is one TransferError naming the option, raised before anything is read or writte
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -138,6 +139,16 @@ def test_every_entry_point_given_the_wrong_kind_of_argument_says_so(tmp_path):
             call()
     with pytest.raises(TransferError, match=r"^open_classifier takes a PredictSettings"):
         open_classifier("models/x")
+    # open_classifier checks what predict checks of the classifier's fields: imagenet="no"
+    # was ImageNet mode, models_dir="" the current folder, models_dir=5 a TypeError
+    for options, said in ((dict(imagenet="no"), "--imagenet must be True or False, not 'no'"),
+                          (dict(models_dir=""), "--models-dir must be a path, not ''"),
+                          (dict(models_dir=5), "--models-dir must be a path, not 5"),
+                          (dict(engine="gpu"), "--engine must be one of"),
+                          (dict(imagenet=True, base="mobilenet", alpha=0.3),
+                           "--alpha for mobilenet must be one of")):
+        with pytest.raises(TransferError, match="^" + re.escape(said)):
+            open_classifier(**options)
 
 
 def test_numpy_numbers_and_odd_bases_from_a_program(tmp_path):

@@ -503,14 +503,13 @@ def open_classifier(settings: PredictSettings | None = None, *, reporter: Report
     Raises:
         TransferError: --model with --imagenet, a broken bundle, an unknown base.
     """
-    from transfer.settings import a_path, given
+    from transfer.settings import given
 
     s = given(settings, PredictSettings, "open_classifier") if settings is not None \
         else PredictSettings(**options)
     if settings is not None and options:
         s = s.replace(**options)
-    if s.model is not None:
-        a_path("model", s.model)  # model=5 was a TypeError deep in pathlib
+    s.classifier_validated()  # model=5 was a TypeError deep in pathlib, imagenet="no" true
     reporter = reporter or Reporter()
     if s.imagenet:
         if s.model is not None:

@@ -794,11 +794,28 @@ class PredictSettings(Settings):
                     ".csv file and JSON into a .json file (or give --format csv)")
         return None
 
-    def validated(self) -> PredictSettings:
+    def classifier_validated(self) -> PredictSettings:
+        """The checks of the fields that choose the classifier, which ``open_classifier``
+        runs (it takes no paths): ``imagenet="no"`` was ImageNet mode there (a non-empty
+        string is true), ``models_dir=""`` the current folder, ``models_dir=5`` a
+        TypeError."""
         from transfer import bases
-        from transfer.images import is_one_image
 
         self.typed()
+        not_a_file("models_dir", self.models_dir)  # else "no bundle": ImageNet mode instead
+        if self.invert is not None:
+            one_of("invert", self.invert, INVERT)
+        one_of("engine", self.engine, ENGINES)
+        if self.imagenet or self.base != "inception":
+            bases.check_alpha(bases.get(self.base), self.alpha)
+        elif self.alpha != 1.0:  # --alpha alone: a MobileNet width (for a bundle: refused by
+            bases.check_alpha(bases.get("mobilenet"), self.alpha)  # open_classifier, said why)
+        return self
+
+    def validated(self) -> PredictSettings:
+        from transfer.images import is_one_image
+
+        self.classifier_validated()
         paths = [self.paths] if is_one_image(self.paths) else self.paths  # not its letters
         try:
             paths = list(paths)  # a list, a tuple, Path.glob's generator
@@ -808,18 +825,10 @@ class PredictSettings(Settings):
         if not paths:
             raise TransferError("give at least one image, folder or glob")
         no_empty_path("paths", paths)
-        not_a_file("models_dir", self.models_dir)  # else "no bundle": ImageNet mode instead
         one_of("format", self.resolved_format(), PREDICT_FORMATS)
         at_least("batch_size", self.batch_size, 1)
         if self.top is not None:
             at_least("top", self.top, 1)
-        if self.invert is not None:
-            one_of("invert", self.invert, INVERT)
-        one_of("engine", self.engine, ENGINES)
-        if self.imagenet or self.base != "inception":
-            bases.check_alpha(bases.get(self.base), self.alpha)
-        elif self.alpha != 1.0:  # --alpha alone: a MobileNet width (for a bundle: refused by
-            bases.check_alpha(bases.get("mobilenet"), self.alpha)  # open_classifier, said why)
         if self.output is not None:
             named = os.fspath(self.output)
             if named.endswith(("/", os.sep)):  # Path() drops the slash: a file of that name
