@@ -260,6 +260,20 @@ def test_a_train_process_says_how_much_of_its_time_importing_tensorflow_took(tin
     assert t["total_seconds"] + float(writing[1]) <= took + 0.1
 
 
+def test_loading_tensorflow_keeps_a_programs_random_sequences():
+    """TensorFlow's first import draws from Python's random: a program's seeded sequence moved
+    on when serve or compare (which keep the state around their runs, not around that import)
+    first loaded it. In a fresh process, as a program meets it."""
+    code = ("import random, numpy as np; random.seed(1); np.random.seed(1); "
+            "a, b = random.getstate(), np.random.get_state()[1].copy(); "
+            "import transfer.tf, tensorflow; "
+            "print(random.getstate() == a, (np.random.get_state()[1] == b).all())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "True"]
+
+
 def test_train_cli_unknown_base(tiny_split):
     """The choices come from the registry; a usage error is one line and exit code 2."""
     result = runner.invoke(app, ["train", "--base", "alexnet", "--data-dir", str(tiny_split)],

@@ -51,17 +51,28 @@ def root_logger_kept():
 
 def _load():
     global IMPORT_SECONDS, IMPORTED_AT
+    import random
+
+    import numpy as np
+
     started = time.perf_counter()
     verbose = os.environ.get("TRANSFER_VERBOSE") == "1"
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with native_stderr_quiet():
-        import keras
-        import tensorflow
+    # TensorFlow's first import draws from Python's random: a program's seeded sequence moved
+    # on when a capability that keeps it elsewhere (serve, compare) first loaded TensorFlow
+    saved_python, saved_numpy = random.getstate(), np.random.get_state()
+    try:
+        with native_stderr_quiet():
+            import keras
+            import tensorflow
 
-        logger = tensorflow.get_logger()
-        if not verbose and logger.level == logging.NOTSET:  # a caller's own level is kept
-            logger.setLevel("ERROR")
+            logger = tensorflow.get_logger()
+            if not verbose and logger.level == logging.NOTSET:  # a caller's own level is kept
+                logger.setLevel("ERROR")
+    finally:
+        random.setstate(saved_python)
+        np.random.set_state(saved_numpy)
     IMPORTED_AT = time.perf_counter()
     IMPORT_SECONDS = IMPORTED_AT - started
     return tensorflow, keras
