@@ -605,37 +605,30 @@ def test_an_empty_map_says_so_in_its_picture(trained_bundle, dog_photo, real_pho
     kernel, bias = head.get_weights()
     head.set_weights([np.abs(kernel), bias])
     model.save(copy / bundle.MODEL)
-    real = plots._pyplot()
+    real = plots.save
     kept = []
 
-    class Keeping:  # the figures drawn, kept open to read their titles
-        def __getattr__(self, name):
-            return getattr(real, name)
+    def keeping(fig, path, dpi=100):  # the figures drawn, kept to read their titles
+        real(fig, path, dpi)
+        kept.append(fig)
 
-        def close(self, fig=None):
-            kept.append(fig)
-
-    monkeypatch.setattr(plots, "_pyplot", lambda: Keeping())
+    monkeypatch.setattr(plots, "save", keeping)
     empty = "cats: empty map \u2014 no region raises this class's score"
-    try:
-        cats = explain.explain(dog_photo, model=copy, class_name="cats",
-                               output=tmp_path / "cats.png")
-        dogs = explain.explain(dog_photo, model=copy, class_name="dogs",
-                               output=tmp_path / "dogs.png")
-        assert cats.heatmap.max() == 0 and dogs.heatmap.max() > 0
-        titles = [" ".join(fig._suptitle.get_text().split()) for fig in kept]
-        assert titles[0].endswith(f"Grad-CAM of cats at {LAST_CONV} {empty}"), titles[0]
-        assert "empty" not in titles[1] and titles[1].endswith(f"Grad-CAM of dogs at {LAST_CONV}")
-        # a folder's images, each its own picture
-        folder = tmp_path / "photos"
-        folder.mkdir()
-        for name, data in real_photos["cats"][:2] + real_photos["dogs"][:1]:
-            (folder / name).write_bytes(data)
-        kept.clear()
-        rows = explain.explain_all(ExplainSettings(images=[str(folder)], model=copy,
-                                                   class_name="cats", output=tmp_path / "out"))
-        assert [r.error for r in rows] == [None] * 3 and len(kept) == 3
-        assert all(" ".join(fig._suptitle.get_text().split()).endswith(empty) for fig in kept)
-    finally:
-        for fig in kept:
-            real.close(fig)
+    cats = explain.explain(dog_photo, model=copy, class_name="cats",
+                           output=tmp_path / "cats.png")
+    dogs = explain.explain(dog_photo, model=copy, class_name="dogs",
+                           output=tmp_path / "dogs.png")
+    assert cats.heatmap.max() == 0 and dogs.heatmap.max() > 0
+    titles = [" ".join(fig._suptitle.get_text().split()) for fig in kept]
+    assert titles[0].endswith(f"Grad-CAM of cats at {LAST_CONV} {empty}"), titles[0]
+    assert "empty" not in titles[1] and titles[1].endswith(f"Grad-CAM of dogs at {LAST_CONV}")
+    # a folder's images, each its own picture
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, data in real_photos["cats"][:2] + real_photos["dogs"][:1]:
+        (folder / name).write_bytes(data)
+    kept.clear()
+    rows = explain.explain_all(ExplainSettings(images=[str(folder)], model=copy,
+                                               class_name="cats", output=tmp_path / "out"))
+    assert [r.error for r in rows] == [None] * 3 and len(kept) == 3
+    assert all(" ".join(fig._suptitle.get_text().split()).endswith(empty) for fig in kept)

@@ -12,21 +12,16 @@ FLOWERS = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
 
 @pytest.fixture()
 def figures(monkeypatch) -> list:
-    """The figures the plots draw, kept open (plots closes each after saving it)."""
-    real = plots._pyplot()
+    """The figures the plots draw, each kept as it is saved."""
+    real = plots.save
     kept = []
 
-    class Keeping:
-        def __getattr__(self, name):
-            return getattr(real, name)
+    def keeping(fig, path, dpi=100):
+        real(fig, path, dpi)
+        kept.append(fig)
 
-        def close(self, fig=None):
-            kept.append(fig)
-
-    monkeypatch.setattr(plots, "_pyplot", lambda: Keeping())
-    yield kept
-    for fig in kept:
-        real.close(fig)
+    monkeypatch.setattr(plots, "save", keeping)
+    return kept
 
 
 @pytest.mark.parametrize("names", [["cats", "dogs"], FLOWERS])
@@ -158,7 +153,6 @@ def test_class_names_the_fonts_cannot_draw_are_said_once_not_drawn_as_boxes_in_s
     warning filtered out: evaluate now says which (it uses this line)."""
     from transfer import plots
 
-    plots._pyplot()
     assert plots.fonts()[0] == "DejaVu Sans"
     cuneiform = "\U00012000\U00012001"  # in none of the fonts plots look for
     line = plots.glyph_warning([f"{cuneiform} tablets", "Rosé petals", "Ωmega", "daisy"],
@@ -194,15 +188,13 @@ def test_a_caption_over_a_portrait_photo_is_cut_to_its_cell_not_to_the_photo():
 
     from transfer import plots
 
-    plt = plots._pyplot()
-    fig, axes = plt.subplots(1, 4, figsize=(4 * 1.6, 1.8 + 0.4), squeeze=False)
+    fig, axes = plots.subplots(1, 4, figsize=(4 * 1.6, 1.8 + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.imshow(np.zeros((300, 80)), interpolation="nearest")  # a tall, narrow photo
         ax.set_title("true roses\npred dandelion 0.67", fontsize=8)
-    fig.canvas.draw()  # the aspect applied: the axes as wide as the photo is drawn
+    fig.draw_without_rendering()  # the aspect applied: the axes as wide as the photo is drawn
     plots._fit_titles(fig)
     assert [ax.title.get_text() for ax in axes.flat] == ["true roses\npred dandelion 0.67"] * 4
-    plt.close(fig)
 
 
 def test_a_grad_cam_with_nothing_on_it_says_so_in_its_panel(figures, tmp_path):
@@ -233,3 +225,34 @@ def test_a_confusion_matrix_of_many_classes_stays_drawable_and_its_ticks_apart(t
     ticks = plots.tick_labels(alike)
     assert len(set(ticks)) == 3 and ticks[2] == "2: dogs"
     assert plots.tick_labels(["cats", "dogs"]) == ["cats", "dogs"]
+
+
+def test_drawing_leaves_the_programs_matplotlib_as_it_was(tmp_path):
+    """A notebook's backend (inline), fonts and font-manager log level: every plot call set
+    ``matplotlib.use("Agg")`` (its ``plt.show()`` then showed nothing), the plots' fonts in the
+    global rcParams and the log level for good, and registered its figures with pyplot."""
+    import logging
+
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # a backend of the program's, not Agg
+    import matplotlib.pyplot as plt
+
+    logger = logging.getLogger("matplotlib.font_manager")
+    logger.setLevel(logging.INFO)
+    figure = plt.figure()  # the program's own figure
+    before = (matplotlib.get_backend(), list(matplotlib.rcParams["font.family"]),
+              plt.get_fignums())
+    try:
+        plots.confusion(np.eye(2, dtype=int) * 3, ["玫瑰", "daisy"], tmp_path / "c.png", title="t")
+        plots.curves({"loss": [1.0, 0.5], "val_loss": [1.1, 0.6]}, tmp_path / "h.png")
+        assert plots.missing_glyphs(["daisy"]) == []
+        assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (matplotlib.get_backend(), list(matplotlib.rcParams["font.family"]),
+                plt.get_fignums()) == before
+        assert logger.level == logging.INFO
+    finally:
+        plt.close(figure)
+        logger.setLevel(logging.NOTSET)
+        matplotlib.use(backend)

@@ -334,12 +334,19 @@ def plot(data: dict, path: Path) -> Path:
     accuracy per epoch of every run overlaid (fine-tuning epochs continue the frozen ones)."""
     from transfer import plots
 
-    plt = plots._pyplot()
+    with plots.fonts_in_use():
+        return _plot(data, path)
+
+
+def _plot(data: dict, path: Path) -> Path:
+    from transfer import plots
+
     runs = data["runs"]
     names = list(runs)
     colours = {"scratch": "#d95f02", "frozen": "#1b9e77", "fine-tuned": "#7570b3"}
     colour = [colours.get(n, "#666666") for n in names]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [1, 1, 1.6]})
+    fig, axes = plots.subplots(1, 3, figsize=(15, 4.2),
+                               gridspec_kw={"width_ratios": [1, 1, 1.6]})
     accuracy = [runs[n]["val_accuracy"] or 0.0 for n in names]
     bars = axes[0].bar(names, accuracy, color=colour)
     axes[0].set_ylim(0, 1.05)

@@ -10,19 +10,53 @@ from pathlib import Path
 from transfer.files import utf8_text
 
 
-def _pyplot():
+def subplots(*args, figsize=None, **kwargs):
+    """(figure, axes) as ``pyplot.subplots`` makes them, without pyplot: no backend chosen and
+    no figure registered in the calling program (``matplotlib.use("Agg")`` here switched a
+    notebook's inline backend, after which its ``show()`` showed nothing). PNG is written by
+    the Agg canvas whatever the program's backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)  # its canvas: drawn and measured as it is written
+    return fig, fig.subplots(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def fonts_in_use():
+    """The plots' fonts (``fonts()``, unless the program chose its own) and the font
+    manager's log quiet, inside; matplotlib's settings and log level as they were after. (The
+    fonts were set in the global ``rcParams`` for good, and the log level too.)"""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    logger = logging.getLogger("matplotlib.font_manager")
+    level = logger.level
+    # "findfont: Failed to find font weight normal for WenQuanYi Zen Hei, now using 500", on
+    # stderr whenever these fonts are looked up (a plot, or missing_glyphs before any plot)
+    logger.setLevel(logging.ERROR)
+    try:
+        chosen = matplotlib.rcParams["font.family"] != ["sans-serif"]  # a font of the caller's
+        with matplotlib.rc_context({} if chosen else {"font.family": fonts()}):
+            yield
+    finally:
+        logger.setLevel(level)
 
-    if matplotlib.rcParams["font.family"] == ["sans-serif"]:  # not a font the caller chose
-        matplotlib.rcParams["font.family"] = fonts()
-    return plt
+
+def drawn(fn):
+    """Decorate a function that draws a picture (or looks its fonts up): it runs inside
+    ``fonts_in_use``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with fonts_in_use():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def save(fig, path, dpi: int = 100) -> None:
-    """Lay ``fig`` out, write it to ``path`` as PNG and close it. Every text of the figure is
+    """Lay ``fig`` out and write it to ``path`` as PNG. Every text of the figure is
     made drawable first (``_text``: a file name that is not UTF-8 made matplotlib raise); a
     name in a script the font lacks (CJK) is drawn as boxes without a warning for each glyph,
     and the caller's warning filters are left as they were."""
@@ -41,7 +75,6 @@ def save(fig, path, dpi: int = 100) -> None:
                                 category=UserWarning)  # the figure is written as it is
         fig.tight_layout()
         fig.savefig(path, dpi=dpi)
-    _pyplot().close(fig)
 
 
 # Fonts with the scripts DejaVu lacks (CJK, symbols), used after it when installed: matplotlib
@@ -65,10 +98,6 @@ def fonts() -> list[str]:
     """The plots' fonts: DejaVu Sans, then the installed FALLBACK_FONTS."""
     from matplotlib import font_manager
 
-    # "findfont: Failed to find font weight normal for WenQuanYi Zen Hei, now using 500", on
-    # stderr whenever these fonts are looked up (a plot, or missing_glyphs before any plot)
-    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
-
     manager = font_manager.fontManager
     if not any(f.name in FALLBACK_FONTS for f in manager.ttflist):
         for path in font_manager.findSystemFonts():
@@ -79,6 +108,7 @@ def fonts() -> list[str]:
     return ["DejaVu Sans", *(f for f in FALLBACK_FONTS if f in installed)]
 
 
+@drawn
 def missing_glyphs(texts) -> list[str]:
     """The characters of ``texts`` (class names) that none of the plots' fonts can draw: they
     come out as boxes (CJK or emoji with only DejaVu installed). Empty when all can be drawn."""
@@ -160,13 +190,13 @@ def single_views_from(ax, start: float, colour="grey") -> None:
             transform=blended_transform_factory(ax.transData, ax.transAxes))
 
 
+@drawn
 def curves(history: dict[str, list[float]], path: Path, title: str = "",
            flips: bool = False) -> Path:
     """Accuracy and loss per epoch, training vs validation; ``flips``: the saved model
     averages photo and mirror, so fine-tuning's single-view validation is said as such."""
-    plt = _pyplot()
     epochs = list(range(1, len(history.get("loss", [])) + 1))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
         if metric in history:
             ax.plot(epochs, history[metric], "o-", label=f"train {metric}")
@@ -191,15 +221,15 @@ def curves(history: dict[str, list[float]], path: Path, title: str = "",
     return Path(path)
 
 
+@drawn
 def image_grid(images, titles, path: Path, cols: int = 5, title: str = "",
                cmap: str = "gray") -> Path:
     """A grid of 2-D images (or RGB) with a caption each; blank cells are hidden."""
     import numpy as np
 
-    plt = _pyplot()
     n = max(len(images), 1)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.8 + 0.4), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(cols * 1.6, rows * 1.8 + 0.4), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < len(images):
@@ -228,16 +258,16 @@ def tick_labels(names) -> list[str]:
     return fitted
 
 
+@drawn
 def confusion(matrix, names, path: Path, title: str = "") -> Path:
     """A confusion matrix with counts (rows: true class, columns: predicted); for many classes
     at most ``CONFUSION_MAX_INCHES`` a side, its cells' counts left out beyond
     ``CONFUSION_COUNTS_UP_TO`` classes (report.json and the page's table have them)."""
     import numpy as np
 
-    plt = _pyplot()
     matrix = np.asarray(matrix)
     size = min(CONFUSION_MAX_INCHES, max(4.0, 0.55 * len(names) + 2))
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig, ax = subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
     # tick labels are drawn from these, not kept text; a long class name cut to fit
     names = tick_labels(names)
@@ -261,11 +291,11 @@ def confusion(matrix, names, path: Path, title: str = "") -> Path:
     return Path(path)
 
 
+@drawn
 def noise_curve(results, path: Path, title: str = "") -> Path:
     """Test accuracy against the sigma of added Gaussian noise."""
-    plt = _pyplot()
     sigmas, accuracies = zip(*results, strict=True)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = subplots(figsize=(5, 3.5))
     ax.plot(sigmas, accuracies, "o-")
     for s, a in results:
         ax.annotate(f"{a:.3f}", (s, a), textcoords="offset points", xytext=(0, 6), ha="center",
@@ -290,13 +320,14 @@ def map_state(heatmap) -> str | None:
     return None if heatmap.size and float(heatmap.max()) > 0 else "empty"
 
 
+@drawn
 def gradcam(image, heatmap, path: Path, title: str = "", alpha: float = 0.45) -> Path:
     """The image and the image overlaid with a Grad-CAM heatmap (jet), side by side; the
     overlay's caption says when the map is empty or not a number (a uniform tint)."""
+    import matplotlib
     import numpy as np
     from PIL import Image
 
-    plt = _pyplot()
     image = np.asarray(image, dtype="uint8")
     h, w = image.shape[:2]
     heatmap = np.asarray(heatmap, dtype="float64")
@@ -305,13 +336,13 @@ def gradcam(image, heatmap, path: Path, title: str = "", alpha: float = 0.45) ->
         map_state(heatmap), "Grad-CAM")
     heat = Image.fromarray((np.clip(np.nan_to_num(heatmap), 0, 1) * 255).astype("uint8")).resize(
         (w, h), Image.BILINEAR)
-    colours = plt.get_cmap("jet")(np.asarray(heat) / 255.0)[..., :3] * 255.0
+    colours = matplotlib.colormaps["jet"](np.asarray(heat) / 255.0)[..., :3] * 255.0
     overlay = ((1 - alpha) * image + alpha * colours).clip(0, 255).astype("uint8")
     width = 8.0
     # each panel as tall as the image is, within 1.5 in and twice its width: a strip of 10 x
     # 3000 px made a picture 100,000 px tall (4 GB of memory); beyond, it is letterboxed
     tall = min(max(width / 2 * h / w, 1.5), width)
-    fig, axes = plt.subplots(1, 2, figsize=(width, tall + 0.6))
+    fig, axes = subplots(1, 2, figsize=(width, tall + 0.6))
     for ax, picture, caption in zip(axes, (image, overlay), ("image", shown), strict=True):
         ax.imshow(picture)
         ax.set_title(caption, fontsize=9)

@@ -167,11 +167,20 @@ def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
                                       places if indices is not None else None)
     else:
         versions = np.repeat(stack[:, None], copies, axis=1)
-    plt = plots._pyplot()
+    with plots.fonts_in_use():
+        return _draw(stack, versions, labels, copies, mirror_only, views, augment, size,
+                     pipeline, path)
+
+
+def _draw(stack, versions, labels, copies, mirror_only, views, augment, size, pipeline, path
+          ) -> Path:
+    """preview_augment's grid, drawn and written."""
+    from transfer import plots
+
     cols = copies + 1
-    fig, axes = plt.subplots(len(photos), cols, figsize=(cols * 2.0, len(photos) * 2.1 + 0.6),
-                             squeeze=False)
-    for i in range(len(photos)):
+    fig, axes = plots.subplots(len(stack), cols, figsize=(cols * 2.0, len(stack) * 2.1 + 0.6),
+                               squeeze=False)
+    for i in range(len(stack)):
         for j in range(cols):
             ax = axes[i, j]
             ax.imshow(stack[i] if j == 0 else versions[i, j - 1], interpolation="nearest")
