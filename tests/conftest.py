@@ -275,9 +275,11 @@ def diverged_copy(bundle_folder: Path, dest: Path) -> Path:
 
 
 def flushes(monkeypatch) -> list[tuple[str, object]]:
-    """Record each ``os.fsync`` (the inode flushed) and each rename (its target), in order."""
+    """Record each ``os.fsync`` (the inode flushed), ``os.sync`` and rename (its target), in
+    order."""
     events: list[tuple[str, object]] = []
     real_fsync, real_replace, real_rename = os.fsync, os.replace, os.rename
+    real_sync = getattr(os, "sync", None)
 
     def fsync(fd):
         events.append(("fsync", os.fstat(fd).st_ino))
@@ -291,6 +293,12 @@ def flushes(monkeypatch) -> list[tuple[str, object]]:
         real_rename(src, dst)
         events.append(("rename", Path(dst)))
 
+    def sync():
+        events.append(("sync", None))
+        real_sync()
+
+    if real_sync is not None:
+        monkeypatch.setattr(os, "sync", sync)
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     monkeypatch.setattr(os, "rename", rename)
