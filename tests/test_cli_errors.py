@@ -269,6 +269,34 @@ def test_an_empty_argument_is_refused_not_read_as_the_current_folder(places, arg
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("args", [
+    ["train", "--data-dir", "loop"],
+    ["train", "--data-dir", "{flowers}", "--output", "loop"],
+    ["compare", "--data-dir", "loop", "--output", "cmp"],
+    ["fetch-data", "--archive", "{flowers}", "--data-dir", "loop"],
+    ["predict", "{photo}", "--imagenet", "--output", "loop/x.csv"],
+    ["evaluate", "--output", "loop"],
+    ["explain", "{photo}", "--output", "loop"],
+], ids=["train-data", "train-output", "compare", "fetch-data", "predict", "evaluate", "explain"])
+def test_a_loop_of_symbolic_links_is_one_line_before_any_work(args, tmp_path, monkeypatch):
+    """A path that is a loop of links (``ln -s b a; ln -s a b``) ended in Python's
+    ``RuntimeError: Symlink loop from ...`` traceback (before 3.13), from every option given
+    one; predict's --output after classifying every photo. One line, exit code 1."""
+    flowers = require_asset("data/flowers")
+    photo = sorted((flowers / "roses").iterdir())[0]
+    monkeypatch.chdir(tmp_path)
+    os.symlink("loop2", "loop")
+    os.symlink("loop", "loop2")
+    given = [a.format(flowers=flowers, photo=photo) for a in args]
+    result = runner.invoke(app, given)
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "loop" in lines[0] and ("symbolic links" in lines[0]), lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop", "loop2"]
+
+
 @pytest.mark.parametrize(("args", "option", "taken"), [
     (["fetch-data", "--archive", "{folder}", "--data-dir", "--force"], "--data-dir", "--force"),
     (["evaluate", "--output", "--force"], "--output", "--force"),

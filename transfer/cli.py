@@ -190,6 +190,19 @@ def _error_line(message: str) -> None:
               soft_wrap=True, markup=True)
 
 
+def _as_os_error(exc: Exception) -> Exception:
+    """A loop of symbolic links as Python 3.13 raises it (an OSError, one line): before it,
+    ``Path.resolve()`` raised ``RuntimeError("Symlink loop from '...'")``, a traceback from
+    every option given such a path."""
+    said = str(exc)
+    if type(exc) is RuntimeError and said.startswith("Symlink loop from "):
+        import errno
+
+        path = said.removeprefix("Symlink loop from ").strip("'\"")
+        return OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+    return exc
+
+
 def _os_error(exc: OSError) -> str:
     """One line for a file-system error: what failed, on which path, why."""
     reason = exc.strerror or exc.__class__.__name__
@@ -302,6 +315,7 @@ def command(name: str, examples: list[str]):
             except Exception as exc:
                 if errors.interrupted():  # a Ctrl-C a library turned into an error of its
                     _interrupted_exit(errors.interrupted())  # own (pybind11: a TypeError)
+                exc = _as_os_error(exc)
                 if not isinstance(exc, TransferError | OSError):
                     raise
                 if _state["verbose"]:

@@ -170,6 +170,11 @@ def writable(name: str, path: Path | None, *, file: bool = False, given: bool = 
     if path is None:
         return
     said = f"{_flag(name)} {path}" if given else str(path)
+    from transfer.files import resolved
+
+    if resolved(path) is None:  # found now, not by the write after minutes of work
+        raise TransferError(f"{said}: a loop of symbolic links (a link that leads back to "
+                            "itself); name another path")
     folder = Path(path).absolute().parent if file else Path(path).absolute()
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
