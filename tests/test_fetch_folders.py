@@ -764,6 +764,36 @@ def test_symbolic_links_are_followed_as_train_follows_them(flowers, tmp_path):
     assert folder / "daisy/broken.jpg" in [file for _, file, _ in rows]  # reading says why
 
 
+@pytest.mark.parametrize("where", ["class", "inside"])
+def test_a_class_folder_linked_to_a_drive_not_mounted_is_refused_not_left_out(flowers, tmp_path,
+                                                                             where):
+    """``tulips -> /mnt/usb/tulips`` with the drive not mounted: train, evaluate and
+    fetch-data left the class out in silence (a link that leads nowhere is no folder), and a
+    model of a class fewer was written, exit 0. A sub-folder so linked inside a class lost its
+    photos unsaid. One line naming the link, before any photo is read, as for a folder that
+    cannot be listed."""
+    from transfer.pipelines import class_names
+    from transfer.training import plan
+
+    folder = copy_classes(flowers, tmp_path / "flowers", per_class=6, classes=TWO)
+    link = folder / "tulips" if where == "class" else folder / "roses" / "2024"
+    link.symlink_to(tmp_path / "usb-not-mounted" / "tulips", target_is_directory=True)
+    said = re.escape(f"{link} (a link to {tmp_path / 'usb-not-mounted' / 'tulips'}, which "
+                     "leads nowhere: a drive not mounted, a folder moved, or a loop)")
+    with pytest.raises(TransferError, match=said):
+        fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "data"))
+    assert not (tmp_path / "data").exists()
+    for listing_of_train in (lambda: class_names(folder), lambda: plan(
+            TrainSettings(data_dir=folder, models_dir=tmp_path / "models").validated())):
+        with pytest.raises(TransferError, match=said):
+            listing_of_train()
+    # a link named as a photo that leads nowhere is an unreadable photo, said as before
+    link.unlink()
+    (folder / "roses" / "gone.jpg").symlink_to(tmp_path / "gone.jpg")
+    result = fetch_data(FetchOptions(archive=folder, data_dir=tmp_path / "data"))
+    assert [row["name"] for row in result.skipped] == ["roses/gone.jpg"]
+
+
 def test_a_broken_photo_keeps_its_place_in_the_cut_as_in_train(flowers, tmp_path):
     """A truncated JPEG passes train's cheap header probe and keeps its place in train's cut
     (it is skipped when read); a text file named .jpg does not. fetch-data cuts the same way,

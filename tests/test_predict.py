@@ -845,7 +845,8 @@ def test_a_glob_gives_broken_links_and_loops_their_rows_as_a_folder_does(
     (mix / "broken.jpg").symlink_to("nowhere.jpg")
     (mix / "loop1.jpg").symlink_to("loop2.jpg")
     (mix / "loop2.jpg").symlink_to("loop1.jpg")
-    (mix / "notes").symlink_to("nowhere")  # no photo's name: passed over, as in the folder
+    (mix / "notes.txt").symlink_to("gone.txt")  # no photo's name: passed over, as in the folder
+    (mix / "2024").symlink_to("usb/2024")  # a folder's name: a folder that cannot be listed
     folder = {(Path(i.file).name, i.error) for i in
               predict.predict([str(mix)], model=trained_bundle.bundle).items}
     globbed = {(Path(i.file).name, i.error) for i in
@@ -854,7 +855,9 @@ def test_a_glob_gives_broken_links_and_loops_their_rows_as_a_folder_does(
         ("ok.jpg", None),
         ("broken.jpg", "a broken link (to nowhere.jpg, which does not exist)"),
         ("loop1.jpg", "a symbolic link loop (it leads back to itself)"),
-        ("loop2.jpg", "a symbolic link loop (it leads back to itself)")}
+        ("loop2.jpg", "a symbolic link loop (it leads back to itself)"),
+        ("2024", "cannot be read (a link to usb/2024, which leads nowhere: a drive not "
+                 "mounted, a folder moved, or a loop)")}
     loops = predict.predict([str(mix / "loop*")], model=trained_bundle.bundle).items
     assert [(Path(i.file).name, i.error) for i in loops] == [
         ("loop1.jpg", "a symbolic link loop (it leads back to itself)"),

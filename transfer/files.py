@@ -272,7 +272,9 @@ def walk(root: Path, skip_folder=lambda name: False,
     each other), nor anything deeper than MAX_DEPTH. The folders ``skip_folder(name)``
     refuses are left out, with everything in them. A broken link is listed as a file: reading
     it fails, and the reader says so as of any unreadable file (left out silently, a photo
-    moved away from under its link went missing from every count).
+    moved away from under its link went missing from every count); one named as a folder
+    (no suffix: ``2024 -> /mnt/usb/2024``) is a folder that cannot be listed
+    (``unreachable_folder``).
 
     A folder that cannot be listed (no permission, a path too long) would take its photos
     out of every count unseen: with ``unreadable`` (a list) each is appended to it as
@@ -303,9 +305,34 @@ def walk(root: Path, skip_folder=lambda name: False,
             branch[os.path.join(folder, d)] = above
         if rel.parts:
             folders.append(rel.as_posix())
-        files.extend((rel / name).as_posix() for name in sorted(names)
-                     if (here / name).is_file() or not (here / name).exists())
+        for name in sorted(names):
+            if (here / name).is_file():
+                files.append((rel / name).as_posix())
+            elif not (here / name).exists():
+                lost = unreachable_folder(here / name)
+                if lost is not None:  # a class on a drive not mounted: its photos unseen
+                    cannot_list(lost)
+                else:
+                    files.append((rel / name).as_posix())
     return files, folders
+
+
+def unreachable_folder(path: Path) -> OSError | None:
+    """The error of a link named as a folder is (no suffix: ``tulips -> /mnt/usb/tulips``)
+    that leads nowhere (its target missing, a drive not mounted, or a loop), else None. A
+    class folder so linked was left out of the classes in silence: a model of a class
+    fewer. (A broken link named as a file, ``rose.jpg``, is an unreadable photo.)"""
+    path = Path(path)
+    if not path.is_symlink() or path.exists() or path.suffix:
+        return None
+    import errno
+
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return OSError(errno.ENOENT, f"a link to {target}, which leads nowhere: a drive not "
+                   "mounted, a folder moved, or a loop", str(path))
 
 
 def unreadable_folder(root: Path, rel: str, error: OSError) -> str:

@@ -60,7 +60,7 @@ from transfer.constants import (
     unread_photo,
 )
 from transfer.errors import TransferError
-from transfer.files import images_under, photos_under
+from transfer.files import images_under, photos_under, unreachable_folder
 from transfer.metrics import class_probabilities
 from transfer.progress import Reporter
 from transfer.seeds import keeps_random_state
@@ -155,7 +155,9 @@ def _rows_of(text: str, path: Path) -> list[tuple[str, Path | None, str | None]]
             rows.append((text, None, "no file matches this pattern"))
         seen: set[str] = set()  # "photos/**" matches folders and the files in them: once each
         for m in matched:  # a folder matched is read as a named one (as the shell passes it)
-            for row in _rows_of(str(m), m) if m.is_dir() else [_file_row(str(m), m)]:
+            lost = unreachable_folder(m)  # a link named as a folder, leading nowhere
+            for row in (_rows_of(str(m), m) if m.is_dir() else
+                        [_unreadable_row(str(m), lost)] if lost else [_file_row(str(m), m)]):
                 if row[0] not in seen:
                     seen.add(row[0])
                     rows.append(row)
@@ -195,7 +197,8 @@ def _matches(pattern: str) -> list[Path]:
             or (m.is_dir() and not is_ignored_folder(m.name))
             # a broken link or a link loop named as a photo: its error row, as in a folder
             # (it was dropped: exit 0, no word; "no file matches" when it was all there was)
-            or (m.is_symlink() and not m.exists() and is_image_name(m.name))]
+            or (m.is_symlink() and not m.exists() and is_image_name(m.name))
+            or unreachable_folder(m) is not None]  # a folder's row too, as in a folder
 
 
 def glob_root(pattern: str) -> Path:

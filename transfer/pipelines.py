@@ -63,7 +63,7 @@ from transfer.constants import (  # noqa: F401  (IMAGE_SUFFIXES: pipelines.IMAGE
     unread_summary,
 )
 from transfer.errors import TransferError
-from transfer.files import photos_under
+from transfer.files import photos_under, unreachable_folder
 from transfer.settings import PIPELINES, Augment  # noqa: F401  (pipelines.Augment, for callers)
 
 MIN_USABLE = 2  # images a class needs after the unreadable ones are left out
@@ -202,8 +202,18 @@ def class_folders(directory: Path) -> list[str]:
     folders left out), none checked: what ``class_names`` checks, and what a validation
     folder is compared with the training folder by before its own checks (a validate/ holding
     cats/ alone, beside a train/ of cats/ and dogs/, is a mismatch, not "one class")."""
-    return sorted(p.name for p in Path(directory).iterdir()
-                  if p.is_dir() and not is_ignored_folder(p.name))
+    names = []
+    for p in Path(directory).iterdir():
+        if is_ignored_folder(p.name):
+            continue
+        lost = unreachable_folder(p)
+        if lost is not None:
+            raise TransferError(f"cannot list the class folder {p} ({lost.strerror}): its "
+                                "photos would be left out unseen; mount it, or remove the "
+                                "link to go without that class")
+        if p.is_dir():
+            names.append(p.name)
+    return sorted(names)
 
 
 def unread_photos(folder: Path) -> list[str]:
