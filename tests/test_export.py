@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import warnings
 import zipfile
 from pathlib import Path
@@ -213,6 +214,20 @@ def test_failed_check_writes_nothing(trained_bundle, held_out, tmp_path, monkeyp
 
 
 def test_export_refusals(trained_bundle, held_out, tmp_path):
+    # a bundle's own file, --force or not (export --format keras --output b/model.keras
+    # --force replaced another bundle's model: "meta.json lists 3 classes but the model has
+    # 10 outputs"); through a link to it too
+    other = tmp_path / "other"
+    shutil.copytree(trained_bundle.bundle, other)
+    before = (other / "model.keras").read_bytes()
+    (tmp_path / "m.keras").symlink_to(other / "model.keras")
+    for output in (other / "model.keras", tmp_path / "m.keras"):
+        with pytest.raises(TransferError, match=re.escape(
+                f"is the bundle {other.resolve()}'s own model.keras: an export never writes "
+                "over a bundle's files, even with --force")):
+            export.export(trained_bundle.bundle, format="keras", output=output, force=True,
+                          check_images=held_out)
+    assert (other / "model.keras").read_bytes() == before
     with pytest.raises(TransferError, match="--format must be one of keras, savedmodel, tflite"):
         export.export(trained_bundle.bundle, format="onnx", output=tmp_path / "m.onnx")
     with pytest.raises(TransferError, match="must end in .keras"):

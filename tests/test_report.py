@@ -281,6 +281,14 @@ def test_a_report_is_not_written_into_another_bundle_nor_over_its_own_files(bund
         code, said = run(bundle_copy, "--output", tmp_path / name, "--force")
         assert code == 1 and "a report is an HTML page" in said and ".html" in said
         assert not (tmp_path / name).exists()
+    # nor through a link named .html to another bundle's meta.json (its name was checked,
+    # not the file it leads to: the bundle was unreadable after)
+    (tmp_path / "mine.html").symlink_to(other / "meta.json")
+    before = (other / "meta.json").read_bytes()
+    code, said = run(bundle_copy, "--output", tmp_path / "mine.html", "--force")
+    assert code == 1 and "\n" not in said, said
+    assert f"is a link to {other / 'meta.json'}, which is not an .html page" in said
+    assert (other / "meta.json").read_bytes() == before
     # its own folder (another page name too) and a plain folder are fine, as before
     assert write_report(bundle_copy, bundle_copy / "again.htm", gradcams=0).is_file()
     assert write_report(bundle_copy, tmp_path / "pages" / "r.html", gradcams=0).is_file()

@@ -86,6 +86,22 @@ MADE_BY_RUNS = {"transfer": frozenset({META, MODEL, SETTINGS, TRAIN_FILES, "hist
                                     *PICTURES})}
 
 
+def own_file(path: Path) -> Path | None:
+    """The bundle's own file ``path`` is (links followed), or None: what a run of its
+    kind or a later command (report.json, report.html, ...) writes into it. Another command's
+    output must never replace one (``export --output models/b/model.keras --force`` broke the
+    bundle: "meta.json lists 3 classes but the model has 10 outputs")."""
+    try:
+        real = Path(path).resolve()
+    except (OSError, RuntimeError):
+        return None
+    kind = (_meta_or_none(real.parent) or {}).get("kind")
+    if not is_bundle(real.parent):
+        return None
+    ours = MADE_LATER | MADE_BY_RUNS.get(kind if isinstance(kind, str) else "", frozenset())
+    return real if real.name in ours - {"export"} else None
+
+
 def bundles_as_photos(where, names: list[str], option: str) -> TransferError:
     """The one line for a models folder given as photos (``option``: --data-dir, --archive):
     each bundle in ``names`` would be a "class" of its pictures."""

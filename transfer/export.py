@@ -840,6 +840,12 @@ def export(settings: ExportSettings | Path, *, reporter: Reporter | None = None,
     if output.is_dir() and not empty and not (output / "saved_model.pb").exists():
         raise TransferError(f"{output} is a folder but not a SavedModel (it holds files of "
                             "yours); choose another --output")
+    for path in [output, *sidecar]:  # a bundle's own file: never, --force or not
+        own = bundle.own_file(path)
+        if own is not None:
+            raise TransferError(f"{path} is the bundle {own.parent}'s own {own.name}: an "
+                                "export never writes over a bundle's files, even with "
+                                "--force; choose another --output")
     for path in sidecar:  # found after the whole conversion, as an "Is a directory" line
         if path.is_dir():
             raise TransferError(f"{path} (where the export's meta.json goes) is a folder; "

@@ -1085,6 +1085,9 @@ def check_output(folder: Path, target: Path, force: bool = False) -> None:
                             "in .html")
     # a link is written through (``replacing``): the checks are of the file it leads to
     written = _real(target) if target.is_symlink() else target
+    if written.suffix.lower() not in HTML_SUFFIXES:  # mine.html -> models/b/meta.json
+        raise TransferError(f"--output {target} is a link to {written}, which is not an "
+                            ".html page: a report never writes over it, even with --force")
     home = written.parent
     if _real(home) != _real(folder):
         held = next((name for name in FOLDER_FILES if (home / name).is_file()), None)
