@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -632,3 +633,38 @@ def test_an_empty_map_says_so_in_its_picture(trained_bundle, dog_photo, real_pho
                                                class_name="cats", output=tmp_path / "out"))
     assert [r.error for r in rows] == [None] * 3 and len(kept) == 3
     assert all(" ".join(fig._suptitle.get_text().split()).endswith(empty) for fig in kept)
+
+
+def test_a_diverged_model_explains_nothing(trained_bundle, dog_photo, real_photos, tmp_path):
+    """A bundle whose training diverged (its outputs NaN): explain said "predicted cats nan"
+    (NaN's argmax), drew a map of nothing and exited 0, where predict gives error rows and
+    evaluate refuses. Each photo is an error saying why, no picture, exit code 1; serve's
+    /api/explain is a 500 naming the model, as its /api/predict."""
+    from conftest import diverged_copy
+    from fastapi.testclient import TestClient
+
+    from transfer import serve
+    from transfer.errors import NOT_NUMBERS_FOR_IT
+    from transfer.settings import ServeSettings
+
+    models = tmp_path / "models"
+    broken = diverged_copy(trained_bundle.bundle, models / "diverged")
+    with pytest.raises(TransferError, match="^" + re.escape(f"{dog_photo}: {NOT_NUMBERS_FOR_IT}")):
+        explain.explain(dog_photo, model=broken, output=tmp_path / "one.png")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, data in real_photos["cats"][:2]:
+        (folder / name).write_bytes(data)
+    done = runner.invoke(app, ["explain", str(folder), "--model", str(broken), "--output",
+                               str(tmp_path / "out")])
+    assert done.exit_code == 1, done.output
+    said = " ".join(done.stderr.split())  # as wrapped on the test's terminal, joined
+    assert said.count(NOT_NUMBERS_FOR_IT) == 2 and "predicted" not in done.output
+    assert not (tmp_path / "one.png").exists() and not list(tmp_path.glob("out/*.png"))
+    with TestClient(serve.create_app(ServeSettings(models_dir=models))) as client:
+        answer = client.post("/api/explain", files={"file": dog_photo.read_bytes()},
+                             data={"model": "diverged"})
+    assert answer.status_code == 500, answer.text
+    assert answer.json()["detail"] == ("cannot use model 'diverged': its outputs are not "
+                                       "numbers (NaN or infinite): its training diverged; "
+                                       "train it again with a lower --learning-rate")

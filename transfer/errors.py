@@ -6,6 +6,8 @@ import contextlib
 # infinity for every photo: what evaluate, export, predict and serve say of it, in one place.
 NOT_NUMBERS = "outputs are not numbers (NaN or infinite)"
 DIVERGED = "its training diverged; train it again with a lower --learning-rate"
+# one photo's: predict's error row, explain's
+NOT_NUMBERS_FOR_IT = f"the model's {NOT_NUMBERS} for it: {DIVERGED}"
 
 
 class TransferError(Exception):

@@ -22,7 +22,7 @@ import numpy as np
 
 from transfer import bases, bundle, images, plots
 from transfer.constants import and_list, gradcam_name, gradcam_png
-from transfer.errors import TransferError, Untraceable
+from transfer.errors import NOT_NUMBERS_FOR_IT, TransferError, Untraceable
 from transfer.files import refuse_existing, replacing, resolved, utf8_text
 from transfer.inference import (
     BundleClassifier,
@@ -320,6 +320,8 @@ def explain(settings: ExplainSettings | Path, *, write: bool = True,
     if write:
         writable_folder(png.parent)  # before the gradients: fail fast, naming the folder
     heatmap, probs, index, layer = gradcam(keras_model, meta, array, class_index)
+    if not np.isfinite(probs).all():  # "predicted daisy nan" (NaN's argmax), exit 0
+        raise TransferError(f"{image}: {NOT_NUMBERS_FOR_IT}")
     result = Explanation(image=image, png=None, heatmap=heatmap, label=names[index],
                          probability=float(probs[index]), class_index=index, layer=layer,
                          probabilities={n: float(p) for n, p in zip(names, probs, strict=True)},

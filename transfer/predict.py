@@ -213,7 +213,7 @@ def predict(settings: PredictSettings | list[str | Path], *, reporter: Reporter 
 
 
 # a row whose probabilities are not numbers: a model whose training diverged
-NOT_NUMBERS = f"the model's {errors.NOT_NUMBERS} for it: {errors.DIVERGED}"
+NOT_NUMBERS = errors.NOT_NUMBERS_FOR_IT
 
 
 def once(rows: list[tuple[str, object, str | None]]) -> list[tuple[str, object, str | None]]:

@@ -831,6 +831,8 @@ def explain_upload(store: ModelStore, upload: Upload, model: str | None,
                                                    index)
         except Untraceable as exc:
             raise Untraceable(f"model {model!r} cannot be explained: {exc}") from None
+        if not np.isfinite(probs).all():  # the model's fault, as predict says it: a 500
+            raise Broken(f"cannot use model {model!r}: its {OUTPUTS_NOT_NUMBERS}: {DIVERGED}")
         label = names[index]
     else:
         array, _ = classifier.prepare(upload.data)
