@@ -195,6 +195,44 @@ def test_the_head_trains_on_copy_e_mod_k_in_epoch_e(own_split, tmp_path, monkeyp
     assert not all(np.array_equal(seen[0][1], o) for _, o in seen[1:]), "reshuffled"
 
 
+def test_stopped_early_names_the_epochs_of_the_head_kept(tmp_path, mobilenet_weights):
+    """Of the l2 grid's heads, the last to stop was said ("head stopped early after epoch 12")
+    while the head kept (its history.csv, curves.png, best epoch) stopped earlier. Real
+    flowers, unbalanced as a user's are (40/30/12/40/8), a learning rate that makes the heads
+    stop apart."""
+    from contextlib import contextmanager
+
+    from conftest import require_asset
+
+    from transfer.progress import Reporter
+
+    flowers = require_asset("data/flowers")
+    data = tmp_path / "flowers"
+    for name, n in zip(("daisy", "dandelion", "roses", "sunflowers", "tulips"),
+                       (40, 30, 12, 40, 8), strict=True):
+        (data / name).mkdir(parents=True)
+        for photo in sorted((flowers / name).iterdir())[:n]:
+            shutil.copyfile(photo, data / name / photo.name)
+
+    class Statuses(Reporter):
+        said: list = []
+
+        @contextmanager
+        def task(self, description, total=None, kind="items", completed=0):
+            yield lambda n=1, **fields: self.said.append(fields.get("status"))
+
+    result = train(hp(data, tmp_path, **{**GENUINE, "image_size": 224}, augment=NO_AUGMENT,
+                      epochs=40, learning_rate=0.05, patience=3, feature_cache=False,
+                      output=tmp_path / "es"), reporter=Statuses())
+    grid = {k: v["epochs_run"] for k, v in result.meta["head"]["l2_grid"].items()}
+    kept = result.meta["metrics"]["epochs_run"]
+    assert kept < max(grid.values()), ("the test needs heads that stop apart", grid)
+    assert kept == len(result.history["loss"]) == grid[f"{result.meta['head']['l2']:g}"]
+    assert max(grid.values()) < 40, ("the test needs every head to stop early", grid)
+    assert Statuses.said[-1] == (f"head stopped early after epoch {kept} of 40: no lower "
+                                 "val_loss in 3 epochs")
+
+
 def test_early_stopping_restores_the_best_weights(own_split, tmp_path, mobilenet_weights):
     """A learning rate too high makes the validation loss bounce, so the run stops before its
     12 epochs; the model saved is the one of the best epoch, not the last."""

@@ -705,14 +705,15 @@ def _train_head(plan: RunPlan, built: Built, feats: Features, reporter: Reporter
                               f"val_accuracy {h['val_accuracy'][-1]:.4f}"
                               + (f"  (l2 {grid[lead]:g})" if len(grid) > 1 else ""))
             if not any(active):
-                if epoch + 1 < hp.epochs:  # the bar ends full, saying why it stopped early
-                    advance(hp.epochs - epoch - 1,
-                            status=f"head stopped early after epoch {epoch + 1} of "
-                                   f"{hp.epochs}: no lower val_loss in {hp.patience} epoch"
-                                   + ("s" if hp.patience != 1 else ""))
                 break
-    finite = [b if math.isfinite(b) else math.inf for b in best]
-    chosen = int(np.argmin(finite))
+        finite = [b if math.isfinite(b) else math.inf for b in best]
+        chosen = int(np.argmin(finite))
+        ran = len(histories[chosen]["loss"])
+        if epoch + 1 < hp.epochs:  # the bar ends full, saying why it stopped early: the
+            # kept head's epochs (of an l2 grid, the last head to stop was said)
+            advance(hp.epochs - epoch - 1,
+                    status=f"head stopped early after epoch {ran} of {hp.epochs}: no lower "
+                           f"val_loss in {hp.patience} epoch" + ("s" if hp.patience != 1 else ""))
     with built.strategy.scope():
         trainer.set_head(best_weights[chosen])
     seconds = time.perf_counter() - start
