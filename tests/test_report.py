@@ -990,6 +990,10 @@ def test_the_files_training_skipped_are_in_the_report(bundle_copy, monkeypatch):
     (bundle_copy / "report.json").write_text(json.dumps(report), encoding="utf-8")
     text = write_report(bundle_copy).read_text(encoding="utf-8")
     assert "3 file(s) skipped" in text  # trunc.jpg, skipped by both, listed once
+    # training's path relative to the folder it ran in, evaluate's absolute: one file
+    report["skipped"][0]["file"] = str(Path(meta["data"]["cwd"]) / "photos/roses/trunc.jpg")
+    (bundle_copy / "report.json").write_text(json.dumps(report), encoding="utf-8")
+    assert "3 file(s) skipped" in write_report(bundle_copy).read_text(encoding="utf-8")
     assert "photos/daisy/new.jpg" in text and "photos/roses/empty.jpg" in text
     # more than the table lists: said ("500 file(s) skipped:" above 200 rows)
     monkeypatch.setattr("transfer.report.SKIPPED_LISTED", 2)

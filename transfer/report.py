@@ -846,8 +846,15 @@ def render_report(folder: Path, gradcams: int = GRADCAMS, classifier=None,
     # readable), by evaluate (in the folder it read): a file both skipped is listed once
     by_training = [s for s in meta.get("skipped") or [] if isinstance(s, dict)]
     by_evaluate = [s for s in (evaluation or {}).get("skipped") or [] if isinstance(s, dict)]
-    listed = {os.path.normpath(str(s.get("file"))) for s in by_training}
-    by_evaluate = [s for s in by_evaluate if os.path.normpath(str(s.get("file"))) not in listed]
+    # training's paths are as it was given them (relative to the folder it ran in, meta's
+    # data.cwd), evaluate's absolute: compared where they lead (one file was listed twice)
+    ran_in = data.get("cwd") if isinstance(data.get("cwd"), str) else ""
+
+    def where(s: dict, folder: str = "") -> str:
+        return os.path.normpath(os.path.join(folder, str(s.get("file"))))
+
+    listed = {where(s, folder) for s in by_training for folder in ("", ran_in)}
+    by_evaluate = [s for s in by_evaluate if where(s) not in listed]
     if skipped or by_training or by_evaluate:
         rows = [[_e(s.get("name") or s.get("file")), _e(s.get("class", "")),
                  "fetch-data", _e(s.get("reason"))] for s in skipped]
