@@ -686,8 +686,8 @@ def _quantized(classifier: BundleClassifier, quantize: str, staged: Path, work: 
         drop = _accuracy(float_probs, labels) - _accuracy(quant_probs, labels)
         if tries_float_depthwise(_right(float_probs, labels), _right(quant_probs, labels),
                                  len(labels)):  # keep the closer of the two
-            reporter.info(f"full int8 is {drop:.1%} below the float model; trying int8 with "
-                          "float depthwise convolutions")
+            reporter.info(f"full int8's accuracy is {100 * drop:.1f} points below the float "
+                          "model's; trying int8 with float depthwise convolutions")
             other = work / "int8-depthwise-float.tflite"
             _tflite(classifier.model, other, work, "int8-depthwise-float", calibration)
             other_probs = class_probabilities(_run_tflite(other, cx))
