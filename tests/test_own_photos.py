@@ -510,3 +510,34 @@ def test_many_small_classes_are_warned_about_in_one_line():
         "class b has only 1 usable image (fewer than 10): too few to learn it well or to "
         "measure it; add photos if you can")
     assert few_images_warning({"a": 10, "b": 10}) is None
+
+
+def test_the_same_photo_twice_is_trained_or_validated_on_not_both(flowers, tmp_path):
+    """A class folder holding copies (``IMG_1.jpg`` and ``IMG_1 (1).jpg``): train's own split
+    put a photo in training and its copy in validation (the validation accuracy counted
+    photos the model trained on; evaluate said 0 of them were training images). Each copy
+    keeps its place in the cut and is left out, said in the skipped list as fetch-data says
+    it; evaluate makes the same split again."""
+    import hashlib
+
+    from transfer.evaluate import evaluate
+
+    data = copy_classes(flowers, tmp_path / "photos", 10, classes=FLOWERS[:2])
+    for photo in sorted((data / "daisy").iterdir())[:5]:
+        shutil.copyfile(photo, photo.with_name(f"{photo.stem} (1){photo.suffix}"))
+    result = train(settings(data, tmp_path, validation_split=0.4, output=tmp_path / "m"))
+    copies = [item for item in result.meta["skipped"]
+              if item["reason"].startswith("the same photo as daisy/")]
+    assert len(copies) == 5 and result.meta["data"]["skipped_images"] == 5
+    counts = result.meta["data"]["counts"]
+    assert sum(counts["train"].values()) + sum(counts["validate"].values()) == 20
+
+    def digests(split: str) -> set[str]:
+        from transfer.evaluate import bundle_images
+
+        return {hashlib.sha256(Path(path).read_bytes()).hexdigest()
+                for path, _ in bundle_images(result.meta, split)}
+
+    assert not digests("train") & digests("validate")
+    done = evaluate(tmp_path / "m", output=tmp_path / "ev")
+    assert done.report["images"] == sum(counts["validate"].values())

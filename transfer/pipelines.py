@@ -294,8 +294,10 @@ def split_in_memory(directory: Path, names: list[str], validation_split: float, 
     The files of ``skipped`` (a Skipped, or file names) that are not images even by their
     header are left out before the cut, as ``training.plan`` leaves them out; one that only
     fails when decoded (a truncated photo, found by the run) stays in the cut, as it was in
-    the run's. So a bundle's meta.json (root, class_names, validation_split, seed,
-    split_order and its "skipped" list, or data.split_excluded) makes the run's split again."""
+    the run's. The very same photo twice in a class (``twins_of``) keeps its place in the
+    cut and is left out, as fetch-data leaves it out (and recorded in a Skipped). So a
+    bundle's meta.json (root, class_names, validation_split, seed, split_order and its
+    "skipped" list, or data.split_excluded) makes the run's split again."""
     import random
 
     from transfer.datasets import fraction_sizes, stable_order
@@ -318,9 +320,39 @@ def split_in_memory(directory: Path, names: list[str], validation_split: float, 
                      if str(path) not in skipped or not _header_fails(path)]
         sizes = fraction_sizes(len(paths), validation_split)
         n_val = sizes["validate"] if sizes else 0
-        validate += [Sample(path, label) for path in sorted(paths[:n_val])]
-        train += [Sample(path, label) for path in sorted(paths[n_val:])]
+        twins = twins_of(paths)  # a copy keeps its place in the cut, as in fetch-data's
+        if isinstance(skipped, Skipped):
+            for copy, first in twins.items():
+                skipped.add(copy, f"the same photo as {first.relative_to(directory).as_posix()}")
+        validate += [Sample(path, label) for path in sorted(paths[:n_val]) if path not in twins]
+        train += [Sample(path, label) for path in sorted(paths[n_val:]) if path not in twins]
     return train, validate
+
+
+def twins_of(paths: list[Path]) -> dict[Path, Path]:
+    """{copy: the first of ``paths`` with its very bytes} (``IMG_1.jpg`` and ``IMG_1 (1).jpg``):
+    a photo held twice in a class could fall on both sides of the cut, the model validated on
+    a photo it trained on. Only files of the same size are read (few, if any)."""
+    import hashlib
+
+    by_size: dict[int, list[Path]] = {}
+    for path in paths:
+        try:
+            by_size.setdefault(os.stat(path).st_size, []).append(path)
+        except OSError:
+            continue  # unreadable: the run says so when it reads it
+    twins: dict[Path, Path] = {}
+    for group in by_size.values():
+        first: dict[bytes, Path] = {}
+        for path in group if len(group) > 1 else ():
+            try:
+                digest = hashlib.sha256(path.read_bytes()).digest()
+            except OSError:
+                continue
+            kept = first.setdefault(digest, path)
+            if kept != path:
+                twins[path] = kept
+    return twins
 
 
 def listing(directory: Path, names: list[str]) -> list[tuple[str, int, int]]:
