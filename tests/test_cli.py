@@ -348,6 +348,40 @@ def test_progress_bars_print_names_as_they_are_and_controls_as_escapes():
     assert "\x1b[2J" not in text
 
 
+def test_a_file_name_with_a_newline_cannot_forge_a_line_of_its_own(tmp_path):
+    """evaluate's "skipped" warning of ``bad\nwarning: fake.jpg`` printed two lines, the second
+    a warning of its own the tool never gave; explain's lines likewise. Each message is one
+    line, its newline written "\n"."""
+    import io
+
+    from transfer.progress import RichReporter, safe_console
+
+    buffer = io.StringIO()
+    reporter = RichReporter(safe_console(file=buffer, width=200))
+    reporter.warn("skipped photos/roses/bad\nwarning: fake.jpg: empty file (0 bytes)")
+    reporter.info("photos/bad\nline.jpg")
+    assert buffer.getvalue().splitlines() == [
+        "warning: skipped photos/roses/bad\\nwarning: fake.jpg: empty file (0 bytes)",
+        "photos/bad\\nline.jpg"]
+    # explain of a folder holding such a photo (read as any other): one line per photo
+    flowers = require_asset("data/flowers")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copyfile(sorted((flowers / "roses").iterdir())[0], folder / "new\nline.jpg")
+    (folder / "bad\nwarning: fake.jpg").write_bytes(b"")
+    bundle = tmp_path / "m"
+    train_done = runner.invoke(app, ["train", "--base", "mobilenet", "--alpha", "0.25",
+                                     "--weights", "none", "--image-size", "48", "--epochs", "1",
+                                     "--no-augment", "--data-dir", str(flowers), "--output",
+                                     str(bundle), "--models-dir", str(tmp_path)])
+    assert train_done.exit_code == 0, train_done.output
+    done = runner.invoke(app, ["explain", str(folder), "--model", str(bundle), "--output",
+                               str(tmp_path / "out")], env={"COLUMNS": "400"})
+    lines = done.output.splitlines()
+    assert not [line for line in lines if line.startswith(("warning: fake", "line.jpg"))], lines
+    assert sum("new\\nline.jpg" in line for line in lines) >= 1, lines
+
+
 def test_a_message_into_a_log_is_one_line_and_wraps_on_a_terminal():
     """`transfer train ... > log 2>&1`: warnings were broken at 200 columns mid-sentence, so
     grep missed them; into a file or a pipe a message is now one line."""

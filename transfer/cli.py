@@ -1092,14 +1092,16 @@ def explain_cmd(
     for row in rows:
         if row.explanation is None:
             failed += 1
-            err.print(f"{row.image}: {row.error}", highlight=False, markup=False)
+            err.print(printable(f"{row.image}: {row.error}", newlines=False), highlight=False,
+                      markup=False)
         else:
             r = row.explanation
             predicted = max(r.probabilities, key=r.probabilities.get)
-            out.print(f"{escape(row.image)}: predicted [bold]{escape(predicted)}[/bold]"
-                      f"{_inverted(r)} {r.probabilities[predicted]:.4f}; Grad-CAM of "
-                      f"{escape(r.label)} -> "
-                      f"{escape(str(r.png))}{escape(_empty(r))}", highlight=False, markup=True)
+            out.print(printable(f"{escape(row.image)}: predicted [bold]{escape(predicted)}"
+                                f"[/bold]{_inverted(r)} {r.probabilities[predicted]:.4f}; "
+                                f"Grad-CAM of {escape(r.label)} -> "
+                                f"{escape(str(r.png))}{escape(_empty(r))}", newlines=False),
+                      highlight=False, markup=True)
     written = len(rows) - failed
     where = f"in {output}" if output is not None else "beside the images"
     out.print(f"wrote {written} Grad-CAM picture{'' if written == 1 else 's'} {where}"
@@ -1116,12 +1118,13 @@ def _inverted(result) -> str:
 
 def _explained(image, result) -> None:
     predicted = max(result.probabilities, key=result.probabilities.get)
-    out.print(f"{escape(str(image))}: predicted [bold]{escape(predicted)}[/bold]"
-              f"{_inverted(result)} {result.probabilities[predicted]:.4f}; Grad-CAM of "
-              f"{escape(result.label)} at "
-              f"layer {result.layer} ({result.heatmap.shape[0]}x{result.heatmap.shape[1]} "
-              f"maps){escape(_empty(result))}", highlight=False, markup=True)
-    out.print(f"wrote {result.png}", highlight=False, markup=False)
+    out.print(printable(f"{escape(str(image))}: predicted [bold]{escape(predicted)}[/bold]"
+                        f"{_inverted(result)} {result.probabilities[predicted]:.4f}; Grad-CAM "
+                        f"of {escape(result.label)} at layer {result.layer} "
+                        f"({result.heatmap.shape[0]}x{result.heatmap.shape[1]} maps)"
+                        f"{escape(_empty(result))}", newlines=False),
+              highlight=False, markup=True)
+    out.print(printable(f"wrote {result.png}", newlines=False), highlight=False, markup=False)
 
 
 def _empty(explanation) -> str:

@@ -68,15 +68,18 @@ class RichReporter(Reporter):
 
     # Into a file or a pipe (a log), a message is one line, never broken at the console's
     # width (grep finds it); on a terminal it wraps to the window.
+    # A message is one line: a newline in a file name ("bad\nwarning: fake.jpg") is written
+    # "\n", not a second line that forged a warning of its own
     def info(self, message: str) -> None:  # paths and class names as they are: no markup
-        self.console.print(message, highlight=False, markup=False,
-                           soft_wrap=not self.console.is_terminal)
+        self.console.print(printable(str(message), newlines=False), highlight=False,
+                           markup=False, soft_wrap=not self.console.is_terminal)
 
     def warn(self, message: str) -> None:
         from rich.markup import escape
 
-        self.console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False,
-                           markup=True, soft_wrap=not self.console.is_terminal)
+        self.console.print(f"[yellow]warning:[/yellow] "
+                           f"{escape(printable(str(message), newlines=False))}",
+                           highlight=False, markup=True, soft_wrap=not self.console.is_terminal)
 
     @contextmanager
     def task(self, description: str, total: float | None = None, kind: str = "items",
