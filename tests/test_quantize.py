@@ -274,6 +274,25 @@ def test_a_digit_bundle_whose_data_moved_is_told_so(mnist_quick, tmp_path):
                            "trained on cannot be read (") and "nowhere.npz" in line, line
     assert line.endswith("); pass --check-images PATH") and "validation folder" not in line
     assert not (tmp_path / "d.tflite").exists()
+    # int8 calibrates on the training digits: it said "its training folder (not named in
+    # meta.json) is missing; export from the folder you trained in" (the source is named,
+    # as an absolute path: no folder helps)
+    import numpy as np
+    from conftest import require_asset
+    from PIL import Image
+
+    with np.load(require_asset("data/mnist/mnist.npz")) as digits:
+        pixels = digits["x_test"][:8]
+    (tmp_path / "digits").mkdir()
+    for i, digit in enumerate(pixels):
+        Image.fromarray(digit).save(tmp_path / "digits" / f"{i}.png")
+    with pytest.raises(TransferError) as caught:
+        export.export(moved, format="tflite", quantize="int8", output=tmp_path / "q.tflite",
+                      check_images=[tmp_path / "digits"])
+    line = str(caught.value)
+    assert "the data this model was trained on cannot be read (" in line, line
+    assert "nowhere.npz" in line and "export from the folder you trained in" not in line
+    assert not (tmp_path / "q.tflite").exists()
 
 
 def test_a_badly_calibrated_int8_export_is_refused(trained_bundle, tmp_path, monkeypatch):

@@ -532,6 +532,12 @@ def calibration_images(classifier: BundleClassifier, n: int = CALIBRATION_IMAGES
     train = digits[1] if digits else bundle.data_folder(
         classifier.meta, "root" if data.get("split") == "in-memory" else "train_dir")
     if not labelled:
+        problem = getattr(classifier, "digit_problem", None)  # a digit bundle's data moved
+        if problem:  # its source is named: changing folder would not help
+            raise TransferError("int8 quantization calibrates on the bundle's training images, "
+                                f"but the data this model was trained on cannot be read "
+                                f"({problem}); put it back, or use --quantize dynamic or "
+                                "float16")
         raise TransferError("int8 quantization calibrates on the bundle's training images, but "
                             f"its training folder {train or '(not named in meta.json)'} is "
                             "missing; export from the folder you trained in, or use --quantize "
