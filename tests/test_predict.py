@@ -770,6 +770,19 @@ def test_write_text_keeps_links_links_and_writes_into_pipes(tmp_path):
     predict.write_text(link, "new\n", force=True)
     assert link.is_symlink() and real.read_text() == "new\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "real.csv"]
+    # a link to a file not made yet, in folders not made yet: written there (the error named
+    # the hidden temporary file: "No such file or directory: .../.r.tmp-5bce98f7-...html")
+    ahead = tmp_path / "ahead.csv"
+    ahead.symlink_to(tmp_path / "later" / "sub" / "rows.csv")
+    predict.write_text(ahead, "rows\n", force=True)
+    assert (tmp_path / "later/sub/rows.csv").read_text() == "rows\n" and ahead.is_symlink()
+    from transfer.files import replacing  # report's and explain's writer too
+
+    page = tmp_path / "page.html"
+    page.symlink_to(tmp_path / "pages" / "r.html")
+    with replacing(page) as tmp:
+        tmp.write_text("<p>page</p>")
+    assert (tmp_path / "pages/r.html").read_text() == "<p>page</p>" and page.is_symlink()
 
     fifo = tmp_path / "rows.fifo"
     os.mkfifo(fifo)

@@ -180,6 +180,9 @@ def replacing(path: Path) -> Iterator[Path]:
     path = Path(path)
     if path.is_symlink():  # the file it points at is replaced; the link stays a link
         path = path.resolve()
+        # a link to a file not made yet, in a folder not made yet: made, as an output's
+        # folders are (the error named the hidden temporary file instead)
+        path.parent.mkdir(parents=True, exist_ok=True)
     if is_device_or_pipe(path):
         raise TransferError(f"{path} is not a regular file (a device, a pipe or a socket): "
                             "it is not replaced by one; choose a file")
