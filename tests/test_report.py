@@ -90,6 +90,15 @@ def test_report_of_a_bundle_never_evaluated(bundle_copy, trained_bundle, monkeyp
     assert "validate" in words and "Timings and engine" in words
     # the sizes the model was trained and is tested at (the settings' train_size is null)
     assert html.escape('"train_size": 224') in text and html.escape('"size": 224') in text
+    # balanced classes: no balanced accuracy card; unbalanced ones (as train's last line
+    # says it): the card (the page left it out)
+    assert "validation balanced accuracy" not in text
+    meta = json.loads((bundle_copy / "meta.json").read_text(encoding="utf-8"))
+    meta["data"]["counts"]["validate"] = {"cats": 40, "dogs": 8}
+    meta["metrics"]["val_balanced_accuracy"] = 0.6789
+    (bundle_copy / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    unbalanced = write_report(bundle_copy, bundle_copy / "unbalanced.html", gradcams=0)
+    assert "0.6789</b><span>validation balanced accuracy" in unbalanced.read_text("utf-8")
     # Grad-CAM overlays computed on the validation photos, as many as asked
     gradcams = [img for img in links.images if img.get("class") == "gradcam"]
     assert len(gradcams) == 3
