@@ -225,6 +225,11 @@ def test_evaluate_errors(trained_bundle, small_split, tmp_path):
         shutil.copy(next((small_split / "test/cats").iterdir()), odd / name / "a.jpg")
     with pytest.raises(TransferError, match="does not know: horses"):
         evaluate(copy, data_dir=odd, output=tmp_path / "o1")
+    # a fetch-data split's root (train/, validate/, test/): which folder to give, said
+    with pytest.raises(TransferError, match=re.escape(
+            f"does not know: test, train, validate; its classes are cats, dogs; it holds a "
+            f"split: give --data-dir {small_split / 'test'} or {small_split / 'validate'}")):
+        evaluate(copy, data_dir=small_split, output=tmp_path / "o1")
     with pytest.raises(TransferError, match="no data folder"):
         evaluate(copy, data_dir=tmp_path / "missing", output=tmp_path / "o2")
     (tmp_path / "flat").mkdir()

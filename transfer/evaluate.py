@@ -41,7 +41,7 @@ from transfer import bundle, images, metrics, pipelines, plots
 from transfer.constants import (
     COMPARE_JSON,
     UNREAD_HINT,
-    is_ignored_folder,
+    VALIDATE_FOLDERS,
     unread_line,
     unread_photo,
     unread_summary,
@@ -102,16 +102,20 @@ def labelled_files(data_dir: Path, class_names: list[str]) -> list[tuple[Path, i
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise TransferError(f"no data folder {data_dir}")
-    folders = sorted(p.name for p in data_dir.iterdir()
-                     if p.is_dir() and not is_ignored_folder(p.name))
+    folders = pipelines.class_folders(data_dir)  # a class linked to a drive gone: refused
     if not folders:
         raise TransferError(f"{data_dir} has no class subfolders (one per class, named as the "
                             f"model's classes: {', '.join(class_names)})")
     index = _class_index(class_names)
     unknown = [f for f in folders if unicodedata.normalize("NFC", f) not in index]
     if unknown:
+        splits = [f for f in folders if f.lower() in (*VALIDATE_FOLDERS, "test", "train")]
+        held = [str(data_dir / f) for f in folders if f.lower() in (*VALIDATE_FOLDERS, "test")]
+        hint = (f"; it holds a split: give --data-dir {' or '.join(held)}"
+                if held and len(splits) == len(folders) else "")
         raise TransferError(f"{data_dir} has class folder(s) the model does not know: "
-                            f"{', '.join(unknown)}; its classes are {', '.join(class_names)}")
+                            f"{', '.join(unknown)}; its classes are {', '.join(class_names)}"
+                            + hint)
     found = {name: pipelines.image_files(data_dir / name) for name in folders}
     files = [(path, index[unicodedata.normalize("NFC", name)]) for name in folders
              for path in found[name]]
