@@ -304,7 +304,9 @@ def store(path: Path, result: Pass) -> None:
     extra = json.dumps({"skipped": result.skipped, "engine": result.engine,
                         "images_per_second": round(result.images / result.seconds, 2)
                         if result.seconds > 0 else None})
-    with replacing(path) as tmp:
+    # a cache: not flushed to the disk (milliseconds a shard on the run's clock); an entry a
+    # power cut left damaged is found so when read, and computed again
+    with replacing(path, durable=False) as tmp:
         np.savez(tmp, features=result.features, labels=result.labels, extra=np.array(extra))
 
 

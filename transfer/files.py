@@ -173,10 +173,11 @@ def _flush(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def replacing(path: Path) -> Iterator[Path]:
+def replacing(path: Path, durable: bool = True) -> Iterator[Path]:
     """Yield a hidden temporary path beside ``path`` (same suffix, so writers that go by the
     suffix still work); on success it replaces ``path`` (flushed to the disk first:
-    ``to_disk``), on failure it is removed."""
+    ``to_disk``; not when ``durable`` is False: a cache entry, which a damaged read makes
+    again), on failure it is removed."""
     path = Path(path)
     if path.is_symlink():  # the file it points at is replaced; the link stays a link
         path = path.resolve()
@@ -190,9 +191,11 @@ def replacing(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f"{temp_prefix(path.stem)}{path.suffix}")
     try:
         yield tmp
-        to_disk(tmp)
+        if durable:
+            to_disk(tmp)
         os.replace(tmp, path)
-        entries_to_disk(path.parent)
+        if durable:
+            entries_to_disk(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
