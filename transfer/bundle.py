@@ -493,6 +493,11 @@ def no_bundle(path: Path) -> str:
         target = os.readlink(path)
     except OSError:  # not a link: nothing there
         return f"no model bundle at {path}: train one with `transfer train`"
+    from transfer.files import resolved
+
+    if resolved(path) is None:  # lp1 -> lp2 -> lp1 was "points at lp2, which is missing"
+        return (f"{path} is a loop of symbolic links (it leads back to itself); pass --model "
+                "DIR")
     # the words predict's default model (inference.open_classifier) says it in, too
     return (f"{path} points at {target}, which is missing (moved or deleted?); pass --model "
             "DIR, or train again")
