@@ -1328,16 +1328,18 @@ def compare_cmd(
 
 def compare_table(runs: dict, title: str) -> Table:
     """compare's table: a row per run (compare.json's ``runs``)."""
-    from transfer.compare import epochs_cell
+    from transfer.compare import epochs_cell, shows_balanced
 
+    balanced = shows_balanced(runs)  # unbalanced classes: beside the accuracy
     table = Table(title=title)
-    for column in ("run", "validation accuracy", "loss", "macro F1", "epochs (kept)",
-                   "seconds", "parameters trained"):
+    for column in ("run", "validation accuracy", *(["balanced accuracy"] if balanced else []),
+                   "loss", "macro F1", "epochs (kept)", "seconds", "parameters trained"):
         table.add_column(column, justify="left" if column == "run" else "right")
     for name, row in runs.items():
-        table.add_row(name, _pct(row.get("val_accuracy")), _pct(row.get("val_loss")),
-                      _pct(row.get("macro_f1")), epochs_cell(row), f"{row.get('seconds', 0):.0f}",
-                      f"{row.get('parameters_trained', 0):,}")
+        table.add_row(name, _pct(row.get("val_accuracy")),
+                      *([_pct(row.get("balanced_accuracy"))] if balanced else []),
+                      _pct(row.get("val_loss")), _pct(row.get("macro_f1")), epochs_cell(row),
+                      f"{row.get('seconds', 0):.0f}", f"{row.get('parameters_trained', 0):,}")
     return table
 
 

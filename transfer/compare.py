@@ -232,6 +232,8 @@ def row_of(run: str, result, seconds: float, validation: list, reporter: Reporte
         "per_class_f1": {name: row["f1"] for name, row in evaluation["per_class"].items()},
         "macro_f1": evaluation["macro_f1"],
         "evaluated_accuracy": evaluation["accuracy"],
+        # the mean of the per-class recalls (shown where it differs: unbalanced classes)
+        "balanced_accuracy": evaluation["balanced_accuracy"],
         "validation_images": evaluation["images"],
         "seconds": round(seconds, 3),
         "train_total_seconds": timings.get("total_seconds"),  # train's own, in meta.json
@@ -312,6 +314,7 @@ def validation_report(classifier, files: list, reporter: Reporter, run: str) -> 
     matrix = metrics.confusion_matrix(y, predicted, len(names))
     per_class = metrics.per_class(matrix, names)
     return {"images": int(len(y)), "accuracy": float(np.mean(predicted == y)),
+            "balanced_accuracy": metrics.balanced_accuracy(matrix),
             "per_class": per_class, "macro_f1": metrics.macro_average(per_class)["f1"]}
 
 
@@ -419,12 +422,16 @@ def render_section(data: dict, png: Path | None = None) -> str:
 
     runs = data.get("runs") or {}
     classes = sorted({c for row in runs.values() for c in (row.get("per_class_f1") or {})})
-    header = ["run", "validation accuracy", "loss", "macro F1", *[f"F1 {c}" for c in classes],
+    balanced = shows_balanced(runs)
+    header = ["run", "validation accuracy", *(["balanced accuracy"] if balanced else []),
+              "loss", "macro F1", *[f"F1 {c}" for c in classes],
               "epochs (kept)", "seconds", "parameters trained", "bundle"]
     body = ""
     for name, row in runs.items():
         f1 = row.get("per_class_f1") or {}
-        cells = [e(name), num(row.get("val_accuracy")), num(row.get("val_loss")),
+        cells = [e(name), num(row.get("val_accuracy")),
+                 *([num(row.get("balanced_accuracy"))] if balanced else []),
+                 num(row.get("val_loss")),
                  num(row.get("macro_f1")), *[num(f1.get(c)) for c in classes],
                  e(epochs_cell(row)), num(row.get("seconds"), 0),
                  "-" if row.get("parameters_trained") is None
@@ -463,10 +470,22 @@ def render_page(data: dict, folder: Path, png: Path | None = None) -> str:
             "</main></body></html>\n")
 
 
+def shows_balanced(runs: dict) -> bool:
+    """Whether a run's balanced accuracy differs from its accuracy on the validation images
+    (unbalanced classes; on balanced ones the two are equal): then the table and page show
+    it beside the accuracy (on 40/30/12/40/8 flowers, scratch 0.62 accuracy, 0.51 balanced)."""
+    return any(isinstance(row, dict)
+               and isinstance(row.get("balanced_accuracy"), int | float)
+               and isinstance(row.get("evaluated_accuracy"), int | float)
+               and abs(row["balanced_accuracy"] - row["evaluated_accuracy"]) >= 5e-5
+               for row in runs.values())
+
+
 # compare.json's fields the page reads, and what each must be (``null`` is accepted)
 _COMPARE_TYPES = {"runs": dict, "histories": dict, "data_dir": str, "base": str,
                   "alpha": (int, float), "seed": int}
 _RUN_TYPES = {"val_accuracy": (int, float), "val_loss": (int, float), "seconds": (int, float),
+              "balanced_accuracy": (int, float), "evaluated_accuracy": (int, float),
               "parameters_trained": int, "per_class_f1": dict, "bundle": str,
               "feature_cache": str, "fine_tune_result": dict, "test_time_flips": bool,
               "macro_f1": (int, float), "epochs_run": int, "best_epoch": int}
