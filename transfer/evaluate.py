@@ -40,6 +40,7 @@ import numpy as np
 from transfer import bundle, images, metrics, pipelines, plots
 from transfer.constants import (
     COMPARE_JSON,
+    TEST_FOLDERS,
     UNREAD_HINT,
     VALIDATE_FOLDERS,
     unread_line,
@@ -109,10 +110,12 @@ def labelled_files(data_dir: Path, class_names: list[str]) -> list[tuple[Path, i
     index = _class_index(class_names)
     unknown = [f for f in folders if unicodedata.normalize("NFC", f) not in index]
     if unknown:
-        splits = [f for f in folders if f.lower() in (*VALIDATE_FOLDERS, "test", "train")]
-        held = [str(data_dir / f) for f in folders if f.lower() in (*VALIDATE_FOLDERS, "test")]
+        from transfer.archive import is_split_name
+
+        held = [str(data_dir / f) for f in folders
+                if f.lower() in (*VALIDATE_FOLDERS, *TEST_FOLDERS)]
         hint = (f"; it holds a split: give --data-dir {' or '.join(held)}"
-                if held and len(splits) == len(folders) else "")
+                if held and all(is_split_name(f) for f in folders) else "")
         raise TransferError(f"{data_dir} has class folder(s) the model does not know: "
                             f"{', '.join(unknown)}; its classes are {', '.join(class_names)}"
                             + hint)
