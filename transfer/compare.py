@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer import bundle
+from transfer import bundle, plots
 from transfer.constants import COMPARE_JSON, COMPARE_PNG
 from transfer.errors import TransferError
 from transfer.files import new_folders_kept_on_success, replacing, utf8_text, write_json
@@ -332,18 +332,10 @@ LINE_STYLES = {"scratch": ("o", 7, 3.2, 2.0), "frozen": ("s", 7, 3.2, 2.1),
                "fine-tuned": ("D", 4, 1.4, 2.2)}
 
 
+@plots.drawn
 def plot(data: dict, path: Path) -> Path:
     """compare.png: validation accuracy and seconds per run side by side, then the validation
     accuracy per epoch of every run overlaid (fine-tuning epochs continue the frozen ones)."""
-    from transfer import plots
-
-    with plots.fonts_in_use():
-        return _plot(data, path)
-
-
-def _plot(data: dict, path: Path) -> Path:
-    from transfer import plots
-
     runs = data["runs"]
     names = list(runs)
     colours = {"scratch": "#d95f02", "frozen": "#1b9e77", "fine-tuned": "#7570b3"}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transfer import plots
 from transfer.constants import PREVIEW_PNG
 from transfer.errors import TransferError
 from transfer.files import replacing
@@ -111,6 +112,7 @@ def augmented_versions(images: np.ndarray, augment: Augment, copies: int, seed: 
     return np.clip(np.rint(out), 0, 255).astype("uint8")
 
 
+@plots.drawn
 def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
                     seed: int = 42, copies: int = 3, pipeline: str = "generator",
                     views: str | None = None, indices: dict | None = None,
@@ -142,7 +144,7 @@ def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
         TransferError: no readable photo in ``source``, a bad pipeline name.
     """
     from transfer import images as image_io
-    from transfer import pipelines, plots
+    from transfer import pipelines
 
     photos, labels, places = [], [], []
     for file, label in pick_photos(source, max(n * 2, n), seed, class_names):
@@ -167,20 +169,10 @@ def preview_augment(source, augment: Augment, size: int, path: Path, n: int = 6,
                                       places if indices is not None else None)
     else:
         versions = np.repeat(stack[:, None], copies, axis=1)
-    with plots.fonts_in_use():
-        return _draw(stack, versions, labels, copies, mirror_only, views, augment, size,
-                     pipeline, path)
-
-
-def _draw(stack, versions, labels, copies, mirror_only, views, augment, size, pipeline, path
-          ) -> Path:
-    """preview_augment's grid, drawn and written."""
-    from transfer import plots
-
     cols = copies + 1
-    fig, axes = plots.subplots(len(stack), cols, figsize=(cols * 2.0, len(stack) * 2.1 + 0.6),
-                               squeeze=False)
-    for i in range(len(stack)):
+    fig, axes = plots.subplots(len(photos), cols,
+                               figsize=(cols * 2.0, len(photos) * 2.1 + 0.6), squeeze=False)
+    for i in range(len(photos)):
         for j in range(cols):
             ax = axes[i, j]
             ax.imshow(stack[i] if j == 0 else versions[i, j - 1], interpolation="nearest")
