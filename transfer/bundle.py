@@ -54,7 +54,10 @@ def _meta_or_none(folder: Path) -> dict | None:
 
 
 def is_bundle(path: Path) -> bool:
-    meta = _meta_or_none(path)
+    return _is_bundle_meta(_meta_or_none(path))
+
+
+def _is_bundle_meta(meta: dict | None) -> bool:
     return meta is not None and "schema_version" in meta and "class_names" in meta
 
 
@@ -95,9 +98,10 @@ def own_file(path: Path) -> Path | None:
         real = Path(path).resolve()
     except (OSError, RuntimeError):
         return None
-    kind = (_meta_or_none(real.parent) or {}).get("kind")
-    if not is_bundle(real.parent):
+    meta = _meta_or_none(real.parent)
+    if not _is_bundle_meta(meta):
         return None
+    kind = meta.get("kind")
     ours = MADE_LATER | MADE_BY_RUNS.get(kind if isinstance(kind, str) else "", frozenset())
     return real if real.name in ours - {"export"} else None
 
